@@ -1,0 +1,47 @@
+//! The system's class hierarchy: the vocabulary the daemon, the SDK and
+//! bundle validation share. Families add their classes here.
+
+/// `(class, superclass)` for every class the system implements.
+const CLASSES: &[(&str, Option<&str>)] = &[
+    ("OSObject", None),
+    ("IORegistryEntry", Some("OSObject")),
+    ("IOService", Some("IORegistryEntry")),
+    ("IOResources", Some("IOService")),
+    ("IOUserResources", Some("IOService")),
+    // The class of a dext's plain IOService subclass, as on macOS.
+    ("IOUserService", Some("IOService")),
+    // Virtual devices: a bus nub and the generic devices plugged into it.
+    ("IOVirtualBus", Some("IOService")),
+    ("IOVirtualDevice", Some("IOService")),
+];
+
+/// The superclass of a system class; `None` for `OSObject` and unknown names.
+pub fn superclass(class: &str) -> Option<&'static str> {
+    CLASSES.iter().find(|(c, _)| *c == class).and_then(|(_, s)| *s)
+}
+
+/// True when the system implements `class`.
+pub fn is_system_class(class: &str) -> bool {
+    CLASSES.iter().any(|(c, _)| *c == class)
+}
+
+/// `class` followed by its superclasses up to `OSObject`.
+///
+/// ```
+/// assert_eq!(driverkit_wire::classes::chain("IOUserResources"),
+///            ["IOUserResources", "IOService", "IORegistryEntry", "OSObject"]);
+/// ```
+pub fn chain(class: &str) -> Vec<&str> {
+    let mut out = vec![class];
+    let mut current = class;
+    while let Some(s) = superclass(current) {
+        out.push(s);
+        current = s;
+    }
+    out
+}
+
+/// Every system class, for listings and error messages.
+pub fn all() -> impl Iterator<Item = &'static str> {
+    CLASSES.iter().map(|(c, _)| *c)
+}
