@@ -82,14 +82,13 @@ impl Endpoint {
         }
     }
 
-    /// Receives one record into `buf` (resized to the record). Refuses
-    /// records larger than [`MAX_MESSAGE`] rather than truncating silently.
-    pub fn recv(&self, buf: &mut Vec<u8>) -> io::Result<Received> {
-        buf.resize(MAX_MESSAGE, 0);
+    /// Receives one record into `buf`. Refuses records larger than
+    /// [`MAX_MESSAGE`] rather than truncating silently.
+    pub fn recv(&self, buf: &mut MessageBuf) -> io::Result<Received> {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let msg = loop {
-            let mut iov = [io::IoSliceMut::new(buf)];
+            let mut iov = [io::IoSliceMut::new(&mut buf.data)];
             match rustix::net::recvmsg(&self.fd, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
                 Ok(m) => break m,
                 Err(rustix::io::Errno::INTR) => continue,
@@ -106,9 +105,10 @@ impl Endpoint {
             }
         }
         if msg.flags.contains(ReturnFlags::TRUNC) {
+            buf.len = 0;
             return Err(io::Error::new(io::ErrorKind::InvalidData, "message larger than MAX_MESSAGE"));
         }
-        buf.truncate(msg.bytes);
+        buf.len = msg.bytes;
         if msg.bytes == 0 {
             return Ok(Received::Closed);
         }
@@ -116,14 +116,44 @@ impl Endpoint {
     }
 
     /// Receives and validates one message; `Ok(None)` when the peer closed.
-    pub fn recv_message(&self, buf: &mut Vec<u8>) -> io::Result<Option<(Header, Option<OwnedFd>)>> {
+    pub fn recv_message(&self, buf: &mut MessageBuf) -> io::Result<Option<(Header, Option<OwnedFd>)>> {
         match self.recv(buf)? {
             Received::Closed => Ok(None),
             Received::Message { fd } => {
-                let header = Header::parse(&Packet::new_unchecked(&buf[..])).map_err(invalid)?;
+                let header = Header::parse(&Packet::new_unchecked(buf.bytes())).map_err(invalid)?;
                 Ok(Some((header, fd)))
             }
         }
+    }
+}
+
+/// A receive buffer of [`MAX_MESSAGE`] bytes, allocated zeroed once so that
+/// its pages only become resident when a large message actually uses them.
+pub struct MessageBuf {
+    data: Box<[u8]>,
+    len: usize,
+}
+
+impl Default for MessageBuf {
+    fn default() -> Self {
+        Self { data: vec![0; MAX_MESSAGE].into_boxed_slice(), len: 0 }
+    }
+}
+
+impl std::fmt::Debug for MessageBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageBuf").field("len", &self.len).finish()
+    }
+}
+
+impl MessageBuf {
+    /// The last message received, header included.
+    pub fn bytes(&self) -> &[u8] {
+        &self.data[..self.len]
+    }
+    /// The last message's payload (empty if it was shorter than a header).
+    pub fn payload(&self) -> &[u8] {
+        self.bytes().get(crate::HEADER_LEN..).unwrap_or(&[])
     }
 }
 
@@ -157,10 +187,10 @@ mod tests {
         h.object = ObjectId(7);
         a.send(&h, b"one", Some(pw.as_fd())).unwrap();
         a.send(&Header::new(Kind::Reply), b"", None).unwrap();
-        let mut buf = Vec::new();
+        let mut buf = MessageBuf::default();
         let (got, fd) = b.recv_message(&mut buf).unwrap().unwrap();
         assert_eq!(got.object, ObjectId(7));
-        assert_eq!(&buf[crate::HEADER_LEN..], b"one");
+        assert_eq!(buf.payload(), b"one");
         let mut passed = std::fs::File::from(fd.expect("fd passed"));
         drop(pw);
         passed.write_all(b"x").unwrap();

@@ -1,0 +1,52 @@
+//! The driverkit SDK: what a driver author depends on.
+//!
+//! A driver is a normal Cargo binary. It declares its services with
+//! `#[driverkit::service]`, implements the methods it overrides, and hands
+//! its service types to [`dext_main!`]. The system starts the binary in its
+//! own process when a personality in the bundle's `Info.plist` matches.
+//!
+//! ```text
+//! use driverkit::prelude::*;
+//!
+//! #[derive(Default)]
+//! pub struct NullDriverIvars { /* the driver's state */ }
+//!
+//! #[driverkit::service(superclass = IOService, ivars = NullDriverIvars)]
+//! pub struct NullDriver;
+//!
+//! impl IOServiceImpl for NullDriver {
+//!     fn init(&self) -> IOResult<NullDriverIvars> { Ok(NullDriverIvars::default()) }
+//!     fn start(&self, provider: &IOService) -> IOResult<()> {
+//!         self.super_start(provider)?;
+//!         self.set_property("Greeting", "hello")?;
+//!         self.register_service()
+//!     }
+//! }
+//!
+//! driverkit::dext_main!(NullDriver);
+//! ```
+//!
+//! This crate never depends on the daemon: everything it knows of the system
+//! is the wire protocol in `driverkit-wire`.
+
+mod log;
+pub mod queue;
+pub mod runtime;
+pub mod service;
+
+pub use driverkit_macros::service;
+pub use driverkit_wire::{IOResult, IOReturn};
+pub use queue::IODispatchQueue;
+pub use service::{IOService, IOServiceApi, IOServiceImpl, IOServiceSuper};
+
+/// Logging macros for drivers (lines go to the system's log).
+pub use tracing::{debug, error, info, warn};
+
+/// Everything a driver usually needs.
+pub mod prelude {
+    pub use crate::runtime::Service;
+    pub use crate::{IODispatchQueue, IOResult, IOReturn, IOService, IOServiceApi, IOServiceImpl, IOServiceSuper};
+}
+
+// `#[driverkit::service]` names this crate by its absolute path.
+extern crate self as driverkit;

@@ -1,0 +1,137 @@
+//! `IODispatchQueue`: a serial FIFO queue with its own thread.
+//!
+//! Every service has a queue named `Default`; every call the system makes
+//! into a service runs there, so calls into one service never run in
+//! parallel.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::ThreadId;
+
+use driverkit_wire::{IOResult, IOReturn};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A serial dispatch queue.
+///
+/// ```
+/// use driverkit::IODispatchQueue;
+/// let q = IODispatchQueue::create("Example").unwrap();
+/// let answer = q.dispatch_sync(|| 6 * 7).unwrap();
+/// assert_eq!(answer, 42);
+/// ```
+#[derive(Clone)]
+pub struct IODispatchQueue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    sender: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: OnceLock<ThreadId>,
+}
+
+impl IODispatchQueue {
+    /// Creates a queue and its thread.
+    pub fn create(name: &str) -> IOResult<IODispatchQueue> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let inner = Arc::new(Inner { name: name.to_owned(), sender: Mutex::new(Some(tx)), thread: OnceLock::new() });
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name(format!("queue:{name}"))
+            // Driver code runs here; keep the stack modest so that idle dexts
+            // stay small, but large enough for ordinary recursion.
+            .stack_size(512 * 1024)
+            .spawn(move || {
+                if let Some(inner) = weak.upgrade() {
+                    let _ = inner.thread.set(std::thread::current().id());
+                }
+                let _ = ready_tx.send(());
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            })
+            .map_err(|_| IOReturn::NO_RESOURCES)?;
+        let _ = ready_rx.recv();
+        Ok(IODispatchQueue { inner })
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// True when the calling thread is this queue's thread.
+    pub fn on_queue(&self) -> bool {
+        self.inner.thread.get() == Some(&std::thread::current().id())
+    }
+
+    /// Runs `f` on the queue after everything queued before it.
+    /// `kIOReturnOffline` once the queue is cancelled.
+    pub fn dispatch_async(&self, f: impl FnOnce() + Send + 'static) -> IOResult<()> {
+        let guard = self.inner.sender.lock().unwrap_or_else(|e| e.into_inner());
+        match guard.as_ref() {
+            Some(tx) => tx.send(Box::new(f)).map_err(|_| IOReturn::OFFLINE),
+            None => Err(IOReturn::OFFLINE),
+        }
+    }
+
+    /// Runs `f` on the queue and waits for its result. Dispatching
+    /// synchronously onto the queue you are running on would wait forever,
+    /// so it fails at once with `kIOReturnBusy` instead.
+    pub fn dispatch_sync<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> IOResult<R> {
+        if self.on_queue() {
+            return Err(IOReturn::BUSY);
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.dispatch_async(move || {
+            let _ = tx.send(f());
+        })?;
+        rx.recv().map_err(|_| IOReturn::ABORTED)
+    }
+
+    /// Stops accepting work; queued work still runs, then the thread exits.
+    pub fn cancel(&self) {
+        self.inner.sender.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+impl std::fmt::Debug for IODispatchQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IODispatchQueue").field("name", &self.inner.name).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_runs_in_fifo_order() {
+        let q = IODispatchQueue::create("fifo").unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        for i in 0..100 {
+            let seen = seen.clone();
+            q.dispatch_async(move || seen.lock().unwrap().push(i)).unwrap();
+        }
+        q.dispatch_sync(|| ()).unwrap();
+        assert_eq!(*seen.lock().unwrap(), (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn sync_dispatch_onto_own_queue_is_an_error_not_a_hang() {
+        let q = IODispatchQueue::create("self").unwrap();
+        let q2 = q.clone();
+        let inner = q.dispatch_sync(move || (q2.on_queue(), q2.dispatch_sync(|| ()))).unwrap();
+        assert_eq!(inner, (true, Err(IOReturn::BUSY)));
+        assert!(!q.on_queue());
+    }
+
+    #[test]
+    fn cancelled_queue_refuses_work() {
+        let q = IODispatchQueue::create("gone").unwrap();
+        q.cancel();
+        assert_eq!(q.dispatch_async(|| ()), Err(IOReturn::OFFLINE));
+    }
+}

@@ -1,0 +1,365 @@
+//! The dext side of the process boundary: creating service instances,
+//! routing the system's calls onto their queues, and carrying the driver's
+//! calls to the system.
+//!
+//! Threads: the main thread reads the control socket the daemon handed over;
+//! each service's `Default` queue runs that service's methods; each thread
+//! that calls into the system gets its own call channel (a socketpair whose
+//! other end travels to the daemon once), so a call is one send and one
+//! receive with no hand-off between threads.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use driverkit_wire::interfaces::{io_user_server_interface, IOUserServerInterface};
+use driverkit_wire::transport::{self, Endpoint, MessageBuf};
+use driverkit_wire::{Caller, Encoder, Header, IOResult, IOReturn, Kind, MethodId, ObjectId, Wire};
+
+use crate::queue::IODispatchQueue;
+use crate::service::{IOService, IOServiceImpl};
+
+/// The environment variable holding the number of the socket the daemon
+/// hands to a dext.
+pub const SERVER_FD_ENV: &str = "DRIVERKIT_SERVER_FD";
+
+/// Implemented by `#[driverkit::service]`; connects a driver's type to the
+/// runtime. Not implemented by hand.
+pub trait Service: Sized + Send + Sync + 'static {
+    /// The driver's state, allocated by `init`.
+    type Ivars: Send + Sync + 'static;
+    /// The system class this service extends.
+    type Superclass: ClassDispatch<Self>;
+    /// The Rust type name, matched against a personality's `IOUserClass`.
+    const CLASS_NAME: &'static str;
+    #[doc(hidden)]
+    fn from_base(base: ServiceBase<Self::Ivars>) -> Self;
+    #[doc(hidden)]
+    fn base(&self) -> &ServiceBase<Self::Ivars>;
+
+    /// The driver's state. Available from the end of `init` until the
+    /// service is released after `free`.
+    ///
+    /// # Panics
+    /// When called inside `init`, before the ivars exist.
+    fn ivars(&self) -> &Self::Ivars {
+        self.base().ivars.get().expect("ivars used before init returned them")
+    }
+
+    /// The provider this service was started on.
+    fn provider(&self) -> IOService {
+        IOService::from_id(self.base().provider)
+    }
+
+    /// The registry entry ID of this service.
+    fn registry_entry_id(&self) -> u64 {
+        self.base().object.0
+    }
+
+    /// The properties the service was created with: its personality, merged
+    /// into the registry entry by the system.
+    fn personality(&self) -> &plist::Dictionary {
+        &self.base().properties
+    }
+}
+
+/// Routes the system's calls to the methods a superclass lets a driver
+/// override. Implemented by each system class for its subclasses.
+pub trait ClassDispatch<S> {
+    /// Runs `method` on `service`; `None` when the class has no such method.
+    fn dispatch(service: &S, method: MethodId, args: &[u8]) -> Option<IOResult<Vec<u8>>>;
+}
+
+/// What every service instance holds, hidden inside the struct that
+/// `#[driverkit::service]` generates.
+pub struct ServiceBase<I> {
+    object: ObjectId,
+    provider: ObjectId,
+    properties: plist::Dictionary,
+    ivars: OnceLock<I>,
+}
+
+/// A service instance as the runtime sees it, whatever its type.
+trait Instance: Send + Sync {
+    fn init(&self) -> IOResult<()>;
+    fn free(&self);
+    fn dispatch(&self, method: MethodId, args: &[u8]) -> IOResult<Vec<u8>>;
+}
+
+impl<S: Service + IOServiceImpl> Instance for S {
+    fn init(&self) -> IOResult<()> {
+        let ivars = IOServiceImpl::init(self)?;
+        self.base().ivars.set(ivars).map_err(|_| IOReturn::INTERNAL_ERROR)
+    }
+    fn free(&self) {
+        IOServiceImpl::free(self)
+    }
+    fn dispatch(&self, method: MethodId, args: &[u8]) -> IOResult<Vec<u8>> {
+        S::Superclass::dispatch(self, method, args).unwrap_or(Err(IOReturn::UNSUPPORTED))
+    }
+}
+
+/// A class a dext can instantiate; see [`crate::dext_main!`].
+pub struct ClassEntry {
+    name: &'static str,
+    create: fn(Birth) -> Arc<dyn Instance>,
+}
+
+/// What the system tells a new instance about itself.
+struct Birth {
+    object: ObjectId,
+    provider: ObjectId,
+    properties: plist::Dictionary,
+}
+
+/// The table entry for service type `S`.
+pub fn class<S: Service + IOServiceImpl>() -> ClassEntry {
+    ClassEntry {
+        name: S::CLASS_NAME,
+        create: |b: Birth| {
+            Arc::new(S::from_base(ServiceBase {
+                object: b.object,
+                provider: b.provider,
+                properties: b.properties,
+                ivars: OnceLock::new(),
+            }))
+        },
+    }
+}
+
+impl ClassEntry {
+    /// The class name a personality's `IOUserClass` selects.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+struct Hosted {
+    instance: Arc<dyn Instance>,
+    queue: IODispatchQueue,
+}
+
+struct Runtime {
+    main: Endpoint,
+    classes: Vec<ClassEntry>,
+    objects: Mutex<HashMap<ObjectId, Hosted>>,
+}
+
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+
+/// Runs a dext whose executable holds `classes`; never returns. The daemon
+/// starts the executable with the socket number in `DRIVERKIT_SERVER_FD`.
+pub fn run(classes: Vec<ClassEntry>) -> ! {
+    crate::log::init();
+    let Some(main) = inherited_socket() else {
+        eprintln!(
+            "this program is a DriverKit extension: the driverkit daemon starts it \
+             ({SERVER_FD_ENV} is not set to an open socket)"
+        );
+        std::process::exit(2);
+    };
+    let rt = RUNTIME.get_or_init(|| Runtime { main, classes, objects: Mutex::new(HashMap::new()) });
+    let mut hello = Encoder::new();
+    std::process::id().encode(&mut hello);
+    if rt.main.send(&Header::new(Kind::Hello), hello.as_bytes(), None).is_err() {
+        std::process::exit(3);
+    }
+    let mut buf = MessageBuf::default();
+    loop {
+        let (header, _fd) = match rt.main.recv_message(&mut buf) {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                tracing::info!("the system closed the connection; exiting");
+                std::process::exit(0);
+            }
+            Err(e) => {
+                tracing::error!("bad message from the system: {e}; exiting");
+                std::process::exit(4);
+            }
+        };
+        match header.kind {
+            Kind::Request | Kind::Oneway if header.object == ObjectId::USER_SERVER => {
+                let server = ServerHandler { rt };
+                let result = io_user_server_interface::dispatch(&server, header.method, buf.payload())
+                    .unwrap_or(Err(IOReturn::UNSUPPORTED));
+                rt.reply(&header, result);
+                if header.method == io_user_server_interface::EXIT {
+                    std::process::exit(0);
+                }
+            }
+            Kind::Request | Kind::Oneway => rt.dispatch_to_service(header, buf.payload()),
+            other => tracing::warn!("ignoring an unexpected {other:?} message from the system"),
+        }
+    }
+}
+
+fn inherited_socket() -> Option<Endpoint> {
+    let raw: i32 = std::env::var(SERVER_FD_ENV).ok()?.parse().ok()?;
+    if raw < 3 {
+        return None;
+    }
+    // SAFETY: the daemon passes exactly one descriptor, by number, for this
+    // process to own; nothing else in the process refers to it. The fcntl
+    // check below refuses a number that is not open.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    rustix::io::fcntl_getfd(&fd).ok()?;
+    // Children of this dext must not inherit the daemon connection.
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC).ok()?;
+    Some(Endpoint::new(fd))
+}
+
+impl Runtime {
+    fn reply(&self, request: &Header, result: IOResult<Vec<u8>>) {
+        if request.kind != Kind::Request {
+            return;
+        }
+        let mut h = Header::new(Kind::Reply);
+        h.call = request.call;
+        h.object = request.object;
+        h.method = request.method;
+        let payload = match result {
+            Ok(p) => p,
+            Err(status) => {
+                h.status = status;
+                Vec::new()
+            }
+        };
+        if let Err(e) = self.main.send(&h, &payload, None) {
+            tracing::warn!("could not reply to the system: {e}");
+        }
+    }
+
+    fn dispatch_to_service(&'static self, header: Header, payload: &[u8]) {
+        let objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(hosted) = objects.get(&header.object) else {
+            drop(objects);
+            self.reply(&header, Err(IOReturn::NOT_FOUND));
+            return;
+        };
+        let instance = hosted.instance.clone();
+        let args = payload.to_vec();
+        let queued = hosted.queue.dispatch_async(move || {
+            let result = instance.dispatch(header.method, &args);
+            self.reply(&header, result);
+        });
+        drop(objects);
+        if queued.is_err() {
+            self.reply(&header, Err(IOReturn::OFFLINE));
+        }
+    }
+}
+
+struct ServerHandler {
+    rt: &'static Runtime,
+}
+
+impl IOUserServerInterface for ServerHandler {
+    fn create(
+        &self,
+        object: ObjectId,
+        user_class: String,
+        provider: ObjectId,
+        properties: plist::Dictionary,
+    ) -> IOResult<()> {
+        let Some(entry) = self.rt.classes.iter().find(|c| c.name == user_class) else {
+            let known: Vec<_> = self.rt.classes.iter().map(|c| c.name).collect();
+            tracing::error!("IOUserClass {user_class:?} is not in this dext (it has {known:?})");
+            return Err(IOReturn::NOT_FOUND);
+        };
+        let instance = (entry.create)(Birth { object, provider, properties });
+        let queue = IODispatchQueue::create("Default")?;
+        let init = instance.clone();
+        queue.dispatch_sync(move || init.init())??;
+        self.rt.objects.lock().unwrap_or_else(|e| e.into_inner()).insert(object, Hosted { instance, queue });
+        Ok(())
+    }
+
+    fn free(&self, object: ObjectId) -> IOResult<()> {
+        let hosted = self.rt.objects.lock().unwrap_or_else(|e| e.into_inner()).remove(&object);
+        let Some(Hosted { instance, queue }) = hosted else { return Err(IOReturn::NOT_FOUND) };
+        // free runs on the service's queue after everything queued before
+        // it; the instance and its ivars are dropped when the last
+        // reference (this closure's) goes.
+        let result = queue.dispatch_sync(move || instance.free());
+        queue.cancel();
+        result
+    }
+
+    fn exit(&self) -> IOResult<()> {
+        tracing::debug!("exit requested by the system");
+        Ok(())
+    }
+}
+
+/// A thread's private connection for calls into the system.
+struct Channel {
+    endpoint: Endpoint,
+    buf: MessageBuf,
+    next_call: u32,
+}
+
+thread_local! {
+    static CHANNEL: RefCell<Option<Channel>> = const { RefCell::new(None) };
+}
+
+impl Channel {
+    fn open(rt: &Runtime) -> IOResult<Channel> {
+        let (mine, theirs) = transport::socketpair().map_err(|_| IOReturn::NO_RESOURCES)?;
+        rt.main.send(&Header::new(Kind::Channel), &[], Some(theirs.as_fd())).map_err(|_| IOReturn::OFFLINE)?;
+        Ok(Channel { endpoint: mine, buf: MessageBuf::default(), next_call: 1 })
+    }
+
+    fn call(&mut self, object: ObjectId, method: MethodId, flags: u8, args: &[u8]) -> IOResult<Vec<u8>> {
+        let call = self.next_call;
+        self.next_call = self.next_call.wrapping_add(1);
+        let mut h = Header::new(Kind::Request);
+        h.flags = flags;
+        h.call = call;
+        h.object = object;
+        h.method = method;
+        self.endpoint.send(&h, args, None).map_err(|_| IOReturn::OFFLINE)?;
+        loop {
+            match self.endpoint.recv_message(&mut self.buf) {
+                Ok(Some((reply, _))) if reply.kind == Kind::Reply && reply.call == call => {
+                    reply.status.into_result()?;
+                    return Ok(self.buf.payload().to_vec());
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => return Err(IOReturn::OFFLINE),
+            }
+        }
+    }
+}
+
+/// Carries the driver's calls to the system over the calling thread's
+/// channel.
+pub(crate) struct SystemCaller;
+
+impl Caller for SystemCaller {
+    fn call(&self, object: ObjectId, method: MethodId, flags: u8, args: &[u8]) -> IOResult<Vec<u8>> {
+        let rt = RUNTIME.get().ok_or(IOReturn::NOT_READY)?;
+        CHANNEL.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(Channel::open(rt)?);
+            }
+            let channel = slot.as_mut().ok_or(IOReturn::INTERNAL_ERROR)?;
+            channel.call(object, method, flags, args)
+        })
+    }
+}
+
+/// Defines `main` for a dext holding the listed service types.
+///
+/// ```text
+/// driverkit::dext_main!(NullDriver);
+/// ```
+#[macro_export]
+macro_rules! dext_main {
+    ($($class:ty),+ $(,)?) => {
+        fn main() {
+            $crate::runtime::run(::std::vec![$($crate::runtime::class::<$class>()),+])
+        }
+    };
+}
