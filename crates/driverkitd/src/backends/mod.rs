@@ -1,0 +1,5 @@
+//! Device backends: where devices come from. Each backend turns its devices
+//! into registry nubs and nothing else; families and matching take over
+//! from there.
+
+pub mod virtual_device;

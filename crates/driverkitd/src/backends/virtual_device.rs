@@ -1,0 +1,155 @@
+//! Virtual devices described in TOML files: the embedded default for
+//! `driverkit run`, and what tests plug in CI.
+//!
+//! ```toml
+//! name = "VirtualSensor"          # registry name (required)
+//! class = "IOVirtualDevice"       # a system class (default IOVirtualDevice)
+//!
+//! [properties]                    # registry properties, as plist values
+//! SensorKind = "thermometer"      # string
+//! ReadingCelsius = 21             # integer (float -> real, bool -> boolean)
+//! Firmware = { "$data" = "dead" } # data, as hex
+//! ```
+//!
+//! Tables become dictionaries and arrays arrays; TOML dates become dates.
+
+use plist::Value;
+
+/// A parsed device file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceSpec {
+    pub name: String,
+    pub class: String,
+    pub properties: plist::Dictionary,
+    /// Where it came from (a path or `builtin:NAME`), for `device list`.
+    pub source: String,
+}
+
+const BUILTINS: &[(&str, &str)] = &[
+    ("sensor", include_str!("../../devices/sensor.toml")),
+    ("widget", include_str!("../../devices/widget.toml")),
+];
+
+/// The names of the built-in device files.
+pub fn builtin_names() -> impl Iterator<Item = &'static str> {
+    BUILTINS.iter().map(|(n, _)| *n)
+}
+
+/// A built-in device by name.
+pub fn builtin(name: &str) -> Option<DeviceSpec> {
+    let (_, text) = BUILTINS.iter().find(|(n, _)| *n == name)?;
+    parse(text, &format!("builtin:{name}")).ok()
+}
+
+/// Parses a device file; errors name the file and the key.
+pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| format!("{source}: {e}"))?;
+    let mut name = None;
+    let mut class = "IOVirtualDevice".to_owned();
+    let mut properties = plist::Dictionary::new();
+    for (key, value) in &table {
+        match (key.as_str(), value) {
+            ("name", toml::Value::String(s)) if !s.is_empty() => name = Some(s.clone()),
+            ("class", toml::Value::String(s)) => class = s.clone(),
+            ("properties", toml::Value::Table(t)) => {
+                for (k, v) in t {
+                    properties.insert(k.clone(), to_plist(v).map_err(|e| format!("{source}: key properties.{k}: {e}"))?);
+                }
+            }
+            ("name" | "class", other) => {
+                return Err(format!("{source}: key {key}: expected a non-empty string, found {}", other.type_str()))
+            }
+            ("properties", other) => {
+                return Err(format!("{source}: key properties: expected a table, found {}", other.type_str()))
+            }
+            (other, _) => {
+                return Err(format!("{source}: unknown key {other:?}: expected name, class or [properties]"))
+            }
+        }
+    }
+    let name = name.ok_or_else(|| format!("{source}: key name: missing"))?;
+    let chain = driverkit_wire::classes::chain(&class);
+    if !driverkit_wire::classes::is_system_class(&class) || !chain.contains(&"IOService") {
+        return Err(format!("{source}: key class: {class:?} is not a system service class"));
+    }
+    Ok(DeviceSpec { name, class, properties, source: source.to_owned() })
+}
+
+fn to_plist(v: &toml::Value) -> Result<Value, String> {
+    Ok(match v {
+        toml::Value::String(s) => Value::String(s.clone()),
+        toml::Value::Integer(i) => Value::Integer((*i).into()),
+        toml::Value::Float(f) => Value::Real(*f),
+        toml::Value::Boolean(b) => Value::Boolean(*b),
+        toml::Value::Datetime(d) => {
+            let text = d.to_string();
+            let date = plist::Date::from_xml_format(&text)
+                .map_err(|_| format!("date {text} is not a full UTC timestamp (like 2024-05-01T12:00:00Z)"))?;
+            Value::Date(date)
+        }
+        toml::Value::Array(a) => Value::Array(a.iter().map(to_plist).collect::<Result<_, _>>()?),
+        toml::Value::Table(t) if t.len() == 1 && t.contains_key("$data") => match &t["$data"] {
+            toml::Value::String(hex) => Value::Data(from_hex(hex)?),
+            other => return Err(format!("$data: expected a hex string, found {}", other.type_str())),
+        },
+        toml::Value::Table(t) => {
+            let mut d = plist::Dictionary::new();
+            for (k, v) in t {
+                d.insert(k.clone(), to_plist(v).map_err(|e| format!("{k}: {e}"))?);
+            }
+            Value::Dictionary(d)
+        }
+    })
+}
+
+fn from_hex(hex: &str) -> Result<Vec<u8>, String> {
+    let digits: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if digits.len() % 2 != 0 {
+        return Err(format!("$data: odd number of hex digits ({})", digits.len()));
+    }
+    digits
+        .chunks(2)
+        .enumerate()
+        .map(|(i, pair)| {
+            let s = std::str::from_utf8(pair).map_err(|_| format!("$data: byte {i} is not hex"))?;
+            u8::from_str_radix(s, 16).map_err(|_| format!("$data: byte {i}: {s:?} is not hex"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn builtins_parse() {
+        for name in builtin_names() {
+            assert!(builtin(name).is_some(), "{name}");
+        }
+        let w = builtin("widget").unwrap();
+        assert_eq!(w.class, "IOVirtualDevice");
+        assert_eq!(w.properties["Firmware"], Value::Data(vec![0xde, 0xad, 0xbe, 0xef]));
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let e = parse("name = 3", "f.toml").unwrap_err();
+        assert_eq!(e, "f.toml: key name: expected a non-empty string, found integer");
+        let e = parse("name = \"x\"\nclass = \"IOFoo\"", "f.toml").unwrap_err();
+        assert!(e.contains("key class"), "{e}");
+        let e = parse("name = \"x\"\n[properties]\nF = { \"$data\" = \"abc\" }", "f.toml").unwrap_err();
+        assert!(e.contains("key properties.F: $data: odd number"), "{e}");
+        let e = parse("nmae = \"x\"", "f.toml").unwrap_err();
+        assert!(e.contains("unknown key \"nmae\""), "{e}");
+        let e = parse("name = [", "f.toml").unwrap_err();
+        assert!(e.starts_with("f.toml: "), "{e}");
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_is_an_error_or_a_device(text in ".{0,200}") {
+            let _ = parse(&text, "p.toml");
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The control socket: how `driverkit` subcommands reach a running daemon.
+//!
+//! `<root>/driverkitd.sock`, a Unix stream socket carrying JSON lines: one
+//! request object, one response object (`{"ok": ...}` or `{"error": "..."}`).
+//! It is a tool interface, not a hot path; JSON keeps it inspectable with
+//! `socat`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backends::virtual_device;
+use crate::daemon::Daemon;
+
+/// The socket's file name inside the root directory.
+pub const SOCKET: &str = "driverkitd.sock";
+
+/// A device to plug: a built-in by name, or a file's text (read by the CLI,
+/// so that the daemon never opens paths on a client's behalf).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceArg {
+    Builtin(String),
+    File { path: String, text: String },
+}
+
+/// A request to the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// The registry, as an XML plist archive in `{"plist": ...}`.
+    Registry,
+    /// Plug a virtual device; answers its registry entry ID.
+    Plug { device: DeviceArg },
+    /// Unplug a virtual device by ID.
+    Unplug { id: u64 },
+    /// The plugged virtual devices.
+    Devices,
+    /// Load a `.dext` bundle and match it.
+    Load { path: PathBuf },
+    /// PID and dext PIDs.
+    Status,
+    /// Stop every dext and exit.
+    Shutdown,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Response {
+    Ok(serde_json::Value),
+    Error(String),
+}
+
+/// Serves the control socket until the process exits.
+pub fn serve(daemon: Daemon, root: &Path, shutdown: mpsc::Sender<()>) -> std::io::Result<PathBuf> {
+    let path = root.join(SOCKET);
+    // The root lock is held, so a socket file left here is stale.
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::thread::Builder::new().name("control".into()).spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let daemon = daemon.clone();
+            let shutdown = shutdown.clone();
+            let _ = std::thread::Builder::new().name("control-client".into()).spawn(move || {
+                if let Err(e) = serve_client(stream, &daemon, &shutdown) {
+                    tracing::debug!("control client: {e}");
+                }
+            });
+        }
+    })?;
+    Ok(path)
+}
+
+fn serve_client(stream: UnixStream, daemon: &Daemon, shutdown: &mpsc::Sender<()>) -> std::io::Result<()> {
+    let mut writer = stream.try_clone()?;
+    for line in BufReader::new(stream).lines() {
+        let line = line?;
+        let response = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => match handle(daemon, req, shutdown) {
+                Ok(v) => Response::Ok(v),
+                Err(e) => Response::Error(e),
+            },
+            Err(e) => Response::Error(format!("bad request: {e}")),
+        };
+        let mut text = serde_json::to_string(&response).unwrap_or_else(|_| r#"{"error":"unencodable"}"#.into());
+        text.push('\n');
+        writer.write_all(text.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn handle(daemon: &Daemon, req: Request, shutdown: &mpsc::Sender<()>) -> Result<serde_json::Value, String> {
+    use serde_json::json;
+    match req {
+        Request::Registry => {
+            let mut xml = Vec::new();
+            daemon.registry_plist().to_writer_xml(&mut xml).map_err(|e| e.to_string())?;
+            Ok(json!({ "plist": String::from_utf8_lossy(&xml) }))
+        }
+        Request::Plug { device } => {
+            let spec = match device {
+                DeviceArg::Builtin(name) => virtual_device::builtin(&name).ok_or_else(|| {
+                    let known: Vec<_> = virtual_device::builtin_names().collect();
+                    format!("no built-in device named {name:?} (built in: {})", known.join(", "))
+                })?,
+                DeviceArg::File { path, text } => virtual_device::parse(&text, &path)?,
+            };
+            Ok(json!({ "id": daemon.plug(spec) }))
+        }
+        Request::Unplug { id } => daemon.unplug(id).map(|()| json!({})),
+        Request::Devices => serde_json::to_value(daemon.devices()).map_err(|e| e.to_string()),
+        Request::Load { path } => daemon.load_bundle(&path).map(|id| json!({ "bundle": id })),
+        Request::Status => Ok(json!({ "pid": std::process::id(), "dexts": daemon.pids() })),
+        Request::Shutdown => {
+            let _ = shutdown.send(());
+            Ok(json!({}))
+        }
+    }
+}
+
+/// A connection to a running daemon.
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Client {
+    /// Connects to the daemon whose state directory is `root`.
+    pub fn connect(root: &Path) -> Result<Client, String> {
+        let path = root.join(SOCKET);
+        let stream = UnixStream::connect(&path).map_err(|e| {
+            format!("no daemon is running at {} ({e}); start one with `driverkit run`", root.display())
+        })?;
+        let writer = stream.try_clone().map_err(|e| e.to_string())?;
+        Ok(Client { reader: BufReader::new(stream), writer })
+    }
+
+    /// Sends one request and waits for its answer.
+    pub fn request(&mut self, req: &Request) -> Result<serde_json::Value, String> {
+        let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+        line.push('\n');
+        self.writer.write_all(line.as_bytes()).map_err(|e| format!("daemon connection: {e}"))?;
+        let mut answer = String::new();
+        self.reader.read_line(&mut answer).map_err(|e| format!("daemon connection: {e}"))?;
+        if answer.is_empty() {
+            return Err("the daemon closed the connection".into());
+        }
+        match serde_json::from_str::<Response>(&answer).map_err(|e| format!("bad answer from the daemon: {e}"))? {
+            Response::Ok(v) => Ok(v),
+            Response::Error(e) => Err(e),
+        }
+    }
+
+    /// The registry tree.
+    pub fn registry(&mut self) -> Result<crate::ioreg::Node, String> {
+        let v = self.request(&Request::Registry)?;
+        let xml = v.get("plist").and_then(|p| p.as_str()).ok_or("answer without plist")?;
+        let value = plist::Value::from_reader_xml(xml.as_bytes()).map_err(|e| format!("bad registry archive: {e}"))?;
+        crate::ioreg::Node::from_archive(&value)
+    }
+}

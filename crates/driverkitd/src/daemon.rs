@@ -1,0 +1,770 @@
+//! The daemon: the registry, the catalogue and the processes, and the
+//! lifecycle that connects them (match -> launch -> init -> start;
+//! terminate -> stop -> free -> exit; crash -> clean up -> relaunch).
+//!
+//! Concurrency: one `Mutex<State>` guards all data. It is never held across
+//! a call into a dext or a process operation, so a slow or hung dext can
+//! only ever block the thread talking to it. Matching of one provider runs
+//! on one thread at a time (`State::matching`); a request to match while it
+//! runs is remembered and served when it finishes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use driverkit_bundle::Bundle;
+use driverkit_wire::interfaces::{io_service_interface, io_user_server_interface, IOServiceInterface, IOUserServerInterface};
+use driverkit_wire::{Header, IOResult, IOReturn, ObjectId, FLAG_SUPERDISPATCH};
+
+use crate::backends::virtual_device::DeviceSpec;
+use crate::families::{self, MatchTarget};
+use crate::matching::{by_category, Candidate, Catalogue};
+use crate::registry::{EntryId, Hosting, Registry};
+use crate::user_server::{Launch, UserServer};
+
+/// How the daemon runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The state directory (control socket, lock, embedded bundles).
+    pub root: PathBuf,
+    /// Driver bundles to load at start.
+    pub bundles: Vec<PathBuf>,
+    /// Virtual devices to plug at start.
+    pub devices: Vec<DeviceSpec>,
+    /// Relaunches of a crashing personality before it is given up.
+    pub relaunch_limit: u32,
+    /// The first relaunch delay; each further crash doubles it.
+    pub relaunch_backoff: Duration,
+    /// How long a dext may take to answer the system (Start, Stop...).
+    pub call_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults for a state directory.
+    pub fn new(root: PathBuf) -> Config {
+        Config {
+            root,
+            bundles: Vec::new(),
+            devices: Vec::new(),
+            relaunch_limit: 3,
+            relaunch_backoff: Duration::from_millis(250),
+            call_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Lifecycle events, for benchmarks and tools that watch the daemon.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A dext's `start` returned successfully.
+    Started { service: EntryId, provider: EntryId, pid: u32, at: Instant },
+    /// A service left the registry.
+    Removed { service: EntryId },
+    /// A dext process ended.
+    Exited { pid: u32, crashed: bool },
+}
+
+/// A plugged virtual device.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct DeviceInfo {
+    pub id: EntryId,
+    pub name: String,
+    pub class: String,
+    pub source: String,
+    /// Names of the services attached to it.
+    pub clients: Vec<String>,
+}
+
+struct ServerSlot {
+    server: Arc<UserServer>,
+    /// Attaches in progress that will use this server; it must not be
+    /// asked to exit while any remain.
+    reserved: usize,
+}
+
+pub(crate) struct State {
+    pub(crate) registry: Registry,
+    catalogue: Catalogue,
+    servers: HashMap<u64, ServerSlot>,
+    next_server: u64,
+    relaunches: HashMap<String, u32>,
+    disabled: HashSet<String>,
+    matching: HashSet<EntryId>,
+    rematch: HashSet<EntryId>,
+    resources: EntryId,
+    virtual_bus: EntryId,
+    devices: BTreeMap<EntryId, String>,
+    shutting_down: bool,
+    jobs: usize,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    state: Mutex<State>,
+    changed: Condvar,
+    subscribers: Mutex<Vec<mpsc::Sender<Event>>>,
+    spawn_lock: Mutex<()>,
+    me: Weak<Inner>,
+}
+
+/// A running daemon. Dropping it does not stop it; call [`Daemon::shutdown`].
+#[derive(Clone)]
+pub struct Daemon {
+    inner: Arc<Inner>,
+}
+
+enum Attach {
+    Started,
+    Failed,
+    /// The process died; crash handling owns what happens next.
+    Crashed,
+    /// The provider or the daemon is going away.
+    Gone,
+}
+
+impl Daemon {
+    /// Builds the registry, loads the configured bundles, plugs the
+    /// configured devices and starts matching.
+    pub fn start(config: Config) -> Daemon {
+        let mut registry = Registry::new();
+        let root = registry.insert("Root", "IORegistryEntry", Default::default(), None);
+        let mut published = plist::Dictionary::new();
+        published.insert("IOKit".into(), "IOKit".into());
+        let resources = registry.insert("IOResources", "IOResources", published, Some(root));
+        let user_resources = registry.insert("IOUserResources", "IOUserResources", Default::default(), Some(root));
+        let virtual_bus = registry.insert("VirtualBus", "IOVirtualBus", Default::default(), Some(root));
+        for id in [root, resources, user_resources, virtual_bus] {
+            if let Some(e) = registry.get_mut(id) {
+                e.state.registered = true;
+                e.state.active = true;
+                e.state.matched = true;
+            }
+        }
+        let state = State {
+            registry,
+            catalogue: Catalogue::new(families::matchers()),
+            servers: HashMap::new(),
+            next_server: 1,
+            relaunches: HashMap::new(),
+            disabled: HashSet::new(),
+            matching: HashSet::new(),
+            rematch: HashSet::new(),
+            resources,
+            virtual_bus,
+            devices: BTreeMap::new(),
+            shutting_down: false,
+            jobs: 0,
+        };
+        let bundles = config.bundles.clone();
+        let devices = config.devices.clone();
+        let inner = Arc::new_cyclic(|me| Inner {
+            config,
+            state: Mutex::new(state),
+            changed: Condvar::new(),
+            subscribers: Mutex::new(Vec::new()),
+            spawn_lock: Mutex::new(()),
+            me: me.clone(),
+        });
+        let daemon = Daemon { inner };
+        for path in bundles {
+            if let Err(e) = daemon.load_bundle(&path) {
+                tracing::error!("not loading {}: {e}", path.display());
+            }
+        }
+        for spec in devices {
+            daemon.plug(spec);
+        }
+        daemon.inner.schedule_match(user_resources);
+        daemon
+    }
+
+    /// Validates and adds a bundle, then runs matching again everywhere.
+    /// Returns the bundle identifier.
+    pub fn load_bundle(&self, path: &std::path::Path) -> Result<String, String> {
+        let bundle = Bundle::load(path).map_err(|e| e.to_string())?;
+        let id = bundle.identifier.clone();
+        let names: Vec<_> = bundle.personalities.iter().map(|p| p.name.clone()).collect();
+        let registered: Vec<EntryId> = {
+            let mut st = self.inner.lock();
+            st.catalogue.add_bundle(bundle);
+            // A new version gets a fresh start in the relaunch ledger.
+            st.relaunches.retain(|k, _| !k.starts_with(&format!("{id}/")));
+            st.disabled.retain(|k| !k.starts_with(&format!("{id}/")));
+            st.registry.iter().filter(|e| e.state.registered && !e.state.terminating).map(|e| e.id).collect()
+        };
+        tracing::info!("load     {id} from {} (personalities: {})", path.display(), names.join(", "));
+        for id in registered {
+            self.inner.schedule_match(id);
+        }
+        Ok(id)
+    }
+
+    /// Plugs a virtual device into the virtual bus and matches it.
+    pub fn plug(&self, spec: DeviceSpec) -> EntryId {
+        let id = {
+            let mut st = self.inner.lock();
+            let bus = st.virtual_bus;
+            let id = st.registry.insert(&spec.name, &spec.class, spec.properties.clone(), Some(bus));
+            if let Some(e) = st.registry.get_mut(id) {
+                e.state.registered = true;
+                e.state.active = true;
+            }
+            st.devices.insert(id, spec.source.clone());
+            id
+        };
+        tracing::info!("plug     {} [{id:#x}] ({}, from {})", spec.name, spec.class, spec.source);
+        self.inner.schedule_match(id);
+        id
+    }
+
+    /// Unplugs a virtual device: its clients stop bottom-up, then it goes.
+    pub fn unplug(&self, id: EntryId) -> Result<(), String> {
+        let name = {
+            let st = self.inner.lock();
+            if !st.devices.contains_key(&id) {
+                return Err(format!("no plugged device with id {id:#x} (see `driverkit device list`)"));
+            }
+            st.registry.get(id).map(|e| e.name.clone()).unwrap_or_default()
+        };
+        tracing::info!("unplug   {name} [{id:#x}]");
+        self.inner.terminate(id);
+        Ok(())
+    }
+
+    /// The plugged virtual devices.
+    pub fn devices(&self) -> Vec<DeviceInfo> {
+        let st = self.inner.lock();
+        st.devices
+            .iter()
+            .filter_map(|(id, source)| {
+                let e = st.registry.get(*id)?;
+                Some(DeviceInfo {
+                    id: *id,
+                    name: e.name.clone(),
+                    class: e.class().to_owned(),
+                    source: source.clone(),
+                    clients: e.clients.iter().filter_map(|c| st.registry.get(*c)).map(|c| c.name.clone()).collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// The registry as `ioreg -a` would archive it.
+    pub fn registry_plist(&self) -> plist::Value {
+        crate::ioreg::archive(&self.inner.lock().registry)
+    }
+
+    /// Lifecycle events from now on.
+    pub fn subscribe(&self) -> mpsc::Receiver<Event> {
+        let (tx, rx) = mpsc::channel();
+        self.inner.subscribers.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
+        rx
+    }
+
+    /// Waits until no matching or termination is in flight.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.inner.lock();
+        while st.jobs > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            st = self.inner.changed.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        true
+    }
+
+    /// PIDs of the running dext processes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.inner.lock().servers.values().map(|s| s.server.pid).collect()
+    }
+
+    /// Stops every dext (Stop, free, exit, bottom-up) and waits for the
+    /// processes to end; stragglers are killed.
+    pub fn shutdown(&self) {
+        let tops: Vec<EntryId> = {
+            let mut st = self.inner.lock();
+            st.shutting_down = true;
+            st.registry
+                .iter()
+                .filter(|e| {
+                    e.hosting.is_some()
+                        && e.provider.and_then(|p| st.registry.get(p)).is_none_or(|p| p.hosting.is_none())
+                })
+                .map(|e| e.id)
+                .collect()
+        };
+        tracing::info!("shutdown: stopping {} driver service(s)", tops.len());
+        for id in tops {
+            self.inner.terminate(id);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut st = self.inner.lock();
+        while !st.servers.is_empty() && Instant::now() < deadline {
+            st = self.inner.changed.wait_timeout(st, Duration::from_millis(50)).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        for slot in st.servers.values() {
+            tracing::warn!("{:?} still running at shutdown; killing it", slot.server);
+            slot.server.kill();
+        }
+        drop(st);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.inner.lock().servers.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn emit(&self, event: Event) {
+        self.subscribers.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| s.send(event.clone()).is_ok());
+    }
+
+    /// Runs `f` on its own thread, counted in `jobs` for `wait_idle`.
+    fn spawn_job(&self, name: &str, f: impl FnOnce(Arc<Inner>) + Send + 'static) {
+        let Some(me) = self.me.upgrade() else { return };
+        me.lock().jobs += 1;
+        let done = me.clone();
+        let spawned = std::thread::Builder::new().name(name.to_owned()).spawn(move || {
+            f(me);
+            let mut st = done.lock();
+            st.jobs -= 1;
+            drop(st);
+            done.changed.notify_all();
+        });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start a {name} thread: {e}");
+            self.lock().jobs -= 1;
+        }
+    }
+
+    pub(crate) fn schedule_match(&self, provider: EntryId) {
+        self.spawn_job("matching", move |d| d.run_matching(provider));
+    }
+
+    fn run_matching(&self, provider: EntryId) {
+        {
+            let mut st = self.lock();
+            if st.shutting_down {
+                return;
+            }
+            if !st.matching.insert(provider) {
+                st.rematch.insert(provider);
+                return;
+            }
+        }
+        loop {
+            self.match_once(provider);
+            let mut st = self.lock();
+            if !st.rematch.remove(&provider) || st.shutting_down {
+                st.matching.remove(&provider);
+                return;
+            }
+        }
+    }
+
+    fn match_once(&self, provider: EntryId) {
+        let groups = {
+            let st = self.lock();
+            let Some(entry) = st.registry.get(provider) else { return };
+            if !entry.state.registered || entry.state.terminating {
+                return;
+            }
+            let resources = st.registry.get(st.resources).map(|r| r.properties.clone()).unwrap_or_default();
+            let target = MatchTarget { name: &entry.name, class_chain: &entry.class_chain, properties: &entry.properties };
+            let candidates: Vec<Candidate> = st
+                .catalogue
+                .candidates(&target, &resources)
+                .into_iter()
+                .filter(|c| !st.disabled.contains(&c.driver.key()))
+                .collect();
+            let occupied: HashSet<&str> = entry
+                .clients
+                .iter()
+                .filter_map(|c| st.registry.get(*c)?.match_category.as_deref())
+                .collect();
+            by_category(candidates).into_iter().filter(|(cat, _)| !occupied.contains(cat.as_str())).collect::<Vec<_>>()
+        };
+        for (category, group) in groups {
+            for candidate in group {
+                match self.attach(provider, &candidate, &category) {
+                    Attach::Started => break,
+                    Attach::Failed => continue,
+                    Attach::Crashed => break,
+                    Attach::Gone => return,
+                }
+            }
+        }
+        if let Some(e) = self.lock().registry.get_mut(provider) {
+            e.state.matched = true;
+        }
+    }
+
+    fn attach(&self, provider: EntryId, candidate: &Candidate, category: &str) -> Attach {
+        let driver = &candidate.driver;
+        let p = &driver.personality;
+        let (id, provider_name, properties) = {
+            let mut st = self.lock();
+            if st.shutting_down {
+                return Attach::Gone;
+            }
+            let Some(prov) = st.registry.get(provider) else { return Attach::Gone };
+            if prov.state.terminating {
+                return Attach::Gone;
+            }
+            let provider_name = prov.name.clone();
+            let mut properties = p.properties.clone();
+            properties.insert("IOMatchedPersonality".into(), p.name.clone().into());
+            properties.insert("IOProbeScore".into(), plist::Value::Integer(candidate.score.into()));
+            properties.insert("IOMatchCategory".into(), category.into());
+            let id = st.registry.insert(&p.user_class, &p.io_class, properties.clone(), Some(provider));
+            if let Some(e) = st.registry.get_mut(id) {
+                e.match_category = Some(category.to_owned());
+                e.state.matched = true;
+            }
+            (id, provider_name, properties)
+        };
+        tracing::info!(
+            "match    {} ({}) -> {provider_name} [{provider:#x}], score {}, category {category}",
+            p.user_class,
+            driver.key(),
+            candidate.score
+        );
+        let server = match self.server_for(driver) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("launch   {} failed: {e}", driver.bundle.identifier);
+                self.lock().registry.remove(id);
+                self.record_crash(&driver.key(), provider, &e);
+                return Attach::Crashed;
+            }
+        };
+        {
+            let mut st = self.lock();
+            if let Some(e) = st.registry.get_mut(id) {
+                e.hosting = Some(Hosting {
+                    server: server.id,
+                    pid: server.pid,
+                    bundle: driver.bundle.identifier.clone(),
+                    personality: p.name.clone(),
+                });
+            }
+            if let Some(slot) = st.servers.get_mut(&server.id) {
+                slot.reserved -= 1;
+            }
+        }
+        let lifecycle = io_user_server_interface::Proxy { caller: &*server, object: ObjectId::USER_SERVER, flags: 0 };
+        if let Err(e) = lifecycle.create(ObjectId(id), p.user_class.clone(), ObjectId(provider), properties) {
+            if !server.is_alive() {
+                return Attach::Crashed;
+            }
+            tracing::warn!("init     {} [{id:#x}] in pid {} failed: {e}", p.user_class, server.pid);
+            self.discard(id, &server);
+            return Attach::Failed;
+        }
+        let began = Instant::now();
+        let service = io_service_interface::Proxy { caller: &*server, object: ObjectId(id), flags: 0 };
+        match service.start(ObjectId(provider)) {
+            Ok(()) => {
+                let took = began.elapsed();
+                let active = match self.lock().registry.get_mut(id) {
+                    Some(e) if !e.state.terminating => {
+                        e.state.active = true;
+                        true
+                    }
+                    _ => false,
+                };
+                tracing::info!(
+                    "start    {} [{id:#x}] on {provider_name} in pid {}: ok ({:.1} ms)",
+                    p.user_class,
+                    server.pid,
+                    took.as_secs_f64() * 1e3
+                );
+                if active {
+                    self.emit(Event::Started { service: id, provider, pid: server.pid, at: Instant::now() });
+                }
+                Attach::Started
+            }
+            Err(_) if !server.is_alive() => Attach::Crashed,
+            Err(e) => {
+                tracing::warn!(
+                    "start    {} [{id:#x}] on {provider_name} in pid {}: failed with {e}; trying the next candidate",
+                    p.user_class,
+                    server.pid
+                );
+                let lifecycle = io_user_server_interface::Proxy { caller: &*server, object: ObjectId::USER_SERVER, flags: 0 };
+                let _ = lifecycle.free(ObjectId(id));
+                self.discard(id, &server);
+                Attach::Failed
+            }
+        }
+    }
+
+    /// Removes a service that never started and lets its process go if it
+    /// hosts nothing else.
+    fn discard(&self, id: EntryId, server: &Arc<UserServer>) {
+        self.lock().registry.remove(id);
+        self.emit(Event::Removed { service: id });
+        self.release_if_idle(server);
+    }
+
+    /// A process for `driver`: a shared one for `IOUserServerOneProcess`,
+    /// otherwise a new one. The returned server is reserved once.
+    fn server_for(&self, driver: &crate::matching::Driver) -> Result<Arc<UserServer>, String> {
+        let p = &driver.personality;
+        let _spawning = self.spawn_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if p.one_process {
+            let mut st = self.lock();
+            let shared = st.servers.values_mut().find(|s| {
+                s.server.one_process
+                    && s.server.name == p.server_name
+                    && s.server.bundle == driver.bundle.identifier
+                    && s.server.is_alive()
+                    && !s.server.exit_requested()
+            });
+            if let Some(slot) = shared {
+                slot.reserved += 1;
+                return Ok(slot.server.clone());
+            }
+        }
+        let id = {
+            let mut st = self.lock();
+            st.next_server += 1;
+            st.next_server
+        };
+        let server = UserServer::spawn(
+            Launch {
+                id,
+                name: &p.server_name,
+                bundle: &driver.bundle.identifier,
+                executable: &driver.bundle.executable,
+                one_process: p.one_process,
+                call_timeout: self.config.call_timeout,
+            },
+            self.me.clone(),
+        )
+        .map_err(|e| format!("{}: {e}", driver.bundle.executable.display()))?;
+        tracing::info!("launch   {} pid {} ({})", p.server_name, server.pid, driver.bundle.executable.display());
+        self.lock().servers.insert(id, ServerSlot { server: server.clone(), reserved: 1 });
+        Ok(server)
+    }
+
+    fn release_if_idle(&self, server: &Arc<UserServer>) {
+        let idle = {
+            let st = self.lock();
+            let hosting = st.registry.iter().any(|e| e.hosting.as_ref().is_some_and(|h| h.server == server.id));
+            let reserved = st.servers.get(&server.id).is_some_and(|s| s.reserved > 0);
+            !hosting && !reserved
+        };
+        if idle && server.is_alive() && !server.exit_requested() {
+            server.request_exit();
+        }
+    }
+
+    /// Terminates `id` and everything above it, bottom-up, then lets its
+    /// provider match again (a driver went away).
+    pub(crate) fn terminate(&self, id: EntryId) {
+        let (order, provider) = {
+            let mut st = self.lock();
+            let order = st.registry.subtree_bottom_up(id);
+            for e in &order {
+                if let Some(entry) = st.registry.get_mut(*e) {
+                    entry.state.terminating = true;
+                    entry.state.active = false;
+                }
+            }
+            (order, st.registry.get(id).and_then(|e| e.provider))
+        };
+        for e in order {
+            self.stop_and_remove(e);
+        }
+        if let Some(p) = provider {
+            let alive = self.lock().registry.get(p).is_some_and(|e| !e.state.terminating);
+            if alive {
+                self.schedule_match(p);
+            }
+        }
+    }
+
+    fn stop_and_remove(&self, id: EntryId) {
+        let (entry, server) = {
+            let st = self.lock();
+            let Some(e) = st.registry.get(id) else { return };
+            let server = e.hosting.as_ref().and_then(|h| st.servers.get(&h.server)).map(|s| s.server.clone());
+            (e.clone(), server)
+        };
+        if let Some(server) = server.filter(|s| s.is_alive()) {
+            let provider = ObjectId(entry.provider.unwrap_or(0));
+            let service = io_service_interface::Proxy { caller: &*server, object: ObjectId(id), flags: 0 };
+            let stopped = service.stop(provider);
+            tracing::info!(
+                "stop     {} [{id:#x}] in pid {}: {}",
+                entry.name,
+                server.pid,
+                stopped.map_or_else(|e| e.to_string(), |()| "ok".into())
+            );
+            let lifecycle = io_user_server_interface::Proxy { caller: &*server, object: ObjectId::USER_SERVER, flags: 0 };
+            let freed = lifecycle.free(ObjectId(id));
+            tracing::info!(
+                "free     {} [{id:#x}] in pid {}: {}",
+                entry.name,
+                server.pid,
+                freed.map_or_else(|e| e.to_string(), |()| "ok".into())
+            );
+            {
+                let mut st = self.lock();
+                st.registry.remove(id);
+                st.devices.remove(&id);
+            }
+            self.emit(Event::Removed { service: id });
+            self.release_if_idle(&server);
+        } else {
+            {
+                let mut st = self.lock();
+                st.registry.remove(id);
+                st.devices.remove(&id);
+            }
+            self.emit(Event::Removed { service: id });
+        }
+    }
+
+    /// Called by a server's reader thread once its process has ended.
+    pub(crate) fn server_exited(&self, server: &Arc<UserServer>, status: &str) {
+        let hosted: Vec<EntryId> = {
+            let mut st = self.lock();
+            st.servers.remove(&server.id);
+            st.registry
+                .iter()
+                .filter(|e| e.hosting.as_ref().is_some_and(|h| h.server == server.id))
+                .map(|e| e.id)
+                .collect()
+        };
+        self.changed.notify_all();
+        let crashed = !server.exit_requested() || !hosted.is_empty();
+        self.emit(Event::Exited { pid: server.pid, crashed });
+        if !crashed {
+            tracing::info!("exit     {} pid {}: {status}", server.name, server.pid);
+            return;
+        }
+        let names: Vec<String> = {
+            let st = self.lock();
+            hosted.iter().filter_map(|id| st.registry.get(*id)).map(|e| format!("{} [{:#x}]", e.name, e.id)).collect()
+        };
+        tracing::error!("crash    {} pid {}: {status}; it hosted {}", server.name, server.pid, names.join(", "));
+        for id in hosted {
+            // Clients of a crashed service (in other processes) stop first.
+            let clients = self.lock().registry.get(id).map(|e| e.clients.clone()).unwrap_or_default();
+            for c in clients {
+                self.terminate(c);
+            }
+            let Some(entry) = self.lock().registry.remove(id) else { continue };
+            self.emit(Event::Removed { service: id });
+            let Some(provider) = entry.provider else { continue };
+            self.tell_client_crashed(provider, &entry.name, id);
+            if let Some(h) = &entry.hosting {
+                self.record_crash(&format!("{}/{}", h.bundle, h.personality), provider, status);
+            }
+        }
+    }
+
+    fn tell_client_crashed(&self, provider: EntryId, client_name: &str, client: EntryId) {
+        let (provider_name, server) = {
+            let st = self.lock();
+            let Some(p) = st.registry.get(provider) else { return };
+            let server = p.hosting.as_ref().and_then(|h| st.servers.get(&h.server)).map(|s| s.server.clone());
+            (p.name.clone(), server)
+        };
+        tracing::info!("client_crashed: {provider_name} [{provider:#x}] lost {client_name} [{client:#x}]");
+        if let Some(server) = server {
+            let proxy = io_service_interface::Proxy { caller: &*server, object: ObjectId(provider), flags: 0 };
+            let _ = proxy.client_crashed(ObjectId(client), 0);
+        }
+    }
+
+    /// Counts a crash of `key` and rematches the provider: after a backoff,
+    /// or at once without it once the personality is given up (so that the
+    /// next candidate can try).
+    fn record_crash(&self, key: &str, provider: EntryId, reason: &str) {
+        let (count, given_up) = {
+            let mut st = self.lock();
+            let count = {
+                let n = st.relaunches.entry(key.to_owned()).or_insert(0);
+                *n += 1;
+                *n
+            };
+            let given_up = count > self.config.relaunch_limit;
+            if given_up {
+                st.disabled.insert(key.to_owned());
+            }
+            (count, given_up)
+        };
+        let delay = if given_up {
+            tracing::error!(
+                "giving up {key}: not relaunching after {} relaunches (last failure: {reason})",
+                self.config.relaunch_limit
+            );
+            Duration::ZERO
+        } else {
+            let delay = self.config.relaunch_backoff * 2u32.saturating_pow(count - 1).min(64);
+            tracing::warn!(
+                "relaunch {key} in {} ms (relaunch {count} of {})",
+                delay.as_millis(),
+                self.config.relaunch_limit
+            );
+            delay
+        };
+        self.spawn_job("relaunch", move |d| {
+            std::thread::sleep(delay);
+            d.run_matching(provider);
+        });
+    }
+
+    /// Serves a dext's call into the system, after checking that the dext
+    /// may make it.
+    pub(crate) fn kernel_call(&self, server: u64, h: &Header, args: &[u8]) -> IOResult<Vec<u8>> {
+        let superdispatch = h.flags & FLAG_SUPERDISPATCH != 0;
+        self.check_access(server, h.object.0, h.method, superdispatch)?;
+        let call = crate::families::io_service::KernelCall { daemon: self, object: h.object.0, superdispatch };
+        io_service_interface::dispatch(&call, h.method, args).unwrap_or(Err(IOReturn::UNSUPPORTED))
+    }
+
+    /// A dext may do anything to its own services, and read its providers.
+    fn check_access(&self, server: u64, object: EntryId, method: driverkit_wire::MethodId, superdispatch: bool) -> IOResult<()> {
+        let st = self.lock();
+        let e = st.registry.get(object).ok_or(IOReturn::NOT_FOUND)?;
+        let hosted_here = |e: &crate::registry::Entry| e.hosting.as_ref().is_some_and(|h| h.server == server);
+        if hosted_here(e) {
+            return Ok(());
+        }
+        let read_only = [
+            io_service_interface::COPY_PROPERTIES,
+            io_service_interface::COPY_PROPERTY,
+            io_service_interface::GET_REGISTRY_ENTRY_ID,
+        ];
+        let is_provider = e.clients.iter().filter_map(|c| st.registry.get(*c)).any(hosted_here);
+        if is_provider && !superdispatch && read_only.contains(&method) {
+            return Ok(());
+        }
+        Err(IOReturn::NOT_PERMITTED)
+    }
+
+    pub(crate) fn set_registered(&self, id: EntryId) {
+        let mut st = self.lock();
+        let Some(e) = st.registry.get_mut(id) else { return };
+        e.state.registered = true;
+        let name = e.name.clone();
+        drop(st);
+        tracing::debug!("register {name} [{id:#x}]");
+        self.schedule_match(id);
+    }
+
+    pub(crate) fn schedule_terminate(&self, id: EntryId) {
+        self.spawn_job("terminate", move |d| d.terminate(id));
+    }
+}

@@ -1,0 +1,219 @@
+//! The I/O Registry: every service, its class, properties and links.
+//!
+//! The registry is plain data behind the daemon's state lock. It never calls
+//! out (no RPC, no process work) so that holding the lock is always short.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// A registry entry ID, as ioreg prints it (`0x100000123`).
+pub type EntryId = u64;
+
+/// Where entry IDs start, like on macOS.
+const FIRST_ID: EntryId = 0x1_0000_0100;
+
+/// Lifecycle flags shown by ioreg.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct State {
+    /// `register_service` has run: other drivers may match against it.
+    pub registered: bool,
+    /// Matching has run: as a provider (its clients were chosen), or as a
+    /// client (it was chosen by matching).
+    pub matched: bool,
+    /// Started and not terminated.
+    pub active: bool,
+    /// Termination has begun; `stop` is coming or running.
+    pub terminating: bool,
+}
+
+/// Which driver process hosts a service, and through which personality it
+/// was matched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hosting {
+    /// The user server (process) holding the instance.
+    pub server: u64,
+    /// The process ID.
+    pub pid: u32,
+    /// `CFBundleIdentifier` of the dext.
+    pub bundle: String,
+    /// The personality's name.
+    pub personality: String,
+}
+
+/// One service.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    pub id: EntryId,
+    pub name: String,
+    /// The class and its superclasses, most derived first.
+    pub class_chain: Vec<String>,
+    pub properties: plist::Dictionary,
+    pub provider: Option<EntryId>,
+    pub clients: Vec<EntryId>,
+    pub state: State,
+    /// The `IOMatchCategory` this service occupies on its provider.
+    pub match_category: Option<String>,
+    /// Set for services implemented by a dext.
+    pub hosting: Option<Hosting>,
+}
+
+impl Entry {
+    /// The most derived class.
+    pub fn class(&self) -> &str {
+        self.class_chain.first().map(String::as_str).unwrap_or("OSObject")
+    }
+
+    /// True when the service is an instance of `class` or a subclass.
+    pub fn is_kind_of(&self, class: &str) -> bool {
+        self.class_chain.iter().any(|c| c == class)
+    }
+}
+
+/// The registry.
+#[derive(Debug, Default)]
+pub struct Registry {
+    entries: BTreeMap<EntryId, Entry>,
+    next_id: EntryId,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Registry { entries: BTreeMap::new(), next_id: FIRST_ID }
+    }
+
+    /// Adds an entry as a client of `provider` and returns its ID.
+    pub fn insert(
+        &mut self,
+        name: &str,
+        class: &str,
+        properties: plist::Dictionary,
+        provider: Option<EntryId>,
+    ) -> EntryId {
+        let id = self.next_id;
+        self.next_id += 1;
+        let class_chain = driverkit_wire::classes::chain(class).into_iter().map(str::to_owned).collect();
+        self.entries.insert(
+            id,
+            Entry {
+                id,
+                name: name.to_owned(),
+                class_chain,
+                properties,
+                provider,
+                clients: Vec::new(),
+                state: State::default(),
+                match_category: None,
+                hosting: None,
+            },
+        );
+        if let Some(p) = provider.and_then(|p| self.entries.get_mut(&p)) {
+            p.clients.push(id);
+        }
+        id
+    }
+
+    /// Removes an entry, unlinking it from its provider. Its clients must
+    /// already be gone (termination is bottom-up).
+    pub fn remove(&mut self, id: EntryId) -> Option<Entry> {
+        let entry = self.entries.remove(&id)?;
+        if let Some(p) = entry.provider.and_then(|p| self.entries.get_mut(&p)) {
+            p.clients.retain(|c| *c != id);
+        }
+        Some(entry)
+    }
+
+    pub fn get(&self, id: EntryId) -> Option<&Entry> {
+        self.entries.get(&id)
+    }
+
+    pub fn get_mut(&mut self, id: EntryId) -> Option<&mut Entry> {
+        self.entries.get_mut(&id)
+    }
+
+    /// Every entry, in ID order.
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// `id` and everything below it, deepest first: the order termination
+    /// stops them in.
+    pub fn subtree_bottom_up(&self, id: EntryId) -> Vec<EntryId> {
+        let mut out = Vec::new();
+        self.collect_bottom_up(id, &mut out);
+        out
+    }
+
+    fn collect_bottom_up(&self, id: EntryId, out: &mut Vec<EntryId>) {
+        if let Some(e) = self.entries.get(&id) {
+            for c in &e.clients {
+                self.collect_bottom_up(*c, out);
+            }
+            out.push(id);
+        }
+    }
+
+    /// A serializable copy of the tree under the roots (entries without a
+    /// provider).
+    pub fn snapshot(&self) -> Vec<Node> {
+        self.entries.values().filter(|e| e.provider.is_none()).map(|e| self.node(e)).collect()
+    }
+
+    fn node(&self, e: &Entry) -> Node {
+        Node {
+            id: e.id,
+            name: e.name.clone(),
+            class: e.class().to_owned(),
+            class_chain: e.class_chain.clone(),
+            state: e.state,
+            pid: e.hosting.as_ref().map(|h| h.pid),
+            properties: e.properties.clone(),
+            children: e.clients.iter().filter_map(|c| self.entries.get(c)).map(|c| self.node(c)).collect(),
+        }
+    }
+}
+
+/// One entry of a registry snapshot, as `ioreg` receives it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Node {
+    pub id: EntryId,
+    pub name: String,
+    pub class: String,
+    pub class_chain: Vec<String>,
+    pub state: State,
+    /// The PID of the dext hosting this service, if a dext does.
+    pub pid: Option<u32>,
+    pub properties: plist::Dictionary,
+    pub children: Vec<Node>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_and_bottom_up_order() {
+        let mut r = Registry::new();
+        let root = r.insert("Root", "IORegistryEntry", Default::default(), None);
+        let bus = r.insert("Bus", "IOService", Default::default(), Some(root));
+        let dev = r.insert("Dev", "IOVirtualDevice", Default::default(), Some(bus));
+        let drv = r.insert("Drv", "IOUserService", Default::default(), Some(dev));
+        assert_eq!(root, 0x1_0000_0100);
+        assert_eq!(r.subtree_bottom_up(bus), vec![drv, dev, bus]);
+        assert!(r.get(dev).unwrap().is_kind_of("IOService"));
+        r.remove(drv);
+        assert!(r.get(dev).unwrap().clients.is_empty());
+        let snap = r.snapshot();
+        assert_eq!(snap.len(), 1);
+        assert_eq!(snap[0].children[0].children[0].name, "Dev");
+    }
+}

@@ -1,0 +1,362 @@
+//! User servers: the dext processes, and the daemon's end of their sockets.
+//!
+//! Each process gets a `SOCK_SEQPACKET` socket as descriptor 3. Over it the
+//! daemon calls the dext (create, start, stop, free, exit) and the dext
+//! sends its `Hello` and opens call channels. Each channel is served by its
+//! own daemon thread that answers the dext's calls into the system
+//! (`SUPERDISPATCH` and `KERNEL` methods) without any hand-off.
+//!
+//! The reader thread of the main socket is the only place where a process's
+//! end is noticed: EOF means the process exited or crashed. It reaps the
+//! child, fails every call in flight with `kIOReturnOffline`, and reports to
+//! the daemon.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{mpsc, Arc, Mutex, Weak};
+use std::time::Duration;
+
+use driverkit_wire::transport::{self, Endpoint, MessageBuf};
+use driverkit_wire::{Caller, Decoder, Header, IOResult, IOReturn, Kind, MethodId, ObjectId, Wire};
+
+use crate::daemon::Inner;
+
+/// The descriptor number a dext finds its socket at.
+const SERVER_FD: i32 = 3;
+/// How long a new process has to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Pending = HashMap<u32, mpsc::SyncSender<IOResult<Vec<u8>>>>;
+
+/// A running dext process.
+pub struct UserServer {
+    pub id: u64,
+    /// `IOUserServerName`.
+    pub name: String,
+    /// `CFBundleIdentifier` of the dext.
+    pub bundle: String,
+    pub pid: u32,
+    /// True when processes of this server host several services
+    /// (`IOUserServerOneProcess`).
+    pub one_process: bool,
+    main: Endpoint,
+    pending: Mutex<Pending>,
+    next_call: AtomicU32,
+    alive: AtomicBool,
+    exit_requested: AtomicBool,
+    call_timeout: Duration,
+}
+
+impl std::fmt::Debug for UserServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (pid {})", self.name, self.pid)
+    }
+}
+
+/// Everything needed to start a dext process.
+pub struct Launch<'a> {
+    pub id: u64,
+    pub name: &'a str,
+    pub bundle: &'a str,
+    pub executable: &'a Path,
+    pub one_process: bool,
+    pub call_timeout: Duration,
+}
+
+impl UserServer {
+    /// Starts the process, waits for its hello, and starts serving it.
+    pub fn spawn(launch: Launch<'_>, daemon: Weak<Inner>) -> std::io::Result<Arc<UserServer>> {
+        let (ours, theirs) = transport::socketpair()?;
+        let theirs = OwnedFd::from(theirs);
+        let raw = theirs.as_raw_fd();
+        let mut cmd = Command::new(launch.executable);
+        cmd.env(driverkit_wire_env(), SERVER_FD.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: Ctrl-C in the daemon's terminal must
+            // reach the daemon only, which then stops every dext in order.
+            .process_group(0);
+        // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork
+        // and exec, on descriptors owned by this function.
+        unsafe {
+            cmd.pre_exec(move || {
+                if raw == SERVER_FD {
+                    // dup2 onto itself keeps close-on-exec: clear it instead.
+                    if libc::fcntl(raw, libc::F_SETFD, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(raw, SERVER_FD) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn()?;
+        drop(theirs);
+        let pid = child.id();
+        let label = format!("{}[{pid}]", launch.name);
+        for (stream, is_err) in
+            [(child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), false), (child.stderr.take().map(|s| Box::new(s) as _), true)]
+        {
+            if let Some(stream) = stream {
+                let label = label.clone();
+                let _ = std::thread::Builder::new().name(format!("log:{pid}")).spawn(move || forward_log(stream, &label, is_err));
+            }
+        }
+        if let Err(e) = wait_hello(&ours, pid) {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            let reason = status.map(describe).unwrap_or_else(|| "unknown".into());
+            return Err(std::io::Error::other(format!("{e} (process {reason})")));
+        }
+        let server = Arc::new(UserServer {
+            id: launch.id,
+            name: launch.name.to_owned(),
+            bundle: launch.bundle.to_owned(),
+            pid,
+            one_process: launch.one_process,
+            main: ours,
+            pending: Mutex::new(HashMap::new()),
+            next_call: AtomicU32::new(1),
+            alive: AtomicBool::new(true),
+            exit_requested: AtomicBool::new(false),
+            call_timeout: launch.call_timeout,
+        });
+        let reader = server.clone();
+        std::thread::Builder::new()
+            .name(format!("server:{pid}"))
+            .spawn(move || reader.read_loop(child, daemon))?;
+        Ok(server)
+    }
+
+    /// False once the process has exited.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// True once the daemon has asked the process to exit.
+    pub fn exit_requested(&self) -> bool {
+        self.exit_requested.load(Ordering::Acquire)
+    }
+
+    /// Asks the process to exit; the reader thread notices the exit.
+    pub fn request_exit(&self) {
+        self.exit_requested.store(true, Ordering::Release);
+        let proxy = driverkit_wire::interfaces::io_user_server_interface::Proxy {
+            caller: self,
+            object: ObjectId::USER_SERVER,
+            flags: 0,
+        };
+        use driverkit_wire::interfaces::IOUserServerInterface;
+        if let Err(e) = proxy.exit() {
+            tracing::warn!("{self:?} did not acknowledge exit ({e}); killing it");
+            self.kill();
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+
+    fn read_loop(self: Arc<Self>, mut child: Child, daemon: Weak<Inner>) {
+        let mut buf = MessageBuf::default();
+        let end = loop {
+            match self.main.recv_message(&mut buf) {
+                Ok(Some((h, fd))) => match h.kind {
+                    Kind::Reply => {
+                        let result = h.status.into_result().map(|()| buf.payload().to_vec());
+                        if let Some(waiter) = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&h.call) {
+                            let _ = waiter.send(result);
+                        }
+                    }
+                    Kind::Channel => match fd {
+                        Some(fd) => self.serve_channel(Endpoint::new(fd), daemon.clone()),
+                        None => tracing::warn!("{self:?} opened a channel without a socket"),
+                    },
+                    Kind::Request | Kind::Oneway => {
+                        // Calls normally travel on channels; answer anyway.
+                        let result = match daemon.upgrade() {
+                            Some(d) => d.kernel_call(self.id, &h, buf.payload()),
+                            None => Err(IOReturn::OFFLINE),
+                        };
+                        reply(&self.main, &h, result);
+                    }
+                    Kind::Hello => tracing::warn!("{self:?} said hello twice"),
+                },
+                Ok(None) => break "closed its connection".to_owned(),
+                Err(e) => {
+                    // A process that sends garbage is not trusted further.
+                    tracing::error!("{self:?} sent a bad message: {e}; killing it");
+                    self.kill();
+                    break format!("sent a bad message: {e}");
+                }
+            }
+        };
+        self.alive.store(false, Ordering::Release);
+        for (_, waiter) in self.pending.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+            let _ = waiter.send(Err(IOReturn::OFFLINE));
+        }
+        let status = reap(&mut child, &end);
+        if let Some(d) = daemon.upgrade() {
+            d.server_exited(&self, &status);
+        }
+    }
+
+    fn serve_channel(&self, channel: Endpoint, daemon: Weak<Inner>) {
+        let server = self.id;
+        let pid = self.pid;
+        let spawned = std::thread::Builder::new().name(format!("channel:{pid}")).spawn(move || {
+            let mut buf = MessageBuf::default();
+            while let Ok(Some((h, _))) = channel.recv_message(&mut buf) {
+                if h.kind != Kind::Request && h.kind != Kind::Oneway {
+                    continue;
+                }
+                let Some(d) = daemon.upgrade() else { break };
+                let result = d.kernel_call(server, &h, buf.payload());
+                drop(d);
+                reply(&channel, &h, result);
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!("cannot serve a channel of pid {pid}: {e}");
+        }
+    }
+}
+
+impl Caller for UserServer {
+    fn call(&self, object: ObjectId, method: MethodId, flags: u8, args: &[u8]) -> IOResult<Vec<u8>> {
+        if !self.is_alive() {
+            return Err(IOReturn::OFFLINE);
+        }
+        let call = self.next_call.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(call, tx);
+        let mut h = Header::new(Kind::Request);
+        h.call = call;
+        h.object = object;
+        h.method = method;
+        h.flags = flags;
+        if self.main.send(&h, args, None).is_err() {
+            self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&call);
+            return Err(IOReturn::OFFLINE);
+        }
+        match rx.recv_timeout(self.call_timeout) {
+            Ok(result) => result,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&call);
+                let name = driverkit_wire::method_name(method).unwrap_or("a method");
+                tracing::error!(
+                    "{self:?} did not answer {name} within {:?}; killing it as hung",
+                    self.call_timeout
+                );
+                self.kill();
+                Err(IOReturn::TIMEOUT)
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(IOReturn::OFFLINE),
+        }
+    }
+}
+
+fn driverkit_wire_env() -> &'static str {
+    // Mirrors driverkit::runtime::SERVER_FD_ENV; the daemon does not depend
+    // on the SDK.
+    "DRIVERKIT_SERVER_FD"
+}
+
+fn reply(endpoint: &Endpoint, request: &Header, result: IOResult<Vec<u8>>) {
+    if request.kind != Kind::Request {
+        return;
+    }
+    let mut h = Header::new(Kind::Reply);
+    h.call = request.call;
+    h.object = request.object;
+    h.method = request.method;
+    let payload = result.unwrap_or_else(|status| {
+        h.status = status;
+        Vec::new()
+    });
+    let _ = endpoint.send(&h, &payload, None);
+}
+
+fn wait_hello(endpoint: &Endpoint, pid: u32) -> std::io::Result<()> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(endpoint, PollFlags::IN)];
+    let timeout = Timespec { tv_sec: HELLO_TIMEOUT.as_secs() as i64, tv_nsec: 0 };
+    if poll(&mut fds, Some(&timeout))? == 0 {
+        return Err(std::io::Error::other(format!("pid {pid} did not say hello within {HELLO_TIMEOUT:?}")));
+    }
+    let mut buf = MessageBuf::default();
+    match endpoint.recv_message(&mut buf)? {
+        Some((h, _)) if h.kind == Kind::Hello => {
+            let said = u32::decode(&mut Decoder::new(buf.payload())).unwrap_or(0);
+            if said != pid {
+                tracing::warn!("pid {pid} introduced itself as pid {said}");
+            }
+            Ok(())
+        }
+        Some((h, _)) => Err(std::io::Error::other(format!("pid {pid} sent {:?} before hello", h.kind))),
+        None => Err(std::io::Error::other(format!("pid {pid} exited before saying hello"))),
+    }
+}
+
+/// Forwards a dext's output lines into the daemon's log, tagged with the
+/// dext's server name and PID.
+fn forward_log(stream: Box<dyn std::io::Read + Send>, label: &str, is_err: bool) {
+    for line in BufReader::new(stream).lines() {
+        let Ok(line) = line else { break };
+        if is_err {
+            tracing::info!(target: "dext", "{label}: {line}");
+        } else {
+            tracing::info!(target: "dext", "{label} (stdout): {line}");
+        }
+    }
+}
+
+/// Waits for the child after its socket closed; a process that closed the
+/// socket but lingers is killed after a grace period.
+fn reap(child: &mut Child, end: &str) -> String {
+    for _ in 0..200 {
+        if let Ok(Some(status)) = child.try_wait() {
+            return describe(status);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    tracing::warn!("pid {} {end} but did not exit; killing it", child.id());
+    let _ = child.kill();
+    child.wait().map(describe).unwrap_or_else(|e| format!("could not be reaped: {e}"))
+}
+
+/// `exited with status 0`, `killed by SIGKILL`...
+pub fn describe(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exited with status {code}");
+    }
+    match status.signal() {
+        Some(sig) => {
+            let name = match sig {
+                6 => "SIGABRT",
+                9 => "SIGKILL",
+                11 => "SIGSEGV",
+                15 => "SIGTERM",
+                2 => "SIGINT",
+                _ => "",
+            };
+            if status.core_dumped() {
+                format!("killed by signal {sig} {name} (core dumped)")
+            } else {
+                format!("killed by signal {sig} {name}")
+            }
+        }
+        None => format!("{status}"),
+    }
+}
+
