@@ -1,1 +1,24 @@
-fn main(){}
+//! `driverkit`: run the system, inspect it, plug devices, validate bundles
+//! and benchmark. See `driverkit --help`.
+
+mod commands;
+mod drivers;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    // Started by the daemon as one of the built-in drivers?
+    if let Some(driver) = drivers::from_argv0() {
+        driverkit::runtime::run((driver.classes)());
+    }
+    let cli = commands::Cli::parse();
+    match commands::dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("driverkit: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -2,7 +2,8 @@
 
 use proc_macro2::{Span, TokenStream};
 use quote::quote;
-use syn::{parse::Parser, punctuated::Punctuated, Fields, ItemStruct, Meta, Path, Token};
+use quote::ToTokens;
+use syn::{parse::Parser, punctuated::Punctuated, Fields, ItemStruct, Meta, Path, Token, Type};
 
 pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     let (superclass, ivars) = parse_args(attr)?;
@@ -46,7 +47,7 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
     })
 }
 
-fn parse_args(attr: TokenStream) -> syn::Result<(Path, Path)> {
+fn parse_args(attr: TokenStream) -> syn::Result<(Path, Type)> {
     let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(attr)?;
     let mut superclass = None;
     let mut ivars = None;
@@ -54,13 +55,13 @@ fn parse_args(attr: TokenStream) -> syn::Result<(Path, Path)> {
         let Meta::NameValue(nv) = meta else {
             return Err(syn::Error::new_spanned(meta, "expected `superclass = Class` or `ivars = Type`"));
         };
-        let syn::Expr::Path(p) = &nv.value else {
-            return Err(syn::Error::new_spanned(&nv.value, "expected a type path"));
-        };
         if nv.path.is_ident("superclass") {
+            let syn::Expr::Path(p) = &nv.value else {
+                return Err(syn::Error::new_spanned(&nv.value, "expected a class, such as IOService"));
+            };
             superclass = Some(p.path.clone());
         } else if nv.path.is_ident("ivars") {
-            ivars = Some(p.path.clone());
+            ivars = Some(syn::parse2::<Type>(nv.value.to_token_stream())?);
         } else {
             return Err(syn::Error::new_spanned(&nv.path, "unknown argument: expected `superclass` or `ivars`"));
         }

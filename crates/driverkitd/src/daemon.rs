@@ -518,7 +518,9 @@ impl Inner {
     /// otherwise a new one. The returned server is reserved once.
     fn server_for(&self, driver: &crate::matching::Driver) -> Result<Arc<UserServer>, String> {
         let p = &driver.personality;
-        let _spawning = self.spawn_lock.lock().unwrap_or_else(|e| e.into_inner());
+        // Two attaches must not both start "the" shared process of a
+        // server name; unshared processes start in parallel.
+        let _spawning = p.one_process.then(|| self.spawn_lock.lock().unwrap_or_else(|e| e.into_inner()));
         if p.one_process {
             let mut st = self.lock();
             let shared = st.servers.values_mut().find(|s| {
@@ -634,24 +636,30 @@ impl Inner {
         }
     }
 
-    /// Called by a server's reader thread once its process has ended.
+    /// Called by a server's reader thread once its process has ended. The
+    /// server leaves the table last, so that `shutdown` (which waits for an
+    /// empty table) sees every exit fully handled.
     pub(crate) fn server_exited(&self, server: &Arc<UserServer>, status: &str) {
         let hosted: Vec<EntryId> = {
-            let mut st = self.lock();
-            st.servers.remove(&server.id);
+            let st = self.lock();
             st.registry
                 .iter()
                 .filter(|e| e.hosting.as_ref().is_some_and(|h| h.server == server.id))
                 .map(|e| e.id)
                 .collect()
         };
-        self.changed.notify_all();
         let crashed = !server.exit_requested() || !hosted.is_empty();
-        self.emit(Event::Exited { pid: server.pid, crashed });
-        if !crashed {
+        if crashed {
+            self.handle_crash(server, status, hosted);
+        } else {
             tracing::info!("exit     {} pid {}: {status}", server.name, server.pid);
-            return;
         }
+        self.emit(Event::Exited { pid: server.pid, crashed });
+        self.lock().servers.remove(&server.id);
+        self.changed.notify_all();
+    }
+
+    fn handle_crash(&self, server: &Arc<UserServer>, status: &str, hosted: Vec<EntryId>) {
         let names: Vec<String> = {
             let st = self.lock();
             hosted.iter().filter_map(|id| st.registry.get(*id)).map(|e| format!("{} [{:#x}]", e.name, e.id)).collect()

@@ -1,0 +1,359 @@
+//! `driverkit bench`: the figures the issues set targets for, each beside a
+//! baseline measured in the same run.
+//!
+//! | bench              | what                                             | baseline                          |
+//! |--------------------|--------------------------------------------------|-----------------------------------|
+//! | `rpc_roundtrip`    | a dext's SUPERDISPATCH call with one `u32`       | raw SOCK_SEQPACKET ping-pong       |
+//! | `spawn_to_start`   | device plugged -> the dext's Start returned      | fork+exec+handshake of this binary |
+//! | `match_per_device` | candidates for one device, 10,000 personalities  | the same with 1,000 personalities  |
+//! | `dext_rss`         | resident memory of the idle NullDriver dext      | this binary idle as a bare process |
+//! | `daemon_rss`       | resident memory of the daemon, 100 devices       | the same daemon with no devices    |
+
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use driverkit_wire::transport::{self, Endpoint, MessageBuf};
+use driverkit_wire::{Header, Kind};
+use driverkitd::backends::virtual_device::DeviceSpec;
+use driverkitd::{Config, Daemon, Event};
+use plist::Value;
+
+use crate::drivers;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+    /// Fewer iterations (for a smoke test; figures are noisier).
+    #[arg(long)]
+    quick: bool,
+}
+
+struct Figure {
+    bench: &'static str,
+    unit: &'static str,
+    p50: f64,
+    p99: f64,
+    baseline: Option<(&'static str, f64, f64)>,
+}
+
+impl Figure {
+    fn print(&self, json: bool) {
+        if json {
+            let mut o = serde_json::json!({ "bench": self.bench, "unit": self.unit, "p50": self.p50, "p99": self.p99 });
+            if let Some((name, b50, b99)) = self.baseline {
+                o["baseline"] = name.into();
+                o["baseline_p50"] = b50.into();
+                o["baseline_p99"] = b99.into();
+            }
+            println!("{o}");
+        } else {
+            let base = match self.baseline {
+                Some((name, b50, b99)) => {
+                    format!("   vs {name}: p50 {b50:.1} p99 {b99:.1}  (x{:.2} at p50)", self.p50 / b50.max(f64::MIN_POSITIVE))
+                }
+                None => String::new(),
+            };
+            println!("{:<18} p50 {:>10.1} p99 {:>10.1} {:<4}{base}", self.bench, self.p50, self.p99, self.unit);
+        }
+    }
+}
+
+/// p50 and p99 of samples.
+fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+pub fn bench(args: BenchArgs) -> Result<(), String> {
+    let scale = if args.quick { 10 } else { 1 };
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let json = args.json;
+    rpc_roundtrip(dir.path(), 20_000 / scale)?.print(json);
+    spawn_to_start(dir.path(), 40 / scale.min(4))?.print(json);
+    match_per_device(1_000 / scale)?.print(json);
+    dext_rss(dir.path())?.print(json);
+    daemon_rss(dir.path(), 100)?.print(json);
+    Ok(())
+}
+
+/// The helper process: says hello on the inherited socket, then echoes.
+pub fn echo_peer() -> Result<(), String> {
+    let fd: i32 = std::env::var("DRIVERKIT_BENCH_FD").ok().and_then(|s| s.parse().ok()).ok_or("no DRIVERKIT_BENCH_FD")?;
+    // SAFETY: the parent passes this one descriptor for this process to own.
+    let endpoint = Endpoint::new(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) });
+    endpoint.send(&Header::new(Kind::Hello), &[], None).map_err(|e| e.to_string())?;
+    let mut buf = MessageBuf::default();
+    while let Ok(transport::Received::Message { .. }) = endpoint.recv(&mut buf) {
+        if endpoint.send_raw(buf.bytes(), None).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Starts the echo helper with one end of a socketpair.
+fn spawn_echo() -> Result<(Child, Endpoint), String> {
+    let (ours, theirs) = transport::socketpair().map_err(|e| e.to_string())?;
+    let raw = theirs.as_fd().as_raw_fd();
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("__bench-echo").env("DRIVERKIT_BENCH_FD", raw.to_string()).stdin(Stdio::null());
+    // SAFETY: fcntl between fork and exec is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = std::os::fd::BorrowedFd::borrow_raw(raw);
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).map_err(std::io::Error::from)
+        });
+    }
+    let child = cmd.spawn().map_err(|e| e.to_string())?;
+    drop(theirs);
+    let mut buf = MessageBuf::default();
+    match ours.recv_message(&mut buf) {
+        Ok(Some((h, _))) if h.kind == Kind::Hello => Ok((child, ours)),
+        _ => Err("the echo helper did not say hello".into()),
+    }
+}
+
+fn stop_echo(mut child: Child, endpoint: Endpoint) {
+    drop(endpoint);
+    let _ = child.wait();
+}
+
+fn raw_pingpong(n: usize) -> Result<(f64, f64), String> {
+    let (child, ep) = spawn_echo()?;
+    let mut h = Header::new(Kind::Request);
+    h.object = driverkit_wire::ObjectId(0x1_0000_0100);
+    let payload = 1u32.to_le_bytes();
+    let mut buf = MessageBuf::default();
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + n / 10 {
+        let t = Instant::now();
+        ep.send(&h, &payload, None).map_err(|e| e.to_string())?;
+        ep.recv(&mut buf).map_err(|e| e.to_string())?;
+        if i >= n / 10 {
+            samples.push(t.elapsed().as_nanos() as f64);
+        }
+    }
+    stop_echo(child, ep);
+    Ok(percentiles(samples))
+}
+
+fn bench_daemon(root: &Path, bundle_of: &drivers::Embedded) -> Result<Daemon, String> {
+    let dir = root.join("bundles");
+    let bundle = drivers::materialize(bundle_of, &dir)?;
+    let mut config = Config::new(root.join(format!("state-{}", bundle_of.executable)));
+    config.bundles.push(bundle);
+    Ok(Daemon::start(config))
+}
+
+fn bench_device(name: &str, extra: &[(&str, Value)]) -> DeviceSpec {
+    let mut properties = plist::Dictionary::new();
+    properties.insert("BenchDevice".into(), Value::Boolean(true));
+    for (k, v) in extra {
+        properties.insert((*k).into(), v.clone());
+    }
+    DeviceSpec { name: name.into(), class: "IOVirtualDevice".into(), properties, source: "bench".into() }
+}
+
+fn wait_started(events: &std::sync::mpsc::Receiver<Event>, provider: u64) -> Result<(u64, Instant), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(Event::Started { service, provider: p, at, .. }) if p == provider => return Ok((service, at)),
+            Ok(_) => continue,
+            Err(_) => return Err("the bench driver did not start within 30 s".into()),
+        }
+    }
+}
+
+fn rpc_roundtrip(root: &Path, n: usize) -> Result<Figure, String> {
+    let (b50, b99) = raw_pingpong(n)?;
+    let daemon = bench_daemon(root, &drivers::TOOLS[1])?;
+    let events = daemon.subscribe();
+    let dev = daemon.plug(bench_device("BenchRPC", &[("BenchSuperCalls", Value::Integer((n as u64).into()))]));
+    let started = wait_started(&events, dev);
+    let figures = started.and_then(|(service, _)| {
+        let tree = driverkitd::ioreg::Node::from_archive(&daemon.registry_plist())?;
+        let node = tree.walk().into_iter().find(|n| n.id == service).cloned().ok_or("bench service vanished")?;
+        let get = |k: &str| node.properties.get(k).and_then(Value::as_signed_integer).ok_or(format!("no {k}"));
+        Ok((get("BenchP50Ns")? as f64, get("BenchP99Ns")? as f64))
+    });
+    daemon.shutdown();
+    let (p50, p99) = figures?;
+    Ok(Figure { bench: "rpc_roundtrip", unit: "ns", p50, p99, baseline: Some(("raw_seqpacket", b50, b99)) })
+}
+
+fn spawn_to_start(root: &Path, n: usize) -> Result<Figure, String> {
+    let mut floor = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let (child, ep) = spawn_echo()?;
+        floor.push(t.elapsed().as_nanos() as f64 / 1e3);
+        stop_echo(child, ep);
+    }
+    let daemon = bench_daemon(root, &drivers::TOOLS[1])?;
+    let events = daemon.subscribe();
+    let mut samples = Vec::new();
+    for i in 0..n {
+        let t = Instant::now();
+        let dev = daemon.plug(bench_device(&format!("BenchSpawn{i}"), &[]));
+        let (_, at) = wait_started(&events, dev)?;
+        samples.push(at.duration_since(t).as_nanos() as f64 / 1e3);
+        daemon.unplug(dev)?;
+        daemon.wait_idle(Duration::from_secs(10));
+    }
+    daemon.shutdown();
+    let (b50, b99) = percentiles(floor);
+    let (p50, p99) = percentiles(samples);
+    Ok(Figure { bench: "spawn_to_start", unit: "us", p50, p99, baseline: Some(("fork_exec_handshake", b50, b99)) })
+}
+
+/// `personalities` personalities keyed by model, `devices` devices.
+fn catalogue(personalities: usize) -> driverkitd::matching::Catalogue {
+    use driverkit_bundle::Bundle;
+    let mut cat = driverkitd::matching::Catalogue::new(Vec::new());
+    let per_bundle = 100;
+    for b in 0..personalities.div_ceil(per_bundle) {
+        let id = format!("com.bench.B{b}");
+        let mut ps = plist::Dictionary::new();
+        for i in b * per_bundle..((b + 1) * per_bundle).min(personalities) {
+            let mut p = plist::Dictionary::new();
+            p.insert("CFBundleIdentifier".into(), id.clone().into());
+            p.insert("IOClass".into(), "IOUserService".into());
+            p.insert("IOUserClass".into(), format!("D{i}").into());
+            p.insert("IOUserServerName".into(), id.clone().into());
+            p.insert("IOProviderClass".into(), "IOVirtualDevice".into());
+            let mut m = plist::Dictionary::new();
+            m.insert("ModelID".into(), Value::Integer((i as u64).into()));
+            m.insert("VendorID".into(), Value::Integer(((i % 50) as u64).into()));
+            p.insert("IOPropertyMatch".into(), Value::Dictionary(m));
+            p.insert("IOProbeScore".into(), Value::Integer(((i % 7) as u64).into()));
+            ps.insert(format!("P{i}"), Value::Dictionary(p));
+        }
+        let mut info = plist::Dictionary::new();
+        info.insert("CFBundleIdentifier".into(), id.clone().into());
+        info.insert("CFBundleExecutable".into(), "x".into());
+        info.insert("IOKitPersonalities".into(), Value::Dictionary(ps));
+        if let Ok(bundle) = Bundle::from_info(Path::new("/bench.dext"), info) {
+            cat.add_bundle(bundle);
+        }
+    }
+    cat
+}
+
+fn time_matching(personalities: usize, devices: usize) -> (f64, f64, usize) {
+    let cat = catalogue(personalities);
+    let chain: Vec<String> = driverkit_wire::classes::chain("IOVirtualDevice").into_iter().map(str::to_owned).collect();
+    let resources = plist::Dictionary::new();
+    let mut samples = Vec::with_capacity(devices);
+    let mut matched = 0;
+    for d in 0..devices {
+        let model = (d * 7919) % personalities.max(1);
+        let mut props = plist::Dictionary::new();
+        props.insert("ModelID".into(), Value::Integer((model as u64).into()));
+        props.insert("VendorID".into(), Value::Integer(((model % 50) as u64).into()));
+        props.insert("Serial".into(), format!("S{d}").into());
+        let target = driverkitd::families::MatchTarget { name: "Device", class_chain: &chain, properties: &props };
+        let t = Instant::now();
+        let groups = driverkitd::matching::by_category(cat.candidates(&target, &resources));
+        samples.push(t.elapsed().as_nanos() as f64 / 1e3);
+        matched += usize::from(!groups.is_empty());
+    }
+    let (p50, p99) = percentiles(samples);
+    (p50, p99, matched)
+}
+
+fn match_per_device(devices: usize) -> Result<Figure, String> {
+    let (b50, b99, _) = time_matching(1_000, devices);
+    let (p50, p99, matched) = time_matching(10_000, devices);
+    if matched != devices {
+        return Err(format!("matching found drivers for {matched} of {devices} devices"));
+    }
+    Ok(Figure { bench: "match_per_device", unit: "us", p50, p99, baseline: Some(("match_1000_personalities", b50, b99)) })
+}
+
+fn rss_kib(pid: u32) -> Result<f64, String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| format!("pid {pid}: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| format!("pid {pid}: no VmRSS"))
+}
+
+fn dext_rss(root: &Path) -> Result<Figure, String> {
+    let (child, ep) = spawn_echo()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let floor = rss_kib(child.id());
+    stop_echo(child, ep);
+    let daemon = bench_daemon(root, &drivers::EXAMPLES[0])?;
+    let events = daemon.subscribe();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pid = loop {
+        match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Event::Started { pid, .. }) => break Ok(pid),
+            Ok(_) => continue,
+            Err(_) => break Err("NullDriver did not start".to_owned()),
+        }
+    };
+    let rss = pid.and_then(|pid| {
+        std::thread::sleep(Duration::from_millis(500));
+        rss_kib(pid)
+    });
+    daemon.shutdown();
+    let (rss, floor) = (rss?, floor?);
+    Ok(Figure { bench: "dext_rss", unit: "KiB", p50: rss, p99: rss, baseline: Some(("bare_process", floor, floor)) })
+}
+
+fn daemon_rss(root: &Path, devices: usize) -> Result<Figure, String> {
+    let state = root.join("rss-daemon");
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut daemon = Command::new(exe)
+        .args(["run", "--no-embedded", "--no-default-devices", "--root"])
+        .arg(&state)
+        .env("DRIVERKIT_LOG", "warn")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let result = (|| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut client = loop {
+            match driverkitd::control::Client::connect(&state) {
+                Ok(c) => break c,
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        let empty = rss_kib(daemon.id())?;
+        for _ in 0..devices {
+            client.request(&driverkitd::control::Request::Plug {
+                device: driverkitd::control::DeviceArg::Builtin("widget".into()),
+            })?;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let full = rss_kib(daemon.id())?;
+        let _ = client.request(&driverkitd::control::Request::Shutdown);
+        Ok((full, empty))
+    })();
+    let _ = daemon.wait();
+    let mut err = String::new();
+    if let Some(mut s) = daemon.stderr.take() {
+        let _ = s.read_to_string(&mut err);
+    }
+    let (full, empty) = result.map_err(|e| format!("{e}\n{err}"))?;
+    Ok(Figure { bench: "daemon_rss", unit: "KiB", p50: full, p99: full, baseline: Some(("daemon_no_devices", empty, empty)) })
+}

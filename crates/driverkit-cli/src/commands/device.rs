@@ -1,0 +1,77 @@
+//! `driverkit device plug|unplug|list`.
+
+use std::path::Path;
+
+use clap::Subcommand;
+use driverkitd::backends::virtual_device::{self, DeviceSpec};
+use driverkitd::control::{DeviceArg, Request};
+use driverkitd::DeviceInfo;
+
+#[derive(Subcommand)]
+pub enum DeviceCommand {
+    /// Plug a virtual device: a device file, or a built-in name (sensor, widget).
+    Plug {
+        #[arg(value_name = "FILE|NAME")]
+        device: String,
+    },
+    /// Unplug a virtual device by registry entry ID.
+    Unplug {
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+    /// List plugged virtual devices.
+    List {
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A device argument: an existing file, else a built-in name.
+fn argument(arg: &str) -> Result<DeviceArg, String> {
+    let path = Path::new(arg);
+    if path.exists() {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{arg}: {e}"))?;
+        Ok(DeviceArg::File { path: arg.to_owned(), text })
+    } else if virtual_device::builtin(arg).is_some() {
+        Ok(DeviceArg::Builtin(arg.to_owned()))
+    } else {
+        let known: Vec<_> = virtual_device::builtin_names().collect();
+        Err(format!("{arg}: no such file, and not a built-in device ({})", known.join(", ")))
+    }
+}
+
+/// Parses a device argument locally (for `driverkit run --device`).
+pub fn resolve(arg: &str) -> Result<DeviceSpec, String> {
+    match argument(arg)? {
+        DeviceArg::Builtin(name) => virtual_device::builtin(&name).ok_or_else(|| format!("{name}: unknown")),
+        DeviceArg::File { path, text } => virtual_device::parse(&text, &path),
+    }
+}
+
+pub fn device(root: &Path, cmd: DeviceCommand) -> Result<(), String> {
+    let mut client = super::client(root)?;
+    match cmd {
+        DeviceCommand::Plug { device } => {
+            let answer = client.request(&Request::Plug { device: argument(&device)? })?;
+            let id = answer["id"].as_u64().ok_or("answer without id")?;
+            println!("{id:#x}");
+        }
+        DeviceCommand::Unplug { id } => {
+            client.request(&Request::Unplug { id: super::parse_id(&id)? })?;
+        }
+        DeviceCommand::List { json } => {
+            let answer = client.request(&Request::Devices)?;
+            if json {
+                println!("{answer}");
+                return Ok(());
+            }
+            let devices: Vec<DeviceInfo> = serde_json::from_value(answer).map_err(|e| e.to_string())?;
+            println!("{:<14} {:<18} {:<16} {:<28} CLIENTS", "ID", "NAME", "CLASS", "SOURCE");
+            for d in devices {
+                println!("{:<14} {:<18} {:<16} {:<28} {}", format!("{:#x}", d.id), d.name, d.class, d.source, d.clients.join(", "));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! Subcommands. Each one that talks to a daemon finds it through `--root`.
+
+mod bench;
+mod device;
+mod ioreg;
+mod run;
+mod validate;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use driverkitd::control::{Client, Request};
+
+#[derive(Parser)]
+#[command(name = "driverkit", version, about = "A user-space driver framework for Linux, modelled on DriverKit")]
+pub struct Cli {
+    /// The daemon's state directory [default: $XDG_STATE_HOME/driverkit or ~/.local/state/driverkit]
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground (by default with the example drivers and virtual devices).
+    Run(run::RunArgs),
+    /// Print the I/O Registry of the running daemon, like macOS ioreg.
+    Ioreg(ioreg::IoregArgs),
+    /// Check a .dext bundle and print its personalities.
+    Validate {
+        /// The `<bundle-id>.dext` directory.
+        path: PathBuf,
+    },
+    /// Plug, unplug and list virtual devices.
+    #[command(subcommand)]
+    Device(device::DeviceCommand),
+    /// Load a .dext bundle into the running daemon and match it.
+    Load {
+        /// The `<bundle-id>.dext` directory.
+        path: PathBuf,
+    },
+    /// Show the daemon's PID and its dexts' PIDs.
+    Status,
+    /// Stop the running daemon (every dext stops first).
+    Stop,
+    /// Run the benchmarks.
+    Bench(bench::BenchArgs),
+    /// Internal: the raw socket echo peer the benchmarks use as a baseline.
+    #[command(name = "__bench-echo", hide = true)]
+    BenchEcho,
+}
+
+impl Cli {
+    fn root(&self) -> PathBuf {
+        self.root.clone().unwrap_or_else(driverkitd::root::default_root)
+    }
+}
+
+pub fn dispatch(cli: Cli) -> Result<(), String> {
+    let root = cli.root();
+    match cli.command {
+        Command::Run(args) => run::run(root, args),
+        Command::Ioreg(args) => ioreg::ioreg(&root, args),
+        Command::Validate { path } => validate::validate(&path),
+        Command::Device(cmd) => device::device(&root, cmd),
+        Command::Load { path } => {
+            let path = std::fs::canonicalize(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let answer = client(&root)?.request(&Request::Load { path })?;
+            println!("loaded {}", answer["bundle"].as_str().unwrap_or("?"));
+            Ok(())
+        }
+        Command::Status => {
+            let answer = client(&root)?.request(&Request::Status)?;
+            println!("daemon pid {} at {}", answer["pid"], root.display());
+            println!("dext pids: {}", answer["dexts"]);
+            Ok(())
+        }
+        Command::Stop => client(&root)?.request(&Request::Shutdown).map(drop),
+        Command::Bench(args) => bench::bench(args),
+        Command::BenchEcho => bench::echo_peer(),
+    }
+}
+
+fn client(root: &std::path::Path) -> Result<Client, String> {
+    Client::connect(root)
+}
+
+/// Logs to stderr with timestamps; `DRIVERKIT_LOG` filters (default info).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DRIVERKIT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+/// Parses `0x100000105` or `4294967557`.
+fn parse_id(s: &str) -> Result<u64, String> {
+    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    parsed.map_err(|_| format!("{s:?} is not a registry entry ID (like 0x100000105)"))
+}

@@ -1,0 +1,69 @@
+//! `driverkit run`: the daemon in the foreground.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use driverkitd::backends::virtual_device;
+use driverkitd::Config;
+
+use crate::drivers;
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Do not load the built-in example drivers.
+    #[arg(long)]
+    no_embedded: bool,
+    /// Do not plug the built-in virtual devices.
+    #[arg(long)]
+    no_default_devices: bool,
+    /// Load this .dext bundle too (repeatable).
+    #[arg(long = "bundle", value_name = "PATH")]
+    bundles: Vec<PathBuf>,
+    /// Plug this virtual device at start: a file or a built-in name (repeatable).
+    #[arg(long = "device", value_name = "FILE|NAME")]
+    devices: Vec<String>,
+    /// Relaunches of a crashing driver before it is given up.
+    #[arg(long, default_value_t = 3)]
+    relaunch_limit: u32,
+    /// First relaunch delay in milliseconds (doubles on each crash).
+    #[arg(long, default_value_t = 250)]
+    relaunch_backoff_ms: u64,
+    /// How long a dext may take to answer Start, Stop and other calls.
+    #[arg(long, default_value_t = 20_000)]
+    call_timeout_ms: u64,
+}
+
+pub fn run(root: PathBuf, args: RunArgs) -> Result<(), String> {
+    super::init_logging();
+    std::fs::create_dir_all(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+    let mut config = Config::new(root.clone());
+    config.relaunch_limit = args.relaunch_limit;
+    config.relaunch_backoff = Duration::from_millis(args.relaunch_backoff_ms);
+    config.call_timeout = Duration::from_millis(args.call_timeout_ms);
+    if !args.no_embedded {
+        let dir = root.join("embedded");
+        for e in drivers::EXAMPLES {
+            config.bundles.push(drivers::materialize(e, &dir)?);
+        }
+    }
+    for b in args.bundles {
+        config.bundles.push(std::fs::canonicalize(&b).map_err(|e| format!("{}: {e}", b.display()))?);
+    }
+    if !args.no_default_devices {
+        config.devices.extend(virtual_device::builtin_names().filter_map(virtual_device::builtin));
+    }
+    for d in &args.devices {
+        config.devices.push(super::device::resolve(d)?);
+    }
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+        .map_err(|e| format!("cannot watch signals: {e}"))?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!("signal {sig}: stopping");
+            let _ = stop_tx.send(());
+        }
+    });
+    driverkitd::run(config, stop_rx)
+}

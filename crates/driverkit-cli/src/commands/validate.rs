@@ -1,0 +1,26 @@
+//! `driverkit validate PATH`.
+
+use std::path::Path;
+
+use driverkit_bundle::Bundle;
+
+pub fn validate(path: &Path) -> Result<(), String> {
+    let bundle = Bundle::load(path).map_err(|e| e.to_string())?;
+    println!("{}: valid", bundle.identifier);
+    println!("  executable: {}", bundle.executable.display());
+    for p in &bundle.personalities {
+        println!("  personality {:?}", p.name);
+        println!("    IOUserClass      {}", p.user_class);
+        println!("    IOClass          {}", p.io_class);
+        println!("    IOProviderClass  {}", p.provider_class);
+        println!("    IOUserServerName {}{}", p.server_name, if p.one_process { " (one process)" } else { "" });
+        println!("    IOMatchCategory  {}", p.match_category);
+        println!("    IOProbeScore     {}", p.probe_score);
+        for key in ["IOPropertyMatch", "IONameMatch", "IOResourceMatch"] {
+            if let Some(v) = p.properties.get(key) {
+                println!("    {key:<16} {}", driverkitd::ioreg::format_value(v));
+            }
+        }
+    }
+    Ok(())
+}

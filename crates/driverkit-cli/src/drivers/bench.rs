@@ -1,0 +1,71 @@
+//! DriverKitBenchDriver: measures calls into the system from inside a real
+//! dext, for `driverkit bench`.
+//!
+//! With `BenchSuperCalls = N` in its personality, Start makes N
+//! `super_set_power_state(On)` calls (a SUPERDISPATCH with one small
+//! argument), then publishes `BenchP50Ns` and `BenchP99Ns`.
+
+use std::time::Instant;
+
+use driverkit::prelude::*;
+use driverkit::runtime::ClassEntry;
+
+pub const EXECUTABLE: &str = "DriverKitBenchDriver";
+
+pub const INFO_PLIST: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<plist version="1.0">
+<dict>
+	<key>CFBundleIdentifier</key><string>org.driverkit.BenchDriver</string>
+	<key>CFBundleExecutable</key><string>DriverKitBenchDriver</string>
+	<key>CFBundleVersion</key><string>1</string>
+	<key>CFBundleShortVersionString</key><string>1.0</string>
+	<key>OSBundleUsageDescription</key><string>Benchmarks.</string>
+	<key>IOKitPersonalities</key>
+	<dict>
+		<key>BenchDriver</key>
+		<dict>
+			<key>CFBundleIdentifier</key><string>org.driverkit.BenchDriver</string>
+			<key>IOClass</key><string>IOUserService</string>
+			<key>IOUserClass</key><string>BenchDriver</string>
+			<key>IOUserServerName</key><string>org.driverkit.BenchDriver</string>
+			<key>IOProviderClass</key><string>IOVirtualDevice</string>
+			<key>IOPropertyMatch</key><dict><key>BenchDevice</key><true/></dict>
+		</dict>
+	</dict>
+</dict>
+</plist>
+"#;
+
+pub fn classes() -> Vec<ClassEntry> {
+    vec![driverkit::runtime::class::<BenchDriver>()]
+}
+
+#[driverkit::service(superclass = IOService)]
+pub struct BenchDriver;
+
+impl IOServiceImpl for BenchDriver {
+    fn init(&self) -> IOResult<()> {
+        Ok(())
+    }
+
+    fn start(&self, provider: &IOService) -> IOResult<()> {
+        self.super_start(provider)?;
+        let calls = provider
+            .copy_property("BenchSuperCalls")?
+            .and_then(|v| v.as_unsigned_integer())
+            .unwrap_or(0);
+        if calls > 0 {
+            let mut samples = Vec::with_capacity(calls as usize);
+            for _ in 0..calls {
+                let t = Instant::now();
+                self.super_set_power_state(1)?;
+                samples.push(t.elapsed().as_nanos() as u64);
+            }
+            samples.sort_unstable();
+            let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize] as i64;
+            self.set_property("BenchP50Ns", at(0.50))?;
+            self.set_property("BenchP99Ns", at(0.99))?;
+        }
+        self.register_service()
+    }
+}

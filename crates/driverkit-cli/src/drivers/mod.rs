@@ -1,0 +1,67 @@
+//! The drivers built into the `driverkit` binary.
+//!
+//! `driverkit run` must work from a fresh clone with one `cargo run`, so the
+//! example drivers are linked into this binary and their bundles are written
+//! into the state directory with the executable as a link to this binary.
+//! When the daemon starts such a dext, this binary sees its own name
+//! (`argv[0]`) is a driver's and runs that driver instead of the CLI, the
+//! way busybox picks an applet. The drivers are the same code as the
+//! standalone binaries under `examples/`.
+
+pub mod bench;
+pub mod test;
+
+use std::path::{Path, PathBuf};
+
+use driverkit::runtime::{class, ClassEntry};
+
+/// A driver this binary can become.
+pub struct Embedded {
+    /// The bundle's executable name, which is also `argv[0]`'s file name.
+    pub executable: &'static str,
+    pub info_plist: &'static str,
+    pub classes: fn() -> Vec<ClassEntry>,
+}
+
+/// The example drivers `driverkit run` loads by default.
+pub const EXAMPLES: &[Embedded] = &[
+    Embedded {
+        executable: "NullDriver",
+        info_plist: null_driver::INFO_PLIST,
+        classes: || vec![class::<null_driver::NullDriver>()],
+    },
+    Embedded {
+        executable: "VirtualSensorDriver",
+        info_plist: virtual_sensor_driver::INFO_PLIST,
+        classes: || vec![class::<virtual_sensor_driver::VirtualSensorDriver>()],
+    },
+];
+
+/// Drivers for tests and benchmarks; never loaded unless asked for.
+pub const TOOLS: &[Embedded] = &[
+    Embedded { executable: test::EXECUTABLE, info_plist: test::INFO_PLIST, classes: test::classes },
+    Embedded { executable: bench::EXECUTABLE, info_plist: bench::INFO_PLIST, classes: bench::classes },
+];
+
+/// The driver named by `argv[0]`, if this process was started as one.
+pub fn from_argv0() -> Option<&'static Embedded> {
+    let argv0 = std::env::args_os().next()?;
+    let name = Path::new(&argv0).file_name()?.to_str()?;
+    EXAMPLES.iter().chain(TOOLS).find(|e| e.executable == name)
+}
+
+/// Writes `<dir>/<bundle-id>.dext/` for `e`: its Info.plist and a link to
+/// this binary named after its executable. Returns the bundle path.
+pub fn materialize(e: &Embedded, dir: &Path) -> Result<PathBuf, String> {
+    let info = driverkit_bundle::parse_info(e.info_plist.as_bytes())
+        .map_err(|err| format!("built-in {}: {err}", e.executable))?;
+    let id = info.get("CFBundleIdentifier").and_then(plist::Value::as_string).unwrap_or(e.executable);
+    let bundle = dir.join(format!("{id}.dext"));
+    std::fs::create_dir_all(&bundle).map_err(|err| format!("{}: {err}", bundle.display()))?;
+    std::fs::write(bundle.join("Info.plist"), e.info_plist).map_err(|err| format!("{}: {err}", bundle.display()))?;
+    let exe = std::env::current_exe().map_err(|err| format!("cannot find this program: {err}"))?;
+    let link = bundle.join(e.executable);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&exe, &link).map_err(|err| format!("{}: {err}", link.display()))?;
+    Ok(bundle)
+}

@@ -1,0 +1,89 @@
+//! DriverKitTestDriver: a dext whose behaviour its personality scripts, so
+//! that tests can make a real process fail, panic, abort or hang in Start.
+//!
+//! Personality keys:
+//! - `TestStartBehavior`: `ok` (default), `fail` (Start returns
+//!   kIOReturnError), `panic`, `abort`, `kill-self` (SIGKILL), `hang`;
+//! - `TestStartDelayMs`: sleep this long in Start first.
+//!
+//! It publishes `TestDriverPID` before acting, so a test can find its
+//! process while Start runs.
+
+use std::time::Duration;
+
+use driverkit::prelude::*;
+use driverkit::runtime::ClassEntry;
+
+pub const EXECUTABLE: &str = "DriverKitTestDriver";
+
+pub const INFO_PLIST: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<plist version="1.0">
+<dict>
+	<key>CFBundleIdentifier</key><string>org.driverkit.TestDriver</string>
+	<key>CFBundleExecutable</key><string>DriverKitTestDriver</string>
+	<key>CFBundleVersion</key><string>1</string>
+	<key>CFBundleShortVersionString</key><string>1.0</string>
+	<key>OSBundleUsageDescription</key><string>Fault injection for tests.</string>
+	<key>IOKitPersonalities</key>
+	<dict>
+		<key>TestDriver</key>
+		<dict>
+			<key>CFBundleIdentifier</key><string>org.driverkit.TestDriver</string>
+			<key>IOClass</key><string>IOUserService</string>
+			<key>IOUserClass</key><string>TestDriver</string>
+			<key>IOUserServerName</key><string>org.driverkit.TestDriver</string>
+			<key>IOProviderClass</key><string>IOVirtualDevice</string>
+			<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>
+		</dict>
+	</dict>
+</dict>
+</plist>
+"#;
+
+pub fn classes() -> Vec<ClassEntry> {
+    vec![driverkit::runtime::class::<TestDriver>()]
+}
+
+#[driverkit::service(superclass = IOService)]
+pub struct TestDriver;
+
+impl IOServiceImpl for TestDriver {
+    fn init(&self) -> IOResult<()> {
+        Ok(())
+    }
+
+    fn start(&self, provider: &IOService) -> IOResult<()> {
+        self.super_start(provider)?;
+        self.set_property("TestDriverPID", std::process::id() as i64)?;
+        let p = self.personality();
+        if let Some(ms) = p.get("TestStartDelayMs").and_then(plist::Value::as_unsigned_integer) {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        let behavior = p.get("TestStartBehavior").and_then(plist::Value::as_string).unwrap_or("ok");
+        driverkit::info!("start: behaving {behavior:?}");
+        match behavior {
+            "fail" => return Err(IOReturn::ERROR),
+            "panic" => panic!("TestDriver was told to panic in Start"),
+            "abort" => std::process::abort(),
+            "kill-self" => {
+                let me = rustix::process::getpid();
+                let _ = rustix::process::kill_process(me, rustix::process::Signal::KILL);
+            }
+            "hang" => loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            },
+            _ => {}
+        }
+        self.set_property("TestDriverStarted", true)?;
+        self.register_service()
+    }
+
+    fn stop(&self, provider: &IOService) -> IOResult<()> {
+        driverkit::info!("stop");
+        self.super_stop(provider)
+    }
+
+    fn free(&self) {
+        driverkit::info!("free");
+    }
+}

@@ -1,0 +1,1 @@
+driverkit::dext_main!(null_driver::NullDriver);

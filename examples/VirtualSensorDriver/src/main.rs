@@ -1,0 +1,1 @@
+driverkit::dext_main!(virtual_sensor_driver::VirtualSensorDriver);
