@@ -152,6 +152,14 @@ static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 /// starts the executable with the socket number in `DRIVERKIT_SERVER_FD`.
 pub fn run(classes: Vec<ClassEntry>) -> ! {
     crate::log::init();
+    // A panic on any queue is a crash of the dext, as in DriverKit: the
+    // process ends, and the system cleans up and relaunches it. Unwinding
+    // only the queue's thread would leave a half-dead driver behind.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::exit(101);
+    }));
     let Some(main) = inherited_socket() else {
         eprintln!(
             "this program is a DriverKit extension: the driverkit daemon starts it \

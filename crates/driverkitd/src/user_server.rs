@@ -160,8 +160,11 @@ impl UserServer {
         }
     }
 
-    /// SIGKILL.
+    /// SIGKILL. The server counts as gone from here on, so that whoever is
+    /// waiting on it treats its work as crashed, not as failed, even before
+    /// the reader thread has seen the process end.
     pub fn kill(&self) {
+        self.alive.store(false, Ordering::Release);
         if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }

@@ -1,0 +1,226 @@
+//! A real daemon (`driverkit run`) in a temporary root, driven through the
+//! real CLI, with test bundles whose executables are links to the
+//! `driverkit` binary (which becomes the built-in test driver by name).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const EXE: &str = env!("CARGO_BIN_EXE_driverkit");
+const WAIT: Duration = Duration::from_secs(30);
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub root: tempfile::TempDir,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    /// `driverkit run --root TMP ARGS...`, waiting until it answers.
+    pub fn start(args: &[&str]) -> Daemon {
+        let root = tempfile::tempdir().unwrap();
+        let mut child = Command::new(EXE)
+            .arg("run")
+            .arg("--root")
+            .arg(root.path().join("state"))
+            .args(args)
+            .env("DRIVERKIT_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&strip_ansi(&line));
+                l.push('\n');
+            }
+        });
+        let d = Daemon { child: Some(child), root, log };
+        d.wait_until("the daemon answers", || d.try_cli(&["status"]).status.success());
+        d
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.root.path().join("state")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    fn try_cli(&self, args: &[&str]) -> Output {
+        Command::new(EXE).arg("--root").arg(self.state()).args(args).output().unwrap()
+    }
+
+    /// Runs a subcommand against this daemon; panics with its stderr if it fails.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = self.try_cli(args);
+        assert!(out.status.success(), "driverkit {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `ioreg --json`, flattened: every node, depth first.
+    pub fn nodes(&self) -> Vec<Value> {
+        let tree: Value = serde_json::from_str(&self.cli(&["ioreg", "--json"])).unwrap();
+        let mut out = Vec::new();
+        flatten(&tree, &mut out);
+        out
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn wait_until(&self, what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !done() {
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}\n--- daemon log ---\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Waits for a node satisfying `pred` and returns it.
+    pub fn wait_node(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let mut found = None;
+        self.wait_until(what, || {
+            found = self.nodes().into_iter().find(|n| pred(n));
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    pub fn wait_log(&self, needle: &str, count: usize) {
+        self.wait_until(&format!("{count} x {needle:?} in the log"), || self.log().matches(needle).count() >= count);
+    }
+
+    /// Sends SIGINT (Ctrl-C) and waits for a clean exit.
+    pub fn interrupt(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+        let status = child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let log = self.log();
+        assert!(status.success(), "daemon exited with {status}\n{log}");
+        log
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn flatten(node: &Value, out: &mut Vec<Value>) {
+    out.push(node.clone());
+    if let Some(children) = node["children"].as_array() {
+        for c in children {
+            flatten(c, out);
+        }
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// True while `pid` is a live (not zombie) process.
+pub fn alive(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+pub fn kill9(pid: u64) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+}
+
+/// A personality of the built-in test driver.
+pub struct P<'a> {
+    pub name: &'a str,
+    pub provider_class: &'a str,
+    pub extra: &'a str,
+}
+
+/// Writes `<dir>/<id>.dext` for the built-in test driver with `ps`.
+pub fn test_bundle(dir: &Path, id: &str, ps: &[P<'_>]) -> PathBuf {
+    let bundle = dir.join(format!("{id}.dext"));
+    std::fs::create_dir_all(&bundle).unwrap();
+    let mut personalities = String::new();
+    for p in ps {
+        personalities.push_str(&format!(
+            "<key>{name}</key><dict>
+               <key>CFBundleIdentifier</key><string>{id}</string>
+               <key>IOClass</key><string>IOUserService</string>
+               <key>IOUserClass</key><string>TestDriver</string>
+               <key>IOUserServerName</key><string>{id}</string>
+               <key>IOProviderClass</key><string>{class}</string>
+               {extra}
+             </dict>",
+            name = p.name,
+            class = p.provider_class,
+            extra = p.extra
+        ));
+    }
+    let info = format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<plist version="1.0"><dict>
+  <key>CFBundleIdentifier</key><string>{id}</string>
+  <key>CFBundleExecutable</key><string>DriverKitTestDriver</string>
+  <key>IOKitPersonalities</key><dict>{personalities}</dict>
+</dict></plist>"#
+    );
+    std::fs::write(bundle.join("Info.plist"), info).unwrap();
+    let link = bundle.join("DriverKitTestDriver");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(EXE, link).unwrap();
+    bundle
+}
+
+/// Writes a device file and returns its path.
+pub fn device_file(dir: &Path, file: &str, body: &str) -> String {
+    let path = dir.join(file);
+    std::fs::write(&path, body).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+pub fn id_of(node: &Value) -> String {
+    format!("{:#x}", node["id"].as_u64().unwrap())
+}
+
+pub fn personality(node: &Value) -> &str {
+    node["properties"]["IOMatchedPersonality"].as_str().unwrap_or("")
+}
