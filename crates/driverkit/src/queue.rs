@@ -36,7 +36,6 @@ impl IODispatchQueue {
     pub fn create(name: &str) -> IOResult<IODispatchQueue> {
         let (tx, rx) = mpsc::channel::<Job>();
         let inner = Arc::new(Inner { name: name.to_owned(), sender: Mutex::new(Some(tx)), thread: OnceLock::new() });
-        let (ready_tx, ready_rx) = mpsc::channel();
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name(format!("queue:{name}"))
@@ -44,16 +43,16 @@ impl IODispatchQueue {
             // stay small, but large enough for ordinary recursion.
             .stack_size(512 * 1024)
             .spawn(move || {
+                // Until this runs, no code can be running on the queue, so
+                // `on_queue` answering false meanwhile is correct.
                 if let Some(inner) = weak.upgrade() {
                     let _ = inner.thread.set(std::thread::current().id());
                 }
-                let _ = ready_tx.send(());
                 while let Ok(job) = rx.recv() {
                     job();
                 }
             })
             .map_err(|_| IOReturn::NO_RESOURCES)?;
-        let _ = ready_rx.recv();
         Ok(IODispatchQueue { inner })
     }
 

@@ -3,12 +3,14 @@
 //! calls to the system.
 //!
 //! Threads: the main thread reads the control socket the daemon handed over;
-//! each service's `Default` queue runs that service's methods; each thread
-//! that calls into the system gets its own call channel (a socketpair whose
-//! other end travels to the daemon once), so a call is one send and one
-//! receive with no hand-off between threads.
+//! each service's `Default` queue runs that service's methods. Calls into
+//! the system travel on call channels (socketpairs whose other end travels
+//! to the daemon once, where a thread of its own serves it): a caller takes
+//! a channel from a pool, so a call is one send and one receive with no
+//! hand-off between threads, and a dext holds only as many channels as it
+//! ever made calls at once. One channel is opened right after hello, so
+//! the first `super_start` does not wait for one.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -144,6 +146,8 @@ struct Runtime {
     main: Endpoint,
     classes: Vec<ClassEntry>,
     objects: Mutex<HashMap<ObjectId, Hosted>>,
+    /// Idle call channels.
+    channels: Mutex<Vec<Channel>>,
 }
 
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
@@ -167,11 +171,19 @@ pub fn run(classes: Vec<ClassEntry>) -> ! {
         );
         std::process::exit(2);
     };
-    let rt = RUNTIME.get_or_init(|| Runtime { main, classes, objects: Mutex::new(HashMap::new()) });
+    let rt = RUNTIME.get_or_init(|| Runtime {
+        main,
+        classes,
+        objects: Mutex::new(HashMap::new()),
+        channels: Mutex::new(Vec::new()),
+    });
     let mut hello = Encoder::new();
     std::process::id().encode(&mut hello);
     if rt.main.send(&Header::new(Kind::Hello), hello.as_bytes(), None).is_err() {
         std::process::exit(3);
+    }
+    if let Ok(first) = Channel::open(rt) {
+        rt.channels.lock().unwrap_or_else(|e| e.into_inner()).push(first);
     }
     let mut buf = MessageBuf::default();
     loop {
@@ -300,15 +312,11 @@ impl IOUserServerInterface for ServerHandler {
     }
 }
 
-/// A thread's private connection for calls into the system.
+/// A connection for calls into the system, used by one caller at a time.
 struct Channel {
     endpoint: Endpoint,
     buf: MessageBuf,
     next_call: u32,
-}
-
-thread_local! {
-    static CHANNEL: RefCell<Option<Channel>> = const { RefCell::new(None) };
 }
 
 impl Channel {
@@ -340,21 +348,23 @@ impl Channel {
     }
 }
 
-/// Carries the driver's calls to the system over the calling thread's
-/// channel.
+/// Carries the driver's calls to the system over a pooled channel.
 pub(crate) struct SystemCaller;
 
 impl Caller for SystemCaller {
     fn call(&self, object: ObjectId, method: MethodId, flags: u8, args: &[u8]) -> IOResult<Vec<u8>> {
         let rt = RUNTIME.get().ok_or(IOReturn::NOT_READY)?;
-        CHANNEL.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            if slot.is_none() {
-                *slot = Some(Channel::open(rt)?);
-            }
-            let channel = slot.as_mut().ok_or(IOReturn::INTERNAL_ERROR)?;
-            channel.call(object, method, flags, args)
-        })
+        let pooled = rt.channels.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut channel = match pooled {
+            Some(c) => c,
+            None => Channel::open(rt)?,
+        };
+        let result = channel.call(object, method, flags, args);
+        // A channel whose peer is gone is dropped, not pooled.
+        if result != Err(IOReturn::OFFLINE) {
+            rt.channels.lock().unwrap_or_else(|e| e.into_inner()).push(channel);
+        }
+        result
     }
 }
 

@@ -26,8 +26,12 @@ use driverkit_wire::{Caller, Decoder, Header, IOResult, IOReturn, Kind, MethodId
 
 use crate::daemon::Inner;
 
-/// The descriptor number a dext finds its socket at.
-const SERVER_FD: i32 = 3;
+/// The environment variable that tells a dext its socket's descriptor
+/// number (driverkit::runtime::SERVER_FD_ENV; the daemon does not depend on
+/// the SDK).
+const SERVER_FD_ENV: &str = "DRIVERKIT_SERVER_FD";
+/// Serializes process creation; see `UserServer::spawn`.
+static SPAWN: Mutex<()> = Mutex::new(());
 /// How long a new process has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -73,42 +77,33 @@ impl UserServer {
     pub fn spawn(launch: Launch<'_>, daemon: Weak<Inner>) -> std::io::Result<Arc<UserServer>> {
         let (ours, theirs) = transport::socketpair()?;
         let theirs = OwnedFd::from(theirs);
-        let raw = theirs.as_raw_fd();
+        // stdout and stderr share one pipe, drained by one thread.
+        let (log_reader, log_writer) = std::io::pipe()?;
         let mut cmd = Command::new(launch.executable);
-        cmd.env(driverkit_wire_env(), SERVER_FD.to_string())
+        cmd.env(SERVER_FD_ENV, theirs.as_raw_fd().to_string())
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(log_writer.try_clone()?)
+            .stderr(log_writer)
             // Its own process group: Ctrl-C in the daemon's terminal must
             // reach the daemon only, which then stops every dext in order.
             .process_group(0);
-        // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork
-        // and exec, on descriptors owned by this function.
-        unsafe {
-            cmd.pre_exec(move || {
-                if raw == SERVER_FD {
-                    // dup2 onto itself keeps close-on-exec: clear it instead.
-                    if libc::fcntl(raw, libc::F_SETFD, 0) == -1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                } else if libc::dup2(raw, SERVER_FD) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn()?;
+        let mut child = {
+            // The child must inherit exactly its own socket. Close-on-exec
+            // is cleared only for the length of this spawn, and every spawn
+            // of the daemon holds this lock, so no other child can inherit
+            // it. Without a pre_exec hook, std can use posix_spawn (vfork),
+            // which is what keeps spawn_to_start close to a bare exec.
+            let _one_at_a_time = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
+            rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty())?;
+            let spawned = cmd.spawn();
+            drop(cmd);
+            spawned?
+        };
         drop(theirs);
         let pid = child.id();
+        // Started while the child is still exec'ing, off the critical path.
         let label = format!("{}[{pid}]", launch.name);
-        for (stream, is_err) in
-            [(child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), false), (child.stderr.take().map(|s| Box::new(s) as _), true)]
-        {
-            if let Some(stream) = stream {
-                let label = label.clone();
-                let _ = std::thread::Builder::new().name(format!("log:{pid}")).spawn(move || forward_log(stream, &label, is_err));
-            }
-        }
+        let _ = std::thread::Builder::new().name(format!("log:{pid}")).spawn(move || forward_log(log_reader, &label));
         if let Err(e) = wait_hello(&ours, pid) {
             let _ = child.kill();
             let status = child.wait().ok();
@@ -269,12 +264,6 @@ impl Caller for UserServer {
     }
 }
 
-fn driverkit_wire_env() -> &'static str {
-    // Mirrors driverkit::runtime::SERVER_FD_ENV; the daemon does not depend
-    // on the SDK.
-    "DRIVERKIT_SERVER_FD"
-}
-
 fn reply(endpoint: &Endpoint, request: &Header, result: IOResult<Vec<u8>>) {
     if request.kind != Kind::Request {
         return;
@@ -313,14 +302,10 @@ fn wait_hello(endpoint: &Endpoint, pid: u32) -> std::io::Result<()> {
 
 /// Forwards a dext's output lines into the daemon's log, tagged with the
 /// dext's server name and PID.
-fn forward_log(stream: Box<dyn std::io::Read + Send>, label: &str, is_err: bool) {
+fn forward_log(stream: std::io::PipeReader, label: &str) {
     for line in BufReader::new(stream).lines() {
         let Ok(line) = line else { break };
-        if is_err {
-            tracing::info!(target: "dext", "{label}: {line}");
-        } else {
-            tracing::info!(target: "dext", "{label} (stdout): {line}");
-        }
+        tracing::info!(target: "dext", "{label}: {line}");
     }
 }
 

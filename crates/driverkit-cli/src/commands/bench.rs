@@ -11,7 +11,6 @@
 
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -109,13 +108,9 @@ fn spawn_echo() -> Result<(Child, Endpoint), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(exe);
     cmd.arg("__bench-echo").env("DRIVERKIT_BENCH_FD", raw.to_string()).stdin(Stdio::null());
-    // SAFETY: fcntl between fork and exec is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = std::os::fd::BorrowedFd::borrow_raw(raw);
-            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).map_err(std::io::Error::from)
-        });
-    }
+    // Spawned exactly as the daemon spawns a dext (inheritable socket, no
+    // pre_exec hook, so posix_spawn), so that the floor is a fair one.
+    rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty()).map_err(|e| e.to_string())?;
     let child = cmd.spawn().map_err(|e| e.to_string())?;
     drop(theirs);
     let mut buf = MessageBuf::default();
