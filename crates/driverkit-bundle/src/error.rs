@@ -18,7 +18,13 @@ pub struct BundleError {
 
 impl BundleError {
     pub(crate) fn new(bundle: &Path, problem: String) -> Self {
-        BundleError { bundle: bundle.to_owned(), file: None, personality: None, key: None, problem }
+        BundleError {
+            bundle: bundle.to_owned(),
+            file: None,
+            personality: None,
+            key: None,
+            problem,
+        }
     }
     pub(crate) fn in_file(mut self, file: &Path) -> Self {
         self.file.get_or_insert_with(|| file.to_owned());

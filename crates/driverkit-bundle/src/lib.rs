@@ -36,9 +36,12 @@ impl Bundle {
     /// Reads and validates the bundle at `path`.
     pub fn load(path: &Path) -> Result<Bundle, BundleError> {
         let err = |problem: String| BundleError::new(path, problem);
-        let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read the bundle: {e}")))?;
+        let meta =
+            std::fs::metadata(path).map_err(|e| err(format!("cannot read the bundle: {e}")))?;
         if !meta.is_dir() {
-            return Err(err("not a directory: a bundle is a `<bundle-id>.dext/` directory".into()));
+            return Err(err(
+                "not a directory: a bundle is a `<bundle-id>.dext/` directory".into(),
+            ));
         }
         if path.extension().and_then(|e| e.to_str()) != Some("dext") {
             return Err(err("the directory name must end in `.dext`".into()));
@@ -50,12 +53,20 @@ impl Bundle {
             .ok_or_else(|| err("no Info.plist in the bundle".into()))?;
         let bytes = std::fs::read(&info_path)
             .map_err(|e| BundleError::new(path, format!("cannot read: {e}")).in_file(&info_path))?;
-        let info = parse_info(&bytes).map_err(|problem| BundleError::new(path, problem).in_file(&info_path))?;
+        let info = parse_info(&bytes)
+            .map_err(|problem| BundleError::new(path, problem).in_file(&info_path))?;
         let mut bundle = Bundle::from_info(path, info).map_err(|e| e.in_file(&info_path))?;
-        let exe_dir = if info_path.ends_with("Contents/Info.plist") { path.join("Contents/MacOS") } else { path.to_owned() };
+        let exe_dir = if info_path.ends_with("Contents/Info.plist") {
+            path.join("Contents/MacOS")
+        } else {
+            path.to_owned()
+        };
         bundle.executable = exe_dir.join(&bundle.executable);
-        check_executable(&bundle.executable)
-            .map_err(|problem| BundleError::new(path, problem).in_file(&info_path).key("CFBundleExecutable"))?;
+        check_executable(&bundle.executable).map_err(|problem| {
+            BundleError::new(path, problem)
+                .in_file(&info_path)
+                .key("CFBundleExecutable")
+        })?;
         Ok(bundle)
     }
 
@@ -65,36 +76,53 @@ impl Bundle {
         let identifier = required_string(path, &info, "CFBundleIdentifier")?;
         let executable = required_string(path, &info, "CFBundleExecutable")?;
         if executable.contains('/') || executable == ".." || executable == "." {
-            return Err(BundleError::new(path, format!("expected a file name inside the bundle, found {executable:?}"))
-                .key("CFBundleExecutable"));
+            return Err(BundleError::new(
+                path,
+                format!("expected a file name inside the bundle, found {executable:?}"),
+            )
+            .key("CFBundleExecutable"));
         }
         let personalities = match info.get("IOKitPersonalities") {
             None => return Err(BundleError::new(path, "missing".into()).key("IOKitPersonalities")),
             Some(plist::Value::Dictionary(d)) if d.is_empty() => {
-                return Err(BundleError::new(path, "empty: a driver needs at least one personality".into())
-                    .key("IOKitPersonalities"))
+                return Err(BundleError::new(
+                    path,
+                    "empty: a driver needs at least one personality".into(),
+                )
+                .key("IOKitPersonalities"))
             }
             Some(plist::Value::Dictionary(d)) => d,
             Some(other) => {
                 return Err(BundleError::new(
                     path,
-                    format!("expected a dictionary, found {}", personality::type_name(other)),
+                    format!(
+                        "expected a dictionary, found {}",
+                        personality::type_name(other)
+                    ),
                 )
                 .key("IOKitPersonalities"))
             }
         };
         let mut parsed = Vec::with_capacity(personalities.len());
         for (name, value) in personalities {
-            parsed.push(Personality::parse(name, value, &identifier).map_err(|(key, problem)| {
-                let e = BundleError::new(path, problem).personality(name);
-                match key {
-                    Some(k) => e.key(&k),
-                    None => e,
-                }
-            })?);
+            parsed.push(Personality::parse(name, value, &identifier).map_err(
+                |(key, problem)| {
+                    let e = BundleError::new(path, problem).personality(name);
+                    match key {
+                        Some(k) => e.key(&k),
+                        None => e,
+                    }
+                },
+            )?);
         }
         parsed.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Bundle { path: path.to_owned(), identifier, executable: PathBuf::from(executable), info, personalities: parsed })
+        Ok(Bundle {
+            path: path.to_owned(),
+            identifier,
+            executable: PathBuf::from(executable),
+            info,
+            personalities: parsed,
+        })
     }
 }
 
@@ -107,30 +135,45 @@ pub fn parse_info(bytes: &[u8]) -> Result<plist::Dictionary, String> {
         .map_err(|e| format!("not a valid property list: {e}"))?;
     match value {
         plist::Value::Dictionary(d) => Ok(d),
-        other => Err(format!("the root must be a dictionary, found {}", personality::type_name(&other))),
+        other => Err(format!(
+            "the root must be a dictionary, found {}",
+            personality::type_name(&other)
+        )),
     }
 }
 
-fn required_string(path: &Path, dict: &plist::Dictionary, key: &str) -> Result<String, BundleError> {
+fn required_string(
+    path: &Path,
+    dict: &plist::Dictionary,
+    key: &str,
+) -> Result<String, BundleError> {
     match dict.get(key) {
         None => Err(BundleError::new(path, "missing".into()).key(key)),
         Some(plist::Value::String(s)) if s.is_empty() => {
             Err(BundleError::new(path, "empty string".into()).key(key))
         }
         Some(plist::Value::String(s)) => Ok(s.clone()),
-        Some(other) => Err(BundleError::new(path, format!("expected a string, found {}", personality::type_name(other)))
-            .key(key)),
+        Some(other) => Err(BundleError::new(
+            path,
+            format!("expected a string, found {}", personality::type_name(other)),
+        )
+        .key(key)),
     }
 }
 
 fn check_executable(exe: &Path) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(exe).map_err(|e| format!("executable {} is missing: {e}", exe.display()))?;
+    let meta = std::fs::metadata(exe)
+        .map_err(|e| format!("executable {} is missing: {e}", exe.display()))?;
     if !meta.is_file() {
         return Err(format!("executable {} is not a file", exe.display()));
     }
     if meta.permissions().mode() & 0o111 == 0 {
-        return Err(format!("executable {} is not executable (mode {:o})", exe.display(), meta.permissions().mode() & 0o777));
+        return Err(format!(
+            "executable {} is not executable (mode {:o})",
+            exe.display(),
+            meta.permissions().mode() & 0o777
+        ));
     }
     Ok(())
 }

@@ -59,7 +59,10 @@ fn string(d: &plist::Dictionary, key: &str) -> Result<String, Problem> {
         None => Err(at(key, "missing")),
         Some(Value::String(s)) if s.is_empty() => Err(at(key, "empty string")),
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(other) => Err(at(key, format!("expected a string, found {}", type_name(other)))),
+        Some(other) => Err(at(
+            key,
+            format!("expected a string, found {}", type_name(other)),
+        )),
     }
 }
 
@@ -67,7 +70,13 @@ fn system_class(d: &plist::Dictionary, key: &str) -> Result<String, Problem> {
     let class = string(d, key)?;
     if !classes::is_system_class(&class) {
         let known: Vec<_> = classes::all().collect();
-        return Err(at(key, format!("unknown class {class:?}; the system implements {}", known.join(", "))));
+        return Err(at(
+            key,
+            format!(
+                "unknown class {class:?}; the system implements {}",
+                known.join(", ")
+            ),
+        ));
     }
     Ok(class)
 }
@@ -79,25 +88,43 @@ fn strings(v: &Value, key: &str) -> Result<(), Problem> {
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
                 if !matches!(item, Value::String(_)) {
-                    return Err(at(key, format!("item {i}: expected a string, found {}", type_name(item))));
+                    return Err(at(
+                        key,
+                        format!("item {i}: expected a string, found {}", type_name(item)),
+                    ));
                 }
             }
             Ok(())
         }
-        other => Err(at(key, format!("expected a string or an array of strings, found {}", type_name(other)))),
+        other => Err(at(
+            key,
+            format!(
+                "expected a string or an array of strings, found {}",
+                type_name(other)
+            ),
+        )),
     }
 }
 
 impl Personality {
-    pub(crate) fn parse(name: &str, value: &Value, bundle_id: &str) -> Result<Personality, Problem> {
+    pub(crate) fn parse(
+        name: &str,
+        value: &Value,
+        bundle_id: &str,
+    ) -> Result<Personality, Problem> {
         let Value::Dictionary(d) = value else {
-            return Err((None, format!("expected a dictionary, found {}", type_name(value))));
+            return Err((
+                None,
+                format!("expected a dictionary, found {}", type_name(value)),
+            ));
         };
         let bundle_identifier = string(d, "CFBundleIdentifier")?;
         if bundle_identifier != bundle_id {
             return Err(at(
                 "CFBundleIdentifier",
-                format!("expected the bundle's identifier {bundle_id:?}, found {bundle_identifier:?}"),
+                format!(
+                    "expected the bundle's identifier {bundle_id:?}, found {bundle_identifier:?}"
+                ),
             ));
         }
         let io_class = system_class(d, "IOClass")?;
@@ -109,7 +136,12 @@ impl Personality {
             Some(Value::Integer(i)) => i
                 .as_signed()
                 .ok_or_else(|| at("IOProbeScore", "integer out of range"))?,
-            Some(other) => return Err(at("IOProbeScore", format!("expected an integer, found {}", type_name(other)))),
+            Some(other) => {
+                return Err(at(
+                    "IOProbeScore",
+                    format!("expected an integer, found {}", type_name(other)),
+                ))
+            }
         };
         let match_category = match d.get("IOMatchCategory") {
             None => DEFAULT_MATCH_CATEGORY.to_owned(),
@@ -119,7 +151,10 @@ impl Personality {
             None => false,
             Some(Value::Boolean(b)) => *b,
             Some(other) => {
-                return Err(at("IOUserServerOneProcess", format!("expected a boolean, found {}", type_name(other))))
+                return Err(at(
+                    "IOUserServerOneProcess",
+                    format!("expected a boolean, found {}", type_name(other)),
+                ))
             }
         };
         if let Some(v) = d.get("IOPropertyMatch") {
@@ -130,7 +165,10 @@ impl Personality {
                         if !matches!(item, Value::Dictionary(_)) {
                             return Err(at(
                                 "IOPropertyMatch",
-                                format!("item {i}: expected a dictionary, found {}", type_name(item)),
+                                format!(
+                                    "item {i}: expected a dictionary, found {}",
+                                    type_name(item)
+                                ),
                             ));
                         }
                     }
@@ -138,7 +176,10 @@ impl Personality {
                 other => {
                     return Err(at(
                         "IOPropertyMatch",
-                        format!("expected a dictionary or an array of dictionaries, found {}", type_name(other)),
+                        format!(
+                            "expected a dictionary or an array of dictionaries, found {}",
+                            type_name(other)
+                        ),
                     ))
                 }
             }

@@ -27,13 +27,18 @@ fn info() -> Dictionary {
     let mut d = Dictionary::new();
     d.insert("CFBundleIdentifier".into(), ID.into());
     d.insert("CFBundleExecutable".into(), "BrokenDriver".into());
-    d.insert("IOKitPersonalities".into(), Value::Dictionary(personalities));
+    d.insert(
+        "IOKitPersonalities".into(),
+        Value::Dictionary(personalities),
+    );
     d
 }
 
 fn xml(d: &Dictionary) -> Vec<u8> {
     let mut out = Vec::new();
-    Value::Dictionary(d.clone()).to_writer_xml(&mut out).unwrap();
+    Value::Dictionary(d.clone())
+        .to_writer_xml(&mut out)
+        .unwrap();
     out
 }
 
@@ -71,10 +76,18 @@ fn with_info(edit: impl FnOnce(&mut Dictionary)) -> Vec<u8> {
 }
 
 #[track_caller]
-fn refused(result: Result<Bundle, BundleError>, personality: Option<&str>, key: Option<&str>, problem: &str) {
+fn refused(
+    result: Result<Bundle, BundleError>,
+    personality: Option<&str>,
+    key: Option<&str>,
+    problem: &str,
+) {
     let err = result.expect_err("the bundle must be refused");
     let text = err.to_string();
-    assert!(text.contains(&format!("{ID}.dext")), "names the bundle: {text}");
+    assert!(
+        text.contains(&format!("{ID}.dext")),
+        "names the bundle: {text}"
+    );
     assert_eq!(err.personality.as_deref(), personality, "{text}");
     assert_eq!(err.key.as_deref(), key, "{text}");
     assert!(text.contains(problem), "expected {problem:?} in: {text}");
@@ -88,7 +101,9 @@ fn a_valid_bundle_loads_from_xml_and_binary() {
     assert_eq!(b.personalities[0].provider_class, "IOUserResources");
     assert_eq!(b.personalities[0].match_category, "IODefaultMatchCategory");
     let mut bin = Vec::new();
-    Value::Dictionary(info()).to_writer_binary(&mut bin).unwrap();
+    Value::Dictionary(info())
+        .to_writer_binary(&mut bin)
+        .unwrap();
     assert!(bin.starts_with(b"bplist00"));
     let b = load(&bin).unwrap();
     assert_eq!(b.personalities[0].user_class, "BrokenDriver");
@@ -96,13 +111,20 @@ fn a_valid_bundle_loads_from_xml_and_binary() {
 
 #[test]
 fn missing_bundle_identifier() {
-    refused(load(&with_info(|d| drop(d.remove("CFBundleIdentifier")))), None, Some("CFBundleIdentifier"), "missing");
+    refused(
+        load(&with_info(|d| drop(d.remove("CFBundleIdentifier")))),
+        None,
+        Some("CFBundleIdentifier"),
+        "missing",
+    );
 }
 
 #[test]
 fn bundle_identifier_of_wrong_type() {
     refused(
-        load(&with_info(|d| drop(d.insert("CFBundleIdentifier".into(), Value::Integer(7.into()))))),
+        load(&with_info(|d| {
+            drop(d.insert("CFBundleIdentifier".into(), Value::Integer(7.into())))
+        })),
         None,
         Some("CFBundleIdentifier"),
         "expected a string, found an integer",
@@ -111,13 +133,20 @@ fn bundle_identifier_of_wrong_type() {
 
 #[test]
 fn missing_executable_key() {
-    refused(load(&with_info(|d| drop(d.remove("CFBundleExecutable")))), None, Some("CFBundleExecutable"), "missing");
+    refused(
+        load(&with_info(|d| drop(d.remove("CFBundleExecutable")))),
+        None,
+        Some("CFBundleExecutable"),
+        "missing",
+    );
 }
 
 #[test]
 fn executable_absent_from_bundle() {
     refused(
-        load(&with_info(|d| drop(d.insert("CFBundleExecutable".into(), "Elsewhere".into())))),
+        load(&with_info(|d| {
+            drop(d.insert("CFBundleExecutable".into(), "Elsewhere".into()))
+        })),
         None,
         Some("CFBundleExecutable"),
         "Elsewhere is missing",
@@ -127,14 +156,25 @@ fn executable_absent_from_bundle() {
 #[test]
 fn executable_without_execute_permission() {
     let (_dir, path) = bundle_with(&xml(&info()));
-    std::fs::set_permissions(path.join("BrokenDriver"), std::fs::Permissions::from_mode(0o644)).unwrap();
-    refused(Bundle::load(&path), None, Some("CFBundleExecutable"), "is not executable (mode 644)");
+    std::fs::set_permissions(
+        path.join("BrokenDriver"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    refused(
+        Bundle::load(&path),
+        None,
+        Some("CFBundleExecutable"),
+        "is not executable (mode 644)",
+    );
 }
 
 #[test]
 fn executable_outside_the_bundle() {
     refused(
-        load(&with_info(|d| drop(d.insert("CFBundleExecutable".into(), "../../bin/sh".into())))),
+        load(&with_info(|d| {
+            drop(d.insert("CFBundleExecutable".into(), "../../bin/sh".into()))
+        })),
         None,
         Some("CFBundleExecutable"),
         "expected a file name inside the bundle",
@@ -143,13 +183,23 @@ fn executable_outside_the_bundle() {
 
 #[test]
 fn absent_personalities() {
-    refused(load(&with_info(|d| drop(d.remove("IOKitPersonalities")))), None, Some("IOKitPersonalities"), "missing");
+    refused(
+        load(&with_info(|d| drop(d.remove("IOKitPersonalities")))),
+        None,
+        Some("IOKitPersonalities"),
+        "missing",
+    );
 }
 
 #[test]
 fn empty_personalities() {
     refused(
-        load(&with_info(|d| drop(d.insert("IOKitPersonalities".into(), Value::Dictionary(Dictionary::new()))))),
+        load(&with_info(|d| {
+            drop(d.insert(
+                "IOKitPersonalities".into(),
+                Value::Dictionary(Dictionary::new()),
+            ))
+        })),
         None,
         Some("IOKitPersonalities"),
         "empty",
@@ -159,7 +209,9 @@ fn empty_personalities() {
 #[test]
 fn personalities_as_array() {
     refused(
-        load(&with_info(|d| drop(d.insert("IOKitPersonalities".into(), Value::Array(vec![]))))),
+        load(&with_info(|d| {
+            drop(d.insert("IOKitPersonalities".into(), Value::Array(vec![])))
+        })),
         None,
         Some("IOKitPersonalities"),
         "expected a dictionary, found an array",
@@ -173,21 +225,45 @@ fn personality_that_is_a_string() {
         ps.insert("Broken".into(), "oops".into());
         d.insert("IOKitPersonalities".into(), Value::Dictionary(ps));
     });
-    refused(load(&bytes), Some("Broken"), None, "expected a dictionary, found a string");
+    refused(
+        load(&bytes),
+        Some("Broken"),
+        None,
+        "expected a dictionary, found a string",
+    );
 }
 
 #[test]
 fn each_minimum_key_missing() {
-    for key in ["CFBundleIdentifier", "IOClass", "IOUserClass", "IOUserServerName", "IOProviderClass"] {
-        refused(load(&with_personality(|p| drop(p.remove(key)))), Some("Broken"), Some(key), "missing");
+    for key in [
+        "CFBundleIdentifier",
+        "IOClass",
+        "IOUserClass",
+        "IOUserServerName",
+        "IOProviderClass",
+    ] {
+        refused(
+            load(&with_personality(|p| drop(p.remove(key)))),
+            Some("Broken"),
+            Some(key),
+            "missing",
+        );
     }
 }
 
 #[test]
 fn each_minimum_key_mistyped() {
-    for key in ["CFBundleIdentifier", "IOClass", "IOUserClass", "IOUserServerName", "IOProviderClass"] {
+    for key in [
+        "CFBundleIdentifier",
+        "IOClass",
+        "IOUserClass",
+        "IOUserServerName",
+        "IOProviderClass",
+    ] {
         refused(
-            load(&with_personality(|p| drop(p.insert(key.into(), Value::Boolean(true))))),
+            load(&with_personality(|p| {
+                drop(p.insert(key.into(), Value::Boolean(true)))
+            })),
             Some("Broken"),
             Some(key),
             "expected a string, found a boolean",
@@ -198,7 +274,9 @@ fn each_minimum_key_mistyped() {
 #[test]
 fn unknown_provider_class() {
     refused(
-        load(&with_personality(|p| drop(p.insert("IOProviderClass".into(), "IOFluxCapacitor".into())))),
+        load(&with_personality(|p| {
+            drop(p.insert("IOProviderClass".into(), "IOFluxCapacitor".into()))
+        })),
         Some("Broken"),
         Some("IOProviderClass"),
         "unknown class \"IOFluxCapacitor\"",
@@ -208,7 +286,9 @@ fn unknown_provider_class() {
 #[test]
 fn unknown_io_class() {
     refused(
-        load(&with_personality(|p| drop(p.insert("IOClass".into(), "NotAClass".into())))),
+        load(&with_personality(|p| {
+            drop(p.insert("IOClass".into(), "NotAClass".into()))
+        })),
         Some("Broken"),
         Some("IOClass"),
         "unknown class",
@@ -218,7 +298,9 @@ fn unknown_io_class() {
 #[test]
 fn personality_of_another_bundle() {
     refused(
-        load(&with_personality(|p| drop(p.insert("CFBundleIdentifier".into(), "com.other".into())))),
+        load(&with_personality(|p| {
+            drop(p.insert("CFBundleIdentifier".into(), "com.other".into()))
+        })),
         Some("Broken"),
         Some("CFBundleIdentifier"),
         "expected the bundle's identifier",
@@ -228,7 +310,9 @@ fn personality_of_another_bundle() {
 #[test]
 fn probe_score_as_string() {
     refused(
-        load(&with_personality(|p| drop(p.insert("IOProbeScore".into(), "high".into())))),
+        load(&with_personality(|p| {
+            drop(p.insert("IOProbeScore".into(), "high".into()))
+        })),
         Some("Broken"),
         Some("IOProbeScore"),
         "expected an integer, found a string",
@@ -238,7 +322,9 @@ fn probe_score_as_string() {
 #[test]
 fn match_category_as_integer() {
     refused(
-        load(&with_personality(|p| drop(p.insert("IOMatchCategory".into(), Value::Integer(1.into()))))),
+        load(&with_personality(|p| {
+            drop(p.insert("IOMatchCategory".into(), Value::Integer(1.into())))
+        })),
         Some("Broken"),
         Some("IOMatchCategory"),
         "expected a string, found an integer",
@@ -248,7 +334,9 @@ fn match_category_as_integer() {
 #[test]
 fn property_match_as_string() {
     refused(
-        load(&with_personality(|p| drop(p.insert("IOPropertyMatch".into(), "x".into())))),
+        load(&with_personality(|p| {
+            drop(p.insert("IOPropertyMatch".into(), "x".into()))
+        })),
         Some("Broken"),
         Some("IOPropertyMatch"),
         "expected a dictionary or an array of dictionaries",
@@ -259,7 +347,10 @@ fn property_match_as_string() {
 fn name_match_with_a_number_inside() {
     refused(
         load(&with_personality(|p| {
-            p.insert("IONameMatch".into(), Value::Array(vec!["a".into(), Value::Integer(3.into())]));
+            p.insert(
+                "IONameMatch".into(),
+                Value::Array(vec!["a".into(), Value::Integer(3.into())]),
+            );
         })),
         Some("Broken"),
         Some("IONameMatch"),
@@ -270,7 +361,9 @@ fn name_match_with_a_number_inside() {
 #[test]
 fn one_process_as_string() {
     refused(
-        load(&with_personality(|p| drop(p.insert("IOUserServerOneProcess".into(), "yes".into())))),
+        load(&with_personality(|p| {
+            drop(p.insert("IOUserServerOneProcess".into(), "yes".into()))
+        })),
         Some("Broken"),
         Some("IOUserServerOneProcess"),
         "expected a boolean",
@@ -280,19 +373,36 @@ fn one_process_as_string() {
 #[test]
 fn truncated_xml() {
     let bytes = xml(&info());
-    refused(load(&bytes[..bytes.len() / 2]), None, None, "not a valid property list");
+    refused(
+        load(&bytes[..bytes.len() / 2]),
+        None,
+        None,
+        "not a valid property list",
+    );
 }
 
 #[test]
 fn truncated_binary_plist() {
     let mut bin = Vec::new();
-    Value::Dictionary(info()).to_writer_binary(&mut bin).unwrap();
-    refused(load(&bin[..bin.len() - 20]), None, None, "not a valid property list");
+    Value::Dictionary(info())
+        .to_writer_binary(&mut bin)
+        .unwrap();
+    refused(
+        load(&bin[..bin.len() - 20]),
+        None,
+        None,
+        "not a valid property list",
+    );
 }
 
 #[test]
 fn garbage_bytes() {
-    refused(load(b"\x00\xffnot a plist at all\x13\x37"), None, None, "not a valid property list");
+    refused(
+        load(b"\x00\xffnot a plist at all\x13\x37"),
+        None,
+        None,
+        "not a valid property list",
+    );
 }
 
 #[test]
@@ -303,8 +413,15 @@ fn empty_info_plist() {
 #[test]
 fn root_is_not_a_dictionary() {
     let mut out = Vec::new();
-    Value::Array(vec!["x".into()]).to_writer_xml(&mut out).unwrap();
-    refused(load(&out), None, None, "the root must be a dictionary, found an array");
+    Value::Array(vec!["x".into()])
+        .to_writer_xml(&mut out)
+        .unwrap();
+    refused(
+        load(&out),
+        None,
+        None,
+        "the root must be a dictionary, found an array",
+    );
 }
 
 #[test]
@@ -324,7 +441,12 @@ fn directory_without_dext_suffix() {
 #[test]
 fn error_names_the_file() {
     let err = load(&with_personality(|p| drop(p.remove("IOClass")))).unwrap_err();
-    assert!(err.file.as_deref().is_some_and(|f: &Path| f.ends_with("Info.plist")), "{err:?}");
+    assert!(
+        err.file
+            .as_deref()
+            .is_some_and(|f: &Path| f.ends_with("Info.plist")),
+        "{err:?}"
+    );
 }
 
 proptest! {

@@ -12,9 +12,17 @@ fn validate_prints_personalities_and_refuses_broken_bundles() {
     let good = test_bundle(
         dir.path(),
         "org.test.Good",
-        &[P { name: "Good", provider_class: "IOUserResources", extra: "<key>IOProbeScore</key><integer>7</integer>" }],
+        &[P {
+            name: "Good",
+            provider_class: "IOUserResources",
+            extra: "<key>IOProbeScore</key><integer>7</integer>",
+        }],
     );
-    let out = Command::new(EXE).arg("validate").arg(&good).output().unwrap();
+    let out = Command::new(EXE)
+        .arg("validate")
+        .arg(&good)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("org.test.Good: valid"), "{text}");
@@ -24,20 +32,36 @@ fn validate_prints_personalities_and_refuses_broken_bundles() {
     let bad = test_bundle(
         dir.path(),
         "org.test.Bad",
-        &[P { name: "Bad", provider_class: "IONotAClass", extra: "" }],
+        &[P {
+            name: "Bad",
+            provider_class: "IONotAClass",
+            extra: "",
+        }],
     );
-    let out = Command::new(EXE).arg("validate").arg(&bad).output().unwrap();
+    let out = Command::new(EXE)
+        .arg("validate")
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("org.test.Bad.dext"), "{err}");
     assert!(err.contains("personality \"Bad\""), "{err}");
-    assert!(err.contains("key IOProviderClass: unknown class \"IONotAClass\""), "{err}");
+    assert!(
+        err.contains("key IOProviderClass: unknown class \"IONotAClass\""),
+        "{err}"
+    );
 }
 
 #[test]
 fn subcommands_without_a_daemon_say_so() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(EXE).arg("--root").arg(dir.path()).arg("ioreg").output().unwrap();
+    let out = Command::new(EXE)
+        .arg("--root")
+        .arg(dir.path())
+        .arg("ioreg")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("no daemon is running at"), "{err}");
@@ -47,16 +71,42 @@ fn subcommands_without_a_daemon_say_so() {
 #[test]
 fn bad_device_files_and_ids_are_refused_with_the_reason() {
     let d = Daemon::start(&["--no-embedded", "--no-default-devices"]);
-    let f = device_file(d.root.path(), "bad.toml", "name = \"X\"\nclass = \"IOFluxCapacitor\"\n");
-    let out = Command::new(EXE).arg("--root").arg(d.state()).args(["device", "plug", &f]).output().unwrap();
+    let f = device_file(
+        d.root.path(),
+        "bad.toml",
+        "name = \"X\"\nclass = \"IOFluxCapacitor\"\n",
+    );
+    let out = Command::new(EXE)
+        .arg("--root")
+        .arg(d.state())
+        .args(["device", "plug", &f])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("bad.toml: key class: \"IOFluxCapacitor\" is not a system service class"), "{err}");
-    let out = Command::new(EXE).arg("--root").arg(d.state()).args(["device", "unplug", "0x123"]).output().unwrap();
-    assert!(String::from_utf8(out.stderr).unwrap().contains("no plugged device with id 0x123"));
+    assert!(
+        err.contains("bad.toml: key class: \"IOFluxCapacitor\" is not a system service class"),
+        "{err}"
+    );
+    let out = Command::new(EXE)
+        .arg("--root")
+        .arg(d.state())
+        .args(["device", "unplug", "0x123"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("no plugged device with id 0x123"));
     // A second daemon on the same root is refused.
-    let out = Command::new(EXE).arg("--root").arg(d.state()).arg("run").output().unwrap();
-    assert!(String::from_utf8(out.stderr).unwrap().contains("already runs at"));
+    let out = Command::new(EXE)
+        .arg("--root")
+        .arg(d.state())
+        .arg("run")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("already runs at"));
     // The daemon is still fine.
     assert!(d.cli(&["device", "list"]).starts_with("ID"));
 }
@@ -64,15 +114,23 @@ fn bad_device_files_and_ids_are_refused_with_the_reason() {
 #[test]
 fn ioreg_archive_and_filters() {
     let d = Daemon::start(&[]);
-    d.wait_node("VirtualSensorDriver active", |n| n["name"] == "VirtualSensorDriver" && n["state"]["active"] == true);
+    d.wait_node("VirtualSensorDriver active", |n| {
+        n["name"] == "VirtualSensorDriver" && n["state"]["active"] == true
+    });
     let xml = d.cli(&["ioreg", "-a"]);
     let v = plist::Value::from_reader_xml(xml.as_bytes()).unwrap();
     let root = v.as_dictionary().unwrap();
     assert_eq!(root["IORegistryEntryName"].as_string(), Some("Root"));
     assert!(root["IORegistryEntryChildren"].as_array().is_some());
     let rooted = d.cli(&["ioreg", "-r", "-n", "VirtualSensor"]);
-    assert!(rooted.starts_with("+-o VirtualSensor  <class IOVirtualDevice"), "{rooted}");
-    assert!(rooted.contains("\"SensorKind\" = \"thermometer\""), "{rooted}");
+    assert!(
+        rooted.starts_with("+-o VirtualSensor  <class IOVirtualDevice"),
+        "{rooted}"
+    );
+    assert!(
+        rooted.contains("\"SensorKind\" = \"thermometer\""),
+        "{rooted}"
+    );
     assert!(!rooted.contains("NullDriver"), "{rooted}");
     let by_class = d.cli(&["ioreg", "-r", "-c", "IOUserResources", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&by_class).unwrap();
@@ -81,12 +139,31 @@ fn ioreg_archive_and_filters() {
 
 #[test]
 fn bench_quick_reports_every_figure_beside_its_baseline() {
-    let out = Command::new(EXE).args(["bench", "--quick", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<serde_json::Value> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let out = Command::new(EXE)
+        .args(["bench", "--quick", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let names: Vec<&str> = lines.iter().map(|l| l["bench"].as_str().unwrap()).collect();
-    assert_eq!(names, ["rpc_roundtrip", "spawn_to_start", "match_per_device", "dext_rss", "daemon_rss"]);
+    assert_eq!(
+        names,
+        [
+            "rpc_roundtrip",
+            "spawn_to_start",
+            "match_per_device",
+            "dext_rss",
+            "daemon_rss"
+        ]
+    );
     for l in &lines {
         for k in ["p50", "p99", "baseline_p50", "baseline_p99"] {
             assert!(l[k].as_f64().is_some_and(|x| x > 0.0), "{k} in {l}");

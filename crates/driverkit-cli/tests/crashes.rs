@@ -5,7 +5,14 @@ mod support;
 use support::*;
 
 fn crashing(behavior: &str, signal_text: &str) {
-    let d = Daemon::start(&["--no-embedded", "--no-default-devices", "--relaunch-limit", "2", "--relaunch-backoff-ms", "20"]);
+    let d = Daemon::start(&[
+        "--no-embedded",
+        "--no-default-devices",
+        "--relaunch-limit",
+        "2",
+        "--relaunch-backoff-ms",
+        "20",
+    ]);
     let dir = d.root.path().to_owned();
     let bundle = test_bundle(
         &dir,
@@ -20,22 +27,53 @@ fn crashing(behavior: &str, signal_text: &str) {
         }],
     );
     d.cli(&["load", bundle.to_str().unwrap()]);
-    let dev = device_file(&dir, "t.toml", "name = \"T\"\n[properties]\nTestDevice = true\n");
+    let dev = device_file(
+        &dir,
+        "t.toml",
+        "name = \"T\"\n[properties]\nTestDevice = true\n",
+    );
     d.cli(&["device", "plug", &dev]);
     d.wait_log("giving up org.test.Crash/Crasher", 1);
     let log = d.log();
     // One launch and two relaunches, then no more.
-    assert_eq!(log.matches("launch   org.test.Crash pid").count(), 3, "{log}");
-    assert_eq!(log.matches("crash    org.test.Crash pid").count(), 3, "{log}");
-    assert!(log.contains(signal_text), "expected {signal_text:?}:\n{log}");
-    assert!(log.contains("client_crashed: T ["), "the provider is told:\n{log}");
-    assert!(log.contains("relaunch org.test.Crash/Crasher in 20 ms (relaunch 1 of 2)"), "{log}");
-    assert!(log.contains("relaunch org.test.Crash/Crasher in 40 ms (relaunch 2 of 2)"), "backoff doubles:\n{log}");
+    assert_eq!(
+        log.matches("launch   org.test.Crash pid").count(),
+        3,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("crash    org.test.Crash pid").count(),
+        3,
+        "{log}"
+    );
+    assert!(
+        log.contains(signal_text),
+        "expected {signal_text:?}:\n{log}"
+    );
+    assert!(
+        log.contains("client_crashed: T ["),
+        "the provider is told:\n{log}"
+    );
+    assert!(
+        log.contains("relaunch org.test.Crash/Crasher in 20 ms (relaunch 1 of 2)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("relaunch org.test.Crash/Crasher in 40 ms (relaunch 2 of 2)"),
+        "backoff doubles:\n{log}"
+    );
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert_eq!(d.log().matches("launch   org.test.Crash pid").count(), 3, "not tried again");
+    assert_eq!(
+        d.log().matches("launch   org.test.Crash pid").count(),
+        3,
+        "not tried again"
+    );
     // The daemon is fine and its registry consistent.
     let nodes = d.nodes();
-    assert!(nodes.iter().all(|n| n["name"] != "TestDriver"), "crashed services are removed");
+    assert!(
+        nodes.iter().all(|n| n["name"] != "TestDriver"),
+        "crashed services are removed"
+    );
     let device = nodes.iter().find(|n| n["name"] == "T").unwrap();
     assert_eq!(device["state"]["active"], true);
     d.interrupt();
@@ -58,7 +96,12 @@ fn a_sigkill_during_start_is_contained() {
 
 #[test]
 fn killed_from_outside_during_start_then_relaunched() {
-    let d = Daemon::start(&["--no-embedded", "--no-default-devices", "--relaunch-backoff-ms", "20"]);
+    let d = Daemon::start(&[
+        "--no-embedded",
+        "--no-default-devices",
+        "--relaunch-backoff-ms",
+        "20",
+    ]);
     let dir = d.root.path().to_owned();
     let bundle = test_bundle(
         &dir,
@@ -71,14 +114,29 @@ fn killed_from_outside_during_start_then_relaunched() {
         }],
     );
     d.cli(&["load", bundle.to_str().unwrap()]);
-    d.cli(&["device", "plug", &device_file(&dir, "t.toml", "name = \"T\"\n[properties]\nTestDevice = true\n")]);
+    d.cli(&[
+        "device",
+        "plug",
+        &device_file(
+            &dir,
+            "t.toml",
+            "name = \"T\"\n[properties]\nTestDevice = true\n",
+        ),
+    ]);
     // TestDriverPID is published before Start sleeps: Start is running.
-    let starting = d.wait_node("a TestDriver in Start", |n| n["properties"]["TestDriverPID"].is_u64());
+    let starting = d.wait_node("a TestDriver in Start", |n| {
+        n["properties"]["TestDriverPID"].is_u64()
+    });
     assert_eq!(starting["state"]["active"], false, "Start has not returned");
     let first = starting["properties"]["TestDriverPID"].as_u64().unwrap();
     kill9(first);
-    d.wait_log(&format!("crash    org.test.Slow pid {first}: killed by signal 9 SIGKILL"), 1);
-    let relaunched = d.wait_node("the relaunched TestDriver active", |n| n["name"] == "TestDriver" && n["state"]["active"] == true);
+    d.wait_log(
+        &format!("crash    org.test.Slow pid {first}: killed by signal 9 SIGKILL"),
+        1,
+    );
+    let relaunched = d.wait_node("the relaunched TestDriver active", |n| {
+        n["name"] == "TestDriver" && n["state"]["active"] == true
+    });
     assert_ne!(relaunched["pid"].as_u64().unwrap(), first);
     assert!(!alive(first));
     d.interrupt();
@@ -86,7 +144,14 @@ fn killed_from_outside_during_start_then_relaunched() {
 
 #[test]
 fn a_hung_start_is_killed_after_the_call_timeout() {
-    let d = Daemon::start(&["--no-embedded", "--no-default-devices", "--relaunch-limit", "0", "--call-timeout-ms", "2000"]);
+    let d = Daemon::start(&[
+        "--no-embedded",
+        "--no-default-devices",
+        "--relaunch-limit",
+        "0",
+        "--call-timeout-ms",
+        "2000",
+    ]);
     let dir = d.root.path().to_owned();
     let bundle = test_bundle(
         &dir,
@@ -99,9 +164,20 @@ fn a_hung_start_is_killed_after_the_call_timeout() {
         }],
     );
     d.cli(&["load", bundle.to_str().unwrap()]);
-    d.cli(&["device", "plug", &device_file(&dir, "t.toml", "name = \"T\"\n[properties]\nTestDevice = true\n")]);
+    d.cli(&[
+        "device",
+        "plug",
+        &device_file(
+            &dir,
+            "t.toml",
+            "name = \"T\"\n[properties]\nTestDevice = true\n",
+        ),
+    ]);
     d.wait_log("giving up org.test.Hang/Hang", 1);
     let log = d.log();
-    assert!(log.contains("did not answer IOService::start within 2s; killing it as hung"), "{log}");
+    assert!(
+        log.contains("did not answer IOService::start within 2s; killing it as hung"),
+        "{log}"
+    );
     d.interrupt();
 }

@@ -8,8 +8,13 @@ use support::*;
 fn a_plugged_device_gets_its_dext_in_its_own_process_and_unplug_cleans_up() {
     let d = Daemon::start(&["--no-default-devices"]);
     // The embedded NullDriver matches IOUserResources without any device.
-    let null = d.wait_node("NullDriver active", |n| n["name"] == "NullDriver" && n["state"]["active"] == true);
-    assert_eq!(null["properties"]["NullDriverGreeting"], "Hello from a dext");
+    let null = d.wait_node("NullDriver active", |n| {
+        n["name"] == "NullDriver" && n["state"]["active"] == true
+    });
+    assert_eq!(
+        null["properties"]["NullDriverGreeting"],
+        "Hello from a dext"
+    );
     let null_pid = null["pid"].as_u64().unwrap();
     assert_ne!(null_pid, u64::from(d.pid()));
 
@@ -18,7 +23,11 @@ fn a_plugged_device_gets_its_dext_in_its_own_process_and_unplug_cleans_up() {
     let driver = d.wait_node("VirtualSensorDriver active", |n| {
         n["name"] == "VirtualSensorDriver" && n["state"]["active"] == true
     });
-    let device = d.nodes().into_iter().find(|n| n["id"] == device_id).unwrap();
+    let device = d
+        .nodes()
+        .into_iter()
+        .find(|n| n["id"] == device_id)
+        .unwrap();
     // Provider -> client, with the states and properties ioreg shows.
     assert_eq!(device["children"][0]["id"], driver["id"]);
     assert_eq!(device["class"], "IOVirtualDevice");
@@ -27,8 +36,14 @@ fn a_plugged_device_gets_its_dext_in_its_own_process_and_unplug_cleans_up() {
         assert_eq!(driver["state"][flag], true, "{flag}");
         assert_eq!(device["state"][flag], true, "{flag}");
     }
-    assert_eq!(driver["properties"]["TemperatureFahrenheit"], 69, "read from the provider: 21 C");
-    assert_eq!(driver["properties"]["IOPropertyMatch"]["SensorKind"], "thermometer");
+    assert_eq!(
+        driver["properties"]["TemperatureFahrenheit"], 69,
+        "read from the provider: 21 C"
+    );
+    assert_eq!(
+        driver["properties"]["IOPropertyMatch"]["SensorKind"],
+        "thermometer"
+    );
     let pid = driver["pid"].as_u64().unwrap();
     assert!(alive(pid));
     assert_ne!(pid, null_pid, "one process per matched service");
@@ -46,31 +61,66 @@ fn a_plugged_device_gets_its_dext_in_its_own_process_and_unplug_cleans_up() {
     let ids: Vec<_> = d.nodes().iter().map(|n| n["id"].clone()).collect();
     assert!(!ids.contains(&driver["id"]) && !ids.contains(&device["id"]));
     d.wait_until("the dext process to exit", || !alive(pid));
-    d.wait_log(&format!("exit     com.example.VirtualSensorDriver pid {pid}:"), 1);
+    d.wait_log(
+        &format!("exit     com.example.VirtualSensorDriver pid {pid}:"),
+        1,
+    );
     let log = d.log();
-    let stop = log.find(&format!("stop     VirtualSensorDriver [{}] in pid {pid}: ok", id_of(&driver))).expect("stop logged");
-    let free = log.find(&format!("free     VirtualSensorDriver [{}] in pid {pid}: ok", id_of(&driver))).expect("free logged");
-    let exit = log.find(&format!("exit     com.example.VirtualSensorDriver pid {pid}: exited with status 0")).expect("exit");
-    assert!(stop < free && free < exit, "Stop, then free, then exit:\n{log}");
-    assert!(log.contains(&format!("VirtualSensorDriver[{pid}]:  INFO stop: last reading 21")), "the dext's own stop ran");
+    let stop = log
+        .find(&format!(
+            "stop     VirtualSensorDriver [{}] in pid {pid}: ok",
+            id_of(&driver)
+        ))
+        .expect("stop logged");
+    let free = log
+        .find(&format!(
+            "free     VirtualSensorDriver [{}] in pid {pid}: ok",
+            id_of(&driver)
+        ))
+        .expect("free logged");
+    let exit = log
+        .find(&format!(
+            "exit     com.example.VirtualSensorDriver pid {pid}: exited with status 0"
+        ))
+        .expect("exit");
+    assert!(
+        stop < free && free < exit,
+        "Stop, then free, then exit:\n{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "VirtualSensorDriver[{pid}]:  INFO stop: last reading 21"
+        )),
+        "the dext's own stop ran"
+    );
     assert!(alive(null_pid), "other dexts are untouched");
 
     let log = d.interrupt();
     assert!(!alive(null_pid), "Ctrl-C stops every dext:\n{log}");
-    assert!(log.contains(&format!("free     NullDriver [{}] in pid {null_pid}: ok", id_of(&null))));
+    assert!(log.contains(&format!(
+        "free     NullDriver [{}] in pid {null_pid}: ok",
+        id_of(&null)
+    )));
 }
 
 #[test]
 fn ctrl_c_stops_every_dext_and_leaves_no_process_behind() {
     let d = Daemon::start(&[]);
-    d.wait_node("VirtualSensorDriver active", |n| n["name"] == "VirtualSensorDriver" && n["state"]["active"] == true);
-    d.wait_node("NullDriver active", |n| n["name"] == "NullDriver" && n["state"]["active"] == true);
+    d.wait_node("VirtualSensorDriver active", |n| {
+        n["name"] == "VirtualSensorDriver" && n["state"]["active"] == true
+    });
+    d.wait_node("NullDriver active", |n| {
+        n["name"] == "NullDriver" && n["state"]["active"] == true
+    });
     let pids: Vec<u64> = d.nodes().iter().filter_map(|n| n["pid"].as_u64()).collect();
     assert_eq!(pids.len(), 2);
     let log = d.interrupt();
     for pid in pids {
         assert!(!alive(pid), "pid {pid} outlived the daemon\n{log}");
-        assert!(log.contains(&format!("pid {pid}: exited with status 0")), "{log}");
+        assert!(
+            log.contains(&format!("pid {pid}: exited with status 0")),
+            "{log}"
+        );
     }
 }
 
@@ -78,17 +128,30 @@ fn ctrl_c_stops_every_dext_and_leaves_no_process_behind() {
 fn a_bundle_loaded_at_run_time_matches_existing_devices() {
     let d = Daemon::start(&["--no-embedded", "--no-default-devices"]);
     let dir = d.root.path().to_owned();
-    let dev = device_file(&dir, "t.toml", "name = \"T\"\n[properties]\nTestDevice = true\n");
+    let dev = device_file(
+        &dir,
+        "t.toml",
+        "name = \"T\"\n[properties]\nTestDevice = true\n",
+    );
     d.cli(&["device", "plug", &dev]);
     std::thread::sleep(std::time::Duration::from_millis(200));
-    assert!(d.nodes().iter().all(|n| n["name"] != "TestDriver"), "nothing matches before the load");
+    assert!(
+        d.nodes().iter().all(|n| n["name"] != "TestDriver"),
+        "nothing matches before the load"
+    );
     let bundle = test_bundle(
         &dir,
         "org.test.Late",
-        &[P { name: "Late", provider_class: "IOVirtualDevice", extra: "<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>" }],
+        &[P {
+            name: "Late",
+            provider_class: "IOVirtualDevice",
+            extra: "<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>",
+        }],
     );
     d.cli(&["load", bundle.to_str().unwrap()]);
-    d.wait_node("TestDriver active after load", |n| n["name"] == "TestDriver" && n["state"]["active"] == true);
+    d.wait_node("TestDriver active after load", |n| {
+        n["name"] == "TestDriver" && n["state"]["active"] == true
+    });
 }
 
 #[test]
@@ -101,19 +164,47 @@ fn one_process_personalities_share_a_pid() {
         &dir,
         "org.test.Shared",
         &[
-            P { name: "S1", provider_class: "IOVirtualDevice", extra: &format!("{shared}<key>IOMatchCategory</key><string>s1</string>") },
-            P { name: "S2", provider_class: "IOVirtualDevice", extra: &format!("{shared}<key>IOMatchCategory</key><string>s2</string>") },
-            P { name: "A1", provider_class: "IOVirtualDevice", extra: &format!("{alone}<key>IOMatchCategory</key><string>a1</string>") },
+            P {
+                name: "S1",
+                provider_class: "IOVirtualDevice",
+                extra: &format!("{shared}<key>IOMatchCategory</key><string>s1</string>"),
+            },
+            P {
+                name: "S2",
+                provider_class: "IOVirtualDevice",
+                extra: &format!("{shared}<key>IOMatchCategory</key><string>s2</string>"),
+            },
+            P {
+                name: "A1",
+                provider_class: "IOVirtualDevice",
+                extra: &format!("{alone}<key>IOMatchCategory</key><string>a1</string>"),
+            },
         ],
     );
     d.cli(&["load", bundle.to_str().unwrap()]);
-    let dev = device_file(&dir, "t.toml", "name = \"T\"\n[properties]\nTestDevice = true\n");
+    let dev = device_file(
+        &dir,
+        "t.toml",
+        "name = \"T\"\n[properties]\nTestDevice = true\n",
+    );
     d.cli(&["device", "plug", &dev]);
     d.wait_until("three active clients", || {
-        d.nodes().iter().filter(|n| n["name"] == "TestDriver" && n["state"]["active"] == true).count() == 3
+        d.nodes()
+            .iter()
+            .filter(|n| n["name"] == "TestDriver" && n["state"]["active"] == true)
+            .count()
+            == 3
     });
     let nodes = d.nodes();
-    let pid_of = |p: &str| nodes.iter().find(|n| personality(n) == p).unwrap()["pid"].as_u64().unwrap();
-    assert_eq!(pid_of("S1"), pid_of("S2"), "IOUserServerOneProcess shares one process");
+    let pid_of = |p: &str| {
+        nodes.iter().find(|n| personality(n) == p).unwrap()["pid"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(
+        pid_of("S1"),
+        pid_of("S2"),
+        "IOUserServerOneProcess shares one process"
+    );
     assert_ne!(pid_of("S1"), pid_of("A1"));
 }

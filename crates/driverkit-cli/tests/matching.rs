@@ -15,18 +15,48 @@ fn categories_attach_side_by_side_the_best_score_wins_and_a_failed_start_hands_o
              <key>TestStartBehavior</key><string>{behavior}</string>"
         )
     };
-    let (a_high, a_low, b, c_fail, c_next) = (p("A", 100, "ok"), p("A", 10, "ok"), p("B", 0, "ok"), p("C", 50, "fail"), p("C", 5, "ok"));
+    let (a_high, a_low, b, c_fail, c_next) = (
+        p("A", 100, "ok"),
+        p("A", 10, "ok"),
+        p("B", 0, "ok"),
+        p("C", 50, "fail"),
+        p("C", 5, "ok"),
+    );
     let bundle = test_bundle(
         &dir,
         "org.test.Match",
         &[
-            P { name: "AHigh", provider_class: "IOVirtualDevice", extra: &a_high },
-            P { name: "ALow", provider_class: "IOVirtualDevice", extra: &a_low },
-            P { name: "B", provider_class: "IOVirtualDevice", extra: &b },
-            P { name: "CFail", provider_class: "IOVirtualDevice", extra: &c_fail },
-            P { name: "CNext", provider_class: "IOVirtualDevice", extra: &c_next },
+            P {
+                name: "AHigh",
+                provider_class: "IOVirtualDevice",
+                extra: &a_high,
+            },
+            P {
+                name: "ALow",
+                provider_class: "IOVirtualDevice",
+                extra: &a_low,
+            },
+            P {
+                name: "B",
+                provider_class: "IOVirtualDevice",
+                extra: &b,
+            },
+            P {
+                name: "CFail",
+                provider_class: "IOVirtualDevice",
+                extra: &c_fail,
+            },
+            P {
+                name: "CNext",
+                provider_class: "IOVirtualDevice",
+                extra: &c_next,
+            },
             // Provider class includes subclasses: IOService matches a device.
-            P { name: "Base", provider_class: "IOService", extra: &format!("{m}<key>IOMatchCategory</key><string>D</string>") },
+            P {
+                name: "Base",
+                provider_class: "IOService",
+                extra: &format!("{m}<key>IOMatchCategory</key><string>D</string>"),
+            },
             // A property the device does not have never matches.
             P {
                 name: "Other",
@@ -36,22 +66,44 @@ fn categories_attach_side_by_side_the_best_score_wins_and_a_failed_start_hands_o
         ],
     );
     d.cli(&["load", bundle.to_str().unwrap()]);
-    let dev = device_file(&dir, "t.toml", "name = \"T\"\n[properties]\nTestDevice = true\n");
+    let dev = device_file(
+        &dir,
+        "t.toml",
+        "name = \"T\"\n[properties]\nTestDevice = true\n",
+    );
     let id = d.cli(&["device", "plug", &dev]);
     let id = u64::from_str_radix(id.trim().trim_start_matches("0x"), 16).unwrap();
     d.wait_until("four active clients", || {
-        d.nodes().iter().filter(|n| n["name"] == "TestDriver" && n["state"]["active"] == true).count() == 4
+        d.nodes()
+            .iter()
+            .filter(|n| n["name"] == "TestDriver" && n["state"]["active"] == true)
+            .count()
+            == 4
     });
     d.wait_log("start    TestDriver", 5);
     let nodes = d.nodes();
     let device = nodes.iter().find(|n| n["id"] == id).unwrap();
-    let mut winners: Vec<&str> = device["children"].as_array().unwrap().iter().map(personality).collect();
+    let mut winners: Vec<&str> = device["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(personality)
+        .collect();
     winners.sort();
     assert_eq!(winners, ["AHigh", "B", "Base", "CNext"]);
     let log = d.log();
-    assert!(log.contains("failed with kIOReturnError (0xe00002bc); trying the next candidate"), "{log}");
-    assert!(log.contains("match    TestDriver (org.test.Match/CFail)"), "CFail was tried first:\n{log}");
-    assert!(!log.contains("org.test.Match/ALow"), "the lower score in a taken category is never tried:\n{log}");
+    assert!(
+        log.contains("failed with kIOReturnError (0xe00002bc); trying the next candidate"),
+        "{log}"
+    );
+    assert!(
+        log.contains("match    TestDriver (org.test.Match/CFail)"),
+        "CFail was tried first:\n{log}"
+    );
+    assert!(
+        !log.contains("org.test.Match/ALow"),
+        "the lower score in a taken category is never tried:\n{log}"
+    );
     assert!(!log.contains("org.test.Match/Other"), "{log}");
 }
 
@@ -81,11 +133,27 @@ fn name_and_resource_matching() {
         ],
     );
     d.cli(&["load", bundle.to_str().unwrap()]);
-    d.cli(&["device", "plug", &device_file(&dir, "g.toml", "name = \"Gadget\"\n")]);
-    d.cli(&["device", "plug", &device_file(&dir, "w.toml", "name = \"Whatsit\"\n")]);
-    d.wait_node("ByName on Gadget", |n| personality(n) == "ByName" && n["state"]["active"] == true);
-    d.wait_node("Resource on IOUserResources", |n| personality(n) == "Resource" && n["state"]["active"] == true);
+    d.cli(&[
+        "device",
+        "plug",
+        &device_file(&dir, "g.toml", "name = \"Gadget\"\n"),
+    ]);
+    d.cli(&[
+        "device",
+        "plug",
+        &device_file(&dir, "w.toml", "name = \"Whatsit\"\n"),
+    ]);
+    d.wait_node("ByName on Gadget", |n| {
+        personality(n) == "ByName" && n["state"]["active"] == true
+    });
+    d.wait_node("Resource on IOUserResources", |n| {
+        personality(n) == "Resource" && n["state"]["active"] == true
+    });
     let nodes = d.nodes();
-    assert_eq!(nodes.iter().filter(|n| personality(n) == "ByName").count(), 1, "only Gadget matches by name");
+    assert_eq!(
+        nodes.iter().filter(|n| personality(n) == "ByName").count(),
+        1,
+        "only Gadget matches by name"
+    );
     assert!(nodes.iter().all(|n| personality(n) != "MissingResource"));
 }

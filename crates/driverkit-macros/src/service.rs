@@ -19,7 +19,10 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         ));
     }
     if !st.generics.params.is_empty() {
-        return Err(syn::Error::new_spanned(&st.generics, "a DriverKit service cannot be generic"));
+        return Err(syn::Error::new_spanned(
+            &st.generics,
+            "a DriverKit service cannot be generic",
+        ));
     }
     let attrs = &st.attrs;
     let vis = &st.vis;
@@ -53,20 +56,30 @@ fn parse_args(attr: TokenStream) -> syn::Result<(Path, Type)> {
     let mut ivars = None;
     for meta in metas {
         let Meta::NameValue(nv) = meta else {
-            return Err(syn::Error::new_spanned(meta, "expected `superclass = Class` or `ivars = Type`"));
+            return Err(syn::Error::new_spanned(
+                meta,
+                "expected `superclass = Class` or `ivars = Type`",
+            ));
         };
         if nv.path.is_ident("superclass") {
             let syn::Expr::Path(p) = &nv.value else {
-                return Err(syn::Error::new_spanned(&nv.value, "expected a class, such as IOService"));
+                return Err(syn::Error::new_spanned(
+                    &nv.value,
+                    "expected a class, such as IOService",
+                ));
             };
             superclass = Some(p.path.clone());
         } else if nv.path.is_ident("ivars") {
             ivars = Some(syn::parse2::<Type>(nv.value.to_token_stream())?);
         } else {
-            return Err(syn::Error::new_spanned(&nv.path, "unknown argument: expected `superclass` or `ivars`"));
+            return Err(syn::Error::new_spanned(
+                &nv.path,
+                "unknown argument: expected `superclass` or `ivars`",
+            ));
         }
     }
-    let superclass = superclass.ok_or_else(|| syn::Error::new(Span::call_site(), "missing `superclass = Class`"))?;
+    let superclass = superclass
+        .ok_or_else(|| syn::Error::new(Span::call_site(), "missing `superclass = Class`"))?;
     let ivars = ivars.unwrap_or_else(|| syn::parse_quote!(()));
     Ok((superclass, ivars))
 }

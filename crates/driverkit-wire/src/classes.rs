@@ -17,7 +17,10 @@ const CLASSES: &[(&str, Option<&str>)] = &[
 
 /// The superclass of a system class; `None` for `OSObject` and unknown names.
 pub fn superclass(class: &str) -> Option<&'static str> {
-    CLASSES.iter().find(|(c, _)| *c == class).and_then(|(_, s)| *s)
+    CLASSES
+        .iter()
+        .find(|(c, _)| *c == class)
+        .and_then(|(_, s)| *s)
 }
 
 /// True when the system implements `class`.

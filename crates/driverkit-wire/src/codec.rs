@@ -22,7 +22,11 @@ pub struct WireError {
 
 impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "at offset {}: expected {}, found {}", self.offset, self.expected, self.found)
+        write!(
+            f,
+            "at offset {}: expected {}, found {}",
+            self.offset, self.expected, self.found
+        )
     }
 }
 
@@ -84,7 +88,11 @@ impl<'a> Decoder<'a> {
     }
     /// An error at the current offset.
     pub fn error(&self, expected: &'static str, found: String) -> WireError {
-        WireError { offset: self.offset, expected, found }
+        WireError {
+            offset: self.offset,
+            expected,
+            found,
+        }
     }
     fn array<const N: usize>(&mut self, expected: &'static str) -> Result<[u8; N], WireError> {
         let bytes = self.take(N, expected)?;
@@ -100,7 +108,10 @@ impl<'a> Decoder<'a> {
             return Err(WireError {
                 offset: at,
                 expected,
-                found: format!("length {n} with {} bytes left", self.buf.len() - self.offset),
+                found: format!(
+                    "length {n} with {} bytes left",
+                    self.buf.len() - self.offset
+                ),
             });
         }
         Ok(n)
@@ -142,7 +153,11 @@ impl Wire for bool {
         match d.take(1, "bool")?[0] {
             0 => Ok(false),
             1 => Ok(true),
-            b => Err(WireError { offset: d.offset - 1, expected: "bool (0 or 1)", found: format!("{b}") }),
+            b => Err(WireError {
+                offset: d.offset - 1,
+                expected: "bool (0 or 1)",
+                found: format!("{b}"),
+            }),
         }
     }
 }
@@ -165,8 +180,11 @@ impl Wire for String {
         let n = d.len("string length")?;
         let at = d.offset;
         let bytes = d.take(n, "string bytes")?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|e| WireError { offset: at, expected: "UTF-8 string", found: e.to_string() })
+        String::from_utf8(bytes.to_vec()).map_err(|e| WireError {
+            offset: at,
+            expected: "UTF-8 string",
+            found: e.to_string(),
+        })
     }
 }
 
@@ -219,7 +237,11 @@ impl<T: Wire> Wire for Option<T> {
         match d.take(1, "option tag")?[0] {
             0 => Ok(None),
             1 => T::decode(d).map(Some),
-            b => Err(WireError { offset: d.offset - 1, expected: "option tag (0 or 1)", found: format!("{b}") }),
+            b => Err(WireError {
+                offset: d.offset - 1,
+                expected: "option tag (0 or 1)",
+                found: format!("{b}"),
+            }),
         }
     }
 }
@@ -236,8 +258,11 @@ impl Wire for plist::Value {
     fn decode(d: &mut Decoder<'_>) -> Result<Self, WireError> {
         let at = d.offset;
         let Bytes(bytes) = Bytes::decode(d)?;
-        plist::Value::from_reader(std::io::Cursor::new(bytes))
-            .map_err(|err| WireError { offset: at, expected: "binary plist", found: err.to_string() })
+        plist::Value::from_reader(std::io::Cursor::new(bytes)).map_err(|err| WireError {
+            offset: at,
+            expected: "binary plist",
+            found: err.to_string(),
+        })
     }
 }
 
@@ -249,7 +274,11 @@ impl Wire for plist::Dictionary {
         let at = d.offset;
         match plist::Value::decode(d)? {
             plist::Value::Dictionary(dict) => Ok(dict),
-            other => Err(WireError { offset: at, expected: "plist dictionary", found: format!("{other:?}") }),
+            other => Err(WireError {
+                offset: at,
+                expected: "plist dictionary",
+                found: format!("{other:?}"),
+            }),
         }
     }
 }

@@ -88,13 +88,21 @@ pub enum HeaderError {
 impl fmt::Display for HeaderError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HeaderError::Truncated { len } => write!(f, "message of {len} bytes is shorter than the {HEADER_LEN}-byte header"),
+            HeaderError::Truncated { len } => write!(
+                f,
+                "message of {len} bytes is shorter than the {HEADER_LEN}-byte header"
+            ),
             HeaderError::Length { declared, actual } => {
                 write!(f, "header at offset 28 declares a {declared}-byte payload, the message carries {actual}")
             }
-            HeaderError::Kind { found } => write!(f, "header at offset 0: unknown message kind {found}"),
+            HeaderError::Kind { found } => {
+                write!(f, "header at offset 0: unknown message kind {found}")
+            }
             HeaderError::Version { found } => {
-                write!(f, "header at offset 2: protocol version {found}, expected {PROTOCOL_VERSION}")
+                write!(
+                    f,
+                    "header at offset 2: protocol version {found}, expected {PROTOCOL_VERSION}"
+                )
             }
         }
     }
@@ -129,7 +137,10 @@ impl<T: AsRef<[u8]>> Packet<T> {
         }
         let declared = self.payload_len() as usize;
         if declared != len - HEADER_LEN {
-            return Err(HeaderError::Length { declared, actual: len - HEADER_LEN });
+            return Err(HeaderError::Length {
+                declared,
+                actual: len - HEADER_LEN,
+            });
         }
         Ok(())
     }
@@ -200,7 +211,14 @@ pub struct Header {
 impl Header {
     /// A header for a message of `kind` with everything else zero.
     pub fn new(kind: Kind) -> Header {
-        Header { kind, flags: 0, call: 0, object: ObjectId(0), method: MethodId(0), status: IOReturn::SUCCESS }
+        Header {
+            kind,
+            flags: 0,
+            call: 0,
+            object: ObjectId(0),
+            method: MethodId(0),
+            status: IOReturn::SUCCESS,
+        }
     }
 
     /// Validates a packet's header.
@@ -243,15 +261,27 @@ mod tests {
 
     #[test]
     fn short_and_lying_messages_are_refused() {
-        assert_eq!(Packet::new_checked(&[0u8; 5][..]).unwrap_err(), HeaderError::Truncated { len: 5 });
+        assert_eq!(
+            Packet::new_checked(&[0u8; 5][..]).unwrap_err(),
+            HeaderError::Truncated { len: 5 }
+        );
         let mut msg = Vec::new();
         Header::new(Kind::Request).emit(b"abc", &mut msg);
         msg.pop();
-        assert_eq!(Packet::new_checked(&msg[..]).unwrap_err(), HeaderError::Length { declared: 3, actual: 2 });
+        assert_eq!(
+            Packet::new_checked(&msg[..]).unwrap_err(),
+            HeaderError::Length {
+                declared: 3,
+                actual: 2
+            }
+        );
         let mut msg = Vec::new();
         Header::new(Kind::Request).emit(b"", &mut msg);
         msg[0] = 99;
-        assert_eq!(Header::parse(&Packet::new_unchecked(&msg[..])).unwrap_err(), HeaderError::Kind { found: 99 });
+        assert_eq!(
+            Header::parse(&Packet::new_unchecked(&msg[..])).unwrap_err(),
+            HeaderError::Kind { found: 99 }
+        );
     }
 
     proptest! {

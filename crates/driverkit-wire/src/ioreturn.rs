@@ -88,7 +88,10 @@ mod tests {
         assert_eq!(IOReturn::OFFLINE.name(), Some("kIOReturnOffline"));
         // IOReturn.h: kIOReturnOffline is 0x2d7, kIOReturnNotReady 0x2d8.
         assert_eq!(IOReturn::OFFLINE.0, 0xe00002d7);
-        assert_eq!(format!("{}", IOReturn::NOT_FOUND), "kIOReturnNotFound (0xe00002f0)");
+        assert_eq!(
+            format!("{}", IOReturn::NOT_FOUND),
+            "kIOReturnNotFound (0xe00002f0)"
+        );
         assert_eq!(IOReturn::SUCCESS.into_result(), Ok(()));
         assert_eq!(IOReturn::ABORTED.into_result(), Err(IOReturn::ABORTED));
     }

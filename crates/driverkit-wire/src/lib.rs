@@ -41,7 +41,8 @@ pub struct MethodId(pub u64);
 /// into a dext) and the SDK (calls into the daemon).
 pub trait Caller {
     /// Sends `args` to `method` of `object`; the reply's payload or status.
-    fn call(&self, object: ObjectId, method: MethodId, flags: u8, args: &[u8]) -> IOResult<Vec<u8>>;
+    fn call(&self, object: ObjectId, method: MethodId, flags: u8, args: &[u8])
+        -> IOResult<Vec<u8>>;
 }
 
 /// The name of a method of any system class, for logs.

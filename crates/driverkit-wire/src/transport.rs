@@ -6,8 +6,8 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
 
 use crate::header::{Header, HeaderError, Packet};
@@ -48,11 +48,19 @@ impl Endpoint {
     }
 
     /// Sends `header` + `payload` as one record, passing `pass` along.
-    pub fn send(&self, header: &Header, payload: &[u8], pass: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    pub fn send(
+        &self,
+        header: &Header,
+        payload: &[u8],
+        pass: Option<BorrowedFd<'_>>,
+    ) -> io::Result<()> {
         if payload.len() + crate::HEADER_LEN > MAX_MESSAGE {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("message of {} bytes exceeds the {MAX_MESSAGE}-byte limit", payload.len() + crate::HEADER_LEN),
+                format!(
+                    "message of {} bytes exceeds the {MAX_MESSAGE}-byte limit",
+                    payload.len() + crate::HEADER_LEN
+                ),
             ));
         }
         thread_local!(static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) });
@@ -106,7 +114,10 @@ impl Endpoint {
         }
         if msg.flags.contains(ReturnFlags::TRUNC) {
             buf.len = 0;
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "message larger than MAX_MESSAGE"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "message larger than MAX_MESSAGE",
+            ));
         }
         buf.len = msg.bytes;
         if msg.bytes == 0 {
@@ -116,7 +127,10 @@ impl Endpoint {
     }
 
     /// Receives and validates one message; `Ok(None)` when the peer closed.
-    pub fn recv_message(&self, buf: &mut MessageBuf) -> io::Result<Option<(Header, Option<OwnedFd>)>> {
+    pub fn recv_message(
+        &self,
+        buf: &mut MessageBuf,
+    ) -> io::Result<Option<(Header, Option<OwnedFd>)>> {
         match self.recv(buf)? {
             Received::Closed => Ok(None),
             Received::Message { fd } => {
@@ -136,13 +150,18 @@ pub struct MessageBuf {
 
 impl Default for MessageBuf {
     fn default() -> Self {
-        Self { data: vec![0; MAX_MESSAGE].into_boxed_slice(), len: 0 }
+        Self {
+            data: vec![0; MAX_MESSAGE].into_boxed_slice(),
+            len: 0,
+        }
     }
 }
 
 impl std::fmt::Debug for MessageBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MessageBuf").field("len", &self.len).finish()
+        f.debug_struct("MessageBuf")
+            .field("len", &self.len)
+            .finish()
     }
 }
 

@@ -45,7 +45,9 @@ pub use tracing::{debug, error, info, warn};
 /// Everything a driver usually needs.
 pub mod prelude {
     pub use crate::runtime::Service;
-    pub use crate::{IODispatchQueue, IOResult, IOReturn, IOService, IOServiceApi, IOServiceImpl, IOServiceSuper};
+    pub use crate::{
+        IODispatchQueue, IOResult, IOReturn, IOService, IOServiceApi, IOServiceImpl, IOServiceSuper,
+    };
 }
 
 // `#[driverkit::service]` names this crate by its absolute path.

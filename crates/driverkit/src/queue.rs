@@ -35,7 +35,11 @@ impl IODispatchQueue {
     /// Creates a queue and its thread.
     pub fn create(name: &str) -> IOResult<IODispatchQueue> {
         let (tx, rx) = mpsc::channel::<Job>();
-        let inner = Arc::new(Inner { name: name.to_owned(), sender: Mutex::new(Some(tx)), thread: OnceLock::new() });
+        let inner = Arc::new(Inner {
+            name: name.to_owned(),
+            sender: Mutex::new(Some(tx)),
+            thread: OnceLock::new(),
+        });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name(format!("queue:{name}"))
@@ -79,7 +83,10 @@ impl IODispatchQueue {
     /// Runs `f` on the queue and waits for its result. Dispatching
     /// synchronously onto the queue you are running on would wait forever,
     /// so it fails at once with `kIOReturnBusy` instead.
-    pub fn dispatch_sync<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> IOResult<R> {
+    pub fn dispatch_sync<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> IOResult<R> {
         if self.on_queue() {
             return Err(IOReturn::BUSY);
         }
@@ -92,13 +99,19 @@ impl IODispatchQueue {
 
     /// Stops accepting work; queued work still runs, then the thread exits.
     pub fn cancel(&self) {
-        self.inner.sender.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.inner
+            .sender
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 }
 
 impl std::fmt::Debug for IODispatchQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IODispatchQueue").field("name", &self.inner.name).finish()
+        f.debug_struct("IODispatchQueue")
+            .field("name", &self.inner.name)
+            .finish()
     }
 }
 
@@ -112,7 +125,8 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         for i in 0..100 {
             let seen = seen.clone();
-            q.dispatch_async(move || seen.lock().unwrap().push(i)).unwrap();
+            q.dispatch_async(move || seen.lock().unwrap().push(i))
+                .unwrap();
         }
         q.dispatch_sync(|| ()).unwrap();
         assert_eq!(*seen.lock().unwrap(), (0..100).collect::<Vec<_>>());
@@ -122,7 +136,9 @@ mod tests {
     fn sync_dispatch_onto_own_queue_is_an_error_not_a_hang() {
         let q = IODispatchQueue::create("self").unwrap();
         let q2 = q.clone();
-        let inner = q.dispatch_sync(move || (q2.on_queue(), q2.dispatch_sync(|| ()))).unwrap();
+        let inner = q
+            .dispatch_sync(move || (q2.on_queue(), q2.dispatch_sync(|| ())))
+            .unwrap();
         assert_eq!(inner, (true, Err(IOReturn::BUSY)));
         assert!(!q.on_queue());
     }

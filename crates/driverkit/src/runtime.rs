@@ -46,7 +46,10 @@ pub trait Service: Sized + Send + Sync + 'static {
     /// # Panics
     /// When called inside `init`, before the ivars exist.
     fn ivars(&self) -> &Self::Ivars {
-        self.base().ivars.get().expect("ivars used before init returned them")
+        self.base()
+            .ivars
+            .get()
+            .expect("ivars used before init returned them")
     }
 
     /// The provider this service was started on.
@@ -92,7 +95,10 @@ trait Instance: Send + Sync {
 impl<S: Service + IOServiceImpl> Instance for S {
     fn init(&self) -> IOResult<()> {
         let ivars = IOServiceImpl::init(self)?;
-        self.base().ivars.set(ivars).map_err(|_| IOReturn::INTERNAL_ERROR)
+        self.base()
+            .ivars
+            .set(ivars)
+            .map_err(|_| IOReturn::INTERNAL_ERROR)
     }
     fn free(&self) {
         IOServiceImpl::free(self)
@@ -179,11 +185,18 @@ pub fn run(classes: Vec<ClassEntry>) -> ! {
     });
     let mut hello = Encoder::new();
     std::process::id().encode(&mut hello);
-    if rt.main.send(&Header::new(Kind::Hello), hello.as_bytes(), None).is_err() {
+    if rt
+        .main
+        .send(&Header::new(Kind::Hello), hello.as_bytes(), None)
+        .is_err()
+    {
         std::process::exit(3);
     }
     if let Ok(first) = Channel::open(rt) {
-        rt.channels.lock().unwrap_or_else(|e| e.into_inner()).push(first);
+        rt.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(first);
     }
     let mut buf = MessageBuf::default();
     loop {
@@ -201,8 +214,9 @@ pub fn run(classes: Vec<ClassEntry>) -> ! {
         match header.kind {
             Kind::Request | Kind::Oneway if header.object == ObjectId::USER_SERVER => {
                 let server = ServerHandler { rt };
-                let result = io_user_server_interface::dispatch(&server, header.method, buf.payload())
-                    .unwrap_or(Err(IOReturn::UNSUPPORTED));
+                let result =
+                    io_user_server_interface::dispatch(&server, header.method, buf.payload())
+                        .unwrap_or(Err(IOReturn::UNSUPPORTED));
                 rt.reply(&header, result);
                 if header.method == io_user_server_interface::EXIT {
                     std::process::exit(0);
@@ -287,17 +301,32 @@ impl IOUserServerInterface for ServerHandler {
             tracing::error!("IOUserClass {user_class:?} is not in this dext (it has {known:?})");
             return Err(IOReturn::NOT_FOUND);
         };
-        let instance = (entry.create)(Birth { object, provider, properties });
+        let instance = (entry.create)(Birth {
+            object,
+            provider,
+            properties,
+        });
         let queue = IODispatchQueue::create("Default")?;
         let init = instance.clone();
         queue.dispatch_sync(move || init.init())??;
-        self.rt.objects.lock().unwrap_or_else(|e| e.into_inner()).insert(object, Hosted { instance, queue });
+        self.rt
+            .objects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(object, Hosted { instance, queue });
         Ok(())
     }
 
     fn free(&self, object: ObjectId) -> IOResult<()> {
-        let hosted = self.rt.objects.lock().unwrap_or_else(|e| e.into_inner()).remove(&object);
-        let Some(Hosted { instance, queue }) = hosted else { return Err(IOReturn::NOT_FOUND) };
+        let hosted = self
+            .rt
+            .objects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&object);
+        let Some(Hosted { instance, queue }) = hosted else {
+            return Err(IOReturn::NOT_FOUND);
+        };
         // free runs on the service's queue after everything queued before
         // it; the instance and its ivars are dropped when the last
         // reference (this closure's) goes.
@@ -322,11 +351,23 @@ struct Channel {
 impl Channel {
     fn open(rt: &Runtime) -> IOResult<Channel> {
         let (mine, theirs) = transport::socketpair().map_err(|_| IOReturn::NO_RESOURCES)?;
-        rt.main.send(&Header::new(Kind::Channel), &[], Some(theirs.as_fd())).map_err(|_| IOReturn::OFFLINE)?;
-        Ok(Channel { endpoint: mine, buf: MessageBuf::default(), next_call: 1 })
+        rt.main
+            .send(&Header::new(Kind::Channel), &[], Some(theirs.as_fd()))
+            .map_err(|_| IOReturn::OFFLINE)?;
+        Ok(Channel {
+            endpoint: mine,
+            buf: MessageBuf::default(),
+            next_call: 1,
+        })
     }
 
-    fn call(&mut self, object: ObjectId, method: MethodId, flags: u8, args: &[u8]) -> IOResult<Vec<u8>> {
+    fn call(
+        &mut self,
+        object: ObjectId,
+        method: MethodId,
+        flags: u8,
+        args: &[u8],
+    ) -> IOResult<Vec<u8>> {
         let call = self.next_call;
         self.next_call = self.next_call.wrapping_add(1);
         let mut h = Header::new(Kind::Request);
@@ -334,7 +375,9 @@ impl Channel {
         h.call = call;
         h.object = object;
         h.method = method;
-        self.endpoint.send(&h, args, None).map_err(|_| IOReturn::OFFLINE)?;
+        self.endpoint
+            .send(&h, args, None)
+            .map_err(|_| IOReturn::OFFLINE)?;
         loop {
             match self.endpoint.recv_message(&mut self.buf) {
                 Ok(Some((reply, _))) if reply.kind == Kind::Reply && reply.call == call => {
@@ -352,7 +395,13 @@ impl Channel {
 pub(crate) struct SystemCaller;
 
 impl Caller for SystemCaller {
-    fn call(&self, object: ObjectId, method: MethodId, flags: u8, args: &[u8]) -> IOResult<Vec<u8>> {
+    fn call(
+        &self,
+        object: ObjectId,
+        method: MethodId,
+        flags: u8,
+        args: &[u8],
+    ) -> IOResult<Vec<u8>> {
         let rt = RUNTIME.get().ok_or(IOReturn::NOT_READY)?;
         let pooled = rt.channels.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut channel = match pooled {
@@ -362,7 +411,10 @@ impl Caller for SystemCaller {
         let result = channel.call(object, method, flags, args);
         // A channel whose peer is gone is dropped, not pooled.
         if result != Err(IOReturn::OFFLINE) {
-            rt.channels.lock().unwrap_or_else(|e| e.into_inner()).push(channel);
+            rt.channels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(channel);
         }
         result
     }

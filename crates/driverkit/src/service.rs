@@ -24,7 +24,11 @@ impl IOService {
 }
 
 fn proxy(id: ObjectId, flags: u8) -> io_service_interface::Proxy<'static, SystemCaller> {
-    io_service_interface::Proxy { caller: &SystemCaller, object: id, flags }
+    io_service_interface::Proxy {
+        caller: &SystemCaller,
+        object: id,
+        flags,
+    }
 }
 
 /// The methods of `IOService` a driver implements (DriverKit's `IMPL`).

@@ -60,21 +60,29 @@ pub fn serve(daemon: Daemon, root: &Path, shutdown: mpsc::Sender<()>) -> std::io
     // The root lock is held, so a socket file left here is stale.
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
-    std::thread::Builder::new().name("control".into()).spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let daemon = daemon.clone();
-            let shutdown = shutdown.clone();
-            let _ = std::thread::Builder::new().name("control-client".into()).spawn(move || {
-                if let Err(e) = serve_client(stream, &daemon, &shutdown) {
-                    tracing::debug!("control client: {e}");
-                }
-            });
-        }
-    })?;
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let daemon = daemon.clone();
+                let shutdown = shutdown.clone();
+                let _ = std::thread::Builder::new()
+                    .name("control-client".into())
+                    .spawn(move || {
+                        if let Err(e) = serve_client(stream, &daemon, &shutdown) {
+                            tracing::debug!("control client: {e}");
+                        }
+                    });
+            }
+        })?;
     Ok(path)
 }
 
-fn serve_client(stream: UnixStream, daemon: &Daemon, shutdown: &mpsc::Sender<()>) -> std::io::Result<()> {
+fn serve_client(
+    stream: UnixStream,
+    daemon: &Daemon,
+    shutdown: &mpsc::Sender<()>,
+) -> std::io::Result<()> {
     let mut writer = stream.try_clone()?;
     for line in BufReader::new(stream).lines() {
         let line = line?;
@@ -85,26 +93,37 @@ fn serve_client(stream: UnixStream, daemon: &Daemon, shutdown: &mpsc::Sender<()>
             },
             Err(e) => Response::Error(format!("bad request: {e}")),
         };
-        let mut text = serde_json::to_string(&response).unwrap_or_else(|_| r#"{"error":"unencodable"}"#.into());
+        let mut text = serde_json::to_string(&response)
+            .unwrap_or_else(|_| r#"{"error":"unencodable"}"#.into());
         text.push('\n');
         writer.write_all(text.as_bytes())?;
     }
     Ok(())
 }
 
-fn handle(daemon: &Daemon, req: Request, shutdown: &mpsc::Sender<()>) -> Result<serde_json::Value, String> {
+fn handle(
+    daemon: &Daemon,
+    req: Request,
+    shutdown: &mpsc::Sender<()>,
+) -> Result<serde_json::Value, String> {
     use serde_json::json;
     match req {
         Request::Registry => {
             let mut xml = Vec::new();
-            daemon.registry_plist().to_writer_xml(&mut xml).map_err(|e| e.to_string())?;
+            daemon
+                .registry_plist()
+                .to_writer_xml(&mut xml)
+                .map_err(|e| e.to_string())?;
             Ok(json!({ "plist": String::from_utf8_lossy(&xml) }))
         }
         Request::Plug { device } => {
             let spec = match device {
                 DeviceArg::Builtin(name) => virtual_device::builtin(&name).ok_or_else(|| {
                     let known: Vec<_> = virtual_device::builtin_names().collect();
-                    format!("no built-in device named {name:?} (built in: {})", known.join(", "))
+                    format!(
+                        "no built-in device named {name:?} (built in: {})",
+                        known.join(", ")
+                    )
                 })?,
                 DeviceArg::File { path, text } => virtual_device::parse(&text, &path)?,
             };
@@ -132,23 +151,35 @@ impl Client {
     pub fn connect(root: &Path) -> Result<Client, String> {
         let path = root.join(SOCKET);
         let stream = UnixStream::connect(&path).map_err(|e| {
-            format!("no daemon is running at {} ({e}); start one with `driverkit run`", root.display())
+            format!(
+                "no daemon is running at {} ({e}); start one with `driverkit run`",
+                root.display()
+            )
         })?;
         let writer = stream.try_clone().map_err(|e| e.to_string())?;
-        Ok(Client { reader: BufReader::new(stream), writer })
+        Ok(Client {
+            reader: BufReader::new(stream),
+            writer,
+        })
     }
 
     /// Sends one request and waits for its answer.
     pub fn request(&mut self, req: &Request) -> Result<serde_json::Value, String> {
         let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
         line.push('\n');
-        self.writer.write_all(line.as_bytes()).map_err(|e| format!("daemon connection: {e}"))?;
+        self.writer
+            .write_all(line.as_bytes())
+            .map_err(|e| format!("daemon connection: {e}"))?;
         let mut answer = String::new();
-        self.reader.read_line(&mut answer).map_err(|e| format!("daemon connection: {e}"))?;
+        self.reader
+            .read_line(&mut answer)
+            .map_err(|e| format!("daemon connection: {e}"))?;
         if answer.is_empty() {
             return Err("the daemon closed the connection".into());
         }
-        match serde_json::from_str::<Response>(&answer).map_err(|e| format!("bad answer from the daemon: {e}"))? {
+        match serde_json::from_str::<Response>(&answer)
+            .map_err(|e| format!("bad answer from the daemon: {e}"))?
+        {
             Response::Ok(v) => Ok(v),
             Response::Error(e) => Err(e),
         }
@@ -157,8 +188,12 @@ impl Client {
     /// The registry tree.
     pub fn registry(&mut self) -> Result<crate::ioreg::Node, String> {
         let v = self.request(&Request::Registry)?;
-        let xml = v.get("plist").and_then(|p| p.as_str()).ok_or("answer without plist")?;
-        let value = plist::Value::from_reader_xml(xml.as_bytes()).map_err(|e| format!("bad registry archive: {e}"))?;
+        let xml = v
+            .get("plist")
+            .and_then(|p| p.as_str())
+            .ok_or("answer without plist")?;
+        let value = plist::Value::from_reader_xml(xml.as_bytes())
+            .map_err(|e| format!("bad registry archive: {e}"))?;
         crate::ioreg::Node::from_archive(&value)
     }
 }

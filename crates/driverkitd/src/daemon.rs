@@ -14,7 +14,9 @@ use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use driverkit_bundle::Bundle;
-use driverkit_wire::interfaces::{io_service_interface, io_user_server_interface, IOServiceInterface, IOUserServerInterface};
+use driverkit_wire::interfaces::{
+    io_service_interface, io_user_server_interface, IOServiceInterface, IOUserServerInterface,
+};
 use driverkit_wire::{Header, IOResult, IOReturn, ObjectId, FLAG_SUPERDISPATCH};
 
 use crate::backends::virtual_device::DeviceSpec;
@@ -58,7 +60,12 @@ impl Config {
 #[derive(Debug, Clone)]
 pub enum Event {
     /// A dext's `start` returned successfully.
-    Started { service: EntryId, provider: EntryId, pid: u32, at: Instant },
+    Started {
+        service: EntryId,
+        provider: EntryId,
+        pid: u32,
+        at: Instant,
+    },
     /// A service left the registry.
     Removed { service: EntryId },
     /// A dext process ended.
@@ -132,8 +139,14 @@ impl Daemon {
         let mut published = plist::Dictionary::new();
         published.insert("IOKit".into(), "IOKit".into());
         let resources = registry.insert("IOResources", "IOResources", published, Some(root));
-        let user_resources = registry.insert("IOUserResources", "IOUserResources", Default::default(), Some(root));
-        let virtual_bus = registry.insert("VirtualBus", "IOVirtualBus", Default::default(), Some(root));
+        let user_resources = registry.insert(
+            "IOUserResources",
+            "IOUserResources",
+            Default::default(),
+            Some(root),
+        );
+        let virtual_bus =
+            registry.insert("VirtualBus", "IOVirtualBus", Default::default(), Some(root));
         for id in [root, resources, user_resources, virtual_bus] {
             if let Some(e) = registry.get_mut(id) {
                 e.state.registered = true;
@@ -184,16 +197,29 @@ impl Daemon {
     pub fn load_bundle(&self, path: &std::path::Path) -> Result<String, String> {
         let bundle = Bundle::load(path).map_err(|e| e.to_string())?;
         let id = bundle.identifier.clone();
-        let names: Vec<_> = bundle.personalities.iter().map(|p| p.name.clone()).collect();
+        let names: Vec<_> = bundle
+            .personalities
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
         let registered: Vec<EntryId> = {
             let mut st = self.inner.lock();
             st.catalogue.add_bundle(bundle);
             // A new version gets a fresh start in the relaunch ledger.
-            st.relaunches.retain(|k, _| !k.starts_with(&format!("{id}/")));
+            st.relaunches
+                .retain(|k, _| !k.starts_with(&format!("{id}/")));
             st.disabled.retain(|k| !k.starts_with(&format!("{id}/")));
-            st.registry.iter().filter(|e| e.state.registered && !e.state.terminating).map(|e| e.id).collect()
+            st.registry
+                .iter()
+                .filter(|e| e.state.registered && !e.state.terminating)
+                .map(|e| e.id)
+                .collect()
         };
-        tracing::info!("load     {id} from {} (personalities: {})", path.display(), names.join(", "));
+        tracing::info!(
+            "load     {id} from {} (personalities: {})",
+            path.display(),
+            names.join(", ")
+        );
         for id in registered {
             self.inner.schedule_match(id);
         }
@@ -205,7 +231,9 @@ impl Daemon {
         let id = {
             let mut st = self.inner.lock();
             let bus = st.virtual_bus;
-            let id = st.registry.insert(&spec.name, &spec.class, spec.properties.clone(), Some(bus));
+            let id =
+                st.registry
+                    .insert(&spec.name, &spec.class, spec.properties.clone(), Some(bus));
             if let Some(e) = st.registry.get_mut(id) {
                 e.state.registered = true;
                 e.state.active = true;
@@ -213,7 +241,12 @@ impl Daemon {
             st.devices.insert(id, spec.source.clone());
             id
         };
-        tracing::info!("plug     {} [{id:#x}] ({}, from {})", spec.name, spec.class, spec.source);
+        tracing::info!(
+            "plug     {} [{id:#x}] ({}, from {})",
+            spec.name,
+            spec.class,
+            spec.source
+        );
         self.inner.schedule_match(id);
         id
     }
@@ -223,9 +256,14 @@ impl Daemon {
         let name = {
             let st = self.inner.lock();
             if !st.devices.contains_key(&id) {
-                return Err(format!("no plugged device with id {id:#x} (see `driverkit device list`)"));
+                return Err(format!(
+                    "no plugged device with id {id:#x} (see `driverkit device list`)"
+                ));
             }
-            st.registry.get(id).map(|e| e.name.clone()).unwrap_or_default()
+            st.registry
+                .get(id)
+                .map(|e| e.name.clone())
+                .unwrap_or_default()
         };
         tracing::info!("unplug   {name} [{id:#x}]");
         self.inner.terminate(id);
@@ -244,7 +282,12 @@ impl Daemon {
                     name: e.name.clone(),
                     class: e.class().to_owned(),
                     source: source.clone(),
-                    clients: e.clients.iter().filter_map(|c| st.registry.get(*c)).map(|c| c.name.clone()).collect(),
+                    clients: e
+                        .clients
+                        .iter()
+                        .filter_map(|c| st.registry.get(*c))
+                        .map(|c| c.name.clone())
+                        .collect(),
                 })
             })
             .collect()
@@ -258,7 +301,11 @@ impl Daemon {
     /// Lifecycle events from now on.
     pub fn subscribe(&self) -> mpsc::Receiver<Event> {
         let (tx, rx) = mpsc::channel();
-        self.inner.subscribers.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
+        self.inner
+            .subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tx);
         rx
     }
 
@@ -271,14 +318,24 @@ impl Daemon {
             if left.is_zero() {
                 return false;
             }
-            st = self.inner.changed.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0;
+            st = self
+                .inner
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
         true
     }
 
     /// PIDs of the running dext processes.
     pub fn pids(&self) -> Vec<u32> {
-        self.inner.lock().servers.values().map(|s| s.server.pid).collect()
+        self.inner
+            .lock()
+            .servers
+            .values()
+            .map(|s| s.server.pid)
+            .collect()
     }
 
     /// Stops every dext (Stop, free, exit, bottom-up) and waits for the
@@ -291,7 +348,9 @@ impl Daemon {
                 .iter()
                 .filter(|e| {
                     e.hosting.is_some()
-                        && e.provider.and_then(|p| st.registry.get(p)).is_none_or(|p| p.hosting.is_none())
+                        && e.provider
+                            .and_then(|p| st.registry.get(p))
+                            .is_none_or(|p| p.hosting.is_none())
                 })
                 .map(|e| e.id)
                 .collect()
@@ -303,7 +362,12 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut st = self.inner.lock();
         while !st.servers.is_empty() && Instant::now() < deadline {
-            st = self.inner.changed.wait_timeout(st, Duration::from_millis(50)).unwrap_or_else(|e| e.into_inner()).0;
+            st = self
+                .inner
+                .changed
+                .wait_timeout(st, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
         for slot in st.servers.values() {
             tracing::warn!("{:?} still running at shutdown; killing it", slot.server);
@@ -323,7 +387,10 @@ impl Inner {
     }
 
     fn emit(&self, event: Event) {
-        self.subscribers.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| s.send(event.clone()).is_ok());
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|s| s.send(event.clone()).is_ok());
     }
 
     /// Runs `f` on its own thread, counted in `jobs` for `wait_idle`.
@@ -331,13 +398,15 @@ impl Inner {
         let Some(me) = self.me.upgrade() else { return };
         me.lock().jobs += 1;
         let done = me.clone();
-        let spawned = std::thread::Builder::new().name(name.to_owned()).spawn(move || {
-            f(me);
-            let mut st = done.lock();
-            st.jobs -= 1;
-            drop(st);
-            done.changed.notify_all();
-        });
+        let spawned = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                f(me);
+                let mut st = done.lock();
+                st.jobs -= 1;
+                drop(st);
+                done.changed.notify_all();
+            });
         if let Err(e) = spawned {
             tracing::error!("cannot start a {name} thread: {e}");
             self.lock().jobs -= 1;
@@ -372,12 +441,22 @@ impl Inner {
     fn match_once(&self, provider: EntryId) {
         let groups = {
             let st = self.lock();
-            let Some(entry) = st.registry.get(provider) else { return };
+            let Some(entry) = st.registry.get(provider) else {
+                return;
+            };
             if !entry.state.registered || entry.state.terminating {
                 return;
             }
-            let resources = st.registry.get(st.resources).map(|r| r.properties.clone()).unwrap_or_default();
-            let target = MatchTarget { name: &entry.name, class_chain: &entry.class_chain, properties: &entry.properties };
+            let resources = st
+                .registry
+                .get(st.resources)
+                .map(|r| r.properties.clone())
+                .unwrap_or_default();
+            let target = MatchTarget {
+                name: &entry.name,
+                class_chain: &entry.class_chain,
+                properties: &entry.properties,
+            };
             let candidates: Vec<Candidate> = st
                 .catalogue
                 .candidates(&target, &resources)
@@ -389,7 +468,10 @@ impl Inner {
                 .iter()
                 .filter_map(|c| st.registry.get(*c)?.match_category.as_deref())
                 .collect();
-            by_category(candidates).into_iter().filter(|(cat, _)| !occupied.contains(cat.as_str())).collect::<Vec<_>>()
+            by_category(candidates)
+                .into_iter()
+                .filter(|(cat, _)| !occupied.contains(cat.as_str()))
+                .collect::<Vec<_>>()
         };
         for (category, group) in groups {
             for candidate in group {
@@ -414,16 +496,26 @@ impl Inner {
             if st.shutting_down {
                 return Attach::Gone;
             }
-            let Some(prov) = st.registry.get(provider) else { return Attach::Gone };
+            let Some(prov) = st.registry.get(provider) else {
+                return Attach::Gone;
+            };
             if prov.state.terminating {
                 return Attach::Gone;
             }
             let provider_name = prov.name.clone();
             let mut properties = p.properties.clone();
             properties.insert("IOMatchedPersonality".into(), p.name.clone().into());
-            properties.insert("IOProbeScore".into(), plist::Value::Integer(candidate.score.into()));
+            properties.insert(
+                "IOProbeScore".into(),
+                plist::Value::Integer(candidate.score.into()),
+            );
             properties.insert("IOMatchCategory".into(), category.into());
-            let id = st.registry.insert(&p.user_class, &p.io_class, properties.clone(), Some(provider));
+            let id = st.registry.insert(
+                &p.user_class,
+                &p.io_class,
+                properties.clone(),
+                Some(provider),
+            );
             if let Some(e) = st.registry.get_mut(id) {
                 e.match_category = Some(category.to_owned());
                 e.state.matched = true;
@@ -459,17 +551,34 @@ impl Inner {
                 slot.reserved -= 1;
             }
         }
-        let lifecycle = io_user_server_interface::Proxy { caller: &*server, object: ObjectId::USER_SERVER, flags: 0 };
-        if let Err(e) = lifecycle.create(ObjectId(id), p.user_class.clone(), ObjectId(provider), properties) {
+        let lifecycle = io_user_server_interface::Proxy {
+            caller: &*server,
+            object: ObjectId::USER_SERVER,
+            flags: 0,
+        };
+        if let Err(e) = lifecycle.create(
+            ObjectId(id),
+            p.user_class.clone(),
+            ObjectId(provider),
+            properties,
+        ) {
             if !server.is_alive() {
                 return Attach::Crashed;
             }
-            tracing::warn!("init     {} [{id:#x}] in pid {} failed: {e}", p.user_class, server.pid);
+            tracing::warn!(
+                "init     {} [{id:#x}] in pid {} failed: {e}",
+                p.user_class,
+                server.pid
+            );
             self.discard(id, &server);
             return Attach::Failed;
         }
         let began = Instant::now();
-        let service = io_service_interface::Proxy { caller: &*server, object: ObjectId(id), flags: 0 };
+        let service = io_service_interface::Proxy {
+            caller: &*server,
+            object: ObjectId(id),
+            flags: 0,
+        };
         match service.start(ObjectId(provider)) {
             Ok(()) => {
                 let took = began.elapsed();
@@ -487,7 +596,12 @@ impl Inner {
                     took.as_secs_f64() * 1e3
                 );
                 if active {
-                    self.emit(Event::Started { service: id, provider, pid: server.pid, at: Instant::now() });
+                    self.emit(Event::Started {
+                        service: id,
+                        provider,
+                        pid: server.pid,
+                        at: Instant::now(),
+                    });
                 }
                 Attach::Started
             }
@@ -498,7 +612,11 @@ impl Inner {
                     p.user_class,
                     server.pid
                 );
-                let lifecycle = io_user_server_interface::Proxy { caller: &*server, object: ObjectId::USER_SERVER, flags: 0 };
+                let lifecycle = io_user_server_interface::Proxy {
+                    caller: &*server,
+                    object: ObjectId::USER_SERVER,
+                    flags: 0,
+                };
                 let _ = lifecycle.free(ObjectId(id));
                 self.discard(id, &server);
                 Attach::Failed
@@ -520,7 +638,9 @@ impl Inner {
         let p = &driver.personality;
         // Two attaches must not both start "the" shared process of a
         // server name; unshared processes start in parallel.
-        let _spawning = p.one_process.then(|| self.spawn_lock.lock().unwrap_or_else(|e| e.into_inner()));
+        let _spawning = p
+            .one_process
+            .then(|| self.spawn_lock.lock().unwrap_or_else(|e| e.into_inner()));
         if p.one_process {
             let mut st = self.lock();
             let shared = st.servers.values_mut().find(|s| {
@@ -552,15 +672,29 @@ impl Inner {
             self.me.clone(),
         )
         .map_err(|e| format!("{}: {e}", driver.bundle.executable.display()))?;
-        tracing::info!("launch   {} pid {} ({})", p.server_name, server.pid, driver.bundle.executable.display());
-        self.lock().servers.insert(id, ServerSlot { server: server.clone(), reserved: 1 });
+        tracing::info!(
+            "launch   {} pid {} ({})",
+            p.server_name,
+            server.pid,
+            driver.bundle.executable.display()
+        );
+        self.lock().servers.insert(
+            id,
+            ServerSlot {
+                server: server.clone(),
+                reserved: 1,
+            },
+        );
         Ok(server)
     }
 
     fn release_if_idle(&self, server: &Arc<UserServer>) {
         let idle = {
             let st = self.lock();
-            let hosting = st.registry.iter().any(|e| e.hosting.as_ref().is_some_and(|h| h.server == server.id));
+            let hosting = st
+                .registry
+                .iter()
+                .any(|e| e.hosting.as_ref().is_some_and(|h| h.server == server.id));
             let reserved = st.servers.get(&server.id).is_some_and(|s| s.reserved > 0);
             !hosting && !reserved
         };
@@ -587,7 +721,11 @@ impl Inner {
             self.stop_and_remove(e);
         }
         if let Some(p) = provider {
-            let alive = self.lock().registry.get(p).is_some_and(|e| !e.state.terminating);
+            let alive = self
+                .lock()
+                .registry
+                .get(p)
+                .is_some_and(|e| !e.state.terminating);
             if alive {
                 self.schedule_match(p);
             }
@@ -598,12 +736,20 @@ impl Inner {
         let (entry, server) = {
             let st = self.lock();
             let Some(e) = st.registry.get(id) else { return };
-            let server = e.hosting.as_ref().and_then(|h| st.servers.get(&h.server)).map(|s| s.server.clone());
+            let server = e
+                .hosting
+                .as_ref()
+                .and_then(|h| st.servers.get(&h.server))
+                .map(|s| s.server.clone());
             (e.clone(), server)
         };
         if let Some(server) = server.filter(|s| s.is_alive()) {
             let provider = ObjectId(entry.provider.unwrap_or(0));
-            let service = io_service_interface::Proxy { caller: &*server, object: ObjectId(id), flags: 0 };
+            let service = io_service_interface::Proxy {
+                caller: &*server,
+                object: ObjectId(id),
+                flags: 0,
+            };
             let stopped = service.stop(provider);
             tracing::info!(
                 "stop     {} [{id:#x}] in pid {}: {}",
@@ -611,7 +757,11 @@ impl Inner {
                 server.pid,
                 stopped.map_or_else(|e| e.to_string(), |()| "ok".into())
             );
-            let lifecycle = io_user_server_interface::Proxy { caller: &*server, object: ObjectId::USER_SERVER, flags: 0 };
+            let lifecycle = io_user_server_interface::Proxy {
+                caller: &*server,
+                object: ObjectId::USER_SERVER,
+                flags: 0,
+            };
             let freed = lifecycle.free(ObjectId(id));
             tracing::info!(
                 "free     {} [{id:#x}] in pid {}: {}",
@@ -654,7 +804,10 @@ impl Inner {
         } else {
             tracing::info!("exit     {} pid {}: {status}", server.name, server.pid);
         }
-        self.emit(Event::Exited { pid: server.pid, crashed });
+        self.emit(Event::Exited {
+            pid: server.pid,
+            crashed,
+        });
         self.lock().servers.remove(&server.id);
         self.changed.notify_all();
     }
@@ -662,18 +815,36 @@ impl Inner {
     fn handle_crash(&self, server: &Arc<UserServer>, status: &str, hosted: Vec<EntryId>) {
         let names: Vec<String> = {
             let st = self.lock();
-            hosted.iter().filter_map(|id| st.registry.get(*id)).map(|e| format!("{} [{:#x}]", e.name, e.id)).collect()
+            hosted
+                .iter()
+                .filter_map(|id| st.registry.get(*id))
+                .map(|e| format!("{} [{:#x}]", e.name, e.id))
+                .collect()
         };
-        tracing::error!("crash    {} pid {}: {status}; it hosted {}", server.name, server.pid, names.join(", "));
+        tracing::error!(
+            "crash    {} pid {}: {status}; it hosted {}",
+            server.name,
+            server.pid,
+            names.join(", ")
+        );
         for id in hosted {
             // Clients of a crashed service (in other processes) stop first.
-            let clients = self.lock().registry.get(id).map(|e| e.clients.clone()).unwrap_or_default();
+            let clients = self
+                .lock()
+                .registry
+                .get(id)
+                .map(|e| e.clients.clone())
+                .unwrap_or_default();
             for c in clients {
                 self.terminate(c);
             }
-            let Some(entry) = self.lock().registry.remove(id) else { continue };
+            let Some(entry) = self.lock().registry.remove(id) else {
+                continue;
+            };
             self.emit(Event::Removed { service: id });
-            let Some(provider) = entry.provider else { continue };
+            let Some(provider) = entry.provider else {
+                continue;
+            };
             self.tell_client_crashed(provider, &entry.name, id);
             if let Some(h) = &entry.hosting {
                 self.record_crash(&format!("{}/{}", h.bundle, h.personality), provider, status);
@@ -684,13 +855,25 @@ impl Inner {
     fn tell_client_crashed(&self, provider: EntryId, client_name: &str, client: EntryId) {
         let (provider_name, server) = {
             let st = self.lock();
-            let Some(p) = st.registry.get(provider) else { return };
-            let server = p.hosting.as_ref().and_then(|h| st.servers.get(&h.server)).map(|s| s.server.clone());
+            let Some(p) = st.registry.get(provider) else {
+                return;
+            };
+            let server = p
+                .hosting
+                .as_ref()
+                .and_then(|h| st.servers.get(&h.server))
+                .map(|s| s.server.clone());
             (p.name.clone(), server)
         };
-        tracing::info!("client_crashed: {provider_name} [{provider:#x}] lost {client_name} [{client:#x}]");
+        tracing::info!(
+            "client_crashed: {provider_name} [{provider:#x}] lost {client_name} [{client:#x}]"
+        );
         if let Some(server) = server {
-            let proxy = io_service_interface::Proxy { caller: &*server, object: ObjectId(provider), flags: 0 };
+            let proxy = io_service_interface::Proxy {
+                caller: &*server,
+                object: ObjectId(provider),
+                flags: 0,
+            };
             let _ = proxy.client_crashed(ObjectId(client), 0);
         }
     }
@@ -738,15 +921,26 @@ impl Inner {
     pub(crate) fn kernel_call(&self, server: u64, h: &Header, args: &[u8]) -> IOResult<Vec<u8>> {
         let superdispatch = h.flags & FLAG_SUPERDISPATCH != 0;
         self.check_access(server, h.object.0, h.method, superdispatch)?;
-        let call = crate::families::io_service::KernelCall { daemon: self, object: h.object.0, superdispatch };
+        let call = crate::families::io_service::KernelCall {
+            daemon: self,
+            object: h.object.0,
+            superdispatch,
+        };
         io_service_interface::dispatch(&call, h.method, args).unwrap_or(Err(IOReturn::UNSUPPORTED))
     }
 
     /// A dext may do anything to its own services, and read its providers.
-    fn check_access(&self, server: u64, object: EntryId, method: driverkit_wire::MethodId, superdispatch: bool) -> IOResult<()> {
+    fn check_access(
+        &self,
+        server: u64,
+        object: EntryId,
+        method: driverkit_wire::MethodId,
+        superdispatch: bool,
+    ) -> IOResult<()> {
         let st = self.lock();
         let e = st.registry.get(object).ok_or(IOReturn::NOT_FOUND)?;
-        let hosted_here = |e: &crate::registry::Entry| e.hosting.as_ref().is_some_and(|h| h.server == server);
+        let hosted_here =
+            |e: &crate::registry::Entry| e.hosting.as_ref().is_some_and(|h| h.server == server);
         if hosted_here(e) {
             return Ok(());
         }
@@ -755,7 +949,11 @@ impl Inner {
             io_service_interface::COPY_PROPERTY,
             io_service_interface::GET_REGISTRY_ENTRY_ID,
         ];
-        let is_provider = e.clients.iter().filter_map(|c| st.registry.get(*c)).any(hosted_here);
+        let is_provider = e
+            .clients
+            .iter()
+            .filter_map(|c| st.registry.get(*c))
+            .any(hosted_here);
         if is_provider && !superdispatch && read_only.contains(&method) {
             return Ok(());
         }
@@ -764,7 +962,9 @@ impl Inner {
 
     pub(crate) fn set_registered(&self, id: EntryId) {
         let mut st = self.lock();
-        let Some(e) = st.registry.get_mut(id) else { return };
+        let Some(e) = st.registry.get_mut(id) else {
+            return;
+        };
         e.state.registered = true;
         let name = e.name.clone();
         drop(st);

@@ -29,7 +29,10 @@ pub fn archive(registry: &Registry) -> Value {
         d.insert(CLASS.into(), e.class().into());
         d.insert(ID.into(), Value::Integer(e.id.into()));
         d.insert(NAME.into(), e.name.clone().into());
-        d.insert(CHAIN.into(), Value::Array(e.class_chain.iter().map(|c| c.clone().into()).collect()));
+        d.insert(
+            CHAIN.into(),
+            Value::Array(e.class_chain.iter().map(|c| c.clone().into()).collect()),
+        );
         let mut s = Dictionary::new();
         s.insert("registered".into(), e.state.registered.into());
         s.insert("matched".into(), e.state.matched.into());
@@ -39,14 +42,26 @@ pub fn archive(registry: &Registry) -> Value {
         if let Some(h) = &e.hosting {
             d.insert(PID.into(), Value::Integer(h.pid.into()));
         }
-        let children: Vec<Value> = e.clients.iter().filter_map(|c| r.get(*c)).map(|c| node(r, c)).collect();
+        let children: Vec<Value> = e
+            .clients
+            .iter()
+            .filter_map(|c| r.get(*c))
+            .map(|c| node(r, c))
+            .collect();
         if !children.is_empty() {
             d.insert(CHILDREN.into(), Value::Array(children));
         }
         Value::Dictionary(d)
     }
-    let roots: Vec<Value> = registry.iter().filter(|e| e.provider.is_none()).map(|e| node(registry, e)).collect();
-    roots.into_iter().next().unwrap_or(Value::Dictionary(Dictionary::new()))
+    let roots: Vec<Value> = registry
+        .iter()
+        .filter(|e| e.provider.is_none())
+        .map(|e| node(registry, e))
+        .collect();
+    roots
+        .into_iter()
+        .next()
+        .unwrap_or(Value::Dictionary(Dictionary::new()))
 }
 
 /// One registry entry, parsed from an archive.
@@ -66,11 +81,25 @@ pub struct Node {
 impl Node {
     /// Parses an archive node; errors name the key that is wrong.
     pub fn from_archive(v: &Value) -> Result<Node, String> {
-        let d = v.as_dictionary().ok_or("a registry node must be a dictionary")?;
-        let string = |k: &str| d.get(k).and_then(Value::as_string).map(str::to_owned).ok_or(format!("node without {k}"));
-        let id = d.get(ID).and_then(Value::as_unsigned_integer).ok_or(format!("node without {ID}"))?;
+        let d = v
+            .as_dictionary()
+            .ok_or("a registry node must be a dictionary")?;
+        let string = |k: &str| {
+            d.get(k)
+                .and_then(Value::as_string)
+                .map(str::to_owned)
+                .ok_or(format!("node without {k}"))
+        };
+        let id = d
+            .get(ID)
+            .and_then(Value::as_unsigned_integer)
+            .ok_or(format!("node without {ID}"))?;
         let flag = |k: &str| {
-            d.get(STATE).and_then(Value::as_dictionary).and_then(|s| s.get(k)).and_then(Value::as_boolean).unwrap_or(false)
+            d.get(STATE)
+                .and_then(Value::as_dictionary)
+                .and_then(|s| s.get(k))
+                .and_then(Value::as_boolean)
+                .unwrap_or(false)
         };
         let mut properties = d.clone();
         for k in [CLASS, ID, NAME, CHILDREN, CHAIN, STATE, PID] {
@@ -85,7 +114,11 @@ impl Node {
             name: string(NAME)?,
             class: string(CLASS)?,
             class_chain: match d.get(CHAIN) {
-                Some(Value::Array(a)) => a.iter().filter_map(Value::as_string).map(str::to_owned).collect(),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .filter_map(Value::as_string)
+                    .map(str::to_owned)
+                    .collect(),
                 _ => vec![string(CLASS)?],
             },
             state: State {
@@ -94,7 +127,10 @@ impl Node {
                 active: flag("active"),
                 terminating: flag("terminating"),
             },
-            pid: d.get(PID).and_then(Value::as_unsigned_integer).map(|p| p as u32),
+            pid: d
+                .get(PID)
+                .and_then(Value::as_unsigned_integer)
+                .map(|p| p as u32),
             properties,
             children,
         })
@@ -151,7 +187,8 @@ pub struct Options {
 
 impl Options {
     fn selects(&self, n: &Node) -> bool {
-        self.class.as_deref().is_some_and(|c| n.is_kind_of(c)) || self.name.as_deref().is_some_and(|m| n.name == m)
+        self.class.as_deref().is_some_and(|c| n.is_kind_of(c))
+            || self.name.as_deref().is_some_and(|m| n.name == m)
     }
     fn shows_properties(&self, n: &Node) -> bool {
         self.all_properties || self.selects(n)
@@ -213,11 +250,23 @@ pub fn format_value(v: &Value) -> String {
         Value::Integer(i) => i.to_string(),
         Value::Real(r) => r.to_string(),
         Value::Boolean(b) => (if *b { "Yes" } else { "No" }).into(),
-        Value::Data(d) => format!("<{}>", d.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+        Value::Data(d) => format!(
+            "<{}>",
+            d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ),
         Value::Date(d) => d.to_xml_format(),
-        Value::Array(a) => format!("({})", a.iter().map(format_value).collect::<Vec<_>>().join(",")),
+        Value::Array(a) => format!(
+            "({})",
+            a.iter().map(format_value).collect::<Vec<_>>().join(",")
+        ),
         Value::Dictionary(d) => {
-            format!("{{{}}}", d.iter().map(|(k, v)| format!("{k:?}={}", format_value(v))).collect::<Vec<_>>().join(","))
+            format!(
+                "{{{}}}",
+                d.iter()
+                    .map(|(k, v)| format!("{k:?}={}", format_value(v)))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
         }
         _ => "?".into(),
     }
@@ -233,7 +282,9 @@ pub fn to_json(v: &Value) -> serde_json::Value {
             (None, Some(u)) => J::from(u),
             _ => J::Null,
         },
-        Value::Real(r) => serde_json::Number::from_f64(*r).map(J::Number).unwrap_or(J::Null),
+        Value::Real(r) => serde_json::Number::from_f64(*r)
+            .map(J::Number)
+            .unwrap_or(J::Null),
         Value::Boolean(b) => J::Bool(*b),
         Value::Data(d) => {
             serde_json::json!({ "$data": d.iter().map(|b| format!("{b:02x}")).collect::<String>() })
@@ -269,7 +320,13 @@ mod tests {
         }
         let node = Node::from_archive(&archive(&r)).unwrap();
         assert_eq!(node.walk().len(), 4);
-        let text = render(&node, &Options { class: Some("IOUserService".into()), ..Default::default() });
+        let text = render(
+            &node,
+            &Options {
+                class: Some("IOUserService".into()),
+                ..Default::default()
+            },
+        );
         let expected = "\
 +-o Root  <class IORegistryEntry, id 0x100000100, registered, !matched, active>
   +-o A  <class IOService, id 0x100000101, registered, !matched, active>
@@ -281,7 +338,14 @@ mod tests {
   +-o B  <class IOVirtualDevice, id 0x100000103, !registered, !matched, inactive>
 ";
         assert_eq!(text, expected);
-        let rooted = render(&node, &Options { class: Some("IOService".into()), rooted: true, ..Default::default() });
+        let rooted = render(
+            &node,
+            &Options {
+                class: Some("IOService".into()),
+                rooted: true,
+                ..Default::default()
+            },
+        );
         assert!(rooted.starts_with("+-o A  "), "{rooted}");
         assert!(rooted.contains("+-o B  "), "{rooted}");
         assert!(!rooted.contains("Root"), "{rooted}");

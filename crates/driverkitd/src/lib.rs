@@ -31,9 +31,17 @@ pub fn run(config: Config, stop: std::sync::mpsc::Receiver<()>) -> Result<(), St
     let root = config.root.clone();
     let daemon = Daemon::start(config);
     let (shutdown_tx, shutdown_rx) = std::sync::mpsc::channel();
-    let socket = control::serve(daemon.clone(), &root, shutdown_tx.clone())
-        .map_err(|e| format!("cannot listen at {}: {e}", root.join(control::SOCKET).display()))?;
-    tracing::info!("ready    daemon pid {} at {}", std::process::id(), root.display());
+    let socket = control::serve(daemon.clone(), &root, shutdown_tx.clone()).map_err(|e| {
+        format!(
+            "cannot listen at {}: {e}",
+            root.join(control::SOCKET).display()
+        )
+    })?;
+    tracing::info!(
+        "ready    daemon pid {} at {}",
+        std::process::id(),
+        root.display()
+    );
     std::thread::spawn(move || {
         let _ = stop.recv();
         let _ = shutdown_tx.send(());

@@ -47,9 +47,11 @@ enum Scalar {
 fn scalar(v: &Value) -> Option<Scalar> {
     match v {
         Value::String(s) => Some(Scalar::Str(s.clone())),
-        Value::Integer(i) => {
-            i.as_signed().map(i128::from).or_else(|| i.as_unsigned().map(i128::from)).map(Scalar::Int)
-        }
+        Value::Integer(i) => i
+            .as_signed()
+            .map(i128::from)
+            .or_else(|| i.as_unsigned().map(i128::from))
+            .map(Scalar::Int),
         Value::Boolean(b) => Some(Scalar::Bool(*b)),
         _ => None,
     }
@@ -76,7 +78,11 @@ pub struct Catalogue {
 impl Catalogue {
     /// An empty catalogue scoring with `families`.
     pub fn new(families: Vec<Box<dyn FamilyMatcher>>) -> Self {
-        Catalogue { drivers: Vec::new(), by_class: HashMap::new(), families }
+        Catalogue {
+            drivers: Vec::new(),
+            by_class: HashMap::new(),
+            families,
+        }
     }
 
     /// Adds every personality of `bundle`, replacing a bundle of the same
@@ -85,14 +91,21 @@ impl Catalogue {
         self.remove_bundle(&bundle.identifier);
         let bundle = Arc::new(bundle);
         for p in &bundle.personalities {
-            self.add(Arc::new(Driver { personality: p.clone(), bundle: bundle.clone() }));
+            self.add(Arc::new(Driver {
+                personality: p.clone(),
+                bundle: bundle.clone(),
+            }));
         }
     }
 
     /// Removes a bundle's personalities; true when there were any.
     pub fn remove_bundle(&mut self, identifier: &str) -> bool {
         let before = self.drivers.len();
-        let kept: Vec<_> = self.drivers.drain(..).filter(|d| d.bundle.identifier != identifier).collect();
+        let kept: Vec<_> = self
+            .drivers
+            .drain(..)
+            .filter(|d| d.bundle.identifier != identifier)
+            .collect();
         let removed = kept.len() != before;
         if removed {
             self.by_class.clear();
@@ -108,7 +121,11 @@ impl Catalogue {
     /// The bundles in the catalogue.
     pub fn bundles(&self) -> Vec<Arc<Bundle>> {
         let mut seen = HashSet::new();
-        self.drivers.iter().filter(|d| seen.insert(d.bundle.identifier.clone())).map(|d| d.bundle.clone()).collect()
+        self.drivers
+            .iter()
+            .filter(|d| seen.insert(d.bundle.identifier.clone()))
+            .map(|d| d.bundle.clone())
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -122,7 +139,10 @@ impl Catalogue {
     fn add(&mut self, driver: Arc<Driver>) {
         let i = self.drivers.len();
         let key = self.index_key(&driver.personality);
-        let index = self.by_class.entry(driver.personality.provider_class.clone()).or_default();
+        let index = self
+            .by_class
+            .entry(driver.personality.provider_class.clone())
+            .or_default();
         match key {
             Some((k, v)) => {
                 index.keys.insert(k.clone());
@@ -135,18 +155,27 @@ impl Catalogue {
 
     fn family(&self, class_chain: &[String]) -> Option<&dyn FamilyMatcher> {
         // The most derived class a family owns decides.
-        class_chain.iter().find_map(|c| self.families.iter().find(|f| f.provider_class() == c)).map(|f| &**f)
+        class_chain
+            .iter()
+            .find_map(|c| self.families.iter().find(|f| f.provider_class() == c))
+            .map(|f| &**f)
     }
 
     fn index_key(&self, p: &Personality) -> Option<(String, Scalar)> {
-        let chain: Vec<String> = driverkit_wire::classes::chain(&p.provider_class).into_iter().map(str::to_owned).collect();
+        let chain: Vec<String> = driverkit_wire::classes::chain(&p.provider_class)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         if let Some(f) = self.family(&chain) {
             if let Some((k, v)) = f.index_key(p) {
                 return scalar(&v).map(|s| (k, s));
             }
         }
         if let Some(Value::Dictionary(d)) = p.properties.get("IOPropertyMatch") {
-            let mut keys: Vec<_> = d.iter().filter_map(|(k, v)| scalar(v).map(|s| (k.clone(), s))).collect();
+            let mut keys: Vec<_> = d
+                .iter()
+                .filter_map(|(k, v)| scalar(v).map(|s| (k.clone(), s)))
+                .collect();
             keys.sort_by(|a, b| a.0.cmp(&b.0));
             if let Some(first) = keys.into_iter().next() {
                 return Some(first);
@@ -161,10 +190,16 @@ impl Catalogue {
     /// The candidates for `target`, best first (ties broken by bundle and
     /// personality name so that matching is deterministic). `resources` are
     /// the names published on IOResources, for `IOResourceMatch`.
-    pub fn candidates(&self, target: &MatchTarget<'_>, resources: &plist::Dictionary) -> Vec<Candidate> {
+    pub fn candidates(
+        &self,
+        target: &MatchTarget<'_>,
+        resources: &plist::Dictionary,
+    ) -> Vec<Candidate> {
         let mut seen = Vec::new();
         for class in target.class_chain {
-            let Some(index) = self.by_class.get(class) else { continue };
+            let Some(index) = self.by_class.get(class) else {
+                continue;
+            };
             seen.extend_from_slice(&index.unindexed);
             for key in &index.keys {
                 let value = if key == NAME_KEY {
@@ -192,7 +227,10 @@ impl Catalogue {
                     Some(f) => f.score(p, target)?,
                     None => 0,
                 };
-                Some(Candidate { driver: driver.clone(), score: family_score.saturating_add(p.probe_score) })
+                Some(Candidate {
+                    driver: driver.clone(),
+                    score: family_score.saturating_add(p.probe_score),
+                })
             })
             .collect();
         out.sort_by(|a, b| {
@@ -221,13 +259,15 @@ pub fn by_category(candidates: Vec<Candidate>) -> Vec<(String, Vec<Candidate>)> 
 
 /// The generic keys every family honours.
 fn passive_match(p: &Personality, target: &MatchTarget<'_>, resources: &plist::Dictionary) -> bool {
-    if !target.class_chain.iter().any(|c| *c == p.provider_class) {
+    if !target.class_chain.contains(&p.provider_class) {
         return false;
     }
     match p.properties.get("IOPropertyMatch") {
         Some(Value::Dictionary(d)) if !dict_matches(d, target.properties) => return false,
         Some(Value::Array(alternatives))
-            if !alternatives.iter().any(|a| matches!(a, Value::Dictionary(d) if dict_matches(d, target.properties))) =>
+            if !alternatives.iter().any(
+                |a| matches!(a, Value::Dictionary(d) if dict_matches(d, target.properties)),
+            ) =>
         {
             return false
         }
@@ -257,7 +297,9 @@ fn strings(v: &Value) -> Box<dyn Iterator<Item = &str> + '_> {
 /// IOKit's property match: every key of `wanted` is in `have` with an equal
 /// value; dictionaries match as subsets, recursively.
 fn dict_matches(wanted: &plist::Dictionary, have: &plist::Dictionary) -> bool {
-    wanted.iter().all(|(k, w)| have.get(k).is_some_and(|h| value_matches(w, h)))
+    wanted
+        .iter()
+        .all(|(k, w)| have.get(k).is_some_and(|h| value_matches(w, h)))
 }
 
 fn value_matches(wanted: &Value, have: &Value) -> bool {
@@ -290,11 +332,17 @@ mod tests {
     }
 
     fn dict(pairs: &[(&str, Value)]) -> plist::Dictionary {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
     }
 
     fn chain(c: &str) -> Vec<String> {
-        driverkit_wire::classes::chain(c).into_iter().map(str::to_owned).collect()
+        driverkit_wire::classes::chain(c)
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
     }
 
     #[test]
@@ -308,35 +356,68 @@ mod tests {
                     "Sensor",
                     dict(&[
                         ("IOProviderClass", "IOVirtualDevice".into()),
-                        ("IOPropertyMatch", Value::Dictionary(dict(&[("Kind", "thermo".into())]))),
+                        (
+                            "IOPropertyMatch",
+                            Value::Dictionary(dict(&[("Kind", "thermo".into())])),
+                        ),
                         ("IOProbeScore", Value::Integer(10.into())),
                     ]),
                 ),
                 (
                     "Named",
-                    dict(&[("IOProviderClass", "IOVirtualDevice".into()), ("IONameMatch", "Widget".into())]),
+                    dict(&[
+                        ("IOProviderClass", "IOVirtualDevice".into()),
+                        ("IONameMatch", "Widget".into()),
+                    ]),
                 ),
                 (
                     "NeedsResource",
-                    dict(&[("IOProviderClass", "IOUserResources".into()), ("IOResourceMatch", "IOKit".into())]),
+                    dict(&[
+                        ("IOProviderClass", "IOUserResources".into()),
+                        ("IOResourceMatch", "IOKit".into()),
+                    ]),
                 ),
             ],
         ));
         let props = dict(&[("Kind", "thermo".into())]);
         let c = chain("IOVirtualDevice");
-        let t = MatchTarget { name: "Thermo", class_chain: &c, properties: &props };
-        let names: Vec<_> = cat.candidates(&t, &Default::default()).iter().map(|c| c.driver.personality.name.clone()).collect();
+        let t = MatchTarget {
+            name: "Thermo",
+            class_chain: &c,
+            properties: &props,
+        };
+        let names: Vec<_> = cat
+            .candidates(&t, &Default::default())
+            .iter()
+            .map(|c| c.driver.personality.name.clone())
+            .collect();
         assert_eq!(names, ["Sensor", "Any"]);
 
         let other = dict(&[("Kind", "hygro".into())]);
-        let t = MatchTarget { name: "Widget", class_chain: &c, properties: &other };
-        let names: Vec<_> = cat.candidates(&t, &Default::default()).iter().map(|c| c.driver.personality.name.clone()).collect();
+        let t = MatchTarget {
+            name: "Widget",
+            class_chain: &c,
+            properties: &other,
+        };
+        let names: Vec<_> = cat
+            .candidates(&t, &Default::default())
+            .iter()
+            .map(|c| c.driver.personality.name.clone())
+            .collect();
         assert_eq!(names, ["Any", "Named"]);
 
         let r = chain("IOUserResources");
         let empty = plist::Dictionary::new();
-        let t = MatchTarget { name: "IOUserResources", class_chain: &r, properties: &empty };
-        assert_eq!(cat.candidates(&t, &Default::default()).len(), 1, "IOKit not published: only Any");
+        let t = MatchTarget {
+            name: "IOUserResources",
+            class_chain: &r,
+            properties: &empty,
+        };
+        assert_eq!(
+            cat.candidates(&t, &Default::default()).len(),
+            1,
+            "IOKit not published: only Any"
+        );
         let published = dict(&[("IOKit", "IOKit".into())]);
         assert_eq!(cat.candidates(&t, &published).len(), 2);
     }
@@ -351,35 +432,75 @@ mod tests {
                 ("IOProbeScore", Value::Integer(score.into())),
             ])
         };
-        cat.add_bundle(bundle("com.a", vec![("A1", p("a", 5)), ("A2", p("a", 9)), ("B", p("b", 1))]));
+        cat.add_bundle(bundle(
+            "com.a",
+            vec![("A1", p("a", 5)), ("A2", p("a", 9)), ("B", p("b", 1))],
+        ));
         let c = chain("IOService");
         let props = plist::Dictionary::new();
-        let t = MatchTarget { name: "x", class_chain: &c, properties: &props };
+        let t = MatchTarget {
+            name: "x",
+            class_chain: &c,
+            properties: &props,
+        };
         let groups = by_category(cat.candidates(&t, &Default::default()));
         assert_eq!(groups.len(), 2);
         assert_eq!(groups[0].0, "a");
-        let a: Vec<_> = groups[0].1.iter().map(|c| c.driver.personality.name.as_str()).collect();
+        let a: Vec<_> = groups[0]
+            .1
+            .iter()
+            .map(|c| c.driver.personality.name.as_str())
+            .collect();
         assert_eq!(a, ["A2", "A1"]);
     }
 
     #[test]
     fn property_match_alternatives_and_nested_dicts() {
-        let have = dict(&[("A", Value::Integer(1.into())), ("D", Value::Dictionary(dict(&[("x", "1".into()), ("y", "2".into())])))]);
-        assert!(dict_matches(&dict(&[("D", Value::Dictionary(dict(&[("x", "1".into())])))]), &have));
-        assert!(!dict_matches(&dict(&[("A", Value::Integer(2.into()))]), &have));
+        let have = dict(&[
+            ("A", Value::Integer(1.into())),
+            (
+                "D",
+                Value::Dictionary(dict(&[("x", "1".into()), ("y", "2".into())])),
+            ),
+        ]);
+        assert!(dict_matches(
+            &dict(&[("D", Value::Dictionary(dict(&[("x", "1".into())])))]),
+            &have
+        ));
+        assert!(!dict_matches(
+            &dict(&[("A", Value::Integer(2.into()))]),
+            &have
+        ));
         assert!(!dict_matches(&dict(&[("Missing", "x".into())]), &have));
     }
 
     #[test]
     fn replacing_a_bundle_drops_its_old_personalities() {
         let mut cat = Catalogue::new(Vec::new());
-        cat.add_bundle(bundle("com.a", vec![("Old", dict(&[("IOProviderClass", "IOService".into())]))]));
-        cat.add_bundle(bundle("com.b", vec![("Other", dict(&[("IOProviderClass", "IOService".into())]))]));
-        cat.add_bundle(bundle("com.a", vec![("New", dict(&[("IOProviderClass", "IOService".into())]))]));
+        cat.add_bundle(bundle(
+            "com.a",
+            vec![("Old", dict(&[("IOProviderClass", "IOService".into())]))],
+        ));
+        cat.add_bundle(bundle(
+            "com.b",
+            vec![("Other", dict(&[("IOProviderClass", "IOService".into())]))],
+        ));
+        cat.add_bundle(bundle(
+            "com.a",
+            vec![("New", dict(&[("IOProviderClass", "IOService".into())]))],
+        ));
         let c = chain("IOService");
         let props = plist::Dictionary::new();
-        let t = MatchTarget { name: "x", class_chain: &c, properties: &props };
-        let mut names: Vec<_> = cat.candidates(&t, &Default::default()).iter().map(|c| c.driver.personality.name.clone()).collect();
+        let t = MatchTarget {
+            name: "x",
+            class_chain: &c,
+            properties: &props,
+        };
+        let mut names: Vec<_> = cat
+            .candidates(&t, &Default::default())
+            .iter()
+            .map(|c| c.driver.personality.name.clone())
+            .collect();
         names.sort();
         assert_eq!(names, ["New", "Other"]);
     }

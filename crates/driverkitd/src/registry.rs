@@ -61,7 +61,10 @@ pub struct Entry {
 impl Entry {
     /// The most derived class.
     pub fn class(&self) -> &str {
-        self.class_chain.first().map(String::as_str).unwrap_or("OSObject")
+        self.class_chain
+            .first()
+            .map(String::as_str)
+            .unwrap_or("OSObject")
     }
 
     /// True when the service is an instance of `class` or a subclass.
@@ -80,7 +83,10 @@ pub struct Registry {
 impl Registry {
     /// An empty registry.
     pub fn new() -> Self {
-        Registry { entries: BTreeMap::new(), next_id: FIRST_ID }
+        Registry {
+            entries: BTreeMap::new(),
+            next_id: FIRST_ID,
+        }
     }
 
     /// Adds an entry as a client of `provider` and returns its ID.
@@ -93,7 +99,10 @@ impl Registry {
     ) -> EntryId {
         let id = self.next_id;
         self.next_id += 1;
-        let class_chain = driverkit_wire::classes::chain(class).into_iter().map(str::to_owned).collect();
+        let class_chain = driverkit_wire::classes::chain(class)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         self.entries.insert(
             id,
             Entry {
@@ -165,7 +174,11 @@ impl Registry {
     /// A serializable copy of the tree under the roots (entries without a
     /// provider).
     pub fn snapshot(&self) -> Vec<Node> {
-        self.entries.values().filter(|e| e.provider.is_none()).map(|e| self.node(e)).collect()
+        self.entries
+            .values()
+            .filter(|e| e.provider.is_none())
+            .map(|e| self.node(e))
+            .collect()
     }
 
     fn node(&self, e: &Entry) -> Node {
@@ -177,7 +190,12 @@ impl Registry {
             state: e.state,
             pid: e.hosting.as_ref().map(|h| h.pid),
             properties: e.properties.clone(),
-            children: e.clients.iter().filter_map(|c| self.entries.get(c)).map(|c| self.node(c)).collect(),
+            children: e
+                .clients
+                .iter()
+                .filter_map(|c| self.entries.get(c))
+                .map(|c| self.node(c))
+                .collect(),
         }
     }
 }

@@ -13,7 +13,10 @@ pub fn default_root() -> PathBuf {
     if let Some(home) = std::env::var_os("HOME").filter(|s| !s.is_empty()) {
         return PathBuf::from(home).join(".local/state/driverkit");
     }
-    PathBuf::from(format!("/tmp/driverkit-{}", rustix::process::getuid().as_raw()))
+    PathBuf::from(format!(
+        "/tmp/driverkit-{}",
+        rustix::process::getuid().as_raw()
+    ))
 }
 
 /// Exclusive ownership of a root directory: one daemon per root.
@@ -25,7 +28,8 @@ impl RootLock {
     /// Creates the directory if needed and locks it; an error names the
     /// daemon that holds it.
     pub fn acquire(root: &Path) -> Result<RootLock, String> {
-        std::fs::create_dir_all(root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+        std::fs::create_dir_all(root)
+            .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
         let path = root.join("daemon.lock");
         let file = std::fs::OpenOptions::new()
             .read(true)

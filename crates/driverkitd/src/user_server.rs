@@ -103,7 +103,9 @@ impl UserServer {
         let pid = child.id();
         // Started while the child is still exec'ing, off the critical path.
         let label = format!("{}[{pid}]", launch.name);
-        let _ = std::thread::Builder::new().name(format!("log:{pid}")).spawn(move || forward_log(log_reader, &label));
+        let _ = std::thread::Builder::new()
+            .name(format!("log:{pid}"))
+            .spawn(move || forward_log(log_reader, &label));
         if let Err(e) = wait_hello(&ours, pid) {
             let _ = child.kill();
             let status = child.wait().ok();
@@ -172,7 +174,12 @@ impl UserServer {
                 Ok(Some((h, fd))) => match h.kind {
                     Kind::Reply => {
                         let result = h.status.into_result().map(|()| buf.payload().to_vec());
-                        if let Some(waiter) = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&h.call) {
+                        if let Some(waiter) = self
+                            .pending
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&h.call)
+                        {
                             let _ = waiter.send(result);
                         }
                     }
@@ -200,7 +207,12 @@ impl UserServer {
             }
         };
         self.alive.store(false, Ordering::Release);
-        for (_, waiter) in self.pending.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+        for (_, waiter) in self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+        {
             let _ = waiter.send(Err(IOReturn::OFFLINE));
         }
         let status = reap(&mut child, &end);
@@ -212,18 +224,20 @@ impl UserServer {
     fn serve_channel(&self, channel: Endpoint, daemon: Weak<Inner>) {
         let server = self.id;
         let pid = self.pid;
-        let spawned = std::thread::Builder::new().name(format!("channel:{pid}")).spawn(move || {
-            let mut buf = MessageBuf::default();
-            while let Ok(Some((h, _))) = channel.recv_message(&mut buf) {
-                if h.kind != Kind::Request && h.kind != Kind::Oneway {
-                    continue;
+        let spawned = std::thread::Builder::new()
+            .name(format!("channel:{pid}"))
+            .spawn(move || {
+                let mut buf = MessageBuf::default();
+                while let Ok(Some((h, _))) = channel.recv_message(&mut buf) {
+                    if h.kind != Kind::Request && h.kind != Kind::Oneway {
+                        continue;
+                    }
+                    let Some(d) = daemon.upgrade() else { break };
+                    let result = d.kernel_call(server, &h, buf.payload());
+                    drop(d);
+                    reply(&channel, &h, result);
                 }
-                let Some(d) = daemon.upgrade() else { break };
-                let result = d.kernel_call(server, &h, buf.payload());
-                drop(d);
-                reply(&channel, &h, result);
-            }
-        });
+            });
         if let Err(e) = spawned {
             tracing::error!("cannot serve a channel of pid {pid}: {e}");
         }
@@ -231,26 +245,41 @@ impl UserServer {
 }
 
 impl Caller for UserServer {
-    fn call(&self, object: ObjectId, method: MethodId, flags: u8, args: &[u8]) -> IOResult<Vec<u8>> {
+    fn call(
+        &self,
+        object: ObjectId,
+        method: MethodId,
+        flags: u8,
+        args: &[u8],
+    ) -> IOResult<Vec<u8>> {
         if !self.is_alive() {
             return Err(IOReturn::OFFLINE);
         }
         let call = self.next_call.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel(1);
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(call, tx);
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(call, tx);
         let mut h = Header::new(Kind::Request);
         h.call = call;
         h.object = object;
         h.method = method;
         h.flags = flags;
         if self.main.send(&h, args, None).is_err() {
-            self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&call);
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&call);
             return Err(IOReturn::OFFLINE);
         }
         match rx.recv_timeout(self.call_timeout) {
             Ok(result) => result,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&call);
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&call);
                 let name = driverkit_wire::method_name(method).unwrap_or("a method");
                 tracing::error!(
                     "{self:?} did not answer {name} within {:?}; killing it as hung",
@@ -282,9 +311,14 @@ fn reply(endpoint: &Endpoint, request: &Header, result: IOResult<Vec<u8>>) {
 fn wait_hello(endpoint: &Endpoint, pid: u32) -> std::io::Result<()> {
     use rustix::event::{poll, PollFd, PollFlags, Timespec};
     let mut fds = [PollFd::new(endpoint, PollFlags::IN)];
-    let timeout = Timespec { tv_sec: HELLO_TIMEOUT.as_secs() as i64, tv_nsec: 0 };
+    let timeout = Timespec {
+        tv_sec: HELLO_TIMEOUT.as_secs() as i64,
+        tv_nsec: 0,
+    };
     if poll(&mut fds, Some(&timeout))? == 0 {
-        return Err(std::io::Error::other(format!("pid {pid} did not say hello within {HELLO_TIMEOUT:?}")));
+        return Err(std::io::Error::other(format!(
+            "pid {pid} did not say hello within {HELLO_TIMEOUT:?}"
+        )));
     }
     let mut buf = MessageBuf::default();
     match endpoint.recv_message(&mut buf)? {
@@ -295,8 +329,13 @@ fn wait_hello(endpoint: &Endpoint, pid: u32) -> std::io::Result<()> {
             }
             Ok(())
         }
-        Some((h, _)) => Err(std::io::Error::other(format!("pid {pid} sent {:?} before hello", h.kind))),
-        None => Err(std::io::Error::other(format!("pid {pid} exited before saying hello"))),
+        Some((h, _)) => Err(std::io::Error::other(format!(
+            "pid {pid} sent {:?} before hello",
+            h.kind
+        ))),
+        None => Err(std::io::Error::other(format!(
+            "pid {pid} exited before saying hello"
+        ))),
     }
 }
 
@@ -320,7 +359,10 @@ fn reap(child: &mut Child, end: &str) -> String {
     }
     tracing::warn!("pid {} {end} but did not exit; killing it", child.id());
     let _ = child.kill();
-    child.wait().map(describe).unwrap_or_else(|e| format!("could not be reaped: {e}"))
+    child
+        .wait()
+        .map(describe)
+        .unwrap_or_else(|e| format!("could not be reaped: {e}"))
 }
 
 /// `exited with status 0`, `killed by SIGKILL`...
@@ -347,4 +389,3 @@ pub fn describe(status: ExitStatus) -> String {
         None => format!("{status}"),
     }
 }
-

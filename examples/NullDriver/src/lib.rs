@@ -33,12 +33,19 @@ impl IOServiceImpl for NullDriver {
     fn start(&self, provider: &IOService) -> IOResult<()> {
         // The superclass's Start runs in the system (SUPERDISPATCH).
         self.super_start(provider)?;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         self.ivars().started_at.store(now, Ordering::Relaxed);
         self.set_property("NullDriverGreeting", "Hello from a dext")?;
         self.set_property("NullDriverPID", std::process::id() as i64)?;
         self.register_service()?;
-        driverkit::info!("start: registered as {:#x} on provider {:#x}", self.registry_entry_id(), provider.registry_entry_id());
+        driverkit::info!(
+            "start: registered as {:#x} on provider {:#x}",
+            self.registry_entry_id(),
+            provider.registry_entry_id()
+        );
         Ok(())
     }
 

@@ -43,7 +43,10 @@ impl IOServiceImpl for VirtualSensorDriver {
     }
 
     fn stop(&self, provider: &IOService) -> IOResult<()> {
-        driverkit::info!("stop: last reading {} °C", self.ivars().celsius.load(Ordering::Relaxed));
+        driverkit::info!(
+            "stop: last reading {} °C",
+            self.ivars().celsius.load(Ordering::Relaxed)
+        );
         self.super_stop(provider)
     }
 

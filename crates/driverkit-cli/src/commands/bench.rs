@@ -55,11 +55,17 @@ impl Figure {
         } else {
             let base = match self.baseline {
                 Some((name, b50, b99)) => {
-                    format!("   vs {name}: p50 {b50:.1} p99 {b99:.1}  (x{:.2} at p50)", self.p50 / b50.max(f64::MIN_POSITIVE))
+                    format!(
+                        "   vs {name}: p50 {b50:.1} p99 {b99:.1}  (x{:.2} at p50)",
+                        self.p50 / b50.max(f64::MIN_POSITIVE)
+                    )
                 }
                 None => String::new(),
             };
-            println!("{:<18} p50 {:>10.1} p99 {:>10.1} {:<4}{base}", self.bench, self.p50, self.p99, self.unit);
+            println!(
+                "{:<18} p50 {:>10.1} p99 {:>10.1} {:<4}{base}",
+                self.bench, self.p50, self.p99, self.unit
+            );
         }
     }
 }
@@ -88,10 +94,15 @@ pub fn bench(args: BenchArgs) -> Result<(), String> {
 
 /// The helper process: says hello on the inherited socket, then echoes.
 pub fn echo_peer() -> Result<(), String> {
-    let fd: i32 = std::env::var("DRIVERKIT_BENCH_FD").ok().and_then(|s| s.parse().ok()).ok_or("no DRIVERKIT_BENCH_FD")?;
+    let fd: i32 = std::env::var("DRIVERKIT_BENCH_FD")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or("no DRIVERKIT_BENCH_FD")?;
     // SAFETY: the parent passes this one descriptor for this process to own.
     let endpoint = Endpoint::new(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) });
-    endpoint.send(&Header::new(Kind::Hello), &[], None).map_err(|e| e.to_string())?;
+    endpoint
+        .send(&Header::new(Kind::Hello), &[], None)
+        .map_err(|e| e.to_string())?;
     let mut buf = MessageBuf::default();
     while let Ok(transport::Received::Message { .. }) = endpoint.recv(&mut buf) {
         if endpoint.send_raw(buf.bytes(), None).is_err() {
@@ -107,7 +118,9 @@ fn spawn_echo() -> Result<(Child, Endpoint), String> {
     let raw = theirs.as_fd().as_raw_fd();
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(exe);
-    cmd.arg("__bench-echo").env("DRIVERKIT_BENCH_FD", raw.to_string()).stdin(Stdio::null());
+    cmd.arg("__bench-echo")
+        .env("DRIVERKIT_BENCH_FD", raw.to_string())
+        .stdin(Stdio::null());
     // Spawned exactly as the daemon spawns a dext (inheritable socket, no
     // pre_exec hook, so posix_spawn), so that the floor is a fair one.
     rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty()).map_err(|e| e.to_string())?;
@@ -158,15 +171,28 @@ fn bench_device(name: &str, extra: &[(&str, Value)]) -> DeviceSpec {
     for (k, v) in extra {
         properties.insert((*k).into(), v.clone());
     }
-    DeviceSpec { name: name.into(), class: "IOVirtualDevice".into(), properties, source: "bench".into() }
+    DeviceSpec {
+        name: name.into(),
+        class: "IOVirtualDevice".into(),
+        properties,
+        source: "bench".into(),
+    }
 }
 
-fn wait_started(events: &std::sync::mpsc::Receiver<Event>, provider: u64) -> Result<(u64, Instant), String> {
+fn wait_started(
+    events: &std::sync::mpsc::Receiver<Event>,
+    provider: u64,
+) -> Result<(u64, Instant), String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match events.recv_timeout(left) {
-            Ok(Event::Started { service, provider: p, at, .. }) if p == provider => return Ok((service, at)),
+            Ok(Event::Started {
+                service,
+                provider: p,
+                at,
+                ..
+            }) if p == provider => return Ok((service, at)),
             Ok(_) => continue,
             Err(_) => return Err("the bench driver did not start within 30 s".into()),
         }
@@ -177,17 +203,36 @@ fn rpc_roundtrip(root: &Path, n: usize) -> Result<Figure, String> {
     let (b50, b99) = raw_pingpong(n)?;
     let daemon = bench_daemon(root, &drivers::TOOLS[1])?;
     let events = daemon.subscribe();
-    let dev = daemon.plug(bench_device("BenchRPC", &[("BenchSuperCalls", Value::Integer((n as u64).into()))]));
+    let dev = daemon.plug(bench_device(
+        "BenchRPC",
+        &[("BenchSuperCalls", Value::Integer((n as u64).into()))],
+    ));
     let started = wait_started(&events, dev);
     let figures = started.and_then(|(service, _)| {
         let tree = driverkitd::ioreg::Node::from_archive(&daemon.registry_plist())?;
-        let node = tree.walk().into_iter().find(|n| n.id == service).cloned().ok_or("bench service vanished")?;
-        let get = |k: &str| node.properties.get(k).and_then(Value::as_signed_integer).ok_or(format!("no {k}"));
+        let node = tree
+            .walk()
+            .into_iter()
+            .find(|n| n.id == service)
+            .cloned()
+            .ok_or("bench service vanished")?;
+        let get = |k: &str| {
+            node.properties
+                .get(k)
+                .and_then(Value::as_signed_integer)
+                .ok_or(format!("no {k}"))
+        };
         Ok((get("BenchP50Ns")? as f64, get("BenchP99Ns")? as f64))
     });
     daemon.shutdown();
     let (p50, p99) = figures?;
-    Ok(Figure { bench: "rpc_roundtrip", unit: "ns", p50, p99, baseline: Some(("raw_seqpacket", b50, b99)) })
+    Ok(Figure {
+        bench: "rpc_roundtrip",
+        unit: "ns",
+        p50,
+        p99,
+        baseline: Some(("raw_seqpacket", b50, b99)),
+    })
 }
 
 fn spawn_to_start(root: &Path, n: usize) -> Result<Figure, String> {
@@ -212,7 +257,13 @@ fn spawn_to_start(root: &Path, n: usize) -> Result<Figure, String> {
     daemon.shutdown();
     let (b50, b99) = percentiles(floor);
     let (p50, p99) = percentiles(samples);
-    Ok(Figure { bench: "spawn_to_start", unit: "us", p50, p99, baseline: Some(("fork_exec_handshake", b50, b99)) })
+    Ok(Figure {
+        bench: "spawn_to_start",
+        unit: "us",
+        p50,
+        p99,
+        baseline: Some(("fork_exec_handshake", b50, b99)),
+    })
 }
 
 /// `personalities` personalities keyed by model, `devices` devices.
@@ -234,7 +285,10 @@ fn catalogue(personalities: usize) -> driverkitd::matching::Catalogue {
             m.insert("ModelID".into(), Value::Integer((i as u64).into()));
             m.insert("VendorID".into(), Value::Integer(((i % 50) as u64).into()));
             p.insert("IOPropertyMatch".into(), Value::Dictionary(m));
-            p.insert("IOProbeScore".into(), Value::Integer(((i % 7) as u64).into()));
+            p.insert(
+                "IOProbeScore".into(),
+                Value::Integer(((i % 7) as u64).into()),
+            );
             ps.insert(format!("P{i}"), Value::Dictionary(p));
         }
         let mut info = plist::Dictionary::new();
@@ -250,7 +304,10 @@ fn catalogue(personalities: usize) -> driverkitd::matching::Catalogue {
 
 fn time_matching(personalities: usize, devices: usize) -> (f64, f64, usize) {
     let cat = catalogue(personalities);
-    let chain: Vec<String> = driverkit_wire::classes::chain("IOVirtualDevice").into_iter().map(str::to_owned).collect();
+    let chain: Vec<String> = driverkit_wire::classes::chain("IOVirtualDevice")
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
     let resources = plist::Dictionary::new();
     let mut samples = Vec::with_capacity(devices);
     let mut matched = 0;
@@ -258,9 +315,16 @@ fn time_matching(personalities: usize, devices: usize) -> (f64, f64, usize) {
         let model = (d * 7919) % personalities.max(1);
         let mut props = plist::Dictionary::new();
         props.insert("ModelID".into(), Value::Integer((model as u64).into()));
-        props.insert("VendorID".into(), Value::Integer(((model % 50) as u64).into()));
+        props.insert(
+            "VendorID".into(),
+            Value::Integer(((model % 50) as u64).into()),
+        );
         props.insert("Serial".into(), format!("S{d}").into());
-        let target = driverkitd::families::MatchTarget { name: "Device", class_chain: &chain, properties: &props };
+        let target = driverkitd::families::MatchTarget {
+            name: "Device",
+            class_chain: &chain,
+            properties: &props,
+        };
         let t = Instant::now();
         let groups = driverkitd::matching::by_category(cat.candidates(&target, &resources));
         samples.push(t.elapsed().as_nanos() as f64 / 1e3);
@@ -274,13 +338,22 @@ fn match_per_device(devices: usize) -> Result<Figure, String> {
     let (b50, b99, _) = time_matching(1_000, devices);
     let (p50, p99, matched) = time_matching(10_000, devices);
     if matched != devices {
-        return Err(format!("matching found drivers for {matched} of {devices} devices"));
+        return Err(format!(
+            "matching found drivers for {matched} of {devices} devices"
+        ));
     }
-    Ok(Figure { bench: "match_per_device", unit: "us", p50, p99, baseline: Some(("match_1000_personalities", b50, b99)) })
+    Ok(Figure {
+        bench: "match_per_device",
+        unit: "us",
+        p50,
+        p99,
+        baseline: Some(("match_1000_personalities", b50, b99)),
+    })
 }
 
 fn rss_kib(pid: u32) -> Result<f64, String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| format!("pid {pid}: {e}"))?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("pid {pid}: {e}"))?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -309,7 +382,13 @@ fn dext_rss(root: &Path) -> Result<Figure, String> {
     });
     daemon.shutdown();
     let (rss, floor) = (rss?, floor?);
-    Ok(Figure { bench: "dext_rss", unit: "KiB", p50: rss, p99: rss, baseline: Some(("bare_process", floor, floor)) })
+    Ok(Figure {
+        bench: "dext_rss",
+        unit: "KiB",
+        p50: rss,
+        p99: rss,
+        baseline: Some(("bare_process", floor, floor)),
+    })
 }
 
 fn daemon_rss(root: &Path, devices: usize) -> Result<Figure, String> {
@@ -350,5 +429,11 @@ fn daemon_rss(root: &Path, devices: usize) -> Result<Figure, String> {
         let _ = s.read_to_string(&mut err);
     }
     let (full, empty) = result.map_err(|e| format!("{e}\n{err}"))?;
-    Ok(Figure { bench: "daemon_rss", unit: "KiB", p50: full, p99: full, baseline: Some(("daemon_no_devices", empty, empty)) })
+    Ok(Figure {
+        bench: "daemon_rss",
+        unit: "KiB",
+        p50: full,
+        p99: full,
+        baseline: Some(("daemon_no_devices", empty, empty)),
+    })
 }

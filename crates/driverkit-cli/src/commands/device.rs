@@ -32,19 +32,27 @@ fn argument(arg: &str) -> Result<DeviceArg, String> {
     let path = Path::new(arg);
     if path.exists() {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{arg}: {e}"))?;
-        Ok(DeviceArg::File { path: arg.to_owned(), text })
+        Ok(DeviceArg::File {
+            path: arg.to_owned(),
+            text,
+        })
     } else if virtual_device::builtin(arg).is_some() {
         Ok(DeviceArg::Builtin(arg.to_owned()))
     } else {
         let known: Vec<_> = virtual_device::builtin_names().collect();
-        Err(format!("{arg}: no such file, and not a built-in device ({})", known.join(", ")))
+        Err(format!(
+            "{arg}: no such file, and not a built-in device ({})",
+            known.join(", ")
+        ))
     }
 }
 
 /// Parses a device argument locally (for `driverkit run --device`).
 pub fn resolve(arg: &str) -> Result<DeviceSpec, String> {
     match argument(arg)? {
-        DeviceArg::Builtin(name) => virtual_device::builtin(&name).ok_or_else(|| format!("{name}: unknown")),
+        DeviceArg::Builtin(name) => {
+            virtual_device::builtin(&name).ok_or_else(|| format!("{name}: unknown"))
+        }
         DeviceArg::File { path, text } => virtual_device::parse(&text, &path),
     }
 }
@@ -53,12 +61,16 @@ pub fn device(root: &Path, cmd: DeviceCommand) -> Result<(), String> {
     let mut client = super::client(root)?;
     match cmd {
         DeviceCommand::Plug { device } => {
-            let answer = client.request(&Request::Plug { device: argument(&device)? })?;
+            let answer = client.request(&Request::Plug {
+                device: argument(&device)?,
+            })?;
             let id = answer["id"].as_u64().ok_or("answer without id")?;
             println!("{id:#x}");
         }
         DeviceCommand::Unplug { id } => {
-            client.request(&Request::Unplug { id: super::parse_id(&id)? })?;
+            client.request(&Request::Unplug {
+                id: super::parse_id(&id)?,
+            })?;
         }
         DeviceCommand::List { json } => {
             let answer = client.request(&Request::Devices)?;
@@ -66,10 +78,21 @@ pub fn device(root: &Path, cmd: DeviceCommand) -> Result<(), String> {
                 println!("{answer}");
                 return Ok(());
             }
-            let devices: Vec<DeviceInfo> = serde_json::from_value(answer).map_err(|e| e.to_string())?;
-            println!("{:<14} {:<18} {:<16} {:<28} CLIENTS", "ID", "NAME", "CLASS", "SOURCE");
+            let devices: Vec<DeviceInfo> =
+                serde_json::from_value(answer).map_err(|e| e.to_string())?;
+            println!(
+                "{:<14} {:<18} {:<16} {:<28} CLIENTS",
+                "ID", "NAME", "CLASS", "SOURCE"
+            );
             for d in devices {
-                println!("{:<14} {:<18} {:<16} {:<28} {}", format!("{:#x}", d.id), d.name, d.class, d.source, d.clients.join(", "));
+                println!(
+                    "{:<14} {:<18} {:<16} {:<28} {}",
+                    format!("{:#x}", d.id),
+                    d.name,
+                    d.class,
+                    d.source,
+                    d.clients.join(", ")
+                );
             }
         }
     }

@@ -29,7 +29,12 @@ pub struct IoregArgs {
 
 pub fn ioreg(root: &Path, args: IoregArgs) -> Result<(), String> {
     let tree = super::client(root)?.registry()?;
-    let options = Options { all_properties: args.all_properties, class: args.class, name: args.name, rooted: args.rooted };
+    let options = Options {
+        all_properties: args.all_properties,
+        class: args.class,
+        name: args.name,
+        rooted: args.rooted,
+    };
     let roots = options.roots(&tree);
     if args.json {
         let value = if options.rooted {
@@ -38,7 +43,10 @@ pub fn ioreg(root: &Path, args: IoregArgs) -> Result<(), String> {
             serde_json::to_value(&tree)
         }
         .map_err(|e| e.to_string())?;
-        println!("{}", serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?
+        );
     } else if args.archive {
         let mut v = super::client(root)?
             .request(&driverkitd::control::Request::Registry)?
@@ -53,7 +61,9 @@ pub fn ioreg(root: &Path, args: IoregArgs) -> Result<(), String> {
             let mut picked = Vec::new();
             collect(&whole, &ids, &mut picked);
             let mut out = Vec::new();
-            plist::Value::Array(picked).to_writer_xml(&mut out).map_err(|e| e.to_string())?;
+            plist::Value::Array(picked)
+                .to_writer_xml(&mut out)
+                .map_err(|e| e.to_string())?;
             v = String::from_utf8_lossy(&out).into_owned();
         }
         println!("{v}");
@@ -65,7 +75,10 @@ pub fn ioreg(root: &Path, args: IoregArgs) -> Result<(), String> {
 
 fn collect(v: &plist::Value, ids: &[u64], out: &mut Vec<plist::Value>) {
     let Some(d) = v.as_dictionary() else { return };
-    if d.get("IORegistryEntryID").and_then(plist::Value::as_unsigned_integer).is_some_and(|id| ids.contains(&id)) {
+    if d.get("IORegistryEntryID")
+        .and_then(plist::Value::as_unsigned_integer)
+        .is_some_and(|id| ids.contains(&id))
+    {
         out.push(v.clone());
         return;
     }

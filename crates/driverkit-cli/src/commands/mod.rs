@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 use driverkitd::control::{Client, Request};
 
 #[derive(Parser)]
-#[command(name = "driverkit", version, about = "A user-space driver framework for Linux, modelled on DriverKit")]
+#[command(
+    name = "driverkit",
+    version,
+    about = "A user-space driver framework for Linux, modelled on DriverKit"
+)]
 pub struct Cli {
     /// The daemon's state directory [default: $XDG_STATE_HOME/driverkit or ~/.local/state/driverkit]
     #[arg(long, global = true, value_name = "DIR")]
@@ -53,7 +57,9 @@ enum Command {
 
 impl Cli {
     fn root(&self) -> PathBuf {
-        self.root.clone().unwrap_or_else(driverkitd::root::default_root)
+        self.root
+            .clone()
+            .unwrap_or_else(driverkitd::root::default_root)
     }
 }
 
@@ -65,7 +71,8 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
         Command::Validate { path } => validate::validate(&path),
         Command::Device(cmd) => device::device(&root, cmd),
         Command::Load { path } => {
-            let path = std::fs::canonicalize(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let path =
+                std::fs::canonicalize(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let answer = client(&root)?.request(&Request::Load { path })?;
             println!("loaded {}", answer["bundle"].as_str().unwrap_or("?"));
             Ok(())
@@ -90,7 +97,11 @@ fn client(root: &std::path::Path) -> Result<Client, String> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DRIVERKIT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }
 
 /// Parses `0x100000105` or `4294967557`.

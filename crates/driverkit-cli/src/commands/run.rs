@@ -48,17 +48,24 @@ pub fn run(root: PathBuf, args: RunArgs) -> Result<(), String> {
         }
     }
     for b in args.bundles {
-        config.bundles.push(std::fs::canonicalize(&b).map_err(|e| format!("{}: {e}", b.display()))?);
+        config
+            .bundles
+            .push(std::fs::canonicalize(&b).map_err(|e| format!("{}: {e}", b.display()))?);
     }
     if !args.no_default_devices {
-        config.devices.extend(virtual_device::builtin_names().filter_map(virtual_device::builtin));
+        config
+            .devices
+            .extend(virtual_device::builtin_names().filter_map(virtual_device::builtin));
     }
     for d in &args.devices {
         config.devices.push(super::device::resolve(d)?);
     }
     let (stop_tx, stop_rx) = std::sync::mpsc::channel();
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-        .map_err(|e| format!("cannot watch signals: {e}"))?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(|e| format!("cannot watch signals: {e}"))?;
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
             tracing::info!("signal {sig}: stopping");

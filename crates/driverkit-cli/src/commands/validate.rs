@@ -13,7 +13,11 @@ pub fn validate(path: &Path) -> Result<(), String> {
         println!("    IOUserClass      {}", p.user_class);
         println!("    IOClass          {}", p.io_class);
         println!("    IOProviderClass  {}", p.provider_class);
-        println!("    IOUserServerName {}{}", p.server_name, if p.one_process { " (one process)" } else { "" });
+        println!(
+            "    IOUserServerName {}{}",
+            p.server_name,
+            if p.one_process { " (one process)" } else { "" }
+        );
         println!("    IOMatchCategory  {}", p.match_category);
         println!("    IOProbeScore     {}", p.probe_score);
         for key in ["IOPropertyMatch", "IONameMatch", "IOResourceMatch"] {

@@ -39,8 +39,16 @@ pub const EXAMPLES: &[Embedded] = &[
 
 /// Drivers for tests and benchmarks; never loaded unless asked for.
 pub const TOOLS: &[Embedded] = &[
-    Embedded { executable: test::EXECUTABLE, info_plist: test::INFO_PLIST, classes: test::classes },
-    Embedded { executable: bench::EXECUTABLE, info_plist: bench::INFO_PLIST, classes: bench::classes },
+    Embedded {
+        executable: test::EXECUTABLE,
+        info_plist: test::INFO_PLIST,
+        classes: test::classes,
+    },
+    Embedded {
+        executable: bench::EXECUTABLE,
+        info_plist: bench::INFO_PLIST,
+        classes: bench::classes,
+    },
 ];
 
 /// The driver named by `argv[0]`, if this process was started as one.
@@ -55,10 +63,14 @@ pub fn from_argv0() -> Option<&'static Embedded> {
 pub fn materialize(e: &Embedded, dir: &Path) -> Result<PathBuf, String> {
     let info = driverkit_bundle::parse_info(e.info_plist.as_bytes())
         .map_err(|err| format!("built-in {}: {err}", e.executable))?;
-    let id = info.get("CFBundleIdentifier").and_then(plist::Value::as_string).unwrap_or(e.executable);
+    let id = info
+        .get("CFBundleIdentifier")
+        .and_then(plist::Value::as_string)
+        .unwrap_or(e.executable);
     let bundle = dir.join(format!("{id}.dext"));
     std::fs::create_dir_all(&bundle).map_err(|err| format!("{}: {err}", bundle.display()))?;
-    std::fs::write(bundle.join("Info.plist"), e.info_plist).map_err(|err| format!("{}: {err}", bundle.display()))?;
+    std::fs::write(bundle.join("Info.plist"), e.info_plist)
+        .map_err(|err| format!("{}: {err}", bundle.display()))?;
     let exe = std::env::current_exe().map_err(|err| format!("cannot find this program: {err}"))?;
     let link = bundle.join(e.executable);
     let _ = std::fs::remove_file(&link);

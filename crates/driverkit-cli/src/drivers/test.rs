@@ -56,10 +56,16 @@ impl IOServiceImpl for TestDriver {
         self.super_start(provider)?;
         self.set_property("TestDriverPID", std::process::id() as i64)?;
         let p = self.personality();
-        if let Some(ms) = p.get("TestStartDelayMs").and_then(plist::Value::as_unsigned_integer) {
+        if let Some(ms) = p
+            .get("TestStartDelayMs")
+            .and_then(plist::Value::as_unsigned_integer)
+        {
             std::thread::sleep(Duration::from_millis(ms));
         }
-        let behavior = p.get("TestStartBehavior").and_then(plist::Value::as_string).unwrap_or("ok");
+        let behavior = p
+            .get("TestStartBehavior")
+            .and_then(plist::Value::as_string)
+            .unwrap_or("ok");
         driverkit::info!("start: behaving {behavior:?}");
         match behavior {
             "fail" => return Err(IOReturn::ERROR),

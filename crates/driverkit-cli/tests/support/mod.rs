@@ -47,8 +47,14 @@ impl Daemon {
                 l.push('\n');
             }
         });
-        let d = Daemon { child: Some(child), root, log };
-        d.wait_until("the daemon answers", || d.try_cli(&["status"]).status.success());
+        let d = Daemon {
+            child: Some(child),
+            root,
+            log,
+        };
+        d.wait_until("the daemon answers", || {
+            d.try_cli(&["status"]).status.success()
+        });
         d
     }
 
@@ -61,13 +67,22 @@ impl Daemon {
     }
 
     fn try_cli(&self, args: &[&str]) -> Output {
-        Command::new(EXE).arg("--root").arg(self.state()).args(args).output().unwrap()
+        Command::new(EXE)
+            .arg("--root")
+            .arg(self.state())
+            .args(args)
+            .output()
+            .unwrap()
     }
 
     /// Runs a subcommand against this daemon; panics with its stderr if it fails.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = self.try_cli(args);
-        assert!(out.status.success(), "driverkit {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "driverkit {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -87,7 +102,10 @@ impl Daemon {
         let deadline = Instant::now() + WAIT;
         while !done() {
             if Instant::now() > deadline {
-                panic!("timed out waiting for {what}\n--- daemon log ---\n{}", self.log());
+                panic!(
+                    "timed out waiting for {what}\n--- daemon log ---\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(25));
         }
@@ -104,7 +122,9 @@ impl Daemon {
     }
 
     pub fn wait_log(&self, needle: &str, count: usize) {
-        self.wait_until(&format!("{count} x {needle:?} in the log"), || self.log().matches(needle).count() >= count);
+        self.wait_until(&format!("{count} x {needle:?} in the log"), || {
+            self.log().matches(needle).count() >= count
+        });
     }
 
     /// Sends SIGINT (Ctrl-C) and waits for a clean exit.
@@ -158,7 +178,12 @@ fn strip_ansi(s: &str) -> String {
 /// True while `pid` is a live (not zombie) process.
 pub fn alive(pid: u64) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
         Err(_) => false,
     }
 }
@@ -222,5 +247,7 @@ pub fn id_of(node: &Value) -> String {
 }
 
 pub fn personality(node: &Value) -> &str {
-    node["properties"]["IOMatchedPersonality"].as_str().unwrap_or("")
+    node["properties"]["IOMatchedPersonality"]
+        .as_str()
+        .unwrap_or("")
 }

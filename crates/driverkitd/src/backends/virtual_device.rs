@@ -43,7 +43,9 @@ pub fn builtin(name: &str) -> Option<DeviceSpec> {
 
 /// Parses a device file; errors name the file and the key.
 pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| format!("{source}: {e}"))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| format!("{source}: {e}"))?;
     let mut name = None;
     let mut class = "IOVirtualDevice".to_owned();
     let mut properties = plist::Dictionary::new();
@@ -53,26 +55,44 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
             ("class", toml::Value::String(s)) => class = s.clone(),
             ("properties", toml::Value::Table(t)) => {
                 for (k, v) in t {
-                    properties.insert(k.clone(), to_plist(v).map_err(|e| format!("{source}: key properties.{k}: {e}"))?);
+                    properties.insert(
+                        k.clone(),
+                        to_plist(v).map_err(|e| format!("{source}: key properties.{k}: {e}"))?,
+                    );
                 }
             }
             ("name" | "class", other) => {
-                return Err(format!("{source}: key {key}: expected a non-empty string, found {}", other.type_str()))
+                return Err(format!(
+                    "{source}: key {key}: expected a non-empty string, found {}",
+                    other.type_str()
+                ))
             }
             ("properties", other) => {
-                return Err(format!("{source}: key properties: expected a table, found {}", other.type_str()))
+                return Err(format!(
+                    "{source}: key properties: expected a table, found {}",
+                    other.type_str()
+                ))
             }
             (other, _) => {
-                return Err(format!("{source}: unknown key {other:?}: expected name, class or [properties]"))
+                return Err(format!(
+                    "{source}: unknown key {other:?}: expected name, class or [properties]"
+                ))
             }
         }
     }
     let name = name.ok_or_else(|| format!("{source}: key name: missing"))?;
     let chain = driverkit_wire::classes::chain(&class);
     if !driverkit_wire::classes::is_system_class(&class) || !chain.contains(&"IOService") {
-        return Err(format!("{source}: key class: {class:?} is not a system service class"));
+        return Err(format!(
+            "{source}: key class: {class:?} is not a system service class"
+        ));
     }
-    Ok(DeviceSpec { name, class, properties, source: source.to_owned() })
+    Ok(DeviceSpec {
+        name,
+        class,
+        properties,
+        source: source.to_owned(),
+    })
 }
 
 fn to_plist(v: &toml::Value) -> Result<Value, String> {
@@ -83,14 +103,20 @@ fn to_plist(v: &toml::Value) -> Result<Value, String> {
         toml::Value::Boolean(b) => Value::Boolean(*b),
         toml::Value::Datetime(d) => {
             let text = d.to_string();
-            let date = plist::Date::from_xml_format(&text)
-                .map_err(|_| format!("date {text} is not a full UTC timestamp (like 2024-05-01T12:00:00Z)"))?;
+            let date = plist::Date::from_xml_format(&text).map_err(|_| {
+                format!("date {text} is not a full UTC timestamp (like 2024-05-01T12:00:00Z)")
+            })?;
             Value::Date(date)
         }
         toml::Value::Array(a) => Value::Array(a.iter().map(to_plist).collect::<Result<_, _>>()?),
         toml::Value::Table(t) if t.len() == 1 && t.contains_key("$data") => match &t["$data"] {
             toml::Value::String(hex) => Value::Data(from_hex(hex)?),
-            other => return Err(format!("$data: expected a hex string, found {}", other.type_str())),
+            other => {
+                return Err(format!(
+                    "$data: expected a hex string, found {}",
+                    other.type_str()
+                ))
+            }
         },
         toml::Value::Table(t) => {
             let mut d = plist::Dictionary::new();
@@ -104,8 +130,11 @@ fn to_plist(v: &toml::Value) -> Result<Value, String> {
 
 fn from_hex(hex: &str) -> Result<Vec<u8>, String> {
     let digits: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if digits.len() % 2 != 0 {
-        return Err(format!("$data: odd number of hex digits ({})", digits.len()));
+    if !digits.len().is_multiple_of(2) {
+        return Err(format!(
+            "$data: odd number of hex digits ({})",
+            digits.len()
+        ));
     }
     digits
         .chunks(2)
@@ -129,16 +158,26 @@ mod tests {
         }
         let w = builtin("widget").unwrap();
         assert_eq!(w.class, "IOVirtualDevice");
-        assert_eq!(w.properties["Firmware"], Value::Data(vec![0xde, 0xad, 0xbe, 0xef]));
+        assert_eq!(
+            w.properties["Firmware"],
+            Value::Data(vec![0xde, 0xad, 0xbe, 0xef])
+        );
     }
 
     #[test]
     fn errors_name_file_and_key() {
         let e = parse("name = 3", "f.toml").unwrap_err();
-        assert_eq!(e, "f.toml: key name: expected a non-empty string, found integer");
+        assert_eq!(
+            e,
+            "f.toml: key name: expected a non-empty string, found integer"
+        );
         let e = parse("name = \"x\"\nclass = \"IOFoo\"", "f.toml").unwrap_err();
         assert!(e.contains("key class"), "{e}");
-        let e = parse("name = \"x\"\n[properties]\nF = { \"$data\" = \"abc\" }", "f.toml").unwrap_err();
+        let e = parse(
+            "name = \"x\"\n[properties]\nF = { \"$data\" = \"abc\" }",
+            "f.toml",
+        )
+        .unwrap_err();
         assert!(e.contains("key properties.F: $data: odd number"), "{e}");
         let e = parse("nmae = \"x\"", "f.toml").unwrap_err();
         assert!(e.contains("unknown key \"nmae\""), "{e}");

@@ -17,7 +17,10 @@ pub(crate) struct KernelCall<'a> {
 impl KernelCall<'_> {
     fn with_entry<T>(&self, f: impl FnOnce(&mut crate::registry::Entry) -> T) -> IOResult<T> {
         let mut st = self.daemon.lock();
-        st.registry.get_mut(self.object).map(f).ok_or(IOReturn::NOT_FOUND)
+        st.registry
+            .get_mut(self.object)
+            .map(f)
+            .ok_or(IOReturn::NOT_FOUND)
     }
 
     fn superclass_only(&self) -> IOResult<()> {
