@@ -157,3 +157,57 @@ fn name_and_resource_matching() {
     );
     assert!(nodes.iter().all(|n| personality(n) != "MissingResource"));
 }
+
+#[test]
+fn when_a_driver_goes_away_the_provider_rematches_without_it() {
+    let d = Daemon::start(&["--no-embedded", "--no-default-devices"]);
+    let dir = d.root.path().to_owned();
+    let m = "<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>";
+    let quitter = format!("{m}<key>IOProbeScore</key><integer>100</integer><key>TestTerminateAfterMs</key><integer>100</integer>");
+    let bundle = test_bundle(
+        &dir,
+        "org.test.Leave",
+        &[
+            P {
+                name: "Quitter",
+                provider_class: "IOVirtualDevice",
+                extra: &quitter,
+            },
+            P {
+                name: "Successor",
+                provider_class: "IOVirtualDevice",
+                extra: m,
+            },
+        ],
+    );
+    d.cli(&["load", bundle.to_str().unwrap()]);
+    d.cli(&[
+        "device",
+        "plug",
+        &device_file(
+            &dir,
+            "t.toml",
+            "name = \"T\"\n[properties]\nTestDevice = true\n",
+        ),
+    ]);
+    d.wait_node("Successor active", |n| {
+        personality(n) == "Successor" && n["state"]["active"] == true
+    });
+    let log = d.log();
+    assert!(log.contains("start    TestDriver"), "{log}");
+    let quitter_start = log.find("org.test.Leave/Quitter").unwrap();
+    let successor_start = log.find("org.test.Leave/Successor").unwrap();
+    assert!(
+        quitter_start < successor_start,
+        "the better driver ran first:\n{log}"
+    );
+    assert!(log.contains("terminating myself"), "{log}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        d.log()
+            .matches("match    TestDriver (org.test.Leave/Quitter)")
+            .count(),
+        1,
+        "not offered again"
+    );
+}

@@ -62,6 +62,12 @@ pub trait Service: Sized + Send + Sync + 'static {
         self.base().object.0
     }
 
+    /// A handle on this service that can be sent to other threads, for
+    /// example to call `terminate` later.
+    fn as_service(&self) -> IOService {
+        IOService::from_id(self.base().object)
+    }
+
     /// The properties the service was created with: its personality, merged
     /// into the registry entry by the system.
     fn personality(&self) -> &plist::Dictionary {

@@ -209,6 +209,9 @@ impl Daemon {
             st.relaunches
                 .retain(|k, _| !k.starts_with(&format!("{id}/")));
             st.disabled.retain(|k| !k.starts_with(&format!("{id}/")));
+            for e in st.registry.iter_mut() {
+                e.declined.retain(|k| !k.starts_with(&format!("{id}/")));
+            }
             st.registry
                 .iter()
                 .filter(|e| e.state.registered && !e.state.terminating)
@@ -461,7 +464,10 @@ impl Inner {
                 .catalogue
                 .candidates(&target, &resources)
                 .into_iter()
-                .filter(|c| !st.disabled.contains(&c.driver.key()))
+                .filter(|c| {
+                    !st.disabled.contains(&c.driver.key())
+                        && !entry.declined.contains(&c.driver.key())
+                })
                 .collect();
             let occupied: HashSet<&str> = entry
                 .clients
@@ -624,10 +630,16 @@ impl Inner {
         }
     }
 
-    /// Removes a service that never started and lets its process go if it
-    /// hosts nothing else.
+    /// Removes a service that never started, remembers that its driver
+    /// declined the provider, and lets its process go if it hosts nothing
+    /// else.
     fn discard(&self, id: EntryId, server: &Arc<UserServer>) {
-        self.lock().registry.remove(id);
+        {
+            let mut st = self.lock();
+            if let Some(e) = st.registry.remove(id) {
+                decline(&mut st.registry, &e);
+            }
+        }
         self.emit(Event::Removed { service: id });
         self.release_if_idle(server);
     }
@@ -704,10 +716,14 @@ impl Inner {
     }
 
     /// Terminates `id` and everything above it, bottom-up, then lets its
-    /// provider match again (a driver went away).
+    /// provider match again (a driver went away; it is not offered the same
+    /// provider again, or a driver that terminates itself would loop).
     pub(crate) fn terminate(&self, id: EntryId) {
         let (order, provider) = {
             let mut st = self.lock();
+            if let Some(e) = st.registry.get(id).cloned() {
+                decline(&mut st.registry, &e);
+            }
             let order = st.registry.subtree_bottom_up(id);
             for e in &order {
                 if let Some(entry) = st.registry.get_mut(*e) {
@@ -974,5 +990,18 @@ impl Inner {
 
     pub(crate) fn schedule_terminate(&self, id: EntryId) {
         self.spawn_job("terminate", move |d| d.terminate(id));
+    }
+}
+
+/// Records on `client`'s provider that `client`'s driver declined it.
+fn decline(registry: &mut Registry, client: &crate::registry::Entry) {
+    let (Some(provider), Some(h)) = (client.provider, &client.hosting) else {
+        return;
+    };
+    if let Some(p) = registry.get_mut(provider) {
+        let key = format!("{}/{}", h.bundle, h.personality);
+        if !p.declined.contains(&key) {
+            p.declined.push(key);
+        }
     }
 }

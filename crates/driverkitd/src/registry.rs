@@ -56,6 +56,11 @@ pub struct Entry {
     pub match_category: Option<String>,
     /// Set for services implemented by a dext.
     pub hosting: Option<Hosting>,
+    /// Drivers (`bundle/personality`) that failed to start on this provider
+    /// or left it of their own accord: matching does not offer it to them
+    /// again until the catalogue changes.
+    #[serde(skip)]
+    pub declined: Vec<String>,
 }
 
 impl Entry {
@@ -115,6 +120,7 @@ impl Registry {
                 state: State::default(),
                 match_category: None,
                 hosting: None,
+                declined: Vec::new(),
             },
         );
         if let Some(p) = provider.and_then(|p| self.entries.get_mut(&p)) {
@@ -139,6 +145,11 @@ impl Registry {
 
     pub fn get_mut(&mut self, id: EntryId) -> Option<&mut Entry> {
         self.entries.get_mut(&id)
+    }
+
+    /// Every entry, mutably, in ID order.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
+        self.entries.values_mut()
     }
 
     /// Every entry, in ID order.

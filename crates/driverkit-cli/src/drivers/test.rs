@@ -4,7 +4,8 @@
 //! Personality keys:
 //! - `TestStartBehavior`: `ok` (default), `fail` (Start returns
 //!   kIOReturnError), `panic`, `abort`, `kill-self` (SIGKILL), `hang`;
-//! - `TestStartDelayMs`: sleep this long in Start first.
+//! - `TestStartDelayMs`: sleep this long in Start first;
+//! - `TestTerminateAfterMs`: once started, terminate itself this much later.
 //!
 //! It publishes `TestDriverPID` before acting, so a test can find its
 //! process while Start runs.
@@ -81,6 +82,17 @@ impl IOServiceImpl for TestDriver {
             _ => {}
         }
         self.set_property("TestDriverStarted", true)?;
+        if let Some(ms) = p
+            .get("TestTerminateAfterMs")
+            .and_then(plist::Value::as_unsigned_integer)
+        {
+            let me = self.as_service();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(ms));
+                driverkit::info!("terminating myself");
+                let _ = me.terminate();
+            });
+        }
         self.register_service()
     }
 
