@@ -197,3 +197,71 @@ impl Client {
         crate::ioreg::Node::from_archive(&value)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn exchange(daemon: &Daemon, lines: &[String]) -> Vec<serde_json::Value> {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let d = daemon.clone();
+        let (tx, _rx) = mpsc::channel();
+        let server = std::thread::spawn(move || serve_client(theirs, &d, &tx));
+        let mut writer = ours.try_clone().unwrap();
+        let mut reader = BufReader::new(ours);
+        let mut answers = Vec::new();
+        for l in lines {
+            writer.write_all(format!("{l}\n").as_bytes()).unwrap();
+            let mut answer = String::new();
+            reader.read_line(&mut answer).unwrap();
+            answers.push(serde_json::from_str(&answer).unwrap());
+        }
+        drop(writer);
+        drop(reader);
+        let _ = server.join();
+        answers
+    }
+
+    #[test]
+    fn garbage_requests_get_an_error_and_the_connection_goes_on() {
+        let root = tempfile::tempdir().unwrap();
+        let daemon = Daemon::start(crate::Config::new(root.path().to_owned()));
+        let answers = exchange(
+            &daemon,
+            &[
+                "{not json".into(),
+                r#"{"op":"launch_missiles"}"#.into(),
+                r#"{"op":"unplug","id":"seven"}"#.into(),
+                r#"{"op":"plug","device":{"builtin":"nonesuch"}}"#.into(),
+                r#"{"op":"devices"}"#.into(),
+            ],
+        );
+        assert!(answers[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("bad request"));
+        assert!(answers[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("launch_missiles"));
+        assert!(answers[2]["error"].is_string());
+        assert!(answers[3]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no built-in device named \"nonesuch\""));
+        assert_eq!(answers[4]["ok"], serde_json::json!([]));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn any_line_gets_an_answer(line in "[^\n]{0,200}") {
+            let root = tempfile::tempdir().unwrap();
+            let daemon = Daemon::start(crate::Config::new(root.path().to_owned()));
+            let answers = exchange(&daemon, &[line, r#"{"op":"status"}"#.to_owned()]);
+            prop_assert!(answers[0].get("ok").is_some() || answers[0].get("error").is_some());
+            prop_assert!(answers[1]["ok"]["pid"].is_u64());
+        }
+    }
+}
