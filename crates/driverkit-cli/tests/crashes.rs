@@ -27,12 +27,7 @@ fn crashing(behavior: &str, signal_text: &str) {
         }],
     );
     d.cli(&["load", bundle.to_str().unwrap()]);
-    let dev = device_file(
-        &dir,
-        "t.toml",
-        "name = \"T\"\n[properties]\nTestDevice = true\n",
-    );
-    d.cli(&["device", "plug", &dev]);
+    plug_test_device(&d);
     d.wait_log("giving up org.test.Crash/Crasher", 1);
     let log = d.log();
     // One launch and two relaunches, then no more.
@@ -114,15 +109,7 @@ fn killed_from_outside_during_start_then_relaunched() {
         }],
     );
     d.cli(&["load", bundle.to_str().unwrap()]);
-    d.cli(&[
-        "device",
-        "plug",
-        &device_file(
-            &dir,
-            "t.toml",
-            "name = \"T\"\n[properties]\nTestDevice = true\n",
-        ),
-    ]);
+    plug_test_device(&d);
     // TestDriverPID is published before Start sleeps: Start is running.
     let starting = d.wait_node("a TestDriver in Start", |n| {
         n["properties"]["TestDriverPID"].is_u64()
@@ -164,15 +151,7 @@ fn a_hung_start_is_killed_after_the_call_timeout() {
         }],
     );
     d.cli(&["load", bundle.to_str().unwrap()]);
-    d.cli(&[
-        "device",
-        "plug",
-        &device_file(
-            &dir,
-            "t.toml",
-            "name = \"T\"\n[properties]\nTestDevice = true\n",
-        ),
-    ]);
+    plug_test_device(&d);
     d.wait_log("giving up org.test.Hang/Hang", 1);
     let log = d.log();
     assert!(

@@ -128,12 +128,7 @@ fn ctrl_c_stops_every_dext_and_leaves_no_process_behind() {
 fn a_bundle_loaded_at_run_time_matches_existing_devices() {
     let d = Daemon::start(&["--no-embedded", "--no-default-devices"]);
     let dir = d.root.path().to_owned();
-    let dev = device_file(
-        &dir,
-        "t.toml",
-        "name = \"T\"\n[properties]\nTestDevice = true\n",
-    );
-    d.cli(&["device", "plug", &dev]);
+    plug_test_device(&d);
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert!(
         d.nodes().iter().all(|n| n["name"] != "TestDriver"),
@@ -182,12 +177,7 @@ fn one_process_personalities_share_a_pid() {
         ],
     );
     d.cli(&["load", bundle.to_str().unwrap()]);
-    let dev = device_file(
-        &dir,
-        "t.toml",
-        "name = \"T\"\n[properties]\nTestDevice = true\n",
-    );
-    d.cli(&["device", "plug", &dev]);
+    plug_test_device(&d);
     d.wait_until("three active clients", || {
         d.nodes()
             .iter()

@@ -66,13 +66,7 @@ fn categories_attach_side_by_side_the_best_score_wins_and_a_failed_start_hands_o
         ],
     );
     d.cli(&["load", bundle.to_str().unwrap()]);
-    let dev = device_file(
-        &dir,
-        "t.toml",
-        "name = \"T\"\n[properties]\nTestDevice = true\n",
-    );
-    let id = d.cli(&["device", "plug", &dev]);
-    let id = u64::from_str_radix(id.trim().trim_start_matches("0x"), 16).unwrap();
+    let id = plug_test_device(&d);
     d.wait_until("four active clients", || {
         d.nodes()
             .iter()
@@ -181,15 +175,7 @@ fn when_a_driver_goes_away_the_provider_rematches_without_it() {
         ],
     );
     d.cli(&["load", bundle.to_str().unwrap()]);
-    d.cli(&[
-        "device",
-        "plug",
-        &device_file(
-            &dir,
-            "t.toml",
-            "name = \"T\"\n[properties]\nTestDevice = true\n",
-        ),
-    ]);
+    plug_test_device(&d);
     d.wait_node("Successor active", |n| {
         personality(n) == "Successor" && n["state"]["active"] == true
     });

@@ -71,6 +71,25 @@ impl Endpoint {
         })
     }
 
+    /// Answers `request` with `result` (status in the header, payload on
+    /// success). One-way requests get no answer.
+    pub fn reply(&self, request: &Header, result: crate::IOResult<Vec<u8>>) -> io::Result<()> {
+        if request.kind != crate::Kind::Request {
+            return Ok(());
+        }
+        let mut h = Header::new(crate::Kind::Reply);
+        h.call = request.call;
+        h.object = request.object;
+        h.method = request.method;
+        match result {
+            Ok(payload) => self.send(&h, &payload, None),
+            Err(status) => {
+                h.status = status;
+                self.send(&h, &[], None)
+            }
+        }
+    }
+
     /// Sends pre-built bytes as one record.
     pub fn send_raw(&self, msg: &[u8], pass: Option<BorrowedFd<'_>>) -> io::Result<()> {
         let iov = [io::IoSlice::new(msg)];

@@ -251,21 +251,7 @@ fn inherited_socket() -> Option<Endpoint> {
 
 impl Runtime {
     fn reply(&self, request: &Header, result: IOResult<Vec<u8>>) {
-        if request.kind != Kind::Request {
-            return;
-        }
-        let mut h = Header::new(Kind::Reply);
-        h.call = request.call;
-        h.object = request.object;
-        h.method = request.method;
-        let payload = match result {
-            Ok(p) => p,
-            Err(status) => {
-                h.status = status;
-                Vec::new()
-            }
-        };
-        if let Err(e) = self.main.send(&h, &payload, None) {
+        if let Err(e) = self.main.reply(request, result) {
             tracing::warn!("could not reply to the system: {e}");
         }
     }

@@ -193,7 +193,7 @@ impl UserServer {
                             Some(d) => d.kernel_call(self.id, &h, buf.payload()),
                             None => Err(IOReturn::OFFLINE),
                         };
-                        reply(&self.main, &h, result);
+                        let _ = self.main.reply(&h, result);
                     }
                     Kind::Hello => tracing::warn!("{self:?} said hello twice"),
                 },
@@ -235,7 +235,7 @@ impl UserServer {
                     let Some(d) = daemon.upgrade() else { break };
                     let result = d.kernel_call(server, &h, buf.payload());
                     drop(d);
-                    reply(&channel, &h, result);
+                    let _ = channel.reply(&h, result);
                 }
             });
         if let Err(e) = spawned {
@@ -291,21 +291,6 @@ impl Caller for UserServer {
             Err(mpsc::RecvTimeoutError::Disconnected) => Err(IOReturn::OFFLINE),
         }
     }
-}
-
-fn reply(endpoint: &Endpoint, request: &Header, result: IOResult<Vec<u8>>) {
-    if request.kind != Kind::Request {
-        return;
-    }
-    let mut h = Header::new(Kind::Reply);
-    h.call = request.call;
-    h.object = request.object;
-    h.method = request.method;
-    let payload = result.unwrap_or_else(|status| {
-        h.status = status;
-        Vec::new()
-    });
-    let _ = endpoint.send(&h, &payload, None);
 }
 
 fn wait_hello(endpoint: &Endpoint, pid: u32) -> std::io::Result<()> {

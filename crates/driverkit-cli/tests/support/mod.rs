@@ -251,3 +251,15 @@ pub fn personality(node: &Value) -> &str {
         .as_str()
         .unwrap_or("")
 }
+
+/// Plugs a virtual device named `T` with `TestDevice = true` (what the test
+/// personalities match) and returns its registry entry ID.
+pub fn plug_test_device(d: &Daemon) -> u64 {
+    let dev = device_file(
+        d.root.path(),
+        "t.toml",
+        "name = \"T\"\n[properties]\nTestDevice = true\n",
+    );
+    let id = d.cli(&["device", "plug", &dev]);
+    u64::from_str_radix(id.trim().trim_start_matches("0x"), 16).unwrap()
+}
