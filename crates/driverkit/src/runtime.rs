@@ -160,6 +160,9 @@ struct Runtime {
     objects: Mutex<HashMap<ObjectId, Hosted>>,
     /// Idle call channels.
     channels: Mutex<Vec<Channel>>,
+    /// A `Default` queue made ahead of the first `create`, while the system
+    /// is still busy with its side of the launch.
+    spare_queue: Mutex<Option<IODispatchQueue>>,
 }
 
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
@@ -188,6 +191,7 @@ pub fn run(classes: Vec<ClassEntry>) -> ! {
         classes,
         objects: Mutex::new(HashMap::new()),
         channels: Mutex::new(Vec::new()),
+        spare_queue: Mutex::new(None),
     });
     let mut hello = Encoder::new();
     std::process::id().encode(&mut hello);
@@ -298,7 +302,16 @@ impl IOUserServerInterface for ServerHandler {
             provider,
             properties,
         });
-        let queue = IODispatchQueue::create("Default")?;
+        let spare = self
+            .rt
+            .spare_queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let queue = match spare {
+            Some(q) => q,
+            None => IODispatchQueue::create("Default")?,
+        };
         let init = instance.clone();
         queue.dispatch_sync(move || init.init())??;
         self.rt

@@ -23,7 +23,7 @@ use crate::backends::virtual_device::DeviceSpec;
 use crate::families::{self, MatchTarget};
 use crate::matching::{by_category, Candidate, Catalogue};
 use crate::registry::{EntryId, Hosting, Registry};
-use crate::user_server::{Launch, UserServer};
+use crate::user_server::{Launch, Pipelined, UserServer};
 
 /// How the daemon runs.
 #[derive(Debug, Clone)]
@@ -112,6 +112,7 @@ pub(crate) struct Inner {
     changed: Condvar,
     subscribers: Mutex<Vec<mpsc::Sender<Event>>>,
     spawn_lock: Mutex<()>,
+    workers: crate::workers::Workers,
     me: Weak<Inner>,
 }
 
@@ -177,6 +178,7 @@ impl Daemon {
             changed: Condvar::new(),
             subscribers: Mutex::new(Vec::new()),
             spawn_lock: Mutex::new(()),
+            workers: Default::default(),
             me: me.clone(),
         });
         let daemon = Daemon { inner };
@@ -396,24 +398,20 @@ impl Inner {
             .retain(|s| s.send(event.clone()).is_ok());
     }
 
-    /// Runs `f` on its own thread, counted in `jobs` for `wait_idle`.
+    /// Runs `f` on a worker, counted in `jobs` for `wait_idle`.
     fn spawn_job(&self, name: &str, f: impl FnOnce(Arc<Inner>) + Send + 'static) {
         let Some(me) = self.me.upgrade() else { return };
         me.lock().jobs += 1;
         let done = me.clone();
-        let spawned = std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || {
-                f(me);
-                let mut st = done.lock();
-                st.jobs -= 1;
-                drop(st);
-                done.changed.notify_all();
-            });
-        if let Err(e) = spawned {
-            tracing::error!("cannot start a {name} thread: {e}");
-            self.lock().jobs -= 1;
-        }
+        let name = name.to_owned();
+        self.workers.run(move || {
+            tracing::trace!("job {name}");
+            f(me);
+            let mut st = done.lock();
+            st.jobs -= 1;
+            drop(st);
+            done.changed.notify_all();
+        });
     }
 
     pub(crate) fn schedule_match(&self, provider: EntryId) {
@@ -557,17 +555,32 @@ impl Inner {
                 slot.reserved -= 1;
             }
         }
+        // create (init) and start travel together; see `Pipelined`.
+        let began = Instant::now();
+        let pipeline = Pipelined::new(&server);
         let lifecycle = io_user_server_interface::Proxy {
-            caller: &*server,
+            caller: &pipeline,
             object: ObjectId::USER_SERVER,
             flags: 0,
         };
-        if let Err(e) = lifecycle.create(
+        let service = io_service_interface::Proxy {
+            caller: &pipeline,
+            object: ObjectId(id),
+            flags: 0,
+        };
+        let _ = lifecycle.create(
             ObjectId(id),
             p.user_class.clone(),
             ObjectId(provider),
             properties,
-        ) {
+        );
+        let _ = service.start(ObjectId(provider));
+        let mut results = pipeline.finish().into_iter();
+        let (created, started) = (
+            results.next().unwrap_or(Err(IOReturn::INTERNAL_ERROR)),
+            results.next(),
+        );
+        if let Err(e) = created {
             if !server.is_alive() {
                 return Attach::Crashed;
             }
@@ -579,13 +592,7 @@ impl Inner {
             self.discard(id, &server);
             return Attach::Failed;
         }
-        let began = Instant::now();
-        let service = io_service_interface::Proxy {
-            caller: &*server,
-            object: ObjectId(id),
-            flags: 0,
-        };
-        match service.start(ObjectId(provider)) {
+        match started.unwrap_or(Err(IOReturn::INTERNAL_ERROR)) {
             Ok(()) => {
                 let took = began.elapsed();
                 let active = match self.lock().registry.get_mut(id) {

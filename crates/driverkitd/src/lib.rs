@@ -21,6 +21,7 @@ pub mod matching;
 pub mod registry;
 pub mod root;
 mod user_server;
+mod workers;
 
 pub use daemon::{Config, Daemon, DeviceInfo, Event};
 

@@ -244,43 +244,56 @@ impl UserServer {
     }
 }
 
-impl Caller for UserServer {
-    fn call(
+/// A request on its way: wait for it with [`UserServer::wait`].
+pub struct InFlight {
+    call: u32,
+    method: MethodId,
+    reply: mpsc::Receiver<IOResult<Vec<u8>>>,
+}
+
+impl UserServer {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends a request without waiting for its reply.
+    pub fn send_request(
         &self,
         object: ObjectId,
         method: MethodId,
         flags: u8,
         args: &[u8],
-    ) -> IOResult<Vec<u8>> {
+    ) -> IOResult<InFlight> {
         if !self.is_alive() {
             return Err(IOReturn::OFFLINE);
         }
         let call = self.next_call.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(call, tx);
+        let (tx, reply) = mpsc::sync_channel(1);
+        self.pending().insert(call, tx);
         let mut h = Header::new(Kind::Request);
         h.call = call;
         h.object = object;
         h.method = method;
         h.flags = flags;
         if self.main.send(&h, args, None).is_err() {
-            self.pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&call);
+            self.pending().remove(&call);
             return Err(IOReturn::OFFLINE);
         }
-        match rx.recv_timeout(self.call_timeout) {
+        Ok(InFlight {
+            call,
+            method,
+            reply,
+        })
+    }
+
+    /// Waits for a request's reply. A dext that does not answer within the
+    /// call timeout is killed as hung.
+    pub fn wait(&self, request: InFlight) -> IOResult<Vec<u8>> {
+        match request.reply.recv_timeout(self.call_timeout) {
             Ok(result) => result,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                self.pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&call);
-                let name = driverkit_wire::method_name(method).unwrap_or("a method");
+                self.pending().remove(&request.call);
+                let name = driverkit_wire::method_name(request.method).unwrap_or("a method");
                 tracing::error!(
                     "{self:?} did not answer {name} within {:?}; killing it as hung",
                     self.call_timeout
@@ -290,6 +303,62 @@ impl Caller for UserServer {
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => Err(IOReturn::OFFLINE),
         }
+    }
+}
+
+impl Caller for UserServer {
+    fn call(
+        &self,
+        object: ObjectId,
+        method: MethodId,
+        flags: u8,
+        args: &[u8],
+    ) -> IOResult<Vec<u8>> {
+        let request = self.send_request(object, method, flags, args)?;
+        self.wait(request)
+    }
+}
+
+/// Sends calls back to back without waiting, then collects their results in
+/// order: the daemon sends `create` and `start` together, since the dext runs
+/// them in order on the service's queue anyway, saving a round trip on every
+/// driver start. Only for methods that return `()`: each call answers
+/// "nothing yet" at once.
+pub struct Pipelined<'a> {
+    server: &'a UserServer,
+    sent: std::cell::RefCell<Vec<IOResult<InFlight>>>,
+}
+
+impl<'a> Pipelined<'a> {
+    pub fn new(server: &'a UserServer) -> Self {
+        Pipelined {
+            server,
+            sent: Default::default(),
+        }
+    }
+
+    /// The results of every call made through this caller, in order.
+    pub fn finish(self) -> Vec<IOResult<()>> {
+        self.sent
+            .into_inner()
+            .into_iter()
+            .map(|sent| driverkit_wire::decode_reply::<()>(&self.server.wait(sent?)?))
+            .collect()
+    }
+}
+
+impl Caller for Pipelined<'_> {
+    fn call(
+        &self,
+        object: ObjectId,
+        method: MethodId,
+        flags: u8,
+        args: &[u8],
+    ) -> IOResult<Vec<u8>> {
+        self.sent
+            .borrow_mut()
+            .push(self.server.send_request(object, method, flags, args));
+        Ok(Vec::new())
     }
 }
 

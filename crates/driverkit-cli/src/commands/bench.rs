@@ -85,7 +85,7 @@ pub fn bench(args: BenchArgs) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let json = args.json;
     rpc_roundtrip(dir.path(), 20_000 / scale)?.print(json);
-    spawn_to_start(dir.path(), 40 / scale.min(4))?.print(json);
+    spawn_to_start(dir.path(), 100 / scale)?.print(json);
     match_per_device(1_000 / scale)?.print(json);
     dext_rss(dir.path())?.print(json);
     daemon_rss(dir.path(), 100)?.print(json);
@@ -235,26 +235,38 @@ fn rpc_roundtrip(root: &Path, n: usize) -> Result<Figure, String> {
     })
 }
 
+/// Baseline and measurement alternate, so that both see the same machine;
+/// each iteration waits for the previous dext to exit.
 fn spawn_to_start(root: &Path, n: usize) -> Result<Figure, String> {
-    let mut floor = Vec::new();
-    for _ in 0..n {
-        let t = Instant::now();
-        let (child, ep) = spawn_echo()?;
-        floor.push(t.elapsed().as_nanos() as f64 / 1e3);
-        stop_echo(child, ep);
-    }
     let daemon = bench_daemon(root, &drivers::TOOLS[1])?;
     let events = daemon.subscribe();
+    let mut floor = Vec::new();
     let mut samples = Vec::new();
-    for i in 0..n {
-        let t = Instant::now();
-        let dev = daemon.plug(bench_device(&format!("BenchSpawn{i}"), &[]));
-        let (_, at) = wait_started(&events, dev)?;
-        samples.push(at.duration_since(t).as_nanos() as f64 / 1e3);
-        daemon.unplug(dev)?;
-        daemon.wait_idle(Duration::from_secs(10));
-    }
+    let result = (|| {
+        for i in 0..n {
+            let t = Instant::now();
+            let (child, ep) = spawn_echo()?;
+            floor.push(t.elapsed().as_nanos() as f64 / 1e3);
+            stop_echo(child, ep);
+
+            let t = Instant::now();
+            let dev = daemon.plug(bench_device(&format!("BenchSpawn{i}"), &[]));
+            let (_, at) = wait_started(&events, dev)?;
+            samples.push(at.duration_since(t).as_nanos() as f64 / 1e3);
+            daemon.unplug(dev)?;
+            loop {
+                match events.recv_timeout(Duration::from_secs(10)) {
+                    Ok(Event::Exited { .. }) => break,
+                    Ok(_) => continue,
+                    Err(_) => return Err("the bench dext did not exit".to_owned()),
+                }
+            }
+            daemon.wait_idle(Duration::from_secs(10));
+        }
+        Ok(())
+    })();
     daemon.shutdown();
+    result?;
     let (b50, b99) = percentiles(floor);
     let (p50, p99) = percentiles(samples);
     Ok(Figure {
