@@ -87,7 +87,9 @@ mod tests {
         // Two jobs that block until released.
         for _ in 0..2 {
             let rx = release_rx.clone();
-            pool.run(move || drop(rx.lock().unwrap().recv()));
+            pool.run(move || {
+                let _ = rx.lock().unwrap().recv();
+            });
         }
         let (done_tx, done_rx) = mpsc::channel();
         pool.run(move || done_tx.send(()).unwrap());
