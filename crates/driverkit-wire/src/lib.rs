@@ -16,6 +16,8 @@ pub mod codec;
 pub mod header;
 pub mod interfaces;
 mod ioreturn;
+pub mod ring;
+pub mod shm;
 pub mod transport;
 
 pub use codec::{decode_reply, Bytes, Decoder, Encoder, Wire, WireError};

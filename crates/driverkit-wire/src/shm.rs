@@ -1,0 +1,291 @@
+//! Shared memory between the daemon and a dext: sealed memfd regions, and a
+//! doorbell that waits by spinning briefly and then parking on a futex.
+//!
+//! A region's creator seals its size (`F_SEAL_SHRINK | F_SEAL_GROW`) before
+//! passing it on, and a receiver refuses a region without those seals: a
+//! peer that could shrink the file under our mapping could crash us with
+//! `SIGBUS`. Everything a peer can write is treated as untrusted input:
+//! lengths and positions read from a region are checked before use.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::thread::futex;
+
+/// A memfd mapped into this process.
+#[derive(Debug)]
+pub struct SharedMemory {
+    fd: OwnedFd,
+    map: memmap2::MmapRaw,
+}
+
+// SAFETY: the mapping is plain memory; concurrent access goes through
+// atomics or through the copy helpers below.
+unsafe impl Send for SharedMemory {}
+unsafe impl Sync for SharedMemory {}
+
+const REQUIRED_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
+
+impl SharedMemory {
+    /// A new zeroed region of `len` bytes, sealed against resizing.
+    pub fn create(name: &str, len: usize) -> io::Result<SharedMemory> {
+        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+        rustix::fs::ftruncate(&fd, len as u64)?;
+        rustix::fs::fcntl_add_seals(&fd, REQUIRED_SEALS | SealFlags::SEAL)?;
+        Self::map(fd)
+    }
+
+    /// Maps a region received from a peer, after checking that its size is
+    /// sealed and at least `min_len`.
+    pub fn from_fd(fd: OwnedFd, min_len: usize) -> io::Result<SharedMemory> {
+        let seals = rustix::fs::fcntl_get_seals(&fd)?;
+        if !seals.contains(REQUIRED_SEALS) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "shared memory is not sealed against resizing",
+            ));
+        }
+        let len = rustix::fs::fstat(&fd)?.st_size as usize;
+        if len < min_len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("shared memory of {len} bytes, expected at least {min_len}"),
+            ));
+        }
+        Self::map(fd)
+    }
+
+    fn map(fd: OwnedFd) -> io::Result<SharedMemory> {
+        let file = std::fs::File::from(fd.try_clone()?);
+        let map = memmap2::MmapRaw::map_raw(&file)?;
+        Ok(SharedMemory { fd, map })
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True for an empty region.
+    pub fn is_empty(&self) -> bool {
+        self.map.len() == 0
+    }
+
+    /// Base address of the mapping in this process.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.map.as_mut_ptr()
+    }
+
+    /// The atomic `u32` at `offset`. Offsets are layout constants of the
+    /// structures built on a region, so a bad one is a bug, not input.
+    pub fn u32_at(&self, offset: usize) -> &AtomicU32 {
+        assert!(
+            offset.is_multiple_of(4) && offset + 4 <= self.len(),
+            "u32 at {offset} outside the region"
+        );
+        // SAFETY: in bounds and aligned (the mapping is page aligned);
+        // AtomicU32 has the layout of u32 and any bit pattern is valid.
+        unsafe { &*(self.as_ptr().add(offset) as *const AtomicU32) }
+    }
+
+    /// The atomic `u64` at `offset`.
+    pub fn u64_at(&self, offset: usize) -> &AtomicU64 {
+        assert!(
+            offset.is_multiple_of(8) && offset + 8 <= self.len(),
+            "u64 at {offset} outside the region"
+        );
+        // SAFETY: as for `u32_at`.
+        unsafe { &*(self.as_ptr().add(offset) as *const AtomicU64) }
+    }
+
+    /// Copies `out.len()` bytes from `offset`; false when out of bounds.
+    pub fn read(&self, offset: usize, out: &mut [u8]) -> bool {
+        if offset
+            .checked_add(out.len())
+            .is_none_or(|end| end > self.len())
+        {
+            return false;
+        }
+        // SAFETY: in bounds; the peer writes this range only before it
+        // publishes it with a release store we have acquired.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), out.as_mut_ptr(), out.len())
+        };
+        true
+    }
+
+    /// Copies `data` to `offset`; false when out of bounds.
+    pub fn write(&self, offset: usize, data: &[u8]) -> bool {
+        if offset
+            .checked_add(data.len())
+            .is_none_or(|end| end > self.len())
+        {
+            return false;
+        }
+        // SAFETY: in bounds; the peer reads this range only after we
+        // publish it with a release store.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.as_ptr().add(offset), data.len())
+        };
+        true
+    }
+}
+
+impl AsFd for SharedMemory {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// How long a waiter spins before it parks. Cross-core wake-ups through the
+/// kernel cost tens of microseconds here; spinning this long catches a busy
+/// peer's next event without a syscall on either side, and an idle waiter
+/// still parks almost at once.
+pub const SPIN: Duration = Duration::from_micros(50);
+
+/// How long a parked waiter sleeps before it looks again on its own. Only a
+/// safety net (a peer that died between publishing and ringing); normal
+/// wake-ups come from `ring`.
+const PARK_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// A doorbell in shared memory: an event counter (the futex word) and a
+/// count of parked waiters, at `offset` and `offset + 4`.
+#[derive(Clone, Copy)]
+pub struct Doorbell<'a> {
+    seq: &'a AtomicU32,
+    parked: &'a AtomicU32,
+}
+
+impl<'a> Doorbell<'a> {
+    /// The doorbell at `offset` of `shm`.
+    pub fn at(shm: &'a SharedMemory, offset: usize) -> Doorbell<'a> {
+        Doorbell {
+            seq: shm.u32_at(offset),
+            parked: shm.u32_at(offset + 4),
+        }
+    }
+
+    /// Announces an event; wakes a parked waiter, if there is one. A
+    /// waiter that is spinning costs the ringer nothing but a store.
+    pub fn ring(&self) {
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst) != 0 {
+            let _ = futex::wake(self.seq, futex::Flags::empty(), u32::MAX);
+        }
+    }
+
+    /// Waits until `ready()` holds, spinning for `spin` and then parking.
+    /// `ready` must become true only after the event's `ring` (or be
+    /// checked again after it), which is what the ring's sequence number
+    /// guarantees. Returns false on `deadline`.
+    pub fn wait(
+        &self,
+        spin: Duration,
+        deadline: Option<Instant>,
+        mut ready: impl FnMut() -> bool,
+    ) -> bool {
+        if ready() {
+            return true;
+        }
+        let spin_until = Instant::now() + spin;
+        let mut n = 0u32;
+        loop {
+            if ready() {
+                return true;
+            }
+            std::hint::spin_loop();
+            n = n.wrapping_add(1);
+            if n % 64 == 0 && Instant::now() >= spin_until {
+                break;
+            }
+        }
+        loop {
+            let seen = self.seq.load(Ordering::SeqCst);
+            self.parked.fetch_add(1, Ordering::SeqCst);
+            // Checked after announcing ourselves: a ring between this check
+            // and the wait changes `seq`, so the wait returns at once.
+            if ready() {
+                self.parked.fetch_sub(1, Ordering::SeqCst);
+                return true;
+            }
+            let mut timeout = PARK_TIMEOUT;
+            if let Some(d) = deadline {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    self.parked.fetch_sub(1, Ordering::SeqCst);
+                    return false;
+                }
+                timeout = timeout.min(left);
+            }
+            let ts = rustix::thread::futex::Timespec {
+                tv_sec: timeout.as_secs() as i64,
+                tv_nsec: timeout.subsec_nanos() as i64,
+            };
+            let _ = futex::wait(self.seq, futex::Flags::empty(), seen, Some(&ts));
+            self.parked.fetch_sub(1, Ordering::SeqCst);
+            if ready() {
+                return true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn regions_travel_sealed_and_unsealed_ones_are_refused() {
+        let a = SharedMemory::create("t", 4096).unwrap();
+        let b = SharedMemory::from_fd(a.as_fd().try_clone_to_owned().unwrap(), 4096).unwrap();
+        assert!(a.write(100, b"hello"));
+        let mut out = [0u8; 5];
+        assert!(b.read(100, &mut out));
+        assert_eq!(&out, b"hello");
+        assert!(!b.read(4094, &mut out), "out of bounds");
+        assert!(
+            SharedMemory::from_fd(a.as_fd().try_clone_to_owned().unwrap(), 8192).is_err(),
+            "too small"
+        );
+        let raw = rustix::fs::memfd_create("raw", MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&raw, 4096).unwrap();
+        let err = SharedMemory::from_fd(raw, 4096).unwrap_err();
+        assert!(err.to_string().contains("not sealed"), "{err}");
+    }
+
+    #[test]
+    fn a_parked_waiter_is_woken_by_a_ring() {
+        let shm = Arc::new(SharedMemory::create("bell", 4096).unwrap());
+        let flag = shm.u32_at(64);
+        let waiter = {
+            let shm = shm.clone();
+            std::thread::spawn(move || {
+                let bell = Doorbell::at(&shm, 0);
+                bell.wait(
+                    Duration::ZERO,
+                    Some(Instant::now() + Duration::from_secs(10)),
+                    || shm.u32_at(64).load(Ordering::Acquire) == 1,
+                )
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        flag.store(1, Ordering::Release);
+        Doorbell::at(&shm, 0).ring();
+        assert!(waiter.join().unwrap());
+    }
+
+    #[test]
+    fn a_wait_gives_up_at_its_deadline() {
+        let shm = SharedMemory::create("late", 4096).unwrap();
+        let ok = Doorbell::at(&shm, 0).wait(
+            Duration::ZERO,
+            Some(Instant::now() + Duration::from_millis(20)),
+            || false,
+        );
+        assert!(!ok);
+    }
+}
