@@ -198,7 +198,7 @@ impl<'a> Doorbell<'a> {
             }
             std::hint::spin_loop();
             n = n.wrapping_add(1);
-            if n % 64 == 0 && Instant::now() >= spin_until {
+            if n.is_multiple_of(64) && Instant::now() >= spin_until {
                 break;
             }
         }
