@@ -11,6 +11,7 @@
 //! - [`classes`]: the system class hierarchy;
 //! - [`IOReturn`]: DriverKit's status codes.
 
+pub mod channel;
 pub mod classes;
 pub mod codec;
 pub mod header;

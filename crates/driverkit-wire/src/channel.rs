@@ -1,0 +1,248 @@
+//! A call channel in shared memory: the hot path of calls from a dext into
+//! the system. One call is in flight at a time; a caller holds the channel
+//! for the length of its call (the SDK pools channels).
+//!
+//! ```text
+//!   0  request doorbell        128  closed flag
+//!  64  reply doorbell          132  request length   136  reply length
+//! 192  request area (MAX_MESSAGE bytes)   192 + MAX_MESSAGE  reply area
+//! ```
+//!
+//! A message is the same bytes as on a socket (header and payload), so
+//! both paths share one parser. The server copies a request out of the
+//! region before parsing it: the peer could change it while it is read.
+//! Either side may close the channel; waiters on both sides then return.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::shm::{Doorbell, SharedMemory, SPIN};
+use crate::transport::MAX_MESSAGE;
+
+const REQUEST_BELL: usize = 0;
+const REPLY_BELL: usize = 64;
+const CLOSED: usize = 128;
+const REQUEST_LEN: usize = 132;
+const REPLY_LEN: usize = 136;
+const REQUEST: usize = 192;
+const REPLY: usize = REQUEST + MAX_MESSAGE;
+/// The size of a channel's region.
+pub const LEN: usize = REPLY + MAX_MESSAGE;
+
+/// Why a call did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelError {
+    /// The other side closed the channel (or went away).
+    Closed,
+    /// The message does not fit the channel.
+    TooLarge,
+    /// The peer published a length larger than the area.
+    Corrupt,
+    /// No reply before the deadline.
+    Timeout,
+}
+
+/// One end of a call channel.
+#[derive(Debug)]
+pub struct ShmChannel {
+    shm: SharedMemory,
+}
+
+impl ShmChannel {
+    /// A new channel (the caller's end).
+    pub fn create() -> std::io::Result<ShmChannel> {
+        Ok(ShmChannel {
+            shm: SharedMemory::create("driverkit-channel", LEN)?,
+        })
+    }
+
+    /// The server's end of a channel received from a peer.
+    pub fn open(shm: SharedMemory) -> std::io::Result<ShmChannel> {
+        if shm.len() < LEN {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "call channel region too small",
+            ));
+        }
+        Ok(ShmChannel { shm })
+    }
+
+    /// The region, to pass to the peer.
+    pub fn memory(&self) -> &SharedMemory {
+        &self.shm
+    }
+
+    fn bell(&self, at: usize) -> Doorbell<'_> {
+        Doorbell::at(&self.shm, at)
+    }
+
+    /// True once either side closed the channel.
+    pub fn is_closed(&self) -> bool {
+        self.shm.u32_at(CLOSED).load(Ordering::Acquire) != 0
+    }
+
+    /// Closes the channel and wakes both sides.
+    pub fn close(&self) {
+        self.shm.u32_at(CLOSED).store(1, Ordering::Release);
+        self.bell(REQUEST_BELL).ring();
+        self.bell(REPLY_BELL).ring();
+    }
+
+    /// Caller: sends `request` and waits for the reply, copied into `reply`.
+    pub fn call(
+        &self,
+        request: &[u8],
+        reply: &mut Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<(), ChannelError> {
+        if request.len() > MAX_MESSAGE {
+            return Err(ChannelError::TooLarge);
+        }
+        if self.is_closed() {
+            return Err(ChannelError::Closed);
+        }
+        let replies = self.shm.u32_at(REPLY_BELL);
+        let before = replies.load(Ordering::Acquire);
+        self.shm.write(REQUEST, request);
+        self.shm
+            .u32_at(REQUEST_LEN)
+            .store(request.len() as u32, Ordering::Release);
+        self.bell(REQUEST_BELL).ring();
+        let answered = self.bell(REPLY_BELL).wait(SPIN, deadline, || {
+            replies.load(Ordering::Acquire) != before || self.is_closed()
+        });
+        if !answered {
+            return Err(ChannelError::Timeout);
+        }
+        // Closing rings the bell too; it is never a reply.
+        if self.is_closed() {
+            return Err(ChannelError::Closed);
+        }
+        let len = self.shm.u32_at(REPLY_LEN).load(Ordering::Acquire) as usize;
+        if len > MAX_MESSAGE {
+            return Err(ChannelError::Corrupt);
+        }
+        reply.clear();
+        reply.resize(len, 0);
+        self.shm.read(REPLY, reply);
+        Ok(())
+    }
+
+    /// Server: answers requests with `handle` until the channel closes.
+    /// Between requests it spins for `spin`, then parks. A channel is served
+    /// once, from its creation: counting starts at zero, so a request made
+    /// before the server started is not missed.
+    pub fn serve(
+        &self,
+        spin: Duration,
+        mut handle: impl FnMut(&[u8], &mut Vec<u8>),
+    ) -> ChannelError {
+        let requests = self.shm.u32_at(REQUEST_BELL);
+        let mut seen = 0;
+        let mut request = Vec::new();
+        let mut reply = Vec::new();
+        loop {
+            self.bell(REQUEST_BELL).wait(spin, None, || {
+                requests.load(Ordering::Acquire) != seen || self.is_closed()
+            });
+            if self.is_closed() {
+                return ChannelError::Closed;
+            }
+            seen = requests.load(Ordering::Acquire);
+            let len = self.shm.u32_at(REQUEST_LEN).load(Ordering::Acquire) as usize;
+            if len > MAX_MESSAGE {
+                self.close();
+                return ChannelError::Corrupt;
+            }
+            request.clear();
+            request.resize(len, 0);
+            self.shm.read(REQUEST, &mut request);
+            reply.clear();
+            handle(&request, &mut reply);
+            let n = reply.len().min(MAX_MESSAGE);
+            self.shm.write(REPLY, &reply[..n]);
+            self.shm
+                .u32_at(REPLY_LEN)
+                .store(n as u32, Ordering::Release);
+            self.bell(REPLY_BELL).ring();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::sync::Arc;
+
+    fn pair() -> (ShmChannel, Arc<ShmChannel>) {
+        let client = ShmChannel::create().unwrap();
+        let shared =
+            SharedMemory::from_fd(client.memory().as_fd().try_clone_to_owned().unwrap(), LEN)
+                .unwrap();
+        (client, Arc::new(ShmChannel::open(shared).unwrap()))
+    }
+
+    #[test]
+    fn calls_are_answered_in_turn_then_close_ends_both_sides() {
+        let (client, server) = pair();
+        let s = server.clone();
+        let serving = std::thread::spawn(move || {
+            s.serve(Duration::from_micros(10), |req, rep| {
+                rep.extend_from_slice(b"re:");
+                rep.extend_from_slice(req);
+            })
+        });
+        let mut reply = Vec::new();
+        for i in 0..1000u32 {
+            client.call(&i.to_le_bytes(), &mut reply, None).unwrap();
+            assert_eq!(reply[3..], i.to_le_bytes());
+        }
+        // Idle long enough for the server to park, then call again.
+        std::thread::sleep(Duration::from_millis(20));
+        client.call(b"late", &mut reply, None).unwrap();
+        assert_eq!(reply, b"re:late");
+        client.close();
+        assert_eq!(serving.join().unwrap(), ChannelError::Closed);
+        assert_eq!(
+            client.call(b"x", &mut reply, None),
+            Err(ChannelError::Closed)
+        );
+    }
+
+    #[test]
+    fn a_waiting_caller_returns_when_the_server_closes() {
+        let (client, server) = pair();
+        let s = server.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            s.close();
+        });
+        let mut reply = Vec::new();
+        assert_eq!(
+            client.call(b"never answered", &mut reply, None),
+            Err(ChannelError::Closed)
+        );
+        let deadline = Some(Instant::now() + Duration::from_millis(10));
+        let (client, _server) = pair();
+        assert_eq!(
+            client.call(b"slow", &mut reply, deadline),
+            Err(ChannelError::Timeout)
+        );
+    }
+
+    #[test]
+    fn a_lying_length_closes_the_channel() {
+        let (client, server) = pair();
+        client
+            .memory()
+            .u32_at(REQUEST_LEN)
+            .store(u32::MAX, Ordering::Release);
+        Doorbell::at(client.memory(), REQUEST_BELL).ring();
+        assert_eq!(
+            server.serve(Duration::ZERO, |_, _| unreachable!("not handled")),
+            ChannelError::Corrupt
+        );
+        assert!(client.is_closed());
+    }
+}
