@@ -3,10 +3,15 @@
 //! for the length of its call (the SDK pools channels).
 //!
 //! ```text
-//!   0  request doorbell        128  closed flag
-//!  64  reply doorbell          132  request length   136  reply length
-//! 192  request area (MAX_MESSAGE bytes)   192 + MAX_MESSAGE  reply area
+//!      0  closed flag (a cache line of its own)
+//!     64  request slot: doorbell (counter, parked) | length | message...
+//!  SLOT2  reply slot:   doorbell (counter, parked) | length | message...
 //! ```
+//!
+//! Each slot keeps its counter, its length and the start of its message on
+//! one cache line, so a small call moves one line each way, as close to the
+//! two-counter spin floor as a call with a payload gets. Waiters watch only
+//! the counter; closing rings both doorbells, so it is noticed anyway.
 //!
 //! A message is the same bytes as on a socket (header and payload), so
 //! both paths share one parser. The server copies a request out of the
@@ -19,15 +24,17 @@ use std::time::{Duration, Instant};
 use crate::shm::{Doorbell, SharedMemory, SPIN};
 use crate::transport::MAX_MESSAGE;
 
-const REQUEST_BELL: usize = 0;
-const REPLY_BELL: usize = 64;
-const CLOSED: usize = 128;
-const REQUEST_LEN: usize = 132;
-const REPLY_LEN: usize = 136;
-const REQUEST: usize = 192;
-const REPLY: usize = REQUEST + MAX_MESSAGE;
+const CLOSED: usize = 0;
+/// A slot: doorbell at +0 (counter, parked), length at +8, message at +16.
+const SLOT_LEN: usize = (16 + MAX_MESSAGE).next_multiple_of(64);
+const REQUEST_BELL: usize = 64;
+const REQUEST_LEN: usize = REQUEST_BELL + 8;
+const REQUEST: usize = REQUEST_BELL + 16;
+const REPLY_BELL: usize = REQUEST_BELL + SLOT_LEN;
+const REPLY_LEN: usize = REPLY_BELL + 8;
+const REPLY: usize = REPLY_BELL + 16;
 /// The size of a channel's region.
-pub const LEN: usize = REPLY + MAX_MESSAGE;
+pub const LEN: usize = REPLY_BELL + SLOT_LEN;
 
 /// Why a call did not complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,9 +115,9 @@ impl ShmChannel {
             .u32_at(REQUEST_LEN)
             .store(request.len() as u32, Ordering::Release);
         self.bell(REQUEST_BELL).ring();
-        let answered = self.bell(REPLY_BELL).wait(SPIN, deadline, || {
-            replies.load(Ordering::Acquire) != before || self.is_closed()
-        });
+        let answered = self
+            .bell(REPLY_BELL)
+            .wait(SPIN, deadline, || replies.load(Ordering::Acquire) != before);
         if !answered {
             return Err(ChannelError::Timeout);
         }

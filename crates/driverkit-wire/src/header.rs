@@ -238,6 +238,22 @@ impl Header {
         })
     }
 
+    /// Writes the reply to `request` carrying `result` into `out`: the
+    /// status in the header, the payload on success.
+    pub fn emit_reply(request: &Header, result: &crate::IOResult<Vec<u8>>, out: &mut Vec<u8>) {
+        let mut h = Header::new(Kind::Reply);
+        h.call = request.call;
+        h.object = request.object;
+        h.method = request.method;
+        match result {
+            Ok(payload) => h.emit(payload, out),
+            Err(status) => {
+                h.status = *status;
+                h.emit(&[], out)
+            }
+        }
+    }
+
     /// Writes this header and `payload` as one message into `out` (cleared first).
     pub fn emit(&self, payload: &[u8], out: &mut Vec<u8>) {
         out.clear();

@@ -190,7 +190,10 @@ impl<'a> Doorbell<'a> {
         if ready() {
             return true;
         }
-        let spin_until = Instant::now() + spin;
+        // The clock is read only once spinning has gone on for a while: a
+        // busy peer answers within a few dozen spins, and a clock read costs
+        // as much as a cache-line transfer here.
+        let mut spin_until = None;
         let mut n = 0u32;
         loop {
             if ready() {
@@ -198,8 +201,11 @@ impl<'a> Doorbell<'a> {
             }
             std::hint::spin_loop();
             n = n.wrapping_add(1);
-            if n.is_multiple_of(64) && Instant::now() >= spin_until {
-                break;
+            if n.is_multiple_of(64) {
+                let now = Instant::now();
+                if now >= *spin_until.get_or_insert(now + spin) {
+                    break;
+                }
             }
         }
         loop {

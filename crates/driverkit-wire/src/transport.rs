@@ -77,17 +77,9 @@ impl Endpoint {
         if request.kind != crate::Kind::Request {
             return Ok(());
         }
-        let mut h = Header::new(crate::Kind::Reply);
-        h.call = request.call;
-        h.object = request.object;
-        h.method = request.method;
-        match result {
-            Ok(payload) => self.send(&h, &payload, None),
-            Err(status) => {
-                h.status = status;
-                self.send(&h, &[], None)
-            }
-        }
+        let mut msg = Vec::new();
+        Header::emit_reply(request, &result, &mut msg);
+        self.send_raw(&msg, None)
     }
 
     /// Sends pre-built bytes as one record.

@@ -4,20 +4,23 @@
 //!
 //! Threads: the main thread reads the control socket the daemon handed over;
 //! each service's `Default` queue runs that service's methods. Calls into
-//! the system travel on call channels (socketpairs whose other end travels
-//! to the daemon once, where a thread of its own serves it): a caller takes
-//! a channel from a pool, so a call is one send and one receive with no
-//! hand-off between threads, and a dext holds only as many channels as it
-//! ever made calls at once. One channel is opened right after hello, so
+//! the system travel on call channels (shared-memory regions that travel to
+//! the daemon once, where a thread of its own serves each, spinning briefly
+//! between calls and then parking): a thread keeps the channel it used last,
+//! and otherwise takes one from a pool, so a call takes no lock and makes no
+//! hand-off between threads. One channel is opened right after hello, so
 //! the first `super_start` does not wait for one.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use driverkit_wire::channel::{ChannelError, ShmChannel};
 use driverkit_wire::interfaces::{io_user_server_interface, IOUserServerInterface};
-use driverkit_wire::transport::{self, Endpoint, MessageBuf};
-use driverkit_wire::{Caller, Encoder, Header, IOResult, IOReturn, Kind, MethodId, ObjectId, Wire};
+use driverkit_wire::transport::{Endpoint, MessageBuf};
+use driverkit_wire::{
+    Caller, Encoder, Header, IOResult, IOReturn, Kind, MethodId, ObjectId, Packet, Wire,
+};
 
 use crate::queue::IODispatchQueue;
 use crate::service::{IOService, IOServiceImpl};
@@ -346,22 +349,25 @@ impl IOUserServerInterface for ServerHandler {
     }
 }
 
-/// A connection for calls into the system, used by one caller at a time.
+/// A connection for calls into the system, used by one caller at a time:
+/// a call channel in shared memory, whose region travels to the daemon once.
 struct Channel {
-    endpoint: Endpoint,
-    buf: MessageBuf,
+    shm: ShmChannel,
+    request: Vec<u8>,
+    reply: Vec<u8>,
     next_call: u32,
 }
 
 impl Channel {
     fn open(rt: &Runtime) -> IOResult<Channel> {
-        let (mine, theirs) = transport::socketpair().map_err(|_| IOReturn::NO_RESOURCES)?;
+        let shm = ShmChannel::create().map_err(|_| IOReturn::NO_RESOURCES)?;
         rt.main
-            .send(&Header::new(Kind::Channel), &[], Some(theirs.as_fd()))
+            .send(&Header::new(Kind::Channel), &[], Some(shm.memory().as_fd()))
             .map_err(|_| IOReturn::OFFLINE)?;
         Ok(Channel {
-            endpoint: mine,
-            buf: MessageBuf::default(),
+            shm,
+            request: Vec::new(),
+            reply: Vec::new(),
             next_call: 1,
         })
     }
@@ -380,23 +386,46 @@ impl Channel {
         h.call = call;
         h.object = object;
         h.method = method;
-        self.endpoint
-            .send(&h, args, None)
-            .map_err(|_| IOReturn::OFFLINE)?;
-        loop {
-            match self.endpoint.recv_message(&mut self.buf) {
-                Ok(Some((reply, _))) if reply.kind == Kind::Reply && reply.call == call => {
-                    reply.status.into_result()?;
-                    return Ok(self.buf.payload().to_vec());
+        h.emit(args, &mut self.request);
+        self.shm
+            .call(&self.request, &mut self.reply, None)
+            .map_err(|e| match e {
+                ChannelError::TooLarge => IOReturn::BAD_ARGUMENT,
+                ChannelError::Closed | ChannelError::Corrupt | ChannelError::Timeout => {
+                    IOReturn::OFFLINE
                 }
-                Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => return Err(IOReturn::OFFLINE),
-            }
+            })?;
+        let reply = Header::parse(&Packet::new_unchecked(&self.reply[..]))
+            .map_err(|_| IOReturn::OFFLINE)?;
+        if reply.kind != Kind::Reply || reply.call != call {
+            return Err(IOReturn::OFFLINE);
+        }
+        reply.status.into_result()?;
+        Ok(self.reply[driverkit_wire::HEADER_LEN..].to_vec())
+    }
+}
+
+/// The channel a thread used last, kept for its next call so that the hot
+/// path takes no lock; given back to the pool when the thread ends.
+struct CachedChannel(Option<Channel>);
+
+impl Drop for CachedChannel {
+    fn drop(&mut self) {
+        if let (Some(c), Some(rt)) = (self.0.take(), RUNTIME.get()) {
+            rt.channels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(c);
         }
     }
 }
 
-/// Carries the driver's calls to the system over a pooled channel.
+thread_local! {
+    static CACHED: std::cell::RefCell<CachedChannel> = const { std::cell::RefCell::new(CachedChannel(None)) };
+}
+
+/// Carries the driver's calls to the system over a call channel: the one
+/// this thread used last, else one from the pool, else a new one.
 pub(crate) struct SystemCaller;
 
 impl Caller for SystemCaller {
@@ -408,18 +437,26 @@ impl Caller for SystemCaller {
         args: &[u8],
     ) -> IOResult<Vec<u8>> {
         let rt = RUNTIME.get().ok_or(IOReturn::NOT_READY)?;
-        let pooled = rt.channels.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut channel = match pooled {
+        // Taken out for the length of the call: a call made from inside
+        // another (there are none today) would simply use a second channel.
+        let cached = CACHED.with(|c| c.borrow_mut().0.take());
+        let mut channel = match cached {
             Some(c) => c,
-            None => Channel::open(rt)?,
+            None => match rt.channels.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+                Some(c) => c,
+                None => Channel::open(rt)?,
+            },
         };
         let result = channel.call(object, method, flags, args);
-        // A channel whose peer is gone is dropped, not pooled.
+        // A channel whose peer is gone is dropped, not kept.
         if result != Err(IOReturn::OFFLINE) {
-            rt.channels
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(channel);
+            let spare = CACHED.with(|c| c.borrow_mut().0.replace(channel));
+            if let Some(spare) = spare {
+                rt.channels
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(spare);
+            }
         }
         result
     }

@@ -21,8 +21,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex, Weak};
 use std::time::Duration;
 
+use driverkit_wire::channel::{self, ShmChannel};
+use driverkit_wire::shm::{self, SharedMemory};
 use driverkit_wire::transport::{self, Endpoint, MessageBuf};
-use driverkit_wire::{Caller, Decoder, Header, IOResult, IOReturn, Kind, MethodId, ObjectId, Wire};
+use driverkit_wire::{
+    Caller, Decoder, Header, IOResult, IOReturn, Kind, MethodId, ObjectId, Packet, Wire,
+};
 
 use crate::daemon::Inner;
 
@@ -54,6 +58,9 @@ pub struct UserServer {
     alive: AtomicBool,
     exit_requested: AtomicBool,
     call_timeout: Duration,
+    /// Call channels being served, closed when the process ends so that
+    /// their threads end too.
+    channels: Mutex<Vec<Arc<ShmChannel>>>,
 }
 
 impl std::fmt::Debug for UserServer {
@@ -124,6 +131,7 @@ impl UserServer {
             alive: AtomicBool::new(true),
             exit_requested: AtomicBool::new(false),
             call_timeout: launch.call_timeout,
+            channels: Mutex::new(Vec::new()),
         });
         let reader = server.clone();
         std::thread::Builder::new()
@@ -183,10 +191,16 @@ impl UserServer {
                             let _ = waiter.send(result);
                         }
                     }
-                    Kind::Channel => match fd {
-                        Some(fd) => self.serve_channel(Endpoint::new(fd), daemon.clone()),
-                        None => tracing::warn!("{self:?} opened a channel without a socket"),
-                    },
+                    Kind::Channel => {
+                        let channel = fd
+                            .ok_or_else(|| std::io::Error::other("no region passed"))
+                            .and_then(|fd| SharedMemory::from_fd(fd, channel::LEN))
+                            .and_then(ShmChannel::open);
+                        match channel {
+                            Ok(c) => self.serve_channel(Arc::new(c), daemon.clone()),
+                            Err(e) => tracing::warn!("{self:?} opened a bad call channel: {e}"),
+                        }
+                    }
                     Kind::Request | Kind::Oneway => {
                         // Calls normally travel on channels; answer anyway.
                         let result = match daemon.upgrade() {
@@ -207,6 +221,14 @@ impl UserServer {
             }
         };
         self.alive.store(false, Ordering::Release);
+        for channel in self
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            channel.close();
+        }
         for (_, waiter) in self
             .pending
             .lock()
@@ -221,22 +243,38 @@ impl UserServer {
         }
     }
 
-    fn serve_channel(&self, channel: Endpoint, daemon: Weak<Inner>) {
+    fn serve_channel(&self, channel: Arc<ShmChannel>, daemon: Weak<Inner>) {
         let server = self.id;
         let pid = self.pid;
+        self.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(channel.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("channel:{pid}"))
             .spawn(move || {
-                let mut buf = MessageBuf::default();
-                while let Ok(Some((h, _))) = channel.recv_message(&mut buf) {
-                    if h.kind != Kind::Request && h.kind != Kind::Oneway {
-                        continue;
-                    }
-                    let Some(d) = daemon.upgrade() else { break };
-                    let result = d.kernel_call(server, &h, buf.payload());
-                    drop(d);
-                    let _ = channel.reply(&h, result);
-                }
+                let end = channel.serve(shm::SPIN, |request, reply| {
+                    let header = match Header::parse(&Packet::new_unchecked(request)) {
+                        Ok(h) if h.kind == Kind::Request => h,
+                        _ => {
+                            // Not a call: answer with an error the caller can see.
+                            Header::emit_reply(
+                                &Header::new(Kind::Request),
+                                &Err(IOReturn::BAD_ARGUMENT),
+                                reply,
+                            );
+                            return;
+                        }
+                    };
+                    let result = match daemon.upgrade() {
+                        Some(d) => {
+                            d.kernel_call(server, &header, &request[driverkit_wire::HEADER_LEN..])
+                        }
+                        None => Err(IOReturn::OFFLINE),
+                    };
+                    Header::emit_reply(&header, &result, reply);
+                });
+                tracing::debug!("call channel of pid {pid} ended: {end:?}");
             });
         if let Err(e) = spawned {
             tracing::error!("cannot serve a channel of pid {pid}: {e}");

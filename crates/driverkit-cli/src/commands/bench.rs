@@ -84,11 +84,16 @@ pub fn bench(args: BenchArgs) -> Result<(), String> {
     let scale = if args.quick { 10 } else { 1 };
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let json = args.json;
-    rpc_roundtrip(dir.path(), 20_000 / scale)?.print(json);
+    for figure in rpc_roundtrip(dir.path(), 20_000 / scale)? {
+        figure.print(json);
+    }
     spawn_to_start(dir.path(), 100 / scale)?.print(json);
     match_per_device(1_000 / scale)?.print(json);
     dext_rss(dir.path())?.print(json);
     daemon_rss(dir.path(), 100)?.print(json);
+    for figure in idle_cpu(dir.path(), if args.quick { 1 } else { 10 })? {
+        figure.print(json);
+    }
     Ok(())
 }
 
@@ -199,8 +204,68 @@ fn wait_started(
     }
 }
 
-fn rpc_roundtrip(root: &Path, n: usize) -> Result<Figure, String> {
+/// The floor for a call through shared memory: two processes spinning on
+/// two counters in one memfd, never parking.
+fn raw_spin_pingpong(n: usize) -> Result<(f64, f64), String> {
+    let shm =
+        driverkit_wire::shm::SharedMemory::create("bench-spin", 4096).map_err(|e| e.to_string())?;
+    let fd = shm
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| e.to_string())?;
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty()).map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .arg("__bench-spin")
+        .env("DRIVERKIT_BENCH_FD", fd.as_raw_fd().to_string())
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    drop(fd);
+    let (ping, pong) = (shm.u64_at(0), shm.u64_at(64));
+    let mut samples = Vec::with_capacity(n);
+    for i in 1..=(n + n / 10) as u64 {
+        let t = Instant::now();
+        ping.store(i, std::sync::atomic::Ordering::Release);
+        while pong.load(std::sync::atomic::Ordering::Acquire) != i {
+            std::hint::spin_loop();
+        }
+        if i as usize > n / 10 {
+            samples.push(t.elapsed().as_nanos() as f64);
+        }
+    }
+    ping.store(u64::MAX, std::sync::atomic::Ordering::Release);
+    let _ = child.wait();
+    Ok(percentiles(samples))
+}
+
+/// The spinning peer of `raw_spin_pingpong`.
+pub fn spin_peer() -> Result<(), String> {
+    let fd: i32 = std::env::var("DRIVERKIT_BENCH_FD")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or("no DRIVERKIT_BENCH_FD")?;
+    // SAFETY: the parent passes this one descriptor for this process to own.
+    let fd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+    let shm = driverkit_wire::shm::SharedMemory::from_fd(fd, 4096).map_err(|e| e.to_string())?;
+    let (ping, pong) = (shm.u64_at(0), shm.u64_at(64));
+    let mut last = 0;
+    loop {
+        let now = ping.load(std::sync::atomic::Ordering::Acquire);
+        if now == u64::MAX {
+            return Ok(());
+        }
+        if now != last {
+            last = now;
+            pong.store(now, std::sync::atomic::Ordering::Release);
+        }
+        std::hint::spin_loop();
+    }
+}
+
+fn rpc_roundtrip(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
     let (b50, b99) = raw_pingpong(n)?;
+    let (s50, s99) = raw_spin_pingpong(n)?;
     let daemon = bench_daemon(root, &drivers::TOOLS[1])?;
     let events = daemon.subscribe();
     let dev = daemon.plug(bench_device(
@@ -226,13 +291,22 @@ fn rpc_roundtrip(root: &Path, n: usize) -> Result<Figure, String> {
     });
     daemon.shutdown();
     let (p50, p99) = figures?;
-    Ok(Figure {
-        bench: "rpc_roundtrip",
-        unit: "ns",
-        p50,
-        p99,
-        baseline: Some(("raw_seqpacket", b50, b99)),
-    })
+    Ok(vec![
+        Figure {
+            bench: "rpc_roundtrip",
+            unit: "ns",
+            p50,
+            p99,
+            baseline: Some(("raw_seqpacket", b50, b99)),
+        },
+        Figure {
+            bench: "rpc_roundtrip",
+            unit: "ns",
+            p50,
+            p99,
+            baseline: Some(("raw_spin_shm", s50, s99)),
+        },
+    ])
 }
 
 /// Baseline and measurement alternate, so that both see the same machine;
@@ -448,4 +522,76 @@ fn daemon_rss(root: &Path, devices: usize) -> Result<Figure, String> {
         p99: full,
         baseline: Some(("daemon_no_devices", empty, empty)),
     })
+}
+
+/// CPU time of a process, in seconds (utime + stime).
+fn cpu_seconds(pid: u32) -> Result<f64, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("pid {pid}: {e}"))?;
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .ok_or(format!("pid {pid}: bad stat"))
+    };
+    // After the command: state is field 0, utime 11, stime 12.
+    // The kernel's USER_HZ, fixed at 100 on Linux for /proc.
+    let hz = 100.0;
+    Ok((ticks(11)? + ticks(12)?) / hz)
+}
+
+/// Share of one core an idle NullDriver dext and the daemon use over
+/// `seconds`, beside an idle process blocked in a read.
+fn idle_cpu(root: &Path, seconds: u64) -> Result<Vec<Figure>, String> {
+    let (child, ep) = spawn_echo()?;
+    let daemon = bench_daemon(root, &drivers::EXAMPLES[0])?;
+    let events = daemon.subscribe();
+    let pid = loop {
+        match events.recv_timeout(Duration::from_secs(30)) {
+            Ok(Event::Started { pid, .. }) => break Ok(pid),
+            Ok(_) => continue,
+            Err(_) => break Err("NullDriver did not start".to_owned()),
+        }
+    };
+    let result = pid.and_then(|pid| {
+        std::thread::sleep(Duration::from_millis(500));
+        let me = std::process::id();
+        let before = (
+            cpu_seconds(pid)?,
+            cpu_seconds(me)?,
+            cpu_seconds(child.id())?,
+        );
+        std::thread::sleep(Duration::from_secs(seconds));
+        let after = (
+            cpu_seconds(pid)?,
+            cpu_seconds(me)?,
+            cpu_seconds(child.id())?,
+        );
+        let pct = |a: f64, b: f64| 100.0 * (b - a) / seconds as f64;
+        Ok((
+            pct(before.0, after.0),
+            pct(before.1, after.1),
+            pct(before.2, after.2),
+        ))
+    });
+    daemon.shutdown();
+    stop_echo(child, ep);
+    let (dext, daemon, floor) = result?;
+    let figure = |bench, v| Figure {
+        bench,
+        unit: "%core",
+        p50: v,
+        p99: v,
+        baseline: Some(("idle_blocked_process", floor, floor)),
+    };
+    Ok(vec![
+        figure("idle_cpu_dext", dext),
+        figure("idle_cpu_daemon", daemon),
+    ])
 }

@@ -53,6 +53,9 @@ enum Command {
     /// Internal: the raw socket echo peer the benchmarks use as a baseline.
     #[command(name = "__bench-echo", hide = true)]
     BenchEcho,
+    /// Internal: the spinning shared-memory peer of the benchmarks.
+    #[command(name = "__bench-spin", hide = true)]
+    BenchSpin,
 }
 
 impl Cli {
@@ -86,6 +89,7 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
         Command::Stop => client(&root)?.request(&Request::Shutdown).map(drop),
         Command::Bench(args) => bench::bench(args),
         Command::BenchEcho => bench::echo_peer(),
+        Command::BenchSpin => bench::spin_peer(),
     }
 }
 
