@@ -158,12 +158,20 @@ fn bench_quick_reports_every_figure_beside_its_baseline() {
         names,
         [
             "rpc_roundtrip",
+            "rpc_roundtrip",
             "spawn_to_start",
             "match_per_device",
             "dext_rss",
-            "daemon_rss"
+            "daemon_rss",
+            "idle_cpu_dext",
+            "idle_cpu_daemon"
         ]
     );
+    let baselines: Vec<&str> = lines
+        .iter()
+        .map(|l| l["baseline"].as_str().unwrap())
+        .collect();
+    assert_eq!(baselines[..2], ["raw_seqpacket", "raw_spin_shm"]);
     for l in &lines {
         // CPU shares of idle processes may well be zero.
         let idle = l["unit"] == "%core";
