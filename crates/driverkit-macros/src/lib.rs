@@ -16,6 +16,7 @@
 //!   lives in ivars) and generates the glue the SDK runtime needs to create
 //!   the service and route calls to it.
 
+mod actions;
 mod interface;
 mod service;
 
@@ -73,4 +74,28 @@ pub(crate) fn method_id(class: &str, method: &str) -> u64 {
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     hash
+}
+
+/// Declares callback methods of a service (DriverKit's `TYPE`).
+///
+/// ```text
+/// #[driverkit::actions]
+/// impl MyDriver {
+///     #[action(IODataQueueDispatchSource::DataAvailable)]
+///     fn tx_packets_available(&self, action: &OSAction) { /* dequeue */ }
+///
+///     #[action(IOTimerDispatchSource::TimerOccurred, queue = "Timers")]
+///     fn tick(&self, action: &OSAction, time: u64) { /* ... */ }
+/// }
+/// ```
+///
+/// Each method must have exactly the signature of the callback it stands
+/// for, or the crate does not compile. For each, the macro generates
+/// `create_action_<method>(reference_size) -> IOResult<OSAction>`; the
+/// method then always runs on its queue (`Default` unless named).
+#[proc_macro_attribute]
+pub fn actions(attr: TokenStream, item: TokenStream) -> TokenStream {
+    actions::expand(attr.into(), item.into())
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
 }

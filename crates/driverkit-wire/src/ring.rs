@@ -205,6 +205,17 @@ impl Ring {
         Doorbell::at(&self.shm, SPACE_BELL).wait(spin, deadline, || self.can_enqueue(len))
     }
 
+    /// The consumer's position: it moves on each dequeue.
+    pub fn head(&self) -> u64 {
+        self.shm.u64_at(HEAD).load(Ordering::Acquire)
+    }
+
+    /// Waits until the consumer has dequeued since `head` was read; false
+    /// at the deadline.
+    pub fn wait_for_dequeue(&self, head: u64, spin: Duration, deadline: Option<Instant>) -> bool {
+        Doorbell::at(&self.shm, SPACE_BELL).wait(spin, deadline, || self.head() != head)
+    }
+
     /// Wakes anyone waiting on either end (used when tearing down).
     pub fn wake_all(&self) {
         Doorbell::at(&self.shm, DATA_BELL).ring();

@@ -29,15 +29,22 @@
 //! This crate never depends on the daemon: everything it knows of the system
 //! is the wire protocol in `driverkit-wire`.
 
+pub mod action;
+pub mod data_queue;
 mod log;
 pub mod queue;
 pub mod runtime;
 pub mod service;
+pub mod time;
+pub mod timer;
 
-pub use driverkit_macros::service;
+pub use action::OSAction;
+pub use data_queue::IODataQueueDispatchSource;
+pub use driverkit_macros::{actions, service};
 pub use driverkit_wire::{IOResult, IOReturn};
 pub use queue::IODispatchQueue;
 pub use service::{IOService, IOServiceApi, IOServiceImpl, IOServiceSuper};
+pub use timer::IOTimerDispatchSource;
 
 /// Logging macros for drivers (lines go to the system's log).
 pub use tracing::{debug, error, info, warn};
@@ -46,7 +53,8 @@ pub use tracing::{debug, error, info, warn};
 pub mod prelude {
     pub use crate::runtime::Service;
     pub use crate::{
-        IODispatchQueue, IOResult, IOReturn, IOService, IOServiceApi, IOServiceImpl, IOServiceSuper,
+        IODataQueueDispatchSource, IODispatchQueue, IOResult, IOReturn, IOService, IOServiceApi,
+        IOServiceImpl, IOServiceSuper, IOTimerDispatchSource, OSAction,
     };
 }
 

@@ -76,6 +76,27 @@ pub trait Service: Sized + Send + Sync + 'static {
     fn personality(&self) -> &plist::Dictionary {
         &self.base().properties
     }
+
+    /// Names a queue for the methods declared with `queue = "name"`
+    /// (DriverKit's `SetDispatchQueue`). `Default` is set by the system.
+    fn set_dispatch_queue(&self, name: &str, queue: IODispatchQueue) {
+        self.base()
+            .queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), queue);
+    }
+
+    /// The queue set under `name`; `kIOReturnNotFound` if none.
+    fn copy_dispatch_queue(&self, name: &str) -> IOResult<IODispatchQueue> {
+        self.base()
+            .queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or(IOReturn::NOT_FOUND)
+    }
 }
 
 /// Routes the system's calls to the methods a superclass lets a driver
@@ -92,16 +113,29 @@ pub struct ServiceBase<I> {
     provider: ObjectId,
     properties: plist::Dictionary,
     ivars: OnceLock<I>,
+    queues: Mutex<HashMap<String, IODispatchQueue>>,
+    me: std::sync::Weak<dyn std::any::Any + Send + Sync>,
+}
+
+impl<I> ServiceBase<I> {
+    /// The service itself, weakly: what actions call.
+    pub(crate) fn weak_self(&self) -> Option<std::sync::Weak<dyn std::any::Any + Send + Sync>> {
+        (self.me.strong_count() > 0).then(|| self.me.clone())
+    }
 }
 
 /// A service instance as the runtime sees it, whatever its type.
 trait Instance: Send + Sync {
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
     fn init(&self) -> IOResult<()>;
     fn free(&self);
     fn dispatch(&self, method: MethodId, args: &[u8]) -> IOResult<Vec<u8>>;
 }
 
 impl<S: Service + IOServiceImpl> Instance for S {
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
     fn init(&self) -> IOResult<()> {
         let ivars = IOServiceImpl::init(self)?;
         self.base()
@@ -123,11 +157,12 @@ pub struct ClassEntry {
     create: fn(Birth) -> Arc<dyn Instance>,
 }
 
-/// What the system tells a new instance about itself.
+/// What a new instance starts with.
 struct Birth {
     object: ObjectId,
     provider: ObjectId,
     properties: plist::Dictionary,
+    queue: IODispatchQueue,
 }
 
 /// The table entry for service type `S`.
@@ -135,14 +170,37 @@ pub fn class<S: Service + IOServiceImpl>() -> ClassEntry {
     ClassEntry {
         name: S::CLASS_NAME,
         create: |b: Birth| {
-            Arc::new(S::from_base(ServiceBase {
-                object: b.object,
-                provider: b.provider,
-                properties: b.properties,
-                ivars: OnceLock::new(),
-            }))
+            let mut queues = HashMap::new();
+            queues.insert("Default".to_owned(), b.queue);
+            Arc::new_cyclic(|me: &std::sync::Weak<S>| {
+                S::from_base(ServiceBase {
+                    object: b.object,
+                    provider: b.provider,
+                    properties: b.properties,
+                    ivars: OnceLock::new(),
+                    queues: Mutex::new(queues),
+                    me: me.clone(),
+                })
+            })
         },
     }
+}
+
+/// Creates an instance of `S` outside any daemon, with its `Default` queue,
+/// and runs its `init`: for unit tests of a driver's own logic. Calls into
+/// the system from it fail with `kIOReturnNotReady`.
+pub fn instantiate<S: Service + IOServiceImpl>() -> IOResult<Arc<S>> {
+    let queue = IODispatchQueue::create("Default")?;
+    let instance = (class::<S>().create)(Birth {
+        object: ObjectId(0),
+        provider: ObjectId(0),
+        properties: plist::Dictionary::new(),
+        queue: queue.clone(),
+    });
+    let init = instance.clone();
+    queue.dispatch_sync(move || init.init())??;
+    let any: Arc<dyn std::any::Any + Send + Sync> = instance.into_any();
+    any.downcast::<S>().map_err(|_| IOReturn::INTERNAL_ERROR)
 }
 
 impl ClassEntry {
@@ -300,11 +358,6 @@ impl IOUserServerInterface for ServerHandler {
             tracing::error!("IOUserClass {user_class:?} is not in this dext (it has {known:?})");
             return Err(IOReturn::NOT_FOUND);
         };
-        let instance = (entry.create)(Birth {
-            object,
-            provider,
-            properties,
-        });
         let spare = self
             .rt
             .spare_queue
@@ -315,6 +368,12 @@ impl IOUserServerInterface for ServerHandler {
             Some(q) => q,
             None => IODispatchQueue::create("Default")?,
         };
+        let instance = (entry.create)(Birth {
+            object,
+            provider,
+            properties,
+            queue: queue.clone(),
+        });
         let init = instance.clone();
         queue.dispatch_sync(move || init.init())??;
         self.rt

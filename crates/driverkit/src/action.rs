@@ -1,0 +1,211 @@
+//! `OSAction`: a method of a service, bound as a callback, with zeroed
+//! reference storage.
+//!
+//! A driver declares a callback method with `#[action(Class::Method)]` in a
+//! `#[driverkit::actions]` block; the method must have exactly the signature
+//! of the callback it stands for (a compile error otherwise), and the macro
+//! generates `create_action_<method>(reference_size)`. Invoking an action
+//! runs its method on the method's queue (`Default`, or the one named with
+//! `queue = "…"`, DriverKit's QUEUENAME), after everything queued before.
+
+use std::any::Any;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use driverkit_wire::{IOResult, IOReturn};
+
+use crate::queue::IODispatchQueue;
+use crate::runtime::Service;
+
+/// What a callback is called with, besides its action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionArgs {
+    /// `DataAvailable`, `DataServiced`: no arguments.
+    None,
+    /// `TimerOccurred(time)`: the time it ran, in monotonic nanoseconds.
+    Time(u64),
+    /// `InterruptOccurred(count, time)`.
+    Interrupt { count: u64, time: u64 },
+}
+
+/// A callback type: the signature a method must have to be an action of
+/// this type. Implemented by the marker types in [`types`].
+pub trait ActionType<S>: 'static {
+    /// `Class::Method`, checked by the sources that take the action.
+    const NAME: &'static str;
+    /// The method's exact type.
+    type Method: Copy + Send + Sync + 'static;
+    /// Calls `method` with `args` (ignored when they are not of this type).
+    fn invoke(method: Self::Method, service: &S, action: &OSAction, args: ActionArgs);
+}
+
+/// The callback types, named like DriverKit's: `types::IODataQueueDispatchSource::DataAvailable`.
+#[allow(non_snake_case)]
+pub mod types {
+    /// Callbacks of `IODataQueueDispatchSource`.
+    pub mod IODataQueueDispatchSource {
+        /// `DataAvailable(action)`: entries are waiting.
+        pub struct DataAvailable;
+        /// `DataServiced(action)`: the consumer made room.
+        pub struct DataServiced;
+    }
+    /// Callbacks of `IOTimerDispatchSource`.
+    pub mod IOTimerDispatchSource {
+        /// `TimerOccurred(action, time)`.
+        pub struct TimerOccurred;
+    }
+    /// Callbacks of `IOInterruptDispatchSource`.
+    pub mod IOInterruptDispatchSource {
+        /// `InterruptOccurred(action, count, time)`.
+        pub struct InterruptOccurred;
+    }
+}
+
+macro_rules! no_args {
+    ($($t:path => $name:literal),*) => {$(
+        impl<S: 'static> ActionType<S> for $t {
+            const NAME: &'static str = $name;
+            type Method = fn(&S, &OSAction);
+            fn invoke(method: Self::Method, service: &S, action: &OSAction, _: ActionArgs) {
+                method(service, action)
+            }
+        }
+    )*};
+}
+no_args!(
+    types::IODataQueueDispatchSource::DataAvailable => "IODataQueueDispatchSource::DataAvailable",
+    types::IODataQueueDispatchSource::DataServiced => "IODataQueueDispatchSource::DataServiced"
+);
+
+impl<S: 'static> ActionType<S> for types::IOTimerDispatchSource::TimerOccurred {
+    const NAME: &'static str = "IOTimerDispatchSource::TimerOccurred";
+    type Method = fn(&S, &OSAction, u64);
+    fn invoke(method: Self::Method, service: &S, action: &OSAction, args: ActionArgs) {
+        if let ActionArgs::Time(t) = args {
+            method(service, action, t)
+        }
+    }
+}
+
+impl<S: 'static> ActionType<S> for types::IOInterruptDispatchSource::InterruptOccurred {
+    const NAME: &'static str = "IOInterruptDispatchSource::InterruptOccurred";
+    type Method = fn(&S, &OSAction, u64, u64);
+    fn invoke(method: Self::Method, service: &S, action: &OSAction, args: ActionArgs) {
+        if let ActionArgs::Interrupt { count, time } = args {
+            method(service, action, count, time)
+        }
+    }
+}
+
+type Invoke = Box<dyn Fn(&OSAction, ActionArgs) + Send + Sync>;
+
+struct Inner {
+    type_name: &'static str,
+    queue: IODispatchQueue,
+    invoke: Invoke,
+    reference: Mutex<Box<[u8]>>,
+    cancelled: AtomicBool,
+}
+
+/// A callback: a service's method, its queue, and reference storage.
+#[derive(Clone)]
+pub struct OSAction {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for OSAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OSAction")
+            .field("type", &self.inner.type_name)
+            .finish()
+    }
+}
+
+impl OSAction {
+    /// Binds `method` of `service` as an action of type `T`. Used by the
+    /// generated `create_action_<method>`.
+    #[doc(hidden)]
+    pub fn create<T: ActionType<S>, S: Service>(
+        service: &S,
+        method: T::Method,
+        queue_name: &str,
+        reference_size: usize,
+    ) -> IOResult<OSAction> {
+        let queue = service.copy_dispatch_queue(queue_name)?;
+        // The action keeps the service only weakly: a forgotten action does
+        // not keep a freed service alive, it just stops calling it.
+        let target = service.base().weak_self().ok_or(IOReturn::NOT_READY)?;
+        let invoke: Invoke = Box::new(move |action, args| {
+            let target: Option<Arc<dyn Any + Send + Sync>> = target.upgrade();
+            if let Some(service) = target.as_ref().and_then(|t| t.downcast_ref::<S>()) {
+                T::invoke(method, service, action, args);
+            }
+        });
+        Ok(OSAction {
+            inner: Arc::new(Inner {
+                type_name: T::NAME,
+                queue,
+                invoke,
+                reference: Mutex::new(vec![0; reference_size].into_boxed_slice()),
+                cancelled: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// `Class::Method` of the callback this action stands for.
+    pub fn type_name(&self) -> &'static str {
+        self.inner.type_name
+    }
+
+    /// The reference storage: zeroed at creation, `reference_size` bytes,
+    /// private to this process.
+    pub fn reference(&self) -> MutexGuard<'_, Box<[u8]>> {
+        self.inner
+            .reference
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The queue the method runs on.
+    pub fn queue(&self) -> &IODispatchQueue {
+        &self.inner.queue
+    }
+
+    /// Runs the method on its queue with `args`; nothing once cancelled.
+    /// `done` runs on the queue right after the method (or instead of it,
+    /// when cancelled meanwhile).
+    pub(crate) fn invoke(
+        &self,
+        args: ActionArgs,
+        done: impl FnOnce() + Send + 'static,
+    ) -> IOResult<()> {
+        let me = self.clone();
+        self.inner.queue.dispatch_async(move || {
+            if !me.is_cancelled() {
+                (me.inner.invoke)(&me, args);
+            }
+            done();
+        })
+    }
+
+    /// True once cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Stops further calls; `handler` runs on the action's queue after any
+    /// call already queued, so that once it runs the method never will.
+    pub fn cancel(&self, handler: impl FnOnce() + Send + 'static) -> IOResult<()> {
+        self.inner.cancelled.store(true, Ordering::Release);
+        self.inner.queue.dispatch_async(handler)
+    }
+
+    /// Fails with `kIOReturnBadArgument` unless this action is of type `name`.
+    pub(crate) fn expect_type(&self, name: &str) -> IOResult<()> {
+        if self.inner.type_name == name {
+            Ok(())
+        } else {
+            Err(IOReturn::BAD_ARGUMENT)
+        }
+    }
+}
