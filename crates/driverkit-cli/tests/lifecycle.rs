@@ -106,6 +106,9 @@ fn a_plugged_device_gets_its_dext_in_its_own_process_and_unplug_cleans_up() {
 #[test]
 fn ctrl_c_stops_every_dext_and_leaves_no_process_behind() {
     let d = Daemon::start(&[]);
+    d.wait_node("PacketQueueDriver active", |n| {
+        n["name"] == "PacketQueueDriver" && n["state"]["active"] == true
+    });
     d.wait_node("VirtualSensorDriver active", |n| {
         n["name"] == "VirtualSensorDriver" && n["state"]["active"] == true
     });
@@ -113,7 +116,7 @@ fn ctrl_c_stops_every_dext_and_leaves_no_process_behind() {
         n["name"] == "NullDriver" && n["state"]["active"] == true
     });
     let pids: Vec<u64> = d.nodes().iter().filter_map(|n| n["pid"].as_u64()).collect();
-    assert_eq!(pids.len(), 2);
+    assert_eq!(pids.len(), 3, "the three example drivers");
     let log = d.interrupt();
     for pid in pids {
         assert!(!alive(pid), "pid {pid} outlived the daemon\n{log}");
@@ -197,4 +200,64 @@ fn one_process_personalities_share_a_pid() {
         "IOUserServerOneProcess shares one process"
     );
     assert_ne!(pid_of("S1"), pid_of("A1"));
+}
+
+#[test]
+fn the_packet_queue_example_moves_packets_and_stop_cancels_its_sources_first() {
+    let d = Daemon::start(&["--no-default-devices"]);
+    let node = d.wait_node("two packets through the data queue", |n| {
+        n["name"] == "PacketQueueDriver"
+            && n["properties"]["PacketsReceived"]
+                .as_i64()
+                .is_some_and(|r| r >= 2)
+    });
+    let pid = node["pid"].as_u64().unwrap();
+    assert!(node["properties"]["PacketsSent"].as_i64().unwrap() >= 2);
+    let log = d.interrupt();
+    let timer = log
+        .find("INFO stop: timer cancelled")
+        .expect("timer cancelled in Stop");
+    let queue = log
+        .find("INFO stop: data queue cancelled")
+        .expect("data queue cancelled in Stop");
+    let summary = log
+        .find("INFO stop: sent ")
+        .expect("Stop went on after both cancel handlers");
+    assert!(timer < summary && queue < summary, "{log}");
+    assert!(
+        log.contains(&format!(
+            "exit     com.example.PacketQueueDriver pid {pid}: exited with status 0"
+        )),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_dext_killed_while_holding_a_data_queue_leaves_the_daemon_consistent() {
+    let d = Daemon::start(&["--no-default-devices", "--relaunch-backoff-ms", "20"]);
+    let first = d.wait_node("packets flowing", |n| {
+        n["name"] == "PacketQueueDriver"
+            && n["properties"]["PacketsReceived"]
+                .as_i64()
+                .is_some_and(|r| r >= 1)
+    });
+    let pid = first["pid"].as_u64().unwrap();
+    kill9(pid);
+    d.wait_log(
+        &format!("crash    com.example.PacketQueueDriver pid {pid}: killed by signal 9 SIGKILL"),
+        1,
+    );
+    let again = d.wait_node("the relaunched driver moving packets", |n| {
+        n["name"] == "PacketQueueDriver"
+            && n["pid"].as_u64() != Some(pid)
+            && n["properties"]["PacketsReceived"]
+                .as_i64()
+                .is_some_and(|r| r >= 1)
+    });
+    assert_ne!(again["id"], first["id"]);
+    // The daemon still serves everything else.
+    d.wait_node("NullDriver active", |n| {
+        n["name"] == "NullDriver" && n["state"]["active"] == true
+    });
+    d.interrupt();
 }

@@ -35,6 +35,11 @@ pub const EXAMPLES: &[Embedded] = &[
         info_plist: virtual_sensor_driver::INFO_PLIST,
         classes: || vec![class::<virtual_sensor_driver::VirtualSensorDriver>()],
     },
+    Embedded {
+        executable: "PacketQueueDriver",
+        info_plist: packet_queue_driver::INFO_PLIST,
+        classes: || vec![class::<packet_queue_driver::PacketQueueDriver>()],
+    },
 ];
 
 /// Drivers for tests and benchmarks; never loaded unless asked for.

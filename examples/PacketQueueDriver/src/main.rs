@@ -1,0 +1,1 @@
+driverkit::dext_main!(packet_queue_driver::PacketQueueDriver);
