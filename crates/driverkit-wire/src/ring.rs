@@ -184,8 +184,12 @@ impl Ring {
         if len == PAD as usize || size > self.capacity - at as u64 || size > tail - head {
             return Err(CORRUPT);
         }
-        out.clear();
-        out.resize(len, 0);
+        // Reuse the caller's buffer without zeroing it first: every byte is
+        // overwritten by the copy.
+        if out.len() < len {
+            out.resize(len, 0);
+        }
+        out.truncate(len);
         self.shm.read(DATA + at + 4, out);
         if remove {
             self.shm.u64_at(HEAD).store(head + size, Ordering::Release);

@@ -188,6 +188,29 @@ impl OSAction {
         })
     }
 
+    /// Like `invoke`, but while `again()` holds the method runs again right
+    /// away on the same queue turn (for at most `budget`), sparing a hand-off
+    /// between threads per batch while data keeps streaming in.
+    pub(crate) fn invoke_while(
+        &self,
+        args: ActionArgs,
+        budget: std::time::Duration,
+        again: impl Fn() -> bool + Send + 'static,
+        done: impl FnOnce() + Send + 'static,
+    ) -> IOResult<()> {
+        let me = self.clone();
+        self.inner.queue.dispatch_async(move || {
+            let until = std::time::Instant::now() + budget;
+            while !me.is_cancelled() {
+                (me.inner.invoke)(&me, args);
+                if !again() || std::time::Instant::now() >= until {
+                    break;
+                }
+            }
+            done();
+        })
+    }
+
     /// True once cancelled.
     pub fn is_cancelled(&self) -> bool {
         self.inner.cancelled.load(Ordering::Acquire)

@@ -91,7 +91,15 @@ impl IODataQueueDispatchSource {
         self.watch("DataAvailable", move || {
             let deadline = Some(Instant::now() + RECHECK);
             if source.ring.wait_for_data(SPIN, deadline) && source.enabled.load(Ordering::Acquire) {
-                run_and_wait(&action, &source)
+                let again = source.clone();
+                run_and_wait(&action, &source, move || {
+                    // A producer streaming entries refills the ring within
+                    // microseconds: wait that long (spinning, never parked)
+                    // before handing the queue back.
+                    let soon = Some(Instant::now() + STREAM_GAP);
+                    again.enabled.load(Ordering::Acquire)
+                        && again.ring.wait_for_data(STREAM_GAP, soon)
+                })
             } else {
                 true
             }
@@ -111,7 +119,7 @@ impl IODataQueueDispatchSource {
                 && source.enabled.load(Ordering::Acquire)
             {
                 head = source.ring.head();
-                run_and_wait(&action, &source)
+                run_and_wait(&action, &source, || false)
             } else {
                 true
             }
@@ -195,12 +203,25 @@ impl IODataQueueDispatchSource {
     }
 }
 
-/// Runs `action` once on its queue and waits until it has run (or until
-/// the source is cancelled), so that one callback never overlaps the next.
-fn run_and_wait(action: &OSAction, source: &Source) -> bool {
+/// How long a streaming consumer waits for the next entry before it gives
+/// its queue back.
+const STREAM_GAP: Duration = Duration::from_micros(20);
+
+/// How long one queue turn may keep re-running a callback while `again`
+/// holds, before other work on that queue gets its turn.
+const BATCH_BUDGET: Duration = Duration::from_millis(1);
+
+/// Runs `action` on its queue (again while `again()` holds, within
+/// `BATCH_BUDGET`) and waits until it is done (or until the source is
+/// cancelled), so that one callback never overlaps the next.
+fn run_and_wait(
+    action: &OSAction,
+    source: &Source,
+    again: impl Fn() -> bool + Send + 'static,
+) -> bool {
     let (done_tx, done_rx) = mpsc::sync_channel(1);
     if action
-        .invoke(ActionArgs::None, move || {
+        .invoke_while(ActionArgs::None, BATCH_BUDGET, again, move || {
             let _ = done_tx.send(());
         })
         .is_err()

@@ -32,14 +32,17 @@ pub struct BenchArgs {
     /// Fewer iterations (for a smoke test; figures are noisier).
     #[arg(long)]
     quick: bool,
+    /// Run only the benchmarks whose name contains this.
+    #[arg(long, value_name = "NAME")]
+    only: Option<String>,
 }
 
-struct Figure {
-    bench: &'static str,
-    unit: &'static str,
-    p50: f64,
-    p99: f64,
-    baseline: Option<(&'static str, f64, f64)>,
+pub(super) struct Figure {
+    pub bench: &'static str,
+    pub unit: &'static str,
+    pub p50: f64,
+    pub p99: f64,
+    pub baseline: Option<(&'static str, f64, f64)>,
 }
 
 impl Figure {
@@ -54,6 +57,9 @@ impl Figure {
             println!("{o}");
         } else {
             let base = match self.baseline {
+                Some((name, b50, b99)) if b50 == 0.0 => {
+                    format!("   vs {name}: p50 {b50:.1} p99 {b99:.1}")
+                }
                 Some((name, b50, b99)) => {
                     format!(
                         "   vs {name}: p50 {b50:.1} p99 {b99:.1}  (x{:.2} at p50)",
@@ -71,7 +77,7 @@ impl Figure {
 }
 
 /// p50 and p99 of samples.
-fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
+pub(super) fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
     if v.is_empty() {
         return (f64::NAN, f64::NAN);
     }
@@ -84,15 +90,37 @@ pub fn bench(args: BenchArgs) -> Result<(), String> {
     let scale = if args.quick { 10 } else { 1 };
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let json = args.json;
-    for figure in rpc_roundtrip(dir.path(), 20_000 / scale)? {
-        figure.print(json);
+    let wanted = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
+    let show = |figures: Vec<Figure>| figures.into_iter().for_each(|f| f.print(json));
+    if wanted("rpc_roundtrip") {
+        show(rpc_roundtrip(dir.path(), 20_000 / scale)?);
     }
-    spawn_to_start(dir.path(), 100 / scale)?.print(json);
-    match_per_device(1_000 / scale)?.print(json);
-    dext_rss(dir.path())?.print(json);
-    daemon_rss(dir.path(), 100)?.print(json);
-    for figure in idle_cpu(dir.path(), if args.quick { 1 } else { 10 })? {
-        figure.print(json);
+    if wanted("spawn_to_start") {
+        show(vec![spawn_to_start(dir.path(), 100 / scale)?]);
+    }
+    if wanted("match_per_device") {
+        show(vec![match_per_device(1_000 / scale)?]);
+    }
+    if wanted("dext_rss") {
+        show(vec![dext_rss(dir.path())?]);
+    }
+    if wanted("daemon_rss") {
+        show(vec![daemon_rss(dir.path(), 100)?]);
+    }
+    if wanted("idle_cpu") {
+        show(idle_cpu(dir.path(), if args.quick { 1 } else { 10 })?);
+    }
+    let reps = if args.quick { 1 } else { 5 };
+    for (entry, n, name) in [
+        (16, 2_000_000 / scale, "data_queue_16B"),
+        (4096, 200_000 / scale, "data_queue_4KiB"),
+    ] {
+        if wanted(name) {
+            show(super::bench_sources::data_queue(entry, n, reps)?);
+        }
+    }
+    if wanted("timer_lateness") {
+        show(vec![super::bench_sources::timer_lateness(1000 / scale)?]);
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Subcommands. Each one that talks to a daemon finds it through `--root`.
 
 mod bench;
+mod bench_sources;
 mod device;
 mod ioreg;
 mod run;
@@ -56,6 +57,13 @@ enum Command {
     /// Internal: the spinning shared-memory peer of the benchmarks.
     #[command(name = "__bench-spin", hide = true)]
     BenchSpin,
+    /// Internal: the consuming process of the data-queue benchmarks.
+    #[command(name = "__bench-consume", hide = true)]
+    BenchConsume {
+        kind: String,
+        entry: usize,
+        n: usize,
+    },
 }
 
 impl Cli {
@@ -90,6 +98,7 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
         Command::Bench(args) => bench::bench(args),
         Command::BenchEcho => bench::echo_peer(),
         Command::BenchSpin => bench::spin_peer(),
+        Command::BenchConsume { kind, entry, n } => bench_sources::consume(&kind, entry, n),
     }
 }
 

@@ -1,0 +1,356 @@
+//! Benchmarks of the asynchronous runtime: data queues between two
+//! processes and timer lateness, each beside its floor.
+//!
+//! `data_queue_*`: this process produces N entries into a ring; a child
+//! process consumes them, either through `IODataQueueDispatchSource` (its
+//! `DataAvailable` action on a dispatch queue, as a driver does) or through
+//! a minimal single-producer single-consumer ring of fixed slots that
+//! busy-spins (the raw floor). The rate is entries per second from the
+//! first enqueue to the consumer's report of the last entry.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant};
+
+use driverkit::prelude::*;
+use driverkit::runtime::instantiate;
+use driverkit::time::now_ns;
+use driverkit_wire::ring::Ring;
+use driverkit_wire::shm::{SharedMemory, SPIN};
+
+use super::bench::{percentiles, Figure};
+
+/// Ring size for the data-queue benchmarks.
+const RING: usize = 1 << 20;
+
+pub fn data_queue(entry: usize, n: usize, reps: usize) -> Result<Vec<Figure>, String> {
+    let mut ours = Vec::new();
+    let mut raw = Vec::new();
+    for _ in 0..reps {
+        ours.push(run_pair(entry, n, false)?);
+        raw.push(run_pair(entry, n, true)?);
+    }
+    let mut copies = Vec::new();
+    for _ in 0..reps {
+        copies.push(memcpy_rate(entry));
+    }
+    let (o50, o99) = low_percentiles(ours);
+    let (r50, r99) = low_percentiles(raw);
+    let (m50, m99) = low_percentiles(copies);
+    let name: &'static str = if entry == 16 {
+        "data_queue_16B"
+    } else {
+        "data_queue_4KiB"
+    };
+    let bytes = entry as f64;
+    Ok(vec![
+        Figure {
+            bench: name,
+            unit: "entries/s",
+            p50: o50,
+            p99: o99,
+            baseline: Some(("raw_spsc_ring", r50, r99)),
+        },
+        Figure {
+            bench: name,
+            unit: "bytes/s",
+            p50: o50 * bytes,
+            p99: o99 * bytes,
+            baseline: Some(("memcpy", m50 * bytes, m99 * bytes)),
+        },
+    ])
+}
+
+/// For rates, the bad tail is the low end: "p99" is the rate 99% of runs beat.
+fn low_percentiles(v: Vec<f64>) -> (f64, f64) {
+    let (p50, _) = percentiles(v.clone());
+    let mut v = v;
+    v.sort_by(|a, b| a.total_cmp(b));
+    let low = v[((v.len() as f64 - 1.0) * 0.01).round() as usize];
+    (p50, low)
+}
+
+fn memcpy_rate(entry: usize) -> f64 {
+    let src = vec![7u8; entry];
+    let mut dst = vec![0u8; RING];
+    let n = (256 << 20) / entry.max(1);
+    let t = Instant::now();
+    for i in 0..n {
+        let at = (i * entry) % (RING - entry);
+        dst[at..at + entry].copy_from_slice(std::hint::black_box(&src));
+    }
+    std::hint::black_box(&dst);
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Starts the consumer, produces `n` entries, returns entries per second.
+fn run_pair(entry: usize, n: usize, raw: bool) -> Result<f64, String> {
+    let (shm, ring) = if raw {
+        (
+            SharedMemory::create("bench-raw-ring", RAW_DATA + RAW_SLOTS * RAW_SLOT)
+                .map_err(|e| e.to_string())?,
+            None,
+        )
+    } else {
+        let ring = Ring::create("bench-dq", RING).map_err(|e| e.to_string())?;
+        let shm = SharedMemory::from_fd(
+            ring.memory()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| e.to_string())?,
+            0,
+        )
+        .map_err(|e| e.to_string())?;
+        (shm, Some(ring))
+    };
+    let fd = shm
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| e.to_string())?;
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty()).map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .args([
+            "__bench-consume",
+            if raw { "raw" } else { "dq" },
+            &entry.to_string(),
+            &n.to_string(),
+        ])
+        .env("DRIVERKIT_BENCH_FD", fd.as_raw_fd().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    drop(fd);
+    let mut lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+    if lines.next().and_then(Result::ok).as_deref() != Some("ready") {
+        let _ = child.kill();
+        return Err("the consumer did not start".into());
+    }
+    let payload = vec![0xabu8; entry];
+    let t = Instant::now();
+    match &ring {
+        Some(ring) => {
+            for _ in 0..n {
+                while ring.enqueue(entry, |s| s.copy_from_slice(&payload)) == Err(IOReturn::OVERRUN)
+                {
+                    ring.wait_for_space(entry, SPIN, None);
+                }
+            }
+        }
+        None => raw_produce(&shm, &payload, n),
+    }
+    let done = lines.next().and_then(Result::ok);
+    let elapsed = t.elapsed();
+    let _ = child.wait();
+    if done.as_deref() != Some("done") {
+        return Err(format!("the consumer stopped early: {done:?}"));
+    }
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+// The raw floor: fixed slots, two counters, both sides spin.
+const RAW_HEAD: usize = 0;
+const RAW_TAIL: usize = 64;
+const RAW_DATA: usize = 128;
+const RAW_SLOT: usize = 4096 + 8;
+const RAW_SLOTS: usize = 256;
+
+fn raw_produce(shm: &SharedMemory, payload: &[u8], n: usize) {
+    let (head, tail) = (shm.u64_at(RAW_HEAD), shm.u64_at(RAW_TAIL));
+    for i in 0..n as u64 {
+        while i - head.load(Ordering::Acquire) >= RAW_SLOTS as u64 {
+            std::hint::spin_loop();
+        }
+        let at = RAW_DATA + (i as usize % RAW_SLOTS) * RAW_SLOT;
+        shm.write(at, &(payload.len() as u64).to_le_bytes());
+        shm.write(at + 8, payload);
+        tail.store(i + 1, Ordering::Release);
+    }
+}
+
+/// The consumer process: `__bench-consume raw|dq ENTRY N`.
+pub fn consume(kind: &str, entry: usize, n: usize) -> Result<(), String> {
+    let fd: i32 = std::env::var("DRIVERKIT_BENCH_FD")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or("no DRIVERKIT_BENCH_FD")?;
+    // SAFETY: the parent passes this one descriptor for this process to own.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let mut out = std::io::stdout();
+    if kind == "raw" {
+        let shm = SharedMemory::from_fd(fd, 0).map_err(|e| e.to_string())?;
+        let (head, tail) = (shm.u64_at(RAW_HEAD), shm.u64_at(RAW_TAIL));
+        let mut buf = vec![0u8; entry];
+        writeln!(out, "ready").map_err(|e| e.to_string())?;
+        out.flush().map_err(|e| e.to_string())?;
+        for i in 0..n as u64 {
+            while tail.load(Ordering::Acquire) == i {
+                std::hint::spin_loop();
+            }
+            let at = RAW_DATA + (i as usize % RAW_SLOTS) * RAW_SLOT;
+            shm.read(at + 8, &mut buf);
+            head.store(i + 1, Ordering::Release);
+        }
+    } else {
+        let consumer = instantiate::<Consumer>().map_err(|e| e.to_string())?;
+        let queue = consumer
+            .copy_dispatch_queue("Default")
+            .map_err(|e| e.to_string())?;
+        let source =
+            IODataQueueDispatchSource::from_memory(fd, &queue).map_err(|e| e.to_string())?;
+        let (done_tx, done_rx) = mpsc::channel();
+        *consumer
+            .ivars()
+            .source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(source.clone());
+        *consumer
+            .ivars()
+            .done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((n as u64, done_tx));
+        source
+            .set_data_available_handler(
+                &consumer
+                    .create_action_data_available(0)
+                    .map_err(|e| e.to_string())?,
+            )
+            .map_err(|e| e.to_string())?;
+        writeln!(out, "ready").map_err(|e| e.to_string())?;
+        out.flush().map_err(|e| e.to_string())?;
+        done_rx.recv().map_err(|e| e.to_string())?;
+        let _ = entry;
+    }
+    writeln!(out, "done").map_err(|e| e.to_string())?;
+    out.flush().map_err(|e| e.to_string())
+}
+
+#[derive(Default)]
+struct ConsumerIvars {
+    source: Mutex<Option<IODataQueueDispatchSource>>,
+    count: AtomicU64,
+    done: Mutex<Option<(u64, mpsc::Sender<()>)>>,
+    buf: Mutex<Vec<u8>>,
+}
+
+/// The driver side of the data-queue benchmark: what a real dext's
+/// `DataAvailable` handler does.
+#[driverkit::service(superclass = IOService, ivars = ConsumerIvars)]
+struct Consumer;
+
+impl IOServiceImpl for Consumer {
+    fn init(&self) -> IOResult<ConsumerIvars> {
+        Ok(ConsumerIvars::default())
+    }
+}
+
+#[driverkit::actions]
+impl Consumer {
+    #[action(IODataQueueDispatchSource::DataAvailable)]
+    fn data_available(&self, _action: &OSAction) {
+        let Some(source) = self
+            .ivars()
+            .source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        else {
+            return;
+        };
+        let mut buf = self.ivars().buf.lock().unwrap_or_else(|e| e.into_inner());
+        let mut got = 0;
+        while source.dequeue(&mut buf).is_ok() {
+            got += 1;
+        }
+        let total = self.ivars().count.fetch_add(got, Ordering::Relaxed) + got;
+        if let Some((n, tx)) = self
+            .ivars()
+            .done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            if total >= *n {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    #[action(IOTimerDispatchSource::TimerOccurred)]
+    fn timer_occurred(&self, _action: &OSAction, _time: u64) {
+        let now = now_ns();
+        if let Some((_, tx)) = self
+            .ivars()
+            .done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            // The deadline travels in `count`.
+            let late = now.saturating_sub(self.ivars().count.load(Ordering::Acquire));
+            self.ivars()
+                .buf
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(&late.to_le_bytes());
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// How late `TimerOccurred` runs after its deadline, beside how late a
+/// plain `thread::sleep` of the same length wakes.
+pub fn timer_lateness(n: usize) -> Result<Figure, String> {
+    let consumer = instantiate::<Consumer>().map_err(|e| e.to_string())?;
+    let queue = consumer
+        .copy_dispatch_queue("Default")
+        .map_err(|e| e.to_string())?;
+    let timer = IOTimerDispatchSource::create(&queue).map_err(|e| e.to_string())?;
+    timer
+        .set_handler(
+            &consumer
+                .create_action_timer_occurred(0)
+                .map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel();
+    *consumer
+        .ivars()
+        .done
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some((0, tx));
+    let mut sleeps = Vec::with_capacity(n);
+    for _ in 0..n {
+        let deadline = now_ns() + 1_000_000;
+        consumer.ivars().count.store(deadline, Ordering::Release);
+        timer.wake_at_time(deadline, 0).map_err(|e| e.to_string())?;
+        rx.recv_timeout(Duration::from_secs(5))
+            .map_err(|_| "the timer did not fire")?;
+
+        let t = Instant::now();
+        std::thread::sleep(Duration::from_millis(1));
+        sleeps.push((t.elapsed().as_nanos() as f64 - 1e6) / 1e3);
+    }
+    let _ = timer.cancel(|| ());
+    let lates: Vec<f64> = consumer
+        .ivars()
+        .buf
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f64 / 1e3)
+        .collect();
+    let (p50, p99) = percentiles(lates);
+    let (b50, b99) = percentiles(sleeps);
+    Ok(Figure {
+        bench: "timer_lateness",
+        unit: "us",
+        p50,
+        p99,
+        baseline: Some(("thread_sleep_overshoot", b50, b99)),
+    })
+}
