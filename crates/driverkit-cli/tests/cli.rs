@@ -164,7 +164,12 @@ fn bench_quick_reports_every_figure_beside_its_baseline() {
             "dext_rss",
             "daemon_rss",
             "idle_cpu_dext",
-            "idle_cpu_daemon"
+            "idle_cpu_daemon",
+            "data_queue_16B",
+            "data_queue_16B",
+            "data_queue_4KiB",
+            "data_queue_4KiB",
+            "timer_lateness"
         ]
     );
     let baselines: Vec<&str> = lines
