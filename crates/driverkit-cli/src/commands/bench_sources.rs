@@ -90,8 +90,7 @@ fn memcpy_rate(entry: usize) -> f64 {
 fn run_pair(entry: usize, n: usize, raw: bool) -> Result<f64, String> {
     let (shm, ring) = if raw {
         (
-            SharedMemory::create("bench-raw-ring", RAW_DATA + RAW_SLOTS * RAW_SLOT)
-                .map_err(|e| e.to_string())?,
+            SharedMemory::create("bench-raw-ring", RAW_DATA + RING).map_err(|e| e.to_string())?,
             None,
         )
     } else {
@@ -152,20 +151,35 @@ fn run_pair(entry: usize, n: usize, raw: bool) -> Result<f64, String> {
     Ok(n as f64 / elapsed.as_secs_f64())
 }
 
-// The raw floor: fixed slots, two counters, both sides spin.
+// The raw floor: slots packed like the data queue's entries (a length and
+// the bytes, 8-aligned) in a power-of-two count within the same 1 MiB, two
+// counters, both sides spin.
 const RAW_HEAD: usize = 0;
 const RAW_TAIL: usize = 64;
 const RAW_DATA: usize = 128;
-const RAW_SLOT: usize = 4096 + 8;
-const RAW_SLOTS: usize = 256;
+
+/// `(slot size, slot count)` for entries of `entry` bytes.
+fn raw_slots(entry: usize) -> (usize, usize) {
+    let slot = (8 + entry).next_multiple_of(8);
+    let count = RING / slot;
+    (
+        slot,
+        if count.is_power_of_two() {
+            count
+        } else {
+            count.next_power_of_two() / 2
+        },
+    )
+}
 
 fn raw_produce(shm: &SharedMemory, payload: &[u8], n: usize) {
     let (head, tail) = (shm.u64_at(RAW_HEAD), shm.u64_at(RAW_TAIL));
+    let (slot, slots) = raw_slots(payload.len());
     for i in 0..n as u64 {
-        while i - head.load(Ordering::Acquire) >= RAW_SLOTS as u64 {
+        while i - head.load(Ordering::Acquire) >= slots as u64 {
             std::hint::spin_loop();
         }
-        let at = RAW_DATA + (i as usize % RAW_SLOTS) * RAW_SLOT;
+        let at = RAW_DATA + (i as usize & (slots - 1)) * slot;
         shm.write(at, &(payload.len() as u64).to_le_bytes());
         shm.write(at + 8, payload);
         tail.store(i + 1, Ordering::Release);
@@ -185,13 +199,14 @@ pub fn consume(kind: &str, entry: usize, n: usize) -> Result<(), String> {
         let shm = SharedMemory::from_fd(fd, 0).map_err(|e| e.to_string())?;
         let (head, tail) = (shm.u64_at(RAW_HEAD), shm.u64_at(RAW_TAIL));
         let mut buf = vec![0u8; entry];
+        let (slot, slots) = raw_slots(entry);
         writeln!(out, "ready").map_err(|e| e.to_string())?;
         out.flush().map_err(|e| e.to_string())?;
         for i in 0..n as u64 {
             while tail.load(Ordering::Acquire) == i {
                 std::hint::spin_loop();
             }
-            let at = RAW_DATA + (i as usize % RAW_SLOTS) * RAW_SLOT;
+            let at = RAW_DATA + (i as usize & (slots - 1)) * slot;
             shm.read(at + 8, &mut buf);
             head.store(i + 1, Ordering::Release);
         }
