@@ -261,3 +261,59 @@ fn a_dext_killed_while_holding_a_data_queue_leaves_the_daemon_consistent() {
     });
     d.interrupt();
 }
+
+#[test]
+fn a_virtual_devices_interrupts_reach_its_driver_until_it_is_unplugged() {
+    let d = Daemon::start(&["--no-embedded", "--no-default-devices"]);
+    let dir = d.root.path().to_owned();
+    let bundle = driverkit_cli_example_bundle(&dir, "VirtualSensorDriver");
+    d.cli(&["load", bundle.to_str().unwrap()]);
+    let dev = device_file(
+        &dir,
+        "irq.toml",
+        "name = \"Irq\"\n[properties]\nSensorKind = \"thermometer\"\nReadingCelsius = 0\n[[interrupts]]\nperiod_ms = 20\n",
+    );
+    let id = d.cli(&["device", "plug", &dev]);
+    let node = d.wait_node("ten interrupts counted", |n| {
+        n["name"] == "VirtualSensorDriver"
+            && n["properties"]["InterruptsSeen"]
+                .as_i64()
+                .is_some_and(|c| c >= 10)
+    });
+    let pid = node["pid"].as_u64().unwrap();
+    d.cli(&["device", "unplug", id.trim()]);
+    d.wait_log(
+        &format!("exit     com.example.VirtualSensorDriver pid {pid}: exited with status 0"),
+        1,
+    );
+    // Printed by the dext's Stop only after the source's cancel handler ran.
+    let log = d.log();
+    let line = format!("VirtualSensorDriver[{pid}]:  INFO stop: last reading 0 °C after ");
+    let at = log
+        .find(&line)
+        .unwrap_or_else(|| panic!("Stop cancelled the interrupt source:\n{log}"));
+    let counted: u64 = log[at + line.len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(counted >= 10, "{counted} interrupts");
+    let ids: Vec<_> = d.nodes().iter().map(|n| n["id"].clone()).collect();
+    assert!(!ids.contains(&node["id"]));
+}
+
+/// A bundle for one of the examples built into the `driverkit` binary.
+fn driverkit_cli_example_bundle(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let plist = std::fs::read_to_string(format!(
+        "{}/../../examples/{name}/Info.plist",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let id = format!("com.example.{name}");
+    let bundle = dir.join(format!("{id}.dext"));
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::write(bundle.join("Info.plist"), plist).unwrap();
+    std::os::unix::fs::symlink(EXE, bundle.join(name)).unwrap();
+    bundle
+}

@@ -57,6 +57,10 @@ pub enum Kind {
     Channel = 4,
     /// Dext -> daemon, first message: the dext's protocol version and PID.
     Hello = 5,
+    /// Dext -> daemon: a shared-memory region, registered under the ID in
+    /// the object field, for later calls to name; the memfd travels as
+    /// `SCM_RIGHTS`.
+    Memory = 6,
 }
 
 impl Kind {
@@ -67,6 +71,7 @@ impl Kind {
             3 => Kind::Oneway,
             4 => Kind::Channel,
             5 => Kind::Hello,
+            6 => Kind::Memory,
             _ => return None,
         })
     }
@@ -302,7 +307,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn emit_then_parse_is_identity(kind in 1u8..=5, flags: u8, call: u32, object: u64, method: u64, status: u32,
+        fn emit_then_parse_is_identity(kind in 1u8..=6, flags: u8, call: u32, object: u64, method: u64, status: u32,
                                        payload in proptest::collection::vec(any::<u8>(), 0..64)) {
             let h = Header { kind: Kind::from_u8(kind).unwrap(), flags, call, object: ObjectId(object),
                              method: MethodId(method), status: IOReturn(status) };

@@ -69,4 +69,9 @@ pub trait IOServiceInterface {
     /// Starts asynchronous termination, which ends in `stop`.
     #[kernel]
     fn terminate(&self, options: u64) -> IOResult<()>;
+    /// Delivers interrupt `index` of this (provider) service into the
+    /// caller's shared-memory region `memory` (see `interrupt` for the
+    /// layout): the counter goes up and the doorbell rings per interrupt.
+    #[kernel]
+    fn register_interrupt(&self, index: u32, memory: u64) -> IOResult<()>;
 }

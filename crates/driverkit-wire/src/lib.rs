@@ -16,6 +16,7 @@ pub mod classes;
 pub mod codec;
 pub mod header;
 pub mod interfaces;
+pub mod interrupt;
 mod ioreturn;
 pub mod ring;
 pub mod shm;

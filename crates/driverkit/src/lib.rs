@@ -31,6 +31,7 @@
 
 pub mod action;
 pub mod data_queue;
+pub mod interrupt;
 mod log;
 pub mod queue;
 pub mod runtime;
@@ -42,6 +43,7 @@ pub use action::OSAction;
 pub use data_queue::IODataQueueDispatchSource;
 pub use driverkit_macros::{actions, service};
 pub use driverkit_wire::{IOResult, IOReturn};
+pub use interrupt::IOInterruptDispatchSource;
 pub use queue::IODispatchQueue;
 pub use service::{IOService, IOServiceApi, IOServiceImpl, IOServiceSuper};
 pub use timer::IOTimerDispatchSource;
@@ -53,8 +55,8 @@ pub use tracing::{debug, error, info, warn};
 pub mod prelude {
     pub use crate::runtime::Service;
     pub use crate::{
-        IODataQueueDispatchSource, IODispatchQueue, IOResult, IOReturn, IOService, IOServiceApi,
-        IOServiceImpl, IOServiceSuper, IOTimerDispatchSource, OSAction,
+        IODataQueueDispatchSource, IODispatchQueue, IOInterruptDispatchSource, IOResult, IOReturn,
+        IOService, IOServiceApi, IOServiceImpl, IOServiceSuper, IOTimerDispatchSource, OSAction,
     };
 }
 

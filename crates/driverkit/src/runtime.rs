@@ -483,6 +483,21 @@ thread_local! {
     static CACHED: std::cell::RefCell<CachedChannel> = const { std::cell::RefCell::new(CachedChannel(None)) };
 }
 
+/// Registers a shared-memory region with the system for later calls to name
+/// by the returned ID. The region travels over the main socket; the system
+/// waits for it if a call naming it overtakes it.
+pub(crate) fn register_memory(shm: &driverkit_wire::shm::SharedMemory) -> IOResult<u64> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let rt = RUNTIME.get().ok_or(IOReturn::NOT_READY)?;
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut h = Header::new(Kind::Memory);
+    h.object = ObjectId(id);
+    rt.main
+        .send(&h, &[], Some(shm.as_fd()))
+        .map_err(|_| IOReturn::OFFLINE)?;
+    Ok(id)
+}
+
 /// Carries the driver's calls to the system over a call channel: the one
 /// this thread used last, else one from the pool, else a new one.
 pub(crate) struct SystemCaller;

@@ -102,6 +102,8 @@ pub(crate) struct State {
     resources: EntryId,
     virtual_bus: EntryId,
     devices: BTreeMap<EntryId, String>,
+    /// Interrupt lines of plugged devices that have any.
+    interrupts: HashMap<EntryId, crate::backends::interrupts::InterruptModel>,
     shutting_down: bool,
     jobs: usize,
 }
@@ -167,6 +169,7 @@ impl Daemon {
             resources,
             virtual_bus,
             devices: BTreeMap::new(),
+            interrupts: HashMap::new(),
             shutting_down: false,
             jobs: 0,
         };
@@ -244,6 +247,13 @@ impl Daemon {
                 e.state.active = true;
             }
             st.devices.insert(id, spec.source.clone());
+            if !spec.interrupts.is_empty() {
+                let model = crate::backends::interrupts::InterruptModel::start(
+                    &spec.name,
+                    &spec.interrupts,
+                );
+                st.interrupts.insert(id, model);
+            }
             id
         };
         tracing::info!(
@@ -796,6 +806,7 @@ impl Inner {
                 let mut st = self.lock();
                 st.registry.remove(id);
                 st.devices.remove(&id);
+                st.interrupts.remove(&id);
             }
             self.emit(Event::Removed { service: id });
             self.release_if_idle(&server);
@@ -804,6 +815,7 @@ impl Inner {
                 let mut st = self.lock();
                 st.registry.remove(id);
                 st.devices.remove(&id);
+                st.interrupts.remove(&id);
             }
             self.emit(Event::Removed { service: id });
         }
@@ -946,6 +958,7 @@ impl Inner {
         self.check_access(server, h.object.0, h.method, superdispatch)?;
         let call = crate::families::io_service::KernelCall {
             daemon: self,
+            server,
             object: h.object.0,
             superdispatch,
         };
@@ -971,6 +984,8 @@ impl Inner {
             io_service_interface::COPY_PROPERTIES,
             io_service_interface::COPY_PROPERTY,
             io_service_interface::GET_REGISTRY_ENTRY_ID,
+            // A client subscribes to its provider's interrupts.
+            io_service_interface::REGISTER_INTERRUPT,
         ];
         let is_provider = e
             .clients
@@ -993,6 +1008,28 @@ impl Inner {
         drop(st);
         tracing::debug!("register {name} [{id:#x}]");
         self.schedule_match(id);
+    }
+
+    /// Delivers interrupt `index` of device `object` into the region `memory`
+    /// that `server` registered.
+    pub(crate) fn register_interrupt(
+        &self,
+        server: u64,
+        object: EntryId,
+        index: u32,
+        memory: u64,
+    ) -> IOResult<()> {
+        let process = self
+            .lock()
+            .servers
+            .get(&server)
+            .map(|s| s.server.clone())
+            .ok_or(IOReturn::OFFLINE)?;
+        // Outside the lock: the region may still be on its way.
+        let region = process.memory(memory).ok_or(IOReturn::BAD_ARGUMENT)?;
+        let st = self.lock();
+        let model = st.interrupts.get(&object).ok_or(IOReturn::NOT_FOUND)?;
+        model.subscribe(index, &region)
     }
 
     pub(crate) fn schedule_terminate(&self, id: EntryId) {

@@ -61,6 +61,9 @@ pub struct UserServer {
     /// Call channels being served, closed when the process ends so that
     /// their threads end too.
     channels: Mutex<Vec<Arc<ShmChannel>>>,
+    /// Shared-memory regions the dext registered, by its IDs.
+    memory: Mutex<HashMap<u64, Arc<SharedMemory>>>,
+    memory_arrived: std::sync::Condvar,
 }
 
 impl std::fmt::Debug for UserServer {
@@ -132,6 +135,8 @@ impl UserServer {
             exit_requested: AtomicBool::new(false),
             call_timeout: launch.call_timeout,
             channels: Mutex::new(Vec::new()),
+            memory: Mutex::new(HashMap::new()),
+            memory_arrived: std::sync::Condvar::new(),
         });
         let reader = server.clone();
         std::thread::Builder::new()
@@ -210,6 +215,17 @@ impl UserServer {
                         let _ = self.main.reply(&h, result);
                     }
                     Kind::Hello => tracing::warn!("{self:?} said hello twice"),
+                    Kind::Memory => match fd.map(|fd| SharedMemory::from_fd(fd, 0)) {
+                        Some(Ok(shm)) => {
+                            self.memory
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .insert(h.object.0, Arc::new(shm));
+                            self.memory_arrived.notify_all();
+                        }
+                        Some(Err(e)) => tracing::warn!("{self:?} registered bad memory: {e}"),
+                        None => tracing::warn!("{self:?} registered memory without a region"),
+                    },
                 },
                 Ok(None) => break "closed its connection".to_owned(),
                 Err(e) => {
@@ -278,6 +294,30 @@ impl UserServer {
             });
         if let Err(e) = spawned {
             tracing::error!("cannot serve a channel of pid {pid}: {e}");
+        }
+    }
+}
+
+impl UserServer {
+    /// The region the dext registered as `id`. The registration travels on
+    /// the main socket and the call naming it on a call channel, so the call
+    /// may arrive first: wait briefly for it.
+    pub fn memory(&self, id: u64) -> Option<Arc<SharedMemory>> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let mut table = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(m) = table.get(&id) {
+                return Some(m.clone());
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || !self.is_alive() {
+                return None;
+            }
+            table = self
+                .memory_arrived
+                .wait_timeout(table, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 }

@@ -208,6 +208,7 @@ fn bench_device(name: &str, extra: &[(&str, Value)]) -> DeviceSpec {
         name: name.into(),
         class: "IOVirtualDevice".into(),
         properties,
+        interrupts: Vec::new(),
         source: "bench".into(),
     }
 }

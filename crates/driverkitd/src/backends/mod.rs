@@ -2,4 +2,5 @@
 //! into registry nubs and nothing else; families and matching take over
 //! from there.
 
+pub mod interrupts;
 pub mod virtual_device;

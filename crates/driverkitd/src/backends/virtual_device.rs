@@ -12,6 +12,13 @@
 //! ```
 //!
 //! Tables become dictionaries and arrays arrays; TOML dates become dates.
+//!
+//! A device can raise interrupts, numbered from 0 in the order listed:
+//!
+//! ```toml
+//! [[interrupts]]
+//! period_ms = 100                 # one interrupt every 100 ms
+//! ```
 
 use plist::Value;
 
@@ -21,6 +28,8 @@ pub struct DeviceSpec {
     pub name: String,
     pub class: String,
     pub properties: plist::Dictionary,
+    /// The period of each interrupt the device raises.
+    pub interrupts: Vec<std::time::Duration>,
     /// Where it came from (a path or `builtin:NAME`), for `device list`.
     pub source: String,
 }
@@ -49,6 +58,7 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
     let mut name = None;
     let mut class = "IOVirtualDevice".to_owned();
     let mut properties = plist::Dictionary::new();
+    let mut interrupts = Vec::new();
     for (key, value) in &table {
         match (key.as_str(), value) {
             ("name", toml::Value::String(s)) if !s.is_empty() => name = Some(s.clone()),
@@ -60,6 +70,21 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
                         to_plist(v).map_err(|e| format!("{source}: key properties.{k}: {e}"))?,
                     );
                 }
+            }
+            ("interrupts", toml::Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    let period = item
+                        .get("period_ms")
+                        .and_then(toml::Value::as_integer)
+                        .filter(|ms| (1..=3_600_000).contains(ms))
+                        .ok_or_else(|| {
+                            format!("{source}: key interrupts[{i}].period_ms: expected milliseconds from 1 to 3600000")
+                        })?;
+                    interrupts.push(std::time::Duration::from_millis(period as u64));
+                }
+            }
+            ("interrupts", other) => {
+                return Err(format!("{source}: key interrupts: expected [[interrupts]] tables, found {}", other.type_str()))
             }
             ("name" | "class", other) => {
                 return Err(format!(
@@ -75,7 +100,7 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
             }
             (other, _) => {
                 return Err(format!(
-                    "{source}: unknown key {other:?}: expected name, class or [properties]"
+                    "{source}: unknown key {other:?}: expected name, class, [properties] or [[interrupts]]"
                 ))
             }
         }
@@ -91,6 +116,7 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
         name,
         class,
         properties,
+        interrupts,
         source: source.to_owned(),
     })
 }
@@ -179,6 +205,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("key properties.F: $data: odd number"), "{e}");
+        let e = parse("name = \"x\"\n[[interrupts]]\nperiod_ms = 0", "f.toml").unwrap_err();
+        assert!(e.contains("key interrupts[0].period_ms"), "{e}");
+        let ok = parse(
+            "name = \"x\"\n[[interrupts]]\nperiod_ms = 5\n[[interrupts]]\nperiod_ms = 7",
+            "f.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            ok.interrupts,
+            [
+                std::time::Duration::from_millis(5),
+                std::time::Duration::from_millis(7)
+            ]
+        );
         let e = parse("nmae = \"x\"", "f.toml").unwrap_err();
         assert!(e.contains("unknown key \"nmae\""), "{e}");
         let e = parse("name = [", "f.toml").unwrap_err();

@@ -10,6 +10,8 @@ use crate::registry::EntryId;
 /// One call from a dext about `object`, already checked for access.
 pub(crate) struct KernelCall<'a> {
     pub daemon: &'a Inner,
+    /// The user server (dext process) making the call.
+    pub server: u64,
     pub object: EntryId,
     pub superdispatch: bool,
 }
@@ -96,5 +98,10 @@ impl IOServiceInterface for KernelCall<'_> {
     fn terminate(&self, _options: u64) -> IOResult<()> {
         self.daemon.schedule_terminate(self.object);
         Ok(())
+    }
+
+    fn register_interrupt(&self, index: u32, memory: u64) -> IOResult<()> {
+        self.daemon
+            .register_interrupt(self.server, self.object, index, memory)
     }
 }

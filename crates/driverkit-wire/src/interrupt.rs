@@ -1,0 +1,32 @@
+//! The shared-memory region through which the system delivers a device's
+//! interrupts to a dext: a count of interrupts so far, and a doorbell.
+//!
+//! ```text
+//!  0  count (u64, written by the system)
+//! 64  doorbell
+//! ```
+
+use std::sync::atomic::Ordering;
+
+use crate::shm::{Doorbell, SharedMemory};
+
+const COUNT: usize = 0;
+const BELL: usize = 64;
+/// The size of an interrupt region.
+pub const LEN: usize = 4096;
+
+/// The system's side: raises one interrupt.
+pub fn raise(shm: &SharedMemory) {
+    shm.u64_at(COUNT).fetch_add(1, Ordering::Release);
+    Doorbell::at(shm, BELL).ring();
+}
+
+/// Interrupts raised so far.
+pub fn count(shm: &SharedMemory) -> u64 {
+    shm.u64_at(COUNT).load(Ordering::Acquire)
+}
+
+/// The region's doorbell.
+pub fn doorbell(shm: &SharedMemory) -> Doorbell<'_> {
+    Doorbell::at(shm, BELL)
+}
