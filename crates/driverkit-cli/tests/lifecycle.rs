@@ -317,3 +317,71 @@ fn driverkit_cli_example_bundle(dir: &std::path::Path, name: &str) -> std::path:
     std::os::unix::fs::symlink(EXE, bundle.join(name)).unwrap();
     bundle
 }
+
+#[test]
+fn an_async_read_fills_the_shared_buffer_in_place_and_completes_its_action() {
+    let d = Daemon::start(&["--no-embedded", "--no-default-devices"]);
+    let dir = d.root.path().to_owned();
+    let bundle = test_bundle(
+        &dir,
+        "org.test.Read",
+        &[P {
+            name: "Reader",
+            provider_class: "IOVirtualDevice",
+            extra: "<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>\
+                    <key>TestReadLength</key><integer>65536</integer>",
+        }],
+    );
+    d.cli(&["load", bundle.to_str().unwrap()]);
+    plug_test_device(&d);
+    let node = d.wait_node("the read completed", |n| {
+        n["properties"]["TestReadStatus"].is_string()
+    });
+    assert_eq!(node["properties"]["TestReadStatus"], "kIOReturnSuccess");
+    assert_eq!(
+        node["properties"]["TestReadVerified"], true,
+        "64 KiB written by the device, read by the dext"
+    );
+}
+
+#[test]
+fn a_read_in_flight_completes_with_aborted_when_the_device_is_unplugged() {
+    let d = Daemon::start(&["--no-embedded", "--no-default-devices"]);
+    let dir = d.root.path().to_owned();
+    let bundle = test_bundle(
+        &dir,
+        "org.test.Slow",
+        &[P {
+            name: "SlowReader",
+            provider_class: "IOVirtualDevice",
+            extra: "<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>\
+                    <key>TestReadLength</key><integer>16</integer>",
+        }],
+    );
+    d.cli(&["load", bundle.to_str().unwrap()]);
+    let dev = device_file(
+        &dir,
+        "slow.toml",
+        "name = \"T\"\n[properties]\nTestDevice = true\nReadLatencyMs = 600000\n",
+    );
+    let id = d.cli(&["device", "plug", &dev]);
+    let node = d.wait_node("the reader started", |n| {
+        n["properties"]["TestDriverStarted"] == true
+    });
+    let pid = node["pid"].as_u64().unwrap();
+    d.cli(&["device", "unplug", id.trim()]);
+    d.wait_log(&format!("exit     org.test.Slow pid {pid}"), 1);
+    let log = d.log();
+    let aborted = log
+        .find(&format!(
+            "Slow[{pid}]:  INFO read completed: kIOReturnAborted (0xe00002eb) after 0 bytes"
+        ))
+        .unwrap_or_else(|| panic!("the read was aborted:\n{log}"));
+    let stopped = log
+        .find(&format!("Slow[{pid}]:  INFO stop"))
+        .expect("the dext's stop ran");
+    assert!(
+        aborted < stopped,
+        "aborted before Stop, both from the dext's own log:\n{log}"
+    );
+}

@@ -27,6 +27,10 @@ pub trait IOUserServerInterface {
     /// Asks the process to exit once it has replied.
     #[local]
     fn exit(&self) -> IOResult<()>;
+    /// Completes an asynchronous request: runs the action the dext
+    /// registered as `action` with the request's status and byte count.
+    #[local]
+    fn complete_async(&self, action: u64, status: u32, actual: u64) -> IOResult<()>;
 }
 
 /// `IOService`, the base class of every service.
@@ -74,4 +78,9 @@ pub trait IOServiceInterface {
     /// layout): the counter goes up and the doorbell rings per interrupt.
     #[kernel]
     fn register_interrupt(&self, index: u32, memory: u64) -> IOResult<()>;
+    /// Asks this (provider) device to fill `length` bytes of the caller's
+    /// region `memory` in place; completes later with `complete_async` on
+    /// the caller's user server, or with `kIOReturnAborted` if the device goes.
+    #[kernel]
+    fn read_async(&self, memory: u64, length: u64, action: u64) -> IOResult<()>;
 }

@@ -26,6 +26,8 @@ pub enum ActionArgs {
     Time(u64),
     /// `InterruptOccurred(count, time)`.
     Interrupt { count: u64, time: u64 },
+    /// An asynchronous request completed: its status and byte count.
+    Completion { status: IOReturn, actual: u64 },
 }
 
 /// A callback type: the signature a method must have to be an action of
@@ -58,6 +60,11 @@ pub mod types {
     pub mod IOInterruptDispatchSource {
         /// `InterruptOccurred(action, count, time)`.
         pub struct InterruptOccurred;
+    }
+    /// Callbacks of `IOService`'s asynchronous requests.
+    pub mod IOService {
+        /// `CompleteAsync(action, status, actualBytes)`.
+        pub struct CompleteAsync;
     }
 }
 
@@ -93,6 +100,16 @@ impl<S: 'static> ActionType<S> for types::IOInterruptDispatchSource::InterruptOc
     fn invoke(method: Self::Method, service: &S, action: &OSAction, args: ActionArgs) {
         if let ActionArgs::Interrupt { count, time } = args {
             method(service, action, count, time)
+        }
+    }
+}
+
+impl<S: 'static> ActionType<S> for types::IOService::CompleteAsync {
+    const NAME: &'static str = "IOService::CompleteAsync";
+    type Method = fn(&S, &OSAction, IOReturn, u64);
+    fn invoke(method: Self::Method, service: &S, action: &OSAction, args: ActionArgs) {
+        if let ActionArgs::Completion { status, actual } = args {
+            method(service, action, status, actual)
         }
     }
 }

@@ -33,6 +33,7 @@ pub mod action;
 pub mod data_queue;
 pub mod interrupt;
 mod log;
+pub mod memory;
 pub mod queue;
 pub mod runtime;
 pub mod service;
@@ -44,6 +45,7 @@ pub use data_queue::IODataQueueDispatchSource;
 pub use driverkit_macros::{actions, service};
 pub use driverkit_wire::{IOResult, IOReturn};
 pub use interrupt::IOInterruptDispatchSource;
+pub use memory::{IOBufferMemoryDescriptor, IOMemoryDescriptor, IOMemoryMap};
 pub use queue::IODispatchQueue;
 pub use service::{IOService, IOServiceApi, IOServiceImpl, IOServiceSuper};
 pub use timer::IOTimerDispatchSource;
@@ -55,8 +57,9 @@ pub use tracing::{debug, error, info, warn};
 pub mod prelude {
     pub use crate::runtime::Service;
     pub use crate::{
-        IODataQueueDispatchSource, IODispatchQueue, IOInterruptDispatchSource, IOResult, IOReturn,
-        IOService, IOServiceApi, IOServiceImpl, IOServiceSuper, IOTimerDispatchSource, OSAction,
+        IOBufferMemoryDescriptor, IODataQueueDispatchSource, IODispatchQueue,
+        IOInterruptDispatchSource, IOMemoryDescriptor, IOResult, IOReturn, IOService, IOServiceApi,
+        IOServiceImpl, IOServiceSuper, IOTimerDispatchSource, OSAction,
     };
 }
 

@@ -22,6 +22,7 @@ use driverkit_wire::{
     Caller, Encoder, Header, IOResult, IOReturn, Kind, MethodId, ObjectId, Packet, Wire,
 };
 
+use crate::action::{ActionArgs, OSAction};
 use crate::queue::IODispatchQueue;
 use crate::service::{IOService, IOServiceImpl};
 
@@ -224,6 +225,9 @@ struct Runtime {
     /// A `Default` queue made ahead of the first `create`, while the system
     /// is still busy with its side of the launch.
     spare_queue: Mutex<Option<IODispatchQueue>>,
+    /// Completion actions of asynchronous requests in flight, by the ID the
+    /// system will complete them with.
+    actions: Mutex<HashMap<u64, OSAction>>,
 }
 
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
@@ -253,6 +257,7 @@ pub fn run(classes: Vec<ClassEntry>) -> ! {
         objects: Mutex::new(HashMap::new()),
         channels: Mutex::new(Vec::new()),
         spare_queue: Mutex::new(None),
+        actions: Mutex::new(HashMap::new()),
     });
     let mut hello = Encoder::new();
     std::process::id().encode(&mut hello);
@@ -402,6 +407,23 @@ impl IOUserServerInterface for ServerHandler {
         result
     }
 
+    fn complete_async(&self, action: u64, status: u32, actual: u64) -> IOResult<()> {
+        let action = self
+            .rt
+            .actions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&action);
+        let action = action.ok_or(IOReturn::NOT_FOUND)?;
+        action.invoke(
+            ActionArgs::Completion {
+                status: IOReturn(status),
+                actual,
+            },
+            || (),
+        )
+    }
+
     fn exit(&self) -> IOResult<()> {
         tracing::debug!("exit requested by the system");
         Ok(())
@@ -481,6 +503,29 @@ impl Drop for CachedChannel {
 
 thread_local! {
     static CACHED: std::cell::RefCell<CachedChannel> = const { std::cell::RefCell::new(CachedChannel(None)) };
+}
+
+/// Keeps `action` until the system completes the request it was sent with;
+/// returns the ID the system completes it by.
+pub(crate) fn register_action(action: &OSAction) -> IOResult<u64> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let rt = RUNTIME.get().ok_or(IOReturn::NOT_READY)?;
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    rt.actions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, action.clone());
+    Ok(id)
+}
+
+/// Forgets an action whose request never reached the system.
+pub(crate) fn unregister_action(id: u64) {
+    if let Some(rt) = RUNTIME.get() {
+        rt.actions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
 }
 
 /// Registers a shared-memory region with the system for later calls to name

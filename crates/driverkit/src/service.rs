@@ -142,6 +142,26 @@ pub trait IOServiceApi {
     fn terminate(&self) -> IOResult<()> {
         proxy(self.target_id(), 0).terminate(0)
     }
+
+    /// Asks this device (your provider) to fill `length` bytes of `buffer`
+    /// in place. `completion` (type `IOService::CompleteAsync`) runs on its
+    /// queue when the data is there, or with `kIOReturnAborted` if the
+    /// device goes away first.
+    fn read_async(
+        &self,
+        buffer: &crate::memory::IOBufferMemoryDescriptor,
+        length: u64,
+        completion: &crate::OSAction,
+    ) -> IOResult<()> {
+        completion.expect_type("IOService::CompleteAsync")?;
+        let memory = buffer.memory_id()?;
+        let action = crate::runtime::register_action(completion)?;
+        let sent = proxy(self.target_id(), 0).read_async(memory, length, action);
+        if sent.is_err() {
+            crate::runtime::unregister_action(action);
+        }
+        sent
+    }
 }
 
 impl IOServiceApi for IOService {

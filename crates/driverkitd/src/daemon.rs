@@ -83,6 +83,14 @@ pub struct DeviceInfo {
     pub clients: Vec<String>,
 }
 
+/// A read a dext asked a device for, not yet completed.
+struct PendingRead {
+    device: EntryId,
+    server: Arc<UserServer>,
+    /// The dext's ID for its completion action.
+    action: u64,
+}
+
 struct ServerSlot {
     server: Arc<UserServer>,
     /// Attaches in progress that will use this server; it must not be
@@ -104,6 +112,9 @@ pub(crate) struct State {
     devices: BTreeMap<EntryId, String>,
     /// Interrupt lines of plugged devices that have any.
     interrupts: HashMap<EntryId, crate::backends::interrupts::InterruptModel>,
+    /// Asynchronous reads in flight, by request number.
+    reads: HashMap<u64, PendingRead>,
+    next_read: u64,
     shutting_down: bool,
     jobs: usize,
 }
@@ -170,6 +181,8 @@ impl Daemon {
             virtual_bus,
             devices: BTreeMap::new(),
             interrupts: HashMap::new(),
+            reads: HashMap::new(),
+            next_read: 0,
             shutting_down: false,
             jobs: 0,
         };
@@ -735,7 +748,25 @@ impl Inner {
     /// Terminates `id` and everything above it, bottom-up, then lets its
     /// provider match again (a driver went away; it is not offered the same
     /// provider again, or a driver that terminates itself would loop).
+    /// Requests in flight to the departing devices complete first, with
+    /// `kIOReturnAborted`, so that their drivers' Stop finds nothing pending.
     pub(crate) fn terminate(&self, id: EntryId) {
+        let aborted: Vec<PendingRead> = {
+            let mut st = self.lock();
+            let departing = st.registry.subtree_bottom_up(id);
+            let ids: Vec<u64> = st
+                .reads
+                .iter()
+                .filter(|(_, r)| departing.contains(&r.device))
+                .map(|(k, _)| *k)
+                .collect();
+            ids.into_iter()
+                .filter_map(|k| st.reads.remove(&k))
+                .collect()
+        };
+        for read in aborted {
+            complete(&read, IOReturn::ABORTED, 0);
+        }
         let (order, provider) = {
             let mut st = self.lock();
             if let Some(e) = st.registry.get(id).cloned() {
@@ -984,8 +1015,10 @@ impl Inner {
             io_service_interface::COPY_PROPERTIES,
             io_service_interface::COPY_PROPERTY,
             io_service_interface::GET_REGISTRY_ENTRY_ID,
-            // A client subscribes to its provider's interrupts.
+            // A client subscribes to its provider's interrupts and asks it
+            // for I/O.
             io_service_interface::REGISTER_INTERRUPT,
+            io_service_interface::READ_ASYNC,
         ];
         let is_provider = e
             .clients
@@ -1032,8 +1065,81 @@ impl Inner {
         model.subscribe(index, &region)
     }
 
+    /// Starts an asynchronous read of `length` bytes from virtual device
+    /// `device` into the region `memory` of `server`. The device's latency is
+    /// its `ReadLatencyMs` property (10 ms if absent); it writes its data
+    /// straight into the mapped region, then completes the dext's action.
+    pub(crate) fn read_async(
+        &self,
+        server: u64,
+        device: EntryId,
+        memory: u64,
+        length: u64,
+        action: u64,
+    ) -> IOResult<()> {
+        let process = self
+            .lock()
+            .servers
+            .get(&server)
+            .map(|s| s.server.clone())
+            .ok_or(IOReturn::OFFLINE)?;
+        let region = process.memory(memory).ok_or(IOReturn::BAD_ARGUMENT)?;
+        if length > region.len() as u64 {
+            return Err(IOReturn::BAD_ARGUMENT);
+        }
+        let (request, latency, seed) = {
+            let mut st = self.lock();
+            if !st.devices.contains_key(&device) {
+                return Err(IOReturn::UNSUPPORTED);
+            }
+            let e = st.registry.get(device).ok_or(IOReturn::NOT_FOUND)?;
+            let latency = e
+                .properties
+                .get("ReadLatencyMs")
+                .and_then(plist::Value::as_unsigned_integer)
+                .unwrap_or(10);
+            st.next_read += 1;
+            let request = st.next_read;
+            st.reads.insert(
+                request,
+                PendingRead {
+                    device,
+                    server: process,
+                    action,
+                },
+            );
+            (request, Duration::from_millis(latency), device as u8)
+        };
+        self.spawn_job("read", move |d| {
+            std::thread::sleep(latency);
+            let Some(read) = d.lock().reads.remove(&request) else {
+                return;
+            };
+            // The device's data: byte i of a read is seed + i.
+            let data: Vec<u8> = (0..length).map(|i| seed.wrapping_add(i as u8)).collect();
+            region.write(0, &data);
+            complete(&read, IOReturn::SUCCESS, length);
+        });
+        Ok(())
+    }
+
     pub(crate) fn schedule_terminate(&self, id: EntryId) {
         self.spawn_job("terminate", move |d| d.terminate(id));
+    }
+}
+
+/// Runs the dext's completion action of `read` with `status`.
+fn complete(read: &PendingRead, status: IOReturn, actual: u64) {
+    let server = io_user_server_interface::Proxy {
+        caller: &*read.server,
+        object: ObjectId::USER_SERVER,
+        flags: 0,
+    };
+    if let Err(e) = server.complete_async(read.action, status.0, actual) {
+        tracing::debug!(
+            "completion of a read to {:?} not delivered: {e}",
+            read.server
+        );
     }
 }
 

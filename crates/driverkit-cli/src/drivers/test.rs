@@ -5,7 +5,10 @@
 //! - `TestStartBehavior`: `ok` (default), `fail` (Start returns
 //!   kIOReturnError), `panic`, `abort`, `kill-self` (SIGKILL), `hang`;
 //! - `TestStartDelayMs`: sleep this long in Start first;
-//! - `TestTerminateAfterMs`: once started, terminate itself this much later.
+//! - `TestTerminateAfterMs`: once started, terminate itself this much later;
+//! - `TestReadLength`: ask the provider for an asynchronous read of this
+//!   many bytes into a shared buffer, and publish the outcome
+//!   (`TestReadStatus`, `TestReadVerified`).
 //!
 //! It publishes `TestDriverPID` before acting, so a test can find its
 //! process while Start runs.
@@ -45,12 +48,17 @@ pub fn classes() -> Vec<ClassEntry> {
     vec![driverkit::runtime::class::<TestDriver>()]
 }
 
-#[driverkit::service(superclass = IOService)]
+#[derive(Default)]
+pub struct TestIvars {
+    buffer: std::sync::Mutex<Option<IOBufferMemoryDescriptor>>,
+}
+
+#[driverkit::service(superclass = IOService, ivars = TestIvars)]
 pub struct TestDriver;
 
 impl IOServiceImpl for TestDriver {
-    fn init(&self) -> IOResult<()> {
-        Ok(())
+    fn init(&self) -> IOResult<TestIvars> {
+        Ok(TestIvars::default())
     }
 
     fn start(&self, provider: &IOService) -> IOResult<()> {
@@ -81,6 +89,18 @@ impl IOServiceImpl for TestDriver {
             },
             _ => {}
         }
+        if let Some(len) = p
+            .get("TestReadLength")
+            .and_then(plist::Value::as_unsigned_integer)
+        {
+            let buffer = IOBufferMemoryDescriptor::create(len as usize)?;
+            provider.read_async(&buffer, len, &self.create_action_read_done(0)?)?;
+            *self
+                .ivars()
+                .buffer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(buffer);
+        }
         self.set_property("TestDriverStarted", true)?;
         if let Some(ms) = p
             .get("TestTerminateAfterMs")
@@ -103,5 +123,34 @@ impl IOServiceImpl for TestDriver {
 
     fn free(&self) {
         driverkit::info!("free");
+    }
+}
+
+#[driverkit::actions]
+impl TestDriver {
+    #[action(IOService::CompleteAsync)]
+    fn read_done(&self, _action: &OSAction, status: IOReturn, actual: u64) {
+        driverkit::info!("read completed: {status} after {actual} bytes");
+        let _ = self.set_property("TestReadStatus", status.name().unwrap_or("?"));
+        let buffer = self
+            .ivars()
+            .buffer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let (Ok(()), Some(buffer)) = (status.into_result(), buffer) {
+            // The device wrote byte i as (its entry ID + i), in place.
+            let seed = self.provider().registry_entry_id() as u8;
+            let mut data = vec![0; actual as usize];
+            let verified = buffer
+                .create_mapping()
+                .and_then(|m| m.read(0, &mut data))
+                .is_ok()
+                && data
+                    .iter()
+                    .enumerate()
+                    .all(|(i, b)| *b == seed.wrapping_add(i as u8));
+            let _ = self.set_property("TestReadVerified", verified);
+        }
     }
 }

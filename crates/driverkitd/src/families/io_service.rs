@@ -104,4 +104,9 @@ impl IOServiceInterface for KernelCall<'_> {
         self.daemon
             .register_interrupt(self.server, self.object, index, memory)
     }
+
+    fn read_async(&self, memory: u64, length: u64, action: u64) -> IOResult<()> {
+        self.daemon
+            .read_async(self.server, self.object, memory, length, action)
+    }
 }
