@@ -385,3 +385,30 @@ fn a_read_in_flight_completes_with_aborted_when_the_device_is_unplugged() {
         "aborted before Stop, both from the dext's own log:\n{log}"
     );
 }
+
+#[test]
+fn a_completion_that_can_no_longer_arrive_runs_the_aborted_handler() {
+    let d = Daemon::start(&["--no-embedded", "--no-default-devices"]);
+    let dir = d.root.path().to_owned();
+    let bundle = test_bundle(
+        &dir,
+        "org.test.Leaver",
+        &[P {
+            name: "Leaver",
+            provider_class: "IOVirtualDevice",
+            extra: "<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>\
+                    <key>TestReadLength</key><integer>16</integer>\
+                    <key>TestTerminateAfterMs</key><integer>100</integer>",
+        }],
+    );
+    d.cli(&["load", bundle.to_str().unwrap()]);
+    let dev = device_file(
+        &dir,
+        "slow.toml",
+        "name = \"T\"\n[properties]\nTestDevice = true\nReadLatencyMs = 600000\n",
+    );
+    d.cli(&["device", "plug", &dev]);
+    // The driver leaves its device (which stays) with the read in flight.
+    d.wait_log("read dropped without completion: aborted handler ran", 1);
+    assert!(!d.log().contains("read completed"), "{}", d.log());
+}

@@ -122,6 +122,9 @@ struct Inner {
     invoke: Invoke,
     reference: Mutex<Box<[u8]>>,
     cancelled: AtomicBool,
+    /// The service whose method this is.
+    owner: driverkit_wire::ObjectId,
+    aborted: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 /// A callback: a service's method, its queue, and reference storage.
@@ -165,6 +168,8 @@ impl OSAction {
                 invoke,
                 reference: Mutex::new(vec![0; reference_size].into_boxed_slice()),
                 cancelled: AtomicBool::new(false),
+                owner: driverkit_wire::ObjectId(service.registry_entry_id()),
+                aborted: Mutex::new(None),
             }),
         })
     }
@@ -238,6 +243,31 @@ impl OSAction {
     pub fn cancel(&self, handler: impl FnOnce() + Send + 'static) -> IOResult<()> {
         self.inner.cancelled.store(true, Ordering::Release);
         self.inner.queue.dispatch_async(handler)
+    }
+
+    /// Runs `handler` (on the action's queue) if the system drops the action
+    /// without ever calling it: a request whose completion can no longer
+    /// reach its service (DriverKit's `SetAbortedHandler`).
+    pub fn set_aborted_handler(&self, handler: impl FnOnce() + Send + 'static) {
+        *self.inner.aborted.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(handler));
+    }
+
+    /// The service whose method this action calls.
+    pub(crate) fn owner(&self) -> driverkit_wire::ObjectId {
+        self.inner.owner
+    }
+
+    /// The action was dropped unused: its aborted handler runs, once.
+    pub(crate) fn abort(&self) {
+        let handler = self
+            .inner
+            .aborted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = handler {
+            let _ = self.inner.queue.dispatch_async(h);
+        }
     }
 
     /// Fails with `kIOReturnBadArgument` unless this action is of type `name`.

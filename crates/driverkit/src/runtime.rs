@@ -399,6 +399,19 @@ impl IOUserServerInterface for ServerHandler {
         let Some(Hosted { instance, queue }) = hosted else {
             return Err(IOReturn::NOT_FOUND);
         };
+        // Completions still owed to this service can never reach it now.
+        let orphaned: Vec<OSAction> = {
+            let mut actions = self.rt.actions.lock().unwrap_or_else(|e| e.into_inner());
+            let ids: Vec<u64> = actions
+                .iter()
+                .filter(|(_, a)| a.owner() == object)
+                .map(|(k, _)| *k)
+                .collect();
+            ids.into_iter().filter_map(|k| actions.remove(&k)).collect()
+        };
+        for action in orphaned {
+            action.abort();
+        }
         // free runs on the service's queue after everything queued before
         // it; the instance and its ivars are dropped when the last
         // reference (this closure's) goes.

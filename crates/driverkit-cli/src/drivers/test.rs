@@ -94,7 +94,11 @@ impl IOServiceImpl for TestDriver {
             .and_then(plist::Value::as_unsigned_integer)
         {
             let buffer = IOBufferMemoryDescriptor::create(len as usize)?;
-            provider.read_async(&buffer, len, &self.create_action_read_done(0)?)?;
+            let done = self.create_action_read_done(0)?;
+            done.set_aborted_handler(|| {
+                driverkit::info!("read dropped without completion: aborted handler ran")
+            });
+            provider.read_async(&buffer, len, &done)?;
             *self
                 .ivars()
                 .buffer
