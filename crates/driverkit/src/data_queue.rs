@@ -96,9 +96,11 @@ impl IODataQueueDispatchSource {
                     // A producer streaming entries refills the ring within
                     // microseconds: wait that long (spinning, never parked)
                     // before handing the queue back.
-                    let soon = Some(Instant::now() + STREAM_GAP);
                     again.enabled.load(Ordering::Acquire)
-                        && again.ring.wait_for_data(STREAM_GAP, soon)
+                        && (again.ring.is_data_available()
+                            || again
+                                .ring
+                                .wait_for_data(STREAM_GAP, Some(Instant::now() + STREAM_GAP)))
                 })
             } else {
                 true

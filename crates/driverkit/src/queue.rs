@@ -97,13 +97,18 @@ impl IODispatchQueue {
         rx.recv().map_err(|_| IOReturn::ABORTED)
     }
 
-    /// Stops accepting work; queued work still runs, then the thread exits.
-    pub fn cancel(&self) {
-        self.inner
+    /// Stops accepting work. Work already queued still runs, then
+    /// `handler`, on the queue, last; then the thread exits.
+    pub fn cancel(&self, handler: impl FnOnce() + Send + 'static) {
+        let sender = self
+            .inner
             .sender
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+        if let Some(tx) = sender {
+            let _ = tx.send(Box::new(handler));
+        }
     }
 }
 
@@ -144,9 +149,23 @@ mod tests {
     }
 
     #[test]
-    fn cancelled_queue_refuses_work() {
+    fn cancel_runs_its_handler_after_queued_work_then_refuses_more() {
         let q = IODispatchQueue::create("gone").unwrap();
-        q.cancel();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        q.dispatch_async(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            s.lock().unwrap().push("work");
+        })
+        .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let s = seen.clone();
+        q.cancel(move || {
+            s.lock().unwrap().push("cancel handler");
+            tx.send(()).unwrap();
+        });
         assert_eq!(q.dispatch_async(|| ()), Err(IOReturn::OFFLINE));
+        rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+        assert_eq!(*seen.lock().unwrap(), ["work", "cancel handler"]);
     }
 }

@@ -416,7 +416,7 @@ impl IOUserServerInterface for ServerHandler {
         // it; the instance and its ivars are dropped when the last
         // reference (this closure's) goes.
         let result = queue.dispatch_sync(move || instance.free());
-        queue.cancel();
+        queue.cancel(|| ());
         result
     }
 
