@@ -1043,6 +1043,18 @@ impl Inner {
         self.schedule_match(id);
     }
 
+    /// The region `server` registered as `memory`, waiting for it (outside
+    /// the state lock) if it is still on its way.
+    fn region(&self, server: u64, memory: u64) -> IOResult<Arc<driverkit_wire::shm::SharedMemory>> {
+        let process = self
+            .lock()
+            .servers
+            .get(&server)
+            .map(|s| s.server.clone())
+            .ok_or(IOReturn::OFFLINE)?;
+        process.memory(memory).ok_or(IOReturn::BAD_ARGUMENT)
+    }
+
     /// Delivers interrupt `index` of device `object` into the region `memory`
     /// that `server` registered.
     pub(crate) fn register_interrupt(
@@ -1052,14 +1064,7 @@ impl Inner {
         index: u32,
         memory: u64,
     ) -> IOResult<()> {
-        let process = self
-            .lock()
-            .servers
-            .get(&server)
-            .map(|s| s.server.clone())
-            .ok_or(IOReturn::OFFLINE)?;
-        // Outside the lock: the region may still be on its way.
-        let region = process.memory(memory).ok_or(IOReturn::BAD_ARGUMENT)?;
+        let region = self.region(server, memory)?;
         let st = self.lock();
         let model = st.interrupts.get(&object).ok_or(IOReturn::NOT_FOUND)?;
         model.subscribe(index, &region)
@@ -1077,13 +1082,7 @@ impl Inner {
         length: u64,
         action: u64,
     ) -> IOResult<()> {
-        let process = self
-            .lock()
-            .servers
-            .get(&server)
-            .map(|s| s.server.clone())
-            .ok_or(IOReturn::OFFLINE)?;
-        let region = process.memory(memory).ok_or(IOReturn::BAD_ARGUMENT)?;
+        let region = self.region(server, memory)?;
         if length > region.len() as u64 {
             return Err(IOReturn::BAD_ARGUMENT);
         }
@@ -1100,11 +1099,16 @@ impl Inner {
                 .unwrap_or(10);
             st.next_read += 1;
             let request = st.next_read;
+            let server = st
+                .servers
+                .get(&server)
+                .map(|s| s.server.clone())
+                .ok_or(IOReturn::OFFLINE)?;
             st.reads.insert(
                 request,
                 PendingRead {
                     device,
-                    server: process,
+                    server,
                     action,
                 },
             );

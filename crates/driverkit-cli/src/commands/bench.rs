@@ -145,20 +145,29 @@ pub fn echo_peer() -> Result<(), String> {
     Ok(())
 }
 
+/// Starts this binary as helper `args`, handing it `fd` (by number in
+/// `DRIVERKIT_BENCH_FD`), spawned the way the daemon spawns a dext:
+/// inheritable descriptor, no pre_exec hook, so posix_spawn.
+pub(super) fn spawn_helper(
+    args: &[&str],
+    fd: std::os::fd::OwnedFd,
+    stdout: Stdio,
+) -> Result<Child, String> {
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty()).map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    Command::new(exe)
+        .args(args)
+        .env("DRIVERKIT_BENCH_FD", fd.as_raw_fd().to_string())
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .spawn()
+        .map_err(|e| e.to_string())
+}
+
 /// Starts the echo helper with one end of a socketpair.
 fn spawn_echo() -> Result<(Child, Endpoint), String> {
     let (ours, theirs) = transport::socketpair().map_err(|e| e.to_string())?;
-    let raw = theirs.as_fd().as_raw_fd();
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("__bench-echo")
-        .env("DRIVERKIT_BENCH_FD", raw.to_string())
-        .stdin(Stdio::null());
-    // Spawned exactly as the daemon spawns a dext (inheritable socket, no
-    // pre_exec hook, so posix_spawn), so that the floor is a fair one.
-    rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty()).map_err(|e| e.to_string())?;
-    let child = cmd.spawn().map_err(|e| e.to_string())?;
-    drop(theirs);
+    let child = spawn_helper(&["__bench-echo"], theirs.into(), Stdio::inherit())?;
     let mut buf = MessageBuf::default();
     match ours.recv_message(&mut buf) {
         Ok(Some((h, _))) if h.kind == Kind::Hello => Ok((child, ours)),
@@ -242,15 +251,7 @@ fn raw_spin_pingpong(n: usize) -> Result<(f64, f64), String> {
         .as_fd()
         .try_clone_to_owned()
         .map_err(|e| e.to_string())?;
-    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty()).map_err(|e| e.to_string())?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = Command::new(exe)
-        .arg("__bench-spin")
-        .env("DRIVERKIT_BENCH_FD", fd.as_raw_fd().to_string())
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    drop(fd);
+    let mut child = spawn_helper(&["__bench-spin"], fd, Stdio::inherit())?;
     let (ping, pong) = (shm.u64_at(0), shm.u64_at(64));
     let mut samples = Vec::with_capacity(n);
     for i in 1..=(n + n / 10) as u64 {

@@ -9,8 +9,8 @@
 //! first enqueue to the consumer's report of the last entry.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd};
-use std::process::{Command, Stdio};
+use std::os::fd::{AsFd, FromRawFd};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
@@ -109,21 +109,13 @@ fn run_pair(entry: usize, n: usize, raw: bool) -> Result<f64, String> {
         .as_fd()
         .try_clone_to_owned()
         .map_err(|e| e.to_string())?;
-    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty()).map_err(|e| e.to_string())?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = Command::new(exe)
-        .args([
-            "__bench-consume",
-            if raw { "raw" } else { "dq" },
-            &entry.to_string(),
-            &n.to_string(),
-        ])
-        .env("DRIVERKIT_BENCH_FD", fd.as_raw_fd().to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    drop(fd);
+    let (entry_arg, n_arg) = (entry.to_string(), n.to_string());
+    let kind = if raw { "raw" } else { "dq" };
+    let mut child = super::bench::spawn_helper(
+        &["__bench-consume", kind, &entry_arg, &n_arg],
+        fd,
+        Stdio::piped(),
+    )?;
     let mut lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
     if lines.next().and_then(Result::ok).as_deref() != Some("ready") {
         let _ = child.kill();
