@@ -32,10 +32,10 @@ impl fmt::Display for WireError {
 
 impl std::error::Error for WireError {}
 
-/// Builds a payload.
+/// Builds a payload. Payloads up to 64 bytes stay on the stack.
 #[derive(Default, Debug)]
 pub struct Encoder {
-    buf: Vec<u8>,
+    buf: smallvec::SmallVec<[u8; 64]>,
 }
 
 impl Encoder {
@@ -53,7 +53,7 @@ impl Encoder {
     }
     /// The finished payload.
     pub fn into_bytes(self) -> Vec<u8> {
-        self.buf
+        self.buf.into_vec()
     }
 }
 

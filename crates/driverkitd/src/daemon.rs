@@ -984,9 +984,24 @@ impl Inner {
 
     /// Serves a dext's call into the system, after checking that the dext
     /// may make it.
-    pub(crate) fn kernel_call(&self, server: u64, h: &Header, args: &[u8]) -> IOResult<Vec<u8>> {
+    ///
+    /// `own` remembers, for one call channel, the services found to be this
+    /// dext's own: entry IDs are never reused and a service never moves to
+    /// another process, so a yes stays true and the state lock is spared on
+    /// the hot path. Anything else is checked on every call.
+    pub(crate) fn kernel_call(
+        &self,
+        server: u64,
+        h: &Header,
+        args: &[u8],
+        own: &mut std::collections::HashSet<EntryId>,
+    ) -> IOResult<Vec<u8>> {
         let superdispatch = h.flags & FLAG_SUPERDISPATCH != 0;
-        self.check_access(server, h.object.0, h.method, superdispatch)?;
+        if !own.contains(&h.object.0)
+            && self.check_access(server, h.object.0, h.method, superdispatch)?
+        {
+            own.insert(h.object.0);
+        }
         let call = crate::families::io_service::KernelCall {
             daemon: self,
             server,
@@ -997,19 +1012,20 @@ impl Inner {
     }
 
     /// A dext may do anything to its own services, and read its providers.
+    /// `Ok(true)` when `object` is the dext's own service.
     fn check_access(
         &self,
         server: u64,
         object: EntryId,
         method: driverkit_wire::MethodId,
         superdispatch: bool,
-    ) -> IOResult<()> {
+    ) -> IOResult<bool> {
         let st = self.lock();
         let e = st.registry.get(object).ok_or(IOReturn::NOT_FOUND)?;
         let hosted_here =
             |e: &crate::registry::Entry| e.hosting.as_ref().is_some_and(|h| h.server == server);
         if hosted_here(e) {
-            return Ok(());
+            return Ok(true);
         }
         let read_only = [
             io_service_interface::COPY_PROPERTIES,
@@ -1026,7 +1042,7 @@ impl Inner {
             .filter_map(|c| st.registry.get(*c))
             .any(hosted_here);
         if is_provider && !superdispatch && read_only.contains(&method) {
-            return Ok(());
+            return Ok(false);
         }
         Err(IOReturn::NOT_PERMITTED)
     }

@@ -209,7 +209,9 @@ impl UserServer {
                     Kind::Request | Kind::Oneway => {
                         // Calls normally travel on channels; answer anyway.
                         let result = match daemon.upgrade() {
-                            Some(d) => d.kernel_call(self.id, &h, buf.payload()),
+                            Some(d) => {
+                                d.kernel_call(self.id, &h, buf.payload(), &mut Default::default())
+                            }
                             None => Err(IOReturn::OFFLINE),
                         };
                         let _ = self.main.reply(&h, result);
@@ -269,6 +271,7 @@ impl UserServer {
         let spawned = std::thread::Builder::new()
             .name(format!("channel:{pid}"))
             .spawn(move || {
+                let mut own = std::collections::HashSet::new();
                 let end = channel.serve(shm::SPIN, |request, reply| {
                     let header = match Header::parse(&Packet::new_unchecked(request)) {
                         Ok(h) if h.kind == Kind::Request => h,
@@ -283,9 +286,12 @@ impl UserServer {
                         }
                     };
                     let result = match daemon.upgrade() {
-                        Some(d) => {
-                            d.kernel_call(server, &header, &request[driverkit_wire::HEADER_LEN..])
-                        }
+                        Some(d) => d.kernel_call(
+                            server,
+                            &header,
+                            &request[driverkit_wire::HEADER_LEN..],
+                            &mut own,
+                        ),
                         None => Err(IOReturn::OFFLINE),
                     };
                     Header::emit_reply(&header, &result, reply);
