@@ -216,7 +216,7 @@ impl Ring {
         self.shm
             .u64_at(TAIL)
             .store(tail + entry_size(len) as u64, Ordering::Release);
-        Doorbell::at(&self.shm, DATA_BELL).ring();
+        Doorbell::at(&self.shm, DATA_BELL).notify();
         Ok(())
     }
 
@@ -264,7 +264,7 @@ impl Ring {
         self.shm.read(DATA + at + 4, out);
         if remove {
             self.shm.u64_at(HEAD).store(head + size, Ordering::Release);
-            Doorbell::at(&self.shm, SPACE_BELL).ring();
+            Doorbell::at(&self.shm, SPACE_BELL).notify();
         }
         Ok(())
     }

@@ -59,6 +59,9 @@ impl SharedMemory {
     }
 
     fn map(fd: OwnedFd) -> io::Result<SharedMemory> {
+        // Registration for the asymmetric barrier must precede any waiter's
+        // use of it on this region: a region is in use only after mapping.
+        asymmetric_barrier();
         let file = std::fs::File::from(fd.try_clone()?);
         let map = memmap2::MmapRaw::map_raw(&file)?;
         Ok(SharedMemory { fd, map })
@@ -140,6 +143,37 @@ impl AsFd for SharedMemory {
     }
 }
 
+/// True when waiters pay for the store-load barrier that parking needs,
+/// with `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`, so that notifiers need
+/// none (the asymmetric-fence technique `membarrier(2)` describes). Decided,
+/// and this process registered, once; every process on one kernel decides
+/// alike, which is what makes the two sides agree.
+pub fn asymmetric_barrier() -> bool {
+    use rustix::thread::{membarrier, membarrier_query, MembarrierCommand};
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        let q = membarrier_query();
+        q.contains_command(MembarrierCommand::GlobalExpedited)
+            && q.contains_command(MembarrierCommand::RegisterGlobalExpedited)
+            && membarrier(MembarrierCommand::RegisterGlobalExpedited).is_ok()
+    })
+}
+
+static LOST_WAKEUPS: AtomicU64 = AtomicU64::new(0);
+static PARKS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times waiters of this process parked on a futex.
+pub fn parks() -> u64 {
+    PARKS.load(Ordering::Relaxed)
+}
+
+/// Waits that ended by the safety-net timeout although their event had
+/// happened: lost wake-ups. Always zero unless the doorbell protocol is
+/// broken; tests check it.
+pub fn lost_wakeups() -> u64 {
+    LOST_WAKEUPS.load(Ordering::Relaxed)
+}
+
 /// How long a waiter spins before it parks. Cross-core wake-ups through the
 /// kernel cost tens of microseconds here; spinning this long catches a busy
 /// peer's next event without a syscall on either side, and an idle waiter
@@ -168,11 +202,26 @@ impl<'a> Doorbell<'a> {
         }
     }
 
-    /// Announces an event; wakes a parked waiter, if there is one. A
-    /// waiter that is spinning costs the ringer nothing but a store.
+    /// Announces an event and counts it (the counter is the event count
+    /// some protocols use, like the call channel); wakes a parked waiter.
     pub fn ring(&self) {
         self.seq.fetch_add(1, Ordering::SeqCst);
         if self.parked.load(Ordering::SeqCst) != 0 {
+            let _ = futex::wake(self.seq, futex::Flags::empty(), u32::MAX);
+        }
+    }
+
+    /// Wakes a parked waiter, if there is one, after an event the waiter
+    /// checks by itself (`ready`). Where the kernel has `membarrier`, this
+    /// is a plain load on the frequent path: a waiter pays for the barrier
+    /// when it parks (see [`Doorbell::wait`]). Otherwise it is `ring`.
+    pub fn notify(&self) {
+        if !asymmetric_barrier() {
+            return self.ring();
+        }
+        std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        if self.parked.load(Ordering::Relaxed) != 0 {
+            self.seq.fetch_add(1, Ordering::SeqCst);
             let _ = futex::wake(self.seq, futex::Flags::empty(), u32::MAX);
         }
     }
@@ -211,6 +260,12 @@ impl<'a> Doorbell<'a> {
         loop {
             let seen = self.seq.load(Ordering::SeqCst);
             self.parked.fetch_add(1, Ordering::SeqCst);
+            // Pair with `notify`'s compiler fence: after this, either the
+            // notifier sees us parked, or we see its event below.
+            if asymmetric_barrier() {
+                let _ =
+                    rustix::thread::membarrier(rustix::thread::MembarrierCommand::GlobalExpedited);
+            }
             // Checked after announcing ourselves: a ring between this check
             // and the wait changes `seq`, so the wait returns at once.
             if ready() {
@@ -230,9 +285,15 @@ impl<'a> Doorbell<'a> {
                 tv_sec: timeout.as_secs() as i64,
                 tv_nsec: timeout.subsec_nanos() as i64,
             };
-            let _ = futex::wait(self.seq, futex::Flags::empty(), seen, Some(&ts));
+            PARKS.fetch_add(1, Ordering::Relaxed);
+            let woke = futex::wait(self.seq, futex::Flags::empty(), seen, Some(&ts));
             self.parked.fetch_sub(1, Ordering::SeqCst);
             if ready() {
+                if woke == Err(rustix::io::Errno::TIMEDOUT) {
+                    // The event came but nobody woke us: a lost wake-up,
+                    // caught only by the safety net. Counted for tests.
+                    LOST_WAKEUPS.fetch_add(1, Ordering::Relaxed);
+                }
                 return true;
             }
         }
@@ -282,6 +343,48 @@ mod tests {
         flag.store(1, Ordering::Release);
         Doorbell::at(&shm, 0).ring();
         assert!(waiter.join().unwrap());
+    }
+
+    /// Two threads ping-pong through two rings, always parking (no spin),
+    /// so that every exchange goes through notify and the futex.
+    #[test]
+    fn parked_waiters_never_lose_a_wakeup() {
+        use crate::ring::Ring;
+        let ping = Arc::new(Ring::create("ping", 256).unwrap());
+        let pong = Arc::new(Ring::create("pong", 256).unwrap());
+        let (before, parks_before) = (lost_wakeups(), parks());
+        let (p, q) = (ping.clone(), pong.clone());
+        let peer = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            for i in 0..3000 {
+                // Pausing now and then makes the other side park.
+                if i % 3 == 0 {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                assert!(p.wait_for_data(Duration::ZERO, None));
+                p.dequeue(&mut out).unwrap();
+                q.enqueue(out.len(), |s| s.copy_from_slice(&out)).unwrap();
+            }
+        });
+        let mut out = Vec::new();
+        for i in 0..3000u32 {
+            ping.enqueue(4, |s| s.copy_from_slice(&i.to_le_bytes()))
+                .unwrap();
+            assert!(pong.wait_for_data(Duration::ZERO, None));
+            pong.dequeue(&mut out).unwrap();
+            assert_eq!(out, i.to_le_bytes());
+        }
+        peer.join().unwrap();
+        assert!(
+            parks() - parks_before >= 500,
+            "waiters parked only {} times",
+            parks() - parks_before
+        );
+        assert_eq!(
+            lost_wakeups(),
+            before,
+            "a waiter was woken only by its safety-net timeout"
+        );
     }
 
     #[test]
