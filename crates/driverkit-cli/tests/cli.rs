@@ -189,3 +189,34 @@ fn bench_quick_reports_every_figure_beside_its_baseline() {
         assert!(l["baseline"].is_string());
     }
 }
+
+#[test]
+fn hid_decode_prints_a_descriptor_as_json_and_refuses_a_broken_one() {
+    let keyboard = "05 01 09 06 a1 01 05 07 19 e0 29 e7 15 00 25 01 75 01 95 08 81 02 c0";
+    let out = Command::new(EXE)
+        .args(["hid", "decode", keyboard, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["collections"][0]["usage"], 6);
+    assert_eq!(v["elements"][0]["usages"][0], 0x0007_00E0);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("report_descriptor");
+    std::fs::write(&file, [0x05u8, 0x01, 0xb4]).unwrap();
+    let out = Command::new(EXE)
+        .args(["hid", "decode"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("at offset 2: pop without a matching push"),
+        "{err}"
+    );
+}

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_sources;
 mod device;
+mod hid;
 mod ioreg;
 mod run;
 mod validate;
@@ -49,6 +50,9 @@ enum Command {
     Status,
     /// Stop the running daemon (every dext stops first).
     Stop,
+    /// HID tools.
+    #[command(subcommand)]
+    Hid(hid::HidCommand),
     /// Run the benchmarks.
     Bench(bench::BenchArgs),
     /// Internal: the raw socket echo peer the benchmarks use as a baseline.
@@ -95,6 +99,7 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Stop => client(&root)?.request(&Request::Shutdown).map(drop),
+        Command::Hid(cmd) => hid::hid(cmd),
         Command::Bench(args) => bench::bench(args),
         Command::BenchEcho => bench::echo_peer(),
         Command::BenchSpin => bench::spin_peer(),
