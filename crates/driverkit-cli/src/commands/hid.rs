@@ -26,7 +26,9 @@ fn bytes_of(arg: &str) -> Result<Vec<u8>, String> {
         .map(|w| w.trim_start_matches("0x"))
         .collect::<Vec<_>>()
         .join("");
-    if digits.is_empty() || digits.len() % 2 != 0 || !digits.bytes().all(|b| b.is_ascii_hexdigit())
+    if digits.is_empty()
+        || !digits.len().is_multiple_of(2)
+        || !digits.bytes().all(|b| b.is_ascii_hexdigit())
     {
         return Err(format!("{arg:?}: neither a file nor hex bytes"));
     }
