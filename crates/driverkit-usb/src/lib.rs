@@ -313,7 +313,7 @@ impl<'a> BosDescriptor<'a> {
 
     /// Checks a whole BOS (`wTotalLength` bytes) and returns its device
     /// capability descriptors as `(bDevCapabilityType, bytes)`.
-    pub fn parse(bytes: &'a [u8]) -> Result<(Self, Vec<(u8, &'a [u8])>), Error> {
+    pub fn parse(bytes: &'a [u8]) -> Result<(Self, Vec<Capability<'a>>), Error> {
         let head = Self::new_checked(bytes, 0)?;
         let total = usize::from(head.total_length());
         if total < head.bytes.len() || total > bytes.len() {
@@ -349,6 +349,9 @@ impl<'a> BosDescriptor<'a> {
         Ok((head, caps))
     }
 }
+
+/// A device capability of a BOS: `(bDevCapabilityType, its bytes)`.
+pub type Capability<'a> = (u8, &'a [u8]);
 
 /// Walks consecutive descriptors, yielding `(offset, bytes)` of each; a
 /// `bLength` below 2 or past the end is an error (and ends the walk).
