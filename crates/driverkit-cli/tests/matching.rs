@@ -197,3 +197,57 @@ fn when_a_driver_goes_away_the_provider_rematches_without_it() {
         "not offered again"
     );
 }
+
+#[test]
+fn usb_devices_match_by_the_qa1076_ladder() {
+    let d = Daemon::start(&["--no-embedded", "--no-default-devices"]);
+    let dir = d.root.path().to_owned();
+    let vp = "<key>idVendor</key><integer>1575</integer><key>idProduct</key><integer>1</integer>";
+    let exact = format!("{vp}<key>bcdDevice</key><integer>256</integer>");
+    let star = "<key>idVendor</key><integer>1575</integer><key>idProduct</key><string>*</string>\
+                <key>IOMatchCategory</key><string>star</string>";
+    let bundle = test_bundle(
+        &dir,
+        "org.test.Usb",
+        &[
+            P { name: "VendorProduct", provider_class: "IOUSBHostDevice", extra: vp },
+            P { name: "Exact", provider_class: "IOUSBHostDevice", extra: &exact },
+            P { name: "Star", provider_class: "IOUSBHostDevice", extra: star },
+            P {
+                name: "OtherVendor",
+                provider_class: "IOUSBHostDevice",
+                extra: "<key>idVendor</key><integer>1</integer><key>idProduct</key><integer>1</integer>\
+                        <key>IOMatchCategory</key><string>other</string>",
+            },
+        ],
+    );
+    d.cli(&["load", bundle.to_str().unwrap()]);
+    let dev = device_file(
+        &dir,
+        "kbd.toml",
+        "name = \"USB Keyboard\"\nclass = \"IOUSBHostDevice\"\n[properties]\nidVendor = 1575\nidProduct = 1\nbcdDevice = 256\n",
+    );
+    d.cli(&["device", "plug", &dev]);
+    d.wait_until("two drivers active", || {
+        d.nodes()
+            .iter()
+            .filter(|n| n["name"] == "TestDriver" && n["state"]["active"] == true)
+            .count()
+            == 2
+    });
+    let nodes = d.nodes();
+    let score = |p: &str| {
+        nodes
+            .iter()
+            .find(|n| personality(n) == p)
+            .map(|n| n["properties"]["IOProbeScore"].clone())
+    };
+    assert_eq!(
+        score("Exact"),
+        Some(100_000.into()),
+        "the 100000 row wins its category"
+    );
+    assert_eq!(score("VendorProduct"), None);
+    assert_eq!(score("Star"), Some(89_000.into()), "a wildcard costs 1000");
+    assert_eq!(score("OtherVendor"), None);
+}

@@ -13,6 +13,9 @@ const CLASSES: &[(&str, Option<&str>)] = &[
     // Virtual devices: a bus nub and the generic devices plugged into it.
     ("IOVirtualBus", Some("IOService")),
     ("IOVirtualDevice", Some("IOService")),
+    // USB: devices and their interfaces (matched with the QA1076 ladder).
+    ("IOUSBHostDevice", Some("IOService")),
+    ("IOUSBHostInterface", Some("IOService")),
 ];
 
 /// The superclass of a system class; `None` for `OSObject` and unknown names.

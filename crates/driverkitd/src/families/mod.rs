@@ -3,6 +3,7 @@
 //! well (the hook USB, HID and PCI fill in with their ladders and keys).
 
 pub mod io_service;
+pub mod usb;
 
 use driverkit_bundle::Personality;
 
@@ -31,7 +32,10 @@ pub trait FamilyMatcher: Send + Sync {
     }
 }
 
-/// The matchers of every family the daemon has, most specific class first.
+/// The matchers of every family the daemon has.
 pub fn matchers() -> Vec<Box<dyn FamilyMatcher>> {
-    Vec::new()
+    vec![
+        Box::new(usb::UsbMatcher::device()),
+        Box::new(usb::UsbMatcher::interface()),
+    ]
 }
