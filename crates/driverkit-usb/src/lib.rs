@@ -195,18 +195,7 @@ impl<'a> ConfigurationDescriptor<'a> {
     /// header view and a walker over what follows it.
     pub fn parse(bytes: &'a [u8]) -> Result<(Self, Descriptors<'a>), Error> {
         let head = Self::new_checked(bytes, 0)?;
-        let total = usize::from(head.total_length());
-        if total < head.bytes.len() || total > bytes.len() {
-            return Err(Error {
-                offset: 2,
-                expected: format!(
-                    "wTotalLength between {} and the {} bytes given",
-                    head.bytes.len(),
-                    bytes.len()
-                ),
-                found: format!("{total}"),
-            });
-        }
+        let total = whole_length(head.bytes.len(), head.total_length(), bytes.len())?;
         let start = head.bytes.len();
         Ok((
             head,
@@ -315,18 +304,7 @@ impl<'a> BosDescriptor<'a> {
     /// capability descriptors as `(bDevCapabilityType, bytes)`.
     pub fn parse(bytes: &'a [u8]) -> Result<(Self, Vec<Capability<'a>>), Error> {
         let head = Self::new_checked(bytes, 0)?;
-        let total = usize::from(head.total_length());
-        if total < head.bytes.len() || total > bytes.len() {
-            return Err(Error {
-                offset: 2,
-                expected: format!(
-                    "wTotalLength between {} and the {} bytes given",
-                    head.bytes.len(),
-                    bytes.len()
-                ),
-                found: format!("{total}"),
-            });
-        }
+        let total = whole_length(head.bytes.len(), head.total_length(), bytes.len())?;
         let mut caps = Vec::new();
         for d in (Descriptors {
             bytes: &bytes[..total],
@@ -348,6 +326,19 @@ impl<'a> BosDescriptor<'a> {
         }
         Ok((head, caps))
     }
+}
+
+/// Checks a `wTotalLength` against the header's length and the bytes given.
+fn whole_length(header: usize, total: u16, given: usize) -> Result<usize, Error> {
+    let total = usize::from(total);
+    if total < header || total > given {
+        return Err(Error {
+            offset: 2,
+            expected: format!("wTotalLength between {header} and the {given} bytes given"),
+            found: format!("{total}"),
+        });
+    }
+    Ok(total)
 }
 
 /// A device capability of a BOS: `(bDevCapabilityType, its bytes)`.

@@ -226,6 +226,18 @@ impl Header {
         }
     }
 
+    /// The header of call `call` to `method` of `object`.
+    pub fn request(call: u32, object: ObjectId, method: MethodId, flags: u8) -> Header {
+        Header {
+            kind: Kind::Request,
+            flags,
+            call,
+            object,
+            method,
+            status: IOReturn::SUCCESS,
+        }
+    }
+
     /// Validates a packet's header.
     pub fn parse<T: AsRef<[u8]>>(p: &Packet<T>) -> Result<Header, HeaderError> {
         p.check_len()?;

@@ -475,12 +475,7 @@ impl Channel {
     ) -> IOResult<Vec<u8>> {
         let call = self.next_call;
         self.next_call = self.next_call.wrapping_add(1);
-        let mut h = Header::new(Kind::Request);
-        h.flags = flags;
-        h.call = call;
-        h.object = object;
-        h.method = method;
-        h.emit(args, &mut self.request);
+        Header::request(call, object, method, flags).emit(args, &mut self.request);
         self.shm
             .call(&self.request, &mut self.reply, None)
             .map_err(|e| match e {

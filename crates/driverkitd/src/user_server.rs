@@ -354,11 +354,7 @@ impl UserServer {
         let call = self.next_call.fetch_add(1, Ordering::Relaxed);
         let (tx, reply) = mpsc::sync_channel(1);
         self.pending().insert(call, tx);
-        let mut h = Header::new(Kind::Request);
-        h.call = call;
-        h.object = object;
-        h.method = method;
-        h.flags = flags;
+        let h = Header::request(call, object, method, flags);
         if self.main.send(&h, args, None).is_err() {
             self.pending().remove(&call);
             return Err(IOReturn::OFFLINE);
