@@ -135,7 +135,10 @@ impl TestDriver {
     #[action(IOService::CompleteAsync)]
     fn read_done(&self, _action: &OSAction, status: IOReturn, actual: u64) {
         driverkit::info!("read completed: {status} after {actual} bytes");
-        let _ = self.set_property("TestReadStatus", status.name().unwrap_or("?"));
+        // Published together, so that whoever sees the status sees the
+        // verdict too.
+        let mut outcome = plist::Dictionary::new();
+        outcome.insert("TestReadStatus".into(), status.name().unwrap_or("?").into());
         let buffer = self
             .ivars()
             .buffer
@@ -154,7 +157,8 @@ impl TestDriver {
                     .iter()
                     .enumerate()
                     .all(|(i, b)| *b == seed.wrapping_add(i as u8));
-            let _ = self.set_property("TestReadVerified", verified);
+            outcome.insert("TestReadVerified".into(), verified.into());
         }
+        let _ = self.set_properties(outcome);
     }
 }
