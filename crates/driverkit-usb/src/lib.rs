@@ -11,6 +11,10 @@
 
 use std::fmt;
 
+pub mod repr;
+
+pub use repr::{ConfigurationRepr, DeviceRepr, EndpointRepr, InterfaceRepr, Setup};
+
 /// `bDescriptorType` values.
 pub mod kind {
     pub const DEVICE: u8 = 1;

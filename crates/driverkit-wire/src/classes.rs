@@ -16,6 +16,16 @@ const CLASSES: &[(&str, Option<&str>)] = &[
     // USB: devices and their interfaces (matched with the QA1076 ladder).
     ("IOUSBHostDevice", Some("IOService")),
     ("IOUSBHostInterface", Some("IOService")),
+    // HID: a device (the system's USB one, or a dext's virtual one), the
+    // interface event services attach to, and the event services.
+    ("IOHIDDevice", Some("IOService")),
+    ("IOUSBHostHIDDevice", Some("IOHIDDevice")),
+    ("IOUserHIDDevice", Some("IOHIDDevice")),
+    ("IOHIDInterface", Some("IOService")),
+    ("IOHIDEventService", Some("IOService")),
+    ("IOUserHIDEventService", Some("IOHIDEventService")),
+    // The system's own event service, used when no dext matches better.
+    ("IOHIDEventDriver", Some("IOHIDEventService")),
 ];
 
 /// The superclass of a system class; `None` for `OSObject` and unknown names.

@@ -4,7 +4,7 @@
 //! `FLAG_SUPERDISPATCH`, run the system's superclass implementation on the
 //! dext's behalf). `#[kernel]` methods run in the daemon.
 
-use crate::{IOResult, ObjectId};
+use crate::{Bytes, IOResult, ObjectId};
 use driverkit_macros::interface;
 
 /// The user server: the dext process itself, object 0. The daemon creates
@@ -83,4 +83,110 @@ pub trait IOServiceInterface {
     /// the caller's user server, or with `kIOReturnAborted` if the device goes.
     #[kernel]
     fn read_async(&self, memory: u64, length: u64, action: u64) -> IOResult<()>;
+}
+
+/// `IOUSBHostDevice`: a USB device, called by the driver it is provider of.
+/// Data of asynchronous and large requests travels in a region the dext
+/// registered (`memory`), written or read in place by the system.
+#[interface(class = "IOUSBHostDevice")]
+pub trait IOUSBHostDeviceInterface {
+    /// The device descriptor and the current (or first) configuration
+    /// descriptor, whole.
+    #[kernel]
+    fn copy_descriptors(&self) -> IOResult<(Bytes, Bytes)>;
+    /// A string descriptor's text (`index` 0 is not a string).
+    #[kernel]
+    fn copy_string(&self, index: u8) -> IOResult<String>;
+    /// A control request on endpoint 0; returns the data stage of an IN
+    /// request (`data` is sent for OUT requests, `length` bounds IN ones).
+    #[kernel]
+    fn device_request(
+        &self,
+        setup: u64,
+        data: Bytes,
+        timeout_ms: u32,
+    ) -> IOResult<Bytes>;
+    /// The same, completed later through `action` (IN data lands in
+    /// `memory`, OUT data is taken from it).
+    #[kernel]
+    fn async_device_request(
+        &self,
+        setup: u64,
+        memory: u64,
+        action: u64,
+        timeout_ms: u32,
+    ) -> IOResult<()>;
+    /// Selects configuration `value` (0 unconfigures); with
+    /// `match_interfaces` the interfaces become nubs and matching runs.
+    #[kernel]
+    fn set_configuration(&self, value: u8, match_interfaces: bool) -> IOResult<()>;
+}
+
+/// `IOUSBHostInterface`: one interface of a configured device.
+#[interface(class = "IOUSBHostInterface")]
+pub trait IOUSBHostInterfaceInterface {
+    /// The pipe of endpoint `address` of this interface, as an object the
+    /// caller may do I/O on.
+    #[kernel]
+    fn copy_pipe(&self, address: u8) -> IOResult<ObjectId>;
+}
+
+/// `IOUSBHostPipe`: an endpoint of an interface the caller opened.
+#[interface(class = "IOUSBHostPipe")]
+pub trait IOUSBHostPipeInterface {
+    /// A transfer of `length` bytes in `memory` (filled for IN, sent for
+    /// OUT); returns the bytes transferred. A timeout of 0 waits forever.
+    #[kernel]
+    fn io(&self, memory: u64, length: u64, timeout_ms: u32) -> IOResult<u64>;
+    /// The same, completed later with `complete_async` on `action`.
+    #[kernel]
+    fn async_io(&self, memory: u64, length: u64, action: u64, timeout_ms: u32) -> IOResult<()>;
+    /// Ends every transfer in flight on the pipe with `kIOReturnAborted`.
+    #[kernel]
+    fn abort(&self) -> IOResult<()>;
+    /// Clears a halt on the endpoint (and, with `with_request`, sends the
+    /// device CLEAR_FEATURE(ENDPOINT_HALT)).
+    #[kernel]
+    fn clear_stall(&self, with_request: bool) -> IOResult<()>;
+}
+
+/// `IOHIDInterface`: the reports of a HID device, for the event service
+/// that opened it.
+#[interface(class = "IOHIDInterface")]
+pub trait IOHIDInterfaceInterface {
+    /// Delivers every input report, from now on, into the caller's
+    /// data-queue region `memory` (each entry: an 8-byte timestamp in ns,
+    /// then the report). Only one client may have the interface open.
+    #[kernel]
+    fn open(&self, memory: u64) -> IOResult<()>;
+    /// Stops delivering reports.
+    #[kernel]
+    fn close(&self) -> IOResult<()>;
+    /// Sends a report to the device (`report_type` 2 = output, 3 = feature).
+    #[kernel]
+    fn set_report(&self, report_type: u8, report_id: u8, report: Bytes) -> IOResult<()>;
+}
+
+/// `IOHIDEventService`: where an event service's decoded events enter the
+/// system's event stream.
+#[interface(class = "IOHIDEventService")]
+pub trait IOHIDEventServiceInterface {
+    /// Dispatches one event (see `hid_event`): `kind`, usage page, usage,
+    /// and up to three values (key value; dx, dy, buttons; scroll dx,
+    /// dy, dz), timestamped in ns on the monotonic clock.
+    #[kernel]
+    fn dispatch_event(
+        &self,
+        kind: u8,
+        usage: (u32, u32),
+        values: (i64, i64, i64),
+        timestamp: u64,
+    ) -> IOResult<()>;
+}
+
+/// The kinds of [`IOHIDEventServiceInterface::dispatch_event`].
+pub mod hid_event {
+    pub const KEYBOARD: u8 = 3;
+    pub const RELATIVE_POINTER: u8 = 4;
+    pub const SCROLL: u8 = 6;
 }

@@ -48,6 +48,7 @@ codes! {
     ABORTED = 0xe000_02eb, "kIOReturnAborted";
     NO_COMPLETION = 0xe000_02ec, "kIOReturnNoCompletion";
     NOT_FOUND = 0xe000_02f0, "kIOReturnNotFound";
+    USB_PIPE_STALLED = 0xe000_404f, "kIOUSBPipeStalled";
 }
 
 impl IOReturn {

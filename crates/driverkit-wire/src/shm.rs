@@ -67,6 +67,12 @@ impl SharedMemory {
         Ok(SharedMemory { fd, map })
     }
 
+    /// A second mapping of the same region (for an owner that needs its
+    /// own value, such as a ring's end).
+    pub fn try_clone(&self) -> io::Result<SharedMemory> {
+        Self::map(self.fd.try_clone()?)
+    }
+
     /// Its size in bytes.
     pub fn len(&self) -> usize {
         self.map.len()

@@ -127,7 +127,7 @@ fn handle(
                 })?,
                 DeviceArg::File { path, text } => virtual_device::parse(&text, &path)?,
             };
-            Ok(json!({ "id": daemon.plug(spec) }))
+            daemon.plug(spec).map(|id| json!({ "id": id }))
         }
         Request::Unplug { id } => daemon.unplug(id).map(|()| json!({})),
         Request::Devices => serde_json::to_value(daemon.devices()).map_err(|e| e.to_string()),

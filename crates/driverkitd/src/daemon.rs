@@ -19,6 +19,7 @@ use driverkit_wire::interfaces::{
 };
 use driverkit_wire::{Header, IOResult, IOReturn, ObjectId, FLAG_SUPERDISPATCH};
 
+use crate::backends::usb::virtual_usb::VirtualUsb;
 use crate::backends::virtual_device::DeviceSpec;
 use crate::families::{self, MatchTarget};
 use crate::matching::{by_category, Candidate, Catalogue};
@@ -109,12 +110,17 @@ pub(crate) struct State {
     rematch: HashSet<EntryId>,
     resources: EntryId,
     virtual_bus: EntryId,
-    devices: BTreeMap<EntryId, String>,
+    pub(crate) devices: BTreeMap<EntryId, String>,
+    /// Virtual USB devices, for typing and injecting reports.
+    virtual_usb: HashMap<EntryId, Arc<VirtualUsb>>,
+    pub(crate) usb: crate::families::usb_device::UsbState,
+    pub(crate) hid: crate::families::hid::HidState,
     /// Interrupt lines of plugged devices that have any.
     interrupts: HashMap<EntryId, crate::backends::interrupts::InterruptModel>,
     /// Asynchronous reads in flight, by request number.
     reads: HashMap<u64, PendingRead>,
     next_read: u64,
+    next_location: u32,
     shutting_down: bool,
     jobs: usize,
 }
@@ -125,7 +131,8 @@ pub(crate) struct Inner {
     changed: Condvar,
     subscribers: Mutex<Vec<mpsc::Sender<Event>>>,
     spawn_lock: Mutex<()>,
-    workers: crate::workers::Workers,
+    pub(crate) workers: crate::workers::Workers,
+    pub(crate) hid_events: crate::families::hid::HidEvents,
     me: Weak<Inner>,
 }
 
@@ -180,9 +187,13 @@ impl Daemon {
             resources,
             virtual_bus,
             devices: BTreeMap::new(),
+            virtual_usb: HashMap::new(),
+            usb: Default::default(),
+            hid: Default::default(),
             interrupts: HashMap::new(),
             reads: HashMap::new(),
             next_read: 0,
+            next_location: 0,
             shutting_down: false,
             jobs: 0,
         };
@@ -195,6 +206,7 @@ impl Daemon {
             subscribers: Mutex::new(Vec::new()),
             spawn_lock: Mutex::new(()),
             workers: Default::default(),
+            hid_events: Default::default(),
             me: me.clone(),
         });
         let daemon = Daemon { inner };
@@ -204,7 +216,9 @@ impl Daemon {
             }
         }
         for spec in devices {
-            daemon.plug(spec);
+            if let Err(e) = daemon.plug(spec) {
+                tracing::error!("not plugging: {e}");
+            }
         }
         daemon.inner.schedule_match(user_resources);
         daemon
@@ -248,7 +262,19 @@ impl Daemon {
     }
 
     /// Plugs a virtual device into the virtual bus and matches it.
-    pub fn plug(&self, spec: DeviceSpec) -> EntryId {
+    pub fn plug(&self, spec: DeviceSpec) -> Result<EntryId, String> {
+        if let Some(usb) = &spec.usb {
+            let location = {
+                let mut st = self.inner.lock();
+                st.next_location += 1;
+                0x0100_0000 | (st.next_location & 0xf) << 20
+            };
+            let device = Arc::new(VirtualUsb::new(usb, &spec.source, location)?);
+            let bus = self.inner.lock().virtual_bus;
+            let id = self.inner.plug_usb(&spec.name, device.clone(), bus)?;
+            self.inner.lock().virtual_usb.insert(id, device);
+            return Ok(id);
+        }
         let id = {
             let mut st = self.inner.lock();
             let bus = st.virtual_bus;
@@ -276,7 +302,42 @@ impl Daemon {
             spec.source
         );
         self.inner.schedule_match(id);
-        id
+        Ok(id)
+    }
+
+    /// Makes virtual keyboard `id` type `text`: a press and a release
+    /// report per character, queued on its interrupt-IN endpoint.
+    pub fn type_text(&self, id: EntryId, text: &str) -> Result<usize, String> {
+        let reports = crate::families::hid::keyboard_reports(text)?;
+        for r in &reports {
+            self.queue_report(id, r)?;
+        }
+        Ok(reports.len())
+    }
+
+    /// Queues one input report on virtual USB device `id`'s first HID
+    /// interrupt-IN endpoint.
+    pub fn queue_report(&self, id: EntryId, report: &[u8]) -> Result<(), String> {
+        let device = self.inner.lock().virtual_usb.get(&id).cloned().ok_or_else(|| {
+            format!("no virtual USB device with id {id:#x} (see `driverkit device list`)")
+        })?;
+        let address = device
+            .hid_input_endpoint()
+            .ok_or_else(|| format!("device {id:#x} has no HID interrupt-IN endpoint"))?;
+        device
+            .queue_in(address, report)
+            .map_err(|e| format!("device {id:#x}: endpoint {address:#04x}: {e}"))
+    }
+
+    /// The last output report (SET_REPORT) virtual USB device `id` got.
+    pub fn last_output_report(&self, id: EntryId) -> Option<Vec<u8>> {
+        let device = self.inner.lock().virtual_usb.get(&id).cloned()?;
+        device.last_set_report(0).map(|(_, _, data)| data)
+    }
+
+    /// Events as event services dispatch them, from now on.
+    pub fn subscribe_hid(&self) -> mpsc::Receiver<crate::families::hid::HidEvent> {
+        self.inner.hid_events.subscribe()
     }
 
     /// Unplugs a virtual device: its clients stop bottom-up, then it goes.
@@ -510,8 +571,18 @@ impl Inner {
                 }
             }
         }
-        if let Some(e) = self.lock().registry.get_mut(provider) {
-            e.state.matched = true;
+        let unclaimed = match self.lock().registry.get_mut(provider) {
+            Some(e) => {
+                e.state.matched = true;
+                e.clients.is_empty() && !e.state.terminating
+            }
+            None => false,
+        };
+        // What the families do with a provider no driver took.
+        if unclaimed {
+            self.usb_unclaimed(provider);
+            self.hid_attach_usb(provider);
+            self.hid_unclaimed(provider);
         }
     }
 
@@ -670,6 +741,7 @@ impl Inner {
                 decline(&mut st.registry, &e);
             }
         }
+        self.hid_removed(id);
         self.emit(Event::Removed { service: id });
         self.release_if_idle(server);
     }
@@ -751,6 +823,8 @@ impl Inner {
     /// Requests in flight to the departing devices complete first, with
     /// `kIOReturnAborted`, so that their drivers' Stop finds nothing pending.
     pub(crate) fn terminate(&self, id: EntryId) {
+        let departing = self.lock().registry.subtree_bottom_up(id);
+        self.usb_departing(&departing);
         let aborted: Vec<PendingRead> = {
             let mut st = self.lock();
             let departing = st.registry.subtree_bottom_up(id);
@@ -833,23 +907,27 @@ impl Inner {
                 server.pid,
                 freed.map_or_else(|e| e.to_string(), |()| "ok".into())
             );
-            {
-                let mut st = self.lock();
-                st.registry.remove(id);
-                st.devices.remove(&id);
-                st.interrupts.remove(&id);
-            }
-            self.emit(Event::Removed { service: id });
+            self.forget(id);
             self.release_if_idle(&server);
         } else {
-            {
-                let mut st = self.lock();
-                st.registry.remove(id);
-                st.devices.remove(&id);
-                st.interrupts.remove(&id);
-            }
-            self.emit(Event::Removed { service: id });
+            self.forget(id);
         }
+    }
+
+    /// Removes `id` from the registry and the families.
+    fn forget(&self, id: EntryId) {
+        {
+            let mut st = self.lock();
+            st.registry.remove(id);
+            st.devices.remove(&id);
+            st.interrupts.remove(&id);
+            if let Some(d) = st.virtual_usb.remove(&id) {
+                crate::backends::usb::UsbTransport::close(&*d);
+            }
+        }
+        self.usb_removed(id);
+        self.hid_removed(id);
+        self.emit(Event::Removed { service: id });
     }
 
     /// Called by a server's reader thread once its process has ended. The
@@ -907,6 +985,8 @@ impl Inner {
             let Some(entry) = self.lock().registry.remove(id) else {
                 continue;
             };
+            self.usb_removed(id);
+            self.hid_removed(id);
             self.emit(Event::Removed { service: id });
             let Some(provider) = entry.provider else {
                 continue;
@@ -996,19 +1076,34 @@ impl Inner {
         args: &[u8],
         own: &mut std::collections::HashSet<EntryId>,
     ) -> IOResult<Vec<u8>> {
+        use driverkit_wire::interfaces::{
+            iohid_event_service_interface, iohid_interface_interface,
+            iousb_host_device_interface, iousb_host_interface_interface,
+            iousb_host_pipe_interface,
+        };
         let superdispatch = h.flags & FLAG_SUPERDISPATCH != 0;
-        if !own.contains(&h.object.0)
-            && self.check_access(server, h.object.0, h.method, superdispatch)?
-        {
-            own.insert(h.object.0);
-        }
         let call = crate::families::io_service::KernelCall {
             daemon: self,
             server,
             object: h.object.0,
             superdispatch,
         };
-        io_service_interface::dispatch(&call, h.method, args).unwrap_or(Err(IOReturn::UNSUPPORTED))
+        // Pipes are objects of their owner, checked when used.
+        if h.object.0 >= crate::families::usb_device::PIPE_BASE {
+            return iousb_host_pipe_interface::dispatch(&call, h.method, args)
+                .unwrap_or(Err(IOReturn::UNSUPPORTED));
+        }
+        if !own.contains(&h.object.0)
+            && self.check_access(server, h.object.0, h.method, superdispatch)?
+        {
+            own.insert(h.object.0);
+        }
+        io_service_interface::dispatch(&call, h.method, args)
+            .or_else(|| iousb_host_device_interface::dispatch(&call, h.method, args))
+            .or_else(|| iousb_host_interface_interface::dispatch(&call, h.method, args))
+            .or_else(|| iohid_interface_interface::dispatch(&call, h.method, args))
+            .or_else(|| iohid_event_service_interface::dispatch(&call, h.method, args))
+            .unwrap_or(Err(IOReturn::UNSUPPORTED))
     }
 
     /// A dext may do anything to its own services, and read its providers.
@@ -1041,7 +1136,13 @@ impl Inner {
             .iter()
             .filter_map(|c| st.registry.get(*c))
             .any(hosted_here);
-        if is_provider && !superdispatch && read_only.contains(&method) {
+        // A client drives its provider's family methods (USB requests,
+        // pipes, HID reports); the family checks the details.
+        let family_method = driverkit_wire::interfaces::iousb_host_device_interface::method_name(method)
+            .or_else(|| driverkit_wire::interfaces::iousb_host_interface_interface::method_name(method))
+            .or_else(|| driverkit_wire::interfaces::iohid_interface_interface::method_name(method))
+            .is_some();
+        if is_provider && !superdispatch && (read_only.contains(&method) || family_method) {
             return Ok(false);
         }
         Err(IOReturn::NOT_PERMITTED)
@@ -1061,7 +1162,7 @@ impl Inner {
 
     /// The region `server` registered as `memory`, waiting for it (outside
     /// the state lock) if it is still on its way.
-    fn region(&self, server: u64, memory: u64) -> IOResult<Arc<driverkit_wire::shm::SharedMemory>> {
+    pub(crate) fn region(&self, server: u64, memory: u64) -> IOResult<Arc<driverkit_wire::shm::SharedMemory>> {
         let process = self
             .lock()
             .servers
@@ -1102,9 +1203,9 @@ impl Inner {
         if length > region.len() as u64 {
             return Err(IOReturn::BAD_ARGUMENT);
         }
-        let (request, latency, seed) = {
-            let mut st = self.lock();
-            if !st.devices.contains_key(&device) {
+        let (latency, seed) = {
+            let st = self.lock();
+            if !st.devices.contains_key(&device) || st.usb.devices.contains_key(&device) {
                 return Err(IOReturn::UNSUPPORTED);
             }
             let e = st.registry.get(device).ok_or(IOReturn::NOT_FOUND)?;
@@ -1113,34 +1214,59 @@ impl Inner {
                 .get("ReadLatencyMs")
                 .and_then(plist::Value::as_unsigned_integer)
                 .unwrap_or(10);
-            st.next_read += 1;
-            let request = st.next_read;
-            let server = st
-                .servers
-                .get(&server)
-                .map(|s| s.server.clone())
-                .ok_or(IOReturn::OFFLINE)?;
-            st.reads.insert(
-                request,
-                PendingRead {
-                    device,
-                    server,
-                    action,
-                },
-            );
-            (request, Duration::from_millis(latency), device as u8)
+            (Duration::from_millis(latency), device as u8)
         };
+        let request = self.track_request(server, device, action)?;
         self.spawn_job("read", move |d| {
             std::thread::sleep(latency);
-            let Some(read) = d.lock().reads.remove(&request) else {
+            if !d.lock().reads.contains_key(&request) {
                 return;
-            };
+            }
             // The device's data: byte i of a read is seed + i.
             let data: Vec<u8> = (0..length).map(|i| seed.wrapping_add(i as u8)).collect();
             region.write(0, &data);
-            complete(&read, IOReturn::SUCCESS, length);
+            d.finish_request(request, IOReturn::SUCCESS, length);
         });
         Ok(())
+    }
+
+    /// Records an asynchronous request of `server` to `device`, to complete
+    /// through `action`: by `finish_request`, or with `kIOReturnAborted` when
+    /// the device leaves first.
+    pub(crate) fn track_request(&self, server: u64, device: EntryId, action: u64) -> IOResult<u64> {
+        let mut st = self.lock();
+        let server = st
+            .servers
+            .get(&server)
+            .map(|s| s.server.clone())
+            .ok_or(IOReturn::OFFLINE)?;
+        st.next_read += 1;
+        let request = st.next_read;
+        st.reads.insert(
+            request,
+            PendingRead {
+                device,
+                server,
+                action,
+            },
+        );
+        Ok(request)
+    }
+
+    /// Completes a tracked request, unless it was already aborted.
+    pub(crate) fn finish_request(&self, request: u64, status: IOReturn, actual: u64) {
+        let read = self.lock().reads.remove(&request);
+        if let Some(read) = read {
+            complete(&read, status, actual);
+        }
+    }
+
+    pub(crate) fn me(&self) -> Option<Arc<Inner>> {
+        self.me.upgrade()
+    }
+
+    pub(crate) fn me_weak(&self) -> Weak<Inner> {
+        self.me.clone()
     }
 
     pub(crate) fn schedule_terminate(&self, id: EntryId) {

@@ -219,6 +219,7 @@ fn bench_device(name: &str, extra: &[(&str, Value)]) -> DeviceSpec {
         properties,
         interrupts: Vec::new(),
         source: "bench".into(),
+        usb: None,
     }
 }
 

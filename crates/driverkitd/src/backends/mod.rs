@@ -3,4 +3,5 @@
 //! from there.
 
 pub mod interrupts;
+pub mod usb;
 pub mod virtual_device;

@@ -19,6 +19,9 @@
 //! [[interrupts]]
 //! period_ms = 100                 # one interrupt every 100 ms
 //! ```
+//!
+//! A `[usb]` table makes it a USB device (class `IOUSBHostDevice`); its
+//! format is in `usb::virtual_usb`.
 
 use plist::Value;
 
@@ -32,6 +35,8 @@ pub struct DeviceSpec {
     pub interrupts: Vec<std::time::Duration>,
     /// Where it came from (a path or `builtin:NAME`), for `device list`.
     pub source: String,
+    /// A USB device's descriptors and endpoints.
+    pub usb: Option<super::usb::virtual_usb::UsbSpec>,
 }
 
 const BUILTINS: &[(&str, &str)] = &[
@@ -41,12 +46,18 @@ const BUILTINS: &[(&str, &str)] = &[
 
 /// The names of the built-in device files.
 pub fn builtin_names() -> impl Iterator<Item = &'static str> {
-    BUILTINS.iter().map(|(n, _)| *n)
+    BUILTINS
+        .iter()
+        .chain(super::usb::virtual_usb::BUILTINS)
+        .map(|(n, _)| *n)
 }
 
 /// A built-in device by name.
 pub fn builtin(name: &str) -> Option<DeviceSpec> {
-    let (_, text) = BUILTINS.iter().find(|(n, _)| *n == name)?;
+    let (_, text) = BUILTINS
+        .iter()
+        .chain(super::usb::virtual_usb::BUILTINS)
+        .find(|(n, _)| *n == name)?;
     parse(text, &format!("builtin:{name}")).ok()
 }
 
@@ -59,6 +70,7 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
     let mut class = "IOVirtualDevice".to_owned();
     let mut properties = plist::Dictionary::new();
     let mut interrupts = Vec::new();
+    let mut usb = None;
     for (key, value) in &table {
         match (key.as_str(), value) {
             ("name", toml::Value::String(s)) if !s.is_empty() => name = Some(s.clone()),
@@ -83,6 +95,16 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
                     interrupts.push(std::time::Duration::from_millis(period as u64));
                 }
             }
+            ("usb", toml::Value::Table(t)) => {
+                let spec: super::usb::virtual_usb::UsbSpec = toml::Value::Table(t.clone())
+                    .try_into()
+                    .map_err(|e: toml::de::Error| format!("{source}: key usb: {}", e.message().trim()))?;
+                spec.validate().map_err(|e| format!("{source}: {e}"))?;
+                if !table.contains_key("class") {
+                    class = "IOUSBHostDevice".to_owned();
+                }
+                usb = Some(spec);
+            }
             ("interrupts", other) => {
                 return Err(format!("{source}: key interrupts: expected [[interrupts]] tables, found {}", other.type_str()))
             }
@@ -100,12 +122,17 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
             }
             (other, _) => {
                 return Err(format!(
-                    "{source}: unknown key {other:?}: expected name, class, [properties] or [[interrupts]]"
+                    "{source}: unknown key {other:?}: expected name, class, [properties], [[interrupts]] or [usb]"
                 ))
             }
         }
     }
     let name = name.ok_or_else(|| format!("{source}: key name: missing"))?;
+    if usb.is_some() && class != "IOUSBHostDevice" {
+        return Err(format!(
+            "{source}: key class: a device with [usb] is an IOUSBHostDevice, found {class:?}"
+        ));
+    }
     let chain = driverkit_wire::classes::chain(&class);
     if !driverkit_wire::classes::is_system_class(&class) || !chain.contains(&"IOService") {
         return Err(format!(
@@ -118,6 +145,7 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
         properties,
         interrupts,
         source: source.to_owned(),
+        usb,
     })
 }
 

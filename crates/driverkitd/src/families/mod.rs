@@ -2,8 +2,10 @@
 //! services of those classes, decides whether a personality matches and how
 //! well (the hook USB, HID and PCI fill in with their ladders and keys).
 
+pub mod hid;
 pub mod io_service;
 pub mod usb;
+pub mod usb_device;
 
 use driverkit_bundle::Personality;
 
@@ -37,5 +39,6 @@ pub fn matchers() -> Vec<Box<dyn FamilyMatcher>> {
     vec![
         Box::new(usb::UsbMatcher::device()),
         Box::new(usb::UsbMatcher::interface()),
+        Box::new(hid::HidMatcher),
     ]
 }

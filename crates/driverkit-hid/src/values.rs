@@ -1,0 +1,363 @@
+//! Reading input reports: one value per usage, and the events a change of
+//! values means.
+//!
+//! A descriptor's input fields become [`InputUsage`]s the way IOKit's
+//! `IOHIDElement`s expand them: a variable field gives one usage per slot;
+//! an array (a keyboard's six key slots) gives one usage per possible
+//! value, which reads 1 while the array lists it and 0 otherwise. An
+//! [`EventTranslator`] compares each report with the previous one and
+//! yields keyboard, pointer and scroll events; the system's default event
+//! service and the SDK's `IOUserHIDEventService` both use it.
+
+use crate::descriptor::{ReportDescriptor, ReportType};
+
+/// Usage pages the translator knows.
+pub mod page {
+    pub const GENERIC_DESKTOP: u16 = 0x01;
+    pub const KEYBOARD: u16 = 0x07;
+    pub const LED: u16 = 0x08;
+    pub const BUTTON: u16 = 0x09;
+    pub const CONSUMER: u16 = 0x0c;
+}
+
+/// Generic Desktop usages the translator knows.
+pub mod usage {
+    pub const X: u16 = 0x30;
+    pub const Y: u16 = 0x31;
+    pub const Z: u16 = 0x32;
+    pub const WHEEL: u16 = 0x38;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Location {
+    /// One slot of a variable field.
+    Slot { bit: u32, size: u32, signed: bool },
+    /// One possible value of an array field of `count` slots.
+    Member {
+        bit: u32,
+        size: u32,
+        count: u32,
+        index: i64,
+    },
+}
+
+/// One usage of an input report and where its value is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputUsage {
+    pub usage_page: u16,
+    pub usage: u16,
+    /// 0 when the descriptor uses no report IDs.
+    pub report_id: u8,
+    /// Motion since the last report (a mouse's X), rather than a state.
+    pub relative: bool,
+    pub logical_minimum: i32,
+    pub logical_maximum: i32,
+    location: Location,
+}
+
+impl ReportDescriptor {
+    /// Every input usage, in report order. Usage 0 of an array ("no
+    /// event") is left out.
+    pub fn input_usages(&self) -> Vec<InputUsage> {
+        let mut out = Vec::new();
+        for e in &self.elements {
+            if e.report_type != ReportType::Input || e.is_constant() || e.report_size == 0 {
+                continue;
+            }
+            let size = e.report_size.min(32);
+            if e.is_variable() {
+                for slot in 0..e.report_count {
+                    let Some(&u) = e
+                        .usages
+                        .get(slot as usize)
+                        .or_else(|| e.usages.last())
+                    else {
+                        break;
+                    };
+                    out.push(InputUsage {
+                        usage_page: (u >> 16) as u16,
+                        usage: u as u16,
+                        report_id: e.report_id,
+                        relative: e.is_relative(),
+                        logical_minimum: e.logical_minimum,
+                        logical_maximum: e.logical_maximum,
+                        location: Location::Slot {
+                            bit: e.bit_offset + slot * e.report_size,
+                            size,
+                            signed: e.logical_minimum < 0,
+                        },
+                    });
+                }
+            } else {
+                for (i, &u) in e.usages.iter().enumerate() {
+                    if u as u16 == 0 {
+                        continue;
+                    }
+                    out.push(InputUsage {
+                        usage_page: (u >> 16) as u16,
+                        usage: u as u16,
+                        report_id: e.report_id,
+                        relative: false,
+                        logical_minimum: 0,
+                        logical_maximum: 1,
+                        location: Location::Member {
+                            bit: e.bit_offset,
+                            size,
+                            count: e.report_count,
+                            index: i64::from(e.logical_minimum) + i as i64,
+                        },
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `size` bits at bit `offset` of `data`, little-endian; `None` past the end.
+fn bits(data: &[u8], offset: u32, size: u32) -> Option<u32> {
+    let mut v: u64 = 0;
+    let first = (offset / 8) as usize;
+    let last = ((offset + size).div_ceil(8)) as usize;
+    if last > data.len() || size == 0 || size > 32 {
+        return None;
+    }
+    for (i, b) in data[first..last].iter().enumerate() {
+        v |= u64::from(*b) << (8 * i);
+    }
+    Some(((v >> (offset % 8)) & ((1u64 << size) - 1)) as u32)
+}
+
+fn extend(raw: u32, size: u32, signed: bool) -> i64 {
+    if signed && size < 32 && raw & (1 << (size - 1)) != 0 {
+        i64::from(raw) - (1i64 << size)
+    } else if signed && size == 32 {
+        i64::from(raw as i32)
+    } else {
+        i64::from(raw)
+    }
+}
+
+impl InputUsage {
+    /// The usage's value in `report`, which starts with its report ID byte
+    /// when `with_ids`. `None` when the report is another report's or too
+    /// short.
+    pub fn read(&self, report: &[u8], with_ids: bool) -> Option<i64> {
+        let data = if with_ids {
+            let (&id, rest) = report.split_first()?;
+            if id != self.report_id {
+                return None;
+            }
+            rest
+        } else {
+            report
+        };
+        match self.location {
+            Location::Slot { bit, size, signed } => Some(extend(bits(data, bit, size)?, size, signed)),
+            Location::Member {
+                bit,
+                size,
+                count,
+                index,
+            } => {
+                let mut present = false;
+                for slot in 0..count {
+                    let raw = bits(data, bit + slot * size, size)?;
+                    present |= i64::from(raw) == index;
+                }
+                Some(i64::from(present))
+            }
+        }
+    }
+}
+
+/// What an event service dispatches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A key or consumer control went down (value 1) or up (0).
+    Keyboard {
+        usage_page: u16,
+        usage: u16,
+        value: i64,
+    },
+    /// Relative motion and the state of the buttons (bit 0: button 1).
+    RelativePointer { dx: i64, dy: i64, buttons: u32 },
+    /// Wheel motion.
+    Scroll { dx: i64, dy: i64, dz: i64 },
+}
+
+/// Turns reports into events: a keyboard event per key whose state
+/// changed, a pointer event when there is motion or a button changed, a
+/// scroll event when the wheel moved.
+#[derive(Debug, Clone)]
+pub struct EventTranslator {
+    usages: Vec<InputUsage>,
+    values: Vec<i64>,
+    with_ids: bool,
+    buttons: u32,
+}
+
+impl EventTranslator {
+    pub fn new(descriptor: &ReportDescriptor) -> EventTranslator {
+        let usages = descriptor.input_usages();
+        EventTranslator {
+            values: vec![0; usages.len()],
+            usages,
+            with_ids: !descriptor.report_ids.is_empty(),
+            buttons: 0,
+        }
+    }
+
+    /// The events `report` means, in report order (pointer and scroll
+    /// events after the keys).
+    pub fn translate(&mut self, report: &[u8], out: &mut Vec<Event>) {
+        let (mut dx, mut dy, mut wheel, mut pan) = (0, 0, 0, 0);
+        let mut buttons = self.buttons;
+        for (u, last) in self.usages.iter().zip(self.values.iter_mut()) {
+            let Some(v) = u.read(report, self.with_ids) else {
+                continue;
+            };
+            if u.relative {
+                match (u.usage_page, u.usage) {
+                    (page::GENERIC_DESKTOP, usage::X) => dx += v,
+                    (page::GENERIC_DESKTOP, usage::Y) => dy += v,
+                    (page::GENERIC_DESKTOP, usage::WHEEL) => wheel += v,
+                    (page::CONSUMER, 0x238) => pan += v,
+                    _ => {}
+                }
+                continue;
+            }
+            if v == *last {
+                continue;
+            }
+            *last = v;
+            match u.usage_page {
+                page::KEYBOARD | page::CONSUMER => out.push(Event::Keyboard {
+                    usage_page: u.usage_page,
+                    usage: u.usage,
+                    value: v,
+                }),
+                page::BUTTON if (1..=32).contains(&u.usage) => {
+                    let bit = 1u32 << (u.usage - 1);
+                    if v != 0 {
+                        buttons |= bit;
+                    } else {
+                        buttons &= !bit;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if dx != 0 || dy != 0 || buttons != self.buttons {
+            self.buttons = buttons;
+            out.push(Event::RelativePointer { dx, dy, buttons });
+        }
+        if wheel != 0 || pan != 0 {
+            out.push(Event::Scroll {
+                dx: pan,
+                dy: wheel,
+                dz: 0,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEYBOARD: &[u8] = &[
+        0x05, 0x01, 0x09, 0x06, 0xa1, 0x01, 0x05, 0x07, 0x19, 0xe0, 0x29, 0xe7, 0x15, 0x00, 0x25,
+        0x01, 0x75, 0x01, 0x95, 0x08, 0x81, 0x02, 0x95, 0x01, 0x75, 0x08, 0x81, 0x01, 0x95, 0x06,
+        0x75, 0x08, 0x15, 0x00, 0x25, 0x65, 0x05, 0x07, 0x19, 0x00, 0x29, 0x65, 0x81, 0x00, 0xc0,
+    ];
+    const MOUSE: &[u8] = &[
+        0x05, 0x01, 0x09, 0x02, 0xa1, 0x01, 0x09, 0x01, 0xa1, 0x00, 0x05, 0x09, 0x19, 0x01, 0x29,
+        0x03, 0x15, 0x00, 0x25, 0x01, 0x95, 0x03, 0x75, 0x01, 0x81, 0x02, 0x95, 0x01, 0x75, 0x05,
+        0x81, 0x01, 0x05, 0x01, 0x09, 0x30, 0x09, 0x31, 0x09, 0x38, 0x15, 0x81, 0x25, 0x7f, 0x75,
+        0x08, 0x95, 0x03, 0x81, 0x06, 0xc0, 0xc0,
+    ];
+
+    fn key(usage: u16, value: i64) -> Event {
+        Event::Keyboard {
+            usage_page: page::KEYBOARD,
+            usage,
+            value,
+        }
+    }
+
+    #[test]
+    fn keyboard_arrays_become_one_usage_per_key() {
+        let d = ReportDescriptor::parse(KEYBOARD).unwrap();
+        let usages = d.input_usages();
+        // 8 modifiers + keys 1..=0x65.
+        assert_eq!(usages.len(), 8 + 0x65);
+        let mut t = EventTranslator::new(&d);
+        let mut out = Vec::new();
+        // Shift + 'a', then 'a' + 'b', then nothing.
+        t.translate(&[0x02, 0, 0x04, 0, 0, 0, 0, 0], &mut out);
+        t.translate(&[0x00, 0, 0x04, 0x05, 0, 0, 0, 0], &mut out);
+        t.translate(&[0; 8], &mut out);
+        assert_eq!(
+            out,
+            [
+                key(0xe1, 1),
+                key(0x04, 1),
+                key(0xe1, 0),
+                key(0x05, 1),
+                key(0x04, 0),
+                key(0x05, 0)
+            ]
+        );
+    }
+
+    #[test]
+    fn mouse_reports_become_pointer_and_scroll_events() {
+        let d = ReportDescriptor::parse(MOUSE).unwrap();
+        let mut t = EventTranslator::new(&d);
+        let mut out = Vec::new();
+        t.translate(&[0x01, 5, 0xfd, 0], &mut out);
+        t.translate(&[0x01, 0, 0, 0xff], &mut out);
+        t.translate(&[0x00, 0, 0, 0], &mut out);
+        assert_eq!(
+            out,
+            [
+                Event::RelativePointer {
+                    dx: 5,
+                    dy: -3,
+                    buttons: 1
+                },
+                Event::Scroll {
+                    dx: 0,
+                    dy: -1,
+                    dz: 0
+                },
+                Event::RelativePointer {
+                    dx: 0,
+                    dy: 0,
+                    buttons: 0
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn short_reports_and_other_ids_read_nothing() {
+        let d = ReportDescriptor::parse(KEYBOARD).unwrap();
+        let u = &d.input_usages()[0];
+        assert_eq!(u.read(&[], false), None);
+        assert_eq!(u.read(&[1], true), None);
+        assert_eq!(bits(&[0xff; 4], 4, 32), None);
+        assert_eq!(bits(&[0xab, 0xcd], 4, 8), Some(0xda));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_report_translates_without_panic(report: Vec<u8>, desc in proptest::sample::select(vec![KEYBOARD, MOUSE])) {
+            let d = ReportDescriptor::parse(desc).unwrap();
+            let mut t = EventTranslator::new(&d);
+            let mut out = Vec::new();
+            t.translate(&report, &mut out);
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! Descriptors as plain values that emit their bytes: what a virtual device
+//! is made of. `parse` on the emitted bytes gives the same values back (the
+//! round trip is a property test), so a device built here reads like a real
+//! one to every parser in the system.
+
+use crate::{interfaces, kind, DeviceDescriptor, Error, TransferType};
+
+/// A device descriptor's fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRepr {
+    pub bcd_usb: u16,
+    pub device_class: u8,
+    pub device_subclass: u8,
+    pub device_protocol: u8,
+    pub max_packet_size0: u8,
+    pub vendor_id: u16,
+    pub product_id: u16,
+    pub bcd_device: u16,
+    pub manufacturer_index: u8,
+    pub product_index: u8,
+    pub serial_number_index: u8,
+    pub num_configurations: u8,
+}
+
+impl DeviceRepr {
+    /// The 18 bytes of the descriptor.
+    pub fn emit(&self) -> [u8; 18] {
+        let mut b = [0u8; 18];
+        b[0] = 18;
+        b[1] = kind::DEVICE;
+        b[2..4].copy_from_slice(&self.bcd_usb.to_le_bytes());
+        b[4] = self.device_class;
+        b[5] = self.device_subclass;
+        b[6] = self.device_protocol;
+        b[7] = self.max_packet_size0;
+        b[8..10].copy_from_slice(&self.vendor_id.to_le_bytes());
+        b[10..12].copy_from_slice(&self.product_id.to_le_bytes());
+        b[12..14].copy_from_slice(&self.bcd_device.to_le_bytes());
+        b[14] = self.manufacturer_index;
+        b[15] = self.product_index;
+        b[16] = self.serial_number_index;
+        b[17] = self.num_configurations;
+        b
+    }
+
+    /// The values of a checked view.
+    pub fn parse(d: &DeviceDescriptor<'_>) -> DeviceRepr {
+        DeviceRepr {
+            bcd_usb: d.bcd_usb(),
+            device_class: d.device_class(),
+            device_subclass: d.device_subclass(),
+            device_protocol: d.device_protocol(),
+            max_packet_size0: d.max_packet_size0(),
+            vendor_id: d.vendor_id(),
+            product_id: d.product_id(),
+            bcd_device: d.bcd_device(),
+            manufacturer_index: d.manufacturer_index(),
+            product_index: d.product_index(),
+            serial_number_index: d.serial_number_index(),
+            num_configurations: d.num_configurations(),
+        }
+    }
+}
+
+/// An endpoint descriptor's fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointRepr {
+    pub address: u8,
+    pub transfer_type: TransferType,
+    pub max_packet_size: u16,
+    pub interval: u8,
+}
+
+/// An interface (one alternate setting), its class-specific descriptors
+/// (emitted between the interface and its endpoints, as HID requires) and
+/// its endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceRepr {
+    pub number: u8,
+    pub alternate_setting: u8,
+    pub class: u8,
+    pub subclass: u8,
+    pub protocol: u8,
+    pub string_index: u8,
+    /// Whole descriptors, each starting with its `bLength`.
+    pub extra: Vec<Vec<u8>>,
+    pub endpoints: Vec<EndpointRepr>,
+}
+
+/// A configuration and everything under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigurationRepr {
+    pub value: u8,
+    pub string_index: u8,
+    pub attributes: u8,
+    /// In units of 2 mA.
+    pub max_power: u8,
+    pub interfaces: Vec<InterfaceRepr>,
+}
+
+impl ConfigurationRepr {
+    /// The configuration descriptor with its interfaces, class-specific
+    /// descriptors and endpoints, `wTotalLength` filled in.
+    pub fn emit(&self) -> Vec<u8> {
+        let mut out = vec![9, kind::CONFIGURATION, 0, 0, 0, self.value];
+        out.extend([self.string_index, self.attributes, self.max_power]);
+        let mut numbers: Vec<u8> = self.interfaces.iter().map(|i| i.number).collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        out[4] = numbers.len() as u8;
+        for i in &self.interfaces {
+            out.extend([
+                9,
+                kind::INTERFACE,
+                i.number,
+                i.alternate_setting,
+                i.endpoints.len() as u8,
+                i.class,
+                i.subclass,
+                i.protocol,
+                i.string_index,
+            ]);
+            for extra in &i.extra {
+                out.extend(extra);
+            }
+            for e in &i.endpoints {
+                let ty = match e.transfer_type {
+                    TransferType::Control => 0,
+                    TransferType::Isochronous => 1,
+                    TransferType::Bulk => 2,
+                    TransferType::Interrupt => 3,
+                };
+                out.extend([7, kind::ENDPOINT, e.address, ty]);
+                out.extend(e.max_packet_size.to_le_bytes());
+                out.push(e.interval);
+            }
+        }
+        let total = out.len() as u16;
+        out[2..4].copy_from_slice(&total.to_le_bytes());
+        out
+    }
+
+    /// The values of a configuration's bytes.
+    pub fn parse(bytes: &[u8]) -> Result<ConfigurationRepr, Error> {
+        let (head, list) = interfaces(bytes)?;
+        Ok(ConfigurationRepr {
+            value: head.configuration_value(),
+            string_index: head.configuration_index(),
+            attributes: head.attributes(),
+            max_power: head.max_power(),
+            interfaces: list
+                .iter()
+                .map(|i| InterfaceRepr {
+                    number: i.descriptor.interface_number(),
+                    alternate_setting: i.descriptor.alternate_setting(),
+                    class: i.descriptor.interface_class(),
+                    subclass: i.descriptor.interface_subclass(),
+                    protocol: i.descriptor.interface_protocol(),
+                    string_index: i.descriptor.interface_index(),
+                    extra: i.extra.iter().map(|(_, b)| b.to_vec()).collect(),
+                    endpoints: i
+                        .endpoints
+                        .iter()
+                        .map(|e| EndpointRepr {
+                            address: e.address(),
+                            transfer_type: e.transfer_type(),
+                            max_packet_size: e.max_packet_size(),
+                            interval: e.interval(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        })
+    }
+}
+
+/// A string descriptor holding `text` as UTF-16LE (at most 126 units; the
+/// rest is cut, as `bLength` is one byte).
+pub fn string_descriptor(text: &str) -> Vec<u8> {
+    let units: Vec<u16> = text.encode_utf16().take(126).collect();
+    let mut out = vec![(2 + 2 * units.len()) as u8, kind::STRING];
+    for u in units {
+        out.extend(u.to_le_bytes());
+    }
+    out
+}
+
+/// String descriptor zero: the supported language IDs.
+pub fn language_descriptor(languages: &[u16]) -> Vec<u8> {
+    let mut out = vec![(2 + 2 * languages.len().min(126)) as u8, kind::STRING];
+    for l in languages.iter().take(126) {
+        out.extend(l.to_le_bytes());
+    }
+    out
+}
+
+/// A HID class descriptor announcing one report descriptor of `report_len`
+/// bytes (HID 1.11, 6.2.1).
+pub fn hid_descriptor(report_len: u16) -> Vec<u8> {
+    let mut out = vec![9, kind::HID, 0x11, 0x01, 0, 1, kind::HID_REPORT];
+    out.extend(report_len.to_le_bytes());
+    out
+}
+
+/// The eight bytes of a control request's setup stage (USB 2.0, 9.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setup {
+    pub request_type: u8,
+    pub request: u8,
+    pub value: u16,
+    pub index: u16,
+    pub length: u16,
+}
+
+impl Setup {
+    /// True when data flows from the device (bit 7 of bmRequestType).
+    pub fn is_in(&self) -> bool {
+        self.request_type & 0x80 != 0
+    }
+
+    pub fn emit(&self) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[0] = self.request_type;
+        b[1] = self.request;
+        b[2..4].copy_from_slice(&self.value.to_le_bytes());
+        b[4..6].copy_from_slice(&self.index.to_le_bytes());
+        b[6..8].copy_from_slice(&self.length.to_le_bytes());
+        b
+    }
+
+    pub fn parse(b: [u8; 8]) -> Setup {
+        Setup {
+            request_type: b[0],
+            request: b[1],
+            value: u16::from_le_bytes([b[2], b[3]]),
+            index: u16::from_le_bytes([b[4], b[5]]),
+            length: u16::from_le_bytes([b[6], b[7]]),
+        }
+    }
+
+    /// Standard GET_DESCRIPTOR of `kind`/`index` to the device.
+    pub fn get_descriptor(kind: u8, index: u8, language: u16, length: u16) -> Setup {
+        Setup {
+            request_type: 0x80,
+            request: request::GET_DESCRIPTOR,
+            value: u16::from(kind) << 8 | u16::from(index),
+            index: language,
+            length,
+        }
+    }
+}
+
+/// Standard and HID class request codes.
+pub mod request {
+    pub const GET_STATUS: u8 = 0;
+    pub const CLEAR_FEATURE: u8 = 1;
+    pub const SET_ADDRESS: u8 = 5;
+    pub const GET_DESCRIPTOR: u8 = 6;
+    pub const GET_CONFIGURATION: u8 = 8;
+    pub const SET_CONFIGURATION: u8 = 9;
+    pub const SET_INTERFACE: u8 = 11;
+    /// HID class requests (to an interface).
+    pub const HID_GET_REPORT: u8 = 1;
+    pub const HID_SET_REPORT: u8 = 9;
+    pub const HID_SET_IDLE: u8 = 0x0a;
+    pub const HID_SET_PROTOCOL: u8 = 0x0b;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn transfer_type() -> impl Strategy<Value = TransferType> {
+        prop_oneof![
+            Just(TransferType::Isochronous),
+            Just(TransferType::Bulk),
+            Just(TransferType::Interrupt),
+        ]
+    }
+
+    prop_compose! {
+        fn endpoint()(address: u8, t in transfer_type(), max_packet_size in 0u16..0x800, interval: u8) -> EndpointRepr {
+            EndpointRepr { address, transfer_type: t, max_packet_size, interval }
+        }
+    }
+
+    prop_compose! {
+        fn interface(number: u8)(alternate_setting: u8, class: u8, subclass: u8, protocol: u8,
+                     string_index: u8, report_len: Option<u16>,
+                     endpoints in proptest::collection::vec(endpoint(), 0..4)) -> InterfaceRepr {
+            InterfaceRepr {
+                number, alternate_setting, class, subclass, protocol, string_index,
+                extra: report_len.map(hid_descriptor).into_iter().collect(),
+                endpoints,
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn device_round_trips(vendor_id: u16, product_id: u16, bcd_device: u16, class: u8, n: u8) {
+            let d = DeviceRepr {
+                bcd_usb: 0x0200, device_class: class, device_subclass: 0, device_protocol: 0,
+                max_packet_size0: 64, vendor_id, product_id, bcd_device,
+                manufacturer_index: 1, product_index: 2, serial_number_index: 3,
+                num_configurations: n,
+            };
+            let bytes = d.emit();
+            let view = DeviceDescriptor::new_checked(&bytes, 0).unwrap();
+            prop_assert_eq!(DeviceRepr::parse(&view), d);
+        }
+
+        #[test]
+        fn configuration_round_trips(value: u8, attributes: u8, max_power: u8,
+                                     a in interface(0), b in interface(1)) {
+            let c = ConfigurationRepr { value, string_index: 0, attributes, max_power, interfaces: vec![a, b] };
+            prop_assert_eq!(ConfigurationRepr::parse(&c.emit()).unwrap(), c);
+        }
+
+        #[test]
+        fn setup_round_trips(b: [u8; 8]) {
+            prop_assert_eq!(Setup::parse(b).emit(), b);
+        }
+    }
+
+    #[test]
+    fn strings_are_utf16() {
+        let s = string_descriptor("Kb");
+        assert_eq!(s, [6, 3, b'K', 0, b'b', 0]);
+        let view = crate::StringDescriptor::new_checked(&s, 0).unwrap();
+        assert_eq!(view.text(), "Kb");
+    }
+}

@@ -1,0 +1,139 @@
+//! USB devices, whatever carries their bytes: the one boundary between the
+//! USB family and the transports (virtual devices, USB/IP).
+//!
+//! A transport moves control requests and transfers; it knows nothing of
+//! the registry, configurations or drivers. Calls block the calling thread
+//! until the device answers, times out, or the transfer is aborted, so
+//! several transfers are in flight when several threads wait.
+
+pub mod virtual_usb;
+
+use std::time::Duration;
+
+use driverkit_usb::Setup;
+use driverkit_wire::{IOResult, IOReturn};
+
+/// A finished transfer: the data of an IN transfer, the count of an OUT one.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Completed {
+    pub data: Vec<u8>,
+    pub actual: usize,
+}
+
+/// A USB device's wire.
+pub trait UsbTransport: Send + Sync {
+    /// Where the device is, for logs and `device list` (`builtin:keyboard`,
+    /// `usbip://127.0.0.1:3240/1-1`).
+    fn source(&self) -> String;
+
+    /// `locationID` as macOS forms it: the bus in the top byte, then one
+    /// nibble per port of the path.
+    fn location_id(&self) -> u32;
+
+    /// A control request on endpoint 0. `data` is the OUT data stage; an
+    /// IN request returns at most `setup.length` bytes.
+    fn control(&self, setup: Setup, data: &[u8], timeout: Option<Duration>) -> IOResult<Vec<u8>>;
+
+    /// One transfer on endpoint `address` (bit 7 set: IN, of at most
+    /// `length` bytes; clear: OUT, sending `data`).
+    fn transfer(
+        &self,
+        address: u8,
+        data: &[u8],
+        length: usize,
+        timeout: Option<Duration>,
+    ) -> IOResult<Completed>;
+
+    /// Ends the transfers waiting on `address` with `kIOReturnAborted`.
+    fn abort(&self, address: u8);
+
+    /// The device is going away: every waiting and later call fails.
+    fn close(&self);
+}
+
+/// What the family reads from a device once, when it is plugged.
+#[derive(Debug, Clone)]
+pub struct Enumerated {
+    pub device: Vec<u8>,
+    /// Every configuration, whole (`wTotalLength` bytes).
+    pub configurations: Vec<Vec<u8>>,
+    pub manufacturer: Option<String>,
+    pub product: Option<String>,
+    pub serial: Option<String>,
+}
+
+const ENUMERATION_TIMEOUT: Option<Duration> = Some(Duration::from_secs(5));
+
+/// Reads the descriptors the way a host does: the device descriptor, each
+/// configuration's first 9 bytes and then all of it, and the strings the
+/// device descriptor names (in the first language the device offers).
+pub fn enumerate(t: &dyn UsbTransport) -> Result<Enumerated, String> {
+    use driverkit_usb::{kind, ConfigurationDescriptor, DeviceDescriptor, StringDescriptor};
+    let io = |e: IOReturn, what: &str| format!("{}: reading {what}: {e}", t.source());
+    let device = t
+        .control(
+            Setup::get_descriptor(kind::DEVICE, 0, 0, 18),
+            &[],
+            ENUMERATION_TIMEOUT,
+        )
+        .map_err(|e| io(e, "the device descriptor"))?;
+    let view = DeviceDescriptor::new_checked(&device, 0)
+        .map_err(|e| format!("{}: device descriptor: {e}", t.source()))?;
+    let mut configurations = Vec::new();
+    for index in 0..view.num_configurations() {
+        let what = format!("configuration {index}");
+        let head = t
+            .control(
+                Setup::get_descriptor(kind::CONFIGURATION, index, 0, 9),
+                &[],
+                ENUMERATION_TIMEOUT,
+            )
+            .map_err(|e| io(e, &what))?;
+        let total = ConfigurationDescriptor::new_checked(&head, 0)
+            .map_err(|e| format!("{}: {what}: {e}", t.source()))?
+            .total_length();
+        let whole = t
+            .control(
+                Setup::get_descriptor(kind::CONFIGURATION, index, 0, total),
+                &[],
+                ENUMERATION_TIMEOUT,
+            )
+            .map_err(|e| io(e, &what))?;
+        driverkit_usb::interfaces(&whole).map_err(|e| format!("{}: {what}: {e}", t.source()))?;
+        configurations.push(whole);
+    }
+    let language = t
+        .control(
+            Setup::get_descriptor(kind::STRING, 0, 0, 255),
+            &[],
+            ENUMERATION_TIMEOUT,
+        )
+        .ok()
+        .and_then(|b| {
+            StringDescriptor::new_checked(&b, 0)
+                .ok()?
+                .language_ids()
+                .first()
+                .copied()
+        });
+    let string = |index: u8| -> Option<String> {
+        if index == 0 {
+            return None;
+        }
+        let b = t
+            .control(
+                Setup::get_descriptor(kind::STRING, index, language?, 255),
+                &[],
+                ENUMERATION_TIMEOUT,
+            )
+            .ok()?;
+        Some(StringDescriptor::new_checked(&b, 0).ok()?.text())
+    };
+    Ok(Enumerated {
+        manufacturer: string(view.manufacturer_index()),
+        product: string(view.product_index()),
+        serial: string(view.serial_number_index()),
+        device,
+        configurations,
+    })
+}

@@ -1,0 +1,627 @@
+//! Virtual USB devices: descriptors built from a device file's `[usb]`
+//! table, and endpoints that behave as the file says.
+//!
+//! ```toml
+//! name = "VirtualKeyboard"
+//! [usb]
+//! idVendor = 0x1209
+//! idProduct = 0x0001
+//! bcdDevice = 0x0100
+//! bDeviceClass = 0             # 0xff: vendor class, waits for a driver
+//! manufacturer = "driverkit"
+//! product = "Virtual Keyboard"
+//! serial = "VK-0001"
+//!
+//! [[usb.interfaces]]
+//! bInterfaceClass = 3          # HID
+//! bInterfaceSubClass = 1
+//! bInterfaceProtocol = 1
+//! report_descriptor = "05 01 09 06 ..."   # HID only, hex
+//!
+//! [[usb.interfaces.endpoints]]
+//! address = 0x81               # IN: sends what is queued for it
+//! type = "interrupt"           # or "bulk"
+//! max_packet_size = 8
+//! interval = 10
+//!
+//! [[usb.interfaces.endpoints]]
+//! address = 0x02               # OUT
+//! type = "bulk"
+//! echo_to = 0x82               # what arrives is queued on IN 0x82
+//!
+//! [[usb.control]]              # vendor requests and their answers
+//! bmRequestType = 0xc0
+//! bRequest = 1
+//! response = "01 02 03 04"
+//! ```
+//!
+//! An IN endpoint waits, like a real one NAKing, until something is queued
+//! on it: by `driverkit device type`, by an echo, or by a test. Output and
+//! feature reports (SET_REPORT) are kept, so that a test can see an LED
+//! change.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use driverkit_usb::repr::{request, string_descriptor};
+use driverkit_usb::{
+    kind, ConfigurationRepr, DeviceRepr, EndpointRepr, InterfaceRepr, Setup, TransferType,
+};
+use driverkit_wire::ring::Ring;
+use driverkit_wire::shm::SPIN;
+use driverkit_wire::{IOResult, IOReturn};
+use serde::Deserialize;
+
+use super::{Completed, UsbTransport};
+
+/// The `[usb]` table of a device file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(non_snake_case)]
+pub struct UsbSpec {
+    pub idVendor: u16,
+    pub idProduct: u16,
+    #[serde(default = "one_hundred")]
+    pub bcdDevice: u16,
+    #[serde(default)]
+    pub bDeviceClass: u8,
+    #[serde(default)]
+    pub bDeviceSubClass: u8,
+    #[serde(default)]
+    pub bDeviceProtocol: u8,
+    pub manufacturer: Option<String>,
+    pub product: Option<String>,
+    pub serial: Option<String>,
+    #[serde(default)]
+    pub interfaces: Vec<InterfaceSpec>,
+    #[serde(default)]
+    pub control: Vec<ControlSpec>,
+}
+
+fn one_hundred() -> u16 {
+    0x0100
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(non_snake_case)]
+pub struct InterfaceSpec {
+    pub bInterfaceClass: u8,
+    #[serde(default)]
+    pub bInterfaceSubClass: u8,
+    #[serde(default)]
+    pub bInterfaceProtocol: u8,
+    pub name: Option<String>,
+    /// HID interfaces: the report descriptor, as hex.
+    pub report_descriptor: Option<String>,
+    #[serde(default)]
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    pub address: u8,
+    #[serde(rename = "type")]
+    pub kind: EndpointKind,
+    #[serde(default = "sixty_four")]
+    pub max_packet_size: u16,
+    #[serde(default = "one")]
+    pub interval: u8,
+    /// OUT endpoints: the IN endpoint that sends back what arrives.
+    pub echo_to: Option<u8>,
+}
+
+fn sixty_four() -> u16 {
+    64
+}
+fn one() -> u8 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointKind {
+    Interrupt,
+    Bulk,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(non_snake_case)]
+pub struct ControlSpec {
+    pub bmRequestType: u8,
+    pub bRequest: u8,
+    #[serde(default)]
+    pub wValue: u16,
+    #[serde(default)]
+    pub wIndex: u16,
+    /// IN requests: the data stage, as hex.
+    #[serde(default)]
+    pub response: String,
+}
+
+impl UsbSpec {
+    /// Checks what serde cannot: hex, endpoint directions, echo targets.
+    /// Errors name the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut addresses = Vec::new();
+        for (i, iface) in self.interfaces.iter().enumerate() {
+            if let Some(hex) = &iface.report_descriptor {
+                let bytes = from_hex(hex)
+                    .map_err(|e| format!("key usb.interfaces[{i}].report_descriptor: {e}"))?;
+                driverkit_hid::ReportDescriptor::parse(&bytes)
+                    .map_err(|e| format!("key usb.interfaces[{i}].report_descriptor: {e}"))?;
+            }
+            for (j, ep) in iface.endpoints.iter().enumerate() {
+                let key = format!("key usb.interfaces[{i}].endpoints[{j}]");
+                if ep.address & 0x70 != 0 || ep.address & 0x0f == 0 {
+                    return Err(format!(
+                        "{key}.address: expected 0x01-0x0f (OUT) or 0x81-0x8f (IN), found {:#04x}",
+                        ep.address
+                    ));
+                }
+                if addresses.contains(&ep.address) {
+                    return Err(format!(
+                        "{key}.address: {:#04x} is used twice",
+                        ep.address
+                    ));
+                }
+                addresses.push(ep.address);
+                if ep.echo_to.is_some() && ep.address & 0x80 != 0 {
+                    return Err(format!("{key}.echo_to: only OUT endpoints echo"));
+                }
+            }
+        }
+        for (i, iface) in self.interfaces.iter().enumerate() {
+            for (j, ep) in iface.endpoints.iter().enumerate() {
+                if let Some(to) = ep.echo_to {
+                    if to & 0x80 == 0 || !addresses.contains(&to) {
+                        return Err(format!(
+                            "key usb.interfaces[{i}].endpoints[{j}].echo_to: expected an IN endpoint of this device, found {to:#04x}"
+                        ));
+                    }
+                }
+            }
+        }
+        for (i, c) in self.control.iter().enumerate() {
+            from_hex(&c.response).map_err(|e| format!("key usb.control[{i}].response: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes from hex digits, whitespace ignored.
+pub fn from_hex(hex: &str) -> Result<Vec<u8>, String> {
+    let digits: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if !digits.len().is_multiple_of(2) {
+        return Err(format!("odd number of hex digits ({})", digits.len()));
+    }
+    digits
+        .chunks(2)
+        .enumerate()
+        .map(|(i, pair)| {
+            let s = std::str::from_utf8(pair).map_err(|_| format!("byte {i} is not hex"))?;
+            u8::from_str_radix(s, 16).map_err(|_| format!("byte {i}: {s:?} is not hex"))
+        })
+        .collect()
+}
+
+/// Bytes queued on an IN endpoint. A ring with a doorbell: the reader
+/// spins briefly and then parks, so a busy endpoint answers in
+/// nanoseconds and an idle one costs nothing.
+struct InQueue {
+    ring: Ring,
+    /// Bumped by `abort`, so that a waiting reader gives up.
+    aborts: std::sync::atomic::AtomicU64,
+}
+
+/// A virtual USB device.
+pub struct VirtualUsb {
+    source: String,
+    location: u32,
+    device: Vec<u8>,
+    configuration: Vec<u8>,
+    strings: Vec<String>,
+    /// Report descriptors by interface number.
+    reports: HashMap<u8, Vec<u8>>,
+    ins: HashMap<u8, InQueue>,
+    /// OUT endpoints and where their data goes.
+    echo: HashMap<u8, Option<u8>>,
+    control: Vec<(ControlSpec, Vec<u8>)>,
+    /// The first interrupt-IN endpoint of a HID interface.
+    hid_in: Option<u8>,
+    closed: AtomicBool,
+    state: Mutex<DeviceState>,
+}
+
+#[derive(Default)]
+struct DeviceState {
+    configuration: u8,
+    /// SET_REPORT data by (interface, report type, report ID), latest first.
+    set_reports: Vec<(u8, u8, u8, Vec<u8>)>,
+}
+
+/// Capacity of an IN endpoint's queue: about 40,000 keyboard reports.
+const IN_QUEUE_BYTES: usize = 1 << 20;
+
+impl VirtualUsb {
+    /// Builds the device; `spec` must have passed `validate`.
+    pub fn new(spec: &UsbSpec, source: &str, location: u32) -> Result<VirtualUsb, String> {
+        spec.validate()?;
+        let mut strings = Vec::new();
+        let mut index = |s: &Option<String>| -> u8 {
+            match s {
+                Some(s) => {
+                    strings.push(s.clone());
+                    strings.len() as u8
+                }
+                None => 0,
+            }
+        };
+        let device = DeviceRepr {
+            bcd_usb: 0x0200,
+            device_class: spec.bDeviceClass,
+            device_subclass: spec.bDeviceSubClass,
+            device_protocol: spec.bDeviceProtocol,
+            max_packet_size0: 64,
+            vendor_id: spec.idVendor,
+            product_id: spec.idProduct,
+            bcd_device: spec.bcdDevice,
+            manufacturer_index: index(&spec.manufacturer),
+            product_index: index(&spec.product),
+            serial_number_index: index(&spec.serial),
+            num_configurations: 1,
+        };
+        let mut reports = HashMap::new();
+        let mut ins = HashMap::new();
+        let mut echo = HashMap::new();
+        let mut interfaces = Vec::new();
+        let mut hid_in = None;
+        for (number, i) in spec.interfaces.iter().enumerate() {
+            let number = number as u8;
+            let mut extra = Vec::new();
+            if let Some(hex) = &i.report_descriptor {
+                let bytes = from_hex(hex)?;
+                extra.push(driverkit_usb::repr::hid_descriptor(bytes.len() as u16));
+                reports.insert(number, bytes);
+            }
+            for e in &i.endpoints {
+                if i.report_descriptor.is_some()
+                    && e.address & 0x80 != 0
+                    && e.kind == EndpointKind::Interrupt
+                {
+                    hid_in = hid_in.or(Some(e.address));
+                }
+                if e.address & 0x80 != 0 {
+                    let ring = Ring::create("virtual-usb-in", IN_QUEUE_BYTES)
+                        .map_err(|err| format!("{source}: endpoint queue: {err}"))?;
+                    ins.insert(
+                        e.address,
+                        InQueue {
+                            ring,
+                            aborts: Default::default(),
+                        },
+                    );
+                } else {
+                    echo.insert(e.address, e.echo_to);
+                }
+            }
+            interfaces.push(InterfaceRepr {
+                number,
+                alternate_setting: 0,
+                class: i.bInterfaceClass,
+                subclass: i.bInterfaceSubClass,
+                protocol: i.bInterfaceProtocol,
+                string_index: index(&i.name),
+                extra,
+                endpoints: i
+                    .endpoints
+                    .iter()
+                    .map(|e| EndpointRepr {
+                        address: e.address,
+                        transfer_type: match e.kind {
+                            EndpointKind::Interrupt => TransferType::Interrupt,
+                            EndpointKind::Bulk => TransferType::Bulk,
+                        },
+                        max_packet_size: e.max_packet_size,
+                        interval: e.interval,
+                    })
+                    .collect(),
+            });
+        }
+        let configuration = ConfigurationRepr {
+            value: 1,
+            string_index: 0,
+            attributes: 0xa0,
+            max_power: 50,
+            interfaces,
+        }
+        .emit();
+        let control = spec
+            .control
+            .iter()
+            .map(|c| Ok((c.clone(), from_hex(&c.response)?)))
+            .collect::<Result<_, String>>()?;
+        Ok(VirtualUsb {
+            source: source.to_owned(),
+            location,
+            device: device.emit().to_vec(),
+            configuration,
+            strings,
+            reports,
+            ins,
+            echo,
+            control,
+            hid_in,
+            closed: AtomicBool::new(false),
+            state: Mutex::new(DeviceState::default()),
+        })
+    }
+
+    /// The endpoint a HID interface sends its input reports on.
+    pub fn hid_input_endpoint(&self) -> Option<u8> {
+        self.hid_in
+    }
+
+    /// Queues `data` to be read from IN endpoint `address`.
+    pub fn queue_in(&self, address: u8, data: &[u8]) -> IOResult<()> {
+        let q = self.ins.get(&address).ok_or(IOReturn::NOT_FOUND)?;
+        q.ring
+            .enqueue(data.len(), |slot| slot.copy_from_slice(data))?;
+        Ok(())
+    }
+
+    /// The most recent SET_REPORT to `interface`, as (type, ID, data).
+    pub fn last_set_report(&self, interface: u8) -> Option<(u8, u8, Vec<u8>)> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.set_reports
+            .iter()
+            .find(|r| r.0 == interface)
+            .map(|r| (r.1, r.2, r.3.clone()))
+    }
+
+    fn descriptor(&self, setup: &Setup) -> IOResult<Vec<u8>> {
+        let (ty, index) = ((setup.value >> 8) as u8, setup.value as u8);
+        match (setup.request_type, ty) {
+            (0x80, kind::DEVICE) => Ok(self.device.clone()),
+            (0x80, kind::CONFIGURATION) if index == 0 => Ok(self.configuration.clone()),
+            (0x80, kind::STRING) if index == 0 => {
+                Ok(driverkit_usb::repr::language_descriptor(&[0x0409]))
+            }
+            (0x80, kind::STRING) => self
+                .strings
+                .get(usize::from(index) - 1)
+                .map(|s| string_descriptor(s))
+                .ok_or(IOReturn::USB_PIPE_STALLED),
+            // HID class descriptors are asked of the interface.
+            (0x81, kind::HID_REPORT) => self
+                .reports
+                .get(&(setup.index as u8))
+                .cloned()
+                .ok_or(IOReturn::USB_PIPE_STALLED),
+            _ => Err(IOReturn::USB_PIPE_STALLED),
+        }
+    }
+}
+
+impl UsbTransport for VirtualUsb {
+    fn source(&self) -> String {
+        self.source.clone()
+    }
+
+    fn location_id(&self) -> u32 {
+        self.location
+    }
+
+    fn control(&self, setup: Setup, data: &[u8], _timeout: Option<Duration>) -> IOResult<Vec<u8>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(IOReturn::NO_DEVICE);
+        }
+        let mut answer = match (setup.request_type, setup.request) {
+            (0x80 | 0x81, request::GET_DESCRIPTOR) => self.descriptor(&setup)?,
+            (0x00, request::SET_CONFIGURATION) => {
+                let value = setup.value as u8;
+                if value > 1 {
+                    return Err(IOReturn::USB_PIPE_STALLED);
+                }
+                self.state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .configuration = value;
+                Vec::new()
+            }
+            (0x80, request::GET_CONFIGURATION) => vec![
+                self.state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .configuration,
+            ],
+            (0x02, request::CLEAR_FEATURE) => Vec::new(),
+            (0x21, request::HID_SET_IDLE | request::HID_SET_PROTOCOL) => Vec::new(),
+            (0x21, request::HID_SET_REPORT) => {
+                let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                st.set_reports.insert(
+                    0,
+                    (
+                        setup.index as u8,
+                        (setup.value >> 8) as u8,
+                        setup.value as u8,
+                        data.to_vec(),
+                    ),
+                );
+                st.set_reports.truncate(64);
+                Vec::new()
+            }
+            _ => self
+                .control
+                .iter()
+                .find(|(c, _)| {
+                    c.bmRequestType == setup.request_type
+                        && c.bRequest == setup.request
+                        && c.wValue == setup.value
+                        && c.wIndex == setup.index
+                })
+                .map(|(_, response)| response.clone())
+                .ok_or(IOReturn::USB_PIPE_STALLED)?,
+        };
+        if setup.is_in() {
+            answer.truncate(usize::from(setup.length));
+            Ok(answer)
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
+    fn transfer(
+        &self,
+        address: u8,
+        data: &[u8],
+        length: usize,
+        timeout: Option<Duration>,
+    ) -> IOResult<Completed> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(IOReturn::NO_DEVICE);
+        }
+        if address & 0x80 == 0 {
+            let target = self.echo.get(&address).ok_or(IOReturn::NOT_FOUND)?;
+            if let Some(to) = target {
+                self.queue_in(*to, data)?;
+            }
+            return Ok(Completed {
+                data: Vec::new(),
+                actual: data.len(),
+            });
+        }
+        let q = self.ins.get(&address).ok_or(IOReturn::NOT_FOUND)?;
+        let aborts = q.aborts.load(Ordering::Acquire);
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut out = Vec::with_capacity(length);
+        loop {
+            match q.ring.dequeue(&mut out) {
+                Ok(()) => {
+                    out.truncate(length);
+                    let actual = out.len();
+                    return Ok(Completed { data: out, actual });
+                }
+                Err(IOReturn::UNDERRUN) => {}
+                Err(e) => return Err(e),
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return Err(IOReturn::NO_DEVICE);
+            }
+            if q.aborts.load(Ordering::Acquire) != aborts {
+                return Err(IOReturn::ABORTED);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(IOReturn::TIMEOUT);
+            }
+            // Parked waits re-check the abort flag at least this often.
+            let slice = Instant::now() + Duration::from_millis(100);
+            let until = deadline.map_or(slice, |d| d.min(slice));
+            q.ring.wait_for_data(SPIN, Some(until));
+        }
+    }
+
+    fn abort(&self, address: u8) {
+        if let Some(q) = self.ins.get(&address) {
+            q.aborts.fetch_add(1, Ordering::AcqRel);
+            q.ring.wake_all();
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        for q in self.ins.values() {
+            q.ring.wake_all();
+        }
+    }
+}
+
+/// The built-in virtual USB devices.
+pub const BUILTINS: &[(&str, &str)] = &[
+    ("keyboard", include_str!("../../../devices/keyboard.toml")),
+    ("mouse", include_str!("../../../devices/mouse.toml")),
+    ("vendor-bulk", include_str!("../../../devices/vendor-bulk.toml")),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keyboard() -> VirtualUsb {
+        let spec = crate::backends::virtual_device::builtin("keyboard").unwrap();
+        VirtualUsb::new(spec.usb.as_ref().unwrap(), "test", 0x01100000).unwrap()
+    }
+
+    #[test]
+    fn enumerates_like_a_real_device() {
+        let kb = keyboard();
+        let e = super::super::enumerate(&kb).unwrap();
+        let d = driverkit_usb::DeviceDescriptor::new_checked(&e.device, 0).unwrap();
+        assert_eq!(d.vendor_id(), 0x1209);
+        assert_eq!(e.product.as_deref(), Some("Virtual Keyboard"));
+        let (_, ifaces) = driverkit_usb::interfaces(&e.configurations[0]).unwrap();
+        assert_eq!(ifaces[0].descriptor.interface_class(), 3);
+        assert_eq!(ifaces[0].extra[0].0, kind::HID);
+    }
+
+    #[test]
+    fn in_endpoints_wait_then_deliver_then_abort() {
+        let kb = std::sync::Arc::new(keyboard());
+        let t = kb.transfer(0x81, &[], 8, Some(Duration::from_millis(20)));
+        assert_eq!(t, Err(IOReturn::TIMEOUT));
+        kb.queue_in(0x81, &[0, 0, 4, 0, 0, 0, 0, 0]).unwrap();
+        let t = kb.transfer(0x81, &[], 8, None).unwrap();
+        assert_eq!(t.data, [0, 0, 4, 0, 0, 0, 0, 0]);
+        let reader = {
+            let kb = kb.clone();
+            std::thread::spawn(move || kb.transfer(0x81, &[], 8, None))
+        };
+        std::thread::sleep(Duration::from_millis(30));
+        kb.abort(0x81);
+        assert_eq!(reader.join().unwrap(), Err(IOReturn::ABORTED));
+        kb.close();
+        assert_eq!(kb.transfer(0x81, &[], 8, None), Err(IOReturn::NO_DEVICE));
+    }
+
+    #[test]
+    fn bulk_out_echoes_and_vendor_requests_answer() {
+        let spec = crate::backends::virtual_device::builtin("vendor-bulk").unwrap();
+        let dev = VirtualUsb::new(spec.usb.as_ref().unwrap(), "test", 0).unwrap();
+        let sent = dev.transfer(0x02, b"ping", 0, None).unwrap();
+        assert_eq!(sent.actual, 4);
+        let back = dev.transfer(0x82, &[], 512, None).unwrap();
+        assert_eq!(back.data, b"ping");
+        let setup = Setup {
+            request_type: 0xc0,
+            request: 1,
+            value: 0,
+            index: 0,
+            length: 64,
+        };
+        assert_eq!(dev.control(setup, &[], None).unwrap(), [0x01, 0x02, 0x00]);
+        let unknown = Setup { request: 9, ..setup };
+        assert_eq!(
+            dev.control(unknown, &[], None),
+            Err(IOReturn::USB_PIPE_STALLED)
+        );
+    }
+
+    #[test]
+    fn bad_specs_name_the_key() {
+        let mut spec = crate::backends::virtual_device::builtin("vendor-bulk")
+            .unwrap()
+            .usb
+            .unwrap();
+        spec.interfaces[0].endpoints[0].echo_to = Some(0x85);
+        let e = spec.validate().unwrap_err();
+        assert!(e.contains("usb.interfaces[0].endpoints[0].echo_to"), "{e}");
+        spec.interfaces[0].endpoints[0].echo_to = None;
+        spec.interfaces[0].endpoints[0].address = 0x30;
+        let e = spec.validate().unwrap_err();
+        assert!(e.contains("endpoints[0].address"), "{e}");
+    }
+}
