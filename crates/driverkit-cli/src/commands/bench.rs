@@ -302,7 +302,7 @@ fn rpc_roundtrip(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
     let dev = daemon.plug(bench_device(
         "BenchRPC",
         &[("BenchSuperCalls", Value::Integer((n as u64).into()))],
-    ));
+    ))?;
     let started = wait_started(&events, dev);
     let figures = started.and_then(|(service, _)| {
         let tree = driverkitd::ioreg::Node::from_archive(&daemon.registry_plist())?;
@@ -355,7 +355,7 @@ fn spawn_to_start(root: &Path, n: usize) -> Result<Figure, String> {
             stop_echo(child, ep);
 
             let t = Instant::now();
-            let dev = daemon.plug(bench_device(&format!("BenchSpawn{i}"), &[]));
+            let dev = daemon.plug(bench_device(&format!("BenchSpawn{i}"), &[]))?;
             let (_, at) = wait_started(&events, dev)?;
             samples.push(at.duration_since(t).as_nanos() as f64 / 1e3);
             daemon.unplug(dev)?;
