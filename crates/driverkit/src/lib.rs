@@ -31,6 +31,7 @@
 
 pub mod action;
 pub mod data_queue;
+pub mod hid;
 pub mod interrupt;
 mod log;
 pub mod memory;
@@ -39,6 +40,7 @@ pub mod runtime;
 pub mod service;
 pub mod time;
 pub mod timer;
+pub mod usb;
 
 pub use action::OSAction;
 pub use data_queue::IODataQueueDispatchSource;
@@ -48,7 +50,11 @@ pub use interrupt::IOInterruptDispatchSource;
 pub use memory::{IOBufferMemoryDescriptor, IOMemoryDescriptor, IOMemoryMap};
 pub use queue::IODispatchQueue;
 pub use service::{IOService, IOServiceApi, IOServiceImpl, IOServiceSuper};
+pub use hid::{
+    IOHIDElement, IOUserHIDEventService, IOUserHIDEventServiceApi, IOUserHIDEventServiceImpl,
+};
 pub use timer::IOTimerDispatchSource;
+pub use usb::{IOUSBHostDevice, IOUSBHostInterface, IOUSBHostPipe};
 
 /// Logging macros for drivers (lines go to the system's log).
 pub use tracing::{debug, error, info, warn};
@@ -60,6 +66,10 @@ pub mod prelude {
         IOBufferMemoryDescriptor, IODataQueueDispatchSource, IODispatchQueue,
         IOInterruptDispatchSource, IOMemoryDescriptor, IOResult, IOReturn, IOService, IOServiceApi,
         IOServiceImpl, IOServiceSuper, IOTimerDispatchSource, OSAction,
+    };
+    pub use crate::{
+        IOHIDElement, IOUSBHostDevice, IOUSBHostInterface, IOUSBHostPipe, IOUserHIDEventService,
+        IOUserHIDEventServiceApi, IOUserHIDEventServiceImpl,
     };
 }
 

@@ -52,7 +52,7 @@ impl IODispatchQueue {
                 if let Some(inner) = weak.upgrade() {
                     let _ = inner.thread.set(std::thread::current().id());
                 }
-                while let Ok(job) = rx.recv() {
+                while let Some(job) = next(&rx) {
                     job();
                 }
             })
@@ -108,6 +108,23 @@ impl IODispatchQueue {
             .take();
         if let Some(tx) = sender {
             let _ = tx.send(Box::new(handler));
+        }
+    }
+}
+
+/// The next job: spinning for a moment first, as work often comes in
+/// bursts (a report, then its completion) and a parked thread takes tens of
+/// microseconds to wake on another core; then parked, costing nothing.
+fn next(rx: &mpsc::Receiver<Job>) -> Option<Job> {
+    let began = std::time::Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(job) => return Some(job),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) if began.elapsed() < driverkit_wire::shm::SPIN => {
+                std::hint::spin_loop()
+            }
+            Err(mpsc::TryRecvError::Empty) => return rx.recv().ok(),
         }
     }
 }

@@ -116,9 +116,23 @@ pub struct ServiceBase<I> {
     ivars: OnceLock<I>,
     queues: Mutex<HashMap<String, IODispatchQueue>>,
     me: std::sync::Weak<dyn std::any::Any + Send + Sync>,
+    /// What the superclass's family keeps per instance (an event service's
+    /// open interface).
+    family: OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl<I> ServiceBase<I> {
+    /// The family state set by `set_family`, if it is a `T`.
+    pub(crate) fn family<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+        self.family.get()?.clone().downcast::<T>().ok()
+    }
+
+    pub(crate) fn set_family<T: Send + Sync + 'static>(&self, state: Arc<T>) -> IOResult<()> {
+        self.family
+            .set(state)
+            .map_err(|_| IOReturn::INTERNAL_ERROR)
+    }
+
     /// The service itself, weakly: what actions call.
     pub(crate) fn weak_self(&self) -> Option<std::sync::Weak<dyn std::any::Any + Send + Sync>> {
         (self.me.strong_count() > 0).then(|| self.me.clone())
@@ -181,6 +195,7 @@ pub fn class<S: Service + IOServiceImpl>() -> ClassEntry {
                     ivars: OnceLock::new(),
                     queues: Mutex::new(queues),
                     me: me.clone(),
+                    family: OnceLock::new(),
                 })
             })
         },

@@ -1,0 +1,441 @@
+//! HIDDriverKit: event services that turn a HID device's reports into the
+//! system's keyboard, pointer and scroll events.
+//!
+//! A driver names `IOUserHIDEventService` as its superclass and matches an
+//! `IOHIDInterface` (by VendorID, ProductID, PrimaryUsagePage...). Before
+//! its `start` runs, the system has opened the interface for it: input
+//! reports arrive in a ring in shared memory and run, on the service's
+//! `Default` queue, [`IOUserHIDEventServiceImpl::handle_report`], after the
+//! elements of [`IOUserHIDEventServiceApi::get_elements`] took their new
+//! values. Without an override, `handle_report` dispatches every change the
+//! way the system's own event service does.
+//!
+//! ```text
+//! #[driverkit::service(superclass = IOUserHIDEventService, ivars = KeyboardIvars)]
+//! pub struct HIDKeyboardDriver;
+//!
+//! impl IOUserHIDEventServiceImpl for HIDKeyboardDriver {
+//!     fn handle_report(&self, timestamp: u64, _report: &[u8], _t: ReportType, report_id: u8) {
+//!         for e in self.ivars().keys.iter().filter(|e| e.report_id() == report_id && e.timestamp() == timestamp) {
+//!             let _ = self.dispatch_keyboard_event(timestamp, e.usage_page(), e.usage(), e.value(), 0, true);
+//!         }
+//!     }
+//! }
+//! ```
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use driverkit_hid::{Event, EventTranslator, InputUsage, ReportDescriptor};
+use driverkit_wire::interfaces::{
+    hid_event, io_service_interface, iohid_event_service_interface, iohid_interface_interface,
+    IOHIDEventServiceInterface, IOHIDInterfaceInterface,
+};
+use driverkit_wire::ring::Ring;
+use driverkit_wire::shm::SPIN;
+use driverkit_wire::{Bytes, Decoder, IOResult, IOReturn, MethodId, ObjectId, Wire};
+
+use crate::queue::IODispatchQueue;
+use crate::runtime::{ClassDispatch, Service, SystemCaller};
+use crate::service::{IOService, IOServiceApi, IOServiceImpl};
+
+pub use driverkit_hid::ReportType;
+
+/// Bytes of report ring per event service: thousands of reports.
+const RING_BYTES: usize = 256 * 1024;
+
+/// The superclass of HID event services:
+/// `#[driverkit::service(superclass = IOUserHIDEventService, ...)]`.
+pub struct IOUserHIDEventService;
+
+/// One usage of the device's input reports and its current value
+/// (DriverKit's `IOHIDElement`). An array field (a keyboard's key slots)
+/// gives one element per key, 1 while the key is down.
+#[derive(Debug)]
+pub struct IOHIDElement {
+    usage: InputUsage,
+    with_ids: bool,
+    value: AtomicI64,
+    timestamp: AtomicU64,
+}
+
+impl IOHIDElement {
+    pub fn usage_page(&self) -> u16 {
+        self.usage.usage_page
+    }
+    pub fn usage(&self) -> u16 {
+        self.usage.usage
+    }
+    /// 0 when the device uses no report IDs.
+    pub fn report_id(&self) -> u8 {
+        self.usage.report_id
+    }
+    /// True for motion (a mouse's X), false for states (a key).
+    pub fn is_relative(&self) -> bool {
+        self.usage.relative
+    }
+    pub fn logical_range(&self) -> (i32, i32) {
+        (self.usage.logical_minimum, self.usage.logical_maximum)
+    }
+    /// The value from the latest report that carried this element.
+    pub fn value(&self) -> i64 {
+        self.value.load(Ordering::Acquire)
+    }
+    /// The timestamp of the report that last changed the value (every
+    /// report that carries it, for relative elements): equal to
+    /// `handle_report`'s timestamp exactly when this report changed it.
+    pub fn timestamp(&self) -> u64 {
+        self.timestamp.load(Ordering::Acquire)
+    }
+
+    fn update(&self, report: &[u8], timestamp: u64) {
+        let Some(v) = self.usage.read(report, self.with_ids) else {
+            return;
+        };
+        if self.usage.relative || self.value.swap(v, Ordering::AcqRel) != v {
+            self.value.store(v, Ordering::Release);
+            self.timestamp.store(timestamp, Ordering::Release);
+        }
+    }
+}
+
+/// What an event service overrides.
+pub trait IOUserHIDEventServiceImpl: IOServiceImpl {
+    /// One input report arrived (`report` starts with its ID byte when the
+    /// device uses report IDs); the elements already hold its values.
+    /// Runs on the `Default` queue. By default, dispatches each change as
+    /// the system's event service would.
+    fn handle_report(&self, timestamp: u64, report: &[u8], report_type: ReportType, report_id: u8) {
+        let _ = (report_type, report_id);
+        dispatch_changes(self, timestamp, report);
+    }
+}
+
+/// What an event service may ask of the system.
+pub trait IOUserHIDEventServiceApi: Service {
+    /// The elements of the device's input reports.
+    fn get_elements(&self) -> IOResult<Vec<Arc<IOHIDElement>>> {
+        Ok(client(self)?.elements.clone())
+    }
+
+    /// `dispatchKeyboardEvent`: a key (usage page 7) or consumer control
+    /// (page 0x0c) went down (`value` 1) or up (0).
+    fn dispatch_keyboard_event(
+        &self,
+        timestamp: u64,
+        usage_page: u16,
+        usage: u16,
+        value: i64,
+        options: u32,
+        repeat: bool,
+    ) -> IOResult<()> {
+        let _ = (options, repeat);
+        event_proxy(self).dispatch_event(
+            hid_event::KEYBOARD,
+            (usage_page.into(), usage.into()),
+            (value, 0, 0),
+            timestamp,
+        )
+    }
+
+    /// `dispatchRelativePointerEvent`: motion and the buttons' state.
+    fn dispatch_relative_pointer_event(
+        &self,
+        timestamp: u64,
+        dx: i64,
+        dy: i64,
+        buttons: u32,
+        options: u32,
+    ) -> IOResult<()> {
+        let _ = options;
+        event_proxy(self).dispatch_event(
+            hid_event::RELATIVE_POINTER,
+            (1, 1),
+            (dx, dy, buttons.into()),
+            timestamp,
+        )
+    }
+
+    /// `dispatchRelativeScrollWheelEvent`.
+    fn dispatch_relative_scroll_wheel_event(
+        &self,
+        timestamp: u64,
+        dx: i64,
+        dy: i64,
+        dz: i64,
+        options: u32,
+    ) -> IOResult<()> {
+        let _ = options;
+        event_proxy(self).dispatch_event(hid_event::SCROLL, (1, 0x38), (dx, dy, dz), timestamp)
+    }
+
+    /// `SetLEDState`: turns LED `usage` (page 8: 1 Num Lock, 2 Caps Lock,
+    /// 3 Scroll Lock...) on or off with an output report.
+    fn set_led_state(&self, usage: u16, on: bool) -> IOResult<()> {
+        let c = client(self)?;
+        let (report_id, bytes) = {
+            let mut leds = c.leds.lock().unwrap_or_else(|e| e.into_inner());
+            let (report_id, bit) = led_bit(&c.descriptor, usage).ok_or(IOReturn::UNSUPPORTED)?;
+            let offset = usize::from(report_id != 0);
+            let byte = offset + (bit / 8) as usize;
+            let mask = 1u8 << (bit % 8);
+            let slot = leds.get_mut(byte).ok_or(IOReturn::INTERNAL_ERROR)?;
+            if on {
+                *slot |= mask;
+            } else {
+                *slot &= !mask;
+            }
+            if report_id != 0 {
+                leds[0] = report_id;
+            }
+            (report_id, leds.clone())
+        };
+        iohid_interface_interface::Proxy {
+            caller: &SystemCaller,
+            object: c.provider,
+            flags: 0,
+        }
+        .set_report(2, report_id, Bytes(bytes))
+    }
+}
+
+impl<S: Service> IOUserHIDEventServiceApi for S {}
+
+fn event_proxy<S: Service>(s: &S) -> iohid_event_service_interface::Proxy<'static, SystemCaller> {
+    iohid_event_service_interface::Proxy {
+        caller: &SystemCaller,
+        object: ObjectId(s.registry_entry_id()),
+        flags: 0,
+    }
+}
+
+/// `(report ID, bit)` of LED `usage` in the output report.
+fn led_bit(d: &ReportDescriptor, usage: u16) -> Option<(u8, u32)> {
+    d.elements
+        .iter()
+        .filter(|e| e.report_type == ReportType::Output && e.is_variable())
+        .find_map(|e| {
+            let slot = e
+                .usages
+                .iter()
+                .position(|u| *u == (0x08 << 16 | u32::from(usage)))?;
+            Some((e.report_id, e.bit_offset + slot as u32 * e.report_size))
+        })
+}
+
+/// Dispatches what changed in `report`, as the system's event service does.
+fn dispatch_changes<S: Service>(s: &S, timestamp: u64, report: &[u8]) {
+    let Ok(c) = client(s) else { return };
+    let mut events = Vec::new();
+    c.translator
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .translate(report, &mut events);
+    for e in events {
+        let _ = match e {
+            Event::Keyboard {
+                usage_page,
+                usage,
+                value,
+            } => s.dispatch_keyboard_event(timestamp, usage_page, usage, value, 0, true),
+            Event::RelativePointer { dx, dy, buttons } => {
+                s.dispatch_relative_pointer_event(timestamp, dx, dy, buttons, 0)
+            }
+            Event::Scroll { dx, dy, dz } => {
+                s.dispatch_relative_scroll_wheel_event(timestamp, dx, dy, dz, 0)
+            }
+        };
+    }
+}
+
+/// The family's state in an event service: the open interface, its ring
+/// and the thread that watches it.
+struct HidClient {
+    provider: ObjectId,
+    descriptor: ReportDescriptor,
+    elements: Vec<Arc<IOHIDElement>>,
+    translator: Mutex<EventTranslator>,
+    leds: Mutex<Vec<u8>>,
+    ring: Arc<Ring>,
+    /// A drain job is queued or running.
+    scheduled: Arc<AtomicBool>,
+    cancelled: Arc<AtomicBool>,
+    watcher: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn client<S: Service>(s: &S) -> IOResult<Arc<HidClient>> {
+    s.base().family::<HidClient>().ok_or(IOReturn::NOT_OPEN)
+}
+
+/// Opens the provider's reports for `service`: runs before the driver's
+/// `start`, so that its `get_elements` works there.
+fn open<S: IOUserHIDEventServiceImpl>(service: &S, provider: ObjectId) -> IOResult<()> {
+    let p = IOService::from_id(provider);
+    let bytes = match p.copy_property("ReportDescriptor")? {
+        Some(plist::Value::Data(d)) => d,
+        _ => return Err(IOReturn::NOT_FOUND),
+    };
+    let descriptor = ReportDescriptor::parse(&bytes).map_err(|e| {
+        tracing::error!("the provider's report descriptor: {e}");
+        IOReturn::BAD_ARGUMENT
+    })?;
+    let with_ids = !descriptor.report_ids.is_empty();
+    let elements = descriptor
+        .input_usages()
+        .into_iter()
+        .map(|usage| {
+            Arc::new(IOHIDElement {
+                usage,
+                with_ids,
+                value: AtomicI64::new(0),
+                timestamp: AtomicU64::new(0),
+            })
+        })
+        .collect();
+    let ring = Arc::new(Ring::create("IOHIDInterface reports", RING_BYTES).map_err(|_| IOReturn::NO_MEMORY)?);
+    let memory = crate::runtime::register_memory(ring.memory())?;
+    let c = Arc::new(HidClient {
+        provider,
+        translator: Mutex::new(EventTranslator::new(&descriptor)),
+        leds: Mutex::new(vec![0; descriptor.max_report_size(ReportType::Output)]),
+        descriptor,
+        elements,
+        ring,
+        scheduled: Arc::new(AtomicBool::new(false)),
+        cancelled: Arc::new(AtomicBool::new(false)),
+        watcher: Mutex::new(None),
+    });
+    service.base().set_family(c.clone())?;
+    iohid_interface_interface::Proxy {
+        caller: &SystemCaller,
+        object: provider,
+        flags: 0,
+    }
+    .open(memory)?;
+    let queue = service.copy_dispatch_queue("Default")?;
+    let me = service.base().weak_self().ok_or(IOReturn::NOT_READY)?;
+    let watcher = {
+        let c = c.clone();
+        std::thread::Builder::new()
+            .name("hid-reports".into())
+            .spawn(move || watch::<S>(c, queue, me))
+            .map_err(|_| IOReturn::NO_RESOURCES)?
+    };
+    *c.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher);
+    Ok(())
+}
+
+/// Stops report delivery: after it, `handle_report` never runs again.
+fn close<S: Service>(service: &S) {
+    let Ok(c) = client(service) else { return };
+    c.cancelled.store(true, Ordering::Release);
+    c.ring.wake_all();
+    let watcher = c.watcher.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(w) = watcher {
+        let _ = w.join();
+    }
+    let _ = iohid_interface_interface::Proxy {
+        caller: &SystemCaller,
+        object: c.provider,
+        flags: 0,
+    }
+    .close();
+}
+
+/// Waits for reports and hands them to the `Default` queue in batches: one
+/// drain job at a time, which takes everything that arrived meanwhile.
+fn watch<S: IOUserHIDEventServiceImpl>(
+    c: Arc<HidClient>,
+    queue: IODispatchQueue,
+    me: std::sync::Weak<dyn std::any::Any + Send + Sync>,
+) {
+    while !c.cancelled.load(Ordering::Acquire) {
+        if !c.ring.is_data_available() {
+            c.ring
+                .wait_for_data(SPIN, Some(Instant::now() + Duration::from_millis(250)));
+            continue;
+        }
+        if !c.scheduled.swap(true, Ordering::AcqRel) {
+            let (c2, me) = (c.clone(), me.clone());
+            if queue.dispatch_async(move || drain::<S>(&c2, &me)).is_err() {
+                return;
+            }
+        }
+        // The job takes what arrives while it runs; wait for it to finish,
+        // spinning at first, as a report may follow at once.
+        let began = Instant::now();
+        while c.scheduled.load(Ordering::Acquire) && !c.cancelled.load(Ordering::Acquire) {
+            if began.elapsed() < SPIN {
+                std::hint::spin_loop();
+            } else {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+    }
+}
+
+fn drain<S: IOUserHIDEventServiceImpl>(
+    c: &HidClient,
+    me: &std::sync::Weak<dyn std::any::Any + Send + Sync>,
+) {
+    let service = me.upgrade().and_then(|s| s.downcast::<S>().ok());
+    let mut entry = Vec::with_capacity(64);
+    loop {
+        while !c.cancelled.load(Ordering::Acquire) && c.ring.dequeue(&mut entry).is_ok() {
+            let Some(service) = &service else { continue };
+            if entry.len() < 8 {
+                continue;
+            }
+            let timestamp = u64::from_le_bytes(entry[..8].try_into().unwrap_or_default());
+            let report = &entry[8..];
+            for e in &c.elements {
+                e.update(report, timestamp);
+            }
+            let report_id = if c.descriptor.report_ids.is_empty() {
+                0
+            } else {
+                report.first().copied().unwrap_or(0)
+            };
+            service.handle_report(timestamp, report, ReportType::Input, report_id);
+        }
+        c.scheduled.store(false, Ordering::Release);
+        // A report that came after the last dequeue and before the flag
+        // cleared would wait for the watcher; take it now instead.
+        if c.cancelled.load(Ordering::Acquire)
+            || !c.ring.is_data_available()
+            || c.scheduled.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+    }
+}
+
+impl<S: IOUserHIDEventServiceImpl> ClassDispatch<S> for IOUserHIDEventService {
+    fn dispatch(service: &S, method: MethodId, args: &[u8]) -> Option<IOResult<Vec<u8>>> {
+        match method {
+            io_service_interface::START => {
+                let Ok(provider) = ObjectId::decode(&mut Decoder::new(args)) else {
+                    return Some(Err(IOReturn::BAD_ARGUMENT));
+                };
+                if let Err(e) = open(service, provider) {
+                    close(service);
+                    return Some(Err(e));
+                }
+                let started = <IOService as ClassDispatch<S>>::dispatch(service, method, args);
+                if !matches!(started, Some(Ok(_))) {
+                    close(service);
+                }
+                started
+            }
+            io_service_interface::STOP => {
+                // Reports stop before the driver's Stop: nothing of the
+                // device reaches a stopping service.
+                close(service);
+                <IOService as ClassDispatch<S>>::dispatch(service, method, args)
+            }
+            _ => <IOService as ClassDispatch<S>>::dispatch(service, method, args),
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! USBDriverKit: the USB device, its interfaces and their pipes, as a
+//! driver whose provider is an `IOUSBHostDevice` or `IOUSBHostInterface`
+//! sees them.
+//!
+//! ```text
+//! fn start(&self, provider: &IOService) -> IOResult<()> {
+//!     self.super_start(provider)?;
+//!     let device = IOUSBHostDevice::from_provider(provider);
+//!     device.set_configuration(1, true)?;            // interfaces get nubs
+//!     let firmware = device.device_request(Setup { request_type: 0xc0, request: 1, .. }, &[], 1000)?;
+//!     self.register_service()
+//! }
+//! ```
+//!
+//! Transfers move data through an [`IOBufferMemoryDescriptor`]: the system
+//! reads or writes the buffer in place. Asynchronous calls complete through
+//! an `OSAction` of type `IOService::CompleteAsync` (status, bytes done).
+
+use driverkit_usb::{
+    ConfigurationRepr, DeviceDescriptor, EndpointDescriptor, InterfaceDescriptor, Setup,
+};
+use driverkit_wire::interfaces::{
+    iousb_host_device_interface, iousb_host_interface_interface, iousb_host_pipe_interface,
+    IOUSBHostDeviceInterface, IOUSBHostInterfaceInterface, IOUSBHostPipeInterface,
+};
+use driverkit_wire::{Bytes, IOResult, IOReturn, ObjectId};
+
+use crate::memory::IOBufferMemoryDescriptor;
+use crate::runtime::SystemCaller;
+use crate::service::{IOService, IOServiceApi};
+use crate::OSAction;
+
+pub use driverkit_usb::{self as descriptors, TransferType};
+
+/// A USB device: your provider when your personality's `IOProviderClass` is
+/// `IOUSBHostDevice`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IOUSBHostDevice {
+    service: IOService,
+}
+
+/// One interface of a configured device: your provider when your
+/// personality's `IOProviderClass` is `IOUSBHostInterface`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IOUSBHostInterface {
+    service: IOService,
+}
+
+/// An endpoint of an interface, for transfers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IOUSBHostPipe {
+    id: ObjectId,
+    address: u8,
+}
+
+fn device_proxy(id: ObjectId) -> iousb_host_device_interface::Proxy<'static, SystemCaller> {
+    iousb_host_device_interface::Proxy {
+        caller: &SystemCaller,
+        object: id,
+        flags: 0,
+    }
+}
+
+fn pipe_proxy(id: ObjectId) -> iousb_host_pipe_interface::Proxy<'static, SystemCaller> {
+    iousb_host_pipe_interface::Proxy {
+        caller: &SystemCaller,
+        object: id,
+        flags: 0,
+    }
+}
+
+fn setup_word(setup: &Setup) -> u64 {
+    u64::from_le_bytes(setup.emit())
+}
+
+/// The descriptors of a device, owned, with views on demand.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceDescriptors {
+    pub device: Vec<u8>,
+    pub configuration: Vec<u8>,
+}
+
+impl DeviceDescriptors {
+    /// The device descriptor's view.
+    pub fn device(&self) -> IOResult<DeviceDescriptor<'_>> {
+        DeviceDescriptor::new_checked(&self.device, 0).map_err(|_| IOReturn::IO_ERROR)
+    }
+    /// The configuration as values.
+    pub fn configuration(&self) -> IOResult<ConfigurationRepr> {
+        ConfigurationRepr::parse(&self.configuration).map_err(|_| IOReturn::IO_ERROR)
+    }
+}
+
+impl IOUSBHostDevice {
+    /// The device behind `provider`.
+    pub fn from_provider(provider: &IOService) -> IOUSBHostDevice {
+        IOUSBHostDevice { service: *provider }
+    }
+
+    /// The device as a plain service (properties, registry ID).
+    pub fn service(&self) -> &IOService {
+        &self.service
+    }
+
+    fn id(&self) -> ObjectId {
+        self.service.target_id()
+    }
+
+    /// `CopyDeviceDescriptor` and `CopyConfigurationDescriptor` (the current
+    /// configuration, or the first one while unconfigured).
+    pub fn copy_descriptors(&self) -> IOResult<DeviceDescriptors> {
+        let (device, configuration) = device_proxy(self.id()).copy_descriptors()?;
+        Ok(DeviceDescriptors {
+            device: device.0,
+            configuration: configuration.0,
+        })
+    }
+
+    /// `CopyStringDescriptor`: string `index` as text.
+    pub fn copy_string_descriptor(&self, index: u8) -> IOResult<String> {
+        device_proxy(self.id()).copy_string(index)
+    }
+
+    /// `DeviceRequest`: a control request; returns the IN data stage.
+    pub fn device_request(&self, setup: Setup, data: &[u8], timeout_ms: u32) -> IOResult<Vec<u8>> {
+        if !setup.is_in() && data.len() != usize::from(setup.length) {
+            return Err(IOReturn::BAD_ARGUMENT);
+        }
+        device_proxy(self.id())
+            .device_request(setup_word(&setup), Bytes(data.to_vec()), timeout_ms)
+            .map(|b| b.0)
+    }
+
+    /// `AsyncDeviceRequest`: the data stage is in `buffer` (filled for IN);
+    /// `completion` (`IOService::CompleteAsync`) runs when it is done.
+    pub fn async_device_request(
+        &self,
+        setup: Setup,
+        buffer: &IOBufferMemoryDescriptor,
+        completion: &OSAction,
+        timeout_ms: u32,
+    ) -> IOResult<()> {
+        completion.expect_type("IOService::CompleteAsync")?;
+        let memory = buffer.memory_id()?;
+        let action = crate::runtime::register_action(completion)?;
+        let sent = device_proxy(self.id()).async_device_request(
+            setup_word(&setup),
+            memory,
+            action,
+            timeout_ms,
+        );
+        if sent.is_err() {
+            crate::runtime::unregister_action(action);
+        }
+        sent
+    }
+
+    /// `SetConfiguration(value, matchInterfaces)`: with `match_interfaces`
+    /// the interfaces become nubs that drivers (or the system) match.
+    pub fn set_configuration(&self, value: u8, match_interfaces: bool) -> IOResult<()> {
+        device_proxy(self.id()).set_configuration(value, match_interfaces)
+    }
+}
+
+impl IOUSBHostInterface {
+    /// The interface behind `provider`.
+    pub fn from_provider(provider: &IOService) -> IOUSBHostInterface {
+        IOUSBHostInterface { service: *provider }
+    }
+
+    pub fn service(&self) -> &IOService {
+        &self.service
+    }
+
+    /// `bInterfaceNumber`, from the registry.
+    pub fn interface_number(&self) -> IOResult<u8> {
+        self.service
+            .copy_property("bInterfaceNumber")?
+            .and_then(|v| v.as_unsigned_integer())
+            .and_then(|n| u8::try_from(n).ok())
+            .ok_or(IOReturn::NOT_FOUND)
+    }
+
+    /// `CopyPipe(endpointAddress)`.
+    pub fn copy_pipe(&self, address: u8) -> IOResult<IOUSBHostPipe> {
+        let id = iousb_host_interface_interface::Proxy {
+            caller: &SystemCaller,
+            object: self.service.target_id(),
+            flags: 0,
+        }
+        .copy_pipe(address)?;
+        Ok(IOUSBHostPipe { id, address })
+    }
+
+    /// The interface descriptor and its endpoints' addresses, from the
+    /// device's current configuration.
+    pub fn descriptor(&self, device: &IOUSBHostDevice) -> IOResult<(u8, u8, u8, Vec<u8>)> {
+        let number = self.interface_number()?;
+        let d = device.copy_descriptors()?;
+        let (_, interfaces) =
+            driverkit_usb::interfaces(&d.configuration).map_err(|_| IOReturn::IO_ERROR)?;
+        let i = interfaces
+            .iter()
+            .find(|i| i.descriptor.interface_number() == number)
+            .ok_or(IOReturn::NOT_FOUND)?;
+        let view: &InterfaceDescriptor<'_> = &i.descriptor;
+        Ok((
+            view.interface_class(),
+            view.interface_subclass(),
+            view.interface_protocol(),
+            i.endpoints
+                .iter()
+                .map(EndpointDescriptor::address)
+                .collect(),
+        ))
+    }
+}
+
+impl IOUSBHostPipe {
+    /// `bEndpointAddress`.
+    pub fn address(&self) -> u8 {
+        self.address
+    }
+
+    /// `IO`: one transfer of `length` bytes of `buffer` (filled for IN
+    /// pipes, sent for OUT); returns the bytes transferred. A timeout of 0
+    /// waits forever.
+    pub fn io(&self, buffer: &IOBufferMemoryDescriptor, length: usize, timeout_ms: u32) -> IOResult<usize> {
+        let memory = buffer.memory_id()?;
+        pipe_proxy(self.id)
+            .io(memory, length as u64, timeout_ms)
+            .map(|n| n as usize)
+    }
+
+    /// `AsyncIO`: the same, completed through `completion`
+    /// (`IOService::CompleteAsync`).
+    pub fn async_io(
+        &self,
+        buffer: &IOBufferMemoryDescriptor,
+        length: usize,
+        completion: &OSAction,
+        timeout_ms: u32,
+    ) -> IOResult<()> {
+        completion.expect_type("IOService::CompleteAsync")?;
+        let memory = buffer.memory_id()?;
+        let action = crate::runtime::register_action(completion)?;
+        let sent = pipe_proxy(self.id).async_io(memory, length as u64, action, timeout_ms);
+        if sent.is_err() {
+            crate::runtime::unregister_action(action);
+        }
+        sent
+    }
+
+    /// `Abort`: transfers in flight complete with `kIOReturnAborted`.
+    pub fn abort(&self) -> IOResult<()> {
+        pipe_proxy(self.id).abort()
+    }
+
+    /// `ClearStall`, with the CLEAR_FEATURE request to the device when
+    /// `with_request`.
+    pub fn clear_stall(&self, with_request: bool) -> IOResult<()> {
+        pipe_proxy(self.id).clear_stall(with_request)
+    }
+}
