@@ -67,11 +67,7 @@ impl ReportDescriptor {
             let size = e.report_size.min(32);
             if e.is_variable() {
                 for slot in 0..e.report_count {
-                    let Some(&u) = e
-                        .usages
-                        .get(slot as usize)
-                        .or_else(|| e.usages.last())
-                    else {
+                    let Some(&u) = e.usages.get(slot as usize).or_else(|| e.usages.last()) else {
                         break;
                     };
                     out.push(InputUsage {
@@ -153,7 +149,9 @@ impl InputUsage {
             report
         };
         match self.location {
-            Location::Slot { bit, size, signed } => Some(extend(bits(data, bit, size)?, size, signed)),
+            Location::Slot { bit, size, signed } => {
+                Some(extend(bits(data, bit, size)?, size, signed))
+            }
             Location::Member {
                 bit,
                 size,

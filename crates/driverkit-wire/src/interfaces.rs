@@ -100,12 +100,7 @@ pub trait IOUSBHostDeviceInterface {
     /// A control request on endpoint 0; returns the data stage of an IN
     /// request (`data` is sent for OUT requests, `length` bounds IN ones).
     #[kernel]
-    fn device_request(
-        &self,
-        setup: u64,
-        data: Bytes,
-        timeout_ms: u32,
-    ) -> IOResult<Bytes>;
+    fn device_request(&self, setup: u64, data: Bytes, timeout_ms: u32) -> IOResult<Bytes>;
     /// The same, completed later through `action` (IN data lands in
     /// `memory`, OUT data is taken from it).
     #[kernel]

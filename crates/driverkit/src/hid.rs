@@ -294,7 +294,9 @@ fn open<S: IOUserHIDEventServiceImpl>(service: &S, provider: ObjectId) -> IOResu
             })
         })
         .collect();
-    let ring = Arc::new(Ring::create("IOHIDInterface reports", RING_BYTES).map_err(|_| IOReturn::NO_MEMORY)?);
+    let ring = Arc::new(
+        Ring::create("IOHIDInterface reports", RING_BYTES).map_err(|_| IOReturn::NO_MEMORY)?,
+    );
     let memory = crate::runtime::register_memory(ring.memory())?;
     let c = Arc::new(HidClient {
         provider,

@@ -46,13 +46,13 @@ pub use action::OSAction;
 pub use data_queue::IODataQueueDispatchSource;
 pub use driverkit_macros::{actions, service};
 pub use driverkit_wire::{IOResult, IOReturn};
+pub use hid::{
+    IOHIDElement, IOUserHIDEventService, IOUserHIDEventServiceApi, IOUserHIDEventServiceImpl,
+};
 pub use interrupt::IOInterruptDispatchSource;
 pub use memory::{IOBufferMemoryDescriptor, IOMemoryDescriptor, IOMemoryMap};
 pub use queue::IODispatchQueue;
 pub use service::{IOService, IOServiceApi, IOServiceImpl, IOServiceSuper};
-pub use hid::{
-    IOHIDElement, IOUserHIDEventService, IOUserHIDEventServiceApi, IOUserHIDEventServiceImpl,
-};
 pub use timer::IOTimerDispatchSource;
 pub use usb::{IOUSBHostDevice, IOUSBHostInterface, IOUSBHostPipe};
 

@@ -128,9 +128,7 @@ impl<I> ServiceBase<I> {
     }
 
     pub(crate) fn set_family<T: Send + Sync + 'static>(&self, state: Arc<T>) -> IOResult<()> {
-        self.family
-            .set(state)
-            .map_err(|_| IOReturn::INTERNAL_ERROR)
+        self.family.set(state).map_err(|_| IOReturn::INTERNAL_ERROR)
     }
 
     /// The service itself, weakly: what actions call.

@@ -225,7 +225,12 @@ impl IOUSBHostPipe {
     /// `IO`: one transfer of `length` bytes of `buffer` (filled for IN
     /// pipes, sent for OUT); returns the bytes transferred. A timeout of 0
     /// waits forever.
-    pub fn io(&self, buffer: &IOBufferMemoryDescriptor, length: usize, timeout_ms: u32) -> IOResult<usize> {
+    pub fn io(
+        &self,
+        buffer: &IOBufferMemoryDescriptor,
+        length: usize,
+        timeout_ms: u32,
+    ) -> IOResult<usize> {
         let memory = buffer.memory_id()?;
         pipe_proxy(self.id)
             .io(memory, length as u64, timeout_ms)

@@ -43,6 +43,11 @@ pub enum Request {
     Load { path: PathBuf },
     /// PID and dext PIDs.
     Status,
+    /// Make a virtual keyboard type `text`.
+    Type { id: u64, text: String },
+    /// Subscribe to the HID event stream: after the answer, the connection
+    /// carries one event object per line until the client closes it.
+    Events,
     /// Stop every dext and exit.
     Shutdown,
 }
@@ -87,6 +92,7 @@ fn serve_client(
     for line in BufReader::new(stream).lines() {
         let line = line?;
         let response = match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Events) => return stream_events(daemon, writer),
             Ok(req) => match handle(daemon, req, shutdown) {
                 Ok(v) => Response::Ok(v),
                 Err(e) => Response::Error(e),
@@ -95,6 +101,18 @@ fn serve_client(
         };
         let mut text = serde_json::to_string(&response)
             .unwrap_or_else(|_| r#"{"error":"unencodable"}"#.into());
+        text.push('\n');
+        writer.write_all(text.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Writes every HID event as a JSON line until the client goes away.
+fn stream_events(daemon: &Daemon, mut writer: UnixStream) -> std::io::Result<()> {
+    let events = daemon.subscribe_hid();
+    writer.write_all(b"{\"ok\":{}}\n")?;
+    for event in events {
+        let mut text = serde_json::to_string(&event).map_err(std::io::Error::other)?;
         text.push('\n');
         writer.write_all(text.as_bytes())?;
     }
@@ -133,6 +151,10 @@ fn handle(
         Request::Devices => serde_json::to_value(daemon.devices()).map_err(|e| e.to_string()),
         Request::Load { path } => daemon.load_bundle(&path).map(|id| json!({ "bundle": id })),
         Request::Status => Ok(json!({ "pid": std::process::id(), "dexts": daemon.pids() })),
+        Request::Type { id, text } => daemon
+            .type_text(id, &text)
+            .map(|reports| json!({ "reports": reports })),
+        Request::Events => Err("events are a stream; see Client::events".into()),
         Request::Shutdown => {
             let _ = shutdown.send(());
             Ok(json!({}))
@@ -183,6 +205,18 @@ impl Client {
             Response::Ok(v) => Ok(v),
             Response::Error(e) => Err(e),
         }
+    }
+
+    /// Subscribes to the HID event stream; the connection then carries
+    /// events only.
+    pub fn events(
+        mut self,
+    ) -> Result<impl Iterator<Item = Result<crate::families::hid::HidEvent, String>>, String> {
+        self.request(&Request::Events)?;
+        Ok(self.reader.lines().map(|line| {
+            let line = line.map_err(|e| format!("daemon connection: {e}"))?;
+            serde_json::from_str(&line).map_err(|e| format!("bad event from the daemon: {e}"))
+        }))
     }
 
     /// The registry tree.

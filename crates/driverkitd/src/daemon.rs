@@ -318,9 +318,15 @@ impl Daemon {
     /// Queues one input report on virtual USB device `id`'s first HID
     /// interrupt-IN endpoint.
     pub fn queue_report(&self, id: EntryId, report: &[u8]) -> Result<(), String> {
-        let device = self.inner.lock().virtual_usb.get(&id).cloned().ok_or_else(|| {
-            format!("no virtual USB device with id {id:#x} (see `driverkit device list`)")
-        })?;
+        let device = self
+            .inner
+            .lock()
+            .virtual_usb
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| {
+                format!("no virtual USB device with id {id:#x} (see `driverkit device list`)")
+            })?;
         let address = device
             .hid_input_endpoint()
             .ok_or_else(|| format!("device {id:#x} has no HID interrupt-IN endpoint"))?;
@@ -1077,9 +1083,8 @@ impl Inner {
         own: &mut std::collections::HashSet<EntryId>,
     ) -> IOResult<Vec<u8>> {
         use driverkit_wire::interfaces::{
-            iohid_event_service_interface, iohid_interface_interface,
-            iousb_host_device_interface, iousb_host_interface_interface,
-            iousb_host_pipe_interface,
+            iohid_event_service_interface, iohid_interface_interface, iousb_host_device_interface,
+            iousb_host_interface_interface, iousb_host_pipe_interface,
         };
         let superdispatch = h.flags & FLAG_SUPERDISPATCH != 0;
         let call = crate::families::io_service::KernelCall {
@@ -1138,10 +1143,15 @@ impl Inner {
             .any(hosted_here);
         // A client drives its provider's family methods (USB requests,
         // pipes, HID reports); the family checks the details.
-        let family_method = driverkit_wire::interfaces::iousb_host_device_interface::method_name(method)
-            .or_else(|| driverkit_wire::interfaces::iousb_host_interface_interface::method_name(method))
-            .or_else(|| driverkit_wire::interfaces::iohid_interface_interface::method_name(method))
-            .is_some();
+        let family_method =
+            driverkit_wire::interfaces::iousb_host_device_interface::method_name(method)
+                .or_else(|| {
+                    driverkit_wire::interfaces::iousb_host_interface_interface::method_name(method)
+                })
+                .or_else(|| {
+                    driverkit_wire::interfaces::iohid_interface_interface::method_name(method)
+                })
+                .is_some();
         if is_provider && !superdispatch && (read_only.contains(&method) || family_method) {
             return Ok(false);
         }
@@ -1162,7 +1172,11 @@ impl Inner {
 
     /// The region `server` registered as `memory`, waiting for it (outside
     /// the state lock) if it is still on its way.
-    pub(crate) fn region(&self, server: u64, memory: u64) -> IOResult<Arc<driverkit_wire::shm::SharedMemory>> {
+    pub(crate) fn region(
+        &self,
+        server: u64,
+        memory: u64,
+    ) -> IOResult<Arc<driverkit_wire::shm::SharedMemory>> {
         let process = self
             .lock()
             .servers

@@ -1,4 +1,4 @@
-//! `driverkit device plug|unplug|list`.
+//! `driverkit device plug|unplug|type|list`.
 
 use std::path::Path;
 
@@ -9,7 +9,7 @@ use driverkitd::DeviceInfo;
 
 #[derive(Subcommand)]
 pub enum DeviceCommand {
-    /// Plug a virtual device: a device file, or a built-in name (sensor, widget).
+    /// Plug a virtual device: a device file, or a built-in name (sensor, widget, keyboard, mouse, vendor-bulk).
     Plug {
         #[arg(value_name = "FILE|NAME")]
         device: String,
@@ -18,6 +18,12 @@ pub enum DeviceCommand {
     Unplug {
         #[arg(value_name = "ID")]
         id: String,
+    },
+    /// Make a virtual keyboard type TEXT (a press and a release per character).
+    Type {
+        #[arg(value_name = "ID")]
+        id: String,
+        text: String,
     },
     /// List plugged virtual devices.
     List {
@@ -71,6 +77,13 @@ pub fn device(root: &Path, cmd: DeviceCommand) -> Result<(), String> {
             client.request(&Request::Unplug {
                 id: super::parse_id(&id)?,
             })?;
+        }
+        DeviceCommand::Type { id, text } => {
+            let answer = client.request(&Request::Type {
+                id: super::parse_id(&id)?,
+                text,
+            })?;
+            eprintln!("queued {} reports", answer["reports"]);
         }
         DeviceCommand::List { json } => {
             let answer = client.request(&Request::Devices)?;

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_sources;
 mod device;
+mod events;
 mod hid;
 mod ioreg;
 mod run;
@@ -53,6 +54,8 @@ enum Command {
     /// HID tools.
     #[command(subcommand)]
     Hid(hid::HidCommand),
+    /// Print HID events (keyboard, pointer, scroll) as event services dispatch them.
+    Events(events::EventsArgs),
     /// Run the benchmarks.
     Bench(bench::BenchArgs),
     /// Internal: the raw socket echo peer the benchmarks use as a baseline.
@@ -100,6 +103,7 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
         }
         Command::Stop => client(&root)?.request(&Request::Shutdown).map(drop),
         Command::Hid(cmd) => hid::hid(cmd),
+        Command::Events(args) => events::events(&root, args),
         Command::Bench(args) => bench::bench(args),
         Command::BenchEcho => bench::echo_peer(),
         Command::BenchSpin => bench::spin_peer(),

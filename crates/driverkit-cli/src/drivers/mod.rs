@@ -40,6 +40,11 @@ pub const EXAMPLES: &[Embedded] = &[
         info_plist: packet_queue_driver::INFO_PLIST,
         classes: || vec![class::<packet_queue_driver::PacketQueueDriver>()],
     },
+    Embedded {
+        executable: "HIDKeyboardDriver",
+        info_plist: hid_keyboard_driver::INFO_PLIST,
+        classes: || vec![class::<hid_keyboard_driver::HIDKeyboardDriver>()],
+    },
 ];
 
 /// Drivers for tests and benchmarks; never loaded unless asked for.

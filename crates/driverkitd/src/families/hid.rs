@@ -92,7 +92,10 @@ enum Sink {
     Nobody,
     /// A dext's event service: entries are an 8-byte timestamp, then the
     /// report.
-    Dext { client: EntryId, ring: Ring },
+    Dext {
+        client: EntryId,
+        ring: Ring,
+    },
     /// The system's default event service.
     Default {
         service: EntryId,
@@ -148,7 +151,9 @@ impl Inner {
         let bytes = match transport.control(get, &[], Some(Duration::from_secs(5))) {
             Ok(b) => b,
             Err(e) => {
-                tracing::warn!("hid      [{interface_entry:#x}]: reading the report descriptor: {e}");
+                tracing::warn!(
+                    "hid      [{interface_entry:#x}]: reading the report descriptor: {e}"
+                );
                 return;
             }
         };
@@ -318,7 +323,9 @@ impl Inner {
             translator: Box::new(EventTranslator::new(&hid.descriptor)),
             events: Vec::new(),
         };
-        tracing::info!("hid      default event service [{service:#x}] on IOHIDInterface [{entry:#x}]");
+        tracing::info!(
+            "hid      default event service [{service:#x}] on IOHIDInterface [{entry:#x}]"
+        );
     }
 
     /// Forgets the HID objects of a removed entry: a departing client's
@@ -433,7 +440,12 @@ fn to_record(e: Event, timestamp: u64, service: EntryId) -> HidEvent {
             usage_page,
             usage,
             value,
-        } => (hid_event::KEYBOARD, usage_page.into(), usage.into(), (value, 0, 0)),
+        } => (
+            hid_event::KEYBOARD,
+            usage_page.into(),
+            usage.into(),
+            (value, 0, 0),
+        ),
         Event::RelativePointer { dx, dy, buttons } => (
             hid_event::RELATIVE_POINTER,
             1,
@@ -588,7 +600,10 @@ const HID_KEYS: &[&str] = &[
 fn pair_of(v: &Value) -> Option<(u64, Option<u64>)> {
     let d = v.as_dictionary()?;
     let page = d.get("DeviceUsagePage")?.as_unsigned_integer()?;
-    Some((page, d.get("DeviceUsage").and_then(Value::as_unsigned_integer)))
+    Some((
+        page,
+        d.get("DeviceUsage").and_then(Value::as_unsigned_integer),
+    ))
 }
 
 impl FamilyMatcher for HidMatcher {

@@ -164,7 +164,12 @@ impl Inner {
 
     /// SET_CONFIGURATION, then (with `match_interfaces`) one nub per
     /// interface, each matched. Nubs of the previous configuration go first.
-    fn configure(&self, device: &Arc<UsbDevice>, value: u8, match_interfaces: bool) -> IOResult<()> {
+    fn configure(
+        &self,
+        device: &Arc<UsbDevice>,
+        value: u8,
+        match_interfaces: bool,
+    ) -> IOResult<()> {
         let config = if value == 0 {
             None
         } else {
@@ -491,10 +496,7 @@ impl IOUSBHostPipeInterface for KernelCall<'_> {
 
     fn abort(&self) -> IOResult<()> {
         let pipe = self.pipe()?;
-        pipe.interface
-            .device
-            .transport
-            .abort(pipe.endpoint.address);
+        pipe.interface.device.transport.abort(pipe.endpoint.address);
         Ok(())
     }
 

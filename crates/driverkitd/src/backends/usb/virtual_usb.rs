@@ -164,10 +164,7 @@ impl UsbSpec {
                     ));
                 }
                 if addresses.contains(&ep.address) {
-                    return Err(format!(
-                        "{key}.address: {:#04x} is used twice",
-                        ep.address
-                    ));
+                    return Err(format!("{key}.address: {:#04x} is used twice", ep.address));
                 }
                 addresses.push(ep.address);
                 if ep.echo_to.is_some() && ep.address & 0x80 != 0 {
@@ -544,7 +541,10 @@ impl UsbTransport for VirtualUsb {
 pub const BUILTINS: &[(&str, &str)] = &[
     ("keyboard", include_str!("../../../devices/keyboard.toml")),
     ("mouse", include_str!("../../../devices/mouse.toml")),
-    ("vendor-bulk", include_str!("../../../devices/vendor-bulk.toml")),
+    (
+        "vendor-bulk",
+        include_str!("../../../devices/vendor-bulk.toml"),
+    ),
 ];
 
 #[cfg(test)]
@@ -603,7 +603,10 @@ mod tests {
             length: 64,
         };
         assert_eq!(dev.control(setup, &[], None).unwrap(), [0x01, 0x02, 0x00]);
-        let unknown = Setup { request: 9, ..setup };
+        let unknown = Setup {
+            request: 9,
+            ..setup
+        };
         assert_eq!(
             dev.control(unknown, &[], None),
             Err(IOReturn::USB_PIPE_STALLED)
