@@ -297,7 +297,13 @@ pub fn spin_peer() -> Result<(), String> {
 fn rpc_roundtrip(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
     let (b50, b99) = raw_pingpong(n)?;
     let (s50, s99) = raw_spin_pingpong(n)?;
-    let daemon = bench_daemon(root, &drivers::TOOLS[1])?;
+    let daemon = bench_daemon(
+        root,
+        drivers::TOOLS
+            .iter()
+            .find(|e| e.executable == drivers::bench::EXECUTABLE)
+            .ok_or("no bench driver")?,
+    )?;
     let events = daemon.subscribe();
     let dev = daemon.plug(bench_device(
         "BenchRPC",
@@ -343,7 +349,13 @@ fn rpc_roundtrip(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
 /// Baseline and measurement alternate, so that both see the same machine;
 /// each iteration waits for the previous dext to exit.
 fn spawn_to_start(root: &Path, n: usize) -> Result<Figure, String> {
-    let daemon = bench_daemon(root, &drivers::TOOLS[1])?;
+    let daemon = bench_daemon(
+        root,
+        drivers::TOOLS
+            .iter()
+            .find(|e| e.executable == drivers::bench::EXECUTABLE)
+            .ok_or("no bench driver")?,
+    )?;
     let events = daemon.subscribe();
     let mut floor = Vec::new();
     let mut samples = Vec::new();

@@ -18,13 +18,14 @@ pub struct EventsArgs {
 
 pub fn events(root: &Path, args: EventsArgs) -> Result<(), String> {
     let stream = super::client(root)?.events()?;
+    // Scripts and tests wait for this line before making events happen.
+    eprintln!("listening for HID events");
     let mut out = std::io::stdout().lock();
-    let mut seen = 0u64;
     let mut shift = false;
     if args.count == Some(0) {
         return Ok(());
     }
-    for event in stream {
+    for (seen, event) in (1u64..).zip(stream) {
         let e = event?;
         let line = if args.json {
             serde_json::json!({
@@ -42,7 +43,6 @@ pub fn events(root: &Path, args: EventsArgs) -> Result<(), String> {
         };
         writeln!(out, "{line}").map_err(|e| e.to_string())?;
         out.flush().map_err(|e| e.to_string())?;
-        seen += 1;
         if args.count.is_some_and(|n| seen >= n) {
             break;
         }

@@ -29,6 +29,9 @@ pub struct RunArgs {
     /// First relaunch delay in milliseconds (doubles on each crash).
     #[arg(long, default_value_t = 250)]
     relaunch_backoff_ms: u64,
+    /// Load a built-in tool driver too (tests: DriverKitUsbTestDriver...).
+    #[arg(long = "with-tool", value_name = "EXECUTABLE", hide = true)]
+    tools: Vec<String>,
     /// How long a dext may take to answer Start, Stop and other calls.
     #[arg(long, default_value_t = 20_000)]
     call_timeout_ms: u64,
@@ -46,6 +49,15 @@ pub fn run(root: PathBuf, args: RunArgs) -> Result<(), String> {
         for e in drivers::EXAMPLES {
             config.bundles.push(drivers::materialize(e, &dir)?);
         }
+    }
+    for name in &args.tools {
+        let tool = drivers::TOOLS
+            .iter()
+            .find(|e| e.executable == name)
+            .ok_or_else(|| format!("no built-in tool driver named {name:?}"))?;
+        config
+            .bundles
+            .push(drivers::materialize(tool, &root.join("embedded"))?);
     }
     for b in args.bundles {
         config

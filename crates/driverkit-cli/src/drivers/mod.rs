@@ -10,6 +10,7 @@
 
 pub mod bench;
 pub mod test;
+pub mod usb_test;
 
 use std::path::{Path, PathBuf};
 
@@ -53,6 +54,11 @@ pub const TOOLS: &[Embedded] = &[
         executable: test::EXECUTABLE,
         info_plist: test::INFO_PLIST,
         classes: test::classes,
+    },
+    Embedded {
+        executable: usb_test::EXECUTABLE,
+        info_plist: usb_test::INFO_PLIST,
+        classes: usb_test::classes,
     },
     Embedded {
         executable: bench::EXECUTABLE,

@@ -390,7 +390,11 @@ fn hid_report_length(configurations: &[Vec<u8>], number: u8) -> Option<u16> {
 fn poll(daemon: Weak<Inner>, hid: Arc<HidInterface>, address: u8, len: usize, interval: u8) {
     let transport = hid.usb.device.transport.clone();
     while !hid.stopped.load(Ordering::Acquire) {
-        match transport.transfer(address, &[], len, Some(Duration::from_secs(1))) {
+        let submitted = transport.abort_generation(address);
+        if hid.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        match transport.transfer(address, &[], len, Some(Duration::from_secs(1)), submitted) {
             Ok(done) if done.data.is_empty() => {
                 std::thread::sleep(Duration::from_millis(interval.into()));
             }
@@ -614,8 +618,8 @@ impl FamilyMatcher for HidMatcher {
     fn score(&self, personality: &Personality, target: &MatchTarget<'_>) -> Option<i64> {
         let mut score = 0;
         for key in HID_KEYS {
-            if let Some(wanted) = personality.properties.get(*key) {
-                if target.properties.get(*key) != Some(wanted) {
+            if let Some(wanted) = personality.properties.get(key) {
+                if target.properties.get(key) != Some(wanted) {
                     return None;
                 }
                 score += 100;

@@ -60,6 +60,17 @@ pub(crate) struct Pipe {
     pub endpoint: Endpoint,
 }
 
+impl Pipe {
+    /// The endpoint's abort generation now: what a transfer asked for now
+    /// is submitted under.
+    fn generation(&self) -> u64 {
+        self.interface
+            .device
+            .transport
+            .abort_generation(self.endpoint.address)
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct UsbState {
     pub devices: HashMap<EntryId, Arc<UsbDevice>>,
@@ -479,7 +490,8 @@ impl IOUSBHostPipeInterface for KernelCall<'_> {
     fn io(&self, memory: u64, length: u64, timeout_ms: u32) -> IOResult<u64> {
         let pipe = self.pipe()?;
         let region = self.daemon.region(self.server, memory)?;
-        pipe_transfer(&pipe, &region, length, timeout(timeout_ms))
+        let submitted = pipe.generation();
+        pipe_transfer(&pipe, &region, length, timeout(timeout_ms), submitted)
     }
 
     fn async_io(&self, memory: u64, length: u64, action: u64, timeout_ms: u32) -> IOResult<()> {
@@ -489,8 +501,10 @@ impl IOUSBHostPipeInterface for KernelCall<'_> {
             return Err(IOReturn::BAD_ARGUMENT);
         }
         let device = pipe.interface.device.entry;
+        // An Abort after this call returns must end this transfer.
+        let submitted = pipe.generation();
         self.daemon.usb_async(self.server, device, action, move || {
-            pipe_transfer(&pipe, &region, length, timeout(timeout_ms))
+            pipe_transfer(&pipe, &region, length, timeout(timeout_ms), submitted)
         })
     }
 
@@ -525,6 +539,7 @@ fn pipe_transfer(
     region: &driverkit_wire::shm::SharedMemory,
     length: u64,
     timeout: Option<Duration>,
+    submitted: u64,
 ) -> IOResult<u64> {
     let length = usize::try_from(length).map_err(|_| IOReturn::BAD_ARGUMENT)?;
     if length > region.len() {
@@ -533,12 +548,14 @@ fn pipe_transfer(
     let address = pipe.endpoint.address;
     let transport = &pipe.interface.device.transport;
     if address & 0x80 != 0 {
-        let done = transport.transfer(address, &[], length, timeout)?;
+        let done = transport.transfer(address, &[], length, timeout, submitted)?;
         region.write(0, &done.data);
         Ok(done.data.len() as u64)
     } else {
         let mut out = vec![0u8; length];
         region.read(0, &mut out);
-        Ok(transport.transfer(address, &out, 0, timeout)?.actual as u64)
+        Ok(transport
+            .transfer(address, &out, 0, timeout, submitted)?
+            .actual as u64)
     }
 }

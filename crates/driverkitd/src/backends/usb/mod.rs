@@ -35,16 +35,24 @@ pub trait UsbTransport: Send + Sync {
     fn control(&self, setup: Setup, data: &[u8], timeout: Option<Duration>) -> IOResult<Vec<u8>>;
 
     /// One transfer on endpoint `address` (bit 7 set: IN, of at most
-    /// `length` bytes; clear: OUT, sending `data`).
+    /// `length` bytes; clear: OUT, sending `data`). `submitted` is the
+    /// endpoint's abort generation when the transfer was asked for: an
+    /// abort since then ends it with `kIOReturnAborted`, even if it had not
+    /// started waiting yet.
     fn transfer(
         &self,
         address: u8,
         data: &[u8],
         length: usize,
         timeout: Option<Duration>,
+        submitted: u64,
     ) -> IOResult<Completed>;
 
-    /// Ends the transfers waiting on `address` with `kIOReturnAborted`.
+    /// The number of aborts of `address` so far.
+    fn abort_generation(&self, address: u8) -> u64;
+
+    /// Ends the transfers submitted to `address` so far with
+    /// `kIOReturnAborted`.
     fn abort(&self, address: u8);
 
     /// The device is going away: every waiting and later call fails.

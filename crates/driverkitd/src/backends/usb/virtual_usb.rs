@@ -478,6 +478,7 @@ impl UsbTransport for VirtualUsb {
         data: &[u8],
         length: usize,
         timeout: Option<Duration>,
+        submitted: u64,
     ) -> IOResult<Completed> {
         if self.closed.load(Ordering::Acquire) {
             return Err(IOReturn::NO_DEVICE);
@@ -493,10 +494,13 @@ impl UsbTransport for VirtualUsb {
             });
         }
         let q = self.ins.get(&address).ok_or(IOReturn::NOT_FOUND)?;
-        let aborts = q.aborts.load(Ordering::Acquire);
+        let aborts = submitted;
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut out = Vec::with_capacity(length);
         loop {
+            if q.aborts.load(Ordering::Acquire) != aborts {
+                return Err(IOReturn::ABORTED);
+            }
             match q.ring.dequeue(&mut out) {
                 Ok(()) => {
                     out.truncate(length);
@@ -509,9 +513,6 @@ impl UsbTransport for VirtualUsb {
             if self.closed.load(Ordering::Acquire) {
                 return Err(IOReturn::NO_DEVICE);
             }
-            if q.aborts.load(Ordering::Acquire) != aborts {
-                return Err(IOReturn::ABORTED);
-            }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(IOReturn::TIMEOUT);
             }
@@ -520,6 +521,12 @@ impl UsbTransport for VirtualUsb {
             let until = deadline.map_or(slice, |d| d.min(slice));
             q.ring.wait_for_data(SPIN, Some(until));
         }
+    }
+
+    fn abort_generation(&self, address: u8) -> u64 {
+        self.ins
+            .get(&address)
+            .map_or(0, |q| q.aborts.load(Ordering::Acquire))
     }
 
     fn abort(&self, address: u8) {
@@ -571,29 +578,33 @@ mod tests {
     #[test]
     fn in_endpoints_wait_then_deliver_then_abort() {
         let kb = std::sync::Arc::new(keyboard());
-        let t = kb.transfer(0x81, &[], 8, Some(Duration::from_millis(20)));
+        let t = kb.transfer(0x81, &[], 8, Some(Duration::from_millis(20)), 0);
         assert_eq!(t, Err(IOReturn::TIMEOUT));
         kb.queue_in(0x81, &[0, 0, 4, 0, 0, 0, 0, 0]).unwrap();
-        let t = kb.transfer(0x81, &[], 8, None).unwrap();
+        let t = kb.transfer(0x81, &[], 8, None, 0).unwrap();
         assert_eq!(t.data, [0, 0, 4, 0, 0, 0, 0, 0]);
         let reader = {
             let kb = kb.clone();
-            std::thread::spawn(move || kb.transfer(0x81, &[], 8, None))
+            std::thread::spawn(move || kb.transfer(0x81, &[], 8, None, 0))
         };
         std::thread::sleep(Duration::from_millis(30));
         kb.abort(0x81);
         assert_eq!(reader.join().unwrap(), Err(IOReturn::ABORTED));
+        // Submitted before an abort, started after it: aborted too.
+        kb.queue_in(0x81, &[1]).unwrap();
+        assert_eq!(kb.transfer(0x81, &[], 8, None, 0), Err(IOReturn::ABORTED));
+        assert_eq!(kb.abort_generation(0x81), 1);
         kb.close();
-        assert_eq!(kb.transfer(0x81, &[], 8, None), Err(IOReturn::NO_DEVICE));
+        assert_eq!(kb.transfer(0x81, &[], 8, None, 1), Err(IOReturn::NO_DEVICE));
     }
 
     #[test]
     fn bulk_out_echoes_and_vendor_requests_answer() {
         let spec = crate::backends::virtual_device::builtin("vendor-bulk").unwrap();
         let dev = VirtualUsb::new(spec.usb.as_ref().unwrap(), "test", 0).unwrap();
-        let sent = dev.transfer(0x02, b"ping", 0, None).unwrap();
+        let sent = dev.transfer(0x02, b"ping", 0, None, 0).unwrap();
         assert_eq!(sent.actual, 4);
-        let back = dev.transfer(0x82, &[], 512, None).unwrap();
+        let back = dev.transfer(0x82, &[], 512, None, 0).unwrap();
         assert_eq!(back.data, b"ping");
         let setup = Setup {
             request_type: 0xc0,

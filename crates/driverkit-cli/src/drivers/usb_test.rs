@@ -1,0 +1,181 @@
+//! DriverKitUsbTestDriver: exercises the USB family from a dext against the
+//! built-in `vendor-bulk` device, and publishes what it saw for tests.
+//!
+//! - `UsbTestDevice` matches the device (idVendor + idProduct), reads its
+//!   descriptors and strings, sends vendor request 1 (`TestFirmware`) and an
+//!   unknown one (`TestStallStatus`), then selects configuration 1 with
+//!   interface matching: the device is vendor-class, so nothing else would.
+//! - `UsbTestInterface` matches interface 0 of configuration 1, copies its
+//!   bulk pipes, sends a message out and reads the echo back
+//!   (`TestEcho`), waits on an IN pipe with a timeout
+//!   (`TestTimeoutStatus`), and starts an asynchronous read that it aborts
+//!   (`TestAbortStatus`).
+
+use std::sync::Mutex;
+
+use driverkit::prelude::*;
+use driverkit::runtime::ClassEntry;
+use driverkit_usb::Setup;
+
+pub const EXECUTABLE: &str = "DriverKitUsbTestDriver";
+
+pub const INFO_PLIST: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<plist version="1.0">
+<dict>
+	<key>CFBundleIdentifier</key><string>org.driverkit.UsbTestDriver</string>
+	<key>CFBundleExecutable</key><string>DriverKitUsbTestDriver</string>
+	<key>CFBundleVersion</key><string>1</string>
+	<key>CFBundleShortVersionString</key><string>1.0</string>
+	<key>OSBundleUsageDescription</key><string>Exercises the USB family.</string>
+	<key>IOKitPersonalities</key>
+	<dict>
+		<key>UsbTestDevice</key>
+		<dict>
+			<key>CFBundleIdentifier</key><string>org.driverkit.UsbTestDriver</string>
+			<key>IOClass</key><string>IOUserService</string>
+			<key>IOUserClass</key><string>UsbTestDevice</string>
+			<key>IOUserServerName</key><string>org.driverkit.UsbTestDriver</string>
+			<key>IOUserServerOneProcess</key><true/>
+			<key>IOProviderClass</key><string>IOUSBHostDevice</string>
+			<key>idVendor</key><integer>4617</integer>
+			<key>idProduct</key><integer>3</integer>
+		</dict>
+		<key>UsbTestInterface</key>
+		<dict>
+			<key>CFBundleIdentifier</key><string>org.driverkit.UsbTestDriver</string>
+			<key>IOClass</key><string>IOUserService</string>
+			<key>IOUserClass</key><string>UsbTestInterface</string>
+			<key>IOUserServerName</key><string>org.driverkit.UsbTestDriver</string>
+			<key>IOUserServerOneProcess</key><true/>
+			<key>IOProviderClass</key><string>IOUSBHostInterface</string>
+			<key>idVendor</key><integer>4617</integer>
+			<key>idProduct</key><integer>3</integer>
+			<key>bConfigurationValue</key><integer>1</integer>
+			<key>bInterfaceNumber</key><integer>0</integer>
+		</dict>
+	</dict>
+</dict>
+</plist>
+"#;
+
+pub fn classes() -> Vec<ClassEntry> {
+    vec![
+        driverkit::runtime::class::<UsbTestDevice>(),
+        driverkit::runtime::class::<UsbTestInterface>(),
+    ]
+}
+
+#[driverkit::service(superclass = IOService, ivars = ())]
+pub struct UsbTestDevice;
+
+impl IOServiceImpl for UsbTestDevice {
+    fn init(&self) -> IOResult<()> {
+        Ok(())
+    }
+
+    fn start(&self, provider: &IOService) -> IOResult<()> {
+        self.super_start(provider)?;
+        let device = IOUSBHostDevice::from_provider(provider);
+        let d = device.copy_descriptors()?;
+        let view = d.device()?;
+        let mut out = plist::Dictionary::new();
+        out.insert("TestVendor".into(), i64::from(view.vendor_id()).into());
+        out.insert(
+            "TestInterfaces".into(),
+            (d.configuration()?.interfaces.len() as i64).into(),
+        );
+        out.insert(
+            "TestProduct".into(),
+            device.copy_string_descriptor(view.product_index())?.into(),
+        );
+        let version = Setup {
+            request_type: 0xc0,
+            request: 1,
+            value: 0,
+            index: 0,
+            length: 64,
+        };
+        let firmware = device.device_request(version, &[], 1000)?;
+        out.insert("TestFirmware".into(), plist::Value::Data(firmware));
+        let unknown = Setup {
+            request: 0x42,
+            ..version
+        };
+        let stalled = device.device_request(unknown, &[], 1000);
+        out.insert(
+            "TestStallStatus".into(),
+            stalled
+                .err()
+                .and_then(|e| e.name())
+                .unwrap_or("none")
+                .into(),
+        );
+        self.set_properties(out)?;
+        device.set_configuration(1, true)?;
+        self.register_service()
+    }
+}
+
+#[derive(Default)]
+pub struct UsbTestInterfaceIvars {
+    pending: Mutex<Option<(IOUSBHostPipe, IOBufferMemoryDescriptor)>>,
+}
+
+#[driverkit::service(superclass = IOService, ivars = UsbTestInterfaceIvars)]
+pub struct UsbTestInterface;
+
+impl IOServiceImpl for UsbTestInterface {
+    fn init(&self) -> IOResult<UsbTestInterfaceIvars> {
+        Ok(UsbTestInterfaceIvars::default())
+    }
+
+    fn start(&self, provider: &IOService) -> IOResult<()> {
+        self.super_start(provider)?;
+        let interface = IOUSBHostInterface::from_provider(provider);
+        let out_pipe = interface.copy_pipe(0x02)?;
+        let in_pipe = interface.copy_pipe(0x82)?;
+        let message = b"echo through a pipe";
+        let buffer = IOBufferMemoryDescriptor::create(512)?;
+        let map = buffer.create_mapping()?;
+        map.write(0, message)?;
+        let sent = out_pipe.io(&buffer, message.len(), 1000)?;
+        let back = IOBufferMemoryDescriptor::create(512)?;
+        let got = in_pipe.io(&back, 512, 1000)?;
+        let mut data = vec![0; got];
+        back.create_mapping()?.read(0, &mut data)?;
+        let mut props = plist::Dictionary::new();
+        props.insert("TestSent".into(), (sent as i64).into());
+        props.insert(
+            "TestEcho".into(),
+            String::from_utf8_lossy(&data).into_owned().into(),
+        );
+        let timed_out = in_pipe.io(&back, 512, 50);
+        props.insert(
+            "TestTimeoutStatus".into(),
+            timed_out
+                .err()
+                .and_then(|e| e.name())
+                .unwrap_or("none")
+                .into(),
+        );
+        self.set_properties(props)?;
+        // An asynchronous read nothing will answer, then Abort.
+        let done = self.create_action_read_done(0)?;
+        in_pipe.async_io(&back, 512, &done, 0)?;
+        *self
+            .ivars()
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((in_pipe, back));
+        in_pipe.abort()?;
+        self.register_service()
+    }
+}
+
+#[driverkit::actions]
+impl UsbTestInterface {
+    #[action(IOService::CompleteAsync)]
+    fn read_done(&self, _action: &OSAction, status: IOReturn, _actual: u64) {
+        let _ = self.set_property("TestAbortStatus", status.name().unwrap_or("?"));
+    }
+}

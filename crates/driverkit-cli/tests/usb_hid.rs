@@ -1,0 +1,246 @@
+//! The USB and HID families end to end: a plugged virtual keyboard becomes
+//! device and interface nubs, an IOHIDInterface, the HIDKeyboardDriver dext
+//! in its own process, and keystrokes at an events subscriber; the mouse
+//! gets the system's default event service; a vendor-class device waits for
+//! its driver's SetConfiguration and then carries control requests and bulk
+//! transfers.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+use support::*;
+
+fn parse_hex(s: &str) -> u64 {
+    u64::from_str_radix(s.trim().trim_start_matches("0x"), 16).unwrap()
+}
+
+/// `driverkit events --json --count N`, started and listening.
+fn subscribe(d: &Daemon, count: usize) -> std::process::Child {
+    let mut child = Command::new(EXE)
+        .arg("--root")
+        .arg(d.state())
+        .args(["events", "--json", "--count", &count.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("listening"), "events said {line:?}");
+    child
+}
+
+fn events_of(child: std::process::Child) -> Vec<Value> {
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The text that keyboard events type (US layout, Shift tracked).
+fn typed(events: &[Value]) -> String {
+    let mut shift = false;
+    let mut out = String::new();
+    for e in events {
+        assert_eq!(e["kind"], "keyboard", "{e}");
+        assert_eq!(e["usage_page"], 7);
+        let (usage, down) = (e["usage"].as_u64().unwrap(), e["value"] == 1);
+        if usage == 0xe1 {
+            shift = down;
+        } else if down {
+            out.push(driverkitd::families::hid::usage_char(usage as u32, shift).unwrap());
+        }
+    }
+    out
+}
+
+fn child_of<'a>(nodes: &'a [Value], parent: &Value, class: &str) -> &'a Value {
+    let ids: Vec<&Value> = parent["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["id"])
+        .collect();
+    nodes
+        .iter()
+        .find(|n| ids.contains(&&n["id"]) && n["class"] == class)
+        .unwrap_or_else(|| panic!("no {class} under {}", parent["name"]))
+}
+
+#[test]
+fn a_typed_string_reaches_an_events_subscriber_through_the_keyboard_dext() {
+    let d = Daemon::start(&["--no-default-devices"]);
+    let device = parse_hex(&d.cli(&["device", "plug", "keyboard"]));
+    let driver = d.wait_node("HIDKeyboardDriver active", |n| {
+        n["name"] == "HIDKeyboardDriver" && n["state"]["active"] == true
+    });
+    let pid = driver["pid"].as_u64().unwrap();
+    assert!(alive(pid));
+    assert_ne!(
+        pid,
+        u64::from(d.pid()),
+        "the driver runs in its own process"
+    );
+
+    // The path, as ioreg shows it.
+    let nodes = d.nodes();
+    let usb = nodes.iter().find(|n| n["id"] == device).unwrap();
+    let p = &usb["properties"];
+    assert_eq!(usb["class"], "IOUSBHostDevice");
+    assert_eq!(p["idVendor"], 0x1209);
+    assert_eq!(p["idProduct"], 1);
+    assert_eq!(p["bcdDevice"], 0x100);
+    assert_eq!(p["bDeviceClass"], 0);
+    assert_eq!(p["USB Product Name"], "Virtual Keyboard");
+    assert_eq!(p["USB Vendor Name"], "driverkit");
+    assert_eq!(p["USB Serial Number"], "VK-0001");
+    assert!(p["locationID"].as_u64().unwrap() > 0);
+    let interface = child_of(&nodes, usb, "IOUSBHostInterface");
+    let ip = &interface["properties"];
+    assert_eq!(ip["bInterfaceNumber"], 0);
+    assert_eq!(ip["bInterfaceClass"], 3);
+    assert_eq!(ip["bInterfaceSubClass"], 1);
+    assert_eq!(ip["bInterfaceProtocol"], 1);
+    assert_eq!(ip["bConfigurationValue"], 1);
+    let hid_device = child_of(&nodes, interface, "IOUSBHostHIDDevice");
+    let hid = child_of(&nodes, hid_device, "IOHIDInterface");
+    let hp = &hid["properties"];
+    assert_eq!(hp["VendorID"], 0x1209);
+    assert_eq!(hp["ProductID"], 1);
+    assert_eq!(hp["PrimaryUsagePage"], 1);
+    assert_eq!(hp["PrimaryUsage"], 6);
+    assert_eq!(hp["Transport"], "USB");
+    assert_eq!(hp["MaxInputReportSize"], 8);
+    assert_eq!(hp["MaxOutputReportSize"], 1);
+    assert_eq!(hp["DeviceUsagePairs"][0]["DeviceUsagePage"], 1);
+    assert_eq!(hp["DeviceUsagePairs"][0]["DeviceUsage"], 6);
+    assert_eq!(
+        child_of(&nodes, hid, "IOUserHIDEventService")["id"],
+        driver["id"]
+    );
+    assert_eq!(
+        driver["properties"]["IOProbeScore"], 200,
+        "VendorID + ProductID"
+    );
+
+    let text = "Hello, DriverKit 42!";
+    let shifted = text
+        .chars()
+        .filter(|c| driverkitd::families::hid::ascii_usage(*c).unwrap().0)
+        .count();
+    // A press and a release per key, Shift's too.
+    let listener = subscribe(&d, (text.chars().count() + shifted) * 2);
+    d.cli(&["device", "type", &format!("{device:#x}"), text]);
+    let events = events_of(listener);
+    assert_eq!(typed(&events), text);
+    for e in &events {
+        assert_eq!(e["service"], id_of(&driver), "dispatched by the dext");
+    }
+    let stamps: Vec<u64> = events
+        .iter()
+        .map(|e| e["timestamp"].as_u64().unwrap())
+        .collect();
+    assert!(
+        stamps.windows(2).all(|w| w[0] <= w[1]),
+        "in order: {stamps:?}"
+    );
+
+    // Unplug: the dext stops and its process goes; the stack leaves.
+    d.cli(&["device", "unplug", &format!("{device:#x}")]);
+    d.wait_until("the keyboard's stack gone", || {
+        d.nodes().iter().all(|n| {
+            n["class"] != "IOHIDInterface"
+                && n["class"] != "IOUSBHostInterface"
+                && n["id"] != device
+        })
+    });
+    d.wait_until("the driver's process gone", || !alive(pid));
+    d.wait_log("stop: dispatched", 1);
+}
+
+#[test]
+fn without_a_matching_dext_the_system_event_service_takes_the_reports() {
+    let d = Daemon::start(&["--no-default-devices", "--no-embedded"]);
+    let mouse = parse_hex(&d.cli(&["device", "plug", "mouse"]));
+    d.wait_node("the default event service", |n| {
+        n["class"] == "IOHIDEventDriver"
+    });
+    let keyboard = parse_hex(&d.cli(&["device", "plug", "keyboard"]));
+    d.wait_until("two default event services", || {
+        d.nodes()
+            .iter()
+            .filter(|n| n["class"] == "IOHIDEventDriver")
+            .count()
+            == 2
+    });
+    let listener = subscribe(&d, 4);
+    d.cli(&["device", "type", &format!("{keyboard:#x}"), "ok"]);
+    let events = events_of(listener);
+    assert_eq!(typed(&events), "ok");
+    let _ = mouse;
+}
+
+#[test]
+fn a_vendor_device_waits_for_its_driver_which_then_talks_to_it() {
+    let d = Daemon::start(&[
+        "--no-default-devices",
+        "--no-embedded",
+        "--with-tool",
+        "DriverKitUsbTestDriver",
+    ]);
+    let plain = parse_hex(&d.cli(&["device", "plug", "vendor-bulk"]));
+    let iface = d.wait_node("the interface driver done", |n| {
+        n["name"] == "UsbTestInterface" && n["properties"]["TestAbortStatus"].is_string()
+    });
+    let ip = &iface["properties"];
+    assert_eq!(ip["TestSent"], 19);
+    assert_eq!(ip["TestEcho"], "echo through a pipe");
+    assert_eq!(ip["TestTimeoutStatus"], "kIOReturnTimeout");
+    assert_eq!(ip["TestAbortStatus"], "kIOReturnAborted");
+    assert_eq!(
+        ip["IOProbeScore"], 90000,
+        "idVendor + idProduct + bInterfaceNumber + bConfigurationValue"
+    );
+    let dev = d.wait_node("the device driver", |n| n["name"] == "UsbTestDevice");
+    let p = &dev["properties"];
+    assert_eq!(p["TestVendor"], 0x1209);
+    assert_eq!(p["TestProduct"], "Vendor Bulk Device");
+    assert_eq!(p["TestInterfaces"], 1);
+    assert_eq!(p["TestStallStatus"], "kIOUSBPipeStalled");
+    assert_eq!(p["IOProbeScore"], 90000, "idVendor + idProduct");
+    let usb = d.nodes().into_iter().find(|n| n["id"] == plain).unwrap();
+    assert_eq!(usb["properties"]["kUSBCurrentConfiguration"], 1);
+    d.cli(&["device", "unplug", &format!("{plain:#x}")]);
+    d.wait_until("the stack gone", || {
+        d.nodes().iter().all(|n| n["id"] != plain)
+    });
+}
+
+#[test]
+fn a_vendor_device_without_a_driver_stays_unconfigured() {
+    let d = Daemon::start(&["--no-default-devices", "--no-embedded"]);
+    let id = parse_hex(&d.cli(&["device", "plug", "vendor-bulk"]));
+    let keyboard = parse_hex(&d.cli(&["device", "plug", "keyboard"]));
+    // The keyboard, plugged after, is configured; the vendor device is not.
+    d.wait_node("the keyboard's interface", |n| {
+        n["class"] == "IOUSBHostInterface"
+    });
+    let nodes = d.nodes();
+    let vendor = nodes.iter().find(|n| n["id"] == id).unwrap();
+    assert!(
+        vendor["children"].as_array().is_none_or(|c| c.is_empty()),
+        "{vendor}"
+    );
+    assert!(vendor["properties"]
+        .get("kUSBCurrentConfiguration")
+        .is_none());
+    let kb = nodes.iter().find(|n| n["id"] == keyboard).unwrap();
+    assert_eq!(kb["properties"]["kUSBCurrentConfiguration"], 1);
+}
