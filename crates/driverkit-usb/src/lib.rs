@@ -12,6 +12,7 @@
 use std::fmt;
 
 pub mod repr;
+pub mod usbip;
 
 pub use repr::{ConfigurationRepr, DeviceRepr, EndpointRepr, InterfaceRepr, Setup};
 
