@@ -110,16 +110,18 @@ impl ReportDescriptor {
     }
 }
 
-/// `size` bits at bit `offset` of `data`, little-endian; `None` past the end.
+/// `size` bits at bit `offset` of `data`, little-endian. Bits past the end
+/// read as zero: a short report is padded, as Linux's HID core does (some
+/// devices send a shorter release report).
 fn bits(data: &[u8], offset: u32, size: u32) -> Option<u32> {
-    let mut v: u64 = 0;
-    let first = (offset / 8) as usize;
-    let last = ((offset + size).div_ceil(8)) as usize;
-    if last > data.len() || size == 0 || size > 32 {
+    if size == 0 || size > 32 {
         return None;
     }
-    for (i, b) in data[first..last].iter().enumerate() {
-        v |= u64::from(*b) << (8 * i);
+    let mut v: u64 = 0;
+    let first = (offset / 8) as usize;
+    let last = (offset + size).div_ceil(8) as usize;
+    for (i, at) in (first..last).enumerate() {
+        v |= u64::from(data.get(at).copied().unwrap_or(0)) << (8 * i);
     }
     Some(((v >> (offset % 8)) & ((1u64 << size) - 1)) as u32)
 }
@@ -148,6 +150,9 @@ impl InputUsage {
         } else {
             report
         };
+        if data.is_empty() {
+            return None;
+        }
         match self.location {
             Location::Slot { bit, size, signed } => {
                 Some(extend(bits(data, bit, size)?, size, signed))
@@ -345,8 +350,15 @@ mod tests {
         let u = &d.input_usages()[0];
         assert_eq!(u.read(&[], false), None);
         assert_eq!(u.read(&[1], true), None);
-        assert_eq!(bits(&[0xff; 4], 4, 32), None);
+        assert_eq!(bits(&[0xff; 4], 4, 33), None);
+        assert_eq!(bits(&[0xff; 4], 4, 32), Some(0x0fff_ffff), "padded");
         assert_eq!(bits(&[0xab, 0xcd], 4, 8), Some(0xda));
+        // A 6-byte release report still releases the key.
+        let mut t = EventTranslator::new(&d);
+        let mut out = Vec::new();
+        t.translate(&[0, 0, 0x04, 0, 0, 0, 0, 0], &mut out);
+        t.translate(&[0; 6], &mut out);
+        assert_eq!(out, [key(0x04, 1), key(0x04, 0)]);
     }
 
     proptest::proptest! {

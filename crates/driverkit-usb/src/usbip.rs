@@ -494,17 +494,50 @@ mod tests {
 
     fn urb() -> impl Strategy<Value = Urb> {
         prop_oneof![
-            (any::<u32>(), any::<u32>(), 0u32..2, 0u32..16, any::<u32>(), any::<[u8; 8]>(), proptest::collection::vec(any::<u8>(), 0..64))
-                .prop_map(|(seqnum, devid, direction, endpoint, interval, setup, data)| Urb::Submit {
-                    seqnum, devid, direction, endpoint, transfer_flags: 0,
-                    length: data.len() as u32, interval, setup,
-                    data: if direction == 0 { data } else { Vec::new() },
+            (
+                any::<u32>(),
+                any::<u32>(),
+                0u32..2,
+                0u32..16,
+                any::<u32>(),
+                any::<[u8; 8]>(),
+                proptest::collection::vec(any::<u8>(), 0..64)
+            )
+                .prop_map(
+                    |(seqnum, devid, direction, endpoint, interval, setup, data)| Urb::Submit {
+                        seqnum,
+                        devid,
+                        direction,
+                        endpoint,
+                        transfer_flags: 0,
+                        length: data.len() as u32,
+                        interval,
+                        setup,
+                        data: if direction == 0 { data } else { Vec::new() },
+                    }
+                ),
+            (
+                any::<u32>(),
+                any::<i32>(),
+                proptest::collection::vec(any::<u8>(), 1..64)
+            )
+                .prop_map(|(seqnum, status, data)| Urb::RetSubmit {
+                    seqnum,
+                    status,
+                    actual_length: data.len() as u32,
+                    data
                 }),
-            (any::<u32>(), any::<i32>(), proptest::collection::vec(any::<u8>(), 1..64))
-                .prop_map(|(seqnum, status, data)| Urb::RetSubmit { seqnum, status, actual_length: data.len() as u32, data }),
-            (any::<u32>(), any::<u32>(), 0u32..2, 0u32..16, any::<u32>())
-                .prop_map(|(seqnum, devid, direction, endpoint, victim)| Urb::Unlink { seqnum, devid, direction, endpoint, victim }),
-            (any::<u32>(), any::<i32>()).prop_map(|(seqnum, status)| Urb::RetUnlink { seqnum, status }),
+            (any::<u32>(), any::<u32>(), 0u32..2, 0u32..16, any::<u32>()).prop_map(
+                |(seqnum, devid, direction, endpoint, victim)| Urb::Unlink {
+                    seqnum,
+                    devid,
+                    direction,
+                    endpoint,
+                    victim
+                }
+            ),
+            (any::<u32>(), any::<i32>())
+                .prop_map(|(seqnum, status)| Urb::RetUnlink { seqnum, status }),
         ]
     }
 

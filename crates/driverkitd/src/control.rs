@@ -43,6 +43,8 @@ pub enum Request {
     Load { path: PathBuf },
     /// PID and dext PIDs.
     Status,
+    /// Import a device from a USB/IP server; answers its entry ID.
+    Attach { url: String },
     /// Make a virtual keyboard type `text`.
     Type { id: u64, text: String },
     /// Subscribe to the HID event stream: after the answer, the connection
@@ -151,6 +153,7 @@ fn handle(
         Request::Devices => serde_json::to_value(daemon.devices()).map_err(|e| e.to_string()),
         Request::Load { path } => daemon.load_bundle(&path).map(|id| json!({ "bundle": id })),
         Request::Status => Ok(json!({ "pid": std::process::id(), "dexts": daemon.pids() })),
+        Request::Attach { url } => daemon.attach_usbip(&url).map(|id| json!({ "id": id })),
         Request::Type { id, text } => daemon
             .type_text(id, &text)
             .map(|reports| json!({ "reports": reports })),

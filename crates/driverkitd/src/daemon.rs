@@ -271,7 +271,7 @@ impl Daemon {
             };
             let device = Arc::new(VirtualUsb::new(usb, &spec.source, location)?);
             let bus = self.inner.lock().virtual_bus;
-            let id = self.inner.plug_usb(&spec.name, device.clone(), bus)?;
+            let id = self.inner.plug_usb(Some(&spec.name), device.clone(), bus)?;
             self.inner.lock().virtual_usb.insert(id, device);
             return Ok(id);
         }
@@ -302,6 +302,32 @@ impl Daemon {
             spec.source
         );
         self.inner.schedule_match(id);
+        Ok(id)
+    }
+
+    /// Imports a device from a USB/IP server (`usbip://HOST[:PORT]/BUSID`);
+    /// it becomes an `IOUSBHostDevice` like any other. A dropped
+    /// connection unplugs it.
+    pub fn attach_usbip(&self, url: &str) -> Result<EntryId, String> {
+        use crate::backends::usb::usbip::{UsbIpDevice, UsbIpUrl};
+        let url = UsbIpUrl::parse(url)?;
+        let device = UsbIpDevice::import(&url)?;
+        let info = device.info();
+        // Bus 0x20 and up for USB/IP, then the server's bus and device.
+        device.set_location(0x2000_0000 | (info.busnum & 0xf) << 20 | (info.devnum & 0xf) << 16);
+        let bus = self.inner.lock().virtual_bus;
+        let id = self
+            .inner
+            .plug_usb(None, device.clone(), bus)
+            .inspect_err(|_| {
+                crate::backends::usb::UsbTransport::close(&*device);
+            })?;
+        let me = self.inner.me_weak();
+        device.on_disconnect(move || {
+            if let Some(d) = me.upgrade() {
+                d.schedule_terminate(id);
+            }
+        });
         Ok(id)
     }
 

@@ -19,17 +19,25 @@ pub enum DeviceCommand {
         #[arg(value_name = "ID")]
         id: String,
     },
+    /// Import a device from a USB/IP server: usbip://HOST[:PORT]/BUSID.
+    Attach {
+        #[arg(value_name = "URL")]
+        url: String,
+    },
     /// Make a virtual keyboard type TEXT (a press and a release per character).
     Type {
         #[arg(value_name = "ID")]
         id: String,
         text: String,
     },
-    /// List plugged virtual devices.
+    /// List plugged devices, or with --usbip the devices a USB/IP server exports.
     List {
         /// One JSON array.
         #[arg(long)]
         json: bool,
+        /// A USB/IP server, HOST[:PORT], to ask instead of the daemon.
+        #[arg(long, value_name = "HOST[:PORT]")]
+        usbip: Option<String>,
     },
 }
 
@@ -64,6 +72,13 @@ pub fn resolve(arg: &str) -> Result<DeviceSpec, String> {
 }
 
 pub fn device(root: &Path, cmd: DeviceCommand) -> Result<(), String> {
+    if let DeviceCommand::List {
+        json,
+        usbip: Some(server),
+    } = &cmd
+    {
+        return list_usbip(server, *json);
+    }
     let mut client = super::client(root)?;
     match cmd {
         DeviceCommand::Plug { device } => {
@@ -85,7 +100,12 @@ pub fn device(root: &Path, cmd: DeviceCommand) -> Result<(), String> {
             })?;
             eprintln!("queued {} reports", answer["reports"]);
         }
-        DeviceCommand::List { json } => {
+        DeviceCommand::Attach { url } => {
+            let answer = client.request(&Request::Attach { url })?;
+            let id = answer["id"].as_u64().ok_or("answer without id")?;
+            println!("{id:#x}");
+        }
+        DeviceCommand::List { json, .. } => {
             let answer = client.request(&Request::Devices)?;
             if json {
                 println!("{answer}");
@@ -108,6 +128,40 @@ pub fn device(root: &Path, cmd: DeviceCommand) -> Result<(), String> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// OP_REQ_DEVLIST against a server, straight from the CLI.
+fn list_usbip(server: &str, json: bool) -> Result<(), String> {
+    use driverkitd::backends::usb::usbip;
+    let (host, port) = usbip::split_host(server)?;
+    let devices = usbip::list(&host, port)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&devices).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<12} {:<10} {:<6} INTERFACES (class/subclass/protocol)",
+        "BUSID", "VID:PID", "CLASS"
+    );
+    for d in devices {
+        let interfaces: Vec<String> = d
+            .interfaces
+            .iter()
+            .map(|(c, s, p)| format!("{c:02x}/{s:02x}/{p:02x}"))
+            .collect();
+        println!(
+            "{:<12} {:04x}:{:04x}  {:02x}     {}",
+            d.busid,
+            d.id_vendor,
+            d.id_product,
+            d.device_class,
+            interfaces.join(" ")
+        );
     }
     Ok(())
 }

@@ -113,14 +113,20 @@ fn device_properties(e: &Enumerated, location: u32) -> plist::Dictionary {
 
 impl Inner {
     /// Reads a USB device's descriptors and publishes it as an
-    /// `IOUSBHostDevice` nub under `bus`, then matches it.
+    /// `IOUSBHostDevice` nub under `bus`, named `name` or else by its
+    /// product string as macOS does, then matches it.
     pub(crate) fn plug_usb(
         &self,
-        name: &str,
+        name: Option<&str>,
         transport: Arc<dyn UsbTransport>,
         bus: EntryId,
     ) -> Result<EntryId, String> {
         let enumerated = enumerate(&*transport)?;
+        let name = name
+            .map(str::to_owned)
+            .or_else(|| enumerated.product.clone())
+            .unwrap_or_else(|| "IOUSBHostDevice".to_owned());
+        let name = name.as_str();
         let properties = device_properties(&enumerated, transport.location_id());
         let source = transport.source();
         let id = {

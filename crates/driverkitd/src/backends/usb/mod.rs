@@ -6,6 +6,7 @@
 //! until the device answers, times out, or the transfer is aborted, so
 //! several transfers are in flight when several threads wait.
 
+pub mod usbip;
 pub mod virtual_usb;
 
 use std::time::Duration;

@@ -1,0 +1,153 @@
+//! The USB/IP client against a server this project did not write: the
+//! `usbip` crate's simulated HID keyboard on loopback. Listing, import,
+//! enumeration through URBs, the keyboard dext typing, and a dropped
+//! connection unplugging the device.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use support::*;
+use usbip::hid::{UsbHidKeyboardHandler, UsbHidKeyboardReport};
+
+type Handler = Arc<Mutex<Box<dyn usbip::UsbInterfaceHandler + Send>>>;
+
+/// Serves one simulated keyboard (VID 0x1209, PID 1: what the example
+/// HIDKeyboardDriver matches) on a free loopback port.
+fn server() -> (tokio::runtime::Runtime, u16, Handler) {
+    let handler: Handler = Arc::new(Mutex::new(Box::new(UsbHidKeyboardHandler::new_keyboard())));
+    let mut device = usbip::UsbDevice::new(0).with_interface(
+        usbip::ClassCode::HID as u8,
+        0x01,
+        0x01,
+        Some("Test HID"),
+        vec![usbip::UsbEndpoint {
+            address: 0x81,
+            attributes: 0x03,
+            max_packet_size: 0x08,
+            interval: 10,
+        }],
+        handler.clone(),
+    );
+    device.vendor_id = 0x1209;
+    device.product_id = 0x0001;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = Arc::new(usbip::UsbIpServer::new_simulated(vec![device]));
+    rt.spawn(usbip::server(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        server,
+    ));
+    (rt, port, handler)
+}
+
+fn press(handler: &Handler, text: &str) {
+    let mut h = handler.lock().unwrap();
+    let kb = h.as_any().downcast_mut::<UsbHidKeyboardHandler>().unwrap();
+    for c in text.bytes() {
+        kb.pending_key_events
+            .push_back(UsbHidKeyboardReport::from_ascii(c));
+    }
+}
+
+#[test]
+fn a_keyboard_imported_over_usbip_types_through_the_dext_and_unplugs_when_the_server_goes() {
+    let (rt, port, handler) = server();
+    let d = Daemon::start(&["--no-default-devices"]);
+    let server = format!("127.0.0.1:{port}");
+    let mut listed = String::new();
+    d.wait_until("the server lists its device", || {
+        let out = Command::new(EXE)
+            .args(["device", "list", "--json", "--usbip", &server])
+            .output()
+            .unwrap();
+        listed = String::from_utf8_lossy(&out.stdout).into_owned();
+        out.status.success()
+    });
+    let exported: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(exported[0]["busid"], "0-0-0");
+    assert_eq!(exported[0]["id_vendor"], 0x1209);
+    assert_eq!(exported[0]["interfaces"][0][0], 3);
+
+    let id = d.cli(&["device", "attach", &format!("usbip://{server}/0-0-0")]);
+    let id = u64::from_str_radix(id.trim().trim_start_matches("0x"), 16).unwrap();
+    let driver = d.wait_node("HIDKeyboardDriver on the USB/IP keyboard", |n| {
+        n["name"] == "HIDKeyboardDriver" && n["state"]["active"] == true
+    });
+    let nodes = d.nodes();
+    let usb = nodes.iter().find(|n| n["id"] == id).unwrap();
+    assert_eq!(usb["properties"]["idVendor"], 0x1209);
+    assert_eq!(usb["properties"]["USB Product Name"], "Product");
+    assert!(usb["properties"]["locationID"].as_u64().unwrap() >= 0x2000_0000);
+
+    let text = "hello usbip";
+    let mut events = Command::new(EXE)
+        .arg("--root")
+        .arg(d.state())
+        .args(["events", "--json", "--count", &(text.len() * 2).to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(events.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening"));
+    press(&handler, text);
+    let out = events.wait_with_output().unwrap();
+    let typed: String = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["value"] == 1)
+        .inspect(|e| assert_eq!(e["service"], id_of(&driver)))
+        .map(|e| {
+            driverkitd::families::hid::usage_char(e["usage"].as_u64().unwrap() as u32, false)
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(typed, text);
+
+    // The server goes away: the device is unplugged, its driver stopped.
+    let pid = driver["pid"].as_u64().unwrap();
+    rt.shutdown_background();
+    d.wait_until("the USB/IP device unplugged", || {
+        d.nodes().iter().all(|n| n["id"] != id)
+    });
+    d.wait_until("the driver's process gone", || !alive(pid));
+    assert!(
+        d.log().contains("connection lost; unplugging"),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn attaching_an_unknown_bus_id_names_it() {
+    let (_rt, port, _handler) = server();
+    let d = Daemon::start(&["--no-default-devices", "--no-embedded"]);
+    let out = Command::new(EXE)
+        .arg("--root")
+        .arg(d.state())
+        .args(["device", "attach", &format!("usbip://127.0.0.1:{port}/9-9")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("9-9") && err.contains("refused the import"),
+        "{err}"
+    );
+}

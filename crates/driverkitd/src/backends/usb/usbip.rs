@@ -1,0 +1,541 @@
+//! A USB/IP client: devices exported by any USB/IP server (Linux's
+//! `usbipd`, or a simulated one) become transports like any other.
+//!
+//! One TCP connection per imported device. Callers write CMD_SUBMIT under a
+//! lock and wait for their RET_SUBMIT, which a reader thread routes by
+//! sequence number, so many URBs are in flight at once. An abort or a
+//! timeout sends CMD_UNLINK; the waiting caller gets `kIOReturnAborted` or
+//! `kIOReturnTimeout` either way (a RET_SUBMIT that crosses the unlink is
+//! dropped). When the connection drops, every waiter fails with
+//! `kIOReturnNoDevice` and the daemon unplugs the device.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use driverkit_usb::usbip::{self, DeviceInfo, OpHeader, Urb, UrbHead};
+use driverkit_usb::Setup;
+use driverkit_wire::{IOResult, IOReturn};
+
+use super::{Completed, UsbTransport};
+
+/// The IANA port of USB/IP.
+pub const DEFAULT_PORT: u16 = 3240;
+
+/// `usbip://HOST[:PORT]/BUSID`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsbIpUrl {
+    pub host: String,
+    pub port: u16,
+    pub busid: String,
+}
+
+impl UsbIpUrl {
+    pub fn parse(url: &str) -> Result<UsbIpUrl, String> {
+        let rest = url
+            .strip_prefix("usbip://")
+            .ok_or_else(|| format!("{url:?}: expected usbip://HOST[:PORT]/BUSID"))?;
+        let (server, busid) = rest
+            .split_once('/')
+            .ok_or_else(|| format!("{url:?}: no bus ID after the host (usbip://HOST/BUSID)"))?;
+        if busid.is_empty() || busid.len() > 31 {
+            return Err(format!("{url:?}: the bus ID must have 1 to 31 characters"));
+        }
+        let (host, port) = split_host(server).map_err(|e| format!("{url:?}: {e}"))?;
+        Ok(UsbIpUrl {
+            host,
+            port,
+            busid: busid.to_owned(),
+        })
+    }
+}
+
+/// `HOST[:PORT]`.
+pub fn split_host(server: &str) -> Result<(String, u16), String> {
+    match server.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() => Ok((
+            host.to_owned(),
+            port.parse()
+                .map_err(|_| format!("{port:?} is not a port number"))?,
+        )),
+        _ if !server.is_empty() => Ok((server.to_owned(), DEFAULT_PORT)),
+        _ => Err("no host".into()),
+    }
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn connect(host: &str, port: u16) -> Result<TcpStream, String> {
+    let addrs: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("{host}:{port}: {e}"))?
+        .collect();
+    let mut last = format!("{host}:{port}: no address");
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Err(e) => last = format!("{a}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+fn read_exact(s: &mut TcpStream, n: usize, what: &str) -> Result<Vec<u8>, String> {
+    let mut b = vec![0u8; n];
+    s.read_exact(&mut b)
+        .map_err(|e| format!("reading {what}: {e}"))?;
+    Ok(b)
+}
+
+/// One exported device of a server, for `driverkit device list --usbip`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Exported {
+    pub busid: String,
+    pub id_vendor: u16,
+    pub id_product: u16,
+    pub device_class: u8,
+    pub speed: u32,
+    /// `(class, subclass, protocol)` per interface.
+    pub interfaces: Vec<(u8, u8, u8)>,
+}
+
+/// OP_REQ_DEVLIST: the devices a server exports.
+pub fn list(host: &str, port: u16) -> Result<Vec<Exported>, String> {
+    let mut s = connect(host, port)?;
+    s.set_read_timeout(Some(CONNECT_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let req = OpHeader {
+        version: usbip::VERSION,
+        code: usbip::op::REQ_DEVLIST,
+        status: 0,
+    };
+    s.write_all(&req.emit()).map_err(|e| e.to_string())?;
+    let head = OpHeader::parse(&read_exact(&mut s, 8, "OP_REP_DEVLIST")?)
+        .map_err(|e| format!("OP_REP_DEVLIST: {e}"))?;
+    head.expect(usbip::op::REP_DEVLIST)
+        .map_err(|e| format!("OP_REP_DEVLIST: {e}"))?;
+    if head.status != 0 {
+        return Err(format!(
+            "{host}:{port} refused to list devices (status {})",
+            head.status
+        ));
+    }
+    // The reply has no total length and some servers keep the connection
+    // open: read the count, then each device and its interface records.
+    let mut body = read_exact(&mut s, 4, "the device count")?;
+    let count = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+    if count > 4096 {
+        return Err(format!("OP_REP_DEVLIST: {count} devices is not believable"));
+    }
+    for i in 0..count {
+        let device = read_exact(&mut s, usbip::DEVICE_LEN, &format!("device {i}"))?;
+        let interfaces = usize::from(device[usbip::DEVICE_LEN - 1]);
+        body.extend(device);
+        body.extend(read_exact(&mut s, 4 * interfaces, &format!("device {i}'s interfaces"))?);
+    }
+    let devices = usbip::parse_devlist(&body).map_err(|e| format!("OP_REP_DEVLIST: {e}"))?;
+    Ok(devices
+        .into_iter()
+        .map(|(d, interfaces)| Exported {
+            busid: d.busid,
+            id_vendor: d.id_vendor,
+            id_product: d.id_product,
+            device_class: d.device_class,
+            speed: d.speed,
+            interfaces,
+        })
+        .collect())
+}
+
+type Waiter = mpsc::Sender<IOResult<Completed>>;
+
+struct Pending {
+    endpoint: u8,
+    waiter: Waiter,
+}
+
+/// An imported device.
+pub struct UsbIpDevice {
+    url: UsbIpUrl,
+    info: DeviceInfo,
+    writer: Mutex<TcpStream>,
+    pending: Mutex<HashMap<u32, Pending>>,
+    next_seq: AtomicU32,
+    aborts: Mutex<HashMap<u8, u64>>,
+    closed: AtomicBool,
+    /// Runs once when the connection drops without `close`.
+    on_disconnect: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    location: AtomicU64,
+}
+
+impl UsbIpDevice {
+    /// OP_REQ_IMPORT of `url`'s bus ID; then URBs may flow.
+    pub fn import(url: &UsbIpUrl) -> Result<Arc<UsbIpDevice>, String> {
+        let mut s = connect(&url.host, url.port)?;
+        s.set_read_timeout(Some(CONNECT_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        s.write_all(&usbip::emit_import(&url.busid))
+            .map_err(|e| e.to_string())?;
+        let head = OpHeader::parse(&read_exact(&mut s, 8, "OP_REP_IMPORT")?)
+            .map_err(|e| format!("OP_REP_IMPORT: {e}"))?;
+        head.expect(usbip::op::REP_IMPORT)
+            .map_err(|e| format!("OP_REP_IMPORT: {e}"))?;
+        if head.status != 0 {
+            return Err(format!(
+                "usbip://{}:{}/{}: the server refused the import (status {}): no such device, or in use",
+                url.host, url.port, url.busid, head.status
+            ));
+        }
+        let info = DeviceInfo::parse(&read_exact(&mut s, usbip::DEVICE_LEN, "the device")?)
+            .map_err(|e| format!("OP_REP_IMPORT: {e}"))?;
+        s.set_read_timeout(None).map_err(|e| e.to_string())?;
+        let reader = s.try_clone().map_err(|e| e.to_string())?;
+        let device = Arc::new(UsbIpDevice {
+            url: url.clone(),
+            info,
+            writer: Mutex::new(s),
+            pending: Mutex::new(HashMap::new()),
+            next_seq: AtomicU32::new(1),
+            aborts: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            on_disconnect: Mutex::new(None),
+            location: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&device);
+        std::thread::Builder::new()
+            .name(format!("usbip:{}", url.busid))
+            .spawn(move || read_loop(reader, weak))
+            .map_err(|e| e.to_string())?;
+        Ok(device)
+    }
+
+    /// What to do when the server goes away (the daemon unplugs).
+    pub fn on_disconnect(&self, f: impl FnOnce() + Send + 'static) {
+        *self.on_disconnect.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(f));
+    }
+
+    /// The device as the server described it.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    pub fn set_location(&self, location: u32) {
+        self.location.store(location.into(), Ordering::Relaxed);
+    }
+
+    fn submit(
+        &self,
+        endpoint: u8,
+        setup: [u8; 8],
+        data: &[u8],
+        length: usize,
+        timeout: Option<Duration>,
+        submitted: Option<u64>,
+    ) -> IOResult<Completed> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(IOReturn::NO_DEVICE);
+        }
+        let direction = u32::from(endpoint & 0x80 != 0);
+        let seqnum = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel();
+        {
+            // Registered under the aborts lock: an abort either sees this
+            // URB pending or happened before, which the generation shows.
+            let aborts = self.aborts.lock().unwrap_or_else(|e| e.into_inner());
+            if submitted.is_some_and(|g| aborts.get(&endpoint).copied().unwrap_or(0) != g) {
+                return Err(IOReturn::ABORTED);
+            }
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(
+                    seqnum,
+                    Pending {
+                        endpoint,
+                        waiter: tx,
+                    },
+                );
+        }
+        let urb = Urb::Submit {
+            seqnum,
+            devid: self.info.devid(),
+            direction,
+            endpoint: u32::from(endpoint & 0x0f),
+            transfer_flags: 0,
+            length: if direction == 1 {
+                length as u32
+            } else {
+                data.len() as u32
+            },
+            interval: 0,
+            setup,
+            data: if direction == 1 {
+                Vec::new()
+            } else {
+                data.to_vec()
+            },
+        };
+        if self.send(&urb).is_err() {
+            self.forget(seqnum);
+            return Err(IOReturn::NO_DEVICE);
+        }
+        let answer = match timeout {
+            Some(t) => rx.recv_timeout(t).map_err(|e| match e {
+                mpsc::RecvTimeoutError::Timeout => IOReturn::TIMEOUT,
+                mpsc::RecvTimeoutError::Disconnected => IOReturn::NO_DEVICE,
+            }),
+            None => rx.recv().map_err(|_| IOReturn::NO_DEVICE),
+        };
+        match answer {
+            Ok(result) => result,
+            Err(IOReturn::TIMEOUT) => {
+                if self.forget(seqnum) {
+                    self.unlink(seqnum, endpoint);
+                }
+                Err(IOReturn::TIMEOUT)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn send(&self, urb: &Urb) -> std::io::Result<()> {
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_all(&urb.emit())
+    }
+
+    /// Drops a pending URB; true if it was still pending.
+    fn forget(&self, seqnum: u32) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&seqnum)
+            .is_some()
+    }
+
+    fn unlink(&self, victim: u32, endpoint: u8) {
+        let seqnum = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let _ = self.send(&Urb::Unlink {
+            seqnum,
+            devid: self.info.devid(),
+            direction: u32::from(endpoint & 0x80 != 0),
+            endpoint: u32::from(endpoint & 0x0f),
+            victim,
+        });
+    }
+
+    fn disconnected(&self) {
+        let was_closed = self.closed.swap(true, Ordering::AcqRel);
+        let pending: Vec<Pending> = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
+        for p in pending {
+            let _ = p.waiter.send(Err(IOReturn::NO_DEVICE));
+        }
+        if !was_closed {
+            tracing::warn!("usbip    {}: connection lost; unplugging", self.source());
+            let f = self
+                .on_disconnect
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(f) = f {
+                f();
+            }
+        }
+    }
+}
+
+/// Linux's URB status, as IOReturn.
+fn status(errno: i32) -> IOReturn {
+    match -errno {
+        0 => IOReturn::SUCCESS,
+        usbip::errno::EPIPE => IOReturn::USB_PIPE_STALLED,
+        usbip::errno::ECONNRESET | usbip::errno::ENOENT => IOReturn::ABORTED,
+        usbip::errno::ETIMEDOUT => IOReturn::TIMEOUT,
+        usbip::errno::ESHUTDOWN => IOReturn::NO_DEVICE,
+        _ => IOReturn::IO_ERROR,
+    }
+}
+
+fn read_loop(mut s: TcpStream, device: std::sync::Weak<UsbIpDevice>) {
+    let mut head = [0u8; usbip::URB_HEADER_LEN];
+    loop {
+        if s.read_exact(&mut head).is_err() {
+            break;
+        }
+        let parsed = UrbHead::parse(&head).and_then(|h| {
+            let mut whole = head.to_vec();
+            whole.resize(usbip::URB_HEADER_LEN + h.payload, 0);
+            s.read_exact(&mut whole[usbip::URB_HEADER_LEN..])
+                .map_err(|e| driverkit_usb::Error {
+                    offset: usbip::URB_HEADER_LEN,
+                    expected: format!("{} bytes of URB data", h.payload),
+                    found: e.to_string(),
+                })?;
+            Urb::parse(&whole)
+        });
+        let Some(d) = device.upgrade() else { return };
+        let urb = match parsed {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!("usbip    {}: bad message from the server: {e}", d.source());
+                break;
+            }
+        };
+        match urb {
+            Urb::RetSubmit {
+                seqnum,
+                status: st,
+                actual_length,
+                data,
+            } => {
+                let p = d
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&seqnum);
+                if let Some(p) = p {
+                    let result = match status(st) {
+                        IOReturn::SUCCESS => Ok(Completed {
+                            actual: if p.endpoint & 0x80 != 0 {
+                                data.len()
+                            } else {
+                                actual_length as usize
+                            },
+                            data,
+                        }),
+                        e => Err(e),
+                    };
+                    let _ = p.waiter.send(result);
+                }
+            }
+            // The unlinked URB's waiter was answered when it was aborted.
+            Urb::RetUnlink { .. } => {}
+            Urb::Submit { .. } | Urb::Unlink { .. } => {
+                tracing::warn!(
+                    "usbip    {}: the server sent a command; ignored",
+                    d.source()
+                );
+            }
+        }
+    }
+    if let Some(d) = device.upgrade() {
+        d.disconnected();
+    }
+}
+
+impl UsbTransport for UsbIpDevice {
+    fn source(&self) -> String {
+        format!(
+            "usbip://{}:{}/{}",
+            self.url.host, self.url.port, self.url.busid
+        )
+    }
+
+    fn location_id(&self) -> u32 {
+        self.location.load(Ordering::Relaxed) as u32
+    }
+
+    fn control(&self, setup: Setup, data: &[u8], timeout: Option<Duration>) -> IOResult<Vec<u8>> {
+        let endpoint = if setup.is_in() { 0x80 } else { 0x00 };
+        let length = usize::from(setup.length);
+        let done = self.submit(endpoint, setup.emit(), data, length, timeout, None)?;
+        Ok(done.data)
+    }
+
+    fn transfer(
+        &self,
+        address: u8,
+        data: &[u8],
+        length: usize,
+        timeout: Option<Duration>,
+        submitted: u64,
+    ) -> IOResult<Completed> {
+        self.submit(address, [0; 8], data, length, timeout, Some(submitted))
+    }
+
+    fn abort_generation(&self, address: u8) -> u64 {
+        self.aborts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&address)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn abort(&self, address: u8) {
+        let victims: Vec<(u32, Pending)> = {
+            let mut aborts = self.aborts.lock().unwrap_or_else(|e| e.into_inner());
+            *aborts.entry(address).or_insert(0) += 1;
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let seqs: Vec<u32> = pending
+                .iter()
+                .filter(|(_, p)| p.endpoint == address)
+                .map(|(s, _)| *s)
+                .collect();
+            seqs.into_iter()
+                .filter_map(|s| pending.remove(&s).map(|p| (s, p)))
+                .collect()
+        };
+        for (seqnum, p) in victims {
+            self.unlink(seqnum, address);
+            let _ = p.waiter.send(Err(IOReturn::ABORTED));
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let _ = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .shutdown(Shutdown::Both);
+        self.disconnected();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_what_is_wrong() {
+        assert_eq!(
+            UsbIpUrl::parse("usbip://127.0.0.1:3241/1-1").unwrap(),
+            UsbIpUrl {
+                host: "127.0.0.1".into(),
+                port: 3241,
+                busid: "1-1".into()
+            }
+        );
+        assert_eq!(UsbIpUrl::parse("usbip://host/2-1").unwrap().port, 3240);
+        assert!(UsbIpUrl::parse("http://h/1")
+            .unwrap_err()
+            .contains("usbip://"));
+        assert!(UsbIpUrl::parse("usbip://h").unwrap_err().contains("bus ID"));
+        assert!(UsbIpUrl::parse("usbip://h:x/1")
+            .unwrap_err()
+            .contains("port"));
+    }
+
+    #[test]
+    fn a_closed_port_is_a_clear_error() {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = free.local_addr().unwrap().port();
+        drop(free);
+        let e = list("127.0.0.1", port).unwrap_err();
+        assert!(e.contains("127.0.0.1"), "{e}");
+    }
+}
