@@ -166,20 +166,18 @@ pub trait IOHIDInterfaceInterface {
 /// system's event stream.
 #[interface(class = "IOHIDEventService")]
 pub trait IOHIDEventServiceInterface {
-    /// Dispatches one event (see `hid_event`): `kind`, usage page, usage,
-    /// and up to three values (key value; dx, dy, buttons; scroll dx,
-    /// dy, dz), timestamped in ns on the monotonic clock.
+    /// Dispatches events, in order (see [`HidEventRecord`]). An event
+    /// service sends the events of a batch of reports in one call.
     #[kernel]
-    fn dispatch_event(
-        &self,
-        kind: u8,
-        usage: (u32, u32),
-        values: (i64, i64, i64),
-        timestamp: u64,
-    ) -> IOResult<()>;
+    fn dispatch_events(&self, events: Vec<HidEventRecord>) -> IOResult<()>;
 }
 
-/// The kinds of [`IOHIDEventServiceInterface::dispatch_event`].
+/// One event on the wire: `kind` (see `hid_event`), usage page, usage, up
+/// to three values (key value; dx, dy, buttons; scroll dx, dy, dz), and a
+/// timestamp in ns on the monotonic clock.
+pub type HidEventRecord = (u8, u32, u32, (i64, i64, i64), u64);
+
+/// The kinds of [`HidEventRecord`].
 pub mod hid_event {
     pub const KEYBOARD: u8 = 3;
     pub const RELATIVE_POINTER: u8 = 4;

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use driverkit_hid::{Event, EventTranslator, InputUsage, ReportDescriptor};
 use driverkit_wire::interfaces::{
     hid_event, io_service_interface, iohid_event_service_interface, iohid_interface_interface,
-    IOHIDEventServiceInterface, IOHIDInterfaceInterface,
+    HidEventRecord, IOHIDEventServiceInterface, IOHIDInterfaceInterface,
 };
 use driverkit_wire::ring::Ring;
 use driverkit_wire::shm::SPIN;
@@ -132,11 +132,15 @@ pub trait IOUserHIDEventServiceApi: Service {
         repeat: bool,
     ) -> IOResult<()> {
         let _ = (options, repeat);
-        event_proxy(self).dispatch_event(
-            hid_event::KEYBOARD,
-            (usage_page.into(), usage.into()),
-            (value, 0, 0),
-            timestamp,
+        dispatch(
+            self,
+            (
+                hid_event::KEYBOARD,
+                usage_page.into(),
+                usage.into(),
+                (value, 0, 0),
+                timestamp,
+            ),
         )
     }
 
@@ -150,11 +154,15 @@ pub trait IOUserHIDEventServiceApi: Service {
         options: u32,
     ) -> IOResult<()> {
         let _ = options;
-        event_proxy(self).dispatch_event(
-            hid_event::RELATIVE_POINTER,
-            (1, 1),
-            (dx, dy, buttons.into()),
-            timestamp,
+        dispatch(
+            self,
+            (
+                hid_event::RELATIVE_POINTER,
+                1,
+                1,
+                (dx, dy, buttons.into()),
+                timestamp,
+            ),
         )
     }
 
@@ -168,7 +176,7 @@ pub trait IOUserHIDEventServiceApi: Service {
         options: u32,
     ) -> IOResult<()> {
         let _ = options;
-        event_proxy(self).dispatch_event(hid_event::SCROLL, (1, 0x38), (dx, dy, dz), timestamp)
+        dispatch(self, (hid_event::SCROLL, 1, 0x38, (dx, dy, dz), timestamp))
     }
 
     /// `SetLEDState`: turns LED `usage` (page 8: 1 Num Lock, 2 Caps Lock,
@@ -203,10 +211,50 @@ pub trait IOUserHIDEventServiceApi: Service {
 
 impl<S: Service> IOUserHIDEventServiceApi for S {}
 
-fn event_proxy<S: Service>(s: &S) -> iohid_event_service_interface::Proxy<'static, SystemCaller> {
+thread_local! {
+    /// Events dispatched while a drain job handles a batch of reports: they
+    /// reach the system in one call when the batch ends (or fills), in order.
+    static BATCH: std::cell::RefCell<Option<(ObjectId, Vec<HidEventRecord>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Events per call at most.
+const BATCH_MAX: usize = 128;
+
+fn dispatch<S: Service>(s: &S, event: HidEventRecord) -> IOResult<()> {
+    let object = ObjectId(s.registry_entry_id());
+    let full = BATCH.with(|b| match &mut *b.borrow_mut() {
+        Some((o, events)) if *o == object => {
+            events.push(event);
+            Some(events.len() >= BATCH_MAX)
+        }
+        _ => None,
+    });
+    match full {
+        Some(true) => flush(),
+        Some(false) => Ok(()),
+        None => event_proxy(object).dispatch_events(vec![event]),
+    }
+}
+
+/// Sends the batched events, keeping the batch open.
+fn flush() -> IOResult<()> {
+    let taken = BATCH.with(|b| {
+        b.borrow_mut()
+            .as_mut()
+            .filter(|(_, e)| !e.is_empty())
+            .map(|(o, e)| (*o, std::mem::take(e)))
+    });
+    match taken {
+        Some((object, events)) => event_proxy(object).dispatch_events(events),
+        None => Ok(()),
+    }
+}
+
+fn event_proxy(object: ObjectId) -> iohid_event_service_interface::Proxy<'static, SystemCaller> {
     iohid_event_service_interface::Proxy {
         caller: &SystemCaller,
-        object: ObjectId(s.registry_entry_id()),
+        object,
         flags: 0,
     }
 }
@@ -261,6 +309,8 @@ struct HidClient {
     ring: Arc<Ring>,
     /// A drain job is queued or running.
     scheduled: Arc<AtomicBool>,
+    /// Where the watcher parks while a long drain job runs.
+    done: (Mutex<()>, std::sync::Condvar),
     cancelled: Arc<AtomicBool>,
     watcher: Mutex<Option<JoinHandle<()>>>,
 }
@@ -306,6 +356,7 @@ fn open<S: IOUserHIDEventServiceImpl>(service: &S, provider: ObjectId) -> IOResu
         elements,
         ring,
         scheduled: Arc::new(AtomicBool::new(false)),
+        done: (Mutex::new(()), std::sync::Condvar::new()),
         cancelled: Arc::new(AtomicBool::new(false)),
         watcher: Mutex::new(None),
     });
@@ -334,6 +385,7 @@ fn close<S: Service>(service: &S) {
     let Ok(c) = client(service) else { return };
     c.cancelled.store(true, Ordering::Release);
     c.ring.wake_all();
+    c.done.1.notify_all();
     let watcher = c.watcher.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(w) = watcher {
         let _ = w.join();
@@ -366,13 +418,17 @@ fn watch<S: IOUserHIDEventServiceImpl>(
             }
         }
         // The job takes what arrives while it runs; wait for it to finish,
-        // spinning at first, as a report may follow at once.
+        // spinning at first, as a short job is the common case, then parked
+        // until the job says it is done.
         let began = Instant::now();
         while c.scheduled.load(Ordering::Acquire) && !c.cancelled.load(Ordering::Acquire) {
             if began.elapsed() < SPIN {
                 std::hint::spin_loop();
-            } else {
-                std::thread::sleep(Duration::from_micros(50));
+                continue;
+            }
+            let guard = c.done.0.lock().unwrap_or_else(|e| e.into_inner());
+            if c.scheduled.load(Ordering::Acquire) && !c.cancelled.load(Ordering::Acquire) {
+                let _ = c.done.1.wait_timeout(guard, Duration::from_millis(250));
             }
         }
     }
@@ -384,6 +440,10 @@ fn drain<S: IOUserHIDEventServiceImpl>(
 ) {
     let service = me.upgrade().and_then(|s| s.downcast::<S>().ok());
     let mut entry = Vec::with_capacity(64);
+    if let Some(s) = &service {
+        let object = ObjectId(s.registry_entry_id());
+        BATCH.with(|b| *b.borrow_mut() = Some((object, Vec::new())));
+    }
     loop {
         while !c.cancelled.load(Ordering::Acquire) && c.ring.dequeue(&mut entry).is_ok() {
             let Some(service) = &service else { continue };
@@ -401,14 +461,25 @@ fn drain<S: IOUserHIDEventServiceImpl>(
                 report.first().copied().unwrap_or(0)
             };
             service.handle_report(timestamp, report, ReportType::Input, report_id);
+            if !c.ring.is_data_available() {
+                let _ = flush();
+            }
         }
-        c.scheduled.store(false, Ordering::Release);
+        let _ = flush();
+        {
+            // Under the lock: the watcher checks the flag under it before
+            // parking, so it cannot miss this.
+            let _guard = c.done.0.lock().unwrap_or_else(|e| e.into_inner());
+            c.scheduled.store(false, Ordering::Release);
+        }
+        c.done.1.notify_one();
         // A report that came after the last dequeue and before the flag
         // cleared would wait for the watcher; take it now instead.
         if c.cancelled.load(Ordering::Acquire)
             || !c.ring.is_data_available()
             || c.scheduled.swap(true, Ordering::AcqRel)
         {
+            BATCH.with(|b| *b.borrow_mut() = None);
             return;
         }
     }

@@ -8,6 +8,9 @@
 //! | `match_per_device` | candidates for one device, 10,000 personalities  | the same with 1,000 personalities  |
 //! | `dext_rss`         | resident memory of the idle NullDriver dext      | this binary idle as a bare process |
 //! | `daemon_rss`       | resident memory of the daemon, 100 devices       | the same daemon with no devices    |
+//!
+//! The asynchronous runtime's figures are in `bench_sources`, the HID
+//! family's in `bench_hid`.
 
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd};
@@ -122,6 +125,19 @@ pub fn bench(args: BenchArgs) -> Result<(), String> {
     if wanted("timer_lateness") {
         show(vec![super::bench_sources::timer_lateness(1000 / scale)?]);
     }
+    if wanted("hid_report_latency") {
+        show(super::bench_hid::report_latency(dir.path(), 10_000 / scale)?);
+    }
+    if wanted("hid_reports_per_sec") {
+        show(super::bench_hid::reports_per_sec(
+            dir.path(),
+            1_000_000 / scale,
+            if args.quick { 1 } else { 3 },
+        )?);
+    }
+    if wanted("hid_descriptor_parse") {
+        show(vec![super::bench_hid::descriptor_parse(100_000 / scale)?]);
+    }
     Ok(())
 }
 
@@ -180,7 +196,7 @@ fn stop_echo(mut child: Child, endpoint: Endpoint) {
     let _ = child.wait();
 }
 
-fn raw_pingpong(n: usize) -> Result<(f64, f64), String> {
+pub(super) fn raw_pingpong(n: usize) -> Result<(f64, f64), String> {
     let (child, ep) = spawn_echo()?;
     let mut h = Header::new(Kind::Request);
     h.object = driverkit_wire::ObjectId(0x1_0000_0100);
@@ -199,7 +215,7 @@ fn raw_pingpong(n: usize) -> Result<(f64, f64), String> {
     Ok(percentiles(samples))
 }
 
-fn bench_daemon(root: &Path, bundle_of: &drivers::Embedded) -> Result<Daemon, String> {
+pub(super) fn bench_daemon(root: &Path, bundle_of: &drivers::Embedded) -> Result<Daemon, String> {
     let dir = root.join("bundles");
     let bundle = drivers::materialize(bundle_of, &dir)?;
     let mut config = Config::new(root.join(format!("state-{}", bundle_of.executable)));
@@ -223,7 +239,7 @@ fn bench_device(name: &str, extra: &[(&str, Value)]) -> DeviceSpec {
     }
 }
 
-fn wait_started(
+pub(super) fn wait_started(
     events: &std::sync::mpsc::Receiver<Event>,
     provider: u64,
 ) -> Result<(u64, Instant), String> {
@@ -245,7 +261,7 @@ fn wait_started(
 
 /// The floor for a call through shared memory: two processes spinning on
 /// two counters in one memfd, never parking.
-fn raw_spin_pingpong(n: usize) -> Result<(f64, f64), String> {
+pub(super) fn raw_spin_pingpong(n: usize) -> Result<(f64, f64), String> {
     let shm =
         driverkit_wire::shm::SharedMemory::create("bench-spin", 4096).map_err(|e| e.to_string())?;
     let fd = shm

@@ -1,6 +1,7 @@
 //! Subcommands. Each one that talks to a daemon finds it through `--root`.
 
 mod bench;
+mod bench_hid;
 mod bench_sources;
 mod device;
 mod events;

@@ -13,14 +13,17 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use driverkit_bundle::Personality;
 use driverkit_hid::{Event, EventTranslator, ReportDescriptor, ReportType};
 use driverkit_usb::repr::request;
 use driverkit_usb::{Setup, TransferType};
-use driverkit_wire::interfaces::{hid_event, IOHIDEventServiceInterface, IOHIDInterfaceInterface};
+use driverkit_wire::interfaces::{
+    hid_event, HidEventRecord, IOHIDEventServiceInterface, IOHIDInterfaceInterface,
+};
 use driverkit_wire::ring::Ring;
+use driverkit_wire::shm::SPIN;
 use driverkit_wire::{Bytes, IOResult, IOReturn};
 use plist::Value;
 
@@ -417,12 +420,24 @@ fn deliver(daemon: &Inner, hid: &HidInterface, report: &[u8]) {
     match &mut *sink {
         Sink::Nobody => {}
         Sink::Dext { ring, .. } => {
-            let queued = ring.enqueue(8 + report.len(), |slot| {
-                slot[..8].copy_from_slice(&timestamp.to_le_bytes());
-                slot[8..].copy_from_slice(report);
-            });
-            if queued.is_err() {
-                tracing::trace!("hid      [{:#x}]: report dropped, ring full", hid.entry);
+            // A full ring holds the poller back, as a host stops polling a
+            // device it has no buffer for: reports wait in the device
+            // rather than being lost. A driver stuck for a whole second
+            // loses the report.
+            let len = 8 + report.len();
+            let deadline = Instant::now() + Duration::from_secs(1);
+            loop {
+                let queued = ring.enqueue(len, |slot| {
+                    slot[..8].copy_from_slice(&timestamp.to_le_bytes());
+                    slot[8..].copy_from_slice(report);
+                });
+                if queued.is_ok() || hid.stopped.load(Ordering::Acquire) {
+                    break;
+                }
+                if !ring.wait_for_space(len, SPIN, Some(deadline)) {
+                    tracing::warn!("hid      [{:#x}]: report dropped, its driver is not reading", hid.entry);
+                    break;
+                }
             }
         }
         Sink::Default {
@@ -556,30 +571,25 @@ impl IOHIDInterfaceInterface for KernelCall<'_> {
 }
 
 impl IOHIDEventServiceInterface for KernelCall<'_> {
-    fn dispatch_event(
-        &self,
-        kind: u8,
-        usage: (u32, u32),
-        values: (i64, i64, i64),
-        timestamp: u64,
-    ) -> IOResult<()> {
-        if ![
+    fn dispatch_events(&self, events: Vec<HidEventRecord>) -> IOResult<()> {
+        const KINDS: [u8; 3] = [
             hid_event::KEYBOARD,
             hid_event::RELATIVE_POINTER,
             hid_event::SCROLL,
-        ]
-        .contains(&kind)
-        {
+        ];
+        if events.iter().any(|e| !KINDS.contains(&e.0)) {
             return Err(IOReturn::BAD_ARGUMENT);
         }
-        self.daemon.hid_publish(HidEvent {
-            kind,
-            usage_page: usage.0,
-            usage: usage.1,
-            values,
-            timestamp,
-            service: self.object,
-        });
+        for (kind, usage_page, usage, values, timestamp) in events {
+            self.daemon.hid_publish(HidEvent {
+                kind,
+                usage_page,
+                usage,
+                values,
+                timestamp,
+                service: self.object,
+            });
+        }
         Ok(())
     }
 }

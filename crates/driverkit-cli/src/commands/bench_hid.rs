@@ -1,0 +1,219 @@
+//! The HID benchmarks: the seed's keyboard path from a device's report to
+//! an events subscriber, through the HIDKeyboardDriver dext.
+//!
+//! | bench                  | what                                                  | baseline                              |
+//! |------------------------|-------------------------------------------------------|---------------------------------------|
+//! | `hid_report_latency`   | report queued on the virtual keyboard -> event seen   | shared-memory and socket round trips  |
+//! | `hid_reports_per_sec`  | reports through one dext, sustained                   | the same reports through a raw ring   |
+//! | `hid_descriptor_parse` | parse a real keyboard's report descriptor             | copying its bytes                     |
+//!
+//! The subscriber polls its channel (it does not park), so the figure is
+//! the system's latency and not a parked reader's wake-up.
+
+use std::path::Path;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::{Duration, Instant};
+
+use driverkit_hid::ReportDescriptor;
+use driverkitd::families::hid::HidEvent;
+use driverkitd::Daemon;
+
+use super::bench::{bench_daemon, percentiles, raw_pingpong, raw_spin_pingpong, Figure};
+use crate::drivers;
+
+/// The boot keyboard's descriptor (as in `devices/keyboard.toml`).
+const KEYBOARD: &[u8] = &[
+    0x05, 0x01, 0x09, 0x06, 0xa1, 0x01, 0x05, 0x07, 0x19, 0xe0, 0x29, 0xe7, 0x15, 0x00, 0x25, 0x01,
+    0x75, 0x01, 0x95, 0x08, 0x81, 0x02, 0x95, 0x01, 0x75, 0x08, 0x81, 0x01, 0x95, 0x05, 0x75, 0x01,
+    0x05, 0x08, 0x19, 0x01, 0x29, 0x05, 0x91, 0x02, 0x95, 0x01, 0x75, 0x03, 0x91, 0x01, 0x95, 0x06,
+    0x75, 0x08, 0x15, 0x00, 0x25, 0x65, 0x05, 0x07, 0x19, 0x00, 0x29, 0x65, 0x81, 0x00, 0xc0,
+];
+
+const PRESS_A: [u8; 8] = [0, 0, 0x04, 0, 0, 0, 0, 0];
+const RELEASE: [u8; 8] = [0; 8];
+
+/// A daemon with the keyboard dext started on a plugged virtual keyboard.
+fn keyboard(root: &Path) -> Result<(Daemon, u64, Receiver<HidEvent>), String> {
+    let driver = drivers::EXAMPLES
+        .iter()
+        .find(|e| e.executable == "HIDKeyboardDriver")
+        .ok_or("no HIDKeyboardDriver built in")?;
+    let daemon = bench_daemon(root, driver)?;
+    let lifecycle = daemon.subscribe();
+    let spec = driverkitd::backends::virtual_device::builtin("keyboard").ok_or("no keyboard")?;
+    let device = daemon.plug(spec)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lifecycle.recv_timeout(left) {
+            Ok(driverkitd::Event::Started { .. }) => break,
+            Ok(_) => continue,
+            Err(_) => return Err("HIDKeyboardDriver did not start within 30 s".into()),
+        }
+    }
+    let events = daemon.subscribe_hid();
+    Ok((daemon, device, events))
+}
+
+/// Waits, spinning, for the next event.
+fn next(events: &Receiver<HidEvent>) -> Result<HidEvent, String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match events.try_recv() {
+            Ok(e) => return Ok(e),
+            Err(TryRecvError::Empty) if Instant::now() < deadline => std::hint::spin_loop(),
+            Err(_) => return Err("no HID event within 10 s".into()),
+        }
+    }
+}
+
+pub fn report_latency(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
+    let (spin50, spin99) = raw_spin_pingpong(n)?;
+    let (sock50, sock99) = raw_pingpong(n)?;
+    let (daemon, device, events) = keyboard(root)?;
+    let mut samples = Vec::with_capacity(n);
+    // Back to back, as a busy keyboard would; the first tenth warms up.
+    for i in 0..n + n / 10 {
+        for report in [PRESS_A, RELEASE] {
+            let t = Instant::now();
+            daemon.queue_report(device, &report)?;
+            next(&events)?;
+            if i >= n / 10 {
+                samples.push(t.elapsed().as_nanos() as f64 / 1e3);
+            }
+        }
+    }
+    daemon.shutdown();
+    let (p50, p99) = percentiles(samples);
+    Ok(vec![
+        Figure {
+            bench: "hid_report_latency",
+            unit: "us",
+            p50,
+            p99,
+            baseline: Some(("raw_spin_shm", spin50 / 1e3, spin99 / 1e3)),
+        },
+        Figure {
+            bench: "hid_report_latency",
+            unit: "us",
+            p50,
+            p99,
+            baseline: Some(("raw_seqpacket", sock50 / 1e3, sock99 / 1e3)),
+        },
+    ])
+}
+
+/// Reports through the dext as fast as they go: the producer keeps the
+/// device's queue full, the figure counts events out. Each report changes
+/// one key, so one report is one event.
+pub fn reports_per_sec(root: &Path, n: usize, reps: usize) -> Result<Vec<Figure>, String> {
+    let (daemon, device, events) = keyboard(root)?;
+    let mut rates = Vec::new();
+    for _ in 0..reps {
+        let began = Instant::now();
+        let mut sent = 0;
+        let mut seen = 0;
+        while seen < n {
+            while sent < n {
+                let report = if sent % 2 == 0 { PRESS_A } else { RELEASE };
+                match daemon.queue_report(device, &report) {
+                    Ok(()) => sent += 1,
+                    Err(_) => break, // the device's queue is full
+                }
+            }
+            let before = seen;
+            while events.try_recv().is_ok() {
+                seen += 1;
+            }
+            if seen == before {
+                // Nothing moved: give the system's threads the CPU (two
+                // cores here) instead of spinning against them.
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            if began.elapsed() > Duration::from_secs(60) {
+                return Err(format!("only {seen} of {n} reports arrived in 60 s"));
+            }
+        }
+        rates.push(n as f64 / began.elapsed().as_secs_f64());
+    }
+    daemon.shutdown();
+    let baseline = raw_ring_rate(n, reps)?;
+    let (p50, low) = low_high(rates);
+    let (b50, blow) = low_high(baseline);
+    Ok(vec![Figure {
+        bench: "hid_reports_per_sec",
+        unit: "/s",
+        p50,
+        p99: low,
+        baseline: Some(("raw_ring_8B", b50, blow)),
+    }])
+}
+
+/// Median and worst of throughput runs (the worst stands where latency
+/// figures put p99).
+fn low_high(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    (v[v.len() / 2], v[0])
+}
+
+/// The same reports between two threads through one bare ring: the floor
+/// of any hand-off.
+fn raw_ring_rate(n: usize, reps: usize) -> Result<Vec<f64>, String> {
+    let mut rates = Vec::new();
+    for _ in 0..reps {
+        let ring = std::sync::Arc::new(
+            driverkit_wire::ring::Ring::create("bench-hid-raw", 1 << 20).map_err(|e| e.to_string())?,
+        );
+        let consumer = {
+            let ring = ring.clone();
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let mut got = 0;
+                while got < n {
+                    if ring.dequeue(&mut out).is_ok() {
+                        got += 1;
+                    } else {
+                        ring.wait_for_data(driverkit_wire::shm::SPIN, None);
+                    }
+                }
+            })
+        };
+        let began = Instant::now();
+        let mut sent = 0;
+        while sent < n {
+            let report = if sent % 2 == 0 { PRESS_A } else { RELEASE };
+            if ring.enqueue(8, |s| s.copy_from_slice(&report)).is_ok() {
+                sent += 1;
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        consumer.join().map_err(|_| "raw ring consumer panicked")?;
+        rates.push(n as f64 / began.elapsed().as_secs_f64());
+    }
+    Ok(rates)
+}
+
+pub fn descriptor_parse(n: usize) -> Result<Figure, String> {
+    let mut parse = Vec::with_capacity(n);
+    let mut copy = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let d = ReportDescriptor::parse(std::hint::black_box(KEYBOARD)).map_err(|e| e.to_string())?;
+        std::hint::black_box(&d);
+        parse.push(t.elapsed().as_nanos() as f64);
+        let t = Instant::now();
+        let v = std::hint::black_box(KEYBOARD).to_vec();
+        std::hint::black_box(&v);
+        copy.push(t.elapsed().as_nanos() as f64);
+    }
+    let (p50, p99) = percentiles(parse);
+    let (b50, b99) = percentiles(copy);
+    Ok(Figure {
+        bench: "hid_descriptor_parse",
+        unit: "ns",
+        p50,
+        p99,
+        baseline: Some(("memcpy_63B", b50, b99)),
+    })
+}
