@@ -15,4 +15,4 @@ pub mod item;
 pub mod values;
 
 pub use descriptor::{Collection, Element, Error, ReportDescriptor, ReportType};
-pub use values::{Event, EventTranslator, InputUsage};
+pub use values::{Event, EventTranslator, InputState, InputUsage};

@@ -138,21 +138,10 @@ fn extend(raw: u32, size: u32, signed: bool) -> i64 {
 
 impl InputUsage {
     /// The usage's value in `report`, which starts with its report ID byte
-    /// when `with_ids`. `None` when the report is another report's or too
-    /// short.
+    /// when `with_ids`. `None` when the report is another report's or
+    /// empty.
     pub fn read(&self, report: &[u8], with_ids: bool) -> Option<i64> {
-        let data = if with_ids {
-            let (&id, rest) = report.split_first()?;
-            if id != self.report_id {
-                return None;
-            }
-            rest
-        } else {
-            report
-        };
-        if data.is_empty() {
-            return None;
-        }
+        let data = payload(report, with_ids, self.report_id)?;
         match self.location {
             Location::Slot { bit, size, signed } => {
                 Some(extend(bits(data, bit, size)?, size, signed))
@@ -165,10 +154,174 @@ impl InputUsage {
             } => {
                 let mut present = false;
                 for slot in 0..count {
-                    let raw = bits(data, bit + slot * size, size)?;
-                    present |= i64::from(raw) == index;
+                    present |= i64::from(bits(data, bit + slot * size, size)?) == index;
                 }
                 Some(i64::from(present))
+            }
+        }
+    }
+}
+
+/// The report's bytes after its ID byte, if it is report `id`'s.
+fn payload(report: &[u8], with_ids: bool, id: u8) -> Option<&[u8]> {
+    let data = if with_ids {
+        let (&first, rest) = report.split_first()?;
+        if first != id {
+            return None;
+        }
+        rest
+    } else {
+        report
+    };
+    (!data.is_empty()).then_some(data)
+}
+
+#[derive(Debug, Clone)]
+enum Group {
+    /// A variable field's slot: one usage.
+    Slot(usize),
+    /// An array field: its members by slot value minus `base`, and the
+    /// slots of the last report that carried it.
+    Array {
+        report_id: u8,
+        bit: u32,
+        size: u32,
+        count: u32,
+        base: i64,
+        members: Vec<Option<usize>>,
+        slots: Vec<i64>,
+    },
+}
+
+/// The values of a descriptor's input usages, kept current report by
+/// report. An array costs its slots, not its members: a keyboard report
+/// touches its six key slots, not all 101 keys.
+#[derive(Debug, Clone)]
+pub struct InputState {
+    usages: Vec<InputUsage>,
+    values: Vec<i64>,
+    with_ids: bool,
+    groups: Vec<Group>,
+    scratch: Vec<usize>,
+}
+
+impl InputState {
+    pub fn new(descriptor: &ReportDescriptor) -> InputState {
+        let usages = descriptor.input_usages();
+        let mut groups: Vec<Group> = Vec::new();
+        for (i, u) in usages.iter().enumerate() {
+            match u.location {
+                Location::Slot { .. } => groups.push(Group::Slot(i)),
+                Location::Member {
+                    bit,
+                    size,
+                    count,
+                    index,
+                } => {
+                    let same = matches!(groups.last(), Some(Group::Array { report_id, bit: b, .. })
+                        if *report_id == u.report_id && *b == bit);
+                    if !same {
+                        groups.push(Group::Array {
+                            report_id: u.report_id,
+                            bit,
+                            size,
+                            count,
+                            base: index,
+                            members: Vec::new(),
+                            slots: Vec::new(),
+                        });
+                    }
+                    if let Some(Group::Array { base, members, .. }) = groups.last_mut() {
+                        // Members come in increasing index order.
+                        let at = (index - *base) as usize;
+                        if members.len() <= at {
+                            members.resize(at + 1, None);
+                        }
+                        members[at] = Some(i);
+                    }
+                }
+            }
+        }
+        InputState {
+            values: vec![0; usages.len()],
+            usages,
+            with_ids: !descriptor.report_ids.is_empty(),
+            groups,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The usages, in report order; `value(i)` is usage `i`'s.
+    pub fn usages(&self) -> &[InputUsage] {
+        &self.usages
+    }
+
+    pub fn value(&self, i: usize) -> i64 {
+        self.values.get(i).copied().unwrap_or(0)
+    }
+
+    pub fn with_ids(&self) -> bool {
+        self.with_ids
+    }
+
+    /// Applies `report`, pushing (in report order) the index of every
+    /// usage whose value changed, and of every relative usage it carried.
+    pub fn apply(&mut self, report: &[u8], changed: &mut Vec<usize>) {
+        for g in &mut self.groups {
+            match g {
+                Group::Slot(i) => {
+                    let u = &self.usages[*i];
+                    let Some(v) = u.read(report, self.with_ids) else {
+                        continue;
+                    };
+                    if u.relative || self.values[*i] != v {
+                        self.values[*i] = v;
+                        changed.push(*i);
+                    }
+                }
+                Group::Array {
+                    report_id,
+                    bit,
+                    size,
+                    count,
+                    base,
+                    members,
+                    slots,
+                } => {
+                    let Some(data) = payload(report, self.with_ids, *report_id) else {
+                        continue;
+                    };
+                    let mut now = Vec::with_capacity(*count as usize);
+                    for slot in 0..*count {
+                        if let Some(v) = bits(data, *bit + slot * *size, *size) {
+                            now.push(i64::from(v));
+                        }
+                    }
+                    let member = |v: &i64| {
+                        usize::try_from(*v - *base)
+                            .ok()
+                            .and_then(|at| members.get(at).copied().flatten())
+                    };
+                    self.scratch.clear();
+                    for v in slots.iter().filter(|v| !now.contains(v)) {
+                        if let Some(i) = member(v) {
+                            self.values[i] = 0;
+                            self.scratch.push(i);
+                        }
+                    }
+                    for v in now.iter().filter(|v| !slots.contains(v)) {
+                        if let Some(i) = member(v) {
+                            if self.values[i] != 1 {
+                                self.values[i] = 1;
+                                self.scratch.push(i);
+                            }
+                        }
+                    }
+                    self.scratch.sort_unstable();
+                    self.scratch.dedup();
+                    changed.extend_from_slice(&self.scratch);
+                    *slots = now;
+                }
             }
         }
     }
@@ -194,19 +347,16 @@ pub enum Event {
 /// scroll event when the wheel moved.
 #[derive(Debug, Clone)]
 pub struct EventTranslator {
-    usages: Vec<InputUsage>,
-    values: Vec<i64>,
-    with_ids: bool,
+    state: InputState,
+    changed: Vec<usize>,
     buttons: u32,
 }
 
 impl EventTranslator {
     pub fn new(descriptor: &ReportDescriptor) -> EventTranslator {
-        let usages = descriptor.input_usages();
         EventTranslator {
-            values: vec![0; usages.len()],
-            usages,
-            with_ids: !descriptor.report_ids.is_empty(),
+            state: InputState::new(descriptor),
+            changed: Vec::new(),
             buttons: 0,
         }
     }
@@ -216,10 +366,10 @@ impl EventTranslator {
     pub fn translate(&mut self, report: &[u8], out: &mut Vec<Event>) {
         let (mut dx, mut dy, mut wheel, mut pan) = (0, 0, 0, 0);
         let mut buttons = self.buttons;
-        for (u, last) in self.usages.iter().zip(self.values.iter_mut()) {
-            let Some(v) = u.read(report, self.with_ids) else {
-                continue;
-            };
+        self.changed.clear();
+        self.state.apply(report, &mut self.changed);
+        for &i in &self.changed {
+            let (u, v) = (&self.state.usages[i], self.state.values[i]);
             if u.relative {
                 match (u.usage_page, u.usage) {
                     (page::GENERIC_DESKTOP, usage::X) => dx += v,
@@ -230,10 +380,6 @@ impl EventTranslator {
                 }
                 continue;
             }
-            if v == *last {
-                continue;
-            }
-            *last = v;
             match u.usage_page {
                 page::KEYBOARD | page::CONSUMER => out.push(Event::Keyboard {
                     usage_page: u.usage_page,
@@ -362,6 +508,22 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// The slot-wise state agrees with reading every usage on its own.
+        #[test]
+        fn input_state_matches_reading_each_usage(reports in proptest::collection::vec(proptest::collection::vec(0u8..0x70, 0..9), 1..8)) {
+            let d = ReportDescriptor::parse(KEYBOARD).unwrap();
+            let mut state = InputState::new(&d);
+            let mut changed = Vec::new();
+            for r in &reports {
+                state.apply(r, &mut changed);
+                for (i, u) in state.usages().iter().enumerate() {
+                    if let Some(v) = u.read(r, false) {
+                        proptest::prop_assert_eq!(state.value(i), v, "usage {:#x} after {:?}", u.usage, r);
+                    }
+                }
+            }
+        }
+
         #[test]
         fn any_report_translates_without_panic(report: Vec<u8>, desc in proptest::sample::select(vec![KEYBOARD, MOUSE])) {
             let d = ReportDescriptor::parse(desc).unwrap();

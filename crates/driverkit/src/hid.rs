@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use driverkit_hid::{Event, EventTranslator, InputUsage, ReportDescriptor};
+use driverkit_hid::{Event, EventTranslator, InputState, InputUsage, ReportDescriptor};
 use driverkit_wire::interfaces::{
     hid_event, io_service_interface, iohid_event_service_interface, iohid_interface_interface,
     HidEventRecord, IOHIDEventServiceInterface, IOHIDInterfaceInterface,
@@ -56,7 +56,6 @@ pub struct IOUserHIDEventService;
 #[derive(Debug)]
 pub struct IOHIDElement {
     usage: InputUsage,
-    with_ids: bool,
     value: AtomicI64,
     timestamp: AtomicU64,
 }
@@ -90,14 +89,9 @@ impl IOHIDElement {
         self.timestamp.load(Ordering::Acquire)
     }
 
-    fn update(&self, report: &[u8], timestamp: u64) {
-        let Some(v) = self.usage.read(report, self.with_ids) else {
-            return;
-        };
-        if self.usage.relative || self.value.swap(v, Ordering::AcqRel) != v {
-            self.value.store(v, Ordering::Release);
-            self.timestamp.store(timestamp, Ordering::Release);
-        }
+    fn set(&self, value: i64, timestamp: u64) {
+        self.value.store(value, Ordering::Release);
+        self.timestamp.store(timestamp, Ordering::Release);
     }
 }
 
@@ -304,6 +298,8 @@ struct HidClient {
     provider: ObjectId,
     descriptor: ReportDescriptor,
     elements: Vec<Arc<IOHIDElement>>,
+    /// The elements' values, updated slot-wise (only the queue uses it).
+    state: Mutex<InputState>,
     translator: Mutex<EventTranslator>,
     leds: Mutex<Vec<u8>>,
     ring: Arc<Ring>,
@@ -331,14 +327,13 @@ fn open<S: IOUserHIDEventServiceImpl>(service: &S, provider: ObjectId) -> IOResu
         tracing::error!("the provider's report descriptor: {e}");
         IOReturn::BAD_ARGUMENT
     })?;
-    let with_ids = !descriptor.report_ids.is_empty();
-    let elements = descriptor
-        .input_usages()
-        .into_iter()
+    let state = InputState::new(&descriptor);
+    let elements = state
+        .usages()
+        .iter()
         .map(|usage| {
             Arc::new(IOHIDElement {
-                usage,
-                with_ids,
+                usage: usage.clone(),
                 value: AtomicI64::new(0),
                 timestamp: AtomicU64::new(0),
             })
@@ -351,6 +346,7 @@ fn open<S: IOUserHIDEventServiceImpl>(service: &S, provider: ObjectId) -> IOResu
     let c = Arc::new(HidClient {
         provider,
         translator: Mutex::new(EventTranslator::new(&descriptor)),
+        state: Mutex::new(state),
         leds: Mutex::new(vec![0; descriptor.max_report_size(ReportType::Output)]),
         descriptor,
         elements,
@@ -440,6 +436,7 @@ fn drain<S: IOUserHIDEventServiceImpl>(
 ) {
     let service = me.upgrade().and_then(|s| s.downcast::<S>().ok());
     let mut entry = Vec::with_capacity(64);
+    let mut changed = Vec::new();
     if let Some(s) = &service {
         let object = ObjectId(s.registry_entry_id());
         BATCH.with(|b| *b.borrow_mut() = Some((object, Vec::new())));
@@ -452,8 +449,15 @@ fn drain<S: IOUserHIDEventServiceImpl>(
             }
             let timestamp = u64::from_le_bytes(entry[..8].try_into().unwrap_or_default());
             let report = &entry[8..];
-            for e in &c.elements {
-                e.update(report, timestamp);
+            changed.clear();
+            {
+                let mut state = c.state.lock().unwrap_or_else(|e| e.into_inner());
+                state.apply(report, &mut changed);
+                for &i in &changed {
+                    if let Some(e) = c.elements.get(i) {
+                        e.set(state.value(i), timestamp);
+                    }
+                }
             }
             let report_id = if c.descriptor.report_ids.is_empty() {
                 0

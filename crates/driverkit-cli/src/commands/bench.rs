@@ -126,7 +126,10 @@ pub fn bench(args: BenchArgs) -> Result<(), String> {
         show(vec![super::bench_sources::timer_lateness(1000 / scale)?]);
     }
     if wanted("hid_report_latency") {
-        show(super::bench_hid::report_latency(dir.path(), 10_000 / scale)?);
+        show(super::bench_hid::report_latency(
+            dir.path(),
+            10_000 / scale,
+        )?);
     }
     if wanted("hid_reports_per_sec") {
         show(super::bench_hid::reports_per_sec(

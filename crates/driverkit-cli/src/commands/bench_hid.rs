@@ -162,7 +162,8 @@ fn raw_ring_rate(n: usize, reps: usize) -> Result<Vec<f64>, String> {
     let mut rates = Vec::new();
     for _ in 0..reps {
         let ring = std::sync::Arc::new(
-            driverkit_wire::ring::Ring::create("bench-hid-raw", 1 << 20).map_err(|e| e.to_string())?,
+            driverkit_wire::ring::Ring::create("bench-hid-raw", 1 << 20)
+                .map_err(|e| e.to_string())?,
         );
         let consumer = {
             let ring = ring.clone();
@@ -199,7 +200,8 @@ pub fn descriptor_parse(n: usize) -> Result<Figure, String> {
     let mut copy = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        let d = ReportDescriptor::parse(std::hint::black_box(KEYBOARD)).map_err(|e| e.to_string())?;
+        let d =
+            ReportDescriptor::parse(std::hint::black_box(KEYBOARD)).map_err(|e| e.to_string())?;
         std::hint::black_box(&d);
         parse.push(t.elapsed().as_nanos() as f64);
         let t = Instant::now();

@@ -435,7 +435,10 @@ fn deliver(daemon: &Inner, hid: &HidInterface, report: &[u8]) {
                     break;
                 }
                 if !ring.wait_for_space(len, SPIN, Some(deadline)) {
-                    tracing::warn!("hid      [{:#x}]: report dropped, its driver is not reading", hid.entry);
+                    tracing::warn!(
+                        "hid      [{:#x}]: report dropped, its driver is not reading",
+                        hid.entry
+                    );
                     break;
                 }
             }

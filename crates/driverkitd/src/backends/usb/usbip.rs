@@ -137,7 +137,11 @@ pub fn list(host: &str, port: u16) -> Result<Vec<Exported>, String> {
         let device = read_exact(&mut s, usbip::DEVICE_LEN, &format!("device {i}"))?;
         let interfaces = usize::from(device[usbip::DEVICE_LEN - 1]);
         body.extend(device);
-        body.extend(read_exact(&mut s, 4 * interfaces, &format!("device {i}'s interfaces"))?);
+        body.extend(read_exact(
+            &mut s,
+            4 * interfaces,
+            &format!("device {i}'s interfaces"),
+        )?);
     }
     let devices = usbip::parse_devlist(&body).map_err(|e| format!("OP_REP_DEVLIST: {e}"))?;
     Ok(devices
