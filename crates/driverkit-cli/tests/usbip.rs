@@ -34,6 +34,10 @@ fn server() -> (tokio::runtime::Runtime, u16, Handler) {
     );
     device.vendor_id = 0x1209;
     device.product_id = 0x0001;
+    // The server binds the port itself: pick a free one and hold a lock
+    // until the server listens on it, so that two tests cannot pick the same.
+    static PICKING: Mutex<()> = Mutex::new(());
+    let _picking = PICKING.lock().unwrap_or_else(|e| e.into_inner());
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -49,6 +53,11 @@ fn server() -> (tokio::runtime::Runtime, u16, Handler) {
         std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         server,
     ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the USB/IP server did not listen");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     (rt, port, handler)
 }
 
