@@ -169,7 +169,12 @@ fn bench_quick_reports_every_figure_beside_its_baseline() {
             "data_queue_16B",
             "data_queue_4KiB",
             "data_queue_4KiB",
-            "timer_lateness"
+            "timer_lateness",
+            "hid_report_latency",
+            "hid_report_latency",
+            "hid_report_latency_idle",
+            "hid_reports_per_sec",
+            "hid_descriptor_parse"
         ]
     );
     let baselines: Vec<&str> = lines

@@ -55,7 +55,10 @@ fn server() -> (tokio::runtime::Runtime, u16, Handler) {
     ));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "the USB/IP server did not listen");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the USB/IP server did not listen"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     (rt, port, handler)

@@ -419,7 +419,7 @@ fn watch<S: IOUserHIDEventServiceImpl>(
         let began = Instant::now();
         while c.scheduled.load(Ordering::Acquire) && !c.cancelled.load(Ordering::Acquire) {
             if began.elapsed() < SPIN {
-                std::hint::spin_loop();
+                std::thread::yield_now();
                 continue;
             }
             let guard = c.done.0.lock().unwrap_or_else(|e| e.into_inner());

@@ -121,8 +121,11 @@ fn next(rx: &mpsc::Receiver<Job>) -> Option<Job> {
         match rx.try_recv() {
             Ok(job) => return Some(job),
             Err(mpsc::TryRecvError::Disconnected) => return None,
+            // Yielding rather than spinning: on a machine with fewer cores
+            // than busy threads, the thread about to send the job may be
+            // waiting for this very core.
             Err(mpsc::TryRecvError::Empty) if began.elapsed() < driverkit_wire::shm::SPIN => {
-                std::hint::spin_loop()
+                std::thread::yield_now()
             }
             Err(mpsc::TryRecvError::Empty) => return rx.recv().ok(),
         }

@@ -7,11 +7,11 @@
 //! | `hid_reports_per_sec`  | reports through one dext, sustained                   | the same reports through a raw ring   |
 //! | `hid_descriptor_parse` | parse a real keyboard's report descriptor             | copying its bytes                     |
 //!
-//! The subscriber polls its channel (it does not park), so the figure is
-//! the system's latency and not a parked reader's wake-up.
+//! The subscriber waits on its channel as a client would (parked), so its
+//! own wake-up is in the figures.
 
 use std::path::Path;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use driverkit_hid::ReportDescriptor;
@@ -57,34 +57,71 @@ fn keyboard(root: &Path) -> Result<(Daemon, u64, Receiver<HidEvent>), String> {
 
 /// Waits, spinning, for the next event.
 fn next(events: &Receiver<HidEvent>) -> Result<HidEvent, String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match events.try_recv() {
-            Ok(e) => return Ok(e),
-            Err(TryRecvError::Empty) if Instant::now() < deadline => std::hint::spin_loop(),
-            Err(_) => return Err("no HID event within 10 s".into()),
-        }
-    }
+    events
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|_| "no HID event within 10 s".to_string())
 }
 
+/// Latency while busy: a steady stream of reports (one every
+/// `BUSY_PERIOD`, a tenth of the measured capacity), each timed from being
+/// queued on the device to its event reaching the subscriber. And latency
+/// idle: one report at a time, each after the previous event arrived, when
+/// every thread on the path has gone to sleep.
 pub fn report_latency(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
     let (spin50, spin99) = raw_spin_pingpong(n)?;
     let (sock50, sock99) = raw_pingpong(n)?;
     let (daemon, device, events) = keyboard(root)?;
-    let mut samples = Vec::with_capacity(n);
-    // Back to back, as a busy keyboard would; the first tenth warms up.
-    for i in 0..n + n / 10 {
+
+    let base = Instant::now();
+    let sent: std::sync::Arc<Vec<std::sync::atomic::AtomicU64>> =
+        std::sync::Arc::new((0..n).map(|_| Default::default()).collect());
+    let producer = {
+        let (daemon, sent) = (daemon.clone(), sent.clone());
+        std::thread::spawn(move || -> Result<(), String> {
+            // Paced by sleeping, not spinning (a spinning producer would
+            // take one of the two cores from the system under test): each
+            // wake-up sends the reports that have come due.
+            let mut due = Instant::now();
+            for i in 0..n {
+                due += BUSY_PERIOD;
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let report = if i % 2 == 0 { PRESS_A } else { RELEASE };
+                sent[i].store(
+                    base.elapsed().as_nanos() as u64,
+                    std::sync::atomic::Ordering::Release,
+                );
+                daemon.queue_report(device, &report)?;
+            }
+            Ok(())
+        })
+    };
+    // One event per report, in order.
+    let mut busy = Vec::with_capacity(n);
+    for i in 0..n {
+        next(&events)?;
+        let at = base.elapsed().as_nanos() as u64;
+        let from = sent[i].load(std::sync::atomic::Ordering::Acquire);
+        if i >= n / 10 {
+            busy.push(at.saturating_sub(from) as f64 / 1e3);
+        }
+    }
+    producer.join().map_err(|_| "producer panicked")??;
+
+    let mut idle = Vec::with_capacity(n / 10);
+    for _ in 0..n / 20 {
         for report in [PRESS_A, RELEASE] {
+            std::thread::sleep(Duration::from_micros(200));
             let t = Instant::now();
             daemon.queue_report(device, &report)?;
             next(&events)?;
-            if i >= n / 10 {
-                samples.push(t.elapsed().as_nanos() as f64 / 1e3);
-            }
+            idle.push(t.elapsed().as_nanos() as f64 / 1e3);
         }
     }
     daemon.shutdown();
-    let (p50, p99) = percentiles(samples);
+    let (p50, p99) = percentiles(busy);
+    let (i50, i99) = percentiles(idle);
     Ok(vec![
         Figure {
             bench: "hid_report_latency",
@@ -100,8 +137,18 @@ pub fn report_latency(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
             p99,
             baseline: Some(("raw_seqpacket", sock50 / 1e3, sock99 / 1e3)),
         },
+        Figure {
+            bench: "hid_report_latency_idle",
+            unit: "us",
+            p50: i50,
+            p99: i99,
+            baseline: Some(("raw_seqpacket", sock50 / 1e3, sock99 / 1e3)),
+        },
     ])
 }
+
+/// The busy stream's pace: 50,000 reports a second.
+const BUSY_PERIOD: Duration = Duration::from_micros(20);
 
 /// Reports through the dext as fast as they go: the producer keeps the
 /// device's queue full, the figure counts events out. Each report changes
