@@ -244,3 +244,39 @@ fn a_vendor_device_without_a_driver_stays_unconfigured() {
     let kb = nodes.iter().find(|n| n["id"] == keyboard).unwrap();
     assert_eq!(kb["properties"]["kUSBCurrentConfiguration"], 1);
 }
+
+#[test]
+fn a_dext_made_hid_device_types_through_the_system_event_service() {
+    let d = Daemon::start(&[
+        "--no-default-devices",
+        "--no-embedded",
+        "--with-tool",
+        "DriverKitUsbTestDriver",
+    ]);
+    let device = d.wait_node("the dext's HID device", |n| {
+        n["name"] == "VirtualHIDKeyboard"
+    });
+    assert_eq!(device["class"], "IOUserHIDDevice");
+    let interface = d.wait_node("its IOHIDInterface", |n| {
+        n["class"] == "IOHIDInterface" && n["properties"]["ProductID"] == 0x10
+    });
+    assert_eq!(interface["properties"]["Transport"], "Virtual");
+    assert_eq!(interface["properties"]["PrimaryUsage"], 6);
+    let listener = subscribe(&d, 4);
+    let events = events_of(listener);
+    let service = d.wait_node("the default event service", |n| {
+        n["class"] == "IOHIDEventDriver"
+    });
+    for e in &events {
+        assert_eq!(e["usage"], 0x0b, "{e}");
+        assert_eq!(e["service"], id_of(&service));
+    }
+    let values: Vec<i64> = events
+        .iter()
+        .map(|e| e["value"].as_i64().unwrap())
+        .collect();
+    assert!(
+        values.windows(2).all(|w| w[0] != w[1]),
+        "press, release, press...: {values:?}"
+    );
+}

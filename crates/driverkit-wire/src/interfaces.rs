@@ -162,6 +162,24 @@ pub trait IOHIDInterfaceInterface {
     fn set_report(&self, report_type: u8, report_id: u8, report: Bytes) -> IOResult<()>;
 }
 
+/// `IOUserHIDDevice`: a HID device a dext implements (a virtual keyboard, a
+/// device on a bus the system does not know).
+#[interface(class = "IOUserHIDDevice")]
+pub trait IOUserHIDDeviceInterface {
+    /// Publishes the device's `IOHIDInterface` with `description`
+    /// (VendorID, ProductID, Product, Transport...) and its report
+    /// descriptor. Once per service.
+    #[kernel]
+    fn create_interface(
+        &self,
+        description: plist::Dictionary,
+        report_descriptor: Bytes,
+    ) -> IOResult<()>;
+    /// An input report from the device, to whoever opened the interface.
+    #[kernel]
+    fn handle_report(&self, report: Bytes) -> IOResult<()>;
+}
+
 /// `IOHIDEventService`: where an event service's decoded events enter the
 /// system's event stream.
 #[interface(class = "IOHIDEventService")]

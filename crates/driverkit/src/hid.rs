@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use driverkit_hid::{Event, EventTranslator, InputState, InputUsage, ReportDescriptor};
 use driverkit_wire::interfaces::{
     hid_event, io_service_interface, iohid_event_service_interface, iohid_interface_interface,
-    HidEventRecord, IOHIDEventServiceInterface, IOHIDInterfaceInterface,
+    HidEventRecord, IOHIDEventServiceInterface, IOHIDInterfaceInterface, IOUserHIDDeviceInterface,
 };
 use driverkit_wire::ring::Ring;
 use driverkit_wire::shm::SPIN;
@@ -514,5 +514,56 @@ impl<S: IOUserHIDEventServiceImpl> ClassDispatch<S> for IOUserHIDEventService {
             }
             _ => <IOService as ClassDispatch<S>>::dispatch(service, method, args),
         }
+    }
+}
+
+/// The superclass of HID devices a dext implements:
+/// `#[driverkit::service(superclass = IOUserHIDDevice, ...)]`. Before the
+/// driver's `start` runs, the system asks it for its description and report
+/// descriptor and publishes an `IOHIDInterface` for it; then
+/// [`IOUserHIDDeviceApi::handle_report`] sends input reports to whichever
+/// event service matched (a dext, or the system's own).
+pub struct IOUserHIDDevice;
+
+/// What a HID device driver provides.
+pub trait IOUserHIDDeviceImpl: IOServiceImpl {
+    /// `newDeviceDescription`: VendorID, ProductID, Product, Manufacturer,
+    /// SerialNumber, Transport... as registry properties.
+    fn new_device_description(&self) -> plist::Dictionary;
+    /// `newReportDescriptor`: the HID report descriptor's bytes.
+    fn new_report_descriptor(&self) -> Vec<u8>;
+}
+
+/// What a HID device driver may ask of the system.
+pub trait IOUserHIDDeviceApi: Service {
+    /// `handleReport`: an input report from the device.
+    fn handle_report(&self, report: &[u8]) -> IOResult<()> {
+        driverkit_wire::interfaces::io_user_hid_device_interface::Proxy {
+            caller: &SystemCaller,
+            object: ObjectId(self.registry_entry_id()),
+            flags: 0,
+        }
+        .handle_report(Bytes(report.to_vec()))
+    }
+}
+
+impl<S: Service<Superclass = IOUserHIDDevice>> IOUserHIDDeviceApi for S {}
+
+impl<S: IOUserHIDDeviceImpl> ClassDispatch<S> for IOUserHIDDevice {
+    fn dispatch(service: &S, method: MethodId, args: &[u8]) -> Option<IOResult<Vec<u8>>> {
+        if method == io_service_interface::START {
+            let description = service.new_device_description();
+            let descriptor = service.new_report_descriptor();
+            let created = driverkit_wire::interfaces::io_user_hid_device_interface::Proxy {
+                caller: &SystemCaller,
+                object: ObjectId(service.registry_entry_id()),
+                flags: 0,
+            }
+            .create_interface(description, Bytes(descriptor));
+            if let Err(e) = created {
+                return Some(Err(e));
+            }
+        }
+        <IOService as ClassDispatch<S>>::dispatch(service, method, args)
     }
 }

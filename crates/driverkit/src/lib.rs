@@ -47,7 +47,8 @@ pub use data_queue::IODataQueueDispatchSource;
 pub use driverkit_macros::{actions, service};
 pub use driverkit_wire::{IOResult, IOReturn};
 pub use hid::{
-    IOHIDElement, IOUserHIDEventService, IOUserHIDEventServiceApi, IOUserHIDEventServiceImpl,
+    IOHIDElement, IOUserHIDDevice, IOUserHIDDeviceApi, IOUserHIDDeviceImpl, IOUserHIDEventService,
+    IOUserHIDEventServiceApi, IOUserHIDEventServiceImpl,
 };
 pub use interrupt::IOInterruptDispatchSource;
 pub use memory::{IOBufferMemoryDescriptor, IOMemoryDescriptor, IOMemoryMap};
@@ -68,8 +69,9 @@ pub mod prelude {
         IOServiceImpl, IOServiceSuper, IOTimerDispatchSource, OSAction,
     };
     pub use crate::{
-        IOHIDElement, IOUSBHostDevice, IOUSBHostInterface, IOUSBHostPipe, IOUserHIDEventService,
-        IOUserHIDEventServiceApi, IOUserHIDEventServiceImpl,
+        IOHIDElement, IOUSBHostDevice, IOUSBHostInterface, IOUSBHostPipe, IOUserHIDDevice,
+        IOUserHIDDeviceApi, IOUserHIDDeviceImpl, IOUserHIDEventService, IOUserHIDEventServiceApi,
+        IOUserHIDEventServiceImpl,
     };
 }
 

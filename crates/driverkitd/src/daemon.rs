@@ -1134,6 +1134,11 @@ impl Inner {
             .or_else(|| iousb_host_interface_interface::dispatch(&call, h.method, args))
             .or_else(|| iohid_interface_interface::dispatch(&call, h.method, args))
             .or_else(|| iohid_event_service_interface::dispatch(&call, h.method, args))
+            .or_else(|| {
+                driverkit_wire::interfaces::io_user_hid_device_interface::dispatch(
+                    &call, h.method, args,
+                )
+            })
             .unwrap_or(Err(IOReturn::UNSUPPORTED))
     }
 

@@ -10,6 +10,9 @@
 //!   (`TestEcho`), waits on an IN pipe with a timeout
 //!   (`TestTimeoutStatus`), and starts an asynchronous read that it aborts
 //!   (`TestAbortStatus`).
+//! - `VirtualHIDKeyboard` is an `IOUserHIDDevice` on `IOUserResources`: a
+//!   keyboard made by a dext. Every 50 ms a timer makes it press and
+//!   release "h" through `handle_report`.
 
 use std::sync::Mutex;
 
@@ -53,6 +56,17 @@ pub const INFO_PLIST: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 			<key>bConfigurationValue</key><integer>1</integer>
 			<key>bInterfaceNumber</key><integer>0</integer>
 		</dict>
+		<key>VirtualHIDKeyboard</key>
+		<dict>
+			<key>CFBundleIdentifier</key><string>org.driverkit.UsbTestDriver</string>
+			<key>IOClass</key><string>IOUserHIDDevice</string>
+			<key>IOUserClass</key><string>VirtualHIDKeyboard</string>
+			<key>IOUserServerName</key><string>org.driverkit.UsbTestDriver</string>
+			<key>IOUserServerOneProcess</key><true/>
+			<key>IOProviderClass</key><string>IOUserResources</string>
+			<key>IOResourceMatch</key><string>IOKit</string>
+			<key>IOMatchCategory</key><string>VirtualHIDKeyboard</string>
+		</dict>
 	</dict>
 </dict>
 </plist>
@@ -62,6 +76,7 @@ pub fn classes() -> Vec<ClassEntry> {
     vec![
         driverkit::runtime::class::<UsbTestDevice>(),
         driverkit::runtime::class::<UsbTestInterface>(),
+        driverkit::runtime::class::<VirtualHIDKeyboard>(),
     ]
 }
 
@@ -177,5 +192,87 @@ impl UsbTestInterface {
     #[action(IOService::CompleteAsync)]
     fn read_done(&self, _action: &OSAction, status: IOReturn, _actual: u64) {
         let _ = self.set_property("TestAbortStatus", status.name().unwrap_or("?"));
+    }
+}
+
+/// A boot keyboard's report descriptor.
+const KEYBOARD: &[u8] = &[
+    0x05, 0x01, 0x09, 0x06, 0xa1, 0x01, 0x05, 0x07, 0x19, 0xe0, 0x29, 0xe7, 0x15, 0x00, 0x25, 0x01,
+    0x75, 0x01, 0x95, 0x08, 0x81, 0x02, 0x95, 0x01, 0x75, 0x08, 0x81, 0x01, 0x95, 0x06, 0x75, 0x08,
+    0x15, 0x00, 0x25, 0x65, 0x05, 0x07, 0x19, 0x00, 0x29, 0x65, 0x81, 0x00, 0xc0,
+];
+
+#[derive(Default)]
+pub struct VirtualHIDKeyboardIvars {
+    timer: Mutex<Option<IOTimerDispatchSource>>,
+}
+
+#[driverkit::service(superclass = IOUserHIDDevice, ivars = VirtualHIDKeyboardIvars)]
+pub struct VirtualHIDKeyboard;
+
+impl IOUserHIDDeviceImpl for VirtualHIDKeyboard {
+    fn new_device_description(&self) -> plist::Dictionary {
+        let mut d = plist::Dictionary::new();
+        d.insert("VendorID".into(), 0x1209i64.into());
+        d.insert("ProductID".into(), 0x0010i64.into());
+        d.insert("Product".into(), "Virtual HID Keyboard".into());
+        d
+    }
+
+    fn new_report_descriptor(&self) -> Vec<u8> {
+        KEYBOARD.to_vec()
+    }
+}
+
+impl IOServiceImpl for VirtualHIDKeyboard {
+    fn init(&self) -> IOResult<VirtualHIDKeyboardIvars> {
+        Ok(VirtualHIDKeyboardIvars::default())
+    }
+
+    fn start(&self, provider: &IOService) -> IOResult<()> {
+        self.super_start(provider)?;
+        let queue = self.copy_dispatch_queue("Default")?;
+        let timer = IOTimerDispatchSource::create(&queue)?;
+        timer.set_handler(&self.create_action_type_key(8)?)?;
+        timer.wake_after(std::time::Duration::from_millis(50))?;
+        *self.ivars().timer.lock().unwrap_or_else(|e| e.into_inner()) = Some(timer);
+        self.register_service()
+    }
+
+    fn stop(&self, provider: &IOService) -> IOResult<()> {
+        let timer = self
+            .ivars()
+            .timer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(t) = timer {
+            // The handler runs on this (Default) queue after Stop returns;
+            // cancelling is enough for the timer never to fire again.
+            t.cancel(|| ())?;
+        }
+        self.super_stop(provider)
+    }
+}
+
+#[driverkit::actions]
+impl VirtualHIDKeyboard {
+    /// Alternately press and release "h" (usage 0x0b), then re-arm.
+    #[action(IOTimerDispatchSource::TimerOccurred)]
+    fn type_key(&self, action: &OSAction, _time: u64) {
+        let down = {
+            let mut r = action.reference();
+            r[0] ^= 1;
+            r[0] == 1
+        };
+        let report = if down {
+            [0, 0, 0x0b, 0, 0, 0, 0, 0]
+        } else {
+            [0; 8]
+        };
+        let _ = self.handle_report(&report);
+        if let Some(t) = &*self.ivars().timer.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = t.wake_after(std::time::Duration::from_millis(50));
+        }
     }
 }

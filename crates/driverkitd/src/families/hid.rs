@@ -21,6 +21,7 @@ use driverkit_usb::repr::request;
 use driverkit_usb::{Setup, TransferType};
 use driverkit_wire::interfaces::{
     hid_event, HidEventRecord, IOHIDEventServiceInterface, IOHIDInterfaceInterface,
+    IOUserHIDDeviceInterface,
 };
 use driverkit_wire::ring::Ring;
 use driverkit_wire::shm::SPIN;
@@ -110,7 +111,9 @@ enum Sink {
 /// A HID interface: a USB HID device's reports and where they go.
 pub(crate) struct HidInterface {
     pub entry: EntryId,
-    usb: Arc<UsbInterface>,
+    /// The USB interface, for a USB device; `None` for a dext's
+    /// `IOUserHIDDevice`, which hands its reports in itself.
+    usb: Option<Arc<UsbInterface>>,
     descriptor: ReportDescriptor,
     input: Option<(u8, usize, u8)>,
     sink: Mutex<Sink>,
@@ -210,7 +213,7 @@ impl Inner {
             }
             let hid = Arc::new(HidInterface {
                 entry,
-                usb,
+                usb: Some(usb),
                 descriptor,
                 input,
                 sink: Mutex::new(Sink::Nobody),
@@ -295,6 +298,68 @@ impl Inner {
         p
     }
 
+    /// A dext's `IOUserHIDDevice` publishes its HID interface: the
+    /// description (VendorID, ProductID, Product...) and report descriptor
+    /// it made, as the properties of an `IOHIDInterface` under it.
+    pub(crate) fn hid_create_user_device(
+        &self,
+        service: EntryId,
+        description: plist::Dictionary,
+        bytes: Vec<u8>,
+    ) -> IOResult<()> {
+        let descriptor = ReportDescriptor::parse(&bytes).map_err(|e| {
+            tracing::warn!("hid      [{service:#x}]: its report descriptor: {e}");
+            IOReturn::BAD_ARGUMENT
+        })?;
+        let mut properties = plist::Dictionary::new();
+        for (k, v) in description {
+            properties.insert(k, v);
+        }
+        if !properties.contains_key("Transport") {
+            properties.insert("Transport".into(), "Virtual".into());
+        }
+        let pairs = descriptor.device_usage_pairs();
+        if let Some((page, usage)) = pairs.first() {
+            properties.insert("PrimaryUsagePage".into(), i64::from(*page).into());
+            properties.insert("PrimaryUsage".into(), i64::from(*usage).into());
+        }
+        properties.insert("ReportDescriptor".into(), Value::Data(bytes));
+        properties.insert(
+            "MaxInputReportSize".into(),
+            (descriptor.max_report_size(ReportType::Input) as i64).into(),
+        );
+        let entry = {
+            let mut st = self.lock();
+            if st.hid.devices.contains_key(&service) {
+                return Err(IOReturn::EXCLUSIVE_ACCESS);
+            }
+            let entry = st.registry.insert(
+                "IOHIDInterface",
+                "IOHIDInterface",
+                properties,
+                Some(service),
+            );
+            if let Some(e) = st.registry.get_mut(entry) {
+                e.state.registered = true;
+                e.state.active = true;
+            }
+            let hid = Arc::new(HidInterface {
+                entry,
+                usb: None,
+                descriptor,
+                input: None,
+                sink: Mutex::new(Sink::Nobody),
+                stopped: AtomicBool::new(false),
+            });
+            st.hid.interfaces.insert(entry, hid.clone());
+            st.hid.devices.insert(service, hid);
+            entry
+        };
+        tracing::info!("hid      IOHIDInterface [{entry:#x}] on IOUserHIDDevice [{service:#x}]");
+        self.schedule_match(entry);
+        Ok(())
+    }
+
     /// After matching left an `IOHIDInterface` without an event service:
     /// the system's default one takes its reports.
     pub(crate) fn hid_unclaimed(&self, entry: EntryId) {
@@ -343,8 +408,8 @@ impl Inner {
         };
         if let Some(hid) = device {
             hid.stopped.store(true, Ordering::Release);
-            if let Some((address, _, _)) = hid.input {
-                hid.usb.device.transport.abort(address);
+            if let (Some((address, _, _)), Some(usb)) = (hid.input, &hid.usb) {
+                usb.device.transport.abort(address);
             }
             *hid.sink.lock().unwrap_or_else(|e| e.into_inner()) = Sink::Nobody;
         }
@@ -391,7 +456,8 @@ fn hid_report_length(configurations: &[Vec<u8>], number: u8) -> Option<u16> {
 /// The interrupt-IN loop: read a report, hand it on, again. An empty
 /// answer (a USB/IP server with nothing to say) waits one `bInterval`.
 fn poll(daemon: Weak<Inner>, hid: Arc<HidInterface>, address: u8, len: usize, interval: u8) {
-    let transport = hid.usb.device.transport.clone();
+    let Some(usb) = &hid.usb else { return };
+    let transport = usb.device.transport.clone();
     while !hid.stopped.load(Ordering::Acquire) {
         let submitted = transport.abort_generation(address);
         if hid.stopped.load(Ordering::Acquire) {
@@ -558,18 +624,46 @@ impl IOHIDInterfaceInterface for KernelCall<'_> {
         if !(1..=3).contains(&report_type) || report.0.len() > 4096 {
             return Err(IOReturn::BAD_ARGUMENT);
         }
+        // A dext's virtual device takes no output reports (yet).
+        let usb = hid.usb.as_ref().ok_or(IOReturn::UNSUPPORTED)?;
         let setup = Setup {
             request_type: 0x21,
             request: request::HID_SET_REPORT,
             value: u16::from(report_type) << 8 | u16::from(report_id),
-            index: hid.usb.number.into(),
+            index: usb.number.into(),
             length: report.0.len() as u16,
         };
-        hid.usb
-            .device
+        usb.device
             .transport
             .control(setup, &report.0, Some(Duration::from_secs(5)))
             .map(|_| ())
+    }
+}
+
+impl IOUserHIDDeviceInterface for KernelCall<'_> {
+    fn create_interface(
+        &self,
+        description: plist::Dictionary,
+        report_descriptor: Bytes,
+    ) -> IOResult<()> {
+        self.daemon
+            .hid_create_user_device(self.object, description, report_descriptor.0)
+    }
+
+    fn handle_report(&self, report: Bytes) -> IOResult<()> {
+        let hid = self
+            .daemon
+            .lock()
+            .hid
+            .devices
+            .get(&self.object)
+            .cloned()
+            .ok_or(IOReturn::NOT_OPEN)?;
+        if report.0.is_empty() || report.0.len() > 4096 {
+            return Err(IOReturn::BAD_ARGUMENT);
+        }
+        deliver(self.daemon, &hid, &report.0);
+        Ok(())
     }
 }
 
