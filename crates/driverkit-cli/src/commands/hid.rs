@@ -21,21 +21,10 @@ fn bytes_of(arg: &str) -> Result<Vec<u8>, String> {
     if path.is_file() {
         return std::fs::read(path).map_err(|e| format!("{arg}: {e}"));
     }
-    let digits: String = arg
-        .split_whitespace()
-        .map(|w| w.trim_start_matches("0x"))
-        .collect::<Vec<_>>()
-        .join("");
-    if digits.is_empty()
-        || !digits.len().is_multiple_of(2)
-        || !digits.bytes().all(|b| b.is_ascii_hexdigit())
-    {
-        return Err(format!("{arg:?}: neither a file nor hex bytes"));
+    match driverkitd::backends::virtual_device::from_hex(arg) {
+        Ok(bytes) if !bytes.is_empty() => Ok(bytes),
+        _ => Err(format!("{arg:?}: neither a file nor hex bytes")),
     }
-    (0..digits.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).map_err(|e| e.to_string()))
-        .collect()
 }
 
 pub fn hid(cmd: HidCommand) -> Result<(), String> {

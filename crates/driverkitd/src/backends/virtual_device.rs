@@ -164,7 +164,9 @@ fn to_plist(v: &toml::Value) -> Result<Value, String> {
         }
         toml::Value::Array(a) => Value::Array(a.iter().map(to_plist).collect::<Result<_, _>>()?),
         toml::Value::Table(t) if t.len() == 1 && t.contains_key("$data") => match &t["$data"] {
-            toml::Value::String(hex) => Value::Data(from_hex(hex)?),
+            toml::Value::String(hex) => {
+                Value::Data(from_hex(hex).map_err(|e| format!("$data: {e}"))?)
+            }
             other => {
                 return Err(format!(
                     "$data: expected a hex string, found {}",
@@ -182,20 +184,22 @@ fn to_plist(v: &toml::Value) -> Result<Value, String> {
     })
 }
 
-fn from_hex(hex: &str) -> Result<Vec<u8>, String> {
-    let digits: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+/// Bytes from hex digits: whitespace, and `0x` before a group of digits,
+/// are ignored (`"05 01"`, `"0x05 0x01"`, `"0501"`). Errors say which byte.
+pub fn from_hex(hex: &str) -> Result<Vec<u8>, String> {
+    let digits: Vec<u8> = hex
+        .split_whitespace()
+        .flat_map(|w| w.strip_prefix("0x").unwrap_or(w).bytes())
+        .collect();
     if !digits.len().is_multiple_of(2) {
-        return Err(format!(
-            "$data: odd number of hex digits ({})",
-            digits.len()
-        ));
+        return Err(format!("odd number of hex digits ({})", digits.len()));
     }
     digits
         .chunks(2)
         .enumerate()
         .map(|(i, pair)| {
-            let s = std::str::from_utf8(pair).map_err(|_| format!("$data: byte {i} is not hex"))?;
-            u8::from_str_radix(s, 16).map_err(|_| format!("$data: byte {i}: {s:?} is not hex"))
+            let s = std::str::from_utf8(pair).map_err(|_| format!("byte {i} is not hex"))?;
+            u8::from_str_radix(s, 16).map_err(|_| format!("byte {i}: {s:?} is not hex"))
         })
         .collect()
 }

@@ -55,6 +55,7 @@ use driverkit_wire::{IOResult, IOReturn};
 use serde::Deserialize;
 
 use super::{Completed, UsbTransport};
+use crate::backends::virtual_device::from_hex;
 
 /// The `[usb]` table of a device file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -188,22 +189,6 @@ impl UsbSpec {
         }
         Ok(())
     }
-}
-
-/// Bytes from hex digits, whitespace ignored.
-pub fn from_hex(hex: &str) -> Result<Vec<u8>, String> {
-    let digits: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if !digits.len().is_multiple_of(2) {
-        return Err(format!("odd number of hex digits ({})", digits.len()));
-    }
-    digits
-        .chunks(2)
-        .enumerate()
-        .map(|(i, pair)| {
-            let s = std::str::from_utf8(pair).map_err(|_| format!("byte {i} is not hex"))?;
-            u8::from_str_radix(s, 16).map_err(|_| format!("byte {i}: {s:?} is not hex"))
-        })
-        .collect()
 }
 
 /// Bytes queued on an IN endpoint. A ring with a doorbell: the reader
