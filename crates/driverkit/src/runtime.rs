@@ -528,7 +528,7 @@ thread_local! {
 
 /// Keeps `action` until the system completes the request it was sent with;
 /// returns the ID the system completes it by.
-pub(crate) fn register_action(action: &OSAction) -> IOResult<u64> {
+fn register_action(action: &OSAction) -> IOResult<u64> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let rt = RUNTIME.get().ok_or(IOReturn::NOT_READY)?;
     let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -539,8 +539,27 @@ pub(crate) fn register_action(action: &OSAction) -> IOResult<u64> {
     Ok(id)
 }
 
+/// Sends an asynchronous request whose data is in `buffer` and whose
+/// completion (`IOService::CompleteAsync`) is `completion`: `send` gets the
+/// buffer's memory ID and the action's ID. If the request does not reach
+/// the system, the action is forgotten again.
+pub(crate) fn submit_async(
+    buffer: &crate::memory::IOBufferMemoryDescriptor,
+    completion: &OSAction,
+    send: impl FnOnce(u64, u64) -> IOResult<()>,
+) -> IOResult<()> {
+    completion.expect_type("IOService::CompleteAsync")?;
+    let memory = buffer.memory_id()?;
+    let action = register_action(completion)?;
+    let sent = send(memory, action);
+    if sent.is_err() {
+        unregister_action(action);
+    }
+    sent
+}
+
 /// Forgets an action whose request never reached the system.
-pub(crate) fn unregister_action(id: u64) {
+fn unregister_action(id: u64) {
     if let Some(rt) = RUNTIME.get() {
         rt.actions
             .lock()

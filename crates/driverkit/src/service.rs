@@ -153,14 +153,9 @@ pub trait IOServiceApi {
         length: u64,
         completion: &crate::OSAction,
     ) -> IOResult<()> {
-        completion.expect_type("IOService::CompleteAsync")?;
-        let memory = buffer.memory_id()?;
-        let action = crate::runtime::register_action(completion)?;
-        let sent = proxy(self.target_id(), 0).read_async(memory, length, action);
-        if sent.is_err() {
-            crate::runtime::unregister_action(action);
-        }
-        sent
+        crate::runtime::submit_async(buffer, completion, |memory, action| {
+            proxy(self.target_id(), 0).read_async(memory, length, action)
+        })
     }
 }
 

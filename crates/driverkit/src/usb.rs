@@ -140,19 +140,14 @@ impl IOUSBHostDevice {
         completion: &OSAction,
         timeout_ms: u32,
     ) -> IOResult<()> {
-        completion.expect_type("IOService::CompleteAsync")?;
-        let memory = buffer.memory_id()?;
-        let action = crate::runtime::register_action(completion)?;
-        let sent = device_proxy(self.id()).async_device_request(
-            setup_word(&setup),
-            memory,
-            action,
-            timeout_ms,
-        );
-        if sent.is_err() {
-            crate::runtime::unregister_action(action);
-        }
-        sent
+        crate::runtime::submit_async(buffer, completion, |memory, action| {
+            device_proxy(self.id()).async_device_request(
+                setup_word(&setup),
+                memory,
+                action,
+                timeout_ms,
+            )
+        })
     }
 
     /// `SetConfiguration(value, matchInterfaces)`: with `match_interfaces`
@@ -246,14 +241,9 @@ impl IOUSBHostPipe {
         completion: &OSAction,
         timeout_ms: u32,
     ) -> IOResult<()> {
-        completion.expect_type("IOService::CompleteAsync")?;
-        let memory = buffer.memory_id()?;
-        let action = crate::runtime::register_action(completion)?;
-        let sent = pipe_proxy(self.id).async_io(memory, length as u64, action, timeout_ms);
-        if sent.is_err() {
-            crate::runtime::unregister_action(action);
-        }
-        sent
+        crate::runtime::submit_async(buffer, completion, |memory, action| {
+            pipe_proxy(self.id).async_io(memory, length as u64, action, timeout_ms)
+        })
     }
 
     /// `Abort`: transfers in flight complete with `kIOReturnAborted`.
