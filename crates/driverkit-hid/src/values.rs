@@ -362,12 +362,33 @@ impl EventTranslator {
     }
 
     /// The events `report` means, in report order (pointer and scroll
-    /// events after the keys).
+    /// events after the keys): `apply`, then `events`.
     pub fn translate(&mut self, report: &[u8], out: &mut Vec<Event>) {
-        let (mut dx, mut dy, mut wheel, mut pan) = (0, 0, 0, 0);
-        let mut buttons = self.buttons;
+        self.apply(report);
+        self.events(out);
+    }
+
+    /// Takes `report`'s values; `state` and `changed` then describe it.
+    pub fn apply(&mut self, report: &[u8]) {
         self.changed.clear();
         self.state.apply(report, &mut self.changed);
+    }
+
+    /// Every usage's value after the last report.
+    pub fn state(&self) -> &InputState {
+        &self.state
+    }
+
+    /// The usages the last report changed (and the relative ones it
+    /// carried), in report order.
+    pub fn changed(&self) -> &[usize] {
+        &self.changed
+    }
+
+    /// The events the last applied report means.
+    pub fn events(&mut self, out: &mut Vec<Event>) {
+        let (mut dx, mut dy, mut wheel, mut pan) = (0, 0, 0, 0);
+        let mut buttons = self.buttons;
         for &i in &self.changed {
             let (u, v) = (&self.state.usages[i], self.state.values[i]);
             if u.relative {

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use driverkit_hid::{Event, EventTranslator, InputState, InputUsage, ReportDescriptor};
+use driverkit_hid::{Event, EventTranslator, InputUsage, ReportDescriptor};
 use driverkit_wire::interfaces::{
     hid_event, io_service_interface, iohid_event_service_interface, iohid_interface_interface,
     HidEventRecord, IOHIDEventServiceInterface, IOHIDInterfaceInterface, IOUserHIDDeviceInterface,
@@ -102,8 +102,8 @@ pub trait IOUserHIDEventServiceImpl: IOServiceImpl {
     /// Runs on the `Default` queue. By default, dispatches each change as
     /// the system's event service would.
     fn handle_report(&self, timestamp: u64, report: &[u8], report_type: ReportType, report_id: u8) {
-        let _ = (report_type, report_id);
-        dispatch_changes(self, timestamp, report);
+        let _ = (report, report_type, report_id);
+        dispatch_changes(self, timestamp);
     }
 }
 
@@ -267,14 +267,15 @@ fn led_bit(d: &ReportDescriptor, usage: u16) -> Option<(u8, u32)> {
         })
 }
 
-/// Dispatches what changed in `report`, as the system's event service does.
-fn dispatch_changes<S: Service>(s: &S, timestamp: u64, report: &[u8]) {
+/// Dispatches what the report being handled changed (the drain applied it
+/// before `handle_report`), as the system's event service does.
+fn dispatch_changes<S: Service>(s: &S, timestamp: u64) {
     let Ok(c) = client(s) else { return };
     let mut events = Vec::new();
     c.translator
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .translate(report, &mut events);
+        .events(&mut events);
     for e in events {
         let _ = match e {
             Event::Keyboard {
@@ -298,8 +299,8 @@ struct HidClient {
     provider: ObjectId,
     descriptor: ReportDescriptor,
     elements: Vec<Arc<IOHIDElement>>,
-    /// The elements' values, updated slot-wise (only the queue uses it).
-    state: Mutex<InputState>,
+    /// The elements' values, updated slot-wise, and the events the last
+    /// report means (only the queue uses it).
     translator: Mutex<EventTranslator>,
     leds: Mutex<Vec<u8>>,
     ring: Arc<Ring>,
@@ -327,8 +328,9 @@ fn open<S: IOUserHIDEventServiceImpl>(service: &S, provider: ObjectId) -> IOResu
         tracing::error!("the provider's report descriptor: {e}");
         IOReturn::BAD_ARGUMENT
     })?;
-    let state = InputState::new(&descriptor);
-    let elements = state
+    let translator = EventTranslator::new(&descriptor);
+    let elements = translator
+        .state()
         .usages()
         .iter()
         .map(|usage| {
@@ -345,8 +347,7 @@ fn open<S: IOUserHIDEventServiceImpl>(service: &S, provider: ObjectId) -> IOResu
     let memory = crate::runtime::register_memory(ring.memory())?;
     let c = Arc::new(HidClient {
         provider,
-        translator: Mutex::new(EventTranslator::new(&descriptor)),
-        state: Mutex::new(state),
+        translator: Mutex::new(translator),
         leds: Mutex::new(vec![0; descriptor.max_report_size(ReportType::Output)]),
         descriptor,
         elements,
@@ -436,7 +437,6 @@ fn drain<S: IOUserHIDEventServiceImpl>(
 ) {
     let service = me.upgrade().and_then(|s| s.downcast::<S>().ok());
     let mut entry = Vec::with_capacity(64);
-    let mut changed = Vec::new();
     if let Some(s) = &service {
         let object = ObjectId(s.registry_entry_id());
         BATCH.with(|b| *b.borrow_mut() = Some((object, Vec::new())));
@@ -449,13 +449,12 @@ fn drain<S: IOUserHIDEventServiceImpl>(
             }
             let timestamp = u64::from_le_bytes(entry[..8].try_into().unwrap_or_default());
             let report = &entry[8..];
-            changed.clear();
             {
-                let mut state = c.state.lock().unwrap_or_else(|e| e.into_inner());
-                state.apply(report, &mut changed);
-                for &i in &changed {
+                let mut t = c.translator.lock().unwrap_or_else(|e| e.into_inner());
+                t.apply(report);
+                for &i in t.changed() {
                     if let Some(e) = c.elements.get(i) {
-                        e.set(state.value(i), timestamp);
+                        e.set(t.state().value(i), timestamp);
                     }
                 }
             }
