@@ -240,61 +240,39 @@ impl Inner {
         self.schedule_match(hid.entry);
     }
 
+    /// An `IOUSBHostHIDDevice`'s properties: its USB device's identity
+    /// under HID's names, then what its report descriptor says.
     fn hid_properties(
         &self,
         interface_entry: EntryId,
         d: &ReportDescriptor,
         bytes: &[u8],
     ) -> plist::Dictionary {
-        let st = self.lock();
-        let usb = st
-            .registry
-            .get(interface_entry)
-            .and_then(|e| e.provider)
-            .and_then(|p| st.registry.get(p))
-            .map(|e| e.properties.clone())
-            .unwrap_or_default();
         let mut p = plist::Dictionary::new();
-        let copy = |p: &mut plist::Dictionary, to: &str, from: &str| {
-            if let Some(v) = usb.get(from) {
-                p.insert(to.into(), v.clone());
+        {
+            let st = self.lock();
+            let usb = st
+                .registry
+                .get(interface_entry)
+                .and_then(|e| e.provider)
+                .and_then(|p| st.registry.get(p))
+                .map(|e| &e.properties);
+            for (to, from) in [
+                ("VendorID", "idVendor"),
+                ("ProductID", "idProduct"),
+                ("VersionNumber", "bcdDevice"),
+                ("LocationID", "locationID"),
+                ("Manufacturer", "USB Vendor Name"),
+                ("Product", "USB Product Name"),
+                ("SerialNumber", "USB Serial Number"),
+            ] {
+                if let Some(v) = usb.and_then(|u| u.get(from)) {
+                    p.insert(to.into(), v.clone());
+                }
             }
-        };
-        copy(&mut p, "VendorID", "idVendor");
-        copy(&mut p, "ProductID", "idProduct");
-        copy(&mut p, "VersionNumber", "bcdDevice");
-        copy(&mut p, "LocationID", "locationID");
-        copy(&mut p, "Manufacturer", "USB Vendor Name");
-        copy(&mut p, "Product", "USB Product Name");
-        copy(&mut p, "SerialNumber", "USB Serial Number");
+        }
         p.insert("Transport".into(), "USB".into());
-        let pairs = d.device_usage_pairs();
-        if let Some((page, usage)) = pairs.first() {
-            p.insert("PrimaryUsagePage".into(), i64::from(*page).into());
-            p.insert("PrimaryUsage".into(), i64::from(*usage).into());
-        }
-        p.insert(
-            "DeviceUsagePairs".into(),
-            Value::Array(
-                pairs
-                    .iter()
-                    .map(|(page, usage)| {
-                        let mut pair = plist::Dictionary::new();
-                        pair.insert("DeviceUsagePage".into(), i64::from(*page).into());
-                        pair.insert("DeviceUsage".into(), i64::from(*usage).into());
-                        Value::Dictionary(pair)
-                    })
-                    .collect(),
-            ),
-        );
-        p.insert("ReportDescriptor".into(), Value::Data(bytes.to_vec()));
-        for (key, kind) in [
-            ("MaxInputReportSize", ReportType::Input),
-            ("MaxOutputReportSize", ReportType::Output),
-            ("MaxFeatureReportSize", ReportType::Feature),
-        ] {
-            p.insert(key.into(), (d.max_report_size(kind) as i64).into());
-        }
+        add_descriptor_properties(&mut p, d, bytes);
         p
     }
 
@@ -311,23 +289,11 @@ impl Inner {
             tracing::warn!("hid      [{service:#x}]: its report descriptor: {e}");
             IOReturn::BAD_ARGUMENT
         })?;
-        let mut properties = plist::Dictionary::new();
-        for (k, v) in description {
-            properties.insert(k, v);
-        }
+        let mut properties = description;
         if !properties.contains_key("Transport") {
             properties.insert("Transport".into(), "Virtual".into());
         }
-        let pairs = descriptor.device_usage_pairs();
-        if let Some((page, usage)) = pairs.first() {
-            properties.insert("PrimaryUsagePage".into(), i64::from(*page).into());
-            properties.insert("PrimaryUsage".into(), i64::from(*usage).into());
-        }
-        properties.insert("ReportDescriptor".into(), Value::Data(bytes));
-        properties.insert(
-            "MaxInputReportSize".into(),
-            (descriptor.max_report_size(ReportType::Input) as i64).into(),
-        );
+        add_descriptor_properties(&mut properties, &descriptor, &bytes);
         let entry = {
             let mut st = self.lock();
             if st.hid.devices.contains_key(&service) {
@@ -429,6 +395,39 @@ impl Inner {
     /// The HID event stream.
     pub(crate) fn hid_publish(&self, event: HidEvent) {
         self.hid_events.publish(event);
+    }
+}
+
+/// What a report descriptor says, as `IOHIDInterface` properties:
+/// PrimaryUsagePage, PrimaryUsage, DeviceUsagePairs, ReportDescriptor and
+/// the largest report of each type.
+fn add_descriptor_properties(p: &mut plist::Dictionary, d: &ReportDescriptor, bytes: &[u8]) {
+    let pairs = d.device_usage_pairs();
+    if let Some((page, usage)) = pairs.first() {
+        p.insert("PrimaryUsagePage".into(), i64::from(*page).into());
+        p.insert("PrimaryUsage".into(), i64::from(*usage).into());
+    }
+    p.insert(
+        "DeviceUsagePairs".into(),
+        Value::Array(
+            pairs
+                .iter()
+                .map(|(page, usage)| {
+                    let mut pair = plist::Dictionary::new();
+                    pair.insert("DeviceUsagePage".into(), i64::from(*page).into());
+                    pair.insert("DeviceUsage".into(), i64::from(*usage).into());
+                    Value::Dictionary(pair)
+                })
+                .collect(),
+        ),
+    );
+    p.insert("ReportDescriptor".into(), Value::Data(bytes.to_vec()));
+    for (key, kind) in [
+        ("MaxInputReportSize", ReportType::Input),
+        ("MaxOutputReportSize", ReportType::Output),
+        ("MaxFeatureReportSize", ReportType::Feature),
+    ] {
+        p.insert(key.into(), (d.max_report_size(kind) as i64).into());
     }
 }
 
@@ -802,8 +801,7 @@ pub fn ascii_usage(c: char) -> Option<(bool, u8)> {
             if let Some(i) = SHIFTED_DIGITS.find(c) {
                 return Some((true, if i == 0 { 0x27 } else { 0x1e + i as u8 - 1 }));
             }
-            let (plain, shifted, usage) = PUNCT.iter().find(|(p, s, _)| *p == c || *s == c)?;
-            let _ = plain;
+            let (_, shifted, usage) = PUNCT.iter().find(|(p, s, _)| *p == c || *s == c)?;
             (c == *shifted, *usage)
         }
     })
