@@ -21,14 +21,6 @@ use driverkitd::Daemon;
 use super::bench::{bench_daemon, percentiles, raw_pingpong, raw_spin_pingpong, Figure};
 use crate::drivers;
 
-/// The boot keyboard's descriptor (as in `devices/keyboard.toml`).
-const KEYBOARD: &[u8] = &[
-    0x05, 0x01, 0x09, 0x06, 0xa1, 0x01, 0x05, 0x07, 0x19, 0xe0, 0x29, 0xe7, 0x15, 0x00, 0x25, 0x01,
-    0x75, 0x01, 0x95, 0x08, 0x81, 0x02, 0x95, 0x01, 0x75, 0x08, 0x81, 0x01, 0x95, 0x05, 0x75, 0x01,
-    0x05, 0x08, 0x19, 0x01, 0x29, 0x05, 0x91, 0x02, 0x95, 0x01, 0x75, 0x03, 0x91, 0x01, 0x95, 0x06,
-    0x75, 0x08, 0x15, 0x00, 0x25, 0x65, 0x05, 0x07, 0x19, 0x00, 0x29, 0x65, 0x81, 0x00, 0xc0,
-];
-
 const PRESS_A: [u8; 8] = [0, 0, 0x04, 0, 0, 0, 0, 0];
 const RELEASE: [u8; 8] = [0; 8];
 
@@ -243,16 +235,18 @@ fn raw_ring_rate(n: usize, reps: usize) -> Result<Vec<f64>, String> {
 }
 
 pub fn descriptor_parse(n: usize) -> Result<Figure, String> {
+    let keyboard = driverkitd::backends::usb::virtual_usb::builtin_report_descriptor("keyboard", 0)
+        .ok_or("the built-in keyboard has no report descriptor")?;
     let mut parse = Vec::with_capacity(n);
     let mut copy = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
         let d =
-            ReportDescriptor::parse(std::hint::black_box(KEYBOARD)).map_err(|e| e.to_string())?;
+            ReportDescriptor::parse(std::hint::black_box(&keyboard)).map_err(|e| e.to_string())?;
         std::hint::black_box(&d);
         parse.push(t.elapsed().as_nanos() as f64);
         let t = Instant::now();
-        let v = std::hint::black_box(KEYBOARD).to_vec();
+        let v = std::hint::black_box(&keyboard).to_vec();
         std::hint::black_box(&v);
         copy.push(t.elapsed().as_nanos() as f64);
     }

@@ -539,6 +539,20 @@ pub const BUILTINS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The report descriptor of HID interface `interface` of built-in device
+/// `name` (`keyboard`, `mouse`): a real device's bytes for drivers and
+/// benchmarks that need one.
+pub fn builtin_report_descriptor(name: &str, interface: usize) -> Option<Vec<u8>> {
+    let spec = crate::backends::virtual_device::builtin(name)?.usb?;
+    from_hex(
+        spec.interfaces
+            .get(interface)?
+            .report_descriptor
+            .as_deref()?,
+    )
+    .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
