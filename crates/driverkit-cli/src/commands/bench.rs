@@ -316,13 +316,7 @@ pub fn spin_peer() -> Result<(), String> {
 fn rpc_roundtrip(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
     let (b50, b99) = raw_pingpong(n)?;
     let (s50, s99) = raw_spin_pingpong(n)?;
-    let daemon = bench_daemon(
-        root,
-        drivers::TOOLS
-            .iter()
-            .find(|e| e.executable == drivers::bench::EXECUTABLE)
-            .ok_or("no bench driver")?,
-    )?;
+    let daemon = bench_daemon(root, drivers::find(drivers::bench::EXECUTABLE)?)?;
     let events = daemon.subscribe();
     let dev = daemon.plug(bench_device(
         "BenchRPC",
@@ -368,13 +362,7 @@ fn rpc_roundtrip(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
 /// Baseline and measurement alternate, so that both see the same machine;
 /// each iteration waits for the previous dext to exit.
 fn spawn_to_start(root: &Path, n: usize) -> Result<Figure, String> {
-    let daemon = bench_daemon(
-        root,
-        drivers::TOOLS
-            .iter()
-            .find(|e| e.executable == drivers::bench::EXECUTABLE)
-            .ok_or("no bench driver")?,
-    )?;
+    let daemon = bench_daemon(root, drivers::find(drivers::bench::EXECUTABLE)?)?;
     let events = daemon.subscribe();
     let mut floor = Vec::new();
     let mut samples = Vec::new();
@@ -514,7 +502,7 @@ fn dext_rss(root: &Path) -> Result<Figure, String> {
     std::thread::sleep(Duration::from_millis(300));
     let floor = rss_kib(child.id());
     stop_echo(child, ep);
-    let daemon = bench_daemon(root, &drivers::EXAMPLES[0])?;
+    let daemon = bench_daemon(root, drivers::find("NullDriver")?)?;
     let events = daemon.subscribe();
     let deadline = Instant::now() + Duration::from_secs(30);
     let pid = loop {
@@ -612,7 +600,7 @@ fn cpu_seconds(pid: u32) -> Result<f64, String> {
 /// `seconds`, beside an idle process blocked in a read.
 fn idle_cpu(root: &Path, seconds: u64) -> Result<Vec<Figure>, String> {
     let (child, ep) = spawn_echo()?;
-    let daemon = bench_daemon(root, &drivers::EXAMPLES[0])?;
+    let daemon = bench_daemon(root, drivers::find("NullDriver")?)?;
     let events = daemon.subscribe();
     let pid = loop {
         match events.recv_timeout(Duration::from_secs(30)) {

@@ -26,11 +26,7 @@ const RELEASE: [u8; 8] = [0; 8];
 
 /// A daemon with the keyboard dext started on a plugged virtual keyboard.
 fn keyboard(root: &Path) -> Result<(Daemon, u64, Receiver<HidEvent>), String> {
-    let driver = drivers::EXAMPLES
-        .iter()
-        .find(|e| e.executable == "HIDKeyboardDriver")
-        .ok_or("no HIDKeyboardDriver built in")?;
-    let daemon = bench_daemon(root, driver)?;
+    let daemon = bench_daemon(root, drivers::find("HIDKeyboardDriver")?)?;
     let lifecycle = daemon.subscribe();
     let spec = driverkitd::backends::virtual_device::builtin("keyboard").ok_or("no keyboard")?;
     let device = daemon.plug(spec)?;

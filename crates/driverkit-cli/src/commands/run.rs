@@ -51,13 +51,10 @@ pub fn run(root: PathBuf, args: RunArgs) -> Result<(), String> {
         }
     }
     for name in &args.tools {
-        let tool = drivers::TOOLS
-            .iter()
-            .find(|e| e.executable == name)
-            .ok_or_else(|| format!("no built-in tool driver named {name:?}"))?;
-        config
-            .bundles
-            .push(drivers::materialize(tool, &root.join("embedded"))?);
+        config.bundles.push(drivers::materialize(
+            drivers::find(name)?,
+            &root.join("embedded"),
+        )?);
     }
     for b in args.bundles {
         config

@@ -67,11 +67,19 @@ pub const TOOLS: &[Embedded] = &[
     },
 ];
 
+/// The built-in driver whose executable is `executable`.
+pub fn find(executable: &str) -> Result<&'static Embedded, String> {
+    EXAMPLES
+        .iter()
+        .chain(TOOLS)
+        .find(|e| e.executable == executable)
+        .ok_or_else(|| format!("no built-in driver named {executable:?}"))
+}
+
 /// The driver named by `argv[0]`, if this process was started as one.
 pub fn from_argv0() -> Option<&'static Embedded> {
     let argv0 = std::env::args_os().next()?;
-    let name = Path::new(&argv0).file_name()?.to_str()?;
-    EXAMPLES.iter().chain(TOOLS).find(|e| e.executable == name)
+    find(Path::new(&argv0).file_name()?.to_str()?).ok()
 }
 
 /// Writes `<dir>/<bundle-id>.dext/` for `e`: its Info.plist and a link to
