@@ -200,6 +200,8 @@ fn a_vendor_device_waits_for_its_driver_which_then_talks_to_it() {
         n["name"] == "UsbTestInterface" && n["properties"]["TestAbortStatus"].is_string()
     });
     let ip = &iface["properties"];
+    assert_eq!(ip["TestInterfaceClass"], 0xff);
+    assert_eq!(ip["TestEndpoints"], serde_json::json!([0x02, 0x82]));
     assert_eq!(ip["TestSent"], 19);
     assert_eq!(ip["TestEcho"], "echo through a pipe");
     assert_eq!(ip["TestTimeoutStatus"], "kIOReturnTimeout");

@@ -120,6 +120,10 @@ pub trait IOUSBHostDeviceInterface {
 /// `IOUSBHostInterface`: one interface of a configured device.
 #[interface(class = "IOUSBHostInterface")]
 pub trait IOUSBHostInterfaceInterface {
+    /// The device's current configuration descriptor, whole, from which
+    /// the interface's own descriptors are read.
+    #[kernel]
+    fn copy_configuration(&self) -> IOResult<Bytes>;
     /// The pipe of endpoint `address` of this interface, as an object the
     /// caller may do I/O on.
     #[kernel]

@@ -16,9 +16,7 @@
 //! reads or writes the buffer in place. Asynchronous calls complete through
 //! an `OSAction` of type `IOService::CompleteAsync` (status, bytes done).
 
-use driverkit_usb::{
-    ConfigurationRepr, DeviceDescriptor, EndpointDescriptor, InterfaceDescriptor, Setup,
-};
+use driverkit_usb::{ConfigurationRepr, DeviceDescriptor, InterfaceRepr, Setup};
 use driverkit_wire::interfaces::{
     iousb_host_device_interface, iousb_host_interface_interface, iousb_host_pipe_interface,
     IOUSBHostDeviceInterface, IOUSBHostInterfaceInterface, IOUSBHostPipeInterface,
@@ -187,27 +185,23 @@ impl IOUSBHostInterface {
         Ok(IOUSBHostPipe { id, address })
     }
 
-    /// The interface descriptor and its endpoints' addresses, from the
-    /// device's current configuration.
-    pub fn descriptor(&self, device: &IOUSBHostDevice) -> IOResult<(u8, u8, u8, Vec<u8>)> {
+    /// `GetInterfaceDescriptor`: this interface (alternate setting 0) in
+    /// the device's current configuration, with its class-specific
+    /// descriptors and endpoints.
+    pub fn descriptor(&self) -> IOResult<InterfaceRepr> {
         let number = self.interface_number()?;
-        let d = device.copy_descriptors()?;
-        let (_, interfaces) =
-            driverkit_usb::interfaces(&d.configuration).map_err(|_| IOReturn::IO_ERROR)?;
-        let i = interfaces
-            .iter()
-            .find(|i| i.descriptor.interface_number() == number)
-            .ok_or(IOReturn::NOT_FOUND)?;
-        let view: &InterfaceDescriptor<'_> = &i.descriptor;
-        Ok((
-            view.interface_class(),
-            view.interface_subclass(),
-            view.interface_protocol(),
-            i.endpoints
-                .iter()
-                .map(EndpointDescriptor::address)
-                .collect(),
-        ))
+        let configuration = iousb_host_interface_interface::Proxy {
+            caller: &SystemCaller,
+            object: self.service.target_id(),
+            flags: 0,
+        }
+        .copy_configuration()?;
+        ConfigurationRepr::parse(&configuration.0)
+            .map_err(|_| IOReturn::IO_ERROR)?
+            .interfaces
+            .into_iter()
+            .find(|i| i.number == number && i.alternate_setting == 0)
+            .ok_or(IOReturn::NOT_FOUND)
     }
 }
 

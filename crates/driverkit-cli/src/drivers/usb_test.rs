@@ -5,8 +5,9 @@
 //!   descriptors and strings, sends vendor request 1 (`TestFirmware`) and an
 //!   unknown one (`TestStallStatus`), then selects configuration 1 with
 //!   interface matching: the device is vendor-class, so nothing else would.
-//! - `UsbTestInterface` matches interface 0 of configuration 1, copies its
-//!   bulk pipes, sends a message out and reads the echo back
+//! - `UsbTestInterface` matches interface 0 of configuration 1, reads its
+//!   descriptor (`TestInterfaceClass`, `TestEndpoints`), copies its bulk
+//!   pipes, sends a message out and reads the echo back
 //!   (`TestEcho`), waits on an IN pipe with a timeout
 //!   (`TestTimeoutStatus`), and starts an asynchronous read that it aborts
 //!   (`TestAbortStatus`).
@@ -147,6 +148,18 @@ impl IOServiceImpl for UsbTestInterface {
     fn start(&self, provider: &IOService) -> IOResult<()> {
         self.super_start(provider)?;
         let interface = IOUSBHostInterface::from_provider(provider);
+        let descriptor = interface.descriptor()?;
+        self.set_property("TestInterfaceClass", i64::from(descriptor.class))?;
+        self.set_property(
+            "TestEndpoints",
+            plist::Value::Array(
+                descriptor
+                    .endpoints
+                    .iter()
+                    .map(|e| i64::from(e.address).into())
+                    .collect(),
+            ),
+        )?;
         let out_pipe = interface.copy_pipe(0x02)?;
         let in_pipe = interface.copy_pipe(0x82)?;
         let message = b"echo through a pipe";

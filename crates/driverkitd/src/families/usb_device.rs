@@ -349,6 +349,17 @@ impl Inner {
     }
 }
 
+/// The selected configuration's descriptor; `None` while unconfigured.
+fn current_configuration(d: &UsbDevice) -> Option<Bytes> {
+    let current = *d.configuration.lock().unwrap_or_else(|e| e.into_inner());
+    d.enumerated
+        .configurations
+        .iter()
+        .find(|c| current != 0 && c.get(5) == Some(&current))
+        .cloned()
+        .map(Bytes)
+}
+
 /// `setup` as the wire carries it: the eight setup bytes, little-endian.
 fn setup_from(setup: u64) -> Setup {
     Setup::parse(setup.to_le_bytes())
@@ -392,16 +403,10 @@ impl KernelCall<'_> {
 impl IOUSBHostDeviceInterface for KernelCall<'_> {
     fn copy_descriptors(&self) -> IOResult<(Bytes, Bytes)> {
         let d = self.usb_device()?;
-        let current = *d.configuration.lock().unwrap_or_else(|e| e.into_inner());
-        let config = d
-            .enumerated
-            .configurations
-            .iter()
-            .find(|c| current != 0 && c.get(5) == Some(&current))
-            .or(d.enumerated.configurations.first())
-            .cloned()
+        let config = current_configuration(&d)
+            .or_else(|| d.enumerated.configurations.first().cloned().map(Bytes))
             .unwrap_or_default();
-        Ok((Bytes(d.enumerated.device.clone()), Bytes(config)))
+        Ok((Bytes(d.enumerated.device.clone()), config))
     }
 
     fn copy_string(&self, index: u8) -> IOResult<String> {
@@ -469,6 +474,11 @@ impl IOUSBHostDeviceInterface for KernelCall<'_> {
 }
 
 impl IOUSBHostInterfaceInterface for KernelCall<'_> {
+    fn copy_configuration(&self) -> IOResult<Bytes> {
+        let interface = self.usb_interface()?;
+        current_configuration(&interface.device).ok_or(IOReturn::NOT_READY)
+    }
+
     fn copy_pipe(&self, address: u8) -> IOResult<ObjectId> {
         let interface = self.usb_interface()?;
         let endpoint = *interface
