@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -175,7 +175,7 @@ pub struct UsbIpDevice {
     closed: AtomicBool,
     /// Runs once when the connection drops without `close`.
     on_disconnect: Mutex<Option<Box<dyn FnOnce() + Send>>>,
-    location: AtomicU64,
+    location: AtomicU32,
 }
 
 impl UsbIpDevice {
@@ -209,7 +209,7 @@ impl UsbIpDevice {
             aborts: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             on_disconnect: Mutex::new(None),
-            location: AtomicU64::new(0),
+            location: AtomicU32::new(0),
         });
         let weak = Arc::downgrade(&device);
         std::thread::Builder::new()
@@ -230,7 +230,7 @@ impl UsbIpDevice {
     }
 
     pub fn set_location(&self, location: u32) {
-        self.location.store(location.into(), Ordering::Relaxed);
+        self.location.store(location, Ordering::Relaxed);
     }
 
     fn submit(
@@ -449,7 +449,7 @@ impl UsbTransport for UsbIpDevice {
     }
 
     fn location_id(&self) -> u32 {
-        self.location.load(Ordering::Relaxed) as u32
+        self.location.load(Ordering::Relaxed)
     }
 
     fn control(&self, setup: Setup, data: &[u8], timeout: Option<Duration>) -> IOResult<Vec<u8>> {
