@@ -172,6 +172,7 @@ fn bench_quick_reports_every_figure_beside_its_baseline() {
             "timer_lateness",
             "hid_report_latency",
             "hid_report_latency",
+            "hid_report_latency",
             "hid_report_latency_idle",
             "hid_reports_per_sec",
             "hid_descriptor_parse"

@@ -186,6 +186,12 @@ pub fn lost_wakeups() -> u64 {
 /// still parks almost at once.
 pub const SPIN: Duration = Duration::from_micros(50);
 
+/// Spins before a waiter starts yielding its core between looks (about
+/// 2 µs): a busy peer on another core answers within that, and past it
+/// the peer may be waiting for this very core (more busy threads than
+/// cores), which pure spinning would hold for a whole time slice.
+const PURE_SPINS: u32 = 1024;
+
 /// How long a parked waiter sleeps before it looks again on its own. Only a
 /// safety net (a peer that died between publishing and ringing); normal
 /// wake-ups come from `ring`.
@@ -254,8 +260,12 @@ impl<'a> Doorbell<'a> {
             if ready() {
                 return true;
             }
-            std::hint::spin_loop();
             n = n.wrapping_add(1);
+            if n < PURE_SPINS {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
             if n.is_multiple_of(64) {
                 let now = Instant::now();
                 if now >= *spin_until.get_or_insert(now + spin) {

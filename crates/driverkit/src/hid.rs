@@ -409,9 +409,14 @@ fn watch<S: IOUserHIDEventServiceImpl>(
             continue;
         }
         if !c.scheduled.swap(true, Ordering::AcqRel) {
-            let (c2, me) = (c.clone(), me.clone());
-            if queue.dispatch_async(move || drain::<S>(&c2, &me)).is_err() {
-                return;
+            // On this thread when the queue is idle, the common case: one
+            // thread hand-off fewer per report.
+            let in_place = queue.run_here_if_idle(|| drain::<S>(&c, &me));
+            if in_place.is_err() {
+                let (c2, me) = (c.clone(), me.clone());
+                if queue.dispatch_async(move || drain::<S>(&c2, &me)).is_err() {
+                    return;
+                }
             }
         }
         // The job takes what arrives while it runs; wait for it to finish,

@@ -113,7 +113,7 @@ fn serve_client(
 fn stream_events(daemon: &Daemon, mut writer: UnixStream) -> std::io::Result<()> {
     let events = daemon.subscribe_hid();
     writer.write_all(b"{\"ok\":{}}\n")?;
-    for event in events {
+    while let Some(event) = crate::families::hid::next_event(&events, None) {
         let mut text = serde_json::to_string(&event).map_err(std::io::Error::other)?;
         text.push('\n');
         writer.write_all(text.as_bytes())?;

@@ -7,8 +7,8 @@
 //! | `hid_reports_per_sec`  | reports through one dext, sustained                   | the same reports through a raw ring   |
 //! | `hid_descriptor_parse` | parse a real keyboard's report descriptor             | copying its bytes                     |
 //!
-//! The subscriber waits on its channel as a client would (parked), so its
-//! own wake-up is in the figures.
+//! The subscriber waits with `next_event`, as the control server's event
+//! stream does, so its own wake-up is in the figures.
 
 use std::path::Path;
 use std::sync::mpsc::Receiver;
@@ -43,11 +43,10 @@ fn keyboard(root: &Path) -> Result<(Daemon, u64, Receiver<HidEvent>), String> {
     Ok((daemon, device, events))
 }
 
-/// Waits, spinning, for the next event.
+/// Waits for the next event as a subscriber of the system does.
 fn next(events: &Receiver<HidEvent>) -> Result<HidEvent, String> {
-    events
-        .recv_timeout(Duration::from_secs(10))
-        .map_err(|_| "no HID event within 10 s".to_string())
+    driverkitd::families::hid::next_event(events, Some(Instant::now() + Duration::from_secs(10)))
+        .ok_or_else(|| "no HID event within 10 s".to_string())
 }
 
 /// Latency while busy: a steady stream of reports (one every
@@ -55,47 +54,26 @@ fn next(events: &Receiver<HidEvent>) -> Result<HidEvent, String> {
 /// queued on the device to its event reaching the subscriber. And latency
 /// idle: one report at a time, each after the previous event arrived, when
 /// every thread on the path has gone to sleep.
+///
+/// Besides the usual round trips, the busy figure has its own baseline:
+/// the same paced stream through a bare chain of as many threads as the
+/// report crosses (`PATH_HOPS`), each waiting on a doorbell the way the
+/// system's threads do. On a machine with fewer cores than threads on the
+/// path, that chain, not the framework, sets the floor.
 pub fn report_latency(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
     let (spin50, spin99) = raw_spin_pingpong(n)?;
     let (sock50, sock99) = raw_pingpong(n)?;
+    let (chain50, chain99) = percentiles(raw_doorbell_chain(PATH_HOPS, n)?);
     let (daemon, device, events) = keyboard(root)?;
 
-    let base = Instant::now();
-    let sent: std::sync::Arc<Vec<std::sync::atomic::AtomicU64>> =
-        std::sync::Arc::new((0..n).map(|_| Default::default()).collect());
-    let producer = {
-        let (daemon, sent) = (daemon.clone(), sent.clone());
-        std::thread::spawn(move || -> Result<(), String> {
-            // Paced by sleeping, not spinning (a spinning producer would
-            // take one of the two cores from the system under test): each
-            // wake-up sends the reports that have come due.
-            let mut due = Instant::now();
-            for i in 0..n {
-                due += BUSY_PERIOD;
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-                let report = if i % 2 == 0 { PRESS_A } else { RELEASE };
-                sent[i].store(
-                    base.elapsed().as_nanos() as u64,
-                    std::sync::atomic::Ordering::Release,
-                );
-                daemon.queue_report(device, &report)?;
-            }
-            Ok(())
-        })
-    };
-    // One event per report, in order.
-    let mut busy = Vec::with_capacity(n);
-    for i in 0..n {
-        next(&events)?;
-        let at = base.elapsed().as_nanos() as u64;
-        let from = sent[i].load(std::sync::atomic::Ordering::Acquire);
-        if i >= n / 10 {
-            busy.push(at.saturating_sub(from) as f64 / 1e3);
-        }
-    }
-    producer.join().map_err(|_| "producer panicked")??;
+    let busy = paced_stream(
+        n,
+        |i| {
+            let report = if i % 2 == 0 { PRESS_A } else { RELEASE };
+            daemon.queue_report(device, &report)
+        },
+        || next(&events).map(drop),
+    )?;
 
     let mut idle = Vec::with_capacity(n / 10);
     for _ in 0..n / 20 {
@@ -110,29 +88,122 @@ pub fn report_latency(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
     daemon.shutdown();
     let (p50, p99) = percentiles(busy);
     let (i50, i99) = percentiles(idle);
+    let figure = |bench, (p50, p99), baseline| Figure {
+        bench,
+        unit: "us",
+        p50,
+        p99,
+        baseline: Some(baseline),
+    };
     Ok(vec![
-        Figure {
-            bench: "hid_report_latency",
-            unit: "us",
-            p50,
-            p99,
-            baseline: Some(("raw_spin_shm", spin50 / 1e3, spin99 / 1e3)),
-        },
-        Figure {
-            bench: "hid_report_latency",
-            unit: "us",
-            p50,
-            p99,
-            baseline: Some(("raw_seqpacket", sock50 / 1e3, sock99 / 1e3)),
-        },
-        Figure {
-            bench: "hid_report_latency_idle",
-            unit: "us",
-            p50: i50,
-            p99: i99,
-            baseline: Some(("raw_seqpacket", sock50 / 1e3, sock99 / 1e3)),
-        },
+        figure(
+            "hid_report_latency",
+            (p50, p99),
+            ("raw_doorbell_chain_4", chain50, chain99),
+        ),
+        figure(
+            "hid_report_latency",
+            (p50, p99),
+            ("raw_spin_shm", spin50 / 1e3, spin99 / 1e3),
+        ),
+        figure(
+            "hid_report_latency",
+            (p50, p99),
+            ("raw_seqpacket", sock50 / 1e3, sock99 / 1e3),
+        ),
+        figure(
+            "hid_report_latency_idle",
+            (i50, i99),
+            ("raw_seqpacket", sock50 / 1e3, sock99 / 1e3),
+        ),
     ])
+}
+
+/// Threads a report wakes on its way to a subscriber: the system's poller,
+/// the dext's watcher (which runs the drain in place when the queue is
+/// idle), the system's call-channel thread, the subscriber.
+const PATH_HOPS: usize = 4;
+
+/// Sends `n` items at `BUSY_PERIOD` with `send(i)` on a producer thread
+/// while this thread takes them with `take`, in order; returns each item's
+/// latency in µs, leaving out the first tenth (warm-up). The producer
+/// sleeps rather than spins (a spinning producer would take one of the two
+/// cores from the path under test): each wake-up sends what has come due.
+fn paced_stream(
+    n: usize,
+    send: impl Fn(usize) -> Result<(), String> + Send + Sync,
+    mut take: impl FnMut() -> Result<(), String>,
+) -> Result<Vec<f64>, String> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let base = Instant::now();
+    let sent: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+    std::thread::scope(|scope| {
+        let producer = scope.spawn(|| -> Result<(), String> {
+            let mut due = Instant::now();
+            for (i, at) in sent.iter().enumerate() {
+                due += BUSY_PERIOD;
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                at.store(base.elapsed().as_nanos() as u64, Ordering::Release);
+                send(i)?;
+            }
+            Ok(())
+        });
+        let mut latencies = Vec::with_capacity(n);
+        for (i, from) in sent.iter().enumerate() {
+            take()?;
+            let at = base.elapsed().as_nanos() as u64;
+            if i >= n / 10 {
+                let from = from.load(Ordering::Acquire);
+                latencies.push(at.saturating_sub(from) as f64 / 1e3);
+            }
+        }
+        producer.join().map_err(|_| "producer panicked")??;
+        Ok(latencies)
+    })
+}
+
+/// The floor of `paced_stream` through `hops` thread hand-offs: each
+/// thread waits on its doorbell (spinning, then parked, as the system's
+/// threads do) for a counter, then bumps the next thread's. Nothing else.
+fn raw_doorbell_chain(hops: usize, n: usize) -> Result<Vec<f64>, String> {
+    use driverkit_wire::shm::{Doorbell, SharedMemory, SPIN};
+    use std::sync::atomic::Ordering;
+    let shm = SharedMemory::create("bench-chain", 4096).map_err(|e| e.to_string())?;
+    let counter = |i: usize| shm.u64_at(i * 128);
+    let bell = |i: usize| Doorbell::at(&shm, i * 128 + 64);
+    let publish = |i: usize, v: u64| {
+        counter(i).store(v, Ordering::Release);
+        bell(i).notify();
+    };
+    let wait = |i: usize, v: u64| {
+        while !bell(i).wait(SPIN, None, || counter(i).load(Ordering::Acquire) >= v) {}
+    };
+    std::thread::scope(|scope| {
+        // Threads 1 .. hops-1 relay; this thread is the last.
+        for hop in 1..hops {
+            scope.spawn(move || {
+                for v in 1..=n as u64 {
+                    wait(hop - 1, v);
+                    publish(hop, v);
+                }
+            });
+        }
+        let mut taken = 0;
+        paced_stream(
+            n,
+            |i| {
+                publish(0, i as u64 + 1);
+                Ok(())
+            },
+            || {
+                taken += 1;
+                wait(hops - 1, taken);
+                Ok(())
+            },
+        )
+    })
 }
 
 /// The busy stream's pace: 50,000 reports a second.

@@ -84,6 +84,34 @@ impl HidEvents {
     }
 }
 
+/// The next event of a subscription, waited for the way every waiter of
+/// the system waits: looking (and yielding the core) for `SPIN` first, as
+/// events come in bursts and a parked thread takes tens of microseconds to
+/// wake here, then parked until `deadline`. `None` on the deadline or when
+/// the daemon is gone.
+pub fn next_event(
+    events: &mpsc::Receiver<HidEvent>,
+    deadline: Option<Instant>,
+) -> Option<HidEvent> {
+    let spin_until = Instant::now() + SPIN;
+    loop {
+        match events.try_recv() {
+            Ok(event) => return Some(event),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) if Instant::now() < spin_until => {
+                std::thread::yield_now()
+            }
+            Err(mpsc::TryRecvError::Empty) => break,
+        }
+    }
+    match deadline {
+        Some(d) => events
+            .recv_timeout(d.saturating_duration_since(Instant::now()))
+            .ok(),
+        None => events.recv().ok(),
+    }
+}
+
 /// Monotonic nanoseconds, the clock of report and event timestamps (the
 /// same `CLOCK_MONOTONIC` a dext reads).
 pub fn now_ns() -> u64 {
