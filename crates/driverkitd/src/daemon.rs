@@ -41,6 +41,10 @@ pub struct Config {
     pub relaunch_backoff: Duration,
     /// How long a dext may take to answer the system (Start, Stop...).
     pub call_timeout: Duration,
+    /// Forward HID events to Linux applications through uinput, where
+    /// `/dev/uinput` opens. Off by default: a test's typing must not reach
+    /// the desktop of the machine running it.
+    pub uinput: bool,
 }
 
 impl Config {
@@ -53,6 +57,7 @@ impl Config {
             relaunch_limit: 3,
             relaunch_backoff: Duration::from_millis(250),
             call_timeout: Duration::from_secs(20),
+            uinput: false,
         }
     }
 }
@@ -139,7 +144,7 @@ pub(crate) struct Inner {
 /// A running daemon. Dropping it does not stop it; call [`Daemon::shutdown`].
 #[derive(Clone)]
 pub struct Daemon {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 enum Attach {
@@ -219,6 +224,9 @@ impl Daemon {
             if let Err(e) = daemon.plug(spec) {
                 tracing::error!("not plugging: {e}");
             }
+        }
+        if daemon.inner.config.uinput {
+            crate::families::hid::forward_to_uinput(&daemon);
         }
         daemon.inner.schedule_match(user_resources);
         daemon

@@ -35,6 +35,9 @@ pub struct RunArgs {
     /// How long a dext may take to answer Start, Stop and other calls.
     #[arg(long, default_value_t = 20_000)]
     call_timeout_ms: u64,
+    /// Do not forward HID events to Linux applications through /dev/uinput.
+    #[arg(long)]
+    no_uinput: bool,
 }
 
 pub fn run(root: PathBuf, args: RunArgs) -> Result<(), String> {
@@ -44,6 +47,7 @@ pub fn run(root: PathBuf, args: RunArgs) -> Result<(), String> {
     config.relaunch_limit = args.relaunch_limit;
     config.relaunch_backoff = Duration::from_millis(args.relaunch_backoff_ms);
     config.call_timeout = Duration::from_millis(args.call_timeout_ms);
+    config.uinput = !args.no_uinput;
     if !args.no_embedded {
         let dir = root.join("embedded");
         for e in drivers::EXAMPLES {

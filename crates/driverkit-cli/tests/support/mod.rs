@@ -29,6 +29,9 @@ impl Daemon {
             .arg("run")
             .arg("--root")
             .arg(root.path().join("state"))
+            // The tests' typing must not reach the desktop of the machine
+            // running them.
+            .arg("--no-uinput")
             .args(args)
             .env("DRIVERKIT_LOG", "info")
             .env("NO_COLOR", "1")

@@ -3,5 +3,6 @@
 //! from there.
 
 pub mod interrupts;
+pub mod uinput;
 pub mod usb;
 pub mod virtual_device;

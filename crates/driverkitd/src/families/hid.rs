@@ -426,6 +426,80 @@ impl Inner {
     }
 }
 
+/// Forwards the event stream to Linux through uinput, one device per event
+/// service, while the daemon runs; logs why not where `/dev/uinput` does
+/// not open. Two threads: one forwards events, one drops the device of a
+/// service that left the registry.
+pub(crate) fn forward_to_uinput(daemon: &crate::Daemon) {
+    use crate::backends::uinput::{Identity, Uinput};
+    let uinput = match Uinput::open() {
+        Ok(u) => Arc::new(Mutex::new(u)),
+        Err(e) => {
+            tracing::info!("uinput   off: {e}");
+            return;
+        }
+    };
+    let (events, lifecycle) = (daemon.subscribe_hid(), daemon.subscribe());
+    let weak = Arc::downgrade(&daemon.inner);
+    let u = uinput.clone();
+    let forward = move || {
+        while let Some(event) = next_event(&events, None) {
+            let Some(inner) = weak.upgrade() else { return };
+            let identity = || {
+                let st = inner.lock();
+                let service = st.registry.get(event.service);
+                let interface = service
+                    .and_then(|s| s.provider)
+                    .and_then(|p| st.registry.get(p));
+                let number = |key: &str| {
+                    interface
+                        .and_then(|i| i.properties.get(key))
+                        .and_then(Value::as_unsigned_integer)
+                        .and_then(|n| u16::try_from(n).ok())
+                        .unwrap_or(0)
+                };
+                Identity {
+                    name: format!(
+                        "DriverKit {}",
+                        service.map_or("IOHIDEventService", |s| s.name.as_str())
+                    ),
+                    vendor: number("VendorID"),
+                    product: number("ProductID"),
+                    version: number("VersionNumber"),
+                }
+            };
+            let result = u
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .forward(&event, identity);
+            if let Err(e) = result {
+                tracing::warn!("uinput   [{:#x}] {e}", event.service);
+            }
+        }
+    };
+    let forget = move || {
+        for event in lifecycle {
+            if let crate::Event::Removed { service } = event {
+                uinput
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(service);
+            }
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("uinput".into())
+        .spawn(forward)
+        .and_then(|_| {
+            std::thread::Builder::new()
+                .name("uinput-gone".into())
+                .spawn(forget)
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("uinput   off: cannot start its threads: {e}");
+    }
+}
+
 /// What a report descriptor says, as `IOHIDInterface` properties:
 /// PrimaryUsagePage, PrimaryUsage, DeviceUsagePairs, ReportDescriptor and
 /// the largest report of each type.
