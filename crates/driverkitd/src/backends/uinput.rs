@@ -146,31 +146,24 @@ impl Uinput {
         })
     }
 
-    /// Forwards `event`, making its service's device first if needed
-    /// (`identity` says who it is).
+    /// Makes `service`'s device, if it has none yet. Done when an event
+    /// service starts, so that the device is there, and readers can open
+    /// it, before its first event.
+    pub fn ensure(
+        &mut self,
+        service: EntryId,
+        identity: impl FnOnce() -> Identity,
+    ) -> Result<(), String> {
+        self.device(service, identity).map(drop)
+    }
+
+    /// Forwards `event`, making its service's device first if needed.
     pub fn forward(
         &mut self,
         event: &HidEvent,
         identity: impl FnOnce() -> Identity,
     ) -> Result<(), String> {
-        let forwarded = match self.devices.entry(event.service) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                let identity = identity();
-                let device = create(&identity).map_err(|e| {
-                    format!(
-                        "{UINPUT}: cannot create a device for {}: {e}",
-                        identity.name
-                    )
-                })?;
-                tracing::info!(
-                    "uinput   [{:#x}] {:?} forwards its events",
-                    event.service,
-                    identity.name
-                );
-                v.insert(Forwarded { device, buttons: 0 })
-            }
-        };
+        let forwarded = self.device(event.service, identity)?;
         let events = linux_events(event, &mut forwarded.buttons);
         if events.is_empty() {
             return Ok(());
@@ -180,6 +173,30 @@ impl Uinput {
             .device
             .emit(&events)
             .map_err(|e| format!("{UINPUT}: {e}"))
+    }
+
+    fn device(
+        &mut self,
+        service: EntryId,
+        identity: impl FnOnce() -> Identity,
+    ) -> Result<&mut Forwarded, String> {
+        match self.devices.entry(service) {
+            std::collections::hash_map::Entry::Occupied(o) => Ok(o.into_mut()),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let identity = identity();
+                let device = create(&identity).map_err(|e| {
+                    format!(
+                        "{UINPUT}: cannot create a device for {}: {e}",
+                        identity.name
+                    )
+                })?;
+                tracing::info!(
+                    "uinput   [{service:#x}] {:?} forwards its events",
+                    identity.name
+                );
+                Ok(v.insert(Forwarded { device, buttons: 0 }))
+            }
+        }
     }
 
     /// The service is gone: so is its device.

@@ -426,12 +426,12 @@ impl Inner {
     }
 }
 
-/// Forwards the event stream to Linux through uinput, one device per event
-/// service, while the daemon runs; logs why not where `/dev/uinput` does
-/// not open. Two threads: one forwards events, one drops the device of a
-/// service that left the registry.
+/// Forwards the event stream to Linux through uinput while the daemon
+/// runs, one device per event service; logs why not where `/dev/uinput`
+/// does not open. Two threads: one makes a service's device when it
+/// starts and drops it when it leaves the registry, one forwards events.
 pub(crate) fn forward_to_uinput(daemon: &crate::Daemon) {
-    use crate::backends::uinput::{Identity, Uinput};
+    use crate::backends::uinput::Uinput;
     let uinput = match Uinput::open() {
         Ok(u) => Arc::new(Mutex::new(u)),
         Err(e) => {
@@ -440,50 +440,38 @@ pub(crate) fn forward_to_uinput(daemon: &crate::Daemon) {
         }
     };
     let (events, lifecycle) = (daemon.subscribe_hid(), daemon.subscribe());
-    let weak = Arc::downgrade(&daemon.inner);
-    let u = uinput.clone();
+    let (weak, u) = (Arc::downgrade(&daemon.inner), uinput.clone());
     let forward = move || {
         while let Some(event) = next_event(&events, None) {
             let Some(inner) = weak.upgrade() else { return };
-            let identity = || {
-                let st = inner.lock();
-                let service = st.registry.get(event.service);
-                let interface = service
-                    .and_then(|s| s.provider)
-                    .and_then(|p| st.registry.get(p));
-                let number = |key: &str| {
-                    interface
-                        .and_then(|i| i.properties.get(key))
-                        .and_then(Value::as_unsigned_integer)
-                        .and_then(|n| u16::try_from(n).ok())
-                        .unwrap_or(0)
-                };
-                Identity {
-                    name: format!(
-                        "DriverKit {}",
-                        service.map_or("IOHIDEventService", |s| s.name.as_str())
-                    ),
-                    vendor: number("VendorID"),
-                    product: number("ProductID"),
-                    version: number("VersionNumber"),
-                }
-            };
             let result = u
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .forward(&event, identity);
+                .forward(&event, || inner.uinput_identity(event.service));
             if let Err(e) = result {
                 tracing::warn!("uinput   [{:#x}] {e}", event.service);
             }
         }
     };
-    let forget = move || {
+    let weak = Arc::downgrade(&daemon.inner);
+    let follow = move || {
         for event in lifecycle {
-            if let crate::Event::Removed { service } = event {
-                uinput
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(service);
+            let Some(inner) = weak.upgrade() else { return };
+            let mut u = uinput.lock().unwrap_or_else(|e| e.into_inner());
+            match event {
+                crate::Event::Started { service, .. } => {
+                    let is_event_service =
+                        inner.lock().registry.get(service).is_some_and(|e| {
+                            e.class_chain.iter().any(|c| c == "IOHIDEventService")
+                        });
+                    if is_event_service {
+                        if let Err(e) = u.ensure(service, || inner.uinput_identity(service)) {
+                            tracing::warn!("uinput   [{service:#x}] {e}");
+                        }
+                    }
+                }
+                crate::Event::Removed { service } => u.remove(service),
+                crate::Event::Exited { .. } => {}
             }
         }
     };
@@ -492,11 +480,39 @@ pub(crate) fn forward_to_uinput(daemon: &crate::Daemon) {
         .spawn(forward)
         .and_then(|_| {
             std::thread::Builder::new()
-                .name("uinput-gone".into())
-                .spawn(forget)
+                .name("uinput-follow".into())
+                .spawn(follow)
         });
     if let Err(e) = spawned {
         tracing::warn!("uinput   off: cannot start its threads: {e}");
+    }
+}
+
+impl Inner {
+    /// Who an event service's uinput device says it is: the service's
+    /// name, and the IDs of the `IOHIDInterface` it serves.
+    fn uinput_identity(&self, service: EntryId) -> crate::backends::uinput::Identity {
+        let st = self.lock();
+        let entry = st.registry.get(service);
+        let interface = entry
+            .and_then(|s| s.provider)
+            .and_then(|p| st.registry.get(p));
+        let number = |key: &str| {
+            interface
+                .and_then(|i| i.properties.get(key))
+                .and_then(Value::as_unsigned_integer)
+                .and_then(|n| u16::try_from(n).ok())
+                .unwrap_or(0)
+        };
+        crate::backends::uinput::Identity {
+            name: format!(
+                "DriverKit {}",
+                entry.map_or("IOHIDEventService", |s| s.name.as_str())
+            ),
+            vendor: number("VendorID"),
+            product: number("ProductID"),
+            version: number("VersionNumber"),
+        }
     }
 }
 
