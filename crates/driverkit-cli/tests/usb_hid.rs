@@ -10,7 +10,7 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::*;
 
 fn parse_hex(s: &str) -> u64 {
@@ -184,7 +184,85 @@ fn without_a_matching_dext_the_system_event_service_takes_the_reports() {
     d.cli(&["device", "type", &format!("{keyboard:#x}"), "ok"]);
     let events = events_of(listener);
     assert_eq!(typed(&events), "ok");
-    let _ = mouse;
+
+    let listener = subscribe(&d, 1);
+    // Button 1 down, dx 3, dy -2, no wheel.
+    d.cli(&["device", "report", &format!("{mouse:#x}"), "01 03 fe 00"]);
+    let events = events_of(listener);
+    assert_eq!(events[0]["kind"], "pointer", "{events:?}");
+    assert_eq!(events[0]["values"], json!([3, -2, 1]));
+}
+
+/// What a mouse event service dispatches for a report, by kind.
+fn pointer_and_scroll(events: &[Value]) -> (Vec<Value>, Vec<Value>) {
+    let of = |kind: &str| -> Vec<Value> {
+        events
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .map(|e| e["values"].clone())
+            .collect()
+    };
+    (of("pointer"), of("scroll"))
+}
+
+#[test]
+fn an_event_service_keeping_the_sdks_handle_report_dispatches_pointer_and_scroll() {
+    let d = Daemon::start(&[
+        "--no-default-devices",
+        "--no-embedded",
+        "--with-tool",
+        "DriverKitUsbTestDriver",
+    ]);
+    let mouse = d.cli(&["device", "plug", "mouse"]).trim().to_owned();
+    let service = d.wait_node("MouseEventService active", |n| {
+        n["name"] == "MouseEventService" && n["state"]["active"] == true
+    });
+    // The bundle's VirtualHIDKeyboard types "h" every 50 ms through the
+    // system's event service meanwhile: listen long enough to be sure the
+    // mouse's events are in, then keep the mouse service's.
+    let listener = subscribe(&d, 24);
+    // Button 1 down and a move; then button up and the wheel one notch.
+    d.cli(&["device", "report", &mouse, "01 05 fb 00"]);
+    d.cli(&["device", "report", &mouse, "00 00 00 01"]);
+    let events: Vec<Value> = events_of(listener)
+        .into_iter()
+        .filter(|e| e["service"] == id_of(&service))
+        .collect();
+    let (pointer, scroll) = pointer_and_scroll(&events);
+    assert_eq!(pointer, [json!([5, -5, 1]), json!([0, 0, 0])], "{events:?}");
+    assert_eq!(scroll.len(), 1, "{events:?}");
+    assert_eq!(
+        scroll[0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| **v == 1)
+            .count(),
+        1,
+        "one notch on one axis: {events:?}"
+    );
+}
+
+#[test]
+fn caps_lock_turns_the_keyboard_led_on_and_off_through_the_dext() {
+    let d = Daemon::start(&["--no-default-devices"]);
+    let keyboard = d.cli(&["device", "plug", "keyboard"]).trim().to_owned();
+    d.wait_node("HIDKeyboardDriver active", |n| {
+        n["name"] == "HIDKeyboardDriver" && n["state"]["active"] == true
+    });
+    assert_eq!(
+        d.cli(&["device", "output", &keyboard]).trim(),
+        "",
+        "no output report before Caps Lock"
+    );
+    // The keyboard's output report is its LED byte; Caps Lock is bit 1.
+    for led in ["02", "00"] {
+        d.cli(&["device", "report", &keyboard, "00 00 39 00 00 00 00 00"]);
+        d.cli(&["device", "report", &keyboard, "00 00 00 00 00 00 00 00"]);
+        d.wait_until(&format!("the LED report {led}"), || {
+            d.cli(&["device", "output", &keyboard]).trim() == led
+        });
+    }
 }
 
 #[test]

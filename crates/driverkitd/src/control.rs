@@ -47,6 +47,11 @@ pub enum Request {
     Attach { url: String },
     /// Make a virtual keyboard type `text`.
     Type { id: u64, text: String },
+    /// Queue one input report (hex) on a virtual USB HID device.
+    Report { id: u64, report: String },
+    /// The last output report (SET_REPORT) a virtual USB device got, as
+    /// hex, or null.
+    Output { id: u64 },
     /// Subscribe to the HID event stream: after the answer, the connection
     /// carries one event object per line until the client closes it.
     Events,
@@ -157,6 +162,19 @@ fn handle(
         Request::Type { id, text } => daemon
             .type_text(id, &text)
             .map(|reports| json!({ "reports": reports })),
+        Request::Report { id, report } => {
+            let bytes = virtual_device::from_hex(&report).map_err(|e| format!("report: {e}"))?;
+            daemon.queue_report(id, &bytes).map(|()| json!({}))
+        }
+        Request::Output { id } => {
+            let hex = daemon.last_output_report(id).map(|r| {
+                r.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            });
+            Ok(json!({ "report": hex }))
+        }
         Request::Events => Err("events are a stream; see Client::events".into()),
         Request::Shutdown => {
             let _ = shutdown.send(());

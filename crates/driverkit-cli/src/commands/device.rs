@@ -1,4 +1,4 @@
-//! `driverkit device plug|unplug|type|list`.
+//! `driverkit device plug|unplug|type|report|output|attach|list`.
 
 use std::path::Path;
 
@@ -29,6 +29,20 @@ pub enum DeviceCommand {
         #[arg(value_name = "ID")]
         id: String,
         text: String,
+    },
+    /// Queue one input report on a virtual USB HID device, as its
+    /// interrupt-IN endpoint would send it (hex: "00 00 04 00 00 00 00 00").
+    Report {
+        #[arg(value_name = "ID")]
+        id: String,
+        #[arg(value_name = "HEX")]
+        report: String,
+    },
+    /// Print the last output report (SET_REPORT, e.g. keyboard LEDs) a
+    /// virtual USB device got, as hex; nothing if none yet.
+    Output {
+        #[arg(value_name = "ID")]
+        id: String,
     },
     /// List plugged devices, or with --usbip the devices a USB/IP server exports.
     List {
@@ -99,6 +113,20 @@ pub fn device(root: &Path, cmd: DeviceCommand) -> Result<(), String> {
                 text,
             })?;
             eprintln!("queued {} reports", answer["reports"]);
+        }
+        DeviceCommand::Report { id, report } => {
+            client.request(&Request::Report {
+                id: super::parse_id(&id)?,
+                report,
+            })?;
+        }
+        DeviceCommand::Output { id } => {
+            let answer = client.request(&Request::Output {
+                id: super::parse_id(&id)?,
+            })?;
+            if let Some(hex) = answer["report"].as_str() {
+                println!("{hex}");
+            }
         }
         DeviceCommand::Attach { url } => {
             let answer = client.request(&Request::Attach { url })?;

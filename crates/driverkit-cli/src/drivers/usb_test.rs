@@ -14,6 +14,9 @@
 //! - `VirtualHIDKeyboard` is an `IOUserHIDDevice` on `IOUserResources`: a
 //!   keyboard made by a dext. Every 50 ms a timer makes it press and
 //!   release "h" through `handle_report`.
+//! - `MouseEventService` is an `IOUserHIDEventService` on the built-in
+//!   `mouse` that keeps the SDK's own `handle_report`, which dispatches
+//!   what each report changed as the system's event service would.
 
 use std::sync::Mutex;
 
@@ -68,6 +71,17 @@ pub const INFO_PLIST: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 			<key>IOResourceMatch</key><string>IOKit</string>
 			<key>IOMatchCategory</key><string>VirtualHIDKeyboard</string>
 		</dict>
+		<key>MouseEventService</key>
+		<dict>
+			<key>CFBundleIdentifier</key><string>org.driverkit.UsbTestDriver</string>
+			<key>IOClass</key><string>IOUserHIDEventService</string>
+			<key>IOUserClass</key><string>MouseEventService</string>
+			<key>IOUserServerName</key><string>org.driverkit.UsbTestDriver</string>
+			<key>IOUserServerOneProcess</key><true/>
+			<key>IOProviderClass</key><string>IOHIDInterface</string>
+			<key>VendorID</key><integer>4617</integer>
+			<key>ProductID</key><integer>2</integer>
+		</dict>
 	</dict>
 </dict>
 </plist>
@@ -78,6 +92,7 @@ pub fn classes() -> Vec<ClassEntry> {
         driverkit::runtime::class::<UsbTestDevice>(),
         driverkit::runtime::class::<UsbTestInterface>(),
         driverkit::runtime::class::<VirtualHIDKeyboard>(),
+        driverkit::runtime::class::<MouseEventService>(),
     ]
 }
 
@@ -282,5 +297,23 @@ impl VirtualHIDKeyboard {
         if let Some(t) = &*self.ivars().timer.lock().unwrap_or_else(|e| e.into_inner()) {
             let _ = t.wake_after(std::time::Duration::from_millis(50));
         }
+    }
+}
+
+/// An event service that overrides nothing of the HID family: the SDK's
+/// `handle_report` turns the mouse's reports into pointer and scroll events.
+#[driverkit::service(superclass = IOUserHIDEventService, ivars = ())]
+pub struct MouseEventService;
+
+impl IOUserHIDEventServiceImpl for MouseEventService {}
+
+impl IOServiceImpl for MouseEventService {
+    fn init(&self) -> IOResult<()> {
+        Ok(())
+    }
+
+    fn start(&self, provider: &IOService) -> IOResult<()> {
+        self.super_start(provider)?;
+        self.register_service()
     }
 }
