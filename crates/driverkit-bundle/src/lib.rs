@@ -9,13 +9,18 @@
 //! This crate is not the extension store (which copies, signs and versions
 //! bundles); it only reads what is on disk.
 
+pub mod entitlements;
 mod error;
+pub mod location;
 mod personality;
+pub mod version;
 
 use std::path::{Path, PathBuf};
 
+pub use entitlements::Entitlements;
 pub use error::BundleError;
 pub use personality::{Personality, DEFAULT_MATCH_CATEGORY};
+pub use version::Version;
 
 /// A validated driver bundle.
 #[derive(Debug, Clone)]
@@ -30,6 +35,26 @@ pub struct Bundle {
     pub info: plist::Dictionary,
     /// `IOKitPersonalities`, sorted by name.
     pub personalities: Vec<Personality>,
+}
+
+impl Bundle {
+    /// `CFBundleVersion` (validated by `from_info`).
+    pub fn version(&self) -> Version {
+        self.version_of("CFBundleVersion")
+    }
+
+    /// `CFBundleShortVersionString` (validated by `from_info`).
+    pub fn short_version(&self) -> Version {
+        self.version_of("CFBundleShortVersionString")
+    }
+
+    fn version_of(&self, key: &str) -> Version {
+        self.info
+            .get(key)
+            .and_then(plist::Value::as_string)
+            .and_then(|s| Version::parse(s).ok())
+            .unwrap_or_default()
+    }
 }
 
 impl Bundle {
@@ -75,6 +100,14 @@ impl Bundle {
     pub fn from_info(path: &Path, info: plist::Dictionary) -> Result<Bundle, BundleError> {
         let identifier = required_string(path, &info, "CFBundleIdentifier")?;
         let executable = required_string(path, &info, "CFBundleExecutable")?;
+        // The system decides upgrades by these and shows the description
+        // to the person approving the driver.
+        for key in ["CFBundleVersion", "CFBundleShortVersionString"] {
+            let v = required_string(path, &info, key)?;
+            version::Version::parse(&v)
+                .map_err(|problem| BundleError::new(path, problem).key(key))?;
+        }
+        required_string(path, &info, "OSBundleUsageDescription")?;
         if executable.contains('/') || executable == ".." || executable == "." {
             return Err(BundleError::new(
                 path,
@@ -124,6 +157,30 @@ impl Bundle {
             personalities: parsed,
         })
     }
+}
+
+/// The smallest `Info.plist` that validates: `identifier`, `executable`,
+/// version 1 (short version "1.0"), a usage description, `personalities`.
+/// For tools and tests that make bundles in code.
+pub fn minimal_info(
+    identifier: &str,
+    executable: &str,
+    personalities: plist::Dictionary,
+) -> plist::Dictionary {
+    let mut info = plist::Dictionary::new();
+    info.insert("CFBundleIdentifier".into(), identifier.into());
+    info.insert("CFBundleExecutable".into(), executable.into());
+    info.insert("CFBundleVersion".into(), "1".into());
+    info.insert("CFBundleShortVersionString".into(), "1.0".into());
+    info.insert(
+        "OSBundleUsageDescription".into(),
+        format!("{identifier} (made in code)").into(),
+    );
+    info.insert(
+        "IOKitPersonalities".into(),
+        plist::Value::Dictionary(personalities),
+    );
+    info
 }
 
 /// Parses `Info.plist` bytes, XML or binary; the root must be a dictionary.

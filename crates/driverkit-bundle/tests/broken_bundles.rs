@@ -27,6 +27,12 @@ fn info() -> Dictionary {
     let mut d = Dictionary::new();
     d.insert("CFBundleIdentifier".into(), ID.into());
     d.insert("CFBundleExecutable".into(), "BrokenDriver".into());
+    d.insert("CFBundleVersion".into(), "3".into());
+    d.insert("CFBundleShortVersionString".into(), "1.2".into());
+    d.insert(
+        "OSBundleUsageDescription".into(),
+        "Drives nothing, brokenly.".into(),
+    );
     d.insert(
         "IOKitPersonalities".into(),
         Value::Dictionary(personalities),
@@ -487,4 +493,37 @@ proptest! {
         d.insert("IOKitPersonalities".into(), Value::Dictionary(ps));
         let _ = Bundle::from_info(Path::new("/x.dext"), d);
     }
+}
+
+#[test]
+fn version_and_description_keys_are_required() {
+    for key in [
+        "CFBundleVersion",
+        "CFBundleShortVersionString",
+        "OSBundleUsageDescription",
+    ] {
+        refused(
+            load(&with_info(|d| drop(d.remove(key)))),
+            None,
+            Some(key),
+            "missing",
+        );
+        refused(
+            load(&with_info(|d| drop(d.insert(key.into(), 7.into())))),
+            None,
+            Some(key),
+            "expected a string, found an integer",
+        );
+    }
+    refused(
+        load(&with_info(|d| {
+            drop(d.insert("CFBundleVersion".into(), "1.0b2".into()))
+        })),
+        None,
+        Some("CFBundleVersion"),
+        "expected a version of dot-separated numbers (\"1.2.3\"), found \"1.0b2\"",
+    );
+    let bundle = load(&xml(&info())).unwrap();
+    assert_eq!(bundle.version().to_string(), "3");
+    assert_eq!(bundle.short_version().to_string(), "1.2");
 }

@@ -324,10 +324,7 @@ mod tests {
             p.insert("IOUserServerName".into(), id.into());
             ps.insert(name.into(), Value::Dictionary(p));
         }
-        let mut info = plist::Dictionary::new();
-        info.insert("CFBundleIdentifier".into(), id.into());
-        info.insert("CFBundleExecutable".into(), "x".into());
-        info.insert("IOKitPersonalities".into(), Value::Dictionary(ps));
+        let info = driverkit_bundle::minimal_info(id, "x", ps);
         Bundle::from_info(Path::new("/b.dext"), info).unwrap()
     }
 

@@ -427,10 +427,7 @@ fn catalogue(personalities: usize) -> driverkitd::matching::Catalogue {
             );
             ps.insert(format!("P{i}"), Value::Dictionary(p));
         }
-        let mut info = plist::Dictionary::new();
-        info.insert("CFBundleIdentifier".into(), id.clone().into());
-        info.insert("CFBundleExecutable".into(), "x".into());
-        info.insert("IOKitPersonalities".into(), Value::Dictionary(ps));
+        let info = driverkit_bundle::minimal_info(&id, "x", ps);
         if let Ok(bundle) = Bundle::from_info(Path::new("/bench.dext"), info) {
             cat.add_bundle(bundle);
         }

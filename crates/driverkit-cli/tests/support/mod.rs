@@ -228,6 +228,9 @@ pub fn test_bundle(dir: &Path, id: &str, ps: &[P<'_>]) -> PathBuf {
 <plist version="1.0"><dict>
   <key>CFBundleIdentifier</key><string>{id}</string>
   <key>CFBundleExecutable</key><string>DriverKitTestDriver</string>
+  <key>CFBundleVersion</key><string>1</string>
+  <key>CFBundleShortVersionString</key><string>1.0</string>
+  <key>OSBundleUsageDescription</key><string>The fault-injection test driver.</string>
   <key>IOKitPersonalities</key><dict>{personalities}</dict>
 </dict></plist>"#
     );

@@ -238,10 +238,7 @@ mod tests {
         }
         let mut ps = plist::Dictionary::new();
         ps.insert("P".into(), Value::Dictionary(p));
-        let mut info = plist::Dictionary::new();
-        info.insert("CFBundleIdentifier".into(), "com.t".into());
-        info.insert("CFBundleExecutable".into(), "x".into());
-        info.insert("IOKitPersonalities".into(), Value::Dictionary(ps));
+        let info = driverkit_bundle::minimal_info("com.t", "x", ps);
         driverkit_bundle::Bundle::from_info(Path::new("/t.dext"), info)
             .unwrap()
             .personalities
