@@ -13,6 +13,7 @@ pub mod entitlements;
 mod error;
 pub mod location;
 mod personality;
+pub mod signature;
 pub mod version;
 
 use std::path::{Path, PathBuf};
