@@ -36,9 +36,30 @@ pub struct Bundle {
     pub info: plist::Dictionary,
     /// `IOKitPersonalities`, sorted by name.
     pub personalities: Vec<Personality>,
+    /// The dext's `Entitlements.plist` (empty when it has none): always
+    /// set by [`Bundle::load`]. `None` only for bundles made in code
+    /// ([`Bundle::from_info`]: tests, benchmarks), which nothing checks.
+    pub entitlements: Option<Entitlements>,
 }
 
 impl Bundle {
+    /// Whether the dext's entitlements allow each of its personalities;
+    /// the error names the personality and the entitlement it lacks.
+    /// Bundles made in code carry none and pass.
+    pub fn check_entitlements(&self) -> Result<(), BundleError> {
+        let Some(e) = &self.entitlements else {
+            return Ok(());
+        };
+        for p in &self.personalities {
+            e.allow(p).map_err(|problem| {
+                BundleError::new(&self.path, problem)
+                    .in_file(&self.path.join(entitlements::FILE))
+                    .personality(&p.name)
+            })?;
+        }
+        Ok(())
+    }
+
     /// `CFBundleVersion` (validated by `from_info`).
     pub fn version(&self) -> Version {
         self.version_of("CFBundleVersion")
@@ -93,6 +114,9 @@ impl Bundle {
                 .in_file(&info_path)
                 .key("CFBundleExecutable")
         })?;
+        let file = path.join(entitlements::FILE);
+        bundle.entitlements =
+            Some(Entitlements::load(&file).map_err(|problem| BundleError::new(path, problem))?);
         Ok(bundle)
     }
 
@@ -156,6 +180,7 @@ impl Bundle {
             executable: PathBuf::from(executable),
             info,
             personalities: parsed,
+            entitlements: None,
         })
     }
 }

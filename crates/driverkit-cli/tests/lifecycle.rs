@@ -313,10 +313,16 @@ fn driverkit_cli_example_bundle(dir: &std::path::Path, name: &str) -> std::path:
         env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap();
+    let entitlements = std::fs::read_to_string(format!(
+        "{}/../../examples/{name}/Entitlements.plist",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
     let id = format!("com.example.{name}");
-    let bundle = dir.join(format!("{id}.dext"));
+    let bundle = driverkit_bundle::location::dext_in_app(&dir.join("Examples.app"), &id);
     std::fs::create_dir_all(&bundle).unwrap();
     std::fs::write(bundle.join("Info.plist"), plist).unwrap();
+    std::fs::write(bundle.join("Entitlements.plist"), entitlements).unwrap();
     std::os::unix::fs::symlink(EXE, bundle.join(name)).unwrap();
     bundle
 }

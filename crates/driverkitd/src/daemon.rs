@@ -233,9 +233,18 @@ impl Daemon {
     }
 
     /// Validates and adds a bundle, then runs matching again everywhere.
-    /// Returns the bundle identifier.
+    /// The bundle must sit in an app's `Contents/Library/SystemExtensions`
+    /// folder. Returns the bundle identifier.
     pub fn load_bundle(&self, path: &std::path::Path) -> Result<String, String> {
+        driverkit_bundle::location::containing_app(path)?;
+        self.add_bundle(path)
+    }
+
+    /// Loads a bundle whose place was checked already (the extension
+    /// store's copies): validation and entitlements, then matching.
+    pub(crate) fn add_bundle(&self, path: &std::path::Path) -> Result<String, String> {
         let bundle = Bundle::load(path).map_err(|e| e.to_string())?;
+        bundle.check_entitlements().map_err(|e| e.to_string())?;
         let id = bundle.identifier.clone();
         let names: Vec<_> = bundle
             .personalities

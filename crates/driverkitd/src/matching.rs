@@ -220,7 +220,7 @@ impl Catalogue {
             .filter_map(|i| {
                 let driver = &self.drivers[i];
                 let p = &driver.personality;
-                if !passive_match(p, target, resources) {
+                if !passive_match(p, target, resources) || !entitled(&driver.bundle, target) {
                     return None;
                 }
                 let family_score = match family {
@@ -241,6 +241,26 @@ impl Catalogue {
         });
         out
     }
+}
+
+/// Whether `bundle` may drive `target` by its transport entitlements. Its
+/// personalities were checked when it loaded; this holds the line at
+/// matching too, whatever a personality's keys say: a USB device or
+/// interface only of a vendor the dext is entitled to. Bundles made in code
+/// (no entitlements) are not checked.
+fn entitled(bundle: &Bundle, target: &MatchTarget<'_>) -> bool {
+    let Some(e) = &bundle.entitlements else {
+        return true;
+    };
+    let usb = target
+        .class_chain
+        .iter()
+        .any(|c| c == "IOUSBHostDevice" || c == "IOUSBHostInterface");
+    !usb || target
+        .properties
+        .get("idVendor")
+        .and_then(Value::as_unsigned_integer)
+        .is_some_and(|v| e.usb_vendors.iter().any(|x| u64::from(*x) == v))
 }
 
 /// Splits candidates by `IOMatchCategory`, keeping each group's order and

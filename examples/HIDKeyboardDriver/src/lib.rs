@@ -17,6 +17,9 @@ use driverkit::prelude::*;
 /// The bundle's Info.plist, for hosts that assemble the bundle themselves.
 pub const INFO_PLIST: &str = include_str!("../Info.plist");
 
+/// What the driver is entitled to: `Entitlements.plist`, installed in its bundle.
+pub const ENTITLEMENTS: &str = include_str!("../Entitlements.plist");
+
 /// HID usage page 7: keys.
 const KEYBOARD_PAGE: u16 = 0x07;
 const CAPS_LOCK: u16 = 0x39;

@@ -14,6 +14,9 @@ use driverkit::prelude::*;
 /// (`driverkit run` embeds this driver).
 pub const INFO_PLIST: &str = include_str!("../Info.plist");
 
+/// What the driver is entitled to: `Entitlements.plist`, installed in its bundle.
+pub const ENTITLEMENTS: &str = include_str!("../Entitlements.plist");
+
 /// NullDriver's state. A service has no fields: its state lives here,
 /// allocated by `init` and released after `free`.
 #[derive(Default)]

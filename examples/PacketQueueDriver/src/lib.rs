@@ -20,6 +20,9 @@ use driverkit::prelude::*;
 /// The bundle's Info.plist, for hosts that assemble the bundle themselves.
 pub const INFO_PLIST: &str = include_str!("../Info.plist");
 
+/// What the driver is entitled to: `Entitlements.plist`, installed in its bundle.
+pub const ENTITLEMENTS: &str = include_str!("../Entitlements.plist");
+
 /// The driver's state.
 #[derive(Default)]
 pub struct PacketQueueDriverIvars {

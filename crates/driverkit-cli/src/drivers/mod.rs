@@ -21,6 +21,7 @@ pub struct Embedded {
     /// The bundle's executable name, which is also `argv[0]`'s file name.
     pub executable: &'static str,
     pub info_plist: &'static str,
+    pub entitlements: &'static str,
     pub classes: fn() -> Vec<ClassEntry>,
 }
 
@@ -29,21 +30,25 @@ pub const EXAMPLES: &[Embedded] = &[
     Embedded {
         executable: "NullDriver",
         info_plist: null_driver::INFO_PLIST,
+        entitlements: null_driver::ENTITLEMENTS,
         classes: || vec![class::<null_driver::NullDriver>()],
     },
     Embedded {
         executable: "VirtualSensorDriver",
         info_plist: virtual_sensor_driver::INFO_PLIST,
+        entitlements: virtual_sensor_driver::ENTITLEMENTS,
         classes: || vec![class::<virtual_sensor_driver::VirtualSensorDriver>()],
     },
     Embedded {
         executable: "PacketQueueDriver",
         info_plist: packet_queue_driver::INFO_PLIST,
+        entitlements: packet_queue_driver::ENTITLEMENTS,
         classes: || vec![class::<packet_queue_driver::PacketQueueDriver>()],
     },
     Embedded {
         executable: "HIDKeyboardDriver",
         info_plist: hid_keyboard_driver::INFO_PLIST,
+        entitlements: hid_keyboard_driver::ENTITLEMENTS,
         classes: || vec![class::<hid_keyboard_driver::HIDKeyboardDriver>()],
     },
 ];
@@ -53,16 +58,19 @@ pub const TOOLS: &[Embedded] = &[
     Embedded {
         executable: test::EXECUTABLE,
         info_plist: test::INFO_PLIST,
+        entitlements: test::ENTITLEMENTS,
         classes: test::classes,
     },
     Embedded {
         executable: usb_test::EXECUTABLE,
         info_plist: usb_test::INFO_PLIST,
+        entitlements: usb_test::ENTITLEMENTS,
         classes: usb_test::classes,
     },
     Embedded {
         executable: bench::EXECUTABLE,
         info_plist: bench::INFO_PLIST,
+        entitlements: bench::ENTITLEMENTS,
         classes: bench::classes,
     },
 ];
@@ -82,8 +90,13 @@ pub fn from_argv0() -> Option<&'static Embedded> {
     find(Path::new(&argv0).file_name()?.to_str()?).ok()
 }
 
-/// Writes `<dir>/<bundle-id>.dext/` for `e`: its Info.plist and a link to
-/// this binary named after its executable. Returns the bundle path.
+/// The app the built-in drivers are installed in, under a state directory:
+/// like any driver, a built-in one loads only from inside an app.
+pub const APP: &str = "DriverKitBuiltins.app";
+
+/// Writes `<dir>/DriverKitBuiltins.app/Contents/Library/SystemExtensions/
+/// <bundle-id>.dext/` for `e`: its Info.plist, its Entitlements.plist and a
+/// link to this binary named after its executable. Returns the bundle path.
 pub fn materialize(e: &Embedded, dir: &Path) -> Result<PathBuf, String> {
     let info = driverkit_bundle::parse_info(e.info_plist.as_bytes())
         .map_err(|err| format!("built-in {}: {err}", e.executable))?;
@@ -91,10 +104,14 @@ pub fn materialize(e: &Embedded, dir: &Path) -> Result<PathBuf, String> {
         .get("CFBundleIdentifier")
         .and_then(plist::Value::as_string)
         .unwrap_or(e.executable);
-    let bundle = dir.join(format!("{id}.dext"));
+    let bundle = driverkit_bundle::location::dext_in_app(&dir.join(APP), id);
     std::fs::create_dir_all(&bundle).map_err(|err| format!("{}: {err}", bundle.display()))?;
-    std::fs::write(bundle.join("Info.plist"), e.info_plist)
-        .map_err(|err| format!("{}: {err}", bundle.display()))?;
+    let write = |name: &str, text: &str| {
+        std::fs::write(bundle.join(name), text)
+            .map_err(|err| format!("{}: {err}", bundle.display()))
+    };
+    write("Info.plist", e.info_plist)?;
+    write(driverkit_bundle::entitlements::FILE, e.entitlements)?;
     let exe = std::env::current_exe().map_err(|err| format!("cannot find this program: {err}"))?;
     let link = bundle.join(e.executable);
     let _ = std::fs::remove_file(&link);

@@ -26,6 +26,20 @@ use driverkit_usb::Setup;
 
 pub const EXECUTABLE: &str = "DriverKitUsbTestDriver";
 
+/// What the driver is entitled to.
+pub const ENTITLEMENTS: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<plist version="1.0">
+<dict>
+	<key>com.apple.developer.driverkit</key><true/>
+	<key>com.apple.developer.driverkit.transport.usb</key>
+	<array><dict><key>idVendor</key><integer>4617</integer></dict></array>
+	<key>com.apple.developer.driverkit.transport.hid</key><true/>
+	<key>com.apple.developer.driverkit.family.hid.device</key><true/>
+	<key>com.apple.developer.driverkit.family.hid.eventservice</key><true/>
+</dict>
+</plist>
+"#;
+
 pub const INFO_PLIST: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <plist version="1.0">
 <dict>

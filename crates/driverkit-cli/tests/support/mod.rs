@@ -203,10 +203,33 @@ pub struct P<'a> {
     pub extra: &'a str,
 }
 
-/// Writes `<dir>/<id>.dext` for the built-in test driver with `ps`.
+/// Writes `<dir>/Tests.app/Contents/Library/SystemExtensions/<id>.dext`
+/// for the built-in test driver with `ps`, entitled to the USB vendors its
+/// personalities name.
 pub fn test_bundle(dir: &Path, id: &str, ps: &[P<'_>]) -> PathBuf {
-    let bundle = dir.join(format!("{id}.dext"));
+    let bundle = driverkit_bundle::location::dext_in_app(&dir.join("Tests.app"), id);
     std::fs::create_dir_all(&bundle).unwrap();
+    let mut vendors = String::new();
+    for p in ps {
+        let tag = "<key>idVendor</key><integer>";
+        if let Some(at) = p.extra.find(tag) {
+            let rest = &p.extra[at + tag.len()..];
+            let number = &rest[..rest.find('<').unwrap()];
+            vendors.push_str(&format!(
+                "<dict><key>idVendor</key><integer>{number}</integer></dict>"
+            ));
+        }
+    }
+    std::fs::write(
+        bundle.join("Entitlements.plist"),
+        format!(
+            r#"<plist version="1.0"><dict>
+  <key>com.apple.developer.driverkit</key><true/>
+  <key>com.apple.developer.driverkit.transport.usb</key><array>{vendors}</array>
+</dict></plist>"#
+        ),
+    )
+    .unwrap();
     let mut personalities = String::new();
     for p in ps {
         personalities.push_str(&format!(
