@@ -19,6 +19,7 @@ pub mod interfaces;
 pub mod interrupt;
 mod ioreturn;
 pub mod ring;
+pub mod root;
 pub mod shm;
 pub mod transport;
 

@@ -16,7 +16,7 @@ use crate::backends::virtual_device;
 use crate::daemon::Daemon;
 
 /// The socket's file name inside the root directory.
-pub const SOCKET: &str = "driverkitd.sock";
+pub const SOCKET: &str = driverkit_wire::root::CONTROL_SOCKET;
 
 /// A device to plug: a built-in by name, or a file's text (read by the CLI,
 /// so that the daemon never opens paths on a client's behalf).
@@ -57,6 +57,29 @@ pub enum Request {
     Events,
     /// Stop every dext and exit.
     Shutdown,
+    /// Activate the dext `bundle_id` of the app at `app`. Answers
+    /// `{"outcome": Outcome}` or `{"failure": Failure}` (see `sysext`).
+    SysextActivate {
+        app: PathBuf,
+        bundle_id: String,
+        #[serde(default)]
+        replacement: crate::sysext::Replacement,
+    },
+    /// Deactivate an extension; answers like `SysextActivate`.
+    SysextDeactivate { bundle_id: String },
+    /// A person approves an extension waiting for it; answers like
+    /// `SysextActivate`.
+    SysextApprove { bundle_id: String },
+    /// Stop and remove an extension now.
+    SysextUninstall { bundle_id: String },
+    /// Stop and remove every extension.
+    SysextReset,
+    /// The store's records.
+    SysextList,
+    /// Developer mode on or off.
+    SysextDeveloper { on: bool },
+    /// Trust signatures by a public key (hex).
+    SysextTrust { key: String },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -176,10 +199,45 @@ fn handle(
             Ok(json!({ "report": hex }))
         }
         Request::Events => Err("events are a stream; see Client::events".into()),
+        Request::SysextActivate {
+            app,
+            bundle_id,
+            replacement,
+        } => Ok(answer(daemon.activate(&app, &bundle_id, replacement))),
+        Request::SysextDeactivate { bundle_id } => Ok(answer(daemon.deactivate(&bundle_id))),
+        Request::SysextApprove { bundle_id } => Ok(answer(daemon.approve(&bundle_id))),
+        Request::SysextUninstall { bundle_id } => daemon
+            .uninstall(&bundle_id)
+            .map(|()| json!({}))
+            .map_err(|f| f.to_string()),
+        Request::SysextReset => daemon
+            .reset_extensions()
+            .map(|n| json!({ "removed": n }))
+            .map_err(|f| f.to_string()),
+        Request::SysextList => daemon
+            .extensions()
+            .map_err(|f| f.to_string())
+            .and_then(|r| serde_json::to_value(r).map_err(|e| e.to_string())),
+        Request::SysextDeveloper { on } => daemon
+            .set_developer_mode(on)
+            .map(|()| json!({}))
+            .map_err(|f| f.to_string()),
+        Request::SysextTrust { key } => daemon
+            .trust_key(&key)
+            .map(|()| json!({}))
+            .map_err(|f| f.to_string()),
         Request::Shutdown => {
             let _ = shutdown.send(());
             Ok(json!({}))
         }
+    }
+}
+
+/// A system extension request's answer: how it ended, or why it failed.
+fn answer(result: Result<crate::sysext::Outcome, crate::sysext::Failure>) -> serde_json::Value {
+    match result {
+        Ok(outcome) => serde_json::json!({ "outcome": outcome }),
+        Err(failure) => serde_json::json!({ "failure": failure }),
     }
 }
 

@@ -138,6 +138,10 @@ pub(crate) struct Inner {
     spawn_lock: Mutex<()>,
     pub(crate) workers: crate::workers::Workers,
     pub(crate) hid_events: crate::families::hid::HidEvents,
+    /// The extension store, or why it did not open.
+    pub(crate) store: Mutex<Result<crate::store::Store, String>>,
+    /// Serializes system extension requests.
+    pub(crate) sysext_lock: Mutex<()>,
     me: Weak<Inner>,
 }
 
@@ -204,6 +208,10 @@ impl Daemon {
         };
         let bundles = config.bundles.clone();
         let devices = config.devices.clone();
+        let store = crate::store::Store::open(&config.root.join("extensions"));
+        if let Err(e) = &store {
+            tracing::error!("sysext   the extension store does not open: {e}");
+        }
         let inner = Arc::new_cyclic(|me| Inner {
             config,
             state: Mutex::new(state),
@@ -212,6 +220,8 @@ impl Daemon {
             spawn_lock: Mutex::new(()),
             workers: Default::default(),
             hid_events: Default::default(),
+            store: Mutex::new(store),
+            sysext_lock: Mutex::new(()),
             me: me.clone(),
         });
         let daemon = Daemon { inner };
@@ -220,6 +230,7 @@ impl Daemon {
                 tracing::error!("not loading {}: {e}", path.display());
             }
         }
+        daemon.load_extensions();
         for spec in devices {
             if let Err(e) = daemon.plug(spec) {
                 tracing::error!("not plugging: {e}");
@@ -276,6 +287,37 @@ impl Daemon {
             self.inner.schedule_match(id);
         }
         Ok(id)
+    }
+
+    /// Takes a bundle out: its personalities leave the catalogue, then its
+    /// services stop (bottom-up, as on unplug) and their providers match
+    /// again without it. Returns when they have stopped.
+    pub(crate) fn unload_bundle(&self, bundle_id: &str) {
+        let services: Vec<(EntryId, Option<EntryId>)> = {
+            let mut st = self.inner.lock();
+            st.catalogue.remove_bundle(bundle_id);
+            st.registry
+                .iter()
+                .filter(|e| {
+                    e.hosting.is_some()
+                        && !e.state.terminating
+                        && e.properties
+                            .get("CFBundleIdentifier")
+                            .and_then(plist::Value::as_string)
+                            == Some(bundle_id)
+                })
+                .map(|e| (e.id, e.provider))
+                .collect()
+        };
+        for (service, provider) in services {
+            if self.inner.lock().registry.get(service).is_some() {
+                self.inner.terminate(service);
+            }
+            if let Some(p) = provider {
+                self.inner.schedule_match(p);
+            }
+        }
+        tracing::info!("unload   {bundle_id}");
     }
 
     /// Plugs a virtual device into the virtual bus and matches it.

@@ -20,6 +20,8 @@ pub mod ioreg;
 pub mod matching;
 pub mod registry;
 pub mod root;
+pub mod store;
+pub mod sysext;
 mod user_server;
 mod workers;
 

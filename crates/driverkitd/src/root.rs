@@ -2,22 +2,9 @@
 //! every subcommand finds it.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// `$XDG_STATE_HOME/driverkit`, else `~/.local/state/driverkit`, else
-/// `/tmp/driverkit-UID`.
-pub fn default_root() -> PathBuf {
-    if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
-        return PathBuf::from(state).join("driverkit");
-    }
-    if let Some(home) = std::env::var_os("HOME").filter(|s| !s.is_empty()) {
-        return PathBuf::from(home).join(".local/state/driverkit");
-    }
-    PathBuf::from(format!(
-        "/tmp/driverkit-{}",
-        rustix::process::getuid().as_raw()
-    ))
-}
+pub use driverkit_wire::root::default_root;
 
 /// Exclusive ownership of a root directory: one daemon per root.
 pub struct RootLock {

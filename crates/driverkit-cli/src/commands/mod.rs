@@ -8,6 +8,7 @@ mod events;
 mod hid;
 mod ioreg;
 mod run;
+mod sysext;
 mod validate;
 
 use std::path::PathBuf;
@@ -57,6 +58,12 @@ enum Command {
     Hid(hid::HidCommand),
     /// Print HID events (keyboard, pointer, scroll) as event services dispatch them.
     Events(events::EventsArgs),
+    /// System extensions: activate, approve, list, deactivate, uninstall (like systemextensionsctl).
+    #[command(subcommand)]
+    Sysext(sysext::SysextCommand),
+    /// Signing keys for `driverkit build --sign`.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Run the benchmarks.
     Bench(bench::BenchArgs),
     /// Internal: the raw socket echo peer the benchmarks use as a baseline.
@@ -72,6 +79,12 @@ enum Command {
         entry: usize,
         n: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Make a signing key at PATH (owner-only) and its public half at PATH.pub.
+    New { path: PathBuf },
 }
 
 impl Cli {
@@ -105,6 +118,8 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
         Command::Stop => client(&root)?.request(&Request::Shutdown).map(drop),
         Command::Hid(cmd) => hid::hid(cmd),
         Command::Events(args) => events::events(&root, args),
+        Command::Sysext(cmd) => sysext::sysext(&root, cmd),
+        Command::Key(KeyCommand::New { path }) => sysext::new_key(&path),
         Command::Bench(args) => bench::bench(args),
         Command::BenchEcho => bench::echo_peer(),
         Command::BenchSpin => bench::spin_peer(),

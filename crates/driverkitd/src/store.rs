@@ -1,0 +1,351 @@
+//! The extension store: the drivers the system has activated, copied out of
+//! their apps so that they outlive the app and a restart of the daemon.
+//!
+//! ```text
+//! <root>/extensions/
+//!     store.json                      the one commit point (see below)
+//!     staging/                        copies in progress
+//!     <bundle-id>/<generation>.dext/  each activated copy
+//! ```
+//!
+//! **Crash safety.** `store.json` is the only thing that says what is
+//! installed, and it only ever changes by an atomic rename of a fully
+//! written and synced file. A new copy is written under `staging/`, synced,
+//! and renamed to its generation's name *before* the record that names it
+//! is committed; an old copy is deleted only *after* the record that no
+//! longer names it is committed. So a `kill -9` at any instant leaves
+//! either the old record with its old copy intact, or the new record with
+//! its new copy intact; `open` then deletes whatever no record names
+//! (half copies, superseded generations).
+//!
+//! This module knows files and records; what activation means (versions,
+//! signatures, approval, matching) is `sysext`'s.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where an extension is in its life, as `systemextensionsctl` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtensionState {
+    /// Activated, but a person has not approved it yet: not loaded.
+    WaitingForUser,
+    /// Activated and approved: loaded and matching.
+    Enabled,
+    /// Deactivated: stopped, and removed at the next start of the daemon
+    /// (macOS removes it at the next reboot).
+    TerminatedWaitingToUninstall,
+}
+
+impl ExtensionState {
+    /// The state as `systemextensionsctl list` prints it.
+    pub fn label(self) -> &'static str {
+        match self {
+            ExtensionState::WaitingForUser => "[activated waiting for user]",
+            ExtensionState::Enabled => "[activated enabled]",
+            ExtensionState::TerminatedWaitingToUninstall => "[terminated waiting to uninstall]",
+        }
+    }
+}
+
+/// One installed extension.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extension {
+    pub bundle_id: String,
+    /// `CFBundleVersion`.
+    pub version: String,
+    /// `CFBundleShortVersionString`.
+    pub short_version: String,
+    pub state: ExtensionState,
+    /// Which copy: `<bundle-id>/<generation>.dext`.
+    pub generation: u64,
+    /// The app it was activated from.
+    pub app: PathBuf,
+    /// The public key that signed it, if it was signed.
+    pub signed_by: Option<String>,
+}
+
+/// Everything `store.json` holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Records {
+    /// `driverkit sysext developer on`: unsigned bundles and equal or lower
+    /// versions are accepted.
+    pub developer_mode: bool,
+    /// Public keys (hex) whose signatures the system accepts.
+    pub trusted_keys: Vec<String>,
+    pub extensions: BTreeMap<String, Extension>,
+    /// The next copy's generation; never reused.
+    pub next_generation: u64,
+}
+
+/// The store on disk.
+pub struct Store {
+    dir: PathBuf,
+    records: Records,
+}
+
+const RECORDS: &str = "store.json";
+const STAGING: &str = "staging";
+
+impl Store {
+    /// Opens (or creates) the store at `dir`, finishing what a crash
+    /// interrupted: copies no record names are deleted, and extensions
+    /// waiting to uninstall are removed.
+    pub fn open(dir: &Path) -> Result<Store, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let file = dir.join(RECORDS);
+        let records = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{}: not a store record file: {e}", file.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Records::default(),
+            Err(e) => return Err(format!("{}: {e}", file.display())),
+        };
+        let mut store = Store {
+            dir: dir.to_owned(),
+            records,
+        };
+        let uninstalling: Vec<String> = store
+            .records
+            .extensions
+            .values()
+            .filter(|e| e.state == ExtensionState::TerminatedWaitingToUninstall)
+            .map(|e| e.bundle_id.clone())
+            .collect();
+        if !uninstalling.is_empty() {
+            let mut next = store.records.clone();
+            for id in &uninstalling {
+                next.extensions.remove(id);
+            }
+            store.commit(next)?;
+        }
+        store.collect_garbage();
+        Ok(store)
+    }
+
+    pub fn records(&self) -> &Records {
+        &self.records
+    }
+
+    /// Where an extension's copy is.
+    pub fn bundle_path(&self, e: &Extension) -> PathBuf {
+        self.dir
+            .join(&e.bundle_id)
+            .join(format!("{}.dext", e.generation))
+    }
+
+    /// Copies the bundle at `source` into the store as a new generation of
+    /// `bundle_id`, synced, under its final name; nothing names it until a
+    /// record does (`commit`). Returns the generation.
+    pub fn add_copy(&mut self, source: &Path, bundle_id: &str) -> Result<u64, String> {
+        let generation = self.records.next_generation;
+        let mut next = self.records.clone();
+        next.next_generation += 1;
+        // Reserved first, so that a crash never reuses a generation whose
+        // half copy is still on disk.
+        self.commit(next)?;
+        let staged = self
+            .dir
+            .join(STAGING)
+            .join(format!("{bundle_id}-{generation}.dext"));
+        let _ = std::fs::remove_dir_all(&staged);
+        copy_tree(source, &staged)?;
+        crate::store::crash_point("store-copied");
+        let home = self.dir.join(bundle_id);
+        std::fs::create_dir_all(&home).map_err(|e| format!("{}: {e}", home.display()))?;
+        let target = home.join(format!("{generation}.dext"));
+        std::fs::rename(&staged, &target).map_err(|e| format!("{}: {e}", target.display()))?;
+        sync_dir(&home)?;
+        crate::store::crash_point("store-staged");
+        Ok(generation)
+    }
+
+    /// Makes `next` the store's records: written to a temporary file,
+    /// synced, renamed over `store.json`, the directory synced. Then copies
+    /// no record names any more are deleted.
+    pub fn commit(&mut self, next: Records) -> Result<(), String> {
+        let file = self.dir.join(RECORDS);
+        let temporary = self.dir.join(format!("{RECORDS}.new"));
+        let bytes = serde_json::to_vec_pretty(&next).map_err(|e| e.to_string())?;
+        let mut f = std::fs::File::create(&temporary)
+            .map_err(|e| format!("{}: {e}", temporary.display()))?;
+        f.write_all(&bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| format!("{}: {e}", temporary.display()))?;
+        std::fs::rename(&temporary, &file).map_err(|e| format!("{}: {e}", file.display()))?;
+        sync_dir(&self.dir)?;
+        self.records = next;
+        crate::store::crash_point("store-committed");
+        self.collect_garbage();
+        Ok(())
+    }
+
+    /// Deletes staging leftovers and every copy no record names.
+    fn collect_garbage(&self) {
+        let _ = std::fs::remove_dir_all(self.dir.join(STAGING));
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !path.is_dir() {
+                continue;
+            }
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let keep = self.records.extensions.get(&id).map(|e| e.generation);
+            let Ok(copies) = std::fs::read_dir(&path) else {
+                continue;
+            };
+            for copy in copies.flatten() {
+                let name = copy.file_name().to_string_lossy().into_owned();
+                if keep.is_none_or(|g| name != format!("{g}.dext")) {
+                    let _ = std::fs::remove_dir_all(copy.path());
+                }
+            }
+            if keep.is_none() {
+                let _ = std::fs::remove_dir(&path);
+            }
+        }
+    }
+}
+
+/// Copies a bundle: directories and regular files, links followed (a
+/// bundle's executable may be a link, and the store keeps what it pointed
+/// to), every file synced.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    let entries = std::fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("{}: {e}", from.display()))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let meta = std::fs::metadata(&src).map_err(|e| format!("{}: {e}", src.display()))?;
+        if meta.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else {
+            std::fs::copy(&src, &dst).map_err(|e| format!("{}: {e}", src.display()))?;
+            std::fs::File::open(&dst)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| format!("{}: {e}", dst.display()))?;
+        }
+    }
+    sync_dir(to)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), String> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| format!("{}: {e}", dir.display()))
+}
+
+/// Fault injection for the crash-safety tests: with
+/// `DRIVERKIT_CRASH_AT=<point>` in its environment, the daemon dies like
+/// `kill -9` (no unwinding, no cleanup) the `DRIVERKIT_CRASH_COUNT`-th time
+/// (default first) it passes `point`.
+pub(crate) fn crash_point(point: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PASSES: AtomicU64 = AtomicU64::new(0);
+    if std::env::var("DRIVERKIT_CRASH_AT").is_ok_and(|p| p == point) {
+        let nth = std::env::var("DRIVERKIT_CRASH_COUNT")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        if PASSES.fetch_add(1, Ordering::SeqCst) + 1 >= nth {
+            let _ = rustix::process::kill_process(
+                rustix::process::getpid(),
+                rustix::process::Signal::KILL,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle(dir: &Path, content: &str) -> PathBuf {
+        let b = dir.join("src.dext");
+        std::fs::create_dir_all(b.join("Resources")).unwrap();
+        std::fs::write(b.join("Info.plist"), content).unwrap();
+        std::fs::write(b.join("Resources/x"), content).unwrap();
+        b
+    }
+
+    fn record(id: &str, generation: u64, state: ExtensionState) -> Extension {
+        Extension {
+            bundle_id: id.into(),
+            version: "1".into(),
+            short_version: "1.0".into(),
+            state,
+            generation,
+            app: "/A.app".into(),
+            signed_by: None,
+        }
+    }
+
+    #[test]
+    fn a_copy_exists_only_once_a_record_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = bundle(dir.path(), "v1");
+        let root = dir.path().join("store");
+        let mut store = Store::open(&root).unwrap();
+        let g = store.add_copy(&src, "com.x").unwrap();
+        // Not committed: a restart drops the copy.
+        drop(store);
+        let mut store = Store::open(&root).unwrap();
+        assert!(!root.join("com.x").exists());
+        let g2 = store.add_copy(&src, "com.x").unwrap();
+        assert_ne!(g, g2, "generations are never reused");
+        let mut next = store.records().clone();
+        next.extensions
+            .insert("com.x".into(), record("com.x", g2, ExtensionState::Enabled));
+        store.commit(next).unwrap();
+        let store = Store::open(&root).unwrap();
+        let e = &store.records().extensions["com.x"];
+        assert_eq!(
+            std::fs::read_to_string(store.bundle_path(e).join("Resources/x")).unwrap(),
+            "v1"
+        );
+    }
+
+    #[test]
+    fn replacing_deletes_the_old_copy_after_the_commit_and_uninstalling_waits_for_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let mut store = Store::open(&root).unwrap();
+        let g1 = store.add_copy(&bundle(dir.path(), "v1"), "com.x").unwrap();
+        let mut next = store.records().clone();
+        next.extensions
+            .insert("com.x".into(), record("com.x", g1, ExtensionState::Enabled));
+        store.commit(next).unwrap();
+        let old = store.bundle_path(&store.records().extensions["com.x"]);
+        let g2 = store.add_copy(&bundle(dir.path(), "v2"), "com.x").unwrap();
+        assert!(
+            old.exists(),
+            "the old copy stays until the new record commits"
+        );
+        let mut next = store.records().clone();
+        next.extensions
+            .insert("com.x".into(), record("com.x", g2, ExtensionState::Enabled));
+        store.commit(next).unwrap();
+        assert!(!old.exists());
+
+        let mut next = store.records().clone();
+        next.extensions.get_mut("com.x").unwrap().state =
+            ExtensionState::TerminatedWaitingToUninstall;
+        store.commit(next).unwrap();
+        assert!(root.join("com.x").exists());
+        let store = Store::open(&root).unwrap();
+        assert!(store.records().extensions.is_empty());
+        assert!(!root.join("com.x").exists());
+    }
+
+    #[test]
+    fn a_corrupt_record_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(RECORDS), "{").unwrap();
+        let e = Store::open(dir.path()).err().unwrap();
+        assert!(e.contains("store.json: not a store record file"), "{e}");
+    }
+}

@@ -1,0 +1,442 @@
+//! System extension requests: activation, approval, deactivation and the
+//! store's housekeeping, with the outcomes and error codes of Apple's
+//! SystemExtensions framework (`OSSystemExtensionRequest`).
+//!
+//! Activation: the app must be entitled to install (`system-extension.install`),
+//! the dext must sit in the app's `Contents/Library/SystemExtensions` and
+//! validate, its entitlements must cover its personalities, and it must be
+//! signed by a trusted key unless developer mode is on. Then the versions
+//! decide: a higher version asks the requester (replace or cancel); an equal
+//! one is "already active" (developer mode replaces it); a lower one is
+//! refused (developer mode asks). A first activation waits for a person's
+//! approval; a replacement of an approved extension takes over at once:
+//! the old version's services stop, the new version loads and matching runs
+//! again, without restarting the daemon.
+
+use std::path::Path;
+
+use driverkit_bundle::{location, signature, Bundle, Entitlements, Version};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Extension, ExtensionState, Records, Store};
+use crate::Daemon;
+
+/// `OSSystemExtensionError` codes.
+pub mod code {
+    pub const UNKNOWN: i64 = 1;
+    pub const MISSING_ENTITLEMENT: i64 = 2;
+    pub const UNSUPPORTED_PARENT_BUNDLE_LOCATION: i64 = 3;
+    pub const EXTENSION_NOT_FOUND: i64 = 4;
+    pub const CODE_SIGNATURE_INVALID: i64 = 8;
+    pub const VALIDATION_FAILED: i64 = 9;
+    pub const FORBIDDEN_BY_SYSTEM_POLICY: i64 = 10;
+    pub const REQUEST_CANCELED: i64 = 11;
+}
+
+/// A failed request: an `OSSystemExtensionError` code and what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub code: i64,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Failure {
+    fn new(code: i64, message: impl Into<String>) -> Failure {
+        let reason = match code {
+            code::MISSING_ENTITLEMENT => "missing entitlement",
+            code::UNSUPPORTED_PARENT_BUNDLE_LOCATION => "unsupported parent bundle location",
+            code::EXTENSION_NOT_FOUND => "extension not found",
+            code::CODE_SIGNATURE_INVALID => "code signature invalid",
+            code::VALIDATION_FAILED => "validation failed",
+            code::FORBIDDEN_BY_SYSTEM_POLICY => "forbidden by system policy",
+            code::REQUEST_CANCELED => "request canceled",
+            _ => "unknown",
+        };
+        Failure {
+            code,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (code {}): {}", self.reason, self.code, self.message)
+    }
+}
+
+/// What the requester answers when an extension would replace another
+/// (`actionForReplacingExtension`); `Ask` makes the request return the
+/// question instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Replacement {
+    #[default]
+    Ask,
+    Replace,
+    Cancel,
+}
+
+/// An extension's versions, as a replacement question shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versions {
+    pub version: String,
+    pub short_version: String,
+}
+
+/// How a request that did not fail ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Done; the extension is now in `state`.
+    Completed { state: String },
+    /// Done, nothing changed: this version is active already.
+    AlreadyActive { state: String },
+    /// The requester must decide: ask again with `Replace` or `Cancel`.
+    ReplacementQuestion { existing: Versions, new: Versions },
+}
+
+fn versions(b: &Bundle) -> Versions {
+    Versions {
+        version: b.version().to_string(),
+        short_version: b.short_version().to_string(),
+    }
+}
+
+impl Daemon {
+    /// Runs `f` on the store; a store that failed to open answers why.
+    fn with_store<R>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<R, Failure>,
+    ) -> Result<R, Failure> {
+        let mut guard = self.inner.store.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *guard {
+            Ok(store) => f(store),
+            Err(e) => Err(Failure::new(
+                code::UNKNOWN,
+                format!("the extension store is unavailable: {e}"),
+            )),
+        }
+    }
+
+    /// The store's records.
+    pub fn extensions(&self) -> Result<Records, Failure> {
+        self.with_store(|s| Ok(s.records().clone()))
+    }
+
+    /// `OSSystemExtensionRequest.activationRequest(forExtensionWithIdentifier:)`
+    /// from the app at `app`.
+    pub fn activate(
+        &self,
+        app: &Path,
+        bundle_id: &str,
+        replacement: Replacement,
+    ) -> Result<Outcome, Failure> {
+        // One request at a time: versions are compared and the store
+        // changed under one lock.
+        let _one = self
+            .inner
+            .sysext_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if app.extension().is_none_or(|e| e != "app") || !app.is_dir() {
+            return Err(Failure::new(
+                code::UNSUPPORTED_PARENT_BUNDLE_LOCATION,
+                format!("{} is not an app (a NAME.app directory)", app.display()),
+            ));
+        }
+        let app_entitlements = Entitlements::load(
+            &app.join("Contents")
+                .join(driverkit_bundle::entitlements::FILE),
+        )
+        .map_err(|e| Failure::new(code::VALIDATION_FAILED, e))?;
+        if !app_entitlements.system_extension_install {
+            return Err(Failure::new(
+                code::MISSING_ENTITLEMENT,
+                format!(
+                    "the app {} lacks the entitlement com.apple.developer.system-extension.install",
+                    app.display()
+                ),
+            ));
+        }
+        let dext = location::dext_in_app(app, bundle_id);
+        if !dext.is_dir() {
+            return Err(Failure::new(
+                code::EXTENSION_NOT_FOUND,
+                format!(
+                    "no {bundle_id}.dext in {}/{}",
+                    app.display(),
+                    location::SYSTEM_EXTENSIONS
+                ),
+            ));
+        }
+        let bundle = Bundle::load(&dext)
+            .map_err(|e| Failure::new(code::VALIDATION_FAILED, e.to_string()))?;
+        if bundle.identifier != bundle_id {
+            return Err(Failure::new(
+                code::VALIDATION_FAILED,
+                format!(
+                    "{}: CFBundleIdentifier is {:?}, expected {bundle_id:?} (the bundle's name)",
+                    dext.display(),
+                    bundle.identifier
+                ),
+            ));
+        }
+        bundle
+            .check_entitlements()
+            .map_err(|e| Failure::new(code::MISSING_ENTITLEMENT, e.to_string()))?;
+        let (developer, trusted) = self
+            .with_store(|s| Ok((s.records().developer_mode, s.records().trusted_keys.clone())))?;
+        let signed_by = match signature::verify(&dext, &trusted) {
+            Ok(key) => Some(key),
+            Err(_) if developer => None,
+            Err(refusal) => {
+                return Err(Failure::new(
+                    code::CODE_SIGNATURE_INVALID,
+                    format!("{}: {refusal}", dext.display()),
+                ))
+            }
+        };
+        let existing = self.with_store(|s| Ok(s.records().extensions.get(bundle_id).cloned()))?;
+        let existing = existing.filter(|e| e.state != ExtensionState::TerminatedWaitingToUninstall);
+        if let Some(old) = &existing {
+            let old_v = (
+                Version::parse(&old.version).unwrap_or_default(),
+                Version::parse(&old.short_version).unwrap_or_default(),
+            );
+            let new_v = (bundle.version(), bundle.short_version());
+            let question = Outcome::ReplacementQuestion {
+                existing: Versions {
+                    version: old.version.clone(),
+                    short_version: old.short_version.clone(),
+                },
+                new: versions(&bundle),
+            };
+            match (new_v.cmp(&old_v), developer) {
+                (std::cmp::Ordering::Equal, false) => {
+                    return Ok(Outcome::AlreadyActive {
+                        state: old.state.label().into(),
+                    })
+                }
+                (std::cmp::Ordering::Less, false) => {
+                    return Err(Failure::new(
+                        code::FORBIDDEN_BY_SYSTEM_POLICY,
+                        format!(
+                            "{bundle_id} {} ({}) is lower than the active {} ({}); developer mode allows going back",
+                            new_v.1, new_v.0, old.short_version, old.version
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+            match replacement {
+                Replacement::Ask => return Ok(question),
+                Replacement::Cancel => {
+                    return Err(Failure::new(
+                        code::REQUEST_CANCELED,
+                        format!("the requester kept {bundle_id} {}", old.short_version),
+                    ))
+                }
+                Replacement::Replace => {}
+            }
+        }
+        // An approved extension stays approved across versions.
+        let state = match &existing {
+            Some(old) if old.state == ExtensionState::Enabled => ExtensionState::Enabled,
+            _ => ExtensionState::WaitingForUser,
+        };
+        let installed = self.with_store(|s| {
+            let generation = s
+                .add_copy(&dext, bundle_id)
+                .map_err(|e| Failure::new(code::UNKNOWN, e))?;
+            let mut next = s.records().clone();
+            let record = Extension {
+                bundle_id: bundle_id.to_owned(),
+                version: bundle.version().to_string(),
+                short_version: bundle.short_version().to_string(),
+                state,
+                generation,
+                app: app.to_owned(),
+                signed_by,
+            };
+            next.extensions.insert(bundle_id.to_owned(), record.clone());
+            s.commit(next).map_err(|e| Failure::new(code::UNKNOWN, e))?;
+            Ok(s.bundle_path(&record))
+        })?;
+        tracing::info!(
+            "sysext   {bundle_id} {} ({}) activated from {}: {}",
+            bundle.short_version(),
+            bundle.version(),
+            app.display(),
+            state.label()
+        );
+        if state == ExtensionState::Enabled {
+            self.replace_running(bundle_id, &installed)?;
+        }
+        Ok(Outcome::Completed {
+            state: state.label().into(),
+        })
+    }
+
+    /// `driverkit sysext approve`: the person allows the extension; it
+    /// loads and matches.
+    pub fn approve(&self, bundle_id: &str) -> Result<Outcome, Failure> {
+        let _one = self
+            .inner
+            .sysext_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let path = self.with_store(|s| {
+            let mut next = s.records().clone();
+            let e = next
+                .extensions
+                .get_mut(bundle_id)
+                .filter(|e| e.state == ExtensionState::WaitingForUser)
+                .ok_or_else(|| {
+                    Failure::new(
+                        code::EXTENSION_NOT_FOUND,
+                        format!("no extension {bundle_id} is waiting for approval"),
+                    )
+                })?;
+            e.state = ExtensionState::Enabled;
+            let path = s.bundle_path(e);
+            s.commit(next).map_err(|e| Failure::new(code::UNKNOWN, e))?;
+            Ok(path)
+        })?;
+        tracing::info!("sysext   {bundle_id} approved");
+        self.replace_running(bundle_id, &path)?;
+        Ok(Outcome::Completed {
+            state: ExtensionState::Enabled.label().into(),
+        })
+    }
+
+    /// `OSSystemExtensionRequest.deactivationRequest`: the extension's
+    /// services stop, and it waits to be uninstalled at the next start.
+    pub fn deactivate(&self, bundle_id: &str) -> Result<Outcome, Failure> {
+        let _one = self
+            .inner
+            .sysext_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.with_store(|s| {
+            let mut next = s.records().clone();
+            let e = next
+                .extensions
+                .get_mut(bundle_id)
+                .filter(|e| e.state != ExtensionState::TerminatedWaitingToUninstall)
+                .ok_or_else(|| {
+                    Failure::new(
+                        code::EXTENSION_NOT_FOUND,
+                        format!("no active extension {bundle_id}"),
+                    )
+                })?;
+            e.state = ExtensionState::TerminatedWaitingToUninstall;
+            s.commit(next).map_err(|e| Failure::new(code::UNKNOWN, e))
+        })?;
+        self.unload_bundle(bundle_id);
+        tracing::info!("sysext   {bundle_id} deactivated");
+        Ok(Outcome::Completed {
+            state: ExtensionState::TerminatedWaitingToUninstall.label().into(),
+        })
+    }
+
+    /// `driverkit sysext uninstall`: stopped and removed now.
+    pub fn uninstall(&self, bundle_id: &str) -> Result<(), Failure> {
+        let _one = self
+            .inner
+            .sysext_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.with_store(|s| {
+            let mut next = s.records().clone();
+            next.extensions.remove(bundle_id).ok_or_else(|| {
+                Failure::new(
+                    code::EXTENSION_NOT_FOUND,
+                    format!("no extension {bundle_id}"),
+                )
+            })?;
+            s.commit(next).map_err(|e| Failure::new(code::UNKNOWN, e))
+        })?;
+        self.unload_bundle(bundle_id);
+        tracing::info!("sysext   {bundle_id} uninstalled");
+        Ok(())
+    }
+
+    /// `driverkit sysext reset`: every extension stopped and removed.
+    pub fn reset_extensions(&self) -> Result<usize, Failure> {
+        let _one = self
+            .inner
+            .sysext_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let ids: Vec<String> = self.with_store(|s| {
+            let ids = s.records().extensions.keys().cloned().collect();
+            let mut next = s.records().clone();
+            next.extensions.clear();
+            s.commit(next).map_err(|e| Failure::new(code::UNKNOWN, e))?;
+            Ok(ids)
+        })?;
+        for id in &ids {
+            self.unload_bundle(id);
+        }
+        Ok(ids.len())
+    }
+
+    /// `driverkit sysext developer on|off`.
+    pub fn set_developer_mode(&self, on: bool) -> Result<(), Failure> {
+        self.with_store(|s| {
+            let mut next = s.records().clone();
+            next.developer_mode = on;
+            s.commit(next).map_err(|e| Failure::new(code::UNKNOWN, e))
+        })
+    }
+
+    /// `driverkit sysext trust KEY.pub`: signatures by this public key
+    /// (hex) are accepted.
+    pub fn trust_key(&self, public_hex: &str) -> Result<(), Failure> {
+        let key = public_hex.trim().to_ascii_lowercase();
+        if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Failure::new(
+                code::VALIDATION_FAILED,
+                format!("expected a public key of 64 hex digits, found {key:?}"),
+            ));
+        }
+        self.with_store(|s| {
+            let mut next = s.records().clone();
+            if !next.trusted_keys.contains(&key) {
+                next.trusted_keys.push(key);
+            }
+            s.commit(next).map_err(|e| Failure::new(code::UNKNOWN, e))
+        })
+    }
+
+    /// Loads the enabled extensions at start.
+    pub(crate) fn load_extensions(&self) {
+        let enabled: Vec<(String, std::path::PathBuf)> = self
+            .with_store(|s| {
+                Ok(s.records()
+                    .extensions
+                    .values()
+                    .filter(|e| e.state == ExtensionState::Enabled)
+                    .map(|e| (e.bundle_id.clone(), s.bundle_path(e)))
+                    .collect())
+            })
+            .unwrap_or_default();
+        for (id, path) in enabled {
+            if let Err(e) = self.add_bundle(&path) {
+                tracing::error!("sysext   {id}: its stored copy does not load: {e}");
+            }
+        }
+    }
+
+    /// Stops whatever runs of `bundle_id` and loads the copy at `path`,
+    /// which matches again everywhere.
+    fn replace_running(&self, bundle_id: &str, path: &Path) -> Result<(), Failure> {
+        self.unload_bundle(bundle_id);
+        self.add_bundle(path)
+            .map(drop)
+            .map_err(|e| Failure::new(code::VALIDATION_FAILED, e))
+    }
+}
