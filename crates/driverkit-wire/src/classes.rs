@@ -26,6 +26,9 @@ const CLASSES: &[(&str, Option<&str>)] = &[
     ("IOUserHIDEventService", Some("IOHIDEventService")),
     // The system's own event service, used when no dext matches better.
     ("IOHIDEventDriver", Some("IOHIDEventService")),
+    // PCI: a device function. Personalities may name it (and entitlements
+    // gate it) now; its nubs come with the PCI backend.
+    ("IOPCIDevice", Some("IOService")),
 ];
 
 /// The superclass of a system class; `None` for `OSObject` and unknown names.

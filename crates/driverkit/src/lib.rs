@@ -61,6 +61,10 @@ pub use usb::{IOUSBHostDevice, IOUSBHostInterface, IOUSBHostPipe};
 pub use tracing::{debug, error, info, warn};
 
 /// Everything a driver usually needs.
+/// Property values (`set_property`, descriptions, Info.plist): the same
+/// `plist` the SDK speaks, so a driver needs no version of its own.
+pub use plist;
+
 pub mod prelude {
     pub use crate::runtime::Service;
     pub use crate::{

@@ -7,6 +7,7 @@ mod device;
 mod events;
 mod hid;
 mod ioreg;
+mod new;
 mod run;
 mod sysext;
 mod validate;
@@ -58,6 +59,8 @@ enum Command {
     Hid(hid::HidCommand),
     /// Print HID events (keyboard, pointer, scroll) as event services dispatch them.
     Events(events::EventsArgs),
+    /// Create a driver project (a dext and the app that carries it) from a template.
+    New(new::NewArgs),
     /// System extensions: activate, approve, list, deactivate, uninstall (like systemextensionsctl).
     #[command(subcommand)]
     Sysext(sysext::SysextCommand),
@@ -118,6 +121,7 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
         Command::Stop => client(&root)?.request(&Request::Shutdown).map(drop),
         Command::Hid(cmd) => hid::hid(cmd),
         Command::Events(args) => events::events(&root, args),
+        Command::New(args) => new::new(args),
         Command::Sysext(cmd) => sysext::sysext(&root, cmd),
         Command::Key(KeyCommand::New { path }) => sysext::new_key(&path),
         Command::Bench(args) => bench::bench(args),
