@@ -3,6 +3,7 @@
 mod bench;
 mod bench_hid;
 mod bench_sources;
+mod build;
 mod device;
 mod events;
 mod hid;
@@ -61,6 +62,8 @@ enum Command {
     Events(events::EventsArgs),
     /// Create a driver project (a dext and the app that carries it) from a template.
     New(new::NewArgs),
+    /// Build a driver project into NAME.app/Contents/Library/SystemExtensions/<bundle-id>.dext.
+    Build(build::BuildArgs),
     /// System extensions: activate, approve, list, deactivate, uninstall (like systemextensionsctl).
     #[command(subcommand)]
     Sysext(sysext::SysextCommand),
@@ -122,6 +125,7 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
         Command::Hid(cmd) => hid::hid(cmd),
         Command::Events(args) => events::events(&root, args),
         Command::New(args) => new::new(args),
+        Command::Build(args) => build::build(args),
         Command::Sysext(cmd) => sysext::sysext(&root, cmd),
         Command::Key(KeyCommand::New { path }) => sysext::new_key(&path),
         Command::Bench(args) => bench::bench(args),

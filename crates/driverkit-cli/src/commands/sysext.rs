@@ -49,11 +49,12 @@ pub enum SysextCommand {
 }
 
 /// Asks on the terminal, or answers as the flags say.
-struct Terminal {
+struct Terminal<'a> {
+    bundle_id: &'a str,
     answer: Option<ReplacementAction>,
 }
 
-impl OSSystemExtensionRequestDelegate for Terminal {
+impl OSSystemExtensionRequestDelegate for Terminal<'_> {
     fn action_for_replacing_extension(
         &mut self,
         existing: &ExtensionVersions,
@@ -77,7 +78,10 @@ impl OSSystemExtensionRequestDelegate for Terminal {
     }
 
     fn request_needs_user_approval(&mut self) {
-        eprintln!("the extension waits for approval: driverkit sysext approve BUNDLE_ID");
+        eprintln!(
+            "{} waits for approval: driverkit sysext approve {}",
+            self.bundle_id, self.bundle_id
+        );
     }
 }
 
@@ -97,13 +101,25 @@ pub fn sysext(root: &Path, cmd: SysextCommand) -> Result<(), String> {
                 _ => None,
             };
             let result = OSSystemExtensionRequest::activation(&app, &bundle_id)
-                .submit(&system, &mut Terminal { answer })
+                .submit(
+                    &system,
+                    &mut Terminal {
+                        bundle_id: &bundle_id,
+                        answer,
+                    },
+                )
                 .map_err(|e| e.to_string())?;
             println!("{bundle_id}: {result:?}");
         }
         SysextCommand::Deactivate { bundle_id } => {
             let result = OSSystemExtensionRequest::deactivation(&bundle_id)
-                .submit(&system, &mut Terminal { answer: None })
+                .submit(
+                    &system,
+                    &mut Terminal {
+                        bundle_id: &bundle_id,
+                        answer: None,
+                    },
+                )
                 .map_err(|e| e.to_string())?;
             println!("{bundle_id}: {result:?}");
         }
@@ -114,7 +130,12 @@ pub fn sysext(root: &Path, cmd: SysextCommand) -> Result<(), String> {
             if let Some(f) = answer.get("failure") {
                 return Err(format!("{}: {}", f["reason"], f["message"]));
             }
-            println!("{bundle_id}: {}", answer["outcome"]);
+            println!(
+                "{bundle_id}: {}",
+                answer["outcome"]["completed"]["state"]
+                    .as_str()
+                    .unwrap_or("approved")
+            );
         }
         SysextCommand::List { json } => {
             let answer = super::client(root)?.request(&Request::SysextList)?;

@@ -1,0 +1,165 @@
+//! `driverkit build`: builds a driver project (`driverkit new`) with cargo
+//! and assembles the app the system installs from:
+//!
+//! ```text
+//! build/NAME.app/Contents/
+//!     Info.plist                      the app's
+//!     Entitlements.plist              the app's (App/Entitlements.plist)
+//!     MacOS/NAME-app                  the app's executable
+//!     Library/SystemExtensions/<bundle-id>.dext/
+//!         Info.plist  Entitlements.plist  NAME  [_CodeSignature/]
+//! ```
+//!
+//! The dext is validated as the system will (required keys, personalities,
+//! entitlements) before anything replaces a previous build, and signed with
+//! `--sign KEY`. The app is assembled beside its final place and renamed
+//! into it, so a failed build leaves the previous one whole.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use clap::Args;
+use driverkit_bundle::{entitlements, location, signature, Bundle};
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// The project directory [default: .].
+    #[arg(long, default_value = ".")]
+    project: PathBuf,
+    /// Sign the dext with this key (from `driverkit key new`).
+    #[arg(long, value_name = "KEY")]
+    sign: Option<PathBuf>,
+    /// A debug build instead of release.
+    #[arg(long)]
+    debug: bool,
+    /// Where the app goes [default: PROJECT/build].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+pub fn build(args: BuildArgs) -> Result<(), String> {
+    let project = std::fs::canonicalize(&args.project)
+        .map_err(|e| format!("{}: {e}", args.project.display()))?;
+    let info_path = project.join("Info.plist");
+    let info_bytes =
+        std::fs::read(&info_path).map_err(|e| format!("{}: {e}", info_path.display()))?;
+    let info = driverkit_bundle::parse_info(&info_bytes)
+        .map_err(|e| format!("{}: {e}", info_path.display()))?;
+    let text = |key: &str| {
+        info.get(key)
+            .and_then(plist::Value::as_string)
+            .map(str::to_owned)
+            .ok_or_else(|| format!("{}, key {key}: missing", info_path.display()))
+    };
+    let (bundle_id, executable) = (text("CFBundleIdentifier")?, text("CFBundleExecutable")?);
+    let app_executable = format!("{executable}-app");
+    let key = args
+        .sign
+        .as_deref()
+        .map(signature::SigningKey::load)
+        .transpose()?;
+
+    let built = cargo_build(&project, args.debug)?;
+    let find = |name: &str| {
+        built
+            .iter()
+            .find(|p| p.file_name().is_some_and(|f| f == name))
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "cargo built no executable named {name} (the [[bin]] targets of Cargo.toml)"
+                )
+            })
+    };
+    let (dext_exe, app_exe) = (find(&executable)?, find(&app_executable)?);
+
+    let out = args.out.unwrap_or_else(|| project.join("build"));
+    let app = out.join(format!("{executable}.app"));
+    let partial = out.join(format!(".{executable}.app.partial"));
+    let _ = std::fs::remove_dir_all(&partial);
+    let dext = location::dext_in_app(&partial, &bundle_id);
+    let contents = partial.join("Contents");
+    let copy = |from: &Path, to: &Path| -> Result<(), String> {
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+        std::fs::copy(from, to)
+            .map(drop)
+            .map_err(|e| format!("{} -> {}: {e}", from.display(), to.display()))
+    };
+    copy(&info_path, &dext.join("Info.plist"))?;
+    copy(&dext_exe, &dext.join(&executable))?;
+    let dext_entitlements = project.join(entitlements::FILE);
+    if dext_entitlements.exists() {
+        copy(&dext_entitlements, &dext.join(entitlements::FILE))?;
+    }
+    let app_entitlements = project.join("App").join(entitlements::FILE);
+    if app_entitlements.exists() {
+        copy(&app_entitlements, &contents.join(entitlements::FILE))?;
+    }
+    copy(&app_exe, &contents.join("MacOS").join(&app_executable))?;
+    let mut app_info = plist::Dictionary::new();
+    app_info.insert(
+        "CFBundleIdentifier".into(),
+        format!("{bundle_id}.app").into(),
+    );
+    app_info.insert("CFBundleExecutable".into(), app_executable.clone().into());
+    app_info.insert("CFBundleName".into(), executable.clone().into());
+    plist::Value::Dictionary(app_info)
+        .to_file_xml(contents.join("Info.plist"))
+        .map_err(|e| format!("{}: {e}", contents.join("Info.plist").display()))?;
+
+    // What the system will check, checked now.
+    let checked = Bundle::load(&dext)
+        .map_err(|e| e.to_string())
+        .and_then(|b| {
+            b.check_entitlements()
+                .map(|()| b)
+                .map_err(|e| e.to_string())
+        });
+    let bundle = match checked {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(e.replace(&partial.display().to_string(), &app.display().to_string()));
+        }
+    };
+    if let Some(key) = &key {
+        signature::sign(&dext, key)?;
+    }
+    let _ = std::fs::remove_dir_all(&app);
+    std::fs::rename(&partial, &app).map_err(|e| format!("{}: {e}", app.display()))?;
+    println!(
+        "built {} ({bundle_id} {} ({}){})",
+        app.display(),
+        bundle.short_version(),
+        bundle.version(),
+        if key.is_some() { ", signed" } else { "" }
+    );
+    Ok(())
+}
+
+/// `cargo build` of the project; the executables it produced.
+fn cargo_build(project: &Path, debug: bool) -> Result<Vec<PathBuf>, String> {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(project)
+        .args([
+            "build",
+            "--bins",
+            "--message-format=json-render-diagnostics",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if !debug {
+        cmd.arg("--release");
+    }
+    let output = cmd.output().map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("cargo build failed in {}", project.display()));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|m| m.get("executable")?.as_str().map(PathBuf::from))
+        .collect())
+}
