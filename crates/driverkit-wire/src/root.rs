@@ -4,9 +4,12 @@
 
 use std::path::PathBuf;
 
-/// `$XDG_STATE_HOME/driverkit`, else `~/.local/state/driverkit`, else
-/// `/tmp/driverkit-UID`.
+/// `$DRIVERKIT_ROOT`, else `$XDG_STATE_HOME/driverkit`, else
+/// `~/.local/state/driverkit`, else `/tmp/driverkit-UID`.
 pub fn default_root() -> PathBuf {
+    if let Some(root) = std::env::var_os("DRIVERKIT_ROOT").filter(|s| !s.is_empty()) {
+        return PathBuf::from(root);
+    }
     if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
         return PathBuf::from(state).join("driverkit");
     }

@@ -24,7 +24,36 @@ pub struct Daemon {
 impl Daemon {
     /// `driverkit run --root TMP ARGS...`, waiting until it answers.
     pub fn start(args: &[&str]) -> Daemon {
-        let root = tempfile::tempdir().unwrap();
+        Daemon::spawn(tempfile::tempdir().unwrap(), args, &[])
+    }
+
+    /// Stops this daemon (SIGKILL if it still runs) and starts another on
+    /// the same state directory with `args` and `env`.
+    pub fn restart(mut self, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let root = std::mem::replace(&mut self.root, tempfile::tempdir().unwrap());
+        Daemon::spawn(root, args, env)
+    }
+
+    /// Waits for the daemon to have exited by itself (a crash point).
+    pub fn wait_exit(&mut self) {
+        let child = self.child.as_mut().unwrap();
+        let deadline = Instant::now() + WAIT;
+        while child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the daemon did not die");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs a subcommand; its output whether or not it succeeded.
+    pub fn run_cli(&self, args: &[&str]) -> Output {
+        self.try_cli(args)
+    }
+
+    fn spawn(root: tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut child = Command::new(EXE)
             .arg("run")
             .arg("--root")
@@ -35,6 +64,7 @@ impl Daemon {
             .args(args)
             .env("DRIVERKIT_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
