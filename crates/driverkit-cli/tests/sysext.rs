@@ -182,3 +182,432 @@ fn the_seed_new_build_activate_approve_match_upgrade_deactivate() {
     assert_eq!(state_of(&d, "com.example.Seed"), None);
     assert!(!d.state().join("extensions/com.example.Seed").exists());
 }
+
+/// An app carrying the built-in test driver as the dext `id`, version
+/// `version` (CFBundleVersion; the short version is `version.0`), matched
+/// on IOUserResources, with the service property `TestVersion`.
+struct AppSpec<'a> {
+    id: &'a str,
+    version: &'a str,
+    /// Extra personality keys.
+    personality: &'a str,
+    /// The dext's entitlement keys, beyond `driverkit`.
+    entitlements: &'a str,
+    app_may_install: bool,
+    /// Info.plist keys to leave out.
+    without: &'a [&'a str],
+}
+
+impl Default for AppSpec<'_> {
+    fn default() -> Self {
+        AppSpec {
+            id: "com.example.Shipped",
+            version: "1",
+            personality: "<key>IOProviderClass</key><string>IOUserResources</string>\
+                          <key>IOResourceMatch</key><string>IOKit</string>",
+            entitlements: "",
+            app_may_install: true,
+            without: &[],
+        }
+    }
+}
+
+fn make_app(dir: &Path, name: &str, spec: &AppSpec<'_>) -> PathBuf {
+    let app = dir.join(format!("{name}.app"));
+    let _ = std::fs::remove_dir_all(&app);
+    let dext = app.join(format!(
+        "Contents/Library/SystemExtensions/{}.dext",
+        spec.id
+    ));
+    std::fs::create_dir_all(&dext).unwrap();
+    let mut keys = vec![
+        (
+            "CFBundleIdentifier",
+            format!("<string>{}</string>", spec.id),
+        ),
+        (
+            "CFBundleExecutable",
+            "<string>DriverKitTestDriver</string>".into(),
+        ),
+        (
+            "CFBundleVersion",
+            format!("<string>{}</string>", spec.version),
+        ),
+        (
+            "CFBundleShortVersionString",
+            format!("<string>{}.0</string>", spec.version),
+        ),
+        (
+            "OSBundleUsageDescription",
+            "<string>Shipped in an app.</string>".into(),
+        ),
+        (
+            "IOKitPersonalities",
+            format!(
+                "<dict><key>Shipped</key><dict>\
+                   <key>CFBundleIdentifier</key><string>{id}</string>\
+                   <key>IOClass</key><string>IOUserService</string>\
+                   <key>IOUserClass</key><string>TestDriver</string>\
+                   <key>IOUserServerName</key><string>{id}</string>\
+                   <key>TestVersion</key><string>{v}</string>\
+                   {p}</dict></dict>",
+                id = spec.id,
+                v = spec.version,
+                p = spec.personality
+            ),
+        ),
+    ];
+    keys.retain(|(k, _)| !spec.without.contains(k));
+    let body: String = keys
+        .iter()
+        .map(|(k, v)| format!("<key>{k}</key>{v}"))
+        .collect();
+    std::fs::write(
+        dext.join("Info.plist"),
+        format!(r#"<plist version="1.0"><dict>{body}</dict></plist>"#),
+    )
+    .unwrap();
+    std::fs::write(
+        dext.join("Entitlements.plist"),
+        format!(
+            r#"<plist version="1.0"><dict><key>com.apple.developer.driverkit</key><true/>{}</dict></plist>"#,
+            spec.entitlements
+        ),
+    )
+    .unwrap();
+    // A small executable (the store copies it at every activation) that
+    // becomes the built-in test driver by its argv[0].
+    let exe = dext.join("DriverKitTestDriver");
+    std::fs::write(
+        &exe,
+        format!("#!/bin/bash\nexec -a DriverKitTestDriver {EXE} \"$@\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        app.join("Contents/Entitlements.plist"),
+        format!(
+            r#"<plist version="1.0"><dict><key>com.apple.developer.system-extension.install</key><{}/></dict></plist>"#,
+            spec.app_may_install
+        ),
+    )
+    .unwrap();
+    app
+}
+
+/// `driverkit sysext activate`'s failure message (it must fail).
+fn refused(d: &Daemon, app: &Path, id: &str) -> String {
+    let out = d.run_cli(&["sysext", "activate", app.to_str().unwrap(), id, "--replace"]);
+    assert!(
+        !out.status.success(),
+        "activation of {} succeeded",
+        app.display()
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn every_refusal_names_its_reason() {
+    let d = Daemon::start(&["--no-embedded", "--no-default-devices"]);
+    let dir = d.root.path().join("apps");
+    std::fs::create_dir_all(&dir).unwrap();
+    let id = "com.example.Shipped";
+    let key = dir.join("k");
+    d.cli(&["key", "new", key.to_str().unwrap()]);
+    d.cli(&["sysext", "trust", &format!("{}.pub", key.display())]);
+    let sign = |app: &Path| {
+        let dext = app.join(format!("Contents/Library/SystemExtensions/{id}.dext"));
+        let k = driverkit_bundle::signature::SigningKey::load(&key).unwrap();
+        driverkit_bundle::signature::sign(&dext, &k).unwrap();
+        dext
+    };
+
+    // Missing keys: the file and the key are named.
+    for missing in [
+        "CFBundleVersion",
+        "OSBundleUsageDescription",
+        "IOKitPersonalities",
+    ] {
+        let app = make_app(
+            &dir,
+            "Missing",
+            &AppSpec {
+                without: &[missing],
+                ..Default::default()
+            },
+        );
+        let e = refused(&d, &app, id);
+        assert!(
+            e.contains("validation failed (code 9)")
+                && e.contains(missing)
+                && e.contains("Info.plist"),
+            "{e}"
+        );
+    }
+    // Not inside Contents/Library/SystemExtensions: `load` refuses it...
+    let loose = dir.join(format!("{id}.dext"));
+    let app = make_app(&dir, "Good", &AppSpec::default());
+    std::fs::rename(
+        app.join(format!("Contents/Library/SystemExtensions/{id}.dext")),
+        &loose,
+    )
+    .unwrap();
+    let out = d.run_cli(&["load", loose.to_str().unwrap()]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("is not inside an app's Contents/Library/SystemExtensions folder"),
+        "{e}"
+    );
+    // ...and an app without it in place has no such extension.
+    let e = refused(&d, &app, id);
+    assert!(
+        e.contains("extension not found (code 4)") && e.contains(&format!("no {id}.dext")),
+        "{e}"
+    );
+    // Not an app at all.
+    let e = refused(&d, &loose, id);
+    assert!(
+        e.contains("unsupported parent bundle location (code 3)"),
+        "{e}"
+    );
+    // An unknown bundle ID, to activate and to deactivate.
+    let app = make_app(&dir, "Good", &AppSpec::default());
+    let e = refused(&d, &app, "com.example.Unknown");
+    assert!(e.contains("extension not found (code 4)"), "{e}");
+    let out = d.run_cli(&["sysext", "deactivate", "com.example.Unknown"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("extension not found (code 4)"));
+    // The device's vendor is not among the dext's USB entitlements.
+    let app = make_app(
+        &dir,
+        "Vendor",
+        &AppSpec {
+            personality: "<key>IOProviderClass</key><string>IOUSBHostDevice</string>\
+                          <key>idVendor</key><integer>1452</integer>",
+            entitlements: "<key>com.apple.developer.driverkit.transport.usb</key>\
+                           <array><dict><key>idVendor</key><integer>4617</integer></dict></array>",
+            ..Default::default()
+        },
+    );
+    sign(&app);
+    let e = refused(&d, &app, id);
+    assert!(
+        e.contains("missing entitlement (code 2)")
+            && e.contains("idVendor 1452")
+            && e.contains("Shipped"),
+        "{e}"
+    );
+    // The app may not install drivers.
+    let app = make_app(
+        &dir,
+        "NoInstall",
+        &AppSpec {
+            app_may_install: false,
+            ..Default::default()
+        },
+    );
+    let e = refused(&d, &app, id);
+    assert!(
+        e.contains("missing entitlement (code 2)") && e.contains("system-extension.install"),
+        "{e}"
+    );
+    // Unsigned.
+    let app = make_app(&dir, "Good", &AppSpec::default());
+    let e = refused(&d, &app, id);
+    assert!(
+        e.contains("code signature invalid (code 8)") && e.contains("not signed"),
+        "{e}"
+    );
+    // Signed, then a file altered: the file is named.
+    let dext = sign(&app);
+    std::fs::write(
+        dext.join("Info.plist"),
+        std::fs::read_to_string(dext.join("Info.plist")).unwrap() + " ",
+    )
+    .unwrap();
+    let e = refused(&d, &app, id);
+    assert!(
+        e.contains("code signature invalid (code 8)") && e.contains("file Info.plist changed"),
+        "{e}"
+    );
+    // Signed by a key the system does not trust.
+    let app = make_app(&dir, "Good", &AppSpec::default());
+    let stranger = dir.join("stranger");
+    d.cli(&["key", "new", stranger.to_str().unwrap()]);
+    let k = driverkit_bundle::signature::SigningKey::load(&stranger).unwrap();
+    driverkit_bundle::signature::sign(
+        &app.join(format!("Contents/Library/SystemExtensions/{id}.dext")),
+        &k,
+    )
+    .unwrap();
+    let e = refused(&d, &app, id);
+    assert!(e.contains("does not trust"), "{e}");
+
+    // Version 2 goes in; then version 1 is refused as lower, and version 2
+    // again is "already active".
+    let v2 = make_app(
+        &dir,
+        "Two",
+        &AppSpec {
+            version: "2",
+            ..Default::default()
+        },
+    );
+    sign(&v2);
+    d.cli(&["sysext", "activate", v2.to_str().unwrap(), id]);
+    let v1 = make_app(&dir, "One", &AppSpec::default());
+    sign(&v1);
+    let e = refused(&d, &v1, id);
+    assert!(
+        e.contains("forbidden by system policy (code 10)")
+            && e.contains("lower than the active 2.0 (2)"),
+        "{e}"
+    );
+    let again = d.cli(&["sysext", "activate", v2.to_str().unwrap(), id]);
+    assert!(again.contains("AlreadyActive"), "{again}");
+    // Asked to replace with 3 and cancelling keeps 2.
+    let v3 = make_app(
+        &dir,
+        "Three",
+        &AppSpec {
+            version: "3",
+            ..Default::default()
+        },
+    );
+    sign(&v3);
+    let out = d.run_cli(&["sysext", "activate", v3.to_str().unwrap(), id, "--cancel"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("request canceled (code 11)"));
+    assert_eq!(records(&d)["extensions"][id]["version"], "2");
+    // Developer mode takes an unsigned, lower version.
+    d.cli(&["sysext", "developer", "on"]);
+    let unsigned_v1 = make_app(&dir, "One", &AppSpec::default());
+    d.cli(&[
+        "sysext",
+        "activate",
+        unsigned_v1.to_str().unwrap(),
+        id,
+        "--replace",
+    ]);
+    assert_eq!(records(&d)["extensions"][id]["version"], "1");
+}
+
+/// The stored copy of `id`: exactly one generation on disk, the one the
+/// record names, holding the record's version.
+fn check_store(d: &Daemon, id: &str) -> Option<String> {
+    let r = records(d);
+    let dir = d.state().join("extensions").join(id);
+    let Some(e) = r["extensions"].get(id) else {
+        assert!(!dir.exists(), "no record, but {} remains", dir.display());
+        return None;
+    };
+    let copies: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|c| c.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(copies, [format!("{}.dext", e["generation"])], "{r}");
+    let info = std::fs::read_to_string(dir.join(&copies[0]).join("Info.plist")).unwrap();
+    let version = e["version"].as_str().unwrap().to_owned();
+    assert!(
+        info.contains(&format!(
+            "<key>CFBundleVersion</key><string>{version}</string>"
+        )),
+        "the copy holds the record's version {version}"
+    );
+    assert!(!d.state().join("extensions/staging").exists());
+    Some(version)
+}
+
+#[test]
+fn the_store_is_whole_after_kill_9_at_any_step() {
+    let id = "com.example.Shipped";
+    let args = ["--no-embedded", "--no-default-devices"];
+    let mut d = Daemon::start(&args);
+    let dir = d.root.path().join("apps");
+    std::fs::create_dir_all(&dir).unwrap();
+    let v1 = make_app(&dir, "One", &AppSpec::default());
+    let v2 = make_app(
+        &dir,
+        "Two",
+        &AppSpec {
+            version: "2",
+            ..Default::default()
+        },
+    );
+    d.cli(&["sysext", "developer", "on"]);
+    // Every crash point, every time it is passed during one operation.
+    let points = [
+        ("store-committed", 1),
+        ("store-copied", 1),
+        ("store-staged", 1),
+        ("store-committed", 2),
+        ("store-committed", 3),
+    ];
+    type Op<'a> = (
+        &'a str,
+        Vec<&'a str>,
+        Option<&'a str>,
+        &'a [Option<&'a str>],
+    );
+    let v1s = v1.to_str().unwrap();
+    let v2s = v2.to_str().unwrap();
+    // (name, the operation, the state it starts from, acceptable versions after)
+    let ops: Vec<Op> = vec![
+        (
+            "activate",
+            vec!["sysext", "activate", v1s, id],
+            None,
+            &[None, Some("1")],
+        ),
+        (
+            "upgrade",
+            vec!["sysext", "activate", v2s, id, "--replace"],
+            Some(v1s),
+            &[Some("1"), Some("2")],
+        ),
+        (
+            "uninstall",
+            vec!["sysext", "uninstall", id],
+            Some(v1s),
+            &[Some("1"), None],
+        ),
+    ];
+    let mut crashes = 0;
+    for (name, op, from, acceptable) in &ops {
+        for (point, nth) in points {
+            // The starting state, cleanly.
+            d.cli(&["sysext", "reset"]);
+            if let Some(app) = from {
+                d.cli(&["sysext", "activate", app, id]);
+                d.cli(&["sysext", "approve", id]);
+            }
+            let n = nth.to_string();
+            d = d.restart(
+                &args,
+                &[("DRIVERKIT_CRASH_AT", point), ("DRIVERKIT_CRASH_COUNT", &n)],
+            );
+            let out = d.run_cli(op);
+            let died =
+                !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("daemon");
+            if died {
+                d.wait_exit();
+                crashes += 1;
+            }
+            d = d.restart(&args, &[]);
+            let version = check_store(&d, id);
+            assert!(
+                acceptable.contains(&version.as_deref()),
+                "{name}, killed at {point} #{nth}: found version {version:?}"
+            );
+            // An enabled extension runs again after the restart.
+            if records(&d)["extensions"][id]["state"] == "enabled" {
+                d.wait_node("the extension's service after the restart", |node| {
+                    node["name"] == "TestDriver"
+                        && node["properties"]["TestVersion"].as_str() == version.as_deref()
+                });
+            }
+        }
+    }
+    // Activation and upgrade pass every point but the third commit (a
+    // generation is reserved, then the record commits); uninstalling only
+    // commits once.
+    assert_eq!(crashes, 4 + 4 + 1, "the crash points the operations pass");
+}

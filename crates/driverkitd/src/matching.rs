@@ -521,4 +521,45 @@ mod tests {
         names.sort();
         assert_eq!(names, ["New", "Other"]);
     }
+
+    #[test]
+    fn a_usb_device_matches_only_dexts_entitled_to_its_vendor() {
+        let personality = dict(&[
+            ("IOProviderClass", "IOUSBHostDevice".into()),
+            ("idVendor", 4617.into()),
+            ("idProduct", 1.into()),
+        ]);
+        let mut cat = Catalogue::new(crate::families::matchers());
+        let mut entitled = bundle("com.a", vec![("A", personality.clone())]);
+        entitled.entitlements = Some(driverkit_bundle::Entitlements {
+            driverkit: true,
+            usb_vendors: vec![4617],
+            ..Default::default()
+        });
+        let mut other = bundle("com.b", vec![("B", personality)]);
+        other.entitlements = Some(driverkit_bundle::Entitlements {
+            driverkit: true,
+            usb_vendors: vec![0x05ac],
+            ..Default::default()
+        });
+        cat.add_bundle(entitled);
+        cat.add_bundle(other);
+        let c = chain("IOUSBHostDevice");
+        let props = dict(&[("idVendor", 4617.into()), ("idProduct", 1.into())]);
+        let t = MatchTarget {
+            name: "Device",
+            class_chain: &c,
+            properties: &props,
+        };
+        let names: Vec<_> = cat
+            .candidates(&t, &Default::default())
+            .iter()
+            .map(|c| c.driver.personality.name.clone())
+            .collect();
+        assert_eq!(
+            names,
+            ["A"],
+            "B's personality says 4617, its entitlements do not"
+        );
+    }
 }
