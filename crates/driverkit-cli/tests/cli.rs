@@ -25,7 +25,8 @@ fn validate_prints_personalities_and_refuses_broken_bundles() {
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("org.test.Good: valid"), "{text}");
+    assert!(text.contains("org.test.Good 1.0 (1): valid"), "{text}");
+    assert!(text.contains("in app: "), "{text}");
     assert!(text.contains("personality \"Good\""), "{text}");
     assert!(text.contains("IOProbeScore     7"), "{text}");
 

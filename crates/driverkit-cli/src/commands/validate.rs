@@ -6,8 +6,19 @@ use driverkit_bundle::Bundle;
 
 pub fn validate(path: &Path) -> Result<(), String> {
     let bundle = Bundle::load(path).map_err(|e| e.to_string())?;
-    println!("{}: valid", bundle.identifier);
+    bundle.check_entitlements().map_err(|e| e.to_string())?;
+    println!(
+        "{} {} ({}): valid",
+        bundle.identifier,
+        bundle.short_version(),
+        bundle.version()
+    );
     println!("  executable: {}", bundle.executable.display());
+    match driverkit_bundle::location::containing_app(path) {
+        Ok(app) => println!("  in app: {}", app.display()),
+        // Valid, but the system will not load it from here.
+        Err(e) => println!("  warning: {e}"),
+    }
     for p in &bundle.personalities {
         println!("  personality {:?}", p.name);
         println!("    IOUserClass      {}", p.user_class);
