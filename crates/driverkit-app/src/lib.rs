@@ -37,6 +37,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
+pub mod iokit;
+
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -59,8 +61,34 @@ impl System {
         System { root: root.into() }
     }
 
-    fn call(&self, request: Value) -> Result<Value, OSSystemExtensionError> {
-        let path = self.root.join(driverkit_wire::root::CONTROL_SOCKET);
+    /// The daemon's control socket.
+    pub(crate) fn socket(&self) -> PathBuf {
+        self.root.join(driverkit_wire::root::CONTROL_SOCKET)
+    }
+
+    /// Sends a streaming request; the reader is past the daemon's answer.
+    pub(crate) fn stream(
+        &self,
+        request: Value,
+    ) -> Result<BufReader<UnixStream>, driverkit_wire::IOReturn> {
+        use driverkit_wire::IOReturn;
+        let mut stream = UnixStream::connect(self.socket()).map_err(|_| IOReturn::NOT_READY)?;
+        stream
+            .write_all(format!("{request}\n").as_bytes())
+            .map_err(|_| IOReturn::NOT_READY)?;
+        let mut reader = BufReader::new(stream);
+        let mut answer = String::new();
+        reader
+            .read_line(&mut answer)
+            .map_err(|_| IOReturn::NOT_READY)?;
+        if !answer.starts_with("{\"ok\"") {
+            return Err(IOReturn::NOT_READY);
+        }
+        Ok(reader)
+    }
+
+    pub(crate) fn call(&self, request: Value) -> Result<Value, OSSystemExtensionError> {
+        let path = self.socket();
         let unreachable = |e: std::io::Error| OSSystemExtensionError {
             code: 1,
             reason: "unknown".into(),

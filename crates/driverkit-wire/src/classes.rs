@@ -26,6 +26,9 @@ const CLASSES: &[(&str, Option<&str>)] = &[
     ("IOUserHIDEventService", Some("IOHIDEventService")),
     // The system's own event service, used when no dext matches better.
     ("IOHIDEventDriver", Some("IOHIDEventService")),
+    // User clients: a dext's door for apps (IOServiceOpen).
+    ("IOUserClient", Some("IOService")),
+    ("IOUserUserClient", Some("IOUserClient")),
     // PCI: a device function. Personalities may name it (and entitlements
     // gate it) now; its nubs come with the PCI backend.
     ("IOPCIDevice", Some("IOService")),

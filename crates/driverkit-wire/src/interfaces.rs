@@ -31,6 +31,31 @@ pub trait IOUserServerInterface {
     /// registered as `action` with the request's status and byte count.
     #[local]
     fn complete_async(&self, action: u64, status: u32, actual: u64) -> IOResult<()>;
+    /// Hands user client `object` one of its sockets to an app (`role`:
+    /// `user_client::ROLE_CALLS` or `ROLE_NOTIFICATIONS`); the socket
+    /// travels with this request as `SCM_RIGHTS`.
+    #[local]
+    fn connect(&self, object: ObjectId, role: u8) -> IOResult<()>;
+}
+
+/// `IOUserClient`: a dext's door for an app. The dext calls these on
+/// itself, from the thread serving the app's call socket, so that they run
+/// on the user client's queue like any method of it; the daemon is not on
+/// this path.
+#[interface(class = "IOUserClient")]
+pub trait IOUserClientInterface {
+    /// `ExternalMethod`: the app's call `selector` with `args`
+    /// (`flags`: `user_client::FLAG_*`).
+    #[local]
+    fn external_method(
+        &self,
+        selector: u64,
+        args: crate::user_client::CallArgs,
+        flags: u8,
+    ) -> IOResult<crate::user_client::CallResult>;
+    /// `CopyClientMemoryForType`: the memory travels back beside the reply.
+    #[local]
+    fn copy_client_memory(&self, memory_type: u64, read_only: bool) -> IOResult<()>;
 }
 
 /// `IOService`, the base class of every service.

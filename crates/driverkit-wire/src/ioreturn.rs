@@ -42,6 +42,7 @@ codes! {
     BUSY = 0xe000_02d5, "kIOReturnBusy";
     TIMEOUT = 0xe000_02d6, "kIOReturnTimeout";
     NOT_PERMITTED = 0xe000_02e2, "kIOReturnNotPermitted";
+    NOT_RESPONDING = 0xe000_02ed, "kIOReturnNotResponding";
     NO_DEVICE = 0xe000_02c0, "kIOReturnNoDevice";
     UNDERRUN = 0xe000_02e7, "kIOReturnUnderrun";
     OVERRUN = 0xe000_02e8, "kIOReturnOverrun";

@@ -22,6 +22,7 @@ pub mod ring;
 pub mod root;
 pub mod shm;
 pub mod transport;
+pub mod user_client;
 
 pub use codec::{decode_reply, Bytes, Decoder, Encoder, Wire, WireError};
 pub use header::{Header, Kind, Packet, FLAG_SUPERDISPATCH, HEADER_LEN, PROTOCOL_VERSION};

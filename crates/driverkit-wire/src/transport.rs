@@ -43,6 +43,11 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Takes ownership of a connected `SOCK_SEQPACKET` socket.
+    /// The socket, for passing to another process.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     pub fn new(fd: OwnedFd) -> Self {
         Self { fd }
     }

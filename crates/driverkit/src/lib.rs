@@ -41,6 +41,7 @@ pub mod service;
 pub mod time;
 pub mod timer;
 pub mod usb;
+pub mod user_client;
 
 pub use action::OSAction;
 pub use data_queue::IODataQueueDispatchSource;
@@ -56,6 +57,7 @@ pub use queue::IODispatchQueue;
 pub use service::{IOService, IOServiceApi, IOServiceImpl, IOServiceSuper};
 pub use timer::IOTimerDispatchSource;
 pub use usb::{IOUSBHostDevice, IOUSBHostInterface, IOUSBHostPipe};
+pub use user_client::{IOUserClient, IOUserClientImpl};
 
 /// Logging macros for drivers (lines go to the system's log).
 pub use tracing::{debug, error, info, warn};
@@ -77,6 +79,7 @@ pub mod prelude {
         IOUserHIDDeviceApi, IOUserHIDDeviceImpl, IOUserHIDEventService, IOUserHIDEventServiceApi,
         IOUserHIDEventServiceImpl,
     };
+    pub use crate::{IOUserClient, IOUserClientImpl};
 }
 
 // `#[driverkit::service]` names this crate by its absolute path.

@@ -56,6 +56,11 @@ impl IOBufferMemoryDescriptor {
         Ok(())
     }
 
+    /// A descriptor of the buffer's memfd.
+    pub(crate) fn shm_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        std::os::fd::AsFd::as_fd(&*self.shm).try_clone_to_owned()
+    }
+
     /// The ID under which the system knows this buffer, registering it on
     /// first use.
     pub(crate) fn memory_id(&self) -> IOResult<u64> {

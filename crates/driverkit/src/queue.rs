@@ -94,7 +94,7 @@ impl IODispatchQueue {
     /// that the queue's thread has not yet taken, so it is for work whose
     /// order against other sources does not matter (a source's own
     /// handler).
-    pub(crate) fn run_here_if_idle<F: FnOnce()>(&self, f: F) -> Result<(), F> {
+    pub(crate) fn run_here_if_idle<R, F: FnOnce() -> R>(&self, f: F) -> Result<R, F> {
         if self.on_queue() {
             return Err(f);
         }
@@ -111,9 +111,9 @@ impl IODispatchQueue {
             return Err(f);
         }
         let previous = IN_PLACE.with(|p| p.replace(Arc::as_ptr(&self.inner)));
-        f();
+        let result = f();
         IN_PLACE.with(|p| p.set(previous));
-        Ok(())
+        Ok(result)
     }
 
     /// Runs `f` on the queue after everything queued before it.

@@ -138,7 +138,7 @@ impl<I> ServiceBase<I> {
 }
 
 /// A service instance as the runtime sees it, whatever its type.
-trait Instance: Send + Sync {
+pub(crate) trait Instance: Send + Sync {
     fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
     fn init(&self) -> IOResult<()>;
     fn free(&self);
@@ -245,6 +245,16 @@ struct Runtime {
 
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 
+/// The instance hosted as `object` and its queue, for work that reaches it
+/// other than through the system's socket (a user client's app).
+pub(crate) fn hosted(object: ObjectId) -> Option<(Arc<dyn Instance>, IODispatchQueue)> {
+    let rt = RUNTIME.get()?;
+    let objects = rt.objects.lock().unwrap_or_else(|e| e.into_inner());
+    objects
+        .get(&object)
+        .map(|h| (h.instance.clone(), h.queue.clone()))
+}
+
 /// Runs a dext whose executable holds `classes`; never returns. The daemon
 /// starts the executable with the socket number in `DRIVERKIT_SERVER_FD`.
 pub fn run(classes: Vec<ClassEntry>) -> ! {
@@ -289,7 +299,7 @@ pub fn run(classes: Vec<ClassEntry>) -> ! {
     }
     let mut buf = MessageBuf::default();
     loop {
-        let (header, _fd) = match rt.main.recv_message(&mut buf) {
+        let (header, fd) = match rt.main.recv_message(&mut buf) {
             Ok(Some(m)) => m,
             Ok(None) => {
                 tracing::info!("the system closed the connection; exiting");
@@ -302,7 +312,10 @@ pub fn run(classes: Vec<ClassEntry>) -> ! {
         };
         match header.kind {
             Kind::Request | Kind::Oneway if header.object == ObjectId::USER_SERVER => {
-                let server = ServerHandler { rt };
+                let server = ServerHandler {
+                    rt,
+                    fd: std::cell::RefCell::new(fd),
+                };
                 let result =
                     io_user_server_interface::dispatch(&server, header.method, buf.payload())
                         .unwrap_or(Err(IOReturn::UNSUPPORTED));
@@ -361,6 +374,8 @@ impl Runtime {
 
 struct ServerHandler {
     rt: &'static Runtime,
+    /// The descriptor that came with the request (`connect`'s socket).
+    fd: std::cell::RefCell<Option<OwnedFd>>,
 }
 
 impl IOUserServerInterface for ServerHandler {
@@ -412,6 +427,7 @@ impl IOUserServerInterface for ServerHandler {
         let Some(Hosted { instance, queue }) = hosted else {
             return Err(IOReturn::NOT_FOUND);
         };
+        crate::user_client::forget(object);
         // Completions still owed to this service can never reach it now.
         let orphaned: Vec<OSAction> = {
             let mut actions = self.rt.actions.lock().unwrap_or_else(|e| e.into_inner());
@@ -453,6 +469,11 @@ impl IOUserServerInterface for ServerHandler {
     fn exit(&self) -> IOResult<()> {
         tracing::debug!("exit requested by the system");
         Ok(())
+    }
+
+    fn connect(&self, object: ObjectId, role: u8) -> IOResult<()> {
+        let socket = self.fd.borrow_mut().take().ok_or(IOReturn::BAD_ARGUMENT)?;
+        crate::user_client::connect(object, role, socket)
     }
 }
 

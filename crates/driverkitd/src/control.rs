@@ -55,6 +55,11 @@ pub enum Request {
     /// Subscribe to the HID event stream: after the answer, the connection
     /// carries one event object per line until the client closes it.
     Events,
+    /// Subscribe to services starting and leaving: `{"started": ID}`,
+    /// `{"removed": ID}` lines after the answer.
+    Lifecycle,
+    /// `IOServiceOpen(service, kind)`: see `serve_connection`.
+    ServiceOpen { service: u64, kind: u32 },
     /// Stop every dext and exit.
     Shutdown,
     /// Activate the dext `bundle_id` of the app at `app`. Answers
@@ -119,10 +124,18 @@ fn serve_client(
     shutdown: &mpsc::Sender<()>,
 ) -> std::io::Result<()> {
     let mut writer = stream.try_clone()?;
-    for line in BufReader::new(stream).lines() {
-        let line = line?;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
         let response = match serde_json::from_str::<Request>(&line) {
             Ok(Request::Events) => return stream_events(daemon, writer),
+            Ok(Request::Lifecycle) => return stream_lifecycle(daemon, writer),
+            Ok(Request::ServiceOpen { service, kind }) => {
+                return serve_connection(daemon, reader, writer, service, kind)
+            }
             Ok(req) => match handle(daemon, req, shutdown) {
                 Ok(v) => Response::Ok(v),
                 Err(e) => Response::Error(e),
@@ -133,6 +146,77 @@ fn serve_client(
             .unwrap_or_else(|_| r#"{"error":"unencodable"}"#.into());
         text.push('\n');
         writer.write_all(text.as_bytes())?;
+    }
+}
+
+/// `IOServiceOpen` on this connection: answers `{"ok": {"status": 0,
+/// "user_client": ID}}` with the app's call and notification sockets
+/// attached (`SCM_RIGHTS`), or `{"ok": {"status": IOReturn}}`. The
+/// connection then stands for the open user client: a `service_close`
+/// line or the app's end closes it.
+fn serve_connection(
+    daemon: &Daemon,
+    mut reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    service: u64,
+    kind: u32,
+) -> std::io::Result<()> {
+    let pid = rustix::net::sockopt::socket_peercred(&writer)
+        .map(|c| c.pid.as_raw_nonzero().get() as u32)
+        .unwrap_or(0);
+    let opened = match daemon.open_user_client(service, kind, pid) {
+        Ok(o) => o,
+        Err(status) => {
+            let mut w = &writer;
+            return w.write_all(format!("{{\"ok\":{{\"status\":{}}}}}\n", status.0).as_bytes());
+        }
+    };
+    let answer = format!(
+        "{{\"ok\":{{\"status\":0,\"user_client\":{}}}}}\n",
+        opened.user_client
+    );
+    let fds = [
+        std::os::fd::AsFd::as_fd(&opened.calls),
+        std::os::fd::AsFd::as_fd(&opened.notifications),
+    ];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut ancillary = rustix::net::SendAncillaryBuffer::new(&mut space);
+    ancillary.push(rustix::net::SendAncillaryMessage::ScmRights(&fds));
+    let sent = rustix::net::sendmsg(
+        &writer,
+        &[std::io::IoSlice::new(answer.as_bytes())],
+        &mut ancillary,
+        rustix::net::SendFlags::NOSIGNAL,
+    );
+    drop(opened.calls);
+    drop(opened.notifications);
+    if sent.is_ok() {
+        // Until the app closes the connection, or dies.
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+            if line.contains("service_close") {
+                break;
+            }
+            line.clear();
+        }
+    }
+    daemon.close_user_client(opened.user_client);
+    Ok(())
+}
+
+/// Writes `{"started": ID}` and `{"removed": ID}` lines as services start
+/// and leave the registry, until the client goes away (matching
+/// notifications for apps).
+fn stream_lifecycle(daemon: &Daemon, mut writer: UnixStream) -> std::io::Result<()> {
+    let events = daemon.subscribe();
+    writer.write_all(b"{\"ok\":{}}\n")?;
+    for event in events {
+        let line = match event {
+            crate::Event::Started { service, .. } => format!("{{\"started\":{service}}}\n"),
+            crate::Event::Removed { service } => format!("{{\"removed\":{service}}}\n"),
+            crate::Event::Exited { .. } => continue,
+        };
+        writer.write_all(line.as_bytes())?;
     }
     Ok(())
 }
@@ -198,7 +282,9 @@ fn handle(
             });
             Ok(json!({ "report": hex }))
         }
-        Request::Events => Err("events are a stream; see Client::events".into()),
+        Request::Events | Request::Lifecycle | Request::ServiceOpen { .. } => {
+            Err("a streaming request; it has its own connection".into())
+        }
         Request::SysextActivate {
             app,
             bundle_id,

@@ -106,7 +106,7 @@ struct ServerSlot {
 
 pub(crate) struct State {
     pub(crate) registry: Registry,
-    catalogue: Catalogue,
+    pub(crate) catalogue: Catalogue,
     servers: HashMap<u64, ServerSlot>,
     next_server: u64,
     relaunches: HashMap<String, u32>,
@@ -825,6 +825,13 @@ impl Inner {
     /// Removes a service that never started, remembers that its driver
     /// declined the provider, and lets its process go if it hosts nothing
     /// else.
+    /// The process hosting service `id`, if a dext hosts it.
+    pub(crate) fn server_of(&self, id: EntryId) -> Option<Arc<UserServer>> {
+        let st = self.lock();
+        let server = st.registry.get(id)?.hosting.as_ref()?.server;
+        st.servers.get(&server).map(|s| s.server.clone())
+    }
+
     fn discard(&self, id: EntryId, server: &Arc<UserServer>) {
         {
             let mut st = self.lock();

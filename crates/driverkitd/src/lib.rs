@@ -22,6 +22,7 @@ pub mod registry;
 pub mod root;
 pub mod store;
 pub mod sysext;
+pub mod user_client;
 mod user_server;
 mod workers;
 

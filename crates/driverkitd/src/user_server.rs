@@ -348,6 +348,29 @@ impl UserServer {
         flags: u8,
         args: &[u8],
     ) -> IOResult<InFlight> {
+        self.send_request_with(object, method, flags, args, None)
+    }
+
+    /// A call that passes a descriptor along (`connect`'s socket).
+    pub fn call_with_fd(
+        &self,
+        object: ObjectId,
+        method: MethodId,
+        args: &[u8],
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> IOResult<Vec<u8>> {
+        let request = self.send_request_with(object, method, 0, args, Some(fd))?;
+        self.wait(request)
+    }
+
+    fn send_request_with(
+        &self,
+        object: ObjectId,
+        method: MethodId,
+        flags: u8,
+        args: &[u8],
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> IOResult<InFlight> {
         if !self.is_alive() {
             return Err(IOReturn::OFFLINE);
         }
@@ -355,7 +378,7 @@ impl UserServer {
         let (tx, reply) = mpsc::sync_channel(1);
         self.pending().insert(call, tx);
         let h = Header::request(call, object, method, flags);
-        if self.main.send(&h, args, None).is_err() {
+        if self.main.send(&h, args, fd).is_err() {
             self.pending().remove(&call);
             return Err(IOReturn::OFFLINE);
         }

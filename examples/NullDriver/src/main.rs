@@ -1,1 +1,1 @@
-driverkit::dext_main!(null_driver::NullDriver);
+driverkit::dext_main!(null_driver::NullDriver, null_driver::NullDriverUserClient);

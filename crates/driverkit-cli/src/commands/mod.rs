@@ -4,6 +4,7 @@ mod bench;
 mod bench_hid;
 mod bench_sources;
 mod build;
+mod call;
 mod device;
 mod events;
 mod hid;
@@ -60,6 +61,8 @@ enum Command {
     Hid(hid::HidCommand),
     /// Print HID events (keyboard, pointer, scroll) as event services dispatch them.
     Events(events::EventsArgs),
+    /// Call a method of a driver's user client, as an app would.
+    Call(call::CallArgs),
     /// Create a driver project (a dext and the app that carries it) from a template.
     New(new::NewArgs),
     /// Build a driver project into NAME.app/Contents/Library/SystemExtensions/<bundle-id>.dext.
@@ -125,6 +128,7 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
         Command::Hid(cmd) => hid::hid(cmd),
         Command::Events(args) => events::events(&root, args),
         Command::New(args) => new::new(args),
+        Command::Call(args) => call::call(&root, args),
         Command::Build(args) => build::build(args),
         Command::Sysext(cmd) => sysext::sysext(&root, cmd),
         Command::Key(KeyCommand::New { path }) => sysext::new_key(&path),

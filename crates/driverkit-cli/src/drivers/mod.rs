@@ -31,7 +31,12 @@ pub const EXAMPLES: &[Embedded] = &[
         executable: "NullDriver",
         info_plist: null_driver::INFO_PLIST,
         entitlements: null_driver::ENTITLEMENTS,
-        classes: || vec![class::<null_driver::NullDriver>()],
+        classes: || {
+            vec![
+                class::<null_driver::NullDriver>(),
+                class::<null_driver::NullDriverUserClient>(),
+            ]
+        },
     },
     Embedded {
         executable: "VirtualSensorDriver",

@@ -1,0 +1,436 @@
+//! `IOUserClient`: the door through which a driver's own app reaches it.
+//!
+//! An app opens a service (`IOServiceOpen`); the system creates the
+//! service's user client from the `UserClientProperties` dictionary of its
+//! personality (`IOClass` = `IOUserUserClient`, `IOUserClass` = the dext's
+//! class), starts it, and hands the app and the dext a direct socket pair:
+//! calls from then on go straight from the app to this process. Each call
+//! runs [`IOUserClientImpl::external_method`] on the user client's queue;
+//! [`dispatch_external_method`] checks a call against a typed table first.
+//! When the app closes the connection or dies, the system stops and frees
+//! the user client, so a driver releases in `stop` what it held for the
+//! app.
+//!
+//! ```
+//! use driverkit::prelude::*;
+//! use driverkit::user_client::*;
+//!
+//! #[driverkit::service(superclass = IOUserClient, ivars = ())]
+//! pub struct Adder;
+//!
+//! impl IOServiceImpl for Adder {
+//!     fn init(&self) -> IOResult<()> { Ok(()) }
+//! }
+//!
+//! fn add(_: &Adder, args: &mut IOUserClientMethodArguments) -> IOResult<()> {
+//!     args.scalar_output = vec![args.scalar_input[0] + args.scalar_input[1]];
+//!     Ok(())
+//! }
+//!
+//! impl IOUserClientImpl for Adder {
+//!     fn external_method(&self, selector: u64, args: &mut IOUserClientMethodArguments) -> IOResult<()> {
+//!         const METHODS: &[IOUserClientMethodDispatch<Adder>] = &[IOUserClientMethodDispatch {
+//!             function: add,
+//!             check_completion_exists: false,
+//!             check_scalar_input_count: 2,
+//!             check_structure_input_size: 0,
+//!             check_scalar_output_count: 1,
+//!             check_structure_output_size: 0,
+//!         }];
+//!         dispatch_external_method(self, selector, args, METHODS)
+//!     }
+//! }
+//! ```
+
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, Weak};
+
+use driverkit_wire::codec::{Decoder, Encoder, Wire};
+use driverkit_wire::interfaces::{io_service_interface, io_user_client_interface};
+use driverkit_wire::transport::Endpoint;
+use driverkit_wire::user_client::{CallArgs, CallResult, Completion, FLAG_ASYNC, MAX_SCALARS};
+use driverkit_wire::{Header, IOResult, IOReturn, MethodId, ObjectId};
+
+use crate::memory::{IOBufferMemoryDescriptor, IOMemoryDescriptor};
+use crate::runtime::ClassDispatch;
+use crate::service::{IOService, IOServiceImpl};
+
+/// The superclass of a dext's user client:
+/// `#[driverkit::service(superclass = IOUserClient, ...)]`.
+pub struct IOUserClient;
+
+/// A structure size a dispatch entry does not check
+/// (`kIOUserClientVariableStructureSize`).
+pub const VARIABLE_STRUCTURE_SIZE: u32 = u32::MAX;
+
+/// One call of the app, and what the method answers.
+#[derive(Debug, Default)]
+pub struct IOUserClientMethodArguments {
+    pub selector: u64,
+    pub scalar_input: Vec<u64>,
+    /// The structure input, whether it came in the message or, when large,
+    /// in a memory descriptor (`structure_input_descriptor`).
+    pub structure_input: Vec<u8>,
+    /// True when `structure_input` came through a memory descriptor.
+    pub structure_input_descriptor: bool,
+    /// How many scalars the app expects back; fill `scalar_output`.
+    pub scalar_output_count: u32,
+    pub scalar_output: Vec<u64>,
+    /// The most structure bytes the app accepts; fill `structure_output`.
+    pub structure_output_maximum_size: u32,
+    pub structure_output: Vec<u8>,
+    /// For an asynchronous call: complete it, now or later, with
+    /// [`IOUserClientCompletion::complete`].
+    pub completion: Option<IOUserClientCompletion>,
+}
+
+/// The completion of an asynchronous call (DriverKit's `OSAction` passed
+/// to `ExternalMethod`, completed with `AsyncCompletion`). Keep it as long
+/// as the work runs; completing it after the app has gone does nothing.
+#[derive(Debug, Clone)]
+pub struct IOUserClientCompletion {
+    notify: Weak<Mutex<Option<Endpoint>>>,
+    reference: u64,
+}
+
+impl IOUserClientCompletion {
+    /// `AsyncCompletion(action, status, values)`: sends the app `status`
+    /// and up to 16 values. `kIOReturnNotOpen` when the app has closed.
+    pub fn complete(&self, status: IOReturn, values: &[u64]) -> IOResult<()> {
+        if values.len() > driverkit_wire::user_client::MAX_ASYNC_VALUES {
+            return Err(IOReturn::BAD_ARGUMENT);
+        }
+        let notify = self.notify.upgrade().ok_or(IOReturn::NOT_OPEN)?;
+        let guard = notify.lock().unwrap_or_else(|e| e.into_inner());
+        let endpoint = guard.as_ref().ok_or(IOReturn::NOT_OPEN)?;
+        let mut h = Header::new(driverkit_wire::Kind::Oneway);
+        h.method = MethodId(self.reference);
+        let mut e = Encoder::new();
+        Completion {
+            status: status.0,
+            values: values.to_vec(),
+        }
+        .encode(&mut e);
+        endpoint
+            .send(&h, e.as_bytes(), None)
+            .map_err(|_| IOReturn::NOT_OPEN)
+    }
+}
+
+/// One entry of a user client's method table (`IOUserClientMethodDispatch`).
+pub struct IOUserClientMethodDispatch<S> {
+    pub function: fn(&S, &mut IOUserClientMethodArguments) -> IOResult<()>,
+    /// The method is asynchronous: a completion must come with the call
+    /// (and must not, when false).
+    pub check_completion_exists: bool,
+    pub check_scalar_input_count: u32,
+    /// Bytes of structure input, or [`VARIABLE_STRUCTURE_SIZE`].
+    pub check_structure_input_size: u32,
+    pub check_scalar_output_count: u32,
+    /// Bytes of structure output, or [`VARIABLE_STRUCTURE_SIZE`].
+    pub check_structure_output_size: u32,
+}
+
+/// What a user client implements.
+pub trait IOUserClientImpl: IOServiceImpl {
+    /// `ExternalMethod`: the app's call. Usually
+    /// `dispatch_external_method(self, selector, args, TABLE)`.
+    fn external_method(
+        &self,
+        selector: u64,
+        args: &mut IOUserClientMethodArguments,
+    ) -> IOResult<()> {
+        let _ = (selector, args);
+        Err(IOReturn::UNSUPPORTED)
+    }
+
+    /// `CopyClientMemoryForType`: memory the app maps with
+    /// `IOConnectMapMemory`.
+    fn copy_client_memory_for_type(&self, memory_type: u64) -> IOResult<IOBufferMemoryDescriptor> {
+        let _ = memory_type;
+        Err(IOReturn::UNSUPPORTED)
+    }
+}
+
+/// Runs `selector` from `table` after checking the call against it:
+/// `kIOReturnBadArgument` for an unknown selector, a completion where none
+/// belongs (or none where one must be), or scalar counts and structure
+/// sizes other than the entry's. A method that fills more output than the
+/// app accepts fails the same way.
+pub fn dispatch_external_method<S>(
+    service: &S,
+    selector: u64,
+    args: &mut IOUserClientMethodArguments,
+    table: &[IOUserClientMethodDispatch<S>],
+) -> IOResult<()> {
+    let entry = usize::try_from(selector)
+        .ok()
+        .and_then(|i| table.get(i))
+        .ok_or(IOReturn::BAD_ARGUMENT)?;
+    let sized =
+        |check: u32, actual: usize| check == VARIABLE_STRUCTURE_SIZE || check as usize == actual;
+    let ok = entry.check_completion_exists == args.completion.is_some()
+        && entry.check_scalar_input_count as usize == args.scalar_input.len()
+        && sized(entry.check_structure_input_size, args.structure_input.len())
+        && entry.check_scalar_output_count == args.scalar_output_count
+        && (entry.check_structure_output_size == VARIABLE_STRUCTURE_SIZE
+            || entry.check_structure_output_size <= args.structure_output_maximum_size);
+    if !ok {
+        return Err(IOReturn::BAD_ARGUMENT);
+    }
+    (entry.function)(service, args)?;
+    if args.scalar_output.len() > args.scalar_output_count as usize
+        || args.structure_output.len() > args.structure_output_maximum_size as usize
+    {
+        return Err(IOReturn::BAD_ARGUMENT);
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// The memfd travelling with the call being dispatched on this thread:
+    /// in, a large structure input; out, `CopyClientMemoryForType`'s memory.
+    static CALL_FD: std::cell::RefCell<(Option<OwnedFd>, Option<OwnedFd>)> =
+        const { std::cell::RefCell::new((None, None)) };
+}
+
+impl<S: IOUserClientImpl> ClassDispatch<S> for IOUserClient {
+    fn dispatch(service: &S, method: MethodId, args: &[u8]) -> Option<IOResult<Vec<u8>>> {
+        match method {
+            io_user_client_interface::EXTERNAL_METHOD => Some(external_method(service, args)),
+            io_user_client_interface::COPY_CLIENT_MEMORY => Some(copy_memory(service, args)),
+            io_service_interface::STOP => {
+                // The app is gone: no completion of this user client can
+                // reach it any more.
+                if let Some(conn) = connection(service.registry_entry_id()) {
+                    *conn.notify.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                }
+                <IOService as ClassDispatch<S>>::dispatch(service, method, args)
+            }
+            _ => <IOService as ClassDispatch<S>>::dispatch(service, method, args),
+        }
+    }
+}
+
+fn external_method<S: IOUserClientImpl>(service: &S, payload: &[u8]) -> IOResult<Vec<u8>> {
+    let mut d = Decoder::new(payload);
+    let selector = u64::decode(&mut d).map_err(|_| IOReturn::BAD_ARGUMENT)?;
+    let call = CallArgs::decode(&mut d).map_err(|_| IOReturn::BAD_ARGUMENT)?;
+    let flags = u8::decode(&mut d).map_err(|_| IOReturn::BAD_ARGUMENT)?;
+    let memory = CALL_FD.with(|c| c.borrow_mut().0.take());
+    let (structure_input, from_memory) = match memory {
+        Some(fd) => {
+            let shm = driverkit_wire::shm::SharedMemory::from_fd(
+                fd,
+                call.structure_input_length as usize,
+            )
+            .map_err(|_| IOReturn::BAD_ARGUMENT)?;
+            let mut bytes = vec![0; call.structure_input_length as usize];
+            if !shm.read(0, &mut bytes) {
+                return Err(IOReturn::BAD_ARGUMENT);
+            }
+            (bytes, true)
+        }
+        None => (call.structure_input, false),
+    };
+    let completion = (flags & FLAG_ASYNC != 0).then(|| IOUserClientCompletion {
+        notify: connection(service.registry_entry_id())
+            .map(|c| Arc::downgrade(&c.notify))
+            .unwrap_or_default(),
+        reference: call.async_reference,
+    });
+    let mut args = IOUserClientMethodArguments {
+        selector,
+        scalar_input: call.scalar_input,
+        structure_input,
+        structure_input_descriptor: from_memory,
+        scalar_output_count: call.scalar_output_count,
+        scalar_output: Vec::new(),
+        structure_output_maximum_size: call.structure_output_max,
+        structure_output: Vec::new(),
+        completion,
+    };
+    service.external_method(selector, &mut args)?;
+    if args.scalar_output.len() > MAX_SCALARS {
+        return Err(IOReturn::BAD_ARGUMENT);
+    }
+    let mut e = Encoder::new();
+    CallResult {
+        scalar_output: args.scalar_output,
+        structure_output: args.structure_output,
+    }
+    .encode(&mut e);
+    Ok(e.as_bytes().to_vec())
+}
+
+fn copy_memory<S: IOUserClientImpl>(service: &S, payload: &[u8]) -> IOResult<Vec<u8>> {
+    let mut d = Decoder::new(payload);
+    let memory_type = u64::decode(&mut d).map_err(|_| IOReturn::BAD_ARGUMENT)?;
+    let read_only = bool::decode(&mut d).map_err(|_| IOReturn::BAD_ARGUMENT)?;
+    let buffer = service.copy_client_memory_for_type(memory_type)?;
+    let fd = buffer.share(read_only)?;
+    CALL_FD.with(|c| c.borrow_mut().1 = Some(fd));
+    let mut e = Encoder::new();
+    (buffer.get_length() as u64).encode(&mut e);
+    Ok(e.as_bytes().to_vec())
+}
+
+/// A user client's sockets in this process.
+pub(crate) struct Connection {
+    /// Where completions go; `None` once the app has gone.
+    notify: Arc<Mutex<Option<Endpoint>>>,
+}
+
+static CONNECTIONS: Mutex<Vec<(u64, Arc<Connection>)>> = Mutex::new(Vec::new());
+
+fn connection(object: u64) -> Option<Arc<Connection>> {
+    CONNECTIONS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(o, _)| *o == object)
+        .map(|(_, c)| c.clone())
+}
+
+fn connection_or_new(object: u64) -> Arc<Connection> {
+    let mut all = CONNECTIONS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, c)) = all.iter().find(|(o, _)| *o == object) {
+        return c.clone();
+    }
+    let c = Arc::new(Connection {
+        notify: Arc::new(Mutex::new(None)),
+    });
+    all.push((object, c.clone()));
+    c
+}
+
+/// Forgets a freed user client's connection.
+pub(crate) fn forget(object: ObjectId) {
+    CONNECTIONS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|(o, _)| *o != object.0);
+}
+
+/// The system handed user client `object` a socket (`connect`).
+pub(crate) fn connect(object: ObjectId, role: u8, socket: OwnedFd) -> IOResult<()> {
+    let endpoint = Endpoint::new(socket);
+    match role {
+        driverkit_wire::user_client::ROLE_NOTIFICATIONS => {
+            *connection_or_new(object.0)
+                .notify
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(endpoint);
+            Ok(())
+        }
+        driverkit_wire::user_client::ROLE_CALLS => {
+            connection_or_new(object.0);
+            std::thread::Builder::new()
+                .name(format!("user-client:{:#x}", object.0))
+                .spawn(move || serve_calls(object, endpoint))
+                .map(drop)
+                .map_err(|_| IOReturn::NO_RESOURCES)
+        }
+        _ => Err(IOReturn::BAD_ARGUMENT),
+    }
+}
+
+/// Serves the app's calls until it closes its socket: each runs as the
+/// user client's work, on this thread when its queue is idle (the common
+/// case: no hand-off between the app's call and the method).
+fn serve_calls(object: ObjectId, endpoint: Endpoint) {
+    let mut buf = driverkit_wire::transport::MessageBuf::default();
+    loop {
+        let (header, fd) = match endpoint.recv_message(&mut buf) {
+            Ok(Some(m)) => m,
+            Ok(None) | Err(_) => break,
+        };
+        if header.kind != driverkit_wire::Kind::Request {
+            continue;
+        }
+        let Some((instance, queue)) = crate::runtime::hosted(object) else {
+            let _ = endpoint.reply(&header, Err(IOReturn::NOT_OPEN));
+            break;
+        };
+        let (method, args) = if header.method.0 == driverkit_wire::user_client::SELECTOR_MAP_MEMORY
+        {
+            let Ok(call) = CallArgs::decode(&mut Decoder::new(buf.payload())) else {
+                let _ = endpoint.reply(&header, Err(IOReturn::BAD_ARGUMENT));
+                continue;
+            };
+            let mut e = Encoder::new();
+            call.scalar_input
+                .first()
+                .copied()
+                .unwrap_or(0)
+                .encode(&mut e);
+            (call.scalar_input.get(1).copied().unwrap_or(0) != 0).encode(&mut e);
+            (
+                io_user_client_interface::COPY_CLIENT_MEMORY,
+                e.as_bytes().to_vec(),
+            )
+        } else {
+            let mut e = Encoder::new();
+            header.method.0.encode(&mut e);
+            e.put(buf.payload());
+            header.flags.encode(&mut e);
+            (
+                io_user_client_interface::EXTERNAL_METHOD,
+                e.as_bytes().to_vec(),
+            )
+        };
+        let run = move || {
+            CALL_FD.with(|c| *c.borrow_mut() = (fd, None));
+            let result = instance.dispatch(method, &args);
+            let out = CALL_FD.with(|c| {
+                let mut c = c.borrow_mut();
+                c.0 = None;
+                c.1.take()
+            });
+            (result, out)
+        };
+        let (result, out) = match queue.run_here_if_idle(run) {
+            Ok(r) => r,
+            Err(run) => {
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                let _ = queue.dispatch_async(move || {
+                    let _ = tx.send(run());
+                });
+                rx.recv().unwrap_or((Err(IOReturn::OFFLINE), None))
+            }
+        };
+        let sent = match (&result, &out) {
+            (Ok(payload), Some(fd)) => endpoint.send(
+                &Header {
+                    kind: driverkit_wire::Kind::Reply,
+                    ..header
+                },
+                payload,
+                Some(std::os::fd::AsFd::as_fd(fd)),
+            ),
+            _ => endpoint.reply(&header, result),
+        };
+        if sent.is_err() {
+            break;
+        }
+    }
+}
+
+impl IOBufferMemoryDescriptor {
+    /// A descriptor of this buffer's memory for another process: the same
+    /// memfd, or a read-only reopening of it that cannot be mapped for
+    /// writing.
+    pub(crate) fn share(&self, read_only: bool) -> IOResult<OwnedFd> {
+        let fd = self.shm_fd().map_err(|_| IOReturn::NO_RESOURCES)?;
+        if !read_only {
+            return Ok(fd);
+        }
+        let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+        rustix::fs::open(
+            path.as_str(),
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|_| IOReturn::NO_RESOURCES)
+    }
+}
