@@ -76,6 +76,9 @@ pub mod selector {
     /// A structure of any size in (large ones arrive as shared memory),
     /// `[byte sum, length]` out.
     pub const CHECKSUM: u64 = 3;
+    /// A slow operation, as talking to hardware can be: `[ms]` in (at most
+    /// 10 s), returns after that long.
+    pub const DELAY: u64 = 4;
 }
 
 /// The memory type of the greeting buffer apps map.
@@ -145,6 +148,13 @@ fn checksum(_: &NullDriverUserClient, args: &mut IOUserClientMethodArguments) ->
     Ok(())
 }
 
+fn delay(_: &NullDriverUserClient, args: &mut IOUserClientMethodArguments) -> IOResult<()> {
+    std::thread::sleep(std::time::Duration::from_millis(
+        args.scalar_input[0].min(10_000),
+    ));
+    Ok(())
+}
+
 impl IOUserClientImpl for NullDriverUserClient {
     fn external_method(
         &self,
@@ -182,6 +192,14 @@ impl IOUserClientImpl for NullDriverUserClient {
                 check_scalar_input_count: 0,
                 check_structure_input_size: VARIABLE_STRUCTURE_SIZE,
                 check_scalar_output_count: 2,
+                check_structure_output_size: 0,
+            },
+            IOUserClientMethodDispatch {
+                function: delay,
+                check_completion_exists: false,
+                check_scalar_input_count: 1,
+                check_structure_input_size: 0,
+                check_scalar_output_count: 0,
                 check_structure_output_size: 0,
             },
         ];
