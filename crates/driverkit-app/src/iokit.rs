@@ -27,11 +27,12 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
+use driverkit_wire::channel::ShmChannel;
 use driverkit_wire::codec::{Decoder, Encoder, Wire};
 use driverkit_wire::transport::{Endpoint, MessageBuf};
 use driverkit_wire::user_client::{
     CallArgs, CallResult, Completion, FLAG_ASYNC, FLAG_STRUCT_IN_MEMORY, MAX_INLINE_STRUCT,
-    MAX_SCALARS, SELECTOR_MAP_MEMORY,
+    MAX_SCALARS, SELECTOR_CHANNEL, SELECTOR_MAP_MEMORY,
 };
 use driverkit_wire::{Header, IOReturn, Kind, MethodId, ObjectId};
 use plist::{Dictionary, Value};
@@ -85,7 +86,16 @@ impl Matching {
             .name
             .as_deref()
             .is_none_or(|n| text("IORegistryEntryName") == Some(n));
-        class_ok && name_ok && self.properties.iter().all(|(k, v)| entry.get(k) == Some(v))
+        let registered = entry
+            .get("IOServiceState")
+            .and_then(Value::as_dictionary)
+            .and_then(|s| s.get("registered"))
+            .and_then(Value::as_boolean)
+            == Some(true);
+        registered
+            && class_ok
+            && name_ok
+            && self.properties.iter().all(|(k, v)| entry.get(k) == Some(v))
     }
 }
 
@@ -119,7 +129,8 @@ fn id_of(d: &Dictionary) -> Option<IOService> {
         .and_then(Value::as_unsigned_integer)
 }
 
-/// `IOServiceGetMatchingServices`: the registered services that match.
+/// `IOServiceGetMatchingServices`: the registered services that match
+/// (a service is visible to apps once it calls `register_service`).
 pub fn io_service_get_matching_services(
     system: &System,
     matching: &Matching,
@@ -215,6 +226,8 @@ type Callback = Box<dyn FnOnce(IOReturn, Vec<u64>) + Send>;
 pub struct IOConnect {
     user_client: u64,
     calls: Mutex<(Endpoint, MessageBuf, u32)>,
+    /// The call channel in shared memory, for calls without descriptors.
+    channel: Option<Arc<ShmChannel>>,
     /// Completions waiting for their asynchronous call's answer.
     pending: Arc<Mutex<HashMap<u64, Callback>>>,
     next_reference: std::sync::atomic::AtomicU64,
@@ -255,19 +268,46 @@ pub fn io_service_open(
     let (Some(calls), Some(notifications)) = (fds.next(), fds.next()) else {
         return Err(IOReturn::INTERNAL_ERROR);
     };
+    let calls = Endpoint::new(calls);
+    let channel = open_channel(&calls, user_client).ok().map(Arc::new);
     let pending: Arc<Mutex<HashMap<u64, Callback>>> = Arc::default();
     let waiting = pending.clone();
+    let watched = channel.clone();
     std::thread::Builder::new()
         .name("iokit-async".into())
-        .spawn(move || serve_completions(Endpoint::new(notifications), waiting))
+        .spawn(move || {
+            serve_completions(Endpoint::new(notifications), waiting);
+            // The driver's process is gone: a call waiting on the channel
+            // must not wait forever.
+            if let Some(c) = watched {
+                c.close();
+            }
+        })
         .map_err(|_| IOReturn::NO_RESOURCES)?;
     Ok(IOConnect {
         user_client,
-        calls: Mutex::new((Endpoint::new(calls), MessageBuf::default(), 1)),
+        calls: Mutex::new((calls, MessageBuf::default(), 1)),
+        channel,
         pending,
         next_reference: 1.into(),
         control,
     })
+}
+
+/// Hands the driver a call channel in shared memory.
+fn open_channel(calls: &Endpoint, user_client: u64) -> Result<ShmChannel, IOReturn> {
+    let channel = ShmChannel::create().map_err(|_| IOReturn::NO_MEMORY)?;
+    let header = Header::request(0, ObjectId(user_client), MethodId(SELECTOR_CHANNEL), 0);
+    calls
+        .send(&header, &[], Some(channel.memory().as_fd()))
+        .map_err(|_| IOReturn::NOT_RESPONDING)?;
+    let mut buf = MessageBuf::default();
+    match calls.recv_message(&mut buf) {
+        Ok(Some((reply, _))) if reply.kind == Kind::Reply && reply.status == IOReturn::SUCCESS => {
+            Ok(channel)
+        }
+        _ => Err(IOReturn::UNSUPPORTED),
+    }
 }
 
 /// Runs each completion's callback as it arrives; when the driver's end
@@ -504,6 +544,25 @@ impl IOConnect {
         let call = *next;
         *next = next.wrapping_add(1);
         let header = Header::request(call, ObjectId(self.user_client), MethodId(selector), flags);
+        if let (Some(channel), None, None) = (&self.channel, &memory, &fd_out) {
+            let mut request = Vec::with_capacity(driverkit_wire::HEADER_LEN + e.as_bytes().len());
+            header.emit(e.as_bytes(), &mut request);
+            let mut reply = Vec::new();
+            channel
+                .call(&request, &mut reply, None)
+                .map_err(|_| IOReturn::NOT_RESPONDING)?;
+            let answer = driverkit_wire::Header::parse(
+                &driverkit_wire::header::Packet::new_unchecked(&reply[..]),
+            )
+            .map_err(|_| IOReturn::INTERNAL_ERROR)?;
+            if answer.status != IOReturn::SUCCESS {
+                return Err(answer.status);
+            }
+            let result =
+                CallResult::decode(&mut Decoder::new(&reply[driverkit_wire::HEADER_LEN..]))
+                    .map_err(|_| IOReturn::INTERNAL_ERROR)?;
+            return Ok((result.scalar_output, result.structure_output));
+        }
         endpoint
             .send(&header, e.as_bytes(), memory.as_ref().map(|m| m.as_fd()))
             .map_err(|_| IOReturn::NOT_RESPONDING)?;
@@ -535,6 +594,9 @@ impl IOConnect {
 
 impl Drop for IOConnect {
     fn drop(&mut self) {
+        if let Some(c) = &self.channel {
+            c.close();
+        }
         let _ = self.control.write_all(b"{\"op\":\"service_close\"}\n");
         let _ = self.control.shutdown(std::net::Shutdown::Both);
     }

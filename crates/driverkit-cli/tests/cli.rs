@@ -160,6 +160,8 @@ fn bench_quick_reports_every_figure_beside_its_baseline() {
         [
             "rpc_roundtrip",
             "rpc_roundtrip",
+            "userclient_scalar_roundtrip",
+            "userclient_scalar_roundtrip",
             "spawn_to_start",
             "match_per_device",
             "dext_rss",

@@ -32,6 +32,12 @@ pub const FLAG_STRUCT_IN_MEMORY: u8 = 0x04;
 /// scalar input is `[type, read_only]`, the reply carries the memfd.
 pub const SELECTOR_MAP_MEMORY: u64 = u64::MAX - 1;
 
+/// The selector of the call-channel setup: a `ShmChannel`'s memfd travels
+/// with it, and calls without descriptors may then go through it (a few
+/// hundred nanoseconds when both sides are busy, instead of two
+/// cross-process wake-ups).
+pub const SELECTOR_CHANNEL: u64 = u64::MAX - 2;
+
 /// Roles of the sockets the daemon hands a dext with `connect`.
 pub const ROLE_CALLS: u8 = 0;
 pub const ROLE_NOTIFICATIONS: u8 = 1;

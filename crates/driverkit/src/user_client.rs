@@ -45,10 +45,14 @@
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, Weak};
 
+use driverkit_wire::channel::ShmChannel;
 use driverkit_wire::codec::{Decoder, Encoder, Wire};
 use driverkit_wire::interfaces::{io_service_interface, io_user_client_interface};
 use driverkit_wire::transport::Endpoint;
-use driverkit_wire::user_client::{CallArgs, CallResult, Completion, FLAG_ASYNC, MAX_SCALARS};
+use driverkit_wire::user_client::{
+    CallArgs, CallResult, Completion, FLAG_ASYNC, MAX_SCALARS, SELECTOR_CHANNEL,
+    SELECTOR_MAP_MEMORY,
+};
 use driverkit_wire::{Header, IOResult, IOReturn, MethodId, ObjectId};
 
 use crate::memory::{IOBufferMemoryDescriptor, IOMemoryDescriptor};
@@ -337,9 +341,12 @@ pub(crate) fn connect(object: ObjectId, role: u8, socket: OwnedFd) -> IOResult<(
 
 /// Serves the app's calls until it closes its socket: each runs as the
 /// user client's work, on this thread when its queue is idle (the common
-/// case: no hand-off between the app's call and the method).
+/// case: no hand-off between the app's call and the method). An app may
+/// also hand over a call channel in shared memory, served by a thread of
+/// its own that spins between calls like the system's call channels.
 fn serve_calls(object: ObjectId, endpoint: Endpoint) {
     let mut buf = driverkit_wire::transport::MessageBuf::default();
+    let mut channels: Vec<Arc<ShmChannel>> = Vec::new();
     loop {
         let (header, fd) = match endpoint.recv_message(&mut buf) {
             Ok(Some(m)) => m,
@@ -348,57 +355,20 @@ fn serve_calls(object: ObjectId, endpoint: Endpoint) {
         if header.kind != driverkit_wire::Kind::Request {
             continue;
         }
-        let Some((instance, queue)) = crate::runtime::hosted(object) else {
-            let _ = endpoint.reply(&header, Err(IOReturn::NOT_OPEN));
-            break;
-        };
-        let (method, args) = if header.method.0 == driverkit_wire::user_client::SELECTOR_MAP_MEMORY
-        {
-            let Ok(call) = CallArgs::decode(&mut Decoder::new(buf.payload())) else {
-                let _ = endpoint.reply(&header, Err(IOReturn::BAD_ARGUMENT));
-                continue;
-            };
-            let mut e = Encoder::new();
-            call.scalar_input
-                .first()
-                .copied()
-                .unwrap_or(0)
-                .encode(&mut e);
-            (call.scalar_input.get(1).copied().unwrap_or(0) != 0).encode(&mut e);
-            (
-                io_user_client_interface::COPY_CLIENT_MEMORY,
-                e.as_bytes().to_vec(),
-            )
-        } else {
-            let mut e = Encoder::new();
-            header.method.0.encode(&mut e);
-            e.put(buf.payload());
-            header.flags.encode(&mut e);
-            (
-                io_user_client_interface::EXTERNAL_METHOD,
-                e.as_bytes().to_vec(),
-            )
-        };
-        let run = move || {
-            CALL_FD.with(|c| *c.borrow_mut() = (fd, None));
-            let result = instance.dispatch(method, &args);
-            let out = CALL_FD.with(|c| {
-                let mut c = c.borrow_mut();
-                c.0 = None;
-                c.1.take()
+        if header.method.0 == SELECTOR_CHANNEL {
+            let opened = fd
+                .ok_or(IOReturn::BAD_ARGUMENT)
+                .and_then(|fd| serve_channel(object, fd));
+            let result = opened.map(|c| {
+                channels.push(c);
+                Vec::new()
             });
-            (result, out)
-        };
-        let (result, out) = match queue.run_here_if_idle(run) {
-            Ok(r) => r,
-            Err(run) => {
-                let (tx, rx) = std::sync::mpsc::sync_channel(1);
-                let _ = queue.dispatch_async(move || {
-                    let _ = tx.send(run());
-                });
-                rx.recv().unwrap_or((Err(IOReturn::OFFLINE), None))
+            if endpoint.reply(&header, result).is_err() {
+                break;
             }
-        };
+            continue;
+        }
+        let (result, out) = handle_call(object, &header, buf.payload(), fd);
         let sent = match (&result, &out) {
             (Ok(payload), Some(fd)) => endpoint.send(
                 &Header {
@@ -412,6 +382,99 @@ fn serve_calls(object: ObjectId, endpoint: Endpoint) {
         };
         if sent.is_err() {
             break;
+        }
+    }
+    // The app is gone: so are its channels' threads.
+    for c in channels {
+        c.close();
+    }
+}
+
+/// Serves a call channel the app created: calls without descriptors.
+fn serve_channel(object: ObjectId, fd: OwnedFd) -> IOResult<Arc<ShmChannel>> {
+    let shm = driverkit_wire::shm::SharedMemory::from_fd(fd, driverkit_wire::channel::LEN)
+        .map_err(|_| IOReturn::BAD_ARGUMENT)?;
+    let channel = Arc::new(ShmChannel::open(shm).map_err(|_| IOReturn::BAD_ARGUMENT)?);
+    let served = channel.clone();
+    std::thread::Builder::new()
+        .name(format!("user-client-channel:{:#x}", object.0))
+        .spawn(move || {
+            served.serve(driverkit_wire::shm::SPIN, |request, reply| {
+                let parsed = driverkit_wire::Header::parse(
+                    &driverkit_wire::header::Packet::new_unchecked(request),
+                );
+                let Ok(header) = parsed else {
+                    Header::emit_reply(
+                        &Header::new(driverkit_wire::Kind::Request),
+                        &Err(IOReturn::BAD_ARGUMENT),
+                        reply,
+                    );
+                    return;
+                };
+                let payload = request
+                    .get(driverkit_wire::HEADER_LEN..)
+                    .unwrap_or_default();
+                let (result, _) = handle_call(object, &header, payload, None);
+                Header::emit_reply(&header, &result, reply);
+            });
+        })
+        .map_err(|_| IOReturn::NO_RESOURCES)?;
+    Ok(channel)
+}
+
+/// One call of the app: decoded, run as the user client's work, answered.
+fn handle_call(
+    object: ObjectId,
+    header: &Header,
+    payload: &[u8],
+    fd: Option<OwnedFd>,
+) -> (IOResult<Vec<u8>>, Option<OwnedFd>) {
+    let Some((instance, queue)) = crate::runtime::hosted(object) else {
+        return (Err(IOReturn::NOT_OPEN), None);
+    };
+    let (method, args) = if header.method.0 == SELECTOR_MAP_MEMORY {
+        let Ok(call) = CallArgs::decode(&mut Decoder::new(payload)) else {
+            return (Err(IOReturn::BAD_ARGUMENT), None);
+        };
+        let mut e = Encoder::new();
+        call.scalar_input
+            .first()
+            .copied()
+            .unwrap_or(0)
+            .encode(&mut e);
+        (call.scalar_input.get(1).copied().unwrap_or(0) != 0).encode(&mut e);
+        (
+            io_user_client_interface::COPY_CLIENT_MEMORY,
+            e.as_bytes().to_vec(),
+        )
+    } else {
+        let mut e = Encoder::new();
+        header.method.0.encode(&mut e);
+        e.put(payload);
+        header.flags.encode(&mut e);
+        (
+            io_user_client_interface::EXTERNAL_METHOD,
+            e.as_bytes().to_vec(),
+        )
+    };
+    let run = move || {
+        CALL_FD.with(|c| *c.borrow_mut() = (fd, None));
+        let result = instance.dispatch(method, &args);
+        let out = CALL_FD.with(|c| {
+            let mut c = c.borrow_mut();
+            c.0 = None;
+            c.1.take()
+        });
+        (result, out)
+    };
+    match queue.run_here_if_idle(run) {
+        Ok(r) => r,
+        Err(run) => {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let _ = queue.dispatch_async(move || {
+                let _ = tx.send(run());
+            });
+            rx.recv().unwrap_or((Err(IOReturn::OFFLINE), None))
         }
     }
 }

@@ -58,7 +58,9 @@ impl Daemon {
         let (properties, hosting) = {
             let st = self.inner.lock();
             let e = st.registry.get(service).ok_or(IOReturn::NOT_FOUND)?;
-            if !e.state.active || e.state.terminating {
+            // Registered is enough, as in IOKit: `register_service` in
+            // Start is what makes a service visible to apps.
+            if !e.state.registered || e.state.terminating {
                 return Err(IOReturn::NOT_READY);
             }
             let hosting: Hosting = e.hosting.clone().ok_or(IOReturn::UNSUPPORTED)?;

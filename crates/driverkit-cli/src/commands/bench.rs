@@ -98,6 +98,9 @@ pub fn bench(args: BenchArgs) -> Result<(), String> {
     if wanted("rpc_roundtrip") {
         show(rpc_roundtrip(dir.path(), 20_000 / scale)?);
     }
+    if wanted("userclient_scalar_roundtrip") {
+        show(userclient_scalar_roundtrip(dir.path(), 20_000 / scale)?);
+    }
     if wanted("spawn_to_start") {
         show(vec![spawn_to_start(dir.path(), 100 / scale)?]);
     }
@@ -311,6 +314,63 @@ pub fn spin_peer() -> Result<(), String> {
         }
         std::hint::spin_loop();
     }
+}
+
+/// An app's scalar call into a dext and back: `IOConnectCallScalarMethod`
+/// on NullDriver's user client (ADD), over the connection the daemon
+/// brokered. This process is the app.
+fn userclient_scalar_roundtrip(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
+    use driverkit_app::iokit::{io_service_get_matching_services, io_service_open, Matching};
+    let (b50, b99) = raw_pingpong(n)?;
+    let (s50, s99) = raw_spin_pingpong(n)?;
+    let embedded = drivers::find("NullDriver")?;
+    let daemon = bench_daemon(root, embedded)?;
+    let state = root.join(format!("state-{}", embedded.executable));
+    std::fs::create_dir_all(&state).map_err(|e| e.to_string())?;
+    let (stop, _stopped) = std::sync::mpsc::channel();
+    driverkitd::control::serve(daemon.clone(), &state, stop).map_err(|e| e.to_string())?;
+    let system = driverkit_app::System::at(&state);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let service = loop {
+        let found = io_service_get_matching_services(&system, &Matching::name("NullDriver"))
+            .map_err(|e| e.to_string())?;
+        if let Some(s) = found.first() {
+            break *s;
+        }
+        if Instant::now() > deadline {
+            return Err("NullDriver did not start within 30 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let connection = io_service_open(&system, service, 0).map_err(|e| e.to_string())?;
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..(n + n / 10) as u64 {
+        let t = Instant::now();
+        let out = connection
+            .call_scalar_method(null_driver::selector::ADD, &[i, 1], 1)
+            .map_err(|e| e.to_string())?;
+        let took = t.elapsed().as_nanos() as f64;
+        if out != [i + 1] {
+            return Err(format!("ADD({i}, 1) answered {out:?}"));
+        }
+        if i as usize >= n / 10 {
+            samples.push(took);
+        }
+    }
+    connection.close();
+    daemon.shutdown();
+    let (p50, p99) = percentiles(samples);
+    let figure = |baseline| Figure {
+        bench: "userclient_scalar_roundtrip",
+        unit: "ns",
+        p50,
+        p99,
+        baseline: Some(baseline),
+    };
+    Ok(vec![
+        figure(("raw_seqpacket", b50, b99)),
+        figure(("raw_spin_shm", s50, s99)),
+    ])
 }
 
 fn rpc_roundtrip(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
