@@ -611,3 +611,28 @@ fn the_store_is_whole_after_kill_9_at_any_step() {
     // commits once.
     assert_eq!(crashes, 4 + 4 + 1, "the crash points the operations pass");
 }
+
+#[test]
+fn every_family_template_builds_and_its_test_passes_as_generated() {
+    let work = tempfile::tempdir().unwrap();
+    for family in ["generic", "usb", "hid", "serial", "net", "pci"] {
+        let name = format!("Template{}", family.to_uppercase());
+        let project = work.path().join(&name);
+        run(&mut driverkit(&[
+            "new",
+            &name,
+            "--family",
+            family,
+            "--path",
+            project.to_str().unwrap(),
+        ]));
+        let tested = run(Command::new(env!("CARGO"))
+            .args(["test", "--quiet"])
+            .current_dir(&project)
+            .env("CARGO_TARGET_DIR", template_target()));
+        assert!(
+            tested.contains("1 passed"),
+            "{family}: the bundle test ran and passed:\n{tested}"
+        );
+    }
+}
