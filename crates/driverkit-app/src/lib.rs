@@ -177,16 +177,7 @@ impl std::fmt::Display for OSSystemExtensionError {
 impl std::error::Error for OSSystemExtensionError {}
 
 /// `OSSystemExtensionError` codes.
-pub mod error_code {
-    pub const UNKNOWN: i64 = 1;
-    pub const MISSING_ENTITLEMENT: i64 = 2;
-    pub const UNSUPPORTED_PARENT_BUNDLE_LOCATION: i64 = 3;
-    pub const EXTENSION_NOT_FOUND: i64 = 4;
-    pub const CODE_SIGNATURE_INVALID: i64 = 8;
-    pub const VALIDATION_FAILED: i64 = 9;
-    pub const FORBIDDEN_BY_SYSTEM_POLICY: i64 = 10;
-    pub const REQUEST_CANCELED: i64 = 11;
-}
+pub use driverkit_wire::sysext_error as error_code;
 
 enum Kind {
     Activation { app: PathBuf },

@@ -21,6 +21,7 @@ mod ioreturn;
 pub mod ring;
 pub mod root;
 pub mod shm;
+pub mod sysext_error;
 pub mod transport;
 pub mod user_client;
 

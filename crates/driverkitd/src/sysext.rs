@@ -22,16 +22,7 @@ use crate::store::{Extension, ExtensionState, Records, Store};
 use crate::Daemon;
 
 /// `OSSystemExtensionError` codes.
-pub mod code {
-    pub const UNKNOWN: i64 = 1;
-    pub const MISSING_ENTITLEMENT: i64 = 2;
-    pub const UNSUPPORTED_PARENT_BUNDLE_LOCATION: i64 = 3;
-    pub const EXTENSION_NOT_FOUND: i64 = 4;
-    pub const CODE_SIGNATURE_INVALID: i64 = 8;
-    pub const VALIDATION_FAILED: i64 = 9;
-    pub const FORBIDDEN_BY_SYSTEM_POLICY: i64 = 10;
-    pub const REQUEST_CANCELED: i64 = 11;
-}
+pub use driverkit_wire::sysext_error as code;
 
 /// A failed request: an `OSSystemExtensionError` code and what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,16 +34,7 @@ pub struct Failure {
 
 impl Failure {
     fn new(code: i64, message: impl Into<String>) -> Failure {
-        let reason = match code {
-            code::MISSING_ENTITLEMENT => "missing entitlement",
-            code::UNSUPPORTED_PARENT_BUNDLE_LOCATION => "unsupported parent bundle location",
-            code::EXTENSION_NOT_FOUND => "extension not found",
-            code::CODE_SIGNATURE_INVALID => "code signature invalid",
-            code::VALIDATION_FAILED => "validation failed",
-            code::FORBIDDEN_BY_SYSTEM_POLICY => "forbidden by system policy",
-            code::REQUEST_CANCELED => "request canceled",
-            _ => "unknown",
-        };
+        let reason = code::reason(code);
         Failure {
             code,
             reason: reason.into(),

@@ -16,6 +16,15 @@ use std::path::{Path, PathBuf};
 
 use driverkit::runtime::{class, ClassEntry};
 
+/// The entitlements of a driver that needs nothing beyond being one.
+pub const PLAIN_ENTITLEMENTS: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<plist version="1.0">
+<dict>
+	<key>com.apple.developer.driverkit</key><true/>
+</dict>
+</plist>
+"#;
+
 /// A driver this binary can become.
 pub struct Embedded {
     /// The bundle's executable name, which is also `argv[0]`'s file name.
@@ -63,7 +72,7 @@ pub const TOOLS: &[Embedded] = &[
     Embedded {
         executable: test::EXECUTABLE,
         info_plist: test::INFO_PLIST,
-        entitlements: test::ENTITLEMENTS,
+        entitlements: PLAIN_ENTITLEMENTS,
         classes: test::classes,
     },
     Embedded {
@@ -75,7 +84,7 @@ pub const TOOLS: &[Embedded] = &[
     Embedded {
         executable: bench::EXECUTABLE,
         info_plist: bench::INFO_PLIST,
-        entitlements: bench::ENTITLEMENTS,
+        entitlements: PLAIN_ENTITLEMENTS,
         classes: bench::classes,
     },
 ];

@@ -20,15 +20,6 @@ use driverkit::runtime::ClassEntry;
 
 pub const EXECUTABLE: &str = "DriverKitTestDriver";
 
-/// What the driver is entitled to.
-pub const ENTITLEMENTS: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
-<plist version="1.0">
-<dict>
-	<key>com.apple.developer.driverkit</key><true/>
-</dict>
-</plist>
-"#;
-
 pub const INFO_PLIST: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <plist version="1.0">
 <dict>
