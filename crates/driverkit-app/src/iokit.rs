@@ -68,6 +68,21 @@ impl Matching {
         }
     }
 
+    /// A matching dictionary as IOKit takes it: `IOProviderClass` (the
+    /// class), `IONameMatch` (the name), `IOPropertyMatch` (properties).
+    pub fn from_dictionary(d: &Dictionary) -> Matching {
+        let text = |k: &str| d.get(k).and_then(Value::as_string).map(str::to_owned);
+        Matching {
+            class: text("IOProviderClass"),
+            name: text("IONameMatch"),
+            properties: d
+                .get("IOPropertyMatch")
+                .and_then(Value::as_dictionary)
+                .cloned()
+                .unwrap_or_default(),
+        }
+    }
+
     /// And this property must equal `value`.
     pub fn property(mut self, key: &str, value: impl Into<Value>) -> Matching {
         self.properties.insert(key.into(), value.into());
@@ -648,5 +663,47 @@ impl MappedMemory {
             .ok_or(IOReturn::BAD_ARGUMENT)?
             .copy_from_slice(data);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(registered: bool) -> Dictionary {
+        let mut state = Dictionary::new();
+        state.insert("registered".into(), registered.into());
+        let mut d = Dictionary::new();
+        d.insert("IORegistryEntryName".into(), "NullDriver".into());
+        d.insert(
+            "IOObjectClassChain".into(),
+            Value::Array(vec!["IOUserService".into(), "IOService".into()]),
+        );
+        d.insert("IOServiceState".into(), Value::Dictionary(state));
+        d.insert("Color".into(), "blue".into());
+        d
+    }
+
+    #[test]
+    fn matching_by_class_name_and_properties_of_registered_services() {
+        let e = entry(true);
+        assert!(Matching::class("IOService").matches(&e));
+        assert!(!Matching::class("IOUSBHostDevice").matches(&e));
+        assert!(Matching::name("NullDriver")
+            .property("Color", "blue")
+            .matches(&e));
+        assert!(!Matching::name("NullDriver")
+            .property("Color", "red")
+            .matches(&e));
+        assert!(
+            !Matching::name("NullDriver").matches(&entry(false)),
+            "not registered yet"
+        );
+        let mut dict = Dictionary::new();
+        dict.insert("IOProviderClass".into(), "IOUserService".into());
+        let mut props = Dictionary::new();
+        props.insert("Color".into(), "blue".into());
+        dict.insert("IOPropertyMatch".into(), Value::Dictionary(props));
+        assert!(Matching::from_dictionary(&dict).matches(&e));
     }
 }
