@@ -527,6 +527,9 @@ impl IOConnect {
         if async_reference != 0 {
             flags |= FLAG_ASYNC;
         }
+        if structure_input.len() as u64 > driverkit_wire::user_client::MAX_MEMORY_STRUCT {
+            return Err(IOReturn::BAD_ARGUMENT);
+        }
         let large = structure_input.len() > MAX_INLINE_STRUCT;
         let memory = if large {
             flags |= FLAG_STRUCT_IN_MEMORY;

@@ -18,6 +18,9 @@ pub const MAX_SCALARS: usize = 16;
 /// Structures larger than this go through a memory descriptor (a memfd
 /// travelling with the request); smaller ones travel in the message.
 pub const MAX_INLINE_STRUCT: usize = 4096;
+/// The largest structure input through a memory descriptor: beyond it a
+/// call is refused rather than making the driver copy without bound.
+pub const MAX_MEMORY_STRUCT: u64 = 64 << 20;
 /// A completion carries at most this many values (`IOUserClientAsyncArgumentsCount`).
 pub const MAX_ASYNC_VALUES: usize = 16;
 

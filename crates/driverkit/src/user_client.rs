@@ -223,6 +223,9 @@ fn external_method<S: IOUserClientImpl>(service: &S, payload: &[u8]) -> IOResult
     let flags = u8::decode(&mut d).map_err(|_| IOReturn::BAD_ARGUMENT)?;
     let memory = CALL_FD.with(|c| c.borrow_mut().0.take());
     let (structure_input, from_memory) = match memory {
+        Some(_) if call.structure_input_length > driverkit_wire::user_client::MAX_MEMORY_STRUCT => {
+            return Err(IOReturn::BAD_ARGUMENT)
+        }
         Some(fd) => {
             let shm = driverkit_wire::shm::SharedMemory::from_fd(
                 fd,
