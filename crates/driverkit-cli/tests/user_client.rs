@@ -107,6 +107,11 @@ fn every_call_shape_reaches_the_driver_directly() {
 fn calls_that_do_not_fit_the_method_table_are_bad_arguments() {
     let d = Daemon::start(&["--no-default-devices"]);
     let (system, service) = null_driver(&d);
+    // NullDriver's NewUserClient refuses types other than 0.
+    assert_eq!(
+        io_service_open(&system, service, 7).map(drop).err(),
+        Some(IOReturn::UNSUPPORTED)
+    );
     let c = io_service_open(&system, service, 0).unwrap();
     let bad = Some(IOReturn::BAD_ARGUMENT);
     // Too few scalars, too many expected back, an unknown selector.

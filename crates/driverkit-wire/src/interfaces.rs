@@ -73,6 +73,11 @@ pub trait IOServiceInterface {
     /// Power state changes (Off 0, On 1, Low 2).
     #[local]
     fn set_power_state(&self, power_flags: u32) -> IOResult<()>;
+    /// `NewUserClient(type)`: the key of the personality dictionary that
+    /// describes the user client an app's `IOServiceOpen(type)` gets (its
+    /// `IOClass` and `IOUserClass`), as DriverKit's `Create(this, key, …)`.
+    #[local]
+    fn new_user_client(&self, kind: u32) -> IOResult<String>;
 
     /// Publishes the service so that matching runs against it.
     #[kernel]

@@ -74,7 +74,21 @@ pub trait IOServiceImpl: Service {
     fn set_power_state(&self, power_flags: u32) -> IOResult<()> {
         self.super_set_power_state(power_flags)
     }
+
+    /// `NewUserClient(type)`: an app opens this service. Answer the key of
+    /// the dictionary in this service's personality that describes the
+    /// user client to create (`IOClass` = `IOUserUserClient`, `IOUserClass`
+    /// = one of this dext's classes); the system creates and starts it.
+    /// By default every type gets `UserClientProperties`; an error refuses
+    /// the open.
+    fn new_user_client(&self, kind: u32) -> IOResult<String> {
+        let _ = kind;
+        Ok(DEFAULT_USER_CLIENT_PROPERTIES.into())
+    }
 }
+
+/// The personality key of the user client a service creates by default.
+pub const DEFAULT_USER_CLIENT_PROPERTIES: &str = "UserClientProperties";
 
 /// The superclass implementations, which run in the system
 /// (DriverKit's `SUPERDISPATCH`).
@@ -186,6 +200,9 @@ impl<S: IOServiceImpl> IOServiceInterface for Local<'_, S> {
     }
     fn set_power_state(&self, power_flags: u32) -> IOResult<()> {
         IOServiceImpl::set_power_state(self.0, power_flags)
+    }
+    fn new_user_client(&self, kind: u32) -> IOResult<String> {
+        IOServiceImpl::new_user_client(self.0, kind)
     }
 }
 

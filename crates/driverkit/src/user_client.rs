@@ -1,9 +1,10 @@
 //! `IOUserClient`: the door through which a driver's own app reaches it.
 //!
-//! An app opens a service (`IOServiceOpen`); the system creates the
-//! service's user client from the `UserClientProperties` dictionary of its
-//! personality (`IOClass` = `IOUserUserClient`, `IOUserClass` = the dext's
-//! class), starts it, and hands the app and the dext a direct socket pair:
+//! An app opens a service (`IOServiceOpen(type)`); the service's
+//! `new_user_client(type)` names a dictionary of its personality
+//! (`UserClientProperties` by default: `IOClass` = `IOUserUserClient`,
+//! `IOUserClass` = the dext's class); the system creates that user client
+//! in this process, starts it, and hands the app and the dext a direct socket pair:
 //! calls from then on go straight from the app to this process. Each call
 //! runs [`IOUserClientImpl::external_method`] on the user client's queue;
 //! [`dispatch_external_method`] checks a call against a typed table first.

@@ -6,8 +6,9 @@
 //! sits in (`NAME.app/Contents/MacOS/…`) and that app's entitlements. The
 //! open is allowed when they name the dext (`userclient-access`) or the
 //! dext allows any app (`allow-any-userclient-access`); otherwise it is
-//! `kIOReturnNotPermitted`. Then the user client is created in the dext's
-//! process from the personality's `UserClientProperties` and started, and
+//! `kIOReturnNotPermitted`. Then the service's `NewUserClient(type)` names
+//! the personality dictionary of the user client (`UserClientProperties`
+//! by default), which is created in the dext's process and started, and
 //! two socket pairs are made: one end of each goes to the dext, the other
 //! to the app. From there on the daemon is not on the calls' path; it keeps
 //! the app's control connection as the connection's lifetime, and when it
@@ -67,8 +68,17 @@ impl Daemon {
             (e.properties.clone(), hosting)
         };
         self.check_access(&hosting.bundle, pid)?;
+        let server = self.inner.server_of(service).ok_or(IOReturn::NOT_READY)?;
+        // The driver names which of its personality's dictionaries
+        // describes this type's user client.
+        let key = io_service_interface::Proxy {
+            caller: &*server,
+            object: ObjectId(service),
+            flags: 0,
+        }
+        .new_user_client(kind)?;
         let uc = properties
-            .get("UserClientProperties")
+            .get(&key)
             .and_then(plist::Value::as_dictionary)
             .ok_or(IOReturn::UNSUPPORTED)?;
         let user_class = uc
@@ -81,7 +91,6 @@ impl Daemon {
             .and_then(plist::Value::as_string)
             .unwrap_or("IOUserUserClient")
             .to_owned();
-        let server = self.inner.server_of(service).ok_or(IOReturn::NOT_READY)?;
         let mut props = uc.clone();
         props.insert("IOUserClientType".into(), i64::from(kind).into());
         props.insert("IOUserClientCreator".into(), format!("pid {pid}").into());

@@ -62,6 +62,14 @@ impl IOServiceImpl for NullDriver {
     fn free(&self) {
         driverkit::info!("free: releasing ivars");
     }
+
+    /// Apps open type 0 only: its user client is `UserClientProperties`.
+    fn new_user_client(&self, kind: u32) -> IOResult<String> {
+        match kind {
+            0 => Ok("UserClientProperties".into()),
+            _ => Err(IOReturn::UNSUPPORTED),
+        }
+    }
 }
 
 /// The user client's selectors.

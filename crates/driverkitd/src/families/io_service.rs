@@ -35,6 +35,12 @@ impl KernelCall<'_> {
 }
 
 impl IOServiceInterface for KernelCall<'_> {
+    /// `IOService::NewUserClient`: the base class's choice.
+    fn new_user_client(&self, _kind: u32) -> IOResult<String> {
+        self.superclass_only()
+            .map(|()| "UserClientProperties".to_owned())
+    }
+
     /// `IOService::Start`: the base class has nothing to set up; a family's
     /// start (USB, HID) does its work here before the dext's start goes on.
     fn start(&self, _provider: ObjectId) -> IOResult<()> {
