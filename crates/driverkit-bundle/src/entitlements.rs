@@ -304,4 +304,42 @@ mod tests {
         .unwrap();
         assert_eq!(app.userclient_access, ["com.example.driver"]);
     }
+
+    fn any_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            any::<bool>().prop_map(Value::Boolean),
+            any::<i64>().prop_map(|i| Value::Integer(i.into())),
+            ".{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec(("idVendor|IOPCIPrimaryMatch|x", inner), 0..3).prop_map(
+                    |kv| Value::Dictionary(kv.into_iter().map(|(k, v)| (k, v)).collect())
+                ),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Any value under any known key: parsed or refused with the key
+        /// named, never a panic; and whatever parses, `allow` answers.
+        #[test]
+        fn any_entitlements_parse_or_name_the_key(
+            entries in proptest::collection::vec((
+                "(com\\.apple\\.developer\\.)?driverkit(\\.transport\\.(usb|hid|pci)|\\.family\\.(hid\\.device|hid\\.eventservice|serial|networking)|\\.allow-any-userclient-access|\\.userclient-access)?|system-extension\\.install",
+                any_value(),
+            ), 0..6)
+        ) {
+            let dict: plist::Dictionary = entries.into_iter().collect();
+            match Entitlements::parse(&dict) {
+                Ok(e) => {
+                    let p = personality("IOUserService", "IOUSBHostDevice", &[("idVendor", 1.into())]);
+                    let _ = e.allow(&p);
+                }
+                Err((key, _)) => proptest::prop_assert!(dict.keys().any(|k| key.starts_with(k.as_str()))),
+            }
+        }
+    }
 }
