@@ -315,9 +315,8 @@ mod tests {
         leaf.prop_recursive(3, 16, 4, |inner| {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                proptest::collection::vec(("idVendor|IOPCIPrimaryMatch|x", inner), 0..3).prop_map(
-                    |kv| Value::Dictionary(kv.into_iter().map(|(k, v)| (k, v)).collect())
-                ),
+                proptest::collection::vec(("idVendor|IOPCIPrimaryMatch|x", inner), 0..3)
+                    .prop_map(|kv| Value::Dictionary(kv.into_iter().collect())),
             ]
         })
     }
