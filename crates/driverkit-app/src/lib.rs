@@ -194,10 +194,10 @@ impl OSSystemExtensionRequest {
     /// Activate the dext `bundle_id` that the app at `app` carries in its
     /// `Contents/Library/SystemExtensions`.
     pub fn activation(app: impl AsRef<Path>, bundle_id: &str) -> OSSystemExtensionRequest {
+        // The daemon does not share this process's working directory.
+        let app = std::path::absolute(app.as_ref()).unwrap_or_else(|_| app.as_ref().to_owned());
         OSSystemExtensionRequest {
-            kind: Kind::Activation {
-                app: app.as_ref().to_owned(),
-            },
+            kind: Kind::Activation { app },
             bundle_id: bundle_id.to_owned(),
         }
     }

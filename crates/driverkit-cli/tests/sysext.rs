@@ -370,6 +370,20 @@ fn every_refusal_names_its_reason() {
         e.contains("unsupported parent bundle location (code 3)"),
         "{e}"
     );
+    // A relative path, which would name something else in the daemon.
+    let mut client = driverkitd::control::Client::connect(&d.state()).unwrap();
+    let answer = client
+        .request(&driverkitd::control::Request::SysextActivate {
+            app: "Good.app".into(),
+            bundle_id: id.into(),
+            replacement: Default::default(),
+        })
+        .unwrap();
+    assert_eq!(answer["failure"]["code"], 3, "{answer}");
+    assert!(answer["failure"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("absolute path"));
     // An unknown bundle ID, to activate and to deactivate.
     let app = make_app(&dir, "Good", &AppSpec::default());
     let e = refused(&d, &app, "com.example.Unknown");

@@ -123,6 +123,15 @@ impl Daemon {
             .sysext_lock
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        if !app.is_absolute() {
+            return Err(Failure::new(
+                code::UNSUPPORTED_PARENT_BUNDLE_LOCATION,
+                format!(
+                    "{}: an app is named by its absolute path (the system does not share the requester's working directory)",
+                    app.display()
+                ),
+            ));
+        }
         if app.extension().is_none_or(|e| e != "app") || !app.is_dir() {
             return Err(Failure::new(
                 code::UNSUPPORTED_PARENT_BUNDLE_LOCATION,
