@@ -213,17 +213,11 @@ fn first_difference(signed: &str, now: &str) -> Option<(PathBuf, &'static str)> 
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    driverkit_wire::hex::encode(bytes, "")
 }
 
 fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || !s.is_ascii() {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
-        .collect()
+    driverkit_wire::hex::decode(s).ok()
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod channel;
 pub mod classes;
 pub mod codec;
 pub mod header;
+pub mod hex;
 pub mod interfaces;
 pub mod interrupt;
 mod ioreturn;

@@ -270,16 +270,13 @@ fn handle(
             .type_text(id, &text)
             .map(|reports| json!({ "reports": reports })),
         Request::Report { id, report } => {
-            let bytes = virtual_device::from_hex(&report).map_err(|e| format!("report: {e}"))?;
+            let bytes = driverkit_wire::hex::decode(&report).map_err(|e| format!("report: {e}"))?;
             daemon.queue_report(id, &bytes).map(|()| json!({}))
         }
         Request::Output { id } => {
-            let hex = daemon.last_output_report(id).map(|r| {
-                r.iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            });
+            let hex = daemon
+                .last_output_report(id)
+                .map(|r| driverkit_wire::hex::encode(&r, " "));
             Ok(json!({ "report": hex }))
         }
         Request::Events | Request::Lifecycle | Request::ServiceOpen { .. } => {

@@ -250,10 +250,7 @@ pub fn format_value(v: &Value) -> String {
         Value::Integer(i) => i.to_string(),
         Value::Real(r) => r.to_string(),
         Value::Boolean(b) => (if *b { "Yes" } else { "No" }).into(),
-        Value::Data(d) => format!(
-            "<{}>",
-            d.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        ),
+        Value::Data(d) => format!("<{}>", driverkit_wire::hex::encode(d, "")),
         Value::Date(d) => d.to_xml_format(),
         Value::Array(a) => format!(
             "({})",
@@ -287,7 +284,7 @@ pub fn to_json(v: &Value) -> serde_json::Value {
             .unwrap_or(J::Null),
         Value::Boolean(b) => J::Bool(*b),
         Value::Data(d) => {
-            serde_json::json!({ "$data": d.iter().map(|b| format!("{b:02x}")).collect::<String>() })
+            serde_json::json!({ "$data": driverkit_wire::hex::encode(d, "") })
         }
         Value::Date(d) => J::String(d.to_xml_format()),
         Value::Array(a) => J::Array(a.iter().map(to_json).collect()),

@@ -45,8 +45,7 @@ pub fn call(root: &Path, args: CallArgs) -> Result<(), String> {
             .ok_or_else(|| format!("no service named {:?} is registered", args.service))?,
     };
     let structure = match &args.structure {
-        Some(hex) => driverkitd::backends::virtual_device::from_hex(hex)
-            .map_err(|e| format!("--struct: {e}"))?,
+        Some(hex) => driverkit_wire::hex::decode(hex).map_err(|e| format!("--struct: {e}"))?,
         None => Vec::new(),
     };
     let connection = io_service_open(&system, service, args.kind)
@@ -82,8 +81,7 @@ pub fn call(root: &Path, args: CallArgs) -> Result<(), String> {
             .map_err(|e| format!("selector {}: {e}", args.selector))?
     };
     println!("scalars: {scalars:?}");
-    let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    println!("struct: {}", hex.join(" "));
+    println!("struct: {}", driverkit_wire::hex::encode(&bytes, " "));
     connection.close();
     Ok(())
 }

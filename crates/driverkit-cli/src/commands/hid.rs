@@ -21,7 +21,7 @@ fn bytes_of(arg: &str) -> Result<Vec<u8>, String> {
     if path.is_file() {
         return std::fs::read(path).map_err(|e| format!("{arg}: {e}"));
     }
-    match driverkitd::backends::virtual_device::from_hex(arg) {
+    match driverkit_wire::hex::decode(arg) {
         Ok(bytes) if !bytes.is_empty() => Ok(bytes),
         _ => Err(format!("{arg:?}: neither a file nor hex bytes")),
     }

@@ -184,25 +184,8 @@ fn to_plist(v: &toml::Value) -> Result<Value, String> {
     })
 }
 
-/// Bytes from hex digits: whitespace, and `0x` before a group of digits,
-/// are ignored (`"05 01"`, `"0x05 0x01"`, `"0501"`). Errors say which byte.
-pub fn from_hex(hex: &str) -> Result<Vec<u8>, String> {
-    let digits: Vec<u8> = hex
-        .split_whitespace()
-        .flat_map(|w| w.strip_prefix("0x").unwrap_or(w).bytes())
-        .collect();
-    if !digits.len().is_multiple_of(2) {
-        return Err(format!("odd number of hex digits ({})", digits.len()));
-    }
-    digits
-        .chunks(2)
-        .enumerate()
-        .map(|(i, pair)| {
-            let s = std::str::from_utf8(pair).map_err(|_| format!("byte {i} is not hex"))?;
-            u8::from_str_radix(s, 16).map_err(|_| format!("byte {i}: {s:?} is not hex"))
-        })
-        .collect()
-}
+/// Device files write data as hex (`driverkit_wire::hex::decode`).
+pub use driverkit_wire::hex::decode as from_hex;
 
 #[cfg(test)]
 mod tests {
