@@ -152,13 +152,13 @@ impl Store {
             .join(format!("{bundle_id}-{generation}.dext"));
         let _ = std::fs::remove_dir_all(&staged);
         copy_tree(source, &staged)?;
-        crate::store::crash_point("store-copied");
+        crash_point("store-copied");
         let home = self.dir.join(bundle_id);
         std::fs::create_dir_all(&home).map_err(|e| format!("{}: {e}", home.display()))?;
         let target = home.join(format!("{generation}.dext"));
         std::fs::rename(&staged, &target).map_err(|e| format!("{}: {e}", target.display()))?;
         sync_dir(&home)?;
-        crate::store::crash_point("store-staged");
+        crash_point("store-staged");
         Ok(generation)
     }
 
@@ -177,7 +177,7 @@ impl Store {
         std::fs::rename(&temporary, &file).map_err(|e| format!("{}: {e}", file.display()))?;
         sync_dir(&self.dir)?;
         self.records = next;
-        crate::store::crash_point("store-committed");
+        crash_point("store-committed");
         self.collect_garbage();
         Ok(())
     }

@@ -103,6 +103,29 @@ impl Daemon {
         }
     }
 
+    /// Changes the store's records as `f` says and commits them; nothing
+    /// changes when `f` fails.
+    fn change_records<R>(
+        &self,
+        f: impl FnOnce(&Store, &mut Records) -> Result<R, Failure>,
+    ) -> Result<R, Failure> {
+        self.with_store(|s| {
+            let mut next = s.records().clone();
+            let r = f(s, &mut next)?;
+            s.commit(next).map_err(|e| Failure::new(code::UNKNOWN, e))?;
+            Ok(r)
+        })
+    }
+
+    /// One request at a time: versions are compared and the store changed
+    /// under this guard.
+    fn one_request(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner
+            .sysext_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The store's records.
     pub fn extensions(&self) -> Result<Records, Failure> {
         self.with_store(|s| Ok(s.records().clone()))
@@ -116,13 +139,7 @@ impl Daemon {
         bundle_id: &str,
         replacement: Replacement,
     ) -> Result<Outcome, Failure> {
-        // One request at a time: versions are compared and the store
-        // changed under one lock.
-        let _one = self
-            .inner
-            .sysext_lock
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let _one = self.one_request();
         if !app.is_absolute() {
             return Err(Failure::new(
                 code::UNSUPPORTED_PARENT_BUNDLE_LOCATION,
@@ -178,8 +195,14 @@ impl Daemon {
         bundle
             .check_entitlements()
             .map_err(|e| Failure::new(code::MISSING_ENTITLEMENT, e.to_string()))?;
-        let (developer, trusted) = self
-            .with_store(|s| Ok((s.records().developer_mode, s.records().trusted_keys.clone())))?;
+        let (developer, trusted, existing) = self.with_store(|s| {
+            let r = s.records();
+            Ok((
+                r.developer_mode,
+                r.trusted_keys.clone(),
+                r.extensions.get(bundle_id).cloned(),
+            ))
+        })?;
         let signed_by = match signature::verify(&dext, &trusted) {
             Ok(key) => Some(key),
             Err(_) if developer => None,
@@ -190,7 +213,6 @@ impl Daemon {
                 ))
             }
         };
-        let existing = self.with_store(|s| Ok(s.records().extensions.get(bundle_id).cloned()))?;
         let existing = existing.filter(|e| e.state != ExtensionState::TerminatedWaitingToUninstall);
         if let Some(old) = &existing {
             let old_v = (
@@ -238,11 +260,11 @@ impl Daemon {
             Some(old) if old.state == ExtensionState::Enabled => ExtensionState::Enabled,
             _ => ExtensionState::WaitingForUser,
         };
-        let installed = self.with_store(|s| {
-            let generation = s
-                .add_copy(&dext, bundle_id)
-                .map_err(|e| Failure::new(code::UNKNOWN, e))?;
-            let mut next = s.records().clone();
+        let generation = self.with_store(|s| {
+            s.add_copy(&dext, bundle_id)
+                .map_err(|e| Failure::new(code::UNKNOWN, e))
+        })?;
+        let installed = self.change_records(|s, next| {
             let record = Extension {
                 bundle_id: bundle_id.to_owned(),
                 version: bundle.version().to_string(),
@@ -252,9 +274,9 @@ impl Daemon {
                 app: app.to_owned(),
                 signed_by,
             };
-            next.extensions.insert(bundle_id.to_owned(), record.clone());
-            s.commit(next).map_err(|e| Failure::new(code::UNKNOWN, e))?;
-            Ok(s.bundle_path(&record))
+            let path = s.bundle_path(&record);
+            next.extensions.insert(bundle_id.to_owned(), record);
+            Ok(path)
         })?;
         tracing::info!(
             "sysext   {bundle_id} {} ({}) activated from {}: {}",
@@ -274,13 +296,8 @@ impl Daemon {
     /// `driverkit sysext approve`: the person allows the extension; it
     /// loads and matches.
     pub fn approve(&self, bundle_id: &str) -> Result<Outcome, Failure> {
-        let _one = self
-            .inner
-            .sysext_lock
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let path = self.with_store(|s| {
-            let mut next = s.records().clone();
+        let _one = self.one_request();
+        let path = self.change_records(|s, next| {
             let e = next
                 .extensions
                 .get_mut(bundle_id)
@@ -292,9 +309,7 @@ impl Daemon {
                     )
                 })?;
             e.state = ExtensionState::Enabled;
-            let path = s.bundle_path(e);
-            s.commit(next).map_err(|e| Failure::new(code::UNKNOWN, e))?;
-            Ok(path)
+            Ok(s.bundle_path(e))
         })?;
         tracing::info!("sysext   {bundle_id} approved");
         self.replace_running(bundle_id, &path)?;
@@ -306,13 +321,8 @@ impl Daemon {
     /// `OSSystemExtensionRequest.deactivationRequest`: the extension's
     /// services stop, and it waits to be uninstalled at the next start.
     pub fn deactivate(&self, bundle_id: &str) -> Result<Outcome, Failure> {
-        let _one = self
-            .inner
-            .sysext_lock
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        self.with_store(|s| {
-            let mut next = s.records().clone();
+        let _one = self.one_request();
+        self.change_records(|_, next| {
             let e = next
                 .extensions
                 .get_mut(bundle_id)
@@ -324,7 +334,7 @@ impl Daemon {
                     )
                 })?;
             e.state = ExtensionState::TerminatedWaitingToUninstall;
-            s.commit(next).map_err(|e| Failure::new(code::UNKNOWN, e))
+            Ok(())
         })?;
         self.unload_bundle(bundle_id);
         tracing::info!("sysext   {bundle_id} deactivated");
@@ -335,20 +345,14 @@ impl Daemon {
 
     /// `driverkit sysext uninstall`: stopped and removed now.
     pub fn uninstall(&self, bundle_id: &str) -> Result<(), Failure> {
-        let _one = self
-            .inner
-            .sysext_lock
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        self.with_store(|s| {
-            let mut next = s.records().clone();
-            next.extensions.remove(bundle_id).ok_or_else(|| {
+        let _one = self.one_request();
+        self.change_records(|_, next| {
+            next.extensions.remove(bundle_id).map(drop).ok_or_else(|| {
                 Failure::new(
                     code::EXTENSION_NOT_FOUND,
                     format!("no extension {bundle_id}"),
                 )
-            })?;
-            s.commit(next).map_err(|e| Failure::new(code::UNKNOWN, e))
+            })
         })?;
         self.unload_bundle(bundle_id);
         tracing::info!("sysext   {bundle_id} uninstalled");
@@ -357,17 +361,9 @@ impl Daemon {
 
     /// `driverkit sysext reset`: every extension stopped and removed.
     pub fn reset_extensions(&self) -> Result<usize, Failure> {
-        let _one = self
-            .inner
-            .sysext_lock
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let ids: Vec<String> = self.with_store(|s| {
-            let ids = s.records().extensions.keys().cloned().collect();
-            let mut next = s.records().clone();
-            next.extensions.clear();
-            s.commit(next).map_err(|e| Failure::new(code::UNKNOWN, e))?;
-            Ok(ids)
+        let _one = self.one_request();
+        let ids: Vec<String> = self.change_records(|_, next| {
+            Ok(std::mem::take(&mut next.extensions).into_keys().collect())
         })?;
         for id in &ids {
             self.unload_bundle(id);
@@ -377,10 +373,10 @@ impl Daemon {
 
     /// `driverkit sysext developer on|off`.
     pub fn set_developer_mode(&self, on: bool) -> Result<(), Failure> {
-        self.with_store(|s| {
-            let mut next = s.records().clone();
+        let _one = self.one_request();
+        self.change_records(|_, next| {
             next.developer_mode = on;
-            s.commit(next).map_err(|e| Failure::new(code::UNKNOWN, e))
+            Ok(())
         })
     }
 
@@ -394,12 +390,12 @@ impl Daemon {
                 format!("expected a public key of 64 hex digits, found {key:?}"),
             ));
         }
-        self.with_store(|s| {
-            let mut next = s.records().clone();
+        let _one = self.one_request();
+        self.change_records(|_, next| {
             if !next.trusted_keys.contains(&key) {
                 next.trusted_keys.push(key);
             }
-            s.commit(next).map_err(|e| Failure::new(code::UNKNOWN, e))
+            Ok(())
         })
     }
 
