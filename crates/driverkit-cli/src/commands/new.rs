@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
+use plist::{Dictionary, Value};
 
 #[derive(Args)]
 pub struct NewArgs {
@@ -42,55 +43,122 @@ enum Family {
 /// entitlements, the service's source.
 struct Flavour {
     io_class: &'static str,
-    matching: &'static str,
-    entitlements: &'static str,
+    matching: Vec<(&'static str, Value)>,
+    entitlements: Vec<(&'static str, Value)>,
     source: &'static str,
 }
 
+/// The keys of a personality matching one interface of a USB device.
+fn usb_interface(vendor: i64, product: i64) -> Vec<(&'static str, Value)> {
+    vec![
+        ("IOProviderClass", "IOUSBHostInterface".into()),
+        ("idVendor", vendor.into()),
+        ("idProduct", product.into()),
+        ("bConfigurationValue", 1.into()),
+        ("bInterfaceNumber", 0.into()),
+    ]
+}
+
+/// `transport.usb` for one vendor.
+fn usb_vendor(vendor: i64) -> (&'static str, Value) {
+    let mut d = Dictionary::new();
+    d.insert("idVendor".into(), vendor.into());
+    (
+        "com.apple.developer.driverkit.transport.usb",
+        Value::Array(vec![Value::Dictionary(d)]),
+    )
+}
+
 fn flavour(family: Family) -> Flavour {
+    let yes = |key: &'static str| (key, Value::Boolean(true));
     match family {
         Family::Generic => Flavour {
             io_class: "IOUserService",
-            matching: "<key>IOProviderClass</key>\n\t\t\t<string>IOUserResources</string>\n\t\t\t<key>IOResourceMatch</key>\n\t\t\t<string>IOKit</string>",
-            entitlements: "",
+            matching: vec![
+                ("IOProviderClass", "IOUserResources".into()),
+                ("IOResourceMatch", "IOKit".into()),
+            ],
+            entitlements: vec![],
             source: include_str!("template/generic.rs.in"),
         },
         Family::Usb => Flavour {
             io_class: "IOUserService",
             // The built-in `vendor-bulk` virtual device.
-            matching: "<key>IOProviderClass</key>\n\t\t\t<string>IOUSBHostDevice</string>\n\t\t\t<key>idVendor</key>\n\t\t\t<integer>4617</integer>\n\t\t\t<key>idProduct</key>\n\t\t\t<integer>3</integer>",
-            entitlements: "\t<key>com.apple.developer.driverkit.transport.usb</key>\n\t<array>\n\t\t<dict>\n\t\t\t<key>idVendor</key>\n\t\t\t<integer>4617</integer>\n\t\t</dict>\n\t</array>\n",
+            matching: vec![
+                ("IOProviderClass", "IOUSBHostDevice".into()),
+                ("idVendor", 4617.into()),
+                ("idProduct", 3.into()),
+            ],
+            entitlements: vec![usb_vendor(4617)],
             source: include_str!("template/usb.rs.in"),
         },
         Family::Hid => Flavour {
             io_class: "IOUserHIDEventService",
             // The built-in `keyboard` virtual device.
-            matching: "<key>IOProviderClass</key>\n\t\t\t<string>IOHIDInterface</string>\n\t\t\t<key>VendorID</key>\n\t\t\t<integer>4617</integer>\n\t\t\t<key>ProductID</key>\n\t\t\t<integer>1</integer>",
-            entitlements: "\t<key>com.apple.developer.driverkit.transport.hid</key>\n\t<true/>\n\t<key>com.apple.developer.driverkit.family.hid.eventservice</key>\n\t<true/>\n",
+            matching: vec![
+                ("IOProviderClass", "IOHIDInterface".into()),
+                ("VendorID", 4617.into()),
+                ("ProductID", 1.into()),
+            ],
+            entitlements: vec![
+                yes("com.apple.developer.driverkit.transport.hid"),
+                yes("com.apple.developer.driverkit.family.hid.eventservice"),
+            ],
             source: include_str!("template/hid.rs.in"),
         },
         Family::Serial => Flavour {
             io_class: "IOUserService",
             // An FTDI FT232R's interface.
-            matching: "<key>IOProviderClass</key>\n\t\t\t<string>IOUSBHostInterface</string>\n\t\t\t<key>idVendor</key>\n\t\t\t<integer>1027</integer>\n\t\t\t<key>idProduct</key>\n\t\t\t<integer>24577</integer>\n\t\t\t<key>bConfigurationValue</key>\n\t\t\t<integer>1</integer>\n\t\t\t<key>bInterfaceNumber</key>\n\t\t\t<integer>0</integer>",
-            entitlements: "\t<key>com.apple.developer.driverkit.transport.usb</key>\n\t<array>\n\t\t<dict>\n\t\t\t<key>idVendor</key>\n\t\t\t<integer>1027</integer>\n\t\t</dict>\n\t</array>\n\t<key>com.apple.developer.driverkit.family.serial</key>\n\t<true/>\n",
+            matching: usb_interface(0x0403, 0x6001),
+            entitlements: vec![
+                usb_vendor(0x0403),
+                yes("com.apple.developer.driverkit.family.serial"),
+            ],
             source: include_str!("template/interface.rs.in"),
         },
         Family::Net => Flavour {
             io_class: "IOUserService",
             // A USB Ethernet adapter's interface (ASIX AX88179).
-            matching: "<key>IOProviderClass</key>\n\t\t\t<string>IOUSBHostInterface</string>\n\t\t\t<key>idVendor</key>\n\t\t\t<integer>2965</integer>\n\t\t\t<key>idProduct</key>\n\t\t\t<integer>6032</integer>\n\t\t\t<key>bConfigurationValue</key>\n\t\t\t<integer>1</integer>\n\t\t\t<key>bInterfaceNumber</key>\n\t\t\t<integer>0</integer>",
-            entitlements: "\t<key>com.apple.developer.driverkit.transport.usb</key>\n\t<array>\n\t\t<dict>\n\t\t\t<key>idVendor</key>\n\t\t\t<integer>2965</integer>\n\t\t</dict>\n\t</array>\n\t<key>com.apple.developer.driverkit.family.networking</key>\n\t<true/>\n",
+            matching: usb_interface(0x0b95, 0x1790),
+            entitlements: vec![
+                usb_vendor(0x0b95),
+                yes("com.apple.developer.driverkit.family.networking"),
+            ],
             source: include_str!("template/interface.rs.in"),
         },
-        Family::Pci => Flavour {
-            io_class: "IOUserService",
+        Family::Pci => {
             // QEMU's `edu` device.
-            matching: "<key>IOProviderClass</key>\n\t\t\t<string>IOPCIDevice</string>\n\t\t\t<key>IOPCIPrimaryMatch</key>\n\t\t\t<string>0x11e81234</string>",
-            entitlements: "\t<key>com.apple.developer.driverkit.transport.pci</key>\n\t<array>\n\t\t<dict>\n\t\t\t<key>IOPCIPrimaryMatch</key>\n\t\t\t<string>0x11e81234</string>\n\t\t</dict>\n\t</array>\n",
-            source: include_str!("template/generic.rs.in"),
-        },
+            let edu = "0x11e81234";
+            let mut d = Dictionary::new();
+            d.insert("IOPCIPrimaryMatch".into(), edu.into());
+            Flavour {
+                io_class: "IOUserService",
+                matching: vec![
+                    ("IOProviderClass", "IOPCIDevice".into()),
+                    ("IOPCIPrimaryMatch", edu.into()),
+                ],
+                entitlements: vec![(
+                    "com.apple.developer.driverkit.transport.pci",
+                    Value::Array(vec![Value::Dictionary(d)]),
+                )],
+                source: include_str!("template/generic.rs.in"),
+            }
+        }
     }
+}
+
+/// A property list as a file's text (XML, as Xcode writes them).
+fn xml(d: Dictionary) -> Result<String, String> {
+    let mut out = Vec::new();
+    Value::Dictionary(d)
+        .to_writer_xml(&mut out)
+        .map_err(|e| e.to_string())?;
+    out.push(b'\n');
+    String::from_utf8(out).map_err(|e| e.to_string())
+}
+
+fn dictionary(pairs: Vec<(&'static str, Value)>) -> Dictionary {
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
 pub fn new(args: NewArgs) -> Result<(), String> {
@@ -132,75 +200,42 @@ pub fn new(args: NewArgs) -> Result<(), String> {
             .replace("{{", "{")
             .replace("}}", "}")
     };
-    let info = format!(
-        r#"<?xml version="1.0" encoding="UTF-8"?>
-<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
-<plist version="1.0">
-<dict>
-	<key>CFBundleIdentifier</key>
-	<string>{bundle_id}</string>
-	<key>CFBundleExecutable</key>
-	<string>{name}</string>
-	<key>CFBundleName</key>
-	<string>{name}</string>
-	<key>CFBundleVersion</key>
-	<string>1</string>
-	<key>CFBundleShortVersionString</key>
-	<string>1.0</string>
-	<key>OSBundleUsageDescription</key>
-	<string>{name} drives its device.</string>
-	<key>IOKitPersonalities</key>
-	<dict>
-		<key>{name}</key>
-		<dict>
-			<key>CFBundleIdentifier</key>
-			<string>{bundle_id}</string>
-			<key>IOClass</key>
-			<string>{io_class}</string>
-			<key>IOUserClass</key>
-			<string>{name}</string>
-			<key>IOUserServerName</key>
-			<string>{bundle_id}</string>
-			{matching}
-		</dict>
-	</dict>
-</dict>
-</plist>
-"#,
-        io_class = f.io_class,
-        matching = f.matching,
+    let mut personality = dictionary(vec![
+        ("CFBundleIdentifier", bundle_id.clone().into()),
+        ("IOClass", f.io_class.into()),
+        ("IOUserClass", name.clone().into()),
+        ("IOUserServerName", bundle_id.clone().into()),
+    ]);
+    personality.extend(dictionary(f.matching));
+    let mut personalities = Dictionary::new();
+    personalities.insert(name.clone(), Value::Dictionary(personality));
+    let mut info = driverkit_bundle::minimal_info(&bundle_id, &name, personalities);
+    info.insert("CFBundleName".into(), name.clone().into());
+    info.insert(
+        "OSBundleUsageDescription".into(),
+        format!("{name} drives its device.").into(),
     );
-    let entitlements = |body: &str| {
-        format!(
-            r#"<?xml version="1.0" encoding="UTF-8"?>
-<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
-<plist version="1.0">
-<dict>
-{body}</dict>
-</plist>
-"#
-        )
-    };
+    let mut dext_entitlements = dictionary(vec![("com.apple.developer.driverkit", true.into())]);
+    dext_entitlements.extend(dictionary(f.entitlements));
+    let app_entitlements = dictionary(vec![
+        ("com.apple.developer.system-extension.install", true.into()),
+        (
+            "com.apple.developer.driverkit.userclient-access",
+            Value::Array(vec![bundle_id.clone().into()]),
+        ),
+    ]);
     let files: Vec<(&str, String)> = vec![
         ("Cargo.toml", fill(include_str!("template/Cargo.toml.in"))),
-        ("Info.plist", info),
-        (
-            "Entitlements.plist",
-            entitlements(&format!(
-                "\t<key>com.apple.developer.driverkit</key>\n\t<true/>\n{}",
-                f.entitlements
-            )),
-        ),
-        (
-            "App/Entitlements.plist",
-            entitlements(&format!(
-                "\t<key>com.apple.developer.system-extension.install</key>\n\t<true/>\n\t<key>com.apple.developer.driverkit.userclient-access</key>\n\t<array>\n\t\t<string>{bundle_id}</string>\n\t</array>\n"
-            )),
-        ),
+        ("Info.plist", xml(info)?),
+        ("Entitlements.plist", xml(dext_entitlements)?),
+        ("App/Entitlements.plist", xml(app_entitlements)?),
         ("src/lib.rs", fill(f.source)),
         ("src/main.rs", fill(include_str!("template/main.rs.in"))),
         ("src/bin/app.rs", fill(include_str!("template/app.rs.in"))),
-        ("tests/bundle.rs", fill(include_str!("template/bundle_test.rs.in"))),
+        (
+            "tests/bundle.rs",
+            fill(include_str!("template/bundle_test.rs.in")),
+        ),
         (".gitignore", "/target\n/build\n".into()),
     ];
     // Written beside, then renamed: no half project if anything fails.
