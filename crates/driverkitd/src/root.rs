@@ -25,13 +25,29 @@ impl RootLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        let try_lock = || {
+            rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
+        };
+        // A daemon killed while it was starting a dext leaves the lock to
+        // that half-started child until it execs: wait briefly when the
+        // recorded holder is dead, refuse at once when it lives.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !try_lock() {
             let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            return Err(format!(
-                "another daemon (pid {}) already runs at {}",
-                holder.trim(),
-                root.display()
-            ));
+            let alive = holder
+                .trim()
+                .parse::<i32>()
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+                .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok());
+            if alive || std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "another daemon (pid {}) already runs at {}",
+                    holder.trim(),
+                    root.display()
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         let _ = file.set_len(0);
         let _ = std::fs::write(&path, format!("{}\n", std::process::id()));
