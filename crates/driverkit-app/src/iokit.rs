@@ -237,6 +237,16 @@ impl Drop for NotificationHandle {
 
 type Callback = Box<dyn FnOnce(IOReturn, Vec<u64>) + Send>;
 
+/// Completions waiting for their asynchronous call's answer, by reference.
+#[derive(Default)]
+struct Pending(Mutex<HashMap<u64, Callback>>);
+
+impl Pending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Callback>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// An open connection to a user client (`io_connect_t`).
 pub struct IOConnect {
     user_client: u64,
@@ -244,7 +254,7 @@ pub struct IOConnect {
     /// The call channel in shared memory, for calls without descriptors.
     channel: Option<Arc<ShmChannel>>,
     /// Completions waiting for their asynchronous call's answer.
-    pending: Arc<Mutex<HashMap<u64, Callback>>>,
+    pending: Arc<Pending>,
     next_reference: std::sync::atomic::AtomicU64,
     /// The daemon connection that stands for this open; closing it closes
     /// the user client.
@@ -285,7 +295,7 @@ pub fn io_service_open(
     };
     let calls = Endpoint::new(calls);
     let channel = open_channel(&calls, user_client).ok().map(Arc::new);
-    let pending: Arc<Mutex<HashMap<u64, Callback>>> = Arc::default();
+    let pending: Arc<Pending> = Arc::default();
     let waiting = pending.clone();
     let watched = channel.clone();
     std::thread::Builder::new()
@@ -327,26 +337,18 @@ fn open_channel(calls: &Endpoint, user_client: u64) -> Result<ShmChannel, IORetu
 
 /// Runs each completion's callback as it arrives; when the driver's end
 /// closes, the calls still waiting complete with `kIOReturnAborted`.
-fn serve_completions(endpoint: Endpoint, pending: Arc<Mutex<HashMap<u64, Callback>>>) {
+fn serve_completions(endpoint: Endpoint, pending: Arc<Pending>) {
     let mut buf = MessageBuf::default();
     while let Ok(Some((header, _))) = endpoint.recv_message(&mut buf) {
         let Ok(c) = Completion::decode(&mut Decoder::new(buf.payload())) else {
             continue;
         };
-        let callback = pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&header.method.0);
+        let callback = pending.lock().remove(&header.method.0);
         if let Some(callback) = callback {
             callback(IOReturn(c.status), c.values);
         }
     }
-    let orphans: Vec<Callback> = pending
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .drain()
-        .map(|(_, c)| c)
-        .collect();
+    let orphans: Vec<Callback> = pending.lock().drain().map(|(_, c)| c).collect();
     for callback in orphans {
         callback(IOReturn::ABORTED, Vec::new());
     }
@@ -447,10 +449,7 @@ impl IOConnect {
         let reference = self
             .next_reference
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(reference, Box::new(completion));
+        self.pending.lock().insert(reference, Box::new(completion));
         let result = self.call(
             selector,
             scalar_input,
@@ -461,10 +460,7 @@ impl IOConnect {
             None,
         );
         if result.is_err() {
-            self.pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&reference);
+            self.pending.lock().remove(&reference);
         }
         result
     }

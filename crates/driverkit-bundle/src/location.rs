@@ -45,6 +45,18 @@ pub fn containing_app(dext: &Path) -> Result<PathBuf, String> {
     Ok(app.to_owned())
 }
 
+/// The app whose executable `exe` is: `NAME.app/Contents/MacOS/<exe>`.
+/// How the system knows which app a process belongs to.
+pub fn app_of_executable(exe: &Path) -> Option<PathBuf> {
+    let macos = exe.parent()?;
+    let contents = macos.parent()?;
+    let app = contents.parent()?;
+    let ok = macos.file_name()? == "MacOS"
+        && contents.file_name()? == "Contents"
+        && app.extension()? == "app";
+    ok.then(|| app.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,6 +77,19 @@ mod tests {
         ] {
             let e = containing_app(Path::new(bad)).unwrap_err();
             assert!(e.contains(bad) && e.contains(SYSTEM_EXTENSIONS), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_apps_executable_names_its_app() {
+        let app = app_of_executable(Path::new("/opt/A.app/Contents/MacOS/a"));
+        assert_eq!(app.as_deref(), Some(Path::new("/opt/A.app")));
+        for not in [
+            "/usr/bin/a",
+            "/opt/A.app/MacOS/a",
+            "/opt/A/Contents/MacOS/a",
+        ] {
+            assert_eq!(app_of_executable(Path::new(not)), None, "{not}");
         }
     }
 }

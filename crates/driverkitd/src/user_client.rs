@@ -35,17 +35,10 @@ pub struct Opened {
     pub notifications: OwnedFd,
 }
 
-/// The app a process belongs to: its executable is
-/// `NAME.app/Contents/MacOS/<exe>`.
+/// The app process `pid` belongs to, by its executable.
 fn app_of(pid: u32) -> Option<PathBuf> {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-    let macos = exe.parent()?;
-    let contents = macos.parent()?;
-    let app = contents.parent()?;
-    let ok = macos.file_name()? == "MacOS"
-        && contents.file_name()? == "Contents"
-        && app.extension()? == "app";
-    ok.then(|| app.to_owned())
+    driverkit_bundle::location::app_of_executable(&exe)
 }
 
 impl Daemon {
