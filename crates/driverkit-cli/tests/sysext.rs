@@ -373,7 +373,7 @@ fn every_refusal_names_its_reason() {
     // A relative path, which would name something else in the daemon.
     let mut client = driverkitd::control::Client::connect(&d.state()).unwrap();
     let answer = client
-        .request(&driverkitd::control::Request::SysextActivate {
+        .request(&driverkitd::control::CoreRequest::SysextActivate {
             app: "Good.app".into(),
             bundle_id: id.into(),
             replacement: Default::default(),

@@ -605,8 +605,9 @@ pub(crate) fn register_memory(shm: &driverkit_wire::shm::SharedMemory) -> IOResu
 }
 
 /// Carries the driver's calls to the system over a call channel: the one
-/// this thread used last, else one from the pool, else a new one.
-pub(crate) struct SystemCaller;
+/// this thread used last, else one from the pool, else a new one. A
+/// family's client side makes its `Proxy` with it (`caller: &SystemCaller`).
+pub struct SystemCaller;
 
 impl Caller for SystemCaller {
     fn call(

@@ -1,22 +1,21 @@
-//! The control socket: how `driverkit` subcommands reach a running daemon.
-//!
-//! `<root>/driverkitd.sock`, a Unix stream socket carrying JSON lines: one
-//! request object, one response object (`{"ok": ...}` or `{"error": "..."}`).
-//! It is a tool interface, not a hot path; JSON keeps it inspectable with
-//! `socat`.
+//! The control socket's vocabulary: the core's requests
+//! ([`driverkit_core::control::Request`]) and the ones this daemon's
+//! backends and families add ([`DeviceRequest`], [`HidRequest`]), served
+//! through [`driverkit_core::control::Extensions`]. A client sends any of
+//! them as [`Request`].
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
 
+use driverkit_core::control::{decode, Extensions};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use crate::backends::virtual_device;
-use crate::daemon::Daemon;
+use crate::families::hid::{next_event, HidEvent};
+use crate::Daemon;
 
-/// The socket's file name inside the root directory.
-pub const SOCKET: &str = driverkit_wire::root::CONTROL_SOCKET;
+pub use driverkit_core::control::{Client, Request as CoreRequest, SOCKET};
 
 /// A device to plug: a built-in by name, or a file's text (read by the CLI,
 /// so that the daemon never opens paths on a client's behalf).
@@ -27,22 +26,12 @@ pub enum DeviceArg {
     File { path: String, text: String },
 }
 
-/// A request to the daemon.
+/// Requests of the device backends.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
-    /// The registry, as an XML plist archive in `{"plist": ...}`.
-    Registry,
+pub enum DeviceRequest {
     /// Plug a virtual device; answers its registry entry ID.
     Plug { device: DeviceArg },
-    /// Unplug a virtual device by ID.
-    Unplug { id: u64 },
-    /// The plugged virtual devices.
-    Devices,
-    /// Load a `.dext` bundle and match it.
-    Load { path: PathBuf },
-    /// PID and dext PIDs.
-    Status,
     /// Import a device from a USB/IP server; answers its entry ID.
     Attach { url: String },
     /// Make a virtual keyboard type `text`.
@@ -52,203 +41,54 @@ pub enum Request {
     /// The last output report (SET_REPORT) a virtual USB device got, as
     /// hex, or null.
     Output { id: u64 },
+}
+
+/// Requests of the HID family.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum HidRequest {
     /// Subscribe to the HID event stream: after the answer, the connection
     /// carries one event object per line until the client closes it.
     Events,
-    /// Subscribe to services starting and leaving: `{"started": ID}`,
-    /// `{"removed": ID}` lines after the answer.
-    Lifecycle,
-    /// `IOServiceOpen(service, kind)`: see `serve_connection`.
-    ServiceOpen { service: u64, kind: u32 },
-    /// Stop every dext and exit.
-    Shutdown,
-    /// Activate the dext `bundle_id` of the app at `app`. Answers
-    /// `{"outcome": Outcome}` or `{"failure": Failure}` (see `sysext`).
-    SysextActivate {
-        app: PathBuf,
-        bundle_id: String,
-        #[serde(default)]
-        replacement: crate::sysext::Replacement,
-    },
-    /// Deactivate an extension; answers like `SysextActivate`.
-    SysextDeactivate { bundle_id: String },
-    /// A person approves an extension waiting for it; answers like
-    /// `SysextActivate`.
-    SysextApprove { bundle_id: String },
-    /// Stop and remove an extension now.
-    SysextUninstall { bundle_id: String },
-    /// Stop and remove every extension.
-    SysextReset,
-    /// The store's records.
-    SysextList,
-    /// Developer mode on or off.
-    SysextDeveloper { on: bool },
-    /// Trust signatures by a public key (hex).
-    SysextTrust { key: String },
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Response {
-    Ok(serde_json::Value),
-    Error(String),
+/// Any request this daemon serves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Request {
+    Core(driverkit_core::control::Request),
+    Device(DeviceRequest),
+    Hid(HidRequest),
 }
 
-/// Serves the control socket until the process exits.
-pub fn serve(daemon: Daemon, root: &Path, shutdown: mpsc::Sender<()>) -> std::io::Result<PathBuf> {
-    let path = root.join(SOCKET);
-    // The root lock is held, so a socket file left here is stale.
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
-    std::thread::Builder::new()
-        .name("control".into())
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let daemon = daemon.clone();
-                let shutdown = shutdown.clone();
-                let _ = std::thread::Builder::new()
-                    .name("control-client".into())
-                    .spawn(move || {
-                        if let Err(e) = serve_client(stream, &daemon, &shutdown) {
-                            tracing::debug!("control client: {e}");
-                        }
-                    });
-            }
-        })?;
-    Ok(path)
-}
-
-fn serve_client(
-    stream: UnixStream,
-    daemon: &Daemon,
-    shutdown: &mpsc::Sender<()>,
-) -> std::io::Result<()> {
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        let response = match serde_json::from_str::<Request>(&line) {
-            Ok(Request::Events) => return stream_events(daemon, writer),
-            Ok(Request::Lifecycle) => return stream_lifecycle(daemon, writer),
-            Ok(Request::ServiceOpen { service, kind }) => {
-                return serve_connection(daemon, reader, writer, service, kind)
-            }
-            Ok(req) => match handle(daemon, req, shutdown) {
-                Ok(v) => Response::Ok(v),
-                Err(e) => Response::Error(e),
-            },
-            Err(e) => Response::Error(format!("bad request: {e}")),
-        };
-        let mut text = serde_json::to_string(&response)
-            .unwrap_or_else(|_| r#"{"error":"unencodable"}"#.into());
-        text.push('\n');
-        writer.write_all(text.as_bytes())?;
+impl From<driverkit_core::control::Request> for Request {
+    fn from(r: driverkit_core::control::Request) -> Request {
+        Request::Core(r)
     }
 }
 
-/// `IOServiceOpen` on this connection: answers `{"ok": {"status": 0,
-/// "user_client": ID}}` with the app's call and notification sockets
-/// attached (`SCM_RIGHTS`), or `{"ok": {"status": IOReturn}}`. The
-/// connection then stands for the open user client: a `service_close`
-/// line or the app's end closes it.
-fn serve_connection(
-    daemon: &Daemon,
-    mut reader: BufReader<UnixStream>,
-    writer: UnixStream,
-    service: u64,
-    kind: u32,
-) -> std::io::Result<()> {
-    let pid = rustix::net::sockopt::socket_peercred(&writer)
-        .map(|c| c.pid.as_raw_nonzero().get() as u32)
-        .unwrap_or(0);
-    let opened = match daemon.open_user_client(service, kind, pid) {
-        Ok(o) => o,
-        Err(status) => {
-            let mut w = &writer;
-            return w.write_all(format!("{{\"ok\":{{\"status\":{}}}}}\n", status.0).as_bytes());
-        }
-    };
-    let answer = format!(
-        "{{\"ok\":{{\"status\":0,\"user_client\":{}}}}}\n",
-        opened.user_client
-    );
-    let fds = [
-        std::os::fd::AsFd::as_fd(&opened.calls),
-        std::os::fd::AsFd::as_fd(&opened.notifications),
-    ];
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
-    let mut ancillary = rustix::net::SendAncillaryBuffer::new(&mut space);
-    ancillary.push(rustix::net::SendAncillaryMessage::ScmRights(&fds));
-    let sent = rustix::net::sendmsg(
-        &writer,
-        &[std::io::IoSlice::new(answer.as_bytes())],
-        &mut ancillary,
-        rustix::net::SendFlags::NOSIGNAL,
-    );
-    drop(opened.calls);
-    drop(opened.notifications);
-    if sent.is_ok() {
-        // Until the app closes the connection, or dies.
-        let mut line = String::new();
-        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
-            if line.contains("service_close") {
-                break;
-            }
-            line.clear();
-        }
+impl From<DeviceRequest> for Request {
+    fn from(r: DeviceRequest) -> Request {
+        Request::Device(r)
     }
-    daemon.close_user_client(opened.user_client);
-    Ok(())
 }
 
-/// Writes `{"started": ID}` and `{"removed": ID}` lines as services start
-/// and leave the registry, until the client goes away (matching
-/// notifications for apps).
-fn stream_lifecycle(daemon: &Daemon, mut writer: UnixStream) -> std::io::Result<()> {
-    let events = daemon.subscribe();
-    writer.write_all(b"{\"ok\":{}}\n")?;
-    for event in events {
-        let line = match event {
-            crate::Event::Started { service, .. } => format!("{{\"started\":{service}}}\n"),
-            crate::Event::Removed { service } => format!("{{\"removed\":{service}}}\n"),
-            crate::Event::Exited { .. } => continue,
-        };
-        writer.write_all(line.as_bytes())?;
+/// The requests of this daemon's backends and families, for the core's
+/// control socket.
+pub fn extensions(daemon: &Daemon) -> Extensions {
+    let mut x = Extensions::default();
+    for op in ["plug", "attach", "type", "report", "output"] {
+        let d = daemon.clone();
+        x.request(op, move |request| device_request(&d, decode(request)?));
     }
-    Ok(())
+    let d = daemon.clone();
+    x.stream("events", move |_, writer| stream_events(&d, writer));
+    x
 }
 
-/// Writes every HID event as a JSON line until the client goes away.
-fn stream_events(daemon: &Daemon, mut writer: UnixStream) -> std::io::Result<()> {
-    let events = daemon.subscribe_hid();
-    writer.write_all(b"{\"ok\":{}}\n")?;
-    while let Some(event) = crate::families::hid::next_event(&events, None) {
-        let mut text = serde_json::to_string(&event).map_err(std::io::Error::other)?;
-        text.push('\n');
-        writer.write_all(text.as_bytes())?;
-    }
-    Ok(())
-}
-
-fn handle(
-    daemon: &Daemon,
-    req: Request,
-    shutdown: &mpsc::Sender<()>,
-) -> Result<serde_json::Value, String> {
-    use serde_json::json;
-    match req {
-        Request::Registry => {
-            let mut xml = Vec::new();
-            daemon
-                .registry_plist()
-                .to_writer_xml(&mut xml)
-                .map_err(|e| e.to_string())?;
-            Ok(json!({ "plist": String::from_utf8_lossy(&xml) }))
-        }
-        Request::Plug { device } => {
+fn device_request(daemon: &Daemon, request: DeviceRequest) -> Result<serde_json::Value, String> {
+    match request {
+        DeviceRequest::Plug { device } => {
             let spec = match device {
                 DeviceArg::Builtin(name) => virtual_device::builtin(&name).ok_or_else(|| {
                     let known: Vec<_> = virtual_device::builtin_names().collect();
@@ -261,203 +101,77 @@ fn handle(
             };
             daemon.plug(spec).map(|id| json!({ "id": id }))
         }
-        Request::Unplug { id } => daemon.unplug(id).map(|()| json!({})),
-        Request::Devices => serde_json::to_value(daemon.devices()).map_err(|e| e.to_string()),
-        Request::Load { path } => daemon.load_bundle(&path).map(|id| json!({ "bundle": id })),
-        Request::Status => Ok(json!({ "pid": std::process::id(), "dexts": daemon.pids() })),
-        Request::Attach { url } => daemon.attach_usbip(&url).map(|id| json!({ "id": id })),
-        Request::Type { id, text } => daemon
+        DeviceRequest::Attach { url } => daemon.attach_usbip(&url).map(|id| json!({ "id": id })),
+        DeviceRequest::Type { id, text } => daemon
             .type_text(id, &text)
             .map(|reports| json!({ "reports": reports })),
-        Request::Report { id, report } => {
+        DeviceRequest::Report { id, report } => {
             let bytes = driverkit_wire::hex::decode(&report).map_err(|e| format!("report: {e}"))?;
             daemon.queue_report(id, &bytes).map(|()| json!({}))
         }
-        Request::Output { id } => {
+        DeviceRequest::Output { id } => {
             let hex = daemon
                 .last_output_report(id)
                 .map(|r| driverkit_wire::hex::encode(&r, " "));
             Ok(json!({ "report": hex }))
         }
-        Request::Events | Request::Lifecycle | Request::ServiceOpen { .. } => {
-            Err("a streaming request; it has its own connection".into())
-        }
-        Request::SysextActivate {
-            app,
-            bundle_id,
-            replacement,
-        } => Ok(answer(daemon.activate(&app, &bundle_id, replacement))),
-        Request::SysextDeactivate { bundle_id } => Ok(answer(daemon.deactivate(&bundle_id))),
-        Request::SysextApprove { bundle_id } => Ok(answer(daemon.approve(&bundle_id))),
-        Request::SysextUninstall { bundle_id } => daemon
-            .uninstall(&bundle_id)
-            .map(|()| json!({}))
-            .map_err(|f| f.to_string()),
-        Request::SysextReset => daemon
-            .reset_extensions()
-            .map(|n| json!({ "removed": n }))
-            .map_err(|f| f.to_string()),
-        Request::SysextList => daemon
-            .extensions()
-            .map_err(|f| f.to_string())
-            .and_then(|r| serde_json::to_value(r).map_err(|e| e.to_string())),
-        Request::SysextDeveloper { on } => daemon
-            .set_developer_mode(on)
-            .map(|()| json!({}))
-            .map_err(|f| f.to_string()),
-        Request::SysextTrust { key } => daemon
-            .trust_key(&key)
-            .map(|()| json!({}))
-            .map_err(|f| f.to_string()),
-        Request::Shutdown => {
-            let _ = shutdown.send(());
-            Ok(json!({}))
-        }
     }
 }
 
-/// A system extension request's answer: how it ended, or why it failed.
-fn answer(result: Result<crate::sysext::Outcome, crate::sysext::Failure>) -> serde_json::Value {
-    match result {
-        Ok(outcome) => serde_json::json!({ "outcome": outcome }),
-        Err(failure) => serde_json::json!({ "failure": failure }),
+/// Writes every HID event as a JSON line until the client goes away.
+fn stream_events(daemon: &Daemon, mut writer: UnixStream) -> std::io::Result<()> {
+    let events = daemon.subscribe_hid();
+    writer.write_all(b"{\"ok\":{}}\n")?;
+    while let Some(event) = next_event(&events, None) {
+        let mut text = serde_json::to_string(&event).map_err(std::io::Error::other)?;
+        text.push('\n');
+        writer.write_all(text.as_bytes())?;
     }
+    Ok(())
 }
 
-/// A connection to a running daemon.
-pub struct Client {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl Client {
-    /// Connects to the daemon whose state directory is `root`.
-    pub fn connect(root: &Path) -> Result<Client, String> {
-        let path = root.join(SOCKET);
-        let stream = UnixStream::connect(&path).map_err(|e| {
-            format!(
-                "no daemon is running at {} ({e}); start one with `driverkit run`",
-                root.display()
-            )
-        })?;
-        let writer = stream.try_clone().map_err(|e| e.to_string())?;
-        Ok(Client {
-            reader: BufReader::new(stream),
-            writer,
-        })
-    }
-
-    /// Sends one request and waits for its answer.
-    pub fn request(&mut self, req: &Request) -> Result<serde_json::Value, String> {
-        let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
-        line.push('\n');
-        self.writer
-            .write_all(line.as_bytes())
-            .map_err(|e| format!("daemon connection: {e}"))?;
-        let mut answer = String::new();
-        self.reader
-            .read_line(&mut answer)
-            .map_err(|e| format!("daemon connection: {e}"))?;
-        if answer.is_empty() {
-            return Err("the daemon closed the connection".into());
-        }
-        match serde_json::from_str::<Response>(&answer)
-            .map_err(|e| format!("bad answer from the daemon: {e}"))?
-        {
-            Response::Ok(v) => Ok(v),
-            Response::Error(e) => Err(e),
-        }
-    }
-
-    /// Subscribes to the HID event stream; the connection then carries
-    /// events only.
-    pub fn events(
-        mut self,
-    ) -> Result<impl Iterator<Item = Result<crate::families::hid::HidEvent, String>>, String> {
-        self.request(&Request::Events)?;
-        Ok(self.reader.lines().map(|line| {
-            let line = line.map_err(|e| format!("daemon connection: {e}"))?;
-            serde_json::from_str(&line).map_err(|e| format!("bad event from the daemon: {e}"))
-        }))
-    }
-
-    /// The registry tree.
-    pub fn registry(&mut self) -> Result<crate::ioreg::Node, String> {
-        let v = self.request(&Request::Registry)?;
-        let xml = v
-            .get("plist")
-            .and_then(|p| p.as_str())
-            .ok_or("answer without plist")?;
-        let value = plist::Value::from_reader_xml(xml.as_bytes())
-            .map_err(|e| format!("bad registry archive: {e}"))?;
-        crate::ioreg::Node::from_archive(&value)
-    }
+/// Subscribes to the HID event stream of the daemon at `root`.
+pub fn events(
+    root: &std::path::Path,
+) -> Result<impl Iterator<Item = Result<HidEvent, String>>, String> {
+    Client::connect(root)?.stream(&HidRequest::Events)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
 
-    fn exchange(daemon: &Daemon, lines: &[String]) -> Vec<serde_json::Value> {
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        let d = daemon.clone();
-        let (tx, _rx) = mpsc::channel();
-        let server = std::thread::spawn(move || serve_client(theirs, &d, &tx));
-        let mut writer = ours.try_clone().unwrap();
-        let mut reader = BufReader::new(ours);
-        let mut answers = Vec::new();
-        for l in lines {
-            writer.write_all(format!("{l}\n").as_bytes()).unwrap();
-            let mut answer = String::new();
-            reader.read_line(&mut answer).unwrap();
-            answers.push(serde_json::from_str(&answer).unwrap());
-        }
-        drop(writer);
-        drop(reader);
-        let _ = server.join();
-        answers
+    #[test]
+    fn every_request_kind_travels_as_its_op() {
+        let plug = serde_json::to_value(Request::from(DeviceRequest::Plug {
+            device: DeviceArg::Builtin("sensor".into()),
+        }))
+        .unwrap();
+        assert_eq!(plug["op"], "plug");
+        let status =
+            serde_json::to_value(Request::from(driverkit_core::control::Request::Status)).unwrap();
+        assert_eq!(status, json!({ "op": "status" }));
+        let back: Request =
+            serde_json::from_value(json!({ "op": "type", "id": 7, "text": "x" })).unwrap();
+        assert!(matches!(
+            back,
+            Request::Device(DeviceRequest::Type { id: 7, .. })
+        ));
     }
 
     #[test]
-    fn garbage_requests_get_an_error_and_the_connection_goes_on() {
+    fn a_bad_plug_names_the_built_ins() {
         let root = tempfile::tempdir().unwrap();
         let daemon = Daemon::start(crate::Config::new(root.path().to_owned()));
-        let answers = exchange(
+        let x = extensions(&daemon);
+        let e = device_request(
             &daemon,
-            &[
-                "{not json".into(),
-                r#"{"op":"launch_missiles"}"#.into(),
-                r#"{"op":"unplug","id":"seven"}"#.into(),
-                r#"{"op":"plug","device":{"builtin":"nonesuch"}}"#.into(),
-                r#"{"op":"devices"}"#.into(),
-            ],
-        );
-        assert!(answers[0]["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("bad request"));
-        assert!(answers[1]["error"]
-            .as_str()
-            .unwrap()
-            .contains("launch_missiles"));
-        assert!(answers[2]["error"].is_string());
-        assert!(answers[3]["error"]
-            .as_str()
-            .unwrap()
-            .contains("no built-in device named \"nonesuch\""));
-        assert_eq!(answers[4]["ok"], serde_json::json!([]));
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
-        #[test]
-        fn any_line_gets_an_answer(line in "[^\n]{0,200}") {
-            let root = tempfile::tempdir().unwrap();
-            let daemon = Daemon::start(crate::Config::new(root.path().to_owned()));
-            let answers = exchange(&daemon, &[line, r#"{"op":"status"}"#.to_owned()]);
-            prop_assert!(answers[0].get("ok").is_some() || answers[0].get("error").is_some());
-            prop_assert!(answers[1]["ok"]["pid"].is_u64());
-        }
+            decode(&json!({ "op": "plug", "device": { "builtin": "nonesuch" } })).unwrap(),
+        )
+        .unwrap_err();
+        assert!(e.contains("no built-in device named \"nonesuch\""), "{e}");
+        assert!(e.contains("keyboard"), "{e}");
+        drop(x);
+        daemon.shutdown();
     }
 }

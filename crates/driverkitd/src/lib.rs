@@ -1,44 +1,187 @@
-//! The driverkit daemon: it plays the kernel's role.
+//! The driverkit daemon: the core (`driverkit-core`) with the families and
+//! the device backends plugged in.
 //!
-//! - [`registry`]: every service, its class, properties and links;
-//! - [`matching`]: the personality catalogue and how candidates are chosen;
-//! - [`daemon`]: the lifecycle that ties matching to processes;
-//! - [`user_server`]: the dext processes and their sockets;
-//! - [`families`]: the system side of each family (`IOService` so far);
-//! - [`backends`]: where devices come from (virtual devices so far);
-//! - [`control`]: the socket the `driverkit` CLI talks to;
-//! - [`ioreg`]: the registry as ioreg shows it.
+//! - [`families`]: the system side of USB, HID and plain devices, each a
+//!   `driverkit_core::Family`;
+//! - [`backends`]: where devices come from (virtual devices, USB/IP) and
+//!   where events go (uinput);
+//! - [`control`]: the control socket's vocabulary, the core's requests and
+//!   the ones the families and backends add.
 //!
 //! Nothing here is part of the driver SDK: dexts see the daemon only through
 //! the wire protocol.
 
 pub mod backends;
 pub mod control;
-pub mod daemon;
 pub mod families;
-pub mod ioreg;
-pub mod matching;
-pub mod registry;
-pub mod root;
-pub mod store;
-pub mod sysext;
-pub mod user_client;
-mod user_server;
-mod workers;
 
-pub use daemon::{Config, Daemon, DeviceInfo, Event};
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+pub use driverkit_core::{ioreg, matching, registry, root, store, sysext, user_client};
+pub use driverkit_core::{Core, DeviceInfo, EntryId, Event};
+
+use backends::virtual_device::{DeviceSpec, VirtualDevices};
+use families::hid::HidEvent;
+use families::Families;
+
+/// How the daemon runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The state directory (control socket, lock, embedded bundles).
+    pub root: PathBuf,
+    /// Driver bundles to load at start.
+    pub bundles: Vec<PathBuf>,
+    /// Virtual devices to plug at start.
+    pub devices: Vec<DeviceSpec>,
+    /// Relaunches of a crashing personality before it is given up.
+    pub relaunch_limit: u32,
+    /// The first relaunch delay; each further crash doubles it.
+    pub relaunch_backoff: Duration,
+    /// How long a dext may take to answer the system (Start, Stop...).
+    pub call_timeout: Duration,
+    /// Forward HID events to Linux applications through uinput, where
+    /// `/dev/uinput` opens. Off by default: a test's typing must not reach
+    /// the desktop of the machine running it.
+    pub uinput: bool,
+}
+
+impl Config {
+    /// Defaults for a state directory.
+    pub fn new(root: PathBuf) -> Config {
+        let core = driverkit_core::Config::new(root.clone());
+        Config {
+            root,
+            bundles: Vec::new(),
+            devices: Vec::new(),
+            relaunch_limit: core.relaunch_limit,
+            relaunch_backoff: core.relaunch_backoff,
+            call_timeout: core.call_timeout,
+            uinput: false,
+        }
+    }
+
+    fn core(&self) -> driverkit_core::Config {
+        driverkit_core::Config {
+            root: self.root.clone(),
+            bundles: self.bundles.clone(),
+            relaunch_limit: self.relaunch_limit,
+            relaunch_backoff: self.relaunch_backoff,
+            call_timeout: self.call_timeout,
+        }
+    }
+}
+
+/// A running daemon: the core, its families and its backends. It derefs to
+/// the [`Core`] (registry, bundles, lifecycle, extensions, user clients).
+#[derive(Clone)]
+pub struct Daemon {
+    core: Core,
+    families: Families,
+    virtual_devices: Arc<VirtualDevices>,
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl Daemon {
+    /// Starts the core with the families, hangs the virtual bus, plugs the
+    /// configured devices and, if asked, forwards HID events to uinput.
+    pub fn start(config: Config) -> Daemon {
+        let families = Families::new();
+        let core = Core::start(config.core(), families.all());
+        let system = core.system();
+        let virtual_devices = Arc::new(VirtualDevices::new(
+            system.clone(),
+            families.usb.clone(),
+            families.plain.clone(),
+        ));
+        let daemon = Daemon {
+            core,
+            families,
+            virtual_devices,
+        };
+        for spec in config.devices {
+            if let Err(e) = daemon.plug(spec) {
+                tracing::error!("not plugging: {e}");
+            }
+        }
+        if config.uinput {
+            backends::uinput::forward(&system, &daemon.families.hid);
+        }
+        daemon
+    }
+
+    /// The core alone.
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    /// Plugs a virtual device into the virtual bus and matches it.
+    pub fn plug(&self, spec: DeviceSpec) -> Result<EntryId, String> {
+        self.virtual_devices.plug(spec)
+    }
+
+    /// Imports a device from a USB/IP server (`usbip://HOST[:PORT]/BUSID`);
+    /// it becomes an `IOUSBHostDevice` like any other. A dropped
+    /// connection unplugs it.
+    pub fn attach_usbip(&self, url: &str) -> Result<EntryId, String> {
+        backends::usbip::attach(
+            &self.core.system(),
+            &self.families.usb,
+            self.virtual_devices.bus(),
+            url,
+        )
+    }
+
+    /// Makes virtual keyboard `id` type `text`.
+    pub fn type_text(&self, id: EntryId, text: &str) -> Result<usize, String> {
+        self.virtual_devices.type_text(id, text)
+    }
+
+    /// Queues one input report on virtual USB HID device `id`.
+    pub fn queue_report(&self, id: EntryId, report: &[u8]) -> Result<(), String> {
+        self.virtual_devices.queue_report(id, report)
+    }
+
+    /// The last output report (SET_REPORT) virtual USB device `id` got.
+    pub fn last_output_report(&self, id: EntryId) -> Option<Vec<u8>> {
+        self.virtual_devices.last_output_report(id)
+    }
+
+    /// Events as event services dispatch them, from now on.
+    pub fn subscribe_hid(&self) -> mpsc::Receiver<HidEvent> {
+        self.families.hid.subscribe()
+    }
+
+    /// The control socket's requests beyond the core's.
+    pub fn control_extensions(&self) -> driverkit_core::control::Extensions {
+        control::extensions(self)
+    }
+}
 
 /// Runs a daemon in the foreground until `stop` receives (or its sender is
 /// dropped) or a client asks it to shut down, then stops every dext.
-pub fn run(config: Config, stop: std::sync::mpsc::Receiver<()>) -> Result<(), String> {
+pub fn run(config: Config, stop: mpsc::Receiver<()>) -> Result<(), String> {
     let _lock = root::RootLock::acquire(&config.root)?;
     let root = config.root.clone();
     let daemon = Daemon::start(config);
-    let (shutdown_tx, shutdown_rx) = std::sync::mpsc::channel();
-    let socket = control::serve(daemon.clone(), &root, shutdown_tx.clone()).map_err(|e| {
+    let (shutdown_tx, shutdown_rx) = mpsc::channel();
+    let socket = driverkit_core::control::serve(
+        daemon.core().clone(),
+        daemon.control_extensions(),
+        &root,
+        shutdown_tx.clone(),
+    )
+    .map_err(|e| {
         format!(
             "cannot listen at {}: {e}",
-            root.join(control::SOCKET).display()
+            root.join(driverkit_core::control::SOCKET).display()
         )
     })?;
     tracing::info!(

@@ -328,7 +328,13 @@ fn userclient_scalar_roundtrip(root: &Path, n: usize) -> Result<Vec<Figure>, Str
     let state = root.join(format!("state-{}", embedded.executable));
     std::fs::create_dir_all(&state).map_err(|e| e.to_string())?;
     let (stop, _stopped) = std::sync::mpsc::channel();
-    driverkitd::control::serve(daemon.clone(), &state, stop).map_err(|e| e.to_string())?;
+    driverkit_core::control::serve(
+        daemon.core().clone(),
+        daemon.control_extensions(),
+        &state,
+        stop,
+    )
+    .map_err(|e| e.to_string())?;
     let system = driverkit_app::System::at(&state);
     let deadline = Instant::now() + Duration::from_secs(30);
     let service = loop {
@@ -513,7 +519,7 @@ fn time_matching(personalities: usize, devices: usize) -> (f64, f64, usize) {
             Value::Integer(((model % 50) as u64).into()),
         );
         props.insert("Serial".into(), format!("S{d}").into());
-        let target = driverkitd::families::MatchTarget {
+        let target = driverkit_core::MatchTarget {
             name: "Device",
             class_chain: &chain,
             properties: &props,
@@ -607,13 +613,13 @@ fn daemon_rss(root: &Path, devices: usize) -> Result<Figure, String> {
         std::thread::sleep(Duration::from_millis(300));
         let empty = rss_kib(daemon.id())?;
         for _ in 0..devices {
-            client.request(&driverkitd::control::Request::Plug {
+            client.request(&driverkitd::control::DeviceRequest::Plug {
                 device: driverkitd::control::DeviceArg::Builtin("widget".into()),
             })?;
         }
         std::thread::sleep(Duration::from_millis(500));
         let full = rss_kib(daemon.id())?;
-        let _ = client.request(&driverkitd::control::Request::Shutdown);
+        let _ = client.request(&driverkitd::control::CoreRequest::Shutdown);
         Ok((full, empty))
     })();
     let _ = daemon.wait();

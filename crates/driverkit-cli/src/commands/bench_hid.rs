@@ -302,7 +302,7 @@ fn raw_ring_rate(n: usize, reps: usize) -> Result<Vec<f64>, String> {
 }
 
 pub fn descriptor_parse(n: usize) -> Result<Figure, String> {
-    let keyboard = driverkitd::backends::usb::virtual_usb::builtin_report_descriptor("keyboard", 0)
+    let keyboard = driverkitd::backends::virtual_device::builtin_report_descriptor("keyboard", 0)
         .ok_or("the built-in keyboard has no report descriptor")?;
     let mut parse = Vec::with_capacity(n);
     let mut copy = Vec::with_capacity(n);

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use clap::Subcommand;
 use driverkitd::backends::virtual_device::{self, DeviceSpec};
-use driverkitd::control::{DeviceArg, Request};
+use driverkitd::control::{CoreRequest, DeviceArg, DeviceRequest as Request};
 use driverkitd::DeviceInfo;
 
 #[derive(Subcommand)]
@@ -103,7 +103,7 @@ pub fn device(root: &Path, cmd: DeviceCommand) -> Result<(), String> {
             println!("{id:#x}");
         }
         DeviceCommand::Unplug { id } => {
-            client.request(&Request::Unplug {
+            client.request(&CoreRequest::Unplug {
                 id: super::parse_id(&id)?,
             })?;
         }
@@ -134,7 +134,7 @@ pub fn device(root: &Path, cmd: DeviceCommand) -> Result<(), String> {
             println!("{id:#x}");
         }
         DeviceCommand::List { json, .. } => {
-            let answer = client.request(&Request::Devices)?;
+            let answer = client.request(&CoreRequest::Devices)?;
             if json {
                 println!("{answer}");
                 return Ok(());
@@ -162,7 +162,7 @@ pub fn device(root: &Path, cmd: DeviceCommand) -> Result<(), String> {
 
 /// OP_REQ_DEVLIST against a server, straight from the CLI.
 fn list_usbip(server: &str, json: bool) -> Result<(), String> {
-    use driverkitd::backends::usb::usbip;
+    use driverkitd::backends::usbip;
     let (host, port) = usbip::split_host(server)?;
     let devices = usbip::list(&host, port)?;
     if json {

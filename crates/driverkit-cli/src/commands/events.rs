@@ -17,7 +17,7 @@ pub struct EventsArgs {
 }
 
 pub fn events(root: &Path, args: EventsArgs) -> Result<(), String> {
-    let stream = super::client(root)?.events()?;
+    let stream = driverkitd::control::events(root)?;
     // Scripts and tests wait for this line before making events happen.
     eprintln!("listening for HID events");
     let mut out = std::io::stdout().lock();

@@ -49,7 +49,7 @@ pub fn ioreg(root: &Path, args: IoregArgs) -> Result<(), String> {
         );
     } else if args.archive {
         let mut v = super::client(root)?
-            .request(&driverkitd::control::Request::Registry)?
+            .request(&driverkitd::control::CoreRequest::Registry)?
             .get("plist")
             .and_then(|p| p.as_str())
             .map(str::to_owned)

@@ -17,7 +17,7 @@ mod validate;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use driverkitd::control::{Client, Request};
+use driverkitd::control::{Client, CoreRequest as Request};
 
 #[derive(Parser)]
 #[command(

@@ -9,7 +9,7 @@ use driverkit_app::{
     ExtensionVersions, OSSystemExtensionRequest, OSSystemExtensionRequestDelegate,
     ReplacementAction, System,
 };
-use driverkitd::control::Request;
+use driverkitd::control::CoreRequest as Request;
 use driverkitd::store::Records;
 
 #[derive(Subcommand)]

@@ -256,7 +256,7 @@ impl IOUserHIDDeviceImpl for VirtualHIDKeyboard {
 
     /// The built-in virtual USB keyboard's descriptor.
     fn new_report_descriptor(&self) -> Vec<u8> {
-        driverkitd::backends::usb::virtual_usb::builtin_report_descriptor("keyboard", 0)
+        driverkitd::backends::virtual_device::builtin_report_descriptor("keyboard", 0)
             .unwrap_or_default()
     }
 }

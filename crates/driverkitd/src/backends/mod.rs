@@ -1,8 +1,16 @@
-//! Device backends: where devices come from. Each backend turns its devices
-//! into registry nubs and nothing else; families and matching take over
-//! from there.
+//! Device backends: where devices come from. Each backend makes the handle
+//! its family needs (a `UsbTransport`, a `PlainDevice`) and plugs it into
+//! that family, which publishes the nubs; matching, dexts and the registry's
+//! internals are none of a backend's business.
+//!
+//! - [`virtual_device`]: device files (TOML) and the built-ins, on the
+//!   `VirtualBus`; [`virtual_usb`] the USB devices among them, and
+//!   [`interrupts`] the interrupt lines of the plain ones;
+//! - [`usbip`]: devices imported from a USB/IP server;
+//! - [`uinput`]: the way out, HID events to Linux applications.
 
 pub mod interrupts;
 pub mod uinput;
-pub mod usb;
+pub mod usbip;
 pub mod virtual_device;
+pub mod virtual_usb;

@@ -15,13 +15,14 @@
 //! event stream is unchanged.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
+use driverkit_core::{EntryId, Event, System};
 use driverkit_wire::interfaces::hid_event;
 use evdev::uinput::VirtualDevice;
 use evdev::{AttributeSet, BusType, EventType, InputEvent, InputId, KeyCode, RelativeAxisCode};
 
-use crate::families::hid::HidEvent;
-use crate::registry::EntryId;
+use crate::families::hid::{next_event, HidEvent, HidFamily};
 
 /// Where applications find the devices this module makes.
 pub const UINPUT: &str = "/dev/uinput";
@@ -235,6 +236,91 @@ fn create(identity: &Identity) -> std::io::Result<VirtualDevice> {
         .with_keys(&keys)?
         .with_relative_axes(&axes)?
         .build()
+}
+
+/// Forwards the event stream to Linux through uinput while the daemon
+/// runs, one device per event service; logs why not where `/dev/uinput`
+/// does not open. Two threads: one makes a service's device when it
+/// starts and drops it when it leaves the registry, one forwards events.
+pub fn forward(system: &System, hid: &HidFamily) {
+    let uinput = match Uinput::open() {
+        Ok(u) => Arc::new(Mutex::new(u)),
+        Err(e) => {
+            tracing::info!("uinput   off: {e}");
+            return;
+        }
+    };
+    let Some(lifecycle) = system.subscribe() else {
+        return;
+    };
+    let events = hid.subscribe();
+    let (s, u) = (system.clone(), uinput.clone());
+    let forward = move || {
+        while let Some(event) = next_event(&events, None) {
+            let result = u
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .forward(&event, || identity(&s, event.service));
+            if let Err(e) = result {
+                tracing::warn!("uinput   [{:#x}] {e}", event.service);
+            }
+        }
+    };
+    let system = system.clone();
+    let follow = move || {
+        for event in lifecycle {
+            let mut u = uinput.lock().unwrap_or_else(|e| e.into_inner());
+            match event {
+                Event::Started { service, .. } => {
+                    if system.is_kind_of(service, "IOHIDEventService") {
+                        if let Err(e) = u.ensure(service, || identity(&system, service)) {
+                            tracing::warn!("uinput   [{service:#x}] {e}");
+                        }
+                    }
+                }
+                Event::Removed { service } => u.remove(service),
+                Event::Exited { .. } => {}
+            }
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("uinput".into())
+        .spawn(forward)
+        .and_then(|_| {
+            std::thread::Builder::new()
+                .name("uinput-follow".into())
+                .spawn(follow)
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("uinput   off: cannot start its threads: {e}");
+    }
+}
+
+/// Who an event service's uinput device says it is: the service's name,
+/// and the IDs of the `IOHIDInterface` it serves.
+fn identity(system: &System, service: EntryId) -> Identity {
+    let interface = system
+        .provider(service)
+        .and_then(|p| system.properties(p))
+        .unwrap_or_default();
+    let number = |key: &str| {
+        interface
+            .get(key)
+            .and_then(plist::Value::as_unsigned_integer)
+            .and_then(|n| u16::try_from(n).ok())
+            .unwrap_or(0)
+    };
+    Identity {
+        name: format!(
+            "DriverKit {}",
+            system
+                .name(service)
+                .unwrap_or_else(|| "IOHIDEventService".to_owned())
+        ),
+        vendor: number("VendorID"),
+        product: number("ProductID"),
+        version: number("VersionNumber"),
+    }
 }
 
 #[cfg(test)]

@@ -21,9 +21,26 @@
 //! ```
 //!
 //! A `[usb]` table makes it a USB device (class `IOUSBHostDevice`); its
-//! format is in `usb::virtual_usb`.
+//! format is in [`virtual_usb`](super::virtual_usb).
+//!
+//! [`VirtualDevices`] is the backend: it hangs a `VirtualBus` under the
+//! registry root and plugs each device into the family that serves it (a
+//! USB device into the USB family, anything else as a plain device), with
+//! the behaviour its file describes (interrupt lines, reads, endpoints).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use driverkit_core::{EntryId, Nub, System};
+use driverkit_wire::shm::SharedMemory;
+use driverkit_wire::IOResult;
 use plist::Value;
+
+use super::interrupts::InterruptModel;
+use super::virtual_usb::{UsbSpec, VirtualUsb};
+use crate::families::plain::{PlainDevice, PlainFamily, PlainNub};
+use crate::families::usb::{UsbFamily, UsbTransport};
 
 /// A parsed device file.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,29 +53,43 @@ pub struct DeviceSpec {
     /// Where it came from (a path or `builtin:NAME`), for `device list`.
     pub source: String,
     /// A USB device's descriptors and endpoints.
-    pub usb: Option<super::usb::virtual_usb::UsbSpec>,
+    pub usb: Option<UsbSpec>,
 }
 
 const BUILTINS: &[(&str, &str)] = &[
     ("sensor", include_str!("../../devices/sensor.toml")),
     ("widget", include_str!("../../devices/widget.toml")),
+    ("keyboard", include_str!("../../devices/keyboard.toml")),
+    ("mouse", include_str!("../../devices/mouse.toml")),
+    (
+        "vendor-bulk",
+        include_str!("../../devices/vendor-bulk.toml"),
+    ),
 ];
 
 /// The names of the built-in device files.
 pub fn builtin_names() -> impl Iterator<Item = &'static str> {
-    BUILTINS
-        .iter()
-        .chain(super::usb::virtual_usb::BUILTINS)
-        .map(|(n, _)| *n)
+    BUILTINS.iter().map(|(n, _)| *n)
 }
 
 /// A built-in device by name.
 pub fn builtin(name: &str) -> Option<DeviceSpec> {
-    let (_, text) = BUILTINS
-        .iter()
-        .chain(super::usb::virtual_usb::BUILTINS)
-        .find(|(n, _)| *n == name)?;
+    let (_, text) = BUILTINS.iter().find(|(n, _)| *n == name)?;
     parse(text, &format!("builtin:{name}")).ok()
+}
+
+/// The report descriptor of HID interface `interface` of built-in device
+/// `name` (`keyboard`, `mouse`): a real device's bytes for drivers and
+/// benchmarks that need one.
+pub fn builtin_report_descriptor(name: &str, interface: usize) -> Option<Vec<u8>> {
+    let spec = builtin(name)?.usb?;
+    from_hex(
+        spec.interfaces
+            .get(interface)?
+            .report_descriptor
+            .as_deref()?,
+    )
+    .ok()
 }
 
 /// Parses a device file; errors name the file and the key.
@@ -96,7 +127,7 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
                 }
             }
             ("usb", toml::Value::Table(t)) => {
-                let spec: super::usb::virtual_usb::UsbSpec = toml::Value::Table(t.clone())
+                let spec: UsbSpec = toml::Value::Table(t.clone())
                     .try_into()
                     .map_err(|e: toml::de::Error| format!("{source}: key usb: {}", e.message().trim()))?;
                 spec.validate().map_err(|e| format!("{source}: {e}"))?;
@@ -186,6 +217,160 @@ fn to_plist(v: &toml::Value) -> Result<Value, String> {
 
 /// Device files write data as hex (`driverkit_wire::hex::decode`).
 pub use driverkit_wire::hex::decode as from_hex;
+
+/// The virtual-device backend: the `VirtualBus` and what is plugged in it.
+pub struct VirtualDevices {
+    system: System,
+    usb: Arc<UsbFamily>,
+    plain: Arc<PlainFamily>,
+    bus: EntryId,
+    state: Mutex<Plugged>,
+}
+
+#[derive(Default)]
+struct Plugged {
+    next_location: u32,
+    /// Virtual USB devices, for typing and injecting reports.
+    usb: HashMap<EntryId, Arc<VirtualUsb>>,
+}
+
+impl VirtualDevices {
+    /// Hangs the `VirtualBus` under the registry root.
+    pub fn new(system: System, usb: Arc<UsbFamily>, plain: Arc<PlainFamily>) -> VirtualDevices {
+        let bus = system
+            .publish(Nub {
+                name: "VirtualBus",
+                class: "IOVirtualBus",
+                properties: Default::default(),
+                provider: system.root(),
+                family: None,
+                plugged_from: None,
+                matched: true,
+            })
+            .unwrap_or_else(|e| {
+                // Only when the core is already gone; plugs then fail.
+                tracing::error!("cannot publish the virtual bus: {e}");
+                system.root()
+            });
+        VirtualDevices {
+            system,
+            usb,
+            plain,
+            bus,
+            state: Mutex::default(),
+        }
+    }
+
+    /// The bus USB/IP imports hang under too (they are virtual to the host).
+    pub fn bus(&self) -> EntryId {
+        self.bus
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Plugged> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Plugs a device into the virtual bus; it is matched.
+    pub fn plug(&self, spec: DeviceSpec) -> Result<EntryId, String> {
+        if let Some(usb) = &spec.usb {
+            let location = {
+                let mut st = self.lock();
+                st.next_location += 1;
+                0x0100_0000 | (st.next_location & 0xf) << 20
+            };
+            let device = Arc::new(VirtualUsb::new(usb, &spec.source, location)?);
+            let id = self
+                .usb
+                .plug(&self.system, Some(&spec.name), device.clone(), self.bus)
+                .inspect_err(|_| device.close())?;
+            self.lock().usb.insert(id, device);
+            return Ok(id);
+        }
+        let latency = spec
+            .properties
+            .get("ReadLatencyMs")
+            .and_then(Value::as_unsigned_integer)
+            .unwrap_or(10);
+        let device = Arc::new(VirtualPlainDevice {
+            interrupts: (!spec.interrupts.is_empty())
+                .then(|| InterruptModel::start(&spec.name, &spec.interrupts)),
+            latency: Duration::from_millis(latency),
+        });
+        self.plain.plug(
+            &self.system,
+            PlainNub {
+                name: &spec.name,
+                class: &spec.class,
+                properties: spec.properties.clone(),
+                bus: self.bus,
+                source: &spec.source,
+            },
+            device,
+        )
+    }
+
+    /// The virtual USB device `id`, while it is plugged.
+    pub fn usb_device(&self, id: EntryId) -> Result<Arc<VirtualUsb>, String> {
+        let mut st = self.lock();
+        // Forget the ones that left the registry meanwhile.
+        st.usb.retain(|_, d| !d.is_closed());
+        st.usb.get(&id).cloned().ok_or_else(|| {
+            format!("no virtual USB device with id {id:#x} (see `driverkit device list`)")
+        })
+    }
+}
+
+impl VirtualDevices {
+    /// Makes virtual keyboard `id` type `text`: a press and a release
+    /// report per character, queued on its interrupt-IN endpoint.
+    pub fn type_text(&self, id: EntryId, text: &str) -> Result<usize, String> {
+        let reports = crate::families::hid::keyboard_reports(text)?;
+        for r in &reports {
+            self.queue_report(id, r)?;
+        }
+        Ok(reports.len())
+    }
+
+    /// Queues one input report on virtual USB device `id`'s first HID
+    /// interrupt-IN endpoint.
+    pub fn queue_report(&self, id: EntryId, report: &[u8]) -> Result<(), String> {
+        let device = self.usb_device(id)?;
+        let address = device
+            .hid_input_endpoint()
+            .ok_or_else(|| format!("device {id:#x} has no HID interrupt-IN endpoint"))?;
+        device
+            .queue_in(address, report)
+            .map_err(|e| format!("device {id:#x}: endpoint {address:#04x}: {e}"))
+    }
+
+    /// The last output report (SET_REPORT) virtual USB device `id` got.
+    pub fn last_output_report(&self, id: EntryId) -> Option<Vec<u8>> {
+        let device = self.usb_device(id).ok()?;
+        device.last_set_report(0).map(|(_, _, data)| data)
+    }
+}
+
+/// A plain virtual device: its interrupt lines, and reads whose byte `i`
+/// is `entry + i` (low byte), after `ReadLatencyMs` (10 ms if absent).
+struct VirtualPlainDevice {
+    interrupts: Option<InterruptModel>,
+    latency: Duration,
+}
+
+impl PlainDevice for VirtualPlainDevice {
+    fn subscribe_interrupt(&self, index: u32, region: &Arc<SharedMemory>) -> IOResult<()> {
+        self.interrupts
+            .as_ref()
+            .ok_or(driverkit_wire::IOReturn::NOT_FOUND)?
+            .subscribe(index, region)
+    }
+
+    fn read(&self, entry: EntryId, length: usize) -> (Duration, Vec<u8>) {
+        let seed = entry as u8;
+        let data = (0..length).map(|i| seed.wrapping_add(i as u8)).collect();
+        (self.latency, data)
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -1,44 +1,47 @@
-//! The families' system side. Each family owns some classes and, for
-//! services of those classes, decides whether a personality matches and how
-//! well (the hook USB, HID and PCI fill in with their ladders and keys).
+//! The families' system side. Each family is one module that implements
+//! `driverkit_core::Family` for its classes and registers itself in
+//! [`Families::new`]:
+//!
+//! - [`usb`]: `IOUSBHostDevice`, `IOUSBHostInterface` and their pipes;
+//! - [`hid`]: `IOHIDInterface`, event services, the event stream;
+//! - [`plain`]: devices with no protocol of their own (interrupts, reads).
 
 pub mod hid;
-pub mod io_service;
+pub mod plain;
 pub mod usb;
-pub mod usb_device;
 
-use driverkit_bundle::Personality;
+use std::sync::Arc;
 
-/// What matching knows of a provider.
-pub struct MatchTarget<'a> {
-    pub name: &'a str,
-    pub class_chain: &'a [String],
-    pub properties: &'a plist::Dictionary,
+use driverkit_core::Family;
+
+/// The daemon's families, each as its own type (for the backends that plug
+/// devices into them) and all together (for the core).
+#[derive(Clone)]
+pub struct Families {
+    pub usb: Arc<usb::UsbFamily>,
+    pub hid: Arc<hid::HidFamily>,
+    pub plain: Arc<plain::PlainFamily>,
 }
 
-/// A family's matching rules.
-pub trait FamilyMatcher: Send + Sync {
-    /// The provider class this family scores (subclasses included).
-    fn provider_class(&self) -> &'static str;
+impl Families {
+    pub fn new() -> Families {
+        let usb = Arc::new(usb::UsbFamily::default());
+        Families {
+            hid: hid::HidFamily::new(usb.clone()),
+            usb,
+            plain: Arc::new(plain::PlainFamily::default()),
+        }
+    }
 
-    /// `None` when the personality's family keys rule the provider out;
-    /// otherwise the family's score, added to `IOProbeScore`.
-    fn score(&self, personality: &Personality, target: &MatchTarget<'_>) -> Option<i64>;
-
-    /// A `(key, value)` that every matching provider must carry, used to
-    /// index personalities so that matching cost does not grow with the size
-    /// of the catalogue. `None` when the personality cannot be indexed.
-    fn index_key(&self, personality: &Personality) -> Option<(String, plist::Value)> {
-        let _ = personality;
-        None
+    /// For the core, in the order they hear unclaimed providers: USB
+    /// configures a device before HID looks at its interfaces.
+    pub fn all(&self) -> Vec<Arc<dyn Family>> {
+        vec![self.usb.clone(), self.hid.clone(), self.plain.clone()]
     }
 }
 
-/// The matchers of every family the daemon has.
-pub fn matchers() -> Vec<Box<dyn FamilyMatcher>> {
-    vec![
-        Box::new(usb::UsbMatcher::device()),
-        Box::new(usb::UsbMatcher::interface()),
-        Box::new(hid::HidMatcher),
-    ]
+impl Default for Families {
+    fn default() -> Self {
+        Families::new()
+    }
 }

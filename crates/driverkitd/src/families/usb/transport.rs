@@ -1,13 +1,12 @@
 //! USB devices, whatever carries their bytes: the one boundary between the
-//! USB family and the transports (virtual devices, USB/IP).
+//! USB family and the backends that carry them (virtual devices, USB/IP).
+//! A backend implements [`UsbTransport`] and hands it to
+//! [`UsbFamily::plug`](super::UsbFamily::plug).
 //!
 //! A transport moves control requests and transfers; it knows nothing of
 //! the registry, configurations or drivers. Calls block the calling thread
 //! until the device answers, times out, or the transfer is aborted, so
 //! several transfers are in flight when several threads wait.
-
-pub mod usbip;
-pub mod virtual_usb;
 
 use std::time::Duration;
 

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::family::FamilyId;
+
 /// A registry entry ID, as ioreg prints it (`0x100000123`).
 pub type EntryId = u64;
 
@@ -61,6 +63,9 @@ pub struct Entry {
     /// again until the catalogue changes.
     #[serde(skip)]
     pub declined: Vec<String>,
+    /// The family that serves calls to this entry, if any.
+    #[serde(skip)]
+    pub family: Option<FamilyId>,
 }
 
 impl Entry {
@@ -94,7 +99,8 @@ impl Registry {
         }
     }
 
-    /// Adds an entry as a client of `provider` and returns its ID.
+    /// Adds an entry of a class the wire protocol knows as a client of
+    /// `provider` and returns its ID.
     pub fn insert(
         &mut self,
         name: &str,
@@ -102,12 +108,25 @@ impl Registry {
         properties: plist::Dictionary,
         provider: Option<EntryId>,
     ) -> EntryId {
-        let id = self.next_id;
-        self.next_id += 1;
         let class_chain = driverkit_wire::classes::chain(class)
             .into_iter()
             .map(str::to_owned)
             .collect();
+        self.insert_with_chain(name, class_chain, properties, provider, None)
+    }
+
+    /// Adds an entry whose class chain (most derived first) and owning
+    /// family are known.
+    pub fn insert_with_chain(
+        &mut self,
+        name: &str,
+        class_chain: Vec<String>,
+        properties: plist::Dictionary,
+        provider: Option<EntryId>,
+        family: Option<FamilyId>,
+    ) -> EntryId {
+        let id = self.next_id;
+        self.next_id += 1;
         self.entries.insert(
             id,
             Entry {
@@ -121,6 +140,7 @@ impl Registry {
                 match_category: None,
                 hosting: None,
                 declined: Vec::new(),
+                family,
             },
         );
         if let Some(p) = provider.and_then(|p| self.entries.get_mut(&p)) {

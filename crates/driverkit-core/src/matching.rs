@@ -13,7 +13,7 @@ use std::sync::Arc;
 use driverkit_bundle::{Bundle, Personality};
 use plist::Value;
 
-use crate::families::{FamilyMatcher, MatchTarget};
+use crate::family::{FamilyMatcher, MatchTarget};
 
 /// A personality and the bundle it came from.
 #[derive(Debug)]
@@ -220,7 +220,10 @@ impl Catalogue {
             .filter_map(|i| {
                 let driver = &self.drivers[i];
                 let p = &driver.personality;
-                if !passive_match(p, target, resources) || !entitled(&driver.bundle, target) {
+                // A family holds the line on its transport entitlements at
+                // matching too, whatever a personality's keys say.
+                let entitled = family.is_none_or(|f| f.entitled(&driver.bundle, target));
+                if !passive_match(p, target, resources) || !entitled {
                     return None;
                 }
                 let family_score = match family {
@@ -241,26 +244,6 @@ impl Catalogue {
         });
         out
     }
-}
-
-/// Whether `bundle` may drive `target` by its transport entitlements. Its
-/// personalities were checked when it loaded; this holds the line at
-/// matching too, whatever a personality's keys say: a USB device or
-/// interface only of a vendor the dext is entitled to. Bundles made in code
-/// (no entitlements) are not checked.
-fn entitled(bundle: &Bundle, target: &MatchTarget<'_>) -> bool {
-    let Some(e) = &bundle.entitlements else {
-        return true;
-    };
-    let usb = target
-        .class_chain
-        .iter()
-        .any(|c| c == "IOUSBHostDevice" || c == "IOUSBHostInterface");
-    !usb || target
-        .properties
-        .get("idVendor")
-        .and_then(Value::as_unsigned_integer)
-        .is_some_and(|v| e.usb_vendors.iter().any(|x| u64::from(*x) == v))
 }
 
 /// Splits candidates by `IOMatchCategory`, keeping each group's order and
@@ -520,46 +503,5 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["New", "Other"]);
-    }
-
-    #[test]
-    fn a_usb_device_matches_only_dexts_entitled_to_its_vendor() {
-        let personality = dict(&[
-            ("IOProviderClass", "IOUSBHostDevice".into()),
-            ("idVendor", 4617.into()),
-            ("idProduct", 1.into()),
-        ]);
-        let mut cat = Catalogue::new(crate::families::matchers());
-        let mut entitled = bundle("com.a", vec![("A", personality.clone())]);
-        entitled.entitlements = Some(driverkit_bundle::Entitlements {
-            driverkit: true,
-            usb_vendors: vec![4617],
-            ..Default::default()
-        });
-        let mut other = bundle("com.b", vec![("B", personality)]);
-        other.entitlements = Some(driverkit_bundle::Entitlements {
-            driverkit: true,
-            usb_vendors: vec![0x05ac],
-            ..Default::default()
-        });
-        cat.add_bundle(entitled);
-        cat.add_bundle(other);
-        let c = chain("IOUSBHostDevice");
-        let props = dict(&[("idVendor", 4617.into()), ("idProduct", 1.into())]);
-        let t = MatchTarget {
-            name: "Device",
-            class_chain: &c,
-            properties: &props,
-        };
-        let names: Vec<_> = cat
-            .candidates(&t, &Default::default())
-            .iter()
-            .map(|c| c.driver.personality.name.clone())
-            .collect();
-        assert_eq!(
-            names,
-            ["A"],
-            "B's personality says 4617, its entitlements do not"
-        );
     }
 }

@@ -20,7 +20,7 @@ use driverkit_usb::usbip::{self, DeviceInfo, OpHeader, Urb, UrbHead};
 use driverkit_usb::Setup;
 use driverkit_wire::{IOResult, IOReturn};
 
-use super::{Completed, UsbTransport};
+use crate::families::usb::{Completed, UsbTransport};
 
 /// The IANA port of USB/IP.
 pub const DEFAULT_PORT: u16 = 3240;
@@ -508,6 +508,27 @@ impl UsbTransport for UsbIpDevice {
             .shutdown(Shutdown::Both);
         self.disconnected();
     }
+}
+
+/// Imports a device from a USB/IP server (`usbip://HOST[:PORT]/BUSID`) into
+/// the USB family, under `bus`. A dropped connection unplugs it.
+pub fn attach(
+    system: &driverkit_core::System,
+    usb: &crate::families::usb::UsbFamily,
+    bus: driverkit_core::EntryId,
+    url: &str,
+) -> Result<driverkit_core::EntryId, String> {
+    let url = UsbIpUrl::parse(url)?;
+    let device = UsbIpDevice::import(&url)?;
+    let info = device.info();
+    // Bus 0x20 and up for USB/IP, then the server's bus and device.
+    device.set_location(0x2000_0000 | (info.busnum & 0xf) << 20 | (info.devnum & 0xf) << 16);
+    let id = usb
+        .plug(system, None, device.clone(), bus)
+        .inspect_err(|_| UsbTransport::close(&*device))?;
+    let system = system.clone();
+    device.on_disconnect(move || system.schedule_terminate(id));
+    Ok(id)
 }
 
 #[cfg(test)]

@@ -1,12 +1,14 @@
-//! The daemon: the registry, the catalogue and the processes, and the
-//! lifecycle that connects them (match -> launch -> init -> start;
-//! terminate -> stop -> free -> exit; crash -> clean up -> relaunch).
+//! The lifecycle that ties matching to processes: match -> launch -> init
+//! -> start; terminate -> stop -> free -> exit; crash -> clean up ->
+//! relaunch. It knows services, providers and processes; what a provider
+//! *is* (a USB device, a HID interface) is its family's business, reached
+//! through [`Family`](crate::family::Family) hooks only.
 //!
 //! Concurrency: one `Mutex<State>` guards all data. It is never held across
-//! a call into a dext or a process operation, so a slow or hung dext can
-//! only ever block the thread talking to it. Matching of one provider runs
-//! on one thread at a time (`State::matching`); a request to match while it
-//! runs is remembered and served when it finishes.
+//! a call into a dext, a family or a process operation, so a slow or hung
+//! dext can only ever block the thread talking to it. Matching of one
+//! provider runs on one thread at a time (`State::matching`); a request to
+//! match while it runs is remembered and served when it finishes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -17,34 +19,27 @@ use driverkit_bundle::Bundle;
 use driverkit_wire::interfaces::{
     io_service_interface, io_user_server_interface, IOServiceInterface, IOUserServerInterface,
 };
-use driverkit_wire::{Header, IOResult, IOReturn, ObjectId, FLAG_SUPERDISPATCH};
+use driverkit_wire::{IOResult, IOReturn, ObjectId};
 
-use crate::backends::usb::virtual_usb::VirtualUsb;
-use crate::backends::virtual_device::DeviceSpec;
-use crate::families::{self, MatchTarget};
+use crate::family::{Families, Family, MatchTarget};
 use crate::matching::{by_category, Candidate, Catalogue};
 use crate::registry::{EntryId, Hosting, Registry};
-use crate::user_server::{Launch, Pipelined, UserServer};
+use crate::user_server::{Batch, Launch, UserServer};
+use crate::System;
 
-/// How the daemon runs.
+/// How the core runs.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The state directory (control socket, lock, embedded bundles).
     pub root: PathBuf,
     /// Driver bundles to load at start.
     pub bundles: Vec<PathBuf>,
-    /// Virtual devices to plug at start.
-    pub devices: Vec<DeviceSpec>,
     /// Relaunches of a crashing personality before it is given up.
     pub relaunch_limit: u32,
     /// The first relaunch delay; each further crash doubles it.
     pub relaunch_backoff: Duration,
     /// How long a dext may take to answer the system (Start, Stop...).
     pub call_timeout: Duration,
-    /// Forward HID events to Linux applications through uinput, where
-    /// `/dev/uinput` opens. Off by default: a test's typing must not reach
-    /// the desktop of the machine running it.
-    pub uinput: bool,
 }
 
 impl Config {
@@ -53,11 +48,9 @@ impl Config {
         Config {
             root,
             bundles: Vec::new(),
-            devices: Vec::new(),
             relaunch_limit: 3,
             relaunch_backoff: Duration::from_millis(250),
             call_timeout: Duration::from_secs(20),
-            uinput: false,
         }
     }
 }
@@ -78,7 +71,7 @@ pub enum Event {
     Exited { pid: u32, crashed: bool },
 }
 
-/// A plugged virtual device.
+/// A device a backend plugged (`driverkit device list`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct DeviceInfo {
     pub id: EntryId,
@@ -89,15 +82,15 @@ pub struct DeviceInfo {
     pub clients: Vec<String>,
 }
 
-/// A read a dext asked a device for, not yet completed.
-struct PendingRead {
+/// An asynchronous request a dext made, not yet completed.
+struct PendingRequest {
     device: EntryId,
     server: Arc<UserServer>,
     /// The dext's ID for its completion action.
     action: u64,
 }
 
-struct ServerSlot {
+pub(crate) struct ServerSlot {
     server: Arc<UserServer>,
     /// Attaches in progress that will use this server; it must not be
     /// asked to exit while any remain.
@@ -107,25 +100,19 @@ struct ServerSlot {
 pub(crate) struct State {
     pub(crate) registry: Registry,
     pub(crate) catalogue: Catalogue,
-    servers: HashMap<u64, ServerSlot>,
+    pub(crate) servers: HashMap<u64, ServerSlot>,
     next_server: u64,
     relaunches: HashMap<String, u32>,
     disabled: HashSet<String>,
     matching: HashSet<EntryId>,
     rematch: HashSet<EntryId>,
+    pub(crate) root: EntryId,
     resources: EntryId,
-    virtual_bus: EntryId,
-    pub(crate) devices: BTreeMap<EntryId, String>,
-    /// Virtual USB devices, for typing and injecting reports.
-    virtual_usb: HashMap<EntryId, Arc<VirtualUsb>>,
-    pub(crate) usb: crate::families::usb_device::UsbState,
-    pub(crate) hid: crate::families::hid::HidState,
-    /// Interrupt lines of plugged devices that have any.
-    interrupts: HashMap<EntryId, crate::backends::interrupts::InterruptModel>,
-    /// Asynchronous reads in flight, by request number.
-    reads: HashMap<u64, PendingRead>,
-    next_read: u64,
-    next_location: u32,
+    /// Devices the backends plugged, with where each came from.
+    pub(crate) plugged: BTreeMap<EntryId, String>,
+    /// Asynchronous requests in flight, by request number.
+    requests: HashMap<u64, PendingRequest>,
+    next_request: u64,
     shutting_down: bool,
     jobs: usize,
 }
@@ -137,17 +124,18 @@ pub(crate) struct Inner {
     subscribers: Mutex<Vec<mpsc::Sender<Event>>>,
     spawn_lock: Mutex<()>,
     pub(crate) workers: crate::workers::Workers,
-    pub(crate) hid_events: crate::families::hid::HidEvents,
+    pub(crate) families: Families,
     /// The extension store, or why it did not open.
     pub(crate) store: Mutex<Result<crate::store::Store, String>>,
     /// Serializes system extension requests.
     pub(crate) sysext_lock: Mutex<()>,
-    me: Weak<Inner>,
+    /// What families see of the core; holds only a weak reference.
+    pub(crate) system: System,
 }
 
-/// A running daemon. Dropping it does not stop it; call [`Daemon::shutdown`].
+/// A running core. Dropping it does not stop it; call [`Core::shutdown`].
 #[derive(Clone)]
-pub struct Daemon {
+pub struct Core {
     pub(crate) inner: Arc<Inner>,
 }
 
@@ -160,10 +148,11 @@ enum Attach {
     Gone,
 }
 
-impl Daemon {
-    /// Builds the registry, loads the configured bundles, plugs the
-    /// configured devices and starts matching.
-    pub fn start(config: Config) -> Daemon {
+impl Core {
+    /// Builds the registry, registers `families`, loads the configured
+    /// bundles and the enabled extensions, and starts matching.
+    pub fn start(config: Config, families: Vec<Arc<dyn Family>>) -> Core {
+        let families = Families::new(families);
         let mut registry = Registry::new();
         let root = registry.insert("Root", "IORegistryEntry", Default::default(), None);
         let mut published = plist::Dictionary::new();
@@ -175,9 +164,7 @@ impl Daemon {
             Default::default(),
             Some(root),
         );
-        let virtual_bus =
-            registry.insert("VirtualBus", "IOVirtualBus", Default::default(), Some(root));
-        for id in [root, resources, user_resources, virtual_bus] {
+        for id in [root, resources, user_resources] {
             if let Some(e) = registry.get_mut(id) {
                 e.state.registered = true;
                 e.state.active = true;
@@ -186,61 +173,52 @@ impl Daemon {
         }
         let state = State {
             registry,
-            catalogue: Catalogue::new(families::matchers()),
+            catalogue: Catalogue::new(families.matchers()),
             servers: HashMap::new(),
             next_server: 1,
             relaunches: HashMap::new(),
             disabled: HashSet::new(),
             matching: HashSet::new(),
             rematch: HashSet::new(),
+            root,
             resources,
-            virtual_bus,
-            devices: BTreeMap::new(),
-            virtual_usb: HashMap::new(),
-            usb: Default::default(),
-            hid: Default::default(),
-            interrupts: HashMap::new(),
-            reads: HashMap::new(),
-            next_read: 0,
-            next_location: 0,
+            plugged: BTreeMap::new(),
+            requests: HashMap::new(),
+            next_request: 0,
             shutting_down: false,
             jobs: 0,
         };
         let bundles = config.bundles.clone();
-        let devices = config.devices.clone();
         let store = crate::store::Store::open(&config.root.join("extensions"));
         if let Err(e) = &store {
             tracing::error!("sysext   the extension store does not open: {e}");
         }
-        let inner = Arc::new_cyclic(|me| Inner {
+        let inner = Arc::new_cyclic(|me: &Weak<Inner>| Inner {
             config,
             state: Mutex::new(state),
             changed: Condvar::new(),
             subscribers: Mutex::new(Vec::new()),
             spawn_lock: Mutex::new(()),
             workers: Default::default(),
-            hid_events: Default::default(),
+            families,
             store: Mutex::new(store),
             sysext_lock: Mutex::new(()),
-            me: me.clone(),
+            system: System::new(me.clone()),
         });
-        let daemon = Daemon { inner };
+        let core = Core { inner };
         for path in bundles {
-            if let Err(e) = daemon.load_bundle(&path) {
+            if let Err(e) = core.load_bundle(&path) {
                 tracing::error!("not loading {}: {e}", path.display());
             }
         }
-        daemon.load_extensions();
-        for spec in devices {
-            if let Err(e) = daemon.plug(spec) {
-                tracing::error!("not plugging: {e}");
-            }
-        }
-        if daemon.inner.config.uinput {
-            crate::families::hid::forward_to_uinput(&daemon);
-        }
-        daemon.inner.schedule_match(user_resources);
-        daemon
+        core.load_extensions();
+        core.inner.schedule_match(user_resources);
+        core
+    }
+
+    /// What families and backends may ask of the core.
+    pub fn system(&self) -> System {
+        self.inner.system.clone()
     }
 
     /// Validates and adds a bundle, then runs matching again everywhere.
@@ -256,7 +234,15 @@ impl Daemon {
     pub(crate) fn add_bundle(&self, path: &std::path::Path) -> Result<String, String> {
         let bundle = Bundle::load(path).map_err(|e| e.to_string())?;
         bundle.check_entitlements().map_err(|e| e.to_string())?;
+        Ok(self.add_bundle_value(bundle))
+    }
+
+    /// Adds a bundle made in code (tests, benchmarks: no `Info.plist` on
+    /// disk, no entitlements to check), then runs matching again
+    /// everywhere. Returns the bundle identifier.
+    pub fn add_bundle_value(&self, bundle: Bundle) -> String {
         let id = bundle.identifier.clone();
+        let path = bundle.path.clone();
         let names: Vec<_> = bundle
             .personalities
             .iter()
@@ -286,7 +272,7 @@ impl Daemon {
         for id in registered {
             self.inner.schedule_match(id);
         }
-        Ok(id)
+        id
     }
 
     /// Takes a bundle out: its personalities leave the catalogue, then its
@@ -320,122 +306,12 @@ impl Daemon {
         tracing::info!("unload   {bundle_id}");
     }
 
-    /// Plugs a virtual device into the virtual bus and matches it.
-    pub fn plug(&self, spec: DeviceSpec) -> Result<EntryId, String> {
-        if let Some(usb) = &spec.usb {
-            let location = {
-                let mut st = self.inner.lock();
-                st.next_location += 1;
-                0x0100_0000 | (st.next_location & 0xf) << 20
-            };
-            let device = Arc::new(VirtualUsb::new(usb, &spec.source, location)?);
-            let bus = self.inner.lock().virtual_bus;
-            let id = self.inner.plug_usb(Some(&spec.name), device.clone(), bus)?;
-            self.inner.lock().virtual_usb.insert(id, device);
-            return Ok(id);
-        }
-        let id = {
-            let mut st = self.inner.lock();
-            let bus = st.virtual_bus;
-            let id =
-                st.registry
-                    .insert(&spec.name, &spec.class, spec.properties.clone(), Some(bus));
-            if let Some(e) = st.registry.get_mut(id) {
-                e.state.registered = true;
-                e.state.active = true;
-            }
-            st.devices.insert(id, spec.source.clone());
-            if !spec.interrupts.is_empty() {
-                let model = crate::backends::interrupts::InterruptModel::start(
-                    &spec.name,
-                    &spec.interrupts,
-                );
-                st.interrupts.insert(id, model);
-            }
-            id
-        };
-        tracing::info!(
-            "plug     {} [{id:#x}] ({}, from {})",
-            spec.name,
-            spec.class,
-            spec.source
-        );
-        self.inner.schedule_match(id);
-        Ok(id)
-    }
-
-    /// Imports a device from a USB/IP server (`usbip://HOST[:PORT]/BUSID`);
-    /// it becomes an `IOUSBHostDevice` like any other. A dropped
-    /// connection unplugs it.
-    pub fn attach_usbip(&self, url: &str) -> Result<EntryId, String> {
-        use crate::backends::usb::usbip::{UsbIpDevice, UsbIpUrl};
-        let url = UsbIpUrl::parse(url)?;
-        let device = UsbIpDevice::import(&url)?;
-        let info = device.info();
-        // Bus 0x20 and up for USB/IP, then the server's bus and device.
-        device.set_location(0x2000_0000 | (info.busnum & 0xf) << 20 | (info.devnum & 0xf) << 16);
-        let bus = self.inner.lock().virtual_bus;
-        let id = self
-            .inner
-            .plug_usb(None, device.clone(), bus)
-            .inspect_err(|_| {
-                crate::backends::usb::UsbTransport::close(&*device);
-            })?;
-        let me = self.inner.me_weak();
-        device.on_disconnect(move || {
-            if let Some(d) = me.upgrade() {
-                d.schedule_terminate(id);
-            }
-        });
-        Ok(id)
-    }
-
-    /// Makes virtual keyboard `id` type `text`: a press and a release
-    /// report per character, queued on its interrupt-IN endpoint.
-    pub fn type_text(&self, id: EntryId, text: &str) -> Result<usize, String> {
-        let reports = crate::families::hid::keyboard_reports(text)?;
-        for r in &reports {
-            self.queue_report(id, r)?;
-        }
-        Ok(reports.len())
-    }
-
-    /// Queues one input report on virtual USB device `id`'s first HID
-    /// interrupt-IN endpoint.
-    pub fn queue_report(&self, id: EntryId, report: &[u8]) -> Result<(), String> {
-        let device = self
-            .inner
-            .lock()
-            .virtual_usb
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| {
-                format!("no virtual USB device with id {id:#x} (see `driverkit device list`)")
-            })?;
-        let address = device
-            .hid_input_endpoint()
-            .ok_or_else(|| format!("device {id:#x} has no HID interrupt-IN endpoint"))?;
-        device
-            .queue_in(address, report)
-            .map_err(|e| format!("device {id:#x}: endpoint {address:#04x}: {e}"))
-    }
-
-    /// The last output report (SET_REPORT) virtual USB device `id` got.
-    pub fn last_output_report(&self, id: EntryId) -> Option<Vec<u8>> {
-        let device = self.inner.lock().virtual_usb.get(&id).cloned()?;
-        device.last_set_report(0).map(|(_, _, data)| data)
-    }
-
-    /// Events as event services dispatch them, from now on.
-    pub fn subscribe_hid(&self) -> mpsc::Receiver<crate::families::hid::HidEvent> {
-        self.inner.hid_events.subscribe()
-    }
-
-    /// Unplugs a virtual device: its clients stop bottom-up, then it goes.
+    /// Unplugs a device a backend plugged: its clients stop bottom-up,
+    /// then it goes (and its family forgets it).
     pub fn unplug(&self, id: EntryId) -> Result<(), String> {
         let name = {
             let st = self.inner.lock();
-            if !st.devices.contains_key(&id) {
+            if !st.plugged.contains_key(&id) {
                 return Err(format!(
                     "no plugged device with id {id:#x} (see `driverkit device list`)"
                 ));
@@ -450,10 +326,10 @@ impl Daemon {
         Ok(())
     }
 
-    /// The plugged virtual devices.
+    /// The devices the backends plugged.
     pub fn devices(&self) -> Vec<DeviceInfo> {
         let st = self.inner.lock();
-        st.devices
+        st.plugged
             .iter()
             .filter_map(|(id, source)| {
                 let e = st.registry.get(*id)?;
@@ -480,13 +356,7 @@ impl Daemon {
 
     /// Lifecycle events from now on.
     pub fn subscribe(&self) -> mpsc::Receiver<Event> {
-        let (tx, rx) = mpsc::channel();
-        self.inner
-            .subscribers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(tx);
-        rx
+        self.inner.subscribe()
     }
 
     /// Waits until no matching or termination is in flight.
@@ -566,6 +436,19 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    pub(crate) fn me(&self) -> Option<Arc<Inner>> {
+        self.system.upgrade()
+    }
+
+    pub(crate) fn subscribe(&self) -> mpsc::Receiver<Event> {
+        let (tx, rx) = mpsc::channel();
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tx);
+        rx
+    }
+
     fn emit(&self, event: Event) {
         self.subscribers
             .lock()
@@ -574,8 +457,8 @@ impl Inner {
     }
 
     /// Runs `f` on a worker, counted in `jobs` for `wait_idle`.
-    fn spawn_job(&self, name: &str, f: impl FnOnce(Arc<Inner>) + Send + 'static) {
-        let Some(me) = self.me.upgrade() else { return };
+    pub(crate) fn spawn_job(&self, name: &str, f: impl FnOnce(Arc<Inner>) + Send + 'static) {
+        let Some(me) = self.me() else { return };
         me.lock().jobs += 1;
         let done = me.clone();
         let name = name.to_owned();
@@ -671,9 +554,9 @@ impl Inner {
         };
         // What the families do with a provider no driver took.
         if unclaimed {
-            self.usb_unclaimed(provider);
-            self.hid_attach_usb(provider);
-            self.hid_unclaimed(provider);
+            for family in self.families.iter() {
+                family.unclaimed(&self.system, provider);
+            }
         }
     }
 
@@ -699,11 +582,14 @@ impl Inner {
                 plist::Value::Integer(candidate.score.into()),
             );
             properties.insert("IOMatchCategory".into(), category.into());
-            let id = st.registry.insert(
+            let chain = self.families.chain(&p.io_class);
+            let family = self.families.owner(&chain);
+            let id = st.registry.insert_with_chain(
                 &p.user_class,
-                &p.io_class,
+                chain,
                 properties.clone(),
                 Some(provider),
+                family,
             );
             if let Some(e) = st.registry.get_mut(id) {
                 e.match_category = Some(category.to_owned());
@@ -740,16 +626,16 @@ impl Inner {
                 slot.reserved -= 1;
             }
         }
-        // create (init) and start travel together; see `Pipelined`.
+        // create (init) and start travel together; see `Batch`.
         let began = Instant::now();
-        let pipeline = Pipelined::new(&server);
+        let batch = Batch::new(&server);
         let lifecycle = io_user_server_interface::Proxy {
-            caller: &pipeline,
+            caller: &batch,
             object: ObjectId::USER_SERVER,
             flags: 0,
         };
         let service = io_service_interface::Proxy {
-            caller: &pipeline,
+            caller: &batch,
             object: ObjectId(id),
             flags: 0,
         };
@@ -760,7 +646,7 @@ impl Inner {
             properties,
         );
         let _ = service.start(ObjectId(provider));
-        let mut results = pipeline.finish().into_iter();
+        let mut results = batch.finish().into_iter();
         let (created, started) = (
             results.next().unwrap_or(Err(IOReturn::INTERNAL_ERROR)),
             results.next(),
@@ -839,7 +725,7 @@ impl Inner {
                 decline(&mut st.registry, &e);
             }
         }
-        self.hid_removed(id);
+        self.families_forget(id);
         self.emit(Event::Removed { service: id });
         self.release_if_idle(server);
     }
@@ -881,7 +767,7 @@ impl Inner {
                 one_process: p.one_process,
                 call_timeout: self.config.call_timeout,
             },
-            self.me.clone(),
+            self.system.weak(),
         )
         .map_err(|e| format!("{}: {e}", driver.bundle.executable.display()))?;
         tracing::info!(
@@ -922,22 +808,24 @@ impl Inner {
     /// `kIOReturnAborted`, so that their drivers' Stop finds nothing pending.
     pub(crate) fn terminate(&self, id: EntryId) {
         let departing = self.lock().registry.subtree_bottom_up(id);
-        self.usb_departing(&departing);
-        let aborted: Vec<PendingRead> = {
+        for family in self.families.iter() {
+            family.departing(&self.system, &departing);
+        }
+        let aborted: Vec<PendingRequest> = {
             let mut st = self.lock();
             let departing = st.registry.subtree_bottom_up(id);
             let ids: Vec<u64> = st
-                .reads
+                .requests
                 .iter()
                 .filter(|(_, r)| departing.contains(&r.device))
                 .map(|(k, _)| *k)
                 .collect();
             ids.into_iter()
-                .filter_map(|k| st.reads.remove(&k))
+                .filter_map(|k| st.requests.remove(&k))
                 .collect()
         };
-        for read in aborted {
-            complete(&read, IOReturn::ABORTED, 0);
+        for request in aborted {
+            complete(&request, IOReturn::ABORTED, 0);
         }
         let (order, provider) = {
             let mut st = self.lock();
@@ -1017,15 +905,17 @@ impl Inner {
         {
             let mut st = self.lock();
             st.registry.remove(id);
-            st.devices.remove(&id);
-            st.interrupts.remove(&id);
-            if let Some(d) = st.virtual_usb.remove(&id) {
-                crate::backends::usb::UsbTransport::close(&*d);
-            }
+            st.plugged.remove(&id);
         }
-        self.usb_removed(id);
-        self.hid_removed(id);
+        self.families_forget(id);
         self.emit(Event::Removed { service: id });
+    }
+
+    /// Every family forgets `id`, which left the registry.
+    fn families_forget(&self, id: EntryId) {
+        for family in self.families.iter() {
+            family.removed(&self.system, id);
+        }
     }
 
     /// Called by a server's reader thread once its process has ended. The
@@ -1083,8 +973,8 @@ impl Inner {
             let Some(entry) = self.lock().registry.remove(id) else {
                 continue;
             };
-            self.usb_removed(id);
-            self.hid_removed(id);
+            self.lock().plugged.remove(&id);
+            self.families_forget(id);
             self.emit(Event::Removed { service: id });
             let Some(provider) = entry.provider else {
                 continue;
@@ -1160,101 +1050,6 @@ impl Inner {
         });
     }
 
-    /// Serves a dext's call into the system, after checking that the dext
-    /// may make it.
-    ///
-    /// `own` remembers, for one call channel, the services found to be this
-    /// dext's own: entry IDs are never reused and a service never moves to
-    /// another process, so a yes stays true and the state lock is spared on
-    /// the hot path. Anything else is checked on every call.
-    pub(crate) fn kernel_call(
-        &self,
-        server: u64,
-        h: &Header,
-        args: &[u8],
-        own: &mut std::collections::HashSet<EntryId>,
-    ) -> IOResult<Vec<u8>> {
-        use driverkit_wire::interfaces::{
-            iohid_event_service_interface, iohid_interface_interface, iousb_host_device_interface,
-            iousb_host_interface_interface, iousb_host_pipe_interface,
-        };
-        let superdispatch = h.flags & FLAG_SUPERDISPATCH != 0;
-        let call = crate::families::io_service::KernelCall {
-            daemon: self,
-            server,
-            object: h.object.0,
-            superdispatch,
-        };
-        // Pipes are objects of their owner, checked when used.
-        if h.object.0 >= crate::families::usb_device::PIPE_BASE {
-            return iousb_host_pipe_interface::dispatch(&call, h.method, args)
-                .unwrap_or(Err(IOReturn::UNSUPPORTED));
-        }
-        if !own.contains(&h.object.0)
-            && self.check_access(server, h.object.0, h.method, superdispatch)?
-        {
-            own.insert(h.object.0);
-        }
-        io_service_interface::dispatch(&call, h.method, args)
-            .or_else(|| iousb_host_device_interface::dispatch(&call, h.method, args))
-            .or_else(|| iousb_host_interface_interface::dispatch(&call, h.method, args))
-            .or_else(|| iohid_interface_interface::dispatch(&call, h.method, args))
-            .or_else(|| iohid_event_service_interface::dispatch(&call, h.method, args))
-            .or_else(|| {
-                driverkit_wire::interfaces::io_user_hid_device_interface::dispatch(
-                    &call, h.method, args,
-                )
-            })
-            .unwrap_or(Err(IOReturn::UNSUPPORTED))
-    }
-
-    /// A dext may do anything to its own services, and read its providers.
-    /// `Ok(true)` when `object` is the dext's own service.
-    fn check_access(
-        &self,
-        server: u64,
-        object: EntryId,
-        method: driverkit_wire::MethodId,
-        superdispatch: bool,
-    ) -> IOResult<bool> {
-        let st = self.lock();
-        let e = st.registry.get(object).ok_or(IOReturn::NOT_FOUND)?;
-        let hosted_here =
-            |e: &crate::registry::Entry| e.hosting.as_ref().is_some_and(|h| h.server == server);
-        if hosted_here(e) {
-            return Ok(true);
-        }
-        let read_only = [
-            io_service_interface::COPY_PROPERTIES,
-            io_service_interface::COPY_PROPERTY,
-            io_service_interface::GET_REGISTRY_ENTRY_ID,
-            // A client subscribes to its provider's interrupts and asks it
-            // for I/O.
-            io_service_interface::REGISTER_INTERRUPT,
-            io_service_interface::READ_ASYNC,
-        ];
-        let is_provider = e
-            .clients
-            .iter()
-            .filter_map(|c| st.registry.get(*c))
-            .any(hosted_here);
-        // A client drives its provider's family methods (USB requests,
-        // pipes, HID reports); the family checks the details.
-        let family_method =
-            driverkit_wire::interfaces::iousb_host_device_interface::method_name(method)
-                .or_else(|| {
-                    driverkit_wire::interfaces::iousb_host_interface_interface::method_name(method)
-                })
-                .or_else(|| {
-                    driverkit_wire::interfaces::iohid_interface_interface::method_name(method)
-                })
-                .is_some();
-        if is_provider && !superdispatch && (read_only.contains(&method) || family_method) {
-            return Ok(false);
-        }
-        Err(IOReturn::NOT_PERMITTED)
-    }
-
     pub(crate) fn set_registered(&self, id: EntryId) {
         let mut st = self.lock();
         let Some(e) = st.registry.get_mut(id) else {
@@ -1283,64 +1078,6 @@ impl Inner {
         process.memory(memory).ok_or(IOReturn::BAD_ARGUMENT)
     }
 
-    /// Delivers interrupt `index` of device `object` into the region `memory`
-    /// that `server` registered.
-    pub(crate) fn register_interrupt(
-        &self,
-        server: u64,
-        object: EntryId,
-        index: u32,
-        memory: u64,
-    ) -> IOResult<()> {
-        let region = self.region(server, memory)?;
-        let st = self.lock();
-        let model = st.interrupts.get(&object).ok_or(IOReturn::NOT_FOUND)?;
-        model.subscribe(index, &region)
-    }
-
-    /// Starts an asynchronous read of `length` bytes from virtual device
-    /// `device` into the region `memory` of `server`. The device's latency is
-    /// its `ReadLatencyMs` property (10 ms if absent); it writes its data
-    /// straight into the mapped region, then completes the dext's action.
-    pub(crate) fn read_async(
-        &self,
-        server: u64,
-        device: EntryId,
-        memory: u64,
-        length: u64,
-        action: u64,
-    ) -> IOResult<()> {
-        let region = self.region(server, memory)?;
-        if length > region.len() as u64 {
-            return Err(IOReturn::BAD_ARGUMENT);
-        }
-        let (latency, seed) = {
-            let st = self.lock();
-            if !st.devices.contains_key(&device) || st.usb.devices.contains_key(&device) {
-                return Err(IOReturn::UNSUPPORTED);
-            }
-            let e = st.registry.get(device).ok_or(IOReturn::NOT_FOUND)?;
-            let latency = e
-                .properties
-                .get("ReadLatencyMs")
-                .and_then(plist::Value::as_unsigned_integer)
-                .unwrap_or(10);
-            (Duration::from_millis(latency), device as u8)
-        };
-        let request = self.track_request(server, device, action)?;
-        self.spawn_job("read", move |d| {
-            std::thread::sleep(latency);
-            if !d.lock().reads.contains_key(&request) {
-                return;
-            }
-            // The device's data: byte i of a read is seed + i.
-            let data: Vec<u8> = (0..length).map(|i| seed.wrapping_add(i as u8)).collect();
-            region.write(0, &data);
-            d.finish_request(request, IOReturn::SUCCESS, length);
-        });
-        Ok(())
-    }
-
     /// Records an asynchronous request of `server` to `device`, to complete
     /// through `action`: by `finish_request`, or with `kIOReturnAborted` when
     /// the device leaves first.
@@ -1351,11 +1088,11 @@ impl Inner {
             .get(&server)
             .map(|s| s.server.clone())
             .ok_or(IOReturn::OFFLINE)?;
-        st.next_read += 1;
-        let request = st.next_read;
-        st.reads.insert(
+        st.next_request += 1;
+        let request = st.next_request;
+        st.requests.insert(
             request,
-            PendingRead {
+            PendingRequest {
                 device,
                 server,
                 action,
@@ -1366,18 +1103,15 @@ impl Inner {
 
     /// Completes a tracked request, unless it was already aborted.
     pub(crate) fn finish_request(&self, request: u64, status: IOReturn, actual: u64) {
-        let read = self.lock().reads.remove(&request);
-        if let Some(read) = read {
-            complete(&read, status, actual);
+        let request = self.lock().requests.remove(&request);
+        if let Some(request) = request {
+            complete(&request, status, actual);
         }
     }
 
-    pub(crate) fn me(&self) -> Option<Arc<Inner>> {
-        self.me.upgrade()
-    }
-
-    pub(crate) fn me_weak(&self) -> Weak<Inner> {
-        self.me.clone()
+    /// True while `request` waits for its completion.
+    pub(crate) fn is_pending(&self, request: u64) -> bool {
+        self.lock().requests.contains_key(&request)
     }
 
     pub(crate) fn schedule_terminate(&self, id: EntryId) {
@@ -1385,17 +1119,17 @@ impl Inner {
     }
 }
 
-/// Runs the dext's completion action of `read` with `status`.
-fn complete(read: &PendingRead, status: IOReturn, actual: u64) {
+/// Runs the dext's completion action of `request` with `status`.
+fn complete(request: &PendingRequest, status: IOReturn, actual: u64) {
     let server = io_user_server_interface::Proxy {
-        caller: &*read.server,
+        caller: &*request.server,
         object: ObjectId::USER_SERVER,
         flags: 0,
     };
-    if let Err(e) = server.complete_async(read.action, status.0, actual) {
+    if let Err(e) = server.complete_async(request.action, status.0, actual) {
         tracing::debug!(
-            "completion of a read to {:?} not delivered: {e}",
-            read.server
+            "completion of a request to {:?} not delivered: {e}",
+            request.server
         );
     }
 }

@@ -10,7 +10,7 @@
 use driverkit_bundle::Personality;
 use plist::Value;
 
-use super::{FamilyMatcher, MatchTarget};
+use driverkit_core::{FamilyMatcher, MatchTarget};
 
 /// When a row applies, depending on the provider's class.
 #[derive(Clone, Copy, PartialEq)]
@@ -214,6 +214,19 @@ impl FamilyMatcher for UsbMatcher {
     fn index_key(&self, p: &Personality) -> Option<(String, Value)> {
         let v = p.properties.get("idVendor")?;
         number(v).map(|_| ("idVendor".to_owned(), v.clone()))
+    }
+
+    /// A USB device or interface only of a vendor the dext is entitled to
+    /// (`com.apple.developer.driverkit.transport.usb`).
+    fn entitled(&self, bundle: &driverkit_bundle::Bundle, target: &MatchTarget<'_>) -> bool {
+        let Some(e) = &bundle.entitlements else {
+            return true;
+        };
+        target
+            .properties
+            .get("idVendor")
+            .and_then(Value::as_unsigned_integer)
+            .is_some_and(|v| e.usb_vendors.iter().any(|x| u64::from(*x) == v))
     }
 }
 
@@ -485,5 +498,59 @@ mod tests {
             ],
         );
         assert_eq!(m.index_key(&p), None);
+    }
+
+    #[test]
+    fn a_usb_device_matches_only_dexts_entitled_to_its_vendor() {
+        use driverkit_core::matching::Catalogue;
+        let mut personality = plist::Dictionary::new();
+        personality.insert("IOProviderClass".into(), "IOUSBHostDevice".into());
+        personality.insert("idVendor".into(), 4617.into());
+        personality.insert("idProduct".into(), 1.into());
+        let bundle = |id: &str, name: &str, vendor: u32| {
+            let mut p = personality.clone();
+            p.insert("CFBundleIdentifier".into(), id.into());
+            p.insert("IOClass".into(), "IOUserService".into());
+            p.insert("IOUserClass".into(), name.into());
+            p.insert("IOUserServerName".into(), id.into());
+            let mut ps = plist::Dictionary::new();
+            ps.insert(name.into(), Value::Dictionary(p));
+            let info = driverkit_bundle::minimal_info(id, "x", ps);
+            let mut b = driverkit_bundle::Bundle::from_info(Path::new("/b.dext"), info).unwrap();
+            b.entitlements = Some(driverkit_bundle::Entitlements {
+                driverkit: true,
+                usb_vendors: vec![vendor],
+                ..Default::default()
+            });
+            b
+        };
+        let mut cat = Catalogue::new(vec![
+            Box::new(UsbMatcher::device()),
+            Box::new(UsbMatcher::interface()),
+        ]);
+        cat.add_bundle(bundle("com.a", "A", 4617));
+        cat.add_bundle(bundle("com.b", "B", 0x05ac));
+        let c: Vec<String> = driverkit_wire::classes::chain("IOUSBHostDevice")
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let mut props = plist::Dictionary::new();
+        props.insert("idVendor".into(), 4617.into());
+        props.insert("idProduct".into(), 1.into());
+        let t = MatchTarget {
+            name: "Device",
+            class_chain: &c,
+            properties: &props,
+        };
+        let names: Vec<_> = cat
+            .candidates(&t, &Default::default())
+            .iter()
+            .map(|c| c.driver.personality.name.clone())
+            .collect();
+        assert_eq!(
+            names,
+            ["A"],
+            "B's personality says 4617, its entitlements do not"
+        );
     }
 }

@@ -4,30 +4,33 @@
 //! claimed (vendor-class ones wait for a driver's `SetConfiguration`), and
 //! interface nubs.
 //!
-//! Pipes are not registry entries: they are objects with IDs from
-//! [`PIPE_BASE`] up, owned by the process that copied them.
+//! Pipes are not registry entries: they are the family's own objects (IDs
+//! from [`FamilyId::object`]), owned by the process that copied them.
+//!
+//! Devices arrive from the backends as a [`UsbTransport`] given to
+//! [`UsbFamily::plug`]; the family reads their descriptors as a host does
+//! and publishes the nubs.
+
+pub mod matching;
+pub mod transport;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use driverkit_core::{Call, EntryId, Family, FamilyMatcher, Nub, System};
 use driverkit_usb::{kind, DeviceDescriptor, Setup, TransferType};
 use driverkit_wire::interfaces::{
+    iousb_host_device_interface, iousb_host_interface_interface, iousb_host_pipe_interface,
     IOUSBHostDeviceInterface, IOUSBHostInterfaceInterface, IOUSBHostPipeInterface,
 };
-use driverkit_wire::{Bytes, IOResult, IOReturn, ObjectId};
+use driverkit_wire::{Bytes, IOResult, IOReturn, MethodId, ObjectId};
 use plist::Value;
 
-use crate::backends::usb::{enumerate, Enumerated, UsbTransport};
-use crate::daemon::Inner;
-use crate::families::io_service::KernelCall;
-use crate::registry::EntryId;
-
-/// The first pipe object ID; registry IDs stay far below.
-pub const PIPE_BASE: u64 = 1 << 48;
+pub use transport::{enumerate, Completed, Enumerated, UsbTransport};
 
 /// A plugged USB device.
-pub(crate) struct UsbDevice {
+pub struct UsbDevice {
     pub entry: EntryId,
     pub transport: Arc<dyn UsbTransport>,
     pub enumerated: Enumerated,
@@ -37,7 +40,7 @@ pub(crate) struct UsbDevice {
 
 /// An endpoint of an interface nub.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Endpoint {
+pub struct Endpoint {
     pub address: u8,
     pub transfer_type: TransferType,
     pub max_packet_size: u16,
@@ -45,7 +48,7 @@ pub(crate) struct Endpoint {
 }
 
 /// An interface of a configured device, published as a nub.
-pub(crate) struct UsbInterface {
+pub struct UsbInterface {
     pub device: Arc<UsbDevice>,
     pub number: u8,
     pub class: u8,
@@ -53,7 +56,7 @@ pub(crate) struct UsbInterface {
 }
 
 /// A pipe a dext copied from an interface.
-pub(crate) struct Pipe {
+struct Pipe {
     pub interface: Arc<UsbInterface>,
     pub interface_entry: EntryId,
     pub server: u64,
@@ -72,11 +75,18 @@ impl Pipe {
 }
 
 #[derive(Default)]
-pub(crate) struct UsbState {
-    pub devices: HashMap<EntryId, Arc<UsbDevice>>,
-    pub interfaces: HashMap<EntryId, Arc<UsbInterface>>,
-    pub pipes: HashMap<u64, Arc<Pipe>>,
+struct UsbState {
+    devices: HashMap<EntryId, Arc<UsbDevice>>,
+    interfaces: HashMap<EntryId, Arc<UsbInterface>>,
+    pipes: HashMap<u64, Arc<Pipe>>,
     next_pipe: u64,
+}
+
+/// The USB family: `IOUSBHostDevice` and `IOUSBHostInterface` nubs, their
+/// pipes, and the matching ladders.
+#[derive(Default)]
+pub struct UsbFamily {
+    state: Mutex<UsbState>,
 }
 
 /// The registry properties of a device nub, named as macOS names them.
@@ -111,12 +121,28 @@ fn device_properties(e: &Enumerated, location: u32) -> plist::Dictionary {
     p
 }
 
-impl Inner {
+impl UsbFamily {
+    fn lock(&self) -> MutexGuard<'_, UsbState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The interface behind an `IOUSBHostInterface` nub (the HID family
+    /// drives class-3 interfaces nobody claimed).
+    pub fn interface(&self, entry: EntryId) -> Option<Arc<UsbInterface>> {
+        self.lock().interfaces.get(&entry).cloned()
+    }
+
+    /// The device behind an `IOUSBHostDevice` nub.
+    pub fn device(&self, entry: EntryId) -> Option<Arc<UsbDevice>> {
+        self.lock().devices.get(&entry).cloned()
+    }
+
     /// Reads a USB device's descriptors and publishes it as an
     /// `IOUSBHostDevice` nub under `bus`, named `name` or else by its
     /// product string as macOS does, then matches it.
-    pub(crate) fn plug_usb(
+    pub fn plug(
         &self,
+        system: &System,
         name: Option<&str>,
         transport: Arc<dyn UsbTransport>,
         bus: EntryId,
@@ -129,36 +155,35 @@ impl Inner {
         let name = name.as_str();
         let properties = device_properties(&enumerated, transport.location_id());
         let source = transport.source();
-        let id = {
-            let mut st = self.lock();
-            let id = st
-                .registry
-                .insert(name, "IOUSBHostDevice", properties, Some(bus));
-            if let Some(e) = st.registry.get_mut(id) {
-                e.state.registered = true;
-                e.state.active = true;
-            }
-            st.devices.insert(id, source.clone());
-            st.usb.devices.insert(
-                id,
-                Arc::new(UsbDevice {
-                    entry: id,
-                    transport,
-                    enumerated,
-                    configuration: Mutex::new(0),
-                }),
-            );
-            id
-        };
+        let id = system
+            .publish(Nub {
+                name,
+                class: "IOUSBHostDevice",
+                properties,
+                provider: bus,
+                family: Some(self),
+                plugged_from: Some(source.clone()),
+                matched: false,
+            })
+            .map_err(|e| format!("{source}: its bus is gone ({e})"))?;
+        self.lock().devices.insert(
+            id,
+            Arc::new(UsbDevice {
+                entry: id,
+                transport,
+                enumerated,
+                configuration: Mutex::new(0),
+            }),
+        );
         tracing::info!("plug     {name} [{id:#x}] (IOUSBHostDevice, from {source})");
-        self.schedule_match(id);
+        system.match_nub(id);
         Ok(id)
     }
 
     /// After matching left a USB device without a driver: a device that
     /// is not vendor-class gets its first configuration and interface nubs.
-    pub(crate) fn usb_unclaimed(&self, entry: EntryId) {
-        let device = self.lock().usb.devices.get(&entry).cloned();
+    fn unclaimed_device(&self, system: &System, entry: EntryId) {
+        let device = self.device(entry);
         let Some(device) = device else { return };
         let vendor_class = DeviceDescriptor::new_checked(&device.enumerated.device, 0)
             .is_ok_and(|d| d.device_class() == 0xff);
@@ -174,7 +199,7 @@ impl Inner {
             return;
         };
         let value = first.get(5).copied().unwrap_or(1);
-        if let Err(e) = self.configure(&device, value, true) {
+        if let Err(e) = self.configure(system, &device, value, true) {
             tracing::warn!("configure [{entry:#x}] with configuration {value} failed: {e}");
         }
     }
@@ -183,6 +208,7 @@ impl Inner {
     /// interface, each matched. Nubs of the previous configuration go first.
     fn configure(
         &self,
+        system: &System,
         device: &Arc<UsbDevice>,
         value: u8,
         match_interfaces: bool,
@@ -201,15 +227,14 @@ impl Inner {
         };
         let old: Vec<EntryId> = {
             let st = self.lock();
-            st.usb
-                .interfaces
+            st.interfaces
                 .iter()
                 .filter(|(_, i)| Arc::ptr_eq(&i.device, device))
                 .map(|(id, _)| *id)
                 .collect()
         };
         for id in old {
-            self.terminate(id);
+            system.terminate(id);
         }
         let setup = Setup {
             request_type: 0x00,
@@ -226,22 +251,18 @@ impl Inner {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = value;
         let Some(config) = config else { return Ok(()) };
-        if let Some(e) = self.lock().registry.get_mut(device.entry) {
-            e.properties
-                .insert("kUSBCurrentConfiguration".into(), i64::from(value).into());
-        }
+        system.set_property(
+            device.entry,
+            "kUSBCurrentConfiguration",
+            i64::from(value).into(),
+        );
         if !match_interfaces {
             return Ok(());
         }
         let (_, interfaces) = driverkit_usb::interfaces(config).map_err(|_| IOReturn::IO_ERROR)?;
         let mut nubs = Vec::new();
         {
-            let mut st = self.lock();
-            let device_props = st
-                .registry
-                .get(device.entry)
-                .map(|e| e.properties.clone())
-                .unwrap_or_default();
+            let device_props = system.properties(device.entry).unwrap_or_default();
             for i in interfaces
                 .iter()
                 .filter(|i| i.descriptor.alternate_setting() == 0)
@@ -264,14 +285,18 @@ impl Inner {
                 p.insert("bInterfaceProtocol".into(), int(d.interface_protocol()));
                 p.insert("bNumEndpoints".into(), int(d.num_endpoints()));
                 let name = format!("IOUSBHostInterface@{}", d.interface_number());
-                let id = st
-                    .registry
-                    .insert(&name, "IOUSBHostInterface", p, Some(device.entry));
-                if let Some(e) = st.registry.get_mut(id) {
-                    e.state.registered = true;
-                    e.state.active = true;
-                }
-                st.usb.interfaces.insert(
+                let id = system
+                    .publish(Nub {
+                        name: &name,
+                        class: "IOUSBHostInterface",
+                        properties: p,
+                        provider: device.entry,
+                        family: Some(self),
+                        plugged_from: None,
+                        matched: false,
+                    })
+                    .map_err(|_| IOReturn::NO_DEVICE)?;
+                self.lock().interfaces.insert(
                     id,
                     Arc::new(UsbInterface {
                         device: device.clone(),
@@ -293,19 +318,83 @@ impl Inner {
             }
         }
         for id in nubs {
-            self.schedule_match(id);
+            system.match_nub(id);
         }
         Ok(())
     }
 
+    /// Runs `transfer` on a worker and completes `action` of `server` with
+    /// its result, unless the device goes first (then terminate completes
+    /// it with `kIOReturnAborted`, before the drivers' Stop).
+    fn run_async(
+        call: &Call<'_>,
+        device: EntryId,
+        action: u64,
+        transfer: impl FnOnce() -> IOResult<u64> + Send + 'static,
+    ) -> IOResult<()> {
+        let request = call.system.track_request(call.server, device, action)?;
+        let system = call.system.clone();
+        call.system.run_io(move || {
+            let result = transfer();
+            let (status, actual) = match result {
+                Ok(n) => (IOReturn::SUCCESS, n),
+                Err(IOReturn::NO_DEVICE) => (IOReturn::ABORTED, 0),
+                Err(e) => (e, 0),
+            };
+            system.finish_request(request, status, actual);
+        });
+        Ok(())
+    }
+}
+
+impl Family for UsbFamily {
+    fn name(&self) -> &'static str {
+        "USB"
+    }
+
+    fn classes(&self) -> Vec<(&'static str, Option<&'static str>)> {
+        vec![("IOUSBHostDevice", None), ("IOUSBHostInterface", None)]
+    }
+
+    fn matchers(&self) -> Vec<Box<dyn FamilyMatcher>> {
+        vec![
+            Box::new(matching::UsbMatcher::device()),
+            Box::new(matching::UsbMatcher::interface()),
+        ]
+    }
+
+    fn kernel_call(
+        &self,
+        call: &Call<'_>,
+        method: MethodId,
+        args: &[u8],
+    ) -> Option<IOResult<Vec<u8>>> {
+        let call = UsbCall { family: self, call };
+        iousb_host_device_interface::dispatch(&call, method, args)
+            .or_else(|| iousb_host_interface_interface::dispatch(&call, method, args))
+            .or_else(|| iousb_host_pipe_interface::dispatch(&call, method, args))
+    }
+
+    /// A driver drives its device or interface.
+    fn client_method(&self, method: MethodId) -> bool {
+        iousb_host_device_interface::method_name(method).is_some()
+            || iousb_host_interface_interface::method_name(method).is_some()
+    }
+
+    /// A device that is not vendor-class gets its first configuration and
+    /// interface nubs.
+    fn unclaimed(&self, system: &System, entry: EntryId) {
+        self.unclaimed_device(system, entry);
+    }
+
     /// Devices in `departing` are going away: their transports close, so
     /// every transfer waiting on them ends now, before any driver's Stop.
-    pub(crate) fn usb_departing(&self, departing: &[EntryId]) {
+    fn departing(&self, _system: &System, departing: &[EntryId]) {
         let devices: Vec<Arc<UsbDevice>> = {
             let st = self.lock();
             departing
                 .iter()
-                .filter_map(|id| st.usb.devices.get(id).cloned())
+                .filter_map(|id| st.devices.get(id).cloned())
                 .collect()
         };
         for d in devices {
@@ -314,39 +403,26 @@ impl Inner {
     }
 
     /// Forgets the family objects of a removed entry.
-    pub(crate) fn usb_removed(&self, id: EntryId) {
-        let mut st = self.lock();
-        st.usb.devices.remove(&id);
-        if st.usb.interfaces.remove(&id).is_some() {
-            st.usb.pipes.retain(|_, p| p.interface_entry != id);
+    fn removed(&self, _system: &System, id: EntryId) {
+        let device = {
+            let mut st = self.lock();
+            if st.interfaces.remove(&id).is_some() {
+                st.pipes.retain(|_, p| p.interface_entry != id);
+            }
+            st.devices.remove(&id)
+        };
+        // A device removed without departing first (a crash of its
+        // provider's process) must not keep its transport open.
+        if let Some(d) = device {
+            d.transport.close();
         }
     }
+}
 
-    /// Runs `transfer` on a worker and completes `action` of `server` with
-    /// its result, unless the device goes first (then terminate completes
-    /// it with `kIOReturnAborted`, before the drivers' Stop).
-    fn usb_async(
-        &self,
-        server: u64,
-        device: EntryId,
-        action: u64,
-        transfer: impl FnOnce() -> IOResult<u64> + Send + 'static,
-    ) -> IOResult<()> {
-        let request = self.track_request(server, device, action)?;
-        let Some(me) = self.me() else {
-            return Err(IOReturn::OFFLINE);
-        };
-        self.workers.run(move || {
-            let result = transfer();
-            let (status, actual) = match result {
-                Ok(n) => (IOReturn::SUCCESS, n),
-                Err(IOReturn::NO_DEVICE) => (IOReturn::ABORTED, 0),
-                Err(e) => (e, 0),
-            };
-            me.finish_request(request, status, actual);
-        });
-        Ok(())
-    }
+/// One call of a dext into the USB family.
+struct UsbCall<'a> {
+    family: &'a UsbFamily,
+    call: &'a Call<'a>,
 }
 
 /// The selected configuration's descriptor; `None` while unconfigured.
@@ -369,38 +445,31 @@ fn timeout(ms: u32) -> Option<Duration> {
     (ms != 0).then(|| Duration::from_millis(ms.into()))
 }
 
-impl KernelCall<'_> {
+impl UsbCall<'_> {
     fn usb_device(&self) -> IOResult<Arc<UsbDevice>> {
-        self.daemon
-            .lock()
-            .usb
-            .devices
-            .get(&self.object)
-            .cloned()
+        self.family
+            .device(self.call.object)
             .ok_or(IOReturn::UNSUPPORTED)
     }
 
     fn usb_interface(&self) -> IOResult<Arc<UsbInterface>> {
-        self.daemon
-            .lock()
-            .usb
-            .interfaces
-            .get(&self.object)
-            .cloned()
+        self.family
+            .interface(self.call.object)
             .ok_or(IOReturn::UNSUPPORTED)
     }
 
+    /// A pipe, only for the process that copied it.
     fn pipe(&self) -> IOResult<Arc<Pipe>> {
-        let st = self.daemon.lock();
-        let pipe = st.usb.pipes.get(&self.object).ok_or(IOReturn::NOT_FOUND)?;
-        if pipe.server != self.server {
+        let st = self.family.lock();
+        let pipe = st.pipes.get(&self.call.object).ok_or(IOReturn::NOT_FOUND)?;
+        if pipe.server != self.call.server {
             return Err(IOReturn::NOT_PERMITTED);
         }
         Ok(pipe.clone())
     }
 }
 
-impl IOUSBHostDeviceInterface for KernelCall<'_> {
+impl IOUSBHostDeviceInterface for UsbCall<'_> {
     fn copy_descriptors(&self) -> IOResult<(Bytes, Bytes)> {
         let d = self.usb_device()?;
         let config = current_configuration(&d)
@@ -447,33 +516,33 @@ impl IOUSBHostDeviceInterface for KernelCall<'_> {
     ) -> IOResult<()> {
         let d = self.usb_device()?;
         let setup = setup_from(setup);
-        let region = self.daemon.region(self.server, memory)?;
+        let region = self.call.system.region(self.call.server, memory)?;
         if usize::from(setup.length) > region.len() {
             return Err(IOReturn::BAD_ARGUMENT);
         }
-        self.daemon
-            .usb_async(self.server, d.entry, action, move || {
-                let mut out = vec![0u8; usize::from(setup.length)];
-                if !setup.is_in() {
-                    region.read(0, &mut out);
-                }
-                let data = d.transport.control(setup, &out, timeout(timeout_ms))?;
-                if setup.is_in() {
-                    region.write(0, &data);
-                    Ok(data.len() as u64)
-                } else {
-                    Ok(out.len() as u64)
-                }
-            })
+        UsbFamily::run_async(self.call, d.entry, action, move || {
+            let mut out = vec![0u8; usize::from(setup.length)];
+            if !setup.is_in() {
+                region.read(0, &mut out);
+            }
+            let data = d.transport.control(setup, &out, timeout(timeout_ms))?;
+            if setup.is_in() {
+                region.write(0, &data);
+                Ok(data.len() as u64)
+            } else {
+                Ok(out.len() as u64)
+            }
+        })
     }
 
     fn set_configuration(&self, value: u8, match_interfaces: bool) -> IOResult<()> {
         let d = self.usb_device()?;
-        self.daemon.configure(&d, value, match_interfaces)
+        self.family
+            .configure(self.call.system, &d, value, match_interfaces)
     }
 }
 
-impl IOUSBHostInterfaceInterface for KernelCall<'_> {
+impl IOUSBHostInterfaceInterface for UsbCall<'_> {
     fn copy_configuration(&self) -> IOResult<Bytes> {
         let interface = self.usb_interface()?;
         current_configuration(&interface.device).ok_or(IOReturn::NOT_READY)
@@ -486,40 +555,40 @@ impl IOUSBHostInterfaceInterface for KernelCall<'_> {
             .iter()
             .find(|e| e.address == address)
             .ok_or(IOReturn::NOT_FOUND)?;
-        let mut st = self.daemon.lock();
-        st.usb.next_pipe += 1;
-        let id = PIPE_BASE + st.usb.next_pipe;
-        st.usb.pipes.insert(
-            id,
+        let mut st = self.family.lock();
+        st.next_pipe += 1;
+        let id = self.call.family.object(st.next_pipe);
+        st.pipes.insert(
+            id.0,
             Arc::new(Pipe {
                 interface,
-                interface_entry: self.object,
-                server: self.server,
+                interface_entry: self.call.object,
+                server: self.call.server,
                 endpoint,
             }),
         );
-        Ok(ObjectId(id))
+        Ok(id)
     }
 }
 
-impl IOUSBHostPipeInterface for KernelCall<'_> {
+impl IOUSBHostPipeInterface for UsbCall<'_> {
     fn io(&self, memory: u64, length: u64, timeout_ms: u32) -> IOResult<u64> {
         let pipe = self.pipe()?;
-        let region = self.daemon.region(self.server, memory)?;
+        let region = self.call.system.region(self.call.server, memory)?;
         let submitted = pipe.generation();
         pipe_transfer(&pipe, &region, length, timeout(timeout_ms), submitted)
     }
 
     fn async_io(&self, memory: u64, length: u64, action: u64, timeout_ms: u32) -> IOResult<()> {
         let pipe = self.pipe()?;
-        let region = self.daemon.region(self.server, memory)?;
+        let region = self.call.system.region(self.call.server, memory)?;
         if length > region.len() as u64 {
             return Err(IOReturn::BAD_ARGUMENT);
         }
         let device = pipe.interface.device.entry;
         // An Abort after this call returns must end this transfer.
         let submitted = pipe.generation();
-        self.daemon.usb_async(self.server, device, action, move || {
+        UsbFamily::run_async(self.call, device, action, move || {
             pipe_transfer(&pipe, &region, length, timeout(timeout_ms), submitted)
         })
     }

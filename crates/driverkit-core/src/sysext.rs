@@ -19,7 +19,7 @@ use driverkit_bundle::{location, signature, Bundle, Entitlements, Version};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Extension, ExtensionState, Records, Store};
-use crate::Daemon;
+use crate::Core;
 
 /// `OSSystemExtensionError` codes.
 pub use driverkit_wire::sysext_error as code;
@@ -87,7 +87,7 @@ fn versions(b: &Bundle) -> Versions {
     }
 }
 
-impl Daemon {
+impl Core {
     /// Runs `f` on the store; a store that failed to open answers why.
     fn with_store<R>(
         &self,

@@ -54,8 +54,9 @@ use driverkit_wire::shm::SPIN;
 use driverkit_wire::{IOResult, IOReturn};
 use serde::Deserialize;
 
-use super::{Completed, UsbTransport};
-use crate::backends::virtual_device::from_hex;
+use driverkit_wire::hex::decode as from_hex;
+
+use crate::families::usb::{Completed, UsbTransport};
 
 /// The `[usb]` table of a device file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -529,28 +530,11 @@ impl UsbTransport for VirtualUsb {
     }
 }
 
-/// The built-in virtual USB devices.
-pub const BUILTINS: &[(&str, &str)] = &[
-    ("keyboard", include_str!("../../../devices/keyboard.toml")),
-    ("mouse", include_str!("../../../devices/mouse.toml")),
-    (
-        "vendor-bulk",
-        include_str!("../../../devices/vendor-bulk.toml"),
-    ),
-];
-
-/// The report descriptor of HID interface `interface` of built-in device
-/// `name` (`keyboard`, `mouse`): a real device's bytes for drivers and
-/// benchmarks that need one.
-pub fn builtin_report_descriptor(name: &str, interface: usize) -> Option<Vec<u8>> {
-    let spec = crate::backends::virtual_device::builtin(name)?.usb?;
-    from_hex(
-        spec.interfaces
-            .get(interface)?
-            .report_descriptor
-            .as_deref()?,
-    )
-    .ok()
+impl VirtualUsb {
+    /// True once the device was unplugged (its transport closed).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
 }
 
 #[cfg(test)]
@@ -565,7 +549,7 @@ mod tests {
     #[test]
     fn enumerates_like_a_real_device() {
         let kb = keyboard();
-        let e = super::super::enumerate(&kb).unwrap();
+        let e = crate::families::usb::enumerate(&kb).unwrap();
         let d = driverkit_usb::DeviceDescriptor::new_checked(&e.device, 0).unwrap();
         assert_eq!(d.vendor_id(), 0x1209);
         assert_eq!(e.product.as_deref(), Some("Virtual Keyboard"));

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -28,7 +29,7 @@ use driverkit_wire::{
     Caller, Decoder, Header, IOResult, IOReturn, Kind, MethodId, ObjectId, Packet, Wire,
 };
 
-use crate::daemon::Inner;
+use crate::lifecycle::Inner;
 
 /// The environment variable that tells a dext its socket's descriptor
 /// number (driverkit::runtime::SERVER_FD_ENV; the daemon does not depend on
@@ -87,13 +88,13 @@ impl UserServer {
     pub fn spawn(launch: Launch<'_>, daemon: Weak<Inner>) -> std::io::Result<Arc<UserServer>> {
         let (ours, theirs) = transport::socketpair()?;
         let theirs = OwnedFd::from(theirs);
-        // stdout and stderr share one pipe, drained by one thread.
-        let (log_reader, log_writer) = std::io::pipe()?;
+        // stdout and stderr share one stream socket, drained by one thread.
+        let (log_reader, log_writer) = UnixStream::pair()?;
         let mut cmd = Command::new(launch.executable);
         cmd.env(SERVER_FD_ENV, theirs.as_raw_fd().to_string())
             .stdin(Stdio::null())
-            .stdout(log_writer.try_clone()?)
-            .stderr(log_writer)
+            .stdout(OwnedFd::from(log_writer.try_clone()?))
+            .stderr(OwnedFd::from(log_writer))
             // Its own process group: Ctrl-C in the daemon's terminal must
             // reach the daemon only, which then stops every dext in order.
             .process_group(0);
@@ -271,7 +272,7 @@ impl UserServer {
         let spawned = std::thread::Builder::new()
             .name(format!("channel:{pid}"))
             .spawn(move || {
-                let mut own = std::collections::HashSet::new();
+                let mut own = crate::io_service::OwnRoutes::new();
                 let end = channel.serve(shm::SPIN, |request, reply| {
                     let header = match Header::parse(&Packet::new_unchecked(request)) {
                         Ok(h) if h.kind == Kind::Request => h,
@@ -427,14 +428,14 @@ impl Caller for UserServer {
 /// them in order on the service's queue anyway, saving a round trip on every
 /// driver start. Only for methods that return `()`: each call answers
 /// "nothing yet" at once.
-pub struct Pipelined<'a> {
+pub struct Batch<'a> {
     server: &'a UserServer,
     sent: std::cell::RefCell<Vec<IOResult<InFlight>>>,
 }
 
-impl<'a> Pipelined<'a> {
+impl<'a> Batch<'a> {
     pub fn new(server: &'a UserServer) -> Self {
-        Pipelined {
+        Batch {
             server,
             sent: Default::default(),
         }
@@ -450,7 +451,7 @@ impl<'a> Pipelined<'a> {
     }
 }
 
-impl Caller for Pipelined<'_> {
+impl Caller for Batch<'_> {
     fn call(
         &self,
         object: ObjectId,
@@ -498,7 +499,7 @@ fn wait_hello(endpoint: &Endpoint, pid: u32) -> std::io::Result<()> {
 
 /// Forwards a dext's output lines into the daemon's log, tagged with the
 /// dext's server name and PID.
-fn forward_log(stream: std::io::PipeReader, label: &str) {
+fn forward_log(stream: UnixStream, label: &str) {
     for line in BufReader::new(stream).lines() {
         let Ok(line) = line else { break };
         tracing::info!(target: "dext", "{label}: {line}");

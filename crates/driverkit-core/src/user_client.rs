@@ -26,7 +26,7 @@ use driverkit_wire::user_client::{ROLE_CALLS, ROLE_NOTIFICATIONS};
 use driverkit_wire::{IOReturn, ObjectId};
 
 use crate::registry::{EntryId, Hosting};
-use crate::Daemon;
+use crate::Core;
 
 /// An open connection: the user client's entry and the app's two sockets.
 pub struct Opened {
@@ -41,7 +41,7 @@ fn app_of(pid: u32) -> Option<PathBuf> {
     driverkit_bundle::location::app_of_executable(&exe)
 }
 
-impl Daemon {
+impl Core {
     /// `IOServiceOpen(service, type)` for process `pid`.
     pub fn open_user_client(
         &self,

@@ -1,0 +1,477 @@
+//! The control socket: how `driverkit` subcommands reach a running daemon.
+//!
+//! `<root>/driverkitd.sock`, a Unix stream socket carrying JSON lines: one
+//! request object, one response object (`{"ok": ...}` or `{"error": "..."}`).
+//! It is a tool interface, not a hot path; JSON keeps it inspectable with
+//! `socat`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::lifecycle::Core;
+
+/// The socket's file name inside the root directory.
+pub const SOCKET: &str = driverkit_wire::root::CONTROL_SOCKET;
+
+/// A request the core serves itself. Families and backends add their own
+/// requests as [`Extensions`]; a client's request type may combine both
+/// (serde's untagged enum of the tagged ones): every request is a JSON
+/// object whose `op` names it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// The registry, as an XML plist archive in `{"plist": ...}`.
+    Registry,
+    /// Unplug a plugged device by ID.
+    Unplug { id: u64 },
+    /// The plugged devices.
+    Devices,
+    /// Load a `.dext` bundle and match it.
+    Load { path: PathBuf },
+    /// PID and dext PIDs.
+    Status,
+    /// Subscribe to services starting and leaving: `{"started": ID}`,
+    /// `{"removed": ID}` lines after the answer.
+    Lifecycle,
+    /// `IOServiceOpen(service, kind)`: see `serve_connection`.
+    ServiceOpen { service: u64, kind: u32 },
+    /// Stop every dext and exit.
+    Shutdown,
+    /// Activate the dext `bundle_id` of the app at `app`. Answers
+    /// `{"outcome": Outcome}` or `{"failure": Failure}` (see `sysext`).
+    SysextActivate {
+        app: PathBuf,
+        bundle_id: String,
+        #[serde(default)]
+        replacement: crate::sysext::Replacement,
+    },
+    /// Deactivate an extension; answers like `SysextActivate`.
+    SysextDeactivate { bundle_id: String },
+    /// A person approves an extension waiting for it; answers like
+    /// `SysextActivate`.
+    SysextApprove { bundle_id: String },
+    /// Stop and remove an extension now.
+    SysextUninstall { bundle_id: String },
+    /// Stop and remove every extension.
+    SysextReset,
+    /// The store's records.
+    SysextList,
+    /// Developer mode on or off.
+    SysextDeveloper { on: bool },
+    /// Trust signatures by a public key (hex).
+    SysextTrust { key: String },
+}
+
+/// Serves one request of a family or backend: the request object (with its
+/// `op`), answered with a JSON value or an error message.
+pub type Handler =
+    Box<dyn Fn(&serde_json::Value) -> Result<serde_json::Value, String> + Send + Sync>;
+
+/// Serves a streaming request: after the handler has written its answer
+/// line, the connection is the stream's until the client closes it.
+pub type StreamHandler =
+    Box<dyn Fn(&serde_json::Value, UnixStream) -> std::io::Result<()> + Send + Sync>;
+
+/// The requests families and backends add to the control socket, by `op`.
+#[derive(Default)]
+pub struct Extensions {
+    requests: std::collections::HashMap<String, Handler>,
+    streams: std::collections::HashMap<String, StreamHandler>,
+}
+
+impl Extensions {
+    /// Serves requests whose `op` is `op` with `handler`.
+    pub fn request(
+        &mut self,
+        op: &str,
+        handler: impl Fn(&serde_json::Value) -> Result<serde_json::Value, String>
+            + Send
+            + Sync
+            + 'static,
+    ) {
+        self.requests.insert(op.to_owned(), Box::new(handler));
+    }
+
+    /// Serves streaming requests whose `op` is `op` with `handler`.
+    pub fn stream(
+        &mut self,
+        op: &str,
+        handler: impl Fn(&serde_json::Value, UnixStream) -> std::io::Result<()> + Send + Sync + 'static,
+    ) {
+        self.streams.insert(op.to_owned(), Box::new(handler));
+    }
+}
+
+/// Decodes the request object a handler got into its own request type.
+pub fn decode<T: serde::de::DeserializeOwned>(request: &serde_json::Value) -> Result<T, String> {
+    T::deserialize(request).map_err(|e| format!("bad request: {e}"))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Response {
+    Ok(serde_json::Value),
+    Error(String),
+}
+
+/// Serves the control socket until the process exits.
+pub fn serve(
+    daemon: Core,
+    extensions: Extensions,
+    root: &Path,
+    shutdown: mpsc::Sender<()>,
+) -> std::io::Result<PathBuf> {
+    let extensions = std::sync::Arc::new(extensions);
+    let path = root.join(SOCKET);
+    // The root lock is held, so a socket file left here is stale.
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let daemon = daemon.clone();
+                let shutdown = shutdown.clone();
+                let extensions = extensions.clone();
+                let _ = std::thread::Builder::new()
+                    .name("control-client".into())
+                    .spawn(move || {
+                        if let Err(e) = serve_client(stream, &daemon, &extensions, &shutdown) {
+                            tracing::debug!("control client: {e}");
+                        }
+                    });
+            }
+        })?;
+    Ok(path)
+}
+
+fn serve_client(
+    stream: UnixStream,
+    daemon: &Core,
+    extensions: &Extensions,
+    shutdown: &mpsc::Sender<()>,
+) -> std::io::Result<()> {
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        // A family's or a backend's request, by its op.
+        let object = serde_json::from_str::<serde_json::Value>(&line).ok();
+        let op = object
+            .as_ref()
+            .and_then(|o| o.get("op"))
+            .and_then(serde_json::Value::as_str);
+        if let (Some(o), Some(op)) = (&object, op) {
+            if let Some(handler) = extensions.streams.get(op) {
+                return handler(o, writer);
+            }
+        }
+        let extension = match (&object, op) {
+            (Some(o), Some(op)) => extensions.requests.get(op).map(|h| h(o)),
+            _ => None,
+        };
+        let response = match extension {
+            Some(Ok(v)) => Response::Ok(v),
+            Some(Err(e)) => Response::Error(e),
+            None => match serde_json::from_str::<Request>(&line) {
+                Ok(Request::Lifecycle) => return stream_lifecycle(daemon, writer),
+                Ok(Request::ServiceOpen { service, kind }) => {
+                    return serve_connection(daemon, reader, writer, service, kind)
+                }
+                Ok(req) => match handle(daemon, req, shutdown) {
+                    Ok(v) => Response::Ok(v),
+                    Err(e) => Response::Error(e),
+                },
+                Err(e) => Response::Error(format!("bad request: {e}")),
+            },
+        };
+        let mut text = serde_json::to_string(&response)
+            .unwrap_or_else(|_| r#"{"error":"unencodable"}"#.into());
+        text.push('\n');
+        writer.write_all(text.as_bytes())?;
+    }
+}
+
+/// `IOServiceOpen` on this connection: answers `{"ok": {"status": 0,
+/// "user_client": ID}}` with the app's call and notification sockets
+/// attached (`SCM_RIGHTS`), or `{"ok": {"status": IOReturn}}`. The
+/// connection then stands for the open user client: a `service_close`
+/// line or the app's end closes it.
+fn serve_connection(
+    daemon: &Core,
+    mut reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    service: u64,
+    kind: u32,
+) -> std::io::Result<()> {
+    let pid = rustix::net::sockopt::socket_peercred(&writer)
+        .map(|c| c.pid.as_raw_nonzero().get() as u32)
+        .unwrap_or(0);
+    let opened = match daemon.open_user_client(service, kind, pid) {
+        Ok(o) => o,
+        Err(status) => {
+            let mut w = &writer;
+            return w.write_all(format!("{{\"ok\":{{\"status\":{}}}}}\n", status.0).as_bytes());
+        }
+    };
+    let answer = format!(
+        "{{\"ok\":{{\"status\":0,\"user_client\":{}}}}}\n",
+        opened.user_client
+    );
+    let fds = [
+        std::os::fd::AsFd::as_fd(&opened.calls),
+        std::os::fd::AsFd::as_fd(&opened.notifications),
+    ];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut ancillary = rustix::net::SendAncillaryBuffer::new(&mut space);
+    ancillary.push(rustix::net::SendAncillaryMessage::ScmRights(&fds));
+    let sent = rustix::net::sendmsg(
+        &writer,
+        &[std::io::IoSlice::new(answer.as_bytes())],
+        &mut ancillary,
+        rustix::net::SendFlags::NOSIGNAL,
+    );
+    drop(opened.calls);
+    drop(opened.notifications);
+    if sent.is_ok() {
+        // Until the app closes the connection, or dies.
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+            if line.contains("service_close") {
+                break;
+            }
+            line.clear();
+        }
+    }
+    daemon.close_user_client(opened.user_client);
+    Ok(())
+}
+
+/// Writes `{"started": ID}` and `{"removed": ID}` lines as services start
+/// and leave the registry, until the client goes away (matching
+/// notifications for apps).
+fn stream_lifecycle(daemon: &Core, mut writer: UnixStream) -> std::io::Result<()> {
+    let events = daemon.subscribe();
+    writer.write_all(b"{\"ok\":{}}\n")?;
+    for event in events {
+        let line = match event {
+            crate::Event::Started { service, .. } => format!("{{\"started\":{service}}}\n"),
+            crate::Event::Removed { service } => format!("{{\"removed\":{service}}}\n"),
+            crate::Event::Exited { .. } => continue,
+        };
+        writer.write_all(line.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn handle(
+    daemon: &Core,
+    req: Request,
+    shutdown: &mpsc::Sender<()>,
+) -> Result<serde_json::Value, String> {
+    use serde_json::json;
+    match req {
+        Request::Registry => {
+            let mut xml = Vec::new();
+            daemon
+                .registry_plist()
+                .to_writer_xml(&mut xml)
+                .map_err(|e| e.to_string())?;
+            Ok(json!({ "plist": String::from_utf8_lossy(&xml) }))
+        }
+        Request::Unplug { id } => daemon.unplug(id).map(|()| json!({})),
+        Request::Devices => serde_json::to_value(daemon.devices()).map_err(|e| e.to_string()),
+        Request::Load { path } => daemon.load_bundle(&path).map(|id| json!({ "bundle": id })),
+        Request::Status => Ok(json!({ "pid": std::process::id(), "dexts": daemon.pids() })),
+        Request::Lifecycle | Request::ServiceOpen { .. } => {
+            Err("a streaming request; it has its own connection".into())
+        }
+        Request::SysextActivate {
+            app,
+            bundle_id,
+            replacement,
+        } => Ok(answer(daemon.activate(&app, &bundle_id, replacement))),
+        Request::SysextDeactivate { bundle_id } => Ok(answer(daemon.deactivate(&bundle_id))),
+        Request::SysextApprove { bundle_id } => Ok(answer(daemon.approve(&bundle_id))),
+        Request::SysextUninstall { bundle_id } => daemon
+            .uninstall(&bundle_id)
+            .map(|()| json!({}))
+            .map_err(|f| f.to_string()),
+        Request::SysextReset => daemon
+            .reset_extensions()
+            .map(|n| json!({ "removed": n }))
+            .map_err(|f| f.to_string()),
+        Request::SysextList => daemon
+            .extensions()
+            .map_err(|f| f.to_string())
+            .and_then(|r| serde_json::to_value(r).map_err(|e| e.to_string())),
+        Request::SysextDeveloper { on } => daemon
+            .set_developer_mode(on)
+            .map(|()| json!({}))
+            .map_err(|f| f.to_string()),
+        Request::SysextTrust { key } => daemon
+            .trust_key(&key)
+            .map(|()| json!({}))
+            .map_err(|f| f.to_string()),
+        Request::Shutdown => {
+            let _ = shutdown.send(());
+            Ok(json!({}))
+        }
+    }
+}
+
+/// A system extension request's answer: how it ended, or why it failed.
+fn answer(result: Result<crate::sysext::Outcome, crate::sysext::Failure>) -> serde_json::Value {
+    match result {
+        Ok(outcome) => serde_json::json!({ "outcome": outcome }),
+        Err(failure) => serde_json::json!({ "failure": failure }),
+    }
+}
+
+/// A connection to a running daemon.
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Client {
+    /// Connects to the daemon whose state directory is `root`.
+    pub fn connect(root: &Path) -> Result<Client, String> {
+        let path = root.join(SOCKET);
+        let stream = UnixStream::connect(&path).map_err(|e| {
+            format!(
+                "no daemon is running at {} ({e}); start one with `driverkit run`",
+                root.display()
+            )
+        })?;
+        let writer = stream.try_clone().map_err(|e| e.to_string())?;
+        Ok(Client {
+            reader: BufReader::new(stream),
+            writer,
+        })
+    }
+
+    /// Sends one request (the core's [`Request`], a family's, or a type
+    /// combining them) and waits for its answer.
+    pub fn request<R: Serialize>(&mut self, req: &R) -> Result<serde_json::Value, String> {
+        let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+        line.push('\n');
+        self.writer
+            .write_all(line.as_bytes())
+            .map_err(|e| format!("daemon connection: {e}"))?;
+        let mut answer = String::new();
+        self.reader
+            .read_line(&mut answer)
+            .map_err(|e| format!("daemon connection: {e}"))?;
+        if answer.is_empty() {
+            return Err("the daemon closed the connection".into());
+        }
+        match serde_json::from_str::<Response>(&answer)
+            .map_err(|e| format!("bad answer from the daemon: {e}"))?
+        {
+            Response::Ok(v) => Ok(v),
+            Response::Error(e) => Err(e),
+        }
+    }
+
+    /// Sends a streaming request; after its answer, the connection carries
+    /// one JSON object per line, each decoded as `T`.
+    pub fn stream<R: Serialize, T: serde::de::DeserializeOwned>(
+        mut self,
+        req: &R,
+    ) -> Result<impl Iterator<Item = Result<T, String>>, String> {
+        self.request(req)?;
+        Ok(self.reader.lines().map(|line| {
+            let line = line.map_err(|e| format!("daemon connection: {e}"))?;
+            serde_json::from_str(&line).map_err(|e| format!("bad line from the daemon: {e}"))
+        }))
+    }
+
+    /// The registry tree.
+    pub fn registry(&mut self) -> Result<crate::ioreg::Node, String> {
+        let v = self.request(&Request::Registry)?;
+        let xml = v
+            .get("plist")
+            .and_then(|p| p.as_str())
+            .ok_or("answer without plist")?;
+        let value = plist::Value::from_reader_xml(xml.as_bytes())
+            .map_err(|e| format!("bad registry archive: {e}"))?;
+        crate::ioreg::Node::from_archive(&value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn exchange(daemon: &Core, lines: &[String]) -> Vec<serde_json::Value> {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let d = daemon.clone();
+        let (tx, _rx) = mpsc::channel();
+        let server =
+            std::thread::spawn(move || serve_client(theirs, &d, &Extensions::default(), &tx));
+        let mut writer = ours.try_clone().unwrap();
+        let mut reader = BufReader::new(ours);
+        let mut answers = Vec::new();
+        for l in lines {
+            writer.write_all(format!("{l}\n").as_bytes()).unwrap();
+            let mut answer = String::new();
+            reader.read_line(&mut answer).unwrap();
+            answers.push(serde_json::from_str(&answer).unwrap());
+        }
+        drop(writer);
+        drop(reader);
+        let _ = server.join();
+        answers
+    }
+
+    #[test]
+    fn garbage_requests_get_an_error_and_the_connection_goes_on() {
+        let root = tempfile::tempdir().unwrap();
+        let daemon = Core::start(crate::Config::new(root.path().to_owned()), Vec::new());
+        let answers = exchange(
+            &daemon,
+            &[
+                "{not json".into(),
+                r#"{"op":"launch_missiles"}"#.into(),
+                r#"{"op":"unplug","id":"seven"}"#.into(),
+                r#"{"op":"unplug","id":7}"#.into(),
+                r#"{"op":"devices"}"#.into(),
+            ],
+        );
+        assert!(answers[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("bad request"));
+        assert!(answers[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("launch_missiles"));
+        assert!(answers[2]["error"].is_string());
+        assert!(answers[3]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no plugged device with id 0x7"));
+        assert_eq!(answers[4]["ok"], serde_json::json!([]));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn any_line_gets_an_answer(line in "[^\n]{0,200}") {
+            let root = tempfile::tempdir().unwrap();
+            let daemon = Core::start(crate::Config::new(root.path().to_owned()), Vec::new());
+            let answers = exchange(&daemon, &[line, r#"{"op":"status"}"#.to_owned()]);
+            prop_assert!(answers[0].get("ok").is_some() || answers[0].get("error").is_some());
+            prop_assert!(answers[1]["ok"]["pid"].is_u64());
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! [`System`]: the narrow interface the core gives families and backends.
+//!
+//! Everything a family or a backend may do to the core goes through here:
+//! publish a nub (with its class and properties) and have it matched, read
+//! and set properties, find the caller's client of a provider, map a dext's
+//! registered memory, track an asynchronous request and complete it through
+//! its `OSAction`, terminate a service, run work on the core's workers, and
+//! watch lifecycle events. The core's lock and state stay inside the core:
+//! each method takes the lock for the length of one registry operation and
+//! never calls out while holding it.
+//!
+//! A `System` holds the core weakly, so a family can keep one in a thread
+//! of its own without keeping the core alive; once the core is gone, every
+//! method answers as for a missing entry (`None`, `false`,
+//! `kIOReturnOffline`).
+
+use std::sync::{mpsc, Arc, Weak};
+
+use driverkit_wire::shm::SharedMemory;
+use driverkit_wire::{IOResult, IOReturn};
+
+use crate::family::Family;
+use crate::lifecycle::{Event, Inner};
+use crate::registry::EntryId;
+
+/// What families and backends may ask of the core. Cloning is cheap.
+#[derive(Clone)]
+pub struct System {
+    inner: Weak<Inner>,
+}
+
+/// A nub to publish: a device, an interface, a bus.
+pub struct Nub<'a> {
+    /// The registry name (`IOUSBHostInterface@0`, `VirtualSensor`).
+    pub name: &'a str,
+    /// Its class; the registry derives the chain.
+    pub class: &'a str,
+    pub properties: plist::Dictionary,
+    /// The entry it hangs under ([`System::root`] for a bus).
+    pub provider: EntryId,
+    /// The family that serves calls to it. `None`: the family of its class.
+    pub family: Option<&'a dyn Family>,
+    /// Where a plugged device came from (a file, `usbip://...`): it is then
+    /// listed by `driverkit device list` and can be unplugged. `None` for
+    /// nubs a family makes below a device.
+    pub plugged_from: Option<String>,
+    /// True for a nub no driver should match (it is matched already: the
+    /// system's own service, a bus).
+    pub matched: bool,
+}
+
+impl System {
+    pub(crate) fn new(inner: Weak<Inner>) -> System {
+        System { inner }
+    }
+
+    pub(crate) fn upgrade(&self) -> Option<Arc<Inner>> {
+        self.inner.upgrade()
+    }
+
+    pub(crate) fn weak(&self) -> Weak<Inner> {
+        self.inner.clone()
+    }
+
+    /// The root of the registry, where buses hang.
+    pub fn root(&self) -> EntryId {
+        self.upgrade().map_or(0, |d| d.lock().root)
+    }
+
+    /// Adds a nub to the registry, registered and active. It is not matched
+    /// until [`System::match_nub`]: a family first sets up what its drivers
+    /// will need. Fails when the provider is gone or going.
+    pub fn publish(&self, nub: Nub<'_>) -> IOResult<EntryId> {
+        let d = self.upgrade().ok_or(IOReturn::OFFLINE)?;
+        let chain = d.families.chain(nub.class);
+        let family = match nub.family {
+            Some(f) => Some(d.families.id_of(f).ok_or(IOReturn::BAD_ARGUMENT)?),
+            None => d.families.owner(&chain),
+        };
+        let mut st = d.lock();
+        if st
+            .registry
+            .get(nub.provider)
+            .is_none_or(|p| p.state.terminating)
+        {
+            return Err(IOReturn::NO_DEVICE);
+        }
+        let id = st.registry.insert_with_chain(
+            nub.name,
+            chain,
+            nub.properties,
+            Some(nub.provider),
+            family,
+        );
+        if let Some(e) = st.registry.get_mut(id) {
+            e.state.registered = true;
+            e.state.active = true;
+            e.state.matched = nub.matched;
+        }
+        if let Some(source) = nub.plugged_from {
+            st.plugged.insert(id, source);
+        }
+        Ok(id)
+    }
+
+    /// Runs matching on a published nub.
+    pub fn match_nub(&self, id: EntryId) {
+        if let Some(d) = self.upgrade() {
+            d.schedule_match(id);
+        }
+    }
+
+    /// The entry's name.
+    pub fn name(&self, id: EntryId) -> Option<String> {
+        self.with_entry(id, |e| e.name.clone())
+    }
+
+    /// The entry's properties, copied.
+    pub fn properties(&self, id: EntryId) -> Option<plist::Dictionary> {
+        self.with_entry(id, |e| e.properties.clone())
+    }
+
+    /// One property of the entry, copied.
+    pub fn property(&self, id: EntryId, key: &str) -> Option<plist::Value> {
+        self.with_entry(id, |e| e.properties.get(key).cloned())?
+    }
+
+    /// Sets one property of the entry.
+    pub fn set_property(&self, id: EntryId, key: &str, value: plist::Value) {
+        if let Some(d) = self.upgrade() {
+            if let Some(e) = d.lock().registry.get_mut(id) {
+                e.properties.insert(key.to_owned(), value);
+            }
+        }
+    }
+
+    /// The entry's provider.
+    pub fn provider(&self, id: EntryId) -> Option<EntryId> {
+        self.with_entry(id, |e| e.provider)?
+    }
+
+    /// True when the entry is an instance of `class` or a subclass.
+    pub fn is_kind_of(&self, id: EntryId, class: &str) -> bool {
+        self.with_entry(id, |e| e.is_kind_of(class))
+            .unwrap_or(false)
+    }
+
+    /// True when the entry is there, not terminating, and has no client:
+    /// free for a family to attach the system's own service.
+    pub fn is_unclaimed(&self, id: EntryId) -> bool {
+        self.with_entry(id, |e| e.clients.is_empty() && !e.state.terminating)
+            .unwrap_or(false)
+    }
+
+    /// The service of process `server` that is a client of `id`: who in
+    /// the calling dext uses this provider.
+    pub fn client_in(&self, id: EntryId, server: u64) -> Option<EntryId> {
+        let d = self.upgrade()?;
+        let st = d.lock();
+        let e = st.registry.get(id)?;
+        e.clients.iter().copied().find(|c| {
+            st.registry
+                .get(*c)
+                .and_then(|c| c.hosting.as_ref())
+                .is_some_and(|h| h.server == server)
+        })
+    }
+
+    /// The region `server` registered as `memory` (waiting briefly for it,
+    /// as the registration may still be on its way).
+    pub fn region(&self, server: u64, memory: u64) -> IOResult<Arc<SharedMemory>> {
+        self.upgrade()
+            .ok_or(IOReturn::OFFLINE)?
+            .region(server, memory)
+    }
+
+    /// Records an asynchronous request of `server` to `device`, to complete
+    /// through the dext's action `action`: by [`System::finish_request`],
+    /// or with `kIOReturnAborted` when the device leaves first (before any
+    /// driver's Stop).
+    pub fn track_request(&self, server: u64, device: EntryId, action: u64) -> IOResult<u64> {
+        self.upgrade()
+            .ok_or(IOReturn::OFFLINE)?
+            .track_request(server, device, action)
+    }
+
+    /// Completes a tracked request, unless it was aborted already.
+    pub fn finish_request(&self, request: u64, status: IOReturn, actual: u64) {
+        if let Some(d) = self.upgrade() {
+            d.finish_request(request, status, actual);
+        }
+    }
+
+    /// True while a tracked request waits for its completion.
+    pub fn is_pending(&self, request: u64) -> bool {
+        self.upgrade().is_some_and(|d| d.is_pending(request))
+    }
+
+    /// Terminates `id` and everything above it, bottom-up, and returns when
+    /// they have stopped.
+    pub fn terminate(&self, id: EntryId) {
+        if let Some(d) = self.upgrade() {
+            d.terminate(id);
+        }
+    }
+
+    /// Terminates `id` on a worker: for a caller that must not wait (a
+    /// dext's call, a device's reader thread).
+    pub fn schedule_terminate(&self, id: EntryId) {
+        if let Some(d) = self.upgrade() {
+            d.schedule_terminate(id);
+        }
+    }
+
+    /// Runs a lifecycle job on a worker; `wait_idle` waits for it.
+    pub fn run_job(&self, name: &str, job: impl FnOnce() + Send + 'static) {
+        if let Some(d) = self.upgrade() {
+            d.spawn_job(name, move |_| job());
+        }
+    }
+
+    /// Runs I/O on a worker (a transfer that may wait as long as its
+    /// device): `wait_idle` does not wait for it.
+    pub fn run_io(&self, job: impl FnOnce() + Send + 'static) {
+        if let Some(d) = self.upgrade() {
+            d.workers.run(job);
+        }
+    }
+
+    /// Lifecycle events from now on (services started and removed).
+    pub fn subscribe(&self) -> Option<mpsc::Receiver<Event>> {
+        Some(self.upgrade()?.subscribe())
+    }
+
+    fn with_entry<T>(
+        &self,
+        id: EntryId,
+        f: impl FnOnce(&crate::registry::Entry) -> T,
+    ) -> Option<T> {
+        let d = self.upgrade()?;
+        let st = d.lock();
+        st.registry.get(id).map(f)
+    }
+}

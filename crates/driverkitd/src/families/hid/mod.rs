@@ -1,0 +1,705 @@
+//! The HID family's system side.
+//!
+//! A USB interface of class 3 that no driver claimed gets the system's
+//! `IOUSBHostHIDDevice`: it reads the report descriptor (GET_DESCRIPTOR),
+//! sets the idle rate to 0 (SET_IDLE), publishes an `IOHIDInterface` with
+//! the HID properties, and polls the interrupt-IN endpoint on a thread of
+//! its own. Reports go to whoever opened the interface: a dext's event
+//! service, through a ring in shared memory the dext provides, or the
+//! system's default event service (`IOHIDEventDriver`), attached when no
+//! dext matched. Events from either enter the [`HidEvents`] stream that
+//! `driverkit events` and benchmarks subscribe to.
+
+pub mod events;
+pub mod matching;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use driverkit_core::{Call, EntryId, Family, FamilyMatcher, Nub, System};
+use driverkit_hid::{Event, EventTranslator, ReportDescriptor, ReportType};
+use driverkit_usb::repr::request;
+use driverkit_usb::{Setup, TransferType};
+use driverkit_wire::interfaces::{
+    hid_event, io_user_hid_device_interface, iohid_event_service_interface,
+    iohid_interface_interface, HidEventRecord, IOHIDEventServiceInterface, IOHIDInterfaceInterface,
+    IOUserHIDDeviceInterface,
+};
+use driverkit_wire::ring::Ring;
+use driverkit_wire::shm::SPIN;
+use driverkit_wire::{Bytes, IOResult, IOReturn, MethodId};
+use plist::Value;
+
+pub use events::{
+    ascii_usage, keyboard_reports, next_event, now_ns, usage_char, HidEvent, HidEvents,
+};
+
+use super::usb::{UsbFamily, UsbInterface};
+
+/// Where an interface's reports go.
+enum Sink {
+    Nobody,
+    /// A dext's event service: entries are an 8-byte timestamp, then the
+    /// report.
+    Dext {
+        client: EntryId,
+        ring: Ring,
+    },
+    /// The system's default event service.
+    Default {
+        service: EntryId,
+        translator: Box<EventTranslator>,
+        events: Vec<Event>,
+    },
+}
+
+/// A HID interface: a USB HID device's reports and where they go.
+struct HidInterface {
+    pub entry: EntryId,
+    /// The USB interface, for a USB device; `None` for a dext's
+    /// `IOUserHIDDevice`, which hands its reports in itself.
+    usb: Option<Arc<UsbInterface>>,
+    descriptor: ReportDescriptor,
+    input: Option<(u8, usize, u8)>,
+    sink: Mutex<Sink>,
+    stopped: AtomicBool,
+}
+
+#[derive(Default)]
+struct HidState {
+    /// By the entry of the `IOHIDInterface` and of its `IOUSBHostHIDDevice`.
+    interfaces: HashMap<EntryId, Arc<HidInterface>>,
+    devices: HashMap<EntryId, Arc<HidInterface>>,
+}
+
+/// The HID family: `IOHIDInterface` nubs over USB HID interfaces and over
+/// dexts' `IOUserHIDDevice`s, event services (a dext's, or the system's
+/// default one), and the event stream.
+pub struct HidFamily {
+    /// USB HID interfaces come from the USB family.
+    usb: Arc<UsbFamily>,
+    state: Mutex<HidState>,
+    events: HidEvents,
+    /// For the pollers, which must not keep the family alive.
+    me: Weak<HidFamily>,
+}
+
+impl HidFamily {
+    pub fn new(usb: Arc<UsbFamily>) -> Arc<HidFamily> {
+        Arc::new_cyclic(|me| HidFamily {
+            usb,
+            state: Mutex::default(),
+            events: HidEvents::default(),
+            me: me.clone(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HidState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Events as event services dispatch them, from now on.
+    pub fn subscribe(&self) -> std::sync::mpsc::Receiver<HidEvent> {
+        self.events.subscribe()
+    }
+
+    /// A class-3 USB interface nobody claimed: attach the system's HID
+    /// device and publish its `IOHIDInterface`.
+    fn attach_usb(&self, system: &System, interface_entry: EntryId) {
+        if !system.is_unclaimed(interface_entry) {
+            return;
+        }
+        let usb = match self.usb.interface(interface_entry) {
+            Some(i) if i.class == 3 => i,
+            _ => return,
+        };
+        let transport = &usb.device.transport;
+        let report_len = hid_report_length(&usb.device.enumerated.configurations, usb.number);
+        let get = Setup {
+            request_type: 0x81,
+            request: request::GET_DESCRIPTOR,
+            value: u16::from(driverkit_usb::kind::HID_REPORT) << 8,
+            index: usb.number.into(),
+            length: report_len.unwrap_or(4096),
+        };
+        let bytes = match transport.control(get, &[], Some(Duration::from_secs(5))) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(
+                    "hid      [{interface_entry:#x}]: reading the report descriptor: {e}"
+                );
+                return;
+            }
+        };
+        let descriptor = match ReportDescriptor::parse(&bytes) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("hid      [{interface_entry:#x}]: report descriptor: {e}");
+                return;
+            }
+        };
+        // SET_IDLE(0): report only on change. Devices may refuse it.
+        let idle = Setup {
+            request_type: 0x21,
+            request: request::HID_SET_IDLE,
+            value: 0,
+            index: usb.number.into(),
+            length: 0,
+        };
+        let _ = transport.control(idle, &[], Some(Duration::from_secs(1)));
+        let input = usb
+            .endpoints
+            .iter()
+            .find(|e| e.address & 0x80 != 0 && e.transfer_type == TransferType::Interrupt)
+            .map(|e| {
+                let len = descriptor
+                    .max_report_size(ReportType::Input)
+                    .max(usize::from(e.max_packet_size));
+                (e.address, len, e.interval.max(1))
+            });
+        let properties = hid_properties(system, interface_entry, &descriptor, &bytes);
+        let published = system
+            .publish(Nub {
+                name: "IOUSBHostHIDDevice",
+                class: "IOUSBHostHIDDevice",
+                properties: properties.clone(),
+                provider: interface_entry,
+                family: Some(self),
+                plugged_from: None,
+                matched: true,
+            })
+            .and_then(|device_entry| {
+                let entry = system.publish(Nub {
+                    name: "IOHIDInterface",
+                    class: "IOHIDInterface",
+                    properties,
+                    provider: device_entry,
+                    family: Some(self),
+                    plugged_from: None,
+                    matched: false,
+                })?;
+                Ok((device_entry, entry))
+            });
+        let Ok((device_entry, entry)) = published else {
+            return;
+        };
+        let hid = {
+            let mut st = self.lock();
+            let hid = Arc::new(HidInterface {
+                entry,
+                usb: Some(usb),
+                descriptor,
+                input,
+                sink: Mutex::new(Sink::Nobody),
+                stopped: AtomicBool::new(false),
+            });
+            st.interfaces.insert(entry, hid.clone());
+            st.devices.insert(device_entry, hid.clone());
+            hid
+        };
+        tracing::info!(
+            "hid      IOHIDInterface [{:#x}] on [{interface_entry:#x}]",
+            hid.entry
+        );
+        if let Some((address, len, interval)) = hid.input {
+            let me = self.me.clone();
+            let poller = hid.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("hid-poll:{:#x}", hid.entry))
+                .spawn(move || poll(me, poller, address, len, interval));
+            if let Err(e) = spawned {
+                tracing::error!("hid      cannot start polling: {e}");
+            }
+        }
+        system.match_nub(hid.entry);
+    }
+}
+
+/// An `IOUSBHostHIDDevice`'s properties: its USB device's identity under
+/// HID's names, then what its report descriptor says.
+fn hid_properties(
+    system: &System,
+    interface_entry: EntryId,
+    d: &ReportDescriptor,
+    bytes: &[u8],
+) -> plist::Dictionary {
+    let mut p = plist::Dictionary::new();
+    {
+        let usb = system
+            .provider(interface_entry)
+            .and_then(|device| system.properties(device));
+        let usb = usb.as_ref();
+        for (to, from) in [
+            ("VendorID", "idVendor"),
+            ("ProductID", "idProduct"),
+            ("VersionNumber", "bcdDevice"),
+            ("LocationID", "locationID"),
+            ("Manufacturer", "USB Vendor Name"),
+            ("Product", "USB Product Name"),
+            ("SerialNumber", "USB Serial Number"),
+        ] {
+            if let Some(v) = usb.and_then(|u| u.get(from)) {
+                p.insert(to.into(), v.clone());
+            }
+        }
+    }
+    p.insert("Transport".into(), "USB".into());
+    add_descriptor_properties(&mut p, d, bytes);
+    p
+}
+
+impl HidFamily {
+    /// A dext's `IOUserHIDDevice` publishes its HID interface: the
+    /// description (VendorID, ProductID, Product...) and report descriptor
+    /// it made, as the properties of an `IOHIDInterface` under it.
+    fn create_user_device(
+        &self,
+        system: &System,
+        service: EntryId,
+        description: plist::Dictionary,
+        bytes: Vec<u8>,
+    ) -> IOResult<()> {
+        let descriptor = ReportDescriptor::parse(&bytes).map_err(|e| {
+            tracing::warn!("hid      [{service:#x}]: its report descriptor: {e}");
+            IOReturn::BAD_ARGUMENT
+        })?;
+        let mut properties = description;
+        if !properties.contains_key("Transport") {
+            properties.insert("Transport".into(), "Virtual".into());
+        }
+        add_descriptor_properties(&mut properties, &descriptor, &bytes);
+        if self.lock().devices.contains_key(&service) {
+            return Err(IOReturn::EXCLUSIVE_ACCESS);
+        }
+        let entry = system.publish(Nub {
+            name: "IOHIDInterface",
+            class: "IOHIDInterface",
+            properties,
+            provider: service,
+            family: Some(self),
+            plugged_from: None,
+            matched: false,
+        })?;
+        {
+            let mut st = self.lock();
+            let hid = Arc::new(HidInterface {
+                entry,
+                usb: None,
+                descriptor,
+                input: None,
+                sink: Mutex::new(Sink::Nobody),
+                stopped: AtomicBool::new(false),
+            });
+            st.interfaces.insert(entry, hid.clone());
+            st.devices.insert(service, hid);
+        }
+        tracing::info!("hid      IOHIDInterface [{entry:#x}] on IOUserHIDDevice [{service:#x}]");
+        system.match_nub(entry);
+        Ok(())
+    }
+
+    /// After matching left an `IOHIDInterface` without an event service:
+    /// the system's default one takes its reports.
+    fn attach_default_service(&self, system: &System, entry: EntryId) {
+        let Some(hid) = self.lock().interfaces.get(&entry).cloned() else {
+            return;
+        };
+        if !system.is_unclaimed(entry) {
+            return;
+        }
+        let Ok(service) = system.publish(Nub {
+            name: "IOHIDEventDriver",
+            class: "IOHIDEventDriver",
+            properties: Default::default(),
+            provider: entry,
+            family: Some(self),
+            plugged_from: None,
+            matched: true,
+        }) else {
+            return;
+        };
+        *hid.sink.lock().unwrap_or_else(|e| e.into_inner()) = Sink::Default {
+            service,
+            translator: Box::new(EventTranslator::new(&hid.descriptor)),
+            events: Vec::new(),
+        };
+        tracing::info!(
+            "hid      default event service [{service:#x}] on IOHIDInterface [{entry:#x}]"
+        );
+    }
+
+    /// Forgets the HID objects of a removed entry: a departing client's
+    /// ring, a departing device's poller.
+    fn forget(&self, id: EntryId) {
+        let (all, device) = {
+            let mut st = self.lock();
+            st.interfaces.remove(&id);
+            let device = st.devices.remove(&id);
+            let all: Vec<_> = st.interfaces.values().cloned().collect();
+            (all, device)
+        };
+        if let Some(hid) = device {
+            hid.stopped.store(true, Ordering::Release);
+            if let (Some((address, _, _)), Some(usb)) = (hid.input, &hid.usb) {
+                usb.device.transport.abort(address);
+            }
+            *hid.sink.lock().unwrap_or_else(|e| e.into_inner()) = Sink::Nobody;
+        }
+        for hid in all {
+            let mut sink = hid.sink.lock().unwrap_or_else(|e| e.into_inner());
+            let gone = match &*sink {
+                Sink::Dext { client, .. } => *client == id,
+                Sink::Default { service, .. } => *service == id,
+                Sink::Nobody => false,
+            };
+            if gone {
+                *sink = Sink::Nobody;
+            }
+        }
+    }
+
+    /// The HID event stream.
+    fn publish(&self, event: HidEvent) {
+        self.events.publish(event);
+    }
+}
+
+impl Family for HidFamily {
+    fn name(&self) -> &'static str {
+        "HID"
+    }
+
+    fn classes(&self) -> Vec<(&'static str, Option<&'static str>)> {
+        vec![
+            ("IOHIDDevice", None),
+            ("IOHIDInterface", None),
+            ("IOHIDEventService", None),
+        ]
+    }
+
+    fn matchers(&self) -> Vec<Box<dyn FamilyMatcher>> {
+        vec![Box::new(matching::HidMatcher)]
+    }
+
+    fn kernel_call(
+        &self,
+        call: &Call<'_>,
+        method: MethodId,
+        args: &[u8],
+    ) -> Option<IOResult<Vec<u8>>> {
+        let call = HidCall { family: self, call };
+        iohid_interface_interface::dispatch(&call, method, args)
+            .or_else(|| iohid_event_service_interface::dispatch(&call, method, args))
+            .or_else(|| io_user_hid_device_interface::dispatch(&call, method, args))
+    }
+
+    /// An event service opens its interface and sets reports on it.
+    fn client_method(&self, method: MethodId) -> bool {
+        iohid_interface_interface::method_name(method).is_some()
+    }
+
+    /// A class-3 USB interface gets the system's HID device; an
+    /// `IOHIDInterface` no dext took gets the system's event service.
+    fn unclaimed(&self, system: &System, entry: EntryId) {
+        self.attach_usb(system, entry);
+        self.attach_default_service(system, entry);
+    }
+
+    fn removed(&self, _system: &System, entry: EntryId) {
+        self.forget(entry);
+    }
+}
+
+/// What a report descriptor says, as `IOHIDInterface` properties:
+/// PrimaryUsagePage, PrimaryUsage, DeviceUsagePairs, ReportDescriptor and
+/// the largest report of each type.
+fn add_descriptor_properties(p: &mut plist::Dictionary, d: &ReportDescriptor, bytes: &[u8]) {
+    let pairs = d.device_usage_pairs();
+    if let Some((page, usage)) = pairs.first() {
+        p.insert("PrimaryUsagePage".into(), i64::from(*page).into());
+        p.insert("PrimaryUsage".into(), i64::from(*usage).into());
+    }
+    p.insert(
+        "DeviceUsagePairs".into(),
+        Value::Array(
+            pairs
+                .iter()
+                .map(|(page, usage)| {
+                    let mut pair = plist::Dictionary::new();
+                    pair.insert("DeviceUsagePage".into(), i64::from(*page).into());
+                    pair.insert("DeviceUsage".into(), i64::from(*usage).into());
+                    Value::Dictionary(pair)
+                })
+                .collect(),
+        ),
+    );
+    p.insert("ReportDescriptor".into(), Value::Data(bytes.to_vec()));
+    for (key, kind) in [
+        ("MaxInputReportSize", ReportType::Input),
+        ("MaxOutputReportSize", ReportType::Output),
+        ("MaxFeatureReportSize", ReportType::Feature),
+    ] {
+        p.insert(key.into(), (d.max_report_size(kind) as i64).into());
+    }
+}
+
+/// `wDescriptorLength` of the report descriptor in interface `number`'s
+/// HID descriptor, if the configuration has one.
+fn hid_report_length(configurations: &[Vec<u8>], number: u8) -> Option<u16> {
+    for c in configurations {
+        let Ok((_, interfaces)) = driverkit_usb::interfaces(c) else {
+            continue;
+        };
+        for i in interfaces
+            .iter()
+            .filter(|i| i.descriptor.interface_number() == number)
+        {
+            for (ty, b) in &i.extra {
+                if *ty == driverkit_usb::kind::HID && b.len() >= 9 && b[6] == 0x22 {
+                    return Some(u16::from_le_bytes([b[7], b[8]]));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The interrupt-IN loop: read a report, hand it on, again. An empty
+/// answer (a USB/IP server with nothing to say) waits one `bInterval`.
+fn poll(family: Weak<HidFamily>, hid: Arc<HidInterface>, address: u8, len: usize, interval: u8) {
+    let Some(usb) = &hid.usb else { return };
+    let transport = usb.device.transport.clone();
+    while !hid.stopped.load(Ordering::Acquire) {
+        let submitted = transport.abort_generation(address);
+        if hid.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        match transport.transfer(address, &[], len, Some(Duration::from_secs(1)), submitted) {
+            Ok(done) if done.data.is_empty() => {
+                std::thread::sleep(Duration::from_millis(interval.into()));
+            }
+            Ok(done) => {
+                let Some(d) = family.upgrade() else { return };
+                deliver(&d, &hid, &done.data);
+            }
+            Err(IOReturn::TIMEOUT) => {}
+            Err(e) => {
+                tracing::debug!("hid      [{:#x}] stops polling: {e}", hid.entry);
+                return;
+            }
+        }
+    }
+}
+
+fn deliver(family: &HidFamily, hid: &HidInterface, report: &[u8]) {
+    let timestamp = now_ns();
+    let mut sink = hid.sink.lock().unwrap_or_else(|e| e.into_inner());
+    match &mut *sink {
+        Sink::Nobody => {}
+        Sink::Dext { ring, .. } => {
+            // A full ring holds the poller back, as a host stops polling a
+            // device it has no buffer for: reports wait in the device
+            // rather than being lost. A driver stuck for a whole second
+            // loses the report.
+            let len = 8 + report.len();
+            let deadline = Instant::now() + Duration::from_secs(1);
+            loop {
+                let queued = ring.enqueue(len, |slot| {
+                    slot[..8].copy_from_slice(&timestamp.to_le_bytes());
+                    slot[8..].copy_from_slice(report);
+                });
+                if queued.is_ok() || hid.stopped.load(Ordering::Acquire) {
+                    break;
+                }
+                if !ring.wait_for_space(len, SPIN, Some(deadline)) {
+                    tracing::warn!(
+                        "hid      [{:#x}]: report dropped, its driver is not reading",
+                        hid.entry
+                    );
+                    break;
+                }
+            }
+        }
+        Sink::Default {
+            service,
+            translator,
+            events,
+        } => {
+            translator.translate(report, events);
+            for e in events.drain(..) {
+                family.publish(to_record(e, timestamp, *service));
+            }
+        }
+    }
+}
+
+fn to_record(e: Event, timestamp: u64, service: EntryId) -> HidEvent {
+    let (kind, usage_page, usage, values) = match e {
+        Event::Keyboard {
+            usage_page,
+            usage,
+            value,
+        } => (
+            hid_event::KEYBOARD,
+            usage_page.into(),
+            usage.into(),
+            (value, 0, 0),
+        ),
+        Event::RelativePointer { dx, dy, buttons } => (
+            hid_event::RELATIVE_POINTER,
+            1,
+            1,
+            (dx, dy, i64::from(buttons)),
+        ),
+        Event::Scroll { dx, dy, dz } => (hid_event::SCROLL, 1, 0x38, (dx, dy, dz)),
+    };
+    HidEvent {
+        kind,
+        usage_page,
+        usage,
+        values,
+        timestamp,
+        service,
+    }
+}
+
+/// One call of a dext into the HID family.
+struct HidCall<'a> {
+    family: &'a HidFamily,
+    call: &'a Call<'a>,
+}
+
+impl HidCall<'_> {
+    fn hid_interface(&self) -> IOResult<Arc<HidInterface>> {
+        self.family
+            .lock()
+            .interfaces
+            .get(&self.call.object)
+            .cloned()
+            .ok_or(IOReturn::UNSUPPORTED)
+    }
+
+    /// The caller's service that is a client of this interface.
+    fn hid_client(&self) -> IOResult<EntryId> {
+        self.call
+            .system
+            .client_in(self.call.object, self.call.server)
+            .ok_or(IOReturn::NOT_PERMITTED)
+    }
+}
+
+impl IOHIDInterfaceInterface for HidCall<'_> {
+    fn open(&self, memory: u64) -> IOResult<()> {
+        let hid = self.hid_interface()?;
+        let client = self.hid_client()?;
+        let region = self.call.system.region(self.call.server, memory)?;
+        let ring = region
+            .try_clone()
+            .and_then(Ring::open)
+            .map_err(|_| IOReturn::BAD_ARGUMENT)?;
+        let replaced = {
+            let mut sink = hid.sink.lock().unwrap_or_else(|e| e.into_inner());
+            let replaced = match &*sink {
+                Sink::Dext { client: other, .. } if *other != client => {
+                    return Err(IOReturn::EXCLUSIVE_ACCESS)
+                }
+                Sink::Default { service, .. } => Some(*service),
+                _ => None,
+            };
+            *sink = Sink::Dext { client, ring };
+            replaced
+        };
+        // A dext's event service takes over from the system's default one.
+        if let Some(default) = replaced {
+            self.call.system.schedule_terminate(default);
+        }
+        Ok(())
+    }
+
+    fn close(&self) -> IOResult<()> {
+        let hid = self.hid_interface()?;
+        let client = self.hid_client()?;
+        let mut sink = hid.sink.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(&*sink, Sink::Dext { client: c, .. } if *c == client) {
+            *sink = Sink::Nobody;
+        }
+        Ok(())
+    }
+
+    fn set_report(&self, report_type: u8, report_id: u8, report: Bytes) -> IOResult<()> {
+        let hid = self.hid_interface()?;
+        self.hid_client()?;
+        if !(1..=3).contains(&report_type) || report.0.len() > 4096 {
+            return Err(IOReturn::BAD_ARGUMENT);
+        }
+        // A dext's virtual device takes no output reports (yet).
+        let usb = hid.usb.as_ref().ok_or(IOReturn::UNSUPPORTED)?;
+        let setup = Setup {
+            request_type: 0x21,
+            request: request::HID_SET_REPORT,
+            value: u16::from(report_type) << 8 | u16::from(report_id),
+            index: usb.number.into(),
+            length: report.0.len() as u16,
+        };
+        usb.device
+            .transport
+            .control(setup, &report.0, Some(Duration::from_secs(5)))
+            .map(|_| ())
+    }
+}
+
+impl IOUserHIDDeviceInterface for HidCall<'_> {
+    fn create_interface(
+        &self,
+        description: plist::Dictionary,
+        report_descriptor: Bytes,
+    ) -> IOResult<()> {
+        self.family.create_user_device(
+            self.call.system,
+            self.call.object,
+            description,
+            report_descriptor.0,
+        )
+    }
+
+    fn handle_report(&self, report: Bytes) -> IOResult<()> {
+        let hid = self
+            .family
+            .lock()
+            .devices
+            .get(&self.call.object)
+            .cloned()
+            .ok_or(IOReturn::NOT_OPEN)?;
+        if report.0.is_empty() || report.0.len() > 4096 {
+            return Err(IOReturn::BAD_ARGUMENT);
+        }
+        deliver(self.family, &hid, &report.0);
+        Ok(())
+    }
+}
+
+impl IOHIDEventServiceInterface for HidCall<'_> {
+    fn dispatch_events(&self, events: Vec<HidEventRecord>) -> IOResult<()> {
+        const KINDS: [u8; 3] = [
+            hid_event::KEYBOARD,
+            hid_event::RELATIVE_POINTER,
+            hid_event::SCROLL,
+        ];
+        if events.iter().any(|e| !KINDS.contains(&e.0)) {
+            return Err(IOReturn::BAD_ARGUMENT);
+        }
+        for (kind, usage_page, usage, values, timestamp) in events {
+            self.family.publish(HidEvent {
+                kind,
+                usage_page,
+                usage,
+                values,
+                timestamp,
+                service: self.call.object,
+            });
+        }
+        Ok(())
+    }
+}
