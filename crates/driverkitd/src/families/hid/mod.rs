@@ -64,7 +64,11 @@ struct HidInterface {
     descriptor: ReportDescriptor,
     input: Option<(u8, usize, u8)>,
     sink: Mutex<Sink>,
+    /// Set when the device leaves: nothing reads it again.
     stopped: AtomicBool,
+    /// The poller of the interrupt-IN endpoint while someone takes the
+    /// reports (its stop flag); the USB interface is claimed meanwhile.
+    reading: Mutex<Option<Arc<AtomicBool>>>,
 }
 
 #[derive(Default)]
@@ -194,6 +198,7 @@ impl HidFamily {
                 input,
                 sink: Mutex::new(Sink::Nobody),
                 stopped: AtomicBool::new(false),
+                reading: Mutex::new(None),
             });
             st.interfaces.insert(entry, hid.clone());
             st.devices.insert(device_entry, hid.clone());
@@ -203,16 +208,6 @@ impl HidFamily {
             "hid      IOHIDInterface [{:#x}] on [{interface_entry:#x}]",
             hid.entry
         );
-        if let Some((address, len, interval)) = hid.input {
-            let me = self.me.clone();
-            let poller = hid.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("hid-poll:{:#x}", hid.entry))
-                .spawn(move || poll(me, poller, address, len, interval));
-            if let Err(e) = spawned {
-                tracing::error!("hid      cannot start polling: {e}");
-            }
-        }
         system.match_nub(hid.entry);
     }
 }
@@ -291,6 +286,7 @@ impl HidFamily {
                 input: None,
                 sink: Mutex::new(Sink::Nobody),
                 stopped: AtomicBool::new(false),
+                reading: Mutex::new(None),
             });
             st.interfaces.insert(entry, hid.clone());
             st.devices.insert(service, hid);
@@ -307,6 +303,14 @@ impl HidFamily {
             return;
         };
         if !system.is_unclaimed(entry) {
+            return;
+        }
+        // The host's own HID driver (Linux's usbhid) keeps a device no dext
+        // asked for: the system's event service never detaches it.
+        if let Err(e) = self.start_reading(&hid, false) {
+            tracing::info!(
+                "hid      IOHIDInterface [{entry:#x}] stays with the host's driver ({e})"
+            );
             return;
         }
         let Ok(service) = system.publish(Nub {
@@ -342,10 +346,8 @@ impl HidFamily {
         };
         if let Some(hid) = device {
             hid.stopped.store(true, Ordering::Release);
-            if let (Some((address, _, _)), Some(usb)) = (hid.input, &hid.usb) {
-                usb.device.transport.abort(address);
-            }
             *hid.sink.lock().unwrap_or_else(|e| e.into_inner()) = Sink::Nobody;
+            stop_reading(&hid);
         }
         for hid in all {
             let mut sink = hid.sink.lock().unwrap_or_else(|e| e.into_inner());
@@ -356,8 +358,36 @@ impl HidFamily {
             };
             if gone {
                 *sink = Sink::Nobody;
+                drop(sink);
+                stop_reading(&hid);
             }
         }
+    }
+
+    /// Claims the USB interface and starts polling its interrupt-IN
+    /// endpoint, unless it is polled already. `may_detach`: a host driver
+    /// bound to the interface may be detached for it.
+    fn start_reading(&self, hid: &Arc<HidInterface>, may_detach: bool) -> IOResult<()> {
+        let (Some(usb), Some((address, len, interval))) = (&hid.usb, hid.input) else {
+            return Ok(());
+        };
+        let mut reading = hid.reading.lock().unwrap_or_else(|e| e.into_inner());
+        if reading.is_some() {
+            return Ok(());
+        }
+        usb.device.transport.claim(usb.number, may_detach)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (me, poller, flag) = (self.me.clone(), hid.clone(), stop.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("hid-poll:{:#x}", hid.entry))
+            .spawn(move || poll(me, poller, &flag, address, len, interval));
+        if let Err(e) = spawned {
+            tracing::error!("hid      cannot start polling: {e}");
+            usb.device.transport.release(usb.number);
+            return Err(IOReturn::NO_RESOURCES);
+        }
+        *reading = Some(stop);
+        Ok(())
     }
 
     /// The HID event stream.
@@ -466,14 +496,39 @@ fn hid_report_length(configurations: &[Vec<u8>], number: u8) -> Option<u16> {
     None
 }
 
+/// Stops the poller, if one runs, and gives the USB interface back.
+fn stop_reading(hid: &HidInterface) {
+    let Some(stop) = hid
+        .reading
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    else {
+        return;
+    };
+    stop.store(true, Ordering::Release);
+    if let (Some((address, _, _)), Some(usb)) = (hid.input, &hid.usb) {
+        usb.device.transport.abort(address);
+        usb.device.transport.release(usb.number);
+    }
+}
+
 /// The interrupt-IN loop: read a report, hand it on, again. An empty
 /// answer (a USB/IP server with nothing to say) waits one `bInterval`.
-fn poll(family: Weak<HidFamily>, hid: Arc<HidInterface>, address: u8, len: usize, interval: u8) {
+fn poll(
+    family: Weak<HidFamily>,
+    hid: Arc<HidInterface>,
+    stop: &AtomicBool,
+    address: u8,
+    len: usize,
+    interval: u8,
+) {
     let Some(usb) = &hid.usb else { return };
     let transport = usb.device.transport.clone();
-    while !hid.stopped.load(Ordering::Acquire) {
+    let stopped = || stop.load(Ordering::Acquire) || hid.stopped.load(Ordering::Acquire);
+    while !stopped() {
         let submitted = transport.abort_generation(address);
-        if hid.stopped.load(Ordering::Acquire) {
+        if stopped() {
             return;
         }
         match transport.transfer(address, &[], len, Some(Duration::from_secs(1)), submitted) {
@@ -599,6 +654,13 @@ impl IOHIDInterfaceInterface for HidCall<'_> {
             .try_clone()
             .and_then(Ring::open)
             .map_err(|_| IOReturn::BAD_ARGUMENT)?;
+        // The dext's personality matched: the USB interface is taken from
+        // the host's driver (unless the personality keeps it) for as long
+        // as the interface is open.
+        self.family.start_reading(
+            &hid,
+            super::usb::may_detach(self.call.system, Some(client)),
+        )?;
         let replaced = {
             let mut sink = hid.sink.lock().unwrap_or_else(|e| e.into_inner());
             let replaced = match &*sink {
@@ -624,6 +686,8 @@ impl IOHIDInterfaceInterface for HidCall<'_> {
         let mut sink = hid.sink.lock().unwrap_or_else(|e| e.into_inner());
         if matches!(&*sink, Sink::Dext { client: c, .. } if *c == client) {
             *sink = Sink::Nobody;
+            drop(sink);
+            stop_reading(&hid);
         }
         Ok(())
     }

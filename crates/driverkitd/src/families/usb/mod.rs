@@ -55,12 +55,37 @@ pub struct UsbInterface {
     pub endpoints: Vec<Endpoint>,
 }
 
-/// A pipe a dext copied from an interface.
+/// A pipe a dext copied from an interface. It holds a claim of the
+/// interface (see [`UsbTransport::claim`]) while it lives.
 struct Pipe {
     pub interface: Arc<UsbInterface>,
     pub interface_entry: EntryId,
     pub server: u64,
+    /// The dext's service that is a client of the interface.
+    pub client: Option<EntryId>,
     pub endpoint: Endpoint,
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        self.interface
+            .device
+            .transport
+            .release(self.interface.number);
+    }
+}
+
+/// The personality key by which a driver leaves a host's own driver (Linux's
+/// kernel driver) in place rather than have it detached: its claims fail
+/// with `kIOReturnExclusiveAccess` while the host driver is bound.
+pub const KEEP_HOST_DRIVER: &str = "IOLinuxKeepKernelDriver";
+
+/// Whether the host driver of an interface may be detached for `client`.
+pub fn may_detach(system: &System, client: Option<EntryId>) -> bool {
+    client
+        .and_then(|c| system.property(c, KEEP_HOST_DRIVER))
+        .and_then(|v| v.as_boolean())
+        != Some(true)
 }
 
 impl Pipe {
@@ -153,7 +178,9 @@ impl UsbFamily {
             .or_else(|| enumerated.product.clone())
             .unwrap_or_else(|| "IOUSBHostDevice".to_owned());
         let name = name.as_str();
-        let properties = device_properties(&enumerated, transport.location_id());
+        let mut properties = device_properties(&enumerated, transport.location_id());
+        properties.extend(transport.properties());
+        let configuration = transport.active_configuration().unwrap_or(0);
         let source = transport.source();
         let id = system
             .publish(Nub {
@@ -172,7 +199,7 @@ impl UsbFamily {
                 entry: id,
                 transport,
                 enumerated,
-                configuration: Mutex::new(0),
+                configuration: Mutex::new(configuration),
             }),
         );
         tracing::info!("plug     {name} [{id:#x}] (IOUSBHostDevice, from {source})");
@@ -187,18 +214,30 @@ impl UsbFamily {
         let Some(device) = device else { return };
         let vendor_class = DeviceDescriptor::new_checked(&device.enumerated.device, 0)
             .is_ok_and(|d| d.device_class() == 0xff);
-        let configured = *device
+        let current = *device
             .configuration
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            != 0;
-        if vendor_class || configured {
+            .unwrap_or_else(|e| e.into_inner());
+        let has_interfaces = self
+            .lock()
+            .interfaces
+            .values()
+            .any(|i| Arc::ptr_eq(&i.device, &device));
+        // A device a driver configured (without interfaces) stays as it is;
+        // one the host configured (Linux) gets the nubs of its interfaces.
+        let host_configured = device.transport.active_configuration().is_some();
+        if vendor_class || has_interfaces || (current != 0 && !host_configured) {
             return;
         }
-        let Some(first) = device.enumerated.configurations.first() else {
-            return;
+        // A host that configured the device already (Linux) keeps its
+        // configuration: its interfaces get nubs.
+        let value = match current {
+            0 => match device.enumerated.configurations.first() {
+                Some(first) => first.get(5).copied().unwrap_or(1),
+                None => return,
+            },
+            v => v,
         };
-        let value = first.get(5).copied().unwrap_or(1);
         if let Err(e) = self.configure(system, &device, value, true) {
             tracing::warn!("configure [{entry:#x}] with configuration {value} failed: {e}");
         }
@@ -236,16 +275,13 @@ impl UsbFamily {
         for id in old {
             system.terminate(id);
         }
-        let setup = Setup {
-            request_type: 0x00,
-            request: driverkit_usb::repr::request::SET_CONFIGURATION,
-            value: value.into(),
-            index: 0,
-            length: 0,
-        };
-        device
-            .transport
-            .control(setup, &[], Some(Duration::from_secs(5)))?;
+        let current = *device
+            .configuration
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if current != value || device.transport.active_configuration().is_none() {
+            device.transport.set_configuration(value)?;
+        }
         *device
             .configuration
             .lock()
@@ -277,6 +313,7 @@ impl UsbFamily {
                     }
                 }
                 let int = |v: u8| Value::Integer(u64::from(v).into());
+                p.extend(device.transport.interface_properties(d.interface_number()));
                 p.insert("bConfigurationValue".into(), int(value));
                 p.insert("bInterfaceNumber".into(), int(d.interface_number()));
                 p.insert("bAlternateSetting".into(), int(0));
@@ -404,13 +441,21 @@ impl Family for UsbFamily {
 
     /// Forgets the family objects of a removed entry.
     fn removed(&self, _system: &System, id: EntryId) {
-        let device = {
+        let (device, pipes) = {
             let mut st = self.lock();
-            if st.interfaces.remove(&id).is_some() {
-                st.pipes.retain(|_, p| p.interface_entry != id);
-            }
-            st.devices.remove(&id)
+            st.interfaces.remove(&id);
+            // An interface's pipes go with it, a driver's with the driver.
+            let gone: Vec<u64> = st
+                .pipes
+                .iter()
+                .filter(|(_, p)| p.interface_entry == id || p.client == Some(id))
+                .map(|(k, _)| *k)
+                .collect();
+            let pipes: Vec<Arc<Pipe>> = gone.iter().filter_map(|k| st.pipes.remove(k)).collect();
+            (st.devices.remove(&id), pipes)
         };
+        // Released (claims given back) outside the family's lock.
+        drop(pipes);
         // A device removed without departing first (a crash of its
         // provider's process) must not keep its transport open.
         if let Some(d) = device {
@@ -555,6 +600,17 @@ impl IOUSBHostInterfaceInterface for UsbCall<'_> {
             .iter()
             .find(|e| e.address == address)
             .ok_or(IOReturn::NOT_FOUND)?;
+        let client = self
+            .call
+            .system
+            .client_in(self.call.object, self.call.server);
+        // The interface is the dext's from its first pipe on: a host driver
+        // bound to it is detached now (and attached again when the last
+        // pipe goes), unless the personality keeps it.
+        interface
+            .device
+            .transport
+            .claim(interface.number, may_detach(self.call.system, client))?;
         let mut st = self.family.lock();
         st.next_pipe += 1;
         let id = self.call.family.object(st.next_pipe);
@@ -564,6 +620,7 @@ impl IOUSBHostInterfaceInterface for UsbCall<'_> {
                 interface,
                 interface_entry: self.call.object,
                 server: self.call.server,
+                client,
                 endpoint,
             }),
         );

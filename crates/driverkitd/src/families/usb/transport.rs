@@ -57,6 +57,56 @@ pub trait UsbTransport: Send + Sync {
 
     /// The device is going away: every waiting and later call fails.
     fn close(&self);
+
+    /// The configuration the device is in now, when the transport knows it
+    /// without asking the device (Linux configured it already). `None`:
+    /// unconfigured, or unknown.
+    fn active_configuration(&self) -> Option<u8> {
+        None
+    }
+
+    /// SET_CONFIGURATION. A transport whose host keeps its own view of the
+    /// device (Linux) does it through that host.
+    fn set_configuration(&self, value: u8) -> IOResult<()> {
+        let setup = Setup {
+            request_type: 0x00,
+            request: driverkit_usb::repr::request::SET_CONFIGURATION,
+            value: value.into(),
+            index: 0,
+            length: 0,
+        };
+        self.control(setup, &[], Some(Duration::from_secs(5)))
+            .map(drop)
+    }
+
+    /// Takes interface `interface` for the system's drivers, before any
+    /// transfer on it. Where another driver of the host holds it (Linux's
+    /// kernel drivers), it is detached only when `may_detach`; otherwise
+    /// the answer is `kIOReturnExclusiveAccess`. Claims count: the
+    /// interface goes back at the last [`UsbTransport::release`].
+    fn claim(&self, interface: u8, may_detach: bool) -> IOResult<()> {
+        let _ = (interface, may_detach);
+        Ok(())
+    }
+
+    /// Gives back one claim of `interface`; at the last, a host driver that
+    /// was detached for it is attached again.
+    fn release(&self, interface: u8) {
+        let _ = interface;
+    }
+
+    /// What the host knows of the device beyond its descriptors, as
+    /// registry properties (`IOLinuxSysfsPath`...).
+    fn properties(&self) -> plist::Dictionary {
+        plist::Dictionary::new()
+    }
+
+    /// What the host knows of interface `interface` now (`IOLinuxDriver`:
+    /// the host driver bound to it).
+    fn interface_properties(&self, interface: u8) -> plist::Dictionary {
+        let _ = interface;
+        plist::Dictionary::new()
+    }
 }
 
 /// What the family reads from a device once, when it is plugged.
