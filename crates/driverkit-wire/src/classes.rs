@@ -13,7 +13,9 @@ const CLASSES: &[(&str, Option<&str>)] = &[
     // Virtual devices: a bus nub and the generic devices plugged into it.
     ("IOVirtualBus", Some("IOService")),
     ("IOVirtualDevice", Some("IOService")),
-    // USB: devices and their interfaces (matched with the QA1076 ladder).
+    // USB: host controllers, devices and their interfaces (matched with
+    // the QA1076 ladder).
+    ("IOUSBHostController", Some("IOService")),
     ("IOUSBHostDevice", Some("IOService")),
     ("IOUSBHostInterface", Some("IOService")),
     // HID: a device (the system's USB one, or a dext's virtual one), the

@@ -45,6 +45,10 @@ pub struct Config {
     /// `/dev/uinput` opens. Off by default: a test's typing must not reach
     /// the desktop of the machine running it.
     pub uinput: bool,
+    /// Drive the machine's real USB devices through usbfs, where it exists.
+    /// Off by default, so that a test of virtual devices never touches the
+    /// machine's own; `driverkit run` turns it on.
+    pub linux_usb: bool,
 }
 
 impl Config {
@@ -59,6 +63,7 @@ impl Config {
             relaunch_backoff: core.relaunch_backoff,
             call_timeout: core.call_timeout,
             uinput: false,
+            linux_usb: false,
         }
     }
 
@@ -80,6 +85,8 @@ pub struct Daemon {
     core: Core,
     families: Families,
     virtual_devices: Arc<VirtualDevices>,
+    /// The real USB devices, where usbfs exists and it was asked for.
+    linux_usb: Arc<std::sync::Mutex<Option<Arc<backends::linux_usb::LinuxUsb>>>>,
 }
 
 impl std::ops::Deref for Daemon {
@@ -105,6 +112,7 @@ impl Daemon {
             core,
             families,
             virtual_devices,
+            linux_usb: Default::default(),
         };
         for spec in config.devices {
             if let Err(e) = daemon.plug(spec) {
@@ -113,6 +121,16 @@ impl Daemon {
         }
         if config.uinput {
             backends::uinput::forward(&system, &daemon.families.hid);
+        }
+        if config.linux_usb {
+            match backends::linux_usb::LinuxUsb::start(
+                system.clone(),
+                daemon.families.usb.clone(),
+                &config.root,
+            ) {
+                Ok(backend) => *daemon.linux_usb.lock().unwrap_or_else(|e| e.into_inner()) = Some(backend),
+                Err(e) => tracing::info!("usb      real devices off: {e}"),
+            }
         }
         daemon
     }

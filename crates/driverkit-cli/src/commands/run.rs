@@ -38,6 +38,9 @@ pub struct RunArgs {
     /// Do not forward HID events to Linux applications through /dev/uinput.
     #[arg(long)]
     no_uinput: bool,
+    /// Do not drive the machine's real USB devices (usbfs).
+    #[arg(long)]
+    no_linux_usb: bool,
 }
 
 pub fn run(root: PathBuf, args: RunArgs) -> Result<(), String> {
@@ -48,6 +51,7 @@ pub fn run(root: PathBuf, args: RunArgs) -> Result<(), String> {
     config.relaunch_backoff = Duration::from_millis(args.relaunch_backoff_ms);
     config.call_timeout = Duration::from_millis(args.call_timeout_ms);
     config.uinput = !args.no_uinput;
+    config.linux_usb = !args.no_linux_usb;
     if !args.no_embedded {
         let dir = root.join("embedded");
         for e in drivers::EXAMPLES {

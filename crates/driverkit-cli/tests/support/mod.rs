@@ -61,6 +61,7 @@ impl Daemon {
             // The tests' typing must not reach the desktop of the machine
             // running them.
             .arg("--no-uinput")
+            .arg("--no-linux-usb")
             .args(args)
             .env("DRIVERKIT_LOG", "info")
             .env("NO_COLOR", "1")

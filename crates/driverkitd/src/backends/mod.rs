@@ -7,9 +7,11 @@
 //!   `VirtualBus`; [`virtual_usb`] the USB devices among them, and
 //!   [`interrupts`] the interrupt lines of the plain ones;
 //! - [`usbip`]: devices imported from a USB/IP server;
+//! - [`linux_usb`]: the real USB devices of the machine, through usbfs;
 //! - [`uinput`]: the way out, HID events to Linux applications.
 
 pub mod interrupts;
+pub mod linux_usb;
 pub mod uinput;
 pub mod usbip;
 pub mod virtual_device;

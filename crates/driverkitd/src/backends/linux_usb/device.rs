@@ -1,0 +1,514 @@
+//! A real USB device through usbfs (the `nusb` crate), as a
+//! [`UsbTransport`].
+//!
+//! Claims follow the kernel's ownership: an interface a kernel driver
+//! serves is taken only when a dext asks for it and may (see
+//! `families::usb::KEEP_HOST_DRIVER`); the driver is written down in the
+//! ledger, detached, and attached again at the last release.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use driverkit_usb::{Setup, TransferType};
+use driverkit_wire::{IOResult, IOReturn};
+use nusb::transfer::{Bulk, ControlIn, ControlOut, ControlType, In, Interrupt, Out, Recipient};
+use nusb::MaybeFuture;
+use plist::Value;
+
+use super::endpoint::{self, Command, EndpointThread, Request};
+use super::ledger::Ledger;
+use super::sysfs;
+use crate::families::usb::{Completed, UsbTransport};
+
+/// A claimed interface: nusb's handle, how many claims, and the kernel
+/// driver detached for it.
+struct Claim {
+    interface: nusb::Interface,
+    count: usize,
+    detached: Option<String>,
+}
+
+pub struct LinuxUsbDevice {
+    device: nusb::Device,
+    /// `/sys/bus/usb/devices/1-1`.
+    sysfs: PathBuf,
+    /// `/dev/bus/usb/001/002`, for messages.
+    node: String,
+    location: u32,
+    session: u64,
+    ledger: Arc<Ledger>,
+    claims: Mutex<HashMap<u8, Claim>>,
+    endpoints: Mutex<HashMap<u8, EndpointThread>>,
+    /// Abort generations of endpoints without a thread yet.
+    generations: Mutex<HashMap<u8, Arc<AtomicU64>>>,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for LinuxUsbDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.node)
+    }
+}
+
+/// Where usbfs nodes live.
+pub const USBFS: &str = "/dev/bus/usb";
+
+/// How to let the daemon open usbfs nodes without running it as root.
+pub const ACCESS_HINT: &str = "run the daemon as root, or install contrib/udev/70-driverkit-usb.rules \
+(it gives group driverkit access to usbfs nodes) and run the daemon as a member of that group";
+
+impl LinuxUsbDevice {
+    /// Opens the device `info` describes.
+    pub fn open(info: &nusb::DeviceInfo, session: u64, ledger: Arc<Ledger>) -> Result<Self, String> {
+        let node = format!(
+            "{USBFS}/{:03}/{:03}",
+            info.busnum(),
+            info.device_address()
+        );
+        let device = info.open().wait().map_err(|e| {
+            if e.kind() == nusb::ErrorKind::PermissionDenied {
+                format!("cannot open {node}: permission denied; {ACCESS_HINT}")
+            } else {
+                format!("cannot open {node}: {e}")
+            }
+        })?;
+        // locationID as macOS forms it: the bus in the top byte, then one
+        // nibble per port of the path.
+        let mut location = u32::from(info.busnum()) << 24;
+        for (i, port) in info.port_chain().iter().take(6).enumerate() {
+            location |= u32::from(*port & 0xf) << (20 - 4 * i);
+        }
+        Ok(LinuxUsbDevice {
+            device,
+            sysfs: info.sysfs_path().to_owned(),
+            node,
+            location,
+            session,
+            ledger,
+            claims: Mutex::default(),
+            endpoints: Mutex::default(),
+            generations: Mutex::default(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn claims(&self) -> MutexGuard<'_, HashMap<u8, Claim>> {
+        self.claims.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn generation(&self, address: u8) -> Arc<AtomicU64> {
+        self.generations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(address)
+            .or_default()
+            .clone()
+    }
+
+    fn current_configuration(&self) -> u8 {
+        self.device
+            .active_configuration()
+            .map(|c| c.configuration_value())
+            .unwrap_or(0)
+    }
+
+    fn interface_dir(&self, number: u8) -> PathBuf {
+        sysfs::interface_dir(&self.sysfs, self.current_configuration(), number)
+    }
+
+    /// The interface an endpoint belongs to, and its transfer type, in the
+    /// active configuration.
+    fn endpoint_owner(&self, address: u8) -> Option<(u8, TransferType)> {
+        let config = self.device.active_configuration().ok()?;
+        for interface in config.interface_alt_settings() {
+            for ep in interface.endpoints() {
+                if ep.address() == address {
+                    let kind = match ep.transfer_type() {
+                        nusb::descriptors::TransferType::Bulk => TransferType::Bulk,
+                        nusb::descriptors::TransferType::Interrupt => TransferType::Interrupt,
+                        nusb::descriptors::TransferType::Isochronous => TransferType::Isochronous,
+                        nusb::descriptors::TransferType::Control => TransferType::Control,
+                    };
+                    return Some((interface.interface_number(), kind));
+                }
+            }
+        }
+        None
+    }
+
+    /// The endpoint's thread, started on first use (its interface must be
+    /// claimed).
+    fn endpoint(&self, address: u8) -> IOResult<mpsc::Sender<Command>> {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = endpoints.get(&address) {
+            return Ok(t.commands.clone());
+        }
+        let (number, kind) = self.endpoint_owner(address).ok_or(IOReturn::NOT_FOUND)?;
+        let interface = self
+            .claims()
+            .get(&number)
+            .map(|c| c.interface.clone())
+            .ok_or(IOReturn::NOT_OPEN)?;
+        let generation = self.generation(address);
+        let (tx, rx) = mpsc::channel();
+        let g = generation.clone();
+        let name = format!("usb-ep:{}:{address:02x}", self.node);
+        let open = |e: nusb::Error| {
+            tracing::warn!("usb      {}: endpoint {address:#04x}: {e}", self.node);
+            IOReturn::NOT_FOUND
+        };
+        let spawned = match (kind, address & 0x80 != 0) {
+            (TransferType::Bulk, true) => {
+                let ep = interface.endpoint::<Bulk, In>(address).map_err(open)?;
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || endpoint::run(ep, rx, g))
+            }
+            (TransferType::Bulk, false) => {
+                let ep = interface.endpoint::<Bulk, Out>(address).map_err(open)?;
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || endpoint::run(ep, rx, g))
+            }
+            (TransferType::Interrupt, true) => {
+                let ep = interface.endpoint::<Interrupt, In>(address).map_err(open)?;
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || endpoint::run(ep, rx, g))
+            }
+            (TransferType::Interrupt, false) => {
+                let ep = interface.endpoint::<Interrupt, Out>(address).map_err(open)?;
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || endpoint::run(ep, rx, g))
+            }
+            // Isochronous stays out of scope, as in DriverKit.
+            _ => return Err(IOReturn::UNSUPPORTED),
+        };
+        spawned.map_err(|_| IOReturn::NO_RESOURCES)?;
+        endpoints.insert(
+            address,
+            EndpointThread {
+                commands: tx.clone(),
+                generation,
+            },
+        );
+        Ok(tx)
+    }
+
+    /// Stops the threads of the endpoints of interface `number`.
+    fn close_endpoints(&self, number: u8) {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        endpoints.retain(|address, _| {
+            self.endpoint_owner(*address)
+                .is_none_or(|(owner, _)| owner != number)
+        });
+    }
+
+    /// A GET_DESCRIPTOR(Report) to an interface a kernel HID driver holds:
+    /// answered from the kernel's copy, as the kernel answers device and
+    /// configuration descriptors from its own, without taking the interface.
+    fn kernel_report_descriptor(&self, setup: &Setup) -> Option<Vec<u8>> {
+        let is_report = setup.request_type == 0x81
+            && setup.request == driverkit_usb::repr::request::GET_DESCRIPTOR
+            && setup.value >> 8 == u16::from(driverkit_usb::kind::HID_REPORT);
+        let number = u8::try_from(setup.index).ok()?;
+        if !is_report || self.claims().contains_key(&number) {
+            return None;
+        }
+        let mut bytes = sysfs::report_descriptor(&self.interface_dir(number))?;
+        bytes.truncate(usize::from(setup.length));
+        Some(bytes)
+    }
+}
+
+fn control_type(request_type: u8) -> ControlType {
+    match (request_type >> 5) & 3 {
+        0 => ControlType::Standard,
+        1 => ControlType::Class,
+        _ => ControlType::Vendor,
+    }
+}
+
+fn recipient(request_type: u8) -> Recipient {
+    match request_type & 0x1f {
+        0 => Recipient::Device,
+        1 => Recipient::Interface,
+        2 => Recipient::Endpoint,
+        _ => Recipient::Other,
+    }
+}
+
+fn transfer_error(e: nusb::transfer::TransferError) -> IOReturn {
+    use nusb::transfer::TransferError as E;
+    match e {
+        E::Cancelled => IOReturn::TIMEOUT,
+        E::Stall => IOReturn::USB_PIPE_STALLED,
+        E::Disconnected => IOReturn::NO_DEVICE,
+        E::InvalidArgument => IOReturn::BAD_ARGUMENT,
+        E::Fault | E::Unknown(_) => IOReturn::IO_ERROR,
+    }
+}
+
+impl UsbTransport for LinuxUsbDevice {
+    fn source(&self) -> String {
+        format!("usbfs:{}", self.node)
+    }
+
+    fn location_id(&self) -> u32 {
+        self.location
+    }
+
+    fn control(&self, setup: Setup, data: &[u8], timeout: Option<Duration>) -> IOResult<Vec<u8>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(IOReturn::NO_DEVICE);
+        }
+        if let Some(bytes) = self.kernel_report_descriptor(&setup) {
+            return Ok(bytes);
+        }
+        if setup.request_type == 0 && setup.request == driverkit_usb::repr::request::SET_CONFIGURATION
+        {
+            return self.set_configuration(setup.value as u8).map(|()| Vec::new());
+        }
+        // usbfs has no "forever": a long one stands for it.
+        let timeout = timeout.unwrap_or(Duration::from_secs(3600));
+        if setup.is_in() {
+            let mut bytes = self
+                .device
+                .control_in(
+                    ControlIn {
+                        control_type: control_type(setup.request_type),
+                        recipient: recipient(setup.request_type),
+                        request: setup.request,
+                        value: setup.value,
+                        index: setup.index,
+                        length: setup.length,
+                    },
+                    timeout,
+                )
+                .wait()
+                .map_err(transfer_error)?;
+            bytes.truncate(usize::from(setup.length));
+            Ok(bytes)
+        } else {
+            self.device
+                .control_out(
+                    ControlOut {
+                        control_type: control_type(setup.request_type),
+                        recipient: recipient(setup.request_type),
+                        request: setup.request,
+                        value: setup.value,
+                        index: setup.index,
+                        data,
+                    },
+                    timeout,
+                )
+                .wait()
+                .map_err(transfer_error)?;
+            Ok(Vec::new())
+        }
+    }
+
+    fn transfer(
+        &self,
+        address: u8,
+        data: &[u8],
+        length: usize,
+        timeout: Option<Duration>,
+        submitted: u64,
+    ) -> IOResult<Completed> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(IOReturn::NO_DEVICE);
+        }
+        let commands = self.endpoint(address)?;
+        let (reply, result) = mpsc::sync_channel(1);
+        let request = Request {
+            data: data.to_vec(),
+            length,
+            deadline: timeout.map(|t| Instant::now() + t),
+            submitted,
+            reply,
+        };
+        commands
+            .send(Command::Transfer(request))
+            .map_err(|_| IOReturn::NO_DEVICE)?;
+        // The endpoint's thread answers every transfer it took.
+        result.recv().unwrap_or(Err(IOReturn::ABORTED))
+    }
+
+    fn abort_generation(&self, address: u8) -> u64 {
+        self.generation(address).load(Ordering::Acquire)
+    }
+
+    fn abort(&self, address: u8) {
+        self.generation(address).fetch_add(1, Ordering::AcqRel);
+        let endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = endpoints.get(&address) {
+            let _ = t.commands.send(Command::Abort);
+        }
+    }
+
+    fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        let claims: Vec<u8> = self.claims().keys().copied().collect();
+        for number in claims {
+            self.give_back(number);
+        }
+    }
+
+    fn active_configuration(&self) -> Option<u8> {
+        Some(self.current_configuration())
+    }
+
+    fn set_configuration(&self, value: u8) -> IOResult<()> {
+        if self.current_configuration() == value {
+            return Ok(());
+        }
+        self.device
+            .set_configuration(value)
+            .wait()
+            .map_err(|e| {
+                tracing::warn!("usb      {}: configuration {value}: {e}", self.node);
+                IOReturn::EXCLUSIVE_ACCESS
+            })
+    }
+
+    fn claim(&self, number: u8, may_detach: bool) -> IOResult<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(IOReturn::NO_DEVICE);
+        }
+        let mut claims = self.claims();
+        if let Some(c) = claims.get_mut(&number) {
+            c.count += 1;
+            return Ok(());
+        }
+        let dir = self.interface_dir(number);
+        let bound = sysfs::driver(&dir).filter(|d| d != "usbfs");
+        let interface = match &bound {
+            Some(driver) if !may_detach => {
+                tracing::info!(
+                    "usb      {} interface {number}: {driver} keeps it (the personality asks so, or no dext asked)",
+                    self.node
+                );
+                return Err(IOReturn::EXCLUSIVE_ACCESS);
+            }
+            Some(driver) => {
+                self.ledger.detaching(&dir, driver);
+                let claimed = self.device.detach_and_claim_interface(number).wait();
+                if claimed.is_err() {
+                    self.ledger.attached(&dir);
+                }
+                tracing::info!(
+                    "usb      {} interface {number}: detached {driver}, claimed",
+                    self.node
+                );
+                claimed
+            }
+            None => self.device.claim_interface(number).wait(),
+        }
+        .map_err(|e| {
+            tracing::warn!("usb      {} interface {number}: cannot claim: {e}", self.node);
+            match e.kind() {
+                nusb::ErrorKind::Busy => IOReturn::EXCLUSIVE_ACCESS,
+                nusb::ErrorKind::Disconnected => IOReturn::NO_DEVICE,
+                _ => IOReturn::NOT_PERMITTED,
+            }
+        })?;
+        claims.insert(
+            number,
+            Claim {
+                interface,
+                count: 1,
+                detached: bound,
+            },
+        );
+        Ok(())
+    }
+
+    fn release(&self, number: u8) {
+        let last = {
+            let mut claims = self.claims();
+            match claims.get_mut(&number) {
+                Some(c) if c.count > 1 => {
+                    c.count -= 1;
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            }
+        };
+        if last {
+            self.give_back(number);
+        }
+    }
+
+    fn properties(&self) -> plist::Dictionary {
+        let mut p = plist::Dictionary::new();
+        p.insert(
+            "IOLinuxSysfsPath".into(),
+            Value::String(self.sysfs.display().to_string()),
+        );
+        p.insert("IOLinuxDeviceNode".into(), Value::String(self.node.clone()));
+        p.insert("sessionID".into(), Value::Integer(self.session.into()));
+        p
+    }
+
+    fn interface_properties(&self, number: u8) -> plist::Dictionary {
+        let dir = self.interface_dir(number);
+        let mut p = plist::Dictionary::new();
+        p.insert(
+            "IOLinuxSysfsPath".into(),
+            Value::String(dir.display().to_string()),
+        );
+        if let Some(driver) = sysfs::driver(&dir) {
+            p.insert("IOLinuxDriver".into(), Value::String(driver));
+        }
+        p
+    }
+}
+
+impl LinuxUsbDevice {
+    /// Releases interface `number` whatever its count, and attaches the
+    /// kernel driver detached for it.
+    fn give_back(&self, number: u8) {
+        self.close_endpoints(number);
+        let Some(claim) = self.claims().remove(&number) else {
+            return;
+        };
+        let dir = self.interface_dir(number);
+        let _ = claim.interface.release().wait();
+        if let Some(driver) = claim.detached {
+            match self.device.attach_kernel_driver(number) {
+                // Busy: the kernel bound a driver again by itself.
+                Err(e) if e.kind() == nusb::ErrorKind::Busy => tracing::info!(
+                    "usb      {} interface {number}: released, a kernel driver is bound again",
+                    self.node
+                ),
+                Ok(()) => tracing::info!(
+                    "usb      {} interface {number}: released, {driver} attached again",
+                    self.node
+                ),
+                Err(e) => tracing::warn!(
+                    "usb      {} interface {number}: {driver} not attached again: {e}",
+                    self.node
+                ),
+            }
+            self.ledger.attached(&dir);
+        }
+    }
+}
+
+impl Drop for LinuxUsbDevice {
+    fn drop(&mut self) {
+        UsbTransport::close(self);
+    }
+}

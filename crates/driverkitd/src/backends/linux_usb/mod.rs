@@ -1,0 +1,233 @@
+//! Real USB devices on Linux, through usbfs: every device the kernel
+//! enumerated becomes an `IOUSBHostDevice` nub under a node for its host
+//! controller, and follows hot-plug from the kernel's own uevents.
+//!
+//! The kernel keeps the devices its drivers serve: an interface is taken
+//! from its kernel driver only when a dext's personality matched and the
+//! dext uses it (see [`device`]), and given back when the dext stops; a
+//! ledger under the state directory lets the next start give back what a
+//! killed daemon held.
+//!
+//! - [`uevent`]: the kernel's uevent socket and its messages;
+//! - [`device`]: one device as a `UsbTransport` (nusb), with the claims;
+//! - [`endpoint`]: one endpoint's thread, many transfers in flight;
+//! - [`sysfs`]: bound drivers and the kernel's copy of report descriptors;
+//! - [`ledger`]: interfaces detached, for recovery after `kill -9`.
+
+pub mod device;
+pub mod endpoint;
+pub mod ledger;
+pub mod sysfs;
+pub mod uevent;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use driverkit_core::{EntryId, Nub, System};
+use nusb::MaybeFuture;
+
+use crate::families::usb::UsbFamily;
+use device::LinuxUsbDevice;
+use ledger::Ledger;
+
+/// The Linux USB backend.
+pub struct LinuxUsb {
+    system: System,
+    usb: Arc<UsbFamily>,
+    ledger: Arc<Ledger>,
+    /// A node per host controller, by bus number.
+    buses: Mutex<HashMap<u8, EntryId>>,
+    /// Plugged devices by sysfs path.
+    devices: Mutex<HashMap<PathBuf, EntryId>>,
+    next_session: AtomicU64,
+}
+
+impl LinuxUsb {
+    /// Gives back what a killed daemon left detached, opens the uevent
+    /// watch, plugs every device there is, and follows hot-plug on a thread
+    /// of its own. `state` is the daemon's state directory (the ledger).
+    pub fn start(system: System, usb: Arc<UsbFamily>, state: &Path) -> Result<Arc<LinuxUsb>, String> {
+        if !Path::new(device::USBFS).is_dir() {
+            return Err(format!("{} does not exist (no USB here)", device::USBFS));
+        }
+        let ledger = Arc::new(Ledger::open(state.join("linux-usb").join("detached")));
+        reattach_left_over(&ledger);
+        // The watch first, then the list: nothing arrives unseen between.
+        let events = uevent::UeventSocket::open()
+            .map_err(|e| format!("cannot watch the kernel's uevents: {e}"))?;
+        let backend = Arc::new(LinuxUsb {
+            system,
+            usb,
+            ledger,
+            buses: Mutex::default(),
+            devices: Mutex::default(),
+            next_session: AtomicU64::new(1),
+        });
+        let devices = nusb::list_devices()
+            .wait()
+            .map_err(|e| format!("cannot list USB devices: {e}"))?;
+        for info in devices {
+            backend.plug(&info);
+        }
+        let me = Arc::downgrade(&backend);
+        std::thread::Builder::new()
+            .name("usb-uevents".into())
+            .spawn(move || loop {
+                let event = match events.next() {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::error!("usb      the uevent watch ended: {e}; hot-plug is off");
+                        return;
+                    }
+                };
+                let Some(backend) = me.upgrade() else { return };
+                if event.is_usb_device() {
+                    backend.uevent(&event);
+                }
+            })
+            .map_err(|e| format!("cannot start the uevent thread: {e}"))?;
+        Ok(backend)
+    }
+
+    fn uevent(&self, event: &uevent::Uevent) {
+        let path = Path::new("/sys").join(event.devpath.trim_start_matches('/'));
+        match event.action.as_str() {
+            "add" => {
+                let found = nusb::list_devices()
+                    .wait()
+                    .ok()
+                    .and_then(|mut all| all.find(|d| d.sysfs_path() == path));
+                match found {
+                    Some(info) => self.plug(&info),
+                    None => tracing::warn!("usb      {}: arrived, then not found", path.display()),
+                }
+            }
+            "remove" => {
+                let id = self
+                    .devices
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&path);
+                if let Some(id) = id {
+                    tracing::info!("unplug   {} [{id:#x}]", path.display());
+                    self.system.terminate(id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Publishes a device; hubs are the kernel's business and stay out.
+    fn plug(&self, info: &nusb::DeviceInfo) {
+        if info.class() == 0x09 {
+            return;
+        }
+        let path = info.sysfs_path().to_owned();
+        if self
+            .devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&path)
+        {
+            return;
+        }
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let device = match LinuxUsbDevice::open(info, session, self.ledger.clone()) {
+            Ok(d) => Arc::new(d),
+            Err(e) => {
+                tracing::warn!("usb      not plugging {}: {e}", path.display());
+                return;
+            }
+        };
+        let bus = self.bus(info.busnum());
+        match self.usb.plug(&self.system, None, device, bus) {
+            Ok(id) => {
+                self.devices
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(path, id);
+            }
+            Err(e) => tracing::warn!("usb      not plugging {}: {e}", path.display()),
+        }
+    }
+
+    /// The node of host controller `busnum`, made on first use.
+    fn bus(&self, busnum: u8) -> EntryId {
+        let mut buses = self.buses.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = buses.get(&busnum) {
+            return *id;
+        }
+        let controller = nusb::list_buses()
+            .wait()
+            .ok()
+            .and_then(|mut all| all.find(|b| b.busnum() == busnum));
+        let kind = controller
+            .as_ref()
+            .and_then(|b| b.controller_type())
+            .map(|t| format!("{t:?}").to_uppercase())
+            .unwrap_or_else(|| "USB".to_owned());
+        let mut properties = plist::Dictionary::new();
+        properties.insert("IOLinuxBusNumber".into(), i64::from(busnum).into());
+        if let Some(b) = &controller {
+            properties.insert(
+                "IOLinuxSysfsPath".into(),
+                b.sysfs_path().display().to_string().into(),
+            );
+        }
+        let id = self
+            .system
+            .publish(Nub {
+                name: &format!("{kind}@{busnum}"),
+                class: "IOUSBHostController",
+                properties,
+                provider: self.system.root(),
+                family: None,
+                plugged_from: None,
+                matched: true,
+            })
+            .unwrap_or_else(|_| self.system.root());
+        buses.insert(busnum, id);
+        id
+    }
+}
+
+/// Attaches the kernel drivers a previous daemon detached and did not give
+/// back (it was killed).
+fn reattach_left_over(ledger: &Ledger) {
+    for (interface, driver) in ledger.left_over() {
+        let back = || -> Result<(), String> {
+            if sysfs::driver(&interface).is_some_and(|d| d != "usbfs") {
+                return Ok(()); // bound again meanwhile
+            }
+            let device_dir = interface.parent().ok_or("no device")?;
+            let number = interface
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.rsplit('.').next())
+                .and_then(|n| n.parse::<u8>().ok())
+                .ok_or("not an interface directory")?;
+            let info = nusb::list_devices()
+                .wait()
+                .map_err(|e| e.to_string())?
+                .find(|d| d.sysfs_path() == device_dir)
+                .ok_or("the device is gone")?;
+            let device = info.open().wait().map_err(|e| e.to_string())?;
+            device
+                .attach_kernel_driver(number)
+                .map_err(|e| e.to_string())
+        };
+        match back() {
+            Ok(()) => tracing::info!(
+                "usb      {}: {driver} attached again (left detached by a previous daemon)",
+                interface.display()
+            ),
+            Err(e) => tracing::info!(
+                "usb      {}: not attaching {driver} again: {e}",
+                interface.display()
+            ),
+        }
+        ledger.attached(&interface);
+    }
+}
