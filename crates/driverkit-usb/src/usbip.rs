@@ -283,9 +283,25 @@ pub const MAX_PAYLOAD: usize = 16 << 20;
 impl UrbHead {
     /// Reads a header, to know how many payload bytes to read next.
     pub fn parse(b: &[u8]) -> Result<UrbHead, Error> {
+        Self::parse_as(b, None)
+    }
+
+    /// Reads the header of a reply to a submission whose direction the
+    /// reader knows (1: IN). Linux's `usbip-host` sends RET_SUBMIT with
+    /// `devid`, `direction` and `ep` all zero, as the kernel's USB/IP
+    /// document allows: only the CMD_SUBMIT with the same `seqnum` says
+    /// whether IN data follows.
+    pub fn parse_reply(b: &[u8], direction: u32) -> Result<UrbHead, Error> {
+        Self::parse_as(b, Some(direction))
+    }
+
+    fn parse_as(b: &[u8], known_direction: Option<u32>) -> Result<UrbHead, Error> {
         need(b, URB_HEADER_LEN, "URB header")?;
         let command = be32(b, 0);
-        let direction = be32(b, 12);
+        let direction = match (command, known_direction) {
+            (cmd::RET_SUBMIT, Some(d)) => d,
+            _ => be32(b, 12),
+        };
         let payload = match command {
             cmd::SUBMIT if direction == 0 => be32(b, 24) as usize,
             cmd::RET_SUBMIT if direction == 1 => {
@@ -382,7 +398,16 @@ impl Urb {
 
     /// One whole message: the header and the payload it announces.
     pub fn parse(b: &[u8]) -> Result<Urb, Error> {
-        let head = UrbHead::parse(b)?;
+        Self::parse_with(b, UrbHead::parse(b)?)
+    }
+
+    /// A reply to a submission of known direction (see
+    /// [`UrbHead::parse_reply`]).
+    pub fn parse_reply(b: &[u8], direction: u32) -> Result<Urb, Error> {
+        Self::parse_with(b, UrbHead::parse_reply(b, direction)?)
+    }
+
+    fn parse_with(b: &[u8], head: UrbHead) -> Result<Urb, Error> {
         need(b, URB_HEADER_LEN + head.payload, "URB with its data")?;
         let body = &b[URB_HEADER_LEN..URB_HEADER_LEN + head.payload];
         Ok(match head.command {
@@ -428,6 +453,31 @@ impl Urb {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_linux_ret_submit_with_zeroed_fields_is_read_by_the_submissions_direction() {
+        // usbip-host's RET_SUBMIT: devid, direction and ep zero, 4 IN bytes.
+        let mut b = Vec::new();
+        for v in [cmd::RET_SUBMIT, 7, 0, 0, 0, 0, 4, 0, 0, 0] {
+            b.extend(u32::to_be_bytes(v));
+        }
+        b.extend([0u8; 8]);
+        b.extend([1, 2, 3, 4]);
+        let head = UrbHead::parse(&b).unwrap();
+        assert_eq!(
+            head.payload, 0,
+            "read alone, the header says no data follows"
+        );
+        let head = UrbHead::parse_reply(&b, 1).unwrap();
+        assert_eq!(head.payload, 4);
+        match Urb::parse_reply(&b, 1).unwrap() {
+            Urb::RetSubmit { seqnum, data, .. } => {
+                assert_eq!(seqnum, 7);
+                assert_eq!(data, [1, 2, 3, 4]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -128,7 +128,9 @@ impl Daemon {
                 daemon.families.usb.clone(),
                 &config.root,
             ) {
-                Ok(backend) => *daemon.linux_usb.lock().unwrap_or_else(|e| e.into_inner()) = Some(backend),
+                Ok(backend) => {
+                    *daemon.linux_usb.lock().unwrap_or_else(|e| e.into_inner()) = Some(backend)
+                }
                 Err(e) => tracing::info!("usb      real devices off: {e}"),
             }
         }

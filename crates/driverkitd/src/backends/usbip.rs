@@ -161,6 +161,8 @@ type Waiter = mpsc::Sender<IOResult<Completed>>;
 
 struct Pending {
     endpoint: u8,
+    /// Bytes asked for (IN) or sent (OUT): a reply never counts more.
+    length: usize,
     waiter: Waiter,
 }
 
@@ -262,6 +264,11 @@ impl UsbIpDevice {
                     seqnum,
                     Pending {
                         endpoint,
+                        length: if endpoint & 0x80 != 0 {
+                            length
+                        } else {
+                            data.len()
+                        },
                         waiter: tx,
                     },
                 );
@@ -361,9 +368,9 @@ impl UsbIpDevice {
     }
 }
 
-/// Linux's URB status, as IOReturn.
+/// Linux's URB status, as IOReturn. Any value, `i32::MIN` included.
 fn status(errno: i32) -> IOReturn {
-    match -errno {
+    match errno.checked_neg().unwrap_or(i32::MAX) {
         0 => IOReturn::SUCCESS,
         usbip::errno::EPIPE => IOReturn::USB_PIPE_STALLED,
         usbip::errno::ECONNRESET | usbip::errno::ENOENT => IOReturn::ABORTED,
@@ -379,7 +386,18 @@ fn read_loop(mut s: TcpStream, device: std::sync::Weak<UsbIpDevice>) {
         if s.read_exact(&mut head).is_err() {
             break;
         }
-        let parsed = UrbHead::parse(&head).and_then(|h| {
+        // Whether IN data follows a RET_SUBMIT is the submission's
+        // direction, not the reply's (Linux's stub zeroes it).
+        let seqnum = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+        let submitted_in = device.upgrade().and_then(|d| {
+            d.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&seqnum)
+                .map(|p| p.endpoint & 0x80 != 0)
+        });
+        let direction = u32::from(submitted_in.unwrap_or(false));
+        let parsed = UrbHead::parse_reply(&head, direction).and_then(|h| {
             let mut whole = head.to_vec();
             whole.resize(usbip::URB_HEADER_LEN + h.payload, 0);
             s.read_exact(&mut whole[usbip::URB_HEADER_LEN..])
@@ -388,7 +406,7 @@ fn read_loop(mut s: TcpStream, device: std::sync::Weak<UsbIpDevice>) {
                     expected: format!("{} bytes of URB data", h.payload),
                     found: e.to_string(),
                 })?;
-            Urb::parse(&whole)
+            Urb::parse_reply(&whole, direction)
         });
         let Some(d) = device.upgrade() else { return };
         let urb = match parsed {
@@ -411,14 +429,19 @@ fn read_loop(mut s: TcpStream, device: std::sync::Weak<UsbIpDevice>) {
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&seqnum);
                 if let Some(p) = p {
+                    // Never more than was asked for, whatever the peer says.
                     let result = match status(st) {
+                        IOReturn::SUCCESS if p.endpoint & 0x80 != 0 => {
+                            let mut data = data;
+                            data.truncate(p.length);
+                            Ok(Completed {
+                                actual: data.len(),
+                                data,
+                            })
+                        }
                         IOReturn::SUCCESS => Ok(Completed {
-                            actual: if p.endpoint & 0x80 != 0 {
-                                data.len()
-                            } else {
-                                actual_length as usize
-                            },
-                            data,
+                            actual: (actual_length as usize).min(p.length),
+                            data: Vec::new(),
                         }),
                         e => Err(e),
                     };
@@ -533,6 +556,14 @@ pub fn attach(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_status_maps_without_overflow() {
+        assert_eq!(status(0), IOReturn::SUCCESS);
+        assert_eq!(status(-usbip::errno::EPIPE), IOReturn::USB_PIPE_STALLED);
+        assert_eq!(status(i32::MIN), IOReturn::IO_ERROR);
+        assert_eq!(status(i32::MAX), IOReturn::IO_ERROR);
+    }
+
     use super::*;
 
     #[test]

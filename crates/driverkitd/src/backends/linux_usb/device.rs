@@ -57,17 +57,18 @@ impl std::fmt::Debug for LinuxUsbDevice {
 pub const USBFS: &str = "/dev/bus/usb";
 
 /// How to let the daemon open usbfs nodes without running it as root.
-pub const ACCESS_HINT: &str = "run the daemon as root, or install contrib/udev/70-driverkit-usb.rules \
+pub const ACCESS_HINT: &str =
+    "run the daemon as root, or install contrib/udev/70-driverkit-usb.rules \
 (it gives group driverkit access to usbfs nodes) and run the daemon as a member of that group";
 
 impl LinuxUsbDevice {
     /// Opens the device `info` describes.
-    pub fn open(info: &nusb::DeviceInfo, session: u64, ledger: Arc<Ledger>) -> Result<Self, String> {
-        let node = format!(
-            "{USBFS}/{:03}/{:03}",
-            info.busnum(),
-            info.device_address()
-        );
+    pub fn open(
+        info: &nusb::DeviceInfo,
+        session: u64,
+        ledger: Arc<Ledger>,
+    ) -> Result<Self, String> {
+        let node = format!("{USBFS}/{:03}/{:03}", info.busnum(), info.device_address());
         let device = info.open().wait().map_err(|e| {
             if e.kind() == nusb::ErrorKind::PermissionDenied {
                 format!("cannot open {node}: permission denied; {ACCESS_HINT}")
@@ -180,7 +181,9 @@ impl LinuxUsbDevice {
                     .spawn(move || endpoint::run(ep, rx, g))
             }
             (TransferType::Interrupt, false) => {
-                let ep = interface.endpoint::<Interrupt, Out>(address).map_err(open)?;
+                let ep = interface
+                    .endpoint::<Interrupt, Out>(address)
+                    .map_err(open)?;
                 std::thread::Builder::new()
                     .name(name)
                     .spawn(move || endpoint::run(ep, rx, g))
@@ -269,9 +272,12 @@ impl UsbTransport for LinuxUsbDevice {
         if let Some(bytes) = self.kernel_report_descriptor(&setup) {
             return Ok(bytes);
         }
-        if setup.request_type == 0 && setup.request == driverkit_usb::repr::request::SET_CONFIGURATION
+        if setup.request_type == 0
+            && setup.request == driverkit_usb::repr::request::SET_CONFIGURATION
         {
-            return self.set_configuration(setup.value as u8).map(|()| Vec::new());
+            return self
+                .set_configuration(setup.value as u8)
+                .map(|()| Vec::new());
         }
         // usbfs has no "forever": a long one stands for it.
         let timeout = timeout.unwrap_or(Duration::from_secs(3600));
@@ -373,13 +379,10 @@ impl UsbTransport for LinuxUsbDevice {
         if self.current_configuration() == value {
             return Ok(());
         }
-        self.device
-            .set_configuration(value)
-            .wait()
-            .map_err(|e| {
-                tracing::warn!("usb      {}: configuration {value}: {e}", self.node);
-                IOReturn::EXCLUSIVE_ACCESS
-            })
+        self.device.set_configuration(value).wait().map_err(|e| {
+            tracing::warn!("usb      {}: configuration {value}: {e}", self.node);
+            IOReturn::EXCLUSIVE_ACCESS
+        })
     }
 
     fn claim(&self, number: u8, may_detach: bool) -> IOResult<()> {

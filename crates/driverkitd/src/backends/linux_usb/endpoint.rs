@@ -115,7 +115,8 @@ pub fn run<T: BulkOrInterrupt, D: EndpointDirection>(
             .filter_map(|t| t.request.deadline)
             .min()
             .map_or(Duration::from_millis(20), |d| {
-                d.saturating_duration_since(now).min(Duration::from_millis(20))
+                d.saturating_duration_since(now)
+                    .min(Duration::from_millis(20))
             });
         match endpoint.wait_next_complete(wait) {
             Some(completion) => {

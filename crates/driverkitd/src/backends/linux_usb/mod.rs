@@ -48,7 +48,11 @@ impl LinuxUsb {
     /// Gives back what a killed daemon left detached, opens the uevent
     /// watch, plugs every device there is, and follows hot-plug on a thread
     /// of its own. `state` is the daemon's state directory (the ledger).
-    pub fn start(system: System, usb: Arc<UsbFamily>, state: &Path) -> Result<Arc<LinuxUsb>, String> {
+    pub fn start(
+        system: System,
+        usb: Arc<UsbFamily>,
+        state: &Path,
+    ) -> Result<Arc<LinuxUsb>, String> {
         if !Path::new(device::USBFS).is_dir() {
             return Err(format!("{} does not exist (no USB here)", device::USBFS));
         }

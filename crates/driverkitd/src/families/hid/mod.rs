@@ -498,12 +498,7 @@ fn hid_report_length(configurations: &[Vec<u8>], number: u8) -> Option<u16> {
 
 /// Stops the poller, if one runs, and gives the USB interface back.
 fn stop_reading(hid: &HidInterface) {
-    let Some(stop) = hid
-        .reading
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-    else {
+    let Some(stop) = hid.reading.lock().unwrap_or_else(|e| e.into_inner()).take() else {
         return;
     };
     stop.store(true, Ordering::Release);
@@ -657,10 +652,8 @@ impl IOHIDInterfaceInterface for HidCall<'_> {
         // The dext's personality matched: the USB interface is taken from
         // the host's driver (unless the personality keeps it) for as long
         // as the interface is open.
-        self.family.start_reading(
-            &hid,
-            super::usb::may_detach(self.call.system, Some(client)),
-        )?;
+        self.family
+            .start_reading(&hid, super::usb::may_detach(self.call.system, Some(client)))?;
         let replaced = {
             let mut sink = hid.sink.lock().unwrap_or_else(|e| e.into_inner());
             let replaced = match &*sink {
