@@ -165,3 +165,153 @@ fn attaching_an_unknown_bus_id_names_it() {
         "{err}"
     );
 }
+
+/// A free port below the ephemeral range (see `server`).
+fn free_port() -> u16 {
+    static PICKING: Mutex<()> = Mutex::new(());
+    let _picking = PICKING.lock().unwrap_or_else(|e| e.into_inner());
+    let first = 24_000 + (std::process::id() % 8_000) as u16;
+    (first..first + 4_000)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port below the ephemeral range")
+}
+
+#[test]
+fn a_daemon_exports_its_virtual_keyboard_and_another_daemon_types_through_it() {
+    // The exporter drives nothing itself; the importer has the drivers.
+    let exporter = Daemon::start(&[
+        "--no-default-devices",
+        "--no-embedded",
+        "--device",
+        "keyboard",
+    ]);
+    let importer = Daemon::start(&["--no-default-devices"]);
+    let keyboard = exporter.wait_node("the virtual keyboard", |n| n["name"] == "VirtualKeyboard");
+    let keyboard_id = id_of(&keyboard);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let out = exporter.cli(&["device", "export", &keyboard_id, "--listen", &listen]);
+    assert!(
+        out.contains(&format!("exported as usbip://{listen}/1-1")),
+        "{out}"
+    );
+    // The export lists like any USB/IP server's.
+    let listed = importer.cli(&["device", "list", "--json", "--usbip", &listen]);
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed[0]["busid"], "1-1");
+    assert_eq!(listed[0]["id_vendor"], 0x1209);
+    assert_eq!(listed[0]["interfaces"][0][0], 3);
+
+    let id = importer.cli(&["device", "attach", &format!("usbip://{listen}/1-1")]);
+    let id = u64::from_str_radix(id.trim().trim_start_matches("0x"), 16).unwrap();
+    let driver = importer.wait_node("HIDKeyboardDriver on the imported keyboard", |n| {
+        n["name"] == "HIDKeyboardDriver" && n["state"]["active"] == true
+    });
+    // Lent out: the exporter's own HID services on it are gone.
+    exporter.wait_until("the exporter's services off the keyboard", || {
+        exporter
+            .nodes()
+            .iter()
+            .all(|n| n["name"] != "IOHIDEventDriver" && n["name"] != "IOUSBHostInterface@0")
+    });
+    // A device a dext drives is not exported.
+    let refused = importer.run_cli(&[
+        "device",
+        "export",
+        &format!("{id:#x}"),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("HIDKeyboardDriver") && err.contains("stop its driver"),
+        "{err}"
+    );
+
+    let text = "over usbip";
+    let mut events = Command::new(EXE)
+        .arg("--root")
+        .arg(importer.state())
+        .args(["events", "--json", "--count", &(text.len() * 2).to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(events.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening"));
+    exporter.cli(&["device", "type", &keyboard_id, text]);
+    let out = events.wait_with_output().unwrap();
+    let typed: String = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["value"] == 1)
+        .inspect(|e| assert_eq!(e["service"], id_of(&driver)))
+        .map(|e| {
+            driverkitd::families::hid::usage_char(e["usage"].as_u64().unwrap() as u32, false)
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(typed, text);
+
+    // The importer lets go: the exporter has its keyboard back.
+    importer.cli(&["device", "unplug", &format!("{id:#x}")]);
+    exporter.wait_until("the keyboard back with the system's HID services", || {
+        exporter
+            .nodes()
+            .iter()
+            .any(|n| n["name"] == "IOHIDEventDriver")
+    });
+    assert!(
+        exporter.log().contains("usbip    1-1"),
+        "{}",
+        exporter.log()
+    );
+}
+
+#[test]
+fn a_peer_sending_garbage_gets_a_clear_error_and_the_server_goes_on() {
+    use std::io::Write;
+    let exporter = Daemon::start(&[
+        "--no-default-devices",
+        "--no-embedded",
+        "--device",
+        "keyboard",
+    ]);
+    let listen = format!("127.0.0.1:{}", free_port());
+    exporter.cli(&["device", "export", "all", "--listen", &listen]);
+    for junk in [
+        &b"\x01\x11\x80\x03\0\0\0\0short"[..],
+        &[0xffu8; 64][..],
+        &b""[..],
+    ] {
+        let mut s = std::net::TcpStream::connect(&listen).unwrap();
+        s.write_all(junk).unwrap();
+        drop(s);
+    }
+    // An import followed by a URB with a lying length, then a hang-up.
+    let mut s = std::net::TcpStream::connect(&listen).unwrap();
+    s.write_all(&driverkit_usb::usbip::emit_import("1-1"))
+        .unwrap();
+    let mut reply = vec![0u8; 8 + 312];
+    std::io::Read::read_exact(&mut s, &mut reply).unwrap();
+    assert_eq!(&reply[4..8], &[0, 0, 0, 0], "the import succeeds");
+    let mut urb = vec![0u8; 48];
+    urb[3] = 1; // CMD_SUBMIT
+    urb[24..28].copy_from_slice(&u32::MAX.to_be_bytes()); // OUT length: 4 GiB
+    s.write_all(&urb).unwrap();
+    drop(s);
+    exporter.wait_until("the bad URB named in the log", || {
+        exporter.log().contains("bad message from the peer")
+    });
+    // The server still serves, and the keyboard came back.
+    let listed = exporter.cli(&["device", "list", "--json", "--usbip", &listen]);
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed[0]["busid"], "1-1");
+    exporter.wait_until("the keyboard back", || {
+        exporter.log().contains("usbip    1-1") && exporter.log().contains("back")
+    });
+}

@@ -103,6 +103,17 @@ impl System {
         Ok(id)
     }
 
+    /// Takes a nub out of matching (`false`: no driver is offered it, as
+    /// while it is lent to another host) or puts it back (`true`; then
+    /// [`System::match_nub`]).
+    pub fn set_registered(&self, id: EntryId, registered: bool) {
+        if let Some(d) = self.upgrade() {
+            if let Some(e) = d.lock().registry.get_mut(id) {
+                e.state.registered = registered;
+            }
+        }
+    }
+
     /// Runs matching on a published nub.
     pub fn match_nub(&self, id: EntryId) {
         if let Some(d) = self.upgrade() {
@@ -150,6 +161,25 @@ impl System {
     pub fn is_unclaimed(&self, id: EntryId) -> bool {
         self.with_entry(id, |e| e.clients.is_empty() && !e.state.terminating)
             .unwrap_or(false)
+    }
+
+    /// The entry's clients.
+    pub fn clients(&self, id: EntryId) -> Vec<EntryId> {
+        self.with_entry(id, |e| e.clients.clone())
+            .unwrap_or_default()
+    }
+
+    /// A service a dext hosts at `id` or anywhere above it, with its name:
+    /// whether a driver holds the device.
+    pub fn driver_above(&self, id: EntryId) -> Option<(EntryId, String)> {
+        let d = self.upgrade()?;
+        let st = d.lock();
+        st.registry
+            .subtree_bottom_up(id)
+            .into_iter()
+            .filter_map(|e| st.registry.get(e))
+            .find(|e| e.hosting.is_some())
+            .map(|e| (e.id, e.name.clone()))
     }
 
     /// The service of process `server` that is a client of `id`: who in

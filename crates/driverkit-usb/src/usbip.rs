@@ -195,6 +195,24 @@ pub fn emit_import(busid: &str) -> Vec<u8> {
     out
 }
 
+/// The bus ID an OP_REQ_IMPORT asks for (the 32 bytes after its header).
+pub fn parse_import(b: &[u8]) -> Result<String, Error> {
+    need(b, 32, "bus ID")?;
+    Ok(text(&b[..32]))
+}
+
+/// The body of OP_REP_DEVLIST after its header (see [`parse_devlist`]).
+pub fn emit_devlist(devices: &[(DeviceInfo, Vec<(u8, u8, u8)>)]) -> Vec<u8> {
+    let mut out = (devices.len() as u32).to_be_bytes().to_vec();
+    for (d, interfaces) in devices {
+        out.extend(d.emit());
+        for (class, subclass, protocol) in interfaces.iter().take(usize::from(d.num_interfaces)) {
+            out.extend([*class, *subclass, *protocol, 0]);
+        }
+    }
+    out
+}
+
 /// The body of OP_REP_DEVLIST after its header: the device count, then
 /// each device with one 4-byte record per interface. Returns the devices
 /// and their interfaces' (class, subclass, protocol).
@@ -368,7 +386,7 @@ impl Urb {
                 for v in [cmd::RET_SUBMIT, *seqnum, 0, u32::from(!data.is_empty()), 0] {
                     put(v);
                 }
-                for v in [*status as u32, *actual_length, 0, u32::MAX, 0] {
+                for v in [*status as u32, *actual_length, 0, 0, 0] {
                     put(v);
                 }
                 out.extend([0u8; 8]);
@@ -453,6 +471,31 @@ impl Urb {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_device_list_round_trips_and_an_import_names_its_bus_id() {
+        let d = DeviceInfo {
+            path: "/sys/devices/driverkit/1-1".into(),
+            busid: "1-1".into(),
+            busnum: 1,
+            devnum: 2,
+            speed: 2,
+            id_vendor: 0x1209,
+            id_product: 1,
+            bcd_device: 0x100,
+            device_class: 0,
+            device_subclass: 0,
+            device_protocol: 0,
+            configuration_value: 1,
+            num_configurations: 1,
+            num_interfaces: 1,
+        };
+        let list = vec![(d, vec![(3, 1, 1)])];
+        assert_eq!(parse_devlist(&emit_devlist(&list)).unwrap(), list);
+        let import = emit_import("1-1");
+        assert_eq!(parse_import(&import[OP_HEADER_LEN..]).unwrap(), "1-1");
+        assert!(parse_import(&[0; 5]).is_err());
+    }
+
     #[test]
     fn a_linux_ret_submit_with_zeroed_fields_is_read_by_the_submissions_direction() {
         // usbip-host's RET_SUBMIT: devid, direction and ep zero, 4 IN bytes.

@@ -34,6 +34,13 @@ pub enum DeviceRequest {
     Plug { device: DeviceArg },
     /// Import a device from a USB/IP server; answers its entry ID.
     Attach { url: String },
+    /// Export USB devices over USB/IP (every one when `ids` is empty);
+    /// answers the address and each device's bus ID.
+    Export {
+        ids: Vec<u64>,
+        #[serde(default = "default_listen")]
+        listen: String,
+    },
     /// Make a virtual keyboard type `text`.
     Type { id: u64, text: String },
     /// Queue one input report (hex) on a virtual USB HID device.
@@ -41,6 +48,10 @@ pub enum DeviceRequest {
     /// The last output report (SET_REPORT) a virtual USB device got, as
     /// hex, or null.
     Output { id: u64 },
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:3240".into()
 }
 
 /// Requests of the HID family.
@@ -77,7 +88,7 @@ impl From<DeviceRequest> for Request {
 /// control socket.
 pub fn extensions(daemon: &Daemon) -> Extensions {
     let mut x = Extensions::default();
-    for op in ["plug", "attach", "type", "report", "output"] {
+    for op in ["plug", "attach", "export", "type", "report", "output"] {
         let d = daemon.clone();
         x.request(op, move |request| device_request(&d, decode(request)?));
     }
@@ -102,6 +113,16 @@ fn device_request(daemon: &Daemon, request: DeviceRequest) -> Result<serde_json:
             daemon.plug(spec).map(|id| json!({ "id": id }))
         }
         DeviceRequest::Attach { url } => daemon.attach_usbip(&url).map(|id| json!({ "id": id })),
+        DeviceRequest::Export { ids, listen } => {
+            let (address, exported) = daemon.export_usbip(&ids, &listen)?;
+            Ok(json!({
+                "address": address.to_string(),
+                "devices": exported
+                    .into_iter()
+                    .map(|(id, busid)| json!({ "id": id, "busid": busid }))
+                    .collect::<Vec<_>>(),
+            }))
+        }
         DeviceRequest::Type { id, text } => daemon
             .type_text(id, &text)
             .map(|reports| json!({ "reports": reports })),

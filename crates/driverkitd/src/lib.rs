@@ -87,6 +87,8 @@ pub struct Daemon {
     virtual_devices: Arc<VirtualDevices>,
     /// The real USB devices, where usbfs exists and it was asked for.
     linux_usb: Arc<std::sync::Mutex<Option<Arc<backends::linux_usb::LinuxUsb>>>>,
+    /// USB/IP servers, by the address asked for.
+    usbip_servers: Arc<std::sync::Mutex<Vec<(String, backends::usbip_server::UsbIpServer)>>>,
 }
 
 impl std::ops::Deref for Daemon {
@@ -113,6 +115,7 @@ impl Daemon {
             families,
             virtual_devices,
             linux_usb: Default::default(),
+            usbip_servers: Default::default(),
         };
         for spec in config.devices {
             if let Err(e) = daemon.plug(spec) {
@@ -157,6 +160,47 @@ impl Daemon {
             self.virtual_devices.bus(),
             url,
         )
+    }
+
+    /// Exports USB devices `ids` (all of them when empty) over USB/IP at
+    /// `listen`; answers the address and each device's bus ID.
+    pub fn export_usbip(
+        &self,
+        ids: &[EntryId],
+        listen: &str,
+    ) -> Result<(std::net::SocketAddr, Vec<(EntryId, String)>), String> {
+        let all = self.families.usb.device_ids();
+        let ids: Vec<EntryId> = if ids.is_empty() { all } else { ids.to_vec() };
+        let mut exported = Vec::new();
+        for id in &ids {
+            let device = self.families.usb.device(*id).ok_or_else(|| {
+                format!("{id:#x} is not a USB device (see `driverkit device list`)")
+            })?;
+            if let Some((service, name)) = self.core.system().driver_above(*id) {
+                return Err(format!(
+                    "{id:#x} is driven by {name} [{service:#x}]; stop its driver first (or run the daemon with --no-embedded)"
+                ));
+            }
+            exported.push((
+                *id,
+                backends::usbip_server::bus_id(device.transport.location_id()),
+            ));
+        }
+        let mut servers = self.usbip_servers.lock().unwrap_or_else(|e| e.into_inner());
+        if !servers.iter().any(|(l, _)| l == listen) {
+            let server = backends::usbip_server::UsbIpServer::start(
+                self.core.system(),
+                self.families.usb.clone(),
+                listen,
+            )?;
+            servers.push((listen.to_owned(), server));
+        }
+        let (_, server) = servers
+            .iter()
+            .find(|(l, _)| l == listen)
+            .ok_or("the USB/IP server did not start")?;
+        server.export(&ids);
+        Ok((server.address, exported))
     }
 
     /// Makes virtual keyboard `id` type `text`.

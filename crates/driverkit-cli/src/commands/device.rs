@@ -1,4 +1,4 @@
-//! `driverkit device plug|unplug|type|report|output|attach|list`.
+//! `driverkit device plug|unplug|type|report|output|attach|export|list`.
 
 use std::path::Path;
 
@@ -23,6 +23,16 @@ pub enum DeviceCommand {
     Attach {
         #[arg(value_name = "URL")]
         url: String,
+    },
+    /// Export USB devices over USB/IP (ID, several IDs, or `all`), so that
+    /// `usbip attach` on another machine (or `device attach` of another
+    /// daemon) imports them. A device a dext drives is refused.
+    Export {
+        #[arg(value_name = "ID|all", required = true)]
+        ids: Vec<String>,
+        /// Where to listen, HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:3240")]
+        listen: String,
     },
     /// Make a virtual keyboard type TEXT (a press and a release per character).
     Type {
@@ -132,6 +142,24 @@ pub fn device(root: &Path, cmd: DeviceCommand) -> Result<(), String> {
             let answer = client.request(&Request::Attach { url })?;
             let id = answer["id"].as_u64().ok_or("answer without id")?;
             println!("{id:#x}");
+        }
+        DeviceCommand::Export { ids, listen } => {
+            let ids = if ids.iter().any(|i| i == "all") {
+                Vec::new()
+            } else {
+                ids.iter()
+                    .map(|i| super::parse_id(i))
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            let answer = client.request(&Request::Export { ids, listen })?;
+            let address = answer["address"].as_str().unwrap_or("?");
+            for d in answer["devices"].as_array().into_iter().flatten() {
+                println!(
+                    "{:#x} exported as usbip://{address}/{}",
+                    d["id"].as_u64().unwrap_or(0),
+                    d["busid"].as_str().unwrap_or("?")
+                );
+            }
         }
         DeviceCommand::List { json, .. } => {
             let answer = client.request(&CoreRequest::Devices)?;

@@ -6,7 +6,8 @@
 //! - [`virtual_device`]: device files (TOML) and the built-ins, on the
 //!   `VirtualBus`; [`virtual_usb`] the USB devices among them, and
 //!   [`interrupts`] the interrupt lines of the plain ones;
-//! - [`usbip`]: devices imported from a USB/IP server;
+//! - [`usbip`]: devices imported from a USB/IP server; [`usbip_server`]
+//!   the reverse, devices the daemon holds exported to USB/IP peers;
 //! - [`linux_usb`]: the real USB devices of the machine, through usbfs;
 //! - [`uinput`]: the way out, HID events to Linux applications.
 
@@ -14,5 +15,6 @@ pub mod interrupts;
 pub mod linux_usb;
 pub mod uinput;
 pub mod usbip;
+pub mod usbip_server;
 pub mod virtual_device;
 pub mod virtual_usb;

@@ -101,6 +101,9 @@ impl Pipe {
 
 #[derive(Default)]
 struct UsbState {
+    /// Devices lent out whole (exported over USB/IP): no nub, driver or
+    /// pipe of ours touches them meanwhile.
+    lent: std::collections::HashSet<EntryId>,
     devices: HashMap<EntryId, Arc<UsbDevice>>,
     interfaces: HashMap<EntryId, Arc<UsbInterface>>,
     pipes: HashMap<u64, Arc<Pipe>>,
@@ -157,6 +160,13 @@ impl UsbFamily {
         self.lock().interfaces.get(&entry).cloned()
     }
 
+    /// Every USB device the family holds.
+    pub fn device_ids(&self) -> Vec<EntryId> {
+        let mut ids: Vec<EntryId> = self.lock().devices.keys().copied().collect();
+        ids.sort();
+        ids
+    }
+
     /// The device behind an `IOUSBHostDevice` nub.
     pub fn device(&self, entry: EntryId) -> Option<Arc<UsbDevice>> {
         self.lock().devices.get(&entry).cloned()
@@ -209,7 +219,45 @@ impl UsbFamily {
 
     /// After matching left a USB device without a driver: a device that
     /// is not vendor-class gets its first configuration and interface nubs.
+    /// Lends device `entry` out whole (to a USB/IP peer): the system's own
+    /// services on it stop and its interface nubs go; refused while a
+    /// dext drives it.
+    pub fn lend(&self, system: &System, entry: EntryId) -> Result<Arc<UsbDevice>, String> {
+        let device = self.device(entry).ok_or_else(|| {
+            format!("{entry:#x} is not a USB device (see `driverkit device list`)")
+        })?;
+        if let Some((service, name)) = system.driver_above(entry) {
+            return Err(format!(
+                "{entry:#x} is driven by {name} [{service:#x}]; stop its driver first (or run the daemon with --no-embedded)"
+            ));
+        }
+        if !self.lock().lent.insert(entry) {
+            return Err(format!("{entry:#x} is lent out already"));
+        }
+        system.set_registered(entry, false);
+        for client in system.clients(entry) {
+            system.terminate(client);
+        }
+        Ok(device)
+    }
+
+    /// Takes a lent device back: it is matched again.
+    pub fn give_back(&self, system: &System, entry: EntryId) {
+        if self.lock().lent.remove(&entry) {
+            // What the borrower configured is not ours: start afresh.
+            if let Some(d) = self.device(entry) {
+                *d.configuration.lock().unwrap_or_else(|e| e.into_inner()) =
+                    d.transport.active_configuration().unwrap_or(0);
+            }
+            system.set_registered(entry, true);
+            system.match_nub(entry);
+        }
+    }
+
     fn unclaimed_device(&self, system: &System, entry: EntryId) {
+        if self.lock().lent.contains(&entry) {
+            return;
+        }
         let device = self.device(entry);
         let Some(device) = device else { return };
         let vendor_class = DeviceDescriptor::new_checked(&device.enumerated.device, 0)
@@ -443,6 +491,7 @@ impl Family for UsbFamily {
     fn removed(&self, _system: &System, id: EntryId) {
         let (device, pipes) = {
             let mut st = self.lock();
+            st.lent.remove(&id);
             st.interfaces.remove(&id);
             // An interface's pipes go with it, a driver's with the driver.
             let gone: Vec<u64> = st
