@@ -201,8 +201,11 @@ pub fn parse_import(b: &[u8]) -> Result<String, Error> {
     Ok(text(&b[..32]))
 }
 
+/// An exported device and its interfaces' (class, subclass, protocol).
+pub type Exported = (DeviceInfo, Vec<(u8, u8, u8)>);
+
 /// The body of OP_REP_DEVLIST after its header (see [`parse_devlist`]).
-pub fn emit_devlist(devices: &[(DeviceInfo, Vec<(u8, u8, u8)>)]) -> Vec<u8> {
+pub fn emit_devlist(devices: &[Exported]) -> Vec<u8> {
     let mut out = (devices.len() as u32).to_be_bytes().to_vec();
     for (d, interfaces) in devices {
         out.extend(d.emit());
@@ -216,8 +219,7 @@ pub fn emit_devlist(devices: &[(DeviceInfo, Vec<(u8, u8, u8)>)]) -> Vec<u8> {
 /// The body of OP_REP_DEVLIST after its header: the device count, then
 /// each device with one 4-byte record per interface. Returns the devices
 /// and their interfaces' (class, subclass, protocol).
-#[allow(clippy::type_complexity)]
-pub fn parse_devlist(b: &[u8]) -> Result<Vec<(DeviceInfo, Vec<(u8, u8, u8)>)>, Error> {
+pub fn parse_devlist(b: &[u8]) -> Result<Vec<Exported>, Error> {
     need(b, 4, "device count")?;
     let count = be32(b, 0) as usize;
     let mut out = Vec::new();
