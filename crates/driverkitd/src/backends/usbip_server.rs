@@ -92,7 +92,7 @@ pub fn bus_id(location: u32) -> String {
 }
 
 /// How the server describes a device.
-fn describe(entry: EntryId, device: &UsbDevice) -> Option<(DeviceInfo, Vec<(u8, u8, u8)>)> {
+fn describe(entry: EntryId, device: &UsbDevice) -> Option<usbip::Exported> {
     let d = DeviceDescriptor::new_checked(&device.enumerated.device, 0).ok()?;
     let location = device.transport.location_id();
     let config = device.enumerated.configurations.first()?;
@@ -150,7 +150,7 @@ fn serve(
         .map_err(|e| e.to_string())?;
     let head = OpHeader::parse(&read(&mut s, usbip::OP_HEADER_LEN, "an operation")?)
         .map_err(|e| format!("bad operation: {e}"))?;
-    let devices: Vec<(EntryId, DeviceInfo, Vec<(u8, u8, u8)>)> = {
+    let devices: Vec<(EntryId, usbip::Exported)> = {
         let ids: Vec<EntryId> = exported
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -160,8 +160,7 @@ fn serve(
         ids.into_iter()
             .filter_map(|id| {
                 let d = usb.device(id)?;
-                let (info, interfaces) = describe(id, &d)?;
-                Some((id, info, interfaces))
+                Some((id, describe(id, &d)?))
             })
             .collect()
     };
@@ -175,7 +174,7 @@ fn serve(
     };
     match head.code {
         op::REQ_DEVLIST => {
-            let list: Vec<_> = devices.into_iter().map(|(_, d, i)| (d, i)).collect();
+            let list: Vec<_> = devices.into_iter().map(|(_, d)| d).collect();
             let mut out = reply(op::REP_DEVLIST, 0).to_vec();
             out.extend(usbip::emit_devlist(&list));
             s.write_all(&out).map_err(|e| e.to_string())
@@ -183,7 +182,7 @@ fn serve(
         op::REQ_IMPORT => {
             let busid = usbip::parse_import(&read(&mut s, 32, "the bus ID")?)
                 .map_err(|e| format!("bad import: {e}"))?;
-            let Some((entry, info, _)) = devices.into_iter().find(|(_, d, _)| d.busid == busid)
+            let Some((entry, (info, _))) = devices.into_iter().find(|(_, (d, _))| d.busid == busid)
             else {
                 tracing::warn!("usbip    import of {busid:?}: no such exported device");
                 return s
