@@ -158,6 +158,12 @@ pub trait IOUSBHostInterfaceInterface {
     /// caller may do I/O on.
     #[kernel]
     fn copy_pipe(&self, address: u8) -> IOResult<ObjectId>;
+    /// `IOUSBHostInterface::DeviceRequest`: a control request on the
+    /// device's endpoint 0 from a driver of one of its interfaces (vendor
+    /// and class requests). `setup` and the data stage as for
+    /// `IOUSBHostDevice`'s.
+    #[kernel]
+    fn device_request(&self, setup: u64, data: Bytes, timeout_ms: u32) -> IOResult<Bytes>;
 }
 
 /// `IOUSBHostPipe`: an endpoint of an interface the caller opened.

@@ -185,6 +185,22 @@ impl IOUSBHostInterface {
         Ok(IOUSBHostPipe { id, address })
     }
 
+    /// `DeviceRequest`: a control request on the device's endpoint 0, as
+    /// [`IOUSBHostDevice::device_request`] (the family keeps
+    /// SET_CONFIGURATION to itself).
+    pub fn device_request(&self, setup: Setup, data: &[u8], timeout_ms: u32) -> IOResult<Vec<u8>> {
+        if !setup.is_in() && data.len() != usize::from(setup.length) {
+            return Err(IOReturn::BAD_ARGUMENT);
+        }
+        iousb_host_interface_interface::Proxy {
+            caller: &SystemCaller,
+            object: self.service.target_id(),
+            flags: 0,
+        }
+        .device_request(setup_word(&setup), Bytes(data.to_vec()), timeout_ms)
+        .map(|b| b.0)
+    }
+
     /// `GetInterfaceDescriptor`: this interface (alternate setting 0) in
     /// the device's current configuration, with its class-specific
     /// descriptors and endpoints.

@@ -17,6 +17,13 @@
 //! - `MouseEventService` is an `IOUserHIDEventService` on the built-in
 //!   `mouse` that keeps the SDK's own `handle_report`, which dispatches
 //!   what each report changed as the system's event service would.
+//! - `FtdiTestDevice` and `FtdiTestInterface` drive a real FTDI FT232
+//!   (QEMU's `usb-serial`, 0403:6001) through the Linux USB backend: the
+//!   device's descriptors and strings, its configuration, FTDI's vendor
+//!   requests (reset, 115200 baud), a line written through bulk OUT
+//!   (`TestFtdiSent`), and bulk IN read continuously with asynchronous
+//!   transfers, each packet's two modem-status bytes stripped
+//!   (`TestFtdiReceived`).
 
 use std::sync::Mutex;
 
@@ -32,7 +39,10 @@ pub const ENTITLEMENTS: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <dict>
 	<key>com.apple.developer.driverkit</key><true/>
 	<key>com.apple.developer.driverkit.transport.usb</key>
-	<array><dict><key>idVendor</key><integer>4617</integer></dict></array>
+	<array>
+		<dict><key>idVendor</key><integer>4617</integer></dict>
+		<dict><key>idVendor</key><integer>1027</integer></dict>
+	</array>
 	<key>com.apple.developer.driverkit.transport.hid</key><true/>
 	<key>com.apple.developer.driverkit.family.hid.device</key><true/>
 	<key>com.apple.developer.driverkit.family.hid.eventservice</key><true/>
@@ -74,6 +84,30 @@ pub const INFO_PLIST: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 			<key>bConfigurationValue</key><integer>1</integer>
 			<key>bInterfaceNumber</key><integer>0</integer>
 		</dict>
+		<key>FtdiTestDevice</key>
+		<dict>
+			<key>CFBundleIdentifier</key><string>org.driverkit.UsbTestDriver</string>
+			<key>IOClass</key><string>IOUserService</string>
+			<key>IOUserClass</key><string>FtdiTestDevice</string>
+			<key>IOUserServerName</key><string>org.driverkit.UsbTestDriver</string>
+			<key>IOUserServerOneProcess</key><true/>
+			<key>IOProviderClass</key><string>IOUSBHostDevice</string>
+			<key>idVendor</key><integer>1027</integer>
+			<key>idProduct</key><integer>24577</integer>
+		</dict>
+		<key>FtdiTestInterface</key>
+		<dict>
+			<key>CFBundleIdentifier</key><string>org.driverkit.UsbTestDriver</string>
+			<key>IOClass</key><string>IOUserService</string>
+			<key>IOUserClass</key><string>FtdiTestInterface</string>
+			<key>IOUserServerName</key><string>org.driverkit.UsbTestDriver</string>
+			<key>IOUserServerOneProcess</key><true/>
+			<key>IOProviderClass</key><string>IOUSBHostInterface</string>
+			<key>idVendor</key><integer>1027</integer>
+			<key>idProduct</key><integer>24577</integer>
+			<key>bConfigurationValue</key><integer>1</integer>
+			<key>bInterfaceNumber</key><integer>0</integer>
+		</dict>
 		<key>VirtualHIDKeyboard</key>
 		<dict>
 			<key>CFBundleIdentifier</key><string>org.driverkit.UsbTestDriver</string>
@@ -107,7 +141,125 @@ pub fn classes() -> Vec<ClassEntry> {
         driverkit::runtime::class::<UsbTestInterface>(),
         driverkit::runtime::class::<VirtualHIDKeyboard>(),
         driverkit::runtime::class::<MouseEventService>(),
+        driverkit::runtime::class::<FtdiTestDevice>(),
+        driverkit::runtime::class::<FtdiTestInterface>(),
     ]
+}
+
+/// The FTDI device: strings, then configuration 1 with interface nubs.
+#[driverkit::service(superclass = IOService, ivars = ())]
+pub struct FtdiTestDevice;
+
+impl IOServiceImpl for FtdiTestDevice {
+    fn init(&self) -> IOResult<()> {
+        Ok(())
+    }
+
+    fn start(&self, provider: &IOService) -> IOResult<()> {
+        self.super_start(provider)?;
+        let device = IOUSBHostDevice::from_provider(provider);
+        let d = device.copy_descriptors()?;
+        let view = d.device()?;
+        let product = device.copy_string_descriptor(view.product_index())?;
+        self.set_property("TestFtdiProduct", product)?;
+        self.set_property(
+            "TestFtdiInterfaces",
+            d.configuration()?.interfaces.len() as i64,
+        )?;
+        device.set_configuration(1, true)?;
+        self.register_service()
+    }
+}
+
+#[derive(Default)]
+pub struct FtdiTestInterfaceIvars {
+    reading: Mutex<Option<(IOUSBHostPipe, IOBufferMemoryDescriptor)>>,
+    received: Mutex<Vec<u8>>,
+}
+
+/// FTDI's interface: vendor requests, a line out, and reading in forever.
+#[driverkit::service(superclass = IOService, ivars = FtdiTestInterfaceIvars)]
+pub struct FtdiTestInterface;
+
+/// FTDI's vendor requests (host to device, vendor, device).
+const FTDI_RESET: u8 = 0;
+const FTDI_SET_BAUD_RATE: u8 = 3;
+
+impl IOServiceImpl for FtdiTestInterface {
+    fn init(&self) -> IOResult<FtdiTestInterfaceIvars> {
+        Ok(FtdiTestInterfaceIvars::default())
+    }
+
+    fn start(&self, provider: &IOService) -> IOResult<()> {
+        self.super_start(provider)?;
+        let interface = IOUSBHostInterface::from_provider(provider);
+        let out_pipe = interface.copy_pipe(0x02)?;
+        let in_pipe = interface.copy_pipe(0x81)?;
+        let vendor = |request: u8, value: u16| Setup {
+            request_type: 0x40,
+            request,
+            value,
+            index: 0,
+            length: 0,
+        };
+        interface.device_request(vendor(FTDI_RESET, 0), &[], 1000)?;
+        // 115200 baud: the FT232's 3 MHz clock divided by 26.
+        interface.device_request(vendor(FTDI_SET_BAUD_RATE, 26), &[], 1000)?;
+        let line = b"hello from a dext\n";
+        let buffer = IOBufferMemoryDescriptor::create(64)?;
+        buffer.create_mapping()?.write(0, line)?;
+        let sent = out_pipe.io(&buffer, line.len(), 2000)?;
+        self.set_property("TestFtdiSent", sent as i64)?;
+        let back = IOBufferMemoryDescriptor::create(64)?;
+        let done = self.create_action_ftdi_read(0)?;
+        in_pipe.async_io(&back, 64, &done, 0)?;
+        *self
+            .ivars()
+            .reading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((in_pipe, back));
+        self.register_service()
+    }
+}
+
+#[driverkit::actions]
+impl FtdiTestInterface {
+    /// One bulk-IN packet: two modem-status bytes, then data. Read again.
+    #[action(IOService::CompleteAsync)]
+    fn ftdi_read(&self, action: &OSAction, status: IOReturn, actual: u64) {
+        if status != IOReturn::SUCCESS {
+            let _ = self.set_property("TestFtdiReadStatus", status.name().unwrap_or("?"));
+            return;
+        }
+        let reading = self
+            .ivars()
+            .reading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some((pipe, buffer)) = &*reading else {
+            return;
+        };
+        let mut packet = vec![0; actual as usize];
+        if let Ok(map) = buffer.create_mapping() {
+            let _ = map.read(0, &mut packet);
+        }
+        if packet.len() > 2 {
+            let text = {
+                let mut received = self
+                    .ivars()
+                    .received
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                received.extend_from_slice(&packet[2..]);
+                String::from_utf8_lossy(&received).into_owned()
+            };
+            let _ = self.set_property("TestFtdiReceived", text);
+        } else {
+            // Status only: FTDI reports every latency period; wait a little.
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = pipe.async_io(buffer, 64, action, 0);
+    }
 }
 
 #[driverkit::service(superclass = IOService, ivars = ())]

@@ -530,6 +530,18 @@ fn current_configuration(d: &UsbDevice) -> Option<Bytes> {
         .map(Bytes)
 }
 
+/// A driver's control request on endpoint 0 of `d`.
+fn control_request(d: &UsbDevice, setup: u64, data: Bytes, timeout_ms: u32) -> IOResult<Bytes> {
+    let setup = setup_from(setup);
+    if setup.request == driverkit_usb::repr::request::SET_CONFIGURATION && setup.request_type == 0 {
+        // The family owns configurations: it must see the change.
+        return Err(IOReturn::NOT_PERMITTED);
+    }
+    d.transport
+        .control(setup, &data.0, timeout(timeout_ms))
+        .map(Bytes)
+}
+
 /// `setup` as the wire carries it: the eight setup bytes, little-endian.
 fn setup_from(setup: u64) -> Setup {
     Setup::parse(setup.to_le_bytes())
@@ -588,17 +600,7 @@ impl IOUSBHostDeviceInterface for UsbCall<'_> {
     }
 
     fn device_request(&self, setup: u64, data: Bytes, timeout_ms: u32) -> IOResult<Bytes> {
-        let d = self.usb_device()?;
-        let setup = setup_from(setup);
-        if setup.request == driverkit_usb::repr::request::SET_CONFIGURATION
-            && setup.request_type == 0
-        {
-            // The family owns configurations: it must see the change.
-            return Err(IOReturn::NOT_PERMITTED);
-        }
-        d.transport
-            .control(setup, &data.0, timeout(timeout_ms))
-            .map(Bytes)
+        control_request(&*self.usb_device()?, setup, data, timeout_ms)
     }
 
     fn async_device_request(
@@ -637,6 +639,10 @@ impl IOUSBHostDeviceInterface for UsbCall<'_> {
 }
 
 impl IOUSBHostInterfaceInterface for UsbCall<'_> {
+    fn device_request(&self, setup: u64, data: Bytes, timeout_ms: u32) -> IOResult<Bytes> {
+        control_request(&self.usb_interface()?.device, setup, data, timeout_ms)
+    }
+
     fn copy_configuration(&self) -> IOResult<Bytes> {
         let interface = self.usb_interface()?;
         current_configuration(&interface.device).ok_or(IOReturn::NOT_READY)
