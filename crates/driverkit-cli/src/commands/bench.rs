@@ -141,6 +141,12 @@ pub fn bench(args: BenchArgs) -> Result<(), String> {
             if args.quick { 1 } else { 3 },
         )?);
     }
+    if wanted("usbip_control_roundtrip") {
+        show(super::bench_usb::usbip_control_roundtrip(
+            dir.path(),
+            5_000 / scale,
+        )?);
+    }
     if wanted("hid_descriptor_parse") {
         show(vec![super::bench_hid::descriptor_parse(100_000 / scale)?]);
     }

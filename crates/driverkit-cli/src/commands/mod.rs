@@ -3,6 +3,7 @@
 mod bench;
 mod bench_hid;
 mod bench_sources;
+mod bench_usb;
 mod build;
 mod call;
 mod device;
@@ -147,9 +148,14 @@ fn client(root: &std::path::Path) -> Result<Client, String> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DRIVERKIT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal: not in a journal, a file or
+    // a pipe, and never when NO_COLOR is set (no-color.org).
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_target(false)
         .try_init();
 }

@@ -21,7 +21,7 @@ use plist::Value;
 use super::endpoint::{self, Command, EndpointThread, Request};
 use super::ledger::Ledger;
 use super::sysfs;
-use crate::families::usb::{Completed, UsbTransport};
+use crate::families::usb::{Completed, Enumerated, UsbTransport};
 
 /// A claimed interface: nusb's handle, how many claims, and the kernel
 /// driver detached for it.
@@ -452,6 +452,27 @@ impl UsbTransport for LinuxUsbDevice {
         if last {
             self.give_back(number);
         }
+    }
+
+    /// The kernel's copy: usbfs's descriptors file and sysfs's strings. No
+    /// bus traffic, and no race with the kernel's own drivers probing it.
+    fn host_enumerated(&self) -> Option<Enumerated> {
+        let text = |name: &str| {
+            std::fs::read_to_string(self.sysfs.join(name))
+                .ok()
+                .map(|s| s.trim_end_matches('\n').to_owned())
+        };
+        Some(Enumerated {
+            device: self.device.device_descriptor().as_bytes().to_vec(),
+            configurations: self
+                .device
+                .configurations()
+                .map(|c| c.as_bytes().to_vec())
+                .collect(),
+            manufacturer: text("manufacturer"),
+            product: text("product"),
+            serial: text("serial"),
+        })
     }
 
     fn properties(&self) -> plist::Dictionary {

@@ -97,6 +97,7 @@ impl LinuxUsb {
 
     fn uevent(&self, event: &uevent::Uevent) {
         let path = Path::new("/sys").join(event.devpath.trim_start_matches('/'));
+        tracing::info!("uevent   {} {}", event.action, path.display());
         match event.action.as_str() {
             "add" => {
                 let found = nusb::list_devices()

@@ -95,6 +95,13 @@ pub trait UsbTransport: Send + Sync {
         let _ = interface;
     }
 
+    /// The descriptors and strings as the host read them when the device
+    /// arrived (Linux keeps them in sysfs): the family then need not ask
+    /// the device again. `None`: the family enumerates it.
+    fn host_enumerated(&self) -> Option<Enumerated> {
+        None
+    }
+
     /// What the host knows of the device beyond its descriptors, as
     /// registry properties (`IOLinuxSysfsPath`...).
     fn properties(&self) -> plist::Dictionary {
@@ -127,6 +134,16 @@ const ENUMERATION_TIMEOUT: Option<Duration> = Some(Duration::from_secs(5));
 /// device descriptor names (in the first language the device offers).
 pub fn enumerate(t: &dyn UsbTransport) -> Result<Enumerated, String> {
     use driverkit_usb::{kind, ConfigurationDescriptor, DeviceDescriptor, StringDescriptor};
+    if let Some(e) = t.host_enumerated() {
+        // Still checked as if read from the wire.
+        DeviceDescriptor::new_checked(&e.device, 0)
+            .map_err(|err| format!("{}: device descriptor: {err}", t.source()))?;
+        for (i, c) in e.configurations.iter().enumerate() {
+            driverkit_usb::interfaces(c)
+                .map_err(|err| format!("{}: configuration {i}: {err}", t.source()))?;
+        }
+        return Ok(e);
+    }
     let io = |e: IOReturn, what: &str| format!("{}: reading {what}: {e}", t.source());
     let device = t
         .control(
