@@ -41,14 +41,17 @@ def run(cmd, **kw):
     return subprocess.run(cmd, check=True, **kw)
 
 
-def ensure_tools():
-    """qemu-system-x86_64, busybox, cpio, xz: installed if missing (CI runs
-    as root on a fresh machine)."""
+def ensure_tools(extra=()):
+    """qemu-system-x86_64, busybox, cpio, xz, and `extra` (package, a file it
+    installs) pairs: installed if missing (CI runs as root on a fresh
+    machine). A program a guest needs from Debian is installed on the host
+    and copied in with its libraries."""
+    packages = [pkg for pkg, path in extra if not os.path.exists(path)]
     missing = [t for t in ("qemu-system-x86_64", "cpio", "xz") if shutil.which(t) is None]
-    if missing or not os.access("/bin/busybox", os.X_OK):
+    if missing or packages or not os.access("/bin/busybox", os.X_OK):
         run(["apt-get", "update", "-qq"])
         run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
-             "qemu-system-x86", "busybox-static", "cpio", "xz-utils"],
+             "qemu-system-x86", "busybox-static", "cpio", "xz-utils", *packages],
             stdout=subprocess.DEVNULL)
 
 
@@ -159,7 +162,7 @@ poweroff -f
 
 class Guest:
     def __init__(self, devices=(), modules=(), script="", files=None, memory=1024,
-                 netdev=None, name="guest", timeout=600):
+                 netdev=None, name="guest", timeout=600, packages=()):
         self.devices = list(devices)
         self.modules = list(modules)
         self.script = script
@@ -168,6 +171,7 @@ class Guest:
         self.netdev = netdev
         self.name = name
         self.timeout = timeout
+        self.packages = list(packages)
         self.proc = None
         self.qmp_sock = None
         self.offset = 0
@@ -176,7 +180,7 @@ class Guest:
 
     # --- setup -------------------------------------------------------------
     def build(self):
-        ensure_tools()
+        ensure_tools(self.packages)
         vmlinuz, modules_dir = kernel()
         root = os.path.join(self.dir, "root")
         for d in ("bin", "modules", "proc", "sys", "dev", "tmp", "etc"):
@@ -216,7 +220,11 @@ class Guest:
                "-append", "console=ttyS0 quiet panic=-1",
                "-qmp", f"unix:{qmp_path},server=on,wait=off"]
         if self.netdev:
-            cmd += ["-netdev", self.netdev, "-device", "virtio-net-pci,netdev=n0"]
+            # Only ever user-mode networking with restrict=on: the guest
+            # reaches nothing but the forwards on 127.0.0.1 it is given.
+            if "restrict=on" not in self.netdev:
+                raise SystemExit("guest: a netdev must be user-mode with restrict=on")
+            cmd += ["-netdev", self.netdev, "-device", "e1000,netdev=n0"]
         else:
             cmd += ["-nic", "none"]
         for d in self.devices:
@@ -225,12 +233,17 @@ class Guest:
         self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         deadline = time.time() + 30
-        while not os.path.exists(qmp_path):
+        while True:
             if time.time() > deadline or self.proc.poll() is not None:
                 raise SystemExit(f"guest: QEMU did not start:\n{self.text()[-3000:]}")
-            time.sleep(0.05)
-        self.qmp_sock = socket.socket(socket.AF_UNIX)
-        self.qmp_sock.connect(qmp_path)
+            try:
+                self.qmp_sock = socket.socket(socket.AF_UNIX)
+                self.qmp_sock.connect(qmp_path)
+                break
+            except OSError:
+                self.qmp_sock.close()
+                self.qmp_sock = None
+                time.sleep(0.05)
         self.qmp_file = self.qmp_sock.makefile("rw")
         json.loads(self.qmp_file.readline())  # greeting
         self.qmp("qmp_capabilities")
@@ -259,11 +272,10 @@ class Guest:
         while True:
             text = self.text()
             rest = text[self.offset:]
-            for line in rest.splitlines(keepends=True):
-                if not line.endswith("\n"):
-                    break
+            # Lines end at \n only (firmware prints bare \r).
+            for line in rest.split("\n")[:-1]:
+                self.offset += len(line) + 1
                 m = regex.search(line)
-                self.offset += len(line)
                 if m:
                     return m
             if self.proc.poll() is not None and self.offset >= len(self.text()):

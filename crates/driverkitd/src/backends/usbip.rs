@@ -67,6 +67,9 @@ pub fn split_host(server: &str) -> Result<(String, u16), String> {
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a server may take to answer an operation: Linux's usbipd hands
+/// the connection to the kernel's usbip-host before it answers an import.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn connect(host: &str, port: u16) -> Result<TcpStream, String> {
     let addrs: Vec<_> = (host, port)
@@ -88,8 +91,13 @@ fn connect(host: &str, port: u16) -> Result<TcpStream, String> {
 
 fn read_exact(s: &mut TcpStream, n: usize, what: &str) -> Result<Vec<u8>, String> {
     let mut b = vec![0u8; n];
-    s.read_exact(&mut b)
-        .map_err(|e| format!("reading {what}: {e}"))?;
+    s.read_exact(&mut b).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => format!(
+            "no {what} from the server within {} s",
+            ANSWER_TIMEOUT.as_secs()
+        ),
+        _ => format!("reading {what}: {e}"),
+    })?;
     Ok(b)
 }
 
@@ -108,7 +116,7 @@ pub struct Exported {
 /// OP_REQ_DEVLIST: the devices a server exports.
 pub fn list(host: &str, port: u16) -> Result<Vec<Exported>, String> {
     let mut s = connect(host, port)?;
-    s.set_read_timeout(Some(CONNECT_TIMEOUT))
+    s.set_read_timeout(Some(ANSWER_TIMEOUT))
         .map_err(|e| e.to_string())?;
     let req = OpHeader {
         version: usbip::VERSION,
@@ -184,7 +192,7 @@ impl UsbIpDevice {
     /// OP_REQ_IMPORT of `url`'s bus ID; then URBs may flow.
     pub fn import(url: &UsbIpUrl) -> Result<Arc<UsbIpDevice>, String> {
         let mut s = connect(&url.host, url.port)?;
-        s.set_read_timeout(Some(CONNECT_TIMEOUT))
+        s.set_read_timeout(Some(ANSWER_TIMEOUT))
             .map_err(|e| e.to_string())?;
         s.write_all(&usbip::emit_import(&url.busid))
             .map_err(|e| e.to_string())?;
@@ -284,7 +292,11 @@ impl UsbIpDevice {
             } else {
                 data.len() as u32
             },
-            interval: 0,
+            // The server's kernel refuses an interrupt URB with no interval
+            // (usb_submit_urb: -EINVAL); 1 asks for the fastest polling the
+            // endpoint allows, which the host controller clamps to its
+            // bInterval. Control and bulk ignore it.
+            interval: u32::from(endpoint & 0x0f != 0),
             setup,
             data: if direction == 1 {
                 Vec::new()
