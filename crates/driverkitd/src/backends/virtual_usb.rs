@@ -17,6 +17,7 @@
 //! bInterfaceSubClass = 1
 //! bInterfaceProtocol = 1
 //! report_descriptor = "05 01 09 06 ..."   # HID only, hex
+//! # malformed_report_descriptor = true    # broken on purpose: not checked
 //!
 //! [[usb.interfaces.endpoints]]
 //! address = 0x81               # IN: sends what is queued for it
@@ -98,6 +99,11 @@ pub struct InterfaceSpec {
     pub name: Option<String>,
     /// HID interfaces: the report descriptor, as hex.
     pub report_descriptor: Option<String>,
+    /// The report descriptor is malformed on purpose, to try a host's HID
+    /// parser (USB/IP export to a kernel, a driver's own parsing): it is
+    /// not checked. Everything else still is.
+    #[serde(default)]
+    pub malformed_report_descriptor: bool,
     #[serde(default)]
     pub endpoints: Vec<EndpointSpec>,
 }
@@ -154,8 +160,14 @@ impl UsbSpec {
             if let Some(hex) = &iface.report_descriptor {
                 let bytes = from_hex(hex)
                     .map_err(|e| format!("key usb.interfaces[{i}].report_descriptor: {e}"))?;
-                driverkit_hid::ReportDescriptor::parse(&bytes)
-                    .map_err(|e| format!("key usb.interfaces[{i}].report_descriptor: {e}"))?;
+                if !iface.malformed_report_descriptor {
+                    driverkit_hid::ReportDescriptor::parse(&bytes).map_err(|e| {
+                        format!(
+                            "key usb.interfaces[{i}].report_descriptor: {e} \
+                             (set malformed_report_descriptor = true if that is the point)"
+                        )
+                    })?;
+                }
             }
             for (j, ep) in iface.endpoints.iter().enumerate() {
                 let key = format!("key usb.interfaces[{i}].endpoints[{j}]");
