@@ -145,6 +145,15 @@ impl System {
         }
     }
 
+    /// Removes one property of the entry.
+    pub fn remove_property(&self, id: EntryId, key: &str) {
+        if let Some(d) = self.upgrade() {
+            if let Some(e) = d.lock().registry.get_mut(id) {
+                e.properties.remove(key);
+            }
+        }
+    }
+
     /// The entry's provider.
     pub fn provider(&self, id: EntryId) -> Option<EntryId> {
         self.with_entry(id, |e| e.provider)?

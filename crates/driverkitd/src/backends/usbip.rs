@@ -483,6 +483,17 @@ impl UsbTransport for UsbIpDevice {
         )
     }
 
+    /// Linux's `USB_SPEED_*` as the server reports it, as `USBSpeed`.
+    fn speed(&self) -> u8 {
+        match self.info.speed {
+            1 => 0,
+            3 => 2,
+            5 => 3,
+            6 => 4,
+            _ => 1,
+        }
+    }
+
     fn location_id(&self) -> u32 {
         self.location.load(Ordering::Relaxed)
     }

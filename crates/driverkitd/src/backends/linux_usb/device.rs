@@ -38,7 +38,7 @@ pub struct LinuxUsbDevice {
     /// `/dev/bus/usb/001/002`, for messages.
     node: String,
     location: u32,
-    session: u64,
+    speed: u8,
     ledger: Arc<Ledger>,
     claims: Mutex<HashMap<u8, Claim>>,
     endpoints: Mutex<HashMap<u8, EndpointThread>>,
@@ -63,11 +63,7 @@ pub const ACCESS_HINT: &str =
 
 impl LinuxUsbDevice {
     /// Opens the device `info` describes.
-    pub fn open(
-        info: &nusb::DeviceInfo,
-        session: u64,
-        ledger: Arc<Ledger>,
-    ) -> Result<Self, String> {
+    pub fn open(info: &nusb::DeviceInfo, ledger: Arc<Ledger>) -> Result<Self, String> {
         let node = format!("{USBFS}/{:03}/{:03}", info.busnum(), info.device_address());
         let device = info.open().wait().map_err(|e| {
             if e.kind() == nusb::ErrorKind::PermissionDenied {
@@ -87,7 +83,13 @@ impl LinuxUsbDevice {
             sysfs: info.sysfs_path().to_owned(),
             node,
             location,
-            session,
+            speed: match info.speed() {
+                Some(nusb::Speed::Low) => 0,
+                Some(nusb::Speed::Full) | None => 1,
+                Some(nusb::Speed::High) => 2,
+                Some(nusb::Speed::Super) => 3,
+                Some(_) => 4,
+            },
             ledger,
             claims: Mutex::default(),
             endpoints: Mutex::default(),
@@ -263,6 +265,10 @@ impl UsbTransport for LinuxUsbDevice {
 
     fn location_id(&self) -> u32 {
         self.location
+    }
+
+    fn speed(&self) -> u8 {
+        self.speed
     }
 
     fn control(&self, setup: Setup, data: &[u8], timeout: Option<Duration>) -> IOResult<Vec<u8>> {
@@ -482,7 +488,6 @@ impl UsbTransport for LinuxUsbDevice {
             Value::String(self.sysfs.display().to_string()),
         );
         p.insert("IOLinuxDeviceNode".into(), Value::String(self.node.clone()));
-        p.insert("sessionID".into(), Value::Integer(self.session.into()));
         p
     }
 

@@ -22,7 +22,6 @@ pub mod uevent;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use driverkit_core::{EntryId, Nub, System};
@@ -41,7 +40,6 @@ pub struct LinuxUsb {
     buses: Mutex<HashMap<u8, EntryId>>,
     /// Plugged devices by sysfs path.
     devices: Mutex<HashMap<PathBuf, EntryId>>,
-    next_session: AtomicU64,
 }
 
 impl LinuxUsb {
@@ -67,7 +65,6 @@ impl LinuxUsb {
             ledger,
             buses: Mutex::default(),
             devices: Mutex::default(),
-            next_session: AtomicU64::new(1),
         });
         let devices = nusb::list_devices()
             .wait()
@@ -138,8 +135,7 @@ impl LinuxUsb {
         {
             return;
         }
-        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let device = match LinuxUsbDevice::open(info, session, self.ledger.clone()) {
+        let device = match LinuxUsbDevice::open(info, self.ledger.clone()) {
             Ok(d) => Arc::new(d),
             Err(e) => {
                 tracing::warn!("usb      not plugging {}: {e}", path.display());

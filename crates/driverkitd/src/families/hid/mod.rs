@@ -307,7 +307,7 @@ impl HidFamily {
         }
         // The host's own HID driver (Linux's usbhid) keeps a device no dext
         // asked for: the system's event service never detaches it.
-        if let Err(e) = self.start_reading(&hid, false) {
+        if let Err(e) = self.start_reading(system, &hid, false) {
             tracing::info!(
                 "hid      IOHIDInterface [{entry:#x}] stays with the host's driver ({e})"
             );
@@ -336,7 +336,7 @@ impl HidFamily {
 
     /// Forgets the HID objects of a removed entry: a departing client's
     /// ring, a departing device's poller.
-    fn forget(&self, id: EntryId) {
+    fn forget(&self, system: &System, id: EntryId) {
         let (all, device) = {
             let mut st = self.lock();
             st.interfaces.remove(&id);
@@ -347,7 +347,7 @@ impl HidFamily {
         if let Some(hid) = device {
             hid.stopped.store(true, Ordering::Release);
             *hid.sink.lock().unwrap_or_else(|e| e.into_inner()) = Sink::Nobody;
-            stop_reading(&hid);
+            stop_reading(system, &hid);
         }
         for hid in all {
             let mut sink = hid.sink.lock().unwrap_or_else(|e| e.into_inner());
@@ -359,7 +359,7 @@ impl HidFamily {
             if gone {
                 *sink = Sink::Nobody;
                 drop(sink);
-                stop_reading(&hid);
+                stop_reading(system, &hid);
             }
         }
     }
@@ -367,7 +367,12 @@ impl HidFamily {
     /// Claims the USB interface and starts polling its interrupt-IN
     /// endpoint, unless it is polled already. `may_detach`: a host driver
     /// bound to the interface may be detached for it.
-    fn start_reading(&self, hid: &Arc<HidInterface>, may_detach: bool) -> IOResult<()> {
+    fn start_reading(
+        &self,
+        system: &System,
+        hid: &Arc<HidInterface>,
+        may_detach: bool,
+    ) -> IOResult<()> {
         let (Some(usb), Some((address, len, interval))) = (&hid.usb, hid.input) else {
             return Ok(());
         };
@@ -375,7 +380,7 @@ impl HidFamily {
         if reading.is_some() {
             return Ok(());
         }
-        usb.device.transport.claim(usb.number, may_detach)?;
+        usb.claim(system, may_detach)?;
         let stop = Arc::new(AtomicBool::new(false));
         let (me, poller, flag) = (self.me.clone(), hid.clone(), stop.clone());
         let spawned = std::thread::Builder::new()
@@ -383,7 +388,7 @@ impl HidFamily {
             .spawn(move || poll(me, poller, &flag, address, len, interval));
         if let Err(e) = spawned {
             tracing::error!("hid      cannot start polling: {e}");
-            usb.device.transport.release(usb.number);
+            usb.release(system);
             return Err(IOReturn::NO_RESOURCES);
         }
         *reading = Some(stop);
@@ -437,8 +442,8 @@ impl Family for HidFamily {
         self.attach_default_service(system, entry);
     }
 
-    fn removed(&self, _system: &System, entry: EntryId) {
-        self.forget(entry);
+    fn removed(&self, system: &System, entry: EntryId) {
+        self.forget(system, entry);
     }
 }
 
@@ -497,14 +502,14 @@ fn hid_report_length(configurations: &[Vec<u8>], number: u8) -> Option<u16> {
 }
 
 /// Stops the poller, if one runs, and gives the USB interface back.
-fn stop_reading(hid: &HidInterface) {
+fn stop_reading(system: &System, hid: &HidInterface) {
     let Some(stop) = hid.reading.lock().unwrap_or_else(|e| e.into_inner()).take() else {
         return;
     };
     stop.store(true, Ordering::Release);
     if let (Some((address, _, _)), Some(usb)) = (hid.input, &hid.usb) {
         usb.device.transport.abort(address);
-        usb.device.transport.release(usb.number);
+        usb.release(system);
     }
 }
 
@@ -652,8 +657,11 @@ impl IOHIDInterfaceInterface for HidCall<'_> {
         // The dext's personality matched: the USB interface is taken from
         // the host's driver (unless the personality keeps it) for as long
         // as the interface is open.
-        self.family
-            .start_reading(&hid, super::usb::may_detach(self.call.system, Some(client)))?;
+        self.family.start_reading(
+            self.call.system,
+            &hid,
+            super::usb::may_detach(self.call.system, Some(client)),
+        )?;
         let replaced = {
             let mut sink = hid.sink.lock().unwrap_or_else(|e| e.into_inner());
             let replaced = match &*sink {
@@ -680,7 +688,7 @@ impl IOHIDInterfaceInterface for HidCall<'_> {
         if matches!(&*sink, Sink::Dext { client: c, .. } if *c == client) {
             *sink = Sink::Nobody;
             drop(sink);
-            stop_reading(&hid);
+            stop_reading(self.call.system, &hid);
         }
         Ok(())
     }

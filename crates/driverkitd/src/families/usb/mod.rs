@@ -49,15 +49,43 @@ pub struct Endpoint {
 
 /// An interface of a configured device, published as a nub.
 pub struct UsbInterface {
+    /// Its nub.
+    pub entry: EntryId,
     pub device: Arc<UsbDevice>,
     pub number: u8,
     pub class: u8,
     pub endpoints: Vec<Endpoint>,
 }
 
+impl UsbInterface {
+    /// Takes the interface for a driver (see [`UsbTransport::claim`]); its
+    /// nub shows the host driver bound now (`IOLinuxDriver`).
+    pub fn claim(&self, system: &System, may_detach: bool) -> IOResult<()> {
+        self.device.transport.claim(self.number, may_detach)?;
+        self.show_host_driver(system);
+        Ok(())
+    }
+
+    /// Gives one claim back.
+    pub fn release(&self, system: &System) {
+        self.device.transport.release(self.number);
+        self.show_host_driver(system);
+    }
+
+    fn show_host_driver(&self, system: &System) {
+        let now = self.device.transport.interface_properties(self.number);
+        match now.get("IOLinuxDriver") {
+            Some(driver) => system.set_property(self.entry, "IOLinuxDriver", driver.clone()),
+            None => system.remove_property(self.entry, "IOLinuxDriver"),
+        }
+    }
+}
+
 /// A pipe a dext copied from an interface. It holds a claim of the
 /// interface (see [`UsbTransport::claim`]) while it lives.
 struct Pipe {
+    /// To show the interface's host driver again when the pipe goes.
+    system: System,
     pub interface: Arc<UsbInterface>,
     pub interface_entry: EntryId,
     pub server: u64,
@@ -68,10 +96,7 @@ struct Pipe {
 
 impl Drop for Pipe {
     fn drop(&mut self) {
-        self.interface
-            .device
-            .transport
-            .release(self.interface.number);
+        self.interface.release(&self.system);
     }
 }
 
@@ -115,6 +140,8 @@ struct UsbState {
 #[derive(Default)]
 pub struct UsbFamily {
     state: Mutex<UsbState>,
+    /// `sessionID` of the next device: unique per plug, as on macOS.
+    next_session: std::sync::atomic::AtomicU64,
 }
 
 /// The registry properties of a device nub, named as macOS names them.
@@ -189,6 +216,12 @@ impl UsbFamily {
             .unwrap_or_else(|| "IOUSBHostDevice".to_owned());
         let name = name.as_str();
         let mut properties = device_properties(&enumerated, transport.location_id());
+        properties.insert("USBSpeed".into(), i64::from(transport.speed()).into());
+        let session = self
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        properties.insert("sessionID".into(), Value::Integer(session.into()));
         properties.extend(transport.properties());
         let configuration = transport.active_configuration().unwrap_or(0);
         let source = transport.source();
@@ -384,6 +417,7 @@ impl UsbFamily {
                 self.lock().interfaces.insert(
                     id,
                     Arc::new(UsbInterface {
+                        entry: id,
                         device: device.clone(),
                         number: d.interface_number(),
                         class: d.interface_class(),
@@ -662,16 +696,14 @@ impl IOUSBHostInterfaceInterface for UsbCall<'_> {
         // The interface is the dext's from its first pipe on: a host driver
         // bound to it is detached now (and attached again when the last
         // pipe goes), unless the personality keeps it.
-        interface
-            .device
-            .transport
-            .claim(interface.number, may_detach(self.call.system, client))?;
+        interface.claim(self.call.system, may_detach(self.call.system, client))?;
         let mut st = self.family.lock();
         st.next_pipe += 1;
         let id = self.call.family.object(st.next_pipe);
         st.pipes.insert(
             id.0,
             Arc::new(Pipe {
+                system: self.call.system.clone(),
                 interface,
                 interface_entry: self.call.object,
                 server: self.call.server,

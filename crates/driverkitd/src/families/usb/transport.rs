@@ -102,6 +102,12 @@ pub trait UsbTransport: Send + Sync {
         None
     }
 
+    /// The bus speed as macOS's `USBSpeed` counts it: 0 low, 1 full,
+    /// 2 high, 3 super, 4 super+. Virtual devices are full speed.
+    fn speed(&self) -> u8 {
+        1
+    }
+
     /// What the host knows of the device beyond its descriptors, as
     /// registry properties (`IOLinuxSysfsPath`...).
     fn properties(&self) -> plist::Dictionary {
