@@ -315,3 +315,81 @@ fn a_peer_sending_garbage_gets_a_clear_error_and_the_server_goes_on() {
         exporter.log().contains("usbip    1-1") && exporter.log().contains("back")
     });
 }
+
+/// A USB/IP "server" that answers the import properly, then misbehaves.
+fn lying_server(after_import: &'static [u8]) -> u16 {
+    use std::io::{Read, Write};
+    let port = free_port();
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let mut request = [0u8; 8 + 32];
+            if s.read_exact(&mut request).is_err() {
+                continue;
+            }
+            let mut reply = driverkit_usb::usbip::OpHeader {
+                version: driverkit_usb::usbip::VERSION,
+                code: driverkit_usb::usbip::op::REP_IMPORT,
+                status: 0,
+            }
+            .emit()
+            .to_vec();
+            reply.extend(
+                driverkit_usb::usbip::DeviceInfo {
+                    path: "/x".into(),
+                    busid: "1-1".into(),
+                    busnum: 1,
+                    devnum: 2,
+                    speed: 2,
+                    id_vendor: 0x1209,
+                    id_product: 0x77,
+                    bcd_device: 0,
+                    device_class: 0,
+                    device_subclass: 0,
+                    device_protocol: 0,
+                    configuration_value: 1,
+                    num_configurations: 1,
+                    num_interfaces: 1,
+                }
+                .emit(),
+            );
+            let _ = s.write_all(&reply);
+            // The first URB the client sends (its GET_DESCRIPTOR) gets this,
+            // under its own sequence number.
+            let mut urb = [0u8; 48];
+            let _ = s.read_exact(&mut urb);
+            let mut answer = after_import.to_vec();
+            if answer.len() >= 8 {
+                answer[4..8].copy_from_slice(&urb[4..8]);
+            }
+            let _ = s.write_all(&answer);
+        }
+    });
+    port
+}
+
+#[test]
+fn a_server_that_lies_after_the_import_gets_a_clear_error_and_no_device() {
+    let d = Daemon::start(&["--no-default-devices", "--no-embedded"]);
+    // Garbage; a RET_SUBMIT announcing 4 GiB of data; a hang-up mid-transfer.
+    let mut huge = vec![0u8; 48];
+    huge[3] = 3; // RET_SUBMIT
+    huge[15] = 1; // direction IN
+    huge[24..28].copy_from_slice(&u32::MAX.to_be_bytes());
+    let huge: &'static [u8] = Box::leak(huge.into_boxed_slice());
+    for (reply, needle) in [
+        (&[0xffu8; 48][..], "URB command"),
+        (huge, "at most"),
+        (&[][..], "connection lost"),
+    ] {
+        let port = lying_server(reply);
+        let out = d.run_cli(&["device", "attach", &format!("usbip://127.0.0.1:{port}/1-1")]);
+        assert!(!out.status.success(), "a lying server gave a device");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("reading the device descriptor"), "{err}");
+        d.wait_until(&format!("the log naming {needle:?}"), || d.log().contains(needle));
+    }
+    assert!(d.nodes().iter().all(|n| n["class"] != "IOUSBHostDevice"));
+    assert!(!d.log().contains("panicked"));
+}
