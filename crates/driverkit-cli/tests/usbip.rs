@@ -388,7 +388,9 @@ fn a_server_that_lies_after_the_import_gets_a_clear_error_and_no_device() {
         assert!(!out.status.success(), "a lying server gave a device");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("reading the device descriptor"), "{err}");
-        d.wait_until(&format!("the log naming {needle:?}"), || d.log().contains(needle));
+        d.wait_until(&format!("the log naming {needle:?}"), || {
+            d.log().contains(needle)
+        });
     }
     assert!(d.nodes().iter().all(|n| n["class"] != "IOUSBHostDevice"));
     assert!(!d.log().contains("panicked"));

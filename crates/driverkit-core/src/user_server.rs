@@ -12,12 +12,11 @@
 //! the daemon.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex, Weak};
 use std::time::Duration;
@@ -35,8 +34,6 @@ use crate::lifecycle::Inner;
 /// number (driverkit::runtime::SERVER_FD_ENV; the daemon does not depend on
 /// the SDK).
 const SERVER_FD_ENV: &str = "DRIVERKIT_SERVER_FD";
-/// Serializes process creation; see `UserServer::spawn`.
-static SPAWN: Mutex<()> = Mutex::new(());
 /// How long a new process has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -87,30 +84,27 @@ impl UserServer {
     /// Starts the process, waits for its hello, and starts serving it.
     pub fn spawn(launch: Launch<'_>, daemon: Weak<Inner>) -> std::io::Result<Arc<UserServer>> {
         let (ours, theirs) = transport::socketpair()?;
-        let theirs = OwnedFd::from(theirs);
         // stdout and stderr share one stream socket, drained by one thread.
         let (log_reader, log_writer) = UnixStream::pair()?;
         let mut cmd = Command::new(launch.executable);
-        cmd.env(SERVER_FD_ENV, theirs.as_raw_fd().to_string())
-            .stdin(Stdio::null())
+        // The child gets exactly three descriptors, mapped explicitly by the
+        // spawn itself (dup2 onto 0, 1 and 2): its socket as stdin (the SDK
+        // moves it out of the way at once), its log as stdout and stderr.
+        // Every descriptor of the daemon is close-on-exec, and none is ever
+        // made inheritable, so however many spawns run at once, no dext can
+        // receive another's socket. Without a pre_exec hook std can use
+        // posix_spawn (vfork), which keeps spawn_to_start near a bare exec.
+        cmd.env(SERVER_FD_ENV, "0")
+            .stdin(OwnedFd::from(theirs))
             .stdout(OwnedFd::from(log_writer.try_clone()?))
             .stderr(OwnedFd::from(log_writer))
             // Its own process group: Ctrl-C in the daemon's terminal must
             // reach the daemon only, which then stops every dext in order.
             .process_group(0);
-        let mut child = {
-            // The child must inherit exactly its own socket. Close-on-exec
-            // is cleared only for the length of this spawn, and every spawn
-            // of the daemon holds this lock, so no other child can inherit
-            // it. Without a pre_exec hook, std can use posix_spawn (vfork),
-            // which is what keeps spawn_to_start close to a bare exec.
-            let _one_at_a_time = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
-            rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty())?;
-            let spawned = cmd.spawn();
-            drop(cmd);
-            spawned?
-        };
-        drop(theirs);
+        let spawned = cmd.spawn();
+        // The parent's copies of the child's ends close here.
+        drop(cmd);
+        let mut child = spawned?;
         let pid = child.id();
         // Started while the child is still exec'ing, off the critical path.
         let label = format!("{}[{pid}]", launch.name);
@@ -497,12 +491,49 @@ fn wait_hello(endpoint: &Endpoint, pid: u32) -> std::io::Result<()> {
     }
 }
 
+/// The longest log line forwarded whole; a longer one is cut into pieces
+/// of this size, so that a dext writing without newlines cannot make the
+/// daemon hold an ever-growing line.
+pub(crate) const LOG_LINE_MAX: usize = 4096;
+
 /// Forwards a dext's output lines into the daemon's log, tagged with the
-/// dext's server name and PID.
-fn forward_log(stream: UnixStream, label: &str) {
-    for line in BufReader::new(stream).lines() {
-        let Ok(line) = line else { break };
-        tracing::info!(target: "dext", "{label}: {line}");
+/// dext's server name and PID. Bytes that are not UTF-8 are shown as U+FFFD
+/// and forwarding goes on: the dext must never block on a log nobody reads.
+fn forward_log(mut stream: UnixStream, label: &str) {
+    use std::io::Read;
+    let mut line: Vec<u8> = Vec::with_capacity(256);
+    let mut chunk = [0u8; 4096];
+    let emit = |line: &[u8]| {
+        let text = String::from_utf8_lossy(line);
+        tracing::info!(target: "dext", "{label}: {}", text.trim_end_matches('\r'));
+    };
+    loop {
+        let n = match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        for piece in chunk[..n].split_inclusive(|b| *b == b'\n') {
+            let (body, ends) = match piece.strip_suffix(b"\n") {
+                Some(body) => (body, true),
+                None => (piece, false),
+            };
+            for part in body.chunks(LOG_LINE_MAX) {
+                if line.len() + part.len() > LOG_LINE_MAX {
+                    emit(&line);
+                    line.clear();
+                }
+                line.extend_from_slice(part);
+            }
+            if ends {
+                emit(&line);
+                line.clear();
+            }
+        }
+    }
+    if !line.is_empty() {
+        emit(&line);
     }
 }
 

@@ -256,7 +256,7 @@ pub(crate) fn hosted(object: ObjectId) -> Option<(Arc<dyn Instance>, IODispatchQ
 }
 
 /// Runs a dext whose executable holds `classes`; never returns. The daemon
-/// starts the executable with the socket number in `DRIVERKIT_SERVER_FD`.
+/// starts the executable with its socket as stdin and `DRIVERKIT_SERVER_FD=0`.
 pub fn run(classes: Vec<ClassEntry>) -> ! {
     crate::log::init();
     // A panic on any queue is a crash of the dext, as in DriverKit: the
@@ -332,6 +332,20 @@ pub fn run(classes: Vec<ClassEntry>) -> ! {
 
 fn inherited_socket() -> Option<Endpoint> {
     let raw: i32 = std::env::var(SERVER_FD_ENV).ok()?.parse().ok()?;
+    if raw == 0 {
+        // The daemon hands the socket over as stdin: move it to a
+        // close-on-exec descriptor of its own (children of this dext must
+        // not inherit the daemon connection), and give stdin /dev/null.
+        let fd = rustix::io::fcntl_dupfd_cloexec(rustix::stdio::stdin(), 3).ok()?;
+        let null = rustix::fs::open(
+            "/dev/null",
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .ok()?;
+        rustix::stdio::dup2_stdin(&null).ok()?;
+        return Some(Endpoint::new(fd));
+    }
     if raw < 3 {
         return None;
     }

@@ -3,7 +3,9 @@
 //!
 //! Personality keys:
 //! - `TestStartBehavior`: `ok` (default), `fail` (Start returns
-//!   kIOReturnError), `panic`, `abort`, `kill-self` (SIGKILL), `hang`;
+//!   kIOReturnError), `panic`, `abort`, `kill-self` (SIGKILL), `hang`,
+//!   `spew` (writes 1 MiB to stderr with no newline and bytes that are not
+//!   UTF-8, then logs `after the spew` and starts);
 //! - `TestStartDelayMs`: sleep this long in Start first;
 //! - `TestTerminateAfterMs`: once started, terminate itself this much later;
 //! - `TestReadLength`: ask the provider for an asynchronous read of this
@@ -87,6 +89,15 @@ impl IOServiceImpl for TestDriver {
             "hang" => loop {
                 std::thread::sleep(Duration::from_secs(3600));
             },
+            "spew" => {
+                use std::io::Write;
+                let mut err = std::io::stderr().lock();
+                let _ = err.write_all(&[0xff, 0xfe, b'x', 0xc3]);
+                let _ = err.write_all(&vec![b'y'; 1 << 20]);
+                let _ = err.write_all(b"\n");
+                drop(err);
+                driverkit::info!("after the spew");
+            }
             _ => {}
         }
         if let Some(len) = p
