@@ -15,7 +15,17 @@ const BELL: usize = 64;
 /// The size of an interrupt region.
 pub const LEN: usize = 4096;
 
-/// The system's side: raises one interrupt.
+/// Whether `shm` can be an interrupt region: a peer chooses its size, so
+/// the system checks it once, before the first [`raise`], rather than
+/// finding out in the middle of one.
+pub fn check(shm: &SharedMemory) -> crate::IOResult<()> {
+    if shm.len() < LEN {
+        return Err(crate::IOReturn::BAD_ARGUMENT);
+    }
+    Ok(())
+}
+
+/// The system's side: raises one interrupt, in a region [`check`] passed.
 pub fn raise(shm: &SharedMemory) {
     shm.u64_at(COUNT).fetch_add(1, Ordering::Release);
     Doorbell::at(shm, BELL).ring();

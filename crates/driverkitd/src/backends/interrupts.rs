@@ -52,6 +52,9 @@ impl InterruptModel {
     /// Delivers interrupt `index` into `region` from now on.
     pub fn subscribe(&self, index: u32, region: &Arc<SharedMemory>) -> IOResult<()> {
         let line = self.lines.get(index as usize).ok_or(IOReturn::NOT_FOUND)?;
+        // A region too small to be a mailbox is refused here, not found out
+        // by the line's thread in the middle of an interrupt.
+        interrupt::check(region)?;
         line.subscribers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -95,5 +98,22 @@ fn run(line: &Line, period: Duration) {
                 }
                 None => false,
             });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_region_too_small_for_a_mailbox_is_refused_not_a_panic() {
+        let model = InterruptModel::start("t", &[Duration::from_millis(1)]);
+        let tiny = Arc::new(SharedMemory::create("tiny", 16).unwrap());
+        assert_eq!(model.subscribe(0, &tiny), Err(IOReturn::BAD_ARGUMENT));
+        let fine = Arc::new(SharedMemory::create("fine", interrupt::LEN).unwrap());
+        assert_eq!(model.subscribe(0, &fine), Ok(()));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(interrupt::count(&fine) > 0, "the line raises into a good region");
+        assert_eq!(model.subscribe(7, &fine), Err(IOReturn::NOT_FOUND));
     }
 }
