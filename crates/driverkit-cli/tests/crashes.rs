@@ -261,3 +261,69 @@ fn a_dext_spewing_garbage_on_stderr_is_logged_in_bounded_lines_and_goes_on() {
         "the megabyte arrives, in {pieces} pieces"
     );
 }
+
+/// A driver that crashes again only after a quiet period starts counting
+/// afresh (UMDF's policy): with a limit of one relaunch, two crashes far
+/// apart are two first crashes, and ioreg shows the count on the provider.
+#[test]
+fn crashes_far_apart_are_each_a_first_crash() {
+    let d = Daemon::start(&[
+        "--no-embedded",
+        "--no-default-devices",
+        "--relaunch-limit",
+        "1",
+        "--relaunch-backoff-ms",
+        "10",
+        "--relaunch-quiet-s",
+        "1",
+    ]);
+    let dir = d.root.path().to_owned();
+    let bundle = test_bundle(
+        &dir,
+        "org.test.Quiet",
+        &[P {
+            name: "Quiet",
+            provider_class: "IOVirtualDevice",
+            extra: "<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>",
+        }],
+    );
+    d.cli(&["load", bundle.to_str().unwrap()]);
+    let device = plug_test_device(&d);
+    let mut last = 0;
+    for round in 0..2 {
+        let driver = d.wait_node("the driver running", |n| {
+            n["name"] == "TestDriver"
+                && n["state"]["active"] == true
+                && n["pid"].as_u64().is_some_and(|p| p != last)
+        });
+        last = driver["pid"].as_u64().unwrap();
+        if round == 1 {
+            break;
+        }
+        kill9(last);
+        // Quiet for longer than --relaunch-quiet-s.
+        d.wait_log("relaunch org.test.Quiet/Quiet", 1);
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+    }
+    kill9(last);
+    d.wait_log("relaunch org.test.Quiet/Quiet", 2);
+    let log = d.log();
+    assert!(!log.contains("giving up org.test.Quiet"), "{log}");
+    assert_eq!(
+        log.matches("(relaunch 1 of 1)").count(),
+        2,
+        "each crash counted as a first one:\n{log}"
+    );
+    let provider = d
+        .nodes()
+        .into_iter()
+        .find(|n| n["id"] == device)
+        .expect("the device");
+    let record = &provider["properties"]["DriverKitCrashes"]["org.test.Quiet/Quiet"];
+    assert_eq!(record["Crashes"], 1, "{provider}");
+    assert_eq!(record["GivenUp"], false);
+    assert!(
+        record["LastReason"].as_str().unwrap().contains("SIGKILL"),
+        "{record}"
+    );
+}

@@ -40,6 +40,10 @@ pub struct Config {
     pub relaunch_backoff: Duration,
     /// How long a dext may take to answer the system (Start, Stop...).
     pub call_timeout: Duration,
+    /// A personality that has not crashed for this long starts counting its
+    /// crashes afresh, as Windows' UMDF does: a driver that crashes four
+    /// times over a month is not given up.
+    pub relaunch_quiet: Duration,
 }
 
 impl Config {
@@ -51,6 +55,7 @@ impl Config {
             relaunch_limit: 3,
             relaunch_backoff: Duration::from_millis(250),
             call_timeout: Duration::from_secs(20),
+            relaunch_quiet: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -82,6 +87,13 @@ pub struct DeviceInfo {
     pub clients: Vec<String>,
 }
 
+/// The crashes of one personality (`bundle/personality`) since it was last
+/// quiet for `relaunch_quiet`.
+struct Crashes {
+    count: u32,
+    last: Instant,
+}
+
 /// An asynchronous request a dext made, not yet completed.
 struct PendingRequest {
     device: EntryId,
@@ -102,7 +114,7 @@ pub(crate) struct State {
     pub(crate) catalogue: Catalogue,
     pub(crate) servers: HashMap<u64, ServerSlot>,
     next_server: u64,
-    relaunches: HashMap<String, u32>,
+    relaunches: HashMap<String, Crashes>,
     disabled: HashSet<String>,
     matching: HashSet<EntryId>,
     rematch: HashSet<EntryId>,
@@ -1016,12 +1028,21 @@ impl Inner {
     /// or at once without it once the personality is given up (so that the
     /// next candidate can try).
     fn record_crash(&self, key: &str, provider: EntryId, reason: &str) {
+        let now = Instant::now();
         let (count, given_up) = {
             let mut st = self.lock();
             let count = {
-                let n = st.relaunches.entry(key.to_owned()).or_insert(0);
-                *n += 1;
-                *n
+                let c = st.relaunches.entry(key.to_owned()).or_insert(Crashes {
+                    count: 0,
+                    last: now,
+                });
+                // Quiet long enough: this crash is the first of a new series.
+                if now.duration_since(c.last) > self.config.relaunch_quiet {
+                    c.count = 0;
+                }
+                c.count += 1;
+                c.last = now;
+                c.count
             };
             let given_up = count > self.config.relaunch_limit;
             if given_up {
@@ -1044,6 +1065,28 @@ impl Inner {
             );
             delay
         };
+        // What ioreg shows of it, on the provider it crashed on.
+        let mut record = plist::Dictionary::new();
+        record.insert("Crashes".into(), i64::from(count).into());
+        record.insert("LastReason".into(), reason.into());
+        record.insert("GivenUp".into(), given_up.into());
+        if !given_up {
+            record.insert(
+                "NextRelaunchInMs".into(),
+                (delay.as_millis().min(i64::MAX as u128) as i64).into(),
+            );
+        }
+        if let Some(e) = self.lock().registry.get_mut(provider) {
+            let mut crashes = e
+                .properties
+                .get("DriverKitCrashes")
+                .and_then(plist::Value::as_dictionary)
+                .cloned()
+                .unwrap_or_default();
+            crashes.insert(key.to_owned(), plist::Value::Dictionary(record));
+            e.properties
+                .insert("DriverKitCrashes".into(), plist::Value::Dictionary(crashes));
+        }
         self.spawn_job("relaunch", move |d| {
             std::thread::sleep(delay);
             d.run_matching(provider);

@@ -41,6 +41,8 @@ pub struct Config {
     pub relaunch_backoff: Duration,
     /// How long a dext may take to answer the system (Start, Stop...).
     pub call_timeout: Duration,
+    /// A personality quiet this long starts counting crashes afresh.
+    pub relaunch_quiet: Duration,
     /// Forward HID events to Linux applications through uinput, where
     /// `/dev/uinput` opens. Off by default: a test's typing must not reach
     /// the desktop of the machine running it.
@@ -62,6 +64,7 @@ impl Config {
             relaunch_limit: core.relaunch_limit,
             relaunch_backoff: core.relaunch_backoff,
             call_timeout: core.call_timeout,
+            relaunch_quiet: core.relaunch_quiet,
             uinput: false,
             linux_usb: false,
         }
@@ -74,6 +77,7 @@ impl Config {
             relaunch_limit: self.relaunch_limit,
             relaunch_backoff: self.relaunch_backoff,
             call_timeout: self.call_timeout,
+            relaunch_quiet: self.relaunch_quiet,
         }
     }
 }

@@ -29,6 +29,10 @@ pub struct RunArgs {
     /// First relaunch delay in milliseconds (doubles on each crash).
     #[arg(long, default_value_t = 250)]
     relaunch_backoff_ms: u64,
+    /// A driver that has not crashed for this many seconds starts counting
+    /// its crashes afresh.
+    #[arg(long, default_value_t = 1800)]
+    relaunch_quiet_s: u64,
     /// Load a built-in tool driver too (tests: DriverKitUsbTestDriver...).
     #[arg(long = "with-tool", value_name = "EXECUTABLE", hide = true)]
     tools: Vec<String>,
@@ -49,6 +53,7 @@ pub fn run(root: PathBuf, args: RunArgs) -> Result<(), String> {
     let mut config = Config::new(root.clone());
     config.relaunch_limit = args.relaunch_limit;
     config.relaunch_backoff = Duration::from_millis(args.relaunch_backoff_ms);
+    config.relaunch_quiet = Duration::from_secs(args.relaunch_quiet_s);
     config.call_timeout = Duration::from_millis(args.call_timeout_ms);
     config.uinput = !args.no_uinput;
     config.linux_usb = !args.no_linux_usb;

@@ -113,7 +113,10 @@ mod tests {
         let fine = Arc::new(SharedMemory::create("fine", interrupt::LEN).unwrap());
         assert_eq!(model.subscribe(0, &fine), Ok(()));
         std::thread::sleep(Duration::from_millis(20));
-        assert!(interrupt::count(&fine) > 0, "the line raises into a good region");
+        assert!(
+            interrupt::count(&fine) > 0,
+            "the line raises into a good region"
+        );
         assert_eq!(model.subscribe(7, &fine), Err(IOReturn::NOT_FOUND));
     }
 }
