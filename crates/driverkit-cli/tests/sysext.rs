@@ -650,3 +650,125 @@ fn every_family_template_builds_and_its_test_passes_as_generated() {
         );
     }
 }
+
+/// Runs the CLI as `nobody` (uid 65534), as an unprivileged user would.
+fn as_nobody(d: &Daemon, args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--",
+        ])
+        .arg(EXE)
+        .arg("--root")
+        .arg(d.state())
+        .args(args)
+        .output()
+        .expect("setpriv (util-linux)")
+}
+
+#[test]
+fn roles_are_checked_by_peer_credentials_and_an_app_cannot_approve_itself() {
+    use std::os::unix::fs::PermissionsExt;
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test runs the daemon as root and the CLI as nobody; run it as root"
+    );
+    let d = Daemon::start(&["--no-embedded", "--no-default-devices"]);
+    // Let nobody reach the socket (the socket itself is 0666).
+    for dir in [d.root.path().to_owned(), d.state()] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // Anyone may read.
+    for args in [
+        &["ioreg"][..],
+        &["device", "list"],
+        &["status"],
+        &["sysext", "list"],
+    ] {
+        let out = as_nobody(&d, args);
+        assert!(
+            out.status.success(),
+            "{args:?} as nobody: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Nothing else: each refusal names the rule.
+    let bundle = d.root.path().join("x.dext");
+    for (args, what) in [
+        (&["sysext", "approve", "com.example.X"][..], "approve"),
+        (&["sysext", "developer", "on"], "developer mode"),
+        (&["sysext", "uninstall", "com.example.X"], "uninstall"),
+        (&["sysext", "reset"], "reset"),
+        (&["device", "plug", "sensor"], "plug"),
+        (&["stop"], "stop"),
+    ] {
+        let out = as_nobody(&d, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} as nobody succeeded");
+        assert!(
+            err.contains(&format!(
+                "{what} needs an administrator: uid 65534 is not root or in group driverkit"
+            )),
+            "{args:?}: {err}"
+        );
+    }
+    let key = d.root.path().join("k");
+    d.cli(&["key", "new", key.to_str().unwrap()]);
+    std::fs::set_permissions(
+        format!("{}.pub", key.display()),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = as_nobody(&d, &["sysext", "trust", &format!("{}.pub", key.display())]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("trust needs an administrator"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::create_dir_all(&bundle).unwrap();
+    let out = as_nobody(&d, &["load", bundle.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("load needs an administrator"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(d.nodes().iter().all(|n| n["name"] != "VirtualSensor"));
+
+    // An app asks for its dext and may not approve it itself, even as root.
+    let dir = d.root.path().join("apps");
+    std::fs::create_dir_all(&dir).unwrap();
+    let app = make_app(&dir, "Maker", &AppSpec::default());
+    let macos = app.join("Contents/MacOS");
+    std::fs::create_dir_all(&macos).unwrap();
+    let app_exe = macos.join("driverkit");
+    std::fs::copy(EXE, &app_exe).unwrap();
+    d.cli(&["sysext", "developer", "on"]);
+    let from_app = |args: &[&str]| {
+        Command::new(&app_exe)
+            .arg("--root")
+            .arg(d.state())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let id = "com.example.Shipped";
+    let out = from_app(&["sysext", "activate", app.to_str().unwrap(), id]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("waiting for user"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = from_app(&["sysext", "approve", id]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the app approved its own request");
+    assert!(err.contains("cannot approve its own request"), "{err}");
+    assert_eq!(state_of(&d, id).as_deref(), Some("waiting_for_user"));
+    // A person approves it.
+    d.cli(&["sysext", "approve", id]);
+    assert_eq!(state_of(&d, id).as_deref(), Some("enabled"));
+}

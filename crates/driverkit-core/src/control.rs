@@ -13,6 +13,7 @@ use std::sync::mpsc;
 use serde::{Deserialize, Serialize};
 
 use crate::lifecycle::Core;
+use crate::peer::{Peer, Role};
 
 /// The socket's file name inside the root directory.
 pub const SOCKET: &str = driverkit_wire::root::CONTROL_SOCKET;
@@ -76,33 +77,94 @@ pub type Handler =
 pub type StreamHandler =
     Box<dyn Fn(&serde_json::Value, UnixStream) -> std::io::Result<()> + Send + Sync>;
 
-/// The requests families and backends add to the control socket, by `op`.
+/// The requests families and backends add to the control socket, by `op`,
+/// each with the role it needs.
 #[derive(Default)]
 pub struct Extensions {
-    requests: std::collections::HashMap<String, Handler>,
-    streams: std::collections::HashMap<String, StreamHandler>,
+    requests: std::collections::HashMap<String, (Role, Handler)>,
+    streams: std::collections::HashMap<String, (Role, StreamHandler)>,
 }
 
 impl Extensions {
-    /// Serves requests whose `op` is `op` with `handler`.
+    /// Serves requests whose `op` is `op` with `handler`, for peers in
+    /// `role`.
     pub fn request(
         &mut self,
         op: &str,
+        role: Role,
         handler: impl Fn(&serde_json::Value) -> Result<serde_json::Value, String>
             + Send
             + Sync
             + 'static,
     ) {
-        self.requests.insert(op.to_owned(), Box::new(handler));
+        self.requests
+            .insert(op.to_owned(), (role, Box::new(handler)));
     }
 
     /// Serves streaming requests whose `op` is `op` with `handler`.
     pub fn stream(
         &mut self,
         op: &str,
+        role: Role,
         handler: impl Fn(&serde_json::Value, UnixStream) -> std::io::Result<()> + Send + Sync + 'static,
     ) {
-        self.streams.insert(op.to_owned(), Box::new(handler));
+        self.streams
+            .insert(op.to_owned(), (role, Box::new(handler)));
+    }
+}
+
+/// The longest request line: a device file's text travels in one.
+pub const MAX_LINE: usize = 8 << 20;
+/// Control connections served at once; more are answered with an error.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// What a core request needs, and its name for refusals.
+fn role_of(req: &Request) -> (Role, &'static str) {
+    use Request::*;
+    match req {
+        Registry => (Role::Anyone, "ioreg"),
+        Devices => (Role::Anyone, "device list"),
+        Status => (Role::Anyone, "status"),
+        Lifecycle => (Role::Anyone, "matching notifications"),
+        SysextList => (Role::Anyone, "sysext list"),
+        // Its own check: the app's entitlements (user_client).
+        ServiceOpen { .. } => (Role::Anyone, "IOServiceOpen"),
+        // An app's own requests are checked against the app (`handle`).
+        SysextActivate { .. } => (Role::Anyone, "sysext activate"),
+        SysextDeactivate { .. } => (Role::Anyone, "sysext deactivate"),
+        Unplug { .. } => (Role::Administrator, "device unplug"),
+        Load { .. } => (Role::Administrator, "load"),
+        Shutdown => (Role::Administrator, "stop"),
+        SysextApprove { .. } => (Role::Administrator, "approve"),
+        SysextUninstall { .. } => (Role::Administrator, "uninstall"),
+        SysextReset => (Role::Administrator, "reset"),
+        SysextDeveloper { .. } => (Role::Administrator, "developer mode"),
+        SysextTrust { .. } => (Role::Administrator, "trust"),
+    }
+}
+
+/// Reads one line of at most [`MAX_LINE`] bytes; `None` at the end.
+fn read_line(reader: &mut BufReader<UnixStream>) -> std::io::Result<Option<String>> {
+    let mut line = Vec::new();
+    loop {
+        let available = reader.fill_buf()?;
+        if available.is_empty() {
+            return Ok((!line.is_empty()).then(|| String::from_utf8_lossy(&line).into_owned()));
+        }
+        let (taken, done) = match available.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        line.extend_from_slice(&available[..taken]);
+        reader.consume(taken);
+        if line.len() > MAX_LINE {
+            return Err(std::io::Error::other(format!(
+                "a request line longer than {MAX_LINE} bytes"
+            )));
+        }
+        if done {
+            return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
+        }
     }
 }
 
@@ -130,20 +192,41 @@ pub fn serve(
     // The root lock is held, so a socket file left here is stale.
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
+    // Anyone may connect: anyone may read. What changes the system is
+    // checked per request, by the peer's credentials.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
+                use std::sync::atomic::Ordering;
+                if open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+                    open.fetch_sub(1, Ordering::AcqRel);
+                    let answer = serde_json::json!({
+                        "error": format!("too many control connections (at most {MAX_CONNECTIONS}); try again")
+                    });
+                    let _ = (&stream).write_all(format!("{answer}\n").as_bytes());
+                    continue;
+                }
                 let daemon = daemon.clone();
                 let shutdown = shutdown.clone();
                 let extensions = extensions.clone();
-                let _ = std::thread::Builder::new()
+                let open = open.clone();
+                let spawned = std::thread::Builder::new()
                     .name("control-client".into())
                     .spawn(move || {
-                        if let Err(e) = serve_client(stream, &daemon, &extensions, &shutdown) {
+                        let peer = Peer::of(&stream, daemon.admin_group());
+                        if let Err(e) =
+                            serve_client(stream, &peer, &daemon, &extensions, &shutdown)
+                        {
                             tracing::debug!("control client: {e}");
                         }
+                        open.fetch_sub(1, Ordering::AcqRel);
                     });
+                if spawned.is_err() {
+                    tracing::warn!("control: cannot serve a connection");
+                }
             }
         })?;
     Ok(path)
@@ -151,6 +234,7 @@ pub fn serve(
 
 fn serve_client(
     stream: UnixStream,
+    peer: &Peer,
     daemon: &Core,
     extensions: &Extensions,
     shutdown: &mpsc::Sender<()>,
@@ -158,10 +242,16 @@ fn serve_client(
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
+        let line = match read_line(&mut reader) {
+            Ok(Some(line)) => line,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                // Answer why, then hang up: the rest of the line is garbage.
+                let answer = serde_json::json!({ "error": e.to_string() });
+                let _ = writer.write_all(format!("{answer}\n").as_bytes());
+                return Err(e);
+            }
+        };
         // A family's or a backend's request, by its op.
         let object = serde_json::from_str::<serde_json::Value>(&line).ok();
         let op = object
@@ -169,26 +259,42 @@ fn serve_client(
             .and_then(|o| o.get("op"))
             .and_then(serde_json::Value::as_str);
         if let (Some(o), Some(op)) = (&object, op) {
-            if let Some(handler) = extensions.streams.get(op) {
+            if let Some((role, handler)) = extensions.streams.get(op) {
+                if let Err(e) = peer.allow(*role, op) {
+                    let answer = serde_json::json!({ "error": e });
+                    writer.write_all(format!("{answer}\n").as_bytes())?;
+                    continue;
+                }
                 return handler(o, writer);
             }
         }
         let extension = match (&object, op) {
-            (Some(o), Some(op)) => extensions.requests.get(op).map(|h| h(o)),
+            (Some(o), Some(op)) => extensions
+                .requests
+                .get(op)
+                .map(|(role, h)| peer.allow(*role, op).and_then(|()| h(o))),
             _ => None,
         };
         let response = match extension {
             Some(Ok(v)) => Response::Ok(v),
             Some(Err(e)) => Response::Error(e),
             None => match serde_json::from_str::<Request>(&line) {
-                Ok(Request::Lifecycle) => return stream_lifecycle(daemon, writer),
-                Ok(Request::ServiceOpen { service, kind }) => {
-                    return serve_connection(daemon, reader, writer, service, kind)
+                Ok(req) => {
+                    let (role, what) = role_of(&req);
+                    match peer.allow(role, what) {
+                        Err(e) => Response::Error(e),
+                        Ok(()) => match req {
+                            Request::Lifecycle => return stream_lifecycle(daemon, writer),
+                            Request::ServiceOpen { service, kind } => {
+                                return serve_connection(daemon, reader, writer, service, kind)
+                            }
+                            req => match handle(daemon, peer, req, shutdown) {
+                                Ok(v) => Response::Ok(v),
+                                Err(e) => Response::Error(e),
+                            },
+                        },
+                    }
                 }
-                Ok(req) => match handle(daemon, req, shutdown) {
-                    Ok(v) => Response::Ok(v),
-                    Err(e) => Response::Error(e),
-                },
                 Err(e) => Response::Error(format!("bad request: {e}")),
             },
         };
@@ -273,6 +379,7 @@ fn stream_lifecycle(daemon: &Core, mut writer: UnixStream) -> std::io::Result<()
 
 fn handle(
     daemon: &Core,
+    peer: &Peer,
     req: Request,
     shutdown: &mpsc::Sender<()>,
 ) -> Result<serde_json::Value, String> {
@@ -297,9 +404,38 @@ fn handle(
             app,
             bundle_id,
             replacement,
-        } => Ok(answer(daemon.activate(&app, &bundle_id, replacement))),
-        Request::SysextDeactivate { bundle_id } => Ok(answer(daemon.deactivate(&bundle_id))),
-        Request::SysextApprove { bundle_id } => Ok(answer(daemon.approve(&bundle_id))),
+        } => {
+            // An app asks for its own dexts; an administrator for any app's.
+            let requester = peer.app();
+            if !peer.is_admin() && requester.as_deref() != Some(app.as_path()) {
+                return Err(format!(
+                    "sysext activate: uid {} may ask only for the dexts of its own app, and it is not {}",
+                    peer.uid,
+                    app.display()
+                ));
+            }
+            Ok(answer(daemon.activate_for(
+                &app,
+                &bundle_id,
+                replacement,
+                requester.as_deref(),
+            )))
+        }
+        Request::SysextDeactivate { bundle_id } => {
+            let carries = peer.app().is_some_and(|app| {
+                driverkit_bundle::location::dext_in_app(&app, &bundle_id).is_dir()
+            });
+            if !peer.is_admin() && !carries {
+                return Err(format!(
+                    "sysext deactivate: uid {} may deactivate only the dexts its own app carries",
+                    peer.uid
+                ));
+            }
+            Ok(answer(daemon.deactivate(&bundle_id)))
+        }
+        Request::SysextApprove { bundle_id } => {
+            Ok(answer(daemon.approve_by(&bundle_id, peer.app().as_deref())))
+        }
         Request::SysextUninstall { bundle_id } => daemon
             .uninstall(&bundle_id)
             .map(|()| json!({}))
@@ -416,8 +552,10 @@ mod tests {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let d = daemon.clone();
         let (tx, _rx) = mpsc::channel();
-        let server =
-            std::thread::spawn(move || serve_client(theirs, &d, &Extensions::default(), &tx));
+        let server = std::thread::spawn(move || {
+            let peer = Peer::of(&theirs, None);
+            serve_client(theirs, &peer, &d, &Extensions::default(), &tx)
+        });
         let mut writer = ours.try_clone().unwrap();
         let mut reader = BufReader::new(ours);
         let mut answers = Vec::new();
@@ -461,6 +599,26 @@ mod tests {
             .unwrap()
             .contains("no plugged device with id 0x7"));
         assert_eq!(answers[4]["ok"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn a_request_line_past_the_cap_is_answered_and_the_connection_closed() {
+        let root = tempfile::tempdir().unwrap();
+        let daemon = Core::start(crate::Config::new(root.path().to_owned()), Vec::new());
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (tx, _rx) = mpsc::channel();
+        let server = std::thread::spawn(move || {
+            let peer = Peer::of(&theirs, None);
+            serve_client(theirs, &peer, &daemon, &Extensions::default(), &tx)
+        });
+        let mut writer = ours.try_clone().unwrap();
+        let long = vec![b'a'; MAX_LINE + 2];
+        // The server answers and hangs up before it has read it all.
+        let _ = writer.write_all(&long);
+        let mut answer = String::new();
+        BufReader::new(ours).read_line(&mut answer).unwrap();
+        assert!(answer.contains("longer than"), "{answer}");
+        assert!(server.join().unwrap().is_err());
     }
 
     proptest! {

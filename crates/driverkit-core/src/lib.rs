@@ -24,6 +24,7 @@ mod io_service;
 pub mod ioreg;
 pub mod lifecycle;
 pub mod matching;
+pub mod peer;
 pub mod registry;
 pub mod root;
 pub mod store;
@@ -35,5 +36,6 @@ mod workers;
 
 pub use family::{Call, Family, FamilyId, FamilyMatcher, MatchTarget};
 pub use lifecycle::{Config, Core, DeviceInfo, Event};
+pub use peer::{Peer, Role};
 pub use registry::EntryId;
 pub use system::{Nub, System};

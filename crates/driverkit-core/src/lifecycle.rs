@@ -44,6 +44,9 @@ pub struct Config {
     /// crashes afresh, as Windows' UMDF does: a driver that crashes four
     /// times over a month is not given up.
     pub relaunch_quiet: Duration,
+    /// The group whose members are administrators besides root (approve,
+    /// trust, developer mode, load...). `None`: root only.
+    pub admin_group: Option<String>,
 }
 
 impl Config {
@@ -56,6 +59,7 @@ impl Config {
             relaunch_backoff: Duration::from_millis(250),
             call_timeout: Duration::from_secs(20),
             relaunch_quiet: Duration::from_secs(30 * 60),
+            admin_group: Some("driverkit".to_owned()),
         }
     }
 }
@@ -141,6 +145,9 @@ pub(crate) struct Inner {
     pub(crate) store: Mutex<Result<crate::store::Store, String>>,
     /// Serializes system extension requests.
     pub(crate) sysext_lock: Mutex<()>,
+    /// The app that asked for each extension waiting for approval: it may
+    /// not approve its own request.
+    pub(crate) requesters: Mutex<HashMap<String, PathBuf>>,
     /// What families see of the core; holds only a weak reference.
     pub(crate) system: System,
 }
@@ -215,6 +222,7 @@ impl Core {
             families,
             store: Mutex::new(store),
             sysext_lock: Mutex::new(()),
+            requesters: Mutex::default(),
             system: System::new(me.clone()),
         });
         let core = Core { inner };
@@ -226,6 +234,11 @@ impl Core {
         core.load_extensions();
         core.inner.schedule_match(user_resources);
         core
+    }
+
+    /// The administrator group, besides root.
+    pub fn admin_group(&self) -> Option<&str> {
+        self.inner.config.admin_group.as_deref()
     }
 
     /// What families and backends may ask of the core.

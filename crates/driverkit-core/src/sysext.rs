@@ -139,6 +139,25 @@ impl Core {
         bundle_id: &str,
         replacement: Replacement,
     ) -> Result<Outcome, Failure> {
+        self.activate_for(app, bundle_id, replacement, None)
+    }
+
+    /// [`Core::activate`] asked by the app at `requester` (the app of the
+    /// peer's executable), which may then not approve it.
+    pub fn activate_for(
+        &self,
+        app: &Path,
+        bundle_id: &str,
+        replacement: Replacement,
+        requester: Option<&Path>,
+    ) -> Result<Outcome, Failure> {
+        if let Some(r) = requester {
+            self.inner
+                .requesters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(bundle_id.to_owned(), r.to_owned());
+        }
         let _one = self.one_request();
         if !app.is_absolute() {
             return Err(Failure::new(
@@ -296,6 +315,30 @@ impl Core {
     /// `driverkit sysext approve`: the person allows the extension; it
     /// loads and matches.
     pub fn approve(&self, bundle_id: &str) -> Result<Outcome, Failure> {
+        self.approve_by(bundle_id, None)
+    }
+
+    /// [`Core::approve`] by a process of the app at `approver`, if any: the
+    /// app that requested the activation can never approve it.
+    pub fn approve_by(&self, bundle_id: &str, approver: Option<&Path>) -> Result<Outcome, Failure> {
+        let requester = self
+            .inner
+            .requesters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(bundle_id)
+            .cloned();
+        if let (Some(a), Some(r)) = (approver, &requester) {
+            if a == r.as_path() {
+                return Err(Failure::new(
+                    code::AUTHORIZATION_REQUIRED,
+                    format!(
+                        "approve: {} requested {bundle_id} and cannot approve its own request; a person approves it with `driverkit sysext approve`",
+                        r.display()
+                    ),
+                ));
+            }
+        }
         let _one = self.one_request();
         let path = self.change_records(|s, next| {
             let e = next

@@ -10,6 +10,7 @@ pub const CODE_SIGNATURE_INVALID: i64 = 8;
 pub const VALIDATION_FAILED: i64 = 9;
 pub const FORBIDDEN_BY_SYSTEM_POLICY: i64 = 10;
 pub const REQUEST_CANCELED: i64 = 11;
+pub const AUTHORIZATION_REQUIRED: i64 = 13;
 
 /// The reason a code stands for, as the error's description names it.
 pub fn reason(code: i64) -> &'static str {
@@ -21,6 +22,7 @@ pub fn reason(code: i64) -> &'static str {
         VALIDATION_FAILED => "validation failed",
         FORBIDDEN_BY_SYSTEM_POLICY => "forbidden by system policy",
         REQUEST_CANCELED => "request canceled",
+        AUTHORIZATION_REQUIRED => "authorization required",
         _ => "unknown",
     }
 }

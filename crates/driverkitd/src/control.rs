@@ -8,6 +8,7 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 
 use driverkit_core::control::{decode, Extensions};
+use driverkit_core::Role;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -88,12 +89,25 @@ impl From<DeviceRequest> for Request {
 /// control socket.
 pub fn extensions(daemon: &Daemon) -> Extensions {
     let mut x = Extensions::default();
-    for op in ["plug", "attach", "export", "type", "report", "output"] {
+    // Changing what is plugged, lent or typed is an administrator's;
+    // reading what a device last got is anyone's.
+    for (op, role) in [
+        ("plug", Role::Administrator),
+        ("attach", Role::Administrator),
+        ("export", Role::Administrator),
+        ("type", Role::Administrator),
+        ("report", Role::Administrator),
+        ("output", Role::Anyone),
+    ] {
         let d = daemon.clone();
-        x.request(op, move |request| device_request(&d, decode(request)?));
+        x.request(op, role, move |request| {
+            device_request(&d, decode(request)?)
+        });
     }
     let d = daemon.clone();
-    x.stream("events", move |_, writer| stream_events(&d, writer));
+    x.stream("events", Role::Anyone, move |_, writer| {
+        stream_events(&d, writer)
+    });
     x
 }
 

@@ -43,6 +43,8 @@ pub struct Config {
     pub call_timeout: Duration,
     /// A personality quiet this long starts counting crashes afresh.
     pub relaunch_quiet: Duration,
+    /// Members of this group are administrators besides root.
+    pub admin_group: Option<String>,
     /// Forward HID events to Linux applications through uinput, where
     /// `/dev/uinput` opens. Off by default: a test's typing must not reach
     /// the desktop of the machine running it.
@@ -65,6 +67,7 @@ impl Config {
             relaunch_backoff: core.relaunch_backoff,
             call_timeout: core.call_timeout,
             relaunch_quiet: core.relaunch_quiet,
+            admin_group: core.admin_group.clone(),
             uinput: false,
             linux_usb: false,
         }
@@ -78,6 +81,7 @@ impl Config {
             relaunch_backoff: self.relaunch_backoff,
             call_timeout: self.call_timeout,
             relaunch_quiet: self.relaunch_quiet,
+            admin_group: self.admin_group.clone(),
         }
     }
 }

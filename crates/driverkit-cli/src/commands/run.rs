@@ -42,6 +42,10 @@ pub struct RunArgs {
     /// Do not forward HID events to Linux applications through /dev/uinput.
     #[arg(long)]
     no_uinput: bool,
+    /// Members of this group may administer the daemon besides root
+    /// (approve, trust, developer mode, load, plug...); empty: root only.
+    #[arg(long, default_value = "driverkit")]
+    admin_group: String,
     /// Do not drive the machine's real USB devices (usbfs).
     #[arg(long)]
     no_linux_usb: bool,
@@ -57,6 +61,7 @@ pub fn run(root: PathBuf, args: RunArgs) -> Result<(), String> {
     config.call_timeout = Duration::from_millis(args.call_timeout_ms);
     config.uinput = !args.no_uinput;
     config.linux_usb = !args.no_linux_usb;
+    config.admin_group = Some(args.admin_group).filter(|g| !g.is_empty());
     if !args.no_embedded {
         let dir = root.join("embedded");
         for e in drivers::EXAMPLES {
