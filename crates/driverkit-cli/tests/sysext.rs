@@ -772,3 +772,32 @@ fn roles_are_checked_by_peer_credentials_and_an_app_cannot_approve_itself() {
     d.cli(&["sysext", "approve", id]);
     assert_eq!(state_of(&d, id).as_deref(), Some("enabled"));
 }
+
+#[test]
+fn a_link_out_of_the_bundle_is_refused_and_only_the_checked_copy_is_kept() {
+    let d = Daemon::start(&["--no-embedded", "--no-default-devices"]);
+    d.cli(&["sysext", "developer", "on"]);
+    let dir = d.root.path().join("apps");
+    std::fs::create_dir_all(&dir).unwrap();
+    let app = make_app(&dir, "Linked", &AppSpec::default());
+    let id = "com.example.Shipped";
+    let dext = app.join(format!("Contents/Library/SystemExtensions/{id}.dext"));
+    // The driver's executable is a link to a file outside the bundle, which
+    // could change after the system checked it.
+    let outside = dir.join("elsewhere");
+    std::fs::rename(dext.join("DriverKitTestDriver"), &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, dext.join("DriverKitTestDriver")).unwrap();
+    let err = refused(&d, &app, id);
+    assert!(
+        err.contains("is a link out of the bundle") && err.contains("DriverKitTestDriver"),
+        "{err}"
+    );
+    assert_eq!(state_of(&d, id), None);
+    // A link that stays inside is followed.
+    std::fs::remove_file(dext.join("DriverKitTestDriver")).unwrap();
+    std::fs::create_dir_all(dext.join("bin")).unwrap();
+    std::fs::rename(&outside, dext.join("bin/driver")).unwrap();
+    std::os::unix::fs::symlink("bin/driver", dext.join("DriverKitTestDriver")).unwrap();
+    d.cli(&["sysext", "activate", app.to_str().unwrap(), id]);
+    assert_eq!(state_of(&d, id).as_deref(), Some("waiting_for_user"));
+}

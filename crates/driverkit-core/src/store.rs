@@ -136,6 +136,11 @@ impl Store {
             .join(format!("{}.dext", e.generation))
     }
 
+    /// Where a generation of `bundle_id` lives.
+    pub fn copy_path(&self, bundle_id: &str, generation: u64) -> PathBuf {
+        self.dir.join(bundle_id).join(format!("{generation}.dext"))
+    }
+
     /// Copies the bundle at `source` into the store as a new generation of
     /// `bundle_id`, synced, under its final name; nothing names it until a
     /// record does (`commit`). Returns the generation.
@@ -151,7 +156,9 @@ impl Store {
             .join(STAGING)
             .join(format!("{bundle_id}-{generation}.dext"));
         let _ = std::fs::remove_dir_all(&staged);
-        copy_tree(source, &staged)?;
+        let root =
+            std::fs::canonicalize(source).map_err(|e| format!("{}: {e}", source.display()))?;
+        copy_tree(&root, source, &staged)?;
         crash_point("store-copied");
         let home = self.dir.join(bundle_id);
         std::fs::create_dir_all(&home).map_err(|e| format!("{}: {e}", home.display()))?;
@@ -211,18 +218,34 @@ impl Store {
     }
 }
 
-/// Copies a bundle: directories and regular files, links followed (a
-/// bundle's executable may be a link, and the store keeps what it pointed
-/// to), every file synced.
-fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
+/// Copies a bundle: directories and regular files, every file synced. A
+/// link is followed only when it stays inside the bundle (`root`, already
+/// canonical): a dext's files are the dext's, and a link out of it would
+/// let an app's files change under the system after it checked them.
+fn copy_tree(root: &Path, from: &Path, to: &Path) -> Result<(), String> {
     std::fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
     let entries = std::fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))?;
     for entry in entries {
         let entry = entry.map_err(|e| format!("{}: {e}", from.display()))?;
         let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let link = std::fs::symlink_metadata(&src)
+            .map_err(|e| format!("{}: {e}", src.display()))?
+            .file_type()
+            .is_symlink();
+        if link {
+            let target =
+                std::fs::canonicalize(&src).map_err(|e| format!("{}: {e}", src.display()))?;
+            if !target.starts_with(root) {
+                return Err(format!(
+                    "{} is a link out of the bundle (to {}); a dext's files must be inside it",
+                    src.display(),
+                    target.display()
+                ));
+            }
+        }
         let meta = std::fs::metadata(&src).map_err(|e| format!("{}: {e}", src.display()))?;
         if meta.is_dir() {
-            copy_tree(&src, &dst)?;
+            copy_tree(root, &src, &dst)?;
         } else {
             std::fs::copy(&src, &dst).map_err(|e| format!("{}: {e}", src.display()))?;
             std::fs::File::open(&dst)

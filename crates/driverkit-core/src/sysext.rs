@@ -87,6 +87,47 @@ fn versions(b: &Bundle) -> Versions {
     }
 }
 
+/// The store's copy of a dext is what the system checked: the same bundle
+/// and version, valid, entitled, and signed by a trusted key unless
+/// developer mode is on.
+fn verify_copy(
+    copy: &Path,
+    checked: &Bundle,
+    developer: bool,
+    trusted: &[String],
+) -> Result<(), Failure> {
+    let changed = |what: String| {
+        Failure::new(
+            code::VALIDATION_FAILED,
+            format!(
+                "{}: the copy differs from what was checked: {what}",
+                copy.display()
+            ),
+        )
+    };
+    let bundle = Bundle::load(copy).map_err(|e| changed(e.to_string()))?;
+    if bundle.identifier != checked.identifier || bundle.version() != checked.version() {
+        return Err(changed(format!(
+            "{} {} instead of {} {}",
+            bundle.identifier,
+            bundle.version(),
+            checked.identifier,
+            checked.version()
+        )));
+    }
+    bundle
+        .check_entitlements()
+        .map_err(|e| Failure::new(code::MISSING_ENTITLEMENT, e.to_string()))?;
+    match signature::verify(copy, trusted) {
+        Ok(_) => Ok(()),
+        Err(_) if developer => Ok(()),
+        Err(refusal) => Err(Failure::new(
+            code::CODE_SIGNATURE_INVALID,
+            format!("{}: {refusal}", copy.display()),
+        )),
+    }
+}
+
 impl Core {
     /// Runs `f` on the store; a store that failed to open answers why.
     fn with_store<R>(
@@ -281,8 +322,15 @@ impl Core {
         };
         let generation = self.with_store(|s| {
             s.add_copy(&dext, bundle_id)
-                .map_err(|e| Failure::new(code::UNKNOWN, e))
+                .map_err(|e| Failure::new(code::VALIDATION_FAILED, e))
         })?;
+        // What is checked is the copy, which is all that will ever run: the
+        // app's files may have changed since they were read above.
+        let copy = self.with_store(|s| Ok(s.copy_path(bundle_id, generation)))?;
+        if let Err(f) = verify_copy(&copy, &bundle, developer, &trusted) {
+            let _ = std::fs::remove_dir_all(&copy);
+            return Err(f);
+        }
         let installed = self.change_records(|s, next| {
             let record = Extension {
                 bundle_id: bundle_id.to_owned(),
