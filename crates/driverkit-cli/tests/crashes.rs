@@ -327,3 +327,32 @@ fn crashes_far_apart_are_each_a_first_crash() {
         "{record}"
     );
 }
+
+/// A dext registering more shared memory than the system gives one dext:
+/// its call fails with kIOReturnNoResources and the log names the limit.
+#[test]
+fn a_dext_past_its_memory_limit_gets_no_resources_and_the_limit_is_named() {
+    let d = Daemon::start(&["--no-embedded", "--no-default-devices"]);
+    let dir = d.root.path().to_owned();
+    let bundle = test_bundle(
+        &dir,
+        "org.test.Hog",
+        &[P {
+            name: "Hog",
+            provider_class: "IOVirtualDevice",
+            extra: "<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>\
+                    <key>TestStartBehavior</key><string>hog</string>",
+        }],
+    );
+    d.cli(&["load", bundle.to_str().unwrap()]);
+    plug_test_device(&d);
+    let driver = d.wait_node("the hog started", |n| {
+        n["name"] == "TestDriver" && n["state"]["active"] == true
+    });
+    assert_eq!(
+        driver["properties"]["TestHogStatus"], "ok,kIOReturnNoResources",
+        "{driver}"
+    );
+    d.wait_log("limit    ", 1);
+    assert!(d.log().contains("registered memory past"), "{}", d.log());
+}

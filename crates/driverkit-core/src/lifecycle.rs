@@ -1131,7 +1131,7 @@ impl Inner {
             .get(&server)
             .map(|s| s.server.clone())
             .ok_or(IOReturn::OFFLINE)?;
-        process.memory(memory).ok_or(IOReturn::BAD_ARGUMENT)
+        process.memory(memory)
     }
 
     /// Records an asynchronous request of `server` to `device`, to complete
@@ -1144,6 +1144,19 @@ impl Inner {
             .get(&server)
             .map(|s| s.server.clone())
             .ok_or(IOReturn::OFFLINE)?;
+        // One scan per request: the table holds at most the limit per dext.
+        let pending = st
+            .requests
+            .values()
+            .filter(|r| r.server.id == server.id)
+            .count();
+        if pending >= crate::user_server::limits::PENDING_REQUESTS {
+            tracing::warn!(
+                "limit    {server:?}: {} asynchronous requests already pending; refused",
+                crate::user_server::limits::PENDING_REQUESTS
+            );
+            return Err(IOReturn::NO_RESOURCES);
+        }
         st.next_request += 1;
         let request = st.next_request;
         st.requests.insert(

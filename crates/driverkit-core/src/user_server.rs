@@ -34,6 +34,27 @@ use crate::lifecycle::Inner;
 /// number (driverkit::runtime::SERVER_FD_ENV; the daemon does not depend on
 /// the SDK).
 const SERVER_FD_ENV: &str = "DRIVERKIT_SERVER_FD";
+/// What one dext may hold of the system, so that no driver can exhaust the
+/// daemon: past a limit its call fails with `kIOReturnNoResources` and the
+/// log names the limit.
+pub(crate) mod limits {
+    /// Shared-memory regions registered at once, and their total size.
+    pub const MEMORY_REGIONS: usize = 4096;
+    pub const MEMORY_BYTES: u64 = 1 << 30;
+    /// Asynchronous requests waiting for their completion.
+    pub const PENDING_REQUESTS: usize = 4096;
+    /// Log lines a second, beyond a burst of twice as many.
+    pub const LOG_LINES_PER_SECOND: u32 = 1000;
+}
+
+/// The regions a dext registered, by its IDs, and those refused.
+#[derive(Default)]
+struct Memory {
+    regions: HashMap<u64, Arc<SharedMemory>>,
+    bytes: u64,
+    refused: std::collections::HashSet<u64>,
+}
+
 /// How long a new process has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -60,7 +81,7 @@ pub struct UserServer {
     /// their threads end too.
     channels: Mutex<Vec<Arc<ShmChannel>>>,
     /// Shared-memory regions the dext registered, by its IDs.
-    memory: Mutex<HashMap<u64, Arc<SharedMemory>>>,
+    memory: Mutex<Memory>,
     memory_arrived: std::sync::Condvar,
 }
 
@@ -130,7 +151,7 @@ impl UserServer {
             exit_requested: AtomicBool::new(false),
             call_timeout: launch.call_timeout,
             channels: Mutex::new(Vec::new()),
-            memory: Mutex::new(HashMap::new()),
+            memory: Mutex::new(Memory::default()),
             memory_arrived: std::sync::Condvar::new(),
         });
         let reader = server.clone();
@@ -214,10 +235,27 @@ impl UserServer {
                     Kind::Hello => tracing::warn!("{self:?} said hello twice"),
                     Kind::Memory => match fd.map(|fd| SharedMemory::from_fd(fd, 0)) {
                         Some(Ok(shm)) => {
-                            self.memory
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .insert(h.object.0, Arc::new(shm));
+                            let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+                            let size = shm.len() as u64;
+                            if memory.regions.len() >= limits::MEMORY_REGIONS
+                                || memory.bytes + size > limits::MEMORY_BYTES
+                            {
+                                tracing::warn!(
+                                    "limit    {self:?}: registered memory past {} regions or {} MiB; region {} ({} KiB) refused",
+                                    limits::MEMORY_REGIONS,
+                                    limits::MEMORY_BYTES >> 20,
+                                    h.object.0,
+                                    size >> 10
+                                );
+                                memory.refused.insert(h.object.0);
+                            } else if let Some(old) =
+                                memory.regions.insert(h.object.0, Arc::new(shm))
+                            {
+                                memory.bytes = memory.bytes - old.len() as u64 + size;
+                            } else {
+                                memory.bytes += size;
+                            }
+                            drop(memory);
                             self.memory_arrived.notify_all();
                         }
                         Some(Err(e)) => tracing::warn!("{self:?} registered bad memory: {e}"),
@@ -303,16 +341,19 @@ impl UserServer {
     /// The region the dext registered as `id`. The registration travels on
     /// the main socket and the call naming it on a call channel, so the call
     /// may arrive first: wait briefly for it.
-    pub fn memory(&self, id: u64) -> Option<Arc<SharedMemory>> {
+    pub fn memory(&self, id: u64) -> IOResult<Arc<SharedMemory>> {
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
         let mut table = self.memory.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if let Some(m) = table.get(&id) {
-                return Some(m.clone());
+            if let Some(m) = table.regions.get(&id) {
+                return Ok(m.clone());
+            }
+            if table.refused.contains(&id) {
+                return Err(IOReturn::NO_RESOURCES);
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() || !self.is_alive() {
-                return None;
+                return Err(IOReturn::BAD_ARGUMENT);
             }
             table = self
                 .memory_arrived
@@ -503,7 +544,29 @@ fn forward_log(mut stream: UnixStream, label: &str) {
     use std::io::Read;
     let mut line: Vec<u8> = Vec::with_capacity(256);
     let mut chunk = [0u8; 4096];
-    let emit = |line: &[u8]| {
+    // A token bucket: LOG_LINES_PER_SECOND, with a burst of twice that;
+    // what is dropped is counted and said once the rate allows again.
+    let rate = f64::from(limits::LOG_LINES_PER_SECOND);
+    let mut tokens = 2.0 * rate;
+    let mut refilled = std::time::Instant::now();
+    let mut dropped: u64 = 0;
+    let mut emit = |line: &[u8]| {
+        let now = std::time::Instant::now();
+        tokens = (tokens + now.duration_since(refilled).as_secs_f64() * rate).min(2.0 * rate);
+        refilled = now;
+        if tokens < 1.0 {
+            dropped += 1;
+            return;
+        }
+        tokens -= 1.0;
+        if dropped > 0 {
+            tracing::warn!(
+                target: "dext",
+                "{label}: limit: {dropped} log line(s) dropped (more than {} a second)",
+                limits::LOG_LINES_PER_SECOND
+            );
+            dropped = 0;
+        }
         let text = String::from_utf8_lossy(line);
         tracing::info!(target: "dext", "{label}: {}", text.trim_end_matches('\r'));
     };

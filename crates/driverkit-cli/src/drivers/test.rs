@@ -5,7 +5,9 @@
 //! - `TestStartBehavior`: `ok` (default), `fail` (Start returns
 //!   kIOReturnError), `panic`, `abort`, `kill-self` (SIGKILL), `hang`,
 //!   `spew` (writes 1 MiB to stderr with no newline and bytes that are not
-//!   UTF-8, then logs `after the spew` and starts);
+//!   UTF-8, then logs `after the spew` and starts), `hog` (registers two
+//!   600 MiB buffers with reads from its provider, past the system's 1 GiB
+//!   per dext, and publishes the second read's status as `TestHogStatus`);
 //! - `TestStartDelayMs`: sleep this long in Start first;
 //! - `TestTerminateAfterMs`: once started, terminate itself this much later;
 //! - `TestReadLength`: ask the provider for an asynchronous read of this
@@ -97,6 +99,19 @@ impl IOServiceImpl for TestDriver {
                 let _ = err.write_all(b"\n");
                 drop(err);
                 driverkit::info!("after the spew");
+            }
+            "hog" => {
+                let mut statuses = Vec::new();
+                let mut kept = Vec::new();
+                for _ in 0..2 {
+                    let buffer = IOBufferMemoryDescriptor::create(600 << 20)?;
+                    let done = self.create_action_read_done(0)?;
+                    let status = provider.read_async(&buffer, 16, &done);
+                    statuses.push(status.err().and_then(|e| e.name()).unwrap_or("ok"));
+                    kept.push((buffer, done));
+                }
+                self.set_property("TestHogStatus", statuses.join(","))?;
+                std::mem::forget(kept);
             }
             _ => {}
         }
