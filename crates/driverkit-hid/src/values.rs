@@ -28,6 +28,10 @@ pub mod usage {
     pub const WHEEL: u16 = 0x38;
 }
 
+/// The most members one array field is read as (a descriptor lists at
+/// most 4096 usages per main item; this leaves room, and a bound).
+const MAX_ARRAY_MEMBERS: usize = 1 << 16;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Location {
     /// One slot of a variable field.
@@ -232,12 +236,21 @@ impl InputState {
                         });
                     }
                     if let Some(Group::Array { base, members, .. }) = groups.last_mut() {
-                        // Members come in increasing index order.
-                        let at = (index - *base) as usize;
-                        if members.len() <= at {
-                            members.resize(at + 1, None);
+                        // Members come in increasing index order in a sane
+                        // descriptor; a hostile one may put two fields at one
+                        // place with indices below the first's, or far
+                        // apart. Those members are left out rather than make
+                        // the table wrap or grow without bound.
+                        let at = index
+                            .checked_sub(*base)
+                            .and_then(|d| usize::try_from(d).ok())
+                            .filter(|at| *at < MAX_ARRAY_MEMBERS);
+                        if let Some(at) = at {
+                            if members.len() <= at {
+                                members.resize(at + 1, None);
+                            }
+                            members[at] = Some(i);
                         }
-                        members[at] = Some(i);
                     }
                 }
             }
@@ -434,6 +447,39 @@ impl EventTranslator {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fields_at_one_place_with_falling_indices_are_left_out_not_a_wrap() {
+        // Found by the hid_report_descriptor fuzz target: array members whose
+        // index falls below the first field's at the same bit made the member
+        // table's position wrap (and, in release, grow without bound).
+        for (descriptor, report) in [
+            (
+                &[
+                    0x76, 0x76, 0x80, 0x81, 0x08, 0x08, 0x09, 0x09, 0x0a, 0x85, 0x80, 0x80, 0x09,
+                    0x2d, 0x80, 0x09, 0x64, 0x26, 0x90, 0xf3, 0x09, 0x09, 0x09, 0x87, 0x90,
+                ][..],
+                &[][..],
+            ),
+            (
+                &[
+                    0x75, 0x75, 0x75, 0x75, 0x75, 0x75, 0x75, 0x75, 0x75, 0x75, 0x75, 0x75, 0x75,
+                    0x75, 0x75, 0x55, 0x80, 0x09, 0x00, 0x09, 0x09, 0x0a, 0x01, 0x85, 0x80, 0x09,
+                    0x09, 0x80, 0x09, 0x09, 0x80, 0x09, 0x00, 0x09, 0x89, 0x0a, 0x01, 0x85, 0x80,
+                    0x0a, 0x85, 0x80, 0x80, 0x09, 0x3d, 0x80, 0x09, 0x64, 0x80, 0x0a, 0x85, 0x80,
+                    0x09, 0x09, 0x09, 0x09, 0x09, 0x85, 0x80, 0x80, 0x09, 0x64, 0x80, 0x0a, 0x85,
+                    0x80, 0x09, 0x09, 0x09, 0x09, 0x09, 0x85, 0x80, 0x80,
+                ][..],
+                &[][..],
+            ),
+        ] {
+            if let Ok(d) = ReportDescriptor::parse(descriptor) {
+                let mut t = EventTranslator::new(&d);
+                let mut events = Vec::new();
+                t.translate(report, &mut events);
+            }
+        }
+    }
+
     use super::*;
 
     const KEYBOARD: &[u8] = &[
