@@ -66,6 +66,37 @@ fn server() -> (tokio::runtime::Runtime, u16, Handler) {
     (rt, port, handler)
 }
 
+/// What `driver` dispatched while `typing` typed `text` (lower case):
+/// `driverkit events` listens first, then the keys come.
+fn typed_through(d: &Daemon, driver: &Value, text: &str, typing: impl FnOnce()) -> String {
+    let mut events = Command::new(EXE)
+        .arg("--root")
+        .arg(d.state())
+        .args(["events", "--json", "--count", &(text.len() * 2).to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(events.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening"));
+    typing();
+    let out = events.wait_with_output().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["value"] == 1)
+        .inspect(|e| assert_eq!(e["service"], id_of(driver)))
+        .map(|e| {
+            driverkitd::families::hid::usage_char(e["usage"].as_u64().unwrap() as u32, false)
+                .unwrap()
+        })
+        .collect()
+}
+
 fn press(handler: &Handler, text: &str) {
     let mut h = handler.lock().unwrap();
     let kb = h.as_any().downcast_mut::<UsbHidKeyboardHandler>().unwrap();
@@ -106,32 +137,7 @@ fn a_keyboard_imported_over_usbip_types_through_the_dext_and_unplugs_when_the_se
     assert!(usb["properties"]["locationID"].as_u64().unwrap() >= 0x2000_0000);
 
     let text = "hello usbip";
-    let mut events = Command::new(EXE)
-        .arg("--root")
-        .arg(d.state())
-        .args(["events", "--json", "--count", &(text.len() * 2).to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(events.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("listening"));
-    press(&handler, text);
-    let out = events.wait_with_output().unwrap();
-    let typed: String = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|e| e["value"] == 1)
-        .inspect(|e| assert_eq!(e["service"], id_of(&driver)))
-        .map(|e| {
-            driverkitd::families::hid::usage_char(e["usage"].as_u64().unwrap() as u32, false)
-                .unwrap()
-        })
-        .collect();
+    let typed = typed_through(&d, &driver, text, || press(&handler, text));
     assert_eq!(typed, text);
 
     // The server goes away: the device is unplugged, its driver stopped.
@@ -166,14 +172,19 @@ fn attaching_an_unknown_bus_id_names_it() {
     );
 }
 
-/// A free port below the ephemeral range (see `server`).
+/// A free port below the ephemeral range (see `server`), never the same
+/// twice in this process: a daemon binds it later, so two tests must not
+/// be handed the same one meanwhile.
 fn free_port() -> u16 {
-    static PICKING: Mutex<()> = Mutex::new(());
-    let _picking = PICKING.lock().unwrap_or_else(|e| e.into_inner());
-    let first = 24_000 + (std::process::id() % 8_000) as u16;
-    (first..first + 4_000)
-        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        .expect("a free port below the ephemeral range")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let first = 24_000 + (std::process::id() % 4_000) as u16;
+    loop {
+        let port = first + NEXT.fetch_add(1, Ordering::Relaxed) % 4_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 #[test]
@@ -229,32 +240,9 @@ fn a_daemon_exports_its_virtual_keyboard_and_another_daemon_types_through_it() {
     );
 
     let text = "over usbip";
-    let mut events = Command::new(EXE)
-        .arg("--root")
-        .arg(importer.state())
-        .args(["events", "--json", "--count", &(text.len() * 2).to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(events.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("listening"));
-    exporter.cli(&["device", "type", &keyboard_id, text]);
-    let out = events.wait_with_output().unwrap();
-    let typed: String = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|e| e["value"] == 1)
-        .inspect(|e| assert_eq!(e["service"], id_of(&driver)))
-        .map(|e| {
-            driverkitd::families::hid::usage_char(e["usage"].as_u64().unwrap() as u32, false)
-                .unwrap()
-        })
-        .collect();
+    let typed = typed_through(&importer, &driver, text, || {
+        exporter.cli(&["device", "type", &keyboard_id, text]);
+    });
     assert_eq!(typed, text);
 
     // The importer lets go: the exporter has its keyboard back.

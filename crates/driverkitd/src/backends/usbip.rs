@@ -380,6 +380,33 @@ impl UsbIpDevice {
     }
 }
 
+/// The rest of a URB whose 48-byte header was read: its payload, then the
+/// whole message parsed. `direction`: a reply's, known from its
+/// submission (see `UrbHead::parse_reply`); `None` reads it from the
+/// header. The payload is bounded before it is read.
+pub(crate) fn read_urb(
+    s: &mut TcpStream,
+    head: &[u8; usbip::URB_HEADER_LEN],
+    direction: Option<u32>,
+) -> Result<Urb, driverkit_usb::Error> {
+    let h = match direction {
+        Some(d) => UrbHead::parse_reply(head, d)?,
+        None => UrbHead::parse(head)?,
+    };
+    let mut whole = head.to_vec();
+    whole.resize(usbip::URB_HEADER_LEN + h.payload, 0);
+    s.read_exact(&mut whole[usbip::URB_HEADER_LEN..])
+        .map_err(|e| driverkit_usb::Error {
+            offset: usbip::URB_HEADER_LEN,
+            expected: format!("{} bytes of URB data", h.payload),
+            found: e.to_string(),
+        })?;
+    match direction {
+        Some(d) => Urb::parse_reply(&whole, d),
+        None => Urb::parse(&whole),
+    }
+}
+
 /// Linux's URB status, as IOReturn. Any value, `i32::MIN` included.
 fn status(errno: i32) -> IOReturn {
     match errno.checked_neg().unwrap_or(i32::MAX) {
@@ -409,17 +436,7 @@ fn read_loop(mut s: TcpStream, device: std::sync::Weak<UsbIpDevice>) {
                 .map(|p| p.endpoint & 0x80 != 0)
         });
         let direction = u32::from(submitted_in.unwrap_or(false));
-        let parsed = UrbHead::parse_reply(&head, direction).and_then(|h| {
-            let mut whole = head.to_vec();
-            whole.resize(usbip::URB_HEADER_LEN + h.payload, 0);
-            s.read_exact(&mut whole[usbip::URB_HEADER_LEN..])
-                .map_err(|e| driverkit_usb::Error {
-                    offset: usbip::URB_HEADER_LEN,
-                    expected: format!("{} bytes of URB data", h.payload),
-                    found: e.to_string(),
-                })?;
-            Urb::parse_reply(&whole, direction)
-        });
+        let parsed = read_urb(&mut s, &head, Some(direction));
         let Some(d) = device.upgrade() else { return };
         let urb = match parsed {
             Ok(u) => u,

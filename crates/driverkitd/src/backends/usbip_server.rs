@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use driverkit_core::{EntryId, System};
-use driverkit_usb::usbip::{self, cmd, op, DeviceInfo, OpHeader, Urb, UrbHead};
+use driverkit_usb::usbip::{self, cmd, op, DeviceInfo, OpHeader, Urb};
 use driverkit_usb::{DeviceDescriptor, Setup};
 use driverkit_wire::IOReturn;
 
@@ -240,17 +240,7 @@ fn serve_urbs(s: TcpStream, device: &Arc<UsbDevice>, busid: &str) -> Result<(), 
                 Err(format!("{busid}: {e}"))
             };
         }
-        let parsed = UrbHead::parse(&head).and_then(|h| {
-            let mut whole = head.to_vec();
-            whole.resize(usbip::URB_HEADER_LEN + h.payload, 0);
-            s.read_exact(&mut whole[usbip::URB_HEADER_LEN..])
-                .map_err(|e| driverkit_usb::Error {
-                    offset: usbip::URB_HEADER_LEN,
-                    expected: format!("{} bytes of URB data", h.payload),
-                    found: e.to_string(),
-                })?;
-            Urb::parse(&whole)
-        });
+        let parsed = super::usbip::read_urb(&mut s, &head, None);
         let urb = match parsed {
             Ok(u) => u,
             Err(e) => break Err(format!("{busid}: bad message from the peer: {e}")),
