@@ -356,3 +356,40 @@ fn a_dext_past_its_memory_limit_gets_no_resources_and_the_limit_is_named() {
     d.wait_log("limit    ", 1);
     assert!(d.log().contains("registered memory past"), "{}", d.log());
 }
+
+/// A dext gets none of the daemon's environment: only the runtime's own
+/// variables and its log filter.
+#[test]
+fn a_dext_inherits_nothing_of_the_daemons_environment() {
+    let d = Daemon::start_with_env(
+        &["--no-default-devices"],
+        &[
+            ("DRIVERKIT_TEST_SECRET", "hunter2"),
+            ("RUST_BACKTRACE", "1"),
+        ],
+    );
+    let driver = d.wait_node("NullDriver running", |n| {
+        n["name"] == "NullDriver" && n["state"]["active"] == true
+    });
+    let pid = driver["pid"].as_u64().unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let mut names: Vec<String> = environ
+        .split(|b| *b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            let v = String::from_utf8_lossy(v);
+            v.split('=').next().unwrap_or_default().to_owned()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "DRIVERKIT_LOG",
+            "DRIVERKIT_SERVER_FD",
+            "NO_COLOR",
+            "RUST_BACKTRACE"
+        ],
+        "the daemon's own environment held DRIVERKIT_TEST_SECRET"
+    );
+}

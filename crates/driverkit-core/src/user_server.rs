@@ -55,6 +55,10 @@ struct Memory {
     refused: std::collections::HashSet<u64>,
 }
 
+/// The variables of the daemon's environment a dext sees: its log filter
+/// and colour choice, and Rust's backtrace switch. Nothing else.
+const INHERITED_ENV: [&str; 3] = ["DRIVERKIT_LOG", "NO_COLOR", "RUST_BACKTRACE"];
+
 /// How long a new process has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -115,6 +119,14 @@ impl UserServer {
         // made inheritable, so however many spawns run at once, no dext can
         // receive another's socket. Without a pre_exec hook std can use
         // posix_spawn (vfork), which keeps spawn_to_start near a bare exec.
+        // A dext gets none of the daemon's environment (it may hold what a
+        // driver has no business reading), only what the runtime reads.
+        cmd.env_clear();
+        for name in INHERITED_ENV {
+            if let Some(value) = std::env::var_os(name) {
+                cmd.env(name, value);
+            }
+        }
         cmd.env(SERVER_FD_ENV, "0")
             .stdin(OwnedFd::from(theirs))
             .stdout(OwnedFd::from(log_writer.try_clone()?))

@@ -27,6 +27,12 @@ impl Daemon {
         Daemon::spawn(tempfile::tempdir().unwrap(), args, &[])
     }
 
+    /// A daemon with more in its environment.
+    #[allow(dead_code)]
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::spawn(tempfile::tempdir().unwrap(), args, env)
+    }
+
     /// Stops this daemon (SIGKILL if it still runs) and starts another on
     /// the same state directory with `args` and `env`.
     pub fn restart(mut self, args: &[&str], env: &[(&str, &str)]) -> Daemon {
