@@ -132,7 +132,22 @@ impl Bundle {
             version::Version::parse(&v)
                 .map_err(|problem| BundleError::new(path, problem).key(key))?;
         }
-        required_string(path, &info, "OSBundleUsageDescription")?;
+        // Present, but it may be empty: Apple's NullDriver sample and
+        // Xcode's DriverKit template ship it so, and macOS accepts them.
+        // `driverkit validate` warns about an empty one.
+        match info.get("OSBundleUsageDescription") {
+            None => {
+                return Err(BundleError::new(path, "missing".into()).key("OSBundleUsageDescription"))
+            }
+            Some(plist::Value::String(_)) => {}
+            Some(other) => {
+                return Err(BundleError::new(
+                    path,
+                    format!("expected a string, found {}", personality::type_name(other)),
+                )
+                .key("OSBundleUsageDescription"))
+            }
+        }
         if executable.contains('/') || executable == ".." || executable == "." {
             return Err(BundleError::new(
                 path,

@@ -68,17 +68,26 @@ fn string(d: &plist::Dictionary, key: &str) -> Result<String, Problem> {
 
 fn system_class(d: &plist::Dictionary, key: &str) -> Result<String, Problem> {
     let class = string(d, key)?;
-    if !classes::is_system_class(&class) {
-        let known: Vec<_> = classes::all().collect();
+    if let Some(system) = classes::canonical(&class) {
+        // Apple's names stand for the system's own classes.
+        return Ok(system.to_owned());
+    }
+    if let Some(family) = classes::family_to_come(&class) {
         return Err(at(
             key,
             format!(
-                "unknown class {class:?}; the system implements {}",
-                known.join(", ")
+                "{class:?} belongs to DriverKit's {family} family, which this system does not implement yet"
             ),
         ));
     }
-    Ok(class)
+    let known: Vec<_> = classes::all().collect();
+    Err(at(
+        key,
+        format!(
+            "unknown class {class:?}; the system implements {}",
+            known.join(", ")
+        ),
+    ))
 }
 
 /// A string, or an array of strings (IONameMatch, IOResourceMatch).

@@ -302,6 +302,35 @@ fn unknown_io_class() {
 }
 
 #[test]
+fn apple_class_names_stand_for_the_system_classes() {
+    for (apple, system) in [
+        ("AppleUserHIDEventService", "IOUserHIDEventService"),
+        ("AppleUserHIDDevice", "IOUserHIDDevice"),
+        ("AppleUserUSBHostHIDDevice", "IOUserHIDDevice"),
+    ] {
+        let bundle = load(&with_personality(|p| {
+            drop(p.insert("IOClass".into(), apple.into()))
+        }))
+        .unwrap_or_else(|e| panic!("{apple}: {e}"));
+        assert_eq!(bundle.personalities[0].io_class, system, "{apple}");
+        // The personality's own dictionary keeps the name as written.
+        assert_eq!(
+            bundle.personalities[0].properties["IOClass"].as_string(),
+            Some(apple)
+        );
+    }
+    // A family still to come is named as such, not as an unknown class.
+    refused(
+        load(&with_personality(|p| {
+            drop(p.insert("IOClass".into(), "IOUserSerial".into()))
+        })),
+        Some("Broken"),
+        Some("IOClass"),
+        "belongs to DriverKit's serial (SerialDriverKit) family, which this system does not implement yet",
+    );
+}
+
+#[test]
 fn personality_of_another_bundle() {
     refused(
         load(&with_personality(|p| {
@@ -523,6 +552,11 @@ fn version_and_description_keys_are_required() {
         Some("CFBundleVersion"),
         "expected a version of dot-separated numbers (\"1.2.3\"), found \"1.0b2\"",
     );
+    // Empty is what Apple's own samples ship: accepted.
+    assert!(load(&with_info(|d| drop(
+        d.insert("OSBundleUsageDescription".into(), "".into())
+    )))
+    .is_ok());
     let bundle = load(&xml(&info())).unwrap();
     assert_eq!(bundle.version().to_string(), "3");
     assert_eq!(bundle.short_version().to_string(), "1.2");

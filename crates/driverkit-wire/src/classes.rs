@@ -36,6 +36,52 @@ const CLASSES: &[(&str, Option<&str>)] = &[
     ("IOPCIDevice", Some("IOService")),
 ];
 
+/// The names Apple's DriverKit uses in a personality's `IOClass` for classes
+/// this system calls otherwise, and the system class each stands for: a
+/// macOS dext's Info.plist works unchanged.
+const APPLE_NAMES: &[(&str, &str)] = &[
+    ("AppleUserHIDEventService", "IOUserHIDEventService"),
+    ("AppleUserHIDDevice", "IOUserHIDDevice"),
+    ("AppleUserUSBHostHIDDevice", "IOUserHIDDevice"),
+    ("IOUserHIDEventDriver", "IOUserHIDEventService"),
+];
+
+/// DriverKit classes of families this system does not implement yet, and
+/// the family's name, so that a refusal says so rather than "unknown".
+const FAMILIES_TO_COME: &[(&str, &str)] = &[
+    ("IOUserSerial", "serial (SerialDriverKit)"),
+    ("IOUserUSBSerial", "serial (SerialDriverKit)"),
+    ("IOUserNetworkEthernet", "networking (NetworkingDriverKit)"),
+    ("IOUserAudioDriver", "audio (AudioDriverKit)"),
+    (
+        "IOUserSCSIParallelInterfaceController",
+        "SCSI (SCSIControllerDriverKit)",
+    ),
+    (
+        "IOUserBlockStorageDevice",
+        "block storage (BlockStorageDeviceDriverKit)",
+    ),
+];
+
+/// The system class `name` stands for: itself when the system implements
+/// it, the system's own name for an Apple one (`AppleUserHIDEventService`
+/// is `IOUserHIDEventService`).
+pub fn canonical(name: &str) -> Option<&'static str> {
+    if let Some((_, system)) = APPLE_NAMES.iter().find(|(apple, _)| *apple == name) {
+        return Some(system);
+    }
+    CLASSES.iter().find(|(c, _)| *c == name).map(|(c, _)| *c)
+}
+
+/// The family a DriverKit class belongs to, when this system does not
+/// implement that family yet.
+pub fn family_to_come(name: &str) -> Option<&'static str> {
+    FAMILIES_TO_COME
+        .iter()
+        .find(|(c, _)| *c == name)
+        .map(|(_, f)| *f)
+}
+
 /// The superclass of a system class; `None` for `OSObject` and unknown names.
 pub fn superclass(class: &str) -> Option<&'static str> {
     CLASSES

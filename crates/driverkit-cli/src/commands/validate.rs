@@ -14,6 +14,16 @@ pub fn validate(path: &Path) -> Result<(), String> {
         bundle.version()
     );
     println!("  executable: {}", bundle.executable.display());
+    if bundle
+        .info
+        .get("OSBundleUsageDescription")
+        .and_then(plist::Value::as_string)
+        .is_some_and(str::is_empty)
+    {
+        println!(
+            "  warning: OSBundleUsageDescription is empty; the person approving the driver sees no reason for it"
+        );
+    }
     match driverkit_bundle::location::containing_app(path) {
         Ok(app) => println!("  in app: {}", app.display()),
         // Valid, but the system will not load it from here.
