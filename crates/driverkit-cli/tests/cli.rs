@@ -136,6 +136,16 @@ fn ioreg_archive_and_filters() {
     let by_class = d.cli(&["ioreg", "-r", "-c", "IOUserResources", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&by_class).unwrap();
     assert_eq!(v[0]["name"], "IOUserResources");
+    // A filter matching nothing prints nothing and fails, as grep does.
+    for args in [
+        &["ioreg", "-c", "NoSuchClass"][..],
+        &["ioreg", "-n", "NoSuchName"],
+        &["ioreg", "-r", "-c", "NoSuchClass", "--json"],
+    ] {
+        let out = d.run_cli(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{args:?}");
+    }
 }
 
 #[test]

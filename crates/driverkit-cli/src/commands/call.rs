@@ -35,6 +35,9 @@ pub struct CallArgs {
 }
 
 pub fn call(root: &Path, args: CallArgs) -> Result<(), String> {
+    // IOKit's API answers kIOReturnNotReady without a daemon; a person at
+    // a shell is told what that means and what to do.
+    super::client(root)?;
     let system = System::at(root);
     let service = match super::parse_id(&args.service) {
         Ok(id) => id,

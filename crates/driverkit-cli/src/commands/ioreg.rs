@@ -36,6 +36,18 @@ pub fn ioreg(root: &Path, args: IoregArgs) -> Result<(), String> {
         rooted: args.rooted,
     };
     let roots = options.roots(&tree);
+    // A filter that matches nothing prints nothing and fails, as grep does,
+    // so that `ioreg -c X && ...` means "there is an X".
+    let selecting = options.class.is_some() || options.name.is_some();
+    let matches = Options {
+        all_properties: false,
+        class: options.class.clone(),
+        name: options.name.clone(),
+        rooted: true,
+    };
+    if selecting && matches.roots(&tree).is_empty() {
+        std::process::exit(1);
+    }
     if args.json {
         let value = if options.rooted {
             serde_json::to_value(&roots)
