@@ -240,3 +240,26 @@ fn hid_decode_prints_a_descriptor_as_json_and_refuses_a_broken_one() {
         "{err}"
     );
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_command_line_definitions() {
+    let out = Command::new(EXE)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let script = String::from_utf8(out.stdout).unwrap();
+    for sub in ["ioreg", "device", "sysext", "export"] {
+        assert!(script.contains(sub), "the bash completion knows {sub}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(EXE)
+        .arg("man")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let page = std::fs::read_to_string(dir.path().join("driverkit-device-export.1")).unwrap();
+    assert!(page.contains(".TH"), "a roff man page");
+    assert!(page.contains("listen"), "with its options");
+}

@@ -76,6 +76,16 @@ enum Command {
     Key(KeyCommand),
     /// Run the benchmarks.
     Bench(bench::BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for driverkit and each of its commands into DIR.
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Internal: the raw socket echo peer the benchmarks use as a baseline.
     #[command(name = "__bench-echo", hide = true)]
     BenchEcho,
@@ -134,6 +144,23 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
         Command::Sysext(cmd) => sysext::sysext(&root, cmd),
         Command::Key(KeyCommand::New { path }) => sysext::new_key(&path),
         Command::Bench(args) => bench::bench(args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            // Into memory first: a reader that stops early (`| head`) is
+            // not an error worth a panic.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "driverkit", &mut script);
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            Ok(())
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            println!("man pages written to {}", dir.display());
+            Ok(())
+        }
         Command::BenchEcho => bench::echo_peer(),
         Command::BenchSpin => bench::spin_peer(),
         Command::BenchConsume { kind, entry, n } => bench_sources::consume(&kind, entry, n),
