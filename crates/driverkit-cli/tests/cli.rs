@@ -263,3 +263,32 @@ fn completions_and_man_pages_come_from_the_command_line_definitions() {
     assert!(page.contains(".TH"), "a roff man page");
     assert!(page.contains("listen"), "with its options");
 }
+
+#[test]
+fn run_with_a_bundle_it_will_not_load_fails_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let stray = dir.path().join("Stray.dext");
+    std::fs::create_dir_all(&stray).unwrap();
+    let out = Command::new(EXE)
+        .arg("--root")
+        .arg(dir.path().join("state"))
+        .args([
+            "run",
+            "--no-default-devices",
+            "--no-linux-usb",
+            "--no-uinput",
+            "--bundle",
+        ])
+        .arg(&stray)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the daemon started without its bundle"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--bundle") && err.contains("SystemExtensions"),
+        "{err}"
+    );
+}

@@ -75,9 +75,16 @@ pub fn run(root: PathBuf, args: RunArgs) -> Result<(), String> {
         )?);
     }
     for b in args.bundles {
-        config
-            .bundles
-            .push(std::fs::canonicalize(&b).map_err(|e| format!("{}: {e}", b.display()))?);
+        let path = std::fs::canonicalize(&b).map_err(|e| format!("{}: {e}", b.display()))?;
+        // A bundle asked for by name must load: say why not, before starting.
+        driverkit_bundle::location::containing_app(&path)
+            .map_err(|e| format!("--bundle {}: {e}", b.display()))?;
+        let bundle = driverkit_bundle::Bundle::load(&path)
+            .map_err(|e| format!("--bundle {}: {e}", b.display()))?;
+        bundle
+            .check_entitlements()
+            .map_err(|e| format!("--bundle {}: {e}", b.display()))?;
+        config.bundles.push(path);
     }
     if !args.no_default_devices {
         config
