@@ -179,7 +179,9 @@ impl PacketQueueDriver {
         let mut packet = Vec::new();
         while queue.dequeue(&mut packet).is_ok() {
             let received = self.ivars().received.fetch_add(1, Ordering::Relaxed) + 1;
-            driverkit::info!("TxPacketsAvailable: {}", String::from_utf8_lossy(&packet));
+            // Once a second, forever: a debug line, not the daemon's log
+            // (`DRIVERKIT_LOG=debug` shows it; ioreg's PacketsReceived counts).
+            driverkit::debug!("TxPacketsAvailable: {}", String::from_utf8_lossy(&packet));
             let _ = self.set_property("PacketsReceived", received as i64);
         }
     }
