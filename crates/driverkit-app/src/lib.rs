@@ -92,7 +92,10 @@ impl System {
         let unreachable = |e: std::io::Error| OSSystemExtensionError {
             code: 1,
             reason: "unknown".into(),
-            message: format!("no driverkit daemon at {}: {e}", path.display()),
+            message: format!(
+                "no driverkit daemon is running at {} ({e}); start one with `driverkit run`",
+                path.display()
+            ),
         };
         let mut stream = UnixStream::connect(&path).map_err(unreachable)?;
         let mut line = request.to_string();

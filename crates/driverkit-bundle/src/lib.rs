@@ -91,7 +91,18 @@ impl Bundle {
             ));
         }
         if path.extension().and_then(|e| e.to_str()) != Some("dext") {
-            return Err(err("the directory name must end in `.dext`".into()));
+            // Say where the dext is for the things people point at instead.
+            let hint = if path.extension().and_then(|e| e.to_str()) == Some("app") {
+                format!(
+                    "; an app carries its dexts in {}/Contents/Library/SystemExtensions/<bundle-id>.dext",
+                    path.display()
+                )
+            } else if path.join("Cargo.toml").is_file() {
+                "; this is a project: `driverkit build` makes build/NAME.app/Contents/Library/SystemExtensions/<bundle-id>.dext".into()
+            } else {
+                String::new()
+            };
+            return Err(err(format!("the directory name must end in `.dext`{hint}")));
         }
         let info_path = ["Info.plist", "Contents/Info.plist"]
             .iter()

@@ -471,6 +471,15 @@ fn directory_without_dext_suffix() {
     let dir = tempfile::tempdir().unwrap();
     let err = Bundle::load(dir.path()).unwrap_err();
     assert!(err.to_string().contains("must end in `.dext`"), "{err}");
+    // Pointed at an app, it says where an app keeps its dexts.
+    let app = tempfile::tempdir().unwrap();
+    let app = app.path().join("Maker.app");
+    std::fs::create_dir_all(&app).unwrap();
+    let err = Bundle::load(&app).unwrap_err().to_string();
+    assert!(
+        err.contains("Contents/Library/SystemExtensions/<bundle-id>.dext"),
+        "{err}"
+    );
 }
 
 #[test]

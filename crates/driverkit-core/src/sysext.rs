@@ -269,7 +269,10 @@ impl Core {
             Err(refusal) => {
                 return Err(Failure::new(
                     code::CODE_SIGNATURE_INVALID,
-                    format!("{}: {refusal}", dext.display()),
+                    format!(
+                        "{}: {refusal} (sign it with `driverkit build --sign KEY` and trust the key with `driverkit sysext trust KEY.pub`, or, while developing, `driverkit sysext developer on`)",
+                        dext.display()
+                    ),
                 ))
             }
         };

@@ -83,6 +83,11 @@ fn connect(host: &str, port: u16) -> Result<TcpStream, String> {
                 let _ = s.set_nodelay(true);
                 return Ok(s);
             }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                last = format!(
+                    "{a}: connection refused: no USB/IP server listens there (Linux's usbipd, or `driverkit device export` on the other host)"
+                )
+            }
             Err(e) => last = format!("{a}: {e}"),
         }
     }
@@ -633,5 +638,6 @@ mod tests {
         drop(free);
         let e = list("127.0.0.1", port).unwrap_err();
         assert!(e.contains("127.0.0.1"), "{e}");
+        assert!(e.contains("no USB/IP server listens there"), "{e}");
     }
 }

@@ -166,8 +166,12 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
     }
     let chain = driverkit_wire::classes::chain(&class);
     if !driverkit_wire::classes::is_system_class(&class) || !chain.contains(&"IOService") {
+        let services: Vec<&str> = driverkit_wire::classes::all()
+            .filter(|c| driverkit_wire::classes::chain(c).contains(&"IOService"))
+            .collect();
         return Err(format!(
-            "{source}: key class: {class:?} is not a system service class"
+            "{source}: key class: {class:?} is not a system service class; one of {}",
+            services.join(", ")
         ));
     }
     Ok(DeviceSpec {
