@@ -146,13 +146,19 @@ pub fn classes() -> Vec<ClassEntry> {
     ]
 }
 
-/// The FTDI device: strings, then configuration 1 with interface nubs.
-#[driverkit::service(superclass = IOService, ivars = ())]
+#[derive(Default)]
+pub struct FtdiTestDeviceIvars {
+    descriptor: Mutex<Option<IOBufferMemoryDescriptor>>,
+}
+
+/// The FTDI device: strings, its device descriptor again by an
+/// asynchronous control request, then configuration 1 with interface nubs.
+#[driverkit::service(superclass = IOService, ivars = FtdiTestDeviceIvars)]
 pub struct FtdiTestDevice;
 
 impl IOServiceImpl for FtdiTestDevice {
-    fn init(&self) -> IOResult<()> {
-        Ok(())
+    fn init(&self) -> IOResult<FtdiTestDeviceIvars> {
+        Ok(FtdiTestDeviceIvars::default())
     }
 
     fn start(&self, provider: &IOService) -> IOResult<()> {
@@ -166,16 +172,61 @@ impl IOServiceImpl for FtdiTestDevice {
             "TestFtdiInterfaces",
             d.configuration()?.interfaces.len() as i64,
         )?;
+        let buffer = IOBufferMemoryDescriptor::create(64)?;
+        let done = self.create_action_descriptor_done(0)?;
+        device.async_device_request(
+            Setup::get_descriptor(driverkit_usb::kind::DEVICE, 0, 0, 18),
+            &buffer,
+            &done,
+            2000,
+        )?;
+        *self
+            .ivars()
+            .descriptor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(buffer);
         device.set_configuration(1, true)?;
         self.register_service()
     }
 }
 
+#[driverkit::actions]
+impl FtdiTestDevice {
+    /// The asynchronous GET_DESCRIPTOR(Device): its length and vendor.
+    #[action(IOService::CompleteAsync)]
+    fn descriptor_done(&self, _action: &OSAction, status: IOReturn, actual: u64) {
+        let buffer = self
+            .ivars()
+            .descriptor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let mut bytes = vec![0u8; actual as usize];
+        if let Some(map) = buffer.as_ref().and_then(|b| b.create_mapping().ok()) {
+            let _ = map.read(0, &mut bytes);
+        }
+        let vendor = bytes.get(8..10).map(|v| u16::from_le_bytes([v[0], v[1]]));
+        let _ = self.set_property(
+            "TestFtdiAsyncDescriptor",
+            format!(
+                "{} {actual} bytes, idVendor {:04x}",
+                status.name().unwrap_or("?"),
+                vendor.unwrap_or(0)
+            ),
+        );
+    }
+}
+
 #[derive(Default)]
 pub struct FtdiTestInterfaceIvars {
-    reading: Mutex<Option<(IOUSBHostPipe, IOBufferMemoryDescriptor)>>,
+    /// The IN pipe and one buffer per read kept in flight, by the index
+    /// each read's action carries in its reference.
+    reading: Mutex<Option<(IOUSBHostPipe, Vec<IOBufferMemoryDescriptor>)>>,
     received: Mutex<Vec<u8>>,
 }
+
+/// Bulk-IN reads the FTDI driver keeps in flight at once.
+const FTDI_READS: usize = 4;
 
 /// FTDI's interface: vendor requests, a line out, and reading in forever.
 #[driverkit::service(superclass = IOService, ivars = FtdiTestInterfaceIvars)]
@@ -208,16 +259,29 @@ impl IOServiceImpl for FtdiTestInterface {
         let line = b"hello from a dext\n";
         let buffer = IOBufferMemoryDescriptor::create(64)?;
         buffer.create_mapping()?.write(0, line)?;
+        // CLEAR_FEATURE(ENDPOINT_HALT) on a pipe that is not stalled is
+        // harmless, and exercises the path.
+        out_pipe.clear_stall(true)?;
+        self.set_property("TestFtdiClearStall", "ok")?;
         let sent = out_pipe.io(&buffer, line.len(), 2000)?;
         self.set_property("TestFtdiSent", sent as i64)?;
-        let back = IOBufferMemoryDescriptor::create(64)?;
-        let done = self.create_action_ftdi_read(0)?;
-        in_pipe.async_io(&back, 64, &done, 0)?;
+        let mut buffers = Vec::new();
+        let mut reads = Vec::new();
+        for i in 0..FTDI_READS {
+            buffers.push(IOBufferMemoryDescriptor::create(64)?);
+            let done = self.create_action_ftdi_read(8)?;
+            done.reference()[0] = i as u8;
+            reads.push(done);
+        }
         *self
             .ivars()
             .reading
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some((in_pipe, back));
+            .unwrap_or_else(|e| e.into_inner()) = Some((in_pipe, buffers.clone()));
+        for (buffer, done) in buffers.iter().zip(&reads) {
+            in_pipe.async_io(buffer, 64, done, 0)?;
+        }
+        self.set_property("TestFtdiReadsInFlight", FTDI_READS as i64)?;
         self.register_service()
     }
 }
@@ -236,7 +300,11 @@ impl FtdiTestInterface {
             .reading
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let Some((pipe, buffer)) = &*reading else {
+        let Some((pipe, buffers)) = &*reading else {
+            return;
+        };
+        let index = usize::from(action.reference()[0]);
+        let Some(buffer) = buffers.get(index) else {
             return;
         };
         let mut packet = vec![0; actual as usize];
