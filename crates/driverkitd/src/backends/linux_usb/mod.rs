@@ -78,6 +78,18 @@ impl LinuxUsb {
             .spawn(move || loop {
                 let event = match events.next() {
                     Ok(e) => e,
+                    // The kernel dropped uevents (a burst overflowed the
+                    // socket's buffer): what they said is found by looking.
+                    Err(e)
+                        if e.raw_os_error() == Some(rustix::io::Errno::NOBUFS.raw_os_error()) =>
+                    {
+                        tracing::warn!("usb      uevents were lost; rescanning the devices");
+                        match me.upgrade() {
+                            Some(backend) => backend.rescan(),
+                            None => return,
+                        }
+                        continue;
+                    }
                     Err(e) => {
                         tracing::error!("usb      the uevent watch ended: {e}; hot-plug is off");
                         return;
@@ -118,6 +130,34 @@ impl LinuxUsb {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Makes the nubs agree with the devices there are: plugs the new ones,
+    /// unplugs the gone ones (after lost uevents).
+    fn rescan(&self) {
+        let Ok(present) = nusb::list_devices().wait() else {
+            return;
+        };
+        let present: Vec<nusb::DeviceInfo> = present.collect();
+        let gone: Vec<(PathBuf, EntryId)> = self
+            .devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(path, _)| !present.iter().any(|d| d.sysfs_path() == path.as_path()))
+            .map(|(p, id)| (p.clone(), *id))
+            .collect();
+        for (path, id) in gone {
+            self.devices
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&path);
+            tracing::info!("unplug   {} [{id:#x}] (found gone)", path.display());
+            self.system.terminate(id);
+        }
+        for info in &present {
+            self.plug(info);
         }
     }
 

@@ -86,6 +86,9 @@ impl UeventSocket {
             Some(netlink::KOBJECT_UEVENT),
         )?;
         rustix::net::bind(&fd, &SocketAddrNetlink::new(0, KERNEL_GROUP))?;
+        // Room for a burst (a hub with many devices arriving at once); when
+        // it overflows anyway, the reader is told (ENOBUFS) and rescans.
+        let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&fd, 1 << 20);
         Ok(UeventSocket { fd })
     }
 
