@@ -106,6 +106,47 @@ struct PendingRequest {
     action: u64,
 }
 
+/// The asynchronous requests in flight, and how many each dext has, kept
+/// together so that the per-dext limit costs no scan.
+#[derive(Default)]
+struct Requests {
+    by_id: HashMap<u64, PendingRequest>,
+    per_server: HashMap<u64, usize>,
+}
+
+impl Requests {
+    fn of_server(&self, server: u64) -> usize {
+        self.per_server.get(&server).copied().unwrap_or(0)
+    }
+
+    fn insert(&mut self, id: u64, request: PendingRequest) {
+        *self.per_server.entry(request.server.id).or_default() += 1;
+        self.by_id.insert(id, request);
+    }
+
+    fn remove(&mut self, id: u64) -> Option<PendingRequest> {
+        let request = self.by_id.remove(&id)?;
+        if let Some(n) = self.per_server.get_mut(&request.server.id) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_server.remove(&request.server.id);
+            }
+        }
+        Some(request)
+    }
+
+    /// Takes out every request to one of `devices`.
+    fn remove_for(&mut self, devices: &[EntryId]) -> Vec<PendingRequest> {
+        let ids: Vec<u64> = self
+            .by_id
+            .iter()
+            .filter(|(_, r)| devices.contains(&r.device))
+            .map(|(k, _)| *k)
+            .collect();
+        ids.into_iter().filter_map(|k| self.remove(k)).collect()
+    }
+}
+
 pub(crate) struct ServerSlot {
     server: Arc<UserServer>,
     /// Attaches in progress that will use this server; it must not be
@@ -127,7 +168,7 @@ pub(crate) struct State {
     /// Devices the backends plugged, with where each came from.
     pub(crate) plugged: BTreeMap<EntryId, String>,
     /// Asynchronous requests in flight, by request number.
-    requests: HashMap<u64, PendingRequest>,
+    requests: Requests,
     next_request: u64,
     shutting_down: bool,
     jobs: usize,
@@ -202,7 +243,7 @@ impl Core {
             root,
             resources,
             plugged: BTreeMap::new(),
-            requests: HashMap::new(),
+            requests: Requests::default(),
             next_request: 0,
             shutting_down: false,
             jobs: 0,
@@ -839,15 +880,7 @@ impl Inner {
         let aborted: Vec<PendingRequest> = {
             let mut st = self.lock();
             let departing = st.registry.subtree_bottom_up(id);
-            let ids: Vec<u64> = st
-                .requests
-                .iter()
-                .filter(|(_, r)| departing.contains(&r.device))
-                .map(|(k, _)| *k)
-                .collect();
-            ids.into_iter()
-                .filter_map(|k| st.requests.remove(&k))
-                .collect()
+            st.requests.remove_for(&departing)
         };
         for request in aborted {
             complete(&request, IOReturn::ABORTED, 0);
@@ -1144,13 +1177,7 @@ impl Inner {
             .get(&server)
             .map(|s| s.server.clone())
             .ok_or(IOReturn::OFFLINE)?;
-        // One scan per request: the table holds at most the limit per dext.
-        let pending = st
-            .requests
-            .values()
-            .filter(|r| r.server.id == server.id)
-            .count();
-        if pending >= crate::user_server::limits::PENDING_REQUESTS {
+        if st.requests.of_server(server.id) >= crate::user_server::limits::PENDING_REQUESTS {
             tracing::warn!(
                 "limit    {server:?}: {} asynchronous requests already pending; refused",
                 crate::user_server::limits::PENDING_REQUESTS
@@ -1172,7 +1199,7 @@ impl Inner {
 
     /// Completes a tracked request, unless it was already aborted.
     pub(crate) fn finish_request(&self, request: u64, status: IOReturn, actual: u64) {
-        let request = self.lock().requests.remove(&request);
+        let request = self.lock().requests.remove(request);
         if let Some(request) = request {
             complete(&request, status, actual);
         }
@@ -1180,7 +1207,7 @@ impl Inner {
 
     /// True while `request` waits for its completion.
     pub(crate) fn is_pending(&self, request: u64) -> bool {
-        self.lock().requests.contains_key(&request)
+        self.lock().requests.by_id.contains_key(&request)
     }
 
     pub(crate) fn schedule_terminate(&self, id: EntryId) {
