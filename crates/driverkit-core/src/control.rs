@@ -278,7 +278,12 @@ fn serve_client(
         let response = match extension {
             Some(Ok(v)) => Response::Ok(v),
             Some(Err(e)) => Response::Error(e),
-            None => match serde_json::from_str::<Request>(&line) {
+            // The line is parsed once: a core request is read from the
+            // value already parsed for the extensions' lookup.
+            None => match object
+                .as_ref()
+                .map_or_else(|| serde_json::from_str(&line), Request::deserialize)
+            {
                 Ok(req) => {
                     let (role, what) = role_of(&req);
                     match peer.allow(role, what) {
