@@ -181,14 +181,7 @@ impl Daemon {
         let ids: Vec<EntryId> = if ids.is_empty() { all } else { ids.to_vec() };
         let mut exported = Vec::new();
         for id in &ids {
-            let device = self.families.usb.device(*id).ok_or_else(|| {
-                format!("{id:#x} is not a USB device (see `driverkit device list`)")
-            })?;
-            if let Some((service, name)) = self.core.system().driver_above(*id) {
-                return Err(format!(
-                    "{id:#x} is driven by {name} [{service:#x}]; stop its driver first (or run the daemon with --no-embedded)"
-                ));
-            }
+            let device = self.families.usb.lendable(&self.core.system(), *id)?;
             exported.push((
                 *id,
                 backends::usbip_server::bus_id(device.transport.location_id()),

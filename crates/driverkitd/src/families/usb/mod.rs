@@ -252,10 +252,8 @@ impl UsbFamily {
 
     /// After matching left a USB device without a driver: a device that
     /// is not vendor-class gets its first configuration and interface nubs.
-    /// Lends device `entry` out whole (to a USB/IP peer): the system's own
-    /// services on it stop and its interface nubs go; refused while a
-    /// dext drives it.
-    pub fn lend(&self, system: &System, entry: EntryId) -> Result<Arc<UsbDevice>, String> {
+    /// Device `entry`, if it may be lent out: a USB device no dext drives.
+    pub fn lendable(&self, system: &System, entry: EntryId) -> Result<Arc<UsbDevice>, String> {
         let device = self.device(entry).ok_or_else(|| {
             format!("{entry:#x} is not a USB device (see `driverkit device list`)")
         })?;
@@ -264,6 +262,14 @@ impl UsbFamily {
                 "{entry:#x} is driven by {name} [{service:#x}]; stop its driver first (or run the daemon with --no-embedded)"
             ));
         }
+        Ok(device)
+    }
+
+    /// Lends device `entry` out whole (to a USB/IP peer): the system's own
+    /// services on it stop and its interface nubs go; refused while a
+    /// dext drives it.
+    pub fn lend(&self, system: &System, entry: EntryId) -> Result<Arc<UsbDevice>, String> {
+        let device = self.lendable(system, entry)?;
         if !self.lock().lent.insert(entry) {
             return Err(format!("{entry:#x} is lent out already"));
         }
