@@ -412,6 +412,18 @@ pub(crate) fn read_urb(
     }
 }
 
+/// A transfer's failure as the Linux errno a USB/IP peer expects: the
+/// inverse of [`status`], for the server's replies.
+pub(crate) fn errno_of(e: IOReturn) -> i32 {
+    match e {
+        IOReturn::USB_PIPE_STALLED => usbip::errno::EPIPE,
+        IOReturn::ABORTED => usbip::errno::ECONNRESET,
+        IOReturn::TIMEOUT => usbip::errno::ETIMEDOUT,
+        IOReturn::NO_DEVICE => usbip::errno::ESHUTDOWN,
+        _ => 71, // EPROTO
+    }
+}
+
 /// Linux's URB status, as IOReturn. Any value, `i32::MIN` included.
 fn status(errno: i32) -> IOReturn {
     match errno.checked_neg().unwrap_or(i32::MAX) {
@@ -607,6 +619,16 @@ mod tests {
         assert_eq!(status(-usbip::errno::EPIPE), IOReturn::USB_PIPE_STALLED);
         assert_eq!(status(i32::MIN), IOReturn::IO_ERROR);
         assert_eq!(status(i32::MAX), IOReturn::IO_ERROR);
+        // What the server sends is read back as what it meant.
+        for e in [
+            IOReturn::USB_PIPE_STALLED,
+            IOReturn::ABORTED,
+            IOReturn::TIMEOUT,
+            IOReturn::NO_DEVICE,
+            IOReturn::IO_ERROR,
+        ] {
+            assert_eq!(status(-errno_of(e)), e);
+        }
     }
 
     use super::*;

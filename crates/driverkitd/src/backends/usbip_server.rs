@@ -21,7 +21,6 @@ use std::time::Duration;
 use driverkit_core::{EntryId, System};
 use driverkit_usb::usbip::{self, cmd, op, DeviceInfo, OpHeader, Urb};
 use driverkit_usb::{DeviceDescriptor, Setup};
-use driverkit_wire::IOReturn;
 
 use crate::families::usb::{UsbDevice, UsbFamily};
 
@@ -307,7 +306,7 @@ fn serve_urbs(s: TcpStream, device: &Arc<UsbDevice>, busid: &str) -> Result<(), 
                                 },
                                 Err(e) => Urb::RetSubmit {
                                     seqnum,
-                                    status: -errno(e),
+                                    status: -super::usbip::errno_of(e),
                                     actual_length: 0,
                                     data: Vec::new(),
                                 },
@@ -357,17 +356,6 @@ fn serve_urbs(s: TcpStream, device: &Arc<UsbDevice>, busid: &str) -> Result<(), 
         device.transport.abort(a);
     }
     end
-}
-
-/// A transfer's failure as the Linux errno a USB/IP peer expects.
-fn errno(e: IOReturn) -> i32 {
-    match e {
-        IOReturn::USB_PIPE_STALLED => usbip::errno::EPIPE,
-        IOReturn::ABORTED => usbip::errno::ECONNRESET,
-        IOReturn::TIMEOUT => usbip::errno::ETIMEDOUT,
-        IOReturn::NO_DEVICE => usbip::errno::ESHUTDOWN,
-        _ => 71, // EPROTO
-    }
 }
 
 #[cfg(test)]
