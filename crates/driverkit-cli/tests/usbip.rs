@@ -34,17 +34,8 @@ fn server() -> (tokio::runtime::Runtime, u16, Handler) {
     );
     device.vendor_id = 0x1209;
     device.product_id = 0x0001;
-    // The server binds the port itself: pick a free one and hold a lock
-    // until the server listens on it, so that two tests cannot pick the same.
-    // Below Linux's ephemeral range (32768 and up), so that no outgoing
-    // connection (the other test's daemon importing from its server) takes
-    // it between the pick and the server's bind.
-    static PICKING: Mutex<()> = Mutex::new(());
-    let _picking = PICKING.lock().unwrap_or_else(|e| e.into_inner());
-    let first = 20_000 + (std::process::id() % 8_000) as u16;
-    let port = (first..first + 4_000)
-        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        .expect("a free port below the ephemeral range");
+    // The server binds the port itself; free_port never hands one out twice.
+    let port = free_port();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
