@@ -318,6 +318,21 @@ class Guest:
             time.sleep(pause)
 
 
+def field(console, name):
+    """The value of the first console line `NAME: value`, or None."""
+    for line in console.splitlines():
+        if line.startswith(name + ":"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def free_port():
+    """A port on 127.0.0.1 free now, for a forward or a chardev."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def fail(message, console):
     print(f"{message}\n--- console (last lines)\n{console[-5000:]}", file=sys.stderr)
     raise SystemExit(1)
