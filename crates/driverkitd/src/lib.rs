@@ -93,8 +93,9 @@ pub struct Daemon {
     core: Core,
     families: Families,
     virtual_devices: Arc<VirtualDevices>,
-    /// The real USB devices, where usbfs exists and it was asked for.
-    linux_usb: Arc<std::sync::Mutex<Option<Arc<backends::linux_usb::LinuxUsb>>>>,
+    /// The real USB devices, where usbfs exists and it was asked for. Only
+    /// held: its uevent thread follows hot-plug while it lives.
+    _linux_usb: Option<Arc<backends::linux_usb::LinuxUsb>>,
     /// USB/IP servers, by the address asked for.
     usbip_servers: Arc<std::sync::Mutex<Vec<(String, backends::usbip_server::UsbIpServer)>>>,
 }
@@ -118,11 +119,23 @@ impl Daemon {
             families.usb.clone(),
             families.plain.clone(),
         ));
+        let linux_usb = config
+            .linux_usb
+            .then(|| {
+                backends::linux_usb::LinuxUsb::start(
+                    system.clone(),
+                    families.usb.clone(),
+                    &config.root,
+                )
+                .inspect_err(|e| tracing::info!("usb      real devices off: {e}"))
+                .ok()
+            })
+            .flatten();
         let daemon = Daemon {
             core,
             families,
             virtual_devices,
-            linux_usb: Default::default(),
+            _linux_usb: linux_usb,
             usbip_servers: Default::default(),
         };
         for spec in config.devices {
@@ -132,18 +145,6 @@ impl Daemon {
         }
         if config.uinput {
             backends::uinput::forward(&system, &daemon.families.hid);
-        }
-        if config.linux_usb {
-            match backends::linux_usb::LinuxUsb::start(
-                system.clone(),
-                daemon.families.usb.clone(),
-                &config.root,
-            ) {
-                Ok(backend) => {
-                    *daemon.linux_usb.lock().unwrap_or_else(|e| e.into_inner()) = Some(backend)
-                }
-                Err(e) => tracing::info!("usb      real devices off: {e}"),
-            }
         }
         daemon
     }
