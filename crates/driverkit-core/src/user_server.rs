@@ -259,7 +259,11 @@ impl UserServer {
                                     h.object.0,
                                     size >> 10
                                 );
-                                memory.refused.insert(h.object.0);
+                                // Remembered so that a call naming it says
+                                // why; bounded, as the dext may keep trying.
+                                if memory.refused.len() < limits::MEMORY_REGIONS {
+                                    memory.refused.insert(h.object.0);
+                                }
                             } else if let Some(old) =
                                 memory.regions.insert(h.object.0, Arc::new(shm))
                             {
