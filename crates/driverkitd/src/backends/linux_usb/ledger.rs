@@ -77,7 +77,9 @@ impl Ledger {
     }
 }
 
-fn parse(text: &str) -> BTreeMap<PathBuf, String> {
+/// The ledger file's lines; anything that is not `/path driver` is skipped
+/// (the file may be cut short by a crash, or damaged).
+pub fn parse(text: &str) -> BTreeMap<PathBuf, String> {
     text.lines()
         .filter_map(|l| l.rsplit_once(' '))
         .filter(|(p, d)| p.starts_with('/') && !d.is_empty())
