@@ -533,7 +533,9 @@ fn check_store(d: &Daemon, id: &str) -> Option<String> {
 #[test]
 fn the_store_is_whole_after_kill_9_at_any_step() {
     let id = "com.example.Shipped";
-    let args = ["--no-embedded", "--no-default-devices"];
+    // The apps' executable is a small script (copied at every activation),
+    // which only an unsandboxed daemon runs; this test is about the store.
+    let args = ["--no-embedded", "--no-default-devices", "--sandbox=off"];
     let mut d = Daemon::start(&args);
     let dir = d.root.path().join("apps");
     std::fs::create_dir_all(&dir).unwrap();

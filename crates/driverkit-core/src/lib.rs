@@ -27,6 +27,7 @@ pub mod matching;
 pub mod peer;
 pub mod registry;
 pub mod root;
+pub mod sandbox;
 pub mod store;
 pub mod sysext;
 mod system;

@@ -47,6 +47,8 @@ pub struct Config {
     /// The group whose members are administrators besides root (approve,
     /// trust, developer mode, load...). `None`: root only.
     pub admin_group: Option<String>,
+    /// How dexts are confined (user, Landlock, seccomp).
+    pub sandbox: crate::sandbox::Policy,
 }
 
 impl Config {
@@ -60,6 +62,7 @@ impl Config {
             call_timeout: Duration::from_secs(20),
             relaunch_quiet: Duration::from_secs(30 * 60),
             admin_group: Some("driverkit".to_owned()),
+            sandbox: crate::sandbox::Policy::default(),
         }
     }
 }
@@ -191,6 +194,8 @@ pub(crate) struct Inner {
     pub(crate) requesters: Mutex<HashMap<String, PathBuf>>,
     /// What families see of the core; holds only a weak reference.
     pub(crate) system: System,
+    /// How every dext is confined, resolved once.
+    pub(crate) sandbox: crate::sandbox::Sandbox,
 }
 
 /// A running core. Dropping it does not stop it; call [`Core::shutdown`].
@@ -253,12 +258,14 @@ impl Core {
         if let Err(e) = &store {
             tracing::error!("sysext   the extension store does not open: {e}");
         }
+        let sandbox = crate::sandbox::Sandbox::new(&config.sandbox);
         let inner = Arc::new_cyclic(|me: &Weak<Inner>| Inner {
             config,
             state: Mutex::new(state),
             changed: Condvar::new(),
             subscribers: Mutex::new(Vec::new()),
             spawn_lock: Mutex::new(()),
+            sandbox,
             workers: Default::default(),
             families,
             store: Mutex::new(store),
@@ -830,6 +837,8 @@ impl Inner {
                 name: &p.server_name,
                 bundle: &driver.bundle.identifier,
                 executable: &driver.bundle.executable,
+                bundle_path: &driver.bundle.path,
+                sandbox: &self.sandbox,
                 one_process: p.one_process,
                 call_timeout: self.config.call_timeout,
             },

@@ -12,6 +12,7 @@
 //! the daemon.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -29,6 +30,7 @@ use driverkit_wire::{
 };
 
 use crate::lifecycle::Inner;
+use crate::sandbox::{Mode, Sandbox};
 
 /// The environment variable that tells a dext its socket's descriptor
 /// number (driverkit::runtime::SERVER_FD_ENV; the daemon does not depend on
@@ -101,6 +103,9 @@ pub struct Launch<'a> {
     pub name: &'a str,
     pub bundle: &'a str,
     pub executable: &'a Path,
+    /// The bundle directory, the one place the dext may read.
+    pub bundle_path: &'a Path,
+    pub sandbox: &'a Sandbox,
     pub one_process: bool,
     pub call_timeout: Duration,
 }
@@ -117,23 +122,40 @@ impl UserServer {
         // moves it out of the way at once), its log as stdout and stderr.
         // Every descriptor of the daemon is close-on-exec, and none is ever
         // made inheritable, so however many spawns run at once, no dext can
-        // receive another's socket. Without a pre_exec hook std can use
-        // posix_spawn (vfork), which keeps spawn_to_start near a bare exec.
+        // receive another's socket.
         // A dext gets none of the daemon's environment (it may hold what a
         // driver has no business reading), only what the runtime reads.
-        cmd.env_clear();
-        for name in INHERITED_ENV {
-            if let Some(value) = std::env::var_os(name) {
-                cmd.env(name, value);
-            }
+        let mut env: Vec<(&OsStr, &OsStr)> = Vec::new();
+        let inherited: Vec<_> = INHERITED_ENV
+            .iter()
+            .filter_map(|name| Some((*name, std::env::var_os(name)?)))
+            .collect();
+        for (name, value) in &inherited {
+            env.push((OsStr::new(name), value));
         }
-        cmd.env(SERVER_FD_ENV, "0")
-            .stdin(OwnedFd::from(theirs))
+        env.push((OsStr::new(SERVER_FD_ENV), OsStr::new("0")));
+        cmd.env_clear();
+        cmd.envs(env.iter().copied());
+        cmd.stdin(OwnedFd::from(theirs))
             .stdout(OwnedFd::from(log_writer.try_clone()?))
             .stderr(OwnedFd::from(log_writer))
             // Its own process group: Ctrl-C in the daemon's terminal must
             // reach the daemon only, which then stops every dext in order.
             .process_group(0);
+        if launch.sandbox.mode() != Mode::Off {
+            // The child confines itself and execs the dext with exactly
+            // `env` (see sandbox::exec); std's own exec is never reached
+            // unless that fails. Without the sandbox, std can use
+            // posix_spawn (vfork), which keeps spawn_to_start near a bare
+            // exec.
+            let mut prepared =
+                launch
+                    .sandbox
+                    .prepare(launch.executable, launch.bundle_path, &env)?;
+            // SAFETY: runs in the forked child, before exec; see
+            // Prepared::confine_and_exec.
+            unsafe { cmd.pre_exec(move || Err(prepared.confine_and_exec())) };
+        }
         let spawned = cmd.spawn();
         // The parent's copies of the child's ends close here.
         drop(cmd);
@@ -141,6 +163,7 @@ impl UserServer {
         let pid = child.id();
         // Started while the child is still exec'ing, off the critical path.
         let label = format!("{}[{pid}]", launch.name);
+        launch.sandbox.watch(pid, &label);
         let _ = std::thread::Builder::new()
             .name(format!("log:{pid}"))
             .spawn(move || forward_log(log_reader, &label));
@@ -306,6 +329,7 @@ impl UserServer {
         }
         let status = reap(&mut child, &end);
         if let Some(d) = daemon.upgrade() {
+            d.sandbox.forget(self.pid);
             d.server_exited(&self, &status);
         }
     }

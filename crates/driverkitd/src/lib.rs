@@ -45,6 +45,8 @@ pub struct Config {
     pub relaunch_quiet: Duration,
     /// Members of this group are administrators besides root.
     pub admin_group: Option<String>,
+    /// How dexts are confined.
+    pub sandbox: driverkit_core::sandbox::Policy,
     /// Forward HID events to Linux applications through uinput, where
     /// `/dev/uinput` opens. Off by default: a test's typing must not reach
     /// the desktop of the machine running it.
@@ -68,6 +70,7 @@ impl Config {
             call_timeout: core.call_timeout,
             relaunch_quiet: core.relaunch_quiet,
             admin_group: core.admin_group.clone(),
+            sandbox: core.sandbox.clone(),
             uinput: false,
             linux_usb: false,
         }
@@ -82,6 +85,7 @@ impl Config {
             call_timeout: self.call_timeout,
             relaunch_quiet: self.relaunch_quiet,
             admin_group: self.admin_group.clone(),
+            sandbox: self.sandbox.clone(),
         }
     }
 }

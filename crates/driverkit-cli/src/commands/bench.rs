@@ -5,6 +5,7 @@
 //! |--------------------|--------------------------------------------------|-----------------------------------|
 //! | `rpc_roundtrip`    | a dext's SUPERDISPATCH call with one `u32`       | raw SOCK_SEQPACKET ping-pong       |
 //! | `spawn_to_start`   | device plugged -> the dext's Start returned      | fork+exec+handshake of this binary |
+//! | `spawn_to_start_sandboxed` | the same, sandboxed (the default)        | the same with `--sandbox=off`      |
 //! | `match_per_device` | candidates for one device, 10,000 personalities  | the same with 1,000 personalities  |
 //! | `dext_rss`         | resident memory of the idle NullDriver dext      | this binary idle as a bare process |
 //! | `daemon_rss`       | resident memory of the daemon, 100 devices       | the same daemon with no devices    |
@@ -19,6 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use driverkit_core::sandbox::Mode;
 use driverkit_wire::transport::{self, Endpoint, MessageBuf};
 use driverkit_wire::{Header, Kind};
 use driverkitd::backends::virtual_device::DeviceSpec;
@@ -102,7 +104,7 @@ pub fn bench(args: BenchArgs) -> Result<(), String> {
         show(userclient_scalar_roundtrip(dir.path(), 20_000 / scale)?);
     }
     if wanted("spawn_to_start") {
-        show(vec![spawn_to_start(dir.path(), 100 / scale)?]);
+        show(spawn_to_start(dir.path(), 100 / scale)?);
     }
     if wanted("match_per_device") {
         show(vec![match_per_device(1_000 / scale)?]);
@@ -228,10 +230,21 @@ pub(super) fn raw_pingpong(n: usize) -> Result<(f64, f64), String> {
 }
 
 pub(super) fn bench_daemon(root: &Path, bundle_of: &drivers::Embedded) -> Result<Daemon, String> {
+    bench_daemon_sandboxed(root, bundle_of, Mode::Enforce)
+}
+
+/// A daemon whose dexts are confined as `sandbox` says (the default,
+/// enforce, is what users run).
+fn bench_daemon_sandboxed(
+    root: &Path,
+    bundle_of: &drivers::Embedded,
+    sandbox: Mode,
+) -> Result<Daemon, String> {
     let dir = root.join("bundles");
     let bundle = drivers::materialize(bundle_of, &dir)?;
-    let mut config = Config::new(root.join(format!("state-{}", bundle_of.executable)));
+    let mut config = Config::new(root.join(format!("state-{}-{sandbox:?}", bundle_of.executable)));
     config.bundles.push(bundle);
+    config.sandbox.mode = sandbox;
     Ok(Daemon::start(config))
 }
 
@@ -431,47 +444,78 @@ fn rpc_roundtrip(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
     ])
 }
 
-/// Baseline and measurement alternate, so that both see the same machine;
-/// each iteration waits for the previous dext to exit.
-fn spawn_to_start(root: &Path, n: usize) -> Result<Figure, String> {
-    let daemon = bench_daemon(root, drivers::find(drivers::bench::EXECUTABLE)?)?;
-    let events = daemon.subscribe();
+/// Plugs a device for the bench dext of `daemon`, waits for its Start and
+/// then for its process to exit after the unplug; returns the time from
+/// plug to Start.
+fn one_spawn(
+    daemon: &Daemon,
+    events: &std::sync::mpsc::Receiver<Event>,
+    name: &str,
+) -> Result<f64, String> {
+    let t = Instant::now();
+    let dev = daemon.plug(bench_device(name, &[]))?;
+    let (_, at) = wait_started(events, dev)?;
+    let took = at.duration_since(t).as_nanos() as f64 / 1e3;
+    daemon.unplug(dev)?;
+    loop {
+        match events.recv_timeout(Duration::from_secs(10)) {
+            Ok(Event::Exited { .. }) => break,
+            Ok(_) => continue,
+            Err(_) => return Err("the bench dext did not exit".to_owned()),
+        }
+    }
+    daemon.wait_idle(Duration::from_secs(10));
+    Ok(took)
+}
+
+/// Three measurements alternate, so that all see the same machine: a bare
+/// fork+exec+handshake, the daemon's spawn with the sandbox (what users
+/// run), and the same without it. Each waits for the previous dext to exit.
+fn spawn_to_start(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
+    let bench = drivers::find(drivers::bench::EXECUTABLE)?;
+    let sandboxed = bench_daemon_sandboxed(root, bench, Mode::Enforce)?;
+    let plain = bench_daemon_sandboxed(root, bench, Mode::Off)?;
+    let (sandboxed_events, plain_events) = (sandboxed.subscribe(), plain.subscribe());
     let mut floor = Vec::new();
-    let mut samples = Vec::new();
+    let mut confined = Vec::new();
+    let mut unconfined = Vec::new();
     let result = (|| {
         for i in 0..n {
             let t = Instant::now();
             let (child, ep) = spawn_echo()?;
             floor.push(t.elapsed().as_nanos() as f64 / 1e3);
             stop_echo(child, ep);
-
-            let t = Instant::now();
-            let dev = daemon.plug(bench_device(&format!("BenchSpawn{i}"), &[]))?;
-            let (_, at) = wait_started(&events, dev)?;
-            samples.push(at.duration_since(t).as_nanos() as f64 / 1e3);
-            daemon.unplug(dev)?;
-            loop {
-                match events.recv_timeout(Duration::from_secs(10)) {
-                    Ok(Event::Exited { .. }) => break,
-                    Ok(_) => continue,
-                    Err(_) => return Err("the bench dext did not exit".to_owned()),
-                }
-            }
-            daemon.wait_idle(Duration::from_secs(10));
+            confined.push(one_spawn(
+                &sandboxed,
+                &sandboxed_events,
+                &format!("BenchSpawn{i}"),
+            )?);
+            unconfined.push(one_spawn(&plain, &plain_events, &format!("BenchSpawn{i}"))?);
         }
-        Ok(())
+        Ok::<(), String>(())
     })();
-    daemon.shutdown();
+    sandboxed.shutdown();
+    plain.shutdown();
     result?;
     let (b50, b99) = percentiles(floor);
-    let (p50, p99) = percentiles(samples);
-    Ok(Figure {
-        bench: "spawn_to_start",
-        unit: "us",
-        p50,
-        p99,
-        baseline: Some(("fork_exec_handshake", b50, b99)),
-    })
+    let (p50, p99) = percentiles(confined);
+    let (u50, u99) = percentiles(unconfined);
+    Ok(vec![
+        Figure {
+            bench: "spawn_to_start",
+            unit: "us",
+            p50,
+            p99,
+            baseline: Some(("fork_exec_handshake", b50, b99)),
+        },
+        Figure {
+            bench: "spawn_to_start_sandboxed",
+            unit: "us",
+            p50,
+            p99,
+            baseline: Some(("spawn_to_start_no_sandbox", u50, u99)),
+        },
+    ])
 }
 
 /// `personalities` personalities keyed by model, `devices` devices.

@@ -49,6 +49,18 @@ pub struct RunArgs {
     /// Do not drive the machine's real USB devices (usbfs).
     #[arg(long)]
     no_linux_usb: bool,
+    /// How dexts are confined: enforce (their own user, Landlock,
+    /// seccomp), log (report by name each system call the sandbox would
+    /// refuse, refuse nothing: to learn what a driver needs) or off.
+    #[arg(long, default_value = "enforce", value_name = "enforce|log|off")]
+    sandbox: driverkit_core::sandbox::Mode,
+    /// The same as --sandbox=off: dexts run with the daemon's authority.
+    /// For debugging a driver only.
+    #[arg(long, conflicts_with = "sandbox")]
+    no_sandbox: bool,
+    /// The user dexts run as when the daemon runs as root.
+    #[arg(long, default_value = "nobody", value_name = "NAME")]
+    dext_user: String,
 }
 
 pub fn run(root: PathBuf, args: RunArgs) -> Result<(), String> {
@@ -62,6 +74,15 @@ pub fn run(root: PathBuf, args: RunArgs) -> Result<(), String> {
     config.uinput = !args.no_uinput;
     config.linux_usb = !args.no_linux_usb;
     config.admin_group = Some(args.admin_group).filter(|g| !g.is_empty());
+    config.sandbox = driverkit_core::sandbox::Policy {
+        mode: if args.no_sandbox {
+            driverkit_core::sandbox::Mode::Off
+        } else {
+            args.sandbox
+        },
+        user: args.dext_user,
+    };
+    config.sandbox.check()?;
     if !args.no_embedded {
         let dir = root.join("embedded");
         for e in drivers::EXAMPLES {

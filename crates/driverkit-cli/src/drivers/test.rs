@@ -7,7 +7,11 @@
 //!   `spew` (writes 1 MiB to stderr with no newline and bytes that are not
 //!   UTF-8, then logs `after the spew` and starts), `hog` (registers two
 //!   600 MiB buffers with reads from its provider, past the system's 1 GiB
-//!   per dext, and publishes the second read's status as `TestHogStatus`);
+//!   per dext, and publishes the second read's status as `TestHogStatus`),
+//!   `escape` (tries what its sandbox must refuse: reading `/etc/passwd`,
+//!   connecting to the control socket named by `TestEscapeSocket`,
+//!   executing `/bin/true`, opening a TCP socket to 127.0.0.1, and
+//!   publishes each outcome in `TestEscape`, then starts);
 //! - `TestStartDelayMs`: sleep this long in Start first;
 //! - `TestTerminateAfterMs`: once started, terminate itself this much later;
 //! - `TestReadLength`: ask the provider for an asynchronous read of this
@@ -113,6 +117,13 @@ impl IOServiceImpl for TestDriver {
                 self.set_property("TestHogStatus", statuses.join(","))?;
                 std::mem::forget(kept);
             }
+            "escape" => {
+                let socket = p
+                    .get("TestEscapeSocket")
+                    .and_then(plist::Value::as_string)
+                    .unwrap_or("/run/driverkit/driverkit.sock");
+                self.set_property("TestEscape", escape(socket))?;
+            }
             _ => {}
         }
         if let Some(len) = p
@@ -154,6 +165,36 @@ impl IOServiceImpl for TestDriver {
     fn free(&self) {
         driverkit::info!("free");
     }
+}
+
+/// Tries each thing a sandboxed dext must not do; each outcome is `done`
+/// or `refused: <the error>`.
+fn escape(control_socket: &str) -> plist::Dictionary {
+    fn outcome<T>(r: std::io::Result<T>) -> plist::Value {
+        match r {
+            Ok(_) => "done".into(),
+            Err(e) => format!("refused: {e}").into(),
+        }
+    }
+    let mut out = plist::Dictionary::new();
+    out.insert(
+        "read /etc/passwd".into(),
+        outcome(std::fs::read("/etc/passwd")),
+    );
+    out.insert(
+        "connect control socket".into(),
+        outcome(std::os::unix::net::UnixStream::connect(control_socket)),
+    );
+    out.insert(
+        "exec /bin/true".into(),
+        outcome(std::process::Command::new("/bin/true").status()),
+    );
+    out.insert(
+        "tcp 127.0.0.1".into(),
+        outcome(std::net::TcpStream::connect(("127.0.0.1", 9))),
+    );
+    driverkit::info!("escape attempts: {out:?}");
+    out
 }
 
 #[driverkit::actions]

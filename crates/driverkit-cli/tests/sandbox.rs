@@ -1,0 +1,182 @@
+//! Every dext runs sandboxed: its own unprivileged user, `no_new_privs`,
+//! a seccomp filter and a Landlock domain; what it tries beyond them is
+//! refused, and the daemon's log names it.
+
+mod support;
+
+use support::*;
+
+/// The fields of `/proc/<pid>/status` a sandboxed process is judged by.
+fn status_of(pid: u64) -> (u32, String, String) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status:\n{text}"))
+    };
+    let uid = field("Uid:")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (uid, field("NoNewPrivs:"), field("Seccomp:"))
+}
+
+fn running_as_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+#[test]
+fn every_example_dext_runs_unprivileged_with_no_new_privs_and_a_seccomp_filter() {
+    let d = Daemon::start(&[]);
+    let examples = [
+        "NullDriver",
+        "VirtualSensorDriver",
+        "PacketQueueDriver",
+        "HIDKeyboardDriver",
+    ];
+    d.wait_until("every example dext running", || {
+        let nodes = d.nodes();
+        examples.iter().all(|name| {
+            nodes
+                .iter()
+                .any(|n| n["name"] == *name && n["pid"].is_u64() && n["state"]["active"] == true)
+        })
+    });
+    for node in d.nodes().iter().filter(|n| n["pid"].is_u64()) {
+        let pid = node["pid"].as_u64().unwrap();
+        let (uid, no_new_privs, seccomp) = status_of(pid);
+        let name = &node["name"];
+        if running_as_root() {
+            assert_ne!(uid, 0, "{name} (pid {pid}) runs as root");
+        }
+        assert_eq!(no_new_privs, "1", "{name} (pid {pid})");
+        assert_eq!(seccomp, "2", "{name} (pid {pid}): 2 is a filter");
+    }
+    let log = d.interrupt();
+    assert!(!log.contains("sandbox  OFF"), "{log}");
+}
+
+fn escape_bundle(d: &Daemon) -> std::path::PathBuf {
+    let socket = d.state().join(driverkit_wire::root::CONTROL_SOCKET);
+    test_bundle(
+        d.root.path(),
+        "org.test.Escape",
+        &[P {
+            name: "Escaper",
+            provider_class: "IOVirtualDevice",
+            extra: &format!(
+                "<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>\
+                 <key>TestStartBehavior</key><string>escape</string>\
+                 <key>TestEscapeSocket</key><string>{}</string>",
+                socket.display()
+            ),
+        }],
+    )
+}
+
+fn escape_outcomes(d: &Daemon) -> serde_json::Value {
+    let bundle = escape_bundle(d);
+    d.cli(&["load", bundle.to_str().unwrap()]);
+    plug_test_device(d);
+    let node = d.wait_node("the escaping TestDriver started", |n| {
+        n["name"] == "TestDriver" && n["properties"]["TestEscape"].is_object()
+    });
+    node["properties"]["TestEscape"].clone()
+}
+
+#[test]
+fn a_dext_that_tries_to_escape_is_refused_and_the_daemon_logs_it() {
+    let d = Daemon::start(&["--no-embedded", "--no-default-devices"]);
+    let outcomes = escape_outcomes(&d);
+    for attempt in [
+        "read /etc/passwd",
+        "connect control socket",
+        "exec /bin/true",
+        "tcp 127.0.0.1",
+    ] {
+        let outcome = outcomes[attempt].as_str().unwrap_or_default();
+        assert!(
+            outcome.starts_with("refused: "),
+            "{attempt}: {outcome}\n{outcomes}"
+        );
+    }
+    // The kernel's audit records, read by the daemon and named.
+    d.wait_log("Landlock refused fs.read_file path=\"/etc/passwd\"", 1);
+    d.wait_log("Landlock refused fs.execute", 1);
+    // Reaching the control socket or TCP needs a socket, which no dext has.
+    d.wait_log("refused system call socket", 2);
+    let log = d.log();
+    assert!(
+        log.contains("sandbox  org.test.Escape["),
+        "refusals carry the dext's name:\n{log}"
+    );
+    d.interrupt();
+}
+
+#[test]
+fn log_mode_names_each_call_the_sandbox_would_refuse_and_refuses_none() {
+    let d = Daemon::start(&["--no-embedded", "--no-default-devices", "--sandbox=log"]);
+    let outcomes = escape_outcomes(&d);
+    d.wait_log("would refuse system call socket", 1);
+    // Landlock has no permissive mode, so log mode does not apply it.
+    assert_eq!(outcomes["read /etc/passwd"], "done", "{outcomes}");
+    let log = d.interrupt();
+    assert!(
+        log.contains("LOG mode"),
+        "the mode is said at start:\n{log}"
+    );
+}
+
+#[test]
+fn without_the_sandbox_the_daemon_says_so_loudly() {
+    let d = Daemon::start(&["--no-embedded", "--no-default-devices", "--no-sandbox"]);
+    let outcomes = escape_outcomes(&d);
+    assert_eq!(outcomes["read /etc/passwd"], "done", "{outcomes}");
+    let log = d.interrupt();
+    assert!(log.contains("sandbox  OFF"), "{log}");
+}
+
+#[test]
+fn an_unknown_sandbox_user_is_refused_before_the_daemon_starts() {
+    let d = Daemon::start(&["--no-embedded", "--no-default-devices"]);
+    let out = d.run_cli(&["run", "--dext-user", "no-such-user-driverkit"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    if running_as_root() {
+        assert!(
+            err.contains("sandbox user 'no-such-user-driverkit' not found in /etc/passwd"),
+            "{err}"
+        );
+    }
+    d.interrupt();
+}
+
+#[test]
+fn a_script_executable_is_refused_with_the_reason() {
+    let d = Daemon::start(&[
+        "--no-embedded",
+        "--no-default-devices",
+        "--relaunch-limit",
+        "0",
+    ]);
+    let bundle = test_bundle(
+        d.root.path(),
+        "org.test.Script",
+        &[P {
+            name: "Scripted",
+            provider_class: "IOVirtualDevice",
+            extra: "<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>",
+        }],
+    );
+    let exe = bundle.join("DriverKitTestDriver");
+    std::fs::remove_file(&exe).unwrap();
+    std::fs::write(&exe, format!("#!/bin/sh\nexec {EXE} \"$@\"\n")).unwrap();
+    std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    d.cli(&["load", bundle.to_str().unwrap()]);
+    plug_test_device(&d);
+    d.wait_log("a sandboxed dext's executable must be a binary", 1);
+    d.interrupt();
+}

@@ -1,0 +1,269 @@
+//! The dext sandbox: what a driver process may do besides talking to the
+//! daemon.
+//!
+//! A dext is the code of a hardware vendor, run by a root daemon that owns
+//! devices. It gets its socket and its log, and nothing else: its own
+//! unprivileged user, a cleared environment, `no_new_privs`, a Landlock
+//! domain that lets it read only its own bundle and the system's shared
+//! libraries, with no TCP, no abstract unix sockets and no signals outside
+//! itself, and a seccomp allowlist of what the SDK runtime calls. Device
+//! access goes through the daemon, which hands over descriptors where a
+//! family needs one.
+//!
+//! Everything is prepared in the daemon before `fork` (the ruleset, the
+//! compiled filter, the executable's descriptor, argv and envp), so that
+//! the child only makes system calls between `fork` and `exec`: the daemon
+//! has many threads, and allocating in the child could deadlock on a lock
+//! another thread held at the fork. The child execs its executable through
+//! the descriptor (`execveat`), so the unprivileged user needs no search
+//! permission on the daemon's private state directory.
+//!
+//! Refusals are reported by the kernel's audit records (see [`audit`]),
+//! which the daemon reads and logs under the dext's name.
+//!
+//! One concept per file: [`seccomp`] is the allowlist, [`landlock`] the
+//! filesystem and network rules, [`exec`] the child's side, [`audit`] the
+//! refusal log, and this file the policy and its preparation.
+
+pub mod audit;
+mod exec;
+mod landlock;
+mod seccomp;
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+pub(crate) use exec::Prepared;
+
+/// How strictly dexts are confined (`driverkit run --sandbox`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Everything described above, refusals logged.
+    #[default]
+    Enforce,
+    /// Nothing is refused by seccomp: each system call outside the
+    /// allowlist is logged by name instead, so an author learns what the
+    /// driver would need. Landlock has no permissive mode, so it is not
+    /// applied; the user, environment and `no_new_privs` are as enforced.
+    Log,
+    /// No sandbox: for debugging a driver only. The daemon says so loudly.
+    Off,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "enforce" | "on" => Ok(Mode::Enforce),
+            "log" => Ok(Mode::Log),
+            "off" => Ok(Mode::Off),
+            other => Err(format!(
+                "unknown sandbox mode '{other}': expected enforce, log or off"
+            )),
+        }
+    }
+}
+
+/// The daemon's sandbox settings.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub mode: Mode,
+    /// The user dexts run as when the daemon is root.
+    pub user: String,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            mode: Mode::Enforce,
+            user: "nobody".to_owned(),
+        }
+    }
+}
+
+/// A user and group ID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Policy {
+    /// Checks the policy as the daemon will resolve it, so that `run` can
+    /// refuse a bad one before starting.
+    pub fn check(&self) -> Result<(), String> {
+        Sandbox::resolve(self).map(drop)
+    }
+}
+
+/// The sandbox as resolved at the daemon's start: the user looked up, the
+/// filter compiled once, the audit log opened.
+pub(crate) struct Sandbox {
+    mode: Mode,
+    credentials: Option<Credentials>,
+    filter: Option<Arc<seccompiler::BpfProgram>>,
+    audit: Option<audit::Watch>,
+    /// Why no dext can be launched: a policy that could not be resolved.
+    /// Never a silent fallback to running unconfined.
+    broken: Option<String>,
+}
+
+impl Sandbox {
+    /// Resolves `policy`. A configuration error (an unknown user) makes
+    /// every launch fail with it; what the kernel lacks is logged and done
+    /// without.
+    pub fn new(policy: &Policy) -> Sandbox {
+        let mut sandbox = Sandbox::resolve(policy).unwrap_or_else(|e| {
+            tracing::error!("sandbox  {e}; no dext can be launched");
+            Sandbox {
+                mode: policy.mode,
+                credentials: None,
+                filter: None,
+                audit: None,
+                broken: Some(e),
+            }
+        });
+        if sandbox.mode != Mode::Off && sandbox.broken.is_none() {
+            sandbox.audit = match audit::Watch::open() {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(
+                        "sandbox  refusals will not be logged by the daemon: the kernel's audit log is not readable ({e})"
+                    );
+                    None
+                }
+            };
+        }
+        sandbox
+    }
+
+    fn resolve(policy: &Policy) -> Result<Sandbox, String> {
+        if policy.mode == Mode::Off {
+            tracing::warn!(
+                "sandbox  OFF: dexts run as the daemon's user with its authority; use this only to debug a driver"
+            );
+            return Ok(Sandbox {
+                mode: Mode::Off,
+                credentials: None,
+                filter: None,
+                audit: None,
+                broken: None,
+            });
+        }
+        let credentials = if rustix::process::geteuid().is_root() {
+            let ids = user_ids(&policy.user).ok_or_else(|| {
+                format!(
+                    "sandbox user '{}' not found in /etc/passwd: create it, or choose another with --dext-user",
+                    policy.user
+                )
+            })?;
+            if ids.uid == 0 {
+                return Err(format!(
+                    "sandbox user '{}' is root: dexts must run unprivileged; choose another with --dext-user",
+                    policy.user
+                ));
+            }
+            Some(ids)
+        } else {
+            tracing::info!(
+                "sandbox  dexts run as the daemon's own user (uid {}): only a root daemon can give them another",
+                rustix::process::geteuid().as_raw()
+            );
+            None
+        };
+        let filter = seccomp::compile(policy.mode).map_err(|e| format!("seccomp filter: {e}"))?;
+        if policy.mode == Mode::Log {
+            tracing::warn!(
+                "sandbox  LOG mode: system calls outside the allowlist are logged, not refused; Landlock is not applied"
+            );
+        }
+        Ok(Sandbox {
+            mode: policy.mode,
+            credentials,
+            filter: Some(Arc::new(filter)),
+            audit: None,
+            broken: None,
+        })
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Prepares, in the daemon, everything the child needs to confine
+    /// itself and exec `executable` with exactly `env`.
+    pub fn prepare(
+        &self,
+        executable: &Path,
+        bundle: &Path,
+        env: &[(&OsStr, &OsStr)],
+    ) -> io::Result<Prepared> {
+        if let Some(e) = &self.broken {
+            return Err(io::Error::other(e.clone()));
+        }
+        let ruleset = match self.mode {
+            Mode::Enforce => Some(landlock::ruleset(executable, bundle)?),
+            Mode::Log | Mode::Off => None,
+        };
+        Prepared::new(
+            executable,
+            env,
+            self.credentials,
+            ruleset,
+            self.filter.clone(),
+            self.mode == Mode::Enforce,
+        )
+    }
+
+    /// Attributes the refusals of process `pid` to `label` in the log.
+    pub fn watch(&self, pid: u32, label: &str) {
+        if let Some(a) = &self.audit {
+            a.watch(pid, label);
+        }
+    }
+
+    /// Forgets an exited process.
+    pub fn forget(&self, pid: u32) {
+        if let Some(a) = &self.audit {
+            a.forget(pid);
+        }
+    }
+}
+
+/// The user and primary group IDs of `name`, from `/etc/passwd`.
+fn user_ids(name: &str) -> Option<Credentials> {
+    let text = std::fs::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name).then_some(())?;
+        let _password = fields.next()?;
+        Some(Credentials {
+            uid: fields.next()?.parse().ok()?,
+            gid: fields.next()?.parse().ok()?,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_and_unknown_ones_are_named() {
+        assert_eq!("log".parse::<Mode>(), Ok(Mode::Log));
+        assert_eq!("enforce".parse::<Mode>(), Ok(Mode::Enforce));
+        let e = "lax".parse::<Mode>().unwrap_err();
+        assert!(
+            e.contains("'lax'") && e.contains("enforce, log or off"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn root_is_in_passwd_and_a_made_up_user_is_not() {
+        assert_eq!(user_ids("root").map(|c| c.uid), Some(0));
+        assert_eq!(user_ids("no-such-user-driverkit"), None);
+    }
+}
