@@ -173,6 +173,7 @@ fn bench_quick_reports_every_figure_beside_its_baseline() {
             "userclient_scalar_roundtrip",
             "userclient_scalar_roundtrip",
             "spawn_to_start",
+            "spawn_to_start_sandboxed",
             "match_per_device",
             "dext_rss",
             "daemon_rss",

@@ -55,15 +55,17 @@ pub(super) fn ruleset(executable: &Path, bundle: &Path) -> io::Result<RulesetCre
         // daemon's log reports: ABI 7 logs only before exec by default.
         .log_new_exec(true)
         .map_err(refuse)?;
-    let (bundle, executable) = (path(bundle)?, path(executable)?);
+    // A bundle made in code (tests, embedders) may have no directory.
+    if bundle.is_dir() {
+        ruleset = ruleset
+            .add_rule(PathBeneath::new(path(bundle)?, read))
+            .map_err(refuse)?;
+    }
     ruleset = ruleset
-        .add_rule(PathBeneath::new(bundle, read))
-        .and_then(|r| {
-            r.add_rule(PathBeneath::new(
-                executable,
-                AccessFs::Execute | AccessFs::ReadFile,
-            ))
-        })
+        .add_rule(PathBeneath::new(
+            path(executable)?,
+            AccessFs::Execute | AccessFs::ReadFile,
+        ))
         .map_err(refuse)?;
     for dir in LIBRARIES.iter().map(Path::new).filter(|p| p.exists()) {
         let access = if dir.is_dir() {
