@@ -11,7 +11,10 @@
 //!   `escape` (tries what its sandbox must refuse: reading `/etc/passwd`,
 //!   connecting to the control socket named by `TestEscapeSocket`,
 //!   executing `/bin/true`, opening a TCP socket to 127.0.0.1, and
-//!   publishes each outcome in `TestEscape`, then starts);
+//!   publishes each outcome in `TestEscape`, then starts), `random-fault`
+//!   (for the crash campaign: at each Start, with one chance in two, one of
+//!   panic, abort, `exit(0)` mid-call, closing its descriptors (its socket
+//!   among them) or hanging; otherwise starts);
 //! - `TestStartDelayMs`: sleep this long in Start first;
 //! - `TestTerminateAfterMs`: once started, terminate itself this much later;
 //! - `TestReadLength`: ask the provider for an asynchronous read of this
@@ -79,10 +82,13 @@ impl IOServiceImpl for TestDriver {
         {
             std::thread::sleep(Duration::from_millis(ms));
         }
-        let behavior = p
+        let mut behavior = p
             .get("TestStartBehavior")
             .and_then(plist::Value::as_string)
             .unwrap_or("ok");
+        if behavior == "random-fault" {
+            behavior = random_fault();
+        }
         driverkit::info!("start: behaving {behavior:?}");
         match behavior {
             "fail" => return Err(IOReturn::ERROR),
@@ -116,6 +122,16 @@ impl IOServiceImpl for TestDriver {
                 }
                 self.set_property("TestHogStatus", statuses.join(","))?;
                 std::mem::forget(kept);
+            }
+            "exit0" => std::process::exit(0),
+            "close-socket" => {
+                // Every descriptor past stdio, the daemon's socket among them.
+                for fd in 3..1024 {
+                    // SAFETY: the process is meant to lose them; nothing is
+                    // used after this but the runtime's own error paths.
+                    unsafe { rustix::io::close(fd) };
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
             "escape" => {
                 let socket = p
@@ -164,6 +180,20 @@ impl IOServiceImpl for TestDriver {
 
     fn free(&self) {
         driverkit::info!("free");
+    }
+}
+
+/// One fault in two: which one, by a random draw.
+fn random_fault() -> &'static str {
+    use std::hash::{BuildHasher, Hasher};
+    let draw = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    const FAULTS: [&str; 5] = ["panic", "abort", "exit0", "close-socket", "hang"];
+    if draw % 2 == 0 {
+        "ok"
+    } else {
+        FAULTS[(draw / 2 % FAULTS.len() as u64) as usize]
     }
 }
 
