@@ -136,7 +136,7 @@ fn faults_in_concurrent_dexts_and_their_relaunches_leave_the_daemon_whole() {
         })
         .collect();
     let bundle = test_bundle(d.root.path(), "org.test.Campaign", &ps);
-    d.cli(&["load", bundle.to_str().unwrap()]);
+    d.load(&bundle);
     for slot in 0..DEXTS {
         let file = device_file(
             d.root.path(),

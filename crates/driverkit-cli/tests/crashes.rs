@@ -26,7 +26,7 @@ fn crashing(behavior: &str, signal_text: &str) {
             ),
         }],
     );
-    d.cli(&["load", bundle.to_str().unwrap()]);
+    d.load(&bundle);
     plug_test_device(&d);
     d.wait_log("giving up org.test.Crash/Crasher", 1);
     let log = d.log();
@@ -108,7 +108,7 @@ fn killed_from_outside_during_start_then_relaunched() {
                     <key>TestStartDelayMs</key><integer>1500</integer>",
         }],
     );
-    d.cli(&["load", bundle.to_str().unwrap()]);
+    d.load(&bundle);
     plug_test_device(&d);
     // TestDriverPID is published before Start sleeps: Start is running.
     let starting = d.wait_node("a TestDriver in Start", |n| {
@@ -150,7 +150,7 @@ fn a_hung_start_is_killed_after_the_call_timeout() {
                     <key>TestStartBehavior</key><string>hang</string>",
         }],
     );
-    d.cli(&["load", bundle.to_str().unwrap()]);
+    d.load(&bundle);
     plug_test_device(&d);
     d.wait_log("giving up org.test.Hang/Hang", 1);
     let log = d.log();
@@ -242,7 +242,7 @@ fn a_dext_spewing_garbage_on_stderr_is_logged_in_bounded_lines_and_goes_on() {
                     <key>TestStartBehavior</key><string>spew</string>",
         }],
     );
-    d.cli(&["load", bundle.to_str().unwrap()]);
+    d.load(&bundle);
     plug_test_device(&d);
     d.wait_log("after the spew", 1);
     d.wait_node("the spewer started", |n| {
@@ -287,7 +287,7 @@ fn crashes_far_apart_are_each_a_first_crash() {
             extra: "<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>",
         }],
     );
-    d.cli(&["load", bundle.to_str().unwrap()]);
+    d.load(&bundle);
     let device = plug_test_device(&d);
     let mut last = 0;
     for round in 0..2 {
@@ -344,7 +344,7 @@ fn a_dext_past_its_memory_limit_gets_no_resources_and_the_limit_is_named() {
                     <key>TestStartBehavior</key><string>hog</string>",
         }],
     );
-    d.cli(&["load", bundle.to_str().unwrap()]);
+    d.load(&bundle);
     plug_test_device(&d);
     let driver = d.wait_node("the hog started", |n| {
         n["name"] == "TestDriver" && n["state"]["active"] == true

@@ -149,7 +149,7 @@ fn a_bundle_loaded_at_run_time_matches_existing_devices() {
             extra: "<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>",
         }],
     );
-    d.cli(&["load", bundle.to_str().unwrap()]);
+    d.load(&bundle);
     d.wait_node("TestDriver active after load", |n| {
         n["name"] == "TestDriver" && n["state"]["active"] == true
     });
@@ -182,7 +182,7 @@ fn one_process_personalities_share_a_pid() {
             },
         ],
     );
-    d.cli(&["load", bundle.to_str().unwrap()]);
+    d.load(&bundle);
     plug_test_device(&d);
     d.wait_until("three active clients", || {
         d.nodes()
@@ -270,7 +270,7 @@ fn a_virtual_devices_interrupts_reach_its_driver_until_it_is_unplugged() {
     let d = Daemon::start(&["--no-embedded", "--no-default-devices"]);
     let dir = d.root.path().to_owned();
     let bundle = driverkit_cli_example_bundle(&dir, "VirtualSensorDriver");
-    d.cli(&["load", bundle.to_str().unwrap()]);
+    d.load(&bundle);
     let dev = device_file(
         &dir,
         "irq.toml",
@@ -341,7 +341,7 @@ fn an_async_read_fills_the_shared_buffer_in_place_and_completes_its_action() {
                     <key>TestReadLength</key><integer>65536</integer>",
         }],
     );
-    d.cli(&["load", bundle.to_str().unwrap()]);
+    d.load(&bundle);
     plug_test_device(&d);
     let node = d.wait_node("the read completed", |n| {
         n["properties"]["TestReadStatus"].is_string()
@@ -367,7 +367,7 @@ fn a_read_in_flight_completes_with_aborted_when_the_device_is_unplugged() {
                     <key>TestReadLength</key><integer>16</integer>",
         }],
     );
-    d.cli(&["load", bundle.to_str().unwrap()]);
+    d.load(&bundle);
     let dev = device_file(
         &dir,
         "slow.toml",
@@ -410,7 +410,7 @@ fn a_completion_that_can_no_longer_arrive_runs_the_aborted_handler() {
                     <key>TestTerminateAfterMs</key><integer>100</integer>",
         }],
     );
-    d.cli(&["load", bundle.to_str().unwrap()]);
+    d.load(&bundle);
     let dev = device_file(
         &dir,
         "slow.toml",

@@ -65,7 +65,7 @@ fn categories_attach_side_by_side_the_best_score_wins_and_a_failed_start_hands_o
             },
         ],
     );
-    d.cli(&["load", bundle.to_str().unwrap()]);
+    d.load(&bundle);
     let id = plug_test_device(&d);
     d.wait_until("four active clients", || {
         d.nodes()
@@ -126,7 +126,7 @@ fn name_and_resource_matching() {
             },
         ],
     );
-    d.cli(&["load", bundle.to_str().unwrap()]);
+    d.load(&bundle);
     d.cli(&[
         "device",
         "plug",
@@ -174,7 +174,7 @@ fn when_a_driver_goes_away_the_provider_rematches_without_it() {
             },
         ],
     );
-    d.cli(&["load", bundle.to_str().unwrap()]);
+    d.load(&bundle);
     plug_test_device(&d);
     d.wait_node("Successor active", |n| {
         personality(n) == "Successor" && n["state"]["active"] == true
@@ -221,7 +221,7 @@ fn usb_devices_match_by_the_qa1076_ladder() {
             },
         ],
     );
-    d.cli(&["load", bundle.to_str().unwrap()]);
+    d.load(&bundle);
     let dev = device_file(
         &dir,
         "kbd.toml",

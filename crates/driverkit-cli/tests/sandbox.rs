@@ -79,7 +79,7 @@ fn escape_bundle(d: &Daemon) -> std::path::PathBuf {
 
 fn escape_outcomes(d: &Daemon) -> serde_json::Value {
     let bundle = escape_bundle(d);
-    d.cli(&["load", bundle.to_str().unwrap()]);
+    d.load(&bundle);
     plug_test_device(d);
     let node = d.wait_node("the escaping TestDriver started", |n| {
         n["name"] == "TestDriver" && n["properties"]["TestEscape"].is_object()
@@ -175,7 +175,7 @@ fn a_script_executable_is_refused_with_the_reason() {
     std::fs::remove_file(&exe).unwrap();
     std::fs::write(&exe, format!("#!/bin/sh\nexec {EXE} \"$@\"\n")).unwrap();
     std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    d.cli(&["load", bundle.to_str().unwrap()]);
+    d.load(&bundle);
     plug_test_device(&d);
     d.wait_log("a sandboxed dext's executable must be a binary", 1);
     d.interrupt();

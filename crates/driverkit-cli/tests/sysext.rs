@@ -358,6 +358,17 @@ fn every_refusal_names_its_reason() {
         e.contains("is not inside an app's Contents/Library/SystemExtensions folder"),
         "{e}"
     );
+    // In place, but outside developer mode: `load` would skip activation,
+    // approval and the signature check.
+    d.cli(&["sysext", "developer", "off"]);
+    let placed = make_app(&dir, "Placed", &AppSpec::default())
+        .join(format!("Contents/Library/SystemExtensions/{id}.dext"));
+    let out = d.run_cli(&["load", placed.to_str().unwrap()]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("load needs developer mode") && e.contains("sysext developer on"),
+        "{e}"
+    );
     // ...and an app without it in place has no such extension.
     let e = refused(&d, &app, id);
     assert!(

@@ -292,7 +292,7 @@ fn only_an_entitled_app_may_open_a_driver_that_does_not_admit_any() {
     let d = Daemon::start(&["--no-embedded", "--no-default-devices", "--sandbox=off"]);
     let dir = d.root.path().join("apps");
     let dext = strict_null_driver(&dir);
-    d.cli(&["load", dext.to_str().unwrap()]);
+    d.load(&dext);
     null_driver(&d);
     let call = |exe: &Path| {
         Command::new(exe)
@@ -341,6 +341,36 @@ fn only_an_entitled_app_may_open_a_driver_that_does_not_admit_any() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("scalars: [42]"));
+
+    // Outside developer mode an app's entitlements are only its word: an
+    // unsigned app is refused, naming the rule...
+    d.cli(&["sysext", "developer", "off"]);
+    let maker = app_binary(&dir, "Maker", &["com.example.NullDriver"]);
+    let out = call(&maker);
+    assert!(!out.status.success());
+    d.wait_log(
+        "an app's entitlements count only when the app is signed by a trusted key",
+        1,
+    );
+    assert!(d.log().contains("the bundle is not signed"), "{}", d.log());
+    // ...and signed by a key the system trusts, it is believed.
+    let key = d.root.path().join("app-key");
+    d.cli(&["key", "new", key.to_str().unwrap()]);
+    let app = maker.parent().unwrap().parent().unwrap().parent().unwrap();
+    let signing = driverkit_bundle::signature::SigningKey::load(&key).unwrap();
+    driverkit_bundle::signature::sign(app, &signing).unwrap();
+    let out = call(&maker);
+    assert!(!out.status.success(), "signed by a key not yet trusted");
+    d.wait_log("which this system does not trust", 1);
+    d.cli(&["sysext", "trust", &format!("{}.pub", key.display())]);
+    let out = call(&maker);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("scalars: [42]"));
 }

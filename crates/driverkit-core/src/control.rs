@@ -400,7 +400,9 @@ fn handle(
         }
         Request::Unplug { id } => daemon.unplug(id).map(|()| json!({})),
         Request::Devices => serde_json::to_value(daemon.devices()).map_err(|e| e.to_string()),
-        Request::Load { path } => daemon.load_bundle(&path).map(|id| json!({ "bundle": id })),
+        Request::Load { path } => daemon
+            .load_for_developer(&path)
+            .map(|id| json!({ "bundle": id })),
         Request::Status => Ok(json!({ "pid": std::process::id(), "dexts": daemon.pids() })),
         Request::Lifecycle | Request::ServiceOpen { .. } => {
             Err("a streaming request; it has its own connection".into())

@@ -130,6 +130,34 @@ fn verify_copy(
 
 impl Core {
     /// Runs `f` on the store; a store that failed to open answers why.
+    /// Developer mode, and the keys whose signatures the system accepts:
+    /// what decides whether an app's or a dext's own word counts. With no
+    /// store, neither (no developer mode, no key).
+    pub(crate) fn trust(&self) -> (bool, Vec<String>) {
+        let guard = self.inner.store.lock().unwrap_or_else(|e| e.into_inner());
+        match &*guard {
+            Ok(store) => (
+                store.records().developer_mode,
+                store.records().trusted_keys.clone(),
+            ),
+            Err(_) => (false, Vec::new()),
+        }
+    }
+
+    /// `load PATH`: a bundle straight from a path skips activation,
+    /// approval and the signature check, so only developer mode allows it.
+    pub fn load_for_developer(&self, path: &Path) -> Result<String, String> {
+        // Where it is says more than whether it may be loaded.
+        driverkit_bundle::location::containing_app(path)?;
+        if !self.trust().0 {
+            return Err(format!(
+                "load needs developer mode: a bundle loaded from a path ({}) skips activation, approval and signature checks; an administrator turns it on with `driverkit sysext developer on`, or ship the dext in an app and use `driverkit sysext activate`",
+                path.display()
+            ));
+        }
+        self.load_bundle(path)
+    }
+
     fn with_store<R>(
         &self,
         f: impl FnOnce(&mut Store) -> Result<R, Failure>,

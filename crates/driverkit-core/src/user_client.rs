@@ -15,7 +15,7 @@
 //! ends (IOServiceClose, or the app's death) the user client stops.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use driverkit_bundle::Entitlements;
 use driverkit_wire::codec::{Encoder, Wire};
@@ -188,13 +188,30 @@ impl Core {
             return Ok(());
         }
         let app = app_of(pid);
-        let allowed = app.as_deref().is_some_and(|app| {
-            Entitlements::load(
-                &app.join("Contents")
-                    .join(driverkit_bundle::entitlements::FILE),
-            )
-            .is_ok_and(|e| e.userclient_access.iter().any(|b| b == bundle))
-        });
+        let Some(app) = app else {
+            tracing::warn!(
+                "open     refused: pid {pid} is not in an app, so nothing entitles it to {bundle}'s user clients (and the dext does not allow any app)"
+            );
+            return Err(IOReturn::NOT_PERMITTED);
+        };
+        // An app's entitlements are its own word: they count only when a
+        // key the system trusts signed them with its executable, or in
+        // developer mode.
+        let (developer, trusted) = self.trust();
+        if !developer {
+            if let Err(refusal) = driverkit_bundle::signature::verify(&app, &trusted) {
+                tracing::warn!(
+                    "open     refused: pid {pid} ({}): an app's entitlements count only when the app is signed by a trusted key (driverkit build --sign, driverkit sysext trust) or in developer mode; {refusal}",
+                    app.display()
+                );
+                return Err(IOReturn::NOT_PERMITTED);
+            }
+        }
+        let allowed = Entitlements::load(
+            &app.join("Contents")
+                .join(driverkit_bundle::entitlements::FILE),
+        )
+        .is_ok_and(|e| e.userclient_access.iter().any(|b| b == bundle));
         if allowed {
             return Ok(());
         }
@@ -202,10 +219,7 @@ impl Core {
             "open     refused: pid {pid} ({}) is not entitled to {bundle}'s user clients \
              (its app's com.apple.developer.driverkit.userclient-access does not name it, \
              and the dext does not allow any app)",
-            app.as_deref().map_or_else(
-                || "not in an app".into(),
-                |a: &Path| a.display().to_string()
-            )
+            app.display()
         );
         Err(IOReturn::NOT_PERMITTED)
     }

@@ -190,7 +190,7 @@ fn random_fault() -> &'static str {
         .build_hasher()
         .finish();
     const FAULTS: [&str; 5] = ["panic", "abort", "exit0", "close-socket", "hang"];
-    if draw % 2 == 0 {
+    if draw.is_multiple_of(2) {
         "ok"
     } else {
         FAULTS[(draw / 2 % FAULTS.len() as u64) as usize]

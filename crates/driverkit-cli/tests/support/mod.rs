@@ -167,6 +167,13 @@ impl Daemon {
         });
     }
 
+    /// `load PATH`, which needs developer mode: turned on first (tests of
+    /// what developer mode allows use `sysext developer` themselves).
+    pub fn load(&self, bundle: &Path) -> String {
+        self.cli(&["sysext", "developer", "on"]);
+        self.cli(&["load", bundle.to_str().unwrap()])
+    }
+
     /// Sends SIGINT (Ctrl-C) and waits for a clean exit.
     pub fn interrupt(mut self) -> String {
         let mut child = self.child.take().unwrap();

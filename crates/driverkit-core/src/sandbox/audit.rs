@@ -9,7 +9,9 @@
 //! system's audit configuration. A Landlock access record names its domain,
 //! not its process: the domain's first record (`status=allocated`) gives
 //! the process that created it, which is the dext (the domain is made in
-//! the child, just before its exec).
+//! the child, just before its exec). The kernel writes that record right
+//! after the domain's first refusal, so refusals of a domain not yet known
+//! wait for it (a few, bounded).
 //!
 //! Landlock reports only while the kernel's audit is enabled (seccomp
 //! always does). Where it is off (no auditd, no `audit=1`), a root daemon
@@ -289,14 +291,13 @@ impl Drop for Watch {
 
 fn read_loop(socket: OwnedFd, labels: &Mutex<HashMap<u32, String>>, stop: &AtomicBool) {
     let mut buf = vec![0u8; 64 * 1024];
-    // Landlock domains of our dexts, to their processes.
-    let mut domains: HashMap<String, u32> = HashMap::new();
+    let mut landlock = Attribution::default();
     while !stop.load(Ordering::Acquire) {
         let n = match rustix::net::recv(&socket, &mut buf[..], rustix::net::RecvFlags::empty()) {
             Ok((n, _)) => n,
-            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => 0,
             // The kernel dropped records for a slow reader: go on.
-            Err(rustix::io::Errno::NOBUFS) => continue,
+            Err(rustix::io::Errno::NOBUFS) => 0,
             Err(e) => {
                 tracing::warn!(
                     "sandbox  audit log unreadable ({e}); refusals are no longer logged"
@@ -304,8 +305,8 @@ fn read_loop(socket: OwnedFd, labels: &Mutex<HashMap<u32, String>>, stop: &Atomi
                 return;
             }
         };
+        let labels = labels.lock().unwrap_or_else(|e| e.into_inner());
         for record in parse_datagram(&buf[..n]) {
-            let labels = labels.lock().unwrap_or_else(|e| e.into_inner());
             match record {
                 Record::Seccomp {
                     pid,
@@ -326,28 +327,67 @@ fn read_loop(socket: OwnedFd, labels: &Mutex<HashMap<u32, String>>, stop: &Atomi
                         tracing::warn!("sandbox  {label}: refused system call {name} ({syscall})");
                     }
                 }
-                Record::LandlockDomain { domain, pid } => {
-                    if labels.contains_key(&pid) {
-                        domains.insert(domain, pid);
-                    }
-                }
+                Record::LandlockDomain { domain, pid } => landlock.domain(domain, pid),
                 Record::LandlockAccess {
                     domain,
                     blockers,
                     object,
-                } => {
-                    let Some(label) = domains.get(&domain).and_then(|pid| labels.get(pid)) else {
-                        continue;
-                    };
-                    tracing::warn!("sandbox  {label}: Landlock refused {blockers} {object}");
-                }
+                } => landlock.refusal(domain, format!("{blockers} {object}")),
             }
         }
-        // Forget the domains of processes that are gone.
-        if domains.len() > 1024 {
-            let labels = labels.lock().unwrap_or_else(|e| e.into_inner());
-            domains.retain(|_, pid| labels.contains_key(pid));
+        for (label, refusal) in landlock.attributable(&labels) {
+            tracing::warn!("sandbox  {label}: Landlock refused {refusal}");
         }
+    }
+}
+
+/// Landlock refusals, matched to dexts. Three records race: a domain's
+/// first refusal comes before the record naming its process, and a dext
+/// may be refused something before the daemon has learnt its PID (between
+/// its exec and the spawn's return). So every domain's process is kept
+/// (bounded), and a refusal not yet attributable waits a few seconds.
+#[derive(Default)]
+struct Attribution {
+    domains: HashMap<String, u32>,
+    waiting: std::collections::VecDeque<(std::time::Instant, String, String)>,
+}
+
+impl Attribution {
+    const DOMAINS: usize = 4096;
+    const WAITING: usize = 256;
+    const PATIENCE: Duration = Duration::from_secs(5);
+
+    fn domain(&mut self, domain: String, pid: u32) {
+        if self.domains.len() >= Self::DOMAINS {
+            self.domains.clear();
+        }
+        self.domains.insert(domain, pid);
+    }
+
+    fn refusal(&mut self, domain: String, what: String) {
+        if self.waiting.len() == Self::WAITING {
+            self.waiting.pop_front();
+        }
+        self.waiting
+            .push_back((std::time::Instant::now(), domain, what));
+    }
+
+    /// The refusals that can now be named, as (dext label, what); the
+    /// rest wait, unless they have waited too long or are not a dext's.
+    fn attributable(&mut self, labels: &HashMap<u32, String>) -> Vec<(String, String)> {
+        let mut named = Vec::new();
+        let now = std::time::Instant::now();
+        self.waiting.retain(|(since, domain, what)| {
+            match self.domains.get(domain).map(|pid| labels.get(pid)) {
+                Some(Some(label)) => {
+                    named.push((label.clone(), what.clone()));
+                    false
+                }
+                // Not (yet) known: wait, a while.
+                _ => now.duration_since(*since) < Self::PATIENCE,
+            }
+        });
+        named
     }
 }
 
@@ -394,6 +434,27 @@ mod tests {
                 object: "path=\"/etc/passwd\" dev=\"vda\" ino=42".into(),
             })
         );
+    }
+
+    #[test]
+    fn a_refusal_is_named_whatever_order_its_records_and_the_pid_come_in() {
+        let mut labels = HashMap::new();
+        let mut a = Attribution::default();
+        // The refusal first, then its domain's process, then the PID is
+        // learnt by the daemon.
+        a.refusal("d1".into(), "fs.read_file path=\"/etc/passwd\"".into());
+        assert!(a.attributable(&labels).is_empty());
+        a.domain("d1".into(), 42);
+        assert!(a.attributable(&labels).is_empty(), "not a known dext yet");
+        labels.insert(42, "Dext[42]".to_owned());
+        assert_eq!(
+            a.attributable(&labels),
+            vec![(
+                "Dext[42]".to_owned(),
+                "fs.read_file path=\"/etc/passwd\"".to_owned()
+            )]
+        );
+        assert!(a.attributable(&labels).is_empty(), "named once");
     }
 
     #[test]
