@@ -814,3 +814,111 @@ fn a_link_out_of_the_bundle_is_refused_and_only_the_checked_copy_is_kept() {
     d.cli(&["sysext", "activate", app.to_str().unwrap(), id]);
     assert_eq!(state_of(&d, id).as_deref(), Some("waiting_for_user"));
 }
+
+/// The daemon's children, from /proc (the fourth field of `stat`).
+fn children_of(daemon: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s[s.rfind(')')? + 2..].split(' ').nth(1)?.parse().ok())
+                == Some(daemon)
+        })
+        .collect()
+}
+
+/// kill -9 of the daemon at a random moment of an activation, an upgrade
+/// or an uninstall, round after round (`DRIVERKIT_KILL_ROUNDS`, a few in
+/// CI): the store is wholly old or wholly new every time, and no dext
+/// outlives the daemon that started it.
+#[test]
+fn the_store_is_whole_and_no_dext_survives_after_kill_9_at_random_moments() {
+    let rounds: u64 = std::env::var("DRIVERKIT_KILL_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(12);
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("kill -9 campaign: {rounds} rounds, seed {seed}");
+    let mut draw = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let id = "com.example.Shipped";
+    // The apps' executable is a small script, which only an unsandboxed
+    // daemon runs; this test is about the store and the dexts' lifetime.
+    let args = ["--no-embedded", "--no-default-devices", "--sandbox=off"];
+    let mut d = Daemon::start(&args);
+    let dir = d.root.path().join("apps");
+    std::fs::create_dir_all(&dir).unwrap();
+    let v1 = make_app(&dir, "One", &AppSpec::default());
+    let v2 = make_app(
+        &dir,
+        "Two",
+        &AppSpec {
+            version: "2",
+            ..Default::default()
+        },
+    );
+    let (v1s, v2s) = (v1.to_str().unwrap(), v2.to_str().unwrap());
+    d.cli(&["sysext", "developer", "on"]);
+    let mut outcomes = std::collections::BTreeMap::new();
+    for round in 0..rounds {
+        // A random starting state, then a random operation.
+        let (name, op, acceptable): (&str, Vec<&str>, &[Option<&str>]) = match draw() % 3 {
+            0 => (
+                "activate",
+                vec!["sysext", "activate", v1s, id],
+                &[None, Some("1")],
+            ),
+            1 => (
+                "upgrade",
+                vec!["sysext", "activate", v2s, id, "--replace"],
+                &[Some("1"), Some("2")],
+            ),
+            _ => (
+                "uninstall",
+                vec!["sysext", "uninstall", id],
+                &[Some("1"), None],
+            ),
+        };
+        d.cli(&["sysext", "reset"]);
+        if name != "activate" {
+            d.cli(&["sysext", "activate", v1s, id]);
+            d.cli(&["sysext", "approve", id]);
+        }
+        let mut cli = std::process::Command::new(EXE)
+            .arg("--root")
+            .arg(d.state())
+            .args(&op)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_micros(draw() % 8_000));
+        let dexts = children_of(d.pid());
+        d = d.restart(&args, &[]);
+        let _ = cli.wait();
+        d.wait_until(
+            &format!("round {round}: the dexts of the killed daemon gone"),
+            || dexts.iter().all(|&pid| !alive(pid as u64)),
+        );
+        let version = check_store(&d, id);
+        assert!(
+            acceptable.contains(&version.as_deref()),
+            "round {round}, {name}: found version {version:?}"
+        );
+        *outcomes
+            .entry(format!("{name} -> {version:?}"))
+            .or_insert(0) += 1;
+    }
+    eprintln!("kill -9 campaign: outcomes {outcomes:?}");
+}
