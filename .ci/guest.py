@@ -199,6 +199,11 @@ class Guest:
                 to = os.path.join(root, dest.lstrip("/"))
                 os.makedirs(os.path.dirname(to), exist_ok=True)
                 shutil.copy(src, to)
+        # The accounts of a real system: dexts run as nobody.
+        with open(os.path.join(root, "etc", "passwd"), "w") as f:
+            f.write("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
+        with open(os.path.join(root, "etc", "group"), "w") as f:
+            f.write("root:x:0:\nnogroup:x:65534:\n")
         init = os.path.join(root, "init")
         with open(init, "w") as f:
             f.write(PREAMBLE + self.script + EPILOGUE)

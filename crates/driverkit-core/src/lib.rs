@@ -25,6 +25,7 @@ pub mod ioreg;
 pub mod lifecycle;
 pub mod matching;
 pub mod peer;
+mod process;
 pub mod registry;
 pub mod root;
 pub mod sandbox;

@@ -13,11 +13,11 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex, Weak};
 use std::time::Duration;
@@ -30,6 +30,7 @@ use driverkit_wire::{
 };
 
 use crate::lifecycle::Inner;
+use crate::process::Process;
 use crate::sandbox::{Mode, Sandbox};
 
 /// The environment variable that tells a dext its socket's descriptor
@@ -116,7 +117,6 @@ impl UserServer {
         let (ours, theirs) = transport::socketpair()?;
         // stdout and stderr share one stream socket, drained by one thread.
         let (log_reader, log_writer) = UnixStream::pair()?;
-        let mut cmd = Command::new(launch.executable);
         // The child gets exactly three descriptors, mapped explicitly by the
         // spawn itself (dup2 onto 0, 1 and 2): its socket as stdin (the SDK
         // moves it out of the way at once), its log as stdout and stderr.
@@ -134,31 +134,32 @@ impl UserServer {
             env.push((OsStr::new(name), value));
         }
         env.push((OsStr::new(SERVER_FD_ENV), OsStr::new("0")));
-        cmd.env_clear();
-        cmd.envs(env.iter().copied());
-        cmd.stdin(OwnedFd::from(theirs))
-            .stdout(OwnedFd::from(log_writer.try_clone()?))
-            .stderr(OwnedFd::from(log_writer))
-            // Its own process group: Ctrl-C in the daemon's terminal must
-            // reach the daemon only, which then stops every dext in order.
-            .process_group(0);
-        if launch.sandbox.mode() != Mode::Off {
+        let log_writer = OwnedFd::from(log_writer);
+        let spawned = if launch.sandbox.mode() == Mode::Off {
+            // Without the sandbox, std can use posix_spawn (vfork).
+            let mut cmd = Command::new(launch.executable);
+            cmd.env_clear()
+                .envs(env.iter().copied())
+                .stdin(OwnedFd::from(theirs))
+                .stdout(log_writer.try_clone()?)
+                .stderr(log_writer)
+                // Its own process group: Ctrl-C in the daemon's terminal
+                // must reach the daemon only, which then stops every dext
+                // in order.
+                .process_group(0);
+            // The parent's copies of the child's ends close with `cmd`.
+            cmd.spawn().map(Process::adopt)
+        } else {
             // The child confines itself and execs the dext with exactly
-            // `env` (see sandbox::exec); std's own exec is never reached
-            // unless that fails. Without the sandbox, std can use
-            // posix_spawn (vfork), which keeps spawn_to_start near a bare
-            // exec.
-            let mut prepared =
-                launch
-                    .sandbox
-                    .prepare(launch.executable, launch.bundle_path, &env)?;
-            // SAFETY: runs in the forked child, before exec; see
-            // Prepared::confine_and_exec.
-            unsafe { cmd.pre_exec(move || Err(prepared.confine_and_exec())) };
-        }
-        let spawned = cmd.spawn();
-        // The parent's copies of the child's ends close here.
-        drop(cmd);
+            // `env` (see sandbox::exec).
+            let theirs = OwnedFd::from(theirs);
+            launch
+                .sandbox
+                .prepare(launch.executable, launch.bundle_path, &env)
+                .and_then(|prepared| {
+                    prepared.spawn([theirs.as_fd(), log_writer.as_fd(), log_writer.as_fd()])
+                })
+        };
         let mut child = spawned?;
         let pid = child.id();
         // Started while the child is still exec'ing, off the critical path.
@@ -231,7 +232,7 @@ impl UserServer {
         }
     }
 
-    fn read_loop(self: Arc<Self>, mut child: Child, daemon: Weak<Inner>) {
+    fn read_loop(self: Arc<Self>, mut child: Process, daemon: Weak<Inner>) {
         let mut buf = MessageBuf::default();
         let end = loop {
             match self.main.recv_message(&mut buf) {
@@ -642,7 +643,7 @@ fn forward_log(mut stream: UnixStream, label: &str) {
 
 /// Waits for the child after its socket closed; a process that closed the
 /// socket but lingers is killed after a grace period.
-fn reap(child: &mut Child, end: &str) -> String {
+fn reap(child: &mut Process, end: &str) -> String {
     for _ in 0..200 {
         if let Ok(Some(status)) = child.try_wait() {
             return describe(status);

@@ -1,26 +1,34 @@
-//! The child's side: between `fork` and `exec`, confine the process and
-//! exec the dext.
+//! Starting a sandboxed dext: the child confines itself, then execs.
 //!
-//! Runs in the forked child of a multithreaded daemon, so it makes system
-//! calls only: every allocation (argv, envp, the ruleset, the filter, the
-//! executable's descriptor) was made by [`Prepared::new`] in the daemon.
-//! The order matters: the user changes first (it needs privileges the
-//! later steps give up), then `no_new_privs` and Landlock, then seccomp
-//! (whose allowlist has none of the calls before it), and last the exec.
+//! The child shares the daemon's memory until its exec (`CLONE_VM |
+//! CLONE_VFORK`, as `posix_spawn` does): copying the page tables of a large
+//! multithreaded daemon for a `fork` cost more than the whole sandbox. So
+//! the child makes raw system calls only, on its own stack, with every
+//! allocation (argv, envp, the ruleset, the filter, the executable's
+//! descriptor) made by [`Prepared::new`] in the daemon, and it writes
+//! nothing of the daemon's memory but its error. glibc's `set*id` wrappers
+//! are avoided on purpose: in a child sharing the daemon's memory they
+//! would signal the daemon's threads to change their IDs too.
+//!
+//! The order matters: signal handlers reset, stdio in place, its own
+//! process group; then the user (it needs privileges the later steps give
+//! up), then `no_new_privs` and Landlock, then seccomp (whose allowlist has
+//! none of the calls before it), and last the exec.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::{c_int, c_long, c_void, CString, OsStr};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use landlock::RulesetCreated;
 use seccompiler::BpfProgram;
 
 use super::Credentials;
+use crate::process::Process;
 
-/// What a child needs to confine itself and exec, made before `fork`.
+/// What a child needs to confine itself and exec, made before it starts.
 pub(crate) struct Prepared {
     /// The executable, opened `O_PATH`: exec'd through the descriptor, so
     /// the dext's user needs no search right on the directories above it.
@@ -31,7 +39,8 @@ pub(crate) struct Prepared {
     envp: Vec<*const libc::c_char>,
     _strings: Vec<CString>,
     credentials: Option<Credentials>,
-    ruleset: Option<RulesetCreated>,
+    /// The Landlock ruleset and the flags of `landlock_restrict_self`.
+    ruleset: Option<(OwnedFd, u32)>,
     filter: Option<Arc<BpfProgram>>,
     /// Ask the kernel to log refused calls (enforce mode; log mode's action
     /// is logged anyway).
@@ -58,12 +67,27 @@ fn refuse_script(executable: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// The steps of the child, to name the one that failed.
+const STEPS: [&str; 8] = [
+    "signals",
+    "stdio",
+    "process group",
+    "user",
+    "no_new_privs",
+    "landlock",
+    "seccomp",
+    "exec",
+];
+
+/// The child's stack: what the steps above need, with room to spare.
+const STACK: usize = 256 * 1024;
+
 impl Prepared {
     pub(super) fn new(
         executable: &Path,
         env: &[(&OsStr, &OsStr)],
         credentials: Option<Credentials>,
-        ruleset: Option<RulesetCreated>,
+        ruleset: Option<(OwnedFd, u32)>,
         filter: Option<Arc<BpfProgram>>,
         log_refusals: bool,
     ) -> io::Result<Prepared> {
@@ -101,60 +125,216 @@ impl Prepared {
         })
     }
 
-    /// Confines the calling process and execs the dext. Returns only on
-    /// failure, with the error of the step that failed.
-    ///
-    /// # Safety
-    /// Call only in a freshly forked child (a `pre_exec` hook): it changes
-    /// the process's user and replaces its image.
-    pub unsafe fn confine_and_exec(&mut self) -> io::Error {
-        let failed = io::Error::last_os_error;
-        if let Some(c) = self.credentials {
-            // Supplementary groups first, then the group, then the user:
-            // each later step drops the right to do the earlier ones.
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setresgid(c.gid, c.gid, c.gid) != 0
-                || libc::setresuid(c.uid, c.uid, c.uid) != 0
-            {
-                return failed();
+    /// Starts the dext with `stdio` as its descriptors 0, 1 and 2, in its
+    /// own process group, confined. Returns once it has exec'd (or failed
+    /// to, naming the step).
+    pub fn spawn(&self, stdio: [BorrowedFd<'_>; 3]) -> io::Result<Process> {
+        let mut stack = vec![0u8; STACK];
+        let child = Child {
+            prepared: self,
+            stdio: stdio.map(|fd| fd.as_raw_fd()),
+            failure: AtomicI64::new(0),
+        };
+        // SAFETY: the top of our own allocation, 16-byte aligned as the ABI
+        // wants; the stack lives until clone returns, which with
+        // CLONE_VFORK is after the child's exec or exit.
+        let top = unsafe { stack.as_mut_ptr().add(STACK) };
+        let top = (top as usize & !15) as *mut c_void;
+        // No signal handler of the daemon may run in the child: blocked
+        // here, reset in the child, unblocked just before its exec.
+        let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: plain libc calls on local sets; the child runs
+        // `child_main` on its own stack with `child`, which outlives it.
+        let pid = unsafe {
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            let pid = libc::clone(
+                child_main,
+                top,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                &child as *const Child as *mut c_void,
+            );
+            let spawned = io::Error::last_os_error();
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            if pid < 0 {
+                return Err(spawned);
+            }
+            pid as u32
+        };
+        drop(stack);
+        let mut process = Process::from_pid(pid);
+        match child.failure.load(Ordering::Acquire) {
+            0 => Ok(process),
+            failure => {
+                let _ = process.wait();
+                let step = STEPS.get((failure >> 32) as usize).unwrap_or(&"?");
+                let error = io::Error::from_raw_os_error(failure as i32);
+                Err(io::Error::new(
+                    error.kind(),
+                    format!("starting the sandboxed dext ({step}): {error}"),
+                ))
             }
         }
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            return failed();
-        }
-        if let Some(ruleset) = self.ruleset.take() {
-            if ruleset.restrict_self().is_err() {
-                return failed();
+    }
+}
+
+/// What the child reads, and the one thing it writes: which step failed
+/// and why (step << 32 | errno).
+struct Child<'a> {
+    prepared: &'a Prepared,
+    stdio: [RawFd; 3],
+    failure: AtomicI64,
+}
+
+/// A raw system call's result: its error number on failure. (errno itself
+/// is the daemon thread's, shared with the child until its exec.)
+fn check(result: c_long) -> Result<(), i32> {
+    if result < 0 {
+        // SAFETY: reads the errno libc just set.
+        Err(unsafe { *libc::__errno_location() })
+    } else {
+        Ok(())
+    }
+}
+
+extern "C" fn child_main(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the `Child` the parent keeps alive until we exec or
+    // exit (CLONE_VFORK).
+    let child = unsafe { &*(arg as *const Child) };
+    // SAFETY: we are the child, between clone and exec; see `confine`.
+    let (step, errno) = unsafe { child.confine_and_exec() };
+    child
+        .failure
+        .store(((step as i64) << 32) | errno as i64, Ordering::Release);
+    // SAFETY: leaves without running anything of the daemon's.
+    unsafe { libc::syscall(libc::SYS_exit_group, 127) };
+    127
+}
+
+impl Child<'_> {
+    /// Returns only on failure: the step and its error number.
+    unsafe fn confine_and_exec(&self) -> (usize, i32) {
+        let p = self.prepared;
+        let step = |n: usize, r: Result<(), i32>| r.map_err(|e| (n, e));
+        let run = || -> Result<(), (usize, i32)> {
+            // 0: the daemon's handlers are not the dext's; SIGPIPE, which
+            // the Rust runtime ignores, gets its default back.
+            for signal in 1..=64 {
+                if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+                    continue;
+                }
+                let mut action: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(signal, std::ptr::null(), &mut action) != 0 {
+                    continue;
+                }
+                if action.sa_sigaction != libc::SIG_IGN || signal == libc::SIGPIPE {
+                    action.sa_sigaction = libc::SIG_DFL;
+                    action.sa_flags = 0;
+                    step(
+                        0,
+                        check(libc::sigaction(signal, &action, std::ptr::null_mut()) as c_long),
+                    )?;
+                }
             }
-        }
-        if let Some(filter) = &self.filter {
-            let program = libc::sock_fprog {
-                len: filter.len() as u16,
-                filter: filter.as_ptr() as *mut libc::sock_filter,
-            };
-            let flags = if self.log_refusals {
-                libc::SECCOMP_FILTER_FLAG_LOG
-            } else {
-                0
-            };
-            if libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                flags,
-                &program as *const libc::sock_fprog,
-            ) != 0
-            {
-                return failed();
+            // 1: its socket and its log as 0, 1 and 2.
+            for (target, &fd) in self.stdio.iter().enumerate() {
+                if fd == target as RawFd {
+                    // Already in place: only keep it across the exec.
+                    step(
+                        1,
+                        check(libc::syscall(libc::SYS_fcntl, fd, libc::F_SETFD, 0)),
+                    )?;
+                } else {
+                    step(1, check(libc::syscall(libc::SYS_dup3, fd, target, 0)))?;
+                }
             }
+            // 2: its own process group: Ctrl-C reaches only the daemon.
+            step(2, check(libc::syscall(libc::SYS_setpgid, 0, 0)))?;
+            // 3: its own user: groups, then group, then user.
+            if let Some(c) = p.credentials {
+                step(
+                    3,
+                    check(libc::syscall(
+                        libc::SYS_setgroups,
+                        0,
+                        std::ptr::null::<u32>(),
+                    )),
+                )?;
+                step(
+                    3,
+                    check(libc::syscall(libc::SYS_setresgid, c.gid, c.gid, c.gid)),
+                )?;
+                step(
+                    3,
+                    check(libc::syscall(libc::SYS_setresuid, c.uid, c.uid, c.uid)),
+                )?;
+            }
+            step(
+                4,
+                check(libc::syscall(
+                    libc::SYS_prctl,
+                    libc::PR_SET_NO_NEW_PRIVS,
+                    1,
+                    0,
+                    0,
+                    0,
+                )),
+            )?;
+            if let Some((ruleset, flags)) = &p.ruleset {
+                step(
+                    5,
+                    check(libc::syscall(
+                        libc::SYS_landlock_restrict_self,
+                        ruleset.as_raw_fd(),
+                        *flags,
+                    )),
+                )?;
+            }
+            if let Some(filter) = &p.filter {
+                let program = libc::sock_fprog {
+                    len: filter.len() as u16,
+                    filter: filter.as_ptr() as *mut libc::sock_filter,
+                };
+                let flags = if p.log_refusals {
+                    libc::SECCOMP_FILTER_FLAG_LOG
+                } else {
+                    0
+                };
+                step(
+                    6,
+                    check(libc::syscall(
+                        libc::SYS_seccomp,
+                        libc::SECCOMP_SET_MODE_FILTER,
+                        flags,
+                        &program as *const libc::sock_fprog,
+                    )),
+                )?;
+            }
+            // Signals as a new program expects them: none blocked.
+            let empty: libc::sigset_t = std::mem::zeroed();
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &empty as *const libc::sigset_t,
+                std::ptr::null_mut::<libc::sigset_t>(),
+                8,
+            );
+            step(
+                7,
+                check(libc::syscall(
+                    libc::SYS_execveat,
+                    p.executable.as_raw_fd(),
+                    c"".as_ptr(),
+                    p.argv.as_ptr(),
+                    p.envp.as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                )),
+            )
+        };
+        match run() {
+            Ok(()) => (7, libc::ENOEXEC),
+            Err(failed) => failed,
         }
-        libc::syscall(
-            libc::SYS_execveat,
-            self.executable.as_raw_fd(),
-            c"".as_ptr(),
-            self.argv.as_ptr(),
-            self.envp.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        );
-        failed()
     }
 }

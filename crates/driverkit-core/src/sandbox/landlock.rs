@@ -13,11 +13,12 @@
 //! does not fail for it.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use landlock::{
-    Access, AccessFs, AccessNet, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreated,
-    RulesetCreatedAttr, Scope, ABI,
+    Access, AccessFs, AccessNet, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    Scope, ABI,
 };
 
 /// The newest ABI this code names rights of; older kernels get a subset.
@@ -37,8 +38,36 @@ const LIBRARIES: [&str; 6] = [
 /// by the kernel when it starts a dynamically linked dext.
 const LOADERS: [&str; 2] = ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"];
 
-/// Builds the ruleset of one dext (in the daemon, before fork).
-pub(super) fn ruleset(executable: &Path, bundle: &Path) -> io::Result<RulesetCreated> {
+/// The kernel's Landlock ABI version, 0 without Landlock.
+pub(super) fn abi_version() -> i64 {
+    const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
+    // SAFETY: the documented version query: no ruleset, size 0.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    v.max(0)
+}
+
+/// `landlock_restrict_self`'s flags for a kernel of ABI `abi`: the
+/// refusals of the dext itself (after its exec) are what the daemon's log
+/// reports, and ABI 7 logs only before an exec by default.
+pub(super) fn restrict_flags(abi: i64) -> u32 {
+    const LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON: u32 = 2;
+    if abi >= 7 {
+        LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON
+    } else {
+        0
+    }
+}
+
+/// Builds the ruleset of one dext (in the daemon, before the spawn); `None`
+/// where the kernel has no Landlock.
+pub(super) fn ruleset(executable: &Path, bundle: &Path) -> io::Result<Option<OwnedFd>> {
     let refuse = |e: landlock::RulesetError| io::Error::other(format!("landlock: {e}"));
     let path = |p: &Path| {
         PathFd::new(p).map_err(|e| io::Error::other(format!("landlock: {}: {e}", p.display())))
@@ -50,10 +79,6 @@ pub(super) fn ruleset(executable: &Path, bundle: &Path) -> io::Result<RulesetCre
         .and_then(|r| r.handle_access(AccessNet::from_all(ABI_WANTED)))
         .and_then(|r| r.scope(Scope::from_all(ABI_WANTED)))
         .and_then(|r| r.create())
-        .map_err(refuse)?
-        // The refusals of the dext itself (after exec) are what the
-        // daemon's log reports: ABI 7 logs only before exec by default.
-        .log_new_exec(true)
         .map_err(refuse)?;
     // A bundle made in code (tests, embedders) may have no directory.
     if bundle.is_dir() {
@@ -92,5 +117,5 @@ pub(super) fn ruleset(executable: &Path, bundle: &Path) -> io::Result<RulesetCre
             ))
             .map_err(refuse)?;
     }
-    Ok(ruleset)
+    Ok(ruleset.into())
 }

@@ -105,6 +105,8 @@ pub(crate) struct Sandbox {
     credentials: Option<Credentials>,
     filter: Option<Arc<seccompiler::BpfProgram>>,
     audit: Option<audit::Watch>,
+    /// The kernel's Landlock ABI (0: none).
+    landlock_abi: i64,
     /// Why no dext can be launched: a policy that could not be resolved.
     /// Never a silent fallback to running unconfined.
     broken: Option<String>,
@@ -122,6 +124,7 @@ impl Sandbox {
                 credentials: None,
                 filter: None,
                 audit: None,
+                landlock_abi: 0,
                 broken: Some(e),
             }
         });
@@ -149,6 +152,7 @@ impl Sandbox {
                 credentials: None,
                 filter: None,
                 audit: None,
+                landlock_abi: 0,
                 broken: None,
             });
         }
@@ -179,11 +183,18 @@ impl Sandbox {
                 "sandbox  LOG mode: system calls outside the allowlist are logged, not refused; Landlock is not applied"
             );
         }
+        let landlock_abi = landlock::abi_version();
+        if policy.mode == Mode::Enforce && landlock_abi == 0 {
+            tracing::warn!(
+                "sandbox  this kernel has no Landlock (not built, or not in the lsm= list): dexts are confined by their user and seccomp only"
+            );
+        }
         Ok(Sandbox {
             mode: policy.mode,
             credentials,
             filter: Some(Arc::new(filter)),
             audit: None,
+            landlock_abi,
             broken: None,
         })
     }
@@ -204,7 +215,8 @@ impl Sandbox {
             return Err(io::Error::other(e.clone()));
         }
         let ruleset = match self.mode {
-            Mode::Enforce => Some(landlock::ruleset(executable, bundle)?),
+            Mode::Enforce => landlock::ruleset(executable, bundle)?
+                .map(|fd| (fd, landlock::restrict_flags(self.landlock_abi))),
             Mode::Log | Mode::Off => None,
         };
         Prepared::new(
@@ -232,8 +244,12 @@ impl Sandbox {
     }
 }
 
-/// The user and primary group IDs of `name`, from `/etc/passwd`.
+/// The user and primary group IDs of `name`, from `/etc/passwd`, or of a
+/// numeric ID (its group the same number), as systemd's `User=` takes.
 fn user_ids(name: &str) -> Option<Credentials> {
+    if let Ok(id) = name.parse::<u32>() {
+        return Some(Credentials { uid: id, gid: id });
+    }
     let text = std::fs::read_to_string("/etc/passwd").ok()?;
     text.lines().find_map(|line| {
         let mut fields = line.split(':');
@@ -265,5 +281,12 @@ mod tests {
     fn root_is_in_passwd_and_a_made_up_user_is_not() {
         assert_eq!(user_ids("root").map(|c| c.uid), Some(0));
         assert_eq!(user_ids("no-such-user-driverkit"), None);
+        assert_eq!(
+            user_ids("4242"),
+            Some(Credentials {
+                uid: 4242,
+                gid: 4242
+            })
+        );
     }
 }
