@@ -393,3 +393,41 @@ fn a_dext_inherits_nothing_of_the_daemons_environment() {
         "the daemon's own environment held DRIVERKIT_TEST_SECRET"
     );
 }
+
+/// A dext that opens more call channels than the system serves: the ones
+/// past the limit are closed (their calls fail), the log names the limit,
+/// and the daemon is none the worse.
+#[test]
+fn call_channels_past_the_limit_are_refused_and_named() {
+    let d = Daemon::start(&["--no-embedded", "--no-default-devices"]);
+    let bundle = test_bundle(
+        d.root.path(),
+        "org.test.Channels",
+        &[P {
+            name: "Channels",
+            provider_class: "IOVirtualDevice",
+            extra: "<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>\
+                    <key>TestStartBehavior</key><string>channels</string>",
+        }],
+    );
+    d.load(&bundle);
+    plug_test_device(&d);
+    let driver = d.wait_node("the TestDriver with its channel count", |n| {
+        n["name"] == "TestDriver" && n["properties"]["TestChannelCalls"].is_u64()
+    });
+    let ok = driver["properties"]["TestChannelCalls"].as_u64().unwrap();
+    // Start's own thread holds one channel; 255 more are served.
+    assert_eq!(ok, 255, "{driver}");
+    d.wait_log("limit    org.test.Channels", 1);
+    assert!(d.log().contains("past 256 call channels"), "{}", d.log());
+    let threads = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    let threads: u64 = threads
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(threads < 256 + 64, "the daemon holds {threads} threads");
+    d.interrupt();
+}

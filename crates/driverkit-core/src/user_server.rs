@@ -46,6 +46,9 @@ pub(crate) mod limits {
     pub const MEMORY_BYTES: u64 = 1 << 30;
     /// Asynchronous requests waiting for their completion.
     pub const PENDING_REQUESTS: usize = 4096;
+    /// Call channels (each is served by a daemon thread): one per dext
+    /// thread that calls the system, so far more than any driver needs.
+    pub const CALL_CHANNELS: usize = 256;
     /// Log lines a second, beyond a burst of twice as many.
     pub const LOG_LINES_PER_SECOND: u32 = 1000;
 }
@@ -253,7 +256,19 @@ impl UserServer {
                             .ok_or_else(|| std::io::Error::other("no region passed"))
                             .and_then(|fd| SharedMemory::from_fd(fd, channel::LEN))
                             .and_then(ShmChannel::open);
+                        let open = self
+                            .channels
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .len();
                         match channel {
+                            Ok(c) if open >= limits::CALL_CHANNELS => {
+                                tracing::warn!(
+                                    "limit    {self:?}: past {} call channels; the new one is closed and calls on it fail",
+                                    limits::CALL_CHANNELS
+                                );
+                                c.close();
+                            }
                             Ok(c) => self.serve_channel(Arc::new(c), daemon.clone()),
                             Err(e) => tracing::warn!("{self:?} opened a bad call channel: {e}"),
                         }

@@ -14,7 +14,10 @@
 //!   publishes each outcome in `TestEscape`, then starts), `random-fault`
 //!   (for the crash campaign: at each Start, with one chance in two, one of
 //!   panic, abort, `exit(0)` mid-call, closing its descriptors (its socket
-//!   among them) or hanging; otherwise starts);
+//!   among them) or hanging; otherwise starts), `channels` (300 threads
+//!   each call the system at once, so each opens a call channel, past the
+//!   system's 256 per dext; publishes how many calls succeeded as
+//!   `TestChannelCalls`);
 //! - `TestStartDelayMs`: sleep this long in Start first;
 //! - `TestTerminateAfterMs`: once started, terminate itself this much later;
 //! - `TestReadLength`: ask the provider for an asynchronous read of this
@@ -124,6 +127,29 @@ impl IOServiceImpl for TestDriver {
                 std::mem::forget(kept);
             }
             "exit0" => std::process::exit(0),
+            "channels" => {
+                let barrier = std::sync::Arc::new(std::sync::Barrier::new(300));
+                let threads: Vec<_> = (0..300)
+                    .map(|_| {
+                        let me = self.as_service();
+                        let barrier = barrier.clone();
+                        std::thread::spawn(move || {
+                            barrier.wait();
+                            let ok = me.copy_property("TestDriverPID").is_ok();
+                            // Held until every thread has called, so that
+                            // no channel is reused.
+                            barrier.wait();
+                            ok
+                        })
+                    })
+                    .collect();
+                let ok = threads
+                    .into_iter()
+                    .map(|t| t.join().unwrap_or(false))
+                    .filter(|&ok| ok)
+                    .count();
+                self.set_property("TestChannelCalls", ok as i64)?;
+            }
             "close-socket" => {
                 // Every descriptor past stdio, the daemon's socket among them.
                 for fd in 3..1024 {
