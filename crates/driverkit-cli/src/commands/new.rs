@@ -48,17 +48,6 @@ struct Flavour {
     source: &'static str,
 }
 
-/// The keys of a personality matching one interface of a USB device.
-fn usb_interface(vendor: i64, product: i64) -> Vec<(&'static str, Value)> {
-    vec![
-        ("IOProviderClass", "IOUSBHostInterface".into()),
-        ("idVendor", vendor.into()),
-        ("idProduct", product.into()),
-        ("bConfigurationValue", 1.into()),
-        ("bInterfaceNumber", 0.into()),
-    ]
-}
-
 /// `transport.usb` for one vendor.
 fn usb_vendor(vendor: i64) -> (&'static str, Value) {
     let mut d = Dictionary::new();
@@ -69,9 +58,9 @@ fn usb_vendor(vendor: i64) -> (&'static str, Value) {
     )
 }
 
-fn flavour(family: Family) -> Flavour {
+fn flavour(family: Family) -> Result<Flavour, String> {
     let yes = |key: &'static str| (key, Value::Boolean(true));
-    match family {
+    Ok(match family {
         Family::Generic => Flavour {
             io_class: "IOUserService",
             matching: vec![
@@ -106,45 +95,37 @@ fn flavour(family: Family) -> Flavour {
             ],
             source: include_str!("template/hid.rs.in"),
         },
-        Family::Serial => Flavour {
-            io_class: "IOUserService",
-            // An FTDI FT232R's interface.
-            matching: usb_interface(0x0403, 0x6001),
-            entitlements: vec![
-                usb_vendor(0x0403),
-                yes("com.apple.developer.driverkit.family.serial"),
-            ],
-            source: include_str!("template/interface.rs.in"),
-        },
-        Family::Net => Flavour {
-            io_class: "IOUserService",
-            // A USB Ethernet adapter's interface (ASIX AX88179).
-            matching: usb_interface(0x0b95, 0x1790),
-            entitlements: vec![
-                usb_vendor(0x0b95),
-                yes("com.apple.developer.driverkit.family.networking"),
-            ],
-            source: include_str!("template/interface.rs.in"),
-        },
-        Family::Pci => {
-            // QEMU's `edu` device.
-            let edu = "0x11e81234";
-            let mut d = Dictionary::new();
-            d.insert("IOPCIPrimaryMatch".into(), edu.into());
-            Flavour {
-                io_class: "IOUserService",
-                matching: vec![
-                    ("IOProviderClass", "IOPCIDevice".into()),
-                    ("IOPCIPrimaryMatch", edu.into()),
-                ],
-                entitlements: vec![(
-                    "com.apple.developer.driverkit.transport.pci",
-                    Value::Array(vec![Value::Dictionary(d)]),
-                )],
-                source: include_str!("template/generic.rs.in"),
-            }
+        Family::Serial => {
+            return Err(not_yet(
+                "serial",
+                "IOUserSerial (a tty per driver)",
+                "drive the chip over its USB interface with --family usb",
+            ))
         }
-    }
+        Family::Net => {
+            return Err(not_yet(
+                "net",
+                "IOUserNetworkEthernet (a network interface per driver)",
+                "drive the adapter over its USB interface with --family usb",
+            ))
+        }
+        Family::Pci => {
+            return Err(not_yet(
+                "pci",
+                "IOPCIDevice (matching by IOPCIMatch, BARs, interrupts, DMA)",
+                "there is no PCI backend to drive a card with",
+            ))
+        }
+    })
+}
+
+/// The families whose system side does not exist yet: a template for one
+/// would be a plain USB driver pretending to be, say, a serial port. Each
+/// family's issue makes its template real.
+fn not_yet(what: &str, class: &str, instead: &str) -> String {
+    format!(
+        "--family {what}: the framework has no {class} yet, so a template would only pretend; for now {instead}. `driverkit new --family {what}` will make a real driver once the family exists."
+    )
 }
 
 /// A property list as a file's text (XML, as Xcode writes them).
@@ -189,8 +170,8 @@ pub fn new(args: NewArgs) -> Result<(), String> {
             sdk.display()
         ));
     }
+    let f = flavour(args.family)?;
     let snake = snake_case(&name);
-    let f = flavour(args.family);
     let fill = |template: &str| {
         template
             .replace("{name}", &name)
@@ -224,8 +205,18 @@ pub fn new(args: NewArgs) -> Result<(), String> {
             Value::Array(vec![bundle_id.clone().into()]),
         ),
     ]);
+    let target = shared_target_dir();
     let files: Vec<(&str, String)> = vec![
         ("Cargo.toml", fill(include_str!("template/Cargo.toml.in"))),
+        (
+            ".cargo/config.toml",
+            format!(
+                "# Every driver project shares one target directory, so the SDK and\n\
+                 # its dependencies are compiled once, not once per project.\n\
+                 [build]\ntarget-dir = {:?}\n",
+                target.display().to_string()
+            ),
+        ),
         ("Info.plist", xml(info)?),
         ("Entitlements.plist", xml(dext_entitlements)?),
         ("App/Entitlements.plist", xml(app_entitlements)?),
@@ -253,7 +244,24 @@ pub fn new(args: NewArgs) -> Result<(), String> {
     std::fs::rename(&partial, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     println!("created {} ({bundle_id})", dir.display());
     println!("  cd {} && cargo test && driverkit build", dir.display());
+    println!(
+        "The first build of any driver project compiles the SDK and its dependencies (a minute or two on a laptop); \
+         later ones reuse them from {} (.cargo/config.toml).",
+        target.display()
+    );
     Ok(())
+}
+
+/// The target directory all driver projects share:
+/// `$XDG_CACHE_HOME/driverkit/target`, or `~/.cache/driverkit/target`.
+fn shared_target_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("driverkit")
+        .join("target")
 }
 
 /// `MyDriver` -> `my_driver`.
