@@ -136,6 +136,13 @@ fn ioreg_archive_and_filters() {
     let by_class = d.cli(&["ioreg", "-r", "-c", "IOUserResources", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&by_class).unwrap();
     assert_eq!(v[0]["name"], "IOUserResources");
+    // IDs in the same hex form as the text output's.
+    let id = v[0]["id"].as_str().expect("a hex ID string");
+    assert!(
+        d.cli(&["ioreg"])
+            .contains(&format!("<class IOUserResources, id {id},")),
+        "{id}"
+    );
     // A filter matching nothing prints nothing and fails, as grep does.
     for args in [
         &["ioreg", "-c", "NoSuchClass"][..],

@@ -55,6 +55,7 @@ pub fn ioreg(root: &Path, args: IoregArgs) -> Result<(), String> {
             serde_json::to_value(&tree)
         }
         .map_err(|e| e.to_string())?;
+        let value = hex_ids(value);
         println!(
             "{}",
             serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?
@@ -98,5 +99,23 @@ fn collect(v: &plist::Value, ids: &[u64], out: &mut Vec<plist::Value>) {
         for c in children {
             collect(c, ids, out);
         }
+    }
+}
+
+/// Registry entry IDs in JSON as the text output shows them (`0x100000104`),
+/// so that an ID copied from either works in the other and in `-n`/`why`.
+fn hex_ids(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| match (k.as_str(), v.as_u64()) {
+                    ("id", Some(id)) => (k, Value::String(format!("{id:#x}"))),
+                    _ => (k, hex_ids(v)),
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(hex_ids).collect()),
+        other => other,
     }
 }

@@ -128,7 +128,8 @@ impl Daemon {
 
     /// `ioreg --json`, flattened: every node, depth first.
     pub fn nodes(&self) -> Vec<Value> {
-        let tree: Value = serde_json::from_str(&self.cli(&["ioreg", "--json"])).unwrap();
+        let mut tree: Value = serde_json::from_str(&self.cli(&["ioreg", "--json"])).unwrap();
+        numeric_ids(&mut tree);
         let mut out = Vec::new();
         flatten(&tree, &mut out);
         out
@@ -193,6 +194,19 @@ impl Drop for Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// `ioreg --json` prints IDs as the text does (0x...); tests compare them
+/// as the numbers `device plug` and the APIs give.
+fn numeric_ids(node: &mut Value) {
+    if let Some(hex) = node["id"].as_str() {
+        node["id"] = u64::from_str_radix(hex.trim_start_matches("0x"), 16)
+            .expect("a hex registry ID")
+            .into();
+    }
+    if let Some(children) = node["children"].as_array_mut() {
+        children.iter_mut().for_each(numeric_ids);
     }
 }
 
