@@ -251,3 +251,90 @@ fn usb_devices_match_by_the_qa1076_ladder() {
     assert_eq!(score("Star"), Some(89_000.into()), "a wildcard costs 1000");
     assert_eq!(score("OtherVendor"), None);
 }
+
+/// `driverkit why ID` gives every personality considered for a provider its
+/// outcome: who runs, who lost a tie and by which rule, who scored lower
+/// and to whom, who was refused and by which key.
+#[test]
+fn why_explains_each_personality_for_a_provider() {
+    let d = Daemon::start(&["--no-embedded", "--no-default-devices"]);
+    let test_device = "<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>";
+    let bundle = test_bundle(
+        d.root.path(),
+        "org.test.Why",
+        &[
+            P {
+                name: "A",
+                provider_class: "IOVirtualDevice",
+                extra: test_device,
+            },
+            P {
+                name: "B",
+                provider_class: "IOVirtualDevice",
+                extra: test_device,
+            },
+            P {
+                name: "Low",
+                provider_class: "IOVirtualDevice",
+                extra: &format!("{test_device}<key>IOProbeScore</key><integer>-5</integer>"),
+            },
+            P {
+                name: "Other",
+                provider_class: "IOVirtualDevice",
+                extra: "<key>IOPropertyMatch</key><dict><key>TestDevice</key><false/></dict>",
+            },
+            P {
+                name: "Elsewhere",
+                provider_class: "IOUserResources",
+                extra: "",
+            },
+        ],
+    );
+    d.load(&bundle);
+    let id = plug_test_device(&d);
+    d.wait_node("the winner running", |n| {
+        n["name"] == "TestDriver" && n["state"]["active"] == true
+    });
+    let answer: serde_json::Value =
+        serde_json::from_str(&d.cli(&["why", &format!("{id:#x}"), "--json"])).unwrap();
+    let of = |name: &str| {
+        answer["considered"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["personality"] == format!("org.test.Why/{name}"))
+            .unwrap_or_else(|| panic!("{name} not considered: {answer}"))
+            .clone()
+    };
+    assert_eq!(of("A")["outcome"], "runs", "{answer}");
+    let b = of("B");
+    assert_eq!(b["outcome"], "tie", "{answer}");
+    assert!(
+        b["reason"].as_str().unwrap().contains(
+            "broken by bundle identifier, then personality name: org.test.Why/A sorts first"
+        ),
+        "{b}"
+    );
+    let low = of("Low");
+    assert_eq!(low["outcome"], "lost");
+    assert!(
+        low["reason"]
+            .as_str()
+            .unwrap()
+            .contains("-5 < 0 (org.test.Why/A)"),
+        "{low}"
+    );
+    let other = of("Other");
+    assert_eq!(other["outcome"], "refused");
+    assert!(
+        other["reason"].as_str().unwrap().contains(
+            "IOPropertyMatch does not match (TestDevice: wants false, the provider has true)"
+        ),
+        "{other}"
+    );
+    assert_eq!(answer["other_classes"], 1, "{answer}");
+    // The text form says the same, for a person.
+    let text = d.cli(&["why", &format!("{id:#x}")]);
+    assert!(text.contains("tie       org.test.Why/B"), "{text}");
+    d.interrupt();
+}

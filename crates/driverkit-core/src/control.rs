@@ -35,6 +35,9 @@ pub enum Request {
     Load { path: PathBuf },
     /// PID and dext PIDs.
     Status,
+    /// Why each personality does or does not drive entry `id`
+    /// (`why::Explanation`).
+    Why { id: u64 },
     /// Subscribe to services starting and leaving: `{"started": ID}`,
     /// `{"removed": ID}` lines after the answer.
     Lifecycle,
@@ -125,6 +128,7 @@ fn role_of(req: &Request) -> (Role, &'static str) {
         Registry => (Role::Anyone, "ioreg"),
         Devices => (Role::Anyone, "device list"),
         Status => (Role::Anyone, "status"),
+        Why { .. } => (Role::Anyone, "why"),
         Lifecycle => (Role::Anyone, "matching notifications"),
         SysextList => (Role::Anyone, "sysext list"),
         // Its own check: the app's entitlements (user_client).
@@ -404,6 +408,9 @@ fn handle(
             .load_for_developer(&path)
             .map(|id| json!({ "bundle": id })),
         Request::Status => Ok(json!({ "pid": std::process::id(), "dexts": daemon.pids() })),
+        Request::Why { id } => daemon
+            .why(id)
+            .and_then(|e| serde_json::to_value(e).map_err(|e| e.to_string())),
         Request::Lifecycle | Request::ServiceOpen { .. } => {
             Err("a streaming request; it has its own connection".into())
         }

@@ -34,6 +34,7 @@ pub mod sysext;
 mod system;
 pub mod user_client;
 mod user_server;
+pub mod why;
 mod workers;
 
 pub use family::{Call, Family, FamilyId, FamilyMatcher, MatchTarget};

@@ -163,11 +163,12 @@ pub(crate) struct State {
     pub(crate) servers: HashMap<u64, ServerSlot>,
     next_server: u64,
     relaunches: HashMap<String, Crashes>,
-    disabled: HashSet<String>,
+    /// Personalities given up after crashes, by `Driver::key`.
+    pub(crate) disabled: HashSet<String>,
     matching: HashSet<EntryId>,
     rematch: HashSet<EntryId>,
     pub(crate) root: EntryId,
-    resources: EntryId,
+    pub(crate) resources: EntryId,
     /// Devices the backends plugged, with where each came from.
     pub(crate) plugged: BTreeMap<EntryId, String>,
     /// Asynchronous requests in flight, by request number.

@@ -246,6 +246,99 @@ impl Catalogue {
     }
 }
 
+/// Why a personality is, or is not, a candidate for a provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// It matches, with this score.
+    Candidate { score: i64 },
+    /// Its `IOProviderClass` is not among the provider's classes.
+    WrongClass { wants: String },
+    /// A generic key rules it out: which, and why.
+    Mismatch { key: String, why: String },
+    /// The family's keys rule it out (which key, where it can tell).
+    FamilyMismatch { key: Option<String>, why: String },
+    /// The dext is not entitled to this provider's transport.
+    NotEntitled,
+}
+
+impl Catalogue {
+    /// Every personality of the catalogue, with its verdict for `target`:
+    /// what `candidates` decides, with the reason for each one it leaves
+    /// out. Slow (no index): for `driverkit why`, not for matching.
+    pub fn explain(
+        &self,
+        target: &MatchTarget<'_>,
+        resources: &plist::Dictionary,
+    ) -> Vec<(Arc<Driver>, Verdict)> {
+        let family = self.family(target.class_chain);
+        self.drivers
+            .iter()
+            .map(|driver| {
+                let p = &driver.personality;
+                let verdict = if !target.class_chain.contains(&p.provider_class) {
+                    Verdict::WrongClass {
+                        wants: p.provider_class.clone(),
+                    }
+                } else if let Some((key, why)) = passive_mismatch(p, target, resources) {
+                    Verdict::Mismatch { key, why }
+                } else if !family.is_none_or(|f| f.entitled(&driver.bundle, target)) {
+                    Verdict::NotEntitled
+                } else {
+                    let family_score = match family {
+                        Some(f) => f.score(p, target),
+                        None => Some(0),
+                    };
+                    match family_score {
+                        Some(score) => Verdict::Candidate {
+                            score: score.saturating_add(p.probe_score),
+                        },
+                        None => {
+                            let key = differing_key(p, target);
+                            Verdict::FamilyMismatch {
+                                why: match &key {
+                                    Some(k) => format!(
+                                        "{k}: the personality wants {}, the provider has {}",
+                                        show(p.properties.get(k)),
+                                        show(target.properties.get(k))
+                                    ),
+                                    None => "the family's keys rule it out".to_owned(),
+                                },
+                                key,
+                            }
+                        }
+                    }
+                };
+                (driver.clone(), verdict)
+            })
+            .collect()
+    }
+}
+
+/// A personality key the provider also has, with another value: the likely
+/// reason a family refused it (exact for plain keys, a guess for masks).
+fn differing_key(p: &Personality, target: &MatchTarget<'_>) -> Option<String> {
+    let mut keys: Vec<&String> = p.properties.keys().collect();
+    keys.sort();
+    keys.into_iter()
+        .find(|k| {
+            target
+                .properties
+                .get(k.as_str())
+                .is_some_and(|have| !value_matches(&p.properties[k.as_str()], have))
+        })
+        .cloned()
+}
+
+fn show(v: Option<&Value>) -> String {
+    match v {
+        None => "nothing".to_owned(),
+        Some(Value::String(s)) => format!("{s:?}"),
+        Some(Value::Integer(i)) => i.to_string(),
+        Some(Value::Boolean(b)) => b.to_string(),
+        Some(other) => format!("{other:?}"),
+    }
+}
+
 /// Splits candidates by `IOMatchCategory`, keeping each group's order and
 /// the order in which categories first appear.
 pub fn by_category(candidates: Vec<Candidate>) -> Vec<(String, Vec<Candidate>)> {
@@ -262,31 +355,68 @@ pub fn by_category(candidates: Vec<Candidate>) -> Vec<(String, Vec<Candidate>)> 
 
 /// The generic keys every family honours.
 fn passive_match(p: &Personality, target: &MatchTarget<'_>, resources: &plist::Dictionary) -> bool {
-    if !target.class_chain.contains(&p.provider_class) {
-        return false;
-    }
+    target.class_chain.contains(&p.provider_class)
+        && passive_mismatch(p, target, resources).is_none()
+}
+
+/// The generic key that rules `p` out for `target`, and why; `None` when
+/// they all match.
+fn passive_mismatch(
+    p: &Personality,
+    target: &MatchTarget<'_>,
+    resources: &plist::Dictionary,
+) -> Option<(String, String)> {
+    let miss = |key: &str, why: String| Some((key.to_owned(), why));
     match p.properties.get("IOPropertyMatch") {
-        Some(Value::Dictionary(d)) if !dict_matches(d, target.properties) => return false,
+        Some(Value::Dictionary(d)) if !dict_matches(d, target.properties) => {
+            let missing = d
+                .iter()
+                .find(|(k, v)| {
+                    !target
+                        .properties
+                        .get(k.as_str())
+                        .is_some_and(|h| value_matches(v, h))
+                })
+                .map(|(k, v)| {
+                    format!(
+                        "{k}: wants {}, the provider has {}",
+                        show(Some(v)),
+                        show(target.properties.get(k.as_str()))
+                    )
+                })
+                .unwrap_or_default();
+            return miss("IOPropertyMatch", missing);
+        }
         Some(Value::Array(alternatives))
             if !alternatives.iter().any(
                 |a| matches!(a, Value::Dictionary(d) if dict_matches(d, target.properties)),
             ) =>
         {
-            return false
+            return miss(
+                "IOPropertyMatch",
+                format!("none of its {} alternatives matches", alternatives.len()),
+            );
         }
         _ => {}
     }
     if let Some(names) = p.properties.get("IONameMatch") {
         if !strings(names).any(|n| n == target.name) {
-            return false;
+            return miss(
+                "IONameMatch",
+                format!(
+                    "wants {}, the provider is named {:?}",
+                    show(Some(names)),
+                    target.name
+                ),
+            );
         }
     }
     if let Some(wanted) = p.properties.get("IOResourceMatch") {
-        if !strings(wanted).all(|r| resources.contains_key(r)) {
-            return false;
+        if let Some(absent) = strings(wanted).find(|r| !resources.contains_key(*r)) {
+            return miss("IOResourceMatch", format!("{absent:?} is not published"));
         }
     }
-    true
+    None
 }
 
 fn strings(v: &Value) -> Box<dyn Iterator<Item = &str> + '_> {

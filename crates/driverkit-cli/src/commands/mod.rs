@@ -14,6 +14,7 @@ mod new;
 mod run;
 mod sysext;
 mod validate;
+mod why;
 
 use std::path::PathBuf;
 
@@ -55,6 +56,9 @@ enum Command {
     },
     /// Show the daemon's PID and its dexts' PIDs.
     Status,
+    /// Explain matching for a provider: every personality considered, its
+    /// score, and why it runs, lost (to whom) or was refused (which key).
+    Why(why::WhyArgs),
     /// Stop the running daemon (every dext stops first).
     Stop,
     /// HID tools.
@@ -136,6 +140,7 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Stop => client(&root)?.request(&Request::Shutdown).map(drop),
+        Command::Why(args) => why::why(&root, args),
         Command::Hid(cmd) => hid::hid(cmd),
         Command::Events(args) => events::events(&root, args),
         Command::New(args) => new::new(args),
