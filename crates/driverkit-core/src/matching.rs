@@ -412,7 +412,7 @@ fn passive_mismatch(
         }
     }
     if let Some(wanted) = p.properties.get("IOResourceMatch") {
-        if let Some(absent) = strings(wanted).find(|r| !resources.contains_key(*r)) {
+        if let Some(absent) = strings(wanted).find(|r| !resources.contains_key(r)) {
             return miss("IOResourceMatch", format!("{absent:?} is not published"));
         }
     }
