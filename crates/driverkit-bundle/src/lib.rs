@@ -15,6 +15,7 @@ pub mod location;
 mod personality;
 pub mod signature;
 pub mod version;
+pub mod xcode;
 
 use std::path::{Path, PathBuf};
 
@@ -112,6 +113,8 @@ impl Bundle {
         let bytes = std::fs::read(&info_path)
             .map_err(|e| BundleError::new(path, format!("cannot read: {e}")).in_file(&info_path))?;
         let info = parse_info(&bytes)
+            .map_err(|problem| BundleError::new(path, problem).in_file(&info_path))?;
+        check_built(&info)
             .map_err(|problem| BundleError::new(path, problem).in_file(&info_path))?;
         let mut bundle = Bundle::from_info(path, info).map_err(|e| e.in_file(&info_path))?;
         let exe_dir = if info_path.ends_with("Contents/Info.plist") {
@@ -249,6 +252,25 @@ pub fn parse_info(bytes: &[u8]) -> Result<plist::Dictionary, String> {
             personality::type_name(&other)
         )),
     }
+}
+
+/// Refuses an `Info.plist` that still names Xcode build variables: it was
+/// copied from a project, not built.
+pub fn check_built(info: &plist::Dictionary) -> Result<(), String> {
+    let names = xcode::unresolved(info);
+    if names.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "unresolved Xcode build variables: {}; this Info.plist was never built: `driverkit build` substitutes them \
+         (PRODUCT_BUNDLE_IDENTIFIER from [package.metadata.driverkit] bundle-identifier in Cargo.toml or --bundle-id, \
+         PRODUCT_NAME and EXECUTABLE_NAME from --product-name or the package name)",
+        names
+            .iter()
+            .map(|n| format!("$({n})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
 }
 
 fn required_string(

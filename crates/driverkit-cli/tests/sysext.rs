@@ -945,3 +945,69 @@ fn the_store_is_whole_and_no_dext_survives_after_kill_9_at_random_moments() {
     }
     eprintln!("kill -9 campaign: outcomes {outcomes:?}");
 }
+
+/// A macOS project's Info.plist, full of Xcode's build variables, builds
+/// unchanged: `driverkit build` substitutes them; `validate` of the raw
+/// file and a build without the values name what is missing.
+#[test]
+fn an_xcode_info_plist_builds_unchanged() {
+    let work = tempfile::tempdir().unwrap();
+    let project = work.path().join("XcodeStyle");
+    run(&mut driverkit(&[
+        "new",
+        "XcodeStyle",
+        "--path",
+        project.to_str().unwrap(),
+    ]));
+    // Apple's NullDriver sample's Info.plist, as Xcode writes it.
+    let apple = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../driverkit-bundle/tests/real-projects/NullDriver/Info.plist");
+    std::fs::copy(&apple, project.join("Info.plist")).unwrap();
+    let out = driverkit(&["validate", project.join("Info.plist").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("$(EXECUTABLE_NAME)") && e.contains("driverkit build"),
+        "{e}"
+    );
+    // Nothing says what PRODUCT_BUNDLE_IDENTIFIER is: named, before cargo runs.
+    let out = driverkit(&[
+        "build",
+        "--project",
+        project.to_str().unwrap(),
+        "--product-name",
+        "XcodeStyle",
+    ])
+    .output()
+    .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && e.contains("$(PRODUCT_BUNDLE_IDENTIFIER)")
+            && e.contains("--bundle-id"),
+        "{e}"
+    );
+    let built = run(driverkit(&[
+        "build",
+        "--debug",
+        "--project",
+        project.to_str().unwrap(),
+        "--product-name",
+        "XcodeStyle",
+        "--bundle-id",
+        "com.example.XcodeStyle",
+    ])
+    .env("CARGO_TARGET_DIR", template_target()));
+    assert!(built.contains("built "), "{built}");
+    let dext = project
+        .join("build/XcodeStyle.app/Contents/Library/SystemExtensions/com.example.XcodeStyle.dext");
+    let validated = run(&mut driverkit(&["validate", dext.to_str().unwrap()]));
+    assert!(validated.contains("com.example.XcodeStyle"), "{validated}");
+    let info = std::fs::read_to_string(dext.join("Info.plist")).unwrap();
+    assert!(!info.contains("$("), "{info}");
+    assert!(
+        info.contains("<string>XcodeStyle</string>") && info.contains("<string>DEXT</string>"),
+        "{info}"
+    );
+}

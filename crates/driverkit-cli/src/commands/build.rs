@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use clap::Args;
-use driverkit_bundle::{entitlements, location, signature, Bundle};
+use driverkit_bundle::{entitlements, location, signature, xcode, Bundle};
 
 #[derive(Args)]
 pub struct BuildArgs {
@@ -35,16 +35,138 @@ pub struct BuildArgs {
     /// Where the app goes [default: PROJECT/build].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// $(PRODUCT_BUNDLE_IDENTIFIER) for an Info.plist written by Xcode
+    /// [default: [package.metadata.driverkit] bundle-identifier].
+    #[arg(long, value_name = "ID")]
+    bundle_id: Option<String>,
+    /// $(PRODUCT_NAME) and $(EXECUTABLE_NAME): the dext's [[bin]]
+    /// [default: [package.metadata.driverkit] product-name, or the
+    /// Info.plist's CFBundleExecutable, or the package name].
+    #[arg(long, value_name = "NAME")]
+    product_name: Option<String>,
+}
+
+/// What `[package]` and `[package.metadata.driverkit]` of the project's
+/// Cargo.toml say.
+struct Project {
+    name: String,
+    version: String,
+    metadata: toml::Table,
+}
+
+fn read_project(project: &Path) -> Result<Project, String> {
+    let path = project.join("Cargo.toml");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let package = table.get("package").and_then(|p| p.as_table());
+    let field = |key: &str| {
+        package
+            .and_then(|p| p.get(key))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    Ok(Project {
+        name: field("name").ok_or_else(|| format!("{}: no [package] name", path.display()))?,
+        version: field("version").unwrap_or_else(|| "1.0".into()),
+        metadata: package
+            .and_then(|p| p.get("metadata"))
+            .and_then(|m| m.get("driverkit"))
+            .and_then(|d| d.as_table())
+            .cloned()
+            .unwrap_or_default(),
+    })
+}
+
+/// The project's Info.plist with Xcode's build variables substituted and
+/// the keys `GENERATE_INFOPLIST_FILE` adds (see `driverkit_bundle::xcode`).
+fn built_info(
+    project: &Path,
+    info_path: &Path,
+    args: &BuildArgs,
+) -> Result<plist::Dictionary, String> {
+    let bytes = std::fs::read(info_path).map_err(|e| format!("{}: {e}", info_path.display()))?;
+    let mut info = driverkit_bundle::parse_info(&bytes)
+        .map_err(|e| format!("{}: {e}", info_path.display()))?;
+    let cargo = read_project(project)?;
+    let meta = |key: &str| {
+        cargo
+            .metadata
+            .get(key)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    let literal = |key: &str| {
+        info.get(key)
+            .and_then(plist::Value::as_string)
+            .filter(|s| !s.contains("$(") && !s.contains("${"))
+            .map(str::to_owned)
+    };
+    let product = args
+        .product_name
+        .clone()
+        .or_else(|| meta("product-name"))
+        .or_else(|| literal("CFBundleExecutable"))
+        .unwrap_or_else(|| cargo.name.clone());
+    let bundle_id = args
+        .bundle_id
+        .clone()
+        .or_else(|| meta("bundle-identifier"))
+        .or_else(|| literal("CFBundleIdentifier"));
+    let mut settings =
+        xcode::Settings::new(bundle_id.as_deref().unwrap_or(""), &product, &cargo.version);
+    if bundle_id.is_none() {
+        // Named as missing below, if the Info.plist needs it.
+        settings.remove("PRODUCT_BUNDLE_IDENTIFIER");
+    }
+    if let Some(usage) = meta("usage-description") {
+        settings.set("INFOPLIST_KEY_OSBundleUsageDescription", &usage);
+    }
+    settings.apply(&mut info).map_err(|missing| {
+        format!(
+            "{}: no value for the build variables {}; set them in Cargo.toml's [package.metadata.driverkit] \
+             (bundle-identifier, product-name) or with --bundle-id and --product-name",
+            info_path.display(),
+            missing.iter().map(|m| format!("$({m})")).collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    driverkit_bundle::check_built(&info).map_err(|e| format!("{}: {e}", info_path.display()))?;
+    Ok(info)
+}
+
+/// The dext's entitlements: `Entitlements.plist`, or the one
+/// `NAME.entitlements` an Xcode project keeps.
+fn dext_entitlements(project: &Path) -> Result<Option<PathBuf>, String> {
+    let plain = project.join(entitlements::FILE);
+    if plain.exists() {
+        return Ok(Some(plain));
+    }
+    let found: Vec<PathBuf> = std::fs::read_dir(project)
+        .map_err(|e| format!("{}: {e}", project.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "entitlements"))
+        .collect();
+    match found.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        many => Err(format!(
+            "{}: several .entitlements files ({}); keep the dext's as Entitlements.plist",
+            project.display(),
+            many.iter()
+                .filter_map(|p| p.file_name()?.to_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
 }
 
 pub fn build(args: BuildArgs) -> Result<(), String> {
     let project = std::fs::canonicalize(&args.project)
         .map_err(|e| format!("{}: {e}", args.project.display()))?;
     let info_path = project.join("Info.plist");
-    let info_bytes =
-        std::fs::read(&info_path).map_err(|e| format!("{}: {e}", info_path.display()))?;
-    let info = driverkit_bundle::parse_info(&info_bytes)
-        .map_err(|e| format!("{}: {e}", info_path.display()))?;
+    let info = built_info(&project, &info_path, &args)?;
     let text = |key: &str| {
         info.get(key)
             .and_then(plist::Value::as_string)
@@ -87,10 +209,12 @@ pub fn build(args: BuildArgs) -> Result<(), String> {
             .map(drop)
             .map_err(|e| format!("{} -> {}: {e}", from.display(), to.display()))
     };
-    copy(&info_path, &dext.join("Info.plist"))?;
+    std::fs::create_dir_all(&dext).map_err(|e| format!("{}: {e}", dext.display()))?;
+    plist::Value::Dictionary(info.clone())
+        .to_file_xml(dext.join("Info.plist"))
+        .map_err(|e| format!("{}: {e}", dext.join("Info.plist").display()))?;
     copy(&dext_exe, &dext.join(&executable))?;
-    let dext_entitlements = project.join(entitlements::FILE);
-    if dext_entitlements.exists() {
+    if let Some(dext_entitlements) = dext_entitlements(&project)? {
         copy(&dext_entitlements, &dext.join(entitlements::FILE))?;
     }
     let app_entitlements = project.join("App").join(entitlements::FILE);

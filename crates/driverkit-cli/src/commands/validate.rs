@@ -5,6 +5,17 @@ use std::path::Path;
 use driverkit_bundle::Bundle;
 
 pub fn validate(path: &Path) -> Result<(), String> {
+    if path.is_file() {
+        // A project's Info.plist on its own: what it still needs to build.
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let info =
+            driverkit_bundle::parse_info(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        driverkit_bundle::check_built(&info).map_err(|e| format!("{}: {e}", path.display()))?;
+        return Err(format!(
+            "{}: a bare Info.plist; validate the bundle it is part of (a `<bundle-id>.dext` directory, such as build/NAME.app/Contents/Library/SystemExtensions/<bundle-id>.dext)",
+            path.display()
+        ));
+    }
     let bundle = Bundle::load(path).map_err(|e| e.to_string())?;
     bundle.check_entitlements().map_err(|e| e.to_string())?;
     println!(
