@@ -162,6 +162,21 @@ pub enum RequestResult {
     AlreadyActive { state: String },
 }
 
+impl std::fmt::Display for RequestResult {
+    /// For a person: `activated, now [activated enabled]`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestResult::Completed { state } => write!(f, "done, now {state}"),
+            RequestResult::AlreadyActive { state } => {
+                write!(
+                    f,
+                    "this version is active already ({state}); nothing changed"
+                )
+            }
+        }
+    }
+}
+
 /// A failed request: an `OSSystemExtensionError` code, its name, and what
 /// was wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -488,7 +488,7 @@ fn every_refusal_names_its_reason() {
         "{e}"
     );
     let again = d.cli(&["sysext", "activate", v2.to_str().unwrap(), id]);
-    assert!(again.contains("AlreadyActive"), "{again}");
+    assert!(again.contains("this version is active already"), "{again}");
     // Asked to replace with 3 and cancelling keeps 2.
     let v3 = make_app(
         &dir,

@@ -118,6 +118,12 @@ fn calls_that_do_not_fit_the_method_table_are_bad_arguments() {
     assert_eq!(c.call_scalar_method(selector::ADD, &[1], 1).err(), bad);
     assert_eq!(c.call_scalar_method(selector::ADD, &[1, 2], 2).err(), bad);
     assert_eq!(c.call_scalar_method(99, &[], 0).err(), bad);
+    // The driver's log says what the method expects and what came.
+    d.wait_log(
+        "selector 0 expects 2 scalar in, 1 scalar out, structure in 0 bytes, structure out 0 bytes, no completion; the call had 1 scalar in",
+        1,
+    );
+    d.wait_log("selector 99 is not in the dispatch table", 1);
     // A structure where the method takes none.
     assert_eq!(
         c.call_method(selector::ADD, &[1, 2], b"x", 1, 0)

@@ -168,10 +168,13 @@ pub fn dispatch_external_method<S>(
     args: &mut IOUserClientMethodArguments,
     table: &[IOUserClientMethodDispatch<S>],
 ) -> IOResult<()> {
-    let entry = usize::try_from(selector)
-        .ok()
-        .and_then(|i| table.get(i))
-        .ok_or(IOReturn::BAD_ARGUMENT)?;
+    let Some(entry) = usize::try_from(selector).ok().and_then(|i| table.get(i)) else {
+        tracing::warn!(
+            "external method: selector {selector} is not in the dispatch table (selectors 0..{})",
+            table.len()
+        );
+        return Err(IOReturn::BAD_ARGUMENT);
+    };
     let sized =
         |check: u32, actual: usize| check == VARIABLE_STRUCTURE_SIZE || check as usize == actual;
     let ok = entry.check_completion_exists == args.completion.is_some()
@@ -181,6 +184,27 @@ pub fn dispatch_external_method<S>(
         && (entry.check_structure_output_size == VARIABLE_STRUCTURE_SIZE
             || entry.check_structure_output_size <= args.structure_output_maximum_size);
     if !ok {
+        // The app sees kIOReturnBadArgument; the driver's log says why.
+        let size = |check: u32| {
+            if check == VARIABLE_STRUCTURE_SIZE {
+                "any size".to_owned()
+            } else {
+                format!("{check} bytes")
+            }
+        };
+        tracing::warn!(
+            "external method: selector {selector} expects {} scalar in, {} scalar out, structure in {}, structure out {}, {}; the call had {} scalar in, room for {} scalar out, a {}-byte structure in, room for {} bytes out, {}",
+            entry.check_scalar_input_count,
+            entry.check_scalar_output_count,
+            size(entry.check_structure_input_size),
+            size(entry.check_structure_output_size),
+            if entry.check_completion_exists { "a completion" } else { "no completion" },
+            args.scalar_input.len(),
+            args.scalar_output_count,
+            args.structure_input.len(),
+            args.structure_output_maximum_size,
+            if args.completion.is_some() { "a completion" } else { "no completion" },
+        );
         return Err(IOReturn::BAD_ARGUMENT);
     }
     (entry.function)(service, args)?;

@@ -66,7 +66,7 @@ pub fn call(root: &Path, args: CallArgs) -> Result<(), String> {
                     let _ = tx.send((status, values));
                 },
             )
-            .map_err(|e| format!("selector {}: {e}", args.selector))?;
+            .map_err(|e| refused(args.selector, e))?;
         let (status, values) = rx
             .recv_timeout(std::time::Duration::from_secs(60))
             .map_err(|_| "no completion within 60 s".to_string())?;
@@ -81,10 +81,21 @@ pub fn call(root: &Path, args: CallArgs) -> Result<(), String> {
                 args.scalar_out,
                 args.struct_out,
             )
-            .map_err(|e| format!("selector {}: {e}", args.selector))?
+            .map_err(|e| refused(args.selector, e))?
     };
     println!("scalars: {scalars:?}");
     println!("struct: {}", driverkit_wire::hex::encode(&bytes, " "));
     connection.close();
     Ok(())
+}
+
+/// The call's failure; for a refused argument, where to learn why.
+fn refused(selector: u64, e: driverkit_wire::IOReturn) -> String {
+    if e == driverkit_wire::IOReturn::BAD_ARGUMENT {
+        format!(
+            "selector {selector}: {e}: the driver refused the call's shape (an unknown selector, or other scalar counts or structure sizes than it expects); its log line `external method: selector {selector} expects ...` in the daemon's output says what it expects"
+        )
+    } else {
+        format!("selector {selector}: {e}")
+    }
 }

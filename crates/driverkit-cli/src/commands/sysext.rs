@@ -109,7 +109,7 @@ pub fn sysext(root: &Path, cmd: SysextCommand) -> Result<(), String> {
                     },
                 )
                 .map_err(|e| e.to_string())?;
-            println!("{bundle_id}: {result:?}");
+            println!("{bundle_id}: {result}");
         }
         SysextCommand::Deactivate { bundle_id } => {
             let result = OSSystemExtensionRequest::deactivation(&bundle_id)
@@ -121,7 +121,7 @@ pub fn sysext(root: &Path, cmd: SysextCommand) -> Result<(), String> {
                     },
                 )
                 .map_err(|e| e.to_string())?;
-            println!("{bundle_id}: {result:?}");
+            println!("{bundle_id}: {result}");
         }
         SysextCommand::Approve { bundle_id } => {
             let answer = super::client(root)?.request(&Request::SysextApprove {
