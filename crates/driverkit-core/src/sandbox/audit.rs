@@ -335,8 +335,17 @@ fn read_loop(socket: OwnedFd, labels: &Mutex<HashMap<u32, String>>, stop: &Atomi
                 } => landlock.refusal(domain, format!("{blockers} {object}")),
             }
         }
-        for (label, refusal) in landlock.attributable(&labels) {
-            tracing::warn!("sandbox  {label}: Landlock refused {refusal}");
+        for (pid, label, refusal) in landlock.attributable(&labels) {
+            // Rust's runtime reads its own /proc/PID/maps at start (glibc's
+            // pthread_getattr_np, for the main thread's stack guard) and
+            // does without: expected of every dext, so not a warning.
+            if refusal.contains(&format!("path=\"/proc/{pid}/")) {
+                tracing::debug!(
+                    "sandbox  {label}: Landlock refused {refusal} (its own /proc entry)"
+                );
+            } else {
+                tracing::warn!("sandbox  {label}: Landlock refused {refusal}");
+            }
         }
     }
 }
@@ -372,15 +381,15 @@ impl Attribution {
             .push_back((std::time::Instant::now(), domain, what));
     }
 
-    /// The refusals that can now be named, as (dext label, what); the
+    /// The refusals that can now be named, as (PID, dext label, what); the
     /// rest wait, unless they have waited too long or are not a dext's.
-    fn attributable(&mut self, labels: &HashMap<u32, String>) -> Vec<(String, String)> {
+    fn attributable(&mut self, labels: &HashMap<u32, String>) -> Vec<(u32, String, String)> {
         let mut named = Vec::new();
         let now = std::time::Instant::now();
         self.waiting.retain(|(since, domain, what)| {
-            match self.domains.get(domain).map(|pid| labels.get(pid)) {
-                Some(Some(label)) => {
-                    named.push((label.clone(), what.clone()));
+            match self.domains.get(domain).map(|pid| (*pid, labels.get(pid))) {
+                Some((pid, Some(label))) => {
+                    named.push((pid, label.clone(), what.clone()));
                     false
                 }
                 // Not (yet) known: wait, a while.
@@ -450,6 +459,7 @@ mod tests {
         assert_eq!(
             a.attributable(&labels),
             vec![(
+                42,
                 "Dext[42]".to_owned(),
                 "fs.read_file path=\"/etc/passwd\"".to_owned()
             )]
