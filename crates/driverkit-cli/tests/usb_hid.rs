@@ -360,3 +360,30 @@ fn a_dext_made_hid_device_types_through_the_system_event_service() {
         "press, release, press...: {values:?}"
     );
 }
+
+/// A device without strings is named as lsusb names it, from the USB ID
+/// Repository, and the registry says where the names came from.
+#[test]
+fn a_device_without_strings_is_named_from_the_usb_id_repository() {
+    let d = Daemon::start(&["--no-default-devices", "--no-embedded"]);
+    // No manufacturer or product string in its descriptors.
+    let file = device_file(
+        d.root.path(),
+        "ftdi.toml",
+        "class = \"IOUSBHostDevice\"\nname = \"FTDI\"\n\
+         [usb]\nidVendor = 0x0403\nidProduct = 0x6001\nbDeviceClass = 0\n\
+         [[usb.interfaces]]\nbInterfaceClass = 0xff\n",
+    );
+    let id = parse_hex(&d.cli(&["device", "plug", &file]));
+    let node = d.wait_node("the FTDI device", |n| n["id"] == id);
+    let props = &node["properties"];
+    assert_eq!(
+        props["USB Product Name"], "FT232 Serial (UART) IC",
+        "{node}"
+    );
+    assert_eq!(
+        props["USB Vendor Name"],
+        "Future Technology Devices International, Ltd"
+    );
+    assert_eq!(props["DriverKitNamesFrom"], "usb.ids");
+}

@@ -173,7 +173,32 @@ fn device_properties(e: &Enumerated, location: u32) -> plist::Dictionary {
             p.insert(key.into(), Value::String(v.clone()));
         }
     }
+    // Where the device says nothing, the names lsusb would show, marked as
+    // coming from the USB ID Repository rather than from the device.
+    let (vendor, product) = id_names(d.vendor_id(), d.product_id());
+    let mut from_ids = false;
+    for (key, said, known) in [
+        ("USB Vendor Name", &e.manufacturer, vendor),
+        ("USB Product Name", &e.product, product),
+    ] {
+        if let (None, Some(name)) = (said, known) {
+            p.insert(key.into(), name.into());
+            from_ids = true;
+        }
+    }
+    if from_ids {
+        p.insert("DriverKitNamesFrom".into(), "usb.ids".into());
+    }
     p
+}
+
+/// The vendor's and the product's names in the USB ID Repository.
+fn id_names(vendor: u16, product: u16) -> (Option<&'static str>, Option<&'static str>) {
+    use usb_ids::FromId;
+    (
+        usb_ids::Vendor::from_id(vendor).map(|v| v.name()),
+        usb_ids::Device::from_vid_pid(vendor, product).map(|d| d.name()),
+    )
 }
 
 impl UsbFamily {
@@ -213,6 +238,12 @@ impl UsbFamily {
         let name = name
             .map(str::to_owned)
             .or_else(|| enumerated.product.clone())
+            .or_else(|| {
+                DeviceDescriptor::new_checked(&enumerated.device, 0)
+                    .ok()
+                    .and_then(|d| id_names(d.vendor_id(), d.product_id()).1)
+                    .map(str::to_owned)
+            })
             .unwrap_or_else(|| "IOUSBHostDevice".to_owned());
         let name = name.as_str();
         let mut properties = device_properties(&enumerated, transport.location_id());
@@ -792,5 +823,24 @@ fn pipe_transfer(
         Ok(transport
             .transfer(address, &out, 0, timeout, submitted)?
             .actual as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::id_names;
+
+    #[test]
+    fn names_come_from_the_usb_id_repository_where_the_device_says_none() {
+        // An FTDI FT232 and the Linux Foundation's root hub, as lsusb names them.
+        assert_eq!(
+            id_names(0x0403, 0x6001),
+            (
+                Some("Future Technology Devices International, Ltd"),
+                Some("FT232 Serial (UART) IC")
+            )
+        );
+        assert_eq!(id_names(0x1d6b, 0x0003).1, Some("3.0 root hub"));
+        assert_eq!(id_names(0xfffe, 0xfffe), (None, None));
     }
 }
