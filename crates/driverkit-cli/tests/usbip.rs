@@ -34,26 +34,26 @@ fn server() -> (tokio::runtime::Runtime, u16, Handler) {
     );
     device.vendor_id = 0x1209;
     device.product_id = 0x0001;
-    // The server binds the port itself; free_port never hands one out twice.
-    let port = free_port();
+    // Bound here, on a port the kernel picks, and served by the crate's
+    // per-connection handler: no window in which another test could take it.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
     let server = Arc::new(usbip::UsbIpServer::new_simulated(vec![device]));
-    rt.spawn(usbip::server(
-        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        server,
-    ));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the USB/IP server did not listen"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    rt.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let server = server.clone();
+            tokio::spawn(async move {
+                let _ = usbip::handler(&mut socket, server).await;
+            });
+        }
+    });
     (rt, port, handler)
 }
 
