@@ -44,25 +44,6 @@ fn sockets_of(pid: u64) -> Vec<u64> {
         .collect()
 }
 
-/// The daemon's children (its dexts), from /proc.
-fn children_of(daemon: u32) -> Vec<u64> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    // The fourth field, after the parenthesised name.
-                    let after = &s[s.rfind(')')? + 2..];
-                    after.split(' ').nth(1)?.parse::<u32>().ok()
-                })
-                == Some(daemon)
-        })
-        .collect()
-}
-
 /// (descriptors, threads, resident KiB) of `pid`.
 fn footprint(pid: u32) -> (usize, u64, u64) {
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))

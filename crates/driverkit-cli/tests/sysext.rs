@@ -541,13 +541,15 @@ fn check_store(d: &Daemon, id: &str) -> Option<String> {
     Some(version)
 }
 
-#[test]
-fn the_store_is_whole_after_kill_9_at_any_step() {
-    let id = "com.example.Shipped";
-    // The apps' executable is a small script (copied at every activation),
-    // which only an unsandboxed daemon runs; this test is about the store.
-    let args = ["--no-embedded", "--no-default-devices", "--sandbox=off"];
-    let mut d = Daemon::start(&args);
+/// The apps' executable is a small script (copied at every activation),
+/// which only an unsandboxed daemon runs; the kill -9 tests are about the
+/// store and the dexts' lifetime.
+const KILL_ARGS: [&str; 3] = ["--no-embedded", "--no-default-devices", "--sandbox=off"];
+
+/// A daemon in developer mode and two apps carrying versions 1 and 2 of
+/// `com.example.Shipped`.
+fn kill_campaign_daemon() -> (Daemon, PathBuf, PathBuf) {
+    let d = Daemon::start(&KILL_ARGS);
     let dir = d.root.path().join("apps");
     std::fs::create_dir_all(&dir).unwrap();
     let v1 = make_app(&dir, "One", &AppSpec::default());
@@ -560,6 +562,14 @@ fn the_store_is_whole_after_kill_9_at_any_step() {
         },
     );
     d.cli(&["sysext", "developer", "on"]);
+    (d, v1, v2)
+}
+
+#[test]
+fn the_store_is_whole_after_kill_9_at_any_step() {
+    let id = "com.example.Shipped";
+    let (mut d, v1, v2) = kill_campaign_daemon();
+    let args = KILL_ARGS;
     // Every crash point, every time it is passed during one operation.
     let points = [
         ("store-committed", 1),
@@ -838,21 +848,6 @@ fn a_link_out_of_the_bundle_is_refused_and_only_the_checked_copy_is_kept() {
     assert_eq!(state_of(&d, id).as_deref(), Some("waiting_for_user"));
 }
 
-/// The daemon's children, from /proc (the fourth field of `stat`).
-fn children_of(daemon: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| s[s.rfind(')')? + 2..].split(' ').nth(1)?.parse().ok())
-                == Some(daemon)
-        })
-        .collect()
-}
-
 /// kill -9 of the daemon at a random moment of an activation, an upgrade
 /// or an uninstall, round after round (`DRIVERKIT_KILL_ROUNDS`, a few in
 /// CI): the store is wholly old or wholly new every time, and no dext
@@ -876,23 +871,9 @@ fn the_store_is_whole_and_no_dext_survives_after_kill_9_at_random_moments() {
         seed
     };
     let id = "com.example.Shipped";
-    // The apps' executable is a small script, which only an unsandboxed
-    // daemon runs; this test is about the store and the dexts' lifetime.
-    let args = ["--no-embedded", "--no-default-devices", "--sandbox=off"];
-    let mut d = Daemon::start(&args);
-    let dir = d.root.path().join("apps");
-    std::fs::create_dir_all(&dir).unwrap();
-    let v1 = make_app(&dir, "One", &AppSpec::default());
-    let v2 = make_app(
-        &dir,
-        "Two",
-        &AppSpec {
-            version: "2",
-            ..Default::default()
-        },
-    );
+    let (mut d, v1, v2) = kill_campaign_daemon();
+    let args = KILL_ARGS;
     let (v1s, v2s) = (v1.to_str().unwrap(), v2.to_str().unwrap());
-    d.cli(&["sysext", "developer", "on"]);
     let mut outcomes = std::collections::BTreeMap::new();
     for round in 0..rounds {
         // A random starting state, then a random operation.
@@ -932,7 +913,7 @@ fn the_store_is_whole_and_no_dext_survives_after_kill_9_at_random_moments() {
         let _ = cli.wait();
         d.wait_until(
             &format!("round {round}: the dexts of the killed daemon gone"),
-            || dexts.iter().all(|&pid| !alive(pid as u64)),
+            || dexts.iter().all(|&pid| !alive(pid)),
         );
         let version = check_store(&d, id);
         assert!(

@@ -350,3 +350,25 @@ pub fn plug_test_device(d: &Daemon) -> u64 {
     let id = d.cli(&["device", "plug", &dev]);
     u64::from_str_radix(id.trim().trim_start_matches("0x"), 16).unwrap()
 }
+
+/// The children of process `parent` (a daemon's dexts), from /proc: the
+/// fourth field of `stat`, after the parenthesised name.
+pub fn children_of(parent: u32) -> Vec<u64> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s[s.rfind(')')? + 2..]
+                        .split(' ')
+                        .nth(1)?
+                        .parse::<u32>()
+                        .ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}

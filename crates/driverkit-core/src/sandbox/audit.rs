@@ -151,6 +151,24 @@ const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
 
+/// A netlink socket to the kernel's audit, whose reads give up after
+/// `timeout`.
+fn audit_socket(timeout: Duration) -> io::Result<OwnedFd> {
+    use rustix::net::{netlink, socket_with, AddressFamily, SocketFlags, SocketType};
+    let socket = socket_with(
+        AddressFamily::NETLINK,
+        SocketType::RAW,
+        SocketFlags::CLOEXEC,
+        Some(netlink::AUDIT),
+    )?;
+    rustix::net::sockopt::set_socket_timeout(
+        &socket,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(timeout),
+    )?;
+    Ok(socket)
+}
+
 /// Whether the kernel's audit is enabled: 0 off, 1 on, 2 on and locked.
 fn audit_enabled() -> io::Result<u32> {
     let reply = audit_request(AUDIT_GET, &[])?;
@@ -173,18 +191,8 @@ fn set_audit_enabled() -> io::Result<()> {
 /// Sends one request on a fresh audit socket and returns the payload of
 /// its reply (for `AUDIT_SET`, the acknowledgement).
 fn audit_request(kind: u16, payload: &[u8]) -> io::Result<Vec<u8>> {
-    use rustix::net::{netlink, socket_with, AddressFamily, SocketFlags, SocketType};
-    let socket = socket_with(
-        AddressFamily::NETLINK,
-        SocketType::RAW,
-        SocketFlags::CLOEXEC,
-        Some(netlink::AUDIT),
-    )?;
-    rustix::net::sockopt::set_socket_timeout(
-        &socket,
-        rustix::net::sockopt::Timeout::Recv,
-        Some(Duration::from_secs(2)),
-    )?;
+    use rustix::net::netlink;
+    let socket = audit_socket(Duration::from_secs(2))?;
     let mut message = Vec::with_capacity(16 + payload.len());
     message.extend_from_slice(&((16 + payload.len()) as u32).to_ne_bytes());
     message.extend_from_slice(&kind.to_ne_bytes());
@@ -230,22 +238,11 @@ fn audit_request(kind: u16, payload: &[u8]) -> io::Result<Vec<u8>> {
 impl Watch {
     /// Joins the audit log's read-only group and starts its reader.
     pub fn open() -> io::Result<Watch> {
-        use rustix::net::{netlink, socket_with, AddressFamily, SocketFlags, SocketType};
-        let socket = socket_with(
-            AddressFamily::NETLINK,
-            SocketType::RAW,
-            SocketFlags::CLOEXEC,
-            Some(netlink::AUDIT),
-        )?;
+        // Woken each second to notice the daemon's end.
+        let socket = audit_socket(Duration::from_secs(1))?;
         rustix::net::bind(
             &socket,
-            &netlink::SocketAddrNetlink::new(0, AUDIT_NLGRP_READLOG),
-        )?;
-        // Woken each second to notice the daemon's end.
-        rustix::net::sockopt::set_socket_timeout(
-            &socket,
-            rustix::net::sockopt::Timeout::Recv,
-            Some(Duration::from_secs(1)),
+            &rustix::net::netlink::SocketAddrNetlink::new(0, AUDIT_NLGRP_READLOG),
         )?;
         let labels = Arc::new(Mutex::new(HashMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
