@@ -6,7 +6,7 @@
 //! | `rpc_roundtrip`    | a dext's SUPERDISPATCH call with one `u32`       | raw SOCK_SEQPACKET ping-pong       |
 //! | `spawn_to_start`   | device plugged -> the dext's Start returned      | fork+exec+handshake of this binary |
 //! | `spawn_to_start_sandboxed` | the same, sandboxed (the default)        | the same with `--sandbox=off`      |
-//! | `match_per_device` | candidates for one device, 10,000 personalities  | the same with 1,000 personalities  |
+//! | `match_per_device_*` | candidates for one device, 1k/10k/100k realistic personalities | a linear scan of the same |
 //! | `dext_rss`         | resident memory of the idle NullDriver dext      | this binary idle as a bare process |
 //! | `daemon_rss`       | resident memory of the daemon, 100 devices       | the same daemon with no devices    |
 //!
@@ -45,39 +45,158 @@ pub struct BenchArgs {
 pub(super) struct Figure {
     pub bench: &'static str,
     pub unit: &'static str,
+    /// The figure's two numbers: what they are is `stat`'s to say.
     pub p50: f64,
     pub p99: f64,
     pub baseline: Option<(&'static str, f64, f64)>,
+    pub stat: Stat,
+    /// The target an issue set for it, if any.
+    pub target: Option<Target>,
+}
+
+/// What a figure's two numbers are, so that no label claims more than the
+/// measurement: a p99 is a 99th percentile of many samples, nothing else.
+#[derive(Clone, Copy)]
+pub(super) enum Stat {
+    /// The 50th and 99th percentiles of many samples (latencies).
+    Percentiles,
+    /// The median and the lowest of a few runs.
+    MedianLowest { runs: usize },
+    /// One measurement (in `p50`).
+    Single,
+}
+
+impl Stat {
+    fn labels(self) -> (String, Option<String>) {
+        match self {
+            Stat::Percentiles => ("p50".into(), Some("p99".into())),
+            Stat::MedianLowest { runs } => (
+                format!("median of {runs}"),
+                Some(format!("lowest of {runs}")),
+            ),
+            Stat::Single => ("value".into(), None),
+        }
+    }
+
+    fn keys(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            Stat::Percentiles => ("p50", Some("p99")),
+            Stat::MedianLowest { .. } => ("median", Some("lowest")),
+            Stat::Single => ("value", None),
+        }
+    }
+}
+
+/// A target, on the first number (p50, median or value).
+#[derive(Clone, Copy)]
+pub(super) enum Target {
+    /// At most this many times the baseline's.
+    RatioAtMost(f64),
+    /// At most this, in the figure's unit.
+    AtMost(f64),
+    /// At least this, in the figure's unit.
+    AtLeast(f64),
+}
+
+impl Target {
+    fn describe(self, unit: &str) -> String {
+        match self {
+            Target::RatioAtMost(r) => format!("<= {r}x"),
+            Target::AtMost(v) => format!("<= {v} {unit}"),
+            Target::AtLeast(v) => format!(">= {v} {unit}"),
+        }
+    }
+
+    fn met(self, value: f64, baseline: Option<f64>) -> Option<bool> {
+        match self {
+            Target::RatioAtMost(r) => baseline.map(|b| value <= r * b),
+            Target::AtMost(v) => Some(value <= v),
+            Target::AtLeast(v) => Some(value >= v),
+        }
+    }
+}
+
+/// The table's header, printed once before the first figure.
+pub(super) fn print_header() {
+    println!(
+        "{:<26} {:<14} {:>12} {:>12} {:<9} {:<26} {:>12} {:>12} {:>7} {:<14} MET",
+        "BENCH", "STAT", "OURS", "TAIL", "UNIT", "BASELINE", "BASE", "BASE TAIL", "RATIO", "TARGET"
+    );
 }
 
 impl Figure {
     fn print(&self, json: bool) {
+        let (first, second) = self.stat.keys();
+        let base = self.baseline.map(|(_, b, _)| b);
+        let met = self.target.and_then(|t| t.met(self.p50, base));
         if json {
-            let mut o = serde_json::json!({ "bench": self.bench, "unit": self.unit, "p50": self.p50, "p99": self.p99 });
+            let mut o = serde_json::json!({ "bench": self.bench, "unit": self.unit });
+            o[first] = self.p50.into();
+            if let Some(k) = second {
+                o[k] = self.p99.into();
+            }
             if let Some((name, b50, b99)) = self.baseline {
                 o["baseline"] = name.into();
-                o["baseline_p50"] = b50.into();
-                o["baseline_p99"] = b99.into();
+                o[format!("baseline_{first}")] = b50.into();
+                if let Some(k) = second {
+                    o[format!("baseline_{k}")] = b99.into();
+                }
+            }
+            if let Some(t) = self.target {
+                o["target"] = t.describe(self.unit).into();
+            }
+            if let Some(m) = met {
+                o["met"] = m.into();
             }
             println!("{o}");
-        } else {
-            let base = match self.baseline {
-                Some((name, b50, b99)) if b50 == 0.0 => {
-                    format!("   vs {name}: p50 {b50:.1} p99 {b99:.1}")
-                }
-                Some((name, b50, b99)) => {
-                    format!(
-                        "   vs {name}: p50 {b50:.1} p99 {b99:.1}  (x{:.2} at p50)",
-                        self.p50 / b50.max(f64::MIN_POSITIVE)
-                    )
-                }
-                None => String::new(),
-            };
-            println!(
-                "{:<18} p50 {:>10.1} p99 {:>10.1} {:<4}{base}",
-                self.bench, self.p50, self.p99, self.unit
-            );
+            return;
         }
+        let (label, tail_label) = self.stat.labels();
+        let stat = match &tail_label {
+            Some(t) => format!("{label}/{t}"),
+            None => label,
+        };
+        let tail = |v: f64| {
+            if tail_label.is_some() {
+                format!("{v:.1}")
+            } else {
+                "-".into()
+            }
+        };
+        let (bname, b50, b99, ratio) = match self.baseline {
+            Some((name, b50, b99)) => (
+                name,
+                format!("{b50:.1}"),
+                tail(b99),
+                match self.p50 / b50 {
+                    r if !(r.is_finite() && b50 > 0.0) => "-".into(),
+                    // Far below the baseline: say by how much.
+                    r if r < 0.1 => format!("1/{:.0}", 1.0 / r),
+                    r => format!("{r:.2}x"),
+                },
+            ),
+            None => ("-", "-".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "{:<26} {:<14} {:>12.1} {:>12} {:<9} {:<26} {:>12} {:>12} {:>7} {:<14} {}",
+            self.bench,
+            stat,
+            self.p50,
+            tail(self.p99),
+            self.unit,
+            bname,
+            b50,
+            b99,
+            ratio,
+            self.target
+                .map(|t| t.describe(self.unit))
+                .unwrap_or_else(|| "-".into()),
+            match met {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "-",
+            }
+        );
     }
 }
 
@@ -96,6 +215,9 @@ pub fn bench(args: BenchArgs) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let json = args.json;
     let wanted = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
+    if !json {
+        print_header();
+    }
     let show = |figures: Vec<Figure>| figures.into_iter().for_each(|f| f.print(json));
     if wanted("rpc_roundtrip") {
         show(rpc_roundtrip(dir.path(), 20_000 / scale)?);
@@ -107,7 +229,7 @@ pub fn bench(args: BenchArgs) -> Result<(), String> {
         show(spawn_to_start(dir.path(), 100 / scale)?);
     }
     if wanted("match_per_device") {
-        show(vec![match_per_device(1_000 / scale)?]);
+        show(super::bench_matching::match_per_device(400 / scale)?);
     }
     if wanted("dext_rss") {
         show(vec![dext_rss(dir.path())?]);
@@ -385,12 +507,15 @@ fn userclient_scalar_roundtrip(root: &Path, n: usize) -> Result<Vec<Figure>, Str
     connection.close();
     daemon.shutdown();
     let (p50, p99) = percentiles(samples);
-    let figure = |baseline| Figure {
+    // Issue 18's target: at most twice the shared-memory spin floor.
+    let figure = |baseline: (&'static str, f64, f64)| Figure {
         bench: "userclient_scalar_roundtrip",
         unit: "ns",
         p50,
         p99,
         baseline: Some(baseline),
+        stat: Stat::Percentiles,
+        target: (baseline.0 == "raw_spin_shm").then_some(Target::RatioAtMost(2.0)),
     };
     Ok(vec![
         figure(("raw_seqpacket", b50, b99)),
@@ -403,9 +528,14 @@ fn rpc_roundtrip(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
     let (s50, s99) = raw_spin_pingpong(n)?;
     let daemon = bench_daemon(root, drivers::find(drivers::bench::EXECUTABLE)?)?;
     let events = daemon.subscribe();
+    let cold = (n / 20).max(20) as u64;
     let dev = daemon.plug(bench_device(
         "BenchRPC",
-        &[("BenchSuperCalls", Value::Integer((n as u64).into()))],
+        &[
+            ("BenchSuperCalls", Value::Integer((n as u64).into())),
+            ("BenchColdCalls", Value::Integer(cold.into())),
+            ("BenchColdGapUs", Value::Integer(COLD_GAP_US.into())),
+        ],
     ))?;
     let started = wait_started(&events, dev);
     let figures = started.and_then(|(service, _)| {
@@ -422,10 +552,14 @@ fn rpc_roundtrip(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
                 .and_then(Value::as_signed_integer)
                 .ok_or(format!("no {k}"))
         };
-        Ok((get("BenchP50Ns")? as f64, get("BenchP99Ns")? as f64))
+        Ok((
+            (get("BenchP50Ns")? as f64, get("BenchP99Ns")? as f64),
+            (get("BenchColdP50Ns")? as f64, get("BenchColdP99Ns")? as f64),
+        ))
     });
     daemon.shutdown();
-    let (p50, p99) = figures?;
+    let ((p50, p99), (c50, c99)) = figures?;
+    let (f50, f99) = raw_futex_pingpong(cold as usize)?;
     Ok(vec![
         Figure {
             bench: "rpc_roundtrip",
@@ -433,6 +567,8 @@ fn rpc_roundtrip(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
             p50,
             p99,
             baseline: Some(("raw_seqpacket", b50, b99)),
+            stat: Stat::Percentiles,
+            target: None,
         },
         Figure {
             bench: "rpc_roundtrip",
@@ -440,8 +576,90 @@ fn rpc_roundtrip(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
             p50,
             p99,
             baseline: Some(("raw_spin_shm", s50, s99)),
+            stat: Stat::Percentiles,
+            target: None,
+        },
+        Figure {
+            bench: "rpc_roundtrip_cold",
+            unit: "ns",
+            p50: c50,
+            p99: c99,
+            baseline: Some(("raw_futex_wake_cold", f50, f99)),
+            stat: Stat::Percentiles,
+            target: None,
         },
     ])
+}
+
+/// The idle gap before each cold call: far past any spin window, so both
+/// sides have parked in the kernel.
+const COLD_GAP_US: u64 = 2_000;
+
+/// The raw floor of a cold call: two processes, one futex word each way in
+/// shared memory, each side asleep in `FUTEX_WAIT` until woken, with the
+/// same idle gap before each round trip.
+fn raw_futex_pingpong(n: usize) -> Result<(f64, f64), String> {
+    use std::sync::atomic::Ordering;
+    let shm = driverkit_wire::shm::SharedMemory::create("bench-futex", 4096)
+        .map_err(|e| e.to_string())?;
+    let fd = shm
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| e.to_string())?;
+    let mut child = spawn_helper(&["__bench-futex"], fd, Stdio::inherit())?;
+    let (ping, pong) = (shm.u32_at(0), shm.u32_at(64));
+    let mut samples = Vec::with_capacity(n);
+    for i in 1..=n as u32 {
+        std::thread::sleep(Duration::from_micros(COLD_GAP_US));
+        let t = Instant::now();
+        ping.store(i, Ordering::Release);
+        let _ = rustix::thread::futex::wake(ping, rustix::thread::futex::Flags::empty(), 1);
+        while pong.load(Ordering::Acquire) != i {
+            let _ = rustix::thread::futex::wait(
+                pong,
+                rustix::thread::futex::Flags::empty(),
+                i - 1,
+                None,
+            );
+        }
+        samples.push(t.elapsed().as_nanos() as f64);
+    }
+    ping.store(u32::MAX, Ordering::Release);
+    let _ = rustix::thread::futex::wake(ping, rustix::thread::futex::Flags::empty(), 1);
+    let _ = child.wait();
+    Ok(percentiles(samples))
+}
+
+/// The peer of `raw_futex_pingpong`: sleeps in `FUTEX_WAIT` until pinged.
+pub fn futex_peer() -> Result<(), String> {
+    use std::sync::atomic::Ordering;
+    let fd: i32 = std::env::var("DRIVERKIT_BENCH_FD")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or("no DRIVERKIT_BENCH_FD")?;
+    // SAFETY: the parent passes this one descriptor for this process to own.
+    let fd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+    let shm = driverkit_wire::shm::SharedMemory::from_fd(fd, 4096).map_err(|e| e.to_string())?;
+    let (ping, pong) = (shm.u32_at(0), shm.u32_at(64));
+    let mut last = 0;
+    loop {
+        let now = ping.load(Ordering::Acquire);
+        if now == u32::MAX {
+            return Ok(());
+        }
+        if now == last {
+            let _ = rustix::thread::futex::wait(
+                ping,
+                rustix::thread::futex::Flags::empty(),
+                last,
+                None,
+            );
+            continue;
+        }
+        last = now;
+        pong.store(now, Ordering::Release);
+        let _ = rustix::thread::futex::wake(pong, rustix::thread::futex::Flags::empty(), 1);
+    }
 }
 
 /// Plugs a device for the bench dext of `daemon`, waits for its Start and
@@ -507,6 +725,8 @@ fn spawn_to_start(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
             p50,
             p99,
             baseline: Some(("fork_exec_handshake", b50, b99)),
+            stat: Stat::Percentiles,
+            target: None,
         },
         Figure {
             bench: "spawn_to_start_sandboxed",
@@ -514,90 +734,10 @@ fn spawn_to_start(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
             p50,
             p99,
             baseline: Some(("spawn_to_start_no_sandbox", u50, u99)),
+            stat: Stat::Percentiles,
+            target: Some(Target::RatioAtMost(1.2)),
         },
     ])
-}
-
-/// `personalities` personalities keyed by model, `devices` devices.
-fn catalogue(personalities: usize) -> driverkitd::matching::Catalogue {
-    use driverkit_bundle::Bundle;
-    let mut cat = driverkitd::matching::Catalogue::new(Vec::new());
-    let per_bundle = 100;
-    for b in 0..personalities.div_ceil(per_bundle) {
-        let id = format!("com.bench.B{b}");
-        let mut ps = plist::Dictionary::new();
-        for i in b * per_bundle..((b + 1) * per_bundle).min(personalities) {
-            let mut p = plist::Dictionary::new();
-            p.insert("CFBundleIdentifier".into(), id.clone().into());
-            p.insert("IOClass".into(), "IOUserService".into());
-            p.insert("IOUserClass".into(), format!("D{i}").into());
-            p.insert("IOUserServerName".into(), id.clone().into());
-            p.insert("IOProviderClass".into(), "IOVirtualDevice".into());
-            let mut m = plist::Dictionary::new();
-            m.insert("ModelID".into(), Value::Integer((i as u64).into()));
-            m.insert("VendorID".into(), Value::Integer(((i % 50) as u64).into()));
-            p.insert("IOPropertyMatch".into(), Value::Dictionary(m));
-            p.insert(
-                "IOProbeScore".into(),
-                Value::Integer(((i % 7) as u64).into()),
-            );
-            ps.insert(format!("P{i}"), Value::Dictionary(p));
-        }
-        let info = driverkit_bundle::minimal_info(&id, "x", ps);
-        if let Ok(bundle) = Bundle::from_info(Path::new("/bench.dext"), info) {
-            cat.add_bundle(bundle);
-        }
-    }
-    cat
-}
-
-fn time_matching(personalities: usize, devices: usize) -> (f64, f64, usize) {
-    let cat = catalogue(personalities);
-    let chain: Vec<String> = driverkit_wire::classes::chain("IOVirtualDevice")
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
-    let resources = plist::Dictionary::new();
-    let mut samples = Vec::with_capacity(devices);
-    let mut matched = 0;
-    for d in 0..devices {
-        let model = (d * 7919) % personalities.max(1);
-        let mut props = plist::Dictionary::new();
-        props.insert("ModelID".into(), Value::Integer((model as u64).into()));
-        props.insert(
-            "VendorID".into(),
-            Value::Integer(((model % 50) as u64).into()),
-        );
-        props.insert("Serial".into(), format!("S{d}").into());
-        let target = driverkit_core::MatchTarget {
-            name: "Device",
-            class_chain: &chain,
-            properties: &props,
-        };
-        let t = Instant::now();
-        let groups = driverkitd::matching::by_category(cat.candidates(&target, &resources));
-        samples.push(t.elapsed().as_nanos() as f64 / 1e3);
-        matched += usize::from(!groups.is_empty());
-    }
-    let (p50, p99) = percentiles(samples);
-    (p50, p99, matched)
-}
-
-fn match_per_device(devices: usize) -> Result<Figure, String> {
-    let (b50, b99, _) = time_matching(1_000, devices);
-    let (p50, p99, matched) = time_matching(10_000, devices);
-    if matched != devices {
-        return Err(format!(
-            "matching found drivers for {matched} of {devices} devices"
-        ));
-    }
-    Ok(Figure {
-        bench: "match_per_device",
-        unit: "us",
-        p50,
-        p99,
-        baseline: Some(("match_1000_personalities", b50, b99)),
-    })
 }
 
 fn rss_kib(pid: u32) -> Result<f64, String> {
@@ -637,6 +777,8 @@ fn dext_rss(root: &Path) -> Result<Figure, String> {
         p50: rss,
         p99: rss,
         baseline: Some(("bare_process", floor, floor)),
+        stat: Stat::Single,
+        target: None,
     })
 }
 
@@ -684,6 +826,8 @@ fn daemon_rss(root: &Path, devices: usize) -> Result<Figure, String> {
         p50: full,
         p99: full,
         baseline: Some(("daemon_no_devices", empty, empty)),
+        stat: Stat::Single,
+        target: None,
     })
 }
 
@@ -752,6 +896,8 @@ fn idle_cpu(root: &Path, seconds: u64) -> Result<Vec<Figure>, String> {
         p50: v,
         p99: v,
         baseline: Some(("idle_blocked_process", floor, floor)),
+        stat: Stat::Single,
+        target: None,
     };
     Ok(vec![
         figure("idle_cpu_dext", dext),

@@ -18,7 +18,9 @@ use driverkit_hid::ReportDescriptor;
 use driverkitd::families::hid::HidEvent;
 use driverkitd::Daemon;
 
-use super::bench::{bench_daemon, percentiles, raw_pingpong, raw_spin_pingpong, Figure};
+use super::bench::{
+    bench_daemon, percentiles, raw_pingpong, raw_spin_pingpong, Figure, Stat, Target,
+};
 use crate::drivers;
 
 const PRESS_A: [u8; 8] = [0, 0, 0x04, 0, 0, 0, 0, 0];
@@ -88,12 +90,16 @@ pub fn report_latency(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
     daemon.shutdown();
     let (p50, p99) = percentiles(busy);
     let (i50, i99) = percentiles(idle);
-    let figure = |bench, (p50, p99), baseline| Figure {
+    // Issue 18's target: at most twice one raw SOCK_SEQPACKET round trip,
+    // busy and idle.
+    let figure = |bench, (p50, p99), baseline: (&'static str, f64, f64)| Figure {
         bench,
         unit: "us",
         p50,
         p99,
         baseline: Some(baseline),
+        stat: Stat::Percentiles,
+        target: (baseline.0 == "raw_seqpacket").then_some(Target::RatioAtMost(2.0)),
     };
     Ok(vec![
         figure(
@@ -252,6 +258,8 @@ pub fn reports_per_sec(root: &Path, n: usize, reps: usize) -> Result<Vec<Figure>
         p50,
         p99: low,
         baseline: Some(("raw_ring_8B", b50, blow)),
+        stat: Stat::MedianLowest { runs: reps },
+        target: Some(Target::AtLeast(1_000_000.0)),
     }])
 }
 
@@ -325,5 +333,7 @@ pub fn descriptor_parse(n: usize) -> Result<Figure, String> {
         p50,
         p99,
         baseline: Some(("memcpy_63B", b50, b99)),
+        stat: Stat::Percentiles,
+        target: None,
     })
 }

@@ -21,7 +21,7 @@ use driverkit::time::now_ns;
 use driverkit_wire::ring::Ring;
 use driverkit_wire::shm::{SharedMemory, SPIN};
 
-use super::bench::{percentiles, Figure};
+use super::bench::{percentiles, Figure, Stat};
 
 /// Ring size for the data-queue benchmarks.
 const RING: usize = 1 << 20;
@@ -37,9 +37,9 @@ pub fn data_queue(entry: usize, n: usize, reps: usize) -> Result<Vec<Figure>, St
     for _ in 0..reps {
         copies.push(memcpy_rate(entry));
     }
-    let (o50, o99) = low_percentiles(ours);
-    let (r50, r99) = low_percentiles(raw);
-    let (m50, m99) = low_percentiles(copies);
+    let (o50, o99) = median_lowest(ours);
+    let (r50, r99) = median_lowest(raw);
+    let (m50, m99) = median_lowest(copies);
     let name: &'static str = if entry == 16 {
         "data_queue_16B"
     } else {
@@ -53,6 +53,8 @@ pub fn data_queue(entry: usize, n: usize, reps: usize) -> Result<Vec<Figure>, St
             p50: o50,
             p99: o99,
             baseline: Some(("raw_spsc_ring", r50, r99)),
+            stat: Stat::MedianLowest { runs: reps },
+            target: None,
         },
         Figure {
             bench: name,
@@ -60,17 +62,18 @@ pub fn data_queue(entry: usize, n: usize, reps: usize) -> Result<Vec<Figure>, St
             p50: o50 * bytes,
             p99: o99 * bytes,
             baseline: Some(("memcpy", m50 * bytes, m99 * bytes)),
+            stat: Stat::MedianLowest { runs: reps },
+            target: None,
         },
     ])
 }
 
-/// For rates, the bad tail is the low end: "p99" is the rate 99% of runs beat.
-fn low_percentiles(v: Vec<f64>) -> (f64, f64) {
-    let (p50, _) = percentiles(v.clone());
-    let mut v = v;
-    v.sort_by(|a, b| a.total_cmp(b));
-    let low = v[((v.len() as f64 - 1.0) * 0.01).round() as usize];
-    (p50, low)
+/// The median and the lowest of a few throughput runs (for rates the bad
+/// end is the low one).
+fn median_lowest(v: Vec<f64>) -> (f64, f64) {
+    let (median, _) = percentiles(v.clone());
+    let lowest = v.iter().copied().fold(f64::INFINITY, f64::min);
+    (median, lowest)
 }
 
 fn memcpy_rate(entry: usize) -> f64 {
@@ -359,5 +362,7 @@ pub fn timer_lateness(n: usize) -> Result<Figure, String> {
         p50,
         p99,
         baseline: Some(("thread_sleep_overshoot", b50, b99)),
+        stat: Stat::Percentiles,
+        target: None,
     })
 }

@@ -11,7 +11,7 @@ use driverkitd::backends::virtual_device;
 use driverkitd::families::usb::UsbTransport;
 use driverkitd::{Config, Daemon};
 
-use super::bench::{percentiles, Figure};
+use super::bench::{percentiles, Figure, Stat};
 
 /// GET_DESCRIPTOR(Device): a CMD_SUBMIT of 48 bytes, a RET_SUBMIT of 48
 /// plus the 18-byte descriptor.
@@ -57,6 +57,8 @@ pub fn usbip_control_roundtrip(root: &std::path::Path, n: usize) -> Result<Vec<F
         p50,
         p99,
         baseline: Some(("raw_tcp_pingpong_48B_66B", b50, b99)),
+        stat: Stat::Percentiles,
+        target: None,
     }])
 }
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_hid;
+mod bench_matching;
 mod bench_sources;
 mod bench_usb;
 mod build;
@@ -96,6 +97,9 @@ enum Command {
     /// Internal: the spinning shared-memory peer of the benchmarks.
     #[command(name = "__bench-spin", hide = true)]
     BenchSpin,
+    /// Internal: the futex-waiting peer of the cold round-trip baseline.
+    #[command(name = "__bench-futex", hide = true)]
+    BenchFutex,
     /// Internal: the consuming process of the data-queue benchmarks.
     #[command(name = "__bench-consume", hide = true)]
     BenchConsume {
@@ -168,6 +172,7 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
         }
         Command::BenchEcho => bench::echo_peer(),
         Command::BenchSpin => bench::spin_peer(),
+        Command::BenchFutex => bench::futex_peer(),
         Command::BenchConsume { kind, entry, n } => bench_sources::consume(&kind, entry, n),
     }
 }

@@ -3,7 +3,11 @@
 //!
 //! With `BenchSuperCalls = N` in its personality, Start makes N
 //! `super_set_power_state(On)` calls (a SUPERDISPATCH with one small
-//! argument), then publishes `BenchP50Ns` and `BenchP99Ns`.
+//! argument), then publishes `BenchP50Ns` and `BenchP99Ns`. With
+//! `BenchColdCalls = M` too, it then makes M more, each after
+//! `BenchColdGapUs` of sleep (long enough for the daemon's channel thread
+//! to stop spinning and park), and publishes `BenchColdP50Ns` and
+//! `BenchColdP99Ns`.
 
 use std::time::Instant;
 
@@ -65,6 +69,26 @@ impl IOServiceImpl for BenchDriver {
             let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize] as i64;
             self.set_property("BenchP50Ns", at(0.50))?;
             self.set_property("BenchP99Ns", at(0.99))?;
+        }
+        let number = |key: &str| -> IOResult<u64> {
+            Ok(provider
+                .copy_property(key)?
+                .and_then(|v| v.as_unsigned_integer())
+                .unwrap_or(0))
+        };
+        let (cold, gap) = (number("BenchColdCalls")?, number("BenchColdGapUs")?);
+        if cold > 0 {
+            let mut samples = Vec::with_capacity(cold as usize);
+            for _ in 0..cold {
+                std::thread::sleep(std::time::Duration::from_micros(gap));
+                let t = Instant::now();
+                self.super_set_power_state(1)?;
+                samples.push(t.elapsed().as_nanos() as u64);
+            }
+            samples.sort_unstable();
+            let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize] as i64;
+            self.set_property("BenchColdP50Ns", at(0.50))?;
+            self.set_property("BenchColdP99Ns", at(0.99))?;
         }
         self.register_service()
     }
