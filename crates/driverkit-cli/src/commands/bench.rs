@@ -119,7 +119,7 @@ impl Target {
 /// The table's header, printed once before the first figure.
 pub(super) fn print_header() {
     println!(
-        "{:<26} {:<14} {:>12} {:>12} {:<9} {:<26} {:>12} {:>12} {:>7} {:<14} MET",
+        "{:<28} {:<24} {:>14} {:>14} {:<9} {:<26} {:>14} {:>14} {:>8} {:<18} MET",
         "BENCH", "STAT", "OURS", "TAIL", "UNIT", "BASELINE", "BASE", "BASE TAIL", "RATIO", "TARGET"
     );
 }
@@ -178,7 +178,7 @@ impl Figure {
             None => ("-", "-".into(), "-".into(), "-".into()),
         };
         println!(
-            "{:<26} {:<14} {:>12.1} {:>12} {:<9} {:<26} {:>12} {:>12} {:>7} {:<14} {}",
+            "{:<28} {:<24} {:>14.1} {:>14} {:<9} {:<26} {:>14} {:>14} {:>8} {:<18} {}",
             self.bench,
             stat,
             self.p50,
