@@ -180,3 +180,47 @@ fn a_script_executable_is_refused_with_the_reason() {
     d.wait_log("a sandboxed dext's executable must be a binary", 1);
     d.interrupt();
 }
+
+#[test]
+fn each_dext_has_a_user_of_its_own_and_a_thread_limit() {
+    let d = Daemon::start(&["--no-default-devices"]);
+    let uids = |d: &Daemon| -> Vec<u32> {
+        d.nodes()
+            .iter()
+            .filter_map(|n| n["pid"].as_u64())
+            .map(|pid| status_of(pid).0)
+            .collect()
+    };
+    d.wait_until("NullDriver and PacketQueueDriver running", || {
+        uids(&d).len() >= 2
+    });
+    let mut seen = uids(&d);
+    if running_as_root() {
+        let all = seen.len();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), all, "two dexts share a user: {seen:?}");
+        assert!(seen.iter().all(|&u| u >= 0x7000_0000), "{seen:?}");
+    }
+    let bundle = test_bundle(
+        d.root.path(),
+        "org.test.Threads",
+        &[P {
+            name: "Threads",
+            provider_class: "IOVirtualDevice",
+            extra: "<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>\
+                    <key>TestStartBehavior</key><string>threads</string>",
+        }],
+    );
+    d.load(&bundle);
+    plug_test_device(&d);
+    let node = d.wait_node("the TestDriver counting its threads", |n| {
+        n["name"] == "TestDriver" && n["properties"]["TestThreadsStarted"].is_u64()
+    });
+    let started = node["properties"]["TestThreadsStarted"].as_u64().unwrap();
+    if running_as_root() {
+        // Its own main thread and runtime threads count too.
+        assert!(started < 512 && started > 400, "{started} threads started");
+    }
+    d.interrupt();
+}

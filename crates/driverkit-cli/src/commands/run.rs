@@ -58,9 +58,10 @@ pub struct RunArgs {
     /// For debugging a driver only.
     #[arg(long, conflicts_with = "sandbox")]
     no_sandbox: bool,
-    /// The user dexts run as when the daemon runs as root.
-    #[arg(long, default_value = "nobody", value_name = "NAME")]
-    dext_user: String,
+    /// The one user every dext runs as when the daemon is root (a name or
+    /// a number). By default each dext process gets a user of its own.
+    #[arg(long, value_name = "NAME|UID")]
+    dext_user: Option<String>,
 }
 
 pub fn run(root: PathBuf, args: RunArgs) -> Result<(), String> {

@@ -17,7 +17,9 @@
 //!   among them) or hanging; otherwise starts), `channels` (300 threads
 //!   each call the system at once, so each opens a call channel, past the
 //!   system's 256 per dext; publishes how many calls succeeded as
-//!   `TestChannelCalls`);
+//!   `TestChannelCalls`), `threads` (starts up to 2,000 threads that
+//!   wait, past the system's 512 per dext, and publishes how many started
+//!   as `TestThreadsStarted`);
 //! - `TestStartDelayMs`: sleep this long in Start first;
 //! - `TestTerminateAfterMs`: once started, terminate itself this much later;
 //! - `TestReadLength`: ask the provider for an asynchronous read of this
@@ -127,6 +129,27 @@ impl IOServiceImpl for TestDriver {
                 std::mem::forget(kept);
             }
             "exit0" => std::process::exit(0),
+            "threads" => {
+                let (hold, wait) = std::sync::mpsc::channel::<()>();
+                let wait = std::sync::Arc::new(std::sync::Mutex::new(wait));
+                let mut started = 0i64;
+                for _ in 0..2000 {
+                    let wait = wait.clone();
+                    let spawned =
+                        std::thread::Builder::new()
+                            .stack_size(64 * 1024)
+                            .spawn(move || {
+                                let _ = wait.lock().map(|w| w.recv());
+                            });
+                    if spawned.is_err() {
+                        break;
+                    }
+                    started += 1;
+                }
+                self.set_property("TestThreadsStarted", started)?;
+                // The threads stay until the process ends.
+                std::mem::forget(hold);
+            }
             "channels" => {
                 let barrier = std::sync::Arc::new(std::sync::Barrier::new(300));
                 let threads: Vec<_> = (0..300)

@@ -11,8 +11,8 @@
 //! would signal the daemon's threads to change their IDs too.
 //!
 //! The order matters: signal handlers reset, stdio in place, its own
-//! process group; then the user (it needs privileges the later steps give
-//! up), then `no_new_privs` and Landlock, then seccomp (whose allowlist has
+//! process group; then its thread limit and its user (both need privileges
+//! the later steps give up), then `no_new_privs` and Landlock, then seccomp (whose allowlist has
 //! none of the calls before it), and last the exec.
 
 use std::ffi::{c_int, c_long, c_void, CString, OsStr};
@@ -68,10 +68,11 @@ fn refuse_script(executable: &Path) -> io::Result<()> {
 }
 
 /// The steps of the child, to name the one that failed.
-const STEPS: [&str; 8] = [
+const STEPS: [&str; 9] = [
     "signals",
     "stdio",
     "process group",
+    "thread limit",
     "user",
     "no_new_privs",
     "landlock",
@@ -251,10 +252,27 @@ impl Child<'_> {
             }
             // 2: its own process group: Ctrl-C reaches only the daemon.
             step(2, check(libc::syscall(libc::SYS_setpgid, 0, 0)))?;
-            // 3: its own user: groups, then group, then user.
-            if let Some(c) = p.credentials {
+            // 3: its threads, counted by the kernel per user (its own).
+            if p.credentials.is_some() {
+                let limit = libc::rlimit64 {
+                    rlim_cur: super::THREADS,
+                    rlim_max: super::THREADS,
+                };
                 step(
                     3,
+                    check(libc::syscall(
+                        libc::SYS_prlimit64,
+                        0,
+                        libc::RLIMIT_NPROC,
+                        &limit as *const libc::rlimit64,
+                        std::ptr::null_mut::<libc::rlimit64>(),
+                    )),
+                )?;
+            }
+            // 4: its own user: groups, then group, then user.
+            if let Some(c) = p.credentials {
+                step(
+                    4,
                     check(libc::syscall(
                         libc::SYS_setgroups,
                         0,
@@ -262,16 +280,16 @@ impl Child<'_> {
                     )),
                 )?;
                 step(
-                    3,
+                    4,
                     check(libc::syscall(libc::SYS_setresgid, c.gid, c.gid, c.gid)),
                 )?;
                 step(
-                    3,
+                    4,
                     check(libc::syscall(libc::SYS_setresuid, c.uid, c.uid, c.uid)),
                 )?;
             }
             step(
-                4,
+                5,
                 check(libc::syscall(
                     libc::SYS_prctl,
                     libc::PR_SET_NO_NEW_PRIVS,
@@ -283,7 +301,7 @@ impl Child<'_> {
             )?;
             if let Some((ruleset, flags)) = &p.ruleset {
                 step(
-                    5,
+                    6,
                     check(libc::syscall(
                         libc::SYS_landlock_restrict_self,
                         ruleset.as_raw_fd(),
@@ -302,7 +320,7 @@ impl Child<'_> {
                     0
                 };
                 step(
-                    6,
+                    7,
                     check(libc::syscall(
                         libc::SYS_seccomp,
                         libc::SECCOMP_SET_MODE_FILTER,
@@ -321,7 +339,7 @@ impl Child<'_> {
                 8,
             );
             step(
-                7,
+                8,
                 check(libc::syscall(
                     libc::SYS_execveat,
                     p.executable.as_raw_fd(),
@@ -333,7 +351,7 @@ impl Child<'_> {
             )
         };
         match run() {
-            Ok(()) => (7, libc::ENOEXEC),
+            Ok(()) => (8, libc::ENOEXEC),
             Err(failed) => failed,
         }
     }

@@ -70,17 +70,41 @@ impl std::str::FromStr for Mode {
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub mode: Mode,
-    /// The user dexts run as when the daemon is root.
-    pub user: String,
+    /// The user every dext runs as when the daemon is root (`--dext-user`).
+    /// `None`, the default: each dext process gets a user of its own from
+    /// [`DYNAMIC_UIDS`], so that no dext can touch another's processes and
+    /// the kernel counts each one's threads apart ([`THREADS`]).
+    pub user: Option<String>,
 }
 
 impl Default for Policy {
     fn default() -> Policy {
         Policy {
             mode: Mode::Enforce,
-            user: "nobody".to_owned(),
+            user: None,
         }
     }
+}
+
+/// The users (and groups of the same number) dexts get, one per process,
+/// as systemd's `DynamicUser=` does: a private range above the ones
+/// systemd hands out to system users, people, dynamic users and containers
+/// (`0x70000000` = 1879048192 on).
+pub const DYNAMIC_UIDS: std::ops::Range<u32> = 0x7000_0000..0x7000_0000 + (1 << 20);
+
+/// Threads (and processes) one dext may have: `RLIMIT_NPROC`, which the
+/// kernel counts per user, so it is one dext's only with its own user.
+pub const THREADS: u64 = 512;
+
+/// Who dexts run as.
+#[derive(Debug, Clone, Copy)]
+enum Users {
+    /// A user of its own per process (root daemon, the default).
+    Dynamic,
+    /// The one configured user for all (root daemon, `--dext-user`).
+    Fixed(Credentials),
+    /// The daemon's own user (a daemon that is not root cannot change it).
+    Daemon,
 }
 
 /// A user and group ID.
@@ -102,7 +126,7 @@ impl Policy {
 /// filter compiled once, the audit log opened.
 pub(crate) struct Sandbox {
     mode: Mode,
-    credentials: Option<Credentials>,
+    users: Users,
     filter: Option<Arc<seccompiler::BpfProgram>>,
     audit: Option<audit::Watch>,
     /// The kernel's Landlock ABI (0: none).
@@ -121,7 +145,7 @@ impl Sandbox {
             tracing::error!("sandbox  {e}; no dext can be launched");
             Sandbox {
                 mode: policy.mode,
-                credentials: None,
+                users: Users::Daemon,
                 filter: None,
                 audit: None,
                 landlock_abi: 0,
@@ -149,33 +173,39 @@ impl Sandbox {
             );
             return Ok(Sandbox {
                 mode: Mode::Off,
-                credentials: None,
+                users: Users::Daemon,
                 filter: None,
                 audit: None,
                 landlock_abi: 0,
                 broken: None,
             });
         }
-        let credentials = if rustix::process::geteuid().is_root() {
-            let ids = user_ids(&policy.user).ok_or_else(|| {
-                format!(
-                    "sandbox user '{}' not found in /etc/passwd: create it, or choose another with --dext-user",
-                    policy.user
-                )
-            })?;
-            if ids.uid == 0 {
-                return Err(format!(
-                    "sandbox user '{}' is root: dexts must run unprivileged; choose another with --dext-user",
-                    policy.user
-                ));
+        let users = match (&policy.user, rustix::process::geteuid().is_root()) {
+            (_, false) => {
+                tracing::info!(
+                    "sandbox  dexts run as the daemon's own user (uid {}): only a root daemon can give them another",
+                    rustix::process::geteuid().as_raw()
+                );
+                Users::Daemon
             }
-            Some(ids)
-        } else {
-            tracing::info!(
-                "sandbox  dexts run as the daemon's own user (uid {}): only a root daemon can give them another",
-                rustix::process::geteuid().as_raw()
-            );
-            None
+            (None, true) => Users::Dynamic,
+            (Some(user), true) => {
+                let ids = user_ids(user).ok_or_else(|| {
+                    format!(
+                        "sandbox user '{user}' not found in /etc/passwd: create it, or choose another with --dext-user"
+                    )
+                })?;
+                if ids.uid == 0 {
+                    return Err(format!(
+                        "sandbox user '{user}' is root: dexts must run unprivileged; choose another with --dext-user"
+                    ));
+                }
+                tracing::info!(
+                    "sandbox  every dext runs as {user} (uid {}): they share its thread limit of {THREADS}",
+                    ids.uid
+                );
+                Users::Fixed(ids)
+            }
         };
         let filter = seccomp::compile(policy.mode).map_err(|e| format!("seccomp filter: {e}"))?;
         if policy.mode == Mode::Log {
@@ -191,7 +221,7 @@ impl Sandbox {
         }
         Ok(Sandbox {
             mode: policy.mode,
-            credentials,
+            users,
             filter: Some(Arc::new(filter)),
             audit: None,
             landlock_abi,
@@ -204,12 +234,14 @@ impl Sandbox {
     }
 
     /// Prepares, in the daemon, everything the child needs to confine
-    /// itself and exec `executable` with exactly `env`.
+    /// itself and exec `executable` with exactly `env`; `server` (the
+    /// daemon's number for the process) picks its dynamic user.
     pub fn prepare(
         &self,
         executable: &Path,
         bundle: &Path,
         env: &[(&OsStr, &OsStr)],
+        server: u64,
     ) -> io::Result<Prepared> {
         if let Some(e) = &self.broken {
             return Err(io::Error::other(e.clone()));
@@ -219,10 +251,19 @@ impl Sandbox {
                 .map(|fd| (fd, landlock::restrict_flags(self.landlock_abi))),
             Mode::Log | Mode::Off => None,
         };
+        let credentials = match self.users {
+            Users::Daemon => None,
+            Users::Fixed(c) => Some(c),
+            Users::Dynamic => {
+                let span = u64::from(DYNAMIC_UIDS.end - DYNAMIC_UIDS.start);
+                let id = DYNAMIC_UIDS.start + (server % span) as u32;
+                Some(Credentials { uid: id, gid: id })
+            }
+        };
         Prepared::new(
             executable,
             env,
-            self.credentials,
+            credentials,
             ruleset,
             self.filter.clone(),
             self.mode == Mode::Enforce,
