@@ -158,7 +158,7 @@ impl UserServer {
             let theirs = OwnedFd::from(theirs);
             launch
                 .sandbox
-                .prepare(launch.executable, launch.bundle_path, &env, launch.id)
+                .prepare(launch.executable, launch.bundle_path, &env)
                 .and_then(|prepared| {
                     prepared.spawn([theirs.as_fd(), log_writer.as_fd(), log_writer.as_fd()])
                 })

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use seccompiler::BpfProgram;
 
-use super::Credentials;
+use super::{ChildUser, Credentials};
 use crate::process::Process;
 
 /// What a child needs to confine itself and exec, made before it starts.
@@ -38,7 +38,7 @@ pub(crate) struct Prepared {
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
     _strings: Vec<CString>,
-    credentials: Option<Credentials>,
+    credentials: Option<ChildUser>,
     /// The Landlock ruleset and the flags of `landlock_restrict_self`.
     ruleset: Option<(OwnedFd, u32)>,
     filter: Option<Arc<BpfProgram>>,
@@ -87,7 +87,7 @@ impl Prepared {
     pub(super) fn new(
         executable: &Path,
         env: &[(&OsStr, &OsStr)],
-        credentials: Option<Credentials>,
+        credentials: Option<ChildUser>,
         ruleset: Option<(OwnedFd, u32)>,
         filter: Option<Arc<BpfProgram>>,
         log_refusals: bool,
@@ -270,7 +270,14 @@ impl Child<'_> {
                 )?;
             }
             // 4: its own user: groups, then group, then user.
-            if let Some(c) = p.credentials {
+            let user = p.credentials.map(|u| match u {
+                ChildUser::Fixed(c) => c,
+                ChildUser::FromPid { base } => {
+                    let id = base + libc::syscall(libc::SYS_getpid) as u32;
+                    Credentials { uid: id, gid: id }
+                }
+            });
+            if let Some(c) = user {
                 step(
                     4,
                     check(libc::syscall(

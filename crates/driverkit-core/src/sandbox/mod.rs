@@ -87,10 +87,20 @@ impl Default for Policy {
 }
 
 /// The users (and groups of the same number) dexts get, one per process,
-/// as systemd's `DynamicUser=` does: a private range above the ones
-/// systemd hands out to system users, people, dynamic users and containers
-/// (`0x70000000` = 1879048192 on).
-pub const DYNAMIC_UIDS: std::ops::Range<u32> = 0x7000_0000..0x7000_0000 + (1 << 20);
+/// as systemd's `DynamicUser=` does: the base plus the process's PID, which
+/// no other live process has, whichever daemon started it. A private range
+/// above the ones systemd hands out to system users, people, dynamic users
+/// and containers (`0x70000000` = 1879048192 on; PIDs stay below 2^22).
+pub const DYNAMIC_UIDS: std::ops::Range<u32> = 0x7000_0000..0x7000_0000 + (1 << 22);
+
+/// The user a child takes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ChildUser {
+    /// This one.
+    Fixed(Credentials),
+    /// `base + its PID`, user and group.
+    FromPid { base: u32 },
+}
 
 /// Threads (and processes) one dext may have: `RLIMIT_NPROC`, which the
 /// kernel counts per user, so it is one dext's only with its own user.
@@ -234,14 +244,12 @@ impl Sandbox {
     }
 
     /// Prepares, in the daemon, everything the child needs to confine
-    /// itself and exec `executable` with exactly `env`; `server` (the
-    /// daemon's number for the process) picks its dynamic user.
+    /// itself and exec `executable` with exactly `env`.
     pub fn prepare(
         &self,
         executable: &Path,
         bundle: &Path,
         env: &[(&OsStr, &OsStr)],
-        server: u64,
     ) -> io::Result<Prepared> {
         if let Some(e) = &self.broken {
             return Err(io::Error::other(e.clone()));
@@ -253,12 +261,10 @@ impl Sandbox {
         };
         let credentials = match self.users {
             Users::Daemon => None,
-            Users::Fixed(c) => Some(c),
-            Users::Dynamic => {
-                let span = u64::from(DYNAMIC_UIDS.end - DYNAMIC_UIDS.start);
-                let id = DYNAMIC_UIDS.start + (server % span) as u32;
-                Some(Credentials { uid: id, gid: id })
-            }
+            Users::Fixed(c) => Some(ChildUser::Fixed(c)),
+            Users::Dynamic => Some(ChildUser::FromPid {
+                base: DYNAMIC_UIDS.start,
+            }),
         };
         Prepared::new(
             executable,
