@@ -237,6 +237,12 @@ pub fn bench(args: BenchArgs) -> Result<(), String> {
     if wanted("daemon_rss") {
         show(vec![daemon_rss(dir.path(), 100)?]);
     }
+    if wanted("daemon_scale") {
+        show(super::bench_scale::daemon_scale(dir.path(), 100)?);
+        if !args.quick {
+            show(super::bench_scale::daemon_scale(dir.path(), 1_000)?);
+        }
+    }
     if wanted("idle_cpu") {
         show(idle_cpu(dir.path(), if args.quick { 1 } else { 10 })?);
     }

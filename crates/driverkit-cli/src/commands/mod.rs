@@ -3,6 +3,7 @@
 mod bench;
 mod bench_hid;
 mod bench_matching;
+mod bench_scale;
 mod bench_sources;
 mod bench_usb;
 mod build;
