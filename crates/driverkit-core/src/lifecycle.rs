@@ -21,7 +21,7 @@ use driverkit_wire::interfaces::{
 };
 use driverkit_wire::{IOResult, IOReturn, ObjectId};
 
-use crate::family::{Families, Family, MatchTarget};
+use crate::family::{Families, Family};
 use crate::matching::{by_category, Candidate, Catalogue};
 use crate::registry::{EntryId, Hosting, Registry};
 use crate::user_server::{Batch, Launch, UserServer};
@@ -157,6 +157,16 @@ pub(crate) struct ServerSlot {
     reserved: usize,
 }
 
+impl State {
+    /// What IOResources publishes, for `IOResourceMatch`.
+    pub(crate) fn resources(&self) -> plist::Dictionary {
+        self.registry
+            .get(self.resources)
+            .map(|r| r.properties.clone())
+            .unwrap_or_default()
+    }
+}
+
 pub(crate) struct State {
     pub(crate) registry: Registry,
     pub(crate) catalogue: Catalogue,
@@ -168,7 +178,7 @@ pub(crate) struct State {
     matching: HashSet<EntryId>,
     rematch: HashSet<EntryId>,
     pub(crate) root: EntryId,
-    pub(crate) resources: EntryId,
+    resources: EntryId,
     /// Devices the backends plugged, with where each came from.
     pub(crate) plugged: BTreeMap<EntryId, String>,
     /// Asynchronous requests in flight, by request number.
@@ -580,16 +590,8 @@ impl Inner {
             if !entry.state.registered || entry.state.terminating {
                 return;
             }
-            let resources = st
-                .registry
-                .get(st.resources)
-                .map(|r| r.properties.clone())
-                .unwrap_or_default();
-            let target = MatchTarget {
-                name: &entry.name,
-                class_chain: &entry.class_chain,
-                properties: &entry.properties,
-            };
+            let resources = st.resources();
+            let target = entry.match_target();
             let candidates: Vec<Candidate> = st
                 .catalogue
                 .candidates(&target, &resources)

@@ -78,6 +78,15 @@ impl Entry {
     }
 
     /// True when the service is an instance of `class` or a subclass.
+    /// What matching sees of this entry.
+    pub fn match_target(&self) -> crate::family::MatchTarget<'_> {
+        crate::family::MatchTarget {
+            name: &self.name,
+            class_chain: &self.class_chain,
+            properties: &self.properties,
+        }
+    }
+
     pub fn is_kind_of(&self, class: &str) -> bool {
         self.class_chain.iter().any(|c| c == class)
     }

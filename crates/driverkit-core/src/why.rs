@@ -8,7 +8,6 @@
 
 use serde::Serialize;
 
-use crate::family::MatchTarget;
 use crate::lifecycle::Core;
 use crate::matching::Verdict;
 use crate::registry::EntryId;
@@ -44,16 +43,8 @@ impl Core {
         let entry = st.registry.get(provider).ok_or_else(|| {
             format!("no registry entry {provider:#x}; `driverkit ioreg` lists them")
         })?;
-        let resources = st
-            .registry
-            .get(st.resources)
-            .map(|r| r.properties.clone())
-            .unwrap_or_default();
-        let target = MatchTarget {
-            name: &entry.name,
-            class_chain: &entry.class_chain,
-            properties: &entry.properties,
-        };
+        let resources = st.resources();
+        let target = entry.match_target();
         // Who runs on it now, by personality.
         let running: Vec<(String, String)> = entry
             .clients

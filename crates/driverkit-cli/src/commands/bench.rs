@@ -415,13 +415,7 @@ pub(super) fn wait_started(
 /// The floor for a call through shared memory: two processes spinning on
 /// two counters in one memfd, never parking.
 pub(super) fn raw_spin_pingpong(n: usize) -> Result<(f64, f64), String> {
-    let shm =
-        driverkit_wire::shm::SharedMemory::create("bench-spin", 4096).map_err(|e| e.to_string())?;
-    let fd = shm
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| e.to_string())?;
-    let mut child = spawn_helper(&["__bench-spin"], fd, Stdio::inherit())?;
+    let (shm, mut child) = region_with_peer("bench-spin", "__bench-spin")?;
     let (ping, pong) = (shm.u64_at(0), shm.u64_at(64));
     let mut samples = Vec::with_capacity(n);
     for i in 1..=(n + n / 10) as u64 {
@@ -439,15 +433,35 @@ pub(super) fn raw_spin_pingpong(n: usize) -> Result<(f64, f64), String> {
     Ok(percentiles(samples))
 }
 
-/// The spinning peer of `raw_spin_pingpong`.
-pub fn spin_peer() -> Result<(), String> {
+/// A page of shared memory and the helper process `command` of this binary
+/// holding it too.
+fn region_with_peer(
+    name: &str,
+    command: &str,
+) -> Result<(driverkit_wire::shm::SharedMemory, Child), String> {
+    let shm = driverkit_wire::shm::SharedMemory::create(name, 4096).map_err(|e| e.to_string())?;
+    let fd = shm
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| e.to_string())?;
+    let child = spawn_helper(&[command], fd, Stdio::inherit())?;
+    Ok((shm, child))
+}
+
+/// In a helper: the page `region_with_peer` handed over.
+fn peer_region() -> Result<driverkit_wire::shm::SharedMemory, String> {
     let fd: i32 = std::env::var("DRIVERKIT_BENCH_FD")
         .ok()
         .and_then(|s| s.parse().ok())
         .ok_or("no DRIVERKIT_BENCH_FD")?;
     // SAFETY: the parent passes this one descriptor for this process to own.
     let fd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
-    let shm = driverkit_wire::shm::SharedMemory::from_fd(fd, 4096).map_err(|e| e.to_string())?;
+    driverkit_wire::shm::SharedMemory::from_fd(fd, 4096).map_err(|e| e.to_string())
+}
+
+/// The spinning peer of `raw_spin_pingpong`.
+pub fn spin_peer() -> Result<(), String> {
+    let shm = peer_region()?;
     let (ping, pong) = (shm.u64_at(0), shm.u64_at(64));
     let mut last = 0;
     loop {
@@ -606,13 +620,7 @@ const COLD_GAP_US: u64 = 2_000;
 /// same idle gap before each round trip.
 fn raw_futex_pingpong(n: usize) -> Result<(f64, f64), String> {
     use std::sync::atomic::Ordering;
-    let shm = driverkit_wire::shm::SharedMemory::create("bench-futex", 4096)
-        .map_err(|e| e.to_string())?;
-    let fd = shm
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| e.to_string())?;
-    let mut child = spawn_helper(&["__bench-futex"], fd, Stdio::inherit())?;
+    let (shm, mut child) = region_with_peer("bench-futex", "__bench-futex")?;
     let (ping, pong) = (shm.u32_at(0), shm.u32_at(64));
     let mut samples = Vec::with_capacity(n);
     for i in 1..=n as u32 {
@@ -639,13 +647,7 @@ fn raw_futex_pingpong(n: usize) -> Result<(f64, f64), String> {
 /// The peer of `raw_futex_pingpong`: sleeps in `FUTEX_WAIT` until pinged.
 pub fn futex_peer() -> Result<(), String> {
     use std::sync::atomic::Ordering;
-    let fd: i32 = std::env::var("DRIVERKIT_BENCH_FD")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or("no DRIVERKIT_BENCH_FD")?;
-    // SAFETY: the parent passes this one descriptor for this process to own.
-    let fd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
-    let shm = driverkit_wire::shm::SharedMemory::from_fd(fd, 4096).map_err(|e| e.to_string())?;
+    let shm = peer_region()?;
     let (ping, pong) = (shm.u32_at(0), shm.u32_at(64));
     let mut last = 0;
     loop {
