@@ -19,6 +19,7 @@
 //! Everything a family does, it does through [`Family`] and [`System`].
 
 pub mod control;
+mod dext_log;
 pub mod family;
 mod io_service;
 pub mod ioreg;

@@ -168,9 +168,9 @@ impl UserServer {
         // Started while the child is still exec'ing, off the critical path.
         let label = format!("{}[{pid}]", launch.name);
         launch.sandbox.watch(pid, &label);
-        let _ = std::thread::Builder::new()
-            .name(format!("log:{pid}"))
-            .spawn(move || forward_log(log_reader, &label));
+        if let Err(e) = crate::dext_log::forward(log_reader, label) {
+            tracing::warn!("{}[{pid}]: its log is not forwarded ({e})", launch.name);
+        }
         if let Err(e) = wait_hello(&ours, pid) {
             let _ = child.kill();
             let status = child.wait().ok();
@@ -585,74 +585,6 @@ fn wait_hello(endpoint: &Endpoint, pid: u32) -> std::io::Result<()> {
         None => Err(std::io::Error::other(format!(
             "pid {pid} exited before saying hello"
         ))),
-    }
-}
-
-/// The longest log line forwarded whole; a longer one is cut into pieces
-/// of this size, so that a dext writing without newlines cannot make the
-/// daemon hold an ever-growing line.
-pub(crate) const LOG_LINE_MAX: usize = 4096;
-
-/// Forwards a dext's output lines into the daemon's log, tagged with the
-/// dext's server name and PID. Bytes that are not UTF-8 are shown as U+FFFD
-/// and forwarding goes on: the dext must never block on a log nobody reads.
-fn forward_log(mut stream: UnixStream, label: &str) {
-    use std::io::Read;
-    let mut line: Vec<u8> = Vec::with_capacity(256);
-    let mut chunk = [0u8; 4096];
-    // A token bucket: LOG_LINES_PER_SECOND, with a burst of twice that;
-    // what is dropped is counted and said once the rate allows again.
-    let rate = f64::from(limits::LOG_LINES_PER_SECOND);
-    let mut tokens = 2.0 * rate;
-    let mut refilled = std::time::Instant::now();
-    let mut dropped: u64 = 0;
-    let mut emit = |line: &[u8]| {
-        let now = std::time::Instant::now();
-        tokens = (tokens + now.duration_since(refilled).as_secs_f64() * rate).min(2.0 * rate);
-        refilled = now;
-        if tokens < 1.0 {
-            dropped += 1;
-            return;
-        }
-        tokens -= 1.0;
-        if dropped > 0 {
-            tracing::warn!(
-                target: "dext",
-                "{label}: limit: {dropped} log line(s) dropped (more than {} a second)",
-                limits::LOG_LINES_PER_SECOND
-            );
-            dropped = 0;
-        }
-        let text = String::from_utf8_lossy(line);
-        tracing::info!(target: "dext", "{label}: {}", text.trim_end_matches('\r'));
-    };
-    loop {
-        let n = match stream.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        };
-        for piece in chunk[..n].split_inclusive(|b| *b == b'\n') {
-            let (body, ends) = match piece.strip_suffix(b"\n") {
-                Some(body) => (body, true),
-                None => (piece, false),
-            };
-            for part in body.chunks(LOG_LINE_MAX) {
-                if line.len() + part.len() > LOG_LINE_MAX {
-                    emit(&line);
-                    line.clear();
-                }
-                line.extend_from_slice(part);
-            }
-            if ends {
-                emit(&line);
-                line.clear();
-            }
-        }
-    }
-    if !line.is_empty() {
-        emit(&line);
     }
 }
 
