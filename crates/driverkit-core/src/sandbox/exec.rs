@@ -30,8 +30,9 @@ use crate::process::Process;
 
 /// What a child needs to confine itself and exec, made before it starts.
 pub(crate) struct Prepared {
-    /// The executable, opened `O_PATH`: exec'd through the descriptor, so
-    /// the dext's user needs no search right on the directories above it.
+    /// The executable, opened by the daemon: exec'd through the
+    /// descriptor, so the dext's user needs no search right on the
+    /// directories above it.
     executable: OwnedFd,
     /// argv and envp as the kernel takes them (null-terminated arrays of
     /// pointers into `_strings`, which owns them and is never changed).
@@ -55,16 +56,26 @@ unsafe impl Sync for Prepared {}
 /// A script cannot run sandboxed: the kernel would reopen it by a path
 /// through a descriptor gone at exec, and its interpreter is not among
 /// what the dext may execute. Say so, rather than fail with `ENOENT`.
-fn refuse_script(executable: &Path) -> io::Result<()> {
-    use std::io::Read;
+fn refuse_script(executable: &OwnedFd) -> io::Result<()> {
     let mut magic = [0u8; 2];
-    let read = std::fs::File::open(executable).and_then(|mut f| f.read(&mut magic));
-    if matches!(read, Ok(2)) && &magic == b"#!" {
+    if matches!(rustix::io::pread(executable, &mut magic, 0), Ok(2)) && &magic == b"#!" {
         return Err(io::Error::other(
             "a script (#!), and a sandboxed dext's executable must be a binary: build the driver as one, or debug it with `driverkit run --sandbox=off`",
         ));
     }
     Ok(())
+}
+
+/// Opens `executable` once, for everything the spawn needs of it: the
+/// script check, its Landlock rule and the exec itself.
+pub(super) fn open_executable(executable: &Path) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::open(
+        executable,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    refuse_script(&fd)?;
+    Ok(fd)
 }
 
 /// The steps of the child, to name the one that failed.
@@ -84,20 +95,16 @@ const STEPS: [&str; 9] = [
 const STACK: usize = 256 * 1024;
 
 impl Prepared {
+    /// `fd` is `executable` as [`open_executable`] opened it.
     pub(super) fn new(
         executable: &Path,
+        fd: OwnedFd,
         env: &[(&OsStr, &OsStr)],
         credentials: Option<ChildUser>,
         ruleset: Option<(OwnedFd, u32)>,
         filter: Option<Arc<BpfProgram>>,
         log_refusals: bool,
     ) -> io::Result<Prepared> {
-        refuse_script(executable)?;
-        let fd = rustix::fs::open(
-            executable,
-            rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )?;
         let nul = |bytes: Vec<u8>| {
             CString::new(bytes).map_err(|_| io::Error::other("a NUL byte in argv or envp"))
         };

@@ -13,12 +13,13 @@
 //! does not fail for it.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
+use landlock::BitFlags;
+
 use landlock::{
-    Access, AccessFs, AccessNet, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
-    Scope, ABI,
+    Access, AccessFs, AccessNet, PathBeneath, Ruleset, RulesetAttr, RulesetCreatedAttr, Scope, ABI,
 };
 
 /// The newest ABI this code names rights of; older kernels get a subset.
@@ -65,15 +66,59 @@ pub(super) fn restrict_flags(abi: i64) -> u32 {
     }
 }
 
-/// Builds the ruleset of one dext (in the daemon, before the spawn); `None`
-/// where the kernel has no Landlock.
-pub(super) fn ruleset(executable: &Path, bundle: &Path) -> io::Result<Option<OwnedFd>> {
+/// The rules every dext's domain shares (libraries, the loader,
+/// `/dev/null`), their paths opened once when the daemon starts rather
+/// than at every spawn.
+pub(super) struct Shared {
+    rules: Vec<(OwnedFd, BitFlags<AccessFs>)>,
+}
+
+impl Shared {
+    pub fn open() -> io::Result<Shared> {
+        let mut rules = Vec::new();
+        let mut add = |p: &Path, access: BitFlags<AccessFs>| -> io::Result<()> {
+            rules.push((opened(p)?, access));
+            Ok(())
+        };
+        for lib in LIBRARIES.iter().map(Path::new).filter(|p| p.exists()) {
+            let access = if lib.is_dir() {
+                AccessFs::ReadFile | AccessFs::ReadDir
+            } else {
+                AccessFs::ReadFile.into()
+            };
+            add(lib, access)?;
+        }
+        // The runtime gives stdin /dev/null once it has moved its socket away.
+        add(
+            Path::new("/dev/null"),
+            AccessFs::ReadFile | AccessFs::WriteFile,
+        )?;
+        for loader in LOADERS.iter().map(Path::new).filter(|p| p.exists()) {
+            add(loader, AccessFs::Execute | AccessFs::ReadFile)?;
+        }
+        Ok(Shared { rules })
+    }
+}
+
+/// `p` opened as Landlock names a file hierarchy (`O_PATH`).
+fn opened(p: &Path) -> io::Result<OwnedFd> {
+    rustix::fs::open(
+        p,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| io::Error::other(format!("landlock: {}: {e}", p.display())))
+}
+
+/// Builds the ruleset of one dext (in the daemon, before the spawn): the
+/// shared rules, its bundle, and its executable (the descriptor it will be
+/// exec'd through). `None` where the kernel has no Landlock.
+pub(super) fn ruleset(
+    shared: &Shared,
+    executable: BorrowedFd<'_>,
+    bundle: &Path,
+) -> io::Result<Option<OwnedFd>> {
     let refuse = |e: landlock::RulesetError| io::Error::other(format!("landlock: {e}"));
-    let path = |p: &Path| {
-        PathFd::new(p).map_err(|e| io::Error::other(format!("landlock: {}: {e}", p.display())))
-    };
-    let read = AccessFs::from_read(ABI_WANTED);
-    let read_file = AccessFs::ReadFile | AccessFs::ReadDir;
     let mut ruleset = Ruleset::default()
         .handle_access(AccessFs::from_all(ABI_WANTED))
         .and_then(|r| r.handle_access(AccessNet::from_all(ABI_WANTED)))
@@ -83,38 +128,21 @@ pub(super) fn ruleset(executable: &Path, bundle: &Path) -> io::Result<Option<Own
     // A bundle made in code (tests, embedders) may have no directory.
     if bundle.is_dir() {
         ruleset = ruleset
-            .add_rule(PathBeneath::new(path(bundle)?, read))
+            .add_rule(PathBeneath::new(
+                opened(bundle)?,
+                AccessFs::from_read(ABI_WANTED),
+            ))
             .map_err(refuse)?;
     }
     ruleset = ruleset
         .add_rule(PathBeneath::new(
-            path(executable)?,
+            executable,
             AccessFs::Execute | AccessFs::ReadFile,
         ))
         .map_err(refuse)?;
-    for dir in LIBRARIES.iter().map(Path::new).filter(|p| p.exists()) {
-        let access = if dir.is_dir() {
-            read_file
-        } else {
-            AccessFs::ReadFile.into()
-        };
+    for (fd, access) in &shared.rules {
         ruleset = ruleset
-            .add_rule(PathBeneath::new(path(dir)?, access))
-            .map_err(refuse)?;
-    }
-    // The runtime gives stdin /dev/null once it has moved its socket away.
-    ruleset = ruleset
-        .add_rule(PathBeneath::new(
-            path(Path::new("/dev/null"))?,
-            AccessFs::ReadFile | AccessFs::WriteFile,
-        ))
-        .map_err(refuse)?;
-    for loader in LOADERS.iter().map(Path::new).filter(|p| p.exists()) {
-        ruleset = ruleset
-            .add_rule(PathBeneath::new(
-                path(loader)?,
-                AccessFs::Execute | AccessFs::ReadFile,
-            ))
+            .add_rule(PathBeneath::new(fd.as_fd(), *access))
             .map_err(refuse)?;
     }
     Ok(ruleset.into())

@@ -32,6 +32,7 @@ mod seccomp;
 
 use std::ffi::OsStr;
 use std::io;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -141,6 +142,8 @@ pub(crate) struct Sandbox {
     audit: Option<audit::Watch>,
     /// The kernel's Landlock ABI (0: none).
     landlock_abi: i64,
+    /// The Landlock rules every dext shares, opened once (enforce mode).
+    shared_rules: Option<landlock::Shared>,
     /// Why no dext can be launched: a policy that could not be resolved.
     /// Never a silent fallback to running unconfined.
     broken: Option<String>,
@@ -159,6 +162,7 @@ impl Sandbox {
                 filter: None,
                 audit: None,
                 landlock_abi: 0,
+                shared_rules: None,
                 broken: Some(e),
             }
         });
@@ -187,6 +191,7 @@ impl Sandbox {
                 filter: None,
                 audit: None,
                 landlock_abi: 0,
+                shared_rules: None,
                 broken: None,
             });
         }
@@ -235,6 +240,10 @@ impl Sandbox {
             filter: Some(Arc::new(filter)),
             audit: None,
             landlock_abi,
+            shared_rules: match policy.mode {
+                Mode::Enforce => Some(landlock::Shared::open().map_err(|e| e.to_string())?),
+                Mode::Log | Mode::Off => None,
+            },
             broken: None,
         })
     }
@@ -254,10 +263,11 @@ impl Sandbox {
         if let Some(e) = &self.broken {
             return Err(io::Error::other(e.clone()));
         }
-        let ruleset = match self.mode {
-            Mode::Enforce => landlock::ruleset(executable, bundle)?
-                .map(|fd| (fd, landlock::restrict_flags(self.landlock_abi))),
-            Mode::Log | Mode::Off => None,
+        let fd = exec::open_executable(executable)?;
+        let ruleset = match &self.shared_rules {
+            Some(shared) => landlock::ruleset(shared, fd.as_fd(), bundle)?
+                .map(|r| (r, landlock::restrict_flags(self.landlock_abi))),
+            None => None,
         };
         let credentials = match self.users {
             Users::Daemon => None,
@@ -268,6 +278,7 @@ impl Sandbox {
         };
         Prepared::new(
             executable,
+            fd,
             env,
             credentials,
             ruleset,
