@@ -236,14 +236,19 @@ impl Catalogue {
                 })
             })
             .collect();
-        out.sort_by(|a, b| {
-            b.score
-                .cmp(&a.score)
-                .then_with(|| a.driver.bundle.identifier.cmp(&b.driver.bundle.identifier))
-                .then_with(|| a.driver.personality.name.cmp(&b.driver.personality.name))
-        });
+        out.sort_by(best_first);
         out
     }
+}
+
+/// Matching's order of candidates: the best score first, a tie broken by
+/// bundle identifier, then personality name, so that matching is
+/// deterministic.
+pub fn best_first(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
+    b.score
+        .cmp(&a.score)
+        .then_with(|| a.driver.bundle.identifier.cmp(&b.driver.bundle.identifier))
+        .then_with(|| a.driver.personality.name.cmp(&b.driver.personality.name))
 }
 
 /// Why a personality is, or is not, a candidate for a provider.

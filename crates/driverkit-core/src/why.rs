@@ -9,7 +9,7 @@
 use serde::Serialize;
 
 use crate::lifecycle::Core;
-use crate::matching::Verdict;
+use crate::matching::{best_first, Candidate, Verdict};
 use crate::registry::EntryId;
 
 /// One personality, as matching saw it for the provider.
@@ -97,21 +97,19 @@ impl Core {
                                 .to_owned(),
                         ));
                     } else {
-                        candidates.push((driver.clone(), score));
+                        candidates.push(Candidate {
+                            driver: driver.clone(),
+                            score,
+                        });
                     }
                 }
             }
         }
-        // Matching's order: best score first, ties broken by bundle
-        // identifier, then personality name.
-        candidates.sort_by(|(a, sa), (b, sb)| {
-            sb.cmp(sa)
-                .then_with(|| a.bundle.identifier.cmp(&b.bundle.identifier))
-                .then_with(|| a.personality.name.cmp(&b.personality.name))
-        });
+        // In matching's own order, so that who wins here wins there.
+        candidates.sort_by(best_first);
         let mut considered = Vec::new();
         let mut winners: Vec<(String, String, i64)> = Vec::new();
-        for (driver, score) in &candidates {
+        for Candidate { driver, score } in &candidates {
             let category = &driver.personality.match_category;
             let runs = running
                 .iter()

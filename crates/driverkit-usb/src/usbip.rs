@@ -475,22 +475,7 @@ impl Urb {
 mod tests {
     #[test]
     fn a_device_list_round_trips_and_an_import_names_its_bus_id() {
-        let d = DeviceInfo {
-            path: "/sys/devices/driverkit/1-1".into(),
-            busid: "1-1".into(),
-            busnum: 1,
-            devnum: 2,
-            speed: 2,
-            id_vendor: 0x1209,
-            id_product: 1,
-            bcd_device: 0x100,
-            device_class: 0,
-            device_subclass: 0,
-            device_protocol: 0,
-            configuration_value: 1,
-            num_configurations: 1,
-            num_interfaces: 1,
-        };
+        let d = device();
         let list = vec![(d, vec![(3, 1, 1)])];
         assert_eq!(parse_devlist(&emit_devlist(&list)).unwrap(), list);
         let import = emit_import("1-1");

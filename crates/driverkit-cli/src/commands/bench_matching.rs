@@ -47,6 +47,14 @@ fn int(v: u64) -> Value {
     Value::Integer(v.into())
 }
 
+/// Integer properties by name.
+fn integers(pairs: &[(&str, u64)]) -> Dictionary {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), int(*v)))
+        .collect()
+}
+
 /// Personality `i`'s keys (beyond the bundle's) and what a device it
 /// matches looks like: (provider class, its properties, its name).
 fn personality(i: usize, draw: &mut Draw) -> (Dictionary, (&'static str, Dictionary, String)) {
@@ -87,7 +95,7 @@ fn personality(i: usize, draw: &mut Draw) -> (Dictionary, (&'static str, Diction
             p.insert("idProduct".into(), int(product));
             p.insert("bConfigurationValue".into(), int(1));
             p.insert("bInterfaceNumber".into(), int(0));
-            for (k, v) in [
+            dev = integers(&[
                 ("idVendor", vendor),
                 ("idProduct", product),
                 ("bConfigurationValue", 1),
@@ -95,23 +103,19 @@ fn personality(i: usize, draw: &mut Draw) -> (Dictionary, (&'static str, Diction
                 ("bInterfaceClass", 0xff),
                 ("bInterfaceSubClass", 0),
                 ("bInterfaceProtocol", 0),
-            ] {
-                dev.insert(k.into(), int(v));
-            }
+            ]);
             "IOUSBHostInterface"
         }
         5 => {
             p.insert("IOProviderClass".into(), "IOHIDInterface".into());
             p.insert("VendorID".into(), int(vendor));
             p.insert("ProductID".into(), int(product));
-            for (k, v) in [
+            dev = integers(&[
                 ("VendorID", vendor),
                 ("ProductID", product),
                 ("PrimaryUsagePage", 0xff00),
                 ("PrimaryUsage", 1),
-            ] {
-                dev.insert(k.into(), int(v));
-            }
+            ]);
             "IOHIDInterface"
         }
         6 => {
@@ -154,14 +158,12 @@ fn many(i: usize, _draw: &mut Draw) -> (Dictionary, (&'static str, Dictionary, S
         p.insert("IOProviderClass".into(), "IOHIDInterface".into());
         p.insert("PrimaryUsagePage".into(), int(1));
         p.insert("PrimaryUsage".into(), int(6));
-        for (k, v) in [
+        dev = integers(&[
             ("VendorID", 0x05ac),
             ("ProductID", 0x0250),
             ("PrimaryUsagePage", 1),
             ("PrimaryUsage", 6),
-        ] {
-            dev.insert(k.into(), int(v));
-        }
+        ]);
         return (p, ("IOHIDInterface", dev, "Keyboard".into()));
     }
     let vendor = 0x1000 + (i as u64 / 10) % 4000;

@@ -54,41 +54,34 @@ impl IOServiceImpl for BenchDriver {
 
     fn start(&self, provider: &IOService) -> IOResult<()> {
         self.super_start(provider)?;
-        let calls = provider
-            .copy_property("BenchSuperCalls")?
-            .and_then(|v| v.as_unsigned_integer())
-            .unwrap_or(0);
-        if calls > 0 {
-            let mut samples = Vec::with_capacity(calls as usize);
-            for _ in 0..calls {
-                let t = Instant::now();
-                self.super_set_power_state(1)?;
-                samples.push(t.elapsed().as_nanos() as u64);
-            }
-            samples.sort_unstable();
-            let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize] as i64;
-            self.set_property("BenchP50Ns", at(0.50))?;
-            self.set_property("BenchP99Ns", at(0.99))?;
-        }
         let number = |key: &str| -> IOResult<u64> {
             Ok(provider
                 .copy_property(key)?
                 .and_then(|v| v.as_unsigned_integer())
                 .unwrap_or(0))
         };
+        let calls = number("BenchSuperCalls")?;
         let (cold, gap) = (number("BenchColdCalls")?, number("BenchColdGapUs")?);
-        if cold > 0 {
-            let mut samples = Vec::with_capacity(cold as usize);
-            for _ in 0..cold {
-                std::thread::sleep(std::time::Duration::from_micros(gap));
+        for (n, gap, p50, p99) in [
+            (calls, 0, "BenchP50Ns", "BenchP99Ns"),
+            (cold, gap, "BenchColdP50Ns", "BenchColdP99Ns"),
+        ] {
+            if n == 0 {
+                continue;
+            }
+            let mut samples = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                if gap > 0 {
+                    std::thread::sleep(std::time::Duration::from_micros(gap));
+                }
                 let t = Instant::now();
                 self.super_set_power_state(1)?;
                 samples.push(t.elapsed().as_nanos() as u64);
             }
             samples.sort_unstable();
             let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize] as i64;
-            self.set_property("BenchColdP50Ns", at(0.50))?;
-            self.set_property("BenchColdP99Ns", at(0.99))?;
+            self.set_property(p50, at(0.50))?;
+            self.set_property(p99, at(0.99))?;
         }
         self.register_service()
     }
