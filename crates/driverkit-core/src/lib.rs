@@ -42,4 +42,4 @@ pub use family::{Call, Family, FamilyId, FamilyMatcher, MatchTarget};
 pub use lifecycle::{Config, Core, DeviceInfo, Event};
 pub use peer::{Peer, Role};
 pub use registry::EntryId;
-pub use system::{Nub, System};
+pub use system::{DriverCaller, Nub, System};

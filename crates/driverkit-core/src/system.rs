@@ -205,6 +205,15 @@ impl System {
         })
     }
 
+    /// The process hosting service `id`, to call the driver's own methods
+    /// (SerialDriverKit's `HwProgramUART`, asked for by the tty): the
+    /// family decides when, the driver answers on its queue. `None` when no
+    /// running process hosts it. A driver that does not answer within the
+    /// call timeout is killed as hung, as for any call of the system.
+    pub fn driver(&self, id: EntryId) -> Option<DriverCaller> {
+        self.upgrade()?.server_of(id).map(DriverCaller)
+    }
+
     /// The region `server` registered as `memory` (waiting briefly for it,
     /// as the registration may still be on its way).
     pub fn region(&self, server: u64, memory: u64) -> IOResult<Arc<SharedMemory>> {
@@ -279,5 +288,21 @@ impl System {
         let d = self.upgrade()?;
         let st = d.lock();
         st.registry.get(id).map(f)
+    }
+}
+
+/// Calls into the dext process hosting a service ([`System::driver`]): a
+/// `Caller` for the wire protocol's typed proxies.
+pub struct DriverCaller(Arc<crate::user_server::UserServer>);
+
+impl driverkit_wire::Caller for DriverCaller {
+    fn call(
+        &self,
+        object: driverkit_wire::ObjectId,
+        method: driverkit_wire::MethodId,
+        flags: u8,
+        args: &[u8],
+    ) -> IOResult<Vec<u8>> {
+        self.0.call(object, method, flags, args)
     }
 }

@@ -34,6 +34,10 @@ const CLASSES: &[(&str, Option<&str>)] = &[
     // PCI: a device function. Personalities may name it (and entitlements
     // gate it) now; its nubs come with the PCI backend.
     ("IOPCIDevice", Some("IOService")),
+    // Serial: a dext's port (the system holds its tty) and the UARTs a
+    // driver may drive (the virtual one).
+    ("IOUserSerial", Some("IOService")),
+    ("IOUARTDevice", Some("IOService")),
 ];
 
 /// The names Apple's DriverKit uses in a personality's `IOClass` for classes
@@ -44,13 +48,12 @@ const APPLE_NAMES: &[(&str, &str)] = &[
     ("AppleUserHIDDevice", "IOUserHIDDevice"),
     ("AppleUserUSBHostHIDDevice", "IOUserHIDDevice"),
     ("IOUserHIDEventDriver", "IOUserHIDEventService"),
+    ("IOUserUSBSerial", "IOUserSerial"),
 ];
 
 /// DriverKit classes of families this system does not implement yet, and
 /// the family's name, so that a refusal says so rather than "unknown".
 const FAMILIES_TO_COME: &[(&str, &str)] = &[
-    ("IOUserSerial", "serial (SerialDriverKit)"),
-    ("IOUserUSBSerial", "serial (SerialDriverKit)"),
     ("IOUserNetworkEthernet", "networking (NetworkingDriverKit)"),
     ("IOUserAudioDriver", "audio (AudioDriverKit)"),
     (

@@ -241,3 +241,90 @@ pub mod hid_event {
     pub const RELATIVE_POINTER: u8 = 4;
     pub const SCROLL: u8 = 6;
 }
+
+/// `IOUserSerial`: a serial port a dext drives (SerialDriverKit). The
+/// system holds a tty for it; the data travels in the port's rings
+/// (`serial::SerialPortInterface`), whose doorbells stand for
+/// `TxDataAvailable`, `RxFreeSpaceAvailable`, `RxDataAvailable` and
+/// `TxFreeSpaceAvailable`. The `hw_*` methods are the tty's line settings
+/// reaching the driver.
+#[interface(class = "IOUserSerial")]
+pub trait IOUserSerialInterface {
+    /// The tty was opened: power the port up (super first).
+    #[local]
+    fn hw_activate(&self) -> IOResult<()>;
+    /// The tty's last close: power the port down (super last).
+    #[local]
+    fn hw_deactivate(&self) -> IOResult<()>;
+    /// Empties the transmit and/or receive FIFO of the hardware.
+    #[local]
+    fn hw_reset_fifo(&self, tx: bool, rx: bool) -> IOResult<()>;
+    /// Starts (`true`) or ends a break condition.
+    #[local]
+    fn hw_send_break(&self, send: bool) -> IOResult<()>;
+    /// The whole line format: baud, data bits (5 to 8), stop bits in
+    /// halves (2 = one, 3 = one and a half, 4 = two) and parity
+    /// (`serial::parity`).
+    #[local]
+    fn hw_program_uart(
+        &self,
+        baud: u32,
+        data_bits: u8,
+        half_stop_bits: u8,
+        parity: u8,
+    ) -> IOResult<()>;
+    /// The baud rate alone.
+    #[local]
+    fn hw_program_baud_rate(&self, baud: u32) -> IOResult<()>;
+    /// The modem control outputs.
+    #[local]
+    fn hw_program_mcr(&self, dtr: bool, rts: bool) -> IOResult<()>;
+    /// The modem status inputs: `(cts, dsr, ri, dcd)`.
+    #[local]
+    fn hw_get_modem_status(&self) -> IOResult<(bool, bool, bool, bool)>;
+    /// Flow control (`serial::flow` bits) and the XON/XOFF characters.
+    #[local]
+    fn hw_program_flow_control(&self, arg: u32, xon: u8, xoff: u8) -> IOResult<()>;
+    /// How long the hardware may hold received bytes before it reports
+    /// them, in milliseconds.
+    #[local]
+    fn hw_program_latency_timer(&self, latency_ms: u32) -> IOResult<()>;
+
+    /// `ConnectQueues`: the port's rings are in the caller's region
+    /// `memory` (geometry written in it); the system makes the tty.
+    #[kernel]
+    fn connect_queues(&self, memory: u64) -> IOResult<()>;
+    /// `SetModemStatus`: the modem status inputs changed.
+    #[kernel]
+    fn set_modem_status(&self, cts: bool, dsr: bool, ri: bool, dcd: bool) -> IOResult<()>;
+    /// `RxError`: the hardware saw a receive error.
+    #[kernel]
+    fn rx_error(&self, overrun: bool, gotbreak: bool, framing: bool, parity: bool) -> IOResult<()>;
+}
+
+/// `IOUARTDevice`: a UART the system reaches (the virtual one of the
+/// default run): a transmit FIFO, a receive FIFO, modem lines and three
+/// interrupts (0: received bytes waiting, 1: room in the transmit FIFO,
+/// 2: the modem status changed), through `IOService::RegisterInterrupt`.
+#[interface(class = "IOUARTDevice")]
+pub trait IOUARTDeviceInterface {
+    /// Puts bytes in the transmit FIFO; returns how many fit. When not all
+    /// did, interrupt 1 comes once there is room.
+    #[kernel]
+    fn transmit(&self, data: Bytes) -> IOResult<u64>;
+    /// Takes up to `max` received bytes.
+    #[kernel]
+    fn receive(&self, max: u32) -> IOResult<Bytes>;
+    /// The line format (as `hw_program_uart`'s).
+    #[kernel]
+    fn set_line(&self, baud: u32, data_bits: u8, half_stop_bits: u8, parity: u8) -> IOResult<()>;
+    /// Drives DTR and RTS.
+    #[kernel]
+    fn set_modem_control(&self, dtr: bool, rts: bool) -> IOResult<()>;
+    /// `(cts, dsr, ri, dcd)`.
+    #[kernel]
+    fn modem_status(&self) -> IOResult<(bool, bool, bool, bool)>;
+    /// Empties the FIFOs.
+    #[kernel]
+    fn reset_fifo(&self, tx: bool, rx: bool) -> IOResult<()>;
+}

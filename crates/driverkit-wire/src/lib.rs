@@ -21,6 +21,7 @@ pub mod interrupt;
 mod ioreturn;
 pub mod ring;
 pub mod root;
+pub mod serial;
 pub mod shm;
 pub mod sysext_error;
 pub mod transport;

@@ -37,6 +37,7 @@ mod log;
 pub mod memory;
 pub mod queue;
 pub mod runtime;
+pub mod serial;
 pub mod service;
 pub mod time;
 pub mod timer;
@@ -54,6 +55,7 @@ pub use hid::{
 pub use interrupt::IOInterruptDispatchSource;
 pub use memory::{IOBufferMemoryDescriptor, IOMemoryDescriptor, IOMemoryMap};
 pub use queue::IODispatchQueue;
+pub use serial::{IOUserSerial, IOUserSerialApi, IOUserSerialImpl, ModemStatus};
 pub use service::{IOService, IOServiceApi, IOServiceImpl, IOServiceSuper};
 pub use timer::IOTimerDispatchSource;
 pub use usb::{IOUSBHostDevice, IOUSBHostInterface, IOUSBHostPipe};
@@ -80,6 +82,7 @@ pub mod prelude {
         IOUserHIDEventServiceImpl,
     };
     pub use crate::{IOUserClient, IOUserClientImpl};
+    pub use crate::{IOUserSerial, IOUserSerialApi, IOUserSerialImpl, ModemStatus};
 }
 
 // `#[driverkit::service]` names this crate by its absolute path.

@@ -115,13 +115,14 @@ impl Daemon {
     /// Starts the core with the families, hangs the virtual bus, plugs the
     /// configured devices and, if asked, forwards HID events to uinput.
     pub fn start(config: Config) -> Daemon {
-        let families = Families::new();
+        let families = Families::new(Some(config.root.join("dev/serial/by-driverkit")));
         let core = Core::start(config.core(), families.all());
         let system = core.system();
         let virtual_devices = Arc::new(VirtualDevices::new(
             system.clone(),
             families.usb.clone(),
             families.plain.clone(),
+            families.serial.clone(),
         ));
         let linux_usb = config
             .linux_usb

@@ -10,8 +10,40 @@ use driverkit_wire::interrupt;
 use driverkit_wire::shm::SharedMemory;
 use driverkit_wire::{IOResult, IOReturn};
 
+/// The regions one interrupt line raises into.
+#[derive(Default)]
+pub struct Subscribers(Mutex<Vec<Weak<SharedMemory>>>);
+
+impl Subscribers {
+    /// Delivers the line's interrupts into `region` from now on. A region
+    /// too small to be a mailbox is refused here, not found out in the
+    /// middle of an interrupt.
+    pub fn add(&self, region: &Arc<SharedMemory>) -> IOResult<()> {
+        interrupt::check(region)?;
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(region));
+        Ok(())
+    }
+
+    /// Raises one interrupt into every region still mapped.
+    pub fn raise(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|w| match w.upgrade() {
+                Some(region) => {
+                    interrupt::raise(&region);
+                    true
+                }
+                None => false,
+            });
+    }
+}
+
 struct Line {
-    subscribers: Mutex<Vec<Weak<SharedMemory>>>,
+    subscribers: Subscribers,
     stopped: Mutex<bool>,
     wake: Condvar,
 }
@@ -30,7 +62,7 @@ impl InterruptModel {
             .enumerate()
             .map(|(i, period)| {
                 let line = Arc::new(Line {
-                    subscribers: Mutex::new(Vec::new()),
+                    subscribers: Subscribers::default(),
                     stopped: Mutex::new(false),
                     wake: Condvar::new(),
                 });
@@ -52,14 +84,7 @@ impl InterruptModel {
     /// Delivers interrupt `index` into `region` from now on.
     pub fn subscribe(&self, index: u32, region: &Arc<SharedMemory>) -> IOResult<()> {
         let line = self.lines.get(index as usize).ok_or(IOReturn::NOT_FOUND)?;
-        // A region too small to be a mailbox is refused here, not found out
-        // by the line's thread in the middle of an interrupt.
-        interrupt::check(region)?;
-        line.subscribers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Arc::downgrade(region));
-        Ok(())
+        line.subscribers.add(region)
     }
 
     /// Stops every line (the device is gone).
@@ -88,16 +113,7 @@ fn run(line: &Line, period: Duration) {
         if *stopped {
             return;
         }
-        line.subscribers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|w| match w.upgrade() {
-                Some(region) => {
-                    interrupt::raise(&region);
-                    true
-                }
-                None => false,
-            });
+        line.subscribers.raise();
     }
 }
 

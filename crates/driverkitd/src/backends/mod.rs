@@ -1,11 +1,11 @@
 //! Device backends: where devices come from. Each backend makes the handle
-//! its family needs (a `UsbTransport`, a `PlainDevice`) and plugs it into
+//! its family needs (a `UsbTransport`, a `PlainDevice`, a `UartDevice`) and plugs it into
 //! that family, which publishes the nubs; matching, dexts and the registry's
 //! internals are none of a backend's business.
 //!
 //! - [`virtual_device`]: device files (TOML) and the built-ins, on the
-//!   `VirtualBus`; [`virtual_usb`] the USB devices among them, and
-//!   [`interrupts`] the interrupt lines of the plain ones;
+//!   `VirtualBus`; [`virtual_usb`] the USB devices among them,
+//!   [`virtual_uart`] the UARTs, and [`interrupts`] the interrupt lines;
 //! - [`usbip`]: devices imported from a USB/IP server; [`usbip_server`]
 //!   the reverse, devices the daemon holds exported to USB/IP peers;
 //! - [`linux_usb`]: the real USB devices of the machine, through usbfs;
@@ -17,4 +17,5 @@ pub mod uinput;
 pub mod usbip;
 pub mod usbip_server;
 pub mod virtual_device;
+pub mod virtual_uart;
 pub mod virtual_usb;

@@ -21,7 +21,8 @@
 //! ```
 //!
 //! A `[usb]` table makes it a USB device (class `IOUSBHostDevice`); its
-//! format is in [`virtual_usb`](super::virtual_usb).
+//! format is in [`virtual_usb`](super::virtual_usb). A `[uart]` table makes
+//! it a UART (class `IOUARTDevice`, [`virtual_uart`](super::virtual_uart)).
 //!
 //! [`VirtualDevices`] is the backend: it hangs a `VirtualBus` under the
 //! registry root and plugs each device into the family that serves it (a
@@ -38,8 +39,10 @@ use driverkit_wire::IOResult;
 use plist::Value;
 
 use super::interrupts::InterruptModel;
+use super::virtual_uart::{UartSpec, VirtualUart};
 use super::virtual_usb::{UsbSpec, VirtualUsb};
 use crate::families::plain::{PlainDevice, PlainFamily, PlainNub};
+use crate::families::serial::{SerialFamily, UartNub};
 use crate::families::usb::{UsbFamily, UsbTransport};
 
 /// A parsed device file.
@@ -54,6 +57,8 @@ pub struct DeviceSpec {
     pub source: String,
     /// A USB device's descriptors and endpoints.
     pub usb: Option<UsbSpec>,
+    /// A UART's FIFOs, pace and modem script.
+    pub uart: Option<UartSpec>,
 }
 
 const BUILTINS: &[(&str, &str)] = &[
@@ -61,6 +66,7 @@ const BUILTINS: &[(&str, &str)] = &[
     ("widget", include_str!("../../devices/widget.toml")),
     ("keyboard", include_str!("../../devices/keyboard.toml")),
     ("mouse", include_str!("../../devices/mouse.toml")),
+    ("uart", include_str!("../../devices/uart.toml")),
     (
         "vendor-bulk",
         include_str!("../../devices/vendor-bulk.toml"),
@@ -102,6 +108,7 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
     let mut properties = plist::Dictionary::new();
     let mut interrupts = Vec::new();
     let mut usb = None;
+    let mut uart = None;
     for (key, value) in &table {
         match (key.as_str(), value) {
             ("name", toml::Value::String(s)) if !s.is_empty() => name = Some(s.clone()),
@@ -136,6 +143,16 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
                 }
                 usb = Some(spec);
             }
+            ("uart", toml::Value::Table(t)) => {
+                let spec: UartSpec = toml::Value::Table(t.clone())
+                    .try_into()
+                    .map_err(|e: toml::de::Error| format!("{source}: key uart: {}", e.message().trim()))?;
+                spec.validate().map_err(|e| format!("{source}: {e}"))?;
+                if !table.contains_key("class") {
+                    class = "IOUARTDevice".to_owned();
+                }
+                uart = Some(spec);
+            }
             ("interrupts", other) => {
                 return Err(format!("{source}: key interrupts: expected [[interrupts]] tables, found {}", other.type_str()))
             }
@@ -153,7 +170,7 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
             }
             (other, _) => {
                 return Err(format!(
-                    "{source}: unknown key {other:?}: expected name, class, [properties], [[interrupts]] or [usb]"
+                    "{source}: unknown key {other:?}: expected name, class, [properties], [[interrupts]], [usb] or [uart]"
                 ))
             }
         }
@@ -163,6 +180,14 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
         return Err(format!(
             "{source}: key class: a device with [usb] is an IOUSBHostDevice, found {class:?}"
         ));
+    }
+    if uart.is_some() && class != "IOUARTDevice" {
+        return Err(format!(
+            "{source}: key class: a device with [uart] is an IOUARTDevice, found {class:?}"
+        ));
+    }
+    if uart.is_some() && usb.is_some() {
+        return Err(format!("{source}: a device is [usb] or [uart], not both"));
     }
     let chain = driverkit_wire::classes::chain(&class);
     if !driverkit_wire::classes::is_system_class(&class) || !chain.contains(&"IOService") {
@@ -181,6 +206,7 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
         interrupts,
         source: source.to_owned(),
         usb,
+        uart,
     })
 }
 
@@ -227,6 +253,7 @@ pub struct VirtualDevices {
     system: System,
     usb: Arc<UsbFamily>,
     plain: Arc<PlainFamily>,
+    serial: Arc<SerialFamily>,
     bus: EntryId,
     state: Mutex<Plugged>,
 }
@@ -240,7 +267,12 @@ struct Plugged {
 
 impl VirtualDevices {
     /// Hangs the `VirtualBus` under the registry root.
-    pub fn new(system: System, usb: Arc<UsbFamily>, plain: Arc<PlainFamily>) -> VirtualDevices {
+    pub fn new(
+        system: System,
+        usb: Arc<UsbFamily>,
+        plain: Arc<PlainFamily>,
+        serial: Arc<SerialFamily>,
+    ) -> VirtualDevices {
         let bus = system
             .publish(Nub {
                 name: "VirtualBus",
@@ -260,6 +292,7 @@ impl VirtualDevices {
             system,
             usb,
             plain,
+            serial,
             bus,
             state: Mutex::default(),
         }
@@ -289,6 +322,22 @@ impl VirtualDevices {
                 .inspect_err(|_| device.close())?;
             self.lock().usb.insert(id, device);
             return Ok(id);
+        }
+        if let Some(uart) = &spec.uart {
+            let device = VirtualUart::start(&spec.name, uart);
+            return self
+                .serial
+                .plug_uart(
+                    &self.system,
+                    UartNub {
+                        name: &spec.name,
+                        properties: spec.properties.clone(),
+                        bus: self.bus,
+                        source: &spec.source,
+                    },
+                    device.clone(),
+                )
+                .inspect_err(|_| device.unplug());
         }
         let latency = spec
             .properties

@@ -4,10 +4,12 @@
 //!
 //! - [`usb`]: `IOUSBHostDevice`, `IOUSBHostInterface` and their pipes;
 //! - [`hid`]: `IOHIDInterface`, event services, the event stream;
-//! - [`plain`]: devices with no protocol of their own (interrupts, reads).
+//! - [`plain`]: devices with no protocol of their own (interrupts, reads);
+//! - [`serial`]: `IOUserSerial` ports as ttys, and UARTs.
 
 pub mod hid;
 pub mod plain;
+pub mod serial;
 pub mod usb;
 
 use std::sync::Arc;
@@ -21,27 +23,29 @@ pub struct Families {
     pub usb: Arc<usb::UsbFamily>,
     pub hid: Arc<hid::HidFamily>,
     pub plain: Arc<plain::PlainFamily>,
+    pub serial: Arc<serial::SerialFamily>,
 }
 
 impl Families {
-    pub fn new() -> Families {
+    /// `serial_links`: where serial ports' callout links go.
+    pub fn new(serial_links: Option<std::path::PathBuf>) -> Families {
         let usb = Arc::new(usb::UsbFamily::default());
         Families {
             hid: hid::HidFamily::new(usb.clone()),
             usb,
             plain: Arc::new(plain::PlainFamily::default()),
+            serial: Arc::new(serial::SerialFamily::new(serial_links)),
         }
     }
 
     /// For the core, in the order they hear unclaimed providers: USB
     /// configures a device before HID looks at its interfaces.
     pub fn all(&self) -> Vec<Arc<dyn Family>> {
-        vec![self.usb.clone(), self.hid.clone(), self.plain.clone()]
-    }
-}
-
-impl Default for Families {
-    fn default() -> Self {
-        Families::new()
+        vec![
+            self.usb.clone(),
+            self.hid.clone(),
+            self.plain.clone(),
+            self.serial.clone(),
+        ]
     }
 }

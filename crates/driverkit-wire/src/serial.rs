@@ -1,0 +1,420 @@
+//! The shared memory of a serial port (SerialDriverKit's
+//! `SerialPortInterface`): an RX ring the driver fills and the system
+//! drains into the tty, a TX ring the system fills from the tty and the
+//! driver drains into the hardware, their producer and consumer indices,
+//! and the doorbells that stand for DriverKit's notification methods.
+//!
+//! ```text
+//!    0  rxPI (u32, the driver's)         320  driver doorbell: TxDataAvailable,
+//!   64  rxCI (u32, the system's)              RxFreeSpaceAvailable
+//!  128  txPI (u32, the system's)         384  RxDataAvailable doorbell (system waits)
+//!  192  txCI (u32, the driver's)         448  TxFreeSpaceAvailable doorbell (system waits)
+//!  256  rx offset, tx offset,            512  rx blocked (u32): the driver found RX full
+//!       rx log2 size, tx log2 size (u32)      and waits for RxFreeSpaceAvailable
+//! 4096  the RX ring, then the TX ring
+//! ```
+//!
+//! Indices count bytes ever produced or consumed (wrapping `u32`), so
+//! `PI - CI` is what a ring holds; a ring's size is a power of two and a
+//! byte's place is its index masked. The region's creator writes the
+//! geometry before it hands the region over; the receiver reads it once,
+//! checks it ([`Geometry::read`]) and never again. Everything else the peer
+//! can write at any moment, so every index is checked on every use: a ring
+//! whose indices say it holds more than its size is `CORRUPT`, never a
+//! panic or an access outside the region.
+
+use std::sync::atomic::Ordering;
+
+use crate::shm::{Doorbell, SharedMemory};
+use crate::{IOResult, IOReturn};
+
+const RX_PI: usize = 0;
+const RX_CI: usize = 64;
+const TX_PI: usize = 128;
+const TX_CI: usize = 192;
+const GEOMETRY: usize = 256;
+/// The system rings it when it put TX bytes in or took RX bytes out.
+pub const DRIVER_BELL: usize = 320;
+/// The driver rings it when it put RX bytes in (`RxDataAvailable`).
+pub const RX_DATA_BELL: usize = 384;
+/// The driver rings it when it took TX bytes out (`TxFreeSpaceAvailable`).
+pub const TX_SPACE_BELL: usize = 448;
+const RX_BLOCKED: usize = 512;
+/// Where the rings may start.
+pub const HEADER_LEN: usize = 4096;
+
+/// Ring sizes a port may have: 2^MIN_LOG2 to 2^MAX_LOG2 bytes.
+pub const MIN_LOG2: u32 = 6;
+pub const MAX_LOG2: u32 = 24;
+
+/// Returned for a region whose indices or geometry do not hold together.
+pub const CORRUPT: IOReturn = IOReturn::INTERNAL_ERROR;
+
+/// Where the rings are and how big, as the creator wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub rx_offset: u32,
+    pub tx_offset: u32,
+    pub rx_log2: u32,
+    pub tx_log2: u32,
+}
+
+impl Geometry {
+    /// The usual layout: the RX ring right after the header, the TX ring
+    /// after it.
+    pub fn packed(rx_log2: u32, tx_log2: u32) -> IOResult<Geometry> {
+        let g = Geometry {
+            rx_offset: HEADER_LEN as u32,
+            tx_offset: (HEADER_LEN as u32).saturating_add(1u32.checked_shl(rx_log2).unwrap_or(0)),
+            rx_log2,
+            tx_log2,
+        };
+        g.check(g.len())?;
+        Ok(g)
+    }
+
+    /// Bytes a region needs for this geometry.
+    pub fn len(&self) -> usize {
+        let end = |offset: u32, log2: u32| offset as usize + (1usize << log2.min(MAX_LOG2));
+        end(self.rx_offset, self.rx_log2).max(end(self.tx_offset, self.tx_log2))
+    }
+
+    /// Whether the geometry fits a region of `len` bytes: sizes in range,
+    /// rings after the header, inside the region and apart.
+    pub fn check(&self, len: usize) -> IOResult<()> {
+        let in_range = |log2: u32| (MIN_LOG2..=MAX_LOG2).contains(&log2);
+        if !in_range(self.rx_log2) || !in_range(self.tx_log2) {
+            return Err(IOReturn::BAD_ARGUMENT);
+        }
+        let span = |offset: u32, log2: u32| (offset as usize, offset as usize + (1usize << log2));
+        let (rx, tx) = (
+            span(self.rx_offset, self.rx_log2),
+            span(self.tx_offset, self.tx_log2),
+        );
+        let placed = |(start, end): (usize, usize)| start >= HEADER_LEN && end <= len;
+        let apart = rx.1 <= tx.0 || tx.1 <= rx.0;
+        if !placed(rx) || !placed(tx) || !apart {
+            return Err(IOReturn::BAD_ARGUMENT);
+        }
+        Ok(())
+    }
+
+    /// Writes the geometry (the creator, before handing the region over).
+    pub fn write(&self, shm: &SharedMemory) {
+        for (i, v) in [self.rx_offset, self.tx_offset, self.rx_log2, self.tx_log2]
+            .into_iter()
+            .enumerate()
+        {
+            shm.u32_at(GEOMETRY + 4 * i).store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// Reads and checks the geometry a peer wrote.
+    pub fn read(shm: &SharedMemory) -> IOResult<Geometry> {
+        if shm.len() < HEADER_LEN {
+            return Err(IOReturn::BAD_ARGUMENT);
+        }
+        let at = |i: usize| shm.u32_at(GEOMETRY + 4 * i).load(Ordering::Relaxed);
+        let g = Geometry {
+            rx_offset: at(0),
+            tx_offset: at(1),
+            rx_log2: at(2),
+            tx_log2: at(3),
+        };
+        g.check(shm.len())?;
+        Ok(g)
+    }
+}
+
+/// One ring of a port, seen from either end.
+#[derive(Clone, Copy)]
+pub struct ByteRing<'a> {
+    shm: &'a SharedMemory,
+    data: usize,
+    size: u32,
+    pi: usize,
+    ci: usize,
+}
+
+impl<'a> ByteRing<'a> {
+    /// The producer's index: bytes ever put in.
+    pub fn producer_index(&self) -> u32 {
+        self.shm.u32_at(self.pi).load(Ordering::Acquire)
+    }
+
+    /// The consumer's index: bytes ever taken out.
+    pub fn consumer_index(&self) -> u32 {
+        self.shm.u32_at(self.ci).load(Ordering::Acquire)
+    }
+
+    /// The ring's size in bytes.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// Bytes waiting, checked.
+    pub fn used(&self) -> IOResult<u32> {
+        let used = self.producer_index().wrapping_sub(self.consumer_index());
+        if used > self.size {
+            return Err(CORRUPT);
+        }
+        Ok(used)
+    }
+
+    /// Room for bytes, checked.
+    pub fn free(&self) -> IOResult<u32> {
+        Ok(self.size - self.used()?)
+    }
+
+    /// The producer's end: copies as much of `data` as fits, publishes it
+    /// and returns how much.
+    pub fn write(&self, data: &[u8]) -> IOResult<usize> {
+        let pi = self.shm.u32_at(self.pi).load(Ordering::Relaxed);
+        let ci = self.consumer_index();
+        let used = pi.wrapping_sub(ci);
+        if used > self.size {
+            return Err(CORRUPT);
+        }
+        let n = data.len().min((self.size - used) as usize);
+        self.copy_in(pi, &data[..n]);
+        self.shm
+            .u32_at(self.pi)
+            .store(pi.wrapping_add(n as u32), Ordering::Release);
+        Ok(n)
+    }
+
+    /// The consumer's end: copies up to `out.len()` bytes without taking
+    /// them; returns how many.
+    pub fn peek(&self, out: &mut [u8]) -> IOResult<usize> {
+        let ci = self.shm.u32_at(self.ci).load(Ordering::Relaxed);
+        let used = self.producer_index().wrapping_sub(ci);
+        if used > self.size {
+            return Err(CORRUPT);
+        }
+        let n = out.len().min(used as usize);
+        self.copy_out(ci, &mut out[..n]);
+        Ok(n)
+    }
+
+    /// The consumer's end: takes `n` bytes (after a `peek`); at most what
+    /// the ring holds.
+    pub fn consume(&self, n: usize) -> IOResult<usize> {
+        let used = self.used()? as usize;
+        let n = n.min(used);
+        let ci = self.shm.u32_at(self.ci).load(Ordering::Relaxed);
+        self.shm
+            .u32_at(self.ci)
+            .store(ci.wrapping_add(n as u32), Ordering::Release);
+        Ok(n)
+    }
+
+    /// The consumer's end: `peek` and `consume` at once.
+    pub fn read(&self, out: &mut [u8]) -> IOResult<usize> {
+        let n = self.peek(out)?;
+        self.consume(n)
+    }
+
+    /// The consumer's end: drops everything waiting (a FIFO reset).
+    /// Returns how many bytes went.
+    pub fn discard(&self) -> u32 {
+        let pi = self.producer_index();
+        let ci = self.shm.u32_at(self.ci).swap(pi, Ordering::AcqRel);
+        pi.wrapping_sub(ci).min(self.size)
+    }
+
+    fn copy_in(&self, index: u32, data: &[u8]) {
+        let at = (index & (self.size - 1)) as usize;
+        let first = data.len().min(self.size as usize - at);
+        self.shm.write(self.data + at, &data[..first]);
+        self.shm.write(self.data, &data[first..]);
+    }
+
+    fn copy_out(&self, index: u32, out: &mut [u8]) {
+        let at = (index & (self.size - 1)) as usize;
+        let first = out.len().min(self.size as usize - at);
+        let (a, b) = out.split_at_mut(first);
+        self.shm.read(self.data + at, a);
+        self.shm.read(self.data, b);
+    }
+}
+
+/// A port's region with its checked geometry: both rings and the
+/// doorbells.
+pub struct SerialPortInterface {
+    shm: SharedMemory,
+    geometry: Geometry,
+}
+
+impl SerialPortInterface {
+    /// Makes a region for rings of 2^`rx_log2` and 2^`tx_log2` bytes (the
+    /// driver's side, before `ConnectQueues`).
+    pub fn create(rx_log2: u32, tx_log2: u32) -> IOResult<SerialPortInterface> {
+        let geometry = Geometry::packed(rx_log2, tx_log2)?;
+        let shm = SharedMemory::create("SerialPortInterface", geometry.len())
+            .map_err(|_| IOReturn::NO_MEMORY)?;
+        geometry.write(&shm);
+        Ok(SerialPortInterface { shm, geometry })
+    }
+
+    /// Takes a region a peer made, checking its geometry once.
+    pub fn open(shm: SharedMemory) -> IOResult<SerialPortInterface> {
+        let geometry = Geometry::read(&shm)?;
+        Ok(SerialPortInterface { shm, geometry })
+    }
+
+    pub fn memory(&self) -> &SharedMemory {
+        &self.shm
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// Bytes from the device on their way to the tty.
+    pub fn rx(&self) -> ByteRing<'_> {
+        ByteRing {
+            shm: &self.shm,
+            data: self.geometry.rx_offset as usize,
+            size: 1 << self.geometry.rx_log2,
+            pi: RX_PI,
+            ci: RX_CI,
+        }
+    }
+
+    /// Bytes from the tty on their way to the device.
+    pub fn tx(&self) -> ByteRing<'_> {
+        ByteRing {
+            shm: &self.shm,
+            data: self.geometry.tx_offset as usize,
+            size: 1 << self.geometry.tx_log2,
+            pi: TX_PI,
+            ci: TX_CI,
+        }
+    }
+
+    /// The doorbell at `offset` (`DRIVER_BELL`, `RX_DATA_BELL`,
+    /// `TX_SPACE_BELL`).
+    pub fn bell(&self, offset: usize) -> Doorbell<'_> {
+        Doorbell::at(&self.shm, offset)
+    }
+
+    /// The driver found the RX ring full and waits for room.
+    pub fn rx_blocked(&self) -> bool {
+        self.shm.u32_at(RX_BLOCKED).load(Ordering::Acquire) != 0
+    }
+
+    pub fn set_rx_blocked(&self, blocked: bool) {
+        self.shm
+            .u32_at(RX_BLOCKED)
+            .store(blocked.into(), Ordering::Release);
+    }
+}
+
+/// Parity as `HwProgramUART` takes it (DriverKit's values).
+pub mod parity {
+    pub const NONE: u8 = 1;
+    pub const ODD: u8 = 2;
+    pub const EVEN: u8 = 3;
+    pub const MARK: u8 = 4;
+    pub const SPACE: u8 = 5;
+}
+
+/// The `arg` of `HwProgramFlowControl`: which flow control is on (the
+/// bits of IOSerialFamily's `PD_RS232_A_*` auto-flow flags).
+pub mod flow {
+    /// Output stops on XOFF, resumes on XON (`IXON`).
+    pub const TX_XON_XOFF: u32 = 1 << 0;
+    /// Any character resumes output (`IXANY`).
+    pub const XANY: u32 = 1 << 1;
+    /// The port sends XOFF/XON to pace its peer (`IXOFF`).
+    pub const RX_XON_XOFF: u32 = 1 << 2;
+    /// Output waits for CTS (`CRTSCTS`).
+    pub const CTS: u32 = 1 << 3;
+    /// RTS drops while the input is full (`CRTSCTS`).
+    pub const RTS: u32 = 1 << 4;
+    /// Output waits for DSR.
+    pub const DSR: u32 = 1 << 5;
+    /// DTR drops while the input is full.
+    pub const DTR: u32 = 1 << 6;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn bytes_cross_in_order_and_wrap() {
+        let port = SerialPortInterface::create(6, 6).unwrap();
+        let other = SerialPortInterface::open(port.memory().try_clone().unwrap()).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 48];
+        for round in 0..20u8 {
+            let data: Vec<u8> = (0..40)
+                .map(|i| round.wrapping_mul(40).wrapping_add(i))
+                .collect();
+            assert_eq!(port.rx().write(&data).unwrap(), 40);
+            let n = other.rx().read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        let want: Vec<u8> = (0..800u32).map(|i| i as u8).collect();
+        assert_eq!(got, want);
+        assert_eq!(port.rx().write(&[0; 100]).unwrap(), 64, "only what fits");
+        assert_eq!(port.rx().free().unwrap(), 0);
+        assert_eq!(other.rx().discard(), 64);
+        assert_eq!(port.rx().used().unwrap(), 0);
+    }
+
+    #[test]
+    fn bad_geometry_and_indices_are_refused() {
+        let port = SerialPortInterface::create(6, 6).unwrap();
+        let shm = port.memory();
+        // The TX ring laid over the header.
+        shm.u32_at(GEOMETRY + 4).store(0, Ordering::Relaxed);
+        assert_eq!(Geometry::read(shm).unwrap_err(), IOReturn::BAD_ARGUMENT);
+        // Rings that overlap, and a size past the region.
+        Geometry {
+            rx_offset: 4096,
+            tx_offset: 4100,
+            rx_log2: 6,
+            tx_log2: 6,
+        }
+        .write(shm);
+        assert!(Geometry::read(shm).is_err());
+        Geometry {
+            rx_offset: 4096,
+            tx_offset: 4160,
+            rx_log2: 6,
+            tx_log2: 20,
+        }
+        .write(shm);
+        assert!(Geometry::read(shm).is_err());
+        // A producer index that claims more than the ring holds.
+        shm.u32_at(RX_PI).store(1000, Ordering::Relaxed);
+        assert_eq!(port.rx().used().unwrap_err(), CORRUPT);
+        assert_eq!(port.rx().read(&mut [0; 8]).unwrap_err(), CORRUPT);
+    }
+
+    proptest! {
+        /// Whatever a peer writes into the header, the other side gets a
+        /// result or an error, never a panic or a read outside the region.
+        #[test]
+        fn any_header_is_checked(words in proptest::collection::vec(any::<u32>(), 8)) {
+            let port = SerialPortInterface::create(6, 7).unwrap();
+            let shm = port.memory();
+            for (i, w) in words.iter().take(4).enumerate() {
+                shm.u32_at(i * 64).store(*w, Ordering::Relaxed);
+            }
+            let mut buf = [0u8; 256];
+            let _ = port.rx().read(&mut buf);
+            let _ = port.tx().write(&buf);
+            let _ = port.tx().peek(&mut buf);
+            for (i, w) in words.iter().skip(4).enumerate() {
+                shm.u32_at(GEOMETRY + 4 * i).store(*w, Ordering::Relaxed);
+            }
+            if let Ok(g) = Geometry::read(shm) {
+                prop_assert!(g.len() <= shm.len());
+            }
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! SerialDriverKit: a serial port whose tty the system holds.
+//!
+//! A driver names `IOUserSerial` as its superclass. Once its `start` has
+//! succeeded, the SDK connects the port's queues (`ConnectQueues`): an RX
+//! ring the driver fills and a TX ring the driver drains, in shared memory
+//! with the system, which then makes the port's tty (a pty whose path the
+//! registry shows as `IOCalloutDevice`). From then on, on the service's
+//! `Default` queue:
+//!
+//! - opening the tty runs [`IOUserSerialImpl::hw_activate`], its last close
+//!   [`IOUserSerialImpl::hw_deactivate`];
+//! - `tcsetattr` runs `hw_program_uart` / `hw_program_baud_rate` /
+//!   `hw_program_flow_control`, `tcflush` runs `hw_reset_fifo`;
+//! - bytes a program wrote run [`IOUserSerialImpl::tx_data_available`]: the
+//!   driver takes them with [`IOUserSerialApi::tx_take`] (or `tx_peek` and
+//!   `tx_consume`, when the hardware takes only part) and sends them;
+//! - the driver hands received bytes to the tty with
+//!   [`IOUserSerialApi::rx_put`]; when the ring is full (a slow reader), it
+//!   takes what fits, and [`IOUserSerialImpl::rx_free_space_available`]
+//!   runs once there is room again. Nothing is dropped on the way: the
+//!   driver holds back (and its hardware with it).
+//!
+//! ```text
+//! impl IOUserSerialImpl for MyUart {
+//!     fn tx_data_available(&self) {
+//!         let mut buf = [0u8; 512];
+//!         let n = self.tx_peek(&mut buf);
+//!         let sent = self.ivars().hardware.send(&buf[..n]);
+//!         self.tx_consume(sent);
+//!     }
+//!     fn hw_program_baud_rate(&self, baud: u32) -> IOResult<()> { ... }
+//!     ...
+//! }
+//! ```
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use driverkit_wire::interfaces::{
+    io_service_interface, io_user_serial_interface, IOUserSerialInterface,
+};
+use driverkit_wire::serial::{SerialPortInterface, DRIVER_BELL, RX_DATA_BELL, TX_SPACE_BELL};
+use driverkit_wire::shm::SPIN;
+use driverkit_wire::{IOResult, IOReturn, MethodId, ObjectId};
+
+use crate::queue::IODispatchQueue;
+use crate::runtime::{ClassDispatch, Service, SystemCaller};
+use crate::service::{IOService, IOServiceImpl};
+
+pub use driverkit_wire::serial::{flow, parity};
+
+/// The superclass of serial port drivers:
+/// `#[driverkit::service(superclass = IOUserSerial, ...)]`.
+pub struct IOUserSerial;
+
+/// Ring sizes: 64 KiB each way, a few hundred milliseconds at the fastest
+/// USB UARTs and many seconds at usual rates.
+const RING_LOG2: u32 = 16;
+
+/// The modem status inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ModemStatus {
+    pub cts: bool,
+    pub dsr: bool,
+    pub ri: bool,
+    pub dcd: bool,
+}
+
+/// What a serial port driver overrides. The `hw_*` methods run when a
+/// program changes the tty (or `driverkit serial set` asks); every one has
+/// a default but `tx_data_available`, `hw_program_uart` and
+/// `hw_program_baud_rate`: a driver that cannot do something says so
+/// (`kIOReturnUnsupported`), and the system reports it to whoever asked.
+pub trait IOUserSerialImpl: IOServiceImpl {
+    /// Bytes waiting in the TX ring: take them (`tx_take`, or `tx_peek` and
+    /// `tx_consume`) and send them. What is left stays for later: run again
+    /// when the hardware has room (an interrupt, a completion).
+    fn tx_data_available(&self);
+
+    /// Room again in the RX ring after `rx_put` found it full.
+    fn rx_free_space_available(&self) {}
+
+    /// The tty was opened.
+    fn hw_activate(&self) -> IOResult<()> {
+        Ok(())
+    }
+
+    /// The tty's last close.
+    fn hw_deactivate(&self) -> IOResult<()> {
+        Ok(())
+    }
+
+    /// The line format: baud, data bits, stop bits in halves (2, 3, 4) and
+    /// parity (`parity::*`).
+    fn hw_program_uart(
+        &self,
+        baud: u32,
+        data_bits: u8,
+        half_stop_bits: u8,
+        parity: u8,
+    ) -> IOResult<()>;
+
+    fn hw_program_baud_rate(&self, baud: u32) -> IOResult<()>;
+
+    /// Empty the hardware's FIFOs (the rings are emptied by the SDK).
+    fn hw_reset_fifo(&self, tx: bool, rx: bool) -> IOResult<()> {
+        let _ = (tx, rx);
+        Ok(())
+    }
+
+    fn hw_send_break(&self, send: bool) -> IOResult<()> {
+        let _ = send;
+        Err(IOReturn::UNSUPPORTED)
+    }
+
+    fn hw_program_mcr(&self, dtr: bool, rts: bool) -> IOResult<()> {
+        let _ = (dtr, rts);
+        Err(IOReturn::UNSUPPORTED)
+    }
+
+    fn hw_get_modem_status(&self) -> IOResult<ModemStatus> {
+        Err(IOReturn::UNSUPPORTED)
+    }
+
+    /// `arg`: `flow::*` bits.
+    fn hw_program_flow_control(&self, arg: u32, xon: u8, xoff: u8) -> IOResult<()> {
+        let _ = (arg, xon, xoff);
+        Err(IOReturn::UNSUPPORTED)
+    }
+
+    fn hw_program_latency_timer(&self, latency_ms: u32) -> IOResult<()> {
+        let _ = latency_ms;
+        Err(IOReturn::UNSUPPORTED)
+    }
+}
+
+/// What a serial port driver may ask of the system.
+pub trait IOUserSerialApi: Service {
+    /// Takes up to `out.len()` bytes of the TX ring; returns how many.
+    fn tx_take(&self, out: &mut [u8]) -> usize {
+        let n = self.tx_peek(out);
+        self.tx_consume(n);
+        n
+    }
+
+    /// Copies up to `out.len()` bytes of the TX ring without taking them.
+    fn tx_peek(&self, out: &mut [u8]) -> usize {
+        port(self).map_or(0, |p| p.port.tx().peek(out).unwrap_or(0))
+    }
+
+    /// Takes `n` bytes `tx_peek` showed, and tells the system there is
+    /// room (`TxFreeSpaceAvailable`).
+    fn tx_consume(&self, n: usize) {
+        if let Ok(p) = port(self) {
+            if p.port.tx().consume(n).unwrap_or(0) > 0 {
+                p.port.bell(TX_SPACE_BELL).notify();
+            }
+        }
+    }
+
+    /// Bytes in the TX ring.
+    fn tx_pending(&self) -> usize {
+        port(self).map_or(0, |p| p.port.tx().used().unwrap_or(0) as usize)
+    }
+
+    /// Hands received bytes to the tty: as many as fit, returned. When not
+    /// all fit, `rx_free_space_available` runs once there is room.
+    fn rx_put(&self, data: &[u8]) -> usize {
+        let Ok(p) = port(self) else { return 0 };
+        let n = p.port.rx().write(data).unwrap_or(0);
+        if n < data.len() {
+            p.port.set_rx_blocked(true);
+            // The system may have made room between the write and the flag.
+            p.port.bell(DRIVER_BELL).ring();
+        }
+        if n > 0 {
+            p.port.bell(RX_DATA_BELL).notify();
+        }
+        n
+    }
+
+    /// Room in the RX ring.
+    fn rx_free_space(&self) -> usize {
+        port(self).map_or(0, |p| p.port.rx().free().unwrap_or(0) as usize)
+    }
+
+    /// `RxDataAvailable`, for drivers that move the RX producer index
+    /// themselves (`serial_port_interface`); `rx_put` does it already.
+    fn rx_data_available(&self) {
+        if let Ok(p) = port(self) {
+            p.port.bell(RX_DATA_BELL).notify();
+        }
+    }
+
+    /// `TxFreeSpaceAvailable`, for drivers that move the TX consumer index
+    /// themselves; `tx_consume` does it already.
+    fn tx_free_space_available(&self) {
+        if let Ok(p) = port(self) {
+            p.port.bell(TX_SPACE_BELL).notify();
+        }
+    }
+
+    /// The port's rings and indices, as DriverKit's `SerialPortInterface`.
+    fn serial_port_interface(&self) -> IOResult<Arc<SerialPortInterface>> {
+        Ok(port(self)?.port.clone())
+    }
+
+    /// `RxError`: the hardware saw a receive error; the system counts it
+    /// (ioreg's `IOSerialErrors`).
+    fn rx_error(&self, overrun: bool, gotbreak: bool, framing: bool, parity: bool) -> IOResult<()> {
+        proxy(self).rx_error(overrun, gotbreak, framing, parity)
+    }
+
+    /// `SetModemStatus`: the modem status inputs changed.
+    fn set_modem_status(&self, status: ModemStatus) -> IOResult<()> {
+        proxy(self).set_modem_status(status.cts, status.dsr, status.ri, status.dcd)
+    }
+}
+
+impl<S: Service<Superclass = IOUserSerial>> IOUserSerialApi for S {}
+
+fn proxy<S: Service>(s: &S) -> io_user_serial_interface::Proxy<'static, SystemCaller> {
+    io_user_serial_interface::Proxy {
+        caller: &SystemCaller,
+        object: ObjectId(s.registry_entry_id()),
+        flags: 0,
+    }
+}
+
+/// The family's state in a serial service: the port's region and the
+/// thread that turns the system's doorbell into calls on the queue.
+struct Port {
+    port: Arc<SerialPortInterface>,
+    cancelled: AtomicBool,
+    /// `txPI` when `tx_data_available` last ran.
+    tx_seen: AtomicU32,
+    watcher: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn port<S: Service>(s: &S) -> IOResult<Arc<Port>> {
+    s.base().family::<Port>().ok_or(IOReturn::NOT_OPEN)
+}
+
+/// Connects the queues once the driver has started: the system makes the
+/// tty when this returns.
+fn connect<S: IOUserSerialImpl>(service: &S) -> IOResult<()> {
+    let interface = Arc::new(SerialPortInterface::create(RING_LOG2, RING_LOG2)?);
+    let memory = crate::runtime::register_memory(interface.memory())?;
+    let p = Arc::new(Port {
+        port: interface,
+        cancelled: AtomicBool::new(false),
+        tx_seen: AtomicU32::new(0),
+        watcher: Mutex::new(None),
+    });
+    service.base().set_family(p.clone())?;
+    let queue = service.copy_dispatch_queue("Default")?;
+    let me = service.base().weak_self().ok_or(IOReturn::NOT_READY)?;
+    let watcher = {
+        let p = p.clone();
+        std::thread::Builder::new()
+            .name("serial-port".into())
+            .spawn(move || watch::<S>(&p, &queue, &me))
+            .map_err(|_| IOReturn::NO_RESOURCES)?
+    };
+    *p.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher);
+    proxy(service).connect_queues(memory)
+}
+
+/// After it, neither notification runs again.
+fn disconnect<S: Service>(service: &S) {
+    let Ok(p) = port(service) else { return };
+    p.cancelled.store(true, Ordering::Release);
+    p.port.bell(DRIVER_BELL).ring();
+    let watcher = p.watcher.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(w) = watcher.filter(|w| w.thread().id() != std::thread::current().id()) {
+        let _ = w.join();
+    }
+}
+
+/// Waits on the driver's doorbell and runs what it means on the queue:
+/// `tx_data_available` for TX bytes not yet announced, then
+/// `rx_free_space_available` when the driver waits for room.
+fn watch<S: IOUserSerialImpl>(
+    p: &Arc<Port>,
+    queue: &IODispatchQueue,
+    me: &std::sync::Weak<dyn std::any::Any + Send + Sync>,
+) {
+    let port = &p.port;
+    let new_tx = || port.tx().producer_index() != p.tx_seen.load(Ordering::Acquire);
+    let room = || port.rx_blocked() && port.rx().free().is_ok_and(|f| f > 0);
+    while !p.cancelled.load(Ordering::Acquire) {
+        let deadline = Some(Instant::now() + Duration::from_millis(250));
+        let ready = || new_tx() || room() || p.cancelled.load(Ordering::Acquire);
+        if !port.bell(DRIVER_BELL).wait(SPIN, deadline, ready) {
+            continue;
+        }
+        if p.cancelled.load(Ordering::Acquire) {
+            return;
+        }
+        let (tx, rx) = (new_tx(), room());
+        if tx {
+            p.tx_seen
+                .store(port.tx().producer_index(), Ordering::Release);
+        }
+        if rx {
+            port.set_rx_blocked(false);
+        }
+        let me = me.clone();
+        let job = move || {
+            let Some(s) = me.upgrade().and_then(|s| s.downcast::<S>().ok()) else {
+                return;
+            };
+            if tx {
+                s.tx_data_available();
+            }
+            if rx {
+                s.rx_free_space_available();
+            }
+        };
+        // On this thread when the queue is idle (the common case: one
+        // hand-off fewer per chunk), else on the queue, waited for.
+        if let Err(job) = queue.run_here_if_idle(job) {
+            if queue.dispatch_sync(job).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The system's calls, run on the driver.
+struct Local<'a, S>(&'a S);
+
+impl<S: IOUserSerialImpl> IOUserSerialInterface for Local<'_, S> {
+    fn hw_activate(&self) -> IOResult<()> {
+        self.0.hw_activate()
+    }
+
+    fn hw_deactivate(&self) -> IOResult<()> {
+        self.0.hw_deactivate()
+    }
+
+    /// The rings first (what the program flushed must not reach the
+    /// hardware or the reader), then the hardware's FIFOs.
+    fn hw_reset_fifo(&self, tx: bool, rx: bool) -> IOResult<()> {
+        if let Ok(p) = port(self.0) {
+            if tx {
+                p.port.tx().discard();
+                p.tx_seen
+                    .store(p.port.tx().producer_index(), Ordering::Release);
+                p.port.bell(TX_SPACE_BELL).notify();
+            }
+        }
+        self.0.hw_reset_fifo(tx, rx)
+    }
+
+    fn hw_send_break(&self, send: bool) -> IOResult<()> {
+        self.0.hw_send_break(send)
+    }
+
+    fn hw_program_uart(
+        &self,
+        baud: u32,
+        data_bits: u8,
+        half_stop_bits: u8,
+        parity: u8,
+    ) -> IOResult<()> {
+        if !(5..=8).contains(&data_bits)
+            || !(2..=4).contains(&half_stop_bits)
+            || !(parity::NONE..=parity::SPACE).contains(&parity)
+            || baud == 0
+        {
+            return Err(IOReturn::BAD_ARGUMENT);
+        }
+        self.0
+            .hw_program_uart(baud, data_bits, half_stop_bits, parity)
+    }
+
+    fn hw_program_baud_rate(&self, baud: u32) -> IOResult<()> {
+        if baud == 0 {
+            return Err(IOReturn::BAD_ARGUMENT);
+        }
+        self.0.hw_program_baud_rate(baud)
+    }
+
+    fn hw_program_mcr(&self, dtr: bool, rts: bool) -> IOResult<()> {
+        self.0.hw_program_mcr(dtr, rts)
+    }
+
+    fn hw_get_modem_status(&self) -> IOResult<(bool, bool, bool, bool)> {
+        let m = self.0.hw_get_modem_status()?;
+        Ok((m.cts, m.dsr, m.ri, m.dcd))
+    }
+
+    fn hw_program_flow_control(&self, arg: u32, xon: u8, xoff: u8) -> IOResult<()> {
+        self.0.hw_program_flow_control(arg, xon, xoff)
+    }
+
+    fn hw_program_latency_timer(&self, latency_ms: u32) -> IOResult<()> {
+        self.0.hw_program_latency_timer(latency_ms)
+    }
+}
+
+impl<S: IOUserSerialImpl> ClassDispatch<S> for IOUserSerial {
+    fn dispatch(service: &S, method: MethodId, args: &[u8]) -> Option<IOResult<Vec<u8>>> {
+        match method {
+            io_service_interface::START => {
+                let started = <IOService as ClassDispatch<S>>::dispatch(service, method, args);
+                if !matches!(started, Some(Ok(_))) {
+                    return started;
+                }
+                if let Err(e) = connect(service) {
+                    tracing::error!("IOUserSerial: connecting the queues: {e}");
+                    disconnect(service);
+                    return Some(Err(e));
+                }
+                started
+            }
+            io_service_interface::STOP => {
+                // The port stops before the driver's Stop: no notification
+                // reaches a stopping driver.
+                disconnect(service);
+                <IOService as ClassDispatch<S>>::dispatch(service, method, args)
+            }
+            _ => io_user_serial_interface::dispatch(&Local(service), method, args)
+                .or_else(|| <IOService as ClassDispatch<S>>::dispatch(service, method, args)),
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! Serial ports (SerialDriverKit): a dext's `IOUserSerial` becomes a real
+//! tty that any program opens, and UARTs (`IOUARTDevice`) are devices such
+//! a driver may drive.
+//!
+//! When a serial driver has started, its SDK connects the port's queues
+//! (`connect_queues`, a region with the RX and TX rings); the family then
+//! makes the port ([`port::Port`]): a pty whose slave is the tty, linked at
+//! `<links>/<IOTTYDevice>` (`IOCalloutDevice`), and two threads that move
+//! the bytes and turn what programs do to the tty into the driver's `hw_*`
+//! calls ([`tty`] says how Linux tells). The port ends when its service
+//! departs (stop, crash): the tty hangs up under its readers and the link
+//! goes; a relaunched driver connects again and gets a fresh tty at the
+//! same link.
+//!
+//! A UART is a backend's [`UartDevice`], published as an `IOUARTDevice`
+//! nub: its driver transmits and receives through the family, and hears
+//! its interrupts through `IOService::RegisterInterrupt`.
+
+pub mod port;
+pub mod tty;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use driverkit_core::{Call, EntryId, Family, Nub, System};
+use driverkit_wire::interfaces::{
+    io_user_serial_interface, iouart_device_interface, IOUARTDeviceInterface, IOUserSerialInterface,
+};
+use driverkit_wire::serial::SerialPortInterface;
+use driverkit_wire::shm::SharedMemory;
+use driverkit_wire::{Bytes, IOResult, IOReturn, MethodId};
+
+pub use port::{Line, Port};
+
+/// The most a `receive` returns at once.
+const RECEIVE_MAX: u32 = 64 * 1024;
+
+/// What a UART does; its backend implements it.
+pub trait UartDevice: Send + Sync {
+    /// Puts bytes in the transmit FIFO; returns how many fit.
+    fn transmit(&self, data: &[u8]) -> usize;
+    /// Takes up to `max` received bytes.
+    fn receive(&self, max: usize) -> Vec<u8>;
+    /// The line format (baud, data bits, half stop bits, parity).
+    fn set_line(&self, baud: u32, data_bits: u8, half_stop_bits: u8, parity: u8);
+    fn set_modem_control(&self, dtr: bool, rts: bool);
+    /// `(cts, dsr, ri, dcd)`.
+    fn modem_status(&self) -> (bool, bool, bool, bool);
+    fn reset_fifo(&self, tx: bool, rx: bool);
+    /// Delivers interrupt `index` (0 received, 1 transmit room, 2 modem
+    /// status) into `region` from now on.
+    fn subscribe_interrupt(&self, index: u32, region: &Arc<SharedMemory>) -> IOResult<()>;
+    /// The UART left the registry: stop whatever runs it.
+    fn unplugged(&self) {}
+}
+
+/// The serial family.
+pub struct SerialFamily {
+    /// Where ports' callout links go.
+    links: Option<PathBuf>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    ports: HashMap<EntryId, Arc<Port>>,
+    uarts: HashMap<EntryId, Arc<dyn UartDevice>>,
+}
+
+impl SerialFamily {
+    /// Ports are linked under `links` (`<root>/dev/serial/by-driverkit`);
+    /// `None`: only their `/dev/pts` path.
+    pub fn new(links: Option<PathBuf>) -> SerialFamily {
+        SerialFamily {
+            links,
+            state: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes a UART under `bus` and matches it.
+    pub fn plug_uart(
+        &self,
+        system: &System,
+        nub: UartNub<'_>,
+        device: Arc<dyn UartDevice>,
+    ) -> Result<EntryId, String> {
+        let id = system
+            .publish(Nub {
+                name: nub.name,
+                class: "IOUARTDevice",
+                properties: nub.properties,
+                provider: nub.bus,
+                family: Some(self),
+                plugged_from: Some(nub.source.to_owned()),
+                matched: false,
+            })
+            .map_err(|e| format!("{}: its bus is gone ({e})", nub.source))?;
+        self.lock().uarts.insert(id, device);
+        tracing::info!(
+            "plug     {} [{id:#x}] (IOUARTDevice, from {})",
+            nub.name,
+            nub.source
+        );
+        system.match_nub(id);
+        Ok(id)
+    }
+
+    /// The port of serial service `id`, or of the one service whose
+    /// `IOTTYDevice` or callout path is `name`.
+    pub fn port(&self, system: &System, name: &str) -> Result<(EntryId, Arc<Port>), String> {
+        let st = self.lock();
+        let by_id = parse_id(name).and_then(|id| st.ports.get(&id).map(|p| (id, p)));
+        let found = by_id.or_else(|| {
+            st.ports.iter().map(|(id, p)| (*id, p)).find(|(id, p)| {
+                p.callout().to_str() == Some(name)
+                    || system
+                        .property(*id, "IOTTYDevice")
+                        .and_then(|v| v.as_string().map(|s| s == name))
+                        .unwrap_or(false)
+            })
+        });
+        match found {
+            Some((id, p)) => Ok((id, p.clone())),
+            None => {
+                let known: Vec<String> = st
+                    .ports
+                    .keys()
+                    .filter_map(|id| {
+                        system
+                            .property(*id, "IOTTYDevice")
+                            .and_then(|v| v.as_string().map(str::to_owned))
+                    })
+                    .collect();
+                Err(format!(
+                    "no serial port {name:?}; the ports are: {} (see `driverkit ioreg -c IOUserSerial`)",
+                    if known.is_empty() { "none".into() } else { known.join(", ") }
+                ))
+            }
+        }
+    }
+
+    fn uart(&self, id: EntryId) -> IOResult<Arc<dyn UartDevice>> {
+        self.lock()
+            .uarts
+            .get(&id)
+            .cloned()
+            .ok_or(IOReturn::NOT_FOUND)
+    }
+
+    /// `IOTTYBaseName`-`IOTTYSuffix`: the driver's, else its registry name
+    /// and its provider's location (or registry ID).
+    fn tty_name(system: &System, service: EntryId) -> (String, String) {
+        let string = |id: EntryId, key: &str| {
+            system
+                .property(id, key)
+                .and_then(|v| v.as_string().map(str::to_owned))
+        };
+        let base = string(service, "IOTTYBaseName")
+            .or_else(|| system.name(service))
+            .unwrap_or_else(|| "serial".into());
+        let suffix = string(service, "IOTTYSuffix").unwrap_or_else(|| {
+            let provider = system.provider(service).unwrap_or(service);
+            match system
+                .property(provider, "locationID")
+                .and_then(|v| v.as_unsigned_integer())
+            {
+                Some(location) => format!("{location:x}"),
+                None => format!("{provider:x}"),
+            }
+        });
+        let clean = |s: String| {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect::<String>()
+        };
+        (clean(base), clean(suffix))
+    }
+
+    fn connect(&self, call: &Call<'_>, memory: u64) -> IOResult<()> {
+        let system = call.system;
+        let service = call.object;
+        if self.lock().ports.contains_key(&service) {
+            return Err(IOReturn::BUSY);
+        }
+        let region = system.region(call.server, memory)?;
+        let shm = region.try_clone().map_err(|_| IOReturn::NO_MEMORY)?;
+        let queues = SerialPortInterface::open(shm)?;
+        let (base, suffix) = Self::tty_name(system, service);
+        let device = format!("{base}-{suffix}");
+        let link = self.links.as_ref().map(|dir| dir.join(&device));
+        let name = system.name(service).unwrap_or_else(|| device.clone());
+        let port = Port::start(system.clone(), service, name.clone(), queues, link)?;
+        for (key, value) in [
+            ("IOTTYBaseName", base),
+            ("IOTTYSuffix", suffix),
+            ("IOTTYDevice", device),
+            ("IOCalloutDevice", port.callout().display().to_string()),
+            ("IODialinDevice", port.slave().display().to_string()),
+        ] {
+            system.set_property(service, key, value.into());
+        }
+        tracing::info!(
+            "serial   {name}: tty {} at {}",
+            port.slave().display(),
+            port.callout().display()
+        );
+        let mut st = self.lock();
+        st.ports.insert(service, Arc::new(port));
+        Ok(())
+    }
+
+    /// Ends the port of `service`, outside the family's lock: its threads
+    /// may be in a call to the driver, which may be calling the family.
+    fn end_port(&self, service: EntryId) {
+        let port = self.lock().ports.remove(&service);
+        if let Some(port) = port {
+            port.stop();
+        }
+    }
+}
+
+/// Where and what a UART is.
+pub struct UartNub<'a> {
+    pub name: &'a str,
+    pub properties: plist::Dictionary,
+    pub bus: EntryId,
+    /// A file path or `builtin:NAME`, for `device list`.
+    pub source: &'a str,
+}
+
+/// A call on a serial service or a UART.
+struct SerialCall<'a> {
+    family: &'a SerialFamily,
+    call: &'a Call<'a>,
+}
+
+impl IOUserSerialInterface for SerialCall<'_> {
+    fn connect_queues(&self, memory: u64) -> IOResult<()> {
+        self.family.connect(self.call, memory)
+    }
+
+    fn set_modem_status(&self, cts: bool, dsr: bool, ri: bool, dcd: bool) -> IOResult<()> {
+        let mut d = plist::Dictionary::new();
+        for (k, v) in [("CTS", cts), ("DSR", dsr), ("RI", ri), ("DCD", dcd)] {
+            d.insert(k.into(), v.into());
+        }
+        self.call.system.set_property(
+            self.call.object,
+            "IOSerialModemStatus",
+            plist::Value::Dictionary(d),
+        );
+        Ok(())
+    }
+
+    /// Counted per kind in `IOSerialErrors`.
+    fn rx_error(&self, overrun: bool, gotbreak: bool, framing: bool, parity: bool) -> IOResult<()> {
+        let system = self.call.system;
+        let mut d = match system.property(self.call.object, "IOSerialErrors") {
+            Some(plist::Value::Dictionary(d)) => d,
+            _ => plist::Dictionary::new(),
+        };
+        for (k, hit) in [
+            ("Overrun", overrun),
+            ("Break", gotbreak),
+            ("Framing", framing),
+            ("Parity", parity),
+        ] {
+            let n = d.get(k).and_then(|v| v.as_unsigned_integer()).unwrap_or(0);
+            d.insert(k.into(), ((n + u64::from(hit)) as i64).into());
+        }
+        system.set_property(
+            self.call.object,
+            "IOSerialErrors",
+            plist::Value::Dictionary(d),
+        );
+        Ok(())
+    }
+}
+
+impl IOUARTDeviceInterface for SerialCall<'_> {
+    fn transmit(&self, data: Bytes) -> IOResult<u64> {
+        Ok(self.family.uart(self.call.object)?.transmit(&data.0) as u64)
+    }
+
+    fn receive(&self, max: u32) -> IOResult<Bytes> {
+        let max = max.min(RECEIVE_MAX) as usize;
+        Ok(Bytes(self.family.uart(self.call.object)?.receive(max)))
+    }
+
+    fn set_line(&self, baud: u32, data_bits: u8, half_stop_bits: u8, parity: u8) -> IOResult<()> {
+        if baud == 0 || !(5..=8).contains(&data_bits) || !(2..=4).contains(&half_stop_bits) {
+            return Err(IOReturn::BAD_ARGUMENT);
+        }
+        self.family
+            .uart(self.call.object)?
+            .set_line(baud, data_bits, half_stop_bits, parity);
+        Ok(())
+    }
+
+    fn set_modem_control(&self, dtr: bool, rts: bool) -> IOResult<()> {
+        self.family
+            .uart(self.call.object)?
+            .set_modem_control(dtr, rts);
+        Ok(())
+    }
+
+    fn modem_status(&self) -> IOResult<(bool, bool, bool, bool)> {
+        Ok(self.family.uart(self.call.object)?.modem_status())
+    }
+
+    fn reset_fifo(&self, tx: bool, rx: bool) -> IOResult<()> {
+        self.family.uart(self.call.object)?.reset_fifo(tx, rx);
+        Ok(())
+    }
+}
+
+impl Family for SerialFamily {
+    fn name(&self) -> &'static str {
+        "serial"
+    }
+
+    fn classes(&self) -> Vec<(&'static str, Option<&'static str>)> {
+        vec![("IOUserSerial", None), ("IOUARTDevice", None)]
+    }
+
+    fn kernel_call(
+        &self,
+        call: &Call<'_>,
+        method: MethodId,
+        args: &[u8],
+    ) -> Option<IOResult<Vec<u8>>> {
+        let c = SerialCall { family: self, call };
+        if io_user_serial_interface::method_name(method).is_some() {
+            // Only a serial service's own process connects its queues.
+            if !call.system.is_kind_of(call.object, "IOUserSerial") {
+                return Some(Err(IOReturn::UNSUPPORTED));
+            }
+            return io_user_serial_interface::dispatch(&c, method, args);
+        }
+        iouart_device_interface::dispatch(&c, method, args)
+    }
+
+    /// A UART's driver drives it.
+    fn client_method(&self, method: MethodId) -> bool {
+        iouart_device_interface::method_name(method).is_some()
+    }
+
+    fn register_interrupt(
+        &self,
+        call: &Call<'_>,
+        index: u32,
+        region: Arc<SharedMemory>,
+    ) -> IOResult<()> {
+        self.uart(call.object)?.subscribe_interrupt(index, &region)
+    }
+
+    /// A departing serial service's tty hangs up now, before its driver's
+    /// Stop (or right after its crash).
+    fn departing(&self, _system: &System, entries: &[EntryId]) {
+        for id in entries {
+            self.end_port(*id);
+        }
+    }
+
+    fn removed(&self, _system: &System, entry: EntryId) {
+        self.end_port(entry);
+        let uart = self.lock().uarts.remove(&entry);
+        if let Some(uart) = uart {
+            uart.unplugged();
+        }
+    }
+}
+
+/// `0x1a2b` or `6699`: a registry entry ID.
+fn parse_id(s: &str) -> Option<EntryId> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
