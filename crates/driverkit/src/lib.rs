@@ -55,7 +55,7 @@ pub use hid::{
 pub use interrupt::IOInterruptDispatchSource;
 pub use memory::{IOBufferMemoryDescriptor, IOMemoryDescriptor, IOMemoryMap};
 pub use queue::IODispatchQueue;
-pub use serial::{IOUserSerial, IOUserSerialApi, IOUserSerialImpl, ModemStatus};
+pub use serial::{IOUARTDevice, IOUserSerial, IOUserSerialApi, IOUserSerialImpl, ModemStatus};
 pub use service::{IOService, IOServiceApi, IOServiceImpl, IOServiceSuper};
 pub use timer::IOTimerDispatchSource;
 pub use usb::{IOUSBHostDevice, IOUSBHostInterface, IOUSBHostPipe};
@@ -81,8 +81,8 @@ pub mod prelude {
         IOUserHIDDeviceApi, IOUserHIDDeviceImpl, IOUserHIDEventService, IOUserHIDEventServiceApi,
         IOUserHIDEventServiceImpl,
     };
+    pub use crate::{IOUARTDevice, IOUserSerial, IOUserSerialApi, IOUserSerialImpl, ModemStatus};
     pub use crate::{IOUserClient, IOUserClientImpl};
-    pub use crate::{IOUserSerial, IOUserSerialApi, IOUserSerialImpl, ModemStatus};
 }
 
 // `#[driverkit::service]` names this crate by its absolute path.

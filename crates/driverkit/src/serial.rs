@@ -16,8 +16,9 @@
 //!   `tx_consume`, when the hardware takes only part) and sends them;
 //! - the driver hands received bytes to the tty with
 //!   [`IOUserSerialApi::rx_put`]; when the ring is full (a slow reader), it
-//!   takes what fits, and [`IOUserSerialImpl::rx_free_space_available`]
-//!   runs once there is room again. Nothing is dropped on the way: the
+//!   takes what fits (`rx_free_space` says how much would), and
+//!   [`IOUserSerialImpl::rx_free_space_available`] runs once there is room
+//!   again. Nothing is dropped on the way: the
 //!   driver holds back (and its hardware with it).
 //!
 //! ```text
@@ -181,9 +182,16 @@ pub trait IOUserSerialApi: Service {
         n
     }
 
-    /// Room in the RX ring.
+    /// Room in the RX ring. When there is none, `rx_free_space_available`
+    /// runs once there is.
     fn rx_free_space(&self) -> usize {
-        port(self).map_or(0, |p| p.port.rx().free().unwrap_or(0) as usize)
+        let Ok(p) = port(self) else { return 0 };
+        let free = p.port.rx().free().unwrap_or(0) as usize;
+        if free == 0 {
+            p.port.set_rx_blocked(true);
+            p.port.bell(DRIVER_BELL).ring();
+        }
+        free
     }
 
     /// `RxDataAvailable`, for drivers that move the RX producer index
@@ -426,5 +434,76 @@ impl<S: IOUserSerialImpl> ClassDispatch<S> for IOUserSerial {
             _ => io_user_serial_interface::dispatch(&Local(service), method, args)
                 .or_else(|| <IOService as ClassDispatch<S>>::dispatch(service, method, args)),
         }
+    }
+}
+
+/// A UART the system reaches (`IOUARTDevice`), as its driver sees its
+/// provider: a transmit FIFO, a receive FIFO, modem lines, and interrupts
+/// 0 (received bytes wait), 1 (room to transmit again) and 2 (modem status
+/// changed) for `IOInterruptDispatchSource::create`.
+#[derive(Clone, Copy)]
+pub struct IOUARTDevice {
+    id: ObjectId,
+}
+
+impl IOUARTDevice {
+    /// The UART `provider` is.
+    pub fn from_provider(provider: &IOService) -> IOUARTDevice {
+        IOUARTDevice {
+            id: ObjectId(provider.registry_entry_id()),
+        }
+    }
+
+    fn proxy(
+        &self,
+    ) -> driverkit_wire::interfaces::iouart_device_interface::Proxy<'static, SystemCaller> {
+        driverkit_wire::interfaces::iouart_device_interface::Proxy {
+            caller: &SystemCaller,
+            object: self.id,
+            flags: 0,
+        }
+    }
+
+    /// Puts bytes in the transmit FIFO; returns how many fit (interrupt 1
+    /// comes when the rest would).
+    pub fn transmit(&self, data: &[u8]) -> IOResult<usize> {
+        use driverkit_wire::interfaces::IOUARTDeviceInterface;
+        Ok(self
+            .proxy()
+            .transmit(driverkit_wire::Bytes(data.to_vec()))? as usize)
+    }
+
+    /// Takes up to `max` received bytes.
+    pub fn receive(&self, max: usize) -> IOResult<Vec<u8>> {
+        use driverkit_wire::interfaces::IOUARTDeviceInterface;
+        Ok(self.proxy().receive(max.min(u32::MAX as usize) as u32)?.0)
+    }
+
+    pub fn set_line(
+        &self,
+        baud: u32,
+        data_bits: u8,
+        half_stop_bits: u8,
+        parity: u8,
+    ) -> IOResult<()> {
+        use driverkit_wire::interfaces::IOUARTDeviceInterface;
+        self.proxy()
+            .set_line(baud, data_bits, half_stop_bits, parity)
+    }
+
+    pub fn set_modem_control(&self, dtr: bool, rts: bool) -> IOResult<()> {
+        use driverkit_wire::interfaces::IOUARTDeviceInterface;
+        self.proxy().set_modem_control(dtr, rts)
+    }
+
+    pub fn modem_status(&self) -> IOResult<ModemStatus> {
+        use driverkit_wire::interfaces::IOUARTDeviceInterface;
+        let (cts, dsr, ri, dcd) = self.proxy().modem_status()?;
+        Ok(ModemStatus { cts, dsr, ri, dcd })
+    }
+
+    pub fn reset_fifo(&self, tx: bool, rx: bool) -> IOResult<()> {
+        use driverkit_wire::interfaces::IOUARTDeviceInterface;
+        self.proxy().reset_fifo(tx, rx)
     }
 }

@@ -389,6 +389,7 @@ fn bench_device(name: &str, extra: &[(&str, Value)]) -> DeviceSpec {
         interrupts: Vec::new(),
         source: "bench".into(),
         usb: None,
+        uart: None,
     }
 }
 

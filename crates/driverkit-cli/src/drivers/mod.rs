@@ -65,6 +65,12 @@ pub const EXAMPLES: &[Embedded] = &[
         entitlements: hid_keyboard_driver::ENTITLEMENTS,
         classes: || vec![class::<hid_keyboard_driver::HIDKeyboardDriver>()],
     },
+    Embedded {
+        executable: "VirtualSerialDriver",
+        info_plist: virtual_serial_driver::INFO_PLIST,
+        entitlements: virtual_serial_driver::ENTITLEMENTS,
+        classes: || vec![class::<virtual_serial_driver::VirtualSerialDriver>()],
+    },
 ];
 
 /// Drivers for tests and benchmarks; never loaded unless asked for.

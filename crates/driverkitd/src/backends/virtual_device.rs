@@ -307,14 +307,18 @@ impl VirtualDevices {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A location on the bus for the next device (USB's `locationID`
+    /// layout: bus 1, then a port number).
+    fn next_location(&self) -> u32 {
+        let mut st = self.lock();
+        st.next_location += 1;
+        0x0100_0000 | (st.next_location & 0xf) << 20
+    }
+
     /// Plugs a device into the virtual bus; it is matched.
     pub fn plug(&self, spec: DeviceSpec) -> Result<EntryId, String> {
         if let Some(usb) = &spec.usb {
-            let location = {
-                let mut st = self.lock();
-                st.next_location += 1;
-                0x0100_0000 | (st.next_location & 0xf) << 20
-            };
+            let location = self.next_location();
             let device = Arc::new(VirtualUsb::new(usb, &spec.source, location)?);
             let id = self
                 .usb
@@ -325,13 +329,18 @@ impl VirtualDevices {
         }
         if let Some(uart) = &spec.uart {
             let device = VirtualUart::start(&spec.name, uart);
+            let mut properties = spec.properties.clone();
+            properties.insert(
+                "locationID".into(),
+                Value::Integer(self.next_location().into()),
+            );
             return self
                 .serial
                 .plug_uart(
                     &self.system,
                     UartNub {
                         name: &spec.name,
-                        properties: spec.properties.clone(),
+                        properties,
                         bus: self.bus,
                         source: &spec.source,
                     },

@@ -319,13 +319,9 @@ impl Shared {
     /// A program opened the tty: activate the port and program it.
     fn opened(&self) {
         self.open.store(true, Ordering::Release);
-        let line = {
-            let mut line = self.line.lock().unwrap_or_else(|e| e.into_inner());
-            if let Ok(t) = self.tty.termios() {
-                line.termios = t;
-            }
-            *line
-        };
+        // The line as the tty had it before this open: changes the program
+        // makes now arrive as their own packets, after this, in order.
+        let line = *self.line.lock().unwrap_or_else(|e| e.into_inner());
         tracing::info!(
             "serial   {}: {} opened",
             self.name,

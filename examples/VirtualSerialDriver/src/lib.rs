@@ -1,0 +1,244 @@
+//! VirtualSerialDriver: a serial port over the virtual UART.
+//!
+//! Its personality matches an `IOUARTDevice` and names `IOUserSerial` as
+//! its class, so the system gives its port a tty (`IOCalloutDevice` in the
+//! registry) that picocom, screen or pyserial open like any other. The
+//! driver moves bytes between the port's rings and the UART's FIFOs:
+//!
+//! - `tx_data_available` (a program wrote) and the UART's "room to
+//!   transmit" interrupt: TX ring → UART, as much as the UART takes;
+//! - the UART's "received" interrupt and `rx_free_space_available` (a
+//!   reader caught up): UART → RX ring, as much as the ring holds.
+//!
+//! Nothing is dropped: what does not fit stays where it is until the next
+//! notification. Line settings go to the UART; the modem status interrupt
+//! goes to the system. Everything runs on the `Default` queue, so the
+//! driver needs no lock of its own.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{mpsc, Mutex};
+use std::time::Duration;
+
+use driverkit::prelude::*;
+use driverkit::serial::parity;
+
+/// The bundle's Info.plist, for hosts that assemble the bundle themselves.
+pub const INFO_PLIST: &str = include_str!("../Info.plist");
+
+/// What the driver is entitled to: `Entitlements.plist`, installed in its bundle.
+pub const ENTITLEMENTS: &str = include_str!("../Entitlements.plist");
+
+/// Bytes moved per step between the rings and the UART.
+const STEP: usize = 4096;
+
+#[derive(Default)]
+pub struct VirtualSerialDriverIvars {
+    uart: Mutex<Option<IOUARTDevice>>,
+    interrupts: Mutex<Vec<IOInterruptDispatchSource>>,
+    /// The line as last programmed: a baud change keeps the rest.
+    data_bits: AtomicU32,
+    half_stop_bits: AtomicU32,
+    parity: AtomicU32,
+    activations: AtomicU64,
+    fifo_resets: AtomicU64,
+}
+
+#[driverkit::service(superclass = IOUserSerial, ivars = VirtualSerialDriverIvars)]
+pub struct VirtualSerialDriver;
+
+impl VirtualSerialDriver {
+    fn uart(&self) -> IOResult<IOUARTDevice> {
+        self.ivars()
+            .uart
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ok_or(IOReturn::NOT_READY)
+    }
+
+    /// TX ring → UART, until either is done.
+    fn transmit_pending(&self) {
+        let Ok(uart) = self.uart() else { return };
+        let mut buf = [0u8; STEP];
+        loop {
+            let n = self.tx_peek(&mut buf);
+            if n == 0 {
+                return;
+            }
+            let sent = uart.transmit(&buf[..n]).unwrap_or(0);
+            self.tx_consume(sent);
+            if sent < n {
+                return; // the UART's interrupt 1 says when there is room
+            }
+        }
+    }
+
+    /// UART → RX ring, until either is done.
+    fn receive_pending(&self) {
+        let Ok(uart) = self.uart() else { return };
+        loop {
+            let room = self.rx_free_space();
+            if room == 0 {
+                return; // rx_free_space_available says when there is room
+            }
+            let data = uart.receive(room.min(STEP)).unwrap_or_default();
+            if data.is_empty() {
+                return;
+            }
+            self.rx_put(&data);
+        }
+    }
+
+    fn program(&self, baud: u32) -> IOResult<()> {
+        let i = self.ivars();
+        self.uart()?.set_line(
+            baud,
+            i.data_bits.load(Ordering::Relaxed) as u8,
+            i.half_stop_bits.load(Ordering::Relaxed) as u8,
+            i.parity.load(Ordering::Relaxed) as u8,
+        )?;
+        self.set_property("BaudRate", i64::from(baud))
+    }
+}
+
+impl IOServiceImpl for VirtualSerialDriver {
+    fn init(&self) -> IOResult<VirtualSerialDriverIvars> {
+        let ivars = VirtualSerialDriverIvars::default();
+        ivars.data_bits.store(8, Ordering::Relaxed);
+        ivars.half_stop_bits.store(2, Ordering::Relaxed);
+        ivars.parity.store(parity::NONE.into(), Ordering::Relaxed);
+        Ok(ivars)
+    }
+
+    fn start(&self, provider: &IOService) -> IOResult<()> {
+        self.super_start(provider)?;
+        *self.ivars().uart.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(IOUARTDevice::from_provider(provider));
+        let queue = self.copy_dispatch_queue("Default")?;
+        let actions = [
+            self.create_action_received(0)?,
+            self.create_action_transmit_room(0)?,
+            self.create_action_modem_changed(0)?,
+        ];
+        for (index, action) in actions.iter().enumerate() {
+            let source = IOInterruptDispatchSource::create(provider, index as u32, &queue)?;
+            source.set_handler(action)?;
+            self.ivars()
+                .interrupts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(source);
+        }
+        self.register_service()?;
+        driverkit::info!("start: a serial port over the virtual UART");
+        Ok(())
+    }
+
+    fn stop(&self, provider: &IOService) -> IOResult<()> {
+        let sources = std::mem::take(
+            &mut *self
+                .ivars()
+                .interrupts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for s in sources {
+            let (done_tx, done_rx) = mpsc::channel();
+            s.cancel(move || {
+                let _ = done_tx.send(());
+            })?;
+            let _ = done_rx.recv_timeout(Duration::from_secs(5));
+        }
+        driverkit::info!("stop");
+        self.super_stop(provider)
+    }
+}
+
+impl IOUserSerialImpl for VirtualSerialDriver {
+    fn tx_data_available(&self) {
+        self.transmit_pending();
+    }
+
+    fn rx_free_space_available(&self) {
+        self.receive_pending();
+    }
+
+    fn hw_activate(&self) -> IOResult<()> {
+        let n = self.ivars().activations.fetch_add(1, Ordering::Relaxed) + 1;
+        driverkit::info!("hw_activate");
+        self.uart()?.set_modem_control(true, true)?;
+        self.set_property("Activations", n as i64)
+    }
+
+    fn hw_deactivate(&self) -> IOResult<()> {
+        driverkit::info!("hw_deactivate");
+        self.uart()?.set_modem_control(false, false)?;
+        self.set_property("Active", false)
+    }
+
+    fn hw_program_uart(
+        &self,
+        baud: u32,
+        data_bits: u8,
+        half_stop_bits: u8,
+        parity: u8,
+    ) -> IOResult<()> {
+        driverkit::info!("hw_program_uart({baud}, {data_bits}, {half_stop_bits}, {parity})");
+        let i = self.ivars();
+        i.data_bits.store(data_bits.into(), Ordering::Relaxed);
+        i.half_stop_bits
+            .store(half_stop_bits.into(), Ordering::Relaxed);
+        i.parity.store(parity.into(), Ordering::Relaxed);
+        self.program(baud)?;
+        self.set_property("Active", true)
+    }
+
+    fn hw_program_baud_rate(&self, baud: u32) -> IOResult<()> {
+        driverkit::info!("hw_program_baud_rate({baud})");
+        self.program(baud)
+    }
+
+    fn hw_reset_fifo(&self, tx: bool, rx: bool) -> IOResult<()> {
+        driverkit::info!("hw_reset_fifo(tx {tx}, rx {rx})");
+        self.uart()?.reset_fifo(tx, rx)?;
+        let n = self.ivars().fifo_resets.fetch_add(1, Ordering::Relaxed) + 1;
+        self.set_property("FIFOResets", n as i64)
+    }
+
+    fn hw_program_mcr(&self, dtr: bool, rts: bool) -> IOResult<()> {
+        self.uart()?.set_modem_control(dtr, rts)
+    }
+
+    fn hw_get_modem_status(&self) -> IOResult<ModemStatus> {
+        self.uart()?.modem_status()
+    }
+
+    /// The loopback plug has no flow of its own to program; the setting is
+    /// kept so that `ioreg` shows what the program asked for.
+    fn hw_program_flow_control(&self, arg: u32, xon: u8, xoff: u8) -> IOResult<()> {
+        driverkit::info!("hw_program_flow_control({arg:#x}, {xon:#04x}, {xoff:#04x})");
+        self.set_property("FlowControl", i64::from(arg))
+    }
+}
+
+#[driverkit::actions]
+impl VirtualSerialDriver {
+    /// UART interrupt 0: received bytes wait.
+    #[action(IOInterruptDispatchSource::InterruptOccurred)]
+    fn received(&self, _action: &OSAction, _count: u64, _time: u64) {
+        self.receive_pending();
+    }
+
+    /// UART interrupt 1: room to transmit again.
+    #[action(IOInterruptDispatchSource::InterruptOccurred)]
+    fn transmit_room(&self, _action: &OSAction, _count: u64, _time: u64) {
+        self.transmit_pending();
+    }
+
+    /// UART interrupt 2: the modem status inputs changed.
+    #[action(IOInterruptDispatchSource::InterruptOccurred)]
+    fn modem_changed(&self, _action: &OSAction, _count: u64, _time: u64) {
+        if let Ok(status) = self.uart().and_then(|u| u.modem_status()) {
+            let _ = self.set_modem_status(status);
+        }
+    }
+}
