@@ -307,6 +307,7 @@ fn apple_class_names_stand_for_the_system_classes() {
         ("AppleUserHIDEventService", "IOUserHIDEventService"),
         ("AppleUserHIDDevice", "IOUserHIDDevice"),
         ("AppleUserUSBHostHIDDevice", "IOUserHIDDevice"),
+        ("IOUserUSBSerial", "IOUserSerial"),
     ] {
         let bundle = load(&with_personality(|p| {
             drop(p.insert("IOClass".into(), apple.into()))
@@ -322,11 +323,11 @@ fn apple_class_names_stand_for_the_system_classes() {
     // A family still to come is named as such, not as an unknown class.
     refused(
         load(&with_personality(|p| {
-            drop(p.insert("IOClass".into(), "IOUserSerial".into()))
+            drop(p.insert("IOClass".into(), "IOUserNetworkEthernet".into()))
         })),
         Some("Broken"),
         Some("IOClass"),
-        "belongs to DriverKit's serial (SerialDriverKit) family, which this system does not implement yet",
+        "belongs to DriverKit's networking (NetworkingDriverKit) family, which this system does not implement yet",
     );
 }
 

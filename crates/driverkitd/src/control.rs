@@ -64,6 +64,40 @@ pub enum HidRequest {
     Events,
 }
 
+/// Requests of the serial family: what a pty cannot carry (data bits,
+/// parity, modem lines, breaks), and a port's state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum SerialRequest {
+    /// A port's line, modem status and counters. `port`: its
+    /// `IOTTYDevice`, callout path or registry ID.
+    SerialGet { port: String },
+    /// Changes the fields given, through the driver's `hw_*` methods.
+    SerialSet {
+        port: String,
+        #[serde(default)]
+        set: SerialSettings,
+    },
+}
+
+/// What `serial set` may change; absent fields stay.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialSettings {
+    pub baud: Option<u32>,
+    pub data_bits: Option<u8>,
+    /// none, odd, even, mark, space
+    pub parity: Option<String>,
+    /// 1, 1.5 or 2
+    pub stop_bits: Option<String>,
+    /// none, rtscts or xonxoff
+    pub flow: Option<String>,
+    pub dtr: Option<bool>,
+    pub rts: Option<bool>,
+    /// A break of this many milliseconds.
+    pub break_ms: Option<u32>,
+}
+
 /// Any request this daemon serves.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -71,6 +105,7 @@ pub enum Request {
     Core(driverkit_core::control::Request),
     Device(DeviceRequest),
     Hid(HidRequest),
+    Serial(SerialRequest),
 }
 
 impl From<driverkit_core::control::Request> for Request {
@@ -102,6 +137,17 @@ pub fn extensions(daemon: &Daemon) -> Extensions {
         let d = daemon.clone();
         x.request(op, role, move |request| {
             device_request(&d, decode(request)?)
+        });
+    }
+    // Reading a port is anyone's; changing its line an administrator's
+    // (the tty's own permissions govern its data).
+    for (op, role) in [
+        ("serial_get", Role::Anyone),
+        ("serial_set", Role::Administrator),
+    ] {
+        let d = daemon.clone();
+        x.request(op, role, move |request| {
+            serial_request(&d, decode(request)?)
         });
     }
     let d = daemon.clone();
@@ -151,6 +197,93 @@ fn device_request(daemon: &Daemon, request: DeviceRequest) -> Result<serde_json:
             Ok(json!({ "report": hex }))
         }
     }
+}
+
+fn serial_request(daemon: &Daemon, request: SerialRequest) -> Result<serde_json::Value, String> {
+    use driverkit_wire::serial::{flow, parity};
+    let (port, set) = match request {
+        SerialRequest::SerialGet { port } => (port, None),
+        SerialRequest::SerialSet { port, set } => (port, Some(set)),
+    };
+    let (id, port) = daemon
+        .families
+        .serial
+        .port(&daemon.core().system(), &port)?;
+    if let Some(set) = set {
+        let mut line = port.line();
+        if let Some(baud) = set.baud {
+            if baud == 0 {
+                return Err("baud: expected a rate above 0".into());
+            }
+            line.termios.baud = baud;
+        }
+        if let Some(bits) = set.data_bits {
+            if !(5..=8).contains(&bits) {
+                return Err(format!("data bits: expected 5 to 8, found {bits}"));
+            }
+            line.data_bits = bits;
+        }
+        if let Some(p) = &set.parity {
+            line.parity = match p.as_str() {
+                "none" => parity::NONE,
+                "odd" => parity::ODD,
+                "even" => parity::EVEN,
+                "mark" => parity::MARK,
+                "space" => parity::SPACE,
+                other => {
+                    return Err(format!(
+                        "parity: expected none, odd, even, mark or space, found {other:?}"
+                    ))
+                }
+            };
+        }
+        if let Some(stop) = &set.stop_bits {
+            line.termios.half_stop_bits = match stop.as_str() {
+                "1" => 2,
+                "1.5" => 3,
+                "2" => 4,
+                other => return Err(format!("stop bits: expected 1, 1.5 or 2, found {other:?}")),
+            };
+        }
+        if let Some(f) = &set.flow {
+            line.termios.flow = match f.as_str() {
+                "none" => 0,
+                "rtscts" => flow::CTS | flow::RTS,
+                "xonxoff" => flow::TX_XON_XOFF | flow::RX_XON_XOFF,
+                other => {
+                    return Err(format!(
+                        "flow: expected none, rtscts or xonxoff, found {other:?}"
+                    ))
+                }
+            };
+        }
+        line.dtr = set.dtr.unwrap_or(line.dtr);
+        line.rts = set.rts.unwrap_or(line.rts);
+        port.set(line, set.break_ms)?;
+    }
+    let line = port.line();
+    let (tx, rx, dropped) = port.counters();
+    let modem = port
+        .modem_status()
+        .ok()
+        .map(|(cts, dsr, ri, dcd)| json!({ "cts": cts, "dsr": dsr, "ri": ri, "dcd": dcd }));
+    Ok(json!({
+        "id": id,
+        "callout": port.callout(),
+        "tty": port.slave(),
+        "open": port.is_open(),
+        "baud": line.termios.baud,
+        "data_bits": line.data_bits,
+        "parity": crate::families::serial::port::parity_name(line.parity),
+        "stop_bits": f64::from(line.termios.half_stop_bits) / 2.0,
+        "flow": line.termios.flow,
+        "dtr": line.dtr,
+        "rts": line.rts,
+        "modem": modem,
+        "tx_bytes": tx,
+        "rx_bytes": rx,
+        "rx_dropped_while_closed": dropped,
+    }))
 }
 
 /// Writes every HID event as a JSON line until the client goes away.

@@ -11,7 +11,7 @@
 //! | `daemon_rss`       | resident memory of the daemon, 100 devices       | the same daemon with no devices    |
 //!
 //! The asynchronous runtime's figures are in `bench_sources`, the HID
-//! family's in `bench_hid`.
+//! family's in `bench_hid`, the serial family's in `bench_serial`.
 
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd};
@@ -92,6 +92,8 @@ impl Stat {
 pub(super) enum Target {
     /// At most this many times the baseline's.
     RatioAtMost(f64),
+    /// At least this many times the baseline's (throughputs).
+    AtLeastRatio(f64),
     /// At most this, in the figure's unit.
     AtMost(f64),
     /// At least this, in the figure's unit.
@@ -102,6 +104,7 @@ impl Target {
     fn describe(self, unit: &str) -> String {
         match self {
             Target::RatioAtMost(r) => format!("<= {r}x"),
+            Target::AtLeastRatio(r) => format!(">= {r}x"),
             Target::AtMost(v) => format!("<= {v} {unit}"),
             Target::AtLeast(v) => format!(">= {v} {unit}"),
         }
@@ -110,6 +113,7 @@ impl Target {
     fn met(self, value: f64, baseline: Option<f64>) -> Option<bool> {
         match self {
             Target::RatioAtMost(r) => baseline.map(|b| value <= r * b),
+            Target::AtLeastRatio(r) => baseline.map(|b| value >= r * b),
             Target::AtMost(v) => Some(value <= v),
             Target::AtLeast(v) => Some(value >= v),
         }
@@ -273,6 +277,19 @@ pub fn bench(args: BenchArgs) -> Result<(), String> {
     }
     if wanted("usbip_control_roundtrip") {
         show(super::bench_usb::usbip_control_roundtrip(
+            dir.path(),
+            5_000 / scale,
+        )?);
+    }
+    if wanted("serial_throughput") {
+        show(super::bench_serial::throughput(
+            dir.path(),
+            (64 << 20) / scale,
+            if args.quick { 1 } else { 3 },
+        )?);
+    }
+    if wanted("serial_byte_latency") {
+        show(super::bench_serial::byte_latency(
             dir.path(),
             5_000 / scale,
         )?);

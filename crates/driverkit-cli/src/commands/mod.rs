@@ -4,6 +4,7 @@ mod bench;
 mod bench_hid;
 mod bench_matching;
 mod bench_scale;
+mod bench_serial;
 mod bench_sources;
 mod bench_usb;
 mod build;
@@ -14,6 +15,7 @@ mod hid;
 mod ioreg;
 mod new;
 mod run;
+mod serial;
 mod sysext;
 mod validate;
 mod why;
@@ -66,6 +68,10 @@ enum Command {
     /// HID tools.
     #[command(subcommand)]
     Hid(hid::HidCommand),
+    /// Serial ports: a port's line and modem status, and what a tty cannot
+    /// set (data bits, parity, DTR/RTS, breaks).
+    #[command(subcommand)]
+    Serial(serial::SerialCommand),
     /// Print HID events (keyboard, pointer, scroll) as event services dispatch them.
     Events(events::EventsArgs),
     /// Call a method of a driver's user client, as an app would.
@@ -101,6 +107,9 @@ enum Command {
     /// Internal: the futex-waiting peer of the cold round-trip baseline.
     #[command(name = "__bench-futex", hide = true)]
     BenchFutex,
+    /// Internal: the raw pty echo of the serial benchmarks' baseline.
+    #[command(name = "__bench-pty-echo", hide = true)]
+    BenchPtyEcho,
     /// Internal: the consuming process of the data-queue benchmarks.
     #[command(name = "__bench-consume", hide = true)]
     BenchConsume {
@@ -147,6 +156,7 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
         Command::Stop => client(&root)?.request(&Request::Shutdown).map(drop),
         Command::Why(args) => why::why(&root, args),
         Command::Hid(cmd) => hid::hid(cmd),
+        Command::Serial(cmd) => serial::serial(&root, cmd),
         Command::Events(args) => events::events(&root, args),
         Command::New(args) => new::new(args),
         Command::Call(args) => call::call(&root, args),
@@ -173,6 +183,7 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
         }
         Command::BenchEcho => bench::echo_peer(),
         Command::BenchSpin => bench::spin_peer(),
+        Command::BenchPtyEcho => bench_serial::pty_echo_peer(),
         Command::BenchFutex => bench::futex_peer(),
         Command::BenchConsume { kind, entry, n } => bench_sources::consume(&kind, entry, n),
     }
