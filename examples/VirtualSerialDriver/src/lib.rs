@@ -29,7 +29,7 @@ pub const INFO_PLIST: &str = include_str!("../Info.plist");
 pub const ENTITLEMENTS: &str = include_str!("../Entitlements.plist");
 
 /// Bytes moved per step between the rings and the UART.
-const STEP: usize = 4096;
+const STEP: usize = 64 * 1024;
 
 #[derive(Default)]
 pub struct VirtualSerialDriverIvars {
@@ -58,7 +58,7 @@ impl VirtualSerialDriver {
     /// TX ring → UART, until either is done.
     fn transmit_pending(&self) {
         let Ok(uart) = self.uart() else { return };
-        let mut buf = [0u8; STEP];
+        let mut buf = vec![0u8; STEP];
         loop {
             let n = self.tx_peek(&mut buf);
             if n == 0 {
@@ -154,8 +154,12 @@ impl IOServiceImpl for VirtualSerialDriver {
 }
 
 impl IOUserSerialImpl for VirtualSerialDriver {
+    /// Sends what the program wrote, then looks at the receive FIFO as a
+    /// UART's interrupt handler does: with the loopback plug, the bytes are
+    /// back already, and taking them now saves their interrupt's hop.
     fn tx_data_available(&self) {
         self.transmit_pending();
+        self.receive_pending();
     }
 
     fn rx_free_space_available(&self) {

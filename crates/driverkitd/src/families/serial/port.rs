@@ -29,7 +29,7 @@ use rustix::io::Errno;
 use super::tty::{self, Termios, Tty, PKT_FLUSHREAD, PKT_FLUSHWRITE, PKT_IOCTL};
 
 /// Bytes moved per read or write of the pty.
-const CHUNK: usize = 4096;
+const CHUNK: usize = 64 * 1024;
 
 /// Everything about the line, whoever set it: the tty (baud, stop bits,
 /// flow control) or `driverkit serial set` (all of it).
