@@ -69,12 +69,12 @@ impl Geometry {
             rx_log2,
             tx_log2,
         };
-        g.check(g.len())?;
+        g.check(g.region_len())?;
         Ok(g)
     }
 
     /// Bytes a region needs for this geometry.
-    pub fn len(&self) -> usize {
+    pub fn region_len(&self) -> usize {
         let end = |offset: u32, log2: u32| offset as usize + (1usize << log2.min(MAX_LOG2));
         end(self.rx_offset, self.rx_log2).max(end(self.tx_offset, self.tx_log2))
     }
@@ -250,7 +250,7 @@ impl SerialPortInterface {
     /// driver's side, before `ConnectQueues`).
     pub fn create(rx_log2: u32, tx_log2: u32) -> IOResult<SerialPortInterface> {
         let geometry = Geometry::packed(rx_log2, tx_log2)?;
-        let shm = SharedMemory::create("SerialPortInterface", geometry.len())
+        let shm = SharedMemory::create("SerialPortInterface", geometry.region_len())
             .map_err(|_| IOReturn::NO_MEMORY)?;
         geometry.write(&shm);
         Ok(SerialPortInterface { shm, geometry })
@@ -413,7 +413,7 @@ mod tests {
                 shm.u32_at(GEOMETRY + 4 * i).store(*w, Ordering::Relaxed);
             }
             if let Ok(g) = Geometry::read(shm) {
-                prop_assert!(g.len() <= shm.len());
+                prop_assert!(g.region_len() <= shm.len());
             }
         }
     }

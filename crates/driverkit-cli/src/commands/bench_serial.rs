@@ -200,11 +200,7 @@ fn raw_pty_echo() -> Result<(std::process::Child, std::path::PathBuf), String> {
     let mut t = rustix::termios::tcgetattr(&master).map_err(err)?;
     t.make_raw();
     rustix::termios::tcsetattr(&master, rustix::termios::OptionalActions::Now, &t).map_err(err)?;
-    let child = spawn_helper(
-        &["__bench-pty-echo"],
-        OwnedFd::from(master),
-        Stdio::inherit(),
-    )?;
+    let child = spawn_helper(&["__bench-pty-echo"], master, Stdio::inherit())?;
     Ok((child, slave))
 }
 

@@ -73,8 +73,16 @@ pub const EXAMPLES: &[Embedded] = &[
     },
 ];
 
-/// Drivers for tests and benchmarks; never loaded unless asked for.
+/// Drivers loaded only when asked for (`run --with-tool NAME`): the test
+/// and benchmark drivers, and FTDISerialDriver, which would otherwise take
+/// every FT232 on the machine from Linux's ftdi_sio.
 pub const TOOLS: &[Embedded] = &[
+    Embedded {
+        executable: "FTDISerialDriver",
+        info_plist: ftdi_serial_driver::INFO_PLIST,
+        entitlements: ftdi_serial_driver::ENTITLEMENTS,
+        classes: || vec![class::<ftdi_serial_driver::FTDISerialDriver>()],
+    },
     Embedded {
         executable: test::EXECUTABLE,
         info_plist: test::INFO_PLIST,

@@ -1,0 +1,398 @@
+//! FTDISerialDriver: FTDI's FT232 USB UART (0403:6001) as a serial port.
+//!
+//! Its personality matches the chip's interface and names `IOUserSerial`
+//! as its class, so the system gives it a tty (`IOCalloutDevice`). The
+//! driver speaks the chip's protocol ([`ftdi`]):
+//!
+//! - line settings, modem control, flow control, breaks, FIFO resets and
+//!   the latency timer are vendor control requests;
+//! - bytes to send go out through bulk OUT, one transfer in flight, taken
+//!   from the TX ring when it completes;
+//! - bulk IN packets start with two status bytes (modem lines, line
+//!   errors) before the received bytes; several reads stay in flight. A
+//!   packet whose bytes do not fit the RX ring waits, with its read not
+//!   resubmitted, until `rx_free_space_available`: the chip then holds
+//!   what it receives, and nothing is dropped.
+//!
+//! Everything runs on the `Default` queue.
+
+pub mod ftdi;
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Mutex;
+
+use driverkit::prelude::*;
+use driverkit::serial::flow;
+use driverkit::usb::descriptors::Setup;
+use driverkit::usb::TransferType;
+
+/// The bundle's Info.plist, for hosts that assemble the bundle themselves.
+pub const INFO_PLIST: &str = include_str!("../Info.plist");
+
+/// What the driver is entitled to: `Entitlements.plist`, installed in its bundle.
+pub const ENTITLEMENTS: &str = include_str!("../Entitlements.plist");
+
+/// Bulk-IN reads kept in flight, and their size (the chip's full-speed
+/// packet).
+const READS: usize = 4;
+const PACKET: usize = 64;
+/// Bytes per bulk-OUT transfer.
+const WRITE: usize = 4096;
+const TIMEOUT_MS: u32 = 1000;
+
+#[derive(Default)]
+pub struct FTDISerialDriverIvars {
+    usb: Mutex<Option<Usb>>,
+    /// Received bytes the RX ring had no room for, and the reads parked
+    /// until it has.
+    held: Mutex<(Vec<u8>, Vec<usize>)>,
+    writing: AtomicBool,
+    /// The line as last programmed: a baud change or a break keeps the rest.
+    data_bits: AtomicU8,
+    parity: AtomicU8,
+    half_stop_bits: AtomicU8,
+    last_status: Mutex<Option<ftdi::Status>>,
+}
+
+struct Usb {
+    interface: IOUSBHostInterface,
+    bulk_in: IOUSBHostPipe,
+    bulk_out: IOUSBHostPipe,
+    reads: Vec<(IOBufferMemoryDescriptor, OSAction)>,
+    write: (IOBufferMemoryDescriptor, OSAction),
+}
+
+#[driverkit::service(superclass = IOUserSerial, ivars = FTDISerialDriverIvars)]
+pub struct FTDISerialDriver;
+
+impl FTDISerialDriver {
+    fn with_usb<T>(&self, f: impl FnOnce(&Usb) -> IOResult<T>) -> IOResult<T> {
+        let usb = self.ivars().usb.lock().unwrap_or_else(|e| e.into_inner());
+        f(usb.as_ref().ok_or(IOReturn::NOT_READY)?)
+    }
+
+    /// A vendor request to the chip, for its one port (`wIndex` 0, or the
+    /// request's own high byte).
+    fn vendor(&self, request: u8, value: u16, index: u16) -> IOResult<()> {
+        self.with_usb(|u| {
+            let setup = Setup {
+                request_type: 0x40,
+                request,
+                value,
+                index,
+                length: 0,
+            };
+            u.interface.device_request(setup, &[], TIMEOUT_MS).map(drop)
+        })
+    }
+
+    fn program_line(&self, brk: bool) -> IOResult<()> {
+        let i = self.ivars();
+        self.vendor(
+            ftdi::SET_DATA,
+            ftdi::data_value(
+                i.data_bits.load(Ordering::Relaxed),
+                i.parity.load(Ordering::Relaxed),
+                i.half_stop_bits.load(Ordering::Relaxed),
+                brk,
+            ),
+            0,
+        )
+    }
+
+    fn submit_read(&self, slot: usize) {
+        let submitted = self.with_usb(|u| {
+            let (buffer, action) = u.reads.get(slot).ok_or(IOReturn::BAD_ARGUMENT)?;
+            u.bulk_in.async_io(buffer, PACKET, action, 0)
+        });
+        if let Err(e) = submitted {
+            driverkit::warn!("bulk IN read {slot}: {e}");
+        }
+    }
+
+    /// Starts a bulk-OUT transfer of what waits in the TX ring, unless one
+    /// is in flight (its completion starts the next).
+    fn send_pending(&self) {
+        if self.ivars().writing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut chunk = vec![0u8; WRITE];
+        let n = self.tx_peek(&mut chunk);
+        let sent = self.with_usb(|u| {
+            if n == 0 {
+                return Ok(false);
+            }
+            u.write.0.create_mapping()?.write(0, &chunk[..n])?;
+            u.bulk_out.async_io(&u.write.0, n, &u.write.1, TIMEOUT_MS)?;
+            Ok(true)
+        });
+        if !matches!(sent, Ok(true)) {
+            self.ivars().writing.store(false, Ordering::Release);
+        }
+    }
+
+    /// The modem lines of a packet's status, when they changed; its line
+    /// errors.
+    fn status(&self, status: ftdi::Status) {
+        let mut last = self
+            .ivars()
+            .last_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let modem = |s: &ftdi::Status| (s.cts, s.dsr, s.ri, s.dcd);
+        if last.as_ref().map(modem) != Some(modem(&status)) {
+            let _ = self.set_modem_status(ModemStatus {
+                cts: status.cts,
+                dsr: status.dsr,
+                ri: status.ri,
+                dcd: status.dcd,
+            });
+        }
+        *last = Some(status);
+        if status.has_error() {
+            let _ = self.rx_error(status.overrun, status.brk, status.framing, status.parity);
+        }
+    }
+}
+
+impl IOServiceImpl for FTDISerialDriver {
+    fn init(&self) -> IOResult<FTDISerialDriverIvars> {
+        let ivars = FTDISerialDriverIvars::default();
+        ivars.data_bits.store(8, Ordering::Relaxed);
+        ivars
+            .parity
+            .store(driverkit::serial::parity::NONE, Ordering::Relaxed);
+        ivars.half_stop_bits.store(2, Ordering::Relaxed);
+        Ok(ivars)
+    }
+
+    fn start(&self, provider: &IOService) -> IOResult<()> {
+        self.super_start(provider)?;
+        let interface = IOUSBHostInterface::from_provider(provider);
+        let endpoints = interface.descriptor()?.endpoints;
+        let bulk = |input: bool| {
+            endpoints
+                .iter()
+                .find(|e| e.transfer_type == TransferType::Bulk && (e.address & 0x80 != 0) == input)
+                .map(|e| e.address)
+                .ok_or(IOReturn::NOT_FOUND)
+        };
+        let bulk_in = interface.copy_pipe(bulk(true)?)?;
+        let bulk_out = interface.copy_pipe(bulk(false)?)?;
+        let mut reads = Vec::new();
+        for slot in 0..READS {
+            let action = self.create_action_read_done(1)?;
+            action.reference()[0] = slot as u8;
+            reads.push((IOBufferMemoryDescriptor::create(PACKET)?, action));
+        }
+        let write = (
+            IOBufferMemoryDescriptor::create(WRITE)?,
+            self.create_action_write_done(0)?,
+        );
+        *self.ivars().usb.lock().unwrap_or_else(|e| e.into_inner()) = Some(Usb {
+            interface,
+            bulk_in,
+            bulk_out,
+            reads,
+            write,
+        });
+        self.vendor(ftdi::RESET, ftdi::RESET_SIO, 0)?;
+        self.program_line(false)?;
+        for slot in 0..READS {
+            self.submit_read(slot);
+        }
+        self.register_service()?;
+        driverkit::info!("start: FT232 on bulk IN and OUT");
+        Ok(())
+    }
+
+    fn stop(&self, provider: &IOService) -> IOResult<()> {
+        let usb = self
+            .ivars()
+            .usb
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(u) = usb {
+            let _ = u.bulk_in.abort();
+            let _ = u.bulk_out.abort();
+        }
+        driverkit::info!("stop");
+        self.super_stop(provider)
+    }
+}
+
+impl IOUserSerialImpl for FTDISerialDriver {
+    fn tx_data_available(&self) {
+        self.send_pending();
+    }
+
+    /// Held bytes first, then the parked reads go out again.
+    fn rx_free_space_available(&self) {
+        let parked = {
+            let mut held = self.ivars().held.lock().unwrap_or_else(|e| e.into_inner());
+            let n = self.rx_put(&held.0);
+            held.0.drain(..n);
+            if !held.0.is_empty() {
+                return;
+            }
+            std::mem::take(&mut held.1)
+        };
+        for slot in parked {
+            self.submit_read(slot);
+        }
+    }
+
+    fn hw_activate(&self) -> IOResult<()> {
+        driverkit::info!("hw_activate");
+        self.vendor(ftdi::MODEM_CTRL, ftdi::modem_ctrl_value(true, true), 0)
+    }
+
+    fn hw_deactivate(&self) -> IOResult<()> {
+        driverkit::info!("hw_deactivate");
+        self.vendor(ftdi::MODEM_CTRL, ftdi::modem_ctrl_value(false, false), 0)
+    }
+
+    fn hw_program_uart(
+        &self,
+        baud: u32,
+        data_bits: u8,
+        half_stop_bits: u8,
+        parity: u8,
+    ) -> IOResult<()> {
+        driverkit::info!("hw_program_uart({baud}, {data_bits}, {half_stop_bits}, {parity})");
+        // The chip has 7 or 8 data bits, and one or two stop bits.
+        if !(7..=8).contains(&data_bits) || half_stop_bits == 3 {
+            return Err(IOReturn::UNSUPPORTED);
+        }
+        let i = self.ivars();
+        i.data_bits.store(data_bits, Ordering::Relaxed);
+        i.half_stop_bits.store(half_stop_bits, Ordering::Relaxed);
+        i.parity.store(parity, Ordering::Relaxed);
+        self.program_line(false)?;
+        self.hw_program_baud_rate(baud)
+    }
+
+    fn hw_program_baud_rate(&self, baud: u32) -> IOResult<()> {
+        let (value, index) = ftdi::baud_divisor(baud).ok_or(IOReturn::BAD_ARGUMENT)?;
+        driverkit::info!(
+            "hw_program_baud_rate({baud}): divisor {value:#06x}/{index} ({} baud)",
+            ftdi::baud_of(value, index)
+        );
+        self.vendor(ftdi::SET_BAUD_RATE, value, index)?;
+        self.set_property("BaudRate", i64::from(baud))
+    }
+
+    fn hw_reset_fifo(&self, tx: bool, rx: bool) -> IOResult<()> {
+        if rx {
+            self.vendor(ftdi::RESET, ftdi::PURGE_RX, 0)?;
+        }
+        if tx {
+            self.vendor(ftdi::RESET, ftdi::PURGE_TX, 0)?;
+        }
+        Ok(())
+    }
+
+    fn hw_send_break(&self, send: bool) -> IOResult<()> {
+        self.program_line(send)
+    }
+
+    fn hw_program_mcr(&self, dtr: bool, rts: bool) -> IOResult<()> {
+        self.vendor(ftdi::MODEM_CTRL, ftdi::modem_ctrl_value(dtr, rts), 0)
+    }
+
+    fn hw_get_modem_status(&self) -> IOResult<ModemStatus> {
+        let bytes = self.with_usb(|u| {
+            let setup = Setup {
+                request_type: 0xc0,
+                request: ftdi::GET_MODEM_STATUS,
+                value: 0,
+                index: 0,
+                length: 2,
+            };
+            u.interface.device_request(setup, &[], TIMEOUT_MS)
+        })?;
+        let s = ftdi::Status::parse(&bytes).ok_or(IOReturn::IO_ERROR)?;
+        Ok(ModemStatus {
+            cts: s.cts,
+            dsr: s.dsr,
+            ri: s.ri,
+            dcd: s.dcd,
+        })
+    }
+
+    fn hw_program_flow_control(&self, arg: u32, xon: u8, xoff: u8) -> IOResult<()> {
+        let (value, index) = ftdi::flow_value(
+            arg & (flow::CTS | flow::RTS) != 0,
+            arg & (flow::DSR | flow::DTR) != 0,
+            arg & (flow::TX_XON_XOFF | flow::RX_XON_XOFF) != 0,
+            xon,
+            xoff,
+        );
+        self.vendor(ftdi::SET_FLOW_CTRL, value, index)
+    }
+
+    fn hw_program_latency_timer(&self, latency_ms: u32) -> IOResult<()> {
+        let ms = u16::try_from(latency_ms)
+            .ok()
+            .filter(|ms| (1..=255).contains(ms))
+            .ok_or(IOReturn::BAD_ARGUMENT)?;
+        self.vendor(ftdi::SET_LATENCY_TIMER, ms, 0)
+    }
+}
+
+#[driverkit::actions]
+impl FTDISerialDriver {
+    /// A bulk-IN packet: status, then bytes for the tty.
+    #[action(IOService::CompleteAsync)]
+    fn read_done(&self, action: &OSAction, status: IOReturn, actual: u64) {
+        let slot = usize::from(action.reference()[0]);
+        if status != IOReturn::SUCCESS {
+            if status != IOReturn::ABORTED {
+                driverkit::warn!("bulk IN: {status}");
+                self.submit_read(slot);
+            }
+            return;
+        }
+        let mut packet = vec![0u8; (actual as usize).min(PACKET)];
+        let read = self.with_usb(|u| {
+            let (buffer, _) = u.reads.get(slot).ok_or(IOReturn::BAD_ARGUMENT)?;
+            buffer.create_mapping()?.read(0, &mut packet)
+        });
+        if read.is_err() {
+            return;
+        }
+        if let Some(s) = ftdi::Status::parse(&packet) {
+            self.status(s);
+        }
+        let data = packet.get(2..).unwrap_or_default();
+        let mut held = self.ivars().held.lock().unwrap_or_else(|e| e.into_inner());
+        let n = if held.0.is_empty() {
+            self.rx_put(data)
+        } else {
+            0
+        };
+        if n < data.len() {
+            held.0.extend_from_slice(&data[n..]);
+            held.1.push(slot);
+            return;
+        }
+        drop(held);
+        self.submit_read(slot);
+    }
+
+    /// A bulk-OUT transfer ended: its bytes leave the TX ring; the next
+    /// goes.
+    #[action(IOService::CompleteAsync)]
+    fn write_done(&self, _action: &OSAction, status: IOReturn, actual: u64) {
+        if status == IOReturn::SUCCESS {
+            self.tx_consume(actual as usize);
+        } else if status != IOReturn::ABORTED {
+            driverkit::warn!("bulk OUT: {status}");
+        }
+        self.ivars().writing.store(false, Ordering::Release);
+        if status != IOReturn::ABORTED {
+            self.send_pending();
+        }
+    }
+}

@@ -1,0 +1,1 @@
+driverkit::dext_main!(ftdi_serial_driver::FTDISerialDriver);
