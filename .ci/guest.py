@@ -31,6 +31,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -150,6 +151,7 @@ PREAMBLE = """#!/bin/busybox sh
 export PATH=/bin:/usr/bin:/usr/sbin HOME=/tmp
 mount -t proc proc /proc; mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev; mount -t tmpfs tmp /tmp
+mkdir -p /dev/pts; mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 for m in $(cat /modules/order); do insmod /modules/$m.ko || echo "GUEST: insmod $m failed"; done
 echo "GUEST: up"
 """
@@ -341,3 +343,43 @@ def free_port():
 def fail(message, console):
     print(f"{message}\n--- console (last lines)\n{console[-5000:]}", file=sys.stderr)
     raise SystemExit(1)
+
+
+class Chardev:
+    """The host's end of a guest's serial line (the FTDI's): QEMU's socket
+    chardev on 127.0.0.1."""
+
+    def __init__(self, port):
+        deadline = time.time() + 30
+        while True:
+            try:
+                self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.1)
+        self.received = b""
+        threading.Thread(target=self.read, daemon=True).start()
+
+    def read(self):
+        self.sock.settimeout(None)
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except OSError:
+                return
+            if not data:
+                return
+            self.received += data
+
+    def wait_for(self, expected, timeout=60):
+        deadline = time.time() + timeout
+        while expected not in self.received:
+            if time.time() > deadline:
+                raise SystemExit(f"guest: the chardev got {self.received!r}, "
+                                 f"not {expected!r}")
+            time.sleep(0.05)
+
+    def send(self, data):
+        self.sock.sendall(data)
