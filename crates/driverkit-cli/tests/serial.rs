@@ -433,3 +433,62 @@ print(got.decode())
         "nothing of the old rings leaks into the new tty"
     );
 }
+
+#[test]
+fn serial_set_carries_what_a_pty_cannot_and_refusals_are_named() {
+    let d = Daemon::start(&["--no-default-devices"]);
+    let uart = plug(&d, &fast_uart(&d, "U", 4096));
+    let port = port_over(&d, uart);
+    let id = port["id"].as_u64().unwrap();
+    let name = port["properties"]["IOTTYDevice"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Seven data bits and even parity: a tty would have made them 8N1.
+    d.cli(&[
+        "serial",
+        "set",
+        &name,
+        "--data-bits",
+        "7",
+        "--parity",
+        "even",
+    ]);
+    d.wait_log("hw_program_uart(9600, 7, 2, 3)", 1);
+    // DTR and RTS: the loopback plug wires them to DSR/DCD and CTS, which
+    // come back through the driver's modem status interrupt.
+    d.cli(&[
+        "serial",
+        "set",
+        &callout(&port),
+        "--dtr",
+        "on",
+        "--rts",
+        "off",
+    ]);
+    let got: Value = serde_json::from_str(&d.cli(&["serial", "get", &name, "--json"])).unwrap();
+    assert_eq!(got["data_bits"], 7);
+    assert_eq!(got["parity"], "even");
+    assert_eq!(got["dtr"], true);
+    assert_eq!(got["modem"]["dsr"], true);
+    assert_eq!(got["modem"]["cts"], false);
+    d.wait_until("DSR on in the registry", || {
+        node_by_id(&d, id)["properties"]["IOSerialModemStatus"]["DSR"] == true
+    });
+    // The virtual UART has no break: the driver says so, and so does the
+    // command.
+    let out = d.run_cli(&["serial", "set", &name, "--break", "10"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the driver refused a break: kIOReturnUnsupported"),
+        "{err}"
+    );
+    // A port that is not there is named, with the ones that are.
+    let out = d.run_cli(&["serial", "get", "nonesuch"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no serial port \"nonesuch\"") && err.contains(&name),
+        "{err}"
+    );
+}

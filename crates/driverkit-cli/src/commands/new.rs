@@ -95,13 +95,13 @@ fn flavour(family: Family) -> Result<Flavour, String> {
             ],
             source: include_str!("template/hid.rs.in"),
         },
-        Family::Serial => {
-            return Err(not_yet(
-                "serial",
-                "IOUserSerial (a tty per driver)",
-                "drive the chip over its USB interface with --family usb",
-            ))
-        }
+        Family::Serial => Flavour {
+            io_class: "IOUserSerial",
+            // The built-in `uart` virtual device.
+            matching: vec![("IOProviderClass", "IOUARTDevice".into())],
+            entitlements: vec![yes("com.apple.developer.driverkit.family.serial")],
+            source: include_str!("template/serial.rs.in"),
+        },
         Family::Net => {
             return Err(not_yet(
                 "net",

@@ -203,10 +203,16 @@ impl Port {
     /// `break_ms`. Each refusal of the driver is named.
     pub fn set(&self, want: Line, break_ms: Option<u32>) -> Result<(), String> {
         let s = &self.shared;
-        let had = *s.line.lock().unwrap_or_else(|e| e.into_inner());
         let named = |what: &str, r: IOResult<()>| {
             r.map_err(|e| format!("{}: the driver refused {what}: {e}", s.name))
         };
+        // Each step the driver took is kept (and shown) even when a later
+        // one is refused.
+        let step = |f: &dyn Fn(&mut Line)| {
+            f(&mut s.line.lock().unwrap_or_else(|e| e.into_inner()));
+            s.publish_line();
+        };
+        let had = self.line();
         let t = want.termios;
         if (t.baud, t.half_stop_bits, want.data_bits, want.parity)
             != (
@@ -228,21 +234,34 @@ impl Port {
                     d.hw_program_uart(t.baud, want.data_bits, t.half_stop_bits, want.parity)
                 }),
             )?;
+            step(&|l| {
+                l.termios.baud = t.baud;
+                l.termios.half_stop_bits = t.half_stop_bits;
+                l.data_bits = want.data_bits;
+                l.parity = want.parity;
+            });
         }
         if (t.flow, t.xon, t.xoff) != (had.termios.flow, had.termios.xon, had.termios.xoff) {
             named(
                 "the flow control",
                 s.driver(|d| d.hw_program_flow_control(t.flow, t.xon, t.xoff)),
             )?;
+            step(&|l| {
+                l.termios.flow = t.flow;
+                l.termios.xon = t.xon;
+                l.termios.xoff = t.xoff;
+            });
         }
         if (want.dtr, want.rts) != (had.dtr, had.rts) {
             named(
                 "the modem control lines",
                 s.driver(|d| d.hw_program_mcr(want.dtr, want.rts)),
             )?;
+            step(&|l| {
+                l.dtr = want.dtr;
+                l.rts = want.rts;
+            });
         }
-        *s.line.lock().unwrap_or_else(|e| e.into_inner()) = want;
-        s.publish_line();
         if let Some(ms) = break_ms {
             named("a break", s.driver(|d| d.hw_send_break(true)))?;
             std::thread::sleep(Duration::from_millis(ms.into()));
