@@ -118,8 +118,11 @@ fn ctrl_c_stops_every_dext_and_leaves_no_process_behind() {
     d.wait_node("HIDKeyboardDriver active", |n| {
         n["name"] == "HIDKeyboardDriver" && n["state"]["active"] == true
     });
+    d.wait_node("VirtualSerialDriver active", |n| {
+        n["name"] == "VirtualSerialDriver" && n["state"]["active"] == true
+    });
     let pids: Vec<u64> = d.nodes().iter().filter_map(|n| n["pid"].as_u64()).collect();
-    assert_eq!(pids.len(), 4, "the four example drivers");
+    assert_eq!(pids.len(), 5, "the five example drivers");
     let log = d.interrupt();
     for pid in pids {
         assert!(!alive(pid), "pid {pid} outlived the daemon\n{log}");

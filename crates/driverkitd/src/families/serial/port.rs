@@ -508,9 +508,11 @@ fn read_master(s: &Shared, buf: &mut [u8]) {
 }
 
 /// While closed: waits for the inotify watch to report an open of the
-/// slave, then checks that the master no longer says hung up.
+/// slave, then checks that the master no longer says hung up. A program
+/// that opened and closed the tty between two looks (`stty -F`) still
+/// counts: activate, its status packets, deactivate.
 fn wait_for_open(s: &Shared) {
-    s.tty.drain_opens();
+    let opened_meanwhile = s.tty.drain_opens();
     let hung_up = s
         .poll_master(PollFlags::IN | PollFlags::PRI, Some(Duration::ZERO))
         .contains(PollFlags::HUP);
@@ -518,9 +520,21 @@ fn wait_for_open(s: &Shared) {
         s.opened();
         return;
     }
-    // A status packet left from before the close (our own setup's) goes.
-    let mut status = [0u8; 1];
-    let _ = rustix::io::read(s.tty.master(), &mut status);
+    if opened_meanwhile {
+        s.opened();
+        let mut status = [0u8; 1];
+        while s
+            .poll_master(PollFlags::PRI, Some(Duration::ZERO))
+            .contains(PollFlags::PRI)
+        {
+            match rustix::io::read(s.tty.master(), &mut status) {
+                Ok(1) if status[0] != 0 => s.status(status[0]),
+                _ => break,
+            }
+        }
+        s.closed();
+        return;
+    }
     let opens = s.tty.opens();
     let mut fds = [
         PollFd::new(&opens, PollFlags::IN),

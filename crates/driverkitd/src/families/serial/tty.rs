@@ -90,11 +90,16 @@ impl Tty {
             Mode::empty(),
         )?);
         rustix::fs::fcntl_setfl(&master, OFlags::NONBLOCK)?;
-        Ok(Tty {
+        let tty = Tty {
             master,
             slave,
             opens,
-        })
+        };
+        // That open was ours, and so is the status packet of our setup.
+        tty.drain_opens();
+        let mut status = [0u8; 1];
+        let _ = rustix::io::read(&tty.master, &mut status);
+        Ok(tty)
     }
 
     pub fn master(&self) -> BorrowedFd<'_> {
@@ -105,11 +110,15 @@ impl Tty {
         self.opens.as_fd()
     }
 
-    /// Forgets the open events so far.
-    pub fn drain_opens(&self) {
+    /// Takes the open events so far: true if there was one.
+    pub fn drain_opens(&self) -> bool {
         let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 512];
         let mut reader = inotify::Reader::new(&self.opens, &mut buf);
-        while reader.next().is_ok() {}
+        let mut any = false;
+        while reader.next().is_ok() {
+            any = true;
+        }
+        any
     }
 
     pub fn slave(&self) -> &Path {
