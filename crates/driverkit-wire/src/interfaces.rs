@@ -328,3 +328,52 @@ pub trait IOUARTDeviceInterface {
     #[kernel]
     fn reset_fifo(&self, tx: bool, rx: bool) -> IOResult<()>;
 }
+
+/// `IOUserNetworkEthernet`: an Ethernet interface a dext drives
+/// (NetworkingDriverKit). The system holds a network interface for it (a
+/// TAP device); frames travel in the pool and queues of
+/// `net::NetInterface`, whose doorbells stand for the queues'
+/// DataAvailable actions. The `set_*` methods are what `ip link set` asks.
+#[interface(class = "IOUserNetworkEthernet")]
+pub trait IOUserNetworkEthernetInterface {
+    /// `ip link set up` (true) or `down`.
+    #[local]
+    fn set_interface_enable(&self, enable: bool) -> IOResult<()>;
+    #[local]
+    fn set_promiscuous_mode_enable(&self, enable: bool) -> IOResult<()>;
+    #[local]
+    fn set_all_multicast_mode_enable(&self, enable: bool) -> IOResult<()>;
+    /// The multicast addresses to receive, 6 bytes each.
+    #[local]
+    fn set_multicast_addresses(&self, addresses: Vec<Bytes>) -> IOResult<()>;
+    #[local]
+    fn set_mtu(&self, mtu: u32) -> IOResult<()>;
+    #[local]
+    fn get_max_transfer_unit(&self) -> IOResult<u32>;
+
+    /// `RegisterEthernetInterface`: the MAC address, and the caller's
+    /// region `memory` holding the pool and the queues (geometry written in
+    /// it); the system makes the interface.
+    #[kernel]
+    fn register_ethernet_interface(&self, mac: Bytes, memory: u64) -> IOResult<()>;
+    /// `ReportLinkStatus`: the carrier, and the media (`net::media`).
+    #[kernel]
+    fn report_link_status(&self, up: bool, media: u32) -> IOResult<()>;
+}
+
+/// `IOVirtualNIC`: one end of the virtual cable of the default run: frames
+/// transmitted at one end arrive at the other. Interrupt 0 says frames
+/// wait, 1 that a transmit that did not fit now would.
+#[interface(class = "IOVirtualNIC")]
+pub trait IOVirtualNICInterface {
+    /// Puts frames on the wire, in order; returns how many the far end had
+    /// room for.
+    #[kernel]
+    fn transmit(&self, frames: Vec<Bytes>) -> IOResult<u64>;
+    /// Takes up to `max` received frames.
+    #[kernel]
+    fn receive(&self, max: u32) -> IOResult<Vec<Bytes>>;
+    /// Whether the cable is plugged at both ends.
+    #[kernel]
+    fn link_up(&self) -> IOResult<bool>;
+}

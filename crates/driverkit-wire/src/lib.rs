@@ -19,6 +19,7 @@ pub mod hex;
 pub mod interfaces;
 pub mod interrupt;
 mod ioreturn;
+pub mod net;
 pub mod ring;
 pub mod root;
 pub mod serial;

@@ -35,6 +35,7 @@ pub mod hid;
 pub mod interrupt;
 mod log;
 pub mod memory;
+pub mod net;
 pub mod queue;
 pub mod runtime;
 pub mod serial;
@@ -54,6 +55,10 @@ pub use hid::{
 };
 pub use interrupt::IOInterruptDispatchSource;
 pub use memory::{IOBufferMemoryDescriptor, IOMemoryDescriptor, IOMemoryMap};
+pub use net::{
+    IOUserNetworkEthernet, IOUserNetworkEthernetApi, IOUserNetworkEthernetImpl,
+    IOUserNetworkPacket, IOVirtualNIC,
+};
 pub use queue::IODispatchQueue;
 pub use serial::{IOUARTDevice, IOUserSerial, IOUserSerialApi, IOUserSerialImpl, ModemStatus};
 pub use service::{IOService, IOServiceApi, IOServiceImpl, IOServiceSuper};
