@@ -323,11 +323,11 @@ fn apple_class_names_stand_for_the_system_classes() {
     // A family still to come is named as such, not as an unknown class.
     refused(
         load(&with_personality(|p| {
-            drop(p.insert("IOClass".into(), "IOUserNetworkEthernet".into()))
+            drop(p.insert("IOClass".into(), "IOUserAudioDriver".into()))
         })),
         Some("Broken"),
         Some("IOClass"),
-        "belongs to DriverKit's networking (NetworkingDriverKit) family, which this system does not implement yet",
+        "belongs to DriverKit's audio (AudioDriverKit) family, which this system does not implement yet",
     );
 }
 

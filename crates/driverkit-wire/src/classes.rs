@@ -38,6 +38,10 @@ const CLASSES: &[(&str, Option<&str>)] = &[
     // driver may drive (the virtual one).
     ("IOUserSerial", Some("IOService")),
     ("IOUARTDevice", Some("IOService")),
+    // Ethernet: a dext's interface (the system holds its TAP) and the
+    // virtual cable's NICs.
+    ("IOUserNetworkEthernet", Some("IOService")),
+    ("IOVirtualNIC", Some("IOService")),
 ];
 
 /// The names Apple's DriverKit uses in a personality's `IOClass` for classes
@@ -54,7 +58,6 @@ const APPLE_NAMES: &[(&str, &str)] = &[
 /// DriverKit classes of families this system does not implement yet, and
 /// the family's name, so that a refusal says so rather than "unknown".
 const FAMILIES_TO_COME: &[(&str, &str)] = &[
-    ("IOUserNetworkEthernet", "networking (NetworkingDriverKit)"),
     ("IOUserAudioDriver", "audio (AudioDriverKit)"),
     (
         "IOUserSCSIParallelInterfaceController",

@@ -123,6 +123,7 @@ impl Daemon {
             families.usb.clone(),
             families.plain.clone(),
             families.serial.clone(),
+            families.net.clone(),
         ));
         let linux_usb = config
             .linux_usb

@@ -407,6 +407,7 @@ fn bench_device(name: &str, extra: &[(&str, Value)]) -> DeviceSpec {
         source: "bench".into(),
         usb: None,
         uart: None,
+        cable: None,
     }
 }
 

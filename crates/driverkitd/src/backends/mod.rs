@@ -5,7 +5,8 @@
 //!
 //! - [`virtual_device`]: device files (TOML) and the built-ins, on the
 //!   `VirtualBus`; [`virtual_usb`] the USB devices among them,
-//!   [`virtual_uart`] the UARTs, and [`interrupts`] the interrupt lines;
+//!   [`virtual_uart`] the UARTs, [`virtual_cable`] the cables (two
+//!   NICs back to back), and [`interrupts`] the interrupt lines;
 //! - [`usbip`]: devices imported from a USB/IP server; [`usbip_server`]
 //!   the reverse, devices the daemon holds exported to USB/IP peers;
 //! - [`linux_usb`]: the real USB devices of the machine, through usbfs;
@@ -16,6 +17,7 @@ pub mod linux_usb;
 pub mod uinput;
 pub mod usbip;
 pub mod usbip_server;
+pub mod virtual_cable;
 pub mod virtual_device;
 pub mod virtual_uart;
 pub mod virtual_usb;

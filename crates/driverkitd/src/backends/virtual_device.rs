@@ -39,9 +39,11 @@ use driverkit_wire::IOResult;
 use plist::Value;
 
 use super::interrupts::InterruptModel;
+use super::virtual_cable::CableSpec;
 use super::virtual_uart::{UartSpec, VirtualUart};
 use super::virtual_usb::{UsbSpec, VirtualUsb};
 use crate::families::plain::{PlainDevice, PlainFamily, PlainNub};
+use crate::families::net::NetFamily;
 use crate::families::serial::{SerialFamily, UartNub};
 use crate::families::usb::{UsbFamily, UsbTransport};
 
@@ -59,6 +61,8 @@ pub struct DeviceSpec {
     pub usb: Option<UsbSpec>,
     /// A UART's FIFOs, pace and modem script.
     pub uart: Option<UartSpec>,
+    /// A virtual cable: two NICs back to back.
+    pub cable: Option<CableSpec>,
 }
 
 const BUILTINS: &[(&str, &str)] = &[
@@ -67,6 +71,7 @@ const BUILTINS: &[(&str, &str)] = &[
     ("keyboard", include_str!("../../devices/keyboard.toml")),
     ("mouse", include_str!("../../devices/mouse.toml")),
     ("uart", include_str!("../../devices/uart.toml")),
+    ("cable", include_str!("../../devices/cable.toml")),
     (
         "vendor-bulk",
         include_str!("../../devices/vendor-bulk.toml"),
@@ -109,6 +114,7 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
     let mut interrupts = Vec::new();
     let mut usb = None;
     let mut uart = None;
+    let mut cable = None;
     for (key, value) in &table {
         match (key.as_str(), value) {
             ("name", toml::Value::String(s)) if !s.is_empty() => name = Some(s.clone()),
@@ -153,6 +159,16 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
                 }
                 uart = Some(spec);
             }
+            ("cable", toml::Value::Table(t)) => {
+                let spec: CableSpec = toml::Value::Table(t.clone())
+                    .try_into()
+                    .map_err(|e: toml::de::Error| format!("{source}: key cable: {}", e.message().trim()))?;
+                spec.validate().map_err(|e| format!("{source}: {e}"))?;
+                if !table.contains_key("class") {
+                    class = "IOVirtualNIC".to_owned();
+                }
+                cable = Some(spec);
+            }
             ("interrupts", other) => {
                 return Err(format!("{source}: key interrupts: expected [[interrupts]] tables, found {}", other.type_str()))
             }
@@ -170,7 +186,7 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
             }
             (other, _) => {
                 return Err(format!(
-                    "{source}: unknown key {other:?}: expected name, class, [properties], [[interrupts]], [usb] or [uart]"
+                    "{source}: unknown key {other:?}: expected name, class, [properties], [[interrupts]], [usb], [uart] or [cable]"
                 ))
             }
         }
@@ -186,8 +202,18 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
             "{source}: key class: a device with [uart] is an IOUARTDevice, found {class:?}"
         ));
     }
-    if uart.is_some() && usb.is_some() {
-        return Err(format!("{source}: a device is [usb] or [uart], not both"));
+    if [usb.is_some(), uart.is_some(), cable.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count()
+        > 1
+    {
+        return Err(format!("{source}: a device is one of [usb], [uart] or [cable]"));
+    }
+    if cable.is_some() && class != "IOVirtualNIC" {
+        return Err(format!(
+            "{source}: key class: a [cable] is two IOVirtualNIC ends, found {class:?}"
+        ));
     }
     let chain = driverkit_wire::classes::chain(&class);
     if !driverkit_wire::classes::is_system_class(&class) || !chain.contains(&"IOService") {
@@ -207,6 +233,7 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
         source: source.to_owned(),
         usb,
         uart,
+        cable,
     })
 }
 
@@ -254,6 +281,7 @@ pub struct VirtualDevices {
     usb: Arc<UsbFamily>,
     plain: Arc<PlainFamily>,
     serial: Arc<SerialFamily>,
+    net: Arc<NetFamily>,
     bus: EntryId,
     state: Mutex<Plugged>,
 }
@@ -272,6 +300,7 @@ impl VirtualDevices {
         usb: Arc<UsbFamily>,
         plain: Arc<PlainFamily>,
         serial: Arc<SerialFamily>,
+        net: Arc<NetFamily>,
     ) -> VirtualDevices {
         let bus = system
             .publish(Nub {
@@ -293,6 +322,7 @@ impl VirtualDevices {
             usb,
             plain,
             serial,
+            net,
             bus,
             state: Mutex::default(),
         }
@@ -326,6 +356,29 @@ impl VirtualDevices {
                 .inspect_err(|_| device.close())?;
             self.lock().usb.insert(id, device);
             return Ok(id);
+        }
+        if let Some(cable) = &spec.cable {
+            // Both ends; the first's ID answers.
+            let (a, b) = super::virtual_cable::cable(cable);
+            let mut first = None;
+            for (end, device) in [("A", a), ("B", b)] {
+                let mut properties = spec.properties.clone();
+                properties.insert("CableEnd".into(), end.into());
+                properties.insert(
+                    "locationID".into(),
+                    Value::Integer(self.next_location().into()),
+                );
+                let id = self.net.plug_nic(
+                    &self.system,
+                    &format!("{}{end}", spec.name),
+                    properties,
+                    self.bus,
+                    &spec.source,
+                    device,
+                )?;
+                first.get_or_insert(id);
+            }
+            return first.ok_or_else(|| "the cable has no ends".into());
         }
         if let Some(uart) = &spec.uart {
             let device = VirtualUart::start(&spec.name, uart);

@@ -5,9 +5,12 @@
 //! - [`usb`]: `IOUSBHostDevice`, `IOUSBHostInterface` and their pipes;
 //! - [`hid`]: `IOHIDInterface`, event services, the event stream;
 //! - [`plain`]: devices with no protocol of their own (interrupts, reads);
-//! - [`serial`]: `IOUserSerial` ports as ttys, and UARTs.
+//! - [`serial`]: `IOUserSerial` ports as ttys, and UARTs;
+//! - [`net`]: `IOUserNetworkEthernet` interfaces as TAP devices, and the
+//!   virtual cable's NICs.
 
 pub mod hid;
+pub mod net;
 pub mod plain;
 pub mod serial;
 pub mod usb;
@@ -24,6 +27,7 @@ pub struct Families {
     pub hid: Arc<hid::HidFamily>,
     pub plain: Arc<plain::PlainFamily>,
     pub serial: Arc<serial::SerialFamily>,
+    pub net: Arc<net::NetFamily>,
 }
 
 impl Families {
@@ -35,6 +39,7 @@ impl Families {
             usb,
             plain: Arc::new(plain::PlainFamily::default()),
             serial: Arc::new(serial::SerialFamily::new(serial_links)),
+            net: Arc::new(net::NetFamily::default()),
         }
     }
 
@@ -46,6 +51,7 @@ impl Families {
             self.hid.clone(),
             self.plain.clone(),
             self.serial.clone(),
+            self.net.clone(),
         ]
     }
 }

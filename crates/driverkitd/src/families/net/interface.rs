@@ -1,0 +1,285 @@
+//! One Ethernet interface at work: its TAP device and the driver's pool,
+//! and the two threads between them.
+//!
+//! - `net-in`: frames the kernel sends (TAP reads) into free TX buffers,
+//!   a batch per TX submission; buffers come back through TX completions.
+//!   With no free buffer it waits: the kernel holds the frames in the
+//!   TAP's queue, as it does for a busy NIC.
+//! - `net-out`: RX completions to the kernel (TAP writes), each buffer
+//!   handed back empty through RX submission at once. A frame longer than
+//!   the MTU allows is dropped and counted, never truncated.
+//!
+//! The pool's first half is the TX side's, the second the RX side's; each
+//! side keeps its own account of which buffers the driver holds
+//! ([`Ownership`]), so a buffer returned twice or never lent is counted as
+//! the driver's error and ignored.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use driverkit_core::{EntryId, System};
+use driverkit_wire::net::{Entry, NetInterface, Ownership, Queue, DRIVER_BELL, SYSTEM_BELL};
+use driverkit_wire::shm::SPIN;
+use driverkit_wire::{IOResult, IOReturn};
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+
+use super::tap::Tap;
+
+/// Frames per batch at most.
+const BATCH: usize = 64;
+
+/// Counters, for ioreg and the tests.
+#[derive(Default)]
+pub struct Counters {
+    pub tx_packets: AtomicU64,
+    pub rx_packets: AtomicU64,
+    /// Longer than the MTU allows: dropped.
+    pub rx_too_long: AtomicU64,
+    /// Entries the driver returned that it did not hold.
+    pub bad_returns: AtomicU64,
+}
+
+struct Shared {
+    name: String,
+    tap: Arc<Tap>,
+    net: NetInterface,
+    stop: AtomicBool,
+    wake: OwnedFd,
+    counters: Arc<Counters>,
+}
+
+pub struct Interface {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Interface {
+    /// Starts moving frames between `tap` and the driver's pool `net`.
+    pub fn start(
+        name: String,
+        tap: Arc<Tap>,
+        net: NetInterface,
+        counters: Arc<Counters>,
+    ) -> IOResult<Interface> {
+        let packets = net.geometry().packets;
+        if packets < 2 {
+            return Err(IOReturn::BAD_ARGUMENT);
+        }
+        let wake = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)
+            .map_err(|_| IOReturn::NO_RESOURCES)?;
+        let shared = Arc::new(Shared {
+            name,
+            tap,
+            net,
+            stop: AtomicBool::new(false),
+            wake,
+            counters,
+        });
+        let half = packets / 2;
+        let mut threads = Vec::new();
+        let bodies: [(&str, Box<dyn FnOnce(&Shared) + Send>); 2] = [
+            ("net-in", Box::new(move |s| net_in(s, Ownership::new(0..half)))),
+            ("net-out", Box::new(move |s| net_out(s, half..packets))),
+        ];
+        for (label, body) in bodies {
+            let s = shared.clone();
+            match std::thread::Builder::new()
+                .name(label.into())
+                .stack_size(256 * 1024)
+                .spawn(move || body(&s))
+            {
+                Ok(t) => threads.push(t),
+                Err(_) => {
+                    Interface {
+                        shared,
+                        threads: Mutex::new(threads),
+                    }
+                    .stop();
+                    return Err(IOReturn::NO_RESOURCES);
+                }
+            }
+        }
+        Ok(Interface {
+            shared,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// Ends both threads; the TAP stays (its owner parks it).
+    pub fn stop(&self) {
+        let s = &self.shared;
+        if s.stop.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _ = rustix::io::write(&s.wake, &1u64.to_ne_bytes());
+        s.net.bell(SYSTEM_BELL).ring();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Interface {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Shared {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+}
+
+/// TAP → TX submission.
+fn net_in(s: &Shared, mut own: Ownership) {
+    let mut frame = vec![0u8; 65536];
+    let mut batch: Vec<Entry> = Vec::with_capacity(BATCH);
+    let mut returned = Vec::new();
+    while !s.stopped() {
+        // Buffers the driver is done with.
+        returned.clear();
+        if s.net.pop(Queue::TxCompletion, usize::MAX, &mut returned).is_err() {
+            corrupt(s, "TX completion");
+        }
+        for e in &returned {
+            if !own.returned(e.packet) {
+                s.counters.bad_returns.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if own.free_count() == 0 {
+            let net = &s.net;
+            net.bell(SYSTEM_BELL).wait(
+                SPIN,
+                Some(Instant::now() + Duration::from_millis(250)),
+                || net.pending(Queue::TxCompletion).map_or(true, |p| p > 0) || s.stopped(),
+            );
+            continue;
+        }
+        batch.clear();
+        while batch.len() < BATCH.min(own.free_count()) {
+            match s.tap.recv(&mut frame) {
+                Ok(n) => {
+                    let Some(p) = own.take() else { break };
+                    match s.net.write_frame(p, &frame[..n]) {
+                        Ok(e) => batch.push(e),
+                        // Larger than a buffer: the driver could not send it.
+                        Err(_) => {
+                            own.returned(p);
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            let tap = s.tap.as_ref();
+            let mut fds = [
+                PollFd::new(tap, PollFlags::IN),
+                PollFd::new(&s.wake, PollFlags::IN),
+            ];
+            let ts = Timespec {
+                tv_sec: 0,
+                tv_nsec: 250_000_000,
+            };
+            let _ = poll(&mut fds, Some(&ts));
+            continue;
+        }
+        match s.net.push(Queue::TxSubmission, &batch) {
+            Ok(n) => {
+                s.counters
+                    .tx_packets
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                // A queue holds every packet: the rest cannot happen unless
+                // the driver broke the indices.
+                for e in &batch[n..] {
+                    own.returned(e.packet);
+                }
+            }
+            Err(_) => corrupt(s, "TX submission"),
+        }
+        s.net.bell(DRIVER_BELL).notify();
+    }
+}
+
+/// RX completion → TAP, buffers straight back to RX submission.
+fn net_out(s: &Shared, range: std::ops::Range<u32>) {
+    let mut own = Ownership::new(range.clone());
+    // Every RX buffer to the driver, empty.
+    let mut empties = Vec::new();
+    while let Some(p) = own.take() {
+        empties.push(s.net.empty(p));
+    }
+    if s.net.push(Queue::RxSubmission, &empties).is_err() {
+        corrupt(s, "RX submission");
+    }
+    s.net.bell(DRIVER_BELL).notify();
+    let mut done = Vec::with_capacity(BATCH);
+    let mut frame = Vec::with_capacity(65536);
+    while !s.stopped() {
+        let net = &s.net;
+        if !net.bell(SYSTEM_BELL).wait(
+            SPIN,
+            Some(Instant::now() + Duration::from_millis(250)),
+            || net.pending(Queue::RxCompletion).map_or(true, |p| p > 0) || s.stopped(),
+        ) || s.stopped()
+        {
+            continue;
+        }
+        done.clear();
+        if net.pop(Queue::RxCompletion, BATCH, &mut done).is_err() {
+            corrupt(s, "RX completion");
+            continue;
+        }
+        let mut refill = Vec::with_capacity(done.len());
+        let limit = s.tap.mtu() as usize + 14;
+        for e in &done {
+            if !own.returned(e.packet) {
+                s.counters.bad_returns.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if e.length > 0 && net.read_frame(*e, &mut frame).is_ok() {
+                if frame.len() > limit {
+                    s.counters.rx_too_long.fetch_add(1, Ordering::Relaxed);
+                } else if s.tap.send(&frame).is_ok() {
+                    s.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if let Some(p) = own.take() {
+                refill.push(net.empty(p));
+            }
+        }
+        if net.push(Queue::RxSubmission, &refill).is_err() {
+            corrupt(s, "RX submission");
+        }
+        net.bell(DRIVER_BELL).notify();
+    }
+}
+
+fn corrupt(s: &Shared, queue: &str) {
+    tracing::error!(
+        "net      {}: the driver left its {queue} queue's indices inconsistent",
+        s.name
+    );
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+/// For the family: the ioreg properties of an interface's counters.
+pub fn publish_counters(system: &System, service: EntryId, c: &Counters) {
+    let mut d = plist::Dictionary::new();
+    for (k, v) in [
+        ("TxPackets", &c.tx_packets),
+        ("RxPackets", &c.rx_packets),
+        ("RxTooLong", &c.rx_too_long),
+        ("BadBufferReturns", &c.bad_returns),
+    ] {
+        d.insert(k.into(), (v.load(Ordering::Relaxed) as i64).into());
+    }
+    system.set_property(service, "IONetworkStatistics", plist::Value::Dictionary(d));
+}

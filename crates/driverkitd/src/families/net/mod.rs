@@ -1,0 +1,290 @@
+//! Ethernet interfaces (NetworkingDriverKit): a dext's
+//! `IOUserNetworkEthernet` becomes a real network interface, a TAP device
+//! the daemon owns, and the virtual cable's ends (`IOVirtualNIC`) are
+//! devices such a driver may drive.
+//!
+//! `register_ethernet_interface` (the SDK's, in the driver's `start`)
+//! brings the driver's pool and queues; the family makes the TAP, or takes
+//! back the one its provider had before (a relaunched driver keeps its
+//! interface, its name and its addresses), and starts the
+//! [`interface::Interface`] between them. `report_link_status` sets the
+//! carrier. When the service departs (stop, crash) the threads end and the
+//! carrier drops; the TAP is parked under the provider until a driver
+//! comes back, and goes with the provider.
+
+pub mod interface;
+pub mod tap;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use driverkit_core::{Call, EntryId, Family, Nub, System};
+use driverkit_wire::interfaces::{
+    io_user_network_ethernet_interface, io_virtual_nic_interface, IOUserNetworkEthernetInterface,
+    IOVirtualNICInterface,
+};
+use driverkit_wire::net::NetInterface;
+use driverkit_wire::shm::SharedMemory;
+use driverkit_wire::{Bytes, IOResult, IOReturn, MethodId};
+
+use interface::{Counters, Interface};
+use tap::Tap;
+
+/// What one end of a virtual cable does; its backend implements it.
+pub trait NicDevice: Send + Sync {
+    /// Puts frames on the wire; returns how many fit at the far end.
+    fn transmit(&self, frames: Vec<Vec<u8>>) -> usize;
+    fn receive(&self, max: usize) -> Vec<Vec<u8>>;
+    fn link_up(&self) -> bool;
+    /// Interrupt 0: frames wait; 1: room to transmit again.
+    fn subscribe_interrupt(&self, index: u32, region: &Arc<SharedMemory>) -> IOResult<()>;
+    fn unplugged(&self) {}
+}
+
+/// The Ethernet family.
+#[derive(Default)]
+pub struct NetFamily {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Running interfaces, by service.
+    running: HashMap<EntryId, Running>,
+    /// TAPs whose driver is away, by provider.
+    parked: HashMap<EntryId, Arc<Tap>>,
+    nics: HashMap<EntryId, Arc<dyn NicDevice>>,
+}
+
+struct Running {
+    provider: EntryId,
+    tap: Arc<Tap>,
+    interface: Interface,
+    counters: Arc<Counters>,
+}
+
+impl NetFamily {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes one end of a virtual cable under `bus` and matches it.
+    pub fn plug_nic(
+        &self,
+        system: &System,
+        name: &str,
+        properties: plist::Dictionary,
+        bus: EntryId,
+        source: &str,
+        device: Arc<dyn NicDevice>,
+    ) -> Result<EntryId, String> {
+        let id = system
+            .publish(Nub {
+                name,
+                class: "IOVirtualNIC",
+                properties,
+                provider: bus,
+                family: Some(self),
+                plugged_from: Some(source.to_owned()),
+                matched: false,
+            })
+            .map_err(|e| format!("{source}: its bus is gone ({e})"))?;
+        self.lock().nics.insert(id, device);
+        tracing::info!("plug     {name} [{id:#x}] (IOVirtualNIC, from {source})");
+        system.match_nub(id);
+        Ok(id)
+    }
+
+    fn nic(&self, id: EntryId) -> IOResult<Arc<dyn NicDevice>> {
+        self.lock().nics.get(&id).cloned().ok_or(IOReturn::NOT_FOUND)
+    }
+
+    /// The interface's name: `IOLinuxInterfaceName` if the personality
+    /// or driver set it, else `dk%d`; the kernel turns `%d` into the first
+    /// free number, so that two daemons never fight over a name.
+    fn interface_name(system: &System, service: EntryId) -> String {
+        system
+            .property(service, "IOLinuxInterfaceName")
+            .and_then(|v| v.as_string().map(str::to_owned))
+            .filter(|n| !n.is_empty() && n.len() < 16)
+            .unwrap_or_else(|| "dk%d".into())
+    }
+
+    fn register(&self, call: &Call<'_>, mac: Bytes, memory: u64) -> IOResult<()> {
+        let system = call.system;
+        let service = call.object;
+        let mac: [u8; 6] = mac.0.as_slice().try_into().map_err(|_| IOReturn::BAD_ARGUMENT)?;
+        if self.lock().running.contains_key(&service) {
+            return Err(IOReturn::BUSY);
+        }
+        let region = system.region(call.server, memory)?;
+        let net = NetInterface::open(region.try_clone().map_err(|_| IOReturn::NO_MEMORY)?)?;
+        let provider = system.provider(service).ok_or(IOReturn::NOT_FOUND)?;
+        let name = Self::interface_name(system, service);
+        let parked = self.lock().parked.remove(&provider);
+        let tap = match parked {
+            Some(tap) => tap,
+            None => Arc::new(Tap::create(&name, mac, 1500).map_err(|e| {
+                tracing::error!("net      cannot make interface {name}: {e}");
+                IOReturn::NO_RESOURCES
+            })?),
+        };
+        let counters = Arc::new(Counters::default());
+        let interface = Interface::start(tap.name().to_owned(), tap.clone(), net, counters.clone())?;
+        for (key, value) in [
+            ("BSD Name", plist::Value::String(tap.name().to_owned())),
+            ("IOMACAddress", plist::Value::Data(mac.to_vec())),
+            ("IOLinkStatus", plist::Value::Integer(1.into())),
+            ("IOMaxTransferUnit", plist::Value::Integer(i64::from(tap.mtu()).into())),
+        ] {
+            system.set_property(service, key, value);
+        }
+        tracing::info!(
+            "net      {}: interface {} for {}",
+            system.name(service).unwrap_or_default(),
+            tap.name(),
+            mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+        );
+        self.lock().running.insert(
+            service,
+            Running {
+                provider,
+                tap,
+                interface,
+                counters,
+            },
+        );
+        Ok(())
+    }
+
+    fn link_status(&self, call: &Call<'_>, up: bool, media: u32) -> IOResult<()> {
+        let tap = self
+            .lock()
+            .running
+            .get(&call.object)
+            .map(|r| r.tap.clone())
+            .ok_or(IOReturn::NOT_READY)?;
+        tap.set_carrier(up).map_err(|_| IOReturn::IO_ERROR)?;
+        // IOLinkStatus: valid (1) and active (2), as IONetworkMedium's.
+        let status = if up { 3 } else { 1 };
+        call.system
+            .set_property(call.object, "IOLinkStatus", plist::Value::Integer(status.into()));
+        call.system
+            .set_property(call.object, "IOLinkSpeed", plist::Value::Integer(i64::from(media).into()));
+        tracing::info!("net      {}: carrier {}", tap.name(), if up { "on" } else { "off" });
+        Ok(())
+    }
+
+    /// Ends the interface of `service`, outside the lock; the TAP stays,
+    /// carrier off, for the next driver of its provider.
+    fn end(&self, system: &System, service: EntryId) {
+        let running = self.lock().running.remove(&service);
+        if let Some(r) = running {
+            r.interface.stop();
+            interface::publish_counters(system, service, &r.counters);
+            let _ = r.tap.set_carrier(false);
+            tracing::info!("net      {}: driver away, carrier off", r.tap.name());
+            self.lock().parked.insert(r.provider, r.tap);
+        }
+    }
+
+    /// The counters of `service`'s interface, published now.
+    pub fn publish(&self, system: &System, service: EntryId) {
+        let counters = self.lock().running.get(&service).map(|r| r.counters.clone());
+        if let Some(c) = counters {
+            interface::publish_counters(system, service, &c);
+        }
+    }
+}
+
+struct NetCall<'a> {
+    family: &'a NetFamily,
+    call: &'a Call<'a>,
+}
+
+impl IOUserNetworkEthernetInterface for NetCall<'_> {
+    fn register_ethernet_interface(&self, mac: Bytes, memory: u64) -> IOResult<()> {
+        self.family.register(self.call, mac, memory)
+    }
+
+    fn report_link_status(&self, up: bool, media: u32) -> IOResult<()> {
+        self.family.link_status(self.call, up, media)
+    }
+}
+
+impl IOVirtualNICInterface for NetCall<'_> {
+    fn transmit(&self, frames: Vec<Bytes>) -> IOResult<u64> {
+        let nic = self.family.nic(self.call.object)?;
+        Ok(nic.transmit(frames.into_iter().map(|b| b.0).collect()) as u64)
+    }
+
+    fn receive(&self, max: u32) -> IOResult<Vec<Bytes>> {
+        let nic = self.family.nic(self.call.object)?;
+        Ok(nic.receive(max.min(1024) as usize).into_iter().map(Bytes).collect())
+    }
+
+    fn link_up(&self) -> IOResult<bool> {
+        Ok(self.family.nic(self.call.object)?.link_up())
+    }
+}
+
+impl Family for NetFamily {
+    fn name(&self) -> &'static str {
+        "networking"
+    }
+
+    fn classes(&self) -> Vec<(&'static str, Option<&'static str>)> {
+        vec![("IOUserNetworkEthernet", None), ("IOVirtualNIC", None)]
+    }
+
+    fn kernel_call(
+        &self,
+        call: &Call<'_>,
+        method: MethodId,
+        args: &[u8],
+    ) -> Option<IOResult<Vec<u8>>> {
+        let c = NetCall { family: self, call };
+        if io_user_network_ethernet_interface::method_name(method).is_some() {
+            if !call.system.is_kind_of(call.object, "IOUserNetworkEthernet") {
+                return Some(Err(IOReturn::UNSUPPORTED));
+            }
+            return io_user_network_ethernet_interface::dispatch(&c, method, args);
+        }
+        io_virtual_nic_interface::dispatch(&c, method, args)
+    }
+
+    /// A cable end's driver drives it.
+    fn client_method(&self, method: MethodId) -> bool {
+        io_virtual_nic_interface::method_name(method).is_some()
+    }
+
+    fn register_interrupt(
+        &self,
+        call: &Call<'_>,
+        index: u32,
+        region: Arc<SharedMemory>,
+    ) -> IOResult<()> {
+        self.nic(call.object)?.subscribe_interrupt(index, &region)
+    }
+
+    fn departing(&self, system: &System, entries: &[EntryId]) {
+        for id in entries {
+            self.end(system, *id);
+        }
+    }
+
+    /// A provider's parked TAP goes with it.
+    fn removed(&self, system: &System, entry: EntryId) {
+        self.end(system, entry);
+        let (tap, nic) = {
+            let mut st = self.lock();
+            (st.parked.remove(&entry), st.nics.remove(&entry))
+        };
+        if let Some(tap) = tap {
+            tracing::info!("net      {}: removed with its device", tap.name());
+        }
+        if let Some(nic) = nic {
+            nic.unplugged();
+        }
+    }
+}
