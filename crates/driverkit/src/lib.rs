@@ -88,6 +88,10 @@ pub mod prelude {
     };
     pub use crate::{IOUARTDevice, IOUserSerial, IOUserSerialApi, IOUserSerialImpl, ModemStatus};
     pub use crate::{IOUserClient, IOUserClientImpl};
+    pub use crate::{
+        IOUserNetworkEthernet, IOUserNetworkEthernetApi, IOUserNetworkEthernetImpl,
+        IOUserNetworkPacket, IOVirtualNIC,
+    };
 }
 
 // `#[driverkit::service]` names this crate by its absolute path.

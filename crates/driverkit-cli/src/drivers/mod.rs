@@ -71,6 +71,12 @@ pub const EXAMPLES: &[Embedded] = &[
         entitlements: virtual_serial_driver::ENTITLEMENTS,
         classes: || vec![class::<virtual_serial_driver::VirtualSerialDriver>()],
     },
+    Embedded {
+        executable: "VirtualEthernetDriver",
+        info_plist: virtual_ethernet_driver::INFO_PLIST,
+        entitlements: virtual_ethernet_driver::ENTITLEMENTS,
+        classes: || vec![class::<virtual_ethernet_driver::VirtualEthernetDriver>()],
+    },
 ];
 
 /// Drivers loaded only when asked for (`run --with-tool NAME`): the test

@@ -42,8 +42,8 @@ use super::interrupts::InterruptModel;
 use super::virtual_cable::CableSpec;
 use super::virtual_uart::{UartSpec, VirtualUart};
 use super::virtual_usb::{UsbSpec, VirtualUsb};
-use crate::families::plain::{PlainDevice, PlainFamily, PlainNub};
 use crate::families::net::NetFamily;
+use crate::families::plain::{PlainDevice, PlainFamily, PlainNub};
 use crate::families::serial::{SerialFamily, UartNub};
 use crate::families::usb::{UsbFamily, UsbTransport};
 
@@ -208,7 +208,9 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
         .count()
         > 1
     {
-        return Err(format!("{source}: a device is one of [usb], [uart] or [cable]"));
+        return Err(format!(
+            "{source}: a device is one of [usb], [uart] or [cable]"
+        ));
     }
     if cable.is_some() && class != "IOVirtualNIC" {
         return Err(format!(

@@ -81,7 +81,10 @@ impl Interface {
         let half = packets / 2;
         let mut threads = Vec::new();
         let bodies: [(&str, Box<dyn FnOnce(&Shared) + Send>); 2] = [
-            ("net-in", Box::new(move |s| net_in(s, Ownership::new(0..half)))),
+            (
+                "net-in",
+                Box::new(move |s| net_in(s, Ownership::new(0..half))),
+            ),
             ("net-out", Box::new(move |s| net_out(s, half..packets))),
         ];
         for (label, body) in bodies {
@@ -143,7 +146,10 @@ fn net_in(s: &Shared, mut own: Ownership) {
     while !s.stopped() {
         // Buffers the driver is done with.
         returned.clear();
-        if s.net.pop(Queue::TxCompletion, usize::MAX, &mut returned).is_err() {
+        if s.net
+            .pop(Queue::TxCompletion, usize::MAX, &mut returned)
+            .is_err()
+        {
             corrupt(s, "TX completion");
         }
         for e in &returned {
@@ -193,9 +199,7 @@ fn net_in(s: &Shared, mut own: Ownership) {
         }
         match s.net.push(Queue::TxSubmission, &batch) {
             Ok(n) => {
-                s.counters
-                    .tx_packets
-                    .fetch_add(n as u64, Ordering::Relaxed);
+                s.counters.tx_packets.fetch_add(n as u64, Ordering::Relaxed);
                 // A queue holds every packet: the rest cannot happen unless
                 // the driver broke the indices.
                 for e in &batch[n..] {

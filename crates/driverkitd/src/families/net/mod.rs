@@ -96,7 +96,11 @@ impl NetFamily {
     }
 
     fn nic(&self, id: EntryId) -> IOResult<Arc<dyn NicDevice>> {
-        self.lock().nics.get(&id).cloned().ok_or(IOReturn::NOT_FOUND)
+        self.lock()
+            .nics
+            .get(&id)
+            .cloned()
+            .ok_or(IOReturn::NOT_FOUND)
     }
 
     /// The interface's name: `IOLinuxInterfaceName` if the personality
@@ -113,7 +117,11 @@ impl NetFamily {
     fn register(&self, call: &Call<'_>, mac: Bytes, memory: u64) -> IOResult<()> {
         let system = call.system;
         let service = call.object;
-        let mac: [u8; 6] = mac.0.as_slice().try_into().map_err(|_| IOReturn::BAD_ARGUMENT)?;
+        let mac: [u8; 6] = mac
+            .0
+            .as_slice()
+            .try_into()
+            .map_err(|_| IOReturn::BAD_ARGUMENT)?;
         if self.lock().running.contains_key(&service) {
             return Err(IOReturn::BUSY);
         }
@@ -130,12 +138,16 @@ impl NetFamily {
             })?),
         };
         let counters = Arc::new(Counters::default());
-        let interface = Interface::start(tap.name().to_owned(), tap.clone(), net, counters.clone())?;
+        let interface =
+            Interface::start(tap.name().to_owned(), tap.clone(), net, counters.clone())?;
         for (key, value) in [
             ("BSD Name", plist::Value::String(tap.name().to_owned())),
             ("IOMACAddress", plist::Value::Data(mac.to_vec())),
             ("IOLinkStatus", plist::Value::Integer(1.into())),
-            ("IOMaxTransferUnit", plist::Value::Integer(i64::from(tap.mtu()).into())),
+            (
+                "IOMaxTransferUnit",
+                plist::Value::Integer(i64::from(tap.mtu()).into()),
+            ),
         ] {
             system.set_property(service, key, value);
         }
@@ -143,7 +155,10 @@ impl NetFamily {
             "net      {}: interface {} for {}",
             system.name(service).unwrap_or_default(),
             tap.name(),
-            mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+            mac.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
         );
         self.lock().running.insert(
             service,
@@ -167,11 +182,21 @@ impl NetFamily {
         tap.set_carrier(up).map_err(|_| IOReturn::IO_ERROR)?;
         // IOLinkStatus: valid (1) and active (2), as IONetworkMedium's.
         let status = if up { 3 } else { 1 };
-        call.system
-            .set_property(call.object, "IOLinkStatus", plist::Value::Integer(status.into()));
-        call.system
-            .set_property(call.object, "IOLinkSpeed", plist::Value::Integer(i64::from(media).into()));
-        tracing::info!("net      {}: carrier {}", tap.name(), if up { "on" } else { "off" });
+        call.system.set_property(
+            call.object,
+            "IOLinkStatus",
+            plist::Value::Integer(status.into()),
+        );
+        call.system.set_property(
+            call.object,
+            "IOLinkSpeed",
+            plist::Value::Integer(i64::from(media).into()),
+        );
+        tracing::info!(
+            "net      {}: carrier {}",
+            tap.name(),
+            if up { "on" } else { "off" }
+        );
         Ok(())
     }
 
@@ -190,7 +215,11 @@ impl NetFamily {
 
     /// The counters of `service`'s interface, published now.
     pub fn publish(&self, system: &System, service: EntryId) {
-        let counters = self.lock().running.get(&service).map(|r| r.counters.clone());
+        let counters = self
+            .lock()
+            .running
+            .get(&service)
+            .map(|r| r.counters.clone());
         if let Some(c) = counters {
             interface::publish_counters(system, service, &c);
         }
@@ -220,7 +249,11 @@ impl IOVirtualNICInterface for NetCall<'_> {
 
     fn receive(&self, max: u32) -> IOResult<Vec<Bytes>> {
         let nic = self.family.nic(self.call.object)?;
-        Ok(nic.receive(max.min(1024) as usize).into_iter().map(Bytes).collect())
+        Ok(nic
+            .receive(max.min(1024) as usize)
+            .into_iter()
+            .map(Bytes)
+            .collect())
     }
 
     fn link_up(&self) -> IOResult<bool> {

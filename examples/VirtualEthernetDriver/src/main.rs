@@ -1,0 +1,1 @@
+driverkit::dext_main!(virtual_ethernet_driver::VirtualEthernetDriver);
