@@ -121,8 +121,19 @@ fn ctrl_c_stops_every_dext_and_leaves_no_process_behind() {
     d.wait_node("VirtualSerialDriver active", |n| {
         n["name"] == "VirtualSerialDriver" && n["state"]["active"] == true
     });
+    d.wait_until("both ends of the cable driven", || {
+        d.nodes()
+            .iter()
+            .filter(|n| n["name"] == "VirtualEthernetDriver" && n["state"]["active"] == true)
+            .count()
+            == 2
+    });
     let pids: Vec<u64> = d.nodes().iter().filter_map(|n| n["pid"].as_u64()).collect();
-    assert_eq!(pids.len(), 5, "the five example drivers");
+    assert_eq!(
+        pids.len(),
+        7,
+        "the six example drivers, one of them on both cable ends"
+    );
     let log = d.interrupt();
     for pid in pids {
         assert!(!alive(pid), "pid {pid} outlived the daemon\n{log}");

@@ -28,6 +28,9 @@ use rustix::event::{poll, PollFd, PollFlags, Timespec};
 
 use super::tap::Tap;
 
+/// A thread's work.
+type Body = Box<dyn FnOnce(&Shared) + Send>;
+
 /// Frames per batch at most.
 const BATCH: usize = 64;
 
@@ -80,7 +83,7 @@ impl Interface {
         });
         let half = packets / 2;
         let mut threads = Vec::new();
-        let bodies: [(&str, Box<dyn FnOnce(&Shared) + Send>); 2] = [
+        let bodies: [(&str, Body); 2] = [
             (
                 "net-in",
                 Box::new(move |s| net_in(s, Ownership::new(0..half))),
