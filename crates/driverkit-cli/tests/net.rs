@@ -234,3 +234,79 @@ fn a_crash_leaves_the_interface_drops_carrier_and_the_relaunch_resumes() {
     );
     transfer(&a, &b, "169.254.78.2", 10);
 }
+
+#[test]
+fn ip_link_changes_reach_the_driver_and_a_frame_past_the_mtu_is_dropped_and_counted() {
+    let d = Daemon::start(&["--no-default-devices"]);
+    d.cli(&["device", "plug", "cable"]);
+    let ifs = interfaces(&d);
+    let (a, b) = (Netns::new("e"), Netns::new("f"));
+    let (dev_a, dev_b) = (bsd_name(&ifs[0]), bsd_name(&ifs[1]));
+    a.take(&dev_a, "169.254.79.1/16");
+    b.take(&dev_b, "169.254.79.2/16");
+    d.wait_log("set_interface_enable(true)", 2);
+    // MTU and promiscuous mode, as a user sets them, inside the namespace
+    // the interface was moved to.
+    ip(&["-n", &a.0, "link", "set", &dev_a, "mtu", "1800"]);
+    d.wait_log("set_mtu(1800)", 1);
+    d.wait_until("IOMaxTransferUnit 1800", || {
+        d.nodes().iter().any(|n| {
+            n["properties"]["BSD Name"] == dev_a.as_str()
+                && n["properties"]["IOMaxTransferUnit"] == 1800
+        })
+    });
+    ip(&["-n", &a.0, "link", "set", &dev_a, "promisc", "on"]);
+    d.wait_log("set_promiscuous_mode_enable(true)", 1);
+    // Past what the driver's buffers hold: refused, and set back.
+    ip(&["-n", &a.0, "link", "set", &dev_a, "mtu", "9000"]);
+    d.wait_log("the driver refused MTU 9000; set back to 1800", 1);
+    d.wait_until("the MTU back at 1800", || {
+        a.link(&dev_a).is_empty() || {
+            let out = Command::new("ip")
+                .args(["-n", &a.0, "link", "show", &dev_a])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains("mtu 1800")
+        }
+    });
+    // A sends 1,800-byte frames; b's MTU is 1,500: they are dropped at b,
+    // counted, never truncated into b's kernel.
+    let out = a
+        .exec(&[
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-s",
+            "1700",
+            "-M",
+            "do",
+            "169.254.79.2",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "no echo of a frame b cannot take");
+    d.wait_until("b counted the frames too long", || {
+        d.nodes().iter().any(|n| {
+            n["properties"]["BSD Name"] == dev_b.as_str()
+                && n["properties"]["IONetworkStatistics"]["RxTooLong"]
+                    .as_u64()
+                    .is_some_and(|c| c >= 3)
+        })
+    });
+    // `ip link set down` reaches the driver, which takes its end of the
+    // cable down: the peer sees its carrier go.
+    ip(&["-n", &b.0, "link", "set", &dev_b, "down"]);
+    d.wait_log("set_interface_enable(false)", 1);
+    d.wait_until("a's carrier off", || a.link(&dev_a).contains("NO-CARRIER"));
+    assert!(
+        !ping(&a, "169.254.79.2"),
+        "nothing crosses a cable one end took down"
+    );
+    ip(&["-n", &b.0, "link", "set", &dev_b, "up"]);
+    d.wait_until("a's carrier back", || a.link(&dev_a).contains("LOWER_UP"));
+    d.wait_until("traffic again", || ping(&a, "169.254.79.2"));
+}

@@ -363,7 +363,8 @@ pub trait IOUserNetworkEthernetInterface {
 
 /// `IOVirtualNIC`: one end of the virtual cable of the default run: frames
 /// transmitted at one end arrive at the other. Interrupt 0 says frames
-/// wait, 1 that a transmit that did not fit now would.
+/// wait, 1 that a transmit that did not fit now would, 2 that the link
+/// changed.
 #[interface(class = "IOVirtualNIC")]
 pub trait IOVirtualNICInterface {
     /// Puts frames on the wire, in order; returns how many the far end had
@@ -373,7 +374,11 @@ pub trait IOVirtualNICInterface {
     /// Takes up to `max` received frames.
     #[kernel]
     fn receive(&self, max: u32) -> IOResult<Vec<Bytes>>;
-    /// Whether the cable is plugged at both ends.
+    /// Whether the cable is plugged, and enabled, at both ends.
     #[kernel]
     fn link_up(&self) -> IOResult<bool>;
+    /// Enables or disables this end (its PHY): a disabled end takes the
+    /// link down for both.
+    #[kernel]
+    fn set_enable(&self, enable: bool) -> IOResult<()>;
 }

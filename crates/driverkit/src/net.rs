@@ -361,8 +361,9 @@ impl<S: IOUserNetworkEthernetImpl> ClassDispatch<S> for IOUserNetworkEthernet {
 }
 
 /// One end of the virtual cable (`IOVirtualNIC`), as its driver sees its
-/// provider: frames out, frames in, and interrupts 0 (frames wait) and 1
-/// (room to transmit again) for `IOInterruptDispatchSource::create`.
+/// provider: frames out, frames in, and interrupts 0 (frames wait), 1
+/// (room to transmit again) and 2 (the link changed) for
+/// `IOInterruptDispatchSource::create`.
 #[derive(Clone, Copy)]
 pub struct IOVirtualNIC {
     id: ObjectId,
@@ -404,5 +405,11 @@ impl IOVirtualNIC {
     pub fn link_up(&self) -> IOResult<bool> {
         use driverkit_wire::interfaces::IOVirtualNICInterface;
         self.proxy().link_up()
+    }
+
+    /// Enables or disables this end; interrupt 2 tells both ends.
+    pub fn set_enable(&self, enable: bool) -> IOResult<()> {
+        use driverkit_wire::interfaces::IOVirtualNICInterface;
+        self.proxy().set_enable(enable)
     }
 }

@@ -14,8 +14,10 @@
 //!   from the cable go into empty buffers and up to the kernel, a batch per
 //!   call.
 //!
-//! `ip link set mtu` reaches `set_mtu` (up to 9000), `ip link set promisc`
-//! `set_promiscuous_mode_enable` (a cable delivers everything anyway).
+//! `ip link set down` takes this end of the cable down (the peer's carrier
+//! goes too), `ip link set mtu` reaches `set_mtu` (up to what a buffer
+//! holds), `ip link set promisc` `set_promiscuous_mode_enable` (a cable
+//! delivers everything anyway).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
@@ -138,6 +140,7 @@ impl IOServiceImpl for VirtualEthernetDriver {
         let actions = [
             self.create_action_frames_wait(0)?,
             self.create_action_room(0)?,
+            self.create_action_link_changed(0)?,
         ];
         for (index, action) in actions.iter().enumerate() {
             let source = IOInterruptDispatchSource::create(provider, index as u32, &queue)?;
@@ -186,9 +189,11 @@ impl IOUserNetworkEthernetImpl for VirtualEthernetDriver {
         self.receive_pending();
     }
 
+    /// Down takes this end of the cable down, and with it the link.
     fn set_interface_enable(&self, enable: bool) -> IOResult<()> {
         driverkit::info!("set_interface_enable({enable})");
         self.ivars().enabled.store(enable, Ordering::Relaxed);
+        self.nic()?.set_enable(enable)?;
         self.set_property("InterfaceEnabled", enable)
     }
 
@@ -229,5 +234,13 @@ impl VirtualEthernetDriver {
     #[action(IOInterruptDispatchSource::InterruptOccurred)]
     fn room(&self, _action: &OSAction, _count: u64, _time: u64) {
         self.transmit_pending();
+    }
+
+    /// NIC interrupt 2: the link went up or down.
+    #[action(IOInterruptDispatchSource::InterruptOccurred)]
+    fn link_changed(&self, _action: &OSAction, _count: u64, _time: u64) {
+        if let Ok(up) = self.nic().and_then(|n| n.link_up()) {
+            let _ = self.report_link_status(up, media::ETHERNET_10G_FULL);
+        }
     }
 }

@@ -7,6 +7,9 @@
 //! frames = 256               # frames each direction holds
 //! ```
 //!
+//! An end whose driver disables it (`ip link set down`) takes the link
+//! down for both, and interrupt 2 tells both drivers.
+//!
 //! A frame transmitted at one end waits in the other end's receive queue
 //! until its driver takes it; a full queue takes no more (the transmit says
 //! how many fit, and interrupt 1 comes when there is room), so nothing is
@@ -49,8 +52,11 @@ struct Cable {
     capacity: usize,
     /// Frames waiting at end 0 and end 1.
     queues: Mutex<[VecDeque<Vec<u8>>; 2]>,
-    /// Each end's interrupts: 0 frames wait, 1 room to transmit.
-    interrupts: [[Subscribers; 2]; 2],
+    /// Each end's interrupts: 0 frames wait, 1 room to transmit, 2 the
+    /// link changed.
+    interrupts: [[Subscribers; 3]; 2],
+    /// Each end's PHY: a disabled end takes the link down.
+    enabled: Mutex<[bool; 2]>,
     /// An end's transmit did not all fit.
     blocked: Mutex<[bool; 2]>,
     plugged: Mutex<bool>,
@@ -69,6 +75,7 @@ pub fn cable(spec: &CableSpec) -> (Arc<CableEnd>, Arc<CableEnd>) {
         queues: Mutex::new([VecDeque::new(), VecDeque::new()]),
         interrupts: Default::default(),
         blocked: Mutex::new([false, false]),
+        enabled: Mutex::new([true, true]),
         plugged: Mutex::new(true),
     });
     (
@@ -120,7 +127,26 @@ impl NicDevice for CableEnd {
     }
 
     fn link_up(&self) -> bool {
-        *self.cable.plugged.lock().unwrap_or_else(|e| e.into_inner())
+        let c = &self.cable;
+        *c.plugged.lock().unwrap_or_else(|e| e.into_inner())
+            && c.enabled
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .all(|e| *e)
+    }
+
+    fn set_enable(&self, enable: bool) {
+        let c = &self.cable;
+        let changed = {
+            let mut enabled = c.enabled.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::replace(&mut enabled[self.side], enable) != enable
+        };
+        if changed {
+            for end in &c.interrupts {
+                end[2].raise();
+            }
+        }
     }
 
     fn subscribe_interrupt(&self, index: u32, region: &Arc<SharedMemory>) -> IOResult<()> {
@@ -133,6 +159,9 @@ impl NicDevice for CableEnd {
     /// One end gone: the cable is unplugged at both.
     fn unplugged(&self) {
         *self.cable.plugged.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        for end in &self.cable.interrupts {
+            end[2].raise();
+        }
     }
 }
 
@@ -149,6 +178,10 @@ mod tests {
         assert_eq!(b.transmit(vec![vec![9]]), 1);
         assert_eq!(a.receive(10), vec![vec![9]]);
         assert_eq!(b.receive(10), vec![vec![3]]);
+        assert!(a.link_up());
+        b.set_enable(false);
+        assert!(!a.link_up(), "one end down takes the link down");
+        b.set_enable(true);
         assert!(a.link_up());
         b.unplugged();
         assert!(!a.link_up());

@@ -15,7 +15,7 @@
 //! the driver's error and ignored.
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -26,6 +26,7 @@ use driverkit_wire::shm::SPIN;
 use driverkit_wire::{IOResult, IOReturn};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 
+use super::link::{self, Change, Watch};
 use super::tap::Tap;
 
 /// A thread's work.
@@ -45,6 +46,21 @@ pub struct Counters {
     pub bad_returns: AtomicU64,
 }
 
+impl Counters {
+    /// Their sum: what says one changed.
+    fn total(&self) -> u64 {
+        [
+            &self.tx_packets,
+            &self.rx_packets,
+            &self.rx_too_long,
+            &self.bad_returns,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
+    }
+}
+
 struct Shared {
     name: String,
     tap: Arc<Tap>,
@@ -52,7 +68,18 @@ struct Shared {
     stop: AtomicBool,
     wake: OwnedFd,
     counters: Arc<Counters>,
+    /// The link as a user set it (`ip link`), and the MTU in force.
+    link: Watch,
 }
+
+/// Hands a user's change to the driver; true if it took it.
+pub type Apply = Box<dyn Fn(Change) -> bool + Send>;
+
+/// Shows the counters (ioreg's `IONetworkStatistics`).
+pub type Publish = Box<dyn Fn(&Counters) + Send>;
+
+/// How often the counters are shown at most.
+const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
 pub struct Interface {
     shared: Arc<Shared>,
@@ -66,6 +93,8 @@ impl Interface {
         tap: Arc<Tap>,
         net: NetInterface,
         counters: Arc<Counters>,
+        apply: Apply,
+        publish: Publish,
     ) -> IOResult<Interface> {
         let packets = net.geometry().packets;
         if packets < 2 {
@@ -80,15 +109,26 @@ impl Interface {
             stop: AtomicBool::new(false),
             wake,
             counters,
+            link: Watch {
+                mtu: AtomicU32::new(1500),
+                stop: AtomicBool::new(false),
+            },
         });
         let half = packets / 2;
         let mut threads = Vec::new();
-        let bodies: [(&str, Body); 2] = [
+        let bodies: [(&str, Body); 3] = [
             (
                 "net-in",
                 Box::new(move |s| net_in(s, Ownership::new(0..half))),
             ),
-            ("net-out", Box::new(move |s| net_out(s, half..packets))),
+            (
+                "net-out",
+                Box::new(move |s| net_out(s, half..packets, &*publish)),
+            ),
+            (
+                "net-link",
+                Box::new(move |s| link::run(&s.tap, &s.link, &s.wake, &*apply)),
+            ),
         ];
         for (label, body) in bodies {
             let s = shared.clone();
@@ -120,6 +160,7 @@ impl Interface {
         if s.stop.swap(true, Ordering::AcqRel) {
             return;
         }
+        s.link.stop.store(true, Ordering::Release);
         let _ = rustix::io::write(&s.wake, &1u64.to_ne_bytes());
         s.net.bell(SYSTEM_BELL).ring();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
@@ -216,7 +257,7 @@ fn net_in(s: &Shared, mut own: Ownership) {
 }
 
 /// RX completion → TAP, buffers straight back to RX submission.
-fn net_out(s: &Shared, range: std::ops::Range<u32>) {
+fn net_out(s: &Shared, range: std::ops::Range<u32>, publish: &dyn Fn(&Counters)) {
     let mut own = Ownership::new(range.clone());
     // Every RX buffer to the driver, empty.
     let mut empties = Vec::new();
@@ -229,7 +270,13 @@ fn net_out(s: &Shared, range: std::ops::Range<u32>) {
     s.net.bell(DRIVER_BELL).notify();
     let mut done = Vec::with_capacity(BATCH);
     let mut frame = Vec::with_capacity(65536);
+    let mut shown = (Instant::now(), 0u64);
     while !s.stopped() {
+        let seen = s.counters.total();
+        if seen != shown.1 && shown.0.elapsed() >= PUBLISH_EVERY {
+            publish(&s.counters);
+            shown = (Instant::now(), seen);
+        }
         let net = &s.net;
         if !net.bell(SYSTEM_BELL).wait(
             SPIN,
@@ -245,7 +292,7 @@ fn net_out(s: &Shared, range: std::ops::Range<u32>) {
             continue;
         }
         let mut refill = Vec::with_capacity(done.len());
-        let limit = s.tap.mtu() as usize + 14;
+        let limit = s.link.mtu.load(Ordering::Acquire) as usize + 14;
         for e in &done {
             if !own.returned(e.packet) {
                 s.counters.bad_returns.fetch_add(1, Ordering::Relaxed);

@@ -13,6 +13,7 @@
 //! comes back, and goes with the provider.
 
 pub mod interface;
+pub mod link;
 pub mod tap;
 
 use std::collections::HashMap;
@@ -36,7 +37,9 @@ pub trait NicDevice: Send + Sync {
     fn transmit(&self, frames: Vec<Vec<u8>>) -> usize;
     fn receive(&self, max: usize) -> Vec<Vec<u8>>;
     fn link_up(&self) -> bool;
-    /// Interrupt 0: frames wait; 1: room to transmit again.
+    fn set_enable(&self, enable: bool);
+    /// Interrupt 0: frames wait; 1: room to transmit again; 2: the link
+    /// changed.
     fn subscribe_interrupt(&self, index: u32, region: &Arc<SharedMemory>) -> IOResult<()>;
     fn unplugged(&self) {}
 }
@@ -138,8 +141,22 @@ impl NetFamily {
             })?),
         };
         let counters = Arc::new(Counters::default());
-        let interface =
-            Interface::start(tap.name().to_owned(), tap.clone(), net, counters.clone())?;
+        let apply: interface::Apply = {
+            let (system, name) = (system.clone(), tap.name().to_owned());
+            Box::new(move |change| apply(&system, service, &name, change))
+        };
+        let publish: interface::Publish = {
+            let system = system.clone();
+            Box::new(move |c| interface::publish_counters(&system, service, c))
+        };
+        let interface = Interface::start(
+            tap.name().to_owned(),
+            tap.clone(),
+            net,
+            counters.clone(),
+            apply,
+            publish,
+        )?;
         for (key, value) in [
             ("BSD Name", plist::Value::String(tap.name().to_owned())),
             ("IOMACAddress", plist::Value::Data(mac.to_vec())),
@@ -226,6 +243,41 @@ impl NetFamily {
     }
 }
 
+/// A user's `ip link set` to the driver of `service`: true if it took it.
+fn apply(system: &System, service: EntryId, name: &str, change: link::Change) -> bool {
+    use link::Change;
+    let Some(caller) = system.driver(service) else {
+        return false;
+    };
+    let driver = io_user_network_ethernet_interface::Proxy {
+        caller: &caller,
+        object: driverkit_wire::ObjectId(service),
+        flags: 0,
+    };
+    let result = match change {
+        Change::Enable(on) => driver.set_interface_enable(on),
+        Change::Promiscuous(on) => driver.set_promiscuous_mode_enable(on),
+        Change::AllMulticast(on) => driver.set_all_multicast_mode_enable(on),
+        Change::Mtu(mtu) => driver.set_mtu(mtu).inspect(|()| {
+            system.set_property(
+                service,
+                "IOMaxTransferUnit",
+                plist::Value::Integer(i64::from(mtu).into()),
+            )
+        }),
+    };
+    match result {
+        Ok(()) => {
+            tracing::info!("net      {name}: {change:?} reached the driver");
+            true
+        }
+        Err(e) => {
+            tracing::warn!("net      {name}: the driver refused {change:?}: {e}");
+            false
+        }
+    }
+}
+
 struct NetCall<'a> {
     family: &'a NetFamily,
     call: &'a Call<'a>,
@@ -258,6 +310,11 @@ impl IOVirtualNICInterface for NetCall<'_> {
 
     fn link_up(&self) -> IOResult<bool> {
         Ok(self.family.nic(self.call.object)?.link_up())
+    }
+
+    fn set_enable(&self, enable: bool) -> IOResult<()> {
+        self.family.nic(self.call.object)?.set_enable(enable);
+        Ok(())
     }
 }
 

@@ -1,0 +1,266 @@
+//! What a user does to an interface with `ip link set` (up, down,
+//! promisc, allmulticast, mtu), heard from rtnetlink and handed to the
+//! driver.
+//!
+//! An interface may be moved into another network namespace (the tests
+//! do; so do containers), where its link messages are sent. So the
+//! watching thread asks the TAP which namespace it lives in
+//! (`TUNGETDEVNETNS`), enters it (`setns` affects only that thread), and
+//! listens there; when the interface leaves (`RTM_DELLINK`), it asks
+//! again. The thread also sets a refused MTU back, from inside the
+//! interface's namespace.
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+
+use super::tap::Tap;
+
+/// `TUNGETDEVNETNS`: `_IO('T', 227)`.
+const TUNGETDEVNETNS: libc::c_ulong = 0x54e3;
+/// `RTNLGRP_LINK`.
+const LINK_GROUP: u32 = 1;
+
+/// A change a user made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Enable(bool),
+    Promiscuous(bool),
+    AllMulticast(bool),
+    Mtu(u32),
+}
+
+/// The link as last heard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct State {
+    up: bool,
+    promisc: bool,
+    allmulti: bool,
+    mtu: u32,
+}
+
+/// Shared with the interface: the MTU in force, and the end.
+pub struct Watch {
+    pub mtu: AtomicU32,
+    pub stop: AtomicBool,
+}
+
+/// Watches `tap`'s link until `watch.stop`; `apply` hands a change to the
+/// driver and says whether the driver took it.
+pub fn run(tap: &Arc<Tap>, watch: &Watch, wake: &OwnedFd, apply: &dyn Fn(Change) -> bool) {
+    let mut state = State {
+        up: false,
+        promisc: false,
+        allmulti: false,
+        mtu: tap.mtu(),
+    };
+    watch.mtu.store(state.mtu, Ordering::Release);
+    while !watch.stop.load(Ordering::Acquire) {
+        // Into the interface's namespace, wherever it is now.
+        let entered = namespace_of(tap)
+            .and_then(|ns| {
+                rustix::thread::move_into_link_name_space(
+                    ns.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .map_err(std::io::Error::from)
+            })
+            .and_then(|()| listen());
+        let socket = match entered {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("net      {}: cannot watch its link: {e}", tap.name());
+                sleep_or_stop(watch, wake, Duration::from_secs(1));
+                continue;
+            }
+        };
+        follow(tap, watch, wake, &socket, &mut state, apply);
+    }
+}
+
+/// The namespace `tap` lives in.
+fn namespace_of(tap: &Tap) -> std::io::Result<OwnedFd> {
+    let fd = tap.as_fd();
+    // SAFETY: TUNGETDEVNETNS takes no argument and returns a new
+    // descriptor, which we own.
+    let ns = unsafe { libc::ioctl(fd.as_raw_fd(), TUNGETDEVNETNS) };
+    if ns < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor from the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(ns) })
+}
+
+fn listen() -> std::io::Result<Socket> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind(&SocketAddr::new(0, 0))?;
+    socket.add_membership(LINK_GROUP)?;
+    socket.set_non_blocking(true)?;
+    Ok(socket)
+}
+
+/// Hears the link's messages in the current namespace until the interface
+/// leaves it or the watch stops.
+fn follow(
+    tap: &Tap,
+    watch: &Watch,
+    wake: &OwnedFd,
+    socket: &Socket,
+    state: &mut State,
+    apply: &dyn Fn(Change) -> bool,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    while !watch.stop.load(Ordering::Acquire) {
+        // SAFETY: the socket outlives this borrow (both end in this loop).
+        let sfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(socket.as_raw_fd()) };
+        let mut fds = [
+            PollFd::new(&sfd, PollFlags::IN),
+            PollFd::new(wake, PollFlags::IN),
+        ];
+        let ts = Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        };
+        if poll(&mut fds, Some(&ts)).is_err() || fds[1].revents().contains(PollFlags::IN) {
+            continue;
+        }
+        if !fds[0].revents().contains(PollFlags::IN) {
+            continue;
+        }
+        let n = match socket.recv(&mut &mut buf[..], 0) {
+            Ok(n) => n,
+            Err(_) => continue,
+        };
+        let mut at = 0;
+        while at < n {
+            let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[at..n]) else {
+                break;
+            };
+            let len = msg.header.length as usize;
+            if len == 0 {
+                break;
+            }
+            at += len;
+            match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link))
+                    if is_ours(tap, &link) =>
+                {
+                    heard(tap, watch, &link, state, apply);
+                }
+                // Moved to another namespace, or gone: look again.
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link))
+                    if is_ours(tap, &link) =>
+                {
+                    return;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn is_ours(tap: &Tap, link: &LinkMessage) -> bool {
+    link.attributes
+        .iter()
+        .any(|a| matches!(a, LinkAttribute::IfName(n) if n == tap.name()))
+}
+
+/// One RTM_NEWLINK of our interface: what changed goes to the driver.
+fn heard(
+    tap: &Tap,
+    watch: &Watch,
+    link: &LinkMessage,
+    state: &mut State,
+    apply: &dyn Fn(Change) -> bool,
+) {
+    let flags = link.header.flags;
+    let mtu = link
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Mtu(m) => Some(*m),
+            _ => None,
+        })
+        .unwrap_or(state.mtu);
+    let now = State {
+        up: flags.contains(LinkFlags::Up),
+        promisc: flags.contains(LinkFlags::Promisc),
+        allmulti: flags.contains(LinkFlags::Allmulti),
+        mtu,
+    };
+    if now.mtu != state.mtu {
+        if apply(Change::Mtu(now.mtu)) {
+            watch.mtu.store(now.mtu, Ordering::Release);
+        } else if let Err(e) = set_mtu(tap.name(), state.mtu) {
+            tracing::warn!(
+                "net      {}: cannot set the MTU back to {}: {e}",
+                tap.name(),
+                state.mtu
+            );
+        } else {
+            tracing::warn!(
+                "net      {}: the driver refused MTU {}; set back to {}",
+                tap.name(),
+                now.mtu,
+                state.mtu
+            );
+            // The next message reports the old MTU again.
+            let kept = state.mtu;
+            *state = State { mtu: kept, ..now };
+            return;
+        }
+    }
+    if now.up != state.up {
+        apply(Change::Enable(now.up));
+    }
+    if now.promisc != state.promisc {
+        apply(Change::Promiscuous(now.promisc));
+    }
+    if now.allmulti != state.allmulti {
+        apply(Change::AllMulticast(now.allmulti));
+    }
+    *state = now;
+}
+
+/// `SIOCSIFMTU`, in the current (the interface's) namespace.
+fn set_mtu(name: &str, mtu: u32) -> std::io::Result<()> {
+    let socket = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::DGRAM,
+        None,
+    )?;
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req
+        .ifr_name
+        .iter_mut()
+        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *d = s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_mtu = mtu as libc::c_int;
+    // SAFETY: SIOCSIFMTU reads the ifreq, which lives across the call.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFMTU, &req) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn sleep_or_stop(watch: &Watch, wake: &OwnedFd, d: Duration) {
+    if watch.stop.load(Ordering::Acquire) {
+        return;
+    }
+    let mut fds = [PollFd::new(wake, PollFlags::IN)];
+    let ts = Timespec {
+        tv_sec: d.as_secs() as i64,
+        tv_nsec: d.subsec_nanos() as i64,
+    };
+    let _ = poll(&mut fds, Some(&ts));
+}
