@@ -102,13 +102,13 @@ fn flavour(family: Family) -> Result<Flavour, String> {
             entitlements: vec![yes("com.apple.developer.driverkit.family.serial")],
             source: include_str!("template/serial.rs.in"),
         },
-        Family::Net => {
-            return Err(not_yet(
-                "net",
-                "IOUserNetworkEthernet (a network interface per driver)",
-                "drive the adapter over its USB interface with --family usb",
-            ))
-        }
+        Family::Net => Flavour {
+            io_class: "IOUserNetworkEthernet",
+            // The built-in `cable` virtual device's ends.
+            matching: vec![("IOProviderClass", "IOVirtualNIC".into())],
+            entitlements: vec![yes("com.apple.developer.driverkit.family.networking")],
+            source: include_str!("template/net.rs.in"),
+        },
         Family::Pci => {
             return Err(not_yet(
                 "pci",
