@@ -205,6 +205,9 @@ fn bench_quick_reports_every_figure_beside_its_baseline() {
             "usbip_control_roundtrip",
             "serial_throughput",
             "serial_byte_latency",
+            "net_throughput",
+            "net_packets_per_sec",
+            "net_latency",
             "hid_descriptor_parse"
         ]
     );

@@ -652,8 +652,9 @@ fn the_store_is_whole_after_kill_9_at_any_step() {
 #[test]
 fn every_family_template_builds_and_its_test_passes_as_generated() {
     let work = tempfile::tempdir().unwrap();
-    // A family without its system side is refused, not faked.
-    for family in ["pci"] {
+    // A family without its system side (PCI, for now) is refused, not faked.
+    {
+        let family = "pci";
         let out = driverkit(&[
             "new",
             "Refused",

@@ -11,7 +11,8 @@
 //! | `daemon_rss`       | resident memory of the daemon, 100 devices       | the same daemon with no devices    |
 //!
 //! The asynchronous runtime's figures are in `bench_sources`, the HID
-//! family's in `bench_hid`, the serial family's in `bench_serial`.
+//! family's in `bench_hid`, the serial family's in `bench_serial`, the
+//! Ethernet family's in `bench_net`.
 
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd};
@@ -293,6 +294,12 @@ pub fn bench(args: BenchArgs) -> Result<(), String> {
             dir.path(),
             5_000 / scale,
         )?);
+    }
+    if ["net_throughput", "net_packets_per_sec", "net_latency"]
+        .iter()
+        .any(|n| wanted(n))
+    {
+        show(super::bench_net::figures(dir.path(), args.quick)?);
     }
     if wanted("hid_descriptor_parse") {
         show(vec![super::bench_hid::descriptor_parse(100_000 / scale)?]);
