@@ -25,7 +25,7 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::shm::{Doorbell, SharedMemory};
+use crate::shm::{Doorbell, Laid, Layout, SharedMemory};
 use crate::{IOResult, IOReturn};
 
 const GEOMETRY: usize = 0;
@@ -75,11 +75,6 @@ impl Geometry {
         HEADER_LEN + 4 * self.queue_len()
     }
 
-    /// Bytes a region needs.
-    pub fn region_len(&self) -> usize {
-        self.pool_offset() + self.packets as usize * self.buffer_size as usize
-    }
-
     /// Sizes in range; a queue holds every packet (so that a completion
     /// always fits).
     pub fn check(&self, len: usize) -> IOResult<()> {
@@ -90,28 +85,31 @@ impl Geometry {
             && self.region_len() <= len;
         ok.then_some(()).ok_or(IOReturn::BAD_ARGUMENT)
     }
+}
 
-    pub fn write(&self, shm: &SharedMemory) {
-        for (i, v) in [self.packets, self.buffer_size, self.queue_log2]
-            .into_iter()
-            .enumerate()
-        {
-            shm.u32_at(GEOMETRY + 4 * i).store(v, Ordering::Relaxed);
-        }
+impl Layout for Geometry {
+    const AT: usize = GEOMETRY;
+    const WORDS: usize = 3;
+
+    /// Bytes a region needs.
+    fn region_len(&self) -> usize {
+        self.pool_offset() + self.packets as usize * self.buffer_size as usize
     }
 
-    pub fn read(shm: &SharedMemory) -> IOResult<Geometry> {
-        if shm.len() < HEADER_LEN {
-            return Err(IOReturn::BAD_ARGUMENT);
+    fn check(&self, len: usize) -> IOResult<()> {
+        Geometry::check(self, len)
+    }
+
+    fn to_words(&self) -> Vec<u32> {
+        vec![self.packets, self.buffer_size, self.queue_log2]
+    }
+
+    fn from_words(w: &[u32]) -> Geometry {
+        Geometry {
+            packets: w[0],
+            buffer_size: w[1],
+            queue_log2: w[2],
         }
-        let at = |i: usize| shm.u32_at(GEOMETRY + 4 * i).load(Ordering::Relaxed);
-        let g = Geometry {
-            packets: at(0),
-            buffer_size: at(1),
-            queue_log2: at(2),
-        };
-        g.check(shm.len())?;
-        Ok(g)
     }
 }
 
@@ -139,7 +137,8 @@ impl Entry {
 
 /// An interface's region with its checked geometry.
 pub struct NetInterface {
-    shm: SharedMemory,
+    region: Laid<Geometry>,
+    /// The region's checked layout, kept at hand: every entry uses it.
     geometry: Geometry,
 }
 
@@ -157,20 +156,21 @@ impl NetInterface {
             queue_log2,
         };
         geometry.check(geometry.region_len())?;
-        let shm = SharedMemory::create("IOUserNetworkPacketBufferPool", geometry.region_len())
-            .map_err(|_| IOReturn::NO_MEMORY)?;
-        geometry.write(&shm);
-        Ok(NetInterface { shm, geometry })
+        Ok(NetInterface {
+            region: Laid::create("IOUserNetworkPacketBufferPool", geometry)?,
+            geometry,
+        })
     }
 
     /// Takes a region a peer made, checking its geometry once.
     pub fn open(shm: SharedMemory) -> IOResult<NetInterface> {
-        let geometry = Geometry::read(&shm)?;
-        Ok(NetInterface { shm, geometry })
+        let region: Laid<Geometry> = Laid::open(shm)?;
+        let geometry = region.layout();
+        Ok(NetInterface { region, geometry })
     }
 
     pub fn memory(&self) -> &SharedMemory {
-        &self.shm
+        self.region.memory()
     }
 
     pub fn geometry(&self) -> Geometry {
@@ -178,7 +178,7 @@ impl NetInterface {
     }
 
     pub fn bell(&self, offset: usize) -> Doorbell<'_> {
-        Doorbell::at(&self.shm, offset)
+        Doorbell::at(self.memory(), offset)
     }
 
     fn indices(&self, q: Queue) -> (usize, usize) {
@@ -195,10 +195,10 @@ impl NetInterface {
     pub fn pending(&self, q: Queue) -> IOResult<u32> {
         let (p, c) = self.indices(q);
         let used = self
-            .shm
+            .memory()
             .u32_at(p)
             .load(Ordering::Acquire)
-            .wrapping_sub(self.shm.u32_at(c).load(Ordering::Acquire));
+            .wrapping_sub(self.memory().u32_at(c).load(Ordering::Acquire));
         if used > 1 << self.geometry.queue_log2 {
             return Err(CORRUPT);
         }
@@ -212,13 +212,13 @@ impl NetInterface {
         let used = self.pending(q)?;
         let room = (1u32 << self.geometry.queue_log2) - used;
         let n = entries.len().min(room as usize);
-        let head = self.shm.u32_at(p).load(Ordering::Relaxed);
+        let head = self.memory().u32_at(p).load(Ordering::Relaxed);
         for (i, e) in entries[..n].iter().enumerate() {
-            self.shm
+            self.memory()
                 .u64_at(self.slot(q, head.wrapping_add(i as u32)))
                 .store(e.pack(), Ordering::Relaxed);
         }
-        self.shm
+        self.memory()
             .u32_at(p)
             .store(head.wrapping_add(n as u32), Ordering::Release);
         Ok(n)
@@ -228,15 +228,15 @@ impl NetInterface {
     pub fn pop(&self, q: Queue, max: usize, out: &mut Vec<Entry>) -> IOResult<usize> {
         let (_, c) = self.indices(q);
         let n = (self.pending(q)? as usize).min(max);
-        let tail = self.shm.u32_at(c).load(Ordering::Relaxed);
+        let tail = self.memory().u32_at(c).load(Ordering::Relaxed);
         for i in 0..n {
             let v = self
-                .shm
+                .memory()
                 .u64_at(self.slot(q, tail.wrapping_add(i as u32)))
                 .load(Ordering::Relaxed);
             out.push(Entry::unpack(v));
         }
-        self.shm
+        self.memory()
             .u32_at(c)
             .store(tail.wrapping_add(n as u32), Ordering::Release);
         Ok(n)
@@ -260,7 +260,10 @@ impl NetInterface {
     pub fn read_frame(&self, e: Entry, out: &mut Vec<u8>) -> IOResult<()> {
         let r = self.frame_range(e)?;
         out.resize(r.len(), 0);
-        self.shm.read(r.start, out).then_some(()).ok_or(CORRUPT)
+        self.memory()
+            .read(r.start, out)
+            .then_some(())
+            .ok_or(CORRUPT)
     }
 
     /// Writes `frame` into packet `packet`'s buffer at offset 0; returns
@@ -273,7 +276,7 @@ impl NetInterface {
             length,
         };
         let r = self.frame_range(e).map_err(|_| IOReturn::BAD_ARGUMENT)?;
-        self.shm
+        self.memory()
             .write(r.start, frame)
             .then_some(())
             .ok_or(CORRUPT)?;

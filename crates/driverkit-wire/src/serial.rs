@@ -25,7 +25,7 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::shm::{Doorbell, SharedMemory};
+use crate::shm::{Doorbell, Laid, Layout, SharedMemory};
 use crate::{IOResult, IOReturn};
 
 const RX_PI: usize = 0;
@@ -73,12 +73,6 @@ impl Geometry {
         Ok(g)
     }
 
-    /// Bytes a region needs for this geometry.
-    pub fn region_len(&self) -> usize {
-        let end = |offset: u32, log2: u32| offset as usize + (1usize << log2.min(MAX_LOG2));
-        end(self.rx_offset, self.rx_log2).max(end(self.tx_offset, self.tx_log2))
-    }
-
     /// Whether the geometry fits a region of `len` bytes: sizes in range,
     /// rings after the header, inside the region and apart.
     pub fn check(&self, len: usize) -> IOResult<()> {
@@ -98,31 +92,33 @@ impl Geometry {
         }
         Ok(())
     }
+}
 
-    /// Writes the geometry (the creator, before handing the region over).
-    pub fn write(&self, shm: &SharedMemory) {
-        for (i, v) in [self.rx_offset, self.tx_offset, self.rx_log2, self.tx_log2]
-            .into_iter()
-            .enumerate()
-        {
-            shm.u32_at(GEOMETRY + 4 * i).store(v, Ordering::Relaxed);
-        }
+impl Layout for Geometry {
+    const AT: usize = GEOMETRY;
+    const WORDS: usize = 4;
+
+    /// Bytes a region needs for this geometry.
+    fn region_len(&self) -> usize {
+        let end = |offset: u32, log2: u32| offset as usize + (1usize << log2.min(MAX_LOG2));
+        end(self.rx_offset, self.rx_log2).max(end(self.tx_offset, self.tx_log2))
     }
 
-    /// Reads and checks the geometry a peer wrote.
-    pub fn read(shm: &SharedMemory) -> IOResult<Geometry> {
-        if shm.len() < HEADER_LEN {
-            return Err(IOReturn::BAD_ARGUMENT);
+    fn check(&self, len: usize) -> IOResult<()> {
+        Geometry::check(self, len)
+    }
+
+    fn to_words(&self) -> Vec<u32> {
+        vec![self.rx_offset, self.tx_offset, self.rx_log2, self.tx_log2]
+    }
+
+    fn from_words(w: &[u32]) -> Geometry {
+        Geometry {
+            rx_offset: w[0],
+            tx_offset: w[1],
+            rx_log2: w[2],
+            tx_log2: w[3],
         }
-        let at = |i: usize| shm.u32_at(GEOMETRY + 4 * i).load(Ordering::Relaxed);
-        let g = Geometry {
-            rx_offset: at(0),
-            tx_offset: at(1),
-            rx_log2: at(2),
-            tx_log2: at(3),
-        };
-        g.check(shm.len())?;
-        Ok(g)
     }
 }
 
@@ -241,8 +237,7 @@ impl<'a> ByteRing<'a> {
 /// A port's region with its checked geometry: both rings and the
 /// doorbells.
 pub struct SerialPortInterface {
-    shm: SharedMemory,
-    geometry: Geometry,
+    region: Laid<Geometry>,
 }
 
 impl SerialPortInterface {
@@ -250,32 +245,33 @@ impl SerialPortInterface {
     /// driver's side, before `ConnectQueues`).
     pub fn create(rx_log2: u32, tx_log2: u32) -> IOResult<SerialPortInterface> {
         let geometry = Geometry::packed(rx_log2, tx_log2)?;
-        let shm = SharedMemory::create("SerialPortInterface", geometry.region_len())
-            .map_err(|_| IOReturn::NO_MEMORY)?;
-        geometry.write(&shm);
-        Ok(SerialPortInterface { shm, geometry })
+        Ok(SerialPortInterface {
+            region: Laid::create("SerialPortInterface", geometry)?,
+        })
     }
 
     /// Takes a region a peer made, checking its geometry once.
     pub fn open(shm: SharedMemory) -> IOResult<SerialPortInterface> {
-        let geometry = Geometry::read(&shm)?;
-        Ok(SerialPortInterface { shm, geometry })
+        Ok(SerialPortInterface {
+            region: Laid::open(shm)?,
+        })
     }
 
     pub fn memory(&self) -> &SharedMemory {
-        &self.shm
+        self.region.memory()
     }
 
     pub fn geometry(&self) -> Geometry {
-        self.geometry
+        self.region.layout()
     }
 
     /// Bytes from the device on their way to the tty.
     pub fn rx(&self) -> ByteRing<'_> {
+        let g = self.geometry();
         ByteRing {
-            shm: &self.shm,
-            data: self.geometry.rx_offset as usize,
-            size: 1 << self.geometry.rx_log2,
+            shm: self.memory(),
+            data: g.rx_offset as usize,
+            size: 1 << g.rx_log2,
             pi: RX_PI,
             ci: RX_CI,
         }
@@ -283,10 +279,11 @@ impl SerialPortInterface {
 
     /// Bytes from the tty on their way to the device.
     pub fn tx(&self) -> ByteRing<'_> {
+        let g = self.geometry();
         ByteRing {
-            shm: &self.shm,
-            data: self.geometry.tx_offset as usize,
-            size: 1 << self.geometry.tx_log2,
+            shm: self.memory(),
+            data: g.tx_offset as usize,
+            size: 1 << g.tx_log2,
             pi: TX_PI,
             ci: TX_CI,
         }
@@ -295,16 +292,16 @@ impl SerialPortInterface {
     /// The doorbell at `offset` (`DRIVER_BELL`, `RX_DATA_BELL`,
     /// `TX_SPACE_BELL`).
     pub fn bell(&self, offset: usize) -> Doorbell<'_> {
-        Doorbell::at(&self.shm, offset)
+        Doorbell::at(self.memory(), offset)
     }
 
     /// The driver found the RX ring full and waits for room.
     pub fn rx_blocked(&self) -> bool {
-        self.shm.u32_at(RX_BLOCKED).load(Ordering::Acquire) != 0
+        self.memory().u32_at(RX_BLOCKED).load(Ordering::Acquire) != 0
     }
 
     pub fn set_rx_blocked(&self, blocked: bool) {
-        self.shm
+        self.memory()
             .u32_at(RX_BLOCKED)
             .store(blocked.into(), Ordering::Release);
     }

@@ -149,6 +149,72 @@ impl AsFd for SharedMemory {
     }
 }
 
+/// The geometry a region's creator writes into it (sizes, offsets: a few
+/// `u32` words at `AT`) and its receiver reads once and checks: a serial
+/// port's rings, an Ethernet interface's pool and queues.
+pub trait Layout: Copy + Sized {
+    /// Where the words are.
+    const AT: usize;
+    /// How many.
+    const WORDS: usize;
+    fn to_words(&self) -> Vec<u32>;
+    fn from_words(words: &[u32]) -> Self;
+    /// Bytes a region with this layout needs.
+    fn region_len(&self) -> usize;
+    /// Whether the layout holds together in a region of `len` bytes.
+    fn check(&self, len: usize) -> crate::IOResult<()>;
+
+    /// Writes the layout (the creator, before handing the region over).
+    fn write(&self, shm: &SharedMemory) {
+        for (i, v) in self.to_words().into_iter().enumerate() {
+            shm.u32_at(Self::AT + 4 * i).store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// Reads and checks a layout a peer wrote.
+    fn read(shm: &SharedMemory) -> crate::IOResult<Self> {
+        if shm.len() < Self::AT + 4 * Self::WORDS {
+            return Err(crate::IOReturn::BAD_ARGUMENT);
+        }
+        let words: Vec<u32> = (0..Self::WORDS)
+            .map(|i| shm.u32_at(Self::AT + 4 * i).load(Ordering::Relaxed))
+            .collect();
+        let layout = Self::from_words(&words);
+        layout.check(shm.len())?;
+        Ok(layout)
+    }
+}
+
+/// A region and its checked layout.
+pub struct Laid<L> {
+    shm: SharedMemory,
+    layout: L,
+}
+
+impl<L: Layout> Laid<L> {
+    /// A new region for `layout`, which is written into it.
+    pub fn create(name: &str, layout: L) -> crate::IOResult<Laid<L>> {
+        let shm = SharedMemory::create(name, layout.region_len())
+            .map_err(|_| crate::IOReturn::NO_MEMORY)?;
+        layout.write(&shm);
+        Ok(Laid { shm, layout })
+    }
+
+    /// A region a peer made, its layout checked once.
+    pub fn open(shm: SharedMemory) -> crate::IOResult<Laid<L>> {
+        let layout = L::read(&shm)?;
+        Ok(Laid { shm, layout })
+    }
+
+    pub fn memory(&self) -> &SharedMemory {
+        &self.shm
+    }
+
+    pub fn layout(&self) -> L {
+        self.layout
+    }
+}
+
 /// True when waiters pay for the store-load barrier that parking needs,
 /// with `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`, so that notifiers need
 /// none (the asymmetric-fence technique `membarrier(2)` describes). Decided,

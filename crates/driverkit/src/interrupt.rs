@@ -63,6 +63,33 @@ impl IOInterruptDispatchSource {
         })
     }
 
+    /// Interrupts `0..actions.len()` of `provider`, each with its action,
+    /// on `queue`: the set-up of a driver whose device raises several.
+    pub fn create_all(
+        provider: &IOService,
+        queue: &IODispatchQueue,
+        actions: &[OSAction],
+    ) -> IOResult<Vec<Self>> {
+        let mut sources = Vec::with_capacity(actions.len());
+        for (index, action) in actions.iter().enumerate() {
+            let source = Self::create(provider, index as u32, queue)?;
+            source.set_handler(action)?;
+            sources.push(source);
+        }
+        Ok(sources)
+    }
+
+    /// Cancels `sources` from a method running on their own queue (a
+    /// driver's Stop): each watcher is joined, so no interrupt runs after
+    /// this; their cancel handlers, which would run on this very queue
+    /// once the method returns, are not waited for.
+    pub fn cancel_all(sources: Vec<Self>) -> IOResult<()> {
+        for s in sources {
+            s.cancel(|| ())?;
+        }
+        Ok(())
+    }
+
     /// The callback (type `IOInterruptDispatchSource::InterruptOccurred`).
     pub fn set_handler(&self, action: &OSAction) -> IOResult<()> {
         action.expect_type("IOInterruptDispatchSource::InterruptOccurred")?;

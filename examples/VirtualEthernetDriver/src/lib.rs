@@ -137,20 +137,18 @@ impl IOServiceImpl for VirtualEthernetDriver {
         let nic = IOVirtualNIC::from_provider(provider);
         *self.ivars().nic.lock().unwrap_or_else(|e| e.into_inner()) = Some(nic);
         let queue = self.copy_dispatch_queue("Default")?;
+        // The NIC's interrupts 0, 1 and 2, in that order.
         let actions = [
             self.create_action_frames_wait(0)?,
             self.create_action_room(0)?,
             self.create_action_link_changed(0)?,
         ];
-        for (index, action) in actions.iter().enumerate() {
-            let source = IOInterruptDispatchSource::create(provider, index as u32, &queue)?;
-            source.set_handler(action)?;
-            self.ivars()
-                .interrupts
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(source);
-        }
+        *self
+            .ivars()
+            .interrupts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) =
+            IOInterruptDispatchSource::create_all(provider, &queue, &actions)?;
         // A locally administered address, unique per cable end.
         let id = provider.registry_entry_id().to_be_bytes();
         let mac = [0x02, 0x64, id[4], id[5], id[6], id[7]];
@@ -169,12 +167,7 @@ impl IOServiceImpl for VirtualEthernetDriver {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         );
-        // Cancelling joins each source's watcher: no interrupt runs after
-        // it. Their cancel handlers would run on this very queue once Stop
-        // returns, so Stop does not wait for them.
-        for s in sources {
-            s.cancel(|| ())?;
-        }
+        IOInterruptDispatchSource::cancel_all(sources)?;
         driverkit::info!("stop");
         self.super_stop(provider)
     }

@@ -113,20 +113,18 @@ impl IOServiceImpl for VirtualSerialDriver {
         *self.ivars().uart.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(IOUARTDevice::from_provider(provider));
         let queue = self.copy_dispatch_queue("Default")?;
+        // The UART's interrupts 0, 1 and 2, in that order.
         let actions = [
             self.create_action_received(0)?,
             self.create_action_transmit_room(0)?,
             self.create_action_modem_changed(0)?,
         ];
-        for (index, action) in actions.iter().enumerate() {
-            let source = IOInterruptDispatchSource::create(provider, index as u32, &queue)?;
-            source.set_handler(action)?;
-            self.ivars()
-                .interrupts
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(source);
-        }
+        *self
+            .ivars()
+            .interrupts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) =
+            IOInterruptDispatchSource::create_all(provider, &queue, &actions)?;
         self.register_service()?;
         driverkit::info!("start: a serial port over the virtual UART");
         Ok(())
@@ -140,12 +138,7 @@ impl IOServiceImpl for VirtualSerialDriver {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         );
-        // Cancelling joins each source's watcher: no interrupt runs after
-        // it. Their cancel handlers would run on this very queue once Stop
-        // returns, so Stop does not wait for them.
-        for s in sources {
-            s.cancel(|| ())?;
-        }
+        IOInterruptDispatchSource::cancel_all(sources)?;
         driverkit::info!("stop");
         self.super_stop(provider)
     }
