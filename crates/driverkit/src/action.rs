@@ -210,6 +210,29 @@ impl OSAction {
         })
     }
 
+    /// Like `invoke`, but on the calling thread when the action's queue is
+    /// idle (`IODispatchQueue::run_here_if_idle`): a source's own handler
+    /// then costs no hand-off between threads.
+    pub(crate) fn invoke_in_place(
+        &self,
+        args: ActionArgs,
+        done: impl FnOnce() + Send + 'static,
+    ) -> IOResult<()> {
+        let me = self.clone();
+        let ran = self.inner.queue.run_here_if_idle(move || {
+            if !me.is_cancelled() {
+                (me.inner.invoke)(&me, args);
+            }
+        });
+        match ran {
+            Ok(()) => {
+                done();
+                Ok(())
+            }
+            Err(_) => self.invoke(args, done),
+        }
+    }
+
     /// Like `invoke`, but while `again()` holds the method runs again right
     /// away on the same queue turn (for at most `budget`), sparing a hand-off
     /// between threads per batch while data keeps streaming in.

@@ -122,7 +122,7 @@ impl IOInterruptDispatchSource {
                         time: now_ns(),
                     };
                     if action
-                        .invoke(args, move || {
+                        .invoke_in_place(args, move || {
                             let _ = done_tx.send(());
                         })
                         .is_err()
