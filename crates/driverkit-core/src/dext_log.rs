@@ -124,25 +124,31 @@ struct Hub {
 static HUB: OnceLock<Result<Hub, String>> = OnceLock::new();
 
 fn hub() -> Result<&'static Hub, String> {
-    HUB.get_or_init(|| {
-        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| e.to_string())?;
-        std::thread::Builder::new()
-            .name("dext-logs".into())
-            .spawn(|| {
-                // The hub is in the static by the time this runs.
-                if let Some(Ok(hub)) = HUB.get() {
-                    hub.run();
-                }
+    // The thread starts once the hub is in the static, and is handed it:
+    // a thread started inside the initialisation could look before the
+    // static holds anything, and end, leaving every dext's log unread.
+    let mut created = false;
+    let hub = HUB
+        .get_or_init(|| {
+            created = true;
+            let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| e.to_string())?;
+            Ok(Hub {
+                epoll,
+                streams: Mutex::new(HashMap::new()),
+                next: std::sync::atomic::AtomicU64::new(1),
             })
-            .map_err(|e| e.to_string())?;
-        Ok(Hub {
-            epoll,
-            streams: Mutex::new(HashMap::new()),
-            next: std::sync::atomic::AtomicU64::new(1),
         })
-    })
-    .as_ref()
-    .map_err(Clone::clone)
+        .as_ref()
+        .map_err(Clone::clone)?;
+    if created {
+        if let Err(e) = std::thread::Builder::new()
+            .name("dext-logs".into())
+            .spawn(move || hub.run())
+        {
+            tracing::error!("dext logs: cannot start the thread that forwards them: {e}");
+        }
+    }
+    Ok(hub)
 }
 
 impl Hub {
