@@ -229,18 +229,6 @@ impl NetFamily {
             self.lock().parked.insert(r.provider, r.tap);
         }
     }
-
-    /// The counters of `service`'s interface, published now.
-    pub fn publish(&self, system: &System, service: EntryId) {
-        let counters = self
-            .lock()
-            .running
-            .get(&service)
-            .map(|r| r.counters.clone());
-        if let Some(c) = counters {
-            interface::publish_counters(system, service, &c);
-        }
-    }
 }
 
 /// A user's `ip link set` to the driver of `service`: true if it took it.
