@@ -103,6 +103,21 @@ impl System {
         Ok(id)
     }
 
+    /// Publishes a device a backend plugged (`nub.plugged_from` names where
+    /// it came from), lets its family keep its handle (`keep`, before any
+    /// driver can be offered the device), logs it and runs matching.
+    pub fn plug(&self, nub: Nub<'_>, keep: impl FnOnce(EntryId)) -> Result<EntryId, String> {
+        let (name, class) = (nub.name.to_owned(), nub.class.to_owned());
+        let source = nub.plugged_from.clone().unwrap_or_default();
+        let id = self
+            .publish(nub)
+            .map_err(|e| format!("{source}: its bus is gone ({e})"))?;
+        keep(id);
+        tracing::info!("plug     {name} [{id:#x}] ({class}, from {source})");
+        self.match_nub(id);
+        Ok(id)
+    }
+
     /// Takes a nub out of matching (`false`: no driver is offered it, as
     /// while it is lent to another host) or puts it back (`true`; then
     /// [`System::match_nub`]).

@@ -47,8 +47,8 @@ impl PlainFamily {
         nub: PlainNub<'_>,
         device: Arc<dyn PlainDevice>,
     ) -> Result<EntryId, String> {
-        let id = system
-            .publish(Nub {
+        system.plug(
+            Nub {
                 name: nub.name,
                 class: nub.class,
                 properties: nub.properties,
@@ -56,17 +56,11 @@ impl PlainFamily {
                 family: Some(self),
                 plugged_from: Some(nub.source.to_owned()),
                 matched: false,
-            })
-            .map_err(|e| format!("{}: its bus is gone ({e})", nub.source))?;
-        self.lock().insert(id, device);
-        tracing::info!(
-            "plug     {} [{id:#x}] ({}, from {})",
-            nub.name,
-            nub.class,
-            nub.source
-        );
-        system.match_nub(id);
-        Ok(id)
+            },
+            |id| {
+                self.lock().insert(id, device);
+            },
+        )
     }
 
     fn device(&self, entry: EntryId) -> IOResult<Arc<dyn PlainDevice>> {

@@ -81,8 +81,8 @@ impl NetFamily {
         source: &str,
         device: Arc<dyn NicDevice>,
     ) -> Result<EntryId, String> {
-        let id = system
-            .publish(Nub {
+        system.plug(
+            Nub {
                 name,
                 class: "IOVirtualNIC",
                 properties,
@@ -90,12 +90,11 @@ impl NetFamily {
                 family: Some(self),
                 plugged_from: Some(source.to_owned()),
                 matched: false,
-            })
-            .map_err(|e| format!("{source}: its bus is gone ({e})"))?;
-        self.lock().nics.insert(id, device);
-        tracing::info!("plug     {name} [{id:#x}] (IOVirtualNIC, from {source})");
-        system.match_nub(id);
-        Ok(id)
+            },
+            |id| {
+                self.lock().nics.insert(id, device);
+            },
+        )
     }
 
     fn nic(&self, id: EntryId) -> IOResult<Arc<dyn NicDevice>> {

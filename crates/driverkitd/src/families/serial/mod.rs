@@ -89,8 +89,8 @@ impl SerialFamily {
         nub: UartNub<'_>,
         device: Arc<dyn UartDevice>,
     ) -> Result<EntryId, String> {
-        let id = system
-            .publish(Nub {
+        system.plug(
+            Nub {
                 name: nub.name,
                 class: "IOUARTDevice",
                 properties: nub.properties,
@@ -98,16 +98,11 @@ impl SerialFamily {
                 family: Some(self),
                 plugged_from: Some(nub.source.to_owned()),
                 matched: false,
-            })
-            .map_err(|e| format!("{}: its bus is gone ({e})", nub.source))?;
-        self.lock().uarts.insert(id, device);
-        tracing::info!(
-            "plug     {} [{id:#x}] (IOUARTDevice, from {})",
-            nub.name,
-            nub.source
-        );
-        system.match_nub(id);
-        Ok(id)
+            },
+            |id| {
+                self.lock().uarts.insert(id, device);
+            },
+        )
     }
 
     /// The port of serial service `id`, or of the one service whose
