@@ -134,6 +134,17 @@ pub trait Family: Send + Sync + 'static {
         false
     }
 
+    /// A service of process `server` that may drive `object` though it is
+    /// not `object`'s client, or `None`. What a client may do to its
+    /// provider (the family's client methods, reading properties) is let
+    /// through this way. USB lets the driver of one interface (or
+    /// of the device) drive the device's other interfaces, as a CDC
+    /// driver matched on the control interface drives its data interface.
+    fn associated_driver(&self, system: &System, server: u64, object: EntryId) -> Option<EntryId> {
+        let _ = (system, server, object);
+        None
+    }
+
     /// `IOService::RegisterInterrupt` on one of the family's entries:
     /// deliver interrupt `index` into `region` from now on.
     fn register_interrupt(

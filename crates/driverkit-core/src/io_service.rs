@@ -128,6 +128,19 @@ impl Inner {
         if is_provider && !superdispatch && (read_only.contains(&method) || family_method) {
             return Ok((false, e.family));
         }
+        let family = e.family;
+        drop(st);
+        // Beyond its providers, a dext drives what their family lets it
+        // (asked without the core's lock: the family may look around).
+        let associated = (family_method || read_only.contains(&method))
+            && !superdispatch
+            && family
+                .and_then(|f| self.families.get(f))
+                .and_then(|f| f.associated_driver(&self.system, server, object))
+                .is_some();
+        if associated {
+            return Ok((false, family));
+        }
         Err(IOReturn::NOT_PERMITTED)
     }
 }

@@ -145,6 +145,11 @@ pub trait IOUSBHostDeviceInterface {
     /// `match_interfaces` the interfaces become nubs and matching runs.
     #[kernel]
     fn set_configuration(&self, value: u8, match_interfaces: bool) -> IOResult<()>;
+    /// `CreateInterfaceIterator` and `CopyInterface`: the interfaces of the
+    /// current configuration (their registry IDs, by interface number).
+    /// Unconfigured: `kIOReturnNotReady`.
+    #[kernel]
+    fn copy_interfaces(&self) -> IOResult<Vec<ObjectId>>;
 }
 
 /// `IOUSBHostInterface`: one interface of a configured device.
@@ -164,6 +169,16 @@ pub trait IOUSBHostInterfaceInterface {
     /// `IOUSBHostDevice`'s.
     #[kernel]
     fn device_request(&self, setup: u64, data: Bytes, timeout_ms: u32) -> IOResult<Bytes>;
+    /// `CopyDevice`: the device this interface is part of.
+    #[kernel]
+    fn copy_device(&self) -> IOResult<ObjectId>;
+    /// `SelectAlternateSetting`: SET_INTERFACE; the interface's endpoints
+    /// are those of `alternate` from now on. Refused with
+    /// `kIOReturnBusy` while the caller holds pipes of the old setting
+    /// that another process shares, `kIOReturnBadArgument` for a setting
+    /// the interface does not have.
+    #[kernel]
+    fn select_alternate_setting(&self, alternate: u8) -> IOResult<()>;
 }
 
 /// `IOUSBHostPipe`: an endpoint of an interface the caller opened.

@@ -153,6 +153,19 @@ impl IOUSBHostDevice {
     pub fn set_configuration(&self, value: u8, match_interfaces: bool) -> IOResult<()> {
         device_proxy(self.id()).set_configuration(value, match_interfaces)
     }
+
+    /// `CreateInterfaceIterator` and `CopyInterface`: the interfaces of the
+    /// current configuration, by interface number. The driver of the
+    /// device, or of any of its interfaces, may drive them.
+    pub fn copy_interfaces(&self) -> IOResult<Vec<IOUSBHostInterface>> {
+        Ok(device_proxy(self.id())
+            .copy_interfaces()?
+            .into_iter()
+            .map(|id| IOUSBHostInterface {
+                service: IOService::from_id(id),
+            })
+            .collect())
+    }
 }
 
 impl IOUSBHostInterface {
@@ -174,15 +187,42 @@ impl IOUSBHostInterface {
             .ok_or(IOReturn::NOT_FOUND)
     }
 
-    /// `CopyPipe(endpointAddress)`.
-    pub fn copy_pipe(&self, address: u8) -> IOResult<IOUSBHostPipe> {
-        let id = iousb_host_interface_interface::Proxy {
+    fn proxy(&self) -> iousb_host_interface_interface::Proxy<'static, SystemCaller> {
+        iousb_host_interface_interface::Proxy {
             caller: &SystemCaller,
             object: self.service.target_id(),
             flags: 0,
         }
-        .copy_pipe(address)?;
+    }
+
+    /// `bAlternateSetting` selected now, from the registry.
+    pub fn alternate_setting(&self) -> IOResult<u8> {
+        self.service
+            .copy_property("bAlternateSetting")?
+            .and_then(|v| v.as_unsigned_integer())
+            .and_then(|n| u8::try_from(n).ok())
+            .ok_or(IOReturn::NOT_FOUND)
+    }
+
+    /// `CopyPipe(endpointAddress)`: an endpoint of the alternate setting
+    /// selected now.
+    pub fn copy_pipe(&self, address: u8) -> IOResult<IOUSBHostPipe> {
+        let id = self.proxy().copy_pipe(address)?;
         Ok(IOUSBHostPipe { id, address })
+    }
+
+    /// `CopyDevice`: the device this interface belongs to.
+    pub fn copy_device(&self) -> IOResult<IOUSBHostDevice> {
+        Ok(IOUSBHostDevice {
+            service: IOService::from_id(self.proxy().copy_device()?),
+        })
+    }
+
+    /// `SelectAlternateSetting`: the interface's endpoints are those of
+    /// `alternate` from now on; pipes of the old setting end (their
+    /// transfers with `kIOReturnAborted`) and must be copied again.
+    pub fn select_alternate_setting(&self, alternate: u8) -> IOResult<()> {
+        self.proxy().select_alternate_setting(alternate)
     }
 
     /// `DeviceRequest`: a control request on the device's endpoint 0, as
@@ -201,11 +241,12 @@ impl IOUSBHostInterface {
         .map(|b| b.0)
     }
 
-    /// `GetInterfaceDescriptor`: this interface (alternate setting 0) in
-    /// the device's current configuration, with its class-specific
-    /// descriptors and endpoints.
+    /// `GetInterfaceDescriptor`: this interface, in the alternate setting
+    /// selected now, in the device's current configuration, with its
+    /// class-specific descriptors and endpoints.
     pub fn descriptor(&self) -> IOResult<InterfaceRepr> {
         let number = self.interface_number()?;
+        let alternate = self.alternate_setting().unwrap_or(0);
         let configuration = iousb_host_interface_interface::Proxy {
             caller: &SystemCaller,
             object: self.service.target_id(),
@@ -216,7 +257,7 @@ impl IOUSBHostInterface {
             .map_err(|_| IOReturn::IO_ERROR)?
             .interfaces
             .into_iter()
-            .find(|i| i.number == number && i.alternate_setting == 0)
+            .find(|i| i.number == number && i.alternate_setting == alternate)
             .ok_or(IOReturn::NOT_FOUND)
     }
 }

@@ -33,8 +33,10 @@ pub const ENTITLEMENTS: &str = include_str!("../Entitlements.plist");
 
 const PACKETS: u32 = 512;
 const BUFFER: u32 = 2048;
-/// Frames per step.
+/// Frames per step. A step's frames travel in one call, whose message is
+/// at most 256 KiB: 64 frames of at most a buffer (2 KiB) stay well under.
 const BATCH: usize = 64;
+const _: () = assert!(BATCH * BUFFER as usize <= 256 * 1024 / 2);
 
 #[derive(Default)]
 pub struct VirtualEthernetDriverIvars {
@@ -83,7 +85,15 @@ impl VirtualEthernetDriver {
                 }
             }
             let frames: Vec<Vec<u8>> = waiting.iter().map(|(_, f)| f.clone()).collect();
-            let sent = nic.transmit(frames).unwrap_or(0);
+            let sent = match nic.transmit(frames) {
+                Ok(n) => n.min(waiting.len()),
+                // Not "no room" (that is Ok(0)): the frames cannot go, and
+                // no room interrupt would come for them. Dropped.
+                Err(e) => {
+                    driverkit::warn!("transmit: {e}; {} frames dropped", waiting.len());
+                    waiting.len()
+                }
+            };
             let done: Vec<IOUserNetworkPacket> = waiting.drain(..sent).map(|(p, _)| p).collect();
             let _ = self.tx_complete(&done);
             if !waiting.is_empty() {

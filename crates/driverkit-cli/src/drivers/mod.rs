@@ -80,9 +80,16 @@ pub const EXAMPLES: &[Embedded] = &[
 ];
 
 /// Drivers loaded only when asked for (`run --with-tool NAME`): the test
-/// and benchmark drivers, and FTDISerialDriver, which would otherwise take
-/// every FT232 on the machine from Linux's ftdi_sio.
+/// and benchmark drivers, and the drivers of real adapters that would
+/// otherwise take them from Linux's own drivers (FTDISerialDriver every
+/// FT232 from ftdi_sio, CDCEthernetDriver NetChip's ECM from cdc_ether).
 pub const TOOLS: &[Embedded] = &[
+    Embedded {
+        executable: "CDCEthernetDriver",
+        info_plist: cdc_ethernet_driver::INFO_PLIST,
+        entitlements: cdc_ethernet_driver::ENTITLEMENTS,
+        classes: || vec![class::<cdc_ethernet_driver::CDCEthernetDriver>()],
+    },
     Embedded {
         executable: "FTDISerialDriver",
         info_plist: ftdi_serial_driver::INFO_PLIST,

@@ -41,6 +41,10 @@ pub struct LinuxUsbDevice {
     speed: u8,
     ledger: Arc<Ledger>,
     claims: Mutex<HashMap<u8, Claim>>,
+    /// Interfaces a kernel driver let go of when it was detached from a
+    /// sibling (a CDC driver holds the control and the data interface):
+    /// attached again once none of the daemon's claims is in the way.
+    orphans: Mutex<HashMap<u8, String>>,
     endpoints: Mutex<HashMap<u8, EndpointThread>>,
     /// Abort generations of endpoints without a thread yet.
     generations: Mutex<HashMap<u8, Arc<AtomicU64>>>,
@@ -92,6 +96,7 @@ impl LinuxUsbDevice {
             },
             ledger,
             claims: Mutex::default(),
+            orphans: Mutex::default(),
             endpoints: Mutex::default(),
             generations: Mutex::default(),
             closed: AtomicBool::new(false),
@@ -391,6 +396,40 @@ impl UsbTransport for LinuxUsbDevice {
         })
     }
 
+    /// USBDEVFS_SETINTERFACE through the claimed interface, so that the
+    /// kernel (and the host controller) knows the new endpoints. The old
+    /// setting's endpoint threads end first: usbfs refuses while their
+    /// endpoints are open, and they let go asynchronously.
+    fn set_interface(&self, number: u8, alternate: u8) -> IOResult<()> {
+        let interface = self
+            .claims()
+            .get(&number)
+            .map(|c| c.interface.clone())
+            .ok_or(IOReturn::NOT_OPEN)?;
+        self.close_endpoints(number);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match interface.set_alt_setting(alternate).wait() {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == nusb::ErrorKind::Busy && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "usb      {} interface {number}: alternate setting {alternate}: {e}",
+                        self.node
+                    );
+                    return Err(match e.kind() {
+                        nusb::ErrorKind::NotFound => IOReturn::BAD_ARGUMENT,
+                        nusb::ErrorKind::Disconnected => IOReturn::NO_DEVICE,
+                        nusb::ErrorKind::Busy => IOReturn::BUSY,
+                        _ => IOReturn::IO_ERROR,
+                    });
+                }
+            }
+        }
+    }
+
     fn claim(&self, number: u8, may_detach: bool) -> IOResult<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(IOReturn::NO_DEVICE);
@@ -411,11 +450,13 @@ impl UsbTransport for LinuxUsbDevice {
                 return Err(IOReturn::EXCLUSIVE_ACCESS);
             }
             Some(driver) => {
+                let siblings = self.interfaces_bound_to(driver, number);
                 self.ledger.detaching(&dir, driver);
                 let claimed = self.device.detach_and_claim_interface(number).wait();
                 if claimed.is_err() {
                     self.ledger.attached(&dir);
                 }
+                self.note_orphans(siblings, driver);
                 tracing::info!(
                     "usb      {} interface {number}: detached {driver}, claimed",
                     self.node
@@ -506,6 +547,66 @@ impl UsbTransport for LinuxUsbDevice {
 }
 
 impl LinuxUsbDevice {
+    /// The interfaces of the active configuration other than `except` that
+    /// `driver` is bound to now.
+    fn interfaces_bound_to(&self, driver: &str, except: u8) -> Vec<u8> {
+        let Ok(config) = self.device.active_configuration() else {
+            return Vec::new();
+        };
+        let mut numbers: Vec<u8> = config
+            .interfaces()
+            .map(|i| i.interface_number())
+            .filter(|n| *n != except)
+            .filter(|n| sysfs::driver(&self.interface_dir(*n)).as_deref() == Some(driver))
+            .collect();
+        numbers.dedup();
+        numbers
+    }
+
+    /// Of `siblings`, those `driver` let go of are written down (in the
+    /// ledger too: a daemon killed now leaves them to the next one).
+    fn note_orphans(&self, siblings: Vec<u8>, driver: &str) {
+        let mut orphans = self.orphans.lock().unwrap_or_else(|e| e.into_inner());
+        for n in siblings {
+            let dir = self.interface_dir(n);
+            if sysfs::driver(&dir).is_none() {
+                tracing::info!(
+                    "usb      {} interface {n}: {driver} let go of it too",
+                    self.node
+                );
+                self.ledger.detaching(&dir, driver);
+                orphans.insert(n, driver.to_owned());
+            }
+        }
+    }
+
+    /// Attaches the kernel driver to the orphans the daemon holds no claim
+    /// of; one that is bound again (by itself or through a sibling) is
+    /// crossed out.
+    fn reattach_orphans(&self) {
+        // Claims before orphans, the order `claim` takes them in.
+        let claimed: Vec<u8> = self.claims().keys().copied().collect();
+        let mut orphans = self.orphans.lock().unwrap_or_else(|e| e.into_inner());
+        orphans.retain(|n, driver| {
+            let dir = self.interface_dir(*n);
+            if claimed.contains(n) {
+                return true;
+            }
+            if sysfs::driver(&dir).is_none() {
+                let _ = self.device.attach_kernel_driver(*n);
+            }
+            let back = sysfs::driver(&dir).is_some();
+            if back {
+                tracing::info!(
+                    "usb      {} interface {n}: {driver} attached again",
+                    self.node
+                );
+                self.ledger.attached(&dir);
+            }
+            !back
+        });
+    }
+
     /// Releases interface `number` whatever its count, and attaches the
     /// kernel driver detached for it.
     fn give_back(&self, number: u8) {
@@ -533,6 +634,7 @@ impl LinuxUsbDevice {
             }
             self.ledger.attached(&dir);
         }
+        self.reattach_orphans();
     }
 }
 

@@ -154,8 +154,8 @@ impl HidFamily {
         };
         let _ = transport.control(idle, &[], Some(Duration::from_secs(1)));
         let input = usb
-            .endpoints
-            .iter()
+            .endpoints()
+            .into_iter()
             .find(|e| e.address & 0x80 != 0 && e.transfer_type == TransferType::Interrupt)
             .map(|e| {
                 let len = descriptor

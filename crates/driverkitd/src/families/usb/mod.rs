@@ -54,10 +54,20 @@ pub struct UsbInterface {
     pub device: Arc<UsbDevice>,
     pub number: u8,
     pub class: u8,
-    pub endpoints: Vec<Endpoint>,
+    /// The alternate setting selected now, and its endpoints.
+    setting: Mutex<(u8, Vec<Endpoint>)>,
 }
 
 impl UsbInterface {
+    /// The endpoints of the alternate setting selected now.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        self.setting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone()
+    }
+
     /// Takes the interface for a driver (see [`UsbTransport::claim`]); its
     /// nub shows the host driver bound now (`IOLinuxDriver`).
     pub fn claim(&self, system: &System, may_detach: bool) -> IOResult<()> {
@@ -81,23 +91,52 @@ impl UsbInterface {
     }
 }
 
-/// A pipe a dext copied from an interface. It holds a claim of the
-/// interface (see [`UsbTransport::claim`]) while it lives.
-struct Pipe {
-    /// To show the interface's host driver again when the pipe goes.
+/// A claim of an interface (see [`UsbTransport::claim`]) that a dext's
+/// pipe or selected alternate setting holds while it lives.
+struct Hold {
+    /// To show the interface's host driver again when the hold goes.
     system: System,
-    pub interface: Arc<UsbInterface>,
-    pub interface_entry: EntryId,
-    pub server: u64,
-    /// The dext's service that is a client of the interface.
-    pub client: Option<EntryId>,
-    pub endpoint: Endpoint,
+    interface: Arc<UsbInterface>,
+    interface_entry: EntryId,
+    server: u64,
+    /// The dext's service that drives the interface.
+    client: Option<EntryId>,
 }
 
-impl Drop for Pipe {
+impl Hold {
+    /// Claims `interface` for `client` of process `server`.
+    fn take(
+        system: &System,
+        interface: Arc<UsbInterface>,
+        server: u64,
+        client: Option<EntryId>,
+    ) -> IOResult<Hold> {
+        interface.claim(system, may_detach(system, client))?;
+        Ok(Hold {
+            system: system.clone(),
+            interface_entry: interface.entry,
+            interface,
+            server,
+            client,
+        })
+    }
+
+    /// Whether it goes with entry `id` (its interface, or its driver).
+    fn goes_with(&self, id: EntryId) -> bool {
+        self.interface_entry == id || self.client == Some(id)
+    }
+}
+
+impl Drop for Hold {
     fn drop(&mut self) {
         self.interface.release(&self.system);
     }
+}
+
+/// A pipe a dext copied from an interface.
+struct Pipe {
+    hold: Hold,
+    endpoint: Endpoint,
 }
 
 /// The personality key by which a driver leaves a host's own driver (Linux's
@@ -117,7 +156,8 @@ impl Pipe {
     /// The endpoint's abort generation now: what a transfer asked for now
     /// is submitted under.
     fn generation(&self) -> u64 {
-        self.interface
+        self.hold
+            .interface
             .device
             .transport
             .abort_generation(self.endpoint.address)
@@ -132,6 +172,9 @@ struct UsbState {
     devices: HashMap<EntryId, Arc<UsbDevice>>,
     interfaces: HashMap<EntryId, Arc<UsbInterface>>,
     pipes: HashMap<u64, Arc<Pipe>>,
+    /// Interfaces a dext selected an alternate setting of: held until the
+    /// dext's driver or the interface goes.
+    selections: Vec<Hold>,
     next_pipe: u64,
 }
 
@@ -410,9 +453,6 @@ impl UsbFamily {
             "kUSBCurrentConfiguration",
             i64::from(value).into(),
         );
-        if !match_interfaces {
-            return Ok(());
-        }
         let (_, interfaces) = driverkit_usb::interfaces(config).map_err(|_| IOReturn::IO_ERROR)?;
         let mut nubs = Vec::new();
         {
@@ -440,6 +480,7 @@ impl UsbFamily {
                 p.insert("bInterfaceProtocol".into(), int(d.interface_protocol()));
                 p.insert("bNumEndpoints".into(), int(d.num_endpoints()));
                 let name = format!("IOUSBHostInterface@{}", d.interface_number());
+                let endpoints = endpoints_of(i);
                 let id = system
                     .publish(Nub {
                         name: &name,
@@ -458,25 +499,56 @@ impl UsbFamily {
                         device: device.clone(),
                         number: d.interface_number(),
                         class: d.interface_class(),
-                        endpoints: i
-                            .endpoints
-                            .iter()
-                            .map(|e| Endpoint {
-                                address: e.address(),
-                                transfer_type: e.transfer_type(),
-                                max_packet_size: e.max_packet_size(),
-                                interval: e.interval(),
-                            })
-                            .collect(),
+                        setting: Mutex::new((0, endpoints)),
                     }),
                 );
                 nubs.push(id);
             }
         }
-        for id in nubs {
-            system.match_nub(id);
+        if match_interfaces {
+            for id in nubs {
+                system.match_nub(id);
+            }
         }
         Ok(())
+    }
+
+    /// The service of `server` that drives `interface`'s device: a client
+    /// of the device or of any of its interfaces.
+    fn driver_of_device(
+        &self,
+        system: &System,
+        server: u64,
+        device: &Arc<UsbDevice>,
+    ) -> Option<EntryId> {
+        let siblings: Vec<EntryId> = self
+            .lock()
+            .interfaces
+            .values()
+            .filter(|i| Arc::ptr_eq(&i.device, device))
+            .map(|i| i.entry)
+            .collect();
+        std::iter::once(device.entry)
+            .chain(siblings)
+            .find_map(|entry| system.client_in(entry, server))
+    }
+
+    /// Whether a process other than `server` holds pipes of `interface`.
+    fn held_elsewhere(&self, interface: EntryId, server: u64) -> bool {
+        let st = self.lock();
+        st.pipes
+            .values()
+            .map(|p| &p.hold)
+            .chain(st.selections.iter())
+            .any(|h| h.interface_entry == interface && h.server != server)
+    }
+
+    /// The service of `server` that drives `entry`: its own client, or
+    /// (see [`Family::associated_driver`]) the driver of its device.
+    fn driver_of(&self, system: &System, server: u64, entry: EntryId) -> Option<EntryId> {
+        system
+            .client_in(entry, server)
+            .or_else(|| self.associated_driver(system, server, entry))
     }
 
     /// Runs `transfer` on a worker and completes `action` of `server` with
@@ -537,6 +609,19 @@ impl Family for UsbFamily {
             || iousb_host_interface_interface::method_name(method).is_some()
     }
 
+    /// The driver of a device's interface drives the device and its other
+    /// interfaces too (`CopyDevice`, `CopyInterface`), as the driver of the
+    /// device drives its interfaces: a CDC driver of the control interface
+    /// needs the data interface's pipes. An interface another process
+    /// holds pipes of stays that process's (see `copy_pipe`).
+    fn associated_driver(&self, system: &System, server: u64, object: EntryId) -> Option<EntryId> {
+        let device = match self.device(object) {
+            Some(d) => d,
+            None => self.interface(object)?.device.clone(),
+        };
+        self.driver_of_device(system, server, &device)
+    }
+
     /// A device that is not vendor-class gets its first configuration and
     /// interface nubs.
     fn unclaimed(&self, system: &System, entry: EntryId) {
@@ -568,11 +653,15 @@ impl Family for UsbFamily {
             let gone: Vec<u64> = st
                 .pipes
                 .iter()
-                .filter(|(_, p)| p.interface_entry == id || p.client == Some(id))
+                .filter(|(_, p)| p.hold.goes_with(id))
                 .map(|(k, _)| *k)
                 .collect();
             let pipes: Vec<Arc<Pipe>> = gone.iter().filter_map(|k| st.pipes.remove(k)).collect();
-            (st.devices.remove(&id), pipes)
+            let (selections, kept) = std::mem::take(&mut st.selections)
+                .into_iter()
+                .partition(|h| h.goes_with(id));
+            st.selections = kept;
+            (st.devices.remove(&id), (pipes, selections))
         };
         // Released (claims given back) outside the family's lock.
         drop(pipes);
@@ -639,7 +728,7 @@ impl UsbCall<'_> {
     fn pipe(&self) -> IOResult<Arc<Pipe>> {
         let st = self.family.lock();
         let pipe = st.pipes.get(&self.call.object).ok_or(IOReturn::NOT_FOUND)?;
-        if pipe.server != self.call.server {
+        if pipe.hold.server != self.call.server {
             return Err(IOReturn::NOT_PERMITTED);
         }
         Ok(pipe.clone())
@@ -707,11 +796,50 @@ impl IOUSBHostDeviceInterface for UsbCall<'_> {
         self.family
             .configure(self.call.system, &d, value, match_interfaces)
     }
+
+    fn copy_interfaces(&self) -> IOResult<Vec<ObjectId>> {
+        let d = self.usb_device()?;
+        let mut interfaces: Vec<(u8, EntryId)> = self
+            .family
+            .lock()
+            .interfaces
+            .values()
+            .filter(|i| Arc::ptr_eq(&i.device, &d))
+            .map(|i| (i.number, i.entry))
+            .collect();
+        if interfaces.is_empty() {
+            return Err(IOReturn::NOT_READY);
+        }
+        interfaces.sort();
+        Ok(interfaces.into_iter().map(|(_, e)| ObjectId(e)).collect())
+    }
+}
+
+/// The endpoints of one alternate setting, as the family keeps them.
+fn endpoints_of(setting: &driverkit_usb::Interface<'_>) -> Vec<Endpoint> {
+    setting
+        .endpoints
+        .iter()
+        .map(|e| Endpoint {
+            address: e.address(),
+            transfer_type: e.transfer_type(),
+            max_packet_size: e.max_packet_size(),
+            interval: e.interval(),
+        })
+        .collect()
 }
 
 impl IOUSBHostInterfaceInterface for UsbCall<'_> {
     fn device_request(&self, setup: u64, data: Bytes, timeout_ms: u32) -> IOResult<Bytes> {
         control_request(&self.usb_interface()?.device, setup, data, timeout_ms)
+    }
+
+    fn copy_device(&self) -> IOResult<ObjectId> {
+        self.copy_device_of_interface()
+    }
+
+    fn select_alternate_setting(&self, alternate: u8) -> IOResult<()> {
+        self.select_setting(alternate)
     }
 
     fn copy_configuration(&self) -> IOResult<Bytes> {
@@ -721,34 +849,107 @@ impl IOUSBHostInterfaceInterface for UsbCall<'_> {
 
     fn copy_pipe(&self, address: u8) -> IOResult<ObjectId> {
         let interface = self.usb_interface()?;
-        let endpoint = *interface
-            .endpoints
-            .iter()
+        let endpoint = interface
+            .endpoints()
+            .into_iter()
             .find(|e| e.address == address)
             .ok_or(IOReturn::NOT_FOUND)?;
         let client = self
-            .call
-            .system
-            .client_in(self.call.object, self.call.server);
+            .family
+            .driver_of(self.call.system, self.call.server, self.call.object);
+        // Open is exclusive: an interface whose pipes another process
+        // holds is that process's.
+        if self
+            .family
+            .held_elsewhere(self.call.object, self.call.server)
+        {
+            return Err(IOReturn::EXCLUSIVE_ACCESS);
+        }
         // The interface is the dext's from its first pipe on: a host driver
         // bound to it is detached now (and attached again when the last
         // pipe goes), unless the personality keeps it.
-        interface.claim(self.call.system, may_detach(self.call.system, client))?;
+        let hold = Hold::take(self.call.system, interface, self.call.server, client)?;
         let mut st = self.family.lock();
         st.next_pipe += 1;
         let id = self.call.family.object(st.next_pipe);
-        st.pipes.insert(
-            id.0,
-            Arc::new(Pipe {
-                system: self.call.system.clone(),
-                interface,
-                interface_entry: self.call.object,
-                server: self.call.server,
-                client,
-                endpoint,
-            }),
-        );
+        st.pipes.insert(id.0, Arc::new(Pipe { hold, endpoint }));
         Ok(id)
+    }
+}
+
+impl UsbCall<'_> {
+    fn copy_device_of_interface(&self) -> IOResult<ObjectId> {
+        Ok(ObjectId(self.usb_interface()?.device.entry))
+    }
+
+    /// SET_INTERFACE through the transport; the caller's pipes of the old
+    /// setting go (their transfers end with `kIOReturnAborted`).
+    fn select_setting(&self, alternate: u8) -> IOResult<()> {
+        let interface = self.usb_interface()?;
+        let config = current_configuration(&interface.device).ok_or(IOReturn::NOT_READY)?;
+        let (_, settings) = driverkit_usb::interfaces(&config.0).map_err(|_| IOReturn::IO_ERROR)?;
+        let setting = settings
+            .iter()
+            .find(|i| {
+                i.descriptor.interface_number() == interface.number
+                    && i.descriptor.alternate_setting() == alternate
+            })
+            .ok_or(IOReturn::BAD_ARGUMENT)?;
+        if self
+            .family
+            .held_elsewhere(interface.entry, self.call.server)
+        {
+            return Err(IOReturn::EXCLUSIVE_ACCESS);
+        }
+        let client = self
+            .family
+            .driver_of(self.call.system, self.call.server, interface.entry);
+        // The interface must be ours (the host driver detached) before the
+        // host lets us change its setting, and stays ours in that setting
+        // while the driver lives.
+        let hold = Hold::take(
+            self.call.system,
+            interface.clone(),
+            self.call.server,
+            client,
+        )?;
+        let old: Vec<Arc<Pipe>> = {
+            let mut st = self.family.lock();
+            let gone: Vec<u64> = st
+                .pipes
+                .iter()
+                .filter(|(_, p)| p.hold.interface_entry == interface.entry)
+                .map(|(k, _)| *k)
+                .collect();
+            gone.iter().filter_map(|k| st.pipes.remove(k)).collect()
+        };
+        for pipe in &old {
+            interface.device.transport.abort(pipe.endpoint.address);
+        }
+        drop(old);
+        let result = interface
+            .device
+            .transport
+            .set_interface(interface.number, alternate);
+        if result.is_ok() {
+            let mut st = self.family.lock();
+            let before = std::mem::take(&mut st.selections);
+            let (same, mut kept): (Vec<Hold>, Vec<Hold>) = before
+                .into_iter()
+                .partition(|h| h.interface_entry == interface.entry);
+            kept.push(hold);
+            st.selections = kept;
+            drop(st);
+            drop(same);
+            *interface.setting.lock().unwrap_or_else(|e| e.into_inner()) =
+                (alternate, endpoints_of(setting));
+            self.call.system.set_property(
+                interface.entry,
+                "bAlternateSetting",
+                i64::from(alternate).into(),
+            );
+        }
+        result
     }
 }
 
@@ -766,7 +967,7 @@ impl IOUSBHostPipeInterface for UsbCall<'_> {
         if length > region.len() as u64 {
             return Err(IOReturn::BAD_ARGUMENT);
         }
-        let device = pipe.interface.device.entry;
+        let device = pipe.hold.interface.device.entry;
         // An Abort after this call returns must end this transfer.
         let submitted = pipe.generation();
         UsbFamily::run_async(self.call, device, action, move || {
@@ -776,7 +977,11 @@ impl IOUSBHostPipeInterface for UsbCall<'_> {
 
     fn abort(&self) -> IOResult<()> {
         let pipe = self.pipe()?;
-        pipe.interface.device.transport.abort(pipe.endpoint.address);
+        pipe.hold
+            .interface
+            .device
+            .transport
+            .abort(pipe.endpoint.address);
         Ok(())
     }
 
@@ -790,10 +995,11 @@ impl IOUSBHostPipeInterface for UsbCall<'_> {
                 index: pipe.endpoint.address.into(),
                 length: 0,
             };
-            pipe.interface
-                .device
-                .transport
-                .control(setup, &[], Some(Duration::from_secs(5)))?;
+            pipe.hold.interface.device.transport.control(
+                setup,
+                &[],
+                Some(Duration::from_secs(5)),
+            )?;
         }
         Ok(())
     }
@@ -812,7 +1018,7 @@ fn pipe_transfer(
         return Err(IOReturn::BAD_ARGUMENT);
     }
     let address = pipe.endpoint.address;
-    let transport = &pipe.interface.device.transport;
+    let transport = &pipe.hold.interface.device.transport;
     if address & 0x80 != 0 {
         let done = transport.transfer(address, &[], length, timeout, submitted)?;
         region.write(0, &done.data);

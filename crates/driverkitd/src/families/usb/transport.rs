@@ -79,6 +79,21 @@ pub trait UsbTransport: Send + Sync {
             .map(drop)
     }
 
+    /// SET_INTERFACE: alternate setting `alternate` of `interface` (which
+    /// the caller claimed). A transport whose host keeps its own view of
+    /// the interface (Linux) does it through that host.
+    fn set_interface(&self, interface: u8, alternate: u8) -> IOResult<()> {
+        let setup = Setup {
+            request_type: 0x01,
+            request: driverkit_usb::repr::request::SET_INTERFACE,
+            value: alternate.into(),
+            index: interface.into(),
+            length: 0,
+        };
+        self.control(setup, &[], Some(Duration::from_secs(5)))
+            .map(drop)
+    }
+
     /// Takes interface `interface` for the system's drivers, before any
     /// transfer on it. Where another driver of the host holds it (Linux's
     /// kernel drivers), it is detached only when `may_detach`; otherwise

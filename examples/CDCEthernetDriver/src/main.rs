@@ -1,0 +1,1 @@
+driverkit::dext_main!(cdc_ethernet_driver::CDCEthernetDriver);
