@@ -284,6 +284,12 @@ fn a_vendor_device_waits_for_its_driver_which_then_talks_to_it() {
     assert_eq!(ip["TestEcho"], "echo through a pipe");
     assert_eq!(ip["TestTimeoutStatus"], "kIOReturnTimeout");
     assert_eq!(ip["TestAbortStatus"], "kIOReturnAborted");
+    // Interface 1, taken through the device by interface 0's driver.
+    assert_eq!(ip["TestInterfaceNumbers"], serde_json::json!([0, 1]));
+    assert_eq!(ip["TestAlt0PipeStatus"], "kIOReturnNotFound");
+    assert_eq!(ip["TestAlt7Status"], "kIOReturnBadArgument");
+    assert_eq!(ip["TestAlternateSetting"], 1);
+    assert_eq!(ip["TestAltEcho"], "through alternate setting 1");
     assert_eq!(
         ip["IOProbeScore"], 90000,
         "idVendor + idProduct + bInterfaceNumber + bConfigurationValue"
@@ -292,7 +298,8 @@ fn a_vendor_device_waits_for_its_driver_which_then_talks_to_it() {
     let p = &dev["properties"];
     assert_eq!(p["TestVendor"], 0x1209);
     assert_eq!(p["TestProduct"], "Vendor Bulk Device");
-    assert_eq!(p["TestInterfaces"], 1);
+    // Interface descriptors: 0, 1, and 1's alternate setting 1.
+    assert_eq!(p["TestInterfaces"], 3);
     assert_eq!(p["TestStallStatus"], "kIOUSBPipeStalled");
     assert_eq!(p["IOProbeScore"], 90000, "idVendor + idProduct");
     let usb = d.nodes().into_iter().find(|n| n["id"] == plain).unwrap();

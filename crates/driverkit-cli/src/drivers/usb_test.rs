@@ -10,7 +10,9 @@
 //!   pipes, sends a message out and reads the echo back
 //!   (`TestEcho`), waits on an IN pipe with a timeout
 //!   (`TestTimeoutStatus`), and starts an asynchronous read that it aborts
-//!   (`TestAbortStatus`).
+//!   (`TestAbortStatus`). Then it takes interface 1 through the device,
+//!   selects its alternate setting 1 and echoes through its pipes
+//!   (`TestAltEcho`).
 //! - `VirtualHIDKeyboard` is an `IOUserHIDDevice` on `IOUserResources`: a
 //!   keyboard made by a dext. Every 50 ms a timer makes it press and
 //!   release "h" through `handle_report`.
@@ -445,8 +447,52 @@ impl IOServiceImpl for UsbTestInterface {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some((in_pipe, back));
         in_pipe.abort()?;
+        self.set_properties(alternate_setting_echo(&interface)?)?;
         self.register_service()
     }
+}
+
+/// The device's interface 1, reached from interface 0's driver through the
+/// device (`CopyDevice`, `CopyInterface`): no pipe in alternate setting 0,
+/// an echo through bulk 0x03/0x83 in alternate setting 1, and a setting the
+/// interface does not have refused.
+fn alternate_setting_echo(interface: &IOUSBHostInterface) -> IOResult<plist::Dictionary> {
+    let device = interface.copy_device()?;
+    let interfaces = device.copy_interfaces()?;
+    let numbers: Vec<plist::Value> = interfaces
+        .iter()
+        .map(|i| i.interface_number().map(|n| i64::from(n).into()))
+        .collect::<IOResult<_>>()?;
+    let second = *interfaces.get(1).ok_or(IOReturn::NOT_FOUND)?;
+    let name = |r: IOResult<()>| r.err().and_then(|e| e.name()).unwrap_or("ok");
+    let mut props = plist::Dictionary::new();
+    props.insert("TestInterfaceNumbers".into(), plist::Value::Array(numbers));
+    props.insert(
+        "TestAlt0PipeStatus".into(),
+        name(second.copy_pipe(0x03).map(drop)).into(),
+    );
+    props.insert(
+        "TestAlt7Status".into(),
+        name(second.select_alternate_setting(7)).into(),
+    );
+    second.select_alternate_setting(1)?;
+    props.insert(
+        "TestAlternateSetting".into(),
+        i64::from(second.alternate_setting()?).into(),
+    );
+    let (out, back) = (second.copy_pipe(0x03)?, second.copy_pipe(0x83)?);
+    let message = b"through alternate setting 1";
+    let buffer = IOBufferMemoryDescriptor::create(512)?;
+    buffer.create_mapping()?.write(0, message)?;
+    out.io(&buffer, message.len(), 1000)?;
+    let got = back.io(&buffer, 512, 1000)?;
+    let mut data = vec![0; got];
+    buffer.create_mapping()?.read(0, &mut data)?;
+    props.insert(
+        "TestAltEcho".into(),
+        String::from_utf8_lossy(&data).into_owned().into(),
+    );
+    Ok(props)
 }
 
 #[driverkit::actions]

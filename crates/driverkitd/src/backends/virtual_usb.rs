@@ -30,6 +30,13 @@
 //! type = "bulk"
 //! echo_to = 0x82               # what arrives is queued on IN 0x82
 //!
+//! [[usb.interfaces]]           # interface 1 ...
+//! bInterfaceClass = 0x0a
+//! [[usb.interfaces]]           # ... and its alternate setting 1
+//! bInterfaceNumber = 1
+//! bAlternateSetting = 1
+//! bInterfaceClass = 0x0a
+//!
 //! [[usb.control]]              # vendor requests and their answers
 //! bmRequestType = 0xc0
 //! bRequest = 1
@@ -91,6 +98,11 @@ fn one_hundred() -> u16 {
 #[serde(deny_unknown_fields)]
 #[allow(non_snake_case)]
 pub struct InterfaceSpec {
+    /// Given for an alternate setting of an interface listed before;
+    /// otherwise the next number.
+    pub bInterfaceNumber: Option<u8>,
+    #[serde(default)]
+    pub bAlternateSetting: u8,
     pub bInterfaceClass: u8,
     #[serde(default)]
     pub bInterfaceSubClass: u8,
@@ -152,10 +164,37 @@ pub struct ControlSpec {
 }
 
 impl UsbSpec {
+    /// The interfaces with their numbers: a given `bInterfaceNumber`, or
+    /// the next one after those listed before.
+    pub fn numbered(&self) -> impl Iterator<Item = (u8, &InterfaceSpec)> {
+        let mut next = 0u8;
+        self.interfaces.iter().map(move |i| {
+            let number = i.bInterfaceNumber.unwrap_or(next);
+            next = next.max(number.saturating_add(1));
+            (number, i)
+        })
+    }
+
     /// Checks what serde cannot: hex, endpoint directions, echo targets.
     /// Errors name the key.
     pub fn validate(&self) -> Result<(), String> {
         let mut addresses = Vec::new();
+        let mut settings = Vec::new();
+        for (i, (number, iface)) in self.numbered().enumerate() {
+            let setting = (number, iface.bAlternateSetting);
+            if settings.contains(&setting) {
+                return Err(format!(
+                    "key usb.interfaces[{i}]: interface {number} alternate setting {} is listed twice",
+                    setting.1
+                ));
+            }
+            if iface.bAlternateSetting != 0 && !settings.contains(&(number, 0)) {
+                return Err(format!(
+                    "key usb.interfaces[{i}].bAlternateSetting: interface {number} has no alternate setting 0 before it"
+                ));
+            }
+            settings.push(setting);
+        }
         for (i, iface) in self.interfaces.iter().enumerate() {
             if let Some(hex) = &iface.report_descriptor {
                 let bytes = from_hex(hex)
@@ -226,6 +265,8 @@ pub struct VirtualUsb {
     /// OUT endpoints and where their data goes.
     echo: HashMap<u8, Option<u8>>,
     control: Vec<(ControlSpec, Vec<u8>)>,
+    /// Every (interface, alternate setting) the device has.
+    settings: Vec<(u8, u8)>,
     /// The first interrupt-IN endpoint of a HID interface.
     hid_in: Option<u8>,
     closed: AtomicBool,
@@ -275,8 +316,7 @@ impl VirtualUsb {
         let mut echo = HashMap::new();
         let mut interfaces = Vec::new();
         let mut hid_in = None;
-        for (number, i) in spec.interfaces.iter().enumerate() {
-            let number = number as u8;
+        for (number, i) in spec.numbered() {
             let mut extra = Vec::new();
             if let Some(hex) = &i.report_descriptor {
                 let bytes = from_hex(hex)?;
@@ -306,7 +346,7 @@ impl VirtualUsb {
             }
             interfaces.push(InterfaceRepr {
                 number,
-                alternate_setting: 0,
+                alternate_setting: i.bAlternateSetting,
                 class: i.bInterfaceClass,
                 subclass: i.bInterfaceSubClass,
                 protocol: i.bInterfaceProtocol,
@@ -350,6 +390,10 @@ impl VirtualUsb {
             ins,
             echo,
             control,
+            settings: spec
+                .numbered()
+                .map(|(n, i)| (n, i.bAlternateSetting))
+                .collect(),
             hid_in,
             closed: AtomicBool::new(false),
             state: Mutex::new(DeviceState::default()),
@@ -426,6 +470,13 @@ impl UsbTransport for VirtualUsb {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .configuration = value;
+                Vec::new()
+            }
+            (0x01, request::SET_INTERFACE) => {
+                let setting = (setup.index as u8, setup.value as u8);
+                if !self.settings.contains(&setting) {
+                    return Err(IOReturn::USB_PIPE_STALLED);
+                }
                 Vec::new()
             }
             (0x80, request::GET_CONFIGURATION) => vec![
@@ -617,6 +668,43 @@ mod tests {
             dev.control(unknown, &[], None),
             Err(IOReturn::USB_PIPE_STALLED)
         );
+    }
+
+    #[test]
+    fn alternate_settings_are_numbered_listed_and_selected() {
+        let spec = crate::backends::virtual_device::builtin("vendor-bulk")
+            .unwrap()
+            .usb
+            .unwrap();
+        let numbered: Vec<(u8, u8)> = spec
+            .numbered()
+            .map(|(n, i)| (n, i.bAlternateSetting))
+            .collect();
+        assert_eq!(numbered, [(0, 0), (1, 0), (1, 1)]);
+        let dev = VirtualUsb::new(&spec, "test", 0).unwrap();
+        let set_interface = |interface: u16, alternate: u16| Setup {
+            request_type: 0x01,
+            request: request::SET_INTERFACE,
+            value: alternate,
+            index: interface,
+            length: 0,
+        };
+        assert_eq!(dev.control(set_interface(1, 1), &[], None), Ok(vec![]));
+        assert_eq!(
+            dev.control(set_interface(1, 2), &[], None),
+            Err(IOReturn::USB_PIPE_STALLED)
+        );
+        let mut twice = spec.clone();
+        twice.interfaces[2].bAlternateSetting = 0;
+        let e = twice.validate().unwrap_err();
+        assert!(
+            e.contains("usb.interfaces[2]") && e.contains("listed twice"),
+            "{e}"
+        );
+        let mut orphan = spec.clone();
+        orphan.interfaces[2].bInterfaceNumber = Some(4);
+        let e = orphan.validate().unwrap_err();
+        assert!(e.contains("no alternate setting 0"), "{e}");
     }
 
     #[test]
