@@ -257,6 +257,25 @@ fn ip_link_changes_reach_the_driver_and_a_frame_past_the_mtu_is_dropped_and_coun
     });
     ip(&["-n", &a.0, "link", "set", &dev_a, "promisc", "on"]);
     d.wait_log("set_promiscuous_mode_enable(true)", 1);
+    // A multicast address the kernel is asked to receive reaches the
+    // driver's list (rtnetlink does not announce it: dev_mcast is read).
+    ip(&[
+        "-n",
+        &a.0,
+        "maddr",
+        "add",
+        "01:00:5e:01:02:03",
+        "dev",
+        &dev_a,
+    ]);
+    d.wait_until("the driver's multicast list", || {
+        d.nodes().iter().any(|n| {
+            n["properties"]["BSD Name"] == dev_a.as_str()
+                && n["properties"]["MulticastAddresses"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|a| a == "01:00:5e:01:02:03"))
+        })
+    });
     // Past what the driver's buffers hold: refused, and set back.
     ip(&["-n", &a.0, "link", "set", &dev_a, "mtu", "9000"]);
     d.wait_log("the driver refused MTU 9000; set back to 1800", 1);

@@ -14,6 +14,7 @@ const ETHERNET_NETWORKING: u8 = 0x0f;
 
 /// `SET_ETHERNET_PACKET_FILTER` (ECM 1.2, 6.2.4) and its `wValue` bits.
 const SET_ETHERNET_PACKET_FILTER: u8 = 0x43;
+const SET_ETHERNET_MULTICAST_FILTERS: u8 = 0x40;
 pub mod filter {
     pub const PROMISCUOUS: u16 = 0x01;
     pub const ALL_MULTICAST: u16 = 0x02;
@@ -33,6 +34,9 @@ pub struct Functional {
     /// The largest frame the device moves, Ethernet header included (no
     /// FCS).
     pub max_segment_size: u16,
+    /// How many multicast addresses the device filters (0: none, so it
+    /// takes all multicast or none).
+    pub multicast_filters: u16,
 }
 
 /// Reads the Union and Ethernet Networking functional descriptors among an
@@ -48,16 +52,22 @@ pub fn functional<'a>(extra: impl IntoIterator<Item = &'a [u8]>) -> Option<Funct
         match d.get(2) {
             Some(&UNION) => data_interface = data_interface.or(d.get(4).copied()),
             Some(&ETHERNET_NETWORKING) if d.len() >= 13 => {
-                ethernet = Some((d[3], u16::from_le_bytes([d[8], d[9]])))
+                ethernet = Some((
+                    d[3],
+                    u16::from_le_bytes([d[8], d[9]]),
+                    // Bit 15 says the filtering is imperfect (hashed).
+                    u16::from_le_bytes([d[10], d[11]]) & 0x7fff,
+                ))
             }
             _ => {}
         }
     }
-    let (mac_string, max_segment_size) = ethernet?;
+    let (mac_string, max_segment_size, multicast_filters) = ethernet?;
     Some(Functional {
         data_interface: data_interface?,
         mac_string,
         max_segment_size,
+        multicast_filters,
     })
 }
 
@@ -73,6 +83,20 @@ pub fn mac_from_string(text: &str) -> Option<[u8; 6]> {
         *octet = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
     }
     Some(mac)
+}
+
+/// SET_ETHERNET_MULTICAST_FILTERS (ECM 1.2, 6.2.1): the request to control
+/// interface `interface` and its data, six bytes per address.
+pub fn multicast_filters(interface: u8, addresses: &[[u8; 6]]) -> (Setup, Vec<u8>) {
+    let data: Vec<u8> = addresses.iter().flatten().copied().collect();
+    let setup = Setup {
+        request_type: 0x21,
+        request: SET_ETHERNET_MULTICAST_FILTERS,
+        value: addresses.len() as u16,
+        index: interface.into(),
+        length: data.len() as u16,
+    };
+    (setup, data)
 }
 
 /// The packet filter request to control interface `interface`.
@@ -148,7 +172,8 @@ mod tests {
             Some(Functional {
                 data_interface: 1,
                 mac_string: 3,
-                max_segment_size: 1514
+                max_segment_size: 1514,
+                multicast_filters: 0,
             })
         );
         // No Ethernet descriptor, or a short one: not ECM.
@@ -218,6 +243,16 @@ mod tests {
         let mut f = vec![1u8; 100];
         pad_for_bulk(&mut f, 64);
         assert_eq!(f.len(), 100);
+    }
+
+    #[test]
+    fn multicast_filters_carry_six_bytes_per_address() {
+        let (s, data) = multicast_filters(2, &[[1, 0, 0x5e, 0, 0, 1], [0x33, 0x33, 0, 0, 0, 1]]);
+        assert_eq!(
+            (s.request_type, s.request, s.value, s.index, s.length),
+            (0x21, 0x40, 2, 2, 12)
+        );
+        assert_eq!(data, [1, 0, 0x5e, 0, 0, 1, 0x33, 0x33, 0, 0, 0, 1]);
     }
 
     #[test]

@@ -66,6 +66,7 @@ pub struct CDCEthernetDriverIvars {
     filter: AtomicU16,
     enabled: AtomicBool,
     max_segment: AtomicU16,
+    multicast_filters: AtomicU16,
     /// The link as last reported (some devices repeat their notification
     /// at every poll).
     link: Mutex<Option<bool>>,
@@ -317,6 +318,9 @@ impl IOServiceImpl for CDCEthernetDriver {
         self.ivars()
             .max_segment
             .store(functional.max_segment_size, Ordering::Relaxed);
+        self.ivars()
+            .multicast_filters
+            .store(functional.multicast_filters, Ordering::Relaxed);
         self.register_ethernet_interface(mac, PACKETS, BUFFER)?;
         self.report_link_status(true, media::ETHERNET_AUTO)?;
         for slot in 0..READS {
@@ -385,6 +389,28 @@ impl IOUserNetworkEthernetImpl for CDCEthernetDriver {
     fn set_all_multicast_mode_enable(&self, enable: bool) -> IOResult<()> {
         driverkit::info!("set_all_multicast_mode_enable({enable})");
         self.set_filter_bit(filter::ALL_MULTICAST, enable);
+        Ok(())
+    }
+
+    /// Up to what the device filters, the list goes to the device; past
+    /// that (or with no filters at all) all multicast is taken.
+    fn set_multicast_addresses(&self, addresses: &[[u8; 6]]) -> IOResult<()> {
+        let filters = usize::from(self.ivars().multicast_filters.load(Ordering::Relaxed));
+        driverkit::info!(
+            "set_multicast_addresses({} addresses; the device filters {filters})",
+            addresses.len()
+        );
+        let fits = addresses.len() <= filters;
+        if fits {
+            let sent = self.with_usb(|u| {
+                let (setup, data) = cdc::multicast_filters(u.control_number, addresses);
+                u.control.device_request(setup, &data, CONTROL_TIMEOUT_MS)
+            });
+            if let Err(e) = sent {
+                driverkit::info!("multicast filters refused by the device ({e})");
+            }
+        }
+        self.set_filter_bit(filter::ALL_MULTICAST, !fits);
         Ok(())
     }
 

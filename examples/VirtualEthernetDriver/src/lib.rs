@@ -210,6 +210,22 @@ impl IOUserNetworkEthernetImpl for VirtualEthernetDriver {
         Ok(())
     }
 
+    /// A cable delivers every frame: the list is only shown.
+    fn set_multicast_addresses(&self, addresses: &[[u8; 6]]) -> IOResult<()> {
+        let shown: Vec<driverkit::plist::Value> = addresses
+            .iter()
+            .map(|a| {
+                a.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":")
+                    .into()
+            })
+            .collect();
+        driverkit::info!("set_multicast_addresses({} addresses)", shown.len());
+        self.set_property("MulticastAddresses", driverkit::plist::Value::Array(shown))
+    }
+
     fn set_mtu(&self, mtu: u32) -> IOResult<()> {
         driverkit::info!("set_mtu({mtu})");
         if mtu > self.get_max_transfer_unit() {

@@ -1,6 +1,9 @@
 //! What a user does to an interface with `ip link set` (up, down,
 //! promisc, allmulticast, mtu), heard from rtnetlink and handed to the
-//! driver.
+//! driver; and the link-layer multicast addresses the kernel wants
+//! received (groups joined, `ip maddr add`), which rtnetlink does not
+//! announce: they are read from the namespace's `dev_mcast` when a link
+//! message comes and at least every second.
 //!
 //! An interface may be moved into another network namespace (the tests
 //! do; so do containers), where its link messages are sent. So the
@@ -29,21 +32,24 @@ const TUNGETDEVNETNS: libc::c_ulong = 0x54e3;
 const LINK_GROUP: u32 = 1;
 
 /// A change a user made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     Enable(bool),
     Promiscuous(bool),
     AllMulticast(bool),
     Mtu(u32),
+    /// The multicast addresses to receive now, in the kernel's order.
+    Multicast(Vec<[u8; 6]>),
 }
 
 /// The link as last heard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct State {
     up: bool,
     promisc: bool,
     allmulti: bool,
     mtu: u32,
+    multicast: Vec<[u8; 6]>,
 }
 
 /// Shared with the interface: the MTU in force, and the end.
@@ -60,6 +66,7 @@ pub fn run(tap: &Arc<Tap>, watch: &Watch, wake: &OwnedFd, apply: &dyn Fn(Change)
         promisc: false,
         allmulti: false,
         mtu: tap.mtu(),
+        multicast: Vec::new(),
     };
     watch.mtu.store(state.mtu, Ordering::Release);
     while !watch.stop.load(Ordering::Acquire) {
@@ -131,6 +138,7 @@ fn follow(
         if poll(&mut fds, Some(&ts)).is_err() || fds[1].revents().contains(PollFlags::IN) {
             continue;
         }
+        multicast_heard(tap, state, apply);
         if !fds[0].revents().contains(PollFlags::IN) {
             continue;
         }
@@ -194,6 +202,7 @@ fn heard(
         promisc: flags.contains(LinkFlags::Promisc),
         allmulti: flags.contains(LinkFlags::Allmulti),
         mtu,
+        multicast: state.multicast.clone(),
     };
     if now.mtu != state.mtu {
         if apply(Change::Mtu(now.mtu)) {
@@ -227,6 +236,44 @@ fn heard(
         apply(Change::AllMulticast(now.allmulti));
     }
     *state = now;
+}
+
+/// The interface's multicast list, when it changed, to the driver.
+fn multicast_heard(tap: &Tap, state: &mut State, apply: &dyn Fn(Change) -> bool) {
+    // This thread's namespace (it entered the interface's), not the
+    // process's: /proc/thread-self.
+    let Ok(text) = std::fs::read_to_string("/proc/thread-self/net/dev_mcast") else {
+        return;
+    };
+    let now = multicast_of(&text, tap.name());
+    if now != state.multicast {
+        apply(Change::Multicast(now.clone()));
+        state.multicast = now;
+    }
+}
+
+/// The addresses `/proc/net/dev_mcast` lists for interface `name`: lines
+/// of index, name, users, global use, and the address as 12 hex digits.
+/// Lines that do not parse are skipped.
+pub fn multicast_of(dev_mcast: &str, name: &str) -> Vec<[u8; 6]> {
+    dev_mcast
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(1) != Some(&name) {
+                return None;
+            }
+            let hex = fields.get(4)?;
+            if hex.len() != 12 || !hex.is_ascii() {
+                return None;
+            }
+            let mut mac = [0u8; 6];
+            for (i, octet) in mac.iter_mut().enumerate() {
+                *octet = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+            }
+            Some(mac)
+        })
+        .collect()
 }
 
 /// `SIOCSIFMTU`, in the current (the interface's) namespace.
@@ -263,4 +310,23 @@ fn sleep_or_stop(watch: &Watch, wake: &OwnedFd, d: Duration) {
         tv_nsec: d.subsec_nanos() as i64,
     };
     let _ = poll(&mut fds, Some(&ts));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::multicast_of;
+
+    #[test]
+    fn dev_mcast_lines_of_the_interface_give_its_addresses() {
+        let text = "2    eth0            1     0     333300000001\n\
+                    7    dk0             1     0     01005e000001\n\
+                    7    dk0             2     0     333300000001\n\
+                    7    dk0             1     0     zz005e000001\n\
+                    garbage\n";
+        assert_eq!(
+            multicast_of(text, "dk0"),
+            [[0x01, 0x00, 0x5e, 0, 0, 1], [0x33, 0x33, 0, 0, 0, 1]]
+        );
+        assert!(multicast_of(text, "dk1").is_empty());
+    }
 }

@@ -245,6 +245,12 @@ fn apply(system: &System, service: EntryId, name: &str, change: link::Change) ->
         Change::Enable(on) => driver.set_interface_enable(on),
         Change::Promiscuous(on) => driver.set_promiscuous_mode_enable(on),
         Change::AllMulticast(on) => driver.set_all_multicast_mode_enable(on),
+        Change::Multicast(ref addresses) => driver.set_multicast_addresses(
+            addresses
+                .iter()
+                .map(|a| driverkit_wire::Bytes(a.to_vec()))
+                .collect(),
+        ),
         Change::Mtu(mtu) => driver.set_mtu(mtu).inspect(|()| {
             system.set_property(
                 service,
