@@ -216,7 +216,7 @@ impl Ring {
         self.shm
             .u64_at(TAIL)
             .store(tail + entry_size(len) as u64, Ordering::Release);
-        Doorbell::at(&self.shm, DATA_BELL).notify();
+        Doorbell::asymmetric_at(&self.shm, DATA_BELL).notify();
         Ok(())
     }
 
@@ -264,7 +264,7 @@ impl Ring {
         self.shm.read(DATA + at + 4, out);
         if remove {
             self.shm.u64_at(HEAD).store(head + size, Ordering::Release);
-            Doorbell::at(&self.shm, SPACE_BELL).notify();
+            Doorbell::asymmetric_at(&self.shm, SPACE_BELL).notify();
         }
         Ok(())
     }
@@ -272,12 +272,14 @@ impl Ring {
     /// Waits (spin, then park) until an entry is available; false at the
     /// deadline.
     pub fn wait_for_data(&self, spin: Duration, deadline: Option<Instant>) -> bool {
-        Doorbell::at(&self.shm, DATA_BELL).wait(spin, deadline, || self.is_data_available())
+        Doorbell::asymmetric_at(&self.shm, DATA_BELL)
+            .wait(spin, deadline, || self.is_data_available())
     }
 
     /// Waits until an entry of `len` bytes fits; false at the deadline.
     pub fn wait_for_space(&self, len: usize, spin: Duration, deadline: Option<Instant>) -> bool {
-        Doorbell::at(&self.shm, SPACE_BELL).wait(spin, deadline, || self.can_enqueue(len))
+        Doorbell::asymmetric_at(&self.shm, SPACE_BELL)
+            .wait(spin, deadline, || self.can_enqueue(len))
     }
 
     /// The consumer's position: it moves on each dequeue.
@@ -288,13 +290,13 @@ impl Ring {
     /// Waits until the consumer has dequeued since `head` was read; false
     /// at the deadline.
     pub fn wait_for_dequeue(&self, head: u64, spin: Duration, deadline: Option<Instant>) -> bool {
-        Doorbell::at(&self.shm, SPACE_BELL).wait(spin, deadline, || self.head() != head)
+        Doorbell::asymmetric_at(&self.shm, SPACE_BELL).wait(spin, deadline, || self.head() != head)
     }
 
     /// Wakes anyone waiting on either end (used when tearing down).
     pub fn wake_all(&self) {
-        Doorbell::at(&self.shm, DATA_BELL).ring();
-        Doorbell::at(&self.shm, SPACE_BELL).ring();
+        Doorbell::asymmetric_at(&self.shm, DATA_BELL).ring();
+        Doorbell::asymmetric_at(&self.shm, SPACE_BELL).ring();
     }
 }
 

@@ -265,10 +265,19 @@ const PARK_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// A doorbell in shared memory: an event counter (the futex word) and a
 /// count of parked waiters, at `offset` and `offset + 4`.
+///
+/// Parking safely needs a store-load barrier on both sides between
+/// publishing an event and looking at the other side's state. A plain
+/// doorbell has the notifier pay a fence each time. An asymmetric one
+/// (see [`asymmetric_barrier`]) moves the whole cost to a waiter about to
+/// park: right for a queue notified per entry whose consumer seldom parks,
+/// wrong for a pipeline whose stages park between bursts, where each park
+/// would interrupt every core.
 #[derive(Clone, Copy)]
 pub struct Doorbell<'a> {
     seq: &'a AtomicU32,
     parked: &'a AtomicU32,
+    asymmetric: bool,
 }
 
 impl<'a> Doorbell<'a> {
@@ -277,6 +286,16 @@ impl<'a> Doorbell<'a> {
         Doorbell {
             seq: shm.u32_at(offset),
             parked: shm.u32_at(offset + 4),
+            asymmetric: false,
+        }
+    }
+
+    /// The doorbell at `offset` of `shm`, asymmetric where the kernel allows
+    /// (both sides must open it so).
+    pub fn asymmetric_at(shm: &'a SharedMemory, offset: usize) -> Doorbell<'a> {
+        Doorbell {
+            asymmetric: asymmetric_barrier(),
+            ..Doorbell::at(shm, offset)
         }
     }
 
@@ -290,14 +309,15 @@ impl<'a> Doorbell<'a> {
     }
 
     /// Wakes a parked waiter, if there is one, after an event the waiter
-    /// checks by itself (`ready`). Where the kernel has `membarrier`, this
-    /// is a plain load on the frequent path: a waiter pays for the barrier
-    /// when it parks (see [`Doorbell::wait`]). Otherwise it is `ring`.
+    /// checks by itself (`ready`): a fence and a load, or for an asymmetric
+    /// doorbell a plain load (its waiter pays for the barrier when it
+    /// parks, see [`Doorbell::wait`]).
     pub fn notify(&self) {
-        if !asymmetric_barrier() {
-            return self.ring();
+        if self.asymmetric {
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        } else {
+            std::sync::atomic::fence(Ordering::SeqCst);
         }
-        std::sync::atomic::compiler_fence(Ordering::SeqCst);
         if self.parked.load(Ordering::Relaxed) != 0 {
             self.seq.fetch_add(1, Ordering::SeqCst);
             let _ = futex::wake(self.seq, futex::Flags::empty(), u32::MAX);
@@ -342,9 +362,10 @@ impl<'a> Doorbell<'a> {
         loop {
             let seen = self.seq.load(Ordering::SeqCst);
             self.parked.fetch_add(1, Ordering::SeqCst);
-            // Pair with `notify`'s compiler fence: after this, either the
-            // notifier sees us parked, or we see its event below.
-            if asymmetric_barrier() {
+            // The SeqCst increment pairs with `notify`'s fence (or, for an
+            // asymmetric doorbell, the barrier does for both sides): either
+            // the notifier sees us parked, or we see its event below.
+            if self.asymmetric {
                 let _ =
                     rustix::thread::membarrier(rustix::thread::MembarrierCommand::GlobalExpedited);
             }
