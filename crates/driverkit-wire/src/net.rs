@@ -32,6 +32,15 @@ const GEOMETRY: usize = 0;
 const QUEUES: usize = 64;
 const QUEUE_STRIDE: usize = 128;
 /// The driver waits here: new submissions.
+/// How long the pool's waiters (the system's pumps, the driver's watcher)
+/// spin before they park: shorter than [`crate::shm::SPIN`]. An interface
+/// under load keeps six threads of three processes busy (two pumps, the
+/// driver's watcher, its queue, the calls it makes); on a machine with
+/// fewer cores than that, a waiter spinning for the next batch takes the
+/// core from the stage that would produce it. Measured on 2 cores: TCP
+/// through the cable 1.7 Gbit/s at 5 µs against 1.2 at 50 µs.
+pub const POOL_SPIN: std::time::Duration = std::time::Duration::from_micros(5);
+
 pub const DRIVER_BELL: usize = 576;
 /// The system waits here: new completions.
 pub const SYSTEM_BELL: usize = 640;

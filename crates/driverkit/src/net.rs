@@ -27,8 +27,7 @@ use std::time::{Duration, Instant};
 use driverkit_wire::interfaces::{
     io_service_interface, io_user_network_ethernet_interface, IOUserNetworkEthernetInterface,
 };
-use driverkit_wire::net::{Entry, NetInterface, Queue, DRIVER_BELL, SYSTEM_BELL};
-use driverkit_wire::shm::SPIN;
+use driverkit_wire::net::{Entry, NetInterface, Queue, DRIVER_BELL, POOL_SPIN, SYSTEM_BELL};
 use driverkit_wire::{Bytes, IOResult, IOReturn, MethodId, ObjectId};
 
 use crate::queue::IODispatchQueue;
@@ -276,7 +275,8 @@ fn watch<S: IOUserNetworkEthernetImpl>(
     while !n.cancelled.load(Ordering::Acquire) {
         let deadline = Some(Instant::now() + Duration::from_millis(250));
         let ready = || tx() || rx() || n.cancelled.load(Ordering::Acquire);
-        if !net.bell(DRIVER_BELL).wait(SPIN, deadline, ready) || n.cancelled.load(Ordering::Acquire)
+        if !net.bell(DRIVER_BELL).wait(POOL_SPIN, deadline, ready)
+            || n.cancelled.load(Ordering::Acquire)
         {
             continue;
         }

@@ -21,8 +21,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use driverkit_core::{EntryId, System};
-use driverkit_wire::net::{Entry, NetInterface, Ownership, Queue, DRIVER_BELL, SYSTEM_BELL};
-use driverkit_wire::shm::SPIN;
+use driverkit_wire::net::{
+    Entry, NetInterface, Ownership, Queue, DRIVER_BELL, POOL_SPIN, SYSTEM_BELL,
+};
 use driverkit_wire::{IOResult, IOReturn};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 
@@ -204,7 +205,7 @@ fn net_in(s: &Shared, mut own: Ownership) {
         if own.free_count() == 0 {
             let net = &s.net;
             net.bell(SYSTEM_BELL).wait(
-                SPIN,
+                POOL_SPIN,
                 Some(Instant::now() + Duration::from_millis(250)),
                 || net.pending(Queue::TxCompletion).map_or(true, |p| p > 0) || s.stopped(),
             );
@@ -279,7 +280,7 @@ fn net_out(s: &Shared, range: std::ops::Range<u32>, publish: &dyn Fn(&Counters))
         }
         let net = &s.net;
         if !net.bell(SYSTEM_BELL).wait(
-            SPIN,
+            POOL_SPIN,
             Some(Instant::now() + Duration::from_millis(250)),
             || net.pending(Queue::RxCompletion).map_or(true, |p| p > 0) || s.stopped(),
         ) || s.stopped()
