@@ -1179,6 +1179,21 @@ impl Inner {
         process.memory(memory)
     }
 
+    /// Hands `shm` to process `server`; the ID a call's answer names it by.
+    pub(crate) fn give_region(
+        &self,
+        server: u64,
+        shm: &driverkit_wire::shm::SharedMemory,
+    ) -> IOResult<u64> {
+        let process = self
+            .lock()
+            .servers
+            .get(&server)
+            .map(|s| s.server.clone())
+            .ok_or(IOReturn::OFFLINE)?;
+        process.give_memory(shm)
+    }
+
     /// Records an asynchronous request of `server` to `device`, to complete
     /// through `action`: by `finish_request`, or with `kIOReturnAborted` when
     /// the device leaves first.

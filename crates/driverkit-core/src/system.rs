@@ -237,6 +237,15 @@ impl System {
             .region(server, memory)
     }
 
+    /// Hands a region of the system's to process `server` (a device's
+    /// memory a driver works in directly); the returned ID is what a call's
+    /// answer names it by. The dext maps it when it takes it.
+    pub fn give_region(&self, server: u64, shm: &SharedMemory) -> IOResult<u64> {
+        self.upgrade()
+            .ok_or(IOReturn::OFFLINE)?
+            .give_region(server, shm)
+    }
+
     /// Records an asynchronous request of `server` to `device`, to complete
     /// through the dext's action `action`: by [`System::finish_request`],
     /// or with `kIOReturnAborted` when the device leaves first (before any

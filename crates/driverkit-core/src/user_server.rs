@@ -18,7 +18,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, ExitStatus};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -430,6 +430,22 @@ pub struct InFlight {
 impl UserServer {
     fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands `shm` to the dext (a `Memory` message on the main socket, the
+    /// region as `SCM_RIGHTS`), under a new ID of the system's.
+    pub fn give_memory(&self, shm: &SharedMemory) -> IOResult<u64> {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        if !self.is_alive() {
+            return Err(IOReturn::OFFLINE);
+        }
+        let id = driverkit_wire::SYSTEM_MEMORY | NEXT.fetch_add(1, Ordering::Relaxed);
+        let mut h = Header::new(Kind::Memory);
+        h.object = ObjectId(id);
+        self.main
+            .send(&h, &[], Some(shm.as_fd()))
+            .map_err(|_| IOReturn::OFFLINE)?;
+        Ok(id)
     }
 
     /// Sends a request without waiting for its reply.

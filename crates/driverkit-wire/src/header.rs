@@ -43,6 +43,10 @@ mod field {
     pub const LENGTH: Range<usize> = 28..32;
 }
 
+/// The bit that marks a region's ID as the system's (handed to a dext)
+/// rather than one a dext registered.
+pub const SYSTEM_MEMORY: u64 = 1 << 63;
+
 /// What a message is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -57,9 +61,10 @@ pub enum Kind {
     Channel = 4,
     /// Dext -> daemon, first message: the dext's protocol version and PID.
     Hello = 5,
-    /// Dext -> daemon: a shared-memory region, registered under the ID in
-    /// the object field, for later calls to name; the memfd travels as
-    /// `SCM_RIGHTS`.
+    /// A shared-memory region under the ID in the object field; the memfd
+    /// travels as `SCM_RIGHTS`. Dext -> daemon: registered for later calls
+    /// to name. Daemon -> dext: handed over (IDs with [`SYSTEM_MEMORY`]
+    /// set), for the dext to take when a call's answer names it.
     Memory = 6,
 }
 

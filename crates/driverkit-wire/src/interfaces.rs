@@ -377,18 +377,16 @@ pub trait IOUserNetworkEthernetInterface {
 }
 
 /// `IOVirtualNIC`: one end of the virtual cable of the default run: frames
-/// transmitted at one end arrive at the other. Interrupt 0 says frames
-/// wait, 1 that a transmit that did not fit now would, 2 that the link
-/// changed.
+/// transmitted at one end arrive at the other. The cable is memory, as a
+/// NIC's descriptor rings are: two data queues (rings of frames), each
+/// written by one end's driver and read by the other's, with no call and
+/// no system thread per frame. Interrupt 0 says the link changed.
 #[interface(class = "IOVirtualNIC")]
 pub trait IOVirtualNICInterface {
-    /// Puts frames on the wire, in order; returns how many the far end had
-    /// room for.
+    /// This end's transmit queue (the far end's receive queue) and receive
+    /// queue, as regions the system hands over (their IDs).
     #[kernel]
-    fn transmit(&self, frames: Vec<Bytes>) -> IOResult<u64>;
-    /// Takes up to `max` received frames.
-    #[kernel]
-    fn receive(&self, max: u32) -> IOResult<Vec<Bytes>>;
+    fn copy_queues(&self) -> IOResult<(u64, u64)>;
     /// Whether the cable is plugged, and enabled, at both ends.
     #[kernel]
     fn link_up(&self) -> IOResult<bool>;

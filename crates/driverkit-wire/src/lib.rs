@@ -29,7 +29,9 @@ pub mod transport;
 pub mod user_client;
 
 pub use codec::{decode_reply, Bytes, Decoder, Encoder, Wire, WireError};
-pub use header::{Header, Kind, Packet, FLAG_SUPERDISPATCH, HEADER_LEN, PROTOCOL_VERSION};
+pub use header::{
+    Header, Kind, Packet, FLAG_SUPERDISPATCH, HEADER_LEN, PROTOCOL_VERSION, SYSTEM_MEMORY,
+};
 pub use ioreturn::{IOResult, IOReturn};
 
 /// Identifies an object across the process boundary. For services it is the

@@ -29,6 +29,8 @@ struct Source {
     ring: Ring,
     queue: IODispatchQueue,
     enabled: AtomicBool,
+    /// Where a paused source's watchers sleep until `set_enable(true)`.
+    resumed: (Mutex<()>, std::sync::Condvar),
     cancelled: AtomicBool,
     watchers: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -71,6 +73,7 @@ impl IODataQueueDispatchSource {
                 ring,
                 queue: queue.clone(),
                 enabled: AtomicBool::new(true),
+                resumed: Default::default(),
                 cancelled: AtomicBool::new(false),
                 watchers: Mutex::new(Vec::new()),
             }),
@@ -89,6 +92,11 @@ impl IODataQueueDispatchSource {
         let source = self.inner.clone();
         let action = action.clone();
         self.watch("DataAvailable", move || {
+            if !source.enabled.load(Ordering::Acquire) {
+                // Paused with entries waiting: sleep, not spin.
+                source.sleep_while_paused();
+                return true;
+            }
             let deadline = Some(Instant::now() + RECHECK);
             if source.ring.wait_for_data(SPIN, deadline) && source.enabled.load(Ordering::Acquire) {
                 let again = source.clone();
@@ -117,10 +125,13 @@ impl IODataQueueDispatchSource {
         let mut head = source.ring.head();
         self.watch("DataServiced", move || {
             let deadline = Some(Instant::now() + RECHECK);
-            if source.ring.wait_for_dequeue(head, SPIN, deadline)
-                && source.enabled.load(Ordering::Acquire)
-            {
-                head = source.ring.head();
+            if !source.ring.wait_for_dequeue(head, SPIN, deadline) {
+                return true;
+            }
+            // Seen, whether or not it runs: a paused source must not see
+            // the same dequeue again and again (a spinning watcher).
+            head = source.ring.head();
+            if source.enabled.load(Ordering::Acquire) {
                 run_and_wait(&action, &source, || false)
             } else {
                 true
@@ -180,6 +191,15 @@ impl IODataQueueDispatchSource {
     /// Pauses or resumes the callbacks (entries still queue up).
     pub fn set_enable(&self, enable: bool) {
         self.inner.enabled.store(enable, Ordering::Release);
+        {
+            let _held = self
+                .inner
+                .resumed
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            self.inner.resumed.1.notify_all();
+        }
         self.inner.ring.wake_all();
     }
 
@@ -187,6 +207,15 @@ impl IODataQueueDispatchSource {
     /// then runs on the source's queue. After it, no callback runs again.
     pub fn cancel(&self, handler: impl FnOnce() + Send + 'static) -> IOResult<()> {
         self.inner.cancelled.store(true, Ordering::Release);
+        {
+            let _held = self
+                .inner
+                .resumed
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            self.inner.resumed.1.notify_all();
+        }
         self.inner.ring.wake_all();
         let watchers: Vec<_> = self
             .inner
@@ -202,6 +231,17 @@ impl IODataQueueDispatchSource {
             }
         }
         self.inner.queue.dispatch_async(handler)
+    }
+}
+
+impl Source {
+    /// Sleeps until the source is resumed or cancelled (or `RECHECK`).
+    fn sleep_while_paused(&self) {
+        let held = self.resumed.0.lock().unwrap_or_else(|e| e.into_inner());
+        if self.enabled.load(Ordering::Acquire) || self.cancelled.load(Ordering::Acquire) {
+            return;
+        }
+        let _ = self.resumed.1.wait_timeout(held, RECHECK);
     }
 }
 

@@ -361,9 +361,9 @@ impl<S: IOUserNetworkEthernetImpl> ClassDispatch<S> for IOUserNetworkEthernet {
 }
 
 /// One end of the virtual cable (`IOVirtualNIC`), as its driver sees its
-/// provider: frames out, frames in, and interrupts 0 (frames wait), 1
-/// (room to transmit again) and 2 (the link changed) for
-/// `IOInterruptDispatchSource::create`.
+/// provider: a transmit and a receive queue of frames, which the driver
+/// writes and reads directly (the cable is memory, as a NIC's rings are),
+/// and interrupt 0 (the link changed) for `IOInterruptDispatchSource::create`.
 #[derive(Clone, Copy)]
 pub struct IOVirtualNIC {
     id: ObjectId,
@@ -386,20 +386,25 @@ impl IOVirtualNIC {
         }
     }
 
-    /// Puts frames on the wire, in order; returns how many fit.
-    pub fn transmit(&self, frames: Vec<Vec<u8>>) -> IOResult<usize> {
+    /// The transmit queue (enqueue a frame per entry; `DataServiced` when
+    /// the far end made room) and the receive queue (`DataAvailable` when
+    /// frames wait), their callbacks on `queue`.
+    pub fn copy_queues(
+        &self,
+        queue: &IODispatchQueue,
+    ) -> IOResult<(
+        crate::IODataQueueDispatchSource,
+        crate::IODataQueueDispatchSource,
+    )> {
         use driverkit_wire::interfaces::IOVirtualNICInterface;
-        let n = self
-            .proxy()
-            .transmit(frames.into_iter().map(Bytes).collect())?;
-        Ok(n as usize)
-    }
-
-    /// Takes up to `max` received frames.
-    pub fn receive(&self, max: usize) -> IOResult<Vec<Vec<u8>>> {
-        use driverkit_wire::interfaces::IOVirtualNICInterface;
-        let frames = self.proxy().receive(max.min(u32::MAX as usize) as u32)?;
-        Ok(frames.into_iter().map(|b| b.0).collect())
+        let (tx, rx) = self.proxy().copy_queues()?;
+        let open = |id: u64| {
+            crate::IODataQueueDispatchSource::from_memory(
+                crate::runtime::take_system_memory(id)?,
+                queue,
+            )
+        };
+        Ok((open(tx)?, open(rx)?))
     }
 
     pub fn link_up(&self) -> IOResult<bool> {
@@ -407,7 +412,7 @@ impl IOVirtualNIC {
         self.proxy().link_up()
     }
 
-    /// Enables or disables this end; interrupt 2 tells both ends.
+    /// Enables or disables this end; interrupt 0 tells both ends.
     pub fn set_enable(&self, enable: bool) -> IOResult<()> {
         use driverkit_wire::interfaces::IOVirtualNICInterface;
         self.proxy().set_enable(enable)

@@ -241,6 +241,10 @@ struct Runtime {
     /// Completion actions of asynchronous requests in flight, by the ID the
     /// system will complete them with.
     actions: Mutex<HashMap<u64, OSAction>>,
+    /// Regions the system handed over, until the call that names them
+    /// takes them (see [`take_system_memory`]).
+    given: Mutex<HashMap<u64, std::os::fd::OwnedFd>>,
+    given_arrived: std::sync::Condvar,
 }
 
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
@@ -281,6 +285,8 @@ pub fn run(classes: Vec<ClassEntry>) -> ! {
         channels: Mutex::new(Vec::new()),
         spare_queue: Mutex::new(None),
         actions: Mutex::new(HashMap::new()),
+        given: Mutex::new(HashMap::new()),
+        given_arrived: std::sync::Condvar::new(),
     });
     let mut hello = Encoder::new();
     std::process::id().encode(&mut hello);
@@ -325,6 +331,15 @@ pub fn run(classes: Vec<ClassEntry>) -> ! {
                 }
             }
             Kind::Request | Kind::Oneway => rt.dispatch_to_service(header, buf.payload()),
+            Kind::Memory => match fd {
+                Some(fd) => {
+                    let mut given = rt.given.lock().unwrap_or_else(|e| e.into_inner());
+                    given.insert(header.object.0, fd);
+                    drop(given);
+                    rt.given_arrived.notify_all();
+                }
+                None => tracing::warn!("the system handed over memory without a region"),
+            },
             other => tracing::warn!("ignoring an unexpected {other:?} message from the system"),
         }
     }
@@ -616,6 +631,32 @@ pub(crate) fn register_memory(shm: &driverkit_wire::shm::SharedMemory) -> IOResu
         .send(&h, &[], Some(shm.as_fd()))
         .map_err(|_| IOReturn::OFFLINE)?;
     Ok(id)
+}
+
+/// Takes the region the system handed over as `id` (named by a call's
+/// answer), waiting briefly: it travels on the main socket, the answer on a
+/// call channel, and either may come first.
+pub(crate) fn take_system_memory(id: u64) -> IOResult<std::os::fd::OwnedFd> {
+    let rt = RUNTIME.get().ok_or(IOReturn::NOT_READY)?;
+    if id & driverkit_wire::SYSTEM_MEMORY == 0 {
+        return Err(IOReturn::BAD_ARGUMENT);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut given = rt.given.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        if let Some(fd) = given.remove(&id) {
+            return Ok(fd);
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(IOReturn::TIMEOUT);
+        }
+        given = rt
+            .given_arrived
+            .wait_timeout(given, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
 }
 
 /// Carries the driver's calls to the system over a call channel: the one

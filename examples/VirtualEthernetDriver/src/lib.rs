@@ -2,15 +2,16 @@
 //! virtual cable.
 //!
 //! Its personality matches an `IOVirtualNIC` and names
-//! `IOUserNetworkEthernet` as its class. In `start` it registers its
-//! interface (a MAC address and a pool of 512 buffers of 2 KiB), and the
-//! system makes the network interface (`BSD Name` in the registry). Then,
-//! on the `Default` queue:
+//! `IOUserNetworkEthernet` as its class. In `start` it takes the cable
+//! end's two queues (the cable is memory: what this end enqueues, the far
+//! end's driver dequeues), registers its interface (a MAC address and a
+//! pool of 512 buffers of 2 KiB), and the system makes the network
+//! interface (`BSD Name` in the registry). Then, on the `Default` queue:
 //!
-//! - `tx_packets_available`: frames from the kernel go onto the cable, a
-//!   batch per call; what the cable has no room for waits in the driver
-//!   until the NIC's "room" interrupt;
-//! - the NIC's "frames wait" interrupt and `rx_buffers_available`: frames
+//! - `tx_packets_available`: frames from the kernel go into the transmit
+//!   queue, a batch per call; what does not fit waits in the driver until
+//!   the far end has dequeued (`DataServiced`);
+//! - the receive queue's `DataAvailable` and `rx_buffers_available`: frames
 //!   from the cable go into empty buffers and up to the kernel, a batch per
 //!   call.
 //!
@@ -33,104 +34,115 @@ pub const ENTITLEMENTS: &str = include_str!("../Entitlements.plist");
 
 const PACKETS: u32 = 512;
 const BUFFER: u32 = 2048;
-/// Frames per step. A step's frames travel in one call, whose message is
-/// at most 256 KiB: 64 frames of at most a buffer (2 KiB) stay well under.
+/// Frames per step.
 const BATCH: usize = 64;
-const _: () = assert!(BATCH * BUFFER as usize <= 256 * 1024 / 2);
 
 #[derive(Default)]
 pub struct VirtualEthernetDriverIvars {
-    nic: Mutex<Option<IOVirtualNIC>>,
+    nic: Mutex<Option<Cable>>,
+    /// The link interrupt.
     interrupts: Mutex<Vec<IOInterruptDispatchSource>>,
-    /// Taken from the TX queue, not yet on the cable.
-    waiting_tx: Mutex<Vec<(IOUserNetworkPacket, Vec<u8>)>>,
+    /// Taken from the TX queue, not yet on the cable (it was full).
+    waiting_tx: Mutex<Vec<IOUserNetworkPacket>>,
     /// Empty RX buffers taken and not used yet.
     spare_rx: Mutex<Vec<IOUserNetworkPacket>>,
     enabled: AtomicBool,
     mtu: AtomicU32,
 }
 
+/// The cable end and its queues.
+struct Cable {
+    nic: IOVirtualNIC,
+    tx: IODataQueueDispatchSource,
+    rx: IODataQueueDispatchSource,
+}
+
 #[driverkit::service(superclass = IOUserNetworkEthernet, ivars = VirtualEthernetDriverIvars)]
 pub struct VirtualEthernetDriver;
 
 impl VirtualEthernetDriver {
-    fn nic(&self) -> IOResult<IOVirtualNIC> {
-        self.ivars()
-            .nic
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .ok_or(IOReturn::NOT_READY)
+    fn with_cable<T>(&self, f: impl FnOnce(&Cable) -> T) -> Option<T> {
+        let cable = self.ivars().nic.lock().unwrap_or_else(|e| e.into_inner());
+        cable.as_ref().map(f)
     }
 
     /// TX queue → cable, until either is done.
     fn transmit_pending(&self) {
-        let Ok(nic) = self.nic() else { return };
+        let Some(tx) = self.with_cable(|c| c.tx.clone()) else {
+            return;
+        };
         let mut waiting = self
             .ivars()
             .waiting_tx
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        let mut frame = Vec::with_capacity(BUFFER as usize);
         loop {
             if waiting.is_empty() {
-                for p in self.tx_take(BATCH) {
-                    let mut frame = Vec::new();
-                    if self.packet_data(&p, &mut frame).is_ok() {
-                        waiting.push((p, frame));
-                    } else {
-                        let _ = self.tx_complete(&[p]);
-                    }
-                }
+                waiting.extend(self.tx_take(BATCH));
                 if waiting.is_empty() {
                     return;
                 }
             }
-            let frames: Vec<Vec<u8>> = waiting.iter().map(|(_, f)| f.clone()).collect();
-            let sent = match nic.transmit(frames) {
-                Ok(n) => n.min(waiting.len()),
-                // Not "no room" (that is Ok(0)): the frames cannot go, and
-                // no room interrupt would come for them. Dropped.
-                Err(e) => {
-                    driverkit::warn!("transmit: {e}; {} frames dropped", waiting.len());
-                    waiting.len()
+            let mut sent = 0;
+            for p in waiting.iter() {
+                frame.clear();
+                if self.packet_data(p, &mut frame).is_ok()
+                    && tx
+                        .enqueue(frame.len(), |slot| slot.copy_from_slice(&frame))
+                        .is_err()
+                {
+                    break; // full: DataServiced says when there is room
                 }
-            };
-            let done: Vec<IOUserNetworkPacket> = waiting.drain(..sent).map(|(p, _)| p).collect();
+                sent += 1;
+            }
+            let done: Vec<IOUserNetworkPacket> = waiting.drain(..sent).collect();
             let _ = self.tx_complete(&done);
             if !waiting.is_empty() {
-                return; // the NIC's interrupt 1 says when there is room
+                return;
             }
         }
     }
 
     /// Cable → RX queue, until either is done.
     fn receive_pending(&self) {
-        let Ok(nic) = self.nic() else { return };
+        let Some(rx) = self.with_cable(|c| c.rx.clone()) else {
+            return;
+        };
         let mut spare = self
             .ivars()
             .spare_rx
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        let mut frame = Vec::with_capacity(BUFFER as usize);
         loop {
             if spare.is_empty() {
                 spare.extend(self.rx_take_empty(BATCH));
                 if spare.is_empty() {
-                    return; // rx_buffers_available says when there are some
+                    // Frames stay on the cable (the far end waits for room)
+                    // until rx_buffers_available says there are buffers.
+                    rx.set_enable(false);
+                    return;
                 }
             }
-            let frames = nic.receive(spare.len()).unwrap_or_default();
-            if frames.is_empty() {
-                return;
-            }
-            let mut up = Vec::with_capacity(frames.len());
-            for frame in &frames {
-                let Some(empty) = spare.pop() else { break };
-                match self.rx_fill(empty, frame) {
+            let mut up = Vec::with_capacity(spare.len());
+            while let Some(empty) = spare.last().copied() {
+                frame.clear();
+                if rx.dequeue(&mut frame).is_err() {
+                    break;
+                }
+                spare.pop();
+                match self.rx_fill(empty, &frame) {
                     Ok(p) => up.push(p),
                     // Larger than a buffer: dropped, the buffer kept.
                     Err(_) => spare.push(empty),
                 }
             }
+            let more = spare.is_empty();
             let _ = self.rx_complete(&up);
+            if !more {
+                return; // the cable is empty
+            }
         }
     }
 }
@@ -145,20 +157,20 @@ impl IOServiceImpl for VirtualEthernetDriver {
     fn start(&self, provider: &IOService) -> IOResult<()> {
         self.super_start(provider)?;
         let nic = IOVirtualNIC::from_provider(provider);
-        *self.ivars().nic.lock().unwrap_or_else(|e| e.into_inner()) = Some(nic);
         let queue = self.copy_dispatch_queue("Default")?;
-        // The NIC's interrupts 0, 1 and 2, in that order.
-        let actions = [
-            self.create_action_frames_wait(0)?,
-            self.create_action_room(0)?,
-            self.create_action_link_changed(0)?,
-        ];
+        let (tx, rx) = nic.copy_queues(&queue)?;
+        tx.set_data_serviced_handler(&self.create_action_room(0)?)?;
+        rx.set_data_available_handler(&self.create_action_frames_wait(0)?)?;
+        *self.ivars().nic.lock().unwrap_or_else(|e| e.into_inner()) = Some(Cable { nic, tx, rx });
         *self
             .ivars()
             .interrupts
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) =
-            IOInterruptDispatchSource::create_all(provider, &queue, &actions)?;
+            .unwrap_or_else(|e| e.into_inner()) = IOInterruptDispatchSource::create_all(
+            provider,
+            &queue,
+            &[self.create_action_link_changed(0)?],
+        )?;
         // A locally administered address, unique per cable end.
         let id = provider.registry_entry_id().to_be_bytes();
         let mac = [0x02, 0x64, id[4], id[5], id[6], id[7]];
@@ -178,6 +190,16 @@ impl IOServiceImpl for VirtualEthernetDriver {
                 .unwrap_or_else(|e| e.into_inner()),
         );
         IOInterruptDispatchSource::cancel_all(sources)?;
+        if let Some(c) = self
+            .ivars()
+            .nic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            c.tx.cancel(|| {})?;
+            c.rx.cancel(|| {})?;
+        }
         driverkit::info!("stop");
         self.super_stop(provider)
     }
@@ -189,6 +211,9 @@ impl IOUserNetworkEthernetImpl for VirtualEthernetDriver {
     }
 
     fn rx_buffers_available(&self) {
+        if let Some(rx) = self.with_cable(|c| c.rx.clone()) {
+            rx.set_enable(true);
+        }
         self.receive_pending();
     }
 
@@ -196,7 +221,8 @@ impl IOUserNetworkEthernetImpl for VirtualEthernetDriver {
     fn set_interface_enable(&self, enable: bool) -> IOResult<()> {
         driverkit::info!("set_interface_enable({enable})");
         self.ivars().enabled.store(enable, Ordering::Relaxed);
-        self.nic()?.set_enable(enable)?;
+        self.with_cable(|c| c.nic.set_enable(enable))
+            .ok_or(IOReturn::NOT_READY)??;
         self.set_property("InterfaceEnabled", enable)
     }
 
@@ -243,22 +269,30 @@ impl IOUserNetworkEthernetImpl for VirtualEthernetDriver {
 
 #[driverkit::actions]
 impl VirtualEthernetDriver {
-    /// NIC interrupt 0: frames wait on the cable.
-    #[action(IOInterruptDispatchSource::InterruptOccurred)]
-    fn frames_wait(&self, _action: &OSAction, _count: u64, _time: u64) {
+    /// The receive queue: frames wait on the cable.
+    #[action(IODataQueueDispatchSource::DataAvailable)]
+    fn frames_wait(&self, _action: &OSAction) {
         self.receive_pending();
     }
 
-    /// NIC interrupt 1: room on the cable again.
-    #[action(IOInterruptDispatchSource::InterruptOccurred)]
-    fn room(&self, _action: &OSAction, _count: u64, _time: u64) {
-        self.transmit_pending();
+    /// The transmit queue: the far end took frames, so there is room.
+    #[action(IODataQueueDispatchSource::DataServiced)]
+    fn room(&self, _action: &OSAction) {
+        let waiting = !self
+            .ivars()
+            .waiting_tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
+        if waiting {
+            self.transmit_pending();
+        }
     }
 
-    /// NIC interrupt 2: the link went up or down.
+    /// NIC interrupt 0: the link went up or down.
     #[action(IOInterruptDispatchSource::InterruptOccurred)]
     fn link_changed(&self, _action: &OSAction, _count: u64, _time: u64) {
-        if let Ok(up) = self.nic().and_then(|n| n.link_up()) {
+        if let Some(Ok(up)) = self.with_cable(|c| c.nic.link_up()) {
             let _ = self.report_link_status(up, media::ETHERNET_10G_FULL);
         }
     }

@@ -7,17 +7,22 @@
 //! frames = 256               # frames each direction holds
 //! ```
 //!
-//! An end whose driver disables it (`ip link set down`) takes the link
-//! down for both, and interrupt 2 tells both drivers.
+//! The cable is memory: one data queue (a ring of frames, wire's `ring`)
+//! each way, made here and handed to both ends' drivers, which write and
+//! read it directly, as a NIC's driver works in the NIC's descriptor
+//! rings. A full queue takes no more (the sender waits for the receiver to
+//! dequeue), so nothing is lost on the cable itself. The system keeps the
+//! link: an end whose driver disables it (`ip link set down`) takes the
+//! link down for both, and interrupt 0 tells both drivers.
 //!
-//! A frame transmitted at one end waits in the other end's receive queue
-//! until its driver takes it; a full queue takes no more (the transmit says
-//! how many fit, and interrupt 1 comes when there is room), so nothing is
-//! lost on the cable itself.
+//! The two drivers share the queues as two ends of a wire share it: either
+//! can write nonsense into them, which the other's ring checks refuse
+//! (wire's `ring` never trusts an index), but neither can reach anything
+//! else of the other's.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use driverkit_wire::ring::Ring;
 use driverkit_wire::shm::SharedMemory;
 use driverkit_wire::{IOResult, IOReturn};
 use serde::Deserialize;
@@ -49,16 +54,12 @@ impl CableSpec {
 }
 
 struct Cable {
-    capacity: usize,
-    /// Frames waiting at end 0 and end 1.
-    queues: Mutex<[VecDeque<Vec<u8>>; 2]>,
-    /// Each end's interrupts: 0 frames wait, 1 room to transmit, 2 the
-    /// link changed.
-    interrupts: [[Subscribers; 3]; 2],
+    /// Frames travelling to end 0 and to end 1.
+    queues: [Arc<SharedMemory>; 2],
+    /// Each end's interrupt 0: the link changed.
+    interrupts: [Subscribers; 2],
     /// Each end's PHY: a disabled end takes the link down.
     enabled: Mutex<[bool; 2]>,
-    /// An end's transmit did not all fit.
-    blocked: Mutex<[bool; 2]>,
     plugged: Mutex<bool>,
 }
 
@@ -68,62 +69,39 @@ pub struct CableEnd {
     side: usize,
 }
 
+/// The largest frame a cable carries (a 2 KiB buffer's worth), and a
+/// queue's bytes per frame it holds (the frame and the ring's own header).
+const FRAME: usize = 2048;
+const SLOT: usize = FRAME + 64;
+
 /// Both ends of a new cable.
-pub fn cable(spec: &CableSpec) -> (Arc<CableEnd>, Arc<CableEnd>) {
+pub fn cable(spec: &CableSpec) -> Result<(Arc<CableEnd>, Arc<CableEnd>), String> {
+    let queue = || {
+        Ring::create("virtual-cable", spec.frames * SLOT)
+            .and_then(|r| r.memory().try_clone())
+            .map(Arc::new)
+            .map_err(|e| format!("the cable's queue: {e}"))
+    };
     let cable = Arc::new(Cable {
-        capacity: spec.frames,
-        queues: Mutex::new([VecDeque::new(), VecDeque::new()]),
+        queues: [queue()?, queue()?],
         interrupts: Default::default(),
-        blocked: Mutex::new([false, false]),
         enabled: Mutex::new([true, true]),
         plugged: Mutex::new(true),
     });
-    (
+    Ok((
         Arc::new(CableEnd {
             cable: cable.clone(),
             side: 0,
         }),
         Arc::new(CableEnd { cable, side: 1 }),
-    )
+    ))
 }
 
 impl NicDevice for CableEnd {
-    fn transmit(&self, frames: Vec<Vec<u8>>) -> usize {
-        let c = &self.cable;
-        let far = 1 - self.side;
-        let total = frames.len();
-        let n = {
-            let mut q = c.queues.lock().unwrap_or_else(|e| e.into_inner());
-            let room = c.capacity - q[far].len();
-            let n = total.min(room);
-            q[far].extend(frames.into_iter().take(n));
-            n
-        };
-        if n < total {
-            c.blocked.lock().unwrap_or_else(|e| e.into_inner())[self.side] = true;
-        }
-        if n > 0 {
-            c.interrupts[far][0].raise();
-        }
-        n
-    }
-
-    fn receive(&self, max: usize) -> Vec<Vec<u8>> {
-        let c = &self.cable;
-        let far = 1 - self.side;
-        let frames: Vec<Vec<u8>> = {
-            let mut q = c.queues.lock().unwrap_or_else(|e| e.into_inner());
-            let n = max.min(q[self.side].len());
-            q[self.side].drain(..n).collect()
-        };
-        if !frames.is_empty() {
-            let mut blocked = c.blocked.lock().unwrap_or_else(|e| e.into_inner());
-            if blocked[far] {
-                blocked[far] = false;
-                c.interrupts[far][1].raise();
-            }
-        }
-        frames
+    /// To the far end, and to this one.
+    fn queues(&self) -> [Arc<SharedMemory>; 2] {
+        let q = &self.cable.queues;
+        [q[1 - self.side].clone(), q[self.side].clone()]
     }
 
     fn link_up(&self) -> bool {
@@ -144,23 +122,23 @@ impl NicDevice for CableEnd {
         };
         if changed {
             for end in &c.interrupts {
-                end[2].raise();
+                end.raise();
             }
         }
     }
 
     fn subscribe_interrupt(&self, index: u32, region: &Arc<SharedMemory>) -> IOResult<()> {
-        self.cable.interrupts[self.side]
-            .get(index as usize)
-            .ok_or(IOReturn::NOT_FOUND)?
-            .add(region)
+        if index != 0 {
+            return Err(IOReturn::NOT_FOUND);
+        }
+        self.cable.interrupts[self.side].add(region)
     }
 
     /// One end gone: the cable is unplugged at both.
     fn unplugged(&self) {
         *self.cable.plugged.lock().unwrap_or_else(|e| e.into_inner()) = false;
         for end in &self.cable.interrupts {
-            end[2].raise();
+            end.raise();
         }
     }
 }
@@ -171,13 +149,27 @@ mod tests {
 
     #[test]
     fn frames_cross_in_order_and_a_full_end_holds_back() {
-        let (a, b) = cable(&CableSpec { frames: 2 });
-        assert_eq!(a.transmit(vec![vec![1], vec![2], vec![3]]), 2);
-        assert_eq!(b.receive(10), vec![vec![1], vec![2]]);
-        assert_eq!(a.transmit(vec![vec![3]]), 1);
-        assert_eq!(b.transmit(vec![vec![9]]), 1);
-        assert_eq!(a.receive(10), vec![vec![9]]);
-        assert_eq!(b.receive(10), vec![vec![3]]);
+        let (a, b) = cable(&CableSpec { frames: 2 }).unwrap();
+        let open = |shm: &Arc<SharedMemory>| Ring::open(shm.try_clone().unwrap()).unwrap();
+        let [a_tx, _] = a.queues();
+        let [_, b_rx] = b.queues();
+        let (tx, rx) = (open(&a_tx), open(&b_rx));
+        let frame = vec![7u8; 1500];
+        let mut sent = 0;
+        while tx
+            .enqueue(frame.len(), |slot| slot.copy_from_slice(&frame))
+            .is_ok()
+        {
+            sent += 1;
+        }
+        assert!(sent >= 2, "a queue holds its frames ({sent})");
+        let mut out = Vec::new();
+        for _ in 0..sent {
+            out.clear();
+            rx.dequeue(&mut out).unwrap();
+            assert_eq!(out, frame);
+        }
+        assert!(rx.dequeue(&mut out).is_err(), "nothing more");
         assert!(a.link_up());
         b.set_enable(false);
         assert!(!a.link_up(), "one end down takes the link down");

@@ -361,7 +361,7 @@ impl VirtualDevices {
         }
         if let Some(cable) = &spec.cable {
             // Both ends; the first's ID answers.
-            let (a, b) = super::virtual_cable::cable(cable);
+            let (a, b) = super::virtual_cable::cable(cable)?;
             let mut first = None;
             for (end, device) in [("A", a), ("B", b)] {
                 let mut properties = spec.properties.clone();

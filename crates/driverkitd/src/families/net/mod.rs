@@ -33,13 +33,12 @@ use tap::Tap;
 
 /// What one end of a virtual cable does; its backend implements it.
 pub trait NicDevice: Send + Sync {
-    /// Puts frames on the wire; returns how many fit at the far end.
-    fn transmit(&self, frames: Vec<Vec<u8>>) -> usize;
-    fn receive(&self, max: usize) -> Vec<Vec<u8>>;
+    /// The end's transmit and receive queues: data queue regions, each
+    /// written by one end's driver and read by the other's.
+    fn queues(&self) -> [Arc<SharedMemory>; 2];
     fn link_up(&self) -> bool;
     fn set_enable(&self, enable: bool);
-    /// Interrupt 0: frames wait; 1: room to transmit again; 2: the link
-    /// changed.
+    /// Interrupt 0: the link changed.
     fn subscribe_interrupt(&self, index: u32, region: &Arc<SharedMemory>) -> IOResult<()>;
     fn unplugged(&self) {}
 }
@@ -287,18 +286,13 @@ impl IOUserNetworkEthernetInterface for NetCall<'_> {
 }
 
 impl IOVirtualNICInterface for NetCall<'_> {
-    fn transmit(&self, frames: Vec<Bytes>) -> IOResult<u64> {
-        let nic = self.family.nic(self.call.object)?;
-        Ok(nic.transmit(frames.into_iter().map(|b| b.0).collect()) as u64)
-    }
-
-    fn receive(&self, max: u32) -> IOResult<Vec<Bytes>> {
-        let nic = self.family.nic(self.call.object)?;
-        Ok(nic
-            .receive(max.min(1024) as usize)
-            .into_iter()
-            .map(Bytes)
-            .collect())
+    fn copy_queues(&self) -> IOResult<(u64, u64)> {
+        let [tx, rx] = self.family.nic(self.call.object)?.queues();
+        let system = self.call.system;
+        Ok((
+            system.give_region(self.call.server, &tx)?,
+            system.give_region(self.call.server, &rx)?,
+        ))
     }
 
     fn link_up(&self) -> IOResult<bool> {
