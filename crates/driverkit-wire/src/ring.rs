@@ -7,7 +7,7 @@
 //! 128   "data" doorbell (consumer waits) 320  entries...
 //! ```
 //!
-//! Positions count bytes ever written or read, so `tail - head` is what is
+//! Positions count bytes ever written or read (wrapping), so `tail - head` is what is
 //! stored. An entry is a `u32` length and its bytes, padded to 8; an entry
 //! never wraps: when it does not fit before the end, a pad marker sends the
 //! reader back to the start, as DriverKit's data queue does. The peer can
@@ -30,9 +30,13 @@ const CAPACITY: usize = 256;
 pub const DATA: usize = 320;
 const PAD: u32 = u32::MAX;
 
-/// Bytes an entry of `len` bytes takes.
+/// Bytes an entry of `len` bytes takes (saturating: an absurd length is
+/// simply too large for any ring, never an overflow).
 pub fn entry_size(len: usize) -> usize {
-    (4 + len).next_multiple_of(8)
+    4usize
+        .checked_add(len)
+        .and_then(|n| n.checked_next_multiple_of(8))
+        .unwrap_or(usize::MAX & !7)
 }
 
 /// One end of a ring. Only one thread may produce and one consume.
@@ -143,7 +147,7 @@ impl Ring {
     pub fn can_enqueue(&self, len: usize) -> bool {
         self.positions().is_ok_and(|(h, t)| {
             self.room_needed(t, len)
-                .is_some_and(|n| n <= self.capacity - (t - h))
+                .is_some_and(|n| n <= self.capacity.saturating_sub(t.wrapping_sub(h)))
         })
     }
 
@@ -196,14 +200,14 @@ impl Ring {
         }
         let needed = self.room_needed(tail, len).ok_or(IOReturn::BAD_ARGUMENT)?;
         let head = self.head_for_producer(tail, needed)?;
-        if needed > self.capacity - (tail - head) {
+        if needed > self.capacity - tail.wrapping_sub(head) {
             return Err(IOReturn::OVERRUN);
         }
         let to_end = self.capacity - (tail & self.mask);
         if entry_size(len) as u64 > to_end {
             self.shm
                 .write(DATA + (tail & self.mask) as usize, &PAD.to_le_bytes());
-            tail += to_end;
+            tail = tail.wrapping_add(to_end);
         }
         let at = DATA + (tail & self.mask) as usize;
         self.shm.write(at, &(len as u32).to_le_bytes());
@@ -215,7 +219,7 @@ impl Ring {
         fill(slot);
         self.shm
             .u64_at(TAIL)
-            .store(tail + entry_size(len) as u64, Ordering::Release);
+            .store(tail.wrapping_add(entry_size(len) as u64), Ordering::Release);
         Doorbell::asymmetric_at(&self.shm, DATA_BELL).notify();
         Ok(())
     }
@@ -243,7 +247,7 @@ impl Ring {
         let mut at = (head & self.mask) as usize;
         self.shm.read(DATA + at, &mut word);
         if u32::from_le_bytes(word) == PAD {
-            head += self.capacity - at as u64;
+            head = head.wrapping_add(self.capacity - at as u64);
             if head == tail {
                 return Err(CORRUPT);
             }
@@ -252,7 +256,8 @@ impl Ring {
         }
         let len = u32::from_le_bytes(word) as usize;
         let size = entry_size(len) as u64;
-        if len == PAD as usize || size > self.capacity - at as u64 || size > tail - head {
+        if len == PAD as usize || size > self.capacity - at as u64 || size > tail.wrapping_sub(head)
+        {
             return Err(CORRUPT);
         }
         // Reuse the caller's buffer without zeroing it first: every byte is
@@ -263,7 +268,9 @@ impl Ring {
         out.truncate(len);
         self.shm.read(DATA + at + 4, out);
         if remove {
-            self.shm.u64_at(HEAD).store(head + size, Ordering::Release);
+            self.shm
+                .u64_at(HEAD)
+                .store(head.wrapping_add(size), Ordering::Release);
             Doorbell::asymmetric_at(&self.shm, SPACE_BELL).notify();
         }
         Ok(())
