@@ -1170,13 +1170,7 @@ impl Inner {
         server: u64,
         memory: u64,
     ) -> IOResult<Arc<driverkit_wire::shm::SharedMemory>> {
-        let process = self
-            .lock()
-            .servers
-            .get(&server)
-            .map(|s| s.server.clone())
-            .ok_or(IOReturn::OFFLINE)?;
-        process.memory(memory)
+        self.process(server)?.memory(memory)
     }
 
     /// Hands `shm` to process `server`; the ID a call's answer names it by.
@@ -1185,13 +1179,16 @@ impl Inner {
         server: u64,
         shm: &driverkit_wire::shm::SharedMemory,
     ) -> IOResult<u64> {
-        let process = self
-            .lock()
+        self.process(server)?.give_memory(shm)
+    }
+
+    /// Process `server`, out of the state lock.
+    fn process(&self, server: u64) -> IOResult<Arc<UserServer>> {
+        self.lock()
             .servers
             .get(&server)
             .map(|s| s.server.clone())
-            .ok_or(IOReturn::OFFLINE)?;
-        process.give_memory(shm)
+            .ok_or(IOReturn::OFFLINE)
     }
 
     /// Records an asynchronous request of `server` to `device`, to complete

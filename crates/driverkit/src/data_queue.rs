@@ -191,32 +191,14 @@ impl IODataQueueDispatchSource {
     /// Pauses or resumes the callbacks (entries still queue up).
     pub fn set_enable(&self, enable: bool) {
         self.inner.enabled.store(enable, Ordering::Release);
-        {
-            let _held = self
-                .inner
-                .resumed
-                .0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            self.inner.resumed.1.notify_all();
-        }
-        self.inner.ring.wake_all();
+        self.inner.wake_watchers();
     }
 
     /// Stops the callbacks and waits for the watchers to end; `handler`
     /// then runs on the source's queue. After it, no callback runs again.
     pub fn cancel(&self, handler: impl FnOnce() + Send + 'static) -> IOResult<()> {
         self.inner.cancelled.store(true, Ordering::Release);
-        {
-            let _held = self
-                .inner
-                .resumed
-                .0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            self.inner.resumed.1.notify_all();
-        }
-        self.inner.ring.wake_all();
+        self.inner.wake_watchers();
         let watchers: Vec<_> = self
             .inner
             .watchers
@@ -235,6 +217,15 @@ impl IODataQueueDispatchSource {
 }
 
 impl Source {
+    /// Wakes the watchers, wherever they wait (paused, or on the ring).
+    fn wake_watchers(&self) {
+        {
+            let _held = self.resumed.0.lock().unwrap_or_else(|e| e.into_inner());
+            self.resumed.1.notify_all();
+        }
+        self.ring.wake_all();
+    }
+
     /// Sleeps until the source is resumed or cancelled (or `RECHECK`).
     fn sleep_while_paused(&self) {
         let held = self.resumed.0.lock().unwrap_or_else(|e| e.into_inner());
