@@ -7,10 +7,12 @@
 //! - [`plain`]: devices with no protocol of their own (interrupts, reads);
 //! - [`serial`]: `IOUserSerial` ports as ttys, and UARTs;
 //! - [`net`]: `IOUserNetworkEthernet` interfaces as TAP devices, and the
-//!   virtual cable's NICs.
+//!   virtual cable's NICs;
+//! - [`pci`]: matching on `IOPCIDevice` (IOPCIMatch and friends).
 
 pub mod hid;
 pub mod net;
+pub mod pci;
 pub mod plain;
 pub mod serial;
 pub mod usb;
@@ -28,6 +30,7 @@ pub struct Families {
     pub plain: Arc<plain::PlainFamily>,
     pub serial: Arc<serial::SerialFamily>,
     pub net: Arc<net::NetFamily>,
+    pub pci: Arc<pci::PciFamily>,
 }
 
 impl Families {
@@ -40,6 +43,7 @@ impl Families {
             plain: Arc::new(plain::PlainFamily::default()),
             serial: Arc::new(serial::SerialFamily::new(serial_links)),
             net: Arc::new(net::NetFamily::default()),
+            pci: Arc::new(pci::PciFamily),
         }
     }
 
@@ -52,6 +56,7 @@ impl Families {
             self.plain.clone(),
             self.serial.clone(),
             self.net.clone(),
+            self.pci.clone(),
         ]
     }
 }
