@@ -103,7 +103,7 @@ pub const KEYS: [&str; 4] = [
 /// a string list, or does not parse, lets nothing through.
 pub fn matches(properties: &plist::Dictionary, ids: &PciIds) -> bool {
     KEYS.iter().all(|key| {
-        let Some(v) = properties.get(*key) else {
+        let Some(v) = properties.get(key) else {
             return true;
         };
         let Some(words) = v.as_string().and_then(|t| parse_list(t).ok()) else {
@@ -126,7 +126,7 @@ impl FamilyMatcher for PciMatcher {
     }
 
     fn score(&self, personality: &Personality, target: &MatchTarget<'_>) -> Option<i64> {
-        if !KEYS.iter().any(|k| personality.properties.contains_key(*k)) {
+        if !KEYS.iter().any(|k| personality.properties.contains_key(k)) {
             return Some(0);
         }
         let ids = PciIds::of(target.properties)?;
