@@ -612,11 +612,15 @@ impl Family for UsbFamily {
     /// The driver of a device's interface drives the device and its other
     /// interfaces too (`CopyDevice`, `CopyInterface`), as the driver of the
     /// device drives its interfaces: a CDC driver of the control interface
-    /// needs the data interface's pipes. An interface another process
-    /// holds pipes of stays that process's (see `copy_pipe`).
+    /// needs the data interface's pipes. An interface another driver
+    /// matched, or whose pipes another process holds (see `copy_pipe`),
+    /// stays that driver's.
     fn associated_driver(&self, system: &System, server: u64, object: EntryId) -> Option<EntryId> {
         let device = match self.device(object) {
             Some(d) => d,
+            // An interface another driver matched (a dext's, or the
+            // system's HID driver) is that driver's.
+            None if !system.clients(object).is_empty() => return None,
             None => self.interface(object)?.device.clone(),
         };
         self.driver_of_device(system, server, &device)
