@@ -24,7 +24,7 @@
 //!   (QEMU's usb-net among them) never send one;
 //! - `ip link set promisc|allmulticast|down` become
 //!   SET_ETHERNET_PACKET_FILTER (0 while down). A device that refuses the
-//!   request (QEMU's stalls it) delivers everything anyway: the refusal is
+//!   request delivers everything anyway: the refusal is
 //!   logged, not fatal, as in Linux's cdc_ether.
 
 pub mod cdc;
