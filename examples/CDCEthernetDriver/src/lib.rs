@@ -20,8 +20,9 @@
 //!   (a transfer ends at a short packet); a frame with no empty buffer to
 //!   go into waits, its read parked, until `rx_buffers_available`;
 //! - the interrupt endpoint's NETWORK_CONNECTION notifications set the
-//!   link. Until the first one the link is taken as up: many adapters
-//!   (QEMU's usb-net among them) never send one;
+//!   link (only on a change: QEMU's usb-net repeats its notification at
+//!   every poll). Until the first one the link is taken as up: some
+//!   adapters never send one;
 //! - `ip link set promisc|allmulticast|down` become
 //!   SET_ETHERNET_PACKET_FILTER (0 while down). A device that refuses the
 //!   request delivers everything anyway: the refusal is
