@@ -78,9 +78,12 @@ fn ping(ns: &Netns, addr: &str) -> bool {
 }
 
 /// The two interfaces' nodes, once both exist.
+/// The cable's two interfaces, once their drivers have reported the link
+/// (a driver registers its interface first, then reports the link: the
+/// interface is there, carrier off, in between).
 fn interfaces(d: &Daemon) -> Vec<Value> {
     let mut found = Vec::new();
-    d.wait_until("two Ethernet interfaces", || {
+    d.wait_until("two Ethernet interfaces, their links reported", || {
         found = d
             .nodes()
             .into_iter()
@@ -88,7 +91,7 @@ fn interfaces(d: &Daemon) -> Vec<Value> {
                 n["class"] == "IOUserNetworkEthernet" && n["properties"]["BSD Name"].is_string()
             })
             .collect();
-        found.len() == 2
+        found.len() == 2 && found.iter().all(|n| n["properties"]["IOLinkStatus"] == 3)
     });
     found
 }
