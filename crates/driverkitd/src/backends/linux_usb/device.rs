@@ -584,17 +584,35 @@ impl LinuxUsbDevice {
     /// of; one that is bound again (by itself or through a sibling) is
     /// crossed out.
     fn reattach_orphans(&self) {
-        // Claims before orphans, the order `claim` takes them in.
-        let claimed: Vec<u8> = self.claims().keys().copied().collect();
+        // Once nothing of the daemon's is in the way, and in interface
+        // order: a driver that holds several interfaces (cdc_ether) binds
+        // through its first and claims the rest itself.
+        if !self.claims().is_empty() {
+            return;
+        }
         let mut orphans = self.orphans.lock().unwrap_or_else(|e| e.into_inner());
+        let mut numbers: Vec<u8> = orphans.keys().copied().collect();
+        numbers.sort_unstable();
+        // usbfs lets an interface go only when the last endpoint thread
+        // holding it has ended, a moment after the release: try again for
+        // a while.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let mut unbound = 0;
+            for n in &numbers {
+                let dir = self.interface_dir(*n);
+                if sysfs::driver(&dir).is_none() {
+                    let _ = self.device.attach_kernel_driver(*n);
+                    unbound += usize::from(sysfs::driver(&dir).is_none());
+                }
+            }
+            if unbound == 0 || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         orphans.retain(|n, driver| {
             let dir = self.interface_dir(*n);
-            if claimed.contains(n) {
-                return true;
-            }
-            if sysfs::driver(&dir).is_none() {
-                let _ = self.device.attach_kernel_driver(*n);
-            }
             let back = sysfs::driver(&dir).is_some();
             if back {
                 tracing::info!(
@@ -602,6 +620,11 @@ impl LinuxUsbDevice {
                     self.node
                 );
                 self.ledger.attached(&dir);
+            } else {
+                tracing::warn!(
+                    "usb      {} interface {n}: {driver} did not bind again",
+                    self.node
+                );
             }
             !back
         });
@@ -616,7 +639,18 @@ impl LinuxUsbDevice {
         };
         let dir = self.interface_dir(number);
         let _ = claim.interface.release().wait();
-        if let Some(driver) = claim.detached {
+        let spans_siblings = !self
+            .orphans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
+        if let (Some(driver), true) = (&claim.detached, spans_siblings) {
+            // Its driver held siblings too: it comes back with them.
+            self.orphans
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(number, driver.clone());
+        } else if let Some(driver) = claim.detached {
             match self.device.attach_kernel_driver(number) {
                 // Busy: the kernel bound a driver again by itself.
                 Err(e) if e.kind() == nusb::ErrorKind::Busy => tracing::info!(
