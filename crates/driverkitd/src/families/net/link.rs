@@ -263,15 +263,8 @@ pub fn multicast_of(dev_mcast: &str, name: &str) -> Vec<[u8; 6]> {
             if fields.get(1) != Some(&name) {
                 return None;
             }
-            let hex = fields.get(4)?;
-            if hex.len() != 12 || !hex.is_ascii() {
-                return None;
-            }
-            let mut mac = [0u8; 6];
-            for (i, octet) in mac.iter_mut().enumerate() {
-                *octet = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-            }
-            Some(mac)
+            let hex = fields.get(4).filter(|h| h.len() == 12)?;
+            driverkit_wire::hex::decode(hex).ok()?.try_into().ok()
         })
         .collect()
 }
