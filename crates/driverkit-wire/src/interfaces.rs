@@ -395,3 +395,77 @@ pub trait IOVirtualNICInterface {
     #[kernel]
     fn set_enable(&self, enable: bool) -> IOResult<()>;
 }
+
+/// `IOPCIDevice`: one PCI function, called by the driver it is provider
+/// of. Every register access is checked by the system before it reaches
+/// the device: inside the space or the BAR, naturally aligned, of width 1,
+/// 2, 4 (or 8 for BARs); anything else is `kIOReturnBadArgument`. Until
+/// `open`, only configuration reads are allowed.
+#[interface(class = "IOPCIDevice")]
+pub trait IOPCIDeviceInterface {
+    /// `Open`: the caller becomes the device's one user; Memory Space is
+    /// enabled. Another opener: `kIOReturnExclusiveAccess`.
+    #[kernel]
+    fn open(&self) -> IOResult<()>;
+    /// `Close`: Bus Master and Memory Space are cleared, DMA mappings and
+    /// mapped BARs revoked.
+    #[kernel]
+    fn close(&self) -> IOResult<()>;
+    /// `ConfigurationRead8/16/32` (`width` in bytes).
+    #[kernel]
+    fn configuration_read(&self, offset: u16, width: u8) -> IOResult<u64>;
+    /// `ConfigurationWrite8/16/32`.
+    #[kernel]
+    fn configuration_write(&self, offset: u16, width: u8, value: u64) -> IOResult<()>;
+    /// `MemoryRead8/16/32/64` from BAR `memory_index` at `offset`.
+    #[kernel]
+    fn memory_read(&self, memory_index: u8, offset: u64, width: u8) -> IOResult<u64>;
+    /// `MemoryWrite8/16/32/64`.
+    #[kernel]
+    fn memory_write(&self, memory_index: u8, offset: u64, width: u8, value: u64) -> IOResult<()>;
+    /// `GetBARInfo`: the memory index of BAR `bar`, its size and its type
+    /// (`pci::bar_type`). A BAR the device does not implement:
+    /// `kIOReturnNotFound`.
+    #[kernel]
+    fn get_bar_info(&self, bar: u8) -> IOResult<(u8, u64, u8)>;
+    /// `FindPCICapability`: the offset of capability `id` (with
+    /// `pci::capability::EXTENDED` for the extended list), after the one at
+    /// `after` (0: from the start). Absent: `kIOReturnNotFound`.
+    #[kernel]
+    fn find_capability(&self, id: u32, after: u16) -> IOResult<u16>;
+    /// `GetBusDeviceFunction`.
+    #[kernel]
+    fn get_bus_device_function(&self) -> IOResult<(u8, u8, u8)>;
+    /// `Reset` (`pci::reset`): the device returns to its power-on state.
+    #[kernel]
+    fn reset(&self, options: u32) -> IOResult<()>;
+    /// `ConfigureInterrupts`: MSI, MSI-X or INTx (`pci::interrupt_type`),
+    /// at least `min` and at most `max` vectors; returns how many the
+    /// device got, each an index for `IOInterruptDispatchSource::Create`.
+    #[kernel]
+    fn configure_interrupts(&self, kind: u32, min: u32, max: u32) -> IOResult<u32>;
+    /// Beyond DriverKit: BAR `memory_index` mapped into the caller, as a
+    /// region the system hands over (its ID), and whether writes must
+    /// still travel as `memory_write` (a modelled device sees them only
+    /// that way; a real one's BAR takes stores). The system keeps the
+    /// authority: `close`, a stop or a crash clears Memory Space, after
+    /// which the mapping reads all-ones.
+    #[kernel]
+    fn copy_mapped_bar(&self, memory_index: u8) -> IOResult<(u64, bool)>;
+    /// `IODMACommand::PrepareForDMA`: makes `length` bytes of the caller's
+    /// region `memory` from `offset` reachable by the device's DMA, at
+    /// addresses below 2^`address_bits`; returns the segments (device
+    /// address, length). Beyond the device's reach: `kIOReturnBadArgument`.
+    #[kernel]
+    fn prepare_dma(
+        &self,
+        memory: u64,
+        offset: u64,
+        length: u64,
+        address_bits: u8,
+    ) -> IOResult<Vec<(u64, u64)>>;
+    /// `IODMACommand::CompleteDMA`: the mapping that starts at device
+    /// address `address` ends; the device can no longer reach it.
+    #[kernel]
+    fn complete_dma(&self, address: u64) -> IOResult<()>;
+}

@@ -20,6 +20,7 @@ pub mod interfaces;
 pub mod interrupt;
 mod ioreturn;
 pub mod net;
+pub mod pci;
 pub mod ring;
 pub mod root;
 pub mod serial;

@@ -19,5 +19,6 @@ pub mod usbip;
 pub mod usbip_server;
 pub mod virtual_cable;
 pub mod virtual_device;
+pub mod virtual_edu;
 pub mod virtual_uart;
 pub mod virtual_usb;

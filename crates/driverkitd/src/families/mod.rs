@@ -8,7 +8,8 @@
 //! - [`serial`]: `IOUserSerial` ports as ttys, and UARTs;
 //! - [`net`]: `IOUserNetworkEthernet` interfaces as TAP devices, and the
 //!   virtual cable's NICs;
-//! - [`pci`]: matching on `IOPCIDevice` (IOPCIMatch and friends).
+//! - [`pci`]: `IOPCIDevice` functions: configuration space, BARs,
+//!   interrupts, DMA, and IOPCIMatch and friends.
 
 pub mod hid;
 pub mod net;
@@ -43,7 +44,7 @@ impl Families {
             plain: Arc::new(plain::PlainFamily::default()),
             serial: Arc::new(serial::SerialFamily::new(serial_links)),
             net: Arc::new(net::NetFamily::default()),
-            pci: Arc::new(pci::PciFamily),
+            pci: Arc::new(pci::PciFamily::default()),
         }
     }
 

@@ -1,34 +1,522 @@
-//! The PCI family's system side. So far its matching: personalities whose
-//! provider is an `IOPCIDevice` are held to `IOPCIMatch`,
-//! `IOPCIPrimaryMatch`, `IOPCISecondaryMatch` and `IOPCIClassMatch`
-//! ([`matching`]), and to the `transport.pci` entitlement, on whatever
-//! publishes `IOPCIDevice` nubs (device files today). The device's methods
-//! (configuration space, BARs, interrupts, DMA) come with its devices: a
-//! model of QEMU's edu device, and real ones through VFIO.
+//! PCI (PCIDriverKit): `IOPCIDevice` nubs, one per function a backend
+//! plugs (a model of QEMU's edu device; real functions through VFIO), and
+//! the driver's calls on them: configuration space, BARs, interrupts, DMA.
+//!
+//! The family is where the authority sits. A backend's [`PciDevice`] does
+//! whatever it is told; the family decides what a driver may tell it:
+//! every access is checked against the space or the BAR (inside, aligned,
+//! a real width) before it reaches the device; only the process that
+//! `open`ed a function reaches its BARs, its interrupts and its DMA; and
+//! when that driver closes, stops or crashes, the family takes the device
+//! back in a fixed order ([`PciFamily::revoke`]): Bus Master off first
+//! (no DMA after this instant), Memory Space off (a mapped BAR reads
+//! all-ones), the DMA mappings gone, and, unless the driver closed it
+//! cleanly, a reset, so the next driver starts on a device in its
+//! power-on state.
+//!
+//! Matching is [`matching`] (`IOPCIMatch` and friends, `transport.pci`);
+//! the DMA address space is [`dma`].
 
+pub mod dma;
 pub mod matching;
 
-use driverkit_core::{Call, Family, FamilyMatcher};
-use driverkit_wire::{IOResult, MethodId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use driverkit_core::{Call, EntryId, Family, FamilyMatcher, Nub, System};
+use driverkit_wire::interfaces::{iopci_device_interface, IOPCIDeviceInterface};
+use driverkit_wire::pci::{self, command, reg, Location, Width};
+use driverkit_wire::shm::SharedMemory;
+use driverkit_wire::{IOResult, IOReturn, MethodId};
+
+/// One BAR of a function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bar {
+    pub size: u64,
+    /// `pci::bar_type`.
+    pub kind: u8,
+}
+
+/// A BAR mapped for a driver.
+pub struct MappedBar {
+    /// The memory the driver maps.
+    pub region: Arc<SharedMemory>,
+    /// Writes reach the device only as `memory_write` calls (a model,
+    /// which sees no stores).
+    pub writes_trap: bool,
+}
+
+/// What a PCI function does; its backend implements it. Every argument
+/// has been checked by the family: offsets are inside, aligned and of a
+/// width the space allows.
+pub trait PciDevice: Send + Sync {
+    fn location(&self) -> Location;
+    /// [`pci::CONFIG_SPACE`] or [`pci::CONFIG_SPACE_EXTENDED`].
+    fn config_space(&self) -> u16;
+    fn config_read(&self, offset: u16, width: Width) -> u32;
+    fn config_write(&self, offset: u16, width: Width, value: u32);
+    /// BAR `index` (0 to 5), if the function implements it.
+    fn bar(&self, index: u8) -> Option<Bar>;
+    fn bar_read(&self, index: u8, offset: u64, width: Width) -> u64;
+    fn bar_write(&self, index: u8, offset: u64, width: Width, value: u64);
+    /// BAR `index` as memory a driver can map.
+    fn map_bar(&self, index: u8) -> IOResult<MappedBar>;
+    /// Switches the function to `kind` (`pci::interrupt_type`) with
+    /// between `min` and `max` vectors; returns how many it has.
+    fn configure_interrupts(&self, kind: u32, min: u32, max: u32) -> IOResult<u32>;
+    /// Delivers vector `index` into `region` from now on.
+    fn subscribe_interrupt(&self, index: u32, region: &Arc<SharedMemory>) -> IOResult<()>;
+    /// Makes `length` bytes of `region` from `offset` (both page-aligned,
+    /// inside the region) reachable by the device's DMA at `address`.
+    fn dma_map(
+        &self,
+        address: u64,
+        region: Arc<SharedMemory>,
+        offset: usize,
+        length: usize,
+    ) -> IOResult<()>;
+    /// The device can no longer reach `address..address + length`.
+    fn dma_unmap(&self, address: u64, length: u64);
+    /// A function-level reset: the power-on state, interrupts off.
+    fn reset(&self) -> IOResult<()>;
+    /// The function left the registry.
+    fn unplugged(&self) {}
+}
+
+/// Who opened a function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Owner {
+    server: u64,
+    /// The caller's client of the nub (its driver), whose end ends the
+    /// ownership.
+    client: EntryId,
+}
+
+struct Function {
+    device: Arc<dyn PciDevice>,
+    owner: Option<Owner>,
+    dma: dma::AddressSpace,
+}
+
+/// The PCI family.
 #[derive(Default)]
-pub struct PciFamily;
+pub struct PciFamily {
+    functions: Mutex<HashMap<EntryId, Function>>,
+}
+
+/// The properties IOPCIFamily publishes on a nub, read from the
+/// function's configuration header, and its name (`pciVVVV,DDDD`).
+fn nub_properties(device: &dyn PciDevice) -> (String, plist::Dictionary) {
+    let r16 = |at| device.config_read(at, Width::W16) as u64;
+    let class = device.config_read(reg::REVISION_ID, Width::W32) as u64 >> 8;
+    let vendor = r16(reg::VENDOR_ID);
+    let product = r16(reg::DEVICE_ID);
+    let name = format!("pci{vendor:x},{product:x}");
+    let mut p = plist::Dictionary::new();
+    for (key, value) in [
+        ("vendor-id", vendor),
+        ("device-id", product),
+        ("subsystem-vendor-id", r16(reg::SUBSYSTEM_VENDOR_ID)),
+        ("subsystem-id", r16(reg::SUBSYSTEM_ID)),
+        ("class-code", class),
+        (
+            "revision-id",
+            device.config_read(reg::REVISION_ID, Width::W8) as u64,
+        ),
+    ] {
+        p.insert(key.into(), plist::Value::Integer(value.into()));
+    }
+    p.insert("IOName".into(), name.clone().into());
+    p.insert("IOPCILocation".into(), device.location().to_string().into());
+    (name, p)
+}
+
+impl PciFamily {
+    fn lock(&self) -> MutexGuard<'_, HashMap<EntryId, Function>> {
+        self.functions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes a function as an `IOPCIDevice` under `bus` and matches
+    /// it. `extra`: properties the backend adds (where it came from).
+    pub fn plug(
+        &self,
+        system: &System,
+        bus: EntryId,
+        source: &str,
+        extra: plist::Dictionary,
+        device: Arc<dyn PciDevice>,
+    ) -> Result<EntryId, String> {
+        let (name, mut properties) = nub_properties(&*device);
+        properties.extend(extra);
+        system.plug(
+            Nub {
+                name: &name,
+                class: "IOPCIDevice",
+                properties,
+                provider: bus,
+                family: Some(self),
+                plugged_from: Some(source.to_owned()),
+                matched: false,
+            },
+            |id| {
+                self.lock().insert(
+                    id,
+                    Function {
+                        device,
+                        owner: None,
+                        dma: Default::default(),
+                    },
+                );
+            },
+        )
+    }
+
+    fn device(&self, entry: EntryId) -> IOResult<Arc<dyn PciDevice>> {
+        self.lock()
+            .get(&entry)
+            .map(|f| f.device.clone())
+            .ok_or(IOReturn::NO_DEVICE)
+    }
+
+    /// The device, for a call that needs the function open by the caller.
+    fn opened(&self, call: &Call<'_>) -> IOResult<Arc<dyn PciDevice>> {
+        let functions = self.lock();
+        let f = functions.get(&call.object).ok_or(IOReturn::NO_DEVICE)?;
+        match f.owner {
+            Some(o) if o.server == call.server => Ok(f.device.clone()),
+            _ => Err(IOReturn::NOT_OPEN),
+        }
+    }
+
+    /// Takes function `entry` back from whoever opened it: Bus Master off
+    /// first, then Memory Space, then the DMA mappings, then (`reset`) a
+    /// function-level reset. Nothing happens to a function nobody opened.
+    fn revoke(&self, entry: EntryId, reset: bool) {
+        let (device, mappings) = {
+            let mut functions = self.lock();
+            let Some(f) = functions.get_mut(&entry) else {
+                return;
+            };
+            if f.owner.take().is_none() {
+                return;
+            }
+            (f.device.clone(), f.dma.release_all())
+        };
+        let cmd = device.config_read(reg::COMMAND, Width::W16) as u16;
+        device.config_write(
+            reg::COMMAND,
+            Width::W16,
+            u32::from(cmd & !command::BUS_MASTER),
+        );
+        device.config_write(
+            reg::COMMAND,
+            Width::W16,
+            u32::from(cmd & !(command::BUS_MASTER | command::MEMORY_SPACE)),
+        );
+        for m in &mappings {
+            device.dma_unmap(m.address, m.length);
+        }
+        if reset {
+            if let Err(e) = device.reset() {
+                tracing::warn!(
+                    "pci      {}: reset after its driver: {e}",
+                    device.location()
+                );
+            }
+        }
+        tracing::info!(
+            "pci      {}: taken back (Bus Master and Memory Space off, {} DMA mapping(s) ended{})",
+            device.location(),
+            mappings.len(),
+            if reset { ", reset" } else { "" }
+        );
+    }
+}
+
+struct PciCall<'a> {
+    family: &'a PciFamily,
+    call: &'a Call<'a>,
+}
+
+impl PciCall<'_> {
+    fn bar(&self, device: &dyn PciDevice, index: u8, offset: u64, width: u8) -> IOResult<Width> {
+        let width = Width::of(width)?;
+        let bar = device.bar(index).ok_or(IOReturn::BAD_ARGUMENT)?;
+        if !width.fits(offset, bar.size) {
+            return Err(IOReturn::BAD_ARGUMENT);
+        }
+        Ok(width)
+    }
+
+    fn config(&self, device: &dyn PciDevice, offset: u16, width: u8) -> IOResult<Width> {
+        let width = Width::of(width)?;
+        if width == Width::W64 || !width.fits(offset.into(), device.config_space().into()) {
+            return Err(IOReturn::BAD_ARGUMENT);
+        }
+        Ok(width)
+    }
+}
+
+impl IOPCIDeviceInterface for PciCall<'_> {
+    fn open(&self) -> IOResult<()> {
+        let client = self
+            .call
+            .system
+            .client_in(self.call.object, self.call.server)
+            .ok_or(IOReturn::NOT_PERMITTED)?;
+        let device = {
+            let mut functions = self.family.lock();
+            let f = functions
+                .get_mut(&self.call.object)
+                .ok_or(IOReturn::NO_DEVICE)?;
+            match f.owner {
+                Some(o) if o.server == self.call.server => return Ok(()),
+                Some(_) => return Err(IOReturn::EXCLUSIVE_ACCESS),
+                None => {}
+            }
+            f.owner = Some(Owner {
+                server: self.call.server,
+                client,
+            });
+            f.device.clone()
+        };
+        let cmd = device.config_read(reg::COMMAND, Width::W16) as u16;
+        device.config_write(
+            reg::COMMAND,
+            Width::W16,
+            u32::from(cmd | command::MEMORY_SPACE),
+        );
+        Ok(())
+    }
+
+    fn close(&self) -> IOResult<()> {
+        self.family.opened(self.call)?;
+        self.family.revoke(self.call.object, false);
+        Ok(())
+    }
+
+    /// Anyone matched on the function may read its configuration; only
+    /// its opener writes.
+    fn configuration_read(&self, offset: u16, width: u8) -> IOResult<u64> {
+        let device = self.family.device(self.call.object)?;
+        let width = self.config(&*device, offset, width)?;
+        Ok(device.config_read(offset, width).into())
+    }
+
+    fn configuration_write(&self, offset: u16, width: u8, value: u64) -> IOResult<()> {
+        let device = self.family.opened(self.call)?;
+        let width = self.config(&*device, offset, width)?;
+        if width.mask(value) != value {
+            return Err(IOReturn::BAD_ARGUMENT);
+        }
+        device.config_write(offset, width, value as u32);
+        Ok(())
+    }
+
+    fn memory_read(&self, memory_index: u8, offset: u64, width: u8) -> IOResult<u64> {
+        let device = self.family.opened(self.call)?;
+        let width = self.bar(&*device, memory_index, offset, width)?;
+        Ok(device.bar_read(memory_index, offset, width))
+    }
+
+    fn memory_write(&self, memory_index: u8, offset: u64, width: u8, value: u64) -> IOResult<()> {
+        let device = self.family.opened(self.call)?;
+        let width = self.bar(&*device, memory_index, offset, width)?;
+        if width.mask(value) != value {
+            return Err(IOReturn::BAD_ARGUMENT);
+        }
+        device.bar_write(memory_index, offset, width, value);
+        Ok(())
+    }
+
+    fn get_bar_info(&self, bar: u8) -> IOResult<(u8, u64, u8)> {
+        let device = self.family.device(self.call.object)?;
+        let info = device.bar(bar).ok_or(IOReturn::NOT_FOUND)?;
+        Ok((bar, info.size, info.kind))
+    }
+
+    fn find_capability(&self, id: u32, after: u16) -> IOResult<u16> {
+        let device = self.family.device(self.call.object)?;
+        let space = device.config_space();
+        if after != 0 && !Width::W8.fits(after.into(), space.into()) {
+            return Err(IOReturn::BAD_ARGUMENT);
+        }
+        pci::find_capability(space, id, after, |at| {
+            Width::W32
+                .fits(at.into(), space.into())
+                .then(|| device.config_read(at, Width::W32))
+        })
+        .ok_or(IOReturn::NOT_FOUND)
+    }
+
+    fn get_bus_device_function(&self) -> IOResult<(u8, u8, u8)> {
+        let l = self.family.device(self.call.object)?.location();
+        Ok((l.bus, l.device, l.function))
+    }
+
+    fn reset(&self, options: u32) -> IOResult<()> {
+        if options != pci::reset::FUNCTION {
+            return Err(IOReturn::BAD_ARGUMENT);
+        }
+        let device = self.family.opened(self.call)?;
+        // What the driver had mapped no longer means anything to a reset
+        // device; the opener keeps the function.
+        let mappings = self
+            .family
+            .lock()
+            .get_mut(&self.call.object)
+            .map(|f| f.dma.release_all())
+            .unwrap_or_default();
+        for m in &mappings {
+            device.dma_unmap(m.address, m.length);
+        }
+        device.reset()?;
+        let cmd = device.config_read(reg::COMMAND, Width::W16) as u16;
+        device.config_write(
+            reg::COMMAND,
+            Width::W16,
+            u32::from(cmd | command::MEMORY_SPACE),
+        );
+        Ok(())
+    }
+
+    fn configure_interrupts(&self, kind: u32, min: u32, max: u32) -> IOResult<u32> {
+        if min == 0 || min > max {
+            return Err(IOReturn::BAD_ARGUMENT);
+        }
+        let known = [
+            pci::interrupt_type::LEVEL,
+            pci::interrupt_type::MSI,
+            pci::interrupt_type::MSIX,
+        ];
+        if !known.contains(&kind) {
+            return Err(IOReturn::BAD_ARGUMENT);
+        }
+        self.family
+            .opened(self.call)?
+            .configure_interrupts(kind, min, max)
+    }
+
+    fn copy_mapped_bar(&self, memory_index: u8) -> IOResult<(u64, bool)> {
+        let device = self.family.opened(self.call)?;
+        device.bar(memory_index).ok_or(IOReturn::BAD_ARGUMENT)?;
+        let mapped = device.map_bar(memory_index)?;
+        let id = self
+            .call
+            .system
+            .give_region(self.call.server, &mapped.region)?;
+        Ok((id, mapped.writes_trap))
+    }
+
+    fn prepare_dma(
+        &self,
+        memory: u64,
+        offset: u64,
+        length: u64,
+        address_bits: u8,
+    ) -> IOResult<Vec<(u64, u64)>> {
+        let device = self.family.opened(self.call)?;
+        let region = self.call.system.region(self.call.server, memory)?;
+        let end = offset.checked_add(length).ok_or(IOReturn::BAD_ARGUMENT)?;
+        if length == 0 || end > region.len() as u64 {
+            return Err(IOReturn::BAD_ARGUMENT);
+        }
+        let first_page = offset - offset % dma::PAGE;
+        let span = end - first_page;
+        let address = self
+            .family
+            .lock()
+            .get_mut(&self.call.object)
+            .ok_or(IOReturn::NO_DEVICE)?
+            .dma
+            .allocate(span, address_bits, self.call.server)?;
+        let mapped_length = span
+            .next_multiple_of(dma::PAGE)
+            .min(region.len() as u64 - first_page);
+        if let Err(e) = device.dma_map(address, region, first_page as usize, mapped_length as usize)
+        {
+            if let Some(f) = self.family.lock().get_mut(&self.call.object) {
+                let _ = f.dma.release(address, self.call.server);
+            }
+            return Err(e);
+        }
+        Ok(vec![(address + offset % dma::PAGE, length)])
+    }
+
+    fn complete_dma(&self, address: u64) -> IOResult<()> {
+        let device = self.family.opened(self.call)?;
+        let mapping = self
+            .family
+            .lock()
+            .get_mut(&self.call.object)
+            .ok_or(IOReturn::NO_DEVICE)?
+            .dma
+            .release(address, self.call.server)?;
+        device.dma_unmap(mapping.address, mapping.length);
+        Ok(())
+    }
+}
 
 impl Family for PciFamily {
     fn name(&self) -> &'static str {
         "PCI"
     }
 
-    /// None yet: `IOPCIDevice` nubs belong to whoever publishes them.
     fn classes(&self) -> Vec<(&'static str, Option<&'static str>)> {
-        Vec::new()
+        vec![("IOPCIDevice", None)]
     }
 
     fn matchers(&self) -> Vec<Box<dyn FamilyMatcher>> {
         vec![Box::new(matching::PciMatcher)]
     }
 
-    fn kernel_call(&self, _: &Call<'_>, _: MethodId, _: &[u8]) -> Option<IOResult<Vec<u8>>> {
-        None
+    fn kernel_call(
+        &self,
+        call: &Call<'_>,
+        method: MethodId,
+        args: &[u8],
+    ) -> Option<IOResult<Vec<u8>>> {
+        iopci_device_interface::dispatch(&PciCall { family: self, call }, method, args)
+    }
+
+    /// A function's driver drives it.
+    fn client_method(&self, method: MethodId) -> bool {
+        iopci_device_interface::method_name(method).is_some()
+    }
+
+    fn register_interrupt(
+        &self,
+        call: &Call<'_>,
+        index: u32,
+        region: Arc<SharedMemory>,
+    ) -> IOResult<()> {
+        self.opened(call)?.subscribe_interrupt(index, &region)
+    }
+
+    /// The nub departing (unplugged): whoever has it loses it now, before
+    /// its Stop.
+    fn departing(&self, _system: &System, entries: &[EntryId]) {
+        for id in entries {
+            self.revoke(*id, true);
+        }
+    }
+
+    /// A driver that opened a function left the registry (stopped without
+    /// closing, or crashed): the function is taken back and reset. A
+    /// function that left is unplugged.
+    fn removed(&self, _system: &System, entry: EntryId) {
+        let owned: Vec<EntryId> = self
+            .lock()
+            .iter()
+            .filter(|(_, f)| f.owner.is_some_and(|o| o.client == entry))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in owned {
+            self.revoke(id, true);
+        }
+        let gone = self.lock().remove(&entry);
+        if let Some(f) = gone {
+            f.device.unplugged();
+        }
     }
 }
