@@ -9,7 +9,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{MemfdFlags, SealFlags};
@@ -98,6 +98,23 @@ impl SharedMemory {
         // SAFETY: in bounds and aligned (the mapping is page aligned);
         // AtomicU32 has the layout of u32 and any bit pattern is valid.
         unsafe { &*(self.as_ptr().add(offset) as *const AtomicU32) }
+    }
+
+    /// The atomic `u8` at `offset`.
+    pub fn u8_at(&self, offset: usize) -> &AtomicU8 {
+        assert!(offset < self.len(), "u8 at {offset} outside the region");
+        // SAFETY: in bounds; AtomicU8 has the layout of u8.
+        unsafe { &*(self.as_ptr().add(offset) as *const AtomicU8) }
+    }
+
+    /// The atomic `u16` at `offset`.
+    pub fn u16_at(&self, offset: usize) -> &AtomicU16 {
+        assert!(
+            offset.is_multiple_of(2) && offset + 2 <= self.len(),
+            "u16 at {offset} outside the region"
+        );
+        // SAFETY: as for `u32_at`.
+        unsafe { &*(self.as_ptr().add(offset) as *const AtomicU16) }
     }
 
     /// The atomic `u64` at `offset`.

@@ -36,6 +36,7 @@ pub mod interrupt;
 mod log;
 pub mod memory;
 pub mod net;
+pub mod pci;
 pub mod queue;
 pub mod runtime;
 pub mod serial;
@@ -59,7 +60,9 @@ pub use net::{
     IOUserNetworkEthernet, IOUserNetworkEthernetApi, IOUserNetworkEthernetImpl,
     IOUserNetworkPacket, IOVirtualNIC,
 };
+pub use pci::{IODMACommand, IOPCIDevice, IOPCIMappedBar};
 pub use queue::IODispatchQueue;
+pub use runtime::dynamic_cast as OSDynamicCast;
 pub use serial::{IOUARTDevice, IOUserSerial, IOUserSerialApi, IOUserSerialImpl, ModemStatus};
 pub use service::{IOService, IOServiceApi, IOServiceImpl, IOServiceSuper};
 pub use timer::IOTimerDispatchSource;
@@ -88,6 +91,7 @@ pub mod prelude {
     };
     pub use crate::{IOUARTDevice, IOUserSerial, IOUserSerialApi, IOUserSerialImpl, ModemStatus};
     pub use crate::{IOUserClient, IOUserClientImpl};
+    pub use crate::{IODMACommand, IOPCIDevice, IOPCIMappedBar, OSDynamicCast};
     pub use crate::{
         IOUserNetworkEthernet, IOUserNetworkEthernetApi, IOUserNetworkEthernetImpl,
         IOUserNetworkPacket, IOVirtualNIC,

@@ -259,6 +259,14 @@ pub(crate) fn hosted(object: ObjectId) -> Option<(Arc<dyn Instance>, IODispatchQ
         .map(|h| (h.instance.clone(), h.queue.clone()))
 }
 
+/// `OSDynamicCast`: the instance of `S` behind `service`, when this
+/// process hosts it (a user client reaching the driver that is its
+/// provider). `None` for a service of another process or another class.
+pub fn dynamic_cast<S: Service>(service: &IOService) -> Option<Arc<S>> {
+    let (instance, _) = hosted(ObjectId(service.registry_entry_id()))?;
+    instance.into_any().downcast::<S>().ok()
+}
+
 /// Runs a dext whose executable holds `classes`; never returns. The daemon
 /// starts the executable with its socket as stdin and `DRIVERKIT_SERVER_FD=0`.
 pub fn run(classes: Vec<ClassEntry>) -> ! {

@@ -124,6 +124,7 @@ impl Daemon {
             families.plain.clone(),
             families.serial.clone(),
             families.net.clone(),
+            families.pci.clone(),
         ));
         let linux_usb = config
             .linux_usb

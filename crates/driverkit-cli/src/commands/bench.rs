@@ -415,6 +415,7 @@ fn bench_device(name: &str, extra: &[(&str, Value)]) -> DeviceSpec {
         usb: None,
         uart: None,
         cable: None,
+        pci: None,
     }
 }
 

@@ -77,6 +77,17 @@ pub const EXAMPLES: &[Embedded] = &[
         entitlements: virtual_ethernet_driver::ENTITLEMENTS,
         classes: || vec![class::<virtual_ethernet_driver::VirtualEthernetDriver>()],
     },
+    Embedded {
+        executable: "EduDriver",
+        info_plist: edu_driver::INFO_PLIST,
+        entitlements: edu_driver::ENTITLEMENTS,
+        classes: || {
+            vec![
+                class::<edu_driver::EduDriver>(),
+                class::<edu_driver::EduUserClient>(),
+            ]
+        },
+    },
 ];
 
 /// Drivers loaded only when asked for (`run --with-tool NAME`): the test

@@ -23,6 +23,9 @@
 //! A `[usb]` table makes it a USB device (class `IOUSBHostDevice`); its
 //! format is in [`virtual_usb`](super::virtual_usb). A `[uart]` table makes
 //! it a UART (class `IOUARTDevice`, [`virtual_uart`](super::virtual_uart)).
+//! A `[pci]` table makes it a PCI function (class `IOPCIDevice`) of a
+//! modelled device; `model = "edu"` is QEMU's edu device
+//! ([`virtual_edu`](super::virtual_edu)).
 //!
 //! [`VirtualDevices`] is the backend: it hangs a `VirtualBus` under the
 //! registry root and plugs each device into the family that serves it (a
@@ -40,9 +43,11 @@ use plist::Value;
 
 use super::interrupts::InterruptModel;
 use super::virtual_cable::CableSpec;
+use super::virtual_edu::VirtualEdu;
 use super::virtual_uart::{UartSpec, VirtualUart};
 use super::virtual_usb::{UsbSpec, VirtualUsb};
 use crate::families::net::NetFamily;
+use crate::families::pci::PciFamily;
 use crate::families::plain::{PlainDevice, PlainFamily, PlainNub};
 use crate::families::serial::{SerialFamily, UartNub};
 use crate::families::usb::{UsbFamily, UsbTransport};
@@ -63,6 +68,16 @@ pub struct DeviceSpec {
     pub uart: Option<UartSpec>,
     /// A virtual cable: two NICs back to back.
     pub cable: Option<CableSpec>,
+    /// A modelled PCI function.
+    pub pci: Option<PciSpec>,
+}
+
+/// `[pci]`: which device the model is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PciSpec {
+    /// The only model so far: `edu`.
+    pub model: String,
 }
 
 const BUILTINS: &[(&str, &str)] = &[
@@ -72,6 +87,7 @@ const BUILTINS: &[(&str, &str)] = &[
     ("mouse", include_str!("../../devices/mouse.toml")),
     ("uart", include_str!("../../devices/uart.toml")),
     ("cable", include_str!("../../devices/cable.toml")),
+    ("edu", include_str!("../../devices/edu.toml")),
     (
         "vendor-bulk",
         include_str!("../../devices/vendor-bulk.toml"),
@@ -115,6 +131,7 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
     let mut usb = None;
     let mut uart = None;
     let mut cable = None;
+    let mut pci = None;
     for (key, value) in &table {
         match (key.as_str(), value) {
             ("name", toml::Value::String(s)) if !s.is_empty() => name = Some(s.clone()),
@@ -169,6 +186,21 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
                 }
                 cable = Some(spec);
             }
+            ("pci", toml::Value::Table(t)) => {
+                let spec: PciSpec = toml::Value::Table(t.clone())
+                    .try_into()
+                    .map_err(|e: toml::de::Error| format!("{source}: key pci: {}", e.message().trim()))?;
+                if spec.model != "edu" {
+                    return Err(format!(
+                        "{source}: key pci.model: expected \"edu\" (QEMU's edu device, the one modelled), found {:?}",
+                        spec.model
+                    ));
+                }
+                if !table.contains_key("class") {
+                    class = "IOPCIDevice".to_owned();
+                }
+                pci = Some(spec);
+            }
             ("interrupts", other) => {
                 return Err(format!("{source}: key interrupts: expected [[interrupts]] tables, found {}", other.type_str()))
             }
@@ -186,7 +218,7 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
             }
             (other, _) => {
                 return Err(format!(
-                    "{source}: unknown key {other:?}: expected name, class, [properties], [[interrupts]], [usb], [uart] or [cable]"
+                    "{source}: unknown key {other:?}: expected name, class, [properties], [[interrupts]], [usb], [uart], [cable] or [pci]"
                 ))
             }
         }
@@ -202,14 +234,19 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
             "{source}: key class: a device with [uart] is an IOUARTDevice, found {class:?}"
         ));
     }
-    if [usb.is_some(), uart.is_some(), cable.is_some()]
+    if [usb.is_some(), uart.is_some(), cable.is_some(), pci.is_some()]
         .iter()
         .filter(|x| **x)
         .count()
         > 1
     {
         return Err(format!(
-            "{source}: a device is one of [usb], [uart] or [cable]"
+            "{source}: a device is one of [usb], [uart], [cable] or [pci]"
+        ));
+    }
+    if pci.is_some() && class != "IOPCIDevice" {
+        return Err(format!(
+            "{source}: key class: a device with [pci] is an IOPCIDevice, found {class:?}"
         ));
     }
     if cable.is_some() && class != "IOVirtualNIC" {
@@ -236,6 +273,7 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
         usb,
         uart,
         cable,
+        pci,
     })
 }
 
@@ -284,6 +322,7 @@ pub struct VirtualDevices {
     plain: Arc<PlainFamily>,
     serial: Arc<SerialFamily>,
     net: Arc<NetFamily>,
+    pci: Arc<PciFamily>,
     bus: EntryId,
     state: Mutex<Plugged>,
 }
@@ -291,6 +330,8 @@ pub struct VirtualDevices {
 #[derive(Default)]
 struct Plugged {
     next_location: u32,
+    /// The last PCI slot given (functions are 00:SS.0 from slot 3).
+    pci_slot: u8,
     /// Virtual USB devices, for typing and injecting reports.
     usb: HashMap<EntryId, Arc<VirtualUsb>>,
 }
@@ -303,6 +344,7 @@ impl VirtualDevices {
         plain: Arc<PlainFamily>,
         serial: Arc<SerialFamily>,
         net: Arc<NetFamily>,
+        pci: Arc<PciFamily>,
     ) -> VirtualDevices {
         let bus = system
             .publish(Nub {
@@ -325,6 +367,7 @@ impl VirtualDevices {
             plain,
             serial,
             net,
+            pci,
             bus,
             state: Mutex::default(),
         }
@@ -381,6 +424,18 @@ impl VirtualDevices {
                 first.get_or_insert(id);
             }
             return first.ok_or_else(|| "the cable has no ends".into());
+        }
+        if spec.pci.is_some() {
+            let slot = {
+                let mut st = self.lock();
+                st.pci_slot = st.pci_slot.max(2).wrapping_add(1) % 32;
+                st.pci_slot
+            };
+            let device = VirtualEdu::start(&spec.name, slot)?;
+            return self
+                .pci
+                .plug(&self.system, self.bus, &spec.source, spec.properties.clone(), device.clone())
+                .inspect_err(|_| crate::families::pci::PciDevice::unplugged(&*device));
         }
         if let Some(uart) = &spec.uart {
             let device = VirtualUart::start(&spec.name, uart);

@@ -1,0 +1,1 @@
+driverkit::dext_main!(edu_driver::EduDriver, edu_driver::EduUserClient);
