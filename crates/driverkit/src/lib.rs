@@ -84,6 +84,7 @@ pub mod prelude {
         IOInterruptDispatchSource, IOMemoryDescriptor, IOResult, IOReturn, IOService, IOServiceApi,
         IOServiceImpl, IOServiceSuper, IOTimerDispatchSource, OSAction,
     };
+    pub use crate::{IODMACommand, IOPCIDevice, IOPCIMappedBar, OSDynamicCast};
     pub use crate::{
         IOHIDElement, IOUSBHostDevice, IOUSBHostInterface, IOUSBHostPipe, IOUserHIDDevice,
         IOUserHIDDeviceApi, IOUserHIDDeviceImpl, IOUserHIDEventService, IOUserHIDEventServiceApi,
@@ -91,7 +92,6 @@ pub mod prelude {
     };
     pub use crate::{IOUARTDevice, IOUserSerial, IOUserSerialApi, IOUserSerialImpl, ModemStatus};
     pub use crate::{IOUserClient, IOUserClientImpl};
-    pub use crate::{IODMACommand, IOPCIDevice, IOPCIMappedBar, OSDynamicCast};
     pub use crate::{
         IOUserNetworkEthernet, IOUserNetworkEthernetApi, IOUserNetworkEthernetImpl,
         IOUserNetworkPacket, IOVirtualNIC,

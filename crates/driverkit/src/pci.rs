@@ -216,16 +216,28 @@ impl IOPCIMappedBar {
     }
 
     pub fn read8(&self, offset: u64) -> IOResult<u8> {
-        Ok(self.shm.u8_at(self.at(offset, Width::W8)?).load(Ordering::Acquire))
+        Ok(self
+            .shm
+            .u8_at(self.at(offset, Width::W8)?)
+            .load(Ordering::Acquire))
     }
     pub fn read16(&self, offset: u64) -> IOResult<u16> {
-        Ok(self.shm.u16_at(self.at(offset, Width::W16)?).load(Ordering::Acquire))
+        Ok(self
+            .shm
+            .u16_at(self.at(offset, Width::W16)?)
+            .load(Ordering::Acquire))
     }
     pub fn read32(&self, offset: u64) -> IOResult<u32> {
-        Ok(self.shm.u32_at(self.at(offset, Width::W32)?).load(Ordering::Acquire))
+        Ok(self
+            .shm
+            .u32_at(self.at(offset, Width::W32)?)
+            .load(Ordering::Acquire))
     }
     pub fn read64(&self, offset: u64) -> IOResult<u64> {
-        Ok(self.shm.u64_at(self.at(offset, Width::W64)?).load(Ordering::Acquire))
+        Ok(self
+            .shm
+            .u64_at(self.at(offset, Width::W64)?)
+            .load(Ordering::Acquire))
     }
 
     pub fn write32(&self, offset: u64, value: u32) -> IOResult<()> {
@@ -287,10 +299,12 @@ impl IODMACommand {
         if prepared.is_some() {
             return Err(IOReturn::BUSY);
         }
-        let segments =
-            self.device
-                .proxy()
-                .prepare_dma(buffer.memory_id()?, offset, length, self.address_bits)?;
+        let segments = self.device.proxy().prepare_dma(
+            buffer.memory_id()?,
+            offset,
+            length,
+            self.address_bits,
+        )?;
         let segments: Vec<IOAddressSegment> = segments
             .into_iter()
             .map(|(address, length)| IOAddressSegment { address, length })

@@ -112,7 +112,11 @@ impl IOServiceImpl for EduDriver {
         self.set_dispatch_queue("Interrupts", queue.clone());
         let source = IOInterruptDispatchSource::create(provider, 0, &queue)?;
         source.set_handler(&self.create_action_interrupt_occurred(0)?)?;
-        *self.ivars().source.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
+        *self
+            .ivars()
+            .source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(source);
 
         let mut factorials = Vec::new();
         for n in 0..=12u32 {
@@ -162,14 +166,22 @@ impl IOServiceImpl for EduDriver {
 
 impl EduDriver {
     fn device(&self) -> IOResult<IOPCIDevice> {
-        self.ivars().device.get().copied().ok_or(IOReturn::NOT_READY)
+        self.ivars()
+            .device
+            .get()
+            .copied()
+            .ok_or(IOReturn::NOT_READY)
     }
 
     /// Waits until the handler has seen interrupt status `bits`, and takes
     /// them.
     fn wait_for(&self, bits: u32) -> IOResult<()> {
         let deadline = Instant::now() + INTERRUPT_TIMEOUT;
-        let mut pending = self.ivars().pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self
+            .ivars()
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         while *pending & bits != bits {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -190,7 +202,11 @@ impl EduDriver {
     /// `n!` by the device, completed by its interrupt.
     pub fn factorial(&self, n: u32) -> IOResult<u32> {
         let pci = self.device()?;
-        let _engine = self.ivars().engine.lock().unwrap_or_else(|e| e.into_inner());
+        let _engine = self
+            .ivars()
+            .engine
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         pci.memory_write32(BAR0, regs::STATUS, regs::STATUS_IRQ_FACTORIAL)?;
         pci.memory_write32(BAR0, regs::FACTORIAL, n)?;
         self.wait_for(regs::IRQ_FACTORIAL)?;
@@ -202,7 +218,11 @@ impl EduDriver {
     /// came back is what went.
     fn dma_round_trip(&self) -> IOResult<bool> {
         let pci = self.device()?;
-        let _engine = self.ivars().engine.lock().unwrap_or_else(|e| e.into_inner());
+        let _engine = self
+            .ivars()
+            .engine
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let size = regs::DMA_BUFFER_SIZE as usize;
         let out = IOBufferMemoryDescriptor::create(size)?;
         let back = IOBufferMemoryDescriptor::create(size)?;
@@ -230,7 +250,11 @@ impl EduDriver {
             pci.memory_write64(BAR0, regs::DMA_SRC, src)?;
             pci.memory_write64(BAR0, regs::DMA_DST, dst)?;
             pci.memory_write64(BAR0, regs::DMA_COUNT, size as u64)?;
-            pci.memory_write64(BAR0, regs::DMA_CMD, regs::DMA_START | direction | regs::DMA_IRQ)?;
+            pci.memory_write64(
+                BAR0,
+                regs::DMA_CMD,
+                regs::DMA_START | direction | regs::DMA_IRQ,
+            )?;
             let done = self.wait_for(regs::IRQ_DMA);
             dma.complete_dma()?;
             done
@@ -265,7 +289,11 @@ impl EduDriver {
         if let Err(e) = pci.memory_write32(BAR0, regs::IRQ_ACK, status) {
             driverkit::error!("acknowledging interrupt {status:#x}: {e}");
         }
-        *self.ivars().pending.lock().unwrap_or_else(|e| e.into_inner()) |= status;
+        *self
+            .ivars()
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) |= status;
         self.ivars().arrived.notify_all();
     }
 }

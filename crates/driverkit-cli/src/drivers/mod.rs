@@ -9,6 +9,7 @@
 //! standalone binaries under `examples/`.
 
 pub mod bench;
+pub mod pci_test;
 pub mod test;
 pub mod usb_test;
 

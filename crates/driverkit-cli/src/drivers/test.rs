@@ -19,7 +19,9 @@
 //!   system's 256 per dext; publishes how many calls succeeded as
 //!   `TestChannelCalls`), `threads` (starts up to 2,000 threads that
 //!   wait, past the system's 512 per dext, and publishes how many started
-//!   as `TestThreadsStarted`);
+//!   as `TestThreadsStarted`), `pci-bad-input` and `pci-crash-mid-dma`
+//!   (on an edu function: [`super::pci_test`]; outcomes in `TestPCI` and
+//!   `TestPCIStartState`);
 //! - `TestStartDelayMs`: sleep this long in Start first;
 //! - `TestTerminateAfterMs`: once started, terminate itself this much later;
 //! - `TestReadLength`: ask the provider for an asynchronous read of this
@@ -129,6 +131,15 @@ impl IOServiceImpl for TestDriver {
                 std::mem::forget(kept);
             }
             "exit0" => std::process::exit(0),
+            "pci-bad-input" => {
+                let outcomes = super::pci_test::bad_input(provider)?;
+                self.set_property("TestPCI", plist::Value::Dictionary(outcomes))?;
+            }
+            "pci-crash-mid-dma" => {
+                if let Some(state) = super::pci_test::crash_mid_dma(provider)? {
+                    self.set_property("TestPCIStartState", plist::Value::Dictionary(state))?;
+                }
+            }
             "threads" => {
                 let (hold, wait) = std::sync::mpsc::channel::<()>();
                 let wait = std::sync::Arc::new(std::sync::Mutex::new(wait));

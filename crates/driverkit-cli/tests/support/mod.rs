@@ -262,13 +262,22 @@ pub struct P<'a> {
 }
 
 /// Writes `<dir>/Tests.app/Contents/Library/SystemExtensions/<id>.dext`
-/// for the built-in test driver with `ps`, entitled to the USB vendors its
-/// personalities name.
+/// for the built-in test driver with `ps`, entitled to the USB vendors and
+/// PCI devices its personalities name.
 pub fn test_bundle(dir: &Path, id: &str, ps: &[P<'_>]) -> PathBuf {
     let bundle = driverkit_bundle::location::dext_in_app(&dir.join("Tests.app"), id);
     std::fs::create_dir_all(&bundle).unwrap();
     let mut vendors = String::new();
+    let mut pci = String::new();
     for p in ps {
+        let tag = "<key>IOPCIPrimaryMatch</key><string>";
+        if let Some(at) = p.extra.find(tag) {
+            let rest = &p.extra[at + tag.len()..];
+            let list = &rest[..rest.find('<').unwrap()];
+            pci.push_str(&format!(
+                "<dict><key>IOPCIPrimaryMatch</key><string>{list}</string></dict>"
+            ));
+        }
         let tag = "<key>idVendor</key><integer>";
         if let Some(at) = p.extra.find(tag) {
             let rest = &p.extra[at + tag.len()..];
@@ -284,6 +293,7 @@ pub fn test_bundle(dir: &Path, id: &str, ps: &[P<'_>]) -> PathBuf {
             r#"<plist version="1.0"><dict>
   <key>com.apple.developer.driverkit</key><true/>
   <key>com.apple.developer.driverkit.transport.usb</key><array>{vendors}</array>
+  <key>com.apple.developer.driverkit.transport.pci</key><array>{pci}</array>
 </dict></plist>"#
         ),
     )

@@ -78,6 +78,14 @@ pub struct DeviceSpec {
 pub struct PciSpec {
     /// The only model so far: `edu`.
     pub model: String,
+    /// How long a DMA transfer waits before it starts (QEMU's edu: 100 ms
+    /// of virtual time); 10 ms if absent.
+    #[serde(default = "default_dma_delay_ms")]
+    pub dma_delay_ms: u64,
+}
+
+fn default_dma_delay_ms() -> u64 {
+    10
 }
 
 const BUILTINS: &[(&str, &str)] = &[
@@ -234,10 +242,15 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
             "{source}: key class: a device with [uart] is an IOUARTDevice, found {class:?}"
         ));
     }
-    if [usb.is_some(), uart.is_some(), cable.is_some(), pci.is_some()]
-        .iter()
-        .filter(|x| **x)
-        .count()
+    if [
+        usb.is_some(),
+        uart.is_some(),
+        cable.is_some(),
+        pci.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count()
         > 1
     {
         return Err(format!(
@@ -425,16 +438,23 @@ impl VirtualDevices {
             }
             return first.ok_or_else(|| "the cable has no ends".into());
         }
-        if spec.pci.is_some() {
+        if let Some(pci) = &spec.pci {
             let slot = {
                 let mut st = self.lock();
                 st.pci_slot = st.pci_slot.max(2).wrapping_add(1) % 32;
                 st.pci_slot
             };
-            let device = VirtualEdu::start(&spec.name, slot)?;
+            let delay = Duration::from_millis(pci.dma_delay_ms.min(60_000));
+            let device = VirtualEdu::start(&spec.name, slot, delay)?;
             return self
                 .pci
-                .plug(&self.system, self.bus, &spec.source, spec.properties.clone(), device.clone())
+                .plug(
+                    &self.system,
+                    self.bus,
+                    &spec.source,
+                    spec.properties.clone(),
+                    device.clone(),
+                )
                 .inspect_err(|_| crate::families::pci::PciDevice::unplugged(&*device));
         }
         if let Some(uart) = &spec.uart {

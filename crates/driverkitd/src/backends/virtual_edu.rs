@@ -35,6 +35,7 @@
 //! is off), so mapped reads are plain loads; writes travel as calls.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use driverkit_wire::pci::{self, command, reg, Location, Width};
 use driverkit_wire::shm::SharedMemory;
@@ -99,9 +100,9 @@ struct DmaWindow {
 struct State {
     regs: Registers,
     windows: Vec<DmaWindow>,
-    /// Work for the engine: a factorial and/or a DMA transfer.
+    /// Work for the engine: a factorial, and a DMA transfer due then.
     factorial_pending: bool,
-    dma_pending: bool,
+    dma_due: Option<Instant>,
     unplugged: bool,
     /// Faults the model saw (DMA to unmapped addresses, with Bus Master
     /// off, outside the buffer), for tests and logs.
@@ -115,6 +116,9 @@ struct Shared {
     work: Condvar,
     vector: Subscribers,
     bar0: Arc<SharedMemory>,
+    /// How long a DMA transfer takes to start (QEMU's edu waits 100 ms of
+    /// virtual time).
+    dma_delay: Duration,
 }
 
 /// A modelled edu device.
@@ -185,8 +189,9 @@ impl Registers {
 }
 
 impl VirtualEdu {
-    /// A device at `00:DD.0`, its engine running.
-    pub fn start(name: &str, slot: u8) -> Result<Arc<VirtualEdu>, String> {
+    /// A device at `00:DD.0`, its engine running; its DMA transfers start
+    /// `dma_delay` after their command.
+    pub fn start(name: &str, slot: u8, dma_delay: Duration) -> Result<Arc<VirtualEdu>, String> {
         let bar0 = SharedMemory::create("edu-bar0", BAR0_SIZE as usize)
             .map_err(|e| format!("{name}: BAR0's memory: {e}"))?;
         let shared = Arc::new(Shared {
@@ -200,13 +205,14 @@ impl VirtualEdu {
                 regs: Registers::power_on(),
                 windows: Vec::new(),
                 factorial_pending: false,
-                dma_pending: false,
+                dma_due: None,
                 unplugged: false,
                 faults: 0,
             }),
             work: Condvar::new(),
             vector: Subscribers::default(),
             bar0: Arc::new(bar0),
+            dma_delay,
         });
         shared.render(&shared.lock().regs);
         let engine = shared.clone();
@@ -265,11 +271,22 @@ impl Shared {
     fn run(&self) {
         let mut st = self.lock();
         loop {
-            while !st.unplugged && !st.factorial_pending && !st.dma_pending {
-                st = self.work.wait(st).unwrap_or_else(|e| e.into_inner());
-            }
+            let dma_due = st.dma_due.is_some_and(|t| t <= Instant::now());
             if st.unplugged {
                 return;
+            }
+            if !st.factorial_pending && !dma_due {
+                st = match st.dma_due {
+                    Some(t) => {
+                        let left = t.saturating_duration_since(Instant::now());
+                        self.work
+                            .wait_timeout(st, left)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
+                    }
+                    None => self.work.wait(st).unwrap_or_else(|e| e.into_inner()),
+                };
+                continue;
             }
             if st.factorial_pending {
                 st.factorial_pending = false;
@@ -280,8 +297,8 @@ impl Shared {
                     self.raise(&mut st.regs, regs::IRQ_FACTORIAL);
                 }
             }
-            if st.dma_pending {
-                st.dma_pending = false;
+            if dma_due {
+                st.dma_due = None;
                 self.transfer(&mut st);
             }
             self.render(&st.regs);
@@ -439,7 +456,7 @@ impl PciDevice for VirtualEdu {
             (regs::DMA_CMD, Width::W32 | Width::W64) => {
                 if value & regs::DMA_START != 0 && st.regs.dma_cmd & regs::DMA_START == 0 {
                     st.regs.dma_cmd = value;
-                    st.dma_pending = true;
+                    st.dma_due = Some(Instant::now() + self.shared.dma_delay);
                     wake = true;
                 }
             }
@@ -523,9 +540,14 @@ impl PciDevice for VirtualEdu {
     /// dropped. The DMA mappings are the system's, not the device's.
     fn reset(&self) -> IOResult<()> {
         let mut st = self.shared.lock();
+        if st.dma_due.take().is_some() {
+            tracing::info!(
+                "edu      {}: reset with a DMA transfer in flight: dropped",
+                self.shared.name
+            );
+        }
         st.regs = Registers::power_on();
         st.factorial_pending = false;
-        st.dma_pending = false;
         self.shared.render(&st.regs);
         Ok(())
     }
@@ -567,7 +589,7 @@ mod tests {
 
     #[test]
     fn identity_liveness_and_factorials() {
-        let edu = VirtualEdu::start("t", 3).unwrap();
+        let edu = VirtualEdu::start("t", 3, Duration::ZERO).unwrap();
         assert_eq!(edu.config_read(0, Width::W32), 0x11e8_1234);
         assert_eq!(
             edu.bar_read(0, regs::ID, Width::W32),
@@ -608,7 +630,7 @@ mod tests {
 
     #[test]
     fn dma_goes_through_mappings_and_bus_master() {
-        let edu = VirtualEdu::start("t", 4).unwrap();
+        let edu = VirtualEdu::start("t", 4, Duration::from_millis(1)).unwrap();
         on(&edu);
         let ram = Arc::new(SharedMemory::create("ram", 8192).unwrap());
         ram.write(4096, &[7u8; 4096]);
