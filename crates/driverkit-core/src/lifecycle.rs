@@ -1177,7 +1177,7 @@ impl Inner {
     pub(crate) fn give_region(
         &self,
         server: u64,
-        shm: &driverkit_wire::shm::SharedMemory,
+        shm: std::os::fd::BorrowedFd<'_>,
     ) -> IOResult<u64> {
         self.process(server)?.give_memory(shm)
     }

@@ -237,10 +237,10 @@ impl System {
             .region(server, memory)
     }
 
-    /// Hands a region of the system's to process `server` (a device's
-    /// memory a driver works in directly); the returned ID is what a call's
-    /// answer names it by. The dext maps it when it takes it.
-    pub fn give_region(&self, server: u64, shm: &SharedMemory) -> IOResult<u64> {
+    /// Hands memory of the system's to process `server` (a region a
+    /// driver works in directly, or a device's BAR), as the descriptor the
+    /// dext maps; the returned ID is what a call's answer names it by.
+    pub fn give_region(&self, server: u64, shm: std::os::fd::BorrowedFd<'_>) -> IOResult<u64> {
         self.upgrade()
             .ok_or(IOReturn::OFFLINE)?
             .give_region(server, shm)

@@ -433,8 +433,8 @@ impl UserServer {
     }
 
     /// Hands `shm` to the dext (a `Memory` message on the main socket, the
-    /// region as `SCM_RIGHTS`), under a new ID of the system's.
-    pub fn give_memory(&self, shm: &SharedMemory) -> IOResult<u64> {
+    /// descriptor as `SCM_RIGHTS`), under a new ID of the system's.
+    pub fn give_memory(&self, shm: std::os::fd::BorrowedFd<'_>) -> IOResult<u64> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         if !self.is_alive() {
             return Err(IOReturn::OFFLINE);
@@ -443,7 +443,7 @@ impl UserServer {
         let mut h = Header::new(Kind::Memory);
         h.object = ObjectId(id);
         self.main
-            .send(&h, &[], Some(shm.as_fd()))
+            .send(&h, &[], Some(shm))
             .map_err(|_| IOReturn::OFFLINE)?;
         Ok(id)
     }

@@ -444,14 +444,14 @@ pub trait IOPCIDeviceInterface {
     /// device got, each an index for `IOInterruptDispatchSource::Create`.
     #[kernel]
     fn configure_interrupts(&self, kind: u32, min: u32, max: u32) -> IOResult<u32>;
-    /// Beyond DriverKit: BAR `memory_index` mapped into the caller, as a
-    /// region the system hands over (its ID), and whether writes must
-    /// still travel as `memory_write` (a modelled device sees them only
-    /// that way; a real one's BAR takes stores). The system keeps the
-    /// authority: `close`, a stop or a crash clears Memory Space, after
-    /// which the mapping reads all-ones.
+    /// Beyond DriverKit: BAR `memory_index` mapped into the caller: the
+    /// memory the system hands over (its ID), its length, and whether
+    /// writes must still travel as `memory_write` (a modelled device sees
+    /// them only that way; a real one's BAR takes stores). The system
+    /// keeps the authority: `close`, a stop or a crash clears Memory
+    /// Space, after which the mapping reads all-ones.
     #[kernel]
-    fn copy_mapped_bar(&self, memory_index: u8) -> IOResult<(u64, bool)>;
+    fn copy_mapped_bar(&self, memory_index: u8) -> IOResult<(u64, u64, bool)>;
     /// `IODMACommand::PrepareForDMA`: makes `length` bytes of the caller's
     /// region `memory` from `offset` reachable by the device's DMA, at
     /// addresses below 2^`address_bits`; returns the segments (device

@@ -58,6 +58,19 @@ impl SharedMemory {
         Self::map(fd)
     }
 
+    /// Maps `len` bytes of memory the system handed over that is not a
+    /// sealed region of a peer: a device's BAR (sysfs's `resourceN`) or a
+    /// model's register file. The system is trusted not to shrink it; its
+    /// length is the one the system named.
+    pub fn map_device(fd: OwnedFd, len: usize) -> io::Result<SharedMemory> {
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "an empty BAR"));
+        }
+        let file = std::fs::File::from(fd.try_clone()?);
+        let map = memmap2::MmapOptions::new().len(len).map_raw(&file)?;
+        Ok(SharedMemory { fd, map })
+    }
+
     fn map(fd: OwnedFd) -> io::Result<SharedMemory> {
         // Registration for the asymmetric barrier must precede any waiter's
         // use of it on this region: a region is in use only after mapping.

@@ -175,9 +175,10 @@ impl IOPCIDevice {
 
     /// Beyond DriverKit: BAR `memory_index` mapped into this process.
     pub fn map_bar(&self, memory_index: u8) -> IOResult<IOPCIMappedBar> {
-        let (id, writes_trap) = self.proxy().copy_mapped_bar(memory_index)?;
+        let (id, length, writes_trap) = self.proxy().copy_mapped_bar(memory_index)?;
         let fd = crate::runtime::take_system_memory(id)?;
-        let shm = SharedMemory::from_fd(fd, 1).map_err(|_| IOReturn::NO_MEMORY)?;
+        let length = usize::try_from(length).map_err(|_| IOReturn::NO_MEMORY)?;
+        let shm = SharedMemory::map_device(fd, length).map_err(|_| IOReturn::NO_MEMORY)?;
         Ok(IOPCIMappedBar {
             shm,
             device: *self,

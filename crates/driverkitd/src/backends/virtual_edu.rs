@@ -472,8 +472,12 @@ impl PciDevice for VirtualEdu {
         if index != 0 {
             return Err(IOReturn::BAD_ARGUMENT);
         }
+        let memory = std::os::fd::AsFd::as_fd(&*self.shared.bar0)
+            .try_clone_to_owned()
+            .map_err(|_| IOReturn::NO_RESOURCES)?;
         Ok(MappedBar {
-            region: self.shared.bar0.clone(),
+            memory,
+            length: BAR0_SIZE,
             writes_trap: true,
         })
     }
@@ -613,7 +617,7 @@ mod tests {
             wait_for(|| edu.bar_read(0, regs::STATUS, Width::W32) & 1 == 0);
             assert_eq!(edu.bar_read(0, regs::FACTORIAL, Width::W32), want);
         }
-        let mapped = edu.map_bar(0).unwrap().region;
+        let mapped = edu.shared.bar0.clone();
         assert_eq!(
             mapped
                 .u32_at(regs::FACTORIAL as usize)

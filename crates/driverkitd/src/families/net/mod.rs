@@ -290,8 +290,8 @@ impl IOVirtualNICInterface for NetCall<'_> {
         let [tx, rx] = self.family.nic(self.call.object)?.queues();
         let system = self.call.system;
         Ok((
-            system.give_region(self.call.server, &tx)?,
-            system.give_region(self.call.server, &rx)?,
+            system.give_region(self.call.server, std::os::fd::AsFd::as_fd(&*tx))?,
+            system.give_region(self.call.server, std::os::fd::AsFd::as_fd(&*rx))?,
         ))
     }
 

@@ -37,10 +37,13 @@ pub struct Bar {
     pub kind: u8,
 }
 
-/// A BAR mapped for a driver.
+/// A BAR as memory a driver can map.
 pub struct MappedBar {
-    /// The memory the driver maps.
-    pub region: Arc<SharedMemory>,
+    /// What the driver maps: a model's register file (a memfd), or a real
+    /// BAR (sysfs's `resourceN`), from offset 0.
+    pub memory: std::os::fd::OwnedFd,
+    /// Bytes mapped: the BAR's size.
+    pub length: u64,
     /// Writes reach the device only as `memory_write` calls (a model,
     /// which sees no stores).
     pub writes_trap: bool,
@@ -51,6 +54,13 @@ pub struct MappedBar {
 /// width the space allows.
 pub trait PciDevice: Send + Sync {
     fn location(&self) -> Location;
+    /// A driver opened the function: take it from whoever had it (a
+    /// kernel driver) so that the calls below reach it.
+    fn claim(&self) -> IOResult<()> {
+        Ok(())
+    }
+    /// Its driver is gone (after [`PciFamily::revoke`]): give it back.
+    fn release(&self) {}
     /// [`pci::CONFIG_SPACE`] or [`pci::CONFIG_SPACE_EXTENDED`].
     fn config_space(&self) -> u16;
     fn config_read(&self, offset: u16, width: Width) -> u32;
@@ -230,6 +240,7 @@ impl PciFamily {
             mappings.len(),
             if reset { ", reset" } else { "" }
         );
+        device.release();
     }
 }
 
@@ -280,6 +291,12 @@ impl IOPCIDeviceInterface for PciCall<'_> {
             });
             f.device.clone()
         };
+        if let Err(e) = device.claim() {
+            if let Some(f) = self.family.lock().get_mut(&self.call.object) {
+                f.owner = None;
+            }
+            return Err(e);
+        }
         let cmd = device.config_read(reg::COMMAND, Width::W16) as u16;
         device.config_write(
             reg::COMMAND,
@@ -397,15 +414,15 @@ impl IOPCIDeviceInterface for PciCall<'_> {
             .configure_interrupts(kind, min, max)
     }
 
-    fn copy_mapped_bar(&self, memory_index: u8) -> IOResult<(u64, bool)> {
+    fn copy_mapped_bar(&self, memory_index: u8) -> IOResult<(u64, u64, bool)> {
         let device = self.family.opened(self.call)?;
         device.bar(memory_index).ok_or(IOReturn::BAD_ARGUMENT)?;
         let mapped = device.map_bar(memory_index)?;
         let id = self
             .call
             .system
-            .give_region(self.call.server, &mapped.region)?;
-        Ok((id, mapped.writes_trap))
+            .give_region(self.call.server, std::os::fd::AsFd::as_fd(&mapped.memory))?;
+        Ok((id, mapped.length, mapped.writes_trap))
     }
 
     fn prepare_dma(
