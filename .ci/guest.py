@@ -164,7 +164,7 @@ poweroff -f
 
 class Guest:
     def __init__(self, devices=(), modules=(), script="", files=None, memory=1024,
-                 netdev=None, name="guest", timeout=600, packages=()):
+                 netdev=None, name="guest", timeout=600, packages=(), append=""):
         self.devices = list(devices)
         self.modules = list(modules)
         self.script = script
@@ -174,6 +174,7 @@ class Guest:
         self.name = name
         self.timeout = timeout
         self.packages = list(packages)
+        self.append = append
         self.proc = None
         self.qmp_sock = None
         self.offset = 0
@@ -224,7 +225,7 @@ class Guest:
         cmd = ["qemu-system-x86_64", "-accel", "tcg", "-m", str(self.memory), "-smp", "2",
                "-nographic", "-no-reboot", "-vga", "none",
                "-kernel", vmlinuz, "-initrd", initrd,
-               "-append", "console=ttyS0 quiet panic=-1",
+               "-append", f"console=ttyS0 quiet panic=-1 {self.append}".strip(),
                "-qmp", f"unix:{qmp_path},server=on,wait=off"]
         if self.netdev:
             # Only ever user-mode networking with restrict=on: the guest

@@ -31,8 +31,8 @@ const CLASSES: &[(&str, Option<&str>)] = &[
     // User clients: a dext's door for apps (IOServiceOpen).
     ("IOUserClient", Some("IOService")),
     ("IOUserUserClient", Some("IOUserClient")),
-    // PCI: a device function. Personalities may name it (and entitlements
-    // gate it) now; its nubs come with the PCI backend.
+    // PCI: a bus of real functions, and a function.
+    ("IOPCIBridge", Some("IOService")),
     ("IOPCIDevice", Some("IOService")),
     // Serial: a dext's port (the system holds its tty) and the UARTs a
     // driver may drive (the virtual one).

@@ -55,6 +55,9 @@ pub struct Config {
     /// Off by default, so that a test of virtual devices never touches the
     /// machine's own; `driverkit run` turns it on.
     pub linux_usb: bool,
+    /// Drive the machine's real PCI functions through VFIO, where it
+    /// exists. Off by default, as `linux_usb`.
+    pub linux_pci: bool,
 }
 
 impl Config {
@@ -73,6 +76,7 @@ impl Config {
             sandbox: core.sandbox.clone(),
             uinput: false,
             linux_usb: false,
+            linux_pci: false,
         }
     }
 
@@ -100,6 +104,8 @@ pub struct Daemon {
     /// The real USB devices, where usbfs exists and it was asked for. Only
     /// held: its uevent thread follows hot-plug while it lives.
     _linux_usb: Option<Arc<backends::linux_usb::LinuxUsb>>,
+    /// The real PCI functions, where VFIO exists and it was asked for.
+    _linux_pci: Option<Arc<backends::linux_pci::LinuxPci>>,
     /// USB/IP servers, by the address asked for.
     usbip_servers: Arc<std::sync::Mutex<Vec<(String, backends::usbip_server::UsbIpServer)>>>,
 }
@@ -138,11 +144,21 @@ impl Daemon {
                 .ok()
             })
             .flatten();
+        let linux_pci = config
+            .linux_pci
+            .then(|| {
+                backends::linux_pci::LinuxPci::start(system.clone(), families.pci.clone())
+                    .inspect_err(|e| tracing::info!("pci      real functions off: {e}"))
+                    .ok()
+                    .map(Arc::new)
+            })
+            .flatten();
         let daemon = Daemon {
             core,
             families,
             virtual_devices,
             _linux_usb: linux_usb,
+            _linux_pci: linux_pci,
             usbip_servers: Default::default(),
         };
         for spec in config.devices {

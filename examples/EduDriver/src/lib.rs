@@ -10,7 +10,8 @@
 //!   what was written), take its interrupt (MSI, else INTx), compute 0!
 //!   to 12! with completion interrupts, and move 4 KiB to the device and
 //!   back by DMA. What it found is in the registry (`EduID`,
-//!   `EduLiveness`, `EduFactorials`, `EduDMA`).
+//!   `EduLiveness`, `EduFactorials`, `EduDMA`, and `EduMappedID`, the
+//!   identification read through BAR0 mapped into the driver).
 //! - `interrupt_occurred` (queue `Interrupts`): read and acknowledge the
 //!   interrupt status, and wake whoever waits for those bits.
 //! - `stop`: cancel the interrupt source, close the function (the system
@@ -129,6 +130,13 @@ impl IOServiceImpl for EduDriver {
             factorials.push(driverkit::plist::Value::Integer(got.into()));
         }
         let dma = self.dma_round_trip()?;
+        // Beyond DriverKit: BAR0 mapped here, read with no call.
+        let mapped = pci.map_bar(BAR0).and_then(|bar| bar.read32(regs::ID));
+        let mapped = match mapped {
+            Ok(id) => format!("{id:#010x}"),
+            Err(e) => e.name().unwrap_or("error").to_owned(),
+        };
+        self.set_property("EduMappedID", mapped)?;
 
         self.set_property("EduID", format!("{id:#010x}"))?;
         self.set_property("EduLiveness", alive)?;

@@ -49,6 +49,9 @@ pub struct RunArgs {
     /// Do not drive the machine's real USB devices (usbfs).
     #[arg(long)]
     no_linux_usb: bool,
+    /// Do not drive the machine's real PCI functions (VFIO).
+    #[arg(long)]
+    no_linux_pci: bool,
     /// How dexts are confined: enforce (their own user, Landlock,
     /// seccomp), log (report by name each system call the sandbox would
     /// refuse, refuse nothing: to learn what a driver needs) or off.
@@ -74,6 +77,7 @@ pub fn run(root: PathBuf, args: RunArgs) -> Result<(), String> {
     config.call_timeout = Duration::from_millis(args.call_timeout_ms);
     config.uinput = !args.no_uinput;
     config.linux_usb = !args.no_linux_usb;
+    config.linux_pci = !args.no_linux_pci;
     config.admin_group = Some(args.admin_group).filter(|g| !g.is_empty());
     config.sandbox = driverkit_core::sandbox::Policy {
         mode: if args.no_sandbox {

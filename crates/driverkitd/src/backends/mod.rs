@@ -10,9 +10,12 @@
 //! - [`usbip`]: devices imported from a USB/IP server; [`usbip_server`]
 //!   the reverse, devices the daemon holds exported to USB/IP peers;
 //! - [`linux_usb`]: the real USB devices of the machine, through usbfs;
+//! - [`linux_pci`]: the real PCI functions of the machine, through VFIO;
+//! - [`virtual_edu`]: a model of QEMU's edu PCI device;
 //! - [`uinput`]: the way out, HID events to Linux applications.
 
 pub mod interrupts;
+pub mod linux_pci;
 pub mod linux_usb;
 pub mod uinput;
 pub mod usbip;
