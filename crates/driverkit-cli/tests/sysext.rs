@@ -652,31 +652,7 @@ fn the_store_is_whole_after_kill_9_at_any_step() {
 #[test]
 fn every_family_template_builds_and_its_test_passes_as_generated() {
     let work = tempfile::tempdir().unwrap();
-    // A family without its system side (PCI, for now) is refused, not faked.
-    {
-        let family = "pci";
-        let out = driverkit(&[
-            "new",
-            "Refused",
-            "--family",
-            family,
-            "--path",
-            work.path()
-                .join(format!("Refused{family}"))
-                .to_str()
-                .unwrap(),
-        ])
-        .output()
-        .unwrap();
-        assert!(!out.status.success(), "--family {family} was accepted");
-        let e = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            e.contains(&format!("--family {family}: the framework has no")),
-            "{e}"
-        );
-        assert!(!work.path().join(format!("Refused{family}")).exists());
-    }
-    for family in ["generic", "usb", "hid", "serial", "net"] {
+    for family in ["generic", "usb", "hid", "serial", "net", "pci"] {
         let name = format!("Template{}", family.to_uppercase());
         let project = work.path().join(&name);
         run(&mut driverkit(&[

@@ -110,23 +110,27 @@ fn flavour(family: Family) -> Result<Flavour, String> {
             source: include_str!("template/net.rs.in"),
         },
         Family::Pci => {
-            return Err(not_yet(
-                "pci",
-                "IOPCIDevice (matching by IOPCIMatch, BARs, interrupts, DMA)",
-                "there is no PCI backend to drive a card with",
-            ))
+            let mut function = Dictionary::new();
+            function.insert("IOPCIPrimaryMatch".into(), EDU.into());
+            Flavour {
+                io_class: "IOUserService",
+                // The built-in `edu` device (QEMU's edu, modelled).
+                matching: vec![
+                    ("IOProviderClass", "IOPCIDevice".into()),
+                    ("IOPCIPrimaryMatch", EDU.into()),
+                ],
+                entitlements: vec![(
+                    "com.apple.developer.driverkit.transport.pci",
+                    Value::Array(vec![Value::Dictionary(function)]),
+                )],
+                source: include_str!("template/pci.rs.in"),
+            }
         }
     })
 }
 
-/// The families whose system side does not exist yet: a template for one
-/// would be a plain USB driver pretending to be, say, a serial port. Each
-/// family's issue makes its template real.
-fn not_yet(what: &str, class: &str, instead: &str) -> String {
-    format!(
-        "--family {what}: the framework has no {class} yet, so a template would only pretend; for now {instead}. `driverkit new --family {what}` will make a real driver once the family exists."
-    )
-}
+/// QEMU's edu device: device 0x11e8 of vendor 0x1234.
+const EDU: &str = "0x11e81234";
 
 /// A property list as a file's text (XML, as Xcode writes them).
 fn xml(d: Dictionary) -> Result<String, String> {
