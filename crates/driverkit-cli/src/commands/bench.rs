@@ -12,7 +12,7 @@
 //!
 //! The asynchronous runtime's figures are in `bench_sources`, the HID
 //! family's in `bench_hid`, the serial family's in `bench_serial`, the
-//! Ethernet family's in `bench_net`.
+//! Ethernet family's in `bench_net`, the PCI family's in `bench_pci`.
 
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd};
@@ -300,6 +300,16 @@ pub fn bench(args: BenchArgs) -> Result<(), String> {
         .any(|n| wanted(n))
     {
         show(super::bench_net::figures(dir.path(), args.quick)?);
+    }
+    if [
+        "pci_register_read_call",
+        "pci_register_read_mapped",
+        "pci_interrupt_latency",
+    ]
+    .iter()
+    .any(|n| wanted(n))
+    {
+        show(super::bench_pci::figures(dir.path(), args.quick)?);
     }
     if wanted("hid_descriptor_parse") {
         show(vec![super::bench_hid::descriptor_parse(100_000 / scale)?]);

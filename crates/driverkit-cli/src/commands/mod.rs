@@ -4,6 +4,7 @@ mod bench;
 mod bench_hid;
 mod bench_matching;
 mod bench_net;
+mod bench_pci;
 mod bench_scale;
 mod bench_serial;
 mod bench_sources;
@@ -111,6 +112,9 @@ enum Command {
     /// Internal: the raw TAP forwarder of the Ethernet benchmarks' baseline.
     #[command(name = "__bench-tap-forward", hide = true)]
     BenchTapForward { second: String },
+    /// Internal: the eventfd waker of the PCI interrupt benchmark's baseline.
+    #[command(name = "__bench-eventfd", hide = true)]
+    BenchEventfd,
     /// Internal: the raw pty echo of the serial benchmarks' baseline.
     #[command(name = "__bench-pty-echo", hide = true)]
     BenchPtyEcho,
@@ -188,6 +192,7 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
         Command::BenchEcho => bench::echo_peer(),
         Command::BenchSpin => bench::spin_peer(),
         Command::BenchPtyEcho => bench_serial::pty_echo_peer(),
+        Command::BenchEventfd => bench_pci::eventfd_peer(),
         Command::BenchTapForward { second } => bench_net::tap_forward_peer(&second),
         Command::BenchFutex => bench::futex_peer(),
         Command::BenchConsume { kind, entry, n } => bench_sources::consume(&kind, entry, n),

@@ -8,6 +8,9 @@
 //! `BenchColdGapUs` of sleep (long enough for the daemon's channel thread
 //! to stop spinning and park), and publishes `BenchColdP50Ns` and
 //! `BenchColdP99Ns`.
+//!
+//! The same bundle's `PCIBench` personality runs [`super::pci_bench`] on
+//! an edu function.
 
 use std::time::Instant;
 
@@ -35,13 +38,36 @@ pub const INFO_PLIST: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 			<key>IOProviderClass</key><string>IOVirtualDevice</string>
 			<key>IOPropertyMatch</key><dict><key>BenchDevice</key><true/></dict>
 		</dict>
+		<key>PCIBench</key>
+		<dict>
+			<key>CFBundleIdentifier</key><string>org.driverkit.BenchDriver</string>
+			<key>IOClass</key><string>IOUserService</string>
+			<key>IOUserClass</key><string>PCIBenchDriver</string>
+			<key>IOUserServerName</key><string>org.driverkit.BenchDriver</string>
+			<key>IOProviderClass</key><string>IOPCIDevice</string>
+			<key>IOPCIPrimaryMatch</key><string>0x11e81234</string>
+		</dict>
 	</dict>
 </dict>
 </plist>
 "#;
 
+/// The bench driver's entitlements: the edu function for PCIBenchDriver.
+pub const ENTITLEMENTS: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<plist version="1.0">
+<dict>
+	<key>com.apple.developer.driverkit</key><true/>
+	<key>com.apple.developer.driverkit.transport.pci</key>
+	<array><dict><key>IOPCIPrimaryMatch</key><string>0x11e81234</string></dict></array>
+</dict>
+</plist>
+"#;
+
 pub fn classes() -> Vec<ClassEntry> {
-    vec![driverkit::runtime::class::<BenchDriver>()]
+    vec![
+        driverkit::runtime::class::<BenchDriver>(),
+        driverkit::runtime::class::<super::pci_bench::PCIBenchDriver>(),
+    ]
 }
 
 #[driverkit::service(superclass = IOService)]

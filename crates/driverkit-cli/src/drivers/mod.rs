@@ -9,6 +9,7 @@
 //! standalone binaries under `examples/`.
 
 pub mod bench;
+pub mod pci_bench;
 pub mod pci_test;
 pub mod test;
 pub mod usb_test;
@@ -123,7 +124,7 @@ pub const TOOLS: &[Embedded] = &[
     Embedded {
         executable: bench::EXECUTABLE,
         info_plist: bench::INFO_PLIST,
-        entitlements: PLAIN_ENTITLEMENTS,
+        entitlements: bench::ENTITLEMENTS,
         classes: bench::classes,
     },
 ];
