@@ -7,7 +7,8 @@
 //!
 //! - `start`: open the function, check the identification register
 //!   (`0x010000ed`) and liveness (the device answers the bitwise NOT of
-//!   what was written), take its interrupt (MSI, else INTx), compute 0!
+//!   what was written), let it master the bus (for DMA, and for MSI,
+//!   which is a memory write), take its interrupt (MSI, else INTx), compute 0!
 //!   to 12! with completion interrupts, and move 4 KiB to the device and
 //!   back by DMA. What it found is in the registry (`EduID`,
 //!   `EduLiveness`, `EduFactorials`, `EduDMA`, and `EduMappedID`, the
@@ -105,6 +106,13 @@ impl IOServiceImpl for EduDriver {
             return Err(IOReturn::NOT_RESPONDING);
         }
 
+        // The device may master the bus: its DMA and its MSI (a memory
+        // write to the interrupt controller) need it.
+        let cmd = pci.configuration_read16(driverkit::pci::reg::COMMAND)?;
+        pci.configuration_write16(
+            driverkit::pci::reg::COMMAND,
+            cmd | driverkit::pci::command::BUS_MASTER,
+        )?;
         // MSI where the function offers it, INTx otherwise.
         if pci.configure_interrupts(interrupt_type::MSI, 1, 1).is_err() {
             pci.configure_interrupts(interrupt_type::LEVEL, 1, 1)?;
@@ -237,12 +245,6 @@ impl EduDriver {
         let pattern: Vec<u8> = (0..size).map(|i| (i * 7 + 3) as u8).collect();
         out.create_mapping()?.write(0, &pattern)?;
 
-        // The device may now master the bus: DMA is allowed.
-        let cmd = pci.configuration_read16(driverkit::pci::reg::COMMAND)?;
-        pci.configuration_write16(
-            driverkit::pci::reg::COMMAND,
-            cmd | driverkit::pci::command::BUS_MASTER,
-        )?;
         let transfer = |buffer: &IOBufferMemoryDescriptor, to_ram: bool| -> IOResult<()> {
             let dma = IODMACommand::create(&pci, regs::DMA_ADDRESS_BITS)?;
             let segments = dma.prepare_for_dma(buffer, 0, size as u64)?;

@@ -259,11 +259,14 @@ impl Shared {
     }
 
     /// ORs `bits` into the interrupt status and signals vector 0, if the
-    /// driver enabled a way to signal it.
+    /// driver enabled a way to signal it: MSI is a memory write by the
+    /// device, so it needs Bus Master too (as on QEMU's bus); INTx is a
+    /// wire.
     fn raise(&self, r: &mut Registers, bits: u32) {
         r.irq_status |= bits;
-        let intx = r.command() & command::INTX_DISABLE == 0;
-        if r.msi_enabled() || intx {
+        let msi = r.msi_enabled() && r.command() & command::BUS_MASTER != 0;
+        let intx = !r.msi_enabled() && r.command() & command::INTX_DISABLE == 0;
+        if msi || intx {
             self.vector.raise();
         }
     }
