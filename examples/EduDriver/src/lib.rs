@@ -10,7 +10,8 @@
 //!   what was written), let it master the bus (for DMA, and for MSI,
 //!   which is a memory write), take its interrupt (MSI, else INTx), compute 0!
 //!   to 12! with completion interrupts, and move 4 KiB to the device and
-//!   back by DMA. What it found is in the registry (`EduID`,
+//!   back by DMA (in halves: QEMU's device refuses a transfer that reaches
+//!   the last byte of its buffer). What it found is in the registry (`EduID`,
 //!   `EduLiveness`, `EduFactorials`, `EduDMA`, and `EduMappedID`, the
 //!   identification read through BAR0 mapped into the driver).
 //! - `interrupt_occurred` (queue `Interrupts`): read and acknowledge the
@@ -229,9 +230,10 @@ impl EduDriver {
         pci.memory_read32(BAR0, regs::FACTORIAL)
     }
 
-    /// 4 KiB of a pattern to the device's buffer and back into a second
-    /// buffer, each transfer completed by its interrupt; true when what
-    /// came back is what went.
+    /// 4 KiB of a pattern to the device and back into a second buffer,
+    /// in halves (QEMU's edu refuses a transfer that reaches the last byte
+    /// of its 4 KiB buffer), each transfer completed by its interrupt;
+    /// true when what came back is what went.
     fn dma_round_trip(&self) -> IOResult<bool> {
         let pci = self.device()?;
         let _engine = self
@@ -239,39 +241,46 @@ impl EduDriver {
             .engine
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let size = regs::DMA_BUFFER_SIZE as usize;
-        let out = IOBufferMemoryDescriptor::create(size)?;
-        let back = IOBufferMemoryDescriptor::create(size)?;
+        let size = regs::DMA_BUFFER_SIZE;
+        let out = IOBufferMemoryDescriptor::create(size as usize)?;
+        let back = IOBufferMemoryDescriptor::create(size as usize)?;
         let pattern: Vec<u8> = (0..size).map(|i| (i * 7 + 3) as u8).collect();
         out.create_mapping()?.write(0, &pattern)?;
 
-        let transfer = |buffer: &IOBufferMemoryDescriptor, to_ram: bool| -> IOResult<()> {
+        // Each buffer is reachable by the device, below its 28 bits, until
+        // its command completes.
+        let reachable = |buffer: &IOBufferMemoryDescriptor| -> IOResult<(IODMACommand, u64)> {
             let dma = IODMACommand::create(&pci, regs::DMA_ADDRESS_BITS)?;
-            let segments = dma.prepare_for_dma(buffer, 0, size as u64)?;
-            let [segment] = segments[..] else {
-                let _ = dma.complete_dma();
-                return Err(IOReturn::UNSUPPORTED);
-            };
-            let (src, dst, direction) = if to_ram {
-                (regs::DMA_BUFFER, segment.address, regs::DMA_TO_RAM)
-            } else {
-                (segment.address, regs::DMA_BUFFER, 0)
-            };
+            match dma.prepare_for_dma(buffer, 0, size)?[..] {
+                [segment] => Ok((dma, segment.address)),
+                _ => {
+                    let _ = dma.complete_dma();
+                    Err(IOReturn::UNSUPPORTED)
+                }
+            }
+        };
+        let (out_dma, out_address) = reachable(&out)?;
+        let (back_dma, back_address) = reachable(&back)?;
+        let transfer = |src: u64, dst: u64, count: u64, direction: u64| -> IOResult<()> {
             pci.memory_write64(BAR0, regs::DMA_SRC, src)?;
             pci.memory_write64(BAR0, regs::DMA_DST, dst)?;
-            pci.memory_write64(BAR0, regs::DMA_COUNT, size as u64)?;
+            pci.memory_write64(BAR0, regs::DMA_COUNT, count)?;
             pci.memory_write64(
                 BAR0,
                 regs::DMA_CMD,
                 regs::DMA_START | direction | regs::DMA_IRQ,
             )?;
-            let done = self.wait_for(regs::IRQ_DMA);
-            dma.complete_dma()?;
-            done
+            self.wait_for(regs::IRQ_DMA)
         };
-        transfer(&out, false)?;
-        transfer(&back, true)?;
-        let mut got = vec![0u8; size];
+        let half = size / 2;
+        let moved = [0, half].into_iter().try_for_each(|at| {
+            transfer(out_address + at, regs::DMA_BUFFER, half, 0)?;
+            transfer(regs::DMA_BUFFER, back_address + at, half, regs::DMA_TO_RAM)
+        });
+        out_dma.complete_dma()?;
+        back_dma.complete_dma()?;
+        moved?;
+        let mut got = vec![0u8; size as usize];
         back.create_mapping()?.read(0, &mut got)?;
         Ok(got == pattern)
     }

@@ -136,7 +136,7 @@ pub fn crash_mid_dma(provider: &IOService) -> IOResult<Option<Dictionary>> {
     let segments = dma.prepare_for_dma(&buffer, 0, 4096)?;
     pci.memory_write64(BAR0, 0x80, 0x40000)?;
     pci.memory_write64(BAR0, 0x88, segments[0].address)?;
-    pci.memory_write64(BAR0, 0x90, 4096)?;
+    pci.memory_write64(BAR0, 0x90, 2048)?;
     pci.memory_write64(BAR0, 0x98, 0x01 | 0x02 | 0x04)?;
     driverkit::info!("DMA programmed; aborting before the device writes");
     std::process::abort();
