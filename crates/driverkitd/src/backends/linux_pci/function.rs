@@ -1,10 +1,18 @@
 //! One real PCI function as a [`PciDevice`]. Until a driver opens it, it
 //! stays with its kernel driver and its configuration space is read from
-//! sysfs; once opened, it is bound to `vfio-pci` and everything goes
-//! through VFIO: configuration space and BARs as the device's regions,
-//! interrupts as eventfds the kernel signals (a thread per function turns
-//! them into the dext's interrupt regions), DMA as IOMMU mappings of the
-//! dext's own memory. Released, it goes back to its kernel driver.
+//! sysfs; once opened, it is bound to `vfio-pci` and goes through VFIO:
+//! configuration space as the device's region, interrupts as eventfds the
+//! kernel signals (a thread per vector turns them into the dext's
+//! interrupt regions), DMA as IOMMU mappings of the dext's own memory,
+//! reset. Released, it goes back to its kernel driver.
+//!
+//! Memory BARs are the exception: the daemon reaches them through sysfs's
+//! `resourceN` mapped, as the dext does with a mapped BAR, and never
+//! through VFIO's BAR regions. Once vfio-pci touches a BAR it requests
+//! its range, and a kernel with `CONFIG_IO_STRICT_DEVMEM` (Debian's)
+//! then refuses every sysfs mapping of a busy range, which would leave
+//! the dext no way to map it. I/O BARs, which cannot be mapped, go
+//! through VFIO.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -40,6 +48,24 @@ struct Claimed {
     /// DMA mappings: the memory stays mapped in the daemon while the
     /// device may reach it.
     dma: HashMap<u64, (Arc<SharedMemory>, usize)>,
+    /// The memory BARs, mapped from sysfs.
+    bars: [Option<SharedMemory>; 6],
+}
+
+/// BAR `index` of the function at `path` mapped from sysfs, if it is a
+/// memory BAR and the kernel lets it be mapped.
+fn map_resource(path: &std::path::Path, index: usize, bar: &Bar) -> Option<SharedMemory> {
+    if bar.kind & 0x7f == pci::bar_type::IO {
+        return None;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path.join(format!("resource{index}")))
+        .ok()?;
+    SharedMemory::map_device(file.into(), usize::try_from(bar.size).ok()?)
+        .inspect_err(|e| tracing::warn!("pci      {}: mapping BAR{index}: {e}", path.display()))
+        .ok()
 }
 
 /// The eventfds of the vectors the driver configured, and the thread
@@ -188,12 +214,18 @@ impl PciDevice for LinuxPciFunction {
             self.location,
             original.as_deref().unwrap_or("no kernel driver")
         );
+        let bars = std::array::from_fn(|i| {
+            self.bars[i]
+                .as_ref()
+                .and_then(|bar| map_resource(&self.path, i, bar))
+        });
         *claimed = Some(Claimed {
             container,
             device,
             original,
             irq: None,
             dma: HashMap::new(),
+            bars,
         });
         Ok(())
     }
@@ -232,12 +264,43 @@ impl PciDevice for LinuxPciFunction {
         self.bars.get(usize::from(index)).copied().flatten()
     }
 
+    /// A load of exactly `width` from the mapped BAR (the family checked
+    /// the offset), or VFIO's region for an I/O BAR.
     fn bar_read(&self, index: u8, offset: u64, width: Width) -> u64 {
+        {
+            let claimed = self.lock();
+            let bar = claimed.as_ref().and_then(|c| c.bars[usize::from(index)].as_ref());
+            if let Some(m) = bar {
+                let at = offset as usize;
+                return match width {
+                    Width::W8 => m.u8_at(at).load(Ordering::Acquire).into(),
+                    Width::W16 => m.u16_at(at).load(Ordering::Acquire).into(),
+                    Width::W32 => m.u32_at(at).load(Ordering::Acquire).into(),
+                    Width::W64 => m.u64_at(at).load(Ordering::Acquire),
+                };
+            }
+        }
         self.region_read(index.into(), offset, width)
     }
 
     fn bar_write(&self, index: u8, offset: u64, width: Width, value: u64) {
-        self.region_write(index.into(), offset, width, value);
+        let mapped = {
+            let claimed = self.lock();
+            let bar = claimed.as_ref().and_then(|c| c.bars[usize::from(index)].as_ref());
+            if let Some(m) = bar {
+                let at = offset as usize;
+                match width {
+                    Width::W8 => m.u8_at(at).store(value as u8, Ordering::Release),
+                    Width::W16 => m.u16_at(at).store(value as u16, Ordering::Release),
+                    Width::W32 => m.u32_at(at).store(value as u32, Ordering::Release),
+                    Width::W64 => m.u64_at(at).store(value, Ordering::Release),
+                }
+            }
+            bar.is_some()
+        };
+        if !mapped {
+            self.region_write(index.into(), offset, width, value);
+        }
         // The driver's write is typically its acknowledgment: a masked
         // INTx may fire again.
         if let Some(c) = &*self.lock() {
