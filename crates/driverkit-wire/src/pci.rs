@@ -92,7 +92,7 @@ impl Width {
     /// bytes and is naturally aligned, as the bus requires: every access a
     /// driver asks for is checked by this before it reaches a device.
     pub fn fits(self, offset: u64, size: u64) -> bool {
-        offset % self.bytes() == 0
+        offset.is_multiple_of(self.bytes())
             && offset
                 .checked_add(self.bytes())
                 .is_some_and(|end| end <= size)

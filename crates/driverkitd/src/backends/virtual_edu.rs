@@ -388,13 +388,13 @@ impl PciDevice for VirtualEdu {
     fn config_write(&self, offset: u16, width: Width, value: u32) {
         let mut st = self.shared.lock();
         let bytes = value.to_le_bytes();
-        for i in 0..width.bytes() as usize {
+        for (i, byte) in bytes.iter().take(width.bytes() as usize).enumerate() {
             let at = usize::from(offset) + i;
             let Some(old) = st.regs.config.get(at).copied() else {
                 return;
             };
             let mask = writable(at);
-            st.regs.config[at] = (old & !mask) | (bytes[i] & mask);
+            st.regs.config[at] = (old & !mask) | (byte & mask);
         }
         self.shared.render(&st.regs);
     }
@@ -443,13 +443,12 @@ impl PciDevice for VirtualEdu {
         let mut wake = false;
         match (offset, width) {
             (regs::LIVENESS, Width::W32) => st.regs.liveness = !v32,
-            (regs::FACTORIAL, Width::W32) => {
-                if st.regs.status & regs::STATUS_COMPUTING == 0 {
-                    st.regs.factorial = v32;
-                    st.regs.status |= regs::STATUS_COMPUTING;
-                    st.factorial_pending = true;
-                    wake = true;
-                }
+            // A write while computing is ignored, as QEMU's is.
+            (regs::FACTORIAL, Width::W32) if st.regs.status & regs::STATUS_COMPUTING == 0 => {
+                st.regs.factorial = v32;
+                st.regs.status |= regs::STATUS_COMPUTING;
+                st.factorial_pending = true;
+                wake = true;
             }
             (regs::STATUS, Width::W32) => {
                 let keep = st.regs.status & regs::STATUS_COMPUTING;
@@ -462,12 +461,13 @@ impl PciDevice for VirtualEdu {
             (regs::DMA_SRC, Width::W32 | Width::W64) => st.regs.dma_src = value,
             (regs::DMA_DST, Width::W32 | Width::W64) => st.regs.dma_dst = value,
             (regs::DMA_COUNT, Width::W32 | Width::W64) => st.regs.dma_count = value,
-            (regs::DMA_CMD, Width::W32 | Width::W64) => {
-                if value & regs::DMA_START != 0 && st.regs.dma_cmd & regs::DMA_START == 0 {
-                    st.regs.dma_cmd = value;
-                    st.dma_due = Some(Instant::now() + self.shared.dma_delay);
-                    wake = true;
-                }
+            // A transfer starts only when none is running.
+            (regs::DMA_CMD, Width::W32 | Width::W64)
+                if value & regs::DMA_START != 0 && st.regs.dma_cmd & regs::DMA_START == 0 =>
+            {
+                st.regs.dma_cmd = value;
+                st.dma_due = Some(Instant::now() + self.shared.dma_delay);
+                wake = true;
             }
             _ => {}
         }

@@ -269,7 +269,9 @@ impl PciDevice for LinuxPciFunction {
     fn bar_read(&self, index: u8, offset: u64, width: Width) -> u64 {
         {
             let claimed = self.lock();
-            let bar = claimed.as_ref().and_then(|c| c.bars[usize::from(index)].as_ref());
+            let bar = claimed
+                .as_ref()
+                .and_then(|c| c.bars[usize::from(index)].as_ref());
             if let Some(m) = bar {
                 let at = offset as usize;
                 return match width {
@@ -286,7 +288,9 @@ impl PciDevice for LinuxPciFunction {
     fn bar_write(&self, index: u8, offset: u64, width: Width, value: u64) {
         let mapped = {
             let claimed = self.lock();
-            let bar = claimed.as_ref().and_then(|c| c.bars[usize::from(index)].as_ref());
+            let bar = claimed
+                .as_ref()
+                .and_then(|c| c.bars[usize::from(index)].as_ref());
             if let Some(m) = bar {
                 let at = offset as usize;
                 match width {
