@@ -208,6 +208,9 @@ fn bench_quick_reports_every_figure_beside_its_baseline() {
             "net_throughput",
             "net_packets_per_sec",
             "net_latency",
+            "pci_register_read_call",
+            "pci_register_read_mapped",
+            "pci_interrupt_latency",
             "hid_descriptor_parse"
         ]
     );
