@@ -121,6 +121,9 @@ fn ctrl_c_stops_every_dext_and_leaves_no_process_behind() {
     d.wait_node("VirtualSerialDriver active", |n| {
         n["name"] == "VirtualSerialDriver" && n["state"]["active"] == true
     });
+    d.wait_node("EduDriver active", |n| {
+        n["name"] == "EduDriver" && n["state"]["active"] == true
+    });
     d.wait_until("both ends of the cable driven", || {
         d.nodes()
             .iter()
@@ -131,8 +134,8 @@ fn ctrl_c_stops_every_dext_and_leaves_no_process_behind() {
     let pids: Vec<u64> = d.nodes().iter().filter_map(|n| n["pid"].as_u64()).collect();
     assert_eq!(
         pids.len(),
-        7,
-        "the six example drivers, one of them on both cable ends"
+        8,
+        "the seven example drivers, one of them on both cable ends"
     );
     let log = d.interrupt();
     for pid in pids {

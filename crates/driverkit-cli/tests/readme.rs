@@ -127,13 +127,17 @@ fn default_daemon(scratch: &Scratch) -> std::process::Child {
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while Command::new(EXE)
-        .arg("--root")
-        .arg(scratch.state())
-        .args(["ioreg", "-n", "HIDKeyboardDriver"])
-        .output()
-        .map(|o| !o.status.success() || !String::from_utf8_lossy(&o.stdout).contains("pid"))
-        .unwrap_or(true)
+    let running = |name: &str| {
+        Command::new(EXE)
+            .arg("--root")
+            .arg(scratch.state())
+            .args(["ioreg", "-n", name])
+            .output()
+            .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("pid"))
+    };
+    while !["HIDKeyboardDriver", "EduDriver"]
+        .iter()
+        .all(|n| running(n))
     {
         assert!(
             std::time::Instant::now() < deadline,
@@ -170,6 +174,10 @@ fn every_shell_block_of_the_readme_runs_as_written() {
         }
         if block.contains("driverkit call NullDriver") {
             assert!(out.contains("42"), "{out}");
+        }
+        if block.contains("driverkit call EduDriver") {
+            assert!(out.contains("scalars: [3628800]"), "{out}");
+            assert!(out.contains("\"EduDMA\" = Yes"), "{out}");
         }
         if block.contains("sysext approve") {
             assert!(out.contains("activated enabled"), "{out}");
