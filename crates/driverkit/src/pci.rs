@@ -133,6 +133,20 @@ impl IOPCIDevice {
         self.proxy().memory_write(memory_index, offset, 8, value)
     }
 
+    /// Lets the function master the bus (its DMA, and its MSI, which is a
+    /// memory write) or stops it: the command register's Bus Master bit,
+    /// as IOKit's `setBusMasterEnable`. The system clears it when the
+    /// driver closes, stops or crashes.
+    pub fn set_bus_master_enable(&self, enable: bool) -> IOResult<()> {
+        let cmd = self.configuration_read16(reg::COMMAND)?;
+        let cmd = if enable {
+            cmd | command::BUS_MASTER
+        } else {
+            cmd & !command::BUS_MASTER
+        };
+        self.configuration_write16(reg::COMMAND, cmd)
+    }
+
     /// `GetBARInfo` for BAR `bar` (0 to 5); `kIOReturnNotFound` when the
     /// function does not implement it.
     pub fn get_bar_info(&self, bar: u8) -> IOResult<BarInfo> {

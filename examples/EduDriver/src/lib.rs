@@ -109,11 +109,7 @@ impl IOServiceImpl for EduDriver {
 
         // The device may master the bus: its DMA and its MSI (a memory
         // write to the interrupt controller) need it.
-        let cmd = pci.configuration_read16(driverkit::pci::reg::COMMAND)?;
-        pci.configuration_write16(
-            driverkit::pci::reg::COMMAND,
-            cmd | driverkit::pci::command::BUS_MASTER,
-        )?;
+        pci.set_bus_master_enable(true)?;
         // MSI where the function offers it, INTx otherwise.
         if pci.configure_interrupts(interrupt_type::MSI, 1, 1).is_err() {
             pci.configure_interrupts(interrupt_type::LEVEL, 1, 1)?;

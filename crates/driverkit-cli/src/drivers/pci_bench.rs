@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use driverkit::pci::{command, interrupt_type, reg};
+use driverkit::pci::interrupt_type;
 use driverkit::plist::Value;
 use driverkit::prelude::*;
 
@@ -90,8 +90,7 @@ impl IOServiceImpl for PCIBenchDriver {
         let own = AtomicU32::new(0x0100_00ed);
         let raw = batches(n, batch, || Ok(own.load(Ordering::Acquire)))?;
 
-        let cmd = pci.configuration_read16(reg::COMMAND)?;
-        pci.configuration_write16(reg::COMMAND, cmd | command::BUS_MASTER)?;
+        pci.set_bus_master_enable(true)?;
         pci.configure_interrupts(interrupt_type::MSI, 1, 1)?;
         let queue = IODispatchQueue::create("Interrupts")?;
         self.set_dispatch_queue("Interrupts", queue.clone());

@@ -3,7 +3,7 @@
 //! must be refused, and a crash while the device is about to write into
 //! the driver's memory.
 
-use driverkit::pci::{command, interrupt_type, reg};
+use driverkit::pci::{interrupt_type, reg};
 use driverkit::plist::{Dictionary, Value};
 use driverkit::prelude::*;
 
@@ -128,8 +128,7 @@ pub fn crash_mid_dma(provider: &IOService) -> IOResult<Option<Dictionary>> {
         return Ok(Some(state));
     }
     pci.open()?;
-    let cmd = pci.configuration_read16(reg::COMMAND)?;
-    pci.configuration_write16(reg::COMMAND, cmd | command::BUS_MASTER)?;
+    pci.set_bus_master_enable(true)?;
     pci.memory_write32(BAR0, 0x04, 0xdead_beef)?;
     let buffer = IOBufferMemoryDescriptor::create(4096)?;
     let dma = IODMACommand::create(&pci, 28)?;

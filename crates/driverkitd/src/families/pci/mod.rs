@@ -141,6 +141,13 @@ fn nub_properties(device: &dyn PciDevice) -> (String, plist::Dictionary) {
     (name, p)
 }
 
+/// Sets bits `set` and clears bits `clear` of the function's command
+/// register.
+fn set_command(device: &dyn PciDevice, set: u16, clear: u16) {
+    let cmd = device.config_read(reg::COMMAND, Width::W16) as u16;
+    device.config_write(reg::COMMAND, Width::W16, u32::from((cmd | set) & !clear));
+}
+
 impl PciFamily {
     fn lock(&self) -> MutexGuard<'_, HashMap<EntryId, Function>> {
         self.functions.lock().unwrap_or_else(|e| e.into_inner())
@@ -212,17 +219,8 @@ impl PciFamily {
             }
             (f.device.clone(), f.dma.release_all())
         };
-        let cmd = device.config_read(reg::COMMAND, Width::W16) as u16;
-        device.config_write(
-            reg::COMMAND,
-            Width::W16,
-            u32::from(cmd & !command::BUS_MASTER),
-        );
-        device.config_write(
-            reg::COMMAND,
-            Width::W16,
-            u32::from(cmd & !(command::BUS_MASTER | command::MEMORY_SPACE)),
-        );
+        set_command(&*device, 0, command::BUS_MASTER);
+        set_command(&*device, 0, command::MEMORY_SPACE);
         for m in &mappings {
             device.dma_unmap(m.address, m.length);
         }
@@ -297,12 +295,7 @@ impl IOPCIDeviceInterface for PciCall<'_> {
             }
             return Err(e);
         }
-        let cmd = device.config_read(reg::COMMAND, Width::W16) as u16;
-        device.config_write(
-            reg::COMMAND,
-            Width::W16,
-            u32::from(cmd | command::MEMORY_SPACE),
-        );
+        set_command(&*device, command::MEMORY_SPACE, 0);
         Ok(())
     }
 
@@ -388,12 +381,7 @@ impl IOPCIDeviceInterface for PciCall<'_> {
             device.dma_unmap(m.address, m.length);
         }
         device.reset()?;
-        let cmd = device.config_read(reg::COMMAND, Width::W16) as u16;
-        device.config_write(
-            reg::COMMAND,
-            Width::W16,
-            u32::from(cmd | command::MEMORY_SPACE),
-        );
+        set_command(&*device, command::MEMORY_SPACE, 0);
         Ok(())
     }
 
