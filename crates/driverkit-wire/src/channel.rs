@@ -13,12 +13,6 @@
 //! two-counter spin floor as a call with a payload gets. Waiters watch only
 //! the counter; closing rings both doorbells, so it is noticed anyway.
 //!
-//! Each slot also says on which CPU its writer last ran. A waiter spins
-//! only while its peer runs on another CPU: a peer woken from its park is
-//! often put on the waker's own CPU, and there a spinning waiter only
-//! delays it (a call after an idle gap took 30 µs where a plain futex
-//! round trip takes 3); it parks at once instead, and the peer runs.
-//!
 //! A message is the same bytes as on a socket (header and payload), so
 //! both paths share one parser. The server copies a request out of the
 //! region before parsing it: the peer could change it while it is read.
@@ -31,32 +25,14 @@ use crate::shm::{Doorbell, SharedMemory, SPIN};
 use crate::transport::MAX_MESSAGE;
 
 const CLOSED: usize = 0;
-/// A slot: doorbell at +0 (counter, parked), length at +8, the writer's
-/// CPU plus one (0: not known yet) at +12, message at +16.
+/// A slot: doorbell at +0 (counter, parked), length at +8, message at +16.
 const SLOT_LEN: usize = (16 + MAX_MESSAGE).next_multiple_of(64);
 const REQUEST_BELL: usize = 64;
 const REQUEST_LEN: usize = REQUEST_BELL + 8;
-const REQUEST_CPU: usize = REQUEST_BELL + 12;
 const REQUEST: usize = REQUEST_BELL + 16;
 const REPLY_BELL: usize = REQUEST_BELL + SLOT_LEN;
 const REPLY_LEN: usize = REPLY_BELL + 8;
-const REPLY_CPU: usize = REPLY_BELL + 12;
 const REPLY: usize = REPLY_BELL + 16;
-
-/// This thread's CPU plus one, as a slot records it.
-fn this_cpu() -> u32 {
-    rustix::thread::sched_getcpu() as u32 + 1
-}
-
-/// How long to spin for a peer last seen on CPU `peer` (plus one): not at
-/// all when that is this very CPU.
-fn spin_for(peer: u32, me: u32, spin: Duration) -> Duration {
-    if peer == me {
-        Duration::ZERO
-    } else {
-        spin
-    }
-}
 /// The size of a channel's region.
 pub const LEN: usize = REPLY_BELL + SLOT_LEN;
 
@@ -134,19 +110,14 @@ impl ShmChannel {
         }
         let replies = self.shm.u32_at(REPLY_BELL);
         let before = replies.load(Ordering::Acquire);
-        let me = this_cpu();
         self.shm.write(REQUEST, request);
         self.shm
             .u32_at(REQUEST_LEN)
             .store(request.len() as u32, Ordering::Release);
-        self.shm.u32_at(REQUEST_CPU).store(me, Ordering::Relaxed);
         self.bell(REQUEST_BELL).ring();
-        let server = self.shm.u32_at(REPLY_CPU).load(Ordering::Relaxed);
         let answered = self
             .bell(REPLY_BELL)
-            .wait(spin_for(server, me, SPIN), deadline, || {
-                replies.load(Ordering::Acquire) != before
-            });
+            .wait(SPIN, deadline, || replies.load(Ordering::Acquire) != before);
         if !answered {
             return Err(ChannelError::Timeout);
         }
@@ -178,11 +149,9 @@ impl ShmChannel {
         let mut request = Vec::new();
         let mut reply = Vec::new();
         loop {
-            let caller = self.shm.u32_at(REQUEST_CPU).load(Ordering::Relaxed);
-            self.bell(REQUEST_BELL)
-                .wait(spin_for(caller, this_cpu(), spin), None, || {
-                    requests.load(Ordering::Acquire) != seen || self.is_closed()
-                });
+            self.bell(REQUEST_BELL).wait(spin, None, || {
+                requests.load(Ordering::Acquire) != seen || self.is_closed()
+            });
             if self.is_closed() {
                 return ChannelError::Closed;
             }
@@ -202,9 +171,6 @@ impl ShmChannel {
             self.shm
                 .u32_at(REPLY_LEN)
                 .store(n as u32, Ordering::Release);
-            self.shm
-                .u32_at(REPLY_CPU)
-                .store(this_cpu(), Ordering::Relaxed);
             self.bell(REPLY_BELL).ring();
         }
     }
