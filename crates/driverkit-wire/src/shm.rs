@@ -331,11 +331,13 @@ impl<'a> Doorbell<'a> {
 
     /// Announces an event and counts it (the counter is the event count
     /// some protocols use, like the call channel); wakes a parked waiter.
-    pub fn ring(&self) {
+    pub fn ring(&self) -> bool {
         self.seq.fetch_add(1, Ordering::SeqCst);
         if self.parked.load(Ordering::SeqCst) != 0 {
             let _ = futex::wake(self.seq, futex::Flags::empty(), u32::MAX);
+            return true;
         }
+        false
     }
 
     /// Wakes a parked waiter, if there is one, after an event the waiter
@@ -362,19 +364,55 @@ impl<'a> Doorbell<'a> {
         &self,
         spin: Duration,
         deadline: Option<Instant>,
-        mut ready: impl FnMut() -> bool,
+        ready: impl FnMut() -> bool,
     ) -> bool {
+        self.wait_from(0, spin, deadline, ready).0
+    }
+
+    /// As [`Doorbell::wait`], but yielding the CPU between looks from the
+    /// start, and saying whether it parked: for a waiter in a conversation
+    /// that was just woken from a park (its own, or its peer's), whose peer
+    /// the kernel may have put on this very CPU, where a pure spin would
+    /// keep it from running.
+    pub fn wait_yielding(
+        &self,
+        spin: Duration,
+        deadline: Option<Instant>,
+        ready: impl FnMut() -> bool,
+    ) -> (bool, bool) {
+        self.wait_from(PURE_SPINS, spin, deadline, ready)
+    }
+
+    /// Waits, first spinning (pure spins from `first` up to `PURE_SPINS`,
+    /// then yielding) for `spin`, then parking; whether the event came,
+    /// and whether the waiter parked.
+    pub fn wait_parking(
+        &self,
+        spin: Duration,
+        deadline: Option<Instant>,
+        ready: impl FnMut() -> bool,
+    ) -> (bool, bool) {
+        self.wait_from(0, spin, deadline, ready)
+    }
+
+    fn wait_from(
+        &self,
+        first: u32,
+        spin: Duration,
+        deadline: Option<Instant>,
+        mut ready: impl FnMut() -> bool,
+    ) -> (bool, bool) {
         if ready() {
-            return true;
+            return (true, false);
         }
         // The clock is read only once spinning has gone on for a while: a
         // busy peer answers within a few dozen spins, and a clock read costs
         // as much as a cache-line transfer here.
         let mut spin_until = None;
-        let mut n = 0u32;
+        let mut n = first;
         loop {
             if ready() {
-                return true;
+                return (true, false);
             }
             n = n.wrapping_add(1);
             if n < PURE_SPINS {
@@ -403,14 +441,14 @@ impl<'a> Doorbell<'a> {
             // and the wait changes `seq`, so the wait returns at once.
             if ready() {
                 self.parked.fetch_sub(1, Ordering::SeqCst);
-                return true;
+                return (true, false);
             }
             let mut timeout = PARK_TIMEOUT;
             if let Some(d) = deadline {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     self.parked.fetch_sub(1, Ordering::SeqCst);
-                    return false;
+                    return (false, true);
                 }
                 timeout = timeout.min(left);
             }
@@ -427,7 +465,7 @@ impl<'a> Doorbell<'a> {
                     // caught only by the safety net. Counted for tests.
                     LOST_WAKEUPS.fetch_add(1, Ordering::Relaxed);
                 }
-                return true;
+                return (true, true);
             }
         }
     }
