@@ -123,14 +123,10 @@ impl ShmChannel {
             .store(request.len() as u32, Ordering::Release);
         let woke = self.bell(REQUEST_BELL).ring();
         let replied = || replies.load(Ordering::Acquire) != before;
-        let answered = if woke {
-            // The server was parked: the kernel may run it on this CPU.
-            self.bell(REPLY_BELL)
-                .wait_yielding(SPIN, deadline, replied)
-                .0
-        } else {
-            self.bell(REPLY_BELL).wait(SPIN, deadline, replied)
-        };
+        // A server that was parked may be run on this CPU: yield to it.
+        let (answered, _) = self
+            .bell(REPLY_BELL)
+            .wait_reporting(woke, SPIN, deadline, replied);
         if !answered {
             return Err(ChannelError::Timeout);
         }
@@ -167,11 +163,7 @@ impl ShmChannel {
         loop {
             let arrived = || requests.load(Ordering::Acquire) != seen || self.is_closed();
             let bell = self.bell(REQUEST_BELL);
-            let (_, parked) = if woken {
-                bell.wait_yielding(spin, None, arrived)
-            } else {
-                bell.wait_parking(spin, None, arrived)
-            };
+            let (_, parked) = bell.wait_reporting(woken, spin, None, arrived);
             if self.is_closed() {
                 return ChannelError::Closed;
             }

@@ -369,30 +369,20 @@ impl<'a> Doorbell<'a> {
         self.wait_from(0, spin, deadline, ready).0
     }
 
-    /// As [`Doorbell::wait`], but yielding the CPU between looks from the
-    /// start, and saying whether it parked: for a waiter in a conversation
-    /// that was just woken from a park (its own, or its peer's), whose peer
-    /// the kernel may have put on this very CPU, where a pure spin would
-    /// keep it from running.
-    pub fn wait_yielding(
+    /// As [`Doorbell::wait`], and says whether the waiter parked too. With
+    /// `yielding` it yields the CPU between looks from the start instead of
+    /// spinning: for a waiter in a conversation that was just woken from a
+    /// park (its own, or its peer's), whose peer the kernel may have put on
+    /// this very CPU, where a pure spin would keep it from running.
+    pub fn wait_reporting(
         &self,
+        yielding: bool,
         spin: Duration,
         deadline: Option<Instant>,
         ready: impl FnMut() -> bool,
     ) -> (bool, bool) {
-        self.wait_from(PURE_SPINS, spin, deadline, ready)
-    }
-
-    /// Waits, first spinning (pure spins from `first` up to `PURE_SPINS`,
-    /// then yielding) for `spin`, then parking; whether the event came,
-    /// and whether the waiter parked.
-    pub fn wait_parking(
-        &self,
-        spin: Duration,
-        deadline: Option<Instant>,
-        ready: impl FnMut() -> bool,
-    ) -> (bool, bool) {
-        self.wait_from(0, spin, deadline, ready)
+        let first = if yielding { PURE_SPINS } else { 0 };
+        self.wait_from(first, spin, deadline, ready)
     }
 
     fn wait_from(

@@ -429,6 +429,17 @@ fn bench_device(name: &str, extra: &[(&str, Value)]) -> DeviceSpec {
     }
 }
 
+/// The registry properties of `service` (what a bench driver published).
+pub(super) fn service_properties(
+    daemon: &Daemon,
+    service: u64,
+) -> Result<plist::Dictionary, String> {
+    daemon
+        .system()
+        .properties(service)
+        .ok_or_else(|| "the bench service vanished".into())
+}
+
 pub(super) fn wait_started(
     events: &std::sync::mpsc::Receiver<Event>,
     provider: u64,
@@ -622,15 +633,9 @@ fn rpc_roundtrip(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
     ))?;
     let started = wait_started(&events, dev);
     let figures = started.and_then(|(service, _)| {
-        let tree = driverkitd::ioreg::Node::from_archive(&daemon.registry_plist())?;
-        let node = tree
-            .walk()
-            .into_iter()
-            .find(|n| n.id == service)
-            .cloned()
-            .ok_or("bench service vanished")?;
+        let properties = service_properties(&daemon, service)?;
         let get = |k: &str| {
-            node.properties
+            properties
                 .get(k)
                 .and_then(Value::as_signed_integer)
                 .ok_or(format!("no {k}"))

@@ -16,20 +16,18 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use driverkit::time::now_ns;
 use driverkitd::backends::virtual_device;
 use plist::Value;
 
-use super::bench::{bench_daemon, percentiles, spawn_helper, wait_started, Figure, Stat};
+use super::bench::{
+    bench_daemon, percentiles, service_properties, spawn_helper, wait_started, Figure, Stat,
+};
 use crate::drivers;
 
 /// Between interrupts (and eventfd wakes): long enough for every waiter
 /// on either side to have parked.
 const GAP_US: u64 = 1000;
-
-fn now_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
 
 pub(super) fn figures(root: &Path, quick: bool) -> Result<Vec<Figure>, String> {
     let (batches, interrupts) = if quick { (200, 200) } else { (2_000, 2_000) };
@@ -45,15 +43,9 @@ pub(super) fn figures(root: &Path, quick: bool) -> Result<Vec<Figure>, String> {
     )?;
     let device = daemon.plug(spec)?;
     let measured = wait_started(&events, device).and_then(|(service, _)| {
-        let tree = driverkitd::ioreg::Node::from_archive(&daemon.registry_plist())?;
-        let node = tree
-            .walk()
-            .into_iter()
-            .find(|n| n.id == service)
-            .cloned()
-            .ok_or("the bench service vanished")?;
+        let properties = service_properties(&daemon, service)?;
         let pair = |key: &str| -> Result<(f64, f64), String> {
-            match node.properties.get(key) {
+            match properties.get(key) {
                 Some(Value::Array(a)) if a.len() == 2 => Ok((
                     a[0].as_real().ok_or(format!("{key}: not numbers"))?,
                     a[1].as_real().ok_or(format!("{key}: not numbers"))?,

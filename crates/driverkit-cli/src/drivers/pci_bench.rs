@@ -20,17 +20,13 @@ use std::time::{Duration, Instant};
 use driverkit::pci::interrupt_type;
 use driverkit::plist::Value;
 use driverkit::prelude::*;
+use driverkit::time::now_ns;
 
 const BAR0: u8 = 0;
 const ID: u64 = 0x00;
 const IRQ_STATUS: u64 = 0x24;
 const IRQ_RAISE: u64 = 0x60;
 const IRQ_ACK: u64 = 0x64;
-
-fn now_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
 
 #[derive(Default)]
 pub struct PCIBenchIvars {

@@ -267,26 +267,22 @@ pub struct P<'a> {
 pub fn test_bundle(dir: &Path, id: &str, ps: &[P<'_>]) -> PathBuf {
     let bundle = driverkit_bundle::location::dext_in_app(&dir.join("Tests.app"), id);
     std::fs::create_dir_all(&bundle).unwrap();
-    let mut vendors = String::new();
-    let mut pci = String::new();
-    for p in ps {
-        let tag = "<key>IOPCIPrimaryMatch</key><string>";
-        if let Some(at) = p.extra.find(tag) {
-            let rest = &p.extra[at + tag.len()..];
-            let list = &rest[..rest.find('<').unwrap()];
-            pci.push_str(&format!(
-                "<dict><key>IOPCIPrimaryMatch</key><string>{list}</string></dict>"
-            ));
-        }
-        let tag = "<key>idVendor</key><integer>";
-        if let Some(at) = p.extra.find(tag) {
-            let rest = &p.extra[at + tag.len()..];
-            let number = &rest[..rest.find('<').unwrap()];
-            vendors.push_str(&format!(
-                "<dict><key>idVendor</key><integer>{number}</integer></dict>"
-            ));
-        }
-    }
+    // Each personality's value of `key` (as `<type>` in its extra keys),
+    // as an entitlement entry `{ key = value }`.
+    let entries = |key: &str, kind: &str| -> String {
+        let tag = format!("<key>{key}</key><{kind}>");
+        ps.iter()
+            .filter_map(|p| {
+                let rest = &p.extra[p.extra.find(&tag)? + tag.len()..];
+                let value = &rest[..rest.find('<')?];
+                Some(format!(
+                    "<dict><key>{key}</key><{kind}>{value}</{kind}></dict>"
+                ))
+            })
+            .collect()
+    };
+    let vendors = entries("idVendor", "integer");
+    let pci = entries("IOPCIPrimaryMatch", "string");
     std::fs::write(
         bundle.join("Entitlements.plist"),
         format!(

@@ -529,12 +529,6 @@ impl PciDevice for VirtualEdu {
         offset: usize,
         length: usize,
     ) -> IOResult<()> {
-        if offset
-            .checked_add(length)
-            .is_none_or(|end| end > region.len())
-        {
-            return Err(IOReturn::BAD_ARGUMENT);
-        }
         self.shared.lock().windows.push(DmaWindow {
             address,
             length: length as u64,

@@ -396,12 +396,6 @@ impl PciDevice for LinuxPciFunction {
         offset: usize,
         length: usize,
     ) -> IOResult<()> {
-        if offset
-            .checked_add(length)
-            .is_none_or(|end| end > region.len())
-        {
-            return Err(IOReturn::BAD_ARGUMENT);
-        }
         let mut claimed = self.lock();
         let c = claimed.as_mut().ok_or(IOReturn::NOT_OPEN)?;
         // SAFETY: the range is inside the region's mapping, which stays
