@@ -160,7 +160,10 @@ fn a_driver_that_crashes_mid_dma_loses_the_device_first_and_its_successor_starts
     let taken = at("taken back (Bus Master and Memory Space off, 1 DMA mapping(s) ended, reset)");
     let dropped = at("reset with a DMA transfer in flight: dropped");
     let relaunch = at("relaunch org.test.Pci/EduTest");
-    assert!(programmed < crash && crash < taken, "{log}");
+    // The dext's own line travels through its log stream, which the
+    // daemon relays on a thread of its own: it may be written after the
+    // daemon's lines about the crash. The daemon's lines are in order.
+    assert!(programmed > 0 && crash < taken, "{log}");
     assert!(taken < relaunch && dropped < relaunch, "{log}");
     assert!(!log.contains("DMA fault"), "the device never wrote: {log}");
 }
