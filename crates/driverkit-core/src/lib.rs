@@ -30,6 +30,7 @@ mod process;
 pub mod registry;
 pub mod root;
 pub mod sandbox;
+mod server_sockets;
 pub mod store;
 pub mod sysext;
 mod system;

@@ -6,10 +6,11 @@
 //! own daemon thread that answers the dext's calls into the system
 //! (`SUPERDISPATCH` and `KERNEL` methods) without any hand-off.
 //!
-//! The reader thread of the main socket is the only place where a process's
-//! end is noticed: EOF means the process exited or crashed. It reaps the
-//! child, fails every call in flight with `kIOReturnOffline`, and reports to
-//! the daemon.
+//! The main socket is read by the one thread that reads every dext's
+//! (`server_sockets`), the only place where a process's end is noticed: EOF
+//! means the process exited or crashed. Then a worker reaps the child,
+//! fails every call in flight with `kIOReturnOffline`, and reports to the
+//! daemon.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -193,10 +194,7 @@ impl UserServer {
             memory: Mutex::new(Memory::default()),
             memory_arrived: std::sync::Condvar::new(),
         });
-        let reader = server.clone();
-        std::thread::Builder::new()
-            .name(format!("server:{pid}"))
-            .spawn(move || reader.read_loop(child, daemon))?;
+        crate::server_sockets::watch(server.clone(), child, daemon)?;
         Ok(server)
     }
 
@@ -235,97 +233,128 @@ impl UserServer {
         }
     }
 
-    fn read_loop(self: Arc<Self>, mut child: Process, daemon: Weak<Inner>) {
-        let mut buf = MessageBuf::default();
-        let end = loop {
-            match self.main.recv_message(&mut buf) {
-                Ok(Some((h, fd))) => match h.kind {
-                    Kind::Reply => {
-                        let result = h.status.into_result().map(|()| buf.payload().to_vec());
-                        if let Some(waiter) = self
-                            .pending
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&h.call)
-                        {
-                            let _ = waiter.send(result);
-                        }
-                    }
-                    Kind::Channel => {
-                        let channel = fd
-                            .ok_or_else(|| std::io::Error::other("no region passed"))
-                            .and_then(|fd| SharedMemory::from_fd(fd, channel::LEN))
-                            .and_then(ShmChannel::open);
-                        let open = self
-                            .channels
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .len();
-                        match channel {
-                            Ok(c) if open >= limits::CALL_CHANNELS => {
-                                tracing::warn!(
-                                    "limit    {self:?}: past {} call channels; the new one is closed and calls on it fail",
-                                    limits::CALL_CHANNELS
-                                );
-                                c.close();
-                            }
-                            Ok(c) => self.serve_channel(Arc::new(c), daemon.clone()),
-                            Err(e) => tracing::warn!("{self:?} opened a bad call channel: {e}"),
-                        }
-                    }
-                    Kind::Request | Kind::Oneway => {
-                        // Calls normally travel on channels; answer anyway.
-                        let result = match daemon.upgrade() {
-                            Some(d) => {
-                                d.kernel_call(self.id, &h, buf.payload(), &mut Default::default())
-                            }
-                            None => Err(IOReturn::OFFLINE),
-                        };
-                        let _ = self.main.reply(&h, result);
-                    }
-                    Kind::Hello => tracing::warn!("{self:?} said hello twice"),
-                    Kind::Memory => match fd.map(|fd| SharedMemory::from_fd(fd, 0)) {
-                        Some(Ok(shm)) => {
-                            let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
-                            let size = shm.len() as u64;
-                            if memory.regions.len() >= limits::MEMORY_REGIONS
-                                || memory.bytes + size > limits::MEMORY_BYTES
-                            {
-                                tracing::warn!(
-                                    "limit    {self:?}: registered memory past {} regions or {} MiB; region {} ({} KiB) refused",
-                                    limits::MEMORY_REGIONS,
-                                    limits::MEMORY_BYTES >> 20,
-                                    h.object.0,
-                                    size >> 10
-                                );
-                                // Remembered so that a call naming it says
-                                // why; bounded, as the dext may keep trying.
-                                if memory.refused.len() < limits::MEMORY_REGIONS {
-                                    memory.refused.insert(h.object.0);
-                                }
-                            } else if let Some(old) =
-                                memory.regions.insert(h.object.0, Arc::new(shm))
-                            {
-                                memory.bytes = memory.bytes - old.len() as u64 + size;
-                            } else {
-                                memory.bytes += size;
-                            }
-                            drop(memory);
-                            self.memory_arrived.notify_all();
-                        }
-                        Some(Err(e)) => tracing::warn!("{self:?} registered bad memory: {e}"),
-                        None => tracing::warn!("{self:?} registered memory without a region"),
-                    },
-                },
-                Ok(None) => break "closed its connection".to_owned(),
+    /// The socket the daemon reads.
+    pub(crate) fn socket(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.main.as_fd()
+    }
+
+    /// Handles up to `burst` messages waiting on the main socket, without
+    /// blocking. Returns why the process ended once its socket says so.
+    pub(crate) fn read_ready(
+        self: &Arc<Self>,
+        buf: &mut MessageBuf,
+        daemon: &Weak<Inner>,
+        burst: usize,
+    ) -> Option<String> {
+        for _ in 0..burst {
+            match self.main.try_recv_message(buf) {
+                Ok(Some((h, fd))) => self.handle(h, fd, buf, daemon),
+                Ok(None) => return Some("closed its connection".to_owned()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // A process that sends garbage is not trusted further.
                     tracing::error!("{self:?} sent a bad message: {e}; killing it");
                     self.kill();
-                    break format!("sent a bad message: {e}");
+                    return Some(format!("sent a bad message: {e}"));
                 }
             }
-        };
+        }
+        None
+    }
+
+    fn handle(
+        self: &Arc<Self>,
+        h: Header,
+        fd: Option<OwnedFd>,
+        buf: &MessageBuf,
+        daemon: &Weak<Inner>,
+    ) {
+        match h.kind {
+            Kind::Reply => {
+                let result = h.status.into_result().map(|()| buf.payload().to_vec());
+                if let Some(waiter) = self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&h.call)
+                {
+                    let _ = waiter.send(result);
+                }
+            }
+            Kind::Channel => {
+                let channel = fd
+                    .ok_or_else(|| std::io::Error::other("no region passed"))
+                    .and_then(|fd| SharedMemory::from_fd(fd, channel::LEN))
+                    .and_then(ShmChannel::open);
+                let open = self
+                    .channels
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .len();
+                match channel {
+                    Ok(c) if open >= limits::CALL_CHANNELS => {
+                        tracing::warn!(
+                            "limit    {self:?}: past {} call channels; the new one is closed and calls on it fail",
+                            limits::CALL_CHANNELS
+                        );
+                        c.close();
+                    }
+                    Ok(c) => self.serve_channel(Arc::new(c), daemon.clone()),
+                    Err(e) => tracing::warn!("{self:?} opened a bad call channel: {e}"),
+                }
+            }
+            Kind::Request | Kind::Oneway => {
+                // Calls normally travel on channels; answer anyway, on a
+                // worker, as a call may block and this thread reads every
+                // dext's socket.
+                let Some(d) = daemon.upgrade() else {
+                    let _ = self.main.reply(&h, Err(IOReturn::OFFLINE));
+                    return;
+                };
+                let (server, args, daemon) = (self.clone(), buf.payload().to_vec(), d.clone());
+                d.workers.run(move || {
+                    let result = daemon.kernel_call(server.id, &h, &args, &mut Default::default());
+                    let _ = server.main.reply(&h, result);
+                });
+            }
+            Kind::Hello => tracing::warn!("{self:?} said hello twice"),
+            Kind::Memory => match fd.map(|fd| SharedMemory::from_fd(fd, 0)) {
+                Some(Ok(shm)) => {
+                    let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+                    let size = shm.len() as u64;
+                    if memory.regions.len() >= limits::MEMORY_REGIONS
+                        || memory.bytes + size > limits::MEMORY_BYTES
+                    {
+                        tracing::warn!(
+                            "limit    {self:?}: registered memory past {} regions or {} MiB; region {} ({} KiB) refused",
+                            limits::MEMORY_REGIONS,
+                            limits::MEMORY_BYTES >> 20,
+                            h.object.0,
+                            size >> 10
+                        );
+                        // Remembered so that a call naming it says
+                        // why; bounded, as the dext may keep trying.
+                        if memory.refused.len() < limits::MEMORY_REGIONS {
+                            memory.refused.insert(h.object.0);
+                        }
+                    } else if let Some(old) = memory.regions.insert(h.object.0, Arc::new(shm)) {
+                        memory.bytes = memory.bytes - old.len() as u64 + size;
+                    } else {
+                        memory.bytes += size;
+                    }
+                    drop(memory);
+                    self.memory_arrived.notify_all();
+                }
+                Some(Err(e)) => tracing::warn!("{self:?} registered bad memory: {e}"),
+                None => tracing::warn!("{self:?} registered memory without a region"),
+            },
+        }
+    }
+
+    /// The process's end: its channels closed, its calls failed, the
+    /// process reaped (which may take a grace period), the daemon told.
+    pub(crate) fn ended(self: Arc<Self>, mut child: Process, end: &str, daemon: &Weak<Inner>) {
         self.alive.store(false, Ordering::Release);
         for channel in self
             .channels
@@ -343,7 +372,7 @@ impl UserServer {
         {
             let _ = waiter.send(Err(IOReturn::OFFLINE));
         }
-        let status = reap(&mut child, &end);
+        let status = reap(&mut child, end);
         if let Some(d) = daemon.upgrade() {
             d.sandbox.forget(self.pid);
             d.server_exited(&self, &status);

@@ -109,11 +109,15 @@ impl Endpoint {
     /// Receives one record into `buf`. Refuses records larger than
     /// [`MAX_MESSAGE`] rather than truncating silently.
     pub fn recv(&self, buf: &mut MessageBuf) -> io::Result<Received> {
+        self.recv_flags(buf, RecvFlags::CMSG_CLOEXEC)
+    }
+
+    fn recv_flags(&self, buf: &mut MessageBuf, flags: RecvFlags) -> io::Result<Received> {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let msg = loop {
             let mut iov = [io::IoSliceMut::new(&mut buf.data)];
-            match rustix::net::recvmsg(&self.fd, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+            match rustix::net::recvmsg(&self.fd, &mut iov, &mut control, flags) {
                 Ok(m) => break m,
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Err(e.into()),
@@ -147,7 +151,26 @@ impl Endpoint {
         &self,
         buf: &mut MessageBuf,
     ) -> io::Result<Option<(Header, Option<OwnedFd>)>> {
-        match self.recv(buf)? {
+        Self::validate(self.recv(buf)?, buf)
+    }
+
+    /// As [`Endpoint::recv_message`], without blocking: an error of kind
+    /// `WouldBlock` when no message is waiting. For a reader that watches
+    /// many endpoints with epoll; the descriptor itself stays blocking, so
+    /// senders on it still wait for room.
+    pub fn try_recv_message(
+        &self,
+        buf: &mut MessageBuf,
+    ) -> io::Result<Option<(Header, Option<OwnedFd>)>> {
+        let received = self.recv_flags(buf, RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT)?;
+        Self::validate(received, buf)
+    }
+
+    fn validate(
+        received: Received,
+        buf: &MessageBuf,
+    ) -> io::Result<Option<(Header, Option<OwnedFd>)>> {
+        match received {
             Received::Closed => Ok(None),
             Received::Message { fd } => {
                 let header = Header::parse(&Packet::new_unchecked(buf.bytes())).map_err(invalid)?;

@@ -1,0 +1,155 @@
+//! The one thread that reads every dext's main socket.
+//!
+//! A dext's main socket carries replies to the daemon's calls, call channels
+//! and memory it registers, and its end: EOF when the process exits or
+//! crashes. None of that needs a thread of its own, so one epoll thread
+//! reads them all (a thread per process made a thousand dexts a thousand
+//! daemon threads). What could block it (a call that came on the socket
+//! instead of a channel, reaping an ended process) runs on the daemon's
+//! workers instead.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use driverkit_wire::transport::MessageBuf;
+use rustix::event::epoll;
+
+use crate::lifecycle::Inner;
+use crate::process::Process;
+use crate::user_server::UserServer;
+
+/// A process being read: what its end needs.
+struct Watched {
+    server: Arc<UserServer>,
+    child: Process,
+    daemon: Weak<Inner>,
+}
+
+struct Reader {
+    epoll: OwnedFd,
+    watched: Mutex<HashMap<u64, Watched>>,
+    next: AtomicU64,
+}
+
+static READER: OnceLock<Result<Reader, String>> = OnceLock::new();
+
+/// Most messages taken from one socket before the others get their turn.
+const BURST: usize = 64;
+
+fn reader() -> Result<&'static Reader, String> {
+    // The thread is handed the reader once it is in the static (as the log
+    // hub does): one started inside the initialisation could look first.
+    let mut created = false;
+    let reader = READER
+        .get_or_init(|| {
+            created = true;
+            let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| e.to_string())?;
+            Ok(Reader {
+                epoll,
+                watched: Mutex::new(HashMap::new()),
+                next: AtomicU64::new(1),
+            })
+        })
+        .as_ref()
+        .map_err(Clone::clone)?;
+    if created {
+        std::thread::Builder::new()
+            .name("dext-sockets".into())
+            .spawn(move || reader.run())
+            .map_err(|e| format!("cannot start the thread that reads dext sockets: {e}"))?;
+    }
+    Ok(reader)
+}
+
+/// Reads `server`'s main socket from now until the process ends; then its
+/// end is handled (its calls failed, `child` reaped, the daemon told).
+pub(crate) fn watch(
+    server: Arc<UserServer>,
+    child: Process,
+    daemon: Weak<Inner>,
+) -> std::io::Result<()> {
+    let reader = reader().map_err(std::io::Error::other)?;
+    let token = reader.next.fetch_add(1, Ordering::Relaxed);
+    let mut watched = reader.watched.lock().unwrap_or_else(|e| e.into_inner());
+    // Added to the table before epoll can report it.
+    watched.insert(
+        token,
+        Watched {
+            server: server.clone(),
+            child,
+            daemon,
+        },
+    );
+    let added = epoll::add(
+        &reader.epoll,
+        server.socket(),
+        epoll::EventData::new_u64(token),
+        epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
+    );
+    if let Err(e) = added {
+        watched.remove(&token);
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+impl Reader {
+    fn run(&self) {
+        let mut events = Vec::with_capacity(64);
+        let mut buf = MessageBuf::default();
+        loop {
+            events.clear();
+            match epoll::wait(
+                &self.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                None,
+            ) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    tracing::error!("dext sockets: epoll failed ({e}); no dext is heard any more");
+                    return;
+                }
+            }
+            for event in &events {
+                let token = event.data.u64();
+                let (server, daemon) = {
+                    let watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+                    match watched.get(&token) {
+                        Some(w) => (w.server.clone(), w.daemon.clone()),
+                        None => continue,
+                    }
+                };
+                if let Some(end) = server.read_ready(&mut buf, &daemon, BURST) {
+                    self.finish(token, end);
+                }
+            }
+        }
+    }
+
+    /// Stops reading a process's socket and hands its end to a worker.
+    fn finish(&self, token: u64, end: String) {
+        let Some(w) = self
+            .watched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&token)
+        else {
+            return;
+        };
+        let _ = epoll::delete(&self.epoll, w.server.socket());
+        let Watched {
+            server,
+            child,
+            daemon,
+        } = w;
+        let workers = daemon.upgrade().map(|d| d.workers.clone());
+        let ended = move || server.ended(child, &end, &daemon);
+        match workers {
+            Some(workers) => workers.run(ended),
+            None => ended(),
+        }
+    }
+}
