@@ -18,6 +18,7 @@
 //! (`tests/no_family_names.rs`) searches its sources for their words.
 //! Everything a family does, it does through [`Family`] and [`System`].
 
+mod channel_pool;
 pub mod control;
 mod dext_log;
 pub mod family;

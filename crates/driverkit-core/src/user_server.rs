@@ -2,9 +2,10 @@
 //!
 //! Each process gets a `SOCK_SEQPACKET` socket as descriptor 3. Over it the
 //! daemon calls the dext (create, start, stop, free, exit) and the dext
-//! sends its `Hello` and opens call channels. Each channel is served by its
-//! own daemon thread that answers the dext's calls into the system
-//! (`SUPERDISPATCH` and `KERNEL` methods) without any hand-off.
+//! sends its `Hello` and opens call channels. The channels are served by
+//! the channel pool (`channel_pool`), whose threads answer the dext's calls
+//! into the system (`SUPERDISPATCH` and `KERNEL` methods) on the thread the
+//! call woke, without any hand-off.
 //!
 //! The main socket is read by the one thread that reads every dext's
 //! (`server_sockets`), the only place where a process's end is noticed: EOF
@@ -24,7 +25,7 @@ use std::sync::{mpsc, Arc, Mutex, Weak};
 use std::time::Duration;
 
 use driverkit_wire::channel::{self, ShmChannel};
-use driverkit_wire::shm::{self, SharedMemory};
+use driverkit_wire::shm::SharedMemory;
 use driverkit_wire::transport::{self, Endpoint, MessageBuf};
 use driverkit_wire::{
     Caller, Decoder, Header, IOResult, IOReturn, Kind, MethodId, ObjectId, Packet, Wire,
@@ -47,8 +48,8 @@ pub(crate) mod limits {
     pub const MEMORY_BYTES: u64 = 1 << 30;
     /// Asynchronous requests waiting for their completion.
     pub const PENDING_REQUESTS: usize = 4096;
-    /// Call channels (each is served by a daemon thread): one per dext
-    /// thread that calls the system, so far more than any driver needs.
+    /// Call channels: one per dext thread that calls the system, so far
+    /// more than any driver needs.
     pub const CALL_CHANNELS: usize = 256;
     /// Log lines a second, beyond a burst of twice as many.
     pub const LOG_LINES_PER_SECOND: u32 = 1000;
@@ -381,44 +382,36 @@ impl UserServer {
 
     fn serve_channel(&self, channel: Arc<ShmChannel>, daemon: Weak<Inner>) {
         let server = self.id;
-        let pid = self.pid;
         self.channels
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(channel.clone());
-        let spawned = std::thread::Builder::new()
-            .name(format!("channel:{pid}"))
-            .spawn(move || {
-                let mut own = crate::io_service::OwnRoutes::new();
-                let end = channel.serve(shm::SPIN, |request, reply| {
-                    let header = match Header::parse(&Packet::new_unchecked(request)) {
-                        Ok(h) if h.kind == Kind::Request => h,
-                        _ => {
-                            // Not a call: answer with an error the caller can see.
-                            Header::emit_reply(
-                                &Header::new(Kind::Request),
-                                &Err(IOReturn::BAD_ARGUMENT),
-                                reply,
-                            );
-                            return;
-                        }
-                    };
-                    let result = match daemon.upgrade() {
-                        Some(d) => d.kernel_call(
-                            server,
-                            &header,
-                            &request[driverkit_wire::HEADER_LEN..],
-                            &mut own,
-                        ),
-                        None => Err(IOReturn::OFFLINE),
-                    };
-                    Header::emit_reply(&header, &result, reply);
-                });
-                tracing::debug!("call channel of pid {pid} ended: {end:?}");
-            });
-        if let Err(e) = spawned {
-            tracing::error!("cannot serve a channel of pid {pid}: {e}");
-        }
+        let mut own = crate::io_service::OwnRoutes::new();
+        let handler = move |request: &[u8], reply: &mut Vec<u8>| {
+            let header = match Header::parse(&Packet::new_unchecked(request)) {
+                Ok(h) if h.kind == Kind::Request => h,
+                _ => {
+                    // Not a call: answer with an error the caller can see.
+                    Header::emit_reply(
+                        &Header::new(Kind::Request),
+                        &Err(IOReturn::BAD_ARGUMENT),
+                        reply,
+                    );
+                    return;
+                }
+            };
+            let result = match daemon.upgrade() {
+                Some(d) => d.kernel_call(
+                    server,
+                    &header,
+                    &request[driverkit_wire::HEADER_LEN..],
+                    &mut own,
+                ),
+                None => Err(IOReturn::OFFLINE),
+            };
+            Header::emit_reply(&header, &result, reply);
+        };
+        crate::channel_pool::serve(channel, Box::new(handler));
     }
 }
 

@@ -153,39 +153,80 @@ impl ShmChannel {
         spin: Duration,
         mut handle: impl FnMut(&[u8], &mut Vec<u8>),
     ) -> ChannelError {
-        let requests = self.shm.u32_at(REQUEST_BELL);
-        let mut seen = 0;
-        let mut request = Vec::new();
-        let mut reply = Vec::new();
+        let mut server = Server::default();
         // Whether the last call woke either side from a park: then the
         // caller may be on this CPU, and the next wait yields.
         let mut woken = false;
         loop {
-            let arrived = || requests.load(Ordering::Acquire) != seen || self.is_closed();
-            let bell = self.bell(REQUEST_BELL);
-            let (_, parked) = bell.wait_reporting(woken, spin, None, arrived);
-            if self.is_closed() {
-                return ChannelError::Closed;
+            let bell = self.request_bell();
+            let (_, parked) = bell.wait_reporting(woken, spin, None, || self.has_request(&server));
+            match self.answer(&mut server, &mut handle) {
+                Ok(woke) => woken = parked || woke,
+                Err(e) => return e,
             }
-            seen = requests.load(Ordering::Acquire);
-            let len = self.shm.u32_at(REQUEST_LEN).load(Ordering::Acquire) as usize;
-            if len > MAX_MESSAGE {
-                self.close();
-                return ChannelError::Corrupt;
-            }
-            request.clear();
-            request.resize(len, 0);
-            self.shm.read(REQUEST, &mut request);
-            reply.clear();
-            handle(&request, &mut reply);
-            let n = reply.len().min(MAX_MESSAGE);
-            self.shm.write(REPLY, &reply[..n]);
-            self.shm
-                .u32_at(REPLY_LEN)
-                .store(n as u32, Ordering::Release);
-            let woke = self.bell(REPLY_BELL).ring();
-            woken = parked || woke;
         }
+    }
+
+    /// Server: the doorbell callers ring, for a server that waits on many
+    /// channels at once ([`Doorbell::arm`]).
+    pub fn request_bell(&self) -> Doorbell<'_> {
+        self.bell(REQUEST_BELL)
+    }
+
+    /// Server: whether a request `server` has not answered is waiting, or
+    /// the channel closed (closing rings the request bell too).
+    pub fn has_request(&self, server: &Server) -> bool {
+        self.shm.u32_at(REQUEST_BELL).load(Ordering::Acquire) != server.seen
+    }
+
+    /// Server: answers the waiting request with `handle` (call it once
+    /// [`has_request`](ShmChannel::has_request) holds). Returns whether the
+    /// reply woke a parked caller, or why the channel is finished.
+    pub fn answer(
+        &self,
+        server: &mut Server,
+        mut handle: impl FnMut(&[u8], &mut Vec<u8>),
+    ) -> Result<bool, ChannelError> {
+        if self.is_closed() {
+            return Err(ChannelError::Closed);
+        }
+        server.seen = self.shm.u32_at(REQUEST_BELL).load(Ordering::Acquire);
+        let len = self.shm.u32_at(REQUEST_LEN).load(Ordering::Acquire) as usize;
+        if len > MAX_MESSAGE {
+            self.close();
+            return Err(ChannelError::Corrupt);
+        }
+        let Server { request, reply, .. } = server;
+        request.clear();
+        request.resize(len, 0);
+        self.shm.read(REQUEST, request);
+        reply.clear();
+        handle(request, reply);
+        let n = reply.len().min(MAX_MESSAGE);
+        self.shm.write(REPLY, &reply[..n]);
+        self.shm
+            .u32_at(REPLY_LEN)
+            .store(n as u32, Ordering::Release);
+        Ok(self.bell(REPLY_BELL).ring())
+    }
+}
+
+/// A server's side of one channel: the requests it answered (counting
+/// starts at zero, so a request made before serving began is not missed)
+/// and its buffers. The server copies a request out of the region before
+/// parsing it: the peer could change it while it is read.
+#[derive(Debug, Default)]
+pub struct Server {
+    seen: u32,
+    request: Vec<u8>,
+    reply: Vec<u8>,
+}
+
+impl Server {
+    /// How many requests were answered: the request bell's futex word
+    /// while no request waits.
+    pub fn answered(&self) -> u32 {
+        self.seen
     }
 }
 

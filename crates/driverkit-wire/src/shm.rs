@@ -385,24 +385,26 @@ impl<'a> Doorbell<'a> {
         self.wait_from(first, spin, deadline, ready)
     }
 
-    fn wait_from(
+    /// Spins (or, with `yielding`, yields the CPU between looks) for up to
+    /// `spin` until `ready()` holds; false if it did not. Never parks: for
+    /// a waiter that has somewhere else to park (see [`Doorbell::arm`]).
+    pub fn spin_until(
         &self,
-        first: u32,
+        yielding: bool,
         spin: Duration,
-        deadline: Option<Instant>,
         mut ready: impl FnMut() -> bool,
-    ) -> (bool, bool) {
+    ) -> bool {
         if ready() {
-            return (true, false);
+            return true;
         }
         // The clock is read only once spinning has gone on for a while: a
         // busy peer answers within a few dozen spins, and a clock read costs
         // as much as a cache-line transfer here.
         let mut spin_until = None;
-        let mut n = first;
+        let mut n = if yielding { PURE_SPINS } else { 0 };
         loop {
             if ready() {
-                return (true, false);
+                return true;
             }
             n = n.wrapping_add(1);
             if n < PURE_SPINS {
@@ -413,9 +415,39 @@ impl<'a> Doorbell<'a> {
             if n.is_multiple_of(64) {
                 let now = Instant::now();
                 if now >= *spin_until.get_or_insert(now + spin) {
-                    break;
+                    return false;
                 }
             }
+        }
+    }
+
+    /// Announces a waiter that parks elsewhere, on this doorbell's
+    /// [`futex_word`](Doorbell::futex_word) among others (`futex_waitv`):
+    /// from now on a ring wakes it. The caller must look at its event after
+    /// arming and wait only for the word's value it saw before that look.
+    pub fn arm(&self) {
+        self.parked.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Withdraws an [`arm`](Doorbell::arm).
+    pub fn disarm(&self) {
+        self.parked.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// The futex word a ring changes and wakes.
+    pub fn futex_word(&self) -> &'a AtomicU32 {
+        self.seq
+    }
+
+    fn wait_from(
+        &self,
+        first: u32,
+        spin: Duration,
+        deadline: Option<Instant>,
+        mut ready: impl FnMut() -> bool,
+    ) -> (bool, bool) {
+        if self.spin_until(first >= PURE_SPINS, spin, &mut ready) {
+            return (true, false);
         }
         loop {
             let seen = self.seq.load(Ordering::SeqCst);

@@ -1,0 +1,471 @@
+//! Every dext's call channels, served by a few threads.
+//!
+//! A dext calls the system on call channels (shared memory, one call in
+//! flight each, see `driverkit_wire::channel`). A thread per channel made a
+//! thousand dexts thousands of daemon threads, nearly all parked. Here the
+//! channels are split into shards of at most [`SHARD`], and the pool's
+//! threads take turns as each shard's leader (the leader/followers pattern):
+//!
+//! - The **leader** of a shard parks on every idle channel of the shard at
+//!   once (`futex_waitv`, armed through each request doorbell's parked
+//!   count, so a caller's ring wakes it). When a request arrives it takes
+//!   that channel, hands the leadership to an idle thread (a follower) and
+//!   answers the call itself: no hand-off between the wake-up and the
+//!   answer.
+//! - While it serves, the thread spins on that channel for the next request
+//!   as a thread of its own would (`SPIN`, the hot path), then gives the
+//!   channel back to its shard and becomes a follower.
+//!
+//! The leadership moves *before* the call is answered, because a call may
+//! block (it may wait on another dext, whose own calls must still be
+//! answered meanwhile). So the pool runs one leader per shard, one thread
+//! per call in progress, and one spare, whatever the number of dexts.
+//!
+//! Architecture invariant: a channel is served by at most one thread at a
+//! time, and a channel's per-channel state (its handler, its counters)
+//! travels with it, so a request is never answered twice or out of order.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Duration;
+
+use driverkit_wire::channel::{Server, ShmChannel};
+use driverkit_wire::shm::SPIN;
+use rustix::thread::futex;
+
+/// What answers one channel's requests: request bytes in, reply bytes out.
+pub(crate) type Handler = Box<dyn FnMut(&[u8], &mut Vec<u8>) + Send>;
+
+/// Channels one leader watches: `futex_waitv` takes at most 128 words, and
+/// one is the shard's own.
+const SHARD: usize = 127;
+/// How long an idle follower waits before it exits (the last spare stays).
+#[cfg(not(test))]
+const RETIREMENT: Duration = Duration::from_secs(10);
+#[cfg(test)]
+const RETIREMENT: Duration = Duration::from_millis(200);
+/// How long a leader sleeps before it looks again on its own: only a safety
+/// net, as every change to what it watches wakes it.
+const SAFETY_NET: Duration = Duration::from_secs(1);
+
+/// Serves `channel` with `handler` until either side closes it.
+pub(crate) fn serve(channel: Arc<ShmChannel>, handler: Handler) {
+    POOL.get_or_init(Pool::default).add(channel, handler);
+}
+
+/// A channel's server side while no thread serves it.
+struct Idle {
+    server: Server,
+    handler: Handler,
+    /// Whether the leader announced itself on the channel's doorbell.
+    armed: bool,
+}
+
+struct Slot {
+    channel: Arc<ShmChannel>,
+    /// `None` while a thread serves the channel.
+    idle: Option<Idle>,
+}
+
+struct Shard {
+    slots: Mutex<Vec<Slot>>,
+    /// A futex word the leader waits on besides the channels: bumped when
+    /// it must look again (a channel added or given back).
+    changed: AtomicU32,
+}
+
+impl Shard {
+    fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake_leader(&self) {
+        self.changed.fetch_add(1, Ordering::SeqCst);
+        let _ = futex::wake(&self.changed, futex::Flags::PRIVATE, 1);
+    }
+
+    /// A channel whose thread stopped spinning on it: watched again.
+    fn give_back(&self, channel: &Arc<ShmChannel>, idle: Idle) {
+        let mut slots = self.slots();
+        if let Some(slot) = slots.iter_mut().find(|s| Arc::ptr_eq(&s.channel, channel)) {
+            slot.idle = Some(idle);
+        }
+        drop(slots);
+        self.wake_leader();
+    }
+
+    fn remove(&self, channel: &Arc<ShmChannel>) {
+        self.slots().retain(|s| !Arc::ptr_eq(&s.channel, channel));
+    }
+}
+
+/// A channel a leader took to answer.
+struct Taken {
+    shard: Arc<Shard>,
+    channel: Arc<ShmChannel>,
+    idle: Idle,
+}
+
+#[derive(Default)]
+struct State {
+    shards: Vec<Arc<Shard>>,
+    /// Shards waiting for a thread to lead them.
+    leaderless: VecDeque<Arc<Shard>>,
+    /// Threads waiting to lead.
+    followers: usize,
+}
+
+#[derive(Default)]
+struct Pool {
+    state: Mutex<State>,
+    needed: Condvar,
+}
+
+static POOL: OnceLock<Pool> = OnceLock::new();
+
+/// Requests a leader found only when its safety net expired: lost wake-ups,
+/// always zero unless the arming protocol is broken; tests check it.
+static LOST_WAKEUPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl Pool {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&'static self, channel: Arc<ShmChannel>, handler: Handler) {
+        let slot = Slot {
+            channel,
+            idle: Some(Idle {
+                server: Server::default(),
+                handler,
+                armed: false,
+            }),
+        };
+        let mut state = self.state();
+        let open = state
+            .shards
+            .iter()
+            .find(|shard| shard.slots().len() < SHARD)
+            .cloned();
+        match open {
+            Some(shard) => {
+                drop(state);
+                shard.slots().push(slot);
+                shard.wake_leader();
+            }
+            None => {
+                let shard = Arc::new(Shard {
+                    slots: Mutex::new(vec![slot]),
+                    changed: AtomicU32::new(0),
+                });
+                state.shards.push(shard.clone());
+                drop(state);
+                self.needs_leader(shard);
+            }
+        }
+    }
+
+    /// Queues `shard` for a leader: an idle follower takes it, or a new
+    /// thread if none is idle. Never waits for the thread to start.
+    fn needs_leader(&'static self, shard: Arc<Shard>) {
+        let mut state = self.state();
+        state.leaderless.push_back(shard);
+        let enough = state.leaderless.len() <= state.followers;
+        drop(state);
+        if enough {
+            self.needed.notify_one();
+            return;
+        }
+        if let Err(e) = std::thread::Builder::new()
+            .name("channels".into())
+            .spawn(move || self.follow())
+        {
+            tracing::error!(
+                "cannot start a thread to serve call channels ({e}); their shard waits for a busy one"
+            );
+        }
+    }
+
+    /// A pool thread: leads a shard when one needs it, answers the channel
+    /// it took, and starts over.
+    fn follow(&'static self) {
+        let mut state = self.state();
+        loop {
+            if let Some(shard) = state.leaderless.pop_front() {
+                drop(state);
+                let taken = self.lead(shard);
+                serve_taken(taken);
+                state = self.state();
+                continue;
+            }
+            state.followers += 1;
+            let (guard, waited) = self
+                .needed
+                .wait_timeout(state, RETIREMENT)
+                .unwrap_or_else(|e| e.into_inner());
+            state = guard;
+            state.followers -= 1;
+            // The last idle thread stays, so that a leader never waits for
+            // a thread to start before it answers a call.
+            if waited.timed_out() && state.leaderless.is_empty() && state.followers > 0 {
+                return;
+            }
+        }
+    }
+
+    /// Leads `shard` until one of its channels has a request; then takes
+    /// it, passes the leadership on, and returns it.
+    fn lead(&'static self, shard: Arc<Shard>) -> Taken {
+        // The channel the last wake-up named, looked at first.
+        let mut woken: Option<usize> = None;
+        let mut waits: Vec<futex::Wait> = Vec::with_capacity(SHARD + 1);
+        let mut watched: Vec<usize> = Vec::with_capacity(SHARD);
+        let mut timed_out = false;
+        loop {
+            let mut slots = shard.slots();
+            let changed = shard.changed.load(Ordering::SeqCst);
+            // Closed channels whose thread is gone leave the shard.
+            slots.retain(|slot| {
+                let closed = slot.idle.is_some() && slot.channel.is_closed();
+                if closed && slot.idle.as_ref().is_some_and(|i| i.armed) {
+                    slot.channel.request_bell().disarm();
+                }
+                !closed
+            });
+            let ready = woken
+                .take()
+                .filter(|&i| {
+                    slots.get(i).is_some_and(|s| {
+                        s.idle
+                            .as_ref()
+                            .is_some_and(|idle| s.channel.has_request(&idle.server))
+                    })
+                })
+                .or_else(|| {
+                    // Armed first, looked at after: a ring between the two
+                    // finds the leader announced, or changes the word it
+                    // waits on, so it is never missed.
+                    slots.iter_mut().position(|slot| {
+                        let Some(idle) = slot.idle.as_mut() else {
+                            return false;
+                        };
+                        if !idle.armed {
+                            slot.channel.request_bell().arm();
+                            idle.armed = true;
+                        }
+                        slot.channel.has_request(&idle.server)
+                    })
+                });
+            if let Some(i) = ready {
+                if timed_out {
+                    // Found by the safety net, not by a wake-up.
+                    LOST_WAKEUPS.fetch_add(1, Ordering::Relaxed);
+                }
+                let slot = &mut slots[i];
+                let mut idle = slot.idle.take().expect("a ready slot is idle");
+                if idle.armed {
+                    slot.channel.request_bell().disarm();
+                    idle.armed = false;
+                }
+                let channel = slot.channel.clone();
+                drop(slots);
+                self.needs_leader(shard.clone());
+                return Taken {
+                    shard,
+                    channel,
+                    idle,
+                };
+            }
+            waits.clear();
+            watched.clear();
+            waits.push(wait_on(&shard.changed, changed, true));
+            for (i, slot) in slots.iter().enumerate() {
+                if let Some(idle) = slot.idle.as_ref().filter(|idle| idle.armed) {
+                    let word = slot.channel.request_bell().futex_word();
+                    waits.push(wait_on(word, idle.server.answered(), false));
+                    watched.push(i);
+                }
+            }
+            // The words stay valid while the lock is released: a slot's
+            // channel (and its mapping) leaves the shard only on this thread
+            // or on the thread serving it, and a served slot is not watched.
+            drop(slots);
+            // futex_waitv's timeout is a point in time, not a duration.
+            let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+            let timeout = futex::Timespec {
+                tv_sec: now.tv_sec + SAFETY_NET.as_secs() as i64,
+                tv_nsec: now.tv_nsec,
+            };
+            match futex::waitv(
+                &waits,
+                futex::WaitvFlags::empty(),
+                Some(&timeout),
+                rustix::time::ClockId::Monotonic,
+            ) {
+                Ok(k) => {
+                    timed_out = false;
+                    woken = k.checked_sub(1).and_then(|k| watched.get(k).copied());
+                }
+                Err(e) => timed_out = e == rustix::io::Errno::TIMEDOUT,
+            }
+        }
+    }
+}
+
+/// A `futex_waitv` entry: wait while `word` holds `value`. The shard's
+/// own word is private to the daemon; a channel's lives in memory shared
+/// with its dext, which rings it with a shared futex wake.
+fn wait_on(word: &AtomicU32, value: u32, private: bool) -> futex::Wait {
+    let mut wait = futex::Wait::new();
+    wait.val = u64::from(value);
+    wait.uaddr = futex::WaitPtr::new(word.as_ptr().cast());
+    wait.flags = if private {
+        futex::WaitFlags::SIZE_U32 | futex::WaitFlags::PRIVATE
+    } else {
+        futex::WaitFlags::SIZE_U32
+    };
+    wait
+}
+
+/// Answers the taken channel's request, then the next ones while they come
+/// within the spin window, then gives the channel back to its shard.
+fn serve_taken(taken: Taken) {
+    let Taken {
+        shard,
+        channel,
+        mut idle,
+    } = taken;
+    // The caller found the channel watched, not served: a cold call, whose
+    // caller the kernel may run on this CPU, so the next wait yields.
+    let mut woken = true;
+    loop {
+        match channel.answer(&mut idle.server, &mut idle.handler) {
+            Ok(woke) => woken |= woke,
+            Err(end) => {
+                tracing::debug!("a call channel ended: {end:?}");
+                shard.remove(&channel);
+                return;
+            }
+        }
+        let bell = channel.request_bell();
+        if !bell.spin_until(woken, SPIN, || channel.has_request(&idle.server)) {
+            shard.give_back(&channel, idle);
+            return;
+        }
+        woken = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use driverkit_wire::channel::{self, ChannelError};
+    use driverkit_wire::shm::SharedMemory;
+    use std::os::fd::AsFd;
+    use std::time::Instant;
+
+    /// A caller's end, and the server's end handed to the pool with a
+    /// handler that answers `tag` followed by the request.
+    fn served(tag: u8) -> ShmChannel {
+        let client = ShmChannel::create().unwrap();
+        let fd = client.memory().as_fd().try_clone_to_owned().unwrap();
+        let server = ShmChannel::open(SharedMemory::from_fd(fd, channel::LEN).unwrap()).unwrap();
+        serve(
+            Arc::new(server),
+            Box::new(move |request: &[u8], reply: &mut Vec<u8>| {
+                reply.push(tag);
+                reply.extend_from_slice(request);
+            }),
+        );
+        client
+    }
+
+    fn deadline() -> Option<Instant> {
+        Some(Instant::now() + Duration::from_secs(20))
+    }
+
+    fn pool_threads() -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.trim() == "channels")
+            .count()
+    }
+
+    #[test]
+    fn many_channels_are_answered_by_a_few_threads() {
+        // 300 channels: three shards. Calls after each channel went idle
+        // (the leader's wake-up path) and back to back (the spin path).
+        let clients: Vec<_> = (0..300).map(|i| served(i as u8)).collect();
+        let mut reply = Vec::new();
+        for round in 0..2u8 {
+            for (i, client) in clients.iter().enumerate() {
+                client.call(&[round, 7], &mut reply, deadline()).unwrap();
+                assert_eq!(reply, [i as u8, round, 7], "channel {i}, round {round}");
+            }
+        }
+        for (i, client) in clients.iter().enumerate().step_by(37) {
+            for n in 0..50u8 {
+                client.call(&[n], &mut reply, deadline()).unwrap();
+                assert_eq!(reply, [i as u8, n]);
+            }
+        }
+        // Threads that served a burst retire once idle; what stays is a
+        // leader per shard and a spare (the other test's shard too).
+        let until = Instant::now() + Duration::from_secs(20);
+        while pool_threads() > 6 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let threads = pool_threads();
+        assert!(
+            threads <= 6,
+            "300 idle channels in 3 shards are watched by {threads} threads"
+        );
+        assert_eq!(
+            LOST_WAKEUPS.load(Ordering::Relaxed),
+            0,
+            "every call woke its leader"
+        );
+        // Closed by the caller: the shard forgets it, the others go on.
+        clients[5].close();
+        assert_eq!(
+            clients[5].call(&[1], &mut reply, deadline()),
+            Err(ChannelError::Closed)
+        );
+        clients[6].call(&[1], &mut reply, deadline()).unwrap();
+        assert_eq!(reply, [6, 1]);
+    }
+
+    #[test]
+    fn a_blocked_call_does_not_hold_up_the_other_channels_of_its_shard() {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = Mutex::new(released);
+        let client = ShmChannel::create().unwrap();
+        let fd = client.memory().as_fd().try_clone_to_owned().unwrap();
+        let server = ShmChannel::open(SharedMemory::from_fd(fd, channel::LEN).unwrap()).unwrap();
+        serve(
+            Arc::new(server),
+            Box::new(move |_: &[u8], reply: &mut Vec<u8>| {
+                // Blocks as a call waiting on another dext does.
+                let _ = released.lock().unwrap().recv();
+                reply.push(1);
+            }),
+        );
+        let blocked = std::thread::spawn(move || {
+            let mut reply = Vec::new();
+            client.call(&[0], &mut reply, deadline()).map(|()| reply)
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        // Channels added after it share its shard (or the next).
+        let others: Vec<_> = (0..5).map(|i| served(10 + i)).collect();
+        let mut reply = Vec::new();
+        for (i, other) in others.iter().enumerate() {
+            other.call(&[9], &mut reply, deadline()).unwrap();
+            assert_eq!(reply, [10 + i as u8, 9]);
+        }
+        assert!(!blocked.is_finished(), "the first call still blocks");
+        release.send(()).unwrap();
+        assert_eq!(blocked.join().unwrap(), Ok(vec![1]));
+    }
+}
