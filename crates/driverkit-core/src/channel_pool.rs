@@ -28,7 +28,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use driverkit_wire::channel::{Server, ShmChannel};
 use driverkit_wire::shm::SPIN;
@@ -51,7 +51,7 @@ const SAFETY_NET: Duration = Duration::from_secs(1);
 
 /// Serves `channel` with `handler` until either side closes it.
 pub(crate) fn serve(channel: Arc<ShmChannel>, handler: Handler) {
-    POOL.get_or_init(Pool::default).add(channel, handler);
+    pool().add(channel, handler);
 }
 
 /// A channel's server side while no thread serves it.
@@ -85,14 +85,17 @@ impl Shard {
         let _ = futex::wake(&self.changed, futex::Flags::PRIVATE, 1);
     }
 
-    /// A channel whose thread stopped spinning on it: watched again.
-    fn give_back(&self, channel: &Arc<ShmChannel>, idle: Idle) {
+    /// A channel whose thread stopped spinning on it: watched again (the
+    /// leader woken to arm it, unless the giver leads the shard itself).
+    fn give_back(&self, channel: &Arc<ShmChannel>, idle: Idle, wake: bool) {
         let mut slots = self.slots();
         if let Some(slot) = slots.iter_mut().find(|s| Arc::ptr_eq(&s.channel, channel)) {
             slot.idle = Some(idle);
         }
         drop(slots);
-        self.wake_leader();
+        if wake {
+            self.wake_leader();
+        }
     }
 
     fn remove(&self, channel: &Arc<ShmChannel>) {
@@ -114,12 +117,20 @@ struct State {
     leaderless: VecDeque<Arc<Shard>>,
     /// Threads waiting to lead.
     followers: usize,
+    /// Shards whose leader is answering a call, by when the leadership
+    /// passes to another thread if that leader has not come back.
+    deferred: VecDeque<(Instant, Arc<Shard>)>,
 }
 
-#[derive(Default)]
 struct Pool {
     state: Mutex<State>,
     needed: Condvar,
+    /// 1 while the watchdog sleeps until a leadership is deferred (a futex
+    /// word): the deferral then wakes it.
+    watchdog_parked: AtomicU32,
+    /// False if the watchdog could not start: leadership then passes at
+    /// once.
+    watchdog: std::sync::atomic::AtomicBool,
 }
 
 static POOL: OnceLock<Pool> = OnceLock::new();
@@ -127,6 +138,48 @@ static POOL: OnceLock<Pool> = OnceLock::new();
 /// Requests a leader found only when its safety net expired: lost wake-ups,
 /// always zero unless the arming protocol is broken; tests check it.
 static LOST_WAKEUPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn pool() -> &'static Pool {
+    // As the log hub does: the watchdog is handed the pool once it is in
+    // the static, never started from inside the initialisation.
+    let mut created = false;
+    let pool = POOL.get_or_init(|| {
+        created = true;
+        Pool {
+            state: Mutex::new(State::default()),
+            needed: Condvar::new(),
+            watchdog_parked: AtomicU32::new(0),
+            watchdog: std::sync::atomic::AtomicBool::new(true),
+        }
+    });
+    if created {
+        if let Err(e) = std::thread::Builder::new()
+            .name("channels-watch".into())
+            .stack_size(64 * 1024)
+            .spawn(move || pool.watch())
+        {
+            tracing::error!(
+                "call channels: cannot start the watchdog ({e}); each cold call wakes a second thread"
+            );
+            pool.watchdog.store(false, Ordering::Release);
+        }
+    }
+    pool
+}
+
+/// How long a leader may answer calls before its shard gets another
+/// leader: past one spin window and a quick call, so that a cold call's
+/// only wake-up is the caller's, yet short enough that a call that blocks
+/// (on another dext, say) holds up its shard's other channels only about
+/// this long (plus one look of the watchdog).
+const DEFERRAL: Duration = Duration::from_micros(300);
+/// How often the watchdog looks while leaderships are being deferred, and
+/// how long after the last one it keeps looking before it sleeps. It looks
+/// rather than arming a timer per call: here programming a timer costs
+/// about 10 µs (a virtual machine's timer traps), three times a cold
+/// call's own cost.
+const WATCH_EVERY: Duration = Duration::from_micros(250);
+const WATCH_FOR: Duration = Duration::from_millis(100);
 
 impl Pool {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -160,42 +213,119 @@ impl Pool {
                     changed: AtomicU32::new(0),
                 });
                 state.shards.push(shard.clone());
-                drop(state);
-                self.needs_leader(shard);
+                self.enlist(state, [shard]);
             }
         }
     }
 
-    /// Queues `shard` for a leader: an idle follower takes it, or a new
-    /// thread if none is idle. Never waits for the thread to start.
-    fn needs_leader(&'static self, shard: Arc<Shard>) {
-        let mut state = self.state();
-        state.leaderless.push_back(shard);
-        let enough = state.leaderless.len() <= state.followers;
+    /// Queues `shards` for a leader each: idle followers take them, or new
+    /// threads if too few are idle. Never waits for a thread to start.
+    fn enlist(
+        &'static self,
+        mut state: std::sync::MutexGuard<'_, State>,
+        shards: impl IntoIterator<Item = Arc<Shard>>,
+    ) {
+        let before = state.leaderless.len();
+        state.leaderless.extend(shards);
+        let added = state.leaderless.len() - before;
+        let missing = state.leaderless.len().saturating_sub(state.followers);
         drop(state);
-        if enough {
+        for _ in 0..added - missing.min(added) {
             self.needed.notify_one();
-            return;
         }
-        if let Err(e) = std::thread::Builder::new()
-            .name("channels".into())
-            .spawn(move || self.follow())
-        {
-            tracing::error!(
-                "cannot start a thread to serve call channels ({e}); their shard waits for a busy one"
-            );
+        for _ in 0..missing.min(added) {
+            if let Err(e) = std::thread::Builder::new()
+                .name("channels".into())
+                .spawn(move || self.follow())
+            {
+                tracing::error!(
+                    "cannot start a thread to serve call channels ({e}); their shard waits for a busy one"
+                );
+            }
+        }
+    }
+
+    /// The leader of `shard` is about to answer a call: another thread
+    /// leads it if the leader is not back within [`DEFERRAL`]. Costs no
+    /// system call unless the watchdog sleeps.
+    fn defer(&'static self, shard: Arc<Shard>) {
+        let mut state = self.state();
+        if !self.watchdog.load(Ordering::Acquire) {
+            return self.enlist(state, [shard]);
+        }
+        state.deferred.push_back((Instant::now() + DEFERRAL, shard));
+        drop(state);
+        if self.watchdog_parked.swap(0, Ordering::SeqCst) == 1 {
+            let _ = futex::wake(&self.watchdog_parked, futex::Flags::PRIVATE, 1);
+        }
+    }
+
+    /// The leader of `shard` is back: true if the shard is still its to
+    /// lead (nobody took over meanwhile).
+    fn resume(&self, shard: &Arc<Shard>) -> bool {
+        let mut state = self.state();
+        let Some(at) = state
+            .deferred
+            .iter()
+            .position(|(_, s)| Arc::ptr_eq(s, shard))
+        else {
+            return false;
+        };
+        state.deferred.remove(at);
+        true
+    }
+
+    /// The watchdog: gives every shard whose leader is overdue to another
+    /// thread; sleeps once nothing was deferred for a while.
+    fn watch(&'static self) {
+        let mut last_seen = Instant::now();
+        loop {
+            let mut state = self.state();
+            let now = Instant::now();
+            if !state.deferred.is_empty() {
+                last_seen = now;
+            } else if now.duration_since(last_seen) > WATCH_FOR {
+                // Announced, then looked at again: a deferral after the
+                // look finds the watchdog parked and wakes it.
+                self.watchdog_parked.store(1, Ordering::SeqCst);
+                let empty = state.deferred.is_empty();
+                drop(state);
+                if empty {
+                    let _ = futex::wait(&self.watchdog_parked, futex::Flags::PRIVATE, 1, None);
+                }
+                self.watchdog_parked.store(0, Ordering::SeqCst);
+                last_seen = Instant::now();
+                continue;
+            }
+            let mut overdue = Vec::new();
+            while state.deferred.front().is_some_and(|(due, _)| *due <= now) {
+                if let Some((_, shard)) = state.deferred.pop_front() {
+                    overdue.push(shard);
+                }
+            }
+            if overdue.is_empty() {
+                drop(state);
+            } else {
+                self.enlist(state, overdue);
+            }
+            std::thread::sleep(WATCH_EVERY);
         }
     }
 
     /// A pool thread: leads a shard when one needs it, answers the channel
-    /// it took, and starts over.
+    /// it took, and leads again if its shard is still its own.
     fn follow(&'static self) {
         let mut state = self.state();
         loop {
-            if let Some(shard) = state.leaderless.pop_front() {
+            if let Some(mut shard) = state.leaderless.pop_front() {
                 drop(state);
-                let taken = self.lead(shard);
-                serve_taken(taken);
+                loop {
+                    let taken = self.lead(shard);
+                    match self.serve_taken(taken) {
+                        Some(again) => shard = again,
+                        None => break,
+                    }
+                }
                 state = self.state();
                 continue;
             }
@@ -206,8 +336,8 @@ impl Pool {
                 .unwrap_or_else(|e| e.into_inner());
             state = guard;
             state.followers -= 1;
-            // The last idle thread stays, so that a leader never waits for
-            // a thread to start before it answers a call.
+            // The last idle thread stays, so that a blocked leader's shard
+            // seldom waits for a thread to start.
             if waited.timed_out() && state.leaderless.is_empty() && state.followers > 0 {
                 return;
             }
@@ -215,7 +345,7 @@ impl Pool {
     }
 
     /// Leads `shard` until one of its channels has a request; then takes
-    /// it, passes the leadership on, and returns it.
+    /// it, defers the leadership, and returns it.
     fn lead(&'static self, shard: Arc<Shard>) -> Taken {
         // The channel the last wake-up named, looked at first.
         let mut woken: Option<usize> = None;
@@ -270,7 +400,7 @@ impl Pool {
                 }
                 let channel = slot.channel.clone();
                 drop(slots);
-                self.needs_leader(shard.clone());
+                self.defer(shard.clone());
                 return Taken {
                     shard,
                     channel,
@@ -311,6 +441,39 @@ impl Pool {
             }
         }
     }
+
+    /// Answers the taken channel's request, then the next ones while they
+    /// come within the spin window, then gives the channel back. Returns the
+    /// shard if this thread is still its leader.
+    fn serve_taken(&self, taken: Taken) -> Option<Arc<Shard>> {
+        let Taken {
+            shard,
+            channel,
+            mut idle,
+        } = taken;
+        // The caller found the channel watched, not served: a cold call,
+        // whose caller the kernel may run on this CPU, so the next wait
+        // yields.
+        let mut woken = true;
+        loop {
+            match channel.answer(&mut idle.server, &mut idle.handler) {
+                Ok(woke) => woken |= woke,
+                Err(end) => {
+                    tracing::debug!("a call channel ended: {end:?}");
+                    shard.remove(&channel);
+                    return self.resume(&shard).then_some(shard);
+                }
+            }
+            let bell = channel.request_bell();
+            if !bell.spin_until(woken, SPIN, || channel.has_request(&idle.server)) {
+                let leads = self.resume(&shard);
+                // A leader that comes back looks at its shard anyway.
+                shard.give_back(&channel, idle, !leads);
+                return leads.then_some(shard);
+            }
+            woken = false;
+        }
+    }
 }
 
 /// A `futex_waitv` entry: wait while `word` holds `value`. The shard's
@@ -326,35 +489,6 @@ fn wait_on(word: &AtomicU32, value: u32, private: bool) -> futex::Wait {
         futex::WaitFlags::SIZE_U32
     };
     wait
-}
-
-/// Answers the taken channel's request, then the next ones while they come
-/// within the spin window, then gives the channel back to its shard.
-fn serve_taken(taken: Taken) {
-    let Taken {
-        shard,
-        channel,
-        mut idle,
-    } = taken;
-    // The caller found the channel watched, not served: a cold call, whose
-    // caller the kernel may run on this CPU, so the next wait yields.
-    let mut woken = true;
-    loop {
-        match channel.answer(&mut idle.server, &mut idle.handler) {
-            Ok(woke) => woken |= woke,
-            Err(end) => {
-                tracing::debug!("a call channel ended: {end:?}");
-                shard.remove(&channel);
-                return;
-            }
-        }
-        let bell = channel.request_bell();
-        if !bell.spin_until(woken, SPIN, || channel.has_request(&idle.server)) {
-            shard.give_back(&channel, idle);
-            return;
-        }
-        woken = false;
-    }
 }
 
 #[cfg(test)]
