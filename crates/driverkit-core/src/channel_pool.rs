@@ -26,8 +26,8 @@
 //! travels with it, so a request is never answered twice or out of order.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use driverkit_wire::channel::{Server, ShmChannel};
@@ -98,6 +98,15 @@ impl Shard {
         }
     }
 
+    /// Whether a channel no thread serves has a request waiting.
+    fn has_waiting_request(&self) -> bool {
+        self.slots().iter().any(|slot| {
+            slot.idle
+                .as_ref()
+                .is_some_and(|idle| slot.channel.has_request(&idle.server))
+        })
+    }
+
     fn remove(&self, channel: &Arc<ShmChannel>) {
         self.slots().retain(|s| !Arc::ptr_eq(&s.channel, channel));
     }
@@ -108,6 +117,8 @@ struct Taken {
     shard: Arc<Shard>,
     channel: Arc<ShmChannel>,
     idle: Idle,
+    /// Whether the thread is inside the handler (see [`Deferred`]).
+    answering: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -115,16 +126,32 @@ struct State {
     shards: Vec<Arc<Shard>>,
     /// Shards waiting for a thread to lead them.
     leaderless: VecDeque<Arc<Shard>>,
-    /// Threads waiting to lead.
-    followers: usize,
-    /// Shards whose leader is answering a call, by when the leadership
-    /// passes to another thread if that leader has not come back.
-    deferred: VecDeque<(Instant, Arc<Shard>)>,
+    /// Threads waiting to lead, the most recently idle last: work goes to
+    /// it first, so that in a busy pool the threads beyond what the load
+    /// needs stay idle long enough to retire.
+    idle: Vec<Arc<Follower>>,
+    /// Shards whose leader is away answering calls, by when the watchdog
+    /// looks at whether another thread must lead them.
+    deferred: VecDeque<Deferred>,
+}
+
+/// An idle pool thread, and the shard handed to it.
+struct Follower {
+    thread: std::thread::Thread,
+    work: Mutex<Option<Arc<Shard>>>,
+}
+
+/// A shard whose leader is away.
+struct Deferred {
+    due: Instant,
+    shard: Arc<Shard>,
+    /// True while the leader is inside a call's handler (where it may
+    /// block), false while it spins for the next request.
+    answering: Arc<AtomicBool>,
 }
 
 struct Pool {
     state: Mutex<State>,
-    needed: Condvar,
     /// 1 while the watchdog sleeps until a leadership is deferred (a futex
     /// word): the deferral then wakes it.
     watchdog_parked: AtomicU32,
@@ -147,7 +174,6 @@ fn pool() -> &'static Pool {
         created = true;
         Pool {
             state: Mutex::new(State::default()),
-            needed: Condvar::new(),
             watchdog_parked: AtomicU32::new(0),
             watchdog: std::sync::atomic::AtomicBool::new(true),
         }
@@ -218,42 +244,56 @@ impl Pool {
         }
     }
 
-    /// Queues `shards` for a leader each: idle followers take them, or new
-    /// threads if too few are idle. Never waits for a thread to start.
+    /// Hands `shards` to a leader each: the most recently idle followers,
+    /// or new threads if too few are idle. Never waits for a thread to
+    /// start.
     fn enlist(
         &'static self,
         mut state: std::sync::MutexGuard<'_, State>,
         shards: impl IntoIterator<Item = Arc<Shard>>,
     ) {
-        let before = state.leaderless.len();
-        state.leaderless.extend(shards);
-        let added = state.leaderless.len() - before;
-        let missing = state.leaderless.len().saturating_sub(state.followers);
-        drop(state);
-        for _ in 0..added - missing.min(added) {
-            self.needed.notify_one();
+        let mut woken = Vec::new();
+        let mut unserved = Vec::new();
+        for shard in shards {
+            match state.idle.pop() {
+                Some(follower) => {
+                    *follower.work.lock().unwrap_or_else(|e| e.into_inner()) = Some(shard);
+                    woken.push(follower.thread.clone());
+                }
+                None => unserved.push(shard),
+            }
         }
-        for _ in 0..missing.min(added) {
-            if let Err(e) = std::thread::Builder::new()
+        for shard in unserved {
+            let first = shard.clone();
+            let spawned = std::thread::Builder::new()
                 .name("channels".into())
-                .spawn(move || self.follow())
-            {
+                .spawn(move || self.follow(Some(first)));
+            if let Err(e) = spawned {
                 tracing::error!(
                     "cannot start a thread to serve call channels ({e}); their shard waits for a busy one"
                 );
+                state.leaderless.push_back(shard);
             }
+        }
+        drop(state);
+        for thread in woken {
+            thread.unpark();
         }
     }
 
     /// The leader of `shard` is about to answer a call: another thread
     /// leads it if the leader is not back within [`DEFERRAL`]. Costs no
     /// system call unless the watchdog sleeps.
-    fn defer(&'static self, shard: Arc<Shard>) {
+    fn defer(&'static self, shard: Arc<Shard>, answering: Arc<AtomicBool>) {
         let mut state = self.state();
         if !self.watchdog.load(Ordering::Acquire) {
             return self.enlist(state, [shard]);
         }
-        state.deferred.push_back((Instant::now() + DEFERRAL, shard));
+        state.deferred.push_back(Deferred {
+            due: Instant::now() + DEFERRAL,
+            shard,
+            answering,
+        });
         drop(state);
         if self.watchdog_parked.swap(0, Ordering::SeqCst) == 1 {
             let _ = futex::wake(&self.watchdog_parked, futex::Flags::PRIVATE, 1);
@@ -267,7 +307,7 @@ impl Pool {
         let Some(at) = state
             .deferred
             .iter()
-            .position(|(_, s)| Arc::ptr_eq(s, shard))
+            .position(|d| Arc::ptr_eq(&d.shard, shard))
         else {
             return false;
         };
@@ -297,10 +337,20 @@ impl Pool {
                 last_seen = Instant::now();
                 continue;
             }
+            // An overdue leader's shard gets another leader only if it must:
+            // the leader is inside a handler (which may block), or another
+            // of its channels has a request waiting. A leader merely
+            // spinning on a busy channel keeps its shard.
             let mut overdue = Vec::new();
-            while state.deferred.front().is_some_and(|(due, _)| *due <= now) {
-                if let Some((_, shard)) = state.deferred.pop_front() {
-                    overdue.push(shard);
+            while state.deferred.front().is_some_and(|d| d.due <= now) {
+                let Some(mut d) = state.deferred.pop_front() else {
+                    break;
+                };
+                if d.answering.load(Ordering::Acquire) || d.shard.has_waiting_request() {
+                    overdue.push(d.shard);
+                } else {
+                    d.due = now + DEFERRAL;
+                    state.deferred.push_back(d);
                 }
             }
             if overdue.is_empty() {
@@ -313,12 +363,17 @@ impl Pool {
     }
 
     /// A pool thread: leads a shard when one needs it, answers the channel
-    /// it took, and leads again if its shard is still its own.
-    fn follow(&'static self) {
-        let mut state = self.state();
+    /// it took, and leads again if its shard is still its own; idle, it
+    /// retires after a while unless it is the last idle one.
+    fn follow(&'static self, first: Option<Arc<Shard>>) {
+        let me = Arc::new(Follower {
+            thread: std::thread::current(),
+            work: Mutex::new(None),
+        });
+        let take = |me: &Follower| me.work.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let mut next = first;
         loop {
-            if let Some(mut shard) = state.leaderless.pop_front() {
-                drop(state);
+            if let Some(mut shard) = next.take() {
                 loop {
                     let taken = self.lead(shard);
                     match self.serve_taken(taken) {
@@ -326,21 +381,36 @@ impl Pool {
                         None => break,
                     }
                 }
-                state = self.state();
                 continue;
             }
-            state.followers += 1;
-            let (guard, waited) = self
-                .needed
-                .wait_timeout(state, RETIREMENT)
-                .unwrap_or_else(|e| e.into_inner());
-            state = guard;
-            state.followers -= 1;
-            // The last idle thread stays, so that a blocked leader's shard
-            // seldom waits for a thread to start.
-            if waited.timed_out() && state.leaderless.is_empty() && state.followers > 0 {
-                return;
+            let mut state = self.state();
+            if let Some(shard) = state.leaderless.pop_front() {
+                next = Some(shard);
+                continue;
             }
+            state.idle.push(me.clone());
+            drop(state);
+            let mut until = Instant::now() + RETIREMENT;
+            next = loop {
+                if let Some(shard) = take(&me) {
+                    break Some(shard);
+                }
+                let left = until.saturating_duration_since(Instant::now());
+                if !left.is_zero() {
+                    std::thread::park_timeout(left);
+                    continue;
+                }
+                let mut state = self.state();
+                // Work handed over under the lock is seen under it.
+                if let Some(shard) = take(&me) {
+                    break Some(shard);
+                }
+                if state.idle.len() > 1 {
+                    state.idle.retain(|f| !Arc::ptr_eq(f, &me));
+                    return;
+                }
+                until = Instant::now() + RETIREMENT;
+            };
         }
     }
 
@@ -400,11 +470,13 @@ impl Pool {
                 }
                 let channel = slot.channel.clone();
                 drop(slots);
-                self.defer(shard.clone());
+                let answering = Arc::new(AtomicBool::new(true));
+                self.defer(shard.clone(), answering.clone());
                 return Taken {
                     shard,
                     channel,
                     idle,
+                    answering,
                 };
             }
             waits.clear();
@@ -450,13 +522,17 @@ impl Pool {
             shard,
             channel,
             mut idle,
+            answering,
         } = taken;
         // The caller found the channel watched, not served: a cold call,
         // whose caller the kernel may run on this CPU, so the next wait
         // yields.
         let mut woken = true;
         loop {
-            match channel.answer(&mut idle.server, &mut idle.handler) {
+            answering.store(true, Ordering::Release);
+            let answered = channel.answer(&mut idle.server, &mut idle.handler);
+            answering.store(false, Ordering::Release);
+            match answered {
                 Ok(woke) => woken |= woke,
                 Err(end) => {
                     tracing::debug!("a call channel ended: {end:?}");
