@@ -130,6 +130,8 @@ struct State {
     /// it first, so that in a busy pool the threads beyond what the load
     /// needs stay idle long enough to retire.
     idle: Vec<Arc<Follower>>,
+    /// The pool's threads.
+    threads: usize,
     /// Shards whose leader is away answering calls, by when the watchdog
     /// looks at whether another thread must lead them.
     deferred: VecDeque<Deferred>,
@@ -198,7 +200,10 @@ fn pool() -> &'static Pool {
 /// only wake-up is the caller's, yet short enough that a call that blocks
 /// (on another dext, say) holds up its shard's other channels only about
 /// this long (plus one look of the watchdog).
-const DEFERRAL: Duration = Duration::from_micros(300);
+const DEFERRAL: Duration = Duration::from_millis(1);
+/// Threads beyond one leader per shard: calls that may be blocked at once
+/// before a shard must wait for one of them to end.
+const MAX_AWAY: usize = 64;
 /// How often the watchdog looks while leaderships are being deferred, and
 /// how long after the last one it keeps looking before it sleeps. It looks
 /// rather than arming a timer per call: here programming a timer costs
@@ -264,15 +269,25 @@ impl Pool {
             }
         }
         for shard in unserved {
+            // Past the cap a shard waits for a thread to come back: on an
+            // overloaded machine every leader is late, and replacing each
+            // would only add threads competing for the same cores.
+            if state.threads >= state.shards.len() + MAX_AWAY {
+                state.leaderless.push_back(shard);
+                continue;
+            }
             let first = shard.clone();
             let spawned = std::thread::Builder::new()
                 .name("channels".into())
                 .spawn(move || self.follow(Some(first)));
-            if let Err(e) = spawned {
-                tracing::error!(
-                    "cannot start a thread to serve call channels ({e}); their shard waits for a busy one"
-                );
-                state.leaderless.push_back(shard);
+            match spawned {
+                Ok(_) => state.threads += 1,
+                Err(e) => {
+                    tracing::error!(
+                        "cannot start a thread to serve call channels ({e}); their shard waits for a busy one"
+                    );
+                    state.leaderless.push_back(shard);
+                }
             }
         }
         drop(state);
@@ -407,6 +422,7 @@ impl Pool {
                 }
                 if state.idle.len() > 1 {
                     state.idle.retain(|f| !Arc::ptr_eq(f, &me));
+                    state.threads -= 1;
                     return;
                 }
                 until = Instant::now() + RETIREMENT;
