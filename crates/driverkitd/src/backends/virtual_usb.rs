@@ -64,7 +64,7 @@ use serde::Deserialize;
 
 use driverkit_wire::hex::decode as from_hex;
 
-use crate::families::usb::{Completed, UsbTransport};
+use crate::families::usb::{Completed, InSink, UsbTransport};
 
 /// The `[usb]` table of a device file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -250,6 +250,10 @@ struct InQueue {
     ring: Ring,
     /// Bumped by `abort`, so that a waiting reader gives up.
     aborts: std::sync::atomic::AtomicU64,
+    /// Where data goes instead of the ring while the endpoint is streamed
+    /// (`stream_in`): handed over on the queuing thread. Held while the
+    /// sink runs, so that data reaches it in the order it was queued.
+    stream: Mutex<Option<(usize, InSink)>>,
 }
 
 /// A virtual USB device.
@@ -338,6 +342,7 @@ impl VirtualUsb {
                         InQueue {
                             ring,
                             aborts: Default::default(),
+                            stream: Mutex::new(None),
                         },
                     );
                 } else {
@@ -408,6 +413,12 @@ impl VirtualUsb {
     /// Queues `data` to be read from IN endpoint `address`.
     pub fn queue_in(&self, address: u8, data: &[u8]) -> IOResult<()> {
         let q = self.ins.get(&address).ok_or(IOReturn::NOT_FOUND)?;
+        let stream = q.stream.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((length, sink)) = &*stream {
+            sink(&data[..data.len().min(*length)]);
+            return Ok(());
+        }
+        drop(stream);
         q.ring
             .enqueue(data.len(), |slot| slot.copy_from_slice(data))?;
         Ok(())
@@ -572,6 +583,26 @@ impl UsbTransport for VirtualUsb {
         }
     }
 
+    fn stream_in(&self, address: u8, length: usize, sink: InSink) -> bool {
+        let Some(q) = self.ins.get(&address) else {
+            return false;
+        };
+        let mut stream = q.stream.lock().unwrap_or_else(|e| e.into_inner());
+        // What was queued before the stream began goes first.
+        let mut data = Vec::new();
+        while q.ring.dequeue(&mut data).is_ok() {
+            sink(&data[..data.len().min(length)]);
+        }
+        *stream = Some((length, sink));
+        true
+    }
+
+    fn stop_stream(&self, address: u8) {
+        if let Some(q) = self.ins.get(&address) {
+            *q.stream.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+
     fn abort_generation(&self, address: u8) -> u64 {
         self.ins
             .get(&address)
@@ -588,6 +619,7 @@ impl UsbTransport for VirtualUsb {
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
         for q in self.ins.values() {
+            *q.stream.lock().unwrap_or_else(|e| e.into_inner()) = None;
             q.ring.wake_all();
         }
     }
@@ -642,6 +674,35 @@ mod tests {
         assert_eq!(kb.abort_generation(0x81), 1);
         kb.close();
         assert_eq!(kb.transfer(0x81, &[], 8, None, 1), Err(IOReturn::NO_DEVICE));
+    }
+
+    #[test]
+    fn a_streamed_in_endpoint_hands_data_over_on_the_queuing_thread() {
+        let kb = keyboard();
+        kb.queue_in(0x81, &[1; 8]).unwrap();
+        let got = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let (sink_got, queuing) = (got.clone(), std::thread::current().id());
+        let sink: InSink = std::sync::Arc::new(move |data: &[u8]| {
+            assert_eq!(std::thread::current().id(), queuing, "no thread in between");
+            sink_got.lock().unwrap().push(data.to_vec());
+        });
+        assert!(kb.stream_in(0x81, 4, sink));
+        // Queued before the stream began: first, cut to the stream's length.
+        assert_eq!(*got.lock().unwrap(), [vec![1; 4]]);
+        kb.queue_in(0x81, &[2, 2]).unwrap();
+        assert_eq!(got.lock().unwrap().last(), Some(&vec![2, 2]));
+        assert!(
+            !kb.stream_in(0x85, 4, std::sync::Arc::new(|_: &[u8]| {})),
+            "no such endpoint"
+        );
+        kb.stop_stream(0x81);
+        kb.queue_in(0x81, &[3]).unwrap();
+        assert_eq!(
+            got.lock().unwrap().len(),
+            2,
+            "stopped: back to the endpoint's queue"
+        );
+        assert_eq!(kb.transfer(0x81, &[], 8, None, 0).unwrap().data, [3]);
     }
 
     #[test]

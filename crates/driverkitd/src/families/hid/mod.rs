@@ -364,8 +364,9 @@ impl HidFamily {
         }
     }
 
-    /// Claims the USB interface and starts polling its interrupt-IN
-    /// endpoint, unless it is polled already. `may_detach`: a host driver
+    /// Claims the USB interface and starts reading its interrupt-IN
+    /// endpoint (streamed, or polled by a thread where the transport
+    /// cannot stream), unless it is read already. `may_detach`: a host driver
     /// bound to the interface may be detached for it.
     fn start_reading(
         &self,
@@ -382,6 +383,22 @@ impl HidFamily {
         }
         usb.claim(system, may_detach)?;
         let stop = Arc::new(AtomicBool::new(false));
+        // Where the transport can, each report is handed on by the thread
+        // that completes its transfer: no poller thread, one wake-up fewer
+        // per report. Weak, as the transport keeps the sink until the
+        // stream stops.
+        let (family, target) = (self.me.clone(), Arc::downgrade(hid));
+        let sink: crate::families::usb::InSink = Arc::new(move |report: &[u8]| {
+            if let (Some(f), Some(hid), false) =
+                (family.upgrade(), target.upgrade(), report.is_empty())
+            {
+                deliver(&f, &hid, report);
+            }
+        });
+        if usb.device.transport.stream_in(address, len, sink) {
+            *reading = Some(stop);
+            return Ok(());
+        }
         let (me, poller, flag) = (self.me.clone(), hid.clone(), stop.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("hid-poll:{:#x}", hid.entry))
@@ -508,6 +525,7 @@ fn stop_reading(system: &System, hid: &HidInterface) {
     };
     stop.store(true, Ordering::Release);
     if let (Some((address, _, _)), Some(usb)) = (hid.input, &hid.usb) {
+        usb.device.transport.stop_stream(address);
         usb.device.transport.abort(address);
         usb.release(system);
     }

@@ -27,7 +27,7 @@ use driverkit_wire::interfaces::{
 use driverkit_wire::{Bytes, IOResult, IOReturn, MethodId, ObjectId};
 use plist::Value;
 
-pub use transport::{enumerate, Completed, Enumerated, UsbTransport};
+pub use transport::{enumerate, Completed, Enumerated, InSink, UsbTransport};
 
 /// A plugged USB device.
 pub struct UsbDevice {

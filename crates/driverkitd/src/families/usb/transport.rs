@@ -20,6 +20,10 @@ pub struct Completed {
     pub actual: usize,
 }
 
+/// Where a streamed IN endpoint's data goes: called with each transfer's
+/// data on the thread that completes it.
+pub type InSink = std::sync::Arc<dyn Fn(&[u8]) + Send + Sync>;
+
 /// A USB device's wire.
 pub trait UsbTransport: Send + Sync {
     /// Where the device is, for logs and `device list` (`builtin:keyboard`,
@@ -47,6 +51,23 @@ pub trait UsbTransport: Send + Sync {
         timeout: Option<Duration>,
         submitted: u64,
     ) -> IOResult<Completed>;
+
+    /// Streams IN endpoint `address` into `sink`: each transfer's data (at
+    /// most `length` bytes) is handed to it by the thread that completes
+    /// the transfer, so no thread of the caller waits in between (a poller
+    /// thread is one more wake-up on every report). False when the
+    /// transport cannot: the caller then loops on [`UsbTransport::transfer`].
+    /// Ends with [`UsbTransport::stop_stream`] or `close`.
+    fn stream_in(&self, address: u8, length: usize, sink: InSink) -> bool {
+        let _ = (address, length, sink);
+        false
+    }
+
+    /// Ends [`UsbTransport::stream_in`] on `address`; the sink is dropped
+    /// once any call of it in progress returns.
+    fn stop_stream(&self, address: u8) {
+        let _ = address;
+    }
 
     /// The number of aborts of `address` so far.
     fn abort_generation(&self, address: u8) -> u64;
