@@ -9,17 +9,21 @@
 //! - The **leader** of a shard parks on every idle channel of the shard at
 //!   once (`futex_waitv`, armed through each request doorbell's parked
 //!   count, so a caller's ring wakes it). When a request arrives it takes
-//!   that channel, hands the leadership to an idle thread (a follower) and
-//!   answers the call itself: no hand-off between the wake-up and the
-//!   answer.
+//!   that channel and answers the call itself: no hand-off between the
+//!   wake-up and the answer.
 //! - While it serves, the thread spins on that channel for the next request
 //!   as a thread of its own would (`SPIN`, the hot path), then gives the
-//!   channel back to its shard and becomes a follower.
+//!   channel back to its shard and leads it again.
 //!
-//! The leadership moves *before* the call is answered, because a call may
-//! block (it may wait on another dext, whose own calls must still be
-//! answered meanwhile). So the pool runs one leader per shard, one thread
-//! per call in progress, and one spare, whatever the number of dexts.
+//! A call may block (it may wait on another dext, whose own calls must
+//! still be answered meanwhile), so a shard cannot simply wait for its
+//! leader. Handing the leadership to another thread before each answer
+//! cost every cold call a second wake-up (16-24 µs against 4-5 µs), so the
+//! leadership is *deferred* instead: the watchdog thread gives the shard to
+//! another thread only if its leader has been away over [`DEFERRAL`] and is
+//! inside a handler or another channel of the shard has a call waiting.
+//! So the pool runs one leader per shard, one thread per blocked call (at
+//! most [`MAX_AWAY`]), and one spare, whatever the number of dexts.
 //!
 //! Architecture invariant: a channel is served by at most one thread at a
 //! time, and a channel's per-channel state (its handler, its counters)
@@ -209,7 +213,7 @@ const MAX_AWAY: usize = 64;
 /// rather than arming a timer per call: here programming a timer costs
 /// about 10 µs (a virtual machine's timer traps), three times a cold
 /// call's own cost.
-const WATCH_EVERY: Duration = Duration::from_micros(250);
+const WATCH_EVERY: Duration = Duration::from_millis(1);
 const WATCH_FOR: Duration = Duration::from_millis(100);
 
 impl Pool {
