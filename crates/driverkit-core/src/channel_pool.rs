@@ -598,16 +598,18 @@ mod tests {
     /// A caller's end, and the server's end handed to the pool with a
     /// handler that answers `tag` followed by the request.
     fn served(tag: u8) -> ShmChannel {
+        served_by(Box::new(move |request: &[u8], reply: &mut Vec<u8>| {
+            reply.push(tag);
+            reply.extend_from_slice(request);
+        }))
+    }
+
+    /// A caller's end, its server's end handed to the pool with `handler`.
+    fn served_by(handler: Handler) -> ShmChannel {
         let client = ShmChannel::create().unwrap();
         let fd = client.memory().as_fd().try_clone_to_owned().unwrap();
         let server = ShmChannel::open(SharedMemory::from_fd(fd, channel::LEN).unwrap()).unwrap();
-        serve(
-            Arc::new(server),
-            Box::new(move |request: &[u8], reply: &mut Vec<u8>| {
-                reply.push(tag);
-                reply.extend_from_slice(request);
-            }),
-        );
+        serve(Arc::new(server), handler);
         client
     }
 
@@ -671,17 +673,11 @@ mod tests {
     fn a_blocked_call_does_not_hold_up_the_other_channels_of_its_shard() {
         let (release, released) = std::sync::mpsc::channel::<()>();
         let released = Mutex::new(released);
-        let client = ShmChannel::create().unwrap();
-        let fd = client.memory().as_fd().try_clone_to_owned().unwrap();
-        let server = ShmChannel::open(SharedMemory::from_fd(fd, channel::LEN).unwrap()).unwrap();
-        serve(
-            Arc::new(server),
-            Box::new(move |_: &[u8], reply: &mut Vec<u8>| {
-                // Blocks as a call waiting on another dext does.
-                let _ = released.lock().unwrap().recv();
-                reply.push(1);
-            }),
-        );
+        let client = served_by(Box::new(move |_: &[u8], reply: &mut Vec<u8>| {
+            // Blocks as a call waiting on another dext does.
+            let _ = released.lock().unwrap().recv();
+            reply.push(1);
+        }));
         let blocked = std::thread::spawn(move || {
             let mut reply = Vec::new();
             client.call(&[0], &mut reply, deadline()).map(|()| reply)

@@ -153,35 +153,18 @@ fn hub() -> Result<&'static Hub, String> {
 
 impl Hub {
     fn run(&self) {
-        let mut events = Vec::with_capacity(64);
-        loop {
-            events.clear();
-            match epoll::wait(
-                &self.epoll,
-                rustix::buffer::spare_capacity(&mut events),
-                None,
-            ) {
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => {
-                    tracing::error!("dext logs: epoll failed ({e}); logs are no longer forwarded");
-                    return;
+        crate::epoll_loop::run(&self.epoll, "dext logs are", |token| {
+            let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(stream) = streams.get_mut(&token) else {
+                return;
+            };
+            if !stream.drain() {
+                if let Some(stream) = streams.remove(&token) {
+                    let _ = epoll::delete(&self.epoll, stream.socket.as_fd());
+                    stream.finish();
                 }
             }
-            for event in &events {
-                let token = event.data.u64();
-                let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-                let Some(stream) = streams.get_mut(&token) else {
-                    continue;
-                };
-                if !stream.drain() {
-                    if let Some(stream) = streams.remove(&token) {
-                        let _ = epoll::delete(&self.epoll, stream.socket.as_fd());
-                        stream.finish();
-                    }
-                }
-            }
-        }
+        });
     }
 }
 

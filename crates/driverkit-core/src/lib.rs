@@ -21,6 +21,7 @@
 mod channel_pool;
 pub mod control;
 mod dext_log;
+mod epoll_loop;
 pub mod family;
 mod io_service;
 pub mod ioreg;

@@ -97,36 +97,19 @@ pub(crate) fn watch(
 
 impl Reader {
     fn run(&self) {
-        let mut events = Vec::with_capacity(64);
         let mut buf = MessageBuf::default();
-        loop {
-            events.clear();
-            match epoll::wait(
-                &self.epoll,
-                rustix::buffer::spare_capacity(&mut events),
-                None,
-            ) {
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => {
-                    tracing::error!("dext sockets: epoll failed ({e}); no dext is heard any more");
-                    return;
+        crate::epoll_loop::run(&self.epoll, "dext sockets are", |token| {
+            let (server, daemon) = {
+                let watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+                match watched.get(&token) {
+                    Some(w) => (w.server.clone(), w.daemon.clone()),
+                    None => return,
                 }
+            };
+            if let Some(end) = server.read_ready(&mut buf, &daemon, BURST) {
+                self.finish(token, end);
             }
-            for event in &events {
-                let token = event.data.u64();
-                let (server, daemon) = {
-                    let watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
-                    match watched.get(&token) {
-                        Some(w) => (w.server.clone(), w.daemon.clone()),
-                        None => continue,
-                    }
-                };
-                if let Some(end) = server.read_ready(&mut buf, &daemon, BURST) {
-                    self.finish(token, end);
-                }
-            }
-        }
+        });
     }
 
     /// Stops reading a process's socket and hands its end to a worker.
