@@ -95,6 +95,15 @@ pub struct UserServer {
     /// Shared-memory regions the dext registered, by its IDs.
     memory: Mutex<Memory>,
     memory_arrived: std::sync::Condvar,
+    /// Calls that came on the main socket, answered on a worker in order.
+    socket_calls: Mutex<SocketCalls>,
+}
+
+#[derive(Default)]
+struct SocketCalls {
+    waiting: std::collections::VecDeque<(Header, Vec<u8>)>,
+    /// A worker is answering them.
+    running: bool,
 }
 
 impl std::fmt::Debug for UserServer {
@@ -194,6 +203,7 @@ impl UserServer {
             channels: Mutex::new(Vec::new()),
             memory: Mutex::new(Memory::default()),
             memory_arrived: std::sync::Condvar::new(),
+            socket_calls: Mutex::new(SocketCalls::default()),
         });
         crate::server_sockets::watch(server.clone(), child, daemon)?;
         Ok(server)
@@ -308,16 +318,28 @@ impl UserServer {
             Kind::Request | Kind::Oneway => {
                 // Calls normally travel on channels; answer anyway, on a
                 // worker, as a call may block and this thread reads every
-                // dext's socket.
+                // dext's socket; one at a time and in order, as the
+                // process's own reader thread once did, so that a dext
+                // flooding its socket holds one worker, not a thousand.
                 let Some(d) = daemon.upgrade() else {
                     let _ = self.main.reply(&h, Err(IOReturn::OFFLINE));
                     return;
                 };
-                let (server, args, daemon) = (self.clone(), buf.payload().to_vec(), d.clone());
-                d.workers.run(move || {
-                    let result = daemon.kernel_call(server.id, &h, &args, &mut Default::default());
-                    let _ = server.main.reply(&h, result);
-                });
+                let mut calls = self.socket_calls.lock().unwrap_or_else(|e| e.into_inner());
+                if calls.waiting.len() >= limits::PENDING_REQUESTS {
+                    drop(calls);
+                    tracing::warn!(
+                        "limit    {self:?}: past {} calls waiting on its socket; refused",
+                        limits::PENDING_REQUESTS
+                    );
+                    let _ = self.main.reply(&h, Err(IOReturn::NO_RESOURCES));
+                    return;
+                }
+                calls.waiting.push_back((h, buf.payload().to_vec()));
+                if !std::mem::replace(&mut calls.running, true) {
+                    let (server, daemon) = (self.clone(), d.clone());
+                    d.workers.run(move || server.answer_socket_calls(&daemon));
+                }
             }
             Kind::Hello => tracing::warn!("{self:?} said hello twice"),
             Kind::Memory => match fd.map(|fd| SharedMemory::from_fd(fd, 0)) {
@@ -350,6 +372,22 @@ impl UserServer {
                 Some(Err(e)) => tracing::warn!("{self:?} registered bad memory: {e}"),
                 None => tracing::warn!("{self:?} registered memory without a region"),
             },
+        }
+    }
+
+    /// Answers the calls that came on the main socket, in order, until none
+    /// is left.
+    fn answer_socket_calls(&self, daemon: &Arc<Inner>) {
+        loop {
+            let next = {
+                let mut calls = self.socket_calls.lock().unwrap_or_else(|e| e.into_inner());
+                let next = calls.waiting.pop_front();
+                calls.running = next.is_some();
+                next
+            };
+            let Some((h, args)) = next else { return };
+            let result = daemon.kernel_call(self.id, &h, &args, &mut Default::default());
+            let _ = self.main.reply(&h, result);
         }
     }
 
