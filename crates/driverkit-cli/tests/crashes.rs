@@ -431,3 +431,38 @@ fn call_channels_past_the_limit_are_refused_and_named() {
     assert!(threads < 256 + 64, "the daemon holds {threads} threads");
     d.interrupt();
 }
+
+/// A dext that floods its main socket with calls (not on a channel): the
+/// system answers them in order on one worker, so the daemon's threads stay
+/// few, and it answers the dext's next call on a channel as before.
+#[test]
+fn calls_flooding_the_main_socket_hold_one_worker() {
+    let d = Daemon::start(&["--no-embedded", "--no-default-devices"]);
+    let bundle = test_bundle(
+        d.root.path(),
+        "org.test.Flood",
+        &[P {
+            name: "Flood",
+            provider_class: "IOVirtualDevice",
+            extra: "<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>\
+                    <key>TestStartBehavior</key><string>socket-flood</string>",
+        }],
+    );
+    d.load(&bundle);
+    plug_test_device(&d);
+    let driver = d.wait_node("the TestDriver with its flood count", |n| {
+        n["name"] == "TestDriver" && n["properties"]["TestSocketFlood"].is_u64()
+    });
+    let sent = driver["properties"]["TestSocketFlood"].as_u64().unwrap();
+    assert_eq!(sent, 20_000, "{driver}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    let threads: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(threads < 40, "the daemon holds {threads} threads");
+    d.interrupt();
+}

@@ -184,6 +184,13 @@ impl IOServiceImpl for TestDriver {
                     .count();
                 self.set_property("TestChannelCalls", ok as i64)?;
             }
+            "socket-flood" => {
+                // Calls on the main socket instead of a channel, as fast as
+                // the socket takes them: the system answers them one at a
+                // time on one worker (the runtime ignores the replies).
+                let sent = flood_main_socket(20_000);
+                self.set_property("TestSocketFlood", sent as i64)?;
+            }
             "close-socket" => {
                 // Every descriptor past stdio, the daemon's socket among them.
                 for fd in 3..1024 {
@@ -318,4 +325,35 @@ impl TestDriver {
         }
         let _ = self.set_properties(outcome);
     }
+}
+
+/// Sends `n` requests for an object the system does not know on this
+/// process's main socket (found as its one SOCK_SEQPACKET descriptor);
+/// returns how many were sent.
+fn flood_main_socket(n: usize) -> usize {
+    use std::os::fd::BorrowedFd;
+    let socket = (3..1024).find(|&fd| {
+        // SAFETY: only looked at; a descriptor that is not open fails.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        rustix::net::sockopt::socket_type(fd) == Ok(rustix::net::SocketType::SEQPACKET)
+    });
+    let Some(socket) = socket else { return 0 };
+    // SAFETY: the runtime keeps the socket open for the process's life.
+    let socket = unsafe { BorrowedFd::borrow_raw(socket) };
+    let mut message = Vec::new();
+    let mut sent = 0;
+    for call in 0..n {
+        driverkit_wire::Header::request(
+            0x4000_0000 | call as u32,
+            driverkit_wire::ObjectId(0xdead_0000),
+            driverkit_wire::MethodId(1),
+            0,
+        )
+        .emit(&[], &mut message);
+        if rustix::net::send(socket, &message, rustix::net::SendFlags::NOSIGNAL).is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    sent
 }
