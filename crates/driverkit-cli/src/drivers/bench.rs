@@ -5,8 +5,9 @@
 //! `super_set_power_state(On)` calls (a SUPERDISPATCH with one small
 //! argument), then publishes `BenchP50Ns` and `BenchP99Ns`. With
 //! `BenchColdCalls = M` too, it then makes M more, each after
-//! `BenchColdGapUs` of sleep (long enough for the daemon's channel thread
-//! to stop spinning and park), and publishes `BenchColdP50Ns` and
+//! `BenchColdGapUs` of sleep (long enough for the daemon's channel-pool
+//! thread to stop spinning and go back to parking on its shard), and
+//! publishes `BenchColdP50Ns` and
 //! `BenchColdP99Ns`.
 //!
 //! The same bundle's `PCIBench` personality runs [`super::pci_bench`] on
