@@ -10,7 +10,9 @@
 //! watching thread asks the TAP which namespace it lives in
 //! (`TUNGETDEVNETNS`), enters it (`setns` affects only that thread), and
 //! listens there; when the interface leaves (`RTM_DELLINK`), it asks
-//! again. The thread also sets a refused MTU back, from inside the
+//! again, and asks for the link's state as it is there (a change made
+//! before it listened would otherwise never be heard). The thread also
+//! sets a refused MTU back, from inside the
 //! interface's namespace.
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -88,8 +90,28 @@ pub fn run(tap: &Arc<Tap>, watch: &Watch, wake: &OwnedFd, apply: &dyn Fn(Change)
                 continue;
             }
         };
+        // What happened to the link before the socket listened here (it
+        // was brought up at once after the move, say) would never be
+        // heard: ask for the link as it is now; the answer is handled as
+        // any link message.
+        if let Err(e) = ask_link(&socket, tap.name()) {
+            tracing::warn!("net      {}: cannot read its link state: {e}", tap.name());
+        }
         follow(tap, watch, wake, &socket, &mut state, apply);
     }
+}
+
+/// Sends an RTM_GETLINK for `name`; the kernel answers with an
+/// RTM_NEWLINK on `socket`.
+fn ask_link(socket: &Socket, name: &str) -> std::io::Result<()> {
+    let mut link = LinkMessage::default();
+    link.attributes.push(LinkAttribute::IfName(name.to_owned()));
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetLink(link));
+    request.header.flags = netlink_packet_core::NLM_F_REQUEST;
+    request.finalize();
+    let mut bytes = vec![0u8; request.buffer_len()];
+    request.serialize(&mut bytes);
+    socket.send(&bytes, 0).map(drop)
 }
 
 /// The namespace `tap` lives in.
