@@ -13,21 +13,7 @@ fn crashing(behavior: &str, signal_text: &str) {
         "--relaunch-backoff-ms",
         "20",
     ]);
-    let dir = d.root.path().to_owned();
-    let bundle = test_bundle(
-        &dir,
-        "org.test.Crash",
-        &[P {
-            name: "Crasher",
-            provider_class: "IOVirtualDevice",
-            extra: &format!(
-                "<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>\
-                 <key>TestStartBehavior</key><string>{behavior}</string>"
-            ),
-        }],
-    );
-    d.load(&bundle);
-    plug_test_device(&d);
+    start_behaving(&d, "org.test.Crash", "Crasher", behavior);
     d.wait_log("giving up org.test.Crash/Crasher", 1);
     let log = d.log();
     // One launch and two relaunches, then no more.
@@ -139,19 +125,7 @@ fn a_hung_start_is_killed_after_the_call_timeout() {
         "--call-timeout-ms",
         "2000",
     ]);
-    let dir = d.root.path().to_owned();
-    let bundle = test_bundle(
-        &dir,
-        "org.test.Hang",
-        &[P {
-            name: "Hang",
-            provider_class: "IOVirtualDevice",
-            extra: "<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>\
-                    <key>TestStartBehavior</key><string>hang</string>",
-        }],
-    );
-    d.load(&bundle);
-    plug_test_device(&d);
+    start_behaving(&d, "org.test.Hang", "Hang", "hang");
     d.wait_log("giving up org.test.Hang/Hang", 1);
     let log = d.log();
     assert!(
@@ -231,19 +205,7 @@ fn killing_every_dext_at_once_never_hands_one_dext_anothers_socket() {
 #[test]
 fn a_dext_spewing_garbage_on_stderr_is_logged_in_bounded_lines_and_goes_on() {
     let d = Daemon::start(&["--no-embedded", "--no-default-devices"]);
-    let dir = d.root.path().to_owned();
-    let bundle = test_bundle(
-        &dir,
-        "org.test.Spew",
-        &[P {
-            name: "Spewer",
-            provider_class: "IOVirtualDevice",
-            extra: "<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>\
-                    <key>TestStartBehavior</key><string>spew</string>",
-        }],
-    );
-    d.load(&bundle);
-    plug_test_device(&d);
+    start_behaving(&d, "org.test.Spew", "Spewer", "spew");
     d.wait_log("after the spew", 1);
     d.wait_node("the spewer started", |n| {
         n["name"] == "TestDriver" && n["state"]["active"] == true
@@ -333,19 +295,7 @@ fn crashes_far_apart_are_each_a_first_crash() {
 #[test]
 fn a_dext_past_its_memory_limit_gets_no_resources_and_the_limit_is_named() {
     let d = Daemon::start(&["--no-embedded", "--no-default-devices"]);
-    let dir = d.root.path().to_owned();
-    let bundle = test_bundle(
-        &dir,
-        "org.test.Hog",
-        &[P {
-            name: "Hog",
-            provider_class: "IOVirtualDevice",
-            extra: "<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>\
-                    <key>TestStartBehavior</key><string>hog</string>",
-        }],
-    );
-    d.load(&bundle);
-    plug_test_device(&d);
+    start_behaving(&d, "org.test.Hog", "Hog", "hog");
     let driver = d.wait_node("the hog started", |n| {
         n["name"] == "TestDriver" && n["state"]["active"] == true
     });
@@ -400,18 +350,7 @@ fn a_dext_inherits_nothing_of_the_daemons_environment() {
 #[test]
 fn call_channels_past_the_limit_are_refused_and_named() {
     let d = Daemon::start(&["--no-embedded", "--no-default-devices"]);
-    let bundle = test_bundle(
-        d.root.path(),
-        "org.test.Channels",
-        &[P {
-            name: "Channels",
-            provider_class: "IOVirtualDevice",
-            extra: "<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>\
-                    <key>TestStartBehavior</key><string>channels</string>",
-        }],
-    );
-    d.load(&bundle);
-    plug_test_device(&d);
+    start_behaving(&d, "org.test.Channels", "Channels", "channels");
     let driver = d.wait_node("the TestDriver with its channel count", |n| {
         n["name"] == "TestDriver" && n["properties"]["TestChannelCalls"].is_u64()
     });
@@ -420,14 +359,7 @@ fn call_channels_past_the_limit_are_refused_and_named() {
     assert_eq!(ok, 255, "{driver}");
     d.wait_log("limit    org.test.Channels", 1);
     assert!(d.log().contains("past 256 call channels"), "{}", d.log());
-    let threads = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
-    let threads: u64 = threads
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let threads = d.threads();
     assert!(threads < 256 + 64, "the daemon holds {threads} threads");
     d.interrupt();
 }
@@ -438,31 +370,13 @@ fn call_channels_past_the_limit_are_refused_and_named() {
 #[test]
 fn calls_flooding_the_main_socket_hold_one_worker() {
     let d = Daemon::start(&["--no-embedded", "--no-default-devices"]);
-    let bundle = test_bundle(
-        d.root.path(),
-        "org.test.Flood",
-        &[P {
-            name: "Flood",
-            provider_class: "IOVirtualDevice",
-            extra: "<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>\
-                    <key>TestStartBehavior</key><string>socket-flood</string>",
-        }],
-    );
-    d.load(&bundle);
-    plug_test_device(&d);
+    start_behaving(&d, "org.test.Flood", "Flood", "socket-flood");
     let driver = d.wait_node("the TestDriver with its flood count", |n| {
         n["name"] == "TestDriver" && n["properties"]["TestSocketFlood"].is_u64()
     });
     let sent = driver["properties"]["TestSocketFlood"].as_u64().unwrap();
     assert_eq!(sent, 20_000, "{driver}");
-    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
-    let threads: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let threads = d.threads();
     assert!(threads < 40, "the daemon holds {threads} threads");
     d.interrupt();
 }

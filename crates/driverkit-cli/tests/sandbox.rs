@@ -202,18 +202,7 @@ fn each_dext_has_a_user_of_its_own_and_a_thread_limit() {
         assert_eq!(seen.len(), all, "two dexts share a user: {seen:?}");
         assert!(seen.iter().all(|&u| u >= 0x7000_0000), "{seen:?}");
     }
-    let bundle = test_bundle(
-        d.root.path(),
-        "org.test.Threads",
-        &[P {
-            name: "Threads",
-            provider_class: "IOVirtualDevice",
-            extra: "<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>\
-                    <key>TestStartBehavior</key><string>threads</string>",
-        }],
-    );
-    d.load(&bundle);
-    plug_test_device(&d);
+    start_behaving(&d, "org.test.Threads", "Threads", "threads");
     let node = d.wait_node("the TestDriver counting its threads", |n| {
         n["name"] == "TestDriver" && n["properties"]["TestThreadsStarted"].is_u64()
     });

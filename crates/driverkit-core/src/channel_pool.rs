@@ -30,7 +30,7 @@
 //! travels with it, so a request is never answered twice or out of order.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -163,14 +163,14 @@ struct Pool {
     watchdog_parked: AtomicU32,
     /// False if the watchdog could not start: leadership then passes at
     /// once.
-    watchdog: std::sync::atomic::AtomicBool,
+    watchdog: AtomicBool,
 }
 
 static POOL: OnceLock<Pool> = OnceLock::new();
 
 /// Requests a leader found only when its safety net expired: lost wake-ups,
 /// always zero unless the arming protocol is broken; tests check it.
-static LOST_WAKEUPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static LOST_WAKEUPS: AtomicU64 = AtomicU64::new(0);
 
 fn pool() -> &'static Pool {
     // As the log hub does: the watchdog is handed the pool once it is in
@@ -181,7 +181,7 @@ fn pool() -> &'static Pool {
         Pool {
             state: Mutex::new(State::default()),
             watchdog_parked: AtomicU32::new(0),
-            watchdog: std::sync::atomic::AtomicBool::new(true),
+            watchdog: AtomicBool::new(true),
         }
     });
     if created {
@@ -320,13 +320,16 @@ impl Pool {
     }
 
     /// The leader of `shard` is back: true if the shard is still its to
-    /// lead (nobody took over meanwhile).
-    fn resume(&self, shard: &Arc<Shard>) -> bool {
+    /// lead (nobody took over meanwhile). Its own deferral is taken first,
+    /// so that each one left names a thread still away.
+    fn resume(&self, shard: &Arc<Shard>, answering: &Arc<AtomicBool>) -> bool {
         let mut state = self.state();
+        let ours = |d: &Deferred| Arc::ptr_eq(&d.shard, shard);
         let Some(at) = state
             .deferred
             .iter()
-            .position(|d| Arc::ptr_eq(&d.shard, shard))
+            .position(|d| ours(d) && Arc::ptr_eq(&d.answering, answering))
+            .or_else(|| state.deferred.iter().position(ours))
         else {
             return false;
         };
@@ -389,12 +392,15 @@ impl Pool {
             thread: std::thread::current(),
             work: Mutex::new(None),
         });
+        // Whether this thread is inside a handler, for the watchdog; one
+        // flag for the thread's life, not one per call.
+        let answering = Arc::new(AtomicBool::new(false));
         let take = |me: &Follower| me.work.lock().unwrap_or_else(|e| e.into_inner()).take();
         let mut next = first;
         loop {
             if let Some(mut shard) = next.take() {
                 loop {
-                    let taken = self.lead(shard);
+                    let taken = self.lead(shard, &answering);
                     match self.serve_taken(taken) {
                         Some(again) => shard = again,
                         None => break,
@@ -436,7 +442,7 @@ impl Pool {
 
     /// Leads `shard` until one of its channels has a request; then takes
     /// it, defers the leadership, and returns it.
-    fn lead(&'static self, shard: Arc<Shard>) -> Taken {
+    fn lead(&'static self, shard: Arc<Shard>, answering: &Arc<AtomicBool>) -> Taken {
         // The channel the last wake-up named, looked at first.
         let mut woken: Option<usize> = None;
         let mut waits: Vec<futex::Wait> = Vec::with_capacity(SHARD + 1);
@@ -445,14 +451,9 @@ impl Pool {
         loop {
             let mut slots = shard.slots();
             let changed = shard.changed.load(Ordering::SeqCst);
-            // Closed channels whose thread is gone leave the shard.
-            slots.retain(|slot| {
-                let closed = slot.idle.is_some() && slot.channel.is_closed();
-                if closed && slot.idle.as_ref().is_some_and(|i| i.armed) {
-                    slot.channel.request_bell().disarm();
-                }
-                !closed
-            });
+            // A closed channel needs no look of its own: closing rings its
+            // request bell, so it is taken like a call, and leaves the
+            // shard when answering it finds it closed.
             let ready = woken
                 .take()
                 .filter(|&i| {
@@ -490,13 +491,13 @@ impl Pool {
                 }
                 let channel = slot.channel.clone();
                 drop(slots);
-                let answering = Arc::new(AtomicBool::new(true));
+                answering.store(true, Ordering::Release);
                 self.defer(shard.clone(), answering.clone());
                 return Taken {
                     shard,
                     channel,
                     idle,
-                    answering,
+                    answering: answering.clone(),
                 };
             }
             waits.clear();
@@ -557,12 +558,12 @@ impl Pool {
                 Err(end) => {
                     tracing::debug!("a call channel ended: {end:?}");
                     shard.remove(&channel);
-                    return self.resume(&shard).then_some(shard);
+                    return self.resume(&shard, &answering).then_some(shard);
                 }
             }
             let bell = channel.request_bell();
             if !bell.spin_until(woken, SPIN, || channel.has_request(&idle.server)) {
-                let leads = self.resume(&shard);
+                let leads = self.resume(&shard, &answering);
                 // A leader that comes back looks at its shard anyway.
                 shard.give_back(&channel, idle, !leads);
                 return leads.then_some(shard);

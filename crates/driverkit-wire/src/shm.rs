@@ -366,23 +366,7 @@ impl<'a> Doorbell<'a> {
         deadline: Option<Instant>,
         ready: impl FnMut() -> bool,
     ) -> bool {
-        self.wait_from(0, spin, deadline, ready).0
-    }
-
-    /// As [`Doorbell::wait`], and says whether the waiter parked too. With
-    /// `yielding` it yields the CPU between looks from the start instead of
-    /// spinning: for a waiter in a conversation that was just woken from a
-    /// park (its own, or its peer's), whose peer the kernel may have put on
-    /// this very CPU, where a pure spin would keep it from running.
-    pub fn wait_reporting(
-        &self,
-        yielding: bool,
-        spin: Duration,
-        deadline: Option<Instant>,
-        ready: impl FnMut() -> bool,
-    ) -> (bool, bool) {
-        let first = if yielding { PURE_SPINS } else { 0 };
-        self.wait_from(first, spin, deadline, ready)
+        self.wait_reporting(false, spin, deadline, ready).0
     }
 
     /// Spins (or, with `yielding`, yields the CPU between looks) for up to
@@ -439,14 +423,19 @@ impl<'a> Doorbell<'a> {
         self.seq
     }
 
-    fn wait_from(
+    /// As [`Doorbell::wait`], and says whether the waiter parked too. With
+    /// `yielding` it yields the CPU between looks from the start instead of
+    /// spinning: for a waiter in a conversation that was just woken from a
+    /// park (its own, or its peer's), whose peer the kernel may have put on
+    /// this very CPU, where a pure spin would keep it from running.
+    pub fn wait_reporting(
         &self,
-        first: u32,
+        yielding: bool,
         spin: Duration,
         deadline: Option<Instant>,
         mut ready: impl FnMut() -> bool,
     ) -> (bool, bool) {
-        if self.spin_until(first >= PURE_SPINS, spin, &mut ready) {
+        if self.spin_until(yielding, spin, &mut ready) {
             return (true, false);
         }
         loop {

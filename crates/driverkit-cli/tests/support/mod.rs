@@ -106,6 +106,16 @@ impl Daemon {
         self.child.as_ref().unwrap().id()
     }
 
+    /// The daemon's threads now, from /proc.
+    pub fn threads(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    }
+
     fn try_cli(&self, args: &[&str]) -> Output {
         Command::new(EXE)
             .arg("--root")
@@ -355,6 +365,27 @@ pub fn plug_test_device(d: &Daemon) -> u64 {
     );
     let id = d.cli(&["device", "plug", &dev]);
     u64::from_str_radix(id.trim().trim_start_matches("0x"), 16).unwrap()
+}
+
+/// Loads test bundle `id` with one personality, `name`, that matches the
+/// test device and starts the test driver behaving as `behavior`
+/// (`TestStartBehavior`), then plugs the device.
+pub fn start_behaving(d: &Daemon, id: &str, name: &str, behavior: &str) {
+    let extra = format!(
+        "<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>\
+         <key>TestStartBehavior</key><string>{behavior}</string>"
+    );
+    let bundle = test_bundle(
+        d.root.path(),
+        id,
+        &[P {
+            name,
+            provider_class: "IOVirtualDevice",
+            extra: &extra,
+        }],
+    );
+    d.load(&bundle);
+    plug_test_device(d);
 }
 
 /// The children of process `parent` (a daemon's dexts), from /proc: the

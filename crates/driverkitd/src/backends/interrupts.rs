@@ -3,9 +3,8 @@
 //! `IOService::register_interrupt`. A region whose dext has gone (its memory
 //! table dropped) is forgotten at the next interrupt.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -109,32 +108,50 @@ const MIN_PERIOD: Duration = Duration::from_micros(100);
 
 /// The thread that raises every line when it is due.
 struct Ticker {
-    /// Lines by when they are next due; the sequence number keeps equal
-    /// instants apart (a `Weak` has no order).
-    due: Mutex<BinaryHeap<Reverse<(Instant, u64)>>>,
-    lines: Mutex<HashMap<u64, Weak<Line>>>,
-    next: AtomicU64,
+    due: Mutex<BinaryHeap<Due>>,
     changed: Condvar,
 }
 
-static TICKER: OnceLock<Result<Ticker, String>> = OnceLock::new();
+/// When a line is next due. Ordered soonest first, so that the heap's top
+/// is the next line to raise.
+struct Due {
+    when: Instant,
+    line: Weak<Line>,
+}
+
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.when.cmp(&self.when)
+    }
+}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        self.when == other.when
+    }
+}
+
+impl Eq for Due {}
+
+static TICKER: OnceLock<Ticker> = OnceLock::new();
 
 fn ticker() -> Result<&'static Ticker, String> {
     // As with the log hub: the thread is handed the ticker once it is in
     // the static, never started from inside the initialisation.
     let mut created = false;
-    let ticker = TICKER
-        .get_or_init(|| {
-            created = true;
-            Ok(Ticker {
-                due: Mutex::new(BinaryHeap::new()),
-                lines: Mutex::new(HashMap::new()),
-                next: AtomicU64::new(0),
-                changed: Condvar::new(),
-            })
-        })
-        .as_ref()
-        .map_err(Clone::clone)?;
+    let ticker = TICKER.get_or_init(|| {
+        created = true;
+        Ticker {
+            due: Mutex::new(BinaryHeap::new()),
+            changed: Condvar::new(),
+        }
+    });
     if created {
         std::thread::Builder::new()
             .name("irq-ticker".into())
@@ -147,15 +164,13 @@ fn ticker() -> Result<&'static Ticker, String> {
 
 impl Ticker {
     fn add(&self, line: &Arc<Line>) {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.lines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, Arc::downgrade(line));
         self.due
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(Reverse((Instant::now() + line.period, id)));
+            .push(Due {
+                when: Instant::now() + line.period,
+                line: Arc::downgrade(line),
+            });
         self.changed.notify_one();
     }
 
@@ -163,7 +178,7 @@ impl Ticker {
         let mut due = self.due.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             let now = Instant::now();
-            let Some(&Reverse((when, id))) = due.peek() else {
+            let Some(when) = due.peek().map(|d| d.when) else {
                 due = self.changed.wait(due).unwrap_or_else(|e| e.into_inner());
                 continue;
             };
@@ -175,22 +190,23 @@ impl Ticker {
                     .0;
                 continue;
             }
-            due.pop();
-            let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-            let line = lines.get(&id).and_then(Weak::upgrade);
-            match line {
-                Some(line) if !line.stopped.load(Ordering::Acquire) => {
-                    drop(lines);
-                    line.subscribers.raise();
-                    // A line that fell behind (the machine was busy) goes on
-                    // from now: late interrupts are not made up in a burst.
-                    let next = (when + line.period).max(now);
-                    due.push(Reverse((next, id)));
-                }
-                _ => {
-                    lines.remove(&id);
-                }
-            }
+            let Some(Due { line: weak, .. }) = due.pop() else {
+                continue;
+            };
+            // A dropped or stopped line is forgotten here.
+            let Some(line) = weak
+                .upgrade()
+                .filter(|l| !l.stopped.load(Ordering::Acquire))
+            else {
+                continue;
+            };
+            line.subscribers.raise();
+            // A line that fell behind (the machine was busy) goes on from
+            // now: late interrupts are not made up in a burst.
+            due.push(Due {
+                when: (when + line.period).max(now),
+                line: weak,
+            });
         }
     }
 }
