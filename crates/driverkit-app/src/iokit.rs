@@ -31,8 +31,8 @@ use driverkit_wire::channel::ShmChannel;
 use driverkit_wire::codec::{Decoder, Encoder, Wire};
 use driverkit_wire::transport::{Endpoint, MessageBuf};
 use driverkit_wire::user_client::{
-    CallArgs, CallResult, Completion, FLAG_ASYNC, FLAG_STRUCT_IN_MEMORY, MAX_INLINE_STRUCT,
-    MAX_SCALARS, SELECTOR_CHANNEL, SELECTOR_MAP_MEMORY,
+    CallArgs, CallResult, ChannelAnswer, ChannelCall, Completion, FLAG_ASYNC,
+    FLAG_STRUCT_IN_MEMORY, MAX_INLINE_STRUCT, MAX_SCALARS, SELECTOR_CHANNEL, SELECTOR_MAP_MEMORY,
 };
 use driverkit_wire::{Header, IOReturn, Kind, MethodId, ObjectId};
 use plist::{Dictionary, Value};
@@ -250,7 +250,7 @@ impl Pending {
 /// An open connection to a user client (`io_connect_t`).
 pub struct IOConnect {
     user_client: u64,
-    calls: Mutex<(Endpoint, MessageBuf, u32)>,
+    calls: Mutex<Calls>,
     /// The call channel in shared memory, for calls without descriptors.
     channel: Option<Arc<ShmChannel>>,
     /// Completions waiting for their asynchronous call's answer.
@@ -259,6 +259,16 @@ pub struct IOConnect {
     /// The daemon connection that stands for this open; closing it closes
     /// the user client.
     control: UnixStream,
+}
+
+/// The call socket and what a call reuses: one call at a time holds it,
+/// on the socket or on the channel.
+struct Calls {
+    endpoint: Endpoint,
+    buf: MessageBuf,
+    next: u32,
+    request: Vec<u8>,
+    reply: Vec<u8>,
 }
 
 /// `IOServiceOpen(service, type)`: `kIOReturnNotPermitted` unless this
@@ -311,7 +321,13 @@ pub fn io_service_open(
         .map_err(|_| IOReturn::NO_RESOURCES)?;
     Ok(IOConnect {
         user_client,
-        calls: Mutex::new((calls, MessageBuf::default(), 1)),
+        calls: Mutex::new(Calls {
+            endpoint: calls,
+            buf: MessageBuf::default(),
+            next: 1,
+            request: Vec::new(),
+            reply: Vec::new(),
+        }),
         channel,
         pending,
         next_reference: 1.into(),
@@ -546,37 +562,48 @@ impl IOConnect {
             } else {
                 structure_input.to_vec()
             },
-            structure_input_length: structure_input.len() as u64,
+            structure_input_length: if large {
+                structure_input.len() as u64
+            } else {
+                0
+            },
             scalar_output_count,
             structure_output_max,
             async_reference,
         };
+        let mut guard = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        let Calls {
+            endpoint,
+            buf,
+            next,
+            request,
+            reply,
+        } = &mut *guard;
+        if let (Some(channel), None, None) = (&self.channel, &memory, &fd_out) {
+            let call = ChannelCall {
+                selector,
+                flags,
+                args,
+            };
+            let mut e = Encoder::new();
+            call.encode(&mut e);
+            request.clear();
+            request.extend_from_slice(e.as_bytes());
+            channel
+                .call(request, reply, None)
+                .map_err(|_| IOReturn::NOT_RESPONDING)?;
+            let answer = ChannelAnswer::decode(&mut Decoder::new(reply))
+                .map_err(|_| IOReturn::INTERNAL_ERROR)?;
+            if answer.status != IOReturn::SUCCESS.0 {
+                return Err(IOReturn(answer.status));
+            }
+            return Ok((answer.result.scalar_output, answer.result.structure_output));
+        }
         let mut e = Encoder::new();
         args.encode(&mut e);
-        let mut guard = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-        let (endpoint, buf, next) = &mut *guard;
         let call = *next;
         *next = next.wrapping_add(1);
         let header = Header::request(call, ObjectId(self.user_client), MethodId(selector), flags);
-        if let (Some(channel), None, None) = (&self.channel, &memory, &fd_out) {
-            let mut request = Vec::with_capacity(driverkit_wire::HEADER_LEN + e.as_bytes().len());
-            header.emit(e.as_bytes(), &mut request);
-            let mut reply = Vec::new();
-            channel
-                .call(&request, &mut reply, None)
-                .map_err(|_| IOReturn::NOT_RESPONDING)?;
-            let answer = driverkit_wire::Header::parse(
-                &driverkit_wire::header::Packet::new_unchecked(&reply[..]),
-            )
-            .map_err(|_| IOReturn::INTERNAL_ERROR)?;
-            if answer.status != IOReturn::SUCCESS {
-                return Err(answer.status);
-            }
-            let result =
-                CallResult::decode(&mut Decoder::new(&reply[driverkit_wire::HEADER_LEN..]))
-                    .map_err(|_| IOReturn::INTERNAL_ERROR)?;
-            return Ok((result.scalar_output, result.structure_output));
-        }
         endpoint
             .send(&header, e.as_bytes(), memory.as_ref().map(|m| m.as_fd()))
             .map_err(|_| IOReturn::NOT_RESPONDING)?;

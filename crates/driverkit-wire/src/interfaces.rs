@@ -45,13 +45,15 @@ pub trait IOUserServerInterface {
 #[interface(class = "IOUserClient")]
 pub trait IOUserClientInterface {
     /// `ExternalMethod`: the app's call `selector` with `args`
-    /// (`flags`: `user_client::FLAG_*`).
+    /// (`flags`: `user_client::FLAG_*`). Its arguments are encoded as a
+    /// `user_client::ChannelCall`, so a call from the channel is dispatched
+    /// as it came.
     #[local]
     fn external_method(
         &self,
         selector: u64,
-        args: crate::user_client::CallArgs,
         flags: u8,
+        args: crate::user_client::CallArgs,
     ) -> IOResult<crate::user_client::CallResult>;
     /// `CopyClientMemoryForType`: the memory travels back beside the reply.
     #[local]

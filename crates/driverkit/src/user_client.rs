@@ -51,8 +51,8 @@ use driverkit_wire::codec::{Decoder, Encoder, Wire};
 use driverkit_wire::interfaces::{io_service_interface, io_user_client_interface};
 use driverkit_wire::transport::Endpoint;
 use driverkit_wire::user_client::{
-    CallArgs, CallResult, Completion, FLAG_ASYNC, MAX_SCALARS, SELECTOR_CHANNEL,
-    SELECTOR_MAP_MEMORY,
+    CallArgs, CallResult, ChannelAnswer, ChannelCall, Completion, FLAG_ASYNC, MAX_SCALARS,
+    SELECTOR_CHANNEL, SELECTOR_MAP_MEMORY,
 };
 use driverkit_wire::{Header, IOResult, IOReturn, MethodId, ObjectId};
 
@@ -242,10 +242,11 @@ impl<S: IOUserClientImpl> ClassDispatch<S> for IOUserClient {
 }
 
 fn external_method<S: IOUserClientImpl>(service: &S, payload: &[u8]) -> IOResult<Vec<u8>> {
-    let mut d = Decoder::new(payload);
-    let selector = u64::decode(&mut d).map_err(|_| IOReturn::BAD_ARGUMENT)?;
-    let call = CallArgs::decode(&mut d).map_err(|_| IOReturn::BAD_ARGUMENT)?;
-    let flags = u8::decode(&mut d).map_err(|_| IOReturn::BAD_ARGUMENT)?;
+    let ChannelCall {
+        selector,
+        flags,
+        args: call,
+    } = ChannelCall::decode(&mut Decoder::new(payload)).map_err(|_| IOReturn::BAD_ARGUMENT)?;
     let memory = CALL_FD.with(|c| c.borrow_mut().0.take());
     let (structure_input, from_memory) = match memory {
         Some(_) if call.structure_input_length > driverkit_wire::user_client::MAX_MEMORY_STRUCT => {
@@ -292,7 +293,7 @@ fn external_method<S: IOUserClientImpl>(service: &S, payload: &[u8]) -> IOResult
         structure_output: args.structure_output,
     }
     .encode(&mut e);
-    Ok(e.as_bytes().to_vec())
+    Ok(e.into_bytes())
 }
 
 fn copy_memory<S: IOUserClientImpl>(service: &S, payload: &[u8]) -> IOResult<Vec<u8>> {
@@ -427,84 +428,94 @@ fn serve_channel(object: ObjectId, fd: OwnedFd) -> IOResult<Arc<ShmChannel>> {
     std::thread::Builder::new()
         .name(format!("user-client-channel:{:#x}", object.0))
         .spawn(move || {
+            // A request is a `ChannelCall`: the arguments of ExternalMethod
+            // as they are dispatched, so they are not decoded here.
             served.serve(driverkit_wire::shm::SPIN, |request, reply| {
-                let parsed = driverkit_wire::Header::parse(
-                    &driverkit_wire::header::Packet::new_unchecked(request),
+                let (result, _) = run_call(
+                    object,
+                    io_user_client_interface::EXTERNAL_METHOD,
+                    request,
+                    None,
                 );
-                let Ok(header) = parsed else {
-                    Header::emit_reply(
-                        &Header::new(driverkit_wire::Kind::Request),
-                        &Err(IOReturn::BAD_ARGUMENT),
-                        reply,
-                    );
-                    return;
-                };
-                let payload = request
-                    .get(driverkit_wire::HEADER_LEN..)
-                    .unwrap_or_default();
-                let (result, _) = handle_call(object, &header, payload, None);
-                Header::emit_reply(&header, &result, reply);
+                ChannelAnswer::emit(&result, reply);
             });
         })
         .map_err(|_| IOReturn::NO_RESOURCES)?;
     Ok(channel)
 }
 
-/// One call of the app: decoded, run as the user client's work, answered.
+/// One call of the app from its socket: decoded, run as the user client's
+/// work, answered.
 fn handle_call(
     object: ObjectId,
     header: &Header,
     payload: &[u8],
     fd: Option<OwnedFd>,
 ) -> (IOResult<Vec<u8>>, Option<OwnedFd>) {
-    let Some((instance, queue)) = crate::runtime::hosted(object) else {
-        return (Err(IOReturn::NOT_OPEN), None);
-    };
-    let (method, args) = if header.method.0 == SELECTOR_MAP_MEMORY {
+    let mut e = Encoder::new();
+    let method = if header.method.0 == SELECTOR_MAP_MEMORY {
         let Ok(call) = CallArgs::decode(&mut Decoder::new(payload)) else {
             return (Err(IOReturn::BAD_ARGUMENT), None);
         };
-        let mut e = Encoder::new();
         call.scalar_input
             .first()
             .copied()
             .unwrap_or(0)
             .encode(&mut e);
         (call.scalar_input.get(1).copied().unwrap_or(0) != 0).encode(&mut e);
-        (
-            io_user_client_interface::COPY_CLIENT_MEMORY,
-            e.as_bytes().to_vec(),
-        )
+        io_user_client_interface::COPY_CLIENT_MEMORY
     } else {
-        let mut e = Encoder::new();
+        // A `ChannelCall`, from the header's selector and flags.
         header.method.0.encode(&mut e);
-        e.put(payload);
         header.flags.encode(&mut e);
-        (
-            io_user_client_interface::EXTERNAL_METHOD,
-            e.as_bytes().to_vec(),
-        )
+        e.put(payload);
+        io_user_client_interface::EXTERNAL_METHOD
     };
-    let run = move || {
-        CALL_FD.with(|c| *c.borrow_mut() = (fd, None));
-        let result = instance.dispatch(method, &args);
-        let out = CALL_FD.with(|c| {
-            let mut c = c.borrow_mut();
-            c.0 = None;
-            c.1.take()
-        });
-        (result, out)
+    run_call(object, method, e.as_bytes(), fd)
+}
+
+/// Runs `method` of user client `object` with `args` as the user client's
+/// work: on this thread when its queue is idle (the common case: no
+/// hand-off between the app's call and the method), queued otherwise.
+fn run_call(
+    object: ObjectId,
+    method: MethodId,
+    args: &[u8],
+    fd: Option<OwnedFd>,
+) -> (IOResult<Vec<u8>>, Option<OwnedFd>) {
+    let Some((instance, queue)) = crate::runtime::hosted(object) else {
+        return (Err(IOReturn::NOT_OPEN), None);
     };
-    match queue.run_here_if_idle(run) {
+    let mut fd = fd;
+    match queue.run_here_if_idle(|| dispatch(&*instance, method, args, fd.take())) {
         Ok(r) => r,
-        Err(run) => {
+        Err(_) => {
+            let args = args.to_vec();
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
             let _ = queue.dispatch_async(move || {
-                let _ = tx.send(run());
+                let _ = tx.send(dispatch(&*instance, method, &args, fd));
             });
             rx.recv().unwrap_or((Err(IOReturn::OFFLINE), None))
         }
     }
+}
+
+/// Dispatches `method` to `instance` with the call's descriptor in reach
+/// of the method (`CALL_FD`), and takes back the one it answers with.
+fn dispatch(
+    instance: &dyn crate::runtime::Instance,
+    method: MethodId,
+    args: &[u8],
+    fd: Option<OwnedFd>,
+) -> (IOResult<Vec<u8>>, Option<OwnedFd>) {
+    CALL_FD.with(|c| *c.borrow_mut() = (fd, None));
+    let result = instance.dispatch(method, args);
+    let out = CALL_FD.with(|c| {
+        let mut c = c.borrow_mut();
+        c.0 = None;
+        c.1.take()
+    });
+    (result, out)
 }
 
 impl IOBufferMemoryDescriptor {
