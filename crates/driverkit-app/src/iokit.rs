@@ -31,7 +31,7 @@ use driverkit_wire::channel::ShmChannel;
 use driverkit_wire::codec::{Decoder, Encoder, Wire};
 use driverkit_wire::transport::{Endpoint, MessageBuf};
 use driverkit_wire::user_client::{
-    CallArgs, CallResult, ChannelAnswer, ChannelCall, Completion, FLAG_ASYNC,
+    CallInputs, CallResult, ChannelAnswer, ChannelCall, Completion, FLAG_ASYNC,
     FLAG_STRUCT_IN_MEMORY, MAX_INLINE_STRUCT, MAX_SCALARS, SELECTOR_CHANNEL, SELECTOR_MAP_MEMORY,
 };
 use driverkit_wire::{Header, IOReturn, Kind, MethodId, ObjectId};
@@ -555,13 +555,9 @@ impl IOConnect {
         } else {
             None
         };
-        let args = CallArgs {
-            scalar_input: scalar_input.to_vec(),
-            structure_input: if large {
-                Vec::new()
-            } else {
-                structure_input.to_vec()
-            },
+        let inputs = CallInputs {
+            scalar_input,
+            structure_input: if large { &[] } else { structure_input },
             structure_input_length: if large {
                 structure_input.len() as u64
             } else {
@@ -571,6 +567,7 @@ impl IOConnect {
             structure_output_max,
             async_reference,
         };
+        let mut e = Encoder::new();
         let mut guard = self.calls.lock().unwrap_or_else(|e| e.into_inner());
         let Calls {
             endpoint,
@@ -580,13 +577,7 @@ impl IOConnect {
             reply,
         } = &mut *guard;
         if let (Some(channel), None, None) = (&self.channel, &memory, &fd_out) {
-            let call = ChannelCall {
-                selector,
-                flags,
-                args,
-            };
-            let mut e = Encoder::new();
-            call.encode(&mut e);
+            ChannelCall::encode_inputs(selector, flags, &inputs, &mut e);
             request.clear();
             request.extend_from_slice(e.as_bytes());
             channel
@@ -599,8 +590,7 @@ impl IOConnect {
             }
             return Ok((answer.result.scalar_output, answer.result.structure_output));
         }
-        let mut e = Encoder::new();
-        args.encode(&mut e);
+        inputs.encode(&mut e);
         let call = *next;
         *next = next.wrapping_add(1);
         let header = Header::request(call, ObjectId(self.user_client), MethodId(selector), flags);

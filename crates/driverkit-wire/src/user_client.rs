@@ -85,6 +85,43 @@ fn too_many(what: &'static str, n: usize, max: usize, d: &Decoder<'_>) -> WireEr
     }
 }
 
+/// The [`CallArgs`] of a call as the caller holds them, borrowed: what an
+/// app encodes without copying its inputs first.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallInputs<'a> {
+    pub scalar_input: &'a [u64],
+    pub structure_input: &'a [u8],
+    pub structure_input_length: u64,
+    pub scalar_output_count: u32,
+    pub structure_output_max: u32,
+    pub async_reference: u64,
+}
+
+impl CallInputs<'_> {
+    /// Encodes these inputs as a [`CallArgs`].
+    pub fn encode(&self, e: &mut Encoder) {
+        encode_scalars(self.scalar_input, e);
+        (self.structure_input.len() as u32).encode(e);
+        e.put(self.structure_input);
+        let mut present = 0;
+        if self.structure_input_length != 0 {
+            present |= HAS_STRUCT_IN_MEMORY;
+        }
+        if self.async_reference != 0 {
+            present |= HAS_ASYNC_REFERENCE;
+        }
+        present.encode(e);
+        if present & HAS_STRUCT_IN_MEMORY != 0 {
+            self.structure_input_length.encode(e);
+        }
+        if present & HAS_ASYNC_REFERENCE != 0 {
+            self.async_reference.encode(e);
+        }
+        (self.scalar_output_count.min(u8::MAX as u32) as u8).encode(e);
+        self.structure_output_max.encode(e);
+    }
+}
+
 /// `CallArgs` presence bits: which optional fields follow.
 const HAS_STRUCT_IN_MEMORY: u8 = 0x01;
 const HAS_ASYNC_REFERENCE: u8 = 0x02;
@@ -102,25 +139,15 @@ const HAS_ASYNC_REFERENCE: u8 = 0x02;
 /// ```
 impl Wire for CallArgs {
     fn encode(&self, e: &mut Encoder) {
-        encode_scalars(&self.scalar_input, e);
-        (self.structure_input.len() as u32).encode(e);
-        e.put(&self.structure_input);
-        let mut present = 0;
-        if self.structure_input_length != 0 {
-            present |= HAS_STRUCT_IN_MEMORY;
+        CallInputs {
+            scalar_input: &self.scalar_input,
+            structure_input: &self.structure_input,
+            structure_input_length: self.structure_input_length,
+            scalar_output_count: self.scalar_output_count,
+            structure_output_max: self.structure_output_max,
+            async_reference: self.async_reference,
         }
-        if self.async_reference != 0 {
-            present |= HAS_ASYNC_REFERENCE;
-        }
-        present.encode(e);
-        if present & HAS_STRUCT_IN_MEMORY != 0 {
-            self.structure_input_length.encode(e);
-        }
-        if present & HAS_ASYNC_REFERENCE != 0 {
-            self.async_reference.encode(e);
-        }
-        (self.scalar_output_count.min(u8::MAX as u32) as u8).encode(e);
-        self.structure_output_max.encode(e);
+        .encode(e);
     }
     fn decode(d: &mut Decoder<'_>) -> Result<Self, WireError> {
         let scalar_input = decode_scalars("scalar inputs", d)?;
@@ -211,6 +238,16 @@ pub struct ChannelCall {
     pub selector: u64,
     pub flags: u8,
     pub args: CallArgs,
+}
+
+impl ChannelCall {
+    /// Encodes a call from borrowed inputs, as `encode` does from a
+    /// `ChannelCall`.
+    pub fn encode_inputs(selector: u64, flags: u8, inputs: &CallInputs<'_>, e: &mut Encoder) {
+        selector.encode(e);
+        flags.encode(e);
+        inputs.encode(e);
+    }
 }
 
 impl Wire for ChannelCall {

@@ -4,6 +4,7 @@
 //! into a service runs there, so calls into one service never run in
 //! parallel.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::ThreadId;
@@ -28,6 +29,9 @@ pub struct IODispatchQueue {
 struct Inner {
     name: String,
     sender: Mutex<Option<mpsc::Sender<Job>>>,
+    /// Set by `cancel`: work in place (`run_here_if_idle`) looks at this
+    /// rather than taking the sender's lock on every call.
+    cancelled: AtomicBool,
     thread: OnceLock<ThreadId>,
     /// Held by whoever runs the queue's work: its own thread for each job,
     /// or a thread running work in place (`run_here_if_idle`).
@@ -35,6 +39,8 @@ struct Inner {
 }
 
 thread_local! {
+    /// This thread's ID, without `thread::current()`'s reference count.
+    static THIS_THREAD: ThreadId = std::thread::current().id();
     /// The queue whose work this thread is running in place, if any.
     static IN_PLACE: std::cell::Cell<*const Inner> = const { std::cell::Cell::new(std::ptr::null()) };
 }
@@ -46,6 +52,7 @@ impl IODispatchQueue {
         let inner = Arc::new(Inner {
             name: name.to_owned(),
             sender: Mutex::new(Some(tx)),
+            cancelled: AtomicBool::new(false),
             thread: OnceLock::new(),
             running: Mutex::new(()),
         });
@@ -80,7 +87,7 @@ impl IODispatchQueue {
 
     /// True when the calling thread is running this queue's work.
     pub fn on_queue(&self) -> bool {
-        self.inner.thread.get() == Some(&std::thread::current().id())
+        self.inner.thread.get() == Some(&THIS_THREAD.with(|id| *id))
             || IN_PLACE.with(|p| std::ptr::eq(p.get(), Arc::as_ptr(&self.inner)))
     }
 
@@ -101,13 +108,7 @@ impl IODispatchQueue {
         let Ok(_running) = self.inner.running.try_lock() else {
             return Err(f);
         };
-        let open = self
-            .inner
-            .sender
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some();
-        if !open {
+        if self.inner.cancelled.load(Ordering::Acquire) {
             return Err(f);
         }
         let previous = IN_PLACE.with(|p| p.replace(Arc::as_ptr(&self.inner)));
@@ -146,6 +147,7 @@ impl IODispatchQueue {
     /// Stops accepting work. Work already queued still runs, then
     /// `handler`, on the queue, last; then the thread exits.
     pub fn cancel(&self, handler: impl FnOnce() + Send + 'static) {
+        self.inner.cancelled.store(true, Ordering::Release);
         let sender = self
             .inner
             .sender

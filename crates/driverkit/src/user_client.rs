@@ -312,6 +312,22 @@ fn copy_memory<S: IOUserClientImpl>(service: &S, payload: &[u8]) -> IOResult<Vec
 pub(crate) struct Connection {
     /// Where completions go; `None` once the app has gone.
     notify: Arc<Mutex<Option<Endpoint>>>,
+    /// The call channels the app handed over; closed when the app goes or
+    /// the user client is freed (their threads hold the user client).
+    channels: Mutex<Vec<Arc<ShmChannel>>>,
+}
+
+impl Connection {
+    fn close_channels(&self) {
+        for c in self
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            c.close();
+        }
+    }
 }
 
 static CONNECTIONS: Mutex<Vec<(u64, Arc<Connection>)>> = Mutex::new(Vec::new());
@@ -332,17 +348,27 @@ fn connection_or_new(object: u64) -> Arc<Connection> {
     }
     let c = Arc::new(Connection {
         notify: Arc::new(Mutex::new(None)),
+        channels: Mutex::new(Vec::new()),
     });
     all.push((object, c.clone()));
     c
 }
 
-/// Forgets a freed user client's connection.
+/// Forgets a freed user client's connection, and closes its channels.
 pub(crate) fn forget(object: ObjectId) {
+    let mut gone = Vec::new();
     CONNECTIONS
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .retain(|(o, _)| *o != object.0);
+        .retain(|(o, c)| {
+            if *o == object.0 {
+                gone.push(c.clone());
+            }
+            *o != object.0
+        });
+    for c in gone {
+        c.close_channels();
+    }
 }
 
 /// The system handed user client `object` a socket (`connect`).
@@ -357,10 +383,10 @@ pub(crate) fn connect(object: ObjectId, role: u8, socket: OwnedFd) -> IOResult<(
             Ok(())
         }
         driverkit_wire::user_client::ROLE_CALLS => {
-            connection_or_new(object.0);
+            let connection = connection_or_new(object.0);
             std::thread::Builder::new()
                 .name(format!("user-client:{:#x}", object.0))
-                .spawn(move || serve_calls(object, endpoint))
+                .spawn(move || serve_calls(object, endpoint, connection))
                 .map(drop)
                 .map_err(|_| IOReturn::NO_RESOURCES)
         }
@@ -373,9 +399,8 @@ pub(crate) fn connect(object: ObjectId, role: u8, socket: OwnedFd) -> IOResult<(
 /// case: no hand-off between the app's call and the method). An app may
 /// also hand over a call channel in shared memory, served by a thread of
 /// its own that spins between calls like the system's call channels.
-fn serve_calls(object: ObjectId, endpoint: Endpoint) {
+fn serve_calls(object: ObjectId, endpoint: Endpoint, connection: Arc<Connection>) {
     let mut buf = driverkit_wire::transport::MessageBuf::default();
-    let mut channels: Vec<Arc<ShmChannel>> = Vec::new();
     loop {
         let (header, fd) = match endpoint.recv_message(&mut buf) {
             Ok(Some(m)) => m,
@@ -389,6 +414,10 @@ fn serve_calls(object: ObjectId, endpoint: Endpoint) {
                 .ok_or(IOReturn::BAD_ARGUMENT)
                 .and_then(|fd| serve_channel(object, fd));
             let result = opened.map(|c| {
+                let mut channels = connection
+                    .channels
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 channels.push(c);
                 Vec::new()
             });
@@ -414,16 +443,18 @@ fn serve_calls(object: ObjectId, endpoint: Endpoint) {
         }
     }
     // The app is gone: so are its channels' threads.
-    for c in channels {
-        c.close();
-    }
+    connection.close_channels();
 }
 
-/// Serves a call channel the app created: calls without descriptors.
+/// Serves a call channel the app created: calls without descriptors. The
+/// channel's thread holds the user client from here on (a lookup per call
+/// cost as much as the method); freeing the user client closes the
+/// channel.
 fn serve_channel(object: ObjectId, fd: OwnedFd) -> IOResult<Arc<ShmChannel>> {
     let shm = driverkit_wire::shm::SharedMemory::from_fd(fd, driverkit_wire::channel::LEN)
         .map_err(|_| IOReturn::BAD_ARGUMENT)?;
     let channel = Arc::new(ShmChannel::open(shm).map_err(|_| IOReturn::BAD_ARGUMENT)?);
+    let (instance, queue) = crate::runtime::hosted(object).ok_or(IOReturn::NOT_OPEN)?;
     let served = channel.clone();
     std::thread::Builder::new()
         .name(format!("user-client-channel:{:#x}", object.0))
@@ -431,12 +462,8 @@ fn serve_channel(object: ObjectId, fd: OwnedFd) -> IOResult<Arc<ShmChannel>> {
             // A request is a `ChannelCall`: the arguments of ExternalMethod
             // as they are dispatched, so they are not decoded here.
             served.serve(driverkit_wire::shm::SPIN, |request, reply| {
-                let (result, _) = run_call(
-                    object,
-                    io_user_client_interface::EXTERNAL_METHOD,
-                    request,
-                    None,
-                );
+                let method = io_user_client_interface::EXTERNAL_METHOD;
+                let (result, _) = run_call(&instance, &queue, method, request, None);
                 ChannelAnswer::emit(&result, reply);
             });
         })
@@ -471,26 +498,27 @@ fn handle_call(
         e.put(payload);
         io_user_client_interface::EXTERNAL_METHOD
     };
-    run_call(object, method, e.as_bytes(), fd)
+    let Some((instance, queue)) = crate::runtime::hosted(object) else {
+        return (Err(IOReturn::NOT_OPEN), None);
+    };
+    run_call(&instance, &queue, method, e.as_bytes(), fd)
 }
 
-/// Runs `method` of user client `object` with `args` as the user client's
+/// Runs `method` of a user client (`instance`) with `args` as its
 /// work: on this thread when its queue is idle (the common case: no
 /// hand-off between the app's call and the method), queued otherwise.
 fn run_call(
-    object: ObjectId,
+    instance: &Arc<dyn crate::runtime::Instance>,
+    queue: &crate::IODispatchQueue,
     method: MethodId,
     args: &[u8],
     fd: Option<OwnedFd>,
 ) -> (IOResult<Vec<u8>>, Option<OwnedFd>) {
-    let Some((instance, queue)) = crate::runtime::hosted(object) else {
-        return (Err(IOReturn::NOT_OPEN), None);
-    };
     let mut fd = fd;
-    match queue.run_here_if_idle(|| dispatch(&*instance, method, args, fd.take())) {
+    match queue.run_here_if_idle(|| dispatch(&**instance, method, args, fd.take())) {
         Ok(r) => r,
         Err(_) => {
-            let args = args.to_vec();
+            let (instance, args) = (instance.clone(), args.to_vec());
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
             let _ = queue.dispatch_async(move || {
                 let _ = tx.send(dispatch(&*instance, method, &args, fd));
