@@ -502,11 +502,19 @@ impl Pool {
             }
             waits.clear();
             watched.clear();
-            waits.push(wait_on(&shard.changed, changed, true));
+            waits.push(driverkit_wire::shm::wait_entry(
+                &shard.changed,
+                changed,
+                true,
+            ));
             for (i, slot) in slots.iter().enumerate() {
                 if let Some(idle) = slot.idle.as_ref().filter(|idle| idle.armed) {
                     let word = slot.channel.request_bell().futex_word();
-                    waits.push(wait_on(word, idle.server.answered(), false));
+                    waits.push(driverkit_wire::shm::wait_entry(
+                        word,
+                        idle.server.answered(),
+                        false,
+                    ));
                     watched.push(i);
                 }
             }
@@ -514,18 +522,7 @@ impl Pool {
             // channel (and its mapping) leaves the shard only on this thread
             // or on the thread serving it, and a served slot is not watched.
             drop(slots);
-            // futex_waitv's timeout is a point in time, not a duration.
-            let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-            let timeout = futex::Timespec {
-                tv_sec: now.tv_sec + SAFETY_NET.as_secs() as i64,
-                tv_nsec: now.tv_nsec,
-            };
-            match futex::waitv(
-                &waits,
-                futex::WaitvFlags::empty(),
-                Some(&timeout),
-                rustix::time::ClockId::Monotonic,
-            ) {
+            match driverkit_wire::shm::wait_any(&waits, SAFETY_NET) {
                 Ok(k) => {
                     timed_out = false;
                     woken = k.checked_sub(1).and_then(|k| watched.get(k).copied());
@@ -571,21 +568,6 @@ impl Pool {
             woken = false;
         }
     }
-}
-
-/// A `futex_waitv` entry: wait while `word` holds `value`. The shard's
-/// own word is private to the daemon; a channel's lives in memory shared
-/// with its dext, which rings it with a shared futex wake.
-fn wait_on(word: &AtomicU32, value: u32, private: bool) -> futex::Wait {
-    let mut wait = futex::Wait::new();
-    wait.val = u64::from(value);
-    wait.uaddr = futex::WaitPtr::new(word.as_ptr().cast());
-    wait.flags = if private {
-        futex::WaitFlags::SIZE_U32 | futex::WaitFlags::PRIVATE
-    } else {
-        futex::WaitFlags::SIZE_U32
-    };
-    wait
 }
 
 #[cfg(test)]

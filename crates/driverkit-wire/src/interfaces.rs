@@ -241,15 +241,16 @@ pub trait IOUserHIDDeviceInterface {
 /// system's event stream.
 #[interface(class = "IOHIDEventService")]
 pub trait IOHIDEventServiceInterface {
-    /// Dispatches events, in order (see [`HidEventRecord`]). An event
-    /// service sends the events of a batch of reports in one call.
+    /// The service's events, from now on, are in the event log (see
+    /// `event_log`) in the caller's region `memory`, where the system's
+    /// subscribers read them. Once per service.
     #[kernel]
-    fn dispatch_events(&self, events: Vec<HidEventRecord>) -> IOResult<()>;
+    fn set_event_log(&self, memory: u64) -> IOResult<()>;
 }
 
-/// One event on the wire: `kind` (see `hid_event`), usage page, usage, up
-/// to three values (key value; dx, dy, buttons; scroll dx, dy, dz), and a
-/// timestamp in ns on the monotonic clock.
+/// One event: `kind` (see `hid_event`), usage page, usage, up to three
+/// values (key value; dx, dy, buttons; scroll dx, dy, dz), and a timestamp
+/// in ns on the monotonic clock.
 pub type HidEventRecord = (u8, u32, u32, (i64, i64, i64), u64);
 
 /// The kinds of [`HidEventRecord`].

@@ -14,6 +14,7 @@
 pub mod channel;
 pub mod classes;
 pub mod codec;
+pub mod event_log;
 pub mod header;
 pub mod hex;
 pub mod interfaces;

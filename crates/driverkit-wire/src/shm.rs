@@ -264,6 +264,43 @@ pub fn asymmetric_barrier() -> bool {
 static LOST_WAKEUPS: AtomicU64 = AtomicU64::new(0);
 static PARKS: AtomicU64 = AtomicU64::new(0);
 
+/// Waits until one of `waits` changes (or a wake on it), at most `timeout`:
+/// `futex_waitv`, for a waiter of several doorbells at once (see
+/// [`Doorbell::arm`]). Returns the index of the word that woke it, or why
+/// not (`TIMEDOUT`; `EAGAIN` when a word had changed already). Counted as
+/// a park.
+pub fn wait_any(waits: &[futex::Wait], timeout: Duration) -> rustix::io::Result<usize> {
+    // futex_waitv's timeout is a point in time, not a duration.
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let nanos = now.tv_nsec as u64 + u64::from(timeout.subsec_nanos());
+    let at = futex::Timespec {
+        tv_sec: now.tv_sec + timeout.as_secs() as i64 + (nanos / 1_000_000_000) as i64,
+        tv_nsec: (nanos % 1_000_000_000) as i64,
+    };
+    PARKS.fetch_add(1, Ordering::Relaxed);
+    futex::waitv(
+        waits,
+        futex::WaitvFlags::empty(),
+        Some(&at),
+        rustix::time::ClockId::Monotonic,
+    )
+}
+
+/// A [`wait_any`] entry: wait while `word` holds `value`. `private`: a
+/// word in this process's own memory; otherwise one in memory shared with
+/// a peer, which wakes it with a shared futex wake (as doorbells do).
+pub fn wait_entry(word: &AtomicU32, value: u32, private: bool) -> futex::Wait {
+    let mut wait = futex::Wait::new();
+    wait.val = u64::from(value);
+    wait.uaddr = futex::WaitPtr::new(word.as_ptr().cast());
+    wait.flags = if private {
+        futex::WaitFlags::SIZE_U32 | futex::WaitFlags::PRIVATE
+    } else {
+        futex::WaitFlags::SIZE_U32
+    };
+    wait
+}
+
 /// How many times waiters of this process parked on a futex.
 pub fn parks() -> u64 {
     PARKS.load(Ordering::Relaxed)

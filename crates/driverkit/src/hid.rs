@@ -29,6 +29,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use driverkit_hid::{Event, EventTranslator, InputUsage, ReportDescriptor};
+use driverkit_wire::event_log::{EventLog, DEFAULT_CAPACITY};
 use driverkit_wire::interfaces::{
     hid_event, io_service_interface, iohid_event_service_interface, iohid_interface_interface,
     HidEventRecord, IOHIDEventServiceInterface, IOHIDInterfaceInterface, IOUserHIDDeviceInterface,
@@ -206,51 +207,22 @@ pub trait IOUserHIDEventServiceApi: Service {
 impl<S: Service> IOUserHIDEventServiceApi for S {}
 
 thread_local! {
-    /// Events dispatched while a drain job handles a batch of reports: they
-    /// reach the system in one call when the batch ends (or fills), in order.
-    static BATCH: std::cell::RefCell<Option<(ObjectId, Vec<HidEventRecord>)>> =
-        const { std::cell::RefCell::new(None) };
+    /// Set while a drain job handles a batch of reports: the events it
+    /// dispatches wake the system's subscribers once, when no more reports
+    /// are waiting, rather than each.
+    static DRAINING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Events per call at most.
-const BATCH_MAX: usize = 128;
-
+/// Writes `event` into the service's event log, where the system's
+/// subscribers read it (no call into the system, no system thread on the
+/// way).
 fn dispatch<S: Service>(s: &S, event: HidEventRecord) -> IOResult<()> {
-    let object = ObjectId(s.registry_entry_id());
-    let full = BATCH.with(|b| match &mut *b.borrow_mut() {
-        Some((o, events)) if *o == object => {
-            events.push(event);
-            Some(events.len() >= BATCH_MAX)
-        }
-        _ => None,
-    });
-    match full {
-        Some(true) => flush(),
-        Some(false) => Ok(()),
-        None => event_proxy(object).dispatch_events(vec![event]),
+    let c = client(s)?;
+    c.events.push(&event);
+    if !DRAINING.with(std::cell::Cell::get) {
+        c.events.notify();
     }
-}
-
-/// Sends the batched events, keeping the batch open.
-fn flush() -> IOResult<()> {
-    let taken = BATCH.with(|b| {
-        b.borrow_mut()
-            .as_mut()
-            .filter(|(_, e)| !e.is_empty())
-            .map(|(o, e)| (*o, std::mem::take(e)))
-    });
-    match taken {
-        Some((object, events)) => event_proxy(object).dispatch_events(events),
-        None => Ok(()),
-    }
-}
-
-fn event_proxy(object: ObjectId) -> iohid_event_service_interface::Proxy<'static, SystemCaller> {
-    iohid_event_service_interface::Proxy {
-        caller: &SystemCaller,
-        object,
-        flags: 0,
-    }
+    Ok(())
 }
 
 /// `(report ID, bit)` of LED `usage` in the output report.
@@ -304,6 +276,8 @@ struct HidClient {
     translator: Mutex<EventTranslator>,
     leds: Mutex<Vec<u8>>,
     ring: Arc<Ring>,
+    /// Where dispatched events go: read by the system's subscribers.
+    events: EventLog,
     /// A drain job is queued or running.
     scheduled: Arc<AtomicBool>,
     /// Where the watcher parks while a long drain job runs.
@@ -345,6 +319,14 @@ fn open<S: IOUserHIDEventServiceImpl>(service: &S, provider: ObjectId) -> IOResu
         Ring::create("IOHIDInterface reports", RING_BYTES).map_err(|_| IOReturn::NO_MEMORY)?,
     );
     let memory = crate::runtime::register_memory(ring.memory())?;
+    let events = EventLog::create("IOHIDEventService events", DEFAULT_CAPACITY)
+        .map_err(|_| IOReturn::NO_MEMORY)?;
+    iohid_event_service_interface::Proxy {
+        caller: &SystemCaller,
+        object: ObjectId(service.registry_entry_id()),
+        flags: 0,
+    }
+    .set_event_log(crate::runtime::register_memory(events.memory())?)?;
     let c = Arc::new(HidClient {
         provider,
         translator: Mutex::new(translator),
@@ -352,6 +334,7 @@ fn open<S: IOUserHIDEventServiceImpl>(service: &S, provider: ObjectId) -> IOResu
         descriptor,
         elements,
         ring,
+        events,
         scheduled: Arc::new(AtomicBool::new(false)),
         done: (Mutex::new(()), std::sync::Condvar::new()),
         cancelled: Arc::new(AtomicBool::new(false)),
@@ -442,10 +425,7 @@ fn drain<S: IOUserHIDEventServiceImpl>(
 ) {
     let service = me.upgrade().and_then(|s| s.downcast::<S>().ok());
     let mut entry = Vec::with_capacity(64);
-    if let Some(s) = &service {
-        let object = ObjectId(s.registry_entry_id());
-        BATCH.with(|b| *b.borrow_mut() = Some((object, Vec::new())));
-    }
+    DRAINING.with(|d| d.set(true));
     loop {
         while !c.cancelled.load(Ordering::Acquire) && c.ring.dequeue(&mut entry).is_ok() {
             let Some(service) = &service else { continue };
@@ -470,10 +450,10 @@ fn drain<S: IOUserHIDEventServiceImpl>(
             };
             service.handle_report(timestamp, report, ReportType::Input, report_id);
             if !c.ring.is_data_available() {
-                let _ = flush();
+                c.events.notify();
             }
         }
-        let _ = flush();
+        c.events.notify();
         {
             // Under the lock: the watcher checks the flag under it before
             // parking, so it cannot miss this.
@@ -487,7 +467,7 @@ fn drain<S: IOUserHIDEventServiceImpl>(
             || !c.ring.is_data_available()
             || c.scheduled.swap(true, Ordering::AcqRel)
         {
-            BATCH.with(|b| *b.borrow_mut() = None);
+            DRAINING.with(|d| d.set(false));
             return;
         }
     }

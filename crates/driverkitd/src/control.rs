@@ -288,9 +288,9 @@ fn serial_request(daemon: &Daemon, request: SerialRequest) -> Result<serde_json:
 
 /// Writes every HID event as a JSON line until the client goes away.
 fn stream_events(daemon: &Daemon, mut writer: UnixStream) -> std::io::Result<()> {
-    let events = daemon.subscribe_hid();
+    let mut events = daemon.subscribe_hid();
     writer.write_all(b"{\"ok\":{}}\n")?;
-    while let Some(event) = next_event(&events, None) {
+    while let Some(event) = next_event(&mut events, None) {
         let mut text = serde_json::to_string(&event).map_err(std::io::Error::other)?;
         text.push('\n');
         writer.write_all(text.as_bytes())?;

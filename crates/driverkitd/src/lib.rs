@@ -23,7 +23,7 @@ pub use driverkit_core::{ioreg, matching, registry, root, store, sysext, user_cl
 pub use driverkit_core::{Core, DeviceInfo, EntryId, Event};
 
 use backends::virtual_device::{DeviceSpec, VirtualDevices};
-use families::hid::HidEvent;
+use families::hid::HidSubscription;
 use families::Families;
 
 /// How the daemon runs.
@@ -244,7 +244,7 @@ impl Daemon {
     }
 
     /// Events as event services dispatch them, from now on.
-    pub fn subscribe_hid(&self) -> mpsc::Receiver<HidEvent> {
+    pub fn subscribe_hid(&self) -> HidSubscription {
         self.families.hid.subscribe()
     }
 

@@ -253,10 +253,10 @@ pub fn forward(system: &System, hid: &HidFamily) {
     let Some(lifecycle) = system.subscribe() else {
         return;
     };
-    let events = hid.subscribe();
+    let mut events = hid.subscribe();
     let (s, u) = (system.clone(), uinput.clone());
     let forward = move || {
-        while let Some(event) = next_event(&events, None) {
+        while let Some(event) = next_event(&mut events, None) {
             let result = u
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -2,12 +2,16 @@
 //! `driverkit events`, the uinput backend and benchmarks; and typing text
 //! as keyboard reports.
 
-use std::sync::{mpsc, Mutex};
-use std::time::Instant;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use driverkit_core::EntryId;
-use driverkit_wire::interfaces::hid_event;
-use driverkit_wire::shm::SPIN;
+use driverkit_wire::event_log::{EventLog, Reader};
+use driverkit_wire::interfaces::{hid_event, HidEventRecord};
+use driverkit_wire::shm::{self, SPIN};
+use rustix::thread::futex;
 
 /// One event of the system's HID event stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -35,56 +39,258 @@ impl HidEvent {
     }
 }
 
-/// The subscribers of the event stream.
+/// The event stream: every event service's event log (a dext's, written
+/// in the dext; the system's default service's, written here), read by
+/// each subscriber at its own pace. No thread of the system relays an
+/// event: the subscriber's own wake-up is the only one after the writer's.
 #[derive(Default)]
 pub struct HidEvents {
-    subscribers: Mutex<Vec<mpsc::Sender<HidEvent>>>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    logs: Mutex<Vec<(EntryId, Arc<EventLog>)>>,
+    /// Bumped, and woken, when a log comes or goes or the stream closes:
+    /// parked subscribers wait on it beside the logs' doorbells.
+    changed: AtomicU32,
+    closed: AtomicBool,
+}
+
+impl Shared {
+    fn bump(&self) {
+        self.changed.fetch_add(1, Ordering::SeqCst);
+        let _ = futex::wake(&self.changed, futex::Flags::PRIVATE, u32::MAX);
+    }
 }
 
 impl HidEvents {
-    pub fn subscribe(&self) -> mpsc::Receiver<HidEvent> {
-        let (tx, rx) = mpsc::channel();
-        self.subscribers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(tx);
-        rx
+    /// Events from now on: those of the services with a log now from
+    /// their next one, those of services that come later from their first.
+    pub fn subscribe(&self) -> HidSubscription {
+        let generation = self.shared.changed.load(Ordering::SeqCst);
+        let sources = lock(&self.shared.logs)
+            .iter()
+            .map(|(service, log)| Source::new(*service, log.clone(), None))
+            .collect();
+        HidSubscription {
+            shared: self.shared.clone(),
+            generation,
+            sources,
+            pending: VecDeque::new(),
+            records: Vec::new(),
+            lost: 0,
+        }
     }
 
-    pub(crate) fn publish(&self, event: HidEvent) {
-        let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
-        if !subs.is_empty() {
-            subs.retain(|s| s.send(event).is_ok());
+    /// `service`'s events are in `log` from now on.
+    pub(crate) fn add(&self, service: EntryId, log: Arc<EventLog>) {
+        {
+            let mut logs = lock(&self.shared.logs);
+            logs.retain(|(s, _)| *s != service);
+            logs.push((service, log));
+        }
+        self.shared.bump();
+    }
+
+    /// `service` is gone: subscribers read what is left in its log, then
+    /// drop it.
+    pub(crate) fn remove(&self, service: EntryId) {
+        let removed = {
+            let mut logs = lock(&self.shared.logs);
+            let before = logs.len();
+            logs.retain(|(s, _)| *s != service);
+            logs.len() != before
+        };
+        if removed {
+            self.shared.bump();
         }
     }
 }
 
-/// The next event of a subscription, waited for the way every waiter of
-/// the system waits: looking (and yielding the core) for `SPIN` first, as
-/// events come in bursts and a parked thread takes tens of microseconds to
-/// wake here, then parked until `deadline`. `None` on the deadline or when
-/// the daemon is gone.
-pub fn next_event(
-    events: &mpsc::Receiver<HidEvent>,
-    deadline: Option<Instant>,
-) -> Option<HidEvent> {
-    let spin_until = Instant::now() + SPIN;
-    loop {
-        match events.try_recv() {
-            Ok(event) => return Some(event),
-            Err(mpsc::TryRecvError::Disconnected) => return None,
-            Err(mpsc::TryRecvError::Empty) if Instant::now() < spin_until => {
-                std::thread::yield_now()
-            }
-            Err(mpsc::TryRecvError::Empty) => break,
+impl Drop for HidEvents {
+    /// Subscribers see the end of the stream.
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.bump();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One service's log as a subscriber reads it.
+struct Source {
+    service: EntryId,
+    log: Arc<EventLog>,
+    /// Always `Some` but while dropping (the log takes it back).
+    reader: Option<Reader>,
+    /// The service left: dropped once read to the end.
+    gone: bool,
+}
+
+impl Source {
+    /// Reads `log` from `from` (or from its end).
+    fn new(service: EntryId, log: Arc<EventLog>, from: Option<u64>) -> Source {
+        Source {
+            service,
+            reader: Some(log.reader(from)),
+            log,
+            gone: false,
         }
     }
-    match deadline {
-        Some(d) => events
-            .recv_timeout(d.saturating_duration_since(Instant::now()))
-            .ok(),
-        None => events.recv().ok(),
+
+    fn has_records(&self) -> bool {
+        self.reader
+            .as_ref()
+            .is_some_and(|r| self.log.has_records(r))
     }
+}
+
+impl Drop for Source {
+    /// The writer stops waiting for this subscriber.
+    fn drop(&mut self) {
+        if let Some(r) = self.reader.take() {
+            self.log.release(r);
+        }
+    }
+}
+
+/// A subscriber of the event stream: its place in every service's log.
+pub struct HidSubscription {
+    shared: Arc<Shared>,
+    generation: u32,
+    sources: Vec<Source>,
+    pending: VecDeque<HidEvent>,
+    records: Vec<HidEventRecord>,
+    lost: u64,
+}
+
+/// `futex_waitv` watches at most this many words; a subscriber of more
+/// services also looks every millisecond.
+const WATCHED: usize = 127;
+
+impl HidSubscription {
+    /// Events this subscriber lost: written over in a log before it read
+    /// them (it fell a whole log behind), or of no known kind.
+    pub fn lost(&self) -> u64 {
+        self.lost
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_next(&mut self) -> Option<HidEvent> {
+        if self.pending.is_empty() {
+            self.collect();
+        }
+        self.pending.pop_front()
+    }
+
+    /// The next event, waited for the way every waiter of the system
+    /// waits: looking (and yielding the core) for `SPIN` first, as events
+    /// come in bursts and a parked thread takes tens of microseconds to
+    /// wake here, then parked on the logs' doorbells until `deadline`.
+    /// `None` on the deadline or when the stream has ended.
+    pub fn next(&mut self, deadline: Option<Instant>) -> Option<HidEvent> {
+        let spin_until = Instant::now() + SPIN;
+        loop {
+            if let Some(event) = self.try_next() {
+                return Some(event);
+            }
+            if self.shared.closed.load(Ordering::SeqCst) {
+                return None;
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return None;
+            }
+            if now < spin_until {
+                std::thread::yield_now();
+                continue;
+            }
+            self.park(deadline.map(|d| d - now));
+        }
+    }
+
+    /// Parks until a log is written or the stream changes, or `timeout`.
+    fn park(&mut self, timeout: Option<Duration>) {
+        let changed = self.shared.changed.load(Ordering::SeqCst);
+        let watched = &self.sources[..self.sources.len().min(WATCHED)];
+        // Each value is read before arming and looking: a write after the
+        // look changes it, so the wait returns at once (see `Doorbell`).
+        let seen: Vec<u32> = watched
+            .iter()
+            .map(|s| s.log.bell().futex_word().load(Ordering::SeqCst))
+            .collect();
+        for s in watched {
+            s.log.bell().arm();
+        }
+        let ready = changed != self.generation || watched.iter().any(Source::has_records);
+        if !ready {
+            let mut waits = vec![shm::wait_entry(&self.shared.changed, changed, true)];
+            for (s, value) in watched.iter().zip(&seen) {
+                waits.push(shm::wait_entry(s.log.bell().futex_word(), *value, false));
+            }
+            let mut most = timeout.unwrap_or(PARK_SAFETY_NET).min(PARK_SAFETY_NET);
+            if self.sources.len() > WATCHED {
+                most = most.min(Duration::from_millis(1));
+            }
+            let _ = shm::wait_any(&waits, most);
+        }
+        for s in watched {
+            s.log.bell().disarm();
+        }
+    }
+
+    /// Reads every log into `pending`, first taking in the logs that came
+    /// and marking those that went.
+    fn collect(&mut self) {
+        let generation = self.shared.changed.load(Ordering::SeqCst);
+        if generation != self.generation {
+            self.generation = generation;
+            let logs = lock(&self.shared.logs);
+            for s in &mut self.sources {
+                s.gone = !logs.iter().any(|(_, l)| Arc::ptr_eq(l, &s.log));
+            }
+            for (service, log) in logs.iter() {
+                if !self.sources.iter().any(|s| Arc::ptr_eq(&s.log, log)) {
+                    // A service that came after this subscription: all of
+                    // its events are new to it.
+                    self.sources
+                        .push(Source::new(*service, log.clone(), Some(0)));
+                }
+            }
+        }
+        for s in &mut self.sources {
+            let Some(reader) = s.reader.as_mut() else {
+                continue;
+            };
+            self.records.clear();
+            let missed = s.log.read(reader, &mut self.records, 1024);
+            self.lost += missed.overrun + missed.invalid;
+            let service = s.service;
+            self.pending.extend(self.records.iter().map(
+                |&(kind, usage_page, usage, values, timestamp)| HidEvent {
+                    kind,
+                    usage_page,
+                    usage,
+                    values,
+                    timestamp,
+                    service,
+                },
+            ));
+        }
+        self.sources.retain(|s| !s.gone || s.has_records());
+    }
+}
+
+/// The longest a subscriber parks without looking (a lost wake-up would
+/// otherwise be a hang; there is none known).
+const PARK_SAFETY_NET: Duration = Duration::from_millis(250);
+
+/// The next event of a subscription (see [`HidSubscription::next`]).
+pub fn next_event(events: &mut HidSubscription, deadline: Option<Instant>) -> Option<HidEvent> {
+    events.next(deadline)
 }
 
 /// Monotonic nanoseconds, the clock of report and event timestamps (the
@@ -152,6 +358,74 @@ pub fn usage_char(usage: u32, shift: bool) -> Option<char> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(usage: u32, t: u64) -> HidEventRecord {
+        (hid_event::KEYBOARD, 7, usage, (1, 0, 0), t)
+    }
+
+    fn log() -> Arc<EventLog> {
+        Arc::new(EventLog::create("test events", 64).unwrap())
+    }
+
+    fn soon() -> Option<Instant> {
+        Some(Instant::now() + Duration::from_secs(10))
+    }
+
+    #[test]
+    fn a_subscriber_gets_events_from_now_on_and_from_services_that_come_later() {
+        let events = HidEvents::default();
+        let (a, b) = (log(), log());
+        events.add(1, a.clone());
+        a.push(&key(4, 1));
+        let mut sub = events.subscribe();
+        assert_eq!(sub.try_next(), None, "what came before is not new");
+        a.push(&key(5, 2));
+        a.notify();
+        let e = sub.next(soon()).unwrap();
+        assert_eq!((e.service, e.usage, e.timestamp), (1, 5, 2));
+        // A service that came after the subscription: all of its events.
+        b.push(&key(6, 3));
+        events.add(2, b.clone());
+        let e = sub.next(soon()).unwrap();
+        assert_eq!((e.service, e.usage), (2, 6));
+        assert_eq!(sub.lost(), 0);
+    }
+
+    #[test]
+    fn a_parked_subscriber_wakes_for_an_event_and_a_service_that_left_is_read_to_its_end() {
+        let events = HidEvents::default();
+        let a = log();
+        events.add(7, a.clone());
+        let mut sub = events.subscribe();
+        let writer = {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                // Long enough for the subscriber to park.
+                std::thread::sleep(SPIN * 20);
+                a.push(&key(4, 1));
+                a.push(&key(5, 2));
+                a.notify();
+            })
+        };
+        assert_eq!(sub.next(soon()).map(|e| e.usage), Some(4));
+        writer.join().unwrap();
+        events.remove(7);
+        assert_eq!(sub.next(soon()).map(|e| e.usage), Some(5));
+        assert_eq!(sub.try_next(), None);
+        assert!(sub.sources.is_empty(), "the log is let go once read");
+    }
+
+    #[test]
+    fn the_end_of_the_stream_ends_a_waiting_subscriber() {
+        let events = HidEvents::default();
+        let mut sub = events.subscribe();
+        let ender = std::thread::spawn(move || {
+            std::thread::sleep(SPIN * 20);
+            drop(events);
+        });
+        assert_eq!(sub.next(None), None);
+        ender.join().unwrap();
+    }
 
     #[test]
     fn typing_round_trips_through_usages() {

@@ -22,6 +22,7 @@ use driverkit_core::{Call, EntryId, Family, FamilyMatcher, Nub, System};
 use driverkit_hid::{Event, EventTranslator, ReportDescriptor, ReportType};
 use driverkit_usb::repr::request;
 use driverkit_usb::{Setup, TransferType};
+use driverkit_wire::event_log::{EventLog, DEFAULT_CAPACITY};
 use driverkit_wire::interfaces::{
     hid_event, io_user_hid_device_interface, iohid_event_service_interface,
     iohid_interface_interface, HidEventRecord, IOHIDEventServiceInterface, IOHIDInterfaceInterface,
@@ -34,6 +35,7 @@ use plist::Value;
 
 pub use events::{
     ascii_usage, keyboard_reports, next_event, now_ns, usage_char, HidEvent, HidEvents,
+    HidSubscription,
 };
 
 use super::usb::{UsbFamily, UsbInterface};
@@ -47,11 +49,12 @@ enum Sink {
         client: EntryId,
         ring: Ring,
     },
-    /// The system's default event service.
+    /// The system's default event service, and its event log.
     Default {
         service: EntryId,
         translator: Box<EventTranslator>,
         events: Vec<Event>,
+        log: Arc<EventLog>,
     },
 }
 
@@ -105,7 +108,7 @@ impl HidFamily {
     }
 
     /// Events as event services dispatch them, from now on.
-    pub fn subscribe(&self) -> std::sync::mpsc::Receiver<HidEvent> {
+    pub fn subscribe(&self) -> HidSubscription {
         self.events.subscribe()
     }
 
@@ -313,6 +316,13 @@ impl HidFamily {
             );
             return;
         }
+        let log = match EventLog::create("IOHIDEventDriver events", DEFAULT_CAPACITY) {
+            Ok(log) => Arc::new(log),
+            Err(e) => {
+                tracing::error!("hid      no event log for IOHIDInterface [{entry:#x}]: {e}");
+                return;
+            }
+        };
         let Ok(service) = system.publish(Nub {
             name: "IOHIDEventDriver",
             class: "IOHIDEventDriver",
@@ -324,10 +334,12 @@ impl HidFamily {
         }) else {
             return;
         };
+        self.events.add(service, log.clone());
         *hid.sink.lock().unwrap_or_else(|e| e.into_inner()) = Sink::Default {
             service,
             translator: Box::new(EventTranslator::new(&hid.descriptor)),
             events: Vec::new(),
+            log,
         };
         tracing::info!(
             "hid      default event service [{service:#x}] on IOHIDInterface [{entry:#x}]"
@@ -337,6 +349,7 @@ impl HidFamily {
     /// Forgets the HID objects of a removed entry: a departing client's
     /// ring, a departing device's poller.
     fn forget(&self, system: &System, id: EntryId) {
+        self.events.remove(id);
         let (all, device) = {
             let mut st = self.lock();
             st.interfaces.remove(&id);
@@ -387,12 +400,10 @@ impl HidFamily {
         // that completes its transfer: no poller thread, one wake-up fewer
         // per report. Weak, as the transport keeps the sink until the
         // stream stops.
-        let (family, target) = (self.me.clone(), Arc::downgrade(hid));
+        let target = Arc::downgrade(hid);
         let sink: crate::families::usb::InSink = Arc::new(move |report: &[u8]| {
-            if let (Some(f), Some(hid), false) =
-                (family.upgrade(), target.upgrade(), report.is_empty())
-            {
-                deliver(&f, &hid, report);
+            if let (Some(hid), false) = (target.upgrade(), report.is_empty()) {
+                deliver(&hid, report);
             }
         });
         if usb.device.transport.stream_in(address, len, sink) {
@@ -410,11 +421,6 @@ impl HidFamily {
         }
         *reading = Some(stop);
         Ok(())
-    }
-
-    /// The HID event stream.
-    fn publish(&self, event: HidEvent) {
-        self.events.publish(event);
     }
 }
 
@@ -554,8 +560,10 @@ fn poll(
                 std::thread::sleep(Duration::from_millis(interval.into()));
             }
             Ok(done) => {
-                let Some(d) = family.upgrade() else { return };
-                deliver(&d, &hid, &done.data);
+                if family.strong_count() == 0 {
+                    return;
+                }
+                deliver(&hid, &done.data);
             }
             Err(IOReturn::TIMEOUT) => {}
             Err(e) => {
@@ -566,7 +574,7 @@ fn poll(
     }
 }
 
-fn deliver(family: &HidFamily, hid: &HidInterface, report: &[u8]) {
+fn deliver(hid: &HidInterface, report: &[u8]) {
     let timestamp = now_ns();
     let mut sink = hid.sink.lock().unwrap_or_else(|e| e.into_inner());
     match &mut *sink {
@@ -596,19 +604,21 @@ fn deliver(family: &HidFamily, hid: &HidInterface, report: &[u8]) {
             }
         }
         Sink::Default {
-            service,
             translator,
             events,
+            log,
+            ..
         } => {
             translator.translate(report, events);
             for e in events.drain(..) {
-                family.publish(to_record(e, timestamp, *service));
+                log.push(&to_record(e, timestamp));
             }
+            log.notify();
         }
     }
 }
 
-fn to_record(e: Event, timestamp: u64, service: EntryId) -> HidEvent {
+fn to_record(e: Event, timestamp: u64) -> HidEventRecord {
     let (kind, usage_page, usage, values) = match e {
         Event::Keyboard {
             usage_page,
@@ -628,14 +638,7 @@ fn to_record(e: Event, timestamp: u64, service: EntryId) -> HidEvent {
         ),
         Event::Scroll { dx, dy, dz } => (hid_event::SCROLL, 1, 0x38, (dx, dy, dz)),
     };
-    HidEvent {
-        kind,
-        usage_page,
-        usage,
-        values,
-        timestamp,
-        service,
-    }
+    (kind, usage_page, usage, values, timestamp)
 }
 
 /// One call of a dext into the HID family.
@@ -758,31 +761,25 @@ impl IOUserHIDDeviceInterface for HidCall<'_> {
         if report.0.is_empty() || report.0.len() > 4096 {
             return Err(IOReturn::BAD_ARGUMENT);
         }
-        deliver(self.family, &hid, &report.0);
+        deliver(&hid, &report.0);
         Ok(())
     }
 }
 
 impl IOHIDEventServiceInterface for HidCall<'_> {
-    fn dispatch_events(&self, events: Vec<HidEventRecord>) -> IOResult<()> {
-        const KINDS: [u8; 3] = [
-            hid_event::KEYBOARD,
-            hid_event::RELATIVE_POINTER,
-            hid_event::SCROLL,
-        ];
-        if events.iter().any(|e| !KINDS.contains(&e.0)) {
-            return Err(IOReturn::BAD_ARGUMENT);
+    /// The dext's event service writes its events into `memory`; the
+    /// stream's subscribers read them there from now on.
+    fn set_event_log(&self, memory: u64) -> IOResult<()> {
+        let service = self.call.object;
+        if !self.call.system.is_kind_of(service, "IOHIDEventService") {
+            return Err(IOReturn::UNSUPPORTED);
         }
-        for (kind, usage_page, usage, values, timestamp) in events {
-            self.family.publish(HidEvent {
-                kind,
-                usage_page,
-                usage,
-                values,
-                timestamp,
-                service: self.call.object,
-            });
-        }
+        let region = self.call.system.region(self.call.server, memory)?;
+        let log = region.try_clone().and_then(EventLog::open).map_err(|e| {
+            tracing::warn!("hid      [{service:#x}] event log refused: {e}");
+            IOReturn::BAD_ARGUMENT
+        })?;
+        self.family.events.add(service, Arc::new(log));
         Ok(())
     }
 }
