@@ -4,14 +4,12 @@
 //! panic or an access outside the region.
 #![no_main]
 use driverkit_wire::ring::Ring;
-use driverkit_wire::shm::SharedMemory;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&pages, rest)) = data.split_first() else { return };
-    let len = 4096 * (1 + usize::from(pages & 3));
-    let Ok(shm) = SharedMemory::create("fuzz", len) else { return };
-    shm.write(0, &rest[..rest.len().min(len)]);
+    let Some(shm) = driverkit_fuzz::region(data) else {
+        return;
+    };
     let Ok(ring) = Ring::open(shm) else { return };
     let mut out = Vec::new();
     for _ in 0..4 {

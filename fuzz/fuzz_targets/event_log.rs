@@ -5,14 +5,12 @@
 //! region.
 #![no_main]
 use driverkit_wire::event_log::EventLog;
-use driverkit_wire::shm::SharedMemory;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&pages, rest)) = data.split_first() else { return };
-    let len = 4096 * (1 + usize::from(pages & 3));
-    let Ok(shm) = SharedMemory::create("fuzz", len) else { return };
-    shm.write(0, &rest[..rest.len().min(len)]);
+    let Some(shm) = driverkit_fuzz::region(data) else {
+        return;
+    };
     let Ok(log) = EventLog::open(shm) else { return };
     let mut out = Vec::new();
     for from in [Some(0), None, Some(u64::MAX)] {
