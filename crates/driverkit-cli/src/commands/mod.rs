@@ -143,6 +143,9 @@ impl Cli {
 
 pub fn dispatch(cli: Cli) -> Result<(), String> {
     let root = cli.root();
+    if !matches!(cli.command, Command::Run(_) | Command::Bench(_)) {
+        end_quietly_on_closed_output();
+    }
     match cli.command {
         Command::Run(args) => run::run(root, args),
         Command::Ioreg(args) => ioreg::ioreg(&root, args),
@@ -226,4 +229,16 @@ fn parse_id(s: &str) -> Result<u64, String> {
         None => s.parse(),
     };
     parsed.map_err(|_| format!("{s:?} is not a registry entry ID (like 0x100000105)"))
+}
+
+/// A client command whose output pipe closes (`driverkit ioreg | head -n
+/// 1`) ends by SIGPIPE, as Unix tools do, instead of panicking in
+/// `println!` (Rust ignores the signal). Not for commands that run a
+/// daemon: a client of its sockets going away must not end it.
+fn end_quietly_on_closed_output() {
+    // SAFETY: sets a signal's disposition to the default, before this
+    // process starts any thread that could be writing.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
