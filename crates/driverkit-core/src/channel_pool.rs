@@ -75,8 +75,12 @@ struct Slot {
 struct Shard {
     slots: Mutex<Vec<Slot>>,
     /// A futex word the leader waits on besides the channels: bumped when
-    /// it must look again (a channel added or given back).
+    /// it must look again (a channel added or given back, the shard
+    /// retired).
     changed: AtomicU32,
+    /// Set once its last channel left: it is out of the pool, and its
+    /// leader goes back to the idle threads.
+    retired: AtomicBool,
 }
 
 impl Shard {
@@ -238,14 +242,17 @@ impl Pool {
             .cloned();
         match open {
             Some(shard) => {
-                drop(state);
+                // Under the pool's lock, so that the shard cannot retire
+                // between being chosen and getting the channel.
                 shard.slots().push(slot);
+                drop(state);
                 shard.wake_leader();
             }
             None => {
                 let shard = Arc::new(Shard {
                     slots: Mutex::new(vec![slot]),
                     changed: AtomicU32::new(0),
+                    retired: AtomicBool::new(false),
                 });
                 state.shards.push(shard.clone());
                 self.enlist(state, [shard]);
@@ -317,6 +324,21 @@ impl Pool {
         if self.watchdog_parked.swap(0, Ordering::SeqCst) == 1 {
             let _ = futex::wake(&self.watchdog_parked, futex::Flags::PRIVATE, 1);
         }
+    }
+
+    /// Takes `shard` out of the pool if its last channel left, so that the
+    /// pool shrinks back when dexts end (its leader then idles, and
+    /// retires as idle threads do).
+    fn retire_if_empty(&self, shard: &Arc<Shard>) {
+        let mut state = self.state();
+        if !shard.slots().is_empty() {
+            return;
+        }
+        shard.retired.store(true, Ordering::Release);
+        state.shards.retain(|s| !Arc::ptr_eq(s, shard));
+        state.leaderless.retain(|s| !Arc::ptr_eq(s, shard));
+        drop(state);
+        shard.wake_leader();
     }
 
     /// The leader of `shard` is back: true if the shard is still its to
@@ -400,7 +422,9 @@ impl Pool {
         loop {
             if let Some(mut shard) = next.take() {
                 loop {
-                    let taken = self.lead(shard, &answering);
+                    let Some(taken) = self.lead(shard, &answering) else {
+                        break;
+                    };
                     match self.serve_taken(taken) {
                         Some(again) => shard = again,
                         None => break,
@@ -441,8 +465,9 @@ impl Pool {
     }
 
     /// Leads `shard` until one of its channels has a request; then takes
-    /// it, defers the leadership, and returns it.
-    fn lead(&'static self, shard: Arc<Shard>, answering: &Arc<AtomicBool>) -> Taken {
+    /// it, defers the leadership, and returns it. `None` once the shard
+    /// retired.
+    fn lead(&'static self, shard: Arc<Shard>, answering: &Arc<AtomicBool>) -> Option<Taken> {
         // The channel the last wake-up named, looked at first.
         let mut woken: Option<usize> = None;
         let mut waits: Vec<futex::Wait> = Vec::with_capacity(SHARD + 1);
@@ -450,6 +475,9 @@ impl Pool {
         let mut timed_out = false;
         loop {
             let mut slots = shard.slots();
+            if shard.retired.load(Ordering::Acquire) {
+                return None;
+            }
             let changed = shard.changed.load(Ordering::SeqCst);
             // A closed channel needs no look of its own: closing rings its
             // request bell, so it is taken like a call, and leaves the
@@ -493,12 +521,12 @@ impl Pool {
                 drop(slots);
                 answering.store(true, Ordering::Release);
                 self.defer(shard.clone(), answering.clone());
-                return Taken {
+                return Some(Taken {
                     shard,
                     channel,
                     idle,
                     answering: answering.clone(),
-                };
+                });
             }
             waits.clear();
             watched.clear();
@@ -555,6 +583,7 @@ impl Pool {
                 Err(end) => {
                     tracing::debug!("a call channel ended: {end:?}");
                     shard.remove(&channel);
+                    self.retire_if_empty(&shard);
                     return self.resume(&shard, &answering).then_some(shard);
                 }
             }
@@ -650,6 +679,32 @@ mod tests {
         );
         clients[6].call(&[1], &mut reply, deadline()).unwrap();
         assert_eq!(reply, [6, 1]);
+        // All closed: their shards retire (what stays holds the other
+        // test's channels), and so, once idle, do their leaders.
+        for client in &clients {
+            client.close();
+        }
+        let shards = || {
+            let state = pool().state();
+            let sizes: Vec<usize> = state.shards.iter().map(|s| s.slots().len()).collect();
+            sizes
+        };
+        // The other test holds at most 6 channels.
+        let until = Instant::now() + Duration::from_secs(20);
+        while shards().iter().sum::<usize>() > 6 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let sizes = shards();
+        assert!(sizes.iter().sum::<usize>() <= 6, "channels left: {sizes:?}");
+        assert!(
+            !sizes.contains(&0),
+            "a shard without channels stays in the pool: {sizes:?}"
+        );
+        assert!(
+            sizes.len() < 3,
+            "shards for the other test's channels: {sizes:?}"
+        );
     }
 
     #[test]
