@@ -207,10 +207,11 @@ pub trait IOUserHIDEventServiceApi: Service {
 impl<S: Service> IOUserHIDEventServiceApi for S {}
 
 thread_local! {
-    /// Set while a drain job handles a batch of reports: the events it
-    /// dispatches wake the system's subscribers once, when no more reports
-    /// are waiting, rather than each.
-    static DRAINING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The service whose batch of reports a drain job on this thread is
+    /// handling (0: none): the events it dispatches wake the system's
+    /// subscribers once, when no more reports are waiting, rather than
+    /// each. Another service's events wake them at once.
+    static DRAINING: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// Writes `event` into the service's event log, where the system's
@@ -219,7 +220,7 @@ thread_local! {
 fn dispatch<S: Service>(s: &S, event: HidEventRecord) -> IOResult<()> {
     let c = client(s)?;
     c.events.push(&event);
-    if !DRAINING.with(std::cell::Cell::get) {
+    if DRAINING.with(std::cell::Cell::get) != s.registry_entry_id() {
         c.events.notify();
     }
     Ok(())
@@ -425,7 +426,8 @@ fn drain<S: IOUserHIDEventServiceImpl>(
 ) {
     let service = me.upgrade().and_then(|s| s.downcast::<S>().ok());
     let mut entry = Vec::with_capacity(64);
-    DRAINING.with(|d| d.set(true));
+    let draining = service.as_ref().map_or(0, |s| s.registry_entry_id());
+    DRAINING.with(|d| d.set(draining));
     loop {
         while !c.cancelled.load(Ordering::Acquire) && c.ring.dequeue(&mut entry).is_ok() {
             let Some(service) = &service else { continue };
@@ -467,7 +469,7 @@ fn drain<S: IOUserHIDEventServiceImpl>(
             || !c.ring.is_data_available()
             || c.scheduled.swap(true, Ordering::AcqRel)
         {
-            DRAINING.with(|d| d.set(false));
+            DRAINING.with(|d| d.set(0));
             return;
         }
     }
