@@ -19,6 +19,6 @@ fuzz_target!(|data: &[u8]| {
             let _ = log.read(&mut reader, &mut out, 64);
             let _ = log.has_records(&reader);
         }
-        log.release(reader);
+        log.release(&mut reader);
     }
 });

@@ -13,6 +13,6 @@ fuzz_target!(|data: &[u8]| {
     let _ = <Vec<(u8, u32, u32, (i64, i64, i64), u64)>>::decode(&mut d);
     let mut d = Decoder::new(data);
     let _ = <(driverkit_wire::Bytes, Option<plist::Value>)>::decode(&mut d);
-    let _ = driverkit_wire::user_client::ChannelCall::decode(&mut Decoder::new(data));
+    let _ = driverkit_wire::user_client::Call::decode(&mut Decoder::new(data));
     let _ = driverkit_wire::user_client::ChannelAnswer::decode(&mut Decoder::new(data));
 });

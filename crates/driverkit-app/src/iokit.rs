@@ -31,8 +31,8 @@ use driverkit_wire::channel::ShmChannel;
 use driverkit_wire::codec::{Decoder, Encoder, Wire};
 use driverkit_wire::transport::{Endpoint, MessageBuf};
 use driverkit_wire::user_client::{
-    CallInputs, CallResult, ChannelAnswer, ChannelCall, Completion, FLAG_ASYNC,
-    FLAG_STRUCT_IN_MEMORY, MAX_INLINE_STRUCT, MAX_SCALARS, SELECTOR_CHANNEL, SELECTOR_MAP_MEMORY,
+    Call, CallInputs, CallResult, ChannelAnswer, Completion, FLAG_ASYNC, FLAG_STRUCT_IN_MEMORY,
+    MAX_INLINE_STRUCT, MAX_SCALARS, SELECTOR_CHANNEL, SELECTOR_MAP_MEMORY,
 };
 use driverkit_wire::{Header, IOReturn, Kind, MethodId, ObjectId};
 use plist::{Dictionary, Value};
@@ -576,8 +576,8 @@ impl IOConnect {
             request,
             reply,
         } = &mut *guard;
+        Call::encode_inputs(selector, flags, &inputs, &mut e);
         if let (Some(channel), None, None) = (&self.channel, &memory, &fd_out) {
-            ChannelCall::encode_inputs(selector, flags, &inputs, &mut e);
             request.clear();
             request.extend_from_slice(e.as_bytes());
             channel
@@ -590,7 +590,6 @@ impl IOConnect {
             }
             return Ok((answer.result.scalar_output, answer.result.structure_output));
         }
-        inputs.encode(&mut e);
         let call = *next;
         *next = next.wrapping_add(1);
         let header = Header::request(call, ObjectId(self.user_client), MethodId(selector), flags);

@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use driverkit_wire::channel::{Server, ShmChannel};
-use driverkit_wire::shm::SPIN;
+use driverkit_wire::shm::{wait_any, wait_entry, SPIN};
 use rustix::thread::futex;
 
 /// What answers one channel's requests: request bytes in, reply bytes out.
@@ -519,7 +519,6 @@ impl Pool {
                 }
                 let channel = slot.channel.clone();
                 drop(slots);
-                answering.store(true, Ordering::Release);
                 self.defer(shard.clone(), answering.clone());
                 return Some(Taken {
                     shard,
@@ -530,19 +529,11 @@ impl Pool {
             }
             waits.clear();
             watched.clear();
-            waits.push(driverkit_wire::shm::wait_entry(
-                &shard.changed,
-                changed,
-                true,
-            ));
+            waits.push(wait_entry(&shard.changed, changed, true));
             for (i, slot) in slots.iter().enumerate() {
                 if let Some(idle) = slot.idle.as_ref().filter(|idle| idle.armed) {
                     let word = slot.channel.request_bell().futex_word();
-                    waits.push(driverkit_wire::shm::wait_entry(
-                        word,
-                        idle.server.answered(),
-                        false,
-                    ));
+                    waits.push(wait_entry(word, idle.server.answered(), false));
                     watched.push(i);
                 }
             }
@@ -550,7 +541,7 @@ impl Pool {
             // channel (and its mapping) leaves the shard only on this thread
             // or on the thread serving it, and a served slot is not watched.
             drop(slots);
-            match driverkit_wire::shm::wait_any(&waits, SAFETY_NET) {
+            match wait_any(&waits, SAFETY_NET) {
                 Ok(k) => {
                     timed_out = false;
                     woken = k.checked_sub(1).and_then(|k| watched.get(k).copied());

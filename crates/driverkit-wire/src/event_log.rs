@@ -35,7 +35,7 @@
 //! kind is dropped and counted; nothing panics or reads out of bounds. A
 //! writer that ignores the readers' positions only loses its own events.
 
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -155,15 +155,15 @@ impl EventLog {
         self.mask + 1
     }
 
-    fn written(&self) -> &std::sync::atomic::AtomicU64 {
+    fn written(&self) -> &AtomicU64 {
         self.shm.u64_at(WRITTEN)
     }
 
-    fn slot(&self, i: usize) -> &std::sync::atomic::AtomicU64 {
+    fn slot(&self, i: usize) -> &AtomicU64 {
         self.shm.u64_at(SLOTS + 64 * i)
     }
 
-    fn word(&self, position: u64, i: usize) -> &std::sync::atomic::AtomicU64 {
+    fn word(&self, position: u64, i: usize) -> &AtomicU64 {
         self.shm
             .u64_at(RECORDS + (position & self.mask) as usize * RECORD_LEN + 8 * i)
     }
@@ -256,8 +256,8 @@ impl EventLog {
     }
 
     /// Reader: a reader from `position` on (or from the end), which the
-    /// writer waits for if a slot is free. Give it back with
-    /// [`release`](EventLog::release).
+    /// writer waits for if a slot is free, until
+    /// [`release`](EventLog::release)d.
     pub fn reader(&self, position: Option<u64>) -> Reader {
         let position = position.unwrap_or_else(|| self.end());
         let slot = (0..READERS).find(|&i| {
@@ -269,8 +269,8 @@ impl EventLog {
     }
 
     /// Reader: gives a reader's slot back; the writer stops waiting for it.
-    pub fn release(&self, reader: Reader) {
-        if let Some(i) = reader.slot {
+    pub fn release(&self, reader: &mut Reader) {
+        if let Some(i) = reader.slot.take() {
             self.slot(i).store(FREE, Ordering::Release);
             self.space_bell().notify();
         }
@@ -307,7 +307,6 @@ impl EventLog {
             *position = written - capacity;
         }
         let until = written.min(position.saturating_add(max as u64));
-        let start = out.len();
         let mut words = [0u64; 6];
         for p in *position..until {
             // As a seqlock reader: the record is whole if its sequence word
@@ -324,6 +323,10 @@ impl EventLog {
                 missed.overrun += 1;
                 continue;
             }
+            if !KINDS.contains(&(words[0] as u8)) {
+                missed.invalid += 1;
+                continue;
+            }
             out.push((
                 words[0] as u8,
                 (words[0] >> 8) as u32,
@@ -333,15 +336,6 @@ impl EventLog {
             ));
         }
         *position = until;
-        let mut kept = start;
-        for i in start..out.len() {
-            if KINDS.contains(&out[i].0) {
-                out.swap(kept, i);
-                kept += 1;
-            }
-        }
-        missed.invalid = (out.len() - kept) as u64;
-        out.truncate(kept);
         missed
     }
 }
@@ -384,8 +378,8 @@ mod tests {
         out.clear();
         assert_eq!(r.read(&mut a, &mut out, 100), Missed::default());
         assert!(out.is_empty() && !r.has_records(&a));
-        r.release(a);
-        r.release(b);
+        r.release(&mut a);
+        r.release(&mut b);
     }
 
     #[test]
@@ -407,7 +401,7 @@ mod tests {
             seen.extend_from_slice(&out);
         }
         assert_eq!(seen, (0..100).map(key).collect::<Vec<_>>());
-        r.release(reader);
+        r.release(&mut reader);
         writer.join().unwrap();
     }
 
@@ -428,7 +422,7 @@ mod tests {
         assert_eq!(missed.overrun, 12);
         assert_eq!(out, (12..20).map(key).collect::<Vec<_>>());
         assert_eq!(stuck.position(), 20);
-        r.release(stuck);
+        r.release(&mut stuck);
     }
 
     #[test]
@@ -436,17 +430,17 @@ mod tests {
         let (w, r) = pair(8);
         let slotted: Vec<Reader> = (0..READERS).map(|_| r.reader(None)).collect();
         assert!(slotted.iter().all(|s| s.slot.is_some()));
-        let extra = r.reader(None);
+        let mut extra = r.reader(None);
         assert!(extra.slot.is_none());
-        for s in slotted {
-            r.release(s);
+        for mut s in slotted {
+            r.release(&mut s);
         }
         let began = Instant::now();
         for i in 0..20 {
             w.push(&key(i));
         }
         assert!(began.elapsed() < PATIENCE, "nobody to wait for");
-        r.release(extra);
+        r.release(&mut extra);
     }
 
     #[test]
@@ -468,7 +462,7 @@ mod tests {
             .store(u64::MAX, Ordering::Release);
         let missed = r.read(&mut at, &mut out, 100);
         assert!(missed.overrun > 0 && out.len() <= 8, "{missed:?}");
-        r.release(at);
+        r.release(&mut at);
     }
 
     #[test]
@@ -506,6 +500,6 @@ mod tests {
             }
         }
         writer.join().unwrap();
-        r.release(reader);
+        r.release(&mut reader);
     }
 }

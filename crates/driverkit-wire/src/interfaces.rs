@@ -46,7 +46,7 @@ pub trait IOUserServerInterface {
 pub trait IOUserClientInterface {
     /// `ExternalMethod`: the app's call `selector` with `args`
     /// (`flags`: `user_client::FLAG_*`). Its arguments are encoded as a
-    /// `user_client::ChannelCall`, so a call from the channel is dispatched
+    /// `user_client::Call`, so a call from the channel is dispatched
     /// as it came.
     #[local]
     fn external_method(

@@ -4,16 +4,16 @@
 //! Each connection has two `SOCK_SEQPACKET` sockets. On the *call* socket
 //! the app sends a `Request` (header `object` = the user client, `method`
 //! = the selector, `call` = a sequence number) whose payload is a
-//! [`CallArgs`], and the dext answers a `Reply` with a [`CallResult`] and
+//! [`Call`], and the dext answers a `Reply` with a [`CallResult`] and
 //! the method's status. On the *notification* socket the dext sends
 //! `Oneway` messages whose `method` is the app's async reference and whose
 //! payload is a [`Completion`]. The daemon is on neither path: it decided
 //! who may open what, then handed the sockets out.
 //!
 //! An app may also hand the dext a call channel in shared memory
-//! (`SELECTOR_CHANNEL`): calls without descriptors then travel on it as a
-//! [`ChannelCall`], answered by a [`ChannelAnswer`], without the socket's
-//! header.
+//! (`SELECTOR_CHANNEL`): calls without descriptors then travel on it as
+//! the same [`Call`], answered by a [`ChannelAnswer`], without the
+//! socket's header.
 
 use crate::codec::{Decoder, Encoder, Wire, WireError};
 use crate::Bytes;
@@ -128,7 +128,7 @@ const HAS_ASYNC_REFERENCE: u8 = 0x02;
 
 /// Compact on purpose: counts are bytes and the fields most calls leave
 /// at zero are present only when set, so that a call with a few scalars,
-/// with its selector and flags ([`ChannelCall`]), fits the cache line a
+/// with its selector and flags ([`Call`]), fits the cache line a
 /// call channel moves (see `channel`: a request on two lines took about
 /// 200 ns longer here).
 ///
@@ -227,22 +227,23 @@ impl Wire for CallResult {
     }
 }
 
-/// A call on a user client's call channel (`SELECTOR_CHANNEL`): the
-/// selector, the `FLAG_*` bits and the arguments, without the socket's
-/// 32-byte header (the channel belongs to one user client and carries one
-/// call at a time, so object and call number say nothing). The same bytes
-/// are the arguments of the dext's `IOUserClient::ExternalMethod`, so the
-/// dext dispatches a request from the channel as it found it.
+/// An app's call: the selector, the `FLAG_*` bits and the arguments. It is
+/// the payload of a call on the socket and the whole of a call on a
+/// channel (`SELECTOR_CHANNEL`), which needs no header (the channel
+/// belongs to one user client and carries one call at a time, so object
+/// and call number say nothing). The same bytes are the arguments of the
+/// dext's `IOUserClient::ExternalMethod`, so the dext dispatches a call as
+/// it found it, from either path.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ChannelCall {
+pub struct Call {
     pub selector: u64,
     pub flags: u8,
     pub args: CallArgs,
 }
 
-impl ChannelCall {
+impl Call {
     /// Encodes a call from borrowed inputs, as `encode` does from a
-    /// `ChannelCall`.
+    /// `Call`.
     pub fn encode_inputs(selector: u64, flags: u8, inputs: &CallInputs<'_>, e: &mut Encoder) {
         selector.encode(e);
         flags.encode(e);
@@ -250,14 +251,14 @@ impl ChannelCall {
     }
 }
 
-impl Wire for ChannelCall {
+impl Wire for Call {
     fn encode(&self, e: &mut Encoder) {
         self.selector.encode(e);
         self.flags.encode(e);
         self.args.encode(e);
     }
     fn decode(d: &mut Decoder<'_>) -> Result<Self, WireError> {
-        Ok(ChannelCall {
+        Ok(Call {
             selector: u64::decode(d)?,
             flags: u8::decode(d)?,
             args: CallArgs::decode(d)?,
@@ -265,7 +266,7 @@ impl Wire for ChannelCall {
     }
 }
 
-/// The answer to a [`ChannelCall`]: the method's status, then (on success)
+/// The answer to a [`Call`]: the method's status, then (on success)
 /// its [`CallResult`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChannelAnswer {
@@ -353,7 +354,7 @@ mod tests {
     fn a_call_with_two_scalars_fits_the_line_a_channel_moves() {
         // A channel slot's first cache line holds its doorbell, its length
         // and the first 48 bytes of the message.
-        let call = ChannelCall {
+        let call = Call {
             selector: 7,
             flags: 0,
             args: CallArgs {
@@ -421,7 +422,7 @@ mod tests {
                 async_reference: r,
             };
             round_trip(&args);
-            round_trip(&ChannelCall { selector: r, flags: outs as u8, args });
+            round_trip(&Call { selector: r, flags: outs as u8, args });
             round_trip(&ChannelAnswer {
                 status: 0,
                 result: CallResult { scalar_output: scalars.clone(), structure_output: bytes.clone() },
@@ -435,7 +436,7 @@ mod tests {
             let _ = CallArgs::decode(&mut Decoder::new(&bytes));
             let _ = CallResult::decode(&mut Decoder::new(&bytes));
             let _ = Completion::decode(&mut Decoder::new(&bytes));
-            let _ = ChannelCall::decode(&mut Decoder::new(&bytes));
+            let _ = Call::decode(&mut Decoder::new(&bytes));
             let _ = ChannelAnswer::decode(&mut Decoder::new(&bytes));
         }
     }

@@ -51,8 +51,8 @@ use driverkit_wire::codec::{Decoder, Encoder, Wire};
 use driverkit_wire::interfaces::{io_service_interface, io_user_client_interface};
 use driverkit_wire::transport::Endpoint;
 use driverkit_wire::user_client::{
-    CallArgs, CallResult, ChannelAnswer, ChannelCall, Completion, FLAG_ASYNC, MAX_SCALARS,
-    SELECTOR_CHANNEL, SELECTOR_MAP_MEMORY,
+    Call, CallResult, ChannelAnswer, Completion, FLAG_ASYNC, MAX_SCALARS, SELECTOR_CHANNEL,
+    SELECTOR_MAP_MEMORY,
 };
 use driverkit_wire::{Header, IOResult, IOReturn, MethodId, ObjectId};
 
@@ -242,11 +242,11 @@ impl<S: IOUserClientImpl> ClassDispatch<S> for IOUserClient {
 }
 
 fn external_method<S: IOUserClientImpl>(service: &S, payload: &[u8]) -> IOResult<Vec<u8>> {
-    let ChannelCall {
+    let Call {
         selector,
         flags,
         args: call,
-    } = ChannelCall::decode(&mut Decoder::new(payload)).map_err(|_| IOReturn::BAD_ARGUMENT)?;
+    } = Call::decode(&mut Decoder::new(payload)).map_err(|_| IOReturn::BAD_ARGUMENT)?;
     let memory = CALL_FD.with(|c| c.borrow_mut().0.take());
     let (structure_input, from_memory) = match memory {
         Some(_) if call.structure_input_length > driverkit_wire::user_client::MAX_MEMORY_STRUCT => {
@@ -459,7 +459,7 @@ fn serve_channel(object: ObjectId, fd: OwnedFd) -> IOResult<Arc<ShmChannel>> {
     std::thread::Builder::new()
         .name(format!("user-client-channel:{:#x}", object.0))
         .spawn(move || {
-            // A request is a `ChannelCall`: the arguments of ExternalMethod
+            // A request is a `Call`: the arguments of ExternalMethod
             // as they are dispatched, so they are not decoded here.
             served.serve(driverkit_wire::shm::SPIN, |request, reply| {
                 let method = io_user_client_interface::EXTERNAL_METHOD;
@@ -471,36 +471,29 @@ fn serve_channel(object: ObjectId, fd: OwnedFd) -> IOResult<Arc<ShmChannel>> {
     Ok(channel)
 }
 
-/// One call of the app from its socket: decoded, run as the user client's
-/// work, answered.
+/// One call of the app from its socket (a `Call`, as on a channel, with a
+/// descriptor perhaps): run as the user client's work, answered.
 fn handle_call(
     object: ObjectId,
     header: &Header,
     payload: &[u8],
     fd: Option<OwnedFd>,
 ) -> (IOResult<Vec<u8>>, Option<OwnedFd>) {
-    let mut e = Encoder::new();
-    let method = if header.method.0 == SELECTOR_MAP_MEMORY {
-        let Ok(call) = CallArgs::decode(&mut Decoder::new(payload)) else {
-            return (Err(IOReturn::BAD_ARGUMENT), None);
-        };
-        call.scalar_input
-            .first()
-            .copied()
-            .unwrap_or(0)
-            .encode(&mut e);
-        (call.scalar_input.get(1).copied().unwrap_or(0) != 0).encode(&mut e);
-        io_user_client_interface::COPY_CLIENT_MEMORY
-    } else {
-        // A `ChannelCall`, from the header's selector and flags.
-        header.method.0.encode(&mut e);
-        header.flags.encode(&mut e);
-        e.put(payload);
-        io_user_client_interface::EXTERNAL_METHOD
-    };
     let Some((instance, queue)) = crate::runtime::hosted(object) else {
         return (Err(IOReturn::NOT_OPEN), None);
     };
+    if header.method.0 != SELECTOR_MAP_MEMORY {
+        let method = io_user_client_interface::EXTERNAL_METHOD;
+        return run_call(&instance, &queue, method, payload, fd);
+    }
+    let Ok(call) = Call::decode(&mut Decoder::new(payload)) else {
+        return (Err(IOReturn::BAD_ARGUMENT), None);
+    };
+    let scalar = |i: usize| call.args.scalar_input.get(i).copied().unwrap_or(0);
+    let mut e = Encoder::new();
+    scalar(0).encode(&mut e);
+    (scalar(1) != 0).encode(&mut e);
+    let method = io_user_client_interface::COPY_CLIENT_MEMORY;
     run_call(&instance, &queue, method, e.as_bytes(), fd)
 }
 

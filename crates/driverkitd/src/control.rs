@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::backends::virtual_device;
-use crate::families::hid::{next_event, HidEvent};
+use crate::families::hid::HidEvent;
 use crate::Daemon;
 
 pub use driverkit_core::control::{Client, Request as CoreRequest, SOCKET};
@@ -290,7 +290,7 @@ fn serial_request(daemon: &Daemon, request: SerialRequest) -> Result<serde_json:
 fn stream_events(daemon: &Daemon, mut writer: UnixStream) -> std::io::Result<()> {
     let mut events = daemon.subscribe_hid();
     writer.write_all(b"{\"ok\":{}}\n")?;
-    while let Some(event) = next_event(&mut events, None) {
+    while let Some(event) = events.next(None) {
         let mut text = serde_json::to_string(&event).map_err(std::io::Error::other)?;
         text.push('\n');
         writer.write_all(text.as_bytes())?;

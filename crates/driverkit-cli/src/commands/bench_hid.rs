@@ -7,7 +7,7 @@
 //! | `hid_reports_per_sec`  | reports through one dext, sustained                   | the same reports through a raw ring   |
 //! | `hid_descriptor_parse` | parse a real keyboard's report descriptor             | copying its bytes                     |
 //!
-//! The subscriber waits with `next_event`, as the control server's event
+//! The subscriber waits with `HidSubscription::next`, as the control server's event
 //! stream does, so its own wake-up is in the figures.
 
 use std::path::Path;
@@ -46,7 +46,8 @@ fn keyboard(root: &Path) -> Result<(Daemon, u64, HidSubscription), String> {
 
 /// Waits for the next event as a subscriber of the system does.
 fn next(events: &mut HidSubscription) -> Result<HidEvent, String> {
-    driverkitd::families::hid::next_event(events, Some(Instant::now() + Duration::from_secs(10)))
+    events
+        .next(Some(Instant::now() + Duration::from_secs(10)))
         .ok_or_else(|| "no HID event within 10 s".to_string())
 }
 

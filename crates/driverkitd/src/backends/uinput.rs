@@ -22,7 +22,7 @@ use driverkit_wire::interfaces::hid_event;
 use evdev::uinput::VirtualDevice;
 use evdev::{AttributeSet, BusType, EventType, InputEvent, InputId, KeyCode, RelativeAxisCode};
 
-use crate::families::hid::{next_event, HidEvent, HidFamily};
+use crate::families::hid::{HidEvent, HidFamily};
 
 /// Where applications find the devices this module makes.
 pub const UINPUT: &str = "/dev/uinput";
@@ -256,7 +256,7 @@ pub fn forward(system: &System, hid: &HidFamily) {
     let mut events = hid.subscribe();
     let (s, u) = (system.clone(), uinput.clone());
     let forward = move || {
-        while let Some(event) = next_event(&mut events, None) {
+        while let Some(event) = events.next(None) {
             let result = u
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

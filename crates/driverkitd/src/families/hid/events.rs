@@ -124,8 +124,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Source {
     service: EntryId,
     log: Arc<EventLog>,
-    /// Always `Some` but while dropping (the log takes it back).
-    reader: Option<Reader>,
+    reader: Reader,
     /// The service left: dropped once read to the end.
     gone: bool,
 }
@@ -135,25 +134,21 @@ impl Source {
     fn new(service: EntryId, log: Arc<EventLog>, from: Option<u64>) -> Source {
         Source {
             service,
-            reader: Some(log.reader(from)),
+            reader: log.reader(from),
             log,
             gone: false,
         }
     }
 
     fn has_records(&self) -> bool {
-        self.reader
-            .as_ref()
-            .is_some_and(|r| self.log.has_records(r))
+        self.log.has_records(&self.reader)
     }
 }
 
 impl Drop for Source {
     /// The writer stops waiting for this subscriber.
     fn drop(&mut self) {
-        if let Some(r) = self.reader.take() {
-            self.log.release(r);
-        }
+        self.log.release(&mut self.reader);
     }
 }
 
@@ -216,21 +211,19 @@ impl HidSubscription {
     fn park(&mut self, timeout: Option<Duration>) {
         let changed = self.shared.changed.load(Ordering::SeqCst);
         let watched = &self.sources[..self.sources.len().min(WATCHED)];
-        // Each value is read before arming and looking: a write after the
-        // look changes it, so the wait returns at once (see `Doorbell`).
-        let seen: Vec<u32> = watched
-            .iter()
-            .map(|s| s.log.bell().futex_word().load(Ordering::SeqCst))
-            .collect();
+        // Each word's value is read before arming and looking: a write
+        // after the look changes it, so the wait returns at once (see
+        // `Doorbell`).
+        let mut waits = vec![shm::wait_entry(&self.shared.changed, changed, true)];
+        for s in watched {
+            let word = s.log.bell().futex_word();
+            waits.push(shm::wait_entry(word, word.load(Ordering::SeqCst), false));
+        }
         for s in watched {
             s.log.bell().arm();
         }
         let ready = changed != self.generation || watched.iter().any(Source::has_records);
         if !ready {
-            let mut waits = vec![shm::wait_entry(&self.shared.changed, changed, true)];
-            for (s, value) in watched.iter().zip(&seen) {
-                waits.push(shm::wait_entry(s.log.bell().futex_word(), *value, false));
-            }
             let mut most = timeout.unwrap_or(PARK_SAFETY_NET).min(PARK_SAFETY_NET);
             if self.sources.len() > WATCHED {
                 most = most.min(Duration::from_millis(1));
@@ -262,11 +255,8 @@ impl HidSubscription {
             }
         }
         for s in &mut self.sources {
-            let Some(reader) = s.reader.as_mut() else {
-                continue;
-            };
             self.records.clear();
-            let missed = s.log.read(reader, &mut self.records, 1024);
+            let missed = s.log.read(&mut s.reader, &mut self.records, 1024);
             self.lost += missed.overrun + missed.invalid;
             let service = s.service;
             self.pending.extend(self.records.iter().map(
@@ -287,11 +277,6 @@ impl HidSubscription {
 /// The longest a subscriber parks without looking (a lost wake-up would
 /// otherwise be a hang; there is none known).
 const PARK_SAFETY_NET: Duration = Duration::from_millis(250);
-
-/// The next event of a subscription (see [`HidSubscription::next`]).
-pub fn next_event(events: &mut HidSubscription, deadline: Option<Instant>) -> Option<HidEvent> {
-    events.next(deadline)
-}
 
 /// Monotonic nanoseconds, the clock of report and event timestamps (the
 /// same `CLOCK_MONOTONIC` a dext reads).

@@ -34,8 +34,7 @@ use driverkit_wire::{Bytes, IOResult, IOReturn, MethodId};
 use plist::Value;
 
 pub use events::{
-    ascii_usage, keyboard_reports, next_event, now_ns, usage_char, HidEvent, HidEvents,
-    HidSubscription,
+    ascii_usage, keyboard_reports, now_ns, usage_char, HidEvent, HidEvents, HidSubscription,
 };
 
 use super::usb::{UsbFamily, UsbInterface};
