@@ -201,6 +201,8 @@ fn bench_quick_reports_every_figure_beside_its_baseline() {
             "hid_report_latency",
             "hid_report_latency",
             "hid_report_latency",
+            "hid_report_latency",
+            "hid_report_latency_idle",
             "hid_report_latency_idle",
             "hid_reports_per_sec",
             "usbip_control_roundtrip",

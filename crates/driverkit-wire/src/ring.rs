@@ -283,6 +283,17 @@ impl Ring {
             .wait(spin, deadline, || self.is_data_available())
     }
 
+    /// As [`Ring::wait_for_data`], yielding the CPU between looks
+    /// from the start: for a consumer that has just woken a thread of its
+    /// own (a subscriber to what it made of the last entry), which the
+    /// kernel may have put on this very CPU, where a pure spin would keep
+    /// it from running (see [`Doorbell::wait_reporting`]).
+    pub fn wait_for_data_yielding(&self, spin: Duration, deadline: Option<Instant>) -> bool {
+        Doorbell::asymmetric_at(&self.shm, DATA_BELL)
+            .wait_reporting(true, spin, deadline, || self.is_data_available())
+            .0
+    }
+
     /// Waits until an entry of `len` bytes fits; false at the deadline.
     pub fn wait_for_space(&self, len: usize, spin: Duration, deadline: Option<Instant>) -> bool {
         Doorbell::asymmetric_at(&self.shm, SPACE_BELL)

@@ -42,12 +42,12 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Takes ownership of a connected `SOCK_SEQPACKET` socket.
     /// The socket, for passing to another process.
     pub fn into_fd(self) -> OwnedFd {
         self.fd
     }
 
+    /// Takes ownership of a connected `SOCK_SEQPACKET` socket.
     pub fn new(fd: OwnedFd) -> Self {
         Self { fd }
     }

@@ -389,7 +389,7 @@ fn watch<S: IOUserHIDEventServiceImpl>(
     while !c.cancelled.load(Ordering::Acquire) {
         if !c.ring.is_data_available() {
             c.ring
-                .wait_for_data(SPIN, Some(Instant::now() + Duration::from_millis(250)));
+                .wait_for_data_yielding(SPIN, Some(Instant::now() + Duration::from_millis(250)));
             continue;
         }
         if !c.scheduled.swap(true, Ordering::AcqRel) {

@@ -357,7 +357,7 @@ pub(super) fn spawn_helper(
 }
 
 /// Starts the echo helper with one end of a socketpair.
-fn spawn_echo() -> Result<(Child, Endpoint), String> {
+pub(super) fn spawn_echo() -> Result<(Child, Endpoint), String> {
     let (ours, theirs) = transport::socketpair().map_err(|e| e.to_string())?;
     let child = spawn_helper(&["__bench-echo"], theirs.into(), Stdio::inherit())?;
     let mut buf = MessageBuf::default();
@@ -367,12 +367,23 @@ fn spawn_echo() -> Result<(Child, Endpoint), String> {
     }
 }
 
-fn stop_echo(mut child: Child, endpoint: Endpoint) {
+pub(super) fn stop_echo(mut child: Child, endpoint: Endpoint) {
     drop(endpoint);
     let _ = child.wait();
 }
 
+/// Raw SOCK_SEQPACKET round trips to another process, back to back (ns).
+/// On this kind of machine the figure is bimodal: both processes end up
+/// on one CPU (a few µs, each wake-up a context switch) or on two (tens of
+/// µs, each wake-up an inter-processor interrupt to a halted virtual CPU),
+/// as the scheduler happens to place them.
 pub(super) fn raw_pingpong(n: usize) -> Result<(f64, f64), String> {
+    raw_pingpong_after(n, Duration::ZERO)
+}
+
+/// As [`raw_pingpong`], each round trip after `gap` asleep, so that it
+/// starts with both processes parked (ns).
+pub(super) fn raw_pingpong_after(n: usize, gap: Duration) -> Result<(f64, f64), String> {
     let (child, ep) = spawn_echo()?;
     let mut h = Header::new(Kind::Request);
     h.object = driverkit_wire::ObjectId(0x1_0000_0100);
@@ -380,6 +391,9 @@ pub(super) fn raw_pingpong(n: usize) -> Result<(f64, f64), String> {
     let mut buf = MessageBuf::default();
     let mut samples = Vec::with_capacity(n);
     for i in 0..n + n / 10 {
+        if !gap.is_zero() {
+            std::thread::sleep(gap);
+        }
         let t = Instant::now();
         ep.send(&h, &payload, None).map_err(|e| e.to_string())?;
         ep.recv(&mut buf).map_err(|e| e.to_string())?;

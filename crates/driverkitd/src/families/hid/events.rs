@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use driverkit_core::EntryId;
 use driverkit_wire::event_log::{EventLog, Reader};
 use driverkit_wire::interfaces::{hid_event, HidEventRecord};
-use driverkit_wire::shm::{self, SPIN};
+use driverkit_wire::shm;
 use rustix::thread::futex;
 
 /// One event of the system's HID event stream.
@@ -181,13 +181,21 @@ impl HidSubscription {
         self.pending.pop_front()
     }
 
-    /// The next event, waited for the way every waiter of the system
-    /// waits: looking (and yielding the core) for `SPIN` first, as events
-    /// come in bursts and a parked thread takes tens of microseconds to
-    /// wake here, then parked on the logs' doorbells until `deadline`.
-    /// `None` on the deadline or when the stream has ended.
+    /// The next event, parked on the logs' doorbells until one is written
+    /// or `deadline`. `None` on the deadline or when the stream has ended.
+    ///
+    /// A subscriber does not spin first, unlike the system's other
+    /// waiters: what it waits for is a dext's thread, which the kernel
+    /// wakes on the CPU of whoever woke it, often this subscriber's own
+    /// (an app that queued a report, a backend's thread that delivered
+    /// one). Spinning there keeps that thread from running, and two
+    /// runnable threads on one CPU invite the kernel to move one to the
+    /// other, halted CPU, whose every wake-up then costs tens of
+    /// microseconds here. Measured: a report from an idle system took
+    /// 21-27 µs with a 50 µs yielding spin, 24 µs with a 2 µs pure spin,
+    /// 8 µs parked at once; a burst loses nothing, as each wake-up reads
+    /// everything the log holds (reports per second rose, 2.1M to 2.5M).
     pub fn next(&mut self, deadline: Option<Instant>) -> Option<HidEvent> {
-        let spin_until = Instant::now() + SPIN;
         loop {
             if let Some(event) = self.try_next() {
                 return Some(event);
@@ -198,10 +206,6 @@ impl HidSubscription {
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 return None;
-            }
-            if now < spin_until {
-                std::thread::yield_now();
-                continue;
             }
             self.park(deadline.map(|d| d - now));
         }
@@ -386,7 +390,7 @@ mod tests {
             let a = a.clone();
             std::thread::spawn(move || {
                 // Long enough for the subscriber to park.
-                std::thread::sleep(SPIN * 20);
+                std::thread::sleep(Duration::from_millis(1));
                 a.push(&key(4, 1));
                 a.push(&key(5, 2));
                 a.notify();
@@ -405,7 +409,7 @@ mod tests {
         let events = HidEvents::default();
         let mut sub = events.subscribe();
         let ender = std::thread::spawn(move || {
-            std::thread::sleep(SPIN * 20);
+            std::thread::sleep(Duration::from_millis(1));
             drop(events);
         });
         assert_eq!(sub.next(None), None);
