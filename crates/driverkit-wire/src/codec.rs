@@ -86,6 +86,12 @@ impl<'a> Decoder<'a> {
         self.offset += n;
         Ok(&rest[..n])
     }
+    /// Takes a byte string with its `u32` length, borrowed (what
+    /// [`Bytes`] decodes, without copying it).
+    pub fn bytes(&mut self, expected: &'static str) -> Result<&'a [u8], WireError> {
+        let n = self.len(expected)?;
+        self.take(n, expected)
+    }
     /// An error at the current offset.
     pub fn error(&self, expected: &'static str, found: String) -> WireError {
         WireError {
@@ -199,8 +205,7 @@ impl Wire for Bytes {
         e.put(&self.0);
     }
     fn decode(d: &mut Decoder<'_>) -> Result<Self, WireError> {
-        let n = d.len("data length")?;
-        Ok(Bytes(d.take(n, "data bytes")?.to_vec()))
+        Ok(Bytes(d.bytes("data bytes")?.to_vec()))
     }
 }
 

@@ -70,6 +70,23 @@ pub struct CallResult {
     pub structure_output: Vec<u8>,
 }
 
+/// The [`CallResult`] of a call as the method left it, borrowed: what a
+/// dext encodes without moving its outputs out first.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallOutputs<'a> {
+    pub scalar_output: &'a [u64],
+    pub structure_output: &'a [u8],
+}
+
+impl CallOutputs<'_> {
+    /// Encodes these outputs as a [`CallResult`].
+    pub fn encode(&self, e: &mut Encoder) {
+        encode_scalars(self.scalar_output, e);
+        (self.structure_output.len() as u32).encode(e);
+        e.put(self.structure_output);
+    }
+}
+
 /// An asynchronous method's completion.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Completion {
@@ -150,8 +167,19 @@ impl Wire for CallArgs {
         .encode(e);
     }
     fn decode(d: &mut Decoder<'_>) -> Result<Self, WireError> {
-        let scalar_input = decode_scalars("scalar inputs", d)?;
-        let structure_input = Bytes::decode(d)?.0;
+        let mut args = CallArgs::default();
+        args.decode_into(d)?;
+        Ok(args)
+    }
+}
+
+impl CallArgs {
+    /// Decodes into `self`, reusing its vectors: a dext decodes each call
+    /// into the last one's arguments, so that a call allocates nothing.
+    /// On an error `self` holds part of the call.
+    pub fn decode_into(&mut self, d: &mut Decoder<'_>) -> Result<(), WireError> {
+        decode_scalars_into(&mut self.scalar_input, "scalar inputs", d)?;
+        let structure_input = d.bytes("inline structure input bytes")?;
         if structure_input.len() > MAX_INLINE_STRUCT {
             return Err(too_many(
                 "inline structure input bytes",
@@ -160,6 +188,8 @@ impl Wire for CallArgs {
                 d,
             ));
         }
+        self.structure_input.clear();
+        self.structure_input.extend_from_slice(structure_input);
         let present = u8::decode(d)?;
         if present & !(HAS_STRUCT_IN_MEMORY | HAS_ASYNC_REFERENCE) != 0 {
             return Err(d.error(
@@ -185,14 +215,11 @@ impl Wire for CallArgs {
                 d,
             ));
         }
-        Ok(CallArgs {
-            scalar_input,
-            structure_input,
-            structure_input_length,
-            scalar_output_count,
-            structure_output_max: u32::decode(d)?,
-            async_reference,
-        })
+        self.structure_input_length = structure_input_length;
+        self.async_reference = async_reference;
+        self.scalar_output_count = scalar_output_count;
+        self.structure_output_max = u32::decode(d)?;
+        Ok(())
     }
 }
 
@@ -206,18 +233,34 @@ fn encode_scalars(scalars: &[u64], e: &mut Encoder) {
 }
 
 fn decode_scalars(what: &'static str, d: &mut Decoder<'_>) -> Result<Vec<u64>, WireError> {
+    let mut scalars = Vec::new();
+    decode_scalars_into(&mut scalars, what, d)?;
+    Ok(scalars)
+}
+
+fn decode_scalars_into(
+    scalars: &mut Vec<u64>,
+    what: &'static str,
+    d: &mut Decoder<'_>,
+) -> Result<(), WireError> {
     let n = u8::decode(d)? as usize;
     if n > MAX_SCALARS {
         return Err(too_many(what, n, MAX_SCALARS, d));
     }
-    (0..n).map(|_| u64::decode(d)).collect()
+    scalars.clear();
+    for _ in 0..n {
+        scalars.push(u64::decode(d)?);
+    }
+    Ok(())
 }
 
 impl Wire for CallResult {
     fn encode(&self, e: &mut Encoder) {
-        encode_scalars(&self.scalar_output, e);
-        (self.structure_output.len() as u32).encode(e);
-        e.put(&self.structure_output);
+        CallOutputs {
+            scalar_output: &self.scalar_output,
+            structure_output: &self.structure_output,
+        }
+        .encode(e);
     }
     fn decode(d: &mut Decoder<'_>) -> Result<Self, WireError> {
         Ok(CallResult {
@@ -258,11 +301,19 @@ impl Wire for Call {
         self.args.encode(e);
     }
     fn decode(d: &mut Decoder<'_>) -> Result<Self, WireError> {
-        Ok(Call {
-            selector: u64::decode(d)?,
-            flags: u8::decode(d)?,
-            args: CallArgs::decode(d)?,
-        })
+        let mut call = Call::default();
+        call.decode_into(d)?;
+        Ok(call)
+    }
+}
+
+impl Call {
+    /// Decodes into `self`, reusing its vectors (see
+    /// [`CallArgs::decode_into`]).
+    pub fn decode_into(&mut self, d: &mut Decoder<'_>) -> Result<(), WireError> {
+        self.selector = u64::decode(d)?;
+        self.flags = u8::decode(d)?;
+        self.args.decode_into(d)
     }
 }
 

@@ -43,6 +43,7 @@
 //! }
 //! ```
 
+use std::cell::Cell;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -51,7 +52,7 @@ use driverkit_wire::codec::{Decoder, Encoder, Wire};
 use driverkit_wire::interfaces::{io_service_interface, io_user_client_interface};
 use driverkit_wire::transport::Endpoint;
 use driverkit_wire::user_client::{
-    Call, CallResult, ChannelAnswer, Completion, FLAG_ASYNC, MAX_SCALARS, SELECTOR_CHANNEL,
+    Call, CallOutputs, ChannelAnswer, Completion, FLAG_ASYNC, MAX_SCALARS, SELECTOR_CHANNEL,
     SELECTOR_MAP_MEMORY,
 };
 use driverkit_wire::{Header, IOResult, IOReturn, MethodId, ObjectId};
@@ -242,58 +243,108 @@ impl<S: IOUserClientImpl> ClassDispatch<S> for IOUserClient {
 }
 
 fn external_method<S: IOUserClientImpl>(service: &S, payload: &[u8]) -> IOResult<Vec<u8>> {
-    let Call {
-        selector,
-        flags,
-        args: call,
-    } = Call::decode(&mut Decoder::new(payload)).map_err(|_| IOReturn::BAD_ARGUMENT)?;
+    let mut spare = SPARE_CALL.with(Cell::take).unwrap_or_default();
+    let result = external_method_with(service, payload, &mut spare);
+    let ReusedCall { call, args } = &mut *spare;
+    args.completion = None;
+    let kept = [
+        call.args.structure_input.capacity(),
+        args.structure_input.capacity(),
+        args.structure_output.capacity(),
+    ];
+    if kept.iter().all(|&n| n <= KEEP_BYTES) {
+        SPARE_CALL.with(|s| s.set(Some(spare)));
+    }
+    result
+}
+
+/// A call and its method's arguments, kept from the last call on a thread
+/// for their vectors: the next call decodes into them and its method fills
+/// them, so that a call allocates nothing but its encoded result (itself
+/// recycled by the call channel, see [`recycle_result`]). Three
+/// allocations per scalar call were a good part of its time in the dext.
+#[derive(Default)]
+struct ReusedCall {
+    call: Call,
+    args: IOUserClientMethodArguments,
+}
+
+/// The most structure bytes a thread keeps between calls.
+const KEEP_BYTES: usize = 4096;
+
+thread_local! {
+    static SPARE_CALL: Cell<Option<Box<ReusedCall>>> = const { Cell::new(None) };
+    static SPARE_RESULT: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// Gives a call's encoded result back once it has been sent, for the
+/// next call on this thread to encode into.
+fn recycle_result(result: Vec<u8>) {
+    if result.capacity() <= KEEP_BYTES {
+        SPARE_RESULT.with(|s| s.set(result));
+    }
+}
+
+fn external_method_with<S: IOUserClientImpl>(
+    service: &S,
+    payload: &[u8],
+    spare: &mut ReusedCall,
+) -> IOResult<Vec<u8>> {
+    let ReusedCall { call, args } = spare;
+    call.decode_into(&mut Decoder::new(payload))
+        .map_err(|_| IOReturn::BAD_ARGUMENT)?;
     let memory = CALL_FD.with(|c| c.borrow_mut().0.take());
-    let (structure_input, from_memory) = match memory {
-        Some(_) if call.structure_input_length > driverkit_wire::user_client::MAX_MEMORY_STRUCT => {
+    match memory {
+        Some(_)
+            if call.args.structure_input_length
+                > driverkit_wire::user_client::MAX_MEMORY_STRUCT =>
+        {
             return Err(IOReturn::BAD_ARGUMENT)
         }
         Some(fd) => {
             let shm = driverkit_wire::shm::SharedMemory::from_fd(
                 fd,
-                call.structure_input_length as usize,
+                call.args.structure_input_length as usize,
             )
             .map_err(|_| IOReturn::BAD_ARGUMENT)?;
-            let mut bytes = vec![0; call.structure_input_length as usize];
+            let mut bytes = vec![0; call.args.structure_input_length as usize];
             if !shm.read(0, &mut bytes) {
                 return Err(IOReturn::BAD_ARGUMENT);
             }
-            (bytes, true)
+            args.structure_input = bytes;
+            args.structure_input_descriptor = true;
         }
-        None => (call.structure_input, false),
-    };
-    let completion = (flags & FLAG_ASYNC != 0).then(|| IOUserClientCompletion {
+        None => {
+            std::mem::swap(&mut args.structure_input, &mut call.args.structure_input);
+            args.structure_input_descriptor = false;
+        }
+    }
+    std::mem::swap(&mut args.scalar_input, &mut call.args.scalar_input);
+    args.selector = call.selector;
+    args.completion = (call.flags & FLAG_ASYNC != 0).then(|| IOUserClientCompletion {
         notify: connection(service.registry_entry_id())
             .map(|c| Arc::downgrade(&c.notify))
             .unwrap_or_default(),
-        reference: call.async_reference,
+        reference: call.args.async_reference,
     });
-    let mut args = IOUserClientMethodArguments {
-        selector,
-        scalar_input: call.scalar_input,
-        structure_input,
-        structure_input_descriptor: from_memory,
-        scalar_output_count: call.scalar_output_count,
-        scalar_output: Vec::new(),
-        structure_output_maximum_size: call.structure_output_max,
-        structure_output: Vec::new(),
-        completion,
-    };
-    service.external_method(selector, &mut args)?;
+    args.scalar_output_count = call.args.scalar_output_count;
+    args.scalar_output.clear();
+    args.structure_output_maximum_size = call.args.structure_output_max;
+    args.structure_output.clear();
+    service.external_method(call.selector, args)?;
     if args.scalar_output.len() > MAX_SCALARS {
         return Err(IOReturn::BAD_ARGUMENT);
     }
     let mut e = Encoder::new();
-    CallResult {
-        scalar_output: args.scalar_output,
-        structure_output: args.structure_output,
+    CallOutputs {
+        scalar_output: &args.scalar_output,
+        structure_output: &args.structure_output,
     }
     .encode(&mut e);
-    Ok(e.into_bytes())
+    let mut out = SPARE_RESULT.with(Cell::take);
+    out.clear();
+    out.extend_from_slice(e.as_bytes());
+    Ok(out)
 }
 
 fn copy_memory<S: IOUserClientImpl>(service: &S, payload: &[u8]) -> IOResult<Vec<u8>> {
@@ -465,6 +516,9 @@ fn serve_channel(object: ObjectId, fd: OwnedFd) -> IOResult<Arc<ShmChannel>> {
                 let method = io_user_client_interface::EXTERNAL_METHOD;
                 let (result, _) = run_call(&instance, &queue, method, request, None);
                 ChannelAnswer::emit(&result, reply);
+                if let Ok(bytes) = result {
+                    recycle_result(bytes);
+                }
             });
         })
         .map_err(|_| IOReturn::NO_RESOURCES)?;
