@@ -482,6 +482,39 @@ mod tests {
             round_trip(&Completion { status: max, values: scalars });
         }
 
+        /// A dext decodes each call into the last one's (see
+        /// `Call::decode_into`): whatever that held, even a call that
+        /// failed halfway, the result is the fresh decoding.
+        #[test]
+        fn a_call_decoded_into_a_used_one_is_the_call(
+            first in proptest::collection::vec(any::<u8>(), 0..120),
+            scalars in proptest::collection::vec(any::<u64>(), 0..=16),
+            bytes in proptest::collection::vec(any::<u8>(), 0..100),
+            outs in 0u32..=16, r in any::<u64>(),
+        ) {
+            let call = Call {
+                selector: r,
+                flags: outs as u8,
+                args: CallArgs {
+                    scalar_input: scalars,
+                    structure_input: bytes,
+                    structure_input_length: r % 3,
+                    scalar_output_count: outs,
+                    structure_output_max: outs * 7,
+                    async_reference: r % 5,
+                },
+            };
+            let mut e = Encoder::new();
+            call.encode(&mut e);
+            let mut used = Call::decode(&mut Decoder::new(&first)).unwrap_or_else(|_| Call {
+                args: CallArgs { scalar_input: vec![9; 16], structure_input: vec![9; 64], ..Default::default() },
+                ..Default::default()
+            });
+            let _ = used.decode_into(&mut Decoder::new(&first));
+            used.decode_into(&mut Decoder::new(e.as_bytes())).unwrap();
+            prop_assert_eq!(used, call);
+        }
+
         #[test]
         fn any_bytes_decode_or_fail_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = CallArgs::decode(&mut Decoder::new(&bytes));
