@@ -388,6 +388,8 @@ fn watch<S: IOUserHIDEventServiceImpl>(
 ) {
     while !c.cancelled.load(Ordering::Acquire) {
         if !c.ring.is_data_available() {
+            // Yielding: the drain just woke the event log's subscribers,
+            // and the kernel often runs a woken thread on this CPU.
             c.ring
                 .wait_for_data_yielding(SPIN, Some(Instant::now() + Duration::from_millis(250)));
             continue;
