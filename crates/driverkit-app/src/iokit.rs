@@ -267,7 +267,6 @@ struct Calls {
     endpoint: Endpoint,
     buf: MessageBuf,
     next: u32,
-    request: Vec<u8>,
     reply: Vec<u8>,
 }
 
@@ -325,7 +324,6 @@ pub fn io_service_open(
             endpoint: calls,
             buf: MessageBuf::default(),
             next: 1,
-            request: Vec::new(),
             reply: Vec::new(),
         }),
         channel,
@@ -573,15 +571,12 @@ impl IOConnect {
             endpoint,
             buf,
             next,
-            request,
             reply,
         } = &mut *guard;
         Call::encode_inputs(selector, flags, &inputs, &mut e);
         if let (Some(channel), None, None) = (&self.channel, &memory, &fd_out) {
-            request.clear();
-            request.extend_from_slice(e.as_bytes());
             channel
-                .call(request, reply, None)
+                .call(e.as_bytes(), reply, None)
                 .map_err(|_| IOReturn::NOT_RESPONDING)?;
             let answer = ChannelAnswer::decode(&mut Decoder::new(reply))
                 .map_err(|_| IOReturn::INTERNAL_ERROR)?;

@@ -431,6 +431,9 @@ fn drain<S: IOUserHIDEventServiceImpl>(
     let draining = service.as_ref().map_or(0, |s| s.registry_entry_id());
     DRAINING.with(|d| d.set(draining));
     loop {
+        // Events written since subscribers were last woken: they are woken
+        // once the queue looks empty, not again when the loop ends.
+        let mut unannounced = false;
         while !c.cancelled.load(Ordering::Acquire) && c.ring.dequeue(&mut entry).is_ok() {
             let Some(service) = &service else { continue };
             if entry.len() < 8 {
@@ -453,11 +456,14 @@ fn drain<S: IOUserHIDEventServiceImpl>(
                 report.first().copied().unwrap_or(0)
             };
             service.handle_report(timestamp, report, ReportType::Input, report_id);
-            if !c.ring.is_data_available() {
+            unannounced = c.ring.is_data_available();
+            if !unannounced {
                 c.events.notify();
             }
         }
-        c.events.notify();
+        if unannounced {
+            c.events.notify();
+        }
         {
             // Under the lock: the watcher checks the flag under it before
             // parking, so it cannot miss this.

@@ -218,7 +218,9 @@ impl HidSubscription {
         // Each word's value is read before arming and looking: a write
         // after the look changes it, so the wait returns at once (see
         // `Doorbell`).
-        let mut waits = vec![shm::wait_entry(&self.shared.changed, changed, true)];
+        // On the stack for up to seven services (see Cargo.toml).
+        let mut waits: smallvec::SmallVec<[futex::Wait; 8]> = smallvec::SmallVec::new();
+        waits.push(shm::wait_entry(&self.shared.changed, changed, true));
         for s in watched {
             let word = s.log.bell().futex_word();
             waits.push(shm::wait_entry(word, word.load(Ordering::SeqCst), false));
