@@ -29,8 +29,9 @@ const IORESOURCE_PREFETCH: u64 = 0x2000;
 const IORESOURCE_MEM_64: u64 = 0x0010_0000;
 
 /// The six BARs from sysfs's `resource` file (one `start end flags` line
-/// of hex per resource, BARs first). A line that does not parse, or an
-/// empty resource, is a BAR the function does not have.
+/// of hex per resource, BARs first). A line that does not parse, an empty
+/// resource, or one no BAR can be (the whole 64-bit space), is a BAR the
+/// function does not have.
 pub fn bars(resource: &str) -> [Option<Bar>; 6] {
     let mut out = [None; 6];
     for (slot, line) in out.iter_mut().zip(resource.lines()) {
@@ -45,6 +46,9 @@ pub fn bars(resource: &str) -> [Option<Bar>; 6] {
         if end <= start || flags & (IORESOURCE_IO | IORESOURCE_MEM) == 0 {
             continue;
         }
+        let Some(size) = (end - start).checked_add(1) else {
+            continue;
+        };
         let mut kind = if flags & IORESOURCE_IO != 0 {
             bar_type::IO
         } else if flags & IORESOURCE_MEM_64 != 0 {
@@ -55,10 +59,7 @@ pub fn bars(resource: &str) -> [Option<Bar>; 6] {
         if flags & IORESOURCE_PREFETCH != 0 {
             kind |= bar_type::MEMORY_PREFETCHABLE;
         }
-        *slot = Some(Bar {
-            size: end - start + 1,
-            kind,
-        });
+        *slot = Some(Bar { size, kind });
     }
     out
 }
@@ -179,5 +180,13 @@ mod tests {
             })
         );
         assert_eq!(b[2], None);
+    }
+
+    /// Found by the `pci_config` fuzz target: a resource spanning every
+    /// address has a size one past `u64::MAX`.
+    #[test]
+    fn a_resource_spanning_every_address_is_no_bar_not_an_overflow() {
+        let whole = "0x0000000000000000 0xffffffffffffffff 0x0000000000040200\n";
+        assert_eq!(bars(whole)[0], None);
     }
 }
