@@ -247,10 +247,13 @@ fn external_method<S: IOUserClientImpl>(service: &S, payload: &[u8]) -> IOResult
     let result = external_method_with(service, payload, &mut spare);
     let ReusedCall { call, args } = &mut *spare;
     args.completion = None;
+    // What the method grew is bounded too: a method may push any number
+    // of outputs (too many scalars is refused, but their room stays).
     let kept = [
         call.args.structure_input.capacity(),
         args.structure_input.capacity(),
         args.structure_output.capacity(),
+        args.scalar_output.capacity() * size_of::<u64>(),
     ];
     if kept.iter().all(|&n| n <= KEEP_BYTES) {
         SPARE_CALL.with(|s| s.set(Some(spare)));
