@@ -277,8 +277,7 @@ pub fn io_service_open(
     service: IOService,
     kind: u32,
 ) -> Result<IOConnect, IOReturn> {
-    let path = system.socket();
-    let mut control = UnixStream::connect(&path).map_err(|_| IOReturn::NOT_READY)?;
+    let mut control = system.connect().map_err(|_| IOReturn::NOT_READY)?;
     let request = serde_json::json!({ "op": "service_open", "service": service, "kind": kind });
     control
         .write_all(format!("{request}\n").as_bytes())

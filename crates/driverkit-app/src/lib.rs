@@ -66,13 +66,26 @@ impl System {
         self.root.join(driverkit_wire::root::CONTROL_SOCKET)
     }
 
+    /// Connects to the daemon. Talking to a daemon of another user (root's,
+    /// say), this process first becomes non-dumpable: the daemon trusts it
+    /// as its app, and its user's other processes must not be able to
+    /// ptrace it or read its memory to act in its name.
+    pub(crate) fn connect(&self) -> std::io::Result<UnixStream> {
+        let path = self.socket();
+        let owner = std::fs::metadata(&path).map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+        if owner.is_ok_and(|uid| uid != rustix::process::geteuid().as_raw()) {
+            rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)?;
+        }
+        UnixStream::connect(path)
+    }
+
     /// Sends a streaming request; the reader is past the daemon's answer.
     pub(crate) fn stream(
         &self,
         request: Value,
     ) -> Result<BufReader<UnixStream>, driverkit_wire::IOReturn> {
         use driverkit_wire::IOReturn;
-        let mut stream = UnixStream::connect(self.socket()).map_err(|_| IOReturn::NOT_READY)?;
+        let mut stream = self.connect().map_err(|_| IOReturn::NOT_READY)?;
         stream
             .write_all(format!("{request}\n").as_bytes())
             .map_err(|_| IOReturn::NOT_READY)?;
@@ -97,7 +110,7 @@ impl System {
                 path.display()
             ),
         };
-        let mut stream = UnixStream::connect(&path).map_err(unreachable)?;
+        let mut stream = self.connect().map_err(unreachable)?;
         let mut line = request.to_string();
         line.push('\n');
         stream.write_all(line.as_bytes()).map_err(unreachable)?;

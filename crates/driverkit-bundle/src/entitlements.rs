@@ -7,7 +7,7 @@
 //! | key (without the prefix)                     | for  | value                                  |
 //! |-----------------------------------------------|------|----------------------------------------|
 //! | `driverkit`                                   | dext | true: it is a driver at all            |
-//! | `driverkit.transport.usb`                     | dext | array of `{ idVendor = N }`            |
+//! | `driverkit.transport.usb`                     | dext | array of `{ idVendor = N }` (or `"*"`) |
 //! | `driverkit.transport.hid`                     | dext | true                                   |
 //! | `driverkit.transport.pci`                     | dext | array of `{ IOPCIPrimaryMatch = "…" }` |
 //! | `driverkit.family.hid.device`                 | dext | true: may be an `IOUserHIDDevice`      |
@@ -36,6 +36,11 @@ pub struct Entitlements {
     pub driverkit: bool,
     /// `idVendor`s of `transport.usb`.
     pub usb_vendors: Vec<u32>,
+    /// `transport.usb` holds `{ idVendor = "*" }`: Apple's wildcard for
+    /// development-signed dexts (any vendor). The system accepts it only
+    /// in developer mode (`sysext`); [`Entitlements::allow`] treats it as
+    /// any vendor.
+    pub usb_any_vendor: bool,
     pub hid: bool,
     /// `IOPCIPrimaryMatch` strings of `transport.pci`.
     pub pci: Vec<String>,
@@ -52,13 +57,11 @@ pub struct Entitlements {
 impl Entitlements {
     /// Reads `file`; a missing file is no entitlements at all. Errors name
     /// the file and the key.
+    /// The file is read as hostile (`untrusted::read_file`): a link, a
+    /// FIFO or a file over [`crate::untrusted::MAX_PLIST`] is refused.
     pub fn load(file: &Path) -> Result<Entitlements, String> {
-        let bytes = match std::fs::read(file) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Entitlements::default())
-            }
-            Err(e) => return Err(format!("{}: {e}", file.display())),
+        let Some(bytes) = crate::untrusted::read_file(file, crate::untrusted::MAX_PLIST)? else {
+            return Ok(Entitlements::default());
         };
         let dict = crate::parse_info(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
         Entitlements::parse(&dict).map_err(|(key, e)| format!("{}, key {key}: {e}", file.display()))
@@ -98,15 +101,18 @@ impl Entitlements {
                 "system-extension.install" => e.system_extension_install = flag(value)?,
                 "driverkit.transport.usb" => {
                     for (i, item) in array(value)?.iter().enumerate() {
-                        let vendor = item
-                            .as_dictionary()
-                            .and_then(|d| d.get("idVendor"))
+                        let wanted = item.as_dictionary().and_then(|d| d.get("idVendor"));
+                        if wanted.and_then(Value::as_string) == Some("*") {
+                            e.usb_any_vendor = true;
+                            continue;
+                        }
+                        let vendor = wanted
                             .and_then(Value::as_unsigned_integer)
                             .and_then(|v| u32::try_from(v).ok())
                             .ok_or_else(|| {
                                 (
                                     format!("{key}[{i}]"),
-                                    "expected { idVendor = integer }".to_string(),
+                                    "expected { idVendor = integer } (or \"*\", Apple's development wildcard)".to_string(),
                                 )
                             })?;
                         e.usb_vendors.push(vendor);
@@ -170,6 +176,7 @@ impl Entitlements {
                     .get("idVendor")
                     .and_then(Value::as_unsigned_integer);
                 match vendor {
+                    _ if self.usb_any_vendor => Ok(()),
                     Some(v) if self.usb_vendors.iter().any(|e| u64::from(*e) == v) => Ok(()),
                     Some(v) => Err(format!(
                         "the dext's {PREFIX}driverkit.transport.usb does not list idVendor {v} ({v:#06x}) that personality {:?} matches",
@@ -256,6 +263,26 @@ mod tests {
             .allow(&ours)
             .unwrap_err()
             .contains("driverkit"));
+    }
+
+    #[test]
+    fn apples_development_wildcard_is_any_vendor() {
+        // As public projects ship it for development signing.
+        let e = entitlements(
+            "<key>com.apple.developer.driverkit</key><true/>\
+             <key>com.apple.developer.driverkit.transport.usb</key>\
+             <array><dict><key>idVendor</key><string>*</string></dict></array>",
+        )
+        .unwrap();
+        assert!(e.usb_any_vendor && e.usb_vendors.is_empty());
+        let any = personality("IOUserService", "IOUSBHostDevice", &[("idVendor", 0x05ac.into())]);
+        assert_eq!(e.allow(&any), Ok(()));
+        let (key, why) = entitlements(
+            "<key>driverkit.transport.usb</key><array><dict><key>idVendor</key><string>apple</string></dict></array>",
+        )
+        .unwrap_err();
+        assert_eq!(key, "driverkit.transport.usb[0]");
+        assert!(why.contains("\"*\""), "{why}");
     }
 
     #[test]

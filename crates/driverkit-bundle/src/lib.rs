@@ -14,6 +14,7 @@ mod error;
 pub mod location;
 mod personality;
 pub mod signature;
+pub mod untrusted;
 pub mod version;
 pub mod xcode;
 
@@ -110,7 +111,8 @@ impl Bundle {
             .map(|p| path.join(p))
             .find(|p| p.is_file())
             .ok_or_else(|| err("no Info.plist in the bundle".into()))?;
-        let bytes = std::fs::read(&info_path)
+        let bytes = untrusted::read_file(&info_path, untrusted::MAX_PLIST)
+            .and_then(|b| b.ok_or_else(|| "vanished while it was read".to_owned()))
             .map_err(|e| BundleError::new(path, format!("cannot read: {e}")).in_file(&info_path))?;
         let info = parse_info(&bytes)
             .map_err(|problem| BundleError::new(path, problem).in_file(&info_path))?;
@@ -138,6 +140,8 @@ impl Bundle {
     /// `executable` is left relative; [`Bundle::load`] resolves and checks it.
     pub fn from_info(path: &Path, info: plist::Dictionary) -> Result<Bundle, BundleError> {
         let identifier = required_string(path, &info, "CFBundleIdentifier")?;
+        check_identifier(&identifier)
+            .map_err(|problem| BundleError::new(path, problem).key("CFBundleIdentifier"))?;
         let executable = required_string(path, &info, "CFBundleExecutable")?;
         // The system decides upgrades by these and shows the description
         // to the person approving the driver.
@@ -290,6 +294,37 @@ fn required_string(
         )
         .key(key)),
     }
+}
+
+/// The longest bundle identifier accepted (Apple's limit for
+/// `CFBundleIdentifier` is not written down; a DNS name is 253).
+pub const MAX_IDENTIFIER: usize = 255;
+
+/// Whether `id` is a bundle identifier: reverse-DNS characters (letters,
+/// digits, `-`, `_`, `.`), no empty part, at most [`MAX_IDENTIFIER`]
+/// bytes. It names folders of the extension store, so a `/` or `..` in
+/// it would name others.
+pub fn check_identifier(id: &str) -> Result<(), String> {
+    if id.len() > MAX_IDENTIFIER {
+        return Err(format!(
+            "{} bytes, more than the {MAX_IDENTIFIER} a bundle identifier may have",
+            id.len()
+        ));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "{id:?} holds {c:?}; a bundle identifier is reverse-DNS: letters, digits, '-', '_' and '.' (like com.example.MyDriver)"
+        ));
+    }
+    if id.split('.').any(str::is_empty) {
+        return Err(format!(
+            "{id:?} has an empty part (a leading, trailing or doubled '.'); a bundle identifier is reverse-DNS, like com.example.MyDriver"
+        ));
+    }
+    Ok(())
 }
 
 fn check_executable(exe: &Path) -> Result<(), String> {

@@ -1,26 +1,36 @@
-//! Bundle signatures. A signed dext holds, in `_CodeSignature/`:
+//! Bundle signatures. A signed dext holds, in `_CodeSignature/` and
+//! nothing else there:
 //!
-//! - `CodeResources`: one line per file of the bundle, `<sha256 hex>  <path>`,
-//!   sorted by path (the format of `sha256sum`, so `sha256sum -c` checks it
-//!   too); every regular file except `_CodeSignature/` itself;
+//! - `CodeResources`: the manifest. A first line `driverkit-manifest 2`,
+//!   then one line per regular file of the bundle (every one but
+//!   `_CodeSignature/`'s own), sorted by path:
+//!   `<sha256 hex> <mode> <path>`, where the mode is `0755` for a file
+//!   with an execute bit and `0644` for any other: the modes the system
+//!   gives the store's copy, so what may run is signed too.
 //! - `Signature`: `<public key hex> <ed25519 signature hex>` of
 //!   `CodeResources`'s bytes.
 //!
-//! [`verify`] recomputes the manifest and names the first file that
-//! changed, appeared or went missing, then checks the signature, then
-//! whether the key is one the caller trusts. Keys are 32 random bytes
-//! ([`SigningKey`]), kept as hex in a file only its owner reads.
+//! [`verify`] reads the bundle as hostile (`untrusted`: no link followed,
+//! no special file, bounded sizes), checks the signature, then recomputes
+//! the manifest and names the first file that changed, appeared, went
+//! missing or changed mode, then whether the key is one the caller
+//! trusts. Keys are 32 random bytes ([`SigningKey`]), kept as hex in a
+//! file only its owner reads.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use std::os::fd::AsFd;
+
 use ed25519_dalek::{Signer, Verifier};
 use sha2::{Digest, Sha256};
 
+use crate::untrusted;
+
 /// The folder of a bundle that holds its signature.
 pub const DIR: &str = "_CodeSignature";
-const MANIFEST: &str = "CodeResources";
-const SIGNATURE: &str = "Signature";
+pub const MANIFEST: &str = "CodeResources";
+pub const SIGNATURE: &str = "Signature";
 
 /// A signing key.
 pub struct SigningKey(ed25519_dalek::SigningKey);
@@ -91,6 +101,11 @@ pub enum Refusal {
     Untrusted {
         key: String,
     },
+    /// `_CodeSignature/` holds a file that is not the signature's own (the
+    /// manifest does not cover that folder, so nothing there is signed).
+    Smuggled {
+        file: PathBuf,
+    },
 }
 
 impl std::fmt::Display for Refusal {
@@ -108,6 +123,11 @@ impl std::fmt::Display for Refusal {
             Refusal::Untrusted { key } => {
                 write!(f, "signed by key {key}, which this system does not trust")
             }
+            Refusal::Smuggled { file } => write!(
+                f,
+                "{} is not part of the signature: {DIR}/ holds only {MANIFEST} and {SIGNATURE}, and nothing else there is signed",
+                file.display()
+            ),
         }
     }
 }
@@ -115,18 +135,18 @@ impl std::fmt::Display for Refusal {
 /// Checks `bundle` against its signature, and the key against `trusted`
 /// (public keys as hex). Returns the signing key's hex.
 pub fn verify(bundle: &Path, trusted: &[String]) -> Result<String, Refusal> {
-    let dir = bundle.join(DIR);
-    let sig_text = match std::fs::read_to_string(dir.join(SIGNATURE)) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Refusal::Unsigned),
-        Err(e) => return Err(Refusal::BadSignature(format!("{SIGNATURE}: {e}"))),
+    let dir = untrusted::open_dir(bundle).map_err(Refusal::BadSignature)?;
+    let read = |name: &str, limit: u64| {
+        untrusted::read_in(dir.as_fd(), &Path::new(DIR).join(name), limit, bundle)
+            .map_err(Refusal::BadSignature)
     };
-    let signed = std::fs::read_to_string(dir.join(MANIFEST))
-        .map_err(|e| Refusal::BadSignature(format!("{MANIFEST}: {e}")))?;
-    let now = manifest(bundle).map_err(Refusal::BadSignature)?;
-    if let Some((file, how)) = first_difference(&signed, &now) {
-        return Err(Refusal::Altered { file, how });
-    }
+    let Some(sig_bytes) = read(SIGNATURE, 4096)? else {
+        return Err(Refusal::Unsigned);
+    };
+    let sig_text = String::from_utf8(sig_bytes)
+        .map_err(|_| Refusal::BadSignature(format!("{SIGNATURE}: not UTF-8 text")))?;
+    let signed = read(MANIFEST, MAX_MANIFEST)?
+        .ok_or_else(|| Refusal::BadSignature(format!("{MANIFEST} is missing")))?;
     let mut words = sig_text.split_whitespace();
     let (Some(key_hex), Some(sig_hex), None) = (words.next(), words.next(), words.next()) else {
         return Err(Refusal::BadSignature(format!(
@@ -145,11 +165,19 @@ pub fn verify(bundle: &Path, trusted: &[String]) -> Result<String, Refusal> {
         })?;
     let key = ed25519_dalek::VerifyingKey::from_bytes(&key)
         .map_err(|_| Refusal::BadSignature("not an ed25519 public key".into()))?;
-    key.verify(
-        signed.as_bytes(),
-        &ed25519_dalek::Signature::from_bytes(&sig),
-    )
-    .map_err(|_| Refusal::BadSignature(format!("{MANIFEST} was not signed by key {key_hex}")))?;
+    key.verify(&signed, &ed25519_dalek::Signature::from_bytes(&sig))
+        .map_err(|_| Refusal::BadSignature(format!("{MANIFEST} was not signed by key {key_hex}")))?;
+    let signed = String::from_utf8(signed)
+        .map_err(|_| Refusal::BadSignature(format!("{MANIFEST}: not UTF-8 text")))?;
+    let signed = parse_manifest(&signed)
+        .map_err(|e| Refusal::BadSignature(format!("{MANIFEST}: {e}")))?;
+    let (now, extra) = files(dir.as_fd(), bundle).map_err(Refusal::BadSignature)?;
+    if let Some(file) = extra {
+        return Err(Refusal::Smuggled { file });
+    }
+    if let Some((file, how)) = first_difference(&signed, &now) {
+        return Err(Refusal::Altered { file, how });
+    }
     let key_hex = key_hex.to_ascii_lowercase();
     if !trusted.iter().any(|t| t.eq_ignore_ascii_case(&key_hex)) {
         return Err(Refusal::Untrusted { key: key_hex });
@@ -157,55 +185,182 @@ pub fn verify(bundle: &Path, trusted: &[String]) -> Result<String, Refusal> {
     Ok(key_hex)
 }
 
-/// `<sha256>  <path>` for every file of `bundle` but the signature's own.
-fn manifest(bundle: &Path) -> Result<String, String> {
-    let mut files = BTreeMap::new();
-    walk(bundle, Path::new(""), &mut files)?;
-    Ok(files
-        .iter()
-        .map(|(path, hash)| format!("{hash}  {}\n", path.display()))
-        .collect())
+/// The largest manifest read (a bundle's most files, a line each).
+const MAX_MANIFEST: u64 = 4 << 20;
+
+/// The first line of a manifest of this format.
+const MANIFEST_HEADER: &str = "driverkit-manifest 2";
+
+/// A file as a manifest lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// SHA-256, lowercase hex.
+    pub sha256: String,
+    /// Whether the store's copy is executable (mode `0755`, else `0644`).
+    pub executable: bool,
 }
 
-fn walk(root: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, String>) -> Result<(), String> {
-    let dir = root.join(rel);
-    let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
-        let rel = rel.join(entry.file_name());
-        if rel == Path::new(DIR) {
-            continue;
-        }
-        let path = root.join(&rel);
-        // Followed: a bundle's executable may be a link, and what runs is
-        // what it points to.
-        let meta = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if meta.is_dir() {
-            walk(root, &rel, out)?;
-        } else {
-            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            out.insert(rel, hex(&Sha256::digest(&bytes)));
+fn mode_text(executable: bool) -> &'static str {
+    if executable {
+        "0755"
+    } else {
+        "0644"
+    }
+}
+
+/// A manifest's text for `files`.
+pub fn emit_manifest(files: &BTreeMap<PathBuf, Listed>) -> String {
+    let mut text = format!("{MANIFEST_HEADER}\n");
+    for (path, f) in files {
+        text.push_str(&format!(
+            "{} {} {}\n",
+            f.sha256,
+            mode_text(f.executable),
+            path.display()
+        ));
+    }
+    text
+}
+
+/// Parses a manifest; errors name the line. Paths are relative, inside
+/// the bundle (no `..`, `.` or empty part), outside `_CodeSignature/`,
+/// sorted and unique.
+pub fn parse_manifest(text: &str) -> Result<BTreeMap<PathBuf, Listed>, String> {
+    let mut lines = text.split_inclusive('\n');
+    match lines.next() {
+        Some(l) if l == format!("{MANIFEST_HEADER}\n") => {}
+        _ => {
+            return Err(format!(
+                "line 1: expected {MANIFEST_HEADER:?} (a manifest of an older format: sign the bundle again with `driverkit build --sign`)"
+            ))
         }
     }
-    Ok(())
+    let mut files = BTreeMap::new();
+    let mut last: Option<String> = None;
+    for (i, line) in lines.enumerate() {
+        let n = i + 2;
+        let line = line
+            .strip_suffix('\n')
+            .ok_or_else(|| format!("line {n}: not ended by a newline"))?;
+        let mut parts = line.splitn(3, ' ');
+        let (Some(hash), Some(mode), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(format!(
+                "line {n}: expected \"<sha256 hex> <0644|0755> <path>\""
+            ));
+        };
+        if hash.len() != 64 || !hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(format!(
+                "line {n}: expected a SHA-256 as 64 lowercase hex digits, found {hash:?}"
+            ));
+        }
+        let executable = match mode {
+            "0755" => true,
+            "0644" => false,
+            other => return Err(format!("line {n}: expected mode 0644 or 0755, found {other:?}")),
+        };
+        let bad_part = path
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..");
+        if bad_part || path.chars().any(char::is_control) {
+            return Err(format!(
+                "line {n}: {path:?} is not a path inside the bundle"
+            ));
+        }
+        if path == DIR || path.starts_with(&format!("{DIR}/")) {
+            return Err(format!(
+                "line {n}: {path:?} is the signature's own folder, which a manifest does not list"
+            ));
+        }
+        if last.as_deref().is_some_and(|l| l >= path) {
+            return Err(format!(
+                "line {n}: {path:?} is out of order or repeated (paths are sorted, each once)"
+            ));
+        }
+        last = Some(path.to_owned());
+        files.insert(
+            PathBuf::from(path),
+            Listed {
+                sha256: hash.to_owned(),
+                executable,
+            },
+        );
+    }
+    Ok(files)
+}
+
+/// The bundle's files as a manifest lists them, and the first file of
+/// `_CodeSignature/` that is not the signature's own, if any.
+fn files(
+    dir: std::os::fd::BorrowedFd<'_>,
+    shown: &Path,
+) -> Result<(BTreeMap<PathBuf, Listed>, Option<PathBuf>), String> {
+    let mut files = BTreeMap::new();
+    let mut extra = None;
+    untrusted::walk(dir, shown, &mut |rel, item| {
+        let in_signature = rel.starts_with(DIR);
+        match item {
+            untrusted::Item::Dir if in_signature && rel != Path::new(DIR) => {
+                extra.get_or_insert_with(|| rel.to_owned());
+            }
+            untrusted::Item::Dir => {}
+            untrusted::Item::File { .. } if in_signature => {
+                let own = [MANIFEST, SIGNATURE].map(|f| Path::new(DIR).join(f));
+                if !own.iter().any(|o| o == rel) {
+                    extra.get_or_insert_with(|| rel.to_owned());
+                }
+            }
+            untrusted::Item::File {
+                mut file,
+                executable,
+                ..
+            } => {
+                let mut hasher = Sha256::new();
+                let mut buffer = vec![0u8; 64 << 10];
+                loop {
+                    let n = std::io::Read::read(&mut file, &mut buffer)
+                        .map_err(|e| format!("{}: {e}", shown.join(rel).display()))?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buffer[..n]);
+                }
+                files.insert(
+                    rel.to_owned(),
+                    Listed {
+                        sha256: hex(&hasher.finalize()),
+                        executable,
+                    },
+                );
+            }
+        }
+        Ok(())
+    })?;
+    Ok((files, extra))
+}
+
+/// The manifest of every file of `bundle` but the signature's own.
+fn manifest(bundle: &Path) -> Result<String, String> {
+    let dir = untrusted::open_dir(bundle)?;
+    let (files, _) = files(dir.as_fd(), bundle)?;
+    Ok(emit_manifest(&files))
 }
 
 /// The first path, in order, whose line differs between two manifests.
-fn first_difference(signed: &str, now: &str) -> Option<(PathBuf, &'static str)> {
-    let parse = |text: &str| -> BTreeMap<PathBuf, String> {
-        text.lines()
-            .filter_map(|l| l.split_once("  "))
-            .map(|(h, p)| (PathBuf::from(p), h.to_owned()))
-            .collect()
-    };
-    let (signed, now) = (parse(signed), parse(now));
+fn first_difference(
+    signed: &BTreeMap<PathBuf, Listed>,
+    now: &BTreeMap<PathBuf, Listed>,
+) -> Option<(PathBuf, &'static str)> {
     let mut paths: Vec<&PathBuf> = signed.keys().chain(now.keys()).collect();
     paths.sort();
     paths.dedup();
     paths
         .into_iter()
         .find_map(|p| match (signed.get(p), now.get(p)) {
-            (Some(a), Some(b)) if a != b => Some((p.clone(), "changed")),
+            (Some(a), Some(b)) if a.sha256 != b.sha256 => Some((p.clone(), "changed")),
+            (Some(a), Some(b)) if a.executable != b.executable => {
+                Some((p.clone(), "changed mode (executable or not)"))
+            }
             (Some(_), None) => Some((p.clone(), "is missing")),
             (None, Some(_)) => Some((p.clone(), "was added")),
             _ => None,
@@ -249,7 +404,8 @@ mod tests {
         );
         let manifest = std::fs::read_to_string(b.join(DIR).join(MANIFEST)).unwrap();
         assert!(
-            manifest.contains("  Resources/firmware.bin\n"),
+            manifest.starts_with("driverkit-manifest 2\n")
+                && manifest.contains(" 0644 Resources/firmware.bin\n"),
             "{manifest}"
         );
     }
@@ -297,6 +453,66 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_execute_bit_and_a_file_beside_the_signature_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_d, b) = bundle();
+        let key = SigningKey::generate().unwrap();
+        sign(&b, &key).unwrap();
+        let trusted = [key.public_hex()];
+        std::fs::set_permissions(b.join("Resources/firmware.bin"), PermissionsExt::from_mode(0o755))
+            .unwrap();
+        assert_eq!(
+            verify(&b, &trusted).unwrap_err().to_string(),
+            "file Resources/firmware.bin changed mode (executable or not) since the bundle was signed"
+        );
+        std::fs::set_permissions(b.join("Resources/firmware.bin"), PermissionsExt::from_mode(0o644))
+            .unwrap();
+        // The manifest does not cover _CodeSignature/: anything else there
+        // would ride along unsigned.
+        std::fs::write(b.join(DIR).join("sh"), "#!").unwrap();
+        assert_eq!(
+            verify(&b, &trusted),
+            Err(Refusal::Smuggled {
+                file: Path::new(DIR).join("sh")
+            })
+        );
+        std::fs::remove_file(b.join(DIR).join("sh")).unwrap();
+        assert_eq!(verify(&b, &trusted), Ok(key.public_hex()));
+    }
+
+    #[test]
+    fn manifests_parse_as_they_are_emitted_and_bad_lines_are_named() {
+        let mut files = BTreeMap::new();
+        files.insert(
+            PathBuf::from("a b/c"),
+            Listed {
+                sha256: "0".repeat(64),
+                executable: true,
+            },
+        );
+        files.insert(
+            PathBuf::from("z"),
+            Listed {
+                sha256: "f".repeat(64),
+                executable: false,
+            },
+        );
+        assert_eq!(parse_manifest(&emit_manifest(&files)).unwrap(), files);
+        let h = "0".repeat(64);
+        for (text, says) in [
+            (String::new(), "line 1"),
+            (format!("{MANIFEST_HEADER}\n{h} 4755 x\n"), "line 2: expected mode"),
+            (format!("{MANIFEST_HEADER}\n{h} 0644 ../x\n"), "not a path inside"),
+            (format!("{MANIFEST_HEADER}\n{h} 0644 {DIR}/x\n"), "signature's own folder"),
+            (format!("{MANIFEST_HEADER}\n{h} 0644 b\n{h} 0644 a\n"), "line 3: \"a\" is out of order"),
+            (format!("{MANIFEST_HEADER}\n{h} 0644 a"), "not ended by a newline"),
+        ] {
+            let e = parse_manifest(&text).unwrap_err();
+            assert!(e.contains(says), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
     fn keys_round_trip_through_their_file() {
         let dir = tempfile::tempdir().unwrap();
         let key = SigningKey::generate().unwrap();
@@ -315,6 +531,13 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn any_manifest_text_parses_or_is_refused_and_round_trips(text in "(driverkit-manifest 2\n)?[0-9a-f ./x\n]{0,200}") {
+            if let Ok(files) = parse_manifest(&text) {
+                proptest::prop_assert_eq!(parse_manifest(&emit_manifest(&files)).unwrap(), files);
+            }
+        }
+
         #[test]
         fn any_signature_files_are_refused_not_a_panic(manifest in ".{0,200}", signature in ".{0,200}") {
             let (_d, b) = bundle();

@@ -797,7 +797,7 @@ fn roles_are_checked_by_peer_credentials_and_an_app_cannot_approve_itself() {
 }
 
 #[test]
-fn a_link_out_of_the_bundle_is_refused_and_only_the_checked_copy_is_kept() {
+fn a_link_in_a_bundle_is_refused_and_only_the_checked_copy_is_kept() {
     let d = Daemon::start(&["--no-embedded", "--no-default-devices"]);
     d.cli(&["sysext", "developer", "on"]);
     let dir = d.root.path().join("apps");
@@ -812,17 +812,28 @@ fn a_link_out_of_the_bundle_is_refused_and_only_the_checked_copy_is_kept() {
     std::os::unix::fs::symlink(&outside, dext.join("DriverKitTestDriver")).unwrap();
     let err = refused(&d, &app, id);
     assert!(
-        err.contains("is a link out of the bundle") && err.contains("DriverKitTestDriver"),
+        err.contains("a symbolic link") && err.contains("DriverKitTestDriver"),
         "{err}"
     );
     assert_eq!(state_of(&d, id), None);
-    // A link that stays inside is followed.
+    // A link that stays inside is refused too: a bundle holds files.
     std::fs::remove_file(dext.join("DriverKitTestDriver")).unwrap();
     std::fs::create_dir_all(dext.join("bin")).unwrap();
     std::fs::rename(&outside, dext.join("bin/driver")).unwrap();
     std::os::unix::fs::symlink("bin/driver", dext.join("DriverKitTestDriver")).unwrap();
+    let err = refused(&d, &app, id);
+    assert!(err.contains("a symbolic link"), "{err}");
+    // The file itself is accepted.
+    std::fs::remove_file(dext.join("DriverKitTestDriver")).unwrap();
+    std::fs::rename(dext.join("bin/driver"), dext.join("DriverKitTestDriver")).unwrap();
     d.cli(&["sysext", "activate", app.to_str().unwrap(), id]);
     assert_eq!(state_of(&d, id).as_deref(), Some("waiting_for_user"));
+    // Nothing was left in staging.
+    let staging = d.state().join("extensions/staging");
+    assert!(
+        std::fs::read_dir(&staging).map_or(true, |mut r| r.next().is_none()),
+        "staging holds leftovers"
+    );
 }
 
 /// kill -9 of the daemon at a random moment of an activation, an upgrade

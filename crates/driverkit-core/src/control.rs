@@ -147,8 +147,97 @@ fn role_of(req: &Request) -> (Role, &'static str) {
     }
 }
 
+/// A control connection as the daemon reads it: every byte must come from
+/// the process that connected. With `SO_PASSCRED`, the kernel tells each
+/// read who wrote its bytes (`SCM_CREDENTIALS`, the writer's process, not
+/// a claim of it); bytes written by any other process (a child that
+/// inherited the socket while its parent exec'd an entitled app) end the
+/// connection.
+pub(crate) struct FromPeer {
+    stream: UnixStream,
+    pid: u32,
+}
+
+impl FromPeer {
+    /// Reads `stream`, whose peer is process `pid`.
+    pub(crate) fn new(stream: UnixStream, pid: u32) -> std::io::Result<FromPeer> {
+        rustix::net::sockopt::set_socket_passcred(&stream, true)?;
+        Ok(FromPeer { stream, pid })
+    }
+}
+
+impl std::io::Read for FromPeer {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        // Room for one ucred, and for descriptors a client should not send
+        // (closed below).
+        let mut control = [0u64; 64];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: a zeroed msghdr is valid; its pointers are set to live
+        // buffers of the lengths given.
+        let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+        header.msg_iov = &mut iov;
+        header.msg_iovlen = 1;
+        header.msg_control = control.as_mut_ptr().cast();
+        header.msg_controllen = std::mem::size_of_val(&control);
+        // SAFETY: recvmsg writes within the buffers `header` describes.
+        let n = unsafe {
+            libc::recvmsg(
+                self.stream.as_raw_fd(),
+                &mut header,
+                libc::MSG_CMSG_CLOEXEC,
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut writer = None;
+        // SAFETY: the CMSG_* walk stays within what recvmsg filled
+        // (msg_controllen), reading each message by its own length.
+        unsafe {
+            let mut message = libc::CMSG_FIRSTHDR(&header);
+            while !message.is_null() {
+                let data = libc::CMSG_DATA(message);
+                let len = (*message).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                match ((*message).cmsg_level, (*message).cmsg_type) {
+                    (libc::SOL_SOCKET, libc::SCM_CREDENTIALS)
+                        if len >= std::mem::size_of::<libc::ucred>() =>
+                    {
+                        let c = std::ptr::read_unaligned(data as *const libc::ucred);
+                        writer = Some(c.pid);
+                    }
+                    (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
+                        for i in 0..len / 4 {
+                            let fd = std::ptr::read_unaligned((data as *const i32).add(i));
+                            libc::close(fd);
+                        }
+                    }
+                    _ => {}
+                }
+                message = libc::CMSG_NXTHDR(&header, message);
+            }
+        }
+        match writer {
+            // 0: written before anyone asked for credentials (a socket
+            // pair; an accepted connection inherits the listener's
+            // SO_PASSCRED, so its bytes always carry them).
+            Some(pid) if pid != 0 && pid as u32 != self.pid => Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "a request written by pid {pid} on the connection pid {} opened; a connection is its opener's alone",
+                    self.pid
+                ),
+            )),
+            _ => Ok(n as usize),
+        }
+    }
+}
+
 /// Reads one line of at most [`MAX_LINE`] bytes; `None` at the end.
-fn read_line(reader: &mut BufReader<UnixStream>) -> std::io::Result<Option<String>> {
+fn read_line(reader: &mut BufReader<FromPeer>) -> std::io::Result<Option<String>> {
     let mut line = Vec::new();
     loop {
         let available = reader.fill_buf()?;
@@ -196,6 +285,9 @@ pub fn serve(
     // The root lock is held, so a socket file left here is stale.
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
+    // Connections accepted from it are born with SO_PASSCRED, so even
+    // bytes written before `FromPeer` sets it again carry their writer.
+    rustix::net::sockopt::set_socket_passcred(&listener, true)?;
     // Anyone may connect: anyone may read. What changes the system is
     // checked per request, by the peer's credentials.
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
@@ -244,7 +336,7 @@ fn serve_client(
     shutdown: &mpsc::Sender<()>,
 ) -> std::io::Result<()> {
     let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
+    let mut reader = BufReader::new(FromPeer::new(stream, peer.pid)?);
     loop {
         let line = match read_line(&mut reader) {
             Ok(Some(line)) => line,
@@ -295,7 +387,7 @@ fn serve_client(
                         Ok(()) => match req {
                             Request::Lifecycle => return stream_lifecycle(daemon, writer),
                             Request::ServiceOpen { service, kind } => {
-                                return serve_connection(daemon, reader, writer, service, kind)
+                                return serve_connection(daemon, peer, reader, writer, service, kind)
                             }
                             req => match handle(daemon, peer, req, shutdown) {
                                 Ok(v) => Response::Ok(v),
@@ -321,15 +413,13 @@ fn serve_client(
 /// line or the app's end closes it.
 fn serve_connection(
     daemon: &Core,
-    mut reader: BufReader<UnixStream>,
+    peer: &Peer,
+    mut reader: BufReader<FromPeer>,
     writer: UnixStream,
     service: u64,
     kind: u32,
 ) -> std::io::Result<()> {
-    let pid = rustix::net::sockopt::socket_peercred(&writer)
-        .map(|c| c.pid.as_raw_nonzero().get() as u32)
-        .unwrap_or(0);
-    let opened = match daemon.open_user_client(service, kind, pid) {
+    let opened = match daemon.open_user_client(service, kind, peer) {
         Ok(o) => o,
         Err(status) => {
             let mut w = &writer;
@@ -420,35 +510,23 @@ fn handle(
             replacement,
         } => {
             // An app asks for its own dexts; an administrator for any app's.
-            let requester = peer.app();
-            if !peer.is_admin() && requester.as_deref() != Some(app.as_path()) {
+            let who = requester(daemon, peer)?;
+            if !who.admin && who.app.as_deref() != Some(app.as_path()) {
                 return Err(format!(
                     "sysext activate: uid {} may ask only for the dexts of its own app, and it is not {}",
                     peer.uid,
                     app.display()
                 ));
             }
-            Ok(answer(daemon.activate_for(
-                &app,
-                &bundle_id,
-                replacement,
-                requester.as_deref(),
-            )))
+            Ok(answer(daemon.activate_for(&app, &bundle_id, replacement, &who)))
         }
         Request::SysextDeactivate { bundle_id } => {
-            let carries = peer.app().is_some_and(|app| {
-                driverkit_bundle::location::dext_in_app(&app, &bundle_id).is_dir()
-            });
-            if !peer.is_admin() && !carries {
-                return Err(format!(
-                    "sysext deactivate: uid {} may deactivate only the dexts its own app carries",
-                    peer.uid
-                ));
-            }
-            Ok(answer(daemon.deactivate(&bundle_id)))
+            let who = requester(daemon, peer)?;
+            Ok(answer(daemon.deactivate_for(&bundle_id, &who)))
         }
         Request::SysextApprove { bundle_id } => {
-            Ok(answer(daemon.approve_by(&bundle_id, peer.app().as_deref())))
+            let app = peer.app(daemon.trust().0).ok().flatten();
+            Ok(answer(daemon.approve_by(&bundle_id, app.as_deref())))
         }
         Request::SysextUninstall { bundle_id } => daemon
             .uninstall(&bundle_id)
@@ -475,6 +553,31 @@ fn handle(
             Ok(json!({}))
         }
     }
+}
+
+/// Who asks for a system extension request: an administrator, or an app
+/// whose identity holds (`Peer::app`); anyone else is refused with the
+/// rule that failed.
+fn requester(daemon: &Core, peer: &Peer) -> Result<crate::sysext::Requester, String> {
+    let app = match peer.app(daemon.trust().0) {
+        Ok(app) => app,
+        Err(_) if peer.is_admin() => None,
+        Err(why) => {
+            tracing::warn!("sysext   refused: {why}");
+            return Err(format!("sysext: the requesting app's identity does not hold: {why}"));
+        }
+    };
+    if app.is_none() && !peer.is_admin() {
+        return Err(format!(
+            "sysext: uid {} is neither an administrator nor an app (a program in NAME.app/Contents/MacOS)",
+            peer.uid
+        ));
+    }
+    Ok(crate::sysext::Requester {
+        app,
+        uid: peer.uid,
+        admin: peer.is_admin(),
+    })
 }
 
 /// A system extension request's answer: how it ended, or why it failed.
@@ -633,6 +736,48 @@ mod tests {
         BufReader::new(ours).read_line(&mut answer).unwrap();
         assert!(answer.contains("longer than"), "{answer}");
         assert!(server.join().unwrap().is_err());
+    }
+
+    #[test]
+    fn a_request_written_by_another_process_than_the_one_that_connected_ends_the_connection() {
+        let root = tempfile::tempdir().unwrap();
+        let daemon = Core::start(crate::Config::new(root.path().to_owned()), Vec::new());
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (tx, _rx) = mpsc::channel();
+        let server = std::thread::spawn(move || {
+            // The peer is this process (it made the pair).
+            let peer = Peer::of(&theirs, None);
+            serve_client(theirs, &peer, &daemon, &Extensions::default(), &tx)
+        });
+        // A child that inherited the socket writes a request on it.
+        let status = std::process::Command::new("sh")
+            .args(["-c", r#"echo '{"op":"status"}' >&0"#])
+            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                ours.try_clone().unwrap(),
+            )))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let e = server.join().unwrap().unwrap_err();
+        assert!(e.to_string().contains("a connection is its opener's alone"), "{e}");
+    }
+
+    #[test]
+    fn bytes_written_before_the_daemon_accepted_still_name_their_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = UnixListener::bind(dir.path().join("s")).unwrap();
+        rustix::net::sockopt::set_socket_passcred(&listener, true).unwrap();
+        let client = UnixStream::connect(dir.path().join("s")).unwrap();
+        let status = std::process::Command::new("sh")
+            .args(["-c", "echo x >&0"])
+            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(client)))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let (server, _) = listener.accept().unwrap();
+        let mut reader = FromPeer::new(server, std::process::id()).unwrap();
+        let e = std::io::Read::read(&mut reader, &mut [0u8; 8]).unwrap_err();
+        assert!(e.to_string().contains("opener's alone"), "{e}");
     }
 
     proptest! {

@@ -1,18 +1,36 @@
 //! Who is asking: a control connection's peer, by its kernel-given
 //! credentials (`SO_PEERCRED`), and the roles that decide what it may ask.
 //!
-//! - **Anyone** may read: the registry, devices, status, events, the
-//!   extension list, and open the user clients its entitlements allow.
+//! - **Anyone** may read: the registry, devices, status, the extension
+//!   list, pointer events, and open the user clients its entitlements
+//!   allow.
 //! - **An app** (a process whose executable sits in `NAME.app/Contents/MacOS`)
-//!   may request activation and deactivation of the dexts it carries, never
-//!   approve them.
-//! - **An administrator** (root, or a member of the daemon's administrator
-//!   group, `driverkit` by default) may do everything else: approve, trust
-//!   keys, developer mode, uninstall, reset, load, plug and unplug, stop.
+//!   may request activation of the dexts it carries, and deactivation or
+//!   replacement of what it activated (`sysext`); never approve them.
+//! - **An administrator** (root, the daemon's own user, or a member of the
+//!   daemon's administrator group, `driverkit` by default) may do
+//!   everything else: approve, trust keys, developer mode, uninstall,
+//!   reset, load, plug and unplug, stop.
 //!
 //! Every refusal names the rule.
+//!
+//! **An app's identity** is the app its executable sits in, and it counts
+//! only when it cannot be borrowed ([`Peer::app`]): the connection is
+//! pinned to the process that opened it (its start time, its executable's
+//! inode as it connected, and `SO_PEERPIDFD` where the kernel has it), so a
+//! process that connects and then execs an entitled app is caught; the
+//! control socket also refuses a request written by any other process
+//! than the one that connected (`SCM_CREDENTIALS` on every read, see
+//! `control`). For anyone but an administrator, the app's executable and
+//! folders must not be writable by the caller, its environment must not
+//! set `LD_PRELOAD` or `LD_AUDIT`, it must map no executable code from
+//! outside the system's library folders and its own bundle, and it must
+//! not be traced (unless developer mode is on). The app library makes its
+//! process non-dumpable before it connects, so that the user's other
+//! processes cannot ptrace it.
 
-use std::path::PathBuf;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 
 /// The peer of a control connection.
 #[derive(Debug, Clone)]
@@ -22,6 +40,20 @@ pub struct Peer {
     pub gid: u32,
     /// Why it is, or is not, an administrator (for refusals).
     admin: Result<(), String>,
+    /// The process as it connected.
+    pin: Option<Pin>,
+}
+
+/// What pins a connection to the process that opened it.
+#[derive(Debug, Clone)]
+struct Pin {
+    /// Field 22 of `/proc/PID/stat`: a reused PID has another.
+    start_time: u64,
+    /// `/proc/PID/exe`'s device and inode when it connected: an exec
+    /// changes them.
+    exe: (u64, u64),
+    /// `SO_PEERPIDFD`: the process itself, not its number.
+    pidfd: Option<std::sync::Arc<OwnedFd>>,
 }
 
 /// What a request needs.
@@ -33,16 +65,20 @@ pub enum Role {
     Administrator,
 }
 
+/// Folders an app may map executable code from besides its own bundle.
+const SYSTEM_LIBRARIES: &[&str] = &["/usr/lib/", "/lib/", "/lib64/", "/usr/lib64/", "/usr/lib32/", "/lib32/"];
+
 impl Peer {
-    /// The peer of `socket`, judged against administrator group `group`.
+    /// The peer of `socket`, judged against administrator group `group`,
+    /// and pinned to the process that connected.
     pub fn of(socket: impl std::os::fd::AsFd, group: Option<&str>) -> Peer {
-        match rustix::net::sockopt::socket_peercred(socket) {
-            Ok(c) => Peer::new(
-                c.pid.as_raw_nonzero().get() as u32,
-                c.uid.as_raw(),
-                c.gid.as_raw(),
-                group,
-            ),
+        match rustix::net::sockopt::socket_peercred(&socket) {
+            Ok(c) => {
+                let pid = c.pid.as_raw_nonzero().get() as u32;
+                let mut peer = Peer::new(pid, c.uid.as_raw(), c.gid.as_raw(), group);
+                peer.pin = pin(socket.as_fd(), pid);
+                peer
+            }
             // No credentials: nobody in particular.
             Err(_) => Peer::new(0, u32::MAX, u32::MAX, group),
         }
@@ -50,7 +86,8 @@ impl Peer {
 
     /// A peer from its credentials (tests build them directly).
     pub fn new(pid: u32, uid: u32, gid: u32, group: Option<&str>) -> Peer {
-        let admin = if uid == 0 {
+        let daemon = rustix::process::geteuid().as_raw();
+        let admin = if uid == 0 || uid == daemon {
             Ok(())
         } else {
             match group.and_then(group_id) {
@@ -68,6 +105,7 @@ impl Peer {
             uid,
             gid,
             admin,
+            pin: None,
         }
     }
 
@@ -85,11 +123,192 @@ impl Peer {
         self.admin.is_ok()
     }
 
-    /// The app the peer's executable sits in, if any.
-    pub fn app(&self) -> Option<PathBuf> {
-        let exe = std::fs::read_link(format!("/proc/{}/exe", self.pid)).ok()?;
-        driverkit_bundle::location::app_of_executable(&exe)
+    /// Whether the peer is in group `gid` (primary or supplementary).
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || supplementary_groups(self.pid).contains(&gid)
     }
+
+    /// The app the peer's executable sits in (`None`: not in an app), if
+    /// its identity holds (see the module's comment); the refusal names the
+    /// rule. `developer`: developer mode, in which a traced app counts.
+    pub fn app(&self, developer: bool) -> Result<Option<PathBuf>, String> {
+        let pid = self.pid;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map_err(|e| format!("pid {pid}: its executable cannot be read: {e}"))?;
+        self.still_the_one_that_connected()?;
+        let Some(app) = driverkit_bundle::location::app_of_executable(&exe) else {
+            return Ok(None);
+        };
+        if !self.is_admin() {
+            self.check_not_borrowed(&exe, &app, developer)?;
+            // Everything above was read from /proc while the process ran on.
+            self.still_the_one_that_connected()?;
+        }
+        Ok(Some(app))
+    }
+
+    /// The process behind the PID is the one that connected, running the
+    /// program it ran then.
+    fn still_the_one_that_connected(&self) -> Result<(), String> {
+        let pid = self.pid;
+        let Some(pin) = &self.pin else {
+            return Err(format!("pid {pid}: its connection carries no process to pin"));
+        };
+        if let Some(fd) = &pin.pidfd {
+            if pidfd_pid(fd) != Some(pid) {
+                return Err(format!("pid {pid}: the process that connected has ended"));
+            }
+        }
+        if start_time(pid) != Some(pin.start_time) {
+            return Err(format!(
+                "pid {pid}: not the process that connected (it ended and its PID was reused)"
+            ));
+        }
+        if exe_identity(pid) != Some(pin.exe) {
+            return Err(format!(
+                "pid {pid}: it executed another program after it connected; an app's identity is the program that opened the connection"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The rules that keep a user from borrowing an app's identity.
+    fn check_not_borrowed(&self, exe: &Path, app: &Path, developer: bool) -> Result<(), String> {
+        let pid = self.pid;
+        let refused = |why: String| format!("pid {pid} ({}): {why}", exe.display());
+        // 1. Nothing of the app is the caller's to change.
+        let mut folder = exe.parent();
+        let mut checked = vec![exe];
+        while let Some(f) = folder {
+            checked.push(f);
+            if f == app {
+                break;
+            }
+            folder = f.parent();
+        }
+        for path in checked {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::symlink_metadata(path)
+                .map_err(|e| refused(format!("{}: {e}", path.display())))?;
+            let writable = meta.uid() == self.uid
+                || (meta.mode() & 0o020 != 0 && self.in_group(meta.gid()))
+                || meta.mode() & 0o002 != 0;
+            if writable {
+                return Err(refused(format!(
+                    "{} is writable by uid {} (owner {}, mode {:04o}); an app's identity counts only for an app its user cannot change: install it where only an administrator writes (like /opt)",
+                    path.display(),
+                    self.uid,
+                    meta.uid(),
+                    meta.mode() & 0o7777
+                )));
+            }
+        }
+        // 2. Nobody's code loaded into it.
+        let environ = std::fs::read(format!("/proc/{pid}/environ"))
+            .map_err(|e| refused(format!("its environment cannot be read: {e}")))?;
+        for var in environ.split(|b| *b == 0) {
+            for name in ["LD_PRELOAD", "LD_AUDIT"] {
+                if var.starts_with(format!("{name}=").as_bytes()) && var.len() > name.len() + 1 {
+                    return Err(refused(format!(
+                        "its environment sets {name}, which loads code the app does not carry; start the app without it"
+                    )));
+                }
+            }
+        }
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .map_err(|e| refused(format!("its mappings cannot be read: {e}")))?;
+        if let Some(foreign) = foreign_code(&maps, app) {
+            return Err(refused(format!(
+                "it runs code from {foreign}, outside the system's library folders and its own bundle"
+            )));
+        }
+        // 3. Not driven by someone else's debugger.
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map_err(|e| refused(format!("its status cannot be read: {e}")))?;
+        let tracer = status
+            .lines()
+            .find_map(|l| l.strip_prefix("TracerPid:"))
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            .unwrap_or(0);
+        if tracer != 0 && !developer {
+            return Err(refused(format!(
+                "it is traced by pid {tracer} (a debugger could act in its name); developer mode (`driverkit sysext developer on`) allows debugging apps"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The first executable mapping of `maps` (`/proc/PID/maps`) from a file
+/// outside the system's library folders and `app`.
+fn foreign_code(maps: &str, app: &Path) -> Option<String> {
+    maps.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let perms = fields.nth(1)?;
+        let path = fields.nth(3)?;
+        if !perms.contains('x') || !path.starts_with('/') {
+            return None;
+        }
+        let inside = SYSTEM_LIBRARIES.iter().any(|l| path.starts_with(l))
+            || Path::new(path).starts_with(app);
+        (!inside).then(|| path.to_owned())
+    })
+}
+
+/// Pins a connection to process `pid`.
+fn pin(socket: std::os::fd::BorrowedFd<'_>, pid: u32) -> Option<Pin> {
+    // The pidfd first: once taken, the process cannot be replaced under it.
+    let pidfd = peer_pidfd(socket).map(std::sync::Arc::new);
+    Some(Pin {
+        start_time: start_time(pid)?,
+        exe: exe_identity(pid)?,
+        pidfd,
+    })
+}
+
+/// `SO_PEERPIDFD` (Linux 6.5).
+fn peer_pidfd(socket: std::os::fd::BorrowedFd<'_>) -> Option<OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    const SO_PEERPIDFD: libc::c_int = 77;
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `fd`.
+    let r = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            &mut fd as *mut libc::c_int as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    // SAFETY: on success the kernel gave us a new descriptor.
+    (r == 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The PID a pidfd stands for, `None` once the process has ended
+/// (`Pid: -1` in its fdinfo).
+fn pidfd_pid(fd: &OwnedFd) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|p| p.trim().parse().ok())
+}
+
+/// Field 22 of `/proc/PID/stat` (after the command, which may hold spaces
+/// and parentheses).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The device and inode of `/proc/PID/exe`.
+fn exe_identity(pid: u32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+    Some((meta.dev(), meta.ino()))
 }
 
 /// The ID of group `name`, from `/etc/group`.
@@ -125,17 +344,46 @@ mod tests {
     fn root_may_do_anything_and_others_only_read() {
         let root = Peer::new(1, 0, 0, Some("driverkit"));
         assert!(root.allow(Role::Administrator, "approve").is_ok());
-        let user = Peer::new(1, 1000, 1000, Some("no-such-group-here"));
+        let user = Peer::new(1, 4000, 4000, Some("no-such-group-here"));
         assert!(user.allow(Role::Anyone, "ioreg").is_ok());
         assert_eq!(
             user.allow(Role::Administrator, "approve").unwrap_err(),
-            "approve needs an administrator: uid 1000 is not root or in group no-such-group-here"
+            "approve needs an administrator: uid 4000 is not root or in group no-such-group-here"
         );
-        let no_group = Peer::new(1, 1000, 1000, None);
+        let no_group = Peer::new(1, 4000, 4000, None);
         assert_eq!(
             no_group.allow(Role::Administrator, "trust").unwrap_err(),
-            "trust needs an administrator: uid 1000 is not root"
+            "trust needs an administrator: uid 4000 is not root"
         );
+        // A per-user daemon's own user administers it.
+        let me = rustix::process::geteuid().as_raw();
+        assert!(Peer::new(1, me, me, None).is_admin());
+    }
+
+    #[test]
+    fn code_from_outside_the_system_and_the_bundle_is_foreign() {
+        let maps = "55d0-55d1 r-xp 0 08:01 1 /opt/A.app/Contents/MacOS/a\n\
+                    7f00-7f01 r-xp 0 08:01 2 /usr/lib/x86_64-linux-gnu/libc.so.6\n\
+                    7f02-7f03 rw-p 0 08:01 3 /home/u/data\n\
+                    7f04-7f05 r-xp 0 00:00 0 [vdso]\n";
+        let app = Path::new("/opt/A.app");
+        assert_eq!(foreign_code(maps, app), None);
+        let evil = format!("{maps}7f06-7f07 r-xp 0 08:01 4 /home/u/evil.so\n");
+        assert_eq!(foreign_code(&evil, app).as_deref(), Some("/home/u/evil.so"));
+    }
+
+    #[test]
+    fn a_process_is_pinned_by_its_start_time_and_program() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let peer = Peer::of(&a, None);
+        assert_eq!(peer.pid, std::process::id());
+        assert!(peer.still_the_one_that_connected().is_ok());
+        let mut moved = peer.clone();
+        moved.pin.as_mut().unwrap().exe.1 ^= 1;
+        assert!(moved
+            .still_the_one_that_connected()
+            .unwrap_err()
+            .contains("executed another program"));
     }
 
     #[test]

@@ -18,6 +18,21 @@
 //! its new copy intact; `open` then deletes whatever no record names
 //! (half copies, superseded generations).
 //!
+//! **What the store holds is the system's.** The store belongs to the
+//! daemon's user and only it may write there (folders `0755`, `staging/`
+//! `0700`: a dext's own user must read its copy, nobody else needs
+//! staging). A copy is made from an app's bundle read as hostile
+//! (`driverkit_bundle::untrusted`: no link followed, only regular files and
+//! folders, nothing setuid, setgid or world-writable, bounded sizes) and
+//! written with modes the system sets: `0644`, or `0755` for a file with an
+//! execute bit (which the signed manifest records). `_CodeSignature/` is
+//! copied only with the signature's own two files in it.
+//!
+//! **No lock across a user's files.** Copying reads the user's files, so
+//! it runs outside the store's lock: [`Store::reserve`] takes a generation
+//! (locked, brief), [`stage`] copies into `staging/` (no lock), and
+//! [`Store::install`] renames the checked copy into place (locked, brief).
+//!
 //! This module knows files and records; what activation means (versions,
 //! signatures, approval, matching) is `sysext`'s.
 
@@ -66,6 +81,11 @@ pub struct Extension {
     pub app: PathBuf,
     /// The public key that signed it, if it was signed.
     pub signed_by: Option<String>,
+    /// The user whose request activated it: with `app`, who may deactivate
+    /// or replace it besides an administrator. `None` in records written
+    /// before it was kept: administrators only.
+    #[serde(default)]
+    pub owner: Option<u32>,
 }
 
 /// Everything `store.json` holds.
@@ -96,6 +116,7 @@ impl Store {
     /// waiting to uninstall are removed.
     pub fn open(dir: &Path) -> Result<Store, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        own_folder(dir, 0o755)?;
         let file = dir.join(RECORDS);
         let records = match std::fs::read(&file) {
             Ok(bytes) => serde_json::from_slice(&bytes)
@@ -143,30 +164,62 @@ impl Store {
 
     /// Copies the bundle at `source` into the store as a new generation of
     /// `bundle_id`, synced, under its final name; nothing names it until a
-    /// record does (`commit`). Returns the generation.
+    /// record does (`commit`). Returns the generation. (Activation does
+    /// the same in three steps, so that the copy runs unlocked.)
     pub fn add_copy(&mut self, source: &Path, bundle_id: &str) -> Result<u64, String> {
+        let generation = self.reserve()?;
+        let staged = self.staged_path(bundle_id, generation)?;
+        let from = driverkit_bundle::untrusted::open_dir(source)?;
+        stage(std::os::fd::AsFd::as_fd(&from), source, &staged)?;
+        self.install(bundle_id, generation)?;
+        Ok(generation)
+    }
+
+    /// Takes the next generation for a copy. Committed first, so that a
+    /// crash never reuses a generation whose half copy is still on disk.
+    pub fn reserve(&mut self) -> Result<u64, String> {
         let generation = self.records.next_generation;
         let mut next = self.records.clone();
         next.next_generation += 1;
-        // Reserved first, so that a crash never reuses a generation whose
-        // half copy is still on disk.
         self.commit(next)?;
+        Ok(generation)
+    }
+
+    /// Where generation `generation` of `bundle_id` is staged: under
+    /// `staging/` (made here, `0700`), nothing there yet.
+    pub fn staged_path(&self, bundle_id: &str, generation: u64) -> Result<PathBuf, String> {
+        driverkit_bundle::check_identifier(bundle_id)
+            .map_err(|e| format!("bundle identifier: {e}"))?;
+        let staging = self.dir.join(STAGING);
+        match std::fs::create_dir(&staging) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("{}: {e}", staging.display())),
+        }
+        own_folder(&staging, 0o700)?;
+        let staged = staging.join(format!("{bundle_id}-{generation}.dext"));
+        let _ = std::fs::remove_dir_all(&staged);
+        Ok(staged)
+    }
+
+    /// Renames a staged copy (checked by the caller) into place.
+    pub fn install(&mut self, bundle_id: &str, generation: u64) -> Result<PathBuf, String> {
         let staged = self
             .dir
             .join(STAGING)
             .join(format!("{bundle_id}-{generation}.dext"));
-        let _ = std::fs::remove_dir_all(&staged);
-        let root =
-            std::fs::canonicalize(source).map_err(|e| format!("{}: {e}", source.display()))?;
-        copy_tree(&root, source, &staged)?;
-        crash_point("store-copied");
         let home = self.dir.join(bundle_id);
-        std::fs::create_dir_all(&home).map_err(|e| format!("{}: {e}", home.display()))?;
+        match std::fs::create_dir(&home) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("{}: {e}", home.display())),
+        }
+        own_folder(&home, 0o755)?;
         let target = home.join(format!("{generation}.dext"));
         std::fs::rename(&staged, &target).map_err(|e| format!("{}: {e}", target.display()))?;
         sync_dir(&home)?;
         crash_point("store-staged");
-        Ok(generation)
+        Ok(target)
     }
 
     /// Makes `next` the store's records: written to a temporary file,
@@ -218,42 +271,106 @@ impl Store {
     }
 }
 
-/// Copies a bundle: directories and regular files, every file synced. A
-/// link is followed only when it stays inside the bundle (`root`, already
-/// canonical): a dext's files are the dext's, and a link out of it would
-/// let an app's files change under the system after it checked them.
-fn copy_tree(root: &Path, from: &Path, to: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
-    let entries = std::fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| format!("{}: {e}", from.display()))?;
-        let (src, dst) = (entry.path(), to.join(entry.file_name()));
-        let link = std::fs::symlink_metadata(&src)
-            .map_err(|e| format!("{}: {e}", src.display()))?
-            .file_type()
-            .is_symlink();
-        if link {
-            let target =
-                std::fs::canonicalize(&src).map_err(|e| format!("{}: {e}", src.display()))?;
-            if !target.starts_with(root) {
-                return Err(format!(
-                    "{} is a link out of the bundle (to {}); a dext's files must be inside it",
-                    src.display(),
-                    target.display()
-                ));
+/// Makes sure the store's folder `dir` is the daemon user's with `mode`:
+/// a folder someone else owns could be changed under the store.
+fn own_folder(dir: &Path, mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    if !meta.is_dir() || meta.uid() != me {
+        return Err(format!(
+            "{}: {} (uid {}), not a folder of the daemon's user (uid {me}); the extension store must be the daemon's alone: remove it, or start the daemon with another --root",
+            dir.display(),
+            if meta.is_dir() { "a folder of another user" } else { "not a folder" },
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o7777 != mode {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Copies the bundle `from` (an app's, whose path is `source`: read as
+/// hostile) to `to`, which must not exist: folders `0755`, files `0644` or
+/// `0755` (any execute bit), every file synced. `_CodeSignature/` may hold
+/// only the signature's own files. Takes no lock: the caller holds none
+/// either.
+pub fn stage(
+    from: std::os::fd::BorrowedFd<'_>,
+    source: &Path,
+    to: &Path,
+) -> Result<(), String> {
+    use driverkit_bundle::{signature, untrusted};
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let create_dir = |dir: &Path| {
+        std::fs::create_dir(dir)
+            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)))
+            .map_err(|e| format!("{}: {e}", dir.display()))
+    };
+    create_dir(to)?;
+    let mut dirs = vec![to.to_owned()];
+    let copied = untrusted::walk(from, source, &mut |rel, item| {
+        let own = [signature::MANIFEST, signature::SIGNATURE]
+            .map(|f| Path::new(signature::DIR).join(f));
+        if rel.starts_with(signature::DIR)
+            && rel != Path::new(signature::DIR)
+            && !own.iter().any(|o| o == rel)
+        {
+            return Err(format!(
+                "{}: {} holds only {} and {}; nothing else there is signed",
+                source.join(rel).display(),
+                signature::DIR,
+                signature::MANIFEST,
+                signature::SIGNATURE
+            ));
+        }
+        let target = to.join(rel);
+        match item {
+            untrusted::Item::Dir => {
+                create_dir(&target)?;
+                dirs.push(target);
+            }
+            untrusted::Item::File {
+                mut file,
+                executable,
+                ..
+            } => {
+                let mode = if executable { 0o755 } else { 0o644 };
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                    .open(&target)
+                    .map_err(|e| format!("{}: {e}", target.display()))?;
+                let limit = untrusted::MAX_FILE;
+                let n = std::io::copy(&mut std::io::Read::take(&mut file, limit + 1), &mut out)
+                    .map_err(|e| format!("{}: {e}", source.join(rel).display()))?;
+                if n > limit {
+                    return Err(format!(
+                        "{}: grew past {limit} bytes while it was copied",
+                        source.join(rel).display()
+                    ));
+                }
+                // The umask does not decide what the dext's user may read.
+                out.set_permissions(std::fs::Permissions::from_mode(mode))
+                    .and_then(|()| out.sync_all())
+                    .map_err(|e| format!("{}: {e}", target.display()))?;
             }
         }
-        let meta = std::fs::metadata(&src).map_err(|e| format!("{}: {e}", src.display()))?;
-        if meta.is_dir() {
-            copy_tree(root, &src, &dst)?;
-        } else {
-            std::fs::copy(&src, &dst).map_err(|e| format!("{}: {e}", src.display()))?;
-            std::fs::File::open(&dst)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| format!("{}: {e}", dst.display()))?;
-        }
+        Ok(())
+    });
+    if let Err(e) = copied {
+        let _ = std::fs::remove_dir_all(to);
+        return Err(e);
     }
-    sync_dir(to)
+    for dir in dirs.iter().rev() {
+        sync_dir(dir)?;
+    }
+    crash_point("store-copied");
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), String> {
@@ -304,6 +421,7 @@ mod tests {
             generation,
             app: "/A.app".into(),
             signed_by: None,
+            owner: None,
         }
     }
 

@@ -13,12 +13,13 @@
 //! the old version's services stop, the new version loads and matching runs
 //! again, without restarting the daemon.
 
-use std::path::Path;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
 
-use driverkit_bundle::{location, signature, Bundle, Entitlements, Version};
+use driverkit_bundle::{location, signature, untrusted, Bundle, Entitlements, Version};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Extension, ExtensionState, Records, Store};
+use crate::store::{self, Extension, ExtensionState, Records, Store};
 use crate::Core;
 
 /// `OSSystemExtensionError` codes.
@@ -87,45 +88,74 @@ fn versions(b: &Bundle) -> Versions {
     }
 }
 
-/// The store's copy of a dext is what the system checked: the same bundle
-/// and version, valid, entitled, and signed by a trusted key unless
-/// developer mode is on.
-fn verify_copy(
-    copy: &Path,
-    checked: &Bundle,
-    developer: bool,
-    trusted: &[String],
-) -> Result<(), Failure> {
-    let changed = |what: String| {
-        Failure::new(
-            code::VALIDATION_FAILED,
+/// Who makes a request on the store: the app of the asking process (its
+/// identity checked by `peer`), the user, and whether an administrator.
+#[derive(Debug, Clone)]
+pub struct Requester {
+    pub app: Option<PathBuf>,
+    pub uid: u32,
+    pub admin: bool,
+}
+
+impl Requester {
+    /// The daemon's own user (programmatic requests, tests).
+    pub fn administrator() -> Requester {
+        Requester {
+            app: None,
+            uid: rustix::process::geteuid().as_raw(),
+            admin: true,
+        }
+    }
+
+    /// Whether this requester may change `existing` (deactivate, replace):
+    /// an administrator, or the app that activated it, run by the same
+    /// user. The refusal names the rule.
+    fn may_change(&self, existing: &Extension, what: &str) -> Result<(), Failure> {
+        if self.admin {
+            return Ok(());
+        }
+        let same_app = self.app.as_deref() == Some(existing.app.as_path());
+        if same_app && existing.owner == Some(self.uid) {
+            return Ok(());
+        }
+        Err(Failure::new(
+            code::AUTHORIZATION_REQUIRED,
             format!(
-                "{}: the copy differs from what was checked: {what}",
-                copy.display()
+                "{what} {}: it was activated from {}{}; only that app, run by that user, or an administrator may {what} it (this request is from {}, uid {})",
+                existing.bundle_id,
+                existing.app.display(),
+                existing
+                    .owner
+                    .map_or_else(|| " by an administrator".to_owned(), |u| format!(" by uid {u}")),
+                self.app
+                    .as_deref()
+                    .map_or_else(|| "no app".to_owned(), |a| a.display().to_string()),
+                self.uid
             ),
-        )
-    };
-    let bundle = Bundle::load(copy).map_err(|e| changed(e.to_string()))?;
-    if bundle.identifier != checked.identifier || bundle.version() != checked.version() {
-        return Err(changed(format!(
-            "{} {} instead of {} {}",
-            bundle.identifier,
-            bundle.version(),
-            checked.identifier,
-            checked.version()
-        )));
+        ))
     }
-    bundle
-        .check_entitlements()
-        .map_err(|e| Failure::new(code::MISSING_ENTITLEMENT, e.to_string()))?;
-    match signature::verify(copy, trusted) {
-        Ok(_) => Ok(()),
-        Err(_) if developer => Ok(()),
-        Err(refusal) => Err(Failure::new(
-            code::CODE_SIGNATURE_INVALID,
-            format!("{}: {refusal}", copy.display()),
-        )),
+}
+
+/// Refuses the USB development wildcard outside developer mode; in it,
+/// warns.
+fn check_wildcard(bundle: &Bundle, developer: bool) -> Result<(), Failure> {
+    if !bundle.entitlements.as_ref().is_some_and(|e| e.usb_any_vendor) {
+        return Ok(());
     }
+    if developer {
+        tracing::warn!(
+            "sysext   {}: its transport.usb entitlement is idVendor \"*\", Apple's development wildcard (any USB vendor); accepted in developer mode only",
+            bundle.identifier
+        );
+        return Ok(());
+    }
+    Err(Failure::new(
+        code::FORBIDDEN_BY_SYSTEM_POLICY,
+        format!(
+            "{}: com.apple.developer.driverkit.transport.usb names idVendor \"*\", Apple's wildcard for development-signed dexts; the system accepts it only in developer mode (`driverkit sysext developer on`); a shipped dext lists its vendors' IDs",
+            bundle.identifier
+        ),
+    ))
 }
 
 impl Core {
@@ -201,33 +231,43 @@ impl Core {
     }
 
     /// `OSSystemExtensionRequest.activationRequest(forExtensionWithIdentifier:)`
-    /// from the app at `app`.
+    /// from the app at `app`, asked by an administrator.
     pub fn activate(
         &self,
         app: &Path,
         bundle_id: &str,
         replacement: Replacement,
     ) -> Result<Outcome, Failure> {
-        self.activate_for(app, bundle_id, replacement, None)
+        self.activate_for(app, bundle_id, replacement, &Requester::administrator())
     }
 
-    /// [`Core::activate`] asked by the app at `requester` (the app of the
-    /// peer's executable), which may then not approve it.
+    /// [`Core::activate`] asked by `who`; an app that asks may then not
+    /// approve it, and only an administrator or the app that activated an
+    /// extension (same user, same signing key) may replace it.
+    ///
+    /// The app's files are read as hostile and without any lock held: the
+    /// dext is copied into the store's staging first, and everything after
+    /// reads only that copy, which is all that will ever run.
     pub fn activate_for(
         &self,
         app: &Path,
         bundle_id: &str,
         replacement: Replacement,
-        requester: Option<&Path>,
+        who: &Requester,
     ) -> Result<Outcome, Failure> {
-        if let Some(r) = requester {
+        driverkit_bundle::check_identifier(bundle_id).map_err(|e| {
+            Failure::new(
+                code::VALIDATION_FAILED,
+                format!("bundle identifier: {e}"),
+            )
+        })?;
+        if let Some(r) = &who.app {
             self.inner
                 .requesters
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(bundle_id.to_owned(), r.to_owned());
         }
-        let _one = self.one_request();
         if !app.is_absolute() {
             return Err(Failure::new(
                 code::UNSUPPORTED_PARENT_BUNDLE_LOCATION,
@@ -237,12 +277,15 @@ impl Core {
                 ),
             ));
         }
-        if app.extension().is_none_or(|e| e != "app") || !app.is_dir() {
-            return Err(Failure::new(
-                code::UNSUPPORTED_PARENT_BUNDLE_LOCATION,
-                format!("{} is not an app (a NAME.app directory)", app.display()),
-            ));
-        }
+        let app_dir = match untrusted::open_dir(app) {
+            Ok(d) if app.extension().is_some_and(|e| e == "app") => d,
+            _ => {
+                return Err(Failure::new(
+                    code::UNSUPPORTED_PARENT_BUNDLE_LOCATION,
+                    format!("{} is not an app (a NAME.app directory)", app.display()),
+                ))
+            }
+        };
         let app_entitlements = Entitlements::load(
             &app.join("Contents")
                 .join(driverkit_bundle::entitlements::FILE),
@@ -258,18 +301,58 @@ impl Core {
             ));
         }
         let dext = location::dext_in_app(app, bundle_id);
-        if !dext.is_dir() {
-            return Err(Failure::new(
-                code::EXTENSION_NOT_FOUND,
-                format!(
-                    "no {bundle_id}.dext in {}/{}",
-                    app.display(),
-                    location::SYSTEM_EXTENSIONS
-                ),
-            ));
+        let within = dext.strip_prefix(app).unwrap_or(&dext);
+        let source = untrusted::open_dir_in(app_dir.as_fd(), within, app)
+            .map_err(|e| Failure::new(code::VALIDATION_FAILED, e))?
+            .ok_or_else(|| {
+                Failure::new(
+                    code::EXTENSION_NOT_FOUND,
+                    format!(
+                        "no {bundle_id}.dext in {}/{}",
+                        app.display(),
+                        location::SYSTEM_EXTENSIONS
+                    ),
+                )
+            })?;
+        let (generation, staged) = self.with_store(|s| {
+            let g = s
+                .reserve()
+                .map_err(|e| Failure::new(code::UNKNOWN, e))?;
+            let staged = s
+                .staged_path(bundle_id, g)
+                .map_err(|e| Failure::new(code::UNKNOWN, e))?;
+            Ok((g, staged))
+        })?;
+        let result = store::stage(source.as_fd(), &dext, &staged)
+            .map_err(|e| {
+                tracing::warn!("sysext   {bundle_id}: refused: {e}");
+                Failure::new(code::VALIDATION_FAILED, e)
+            })
+            .and_then(|()| self.activate_staged(app, &dext, &staged, generation, bundle_id, replacement, who));
+        if result.is_err() || !matches!(result, Ok(Outcome::Completed { .. })) {
+            let _ = std::fs::remove_dir_all(&staged);
         }
-        let bundle = Bundle::load(&dext)
-            .map_err(|e| Failure::new(code::VALIDATION_FAILED, e.to_string()))?;
+        result
+    }
+
+    /// The rest of an activation, on the staged copy: validation,
+    /// entitlements, signature, then (one request at a time) versions, who
+    /// may replace what, and the commit.
+    #[allow(clippy::too_many_arguments)]
+    fn activate_staged(
+        &self,
+        app: &Path,
+        dext: &Path,
+        staged: &Path,
+        generation: u64,
+        bundle_id: &str,
+        replacement: Replacement,
+        who: &Requester,
+    ) -> Result<Outcome, Failure> {
+        // Messages name the app's dext, which the user knows, not staging.
+        let shown = |e: String| e.replace(&staged.display().to_string(), &dext.display().to_string());
+        let bundle = Bundle::load(staged)
+            .map_err(|e| Failure::new(code::VALIDATION_FAILED, shown(e.to_string())))?;
         if bundle.identifier != bundle_id {
             return Err(Failure::new(
                 code::VALIDATION_FAILED,
@@ -282,29 +365,27 @@ impl Core {
         }
         bundle
             .check_entitlements()
-            .map_err(|e| Failure::new(code::MISSING_ENTITLEMENT, e.to_string()))?;
-        let (developer, trusted, existing) = self.with_store(|s| {
-            let r = s.records();
-            Ok((
-                r.developer_mode,
-                r.trusted_keys.clone(),
-                r.extensions.get(bundle_id).cloned(),
-            ))
-        })?;
-        let signed_by = match signature::verify(&dext, &trusted) {
+            .map_err(|e| Failure::new(code::MISSING_ENTITLEMENT, shown(e.to_string())))?;
+        let (developer, trusted) = self.trust();
+        check_wildcard(&bundle, developer)?;
+        let signed_by = match signature::verify(staged, &trusted) {
             Ok(key) => Some(key),
             Err(_) if developer => None,
             Err(refusal) => {
                 return Err(Failure::new(
                     code::CODE_SIGNATURE_INVALID,
                     format!(
-                        "{}: {refusal} (sign it with `driverkit build --sign KEY` and trust the key with `driverkit sysext trust KEY.pub`, or, while developing, `driverkit sysext developer on`)",
-                        dext.display()
+                        "{}: {} (sign it with `driverkit build --sign KEY` and trust the key with `driverkit sysext trust KEY.pub`, or, while developing, `driverkit sysext developer on`)",
+                        dext.display(),
+                        shown(refusal.to_string())
                     ),
                 ))
             }
         };
-        let existing = existing.filter(|e| e.state != ExtensionState::TerminatedWaitingToUninstall);
+        let _one = self.one_request();
+        let existing = self
+            .with_store(|s| Ok(s.records().extensions.get(bundle_id).cloned()))?
+            .filter(|e| e.state != ExtensionState::TerminatedWaitingToUninstall);
         if let Some(old) = &existing {
             let old_v = (
                 Version::parse(&old.version).unwrap_or_default(),
@@ -335,6 +416,17 @@ impl Core {
                 }
                 _ => {}
             }
+            who.may_change(old, "replace")?;
+            if !who.admin && old.signed_by.is_some() && old.signed_by != signed_by {
+                return Err(Failure::new(
+                    code::AUTHORIZATION_REQUIRED,
+                    format!(
+                        "replace {bundle_id}: the active version was signed by key {}, this one {}; only an administrator may replace an extension with one signed by another key",
+                        old.signed_by.as_deref().unwrap_or("-"),
+                        signed_by.as_deref().map_or_else(|| "is unsigned".to_owned(), |k| format!("by key {k}"))
+                    ),
+                ));
+            }
             match replacement {
                 Replacement::Ask => return Ok(question),
                 Replacement::Cancel => {
@@ -351,17 +443,11 @@ impl Core {
             Some(old) if old.state == ExtensionState::Enabled => ExtensionState::Enabled,
             _ => ExtensionState::WaitingForUser,
         };
-        let generation = self.with_store(|s| {
-            s.add_copy(&dext, bundle_id)
-                .map_err(|e| Failure::new(code::VALIDATION_FAILED, e))
+        self.with_store(|s| {
+            s.install(bundle_id, generation)
+                .map(drop)
+                .map_err(|e| Failure::new(code::UNKNOWN, e))
         })?;
-        // What is checked is the copy, which is all that will ever run: the
-        // app's files may have changed since they were read above.
-        let copy = self.with_store(|s| Ok(s.copy_path(bundle_id, generation)))?;
-        if let Err(f) = verify_copy(&copy, &bundle, developer, &trusted) {
-            let _ = std::fs::remove_dir_all(&copy);
-            return Err(f);
-        }
         let installed = self.change_records(|s, next| {
             let record = Extension {
                 bundle_id: bundle_id.to_owned(),
@@ -371,16 +457,18 @@ impl Core {
                 generation,
                 app: app.to_owned(),
                 signed_by,
+                owner: Some(who.uid),
             };
             let path = s.bundle_path(&record);
             next.extensions.insert(bundle_id.to_owned(), record);
             Ok(path)
         })?;
         tracing::info!(
-            "sysext   {bundle_id} {} ({}) activated from {}: {}",
+            "sysext   {bundle_id} {} ({}) activated from {} by uid {}: {}",
             bundle.short_version(),
             bundle.version(),
             app.display(),
+            who.uid,
             state.label()
         );
         if state == ExtensionState::Enabled {
@@ -443,6 +531,12 @@ impl Core {
     /// `OSSystemExtensionRequest.deactivationRequest`: the extension's
     /// services stop, and it waits to be uninstalled at the next start.
     pub fn deactivate(&self, bundle_id: &str) -> Result<Outcome, Failure> {
+        self.deactivate_for(bundle_id, &Requester::administrator())
+    }
+
+    /// [`Core::deactivate`] asked by `who`: an administrator, or the app
+    /// that activated it, run by the same user.
+    pub fn deactivate_for(&self, bundle_id: &str, who: &Requester) -> Result<Outcome, Failure> {
         let _one = self.one_request();
         self.change_records(|_, next| {
             let e = next
@@ -455,6 +549,7 @@ impl Core {
                         format!("no active extension {bundle_id}"),
                     )
                 })?;
+            who.may_change(e, "deactivate")?;
             e.state = ExtensionState::TerminatedWaitingToUninstall;
             Ok(())
         })?;

@@ -15,7 +15,6 @@
 //! ends (IOServiceClose, or the app's death) the user client stops.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
 
 use driverkit_bundle::Entitlements;
 use driverkit_wire::codec::{Encoder, Wire};
@@ -35,20 +34,15 @@ pub struct Opened {
     pub notifications: OwnedFd,
 }
 
-/// The app process `pid` belongs to, by its executable.
-fn app_of(pid: u32) -> Option<PathBuf> {
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-    driverkit_bundle::location::app_of_executable(&exe)
-}
-
 impl Core {
-    /// `IOServiceOpen(service, type)` for process `pid`.
+    /// `IOServiceOpen(service, type)` for the control connection's `peer`.
     pub fn open_user_client(
         &self,
         service: EntryId,
         kind: u32,
-        pid: u32,
+        peer: &crate::peer::Peer,
     ) -> Result<Opened, IOReturn> {
+        let pid = peer.pid;
         let (properties, hosting) = {
             let st = self.inner.lock();
             let e = st.registry.get(service).ok_or(IOReturn::NOT_FOUND)?;
@@ -60,7 +54,7 @@ impl Core {
             let hosting: Hosting = e.hosting.clone().ok_or(IOReturn::UNSUPPORTED)?;
             (e.properties.clone(), hosting)
         };
-        self.check_access(&hosting.bundle, pid)?;
+        self.check_access(&hosting.bundle, peer)?;
         let server = self.inner.server_of(service).ok_or(IOReturn::NOT_READY)?;
         // The driver names which of its personality's dictionaries
         // describes this type's user client.
@@ -172,8 +166,9 @@ impl Core {
         }
     }
 
-    /// Whether process `pid` may open a user client of dext `bundle`.
-    fn check_access(&self, bundle: &str, pid: u32) -> Result<(), IOReturn> {
+    /// Whether `peer` may open a user client of dext `bundle`.
+    fn check_access(&self, bundle: &str, peer: &crate::peer::Peer) -> Result<(), IOReturn> {
+        let pid = peer.pid;
         let dext = {
             let st = self.inner.lock();
             st.catalogue
@@ -187,7 +182,14 @@ impl Core {
         if dext.allow_any_userclient_access {
             return Ok(());
         }
-        let app = app_of(pid);
+        let (developer, trusted) = self.trust();
+        let app = match peer.app(developer) {
+            Ok(app) => app,
+            Err(why) => {
+                tracing::warn!("open     refused: {why}");
+                return Err(IOReturn::NOT_PERMITTED);
+            }
+        };
         let Some(app) = app else {
             tracing::warn!(
                 "open     refused: pid {pid} is not in an app, so nothing entitles it to {bundle}'s user clients (and the dext does not allow any app)"
@@ -197,7 +199,6 @@ impl Core {
         // An app's entitlements are its own word: they count only when a
         // key the system trusts signed them with its executable, or in
         // developer mode.
-        let (developer, trusted) = self.trust();
         if !developer {
             if let Err(refusal) = driverkit_bundle::signature::verify(&app, &trusted) {
                 tracing::warn!(
