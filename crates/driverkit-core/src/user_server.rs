@@ -170,7 +170,7 @@ impl UserServer {
             launch
                 .sandbox
                 .prepare(launch.executable, launch.bundle_path, &env)
-                .and_then(|prepared| {
+                .and_then(|mut prepared| {
                     prepared.spawn([theirs.as_fd(), log_writer.as_fd(), log_writer.as_fd()])
                 })
         };

@@ -23,8 +23,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use seccompiler::BpfProgram;
+use std::cell::UnsafeCell;
 
+use super::seccomp::Compiled;
 use super::{ChildUser, Credentials};
 use crate::process::Process;
 
@@ -42,14 +43,22 @@ pub(crate) struct Prepared {
     credentials: Option<ChildUser>,
     /// The Landlock ruleset and the flags of `landlock_restrict_self`.
     ruleset: Option<(OwnedFd, u32)>,
-    filter: Option<Arc<BpfProgram>>,
+    filter: Option<Filter>,
     /// Ask the kernel to log refused calls (enforce mode; log mode's action
     /// is logged anyway).
     log_refusals: bool,
 }
 
+/// This spawn's copy of the filters: the child writes its PID into its
+/// copy of the allowlist (`pid_slots`) before installing it.
+struct Filter {
+    compiled: Arc<Compiled>,
+    main: UnsafeCell<Vec<seccompiler::sock_filter>>,
+}
+
 // SAFETY: the raw pointers point into `_strings`, owned by the same value
-// and never modified after `new`; nothing else is shared.
+// and never modified after `new`; the filter's cell is written only by the
+// one child of `spawn`, while the parent waits (CLONE_VFORK).
 unsafe impl Send for Prepared {}
 unsafe impl Sync for Prepared {}
 
@@ -83,7 +92,7 @@ const STEPS: [&str; 9] = [
     "signals",
     "stdio",
     "process group",
-    "thread limit",
+    "limits",
     "user",
     "no_new_privs",
     "landlock",
@@ -102,9 +111,13 @@ impl Prepared {
         env: &[(&OsStr, &OsStr)],
         credentials: Option<ChildUser>,
         ruleset: Option<(OwnedFd, u32)>,
-        filter: Option<Arc<BpfProgram>>,
+        filter: Option<Arc<Compiled>>,
         log_refusals: bool,
     ) -> io::Result<Prepared> {
+        let filter = filter.map(|compiled| Filter {
+            main: UnsafeCell::new(compiled.main.clone()),
+            compiled,
+        });
         let nul = |bytes: Vec<u8>| {
             CString::new(bytes).map_err(|_| io::Error::other("a NUL byte in argv or envp"))
         };
@@ -135,8 +148,9 @@ impl Prepared {
 
     /// Starts the dext with `stdio` as its descriptors 0, 1 and 2, in its
     /// own process group, confined. Returns once it has exec'd (or failed
-    /// to, naming the step).
-    pub fn spawn(&self, stdio: [BorrowedFd<'_>; 3]) -> io::Result<Process> {
+    /// to, naming the step). Once per `Prepared` (`&mut`: the child writes
+    /// its PID into this value's filter).
+    pub fn spawn(&mut self, stdio: [BorrowedFd<'_>; 3]) -> io::Result<Process> {
         let mut stack = vec![0u8; STACK];
         let child = Child {
             prepared: self,
@@ -259,7 +273,22 @@ impl Child<'_> {
             }
             // 2: its own process group: Ctrl-C reaches only the daemon.
             step(2, check(libc::syscall(libc::SYS_setpgid, 0, 0)))?;
-            // 3: its threads, counted by the kernel per user (its own).
+            // 3: its memory, and its threads, counted by the kernel per
+            // user (its own).
+            let memory = libc::rlimit64 {
+                rlim_cur: super::MEMORY,
+                rlim_max: super::MEMORY,
+            };
+            step(
+                3,
+                check(libc::syscall(
+                    libc::SYS_prlimit64,
+                    0,
+                    libc::RLIMIT_DATA,
+                    &memory as *const libc::rlimit64,
+                    std::ptr::null_mut::<libc::rlimit64>(),
+                )),
+            )?;
             if p.credentials.is_some() {
                 let limit = libc::rlimit64 {
                     rlim_cur: super::THREADS,
@@ -324,24 +353,35 @@ impl Child<'_> {
                 )?;
             }
             if let Some(filter) = &p.filter {
-                let program = libc::sock_fprog {
-                    len: filter.len() as u16,
-                    filter: filter.as_ptr() as *mut libc::sock_filter,
-                };
                 let flags = if p.log_refusals {
                     libc::SECCOMP_FILTER_FLAG_LOG
                 } else {
                     0
                 };
-                step(
-                    7,
-                    check(libc::syscall(
-                        libc::SYS_seccomp,
-                        libc::SECCOMP_SET_MODE_FILTER,
-                        flags,
-                        &program as *const libc::sock_fprog,
-                    )),
-                )?;
+                // Its own PID into its copy of the allowlist.
+                let main = &mut *filter.main.get();
+                let pid = libc::syscall(libc::SYS_getpid) as u32;
+                for &slot in &filter.compiled.pid_slots {
+                    if let Some(instruction) = main.get_mut(slot) {
+                        instruction.k = pid;
+                    }
+                }
+                // clone3's first: the allowlist refuses seccomp itself.
+                for program in [&filter.compiled.no_clone3, &*main] {
+                    let program = libc::sock_fprog {
+                        len: program.len() as u16,
+                        filter: program.as_ptr() as *mut libc::sock_filter,
+                    };
+                    step(
+                        7,
+                        check(libc::syscall(
+                            libc::SYS_seccomp,
+                            libc::SECCOMP_SET_MODE_FILTER,
+                            flags,
+                            &program as *const libc::sock_fprog,
+                        )),
+                    )?;
+                }
             }
             // Signals as a new program expects them: none blocked.
             let empty: libc::sigset_t = std::mem::zeroed();

@@ -107,6 +107,12 @@ pub(crate) enum ChildUser {
 /// kernel counts per user, so it is one dext's only with its own user.
 pub const THREADS: u64 = 512;
 
+/// The private writable memory one dext may map (`RLIMIT_DATA`: heap,
+/// thread stacks, anonymous mappings; not the regions it shares with the
+/// daemon). Past it an allocation fails and the Rust runtime aborts the
+/// dext, which the daemon sees as a crash; the daemon itself is untouched.
+pub const MEMORY: u64 = 4 << 30;
+
 /// Who dexts run as.
 #[derive(Debug, Clone, Copy)]
 enum Users {
@@ -138,7 +144,7 @@ impl Policy {
 pub(crate) struct Sandbox {
     mode: Mode,
     users: Users,
-    filter: Option<Arc<seccompiler::BpfProgram>>,
+    filter: Option<Arc<seccomp::Compiled>>,
     audit: Option<audit::Watch>,
     /// The kernel's Landlock ABI (0: none).
     landlock_abi: i64,

@@ -12,6 +12,16 @@
 //! filter), and every `set*id`. `execve` stays, since the filter is applied
 //! before the dext's own exec; Landlock lets it execute nothing but its own
 //! executable and the loader.
+//!
+//! **A dext is one process.** `clone` is allowed only with `CLONE_THREAD`
+//! (which needs `CLONE_VM` and `CLONE_SIGHAND`: a thread, which cannot
+//! outlive its process), and `clone3`, whose flags live in memory a filter
+//! cannot read, fails with `ENOSYS` so that the C library falls back to
+//! `clone` (a second filter, since one filter has one refusal). So a dext
+//! cannot fork a child that outlives it. `kill` and `tgkill` reach only the
+//! dext itself: their first argument must be its PID, which the compiled
+//! filter holds as [`PID_PLACEHOLDER`] and each child writes in
+//! ([`Compiled::pid_slots`]) before installing it. `tkill` is absent.
 
 use std::collections::BTreeMap;
 
@@ -70,10 +80,8 @@ const ALLOWED: &[Sysno] = &[
     Sysno::madvise,
     Sysno::brk,
     Sysno::membarrier,
-    // Threads, time and signals (Landlock scopes signals to the dext).
+    // Threads, time and signals (clone and kill below, with conditions).
     Sysno::futex,
-    Sysno::clone,
-    Sysno::clone3,
     Sysno::set_robust_list,
     Sysno::rseq,
     Sysno::set_tid_address,
@@ -84,9 +92,6 @@ const ALLOWED: &[Sysno] = &[
     Sysno::rt_sigprocmask,
     Sysno::rt_sigreturn,
     Sysno::sigaltstack,
-    Sysno::kill,
-    Sysno::tgkill,
-    Sysno::tkill,
     Sysno::sched_yield,
     Sysno::sched_getaffinity,
     Sysno::nanosleep,
@@ -136,8 +141,22 @@ const IOCTLS: [u64; 4] = [
     libc::FIOCLEX as u64,
 ];
 
-/// Compiles the filter for `mode`.
-pub(super) fn compile(mode: Mode) -> Result<BpfProgram, seccompiler::BackendError> {
+/// What stands for the dext's PID in the compiled filter until its child
+/// writes it in: above any PID the kernel hands out (at most 2^22).
+pub(super) const PID_PLACEHOLDER: u32 = 0x7fff_fff1;
+
+/// The filters of a dext, compiled once per daemon.
+pub(super) struct Compiled {
+    /// The allowlist.
+    pub main: BpfProgram,
+    /// `clone3` fails with `ENOSYS`; everything else passes to `main`.
+    pub no_clone3: BpfProgram,
+    /// The instructions of `main` that compare with the dext's PID.
+    pub pid_slots: Vec<usize>,
+}
+
+/// Compiles the filters for `mode`.
+pub(super) fn compile(mode: Mode) -> Result<Compiled, seccompiler::BackendError> {
     let arch = if cfg!(target_arch = "aarch64") {
         TargetArch::aarch64
     } else {
@@ -163,12 +182,44 @@ pub(super) fn compile(mode: Mode) -> Result<BpfProgram, seccompiler::BackendErro
             .map(|&request| arg_is(1, request))
             .collect::<Result<_, _>>()?,
     );
+    // Threads only.
+    let thread = libc::CLONE_THREAD as u64;
+    rules.insert(
+        Sysno::clone.id() as i64,
+        vec![SeccompRule::new(vec![SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(thread),
+            thread,
+        )?])?],
+    );
+    // Signals to itself only.
+    for call in [Sysno::kill, Sysno::tgkill] {
+        rules.insert(call.id() as i64, vec![arg_is(0, PID_PLACEHOLDER.into())?]);
+    }
     let refused = match mode {
         Mode::Log => SeccompAction::Log,
         Mode::Enforce | Mode::Off => SeccompAction::Errno(libc::EPERM as u32),
     };
-    let filter = SeccompFilter::new(rules, refused, SeccompAction::Allow, arch)?;
-    filter.try_into()
+    let main: BpfProgram = SeccompFilter::new(rules, refused, SeccompAction::Allow, arch)?.try_into()?;
+    let pid_slots = main
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.k == PID_PLACEHOLDER)
+        .map(|(n, _)| n)
+        .collect();
+    let no_clone3: BpfProgram = SeccompFilter::new(
+        [(Sysno::clone3.id() as i64, Vec::new())].into_iter().collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch,
+    )?
+    .try_into()?;
+    Ok(Compiled {
+        main,
+        no_clone3,
+        pid_slots,
+    })
 }
 
 #[cfg(test)]
@@ -178,18 +229,25 @@ mod tests {
     #[test]
     fn the_allowlist_compiles_for_both_modes() {
         for mode in [Mode::Enforce, Mode::Log] {
-            let program = compile(mode).unwrap();
+            let compiled = compile(mode).unwrap();
             assert!(
-                program.len() > ALLOWED.len(),
+                compiled.main.len() > ALLOWED.len(),
                 "{} instructions",
-                program.len()
+                compiled.main.len()
             );
+            // One comparison with the PID each for kill and tgkill, and
+            // nothing else that looks like it.
+            assert_eq!(compiled.pid_slots.len(), 2, "{mode:?}");
         }
     }
 
     #[test]
     fn socket_and_ptrace_are_not_on_the_list() {
         for absent in [
+            Sysno::clone,
+            Sysno::clone3,
+            Sysno::kill,
+            Sysno::tkill,
             Sysno::socket,
             Sysno::ptrace,
             Sysno::setuid,
