@@ -96,6 +96,9 @@ fn a_dext_that_tries_to_escape_is_refused_and_the_daemon_logs_it() {
         "connect control socket",
         "exec /bin/true",
         "tcp 127.0.0.1",
+        // A dext is one process, and signals reach only itself.
+        "fork",
+        "signal pid 1",
     ] {
         let outcome = outcomes[attempt].as_str().unwrap_or_default();
         assert!(
@@ -103,9 +106,14 @@ fn a_dext_that_tries_to_escape_is_refused_and_the_daemon_logs_it() {
             "{attempt}: {outcome}\n{outcomes}"
         );
     }
+    // Threads still start (clone with CLONE_THREAD; glibc falls back from
+    // clone3, which fails with ENOSYS).
+    assert_eq!(outcomes["thread"], "done", "{outcomes}");
     // The kernel's audit records, read by the daemon and named.
     d.wait_log("Landlock refused fs.read_file path=\"/etc/passwd\"", 1);
-    d.wait_log("Landlock refused fs.execute", 1);
+    // Running another program needs a new process first, which a dext
+    // cannot make (Landlock's exec rule stands behind it).
+    d.wait_log("refused system call clone (56)", 1);
     // Reaching the control socket or TCP needs a socket, which no dext has.
     d.wait_log("refused system call socket", 2);
     let log = d.log();
@@ -113,6 +121,37 @@ fn a_dext_that_tries_to_escape_is_refused_and_the_daemon_logs_it() {
         log.contains("sandbox  org.test.Escape["),
         "refusals carry the dext's name:\n{log}"
     );
+    d.interrupt();
+}
+
+#[test]
+fn a_dext_that_hoards_memory_dies_at_its_limit_and_the_daemon_goes_on() {
+    let d = Daemon::start(&["--no-embedded", "--no-default-devices"]);
+    let bundle = test_bundle(
+        d.root.path(),
+        "org.test.Hoard",
+        &[P {
+            name: "Hoarder",
+            provider_class: "IOVirtualDevice",
+            extra: "<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>\
+                    <key>TestStartBehavior</key><string>hoard</string>",
+        }],
+    );
+    d.load(&bundle);
+    plug_test_device(&d);
+    // Its allocation failed (the runtime says so) and it ended: a crash.
+    d.wait_log("memory allocation of 10737418240 bytes failed", 1);
+    d.wait_log("crashed", 1);
+    // The daemon is unharmed: it answers, and its own memory stayed small.
+    let status = d.cli(&["status"]);
+    assert!(status.contains("pid"), "{status}");
+    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", d.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(rss_kib < 1 << 20, "the daemon holds {rss_kib} KiB");
     d.interrupt();
 }
 

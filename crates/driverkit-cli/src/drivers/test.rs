@@ -108,6 +108,12 @@ impl IOServiceImpl for TestDriver {
             "hang" => loop {
                 std::thread::sleep(Duration::from_secs(3600));
             },
+            "hoard" => {
+                // 10 GiB, every page written: past the sandbox's memory
+                // limit the allocation fails and the runtime aborts.
+                let hoard = vec![1u8; 10 << 30];
+                driverkit::info!("hoarded {} bytes", hoard.len());
+            }
             "spew" => {
                 use std::io::Write;
                 let mut err = std::io::stderr().lock();
@@ -289,6 +295,38 @@ fn escape(control_socket: &str) -> plist::Dictionary {
     out.insert(
         "tcp 127.0.0.1".into(),
         outcome(std::net::TcpStream::connect(("127.0.0.1", 9))),
+    );
+    // A child that would outlive the dext, holding what it holds.
+    // SAFETY: the child only sleeps and exits, with no lock or allocation.
+    let forked = match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => {
+            // SAFETY: plain sleeps and an exit without unwinding.
+            unsafe {
+                libc::sleep(20);
+                libc::_exit(0)
+            }
+        }
+        child => Ok(child),
+    };
+    if let Ok(child) = forked {
+        out.insert("fork pid".into(), (child as i64).into());
+    }
+    out.insert("fork".into(), outcome(forked));
+    out.insert(
+        "signal pid 1".into(),
+        outcome(
+            rustix::process::test_kill_process(rustix::process::Pid::INIT)
+                .map_err(std::io::Error::from),
+        ),
+    );
+    out.insert(
+        "thread".into(),
+        outcome(
+            std::thread::Builder::new()
+                .spawn(|| 7)
+                .and_then(|t| t.join().map_err(|_| std::io::Error::other("panicked"))),
+        ),
     );
     driverkit::info!("escape attempts: {out:?}");
     out

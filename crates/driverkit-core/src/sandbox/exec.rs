@@ -366,8 +366,10 @@ impl Child<'_> {
                         instruction.k = pid;
                     }
                 }
-                // clone3's first: the allowlist refuses seccomp itself.
-                for program in [&filter.compiled.no_clone3, &*main] {
+                // clone3's first (the allowlist refuses seccomp itself),
+                // and unlogged: its ENOSYS is the C library's cue to fall
+                // back to clone, not a refusal worth a line.
+                for (program, flags) in [(&filter.compiled.no_clone3, 0), (&*main, flags)] {
                     let program = libc::sock_fprog {
                         len: program.len() as u16,
                         filter: program.as_ptr() as *mut libc::sock_filter,
