@@ -275,7 +275,11 @@ mod tests {
         )
         .unwrap();
         assert!(e.usb_any_vendor && e.usb_vendors.is_empty());
-        let any = personality("IOUserService", "IOUSBHostDevice", &[("idVendor", 0x05ac.into())]);
+        let any = personality(
+            "IOUserService",
+            "IOUSBHostDevice",
+            &[("idVendor", 0x05ac.into())],
+        );
         assert_eq!(e.allow(&any), Ok(()));
         let (key, why) = entitlements(
             "<key>driverkit.transport.usb</key><array><dict><key>idVendor</key><string>apple</string></dict></array>",

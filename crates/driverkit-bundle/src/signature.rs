@@ -166,11 +166,13 @@ pub fn verify(bundle: &Path, trusted: &[String]) -> Result<String, Refusal> {
     let key = ed25519_dalek::VerifyingKey::from_bytes(&key)
         .map_err(|_| Refusal::BadSignature("not an ed25519 public key".into()))?;
     key.verify(&signed, &ed25519_dalek::Signature::from_bytes(&sig))
-        .map_err(|_| Refusal::BadSignature(format!("{MANIFEST} was not signed by key {key_hex}")))?;
+        .map_err(|_| {
+            Refusal::BadSignature(format!("{MANIFEST} was not signed by key {key_hex}"))
+        })?;
     let signed = String::from_utf8(signed)
         .map_err(|_| Refusal::BadSignature(format!("{MANIFEST}: not UTF-8 text")))?;
-    let signed = parse_manifest(&signed)
-        .map_err(|e| Refusal::BadSignature(format!("{MANIFEST}: {e}")))?;
+    let signed =
+        parse_manifest(&signed).map_err(|e| Refusal::BadSignature(format!("{MANIFEST}: {e}")))?;
     let (now, extra) = files(dir.as_fd(), bundle).map_err(Refusal::BadSignature)?;
     if let Some(file) = extra {
         return Err(Refusal::Smuggled { file });
@@ -257,7 +259,11 @@ pub fn parse_manifest(text: &str) -> Result<BTreeMap<PathBuf, Listed>, String> {
         let executable = match mode {
             "0755" => true,
             "0644" => false,
-            other => return Err(format!("line {n}: expected mode 0644 or 0755, found {other:?}")),
+            other => {
+                return Err(format!(
+                    "line {n}: expected mode 0644 or 0755, found {other:?}"
+                ))
+            }
         };
         let bad_part = path
             .split('/')
@@ -459,14 +465,20 @@ mod tests {
         let key = SigningKey::generate().unwrap();
         sign(&b, &key).unwrap();
         let trusted = [key.public_hex()];
-        std::fs::set_permissions(b.join("Resources/firmware.bin"), PermissionsExt::from_mode(0o755))
-            .unwrap();
+        std::fs::set_permissions(
+            b.join("Resources/firmware.bin"),
+            PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         assert_eq!(
             verify(&b, &trusted).unwrap_err().to_string(),
             "file Resources/firmware.bin changed mode (executable or not) since the bundle was signed"
         );
-        std::fs::set_permissions(b.join("Resources/firmware.bin"), PermissionsExt::from_mode(0o644))
-            .unwrap();
+        std::fs::set_permissions(
+            b.join("Resources/firmware.bin"),
+            PermissionsExt::from_mode(0o644),
+        )
+        .unwrap();
         // The manifest does not cover _CodeSignature/: anything else there
         // would ride along unsigned.
         std::fs::write(b.join(DIR).join("sh"), "#!").unwrap();
@@ -501,11 +513,26 @@ mod tests {
         let h = "0".repeat(64);
         for (text, says) in [
             (String::new(), "line 1"),
-            (format!("{MANIFEST_HEADER}\n{h} 4755 x\n"), "line 2: expected mode"),
-            (format!("{MANIFEST_HEADER}\n{h} 0644 ../x\n"), "not a path inside"),
-            (format!("{MANIFEST_HEADER}\n{h} 0644 {DIR}/x\n"), "signature's own folder"),
-            (format!("{MANIFEST_HEADER}\n{h} 0644 b\n{h} 0644 a\n"), "line 3: \"a\" is out of order"),
-            (format!("{MANIFEST_HEADER}\n{h} 0644 a"), "not ended by a newline"),
+            (
+                format!("{MANIFEST_HEADER}\n{h} 4755 x\n"),
+                "line 2: expected mode",
+            ),
+            (
+                format!("{MANIFEST_HEADER}\n{h} 0644 ../x\n"),
+                "not a path inside",
+            ),
+            (
+                format!("{MANIFEST_HEADER}\n{h} 0644 {DIR}/x\n"),
+                "signature's own folder",
+            ),
+            (
+                format!("{MANIFEST_HEADER}\n{h} 0644 b\n{h} 0644 a\n"),
+                "line 3: \"a\" is out of order",
+            ),
+            (
+                format!("{MANIFEST_HEADER}\n{h} 0644 a"),
+                "not ended by a newline",
+            ),
         ] {
             let e = parse_manifest(&text).unwrap_err();
             assert!(e.contains(says), "{text:?}: {e}");

@@ -312,16 +312,21 @@ fn walk_in(
         ));
     }
     let here = if rel.as_os_str().is_empty() {
-        rustix::fs::openat(dir, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| format!("{}: {e}", shown.display()))?
+        rustix::fs::openat(
+            dir,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| format!("{}: {e}", shown.display()))?
     } else {
         open_dir_in(dir, rel, shown)?
             .ok_or_else(|| format!("{}: vanished while it was read", shown.join(rel).display()))?
     };
     let mut names: Vec<PathBuf> = Vec::new();
-    let mut entries = rustix::fs::Dir::read_from(&here)
+    let entries = rustix::fs::Dir::read_from(&here)
         .map_err(|e| format!("{}: {e}", shown.join(rel).display()))?;
-    while let Some(entry) = entries.next() {
+    for entry in entries {
         let entry = entry.map_err(|e| format!("{}: {e}", shown.join(rel).display()))?;
         let file_name = entry.file_name().to_bytes();
         if file_name == b"." || file_name == b".." {

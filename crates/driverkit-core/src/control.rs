@@ -75,10 +75,11 @@ pub enum Request {
 pub type Handler =
     Box<dyn Fn(&serde_json::Value) -> Result<serde_json::Value, String> + Send + Sync>;
 
-/// Serves a streaming request: after the handler has written its answer
-/// line, the connection is the stream's until the client closes it.
+/// Serves a streaming request for a peer (who may get less than others:
+/// keyboard events): after the handler has written its answer line, the
+/// connection is the stream's until the client closes it.
 pub type StreamHandler =
-    Box<dyn Fn(&serde_json::Value, UnixStream) -> std::io::Result<()> + Send + Sync>;
+    Box<dyn Fn(&serde_json::Value, &Peer, UnixStream) -> std::io::Result<()> + Send + Sync>;
 
 /// The requests families and backends add to the control socket, by `op`,
 /// each with the role it needs.
@@ -109,7 +110,10 @@ impl Extensions {
         &mut self,
         op: &str,
         role: Role,
-        handler: impl Fn(&serde_json::Value, UnixStream) -> std::io::Result<()> + Send + Sync + 'static,
+        handler: impl Fn(&serde_json::Value, &Peer, UnixStream) -> std::io::Result<()>
+            + Send
+            + Sync
+            + 'static,
     ) {
         self.streams
             .insert(op.to_owned(), (role, Box::new(handler)));
@@ -184,13 +188,8 @@ impl std::io::Read for FromPeer {
         header.msg_control = control.as_mut_ptr().cast();
         header.msg_controllen = std::mem::size_of_val(&control);
         // SAFETY: recvmsg writes within the buffers `header` describes.
-        let n = unsafe {
-            libc::recvmsg(
-                self.stream.as_raw_fd(),
-                &mut header,
-                libc::MSG_CMSG_CLOEXEC,
-            )
-        };
+        let n =
+            unsafe { libc::recvmsg(self.stream.as_raw_fd(), &mut header, libc::MSG_CMSG_CLOEXEC) };
         if n < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -361,7 +360,7 @@ fn serve_client(
                     writer.write_all(format!("{answer}\n").as_bytes())?;
                     continue;
                 }
-                return handler(o, writer);
+                return handler(o, peer, writer);
             }
         }
         let extension = match (&object, op) {
@@ -387,7 +386,9 @@ fn serve_client(
                         Ok(()) => match req {
                             Request::Lifecycle => return stream_lifecycle(daemon, writer),
                             Request::ServiceOpen { service, kind } => {
-                                return serve_connection(daemon, peer, reader, writer, service, kind)
+                                return serve_connection(
+                                    daemon, peer, reader, writer, service, kind,
+                                )
                             }
                             req => match handle(daemon, peer, req, shutdown) {
                                 Ok(v) => Response::Ok(v),
@@ -518,7 +519,12 @@ fn handle(
                     app.display()
                 ));
             }
-            Ok(answer(daemon.activate_for(&app, &bundle_id, replacement, &who)))
+            Ok(answer(daemon.activate_for(
+                &app,
+                &bundle_id,
+                replacement,
+                &who,
+            )))
         }
         Request::SysextDeactivate { bundle_id } => {
             let who = requester(daemon, peer)?;
@@ -564,7 +570,9 @@ fn requester(daemon: &Core, peer: &Peer) -> Result<crate::sysext::Requester, Str
         Err(_) if peer.is_admin() => None,
         Err(why) => {
             tracing::warn!("sysext   refused: {why}");
-            return Err(format!("sysext: the requesting app's identity does not hold: {why}"));
+            return Err(format!(
+                "sysext: the requesting app's identity does not hold: {why}"
+            ));
         }
     };
     if app.is_none() && !peer.is_admin() {
@@ -637,14 +645,25 @@ impl Client {
     /// Sends a streaming request; after its answer, the connection carries
     /// one JSON object per line, each decoded as `T`.
     pub fn stream<R: Serialize, T: serde::de::DeserializeOwned>(
-        mut self,
+        self,
         req: &R,
     ) -> Result<impl Iterator<Item = Result<T, String>>, String> {
-        self.request(req)?;
-        Ok(self.reader.lines().map(|line| {
-            let line = line.map_err(|e| format!("daemon connection: {e}"))?;
-            serde_json::from_str(&line).map_err(|e| format!("bad line from the daemon: {e}"))
-        }))
+        self.stream_answered(req).map(|(_, lines)| lines)
+    }
+
+    /// [`Client::stream`], with the answer that opened the stream.
+    pub fn stream_answered<R: Serialize, T: serde::de::DeserializeOwned>(
+        mut self,
+        req: &R,
+    ) -> Result<(serde_json::Value, impl Iterator<Item = Result<T, String>>), String> {
+        let answer = self.request(req)?;
+        Ok((
+            answer,
+            self.reader.lines().map(|line| {
+                let line = line.map_err(|e| format!("daemon connection: {e}"))?;
+                serde_json::from_str(&line).map_err(|e| format!("bad line from the daemon: {e}"))
+            }),
+        ))
     }
 
     /// The registry tree.
@@ -759,7 +778,10 @@ mod tests {
             .unwrap();
         assert!(status.success());
         let e = server.join().unwrap().unwrap_err();
-        assert!(e.to_string().contains("a connection is its opener's alone"), "{e}");
+        assert!(
+            e.to_string().contains("a connection is its opener's alone"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -770,7 +792,9 @@ mod tests {
         let client = UnixStream::connect(dir.path().join("s")).unwrap();
         let status = std::process::Command::new("sh")
             .args(["-c", "echo x >&0"])
-            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(client)))
+            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                client,
+            )))
             .status()
             .unwrap();
         assert!(status.success());

@@ -66,7 +66,14 @@ pub enum Role {
 }
 
 /// Folders an app may map executable code from besides its own bundle.
-const SYSTEM_LIBRARIES: &[&str] = &["/usr/lib/", "/lib/", "/lib64/", "/usr/lib64/", "/usr/lib32/", "/lib32/"];
+const SYSTEM_LIBRARIES: &[&str] = &[
+    "/usr/lib/",
+    "/lib/",
+    "/lib64/",
+    "/usr/lib64/",
+    "/usr/lib32/",
+    "/lib32/",
+];
 
 impl Peer {
     /// The peer of `socket`, judged against administrator group `group`,
@@ -128,6 +135,11 @@ impl Peer {
         self.gid == gid || supplementary_groups(self.pid).contains(&gid)
     }
 
+    /// Whether the peer is in the group named `name` (`/etc/group`).
+    pub fn in_named_group(&self, name: &str) -> bool {
+        group_id(name).is_some_and(|gid| self.in_group(gid))
+    }
+
     /// The app the peer's executable sits in (`None`: not in an app), if
     /// its identity holds (see the module's comment); the refusal names the
     /// rule. `developer`: developer mode, in which a traced app counts.
@@ -152,7 +164,9 @@ impl Peer {
     fn still_the_one_that_connected(&self) -> Result<(), String> {
         let pid = self.pid;
         let Some(pin) = &self.pin else {
-            return Err(format!("pid {pid}: its connection carries no process to pin"));
+            return Err(format!(
+                "pid {pid}: its connection carries no process to pin"
+            ));
         };
         if let Some(fd) = &pin.pidfd {
             if pidfd_pid(fd) != Some(pid) {

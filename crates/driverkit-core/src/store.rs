@@ -297,11 +297,7 @@ fn own_folder(dir: &Path, mode: u32) -> Result<(), String> {
 /// `0755` (any execute bit), every file synced. `_CodeSignature/` may hold
 /// only the signature's own files. Takes no lock: the caller holds none
 /// either.
-pub fn stage(
-    from: std::os::fd::BorrowedFd<'_>,
-    source: &Path,
-    to: &Path,
-) -> Result<(), String> {
+pub fn stage(from: std::os::fd::BorrowedFd<'_>, source: &Path, to: &Path) -> Result<(), String> {
     use driverkit_bundle::{signature, untrusted};
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let create_dir = |dir: &Path| {
@@ -312,8 +308,8 @@ pub fn stage(
     create_dir(to)?;
     let mut dirs = vec![to.to_owned()];
     let copied = untrusted::walk(from, source, &mut |rel, item| {
-        let own = [signature::MANIFEST, signature::SIGNATURE]
-            .map(|f| Path::new(signature::DIR).join(f));
+        let own =
+            [signature::MANIFEST, signature::SIGNATURE].map(|f| Path::new(signature::DIR).join(f));
         if rel.starts_with(signature::DIR)
             && rel != Path::new(signature::DIR)
             && !own.iter().any(|o| o == rel)

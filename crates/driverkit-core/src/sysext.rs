@@ -139,7 +139,11 @@ impl Requester {
 /// Refuses the USB development wildcard outside developer mode; in it,
 /// warns.
 fn check_wildcard(bundle: &Bundle, developer: bool) -> Result<(), Failure> {
-    if !bundle.entitlements.as_ref().is_some_and(|e| e.usb_any_vendor) {
+    if !bundle
+        .entitlements
+        .as_ref()
+        .is_some_and(|e| e.usb_any_vendor)
+    {
         return Ok(());
     }
     if developer {
@@ -256,10 +260,7 @@ impl Core {
         who: &Requester,
     ) -> Result<Outcome, Failure> {
         driverkit_bundle::check_identifier(bundle_id).map_err(|e| {
-            Failure::new(
-                code::VALIDATION_FAILED,
-                format!("bundle identifier: {e}"),
-            )
+            Failure::new(code::VALIDATION_FAILED, format!("bundle identifier: {e}"))
         })?;
         if let Some(r) = &who.app {
             self.inner
@@ -315,9 +316,7 @@ impl Core {
                 )
             })?;
         let (generation, staged) = self.with_store(|s| {
-            let g = s
-                .reserve()
-                .map_err(|e| Failure::new(code::UNKNOWN, e))?;
+            let g = s.reserve().map_err(|e| Failure::new(code::UNKNOWN, e))?;
             let staged = s
                 .staged_path(bundle_id, g)
                 .map_err(|e| Failure::new(code::UNKNOWN, e))?;
@@ -328,7 +327,9 @@ impl Core {
                 tracing::warn!("sysext   {bundle_id}: refused: {e}");
                 Failure::new(code::VALIDATION_FAILED, e)
             })
-            .and_then(|()| self.activate_staged(app, &dext, &staged, generation, bundle_id, replacement, who));
+            .and_then(|()| {
+                self.activate_staged(app, &dext, &staged, generation, bundle_id, replacement, who)
+            });
         if result.is_err() || !matches!(result, Ok(Outcome::Completed { .. })) {
             let _ = std::fs::remove_dir_all(&staged);
         }
@@ -350,7 +351,8 @@ impl Core {
         who: &Requester,
     ) -> Result<Outcome, Failure> {
         // Messages name the app's dext, which the user knows, not staging.
-        let shown = |e: String| e.replace(&staged.display().to_string(), &dext.display().to_string());
+        let shown =
+            |e: String| e.replace(&staged.display().to_string(), &dext.display().to_string());
         let bundle = Bundle::load(staged)
             .map_err(|e| Failure::new(code::VALIDATION_FAILED, shown(e.to_string())))?;
         if bundle.identifier != bundle_id {

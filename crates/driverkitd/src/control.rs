@@ -151,8 +151,8 @@ pub fn extensions(daemon: &Daemon) -> Extensions {
         });
     }
     let d = daemon.clone();
-    x.stream("events", Role::Anyone, move |_, writer| {
-        stream_events(&d, writer)
+    x.stream("events", Role::Anyone, move |_, peer, writer| {
+        stream_events(&d, may_read_keys(peer), writer)
     });
     x
 }
@@ -287,10 +287,33 @@ fn serial_request(daemon: &Daemon, request: SerialRequest) -> Result<serde_json:
 }
 
 /// Writes every HID event as a JSON line until the client goes away.
-fn stream_events(daemon: &Daemon, mut writer: UnixStream) -> std::io::Result<()> {
+/// The group that reads keyboards, as Linux's `/dev/input/event*` are
+/// `root:input 0660`.
+pub const INPUT_GROUP: &str = "input";
+
+/// Whether `peer` gets keyboard events: administrators and members of the
+/// input group, the same people Linux lets read `/dev/input`. Anyone else
+/// gets pointer and scroll events only: a keylogger for every local user
+/// is what the input group exists to prevent.
+fn may_read_keys(peer: &driverkit_core::peer::Peer) -> bool {
+    peer.is_admin() || peer.in_named_group(INPUT_GROUP)
+}
+
+/// The event stream; its answer says whether keyboard events are in it.
+fn stream_events(daemon: &Daemon, keyboard: bool, mut writer: UnixStream) -> std::io::Result<()> {
     let mut events = daemon.subscribe_hid();
-    writer.write_all(b"{\"ok\":{}}\n")?;
+    let answer = if keyboard {
+        json!({ "ok": { "keyboard": true } })
+    } else {
+        json!({ "ok": { "keyboard": false, "why": format!(
+            "keyboard events go only to administrators and members of the {INPUT_GROUP} group (as /dev/input does); this stream has pointer and scroll events"
+        ) } })
+    };
+    writer.write_all(format!("{answer}\n").as_bytes())?;
     while let Some(event) = events.next(None) {
+        if !keyboard && event.kind == driverkit_wire::interfaces::hid_event::KEYBOARD {
+            continue;
+        }
         let mut text = serde_json::to_string(&event).map_err(std::io::Error::other)?;
         text.push('\n');
         writer.write_all(text.as_bytes())?;
@@ -298,11 +321,25 @@ fn stream_events(daemon: &Daemon, mut writer: UnixStream) -> std::io::Result<()>
     Ok(())
 }
 
-/// Subscribes to the HID event stream of the daemon at `root`.
+/// Subscribes to the HID event stream of the daemon at `root`. The first
+/// value is why keyboard events are left out, if they are.
 pub fn events(
     root: &std::path::Path,
-) -> Result<impl Iterator<Item = Result<HidEvent, String>>, String> {
-    Client::connect(root)?.stream(&HidRequest::Events)
+) -> Result<
+    (
+        Option<String>,
+        impl Iterator<Item = Result<HidEvent, String>>,
+    ),
+    String,
+> {
+    let (answer, lines) = Client::connect(root)?.stream_answered(&HidRequest::Events)?;
+    let without_keys = (answer["keyboard"] == false).then(|| {
+        answer["why"]
+            .as_str()
+            .unwrap_or("no keyboard events")
+            .to_owned()
+    });
+    Ok((without_keys, lines))
 }
 
 #[cfg(test)]

@@ -17,7 +17,10 @@ pub struct EventsArgs {
 }
 
 pub fn events(root: &Path, args: EventsArgs) -> Result<(), String> {
-    let stream = driverkitd::control::events(root)?;
+    let (without_keys, stream) = driverkitd::control::events(root)?;
+    if let Some(why) = without_keys {
+        eprintln!("note: {why}");
+    }
     // Scripts and tests wait for this line before making events happen.
     eprintln!("listening for HID events");
     let mut out = std::io::stdout().lock();

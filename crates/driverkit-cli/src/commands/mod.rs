@@ -75,6 +75,10 @@ enum Command {
     #[command(subcommand)]
     Serial(serial::SerialCommand),
     /// Print HID events (keyboard, pointer, scroll) as event services dispatch them.
+    ///
+    /// Keyboard events go only to administrators (root, the daemon's user,
+    /// the driverkit group) and members of the input group, as Linux's
+    /// /dev/input does; anyone else gets pointer and scroll events only.
     Events(events::EventsArgs),
     /// Call a method of a driver's user client, as an app would.
     Call(call::CallArgs),

@@ -409,3 +409,157 @@ pub fn children_of(parent: u32) -> Vec<u64> {
         })
         .collect()
 }
+
+// Apps and users, for the system extension and trust-boundary tests.
+
+pub fn records(d: &Daemon) -> Value {
+    serde_json::from_str(&d.cli(&["sysext", "list", "--json"])).unwrap()
+}
+
+pub fn state_of(d: &Daemon, id: &str) -> Option<String> {
+    records(d)["extensions"][id]["state"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// An app carrying the built-in test driver as the dext `id`, version
+/// `version` (CFBundleVersion; the short version is `version.0`), matched
+/// on IOUserResources, with the service property `TestVersion`.
+pub struct AppSpec<'a> {
+    pub id: &'a str,
+    pub version: &'a str,
+    /// Extra personality keys.
+    pub personality: &'a str,
+    /// The dext's entitlement keys, beyond `driverkit`.
+    pub entitlements: &'a str,
+    pub app_may_install: bool,
+    /// Info.plist keys to leave out.
+    pub without: &'a [&'a str],
+}
+
+impl Default for AppSpec<'_> {
+    fn default() -> Self {
+        AppSpec {
+            id: "com.example.Shipped",
+            version: "1",
+            personality: "<key>IOProviderClass</key><string>IOUserResources</string>\
+                          <key>IOResourceMatch</key><string>IOKit</string>",
+            entitlements: "",
+            app_may_install: true,
+            without: &[],
+        }
+    }
+}
+
+pub fn make_app(dir: &Path, name: &str, spec: &AppSpec<'_>) -> PathBuf {
+    let app = dir.join(format!("{name}.app"));
+    let _ = std::fs::remove_dir_all(&app);
+    let dext = app.join(format!(
+        "Contents/Library/SystemExtensions/{}.dext",
+        spec.id
+    ));
+    std::fs::create_dir_all(&dext).unwrap();
+    let mut keys = vec![
+        (
+            "CFBundleIdentifier",
+            format!("<string>{}</string>", spec.id),
+        ),
+        (
+            "CFBundleExecutable",
+            "<string>DriverKitTestDriver</string>".into(),
+        ),
+        (
+            "CFBundleVersion",
+            format!("<string>{}</string>", spec.version),
+        ),
+        (
+            "CFBundleShortVersionString",
+            format!("<string>{}.0</string>", spec.version),
+        ),
+        (
+            "OSBundleUsageDescription",
+            "<string>Shipped in an app.</string>".into(),
+        ),
+        (
+            "IOKitPersonalities",
+            format!(
+                "<dict><key>Shipped</key><dict>\
+                   <key>CFBundleIdentifier</key><string>{id}</string>\
+                   <key>IOClass</key><string>IOUserService</string>\
+                   <key>IOUserClass</key><string>TestDriver</string>\
+                   <key>IOUserServerName</key><string>{id}</string>\
+                   <key>TestVersion</key><string>{v}</string>\
+                   {p}</dict></dict>",
+                id = spec.id,
+                v = spec.version,
+                p = spec.personality
+            ),
+        ),
+    ];
+    keys.retain(|(k, _)| !spec.without.contains(k));
+    let body: String = keys
+        .iter()
+        .map(|(k, v)| format!("<key>{k}</key>{v}"))
+        .collect();
+    std::fs::write(
+        dext.join("Info.plist"),
+        format!(r#"<plist version="1.0"><dict>{body}</dict></plist>"#),
+    )
+    .unwrap();
+    std::fs::write(
+        dext.join("Entitlements.plist"),
+        format!(
+            r#"<plist version="1.0"><dict><key>com.apple.developer.driverkit</key><true/>{}</dict></plist>"#,
+            spec.entitlements
+        ),
+    )
+    .unwrap();
+    // A small executable (the store copies it at every activation) that
+    // becomes the built-in test driver by its argv[0].
+    let exe = dext.join("DriverKitTestDriver");
+    std::fs::write(
+        &exe,
+        format!("#!/bin/bash\nexec -a DriverKitTestDriver {EXE} \"$@\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        app.join("Contents/Entitlements.plist"),
+        format!(
+            r#"<plist version="1.0"><dict><key>com.apple.developer.system-extension.install</key><{}/></dict></plist>"#,
+            spec.app_may_install
+        ),
+    )
+    .unwrap();
+    app
+}
+
+/// `driverkit sysext activate`'s failure message (it must fail).
+pub fn refused(d: &Daemon, app: &Path, id: &str) -> String {
+    let out = d.run_cli(&["sysext", "activate", app.to_str().unwrap(), id, "--replace"]);
+    assert!(
+        !out.status.success(),
+        "activation of {} succeeded",
+        app.display()
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs the CLI as `nobody` (uid 65534), as an unprivileged user would.
+pub fn as_nobody(d: &Daemon, args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--",
+        ])
+        .arg(EXE)
+        .arg("--root")
+        .arg(d.state())
+        .args(args)
+        .output()
+        .expect("setpriv (util-linux)")
+}

@@ -204,7 +204,8 @@ pub(super) fn compile(mode: Mode) -> Result<Compiled, seccompiler::BackendError>
         Mode::Log => SeccompAction::Log,
         Mode::Enforce | Mode::Off => SeccompAction::Errno(libc::EPERM as u32),
     };
-    let main: BpfProgram = SeccompFilter::new(rules, refused, SeccompAction::Allow, arch)?.try_into()?;
+    let main: BpfProgram =
+        SeccompFilter::new(rules, refused, SeccompAction::Allow, arch)?.try_into()?;
     let pid_slots = main
         .iter()
         .enumerate()
@@ -212,7 +213,9 @@ pub(super) fn compile(mode: Mode) -> Result<Compiled, seccompiler::BackendError>
         .map(|(n, _)| n)
         .collect();
     let no_clone3: BpfProgram = SeccompFilter::new(
-        [(Sysno::clone3.id() as i64, Vec::new())].into_iter().collect(),
+        [(Sysno::clone3.id() as i64, Vec::new())]
+            .into_iter()
+            .collect(),
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
         arch,

@@ -1,0 +1,768 @@
+//! The trust boundary of a root daemon, tried as an unprivileged local user
+//! (`nobody`, by `setpriv`) would: hostile files in bundles and apps, other
+//! users' extensions, borrowed app identities, keystrokes, and state folders
+//! and identifiers that name what they should not. Each attack is refused,
+//! with the rule in the answer and in the daemon's log.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const NOBODY: &str = "65534";
+
+fn must_be_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "these tests run the daemon as root and the attacks as nobody; run them as root"
+    );
+}
+
+/// A root daemon whose state folder nobody may reach (its socket is
+/// 0666), as a system service's is.
+fn root_daemon(args: &[&str]) -> Daemon {
+    must_be_root();
+    let d = Daemon::start(args);
+    for dir in [d.root.path().to_owned(), d.state()] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    d
+}
+
+/// An app installed by root (root's, `0755` all the way), whose executable
+/// is the CLI: what an unprivileged user may run as an app.
+fn installed_app(d: &Daemon, name: &str, spec: &AppSpec<'_>) -> (PathBuf, PathBuf) {
+    let dir = d.root.path().join("apps");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let app = make_app(&dir, name, spec);
+    let exe = app.join("Contents/MacOS/driverkit");
+    std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
+    std::fs::copy(EXE, &exe).unwrap();
+    for path in [
+        app.clone(),
+        app.join("Contents"),
+        app.join("Contents/MacOS"),
+        exe.clone(),
+    ] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    (app, exe)
+}
+
+/// `exe --root STATE ARGS` as nobody, with `env` added.
+fn nobody_runs(d: &Daemon, exe: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--"])
+        .arg(exe)
+        .arg("--root")
+        .arg(d.state())
+        .args(args)
+        .envs(env.iter().copied());
+    c
+}
+
+fn output(mut c: Command) -> (bool, String) {
+    let out = c.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// Nothing is left half made in the store's staging folder.
+fn staging_is_empty(d: &Daemon) {
+    let staging = d.state().join("extensions/staging");
+    let left: Vec<_> = std::fs::read_dir(&staging)
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "staging holds {left:?}");
+}
+
+fn sign(dext: &Path, key: &driverkit_bundle::signature::SigningKey) {
+    driverkit_bundle::signature::sign(dext, key).unwrap();
+}
+
+fn dext_of(app: &Path, id: &str) -> PathBuf {
+    driverkit_bundle::location::dext_in_app(app, id)
+}
+
+#[test]
+fn hostile_files_in_a_bundle_are_refused_by_name_and_leave_nothing_behind() {
+    let d = root_daemon(&["--no-embedded", "--no-default-devices"]);
+    let key = driverkit_bundle::signature::SigningKey::generate().unwrap();
+    let dir = d.root.path().join("keys");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("k.pub"), key.public_hex()).unwrap();
+    d.cli(&["sysext", "trust", dir.join("k.pub").to_str().unwrap()]);
+    let id = "com.example.Shipped";
+    type Plant = fn(&Path);
+    let cases: [(&str, &str, Plant, &str); 8] = [
+        (
+            "setuid",
+            "sh",
+            |f| {
+                std::fs::write(f, "x").unwrap();
+                std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o4755)).unwrap();
+            },
+            "setuid",
+        ),
+        (
+            "setgid",
+            "sh",
+            |f| {
+                std::fs::write(f, "x").unwrap();
+                std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o2755)).unwrap();
+            },
+            "setgid",
+        ),
+        (
+            "0666",
+            "data",
+            |f| {
+                std::fs::write(f, "x").unwrap();
+                std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o666)).unwrap();
+            },
+            "writable by any user",
+        ),
+        (
+            "link",
+            "passwd",
+            |f| {
+                std::os::unix::fs::symlink("/etc/passwd", f).unwrap();
+            },
+            "a symbolic link",
+        ),
+        (
+            "fifo",
+            "pipe",
+            |f| {
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    f,
+                    rustix::fs::FileType::Fifo,
+                    rustix::fs::Mode::from_raw_mode(0o644),
+                    0,
+                )
+                .unwrap();
+            },
+            "a FIFO",
+        ),
+        (
+            "device node",
+            "null",
+            |f| {
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    f,
+                    rustix::fs::FileType::CharacterDevice,
+                    rustix::fs::Mode::from_raw_mode(0o666),
+                    rustix::fs::makedev(1, 3),
+                )
+                .unwrap();
+            },
+            "a character device node",
+        ),
+        (
+            "setuid in _CodeSignature",
+            "_CodeSignature/sh",
+            |f| {
+                std::fs::write(f, "x").unwrap();
+                std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o4755)).unwrap();
+            },
+            "setuid",
+        ),
+        (
+            "an extra file in _CodeSignature",
+            "_CodeSignature/sh",
+            |f| {
+                std::fs::write(f, "#!/bin/sh").unwrap();
+                std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
+            },
+            "holds only CodeResources and Signature",
+        ),
+    ];
+    for developer in ["on", "off"] {
+        d.cli(&["sysext", "developer", developer]);
+        for (what, file, plant, rule) in &cases {
+            let dir = d.root.path().join(format!("apps-{developer}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let app = make_app(&dir, "Hostile", &AppSpec::default());
+            let dext = dext_of(&app, id);
+            // Signed first: a signature covers neither modes beyond the
+            // execute bit nor _CodeSignature/, so what is planted after
+            // rides along unless the copy refuses it.
+            sign(&dext, &key);
+            plant(&dext.join(file));
+            let err = refused(&d, &app, id);
+            assert!(
+                err.contains(rule) && err.contains(file.rsplit('/').next().unwrap()),
+                "developer {developer}, {what}: {err}"
+            );
+            assert_eq!(state_of(&d, id), None, "{what}");
+            staging_is_empty(&d);
+        }
+    }
+    d.wait_log("refused:", 16);
+    assert!(!d.state().join(format!("extensions/{id}")).exists());
+}
+
+#[test]
+fn the_store_holds_what_was_checked_with_modes_the_system_sets() {
+    let d = root_daemon(&["--no-embedded", "--no-default-devices", "--sandbox=off"]);
+    let key = driverkit_bundle::signature::SigningKey::generate().unwrap();
+    let keys = d.root.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::write(keys.join("k.pub"), key.public_hex()).unwrap();
+    d.cli(&["sysext", "trust", keys.join("k.pub").to_str().unwrap()]);
+    let id = "com.example.Shipped";
+    let dir = d.root.path().join("apps");
+    std::fs::create_dir_all(&dir).unwrap();
+    let app = make_app(&dir, "Checked", &AppSpec::default());
+    let dext = dext_of(&app, id);
+    // A group-writable data file and an executable with odd modes: the
+    // store decides the modes, not the app.
+    std::fs::write(dext.join("firmware.bin"), [1, 2, 3]).unwrap();
+    std::fs::set_permissions(
+        dext.join("firmware.bin"),
+        std::fs::Permissions::from_mode(0o660),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        dext.join("DriverKitTestDriver"),
+        std::fs::Permissions::from_mode(0o710),
+    )
+    .unwrap();
+    sign(&dext, &key);
+    d.cli(&["sysext", "activate", app.to_str().unwrap(), id]);
+    // Swapped after the system checked it: the app's copy says "evil".
+    std::fs::write(dext.join("DriverKitTestDriver"), "#!/bin/sh\nexit 3\n").unwrap();
+    d.cli(&["sysext", "approve", id]);
+    let node = d.wait_node("the checked copy running", |n| {
+        n["name"] == "TestDriver" && n["properties"]["TestDriverStarted"] == true
+    });
+    assert_eq!(node["properties"]["TestVersion"], "1");
+    let store = d.state().join("extensions");
+    let copy = std::fs::read_dir(store.join(id))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let mode = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(p).unwrap();
+        (m.uid(), m.mode() & 0o7777)
+    };
+    assert_eq!(mode(&copy.join("DriverKitTestDriver")), (0, 0o755));
+    assert_eq!(mode(&copy.join("firmware.bin")), (0, 0o644));
+    assert_eq!(mode(&copy.join("Info.plist")), (0, 0o644));
+    assert_eq!(mode(&copy), (0, 0o755));
+    assert_eq!(mode(&store), (0, 0o755));
+    // Staging, when it exists, is the daemon's alone (it is removed after
+    // each commit).
+    if store.join("staging").exists() {
+        assert_eq!(mode(&store.join("staging")), (0, 0o700));
+    }
+    assert!(std::fs::read_to_string(copy.join("DriverKitTestDriver"))
+        .unwrap()
+        .contains("exec -a DriverKitTestDriver"));
+}
+
+/// Runs `c` and waits at most `limit` for it: a request that hangs is a
+/// defect, named, not a stuck test.
+fn finishes_within(mut c: Command, limit: Duration) -> (bool, String) {
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{c:?} still runs after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn an_apps_entitlements_as_a_fifo_or_a_link_to_dev_zero_are_refused_and_stall_nobody() {
+    let d = root_daemon(&["--no-embedded", "--no-default-devices"]);
+    d.cli(&["sysext", "developer", "on"]);
+    let id = "com.example.Shipped";
+    let dir = d.root.path().join("apps");
+    std::fs::create_dir_all(&dir).unwrap();
+    let app = make_app(&dir, "Fifo", &AppSpec::default());
+    let entitlements = app.join("Contents/Entitlements.plist");
+    for (what, plant, rule) in [
+        ("a FIFO", true, "a FIFO"),
+        ("a link to /dev/zero", false, "a symbolic link"),
+    ] {
+        std::fs::remove_file(&entitlements).unwrap();
+        if plant {
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &entitlements,
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::from_raw_mode(0o644),
+                0,
+            )
+            .unwrap();
+        } else {
+            std::os::unix::fs::symlink("/dev/zero", &entitlements).unwrap();
+        }
+        let mut activate = Command::new(EXE);
+        activate.arg("--root").arg(d.state()).args([
+            "sysext",
+            "activate",
+            app.to_str().unwrap(),
+            id,
+        ]);
+        let mut list = Command::new(EXE);
+        list.arg("--root").arg(d.state()).args(["sysext", "list"]);
+        let (listed, _) = finishes_within(list, Duration::from_secs(20));
+        assert!(listed, "{what}: sysext list");
+        let (ok, out) = finishes_within(activate, Duration::from_secs(20));
+        assert!(
+            !ok && out.contains(rule) && out.contains("Entitlements.plist"),
+            "{what}: {out}"
+        );
+    }
+    // The daemon did not read /dev/zero: its memory stayed small.
+    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", d.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(rss_kib < 512 << 10, "the daemon holds {rss_kib} KiB");
+}
+
+#[test]
+fn only_the_activating_app_its_user_or_an_administrator_may_deactivate_or_replace() {
+    let d = root_daemon(&["--no-embedded", "--no-default-devices"]);
+    let keys = d.root.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (a, b) = (
+        driverkit_bundle::signature::SigningKey::generate().unwrap(),
+        driverkit_bundle::signature::SigningKey::generate().unwrap(),
+    );
+    for (name, k) in [("a", &a), ("b", &b)] {
+        let file = keys.join(format!("{name}.pub"));
+        std::fs::write(&file, k.public_hex()).unwrap();
+        d.cli(&["sysext", "trust", file.to_str().unwrap()]);
+    }
+    // An administrator activates com.good.X from its own app.
+    let good = "com.good.X";
+    let (good_app, _) = installed_app(
+        &d,
+        "Good",
+        &AppSpec {
+            id: good,
+            ..Default::default()
+        },
+    );
+    sign(&dext_of(&good_app, good), &a);
+    d.cli(&["sysext", "activate", good_app.to_str().unwrap(), good]);
+    d.cli(&["sysext", "approve", good]);
+    // nobody's app carries an empty com.good.X.dext, and a version 2.
+    let (evil_app, evil) = installed_app(
+        &d,
+        "Evil",
+        &AppSpec {
+            id: good,
+            version: "2",
+            ..Default::default()
+        },
+    );
+    sign(&dext_of(&evil_app, good), &a);
+    let (ok, out) = output(nobody_runs(&d, &evil, &["sysext", "deactivate", good], &[]));
+    assert!(
+        !ok && out
+            .contains("only that app, run by that user, or an administrator may deactivate it")
+            && out.contains("Good.app"),
+        "{out}"
+    );
+    let (ok, out) = output(nobody_runs(
+        &d,
+        &evil,
+        &[
+            "sysext",
+            "activate",
+            evil_app.to_str().unwrap(),
+            good,
+            "--replace",
+        ],
+        &[],
+    ));
+    assert!(!ok && out.contains("may replace it"), "{out}");
+    assert_eq!(state_of(&d, good).as_deref(), Some("enabled"));
+    assert_eq!(records(&d)["extensions"][good]["version"], "1");
+
+    // nobody's own app: its extension is its own to replace, with the
+    // same key only, and to deactivate.
+    let mine = "com.nobody.Y";
+    let (v1_app, v1) = installed_app(
+        &d,
+        "Mine1",
+        &AppSpec {
+            id: mine,
+            ..Default::default()
+        },
+    );
+    sign(&dext_of(&v1_app, mine), &a);
+    let (ok, out) = output(nobody_runs(
+        &d,
+        &v1,
+        &["sysext", "activate", v1_app.to_str().unwrap(), mine],
+        &[],
+    ));
+    assert!(ok && out.contains("waiting for user"), "{out}");
+    d.cli(&["sysext", "approve", mine]);
+    assert_eq!(records(&d)["extensions"][mine]["owner"], 65534);
+    // Version 2 from the same app path, signed by another key.
+    let dir = v1_app.parent().unwrap().to_owned();
+    let replace_from = |version: &str, key: &driverkit_bundle::signature::SigningKey| {
+        std::fs::remove_dir_all(dext_of(&v1_app, mine)).unwrap();
+        let fresh = make_app(
+            &dir.join("fresh"),
+            "Mine1",
+            &AppSpec {
+                id: mine,
+                version,
+                ..Default::default()
+            },
+        );
+        std::fs::rename(dext_of(&fresh, mine), dext_of(&v1_app, mine)).unwrap();
+        sign(&dext_of(&v1_app, mine), key);
+        output(nobody_runs(
+            &d,
+            &v1,
+            &[
+                "sysext",
+                "activate",
+                v1_app.to_str().unwrap(),
+                mine,
+                "--replace",
+            ],
+            &[],
+        ))
+    };
+    let (ok, out) = replace_from("2", &b);
+    assert!(!ok && out.contains("signed by another key"), "{out}");
+    assert_eq!(records(&d)["extensions"][mine]["version"], "1");
+    let (ok, out) = replace_from("2", &a);
+    assert!(ok, "{out}");
+    assert_eq!(records(&d)["extensions"][mine]["version"], "2");
+    let (ok, out) = output(nobody_runs(&d, &v1, &["sysext", "deactivate", mine], &[]));
+    assert!(ok, "{out}");
+    // An administrator may deactivate anyone's.
+    d.cli(&["sysext", "deactivate", good]);
+}
+
+#[test]
+fn a_borrowed_app_identity_is_refused() {
+    let d = root_daemon(&["--no-embedded", "--no-default-devices"]);
+    d.cli(&["sysext", "developer", "on"]);
+    let id = "com.nobody.Z";
+    let (app, exe) = installed_app(
+        &d,
+        "Borrowed",
+        &AppSpec {
+            id,
+            ..Default::default()
+        },
+    );
+    let activate = ["sysext", "activate", app.to_str().unwrap(), id];
+
+    // Code the app does not carry, by the environment.
+    let libc = std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.contains("libc.so"))
+        .unwrap()
+        .to_owned();
+    let (ok, out) = output(nobody_runs(&d, &exe, &activate, &[("LD_PRELOAD", &libc)]));
+    assert!(!ok && out.contains("sets LD_PRELOAD"), "{out}");
+
+    // Started under a debugger its user controls.
+    let mut gdb = Command::new("setpriv");
+    gdb.args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--"])
+        .args(["gdb", "-q", "-batch", "-ex", "run", "--args"])
+        .arg(&exe)
+        .arg("--root")
+        .arg(d.state())
+        .args(["sysext", "activate", app.to_str().unwrap(), id])
+        .env("HOME", "/nonexistent");
+    d.cli(&["sysext", "developer", "off"]);
+    let (_, out) = output(gdb);
+    assert!(out.contains("is traced by pid"), "{out}");
+    d.cli(&["sysext", "developer", "on"]);
+
+    // Connect, then exec the app, while a child that kept the connection
+    // writes the request.
+    let script = format!(
+        r#"
+import os, socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect({socket:?})
+if os.fork() == 0:
+    time.sleep(1.0)
+    s.sendall(b'{{"op":"sysext_activate","app":{app:?},"bundle_id":"{id}"}}\n')
+    print(s.makefile().readline(), flush=True)
+    os._exit(0)
+os.set_inheritable(s.fileno(), True)
+os.execv({exe:?}, [{exe:?}, "--root", {root:?}, "events", "--count", "1"])
+"#,
+        socket = d.state().join("driverkitd.sock").to_str().unwrap(),
+        app = app.to_str().unwrap(),
+        exe = exe.to_str().unwrap(),
+        root = d.state().to_str().unwrap(),
+    );
+    let mut python = Command::new("setpriv");
+    python
+        .args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--"])
+        .args(["/usr/bin/python3", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = python.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        line.contains("a connection is its opener's alone"),
+        "{line}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // An app its user can change is no identity.
+    let own = d.root.path().join("own");
+    std::fs::create_dir_all(&own).unwrap();
+    let mine = make_app(
+        &own,
+        "Mine",
+        &AppSpec {
+            id,
+            ..Default::default()
+        },
+    );
+    let mine_exe = mine.join("Contents/MacOS/driverkit");
+    std::fs::create_dir_all(mine_exe.parent().unwrap()).unwrap();
+    std::fs::copy(EXE, &mine_exe).unwrap();
+    Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&own)
+        .status()
+        .unwrap();
+    std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (ok, out) = output(nobody_runs(
+        &d,
+        &mine_exe,
+        &["sysext", "activate", mine.to_str().unwrap(), id],
+        &[],
+    ));
+    assert!(!ok && out.contains("is writable by uid 65534"), "{out}");
+
+    // The same app, untouched, is one.
+    let (ok, out) = output(nobody_runs(&d, &exe, &activate, &[]));
+    assert!(ok, "{out}");
+    let log = d.log();
+    for rule in [
+        "sets LD_PRELOAD",
+        "is traced by pid",
+        "writable by uid 65534",
+    ] {
+        assert!(log.contains(rule), "the log names {rule:?}:\n{log}");
+    }
+}
+
+/// `driverkit events --json --count N` by `user` (root when `None`),
+/// listening; the note it printed first, if any.
+fn subscribe(d: &Daemon, user: Option<&str>, count: usize) -> (std::process::Child, String) {
+    let mut c = match user {
+        Some(u) => {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid", u, "--regid", u, "--clear-groups", "--", EXE]);
+            c
+        }
+        None => Command::new(EXE),
+    };
+    let mut child = c
+        .arg("--root")
+        .arg(d.state())
+        .args(["events", "--json", "--count", &count.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    loop {
+        let mut line = String::new();
+        err.read_line(&mut line).unwrap();
+        said.push_str(&line);
+        if line.contains("listening") || line.is_empty() {
+            break;
+        }
+    }
+    (child, said)
+}
+
+#[test]
+fn keyboard_events_go_only_to_administrators_and_the_input_group() {
+    let d = root_daemon(&["--no-default-devices", "--no-embedded"]);
+    let hex = |s: String| u64::from_str_radix(s.trim().trim_start_matches("0x"), 16).unwrap();
+    let keyboard = hex(d.cli(&["device", "plug", "keyboard"]));
+    let mouse = hex(d.cli(&["device", "plug", "mouse"]));
+    d.wait_until("two event services", || {
+        d.nodes()
+            .iter()
+            .filter(|n| n["class"] == "IOHIDEventDriver")
+            .count()
+            == 2
+    });
+    let (root, said) = subscribe(&d, None, 5);
+    assert!(!said.contains("note:"), "{said}");
+    let (nobody, said) = subscribe(&d, Some(NOBODY), 1);
+    assert!(
+        said.contains("keyboard events go only to administrators and members of the input group"),
+        "{said}"
+    );
+    d.cli(&["device", "type", &format!("{keyboard:#x}"), "pw"]);
+    d.cli(&["device", "report", &format!("{mouse:#x}"), "01 03 fe 00"]);
+    let events = |child: std::process::Child| -> Vec<serde_json::Value> {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let root = events(root);
+    assert_eq!(
+        root.iter().filter(|e| e["kind"] == "keyboard").count(),
+        4,
+        "root sees the keys: {root:?}"
+    );
+    let nobody = events(nobody);
+    assert_eq!(nobody.len(), 1);
+    assert_eq!(
+        nobody[0]["kind"], "pointer",
+        "nobody sees the pointer only: {nobody:?}"
+    );
+}
+
+#[test]
+fn a_bundle_identifier_that_names_other_folders_is_refused() {
+    let d = root_daemon(&["--no-embedded", "--no-default-devices"]);
+    d.cli(&["sysext", "developer", "on"]);
+    let dir = d.root.path().join("apps");
+    std::fs::create_dir_all(&dir).unwrap();
+    let app = make_app(&dir, "Dots", &AppSpec::default());
+    for id in ["../evil", "com..x", "com.x/y"] {
+        let err = refused(&d, &app, id);
+        assert!(
+            err.contains("bundle identifier") && err.contains("reverse-DNS"),
+            "{id}: {err}"
+        );
+    }
+    assert!(!d.state().join("evil").exists());
+    // Inside a bundle's Info.plist too.
+    let app = make_app(
+        &dir,
+        "Inner",
+        &AppSpec {
+            id: "com.x.y",
+            ..Default::default()
+        },
+    );
+    let info = dext_of(&app, "com.x.y").join("Info.plist");
+    let text = std::fs::read_to_string(&info).unwrap().replace(
+        "<key>CFBundleIdentifier</key><string>com.x.y</string>",
+        "<key>CFBundleIdentifier</key><string>com.x/../y</string>",
+    );
+    std::fs::write(&info, text).unwrap();
+    let err = refused(&d, &app, "com.x.y");
+    assert!(
+        err.contains("CFBundleIdentifier") && err.contains("'/'"),
+        "{err}"
+    );
+    staging_is_empty(&d);
+}
+
+#[test]
+fn a_per_user_daemons_own_user_administers_it() {
+    must_be_root();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = root.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    Command::new("chown")
+        .args(["65534:65534"])
+        .arg(&state)
+        .status()
+        .unwrap();
+    let mut daemon = Command::new("setpriv")
+        .args([
+            "--reuid",
+            NOBODY,
+            "--regid",
+            NOBODY,
+            "--clear-groups",
+            "--",
+            EXE,
+        ])
+        .arg("--root")
+        .arg(&state)
+        .args(["run", "--no-embedded", "--no-default-devices"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let as_nobody = |args: &[&str]| {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid",
+            NOBODY,
+            "--regid",
+            NOBODY,
+            "--clear-groups",
+            "--",
+            EXE,
+        ])
+        .arg("--root")
+        .arg(&state)
+        .args(args);
+        output(c)
+    };
+    let start = Instant::now();
+    while !as_nobody(&["status"]).0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the daemon never answered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, out) = as_nobody(&["device", "plug", "sensor"]);
+    assert!(ok, "its own user plugs a device: {out}");
+    let (ok, out) = as_nobody(&["stop"]);
+    assert!(ok, "its own user stops it: {out}");
+    assert!(daemon.wait().unwrap().success());
+}
