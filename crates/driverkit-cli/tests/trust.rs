@@ -766,3 +766,49 @@ fn a_per_user_daemons_own_user_administers_it() {
     assert!(ok, "its own user stops it: {out}");
     assert!(daemon.wait().unwrap().success());
 }
+
+#[test]
+fn a_state_folder_someone_else_made_or_may_write_and_a_linked_lock_are_refused() {
+    must_be_root();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |root: &Path| {
+        output({
+            let mut c = Command::new(EXE);
+            c.arg("--root")
+                .arg(root)
+                .args(["run", "--no-embedded", "--no-default-devices"]);
+            c
+        })
+    };
+    // Made first by another user (as anyone may in /tmp).
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    Command::new("chown")
+        .args(["65534:65534"])
+        .arg(&theirs)
+        .status()
+        .unwrap();
+    let (ok, out) = run(&theirs);
+    assert!(!ok && out.contains("belongs to uid 65534"), "{out}");
+    // Anyone may write in it.
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (ok, out) = run(&open);
+    assert!(
+        !ok && out.contains("may be written by others (mode 0777)"),
+        "{out}"
+    );
+    // Its lock file is a link to a file the daemon would truncate.
+    let linked = dir.path().join("linked");
+    std::fs::create_dir(&linked).unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    std::os::unix::fs::symlink(&victim, linked.join("daemon.lock")).unwrap();
+    let (ok, out) = run(&linked);
+    assert!(
+        !ok && out.contains("daemon.lock is a symbolic link"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+}

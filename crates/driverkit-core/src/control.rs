@@ -122,8 +122,14 @@ impl Extensions {
 
 /// The longest request line: a device file's text travels in one.
 pub const MAX_LINE: usize = 8 << 20;
+/// The longest request line of anyone but an administrator, whose requests
+/// (reading, an app's activation or IOServiceOpen) are all small.
+pub const MAX_USER_LINE: usize = 64 << 10;
 /// Control connections served at once; more are answered with an error.
 pub const MAX_CONNECTIONS: usize = 256;
+/// Control connections one user may hold at once, so that no user can
+/// take them all.
+pub const MAX_CONNECTIONS_PER_USER: usize = 64;
 
 /// What a core request needs, and its name for refusals.
 fn role_of(req: &Request) -> (Role, &'static str) {
@@ -235,8 +241,8 @@ impl std::io::Read for FromPeer {
     }
 }
 
-/// Reads one line of at most [`MAX_LINE`] bytes; `None` at the end.
-fn read_line(reader: &mut BufReader<FromPeer>) -> std::io::Result<Option<String>> {
+/// Reads one line of at most `limit` bytes; `None` at the end.
+fn read_line(reader: &mut BufReader<FromPeer>, limit: usize) -> std::io::Result<Option<String>> {
     let mut line = Vec::new();
     loop {
         let available = reader.fill_buf()?;
@@ -249,9 +255,9 @@ fn read_line(reader: &mut BufReader<FromPeer>) -> std::io::Result<Option<String>
         };
         line.extend_from_slice(&available[..taken]);
         reader.consume(taken);
-        if line.len() > MAX_LINE {
+        if line.len() > limit {
             return Err(std::io::Error::other(format!(
-                "a request line longer than {MAX_LINE} bytes"
+                "a request line longer than {limit} bytes"
             )));
         }
         if done {
@@ -290,17 +296,31 @@ pub fn serve(
     // Anyone may connect: anyone may read. What changes the system is
     // checked per request, by the peer's credentials.
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
-    let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Connections held, in all and per user.
+    let open = std::sync::Arc::new(std::sync::Mutex::new(
+        std::collections::HashMap::<u32, usize>::new(),
+    ));
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                use std::sync::atomic::Ordering;
-                if open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
-                    open.fetch_sub(1, Ordering::AcqRel);
-                    let answer = serde_json::json!({
-                        "error": format!("too many control connections (at most {MAX_CONNECTIONS}); try again")
-                    });
+                let uid = rustix::net::sockopt::socket_peercred(&stream)
+                    .map_or(u32::MAX, |c| c.uid.as_raw());
+                let refusal = {
+                    let mut held = open.lock().unwrap_or_else(|e| e.into_inner());
+                    let all: usize = held.values().sum();
+                    let mine = held.entry(uid).or_default();
+                    if all >= MAX_CONNECTIONS {
+                        Some(format!("too many control connections (at most {MAX_CONNECTIONS}); try again"))
+                    } else if *mine >= MAX_CONNECTIONS_PER_USER {
+                        Some(format!("uid {uid} holds {MAX_CONNECTIONS_PER_USER} control connections, the most one user may; close some"))
+                    } else {
+                        *mine += 1;
+                        None
+                    }
+                };
+                if let Some(why) = refusal {
+                    let answer = serde_json::json!({ "error": why });
                     let _ = (&stream).write_all(format!("{answer}\n").as_bytes());
                     continue;
                 }
@@ -308,6 +328,16 @@ pub fn serve(
                 let shutdown = shutdown.clone();
                 let extensions = extensions.clone();
                 let open = open.clone();
+                let release = move || {
+                    let mut held = open.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(n) = held.get_mut(&uid) {
+                        *n -= 1;
+                        if *n == 0 {
+                            held.remove(&uid);
+                        }
+                    }
+                };
+                let release_if_unspawned = release.clone();
                 let spawned = std::thread::Builder::new()
                     .name("control-client".into())
                     .spawn(move || {
@@ -317,9 +347,10 @@ pub fn serve(
                         {
                             tracing::debug!("control client: {e}");
                         }
-                        open.fetch_sub(1, Ordering::AcqRel);
+                        release();
                     });
                 if spawned.is_err() {
+                    release_if_unspawned();
                     tracing::warn!("control: cannot serve a connection");
                 }
             }
@@ -337,7 +368,12 @@ fn serve_client(
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(FromPeer::new(stream, peer.pid)?);
     loop {
-        let line = match read_line(&mut reader) {
+        let limit = if peer.is_admin() {
+            MAX_LINE
+        } else {
+            MAX_USER_LINE
+        };
+        let line = match read_line(&mut reader, limit) {
             Ok(Some(line)) => line,
             Ok(None) => return Ok(()),
             Err(e) => {

@@ -12,19 +12,32 @@ pub struct RootLock {
 }
 
 impl RootLock {
-    /// Creates the directory if needed and locks it; an error names the
-    /// daemon that holds it.
+    /// Creates the directory if needed, checks that it is the daemon's
+    /// user's and that nobody else may write in it ([`check_owned`]), and
+    /// locks it; an error names the daemon that holds it.
     pub fn acquire(root: &Path) -> Result<RootLock, String> {
+        use std::os::unix::fs::OpenOptionsExt;
         std::fs::create_dir_all(root)
             .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+        check_owned(root)?;
         let path = root.join("daemon.lock");
+        // Not through a link: a link planted here would make the daemon
+        // truncate and write whatever it names.
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => format!(
+                    "{} is a symbolic link; the daemon's lock file must be a file of its own: remove it",
+                    path.display()
+                ),
+                _ => format!("cannot open {}: {e}", path.display()),
+            })?;
         let try_lock = || {
             rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
         };
@@ -50,7 +63,39 @@ impl RootLock {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         let _ = file.set_len(0);
-        let _ = std::fs::write(&path, format!("{}\n", std::process::id()));
+        let _ =
+            std::io::Write::write_all(&mut &file, format!("{}\n", std::process::id()).as_bytes());
         Ok(RootLock { _file: file })
     }
+}
+
+/// A state folder must be the daemon's user's, and no other user may write
+/// in it: its socket, lock, store and logs are the daemon's word. (A
+/// folder someone else made first, in `/tmp` say, is refused, named.)
+pub fn check_owned(root: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    if !meta.is_dir() {
+        return Err(format!(
+            "the state folder {} is not a folder (a link?); use another --root",
+            root.display()
+        ));
+    }
+    if meta.uid() != me {
+        return Err(format!(
+            "the state folder {} belongs to uid {}, not to the daemon's user (uid {me}); someone else made it: remove it, or use another --root",
+            root.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "the state folder {} may be written by others (mode {:04o}); `chmod go-w {}`, or use another --root",
+            root.display(),
+            meta.mode() & 0o7777,
+            root.display()
+        ));
+    }
+    Ok(())
 }

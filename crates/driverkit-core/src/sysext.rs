@@ -262,13 +262,6 @@ impl Core {
         driverkit_bundle::check_identifier(bundle_id).map_err(|e| {
             Failure::new(code::VALIDATION_FAILED, format!("bundle identifier: {e}"))
         })?;
-        if let Some(r) = &who.app {
-            self.inner
-                .requesters
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(bundle_id.to_owned(), r.to_owned());
-        }
         if !app.is_absolute() {
             return Err(Failure::new(
                 code::UNSUPPORTED_PARENT_BUNDLE_LOCATION,
@@ -332,6 +325,15 @@ impl Core {
             });
         if result.is_err() || !matches!(result, Ok(Outcome::Completed { .. })) {
             let _ = std::fs::remove_dir_all(&staged);
+        }
+        // Recorded once the request has been validated and done: the app
+        // that asked may not approve it.
+        if let (Some(r), Ok(Outcome::Completed { .. })) = (&who.app, &result) {
+            self.inner
+                .requesters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(bundle_id.to_owned(), r.to_owned());
         }
         result
     }
