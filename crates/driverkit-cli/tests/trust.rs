@@ -812,3 +812,167 @@ fn a_state_folder_someone_else_made_or_may_write_and_a_linked_lock_are_refused()
     );
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
 }
+
+/// A raw USB/IP client, 30 lines of Python as an unprivileged user would
+/// write: imports bus ID 1-1 from `listen` and reads the device
+/// descriptor. Prints `closed` when the server hangs up without an
+/// answer, `status N` when it refuses the import, or the descriptor's hex.
+const RAW_IMPORT: &str = r#"
+import socket, struct, sys
+host, port = sys.argv[1].rsplit(":", 1)
+s = socket.create_connection((host, int(port)))
+s.sendall(struct.pack(">HHI", 0x0111, 0x8003, 0) + b"1-1".ljust(32, b"\0"))
+def recv(n):
+    b = b""
+    while len(b) < n:
+        try:
+            c = s.recv(n - len(b))
+        except ConnectionResetError:
+            c = b""
+        if not c:
+            return None
+        b += c
+    return b
+head = recv(8)
+if head is None:
+    print("closed"); sys.exit(0)
+version, code, status = struct.unpack(">HHI", head)
+if status != 0:
+    print("status", status); sys.exit(0)
+info = recv(312)
+setup = bytes([0x80, 6, 0, 1, 0, 0, 18, 0])
+s.sendall(struct.pack(">IIIIIIIIII", 1, 1, 0, 1, 0, 0, 18, 0, 0, 0) + setup)
+ret = recv(48)
+status, actual = struct.unpack(">iI", ret[20:28])
+data = recv(actual) if actual else b""
+print("status", status, "descriptor", data.hex())
+"#;
+
+fn raw_import_as(d: &Daemon, user: &str, listen: &str) -> String {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid", user, "--regid", user, "--clear-groups", "--"])
+        .args(["/usr/bin/python3", "-c", RAW_IMPORT, listen]);
+    let (ok, out) = finishes_within(c, Duration::from_secs(30));
+    assert!(ok, "{out}\n{}", d.log());
+    out
+}
+
+#[test]
+fn a_usbip_export_admits_only_the_peers_and_users_it_names() {
+    let d = root_daemon(&[
+        "--no-default-devices",
+        "--no-embedded",
+        "--device",
+        "keyboard",
+    ]);
+    let listen = format!("127.0.0.1:{}", free_port());
+    d.cli(&["device", "export", "all", "--listen", &listen]);
+    // nobody's process on loopback: not an administrator, not named.
+    let out = raw_import_as(&d, NOBODY, &listen);
+    assert!(out.contains("closed"), "{out}");
+    d.wait_log(
+        "which is neither an administrator nor a user the export names",
+        1,
+    );
+    assert!(d.log().contains("uid 65534"), "{}", d.log());
+    // Root's is an administrator's.
+    let out = raw_import_as(&d, "0", &listen);
+    assert!(out.contains("status 0 descriptor 1201"), "{out}");
+    // Once the export names nobody, nobody's works.
+    d.cli(&[
+        "device", "export", "all", "--listen", &listen, "--user", "nobody",
+    ]);
+    let out = raw_import_as(&d, NOBODY, &listen);
+    assert!(out.contains("status 0 descriptor 1201"), "{out}");
+    // Beyond loopback, an export must say who may import.
+    let wide = format!("0.0.0.0:{}", free_port());
+    let out = d.run_cli(&["device", "export", "all", "--listen", &wide]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("needs --allow"),
+        "{err}"
+    );
+    let out = d.run_cli(&[
+        "device",
+        "export",
+        "all",
+        "--listen",
+        &wide,
+        "--allow",
+        "10.0.0.0/8",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.wait_log("exporting beyond loopback", 1);
+    // Loopback is not in 10.0.0.0/8: even root's process is refused there.
+    let out = raw_import_as(&d, "0", &wide.replace("0.0.0.0", "127.0.0.1"));
+    assert!(out.contains("closed"), "{out}");
+    d.wait_log("is not allowed to import", 1);
+}
+
+#[test]
+fn a_usbip_peer_that_floods_and_never_reads_its_answers_stalls_only_itself() {
+    use std::io::{Read, Write};
+    let d = root_daemon(&[
+        "--no-default-devices",
+        "--no-embedded",
+        "--device",
+        "keyboard",
+    ]);
+    let listen = format!("127.0.0.1:{}", free_port());
+    d.cli(&["device", "export", "all", "--listen", &listen]);
+    let threads_before = d.threads();
+    let mut s = std::net::TcpStream::connect(&listen).unwrap();
+    s.write_all(&driverkit_usb::usbip::emit_import("1-1"))
+        .unwrap();
+    let mut reply = vec![0u8; 8 + 312];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply[4..8], &[0, 0, 0, 0], "the import succeeds");
+    // 10,000 GET_DESCRIPTORs, none of whose answers is ever read.
+    s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut sent = 0;
+    let mut most_threads = 0;
+    for seqnum in 1..=10_000u32 {
+        let mut urb = Vec::with_capacity(48);
+        for word in [1, seqnum, 0, 1, 0, 0, 18, 0, 0, 0] {
+            urb.extend_from_slice(&u32::to_be_bytes(word));
+        }
+        urb.extend_from_slice(&[0x80, 6, 0, 1, 0, 0, 18, 0]);
+        if s.write_all(&urb).is_err() {
+            break; // the daemon stopped reading: pushed back
+        }
+        sent += 1;
+        if seqnum % 500 == 0 {
+            most_threads = most_threads.max(d.threads());
+        }
+    }
+    most_threads = most_threads.max(d.threads());
+    eprintln!("flood: {sent} URBs written; daemon threads {threads_before} before, at most {most_threads} during");
+    assert!(
+        most_threads <= threads_before + 8 + 4,
+        "threads grew from {threads_before} to {most_threads}"
+    );
+    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", d.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(rss_kib < 256 << 10, "the daemon holds {rss_kib} KiB");
+    // Another peer is served meanwhile.
+    let listed = d.cli(&["device", "list", "--usbip", &listen]);
+    assert!(
+        listed.contains("1-1") || listed.is_empty() || listed.contains("no device"),
+        "{listed}"
+    );
+    let status = d.cli(&["status"]);
+    assert!(status.contains("daemon pid"), "{status}");
+    // The flooder leaves; its device comes back.
+    drop(s);
+    d.wait_until("the keyboard back", || {
+        d.log().contains("usbip    1-1") && d.log().contains("back")
+    });
+}

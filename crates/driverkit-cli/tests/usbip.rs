@@ -163,21 +163,6 @@ fn attaching_an_unknown_bus_id_names_it() {
     );
 }
 
-/// A free port below the ephemeral range (see `server`), never the same
-/// twice in this process: a daemon binds it later, so two tests must not
-/// be handed the same one meanwhile.
-fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let first = 24_000 + (std::process::id() % 4_000) as u16;
-    loop {
-        let port = first + NEXT.fetch_add(1, Ordering::Relaxed) % 4_000;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
 #[test]
 fn a_daemon_exports_its_virtual_keyboard_and_another_daemon_types_through_it() {
     // The exporter drives nothing itself; the importer has the drivers.

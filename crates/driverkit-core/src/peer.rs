@@ -325,6 +325,31 @@ fn exe_identity(pid: u32) -> Option<(u64, u64)> {
     Some((meta.dev(), meta.ino()))
 }
 
+/// Whether user `uid` is in the group named `name`: its primary group
+/// (`/etc/passwd`) or a member by name (`/etc/group`). For users known by
+/// a socket's owner rather than a process (a USB/IP peer on loopback).
+pub fn uid_in_group(uid: u32, name: &str) -> bool {
+    let Some(gid) = group_id(name) else {
+        return false;
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let user = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 3 && f[2].parse() == Ok(uid)).then(|| (f[0].to_owned(), f[3].parse().ok()))
+    });
+    let Some((user, primary)) = user else {
+        return false;
+    };
+    if primary == Some(gid) {
+        return true;
+    }
+    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    groups.lines().any(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        f.len() > 3 && f[0] == name && f[3].split(',').any(|m| m == user)
+    })
+}
+
 /// The ID of group `name`, from `/etc/group`.
 fn group_id(name: &str) -> Option<u32> {
     let text = std::fs::read_to_string("/etc/group").ok()?;

@@ -41,6 +41,14 @@ pub enum DeviceRequest {
         ids: Vec<u64>,
         #[serde(default = "default_listen")]
         listen: String,
+        /// Peer addresses or CIDR ranges that may import (loopback when
+        /// empty).
+        #[serde(default)]
+        allow: Vec<String>,
+        /// Users (names or IDs) whose local processes may import, besides
+        /// administrators.
+        #[serde(default)]
+        users: Vec<String>,
     },
     /// Make a virtual keyboard type `text`.
     Type { id: u64, text: String },
@@ -173,8 +181,13 @@ fn device_request(daemon: &Daemon, request: DeviceRequest) -> Result<serde_json:
             daemon.plug(spec).map(|id| json!({ "id": id }))
         }
         DeviceRequest::Attach { url } => daemon.attach_usbip(&url).map(|id| json!({ "id": id })),
-        DeviceRequest::Export { ids, listen } => {
-            let (address, exported) = daemon.export_usbip(&ids, &listen)?;
+        DeviceRequest::Export {
+            ids,
+            listen,
+            allow,
+            users,
+        } => {
+            let (address, exported) = daemon.export_usbip(&ids, &listen, &allow, &users)?;
             Ok(json!({
                 "address": address.to_string(),
                 "devices": exported

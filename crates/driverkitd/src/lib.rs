@@ -196,11 +196,30 @@ impl Daemon {
 
     /// Exports USB devices `ids` (all of them when empty) over USB/IP at
     /// `listen`; answers the address and each device's bus ID.
+    /// Exports devices `ids` (all when empty) at `listen`, to the peers in
+    /// `allow` (addresses or CIDR ranges; loopback when empty) and, on
+    /// loopback, to administrators and `users` (names or IDs).
     pub fn export_usbip(
         &self,
         ids: &[EntryId],
         listen: &str,
+        allow: &[String],
+        users: &[String],
     ) -> Result<(std::net::SocketAddr, Vec<(EntryId, String)>), String> {
+        let access = backends::usbip_access::Access {
+            allow: allow
+                .iter()
+                .map(|a| backends::usbip_access::Cidr::parse(a))
+                .collect::<Result<_, _>>()?,
+            users: users
+                .iter()
+                .map(|u| {
+                    driverkit_core::sandbox::user_id(u)
+                        .ok_or_else(|| format!("--user {u:?}: no such user in /etc/passwd"))
+                })
+                .collect::<Result<_, _>>()?,
+            admin_group: self.core.admin_group().map(str::to_owned),
+        };
         let all = self.families.usb.device_ids();
         let ids: Vec<EntryId> = if ids.is_empty() { all } else { ids.to_vec() };
         let mut exported = Vec::new();
@@ -217,6 +236,7 @@ impl Daemon {
                 self.core.system(),
                 self.families.usb.clone(),
                 listen,
+                access.clone(),
             )?;
             servers.push((listen.to_owned(), server));
         }
@@ -224,7 +244,7 @@ impl Daemon {
             .iter()
             .find(|(l, _)| l == listen)
             .ok_or("the USB/IP server did not start")?;
-        server.export(&ids);
+        server.export(&ids, &access)?;
         Ok((server.address, exported))
     }
 

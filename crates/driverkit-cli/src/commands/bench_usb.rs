@@ -30,7 +30,7 @@ pub fn usbip_control_roundtrip(root: &std::path::Path, n: usize) -> Result<Vec<F
         .first()
         .map(|d| d.id)
         .ok_or("the keyboard did not plug")?;
-    let (address, exported) = daemon.export_usbip(&[keyboard], "127.0.0.1:0")?;
+    let (address, exported) = daemon.export_usbip(&[keyboard], "127.0.0.1:0", &[], &[])?;
     let busid = &exported.first().ok_or("nothing exported")?.1;
     let url = UsbIpUrl::parse(&format!("usbip://{address}/{busid}"))?;
     let device = UsbIpDevice::import(&url)?;

@@ -27,12 +27,23 @@ pub enum DeviceCommand {
     /// Export USB devices over USB/IP (ID, several IDs, or `all`), so that
     /// `usbip attach` on another machine (or `device attach` of another
     /// daemon) imports them. A device a dext drives is refused.
+    ///
+    /// Who may import: peers whose address --allow names (loopback only
+    /// without it; listening beyond loopback needs it), and on loopback only
+    /// processes of administrators and of the users --user names.
     Export {
         #[arg(value_name = "ID|all", required = true)]
         ids: Vec<String>,
         /// Where to listen, HOST:PORT.
         #[arg(long, default_value = "127.0.0.1:3240")]
         listen: String,
+        /// A peer address or CIDR range that may import (repeatable).
+        #[arg(long, value_name = "ADDR|CIDR")]
+        allow: Vec<String>,
+        /// A local user (name or ID) whose processes may import over
+        /// loopback, besides administrators (repeatable).
+        #[arg(long, value_name = "USER")]
+        user: Vec<String>,
     },
     /// Make a virtual keyboard type TEXT (a press and a release per character).
     Type {
@@ -143,7 +154,12 @@ pub fn device(root: &Path, cmd: DeviceCommand) -> Result<(), String> {
             let id = answer["id"].as_u64().ok_or("answer without id")?;
             println!("{id:#x}");
         }
-        DeviceCommand::Export { ids, listen } => {
+        DeviceCommand::Export {
+            ids,
+            listen,
+            allow,
+            user,
+        } => {
             let ids = if ids.iter().any(|i| i == "all") {
                 Vec::new()
             } else {
@@ -151,7 +167,12 @@ pub fn device(root: &Path, cmd: DeviceCommand) -> Result<(), String> {
                     .map(|i| super::parse_id(i))
                     .collect::<Result<Vec<_>, _>>()?
             };
-            let answer = client.request(&Request::Export { ids, listen })?;
+            let answer = client.request(&Request::Export {
+                ids,
+                listen,
+                allow,
+                users: user,
+            })?;
             let address = answer["address"].as_str().unwrap_or("?");
             for d in answer["devices"].as_array().into_iter().flatten() {
                 println!(

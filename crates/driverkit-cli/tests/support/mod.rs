@@ -563,3 +563,18 @@ pub fn as_nobody(d: &Daemon, args: &[&str]) -> std::process::Output {
         .output()
         .expect("setpriv (util-linux)")
 }
+
+/// A free port below the ephemeral range (a test's USB/IP server takes
+/// ephemeral ones), never the same twice in this process: a daemon binds
+/// it later, so two tests must not be handed the same one meanwhile.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let first = 24_000 + (std::process::id() % 4_000) as u16;
+    loop {
+        let port = first + NEXT.fetch_add(1, Ordering::Relaxed) % 4_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}

@@ -308,6 +308,11 @@ impl Sandbox {
     }
 }
 
+/// The user ID of `name` (or a number), from `/etc/passwd`.
+pub fn user_id(name: &str) -> Option<u32> {
+    user_ids(name).map(|c| c.uid)
+}
+
 /// The user and primary group IDs of `name`, from `/etc/passwd`, or of a
 /// numeric ID (its group the same number), as systemd's `User=` takes.
 fn user_ids(name: &str) -> Option<Credentials> {

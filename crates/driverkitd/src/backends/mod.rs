@@ -19,6 +19,7 @@ pub mod linux_pci;
 pub mod linux_usb;
 pub mod uinput;
 pub mod usbip;
+pub mod usbip_access;
 pub mod usbip_server;
 pub mod virtual_cable;
 pub mod virtual_device;

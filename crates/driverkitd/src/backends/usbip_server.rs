@@ -4,10 +4,15 @@
 //! it through `vhci-hcd`, and a lab or a CI fleet shares devices across
 //! hosts. Our own client imports from it too.
 //!
-//! One connection per import. While a peer has a device, the USB family
-//! lends it out whole (our own services on it stop; matching leaves it
-//! alone); it comes back when the peer disconnects. Each CMD_SUBMIT runs
-//! on a worker, so many URBs are in flight; CMD_UNLINK aborts the URB's
+//! One connection per import, from a peer the export admits
+//! (`usbip_access`: its address, and on loopback its user). While a peer
+//! has a device, the USB family lends it out whole (our own services on it
+//! stop; matching leaves it alone); it comes back when the peer
+//! disconnects. CMD_SUBMITs run on the connection's own pool of
+//! [`WORKERS`] threads, at most [`MAX_IN_FLIGHT`] URBs and
+//! [`MAX_BYTES_IN_FLIGHT`] bytes at once: past that the connection stops
+//! reading its peer (TCP pushes back), so a peer that floods, or never
+//! reads its answers, stalls only itself. CMD_UNLINK aborts the URB's
 //! endpoint (our transports abort per endpoint) and answers
 //! `-ECONNRESET`; the other URBs aborted with it answer the same, as a
 //! host controller would after an endpoint reset.
@@ -19,56 +24,111 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use driverkit_core::{EntryId, System};
+
+use super::usbip_access::Access;
 use driverkit_usb::usbip::{self, cmd, op, DeviceInfo, OpHeader, Urb};
 use driverkit_usb::{DeviceDescriptor, Setup};
 
 use crate::families::usb::{UsbDevice, UsbFamily};
 
-/// The server: its address and what it exports.
+/// Threads serving one connection's URBs.
+pub const WORKERS: usize = 8;
+/// URBs one connection may have in flight (running or queued).
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Payload bytes one connection may hold in flight.
+pub const MAX_BYTES_IN_FLIGHT: usize = 64 << 20;
+/// Connections one server serves at once.
+pub const MAX_PEERS: usize = 16;
+
+/// The server: its address, what it exports and to whom.
 pub struct UsbIpServer {
     pub address: SocketAddr,
     exported: Arc<Mutex<HashSet<EntryId>>>,
+    access: Arc<Mutex<Access>>,
 }
 
 impl UsbIpServer {
-    /// Listens at `listen` (port 0: any free one) and serves until the
-    /// daemon exits.
-    pub fn start(system: System, usb: Arc<UsbFamily>, listen: &str) -> Result<UsbIpServer, String> {
-        let listener = TcpListener::bind(listen)
+    /// Listens at `listen` (port 0: any free one) and serves, to the peers
+    /// `access` admits, until the daemon exits.
+    pub fn start(
+        system: System,
+        usb: Arc<UsbFamily>,
+        listen: &str,
+        access: Access,
+    ) -> Result<UsbIpServer, String> {
+        let wanted: SocketAddr = listen.parse().map_err(|_| {
+            format!("--listen {listen:?}: expected HOST:PORT with HOST an IP address")
+        })?;
+        access.check_listen(wanted)?;
+        let listener = TcpListener::bind(wanted)
             .map_err(|e| format!("cannot listen for USB/IP at {listen}: {e}"))?;
         let address = listener.local_addr().map_err(|e| e.to_string())?;
         let exported: Arc<Mutex<HashSet<EntryId>>> = Arc::default();
-        let shared = exported.clone();
+        let access = Arc::new(Mutex::new(access));
+        let (shared, rules) = (exported.clone(), access.clone());
+        let peers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         std::thread::Builder::new()
             .name("usbip-server".into())
             .spawn(move || {
                 for stream in listener.incoming().flatten() {
-                    let (system, usb, exported) = (system.clone(), usb.clone(), shared.clone());
-                    let _ =
+                    use std::sync::atomic::Ordering;
+                    let peer = stream.peer_addr().ok();
+                    let admitted = match (peer, stream.local_addr()) {
+                        (Some(p), Ok(l)) => {
+                            rules.lock().unwrap_or_else(|e| e.into_inner()).admit(p, l)
+                        }
+                        _ => Err("a peer without an address".to_owned()),
+                    };
+                    if let Err(why) = admitted {
+                        tracing::warn!("usbip    refused: {why}");
+                        continue;
+                    }
+                    if peers.fetch_add(1, Ordering::AcqRel) >= MAX_PEERS {
+                        peers.fetch_sub(1, Ordering::AcqRel);
+                        tracing::warn!(
+                            "usbip    refused {peer:?}: {MAX_PEERS} peers are served already"
+                        );
+                        continue;
+                    }
+                    let (system, usb, exported, served) =
+                        (system.clone(), usb.clone(), shared.clone(), peers.clone());
+                    let spawned =
                         std::thread::Builder::new()
                             .name("usbip-peer".into())
                             .spawn(move || {
-                                let peer = stream
-                                    .peer_addr()
-                                    .map(|a| a.to_string())
-                                    .unwrap_or_default();
                                 if let Err(e) = serve(stream, &system, &usb, &exported) {
-                                    tracing::warn!("usbip    peer {peer}: {e}");
+                                    tracing::warn!("usbip    peer {peer:?}: {e}");
                                 }
+                                served.fetch_sub(1, Ordering::AcqRel);
                             });
+                    if spawned.is_err() {
+                        peers.fetch_sub(1, Ordering::AcqRel);
+                    }
                 }
             })
             .map_err(|e| e.to_string())?;
         tracing::info!("usbip    exporting at {address}");
-        Ok(UsbIpServer { address, exported })
+        Ok(UsbIpServer {
+            address,
+            exported,
+            access,
+        })
     }
 
-    /// Adds devices to what the server exports.
-    pub fn export(&self, ids: &[EntryId]) {
+    /// Adds devices to what the server exports, and peers and users to who
+    /// may import them.
+    pub fn export(&self, ids: &[EntryId], more: &Access) -> Result<(), String> {
+        let mut access = self.access.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = access.clone();
+        next.allow.extend(more.allow.iter().copied());
+        next.users.extend(more.users.iter().copied());
+        next.check_listen(self.address)?;
+        *access = next;
         self.exported
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend(ids);
+        Ok(())
     }
 }
 
@@ -219,17 +279,84 @@ struct InFlight {
     unlinked: bool,
 }
 
+/// What one connection holds in flight, and the wait for room.
+#[derive(Default)]
+struct Budget {
+    held: Mutex<(usize, usize)>,
+    room: std::sync::Condvar,
+}
+
+impl Budget {
+    /// Waits until one more URB of `bytes` fits, then takes it.
+    fn take(&self, bytes: usize) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        while held.0 >= MAX_IN_FLIGHT || (held.1 > 0 && held.1 + bytes > MAX_BYTES_IN_FLIGHT) {
+            held = self.room.wait(held).unwrap_or_else(|e| e.into_inner());
+        }
+        held.0 += 1;
+        held.1 += bytes;
+    }
+
+    fn give(&self, bytes: usize) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.0 -= 1;
+        held.1 -= bytes;
+        self.room.notify_one();
+    }
+}
+
+/// One CMD_SUBMIT to run.
+struct Job {
+    seqnum: u32,
+    direction: u32,
+    endpoint: u32,
+    address: u8,
+    length: usize,
+    setup: [u8; 8],
+    data: Vec<u8>,
+    submitted: u64,
+    /// What it holds of the budget.
+    bytes: usize,
+}
+
 fn serve_urbs(s: TcpStream, device: &Arc<UsbDevice>, busid: &str) -> Result<(), String> {
     s.set_read_timeout(None).map_err(|e| e.to_string())?;
     let writer = Arc::new(Mutex::new(s.try_clone().map_err(|e| e.to_string())?));
     let in_flight: Arc<Mutex<HashMap<u32, InFlight>>> = Arc::default();
-    let mut s = s;
+    let budget = Arc::new(Budget::default());
     let send = |writer: &Mutex<TcpStream>, urb: &Urb| {
         let _ = writer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .write_all(&urb.emit());
     };
+    // The pool: WORKERS threads over one queue the budget keeps short.
+    let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+    let queue = Arc::new(Mutex::new(queue));
+    let mut workers = Vec::with_capacity(WORKERS);
+    for _ in 0..WORKERS {
+        let (queue, writer, in_flight, budget, device) = (
+            queue.clone(),
+            writer.clone(),
+            in_flight.clone(),
+            budget.clone(),
+            device.clone(),
+        );
+        let worker = std::thread::Builder::new()
+            .name("usbip-urb".into())
+            .spawn(move || loop {
+                let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                let Ok(job) = job else { return };
+                let bytes = job.bytes;
+                run_urb(&device, job, &writer, &in_flight, send);
+                budget.give(bytes);
+            });
+        match worker {
+            Ok(w) => workers.push(w),
+            Err(_) => return Err(format!("{busid}: cannot start the URB workers")),
+        }
+    }
+    let mut s = s;
     let end = loop {
         let mut head = [0u8; usbip::URB_HEADER_LEN];
         if let Err(e) = s.read_exact(&mut head) {
@@ -255,8 +382,11 @@ fn serve_urbs(s: TcpStream, device: &Arc<UsbDevice>, busid: &str) -> Result<(), 
                 ..
             } => {
                 let address = (endpoint & 0x0f) as u8 | if direction == 1 { 0x80 } else { 0 };
-                let transport = device.transport.clone();
-                let submitted = transport.abort_generation(address);
+                let length = (length as usize).min(usbip::MAX_PAYLOAD);
+                let bytes = data.len().max(if direction == 1 { length } else { 0 });
+                // Past the budget, stop reading the peer until a URB ends.
+                budget.take(bytes);
+                let submitted = device.transport.abort_generation(address);
                 in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(
                     seqnum,
                     InFlight {
@@ -264,57 +394,19 @@ fn serve_urbs(s: TcpStream, device: &Arc<UsbDevice>, busid: &str) -> Result<(), 
                         unlinked: false,
                     },
                 );
-                let (writer, in_flight) = (writer.clone(), in_flight.clone());
-                let length = (length as usize).min(usbip::MAX_PAYLOAD);
-                let spawned =
-                    std::thread::Builder::new()
-                        .name("usbip-urb".into())
-                        .spawn(move || {
-                            let result = if endpoint & 0x0f == 0 {
-                                transport
-                                    .control(
-                                        Setup::parse(setup),
-                                        &data,
-                                        Some(Duration::from_secs(10)),
-                                    )
-                                    .map(|d| (d.len(), d))
-                            } else {
-                                transport
-                                    .transfer(address, &data, length, None, submitted)
-                                    .map(|c| {
-                                        if address & 0x80 != 0 {
-                                            (c.data.len(), c.data)
-                                        } else {
-                                            (c.actual, Vec::new())
-                                        }
-                                    })
-                            };
-                            let unlinked = in_flight
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .remove(&seqnum)
-                                .is_none_or(|t| t.unlinked);
-                            if unlinked {
-                                return; // answered by RET_UNLINK
-                            }
-                            let urb = match result {
-                                Ok((actual, data)) => Urb::RetSubmit {
-                                    seqnum,
-                                    status: 0,
-                                    actual_length: actual as u32,
-                                    data: if direction == 1 { data } else { Vec::new() },
-                                },
-                                Err(e) => Urb::RetSubmit {
-                                    seqnum,
-                                    status: -super::usbip::errno_of(e),
-                                    actual_length: 0,
-                                    data: Vec::new(),
-                                },
-                            };
-                            send(&writer, &urb);
-                        });
-                if spawned.is_err() {
-                    break Err(format!("{busid}: cannot start a transfer"));
+                let job = Job {
+                    seqnum,
+                    direction,
+                    endpoint,
+                    address,
+                    length,
+                    setup,
+                    data,
+                    submitted,
+                    bytes,
+                };
+                if jobs.send(job).is_err() {
+                    break Err(format!("{busid}: the URB workers ended"));
                 }
             }
             Urb::Unlink { seqnum, victim, .. } => {
@@ -345,7 +437,10 @@ fn serve_urbs(s: TcpStream, device: &Arc<UsbDevice>, busid: &str) -> Result<(), 
             }
         }
     };
-    // The peer is gone: whatever it left waiting ends.
+    // The peer is gone: whatever it left waiting ends, and so do the
+    // workers (a worker blocked writing to a peer that never reads is
+    // released by the shutdown).
+    let _ = s.shutdown(std::net::Shutdown::Both);
     let addresses: HashSet<u8> = in_flight
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -355,7 +450,65 @@ fn serve_urbs(s: TcpStream, device: &Arc<UsbDevice>, busid: &str) -> Result<(), 
     for a in addresses.into_iter().filter(|a| a & 0x0f != 0) {
         device.transport.abort(a);
     }
+    drop(jobs);
+    for w in workers {
+        let _ = w.join();
+    }
     end
+}
+
+/// Runs one URB on the device and answers it, unless an UNLINK already
+/// did.
+fn run_urb(
+    device: &UsbDevice,
+    job: Job,
+    writer: &Mutex<TcpStream>,
+    in_flight: &Mutex<HashMap<u32, InFlight>>,
+    send: impl Fn(&Mutex<TcpStream>, &Urb),
+) {
+    let transport = &device.transport;
+    let result = if job.endpoint & 0x0f == 0 {
+        transport
+            .control(
+                Setup::parse(job.setup),
+                &job.data,
+                Some(Duration::from_secs(10)),
+            )
+            .map(|d| (d.len(), d))
+    } else {
+        transport
+            .transfer(job.address, &job.data, job.length, None, job.submitted)
+            .map(|c| {
+                if job.address & 0x80 != 0 {
+                    (c.data.len(), c.data)
+                } else {
+                    (c.actual, Vec::new())
+                }
+            })
+    };
+    let unlinked = in_flight
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&job.seqnum)
+        .is_none_or(|t| t.unlinked);
+    if unlinked {
+        return; // answered by RET_UNLINK
+    }
+    let urb = match result {
+        Ok((actual, data)) => Urb::RetSubmit {
+            seqnum: job.seqnum,
+            status: 0,
+            actual_length: actual as u32,
+            data: if job.direction == 1 { data } else { Vec::new() },
+        },
+        Err(e) => Urb::RetSubmit {
+            seqnum: job.seqnum,
+            status: -super::usbip::errno_of(e),
+            actual_length: 0,
+            data: Vec::new(),
+        },
+    };
+    send(writer, &urb);
 }
 
 #[cfg(test)]
