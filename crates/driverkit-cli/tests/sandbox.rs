@@ -155,11 +155,70 @@ fn a_dext_that_hoards_memory_dies_at_its_limit_and_the_daemon_goes_on() {
     d.interrupt();
 }
 
+/// The cgroup v2 hierarchy this machine has, if the daemon (root) can make
+/// groups in it.
+fn cgroup2_writable() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains(" - cgroup2 "))
+        && running_as_root()
+}
+
+/// In log mode seccomp lets a fork through (and logs it): the dext's
+/// cgroup is what ends the child, when the dext stops and when it crashes.
+#[test]
+fn nothing_a_dext_started_outlives_it_when_it_stops_or_crashes() {
+    if !cgroup2_writable() {
+        eprintln!("no writable cgroup v2 here: the seccomp test above covers fork");
+        return;
+    }
+    let d = Daemon::start(&["--no-embedded", "--no-default-devices", "--sandbox=log"]);
+    let bundle = escape_bundle(&d);
+    d.load(&bundle);
+    for ending in ["stop", "crash"] {
+        let device = plug_test_device(&d);
+        let node = d.wait_node("the escaping TestDriver started", |n| {
+            n["name"] == "TestDriver" && n["properties"]["TestEscape"].is_object()
+        });
+        let outcomes = &node["properties"]["TestEscape"];
+        assert_eq!(outcomes["fork"], "done", "{outcomes}");
+        let child = outcomes["fork pid"].as_u64().unwrap();
+        let dext = node["properties"]["TestDriverPID"].as_u64().unwrap();
+        assert!(alive(child), "the forked child runs");
+        let cgroup = std::fs::read_to_string(format!("/proc/{child}/cgroup")).unwrap();
+        assert!(
+            cgroup.contains("/dext-"),
+            "the child is in its dext's cgroup: {cgroup}"
+        );
+        match ending {
+            "stop" => {
+                d.cli(&["device", "unplug", &format!("{device:#x}")]);
+            }
+            _ => kill9(dext),
+        }
+        d.wait_until(
+            &format!("the forked child gone after the dext's {ending}"),
+            || !alive(child),
+        );
+        d.wait_until("the dext gone", || !alive(dext));
+        if ending == "crash" {
+            d.wait_log("crashed", 1);
+        }
+    }
+}
+
 #[test]
 fn log_mode_names_each_call_the_sandbox_would_refuse_and_refuses_none() {
     let d = Daemon::start(&["--no-embedded", "--no-default-devices", "--sandbox=log"]);
     let outcomes = escape_outcomes(&d);
     d.wait_log("would refuse system call socket", 1);
+    // Its fork went through (logged); its cgroup, where there is one, ends
+    // the child with the dext, and otherwise we do.
+    if let Some(child) = outcomes["fork pid"].as_u64() {
+        d.wait_log("would refuse system call clone", 1);
+        kill9(child);
+    }
     // Landlock has no permissive mode, so log mode does not apply it.
     assert_eq!(outcomes["read /etc/passwd"], "done", "{outcomes}");
     let log = d.interrupt();
@@ -174,6 +233,10 @@ fn without_the_sandbox_the_daemon_says_so_loudly() {
     let d = Daemon::start(&["--no-embedded", "--no-default-devices", "--no-sandbox"]);
     let outcomes = escape_outcomes(&d);
     assert_eq!(outcomes["read /etc/passwd"], "done", "{outcomes}");
+    // Unconfined, its fork succeeded, and nothing ends the child but us.
+    if let Some(child) = outcomes["fork pid"].as_u64() {
+        kill9(child);
+    }
     let log = d.interrupt();
     assert!(log.contains("sandbox  OFF"), "{log}");
 }

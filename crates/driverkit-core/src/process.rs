@@ -8,23 +8,32 @@ use std::process::ExitStatus;
 
 use rustix::process::{Pid, WaitOptions};
 
-/// A child of this process, reaped at most once.
+/// A child of this process, reaped at most once; with its cgroup, if it
+/// has one, which ends with it (anything the child started is killed
+/// when the value drops, after the child was reaped).
 #[derive(Debug)]
 pub(crate) struct Process {
     pid: u32,
+    cgroup: Option<crate::sandbox::cgroup::DextCgroup>,
 }
 
 impl Process {
     /// A child this process spawned and has not reaped.
     pub fn from_pid(pid: u32) -> Process {
-        Process { pid }
+        Process { pid, cgroup: None }
+    }
+
+    /// The child lives in `cgroup`.
+    pub fn with_cgroup(mut self, cgroup: crate::sandbox::cgroup::DextCgroup) -> Process {
+        self.cgroup = Some(cgroup);
+        self
     }
 
     /// Takes over a child std spawned. `Child` has no destructor of its
     /// own (it neither waits nor kills), so from here on the process is
     /// this value's to reap.
     pub fn adopt(child: std::process::Child) -> Process {
-        Process { pid: child.id() }
+        Process::from_pid(child.id())
     }
 
     pub fn id(&self) -> u32 {
@@ -35,8 +44,11 @@ impl Process {
         Pid::from_raw(self.pid as i32).ok_or_else(|| io::Error::other("PID 0"))
     }
 
-    /// SIGKILL.
+    /// SIGKILL, to everything in its cgroup too.
     pub fn kill(&self) -> io::Result<()> {
+        if let Some(c) = &self.cgroup {
+            c.kill();
+        }
         rustix::process::kill_process(self.rustix_pid()?, rustix::process::Signal::KILL)
             .map_err(io::Error::from)
     }

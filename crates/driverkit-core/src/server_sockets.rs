@@ -25,7 +25,14 @@ struct Watched {
     server: Arc<UserServer>,
     child: Process,
     daemon: Weak<Inner>,
+    /// The process itself (`pidfd_open`), readable once it has exited: its
+    /// end even while something it left behind (a child it forked, which
+    /// its cgroup then ends) still holds the socket open.
+    pidfd: Option<OwnedFd>,
 }
+
+/// Marks a token as a process's pidfd rather than its socket.
+const PROCESS: u64 = 1 << 63;
 
 struct Reader {
     epoll: OwnedFd,
@@ -37,6 +44,10 @@ static READER: OnceLock<Result<Reader, String>> = OnceLock::new();
 
 /// Most messages taken from one socket before the others get their turn.
 const BURST: usize = 64;
+
+/// Most messages read from an exited process's socket before its end is
+/// handled (what it left behind could otherwise keep writing for ever).
+const DRAIN: usize = 4096;
 
 fn reader() -> Result<&'static Reader, String> {
     // The thread is handed the reader once it is in the static (as the log
@@ -72,6 +83,9 @@ pub(crate) fn watch(
 ) -> std::io::Result<()> {
     let reader = reader().map_err(std::io::Error::other)?;
     let token = reader.next.fetch_add(1, Ordering::Relaxed);
+    let pidfd = rustix::process::Pid::from_raw(child.id() as i32).and_then(|pid| {
+        rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+    });
     let mut watched = reader.watched.lock().unwrap_or_else(|e| e.into_inner());
     // Added to the table before epoll can report it.
     watched.insert(
@@ -80,6 +94,7 @@ pub(crate) fn watch(
             server: server.clone(),
             child,
             daemon,
+            pidfd: None,
         },
     );
     let added = epoll::add(
@@ -92,13 +107,27 @@ pub(crate) fn watch(
         watched.remove(&token);
         return Err(e.into());
     }
+    if let Some(fd) = pidfd {
+        let added = epoll::add(
+            &reader.epoll,
+            &fd,
+            epoll::EventData::new_u64(token | PROCESS),
+            epoll::EventFlags::IN,
+        );
+        if added.is_ok() {
+            if let Some(w) = watched.get_mut(&token) {
+                w.pidfd = Some(fd);
+            }
+        }
+    }
     Ok(())
 }
 
 impl Reader {
     fn run(&self) {
         let mut buf = MessageBuf::default();
-        crate::epoll_loop::run(&self.epoll, "dext sockets are", |token| {
+        crate::epoll_loop::run(&self.epoll, "dext sockets are", |event| {
+            let token = event & !PROCESS;
             let (server, daemon) = {
                 let watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
                 match watched.get(&token) {
@@ -106,7 +135,17 @@ impl Reader {
                     None => return,
                 }
             };
-            if let Some(end) = server.read_ready(&mut buf, &daemon, BURST) {
+            if event & PROCESS != 0 {
+                // The process has exited: what it wrote before is read
+                // first, then its end is handled, whoever still holds its
+                // socket.
+                let end = server
+                    .read_ready(&mut buf, &daemon, DRAIN)
+                    .unwrap_or_else(|| {
+                        "exited (its socket still held by something it started)".to_owned()
+                    });
+                self.finish(token, end);
+            } else if let Some(end) = server.read_ready(&mut buf, &daemon, BURST) {
                 self.finish(token, end);
             }
         });
@@ -123,10 +162,14 @@ impl Reader {
             return;
         };
         let _ = epoll::delete(&self.epoll, w.server.socket());
+        if let Some(fd) = &w.pidfd {
+            let _ = epoll::delete(&self.epoll, fd);
+        }
         let Watched {
             server,
             child,
             daemon,
+            ..
         } = w;
         let workers = daemon.upgrade().map(|d| d.workers.clone());
         let ended = move || server.ended(child, &end, &daemon);

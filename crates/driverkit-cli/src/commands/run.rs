@@ -65,11 +65,17 @@ pub struct RunArgs {
     /// a number). By default each dext process gets a user of its own.
     #[arg(long, value_name = "NAME|UID")]
     dext_user: Option<String>,
+    /// No cgroup per dext, even where the daemon has a cgroup v2 subtree
+    /// (each dext is still one process with bounded memory and threads).
+    #[arg(long)]
+    no_cgroups: bool,
 }
 
 pub fn run(root: PathBuf, args: RunArgs) -> Result<(), String> {
     super::init_logging();
     std::fs::create_dir_all(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+    // Before anything is written there (the embedded bundles).
+    driverkit_core::root::check_owned(&root)?;
     let mut config = Config::new(root.clone());
     config.relaunch_limit = args.relaunch_limit;
     config.relaunch_backoff = Duration::from_millis(args.relaunch_backoff_ms);
@@ -86,6 +92,7 @@ pub fn run(root: PathBuf, args: RunArgs) -> Result<(), String> {
             args.sandbox
         },
         user: args.dext_user,
+        cgroups: !args.no_cgroups,
     };
     config.sandbox.check()?;
     if !args.no_embedded {

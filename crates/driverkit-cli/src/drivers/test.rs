@@ -301,9 +301,10 @@ fn escape(control_socket: &str) -> plist::Dictionary {
     let forked = match unsafe { libc::fork() } {
         -1 => Err(std::io::Error::last_os_error()),
         0 => {
-            // SAFETY: plain sleeps and an exit without unwinding.
+            // SAFETY: plain sleeps and an exit without unwinding. Long
+            // enough that only the dext's end (its cgroup) can end it.
             unsafe {
-                libc::sleep(20);
+                libc::sleep(600);
                 libc::_exit(0)
             }
         }

@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use std::cell::UnsafeCell;
 
+use super::cgroup::DextCgroup;
 use super::seccomp::Compiled;
 use super::{ChildUser, Credentials};
 use crate::process::Process;
@@ -47,6 +48,8 @@ pub(crate) struct Prepared {
     /// Ask the kernel to log refused calls (enforce mode; log mode's action
     /// is logged anyway).
     log_refusals: bool,
+    /// The dext's cgroup, and its `cgroup.procs` for the child to join.
+    cgroup: Option<(DextCgroup, OwnedFd)>,
 }
 
 /// This spawn's copy of the filters: the child writes its PID into its
@@ -87,8 +90,9 @@ pub(super) fn open_executable(executable: &Path) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// The steps of the child, to name the one that failed.
-const STEPS: [&str; 9] = [
+/// The steps of the child, to name the one that failed (by number; the
+/// cgroup came last and runs third).
+const STEPS: [&str; 10] = [
     "signals",
     "stdio",
     "process group",
@@ -98,6 +102,7 @@ const STEPS: [&str; 9] = [
     "landlock",
     "seccomp",
     "exec",
+    "cgroup",
 ];
 
 /// The child's stack: what the steps above need, with room to spare.
@@ -113,6 +118,7 @@ impl Prepared {
         ruleset: Option<(OwnedFd, u32)>,
         filter: Option<Arc<Compiled>>,
         log_refusals: bool,
+        cgroup: Option<(DextCgroup, OwnedFd)>,
     ) -> io::Result<Prepared> {
         let filter = filter.map(|compiled| Filter {
             main: UnsafeCell::new(compiled.main.clone()),
@@ -143,6 +149,7 @@ impl Prepared {
             ruleset,
             filter,
             log_refusals,
+            cgroup,
         })
     }
 
@@ -185,8 +192,12 @@ impl Prepared {
             pid as u32
         };
         drop(stack);
+        let failure = child.failure.load(Ordering::Acquire);
         let mut process = Process::from_pid(pid);
-        match child.failure.load(Ordering::Acquire) {
+        if let Some((group, _procs)) = self.cgroup.take() {
+            process = process.with_cgroup(group);
+        }
+        match failure {
             0 => Ok(process),
             failure => {
                 let _ = process.wait();
@@ -273,6 +284,18 @@ impl Child<'_> {
             }
             // 2: its own process group: Ctrl-C reaches only the daemon.
             step(2, check(libc::syscall(libc::SYS_setpgid, 0, 0)))?;
+            // 9: its own cgroup, joined while still root ("0": the writer).
+            if let Some((_, procs)) = &p.cgroup {
+                step(
+                    9,
+                    check(libc::syscall(
+                        libc::SYS_write,
+                        procs.as_raw_fd(),
+                        c"0".as_ptr(),
+                        1,
+                    )),
+                )?;
+            }
             // 3: its memory, and its threads, counted by the kernel per
             // user (its own).
             let memory = libc::rlimit64 {

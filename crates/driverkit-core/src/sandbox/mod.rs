@@ -26,6 +26,7 @@
 //! refusal log, and this file the policy and its preparation.
 
 pub mod audit;
+pub(crate) mod cgroup;
 mod exec;
 mod landlock;
 mod seccomp;
@@ -76,6 +77,9 @@ pub struct Policy {
     /// [`DYNAMIC_UIDS`], so that no dext can touch another's processes and
     /// the kernel counts each one's threads apart ([`THREADS`]).
     pub user: Option<String>,
+    /// A cgroup per dext where the daemon has a cgroup v2 subtree
+    /// (`--no-cgroups` turns it off).
+    pub cgroups: bool,
 }
 
 impl Default for Policy {
@@ -83,6 +87,7 @@ impl Default for Policy {
         Policy {
             mode: Mode::Enforce,
             user: None,
+            cgroups: true,
         }
     }
 }
@@ -153,6 +158,8 @@ pub(crate) struct Sandbox {
     /// Why no dext can be launched: a policy that could not be resolved.
     /// Never a silent fallback to running unconfined.
     broken: Option<String>,
+    /// Where each dext's cgroup is made, if the daemon has a subtree.
+    cgroups: Option<cgroup::Cgroups>,
 }
 
 impl Sandbox {
@@ -170,8 +177,23 @@ impl Sandbox {
                 landlock_abi: 0,
                 shared_rules: None,
                 broken: Some(e),
+                cgroups: None,
             }
         });
+        if sandbox.mode != Mode::Off && sandbox.broken.is_none() && policy.cgroups {
+            sandbox.cgroups = match cgroup::Cgroups::discover() {
+                Ok(c) => {
+                    tracing::info!("sandbox  a cgroup per dext under {}", c.describe());
+                    Some(c)
+                }
+                Err(why) => {
+                    tracing::info!(
+                        "sandbox  no cgroup per dext ({why}): a dext is still one process (seccomp) with bounded memory and threads (rlimits)"
+                    );
+                    None
+                }
+            };
+        }
         if sandbox.mode != Mode::Off && sandbox.broken.is_none() {
             sandbox.audit = match audit::Watch::open() {
                 Ok(w) => Some(w),
@@ -199,6 +221,7 @@ impl Sandbox {
                 landlock_abi: 0,
                 shared_rules: None,
                 broken: None,
+                cgroups: None,
             });
         }
         let users = match (&policy.user, rustix::process::geteuid().is_root()) {
@@ -251,6 +274,7 @@ impl Sandbox {
                 Mode::Log | Mode::Off => None,
             },
             broken: None,
+            cgroups: None,
         })
     }
 
@@ -282,6 +306,13 @@ impl Sandbox {
                 base: DYNAMIC_UIDS.start,
             }),
         };
+        let cgroup = match &self.cgroups {
+            Some(c) => Some(
+                c.create(MEMORY, THREADS)
+                    .map_err(|e| io::Error::new(e.kind(), format!("the dext's cgroup: {e}")))?,
+            ),
+            None => None,
+        };
         Prepared::new(
             executable,
             fd,
@@ -290,6 +321,7 @@ impl Sandbox {
             ruleset,
             self.filter.clone(),
             self.mode == Mode::Enforce,
+            cgroup,
         )
     }
 
