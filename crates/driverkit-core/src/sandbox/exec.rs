@@ -108,18 +108,31 @@ const STEPS: [&str; 10] = [
 /// The child's stack: what the steps above need, with room to spare.
 const STACK: usize = 256 * 1024;
 
+/// How a child confines itself, as the policy resolved it.
+pub(super) struct Confinement {
+    pub credentials: Option<ChildUser>,
+    /// The Landlock ruleset and the flags of `landlock_restrict_self`.
+    pub ruleset: Option<(OwnedFd, u32)>,
+    pub filter: Option<Arc<Compiled>>,
+    pub log_refusals: bool,
+    pub cgroup: Option<(DextCgroup, OwnedFd)>,
+}
+
 impl Prepared {
     /// `fd` is `executable` as [`open_executable`] opened it.
     pub(super) fn new(
         executable: &Path,
         fd: OwnedFd,
         env: &[(&OsStr, &OsStr)],
-        credentials: Option<ChildUser>,
-        ruleset: Option<(OwnedFd, u32)>,
-        filter: Option<Arc<Compiled>>,
-        log_refusals: bool,
-        cgroup: Option<(DextCgroup, OwnedFd)>,
+        confinement: Confinement,
     ) -> io::Result<Prepared> {
+        let Confinement {
+            credentials,
+            ruleset,
+            filter,
+            log_refusals,
+            cgroup,
+        } = confinement;
         let filter = filter.map(|compiled| Filter {
             main: UnsafeCell::new(compiled.main.clone()),
             compiled,

@@ -317,11 +317,13 @@ impl Sandbox {
             executable,
             fd,
             env,
-            credentials,
-            ruleset,
-            self.filter.clone(),
-            self.mode == Mode::Enforce,
-            cgroup,
+            exec::Confinement {
+                credentials,
+                ruleset,
+                filter: self.filter.clone(),
+                log_refusals: self.mode == Mode::Enforce,
+                cgroup,
+            },
         )
     }
 
