@@ -6,6 +6,7 @@
 //! | `rpc_roundtrip`    | a dext's SUPERDISPATCH call with one `u32`       | raw SOCK_SEQPACKET ping-pong       |
 //! | `spawn_to_start`   | device plugged -> the dext's Start returned      | fork+exec+handshake of this binary |
 //! | `spawn_to_start_sandboxed` | the same, sandboxed (the default)        | the same with `--sandbox=off`      |
+//! | `spawn_to_start_cgroup` | the same, sandboxed, in a cgroup of its own | the same with `--no-cgroups` (only where the daemon can make cgroups) |
 //! | `match_per_device_*` | candidates for one device, 1k/10k/100k realistic personalities | a linear scan of the same |
 //! | `dext_rss`         | resident memory of the idle NullDriver dext      | this binary idle as a bare process |
 //! | `daemon_rss`       | resident memory of the daemon, 100 devices       | the same daemon with no devices    |
@@ -416,11 +417,27 @@ fn bench_daemon_sandboxed(
     bundle_of: &drivers::Embedded,
     sandbox: Mode,
 ) -> Result<Daemon, String> {
+    bench_daemon_confined(root, bundle_of, sandbox, true)
+}
+
+/// A bench daemon with the sandbox in `sandbox` mode, and a cgroup per
+/// dext or not.
+fn bench_daemon_confined(
+    root: &Path,
+    bundle_of: &drivers::Embedded,
+    sandbox: Mode,
+    cgroups: bool,
+) -> Result<Daemon, String> {
     let dir = root.join("bundles");
     let bundle = drivers::materialize(bundle_of, &dir)?;
-    let mut config = Config::new(root.join(format!("state-{}-{sandbox:?}", bundle_of.executable)));
+    let mut config = Config::new(root.join(format!(
+        "state-{}-{sandbox:?}-{}",
+        bundle_of.executable,
+        if cgroups { "cgroups" } else { "no-cgroups" }
+    )));
     config.bundles.push(bundle);
     config.sandbox.mode = sandbox;
+    config.sandbox.cgroups = cgroups;
     Ok(Daemon::start(config))
 }
 
@@ -776,16 +793,25 @@ fn one_spawn(
     Ok(took)
 }
 
-/// Three measurements alternate, so that all see the same machine: a bare
+/// Four measurements alternate, so that all see the same machine: a bare
 /// fork+exec+handshake, the daemon's spawn with the sandbox (what users
-/// run), and the same without it. Each waits for the previous dext to exit.
+/// run, in a cgroup of its own where the daemon can make one), the same
+/// without a cgroup, and the same without the sandbox. Each waits for the
+/// previous dext to exit.
 fn spawn_to_start(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
     let bench = drivers::find(drivers::bench::EXECUTABLE)?;
+    let cgroups = driverkit_core::sandbox::cgroups_available();
     let sandboxed = bench_daemon_sandboxed(root, bench, Mode::Enforce)?;
+    let no_cgroup = bench_daemon_confined(root, bench, Mode::Enforce, false)?;
     let plain = bench_daemon_sandboxed(root, bench, Mode::Off)?;
-    let (sandboxed_events, plain_events) = (sandboxed.subscribe(), plain.subscribe());
+    let (sandboxed_events, no_cgroup_events, plain_events) = (
+        sandboxed.subscribe(),
+        no_cgroup.subscribe(),
+        plain.subscribe(),
+    );
     let mut floor = Vec::new();
     let mut confined = Vec::new();
+    let mut without_cgroup = Vec::new();
     let mut unconfined = Vec::new();
     let result = (|| {
         for i in 0..n {
@@ -798,17 +824,39 @@ fn spawn_to_start(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
                 &sandboxed_events,
                 &format!("BenchSpawn{i}"),
             )?);
+            if cgroups {
+                without_cgroup.push(one_spawn(
+                    &no_cgroup,
+                    &no_cgroup_events,
+                    &format!("BenchSpawn{i}"),
+                )?);
+            }
             unconfined.push(one_spawn(&plain, &plain_events, &format!("BenchSpawn{i}"))?);
         }
         Ok::<(), String>(())
     })();
     sandboxed.shutdown();
+    no_cgroup.shutdown();
     plain.shutdown();
     result?;
     let (b50, b99) = percentiles(floor);
     let (p50, p99) = percentiles(confined);
     let (u50, u99) = percentiles(unconfined);
-    Ok(vec![
+    let mut cgroup_figure = Vec::new();
+    if cgroups {
+        let (n50, n99) = percentiles(without_cgroup);
+        cgroup_figure.push(Figure {
+            bench: "spawn_to_start_cgroup",
+            unit: "us",
+            p50,
+            p99,
+            baseline: Some(("spawn_to_start_no_cgroup", n50, n99)),
+            stat: Stat::Percentiles,
+            target: Some(Target::RatioAtMost(1.1)),
+        });
+    }
+    let mut figures = cgroup_figure;
+    figures.extend([
         Figure {
             bench: "spawn_to_start",
             unit: "us",
@@ -827,7 +875,8 @@ fn spawn_to_start(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
             stat: Stat::Percentiles,
             target: Some(Target::RatioAtMost(1.2)),
         },
-    ])
+    ]);
+    Ok(figures)
 }
 
 fn rss_kib(pid: u32) -> Result<f64, String> {

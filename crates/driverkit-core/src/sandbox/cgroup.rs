@@ -17,9 +17,13 @@
 //! makes `driverkit-<pid>/` there for its dexts instead, and removes those
 //! of daemons that are gone.
 //!
-//! The child joins its cgroup itself, before its exec, by writing `0` to
-//! the `cgroup.procs` the daemon opened for it (`exec`): from its first
-//! instruction, whatever it starts is inside.
+//! The child is born in its cgroup (`clone3` with `CLONE_INTO_CGROUP`), or,
+//! where the kernel cannot do that (before 5.7, or not x86-64), joins it
+//! before its exec by writing `0` to the `cgroup.procs` the daemon opened
+//! for it (`exec`): from its first instruction, whatever it starts is
+//! inside. Born there is the fast way: moving a live process between
+//! cgroups waits for an RCU grace period (milliseconds), creating one in
+//! place does not.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -40,6 +44,14 @@ pub(crate) struct Cgroups {
 #[derive(Debug)]
 pub(crate) struct DextCgroup {
     path: PathBuf,
+}
+
+/// A dext's cgroup before its child starts: the folder (for
+/// `CLONE_INTO_CGROUP`) and its `cgroup.procs` (to join by writing).
+pub(crate) struct NewCgroup {
+    pub group: DextCgroup,
+    pub dir: OwnedFd,
+    pub procs: OwnedFd,
 }
 
 impl Cgroups {
@@ -97,9 +109,9 @@ impl Cgroups {
         )
     }
 
-    /// A new cgroup for one dext, with its limits, and its `cgroup.procs`
-    /// opened for the child to join.
-    pub fn create(&self, memory: u64, tasks: u64) -> io::Result<(DextCgroup, OwnedFd)> {
+    /// A new cgroup for one dext, with its limits, opened for the child to
+    /// be born in or to join.
+    pub fn create(&self, memory: u64, tasks: u64) -> io::Result<NewCgroup> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let path = self.parent.join(format!("dext-{n}"));
         std::fs::create_dir(&path)?;
@@ -114,7 +126,18 @@ impl Cgroups {
         let procs = std::fs::OpenOptions::new()
             .write(true)
             .open(group.path.join("cgroup.procs"))?;
-        Ok((group, procs.into()))
+        let dir = rustix::fs::open(
+            &group.path,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        Ok(NewCgroup {
+            group,
+            dir,
+            procs: procs.into(),
+        })
     }
 }
 
@@ -152,6 +175,24 @@ impl Drop for DextCgroup {
             self.path.display()
         );
     }
+}
+
+/// Whether this process could make cgroups for its dexts: a cgroup v2
+/// hierarchy and its own group there writable (for benchmarks, which
+/// compare with and without).
+pub fn available() -> bool {
+    let Some(mount) = cgroup2_mount() else {
+        return false;
+    };
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let Some(own) = own.lines().find_map(|l| l.strip_prefix("0::")) else {
+        return false;
+    };
+    rustix::fs::access(
+        mount.join(own.trim_start_matches('/')),
+        rustix::fs::Access::WRITE_OK,
+    )
+    .is_ok()
 }
 
 /// Where cgroup v2 is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use std::cell::UnsafeCell;
 
-use super::cgroup::DextCgroup;
+use super::cgroup::NewCgroup;
 use super::seccomp::Compiled;
 use super::{ChildUser, Credentials};
 use crate::process::Process;
@@ -48,8 +48,8 @@ pub(crate) struct Prepared {
     /// Ask the kernel to log refused calls (enforce mode; log mode's action
     /// is logged anyway).
     log_refusals: bool,
-    /// The dext's cgroup, and its `cgroup.procs` for the child to join.
-    cgroup: Option<(DextCgroup, OwnedFd)>,
+    /// The dext's cgroup, to be born in or to join.
+    cgroup: Option<NewCgroup>,
 }
 
 /// This spawn's copy of the filters: the child writes its PID into its
@@ -115,7 +115,7 @@ pub(super) struct Confinement {
     pub ruleset: Option<(OwnedFd, u32)>,
     pub filter: Option<Arc<Compiled>>,
     pub log_refusals: bool,
-    pub cgroup: Option<(DextCgroup, OwnedFd)>,
+    pub cgroup: Option<NewCgroup>,
 }
 
 impl Prepared {
@@ -172,10 +172,11 @@ impl Prepared {
     /// its PID into this value's filter).
     pub fn spawn(&mut self, stdio: [BorrowedFd<'_>; 3]) -> io::Result<Process> {
         let mut stack = vec![0u8; STACK];
-        let child = Child {
+        let mut child = Child {
             prepared: self,
             stdio: stdio.map(|fd| fd.as_raw_fd()),
             failure: AtomicI64::new(0),
+            join_cgroup: false,
         };
         // SAFETY: the top of our own allocation, 16-byte aligned as the ABI
         // wants; the stack lives until clone returns, which with
@@ -191,13 +192,23 @@ impl Prepared {
         let pid = unsafe {
             libc::sigfillset(&mut all);
             libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-            let pid = libc::clone(
-                child_main,
-                top,
-                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-                &child as *const Child as *mut c_void,
-            );
-            let spawned = io::Error::last_os_error();
+            // Born in its cgroup where the kernel can; else it joins it.
+            let born = match &child.prepared.cgroup {
+                Some(c) => clone_into_cgroup(c.dir.as_raw_fd(), stack.as_mut_ptr(), STACK, &child),
+                None => -(libc::ENOSYS as libc::c_long),
+            };
+            let (pid, spawned) = if born >= 0 {
+                (born as libc::c_int, io::Error::from_raw_os_error(0))
+            } else {
+                child.join_cgroup = child.prepared.cgroup.is_some();
+                let pid = libc::clone(
+                    child_main,
+                    top,
+                    libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                    &child as *const Child as *mut c_void,
+                );
+                (pid, io::Error::last_os_error())
+            };
             libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
             if pid < 0 {
                 return Err(spawned);
@@ -207,8 +218,8 @@ impl Prepared {
         drop(stack);
         let failure = child.failure.load(Ordering::Acquire);
         let mut process = Process::from_pid(pid);
-        if let Some((group, _procs)) = self.cgroup.take() {
-            process = process.with_cgroup(group);
+        if let Some(c) = self.cgroup.take() {
+            process = process.with_cgroup(c.group);
         }
         match failure {
             0 => Ok(process),
@@ -231,6 +242,94 @@ struct Child<'a> {
     prepared: &'a Prepared,
     stdio: [RawFd; 3],
     failure: AtomicI64,
+    /// It was not born in its cgroup: it joins it itself.
+    join_cgroup: bool,
+}
+
+/// `clone3(CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP)`: the child is born
+/// in the cgroup `cgroup` (a folder's descriptor) and runs `child_main` on
+/// `stack`, as `clone` would; returns its PID, or `-errno` (`-ENOSYS` where
+/// the kernel or this architecture cannot, and the caller falls back).
+///
+/// # Safety
+/// As `clone` with `CLONE_VM | CLONE_VFORK`: `stack` (of `size` bytes)
+/// and `child` outlive the child's exec or exit, which this waits for.
+unsafe fn clone_into_cgroup(
+    cgroup: RawFd,
+    stack: *mut u8,
+    size: usize,
+    child: &Child<'_>,
+) -> libc::c_long {
+    #[cfg(target_arch = "x86_64")]
+    {
+        const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+        /// `struct clone_args` (version 2, with `cgroup`).
+        #[repr(C)]
+        struct CloneArgs {
+            flags: u64,
+            pidfd: u64,
+            child_tid: u64,
+            parent_tid: u64,
+            exit_signal: u64,
+            stack: u64,
+            stack_size: u64,
+            tls: u64,
+            set_tid: u64,
+            set_tid_size: u64,
+            cgroup: u64,
+        }
+        let args = CloneArgs {
+            flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64 | CLONE_INTO_CGROUP,
+            pidfd: 0,
+            child_tid: 0,
+            parent_tid: 0,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: stack as u64,
+            // Its top 16-byte aligned, as the ABI wants at a call.
+            stack_size: (((stack as usize + size) & !15) - stack as usize) as u64,
+            tls: 0,
+            set_tid: 0,
+            set_tid_size: 0,
+            cgroup: cgroup as u64,
+        };
+        let entry: extern "C" fn(*mut c_void) -> c_int = child_main;
+        let ret: libc::c_long;
+        // SAFETY: the parent gets the PID (or -errno) in rax and goes on as
+        // from any system call. The child starts on its own stack (the
+        // kernel sets rsp to stack + stack_size, 16-byte aligned), with
+        // every other register as the parent had it: it calls
+        // `child_main(child)` from r12 and r13, which never returns (it
+        // execs or exits), and exits should it ever.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                "test rax, rax",
+                "jnz 2f",
+                "xor ebp, ebp",
+                "mov rdi, r13",
+                "call r12",
+                "mov edi, eax",
+                "mov eax, {exit}",
+                "syscall",
+                "ud2",
+                "2:",
+                exit = const libc::SYS_exit,
+                inlateout("rax") libc::SYS_clone3 => ret,
+                in("rdi") &args as *const CloneArgs,
+                in("rsi") std::mem::size_of::<CloneArgs>(),
+                in("r12") entry,
+                in("r13") child as *const Child as *mut c_void,
+                lateout("rcx") _,
+                lateout("r11") _,
+            );
+        }
+        ret
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (cgroup, stack, size, child);
+        -(libc::ENOSYS as libc::c_long)
+    }
 }
 
 /// A raw system call's result: its error number on failure. (errno itself
@@ -297,8 +396,10 @@ impl Child<'_> {
             }
             // 2: its own process group: Ctrl-C reaches only the daemon.
             step(2, check(libc::syscall(libc::SYS_setpgid, 0, 0)))?;
-            // 9: its own cgroup, joined while still root ("0": the writer).
-            if let Some((_, procs)) = &p.cgroup {
+            // 9: its own cgroup, joined while still root ("0": the writer),
+            // unless it was born there.
+            if let (true, Some(c)) = (self.join_cgroup, &p.cgroup) {
+                let procs = &c.procs;
                 step(
                     9,
                     check(libc::syscall(

@@ -342,6 +342,11 @@ impl Sandbox {
     }
 }
 
+/// Whether a daemon started now could give each dext a cgroup.
+pub fn cgroups_available() -> bool {
+    cgroup::available()
+}
+
 /// The user ID of `name` (or a number), from `/etc/passwd`.
 pub fn user_id(name: &str) -> Option<u32> {
     user_ids(name).map(|c| c.uid)
