@@ -976,3 +976,47 @@ fn a_usbip_peer_that_floods_and_never_reads_its_answers_stalls_only_itself() {
         d.log().contains("usbip    1-1") && d.log().contains("back")
     });
 }
+
+#[test]
+fn apples_usb_development_wildcard_is_for_developer_mode_only() {
+    let d = root_daemon(&["--no-embedded", "--no-default-devices"]);
+    let key = driverkit_bundle::signature::SigningKey::generate().unwrap();
+    let keys = d.root.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::write(keys.join("k.pub"), key.public_hex()).unwrap();
+    d.cli(&["sysext", "trust", keys.join("k.pub").to_str().unwrap()]);
+    let id = "com.example.Wild";
+    let dir = d.root.path().join("apps");
+    std::fs::create_dir_all(&dir).unwrap();
+    let app = make_app(
+        &dir,
+        "Wild",
+        &AppSpec {
+            id,
+            personality: "<key>IOProviderClass</key><string>IOUSBHostDevice</string>\
+                          <key>idVendor</key><integer>4660</integer>",
+            entitlements: "<key>com.apple.developer.driverkit.transport.usb</key>\
+                           <array><dict><key>idVendor</key><string>*</string></dict></array>",
+            ..Default::default()
+        },
+    );
+    let dext = dext_of(&app, id);
+    sign(&dext, &key);
+    let err = refused(&d, &app, id);
+    assert!(
+        err.contains("idVendor \"*\"") && err.contains("developer mode"),
+        "{err}"
+    );
+    let validated = d.cli(&["validate", dext.to_str().unwrap()]);
+    assert!(
+        validated.contains("valid for development")
+            && validated.contains(
+                "warning: com.apple.developer.driverkit.transport.usb names idVendor \"*\""
+            ),
+        "{validated}"
+    );
+    d.cli(&["sysext", "developer", "on"]);
+    d.cli(&["sysext", "activate", app.to_str().unwrap(), id]);
+    assert_eq!(state_of(&d, id).as_deref(), Some("waiting_for_user"));
+    d.wait_log("Apple's development wildcard", 1);
+}

@@ -18,12 +18,23 @@ pub fn validate(path: &Path) -> Result<(), String> {
     }
     let bundle = Bundle::load(path).map_err(|e| e.to_string())?;
     bundle.check_entitlements().map_err(|e| e.to_string())?;
+    let wildcard = bundle
+        .entitlements
+        .as_ref()
+        .is_some_and(|e| e.usb_any_vendor);
     println!(
-        "{} {} ({}): valid",
+        "{} {} ({}): valid{}",
         bundle.identifier,
         bundle.short_version(),
-        bundle.version()
+        bundle.version(),
+        if wildcard { " for development" } else { "" }
     );
+    if wildcard {
+        println!(
+            "  warning: com.apple.developer.driverkit.transport.usb names idVendor \"*\", Apple's wildcard for development-signed dexts: \
+             the system activates it only in developer mode (`driverkit sysext developer on`); to ship, list your vendor IDs"
+        );
+    }
     println!("  executable: {}", bundle.executable.display());
     if bundle
         .info

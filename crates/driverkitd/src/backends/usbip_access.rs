@@ -269,7 +269,11 @@ pub fn parse_diag_reply(reply: &[u8]) -> Result<u32, String> {
     let kind = u16::from_ne_bytes([reply[4], reply[5]]);
     if kind == NLMSG_ERROR {
         let code = word(NLMSG_HEADER).ok_or("a netlink error without its code")? as i32;
-        return Err(std::io::Error::from_raw_os_error(-code).to_string());
+        // A kernel's is a negated errno; anything else is named as found.
+        return Err(match code.checked_neg().filter(|e| *e > 0) {
+            Some(errno) => std::io::Error::from_raw_os_error(errno).to_string(),
+            None => format!("a netlink error of code {code}"),
+        });
     }
     if kind != SOCK_DIAG_BY_FAMILY {
         return Err(format!(
@@ -341,6 +345,15 @@ mod tests {
     #[test]
     fn bad_replies_are_errors_not_panics() {
         assert!(parse_diag_reply(&[]).is_err());
+        // Found by the sock_diag fuzz target: an error code of i32::MIN
+        // overflowed its negation.
+        let mut error = vec![0u8; 20];
+        error[..4].copy_from_slice(&20u32.to_ne_bytes());
+        error[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        error[16..20].copy_from_slice(&i32::MIN.to_ne_bytes());
+        assert!(parse_diag_reply(&error)
+            .unwrap_err()
+            .contains("code -2147483648"));
         assert!(parse_diag_reply(&[200, 0, 0, 0]).is_err());
         let mut short = vec![0u8; 20];
         short[..4].copy_from_slice(&20u32.to_ne_bytes());
