@@ -208,6 +208,49 @@ fn nothing_a_dext_started_outlives_it_when_it_stops_or_crashes() {
     }
 }
 
+/// A limit of `/proc/PID/limits` (its soft value), by its name.
+fn limit_of(pid: u64, name: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l[name.len()..].split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_personality_asks_for_its_limits_within_the_administrators() {
+    let d = Daemon::start(&[
+        "--no-embedded",
+        "--no-default-devices",
+        "--dext-memory-max-mb",
+        "128",
+    ]);
+    let bundle = test_bundle(
+        d.root.path(),
+        "org.test.Limits",
+        &[P {
+            name: "Limited",
+            provider_class: "IOVirtualDevice",
+            extra: "<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>\
+                    <key>IOUserServerMemoryLimitMB</key><integer>256</integer>\
+                    <key>IOUserServerTaskLimit</key><integer>64</integer>",
+        }],
+    );
+    d.load(&bundle);
+    plug_test_device(&d);
+    let node = d.wait_node("the limited TestDriver started", |n| {
+        n["name"] == "TestDriver" && n["properties"]["TestDriverStarted"] == true
+    });
+    let pid = node["properties"]["TestDriverPID"].as_u64().unwrap();
+    // 256 MiB asked, 128 allowed.
+    assert_eq!(limit_of(pid, "Max data size"), (128u64 << 20).to_string());
+    if running_as_root() {
+        assert_eq!(limit_of(pid, "Max processes"), "64");
+    }
+    d.wait_log("an administrator allows at most 128 MiB", 1);
+}
+
 #[test]
 fn log_mode_names_each_call_the_sandbox_would_refuse_and_refuses_none() {
     let d = Daemon::start(&["--no-embedded", "--no-default-devices", "--sandbox=log"]);

@@ -844,6 +844,11 @@ impl Inner {
                 sandbox: &self.sandbox,
                 one_process: p.one_process,
                 call_timeout: self.config.call_timeout,
+                limits: crate::sandbox::Limits::asked(
+                    &p.properties,
+                    self.config.sandbox.max,
+                    &p.server_name,
+                ),
             },
             self.system.weak(),
         )

@@ -123,6 +123,9 @@ pub struct Launch<'a> {
     pub sandbox: &'a Sandbox,
     pub one_process: bool,
     pub call_timeout: Duration,
+    /// What the process may use (its personality's ask, within the
+    /// administrator's limits).
+    pub limits: crate::sandbox::Limits,
 }
 
 impl UserServer {
@@ -169,7 +172,7 @@ impl UserServer {
             let theirs = OwnedFd::from(theirs);
             launch
                 .sandbox
-                .prepare(launch.executable, launch.bundle_path, &env)
+                .prepare(launch.executable, launch.bundle_path, &env, launch.limits)
                 .and_then(|mut prepared| {
                     prepared.spawn([theirs.as_fd(), log_writer.as_fd(), log_writer.as_fd()])
                 })

@@ -69,6 +69,14 @@ pub struct RunArgs {
     /// (each dext is still one process with bounded memory and threads).
     #[arg(long)]
     no_cgroups: bool,
+    /// The most memory a personality may ask for its dext
+    /// (IOUserServerMemoryLimitMB; 4096 MiB unless it asks).
+    #[arg(long, value_name = "MIB", default_value_t = 16384)]
+    dext_memory_max_mb: u64,
+    /// The most threads a personality may ask for its dext
+    /// (IOUserServerTaskLimit; 512 unless it asks).
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    dext_tasks_max: u64,
 }
 
 pub fn run(root: PathBuf, args: RunArgs) -> Result<(), String> {
@@ -93,6 +101,10 @@ pub fn run(root: PathBuf, args: RunArgs) -> Result<(), String> {
         },
         user: args.dext_user,
         cgroups: !args.no_cgroups,
+        max: driverkit_core::sandbox::Limits {
+            memory: args.dext_memory_max_mb.saturating_mul(1 << 20),
+            tasks: args.dext_tasks_max,
+        },
     };
     config.sandbox.check()?;
     if !args.no_embedded {

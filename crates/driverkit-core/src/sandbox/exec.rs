@@ -27,7 +27,7 @@ use std::cell::UnsafeCell;
 
 use super::cgroup::NewCgroup;
 use super::seccomp::Compiled;
-use super::{ChildUser, Credentials};
+use super::{ChildUser, Credentials, Limits};
 use crate::process::Process;
 
 /// What a child needs to confine itself and exec, made before it starts.
@@ -50,6 +50,7 @@ pub(crate) struct Prepared {
     log_refusals: bool,
     /// The dext's cgroup, to be born in or to join.
     cgroup: Option<NewCgroup>,
+    limits: Limits,
 }
 
 /// This spawn's copy of the filters: the child writes its PID into its
@@ -116,6 +117,7 @@ pub(super) struct Confinement {
     pub filter: Option<Arc<Compiled>>,
     pub log_refusals: bool,
     pub cgroup: Option<NewCgroup>,
+    pub limits: Limits,
 }
 
 impl Prepared {
@@ -132,6 +134,7 @@ impl Prepared {
             filter,
             log_refusals,
             cgroup,
+            limits,
         } = confinement;
         let filter = filter.map(|compiled| Filter {
             main: UnsafeCell::new(compiled.main.clone()),
@@ -163,6 +166,7 @@ impl Prepared {
             filter,
             log_refusals,
             cgroup,
+            limits,
         })
     }
 
@@ -413,8 +417,8 @@ impl Child<'_> {
             // 3: its memory, and its threads, counted by the kernel per
             // user (its own).
             let memory = libc::rlimit64 {
-                rlim_cur: super::MEMORY,
-                rlim_max: super::MEMORY,
+                rlim_cur: p.limits.memory,
+                rlim_max: p.limits.memory,
             };
             step(
                 3,
@@ -428,8 +432,8 @@ impl Child<'_> {
             )?;
             if p.credentials.is_some() {
                 let limit = libc::rlimit64 {
-                    rlim_cur: super::THREADS,
-                    rlim_max: super::THREADS,
+                    rlim_cur: p.limits.tasks,
+                    rlim_max: p.limits.tasks,
                 };
                 step(
                     3,

@@ -80,6 +80,65 @@ pub struct Policy {
     /// A cgroup per dext where the daemon has a cgroup v2 subtree
     /// (`--no-cgroups` turns it off).
     pub cgroups: bool,
+    /// The most a personality may ask for (`IOUserServerMemoryLimitMB`,
+    /// `IOUserServerTaskLimit`): an administrator's limits.
+    pub max: Limits,
+}
+
+/// What one dext process may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Private writable memory, bytes (`RLIMIT_DATA`, `memory.max`).
+    pub memory: u64,
+    /// Threads (`RLIMIT_NPROC` with a user of its own; `pids.max`).
+    pub tasks: u64,
+}
+
+impl Default for Limits {
+    /// Every dext's, unless its personality asks otherwise.
+    fn default() -> Limits {
+        Limits {
+            memory: MEMORY,
+            tasks: THREADS,
+        }
+    }
+}
+
+/// The personality keys that ask for other limits.
+pub const MEMORY_KEY: &str = "IOUserServerMemoryLimitMB";
+pub const TASKS_KEY: &str = "IOUserServerTaskLimit";
+
+impl Limits {
+    /// The limits `personality` asks for, within `max`; what it asks beyond
+    /// `max` is cut to it, and said.
+    pub fn asked(personality: &plist::Dictionary, max: Limits, name: &str) -> Limits {
+        let mut limits = Limits::default();
+        if let Some(mb) = personality
+            .get(MEMORY_KEY)
+            .and_then(plist::Value::as_unsigned_integer)
+        {
+            limits.memory = mb.saturating_mul(1 << 20);
+        }
+        if let Some(n) = personality
+            .get(TASKS_KEY)
+            .and_then(plist::Value::as_unsigned_integer)
+        {
+            limits.tasks = n;
+        }
+        if limits.memory > max.memory || limits.tasks > max.tasks {
+            tracing::warn!(
+                "sandbox  {name} asks for {} MiB and {} tasks; an administrator allows at most {} MiB and {} (--dext-memory-max-mb, --dext-tasks-max)",
+                limits.memory >> 20,
+                limits.tasks,
+                max.memory >> 20,
+                max.tasks
+            );
+        }
+        Limits {
+            memory: limits.memory.min(max.memory).max(16 << 20),
+            tasks: limits.tasks.min(max.tasks).max(8),
+        }
+    }
 }
 
 impl Default for Policy {
@@ -88,6 +147,10 @@ impl Default for Policy {
             mode: Mode::Enforce,
             user: None,
             cgroups: true,
+            max: Limits {
+                memory: 16 << 30,
+                tasks: 4096,
+            },
         }
     }
 }
@@ -289,6 +352,7 @@ impl Sandbox {
         executable: &Path,
         bundle: &Path,
         env: &[(&OsStr, &OsStr)],
+        limits: Limits,
     ) -> io::Result<Prepared> {
         if let Some(e) = &self.broken {
             return Err(io::Error::other(e.clone()));
@@ -308,7 +372,7 @@ impl Sandbox {
         };
         let cgroup = match &self.cgroups {
             Some(c) => Some(
-                c.create(MEMORY, THREADS)
+                c.create(limits.memory, limits.tasks)
                     .map_err(|e| io::Error::new(e.kind(), format!("the dext's cgroup: {e}")))?,
             ),
             None => None,
@@ -323,6 +387,7 @@ impl Sandbox {
                 filter: self.filter.clone(),
                 log_refusals: self.mode == Mode::Enforce,
                 cgroup,
+                limits,
             },
         )
     }
