@@ -387,6 +387,17 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    fn fifo(path: &Path) {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+    }
+
     fn tree() -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("b/c")).unwrap();
@@ -423,14 +434,7 @@ mod tests {
         assert!(e.contains("b/link: a symbolic link"), "{e}");
         std::fs::remove_file(d.path().join("b/link")).unwrap();
 
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            d.path().join("fifo"),
-            FileType::Fifo,
-            Mode::from_raw_mode(0o644),
-            0,
-        )
-        .unwrap();
+        fifo(&d.path().join("fifo"));
         let e = names(d.path()).unwrap_err();
         assert!(e.contains("fifo: a FIFO"), "{e}");
         std::fs::remove_file(d.path().join("fifo")).unwrap();
@@ -459,14 +463,7 @@ mod tests {
         assert!(read_file(&d.path().join("zero"), 10)
             .unwrap_err()
             .contains("symbolic link"));
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            d.path().join("fifo"),
-            FileType::Fifo,
-            Mode::from_raw_mode(0o644),
-            0,
-        )
-        .unwrap();
+        fifo(&d.path().join("fifo"));
         // Refused at once, not after a writer that never comes.
         assert!(read_file(&d.path().join("fifo"), 10)
             .unwrap_err()

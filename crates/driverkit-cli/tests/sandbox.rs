@@ -145,12 +145,7 @@ fn a_dext_that_hoards_memory_dies_at_its_limit_and_the_daemon_goes_on() {
     // The daemon is unharmed: it answers, and its own memory stayed small.
     let status = d.cli(&["status"]);
     assert!(status.contains("pid"), "{status}");
-    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", d.pid()))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
+    let rss_kib = rss_kib(d.pid());
     assert!(rss_kib < 1 << 20, "the daemon holds {rss_kib} KiB");
     d.interrupt();
 }

@@ -57,10 +57,8 @@ fn installed_app(d: &Daemon, name: &str, spec: &AppSpec<'_>) -> (PathBuf, PathBu
 
 /// `exe --root STATE ARGS` as nobody, with `env` added.
 fn nobody_runs(d: &Daemon, exe: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut c = Command::new("setpriv");
-    c.args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--"])
-        .arg(exe)
-        .arg("--root")
+    let mut c = as_user(NOBODY, exe);
+    c.arg("--root")
         .arg(d.state())
         .args(args)
         .envs(env.iter().copied());
@@ -92,104 +90,93 @@ fn dext_of(app: &Path, id: &str) -> PathBuf {
     driverkit_bundle::location::dext_in_app(app, id)
 }
 
-#[test]
-fn hostile_files_in_a_bundle_are_refused_by_name_and_leave_nothing_behind() {
-    let d = root_daemon(&["--no-embedded", "--no-default-devices"]);
+/// What an attacker plants in a bundle.
+enum Node {
+    /// A file with this mode.
+    File(u32),
+    /// A symbolic link to this path.
+    Link(&'static str),
+    Fifo,
+    /// `/dev/null`'s device number.
+    Device,
+}
+
+fn plant(path: &Path, node: &Node) {
+    match node {
+        Node::File(mode) => {
+            std::fs::write(path, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode)).unwrap();
+        }
+        Node::Link(to) => std::os::unix::fs::symlink(to, path).unwrap(),
+        Node::Fifo | Node::Device => {
+            let (kind, device) = match node {
+                Node::Fifo => (rustix::fs::FileType::Fifo, 0),
+                _ => (
+                    rustix::fs::FileType::CharacterDevice,
+                    rustix::fs::makedev(1, 3),
+                ),
+            };
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                path,
+                kind,
+                rustix::fs::Mode::from_raw_mode(0o644),
+                device,
+            )
+            .unwrap();
+        }
+    }
+}
+
+/// A signing key the daemon trusts.
+fn trusted_key(d: &Daemon, name: &str) -> driverkit_bundle::signature::SigningKey {
     let key = driverkit_bundle::signature::SigningKey::generate().unwrap();
     let dir = d.root.path().join("keys");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("k.pub"), key.public_hex()).unwrap();
-    d.cli(&["sysext", "trust", dir.join("k.pub").to_str().unwrap()]);
+    let file = dir.join(format!("{name}.pub"));
+    std::fs::write(&file, key.public_hex()).unwrap();
+    d.cli(&["sysext", "trust", file.to_str().unwrap()]);
+    key
+}
+
+#[test]
+fn hostile_files_in_a_bundle_are_refused_by_name_and_leave_nothing_behind() {
+    let d = root_daemon(&["--no-embedded", "--no-default-devices"]);
+    let key = trusted_key(&d, "k");
     let id = "com.example.Shipped";
-    type Plant = fn(&Path);
-    let cases: [(&str, &str, Plant, &str); 8] = [
-        (
-            "setuid",
-            "sh",
-            |f| {
-                std::fs::write(f, "x").unwrap();
-                std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o4755)).unwrap();
-            },
-            "setuid",
-        ),
-        (
-            "setgid",
-            "sh",
-            |f| {
-                std::fs::write(f, "x").unwrap();
-                std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o2755)).unwrap();
-            },
-            "setgid",
-        ),
-        (
-            "0666",
-            "data",
-            |f| {
-                std::fs::write(f, "x").unwrap();
-                std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o666)).unwrap();
-            },
-            "writable by any user",
-        ),
+    let cases = [
+        ("setuid", "sh", Node::File(0o4755), "setuid"),
+        ("setgid", "sh", Node::File(0o2755), "setgid"),
+        ("0666", "data", Node::File(0o666), "writable by any user"),
         (
             "link",
             "passwd",
-            |f| {
-                std::os::unix::fs::symlink("/etc/passwd", f).unwrap();
-            },
+            Node::Link("/etc/passwd"),
             "a symbolic link",
         ),
-        (
-            "fifo",
-            "pipe",
-            |f| {
-                rustix::fs::mknodat(
-                    rustix::fs::CWD,
-                    f,
-                    rustix::fs::FileType::Fifo,
-                    rustix::fs::Mode::from_raw_mode(0o644),
-                    0,
-                )
-                .unwrap();
-            },
-            "a FIFO",
-        ),
+        ("fifo", "pipe", Node::Fifo, "a FIFO"),
         (
             "device node",
             "null",
-            |f| {
-                rustix::fs::mknodat(
-                    rustix::fs::CWD,
-                    f,
-                    rustix::fs::FileType::CharacterDevice,
-                    rustix::fs::Mode::from_raw_mode(0o666),
-                    rustix::fs::makedev(1, 3),
-                )
-                .unwrap();
-            },
+            Node::Device,
             "a character device node",
         ),
         (
             "setuid in _CodeSignature",
             "_CodeSignature/sh",
-            |f| {
-                std::fs::write(f, "x").unwrap();
-                std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o4755)).unwrap();
-            },
+            Node::File(0o4755),
             "setuid",
         ),
         (
             "an extra file in _CodeSignature",
             "_CodeSignature/sh",
-            |f| {
-                std::fs::write(f, "#!/bin/sh").unwrap();
-                std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
-            },
+            Node::File(0o755),
             "holds only CodeResources and Signature",
         ),
     ];
     for developer in ["on", "off"] {
         d.cli(&["sysext", "developer", developer]);
-        for (what, file, plant, rule) in &cases {
+        for (what, file, node, rule) in &cases {
             let dir = d.root.path().join(format!("apps-{developer}"));
             std::fs::create_dir_all(&dir).unwrap();
             let app = make_app(&dir, "Hostile", &AppSpec::default());
@@ -198,7 +185,7 @@ fn hostile_files_in_a_bundle_are_refused_by_name_and_leave_nothing_behind() {
             // execute bit nor _CodeSignature/, so what is planted after
             // rides along unless the copy refuses it.
             sign(&dext, &key);
-            plant(&dext.join(file));
+            plant(&dext.join(file), node);
             let err = refused(&d, &app, id);
             assert!(
                 err.contains(rule) && err.contains(file.rsplit('/').next().unwrap()),
@@ -215,11 +202,7 @@ fn hostile_files_in_a_bundle_are_refused_by_name_and_leave_nothing_behind() {
 #[test]
 fn the_store_holds_what_was_checked_with_modes_the_system_sets() {
     let d = root_daemon(&["--no-embedded", "--no-default-devices", "--sandbox=off"]);
-    let key = driverkit_bundle::signature::SigningKey::generate().unwrap();
-    let keys = d.root.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    std::fs::write(keys.join("k.pub"), key.public_hex()).unwrap();
-    d.cli(&["sysext", "trust", keys.join("k.pub").to_str().unwrap()]);
+    let key = trusted_key(&d, "k");
     let id = "com.example.Shipped";
     let dir = d.root.path().join("apps");
     std::fs::create_dir_all(&dir).unwrap();
@@ -306,23 +289,16 @@ fn an_apps_entitlements_as_a_fifo_or_a_link_to_dev_zero_are_refused_and_stall_no
     std::fs::create_dir_all(&dir).unwrap();
     let app = make_app(&dir, "Fifo", &AppSpec::default());
     let entitlements = app.join("Contents/Entitlements.plist");
-    for (what, plant, rule) in [
-        ("a FIFO", true, "a FIFO"),
-        ("a link to /dev/zero", false, "a symbolic link"),
+    for (what, node, rule) in [
+        ("a FIFO", &Node::Fifo, "a FIFO"),
+        (
+            "a link to /dev/zero",
+            &Node::Link("/dev/zero"),
+            "a symbolic link",
+        ),
     ] {
         std::fs::remove_file(&entitlements).unwrap();
-        if plant {
-            rustix::fs::mknodat(
-                rustix::fs::CWD,
-                &entitlements,
-                rustix::fs::FileType::Fifo,
-                rustix::fs::Mode::from_raw_mode(0o644),
-                0,
-            )
-            .unwrap();
-        } else {
-            std::os::unix::fs::symlink("/dev/zero", &entitlements).unwrap();
-        }
+        plant(&entitlements, node);
         let mut activate = Command::new(EXE);
         activate.arg("--root").arg(d.state()).args([
             "sysext",
@@ -341,39 +317,17 @@ fn an_apps_entitlements_as_a_fifo_or_a_link_to_dev_zero_are_refused_and_stall_no
         );
     }
     // The daemon did not read /dev/zero: its memory stayed small.
-    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", d.pid()))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
+    let rss_kib = rss_kib(d.pid());
     assert!(rss_kib < 512 << 10, "the daemon holds {rss_kib} KiB");
 }
 
 #[test]
 fn only_the_activating_app_its_user_or_an_administrator_may_deactivate_or_replace() {
     let d = root_daemon(&["--no-embedded", "--no-default-devices"]);
-    let keys = d.root.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let (a, b) = (
-        driverkit_bundle::signature::SigningKey::generate().unwrap(),
-        driverkit_bundle::signature::SigningKey::generate().unwrap(),
-    );
-    for (name, k) in [("a", &a), ("b", &b)] {
-        let file = keys.join(format!("{name}.pub"));
-        std::fs::write(&file, k.public_hex()).unwrap();
-        d.cli(&["sysext", "trust", file.to_str().unwrap()]);
-    }
+    let (a, b) = (trusted_key(&d, "a"), trusted_key(&d, "b"));
     // An administrator activates com.good.X from its own app.
     let good = "com.good.X";
-    let (good_app, _) = installed_app(
-        &d,
-        "Good",
-        &AppSpec {
-            id: good,
-            ..Default::default()
-        },
-    );
+    let (good_app, _) = installed_app(&d, "Good", &AppSpec::of(good));
     sign(&dext_of(&good_app, good), &a);
     d.cli(&["sysext", "activate", good_app.to_str().unwrap(), good]);
     d.cli(&["sysext", "approve", good]);
@@ -414,14 +368,7 @@ fn only_the_activating_app_its_user_or_an_administrator_may_deactivate_or_replac
     // nobody's own app: its extension is its own to replace, with the
     // same key only, and to deactivate.
     let mine = "com.nobody.Y";
-    let (v1_app, v1) = installed_app(
-        &d,
-        "Mine1",
-        &AppSpec {
-            id: mine,
-            ..Default::default()
-        },
-    );
+    let (v1_app, v1) = installed_app(&d, "Mine1", &AppSpec::of(mine));
     sign(&dext_of(&v1_app, mine), &a);
     let (ok, out) = output(nobody_runs(
         &d,
@@ -499,9 +446,8 @@ fn a_borrowed_app_identity_is_refused() {
     assert!(!ok && out.contains("sets LD_PRELOAD"), "{out}");
 
     // Started under a debugger its user controls.
-    let mut gdb = Command::new("setpriv");
-    gdb.args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--"])
-        .args(["gdb", "-q", "-batch", "-ex", "run", "--args"])
+    let mut gdb = as_user(NOBODY, "gdb");
+    gdb.args(["-q", "-batch", "-ex", "run", "--args"])
         .arg(&exe)
         .arg("--root")
         .arg(d.state())
@@ -532,10 +478,9 @@ os.execv({exe:?}, [{exe:?}, "--root", {root:?}, "events", "--count", "1"])
         exe = exe.to_str().unwrap(),
         root = d.state().to_str().unwrap(),
     );
-    let mut python = Command::new("setpriv");
+    let mut python = as_user(NOBODY, "/usr/bin/python3");
     python
-        .args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--"])
-        .args(["/usr/bin/python3", "-c", &script])
+        .args(["-c", &script])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = python.spawn().unwrap();
@@ -592,38 +537,6 @@ os.execv({exe:?}, [{exe:?}, "--root", {root:?}, "events", "--count", "1"])
     }
 }
 
-/// `driverkit events --json --count N` by `user` (root when `None`),
-/// listening; the note it printed first, if any.
-fn subscribe(d: &Daemon, user: Option<&str>, count: usize) -> (std::process::Child, String) {
-    let mut c = match user {
-        Some(u) => {
-            let mut c = Command::new("setpriv");
-            c.args(["--reuid", u, "--regid", u, "--clear-groups", "--", EXE]);
-            c
-        }
-        None => Command::new(EXE),
-    };
-    let mut child = c
-        .arg("--root")
-        .arg(d.state())
-        .args(["events", "--json", "--count", &count.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut said = String::new();
-    loop {
-        let mut line = String::new();
-        err.read_line(&mut line).unwrap();
-        said.push_str(&line);
-        if line.contains("listening") || line.is_empty() {
-            break;
-        }
-    }
-    (child, said)
-}
-
 #[test]
 fn keyboard_events_go_only_to_administrators_and_the_input_group() {
     let d = root_daemon(&["--no-default-devices", "--no-embedded"]);
@@ -637,31 +550,22 @@ fn keyboard_events_go_only_to_administrators_and_the_input_group() {
             .count()
             == 2
     });
-    let (root, said) = subscribe(&d, None, 5);
+    let (root, said) = subscribe_as(&d, None, 5);
     assert!(!said.contains("note:"), "{said}");
-    let (nobody, said) = subscribe(&d, Some(NOBODY), 1);
+    let (nobody, said) = subscribe_as(&d, Some(NOBODY), 1);
     assert!(
         said.contains("keyboard events go only to administrators and members of the input group"),
         "{said}"
     );
     d.cli(&["device", "type", &format!("{keyboard:#x}"), "pw"]);
     d.cli(&["device", "report", &format!("{mouse:#x}"), "01 03 fe 00"]);
-    let events = |child: std::process::Child| -> Vec<serde_json::Value> {
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success());
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
-    let root = events(root);
+    let root = events_of(root);
     assert_eq!(
         root.iter().filter(|e| e["kind"] == "keyboard").count(),
         4,
         "root sees the keys: {root:?}"
     );
-    let nobody = events(nobody);
+    let nobody = events_of(nobody);
     assert_eq!(nobody.len(), 1);
     assert_eq!(
         nobody[0]["kind"], "pointer",
@@ -719,16 +623,7 @@ fn a_per_user_daemons_own_user_administers_it() {
         .arg(&state)
         .status()
         .unwrap();
-    let mut daemon = Command::new("setpriv")
-        .args([
-            "--reuid",
-            NOBODY,
-            "--regid",
-            NOBODY,
-            "--clear-groups",
-            "--",
-            EXE,
-        ])
+    let mut daemon = as_user(NOBODY, EXE)
         .arg("--root")
         .arg(&state)
         .args(["run", "--no-embedded", "--no-default-devices"])
@@ -737,19 +632,8 @@ fn a_per_user_daemons_own_user_administers_it() {
         .spawn()
         .unwrap();
     let as_nobody = |args: &[&str]| {
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid",
-            NOBODY,
-            "--regid",
-            NOBODY,
-            "--clear-groups",
-            "--",
-            EXE,
-        ])
-        .arg("--root")
-        .arg(&state)
-        .args(args);
+        let mut c = as_user(NOBODY, EXE);
+        c.arg("--root").arg(&state).args(args);
         output(c)
     };
     let start = Instant::now();
@@ -849,16 +733,16 @@ print("status", status, "descriptor", data.hex())
 "#;
 
 fn raw_import_as(d: &Daemon, user: &str, listen: &str) -> String {
-    let mut c = Command::new("setpriv");
-    c.args(["--reuid", user, "--regid", user, "--clear-groups", "--"])
-        .args(["/usr/bin/python3", "-c", RAW_IMPORT, listen]);
+    let mut c = as_user(user, "/usr/bin/python3");
+    c.args(["-c", RAW_IMPORT, listen]);
     let (ok, out) = finishes_within(c, Duration::from_secs(30));
     assert!(ok, "{out}\n{}", d.log());
     out
 }
 
-#[test]
-fn a_usbip_export_admits_only_the_peers_and_users_it_names() {
+/// A root daemon exporting its virtual keyboard (bus ID 1-1) on loopback,
+/// and where.
+fn exporting_keyboard() -> (Daemon, String) {
     let d = root_daemon(&[
         "--no-default-devices",
         "--no-embedded",
@@ -867,6 +751,12 @@ fn a_usbip_export_admits_only_the_peers_and_users_it_names() {
     ]);
     let listen = format!("127.0.0.1:{}", free_port());
     d.cli(&["device", "export", "all", "--listen", &listen]);
+    (d, listen)
+}
+
+#[test]
+fn a_usbip_export_admits_only_the_peers_and_users_it_names() {
+    let (d, listen) = exporting_keyboard();
     // nobody's process on loopback: not an administrator, not named.
     let out = raw_import_as(&d, NOBODY, &listen);
     assert!(out.contains("closed"), "{out}");
@@ -916,14 +806,7 @@ fn a_usbip_export_admits_only_the_peers_and_users_it_names() {
 #[test]
 fn a_usbip_peer_that_floods_and_never_reads_its_answers_stalls_only_itself() {
     use std::io::{Read, Write};
-    let d = root_daemon(&[
-        "--no-default-devices",
-        "--no-embedded",
-        "--device",
-        "keyboard",
-    ]);
-    let listen = format!("127.0.0.1:{}", free_port());
-    d.cli(&["device", "export", "all", "--listen", &listen]);
+    let (d, listen) = exporting_keyboard();
     let threads_before = d.threads();
     let mut s = std::net::TcpStream::connect(&listen).unwrap();
     s.write_all(&driverkit_usb::usbip::emit_import("1-1"))
@@ -955,12 +838,7 @@ fn a_usbip_peer_that_floods_and_never_reads_its_answers_stalls_only_itself() {
         most_threads <= threads_before + 8 + 4,
         "threads grew from {threads_before} to {most_threads}"
     );
-    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", d.pid()))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
+    let rss_kib = rss_kib(d.pid());
     assert!(rss_kib < 256 << 10, "the daemon holds {rss_kib} KiB");
     // Another peer is served meanwhile.
     let listed = d.cli(&["device", "list", "--usbip", &listen]);
@@ -980,11 +858,7 @@ fn a_usbip_peer_that_floods_and_never_reads_its_answers_stalls_only_itself() {
 #[test]
 fn apples_usb_development_wildcard_is_for_developer_mode_only() {
     let d = root_daemon(&["--no-embedded", "--no-default-devices"]);
-    let key = driverkit_bundle::signature::SigningKey::generate().unwrap();
-    let keys = d.root.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    std::fs::write(keys.join("k.pub"), key.public_hex()).unwrap();
-    d.cli(&["sysext", "trust", keys.join("k.pub").to_str().unwrap()]);
+    let key = trusted_key(&d, "k");
     let id = "com.example.Wild";
     let dir = d.root.path().join("apps");
     std::fs::create_dir_all(&dir).unwrap();

@@ -7,9 +7,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-
 use serde_json::{json, Value};
 use support::*;
 
@@ -19,29 +16,9 @@ fn parse_hex(s: &str) -> u64 {
 
 /// `driverkit events --json --count N`, started and listening.
 fn subscribe(d: &Daemon, count: usize) -> std::process::Child {
-    let mut child = Command::new(EXE)
-        .arg("--root")
-        .arg(d.state())
-        .args(["events", "--json", "--count", &count.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    assert!(line.contains("listening"), "events said {line:?}");
+    let (child, said) = subscribe_as(d, None, count);
+    assert!(said.contains("listening"), "events said {said:?}");
     child
-}
-
-fn events_of(child: std::process::Child) -> Vec<Value> {
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// The text that keyboard events type (US layout, Shift tracked).

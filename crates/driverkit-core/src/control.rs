@@ -773,16 +773,25 @@ mod tests {
         assert_eq!(answers[4]["ok"], serde_json::json!([]));
     }
 
-    #[test]
-    fn a_request_line_past_the_cap_is_answered_and_the_connection_closed() {
+    /// A fresh daemon serving one end of a socket pair made by this
+    /// process (so the peer is this process); the other end, and the
+    /// server's result.
+    fn served_pair() -> (UnixStream, std::thread::JoinHandle<std::io::Result<()>>) {
         let root = tempfile::tempdir().unwrap();
         let daemon = Core::start(crate::Config::new(root.path().to_owned()), Vec::new());
         let (ours, theirs) = UnixStream::pair().unwrap();
-        let (tx, _rx) = mpsc::channel();
         let server = std::thread::spawn(move || {
+            let _root = root;
+            let (tx, _rx) = mpsc::channel();
             let peer = Peer::of(&theirs, None);
             serve_client(theirs, &peer, &daemon, &Extensions::default(), &tx)
         });
+        (ours, server)
+    }
+
+    #[test]
+    fn a_request_line_past_the_cap_is_answered_and_the_connection_closed() {
+        let (ours, server) = served_pair();
         let mut writer = ours.try_clone().unwrap();
         let long = vec![b'a'; MAX_LINE + 2];
         // The server answers and hangs up before it has read it all.
@@ -793,26 +802,23 @@ mod tests {
         assert!(server.join().unwrap().is_err());
     }
 
-    #[test]
-    fn a_request_written_by_another_process_than_the_one_that_connected_ends_the_connection() {
-        let root = tempfile::tempdir().unwrap();
-        let daemon = Core::start(crate::Config::new(root.path().to_owned()), Vec::new());
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        let (tx, _rx) = mpsc::channel();
-        let server = std::thread::spawn(move || {
-            // The peer is this process (it made the pair).
-            let peer = Peer::of(&theirs, None);
-            serve_client(theirs, &peer, &daemon, &Extensions::default(), &tx)
-        });
-        // A child that inherited the socket writes a request on it.
+    /// `line` written on `stream` by a child process that inherited it.
+    fn written_by_a_child(stream: UnixStream, line: &str) {
         let status = std::process::Command::new("sh")
-            .args(["-c", r#"echo '{"op":"status"}' >&0"#])
+            .args(["-c", &format!("echo '{line}' >&0")])
             .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
-                ours.try_clone().unwrap(),
+                stream,
             )))
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    #[test]
+    fn a_request_written_by_another_process_than_the_one_that_connected_ends_the_connection() {
+        let (ours, server) = served_pair();
+        // A child that inherited the socket writes a request on it.
+        written_by_a_child(ours.try_clone().unwrap(), r#"{"op":"status"}"#);
         let e = server.join().unwrap().unwrap_err();
         assert!(
             e.to_string().contains("a connection is its opener's alone"),
@@ -826,14 +832,7 @@ mod tests {
         let listener = UnixListener::bind(dir.path().join("s")).unwrap();
         rustix::net::sockopt::set_socket_passcred(&listener, true).unwrap();
         let client = UnixStream::connect(dir.path().join("s")).unwrap();
-        let status = std::process::Command::new("sh")
-            .args(["-c", "echo x >&0"])
-            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
-                client,
-            )))
-            .status()
-            .unwrap();
-        assert!(status.success());
+        written_by_a_child(client, "x");
         let (server, _) = listener.accept().unwrap();
         let mut reader = FromPeer::new(server, std::process::id()).unwrap();
         let e = std::io::Read::read(&mut reader, &mut [0u8; 8]).unwrap_err();

@@ -191,11 +191,6 @@ impl Store {
         driverkit_bundle::check_identifier(bundle_id)
             .map_err(|e| format!("bundle identifier: {e}"))?;
         let staging = self.dir.join(STAGING);
-        match std::fs::create_dir(&staging) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(format!("{}: {e}", staging.display())),
-        }
         own_folder(&staging, 0o700)?;
         let staged = staging.join(format!("{bundle_id}-{generation}.dext"));
         let _ = std::fs::remove_dir_all(&staged);
@@ -209,11 +204,6 @@ impl Store {
             .join(STAGING)
             .join(format!("{bundle_id}-{generation}.dext"));
         let home = self.dir.join(bundle_id);
-        match std::fs::create_dir(&home) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(format!("{}: {e}", home.display())),
-        }
         own_folder(&home, 0o755)?;
         let target = home.join(format!("{generation}.dext"));
         std::fs::rename(&staged, &target).map_err(|e| format!("{}: {e}", target.display()))?;
@@ -271,10 +261,16 @@ impl Store {
     }
 }
 
-/// Makes sure the store's folder `dir` is the daemon user's with `mode`:
-/// a folder someone else owns could be changed under the store.
+/// Makes the store's folder `dir` if it is not there, and makes sure it is
+/// the daemon user's with `mode`: a folder someone else owns could be
+/// changed under the store.
 fn own_folder(dir: &Path, mode: u32) -> Result<(), String> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    }
     let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let me = rustix::process::geteuid().as_raw();
     if !meta.is_dir() || meta.uid() != me {

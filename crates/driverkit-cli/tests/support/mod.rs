@@ -437,6 +437,16 @@ pub struct AppSpec<'a> {
     pub without: &'a [&'a str],
 }
 
+impl<'a> AppSpec<'a> {
+    /// The default app, carrying the dext `id`.
+    pub fn of(id: &'a str) -> AppSpec<'a> {
+        AppSpec {
+            id,
+            ..Default::default()
+        }
+    }
+}
+
 impl Default for AppSpec<'_> {
     fn default() -> Self {
         AppSpec {
@@ -547,21 +557,32 @@ pub fn refused(d: &Daemon, app: &Path, id: &str) -> String {
 
 /// Runs the CLI as `nobody` (uid 65534), as an unprivileged user would.
 pub fn as_nobody(d: &Daemon, args: &[&str]) -> std::process::Output {
-    Command::new("setpriv")
-        .args([
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            "--",
-        ])
-        .arg(EXE)
+    as_user("65534", EXE)
         .arg("--root")
         .arg(d.state())
         .args(args)
         .output()
         .expect("setpriv (util-linux)")
+}
+
+/// `program` run as `user` (a number; its group the same), with no
+/// supplementary groups, by util-linux's `setpriv`.
+pub fn as_user(user: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid", user, "--regid", user, "--clear-groups", "--"])
+        .arg(program);
+    c
+}
+
+/// The JSON lines a finished `driverkit events --json` printed.
+pub fn events_of(child: Child) -> Vec<Value> {
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// A free port below the ephemeral range (a test's USB/IP server takes
@@ -577,4 +598,42 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// The resident memory of process `pid`, KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// `driverkit events --json --count N` by `user` (root when `None`),
+/// listening; the note it printed first, if any.
+pub fn subscribe_as(d: &Daemon, user: Option<&str>, count: usize) -> (std::process::Child, String) {
+    let mut c = match user {
+        Some(u) => as_user(u, EXE),
+        None => Command::new(EXE),
+    };
+    let mut child = c
+        .arg("--root")
+        .arg(d.state())
+        .args(["events", "--json", "--count", &count.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    loop {
+        let mut line = String::new();
+        err.read_line(&mut line).unwrap();
+        said.push_str(&line);
+        if line.contains("listening") || line.is_empty() {
+            break;
+        }
+    }
+    (child, said)
 }

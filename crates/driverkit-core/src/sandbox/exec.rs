@@ -347,6 +347,24 @@ fn check(result: c_long) -> Result<(), i32> {
     }
 }
 
+/// `prlimit64(0, resource, value)`, soft and hard, as a raw system call.
+fn set_limit(resource: libc::__rlimit_resource_t, value: u64) -> Result<(), i32> {
+    let limit = libc::rlimit64 {
+        rlim_cur: value,
+        rlim_max: value,
+    };
+    // SAFETY: the kernel reads `limit`, a live local, and writes nothing.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_prlimit64,
+            0,
+            resource,
+            &limit as *const libc::rlimit64,
+            std::ptr::null_mut::<libc::rlimit64>(),
+        )
+    })
+}
+
 extern "C" fn child_main(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the `Child` the parent keeps alive until we exec or
     // exit (CLONE_VFORK).
@@ -416,35 +434,9 @@ impl Child<'_> {
             }
             // 3: its memory, and its threads, counted by the kernel per
             // user (its own).
-            let memory = libc::rlimit64 {
-                rlim_cur: p.limits.memory,
-                rlim_max: p.limits.memory,
-            };
-            step(
-                3,
-                check(libc::syscall(
-                    libc::SYS_prlimit64,
-                    0,
-                    libc::RLIMIT_DATA,
-                    &memory as *const libc::rlimit64,
-                    std::ptr::null_mut::<libc::rlimit64>(),
-                )),
-            )?;
+            step(3, set_limit(libc::RLIMIT_DATA, p.limits.memory))?;
             if p.credentials.is_some() {
-                let limit = libc::rlimit64 {
-                    rlim_cur: p.limits.tasks,
-                    rlim_max: p.limits.tasks,
-                };
-                step(
-                    3,
-                    check(libc::syscall(
-                        libc::SYS_prlimit64,
-                        0,
-                        libc::RLIMIT_NPROC,
-                        &limit as *const libc::rlimit64,
-                        std::ptr::null_mut::<libc::rlimit64>(),
-                    )),
-                )?;
+                step(3, set_limit(libc::RLIMIT_NPROC, p.limits.tasks))?;
             }
             // 4: its own user: groups, then group, then user.
             let user = p.credentials.map(|u| match u {
