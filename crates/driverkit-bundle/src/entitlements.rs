@@ -150,6 +150,17 @@ impl Entitlements {
         Ok(e)
     }
 
+    /// What in these entitlements only a development-signed dext may carry
+    /// (Apple's `idVendor = "*"` wildcard), said for the person deciding;
+    /// `None` when nothing is.
+    pub fn development_only(&self) -> Option<String> {
+        self.usb_any_vendor.then(|| {
+            format!(
+                "{PREFIX}driverkit.transport.usb names idVendor \"*\", Apple's wildcard for development-signed dexts (any USB vendor); a shipped dext lists its vendors' IDs"
+            )
+        })
+    }
+
     /// Whether a dext with these entitlements may use `p`; the error names
     /// the entitlement it lacks.
     pub fn allow(&self, p: &Personality) -> Result<(), String> {

@@ -892,5 +892,5 @@ fn apples_usb_development_wildcard_is_for_developer_mode_only() {
     d.cli(&["sysext", "developer", "on"]);
     d.cli(&["sysext", "activate", app.to_str().unwrap(), id]);
     assert_eq!(state_of(&d, id).as_deref(), Some("waiting_for_user"));
-    d.wait_log("Apple's development wildcard", 1);
+    d.wait_log("Apple's wildcard for development-signed dexts", 1);
 }

@@ -136,19 +136,19 @@ impl Requester {
     }
 }
 
-/// Refuses the USB development wildcard outside developer mode; in it,
-/// warns.
-fn check_wildcard(bundle: &Bundle, developer: bool) -> Result<(), Failure> {
-    if !bundle
+/// Refuses what only a development-signed dext may carry outside
+/// developer mode; in it, warns.
+fn check_development_only(bundle: &Bundle, developer: bool) -> Result<(), Failure> {
+    let Some(what) = bundle
         .entitlements
         .as_ref()
-        .is_some_and(|e| e.usb_any_vendor)
-    {
+        .and_then(|e| e.development_only())
+    else {
         return Ok(());
-    }
+    };
     if developer {
         tracing::warn!(
-            "sysext   {}: its transport.usb entitlement is idVendor \"*\", Apple's development wildcard (any USB vendor); accepted in developer mode only",
+            "sysext   {}: {what}; accepted in developer mode only",
             bundle.identifier
         );
         return Ok(());
@@ -156,7 +156,7 @@ fn check_wildcard(bundle: &Bundle, developer: bool) -> Result<(), Failure> {
     Err(Failure::new(
         code::FORBIDDEN_BY_SYSTEM_POLICY,
         format!(
-            "{}: com.apple.developer.driverkit.transport.usb names idVendor \"*\", Apple's wildcard for development-signed dexts; the system accepts it only in developer mode (`driverkit sysext developer on`); a shipped dext lists its vendors' IDs",
+            "{}: {what}; the system accepts it only in developer mode (`driverkit sysext developer on`)",
             bundle.identifier
         ),
     ))
@@ -371,7 +371,7 @@ impl Core {
             .check_entitlements()
             .map_err(|e| Failure::new(code::MISSING_ENTITLEMENT, shown(e.to_string())))?;
         let (developer, trusted) = self.trust();
-        check_wildcard(&bundle, developer)?;
+        check_development_only(&bundle, developer)?;
         let signed_by = match signature::verify(staged, &trusted) {
             Ok(key) => Some(key),
             Err(_) if developer => None,

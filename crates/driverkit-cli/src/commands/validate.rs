@@ -18,21 +18,24 @@ pub fn validate(path: &Path) -> Result<(), String> {
     }
     let bundle = Bundle::load(path).map_err(|e| e.to_string())?;
     bundle.check_entitlements().map_err(|e| e.to_string())?;
-    let wildcard = bundle
+    let development = bundle
         .entitlements
         .as_ref()
-        .is_some_and(|e| e.usb_any_vendor);
+        .and_then(|e| e.development_only());
     println!(
         "{} {} ({}): valid{}",
         bundle.identifier,
         bundle.short_version(),
         bundle.version(),
-        if wildcard { " for development" } else { "" }
+        if development.is_some() {
+            " for development"
+        } else {
+            ""
+        }
     );
-    if wildcard {
+    if let Some(what) = development {
         println!(
-            "  warning: com.apple.developer.driverkit.transport.usb names idVendor \"*\", Apple's wildcard for development-signed dexts: \
-             the system activates it only in developer mode (`driverkit sysext developer on`); to ship, list your vendor IDs"
+            "  warning: {what}; the system activates it only in developer mode (`driverkit sysext developer on`)"
         );
     }
     println!("  executable: {}", bundle.executable.display());
