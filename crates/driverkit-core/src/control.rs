@@ -130,6 +130,9 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// Control connections one user may hold at once, so that no user can
 /// take them all.
 pub const MAX_CONNECTIONS_PER_USER: usize = 64;
+/// Matching notifications a client may leave unread before its stream is
+/// cut off.
+pub const LIFECYCLE_BACKLOG: usize = 4096;
 
 /// What a core request needs, and its name for refusals.
 fn role_of(req: &Request) -> (Role, &'static str) {
@@ -500,7 +503,7 @@ fn serve_connection(
 /// and leave the registry, until the client goes away (matching
 /// notifications for apps).
 fn stream_lifecycle(daemon: &Core, mut writer: UnixStream) -> std::io::Result<()> {
-    let events = daemon.subscribe();
+    let events = daemon.subscribe_bounded(LIFECYCLE_BACKLOG);
     writer.write_all(b"{\"ok\":{}}\n")?;
     for event in events {
         let line = match event {

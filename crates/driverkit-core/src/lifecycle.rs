@@ -188,11 +188,18 @@ pub(crate) struct State {
     jobs: usize,
 }
 
+/// Who hears lifecycle events: the daemon's own parts, which keep up, or
+/// a client, whose backlog is bounded.
+enum Subscriber {
+    Unbounded(mpsc::Sender<Event>),
+    Bounded(mpsc::SyncSender<Event>),
+}
+
 pub(crate) struct Inner {
     pub(crate) config: Config,
     state: Mutex<State>,
     changed: Condvar,
-    subscribers: Mutex<Vec<mpsc::Sender<Event>>>,
+    subscribers: Mutex<Vec<Subscriber>>,
     spawn_lock: Mutex<()>,
     pub(crate) workers: crate::workers::Workers,
     pub(crate) families: Families,
@@ -443,6 +450,20 @@ impl Core {
         self.inner.subscribe()
     }
 
+    /// Lifecycle events from now on, for someone outside the daemon: at
+    /// most `backlog` wait for it, and one that falls further behind is
+    /// cut off (its receiver ends), so that a client that never reads
+    /// costs the daemon no more than that.
+    pub fn subscribe_bounded(&self, backlog: usize) -> mpsc::Receiver<Event> {
+        let (tx, rx) = mpsc::sync_channel(backlog);
+        self.inner
+            .subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Subscriber::Bounded(tx));
+        rx
+    }
+
     /// Waits until no matching or termination is in flight.
     pub fn wait_idle(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -529,7 +550,7 @@ impl Inner {
         self.subscribers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(tx);
+            .push(Subscriber::Unbounded(tx));
         rx
     }
 
@@ -537,7 +558,19 @@ impl Inner {
         self.subscribers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|s| s.send(event.clone()).is_ok());
+            .retain(|s| match s {
+                Subscriber::Unbounded(tx) => tx.send(event.clone()).is_ok(),
+                Subscriber::Bounded(tx) => match tx.try_send(event.clone()) {
+                    Ok(()) => true,
+                    Err(mpsc::TrySendError::Full(_)) => {
+                        tracing::warn!(
+                            "control  a subscriber to lifecycle events fell too far behind; cut off"
+                        );
+                        false
+                    }
+                    Err(mpsc::TrySendError::Disconnected(_)) => false,
+                },
+            });
     }
 
     /// Runs `f` on a worker, counted in `jobs` for `wait_idle`.
@@ -1269,5 +1302,28 @@ fn decline(registry: &mut Registry, client: &crate::registry::Entry) {
         if !p.declined.contains(&key) {
             p.declined.push(key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bounded_subscriber_that_falls_behind_is_cut_off_and_the_others_go_on() {
+        let root = tempfile::tempdir().unwrap();
+        let core = Core::start(Config::new(root.path().to_owned()), Vec::new());
+        let slow = core.subscribe_bounded(2);
+        let inner = core.subscribe();
+        for service in 0..3 {
+            core.inner.emit(Event::Removed { service });
+        }
+        // Two waited for it; the third cut it off.
+        assert_eq!(slow.try_iter().count(), 2);
+        assert!(matches!(
+            slow.try_recv(),
+            Err(mpsc::TryRecvError::Disconnected)
+        ));
+        assert_eq!(inner.try_iter().count(), 3);
     }
 }
