@@ -183,7 +183,9 @@ impl std::fmt::Display for RequestResult {
             RequestResult::AlreadyActive { state } => {
                 write!(
                     f,
-                    "this version is active already ({state}); nothing changed"
+                    "this version is active already ({state}); nothing changed. To run a new build, \
+                     raise CFBundleVersion, or uninstall the old one first (`driverkit sysext uninstall ID`), \
+                     or turn on developer mode (`driverkit sysext developer on`), in which an equal version replaces the old"
                 )
             }
         }

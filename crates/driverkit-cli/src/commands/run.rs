@@ -33,8 +33,10 @@ pub struct RunArgs {
     /// its crashes afresh.
     #[arg(long, default_value_t = 1800)]
     relaunch_quiet_s: u64,
-    /// Load a built-in tool driver too (tests: DriverKitUsbTestDriver...).
-    #[arg(long = "with-tool", value_name = "EXECUTABLE", hide = true)]
+    /// Load an opt-in built-in driver too, by its executable's name:
+    /// FTDISerialDriver and CDCEthernetDriver (they would take devices from
+    /// Linux's own drivers), and the test drivers.
+    #[arg(long = "with-tool", value_name = "EXECUTABLE")]
     tools: Vec<String>,
     /// How long a dext may take to answer Start, Stop and other calls.
     #[arg(long, default_value_t = 20_000)]
