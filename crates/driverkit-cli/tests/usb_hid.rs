@@ -267,6 +267,13 @@ fn a_vendor_device_waits_for_its_driver_which_then_talks_to_it() {
     assert_eq!(ip["TestAlt7Status"], "kIOReturnBadArgument");
     assert_eq!(ip["TestAlternateSetting"], 1);
     assert_eq!(ip["TestAltEcho"], "through alternate setting 1");
+    // Eight reads in flight on one pipe, 256 numbered packets: every
+    // completion in the device's order.
+    let ordered = d.wait_node("the ordered reads done", |n| {
+        n["name"] == "UsbTestInterface" && n["properties"]["TestOrderedReads"].is_number()
+    });
+    assert_eq!(ordered["properties"]["TestOrderedReads"], 256);
+    assert_eq!(ordered["properties"]["TestOrderedMisplaced"], 0);
     assert_eq!(
         ip["IOProbeScore"], 90000,
         "idVendor + idProduct + bInterfaceNumber + bConfigurationValue"

@@ -12,7 +12,11 @@
 //!   (`TestTimeoutStatus`), and starts an asynchronous read that it aborts
 //!   (`TestAbortStatus`). Then it takes interface 1 through the device,
 //!   selects its alternate setting 1 and echoes through its pipes
-//!   (`TestAltEcho`).
+//!   (`TestAltEcho`). Last, it keeps 8 asynchronous reads in flight on
+//!   the IN pipe while another thread sends 256 numbered packets to be
+//!   echoed: each completion must carry the next number
+//!   (`TestOrderedReads`, `TestOrderedMisplaced`), as DriverKit delivers a
+//!   pipe's completions in the device's order.
 //! - `VirtualHIDKeyboard` is an `IOUserHIDDevice` on `IOUserResources`: a
 //!   keyboard made by a dext. Every 50 ms a timer makes it press and
 //!   release "h" through `handle_report`.
@@ -386,7 +390,21 @@ impl IOServiceImpl for UsbTestDevice {
 #[derive(Default)]
 pub struct UsbTestInterfaceIvars {
     pending: Mutex<Option<(IOUSBHostPipe, IOBufferMemoryDescriptor)>>,
+    ordered: Mutex<Option<Ordered>>,
 }
+
+/// Reads in flight on one pipe, and what their completions carried.
+struct Ordered {
+    pipe: IOUSBHostPipe,
+    buffers: Vec<IOBufferMemoryDescriptor>,
+    /// The number the next completion must carry.
+    next: u32,
+    misplaced: u32,
+}
+
+/// Reads kept in flight, and numbered packets echoed through them.
+const ORDERED_READS: usize = 8;
+const ORDERED_PACKETS: u32 = 256;
 
 #[driverkit::service(superclass = IOService, ivars = UsbTestInterfaceIvars)]
 pub struct UsbTestInterface;
@@ -448,7 +466,52 @@ impl IOServiceImpl for UsbTestInterface {
             .unwrap_or_else(|e| e.into_inner()) = Some((in_pipe, back));
         in_pipe.abort()?;
         self.set_properties(alternate_setting_echo(&interface)?)?;
+        self.start_ordered_reads(&interface)?;
         self.register_service()
+    }
+}
+
+impl UsbTestInterface {
+    /// Arms [`ORDERED_READS`] reads on the IN pipe, then sends the numbered
+    /// packets from a thread of its own (the completions run on this
+    /// service's queue meanwhile).
+    fn start_ordered_reads(&self, interface: &IOUSBHostInterface) -> IOResult<()> {
+        let (out_pipe, in_pipe) = (interface.copy_pipe(0x02)?, interface.copy_pipe(0x82)?);
+        let mut buffers = Vec::new();
+        let mut actions = Vec::new();
+        for i in 0..ORDERED_READS {
+            buffers.push(IOBufferMemoryDescriptor::create(64)?);
+            let done = self.create_action_ordered_read(8)?;
+            done.reference()[0] = i as u8;
+            actions.push(done);
+        }
+        *self
+            .ivars()
+            .ordered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Ordered {
+            pipe: in_pipe,
+            buffers: buffers.clone(),
+            next: 0,
+            misplaced: 0,
+        });
+        for (buffer, done) in buffers.iter().zip(&actions) {
+            in_pipe.async_io(buffer, 64, done, 0)?;
+        }
+        let packet = IOBufferMemoryDescriptor::create(4)?;
+        std::thread::spawn(move || {
+            for n in 0..ORDERED_PACKETS {
+                let sent = packet
+                    .create_mapping()
+                    .and_then(|m| m.write(0, &n.to_le_bytes()))
+                    .and_then(|()| out_pipe.io(&packet, 4, 1000));
+                if sent.is_err() {
+                    driverkit::info!("ordered reads: packet {n} not sent: {sent:?}");
+                    return;
+                }
+            }
+        });
+        Ok(())
     }
 }
 
@@ -500,6 +563,43 @@ impl UsbTestInterface {
     #[action(IOService::CompleteAsync)]
     fn read_done(&self, _action: &OSAction, status: IOReturn, _actual: u64) {
         let _ = self.set_property("TestAbortStatus", status.name().unwrap_or("?"));
+    }
+
+    /// One numbered packet: it must be the next; read again until all came.
+    #[action(IOService::CompleteAsync)]
+    fn ordered_read(&self, action: &OSAction, status: IOReturn, actual: u64) {
+        let mut ordered = self
+            .ivars()
+            .ordered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(o) = ordered.as_mut() else { return };
+        let index = usize::from(action.reference()[0]);
+        let Some(buffer) = o.buffers.get(index) else {
+            return;
+        };
+        if status != IOReturn::SUCCESS || actual != 4 {
+            let _ = self.set_property("TestOrderedStatus", status.name().unwrap_or("?"));
+            return;
+        }
+        let mut number = [0u8; 4];
+        if let Ok(map) = buffer.create_mapping() {
+            let _ = map.read(0, &mut number);
+        }
+        if u32::from_le_bytes(number) != o.next {
+            o.misplaced += 1;
+        }
+        o.next += 1;
+        if o.next == ORDERED_PACKETS {
+            let mut props = plist::Dictionary::new();
+            props.insert("TestOrderedReads".into(), i64::from(o.next).into());
+            props.insert("TestOrderedMisplaced".into(), i64::from(o.misplaced).into());
+            let _ = self.set_properties(props);
+        }
+        // Re-armed while packets remain for the reads in flight.
+        if o.next + ORDERED_READS as u32 <= ORDERED_PACKETS {
+            let _ = o.pipe.async_io(buffer, 64, action, 0);
+        }
     }
 }
 

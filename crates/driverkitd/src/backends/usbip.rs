@@ -248,6 +248,9 @@ impl UsbIpDevice {
         self.location.store(location, Ordering::Relaxed);
     }
 
+    /// Sends a CMD_SUBMIT and waits for its answer; `queued` runs once it
+    /// is on the wire (the server's kernel queues URBs in arrival order).
+    #[allow(clippy::too_many_arguments)]
     fn submit(
         &self,
         endpoint: u8,
@@ -256,6 +259,7 @@ impl UsbIpDevice {
         length: usize,
         timeout: Option<Duration>,
         submitted: Option<u64>,
+        queued: &mut dyn FnMut(),
     ) -> IOResult<Completed> {
         if self.closed.load(Ordering::Acquire) {
             return Err(IOReturn::NO_DEVICE);
@@ -313,6 +317,7 @@ impl UsbIpDevice {
             self.forget(seqnum);
             return Err(IOReturn::NO_DEVICE);
         }
+        queued();
         let answer = match timeout {
             Some(t) => rx.recv_timeout(t).map_err(|e| match e {
                 mpsc::RecvTimeoutError::Timeout => IOReturn::TIMEOUT,
@@ -535,7 +540,15 @@ impl UsbTransport for UsbIpDevice {
     fn control(&self, setup: Setup, data: &[u8], timeout: Option<Duration>) -> IOResult<Vec<u8>> {
         let endpoint = if setup.is_in() { 0x80 } else { 0x00 };
         let length = usize::from(setup.length);
-        let done = self.submit(endpoint, setup.emit(), data, length, timeout, None)?;
+        let done = self.submit(
+            endpoint,
+            setup.emit(),
+            data,
+            length,
+            timeout,
+            None,
+            &mut || {},
+        )?;
         Ok(done.data)
     }
 
@@ -547,7 +560,27 @@ impl UsbTransport for UsbIpDevice {
         timeout: Option<Duration>,
         submitted: u64,
     ) -> IOResult<Completed> {
-        self.submit(address, [0; 8], data, length, timeout, Some(submitted))
+        self.transfer_queued(address, data, length, timeout, submitted, &mut || {})
+    }
+
+    fn transfer_queued(
+        &self,
+        address: u8,
+        data: &[u8],
+        length: usize,
+        timeout: Option<Duration>,
+        submitted: u64,
+        queued: &mut dyn FnMut(),
+    ) -> IOResult<Completed> {
+        self.submit(
+            address,
+            [0; 8],
+            data,
+            length,
+            timeout,
+            Some(submitted),
+            queued,
+        )
     }
 
     fn abort_generation(&self, address: u8) -> u64 {

@@ -254,6 +254,67 @@ struct InQueue {
     /// (`stream_in`): handed over on the queuing thread. Held while the
     /// sink runs, so that data reaches it in the order it was queued.
     stream: Mutex<Option<(usize, InSink)>>,
+    /// Readers are served in the order they were queued, as a host
+    /// controller serves an endpoint: each takes a ticket, and only the one
+    /// being served takes data from the ring.
+    turns: Mutex<Turns>,
+    turn: std::sync::Condvar,
+}
+
+/// Tickets of an IN endpoint's readers.
+#[derive(Default)]
+struct Turns {
+    next: u64,
+    serving: u64,
+    /// Tickets that ended out of turn (aborted, timed out).
+    ended: std::collections::BTreeSet<u64>,
+}
+
+/// A reader's place in an endpoint's queue; leaving it (served, aborted,
+/// timed out) lets the next one in.
+struct Ticket<'a> {
+    queue: &'a InQueue,
+    number: u64,
+}
+
+impl Ticket<'_> {
+    fn take(queue: &InQueue) -> Ticket<'_> {
+        let mut turns = queue.turns.lock().unwrap_or_else(|e| e.into_inner());
+        let number = turns.next;
+        turns.next += 1;
+        Ticket { queue, number }
+    }
+
+    fn is_served(&self) -> bool {
+        self.queue
+            .turns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .serving
+            == self.number
+    }
+
+    /// Waits until it is served, or until `until`.
+    fn wait(&self, until: Instant) {
+        let turns = self.queue.turns.lock().unwrap_or_else(|e| e.into_inner());
+        if turns.serving != self.number {
+            let left = until.saturating_duration_since(Instant::now());
+            let _ = self.queue.turn.wait_timeout(turns, left);
+        }
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        let mut guard = self.queue.turns.lock().unwrap_or_else(|e| e.into_inner());
+        let turns = &mut *guard;
+        turns.ended.insert(self.number);
+        while turns.ended.remove(&turns.serving) {
+            turns.serving += 1;
+        }
+        drop(guard);
+        self.queue.turn.notify_all();
+    }
 }
 
 /// A virtual USB device.
@@ -343,6 +404,8 @@ impl VirtualUsb {
                             ring,
                             aborts: Default::default(),
                             stream: Mutex::new(None),
+                            turns: Mutex::default(),
+                            turn: std::sync::Condvar::new(),
                         },
                     );
                 } else {
@@ -540,10 +603,24 @@ impl UsbTransport for VirtualUsb {
         timeout: Option<Duration>,
         submitted: u64,
     ) -> IOResult<Completed> {
+        self.transfer_queued(address, data, length, timeout, submitted, &mut || {})
+    }
+
+    /// OUT is done as it is called; IN takes its ticket on the endpoint.
+    fn transfer_queued(
+        &self,
+        address: u8,
+        data: &[u8],
+        length: usize,
+        timeout: Option<Duration>,
+        submitted: u64,
+        queued: &mut dyn FnMut(),
+    ) -> IOResult<Completed> {
         if self.closed.load(Ordering::Acquire) {
             return Err(IOReturn::NO_DEVICE);
         }
         if address & 0x80 == 0 {
+            queued();
             let target = self.echo.get(&address).ok_or(IOReturn::NOT_FOUND)?;
             if let Some(to) = target {
                 self.queue_in(*to, data)?;
@@ -554,12 +631,26 @@ impl UsbTransport for VirtualUsb {
             });
         }
         let q = self.ins.get(&address).ok_or(IOReturn::NOT_FOUND)?;
+        let ticket = Ticket::take(q);
+        queued();
         let aborts = submitted;
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut out = Vec::with_capacity(length);
         loop {
             if q.aborts.load(Ordering::Acquire) != aborts {
                 return Err(IOReturn::ABORTED);
+            }
+            if !ticket.is_served() {
+                if self.closed.load(Ordering::Acquire) {
+                    return Err(IOReturn::NO_DEVICE);
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(IOReturn::TIMEOUT);
+                }
+                // Re-checks the abort flag at least this often.
+                let slice = Instant::now() + Duration::from_millis(100);
+                ticket.wait(deadline.map_or(slice, |d| d.min(slice)));
+                continue;
             }
             match q.ring.dequeue(&mut out) {
                 Ok(()) => {

@@ -337,6 +337,19 @@ impl UsbTransport for LinuxUsbDevice {
         timeout: Option<Duration>,
         submitted: u64,
     ) -> IOResult<Completed> {
+        self.transfer_queued(address, data, length, timeout, submitted, &mut || {})
+    }
+
+    /// In the endpoint thread's queue, which it submits to usbfs in order.
+    fn transfer_queued(
+        &self,
+        address: u8,
+        data: &[u8],
+        length: usize,
+        timeout: Option<Duration>,
+        submitted: u64,
+        queued: &mut dyn FnMut(),
+    ) -> IOResult<Completed> {
         if self.closed.load(Ordering::Acquire) {
             return Err(IOReturn::NO_DEVICE);
         }
@@ -352,6 +365,7 @@ impl UsbTransport for LinuxUsbDevice {
         commands
             .send(Command::Transfer(request))
             .map_err(|_| IOReturn::NO_DEVICE)?;
+        queued();
         // The endpoint's thread answers every transfer it took.
         result.recv().unwrap_or(Err(IOReturn::ABORTED))
     }

@@ -12,6 +12,7 @@
 //! and publishes the nubs.
 
 pub mod matching;
+mod order;
 pub mod transport;
 
 use std::collections::HashMap;
@@ -137,6 +138,8 @@ impl Drop for Hold {
 struct Pipe {
     hold: Hold,
     endpoint: Endpoint,
+    /// Its asynchronous transfers, queued and completed in order.
+    order: Arc<order::InOrder>,
 }
 
 /// The personality key by which a driver leaves a host's own driver (Linux's
@@ -563,12 +566,7 @@ impl UsbFamily {
         let request = call.system.track_request(call.server, device, action)?;
         let system = call.system.clone();
         call.system.run_io(move || {
-            let result = transfer();
-            let (status, actual) = match result {
-                Ok(n) => (IOReturn::SUCCESS, n),
-                Err(IOReturn::NO_DEVICE) => (IOReturn::ABORTED, 0),
-                Err(e) => (e, 0),
-            };
+            let (status, actual) = completion(transfer());
             system.finish_request(request, status, actual);
         });
         Ok(())
@@ -876,7 +874,14 @@ impl IOUSBHostInterfaceInterface for UsbCall<'_> {
         let mut st = self.family.lock();
         st.next_pipe += 1;
         let id = self.call.family.object(st.next_pipe);
-        st.pipes.insert(id.0, Arc::new(Pipe { hold, endpoint }));
+        st.pipes.insert(
+            id.0,
+            Arc::new(Pipe {
+                hold,
+                endpoint,
+                order: Arc::default(),
+            }),
+        );
         Ok(id)
     }
 }
@@ -962,7 +967,14 @@ impl IOUSBHostPipeInterface for UsbCall<'_> {
         let pipe = self.pipe()?;
         let region = self.call.system.region(self.call.server, memory)?;
         let submitted = pipe.generation();
-        pipe_transfer(&pipe, &region, length, timeout(timeout_ms), submitted)
+        pipe_transfer(
+            &pipe,
+            &region,
+            length,
+            timeout(timeout_ms),
+            submitted,
+            &mut || {},
+        )
     }
 
     fn async_io(&self, memory: u64, length: u64, action: u64, timeout_ms: u32) -> IOResult<()> {
@@ -974,9 +986,33 @@ impl IOUSBHostPipeInterface for UsbCall<'_> {
         let device = pipe.hold.interface.device.entry;
         // An Abort after this call returns must end this transfer.
         let submitted = pipe.generation();
-        UsbFamily::run_async(self.call, device, action, move || {
-            pipe_transfer(&pipe, &region, length, timeout(timeout_ms), submitted)
-        })
+        let request = self
+            .call
+            .system
+            .track_request(self.call.server, device, action)?;
+        // Its place among the pipe's transfers: queued on the endpoint and
+        // completed to the driver in the order the driver asked (`order`).
+        let order = pipe.order.clone();
+        let ticket = order.ticket();
+        let system = self.call.system.clone();
+        self.call.system.run_io(move || {
+            order.wait_to_queue(ticket);
+            let result = pipe_transfer(
+                &pipe,
+                &region,
+                length,
+                timeout(timeout_ms),
+                submitted,
+                &mut || order.queued(ticket),
+            );
+            // Failed before it had a place: the next may go.
+            order.queued(ticket);
+            let (status, actual) = completion(result);
+            order.deliver(ticket, move || {
+                system.finish_request(request, status, actual)
+            });
+        });
+        Ok(())
     }
 
     fn abort(&self) -> IOResult<()> {
@@ -1010,12 +1046,25 @@ impl IOUSBHostPipeInterface for UsbCall<'_> {
 }
 
 /// One transfer between `region` and the pipe's endpoint.
+/// A transfer's result as its completion reports it: a device gone while
+/// it waited aborted it.
+fn completion(result: IOResult<u64>) -> (IOReturn, u64) {
+    match result {
+        Ok(n) => (IOReturn::SUCCESS, n),
+        Err(IOReturn::NO_DEVICE) => (IOReturn::ABORTED, 0),
+        Err(e) => (e, 0),
+    }
+}
+
+/// One transfer on `pipe` through `region`; `queued` runs once it has its
+/// place on the endpoint.
 fn pipe_transfer(
     pipe: &Pipe,
     region: &driverkit_wire::shm::SharedMemory,
     length: u64,
     timeout: Option<Duration>,
     submitted: u64,
+    queued: &mut dyn FnMut(),
 ) -> IOResult<u64> {
     let length = usize::try_from(length).map_err(|_| IOReturn::BAD_ARGUMENT)?;
     if length > region.len() {
@@ -1024,14 +1073,14 @@ fn pipe_transfer(
     let address = pipe.endpoint.address;
     let transport = &pipe.hold.interface.device.transport;
     if address & 0x80 != 0 {
-        let done = transport.transfer(address, &[], length, timeout, submitted)?;
+        let done = transport.transfer_queued(address, &[], length, timeout, submitted, queued)?;
         region.write(0, &done.data);
         Ok(done.data.len() as u64)
     } else {
         let mut out = vec![0u8; length];
         region.read(0, &mut out);
         Ok(transport
-            .transfer(address, &out, 0, timeout, submitted)?
+            .transfer_queued(address, &out, 0, timeout, submitted, queued)?
             .actual as u64)
     }
 }

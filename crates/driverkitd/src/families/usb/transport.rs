@@ -52,6 +52,28 @@ pub trait UsbTransport: Send + Sync {
         submitted: u64,
     ) -> IOResult<Completed>;
 
+    /// [`UsbTransport::transfer`], calling `queued` once the transfer holds
+    /// its place on the endpoint: transfers of one endpoint that were
+    /// queued one after the other are served, and complete, in that order,
+    /// as a host controller serves an endpoint's queue. Whoever keeps
+    /// several transfers in flight on one endpoint queues the next only
+    /// after `queued` ran for the one before, so that the device's order is
+    /// the submitter's. The default is for transports whose `transfer`
+    /// takes its place as it is called; a transport with a queue of its own
+    /// calls `queued` once the transfer is in it.
+    fn transfer_queued(
+        &self,
+        address: u8,
+        data: &[u8],
+        length: usize,
+        timeout: Option<Duration>,
+        submitted: u64,
+        queued: &mut dyn FnMut(),
+    ) -> IOResult<Completed> {
+        queued();
+        self.transfer(address, data, length, timeout, submitted)
+    }
+
     /// Streams IN endpoint `address` into `sink`: each transfer's data (at
     /// most `length` bytes) is handed to it by the thread that completes
     /// the transfer, so no thread of the caller waits in between (a poller
