@@ -834,8 +834,9 @@ fn a_usbip_peer_that_floods_and_never_reads_its_answers_stalls_only_itself() {
     }
     most_threads = most_threads.max(d.threads());
     eprintln!("flood: {sent} URBs written; daemon threads {threads_before} before, at most {most_threads} during");
+    // A thread per URB in flight, at most 64 of them for this peer.
     assert!(
-        most_threads <= threads_before + 8 + 4,
+        most_threads <= threads_before + 64 + 4,
         "threads grew from {threads_before} to {most_threads}"
     );
     let rss_kib = rss_kib(d.pid());

@@ -359,3 +359,30 @@ fn a_server_that_lies_after_the_import_gets_a_clear_error_and_no_device() {
     assert!(d.nodes().iter().all(|n| n["class"] != "IOUSBHostDevice"));
     assert!(!d.log().contains("panicked"));
 }
+
+/// A pipe's completions reach its driver in the device's order over USB/IP
+/// too: the test driver keeps 8 reads in flight on an imported vendor
+/// device while 256 numbered packets are echoed through it.
+#[test]
+fn many_reads_in_flight_on_an_imported_pipe_complete_in_order() {
+    let exporter = Daemon::start(&[
+        "--no-default-devices",
+        "--no-embedded",
+        "--device",
+        "vendor-bulk",
+    ]);
+    let importer = Daemon::start(&[
+        "--no-default-devices",
+        "--no-embedded",
+        "--with-tool",
+        "DriverKitUsbTestDriver",
+    ]);
+    let listen = format!("127.0.0.1:{}", free_port());
+    exporter.cli(&["device", "export", "all", "--listen", &listen]);
+    importer.cli(&["device", "attach", &format!("usbip://{listen}/1-1")]);
+    let done = importer.wait_node("the ordered reads done over USB/IP", |n| {
+        n["name"] == "UsbTestInterface" && n["properties"]["TestOrderedReads"].is_number()
+    });
+    assert_eq!(done["properties"]["TestOrderedReads"], 256);
+    assert_eq!(done["properties"]["TestOrderedMisplaced"], 0);
+}

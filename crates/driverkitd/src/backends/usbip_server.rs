@@ -8,11 +8,13 @@
 //! (`usbip_access`: its address, and on loopback its user). While a peer
 //! has a device, the USB family lends it out whole (our own services on it
 //! stop; matching leaves it alone); it comes back when the peer
-//! disconnects. CMD_SUBMITs run on the connection's own pool of
-//! [`WORKERS`] threads, at most [`MAX_IN_FLIGHT`] URBs and
-//! [`MAX_BYTES_IN_FLIGHT`] bytes at once: past that the connection stops
-//! reading its peer (TCP pushes back), so a peer that floods, or never
-//! reads its answers, stalls only itself. CMD_UNLINK aborts the URB's
+//! disconnects. Each CMD_SUBMIT runs on a thread of its own (a transfer
+//! blocks until the device answers, and an IN may wait for ever, so a
+//! fixed pool would let pending reads starve the rest), at most
+//! [`MAX_IN_FLIGHT`] URBs and [`MAX_BYTES_IN_FLIGHT`] bytes at once per
+//! connection: past that the connection stops reading its peer (TCP pushes
+//! back), so a peer that floods, or never reads its answers, stalls only
+//! itself. CMD_UNLINK aborts the URB's
 //! endpoint (our transports abort per endpoint) and answers
 //! `-ECONNRESET`; the other URBs aborted with it answer the same, as a
 //! host controller would after an endpoint reset.
@@ -26,14 +28,13 @@ use std::time::Duration;
 use driverkit_core::{EntryId, System};
 
 use super::usbip_access::Access;
+use crate::families::usb::order::InOrder;
 use driverkit_usb::usbip::{self, cmd, op, DeviceInfo, OpHeader, Urb};
 use driverkit_usb::{DeviceDescriptor, Setup};
 
 use crate::families::usb::{UsbDevice, UsbFamily};
 
-/// Threads serving one connection's URBs.
-pub const WORKERS: usize = 8;
-/// URBs one connection may have in flight (running or queued).
+/// URBs one connection may have in flight, each on its thread.
 pub const MAX_IN_FLIGHT: usize = 64;
 /// Payload bytes one connection may hold in flight.
 pub const MAX_BYTES_IN_FLIGHT: usize = 64 << 20;
@@ -301,12 +302,31 @@ impl Budget {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         held.0 -= 1;
         held.1 -= bytes;
-        self.room.notify_one();
+        self.room.notify_all();
+    }
+
+    /// Waits until nothing is in flight, at most `limit`.
+    fn drain(&self, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        while held.0 > 0 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            held = self
+                .room
+                .wait_timeout(held, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 }
 
-/// One CMD_SUBMIT to run.
+/// One CMD_SUBMIT to run: queued on its endpoint after the URBs that
+/// arrived before it (`turn`), as Linux's `usbip_host` submits them.
 struct Job {
+    turn: Option<(Arc<InOrder>, u64)>,
     seqnum: u32,
     direction: u32,
     endpoint: u32,
@@ -324,38 +344,13 @@ fn serve_urbs(s: TcpStream, device: &Arc<UsbDevice>, busid: &str) -> Result<(), 
     let writer = Arc::new(Mutex::new(s.try_clone().map_err(|e| e.to_string())?));
     let in_flight: Arc<Mutex<HashMap<u32, InFlight>>> = Arc::default();
     let budget = Arc::new(Budget::default());
+    let mut orders: HashMap<u8, Arc<InOrder>> = HashMap::new();
     let send = |writer: &Mutex<TcpStream>, urb: &Urb| {
         let _ = writer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .write_all(&urb.emit());
     };
-    // The pool: WORKERS threads over one queue the budget keeps short.
-    let (jobs, queue) = std::sync::mpsc::channel::<Job>();
-    let queue = Arc::new(Mutex::new(queue));
-    let mut workers = Vec::with_capacity(WORKERS);
-    for _ in 0..WORKERS {
-        let (queue, writer, in_flight, budget, device) = (
-            queue.clone(),
-            writer.clone(),
-            in_flight.clone(),
-            budget.clone(),
-            device.clone(),
-        );
-        let worker = std::thread::Builder::new()
-            .name("usbip-urb".into())
-            .spawn(move || loop {
-                let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                let Ok(job) = job else { return };
-                let bytes = job.bytes;
-                run_urb(&device, job, &writer, &in_flight, send);
-                budget.give(bytes);
-            });
-        match worker {
-            Ok(w) => workers.push(w),
-            Err(_) => return Err(format!("{busid}: cannot start the URB workers")),
-        }
-    }
     let mut s = s;
     let end = loop {
         let mut head = [0u8; usbip::URB_HEADER_LEN];
@@ -394,7 +389,14 @@ fn serve_urbs(s: TcpStream, device: &Arc<UsbDevice>, busid: &str) -> Result<(), 
                         unlinked: false,
                     },
                 );
+                // Data endpoints keep the order the URBs arrived in.
+                let turn = (endpoint & 0x0f != 0).then(|| {
+                    let order = orders.entry(address).or_default().clone();
+                    let ticket = order.ticket();
+                    (order, ticket)
+                });
                 let job = Job {
+                    turn,
                     seqnum,
                     direction,
                     endpoint,
@@ -405,8 +407,22 @@ fn serve_urbs(s: TcpStream, device: &Arc<UsbDevice>, busid: &str) -> Result<(), 
                     submitted,
                     bytes,
                 };
-                if jobs.send(job).is_err() {
-                    break Err(format!("{busid}: the URB workers ended"));
+                let (writer, in_flight, budget, device) = (
+                    writer.clone(),
+                    in_flight.clone(),
+                    budget.clone(),
+                    device.clone(),
+                );
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("usbip-urb".into())
+                        .spawn(move || {
+                            let bytes = job.bytes;
+                            run_urb(&device, job, &writer, &in_flight, send);
+                            budget.give(bytes);
+                        });
+                if spawned.is_err() {
+                    break Err(format!("{busid}: cannot start a transfer"));
                 }
             }
             Urb::Unlink { seqnum, victim, .. } => {
@@ -450,10 +466,9 @@ fn serve_urbs(s: TcpStream, device: &Arc<UsbDevice>, busid: &str) -> Result<(), 
     for a in addresses.into_iter().filter(|a| a & 0x0f != 0) {
         device.transport.abort(a);
     }
-    drop(jobs);
-    for w in workers {
-        let _ = w.join();
-    }
+    // What the peer left running ends with the aborts; wait for it
+    // before the device is given back.
+    budget.drain(Duration::from_secs(10));
     end
 }
 
@@ -476,15 +491,32 @@ fn run_urb(
             )
             .map(|d| (d.len(), d))
     } else {
-        transport
-            .transfer(job.address, &job.data, job.length, None, job.submitted)
-            .map(|c| {
-                if job.address & 0x80 != 0 {
-                    (c.data.len(), c.data)
-                } else {
-                    (c.actual, Vec::new())
-                }
-            })
+        let turn = job.turn.as_ref();
+        if let Some((order, ticket)) = turn {
+            order.wait_to_queue(*ticket);
+        }
+        let mut queued = || {
+            if let Some((order, ticket)) = turn {
+                order.queued(*ticket);
+            }
+        };
+        let result = transport.transfer_queued(
+            job.address,
+            &job.data,
+            job.length,
+            None,
+            job.submitted,
+            &mut queued,
+        );
+        // Failed before it had a place: the next may go.
+        queued();
+        result.map(|c| {
+            if job.address & 0x80 != 0 {
+                (c.data.len(), c.data)
+            } else {
+                (c.actual, Vec::new())
+            }
+        })
     };
     let unlinked = in_flight
         .lock()

@@ -12,7 +12,7 @@
 //! and publishes the nubs.
 
 pub mod matching;
-mod order;
+pub mod order;
 pub mod transport;
 
 use std::collections::HashMap;

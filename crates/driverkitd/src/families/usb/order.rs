@@ -9,7 +9,8 @@
 //! swapped, now and then). A ticket, taken when the driver's call arrives,
 //! orders both: a worker queues its transfer only once the one before has
 //! its place (`UsbTransport::transfer_queued`), and its completion reaches
-//! the driver only after the one before.
+//! the driver only after the one before. The USB/IP server keeps an
+//! endpoint's URBs in the order they arrived the same way.
 
 use std::collections::BTreeMap;
 use std::sync::{Condvar, Mutex};
@@ -18,7 +19,7 @@ type Delivery = Box<dyn FnOnce() + Send>;
 
 /// One pipe's order.
 #[derive(Default)]
-pub(super) struct InOrder {
+pub struct InOrder {
     state: Mutex<State>,
     queued_turn: Condvar,
 }
