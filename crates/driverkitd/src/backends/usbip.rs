@@ -552,17 +552,6 @@ impl UsbTransport for UsbIpDevice {
         Ok(done.data)
     }
 
-    fn transfer(
-        &self,
-        address: u8,
-        data: &[u8],
-        length: usize,
-        timeout: Option<Duration>,
-        submitted: u64,
-    ) -> IOResult<Completed> {
-        self.transfer_queued(address, data, length, timeout, submitted, &mut || {})
-    }
-
     fn transfer_queued(
         &self,
         address: u8,

@@ -595,17 +595,6 @@ impl UsbTransport for VirtualUsb {
         }
     }
 
-    fn transfer(
-        &self,
-        address: u8,
-        data: &[u8],
-        length: usize,
-        timeout: Option<Duration>,
-        submitted: u64,
-    ) -> IOResult<Completed> {
-        self.transfer_queued(address, data, length, timeout, submitted, &mut || {})
-    }
-
     /// OUT is done as it is called; IN takes its ticket on the endpoint.
     fn transfer_queued(
         &self,

@@ -329,17 +329,6 @@ impl UsbTransport for LinuxUsbDevice {
         }
     }
 
-    fn transfer(
-        &self,
-        address: u8,
-        data: &[u8],
-        length: usize,
-        timeout: Option<Duration>,
-        submitted: u64,
-    ) -> IOResult<Completed> {
-        self.transfer_queued(address, data, length, timeout, submitted, &mut || {})
-    }
-
     /// In the endpoint thread's queue, which it submits to usbfs in order.
     fn transfer_queued(
         &self,

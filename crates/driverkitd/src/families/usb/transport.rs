@@ -42,25 +42,12 @@ pub trait UsbTransport: Send + Sync {
     /// `length` bytes; clear: OUT, sending `data`). `submitted` is the
     /// endpoint's abort generation when the transfer was asked for: an
     /// abort since then ends it with `kIOReturnAborted`, even if it had not
-    /// started waiting yet.
-    fn transfer(
-        &self,
-        address: u8,
-        data: &[u8],
-        length: usize,
-        timeout: Option<Duration>,
-        submitted: u64,
-    ) -> IOResult<Completed>;
-
-    /// [`UsbTransport::transfer`], calling `queued` once the transfer holds
-    /// its place on the endpoint: transfers of one endpoint that were
-    /// queued one after the other are served, and complete, in that order,
-    /// as a host controller serves an endpoint's queue. Whoever keeps
-    /// several transfers in flight on one endpoint queues the next only
-    /// after `queued` ran for the one before, so that the device's order is
-    /// the submitter's. The default is for transports whose `transfer`
-    /// takes its place as it is called; a transport with a queue of its own
-    /// calls `queued` once the transfer is in it.
+    /// started waiting yet. `queued` runs once the transfer holds its place
+    /// on the endpoint: transfers of one endpoint queued one after the
+    /// other are served, and complete, in that order, as a host controller
+    /// serves an endpoint's queue. Whoever keeps several transfers in
+    /// flight on one endpoint queues the next only after `queued` ran for
+    /// the one before, so that the device's order is the submitter's.
     fn transfer_queued(
         &self,
         address: u8,
@@ -69,9 +56,18 @@ pub trait UsbTransport: Send + Sync {
         timeout: Option<Duration>,
         submitted: u64,
         queued: &mut dyn FnMut(),
+    ) -> IOResult<Completed>;
+
+    /// [`UsbTransport::transfer_queued`] for one transfer at a time.
+    fn transfer(
+        &self,
+        address: u8,
+        data: &[u8],
+        length: usize,
+        timeout: Option<Duration>,
+        submitted: u64,
     ) -> IOResult<Completed> {
-        queued();
-        self.transfer(address, data, length, timeout, submitted)
+        self.transfer_queued(address, data, length, timeout, submitted, &mut || {})
     }
 
     /// Streams IN endpoint `address` into `sink`: each transfer's data (at
