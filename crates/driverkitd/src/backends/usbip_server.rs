@@ -8,11 +8,11 @@
 //! (`usbip_access`: its address, and on loopback its user). While a peer
 //! has a device, the USB family lends it out whole (our own services on it
 //! stop; matching leaves it alone); it comes back when the peer
-//! disconnects. Each CMD_SUBMIT runs on a thread of its own (a transfer
-//! blocks until the device answers, and an IN may wait for ever, so a
-//! fixed pool would let pending reads starve the rest), at most
-//! [`MAX_IN_FLIGHT`] URBs and [`MAX_BYTES_IN_FLIGHT`] bytes at once per
-//! connection: past that the connection stops reading its peer (TCP pushes
+//! disconnects. CMD_SUBMITs run on the connection's pool, a thread for
+//! each URB in flight (a transfer blocks until the device answers, and an
+//! IN may wait for ever, so fewer threads would let pending reads starve
+//! the rest), reused, at most [`MAX_IN_FLIGHT`] URBs and
+//! [`MAX_BYTES_IN_FLIGHT`] bytes at once per connection: past that the connection stops reading its peer (TCP pushes
 //! back), so a peer that floods, or never reads its answers, stalls only
 //! itself. CMD_UNLINK aborts the URB's
 //! endpoint (our transports abort per endpoint) and answers
@@ -345,6 +345,14 @@ fn serve_urbs(s: TcpStream, device: &Arc<UsbDevice>, busid: &str) -> Result<(), 
     let in_flight: Arc<Mutex<HashMap<u32, InFlight>>> = Arc::default();
     let budget = Arc::new(Budget::default());
     let mut orders: HashMap<u8, Arc<InOrder>> = HashMap::new();
+    let pool = Arc::new(Pool {
+        state: Mutex::default(),
+        ready: std::sync::Condvar::new(),
+        device: device.clone(),
+        writer: writer.clone(),
+        in_flight: in_flight.clone(),
+        budget: budget.clone(),
+    });
     let send = |writer: &Mutex<TcpStream>, urb: &Urb| {
         let _ = writer
             .lock()
@@ -407,21 +415,7 @@ fn serve_urbs(s: TcpStream, device: &Arc<UsbDevice>, busid: &str) -> Result<(), 
                     submitted,
                     bytes,
                 };
-                let (writer, in_flight, budget, device) = (
-                    writer.clone(),
-                    in_flight.clone(),
-                    budget.clone(),
-                    device.clone(),
-                );
-                let spawned =
-                    std::thread::Builder::new()
-                        .name("usbip-urb".into())
-                        .spawn(move || {
-                            let bytes = job.bytes;
-                            run_urb(&device, job, &writer, &in_flight, send);
-                            budget.give(bytes);
-                        });
-                if spawned.is_err() {
+                if !pool.run(job) {
                     break Err(format!("{busid}: cannot start a transfer"));
                 }
             }
@@ -469,7 +463,89 @@ fn serve_urbs(s: TcpStream, device: &Arc<UsbDevice>, busid: &str) -> Result<(), 
     // What the peer left running ends with the aborts; wait for it
     // before the device is given back.
     budget.drain(Duration::from_secs(10));
+    pool.close();
     end
+}
+
+/// The threads that run one connection's URBs: made as URBs come and none
+/// is idle, never more than [`MAX_IN_FLIGHT`] (the budget holds no more
+/// URBs than that, so none waits for a thread: an IN that waits for ever
+/// cannot starve the rest), reused, gone when the connection ends.
+struct Pool {
+    state: Mutex<PoolState>,
+    ready: std::sync::Condvar,
+    device: Arc<UsbDevice>,
+    writer: Arc<Mutex<TcpStream>>,
+    in_flight: Arc<Mutex<HashMap<u32, InFlight>>>,
+    budget: Arc<Budget>,
+}
+
+#[derive(Default)]
+struct PoolState {
+    jobs: std::collections::VecDeque<Job>,
+    idle: usize,
+    threads: usize,
+    closed: bool,
+}
+
+impl Pool {
+    /// Runs `job` on an idle thread or a new one; false if none could be
+    /// made.
+    fn run(self: &Arc<Self>, job: Job) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.jobs.push_back(job);
+        if st.idle >= st.jobs.len() {
+            drop(st);
+            self.ready.notify_one();
+            return true;
+        }
+        if st.threads >= MAX_IN_FLIGHT {
+            return true; // one frees up: the budget holds no more
+        }
+        st.threads += 1;
+        drop(st);
+        let pool = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("usbip-urb".into())
+            .spawn(move || pool.work());
+        if spawned.is_err() {
+            self.state.lock().unwrap_or_else(|e| e.into_inner()).threads -= 1;
+        }
+        spawned.is_ok()
+    }
+
+    fn work(&self) {
+        let send = |writer: &Mutex<TcpStream>, urb: &Urb| {
+            let _ = writer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write_all(&urb.emit());
+        };
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(job) = st.jobs.pop_front() {
+                drop(st);
+                let bytes = job.bytes;
+                run_urb(&self.device, job, &self.writer, &self.in_flight, send);
+                self.budget.give(bytes);
+                st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            if st.closed {
+                st.threads -= 1;
+                return;
+            }
+            st.idle += 1;
+            st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
+            st.idle -= 1;
+        }
+    }
+
+    /// The connection ended: idle threads leave, busy ones once done.
+    fn close(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        self.ready.notify_all();
+    }
 }
 
 /// Runs one URB on the device and answers it, unless an UNLINK already
