@@ -683,6 +683,14 @@ fn a_state_folder_someone_else_made_or_may_write_and_a_linked_lock_are_refused()
         !ok && out.contains("may be written by others (mode 0777)"),
         "{out}"
     );
+    // Group-writable only, as a umask of 002 makes a user's folders: its
+    // own user's, so it is closed rather than refused.
+    let grouped = dir.path().join("grouped");
+    std::fs::create_dir(&grouped).unwrap();
+    std::fs::set_permissions(&grouped, std::fs::Permissions::from_mode(0o775)).unwrap();
+    driverkit_core::root::check_owned(&grouped).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&grouped).unwrap().mode() & 0o7777, 0o755);
     // Its lock file is a link to a file the daemon would truncate.
     let linked = dir.path().join("linked");
     std::fs::create_dir(&linked).unwrap();

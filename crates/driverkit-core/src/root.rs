@@ -71,7 +71,9 @@ impl RootLock {
 
 /// A state folder must be the daemon's user's, and no other user may write
 /// in it: its socket, lock, store and logs are the daemon's word. (A
-/// folder someone else made first, in `/tmp` say, is refused, named.)
+/// folder someone else made first, in `/tmp` say, or one anyone may write
+/// in, is refused, named; one only its group may write in, as a umask of
+/// 002 makes them, is closed.)
 pub fn check_owned(root: &Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::symlink_metadata(root).map_err(|e| format!("{}: {e}", root.display()))?;
@@ -89,13 +91,26 @@ pub fn check_owned(root: &Path) -> Result<(), String> {
             meta.uid()
         ));
     }
-    if meta.mode() & 0o022 != 0 {
+    if meta.mode() & 0o002 != 0 {
         return Err(format!(
             "the state folder {} may be written by others (mode {:04o}); `chmod go-w {}`, or use another --root",
             root.display(),
             meta.mode() & 0o7777,
             root.display()
         ));
+    }
+    if meta.mode() & 0o020 != 0 {
+        // Its own user's folder, group-writable as a umask of 002 makes
+        // them (a group of its own, on systems with user private groups):
+        // closed, and said.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.mode() & 0o7777 & !0o020;
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("{}: {e}", root.display()))?;
+        tracing::info!(
+            "root     {} was group-writable; now mode {mode:04o}: the daemon's state is its user's alone",
+            root.display()
+        );
     }
     Ok(())
 }
