@@ -304,18 +304,14 @@ fn files(
     let mut files = BTreeMap::new();
     let mut extra = None;
     untrusted::walk(dir, shown, &mut |rel, item| {
-        let in_signature = rel.starts_with(DIR);
-        match item {
-            untrusted::Item::Dir if in_signature && rel != Path::new(DIR) => {
+        if rel.starts_with(DIR) {
+            if smuggled(rel) {
                 extra.get_or_insert_with(|| rel.to_owned());
             }
+            return Ok(());
+        }
+        match item {
             untrusted::Item::Dir => {}
-            untrusted::Item::File { .. } if in_signature => {
-                let own = [MANIFEST, SIGNATURE].map(|f| Path::new(DIR).join(f));
-                if !own.iter().any(|o| o == rel) {
-                    extra.get_or_insert_with(|| rel.to_owned());
-                }
-            }
             untrusted::Item::File {
                 mut file,
                 executable,
@@ -343,6 +339,16 @@ fn files(
         Ok(())
     })?;
     Ok((files, extra))
+}
+
+/// Whether `rel` (a path in a bundle) sits in `_CodeSignature/` without
+/// being one of the signature's own two files: nothing there is signed.
+pub fn smuggled(rel: &Path) -> bool {
+    rel.strip_prefix(DIR).is_ok_and(|inside| {
+        !inside.as_os_str().is_empty()
+            && inside != Path::new(MANIFEST)
+            && inside != Path::new(SIGNATURE)
+    })
 }
 
 /// The manifest of every file of `bundle` but the signature's own.

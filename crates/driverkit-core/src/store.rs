@@ -304,12 +304,7 @@ pub fn stage(from: std::os::fd::BorrowedFd<'_>, source: &Path, to: &Path) -> Res
     create_dir(to)?;
     let mut dirs = vec![to.to_owned()];
     let copied = untrusted::walk(from, source, &mut |rel, item| {
-        let own =
-            [signature::MANIFEST, signature::SIGNATURE].map(|f| Path::new(signature::DIR).join(f));
-        if rel.starts_with(signature::DIR)
-            && rel != Path::new(signature::DIR)
-            && !own.iter().any(|o| o == rel)
-        {
+        if signature::smuggled(rel) {
             return Err(format!(
                 "{}: {} holds only {} and {}; nothing else there is signed",
                 source.join(rel).display(),
