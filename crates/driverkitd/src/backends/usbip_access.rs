@@ -74,6 +74,22 @@ impl Cidr {
     }
 }
 
+impl std::fmt::Display for Cidr {
+    /// As `--allow` takes it: `10.0.0.0/8`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix)
+    }
+}
+
+/// `10.0.0.0/8, 192.168.1.7/32`.
+fn listed(ranges: &[Cidr]) -> String {
+    ranges
+        .iter()
+        .map(Cidr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Who may import from one export.
 #[derive(Debug, Clone, Default)]
 pub struct Access {
@@ -98,8 +114,8 @@ impl Access {
             ));
         }
         tracing::warn!(
-            "usbip    exporting beyond loopback at {listen}, to {:?}: any process on those machines that reaches the port may import",
-            self.allow
+            "usbip    exporting beyond loopback at {listen}, to {}: any process on those machines that reaches the port may import",
+            listed(&self.allow)
         );
         Ok(())
     }
@@ -125,7 +141,7 @@ impl Access {
                 if self.allow.is_empty() {
                     "loopback only; `device export --allow ADDR|CIDR` adds others".to_owned()
                 } else {
-                    format!("{:?}", self.allow)
+                    listed(&self.allow)
                 }
             ));
         }

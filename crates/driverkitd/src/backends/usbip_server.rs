@@ -74,6 +74,7 @@ impl UsbIpServer {
                 for stream in listener.incoming().flatten() {
                     use std::sync::atomic::Ordering;
                     let peer = stream.peer_addr().ok();
+                    let shown = peer.map_or_else(|| "(no address)".to_owned(), |p| p.to_string());
                     let admitted = match (peer, stream.local_addr()) {
                         (Some(p), Ok(l)) => {
                             rules.lock().unwrap_or_else(|e| e.into_inner()).admit(p, l)
@@ -87,7 +88,7 @@ impl UsbIpServer {
                     if peers.fetch_add(1, Ordering::AcqRel) >= MAX_PEERS {
                         peers.fetch_sub(1, Ordering::AcqRel);
                         tracing::warn!(
-                            "usbip    refused {peer:?}: {MAX_PEERS} peers are served already"
+                            "usbip    refused {shown}: {MAX_PEERS} peers are served already"
                         );
                         continue;
                     }
@@ -98,7 +99,7 @@ impl UsbIpServer {
                             .name("usbip-peer".into())
                             .spawn(move || {
                                 if let Err(e) = serve(stream, &system, &usb, &exported) {
-                                    tracing::warn!("usbip    peer {peer:?}: {e}");
+                                    tracing::warn!("usbip    peer {shown}: {e}");
                                 }
                                 served.fetch_sub(1, Ordering::AcqRel);
                             });
@@ -262,8 +263,11 @@ fn serve(
             out.extend(info.emit());
             s.write_all(&out).map_err(|e| e.to_string())?;
             tracing::info!(
-                "usbip    {busid} [{entry:#x}] lent to {:?}",
-                s.peer_addr().ok()
+                "usbip    {busid} [{entry:#x}] lent to {}",
+                s.peer_addr().map_or_else(
+                    |_| "a peer without an address".to_owned(),
+                    |a| a.to_string()
+                )
             );
             let result = serve_urbs(s, &device, &busid);
             usb.give_back(system, entry);
