@@ -283,7 +283,8 @@ fn serial_request(daemon: &Daemon, request: SerialRequest) -> Result<serde_json:
     Ok(json!({
         "id": id,
         "callout": port.callout(),
-        "tty": port.slave(),
+        "tty": port.node(),
+        "node": port.kind().name(),
         "open": port.is_open(),
         "baud": line.termios.baud,
         "data_bits": line.data_bits,

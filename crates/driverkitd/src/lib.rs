@@ -58,6 +58,8 @@ pub struct Config {
     /// Drive the machine's real PCI functions through VFIO, where it
     /// exists. Off by default, as `linux_usb`.
     pub linux_pci: bool,
+    /// Serial ports as CUSE devices where `/dev/cuse` opens, else ptys.
+    pub serial_nodes: families::serial::NodeChoice,
 }
 
 impl Config {
@@ -77,6 +79,7 @@ impl Config {
             uinput: false,
             linux_usb: false,
             linux_pci: false,
+            serial_nodes: Default::default(),
         }
     }
 
@@ -121,7 +124,10 @@ impl Daemon {
     /// Starts the core with the families, hangs the virtual bus, plugs the
     /// configured devices and, if asked, forwards HID events to uinput.
     pub fn start(config: Config) -> Daemon {
-        let families = Families::new(Some(config.root.join("dev/serial/by-driverkit")));
+        let families = Families::new(
+            Some(config.root.join("dev/serial/by-driverkit")),
+            config.serial_nodes,
+        );
         let core = Core::start(config.core(), families.all());
         let system = core.system();
         let virtual_devices = Arc::new(VirtualDevices::new(

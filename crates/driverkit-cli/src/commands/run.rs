@@ -79,6 +79,11 @@ pub struct RunArgs {
     /// (IOUserServerTaskLimit; 512 unless it asks).
     #[arg(long, value_name = "N", default_value_t = 4096)]
     dext_tasks_max: u64,
+    /// What a serial port's node is: a CUSE character device
+    /// (/dev/ttyDKn: modem lines, breaks, parity, drains) where /dev/cuse
+    /// opens, else a pty (auto); or only one kind.
+    #[arg(long, value_name = "auto|cuse|pty", default_value = "auto")]
+    serial_nodes: driverkitd::families::serial::NodeChoice,
 }
 
 pub fn run(root: PathBuf, args: RunArgs) -> Result<(), String> {
@@ -94,6 +99,7 @@ pub fn run(root: PathBuf, args: RunArgs) -> Result<(), String> {
     config.uinput = !args.no_uinput;
     config.linux_usb = !args.no_linux_usb;
     config.linux_pci = !args.no_linux_pci;
+    config.serial_nodes = args.serial_nodes;
     config.admin_group = Some(args.admin_group).filter(|g| !g.is_empty());
     config.sandbox = driverkit_core::sandbox::Policy {
         mode: if args.no_sandbox {

@@ -35,14 +35,18 @@ pub struct Families {
 }
 
 impl Families {
-    /// `serial_links`: where serial ports' callout links go.
-    pub fn new(serial_links: Option<std::path::PathBuf>) -> Families {
+    /// `serial_links`: where serial ports' callout links go;
+    /// `serial_nodes`: which node a port gets.
+    pub fn new(
+        serial_links: Option<std::path::PathBuf>,
+        serial_nodes: serial::NodeChoice,
+    ) -> Families {
         let usb = Arc::new(usb::UsbFamily::default());
         Families {
             hid: hid::HidFamily::new(usb.clone()),
             usb,
             plain: Arc::new(plain::PlainFamily::default()),
-            serial: Arc::new(serial::SerialFamily::new(serial_links)),
+            serial: Arc::new(serial::SerialFamily::new(serial_links, serial_nodes)),
             net: Arc::new(net::NetFamily::default()),
             pci: Arc::new(pci::PciFamily::default()),
         }

@@ -16,7 +16,9 @@
 //! nub: its driver transmits and receives through the family, and hears
 //! its interrupts through `IOService::RegisterInterrupt`.
 
+pub mod cuse;
 pub mod port;
+pub mod pty;
 pub mod tty;
 
 use std::collections::HashMap;
@@ -31,7 +33,7 @@ use driverkit_wire::serial::SerialPortInterface;
 use driverkit_wire::shm::SharedMemory;
 use driverkit_wire::{Bytes, IOResult, IOReturn, MethodId};
 
-pub use port::{Line, Port};
+pub use port::{Line, NodeKind, Port};
 
 /// The most a `receive` returns at once.
 const RECEIVE_MAX: u32 = 64 * 1024;
@@ -55,10 +57,36 @@ pub trait UartDevice: Send + Sync {
     fn unplugged(&self) {}
 }
 
+/// Which node a port gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NodeChoice {
+    /// A CUSE device where `/dev/cuse` opens, else a pty.
+    #[default]
+    Auto,
+    /// Only CUSE: a port without it fails to connect, and says why.
+    Cuse,
+    Pty,
+}
+
+impl std::str::FromStr for NodeChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<NodeChoice, String> {
+        match s {
+            "auto" => Ok(NodeChoice::Auto),
+            "cuse" => Ok(NodeChoice::Cuse),
+            "pty" => Ok(NodeChoice::Pty),
+            _ => Err(format!(
+                "serial nodes: expected auto, cuse or pty, found {s:?}"
+            )),
+        }
+    }
+}
+
 /// The serial family.
 pub struct SerialFamily {
     /// Where ports' callout links go.
     links: Option<PathBuf>,
+    nodes: NodeChoice,
     state: Mutex<State>,
 }
 
@@ -71,9 +99,10 @@ struct State {
 impl SerialFamily {
     /// Ports are linked under `links` (`<root>/dev/serial/by-driverkit`);
     /// `None`: only their `/dev/pts` path.
-    pub fn new(links: Option<PathBuf>) -> SerialFamily {
+    pub fn new(links: Option<PathBuf>, nodes: NodeChoice) -> SerialFamily {
         SerialFamily {
             links,
+            nodes,
             state: Mutex::default(),
         }
     }
@@ -195,24 +224,78 @@ impl SerialFamily {
         let device = format!("{base}-{suffix}");
         let link = self.links.as_ref().map(|dir| dir.join(&device));
         let name = system.name(service).unwrap_or_else(|| device.clone());
-        let port = Port::start(system.clone(), service, name.clone(), queues, link)?;
+        let port = self.make_port(system, service, &name, queues, link)?;
         for (key, value) in [
             ("IOTTYBaseName", base),
             ("IOTTYSuffix", suffix),
             ("IOTTYDevice", device),
             ("IOCalloutDevice", port.callout().display().to_string()),
-            ("IODialinDevice", port.slave().display().to_string()),
+            ("IODialinDevice", port.node().display().to_string()),
         ] {
             system.set_property(service, key, value.into());
         }
         tracing::info!(
-            "serial   {name}: tty {} at {}",
-            port.slave().display(),
+            "serial   {name}: {} node {} at {}",
+            port.kind().name(),
+            port.node().display(),
             port.callout().display()
         );
         let mut st = self.lock();
         st.ports.insert(service, Arc::new(port));
         Ok(())
+    }
+
+    /// A CUSE node where there is `/dev/cuse` (unless ptys were asked
+    /// for), else a pty.
+    fn make_port(
+        &self,
+        system: &System,
+        service: EntryId,
+        name: &str,
+        queues: SerialPortInterface,
+        link: Option<PathBuf>,
+    ) -> IOResult<Port> {
+        let cuse = match self.nodes {
+            NodeChoice::Pty => false,
+            NodeChoice::Cuse => true,
+            NodeChoice::Auto => cuse::available(),
+        };
+        if cuse {
+            let core = Arc::new(port::Core::new(
+                system.clone(),
+                service,
+                name.to_owned(),
+                queues,
+                cuse::CuseNode::initial_line(),
+            ));
+            return match cuse::CuseNode::start(core.clone()) {
+                Ok(node) => Ok(Port::new(core, Box::new(node), link)),
+                Err(e) => {
+                    tracing::error!("serial   {name}: no CUSE node: {e}");
+                    Err(IOReturn::NO_RESOURCES)
+                }
+            };
+        }
+        let (tty, termios) = pty::PtyNode::initial_termios()?;
+        let core = Arc::new(port::Core::new(
+            system.clone(),
+            service,
+            name.to_owned(),
+            queues,
+            Line {
+                termios,
+                data_bits: 8,
+                parity: driverkit_wire::serial::parity::NONE,
+                dtr: false,
+                rts: false,
+            },
+        ));
+        let node = pty::PtyNode::start(core.clone(), tty)?;
+        Ok(Port::new(core, Box::new(node), link))
+    }
+
+    fn port_of(&self, service: EntryId) -> Option<Arc<Port>> {
+        self.lock().ports.get(&service).cloned()
     }
 
     /// Ends the port of `service`, outside the family's lock: its threads
@@ -255,6 +338,9 @@ impl IOUserSerialInterface for SerialCall<'_> {
             "IOSerialModemStatus",
             plist::Value::Dictionary(d),
         );
+        if let Some(port) = self.family.port_of(self.call.object) {
+            port.modem_changed((cts, dsr, ri, dcd));
+        }
         Ok(())
     }
 
@@ -279,6 +365,9 @@ impl IOUserSerialInterface for SerialCall<'_> {
             "IOSerialErrors",
             plist::Value::Dictionary(d),
         );
+        if let Some(port) = self.family.port_of(self.call.object) {
+            port.rx_error(overrun, gotbreak, framing, parity);
+        }
         Ok(())
     }
 }

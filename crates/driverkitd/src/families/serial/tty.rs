@@ -76,10 +76,7 @@ impl Tty {
         t.local_modes |= LocalModes::EXTPROC;
         t.set_speed(9600)?;
         termios::tcsetattr(&master, OptionalActions::Now, &t)?;
-        if let Some(dialout) = group_id("dialout") {
-            let _ = rustix::fs::chown(&slave, None, Some(dialout));
-        }
-        let _ = rustix::fs::chmod(&slave, Mode::from_raw_mode(0o660));
+        make_dialout(&slave);
         let opens = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)?;
         inotify::add_watch(&opens, &slave, inotify::WatchFlags::OPEN)?;
         // Opened and closed once: the master then says "hung up" until a
@@ -185,6 +182,15 @@ pub fn unlink(target: &Path, link: &Path) {
     if std::fs::read_link(link).is_ok_and(|t| t == target) {
         let _ = std::fs::remove_file(link);
     }
+}
+
+/// Readable and writable by its owner and group `dialout`, as Linux's own
+/// serial ports are.
+pub fn make_dialout(node: &Path) {
+    if let Some(dialout) = group_id("dialout") {
+        let _ = rustix::fs::chown(node, None, Some(dialout));
+    }
+    let _ = rustix::fs::chmod(node, Mode::from_raw_mode(0o660));
 }
 
 fn group_id(name: &str) -> Option<rustix::process::Gid> {
