@@ -156,6 +156,19 @@ for m in $(cat /modules/order); do insmod /modules/$m.ko || echo "GUEST: insmod 
 echo "GUEST: up"
 """
 
+# Runs SCRIPT chrooted into the host's root (Guest(host_root=True)).
+CHROOT = """
+mkdir -p /host
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288 host /host || echo "GUEST: no host root"
+mount -t proc proc /host/proc; mount -t sysfs sys /host/sys
+mount -t devtmpfs dev /host/dev
+mkdir -p /host/dev/pts; mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /host/dev/pts
+mount -t tmpfs tmp /host/tmp; mount -t tmpfs run /host/run
+cp /chrooted.sh /host/tmp/script.sh
+chroot /host /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    HOME=/tmp PYTHONDONTWRITEBYTECODE=1 /bin/bash /tmp/script.sh
+"""
+
 EPILOGUE = """
 echo "GUEST: done"
 poweroff -f
@@ -164,10 +177,22 @@ poweroff -f
 
 class Guest:
     def __init__(self, devices=(), modules=(), script="", files=None, memory=1024,
-                 netdev=None, name="guest", timeout=600, packages=(), append=""):
+                 netdev=None, name="guest", timeout=600, packages=(), append="",
+                 host_root=False):
+        """`host_root`: the script runs chrooted into the host's root, seen
+        read-only over virtio-9p (with the guest's own /proc, /sys, /dev,
+        /tmp and /run), so host programs (python3 and its modules, the
+        project's binaries where they were built) run against the guest's
+        kernel and devices without being copied in."""
         self.devices = list(devices)
         self.modules = list(modules)
         self.script = script
+        if host_root:
+            self.devices.append("-virtfs local,path=/,mount_tag=host,security_model=none,"
+                                "readonly=on,multidevs=remap")
+            self.modules += ["9p", "9pnet_virtio", "virtio_pci"]
+            self.chrooted = script
+            self.script = CHROOT
         self.files = dict(files or {})
         self.memory = memory
         self.netdev = netdev
@@ -179,6 +204,11 @@ class Guest:
         self.qmp_sock = None
         self.offset = 0
         self.dir = tempfile.mkdtemp(prefix="guest-", dir=WORK if os.path.isdir(WORK) else None)
+        if host_root:
+            chrooted = os.path.join(self.dir, "chrooted.sh")
+            with open(chrooted, "w") as f:
+                f.write(self.chrooted)
+            self.files["/chrooted.sh"] = chrooted
         self.console = os.path.join(WORK, f"{name}-console.log")
 
     # --- setup -------------------------------------------------------------

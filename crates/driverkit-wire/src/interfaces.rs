@@ -322,8 +322,9 @@ pub trait IOUserSerialInterface {
 
 /// `IOUARTDevice`: a UART the system reaches (the virtual one of the
 /// default run): a transmit FIFO, a receive FIFO, modem lines and three
-/// interrupts (0: received bytes waiting, 1: room in the transmit FIFO,
-/// 2: the modem status changed), through `IOService::RegisterInterrupt`.
+/// interrupts (0: received bytes waiting, 1: room in the transmit FIFO or
+/// the transmit FIFO emptied, 2: the modem status changed), through
+/// `IOService::RegisterInterrupt`.
 #[interface(class = "IOUARTDevice")]
 pub trait IOUARTDeviceInterface {
     /// Puts bytes in the transmit FIFO; returns how many fit. When not all
@@ -345,6 +346,13 @@ pub trait IOUARTDeviceInterface {
     /// Empties the FIFOs.
     #[kernel]
     fn reset_fifo(&self, tx: bool, rx: bool) -> IOResult<()>;
+    /// Holds the line in break (`on`) or lets it go.
+    #[kernel]
+    fn set_break(&self, on: bool) -> IOResult<()>;
+    /// Bytes in the transmit FIFO not yet on the wire (a FIFO level
+    /// register).
+    #[kernel]
+    fn transmit_pending(&self) -> IOResult<u32>;
 }
 
 /// `IOUserNetworkEthernet`: an Ethernet interface a dext drives

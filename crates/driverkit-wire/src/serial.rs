@@ -11,6 +11,10 @@
 //!  192  txCI (u32, the driver's)         448  TxFreeSpaceAvailable doorbell (system waits)
 //!  256  rx offset, tx offset,            512  rx blocked (u32): the driver found RX full
 //!       rx log2 size, tx log2 size (u32)      and waits for RxFreeSpaceAvailable
+//!                                        576  txSent (u32, the driver's): TX bytes the
+//!                                             hardware has sent (`TxSent`)
+//!                                        640  sent reported (u32): the driver reports
+//!                                             txSent; else txCI counts as sent
 //! 4096  the RX ring, then the TX ring
 //! ```
 //!
@@ -40,6 +44,8 @@ pub const RX_DATA_BELL: usize = 384;
 /// The driver rings it when it took TX bytes out (`TxFreeSpaceAvailable`).
 pub const TX_SPACE_BELL: usize = 448;
 const RX_BLOCKED: usize = 512;
+const TX_SENT: usize = 576;
+const TX_SENT_REPORTED: usize = 640;
 /// Where the rings may start.
 pub const HEADER_LEN: usize = 4096;
 
@@ -304,6 +310,42 @@ impl SerialPortInterface {
         self.memory()
             .u32_at(RX_BLOCKED)
             .store(blocked.into(), Ordering::Release);
+    }
+
+    /// The driver's promise to report what the hardware has sent
+    /// ([`add_sent`](Self::add_sent)); made before the region is handed
+    /// over.
+    pub fn set_reports_sent(&self) {
+        let shm = self.memory();
+        shm.u32_at(TX_SENT)
+            .store(self.tx().consumer_index(), Ordering::Release);
+        shm.u32_at(TX_SENT_REPORTED).store(1, Ordering::Release);
+    }
+
+    /// The hardware sent `n` more bytes of those taken from the TX ring
+    /// (the driver's side).
+    pub fn add_sent(&self, n: u32) {
+        self.memory().u32_at(TX_SENT).fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Bytes written to the TX ring the hardware has not yet sent: those
+    /// still in the ring and, if the driver reports what it sent, those it
+    /// took and holds. A report that does not hold together (more sent
+    /// than taken, or more held than a ring and the most a driver may
+    /// hold) is `CORRUPT`.
+    pub fn tx_unsent(&self) -> IOResult<u32> {
+        let tx = self.tx();
+        let in_ring = tx.used()?;
+        let shm = self.memory();
+        if shm.u32_at(TX_SENT_REPORTED).load(Ordering::Acquire) == 0 {
+            return Ok(in_ring);
+        }
+        let sent = shm.u32_at(TX_SENT).load(Ordering::Acquire);
+        let unsent = tx.producer_index().wrapping_sub(sent);
+        if unsent < in_ring || unsent > 1 << MAX_LOG2 {
+            return Err(CORRUPT);
+        }
+        Ok(unsent)
     }
 }
 

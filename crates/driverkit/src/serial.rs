@@ -75,6 +75,11 @@ pub struct ModemStatus {
 /// `hw_program_baud_rate`: a driver that cannot do something says so
 /// (`kIOReturnUnsupported`), and the system reports it to whoever asked.
 pub trait IOUserSerialImpl: IOServiceImpl {
+    /// Whether the driver calls `tx_sent` as its hardware sends what it
+    /// took from the TX ring. Without it, bytes count as sent once taken,
+    /// and `tcdrain` returns while they may still be in the hardware.
+    const REPORTS_TX_SENT: bool = false;
+
     /// Bytes waiting in the TX ring: take them (`tx_take`, or `tx_peek` and
     /// `tx_consume`) and send them. What is left stays for later: run again
     /// when the hardware has room (an interrupt, a completion).
@@ -157,6 +162,20 @@ pub trait IOUserSerialApi: Service {
         if let Ok(p) = port(self) {
             if p.port.tx().consume(n).unwrap_or(0) > 0 {
                 p.port.bell(TX_SPACE_BELL).notify();
+            }
+        }
+    }
+
+    /// `TxSent`: the hardware has sent `n` more of the bytes taken from
+    /// the TX ring (a transfer completed, the transmit FIFO drained). Only
+    /// for a driver whose `REPORTS_TX_SENT` is true: the system then
+    /// answers `tcdrain` and bounds a writer by what the hardware sent,
+    /// not by what the driver took.
+    fn tx_sent(&self, n: usize) {
+        if let Ok(p) = port(self) {
+            if n > 0 {
+                p.port.add_sent(n as u32);
+                p.port.bell(TX_SPACE_BELL).ring();
             }
         }
     }
@@ -255,6 +274,9 @@ fn port<S: Service>(s: &S) -> IOResult<Arc<Port>> {
 /// tty when this returns.
 fn connect<S: IOUserSerialImpl>(service: &S) -> IOResult<()> {
     let interface = Arc::new(SerialPortInterface::create(RING_LOG2, RING_LOG2)?);
+    if S::REPORTS_TX_SENT {
+        interface.set_reports_sent();
+    }
     let memory = crate::runtime::register_memory(interface.memory())?;
     let p = Arc::new(Port {
         port: interface,
@@ -354,7 +376,9 @@ impl<S: IOUserSerialImpl> IOUserSerialInterface for Local<'_, S> {
     fn hw_reset_fifo(&self, tx: bool, rx: bool) -> IOResult<()> {
         if let Ok(p) = port(self.0) {
             if tx {
-                p.port.tx().discard();
+                // Discarded bytes will never be sent: they count as gone.
+                let discarded = p.port.tx().discard();
+                p.port.add_sent(discarded);
                 p.tx_seen
                     .store(p.port.tx().producer_index(), Ordering::Release);
                 p.port.bell(TX_SPACE_BELL).notify();
@@ -505,5 +529,18 @@ impl IOUARTDevice {
     pub fn reset_fifo(&self, tx: bool, rx: bool) -> IOResult<()> {
         use driverkit_wire::interfaces::IOUARTDeviceInterface;
         self.proxy().reset_fifo(tx, rx)
+    }
+
+    /// Bytes in the transmit FIFO not yet on the wire.
+    pub fn transmit_pending(&self) -> IOResult<usize> {
+        use driverkit_wire::interfaces::IOUARTDeviceInterface;
+        Ok(self.proxy().transmit_pending()? as usize)
+    }
+
+    /// Holds the line in break (`on`: space for longer than a character)
+    /// or lets it go.
+    pub fn set_break(&self, on: bool) -> IOResult<()> {
+        use driverkit_wire::interfaces::IOUARTDeviceInterface;
+        self.proxy().set_break(on)
     }
 }

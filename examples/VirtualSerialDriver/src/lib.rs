@@ -40,6 +40,9 @@ pub struct VirtualSerialDriverIvars {
     parity: AtomicU32,
     activations: AtomicU64,
     fifo_resets: AtomicU64,
+    /// Bytes handed to the UART, and those reported sent (`tx_sent`).
+    transmitted: AtomicU64,
+    reported_sent: AtomicU64,
 }
 
 #[driverkit::service(superclass = IOUserSerial, ivars = VirtualSerialDriverIvars)]
@@ -61,13 +64,30 @@ impl VirtualSerialDriver {
         loop {
             let n = self.tx_peek(&mut buf);
             if n == 0 {
-                return;
+                break;
             }
-            let sent = uart.transmit(&buf[..n]).unwrap_or(0);
-            self.tx_consume(sent);
-            if sent < n {
-                return; // the UART's interrupt 1 says when there is room
+            let taken = uart.transmit(&buf[..n]).unwrap_or(0);
+            self.tx_consume(taken);
+            self.ivars()
+                .transmitted
+                .fetch_add(taken as u64, Ordering::Relaxed);
+            if taken < n {
+                break; // the UART's interrupt 1 says when there is room
             }
+        }
+        self.report_sent(&uart);
+    }
+
+    /// Tells the system what left the UART: what it was given less what
+    /// its transmit FIFO still holds.
+    fn report_sent(&self, uart: &IOUARTDevice) {
+        let i = self.ivars();
+        let Ok(in_fifo) = uart.transmit_pending() else { return };
+        let sent = i.transmitted.load(Ordering::Relaxed) - in_fifo as u64;
+        let reported = i.reported_sent.load(Ordering::Relaxed);
+        if sent > reported {
+            i.reported_sent.store(sent, Ordering::Relaxed);
+            self.tx_sent((sent - reported) as usize);
         }
     }
 
@@ -145,6 +165,9 @@ impl IOServiceImpl for VirtualSerialDriver {
 }
 
 impl IOUserSerialImpl for VirtualSerialDriver {
+    /// The UART's FIFO level says what has left it.
+    const REPORTS_TX_SENT: bool = true;
+
     /// Sends what the program wrote, then looks at the receive FIFO as a
     /// UART's interrupt handler does: with the loopback plug, the bytes are
     /// back already, and taking them now saves their interrupt's hop.
@@ -192,6 +215,10 @@ impl IOUserSerialImpl for VirtualSerialDriver {
         self.program(baud)
     }
 
+    fn hw_send_break(&self, send: bool) -> IOResult<()> {
+        self.uart()?.set_break(send)
+    }
+
     fn hw_reset_fifo(&self, tx: bool, rx: bool) -> IOResult<()> {
         driverkit::info!("hw_reset_fifo(tx {tx}, rx {rx})");
         self.uart()?.reset_fifo(tx, rx)?;
@@ -223,7 +250,7 @@ impl VirtualSerialDriver {
         self.receive_pending();
     }
 
-    /// UART interrupt 1: room to transmit again.
+    /// UART interrupt 1: room to transmit again, or the FIFO emptied.
     #[action(IOInterruptDispatchSource::InterruptOccurred)]
     fn transmit_room(&self, _action: &OSAction, _count: u64, _time: u64) {
         self.transmit_pending();

@@ -192,6 +192,11 @@ impl VirtualUart {
             if n > 0 {
                 credit -= n as f64;
                 self.send(&mut st, n);
+                if st.tx.is_empty() {
+                    // The transmitter emptied: its driver learns what was
+                    // sent (a 16550's THRE interrupt).
+                    self.interrupts[TX_ROOM].raise();
+                }
             }
             let next_step = script
                 .front()
@@ -291,12 +296,15 @@ impl UartDevice for VirtualUart {
         st.bits_per_byte =
             1 + u32::from(data_bits) + parity_bit + u32::from(half_stop_bits).div_ceil(2);
         tracing::info!(
-            "uart     line {baud} baud, {data_bits} data bits, parity {parity_}, {} stop bits",
+            "uart     line {baud} baud, {data_bits} data bits, parity {}, {} stop bits",
+            crate::families::serial::port::parity_name(parity_),
             f64::from(half_stop_bits) / 2.0
         );
     }
 
     fn set_modem_control(&self, dtr: bool, rts: bool) {
+        let word = |on: bool| if on { "on" } else { "off" };
+        tracing::info!("uart     DTR {}, RTS {}", word(dtr), word(rts));
         if !self.spec.loopback {
             return;
         }
@@ -310,6 +318,16 @@ impl UartDevice for VirtualUart {
     fn modem_status(&self) -> (bool, bool, bool, bool) {
         let m = self.lock().modem;
         (m.cts, m.dsr, m.ri, m.dcd)
+    }
+
+    /// A break is logged; with the loopback it is not received (a receive
+    /// error the model does not make).
+    fn transmit_pending(&self) -> usize {
+        self.lock().tx.len()
+    }
+
+    fn set_break(&self, on: bool) {
+        tracing::info!("uart     break {}", if on { "on" } else { "off" });
     }
 
     fn reset_fifo(&self, tx: bool, rx: bool) {

@@ -50,6 +50,10 @@ pub trait UartDevice: Send + Sync {
     /// `(cts, dsr, ri, dcd)`.
     fn modem_status(&self) -> (bool, bool, bool, bool);
     fn reset_fifo(&self, tx: bool, rx: bool);
+    /// Holds the line in break (`on`) or lets it go.
+    fn set_break(&self, on: bool);
+    /// Bytes in the transmit FIFO not yet on the wire.
+    fn transmit_pending(&self) -> usize;
     /// Delivers interrupt `index` (0 received, 1 transmit room, 2 modem
     /// status) into `region` from now on.
     fn subscribe_interrupt(&self, index: u32, region: &Arc<SharedMemory>) -> IOResult<()>;
@@ -406,6 +410,15 @@ impl IOUARTDeviceInterface for SerialCall<'_> {
     fn reset_fifo(&self, tx: bool, rx: bool) -> IOResult<()> {
         self.family.uart(self.call.object)?.reset_fifo(tx, rx);
         Ok(())
+    }
+
+    fn set_break(&self, on: bool) -> IOResult<()> {
+        self.family.uart(self.call.object)?.set_break(on);
+        Ok(())
+    }
+
+    fn transmit_pending(&self) -> IOResult<u32> {
+        Ok(self.family.uart(self.call.object)?.transmit_pending() as u32)
     }
 }
 

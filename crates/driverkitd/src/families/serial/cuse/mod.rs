@@ -22,7 +22,8 @@
 //! driver (at least 256 bytes, at most the TX ring), so that a write at
 //! 300 baud blocks at the line's pace and a write timeout means what it
 //! says. `tcdrain` (and `TCSETSW`, `TCSETSF`, the last close) waits until
-//! the driver has taken every byte.
+//! the driver has reported every byte sent (`tx_sent`; a driver that does
+//! not report has its bytes counted as sent once it took them).
 //!
 //! The node serves raw mode only: canonical input, echo and output
 //! processing are kept in termios as set but not performed (serial
@@ -469,18 +470,20 @@ impl Inner {
         if st.xoff || st.suspended {
             return 0;
         }
-        let tx = self.core.queues.tx();
-        let (Ok(used), Ok(free)) = (tx.used(), tx.free()) else {
+        let q = &self.core.queues;
+        let tx = q.tx();
+        let (Ok(unsent), Ok(free)) = (q.tx_unsent(), tx.free()) else {
             return 0;
         };
         let line = (st.termios.ospeed as u128 * AHEAD.as_micros() / 10_000_000) as usize;
         let bound = line.clamp(AHEAD_MIN, tx.size() as usize);
-        bound.saturating_sub(used as usize).min(free as usize)
+        bound.saturating_sub(unsent as usize).min(free as usize)
     }
 
-    /// The output has gone: nothing parked, the TX ring empty.
+    /// The output has gone: nothing parked, and the hardware sent all
+    /// (or, for a driver that does not say, took all).
     fn drained(&self, st: &State) -> bool {
-        st.writes.is_empty() && self.core.queues.tx().used().is_ok_and(|u| u == 0)
+        st.writes.is_empty() && self.core.queues.tx_unsent().is_ok_and(|u| u == 0)
     }
 
     fn revents(&self, st: &State) -> u32 {
@@ -1050,7 +1053,7 @@ impl Inner {
             TtyIoctl::OutputWaiting => {
                 let st = self.lock();
                 let parked: usize = st.writes.iter().map(|w| w.data.len() - w.done).sum();
-                int(self.core.queues.tx().used().unwrap_or(0) + parked as u32)
+                int(self.core.queues.tx_unsent().unwrap_or(0) + parked as u32)
             }
             TtyIoctl::Exclusive { on } => {
                 self.lock().exclusive = on;
@@ -1058,7 +1061,7 @@ impl Inner {
             }
             TtyIoctl::GetSerial => {
                 let st = self.lock();
-                let fifo = self.tx_room(&st) + self.core.queues.tx().used().unwrap_or(0) as usize;
+                let fifo = self.tx_room(&st) + self.core.queues.tx_unsent().unwrap_or(0) as usize;
                 ok(&ioctl::serial_struct(
                     self.index,
                     fifo as u32,
