@@ -390,7 +390,7 @@ class Chardev:
                 if time.time() > deadline:
                     raise
                 time.sleep(0.1)
-        self.received = b""
+        self.received = bytearray()
         threading.Thread(target=self.read, daemon=True).start()
 
     def read(self):

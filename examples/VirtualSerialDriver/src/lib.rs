@@ -82,7 +82,9 @@ impl VirtualSerialDriver {
     /// its transmit FIFO still holds.
     fn report_sent(&self, uart: &IOUARTDevice) {
         let i = self.ivars();
-        let Ok(in_fifo) = uart.transmit_pending() else { return };
+        let Ok(in_fifo) = uart.transmit_pending() else {
+            return;
+        };
         let sent = i.transmitted.load(Ordering::Relaxed) - in_fifo as u64;
         let reported = i.reported_sent.load(Ordering::Relaxed);
         if sent > reported {
@@ -221,7 +223,10 @@ impl IOUserSerialImpl for VirtualSerialDriver {
 
     fn hw_reset_fifo(&self, tx: bool, rx: bool) -> IOResult<()> {
         driverkit::info!("hw_reset_fifo(tx {tx}, rx {rx})");
-        self.uart()?.reset_fifo(tx, rx)?;
+        let uart = self.uart()?;
+        uart.reset_fifo(tx, rx)?;
+        // What the FIFO held is gone: the system must not wait for it.
+        self.report_sent(&uart);
         let n = self.ivars().fifo_resets.fetch_add(1, Ordering::Relaxed) + 1;
         self.set_property("FIFOResets", n as i64)
     }
