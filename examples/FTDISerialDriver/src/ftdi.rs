@@ -3,6 +3,10 @@
 //! functions, so that they are tested without a chip.
 
 /// Vendor requests (host to device, `bmRequestType` 0x40; 0xC0 to read).
+/// The chip's full-speed bulk packet: every one from bulk IN starts with
+/// the two status bytes.
+pub const MAX_PACKET: usize = 64;
+
 pub const RESET: u8 = 0x00;
 pub const MODEM_CTRL: u8 = 0x01;
 pub const SET_FLOW_CTRL: u8 = 0x02;

@@ -32,10 +32,12 @@ pub const INFO_PLIST: &str = include_str!("../Info.plist");
 /// What the driver is entitled to: `Entitlements.plist`, installed in its bundle.
 pub const ENTITLEMENTS: &str = include_str!("../Entitlements.plist");
 
-/// Bulk-IN reads kept in flight, and their size (the chip's full-speed
-/// packet).
+/// Bulk-IN reads kept in flight, and their size: eight of the chip's
+/// full-speed packets, each with its two status bytes (as Linux's
+/// `ftdi_sio` reads), so that a busy line costs a transfer per 496 bytes,
+/// not per 62.
 const READS: usize = 4;
-const PACKET: usize = 64;
+const READ: usize = 8 * ftdi::MAX_PACKET;
 /// Bytes per bulk-OUT transfer.
 const WRITE: usize = 4096;
 const TIMEOUT_MS: u32 = 1000;
@@ -103,7 +105,7 @@ impl FTDISerialDriver {
     fn submit_read(&self, slot: usize) {
         let submitted = self.with_usb(|u| {
             let (buffer, action) = u.reads.get(slot).ok_or(IOReturn::BAD_ARGUMENT)?;
-            u.bulk_in.async_io(buffer, PACKET, action, 0)
+            u.bulk_in.async_io(buffer, READ, action, 0)
         });
         if let Err(e) = submitted {
             driverkit::warn!("bulk IN read {slot}: {e}");
@@ -183,7 +185,7 @@ impl IOServiceImpl for FTDISerialDriver {
         for slot in 0..READS {
             let action = self.create_action_read_done(1)?;
             action.reference()[0] = slot as u8;
-            reads.push((IOBufferMemoryDescriptor::create(PACKET)?, action));
+            reads.push((IOBufferMemoryDescriptor::create(READ)?, action));
         }
         let write = (
             IOBufferMemoryDescriptor::create(WRITE)?,
@@ -354,18 +356,23 @@ impl FTDISerialDriver {
             }
             return;
         }
-        let mut packet = vec![0u8; (actual as usize).min(PACKET)];
+        let mut transfer = vec![0u8; (actual as usize).min(READ)];
         let read = self.with_usb(|u| {
             let (buffer, _) = u.reads.get(slot).ok_or(IOReturn::BAD_ARGUMENT)?;
-            buffer.create_mapping()?.read(0, &mut packet)
+            buffer.create_mapping()?.read(0, &mut transfer)
         });
         if read.is_err() {
             return;
         }
-        if let Some(s) = ftdi::Status::parse(&packet) {
-            self.status(s);
+        // Each packet of the transfer: its status, then its data.
+        let mut data = Vec::with_capacity(transfer.len());
+        for packet in transfer.chunks(ftdi::MAX_PACKET) {
+            if let Some(s) = ftdi::Status::parse(packet) {
+                self.status(s);
+            }
+            data.extend_from_slice(packet.get(2..).unwrap_or_default());
         }
-        let data = packet.get(2..).unwrap_or_default();
+        let data = &data[..];
         let mut held = self.ivars().held.lock().unwrap_or_else(|e| e.into_inner());
         let n = if held.0.is_empty() {
             self.rx_put(data)
