@@ -330,7 +330,9 @@ pub trait IOUARTDeviceInterface {
     /// Puts bytes in the transmit FIFO; returns how many fit. When not all
     /// did, interrupt 1 comes once there is room.
     #[kernel]
-    fn transmit(&self, data: Bytes) -> IOResult<u64>;
+    /// Also returns the transmit FIFO's level after it (bytes not yet on
+    /// the wire), as a UART's status register is read with its data.
+    fn transmit(&self, data: Bytes) -> IOResult<(u64, u32)>;
     /// Takes up to `max` received bytes.
     #[kernel]
     fn receive(&self, max: u32) -> IOResult<Bytes>;

@@ -488,13 +488,15 @@ impl IOUARTDevice {
         }
     }
 
-    /// Puts bytes in the transmit FIFO; returns how many fit (interrupt 1
-    /// comes when the rest would).
-    pub fn transmit(&self, data: &[u8]) -> IOResult<usize> {
+    /// Puts bytes in the transmit FIFO: returns how many fit (interrupt 1
+    /// comes when the rest would) and how many the FIFO then holds, not
+    /// yet on the wire.
+    pub fn transmit(&self, data: &[u8]) -> IOResult<(usize, usize)> {
         use driverkit_wire::interfaces::IOUARTDeviceInterface;
-        Ok(self
+        let (taken, in_fifo) = self
             .proxy()
-            .transmit(driverkit_wire::Bytes(data.to_vec()))? as usize)
+            .transmit(driverkit_wire::Bytes(data.to_vec()))?;
+        Ok((taken as usize, in_fifo as usize))
     }
 
     /// Takes up to `max` received bytes.

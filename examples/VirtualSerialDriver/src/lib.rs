@@ -61,30 +61,38 @@ impl VirtualSerialDriver {
     fn transmit_pending(&self) {
         let Ok(uart) = self.uart() else { return };
         let mut buf = vec![0u8; STEP];
+        let mut in_fifo = None;
         loop {
             let n = self.tx_peek(&mut buf);
             if n == 0 {
                 break;
             }
-            let taken = uart.transmit(&buf[..n]).unwrap_or(0);
+            let Ok((taken, level)) = uart.transmit(&buf[..n]) else {
+                break;
+            };
             self.tx_consume(taken);
             self.ivars()
                 .transmitted
                 .fetch_add(taken as u64, Ordering::Relaxed);
+            in_fifo = Some(level);
             if taken < n {
                 break; // the UART's interrupt 1 says when there is room
             }
         }
-        self.report_sent(&uart);
+        // The FIFO's level came with the last transmit; else it is read.
+        let level = match in_fifo {
+            Some(level) => Ok(level),
+            None => uart.transmit_pending(),
+        };
+        if let Ok(level) = level {
+            self.report_sent(level);
+        }
     }
 
     /// Tells the system what left the UART: what it was given less what
-    /// its transmit FIFO still holds.
-    fn report_sent(&self, uart: &IOUARTDevice) {
+    /// its transmit FIFO (`in_fifo`) still holds.
+    fn report_sent(&self, in_fifo: usize) {
         let i = self.ivars();
-        let Ok(in_fifo) = uart.transmit_pending() else {
-            return;
-        };
         let sent = i.transmitted.load(Ordering::Relaxed) - in_fifo as u64;
         let reported = i.reported_sent.load(Ordering::Relaxed);
         if sent > reported {
@@ -226,7 +234,7 @@ impl IOUserSerialImpl for VirtualSerialDriver {
         let uart = self.uart()?;
         uart.reset_fifo(tx, rx)?;
         // What the FIFO held is gone: the system must not wait for it.
-        self.report_sent(&uart);
+        self.report_sent(uart.transmit_pending()?);
         let n = self.ivars().fifo_resets.fetch_add(1, Ordering::Relaxed) + 1;
         self.set_property("FIFOResets", n as i64)
     }

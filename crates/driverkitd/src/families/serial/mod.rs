@@ -377,8 +377,10 @@ impl IOUserSerialInterface for SerialCall<'_> {
 }
 
 impl IOUARTDeviceInterface for SerialCall<'_> {
-    fn transmit(&self, data: Bytes) -> IOResult<u64> {
-        Ok(self.family.uart(self.call.object)?.transmit(&data.0) as u64)
+    fn transmit(&self, data: Bytes) -> IOResult<(u64, u32)> {
+        let uart = self.family.uart(self.call.object)?;
+        let taken = uart.transmit(&data.0);
+        Ok((taken as u64, uart.transmit_pending() as u32))
     }
 
     fn receive(&self, max: u32) -> IOResult<Bytes> {
