@@ -25,6 +25,7 @@ use clap::Args;
 use driverkit_core::sandbox::Mode;
 use driverkit_wire::transport::{self, Endpoint, MessageBuf};
 use driverkit_wire::{Header, Kind};
+use driverkitd::families::serial::NodeChoice;
 use driverkitd::backends::virtual_device::DeviceSpec;
 use driverkitd::{Config, Daemon, Event};
 use plist::Value;
@@ -283,18 +284,27 @@ pub fn bench(args: BenchArgs) -> Result<(), String> {
             5_000 / scale,
         )?);
     }
-    if wanted("serial_throughput") {
-        show(super::bench_serial::throughput(
-            dir.path(),
-            (64 << 20) / scale,
-            if args.quick { 1 } else { 3 },
-        )?);
+    // The pty node everywhere; the CUSE node where the kernel has one.
+    let mut nodes = vec![NodeChoice::Pty];
+    if driverkitd::families::serial::cuse::available() {
+        nodes.push(NodeChoice::Cuse);
     }
-    if wanted("serial_byte_latency") {
-        show(super::bench_serial::byte_latency(
-            dir.path(),
-            5_000 / scale,
-        )?);
+    for node in nodes {
+        if wanted(super::bench_serial::name("serial_throughput", node)) {
+            show(super::bench_serial::throughput(
+                dir.path(),
+                node,
+                (64 << 20) / scale,
+                if args.quick { 1 } else { 3 },
+            )?);
+        }
+        if wanted(super::bench_serial::name("serial_byte_latency", node)) {
+            show(super::bench_serial::byte_latency(
+                dir.path(),
+                node,
+                5_000 / scale,
+            )?);
+        }
     }
     if ["net_throughput", "net_packets_per_sec", "net_latency"]
         .iter()
@@ -408,6 +418,20 @@ pub(super) fn raw_pingpong_after(n: usize, gap: Duration) -> Result<(f64, f64), 
 
 pub(super) fn bench_daemon(root: &Path, bundle_of: &drivers::Embedded) -> Result<Daemon, String> {
     bench_daemon_sandboxed(root, bundle_of, Mode::Enforce)
+}
+
+/// A bench daemon whose serial ports are nodes of kind `nodes`.
+pub(super) fn bench_daemon_serial(
+    root: &Path,
+    bundle_of: &drivers::Embedded,
+    nodes: driverkitd::families::serial::NodeChoice,
+) -> Result<Daemon, String> {
+    let dir = root.join("bundles");
+    let bundle = drivers::materialize(bundle_of, &dir)?;
+    let mut config = Config::new(root.join(format!("state-{}-{nodes:?}", bundle_of.executable)));
+    config.bundles.push(bundle);
+    config.serial_nodes = nodes;
+    Ok(Daemon::start(config))
 }
 
 /// A daemon whose dexts are confined as `sandbox` says (the default,

@@ -5,6 +5,7 @@
 //! |------------------------|-------------------------------------------------------------|----------|
 //! | `serial_throughput`    | program → tty → dext → virtual UART (loopback) → dext → tty → program, bytes/s | a raw pty pair whose master a plain process echoes |
 //! | `serial_byte_latency`  | one byte there and back, the same path                      | the same raw pty echo |
+//! | `serial_throughput_cuse`, `serial_byte_latency_cuse` | the same through the port's CUSE node (where the kernel has `/dev/cuse`) | the same raw pty echo |
 //!
 //! The UART is the virtual one with `pace = "none"` (as fast as memory),
 //! so that the figure is the framework's, not a line rate's. The program
@@ -19,17 +20,30 @@ use std::time::{Duration, Instant};
 
 use driverkitd::backends::virtual_device;
 
-use super::bench::{bench_daemon, percentiles, spawn_helper, Figure, Stat, Target};
+use driverkitd::families::serial::NodeChoice;
+
+use super::bench::{bench_daemon_serial, percentiles, spawn_helper, Figure, Stat, Target};
 use crate::drivers;
 
-/// Runs `measure` against the framework's port and the raw pty echo.
+/// A figure's name for a port of kind `node`: the pty's is the plain one.
+pub(super) fn name(bench: &'static str, node: NodeChoice) -> &'static str {
+    match (bench, node) {
+        ("serial_throughput", NodeChoice::Cuse) => "serial_throughput_cuse",
+        ("serial_byte_latency", NodeChoice::Cuse) => "serial_byte_latency_cuse",
+        _ => bench,
+    }
+}
+
+/// Runs `measure` against the framework's port (a node of kind `node`)
+/// and the raw pty echo.
 fn both<T>(
     root: &Path,
+    node: NodeChoice,
     mut measure: impl FnMut(&Path) -> Result<T, String>,
 ) -> Result<(T, T), String> {
     let ours = {
         let driver = drivers::find("VirtualSerialDriver")?;
-        let daemon = bench_daemon(root, driver)?;
+        let daemon = bench_daemon_serial(root, driver, node)?;
         let spec = virtual_device::parse(
             "name = \"BenchUART\"\n[uart]\npace = \"none\"\nfifo = 65536\n",
             "bench",
@@ -49,11 +63,16 @@ fn both<T>(
     Ok((ours, raw))
 }
 
-pub(super) fn throughput(root: &Path, bytes: usize, runs: usize) -> Result<Vec<Figure>, String> {
+pub(super) fn throughput(
+    root: &Path,
+    node: NodeChoice,
+    bytes: usize,
+    runs: usize,
+) -> Result<Vec<Figure>, String> {
     let mut ours = Vec::new();
     let mut raw = Vec::new();
     for _ in 0..runs {
-        let (o, r) = both(root, |path| transfer(path, bytes))?;
+        let (o, r) = both(root, node, |path| transfer(path, bytes))?;
         ours.push(o);
         raw.push(r);
     }
@@ -64,21 +83,26 @@ pub(super) fn throughput(root: &Path, bytes: usize, runs: usize) -> Result<Vec<F
     let (o50, olow) = stat(ours);
     let (r50, rlow) = stat(raw);
     Ok(vec![Figure {
-        bench: "serial_throughput",
+        bench: name("serial_throughput", node),
         unit: "MB/s",
         p50: o50,
         p99: olow,
         baseline: Some(("raw_pty_echo", r50, rlow)),
         stat: Stat::MedianLowest { runs },
         // "At least 0.8x the raw echo": the ratio printed is ours/raw.
-        target: Some(Target::AtLeastRatio(0.8)),
+        // The target is the pty's; the CUSE node's figure is reported.
+        target: (node == NodeChoice::Pty).then_some(Target::AtLeastRatio(0.8)),
     }])
 }
 
-pub(super) fn byte_latency(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
-    let ((o50, o99), (r50, r99)) = both(root, |path| round_trips(path, n))?;
+pub(super) fn byte_latency(
+    root: &Path,
+    node: NodeChoice,
+    n: usize,
+) -> Result<Vec<Figure>, String> {
+    let ((o50, o99), (r50, r99)) = both(root, node, |path| round_trips(path, n))?;
     Ok(vec![Figure {
-        bench: "serial_byte_latency",
+        bench: name("serial_byte_latency", node),
         unit: "us",
         p50: o50,
         p99: o99,
