@@ -54,6 +54,13 @@ impl System {
         System { inner }
     }
 
+    /// A system of no core: it finds no entries, drivers or regions, and
+    /// what is set on it goes nowhere. For families' unit tests of what
+    /// they do without a registry (a serial node's byte path).
+    pub fn detached() -> System {
+        System { inner: Weak::new() }
+    }
+
     pub(crate) fn upgrade(&self) -> Option<Arc<Inner>> {
         self.inner.upgrade()
     }

@@ -25,8 +25,8 @@ use clap::Args;
 use driverkit_core::sandbox::Mode;
 use driverkit_wire::transport::{self, Endpoint, MessageBuf};
 use driverkit_wire::{Header, Kind};
-use driverkitd::families::serial::NodeChoice;
 use driverkitd::backends::virtual_device::DeviceSpec;
+use driverkitd::families::serial::NodeChoice;
 use driverkitd::{Config, Daemon, Event};
 use plist::Value;
 

@@ -95,11 +95,7 @@ pub(super) fn throughput(
     }])
 }
 
-pub(super) fn byte_latency(
-    root: &Path,
-    node: NodeChoice,
-    n: usize,
-) -> Result<Vec<Figure>, String> {
+pub(super) fn byte_latency(root: &Path, node: NodeChoice, n: usize) -> Result<Vec<Figure>, String> {
     let ((o50, o99), (r50, r99)) = both(root, node, |path| round_trips(path, n))?;
     Ok(vec![Figure {
         bench: name("serial_byte_latency", node),

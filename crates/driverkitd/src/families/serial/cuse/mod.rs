@@ -221,6 +221,16 @@ impl CuseNode {
             std::thread::sleep(Duration::from_millis(5));
         }
         tty::make_dialout(&path);
+        CuseNode::serve(core, dev, path, index)
+    }
+
+    /// Serves requests arriving on `dev` (registered already) for the port
+    /// of `core`, whose node is `path`.
+    fn serve(core: Arc<Core>, dev: OwnedFd, path: PathBuf, index: u32) -> Result<CuseNode, String> {
+        // `cuse-dev` polls before it reads, and must never block in a read
+        // (its stop comes through the poll).
+        rustix::fs::fcntl_setfl(&dev, OFlags::NONBLOCK)
+            .map_err(|e| format!("{CUSE_DEVICE}: {e}"))?;
         let wake = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)
             .map_err(|e| format!("eventfd: {e}"))?;
         let inner = Arc::new(Inner {
@@ -696,6 +706,8 @@ impl Inner {
                 continue;
             }
             match rustix::io::read(&self.dev, &mut buf) {
+                // The far end closed (only a test's socket does that).
+                Ok(0) => return,
                 Ok(n) => match Request::parse(&buf[..n]) {
                     Ok((h, r)) => self.handle(h, r),
                     Err(e) => {
@@ -1188,7 +1200,9 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
+    use super::proto::opcode;
     use super::*;
+    use driverkit_wire::serial::SerialPortInterface;
 
     #[test]
     fn a_termios_reaches_the_line() {
@@ -1213,5 +1227,235 @@ mod tests {
         assert_eq!(errno(IOReturn::UNSUPPORTED), libc::EINVAL);
         assert_eq!(errno(IOReturn::TIMEOUT), libc::EIO);
         assert_eq!(errno(IOReturn::OFFLINE), libc::EIO);
+    }
+
+    /// The kernel's side of a node: requests in, answers out, over a
+    /// socket that keeps messages apart as `/dev/cuse` does; and the
+    /// driver's side of the port's rings. No core: driver calls fail
+    /// (logged), which the byte path does not need.
+    struct Harness {
+        kernel: OwnedFd,
+        driver: SerialPortInterface,
+        node: CuseNode,
+        next: u64,
+    }
+
+    /// A reply: its unique, its error (negative errno), its body.
+    type Reply = (u64, i32, Vec<u8>);
+
+    impl Harness {
+        fn new() -> Harness {
+            use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+            let (kernel, dev) = socketpair(
+                AddressFamily::UNIX,
+                SocketType::SEQPACKET,
+                SocketFlags::CLOEXEC,
+                None,
+            )
+            .unwrap();
+            let driver = SerialPortInterface::create(12, 12).unwrap();
+            let queues = SerialPortInterface::open(driver.memory().try_clone().unwrap()).unwrap();
+            let core = Arc::new(Core::new(
+                driverkit_core::System::detached(),
+                1,
+                "test".into(),
+                queues,
+                CuseNode::initial_line(),
+            ));
+            let node =
+                CuseNode::serve(core, dev, PathBuf::from("/dev/ttyDKtest"), u32::MAX).unwrap();
+            Harness {
+                kernel,
+                driver,
+                node,
+                next: 1,
+            }
+        }
+
+        fn send(&mut self, op: u32, body: &[u8]) -> u64 {
+            let unique = self.next;
+            self.next += 2;
+            let mut b = Vec::new();
+            b.extend_from_slice(&((40 + body.len()) as u32).to_le_bytes());
+            b.extend_from_slice(&op.to_le_bytes());
+            b.extend_from_slice(&unique.to_le_bytes());
+            b.extend_from_slice(&[0; 8]);
+            b.extend_from_slice(&1000u32.to_le_bytes());
+            b.extend_from_slice(&1000u32.to_le_bytes());
+            b.extend_from_slice(&4242u32.to_le_bytes());
+            b.extend_from_slice(&[0; 4]);
+            b.extend_from_slice(body);
+            rustix::io::write(&self.kernel, &b).unwrap();
+            unique
+        }
+
+        /// The next answer within `ms`, if any.
+        fn reply_within(&self, ms: u64) -> Option<Reply> {
+            let mut fds = [PollFd::new(&self.kernel, PollFlags::IN)];
+            poll(&mut fds, Some(&timespec(Duration::from_millis(ms)))).unwrap();
+            if !fds[0].revents().contains(PollFlags::IN) {
+                return None;
+            }
+            let mut buf = vec![0u8; 70_000];
+            let n = rustix::io::read(&self.kernel, &mut buf).unwrap();
+            let word = |at: usize| u32::from_le_bytes(buf[at..at + 4].try_into().unwrap());
+            assert_eq!(word(0) as usize, n, "an answer says its own length");
+            let unique = u64::from(word(8)) | (u64::from(word(12)) << 32);
+            Some((unique, word(4) as i32, buf[16..n].to_vec()))
+        }
+
+        fn reply(&self) -> Reply {
+            self.reply_within(5_000).expect("an answer within 5 s")
+        }
+
+        fn open(&mut self, flags: u32) -> u64 {
+            let mut body = [0u8; 8];
+            body[..4].copy_from_slice(&flags.to_le_bytes());
+            self.send(opcode::OPEN, &body);
+            let (_, error, body) = self.reply();
+            assert_eq!(error, 0);
+            u64::from_le_bytes(body[..8].try_into().unwrap())
+        }
+
+        fn write(&mut self, fh: u64, data: &[u8]) -> u64 {
+            let mut body = vec![0u8; 40];
+            body[..8].copy_from_slice(&fh.to_le_bytes());
+            body[16..20].copy_from_slice(&(data.len() as u32).to_le_bytes());
+            body.extend_from_slice(data);
+            self.send(opcode::WRITE, &body)
+        }
+
+        fn read(&mut self, fh: u64, size: u32, flags: u32) -> u64 {
+            let mut body = vec![0u8; 40];
+            body[..8].copy_from_slice(&fh.to_le_bytes());
+            body[16..20].copy_from_slice(&size.to_le_bytes());
+            body[32..36].copy_from_slice(&flags.to_le_bytes());
+            self.send(opcode::READ, &body)
+        }
+
+        /// An ioctl as the kernel makes it for an unrestricted device:
+        /// bare first, then again with what the answer asked for.
+        fn ioctl(&mut self, fh: u64, cmd: u32, arg: u64, input: &[u8]) -> u64 {
+            let body = |input: &[u8], out: u32| {
+                let mut b = vec![0u8; 32];
+                b[..8].copy_from_slice(&fh.to_le_bytes());
+                b[12..16].copy_from_slice(&cmd.to_le_bytes());
+                b[16..24].copy_from_slice(&arg.to_le_bytes());
+                b[24..28].copy_from_slice(&(input.len() as u32).to_le_bytes());
+                b[28..32].copy_from_slice(&out.to_le_bytes());
+                b.extend_from_slice(input);
+                b
+            };
+            let unique = self.send(opcode::IOCTL, &body(&[], 0));
+            if arg < 0x1000 {
+                return unique; // a value argument: answered (or parked) at once
+            }
+            let (u, error, retry) = self.reply();
+            assert_eq!((u, error), (unique, 0));
+            let flags = u32::from_le_bytes(retry[4..8].try_into().unwrap());
+            assert_eq!(flags & 4, 4, "a bare ioctl with a pointer is asked again");
+            self.send(opcode::IOCTL, &body(input, 256))
+        }
+
+        /// The driver puts `bytes` in the RX ring, as `rx_put` does.
+        fn receive(&self, bytes: &[u8]) {
+            assert_eq!(self.driver.rx().write(bytes).unwrap(), bytes.len());
+            self.driver.bell(RX_DATA_BELL).ring();
+        }
+
+        /// The driver takes everything in the TX ring, as `tx_take` does.
+        fn transmit_all(&self) -> Vec<u8> {
+            let mut out = vec![0u8; 4096];
+            let n = self.driver.tx().read(&mut out).unwrap();
+            self.driver.bell(TX_SPACE_BELL).ring();
+            out.truncate(n);
+            out
+        }
+    }
+
+    impl Drop for Harness {
+        fn drop(&mut self) {
+            self.node.inner.core.set_stopped();
+            self.node.stop();
+        }
+    }
+
+    const NONBLOCK: u32 = libc::O_RDWR as u32 | libc::O_NONBLOCK as u32;
+
+    #[test]
+    fn a_writer_is_held_to_the_line_and_xoff_stops_it() {
+        let mut h = Harness::new();
+        let fh = h.open(NONBLOCK);
+        // 9600 baud: 50 ms of the line is 48 bytes, so the least, 256.
+        let w = h.write(fh, &[7u8; 1000]);
+        assert_eq!(h.reply(), (w, 0, [256u32.to_le_bytes(), [0; 4]].concat()));
+        let w = h.write(fh, &[7u8; 10]);
+        assert_eq!(h.reply(), (w, -libc::EAGAIN, vec![]));
+        assert_eq!(h.transmit_all().len(), 256);
+        // A termios the driver cannot take (here there is no driver) is
+        // refused with EIO, and not kept.
+        let mut t = Termios::initial();
+        t.iflag |= bits::IXON;
+        let set = h.ioctl(fh, ioctl::cmd::TCSETS, 0x7000, &t.emit(false));
+        assert_eq!(h.reply(), (set, -libc::EIO, vec![]));
+        assert_eq!(h.node.inner.lock().termios.iflag & bits::IXON, 0);
+        // IXON as a driver took it: the far end's XOFF stops the writer;
+        // XON starts it.
+        h.node.inner.lock().termios = t;
+        h.receive(&[0x13]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let w = h.write(fh, b"held");
+            let (_, error, _) = h.reply();
+            if error == -libc::EAGAIN {
+                break;
+            }
+            assert!(Instant::now() < deadline, "XOFF never held the writer");
+            h.transmit_all();
+            std::thread::sleep(Duration::from_millis(10));
+            let _ = w;
+        }
+        h.receive(&[0x11]);
+        std::thread::sleep(Duration::from_millis(50));
+        let w = h.write(fh, b"go");
+        assert_eq!(h.reply(), (w, 0, [2u32.to_le_bytes(), [0; 4]].concat()));
+        // The flow characters are not input.
+        let q = h.ioctl(fh, ioctl::cmd::FIONREAD, 0x7000, &[]);
+        let (u, error, body) = h.reply();
+        assert_eq!((u, error), (q, 0));
+        assert_eq!(body[16..20], 0u32.to_le_bytes());
+    }
+
+    #[test]
+    fn a_blocking_read_waits_for_bytes_and_a_signal_ends_it() {
+        let mut h = Harness::new();
+        let fh = h.open(libc::O_RDWR as u32);
+        let r = h.read(fh, 100, libc::O_RDWR as u32);
+        assert_eq!(h.reply_within(100), None, "nothing to read yet");
+        h.receive(b"hello");
+        assert_eq!(h.reply(), (r, 0, b"hello".to_vec()));
+        let r = h.read(fh, 100, libc::O_RDWR as u32);
+        assert_eq!(h.reply_within(100), None);
+        h.send(opcode::INTERRUPT, &r.to_le_bytes());
+        assert_eq!(h.reply(), (r, -libc::EINTR, vec![]));
+        // Non-blocking with nothing there: EAGAIN at once.
+        let r = h.read(fh, 100, NONBLOCK);
+        assert_eq!(h.reply(), (r, -libc::EAGAIN, vec![]));
+    }
+
+    #[test]
+    fn tcdrain_waits_until_the_driver_took_every_byte() {
+        let mut h = Harness::new();
+        let fh = h.open(libc::O_RDWR as u32);
+        let w = h.write(fh, b"0123456789");
+        assert_eq!(h.reply(), (w, 0, [10u32.to_le_bytes(), [0; 4]].concat()));
+        let drain = h.ioctl(fh, ioctl::cmd::TCSBRK, 1, &[]);
+        assert_eq!(h.reply_within(100), None, "the bytes are still in the ring");
+        assert_eq!(h.transmit_all(), b"0123456789");
+        let (u, error, _) = h.reply();
+        assert_eq!((u, error), (drain, 0));
+        // An ioctl a serial port does not have.
+        let bad = h.ioctl(fh, 0x5490, 0, &[]);
+        assert_eq!(h.reply(), (bad, -libc::ENOTTY, vec![]));
     }
 }

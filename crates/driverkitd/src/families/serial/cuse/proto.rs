@@ -19,7 +19,7 @@ const IN_HEADER: usize = 40;
 const OUT_HEADER: usize = 16;
 
 /// Opcodes this side serves; any other is answered `ENOSYS`.
-mod opcode {
+pub mod opcode {
     pub const OPEN: u32 = 14;
     pub const READ: u32 = 15;
     pub const WRITE: u32 = 16;
