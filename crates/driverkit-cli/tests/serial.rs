@@ -197,6 +197,12 @@ os.close(fd)
     d.wait_until("IOSerialOpen false", || {
         node_by_id(&d, id)["properties"]["IOSerialOpen"] == false
     });
+    // The last close dropped DTR and RTS (HUPCL), and the line says so.
+    let line = &node_by_id(&d, id)["properties"]["IOSerialLine"];
+    assert_eq!(
+        (&line["DTR"], &line["RTS"]),
+        (&Value::Bool(false), &Value::Bool(false))
+    );
     assert!(
         node_by_id(&d, id)["properties"]["FIFOResets"]
             .as_u64()
@@ -479,6 +485,18 @@ fn serial_set_carries_what_a_pty_cannot_and_unknown_ports_are_named() {
     d.cli(&["serial", "set", &name, "--break", "10"]);
     d.wait_log("uart     break off", 1);
     assert!(d.log().contains("uart     break on"));
+    // A program's last close drops DTR and RTS (HUPCL): the line says so,
+    // and the loopback's DSR follows.
+    let out = Command::new("stty")
+        .args(["-F", &callout(&port)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    d.wait_log("hw_deactivate", 1);
+    d.wait_until("DTR off after the last close", || {
+        let got: Value = serde_json::from_str(&d.cli(&["serial", "get", &name, "--json"])).unwrap();
+        got["dtr"] == false && got["rts"] == false && got["modem"]["dsr"] == false
+    });
     // A port that is not there is named, with the ones that are.
     let out = d.run_cli(&["serial", "get", "nonesuch"]);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -204,9 +204,14 @@ impl Core {
         self.publish_line();
     }
 
-    /// The node's last close: deactivate the port.
-    pub fn closed(&self, path: &Path) {
+    /// The node's last close: the modem outputs dropped if `hupcl` (as
+    /// Linux's tty layer drops DTR and RTS on the last close), then the
+    /// port deactivated.
+    pub fn closed(&self, path: &Path, hupcl: bool) {
         self.open.store(false, Ordering::Release);
+        if hupcl {
+            let _ = self.program_mcr(false, false);
+        }
         tracing::info!(
             "serial   {}: {} closed by its last program",
             self.name,

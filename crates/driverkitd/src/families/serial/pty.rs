@@ -140,7 +140,8 @@ impl Shared {
     }
 
     fn closed(&self) {
-        self.core.closed(self.tty.slave());
+        // A pty's termios always has HUPCL here (the daemon sets it).
+        self.core.closed(self.tty.slave(), true);
     }
 
     /// A status packet of the pty.

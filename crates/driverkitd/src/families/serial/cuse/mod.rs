@@ -832,10 +832,7 @@ impl Inner {
             st.writes.clear();
             st.termios.cflag & bits::HUPCL != 0
         };
-        if hupcl {
-            let _ = self.core.program_mcr(false, false);
-        }
-        self.core.closed(&self.path);
+        self.core.closed(&self.path, hupcl);
     }
 
     fn read(&self, unique: u64, size: usize, nonblock: bool) {
