@@ -108,7 +108,9 @@ pub(super) fn byte_latency(root: &Path, node: NodeChoice, n: usize) -> Result<Ve
     }])
 }
 
-/// Opens a tty raw, as a serial program does.
+/// Opens a tty raw at 4 Mbaud, as a serial program does: the virtual
+/// UART does not pace, but a CUSE node lets a writer only so far ahead of
+/// the line's rate.
 fn open_raw(path: &Path) -> Result<std::fs::File, String> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
@@ -119,6 +121,7 @@ fn open_raw(path: &Path) -> Result<std::fs::File, String> {
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let mut t = rustix::termios::tcgetattr(&f).map_err(|e| e.to_string())?;
     t.make_raw();
+    t.set_speed(4_000_000).map_err(|e| e.to_string())?;
     rustix::termios::tcsetattr(&f, rustix::termios::OptionalActions::Now, &t)
         .map_err(|e| e.to_string())?;
     Ok(f)
