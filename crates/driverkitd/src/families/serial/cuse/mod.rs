@@ -822,16 +822,23 @@ impl Inner {
     /// After the last close: modem outputs dropped (`HUPCL`), the port
     /// deactivated, unless a program opened it again meanwhile.
     fn hang_up(&self) {
-        let hupcl = {
+        let (hupcl, orphans) = {
             let mut st = self.lock();
             if st.opens > 0 {
                 return;
             }
             st.exclusive = false;
             st.input.clear();
-            st.writes.clear();
-            st.termios.cflag & bits::HUPCL != 0
+            // Nothing should wait with no file open; whatever does hears
+            // the hang-up rather than waiting for ever.
+            let mut orphans: Vec<u64> = st.reads.drain(..).map(|r| r.unique).collect();
+            orphans.extend(st.writes.drain(..).map(|w| w.unique));
+            orphans.extend(st.modem_waits.drain(..).map(|w| w.unique));
+            (st.termios.cflag & bits::HUPCL != 0, orphans)
         };
+        for unique in orphans {
+            self.send(&proto::error_reply(unique, libc::EIO));
+        }
         self.core.closed(&self.path, hupcl);
     }
 
