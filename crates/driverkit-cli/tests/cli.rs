@@ -306,7 +306,8 @@ fn completions_and_man_pages_come_from_the_command_line_definitions() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let page = std::fs::read_to_string(dir.path().join("driverkit-device-export.1")).unwrap();
+    // In man1/, where man(1) looks under a MANPATH directory.
+    let page = std::fs::read_to_string(dir.path().join("man1/driverkit-device-export.1")).unwrap();
     assert!(page.contains(".TH"), "a roff man page");
     assert!(page.contains("listen"), "with its options");
 }

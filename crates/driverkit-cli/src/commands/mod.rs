@@ -99,7 +99,8 @@ enum Command {
         #[arg(value_name = "SHELL")]
         shell: clap_complete::Shell,
     },
-    /// Write man pages for driverkit and each of its commands into DIR.
+    /// Write man pages for driverkit and each of its commands into DIR/man1,
+    /// where `MANPATH=DIR man driverkit` finds them.
     Man {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
@@ -190,10 +191,17 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
         }
         Command::Man { dir } => {
             use clap::CommandFactory;
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            clap_mangen::generate_to(Cli::command(), &dir)
-                .map_err(|e| format!("{}: {e}", dir.display()))?;
-            println!("man pages written to {}", dir.display());
+            // Section 1 pages in man1/: man(1) looks for them there under
+            // each MANPATH directory.
+            let section = dir.join("man1");
+            std::fs::create_dir_all(&section).map_err(|e| format!("{}: {e}", section.display()))?;
+            clap_mangen::generate_to(Cli::command(), &section)
+                .map_err(|e| format!("{}: {e}", section.display()))?;
+            println!(
+                "man pages written to {} (read them with MANPATH={} man driverkit)",
+                section.display(),
+                dir.display()
+            );
             Ok(())
         }
         Command::BenchEcho => bench::echo_peer(),
