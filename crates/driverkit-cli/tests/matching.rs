@@ -337,5 +337,16 @@ fn why_explains_each_personality_for_a_provider() {
     // The text form says the same, for a person.
     let text = d.cli(&["why", &format!("{id:#x}")]);
     assert!(text.contains("tie       org.test.Why/B"), "{text}");
+    // By its registry name, when one entry has it; a name no entry has is
+    // said so.
+    let by_name = d.cli(&["why", "T"]);
+    assert_eq!(by_name, text);
+    let out = d.run_cli(&["why", "NoSuchEntry"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no registry entry is named \"NoSuchEntry\""),
+        "{err}"
+    );
     d.interrupt();
 }

@@ -6,7 +6,9 @@ use driverkitd::control::CoreRequest;
 
 #[derive(Args)]
 pub struct WhyArgs {
-    /// The provider's registry ID, as `driverkit ioreg` shows it (0x...).
+    /// The provider: its registry ID as `driverkit ioreg` shows it (0x...),
+    /// or its registry name when one entry has it.
+    #[arg(value_name = "ID|NAME")]
     id: String,
     /// Print the answer as JSON.
     #[arg(long)]
@@ -14,8 +16,12 @@ pub struct WhyArgs {
 }
 
 pub fn why(root: &std::path::Path, args: WhyArgs) -> Result<(), String> {
-    let id = super::parse_id(&args.id)?;
-    let answer = super::client(root)?.request(&CoreRequest::Why { id })?;
+    let mut client = super::client(root)?;
+    let id = match super::parse_id(&args.id) {
+        Ok(id) => id,
+        Err(_) => by_name(&client.registry()?, &args.id)?,
+    };
+    let answer = client.request(&CoreRequest::Why { id })?;
     if args.json {
         println!(
             "{}",
@@ -58,4 +64,37 @@ pub fn why(root: &std::path::Path, args: WhyArgs) -> Result<(), String> {
         println!("  ({others} personalities for other provider classes not shown)");
     }
     Ok(())
+}
+
+/// The ID of the one registry entry named `name`; else which entries
+/// there are to choose from.
+fn by_name(tree: &driverkit_core::ioreg::Node, name: &str) -> Result<u64, String> {
+    fn walk<'a>(
+        n: &'a driverkit_core::ioreg::Node,
+        name: &str,
+        out: &mut Vec<&'a driverkit_core::ioreg::Node>,
+    ) {
+        if n.name == name {
+            out.push(n);
+        }
+        for c in &n.children {
+            walk(c, name, out);
+        }
+    }
+    let mut found = Vec::new();
+    walk(tree, name, &mut found);
+    match found.as_slice() {
+        [one] => Ok(one.id),
+        [] => Err(format!(
+            "no registry entry is named {name:?}: give its ID or its name as `driverkit ioreg` shows them"
+        )),
+        many => Err(format!(
+            "{} registry entries are named {name:?}: give one's ID ({})",
+            many.len(),
+            many.iter()
+                .map(|n| format!("{:#x}, a {}", n.id, n.class))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )),
+    }
 }
