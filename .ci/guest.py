@@ -163,10 +163,12 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288 host /host || echo 
 mount -t proc proc /host/proc; mount -t sysfs sys /host/sys
 mount -t devtmpfs dev /host/dev
 mkdir -p /host/dev/pts; mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /host/dev/pts
-mount -t tmpfs tmp /host/tmp; mount -t tmpfs run /host/run
-cp /chrooted.sh /host/tmp/script.sh
+# /tmp stays the host's (read-only; a checkout may live there): scratch
+# space is /run, and TMPDIR says so.
+mount -t tmpfs run /host/run
+cp /chrooted.sh /host/run/script.sh
 chroot /host /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    HOME=/tmp PYTHONDONTWRITEBYTECODE=1 /bin/bash /tmp/script.sh
+    HOME=/run TMPDIR=/run PYTHONDONTWRITEBYTECODE=1 /bin/bash /run/script.sh
 """
 
 EPILOGUE = """
@@ -180,10 +182,11 @@ class Guest:
                  netdev=None, name="guest", timeout=600, packages=(), append="",
                  host_root=False):
         """`host_root`: the script runs chrooted into the host's root, seen
-        read-only over virtio-9p (with the guest's own /proc, /sys, /dev,
-        /tmp and /run), so host programs (python3 and its modules, the
+        read-only over virtio-9p (with the guest's own /proc, /sys, /dev
+        and /run), so host programs (python3 and its modules, the
         project's binaries where they were built) run against the guest's
-        kernel and devices without being copied in."""
+        kernel and devices without being copied in. The host's /tmp is
+        seen as it is (read-only); the script's scratch space is /run."""
         self.devices = list(devices)
         self.modules = list(modules)
         self.script = script
