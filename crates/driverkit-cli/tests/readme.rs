@@ -172,7 +172,10 @@ fn every_shell_block_of_the_readme_runs_as_written() {
         if block.contains("device type") {
             // All of "Hello", not just its first key.
             for c in ["'H'", "'e'", "'l'", "'o'"] {
-                assert!(out.contains(c), "the typed events were printed ({c}):\n{out}");
+                assert!(
+                    out.contains(c),
+                    "the typed events were printed ({c}):\n{out}"
+                );
             }
         }
         if block.contains("driverkit call NullDriver") {
