@@ -426,11 +426,24 @@ pub(super) fn bench_daemon_serial(
     bundle_of: &drivers::Embedded,
     nodes: driverkitd::families::serial::NodeChoice,
 ) -> Result<Daemon, String> {
+    bench_daemon_with(root, bundle_of, &format!("{nodes:?}"), |config| {
+        config.serial_nodes = nodes;
+    })
+}
+
+/// A daemon with `bundle_of` loaded, in a state folder of its own
+/// (`state-<executable>-<variant>`), its config changed by `tweak`.
+fn bench_daemon_with(
+    root: &Path,
+    bundle_of: &drivers::Embedded,
+    variant: &str,
+    tweak: impl FnOnce(&mut Config),
+) -> Result<Daemon, String> {
     let dir = root.join("bundles");
     let bundle = drivers::materialize(bundle_of, &dir)?;
-    let mut config = Config::new(root.join(format!("state-{}-{nodes:?}", bundle_of.executable)));
+    let mut config = Config::new(root.join(format!("state-{}-{variant}", bundle_of.executable)));
     config.bundles.push(bundle);
-    config.serial_nodes = nodes;
+    tweak(&mut config);
     Ok(Daemon::start(config))
 }
 
@@ -452,17 +465,14 @@ fn bench_daemon_confined(
     sandbox: Mode,
     cgroups: bool,
 ) -> Result<Daemon, String> {
-    let dir = root.join("bundles");
-    let bundle = drivers::materialize(bundle_of, &dir)?;
-    let mut config = Config::new(root.join(format!(
-        "state-{}-{sandbox:?}-{}",
-        bundle_of.executable,
+    let variant = format!(
+        "{sandbox:?}-{}",
         if cgroups { "cgroups" } else { "no-cgroups" }
-    )));
-    config.bundles.push(bundle);
-    config.sandbox.mode = sandbox;
-    config.sandbox.cgroups = cgroups;
-    Ok(Daemon::start(config))
+    );
+    bench_daemon_with(root, bundle_of, &variant, |config| {
+        config.sandbox.mode = sandbox;
+        config.sandbox.cgroups = cgroups;
+    })
 }
 
 fn bench_device(name: &str, extra: &[(&str, Value)]) -> DeviceSpec {

@@ -280,7 +280,7 @@ impl SerialFamily {
                 }
             };
         }
-        let (tty, termios) = pty::PtyNode::initial_termios()?;
+        let (tty, termios) = pty::PtyNode::open_tty()?;
         let core = Arc::new(port::Core::new(
             system.clone(),
             service,

@@ -53,8 +53,9 @@ pub struct PtyNode {
 }
 
 impl PtyNode {
-    /// The initial line a pty has (9600 baud 8N1, no flow control).
-    pub fn initial_termios() -> IOResult<(Tty, tty::Termios)> {
+    /// A new pty, and the line it starts with (9600 baud 8N1, no flow
+    /// control).
+    pub fn open_tty() -> IOResult<(Tty, tty::Termios)> {
         let tty = Tty::open().map_err(|e| {
             tracing::error!("serial   cannot make a pty: {e}");
             IOReturn::NO_RESOURCES

@@ -59,6 +59,22 @@ pub mod tiocm {
     pub const DSR: u32 = 0x100;
 }
 
+/// `TIOCM_*` bits of the modem outputs `(dtr, rts)` and inputs
+/// `(cts, dsr, ri, dcd)`.
+pub fn modem_bits((dtr, rts): (bool, bool), (cts, dsr, ri, dcd): (bool, bool, bool, bool)) -> u32 {
+    [
+        (dtr, tiocm::DTR),
+        (rts, tiocm::RTS),
+        (cts, tiocm::CTS),
+        (dsr, tiocm::DSR),
+        (ri, tiocm::RI),
+        (dcd, tiocm::CD),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .fold(0, |bits, (_, bit)| bits | bit)
+}
+
 /// Sizes of the structures (x86-64).
 const TERMIOS_LEN: usize = 36;
 const TERMIOS2_LEN: usize = 44;

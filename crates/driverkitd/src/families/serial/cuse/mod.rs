@@ -313,15 +313,7 @@ impl Node for CuseNode {
     }
 
     fn modem_changed(&self, (cts, dsr, ri, dcd): (bool, bool, bool, bool)) {
-        let now = [
-            (cts, tiocm::CTS),
-            (dsr, tiocm::DSR),
-            (ri, tiocm::RI),
-            (dcd, tiocm::CD),
-        ]
-        .iter()
-        .filter(|(on, _)| *on)
-        .fold(0, |acc, (_, bit)| acc | bit);
+        let now = ioctl::modem_bits((false, false), (cts, dsr, ri, dcd));
         let replies = {
             let mut st = self.inner.lock();
             let changed = st.modem ^ now;
@@ -585,7 +577,6 @@ impl Inner {
     /// writes served, drains finished, pollers woken.
     fn pump(&self, st: &mut State, work: &mut Work) {
         let now = Instant::now();
-        let before = self.revents(st);
         self.pull_rx(st);
         // Reads, in the order they came.
         while let Some(r) = st.reads.front() {
@@ -641,11 +632,12 @@ impl Inner {
                 }
             }
         }
-        let after = self.revents(st);
-        if after != before || after != 0 {
+        // Pollers waiting for an event that now holds.
+        if !st.pollers.is_empty() {
+            let holds = self.revents(st);
             let mut i = 0;
             while i < st.pollers.len() {
-                if st.pollers[i].events & after != 0 {
+                if st.pollers[i].events & holds != 0 {
                     let p = st.pollers.swap_remove(i);
                     work.replies.push(proto::poll_notify(p.handle));
                 } else {
@@ -985,20 +977,9 @@ impl Inner {
                 }
             }
             TtyIoctl::GetModem => match self.core.driver(|d| d.hw_get_modem_status()) {
-                Ok((cts, dsr, ri, dcd)) => {
+                Ok(inputs) => {
                     let line = self.core.line();
-                    let bits = [
-                        (line.dtr, tiocm::DTR),
-                        (line.rts, tiocm::RTS),
-                        (cts, tiocm::CTS),
-                        (dsr, tiocm::DSR),
-                        (ri, tiocm::RI),
-                        (dcd, tiocm::CD),
-                    ]
-                    .iter()
-                    .filter(|(on, _)| *on)
-                    .fold(0, |acc, (_, b)| acc | b);
-                    int(bits)
+                    int(ioctl::modem_bits((line.dtr, line.rts), inputs))
                 }
                 Err(e) => proto::error_reply(unique, errno(e)),
             },

@@ -194,6 +194,14 @@ impl<'a> Request<'a> {
             },
         };
         let body = &bytes[IN_HEADER..];
+        // The variable part after a fixed one: `len` bytes at `at`.
+        let trailing = |at: usize, len: usize| {
+            body.get(at..at + len).ok_or(ParseError::Body {
+                opcode: header.opcode,
+                need: at + len,
+                have: body.len(),
+            })
+        };
         let need = |n: usize| {
             if body.len() < n {
                 Err(ParseError::Body {
@@ -229,15 +237,9 @@ impl<'a> Request<'a> {
             }
             opcode::WRITE => {
                 need(40)?;
-                let size = u32_at(body, 16) as usize;
-                let data = body.get(40..40 + size).ok_or(ParseError::Body {
-                    opcode: header.opcode,
-                    need: 40 + size,
-                    have: body.len(),
-                })?;
                 Request::Write {
                     fh: u64_at(body, 0),
-                    data,
+                    data: trailing(40, u32_at(body, 16) as usize)?,
                 }
             }
             opcode::RELEASE => {
@@ -266,12 +268,7 @@ impl<'a> Request<'a> {
             }
             opcode::IOCTL => {
                 need(32)?;
-                let in_size = u32_at(body, 24) as usize;
-                let input = body.get(32..32 + in_size).ok_or(ParseError::Body {
-                    opcode: header.opcode,
-                    need: 32 + in_size,
-                    have: body.len(),
-                })?;
+                let input = trailing(32, u32_at(body, 24) as usize)?;
                 Request::Ioctl(Ioctl {
                     fh: u64_at(body, 0),
                     flags: u32_at(body, 8),
