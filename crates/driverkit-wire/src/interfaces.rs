@@ -310,8 +310,12 @@ pub trait IOUserSerialInterface {
 
     /// `ConnectQueues`: the port's rings are in the caller's region
     /// `memory` (geometry written in it); the system makes the tty.
+    /// Answers the handed-over descriptors (see `serial::TtyControl`) of
+    /// a tty the driver's process moves the bytes of itself, a pty's
+    /// master and its control socket, or `(0, 0)` when the system serves
+    /// the node (CUSE).
     #[kernel]
-    fn connect_queues(&self, memory: u64) -> IOResult<()>;
+    fn connect_queues(&self, memory: u64) -> IOResult<(u64, u64)>;
     /// `SetModemStatus`: the modem status inputs changed.
     #[kernel]
     fn set_modem_status(&self, cts: bool, dsr: bool, ri: bool, dcd: bool) -> IOResult<()>;

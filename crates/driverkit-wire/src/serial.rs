@@ -15,6 +15,9 @@
 //!                                             hardware has sent (`TxSent`)
 //!                                        640  sent reported (u32): the driver reports
 //!                                             txSent; else txCI counts as sent
+//!                                        704  rxDropped (u32, the tty's pump): RX bytes
+//!                                             dropped while no program had the tty
+//!                                             open (a pty the driver's process pumps)
 //! 4096  the RX ring, then the TX ring
 //! ```
 //!
@@ -46,6 +49,7 @@ pub const TX_SPACE_BELL: usize = 448;
 const RX_BLOCKED: usize = 512;
 const TX_SENT: usize = 576;
 const TX_SENT_REPORTED: usize = 640;
+const RX_DROPPED: usize = 704;
 /// Where the rings may start.
 pub const HEADER_LEN: usize = 4096;
 
@@ -328,6 +332,18 @@ impl SerialPortInterface {
         self.memory().u32_at(TX_SENT).fetch_add(n, Ordering::AcqRel);
     }
 
+    /// RX bytes the tty's pump dropped while no program had the tty open
+    /// (wrapping); kept by whoever pumps the tty.
+    pub fn rx_dropped(&self) -> u32 {
+        self.memory().u32_at(RX_DROPPED).load(Ordering::Acquire)
+    }
+
+    pub fn add_rx_dropped(&self, n: u32) {
+        self.memory()
+            .u32_at(RX_DROPPED)
+            .fetch_add(n, Ordering::AcqRel);
+    }
+
     /// Bytes written to the TX ring the hardware has not yet sent: those
     /// still in the ring and, if the driver reports what it sent, those it
     /// took and holds. A report that does not hold together (more sent
@@ -347,6 +363,30 @@ impl SerialPortInterface {
         }
         Ok(unsent)
     }
+}
+
+/// The control socket of a tty the driver's process pumps itself: a
+/// pty's master, handed over with `connect_queues`'s answer beside one end
+/// of a `SOCK_SEQPACKET` pair. The system keeps the tty's lifecycle (it
+/// sees opens, and turns status into the driver's `hw_*` calls); the pump
+/// moves the bytes. One byte a message.
+pub mod tty_control {
+    /// System → pump: a program opened the tty. Pump it from now on, from
+    /// an empty RX ring (what arrived before is not this program's).
+    pub const OPENED: u8 = 0x01;
+    /// System → pump: the status the pump forwarded has reached the
+    /// driver. The pump reads no more of the master until then, so that
+    /// a program's bytes after its `tcsetattr` or `tcflush` meet the line
+    /// or the emptied FIFOs they asked for.
+    pub const DONE: u8 = 0x02;
+    /// Pump → system: the tty's last program closed it (its master hung
+    /// up). The pump stops reading it until the next `OPENED`.
+    pub const HUNG_UP: u8 = 0x80;
+    /// Pump → system, any other byte: a packet-mode status byte as the
+    /// master gave it (`TIOCPKT`); these are the bits that matter.
+    pub const PKT_FLUSHREAD: u8 = 0x01;
+    pub const PKT_FLUSHWRITE: u8 = 0x02;
+    pub const PKT_IOCTL: u8 = 0x40;
 }
 
 /// Parity as `HwProgramUART` takes it (DriverKit's values).

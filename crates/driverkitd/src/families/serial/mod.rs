@@ -22,6 +22,7 @@ pub mod pty;
 pub mod tty;
 
 use std::collections::HashMap;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -215,7 +216,9 @@ impl SerialFamily {
         (clean(base), clean(suffix))
     }
 
-    fn connect(&self, call: &Call<'_>, memory: u64) -> IOResult<()> {
+    /// Makes the port; answers the IDs of the descriptors handed over for
+    /// the driver's process to pump its tty, or `(0, 0)`.
+    fn connect(&self, call: &Call<'_>, memory: u64) -> IOResult<(u64, u64)> {
         let system = call.system;
         let service = call.object;
         if self.lock().ports.contains_key(&service) {
@@ -244,9 +247,15 @@ impl SerialFamily {
             port.node().display(),
             port.callout().display()
         );
-        let mut st = self.lock();
-        st.ports.insert(service, Arc::new(port));
-        Ok(())
+        let handover = match port.handover() {
+            Some((master, control)) => (
+                system.give_region(call.server, master.as_fd())?,
+                system.give_region(call.server, control.as_fd())?,
+            ),
+            None => (0, 0),
+        };
+        self.lock().ports.insert(service, Arc::new(port));
+        Ok(handover)
     }
 
     /// A CUSE node where there is `/dev/cuse` (unless ptys were asked
@@ -328,7 +337,7 @@ struct SerialCall<'a> {
 }
 
 impl IOUserSerialInterface for SerialCall<'_> {
-    fn connect_queues(&self, memory: u64) -> IOResult<()> {
+    fn connect_queues(&self, memory: u64) -> IOResult<(u64, u64)> {
         self.family.connect(self.call, memory)
     }
 

@@ -87,6 +87,17 @@ pub(super) trait Node: Send + Sync {
     fn modem_changed(&self, _status: (bool, bool, bool, bool)) {}
     /// The driver reported a receive error.
     fn rx_error(&self, _overrun: bool, _gotbreak: bool, _framing: bool, _parity: bool) {}
+    /// Descriptors for the driver's process to move the node's bytes
+    /// itself (a pty's master and a control socket), handed over once;
+    /// `None` where the daemon moves them.
+    fn handover(&self) -> Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+        None
+    }
+    /// `(tx, rx, rx dropped while closed)`, where the node counts them
+    /// itself rather than in [`Core`]'s counters.
+    fn counters(&self) -> Option<(u64, u64, u64)> {
+        None
+    }
 }
 
 /// The port as its driver sees it, shared by its node's threads.
@@ -334,11 +345,18 @@ impl Port {
     /// `(tx bytes, rx bytes, rx bytes dropped while closed)`.
     pub fn counters(&self) -> (u64, u64, u64) {
         let s = &self.core;
-        (
-            s.tx_bytes.load(Ordering::Relaxed),
-            s.rx_bytes.load(Ordering::Relaxed),
-            s.rx_dropped.load(Ordering::Relaxed),
-        )
+        self.node.counters().unwrap_or_else(|| {
+            (
+                s.tx_bytes.load(Ordering::Relaxed),
+                s.rx_bytes.load(Ordering::Relaxed),
+                s.rx_dropped.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// What the driver's process needs to move the node's bytes itself.
+    pub fn handover(&self) -> Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+        self.node.handover()
     }
 
     pub fn modem_changed(&self, status: (bool, bool, bool, bool)) {

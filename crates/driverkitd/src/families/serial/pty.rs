@@ -1,55 +1,64 @@
-//! A port's node where the kernel has no `/dev/cuse`: a pty ([`tty`]) and
-//! the two threads that move bytes between it and the port's rings, and
-//! turn what the pty says (opened, closed, `tcsetattr`, `tcflush`) into
-//! the driver's `hw_*` calls.
+//! A port's node where the kernel has no `/dev/cuse`: a pty ([`tty`])
+//! whose bytes the driver's own process moves, and the daemon's one thread
+//! that keeps its lifecycle.
 //!
-//! - `serial-in`: the pty's output (what programs write) into the TX ring,
-//!   read only while the ring has room, so that a full ring leaves the
-//!   bytes in the pty and a writer blocks; and the pty's status packets.
-//! - `serial-out`: the RX ring into the pty, taken from the ring only as
-//!   fast as the pty accepts them, so that a reader that never reads holds
-//!   the driver back instead of growing a buffer.
+//! The driver's SDK gets the pty's master (a duplicate) and one end of a
+//! control socket with `connect_queues`'s answer, and pumps the bytes
+//! between the master and the port's rings itself: a program's byte
+//! reaches the driver with one wake-up and comes back with one, as through
+//! a raw pty echo (the daemon's two relay threads added two wake-ups each
+//! way). The daemon's `serial-tty` thread keeps what only it can do: it
+//! sees programs open the slave (inotify, which a sandboxed driver cannot
+//! watch) and says `OPENED`; it turns the status the pump forwards (the
+//! last close, `tcsetattr`, `tcflush`) into the driver's `hw_*` calls; and
+//! it counts the bytes from the rings' indices.
 //!
 //! What a pty cannot do is in [`tty`]'s notes: the kernel's pty buffers
-//! about 64 KiB of a writer's bytes the daemon cannot bound, `tcdrain`
-//! returns once the daemon has read them, and `EXTPROC` (which carries
-//! `tcsetattr` to the daemon) turns off the kernel's own `IXON`.
+//! about 64 KiB of a writer's bytes nobody can bound, `tcdrain` returns
+//! once the pump has read them, and `EXTPROC` (which carries `tcsetattr` to
+//! the daemon) turns off the kernel's own `IXON`.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use driverkit_wire::interfaces::IOUserSerialInterface;
-use driverkit_wire::serial::{DRIVER_BELL, RX_DATA_BELL, TX_SPACE_BELL};
-use driverkit_wire::shm::SPIN;
+use driverkit_wire::serial::tty_control::{self, PKT_FLUSHREAD, PKT_FLUSHWRITE, PKT_IOCTL};
 use driverkit_wire::{IOResult, IOReturn};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 
 use super::port::{Core, Node, NodeKind};
-use super::tty::{self, Tty, PKT_FLUSHREAD, PKT_FLUSHWRITE, PKT_IOCTL};
-
-/// Bytes moved per read or write of the pty.
-const CHUNK: usize = 64 * 1024;
+use super::tty::{self, Tty};
 
 struct Shared {
     core: Arc<Core>,
     tty: Tty,
-    /// Written to wake the threads out of `poll`.
+    /// The daemon's end of the control socket.
+    control: OwnedFd,
+    /// Written to wake the thread out of `poll`.
     wake: OwnedFd,
-    /// The tty's input was flushed (or a program opened it afresh): the
-    /// RX ring's bytes go too (done by `serial-out`, the ring's one
-    /// consumer).
-    flush_rx: AtomicBool,
+    /// The bytes so far, from the rings' wrapping indices.
+    tally: Mutex<Tally>,
 }
 
-/// A port's pty and its threads.
+/// Totals kept from 32-bit indices that wrap: sampled at least every
+/// second (4 GiB a second would be needed to lose a wrap).
+#[derive(Default)]
+struct Tally {
+    /// `txPI`, `rxCI`, `rxDropped` at the last look.
+    last: [u32; 3],
+    total: [u64; 3],
+}
+
+/// A port's pty and the thread that keeps its lifecycle.
 pub struct PtyNode {
     shared: Arc<Shared>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The driver's end of the control socket, until it is handed over.
+    far_end: Mutex<Option<OwnedFd>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl PtyNode {
@@ -64,43 +73,45 @@ impl PtyNode {
         Ok((tty, termios))
     }
 
-    /// Starts moving bytes between `tty` and the port's rings.
+    /// Starts keeping `tty`'s lifecycle; its bytes move once the driver
+    /// has [`handover`](Node::handover)'s descriptors.
     pub fn start(core: Arc<Core>, tty: Tty) -> IOResult<PtyNode> {
+        use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
         let wake = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)
             .map_err(|_| IOReturn::NO_RESOURCES)?;
+        let (control, far_end) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|_| IOReturn::NO_RESOURCES)?;
+        let tally = Tally {
+            last: [
+                core.queues.tx().producer_index(),
+                core.queues.rx().consumer_index(),
+                core.queues.rx_dropped(),
+            ],
+            total: [0; 3],
+        };
         let shared = Arc::new(Shared {
             core,
             tty,
+            control,
             wake,
-            flush_rx: AtomicBool::new(false),
+            tally: Mutex::new(tally),
         });
-        let node = PtyNode {
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("serial-tty".into())
+            .stack_size(256 * 1024)
+            .spawn(move || keep(&s))
+            .map_err(|_| IOReturn::NO_RESOURCES)?;
+        Ok(PtyNode {
             shared,
-            threads: Mutex::new(Vec::new()),
-        };
-        for (label, body) in [
-            ("serial-in", tty_in as fn(&Shared)),
-            ("serial-out", tty_out as fn(&Shared)),
-        ] {
-            let s = node.shared.clone();
-            match std::thread::Builder::new()
-                .name(label.into())
-                .stack_size(256 * 1024)
-                .spawn(move || body(&s))
-            {
-                Ok(t) => node
-                    .threads
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(t),
-                Err(_) => {
-                    node.shared.core.set_stopped();
-                    node.stop();
-                    return Err(IOReturn::NO_RESOURCES);
-                }
-            }
-        }
-        Ok(node)
+            far_end: Mutex::new(Some(far_end)),
+            thread: Mutex::new(Some(thread)),
+        })
     }
 }
 
@@ -113,15 +124,33 @@ impl Node for PtyNode {
         NodeKind::Pty
     }
 
-    /// Ends the threads; the pty closes when the last holder lets go (a
-    /// program reading it then sees the hang-up).
+    /// A duplicate of the master and the far end of the control socket,
+    /// once.
+    fn handover(&self) -> Option<(OwnedFd, OwnedFd)> {
+        let far_end = self
+            .far_end
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        let master = self.shared.tty.master().try_clone_to_owned().ok()?;
+        Some((master, far_end))
+    }
+
+    /// `(tx, rx, dropped while closed)` from the rings' indices.
+    fn counters(&self) -> Option<(u64, u64, u64)> {
+        let [tx, rx, dropped] = self.shared.sample();
+        Some((tx, rx.saturating_sub(dropped), dropped))
+    }
+
+    /// Ends the thread and the pump (its control socket shuts); the pty
+    /// closes when the last holder lets go (a program reading it then sees
+    /// the hang-up).
     fn stop(&self) {
         let s = &self.shared;
+        let _ = rustix::net::shutdown(&s.control, rustix::net::Shutdown::Both);
         let _ = rustix::io::write(&s.wake, &1u64.to_ne_bytes());
-        s.core.queues.bell(RX_DATA_BELL).ring();
-        s.core.queues.bell(TX_SPACE_BELL).ring();
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
-        for t in threads {
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = thread {
             let _ = t.join();
         }
     }
@@ -132,12 +161,27 @@ impl Shared {
         self.core.stopped()
     }
 
-    /// A program opened the pty: what arrived before is not its, and the
-    /// port is activated.
+    /// Adds what the indices moved since the last look.
+    fn sample(&self) -> [u64; 3] {
+        let q = &self.core.queues;
+        let now = [
+            q.tx().producer_index(),
+            q.rx().consumer_index(),
+            q.rx_dropped(),
+        ];
+        let mut t = self.tally.lock().unwrap_or_else(|e| e.into_inner());
+        for i in 0..3 {
+            t.total[i] += u64::from(now[i].wrapping_sub(t.last[i]));
+        }
+        t.last = now;
+        t.total
+    }
+
+    /// A program opened the pty: the port is activated, then the pump
+    /// starts.
     fn opened(&self) {
-        self.flush_rx.store(true, Ordering::Release);
-        self.core.queues.bell(RX_DATA_BELL).ring();
         self.core.opened(self.tty.slave());
+        let _ = rustix::io::write(&self.control, &[tty_control::OPENED]);
     }
 
     fn closed(&self) {
@@ -145,13 +189,10 @@ impl Shared {
         self.core.closed(self.tty.slave(), true);
     }
 
-    /// A status packet of the pty.
+    /// A status packet of the pty (the pump has emptied the RX ring for a
+    /// flush of the input already).
     fn status(&self, status: u8) {
         let (tx, rx) = (status & PKT_FLUSHWRITE != 0, status & PKT_FLUSHREAD != 0);
-        if rx {
-            self.flush_rx.store(true, Ordering::Release);
-            self.core.queues.bell(RX_DATA_BELL).ring();
-        }
         if tx || rx {
             let _ = self.core.log_refusal(
                 "a FIFO reset",
@@ -174,95 +215,80 @@ impl Shared {
         let _ = self.core.program(want);
     }
 
-    /// Waits up to `timeout` for `events` on the master or a wake-up.
-    fn poll_master(&self, events: PollFlags, timeout: Option<Duration>) -> PollFlags {
-        let master = self.tty.master();
+    /// Waits up to `timeout` for `fd` to be readable or a wake-up; the
+    /// first's events.
+    fn poll_with_wake(&self, fd: impl AsFd, events: PollFlags, timeout: Duration) -> PollFlags {
         let mut fds = [
-            PollFd::new(&master, events),
+            PollFd::new(&fd, events),
             PollFd::new(&self.wake, PollFlags::IN),
         ];
-        let ts = timeout.map(|t| Timespec {
-            tv_sec: t.as_secs() as i64,
-            tv_nsec: t.subsec_nanos() as i64,
-        });
-        match poll(&mut fds, ts.as_ref()) {
+        let ts = Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: timeout.subsec_nanos() as i64,
+        };
+        match poll(&mut fds, Some(&ts)) {
             Ok(_) => fds[0].revents(),
             Err(_) => PollFlags::empty(),
         }
     }
 }
 
-fn tty_in(s: &Shared) {
-    let mut buf = vec![0u8; CHUNK + 1];
+/// The `serial-tty` thread: waits for a program to open the pty, then for
+/// what the pump reports, until the port stops.
+fn keep(s: &Shared) {
+    let mut pump_gone = false;
     while !s.stopped() {
+        s.sample();
         if !s.core.is_open() {
             wait_for_open(s);
             continue;
         }
-        let free = s.core.queues.tx().free().unwrap_or(0) as usize;
-        if free == 0 {
-            // Room first; meanwhile only status packets are read (a
-            // one-byte read of a packet-mode master takes a status byte or
-            // nothing), every 20 ms.
-            let tx = s.core.queues.tx();
-            s.core.queues.bell(TX_SPACE_BELL).wait(
-                SPIN,
-                Some(Instant::now() + Duration::from_millis(20)),
-                || tx.free().is_ok_and(|f| f > 0) || s.stopped(),
-            );
-            let ready = s.poll_master(PollFlags::PRI, Some(Duration::ZERO));
-            if ready.intersects(PollFlags::PRI | PollFlags::HUP) {
-                read_master(s, &mut buf[..1]);
-            }
+        if pump_gone {
+            // The driver's process ended: the port ends with its service.
+            s.poll_with_wake(&s.wake, PollFlags::IN, Duration::from_secs(1));
             continue;
         }
-        let ready = s.poll_master(PollFlags::IN | PollFlags::PRI, Some(Duration::from_secs(1)));
-        if ready.intersects(PollFlags::IN | PollFlags::PRI | PollFlags::HUP | PollFlags::ERR) {
-            let n = free.min(CHUNK) + 1;
-            read_master(s, &mut buf[..n]);
+        let ready = s.poll_with_wake(&s.control, PollFlags::IN, Duration::from_secs(1));
+        if ready.is_empty() {
+            continue;
         }
-    }
-}
-
-/// One read of the master: data into the TX ring, or a status packet, or
-/// the hang-up of the last close.
-fn read_master(s: &Shared, buf: &mut [u8]) {
-    match rustix::io::read(s.tty.master(), &mut *buf) {
-        Ok(0) => {}
-        Ok(n) if buf[0] == 0 => {
-            let data = &buf[1..n];
-            if data.is_empty() {
-                return;
+        let mut message = [0u8; 16];
+        match rustix::io::read(&s.control, &mut message) {
+            Ok(0) => pump_gone = true,
+            Ok(_) if message[0] == tty_control::HUNG_UP => s.closed(),
+            Ok(_) => {
+                s.status(message[0]);
+                let _ = rustix::io::write(&s.control, &[tty_control::DONE]);
             }
-            // Fits: the read was no larger than the room.
-            let put = s.core.queues.tx().write(data).unwrap_or(0);
-            s.core.tx_bytes.fetch_add(put as u64, Ordering::Relaxed);
-            s.core.queues.bell(DRIVER_BELL).notify();
+            Err(Errno::AGAIN) | Err(Errno::INTR) => {}
+            Err(_) => pump_gone = true,
         }
-        Ok(_) => s.status(buf[0]),
-        Err(Errno::AGAIN) | Err(Errno::INTR) => {}
-        Err(_) => s.closed(),
     }
 }
 
 /// While closed: waits for the inotify watch to report an open of the
 /// slave, then checks that the master no longer says hung up. A program
 /// that opened and closed the tty between two looks (`stty -F`) still
-/// counts: activate, its status packets, deactivate.
+/// counts: activate, its status packets (read here: the pump reads the
+/// master only between `OPENED` and the hang-up), deactivate.
 fn wait_for_open(s: &Shared) {
     let opened_meanwhile = s.tty.drain_opens();
     let hung_up = s
-        .poll_master(PollFlags::IN | PollFlags::PRI, Some(Duration::ZERO))
+        .poll_with_wake(
+            s.tty.master(),
+            PollFlags::IN | PollFlags::PRI,
+            Duration::ZERO,
+        )
         .contains(PollFlags::HUP);
     if !hung_up {
         s.opened();
         return;
     }
     if opened_meanwhile {
-        s.opened();
+        s.core.opened(s.tty.slave());
         let mut status = [0u8; 1];
         while s
-            .poll_master(PollFlags::PRI, Some(Duration::ZERO))
+            .poll_with_wake(s.tty.master(), PollFlags::PRI, Duration::ZERO)
             .contains(PollFlags::PRI)
         {
             match rustix::io::read(s.tty.master(), &mut status) {
@@ -273,82 +299,5 @@ fn wait_for_open(s: &Shared) {
         s.closed();
         return;
     }
-    let opens = s.tty.opens();
-    let mut fds = [
-        PollFd::new(&opens, PollFlags::IN),
-        PollFd::new(&s.wake, PollFlags::IN),
-    ];
-    let ts = Timespec {
-        tv_sec: 1,
-        tv_nsec: 0,
-    };
-    let _ = poll(&mut fds, Some(&ts));
-}
-
-fn tty_out(s: &Shared) {
-    let mut buf = vec![0u8; CHUNK];
-    let mut corrupt_logged = false;
-    while !s.stopped() {
-        let rx = s.core.queues.rx();
-        let ready = || {
-            rx.used().map_or(true, |u| u > 0) || s.flush_rx.load(Ordering::Acquire) || s.stopped()
-        };
-        if !s.core.queues.bell(RX_DATA_BELL).wait(
-            SPIN,
-            Some(Instant::now() + Duration::from_millis(250)),
-            ready,
-        ) || s.stopped()
-        {
-            continue;
-        }
-        if s.flush_rx.swap(false, Ordering::AcqRel) {
-            rx.discard();
-            s.core.queues.bell(DRIVER_BELL).ring();
-            continue;
-        }
-        let n = match rx.peek(&mut buf) {
-            Ok(n) => n,
-            Err(_) => {
-                if !corrupt_logged {
-                    tracing::error!(
-                        "serial   {}: the driver left its RX ring's indices inconsistent; dropping what it holds",
-                        s.core.name
-                    );
-                    corrupt_logged = true;
-                }
-                rx.discard();
-                continue;
-            }
-        };
-        if n == 0 {
-            continue;
-        }
-        let written = if s.core.is_open() {
-            match rustix::io::write(s.tty.master(), &buf[..n]) {
-                Ok(k) => {
-                    s.core.rx_bytes.fetch_add(k as u64, Ordering::Relaxed);
-                    k
-                }
-                Err(Errno::AGAIN) | Err(Errno::INTR) => {
-                    s.poll_master(PollFlags::OUT, Some(Duration::from_millis(50)));
-                    0
-                }
-                Err(_) => {
-                    s.core.rx_dropped.fetch_add(n as u64, Ordering::Relaxed);
-                    n
-                }
-            }
-        } else {
-            // Nobody has the tty open: what arrives is dropped, as a UART
-            // nobody opened drops it; counted.
-            s.core.rx_dropped.fetch_add(n as u64, Ordering::Relaxed);
-            n
-        };
-        if written > 0 {
-            let _ = rx.consume(written);
-            if s.core.queues.rx_blocked() {
-                s.core.queues.bell(DRIVER_BELL).ring();
-            }
-        }
-    }
+    s.poll_with_wake(s.tty.opens(), PollFlags::IN, Duration::from_secs(1));
 }

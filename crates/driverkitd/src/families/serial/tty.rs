@@ -1,4 +1,5 @@
-//! A serial port's tty: a pty pair whose master the daemon holds, and what
+//! A serial port's tty: a pty pair whose master the daemon holds (and lends
+//! the driver's process, which moves its bytes: [`super::pty`]), and what
 //! Linux's pty driver tells its master about the program at the other end.
 //!
 //! The master is in packet mode (`TIOCPKT`) and the slave's termios carries
@@ -25,11 +26,9 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{inotify, Mode, OFlags};
 use rustix::termios::{self, ControlModes, InputModes, LocalModes, OptionalActions};
 
-/// `TIOCPKT` and the status bits of a packet's first byte (`tty.h`).
+/// `TIOCPKT` (`tty.h`); the status bits of a packet's first byte are in
+/// `serial::tty_control`, where the driver's pump forwards them.
 const TIOCPKT: libc::c_ulong = 0x5420;
-pub const PKT_FLUSHREAD: u8 = 0x01;
-pub const PKT_FLUSHWRITE: u8 = 0x02;
-pub const PKT_IOCTL: u8 = 0x40;
 
 /// The line settings a program can set through termios.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

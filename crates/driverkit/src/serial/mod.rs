@@ -15,7 +15,8 @@
 //!   driver takes them with [`IOUserSerialApi::tx_take`] (or `tx_peek` and
 //!   `tx_consume`, when the hardware takes only part) and sends them;
 //! - the driver hands received bytes to the tty with
-//!   [`IOUserSerialApi::rx_put`]; when the ring is full (a slow reader), it
+//!   [`IOUserSerialApi::rx_put`] (where the tty is a pty, the driver's own
+//!   process moves its bytes: [`tty`] says why); when the ring is full (a slow reader), it
 //!   takes what fits (`rx_free_space` says how much would), and
 //!   [`IOUserSerialImpl::rx_free_space_available`] runs once there is room
 //!   again. Nothing is dropped on the way: the
@@ -45,6 +46,8 @@ use driverkit_wire::interfaces::{
 use driverkit_wire::serial::{SerialPortInterface, DRIVER_BELL, RX_DATA_BELL, TX_SPACE_BELL};
 use driverkit_wire::shm::SPIN;
 use driverkit_wire::{IOResult, IOReturn, MethodId, ObjectId};
+
+mod tty;
 
 use crate::queue::IODispatchQueue;
 use crate::runtime::{ClassDispatch, Service, SystemCaller};
@@ -161,7 +164,7 @@ pub trait IOUserSerialApi: Service {
     fn tx_consume(&self, n: usize) {
         if let Ok(p) = port(self) {
             if p.port.tx().consume(n).unwrap_or(0) > 0 {
-                p.port.bell(TX_SPACE_BELL).notify();
+                p.room_made();
             }
         }
     }
@@ -189,14 +192,25 @@ pub trait IOUserSerialApi: Service {
     /// all fit, `rx_free_space_available` runs once there is room.
     fn rx_put(&self, data: &[u8]) -> usize {
         let Ok(p) = port(self) else { return 0 };
-        let n = p.port.rx().write(data).unwrap_or(0);
-        if n < data.len() {
-            p.port.set_rx_blocked(true);
-            // The system may have made room between the write and the flag.
-            p.port.bell(DRIVER_BELL).ring();
-        }
+        let rx = p.port.rx();
+        let mut n = rx.write(data).unwrap_or(0);
         if n > 0 {
-            p.port.bell(RX_DATA_BELL).notify();
+            p.rx_data_available();
+        }
+        if n < data.len() {
+            if p.tty().is_some() {
+                // The tty may have taken the ring's bytes just now.
+                let more = rx.write(&data[n..]).unwrap_or(0);
+                if more > 0 {
+                    n += more;
+                    p.rx_data_available();
+                }
+            }
+            if n < data.len() {
+                p.port.set_rx_blocked(true);
+                // The room may have come between the write and the flag.
+                p.wake_watcher();
+            }
         }
         n
     }
@@ -208,7 +222,7 @@ pub trait IOUserSerialApi: Service {
         let free = p.port.rx().free().unwrap_or(0) as usize;
         if free == 0 {
             p.port.set_rx_blocked(true);
-            p.port.bell(DRIVER_BELL).ring();
+            p.wake_watcher();
         }
         free
     }
@@ -217,7 +231,7 @@ pub trait IOUserSerialApi: Service {
     /// themselves (`serial_port_interface`); `rx_put` does it already.
     fn rx_data_available(&self) {
         if let Ok(p) = port(self) {
-            p.port.bell(RX_DATA_BELL).notify();
+            p.rx_data_available();
         }
     }
 
@@ -225,7 +239,7 @@ pub trait IOUserSerialApi: Service {
     /// themselves; `tx_consume` does it already.
     fn tx_free_space_available(&self) {
         if let Ok(p) = port(self) {
-            p.port.bell(TX_SPACE_BELL).notify();
+            p.room_made();
         }
     }
 
@@ -257,13 +271,54 @@ fn proxy<S: Service>(s: &S) -> io_user_serial_interface::Proxy<'static, SystemCa
 }
 
 /// The family's state in a serial service: the port's region and the
-/// thread that turns the system's doorbell into calls on the queue.
+/// thread that turns what happens to it into calls on the queue: the
+/// tty's pump where this process moves the tty's bytes, else a watcher of
+/// the system's doorbell.
 struct Port {
     port: Arc<SerialPortInterface>,
     cancelled: AtomicBool,
     /// `txPI` when `tx_data_available` last ran.
     tx_seen: AtomicU32,
+    /// The tty this process pumps; gone when the system ends the port.
+    tty: Mutex<Option<Arc<tty::TtyPump>>>,
     watcher: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Port {
+    fn tty(&self) -> Option<Arc<tty::TtyPump>> {
+        self.tty.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// New bytes in the RX ring: into the tty now, or the system's pump
+    /// is told.
+    fn rx_data_available(&self) {
+        match self.tty() {
+            Some(t) => {
+                if !t.flush_rx(&self.port) {
+                    t.wake(); // the rest once the tty takes it
+                }
+            }
+            None => self.port.bell(RX_DATA_BELL).notify(),
+        }
+    }
+
+    /// The driver took TX bytes.
+    fn room_made(&self) {
+        match self.tty() {
+            Some(t) => t.room_made(),
+            None => self.port.bell(TX_SPACE_BELL).notify(),
+        }
+    }
+
+    /// Makes the watcher (or pump) look at the rings again.
+    fn wake_watcher(&self) {
+        match self.tty() {
+            Some(t) => t.wake(),
+            None => {
+                self.port.bell(DRIVER_BELL).ring();
+            }
+        }
+    }
 }
 
 fn port<S: Service>(s: &S) -> IOResult<Arc<Port>> {
@@ -282,54 +337,104 @@ fn connect<S: IOUserSerialImpl>(service: &S) -> IOResult<()> {
         port: interface,
         cancelled: AtomicBool::new(false),
         tx_seen: AtomicU32::new(0),
+        tty: Mutex::new(None),
         watcher: Mutex::new(None),
     });
     service.base().set_family(p.clone())?;
     let queue = service.copy_dispatch_queue("Default")?;
     let me = service.base().weak_self().ok_or(IOReturn::NOT_READY)?;
+    let (master, control) = proxy(service).connect_queues(memory)?;
+    let pump = if master != 0 {
+        let take = crate::runtime::take_system_memory;
+        let pump =
+            tty::TtyPump::new(take(master)?, take(control)?).map_err(|_| IOReturn::NO_RESOURCES)?;
+        Some(Arc::new(pump))
+    } else {
+        None
+    };
+    *p.tty.lock().unwrap_or_else(|e| e.into_inner()) = pump.clone();
     let watcher = {
         let p = p.clone();
-        std::thread::Builder::new()
-            .name("serial-port".into())
-            .spawn(move || watch::<S>(&p, &queue, &me))
-            .map_err(|_| IOReturn::NO_RESOURCES)?
+        let thread = std::thread::Builder::new().name("serial-port".into());
+        match pump {
+            Some(t) => thread.spawn(move || pump_tty::<S>(&p, &t, &queue, &me)),
+            None => thread.spawn(move || watch::<S>(&p, &queue, &me)),
+        }
+        .map_err(|_| IOReturn::NO_RESOURCES)?
     };
     *p.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher);
-    proxy(service).connect_queues(memory)
+    Ok(())
 }
 
 /// After it, neither notification runs again.
 fn disconnect<S: Service>(service: &S) {
     let Ok(p) = port(service) else { return };
     p.cancelled.store(true, Ordering::Release);
-    p.port.bell(DRIVER_BELL).ring();
+    p.wake_watcher();
     let watcher = p.watcher.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(w) = watcher.filter(|w| w.thread().id() != std::thread::current().id()) {
         let _ = w.join();
     }
 }
 
-/// Waits on the driver's doorbell and runs what it means on the queue:
-/// `tx_data_available` for TX bytes not yet announced, then
-/// `rx_free_space_available` when the driver waits for room.
-fn watch<S: IOUserSerialImpl>(
-    p: &Arc<Port>,
-    queue: &IODispatchQueue,
-    me: &std::sync::Weak<dyn std::any::Any + Send + Sync>,
-) {
+type Me = std::sync::Weak<dyn std::any::Any + Send + Sync>;
+
+/// Where the system pumps the tty (a CUSE node): waits on the driver's
+/// doorbell and tells the driver what changed.
+fn watch<S: IOUserSerialImpl>(p: &Arc<Port>, queue: &IODispatchQueue, me: &Me) {
     let port = &p.port;
-    let new_tx = || port.tx().producer_index() != p.tx_seen.load(Ordering::Acquire);
-    let room = || port.rx_blocked() && port.rx().free().is_ok_and(|f| f > 0);
     while !p.cancelled.load(Ordering::Acquire) {
         let deadline = Some(Instant::now() + Duration::from_millis(250));
-        let ready = || new_tx() || room() || p.cancelled.load(Ordering::Acquire);
+        let ready = || p.new_tx() || p.room() || p.cancelled.load(Ordering::Acquire);
         if !port.bell(DRIVER_BELL).wait(SPIN, deadline, ready) {
             continue;
         }
-        if p.cancelled.load(Ordering::Acquire) {
+        if p.cancelled.load(Ordering::Acquire) || !notify::<S>(p, queue, me) {
             return;
         }
-        let (tx, rx) = (new_tx(), room());
+    }
+}
+
+/// Where this process pumps the tty (a pty): one turn of the pump, then
+/// the driver is told what changed; until the port ends.
+fn pump_tty<S: IOUserSerialImpl>(
+    p: &Arc<Port>,
+    t: &tty::TtyPump,
+    queue: &IODispatchQueue,
+    me: &Me,
+) {
+    let mut buf = vec![0u8; tty::CHUNK + 1];
+    while !p.cancelled.load(Ordering::Acquire) {
+        if t.turn(&p.port, &mut buf).ended || !notify::<S>(p, queue, me) {
+            break;
+        }
+    }
+    // The master closes with its last holder: the tty hangs up.
+    *p.tty.lock().unwrap_or_else(|e| e.into_inner()) = None;
+}
+
+impl Port {
+    /// TX bytes the driver has not been told of.
+    fn new_tx(&self) -> bool {
+        self.port.tx().producer_index() != self.tx_seen.load(Ordering::Acquire)
+    }
+
+    /// Room in the RX ring for a driver that waits for it.
+    fn room(&self) -> bool {
+        self.port.rx_blocked() && self.port.rx().free().is_ok_and(|f| f > 0)
+    }
+}
+
+/// Runs on the queue what changed: `tx_data_available` for TX bytes not
+/// yet announced, then `rx_free_space_available` when the driver waits for
+/// room. False when the queue is gone.
+fn notify<S: IOUserSerialImpl>(p: &Arc<Port>, queue: &IODispatchQueue, me: &Me) -> bool {
+    let port = &p.port;
+    {
+        let (tx, rx) = (p.new_tx(), p.room());
+        if !tx && !rx {
+            return true;
+        }
         if tx {
             p.tx_seen
                 .store(port.tx().producer_index(), Ordering::Release);
@@ -352,11 +457,10 @@ fn watch<S: IOUserSerialImpl>(
         // On this thread when the queue is idle (the common case: one
         // hand-off fewer per chunk), else on the queue, waited for.
         if let Err(job) = queue.run_here_if_idle(job) {
-            if queue.dispatch_sync(job).is_err() {
-                return;
-            }
+            return queue.dispatch_sync(job).is_ok();
         }
     }
+    true
 }
 
 /// The system's calls, run on the driver.
@@ -381,10 +485,18 @@ impl<S: IOUserSerialImpl> IOUserSerialInterface for Local<'_, S> {
                 p.port.add_sent(discarded);
                 p.tx_seen
                     .store(p.port.tx().producer_index(), Ordering::Release);
-                p.port.bell(TX_SPACE_BELL).notify();
+                p.room_made();
             }
         }
-        self.0.hw_reset_fifo(tx, rx)
+        self.0.hw_reset_fifo(tx, rx)?;
+        // Where this process pumps the tty, the RX ring is its to empty,
+        // after the hardware's FIFO (bytes may have left it meanwhile).
+        if let Some(t) = port(self.0).ok().and_then(|p| p.tty().map(|t| (p, t))) {
+            if rx {
+                t.1.discard_rx(&t.0.port);
+            }
+        }
+        Ok(())
     }
 
     fn hw_send_break(&self, send: bool) -> IOResult<()> {
