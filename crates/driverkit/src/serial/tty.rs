@@ -119,7 +119,7 @@ impl TtyPump {
     pub fn turn(&self, port: &SerialPortInterface, buf: &mut [u8]) -> Turn {
         let open = self.open.load(Ordering::Acquire);
         let tx_room = port.tx().free().unwrap_or(0) as usize;
-        let rx_waiting = port.rx().used().map_or(false, |u| u > 0);
+        let rx_waiting = port.rx().used().is_ok_and(|u| u > 0);
         let mut events = PollFlags::PRI;
         if tx_room > 0 {
             events |= PollFlags::IN;

@@ -170,8 +170,9 @@ impl Shared {
             q.rx_dropped(),
         ];
         let mut t = self.tally.lock().unwrap_or_else(|e| e.into_inner());
-        for i in 0..3 {
-            t.total[i] += u64::from(now[i].wrapping_sub(t.last[i]));
+        let last = t.last;
+        for ((total, now), last) in t.total.iter_mut().zip(now).zip(last) {
+            *total += u64::from(now.wrapping_sub(last));
         }
         t.last = now;
         t.total
