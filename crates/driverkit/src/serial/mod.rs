@@ -279,6 +279,8 @@ struct Port {
     cancelled: AtomicBool,
     /// `txPI` when `tx_data_available` last ran.
     tx_seen: AtomicU32,
+    /// `TELL_*` bits a job on the queue is to tell the driver.
+    to_tell: AtomicU32,
     /// The tty this process pumps; gone when the system ends the port.
     tty: Mutex<Option<Arc<tty::TtyPump>>>,
     watcher: Mutex<Option<JoinHandle<()>>>,
@@ -337,6 +339,7 @@ fn connect<S: IOUserSerialImpl>(service: &S) -> IOResult<()> {
         port: interface,
         cancelled: AtomicBool::new(false),
         tx_seen: AtomicU32::new(0),
+        to_tell: AtomicU32::new(0),
         tty: Mutex::new(None),
         watcher: Mutex::new(None),
     });
@@ -389,7 +392,7 @@ fn watch<S: IOUserSerialImpl>(p: &Arc<Port>, queue: &IODispatchQueue, me: &Me) {
         if !port.bell(DRIVER_BELL).wait(SPIN, deadline, ready) {
             continue;
         }
-        if p.cancelled.load(Ordering::Acquire) || !notify::<S>(p, queue, me) {
+        if p.cancelled.load(Ordering::Acquire) || !notify::<S>(p, queue, me, Handoff::Here) {
             return;
         }
     }
@@ -405,7 +408,13 @@ fn pump_tty<S: IOUserSerialImpl>(
 ) {
     let mut buf = vec![0u8; tty::CHUNK + 1];
     while !p.cancelled.load(Ordering::Acquire) {
-        if t.turn(&p.port, &mut buf).ended || !notify::<S>(p, queue, me) {
+        let turn = t.turn(&p.port, &mut buf);
+        let handoff = if turn.read >= tty::STREAMING {
+            Handoff::Queue
+        } else {
+            Handoff::Here
+        };
+        if turn.ended || !notify::<S>(p, queue, me, handoff) {
             break;
         }
     }
@@ -425,42 +434,73 @@ impl Port {
     }
 }
 
-/// Runs on the queue what changed: `tx_data_available` for TX bytes not
-/// yet announced, then `rx_free_space_available` when the driver waits for
-/// room. False when the queue is gone.
-fn notify<S: IOUserSerialImpl>(p: &Arc<Port>, queue: &IODispatchQueue, me: &Me) -> bool {
+/// What the driver is to be told, gathered until a job on its queue tells
+/// it: `tx_data_available`, then `rx_free_space_available`.
+const TELL_TX: u32 = 1;
+const TELL_ROOM: u32 = 2;
+
+/// How the pump hands the driver its notifications.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Handoff {
+    /// On this thread when the queue is idle (one hand-off fewer: a byte's
+    /// way through an idle port), else on the queue, waited for.
+    Here,
+    /// On the queue, not waited for, so that this thread goes back to the
+    /// tty while the driver works: a streaming writer's bytes then reach
+    /// the driver in batches instead of a driver's turn per pty read.
+    Queue,
+}
+
+/// Tells the driver what changed, by `handoff`: `tx_data_available` for
+/// TX bytes not yet announced, then `rx_free_space_available` when the
+/// driver waits for room. A job already queued takes what it finds when it
+/// runs. False when the queue is gone.
+fn notify<S: IOUserSerialImpl>(
+    p: &Arc<Port>,
+    queue: &IODispatchQueue,
+    me: &Me,
+    handoff: Handoff,
+) -> bool {
     let port = &p.port;
-    {
-        let (tx, rx) = (p.new_tx(), p.room());
-        if !tx && !rx {
-            return true;
-        }
-        if tx {
-            p.tx_seen
-                .store(port.tx().producer_index(), Ordering::Release);
-        }
-        if rx {
-            port.set_rx_blocked(false);
-        }
-        let me = me.clone();
-        let job = move || {
+    let mut tell = 0;
+    if p.new_tx() {
+        p.tx_seen
+            .store(port.tx().producer_index(), Ordering::Release);
+        tell |= TELL_TX;
+    }
+    if p.room() {
+        port.set_rx_blocked(false);
+        tell |= TELL_ROOM;
+    }
+    if tell == 0 || p.to_tell.fetch_or(tell, Ordering::AcqRel) != 0 {
+        return true;
+    }
+    let job = {
+        let (me, p) = (me.clone(), p.clone());
+        move || {
+            let tell = p.to_tell.swap(0, Ordering::AcqRel);
             let Some(s) = me.upgrade().and_then(|s| s.downcast::<S>().ok()) else {
                 return;
             };
-            if tx {
+            if tell & TELL_TX != 0 {
                 s.tx_data_available();
             }
-            if rx {
+            if tell & TELL_ROOM != 0 {
                 s.rx_free_space_available();
             }
-        };
-        // On this thread when the queue is idle (the common case: one
-        // hand-off fewer per chunk), else on the queue, waited for.
-        if let Err(job) = queue.run_here_if_idle(job) {
-            return queue.dispatch_sync(job).is_ok();
         }
+    };
+    let handed = match handoff {
+        Handoff::Queue => queue.dispatch_async(job).is_ok(),
+        Handoff::Here => match queue.run_here_if_idle(job) {
+            Ok(()) => true,
+            Err(job) => queue.dispatch_sync(job).is_ok(),
+        },
+    };
+    if !handed {
+        p.to_tell.store(0, Ordering::Release);
     }
-    true
+    handed
 }
 
 /// The system's calls, run on the driver.

@@ -25,11 +25,18 @@ use rustix::io::Errno;
 /// Bytes moved per read of the master.
 pub(super) const CHUNK: usize = 64 * 1024;
 
+/// Bytes of a program's in one turn from which the pump takes it for a
+/// stream (a pty's line buffer is 4 KiB; a program typing or asking
+/// sends a few).
+pub(super) const STREAMING: usize = 1024;
+
 /// What one turn of the pump found.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct Turn {
     /// The system ended the port (its end of the control socket closed).
     pub ended: bool,
+    /// Bytes read from the master into the TX ring.
+    pub read: usize,
 }
 
 /// A pty master this process moves the bytes of.
@@ -159,8 +166,12 @@ impl TtyPump {
             let _ = rustix::io::read(&self.wake, &mut count);
         }
         if !control.is_empty() && self.control_message(port) {
-            return Turn { ended: true };
+            return Turn {
+                ended: true,
+                read: 0,
+            };
         }
+        let mut read = 0;
         if master.intersects(PollFlags::IN | PollFlags::PRI | PollFlags::HUP | PollFlags::ERR) {
             self.hup
                 .store(master.contains(PollFlags::HUP), Ordering::Release);
@@ -170,8 +181,9 @@ impl TtyPump {
                 // a read, and the driver is better told once.
                 while let Some(room) = port.tx().free().ok().filter(|&r| r > 0) {
                     let want = ((room as usize).min(CHUNK) + 1).min(buf.len());
-                    if !self.read_master(port, &mut buf[..want]) {
-                        break;
+                    match self.read_master(port, &mut buf[..want]) {
+                        0 => break,
+                        n => read += n,
                     }
                 }
             } else {
@@ -181,7 +193,7 @@ impl TtyPump {
         if master.contains(PollFlags::OUT) || (woken && rx_waiting) {
             self.flush_rx(port);
         }
-        Turn::default()
+        Turn { ended: false, read }
     }
 
     /// One message of the system's. True when the system ended the port.
@@ -202,15 +214,14 @@ impl TtyPump {
     }
 
     /// One read of the master: data into the TX ring, a status byte to
-    /// the system, or the hang-up of the last close. True when it read
-    /// data, and there may be more.
-    fn read_master(&self, port: &SerialPortInterface, buf: &mut [u8]) -> bool {
+    /// the system, or the hang-up of the last close. The data bytes it
+    /// read (there may be more).
+    fn read_master(&self, port: &SerialPortInterface, buf: &mut [u8]) -> usize {
         match rustix::io::read(&self.master, &mut *buf) {
             Ok(0) => {}
             Ok(n) if buf[0] == 0 => {
                 // Fits: the read was no larger than the room.
-                let _ = port.tx().write(&buf[1..n]);
-                return n > 1;
+                return port.tx().write(&buf[1..n]).unwrap_or(0);
             }
             Ok(_) => {
                 let status = buf[0] & !tty_control::HUNG_UP;
@@ -230,7 +241,7 @@ impl TtyPump {
                 self.tell(tty_control::HUNG_UP);
             }
         }
-        false
+        0
     }
 
     /// Waits for the system to answer a status with `DONE` (it has called
