@@ -40,6 +40,9 @@ pub struct VirtualSerialDriverIvars {
     parity: AtomicU32,
     activations: AtomicU64,
     fifo_resets: AtomicU64,
+    /// Where TX bytes wait on their way to the UART (made once: a step is
+    /// 64 KiB).
+    tx_buffer: Mutex<Vec<u8>>,
     /// Bytes handed to the UART, and those reported sent (`tx_sent`).
     transmitted: AtomicU64,
     reported_sent: AtomicU64,
@@ -60,7 +63,12 @@ impl VirtualSerialDriver {
     /// TX ring → UART, until either is done.
     fn transmit_pending(&self) {
         let Ok(uart) = self.uart() else { return };
-        let mut buf = vec![0u8; STEP];
+        let mut buf = self
+            .ivars()
+            .tx_buffer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        buf.resize(STEP, 0);
         let mut in_fifo = None;
         loop {
             let n = self.tx_peek(&mut buf);
