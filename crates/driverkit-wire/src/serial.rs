@@ -30,6 +30,8 @@
 //! whose indices say it holds more than its size is `CORRUPT`, never a
 //! panic or an access outside the region.
 
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::Ordering;
 
 use crate::shm::{Doorbell, Laid, Layout, SharedMemory};
@@ -226,6 +228,83 @@ impl<'a> ByteRing<'a> {
         let pi = self.producer_index();
         let ci = self.shm.u32_at(self.ci).swap(pi, Ordering::AcqRel);
         pi.wrapping_sub(ci).min(self.size)
+    }
+
+    /// The producer's end: one `readv` of `fd` into `head` and then the
+    /// ring's free space (at most `max` bytes of it), publishing what
+    /// landed in the ring. Returns the bytes read in all, `head`'s
+    /// included: a pty master in packet mode puts its status byte there.
+    pub fn read_from(&self, fd: BorrowedFd<'_>, head: &mut [u8], max: usize) -> io::Result<usize> {
+        let pi = self.shm.u32_at(self.pi).load(Ordering::Relaxed);
+        let used = pi.wrapping_sub(self.consumer_index());
+        if used > self.size {
+            return Err(io::Error::other("the ring's indices are corrupt"));
+        }
+        let free = ((self.size - used) as usize).min(max);
+        let [a, b] = self.spans(pi, free);
+        let iov = [
+            libc::iovec {
+                iov_base: head.as_mut_ptr().cast(),
+                iov_len: head.len(),
+            },
+            self.iovec(a),
+            self.iovec(b),
+        ];
+        // SAFETY: `head` is ours for the call; the other two point into
+        // the mapping, inside the ring's free space (geometry checked
+        // when the region was opened), which the consumer does not read
+        // until we publish it below.
+        let n = unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let in_ring = (n as usize).saturating_sub(head.len());
+        self.shm
+            .u32_at(self.pi)
+            .store(pi.wrapping_add(in_ring as u32), Ordering::Release);
+        Ok(n as usize)
+    }
+
+    /// The consumer's end: one `writev` of what the ring holds to `fd`,
+    /// taking what `fd` took.
+    pub fn write_to(&self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        let ci = self.shm.u32_at(self.ci).load(Ordering::Relaxed);
+        let used = self.producer_index().wrapping_sub(ci);
+        if used > self.size {
+            return Err(io::Error::other("the ring's indices are corrupt"));
+        }
+        if used == 0 {
+            return Ok(0);
+        }
+        let [a, b] = self.spans(ci, used as usize);
+        let iov = [self.iovec(a), self.iovec(b)];
+        // SAFETY: both point into the mapping, inside what the producer
+        // published (acquired above); the kernel only reads them.
+        let n = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.shm
+            .u32_at(self.ci)
+            .store(ci.wrapping_add(n as u32), Ordering::Release);
+        Ok(n as usize)
+    }
+
+    /// `len` bytes from `index` as (offset in the region, length) spans:
+    /// up to the ring's end, then from its start.
+    fn spans(&self, index: u32, len: usize) -> [(usize, usize); 2] {
+        let at = (index & (self.size - 1)) as usize;
+        let first = len.min(self.size as usize - at);
+        [(self.data + at, first), (self.data, len - first)]
+    }
+
+    fn iovec(&self, (offset, len): (usize, usize)) -> libc::iovec {
+        libc::iovec {
+            // SAFETY: `spans` keeps `offset + len` inside the ring, which
+            // the checked geometry keeps inside the mapping.
+            iov_base: unsafe { self.shm.as_ptr().add(offset) }.cast(),
+            iov_len: len,
+        }
     }
 
     fn copy_in(&self, index: u32, data: &[u8]) {

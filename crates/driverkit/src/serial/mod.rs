@@ -406,9 +406,8 @@ fn pump_tty<S: IOUserSerialImpl>(
     queue: &IODispatchQueue,
     me: &Me,
 ) {
-    let mut buf = vec![0u8; tty::CHUNK + 1];
     while !p.cancelled.load(Ordering::Acquire) {
-        let turn = t.turn(&p.port, &mut buf);
+        let turn = t.turn(&p.port);
         let handoff = if turn.read >= tty::STREAMING {
             Handoff::Queue
         } else {

@@ -17,18 +17,23 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use driverkit_wire::serial::{tty_control, SerialPortInterface};
 use rustix::event::{poll, EventfdFlags, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 
-/// Bytes moved per read of the master.
-pub(super) const CHUNK: usize = 64 * 1024;
+/// Bytes moved per read of the master at most.
+const CHUNK: usize = 64 * 1024;
 
 /// Bytes of a program's in one turn from which the pump takes it for a
 /// stream (a pty's line buffer is 4 KiB; a program typing or asking
 /// sends a few).
 pub(super) const STREAMING: usize = 1024;
+
+/// How long the pump waits for the system's `DONE` at most: past the
+/// system's call timeout, which bounds its call to the driver.
+const DONE_WAIT: Duration = Duration::from_secs(60);
 
 /// What one turn of the pump found.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -51,8 +56,8 @@ pub(super) struct TtyPump {
     /// The pump waits for room in the TX ring.
     wants_room: AtomicBool,
     /// The RX ring's one consumer at a time: the pump, or a driver thread
-    /// in `rx_put`; with its buffer.
-    rx: Mutex<Vec<u8>>,
+    /// in `rx_put`.
+    rx: Mutex<()>,
     /// The master said hung up and the pump has not read past it yet.
     hup: AtomicBool,
 }
@@ -67,7 +72,7 @@ impl TtyPump {
             wake,
             open: AtomicBool::new(false),
             wants_room: AtomicBool::new(false),
-            rx: Mutex::new(vec![0; CHUNK]),
+            rx: Mutex::new(()),
             hup: AtomicBool::new(false),
         })
     }
@@ -84,46 +89,45 @@ impl TtyPump {
         }
     }
 
-    /// Moves what the RX ring holds into the master, as far as it takes
-    /// it (while no program has the tty open, drops it, counted). Returns
-    /// whether the ring is empty afterwards.
+    /// Moves what the RX ring holds into the master (straight from the
+    /// ring's memory), as far as it takes it; while no program has the tty
+    /// open, drops it, counted. Returns whether the ring is empty after.
     pub fn flush_rx(&self, port: &SerialPortInterface) -> bool {
-        let mut buf = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = self.rx.lock().unwrap_or_else(|e| e.into_inner());
         let rx = port.rx();
         if !self.open.load(Ordering::Acquire) {
             port.add_rx_dropped(rx.discard());
             return true;
         }
         loop {
-            let n = match rx.peek(&mut buf) {
-                Ok(0) => return true,
-                Ok(n) => n,
+            match rx.write_to(self.master.as_fd()) {
+                Ok(0) => return rx.used().is_ok_and(|u| u == 0),
+                Ok(_) => {}
+                // Full (a reader that does not read), or the program just
+                // closed it: the pump sees which.
+                Err(e) if e.raw_os_error().is_some() => return false,
                 Err(_) => {
                     // Our own ring's indices, scribbled on: nothing in it
                     // can be trusted, and the next bytes start it afresh.
                     rx.discard();
                     return true;
                 }
-            };
-            match rustix::io::write(&self.master, &buf[..n]) {
-                Ok(k) => {
-                    let _ = rx.consume(k);
-                    if k < n {
-                        return false;
-                    }
-                }
-                // Full (a reader that does not read), or the program just
-                // closed it: the pump sees which.
-                Err(_) => return false,
             }
         }
+    }
+
+    /// Empties the RX ring (a program opened the tty afresh, or flushed
+    /// its input).
+    pub fn discard_rx(&self, port: &SerialPortInterface) {
+        let _one = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+        port.rx().discard();
     }
 
     /// Waits for the master, the control socket or a wake-up, and does
     /// what they say: TX bytes from the master into the ring, RX bytes out
     /// of it, status to the system. The caller then tells the driver what
     /// changed in its rings.
-    pub fn turn(&self, port: &SerialPortInterface, buf: &mut [u8]) -> Turn {
+    pub fn turn(&self, port: &SerialPortInterface) -> Turn {
         let open = self.open.load(Ordering::Acquire);
         let tx_room = port.tx().free().unwrap_or(0) as usize;
         let rx_waiting = port.rx().used().is_ok_and(|u| u > 0);
@@ -139,28 +143,26 @@ impl TtyPump {
         // A hung-up master polls ready for good: it is left out while the
         // pump cannot read it (closed, or no room for what it still holds).
         let watch_master = open && !(self.hup.load(Ordering::Acquire) && tx_room == 0);
-        let master_fd = self.master.as_fd();
-        let mut fds = vec![
+        let mut fds = [
             PollFd::new(&self.control, PollFlags::IN),
             PollFd::new(&self.wake, PollFlags::IN),
+            PollFd::new(&self.master, events),
         ];
-        if watch_master {
-            fds.push(PollFd::new(&master_fd, events));
-        }
+        let watched = if watch_master { 3 } else { 2 };
         let second = Timespec {
             tv_sec: 1,
             tv_nsec: 0,
         };
-        if poll(&mut fds, Some(&second)).is_err() {
+        if poll(&mut fds[..watched], Some(&second)).is_err() {
             return Turn::default();
         }
         let control = fds[0].revents();
         let woken = !fds[1].revents().is_empty();
-        let master = fds
-            .get(2)
-            .map(|f| f.revents())
-            .unwrap_or_else(PollFlags::empty);
-        drop(fds);
+        let master = if watch_master {
+            fds[2].revents()
+        } else {
+            PollFlags::empty()
+        };
         if woken {
             let mut count = [0u8; 8];
             let _ = rustix::io::read(&self.wake, &mut count);
@@ -179,15 +181,15 @@ impl TtyPump {
                 // Everything the master holds, as far as the ring has
                 // room: a pty hands over at most its line buffer (4 KiB)
                 // a read, and the driver is better told once.
-                while let Some(room) = port.tx().free().ok().filter(|&r| r > 0) {
-                    let want = ((room as usize).min(CHUNK) + 1).min(buf.len());
-                    match self.read_master(port, &mut buf[..want]) {
+                while port.tx().free().is_ok_and(|r| r > 0) {
+                    match self.read_master(port, CHUNK) {
                         0 => break,
                         n => read += n,
                     }
                 }
             } else {
-                self.read_master(port, &mut buf[..1]);
+                // A status byte, or nothing (no room for data).
+                self.read_master(port, 0);
             }
         }
         if master.contains(PollFlags::OUT) || (woken && rx_waiting) {
@@ -213,30 +215,31 @@ impl TtyPump {
         }
     }
 
-    /// One read of the master: data into the TX ring, a status byte to
-    /// the system, or the hang-up of the last close. The data bytes it
-    /// read (there may be more).
-    fn read_master(&self, port: &SerialPortInterface, buf: &mut [u8]) -> usize {
-        match rustix::io::read(&self.master, &mut *buf) {
+    /// One read of the master, straight into the TX ring (at most `max`
+    /// bytes): data, a status byte for the system, or the hang-up of the
+    /// last close. Returns the data bytes read (there may be more).
+    fn read_master(&self, port: &SerialPortInterface, max: usize) -> usize {
+        let mut status = [0u8; 1];
+        match port.tx().read_from(self.master.as_fd(), &mut status, max) {
             Ok(0) => {}
-            Ok(n) if buf[0] == 0 => {
-                // Fits: the read was no larger than the room.
-                return port.tx().write(&buf[1..n]).unwrap_or(0);
-            }
+            Ok(n) if status[0] == 0 => return n - 1,
             Ok(_) => {
-                let status = buf[0] & !tty_control::HUNG_UP;
+                let status = status[0] & !tty_control::HUNG_UP;
                 if status & tty_control::PKT_FLUSHREAD != 0 {
                     self.discard_rx(port);
                 }
                 self.tell(status);
                 self.wait_done(port);
             }
-            Err(Errno::AGAIN) | Err(Errno::INTR) => {}
+            Err(e)
+                if [Errno::AGAIN, Errno::INTR]
+                    .map(|e| Some(e.raw_os_error()))
+                    .contains(&e.raw_os_error()) => {}
             // EIO: the last program closed the slave, and everything it
             // wrote has been read.
             Err(_) => {
                 self.open.store(false, Ordering::Release);
-                let _rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+                let _one = self.rx.lock().unwrap_or_else(|e| e.into_inner());
                 port.add_rx_dropped(port.rx().discard());
                 self.tell(tty_control::HUNG_UP);
             }
@@ -245,11 +248,11 @@ impl TtyPump {
     }
 
     /// Waits for the system to answer a status with `DONE` (it has called
-    /// the driver, bounded by its call timeout), or to end the port.
+    /// the driver), or to end the port.
     fn wait_done(&self, port: &SerialPortInterface) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let deadline = Instant::now() + DONE_WAIT;
         let mut msg = [0u8; 16];
-        while std::time::Instant::now() < deadline {
+        while Instant::now() < deadline {
             let mut fds = [PollFd::new(&self.control, PollFlags::IN)];
             let second = Timespec {
                 tv_sec: 1,
@@ -266,13 +269,6 @@ impl TtyPump {
                 _ => return,
             }
         }
-    }
-
-    /// Empties the RX ring (a flush of the tty's input reached the driver,
-    /// which has emptied its hardware's FIFO).
-    pub fn discard_rx(&self, port: &SerialPortInterface) {
-        let _rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
-        port.rx().discard();
     }
 
     fn tell(&self, message: u8) {
