@@ -31,6 +31,10 @@ const CHUNK: usize = 64 * 1024;
 /// sends a few).
 pub(super) const STREAMING: usize = 1024;
 
+/// A pty's line buffer (`N_TTY_BUF_SIZE`): the most one read of the
+/// master returns.
+const LINE_BUFFER: usize = 4096;
+
 /// How long the pump waits for the system's `DONE` at most: past the
 /// system's call timeout, which bounds its call to the driver.
 const DONE_WAIT: Duration = Duration::from_secs(60);
@@ -181,8 +185,16 @@ impl TtyPump {
                 // Everything the master holds, as far as the ring has
                 // room: a pty hands over at most its line buffer (4 KiB)
                 // a read, and the driver is better told once.
+                let mut yields = 0;
                 while port.tx().free().is_ok_and(|r| r > 0) {
                     match self.read_master(port, CHUNK) {
+                        // A full line buffer read: the kernel's worker
+                        // refills it from the writer's bytes on this core
+                        // once it runs, sooner than a wake-up would come.
+                        0 if read >= LINE_BUFFER / 2 && yields < 2 => {
+                            yields += 1;
+                            std::thread::yield_now();
+                        }
                         0 => break,
                         n => read += n,
                     }
