@@ -4,10 +4,13 @@
 //!
 //! When a serial driver has started, its SDK connects the port's queues
 //! (`connect_queues`, a region with the RX and TX rings); the family then
-//! makes the port ([`port::Port`]): a pty whose slave is the tty, linked at
-//! `<links>/<IOTTYDevice>` (`IOCalloutDevice`), and two threads that move
-//! the bytes and turn what programs do to the tty into the driver's `hw_*`
-//! calls ([`tty`] says how Linux tells). The port ends when its service
+//! makes the port ([`port::Port`]) and its node, linked at
+//! `<links>/<IOTTYDevice>` (`IOCalloutDevice`): a CUSE device the daemon
+//! serves ([`cuse`]), or a pty ([`pty`]) whose bytes the driver's own
+//! process moves, with a duplicate of its master and a control socket
+//! handed over in `connect_queues`'s answer; either way the family turns
+//! what programs do to the tty into the driver's `hw_*` calls ([`tty`]
+//! says how Linux tells a pty's master). The port ends when its service
 //! departs (stop, crash): the tty hangs up under its readers and the link
 //! goes; a relaunched driver connects again and gets a fresh tty at the
 //! same link.
