@@ -60,6 +60,19 @@ pub fn parity_name(p: u8) -> &'static str {
     }
 }
 
+/// A step of a line change the driver refused: what, and its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub what: String,
+    pub error: IOReturn,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the driver refused {}: {}", self.what, self.error)
+    }
+}
+
 /// The kind of node a port has, for ioreg (`IOSerialNodeKind`) and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeKind {
@@ -233,27 +246,33 @@ impl Core {
         let _ = self.log_refusal("deactivating", self.driver(|d| d.hw_deactivate()));
     }
 
-    /// A new line from a program: what changed reaches the driver (the
-    /// whole format if the data bits, parity or stop bits did, else just
-    /// the rate; then the flow control), each step kept as the driver
-    /// took it. The first refusal is returned.
-    pub fn program(&self, want: Line) -> IOResult<()> {
+    /// A new line: what changed reaches the driver, each step kept (and
+    /// shown) as the driver took it, up to the first it refused, which is
+    /// returned. The format: the whole line (`hw_program_uart`) if the
+    /// data bits, parity or stop bits changed, or if `whole` and the rate
+    /// did; else the rate alone (`hw_program_baud_rate`). Then the flow
+    /// control, then the modem control outputs.
+    pub fn program(&self, want: Line, whole: bool) -> Result<(), Refused> {
         let had = self.line();
         let (t, h) = (want.termios, had.termios);
         let format = (t.half_stop_bits, want.data_bits, want.parity)
             != (h.half_stop_bits, had.data_bits, had.parity);
-        if format {
-            self.log_refusal(
-                "the line format",
-                self.driver(|d| {
-                    d.hw_program_uart(t.baud, want.data_bits, t.half_stop_bits, want.parity)
-                }),
-            )?;
-        } else if t.baud != h.baud {
-            self.log_refusal(
-                &format!("{} baud", t.baud),
-                self.driver(|d| d.hw_program_baud_rate(t.baud)),
-            )?;
+        let rate = t.baud != h.baud;
+        if format || (whole && rate) {
+            let what = format!(
+                "{} baud {}{}{}",
+                t.baud,
+                want.data_bits,
+                parity_name(want.parity).chars().next().unwrap_or('n'),
+                f64::from(t.half_stop_bits) / 2.0
+            );
+            self.step(what, |d| {
+                d.hw_program_uart(t.baud, want.data_bits, t.half_stop_bits, want.parity)
+            })?;
+        } else if rate {
+            self.step(format!("{} baud", t.baud), |d| {
+                d.hw_program_baud_rate(t.baud)
+            })?;
         }
         self.update_line(|l| {
             l.termios.baud = t.baud;
@@ -262,25 +281,38 @@ impl Core {
             l.parity = want.parity;
         });
         if (t.flow, t.xon, t.xoff) != (h.flow, h.xon, h.xoff) {
-            self.log_refusal(
-                "the flow control",
-                self.driver(|d| d.hw_program_flow_control(t.flow, t.xon, t.xoff)),
-            )?;
+            self.step("the flow control".into(), |d| {
+                d.hw_program_flow_control(t.flow, t.xon, t.xoff)
+            })?;
             self.update_line(|l| {
                 l.termios.flow = t.flow;
                 l.termios.xon = t.xon;
                 l.termios.xoff = t.xoff;
             });
         }
+        if (want.dtr, want.rts) != (had.dtr, had.rts) {
+            self.program_mcr(want.dtr, want.rts)?;
+        }
         Ok(())
     }
 
+    /// One call to the driver, its refusal logged and named.
+    fn step(
+        &self,
+        what: String,
+        f: impl FnOnce(
+            &io_user_serial_interface::Proxy<'_, driverkit_core::DriverCaller>,
+        ) -> IOResult<()>,
+    ) -> Result<(), Refused> {
+        self.log_refusal(&what, self.driver(f))
+            .map_err(|error| Refused { what, error })
+    }
+
     /// The modem control outputs.
-    pub fn program_mcr(&self, dtr: bool, rts: bool) -> IOResult<()> {
-        self.log_refusal(
-            "the modem control lines",
-            self.driver(|d| d.hw_program_mcr(dtr, rts)),
-        )?;
+    pub fn program_mcr(&self, dtr: bool, rts: bool) -> Result<(), Refused> {
+        self.step("the modem control lines".into(), |d| {
+            d.hw_program_mcr(dtr, rts)
+        })?;
         self.update_line(|l| {
             l.dtr = dtr;
             l.rts = rts;
@@ -372,65 +404,14 @@ impl Port {
     /// `break_ms`. Each refusal of the driver is named.
     pub fn set(&self, want: Line, break_ms: Option<u32>) -> Result<(), String> {
         let s = &self.core;
-        let named = |what: &str, r: IOResult<()>| {
-            r.map_err(|e| format!("{}: the driver refused {what}: {e}", s.name))
-        };
-        let had = self.line();
-        let t = want.termios;
-        if (t.baud, t.half_stop_bits, want.data_bits, want.parity)
-            != (
-                had.termios.baud,
-                had.termios.half_stop_bits,
-                had.data_bits,
-                had.parity,
-            )
-        {
-            named(
-                &format!(
-                    "{} baud {}{}{}",
-                    t.baud,
-                    want.data_bits,
-                    parity_name(want.parity).chars().next().unwrap_or('n'),
-                    t.half_stop_bits / 2
-                ),
-                s.driver(|d| {
-                    d.hw_program_uart(t.baud, want.data_bits, t.half_stop_bits, want.parity)
-                }),
-            )?;
-            // Each step the driver took is kept (and shown) even when a
-            // later one is refused.
-            s.update_line(|l| {
-                l.termios.baud = t.baud;
-                l.termios.half_stop_bits = t.half_stop_bits;
-                l.data_bits = want.data_bits;
-                l.parity = want.parity;
-            });
-        }
-        if (t.flow, t.xon, t.xoff) != (had.termios.flow, had.termios.xon, had.termios.xoff) {
-            named(
-                "the flow control",
-                s.driver(|d| d.hw_program_flow_control(t.flow, t.xon, t.xoff)),
-            )?;
-            s.update_line(|l| {
-                l.termios.flow = t.flow;
-                l.termios.xon = t.xon;
-                l.termios.xoff = t.xoff;
-            });
-        }
-        if (want.dtr, want.rts) != (had.dtr, had.rts) {
-            named(
-                "the modem control lines",
-                s.driver(|d| d.hw_program_mcr(want.dtr, want.rts)),
-            )?;
-            s.update_line(|l| {
-                l.dtr = want.dtr;
-                l.rts = want.rts;
-            });
-        }
+        let named = |r: Refused| format!("{}: {r}", s.name);
+        s.program(want, true).map_err(named)?;
         if let Some(ms) = break_ms {
-            named("a break", s.driver(|d| d.hw_send_break(true)))?;
+            s.step("a break".into(), |d| d.hw_send_break(true))
+                .map_err(named)?;
             std::thread::sleep(Duration::from_millis(ms.into()));
-            named("ending the break", s.driver(|d| d.hw_send_break(false)))?;
+            s.step("ending the break".into(), |d| d.hw_send_break(false))
+                .map_err(named)?;
         }
         Ok(())
     }

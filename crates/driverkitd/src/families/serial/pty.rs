@@ -213,7 +213,7 @@ impl Shared {
             return;
         }
         want.termios = now;
-        let _ = self.core.program(want);
+        let _ = self.core.program(want, false);
     }
 
     /// Waits up to `timeout` for `fd` to be readable or a wake-up; the

@@ -993,7 +993,7 @@ impl Inner {
                 let (dtr, rts) = (want(tiocm::DTR, line.dtr), want(tiocm::RTS, line.rts));
                 match self.core.program_mcr(dtr, rts) {
                     Ok(()) => ok(&[]),
-                    Err(e) => proto::error_reply(unique, errno(e)),
+                    Err(refused) => proto::error_reply(unique, errno(refused.error)),
                 }
             }
             TtyIoctl::WaitModem { mask } => {
@@ -1130,7 +1130,9 @@ impl Inner {
             effective.ispeed = old.ispeed;
         }
         let want = line_of(&effective, Some(self.core.line()));
-        self.core.program(want).map_err(errno)?;
+        self.core
+            .program(want, false)
+            .map_err(|refused| errno(refused.error))?;
         if hang && !was_hung {
             let _ = self.core.program_mcr(false, false);
         } else if was_hung && !hang {
