@@ -524,6 +524,42 @@ mod tests {
     }
 
     #[test]
+    fn a_ring_reads_from_and_writes_to_a_descriptor_across_its_wrap() {
+        use std::os::fd::AsFd;
+        let port = SerialPortInterface::create(6, 6).unwrap();
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let mut got = Vec::new();
+        for round in 0..5u8 {
+            // 40 bytes a round through a 64-byte ring: every other round
+            // wraps. A one-byte head comes first, as a pty's status does.
+            let data: Vec<u8> = (0..41)
+                .map(|i| round.wrapping_mul(41).wrapping_add(i))
+                .collect();
+            rustix::io::write(&w, &data).unwrap();
+            let mut head = [0u8; 1];
+            let n = port.tx().read_from(r.as_fd(), &mut head, 64).unwrap();
+            assert_eq!((n, head[0]), (41, data[0]));
+            assert_eq!(port.tx().used().unwrap(), 40);
+            let (r2, w2) = rustix::pipe::pipe().unwrap();
+            assert_eq!(port.tx().write_to(w2.as_fd()).unwrap(), 40);
+            let mut out = [0u8; 64];
+            let k = rustix::io::read(&r2, &mut out).unwrap();
+            got.extend_from_slice(&out[..k]);
+            assert_eq!(&out[..k], &data[1..]);
+        }
+        assert_eq!(got.len(), 200);
+        // `max` bounds what lands in the ring; the rest stays in the pipe.
+        rustix::io::write(&w, &[7; 30]).unwrap();
+        let mut head = [0u8; 1];
+        assert_eq!(port.tx().read_from(r.as_fd(), &mut head, 9).unwrap(), 10);
+        assert_eq!(port.tx().used().unwrap(), 9);
+        // Indices a peer scribbled on: an error, no access outside.
+        port.memory().u32_at(TX_PI).store(1000, Ordering::Relaxed);
+        assert!(port.tx().read_from(r.as_fd(), &mut head, 64).is_err());
+        assert!(port.tx().write_to(w.as_fd()).is_err());
+    }
+
+    #[test]
     fn bad_geometry_and_indices_are_refused() {
         let port = SerialPortInterface::create(6, 6).unwrap();
         let shm = port.memory();
