@@ -60,6 +60,10 @@ pub fn parity_name(p: u8) -> &'static str {
     }
 }
 
+/// How long the last close waits for the driver to send what programs
+/// wrote, at most (Linux's `closing_wait` default).
+pub const CLOSING_WAIT: Duration = Duration::from_secs(30);
+
 /// A step of a line change the driver refused: what, and its answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {

@@ -22,15 +22,17 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use driverkit_wire::interfaces::IOUserSerialInterface;
 use driverkit_wire::serial::tty_control::{self, PKT_FLUSHREAD, PKT_FLUSHWRITE, PKT_IOCTL};
+use driverkit_wire::serial::TX_SPACE_BELL;
+use driverkit_wire::shm::SPIN;
 use driverkit_wire::{IOResult, IOReturn};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 
-use super::port::{Core, Node, NodeKind};
+use super::port::{Core, Node, NodeKind, CLOSING_WAIT};
 use super::tty::{self, Tty};
 
 struct Shared {
@@ -181,11 +183,25 @@ impl Shared {
     /// A program opened the pty: the port is activated, then the pump
     /// starts.
     fn opened(&self) {
+        self.tty.flush_input();
         self.core.opened(self.tty.slave());
         let _ = rustix::io::write(&self.control, &[tty_control::OPENED]);
     }
 
+    /// The last program closed the pty: what it wrote goes out first (at
+    /// most `CLOSING_WAIT`), as a UART's last close waits for its output,
+    /// so that what comes back of it arrives while the port is closed and
+    /// is dropped, not handed to the next program.
     fn closed(&self) {
+        let deadline = Instant::now() + CLOSING_WAIT;
+        let q = &self.core.queues;
+        let sent = || q.tx_unsent().map_or(true, |u| u == 0) || self.stopped();
+        while !sent() && Instant::now() < deadline {
+            // `tx_sent` rings the bell; a driver that does not report
+            // sends as it takes, which the next look sees.
+            let soon = Instant::now() + Duration::from_millis(5);
+            q.bell(TX_SPACE_BELL).wait(SPIN, Some(soon), sent);
+        }
         // A pty's termios always has HUPCL here (the daemon sets it).
         self.core.closed(self.tty.slave(), true);
     }

@@ -106,6 +106,14 @@ impl Tty {
         self.opens.as_fd()
     }
 
+    /// Empties what waits for the program in the slave's input: bytes
+    /// written to the master while no program had it open (a pty keeps
+    /// them for the next one, where a UART nobody opened drops them).
+    /// `TCOFLUSH` on a pty's master flushes its peer's input.
+    pub fn flush_input(&self) {
+        let _ = termios::tcflush(&self.master, termios::QueueSelector::OFlush);
+    }
+
     /// Takes the open events so far: true if there was one.
     pub fn drain_opens(&self) -> bool {
         let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 512];

@@ -57,6 +57,8 @@ use super::tty;
 /// The kernel's CUSE device.
 pub const CUSE_DEVICE: &str = "/dev/cuse";
 /// What a node's device is called: `ttyDK0`, `ttyDK1`, ...
+use super::port::CLOSING_WAIT;
+
 const NAME_PREFIX: &str = "ttyDK";
 /// The tty's read buffer (`N_TTY_BUF_SIZE`).
 const INPUT_MAX: usize = 4096;
@@ -64,8 +66,6 @@ const INPUT_MAX: usize = 4096;
 const AHEAD: Duration = Duration::from_millis(50);
 /// ...but never fewer bytes than this.
 const AHEAD_MIN: usize = 256;
-/// How long the last close waits for the output (`closing_wait`).
-const CLOSING_WAIT: Duration = Duration::from_secs(30);
 /// The longest `cuse-io` sleeps without a wake-up (a safety net).
 const IDLE: Duration = Duration::from_millis(250);
 
