@@ -88,6 +88,9 @@ impl PtyNode {
             None,
         )
         .map_err(|_| IOReturn::NO_RESOURCES)?;
+        // The daemon's end never blocks: a driver that stops reading its
+        // end loses its own messages (its port stalls), never this thread.
+        rustix::io::ioctl_fionbio(&control, true).map_err(|_| IOReturn::NO_RESOURCES)?;
         let tally = Tally {
             last: [
                 core.queues.tx().producer_index(),
