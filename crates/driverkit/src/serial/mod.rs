@@ -3,9 +3,10 @@
 //! A driver names `IOUserSerial` as its superclass. Once its `start` has
 //! succeeded, the SDK connects the port's queues (`ConnectQueues`): an RX
 //! ring the driver fills and a TX ring the driver drains, in shared memory
-//! with the system, which then makes the port's tty (a pty whose path the
-//! registry shows as `IOCalloutDevice`). From then on, on the service's
-//! `Default` queue:
+//! with the system, which then makes the port's node (a CUSE device, or a
+//! pty whose bytes this process moves: `tty.rs` says why), its path in the
+//! registry as `IOCalloutDevice`. From then on, on the service's `Default`
+//! queue:
 //!
 //! - opening the tty runs [`IOUserSerialImpl::hw_activate`], its last close
 //!   [`IOUserSerialImpl::hw_deactivate`];
@@ -15,8 +16,7 @@
 //!   driver takes them with [`IOUserSerialApi::tx_take`] (or `tx_peek` and
 //!   `tx_consume`, when the hardware takes only part) and sends them;
 //! - the driver hands received bytes to the tty with
-//!   [`IOUserSerialApi::rx_put`] (where the tty is a pty, the driver's own
-//!   process moves its bytes: [`tty`] says why); when the ring is full (a slow reader), it
+//!   [`IOUserSerialApi::rx_put`]; when the ring is full (a slow reader), it
 //!   takes what fits (`rx_free_space` says how much would), and
 //!   [`IOUserSerialImpl::rx_free_space_available`] runs once there is room
 //!   again. Nothing is dropped on the way: the
