@@ -191,7 +191,7 @@ impl TtyPump {
                         // A full line buffer read: the kernel's worker
                         // refills it from the writer's bytes on this core
                         // once it runs, sooner than a wake-up would come.
-                        0 if read >= LINE_BUFFER / 2 && yields < 2 => {
+                        0 if read >= LINE_BUFFER / 2 && yields < 4 => {
                             yields += 1;
                             std::thread::yield_now();
                         }
