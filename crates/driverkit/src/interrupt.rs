@@ -116,6 +116,11 @@ impl IOInterruptDispatchSource {
                     let now = interrupt::count(shm);
                     let count = now.wrapping_sub(seen);
                     seen = now;
+                    if interrupt::let_go(shm) {
+                        // A level-triggered line already let go: nothing
+                        // to handle (the driver got there first).
+                        continue;
+                    }
                     let (done_tx, done_rx) = mpsc::sync_channel(1);
                     let args = ActionArgs::Interrupt {
                         count,

@@ -29,6 +29,16 @@ impl Subscribers {
         Ok(())
     }
 
+    /// For a level-triggered source: the line asserted (before a raise)
+    /// or let go, in every region still mapped.
+    pub fn set_line(&self, asserted: bool) {
+        for w in self.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            if let Some(region) = w.upgrade() {
+                interrupt::set_line(&region, asserted);
+            }
+        }
+    }
+
     /// Raises one interrupt into every region still mapped.
     pub fn raise(&self) {
         self.0

@@ -239,6 +239,7 @@ impl VirtualUart {
             let first = n.min(a.len());
             rx.extend(&a[..first]);
             rx.extend(&b[..n - first]);
+            self.interrupts[RX].set_line(true);
             self.interrupts[RX].raise();
         }
         st.tx.drain(..n);
@@ -284,6 +285,10 @@ impl UartDevice for VirtualUart {
         data.extend_from_slice(&a[..first]);
         data.extend_from_slice(&b[..n - first]);
         st.rx.drain(..n);
+        if st.rx.is_empty() {
+            // Received data is a level: read, it is no interrupt.
+            self.interrupts[RX].set_line(false);
+        }
         if n > 0 {
             match self.spec.pace {
                 // Room on the far side of the loopback: a transmit that
@@ -349,6 +354,7 @@ impl UartDevice for VirtualUart {
         }
         if rx {
             st.rx.clear();
+            self.interrupts[RX].set_line(false);
         }
         if st.tx_waiting {
             st.tx_waiting = false;
@@ -356,11 +362,23 @@ impl UartDevice for VirtualUart {
         }
     }
 
+    /// Interrupt 0 (received data) is level-triggered: a driver that
+    /// subscribes while bytes wait takes it at once, and one that read
+    /// them before it took the interrupt is not called for nothing.
     fn subscribe_interrupt(&self, index: u32, region: &Arc<SharedMemory>) -> IOResult<()> {
-        self.interrupts
+        let line = self
+            .interrupts
             .get(index as usize)
-            .ok_or(IOReturn::NOT_FOUND)?
-            .add(region)
+            .ok_or(IOReturn::NOT_FOUND)?;
+        line.add(region)?;
+        if index as usize == RX {
+            let waiting = !self.lock().rx.is_empty();
+            driverkit_wire::interrupt::set_line(region, waiting);
+            if waiting {
+                driverkit_wire::interrupt::raise(region);
+            }
+        }
+        Ok(())
     }
 
     fn unplugged(&self) {
@@ -414,6 +432,32 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(got, data);
+        u.unplug();
+    }
+
+    #[test]
+    fn received_data_is_a_level_the_driver_may_read_before_the_interrupt() {
+        use driverkit_wire::interrupt;
+        let u = uart(Pace::None, 64);
+        // Bytes wait before the driver subscribes: it takes the interrupt
+        // at once.
+        assert_eq!(u.transmit(b"early"), 5);
+        let region = Arc::new(SharedMemory::create("t", interrupt::LEN).unwrap());
+        u.subscribe_interrupt(RX as u32, &region).unwrap();
+        assert_eq!(interrupt::count(&region), 1);
+        assert!(!interrupt::let_go(&region));
+        // Read before the interrupt is taken: the line is let go.
+        assert_eq!(u.receive(100), b"early");
+        assert!(interrupt::let_go(&region));
+        // New bytes assert it again, with a new interrupt; a partial read
+        // keeps it asserted.
+        assert_eq!(u.transmit(b"again"), 5);
+        assert_eq!(interrupt::count(&region), 2);
+        assert!(!interrupt::let_go(&region));
+        assert_eq!(u.receive(2), b"ag");
+        assert!(!interrupt::let_go(&region));
+        u.reset_fifo(false, true);
+        assert!(interrupt::let_go(&region));
         u.unplug();
     }
 
