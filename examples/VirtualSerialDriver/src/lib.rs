@@ -117,11 +117,12 @@ impl VirtualSerialDriver {
             if room == 0 {
                 return; // rx_free_space_available says when there is room
             }
-            let data = uart.receive(room.min(STEP)).unwrap_or_default();
-            if data.is_empty() {
-                return;
-            }
+            let asked = room.min(STEP);
+            let data = uart.receive(asked).unwrap_or_default();
             self.rx_put(&data);
+            if data.len() < asked {
+                return; // the FIFO is empty; interrupt 0 says when it is not
+            }
         }
     }
 
