@@ -646,6 +646,15 @@ impl MappedMemory {
         self.len == 0
     }
 
+    /// Where the memory is mapped in this process, for a C caller
+    /// (`IOConnectMapMemory64`'s address); valid while this lives.
+    pub fn as_ptr(&self) -> *const u8 {
+        match &self.map {
+            Mapping::ReadOnly(m) => m.as_ptr(),
+            Mapping::ReadWrite(m) => m.as_ptr(),
+        }
+    }
+
     /// Copies `out.len()` bytes from `offset`.
     pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<(), IOReturn> {
         let bytes: &[u8] = match &self.map {
