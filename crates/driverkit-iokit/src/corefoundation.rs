@@ -431,3 +431,31 @@ pub extern "C" fn CFDictionaryGetCount(d: CFTypeRef) -> CFIndex {
         .unwrap_or(0)
     })
 }
+
+/// Fills `keys` and `values` (each with room for `CFDictionaryGetCount`
+/// references, borrowed; either may be NULL).
+#[no_mangle]
+pub extern "C" fn CFDictionaryGetKeysAndValues(
+    d: CFTypeRef,
+    keys: *mut CFTypeRef,
+    values: *mut CFTypeRef,
+) {
+    guard((), || {
+        let pairs = cf::with(d, |o| match &o.value {
+            Value::Dictionary(pairs) => pairs.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            _ => Vec::new(),
+        })
+        .unwrap_or_default();
+        for (i, (k, v)) in pairs.into_iter().enumerate() {
+            // SAFETY: the C contract: room for every pair's key and value.
+            unsafe {
+                if !keys.is_null() {
+                    *keys.add(i) = k as CFTypeRef;
+                }
+                if !values.is_null() {
+                    *values.add(i) = v as CFTypeRef;
+                }
+            }
+        }
+    })
+}

@@ -142,6 +142,7 @@ void CFDictionaryRemoveValue(CFMutableDictionaryRef theDict, const void *key);
 const void *CFDictionaryGetValue(CFDictionaryRef theDict, const void *key);
 Boolean CFDictionaryContainsKey(CFDictionaryRef theDict, const void *key);
 CFIndex CFDictionaryGetCount(CFDictionaryRef theDict);
+void CFDictionaryGetKeysAndValues(CFDictionaryRef theDict, const void **keys, const void **values);
 
 #ifdef __cplusplus
 }
