@@ -24,13 +24,15 @@ def main():
     service = iokit.get_matching_service(iokit.name_matching("NullDriver"), root=root)
     if service is None:
         sys.exit("null_driver_app: no NullDriver is running (start one with `driverkit run`)")
-    print("NullDriver is %#x; it says %r" % (service.entry_id, service.property("NullDriverGreeting")))
+    print('NullDriver is %#x; it says "%s"' % (service.entry_id, service.property("NullDriverGreeting")))
 
     with service.open() as connection:
-        print("ADD(2, 40)            = %s" % connection.call_scalar(ADD, [2, 40], output_count=1))
-        print("REVERSE('stressed')   = %r" % connection.call_struct(REVERSE, b"stressed", output_max=64))
+        (total,) = connection.call_scalar(ADD, [2, 40], output_count=1)
+        print("ADD(2, 40)            = %d" % total)
+        reversed_ = connection.call_struct(REVERSE, b"stressed", output_max=64)
+        print('REVERSE("stressed")   = "%s"' % reversed_.decode())
         checksum, _ = connection.call(CHECKSUM, struct=b"\x01" * (1 << 20), scalar_output_count=2)
-        print("CHECKSUM(1 MiB of 1s) = %s (sent as shared memory)" % checksum)
+        print("CHECKSUM(1 MiB of 1s) = [%d, %d] (sent as shared memory)" % tuple(checksum))
 
         port = iokit.NotificationPort()
         done = []
@@ -41,11 +43,11 @@ def main():
                 sys.exit("null_driver_app: DOUBLE_LATER did not complete within 10 s")
             port.dispatch()
         result, values = done[0]
-        print("DOUBLE_LATER(21)      = %#010x %s (completed by the driver's timer)" % (result, values))
+        print("DOUBLE_LATER(21)      = 0x%08x [%d] (completed by the driver's timer)" % (result, values[0]))
         port.close()
 
         memory = connection.map_memory(GREETING_MEMORY, read_only=True)
-        print("shared memory (%d bytes, read-only) says %r" % (memory.size, memory.read(0, 37).decode()))
+        print('shared memory (%d bytes, read-only) says "%s"' % (memory.size, memory.read(0, 37).decode()))
         memory.unmap()
 
 

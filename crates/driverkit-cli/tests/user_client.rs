@@ -2,7 +2,8 @@
 //! NullDriver, opens its user client through the daemon and calls it over
 //! the direct connection: every call shape, the argument checks, an app
 //! killed with a call pending, a driver killed during a call, and opens
-//! refused and allowed by entitlements.
+//! refused and allowed by entitlements. Then the same from C and Python,
+//! through the IOKitLib library (`crates/driverkit-iokit`).
 
 mod support;
 
@@ -273,6 +274,12 @@ fn strict_null_driver(dir: &Path) -> PathBuf {
 /// A copy of the `driverkit` binary as the executable of `NAME.app`, whose
 /// entitlements name `access`.
 fn app_binary(dir: &Path, name: &str, access: &[&str]) -> PathBuf {
+    app_of(dir, name, access, Path::new(EXE))
+}
+
+/// A copy of `program` as the executable of `NAME.app`, whose entitlements
+/// name `access`.
+fn app_of(dir: &Path, name: &str, access: &[&str], program: &Path) -> PathBuf {
     let contents = dir.join(format!("{name}.app/Contents"));
     std::fs::create_dir_all(contents.join("MacOS")).unwrap();
     let ids: String = access
@@ -286,8 +293,8 @@ fn app_binary(dir: &Path, name: &str, access: &[&str]) -> PathBuf {
         ),
     )
     .unwrap();
-    let exe = contents.join("MacOS/driverkit");
-    std::fs::copy(EXE, &exe).unwrap();
+    let exe = contents.join("MacOS").join(program.file_name().unwrap());
+    std::fs::copy(program, &exe).unwrap();
     exe
 }
 
@@ -406,4 +413,269 @@ fn matching_notifications_report_services_as_they_come_and_go() {
     );
     d.cli(&["device", "unplug", device.trim()]);
     assert_eq!(next(), ServiceNotification::Terminated(service));
+}
+
+/// Where the build left the IOKitLib library (beside this test's binary,
+/// or among the dependencies' outputs), and its headers.
+fn iokit_library() -> (PathBuf, PathBuf) {
+    let profile = Path::new(EXE).parent().unwrap();
+    let lib = [profile.to_path_buf(), profile.join("deps")]
+        .into_iter()
+        .find(|d| d.join("libdriverkit_iokit.so").exists())
+        .expect("libdriverkit_iokit.so is built with driverkit (a dependency)");
+    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("../driverkit-iokit/include");
+    (lib, include)
+}
+
+/// Compiles `examples/NullDriverAppC` against the header, unchanged, as
+/// its Makefile does (warnings are errors).
+fn null_driver_app_c(dir: &Path) -> PathBuf {
+    let (lib, include) = iokit_library();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/NullDriverAppC/NullDriverAppC.c");
+    std::fs::create_dir_all(dir).unwrap();
+    let exe = dir.join("NullDriverAppC");
+    let out = Command::new("cc")
+        .args(["-O1", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(&exe)
+        .arg(&source)
+        .arg("-I")
+        .arg(&include)
+        .arg("-L")
+        .arg(&lib)
+        .arg("-ldriverkit_iokit")
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .output()
+        .expect("cc (apt install build-essential) compiles the C example");
+    assert!(
+        out.status.success(),
+        "cc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
+
+fn run_in(state: &Path, program: &mut Command) -> (bool, String, String) {
+    let out = program.env("DRIVERKIT_ROOT", state).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// What NullDriverApp prints, in C and Python alike.
+const EVERY_CALL: [&str; 5] = [
+    "= 42",
+    "REVERSE(\"stressed\")   = \"desserts\"",
+    "[1048576, 1048576] (sent as shared memory)",
+    "0x00000000 [42] (completed by the driver's timer)",
+    "(4096 bytes, read-only) says \"Hello from NullDriver's shared memory\"",
+];
+
+#[test]
+fn a_c_app_and_a_python_script_make_every_call_through_iokitlib() {
+    let d = Daemon::start(&["--no-default-devices"]);
+    null_driver(&d);
+    let dir = d.root.path().join("c");
+    let (ok, out, err) = run_in(&d.state(), &mut Command::new(null_driver_app_c(&dir)));
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("it says \"Hello from a dext\""), "{out}");
+    for line in EVERY_CALL {
+        assert!(out.contains(line), "C: {line:?} missing from\n{out}");
+    }
+
+    let (lib, _) = iokit_library();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/NullDriverAppPython/null_driver_app.py");
+    let (ok, out, err) = run_in(
+        &d.state(),
+        Command::new("python3")
+            .arg(&script)
+            .env("DRIVERKIT_IOKIT_LIB", lib.join("libdriverkit_iokit.so")),
+    );
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("it says \"Hello from a dext\""), "{out}");
+    for line in EVERY_CALL {
+        assert!(out.contains(line), "Python: {line:?} missing from\n{out}");
+    }
+    // The user clients they opened closed with them.
+    d.wait_until("the C and Python apps' user clients to close", || {
+        !d.nodes().iter().any(|n| n["name"] == "NullDriverUserClient")
+    });
+}
+
+#[test]
+fn a_c_app_is_entitled_exactly_as_a_rust_app() {
+    let d = Daemon::start(&["--no-embedded", "--no-default-devices", "--sandbox=off"]);
+    let dir = d.root.path().join("apps");
+    d.load(&strict_null_driver(&dir));
+    null_driver(&d);
+    let program = null_driver_app_c(&d.root.path().join("c"));
+    // Not in an app, and in an app entitled to another driver: refused.
+    for exe in [
+        program.clone(),
+        app_of(&dir, "Other", &["com.example.Else"], &program),
+    ] {
+        let (ok, out, err) = run_in(&d.state(), &mut Command::new(&exe));
+        assert!(!ok, "{}: {out}", exe.display());
+        assert!(
+            err.contains("IOServiceOpen failed: 0xe00002e2"),
+            "kIOReturnNotPermitted: {err}"
+        );
+    }
+    let log = d.log();
+    assert!(
+        log.contains("is not in an app, so nothing entitles it"),
+        "{log}"
+    );
+    assert!(
+        log.contains("is not entitled to com.example.NullDriver's user clients"),
+        "{log}"
+    );
+    // The app that names it.
+    let (ok, out, err) = run_in(
+        &d.state(),
+        &mut Command::new(app_of(&dir, "Maker", &["com.example.NullDriver"], &program)),
+    );
+    assert!(ok, "{out}{err}");
+    assert!(out.contains(EVERY_CALL[0]), "{out}");
+}
+
+#[test]
+fn bad_input_to_the_c_library_gets_an_ioreturn_never_a_crash() {
+    use driverkit_iokit::cf::CFTypeRef;
+    use driverkit_iokit::corefoundation::*;
+    use driverkit_iokit::*;
+    use std::ptr::{null, null_mut};
+
+    let d = Daemon::start(&["--no-default-devices"]);
+    null_driver(&d);
+    let bad = IOReturn::BAD_ARGUMENT.0 as i32;
+    let root = std::ffi::CString::new(d.state().to_str().unwrap()).unwrap();
+    let mut main = 0;
+    assert_eq!(IOMainPortForRoot(root.as_ptr(), &mut main), 0);
+    assert_eq!(IOMainPortForRoot(null(), &mut main), bad);
+
+    // Matching: no dictionary, or not a dictionary.
+    let mut iterator = 0;
+    assert_eq!(
+        IOServiceGetMatchingServices(main, null(), &mut iterator),
+        bad
+    );
+    let not_a_dictionary = CFStringCreateWithCString(null(), c"NullDriver".as_ptr(), 0x0800_0100);
+    assert_eq!(IOServiceGetMatchingService(main, not_a_dictionary), 0);
+    assert_eq!(CFGetTypeID(not_a_dictionary), 0, "consumed, as IOKit does");
+    let service = IOServiceGetMatchingService(main, IOServiceNameMatching(c"NullDriver".as_ptr()));
+    assert_ne!(service, 0);
+    assert_eq!(IOServiceOpen(service, 0, 0, null_mut()), bad);
+    assert_eq!(IORegistryEntryGetRegistryEntryID(service, null_mut()), bad);
+    assert!(IORegistryEntryCreateCFProperty(service, null(), null(), 0).is_null());
+
+    let mut c = 0;
+    assert_eq!(IOServiceOpen(service, 0, 0, &mut c), 0);
+    let mut out = [0u64; 16];
+    let mut n = 1u32;
+    // Counts that do not match the pointers.
+    assert_eq!(
+        IOConnectCallScalarMethod(c, 0, null(), 2, out.as_mut_ptr(), &mut n),
+        bad
+    );
+    assert_eq!(
+        IOConnectCallScalarMethod(c, 0, [1, 2].as_ptr(), 2, null_mut(), &mut n),
+        bad
+    );
+    assert_eq!(
+        IOConnectCallScalarMethod(c, 0, [0u64; 17].as_ptr(), 17, out.as_mut_ptr(), &mut n),
+        bad
+    );
+    let mut room = 8usize;
+    assert_eq!(
+        IOConnectCallStructMethod(c, 1, null(), 4, out.as_mut_ptr().cast(), &mut room),
+        bad
+    );
+    // The driver's own checks answer too (ADD takes two scalars).
+    n = 1;
+    assert_ne!(
+        IOConnectCallScalarMethod(c, 0, [1].as_ptr(), 1, out.as_mut_ptr(), &mut n),
+        0
+    );
+    // A good call still works after all that.
+    n = 1;
+    assert_eq!(
+        IOConnectCallScalarMethod(c, 0, [2, 40].as_ptr(), 2, out.as_mut_ptr(), &mut n),
+        0
+    );
+    assert_eq!((out[0], n), (42, 1));
+    // Asynchronous calls without a callback, a port, or enough reference.
+    let port = IONotificationPortCreate(0);
+    let wake = IONotificationPortGetMachPort(port);
+    let mut reference = [0u64; 8];
+    let call_async = |wake: u32, reference: *mut u64, count: u32| {
+        IOConnectCallAsyncMethod(
+            c,
+            2,
+            wake,
+            reference,
+            count,
+            [21, 1].as_ptr(),
+            2,
+            null(),
+            0,
+            null_mut(),
+            null_mut(),
+            null_mut(),
+            null_mut(),
+        )
+    };
+    assert_eq!(
+        call_async(wake, reference.as_mut_ptr(), 8),
+        bad,
+        "no callback"
+    );
+    extern "C" fn ignore(_: *mut std::ffi::c_void, _: i32, _: *mut *mut std::ffi::c_void, _: u32) {}
+    reference[1] = ignore as usize as u64;
+    assert_eq!(
+        call_async(wake, reference.as_mut_ptr(), 2),
+        bad,
+        "no refcon slot"
+    );
+    assert_eq!(call_async(wake, null_mut(), 8), bad);
+    assert_eq!(call_async(c, reference.as_mut_ptr(), 8), bad, "not a port");
+    // Mapping: nowhere to say where.
+    let mut size = 0u64;
+    assert_eq!(IOConnectMapMemory64(c, 0, 0, null_mut(), &mut size, 1), bad);
+    assert_eq!(IOConnectUnmapMemory64(c, 0, 0, 0x1000), bad);
+
+    // A closed connection, and a released service.
+    assert_eq!(IOServiceClose(c), 0);
+    n = 1;
+    assert_eq!(
+        IOConnectCallScalarMethod(c, 0, [2, 40].as_ptr(), 2, out.as_mut_ptr(), &mut n),
+        IOReturn::NOT_OPEN.0 as i32
+    );
+    assert_eq!(IOServiceClose(c), bad);
+    assert_eq!(IOObjectRelease(service), 0);
+    assert_eq!(IOObjectRelease(service), bad);
+    let mut id = 0;
+    assert_eq!(IORegistryEntryGetRegistryEntryID(service, &mut id), bad);
+    assert_eq!(IOServiceOpen(service, 0, 0, &mut c), bad);
+    // A destroyed port, released and foreign CF objects.
+    IONotificationPortDestroy(port);
+    IONotificationPortDestroy(port);
+    assert_eq!(IONotificationPortGetFileDescriptor(port), -1);
+    assert_eq!(IONotificationPortDispatch(null_mut()), 0);
+    let s = CFStringCreateWithCString(null(), c"gone".as_ptr(), 0x0800_0100);
+    CFRelease(s);
+    CFRelease(s);
+    let mut buf = [0i8; 16];
+    assert_eq!(CFStringGetCString(s, buf.as_mut_ptr(), 16, 0x0800_0100), 0);
+    let garbage = 0xdead_beef_usize as CFTypeRef;
+    assert_eq!(CFGetTypeID(garbage), 0);
+    assert!(CFDictionaryGetValue(garbage, garbage).is_null());
+    assert_eq!(
+        IOMainPortForRoot(root.as_ptr(), &mut main),
+        0,
+        "still answering"
+    );
 }

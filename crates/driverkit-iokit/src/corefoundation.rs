@@ -2,6 +2,8 @@
 //! `include/CoreFoundation/CoreFoundation.h` declares.
 
 #![allow(non_snake_case, non_upper_case_globals)]
+// C entry points: see lib.rs.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::sync::Mutex;

@@ -15,6 +15,10 @@
 //! unwinding into C: the library never takes its app down.
 
 #![allow(non_snake_case, non_upper_case_globals)]
+// Entry points for C: their pointers are the C caller's contract, as for
+// every IOKitLib call, and each is checked for NULL before use. Rust calls
+// them only in tests and the bench.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 pub mod cf;
 pub mod corefoundation;
@@ -463,6 +467,9 @@ impl<T: Counted + Copy> Out<T> {
     }
 }
 
+/// What an asynchronous call runs when the driver completes it.
+type Completion = Box<dyn FnOnce(IOReturn, Vec<u64>) + Send>;
+
 /// The shared part of every call shape.
 #[allow(clippy::too_many_arguments)]
 fn call(
@@ -476,7 +483,7 @@ fn call(
     output_count: *mut u32,
     output_struct: *mut c_void,
     output_struct_count: *mut usize,
-    completion: Option<Box<dyn FnOnce(IOReturn, Vec<u64>) + Send>>,
+    completion: Option<Completion>,
 ) -> KernReturn {
     let run = || -> Result<KernReturn, KernReturn> {
         let o = connection(connect)?;
