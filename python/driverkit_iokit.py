@@ -14,7 +14,8 @@ Errors raise :class:`IOKitError`, which carries the ``IOReturn`` code and
 its name. The daemon is the one ``DRIVERKIT_ROOT`` names (as for every
 ``driverkit`` command), or pass ``root=`` to the calls that find services.
 The library is found through ``DRIVERKIT_IOKIT_LIB`` (a path), next to this
-file's repository (``target/release``, then ``target/debug``), or on the
+file's repository (``target/release`` or ``target/debug``, whichever was built
+last), or on the
 system's library path.
 """
 
@@ -40,8 +41,10 @@ def _load():
     if os.environ.get("DRIVERKIT_IOKIT_LIB"):
         candidates.append(os.environ["DRIVERKIT_IOKIT_LIB"])
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for profile in ("release", "debug"):
-        candidates.append(os.path.join(repo, "target", profile, "libdriverkit_iokit.so"))
+    built = [os.path.join(repo, "target", p, "libdriverkit_iokit.so") for p in ("release", "debug")]
+    # The one built last: a stale release build must not shadow today's.
+    built = sorted((b for b in built if os.path.exists(b)), key=os.path.getmtime, reverse=True)
+    candidates.extend(built)
     found = ctypes.util.find_library("driverkit_iokit")
     if found:
         candidates.append(found)

@@ -191,6 +191,7 @@ fn bench_quick_reports_every_figure_beside_its_baseline() {
             "rpc_roundtrip_cold",
             "userclient_scalar_roundtrip",
             "userclient_scalar_roundtrip",
+            "userclient_scalar_roundtrip_c",
             "userclient_scalar_roundtrip_idle",
             "spawn_to_start",
             "spawn_to_start_sandboxed",

@@ -501,7 +501,9 @@ fn a_c_app_and_a_python_script_make_every_call_through_iokitlib() {
     }
     // The user clients they opened closed with them.
     d.wait_until("the C and Python apps' user clients to close", || {
-        !d.nodes().iter().any(|n| n["name"] == "NullDriverUserClient")
+        !d.nodes()
+            .iter()
+            .any(|n| n["name"] == "NullDriverUserClient")
     });
 }
 
@@ -634,7 +636,7 @@ fn bad_input_to_the_c_library_gets_an_ioreturn_never_a_crash() {
         "no callback"
     );
     extern "C" fn ignore(_: *mut std::ffi::c_void, _: i32, _: *mut *mut std::ffi::c_void, _: u32) {}
-    reference[1] = ignore as usize as u64;
+    reference[1] = ignore as *const () as usize as u64;
     assert_eq!(
         call_async(wake, reference.as_mut_ptr(), 2),
         bad,

@@ -623,20 +623,35 @@ fn userclient_scalar_roundtrip(root: &Path, n: usize) -> Result<Vec<Figure>, Str
         std::thread::sleep(Duration::from_millis(10));
     };
     let connection = io_service_open(&system, service, 0).map_err(|e| e.to_string())?;
+    let c_api = iokit_c::Connection::open(&state)?;
+    // The Rust app's calls and the C library's, in alternating blocks so
+    // that the machine's drift falls on both alike.
     let mut samples = Vec::with_capacity(n);
+    let mut c_samples = Vec::with_capacity(n);
+    const BLOCK: u64 = 1000;
     for i in 0..(n + n / 10) as u64 {
+        let from_c = (i / BLOCK) % 2 == 1;
         let t = Instant::now();
-        let out = connection
-            .call_scalar_method(null_driver::selector::ADD, &[i, 1], 1)
-            .map_err(|e| e.to_string())?;
+        let out = if from_c {
+            vec![c_api.add(i, 1)?]
+        } else {
+            connection
+                .call_scalar_method(null_driver::selector::ADD, &[i, 1], 1)
+                .map_err(|e| e.to_string())?
+        };
         let took = t.elapsed().as_nanos() as f64;
         if out != [i + 1] {
             return Err(format!("ADD({i}, 1) answered {out:?}"));
         }
         if i as usize >= n / 10 {
-            samples.push(took);
+            if from_c {
+                c_samples.push(took);
+            } else {
+                samples.push(took);
+            }
         }
     }
+    drop(c_api);
     // After an idle gap: the dext's channel thread has parked.
     let cold = (n / 20).max(20);
     let mut idle = Vec::with_capacity(cold);
@@ -666,9 +681,21 @@ fn userclient_scalar_roundtrip(root: &Path, n: usize) -> Result<Vec<Figure>, Str
         stat: Stat::Percentiles,
         target: (baseline.0 == "raw_spin_shm").then_some(Target::RatioAtMost(2.0)),
     };
+    let (c50, c99) = percentiles(c_samples);
     Ok(vec![
         figure(("raw_seqpacket", b50, b99)),
         figure(("raw_spin_shm", s50, s99)),
+        Figure {
+            bench: "userclient_scalar_roundtrip_c",
+            unit: "ns",
+            p50: c50,
+            p99: c99,
+            baseline: Some(("userclient_scalar_roundtrip (Rust)", p50, p99)),
+            stat: Stat::Percentiles,
+            // Issue 34: IOKitLib's C calls cost at most a tenth more than
+            // the Rust app's, same run.
+            target: Some(Target::RatioAtMost(1.1)),
+        },
         Figure {
             bench: "userclient_scalar_roundtrip_idle",
             unit: "ns",
@@ -680,6 +707,66 @@ fn userclient_scalar_roundtrip(root: &Path, n: usize) -> Result<Vec<Figure>, Str
             target: Some(Target::RatioAtMost(2.0)),
         },
     ])
+}
+
+/// The C library's side of `userclient_scalar_roundtrip_c`: the calls a C
+/// app makes (`IOServiceGetMatchingService`, `IOServiceOpen`,
+/// `IOConnectCallScalarMethod`), through their C entry points.
+mod iokit_c {
+    use driverkit_iokit as c;
+    use std::path::Path;
+
+    pub struct Connection(u32);
+
+    impl Connection {
+        pub fn open(state: &Path) -> Result<Connection, String> {
+            let root = std::ffi::CString::new(state.as_os_str().as_encoded_bytes())
+                .map_err(|e| e.to_string())?;
+            let mut main = 0;
+            if c::IOMainPortForRoot(root.as_ptr(), &mut main) != 0 {
+                return Err("IOMainPortForRoot failed".into());
+            }
+            let service = c::IOServiceGetMatchingService(
+                main,
+                c::IOServiceNameMatching(c"NullDriver".as_ptr()),
+            );
+            c::IOObjectRelease(main);
+            if service == 0 {
+                return Err("IOServiceGetMatchingService found no NullDriver".into());
+            }
+            let mut connect = 0;
+            let kr = c::IOServiceOpen(service, 0, 0, &mut connect);
+            c::IOObjectRelease(service);
+            if kr != 0 {
+                return Err(format!("IOServiceOpen: {:#x}", kr as u32));
+            }
+            Ok(Connection(connect))
+        }
+
+        pub fn add(&self, a: u64, b: u64) -> Result<u64, String> {
+            let input = [a, b];
+            let mut out = 0u64;
+            let mut count = 1u32;
+            let kr = c::IOConnectCallScalarMethod(
+                self.0,
+                null_driver::selector::ADD as u32,
+                input.as_ptr(),
+                2,
+                &mut out,
+                &mut count,
+            );
+            if kr != 0 {
+                return Err(format!("IOConnectCallScalarMethod: {:#x}", kr as u32));
+            }
+            Ok(out)
+        }
+    }
+
+    impl Drop for Connection {
+        fn drop(&mut self) {
+            c::IOServiceClose(self.0);
+        }
+    }
 }
 
 fn rpc_roundtrip(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
