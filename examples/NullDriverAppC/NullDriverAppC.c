@@ -65,8 +65,13 @@ int main(void)
     io_connect_t connect;
     kr = IOServiceOpen(service, mach_task_self(), 0, &connect);
     IOObjectRelease(service);
-    if (kr != KERN_SUCCESS)
+    if (kr != KERN_SUCCESS) {
+        /* Linux: the system's reason, where the app can act on it. */
+        const char *why = IOServiceOpenLastRefusal();
+        if (why)
+            fprintf(stderr, "NullDriverAppC: %s\n", why);
         fail("IOServiceOpen", kr);
+    }
 
     uint64_t in[2] = {2, 40}, sum = 0;
     uint32_t outCount = 1;

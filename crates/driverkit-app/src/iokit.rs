@@ -270,8 +270,20 @@ struct Calls {
     reply: Vec<u8>,
 }
 
+thread_local! {
+    static LAST_REFUSAL: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Why the system refused this thread's last `io_service_open`, in words
+/// (which entitlement is missing, which signature it wants), where the
+/// app can act on it; `None` after an open that succeeded.
+pub fn last_open_refusal() -> Option<String> {
+    LAST_REFUSAL.with(|r| r.borrow().clone())
+}
+
 /// `IOServiceOpen(service, type)`: `kIOReturnNotPermitted` unless this
-/// app's entitlements name the driver (or it admits any app).
+/// app's entitlements name the driver (or it admits any app);
+/// [`last_open_refusal`] then says why.
 pub fn io_service_open(
     system: &System,
     service: IOService,
@@ -290,6 +302,8 @@ pub fn io_service_open(
         .get("status")
         .and_then(serde_json::Value::as_u64)
         .unwrap_or(1);
+    let reason = ok.get("reason").and_then(serde_json::Value::as_str);
+    LAST_REFUSAL.with(|r| *r.borrow_mut() = reason.map(str::to_owned));
     if status != 0 {
         return Err(status_error(status));
     }

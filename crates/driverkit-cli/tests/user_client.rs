@@ -334,8 +334,8 @@ fn only_an_entitled_app_may_open_a_driver_that_does_not_admit_any() {
         assert!(!out.status.success());
         let e = String::from_utf8_lossy(&out.stderr);
         assert!(
-            e.contains("kIOReturnNotPermitted"),
-            "{}: {e}",
+            e.contains("kIOReturnNotPermitted") && e.contains("user clients"),
+            "the refusal and why: {}: {e}",
             exe.display()
         );
     }
@@ -419,10 +419,17 @@ fn matching_notifications_report_services_as_they_come_and_go() {
 /// or among the dependencies' outputs), and its headers.
 fn iokit_library() -> (PathBuf, PathBuf) {
     let profile = Path::new(EXE).parent().unwrap();
+    // The newest: a build of this package alone refreshes the one beside
+    // the binary, a build of driverkit the dependency's.
     let lib = [profile.to_path_buf(), profile.join("deps")]
         .into_iter()
-        .find(|d| d.join("libdriverkit_iokit.so").exists())
-        .expect("libdriverkit_iokit.so is built with driverkit (a dependency)");
+        .filter_map(|d| {
+            let modified = d.join("libdriverkit_iokit.so").metadata().ok()?.modified().ok()?;
+            Some((modified, d))
+        })
+        .max()
+        .expect("libdriverkit_iokit.so is built with driverkit (a dependency)")
+        .1;
     let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("../driverkit-iokit/include");
     (lib, include)
 }
@@ -456,7 +463,13 @@ fn null_driver_app_c(dir: &Path) -> PathBuf {
 }
 
 fn run_in(state: &Path, program: &mut Command) -> (bool, String, String) {
-    let out = program.env("DRIVERKIT_ROOT", state).output().unwrap();
+    // Cargo's test environment names both library folders; the program
+    // gets the one it was linked against.
+    let out = program
+        .env("DRIVERKIT_ROOT", state)
+        .env("LD_LIBRARY_PATH", iokit_library().0)
+        .output()
+        .unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -524,6 +537,12 @@ fn a_c_app_is_entitled_exactly_as_a_rust_app() {
         assert!(
             err.contains("IOServiceOpen failed: 0xe00002e2"),
             "kIOReturnNotPermitted: {err}"
+        );
+        // The app hears why, as the daemon's log says it.
+        assert!(
+            err.contains("nothing entitles it to com.example.NullDriver's user clients")
+                || err.contains("com.apple.developer.driverkit.userclient-access does not name it"),
+            "{err}"
         );
     }
     let log = d.log();

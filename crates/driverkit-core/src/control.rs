@@ -448,7 +448,8 @@ fn serve_client(
 
 /// `IOServiceOpen` on this connection: answers `{"ok": {"status": 0,
 /// "user_client": ID}}` with the app's call and notification sockets
-/// attached (`SCM_RIGHTS`), or `{"ok": {"status": IOReturn}}`. The
+/// attached (`SCM_RIGHTS`), or `{"ok": {"status": IOReturn, "reason":
+/// WORDS}}` (the reason where the app can act on it). The
 /// connection then stands for the open user client: a `service_close`
 /// line or the app's end closes it.
 fn serve_connection(
@@ -461,9 +462,13 @@ fn serve_connection(
 ) -> std::io::Result<()> {
     let opened = match daemon.open_user_client(service, kind, peer) {
         Ok(o) => o,
-        Err(status) => {
+        Err(refusal) => {
+            let mut answer = serde_json::json!({ "ok": { "status": refusal.status.0 } });
+            if let Some(reason) = refusal.reason {
+                answer["ok"]["reason"] = reason.into();
+            }
             let mut w = &writer;
-            return w.write_all(format!("{{\"ok\":{{\"status\":{}}}}}\n", status.0).as_bytes());
+            return w.write_all(format!("{answer}\n").as_bytes());
         }
     };
     let answer = format!(

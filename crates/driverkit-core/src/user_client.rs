@@ -27,6 +27,34 @@ use driverkit_wire::{IOReturn, ObjectId};
 use crate::registry::{EntryId, Hosting};
 use crate::Core;
 
+/// Why an open was refused: the status the app gets and, for a refusal
+/// the app can act on (its entitlements, its signature), the reason in
+/// words, which the app gets too (`IOServiceOpen`'s answer).
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: IOReturn,
+    pub reason: Option<String>,
+}
+
+impl From<IOReturn> for Refusal {
+    fn from(status: IOReturn) -> Refusal {
+        Refusal {
+            status,
+            reason: None,
+        }
+    }
+}
+
+impl Refusal {
+    fn not_permitted(reason: String) -> Refusal {
+        tracing::warn!("open     refused: {reason}");
+        Refusal {
+            status: IOReturn::NOT_PERMITTED,
+            reason: Some(reason),
+        }
+    }
+}
+
 /// An open connection: the user client's entry and the app's two sockets.
 pub struct Opened {
     pub user_client: EntryId,
@@ -41,7 +69,7 @@ impl Core {
         service: EntryId,
         kind: u32,
         peer: &crate::peer::Peer,
-    ) -> Result<Opened, IOReturn> {
+    ) -> Result<Opened, Refusal> {
         let pid = peer.pid;
         let (properties, hosting) = {
             let st = self.inner.lock();
@@ -49,7 +77,7 @@ impl Core {
             // Registered is enough, as in IOKit: `register_service` in
             // Start is what makes a service visible to apps.
             if !e.state.registered || e.state.terminating {
-                return Err(IOReturn::NOT_READY);
+                return Err(IOReturn::NOT_READY.into());
             }
             let hosting: Hosting = e.hosting.clone().ok_or(IOReturn::UNSUPPORTED)?;
             (e.properties.clone(), hosting)
@@ -112,7 +140,7 @@ impl Core {
         if let Err(e) = started {
             tracing::warn!("open     {user_class} [{id:#x}] for pid {pid} did not start: {e}");
             self.inner.terminate(id);
-            return Err(e);
+            return Err(e.into());
         }
         let sockets = (|| -> Result<Opened, IOReturn> {
             let (calls_app, calls_dext) =
@@ -153,7 +181,7 @@ impl Core {
             }
             Err(e) => {
                 self.inner.terminate(id);
-                Err(e)
+                Err(e.into())
             }
         }
     }
@@ -167,7 +195,7 @@ impl Core {
     }
 
     /// Whether `peer` may open a user client of dext `bundle`.
-    fn check_access(&self, bundle: &str, peer: &crate::peer::Peer) -> Result<(), IOReturn> {
+    fn check_access(&self, bundle: &str, peer: &crate::peer::Peer) -> Result<(), Refusal> {
         let pid = peer.pid;
         let dext = {
             let st = self.inner.lock();
@@ -183,29 +211,21 @@ impl Core {
             return Ok(());
         }
         let (developer, trusted) = self.trust();
-        let app = match peer.app(developer) {
-            Ok(app) => app,
-            Err(why) => {
-                tracing::warn!("open     refused: {why}");
-                return Err(IOReturn::NOT_PERMITTED);
-            }
-        };
+        let app = peer.app(developer).map_err(Refusal::not_permitted)?;
         let Some(app) = app else {
-            tracing::warn!(
-                "open     refused: pid {pid} is not in an app, so nothing entitles it to {bundle}'s user clients (and the dext does not allow any app)"
-            );
-            return Err(IOReturn::NOT_PERMITTED);
+            return Err(Refusal::not_permitted(format!(
+                "pid {pid} is not in an app, so nothing entitles it to {bundle}'s user clients (and the dext does not allow any app)"
+            )));
         };
         // An app's entitlements are its own word: they count only when a
         // key the system trusts signed them with its executable, or in
         // developer mode.
         if !developer {
             if let Err(refusal) = driverkit_bundle::signature::verify(&app, &trusted) {
-                tracing::warn!(
-                    "open     refused: pid {pid} ({}): an app's entitlements count only when the app is signed by a trusted key (driverkit build --sign, driverkit sysext trust) or in developer mode; {refusal}",
+                return Err(Refusal::not_permitted(format!(
+                    "pid {pid} ({}): an app's entitlements count only when the app is signed by a trusted key (driverkit build --sign, driverkit sysext trust) or in developer mode; {refusal}",
                     app.display()
-                );
-                return Err(IOReturn::NOT_PERMITTED);
+                )));
             }
         }
         let allowed = Entitlements::load(
@@ -216,12 +236,11 @@ impl Core {
         if allowed {
             return Ok(());
         }
-        tracing::warn!(
-            "open     refused: pid {pid} ({}) is not entitled to {bundle}'s user clients \
+        Err(Refusal::not_permitted(format!(
+            "pid {pid} ({}) is not entitled to {bundle}'s user clients \
              (its app's com.apple.developer.driverkit.userclient-access does not name it, \
              and the dext does not allow any app)",
             app.display()
-        );
-        Err(IOReturn::NOT_PERMITTED)
+        )))
     }
 }

@@ -374,6 +374,25 @@ pub extern "C" fn IOServiceOpen(
     })
 }
 
+/// Linux: why the system refused this thread's last `IOServiceOpen`, in
+/// words (the entitlement it lacks, the signature it needs), or NULL. Valid
+/// until this thread's next `IOServiceOpen`.
+#[no_mangle]
+pub extern "C" fn IOServiceOpenLastRefusal() -> *const c_char {
+    thread_local! {
+        static TEXT: std::cell::RefCell<Option<std::ffi::CString>> = const { std::cell::RefCell::new(None) };
+    }
+    guard(std::ptr::null(), || {
+        let reason =
+            driverkit_app::iokit::last_open_refusal().and_then(|r| std::ffi::CString::new(r).ok());
+        TEXT.with(|t| {
+            let mut t = t.borrow_mut();
+            *t = reason;
+            t.as_ref().map_or(std::ptr::null(), |c| c.as_ptr())
+        })
+    })
+}
+
 /// Closes the connection (the driver's user client stops) and its
 /// number; its mappings go with it.
 #[no_mangle]

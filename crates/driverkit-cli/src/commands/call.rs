@@ -51,8 +51,12 @@ pub fn call(root: &Path, args: CallArgs) -> Result<(), String> {
         Some(hex) => driverkit_wire::hex::decode(hex).map_err(|e| format!("--struct: {e}"))?,
         None => Vec::new(),
     };
-    let connection = io_service_open(&system, service, args.kind)
-        .map_err(|e| format!("IOServiceOpen({service:#x}): {e}"))?;
+    let connection = io_service_open(&system, service, args.kind).map_err(|e| {
+        match driverkit_app::iokit::last_open_refusal() {
+            Some(why) => format!("IOServiceOpen({service:#x}): {e}: {why}"),
+            None => format!("IOServiceOpen({service:#x}): {e}"),
+        }
+    })?;
     let (scalars, bytes) = if args.asynchronous {
         let (tx, rx) = std::sync::mpsc::channel();
         let immediate = connection

@@ -22,7 +22,7 @@
  * - Access: IOServiceOpen is checked by the daemon exactly as for a Rust
  *   app: the executable's app bundle must be entitled
  *   (com.apple.developer.driverkit.userclient-access) unless the driver
- *   admits any app; the daemon's log says why it refused.
+ *   admits any app; IOServiceOpenLastRefusal (Linux) says why it refused.
  * - IOConnectMapMemory64 chooses the address (kIOMapAnywhere); mappings end
  *   at IOConnectUnmapMemory64 or IOServiceClose.
  * - Strings in and out are UTF-8.
@@ -83,6 +83,10 @@ CFTypeRef IORegistryEntryCreateCFProperty(io_registry_entry_t entry, CFStringRef
 /* Connections to a driver's user client. */
 kern_return_t IOServiceOpen(io_service_t service, task_port_t owningTask, uint32_t type, io_connect_t *connect);
 kern_return_t IOServiceClose(io_connect_t connect);
+/* Linux: why the system refused this thread's last IOServiceOpen, in words
+ * (the entitlement the app lacks, the signature it needs), or NULL; valid
+ * until this thread's next IOServiceOpen. */
+const char *IOServiceOpenLastRefusal(void);
 
 kern_return_t IOConnectCallMethod(mach_port_t connection, uint32_t selector,
                                   const uint64_t *input, uint32_t inputCnt,
