@@ -424,7 +424,12 @@ fn iokit_library() -> (PathBuf, PathBuf) {
     let lib = [profile.to_path_buf(), profile.join("deps")]
         .into_iter()
         .filter_map(|d| {
-            let modified = d.join("libdriverkit_iokit.so").metadata().ok()?.modified().ok()?;
+            let modified = d
+                .join("libdriverkit_iokit.so")
+                .metadata()
+                .ok()?
+                .modified()
+                .ok()?;
             Some((modified, d))
         })
         .max()
@@ -512,6 +517,43 @@ fn a_c_app_and_a_python_script_make_every_call_through_iokitlib() {
     for line in EVERY_CALL {
         assert!(out.contains(line), "Python: {line:?} missing from\n{out}");
     }
+    // Python's bad input: IOKitError with Apple's name, never a crash.
+    let python_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../python");
+    let (ok, out, err) = run_in(
+        &d.state(),
+        Command::new("python3")
+            .arg("-c")
+            .arg(
+                r#"
+import driverkit_iokit as iokit
+s = iokit.get_matching_service(iokit.name_matching("NullDriver"))
+c = s.open()
+for call in (lambda: c.call_scalar(0, [0] * 17, 1), lambda: c.call_scalar(0, [1], 1)):
+    try:
+        call()
+    except iokit.IOKitError as e:
+        print(e.name)
+closed = c.handle
+c.close()
+try:
+    iokit.Connection(closed).call_scalar(0, [2, 40], 1)
+except iokit.IOKitError as e:
+    print(e.name)
+print(iokit.get_matching_service(iokit.name_matching("NoSuchDriver")))
+"#,
+            )
+            .env("PYTHONPATH", &python_dir)
+            .env("DRIVERKIT_IOKIT_LIB", lib.join("libdriverkit_iokit.so")),
+    );
+    assert!(ok, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "kIOReturnBadArgument", "{out}");
+    assert!(
+        lines[1].starts_with("kIOReturn"),
+        "the driver's own check: {out}"
+    );
+    assert_eq!(lines[2..], ["kIOReturnNotOpen", "None"], "{out}");
+
     // The user clients they opened closed with them.
     d.wait_until("the C and Python apps' user clients to close", || {
         !d.nodes()
