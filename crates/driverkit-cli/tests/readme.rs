@@ -133,7 +133,16 @@ fn default_daemon(scratch: &Scratch) -> std::process::Child {
             .arg(scratch.state())
             .args(["ioreg", "-n", name])
             .output()
-            .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("pid"))
+            .is_ok_and(|o| {
+                // `ioreg -n` prints the tree around the entry: its own line
+                // says whether its driver runs and registered it.
+                o.status.success()
+                    && String::from_utf8_lossy(&o.stdout).lines().any(|l| {
+                        l.contains(&format!("-o {name}  <"))
+                            && l.contains("registered")
+                            && l.contains("pid")
+                    })
+            })
     };
     while !["HIDKeyboardDriver", "EduDriver"]
         .iter()
