@@ -519,7 +519,10 @@ fn the_store_is_whole_after_kill_9_at_any_step() {
 }
 
 #[test]
-fn every_family_template_builds_and_its_test_passes_as_generated() {
+fn every_family_template_builds_its_test_passes_and_it_runs_on_the_default_daemon() {
+    // The README's default daemon: the example drivers and the built-in
+    // devices they match. A new project's driver must win its device.
+    let d = Daemon::start(&[]);
     let work = tempfile::tempdir().unwrap();
     for family in ["generic", "usb", "hid", "serial", "net", "pci"] {
         let name = format!("Template{}", family.to_uppercase());
@@ -540,7 +543,94 @@ fn every_family_template_builds_and_its_test_passes_as_generated() {
             tested.contains("1 passed"),
             "{family}: the bundle test ran and passed:\n{tested}"
         );
+        run(
+            driverkit(&["build", "--debug", "--project", project.to_str().unwrap()])
+                .env("CARGO_TARGET_DIR", template_target()),
+        );
+        let app = project.join(format!("build/{name}.app"));
+        let id = format!("com.example.{name}");
+        d.cli(&["sysext", "activate", app.to_str().unwrap(), &id]);
+        d.cli(&["sysext", "approve", &id]);
+        d.wait_node(&format!("{name} running on the default daemon"), |n| {
+            n["name"] == name.as_str() && n["state"]["active"] == true && n["pid"].is_u64()
+        });
     }
+}
+
+#[test]
+fn two_driver_projects_of_one_name_each_ship_their_own_code() {
+    let work = tempfile::tempdir().unwrap();
+    let make = |family: &str| {
+        let project = work.path().join(family).join("Twin");
+        std::fs::create_dir_all(project.parent().unwrap()).unwrap();
+        run(&mut driverkit(&[
+            "new",
+            "Twin",
+            "--family",
+            family,
+            "--path",
+            project.to_str().unwrap(),
+        ]));
+        project
+    };
+    let build = |project: &Path| {
+        driverkit(&["build", "--debug", "--project", project.to_str().unwrap()])
+            .env("CARGO_TARGET_DIR", template_target())
+            .output()
+            .unwrap()
+    };
+    let dext_of =
+        |project: &Path| {
+            std::fs::read(project.join(
+                "build/Twin.app/Contents/Library/SystemExtensions/com.example.Twin.dext/Twin",
+            ))
+            .unwrap()
+        };
+    let has = |exe: &[u8], text: &str| exe.windows(text.len()).any(|w| w == text.as_bytes());
+    let (usb, serial) = (make("usb"), make("serial"));
+    // One after the other, then the first again: each app carries its own
+    // family's code (the USB template's property, the serial template's
+    // log line).
+    for project in [&usb, &serial, &usb] {
+        let out = build(project);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (u, s) = (dext_of(&usb), dext_of(&serial));
+    assert!(has(&u, "TwinProduct") && !has(&u, "a serial port over the UART"));
+    assert!(has(&s, "a serial port over the UART") && !has(&s, "TwinProduct"));
+
+    // A copy of a project keeps its package name: cargo would hand it the
+    // original's build; driverkit build refuses, and says what to do.
+    let copy = work.path().join("copy/Twin");
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    let copied = Command::new("cp")
+        .args(["-a", usb.to_str().unwrap(), copy.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::remove_dir_all(copy.join("build")).unwrap();
+    let out = build(&copy);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the copy shipped the original's build"
+    );
+    assert!(
+        err.contains(&format!(
+            "was built from {}, not from this project",
+            usb.display()
+        )) && err.contains("another driver project with the same package name")
+            && err.contains("[package] name"),
+        "{err}"
+    );
+    assert!(
+        !copy.join("build/Twin.app").exists(),
+        "no app from a refused build"
+    );
 }
 
 #[test]

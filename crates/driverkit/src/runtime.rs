@@ -715,6 +715,15 @@ impl Caller for SystemCaller {
 macro_rules! dext_main {
     ($($class:ty),+ $(,)?) => {
         fn main() {
+            // The project this executable was built from, for `driverkit
+            // build` to check: a target directory shared between projects
+            // may hand one project another's build.
+            static BUILT_FROM: &str = ::std::concat!(
+                "driverkit-built-from:",
+                ::std::env!("CARGO_MANIFEST_DIR"),
+                "\0"
+            );
+            ::std::hint::black_box(BUILT_FROM);
             $crate::runtime::run(::std::vec![$($crate::runtime::class::<$class>()),+])
         }
     };

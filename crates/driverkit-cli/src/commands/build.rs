@@ -185,7 +185,7 @@ pub fn build(args: BuildArgs) -> Result<(), String> {
     let find = |name: &str| {
         built
             .iter()
-            .find(|p| p.file_name().is_some_and(|f| f == name))
+            .find(|b| b.executable.file_name().is_some_and(|f| f == name))
             .cloned()
             .ok_or_else(|| {
                 format!(
@@ -194,6 +194,7 @@ pub fn build(args: BuildArgs) -> Result<(), String> {
             })
     };
     let (dext_exe, app_exe) = (find(&executable)?, find(&app_executable)?);
+    let (dext_exe, app_exe) = (dext_exe.verified(&project)?, app_exe.verified(&project)?);
 
     let out = args.out.unwrap_or_else(|| project.join("build"));
     let app = out.join(format!("{executable}.app"));
@@ -222,6 +223,14 @@ pub fn build(args: BuildArgs) -> Result<(), String> {
         copy(&app_entitlements, &contents.join(entitlements::FILE))?;
     }
     copy(&app_exe, &contents.join("MacOS").join(&app_executable))?;
+    // Still this project's after the copies: a build of another project
+    // in the shared target directory may have replaced them meanwhile.
+    for b in [&find(&executable)?, &find(&app_executable)?] {
+        if let Err(e) = b.verified(&project) {
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(e);
+        }
+    }
     let mut app_info = plist::Dictionary::new();
     app_info.insert(
         "CFBundleIdentifier".into(),
@@ -263,8 +272,59 @@ pub fn build(args: BuildArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// An executable cargo says it built.
+#[derive(Clone)]
+struct Built {
+    executable: PathBuf,
+}
+
+/// What `dext_main!` writes into a dext's executable before the folder of
+/// the project it was built from (`CARGO_MANIFEST_DIR`, then a NUL).
+const BUILT_FROM: &[u8] = b"driverkit-built-from:";
+
+impl Built {
+    /// The executable, once it says it was built from `project` (a dext
+    /// made with `dext_main!` does). Cargo tells packages in a target
+    /// directory apart by name and version, not by folder: another project
+    /// of the same package name, or a copy of this one, would otherwise
+    /// ship its executable as this project's, silently.
+    fn verified(&self, project: &Path) -> Result<PathBuf, String> {
+        let bytes = std::fs::read(&self.executable)
+            .map_err(|e| format!("{}: {e}", self.executable.display()))?;
+        let Some(theirs) = built_from(&bytes) else {
+            // Not made with dext_main! (or an app): nothing to check.
+            return Ok(self.executable.clone());
+        };
+        let same = std::fs::canonicalize(&theirs).is_ok_and(|t| t == project);
+        if same {
+            return Ok(self.executable.clone());
+        }
+        Err(format!(
+            "{} was built from {}, not from this project ({}): another driver project with the same \
+             package name builds in the same target directory. Give this project a package name of its own \
+             (Cargo.toml, [package] name; `driverkit new` adds a hash of the folder) or a target directory of \
+             its own (.cargo/config.toml, [build] target-dir), and build again.",
+            self.executable.display(),
+            theirs.display(),
+            project.display()
+        ))
+    }
+}
+
+/// The project folder `dext_main!` wrote into an executable.
+fn built_from(bytes: &[u8]) -> Option<PathBuf> {
+    let at = bytes
+        .windows(BUILT_FROM.len())
+        .position(|w| w == BUILT_FROM)?
+        + BUILT_FROM.len();
+    let rest = &bytes[at..];
+    let end = rest.iter().position(|b| *b == 0)?;
+    let path = std::str::from_utf8(&rest[..end]).ok()?;
+    Some(PathBuf::from(path))
+}
+
 /// `cargo build` of the project; the executables it produced.
-fn cargo_build(project: &Path, debug: bool) -> Result<Vec<PathBuf>, String> {
+fn cargo_build(project: &Path, debug: bool) -> Result<Vec<Built>, String> {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(project)
         .args([
@@ -284,6 +344,26 @@ fn cargo_build(project: &Path, debug: bool) -> Result<Vec<PathBuf>, String> {
     Ok(String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|m| m.get("executable")?.as_str().map(PathBuf::from))
+        .filter_map(|m| {
+            Some(Built {
+                executable: PathBuf::from(m.get("executable")?.as_str()?),
+            })
+        })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    #[test]
+    fn the_project_an_executable_was_built_from() {
+        let exe = b"\x7fELF...driverkit-built-from:/p/My Driver\0more";
+        assert_eq!(super::built_from(exe), Some(PathBuf::from("/p/My Driver")));
+        assert_eq!(super::built_from(b"no marker"), None);
+        assert_eq!(
+            super::built_from(b"driverkit-built-from:/unterminated"),
+            None
+        );
+    }
 }

@@ -43,6 +43,9 @@ enum Family {
 /// entitlements, the service's source.
 struct Flavour {
     io_class: &'static str,
+    /// Its personality outranks the default daemon's example for the same
+    /// built-in device.
+    outranks_examples: bool,
     matching: Vec<(&'static str, Value)>,
     entitlements: Vec<(&'static str, Value)>,
     source: &'static str,
@@ -63,6 +66,7 @@ fn flavour(family: Family) -> Result<Flavour, String> {
     Ok(match family {
         Family::Generic => Flavour {
             io_class: "IOUserService",
+            outranks_examples: false,
             matching: vec![
                 ("IOProviderClass", "IOUserResources".into()),
                 ("IOResourceMatch", "IOKit".into()),
@@ -72,6 +76,7 @@ fn flavour(family: Family) -> Result<Flavour, String> {
         },
         Family::Usb => Flavour {
             io_class: "IOUserService",
+            outranks_examples: true,
             // The built-in `vendor-bulk` virtual device.
             matching: vec![
                 ("IOProviderClass", "IOUSBHostDevice".into()),
@@ -83,6 +88,7 @@ fn flavour(family: Family) -> Result<Flavour, String> {
         },
         Family::Hid => Flavour {
             io_class: "IOUserHIDEventService",
+            outranks_examples: true,
             // The built-in `keyboard` virtual device.
             matching: vec![
                 ("IOProviderClass", "IOHIDInterface".into()),
@@ -97,6 +103,7 @@ fn flavour(family: Family) -> Result<Flavour, String> {
         },
         Family::Serial => Flavour {
             io_class: "IOUserSerial",
+            outranks_examples: true,
             // The built-in `uart` virtual device.
             matching: vec![("IOProviderClass", "IOUARTDevice".into())],
             entitlements: vec![yes("com.apple.developer.driverkit.family.serial")],
@@ -104,6 +111,7 @@ fn flavour(family: Family) -> Result<Flavour, String> {
         },
         Family::Net => Flavour {
             io_class: "IOUserNetworkEthernet",
+            outranks_examples: true,
             // The built-in `cable` virtual device's ends.
             matching: vec![("IOProviderClass", "IOVirtualNIC".into())],
             entitlements: vec![yes("com.apple.developer.driverkit.family.networking")],
@@ -114,6 +122,7 @@ fn flavour(family: Family) -> Result<Flavour, String> {
             function.insert("IOPCIPrimaryMatch".into(), EDU.into());
             Flavour {
                 io_class: "IOUserService",
+                outranks_examples: true,
                 // The built-in `edu` device (QEMU's edu, modelled).
                 matching: vec![
                     ("IOProviderClass", "IOPCIDevice".into()),
@@ -176,9 +185,11 @@ pub fn new(args: NewArgs) -> Result<(), String> {
     }
     let f = flavour(args.family)?;
     let snake = snake_case(&name);
+    let package = package_name(&snake, &dir)?;
     let fill = |template: &str| {
         template
             .replace("{name}", &name)
+            .replace("{package}", &package)
             .replace("{snake}", &snake)
             .replace("{bundle_id}", &bundle_id)
             .replace("{sdk}", &sdk.display().to_string())
@@ -192,6 +203,12 @@ pub fn new(args: NewArgs) -> Result<(), String> {
         ("IOUserServerName", bundle_id.clone().into()),
     ]);
     personality.extend(dictionary(f.matching));
+    if f.outranks_examples {
+        // The default daemon's example drivers match the same built-in
+        // devices at score 0: a new project's driver is the one its author
+        // wants to see run.
+        personality.insert("IOProbeScore".into(), PROBE_SCORE.into());
+    }
     let mut personalities = Dictionary::new();
     personalities.insert(name.clone(), Value::Dictionary(personality));
     let mut info = driverkit_bundle::minimal_info(&bundle_id, &name, personalities);
@@ -216,7 +233,8 @@ pub fn new(args: NewArgs) -> Result<(), String> {
             ".cargo/config.toml",
             format!(
                 "# Every driver project shares one target directory, so the SDK and\n\
-                 # its dependencies are compiled once, not once per project.\n\
+                 # its dependencies are compiled once, not once per project (the\n\
+                 # package's name, unique to this folder, keeps projects apart).\n\
                  [build]\ntarget-dir = {:?}\n",
                 target.display().to_string()
             ),
@@ -268,6 +286,33 @@ fn shared_target_dir() -> PathBuf {
         .join("target")
 }
 
+/// A new project's `IOProbeScore`, above the example drivers' (0).
+const PROBE_SCORE: i64 = 1000;
+
+/// The project's Cargo package name: its crate's name and a hash of where
+/// it lives. Every driver project builds in one shared target directory
+/// (the SDK compiles once), and cargo tells packages there apart by name
+/// and version only: two projects both called `my_driver` would share
+/// their build, and one would ship the other's executable.
+fn package_name(snake: &str, dir: &Path) -> Result<String, String> {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let parent = std::fs::canonicalize(&parent)
+        .map_err(|e| format!("{}: {e} (the new project's folder)", parent.display()))?;
+    let place = parent.join(dir.file_name().unwrap_or_default());
+    // FNV-1a: stable across toolchains, which std's hasher is not promised to be.
+    let hash = place
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+        });
+    Ok(format!("{}-{hash:08x}", snake.replace('_', "-")))
+}
+
 /// `MyDriver` -> `my_driver`.
 fn snake_case(name: &str) -> String {
     let mut out = String::new();
@@ -293,5 +338,26 @@ mod tests {
         assert_eq!(super::snake_case("MyDriver"), "my_driver");
         assert_eq!(super::snake_case("HIDKeyboard"), "hidkeyboard");
         assert_eq!(super::snake_case("Usb2Serial"), "usb2_serial");
+    }
+
+    #[test]
+    fn package_names_differ_by_folder_and_stay_put() {
+        let dir = std::env::temp_dir().join(format!("dk-package-names-{}", std::process::id()));
+        for sub in ["a", "b"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let name = |p: &std::path::Path| super::package_name("my_driver", p).unwrap();
+        let a = name(&dir.join("a/MyDriver"));
+        assert!(
+            a.starts_with("my-driver-") && a.len() == "my-driver-".len() + 8,
+            "{a}"
+        );
+        assert_ne!(a, name(&dir.join("b/MyDriver")));
+        assert_eq!(
+            a,
+            name(&dir.join("b/../a/MyDriver")),
+            "the folder, however named"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
