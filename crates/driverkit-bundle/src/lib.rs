@@ -248,13 +248,71 @@ pub fn parse_info(bytes: &[u8]) -> Result<plist::Dictionary, String> {
         return Err("empty file: expected an XML or binary property list".into());
     }
     let value = plist::Value::from_reader(std::io::Cursor::new(bytes))
-        .map_err(|e| format!("not a valid property list: {e}"))?;
+        .map_err(|e| format!("not a valid property list: {}", plist_error(&e, bytes)))?;
     match value {
         plist::Value::Dictionary(d) => Ok(d),
         other => Err(format!(
             "the root must be a dictionary, found {}",
             personality::type_name(&other)
         )),
+    }
+}
+
+/// A plist parser's error in words, with the line and column where the
+/// parser stopped (the crate says only `Kind (offset N)`).
+pub fn plist_error(e: &plist::Error, bytes: &[u8]) -> String {
+    let text = e.to_string();
+    let (kind, offset) = match text.rsplit_once(" (offset ") {
+        Some((kind, rest)) => (
+            kind.to_owned(),
+            rest.trim_end_matches(')').parse::<usize>().ok(),
+        ),
+        None => (text.clone(), None),
+    };
+    let name = kind.split([' ', '{']).next().unwrap_or_default();
+    let what = match name {
+        "UnexpectedEof" | "UnexpectedEndOfEventStream" => {
+            "the file ends in the middle of a value (an element not closed?)".to_owned()
+        }
+        "UnknownXmlElement" => {
+            "an element property lists do not have (they have dict, key, array, string, integer, real, true, false, data and date)".to_owned()
+        }
+        "UnclosedXmlElement" => "an element that is not closed".to_owned(),
+        "UnexpectedXmlOpeningTag" => "an element where none may start (inside a value)".to_owned(),
+        "UnexpectedXmlCharactersExpectedElement" => "text where an element was expected".to_owned(),
+        "InvalidXmlSyntax" => "XML that is not well-formed (a tag not closed, or closed by another)".to_owned(),
+        "InvalidXmlUtf8" => "bytes that are not UTF-8".to_owned(),
+        "InvalidIntegerString" => "an <integer> that is not a whole number".to_owned(),
+        "InvalidRealString" => "a <real> that is not a number".to_owned(),
+        "InvalidDataString" => "<data> that is not base64".to_owned(),
+        "InvalidDateString" => "a <date> that is not ISO 8601 (2026-01-31T12:00:00Z)".to_owned(),
+        "UnexpectedEventType" => format!("a value of the wrong kind where the structure needs another ({kind})"),
+        "InvalidMagic" => "neither XML nor a binary property list (bplist00)".to_owned(),
+        _ => kind.clone(),
+    };
+    let Some(offset) = offset.filter(|o| *o <= bytes.len()) else {
+        return what;
+    };
+    let before = &bytes[..offset];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let column = String::from_utf8_lossy(&bytes[line_start..offset])
+        .chars()
+        .count()
+        + 1;
+    let line_end = bytes[line_start..]
+        .iter()
+        .position(|b| *b == b'\n')
+        .map_or(bytes.len(), |i| line_start + i);
+    let shown = String::from_utf8_lossy(&bytes[line_start..line_end]);
+    let shown = shown.trim();
+    if shown.is_empty() || shown.len() > 120 {
+        format!("line {line}, column {column}: {what}")
+    } else {
+        format!("line {line}, column {column} (`{shown}`): {what}")
     }
 }
 
@@ -342,4 +400,36 @@ fn check_executable(exe: &Path) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod plist_error_tests {
+    #[test]
+    fn a_broken_info_plist_is_told_by_line_and_column_in_words() {
+        let bytes = b"<?xml version=\"1.0\"?>\n<plist version=\"1.0\">\n<dict>\n  <key>A</key>\n  <strin>x</string>\n</dict>\n</plist>\n";
+        let e = super::parse_info(bytes).unwrap_err();
+        assert!(
+            e.starts_with("not a valid property list: line 5, column "),
+            "{e}"
+        );
+        assert!(
+            e.contains("<strin>x</string>") && e.contains("element property lists do not have"),
+            "{e}"
+        );
+        assert!(
+            !e.contains("offset") && !e.contains("UnknownXmlElement"),
+            "{e}"
+        );
+        let e = super::parse_info(b"<plist><dict><key>A</key><integer>x</integer></dict></plist>")
+            .unwrap_err();
+        assert!(
+            e.contains("line 1, column") && e.contains("not a whole number"),
+            "{e}"
+        );
+        let e = super::parse_info(b"<plist><dict><key>A</key>").unwrap_err();
+        assert!(
+            e.contains("ends in the middle") || e.contains("not closed"),
+            "{e}"
+        );
+    }
 }

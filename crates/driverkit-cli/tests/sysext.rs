@@ -523,6 +523,8 @@ fn every_family_template_builds_its_test_passes_and_it_runs_on_the_default_daemo
     // The README's default daemon: the example drivers and the built-in
     // devices they match. A new project's driver must win its device.
     let d = Daemon::start(&[]);
+    // Unsigned, as a developer's first builds are.
+    d.cli(&["sysext", "developer", "on"]);
     let work = tempfile::tempdir().unwrap();
     for family in ["generic", "usb", "hid", "serial", "net", "pci"] {
         let name = format!("Template{}", family.to_uppercase());

@@ -360,8 +360,12 @@ impl Core {
             path.display(),
             names.join(", ")
         );
-        for id in registered {
-            self.inner.schedule_match(id);
+        for provider in registered {
+            let bundle = id.clone();
+            self.inner.spawn_job("matching", move |d| {
+                d.yield_to(&bundle, provider);
+                d.run_matching(provider);
+            });
         }
         id
     }
@@ -587,6 +591,75 @@ impl Inner {
             drop(st);
             done.changed.notify_all();
         });
+    }
+
+    /// A bundle just loaded: where one of its personalities outranks the
+    /// driver running on `provider` in the same match category, that driver
+    /// stops (bottom-up, as on unplug), so that matching gives the provider
+    /// to the better one. IOKit would wait for the device's next plug; a
+    /// developer who activates a driver for a device the system already
+    /// drives (the default daemon's examples, at score 0) expects it to run
+    /// now, as Windows installs a better-ranked driver on a device in use.
+    fn yield_to(&self, bundle_id: &str, provider: EntryId) {
+        let displaced: Vec<(EntryId, String, i64, String, i64)> = {
+            let st = self.lock();
+            let Some(entry) = st.registry.get(provider) else {
+                return;
+            };
+            if !entry.state.registered || entry.state.terminating {
+                return;
+            }
+            let resources = st.resources();
+            let target = entry.match_target();
+            let candidates: Vec<Candidate> = st
+                .catalogue
+                .candidates(&target, &resources)
+                .into_iter()
+                .filter(|c| {
+                    c.driver.bundle.identifier == bundle_id
+                        && !st.disabled.contains(&c.driver.key())
+                        && !entry.declined.contains(&c.driver.key())
+                })
+                .collect();
+            by_category(candidates)
+                .into_iter()
+                .filter_map(|(category, group)| {
+                    let best = group.first()?;
+                    let running = entry.clients.iter().find_map(|c| {
+                        let e = st.registry.get(*c)?;
+                        (e.match_category.as_deref() == Some(category.as_str())
+                            && !e.state.terminating)
+                            .then_some(e)
+                    })?;
+                    let bundle = running
+                        .properties
+                        .get("CFBundleIdentifier")
+                        .and_then(plist::Value::as_string);
+                    let score = running
+                        .properties
+                        .get("IOProbeScore")
+                        .and_then(plist::Value::as_signed_integer)
+                        .unwrap_or(0);
+                    (bundle != Some(bundle_id) && best.score > score).then(|| {
+                        (
+                            running.id,
+                            running.name.clone(),
+                            score,
+                            best.driver.personality.user_class.clone(),
+                            best.score,
+                        )
+                    })
+                })
+                .collect()
+        };
+        for (client, name, score, better, better_score) in displaced {
+            tracing::info!(
+                "yield    {name} [{client:#x}] (score {score}) stops for {better} (score {better_score}) from {bundle_id}"
+            );
+            if self.lock().registry.get(client).is_some() {
+                self.terminate(client);
+            }
+        }
     }
 
     pub(crate) fn schedule_match(&self, provider: EntryId) {
