@@ -274,6 +274,21 @@ thread_local! {
     static LAST_REFUSAL: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
 
+thread_local! {
+    static LAST_CALL_REFUSAL: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+fn set_call_refusal(why: &str) {
+    LAST_CALL_REFUSAL.with(|r| *r.borrow_mut() = (!why.is_empty()).then(|| why.to_owned()));
+}
+
+/// Why the driver refused this thread's last call on a connection, in its
+/// words (what the method expects, against what the call had), when it
+/// said; `None` after a call that succeeded or a refusal without words.
+pub fn last_call_refusal() -> Option<String> {
+    LAST_CALL_REFUSAL.with(|r| r.borrow().clone())
+}
+
 /// Why the system refused this thread's last `io_service_open`, in words
 /// (which entitlement is missing, which signature it wants), where the
 /// app can act on it; `None` after an open that succeeded.
@@ -594,8 +609,10 @@ impl IOConnect {
             let answer = ChannelAnswer::decode(&mut Decoder::new(reply))
                 .map_err(|_| IOReturn::INTERNAL_ERROR)?;
             if answer.status != IOReturn::SUCCESS.0 {
+                set_call_refusal(&answer.refusal);
                 return Err(IOReturn(answer.status));
             }
+            set_call_refusal("");
             return Ok((answer.result.scalar_output, answer.result.structure_output));
         }
         let call = *next;
@@ -615,8 +632,11 @@ impl IOConnect {
                 continue;
             }
             if reply.status != IOReturn::SUCCESS {
+                // A refusal's payload is the driver's reason in words.
+                set_call_refusal(&String::from_utf8_lossy(buf.payload()));
                 return Err(reply.status);
             }
+            set_call_refusal("");
             if let Some(out) = fd_out {
                 *out = fd;
                 let mut d = Decoder::new(buf.payload());

@@ -357,3 +357,129 @@ fn a_client_whose_output_closed_ends_by_sigpipe_without_a_panic() {
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// What people read (answers, refusals, errors) is words, never Rust's
+/// debug formatting or a bare errno: a snapshot of the commands a
+/// newcomer's first hour runs into, right and wrong.
+#[test]
+fn user_facing_messages_carry_no_rust_debug_text() {
+    const DEBUG_TEXT: [&str; 5] = ["Some(", "{ ", "Ok(", "Err(", "os error"];
+    let check = |what: &str, out: &std::process::Output| {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!text.trim().is_empty(), "{what}: said nothing");
+        for bad in DEBUG_TEXT {
+            assert!(!text.contains(bad), "{what}: {bad:?} in\n{text}");
+        }
+        text
+    };
+    // No daemon yet.
+    let nowhere = tempfile::tempdir().unwrap();
+    for args in [&["status"][..], &["ioreg"], &["call", "NullDriver", "0"]] {
+        let out = Command::new(EXE)
+            .arg("--root")
+            .arg(nowhere.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        check(&format!("{args:?} without a daemon"), &out);
+    }
+    // The README's default daemon.
+    let d = Daemon::start(&[]);
+    d.wait_node("NullDriver", |n| {
+        n["name"] == "NullDriver" && n["state"]["active"] == true
+    });
+    d.wait_node("VirtualSensorDriver", |n| {
+        n["name"] == "VirtualSensorDriver" && n["state"]["registered"] == true
+    });
+    let broken = nowhere.path().join("Broken.dext");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(
+        broken.join("Info.plist"),
+        "<?xml version=\"1.0\"?>\n<plist version=\"1.0\">\n<dict>\n<key>A</key>\n<strin>x</string>\n</dict>\n</plist>\n",
+    )
+    .unwrap();
+    let cases: [(&[&str], bool); 18] = [
+        (&["status"], true),
+        (&["device", "list"], true),
+        (&["sysext", "list"], true),
+        (&["why", "NullDriver"], true),
+        (
+            &[
+                "call",
+                "NullDriver",
+                "0",
+                "--scalar",
+                "2",
+                "--scalar",
+                "40",
+                "--scalar-out",
+                "1",
+            ],
+            true,
+        ),
+        (
+            &[
+                "hid",
+                "decode",
+                "05 01 09 06 a1 01 05 07 19 e0 29 e7 15 00 25 01 75 01 95 08 81 02 c0",
+            ],
+            true,
+        ),
+        (
+            &[
+                "call",
+                "NullDriver",
+                "0",
+                "--scalar",
+                "1",
+                "--scalar-out",
+                "1",
+            ],
+            false,
+        ),
+        (&["call", "NullDriver", "9"], false),
+        (&["call", "VirtualSensorDriver", "0"], false),
+        (&["sysext", "approve", "com.example.Nope"], false),
+        (&["sysext", "deactivate", "com.example.Nope"], false),
+        (&["device", "unplug", "0x999"], false),
+        (&["why", "0x999"], false),
+        (&["device", "plug", "/nonexistent"], false),
+        (&["serial", "get", "0x999"], false),
+        (&["hid", "decode", "05 01 c0"], false),
+        (&["validate", broken.to_str().unwrap()], false),
+        (&["load", "/nonexistent/X.dext"], false),
+    ];
+    for (args, succeeds) in cases {
+        let out = d.run_cli(args);
+        assert_eq!(out.status.success(), succeeds, "{args:?}: {out:?}");
+        let text = check(&format!("{args:?}"), &out);
+        if args
+            == [
+                "call",
+                "NullDriver",
+                "0",
+                "--scalar",
+                "1",
+                "--scalar-out",
+                "1",
+            ]
+        {
+            // What the method expects, from the driver itself.
+            assert!(text.contains("selector 0 expects 2 scalar in"), "{text}");
+        }
+        if args[0] == "validate" {
+            assert!(text.contains("line 5, column"), "{text}");
+        }
+        if args == ["call", "VirtualSensorDriver", "0"] {
+            assert!(
+                text.contains("is not in an app, so nothing entitles it"),
+                "{text}"
+            );
+        }
+    }
+}

@@ -69,6 +69,10 @@ impl<'a> Decoder<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
         Self { buf, offset: 0 }
     }
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> usize {
+        self.buf.len().saturating_sub(self.offset)
+    }
     /// True when every byte has been read.
     pub fn is_empty(&self) -> bool {
         self.offset == self.buf.len()

@@ -317,24 +317,30 @@ impl Call {
     }
 }
 
-/// The answer to a [`Call`]: the method's status, then (on success)
-/// its [`CallResult`].
+/// The answer to a [`Call`]: the method's status, then on success its
+/// [`CallResult`], on a refusal the driver's reason in words (UTF-8, to
+/// the end; empty when it gave none), as a socket reply's payload carries
+/// it too.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChannelAnswer {
     pub status: u32,
     pub result: CallResult,
+    pub refusal: String,
 }
 
 impl ChannelAnswer {
     /// Appends the answer to `result` (already encoded, as the dext's
-    /// dispatch returns it) to `out`.
-    pub fn emit(result: &Result<Vec<u8>, crate::IOReturn>, out: &mut Vec<u8>) {
+    /// dispatch returns it) to `out`, with `why` after a refusal.
+    pub fn emit(result: &Result<Vec<u8>, crate::IOReturn>, why: &str, out: &mut Vec<u8>) {
         match result {
             Ok(encoded) => {
                 out.extend_from_slice(&crate::IOReturn::SUCCESS.0.to_le_bytes());
                 out.extend_from_slice(encoded);
             }
-            Err(status) => out.extend_from_slice(&status.0.to_le_bytes()),
+            Err(status) => {
+                out.extend_from_slice(&status.0.to_le_bytes());
+                out.extend_from_slice(why.as_bytes());
+            }
         }
     }
 }
@@ -344,16 +350,26 @@ impl Wire for ChannelAnswer {
         self.status.encode(e);
         if self.status == crate::IOReturn::SUCCESS.0 {
             self.result.encode(e);
+        } else {
+            e.put(self.refusal.as_bytes());
         }
     }
     fn decode(d: &mut Decoder<'_>) -> Result<Self, WireError> {
         let status = u32::decode(d)?;
-        let result = if status == crate::IOReturn::SUCCESS.0 {
-            CallResult::decode(d)?
-        } else {
-            CallResult::default()
-        };
-        Ok(ChannelAnswer { status, result })
+        if status == crate::IOReturn::SUCCESS.0 {
+            let result = CallResult::decode(d)?;
+            return Ok(ChannelAnswer {
+                status,
+                result,
+                refusal: String::new(),
+            });
+        }
+        let rest = d.take(d.remaining(), "the refusal's words")?;
+        Ok(ChannelAnswer {
+            status,
+            result: CallResult::default(),
+            refusal: String::from_utf8_lossy(rest).into_owned(),
+        })
     }
 }
 
@@ -423,6 +439,7 @@ mod tests {
                 scalar_output: vec![1, 2, 3, 4],
                 ..Default::default()
             },
+            ..Default::default()
         };
         let mut e = Encoder::new();
         answer.encode(&mut e);
@@ -441,12 +458,18 @@ mod tests {
     }
 
     #[test]
-    fn an_answer_that_failed_carries_only_its_status() {
+    fn an_answer_that_failed_carries_its_status_and_the_drivers_words() {
         let mut out = Vec::new();
-        ChannelAnswer::emit(&Err(crate::IOReturn::NOT_PERMITTED), &mut out);
+        ChannelAnswer::emit(&Err(crate::IOReturn::NOT_PERMITTED), "", &mut out);
         let answer = ChannelAnswer::decode(&mut Decoder::new(&out)).unwrap();
         assert_eq!(answer.status, crate::IOReturn::NOT_PERMITTED.0);
         assert_eq!(answer.result, CallResult::default());
+        assert_eq!(answer.refusal, "");
+        out.clear();
+        let why = "selector 0 expects 2 scalar in";
+        ChannelAnswer::emit(&Err(crate::IOReturn::BAD_ARGUMENT), why, &mut out);
+        let answer = ChannelAnswer::decode(&mut Decoder::new(&out)).unwrap();
+        assert_eq!(answer.refusal, why);
         let mut e = Encoder::new();
         CallResult {
             scalar_output: vec![9],
@@ -454,7 +477,7 @@ mod tests {
         }
         .encode(&mut e);
         out.clear();
-        ChannelAnswer::emit(&Ok(e.into_bytes()), &mut out);
+        ChannelAnswer::emit(&Ok(e.into_bytes()), "unused", &mut out);
         let answer = ChannelAnswer::decode(&mut Decoder::new(&out)).unwrap();
         assert_eq!((answer.status, answer.result.scalar_output), (0, vec![9]));
     }
@@ -477,6 +500,12 @@ mod tests {
             round_trip(&ChannelAnswer {
                 status: 0,
                 result: CallResult { scalar_output: scalars.clone(), structure_output: bytes.clone() },
+                refusal: String::new(),
+            });
+            round_trip(&ChannelAnswer {
+                status: max | 1,
+                result: CallResult::default(),
+                refusal: String::from_utf8_lossy(&bytes).into_owned(),
             });
             round_trip(&CallResult { scalar_output: scalars.clone(), structure_output: bytes });
             round_trip(&Completion { status: max, values: scalars });

@@ -170,10 +170,10 @@ pub fn dispatch_external_method<S>(
     table: &[IOUserClientMethodDispatch<S>],
 ) -> IOResult<()> {
     let Some(entry) = usize::try_from(selector).ok().and_then(|i| table.get(i)) else {
-        tracing::warn!(
-            "external method: selector {selector} is not in the dispatch table (selectors 0..{})",
+        refuse(format!(
+            "selector {selector} is not in the driver's dispatch table (selectors 0..{})",
             table.len()
-        );
+        ));
         return Err(IOReturn::BAD_ARGUMENT);
     };
     let sized =
@@ -185,7 +185,8 @@ pub fn dispatch_external_method<S>(
         && (entry.check_structure_output_size == VARIABLE_STRUCTURE_SIZE
             || entry.check_structure_output_size <= args.structure_output_maximum_size);
     if !ok {
-        // The app sees kIOReturnBadArgument; the driver's log says why.
+        // The app sees kIOReturnBadArgument and these words; so does the
+        // driver's log.
         let size = |check: u32| {
             if check == VARIABLE_STRUCTURE_SIZE {
                 "any size".to_owned()
@@ -193,8 +194,8 @@ pub fn dispatch_external_method<S>(
                 format!("{check} bytes")
             }
         };
-        tracing::warn!(
-            "external method: selector {selector} expects {} scalar in, {} scalar out, structure in {}, structure out {}, {}; the call had {} scalar in, room for {} scalar out, a {}-byte structure in, room for {} bytes out, {}",
+        refuse(format!(
+            "selector {selector} expects {} scalar in, {} scalar out, structure in {}, structure out {}, {}; the call had {} scalar in, room for {} scalar out, a {}-byte structure in, room for {} bytes out, {}",
             entry.check_scalar_input_count,
             entry.check_scalar_output_count,
             size(entry.check_structure_input_size),
@@ -205,7 +206,7 @@ pub fn dispatch_external_method<S>(
             args.structure_input.len(),
             args.structure_output_maximum_size,
             if args.completion.is_some() { "a completion" } else { "no completion" },
-        );
+        ));
         return Err(IOReturn::BAD_ARGUMENT);
     }
     (entry.function)(service, args)?;
@@ -215,6 +216,19 @@ pub fn dispatch_external_method<S>(
         return Err(IOReturn::BAD_ARGUMENT);
     }
     Ok(())
+}
+
+thread_local! {
+    /// Why the call being dispatched on this thread was refused, for the
+    /// app (its reply carries it) and the log.
+    static REFUSAL: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Refuses the call being dispatched, in words the app gets with its
+/// `kIOReturnBadArgument`.
+fn refuse(why: String) {
+    tracing::warn!("external method: {why}");
+    REFUSAL.with(|r| *r.borrow_mut() = Some(why));
 }
 
 thread_local! {
@@ -480,15 +494,23 @@ fn serve_calls(object: ObjectId, endpoint: Endpoint, connection: Arc<Connection>
             }
             continue;
         }
-        let (result, out) = handle_call(object, &header, buf.payload(), fd);
+        let Answered { result, out, why } = handle_call(object, &header, buf.payload(), fd);
+        let reply = Header {
+            kind: driverkit_wire::Kind::Reply,
+            ..header
+        };
         let sent = match (&result, &out) {
-            (Ok(payload), Some(fd)) => endpoint.send(
+            (Ok(payload), Some(fd)) => {
+                endpoint.send(&reply, payload, Some(std::os::fd::AsFd::as_fd(fd)))
+            }
+            // A refusal's payload is its reason in words.
+            (Err(status), _) if !why.is_empty() => endpoint.send(
                 &Header {
-                    kind: driverkit_wire::Kind::Reply,
-                    ..header
+                    status: *status,
+                    ..reply
                 },
-                payload,
-                Some(std::os::fd::AsFd::as_fd(fd)),
+                why.as_bytes(),
+                None,
             ),
             _ => endpoint.reply(&header, result),
         };
@@ -517,9 +539,9 @@ fn serve_channel(object: ObjectId, fd: OwnedFd) -> IOResult<Arc<ShmChannel>> {
             // as they are dispatched, so they are not decoded here.
             served.serve(driverkit_wire::shm::SPIN, |request, reply| {
                 let method = io_user_client_interface::EXTERNAL_METHOD;
-                let (result, _) = run_call(&instance, &queue, method, request, None);
-                ChannelAnswer::emit(&result, reply);
-                if let Ok(bytes) = result {
+                let answered = run_call(&instance, &queue, method, request, None);
+                ChannelAnswer::emit(&answered.result, &answered.why, reply);
+                if let Ok(bytes) = answered.result {
                     recycle_result(bytes);
                 }
             });
@@ -530,21 +552,21 @@ fn serve_channel(object: ObjectId, fd: OwnedFd) -> IOResult<Arc<ShmChannel>> {
 
 /// One call of the app from its socket (a `Call`, as on a channel, with a
 /// descriptor perhaps): run as the user client's work, answered.
-fn handle_call(
-    object: ObjectId,
-    header: &Header,
-    payload: &[u8],
-    fd: Option<OwnedFd>,
-) -> (IOResult<Vec<u8>>, Option<OwnedFd>) {
+fn handle_call(object: ObjectId, header: &Header, payload: &[u8], fd: Option<OwnedFd>) -> Answered {
+    let refused = |status| Answered {
+        result: Err(status),
+        out: None,
+        why: String::new(),
+    };
     let Some((instance, queue)) = crate::runtime::hosted(object) else {
-        return (Err(IOReturn::NOT_OPEN), None);
+        return refused(IOReturn::NOT_OPEN);
     };
     if header.method.0 != SELECTOR_MAP_MEMORY {
         let method = io_user_client_interface::EXTERNAL_METHOD;
         return run_call(&instance, &queue, method, payload, fd);
     }
     let Ok(call) = Call::decode(&mut Decoder::new(payload)) else {
-        return (Err(IOReturn::BAD_ARGUMENT), None);
+        return refused(IOReturn::BAD_ARGUMENT);
     };
     let scalar = |i: usize| call.args.scalar_input.get(i).copied().unwrap_or(0);
     let mut e = Encoder::new();
@@ -563,7 +585,7 @@ fn run_call(
     method: MethodId,
     args: &[u8],
     fd: Option<OwnedFd>,
-) -> (IOResult<Vec<u8>>, Option<OwnedFd>) {
+) -> Answered {
     let mut fd = fd;
     match queue.run_here_if_idle(|| dispatch(&**instance, method, args, fd.take())) {
         Ok(r) => r,
@@ -573,7 +595,11 @@ fn run_call(
             let _ = queue.dispatch_async(move || {
                 let _ = tx.send(dispatch(&*instance, method, &args, fd));
             });
-            rx.recv().unwrap_or((Err(IOReturn::OFFLINE), None))
+            rx.recv().unwrap_or(Answered {
+                result: Err(IOReturn::OFFLINE),
+                out: None,
+                why: String::new(),
+            })
         }
     }
 }
@@ -585,15 +611,25 @@ fn dispatch(
     method: MethodId,
     args: &[u8],
     fd: Option<OwnedFd>,
-) -> (IOResult<Vec<u8>>, Option<OwnedFd>) {
+) -> Answered {
     CALL_FD.with(|c| *c.borrow_mut() = (fd, None));
+    REFUSAL.with(|r| *r.borrow_mut() = None);
     let result = instance.dispatch(method, args);
     let out = CALL_FD.with(|c| {
         let mut c = c.borrow_mut();
         c.0 = None;
         c.1.take()
     });
-    (result, out)
+    let why = REFUSAL.with(|r| r.borrow_mut().take()).unwrap_or_default();
+    Answered { result, out, why }
+}
+
+/// A dispatched call's answer: its result, the descriptor it answers with,
+/// and, refused, why in words.
+struct Answered {
+    result: IOResult<Vec<u8>>,
+    out: Option<OwnedFd>,
+    why: String,
 }
 
 impl IOBufferMemoryDescriptor {

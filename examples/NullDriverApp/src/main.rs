@@ -30,26 +30,28 @@ fn run(system: &System) -> Result<(), IOReturn> {
         .next()
         .ok_or(IOReturn::NOT_FOUND)?;
     let properties = io_registry_entry_properties(system, service)?;
-    println!(
-        "NullDriver is {service:#x}; it says {:?}",
-        properties
-            .get("NullDriverGreeting")
-            .and_then(|v| v.as_string())
-    );
+    let greeting = properties
+        .get("NullDriverGreeting")
+        .and_then(|v| v.as_string())
+        .unwrap_or("nothing");
+    println!("NullDriver is {service:#x}; it says \"{greeting}\"");
     let connection = io_service_open(system, service, 0)?;
 
     let sum = connection.call_scalar_method(selector::ADD, &[2, 40], 1)?;
-    println!("ADD(2, 40)            = {sum:?}");
+    println!("ADD(2, 40)            = {}", sum[0]);
 
     let reversed = connection.call_struct_method(selector::REVERSE, b"stressed", 64)?;
     println!(
-        "REVERSE(\"stressed\")   = {:?}",
+        "REVERSE(\"stressed\")   = \"{}\"",
         String::from_utf8_lossy(&reversed)
     );
 
     let big = vec![1u8; 1 << 20];
     let (checksum, _) = connection.call_method(selector::CHECKSUM, &[], &big, 2, 0)?;
-    println!("CHECKSUM(1 MiB of 1s) = {checksum:?} (sent as shared memory)");
+    println!(
+        "CHECKSUM(1 MiB of 1s) = [{}, {}] (sent as shared memory)",
+        checksum[0], checksum[1]
+    );
 
     let (tx, rx) = std::sync::mpsc::channel();
     connection.call_async_method(
@@ -65,13 +67,17 @@ fn run(system: &System) -> Result<(), IOReturn> {
     let (status, values) = rx
         .recv_timeout(Duration::from_secs(10))
         .map_err(|_| IOReturn::TIMEOUT)?;
-    println!("DOUBLE_LATER(21)      = {status} {values:?} (completed by the driver's timer)");
+    println!(
+        "DOUBLE_LATER(21)      = {:#010x} [{}] (completed by the driver's timer)",
+        status.0,
+        values.first().copied().unwrap_or(0)
+    );
 
     let memory = connection.map_memory(GREETING_MEMORY, true)?;
     let mut greeting = vec![0; null_driver::GREETING.len()];
     memory.read(0, &mut greeting)?;
     println!(
-        "shared memory ({} bytes, read-only) says {:?}",
+        "shared memory ({} bytes, read-only) says \"{}\"",
         memory.len(),
         String::from_utf8_lossy(&greeting)
     );

@@ -95,11 +95,12 @@ pub fn call(root: &Path, args: CallArgs) -> Result<(), String> {
 
 /// The call's failure; for a refused argument, where to learn why.
 fn refused(selector: u64, e: driverkit_wire::IOReturn) -> String {
-    if e == driverkit_wire::IOReturn::BAD_ARGUMENT {
-        format!(
-            "selector {selector}: {e}: the driver refused the call's shape (an unknown selector, or other scalar counts or structure sizes than it expects); its log line `external method: selector {selector} expects ...` in the daemon's output says what it expects"
-        )
-    } else {
-        format!("selector {selector}: {e}")
+    match driverkit_app::iokit::last_call_refusal() {
+        // The driver's own words: what the method expects.
+        Some(why) => format!("selector {selector}: {e}: {why}"),
+        None if e == driverkit_wire::IOReturn::BAD_ARGUMENT => format!(
+            "selector {selector}: {e}: the driver refused the call's shape (an unknown selector, or other scalar counts or structure sizes than it expects)"
+        ),
+        None => format!("selector {selector}: {e}"),
     }
 }

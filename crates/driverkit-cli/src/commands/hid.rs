@@ -39,41 +39,96 @@ pub fn hid(cmd: HidCommand) -> Result<(), String> {
         );
         return Ok(());
     }
-    println!("DeviceUsagePairs: {:?}", d.device_usage_pairs());
-    println!("ReportIDs: {:?}", d.report_ids);
-    for kind in [ReportType::Input, ReportType::Output, ReportType::Feature] {
-        println!("Max{kind:?}ReportSize: {}", d.max_report_size(kind));
+    // IOHIDDevice's property names, values in words.
+    let pairs: Vec<String> = d
+        .device_usage_pairs()
+        .iter()
+        .map(|(page, usage)| format!("{page:#06x}:{usage:#06x}"))
+        .collect();
+    println!("DeviceUsagePairs: {}", list_or_none(&pairs));
+    let ids: Vec<String> = d.report_ids.iter().map(u8::to_string).collect();
+    println!("ReportIDs: {}", list_or_none(&ids));
+    for (kind, name) in [
+        (ReportType::Input, "Input"),
+        (ReportType::Output, "Output"),
+        (ReportType::Feature, "Feature"),
+    ] {
+        println!("Max{name}ReportSize: {} bytes", d.max_report_size(kind));
     }
     for c in &d.collections {
+        let parent = match c.parent {
+            Some(p) => format!("inside collection {p}"),
+            None => "top level".to_owned(),
+        };
         println!(
-            "collection {} kind {} usage {:#06x}:{:#06x} parent {:?}",
-            c.index, c.kind, c.usage_page, c.usage, c.parent
+            "collection {}: {} ({}), usage {:#06x}:{:#06x}, {parent}",
+            c.index,
+            collection_kind(c.kind),
+            c.kind,
+            c.usage_page,
+            c.usage
         );
     }
     for e in &d.elements {
         let usages = match e.usages.as_slice() {
-            [] => "-".to_owned(),
-            [one] => format!("{one:#010x}"),
-            [first, .., last] => format!("{first:#010x}..{last:#010x} ({})", e.usages.len()),
+            [] => "no usages".to_owned(),
+            [one] => format!("usage {one:#010x}"),
+            [first, .., last] => format!("usages {first:#010x}..{last:#010x} ({})", e.usages.len()),
+        };
+        let kind = match e.report_type {
+            ReportType::Input => "input",
+            ReportType::Output => "output",
+            ReportType::Feature => "feature",
+        };
+        let report = if e.report_id == 0 {
+            "the report".to_owned()
+        } else {
+            format!("report {}", e.report_id)
         };
         println!(
-            "{:?} id {} bits {}+{}x{} {} {} logical {}..{} usages {usages}",
-            e.report_type,
-            e.report_id,
+            "{kind} in {report}: bit {} on, {} x {} bits, {}, {}, logical {}..{}, {usages}",
             e.bit_offset,
             e.report_count,
             e.report_size,
             if e.is_constant() {
-                "const"
+                "constant"
             } else if e.is_variable() {
-                "var"
+                "variable"
             } else {
                 "array"
             },
-            if e.is_relative() { "rel" } else { "abs" },
+            if e.is_relative() {
+                "relative"
+            } else {
+                "absolute"
+            },
             e.logical_minimum,
             e.logical_maximum,
         );
     }
     Ok(())
+}
+
+/// Items joined by commas, or "none".
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// The HID specification's name of a collection type (6.2.2.6).
+fn collection_kind(kind: u8) -> &'static str {
+    match kind {
+        0 => "physical",
+        1 => "application",
+        2 => "logical",
+        3 => "report",
+        4 => "named array",
+        5 => "usage switch",
+        6 => "usage modifier",
+        0x80..=0xff => "vendor-defined",
+        _ => "reserved",
+    }
 }

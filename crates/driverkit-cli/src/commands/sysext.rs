@@ -128,7 +128,14 @@ pub fn sysext(root: &Path, cmd: SysextCommand) -> Result<(), String> {
                 bundle_id: bundle_id.clone(),
             })?;
             if let Some(f) = answer.get("failure") {
-                return Err(format!("{}: {}", f["reason"], f["message"]));
+                // Worded as every sysext refusal is (OSSystemExtensionError).
+                let text = |k: &str| f[k].as_str().unwrap_or_default().to_owned();
+                return Err(format!(
+                    "{} (code {}): {}",
+                    text("reason"),
+                    f["code"].as_u64().unwrap_or(1),
+                    text("message")
+                ));
             }
             println!(
                 "{bundle_id}: {}",
