@@ -118,13 +118,26 @@ fn calls_that_do_not_fit_the_method_table_are_bad_arguments() {
     // Too few scalars, too many expected back, an unknown selector.
     assert_eq!(c.call_scalar_method(selector::ADD, &[1], 1).err(), bad);
     assert_eq!(c.call_scalar_method(selector::ADD, &[1, 2], 2).err(), bad);
+    assert!(
+        last_call_refusal()
+            .is_some_and(|why| why.contains("the call had 2 scalar in, room for 2 scalar out")),
+        "the app hears why: {:?}",
+        last_call_refusal()
+    );
     assert_eq!(c.call_scalar_method(99, &[], 0).err(), bad);
+    assert_eq!(
+        last_call_refusal().as_deref(),
+        Some("selector 99 is not in the driver's dispatch table (it has selectors 0 to 4)")
+    );
     // The driver's log says what the method expects and what came.
     d.wait_log(
         "selector 0 expects 2 scalar in, 1 scalar out, structure in 0 bytes, structure out 0 bytes, no completion; the call had 1 scalar in",
         1,
     );
-    d.wait_log("selector 99 is not in the dispatch table", 1);
+    d.wait_log("selector 99 is not in the driver's dispatch table", 1);
+    // A call that succeeds leaves no refusal behind.
+    assert_eq!(c.call_scalar_method(selector::ADD, &[1, 2], 1), Ok(vec![3]));
+    assert_eq!(last_call_refusal(), None);
     // A structure where the method takes none.
     assert_eq!(
         c.call_method(selector::ADD, &[1, 2], b"x", 1, 0)

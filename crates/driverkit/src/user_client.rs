@@ -170,10 +170,13 @@ pub fn dispatch_external_method<S>(
     table: &[IOUserClientMethodDispatch<S>],
 ) -> IOResult<()> {
     let Some(entry) = usize::try_from(selector).ok().and_then(|i| table.get(i)) else {
-        refuse(format!(
-            "selector {selector} is not in the driver's dispatch table (selectors 0..{})",
-            table.len()
-        ));
+        refuse(match table.len() {
+            0 => format!("selector {selector} is not in the driver's dispatch table (it has none)"),
+            n => format!(
+                "selector {selector} is not in the driver's dispatch table (it has selectors 0 to {})",
+                n - 1
+            ),
+        });
         return Err(IOReturn::BAD_ARGUMENT);
     };
     let sized =

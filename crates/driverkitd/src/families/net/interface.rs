@@ -64,7 +64,8 @@ impl Counters {
 
 struct Shared {
     name: String,
-    tap: Arc<Tap>,
+    /// The TAP in use: a new one replaces a TAP the kernel removed.
+    tap: Mutex<Arc<Tap>>,
     net: NetInterface,
     stop: AtomicBool,
     wake: OwnedFd,
@@ -78,6 +79,9 @@ pub type Apply = Box<dyn Fn(Change) -> bool + Send>;
 
 /// Shows the counters (ioreg's `IONetworkStatistics`).
 pub type Publish = Box<dyn Fn(&Counters) + Send>;
+
+/// Makes a TAP for one the kernel removed (and tells the registry).
+pub type Vanished = Box<dyn Fn() -> Option<Arc<Tap>> + Send>;
 
 /// How often the counters are shown at most.
 const PUBLISH_EVERY: Duration = Duration::from_millis(500);
@@ -96,6 +100,7 @@ impl Interface {
         counters: Arc<Counters>,
         apply: Apply,
         publish: Publish,
+        vanished: Vanished,
     ) -> IOResult<Interface> {
         let packets = net.geometry().packets;
         if packets < 2 {
@@ -105,7 +110,7 @@ impl Interface {
             .map_err(|_| IOReturn::NO_RESOURCES)?;
         let shared = Arc::new(Shared {
             name,
-            tap,
+            tap: Mutex::new(tap),
             net,
             stop: AtomicBool::new(false),
             wake,
@@ -128,7 +133,19 @@ impl Interface {
             ),
             (
                 "net-link",
-                Box::new(move |s| link::run(&s.tap, &s.link, &s.wake, &*apply)),
+                Box::new(move |s| {
+                    let replace = || {
+                        let new = vanished()?;
+                        *s.tap.lock().unwrap_or_else(|e| e.into_inner()) = new.clone();
+                        Some(new)
+                    };
+                    let hands = link::Hands {
+                        tap: &|| s.tap(),
+                        apply: &*apply,
+                        vanished: &replace,
+                    };
+                    link::run(&hands, &s.link, &s.wake)
+                }),
             ),
         ];
         for (label, body) in bodies {
@@ -153,6 +170,11 @@ impl Interface {
             shared,
             threads: Mutex::new(threads),
         })
+    }
+
+    /// The TAP in use now.
+    pub fn tap(&self) -> Arc<Tap> {
+        self.shared.tap()
     }
 
     /// Ends both threads; the TAP stays (its owner parks it).
@@ -180,6 +202,10 @@ impl Drop for Interface {
 impl Shared {
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::Acquire)
+    }
+
+    fn tap(&self) -> Arc<Tap> {
+        self.tap.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -212,8 +238,9 @@ fn net_in(s: &Shared, mut own: Ownership) {
             continue;
         }
         batch.clear();
+        let tap = s.tap();
         while batch.len() < BATCH.min(own.free_count()) {
-            match s.tap.recv(&mut frame) {
+            match tap.recv(&mut frame) {
                 Ok(n) => {
                     let Some(p) = own.take() else { break };
                     match s.net.write_frame(p, &frame[..n]) {
@@ -230,9 +257,8 @@ fn net_in(s: &Shared, mut own: Ownership) {
             }
         }
         if batch.is_empty() {
-            let tap = s.tap.as_ref();
             let mut fds = [
-                PollFd::new(tap, PollFlags::IN),
+                PollFd::new(&*tap, PollFlags::IN),
                 PollFd::new(&s.wake, PollFlags::IN),
             ];
             let ts = Timespec {
@@ -294,6 +320,7 @@ fn net_out(s: &Shared, range: std::ops::Range<u32>, publish: &dyn Fn(&Counters))
         }
         let mut refill = Vec::with_capacity(done.len());
         let limit = s.link.mtu.load(Ordering::Acquire) as usize + 14;
+        let tap = s.tap();
         for e in &done {
             if !own.returned(e.packet) {
                 s.counters.bad_returns.fetch_add(1, Ordering::Relaxed);
@@ -302,7 +329,7 @@ fn net_out(s: &Shared, range: std::ops::Range<u32>, publish: &dyn Fn(&Counters))
             if e.length > 0 && net.read_frame(*e, &mut frame).is_ok() {
                 if frame.len() > limit {
                     s.counters.rx_too_long.fetch_add(1, Ordering::Relaxed);
-                } else if s.tap.send(&frame).is_ok() {
+                } else if tap.send(&frame).is_ok() {
                     s.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
                 }
             }

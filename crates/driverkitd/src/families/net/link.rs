@@ -6,14 +6,20 @@
 //! message comes and at least every second.
 //!
 //! An interface may be moved into another network namespace (the tests
-//! do; so do containers), where its link messages are sent. So the
-//! watching thread asks the TAP which namespace it lives in
-//! (`TUNGETDEVNETNS`), enters it (`setns` affects only that thread), and
-//! listens there; when the interface leaves (`RTM_DELLINK`), it asks
-//! again, and asks for the link's state as it is there (a change made
-//! before it listened would otherwise never be heard). The thread also
-//! sets a refused MTU back, from inside the
-//! interface's namespace.
+//! do; so do containers), where its link messages are sent. The watching
+//! thread stays in the daemon's namespace and hears every namespace that
+//! has an id here (`NETLINK_LISTEN_ALL_NSID`; moving an interface gives
+//! its new namespace one, and the thread asks for one where it lacks it):
+//! entering the interface's namespace to listen would hold that namespace
+//! alive, and a user's `ip netns del` would then leave the interface in a
+//! namespace nobody can reach. What must happen inside the namespace
+//! (reading the link as it is after a move, `dev_mcast`, setting a refused
+//! MTU back) is done in short visits (`setns` there and back, on this
+//! thread only).
+//!
+//! When the namespace goes after all (deleted, its last process gone), the
+//! kernel removes the TAP with it: the driver hears its interface go down,
+//! and the family makes a new one in the daemon's namespace (`vanished`).
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -22,6 +28,7 @@ use std::time::Duration;
 
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
@@ -32,6 +39,10 @@ use super::tap::Tap;
 const TUNGETDEVNETNS: libc::c_ulong = 0x54e3;
 /// `RTNLGRP_LINK`.
 const LINK_GROUP: u32 = 1;
+/// `SOL_NETLINK` and its `NETLINK_LISTEN_ALL_NSID` option (also the
+/// control message that names a message's namespace).
+const SOL_NETLINK: libc::c_int = 270;
+const NETLINK_LISTEN_ALL_NSID: libc::c_int = 8;
 
 /// A change a user made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +55,33 @@ pub enum Change {
     Multicast(Vec<[u8; 6]>),
 }
 
+impl std::fmt::Display for Change {
+    /// For the log: what the user asked, in `ip link`'s words.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let on = |b: bool| if b { "on" } else { "off" };
+        match self {
+            Change::Enable(true) => write!(f, "up"),
+            Change::Enable(false) => write!(f, "down"),
+            Change::Promiscuous(b) => write!(f, "promisc {}", on(*b)),
+            Change::AllMulticast(b) => write!(f, "allmulticast {}", on(*b)),
+            Change::Mtu(m) => write!(f, "mtu {m}"),
+            Change::Multicast(list) if list.is_empty() => write!(f, "no multicast addresses"),
+            Change::Multicast(list) => {
+                let text: Vec<String> = list
+                    .iter()
+                    .map(|a| {
+                        a.iter()
+                            .map(|b| format!("{b:02x}"))
+                            .collect::<Vec<_>>()
+                            .join(":")
+                    })
+                    .collect();
+                write!(f, "multicast {}", text.join(" "))
+            }
+        }
+    }
+}
+
 /// The link as last heard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct State {
@@ -54,35 +92,47 @@ struct State {
     multicast: Vec<[u8; 6]>,
 }
 
+impl State {
+    fn fresh(mtu: u32) -> State {
+        State {
+            up: false,
+            promisc: false,
+            allmulti: false,
+            mtu,
+            multicast: Vec::new(),
+        }
+    }
+}
+
 /// Shared with the interface: the MTU in force, and the end.
 pub struct Watch {
     pub mtu: AtomicU32,
     pub stop: AtomicBool,
 }
 
-/// Watches `tap`'s link until `watch.stop`; `apply` hands a change to the
-/// driver and says whether the driver took it.
-pub fn run(tap: &Arc<Tap>, watch: &Watch, wake: &OwnedFd, apply: &dyn Fn(Change) -> bool) {
-    let mut state = State {
-        up: false,
-        promisc: false,
-        allmulti: false,
-        mtu: tap.mtu(),
-        multicast: Vec::new(),
-    };
+/// What the watch does with the interface: `tap` is the TAP in use,
+/// `apply` hands a change to the driver and says whether it took it,
+/// `vanished` makes a new TAP for one the kernel removed (and says it).
+pub struct Hands<'a> {
+    pub tap: &'a dyn Fn() -> Arc<Tap>,
+    pub apply: &'a dyn Fn(Change) -> bool,
+    pub vanished: &'a dyn Fn() -> Option<Arc<Tap>>,
+}
+
+/// Watches the interface's link until `watch.stop`.
+pub fn run(hands: &Hands<'_>, watch: &Watch, wake: &OwnedFd) {
+    let mut state = State::fresh((hands.tap)().mtu());
     watch.mtu.store(state.mtu, Ordering::Release);
+    let home = match Home::here() {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!("net      cannot watch links: this thread's namespace: {e}");
+            return;
+        }
+    };
     while !watch.stop.load(Ordering::Acquire) {
-        // Into the interface's namespace, wherever it is now.
-        let entered = namespace_of(tap)
-            .and_then(|ns| {
-                rustix::thread::move_into_link_name_space(
-                    ns.as_fd(),
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                )
-                .map_err(std::io::Error::from)
-            })
-            .and_then(|()| listen());
-        let socket = match entered {
+        let tap = (hands.tap)();
+        let socket = match listen_everywhere() {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("net      {}: cannot watch its link: {e}", tap.name());
@@ -90,31 +140,113 @@ pub fn run(tap: &Arc<Tap>, watch: &Watch, wake: &OwnedFd, apply: &dyn Fn(Change)
                 continue;
             }
         };
-        // What happened to the link before the socket listened here (it
-        // was brought up at once after the move, say) would never be
-        // heard: ask for the link as it is now; the answer is handled as
-        // any link message.
-        if let Err(e) = ask_link(&socket, tap.name()) {
-            tracing::warn!("net      {}: cannot read its link state: {e}", tap.name());
+        let place = match locate(&tap, &home) {
+            Ok(p) => p,
+            Err(e) if e.raw_os_error() == Some(libc::EBADFD) => {
+                // The kernel removed the interface (its namespace went).
+                if state.up {
+                    (hands.apply)(Change::Enable(false));
+                }
+                match (hands.vanished)() {
+                    Some(new) => state = State::fresh(new.mtu()),
+                    None => sleep_or_stop(watch, wake, Duration::from_secs(1)),
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("net      {}: cannot find its namespace: {e}", tap.name());
+                sleep_or_stop(watch, wake, Duration::from_secs(1));
+                continue;
+            }
+        };
+        // What happened to the link before this socket listened (it was
+        // brought up at once after a move, say) would never be heard:
+        // read the link as it is now.
+        match home.visit(&tap, || read_link(tap.name())) {
+            Ok(Ok(link)) => heard(&tap, &home, watch, &link, &mut state, hands.apply),
+            Ok(Err(e)) | Err(e) => {
+                tracing::warn!("net      {}: cannot read its link state: {e}", tap.name())
+            }
         }
-        follow(tap, watch, wake, &socket, &mut state, apply);
+        follow(
+            &tap,
+            place,
+            &home,
+            watch,
+            wake,
+            &socket,
+            &mut state,
+            hands.apply,
+        );
     }
 }
 
-/// Sends an RTM_GETLINK for `name`; the kernel answers with an
-/// RTM_NEWLINK on `socket`.
-fn ask_link(socket: &Socket, name: &str) -> std::io::Result<()> {
-    let mut link = LinkMessage::default();
-    link.attributes.push(LinkAttribute::IfName(name.to_owned()));
-    let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetLink(link));
-    request.header.flags = netlink_packet_core::NLM_F_REQUEST;
-    request.finalize();
-    let mut bytes = vec![0u8; request.buffer_len()];
-    request.serialize(&mut bytes);
-    socket.send(&bytes, 0).map(drop)
+/// The daemon's own namespace, which the thread returns to after a visit.
+struct Home {
+    ns: OwnedFd,
+    inode: u64,
 }
 
-/// The namespace `tap` lives in.
+impl Home {
+    fn here() -> std::io::Result<Home> {
+        let ns = rustix::fs::open(
+            "/proc/thread-self/ns/net",
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        let inode = rustix::fs::fstat(&ns)?.st_ino;
+        Ok(Home { ns, inode })
+    }
+
+    /// Runs `f` inside `tap`'s namespace, then comes back.
+    fn visit<T>(&self, tap: &Tap, f: impl FnOnce() -> T) -> std::io::Result<T> {
+        let there = namespace_of(tap)?;
+        if rustix::fs::fstat(&there)?.st_ino == self.inode {
+            return Ok(f());
+        }
+        enter(&there)?;
+        drop(there);
+        let r = f();
+        if let Err(e) = enter(&self.ns) {
+            // Nothing here can go on from the wrong namespace.
+            tracing::error!("net      cannot return to the daemon's namespace: {e}");
+        }
+        Ok(r)
+    }
+}
+
+fn enter(ns: &OwnedFd) -> std::io::Result<()> {
+    rustix::thread::move_into_link_name_space(
+        ns.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .map_err(std::io::Error::from)
+}
+
+/// Where the interface is: `None` is the daemon's namespace, else the id
+/// its namespace has here.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Place(Option<i32>);
+
+/// The interface's namespace, as an id from here (given one if it had
+/// none, so that its messages reach the socket). `EBADFD`: the kernel
+/// removed the interface.
+fn locate(tap: &Tap, home: &Home) -> std::io::Result<Place> {
+    let ns = namespace_of(tap)?;
+    if rustix::fs::fstat(&ns)?.st_ino == home.inode {
+        return Ok(Place(None));
+    }
+    if let Some(id) = nsid_of(&ns)? {
+        return Ok(Place(Some(id)));
+    }
+    assign_nsid(&ns)?;
+    nsid_of(&ns)?
+        .map(|id| Place(Some(id)))
+        .ok_or_else(|| std::io::Error::other("the kernel gave its namespace no id"))
+}
+
+/// The namespace `tap` lives in (a descriptor: close it soon, it holds the
+/// namespace alive).
 fn namespace_of(tap: &Tap) -> std::io::Result<OwnedFd> {
     let fd = tap.as_fd();
     // SAFETY: TUNGETDEVNETNS takes no argument and returns a new
@@ -127,18 +259,155 @@ fn namespace_of(tap: &Tap) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(ns) })
 }
 
-fn listen() -> std::io::Result<Socket> {
+/// One request on a socket of its own, and the messages of its answer.
+fn ask(request: RouteNetlinkMessage, flags: u16) -> std::io::Result<Vec<RouteNetlinkMessage>> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    let mut request = NetlinkMessage::from(request);
+    request.header.flags = netlink_packet_core::NLM_F_REQUEST | flags;
+    request.header.sequence_number = 1;
+    request.finalize();
+    let mut bytes = vec![0u8; request.buffer_len()];
+    request.serialize(&mut bytes);
+    socket.send(&bytes, 0)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut fds = [PollFd::new(&socket, PollFlags::IN)];
+    let second = Timespec {
+        tv_sec: 1,
+        tv_nsec: 0,
+    };
+    if poll(&mut fds, Some(&second))? == 0 {
+        return Err(std::io::Error::from(std::io::ErrorKind::TimedOut));
+    }
+    let n = socket.recv(&mut &mut buf[..], 0)?;
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < n {
+        let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[at..n]) else {
+            break;
+        };
+        let len = msg.header.length as usize;
+        match msg.payload {
+            NetlinkPayload::InnerMessage(m) => out.push(m),
+            NetlinkPayload::Error(e) if e.code.is_some() => {
+                return Err(std::io::Error::from_raw_os_error(
+                    e.code.map_or(libc::EIO, |c| -c.get()),
+                ))
+            }
+            _ => {}
+        }
+        if len == 0 {
+            break;
+        }
+        at += len;
+    }
+    Ok(out)
+}
+
+/// `RTM_GETNSID`: the id namespace `ns` has here, if any.
+fn nsid_of(ns: &OwnedFd) -> std::io::Result<Option<i32>> {
+    let mut m = NsidMessage::default();
+    m.attributes.push(NsidAttribute::Fd(ns.as_raw_fd() as u32));
+    let answer = ask(RouteNetlinkMessage::GetNsId(m), 0)?;
+    Ok(answer.iter().find_map(|m| match m {
+        RouteNetlinkMessage::NewNsId(n) => n.attributes.iter().find_map(|a| match a {
+            NsidAttribute::Id(id) if *id >= 0 => Some(*id),
+            _ => None,
+        }),
+        _ => None,
+    }))
+}
+
+/// `RTM_NEWNSID` with id -1: the kernel picks one.
+fn assign_nsid(ns: &OwnedFd) -> std::io::Result<()> {
+    let mut m = NsidMessage::default();
+    m.attributes.push(NsidAttribute::Fd(ns.as_raw_fd() as u32));
+    m.attributes.push(NsidAttribute::Id(-1));
+    ask(
+        RouteNetlinkMessage::NewNsId(m),
+        netlink_packet_core::NLM_F_ACK,
+    )
+    .map(drop)
+}
+
+/// `RTM_GETLINK` of `name` in the current namespace.
+fn read_link(name: &str) -> std::io::Result<LinkMessage> {
+    let mut link = LinkMessage::default();
+    link.attributes.push(LinkAttribute::IfName(name.to_owned()));
+    ask(RouteNetlinkMessage::GetLink(link), 0)?
+        .into_iter()
+        .find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(l),
+            _ => None,
+        })
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+}
+
+/// A socket in the daemon's namespace that hears link messages of every
+/// namespace with an id here.
+fn listen_everywhere() -> std::io::Result<Socket> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
     socket.bind(&SocketAddr::new(0, 0))?;
     socket.add_membership(LINK_GROUP)?;
+    let on: libc::c_int = 1;
+    // SAFETY: an int option that lives across the call.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            SOL_NETLINK,
+            NETLINK_LISTEN_ALL_NSID,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     socket.set_non_blocking(true)?;
     Ok(socket)
 }
 
-/// Hears the link's messages in the current namespace until the interface
-/// leaves it or the watch stops.
+/// One datagram and the namespace id it came from (`None`: this one).
+fn recv_with_nsid(socket: &Socket, buf: &mut [u8]) -> std::io::Result<(usize, Option<i32>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data; zeroed is valid before it is filled.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: every pointer in `msg` points at live buffers of the sizes
+    // given, for the call.
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut nsid = None;
+    // SAFETY: the CMSG_* walk stays within `msg_controllen` bytes of
+    // `control`, as the kernel filled them.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == SOL_NETLINK && (*c).cmsg_type == NETLINK_LISTEN_ALL_NSID {
+                nsid = Some(libc::CMSG_DATA(c).cast::<i32>().read_unaligned());
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n as usize, nsid))
+}
+
+/// Hears the link's messages until the interface leaves `place` (moved,
+/// or removed) or the watch stops.
+#[allow(clippy::too_many_arguments)]
 fn follow(
     tap: &Tap,
+    place: Place,
+    home: &Home,
     watch: &Watch,
     wake: &OwnedFd,
     socket: &Socket,
@@ -147,10 +416,8 @@ fn follow(
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     while !watch.stop.load(Ordering::Acquire) {
-        // SAFETY: the socket outlives this borrow (both end in this loop).
-        let sfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(socket.as_raw_fd()) };
         let mut fds = [
-            PollFd::new(&sfd, PollFlags::IN),
+            PollFd::new(socket, PollFlags::IN),
             PollFd::new(wake, PollFlags::IN),
         ];
         let ts = Timespec {
@@ -160,14 +427,22 @@ fn follow(
         if poll(&mut fds, Some(&ts)).is_err() || fds[1].revents().contains(PollFlags::IN) {
             continue;
         }
-        multicast_heard(tap, state, apply);
+        // Still there? (A namespace that went took the interface along;
+        // its messages may never come.)
+        if namespace_of(tap).is_err() {
+            return;
+        }
+        multicast_heard(tap, home, state, apply);
         if !fds[0].revents().contains(PollFlags::IN) {
             continue;
         }
-        let n = match socket.recv(&mut &mut buf[..], 0) {
-            Ok(n) => n,
+        let (n, from) = match recv_with_nsid(socket, &mut buf) {
+            Ok(r) => r,
             Err(_) => continue,
         };
+        if from != place.0 {
+            continue;
+        }
         let mut at = 0;
         while at < n {
             let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[at..n]) else {
@@ -182,7 +457,7 @@ fn follow(
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link))
                     if is_ours(tap, &link) =>
                 {
-                    heard(tap, watch, &link, state, apply);
+                    heard(tap, home, watch, &link, state, apply);
                 }
                 // Moved to another namespace, or gone: look again.
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link))
@@ -205,6 +480,7 @@ fn is_ours(tap: &Tap, link: &LinkMessage) -> bool {
 /// One RTM_NEWLINK of our interface: what changed goes to the driver.
 fn heard(
     tap: &Tap,
+    home: &Home,
     watch: &Watch,
     link: &LinkMessage,
     state: &mut State,
@@ -229,7 +505,10 @@ fn heard(
     if now.mtu != state.mtu {
         if apply(Change::Mtu(now.mtu)) {
             watch.mtu.store(now.mtu, Ordering::Release);
-        } else if let Err(e) = set_mtu(tap.name(), state.mtu) {
+        } else if let Err(e) = home
+            .visit(tap, || set_mtu(tap.name(), state.mtu))
+            .and_then(|r| r)
+        {
             tracing::warn!(
                 "net      {}: cannot set the MTU back to {}: {e}",
                 tap.name(),
@@ -261,10 +540,12 @@ fn heard(
 }
 
 /// The interface's multicast list, when it changed, to the driver.
-fn multicast_heard(tap: &Tap, state: &mut State, apply: &dyn Fn(Change) -> bool) {
-    // This thread's namespace (it entered the interface's), not the
-    // process's: /proc/thread-self.
-    let Ok(text) = std::fs::read_to_string("/proc/thread-self/net/dev_mcast") else {
+fn multicast_heard(tap: &Tap, home: &Home, state: &mut State, apply: &dyn Fn(Change) -> bool) {
+    // The interface's namespace, visited by this thread only:
+    // /proc/thread-self.
+    let Ok(Ok(text)) = home.visit(tap, || {
+        std::fs::read_to_string("/proc/thread-self/net/dev_mcast")
+    }) else {
         return;
     };
     let now = multicast_of(&text, tap.name());

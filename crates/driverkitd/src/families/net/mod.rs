@@ -60,7 +60,8 @@ struct State {
 
 struct Running {
     provider: EntryId,
-    tap: Arc<Tap>,
+    /// Its TAP is `interface.tap()`: a stand-in replaces one the kernel
+    /// removed.
     interface: Interface,
     counters: Arc<Counters>,
 }
@@ -147,6 +148,10 @@ impl NetFamily {
             let system = system.clone();
             Box::new(move |c| interface::publish_counters(&system, service, c))
         };
+        let vanished: interface::Vanished = {
+            let (system, gone) = (system.clone(), tap.name().to_owned());
+            Box::new(move || stand_in(&system, service, &gone, mac))
+        };
         let interface = Interface::start(
             tap.name().to_owned(),
             tap.clone(),
@@ -154,6 +159,7 @@ impl NetFamily {
             counters.clone(),
             apply,
             publish,
+            vanished,
         )?;
         for (key, value) in [
             ("BSD Name", plist::Value::String(tap.name().to_owned())),
@@ -179,7 +185,6 @@ impl NetFamily {
             service,
             Running {
                 provider,
-                tap,
                 interface,
                 counters,
             },
@@ -192,7 +197,7 @@ impl NetFamily {
             .lock()
             .running
             .get(&call.object)
-            .map(|r| r.tap.clone())
+            .map(|r| r.interface.tap())
             .ok_or(IOReturn::NOT_READY)?;
         tap.set_carrier(up).map_err(|_| IOReturn::IO_ERROR)?;
         // IOLinkStatus: valid (1) and active (2), as IONetworkMedium's.
@@ -222,11 +227,42 @@ impl NetFamily {
         if let Some(r) = running {
             r.interface.stop();
             interface::publish_counters(system, service, &r.counters);
-            let _ = r.tap.set_carrier(false);
-            tracing::info!("net      {}: driver away, carrier off", r.tap.name());
-            self.lock().parked.insert(r.provider, r.tap);
+            let tap = r.interface.tap();
+            let _ = tap.set_carrier(false);
+            tracing::info!("net      {}: driver away, carrier off", tap.name());
+            self.lock().parked.insert(r.provider, tap);
         }
     }
+}
+
+/// A new TAP for `service`'s interface `gone`, which the kernel removed
+/// (with its network namespace, say): named as the first was, carrier as
+/// the driver last reported, shown in ioreg and said in the log.
+fn stand_in(system: &System, service: EntryId, gone: &str, mac: [u8; 6]) -> Option<Arc<Tap>> {
+    let name = NetFamily::interface_name(system, service);
+    let tap = match Tap::create(&name, mac, 1500) {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            tracing::error!("net      {gone} is gone and no interface can stand in for it: {e}");
+            return None;
+        }
+    };
+    let up = system
+        .property(service, "IOLinkStatus")
+        .and_then(|v| v.as_signed_integer())
+        == Some(3);
+    let _ = tap.set_carrier(up);
+    system.set_property(
+        service,
+        "BSD Name",
+        plist::Value::String(tap.name().to_owned()),
+    );
+    tracing::info!(
+        "net      {gone} is gone (its network namespace was deleted?); {} stands in for {}, in the daemon's namespace, down",
+        tap.name(),
+        system.name(service).unwrap_or_default()
+    );
+    Some(tap)
 }
 
 /// A user's `ip link set` to the driver of `service`: true if it took it.
@@ -260,11 +296,11 @@ fn apply(system: &System, service: EntryId, name: &str, change: link::Change) ->
     };
     match result {
         Ok(()) => {
-            tracing::info!("net      {name}: {change:?} reached the driver");
+            tracing::info!("net      {name}: {change} reached the driver");
             true
         }
         Err(e) => {
-            tracing::warn!("net      {name}: the driver refused {change:?}: {e}");
+            tracing::warn!("net      {name}: the driver refused {change}: {e}");
             false
         }
     }
