@@ -332,3 +332,37 @@ fn ip_link_changes_reach_the_driver_and_a_frame_past_the_mtu_is_dropped_and_coun
     d.wait_until("a's carrier back", || a.link(&dev_a).contains("LOWER_UP"));
     d.wait_until("traffic again", || ping(&a, "169.254.79.2"));
 }
+
+#[test]
+fn an_interface_whose_namespace_is_deleted_gets_a_stand_in_that_works() {
+    let d = Daemon::start(&["--no-default-devices"]);
+    d.cli(&["device", "plug", "cable"]);
+    let ifs = interfaces(&d);
+    let (first, other) = (bsd_name(&ifs[0]), bsd_name(&ifs[1]));
+    {
+        let gone = Netns::new("g");
+        gone.take(&first, "169.254.79.1/16");
+        d.wait_log(&format!("net      {first}: up reached the driver"), 1);
+        // `ip netns del`, as the README's cleanup does: the namespace
+        // goes (the daemon does not hold it), and the interface with it.
+    }
+    d.wait_log(&format!("net      {first} is gone"), 1);
+    d.wait_log("stands in for VirtualEthernetDriver", 1);
+    // Its driver heard it go down (and so the cable's link): the two are
+    // there, links down until a user brings them up again.
+    let names: Vec<String> = d
+        .nodes()
+        .into_iter()
+        .filter(|n| n["class"] == "IOUserNetworkEthernet")
+        .map(|n| bsd_name(&n))
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.contains(&other), "{names:?}");
+    let stand_in = names.iter().find(|n| **n != other).unwrap().clone();
+    // The stand-in is a real interface here, and works as the first did.
+    ip(&["link", "show", &stand_in]);
+    let (a, b) = (Netns::new("s"), Netns::new("t"));
+    a.take(&stand_in, "169.254.79.1/16");
+    b.take(&other, "169.254.79.2/16");
+    assert!(ping(&a, "169.254.79.2"), "the stand-in pings the other end");
+}

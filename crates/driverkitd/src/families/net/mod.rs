@@ -257,8 +257,9 @@ fn stand_in(system: &System, service: EntryId, gone: &str, mac: [u8; 6]) -> Opti
         "BSD Name",
         plist::Value::String(tap.name().to_owned()),
     );
+    let new = if tap.name() == gone { "a new " } else { "" };
     tracing::info!(
-        "net      {gone} is gone (its network namespace was deleted?); {} stands in for {}, in the daemon's namespace, down",
+        "net      {gone} is gone (its network namespace was deleted?); {new}{} stands in for {}, in the daemon's namespace, down",
         tap.name(),
         system.name(service).unwrap_or_default()
     );
