@@ -49,9 +49,10 @@ pub struct System {
 }
 
 impl Default for System {
-    /// The daemon every tool finds by default.
+    /// The daemon every tool finds by default: `DRIVERKIT_ROOT`, else the
+    /// user's own if it runs, else the system service's.
     fn default() -> System {
-        System::at(driverkit_wire::root::default_root())
+        System::at(driverkit_wire::root::client_root())
     }
 }
 

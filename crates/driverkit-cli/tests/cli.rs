@@ -483,3 +483,40 @@ fn user_facing_messages_carry_no_rust_debug_text() {
         }
     }
 }
+
+/// The systemd unit as shipped (its ExecStart pointed at this build)
+/// passes `systemd-analyze verify` with nothing to say, its man page
+/// included.
+#[test]
+fn the_systemd_unit_verifies_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let man = dir.path().join("man");
+    let made = Command::new(EXE).arg("man").arg(&man).output().unwrap();
+    assert!(made.status.success());
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../contrib/systemd/driverkitd.service"),
+    )
+    .unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/driverkit "),
+        "{unit}"
+    );
+    let file = dir.path().join("driverkitd.service");
+    std::fs::write(&file, unit.replace("/usr/local/bin/driverkit", EXE)).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&file)
+        .env("MANPATH", &man)
+        .output()
+        .expect("systemd-analyze (apt install systemd)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && !said.contains("driverkitd.service"),
+        "{said}"
+    );
+}

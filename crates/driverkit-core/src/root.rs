@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::path::Path;
 
-pub use driverkit_wire::root::default_root;
+pub use driverkit_wire::root::{client_root, default_root, SYSTEM_ROOT};
 
 /// Exclusive ownership of a root directory: one daemon per root.
 pub struct RootLock {

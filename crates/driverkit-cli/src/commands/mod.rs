@@ -34,9 +34,15 @@ use driverkitd::control::{Client, CoreRequest as Request};
     about = "A user-space driver framework for Linux, modelled on DriverKit"
 )]
 pub struct Cli {
-    /// The daemon's state directory [default: $XDG_STATE_HOME/driverkit or ~/.local/state/driverkit]
+    /// The daemon's state directory [default: $DRIVERKIT_ROOT, else
+    /// $XDG_STATE_HOME/driverkit or ~/.local/state/driverkit; a command
+    /// other than run finds the system service's when no daemon of yours
+    /// runs there]
     #[arg(long, global = true, value_name = "DIR")]
     root: Option<PathBuf>,
+    /// The system service's daemon (/var/lib/driverkit, contrib/systemd).
+    #[arg(long, global = true, conflicts_with = "root")]
+    system: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -140,9 +146,17 @@ enum KeyCommand {
 
 impl Cli {
     fn root(&self) -> PathBuf {
-        self.root
-            .clone()
-            .unwrap_or_else(driverkitd::root::default_root)
+        if self.system {
+            return PathBuf::from(driverkitd::root::SYSTEM_ROOT);
+        }
+        if let Some(root) = &self.root {
+            return root.clone();
+        }
+        match self.command {
+            // A daemon of one's own: never the system's.
+            Command::Run(_) => driverkitd::root::default_root(),
+            _ => driverkitd::root::client_root(),
+        }
     }
 }
 
