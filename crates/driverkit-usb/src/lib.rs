@@ -11,8 +11,10 @@
 
 use std::fmt;
 
+pub mod recording;
 pub mod repr;
 pub mod usbip;
+pub mod usbmon;
 
 pub use repr::{ConfigurationRepr, DeviceRepr, EndpointRepr, InterfaceRepr, Setup};
 

@@ -162,7 +162,69 @@ pub fn extensions(daemon: &Daemon) -> Extensions {
     x.stream("events", Role::Anyone, move |_, peer, writer| {
         stream_events(&d, may_read_keys(peer), writer)
     });
+    // A device's traffic is its users' keystrokes and data: an
+    // administrator's, as usbmon is root's.
+    let d = daemon.clone();
+    x.stream("record", Role::Administrator, move |request, _, writer| {
+        stream_record(&d, request, writer)
+    });
     x
+}
+
+/// `{"op": "record", "id": ID}`: answers the device's name, then one line
+/// per usbmon packet (`{"usbmon": HEX}`, header and data) until the client
+/// goes away.
+fn stream_record(
+    daemon: &Daemon,
+    request: &serde_json::Value,
+    mut writer: UnixStream,
+) -> std::io::Result<()> {
+    let id = request["id"].as_u64().unwrap_or(0);
+    let (preamble, live) = match daemon.record_usb(id) {
+        Ok(r) => r,
+        Err(e) => {
+            return writer.write_all(format!("{}\n", json!({ "error": e })).as_bytes());
+        }
+    };
+    writer.write_all(format!("{}\n", json!({ "ok": { "id": id } })).as_bytes())?;
+    let mut line = Vec::new();
+    let mut send = |r: &crate::families::usb::tap::Record, w: &mut UnixStream| {
+        let mut bytes = Vec::new();
+        r.packet.emit(&r.data, &mut bytes);
+        line.clear();
+        line.extend_from_slice(b"{\"usbmon\":\"");
+        line.extend_from_slice(driverkit_wire::hex::encode(&bytes, "").as_bytes());
+        line.extend_from_slice(b"\"}\n");
+        w.write_all(&line)
+    };
+    for r in &preamble {
+        send(r, &mut writer)?;
+    }
+    loop {
+        match live.recv_timeout(std::time::Duration::from_secs(1)) {
+            Ok(r) => send(&r, &mut writer)?,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // Idle: is the client still there?
+                if client_gone(&writer) {
+                    return Ok(());
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+        }
+    }
+}
+
+/// Whether the other end of `stream` closed (it sends nothing otherwise).
+fn client_gone(stream: &UnixStream) -> bool {
+    let mut fds = [rustix::event::PollFd::new(
+        stream,
+        rustix::event::PollFlags::IN | rustix::event::PollFlags::RDHUP,
+    )];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
 }
 
 fn device_request(daemon: &Daemon, request: DeviceRequest) -> Result<serde_json::Value, String> {

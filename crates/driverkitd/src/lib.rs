@@ -274,6 +274,21 @@ impl Daemon {
         self.families.hid.subscribe()
     }
 
+    /// Records USB device `id`: the packets that describe it, then its
+    /// traffic as it happens (`families::usb::tap`).
+    pub fn record_usb(
+        &self,
+        id: EntryId,
+    ) -> Result<
+        (
+            Vec<families::usb::tap::Record>,
+            mpsc::Receiver<families::usb::tap::Record>,
+        ),
+        String,
+    > {
+        self.families.usb.record(id)
+    }
+
     /// The control socket's requests beyond the core's.
     pub fn control_extensions(&self) -> driverkit_core::control::Extensions {
         control::extensions(self)

@@ -65,6 +65,28 @@ pub enum DeviceCommand {
         #[arg(value_name = "ID")]
         id: String,
     },
+    /// Record a USB device's traffic (control, bulk and interrupt
+    /// transfers, both ways, with its descriptors first) to a pcapng file
+    /// of usbmon packets, as Wireshark and tshark read them. Ctrl-C ends it.
+    Record {
+        #[arg(value_name = "ID")]
+        id: String,
+        /// The pcapng file to write.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: std::path::PathBuf,
+        /// End after this many seconds.
+        #[arg(long, value_name = "S")]
+        duration: Option<f64>,
+    },
+    /// Print a USB device's transfers as they happen, one line each, as
+    /// Linux's usbmon text interface does.
+    Trace {
+        #[arg(value_name = "ID")]
+        id: String,
+        /// End after this many seconds.
+        #[arg(long, value_name = "S")]
+        duration: Option<f64>,
+    },
     /// List plugged devices, or with --usbip the devices a USB/IP server exports.
     List {
         /// One JSON array.
@@ -114,6 +136,21 @@ pub fn device(root: &Path, cmd: DeviceCommand) -> Result<(), String> {
     {
         return list_usbip(server, *json);
     }
+    // A recording streams on a connection of its own.
+    match cmd {
+        DeviceCommand::Record {
+            id,
+            output,
+            duration,
+        } => super::record::record(root, super::parse_id(&id)?, &output, duration),
+        DeviceCommand::Trace { id, duration } => {
+            super::record::trace(root, super::parse_id(&id)?, duration)
+        }
+        cmd => other(root, cmd),
+    }
+}
+
+fn other(root: &Path, cmd: DeviceCommand) -> Result<(), String> {
     let mut client = super::client(root)?;
     match cmd {
         DeviceCommand::Plug { device } => {
@@ -181,6 +218,9 @@ pub fn device(root: &Path, cmd: DeviceCommand) -> Result<(), String> {
                     d["busid"].as_str().unwrap_or("?")
                 );
             }
+        }
+        DeviceCommand::Record { .. } | DeviceCommand::Trace { .. } => {
+            return Err("recordings stream on a connection of their own".into())
         }
         DeviceCommand::List { json, .. } => {
             let answer = client.request(&CoreRequest::Devices)?;

@@ -16,6 +16,7 @@ mod events;
 mod hid;
 mod ioreg;
 mod new;
+mod record;
 mod run;
 mod serial;
 mod sysext;

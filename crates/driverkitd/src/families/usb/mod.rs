@@ -28,12 +28,16 @@ use driverkit_wire::interfaces::{
 use driverkit_wire::{Bytes, IOResult, IOReturn, MethodId, ObjectId};
 use plist::Value;
 
+pub mod tap;
+
 pub use transport::{enumerate, Completed, Enumerated, InSink, UsbTransport};
 
 /// A plugged USB device.
 pub struct UsbDevice {
     pub entry: EntryId,
+    /// The backend's transport, tapped: recorders hear its traffic.
     pub transport: Arc<dyn UsbTransport>,
+    pub tap: Arc<tap::Tap>,
     pub enumerated: Enumerated,
     /// The selected configuration value; 0 when unconfigured.
     pub configuration: Mutex<u8>,
@@ -313,11 +317,16 @@ impl UsbFamily {
                 matched: false,
             })
             .map_err(|e| format!("{source}: its bus is gone ({e})"))?;
+        // The packets of a recording name the device by its session
+        // (usbmon's device number) on bus 1.
+        let tapped = tap::Tapped::new(transport, &enumerated, session as u8, 1);
+        let tap = tapped.tap.clone();
         self.lock().devices.insert(
             id,
             Arc::new(UsbDevice {
                 entry: id,
-                transport,
+                transport: Arc::new(tapped),
+                tap,
                 enumerated,
                 configuration: Mutex::new(configuration),
             }),
@@ -325,6 +334,24 @@ impl UsbFamily {
         tracing::info!("plug     {name} [{id:#x}] (IOUSBHostDevice, from {source})");
         system.match_nub(id);
         Ok(id)
+    }
+
+    /// Records device `entry`'s traffic from now on: first the packets
+    /// that fetch its descriptors and set its configuration, then every
+    /// control request and transfer, as usbmon packets.
+    pub fn record(
+        &self,
+        entry: EntryId,
+    ) -> Result<(Vec<tap::Record>, std::sync::mpsc::Receiver<tap::Record>), String> {
+        let device = self.device(entry).ok_or_else(|| {
+            format!("{entry:#x} is not a USB device (see `driverkit device list`)")
+        })?;
+        let configuration = *device
+            .configuration
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let preamble = device.tap.preamble(&device.enumerated, configuration);
+        Ok((preamble, device.tap.subscribe()))
     }
 
     /// After matching left a USB device without a driver: a device that
