@@ -187,31 +187,33 @@ fn stream_record(
         }
     };
     writer.write_all(format!("{}\n", json!({ "ok": { "id": id } })).as_bytes())?;
-    let mut line = Vec::new();
-    let mut send = |r: &crate::families::usb::tap::Record, w: &mut UnixStream| {
+    // Lines for a batch of records, written at once.
+    let lines = |records: &[crate::families::usb::tap::Record]| {
+        let mut out = Vec::new();
         let mut bytes = Vec::new();
-        r.packet.emit(&r.data, &mut bytes);
-        line.clear();
-        line.extend_from_slice(b"{\"usbmon\":\"");
-        line.extend_from_slice(driverkit_wire::hex::encode(&bytes, "").as_bytes());
-        line.extend_from_slice(b"\"}\n");
-        w.write_all(&line)
-    };
-    for r in &preamble {
-        send(r, &mut writer)?;
-    }
-    loop {
-        match live.recv_timeout(std::time::Duration::from_secs(1)) {
-            Ok(r) => send(&r, &mut writer)?,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                // Idle: is the client still there?
-                if client_gone(&writer) {
-                    return Ok(());
-                }
+        for r in records {
+            for (packet, data) in r.packets() {
+                bytes.clear();
+                packet.emit(data, &mut bytes);
+                out.extend_from_slice(b"{\"usbmon\":\"");
+                out.extend_from_slice(driverkit_wire::hex::encode(&bytes, "").as_bytes());
+                out.extend_from_slice(b"\"}\n");
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
         }
+        out
+    };
+    writer.write_all(&lines(&preamble))?;
+    while let Some(batch) = live.next_batch(std::time::Duration::from_secs(1)) {
+        if batch.is_empty() {
+            // Quiet: is the client still there?
+            if client_gone(&writer) {
+                return Ok(());
+            }
+            continue;
+        }
+        writer.write_all(&lines(&batch))?;
     }
+    Ok(())
 }
 
 /// Whether the other end of `stream` closed (it sends nothing otherwise).

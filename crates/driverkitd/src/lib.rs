@@ -282,11 +282,19 @@ impl Daemon {
     ) -> Result<
         (
             Vec<families::usb::tap::Record>,
-            mpsc::Receiver<families::usb::tap::Record>,
+            families::usb::tap::Recording,
         ),
         String,
     > {
         self.families.usb.record(id)
+    }
+
+    /// Packets recorders of USB device `id` lost by falling behind.
+    pub fn usb_tap_lost(&self, id: EntryId) -> u64 {
+        self.families
+            .usb
+            .device(id)
+            .map_or(0, |d| d.tap.lost.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// The control socket's requests beyond the core's.

@@ -276,6 +276,76 @@ const BUSY_PERIOD: Duration = Duration::from_micros(20);
 /// see `event_log`) ends the run without being counted.
 pub fn reports_per_sec(root: &Path, n: usize, reps: usize) -> Result<Vec<Figure>, String> {
     let (daemon, device, mut events) = keyboard(root)?;
+    let (rates, lost) = report_rates(&daemon, device, &mut events, n, reps)?;
+    // The same with the device recorded (`device record`): what the tap
+    // costs, beside the rate without it from this run.
+    let (recorded, lost_recorded, recorded_packets, tap_lost) = {
+        let (preamble, live) = daemon.record_usb(device)?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let drained = std::thread::spawn(move || {
+            let mut n = 0usize;
+            while !stopped.load(std::sync::atomic::Ordering::Acquire) {
+                match live.next_batch(Duration::from_millis(100)) {
+                    Some(batch) => n += batch.iter().map(|r| r.packets().count()).sum::<usize>(),
+                    None => break,
+                }
+            }
+            n
+        });
+        let r = report_rates(&daemon, device, &mut events, n, reps);
+        let tap_lost = daemon.usb_tap_lost(device);
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        let packets = preamble.len() + drained.join().unwrap_or(0);
+        daemon.shutdown();
+        let r = r?;
+        (r.0, r.1, packets, tap_lost)
+    };
+    if lost + lost_recorded > 0 {
+        eprintln!(
+            "hid_reports_per_sec: the subscriber lost {} events (not counted)",
+            lost + lost_recorded
+        );
+    }
+    eprintln!(
+        "hid_reports_per_sec_recorded: the recorder got {recorded_packets} packets, lost {tap_lost}"
+    );
+    let baseline = raw_ring_rate(n, reps)?;
+    let (p50, low) = low_high(rates);
+    let (b50, blow) = low_high(baseline);
+    let (r50, rlow) = low_high(recorded);
+    Ok(vec![
+        Figure {
+            bench: "hid_reports_per_sec",
+            unit: "/s",
+            p50,
+            p99: low,
+            baseline: Some(("raw_ring_8B", b50, blow)),
+            stat: Stat::MedianLowest { runs: reps },
+            target: Some(Target::AtLeast(1_000_000.0)),
+        },
+        Figure {
+            bench: "hid_reports_per_sec_recorded",
+            unit: "/s",
+            p50: r50,
+            p99: rlow,
+            baseline: Some(("hid_reports_per_sec (not recorded)", p50, low)),
+            stat: Stat::MedianLowest { runs: reps },
+            // Issue 30: recording costs little, at least 0.9x.
+            target: Some(Target::AtLeastRatio(0.9)),
+        },
+    ])
+}
+
+/// Reports per second from the virtual keyboard to an events subscriber,
+/// `reps` runs of `n`; and the events the subscriber lost.
+fn report_rates(
+    daemon: &Daemon,
+    device: u64,
+    events: &mut HidSubscription,
+    n: usize,
+    reps: usize,
+) -> Result<(Vec<f64>, u64), String> {
     let mut rates = Vec::new();
     let mut lost = 0;
     for _ in 0..reps {
@@ -307,22 +377,7 @@ pub fn reports_per_sec(root: &Path, n: usize, reps: usize) -> Result<Vec<Figure>
         lost += missed;
         rates.push(seen as f64 / took.as_secs_f64());
     }
-    if lost > 0 {
-        eprintln!("hid_reports_per_sec: the subscriber lost {lost} events (not counted)");
-    }
-    daemon.shutdown();
-    let baseline = raw_ring_rate(n, reps)?;
-    let (p50, low) = low_high(rates);
-    let (b50, blow) = low_high(baseline);
-    Ok(vec![Figure {
-        bench: "hid_reports_per_sec",
-        unit: "/s",
-        p50,
-        p99: low,
-        baseline: Some(("raw_ring_8B", b50, blow)),
-        stat: Stat::MedianLowest { runs: reps },
-        target: Some(Target::AtLeast(1_000_000.0)),
-    }])
+    Ok((rates, lost))
 }
 
 /// Median and worst of throughput runs (the worst stands where latency

@@ -11,7 +11,7 @@ use driverkitd::backends::virtual_device;
 use driverkitd::families::usb::UsbTransport;
 use driverkitd::{Config, Daemon};
 
-use super::bench::{percentiles, Figure, Stat};
+use super::bench::{percentiles, Figure, Stat, Target};
 
 /// GET_DESCRIPTOR(Device): a CMD_SUBMIT of 48 bytes, a RET_SUBMIT of 48
 /// plus the 18-byte descriptor.
@@ -35,31 +35,74 @@ pub fn usbip_control_roundtrip(root: &std::path::Path, n: usize) -> Result<Vec<F
     let url = UsbIpUrl::parse(&format!("usbip://{address}/{busid}"))?;
     let device = UsbIpDevice::import(&url)?;
     let setup = Setup::get_descriptor(kind::DEVICE, 0, 0, 18);
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..n + n / 10 {
-        let t = Instant::now();
-        let d = device
-            .control(setup, &[], Some(Duration::from_secs(5)))
-            .map_err(|e| format!("GET_DESCRIPTOR over USB/IP: {e}"))?;
-        if d.len() != 18 {
-            return Err(format!("GET_DESCRIPTOR over USB/IP gave {} bytes", d.len()));
+    let round_trips = || -> Result<Vec<f64>, String> {
+        let mut samples = Vec::with_capacity(n);
+        for i in 0..n + n / 10 {
+            let t = Instant::now();
+            let d = device
+                .control(setup, &[], Some(Duration::from_secs(5)))
+                .map_err(|e| format!("GET_DESCRIPTOR over USB/IP: {e}"))?;
+            if d.len() != 18 {
+                return Err(format!("GET_DESCRIPTOR over USB/IP gave {} bytes", d.len()));
+            }
+            if i >= n / 10 {
+                samples.push(t.elapsed().as_nanos() as f64 / 1e3);
+            }
         }
-        if i >= n / 10 {
-            samples.push(t.elapsed().as_nanos() as f64 / 1e3);
-        }
-    }
+        Ok(samples)
+    };
+    let samples = round_trips();
+    // The same with the keyboard recorded (`device record`), from this run.
+    let recorded = daemon.record_usb(keyboard).and_then(|(preamble, live)| {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let drained = std::thread::spawn(move || {
+            let mut n = 0usize;
+            while !stopped.load(std::sync::atomic::Ordering::Acquire) {
+                match live.next_batch(Duration::from_millis(100)) {
+                    Some(batch) => n += batch.len(),
+                    None => break,
+                }
+            }
+            n
+        });
+        let r = round_trips();
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        let records = preamble.len() + drained.join().unwrap_or(0);
+        r.map(|s| (s, records))
+    });
     device.close();
     daemon.shutdown();
+    let (samples, (recorded, records)) = (samples?, recorded?);
+    if records < n {
+        return Err(format!(
+            "usbip_control_roundtrip_recorded: the recording holds {records} records for {n} requests"
+        ));
+    }
     let (p50, p99) = percentiles(samples);
-    Ok(vec![Figure {
-        bench: "usbip_control_roundtrip",
-        unit: "us",
-        p50,
-        p99,
-        baseline: Some(("raw_tcp_pingpong_48B_66B", b50, b99)),
-        stat: Stat::Percentiles,
-        target: None,
-    }])
+    let (r50, r99) = percentiles(recorded);
+    Ok(vec![
+        Figure {
+            bench: "usbip_control_roundtrip",
+            unit: "us",
+            p50,
+            p99,
+            baseline: Some(("raw_tcp_pingpong_48B_66B", b50, b99)),
+            stat: Stat::Percentiles,
+            target: None,
+        },
+        Figure {
+            bench: "usbip_control_roundtrip_recorded",
+            unit: "us",
+            p50: r50,
+            p99: r99,
+            baseline: Some(("usbip_control_roundtrip (not recorded)", p50, p99)),
+            stat: Stat::Percentiles,
+            // Issue 30: recording keeps at least 0.9x of the rate, so a
+            // round trip at most 1/0.9 of its time.
+            target: Some(Target::RatioAtMost(1.11)),
+        },
+    ])
 }
 
 /// A thread answering 48-byte messages with 66 bytes over loopback TCP.

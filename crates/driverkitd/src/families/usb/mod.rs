@@ -339,10 +339,7 @@ impl UsbFamily {
     /// Records device `entry`'s traffic from now on: first the packets
     /// that fetch its descriptors and set its configuration, then every
     /// control request and transfer, as usbmon packets.
-    pub fn record(
-        &self,
-        entry: EntryId,
-    ) -> Result<(Vec<tap::Record>, std::sync::mpsc::Receiver<tap::Record>), String> {
+    pub fn record(&self, entry: EntryId) -> Result<(Vec<tap::Record>, tap::Recording), String> {
         let device = self.device(entry).ok_or_else(|| {
             format!("{entry:#x} is not a USB device (see `driverkit device list`)")
         })?;

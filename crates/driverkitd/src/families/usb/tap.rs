@@ -6,13 +6,14 @@
 //! imports and virtual devices are recorded alike, and every driver's
 //! traffic with them (the HID family's report stream included).
 //!
-//! Nobody recording costs one atomic load per call. A recorder that falls
-//! behind loses packets (counted), never slows the device.
+//! Nobody recording costs one atomic load per call. A recording is a
+//! buffer the recorder takes in batches (every few milliseconds): the
+//! device's thread only appends under an uncontended lock, and a recorder
+//! that falls behind loses packets (counted), never slows the device.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use driverkit_usb::usbmon::{self, Event, PacketRepr, Transfer};
 use driverkit_usb::{Descriptors, EndpointDescriptor, Setup};
@@ -20,20 +21,94 @@ use driverkit_wire::{IOResult, IOReturn};
 
 use super::transport::{Completed, Enumerated, InSink, UsbTransport};
 
-/// Packets a recorder may fall behind by before it loses some.
-const BACKLOG: usize = 16 * 1024;
+/// Records a recording may fall behind by before it loses some.
+const BACKLOG: usize = 64 * 1024;
 
-/// One packet for a recorder: a usbmon header and its data.
+/// How often a recorder looks for new records while the device is quiet.
+const POLL: Duration = Duration::from_millis(5);
+
+/// One packet for a recorder: a usbmon header and its data; a completion
+/// whose submission the tap did not see on its own (a stream's) carries it
+/// in `submitted`, to be written first.
 #[derive(Debug, Clone)]
 pub struct Record {
+    pub submitted: Option<PacketRepr>,
     pub packet: PacketRepr,
     pub data: Vec<u8>,
+}
+
+impl Record {
+    fn new(packet: PacketRepr, data: Vec<u8>) -> Record {
+        Record {
+            submitted: None,
+            packet,
+            data,
+        }
+    }
+
+    /// The usbmon packets, in order: the submission (if carried), then
+    /// this one.
+    pub fn packets(&self) -> impl Iterator<Item = (&PacketRepr, &[u8])> {
+        self.submitted
+            .iter()
+            .map(|s| (s, &[][..]))
+            .chain(std::iter::once((&self.packet, &self.data[..])))
+    }
+}
+
+/// A recording's buffer, shared by the tap and the recorder.
+#[derive(Default)]
+struct Buffer {
+    records: Mutex<Vec<Record>>,
+    /// The device is gone: nothing more comes.
+    ended: AtomicBool,
+    /// The recorder went away.
+    dropped: AtomicBool,
+}
+
+/// A recording of a device, from the recorder's side.
+pub struct Recording {
+    buffer: Arc<Buffer>,
+}
+
+impl Recording {
+    /// The records since the last call, waiting up to `timeout` for some;
+    /// `None` once the device is gone and everything was taken.
+    pub fn next_batch(&self, timeout: Duration) -> Option<Vec<Record>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ended = self.buffer.ended.load(Ordering::Acquire);
+            let batch = std::mem::take(
+                &mut *self
+                    .buffer
+                    .records
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()),
+            );
+            if !batch.is_empty() {
+                return Some(batch);
+            }
+            if ended {
+                return None;
+            }
+            if Instant::now() >= deadline {
+                return Some(Vec::new());
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        self.buffer.dropped.store(true, Ordering::Release);
+    }
 }
 
 /// Who records a device.
 #[derive(Default)]
 pub struct Tap {
-    recorders: Mutex<Vec<SyncSender<Record>>>,
+    recordings: Mutex<Vec<Arc<Buffer>>>,
     recording: AtomicUsize,
     next_id: AtomicU64,
     /// Packets a recorder lost because it fell behind.
@@ -66,13 +141,22 @@ impl Tap {
         }
     }
 
-    /// A new recorder of every packet from now on.
-    pub fn subscribe(&self) -> Receiver<Record> {
-        let (tx, rx) = sync_channel(BACKLOG);
-        let mut recorders = self.recorders.lock().unwrap_or_else(|e| e.into_inner());
-        recorders.push(tx);
-        self.recording.store(recorders.len(), Ordering::Release);
-        rx
+    /// A new recording of every packet from now on.
+    pub fn subscribe(&self) -> Recording {
+        let buffer = Arc::new(Buffer::default());
+        let mut all = self.recordings.lock().unwrap_or_else(|e| e.into_inner());
+        all.push(buffer.clone());
+        self.recording.store(all.len(), Ordering::Release);
+        Recording { buffer }
+    }
+
+    /// The device is gone: its recordings end (after what they hold).
+    pub fn end(&self) {
+        let mut all = self.recordings.lock().unwrap_or_else(|e| e.into_inner());
+        for b in all.drain(..) {
+            b.ended.store(true, Ordering::Release);
+        }
+        self.recording.store(0, Ordering::Release);
     }
 
     fn on(&self) -> bool {
@@ -80,16 +164,24 @@ impl Tap {
     }
 
     fn send(&self, record: Record) {
-        let mut recorders = self.recorders.lock().unwrap_or_else(|e| e.into_inner());
-        recorders.retain(|r| match r.try_send(record.clone()) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
+        let mut all = self.recordings.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|b| !b.dropped.load(Ordering::Acquire));
+        self.recording.store(all.len(), Ordering::Release);
+        let Some((last, others)) = all.split_last() else {
+            return;
+        };
+        let keep = |b: &Buffer, r: Record| {
+            let mut records = b.records.lock().unwrap_or_else(|e| e.into_inner());
+            if records.len() < BACKLOG {
+                records.push(r);
+            } else {
                 self.lost.fetch_add(1, Ordering::Relaxed);
-                true
             }
-            Err(TrySendError::Disconnected(_)) => false,
-        });
-        self.recording.store(recorders.len(), Ordering::Release);
+        };
+        for b in others {
+            keep(b, record.clone());
+        }
+        keep(last, record);
     }
 
     fn transfer_type(&self, address: u8) -> Transfer {
@@ -158,7 +250,7 @@ impl Tap {
             packet.setup = Some(setup.emit());
         }
         packet.captured = data.len() as u32;
-        self.send(Record { packet, data });
+        self.send(Record::new(packet, data));
     }
 
     /// A transfer's submission (`result` none) or completion.
@@ -180,7 +272,7 @@ impl Tap {
         };
         let mut packet = self.packet(id, event, address, status, urb);
         packet.captured = data.len() as u32;
-        self.send(Record { packet, data });
+        self.send(Record::new(packet, data));
     }
 
     /// What a new recorder gets first: the descriptors the device gave at
@@ -201,16 +293,10 @@ impl Tap {
             let mut s = self.packet(id, Event::Submit, 0x80, usbmon::IN_PROGRESS, data.len());
             s.setup = Some(setup.emit());
             s.urb_length = u32::from(setup.length);
-            out.push(Record {
-                packet: s,
-                data: Vec::new(),
-            });
+            out.push(Record::new(s, Vec::new()));
             let mut c = self.packet(id, Event::Complete, 0x80, 0, data.len());
             c.captured = data.len() as u32;
-            out.push(Record {
-                packet: c,
-                data: data.to_vec(),
-            });
+            out.push(Record::new(c, data.to_vec()));
         };
         use driverkit_usb::repr::request::GET_DESCRIPTOR;
         fetch(0x80, GET_DESCRIPTOR, 0x0100, 0, &enumerated.device);
@@ -250,14 +336,11 @@ impl Tap {
             let id = self.id();
             let mut s = self.packet(id, Event::Submit, 0, usbmon::IN_PROGRESS, 0);
             s.setup = Some(setup.emit());
-            out.push(Record {
-                packet: s,
-                data: Vec::new(),
-            });
-            out.push(Record {
-                packet: self.packet(id, Event::Complete, 0, 0, 0),
-                data: Vec::new(),
-            });
+            out.push(Record::new(s, Vec::new()));
+            out.push(Record::new(
+                self.packet(id, Event::Complete, 0, 0, 0),
+                Vec::new(),
+            ));
         }
         out
     }
@@ -344,14 +427,23 @@ impl UsbTransport for Tapped {
         let recorded: InSink = Arc::new(move |data: &[u8]| {
             if tap.on() {
                 // The stream's transfers are the backend's; each one that
-                // completes is recorded as its submission and completion.
+                // completes is recorded as its submission and completion,
+                // one record.
                 let id = tap.id();
-                tap.transfer(id, address, &[], length, None);
-                let done = Completed {
-                    data: data.to_vec(),
-                    actual: data.len(),
+                let submitted = tap.packet(id, Event::Submit, address, usbmon::IN_PROGRESS, length);
+                let mut packet = PacketRepr {
+                    event: Event::Complete,
+                    status: 0,
+                    urb_length: data.len() as u32,
+                    captured: data.len() as u32,
+                    ..submitted.clone()
                 };
-                tap.transfer(id, address, &[], length, Some(&Ok(done)));
+                packet.setup = None;
+                tap.send(Record {
+                    submitted: Some(submitted),
+                    packet,
+                    data: data.to_vec(),
+                });
             }
             sink(data)
         });
@@ -371,7 +463,8 @@ impl UsbTransport for Tapped {
     }
 
     fn close(&self) {
-        self.inner.close()
+        self.inner.close();
+        self.tap.end();
     }
 
     fn active_configuration(&self) -> Option<u8> {
