@@ -178,7 +178,11 @@ fn every_shell_block_of_the_readme_runs_as_written() {
                 "{out}"
             );
         }
-        if block.contains("device type") {
+        if block.contains("device record") {
+            assert!(out.contains("packets in"), "{out}");
+            assert!(out.contains(" C Ii:1:"), "the trace's reports:\n{out}");
+        }
+        if block.contains("device type") && block.contains("driverkit events") {
             // All of "Hello", not just its first key.
             for c in ["'H'", "'e'", "'l'", "'o'"] {
                 assert!(

@@ -138,6 +138,22 @@ fn a_keyboard_recorded_while_typing_reads_back_here_and_in_tshark() {
         !descriptors.is_empty(),
         "the device descriptor is dissected"
     );
+    // Times as they were: the whole recording spans its 4 seconds, not a
+    // thousand times that (the container's resolution is said).
+    let last = tshark("frame")
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned();
+    let seconds: f64 = last
+        .split_whitespace()
+        .nth(1)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(f64::MAX);
+    assert!(
+        seconds < 10.0,
+        "the last frame {seconds} s after the first: {last}"
+    );
 }
 
 #[test]

@@ -15,7 +15,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
-use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionBlock;
+use pcap_file::pcapng::blocks::interface_description::{
+    InterfaceDescriptionBlock, InterfaceDescriptionOption,
+};
 use pcap_file::pcapng::{Block, PcapNgReader, PcapNgWriter};
 use pcap_file::DataLink;
 
@@ -34,7 +36,9 @@ impl<W: Write> Writer<W> {
             .write_pcapng_block(InterfaceDescriptionBlock {
                 linktype: DataLink::USB_LINUX_MMAPPED,
                 snaplen: 0,
-                options: Vec::new(),
+                // The crate writes a packet's time in nanoseconds: say so
+                // (the default, unsaid, is microseconds).
+                options: vec![InterfaceDescriptionOption::IfTsResol(9)],
             })
             .map_err(std::io::Error::other)?;
         Ok(Writer { inner })
@@ -70,7 +74,8 @@ pub struct Frame {
     pub data: Vec<u8>,
 }
 
-/// The usbmon packets of a pcapng or pcap file, in order. Packets of other
+/// The usbmon packets of a pcapng or pcap file, in order (their times are
+/// the usbmon headers', whatever the container's resolution). Packets of other
 /// link types are skipped (counted in frame numbers all the same); a
 /// malformed file or packet is refused, naming the frame and what was
 /// wrong.
