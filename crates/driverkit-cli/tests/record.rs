@@ -1,7 +1,8 @@
 //! Recording a USB device's traffic: the virtual keyboard recorded while
 //! `device type` types "hello", read back by our reader and by tshark
-//! (Wireshark's own dissector, which finds the interrupt-IN reports); its
-//! live trace; and who may record.
+//! (Wireshark's own dissector, which finds the interrupt-IN reports), and
+//! played back on a fresh daemon, where HIDKeyboardDriver types "hello"
+//! again; its live trace; and who may record.
 
 mod support;
 
@@ -153,6 +154,55 @@ fn a_keyboard_recorded_while_typing_reads_back_here_and_in_tshark() {
     assert!(
         seconds < 10.0,
         "the last frame {seconds} s after the first: {last}"
+    );
+}
+
+#[test]
+fn a_recording_plays_back_on_a_fresh_daemon_and_the_same_driver_types_the_same() {
+    let d = Daemon::start(&["--no-default-devices"]);
+    let kb = keyboard(&d);
+    let kept = tempfile::tempdir().unwrap();
+    let file = kept.path().join("hello.pcapng");
+    let recorder = start(
+        &d,
+        &[
+            "device",
+            "record",
+            &kb,
+            "-o",
+            file.to_str().unwrap(),
+            "--duration",
+            "3",
+        ],
+    );
+    d.cli(&["device", "type", &kb, "hello"]);
+    assert!(recorder.wait_with_output().unwrap().status.success());
+    drop(d);
+
+    // A daemon that never saw the keyboard: the recording is the device.
+    let fresh = Daemon::start(&["--no-default-devices"]);
+    let (events, said) = subscribe_as(&fresh, None, 10);
+    assert!(said.contains("listening"), "{said}");
+    let played = fresh.cli(&["device", "plug", file.to_str().unwrap()]);
+    let node = fresh.wait_node("HIDKeyboardDriver on the recording", |n| {
+        n["name"] == "HIDKeyboardDriver" && n["state"]["active"] == true
+    });
+    assert!(node["pid"].is_u64());
+    let typed: String = events_of(events)
+        .iter()
+        .filter(|e| e["value"] == 1)
+        .filter_map(|e| driverkitd::families::hid::usage_char(e["usage"].as_u64()? as u32, false))
+        .collect();
+    assert_eq!(typed, "hello");
+    let devices = fresh.cli(&["device", "list"]);
+    assert!(
+        devices.contains(&format!("{} ", played.trim())) && devices.contains("recording:hello"),
+        "{devices}"
+    );
+    assert!(
+        !fresh.log().contains("stalled"),
+        "nothing diverged:\n{}",
+        fresh.log()
     );
 }
 

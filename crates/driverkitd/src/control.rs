@@ -24,7 +24,18 @@ pub use driverkit_core::control::{Client, Request as CoreRequest, SOCKET};
 #[serde(rename_all = "snake_case")]
 pub enum DeviceArg {
     Builtin(String),
-    File { path: String, text: String },
+    File {
+        path: String,
+        text: String,
+    },
+    /// A recording (pcapng or pcap of usbmon packets) to play back, its
+    /// bytes as hex.
+    Recording {
+        path: String,
+        hex: String,
+        #[serde(default)]
+        fast: bool,
+    },
 }
 
 /// Requests of the device backends.
@@ -241,6 +252,16 @@ fn device_request(daemon: &Daemon, request: DeviceRequest) -> Result<serde_json:
                     )
                 })?,
                 DeviceArg::File { path, text } => virtual_device::parse(&text, &path)?,
+                DeviceArg::Recording { path, hex, fast } => {
+                    let bytes = driverkit_wire::hex::decode(&hex)
+                        .map_err(|e| format!("{path}: the recording's bytes: {e}"))?;
+                    let name = std::path::Path::new(&path)
+                        .file_stem()
+                        .map_or_else(|| path.clone(), |s| s.to_string_lossy().into_owned());
+                    return daemon
+                        .plug_recording(&name, &bytes, fast)
+                        .map(|id| json!({ "id": id }));
+                }
             };
             daemon.plug(spec).map(|id| json!({ "id": id }))
         }

@@ -188,6 +188,21 @@ impl Daemon {
         self.virtual_devices.plug(spec)
     }
 
+    /// Plugs the device a recording shows (pcapng or pcap of usbmon
+    /// packets, `backends::replay`), named `name`; `fast` answers without
+    /// the recorded pace.
+    pub fn plug_recording(&self, name: &str, bytes: &[u8], fast: bool) -> Result<EntryId, String> {
+        let frames = driverkit_usb::recording::read(bytes).map_err(|e| format!("{name}: {e}"))?;
+        let replay = backends::replay::Replay::new(name, &frames, fast)
+            .map_err(|e| format!("{name}: {e}"))?;
+        self.families.usb.plug(
+            &self.core.system(),
+            None,
+            Arc::new(replay),
+            self.virtual_devices.bus(),
+        )
+    }
+
     /// Imports a device from a USB/IP server (`usbip://HOST[:PORT]/BUSID`);
     /// it becomes an `IOUSBHostDevice` like any other. A dropped
     /// connection unplugs it.

@@ -9,10 +9,14 @@ use driverkitd::DeviceInfo;
 
 #[derive(Subcommand)]
 pub enum DeviceCommand {
-    /// Plug a virtual device: a device file, or a built-in name (sensor, widget, keyboard, mouse, vendor-bulk).
+    /// Plug a virtual device: a device file, a built-in name (sensor, widget, keyboard, mouse, vendor-bulk), or a recording (.pcapng from `device record`, or a usbmon capture) to play back.
     Plug {
         #[arg(value_name = "FILE|NAME")]
         device: String,
+        /// A recording (.pcapng, .pcap) answers at once, not at its
+        /// recorded pace.
+        #[arg(long)]
+        fast: bool,
     },
     /// Unplug a virtual device by registry entry ID.
     Unplug {
@@ -118,6 +122,28 @@ fn argument(arg: &str) -> Result<DeviceArg, String> {
     }
 }
 
+/// A recording to play back (a file that starts as pcapng or pcap does),
+/// else [`argument`]'s device.
+fn recording_or_argument(arg: &str, fast: bool) -> Result<DeviceArg, String> {
+    let path = Path::new(arg);
+    if path.is_file() {
+        let bytes = std::fs::read(path).map_err(|e| format!("{arg}: {e}"))?;
+        let magic = bytes.get(0..4).unwrap_or_default();
+        let capture = magic == [0x0a, 0x0d, 0x0d, 0x0a]
+            || [[0xd4, 0xc3, 0xb2, 0xa1], [0x4d, 0x3c, 0xb2, 0xa1]]
+                .iter()
+                .any(|m| magic == m);
+        if capture {
+            return Ok(DeviceArg::Recording {
+                path: arg.to_owned(),
+                hex: driverkit_wire::hex::encode(&bytes, ""),
+                fast,
+            });
+        }
+    }
+    argument(arg)
+}
+
 /// Parses a device argument locally (for `driverkit run --device`).
 pub fn resolve(arg: &str) -> Result<DeviceSpec, String> {
     match argument(arg)? {
@@ -125,6 +151,9 @@ pub fn resolve(arg: &str) -> Result<DeviceSpec, String> {
             virtual_device::builtin(&name).ok_or_else(|| format!("{name}: unknown"))
         }
         DeviceArg::File { path, text } => virtual_device::parse(&text, &path),
+        DeviceArg::Recording { path, .. } => Err(format!(
+            "{path}: a recording is played back with `driverkit device plug {path}` once the daemon runs"
+        )),
     }
 }
 
@@ -153,9 +182,9 @@ pub fn device(root: &Path, cmd: DeviceCommand) -> Result<(), String> {
 fn other(root: &Path, cmd: DeviceCommand) -> Result<(), String> {
     let mut client = super::client(root)?;
     match cmd {
-        DeviceCommand::Plug { device } => {
+        DeviceCommand::Plug { device, fast } => {
             let answer = client.request(&Request::Plug {
-                device: argument(&device)?,
+                device: recording_or_argument(&device, fast)?,
             })?;
             let id = answer["id"].as_u64().ok_or("answer without id")?;
             println!("{id:#x}");

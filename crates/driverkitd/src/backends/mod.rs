@@ -17,6 +17,7 @@
 pub mod interrupts;
 pub mod linux_pci;
 pub mod linux_usb;
+pub mod replay;
 pub mod uinput;
 pub mod usbip;
 pub mod usbip_access;

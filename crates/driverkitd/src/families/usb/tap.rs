@@ -118,6 +118,17 @@ pub struct Tap {
     bus: u16,
     /// Each endpoint's transfer type, from the configuration descriptors.
     types: Vec<(u8, Transfer)>,
+    /// Descriptors the device gave besides its device, configuration and
+    /// string descriptors (HID report descriptors, BOS...), by the setup
+    /// packet that fetched them: a recording begins with them too.
+    seen: Mutex<Vec<([u8; 8], Vec<u8>)>>,
+}
+
+/// A GET_DESCRIPTOR (standard, or of an interface: HID's report
+/// descriptor).
+fn fetches_descriptor(setup: &Setup) -> bool {
+    setup.request == driverkit_usb::repr::request::GET_DESCRIPTOR
+        && (setup.request_type == 0x80 || setup.request_type == 0x81)
 }
 
 impl Tap {
@@ -157,6 +168,23 @@ impl Tap {
             b.ended.store(true, Ordering::Release);
         }
         self.recording.store(0, Ordering::Release);
+    }
+
+    /// Keeps a descriptor the device gave that a recording's preamble
+    /// cannot make from `Enumerated`.
+    fn remember(&self, setup: &Setup, data: &[u8]) {
+        let kind = (setup.value >> 8) as u8;
+        let enumerated = setup.request_type == 0x80 && matches!(kind, 1..=3);
+        if enumerated || data.is_empty() {
+            return;
+        }
+        let key = setup.emit();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        match seen.iter_mut().find(|(k, _)| k[..6] == key[..6]) {
+            Some(entry) if entry.1.len() >= data.len() => {}
+            Some(entry) => *entry = (key, data.to_vec()),
+            None => seen.push((key, data.to_vec())),
+        }
     }
 
     fn on(&self) -> bool {
@@ -325,6 +353,12 @@ impl Tap {
                 fetch(0x80, GET_DESCRIPTOR, 0x0300 | u16::from(index), 0x0409, &d);
             }
         }
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for (setup, data) in seen {
+            let value = u16::from_le_bytes([setup[2], setup[3]]);
+            let index = u16::from_le_bytes([setup[4], setup[5]]);
+            fetch(setup[0], setup[1], value, index, &data);
+        }
         if configuration != 0 {
             let setup = Setup {
                 request_type: 0,
@@ -389,13 +423,20 @@ impl UsbTransport for Tapped {
     }
 
     fn control(&self, setup: Setup, data: &[u8], timeout: Option<Duration>) -> IOResult<Vec<u8>> {
-        if !self.tap.on() {
-            return self.inner.control(setup, data, timeout);
+        let result = if !self.tap.on() {
+            self.inner.control(setup, data, timeout)
+        } else {
+            let id = self.tap.id();
+            self.tap.control(id, setup, data, None);
+            let result = self.inner.control(setup, data, timeout);
+            self.tap.control(id, setup, data, Some(&result));
+            result
+        };
+        if fetches_descriptor(&setup) {
+            if let Ok(d) = &result {
+                self.tap.remember(&setup, d);
+            }
         }
-        let id = self.tap.id();
-        self.tap.control(id, setup, data, None);
-        let result = self.inner.control(setup, data, timeout);
-        self.tap.control(id, setup, data, Some(&result));
         result
     }
 

@@ -1,0 +1,535 @@
+//! A recorded USB device, played back (`driverkit device plug FILE.pcapng`):
+//! the device a recording (`driverkit device record`, or a capture of
+//! Linux's usbmon) shows, as a [`UsbTransport`] the same driver binary
+//! drives.
+//!
+//! The rules:
+//! - Descriptors are the ones the recording fetched (device, configurations,
+//!   strings, HID report descriptors), answered whenever asked. So are the
+//!   standard requests that change state (configuration, interface,
+//!   feature) and HID's SET_IDLE and SET_PROTOCOL: they succeed, and
+//!   GET_CONFIGURATION says what was set.
+//! - Everything else (vendor and class control requests, bulk and
+//!   interrupt transfers) is answered in recorded order, per endpoint. An
+//!   OUT transfer or control request must carry the recorded bytes; an IN
+//!   one gets the recorded data and status, at the recorded pace after the
+//!   device was plugged (or at once with `--fast`).
+//! - A request the recording does not have next, or OUT bytes that differ,
+//!   gets a stall, and the log names the frame, the endpoint, and expected
+//!   against got. An IN endpoint whose recording has run out waits, as a
+//!   device with nothing to say does (NAK), until the driver aborts it or
+//!   its timeout ends it. Nothing hangs the daemon, nothing panics.
+//! - A capture of a whole bus holds several devices: the one that is not a
+//!   hub (the one with the most traffic, if several) is played back.
+//!   Isochronous transfers are out of scope, as in DriverKit.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use driverkit_usb::recording::Frame;
+use driverkit_usb::usbmon::{Event, PacketRepr, Transfer};
+use driverkit_usb::Setup;
+use driverkit_wire::{IOResult, IOReturn};
+
+use crate::families::usb::{Completed, UsbTransport};
+
+/// One recorded exchange on an endpoint: what the driver is to send, and
+/// what the device answered.
+#[derive(Debug, Clone)]
+struct Expected {
+    /// The completion's frame number (Wireshark's).
+    frame: u64,
+    setup: Option<[u8; 8]>,
+    out: Vec<u8>,
+    data: Vec<u8>,
+    status: i32,
+    /// Seconds after the recording's first packet.
+    at: f64,
+}
+
+/// The recording, as the device it shows.
+pub struct Replay {
+    name: String,
+    /// Descriptors by (wValue, wIndex) of the GET_DESCRIPTOR that fetched
+    /// them; HID report descriptors with request type 0x81.
+    descriptors: HashMap<(u8, u16, u16), Vec<u8>>,
+    device: Vec<u8>,
+    configuration: Mutex<u8>,
+    /// Per endpoint address (0 for control), what comes next.
+    queues: Mutex<HashMap<u8, VecDeque<Expected>>>,
+    changed: Condvar,
+    aborts: Mutex<HashMap<u8, u64>>,
+    closed: AtomicBool,
+    fast: bool,
+    plugged: Instant,
+    /// The last divergence, for tests and `device list`'s callers.
+    pub divergences: AtomicU64,
+}
+
+fn is_get_descriptor(setup: &[u8; 8]) -> bool {
+    setup[1] == driverkit_usb::repr::request::GET_DESCRIPTOR
+        && (setup[0] == 0x80 || setup[0] == 0x81)
+}
+
+/// Requests answered from state, whenever asked: standard ones (type bits
+/// 0) and HID's SET_IDLE (0x0a) and SET_PROTOCOL (0x0b).
+fn answered_from_state(setup: &[u8; 8]) -> bool {
+    let standard = setup[0] & 0x60 == 0;
+    let hid_state = setup[0] == 0x21 && (setup[1] == 0x0a || setup[1] == 0x0b);
+    standard || hid_state
+}
+
+impl Replay {
+    /// The device a recording's frames show. `name` names it in the
+    /// registry's log lines.
+    pub fn new(name: &str, frames: &[Frame], fast: bool) -> Result<Replay, String> {
+        let (bus, device) = pick_device(frames)?;
+        let ours: Vec<&Frame> = frames
+            .iter()
+            .filter(|f| f.packet.bus == bus && f.packet.device == device)
+            .collect();
+        let first = ours.first().map_or(0.0, |f| seconds(&f.packet));
+        let mut submitted: HashMap<u64, &Frame> = HashMap::new();
+        let mut descriptors = HashMap::new();
+        let mut queues: HashMap<u8, VecDeque<Expected>> = HashMap::new();
+        for f in &ours {
+            let p = &f.packet;
+            if p.transfer == Transfer::Isochronous {
+                continue;
+            }
+            match p.event {
+                Event::Submit => {
+                    submitted.insert(p.id, f);
+                }
+                Event::Error => {
+                    submitted.remove(&p.id);
+                }
+                Event::Complete => {
+                    let Some(s) = submitted.remove(&p.id) else {
+                        continue; // its submission came before the recording
+                    };
+                    let setup = s.packet.setup;
+                    if let Some(setup) = setup {
+                        if is_get_descriptor(&setup) && p.status == 0 {
+                            let value = u16::from_le_bytes([setup[2], setup[3]]);
+                            let index = u16::from_le_bytes([setup[4], setup[5]]);
+                            let d = descriptors
+                                .entry((setup[0], value, index))
+                                .or_insert_with(Vec::new);
+                            // The longest answer (a host reads 9 bytes of
+                            // a configuration first, then all of it).
+                            if f.data.len() > d.len() {
+                                *d = f.data.clone();
+                            }
+                            continue;
+                        }
+                        if answered_from_state(&setup) {
+                            continue;
+                        }
+                    }
+                    let address = if p.transfer == Transfer::Control {
+                        0
+                    } else {
+                        p.endpoint
+                    };
+                    queues.entry(address).or_default().push_back(Expected {
+                        frame: f.number,
+                        setup,
+                        out: if p.endpoint & 0x80 == 0 || setup.is_some_and(|s| s[0] & 0x80 == 0) {
+                            s.data.clone()
+                        } else {
+                            Vec::new()
+                        },
+                        data: if p.endpoint & 0x80 != 0 {
+                            f.data.clone()
+                        } else {
+                            Vec::new()
+                        },
+                        status: p.status,
+                        at: seconds(p) - first,
+                    });
+                }
+            }
+        }
+        let device_descriptor = descriptors
+            .get(&(0x80, 0x0100, 0))
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "the recording never fetched device {bus}.{device:03}'s device descriptor (GET_DESCRIPTOR 0x0100): \
+                     record from the daemon (`driverkit device record`, which begins with it) or start the capture before the device is plugged"
+                )
+            })?;
+        Ok(Replay {
+            name: name.to_owned(),
+            descriptors,
+            device: device_descriptor,
+            configuration: Mutex::new(0),
+            queues: Mutex::new(queues),
+            changed: Condvar::new(),
+            aborts: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            fast,
+            plugged: Instant::now(),
+            divergences: AtomicU64::new(0),
+        })
+    }
+
+    fn stall(&self, why: String) -> IOReturn {
+        self.divergences.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("replay   {}: {why}; stalled", self.name);
+        IOReturn::USB_PIPE_STALLED
+    }
+
+    /// Waits until the recorded moment `at` (after the plug), unless fast.
+    fn pace(&self, at: f64) {
+        if self.fast {
+            return;
+        }
+        let due = self.plugged + Duration::from_secs_f64(at.max(0.0));
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep((due - now).min(Duration::from_secs(60)));
+        }
+    }
+
+    fn answer(&self, e: &Expected) -> IOResult<Vec<u8>> {
+        match e.status {
+            0 => Ok(e.data.clone()),
+            driverkit_usb::usbmon::STALL => Err(IOReturn::USB_PIPE_STALLED),
+            s if s == -libc::ETIMEDOUT => Err(IOReturn::TIMEOUT),
+            s if s == -libc::ENOENT || s == -libc::ECONNRESET => Err(IOReturn::ABORTED),
+            _ => Err(IOReturn::IO_ERROR),
+        }
+    }
+}
+
+fn seconds(p: &PacketRepr) -> f64 {
+    p.seconds as f64 + f64::from(p.microseconds) / 1e6
+}
+
+/// The device a recording is of: the only one, else the one that is not a
+/// hub with the most packets.
+fn pick_device(frames: &[Frame]) -> Result<(u16, u8), String> {
+    let mut counts: HashMap<(u16, u8), usize> = HashMap::new();
+    let mut hubs = Vec::new();
+    for f in frames {
+        let key = (f.packet.bus, f.packet.device);
+        *counts.entry(key).or_default() += 1;
+        // A device descriptor of class 9 is a hub's.
+        let descriptor = f.packet.event == Event::Complete
+            && f.data.len() >= 18
+            && f.data[1] == driverkit_usb::kind::DEVICE;
+        if descriptor && f.data[4] == 9 {
+            hubs.push(key);
+        }
+    }
+    counts
+        .into_iter()
+        .filter(|(k, _)| !hubs.contains(k) && k.1 != 0)
+        .max_by_key(|(_, n)| *n)
+        .map(|(k, _)| k)
+        .ok_or_else(|| {
+            "the recording holds no USB device's packets (only hubs, or nothing)".to_owned()
+        })
+}
+
+impl UsbTransport for Replay {
+    fn source(&self) -> String {
+        format!("recording:{}", self.name)
+    }
+
+    fn location_id(&self) -> u32 {
+        0x3000_0000
+    }
+
+    fn control(&self, setup: Setup, data: &[u8], _timeout: Option<Duration>) -> IOResult<Vec<u8>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(IOReturn::NO_DEVICE);
+        }
+        let bytes = setup.emit();
+        let length = usize::from(setup.length);
+        if is_get_descriptor(&bytes) {
+            let key = (bytes[0], setup.value, setup.index);
+            return match self.descriptors.get(&key) {
+                Some(d) => Ok(d[..d.len().min(length)].to_vec()),
+                None if key == (0x80, 0x0100, 0) => {
+                    Ok(self.device[..self.device.len().min(length)].to_vec())
+                }
+                None => Err(self.stall(format!(
+                    "GET_DESCRIPTOR {:#06x} (index {:#06x}) was never fetched in the recording",
+                    setup.value, setup.index
+                ))),
+            };
+        }
+        if answered_from_state(&bytes) {
+            use driverkit_usb::repr::request;
+            return Ok(match (bytes[0], bytes[1]) {
+                (0x00, request::SET_CONFIGURATION) => {
+                    *self.configuration.lock().unwrap_or_else(|e| e.into_inner()) =
+                        setup.value as u8;
+                    Vec::new()
+                }
+                (0x80, 8) => vec![*self.configuration.lock().unwrap_or_else(|e| e.into_inner())],
+                (0x80..=0x82, 0) => vec![0, 0][..length.min(2)].to_vec(),
+                _ => Vec::new(),
+            });
+        }
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let next = queues.get_mut(&0).and_then(VecDeque::pop_front);
+        drop(queues);
+        let Some(e) = next else {
+            return Err(self.stall(format!(
+                "endpoint 0: the recording has no more control requests; got {}",
+                hex(&bytes)
+            )));
+        };
+        if e.setup != Some(bytes) || (bytes[0] & 0x80 == 0 && e.out != data) {
+            return Err(self.stall(format!(
+                "frame {}: endpoint 0: expected {} {} , got {} {}",
+                e.frame,
+                hex(&e.setup.unwrap_or_default()),
+                hex(&e.out),
+                hex(&bytes),
+                hex(data)
+            )));
+        }
+        self.pace(e.at);
+        self.answer(&e).map(|mut d| {
+            d.truncate(length);
+            d
+        })
+    }
+
+    fn transfer_queued(
+        &self,
+        address: u8,
+        data: &[u8],
+        length: usize,
+        timeout: Option<Duration>,
+        submitted: u64,
+        queued: &mut dyn FnMut(),
+    ) -> IOResult<Completed> {
+        queued();
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let input = address & 0x80 != 0;
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let e = loop {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(IOReturn::NO_DEVICE);
+            }
+            if self.abort_generation(address) != submitted {
+                return Err(IOReturn::ABORTED);
+            }
+            if let Some(e) = queues.get_mut(&address).and_then(VecDeque::pop_front) {
+                break e;
+            }
+            if !input {
+                drop(queues);
+                return Err(self.stall(format!(
+                    "endpoint {address:#04x}: the recording has no more OUT transfers; got {}",
+                    hex(data)
+                )));
+            }
+            // Nothing more recorded: an IN endpoint with nothing to say.
+            let wait = deadline
+                .map(|d| d.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_secs(1));
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(IOReturn::TIMEOUT);
+            }
+            queues = self
+                .changed
+                .wait_timeout(queues, wait)
+                .map(|(q, _)| q)
+                .unwrap_or_else(|e| e.into_inner().0);
+        };
+        drop(queues);
+        if !input && e.out != data {
+            return Err(self.stall(format!(
+                "frame {}: endpoint {address:#04x}: expected {} , got {}",
+                e.frame,
+                hex(&e.out),
+                hex(data)
+            )));
+        }
+        self.pace(e.at);
+        let answer = self.answer(&e)?;
+        Ok(if input {
+            let mut d = answer;
+            d.truncate(length);
+            Completed {
+                actual: d.len(),
+                data: d,
+            }
+        } else {
+            Completed {
+                data: Vec::new(),
+                actual: data.len(),
+            }
+        })
+    }
+
+    fn abort_generation(&self, address: u8) -> u64 {
+        self.aborts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&address)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn abort(&self, address: u8) {
+        *self
+            .aborts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(address)
+            .or_default() += 1;
+        self.changed.notify_all();
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.changed.notify_all();
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    if b.is_empty() {
+        return "(no data)".to_owned();
+    }
+    driverkit_wire::hex::encode(b, " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use driverkit_usb::usbmon::{self, PacketRepr};
+
+    fn packet(
+        id: u64,
+        event: Event,
+        transfer: Transfer,
+        endpoint: u8,
+        setup: Option<[u8; 8]>,
+    ) -> PacketRepr {
+        PacketRepr {
+            id,
+            event,
+            transfer,
+            endpoint,
+            device: 2,
+            bus: 1,
+            setup,
+            seconds: 100,
+            microseconds: 0,
+            status: if event == Event::Submit {
+                usbmon::IN_PROGRESS
+            } else {
+                0
+            },
+            urb_length: 0,
+            captured: 0,
+            interval: 0,
+        }
+    }
+
+    fn frames() -> Vec<Frame> {
+        let device = vec![
+            18, 1, 0, 2, 0xff, 0, 0, 64, 0x09, 0x12, 3, 0, 0, 1, 0, 0, 0, 1,
+        ];
+        let get = [0x80, 6, 0, 1, 0, 0, 18, 0];
+        let vendor_out = [0x40, 1, 2, 0, 0, 0, 2, 0];
+        let f = |n: u64, p: PacketRepr, data: Vec<u8>| Frame {
+            number: n,
+            packet: p,
+            data,
+        };
+        vec![
+            f(
+                1,
+                packet(1, Event::Submit, Transfer::Control, 0x80, Some(get)),
+                vec![],
+            ),
+            f(
+                2,
+                packet(1, Event::Complete, Transfer::Control, 0x80, None),
+                device,
+            ),
+            f(
+                3,
+                packet(2, Event::Submit, Transfer::Control, 0x00, Some(vendor_out)),
+                vec![7, 8],
+            ),
+            f(
+                4,
+                packet(2, Event::Complete, Transfer::Control, 0x00, None),
+                vec![],
+            ),
+            f(
+                5,
+                packet(3, Event::Submit, Transfer::Bulk, 0x81, None),
+                vec![],
+            ),
+            f(
+                6,
+                packet(3, Event::Complete, Transfer::Bulk, 0x81, None),
+                vec![1, 2, 3],
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_recording_answers_what_it_recorded_and_stalls_what_differs() {
+        let r = Replay::new("test", &frames(), true).unwrap();
+        let get = Setup::get_descriptor(1, 0, 0, 18);
+        assert_eq!(
+            r.control(get, &[], None).unwrap()[8],
+            0x09,
+            "its descriptor"
+        );
+        assert_eq!(
+            r.control(get, &[], None).unwrap().len(),
+            18,
+            "asked again, answered again"
+        );
+        let vendor = Setup::parse([0x40, 1, 2, 0, 0, 0, 2, 0]);
+        // Other bytes than recorded: a stall naming the frame.
+        assert_eq!(
+            r.control(vendor, &[9, 9], None),
+            Err(IOReturn::USB_PIPE_STALLED)
+        );
+        assert_eq!(r.divergences.load(Ordering::Relaxed), 1);
+        // The bulk IN comes as recorded, then the endpoint has nothing more.
+        let got = r.transfer(0x81, &[], 64, None, 0).unwrap();
+        assert_eq!(got.data, [1, 2, 3]);
+        assert_eq!(
+            r.transfer(0x81, &[], 64, Some(Duration::from_millis(50)), 0),
+            Err(IOReturn::TIMEOUT),
+            "an IN endpoint with nothing recorded waits, as a quiet device does"
+        );
+        // An OUT the recording does not have: stalled, never hung.
+        assert_eq!(
+            r.transfer(0x02, &[1], 0, None, 0),
+            Err(IOReturn::USB_PIPE_STALLED)
+        );
+        // An abort ends a waiting IN transfer.
+        r.abort(0x81);
+        assert_eq!(r.transfer(0x81, &[], 64, None, 0), Err(IOReturn::ABORTED));
+    }
+
+    #[test]
+    fn a_recording_without_its_device_descriptor_is_refused_with_what_to_do() {
+        let mut f = frames();
+        f.drain(0..2);
+        let e = Replay::new("test", &f, true).err().unwrap();
+        assert!(
+            e.contains("never fetched device 1.002's device descriptor"),
+            "{e}"
+        );
+    }
+}
