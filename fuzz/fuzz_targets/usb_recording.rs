@@ -8,6 +8,6 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let _ = usbmon::PacketRepr::parse(data);
     if let Ok(frames) = recording::read(data) {
-        let _ = driverkitd::backends::replay::Replay::new("fuzz", &frames, true);
+        let _ = driverkitd::backends::replay::Replay::new("fuzz", &frames, true, None);
     }
 });

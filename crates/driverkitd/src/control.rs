@@ -35,6 +35,9 @@ pub enum DeviceArg {
         hex: String,
         #[serde(default)]
         fast: bool,
+        /// The device of a whole bus's capture: `[bus, device]`.
+        #[serde(default)]
+        device: Option<(u16, u8)>,
     },
 }
 
@@ -252,14 +255,19 @@ fn device_request(daemon: &Daemon, request: DeviceRequest) -> Result<serde_json:
                     )
                 })?,
                 DeviceArg::File { path, text } => virtual_device::parse(&text, &path)?,
-                DeviceArg::Recording { path, hex, fast } => {
+                DeviceArg::Recording {
+                    path,
+                    hex,
+                    fast,
+                    device,
+                } => {
                     let bytes = driverkit_wire::hex::decode(&hex)
                         .map_err(|e| format!("{path}: the recording's bytes: {e}"))?;
                     let name = std::path::Path::new(&path)
                         .file_stem()
                         .map_or_else(|| path.clone(), |s| s.to_string_lossy().into_owned());
                     return daemon
-                        .plug_recording(&name, &bytes, fast)
+                        .plug_recording(&name, &bytes, fast, device)
                         .map(|id| json!({ "id": id }));
                 }
             };

@@ -190,10 +190,16 @@ impl Daemon {
 
     /// Plugs the device a recording shows (pcapng or pcap of usbmon
     /// packets, `backends::replay`), named `name`; `fast` answers without
-    /// the recorded pace.
-    pub fn plug_recording(&self, name: &str, bytes: &[u8], fast: bool) -> Result<EntryId, String> {
+    /// the recorded pace; `only` picks a device of a whole bus's capture.
+    pub fn plug_recording(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        fast: bool,
+        only: Option<(u16, u8)>,
+    ) -> Result<EntryId, String> {
         let frames = driverkit_usb::recording::read(bytes).map_err(|e| format!("{name}: {e}"))?;
-        let replay = backends::replay::Replay::new(name, &frames, fast)
+        let replay = backends::replay::Replay::new(name, &frames, fast, only)
             .map_err(|e| format!("{name}: {e}"))?;
         self.families.usb.plug(
             &self.core.system(),

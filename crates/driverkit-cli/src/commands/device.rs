@@ -17,6 +17,10 @@ pub enum DeviceCommand {
         /// recorded pace.
         #[arg(long)]
         fast: bool,
+        /// Of a whole bus's capture, the device to play back: BUS.DEVNUM as
+        /// usbmon numbers them [default: the device that is not a hub].
+        #[arg(long = "device", value_name = "BUS.DEVNUM")]
+        only: Option<String>,
     },
     /// Unplug a virtual device by registry entry ID.
     Unplug {
@@ -124,7 +128,16 @@ fn argument(arg: &str) -> Result<DeviceArg, String> {
 
 /// A recording to play back (a file that starts as pcapng or pcap does),
 /// else [`argument`]'s device.
-fn recording_or_argument(arg: &str, fast: bool) -> Result<DeviceArg, String> {
+fn recording_or_argument(arg: &str, fast: bool, only: Option<&str>) -> Result<DeviceArg, String> {
+    let only = only
+        .map(|d| {
+            d.split_once('.')
+                .and_then(|(b, n)| Some((b.parse::<u16>().ok()?, n.parse::<u8>().ok()?)))
+                .ok_or_else(|| {
+                    format!("--device {d}: expected BUS.DEVNUM (1.005), as usbmon numbers devices")
+                })
+        })
+        .transpose()?;
     let path = Path::new(arg);
     if path.is_file() {
         let bytes = std::fs::read(path).map_err(|e| format!("{arg}: {e}"))?;
@@ -138,6 +151,7 @@ fn recording_or_argument(arg: &str, fast: bool) -> Result<DeviceArg, String> {
                 path: arg.to_owned(),
                 hex: driverkit_wire::hex::encode(&bytes, ""),
                 fast,
+                device: only,
             });
         }
     }
@@ -182,9 +196,9 @@ pub fn device(root: &Path, cmd: DeviceCommand) -> Result<(), String> {
 fn other(root: &Path, cmd: DeviceCommand) -> Result<(), String> {
     let mut client = super::client(root)?;
     match cmd {
-        DeviceCommand::Plug { device, fast } => {
+        DeviceCommand::Plug { device, fast, only } => {
             let answer = client.request(&Request::Plug {
-                device: recording_or_argument(&device, fast)?,
+                device: recording_or_argument(&device, fast, only.as_deref())?,
             })?;
             let id = answer["id"].as_u64().ok_or("answer without id")?;
             println!("{id:#x}");

@@ -20,8 +20,12 @@
 //!   device with nothing to say does (NAK), until the driver aborts it or
 //!   its timeout ends it. Nothing hangs the daemon, nothing panics.
 //! - A capture of a whole bus holds several devices: the one that is not a
-//!   hub (the one with the most traffic, if several) is played back.
-//!   Isochronous transfers are out of scope, as in DriverKit.
+//!   hub (the one with the most traffic, if several), or the one `--device
+//!   BUS.DEVNUM` names, is played back, with its packets at address 0
+//!   before the SET_ADDRESS that numbered it. Transfers the host unlinked
+//!   (a kernel driver letting go as ours took over) are not the device's
+//!   and are left out. Isochronous transfers are out of scope, as in
+//!   DriverKit.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -84,12 +88,44 @@ fn answered_from_state(setup: &[u8; 8]) -> bool {
 impl Replay {
     /// The device a recording's frames show. `name` names it in the
     /// registry's log lines.
-    pub fn new(name: &str, frames: &[Frame], fast: bool) -> Result<Replay, String> {
-        let (bus, device) = pick_device(frames)?;
+    pub fn new(
+        name: &str,
+        frames: &[Frame],
+        fast: bool,
+        only: Option<(u16, u8)>,
+    ) -> Result<Replay, String> {
+        let (bus, device) = match only {
+            Some(d) => d,
+            None => pick_device(frames)?,
+        };
+        // A capture that began before the device was plugged shows it at
+        // address 0 first, until the SET_ADDRESS that gave it its number.
+        let addressed = frames
+            .iter()
+            .position(|f| {
+                f.packet.bus == bus
+                    && f.packet.device == 0
+                    && f.packet.setup.is_some_and(|s| {
+                        s[0] == 0
+                            && s[1] == 5
+                            && u16::from_le_bytes([s[2], s[3]]) == u16::from(device)
+                    })
+            })
+            .unwrap_or(0);
         let ours: Vec<&Frame> = frames
             .iter()
-            .filter(|f| f.packet.bus == bus && f.packet.device == device)
+            .enumerate()
+            .filter(|(i, f)| {
+                f.packet.bus == bus
+                    && (f.packet.device == device || (f.packet.device == 0 && *i <= addressed + 1))
+            })
+            .map(|(_, f)| f)
             .collect();
+        if !ours.iter().any(|f| f.packet.device == device) {
+            return Err(format!(
+                "the recording holds no packet of device {bus}.{device:03} (`driverkit device plug FILE --device BUS.DEVNUM` picks one)"
+            ));
+        }
         let first = ours.first().map_or(0.0, |f| seconds(&f.packet));
         let mut submitted: HashMap<u64, &Frame> = HashMap::new();
         let mut descriptors = HashMap::new();
@@ -110,6 +146,12 @@ impl Replay {
                     let Some(s) = submitted.remove(&p.id) else {
                         continue; // its submission came before the recording
                     };
+                    // Unlinked by the host (a kernel driver letting go of
+                    // its transfers as ours took over): nothing the device
+                    // did.
+                    if p.status == -libc::ENOENT || p.status == -libc::ECONNRESET {
+                        continue;
+                    }
                     let setup = s.packet.setup;
                     if let Some(setup) = setup {
                         if is_get_descriptor(&setup) && p.status == 0 {
@@ -485,7 +527,7 @@ mod tests {
 
     #[test]
     fn a_recording_answers_what_it_recorded_and_stalls_what_differs() {
-        let r = Replay::new("test", &frames(), true).unwrap();
+        let r = Replay::new("test", &frames(), true, None).unwrap();
         let get = Setup::get_descriptor(1, 0, 0, 18);
         assert_eq!(
             r.control(get, &[], None).unwrap()[8],
@@ -526,10 +568,120 @@ mod tests {
     fn a_recording_without_its_device_descriptor_is_refused_with_what_to_do() {
         let mut f = frames();
         f.drain(0..2);
-        let e = Replay::new("test", &f, true).err().unwrap();
+        let e = Replay::new("test", &f, true, None).err().unwrap();
         assert!(
             e.contains("never fetched device 1.002's device descriptor"),
             "{e}"
         );
+    }
+}
+
+#[cfg(test)]
+mod capture_tests {
+    use super::*;
+    use driverkit_usb::usbmon::{self, PacketRepr};
+
+    fn frame(
+        n: u64,
+        id: u64,
+        device: u8,
+        event: Event,
+        setup: Option<[u8; 8]>,
+        status: i32,
+        data: Vec<u8>,
+    ) -> Frame {
+        Frame {
+            number: n,
+            packet: PacketRepr {
+                id,
+                event,
+                transfer: if setup.is_some() || event == Event::Complete && id < 10 {
+                    Transfer::Control
+                } else {
+                    Transfer::Interrupt
+                },
+                endpoint: if id < 10 { 0x80 } else { 0x81 },
+                device,
+                bus: 1,
+                setup,
+                seconds: 0,
+                microseconds: 0,
+                status,
+                urb_length: data.len() as u32,
+                captured: data.len() as u32,
+                interval: 0,
+            },
+            data,
+        }
+    }
+
+    /// A kernel's capture: the device at address 0, SET_ADDRESS 5, then
+    /// its descriptors at 5, usbhid's report and its transfer unlinked
+    /// when ours took over, and a hub's traffic besides.
+    fn capture() -> Vec<Frame> {
+        let descriptor = vec![18, 1, 0, 2, 0, 0, 0, 8, 0x09, 0x12, 1, 0, 0, 1, 0, 0, 0, 1];
+        let hub = vec![18, 1, 0, 2, 9, 0, 0, 64, 0x6b, 0x1d, 2, 0, 0, 1, 0, 0, 0, 1];
+        let get = Some([0x80, 6, 0, 1, 0, 0, 18, 0]);
+        let ip = usbmon::IN_PROGRESS;
+        vec![
+            frame(1, 1, 1, Event::Submit, get, ip, vec![]),
+            frame(2, 1, 1, Event::Complete, None, 0, hub),
+            frame(3, 2, 0, Event::Submit, get, ip, vec![]),
+            frame(4, 2, 0, Event::Complete, None, 0, descriptor[..8].to_vec()),
+            frame(
+                5,
+                3,
+                0,
+                Event::Submit,
+                Some([0, 5, 5, 0, 0, 0, 0, 0]),
+                ip,
+                vec![],
+            ),
+            frame(6, 3, 0, Event::Complete, None, 0, vec![]),
+            frame(7, 4, 5, Event::Submit, get, ip, vec![]),
+            frame(8, 4, 5, Event::Complete, None, 0, descriptor),
+            frame(9, 10, 5, Event::Submit, None, ip, vec![]),
+            frame(
+                10,
+                10,
+                5,
+                Event::Complete,
+                None,
+                0,
+                vec![0, 0, 4, 0, 0, 0, 0, 0],
+            ),
+            frame(11, 11, 5, Event::Submit, None, ip, vec![]),
+            frame(12, 11, 5, Event::Complete, None, -libc::ENOENT, vec![]),
+            frame(13, 12, 5, Event::Submit, None, ip, vec![]),
+            frame(
+                14,
+                12,
+                5,
+                Event::Complete,
+                None,
+                0,
+                vec![0, 0, 5, 0, 0, 0, 0, 0],
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_bus_capture_plays_back_its_device_across_its_address_change() {
+        let r = Replay::new("capture", &capture(), true, None).unwrap();
+        let get = Setup::get_descriptor(1, 0, 0, 18);
+        assert_eq!(
+            r.control(get, &[], None).unwrap()[4],
+            0,
+            "the keyboard's, not the hub's"
+        );
+        // usbhid's report, then ours; the unlinked transfer is no report.
+        assert_eq!(r.transfer(0x81, &[], 8, None, 0).unwrap().data[2], 4);
+        assert_eq!(r.transfer(0x81, &[], 8, None, 0).unwrap().data[2], 5);
+        // --device names one; a device the capture lacks is refused.
+        assert!(Replay::new("capture", &capture(), true, Some((1, 5))).is_ok());
+        let e = Replay::new("capture", &capture(), true, Some((1, 9)))
+            .err()
+            .unwrap();
+        assert!(e.contains("no packet of device 1.009"), "{e}");
     }
 }
