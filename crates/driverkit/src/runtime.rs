@@ -5,8 +5,10 @@
 //! Threads: the main thread reads the control socket the daemon handed over;
 //! each service's `Default` queue runs that service's methods. Calls into
 //! the system travel on call channels (shared-memory regions that travel to
-//! the daemon once, where a thread of its own serves each, spinning briefly
-//! between calls and then parking): a thread keeps the channel it used last,
+//! the daemon once, where the daemon's channel pool serves them: a pool
+//! thread leads a shard of channels, answers the one that called, spins
+//! briefly for its next call and then parks; `driverkit-core::channel_pool`):
+//! a thread keeps the channel it used last,
 //! and otherwise takes one from a pool, so a call takes no lock and makes no
 //! hand-off between threads. One channel is opened right after hello, so
 //! the first `super_start` does not wait for one.

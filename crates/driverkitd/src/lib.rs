@@ -1,9 +1,11 @@
 //! The driverkit daemon: the core (`driverkit-core`) with the families and
 //! the device backends plugged in.
 //!
-//! - [`families`]: the system side of USB, HID and plain devices, each a
-//!   `driverkit_core::Family`;
-//! - [`backends`]: where devices come from (virtual devices, USB/IP) and
+//! - [`families`]: the system side of USB, HID, serial, Ethernet, PCI and
+//!   plain devices, each a `driverkit_core::Family` (USB's `tap` records
+//!   any device's traffic);
+//! - [`backends`]: where devices come from (virtual devices, the machine's
+//!   USB and PCI devices, USB/IP both ways, recordings played back) and
 //!   where events go (uinput);
 //! - [`control`]: the control socket's vocabulary, the core's requests and
 //!   the ones the families and backends add.
