@@ -165,6 +165,21 @@ impl State {
             .map(|r| r.properties.clone())
             .unwrap_or_default()
     }
+
+    /// The personalities that may drive `entry` now: those whose keys
+    /// match, less the ones disabled (past their relaunch limit) and the
+    /// ones it declined (their probe failed).
+    fn candidates_for(&self, entry: &crate::registry::Entry) -> Vec<Candidate> {
+        let resources = self.resources();
+        self.catalogue
+            .candidates(&entry.match_target(), &resources)
+            .into_iter()
+            .filter(|c| {
+                !self.disabled.contains(&c.driver.key())
+                    && !entry.declined.contains(&c.driver.key())
+            })
+            .collect()
+    }
 }
 
 pub(crate) struct State {
@@ -609,18 +624,8 @@ impl Inner {
             if !entry.state.registered || entry.state.terminating {
                 return;
             }
-            let resources = st.resources();
-            let target = entry.match_target();
-            let candidates: Vec<Candidate> = st
-                .catalogue
-                .candidates(&target, &resources)
-                .into_iter()
-                .filter(|c| {
-                    c.driver.bundle.identifier == bundle_id
-                        && !st.disabled.contains(&c.driver.key())
-                        && !entry.declined.contains(&c.driver.key())
-                })
-                .collect();
+            let mut candidates = st.candidates_for(entry);
+            candidates.retain(|c| c.driver.bundle.identifier == bundle_id);
             by_category(candidates)
                 .into_iter()
                 .filter_map(|(category, group)| {
@@ -696,17 +701,7 @@ impl Inner {
             if !entry.state.registered || entry.state.terminating {
                 return;
             }
-            let resources = st.resources();
-            let target = entry.match_target();
-            let candidates: Vec<Candidate> = st
-                .catalogue
-                .candidates(&target, &resources)
-                .into_iter()
-                .filter(|c| {
-                    !st.disabled.contains(&c.driver.key())
-                        && !entry.declined.contains(&c.driver.key())
-                })
-                .collect();
+            let candidates = st.candidates_for(entry);
             let occupied: HashSet<&str> = entry
                 .clients
                 .iter()

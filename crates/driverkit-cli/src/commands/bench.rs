@@ -208,6 +208,34 @@ impl Figure {
 }
 
 /// p50 and p99 of samples.
+/// Runs `work` while USB device `id` is recorded, its packets taken as
+/// `driverkit device record` takes them; answers `work`'s result and how
+/// many packets the recording held.
+pub(super) fn while_recorded<T>(
+    daemon: &Daemon,
+    id: u64,
+    work: impl FnOnce() -> T,
+) -> Result<(T, usize), String> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (preamble, live) = daemon.record_usb(id)?;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let drained = std::thread::spawn(move || {
+        let mut packets = 0usize;
+        while !stopped.load(Ordering::Acquire) {
+            match live.next_batch(Duration::from_millis(100)) {
+                Some(batch) => packets += batch.iter().map(|r| r.packets().count()).sum::<usize>(),
+                None => break,
+            }
+        }
+        packets
+    });
+    let result = work();
+    stop.store(true, Ordering::Release);
+    let packets = preamble.len() + drained.join().unwrap_or(0);
+    Ok((result, packets))
+}
+
 pub(super) fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
     if v.is_empty() {
         return (f64::NAN, f64::NAN);

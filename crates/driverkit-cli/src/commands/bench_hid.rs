@@ -280,23 +280,10 @@ pub fn reports_per_sec(root: &Path, n: usize, reps: usize) -> Result<Vec<Figure>
     // The same with the device recorded (`device record`): what the tap
     // costs, beside the rate without it from this run.
     let (recorded, lost_recorded, recorded_packets, tap_lost) = {
-        let (preamble, live) = daemon.record_usb(device)?;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopped = stop.clone();
-        let drained = std::thread::spawn(move || {
-            let mut n = 0usize;
-            while !stopped.load(std::sync::atomic::Ordering::Acquire) {
-                match live.next_batch(Duration::from_millis(100)) {
-                    Some(batch) => n += batch.iter().map(|r| r.packets().count()).sum::<usize>(),
-                    None => break,
-                }
-            }
-            n
-        });
-        let r = report_rates(&daemon, device, &mut events, n, reps);
+        let (r, packets) = super::bench::while_recorded(&daemon, device, || {
+            report_rates(&daemon, device, &mut events, n, reps)
+        })?;
         let tap_lost = daemon.usb_tap_lost(device);
-        stop.store(true, std::sync::atomic::Ordering::Release);
-        let packets = preamble.len() + drained.join().unwrap_or(0);
         daemon.shutdown();
         let r = r?;
         (r.0, r.1, packets, tap_lost)

@@ -11,7 +11,7 @@ use driverkitd::backends::virtual_device;
 use driverkitd::families::usb::UsbTransport;
 use driverkitd::{Config, Daemon};
 
-use super::bench::{percentiles, Figure, Stat, Target};
+use super::bench::{percentiles, while_recorded, Figure, Stat, Target};
 
 /// GET_DESCRIPTOR(Device): a CMD_SUBMIT of 48 bytes, a RET_SUBMIT of 48
 /// plus the 18-byte descriptor.
@@ -53,30 +53,14 @@ pub fn usbip_control_roundtrip(root: &std::path::Path, n: usize) -> Result<Vec<F
     };
     let samples = round_trips();
     // The same with the keyboard recorded (`device record`), from this run.
-    let recorded = daemon.record_usb(keyboard).and_then(|(preamble, live)| {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopped = stop.clone();
-        let drained = std::thread::spawn(move || {
-            let mut n = 0usize;
-            while !stopped.load(std::sync::atomic::Ordering::Acquire) {
-                match live.next_batch(Duration::from_millis(100)) {
-                    Some(batch) => n += batch.len(),
-                    None => break,
-                }
-            }
-            n
-        });
-        let r = round_trips();
-        stop.store(true, std::sync::atomic::Ordering::Release);
-        let records = preamble.len() + drained.join().unwrap_or(0);
-        r.map(|s| (s, records))
-    });
+    let recorded = while_recorded(&daemon, keyboard, round_trips);
     device.close();
     daemon.shutdown();
-    let (samples, (recorded, records)) = (samples?, recorded?);
-    if records < n {
+    let (samples, (recorded, packets)) = (samples?, recorded?);
+    let recorded = recorded?;
+    if packets < n {
         return Err(format!(
-            "usbip_control_roundtrip_recorded: the recording holds {records} records for {n} requests"
+            "usbip_control_roundtrip_recorded: the recording holds {packets} packets for {n} requests"
         ));
     }
     let (p50, p99) = percentiles(samples);

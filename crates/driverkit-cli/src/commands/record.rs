@@ -10,7 +10,7 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,15 +31,17 @@ fn packets(root: &Path, id: u64) -> Result<impl Iterator<Item = Result<Vec<u8>, 
 }
 
 /// Runs `each` on every packet on a thread of its own until Ctrl-C,
-/// SIGTERM, `duration` or the device's end; `each` runs under `lock`, which
-/// this function takes before it returns, so no packet is cut in half.
+/// SIGTERM, `duration` or the device's end; answers how many it handled.
+/// A packet being handled when the end comes is finished first (the
+/// thread handles each under a lock this function takes before it
+/// returns, and handles none after), so no packet is cut in half.
 fn until_stopped(
     root: &Path,
     id: u64,
     duration: Option<f64>,
-    lock: Arc<Mutex<()>>,
     mut each: impl FnMut(&[u8]) -> Result<(), String> + Send + 'static,
-) -> Result<(), String> {
+) -> Result<u64, String> {
+    let lock = Arc::new(Mutex::new(0u64));
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).map_err(|e| e.to_string())?;
@@ -51,7 +53,7 @@ fn until_stopped(
         std::thread::spawn(move || {
             let mut result = Ok(());
             for p in packets {
-                let _one = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let mut handled = lock.lock().unwrap_or_else(|e| e.into_inner());
                 if stop.load(Ordering::Acquire) {
                     break;
                 }
@@ -59,6 +61,7 @@ fn until_stopped(
                     result = Err(e);
                     break;
                 }
+                *handled += 1;
             }
             let _ = done_tx.send(result);
         });
@@ -75,49 +78,38 @@ fn until_stopped(
             break Ok(());
         }
     };
-    // Wait out a packet being written; the thread writes no more.
-    let _last = lock.lock().unwrap_or_else(|e| e.into_inner());
-    std::mem::forget(_last);
-    result
+    // Wait out a packet being handled; the thread sees the stop after it.
+    stop.store(true, Ordering::Release);
+    let handled = *lock.lock().unwrap_or_else(|e| e.into_inner());
+    result.map(|()| handled)
 }
 
 pub fn record(root: &Path, id: u64, out: &Path, duration: Option<f64>) -> Result<(), String> {
     let file = std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let writer = Arc::new(Mutex::new(
-        Writer::new(std::io::BufWriter::new(file))
-            .map_err(|e| format!("{}: {e}", out.display()))?,
-    ));
-    let count = Arc::new(AtomicU64::new(0));
-    let lock = Arc::new(Mutex::new(()));
-    let (w, n, path) = (writer.clone(), count.clone(), out.to_path_buf());
+    let mut writer = Writer::new(std::io::BufWriter::new(file))
+        .map_err(|e| format!("{}: {e}", out.display()))?;
+    let path = out.to_path_buf();
     eprintln!("recording {id:#x} to {} (Ctrl-C ends it)", out.display());
-    let result = until_stopped(root, id, duration, lock, move |bytes| {
+    let written = until_stopped(root, id, duration, move |bytes| {
         let (packet, data) =
             PacketRepr::parse(bytes).map_err(|e| format!("a packet from the daemon: {e}"))?;
-        w.lock()
-            .unwrap_or_else(|e| e.into_inner())
+        writer
             .write(&packet, data)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        n.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    });
-    eprintln!(
-        "{} packets in {}",
-        count.load(Ordering::Relaxed),
-        out.display()
-    );
-    result
+            .map_err(|e| format!("{}: {e}", path.display()))
+    })?;
+    eprintln!("{written} packets in {}", out.display());
+    Ok(())
 }
 
 pub fn trace(root: &Path, id: u64, duration: Option<f64>) -> Result<(), String> {
-    let lock = Arc::new(Mutex::new(()));
-    until_stopped(root, id, duration, lock, move |bytes| {
+    until_stopped(root, id, duration, move |bytes| {
         let (packet, data) =
             PacketRepr::parse(bytes).map_err(|e| format!("a packet from the daemon: {e}"))?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}", text_line(&packet, data)).map_err(|e| e.to_string())?;
         out.flush().map_err(|e| e.to_string())
     })
+    .map(drop)
 }
 
 /// One packet as usbmon's text interface prints it

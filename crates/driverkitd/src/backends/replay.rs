@@ -53,6 +53,17 @@ struct Expected {
     at: f64,
 }
 
+/// What changes as the driver works: what comes next, the aborts (an abort
+/// and a waiting transfer meet under the same lock, so no wake-up is
+/// lost), and the configuration set.
+#[derive(Default)]
+struct State {
+    /// Per endpoint address (0 for control), what comes next.
+    queues: HashMap<u8, VecDeque<Expected>>,
+    aborts: HashMap<u8, u64>,
+    configuration: u8,
+}
+
 /// The recording, as the device it shows.
 pub struct Replay {
     name: String,
@@ -60,15 +71,14 @@ pub struct Replay {
     /// them; HID report descriptors with request type 0x81.
     descriptors: HashMap<(u8, u16, u16), Vec<u8>>,
     device: Vec<u8>,
-    configuration: Mutex<u8>,
     /// Per endpoint address (0 for control), what comes next.
-    queues: Mutex<HashMap<u8, VecDeque<Expected>>>,
+    /// What changes as the driver works, under one lock.
+    state: Mutex<State>,
     changed: Condvar,
-    aborts: Mutex<HashMap<u8, u64>>,
     closed: AtomicBool,
     fast: bool,
     plugged: Instant,
-    /// The last divergence, for tests and `device list`'s callers.
+    /// Requests that diverged from the recording (each stalled, logged).
     pub divergences: AtomicU64,
 }
 
@@ -208,15 +218,20 @@ impl Replay {
             name: name.to_owned(),
             descriptors,
             device: device_descriptor,
-            configuration: Mutex::new(0),
-            queues: Mutex::new(queues),
+            state: Mutex::new(State {
+                queues,
+                ..State::default()
+            }),
             changed: Condvar::new(),
-            aborts: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             fast,
             plugged: Instant::now(),
             divergences: AtomicU64::new(0),
         })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn stall(&self, why: String) -> IOReturn {
@@ -310,18 +325,15 @@ impl UsbTransport for Replay {
             use driverkit_usb::repr::request;
             return Ok(match (bytes[0], bytes[1]) {
                 (0x00, request::SET_CONFIGURATION) => {
-                    *self.configuration.lock().unwrap_or_else(|e| e.into_inner()) =
-                        setup.value as u8;
+                    self.lock().configuration = setup.value as u8;
                     Vec::new()
                 }
-                (0x80, 8) => vec![*self.configuration.lock().unwrap_or_else(|e| e.into_inner())],
+                (0x80, 8) => vec![self.lock().configuration],
                 (0x80..=0x82, 0) => vec![0, 0][..length.min(2)].to_vec(),
                 _ => Vec::new(),
             });
         }
-        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-        let next = queues.get_mut(&0).and_then(VecDeque::pop_front);
-        drop(queues);
+        let next = self.lock().queues.get_mut(&0).and_then(VecDeque::pop_front);
         let Some(e) = next else {
             return Err(self.stall(format!(
                 "endpoint 0: the recording has no more control requests; got {}",
@@ -357,19 +369,19 @@ impl UsbTransport for Replay {
         queued();
         let deadline = timeout.map(|t| Instant::now() + t);
         let input = address & 0x80 != 0;
-        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.lock();
         let e = loop {
             if self.closed.load(Ordering::Acquire) {
                 return Err(IOReturn::NO_DEVICE);
             }
-            if self.abort_generation(address) != submitted {
+            if st.aborts.get(&address).copied().unwrap_or(0) != submitted {
                 return Err(IOReturn::ABORTED);
             }
-            if let Some(e) = queues.get_mut(&address).and_then(VecDeque::pop_front) {
+            if let Some(e) = st.queues.get_mut(&address).and_then(VecDeque::pop_front) {
                 break e;
             }
             if !input {
-                drop(queues);
+                drop(st);
                 return Err(self.stall(format!(
                     "endpoint {address:#04x}: the recording has no more OUT transfers; got {}",
                     hex(data)
@@ -383,13 +395,13 @@ impl UsbTransport for Replay {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(IOReturn::TIMEOUT);
             }
-            queues = self
+            st = self
                 .changed
-                .wait_timeout(queues, wait)
+                .wait_timeout(st, wait)
                 .map(|(q, _)| q)
                 .unwrap_or_else(|e| e.into_inner().0);
         };
-        drop(queues);
+        drop(st);
         if !input && e.out != data {
             return Err(self.stall(format!(
                 "frame {}: endpoint {address:#04x}: expected {} , got {}",
@@ -416,21 +428,11 @@ impl UsbTransport for Replay {
     }
 
     fn abort_generation(&self, address: u8) -> u64 {
-        self.aborts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&address)
-            .copied()
-            .unwrap_or(0)
+        self.lock().aborts.get(&address).copied().unwrap_or(0)
     }
 
     fn abort(&self, address: u8) {
-        *self
-            .aborts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(address)
-            .or_default() += 1;
+        *self.lock().aborts.entry(address).or_default() += 1;
         self.changed.notify_all();
     }
 

@@ -69,12 +69,7 @@ impl std::fmt::Display for Change {
             Change::Multicast(list) => {
                 let text: Vec<String> = list
                     .iter()
-                    .map(|a| {
-                        a.iter()
-                            .map(|b| format!("{b:02x}"))
-                            .collect::<Vec<_>>()
-                            .join(":")
-                    })
+                    .map(|a| driverkit_wire::hex::encode(a, ":"))
                     .collect();
                 write!(f, "multicast {}", text.join(" "))
             }
@@ -429,10 +424,9 @@ fn follow(
         }
         // Still there? (A namespace that went took the interface along;
         // its messages may never come.)
-        if namespace_of(tap).is_err() {
+        if !multicast_heard(tap, home, state, apply) {
             return;
         }
-        multicast_heard(tap, home, state, apply);
         if !fds[0].revents().contains(PollFlags::IN) {
             continue;
         }
@@ -539,20 +533,29 @@ fn heard(
     *state = now;
 }
 
-/// The interface's multicast list, when it changed, to the driver.
-fn multicast_heard(tap: &Tap, home: &Home, state: &mut State, apply: &dyn Fn(Change) -> bool) {
+/// The interface's multicast list, when it changed, to the driver. False
+/// when the interface is gone (its TAP detached: `EBADFD`).
+fn multicast_heard(
+    tap: &Tap,
+    home: &Home,
+    state: &mut State,
+    apply: &dyn Fn(Change) -> bool,
+) -> bool {
     // The interface's namespace, visited by this thread only:
     // /proc/thread-self.
-    let Ok(Ok(text)) = home.visit(tap, || {
+    let text = match home.visit(tap, || {
         std::fs::read_to_string("/proc/thread-self/net/dev_mcast")
-    }) else {
-        return;
+    }) {
+        Ok(Ok(text)) => text,
+        Err(e) if e.raw_os_error() == Some(libc::EBADFD) => return false,
+        _ => return true,
     };
     let now = multicast_of(&text, tap.name());
     if now != state.multicast {
         apply(Change::Multicast(now.clone()));
         state.multicast = now;
     }
+    true
 }
 
 /// The addresses `/proc/net/dev_mcast` lists for interface `name`: lines

@@ -176,10 +176,7 @@ impl NetFamily {
             "net      {}: interface {} for {}",
             system.name(service).unwrap_or_default(),
             tap.name(),
-            mac.iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":")
+            driverkit_wire::hex::encode(&mac, ":")
         );
         self.lock().running.insert(
             service,
