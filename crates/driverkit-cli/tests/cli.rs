@@ -484,6 +484,12 @@ fn user_facing_messages_carry_no_rust_debug_text() {
             );
         }
     }
+    // And the daemon's own log after all that (what journalctl shows).
+    let log = d.log();
+    assert!(log.contains("ready"), "{log}");
+    for bad in DEBUG_TEXT {
+        assert!(!log.contains(bad), "the daemon's log: {bad:?} in\n{log}");
+    }
 }
 
 /// The systemd unit as shipped (its ExecStart pointed at this build)

@@ -243,7 +243,7 @@ fn init_logging() {
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| crate::words::LogWriter)
         .with_ansi(ansi)
         .with_target(false)
         .try_init();
