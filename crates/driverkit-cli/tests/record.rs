@@ -247,3 +247,59 @@ fn only_an_administrator_may_record_a_device() {
     assert!(!out.status.success());
     assert!(err.contains("0x999 is not a USB device"), "{err}");
 }
+
+/// `--restart-drivers`: the device's driver stops and starts again inside
+/// the recording (a new process), so that a replay finds the requests a
+/// driver sends as it starts; the recording still holds the device.
+#[test]
+fn a_recording_with_restarted_drivers_holds_a_new_start() {
+    let d = Daemon::start(&["--no-default-devices"]);
+    let kb = keyboard(&d);
+    let before = d.wait_node("HIDKeyboardDriver", |n| {
+        n["name"] == "HIDKeyboardDriver" && n["state"]["active"] == true
+    })["pid"]
+        .as_u64()
+        .unwrap();
+    let file = d.root.path().join("restarted.pcapng");
+    let recorder = start(
+        &d,
+        &[
+            "device",
+            "record",
+            &kb,
+            "-o",
+            file.to_str().unwrap(),
+            "--duration",
+            "3",
+            "--restart-drivers",
+        ],
+    );
+    let after = d.wait_node("HIDKeyboardDriver started again", |n| {
+        n["name"] == "HIDKeyboardDriver"
+            && n["state"]["active"] == true
+            && n["pid"].as_u64().is_some_and(|p| p != before)
+    });
+    d.cli(&["device", "type", &kb, "h"]);
+    assert!(recorder.wait_with_output().unwrap().status.success());
+    assert!(
+        d.log().contains("restart  HIDKeyboardDriver"),
+        "{}",
+        d.log()
+    );
+    assert_ne!(after["pid"].as_u64(), Some(before));
+    let frames = recording::read(&std::fs::read(&file).unwrap()).unwrap();
+    let reports: Vec<Vec<u8>> = frames
+        .iter()
+        .filter(|f| {
+            f.packet.transfer == Transfer::Interrupt
+                && f.packet.event == Event::Complete
+                && f.packet.endpoint & 0x80 != 0
+        })
+        .map(|f| f.data.clone())
+        .collect();
+    assert_eq!(
+        pressed(&reports),
+        vec![0x0b],
+        "the h, typed after the restart"
+    );
+}

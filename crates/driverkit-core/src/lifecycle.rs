@@ -416,6 +416,48 @@ impl Core {
         tracing::info!("unload   {bundle_id}");
     }
 
+    /// Stops every driver running on `device` or above it and matches
+    /// their providers again, as on a fresh plug (the same personalities
+    /// may win again): what a recording that must hold the drivers' start
+    /// asks for. Answers the drivers' names; they restart on the daemon's
+    /// workers.
+    pub fn restart_drivers(&self, device: EntryId) -> Result<Vec<String>, String> {
+        let lowest: Vec<(EntryId, String)> = {
+            let st = self.inner.lock();
+            if st.registry.get(device).is_none() {
+                return Err(format!(
+                    "no registry entry {device:#x} (driverkit ioreg shows them)"
+                ));
+            }
+            let hosted = |id: EntryId| st.registry.get(id).is_some_and(|e| e.hosting.is_some());
+            st.registry
+                .subtree_bottom_up(device)
+                .into_iter()
+                .filter(|id| hosted(*id))
+                .filter_map(|id| {
+                    // The lowest driver of its branch: nothing between it
+                    // and the device is a driver (the rest stop with it).
+                    let entry = st.registry.get(id)?;
+                    let mut below = entry.provider;
+                    while let Some(p) = below.filter(|p| *p != device) {
+                        if hosted(p) {
+                            return None;
+                        }
+                        below = st.registry.get(p)?.provider;
+                    }
+                    Some((id, entry.name.clone()))
+                })
+                .collect()
+        };
+        for (id, name) in &lowest {
+            tracing::info!("restart  {name} [{id:#x}]");
+            let id = *id;
+            self.inner
+                .spawn_job("restart", move |me| me.end(id, Offer::All));
+        }
+        Ok(lowest.into_iter().map(|(_, name)| name).collect())
+    }
+
     /// Unplugs a device a backend plugged: its clients stop bottom-up,
     /// then it goes (and its family forgets it).
     pub fn unplug(&self, id: EntryId) -> Result<(), String> {
@@ -991,6 +1033,12 @@ impl Inner {
     /// Requests in flight to the departing devices complete first, with
     /// `kIOReturnAborted`, so that their drivers' Stop finds nothing pending.
     pub(crate) fn terminate(&self, id: EntryId) {
+        self.end(id, Offer::Others);
+    }
+
+    /// `terminate`, where `offer` says whether the provider's next match
+    /// may pick the same personality again.
+    fn end(&self, id: EntryId, offer: Offer) {
         let departing = self.lock().registry.subtree_bottom_up(id);
         for family in self.families.iter() {
             family.departing(&self.system, &departing);
@@ -1005,7 +1053,7 @@ impl Inner {
         }
         let (order, provider) = {
             let mut st = self.lock();
-            if let Some(e) = st.registry.get(id).cloned() {
+            if let (Offer::Others, Some(e)) = (offer, st.registry.get(id).cloned()) {
                 decline(&mut st.registry, &e);
             }
             let order = st.registry.subtree_bottom_up(id);
@@ -1361,6 +1409,16 @@ fn complete(request: &PendingRequest, status: IOReturn, actual: u64) {
 }
 
 /// Records on `client`'s provider that `client`'s driver declined it.
+/// Whom a terminated driver's provider is offered to next.
+#[derive(Clone, Copy)]
+enum Offer {
+    /// Every personality but the departed one's (it stopped on its own or
+    /// was displaced: offering it again would loop).
+    Others,
+    /// Every personality, the departed one's too (a restart).
+    All,
+}
+
 fn decline(registry: &mut Registry, client: &crate::registry::Entry) {
     let (Some(provider), Some(h)) = (client.provider, &client.hosting) else {
         return;

@@ -185,9 +185,11 @@ pub fn extensions(daemon: &Daemon) -> Extensions {
     x
 }
 
-/// `{"op": "record", "id": ID}`: answers the device's name, then one line
-/// per usbmon packet (`{"usbmon": HEX}`, header and data) until the client
-/// goes away.
+/// `{"op": "record", "id": ID, "restart": BOOL}`: answers the device's
+/// name, then one line per usbmon packet (`{"usbmon": HEX}`, header and
+/// data) until the client goes away. With `restart`, the device's drivers
+/// stop and match again once the recording runs, so that it holds their
+/// start (the requests a replay must answer).
 fn stream_record(
     daemon: &Daemon,
     request: &serde_json::Value,
@@ -217,6 +219,12 @@ fn stream_record(
         out
     };
     writer.write_all(&lines(&preamble))?;
+    if request["restart"].as_bool() == Some(true) {
+        match daemon.core().restart_drivers(id) {
+            Ok(names) => tracing::info!("record   {id:#x}: restarting {}", names.join(", ")),
+            Err(e) => tracing::warn!("record   {id:#x}: no restart: {e}"),
+        }
+    }
     while let Some(batch) = live.next_batch(std::time::Duration::from_secs(1)) {
         if batch.is_empty() {
             // Quiet: is the client still there?

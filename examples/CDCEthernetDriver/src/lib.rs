@@ -66,6 +66,9 @@ pub struct CDCEthernetDriverIvars {
     /// The packet filter asked for, and whether the interface is up.
     filter: AtomicU16,
     enabled: AtomicBool,
+    /// The filter the device was last given (None before the first): an
+    /// unchanged filter is not sent again.
+    programmed: Mutex<Option<u16>>,
     max_segment: AtomicU16,
     multicast_filters: AtomicU16,
     /// The link as last reported (some devices repeat their notification
@@ -145,14 +148,21 @@ impl CDCEthernetDriver {
         }
     }
 
-    /// SET_ETHERNET_PACKET_FILTER with what the interface asks for now.
+    /// SET_ETHERNET_PACKET_FILTER with what the interface asks for now,
+    /// unless the device has it already.
     fn program_filter(&self) {
         let i = self.ivars();
+        // Held across the request: two changes at once reach the device
+        // in the order they were decided.
+        let mut programmed = i.programmed.lock().unwrap_or_else(|e| e.into_inner());
         let bits = if i.enabled.load(Ordering::Relaxed) {
             i.filter.load(Ordering::Relaxed)
         } else {
             0
         };
+        if *programmed == Some(bits) {
+            return;
+        }
         let done = self.with_usb(|u| {
             u.control.device_request(
                 cdc::packet_filter(u.control_number, bits),
@@ -161,10 +171,16 @@ impl CDCEthernetDriver {
             )
         });
         match done {
-            Ok(_) => driverkit::info!("packet filter {bits:#04x}"),
-            Err(e) => driverkit::info!(
-                "packet filter {bits:#04x} refused by the device ({e}); it delivers what it will"
-            ),
+            Ok(_) => {
+                *programmed = Some(bits);
+                driverkit::info!("packet filter {bits:#04x}");
+            }
+            Err(e) => {
+                *programmed = None;
+                driverkit::info!(
+                    "packet filter {bits:#04x} refused by the device ({e}); it delivers what it will"
+                )
+            }
         }
     }
 

@@ -85,6 +85,11 @@ pub enum DeviceCommand {
         /// End after this many seconds.
         #[arg(long, value_name = "S")]
         duration: Option<f64>,
+        /// Stop the device's drivers and match them again once recording
+        /// runs, so that the recording holds their start: a replay must
+        /// answer the requests a driver sends as it starts.
+        #[arg(long)]
+        restart_drivers: bool,
     },
     /// Print a USB device's transfers as they happen, one line each, as
     /// Linux's usbmon text interface does.
@@ -185,7 +190,14 @@ pub fn device(root: &Path, cmd: DeviceCommand) -> Result<(), String> {
             id,
             output,
             duration,
-        } => super::record::record(root, super::parse_id(&id)?, &output, duration),
+            restart_drivers,
+        } => super::record::record(
+            root,
+            super::parse_id(&id)?,
+            &output,
+            duration,
+            restart_drivers,
+        ),
         DeviceCommand::Trace { id, duration } => {
             super::record::trace(root, super::parse_id(&id)?, duration)
         }

@@ -17,10 +17,12 @@ use std::time::{Duration, Instant};
 use driverkit_usb::recording::Writer;
 use driverkit_usb::usbmon::{self, Event, PacketRepr, Transfer};
 
-/// The daemon's packets for device `id`, each as its usbmon bytes.
-fn packets(root: &Path, id: u64) -> Result<impl Iterator<Item = Result<Vec<u8>, String>>, String> {
-    let lines = super::client(root)?
-        .stream::<_, serde_json::Value>(&serde_json::json!({ "op": "record", "id": id }))?;
+/// The daemon's packets for a record `request`, each as its usbmon bytes.
+fn packets(
+    root: &Path,
+    request: &serde_json::Value,
+) -> Result<impl Iterator<Item = Result<Vec<u8>, String>>, String> {
+    let lines = super::client(root)?.stream::<_, serde_json::Value>(request)?;
     Ok(lines.map(|line| {
         let line = line?;
         let hex = line["usbmon"]
@@ -37,7 +39,7 @@ fn packets(root: &Path, id: u64) -> Result<impl Iterator<Item = Result<Vec<u8>, 
 /// returns, and handles none after), so no packet is cut in half.
 fn until_stopped(
     root: &Path,
-    id: u64,
+    request: serde_json::Value,
     duration: Option<f64>,
     mut each: impl FnMut(&[u8]) -> Result<(), String> + Send + 'static,
 ) -> Result<u64, String> {
@@ -46,7 +48,7 @@ fn until_stopped(
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).map_err(|e| e.to_string())?;
     }
-    let packets = packets(root, id)?;
+    let packets = packets(root, &request)?;
     let (done_tx, done) = std::sync::mpsc::channel::<Result<(), String>>();
     {
         let (stop, lock) = (stop.clone(), lock.clone());
@@ -84,13 +86,20 @@ fn until_stopped(
     result.map(|()| handled)
 }
 
-pub fn record(root: &Path, id: u64, out: &Path, duration: Option<f64>) -> Result<(), String> {
+pub fn record(
+    root: &Path,
+    id: u64,
+    out: &Path,
+    duration: Option<f64>,
+    restart_drivers: bool,
+) -> Result<(), String> {
     let file = std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let mut writer = Writer::new(std::io::BufWriter::new(file))
         .map_err(|e| format!("{}: {e}", out.display()))?;
     let path = out.to_path_buf();
     eprintln!("recording {id:#x} to {} (Ctrl-C ends it)", out.display());
-    let written = until_stopped(root, id, duration, move |bytes| {
+    let request = serde_json::json!({ "op": "record", "id": id, "restart": restart_drivers });
+    let written = until_stopped(root, request, duration, move |bytes| {
         let (packet, data) =
             PacketRepr::parse(bytes).map_err(|e| format!("a packet from the daemon: {e}"))?;
         writer
@@ -102,7 +111,8 @@ pub fn record(root: &Path, id: u64, out: &Path, duration: Option<f64>) -> Result
 }
 
 pub fn trace(root: &Path, id: u64, duration: Option<f64>) -> Result<(), String> {
-    until_stopped(root, id, duration, move |bytes| {
+    let request = serde_json::json!({ "op": "record", "id": id });
+    until_stopped(root, request, duration, move |bytes| {
         let (packet, data) =
             PacketRepr::parse(bytes).map_err(|e| format!("a packet from the daemon: {e}"))?;
         let mut out = std::io::stdout().lock();

@@ -22,10 +22,13 @@
 //! - A capture of a whole bus holds several devices: the one that is not a
 //!   hub (the one with the most traffic, if several), or the one `--device
 //!   BUS.DEVNUM` names, is played back, with its packets at address 0
-//!   before the SET_ADDRESS that numbered it. Transfers the host unlinked
-//!   (a kernel driver letting go as ours took over) are not the device's
-//!   and are left out. Isochronous transfers are out of scope, as in
-//!   DriverKit.
+//!   before the SET_ADDRESS that numbered it. Transfers the host ended
+//!   (unlinked, timed out, or flushed as a kernel driver let go of the
+//!   interface to ours) are not the device's and are left out.
+//!   Isochronous transfers are out of scope, as in DriverKit.
+//! - The device starts in the configuration the recording left it in (the
+//!   last SET_CONFIGURATION), as Linux hands over a device it configured:
+//!   a device with several configurations gets the one its drivers used.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,6 +36,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use driverkit_usb::recording::Frame;
+use driverkit_usb::repr::request;
 use driverkit_usb::usbmon::{Event, PacketRepr, Transfer};
 use driverkit_usb::Setup;
 use driverkit_wire::{IOResult, IOReturn};
@@ -83,8 +87,7 @@ pub struct Replay {
 }
 
 fn is_get_descriptor(setup: &[u8; 8]) -> bool {
-    setup[1] == driverkit_usb::repr::request::GET_DESCRIPTOR
-        && (setup[0] == 0x80 || setup[0] == 0x81)
+    setup[1] == request::GET_DESCRIPTOR && (setup[0] == 0x80 || setup[0] == 0x81)
 }
 
 /// Requests answered from state, whenever asked: standard ones (type bits
@@ -140,6 +143,10 @@ impl Replay {
         let mut submitted: HashMap<u64, &Frame> = HashMap::new();
         let mut descriptors = HashMap::new();
         let mut queues: HashMap<u8, VecDeque<Expected>> = HashMap::new();
+        // The configuration the recorded device was left in: the replay
+        // starts in it, as the recorded host had it (for a device with
+        // several, the one its drivers used).
+        let mut configured = 0;
         for f in &ours {
             let p = &f.packet;
             if p.transfer == Transfer::Isochronous {
@@ -156,10 +163,11 @@ impl Replay {
                     let Some(s) = submitted.remove(&p.id) else {
                         continue; // its submission came before the recording
                     };
-                    // Unlinked by the host (a kernel driver letting go of
-                    // its transfers as ours took over): nothing the device
-                    // did.
-                    if p.status == -libc::ENOENT || p.status == -libc::ECONNRESET {
+                    // Ended by the host, not the device: unlinked (a
+                    // driver letting go of its transfers, a timeout) or
+                    // flushed as its interface was released (ESHUTDOWN:
+                    // the kernel's driver unbound as ours took over).
+                    if [libc::ENOENT, libc::ECONNRESET, libc::ESHUTDOWN].contains(&-p.status) {
                         continue;
                     }
                     let setup = s.packet.setup;
@@ -176,6 +184,9 @@ impl Replay {
                                 *d = f.data.clone();
                             }
                             continue;
+                        }
+                        if setup[..2] == [0x00, request::SET_CONFIGURATION] && p.status == 0 {
+                            configured = setup[2];
                         }
                         if answered_from_state(&setup) {
                             continue;
@@ -220,6 +231,7 @@ impl Replay {
             device: device_descriptor,
             state: Mutex::new(State {
                 queues,
+                configuration: configured,
                 ..State::default()
             }),
             changed: Condvar::new(),
@@ -298,6 +310,12 @@ impl UsbTransport for Replay {
         format!("recording:{}", self.name)
     }
 
+    /// The recording's device comes configured as it was recorded, as
+    /// Linux hands over a device it configured.
+    fn active_configuration(&self) -> Option<u8> {
+        Some(self.lock().configuration).filter(|c| *c != 0)
+    }
+
     fn location_id(&self) -> u32 {
         0x3000_0000
     }
@@ -342,12 +360,10 @@ impl UsbTransport for Replay {
         };
         if e.setup != Some(bytes) || (bytes[0] & 0x80 == 0 && e.out != data) {
             return Err(self.stall(format!(
-                "frame {}: endpoint 0: expected {} {} , got {} {}",
+                "frame {}: endpoint 0: expected {}, got {}",
                 e.frame,
-                hex(&e.setup.unwrap_or_default()),
-                hex(&e.out),
-                hex(&bytes),
-                hex(data)
+                request_text(&e.setup.unwrap_or_default(), &e.out),
+                request_text(&bytes, data)
             )));
         }
         self.pace(e.at);
@@ -404,7 +420,7 @@ impl UsbTransport for Replay {
         drop(st);
         if !input && e.out != data {
             return Err(self.stall(format!(
-                "frame {}: endpoint {address:#04x}: expected {} , got {}",
+                "frame {}: endpoint {address:#04x}: expected {}, got {}",
                 e.frame,
                 hex(&e.out),
                 hex(data)
@@ -447,6 +463,16 @@ fn hex(b: &[u8]) -> String {
         return "(no data)".to_owned();
     }
     driverkit_wire::hex::encode(b, " ")
+}
+
+/// A control request as the log shows it: its setup packet, and the
+/// data it sent if any.
+fn request_text(setup: &[u8], data: &[u8]) -> String {
+    if data.is_empty() {
+        format!("setup {}", hex(setup))
+    } else {
+        format!("setup {} with data {}", hex(setup), hex(data))
+    }
 }
 
 #[cfg(test)]
@@ -654,9 +680,22 @@ mod capture_tests {
             ),
             frame(11, 11, 5, Event::Submit, None, ip, vec![]),
             frame(12, 11, 5, Event::Complete, None, -libc::ENOENT, vec![]),
-            frame(13, 12, 5, Event::Submit, None, ip, vec![]),
+            // Flushed as usbhid released the interface.
+            frame(13, 13, 5, Event::Submit, None, ip, vec![]),
+            frame(14, 13, 5, Event::Complete, None, -libc::ESHUTDOWN, vec![]),
             frame(
+                15,
                 14,
+                5,
+                Event::Submit,
+                Some([0, 9, 2, 0, 0, 0, 0, 0]),
+                ip,
+                vec![],
+            ),
+            frame(16, 14, 5, Event::Complete, None, 0, vec![]),
+            frame(17, 12, 5, Event::Submit, None, ip, vec![]),
+            frame(
+                18,
                 12,
                 5,
                 Event::Complete,
@@ -676,9 +715,12 @@ mod capture_tests {
             0,
             "the keyboard's, not the hub's"
         );
-        // usbhid's report, then ours; the unlinked transfer is no report.
+        // usbhid's report, then ours; the unlinked and the flushed
+        // transfers are no reports.
         assert_eq!(r.transfer(0x81, &[], 8, None, 0).unwrap().data[2], 4);
         assert_eq!(r.transfer(0x81, &[], 8, None, 0).unwrap().data[2], 5);
+        // It comes in the configuration the capture left it in.
+        assert_eq!(r.active_configuration(), Some(2));
         // --device names one; a device the capture lacks is refused.
         assert!(Replay::new("capture", &capture(), true, Some((1, 5))).is_ok());
         let e = Replay::new("capture", &capture(), true, Some((1, 9)))
