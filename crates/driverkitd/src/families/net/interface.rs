@@ -209,6 +209,38 @@ impl Shared {
     }
 }
 
+/// Frames from `recv` into buffers `own` lends, up to `BATCH` and no more
+/// than were free when the batch began (the free count shrinks with every
+/// buffer taken, so it is read once). `write` copies a frame into its
+/// buffer; a frame too large for one gives the buffer back. Stops when
+/// `recv` has no more.
+fn fill_batch<E>(
+    batch: &mut Vec<E>,
+    own: &mut Ownership,
+    frame: &mut [u8],
+    mut recv: impl FnMut(&mut [u8]) -> std::io::Result<usize>,
+    mut write: impl FnMut(u32, &[u8]) -> Result<E, ()>,
+) {
+    let limit = BATCH.min(own.free_count());
+    while batch.len() < limit {
+        match recv(frame) {
+            Ok(n) => {
+                let Some(p) = own.take() else { break };
+                match write(p, &frame[..n]) {
+                    Ok(e) => batch.push(e),
+                    // Larger than a buffer: the driver could not send it.
+                    Err(()) => {
+                        own.returned(p);
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // WouldBlock (nothing more now), or the TAP failed.
+            Err(_) => break,
+        }
+    }
+}
+
 /// TAP → TX submission.
 fn net_in(s: &Shared, mut own: Ownership) {
     let mut frame = vec![0u8; 65536];
@@ -239,23 +271,13 @@ fn net_in(s: &Shared, mut own: Ownership) {
         }
         batch.clear();
         let tap = s.tap();
-        while batch.len() < BATCH.min(own.free_count()) {
-            match tap.recv(&mut frame) {
-                Ok(n) => {
-                    let Some(p) = own.take() else { break };
-                    match s.net.write_frame(p, &frame[..n]) {
-                        Ok(e) => batch.push(e),
-                        // Larger than a buffer: the driver could not send it.
-                        Err(_) => {
-                            own.returned(p);
-                        }
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            }
-        }
+        fill_batch(
+            &mut batch,
+            &mut own,
+            &mut frame,
+            |frame| tap.recv(frame),
+            |p, frame| s.net.write_frame(p, frame).map_err(|_| ()),
+        );
         if batch.is_empty() {
             let mut fds = [
                 PollFd::new(&*tap, PollFlags::IN),
@@ -364,4 +386,53 @@ pub fn publish_counters(system: &System, service: EntryId, c: &Counters) {
         d.insert(k.into(), (v.load(Ordering::Relaxed) as i64).into());
     }
     system.set_property(service, "IONetworkStatistics", plist::Value::Dictionary(d));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TX batch fills every free buffer (up to `BATCH`) when the TAP has
+    /// frames for them all.
+    #[test]
+    fn a_batch_takes_as_many_frames_as_there_were_free_buffers() {
+        let mut own = Ownership::new(0..BATCH as u32);
+        let mut batch = Vec::new();
+        let mut frame = vec![0u8; 2048];
+        fill_batch(&mut batch, &mut own, &mut frame, |_| Ok(60), |p, _| Ok(p));
+        assert_eq!(batch.len(), BATCH);
+        assert_eq!(own.free_count(), 0);
+        // Fewer free buffers than BATCH: all of them, and no frame read
+        // that no buffer takes.
+        let mut own = Ownership::new(0..10);
+        let mut reads = 0;
+        batch.clear();
+        fill_batch(
+            &mut batch,
+            &mut own,
+            &mut frame,
+            |_| {
+                reads += 1;
+                Ok(60)
+            },
+            |p, _| Ok(p),
+        );
+        assert_eq!((batch.len(), reads), (10, 10));
+        // A frame too large for a buffer gives the buffer back, and the
+        // next frame gets it.
+        let mut own = Ownership::new(0..4);
+        batch.clear();
+        let mut reads = 0;
+        fill_batch(
+            &mut batch,
+            &mut own,
+            &mut frame,
+            |_| {
+                reads += 1;
+                Ok(if reads == 2 { 2000 } else { 60 })
+            },
+            |p, frame| if frame.len() > 1514 { Err(()) } else { Ok(p) },
+        );
+        assert_eq!((batch, reads), (vec![0, 1, 2, 3], 5));
+    }
 }
