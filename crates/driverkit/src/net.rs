@@ -239,6 +239,10 @@ fn register<S: IOUserNetworkEthernetImpl>(
     service.base().set_family(n.clone())?;
     let queue = service.copy_dispatch_queue("Default")?;
     let me = service.base().weak_self().ok_or(IOReturn::NOT_READY)?;
+    // The system first: a refused interface leaves no watcher behind. The
+    // watcher starts after it and loses nothing (it looks at the queues
+    // before it first waits).
+    proxy(service).register_ethernet_interface(Bytes(mac.to_vec()), memory)?;
     let watcher = {
         let n = n.clone();
         std::thread::Builder::new()
@@ -247,7 +251,7 @@ fn register<S: IOUserNetworkEthernetImpl>(
             .map_err(|_| IOReturn::NO_RESOURCES)?
     };
     *n.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher);
-    proxy(service).register_ethernet_interface(Bytes(mac.to_vec()), memory)
+    Ok(())
 }
 
 fn stop_watching<S: Service>(service: &S) {
@@ -349,6 +353,15 @@ impl<S: IOUserNetworkEthernetImpl> IOUserNetworkEthernetInterface for Local<'_, 
 impl<S: IOUserNetworkEthernetImpl> ClassDispatch<S> for IOUserNetworkEthernet {
     fn dispatch(service: &S, method: MethodId, args: &[u8]) -> Option<IOResult<Vec<u8>>> {
         match method {
+            io_service_interface::START => {
+                let started = <IOService as ClassDispatch<S>>::dispatch(service, method, args);
+                if !matches!(started, Some(Ok(_))) {
+                    // A failed start gets free, not stop: an interface it
+                    // registered before failing stops watching here.
+                    stop_watching(service);
+                }
+                started
+            }
             io_service_interface::STOP => {
                 // The queues stop before the driver's Stop.
                 stop_watching(service);
