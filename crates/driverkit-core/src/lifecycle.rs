@@ -1435,6 +1435,28 @@ fn decline(registry: &mut Registry, client: &crate::registry::Entry) {
 mod tests {
     use super::*;
 
+    /// A family's handle outliving the core gets no root to hang a bus on
+    /// (it once got entry 0, and a bus hung there).
+    #[test]
+    fn a_system_outliving_its_core_has_no_root() {
+        let root = tempfile::tempdir().unwrap();
+        let core = Core::start(Config::new(root.path().to_owned()), Vec::new());
+        assert!(core.system().root().is_ok_and(|r| r != 0));
+        let orphan = System::orphan();
+        assert_eq!(orphan.root(), Err(IOReturn::OFFLINE));
+        assert!(orphan
+            .publish(crate::system::Nub {
+                name: "Bus",
+                class: "IOBus",
+                properties: Default::default(),
+                provider: 0,
+                family: None,
+                plugged_from: None,
+                matched: true,
+            })
+            .is_err());
+    }
+
     #[test]
     fn a_bounded_subscriber_that_falls_behind_is_cut_off_and_the_others_go_on() {
         let root = tempfile::tempdir().unwrap();

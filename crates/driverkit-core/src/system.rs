@@ -61,6 +61,13 @@ impl System {
         System { inner: Weak::new() }
     }
 
+    /// A handle whose core is gone, as a family's is when it outlives
+    /// the daemon's core.
+    #[cfg(test)]
+    pub(crate) fn orphan() -> System {
+        System { inner: Weak::new() }
+    }
+
     pub(crate) fn upgrade(&self) -> Option<Arc<Inner>> {
         self.inner.upgrade()
     }
@@ -69,9 +76,12 @@ impl System {
         self.inner.clone()
     }
 
-    /// The root of the registry, where buses hang.
-    pub fn root(&self) -> EntryId {
-        self.upgrade().map_or(0, |d| d.lock().root)
+    /// The root of the registry, where buses hang; `kIOReturnOffline`
+    /// once the core is gone (no entry 0 to hang a bus on).
+    pub fn root(&self) -> IOResult<EntryId> {
+        self.upgrade()
+            .map(|d| d.lock().root)
+            .ok_or(IOReturn::OFFLINE)
     }
 
     /// Adds a nub to the registry, registered and active. It is not matched

@@ -53,7 +53,9 @@ fn the_core_sources_name_no_family_outside_comments() {
     sources(&src, &mut paths);
     let files = paths.len();
     assert!(
-        paths.iter().any(|p| p.components().any(|c| c.as_os_str() == "sandbox")),
+        paths
+            .iter()
+            .any(|p| p.components().any(|c| c.as_os_str() == "sandbox")),
         "the search descends into subfolders"
     );
     for path in paths {

@@ -48,7 +48,7 @@ impl TinyFamily {
                 name: "TinyDevice",
                 class: "IOTinyDevice",
                 properties,
-                provider: system.root(),
+                provider: system.root().expect("a running core has a root"),
                 family: Some(self),
                 plugged_from: Some(format!("tiny:{offset}")),
                 matched: false,

@@ -207,7 +207,7 @@ impl Daemon {
             &self.core.system(),
             None,
             Arc::new(replay),
-            self.virtual_devices.bus(),
+            self.virtual_devices.bus()?,
         )
     }
 
@@ -218,7 +218,7 @@ impl Daemon {
         backends::usbip::attach(
             &self.core.system(),
             &self.families.usb,
-            self.virtual_devices.bus(),
+            self.virtual_devices.bus()?,
             url,
         )
     }

@@ -336,7 +336,8 @@ pub struct VirtualDevices {
     serial: Arc<SerialFamily>,
     net: Arc<NetFamily>,
     pci: Arc<PciFamily>,
-    bus: EntryId,
+    /// None only when the core was gone before the bus was made.
+    bus: Option<EntryId>,
     state: Mutex<Plugged>,
 }
 
@@ -360,20 +361,21 @@ impl VirtualDevices {
         pci: Arc<PciFamily>,
     ) -> VirtualDevices {
         let bus = system
-            .publish(Nub {
-                name: "VirtualBus",
-                class: "IOVirtualBus",
-                properties: Default::default(),
-                provider: system.root(),
-                family: None,
-                plugged_from: None,
-                matched: true,
+            .root()
+            .and_then(|root| {
+                system.publish(Nub {
+                    name: "VirtualBus",
+                    class: "IOVirtualBus",
+                    properties: Default::default(),
+                    provider: root,
+                    family: None,
+                    plugged_from: None,
+                    matched: true,
+                })
             })
-            .unwrap_or_else(|e| {
-                // Only when the core is already gone; plugs then fail.
-                tracing::error!("cannot publish the virtual bus: {e}");
-                system.root()
-            });
+            // Only when the core is already gone; plugs then fail.
+            .inspect_err(|e| tracing::error!("cannot publish the virtual bus: {e}"))
+            .ok();
         VirtualDevices {
             system,
             usb,
@@ -387,8 +389,9 @@ impl VirtualDevices {
     }
 
     /// The bus USB/IP imports hang under too (they are virtual to the host).
-    pub fn bus(&self) -> EntryId {
+    pub fn bus(&self) -> Result<EntryId, String> {
         self.bus
+            .ok_or_else(|| "the daemon is stopping: there is no virtual bus to plug into".into())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Plugged> {
@@ -405,12 +408,13 @@ impl VirtualDevices {
 
     /// Plugs a device into the virtual bus; it is matched.
     pub fn plug(&self, spec: DeviceSpec) -> Result<EntryId, String> {
+        let bus = self.bus()?;
         if let Some(usb) = &spec.usb {
             let location = self.next_location();
             let device = Arc::new(VirtualUsb::new(usb, &spec.source, location)?);
             let id = self
                 .usb
-                .plug(&self.system, Some(&spec.name), device.clone(), self.bus)
+                .plug(&self.system, Some(&spec.name), device.clone(), bus)
                 .inspect_err(|_| device.close())?;
             self.lock().usb.insert(id, device);
             return Ok(id);
@@ -430,7 +434,7 @@ impl VirtualDevices {
                     &self.system,
                     &format!("{}{end}", spec.name),
                     properties,
-                    self.bus,
+                    bus,
                     &spec.source,
                     device,
                 )?;
@@ -450,7 +454,7 @@ impl VirtualDevices {
                 .pci
                 .plug(
                     &self.system,
-                    self.bus,
+                    bus,
                     &spec.source,
                     spec.properties.clone(),
                     device.clone(),
@@ -471,7 +475,7 @@ impl VirtualDevices {
                     UartNub {
                         name: &spec.name,
                         properties,
-                        bus: self.bus,
+                        bus,
                         source: &spec.source,
                     },
                     device.clone(),
@@ -494,7 +498,7 @@ impl VirtualDevices {
                 name: &spec.name,
                 class: &spec.class,
                 properties: spec.properties.clone(),
-                bus: self.bus,
+                bus,
                 source: &spec.source,
             },
             device,

@@ -53,7 +53,9 @@ impl LinuxPci {
                 name: "PCI0",
                 class: "IOPCIBridge",
                 properties: Default::default(),
-                provider: system.root(),
+                provider: system
+                    .root()
+                    .map_err(|e| format!("cannot publish the PCI bus: {e}"))?,
                 family: None,
                 plugged_from: None,
                 matched: true,

@@ -182,8 +182,10 @@ impl LinuxUsb {
                 return;
             }
         };
-        let bus = self.bus(info.busnum());
-        match self.usb.plug(&self.system, None, device, bus) {
+        let plugged = self
+            .bus(info.busnum())
+            .and_then(|bus| self.usb.plug(&self.system, None, device, bus));
+        match plugged {
             Ok(id) => {
                 self.devices
                     .lock()
@@ -195,10 +197,10 @@ impl LinuxUsb {
     }
 
     /// The node of host controller `busnum`, made on first use.
-    fn bus(&self, busnum: u8) -> EntryId {
+    fn bus(&self, busnum: u8) -> Result<EntryId, String> {
         let mut buses = self.buses.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(id) = buses.get(&busnum) {
-            return *id;
+            return Ok(*id);
         }
         let controller = nusb::list_buses()
             .wait()
@@ -223,14 +225,17 @@ impl LinuxUsb {
                 name: &format!("{kind}@{busnum}"),
                 class: "IOUSBHostController",
                 properties,
-                provider: self.system.root(),
+                provider: self
+                    .system
+                    .root()
+                    .map_err(|e| format!("no registry to hang bus {busnum} on: {e}"))?,
                 family: None,
                 plugged_from: None,
                 matched: true,
             })
-            .unwrap_or_else(|_| self.system.root());
+            .map_err(|e| format!("cannot publish bus {busnum}: {e}"))?;
         buses.insert(busnum, id);
-        id
+        Ok(id)
     }
 }
 
