@@ -18,7 +18,7 @@
 
 pub mod ftdi;
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use driverkit::prelude::*;
@@ -41,6 +41,36 @@ const READ: usize = 8 * ftdi::MAX_PACKET;
 /// Bytes per bulk-OUT transfer.
 const WRITE: usize = 4096;
 const TIMEOUT_MS: u32 = 1000;
+/// Bulk-IN reads that may fail in a row before the driver stops
+/// resubmitting (until a program opens the port again): a chip that keeps
+/// failing gets a few tries, not a loop of warnings.
+const READ_FAILURES: u32 = 8;
+
+/// What a bulk-IN read that failed with `status` (the `in_a_row`-th
+/// failure since one succeeded) leads to.
+#[derive(Debug, PartialEq, Eq)]
+enum AfterFailure {
+    /// The transfer was aborted (the port stops): nothing.
+    Nothing,
+    /// The endpoint halted: clear it (CLEAR_FEATURE), then read again.
+    ClearStallAndRead,
+    /// Read again.
+    Read,
+    /// Too many in a row: this read waits for the port's next open.
+    Park,
+}
+
+fn after_failure(status: IOReturn, in_a_row: u32) -> AfterFailure {
+    if status == IOReturn::ABORTED {
+        AfterFailure::Nothing
+    } else if in_a_row > READ_FAILURES {
+        AfterFailure::Park
+    } else if status == IOReturn::USB_PIPE_STALLED {
+        AfterFailure::ClearStallAndRead
+    } else {
+        AfterFailure::Read
+    }
+}
 
 #[derive(Default)]
 pub struct FTDISerialDriverIvars {
@@ -54,6 +84,10 @@ pub struct FTDISerialDriverIvars {
     parity: AtomicU8,
     half_stop_bits: AtomicU8,
     last_status: Mutex<Option<ftdi::Status>>,
+    /// Bulk-IN reads failed since one succeeded, and the reads parked for
+    /// failing (`READ_FAILURES`) until the port opens again.
+    read_failures: AtomicU32,
+    failed: Mutex<Vec<usize>>,
 }
 
 struct Usb {
@@ -100,6 +134,40 @@ impl FTDISerialDriver {
             ),
             0,
         )
+    }
+
+    /// A bulk-IN read failed (the transfer, or reading its buffer): read
+    /// again, after clearing a halted endpoint, until too many fail in a
+    /// row.
+    fn read_failed(&self, slot: usize, status: IOReturn) {
+        let in_a_row = self.ivars().read_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        match after_failure(status, in_a_row) {
+            AfterFailure::Nothing => {}
+            AfterFailure::Read => {
+                driverkit::warn!("bulk IN read {slot}: {status}; reading again");
+                self.submit_read(slot);
+            }
+            AfterFailure::ClearStallAndRead => {
+                driverkit::warn!("bulk IN read {slot}: {status}; clearing the halt");
+                if let Err(e) = self.with_usb(|u| u.bulk_in.clear_stall(true)) {
+                    driverkit::warn!("bulk IN: clearing the halt: {e}");
+                }
+                self.submit_read(slot);
+            }
+            AfterFailure::Park => {
+                let mut failed = self
+                    .ivars()
+                    .failed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if failed.is_empty() {
+                    driverkit::warn!(
+                        "bulk IN: {in_a_row} reads failed in a row ({status}): reading stops until the port is opened again"
+                    );
+                }
+                failed.push(slot);
+            }
+        }
     }
 
     fn submit_read(&self, slot: usize) {
@@ -247,6 +315,18 @@ impl IOUserSerialImpl for FTDISerialDriver {
 
     fn hw_activate(&self) -> IOResult<()> {
         driverkit::info!("hw_activate");
+        // Reads parked for failing get another chance.
+        let failed = std::mem::take(
+            &mut *self
+                .ivars()
+                .failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        self.ivars().read_failures.store(0, Ordering::Relaxed);
+        for slot in failed {
+            self.submit_read(slot);
+        }
         self.vendor(ftdi::MODEM_CTRL, ftdi::modem_ctrl_value(true, true), 0)
     }
 
@@ -349,21 +429,20 @@ impl FTDISerialDriver {
     #[action(IOService::CompleteAsync)]
     fn read_done(&self, action: &OSAction, status: IOReturn, actual: u64) {
         let slot = usize::from(action.reference()[0]);
-        if status != IOReturn::SUCCESS {
-            if status != IOReturn::ABORTED {
-                driverkit::warn!("bulk IN: {status}");
-                self.submit_read(slot);
-            }
-            return;
-        }
         let mut transfer = vec![0u8; (actual as usize).min(READ)];
-        let read = self.with_usb(|u| {
-            let (buffer, _) = u.reads.get(slot).ok_or(IOReturn::BAD_ARGUMENT)?;
-            buffer.create_mapping()?.read(0, &mut transfer)
-        });
-        if read.is_err() {
+        let read = if status == IOReturn::SUCCESS {
+            self.with_usb(|u| {
+                let (buffer, _) = u.reads.get(slot).ok_or(IOReturn::BAD_ARGUMENT)?;
+                buffer.create_mapping()?.read(0, &mut transfer)
+            })
+        } else {
+            Err(status)
+        };
+        if let Err(e) = read {
+            self.read_failed(slot, e);
             return;
         }
+        self.ivars().read_failures.store(0, Ordering::Relaxed);
         // Each packet of the transfer: its status, then its data.
         let mut data = Vec::with_capacity(transfer.len());
         for packet in transfer.chunks(ftdi::MAX_PACKET) {
@@ -401,5 +480,25 @@ impl FTDISerialDriver {
         if status != IOReturn::ABORTED {
             self.send_pending();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_reads_are_read_again_a_few_times_then_park() {
+        let stall = IOReturn::USB_PIPE_STALLED;
+        assert_eq!(after_failure(IOReturn::ABORTED, 1), AfterFailure::Nothing);
+        assert_eq!(after_failure(stall, 1), AfterFailure::ClearStallAndRead);
+        assert_eq!(after_failure(IOReturn::IO_ERROR, 1), AfterFailure::Read);
+        assert_eq!(
+            after_failure(IOReturn::IO_ERROR, READ_FAILURES),
+            AfterFailure::Read
+        );
+        // A chip that keeps stalling is not read in a loop.
+        assert_eq!(after_failure(stall, READ_FAILURES + 1), AfterFailure::Park);
+        assert_eq!(after_failure(IOReturn::ABORTED, 100), AfterFailure::Nothing);
     }
 }
