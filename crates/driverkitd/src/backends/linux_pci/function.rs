@@ -167,6 +167,17 @@ impl LinuxPciFunction {
 /// subscribers; an INTx is unmasked again after each (VFIO masks it when
 /// it fires; the device holds the line until the driver acknowledges, so
 /// a still-asserted line fires again at once).
+/// VFIO's interrupt set for `kind` (`interrupt_type`): INTx for a level
+/// interrupt, MSI, MSI-X; anything else is refused, not taken for INTx.
+fn interrupt_set(kind: u32) -> IOResult<u32> {
+    match kind {
+        interrupt_type::LEVEL => Ok(INTX),
+        interrupt_type::MSI => Ok(MSI),
+        interrupt_type::MSIX => Ok(MSIX),
+        _ => Err(IOReturn::BAD_ARGUMENT),
+    }
+}
+
 fn watch(fd: Arc<EventFd>, stop: Arc<AtomicBool>, vectors: Arc<Vec<Subscribers>>, vector: usize) {
     while fd.read().is_ok() {
         if stop.load(Ordering::Acquire) {
@@ -340,11 +351,7 @@ impl PciDevice for LinuxPciFunction {
     fn configure_interrupts(&self, kind: u32, min: u32, max: u32) -> IOResult<u32> {
         let mut claimed = self.lock();
         let c = claimed.as_mut().ok_or(IOReturn::NOT_OPEN)?;
-        let set = match kind {
-            interrupt_type::MSI => MSI,
-            interrupt_type::MSIX => MSIX,
-            _ => INTX,
-        };
+        let set = interrupt_set(kind)?;
         let available = c.device.get_irq_info(set).map_or(0, |i| i.count);
         let count = available.min(max).min(MAX_VECTORS as u32);
         if count < min {
@@ -365,15 +372,27 @@ impl PciDevice for LinuxPciFunction {
                 IOReturn::UNSUPPORTED
             })?;
         let stop = Arc::new(AtomicBool::new(false));
-        for (vector, fd) in fds.iter().enumerate() {
+        // Enabled from here: kept in the claim before a watcher starts,
+        // so that a failed start disables them and ends the watchers
+        // already running (Interrupts' drop), as a release does.
+        let irq = c.irq.insert(Interrupts {
+            set,
+            stop: stop.clone(),
+            fds,
+        });
+        for (vector, fd) in irq.fds.iter().enumerate() {
             let (fd, stop, vectors) = (fd.clone(), stop.clone(), self.vectors.clone());
-            std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("pci-irq:{}:{vector}", self.location))
                 .stack_size(64 * 1024)
-                .spawn(move || watch(fd, stop, vectors, vector))
-                .map_err(|_| IOReturn::NO_RESOURCES)?;
+                .spawn(move || watch(fd, stop, vectors, vector));
+            if spawned.is_err() {
+                if let Some(irq) = c.irq.take() {
+                    let _ = c.device.disable_irq(irq.set);
+                }
+                return Err(IOReturn::NO_RESOURCES);
+            }
         }
-        c.irq = Some(Interrupts { set, stop, fds });
         Ok(count)
     }
 
@@ -445,5 +464,18 @@ impl PciDevice for LinuxPciFunction {
 
     fn unplugged(&self) {
         self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_interrupt_kind_is_refused_not_taken_for_intx() {
+        assert_eq!(interrupt_set(interrupt_type::LEVEL), Ok(INTX));
+        assert_eq!(interrupt_set(interrupt_type::MSI), Ok(MSI));
+        assert_eq!(interrupt_set(interrupt_type::MSIX), Ok(MSIX));
+        assert_eq!(interrupt_set(0x4), Err(IOReturn::BAD_ARGUMENT));
     }
 }
