@@ -180,8 +180,10 @@ pub trait Family: Send + Sync + 'static {
 
     /// `entries` are about to stop, deepest first (terminate, unplug,
     /// crash): end the I/O waiting on them now, so that no driver's Stop
-    /// waits for a transfer that will never come. The core has already
-    /// completed the requests it tracks with `kIOReturnAborted`.
+    /// waits for a transfer that will never come. They are already marked
+    /// terminating (nothing attaches below them from here); the core
+    /// completes the requests it tracks with `kIOReturnAborted` right
+    /// after.
     fn departing(&self, system: &System, entries: &[EntryId]) {
         let _ = (system, entries);
     }

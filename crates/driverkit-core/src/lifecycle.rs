@@ -1039,18 +1039,9 @@ impl Inner {
     /// `terminate`, where `offer` says whether the provider's next match
     /// may pick the same personality again.
     fn end(&self, id: EntryId, offer: Offer) {
-        let departing = self.lock().registry.subtree_bottom_up(id);
-        for family in self.families.iter() {
-            family.departing(&self.system, &departing);
-        }
-        let aborted: Vec<PendingRequest> = {
-            let mut st = self.lock();
-            let departing = st.registry.subtree_bottom_up(id);
-            st.requests.remove_for(&departing)
-        };
-        for request in aborted {
-            complete(&request, IOReturn::ABORTED, 0);
-        }
+        // Marked first: from here nothing attaches below `id` (publishing
+        // under a terminating entry fails), so the families hear of every
+        // entry that will stop.
         let (order, provider) = {
             let mut st = self.lock();
             if let (Offer::Others, Some(e)) = (offer, st.registry.get(id).cloned()) {
@@ -1065,6 +1056,16 @@ impl Inner {
             }
             (order, st.registry.get(id).and_then(|e| e.provider))
         };
+        for family in self.families.iter() {
+            family.departing(&self.system, &order);
+        }
+        let aborted: Vec<PendingRequest> = {
+            let mut st = self.lock();
+            st.requests.remove_for(&order)
+        };
+        for request in aborted {
+            complete(&request, IOReturn::ABORTED, 0);
+        }
         for e in order {
             self.stop_and_remove(e);
         }
@@ -1434,6 +1435,85 @@ fn decline(registry: &mut Registry, client: &crate::registry::Entry) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records what it hears; while told a device departs, tries to
+    /// attach a child below it (as a family's thread might, just then).
+    #[derive(Default)]
+    struct Eager {
+        departing: Mutex<Vec<EntryId>>,
+        removed: Mutex<Vec<EntryId>>,
+        attached: Mutex<Option<EntryId>>,
+    }
+
+    impl Family for Eager {
+        fn name(&self) -> &'static str {
+            "eager"
+        }
+        fn classes(&self) -> Vec<(&'static str, Option<&'static str>)> {
+            vec![("IOEagerDevice", Some("IOService"))]
+        }
+        fn kernel_call(
+            &self,
+            _call: &crate::Call<'_>,
+            _method: driverkit_wire::MethodId,
+            _args: &[u8],
+        ) -> Option<IOResult<Vec<u8>>> {
+            None
+        }
+        fn departing(&self, system: &System, entries: &[EntryId]) {
+            self.departing.lock().unwrap().extend(entries);
+            let mut attached = self.attached.lock().unwrap();
+            if attached.is_none() {
+                *attached = system
+                    .publish(crate::system::Nub {
+                        name: "LateChild",
+                        class: "IOEagerDevice",
+                        properties: Default::default(),
+                        provider: entries[entries.len() - 1],
+                        family: None,
+                        plugged_from: None,
+                        matched: true,
+                    })
+                    .ok();
+            }
+        }
+        fn removed(&self, _system: &System, entry: EntryId) {
+            self.removed.lock().unwrap().push(entry);
+        }
+    }
+
+    /// Every entry that stops was first announced as departing to the
+    /// families: nothing attaches below a device once its families heard
+    /// it depart (a child attached in that window was stopped unheard).
+    #[test]
+    fn the_families_hear_of_every_entry_that_stops() {
+        let root = tempfile::tempdir().unwrap();
+        let eager = Arc::new(Eager::default());
+        let core = Core::start(Config::new(root.path().to_owned()), vec![eager.clone()]);
+        let system = core.system();
+        let device = system
+            .publish(crate::system::Nub {
+                name: "EagerDevice",
+                class: "IOEagerDevice",
+                properties: Default::default(),
+                provider: system.root().unwrap(),
+                family: None,
+                plugged_from: Some("test".into()),
+                matched: true,
+            })
+            .unwrap();
+        core.unplug(device).unwrap();
+        let departing = eager.departing.lock().unwrap().clone();
+        let removed = eager.removed.lock().unwrap().clone();
+        assert!(removed.contains(&device));
+        for r in &removed {
+            assert!(
+                departing.contains(r),
+                "{r:#x} stopped without its family hearing it depart (heard {departing:x?})"
+            );
+        }
+        core.shutdown();
+    }
 
     /// A family's handle outliving the core gets no root to hang a bus on
     /// (it once got entry 0, and a bus hung there).
