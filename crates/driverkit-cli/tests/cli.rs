@@ -155,6 +155,46 @@ fn ioreg_archive_and_filters() {
     }
 }
 
+/// `--repeat N`: each figure once, as the median of N runs with their
+/// spread, judged on the medians.
+#[test]
+fn bench_repeat_reports_the_median_of_the_runs() {
+    let out = Command::new(EXE)
+        .args([
+            "bench",
+            "--quick",
+            "--json",
+            "--only",
+            "data_queue_16B",
+            "--repeat",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert_eq!(said.matches("bench: run ").count(), 3, "{said}");
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Two figures of that name (two baselines), each summarized once.
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for l in &lines {
+        assert_eq!(l["bench"], "data_queue_16B");
+        assert_eq!(l["runs"], 3);
+        let (lo, mid, hi) = (
+            l["min"].as_f64().unwrap(),
+            l["median"].as_f64().unwrap(),
+            l["max"].as_f64().unwrap(),
+        );
+        assert!(lo <= mid && mid <= hi, "{l}");
+        assert_eq!(l["ratios"].as_array().unwrap().len(), 3, "{l}");
+    }
+    assert_ne!(lines[0]["baseline"], lines[1]["baseline"]);
+}
+
 #[test]
 fn bench_quick_reports_every_figure_beside_its_baseline() {
     let out = Command::new(EXE)

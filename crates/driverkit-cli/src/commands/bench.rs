@@ -43,8 +43,15 @@ pub struct BenchArgs {
     /// Run only the benchmarks whose name contains this.
     #[arg(long, value_name = "NAME")]
     only: Option<String>,
+    /// Run everything N times and report, per figure, the median of the
+    /// runs' first number (p50 or median) with its spread, the target
+    /// judged on the medians: one noisy run neither hides nor invents a
+    /// regression.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    repeat: usize,
 }
 
+#[derive(Clone)]
 pub(super) struct Figure {
     pub bench: &'static str,
     pub unit: &'static str,
@@ -70,7 +77,7 @@ pub(super) enum Stat {
 }
 
 impl Stat {
-    fn labels(self) -> (String, Option<String>) {
+    pub(super) fn labels(self) -> (String, Option<String>) {
         match self {
             Stat::Percentiles => ("p50".into(), Some("p99".into())),
             Stat::MedianLowest { runs } => (
@@ -104,7 +111,7 @@ pub(super) enum Target {
 }
 
 impl Target {
-    fn describe(self, unit: &str) -> String {
+    pub(super) fn describe(self, unit: &str) -> String {
         match self {
             Target::RatioAtMost(r) => format!("<= {r}x"),
             Target::AtLeastRatio(r) => format!(">= {r}x"),
@@ -113,7 +120,7 @@ impl Target {
         }
     }
 
-    fn met(self, value: f64, baseline: Option<f64>) -> Option<bool> {
+    pub(super) fn met(self, value: f64, baseline: Option<f64>) -> Option<bool> {
         match self {
             Target::RatioAtMost(r) => baseline.map(|b| value <= r * b),
             Target::AtLeastRatio(r) => baseline.map(|b| value >= r * b),
@@ -246,14 +253,32 @@ pub(super) fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
 }
 
 pub fn bench(args: BenchArgs) -> Result<(), String> {
+    let json = args.json;
+    if args.repeat <= 1 {
+        if !json {
+            print_header();
+        }
+        return run_all(&args, &mut |figures| {
+            figures.into_iter().for_each(|f| f.print(json))
+        });
+    }
+    let mut runs = Vec::new();
+    for run in 1..=args.repeat {
+        eprintln!("bench: run {run} of {}", args.repeat);
+        let mut figures = Vec::new();
+        run_all(&args, &mut |f| figures.extend(f))?;
+        runs.push(figures);
+    }
+    super::bench_repeat::print(&runs, json);
+    Ok(())
+}
+
+/// Every wanted benchmark once, each one's figures handed to `show` as
+/// they come.
+fn run_all(args: &BenchArgs, show: &mut dyn FnMut(Vec<Figure>)) -> Result<(), String> {
     let scale = if args.quick { 10 } else { 1 };
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let json = args.json;
     let wanted = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
-    if !json {
-        print_header();
-    }
-    let show = |figures: Vec<Figure>| figures.into_iter().for_each(|f| f.print(json));
     if wanted("rpc_roundtrip") {
         show(rpc_roundtrip(dir.path(), 20_000 / scale)?);
     }

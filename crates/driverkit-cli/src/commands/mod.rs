@@ -5,6 +5,7 @@ mod bench_hid;
 mod bench_matching;
 mod bench_net;
 mod bench_pci;
+mod bench_repeat;
 mod bench_scale;
 mod bench_serial;
 mod bench_sources;
