@@ -386,3 +386,71 @@ fn many_reads_in_flight_on_an_imported_pipe_complete_in_order() {
     assert_eq!(done["properties"]["TestOrderedReads"], 256);
     assert_eq!(done["properties"]["TestOrderedMisplaced"], 0);
 }
+
+/// A USB/IP import is recorded like any device, and the recording ends on
+/// its own, whole, when the device goes (its server went away).
+#[test]
+fn an_imported_device_is_recorded_until_it_goes_and_the_file_is_whole() {
+    use driverkit_usb::recording;
+    use driverkit_usb::usbmon::{Event, Transfer};
+
+    let (rt, port, handler) = server();
+    let d = Daemon::start(&["--no-default-devices"]);
+    let id = d.cli(&[
+        "device",
+        "attach",
+        &format!("usbip://127.0.0.1:{port}/0-0-0"),
+    ]);
+    let driver = d.wait_node("HIDKeyboardDriver on the USB/IP keyboard", |n| {
+        n["name"] == "HIDKeyboardDriver" && n["state"]["active"] == true
+    });
+    let kept = tempfile::tempdir().unwrap();
+    let file = kept.path().join("imported.pcapng");
+    let mut recorder = Command::new(EXE)
+        .arg("--root")
+        .arg(d.state())
+        .args(["device", "record", id.trim(), "-o"])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its first words: it records from then on.
+    let mut said = BufReader::new(recorder.stderr.take().unwrap());
+    let mut line = String::new();
+    said.read_line(&mut line).unwrap();
+    assert!(line.contains("recording"), "{line}");
+    assert_eq!(
+        typed_through(&d, &driver, "hi", || press(&handler, "hi")),
+        "hi"
+    );
+    // No duration, no Ctrl-C: the device's end ends the recording.
+    rt.shutdown_background();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = recorder.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the recording outlived its device"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut said, &mut rest).unwrap();
+    assert!(status.success(), "{status}: {rest}");
+    assert!(rest.contains("packets in"), "{rest}");
+    let frames = recording::read(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(frames[1].data[1], 1, "a device descriptor first");
+    let pressed: Vec<u8> = frames
+        .iter()
+        .filter(|f| {
+            f.packet.transfer == Transfer::Interrupt
+                && f.packet.event == Event::Complete
+                && f.packet.endpoint == 0x81
+        })
+        .filter_map(|f| f.data.get(2).copied().filter(|u| *u != 0))
+        .collect();
+    assert_eq!(pressed, vec![0x0b, 0x0c], "h and i, through USB/IP");
+}
