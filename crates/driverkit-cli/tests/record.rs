@@ -44,6 +44,19 @@ fn start(d: &Daemon, args: &[&str]) -> std::process::Child {
     child
 }
 
+/// What a recording's interrupt-IN completions carried: the reports.
+fn interrupt_in_data(frames: &[recording::Frame]) -> Vec<Vec<u8>> {
+    frames
+        .iter()
+        .filter(|f| {
+            f.packet.transfer == Transfer::Interrupt
+                && f.packet.event == Event::Complete
+                && f.packet.endpoint & 0x80 != 0
+        })
+        .map(|f| f.data.clone())
+        .collect()
+}
+
 /// The keyboard usages pressed in reports (boot protocol: bytes 2..8).
 fn pressed(reports: &[Vec<u8>]) -> Vec<u8> {
     reports
@@ -84,15 +97,7 @@ fn a_keyboard_recorded_while_typing_reads_back_here_and_in_tshark() {
     assert_eq!(frames[1].data.len(), 18);
     assert_eq!(frames[1].data[1], 1, "a device descriptor");
     // Then the keystrokes: interrupt-IN completions, h e l l o.
-    let reports: Vec<Vec<u8>> = frames
-        .iter()
-        .filter(|f| {
-            f.packet.transfer == Transfer::Interrupt
-                && f.packet.event == Event::Complete
-                && f.packet.endpoint & 0x80 != 0
-        })
-        .map(|f| f.data.clone())
-        .collect();
+    let reports = interrupt_in_data(&frames);
     assert_eq!(
         pressed(&reports),
         [0x0b, 0x08, 0x0f, 0x0f, 0x12],
@@ -288,15 +293,7 @@ fn a_recording_with_restarted_drivers_holds_a_new_start() {
     );
     assert_ne!(after["pid"].as_u64(), Some(before));
     let frames = recording::read(&std::fs::read(&file).unwrap()).unwrap();
-    let reports: Vec<Vec<u8>> = frames
-        .iter()
-        .filter(|f| {
-            f.packet.transfer == Transfer::Interrupt
-                && f.packet.event == Event::Complete
-                && f.packet.endpoint & 0x80 != 0
-        })
-        .map(|f| f.data.clone())
-        .collect();
+    let reports = interrupt_in_data(&frames);
     assert_eq!(
         pressed(&reports),
         vec![0x0b],

@@ -404,35 +404,30 @@ mod tests {
         assert_eq!(own.free_count(), 0);
         // Fewer free buffers than BATCH: all of them, and no frame read
         // that no buffer takes.
-        let mut own = Ownership::new(0..10);
-        let mut reads = 0;
-        batch.clear();
-        fill_batch(
-            &mut batch,
-            &mut own,
-            &mut frame,
-            |_| {
-                reads += 1;
-                Ok(60)
-            },
-            |p, _| Ok(p),
-        );
+        let (batch, reads) = fill_counting(10, |_| 60);
         assert_eq!((batch.len(), reads), (10, 10));
         // A frame too large for a buffer gives the buffer back, and the
         // next frame gets it.
-        let mut own = Ownership::new(0..4);
-        batch.clear();
-        let mut reads = 0;
+        let (batch, reads) = fill_counting(4, |read| if read == 2 { 2000 } else { 60 });
+        assert_eq!((batch, reads), (vec![0, 1, 2, 3], 5));
+    }
+
+    /// One batch from `buffers` free buffers, the n-th frame read
+    /// `size(n)` bytes long (frames over 1514 bytes do not fit): the
+    /// buffers taken and the frames read.
+    fn fill_counting(buffers: u32, size: impl Fn(usize) -> usize) -> (Vec<u32>, usize) {
+        let mut own = Ownership::new(0..buffers);
+        let (mut batch, mut frame, mut reads) = (Vec::new(), vec![0u8; 2048], 0);
         fill_batch(
             &mut batch,
             &mut own,
             &mut frame,
             |_| {
                 reads += 1;
-                Ok(if reads == 2 { 2000 } else { 60 })
+                Ok(size(reads))
             },
             |p, frame| if frame.len() > 1514 { Err(()) } else { Ok(p) },
         );
-        assert_eq!((batch, reads), (vec![0, 1, 2, 3], 5));
+        (batch, reads)
     }
 }
