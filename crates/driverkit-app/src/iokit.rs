@@ -21,6 +21,7 @@
 //! and brokers a direct socket to the driver's process; every call after
 //! that goes straight to the driver.
 
+use driverkit_wire::sync::Locked;
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -243,7 +244,7 @@ struct Pending(Mutex<HashMap<u64, Callback>>);
 
 impl Pending {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Callback>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.locked()
     }
 }
 
@@ -594,7 +595,7 @@ impl IOConnect {
             async_reference,
         };
         let mut e = Encoder::new();
-        let mut guard = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.calls.locked();
         let Calls {
             endpoint,
             buf,

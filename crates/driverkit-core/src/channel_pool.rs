@@ -29,6 +29,7 @@
 //! time, and a channel's per-channel state (its handler, its counters)
 //! travels with it, so a request is never answered twice or out of order.
 
+use driverkit_wire::sync::Locked;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -85,7 +86,7 @@ struct Shard {
 
 impl Shard {
     fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+        self.slots.locked()
     }
 
     fn wake_leader(&self) {
@@ -222,7 +223,7 @@ const WATCH_FOR: Duration = Duration::from_millis(100);
 
 impl Pool {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     fn add(&'static self, channel: Arc<ShmChannel>, handler: Handler) {
@@ -273,7 +274,7 @@ impl Pool {
         for shard in shards {
             match state.idle.pop() {
                 Some(follower) => {
-                    *follower.work.lock().unwrap_or_else(|e| e.into_inner()) = Some(shard);
+                    *follower.work.locked() = Some(shard);
                     woken.push(follower.thread.clone());
                 }
                 None => unserved.push(shard),
@@ -417,7 +418,7 @@ impl Pool {
         // Whether this thread is inside a handler, for the watchdog; one
         // flag for the thread's life, not one per call.
         let answering = Arc::new(AtomicBool::new(false));
-        let take = |me: &Follower| me.work.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let take = |me: &Follower| me.work.locked().take();
         let mut next = first;
         loop {
             if let Some(mut shard) = next.take() {

@@ -5,6 +5,7 @@
 //! It is a tool interface, not a hot path; JSON keeps it inspectable with
 //! `socat`.
 
+use driverkit_wire::sync::Locked;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -310,7 +311,7 @@ pub fn serve(
                 let uid = rustix::net::sockopt::socket_peercred(&stream)
                     .map_or(u32::MAX, |c| c.uid.as_raw());
                 let refusal = {
-                    let mut held = open.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut held = open.locked();
                     let all: usize = held.values().sum();
                     let mine = held.entry(uid).or_default();
                     if all >= MAX_CONNECTIONS {
@@ -332,7 +333,7 @@ pub fn serve(
                 let extensions = extensions.clone();
                 let open = open.clone();
                 let release = move || {
-                    let mut held = open.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut held = open.locked();
                     if let Some(n) = held.get_mut(&uid) {
                         *n -= 1;
                         if *n == 0 {

@@ -11,6 +11,7 @@
 //! has each time it is ready, a bounded amount per turn so that one
 //! chattering dext cannot starve the others.
 
+use driverkit_wire::sync::Locked;
 use std::collections::HashMap;
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
@@ -154,7 +155,7 @@ fn hub() -> Result<&'static Hub, String> {
 impl Hub {
     fn run(&self) {
         crate::epoll_loop::run(&self.epoll, "dext logs are", |token| {
-            let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+            let mut streams = self.streams.locked();
             let Some(stream) = streams.get_mut(&token) else {
                 return;
             };
@@ -183,7 +184,7 @@ pub(crate) fn forward(socket: UnixStream, label: String) -> std::io::Result<()> 
         refilled: Instant::now(),
         dropped: 0,
     };
-    let mut streams = hub.streams.lock().unwrap_or_else(|e| e.into_inner());
+    let mut streams = hub.streams.locked();
     epoll::add(
         &hub.epoll,
         stream.socket.as_fd(),

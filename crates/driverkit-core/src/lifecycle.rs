@@ -10,6 +10,7 @@
 //! provider runs on one thread at a time (`State::matching`); a request to
 //! match while it runs is remembered and served when it finishes.
 
+use driverkit_wire::sync::Locked;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -519,8 +520,7 @@ impl Core {
         let (tx, rx) = mpsc::sync_channel(backlog);
         self.inner
             .subscribers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .push(Subscriber::Bounded(tx));
         rx
     }
@@ -599,7 +599,7 @@ impl Core {
 
 impl Inner {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     pub(crate) fn me(&self) -> Option<Arc<Inner>> {
@@ -608,30 +608,24 @@ impl Inner {
 
     pub(crate) fn subscribe(&self) -> mpsc::Receiver<Event> {
         let (tx, rx) = mpsc::channel();
-        self.subscribers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Subscriber::Unbounded(tx));
+        self.subscribers.locked().push(Subscriber::Unbounded(tx));
         rx
     }
 
     fn emit(&self, event: Event) {
-        self.subscribers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|s| match s {
-                Subscriber::Unbounded(tx) => tx.send(event.clone()).is_ok(),
-                Subscriber::Bounded(tx) => match tx.try_send(event.clone()) {
-                    Ok(()) => true,
-                    Err(mpsc::TrySendError::Full(_)) => {
-                        tracing::warn!(
-                            "control  a subscriber to lifecycle events fell too far behind; cut off"
-                        );
-                        false
-                    }
-                    Err(mpsc::TrySendError::Disconnected(_)) => false,
-                },
-            });
+        self.subscribers.locked().retain(|s| match s {
+            Subscriber::Unbounded(tx) => tx.send(event.clone()).is_ok(),
+            Subscriber::Bounded(tx) => match tx.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(mpsc::TrySendError::Full(_)) => {
+                    tracing::warn!(
+                        "control  a subscriber to lifecycle events fell too far behind; cut off"
+                    );
+                    false
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => false,
+            },
+        });
     }
 
     /// Runs `f` on a worker, counted in `jobs` for `wait_idle`.
@@ -955,9 +949,7 @@ impl Inner {
         let p = &driver.personality;
         // Two attaches must not both start "the" shared process of a
         // server name; unshared processes start in parallel.
-        let _spawning = p
-            .one_process
-            .then(|| self.spawn_lock.lock().unwrap_or_else(|e| e.into_inner()));
+        let _spawning = p.one_process.then(|| self.spawn_lock.locked());
         if p.one_process {
             let mut st = self.lock();
             let shared = st.servers.values_mut().find(|s| {

@@ -8,6 +8,7 @@
 //! instead of a channel, reaping an ended process) runs on the daemon's
 //! workers instead.
 
+use driverkit_wire::sync::Locked;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,7 +87,7 @@ pub(crate) fn watch(
     let pidfd = rustix::process::Pid::from_raw(child.id() as i32).and_then(|pid| {
         rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
     });
-    let mut watched = reader.watched.lock().unwrap_or_else(|e| e.into_inner());
+    let mut watched = reader.watched.locked();
     // Added to the table before epoll can report it.
     watched.insert(
         token,
@@ -129,7 +130,7 @@ impl Reader {
         crate::epoll_loop::run(&self.epoll, "dext sockets are", |event| {
             let token = event & !PROCESS;
             let (server, daemon) = {
-                let watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+                let watched = self.watched.locked();
                 match watched.get(&token) {
                     Some(w) => (w.server.clone(), w.daemon.clone()),
                     None => return,
@@ -153,12 +154,7 @@ impl Reader {
 
     /// Stops reading a process's socket and hands its end to a worker.
     fn finish(&self, token: u64, end: String) {
-        let Some(w) = self
-            .watched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&token)
-        else {
+        let Some(w) = self.watched.locked().remove(&token) else {
             return;
         };
         let _ = epoll::delete(&self.epoll, w.server.socket());

@@ -13,6 +13,7 @@
 //! the old version's services stop, the new version loads and matching runs
 //! again, without restarting the daemon.
 
+use driverkit_wire::sync::Locked;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
@@ -168,7 +169,7 @@ impl Core {
     /// what decides whether an app's or a dext's own word counts. With no
     /// store, neither (no developer mode, no key).
     pub(crate) fn trust(&self) -> (bool, Vec<String>) {
-        let guard = self.inner.store.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = self.inner.store.locked();
         match &*guard {
             Ok(store) => (
                 store.records().developer_mode,
@@ -196,7 +197,7 @@ impl Core {
         &self,
         f: impl FnOnce(&mut Store) -> Result<R, Failure>,
     ) -> Result<R, Failure> {
-        let mut guard = self.inner.store.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.inner.store.locked();
         match &mut *guard {
             Ok(store) => f(store),
             Err(e) => Err(Failure::new(
@@ -223,10 +224,7 @@ impl Core {
     /// One request at a time: versions are compared and the store changed
     /// under this guard.
     fn one_request(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.inner
-            .sysext_lock
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.inner.sysext_lock.locked()
     }
 
     /// The store's records.
@@ -331,8 +329,7 @@ impl Core {
         if let (Some(r), Ok(Outcome::Completed { .. })) = (&who.app, &result) {
             self.inner
                 .requesters
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .locked()
                 .insert(bundle_id.to_owned(), r.to_owned());
         }
         result
@@ -492,13 +489,7 @@ impl Core {
     /// [`Core::approve`] by a process of the app at `approver`, if any: the
     /// app that requested the activation can never approve it.
     pub fn approve_by(&self, bundle_id: &str, approver: Option<&Path>) -> Result<Outcome, Failure> {
-        let requester = self
-            .inner
-            .requesters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(bundle_id)
-            .cloned();
+        let requester = self.inner.requesters.locked().get(bundle_id).cloned();
         if let (Some(a), Some(r)) = (approver, &requester) {
             if a == r.as_path() {
                 return Err(Failure::new(

@@ -13,6 +13,7 @@
 //! fails every call in flight with `kIOReturnOffline`, and reports to the
 //! daemon.
 
+use driverkit_wire::sync::Locked;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
@@ -287,12 +288,7 @@ impl UserServer {
         match h.kind {
             Kind::Reply => {
                 let result = h.status.into_result().map(|()| buf.payload().to_vec());
-                if let Some(waiter) = self
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&h.call)
-                {
+                if let Some(waiter) = self.pending.locked().remove(&h.call) {
                     let _ = waiter.send(result);
                 }
             }
@@ -301,11 +297,7 @@ impl UserServer {
                     .ok_or_else(|| std::io::Error::other("no region passed"))
                     .and_then(|fd| SharedMemory::from_fd(fd, channel::LEN))
                     .and_then(ShmChannel::open);
-                let open = self
-                    .channels
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .len();
+                let open = self.channels.locked().len();
                 match channel {
                     Ok(c) if open >= limits::CALL_CHANNELS => {
                         tracing::warn!(
@@ -328,7 +320,7 @@ impl UserServer {
                     let _ = self.main.reply(&h, Err(IOReturn::OFFLINE));
                     return;
                 };
-                let mut calls = self.socket_calls.lock().unwrap_or_else(|e| e.into_inner());
+                let mut calls = self.socket_calls.locked();
                 if calls.waiting.len() >= limits::PENDING_REQUESTS {
                     drop(calls);
                     tracing::warn!(
@@ -347,7 +339,7 @@ impl UserServer {
             Kind::Hello => tracing::warn!("{self:?} said hello twice"),
             Kind::Memory => match fd.map(|fd| SharedMemory::from_fd(fd, 0)) {
                 Some(Ok(shm)) => {
-                    let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut memory = self.memory.locked();
                     let size = shm.len() as u64;
                     if memory.regions.len() >= limits::MEMORY_REGIONS
                         || memory.bytes + size > limits::MEMORY_BYTES
@@ -383,7 +375,7 @@ impl UserServer {
     fn answer_socket_calls(&self, daemon: &Arc<Inner>) {
         loop {
             let next = {
-                let mut calls = self.socket_calls.lock().unwrap_or_else(|e| e.into_inner());
+                let mut calls = self.socket_calls.locked();
                 let next = calls.waiting.pop_front();
                 calls.running = next.is_some();
                 next
@@ -398,20 +390,10 @@ impl UserServer {
     /// process reaped (which may take a grace period), the daemon told.
     pub(crate) fn ended(self: Arc<Self>, mut child: Process, end: &str, daemon: &Weak<Inner>) {
         self.alive.store(false, Ordering::Release);
-        for channel in self
-            .channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
+        for channel in self.channels.locked().drain(..) {
             channel.close();
         }
-        for (_, waiter) in self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-        {
+        for (_, waiter) in self.pending.locked().drain() {
             let _ = waiter.send(Err(IOReturn::OFFLINE));
         }
         let status = reap(&mut child, end);
@@ -423,10 +405,7 @@ impl UserServer {
 
     fn serve_channel(&self, channel: Arc<ShmChannel>, daemon: Weak<Inner>) {
         let server = self.id;
-        self.channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(channel.clone());
+        self.channels.locked().push(channel.clone());
         let mut own = crate::io_service::OwnRoutes::new();
         let handler = move |request: &[u8], reply: &mut Vec<u8>| {
             let header = match Header::parse(&Packet::new_unchecked(request)) {
@@ -462,7 +441,7 @@ impl UserServer {
     /// may arrive first: wait briefly for it.
     pub fn memory(&self, id: u64) -> IOResult<Arc<SharedMemory>> {
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        let mut table = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = self.memory.locked();
         loop {
             if let Some(m) = table.regions.get(&id) {
                 return Ok(m.clone());
@@ -492,7 +471,7 @@ pub struct InFlight {
 
 impl UserServer {
     fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+        self.pending.locked()
     }
 
     /// Hands `shm` to the dext (a `Memory` message on the main socket, the

@@ -6,6 +6,7 @@
 //! worker is idle, it adds one. Idle workers are reused, which saves a
 //! thread creation on every device plug, and retire after a while.
 
+use driverkit_wire::sync::Locked;
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -34,7 +35,7 @@ impl Workers {
     /// queued for the next worker that frees up.
     pub fn run(&self, job: impl FnOnce() + Send + 'static) {
         let (lock, ready) = &*self.shared;
-        let mut q = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = lock.locked();
         q.jobs.push_back(Box::new(job));
         let enough = q.jobs.len() <= q.idle;
         drop(q);
@@ -54,12 +55,12 @@ impl Workers {
 
 fn work(shared: &(Mutex<Queue>, Condvar)) {
     let (lock, ready) = shared;
-    let mut q = lock.lock().unwrap_or_else(|e| e.into_inner());
+    let mut q = lock.locked();
     loop {
         if let Some(job) = q.jobs.pop_front() {
             drop(q);
             job();
-            q = lock.lock().unwrap_or_else(|e| e.into_inner());
+            q = lock.locked();
             continue;
         }
         q.idle += 1;

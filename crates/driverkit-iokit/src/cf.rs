@@ -14,6 +14,7 @@
 //! Reference counts live in that table too, under its lock, so that a
 //! lookup and a last release never race.
 
+use driverkit_wire::sync::Locked;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -67,9 +68,7 @@ pub static FALSE: Object = Object {
 /// Live objects and their reference counts; `IMMORTAL` never drops.
 fn live() -> MutexGuard<'static, HashMap<usize, usize>> {
     static LIVE: OnceLock<Mutex<HashMap<usize, usize>>> = OnceLock::new();
-    LIVE.get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+    LIVE.get_or_init(Default::default).locked()
 }
 
 const IMMORTAL: usize = usize::MAX;
@@ -235,10 +234,7 @@ fn number_of(v: &Plist) -> Option<f64> {
 /// per text.
 pub fn constant_string(text: &CStr) -> CFTypeRef {
     static INTERNED: OnceLock<Mutex<HashMap<CString, usize>>> = OnceLock::new();
-    let mut interned = INTERNED
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let mut interned = INTERNED.get_or_init(Default::default).locked();
     if let Some(&p) = interned.get(text) {
         return p as CFTypeRef;
     }
@@ -269,8 +265,7 @@ pub fn string_ptr(p: CFTypeRef) -> *const c_char {
 pub fn dictionary_get(d: CFTypeRef, key: CFTypeRef) -> CFTypeRef {
     with(d, |o| match &o.value {
         Value::Dictionary(pairs) => pairs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .iter()
             .find(|(k, _)| equal(*k as CFTypeRef, key))
             .map_or(std::ptr::null(), |(_, v)| *v as CFTypeRef),
@@ -295,7 +290,7 @@ pub fn dictionary_set(d: CFTypeRef, key: CFTypeRef, value: CFTypeRef, only_new: 
         let Value::Dictionary(pairs) = &o.value else {
             return false;
         };
-        let mut pairs = pairs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pairs = pairs.locked();
         match pairs.iter_mut().find(|(k, _)| equal(*k as CFTypeRef, key)) {
             Some(_) if only_new => {}
             Some(pair) => {
@@ -320,7 +315,7 @@ pub fn dictionary_set(d: CFTypeRef, key: CFTypeRef, value: CFTypeRef, only_new: 
 pub fn dictionary_remove(d: CFTypeRef, key: CFTypeRef) {
     let removed = with(d, |o| match &o.value {
         Value::Dictionary(pairs) => {
-            let mut pairs = pairs.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pairs = pairs.locked();
             let i = pairs
                 .iter()
                 .position(|(k, _)| equal(*k as CFTypeRef, key))?;
@@ -406,7 +401,7 @@ fn to_plist_within(p: CFTypeRef, depth: usize) -> Option<Plist> {
                     .collect::<Option<_>>()?,
             ),
             Value::Dictionary(pairs) => {
-                let pairs = pairs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let pairs = pairs.locked().clone();
                 let mut d = plist::Dictionary::new();
                 for (k, v) in pairs {
                     d.insert(

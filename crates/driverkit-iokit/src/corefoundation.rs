@@ -5,6 +5,7 @@
 // C entry points: see lib.rs.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
+use driverkit_wire::sync::Locked;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::sync::Mutex;
 
@@ -425,9 +426,7 @@ pub extern "C" fn CFDictionaryContainsKey(d: CFTypeRef, key: CFTypeRef) -> Boole
 pub extern "C" fn CFDictionaryGetCount(d: CFTypeRef) -> CFIndex {
     guard(0, || {
         cf::with(d, |o| match &o.value {
-            Value::Dictionary(pairs) => {
-                pairs.lock().unwrap_or_else(|e| e.into_inner()).len() as CFIndex
-            }
+            Value::Dictionary(pairs) => pairs.locked().len() as CFIndex,
             _ => 0,
         })
         .unwrap_or(0)
@@ -444,7 +443,7 @@ pub extern "C" fn CFDictionaryGetKeysAndValues(
 ) {
     guard((), || {
         let pairs = cf::with(d, |o| match &o.value {
-            Value::Dictionary(pairs) => pairs.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            Value::Dictionary(pairs) => pairs.locked().clone(),
             _ => Vec::new(),
         })
         .unwrap_or_default();

@@ -25,6 +25,7 @@ pub mod corefoundation;
 pub mod notification;
 pub mod objects;
 
+use driverkit_wire::sync::Locked;
 use std::ffi::{c_char, c_void};
 use std::sync::{Arc, Mutex};
 
@@ -209,7 +210,7 @@ pub extern "C" fn IOIteratorNext(iterator: Handle) -> Handle {
 pub extern "C" fn IOIteratorReset(iterator: Handle) {
     guard((), || {
         if let Some(Object::Iterator { items, .. }) = objects::get(iterator).as_deref() {
-            items.lock().unwrap_or_else(|e| e.into_inner()).next = 0;
+            items.locked().next = 0;
         }
     })
 }
@@ -720,10 +721,7 @@ pub extern "C" fn IOConnectMapMemory64(
             *address = at;
             *size = mapped.len() as u64;
         }
-        c.maps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(at, mapped);
+        c.maps.locked().insert(at, mapped);
         SUCCESS
     })
 }
@@ -743,11 +741,7 @@ pub extern "C" fn IOConnectUnmapMemory64(
         let Object::Connect(c) = o.as_ref() else {
             return BAD_ARGUMENT;
         };
-        let gone = c
-            .maps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&address);
+        let gone = c.maps.locked().remove(&address);
         match gone {
             Some(_) => SUCCESS,
             None => BAD_ARGUMENT,
@@ -764,9 +758,7 @@ pub struct NotificationPortRef {
 fn live_ports() -> std::sync::MutexGuard<'static, std::collections::HashSet<usize>> {
     static LIVE: std::sync::OnceLock<Mutex<std::collections::HashSet<usize>>> =
         std::sync::OnceLock::new();
-    LIVE.get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+    LIVE.get_or_init(Default::default).locked()
 }
 
 fn port_of(r: *const NotificationPortRef) -> Option<(Handle, Arc<notification::Port>)> {

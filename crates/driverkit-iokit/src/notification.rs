@@ -8,6 +8,7 @@
 //! on the calling thread. A C app puts the fd in its `poll` loop; Python
 //! in its selector. Callbacks never run on a library thread, as on macOS.
 
+use driverkit_wire::sync::Locked;
 use std::collections::VecDeque;
 use std::ffi::c_void;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -45,15 +46,12 @@ impl Port {
     /// Queues a completion (on the library's thread that received it) and
     /// makes the fd readable.
     pub fn complete(&self, callback: AsyncCallback, refcon: usize, result: u32, values: Vec<u64>) {
-        self.waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(Done {
-                callback,
-                refcon,
-                result,
-                values,
-            });
+        self.waiting.locked().push_back(Done {
+            callback,
+            refcon,
+            result,
+            values,
+        });
         let one = 1u64.to_ne_bytes();
         // SAFETY: writing 8 bytes from a live buffer to our own eventfd.
         unsafe { libc::write(self.ready.as_raw_fd(), one.as_ptr().cast(), 8) };
@@ -69,11 +67,7 @@ impl Port {
         let mut ran = 0;
         loop {
             // One at a time, the lock not held: a callback may call again.
-            let next = self
-                .waiting
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop_front();
+            let next = self.waiting.locked().pop_front();
             let Some(done) = next else { return ran };
             let mut args: Vec<*mut c_void> = done
                 .values

@@ -7,6 +7,7 @@
 //! Numbers are not reused while the process lives (a stale number must not
 //! find a newer object).
 
+use driverkit_wire::sync::Locked;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -96,8 +97,7 @@ fn table() -> MutexGuard<'static, Table> {
                 entries: HashMap::default(),
             })
         })
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .locked()
 }
 
 /// A new number for `object`, with one reference (the caller's). `None`
@@ -167,7 +167,7 @@ impl Iteration {
 
 /// The services an iterator has not handed out yet.
 pub fn next_of(items: &Mutex<Iteration>) -> Option<IOService> {
-    let mut it = items.lock().unwrap_or_else(|e| e.into_inner());
+    let mut it = items.locked();
     let s = it.all.get(it.next).copied()?;
     it.next += 1;
     Some(s)

@@ -35,6 +35,7 @@
 //! kind is dropped and counted; nothing panics or reads out of bounds. A
 //! writer that ignores the readers' positions only loses its own events.
 
+use crate::sync::Locked;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -197,7 +198,7 @@ impl EventLog {
     /// the slowest reader when the log is full. Readers see it at once; a
     /// parked one wakes at the next [`notify`](EventLog::notify).
     pub fn push(&self, record: &HidEventRecord) {
-        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = self.writer.locked();
         let capacity = self.capacity();
         if w.next - w.slowest >= capacity {
             w.slowest = self.slowest(&mut w);

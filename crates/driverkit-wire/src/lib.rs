@@ -26,6 +26,7 @@ pub mod ring;
 pub mod root;
 pub mod serial;
 pub mod shm;
+pub mod sync;
 pub mod sysext_error;
 pub mod transport;
 pub mod user_client;

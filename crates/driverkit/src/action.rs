@@ -8,6 +8,7 @@
 //! runs its method on the method's queue (`Default`, or the one named with
 //! `queue = "…"`, DriverKit's QUEUENAME), after everything queued before.
 
+use driverkit_wire::sync::Locked;
 use std::any::Any;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -182,10 +183,7 @@ impl OSAction {
     /// The reference storage: zeroed at creation, `reference_size` bytes,
     /// private to this process.
     pub fn reference(&self) -> MutexGuard<'_, Box<[u8]>> {
-        self.inner
-            .reference
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.inner.reference.locked()
     }
 
     /// The queue the method runs on.
@@ -276,7 +274,7 @@ impl OSAction {
     /// without ever calling it: a request whose completion can no longer
     /// reach its service (DriverKit's `SetAbortedHandler`).
     pub fn set_aborted_handler(&self, handler: impl FnOnce() + Send + 'static) {
-        *self.inner.aborted.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(handler));
+        *self.inner.aborted.locked() = Some(Box::new(handler));
     }
 
     /// The service whose method this action calls.
@@ -286,12 +284,7 @@ impl OSAction {
 
     /// The action was dropped unused: its aborted handler runs, once.
     pub(crate) fn abort(&self) {
-        let handler = self
-            .inner
-            .aborted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let handler = self.inner.aborted.locked().take();
         if let Some(h) = handler {
             let _ = self.inner.queue.dispatch_async(h);
         }

@@ -9,6 +9,7 @@
 //! parked on a futex, so an idle queue costs no CPU) and runs the callback's
 //! method on its queue, one run at a time.
 
+use driverkit_wire::sync::Locked;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -154,11 +155,7 @@ impl IODataQueueDispatchSource {
                 }
             })
             .map_err(|_| IOReturn::NO_RESOURCES)?;
-        self.inner
-            .watchers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(handle);
+        self.inner.watchers.locked().push(handle);
         Ok(())
     }
 
@@ -199,13 +196,7 @@ impl IODataQueueDispatchSource {
     pub fn cancel(&self, handler: impl FnOnce() + Send + 'static) -> IOResult<()> {
         self.inner.cancelled.store(true, Ordering::Release);
         self.inner.wake_watchers();
-        let watchers: Vec<_> = self
-            .inner
-            .watchers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-            .collect();
+        let watchers: Vec<_> = self.inner.watchers.locked().drain(..).collect();
         let me = std::thread::current().id();
         for w in watchers {
             if w.thread().id() != me {
@@ -220,7 +211,7 @@ impl Source {
     /// Wakes the watchers, wherever they wait (paused, or on the ring).
     fn wake_watchers(&self) {
         {
-            let _held = self.resumed.0.lock().unwrap_or_else(|e| e.into_inner());
+            let _held = self.resumed.0.locked();
             self.resumed.1.notify_all();
         }
         self.ring.wake_all();
@@ -228,7 +219,7 @@ impl Source {
 
     /// Sleeps until the source is resumed or cancelled (or `RECHECK`).
     fn sleep_while_paused(&self) {
-        let held = self.resumed.0.lock().unwrap_or_else(|e| e.into_inner());
+        let held = self.resumed.0.locked();
         if self.enabled.load(Ordering::Acquire) || self.cancelled.load(Ordering::Acquire) {
             return;
         }

@@ -23,6 +23,7 @@
 //! }
 //! ```
 
+use driverkit_wire::sync::Locked;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -179,7 +180,7 @@ pub trait IOUserHIDEventServiceApi: Service {
     fn set_led_state(&self, usage: u16, on: bool) -> IOResult<()> {
         let c = client(self)?;
         let (report_id, bytes) = {
-            let mut leds = c.leds.lock().unwrap_or_else(|e| e.into_inner());
+            let mut leds = c.leds.locked();
             let (report_id, bit) = led_bit(&c.descriptor, usage).ok_or(IOReturn::UNSUPPORTED)?;
             let offset = usize::from(report_id != 0);
             let byte = offset + (bit / 8) as usize;
@@ -245,10 +246,7 @@ fn led_bit(d: &ReportDescriptor, usage: u16) -> Option<(u8, u32)> {
 fn dispatch_changes<S: Service>(s: &S, timestamp: u64) {
     let Ok(c) = client(s) else { return };
     let mut events = Vec::new();
-    c.translator
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .events(&mut events);
+    c.translator.locked().events(&mut events);
     for e in events {
         let _ = match e {
             Event::Keyboard {
@@ -357,7 +355,7 @@ fn open<S: IOUserHIDEventServiceImpl>(service: &S, provider: ObjectId) -> IOResu
             .spawn(move || watch::<S>(c, queue, me))
             .map_err(|_| IOReturn::NO_RESOURCES)?
     };
-    *c.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher);
+    *c.watcher.locked() = Some(watcher);
     Ok(())
 }
 
@@ -367,7 +365,7 @@ fn close<S: Service>(service: &S) {
     c.cancelled.store(true, Ordering::Release);
     c.ring.wake_all();
     c.done.1.notify_all();
-    let watcher = c.watcher.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let watcher = c.watcher.locked().take();
     if let Some(w) = watcher {
         let _ = w.join();
     }
@@ -414,7 +412,7 @@ fn watch<S: IOUserHIDEventServiceImpl>(
                 std::thread::yield_now();
                 continue;
             }
-            let guard = c.done.0.lock().unwrap_or_else(|e| e.into_inner());
+            let guard = c.done.0.locked();
             if c.scheduled.load(Ordering::Acquire) && !c.cancelled.load(Ordering::Acquire) {
                 let _ = c.done.1.wait_timeout(guard, Duration::from_millis(250));
             }
@@ -442,7 +440,7 @@ fn drain<S: IOUserHIDEventServiceImpl>(
             let timestamp = u64::from_le_bytes(entry[..8].try_into().unwrap_or_default());
             let report = &entry[8..];
             {
-                let mut t = c.translator.lock().unwrap_or_else(|e| e.into_inner());
+                let mut t = c.translator.locked();
                 t.apply(report);
                 for &i in t.changed() {
                     if let Some(e) = c.elements.get(i) {
@@ -467,7 +465,7 @@ fn drain<S: IOUserHIDEventServiceImpl>(
         {
             // Under the lock: the watcher checks the flag under it before
             // parking, so it cannot miss this.
-            let _guard = c.done.0.lock().unwrap_or_else(|e| e.into_inner());
+            let _guard = c.done.0.locked();
             c.scheduled.store(false, Ordering::Release);
         }
         c.done.1.notify_one();

@@ -7,6 +7,7 @@
 //! number of interrupts since the last run, so none is lost when several
 //! arrive while the callback runs.
 
+use driverkit_wire::sync::Locked;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -142,7 +143,7 @@ impl IOInterruptDispatchSource {
                 }
             })
             .map_err(|_| IOReturn::NO_RESOURCES)?;
-        *self.inner.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        *self.inner.watcher.locked() = Some(handle);
         Ok(())
     }
 
@@ -158,12 +159,7 @@ impl IOInterruptDispatchSource {
     pub fn cancel(&self, handler: impl FnOnce() + Send + 'static) -> IOResult<()> {
         self.inner.cancelled.store(true, Ordering::Release);
         interrupt::doorbell(&self.inner.shm).ring();
-        let watcher = self
-            .inner
-            .watcher
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let watcher = self.inner.watcher.locked().take();
         if let Some(w) = watcher.filter(|w| w.thread().id() != std::thread::current().id()) {
             let _ = w.join();
         }

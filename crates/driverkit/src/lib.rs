@@ -96,6 +96,7 @@ pub mod prelude {
         IOUserNetworkEthernet, IOUserNetworkEthernetApi, IOUserNetworkEthernetImpl,
         IOUserNetworkPacket, IOVirtualNIC,
     };
+    pub use driverkit_wire::sync::Locked;
 }
 
 // `#[driverkit::service]` names this crate by its absolute path.

@@ -19,6 +19,7 @@
 //! Each notification covers every packet that arrived before it: a busy
 //! interface moves batches, one wake-up for many frames.
 
+use driverkit_wire::sync::Locked;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -250,7 +251,7 @@ fn register<S: IOUserNetworkEthernetImpl>(
             .spawn(move || watch::<S>(&n, &queue, &me))
             .map_err(|_| IOReturn::NO_RESOURCES)?
     };
-    *n.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher);
+    *n.watcher.locked() = Some(watcher);
     Ok(())
 }
 
@@ -258,7 +259,7 @@ fn stop_watching<S: Service>(service: &S) {
     let Ok(n) = nic(service) else { return };
     n.cancelled.store(true, Ordering::Release);
     n.net.bell(DRIVER_BELL).ring();
-    let watcher = n.watcher.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let watcher = n.watcher.locked().take();
     if let Some(w) = watcher.filter(|w| w.thread().id() != std::thread::current().id()) {
         let _ = w.join();
     }

@@ -23,6 +23,7 @@
 //! reachable by the device at the addresses `prepare_for_dma` returns, all
 //! below the limit the command was created with, until `complete_dma`.
 
+use driverkit_wire::sync::Locked;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
@@ -310,7 +311,7 @@ impl IODMACommand {
         offset: u64,
         length: u64,
     ) -> IOResult<Vec<IOAddressSegment>> {
-        let mut prepared = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        let mut prepared = self.prepared.locked();
         if prepared.is_some() {
             return Err(IOReturn::BUSY);
         }
@@ -330,12 +331,7 @@ impl IODMACommand {
 
     /// `CompleteDMA`: the device can no longer reach the buffer.
     pub fn complete_dma(&self) -> IOResult<()> {
-        let address = self
-            .prepared
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or(IOReturn::NOT_READY)?;
+        let address = self.prepared.locked().take().ok_or(IOReturn::NOT_READY)?;
         self.device.proxy().complete_dma(address)
     }
 }

@@ -4,6 +4,7 @@
 //! into a service runs there, so calls into one service never run in
 //! parallel.
 
+use driverkit_wire::sync::Locked;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -72,7 +73,7 @@ impl IODispatchQueue {
                     let Some(inner) = weak.upgrade() else {
                         return job();
                     };
-                    let _running = inner.running.lock().unwrap_or_else(|e| e.into_inner());
+                    let _running = inner.running.locked();
                     job();
                 }
             })
@@ -120,7 +121,7 @@ impl IODispatchQueue {
     /// Runs `f` on the queue after everything queued before it.
     /// `kIOReturnOffline` once the queue is cancelled.
     pub fn dispatch_async(&self, f: impl FnOnce() + Send + 'static) -> IOResult<()> {
-        let guard = self.inner.sender.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = self.inner.sender.locked();
         match guard.as_ref() {
             Some(tx) => tx.send(Box::new(f)).map_err(|_| IOReturn::OFFLINE),
             None => Err(IOReturn::OFFLINE),
@@ -148,12 +149,7 @@ impl IODispatchQueue {
     /// `handler`, on the queue, last; then the thread exits.
     pub fn cancel(&self, handler: impl FnOnce() + Send + 'static) {
         self.inner.cancelled.store(true, Ordering::Release);
-        let sender = self
-            .inner
-            .sender
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let sender = self.inner.sender.locked().take();
         if let Some(tx) = sender {
             let _ = tx.send(Box::new(handler));
         }

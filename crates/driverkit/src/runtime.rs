@@ -13,6 +13,7 @@
 //! hand-off between threads. One channel is opened right after hello, so
 //! the first `super_start` does not wait for one.
 
+use driverkit_wire::sync::Locked;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -83,19 +84,14 @@ pub trait Service: Sized + Send + Sync + 'static {
     /// Names a queue for the methods declared with `queue = "name"`
     /// (DriverKit's `SetDispatchQueue`). `Default` is set by the system.
     fn set_dispatch_queue(&self, name: &str, queue: IODispatchQueue) {
-        self.base()
-            .queues
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_owned(), queue);
+        self.base().queues.locked().insert(name.to_owned(), queue);
     }
 
     /// The queue set under `name`; `kIOReturnNotFound` if none.
     fn copy_dispatch_queue(&self, name: &str) -> IOResult<IODispatchQueue> {
         self.base()
             .queues
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .get(name)
             .cloned()
             .ok_or(IOReturn::NOT_FOUND)
@@ -255,7 +251,7 @@ static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 /// other than through the system's socket (a user client's app).
 pub(crate) fn hosted(object: ObjectId) -> Option<(Arc<dyn Instance>, IODispatchQueue)> {
     let rt = RUNTIME.get()?;
-    let objects = rt.objects.lock().unwrap_or_else(|e| e.into_inner());
+    let objects = rt.objects.locked();
     objects
         .get(&object)
         .map(|h| (h.instance.clone(), h.queue.clone()))
@@ -308,10 +304,7 @@ pub fn run(classes: Vec<ClassEntry>) -> ! {
         std::process::exit(3);
     }
     if let Ok(first) = Channel::open(rt) {
-        rt.channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(first);
+        rt.channels.locked().push(first);
     }
     let mut buf = MessageBuf::default();
     loop {
@@ -343,7 +336,7 @@ pub fn run(classes: Vec<ClassEntry>) -> ! {
             Kind::Request | Kind::Oneway => rt.dispatch_to_service(header, buf.payload()),
             Kind::Memory => match fd {
                 Some(fd) => {
-                    let mut given = rt.given.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut given = rt.given.locked();
                     given.insert(header.object.0, fd);
                     drop(given);
                     rt.given_arrived.notify_all();
@@ -392,7 +385,7 @@ impl Runtime {
     }
 
     fn dispatch_to_service(&'static self, header: Header, payload: &[u8]) {
-        let objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
+        let objects = self.objects.locked();
         let Some(hosted) = objects.get(&header.object) else {
             drop(objects);
             self.reply(&header, Err(IOReturn::NOT_FOUND));
@@ -430,12 +423,7 @@ impl IOUserServerInterface for ServerHandler {
             tracing::error!("IOUserClass {user_class:?} is not in this dext (it has {known:?})");
             return Err(IOReturn::NOT_FOUND);
         };
-        let spare = self
-            .rt
-            .spare_queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let spare = self.rt.spare_queue.locked().take();
         let queue = match spare {
             Some(q) => q,
             None => IODispatchQueue::create("Default")?,
@@ -450,26 +438,20 @@ impl IOUserServerInterface for ServerHandler {
         queue.dispatch_sync(move || init.init())??;
         self.rt
             .objects
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .insert(object, Hosted { instance, queue });
         Ok(())
     }
 
     fn free(&self, object: ObjectId) -> IOResult<()> {
-        let hosted = self
-            .rt
-            .objects
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&object);
+        let hosted = self.rt.objects.locked().remove(&object);
         let Some(Hosted { instance, queue }) = hosted else {
             return Err(IOReturn::NOT_FOUND);
         };
         crate::user_client::forget(object);
         // Completions still owed to this service can never reach it now.
         let orphaned: Vec<OSAction> = {
-            let mut actions = self.rt.actions.lock().unwrap_or_else(|e| e.into_inner());
+            let mut actions = self.rt.actions.locked();
             let ids: Vec<u64> = actions
                 .iter()
                 .filter(|(_, a)| a.owner() == object)
@@ -489,12 +471,7 @@ impl IOUserServerInterface for ServerHandler {
     }
 
     fn complete_async(&self, action: u64, status: u32, actual: u64) -> IOResult<()> {
-        let action = self
-            .rt
-            .actions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&action);
+        let action = self.rt.actions.locked().remove(&action);
         let action = action.ok_or(IOReturn::NOT_FOUND)?;
         action.invoke(
             ActionArgs::Completion {
@@ -574,10 +551,7 @@ struct CachedChannel(Option<Channel>);
 impl Drop for CachedChannel {
     fn drop(&mut self) {
         if let (Some(c), Some(rt)) = (self.0.take(), RUNTIME.get()) {
-            rt.channels
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(c);
+            rt.channels.locked().push(c);
         }
     }
 }
@@ -592,10 +566,7 @@ fn register_action(action: &OSAction) -> IOResult<u64> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let rt = RUNTIME.get().ok_or(IOReturn::NOT_READY)?;
     let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    rt.actions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(id, action.clone());
+    rt.actions.locked().insert(id, action.clone());
     Ok(id)
 }
 
@@ -621,10 +592,7 @@ pub(crate) fn submit_async(
 /// Forgets an action whose request never reached the system.
 fn unregister_action(id: u64) {
     if let Some(rt) = RUNTIME.get() {
-        rt.actions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        rt.actions.locked().remove(&id);
     }
 }
 
@@ -652,7 +620,7 @@ pub(crate) fn take_system_memory(id: u64) -> IOResult<std::os::fd::OwnedFd> {
         return Err(IOReturn::BAD_ARGUMENT);
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let mut given = rt.given.lock().unwrap_or_else(|e| e.into_inner());
+    let mut given = rt.given.locked();
     loop {
         if let Some(fd) = given.remove(&id) {
             return Ok(fd);
@@ -688,7 +656,7 @@ impl Caller for SystemCaller {
         let cached = CACHED.with(|c| c.borrow_mut().0.take());
         let mut channel = match cached {
             Some(c) => c,
-            None => match rt.channels.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            None => match rt.channels.locked().pop() {
                 Some(c) => c,
                 None => Channel::open(rt)?,
             },
@@ -698,10 +666,7 @@ impl Caller for SystemCaller {
         if result != Err(IOReturn::OFFLINE) {
             let spare = CACHED.with(|c| c.borrow_mut().0.replace(channel));
             if let Some(spare) = spare {
-                rt.channels
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(spare);
+                rt.channels.locked().push(spare);
             }
         }
         result

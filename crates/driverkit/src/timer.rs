@@ -1,6 +1,7 @@
 //! `IOTimerDispatchSource`: calls `TimerOccurred(action, time)` on the
 //! action's queue at a deadline.
 
+use driverkit_wire::sync::Locked;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -56,7 +57,7 @@ impl IOTimerDispatchSource {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.state.locked()
     }
 
     /// The callback (type `IOTimerDispatchSource::TimerOccurred`).
@@ -104,7 +105,7 @@ impl IOTimerDispatchSource {
 }
 
 fn run(t: &Timer) {
-    let mut s = t.state.lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = t.state.locked();
     loop {
         if s.cancelled {
             return;
@@ -135,7 +136,7 @@ fn run(t: &Timer) {
             while now_ns() < deadline {
                 std::hint::spin_loop();
             }
-            s = t.state.lock().unwrap_or_else(|e| e.into_inner());
+            s = t.state.locked();
             if s.armed != Some((deadline, leeway)) {
                 continue;
             }
@@ -145,7 +146,7 @@ fn run(t: &Timer) {
             let fired = now_ns();
             drop(s);
             let _ = action.invoke(ActionArgs::Time(fired), || ());
-            s = t.state.lock().unwrap_or_else(|e| e.into_inner());
+            s = t.state.locked();
         }
     }
 }

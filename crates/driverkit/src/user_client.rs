@@ -43,6 +43,7 @@
 //! }
 //! ```
 
+use driverkit_wire::sync::Locked;
 use std::cell::Cell;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, Weak};
@@ -107,7 +108,7 @@ impl IOUserClientCompletion {
             return Err(IOReturn::BAD_ARGUMENT);
         }
         let notify = self.notify.upgrade().ok_or(IOReturn::NOT_OPEN)?;
-        let guard = notify.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = notify.locked();
         let endpoint = guard.as_ref().ok_or(IOReturn::NOT_OPEN)?;
         let mut h = Header::new(driverkit_wire::Kind::Oneway);
         h.method = MethodId(self.reference);
@@ -250,7 +251,7 @@ impl<S: IOUserClientImpl> ClassDispatch<S> for IOUserClient {
                 // The app is gone: no completion of this user client can
                 // reach it any more.
                 if let Some(conn) = connection(service.registry_entry_id()) {
-                    *conn.notify.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    *conn.notify.locked() = None;
                 }
                 <IOService as ClassDispatch<S>>::dispatch(service, method, args)
             }
@@ -390,12 +391,7 @@ pub(crate) struct Connection {
 
 impl Connection {
     fn close_channels(&self) {
-        for c in self
-            .channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
+        for c in self.channels.locked().drain(..) {
             c.close();
         }
     }
@@ -405,15 +401,14 @@ static CONNECTIONS: Mutex<Vec<(u64, Arc<Connection>)>> = Mutex::new(Vec::new());
 
 fn connection(object: u64) -> Option<Arc<Connection>> {
     CONNECTIONS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .locked()
         .iter()
         .find(|(o, _)| *o == object)
         .map(|(_, c)| c.clone())
 }
 
 fn connection_or_new(object: u64) -> Arc<Connection> {
-    let mut all = CONNECTIONS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut all = CONNECTIONS.locked();
     if let Some((_, c)) = all.iter().find(|(o, _)| *o == object) {
         return c.clone();
     }
@@ -428,15 +423,12 @@ fn connection_or_new(object: u64) -> Arc<Connection> {
 /// Forgets a freed user client's connection, and closes its channels.
 pub(crate) fn forget(object: ObjectId) {
     let mut gone = Vec::new();
-    CONNECTIONS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|(o, c)| {
-            if *o == object.0 {
-                gone.push(c.clone());
-            }
-            *o != object.0
-        });
+    CONNECTIONS.locked().retain(|(o, c)| {
+        if *o == object.0 {
+            gone.push(c.clone());
+        }
+        *o != object.0
+    });
     for c in gone {
         c.close_channels();
     }
@@ -447,10 +439,7 @@ pub(crate) fn connect(object: ObjectId, role: u8, socket: OwnedFd) -> IOResult<(
     let endpoint = Endpoint::new(socket);
     match role {
         driverkit_wire::user_client::ROLE_NOTIFICATIONS => {
-            *connection_or_new(object.0)
-                .notify
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(endpoint);
+            *connection_or_new(object.0).notify.locked() = Some(endpoint);
             Ok(())
         }
         driverkit_wire::user_client::ROLE_CALLS => {
@@ -485,10 +474,7 @@ fn serve_calls(object: ObjectId, endpoint: Endpoint, connection: Arc<Connection>
                 .ok_or(IOReturn::BAD_ARGUMENT)
                 .and_then(|fd| serve_channel(object, fd));
             let result = opened.map(|c| {
-                let mut channels = connection
-                    .channels
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let mut channels = connection.channels.locked();
                 channels.push(c);
                 Vec::new()
             });

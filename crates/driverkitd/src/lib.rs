@@ -17,6 +17,7 @@ pub mod backends;
 pub mod control;
 pub mod families;
 
+use driverkit_wire::sync::Locked;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -259,7 +260,7 @@ impl Daemon {
                 backends::usbip_server::bus_id(device.transport.location_id()),
             ));
         }
-        let mut servers = self.usbip_servers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut servers = self.usbip_servers.locked();
         if !servers.iter().any(|(l, _)| l == listen) {
             let server = backends::usbip_server::UsbIpServer::start(
                 self.core.system(),

@@ -124,7 +124,7 @@ fn step<T>(what: &str, result: IOResult<T>) -> IOResult<T> {
 
 impl CDCEthernetDriver {
     fn with_usb<T>(&self, f: impl FnOnce(&Usb) -> IOResult<T>) -> IOResult<T> {
-        let usb = self.ivars().usb.lock().unwrap_or_else(|e| e.into_inner());
+        let usb = self.ivars().usb.locked();
         f(usb.as_ref().ok_or(IOReturn::NOT_READY)?)
     }
 
@@ -154,7 +154,7 @@ impl CDCEthernetDriver {
         let i = self.ivars();
         // Held across the request: two changes at once reach the device
         // in the order they were decided.
-        let mut programmed = i.programmed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut programmed = i.programmed.locked();
         let bits = if i.enabled.load(Ordering::Relaxed) {
             i.filter.load(Ordering::Relaxed)
         } else {
@@ -195,11 +195,7 @@ impl CDCEthernetDriver {
 
     /// Frames from the TX queue into free write slots, one transfer each.
     fn send_pending(&self) {
-        let mut writing = self
-            .ivars()
-            .writing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut writing = self.ivars().writing.locked();
         loop {
             let Some(slot) = writing.iter().position(Option::is_none) else {
                 return; // a completion sends the next
@@ -255,7 +251,7 @@ impl IOServiceImpl for CDCEthernetDriver {
             filter::DIRECTED | filter::BROADCAST | filter::MULTICAST,
             Ordering::Relaxed,
         );
-        *ivars.writing.lock().unwrap_or_else(|e| e.into_inner()) = vec![None; WRITES];
+        *ivars.writing.locked() = vec![None; WRITES];
         Ok(ivars)
     }
 
@@ -321,7 +317,7 @@ impl IOServiceImpl for CDCEthernetDriver {
             IOBufferMemoryDescriptor::create(NOTIFICATION)?,
             self.create_action_notified(0)?,
         );
-        *self.ivars().usb.lock().unwrap_or_else(|e| e.into_inner()) = Some(Usb {
+        *self.ivars().usb.locked() = Some(Usb {
             control_number: control_descriptor.number,
             control,
             bulk_in: step("the bulk IN pipe", data.copy_pipe(bulk_in))?,
@@ -354,12 +350,7 @@ impl IOServiceImpl for CDCEthernetDriver {
     }
 
     fn stop(&self, provider: &IOService) -> IOResult<()> {
-        let usb = self
-            .ivars()
-            .usb
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let usb = self.ivars().usb.locked().take();
         if let Some(u) = usb {
             let _ = u.bulk_in.abort();
             let _ = u.bulk_out.abort();
@@ -379,7 +370,7 @@ impl IOUserNetworkEthernetImpl for CDCEthernetDriver {
 
     /// Held frames go up first, then their reads go out again.
     fn rx_buffers_available(&self) {
-        let mut held = self.ivars().held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = self.ivars().held.locked();
         while let Some((slot, frame)) = held.first() {
             if !self.deliver(frame) {
                 return;
@@ -467,7 +458,7 @@ impl CDCEthernetDriver {
             return;
         }
         if !frame.is_empty() {
-            let mut held = self.ivars().held.lock().unwrap_or_else(|e| e.into_inner());
+            let mut held = self.ivars().held.locked();
             if !held.is_empty() || !self.deliver(&frame) {
                 held.push((slot, frame));
                 return;
@@ -486,8 +477,7 @@ impl CDCEthernetDriver {
         let packet = self
             .ivars()
             .writing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .get_mut(slot)
             .and_then(Option::take);
         if let Some(p) = packet {
@@ -514,7 +504,7 @@ impl CDCEthernetDriver {
             }
             match cdc::notification(&bytes) {
                 Some(Notification::NetworkConnection(up)) => {
-                    let mut link = self.ivars().link.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut link = self.ivars().link.locked();
                     if *link != Some(up) {
                         driverkit::info!("network connection: {}", if up { "up" } else { "down" });
                         let _ = self.report_link_status(up, media::ETHERNET_AUTO);

@@ -118,11 +118,7 @@ impl IOServiceImpl for EduDriver {
         self.set_dispatch_queue("Interrupts", queue.clone());
         let source = IOInterruptDispatchSource::create(provider, 0, &queue)?;
         source.set_handler(&self.create_action_interrupt_occurred(0)?)?;
-        *self
-            .ivars()
-            .source
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(source);
+        *self.ivars().source.locked() = Some(source);
 
         let mut factorials = Vec::new();
         for n in 0..=12u32 {
@@ -153,12 +149,7 @@ impl IOServiceImpl for EduDriver {
     }
 
     fn stop(&self, provider: &IOService) -> IOResult<()> {
-        let source = self
-            .ivars()
-            .source
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let source = self.ivars().source.locked().take();
         if let Some(s) = source {
             IOInterruptDispatchSource::cancel_all(vec![s])?;
         }
@@ -190,11 +181,7 @@ impl EduDriver {
     /// them.
     fn wait_for(&self, bits: u32) -> IOResult<()> {
         let deadline = Instant::now() + INTERRUPT_TIMEOUT;
-        let mut pending = self
-            .ivars()
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.ivars().pending.locked();
         while *pending & bits != bits {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -215,11 +202,7 @@ impl EduDriver {
     /// `n!` by the device, completed by its interrupt.
     pub fn factorial(&self, n: u32) -> IOResult<u32> {
         let pci = self.device()?;
-        let _engine = self
-            .ivars()
-            .engine
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let _engine = self.ivars().engine.locked();
         pci.memory_write32(BAR0, regs::STATUS, regs::STATUS_IRQ_FACTORIAL)?;
         pci.memory_write32(BAR0, regs::FACTORIAL, n)?;
         self.wait_for(regs::IRQ_FACTORIAL)?;
@@ -232,11 +215,7 @@ impl EduDriver {
     /// true when what came back is what went.
     fn dma_round_trip(&self) -> IOResult<bool> {
         let pci = self.device()?;
-        let _engine = self
-            .ivars()
-            .engine
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let _engine = self.ivars().engine.locked();
         let size = regs::DMA_BUFFER_SIZE;
         let out = IOBufferMemoryDescriptor::create(size as usize)?;
         let back = IOBufferMemoryDescriptor::create(size as usize)?;
@@ -304,11 +283,7 @@ impl EduDriver {
         if let Err(e) = pci.memory_write32(BAR0, regs::IRQ_ACK, status) {
             driverkit::error!("acknowledging interrupt {status:#x}: {e}");
         }
-        *self
-            .ivars()
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) |= status;
+        *self.ivars().pending.locked() |= status;
         self.ivars().arrived.notify_all();
     }
 }

@@ -103,7 +103,7 @@ pub struct FTDISerialDriver;
 
 impl FTDISerialDriver {
     fn with_usb<T>(&self, f: impl FnOnce(&Usb) -> IOResult<T>) -> IOResult<T> {
-        let usb = self.ivars().usb.lock().unwrap_or_else(|e| e.into_inner());
+        let usb = self.ivars().usb.locked();
         f(usb.as_ref().ok_or(IOReturn::NOT_READY)?)
     }
 
@@ -155,11 +155,7 @@ impl FTDISerialDriver {
                 self.submit_read(slot);
             }
             AfterFailure::Park => {
-                let mut failed = self
-                    .ivars()
-                    .failed
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let mut failed = self.ivars().failed.locked();
                 if failed.is_empty() {
                     driverkit::warn!(
                         "bulk IN: {in_a_row} reads failed in a row ({status}): reading stops until the port is opened again"
@@ -204,11 +200,7 @@ impl FTDISerialDriver {
     /// The modem lines of a packet's status, when they changed; its line
     /// errors.
     fn status(&self, status: ftdi::Status) {
-        let mut last = self
-            .ivars()
-            .last_status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut last = self.ivars().last_status.locked();
         let modem = |s: &ftdi::Status| (s.cts, s.dsr, s.ri, s.dcd);
         if last.as_ref().map(modem) != Some(modem(&status)) {
             let _ = self.set_modem_status(ModemStatus {
@@ -259,7 +251,7 @@ impl IOServiceImpl for FTDISerialDriver {
             IOBufferMemoryDescriptor::create(WRITE)?,
             self.create_action_write_done(0)?,
         );
-        *self.ivars().usb.lock().unwrap_or_else(|e| e.into_inner()) = Some(Usb {
+        *self.ivars().usb.locked() = Some(Usb {
             interface,
             bulk_in,
             bulk_out,
@@ -277,12 +269,7 @@ impl IOServiceImpl for FTDISerialDriver {
     }
 
     fn stop(&self, provider: &IOService) -> IOResult<()> {
-        let usb = self
-            .ivars()
-            .usb
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let usb = self.ivars().usb.locked().take();
         if let Some(u) = usb {
             let _ = u.bulk_in.abort();
             let _ = u.bulk_out.abort();
@@ -300,7 +287,7 @@ impl IOUserSerialImpl for FTDISerialDriver {
     /// Held bytes first, then the parked reads go out again.
     fn rx_free_space_available(&self) {
         let parked = {
-            let mut held = self.ivars().held.lock().unwrap_or_else(|e| e.into_inner());
+            let mut held = self.ivars().held.locked();
             let n = self.rx_put(&held.0);
             held.0.drain(..n);
             if !held.0.is_empty() {
@@ -316,13 +303,7 @@ impl IOUserSerialImpl for FTDISerialDriver {
     fn hw_activate(&self) -> IOResult<()> {
         driverkit::info!("hw_activate");
         // Reads parked for failing get another chance.
-        let failed = std::mem::take(
-            &mut *self
-                .ivars()
-                .failed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
+        let failed = std::mem::take(&mut *self.ivars().failed.locked());
         self.ivars().read_failures.store(0, Ordering::Relaxed);
         for slot in failed {
             self.submit_read(slot);
@@ -452,7 +433,7 @@ impl FTDISerialDriver {
             data.extend_from_slice(packet.get(2..).unwrap_or_default());
         }
         let data = &data[..];
-        let mut held = self.ivars().held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = self.ivars().held.locked();
         let n = if held.0.is_empty() {
             self.rx_put(data)
         } else {

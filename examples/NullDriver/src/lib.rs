@@ -137,16 +137,12 @@ fn reverse(_: &NullDriverUserClient, args: &mut IOUserClientMethodArguments) -> 
 fn double_later(uc: &NullDriverUserClient, args: &mut IOUserClientMethodArguments) -> IOResult<()> {
     let completion = args.completion.take().ok_or(IOReturn::BAD_ARGUMENT)?;
     let delay = std::time::Duration::from_millis(args.scalar_input[1]);
-    uc.ivars()
-        .owed
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(Owed {
-            due: std::time::Instant::now() + delay,
-            value: args.scalar_input[0],
-            completion,
-        });
-    let timer = uc.ivars().timer.lock().unwrap_or_else(|e| e.into_inner());
+    uc.ivars().owed.locked().push(Owed {
+        due: std::time::Instant::now() + delay,
+        value: args.scalar_input[0],
+        completion,
+    });
+    let timer = uc.ivars().timer.locked();
     timer.as_ref().ok_or(IOReturn::NOT_READY)?.wake_after(delay)
 }
 
@@ -239,22 +235,15 @@ impl IOServiceImpl for NullDriverUserClient {
         let queue = self.copy_dispatch_queue("Default")?;
         let timer = IOTimerDispatchSource::create(&queue)?;
         timer.set_handler(&self.create_action_complete_owed(0)?)?;
-        *self.ivars().timer.lock().unwrap_or_else(|e| e.into_inner()) = Some(timer);
+        *self.ivars().timer.locked() = Some(timer);
         driverkit::info!("user client: an app opened NullDriver");
         Ok(())
     }
 
     fn stop(&self, provider: &IOService) -> IOResult<()> {
         // The app closed the connection or died: what was held for it goes.
-        let released =
-            std::mem::take(&mut *self.ivars().owed.lock().unwrap_or_else(|e| e.into_inner()));
-        if let Some(t) = self
-            .ivars()
-            .timer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        let released = std::mem::take(&mut *self.ivars().owed.locked());
+        if let Some(t) = self.ivars().timer.locked().take() {
             t.cancel(|| ())?;
         }
         driverkit::info!(
@@ -272,7 +261,7 @@ impl NullDriverUserClient {
     fn complete_owed(&self, _action: &OSAction, _time: u64) {
         let now = std::time::Instant::now();
         let due: Vec<Owed> = {
-            let mut owed = self.ivars().owed.lock().unwrap_or_else(|e| e.into_inner());
+            let mut owed = self.ivars().owed.locked();
             let (due, later) = std::mem::take(&mut *owed)
                 .into_iter()
                 .partition(|o| o.due <= now);
@@ -284,22 +273,9 @@ impl NullDriverUserClient {
                 .completion
                 .complete(IOReturn::SUCCESS, &[o.value.wrapping_mul(2)]);
         }
-        let next = self
-            .ivars()
-            .owed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|o| o.due)
-            .min();
+        let next = self.ivars().owed.locked().iter().map(|o| o.due).min();
         if let Some(next) = next {
-            if let Some(t) = self
-                .ivars()
-                .timer
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-            {
+            if let Some(t) = self.ivars().timer.locked().as_ref() {
                 let _ = t.wake_after(next.saturating_duration_since(now));
             }
         }

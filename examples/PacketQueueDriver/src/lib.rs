@@ -48,28 +48,20 @@ impl IOServiceImpl for PacketQueueDriver {
             .get("PacketIntervalMs")
             .and_then(|v| v.as_unsigned_integer())
             .unwrap_or(1000);
-        *self
-            .ivars()
-            .interval
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Duration::from_millis(ms);
+        *self.ivars().interval.locked() = Duration::from_millis(ms);
 
         let packets = IODispatchQueue::create("Packets")?;
         self.set_dispatch_queue("Packets", packets.clone());
 
         let tx_queue = IODataQueueDispatchSource::create(4096, &packets)?;
         tx_queue.set_data_available_handler(&self.create_action_tx_packets_available(0)?)?;
-        *self
-            .ivars()
-            .tx_queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(tx_queue);
+        *self.ivars().tx_queue.locked() = Some(tx_queue);
 
         let timer = IOTimerDispatchSource::create(&packets)?;
         // The action's reference storage holds the number of the next packet.
         timer.set_handler(&self.create_action_send_packet(8)?)?;
         timer.wake_after(Duration::from_millis(ms))?;
-        *self.ivars().timer.lock().unwrap_or_else(|e| e.into_inner()) = Some(timer);
+        *self.ivars().timer.locked() = Some(timer);
 
         self.set_property("PacketsSent", 0i64)?;
         self.set_property("PacketsReceived", 0i64)?;
@@ -80,18 +72,8 @@ impl IOServiceImpl for PacketQueueDriver {
 
     fn stop(&self, provider: &IOService) -> IOResult<()> {
         let (done_tx, done_rx) = mpsc::channel();
-        let timer = self
-            .ivars()
-            .timer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        let tx_queue = self
-            .ivars()
-            .tx_queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let timer = self.ivars().timer.locked().take();
+        let tx_queue = self.ivars().tx_queue.locked().take();
         let mut pending = 0;
         if let Some(t) = timer {
             let done = done_tx.clone();
@@ -136,8 +118,7 @@ impl PacketQueueDriver {
         let queued = self
             .ivars()
             .tx_queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .as_ref()
             .map(|q| q.enqueue(packet.len(), |slot| slot.copy_from_slice(packet.as_bytes())));
         match queued {
@@ -148,18 +129,8 @@ impl PacketQueueDriver {
             Some(Err(e)) => driverkit::warn!("packet {number} dropped: {e}"),
             None => return,
         }
-        let interval = *self
-            .ivars()
-            .interval
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(timer) = self
-            .ivars()
-            .timer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
+        let interval = *self.ivars().interval.locked();
+        if let Some(timer) = self.ivars().timer.locked().as_ref() {
             let _ = timer.wake_after(interval);
         }
     }
@@ -167,13 +138,7 @@ impl PacketQueueDriver {
     /// The seed's TxPacketsAvailable: drain the queue.
     #[action(IODataQueueDispatchSource::DataAvailable, queue = "Packets")]
     fn tx_packets_available(&self, _action: &OSAction) {
-        let Some(queue) = self
-            .ivars()
-            .tx_queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        else {
+        let Some(queue) = self.ivars().tx_queue.locked().clone() else {
             return;
         };
         let mut packet = Vec::new();

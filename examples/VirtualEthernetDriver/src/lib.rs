@@ -62,7 +62,7 @@ pub struct VirtualEthernetDriver;
 
 impl VirtualEthernetDriver {
     fn with_cable<T>(&self, f: impl FnOnce(&Cable) -> T) -> Option<T> {
-        let cable = self.ivars().nic.lock().unwrap_or_else(|e| e.into_inner());
+        let cable = self.ivars().nic.locked();
         cable.as_ref().map(f)
     }
 
@@ -71,11 +71,7 @@ impl VirtualEthernetDriver {
         let Some(tx) = self.with_cable(|c| c.tx.clone()) else {
             return;
         };
-        let mut waiting = self
-            .ivars()
-            .waiting_tx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut waiting = self.ivars().waiting_tx.locked();
         let mut frame = Vec::with_capacity(BUFFER as usize);
         loop {
             if waiting.is_empty() {
@@ -109,11 +105,7 @@ impl VirtualEthernetDriver {
         let Some(rx) = self.with_cable(|c| c.rx.clone()) else {
             return;
         };
-        let mut spare = self
-            .ivars()
-            .spare_rx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut spare = self.ivars().spare_rx.locked();
         let mut frame = Vec::with_capacity(BUFFER as usize);
         loop {
             if spare.is_empty() {
@@ -161,12 +153,8 @@ impl IOServiceImpl for VirtualEthernetDriver {
         let (tx, rx) = nic.copy_queues(&queue)?;
         tx.set_data_serviced_handler(&self.create_action_room(0)?)?;
         rx.set_data_available_handler(&self.create_action_frames_wait(0)?)?;
-        *self.ivars().nic.lock().unwrap_or_else(|e| e.into_inner()) = Some(Cable { nic, tx, rx });
-        *self
-            .ivars()
-            .interrupts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = IOInterruptDispatchSource::create_all(
+        *self.ivars().nic.locked() = Some(Cable { nic, tx, rx });
+        *self.ivars().interrupts.locked() = IOInterruptDispatchSource::create_all(
             provider,
             &queue,
             &[self.create_action_link_changed(0)?],
@@ -182,21 +170,9 @@ impl IOServiceImpl for VirtualEthernetDriver {
     }
 
     fn stop(&self, provider: &IOService) -> IOResult<()> {
-        let sources = std::mem::take(
-            &mut *self
-                .ivars()
-                .interrupts
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
+        let sources = std::mem::take(&mut *self.ivars().interrupts.locked());
         IOInterruptDispatchSource::cancel_all(sources)?;
-        if let Some(c) = self
-            .ivars()
-            .nic
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(c) = self.ivars().nic.locked().take() {
             c.tx.cancel(|| {})?;
             c.rx.cancel(|| {})?;
         }
@@ -278,12 +254,7 @@ impl VirtualEthernetDriver {
     /// The transmit queue: the far end took frames, so there is room.
     #[action(IODataQueueDispatchSource::DataServiced)]
     fn room(&self, _action: &OSAction) {
-        let waiting = !self
-            .ivars()
-            .waiting_tx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty();
+        let waiting = !self.ivars().waiting_tx.locked().is_empty();
         if waiting {
             self.transmit_pending();
         }

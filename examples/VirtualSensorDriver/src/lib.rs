@@ -52,11 +52,7 @@ impl IOServiceImpl for VirtualSensorDriver {
         self.set_dispatch_queue("Samples", queue.clone());
         let samples = IOInterruptDispatchSource::create(provider, 0, &queue)?;
         samples.set_handler(&self.create_action_sample_ready(0)?)?;
-        *self
-            .ivars()
-            .samples
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(samples);
+        *self.ivars().samples.locked() = Some(samples);
         self.register_service()?;
         driverkit::info!("start: sensor at {celsius} °C");
         Ok(())
@@ -65,12 +61,7 @@ impl IOServiceImpl for VirtualSensorDriver {
     fn stop(&self, provider: &IOService) -> IOResult<()> {
         // Cancel the interrupt source and wait for its cancel handler: after
         // it, `sample_ready` never runs again. Only then call super.
-        let samples = self
-            .ivars()
-            .samples
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let samples = self.ivars().samples.locked().take();
         if let Some(s) = samples {
             let (done_tx, done_rx) = mpsc::channel();
             s.cancel(move || {

@@ -53,21 +53,13 @@ pub struct VirtualSerialDriver;
 
 impl VirtualSerialDriver {
     fn uart(&self) -> IOResult<IOUARTDevice> {
-        self.ivars()
-            .uart
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .ok_or(IOReturn::NOT_READY)
+        self.ivars().uart.locked().ok_or(IOReturn::NOT_READY)
     }
 
     /// TX ring → UART, until either is done.
     fn transmit_pending(&self) {
         let Ok(uart) = self.uart() else { return };
-        let mut buf = self
-            .ivars()
-            .tx_buffer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut buf = self.ivars().tx_buffer.locked();
         buf.resize(STEP, 0);
         let mut in_fifo = None;
         loop {
@@ -149,8 +141,7 @@ impl IOServiceImpl for VirtualSerialDriver {
 
     fn start(&self, provider: &IOService) -> IOResult<()> {
         self.super_start(provider)?;
-        *self.ivars().uart.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(IOUARTDevice::from_provider(provider));
+        *self.ivars().uart.locked() = Some(IOUARTDevice::from_provider(provider));
         let queue = self.copy_dispatch_queue("Default")?;
         // The UART's interrupts 0, 1 and 2, in that order.
         let actions = [
@@ -158,11 +149,7 @@ impl IOServiceImpl for VirtualSerialDriver {
             self.create_action_transmit_room(0)?,
             self.create_action_modem_changed(0)?,
         ];
-        *self
-            .ivars()
-            .interrupts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) =
+        *self.ivars().interrupts.locked() =
             IOInterruptDispatchSource::create_all(provider, &queue, &actions)?;
         self.register_service()?;
         driverkit::info!("start: a serial port over the virtual UART");
@@ -170,13 +157,7 @@ impl IOServiceImpl for VirtualSerialDriver {
     }
 
     fn stop(&self, provider: &IOService) -> IOResult<()> {
-        let sources = std::mem::take(
-            &mut *self
-                .ivars()
-                .interrupts
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
+        let sources = std::mem::take(&mut *self.ivars().interrupts.locked());
         IOInterruptDispatchSource::cancel_all(sources)?;
         driverkit::info!("stop");
         self.super_stop(provider)

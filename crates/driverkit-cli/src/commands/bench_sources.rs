@@ -8,6 +8,7 @@
 //! busy-spins (the raw floor). The rate is entries per second from the
 //! first enqueue to the consumer's report of the last entry.
 
+use driverkit_wire::sync::Locked;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, FromRawFd};
 use std::process::Stdio;
@@ -213,16 +214,8 @@ pub fn consume(kind: &str, entry: usize, n: usize) -> Result<(), String> {
         let source =
             IODataQueueDispatchSource::from_memory(fd, &queue).map_err(|e| e.to_string())?;
         let (done_tx, done_rx) = mpsc::channel();
-        *consumer
-            .ivars()
-            .source
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(source.clone());
-        *consumer
-            .ivars()
-            .done
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some((n as u64, done_tx));
+        *consumer.ivars().source.locked() = Some(source.clone());
+        *consumer.ivars().done.locked() = Some((n as u64, done_tx));
         source
             .set_data_available_handler(
                 &consumer
@@ -262,28 +255,16 @@ impl IOServiceImpl for Consumer {
 impl Consumer {
     #[action(IODataQueueDispatchSource::DataAvailable)]
     fn data_available(&self, _action: &OSAction) {
-        let Some(source) = self
-            .ivars()
-            .source
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        else {
+        let Some(source) = self.ivars().source.locked().clone() else {
             return;
         };
-        let mut buf = self.ivars().buf.lock().unwrap_or_else(|e| e.into_inner());
+        let mut buf = self.ivars().buf.locked();
         let mut got = 0;
         while source.dequeue(&mut buf).is_ok() {
             got += 1;
         }
         let total = self.ivars().count.fetch_add(got, Ordering::Relaxed) + got;
-        if let Some((n, tx)) = self
-            .ivars()
-            .done
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
+        if let Some((n, tx)) = self.ivars().done.locked().as_ref() {
             if total >= *n {
                 let _ = tx.send(());
             }
@@ -293,19 +274,12 @@ impl Consumer {
     #[action(IOTimerDispatchSource::TimerOccurred)]
     fn timer_occurred(&self, _action: &OSAction, _time: u64) {
         let now = now_ns();
-        if let Some((_, tx)) = self
-            .ivars()
-            .done
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
+        if let Some((_, tx)) = self.ivars().done.locked().as_ref() {
             // The deadline travels in `count`.
             let late = now.saturating_sub(self.ivars().count.load(Ordering::Acquire));
             self.ivars()
                 .buf
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .locked()
                 .extend_from_slice(&late.to_le_bytes());
             let _ = tx.send(());
         }
@@ -328,11 +302,7 @@ pub fn timer_lateness(n: usize) -> Result<Figure, String> {
         )
         .map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel();
-    *consumer
-        .ivars()
-        .done
-        .lock()
-        .unwrap_or_else(|e| e.into_inner()) = Some((0, tx));
+    *consumer.ivars().done.locked() = Some((0, tx));
     let mut sleeps = Vec::with_capacity(n);
     for _ in 0..n {
         let deadline = now_ns() + 1_000_000;
@@ -349,8 +319,7 @@ pub fn timer_lateness(n: usize) -> Result<Figure, String> {
     let lates: Vec<f64> = consumer
         .ivars()
         .buf
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .locked()
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f64 / 1e3)
         .collect();

@@ -8,6 +8,7 @@
 //! `--duration` end the recording between two packets, so the file is
 //! always valid.
 
+use driverkit_wire::sync::Locked;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,7 +56,7 @@ fn until_stopped(
         std::thread::spawn(move || {
             let mut result = Ok(());
             for p in packets {
-                let mut handled = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let mut handled = lock.locked();
                 if stop.load(Ordering::Acquire) {
                     break;
                 }
@@ -82,7 +83,7 @@ fn until_stopped(
     };
     // Wait out a packet being handled; the thread sees the stop after it.
     stop.store(true, Ordering::Release);
-    let handled = *lock.lock().unwrap_or_else(|e| e.into_inner());
+    let handled = *lock.locked();
     result.map(|()| handled)
 }
 

@@ -13,6 +13,7 @@
 //! the raise to the start of `InterruptOccurred`), each an array
 //! `[p50, p99]`.
 
+use driverkit_wire::sync::Locked;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -92,11 +93,7 @@ impl IOServiceImpl for PCIBenchDriver {
         self.set_dispatch_queue("Interrupts", queue.clone());
         let source = IOInterruptDispatchSource::create(provider, 0, &queue)?;
         source.set_handler(&self.create_action_interrupt_occurred(0)?)?;
-        *self
-            .ivars()
-            .source
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(source);
+        *self.ivars().source.locked() = Some(source);
         let gap = Duration::from_micros(number("BenchPciGapUs")?);
         let mut latencies = Vec::new();
         for _ in 0..number("BenchPciInterrupts")? {
@@ -116,12 +113,7 @@ impl IOServiceImpl for PCIBenchDriver {
     }
 
     fn stop(&self, provider: &IOService) -> IOResult<()> {
-        let source = self
-            .ivars()
-            .source
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let source = self.ivars().source.locked().take();
         if let Some(s) = source {
             IOInterruptDispatchSource::cancel_all(vec![s])?;
         }
@@ -132,11 +124,7 @@ impl IOServiceImpl for PCIBenchDriver {
 impl PCIBenchDriver {
     fn wait_interrupt(&self) -> IOResult<u64> {
         let deadline = Instant::now() + Duration::from_secs(5);
-        let mut arrived = self
-            .ivars()
-            .arrived
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut arrived = self.ivars().arrived.locked();
         while *arrived == 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -158,11 +146,7 @@ impl PCIBenchDriver {
     #[action(IOInterruptDispatchSource::InterruptOccurred, queue = "Interrupts")]
     fn interrupt_occurred(&self, _action: &OSAction, _count: u64, _time: u64) {
         let now = now_ns();
-        *self
-            .ivars()
-            .arrived
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = now;
+        *self.ivars().arrived.locked() = now;
         self.ivars().wake.notify_all();
     }
 }

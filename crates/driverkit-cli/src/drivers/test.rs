@@ -31,6 +31,7 @@
 //! It publishes `TestDriverPID` before acting, so a test can find its
 //! process while Start runs.
 
+use driverkit_wire::sync::Locked;
 use std::time::Duration;
 
 use driverkit::prelude::*;
@@ -225,11 +226,7 @@ impl IOServiceImpl for TestDriver {
                 driverkit::info!("read dropped without completion: aborted handler ran")
             });
             provider.read_async(&buffer, len, &done)?;
-            *self
-                .ivars()
-                .buffer
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(buffer);
+            *self.ivars().buffer.locked() = Some(buffer);
         }
         self.set_property("TestDriverStarted", true)?;
         if let Some(ms) = p
@@ -342,12 +339,7 @@ impl TestDriver {
         // verdict too.
         let mut outcome = plist::Dictionary::new();
         outcome.insert("TestReadStatus".into(), status.name().unwrap_or("?").into());
-        let buffer = self
-            .ivars()
-            .buffer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let buffer = self.ivars().buffer.locked().clone();
         if let (Ok(()), Some(buffer)) = (status.into_result(), buffer) {
             // The device wrote byte i as (its entry ID + i), in place.
             let seed = self.provider().registry_entry_id() as u8;

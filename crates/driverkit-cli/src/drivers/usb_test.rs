@@ -31,6 +31,7 @@
 //!   transfers, each packet's two modem-status bytes stripped
 //!   (`TestFtdiReceived`).
 
+use driverkit_wire::sync::Locked;
 use std::sync::Mutex;
 
 use driverkit::prelude::*;
@@ -186,11 +187,7 @@ impl IOServiceImpl for FtdiTestDevice {
             &done,
             2000,
         )?;
-        *self
-            .ivars()
-            .descriptor
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(buffer);
+        *self.ivars().descriptor.locked() = Some(buffer);
         device.set_configuration(1, true)?;
         self.register_service()
     }
@@ -201,12 +198,7 @@ impl FtdiTestDevice {
     /// The asynchronous GET_DESCRIPTOR(Device): its length and vendor.
     #[action(IOService::CompleteAsync)]
     fn descriptor_done(&self, _action: &OSAction, status: IOReturn, actual: u64) {
-        let buffer = self
-            .ivars()
-            .descriptor
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let buffer = self.ivars().descriptor.locked().take();
         let mut bytes = vec![0u8; actual as usize];
         if let Some(map) = buffer.as_ref().and_then(|b| b.create_mapping().ok()) {
             let _ = map.read(0, &mut bytes);
@@ -279,11 +271,7 @@ impl IOServiceImpl for FtdiTestInterface {
             done.reference()[0] = i as u8;
             reads.push(done);
         }
-        *self
-            .ivars()
-            .reading
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some((in_pipe, buffers.clone()));
+        *self.ivars().reading.locked() = Some((in_pipe, buffers.clone()));
         for (buffer, done) in buffers.iter().zip(&reads) {
             in_pipe.async_io(buffer, 64, done, 0)?;
         }
@@ -301,11 +289,7 @@ impl FtdiTestInterface {
             let _ = self.set_property("TestFtdiReadStatus", status.name().unwrap_or("?"));
             return;
         }
-        let reading = self
-            .ivars()
-            .reading
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let reading = self.ivars().reading.locked();
         let Some((pipe, buffers)) = &*reading else {
             return;
         };
@@ -319,11 +303,7 @@ impl FtdiTestInterface {
         }
         if packet.len() > 2 {
             let text = {
-                let mut received = self
-                    .ivars()
-                    .received
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let mut received = self.ivars().received.locked();
                 received.extend_from_slice(&packet[2..]);
                 String::from_utf8_lossy(&received).into_owned()
             };
@@ -459,11 +439,7 @@ impl IOServiceImpl for UsbTestInterface {
         // An asynchronous read nothing will answer, then Abort.
         let done = self.create_action_read_done(0)?;
         in_pipe.async_io(&back, 512, &done, 0)?;
-        *self
-            .ivars()
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some((in_pipe, back));
+        *self.ivars().pending.locked() = Some((in_pipe, back));
         in_pipe.abort()?;
         self.set_properties(alternate_setting_echo(&interface)?)?;
         self.start_ordered_reads(&interface)?;
@@ -485,11 +461,7 @@ impl UsbTestInterface {
             done.reference()[0] = i as u8;
             actions.push(done);
         }
-        *self
-            .ivars()
-            .ordered
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(Ordered {
+        *self.ivars().ordered.locked() = Some(Ordered {
             pipe: in_pipe,
             buffers: buffers.clone(),
             next: 0,
@@ -568,11 +540,7 @@ impl UsbTestInterface {
     /// One numbered packet: it must be the next; read again until all came.
     #[action(IOService::CompleteAsync)]
     fn ordered_read(&self, action: &OSAction, status: IOReturn, actual: u64) {
-        let mut ordered = self
-            .ivars()
-            .ordered
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut ordered = self.ivars().ordered.locked();
         let Some(o) = ordered.as_mut() else { return };
         let index = usize::from(action.reference()[0]);
         let Some(buffer) = o.buffers.get(index) else {
@@ -638,17 +606,12 @@ impl IOServiceImpl for VirtualHIDKeyboard {
         let timer = IOTimerDispatchSource::create(&queue)?;
         timer.set_handler(&self.create_action_type_key(8)?)?;
         timer.wake_after(std::time::Duration::from_millis(50))?;
-        *self.ivars().timer.lock().unwrap_or_else(|e| e.into_inner()) = Some(timer);
+        *self.ivars().timer.locked() = Some(timer);
         self.register_service()
     }
 
     fn stop(&self, provider: &IOService) -> IOResult<()> {
-        let timer = self
-            .ivars()
-            .timer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let timer = self.ivars().timer.locked().take();
         if let Some(t) = timer {
             // The handler runs on this (Default) queue after Stop returns;
             // cancelling is enough for the timer never to fire again.
@@ -674,7 +637,7 @@ impl VirtualHIDKeyboard {
             [0; 8]
         };
         let _ = self.handle_report(&report);
-        if let Some(t) = &*self.ivars().timer.lock().unwrap_or_else(|e| e.into_inner()) {
+        if let Some(t) = &*self.ivars().timer.locked() {
             let _ = t.wake_after(std::time::Duration::from_millis(50));
         }
     }

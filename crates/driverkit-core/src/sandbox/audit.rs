@@ -24,6 +24,7 @@
 //! The parser reads bytes from the kernel; it never panics and has a fuzz
 //! target (`fuzz/fuzz_targets/audit.rs`).
 
+use driverkit_wire::sync::Locked;
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -266,17 +267,11 @@ impl Watch {
     }
 
     pub fn watch(&self, pid: u32, label: &str) {
-        self.labels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(pid, label.to_owned());
+        self.labels.locked().insert(pid, label.to_owned());
     }
 
     pub fn forget(&self, pid: u32) {
-        self.labels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&pid);
+        self.labels.locked().remove(&pid);
     }
 }
 
@@ -302,7 +297,7 @@ fn read_loop(socket: OwnedFd, labels: &Mutex<HashMap<u32, String>>, stop: &Atomi
                 return;
             }
         };
-        let labels = labels.lock().unwrap_or_else(|e| e.into_inner());
+        let labels = labels.locked();
         for record in parse_datagram(&buf[..n]) {
             match record {
                 Record::Seccomp {

@@ -35,6 +35,7 @@
 //! }
 //! ```
 
+use driverkit_wire::sync::Locked;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -288,7 +289,7 @@ struct Port {
 
 impl Port {
     fn tty(&self) -> Option<Arc<tty::TtyPump>> {
-        self.tty.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.tty.locked().clone()
     }
 
     /// New bytes in the RX ring: into the tty now, or the system's pump
@@ -355,7 +356,7 @@ fn connect<S: IOUserSerialImpl>(service: &S) -> IOResult<()> {
     } else {
         None
     };
-    *p.tty.lock().unwrap_or_else(|e| e.into_inner()) = pump.clone();
+    *p.tty.locked() = pump.clone();
     let watcher = {
         let p = p.clone();
         let thread = std::thread::Builder::new().name("serial-port".into());
@@ -365,7 +366,7 @@ fn connect<S: IOUserSerialImpl>(service: &S) -> IOResult<()> {
         }
         .map_err(|_| IOReturn::NO_RESOURCES)?
     };
-    *p.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher);
+    *p.watcher.locked() = Some(watcher);
     Ok(())
 }
 
@@ -374,7 +375,7 @@ fn disconnect<S: Service>(service: &S) {
     let Ok(p) = port(service) else { return };
     p.cancelled.store(true, Ordering::Release);
     p.wake_watcher();
-    let watcher = p.watcher.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let watcher = p.watcher.locked().take();
     if let Some(w) = watcher.filter(|w| w.thread().id() != std::thread::current().id()) {
         let _ = w.join();
     }
@@ -418,7 +419,7 @@ fn pump_tty<S: IOUserSerialImpl>(
         }
     }
     // The master closes with its last holder: the tty hangs up.
-    *p.tty.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    *p.tty.locked() = None;
 }
 
 impl Port {

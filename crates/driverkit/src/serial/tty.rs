@@ -14,6 +14,7 @@
 //! filter refuses the rest (`TIOCSIG`, `TIOCGPTPEER`, termios changes), so
 //! the master gives it no more than the bytes a pty relay moves.
 
+use driverkit_wire::sync::Locked;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -97,7 +98,7 @@ impl TtyPump {
     /// ring's memory), as far as it takes it; while no program has the tty
     /// open, drops it, counted. Returns whether the ring is empty after.
     pub fn flush_rx(&self, port: &SerialPortInterface) -> bool {
-        let _one = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = self.rx.locked();
         let rx = port.rx();
         if !self.open.load(Ordering::Acquire) {
             port.add_rx_dropped(rx.discard());
@@ -123,7 +124,7 @@ impl TtyPump {
     /// Empties the RX ring (a program opened the tty afresh, or flushed
     /// its input).
     pub fn discard_rx(&self, port: &SerialPortInterface) {
-        let _one = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = self.rx.locked();
         port.rx().discard();
     }
 
@@ -251,7 +252,7 @@ impl TtyPump {
             // wrote has been read.
             Err(_) => {
                 self.open.store(false, Ordering::Release);
-                let _one = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+                let _one = self.rx.locked();
                 port.add_rx_dropped(port.rx().discard());
                 self.tell(tty_control::HUNG_UP);
             }

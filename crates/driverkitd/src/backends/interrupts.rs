@@ -3,6 +3,7 @@
 //! `IOService::register_interrupt`. A region whose dext has gone (its memory
 //! table dropped) is forgotten at the next interrupt.
 
+use driverkit_wire::sync::Locked;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
@@ -22,17 +23,14 @@ impl Subscribers {
     /// middle of an interrupt.
     pub fn add(&self, region: &Arc<SharedMemory>) -> IOResult<()> {
         interrupt::check(region)?;
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Arc::downgrade(region));
+        self.0.locked().push(Arc::downgrade(region));
         Ok(())
     }
 
     /// For a level-triggered source: the line asserted (before a raise)
     /// or let go, in every region still mapped.
     pub fn set_line(&self, asserted: bool) {
-        for w in self.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for w in self.0.locked().iter() {
             if let Some(region) = w.upgrade() {
                 interrupt::set_line(&region, asserted);
             }
@@ -41,16 +39,13 @@ impl Subscribers {
 
     /// Raises one interrupt into every region still mapped.
     pub fn raise(&self) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|w| match w.upgrade() {
-                Some(region) => {
-                    interrupt::raise(&region);
-                    true
-                }
-                None => false,
-            });
+        self.0.locked().retain(|w| match w.upgrade() {
+            Some(region) => {
+                interrupt::raise(&region);
+                true
+            }
+            None => false,
+        });
     }
 }
 
@@ -174,18 +169,15 @@ fn ticker() -> Result<&'static Ticker, String> {
 
 impl Ticker {
     fn add(&self, line: &Arc<Line>) {
-        self.due
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Due {
-                when: Instant::now() + line.period,
-                line: Arc::downgrade(line),
-            });
+        self.due.locked().push(Due {
+            when: Instant::now() + line.period,
+            line: Arc::downgrade(line),
+        });
         self.changed.notify_one();
     }
 
     fn run(&self) {
-        let mut due = self.due.lock().unwrap_or_else(|e| e.into_inner());
+        let mut due = self.due.locked();
         loop {
             let now = Instant::now();
             let Some(when) = due.peek().map(|d| d.when) else {

@@ -30,6 +30,7 @@
 //!   last SET_CONFIGURATION), as Linux hands over a device it configured:
 //!   a device with several configurations gets the one its drivers used.
 
+use driverkit_wire::sync::Locked;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -243,7 +244,7 @@ impl Replay {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     fn stall(&self, why: String) -> IOReturn {

@@ -14,6 +14,7 @@
 //! cannot be opened (no module, no permission), forwarding is off and the
 //! event stream is unchanged.
 
+use driverkit_wire::sync::Locked;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -257,10 +258,7 @@ pub fn forward(system: &System, hid: &HidFamily) {
     let (s, u) = (system.clone(), uinput.clone());
     let forward = move || {
         while let Some(event) = events.next(None) {
-            let result = u
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .forward(&event, || identity(&s, event.service));
+            let result = u.locked().forward(&event, || identity(&s, event.service));
             if let Err(e) = result {
                 tracing::warn!("uinput   [{:#x}] {e}", event.service);
             }
@@ -269,7 +267,7 @@ pub fn forward(system: &System, hid: &HidFamily) {
     let system = system.clone();
     let follow = move || {
         for event in lifecycle {
-            let mut u = uinput.lock().unwrap_or_else(|e| e.into_inner());
+            let mut u = uinput.locked();
             match event {
                 Event::Started { service, .. } => {
                     if system.is_kind_of(service, "IOHIDEventService") {

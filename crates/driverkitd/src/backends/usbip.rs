@@ -9,6 +9,7 @@
 //! dropped). When the connection drops, every waiter fails with
 //! `kIOReturnNoDevice` and the daemon unplugs the device.
 
+use driverkit_wire::sync::Locked;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
@@ -236,7 +237,7 @@ impl UsbIpDevice {
 
     /// What to do when the server goes away (the daemon unplugs).
     pub fn on_disconnect(&self, f: impl FnOnce() + Send + 'static) {
-        *self.on_disconnect.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(f));
+        *self.on_disconnect.locked() = Some(Box::new(f));
     }
 
     /// The device as the server described it.
@@ -270,25 +271,22 @@ impl UsbIpDevice {
         {
             // Registered under the aborts lock: an abort either sees this
             // URB pending or happened before, which the generation shows.
-            let aborts = self.aborts.lock().unwrap_or_else(|e| e.into_inner());
+            let aborts = self.aborts.locked();
             if submitted.is_some_and(|g| aborts.get(&endpoint).copied().unwrap_or(0) != g) {
                 return Err(IOReturn::ABORTED);
             }
-            self.pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(
-                    seqnum,
-                    Pending {
-                        endpoint,
-                        length: if endpoint & 0x80 != 0 {
-                            length
-                        } else {
-                            data.len()
-                        },
-                        waiter: tx,
+            self.pending.locked().insert(
+                seqnum,
+                Pending {
+                    endpoint,
+                    length: if endpoint & 0x80 != 0 {
+                        length
+                    } else {
+                        data.len()
                     },
-                );
+                    waiter: tx,
+                },
+            );
         }
         let urb = Urb::Submit {
             seqnum,
@@ -338,19 +336,12 @@ impl UsbIpDevice {
     }
 
     fn send(&self, urb: &Urb) -> std::io::Result<()> {
-        self.writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write_all(&urb.emit())
+        self.writer.locked().write_all(&urb.emit())
     }
 
     /// Drops a pending URB; true if it was still pending.
     fn forget(&self, seqnum: u32) -> bool {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&seqnum)
-            .is_some()
+        self.pending.locked().remove(&seqnum).is_some()
     }
 
     fn unlink(&self, victim: u32, endpoint: u8) {
@@ -366,23 +357,13 @@ impl UsbIpDevice {
 
     fn disconnected(&self) {
         let was_closed = self.closed.swap(true, Ordering::AcqRel);
-        let pending: Vec<Pending> = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .map(|(_, p)| p)
-            .collect();
+        let pending: Vec<Pending> = self.pending.locked().drain().map(|(_, p)| p).collect();
         for p in pending {
             let _ = p.waiter.send(Err(IOReturn::NO_DEVICE));
         }
         if !was_closed {
             tracing::warn!("usbip    {}: connection lost; unplugging", self.source());
-            let f = self
-                .on_disconnect
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
+            let f = self.on_disconnect.locked().take();
             if let Some(f) = f {
                 f();
             }
@@ -452,8 +433,7 @@ fn read_loop(mut s: TcpStream, device: std::sync::Weak<UsbIpDevice>) {
         let seqnum = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
         let submitted_in = device.upgrade().and_then(|d| {
             d.pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .locked()
                 .get(&seqnum)
                 .map(|p| p.endpoint & 0x80 != 0)
         });
@@ -474,11 +454,7 @@ fn read_loop(mut s: TcpStream, device: std::sync::Weak<UsbIpDevice>) {
                 actual_length,
                 data,
             } => {
-                let p = d
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&seqnum);
+                let p = d.pending.locked().remove(&seqnum);
                 if let Some(p) = p {
                     // Never more than was asked for, whatever the peer says.
                     let result = match status(st) {
@@ -573,19 +549,14 @@ impl UsbTransport for UsbIpDevice {
     }
 
     fn abort_generation(&self, address: u8) -> u64 {
-        self.aborts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&address)
-            .copied()
-            .unwrap_or(0)
+        self.aborts.locked().get(&address).copied().unwrap_or(0)
     }
 
     fn abort(&self, address: u8) {
         let victims: Vec<(u32, Pending)> = {
-            let mut aborts = self.aborts.lock().unwrap_or_else(|e| e.into_inner());
+            let mut aborts = self.aborts.locked();
             *aborts.entry(address).or_insert(0) += 1;
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pending = self.pending.locked();
             let seqs: Vec<u32> = pending
                 .iter()
                 .filter(|(_, p)| p.endpoint == address)
@@ -603,11 +574,7 @@ impl UsbTransport for UsbIpDevice {
 
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        let _ = self
-            .writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .shutdown(Shutdown::Both);
+        let _ = self.writer.locked().shutdown(Shutdown::Both);
         self.disconnected();
     }
 }

@@ -19,6 +19,7 @@
 //! `-ECONNRESET`; the other URBs aborted with it answer the same, as a
 //! host controller would after an endpoint reset.
 
+use driverkit_wire::sync::Locked;
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -76,9 +77,7 @@ impl UsbIpServer {
                     let peer = stream.peer_addr().ok();
                     let shown = peer.map_or_else(|| "(no address)".to_owned(), |p| p.to_string());
                     let admitted = match (peer, stream.local_addr()) {
-                        (Some(p), Ok(l)) => {
-                            rules.lock().unwrap_or_else(|e| e.into_inner()).admit(p, l)
-                        }
+                        (Some(p), Ok(l)) => rules.locked().admit(p, l),
                         _ => Err("a peer without an address".to_owned()),
                     };
                     if let Err(why) = admitted {
@@ -120,16 +119,13 @@ impl UsbIpServer {
     /// Adds devices to what the server exports, and peers and users to who
     /// may import them.
     pub fn export(&self, ids: &[EntryId], more: &Access) -> Result<(), String> {
-        let mut access = self.access.lock().unwrap_or_else(|e| e.into_inner());
+        let mut access = self.access.locked();
         let mut next = access.clone();
         next.allow.extend(more.allow.iter().copied());
         next.users.extend(more.users.iter().copied());
         next.check_listen(self.address)?;
         *access = next;
-        self.exported
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(ids);
+        self.exported.locked().extend(ids);
         Ok(())
     }
 }
@@ -212,12 +208,7 @@ fn serve(
     let head = OpHeader::parse(&read(&mut s, usbip::OP_HEADER_LEN, "an operation")?)
         .map_err(|e| format!("bad operation: {e}"))?;
     let devices: Vec<(EntryId, usbip::Exported)> = {
-        let ids: Vec<EntryId> = exported
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .copied()
-            .collect();
+        let ids: Vec<EntryId> = exported.locked().iter().copied().collect();
         ids.into_iter()
             .filter_map(|id| {
                 let d = usb.device(id)?;
@@ -294,7 +285,7 @@ struct Budget {
 impl Budget {
     /// Waits until one more URB of `bytes` fits, then takes it.
     fn take(&self, bytes: usize) {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = self.held.locked();
         while held.0 >= MAX_IN_FLIGHT || (held.1 > 0 && held.1 + bytes > MAX_BYTES_IN_FLIGHT) {
             held = self.room.wait(held).unwrap_or_else(|e| e.into_inner());
         }
@@ -303,7 +294,7 @@ impl Budget {
     }
 
     fn give(&self, bytes: usize) {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = self.held.locked();
         held.0 -= 1;
         held.1 -= bytes;
         self.room.notify_all();
@@ -312,7 +303,7 @@ impl Budget {
     /// Waits until nothing is in flight, at most `limit`.
     fn drain(&self, limit: Duration) {
         let deadline = std::time::Instant::now() + limit;
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = self.held.locked();
         while held.0 > 0 {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
@@ -358,10 +349,7 @@ fn serve_urbs(s: TcpStream, device: &Arc<UsbDevice>, busid: &str) -> Result<(), 
         budget: budget.clone(),
     });
     let send = |writer: &Mutex<TcpStream>, urb: &Urb| {
-        let _ = writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write_all(&urb.emit());
+        let _ = writer.locked().write_all(&urb.emit());
     };
     let mut s = s;
     let end = loop {
@@ -394,7 +382,7 @@ fn serve_urbs(s: TcpStream, device: &Arc<UsbDevice>, busid: &str) -> Result<(), 
                 // Past the budget, stop reading the peer until a URB ends.
                 budget.take(bytes);
                 let submitted = device.transport.abort_generation(address);
-                in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                in_flight.locked().insert(
                     seqnum,
                     InFlight {
                         address,
@@ -425,7 +413,7 @@ fn serve_urbs(s: TcpStream, device: &Arc<UsbDevice>, busid: &str) -> Result<(), 
             }
             Urb::Unlink { seqnum, victim, .. } => {
                 let address = {
-                    let mut t = in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut t = in_flight.locked();
                     t.get_mut(&victim).map(|v| {
                         v.unlinked = true;
                         v.address
@@ -455,12 +443,7 @@ fn serve_urbs(s: TcpStream, device: &Arc<UsbDevice>, busid: &str) -> Result<(), 
     // workers (a worker blocked writing to a peer that never reads is
     // released by the shutdown).
     let _ = s.shutdown(std::net::Shutdown::Both);
-    let addresses: HashSet<u8> = in_flight
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .values()
-        .map(|t| t.address)
-        .collect();
+    let addresses: HashSet<u8> = in_flight.locked().values().map(|t| t.address).collect();
     for a in addresses.into_iter().filter(|a| a & 0x0f != 0) {
         device.transport.abort(a);
     }
@@ -496,7 +479,7 @@ impl Pool {
     /// Runs `job` on an idle thread or a new one; false if none could be
     /// made.
     fn run(self: &Arc<Self>, job: Job) -> bool {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state.locked();
         st.jobs.push_back(job);
         if st.idle >= st.jobs.len() {
             drop(st);
@@ -513,26 +496,23 @@ impl Pool {
             .name("usbip-urb".into())
             .spawn(move || pool.work());
         if spawned.is_err() {
-            self.state.lock().unwrap_or_else(|e| e.into_inner()).threads -= 1;
+            self.state.locked().threads -= 1;
         }
         spawned.is_ok()
     }
 
     fn work(&self) {
         let send = |writer: &Mutex<TcpStream>, urb: &Urb| {
-            let _ = writer
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .write_all(&urb.emit());
+            let _ = writer.locked().write_all(&urb.emit());
         };
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state.locked();
         loop {
             if let Some(job) = st.jobs.pop_front() {
                 drop(st);
                 let bytes = job.bytes;
                 run_urb(&self.device, job, &self.writer, &self.in_flight, send);
                 self.budget.give(bytes);
-                st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                st = self.state.locked();
                 continue;
             }
             if st.closed {
@@ -547,7 +527,7 @@ impl Pool {
 
     /// The connection ended: idle threads leave, busy ones once done.
     fn close(&self) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        self.state.locked().closed = true;
         self.ready.notify_all();
     }
 }
@@ -599,8 +579,7 @@ fn run_urb(
         })
     };
     let unlinked = in_flight
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .locked()
         .remove(&job.seqnum)
         .is_none_or(|t| t.unlinked);
     if unlinked {

@@ -20,6 +20,7 @@
 //! (wire's `ring` never trusts an index), but neither can reach anything
 //! else of the other's.
 
+use driverkit_wire::sync::Locked;
 use std::sync::{Arc, Mutex};
 
 use driverkit_wire::ring::Ring;
@@ -106,18 +107,13 @@ impl NicDevice for CableEnd {
 
     fn link_up(&self) -> bool {
         let c = &self.cable;
-        *c.plugged.lock().unwrap_or_else(|e| e.into_inner())
-            && c.enabled
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .all(|e| *e)
+        *c.plugged.locked() && c.enabled.locked().iter().all(|e| *e)
     }
 
     fn set_enable(&self, enable: bool) {
         let c = &self.cable;
         let changed = {
-            let mut enabled = c.enabled.lock().unwrap_or_else(|e| e.into_inner());
+            let mut enabled = c.enabled.locked();
             std::mem::replace(&mut enabled[self.side], enable) != enable
         };
         if changed {
@@ -136,7 +132,7 @@ impl NicDevice for CableEnd {
 
     /// One end gone: the cable is unplugged at both.
     fn unplugged(&self) {
-        *self.cable.plugged.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        *self.cable.plugged.locked() = false;
         for end in &self.cable.interrupts {
             end.raise();
         }

@@ -32,6 +32,7 @@
 //! USB device into the USB family, anything else as a plain device), with
 //! the behaviour its file describes (interrupt lines, reads, endpoints).
 
+use driverkit_wire::sync::Locked;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -395,7 +396,7 @@ impl VirtualDevices {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Plugged> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     /// A location on the bus for the next device (USB's `locationID`

@@ -35,6 +35,7 @@
 //! written there (all-ones elsewhere, and everywhere while Memory Space
 //! is off), so mapped reads are plain loads; writes travel as calls.
 
+use driverkit_wire::sync::Locked;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -233,7 +234,7 @@ impl VirtualEdu {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     /// Writes the registers into the mappable BAR (all-ones while Memory

@@ -22,6 +22,7 @@
 //! Interrupt 0 says received bytes wait, 1 that a transmit that did not
 //! fit now would, 2 that the modem status changed.
 
+use driverkit_wire::sync::Locked;
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -149,7 +150,7 @@ impl VirtualUart {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     /// Stops the wire thread (the device left).

@@ -48,6 +48,7 @@
 //! feature reports (SET_REPORT) are kept, so that a test can see an LED
 //! change.
 
+use driverkit_wire::sync::Locked;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -279,24 +280,19 @@ struct Ticket<'a> {
 
 impl Ticket<'_> {
     fn take(queue: &InQueue) -> Ticket<'_> {
-        let mut turns = queue.turns.lock().unwrap_or_else(|e| e.into_inner());
+        let mut turns = queue.turns.locked();
         let number = turns.next;
         turns.next += 1;
         Ticket { queue, number }
     }
 
     fn is_served(&self) -> bool {
-        self.queue
-            .turns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .serving
-            == self.number
+        self.queue.turns.locked().serving == self.number
     }
 
     /// Waits until it is served, or until `until`.
     fn wait(&self, until: Instant) {
-        let turns = self.queue.turns.lock().unwrap_or_else(|e| e.into_inner());
+        let turns = self.queue.turns.locked();
         if turns.serving != self.number {
             let left = until.saturating_duration_since(Instant::now());
             let _ = self.queue.turn.wait_timeout(turns, left);
@@ -306,7 +302,7 @@ impl Ticket<'_> {
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
-        let mut guard = self.queue.turns.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.queue.turns.locked();
         let turns = &mut *guard;
         turns.ended.insert(self.number);
         while turns.ended.remove(&turns.serving) {
@@ -476,7 +472,7 @@ impl VirtualUsb {
     /// Queues `data` to be read from IN endpoint `address`.
     pub fn queue_in(&self, address: u8, data: &[u8]) -> IOResult<()> {
         let q = self.ins.get(&address).ok_or(IOReturn::NOT_FOUND)?;
-        let stream = q.stream.lock().unwrap_or_else(|e| e.into_inner());
+        let stream = q.stream.locked();
         if let Some((length, sink)) = &*stream {
             sink(&data[..data.len().min(*length)]);
             return Ok(());
@@ -489,7 +485,7 @@ impl VirtualUsb {
 
     /// The most recent SET_REPORT to `interface`, as (type, ID, data).
     pub fn last_set_report(&self, interface: u8) -> Option<(u8, u8, Vec<u8>)> {
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let st = self.state.locked();
         st.set_reports
             .iter()
             .find(|r| r.0 == interface)
@@ -540,10 +536,7 @@ impl UsbTransport for VirtualUsb {
                 if value > 1 {
                     return Err(IOReturn::USB_PIPE_STALLED);
                 }
-                self.state
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .configuration = value;
+                self.state.locked().configuration = value;
                 Vec::new()
             }
             (0x01, request::SET_INTERFACE) => {
@@ -553,16 +546,11 @@ impl UsbTransport for VirtualUsb {
                 }
                 Vec::new()
             }
-            (0x80, request::GET_CONFIGURATION) => vec![
-                self.state
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .configuration,
-            ],
+            (0x80, request::GET_CONFIGURATION) => vec![self.state.locked().configuration],
             (0x02, request::CLEAR_FEATURE) => Vec::new(),
             (0x21, request::HID_SET_IDLE | request::HID_SET_PROTOCOL) => Vec::new(),
             (0x21, request::HID_SET_REPORT) => {
-                let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                let mut st = self.state.locked();
                 st.set_reports.insert(
                     0,
                     (
@@ -667,7 +655,7 @@ impl UsbTransport for VirtualUsb {
         let Some(q) = self.ins.get(&address) else {
             return false;
         };
-        let mut stream = q.stream.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stream = q.stream.locked();
         // What was queued before the stream began goes first.
         let mut data = Vec::new();
         while q.ring.dequeue(&mut data).is_ok() {
@@ -679,7 +667,7 @@ impl UsbTransport for VirtualUsb {
 
     fn stop_stream(&self, address: u8) {
         if let Some(q) = self.ins.get(&address) {
-            *q.stream.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            *q.stream.locked() = None;
         }
     }
 
@@ -699,7 +687,7 @@ impl UsbTransport for VirtualUsb {
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
         for q in self.ins.values() {
-            *q.stream.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            *q.stream.locked() = None;
             q.ring.wake_all();
         }
     }

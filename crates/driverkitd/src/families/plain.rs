@@ -11,6 +11,7 @@
 //! dext's requests to it, tracked by the core so that an unplug completes
 //! them with `kIOReturnAborted` before any driver's Stop.
 
+use driverkit_wire::sync::Locked;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -37,7 +38,7 @@ pub struct PlainFamily {
 
 impl PlainFamily {
     fn lock(&self) -> MutexGuard<'_, HashMap<EntryId, Arc<dyn PlainDevice>>> {
-        self.devices.lock().unwrap_or_else(|e| e.into_inner())
+        self.devices.locked()
     }
 
     /// Publishes a plain device of class `class` under `bus` and matches it.

@@ -14,6 +14,7 @@
 //! the dext no way to map it. I/O BARs, which cannot be mapped, go
 //! through VFIO.
 
+use driverkit_wire::sync::Locked;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -129,7 +130,7 @@ impl LinuxPciFunction {
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Claimed>> {
-        self.claimed.lock().unwrap_or_else(|e| e.into_inner())
+        self.claimed.locked()
     }
 
     /// The kernel driver it has now.

@@ -6,6 +6,7 @@
 //! `families::usb::KEEP_HOST_DRIVER`); the driver is written down in the
 //! ledger, detached, and attached again at the last release.
 
+use driverkit_wire::sync::Locked;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -104,13 +105,12 @@ impl LinuxUsbDevice {
     }
 
     fn claims(&self) -> MutexGuard<'_, HashMap<u8, Claim>> {
-        self.claims.lock().unwrap_or_else(|e| e.into_inner())
+        self.claims.locked()
     }
 
     fn generation(&self, address: u8) -> Arc<AtomicU64> {
         self.generations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .entry(address)
             .or_default()
             .clone()
@@ -150,7 +150,7 @@ impl LinuxUsbDevice {
     /// The endpoint's thread, started on first use (its interface must be
     /// claimed).
     fn endpoint(&self, address: u8) -> IOResult<mpsc::Sender<Command>> {
-        let mut endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        let mut endpoints = self.endpoints.locked();
         if let Some(t) = endpoints.get(&address) {
             return Ok(t.commands.clone());
         }
@@ -211,7 +211,7 @@ impl LinuxUsbDevice {
 
     /// Stops the threads of the endpoints of interface `number`.
     fn close_endpoints(&self, number: u8) {
-        let mut endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        let mut endpoints = self.endpoints.locked();
         endpoints.retain(|address, _| {
             self.endpoint_owner(*address)
                 .is_none_or(|(owner, _)| owner != number)
@@ -365,7 +365,7 @@ impl UsbTransport for LinuxUsbDevice {
 
     fn abort(&self, address: u8) {
         self.generation(address).fetch_add(1, Ordering::AcqRel);
-        let endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        let endpoints = self.endpoints.locked();
         if let Some(t) = endpoints.get(&address) {
             let _ = t.commands.send(Command::Abort);
         }
@@ -375,10 +375,7 @@ impl UsbTransport for LinuxUsbDevice {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.endpoints
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.endpoints.locked().clear();
         let claims: Vec<u8> = self.claims().keys().copied().collect();
         for number in claims {
             self.give_back(number);
@@ -569,7 +566,7 @@ impl LinuxUsbDevice {
     /// Of `siblings`, those `driver` let go of are written down (in the
     /// ledger too: a daemon killed now leaves them to the next one).
     fn note_orphans(&self, siblings: Vec<u8>, driver: &str) {
-        let mut orphans = self.orphans.lock().unwrap_or_else(|e| e.into_inner());
+        let mut orphans = self.orphans.locked();
         for n in siblings {
             let dir = self.interface_dir(n);
             if sysfs::driver(&dir).is_none() {
@@ -593,7 +590,7 @@ impl LinuxUsbDevice {
         if !self.claims().is_empty() {
             return;
         }
-        let mut orphans = self.orphans.lock().unwrap_or_else(|e| e.into_inner());
+        let mut orphans = self.orphans.locked();
         let mut numbers: Vec<u8> = orphans.keys().copied().collect();
         numbers.sort_unstable();
         // usbfs lets an interface go only when the last endpoint thread
@@ -642,17 +639,10 @@ impl LinuxUsbDevice {
         };
         let dir = self.interface_dir(number);
         let _ = claim.interface.release().wait();
-        let spans_siblings = !self
-            .orphans
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty();
+        let spans_siblings = !self.orphans.locked().is_empty();
         if let (Some(driver), true) = (&claim.detached, spans_siblings) {
             // Its driver held siblings too: it comes back with them.
-            self.orphans
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(number, driver.clone());
+            self.orphans.locked().insert(number, driver.clone());
         } else if let Some(driver) = claim.detached {
             match self.device.attach_kernel_driver(number) {
                 // Busy: the kernel bound a driver again by itself.

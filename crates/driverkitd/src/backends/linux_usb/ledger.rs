@@ -6,6 +6,7 @@
 //! One line per interface: its sysfs directory, a space, the driver's name.
 //! The file is replaced whole (written, synced, renamed), never edited.
 
+use driverkit_wire::sync::Locked;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -52,7 +53,7 @@ impl Ledger {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<PathBuf, String>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+        self.entries.locked()
     }
 
     fn write(&self, entries: &BTreeMap<PathBuf, String>) {

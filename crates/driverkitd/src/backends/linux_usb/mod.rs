@@ -20,6 +20,7 @@ pub mod ledger;
 pub mod sysfs;
 pub mod uevent;
 
+use driverkit_wire::sync::Locked;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -119,11 +120,7 @@ impl LinuxUsb {
                 }
             }
             "remove" => {
-                let id = self
-                    .devices
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&path);
+                let id = self.devices.locked().remove(&path);
                 if let Some(id) = id {
                     tracing::info!("unplug   {} [{id:#x}]", path.display());
                     self.system.terminate(id);
@@ -142,17 +139,13 @@ impl LinuxUsb {
         let present: Vec<nusb::DeviceInfo> = present.collect();
         let gone: Vec<(PathBuf, EntryId)> = self
             .devices
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .iter()
             .filter(|(path, _)| !present.iter().any(|d| d.sysfs_path() == path.as_path()))
             .map(|(p, id)| (p.clone(), *id))
             .collect();
         for (path, id) in gone {
-            self.devices
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&path);
+            self.devices.locked().remove(&path);
             tracing::info!("unplug   {} [{id:#x}] (found gone)", path.display());
             self.system.terminate(id);
         }
@@ -167,12 +160,7 @@ impl LinuxUsb {
             return;
         }
         let path = info.sysfs_path().to_owned();
-        if self
-            .devices
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&path)
-        {
+        if self.devices.locked().contains_key(&path) {
             return;
         }
         let device = match LinuxUsbDevice::open(info, self.ledger.clone()) {
@@ -187,10 +175,7 @@ impl LinuxUsb {
             .and_then(|bus| self.usb.plug(&self.system, None, device, bus));
         match plugged {
             Ok(id) => {
-                self.devices
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(path, id);
+                self.devices.locked().insert(path, id);
             }
             Err(e) => tracing::warn!("usb      not plugging {}: {e}", path.display()),
         }
@@ -198,7 +183,7 @@ impl LinuxUsb {
 
     /// The node of host controller `busnum`, made on first use.
     fn bus(&self, busnum: u8) -> Result<EntryId, String> {
-        let mut buses = self.buses.lock().unwrap_or_else(|e| e.into_inner());
+        let mut buses = self.buses.locked();
         if let Some(id) = buses.get(&busnum) {
             return Ok(*id);
         }

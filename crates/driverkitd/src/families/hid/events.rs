@@ -2,6 +2,7 @@
 //! `driverkit events`, the uinput backend and benchmarks; and typing text
 //! as keyboard reports.
 
+use driverkit_wire::sync::Locked;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -117,7 +118,7 @@ impl Drop for HidEvents {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.locked()
 }
 
 /// One service's log as a subscriber reads it.

@@ -13,6 +13,7 @@
 pub mod events;
 pub mod matching;
 
+use driverkit_wire::sync::Locked;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -103,7 +104,7 @@ impl HidFamily {
     }
 
     fn lock(&self) -> MutexGuard<'_, HidState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     /// Events as event services dispatch them, from now on.
@@ -334,7 +335,7 @@ impl HidFamily {
             return;
         };
         self.events.add(service, log.clone());
-        *hid.sink.lock().unwrap_or_else(|e| e.into_inner()) = Sink::Default {
+        *hid.sink.locked() = Sink::Default {
             service,
             translator: Box::new(EventTranslator::new(&hid.descriptor)),
             events: Vec::new(),
@@ -358,11 +359,11 @@ impl HidFamily {
         };
         if let Some(hid) = device {
             hid.stopped.store(true, Ordering::Release);
-            *hid.sink.lock().unwrap_or_else(|e| e.into_inner()) = Sink::Nobody;
+            *hid.sink.locked() = Sink::Nobody;
             stop_reading(system, &hid);
         }
         for hid in all {
-            let mut sink = hid.sink.lock().unwrap_or_else(|e| e.into_inner());
+            let mut sink = hid.sink.locked();
             let gone = match &*sink {
                 Sink::Dext { client, .. } => *client == id,
                 Sink::Default { service, .. } => *service == id,
@@ -389,7 +390,7 @@ impl HidFamily {
         let (Some(usb), Some((address, len, interval))) = (&hid.usb, hid.input) else {
             return Ok(());
         };
-        let mut reading = hid.reading.lock().unwrap_or_else(|e| e.into_inner());
+        let mut reading = hid.reading.locked();
         if reading.is_some() {
             return Ok(());
         }
@@ -525,7 +526,7 @@ fn hid_report_length(configurations: &[Vec<u8>], number: u8) -> Option<u16> {
 
 /// Stops the poller, if one runs, and gives the USB interface back.
 fn stop_reading(system: &System, hid: &HidInterface) {
-    let Some(stop) = hid.reading.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+    let Some(stop) = hid.reading.locked().take() else {
         return;
     };
     stop.store(true, Ordering::Release);
@@ -575,7 +576,7 @@ fn poll(
 
 fn deliver(hid: &HidInterface, report: &[u8]) {
     let timestamp = now_ns();
-    let mut sink = hid.sink.lock().unwrap_or_else(|e| e.into_inner());
+    let mut sink = hid.sink.locked();
     match &mut *sink {
         Sink::Nobody => {}
         Sink::Dext { ring, .. } => {
@@ -683,7 +684,7 @@ impl IOHIDInterfaceInterface for HidCall<'_> {
             super::usb::may_detach(self.call.system, Some(client)),
         )?;
         let replaced = {
-            let mut sink = hid.sink.lock().unwrap_or_else(|e| e.into_inner());
+            let mut sink = hid.sink.locked();
             let replaced = match &*sink {
                 Sink::Dext { client: other, .. } if *other != client => {
                     return Err(IOReturn::EXCLUSIVE_ACCESS)
@@ -704,7 +705,7 @@ impl IOHIDInterfaceInterface for HidCall<'_> {
     fn close(&self) -> IOResult<()> {
         let hid = self.hid_interface()?;
         let client = self.hid_client()?;
-        let mut sink = hid.sink.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sink = hid.sink.locked();
         if matches!(&*sink, Sink::Dext { client: c, .. } if *c == client) {
             *sink = Sink::Nobody;
             drop(sink);

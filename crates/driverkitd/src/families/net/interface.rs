@@ -14,6 +14,7 @@
 //! ([`Ownership`]), so a buffer returned twice or never lent is counted as
 //! the driver's error and ignored.
 
+use driverkit_wire::sync::Locked;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -136,7 +137,7 @@ impl Interface {
                 Box::new(move |s| {
                     let replace = || {
                         let new = vanished()?;
-                        *s.tap.lock().unwrap_or_else(|e| e.into_inner()) = new.clone();
+                        *s.tap.locked() = new.clone();
                         Some(new)
                     };
                     let hands = link::Hands {
@@ -186,7 +187,7 @@ impl Interface {
         s.link.stop.store(true, Ordering::Release);
         let _ = rustix::io::write(&s.wake, &1u64.to_ne_bytes());
         s.net.bell(SYSTEM_BELL).ring();
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let threads = std::mem::take(&mut *self.threads.locked());
         for t in threads {
             let _ = t.join();
         }
@@ -205,7 +206,7 @@ impl Shared {
     }
 
     fn tap(&self) -> Arc<Tap> {
-        self.tap.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.tap.locked().clone()
     }
 }
 

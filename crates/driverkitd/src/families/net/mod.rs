@@ -16,6 +16,7 @@ pub mod interface;
 pub mod link;
 pub mod tap;
 
+use driverkit_wire::sync::Locked;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -68,7 +69,7 @@ struct Running {
 
 impl NetFamily {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     /// Publishes one end of a virtual cable under `bus` and matches it.

@@ -20,6 +20,7 @@
 pub mod dma;
 pub mod matching;
 
+use driverkit_wire::sync::Locked;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -150,7 +151,7 @@ fn set_command(device: &dyn PciDevice, set: u16, clear: u16) {
 
 impl PciFamily {
     fn lock(&self) -> MutexGuard<'_, HashMap<EntryId, Function>> {
-        self.functions.lock().unwrap_or_else(|e| e.into_inner())
+        self.functions.locked()
     }
 
     /// Publishes a function as an `IOPCIDevice` under `bus` and matches

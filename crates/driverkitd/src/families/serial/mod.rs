@@ -24,6 +24,7 @@ pub mod port;
 pub mod pty;
 pub mod tty;
 
+use driverkit_wire::sync::Locked;
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -116,7 +117,7 @@ impl SerialFamily {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     /// Publishes a UART under `bus` and matches it.

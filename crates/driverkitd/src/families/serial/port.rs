@@ -10,6 +10,7 @@
 //! ([`super::pty`]: baud, stop bits and flow control through the pty's
 //! packet mode; the rest through `driverkit serial set`).
 
+use driverkit_wire::sync::Locked;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -169,12 +170,12 @@ impl Core {
     }
 
     pub fn line(&self) -> Line {
-        *self.line.lock().unwrap_or_else(|e| e.into_inner())
+        *self.line.locked()
     }
 
     /// Changes the line as the driver now has it, and shows it.
     pub fn update_line(&self, f: impl FnOnce(&mut Line)) {
-        f(&mut self.line.lock().unwrap_or_else(|e| e.into_inner()));
+        f(&mut self.line.locked());
         self.publish_line();
     }
 

@@ -18,6 +18,7 @@
 //! once the pump has read them, and `EXTPROC` (which carries `tcsetattr` to
 //! the daemon) turns off the kernel's own `IXON`.
 
+use driverkit_wire::sync::Locked;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -132,11 +133,7 @@ impl Node for PtyNode {
     /// A duplicate of the master and the far end of the control socket,
     /// once.
     fn handover(&self) -> Option<(OwnedFd, OwnedFd)> {
-        let far_end = self
-            .far_end
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()?;
+        let far_end = self.far_end.locked().take()?;
         let master = self.shared.tty.master().try_clone_to_owned().ok()?;
         Some((master, far_end))
     }
@@ -154,7 +151,7 @@ impl Node for PtyNode {
         let s = &self.shared;
         let _ = rustix::net::shutdown(&s.control, rustix::net::Shutdown::Both);
         let _ = rustix::io::write(&s.wake, &1u64.to_ne_bytes());
-        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let thread = self.thread.locked().take();
         if let Some(t) = thread {
             let _ = t.join();
         }
@@ -174,7 +171,7 @@ impl Shared {
             q.rx().consumer_index(),
             q.rx_dropped(),
         ];
-        let mut t = self.tally.lock().unwrap_or_else(|e| e.into_inner());
+        let mut t = self.tally.locked();
         let last = t.last;
         for ((total, now), last) in t.total.iter_mut().zip(now).zip(last) {
             *total += u64::from(now.wrapping_sub(last));

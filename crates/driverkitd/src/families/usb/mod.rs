@@ -15,6 +15,7 @@ pub mod matching;
 pub mod order;
 pub mod transport;
 
+use driverkit_wire::sync::Locked;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -66,11 +67,7 @@ pub struct UsbInterface {
 impl UsbInterface {
     /// The endpoints of the alternate setting selected now.
     pub fn endpoints(&self) -> Vec<Endpoint> {
-        self.setting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .1
-            .clone()
+        self.setting.locked().1.clone()
     }
 
     /// Takes the interface for a driver (see [`UsbTransport::claim`]); its
@@ -253,7 +250,7 @@ fn id_names(vendor: u16, product: u16) -> (Option<&'static str>, Option<&'static
 
 impl UsbFamily {
     fn lock(&self) -> MutexGuard<'_, UsbState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     /// The interface behind an `IOUSBHostInterface` nub (the HID family
@@ -343,10 +340,7 @@ impl UsbFamily {
         let device = self.device(entry).ok_or_else(|| {
             format!("{entry:#x} is not a USB device (see `driverkit device list`)")
         })?;
-        let configuration = *device
-            .configuration
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let configuration = *device.configuration.locked();
         let preamble = device.tap.preamble(&device.enumerated, configuration);
         Ok((preamble, device.tap.subscribe()))
     }
@@ -386,8 +380,7 @@ impl UsbFamily {
         if self.lock().lent.remove(&entry) {
             // What the borrower configured is not ours: start afresh.
             if let Some(d) = self.device(entry) {
-                *d.configuration.lock().unwrap_or_else(|e| e.into_inner()) =
-                    d.transport.active_configuration().unwrap_or(0);
+                *d.configuration.locked() = d.transport.active_configuration().unwrap_or(0);
             }
             system.set_registered(entry, true);
             system.match_nub(entry);
@@ -402,10 +395,7 @@ impl UsbFamily {
         let Some(device) = device else { return };
         let vendor_class = DeviceDescriptor::new_checked(&device.enumerated.device, 0)
             .is_ok_and(|d| d.device_class() == 0xff);
-        let current = *device
-            .configuration
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let current = *device.configuration.locked();
         let has_interfaces = self
             .lock()
             .interfaces
@@ -463,17 +453,11 @@ impl UsbFamily {
         for id in old {
             system.terminate(id);
         }
-        let current = *device
-            .configuration
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let current = *device.configuration.locked();
         if current != value || device.transport.active_configuration().is_none() {
             device.transport.set_configuration(value)?;
         }
-        *device
-            .configuration
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = value;
+        *device.configuration.locked() = value;
         let Some(config) = config else { return Ok(()) };
         system.set_property(
             device.entry,
@@ -707,7 +691,7 @@ struct UsbCall<'a> {
 
 /// The selected configuration's descriptor; `None` while unconfigured.
 fn current_configuration(d: &UsbDevice) -> Option<Bytes> {
-    let current = *d.configuration.lock().unwrap_or_else(|e| e.into_inner());
+    let current = *d.configuration.locked();
     d.enumerated
         .configurations
         .iter()
@@ -974,8 +958,7 @@ impl UsbCall<'_> {
             st.selections = kept;
             drop(st);
             drop(same);
-            *interface.setting.lock().unwrap_or_else(|e| e.into_inner()) =
-                (alternate, endpoints_of(setting));
+            *interface.setting.locked() = (alternate, endpoints_of(setting));
             self.call.system.set_property(
                 interface.entry,
                 "bAlternateSetting",

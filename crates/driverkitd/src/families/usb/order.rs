@@ -12,6 +12,7 @@
 //! the driver only after the one before. The USB/IP server keeps an
 //! endpoint's URBs in the order they arrived the same way.
 
+use driverkit_wire::sync::Locked;
 use std::collections::BTreeMap;
 use std::sync::{Condvar, Mutex};
 
@@ -88,7 +89,7 @@ impl InOrder {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 }
 

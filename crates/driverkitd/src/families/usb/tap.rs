@@ -11,6 +11,7 @@
 //! device's thread only appends under an uncontended lock, and a recorder
 //! that falls behind loses packets (counted), never slows the device.
 
+use driverkit_wire::sync::Locked;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -78,13 +79,7 @@ impl Recording {
         let deadline = Instant::now() + timeout;
         loop {
             let ended = self.buffer.ended.load(Ordering::Acquire);
-            let batch = std::mem::take(
-                &mut *self
-                    .buffer
-                    .records
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()),
-            );
+            let batch = std::mem::take(&mut *self.buffer.records.locked());
             if !batch.is_empty() {
                 return Some(batch);
             }
@@ -155,7 +150,7 @@ impl Tap {
     /// A new recording of every packet from now on.
     pub fn subscribe(&self) -> Recording {
         let buffer = Arc::new(Buffer::default());
-        let mut all = self.recordings.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = self.recordings.locked();
         all.push(buffer.clone());
         self.recording.store(all.len(), Ordering::Release);
         Recording { buffer }
@@ -163,7 +158,7 @@ impl Tap {
 
     /// The device is gone: its recordings end (after what they hold).
     pub fn end(&self) {
-        let mut all = self.recordings.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = self.recordings.locked();
         for b in all.drain(..) {
             b.ended.store(true, Ordering::Release);
         }
@@ -179,7 +174,7 @@ impl Tap {
             return;
         }
         let key = setup.emit();
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = self.seen.locked();
         match seen.iter_mut().find(|(k, _)| k[..6] == key[..6]) {
             Some(entry) if entry.1.len() >= data.len() => {}
             Some(entry) => *entry = (key, data.to_vec()),
@@ -192,14 +187,14 @@ impl Tap {
     }
 
     fn send(&self, record: Record) {
-        let mut all = self.recordings.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = self.recordings.locked();
         all.retain(|b| !b.dropped.load(Ordering::Acquire));
         self.recording.store(all.len(), Ordering::Release);
         let Some((last, others)) = all.split_last() else {
             return;
         };
         let keep = |b: &Buffer, r: Record| {
-            let mut records = b.records.lock().unwrap_or_else(|e| e.into_inner());
+            let mut records = b.records.locked();
             if records.len() < BACKLOG {
                 records.push(r);
             } else {
@@ -353,7 +348,7 @@ impl Tap {
                 fetch(0x80, GET_DESCRIPTOR, 0x0300 | u16::from(index), 0x0409, &d);
             }
         }
-        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let seen = self.seen.locked().clone();
         for (setup, data) in seen {
             let value = u16::from_le_bytes([setup[2], setup[3]]);
             let index = u16::from_le_bytes([setup[4], setup[5]]);

@@ -33,6 +33,7 @@
 pub mod ioctl;
 pub mod proto;
 
+use driverkit_wire::sync::Locked;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -276,11 +277,7 @@ impl CuseNode {
                 .stack_size(256 * 1024)
                 .spawn(move || body(&inner))
             {
-                Ok(t) => node
-                    .threads
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(t),
+                Ok(t) => node.threads.locked().push(t),
                 Err(e) => {
                     node.inner.core.set_stopped();
                     node.stop();
@@ -306,7 +303,7 @@ impl Node for CuseNode {
     fn stop(&self) {
         let _ = rustix::io::write(&self.inner.wake, &1u64.to_ne_bytes());
         self.inner.kick();
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let threads = std::mem::take(&mut *self.threads.locked());
         for t in threads {
             let _ = t.join();
         }
@@ -363,7 +360,7 @@ impl Drop for CuseNode {
 
 /// The lowest `ttyDKn` neither this daemon nor another has.
 fn claim_name() -> u32 {
-    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut names = NAMES.locked();
     let taken = |n: u32| {
         names.contains(&n)
             || Path::new(&format!("/sys/class/cuse/{NAME_PREFIX}{n}")).exists()
@@ -375,7 +372,7 @@ fn claim_name() -> u32 {
 }
 
 fn release_name(n: u32) {
-    NAMES.lock().unwrap_or_else(|e| e.into_inner()).remove(&n);
+    NAMES.locked().remove(&n);
 }
 
 /// `CUSE_INIT`: the kernel's first request, answered with the device's name.
@@ -450,7 +447,7 @@ fn errno(e: IOReturn) -> i32 {
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     fn send(&self, bytes: &[u8]) {
