@@ -25,6 +25,7 @@ pub struct SharedMemory {
 // SAFETY: the mapping is plain memory; concurrent access goes through
 // atomics or through the copy helpers below.
 unsafe impl Send for SharedMemory {}
+// SAFETY: as for Send: shared use is atomics or the bounded copies below.
 unsafe impl Sync for SharedMemory {}
 
 const REQUIRED_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);

@@ -64,6 +64,7 @@ struct Filter {
 // and never modified after `new`; the filter's cell is written only by the
 // one child of `spawn`, while the parent waits (CLONE_VFORK).
 unsafe impl Send for Prepared {}
+// SAFETY: as for Send: nothing reads the cell while the child writes it.
 unsafe impl Sync for Prepared {}
 
 /// A script cannot run sandboxed: the kernel would reopen it by a path
@@ -189,7 +190,10 @@ impl Prepared {
         let top = (top as usize & !15) as *mut c_void;
         // No signal handler of the daemon may run in the child: blocked
         // here, reset in the child, unblocked just before its exec.
+        // SAFETY: a sigset_t is plain integers; all zeroes is a valid
+        // (empty) set.
         let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
         let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
         // SAFETY: plain libc calls on local sets; the child runs
         // `child_main` on its own stack with `child`, which outlives it.
@@ -381,163 +385,173 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
 
 impl Child<'_> {
     /// Returns only on failure: the step and its error number.
+    ///
+    /// # Safety
+    /// Only in the child between `clone` and `exec`, where nothing but
+    /// raw system calls on memory prepared before the clone may run (see
+    /// `confine`).
     unsafe fn confine_and_exec(&self) -> (usize, i32) {
         let p = self.prepared;
         let step = |n: usize, r: Result<(), i32>| r.map_err(|e| (n, e));
         let run = || -> Result<(), (usize, i32)> {
-            // 0: the daemon's handlers are not the dext's; SIGPIPE, which
-            // the Rust runtime ignores, gets its default back.
-            for signal in 1..=64 {
-                if signal == libc::SIGKILL || signal == libc::SIGSTOP {
-                    continue;
-                }
-                let mut action: libc::sigaction = std::mem::zeroed();
-                if libc::sigaction(signal, std::ptr::null(), &mut action) != 0 {
-                    continue;
-                }
-                if action.sa_sigaction != libc::SIG_IGN || signal == libc::SIGPIPE {
-                    action.sa_sigaction = libc::SIG_DFL;
-                    action.sa_flags = 0;
-                    step(
-                        0,
-                        check(libc::sigaction(signal, &action, std::ptr::null_mut()) as c_long),
-                    )?;
-                }
-            }
-            // 1: its socket and its log as 0, 1 and 2.
-            for (target, &fd) in self.stdio.iter().enumerate() {
-                if fd == target as RawFd {
-                    // Already in place: only keep it across the exec.
-                    step(
-                        1,
-                        check(libc::syscall(libc::SYS_fcntl, fd, libc::F_SETFD, 0)),
-                    )?;
-                } else {
-                    step(1, check(libc::syscall(libc::SYS_dup3, fd, target, 0)))?;
-                }
-            }
-            // 2: its own process group: Ctrl-C reaches only the daemon.
-            step(2, check(libc::syscall(libc::SYS_setpgid, 0, 0)))?;
-            // 9: its own cgroup, joined while still root ("0": the writer),
-            // unless it was born there.
-            if let (true, Some(c)) = (self.join_cgroup, &p.cgroup) {
-                let procs = &c.procs;
-                step(
-                    9,
-                    check(libc::syscall(
-                        libc::SYS_write,
-                        procs.as_raw_fd(),
-                        c"0".as_ptr(),
-                        1,
-                    )),
-                )?;
-            }
-            // 3: its memory, and its threads, counted by the kernel per
-            // user (its own).
-            step(3, set_limit(libc::RLIMIT_DATA, p.limits.memory))?;
-            if p.credentials.is_some() {
-                step(3, set_limit(libc::RLIMIT_NPROC, p.limits.tasks))?;
-            }
-            // 4: its own user: groups, then group, then user.
-            let user = p.credentials.map(|u| match u {
-                ChildUser::Fixed(c) => c,
-                ChildUser::FromPid { base } => {
-                    let id = base + libc::syscall(libc::SYS_getpid) as u32;
-                    Credentials { uid: id, gid: id }
-                }
-            });
-            if let Some(c) = user {
-                step(
-                    4,
-                    check(libc::syscall(
-                        libc::SYS_setgroups,
-                        0,
-                        std::ptr::null::<u32>(),
-                    )),
-                )?;
-                step(
-                    4,
-                    check(libc::syscall(libc::SYS_setresgid, c.gid, c.gid, c.gid)),
-                )?;
-                step(
-                    4,
-                    check(libc::syscall(libc::SYS_setresuid, c.uid, c.uid, c.uid)),
-                )?;
-            }
-            step(
-                5,
-                check(libc::syscall(
-                    libc::SYS_prctl,
-                    libc::PR_SET_NO_NEW_PRIVS,
-                    1,
-                    0,
-                    0,
-                    0,
-                )),
-            )?;
-            if let Some((ruleset, flags)) = &p.ruleset {
-                step(
-                    6,
-                    check(libc::syscall(
-                        libc::SYS_landlock_restrict_self,
-                        ruleset.as_raw_fd(),
-                        *flags,
-                    )),
-                )?;
-            }
-            if let Some(filter) = &p.filter {
-                let flags = if p.log_refusals {
-                    libc::SECCOMP_FILTER_FLAG_LOG
-                } else {
-                    0
-                };
-                // Its own PID into its copy of the allowlist.
-                let main = &mut *filter.main.get();
-                let pid = libc::syscall(libc::SYS_getpid) as u32;
-                for &slot in &filter.compiled.pid_slots {
-                    if let Some(instruction) = main.get_mut(slot) {
-                        instruction.k = pid;
+            // SAFETY: raw system calls on descriptors, strings and arrays
+            // prepared (and kept alive by `p`) before the clone; no
+            // allocation, no lock, as this function's caller promises.
+            unsafe {
+                // 0: the daemon's handlers are not the dext's; SIGPIPE, which
+                // the Rust runtime ignores, gets its default back.
+                for signal in 1..=64 {
+                    if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+                        continue;
+                    }
+                    let mut action: libc::sigaction = std::mem::zeroed();
+                    if libc::sigaction(signal, std::ptr::null(), &mut action) != 0 {
+                        continue;
+                    }
+                    if action.sa_sigaction != libc::SIG_IGN || signal == libc::SIGPIPE {
+                        action.sa_sigaction = libc::SIG_DFL;
+                        action.sa_flags = 0;
+                        step(
+                            0,
+                            check(libc::sigaction(signal, &action, std::ptr::null_mut()) as c_long),
+                        )?;
                     }
                 }
-                // clone3's first (the allowlist refuses seccomp itself),
-                // and unlogged: its ENOSYS is the C library's cue to fall
-                // back to clone, not a refusal worth a line.
-                for (program, flags) in [(&filter.compiled.no_clone3, 0), (&*main, flags)] {
-                    let program = libc::sock_fprog {
-                        len: program.len() as u16,
-                        filter: program.as_ptr() as *mut libc::sock_filter,
-                    };
+                // 1: its socket and its log as 0, 1 and 2.
+                for (target, &fd) in self.stdio.iter().enumerate() {
+                    if fd == target as RawFd {
+                        // Already in place: only keep it across the exec.
+                        step(
+                            1,
+                            check(libc::syscall(libc::SYS_fcntl, fd, libc::F_SETFD, 0)),
+                        )?;
+                    } else {
+                        step(1, check(libc::syscall(libc::SYS_dup3, fd, target, 0)))?;
+                    }
+                }
+                // 2: its own process group: Ctrl-C reaches only the daemon.
+                step(2, check(libc::syscall(libc::SYS_setpgid, 0, 0)))?;
+                // 9: its own cgroup, joined while still root ("0": the writer),
+                // unless it was born there.
+                if let (true, Some(c)) = (self.join_cgroup, &p.cgroup) {
+                    let procs = &c.procs;
                     step(
-                        7,
+                        9,
                         check(libc::syscall(
-                            libc::SYS_seccomp,
-                            libc::SECCOMP_SET_MODE_FILTER,
-                            flags,
-                            &program as *const libc::sock_fprog,
+                            libc::SYS_write,
+                            procs.as_raw_fd(),
+                            c"0".as_ptr(),
+                            1,
                         )),
                     )?;
                 }
+                // 3: its memory, and its threads, counted by the kernel per
+                // user (its own).
+                step(3, set_limit(libc::RLIMIT_DATA, p.limits.memory))?;
+                if p.credentials.is_some() {
+                    step(3, set_limit(libc::RLIMIT_NPROC, p.limits.tasks))?;
+                }
+                // 4: its own user: groups, then group, then user.
+                let user = p.credentials.map(|u| match u {
+                    ChildUser::Fixed(c) => c,
+                    ChildUser::FromPid { base } => {
+                        let id = base + libc::syscall(libc::SYS_getpid) as u32;
+                        Credentials { uid: id, gid: id }
+                    }
+                });
+                if let Some(c) = user {
+                    step(
+                        4,
+                        check(libc::syscall(
+                            libc::SYS_setgroups,
+                            0,
+                            std::ptr::null::<u32>(),
+                        )),
+                    )?;
+                    step(
+                        4,
+                        check(libc::syscall(libc::SYS_setresgid, c.gid, c.gid, c.gid)),
+                    )?;
+                    step(
+                        4,
+                        check(libc::syscall(libc::SYS_setresuid, c.uid, c.uid, c.uid)),
+                    )?;
+                }
+                step(
+                    5,
+                    check(libc::syscall(
+                        libc::SYS_prctl,
+                        libc::PR_SET_NO_NEW_PRIVS,
+                        1,
+                        0,
+                        0,
+                        0,
+                    )),
+                )?;
+                if let Some((ruleset, flags)) = &p.ruleset {
+                    step(
+                        6,
+                        check(libc::syscall(
+                            libc::SYS_landlock_restrict_self,
+                            ruleset.as_raw_fd(),
+                            *flags,
+                        )),
+                    )?;
+                }
+                if let Some(filter) = &p.filter {
+                    let flags = if p.log_refusals {
+                        libc::SECCOMP_FILTER_FLAG_LOG
+                    } else {
+                        0
+                    };
+                    // Its own PID into its copy of the allowlist.
+                    let main = &mut *filter.main.get();
+                    let pid = libc::syscall(libc::SYS_getpid) as u32;
+                    for &slot in &filter.compiled.pid_slots {
+                        if let Some(instruction) = main.get_mut(slot) {
+                            instruction.k = pid;
+                        }
+                    }
+                    // clone3's first (the allowlist refuses seccomp itself),
+                    // and unlogged: its ENOSYS is the C library's cue to fall
+                    // back to clone, not a refusal worth a line.
+                    for (program, flags) in [(&filter.compiled.no_clone3, 0), (&*main, flags)] {
+                        let program = libc::sock_fprog {
+                            len: program.len() as u16,
+                            filter: program.as_ptr() as *mut libc::sock_filter,
+                        };
+                        step(
+                            7,
+                            check(libc::syscall(
+                                libc::SYS_seccomp,
+                                libc::SECCOMP_SET_MODE_FILTER,
+                                flags,
+                                &program as *const libc::sock_fprog,
+                            )),
+                        )?;
+                    }
+                }
+                // Signals as a new program expects them: none blocked.
+                let empty: libc::sigset_t = std::mem::zeroed();
+                libc::syscall(
+                    libc::SYS_rt_sigprocmask,
+                    libc::SIG_SETMASK,
+                    &empty as *const libc::sigset_t,
+                    std::ptr::null_mut::<libc::sigset_t>(),
+                    8,
+                );
+                step(
+                    8,
+                    check(libc::syscall(
+                        libc::SYS_execveat,
+                        p.executable.as_raw_fd(),
+                        c"".as_ptr(),
+                        p.argv.as_ptr(),
+                        p.envp.as_ptr(),
+                        libc::AT_EMPTY_PATH,
+                    )),
+                )
             }
-            // Signals as a new program expects them: none blocked.
-            let empty: libc::sigset_t = std::mem::zeroed();
-            libc::syscall(
-                libc::SYS_rt_sigprocmask,
-                libc::SIG_SETMASK,
-                &empty as *const libc::sigset_t,
-                std::ptr::null_mut::<libc::sigset_t>(),
-                8,
-            );
-            step(
-                8,
-                check(libc::syscall(
-                    libc::SYS_execveat,
-                    p.executable.as_raw_fd(),
-                    c"".as_ptr(),
-                    p.argv.as_ptr(),
-                    p.envp.as_ptr(),
-                    libc::AT_EMPTY_PATH,
-                )),
-            )
         };
         match run() {
             Ok(()) => (8, libc::ENOEXEC),
