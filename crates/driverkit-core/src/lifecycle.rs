@@ -11,6 +11,7 @@
 //! match while it runs is remembered and served when it finishes.
 
 use driverkit_wire::sync::Locked;
+use driverkit_wire::sync::Waited;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -534,12 +535,7 @@ impl Core {
             if left.is_zero() {
                 return false;
             }
-            st = self
-                .inner
-                .changed
-                .wait_timeout(st, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            st = self.inner.changed.waited_timeout(st, left).0;
         }
         true
     }
@@ -581,8 +577,7 @@ impl Core {
             st = self
                 .inner
                 .changed
-                .wait_timeout(st, Duration::from_millis(50))
-                .unwrap_or_else(|e| e.into_inner())
+                .waited_timeout(st, Duration::from_millis(50))
                 .0;
         }
         for slot in st.servers.values() {

@@ -14,6 +14,7 @@
 //! daemon.
 
 use driverkit_wire::sync::Locked;
+use driverkit_wire::sync::Waited;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
@@ -453,11 +454,7 @@ impl UserServer {
             if left.is_zero() || !self.is_alive() {
                 return Err(IOReturn::BAD_ARGUMENT);
             }
-            table = self
-                .memory_arrived
-                .wait_timeout(table, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            table = self.memory_arrived.waited_timeout(table, left).0;
         }
     }
 }

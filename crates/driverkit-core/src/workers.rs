@@ -7,6 +7,7 @@
 //! thread creation on every device plug, and retire after a while.
 
 use driverkit_wire::sync::Locked;
+use driverkit_wire::sync::Waited;
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -64,9 +65,7 @@ fn work(shared: &(Mutex<Queue>, Condvar)) {
             continue;
         }
         q.idle += 1;
-        let (guard, waited) = ready
-            .wait_timeout(q, IDLE_RETIREMENT)
-            .unwrap_or_else(|e| e.into_inner());
+        let (guard, waited) = ready.waited_timeout(q, IDLE_RETIREMENT);
         q = guard;
         q.idle -= 1;
         if waited.timed_out() && q.jobs.is_empty() {

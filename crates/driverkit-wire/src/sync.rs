@@ -1,4 +1,5 @@
-//! One way to take a lock everywhere: [`Locked::locked`].
+//! One way to take a lock everywhere: [`Locked::locked`], and to wait on a
+//! condition variable: [`Waited`].
 //!
 //! A thread that panics while it holds a `Mutex` poisons it. Nothing here
 //! treats that as a reason to stop: the daemon must outlive one thread's
@@ -7,7 +8,8 @@
 //! never sees a poisoned lock at all. So every lock is taken past its
 //! poisoning, by this one function rather than 270 spelled-out closures.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, WaitTimeoutResult};
+use std::time::Duration;
 
 /// `Mutex::lock`, poisoned or not.
 pub trait Locked<T: ?Sized> {
@@ -18,6 +20,31 @@ pub trait Locked<T: ?Sized> {
 impl<T: ?Sized> Locked<T> for Mutex<T> {
     fn locked(&self) -> MutexGuard<'_, T> {
         self.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// `Condvar::wait` and `wait_timeout`, poisoned or not (as [`Locked`]).
+pub trait Waited {
+    fn waited<'a, T>(&self, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T>;
+    fn waited_timeout<'a, T>(
+        &self,
+        guard: MutexGuard<'a, T>,
+        timeout: Duration,
+    ) -> (MutexGuard<'a, T>, WaitTimeoutResult);
+}
+
+impl Waited for Condvar {
+    fn waited<'a, T>(&self, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+        self.wait(guard).unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn waited_timeout<'a, T>(
+        &self,
+        guard: MutexGuard<'a, T>,
+        timeout: Duration,
+    ) -> (MutexGuard<'a, T>, WaitTimeoutResult) {
+        self.wait_timeout(guard, timeout)
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -96,7 +96,7 @@ pub mod prelude {
         IOUserNetworkEthernet, IOUserNetworkEthernetApi, IOUserNetworkEthernetImpl,
         IOUserNetworkPacket, IOVirtualNIC,
     };
-    pub use driverkit_wire::sync::Locked;
+    pub use driverkit_wire::sync::{Locked, Waited};
 }
 
 // `#[driverkit::service]` names this crate by its absolute path.

@@ -14,6 +14,7 @@
 //! the first `super_start` does not wait for one.
 
 use driverkit_wire::sync::Locked;
+use driverkit_wire::sync::Waited;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -629,11 +630,7 @@ pub(crate) fn take_system_memory(id: u64) -> IOResult<std::os::fd::OwnedFd> {
         if left.is_zero() {
             return Err(IOReturn::TIMEOUT);
         }
-        given = rt
-            .given_arrived
-            .wait_timeout(given, left)
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
+        given = rt.given_arrived.waited_timeout(given, left).0;
     }
 }
 

@@ -2,6 +2,7 @@
 //! action's queue at a deadline.
 
 use driverkit_wire::sync::Locked;
+use driverkit_wire::sync::Waited;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -111,7 +112,7 @@ fn run(t: &Timer) {
             return;
         }
         let Some((deadline, leeway)) = s.armed.filter(|_| s.enabled) else {
-            s = t.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+            s = t.changed.waited(s);
             continue;
         };
         let now = now_ns();
@@ -123,11 +124,7 @@ fn run(t: &Timer) {
                 } else {
                     left - SPIN_BELOW_NS
                 };
-                s = t
-                    .changed
-                    .wait_timeout(s, Duration::from_nanos(sleep))
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+                s = t.changed.waited_timeout(s, Duration::from_nanos(sleep)).0;
                 continue;
             }
             // Close to a tight deadline: spin the rest, unlocked, so that

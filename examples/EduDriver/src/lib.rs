@@ -188,12 +188,7 @@ impl EduDriver {
                 driverkit::error!("no interrupt {bits:#x} within {INTERRUPT_TIMEOUT:?}");
                 return Err(IOReturn::TIMEOUT);
             }
-            pending = self
-                .ivars()
-                .arrived
-                .wait_timeout(pending, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            pending = self.ivars().arrived.waited_timeout(pending, left).0;
         }
         *pending &= !bits;
         Ok(())

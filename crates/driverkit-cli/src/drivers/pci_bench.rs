@@ -14,6 +14,7 @@
 //! `[p50, p99]`.
 
 use driverkit_wire::sync::Locked;
+use driverkit_wire::sync::Waited;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -130,12 +131,7 @@ impl PCIBenchDriver {
             if left.is_zero() {
                 return Err(IOReturn::TIMEOUT);
             }
-            arrived = self
-                .ivars()
-                .wake
-                .wait_timeout(arrived, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            arrived = self.ivars().wake.waited_timeout(arrived, left).0;
         }
         Ok(std::mem::take(&mut *arrived))
     }

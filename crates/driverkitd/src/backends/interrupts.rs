@@ -4,6 +4,7 @@
 //! table dropped) is forgotten at the next interrupt.
 
 use driverkit_wire::sync::Locked;
+use driverkit_wire::sync::Waited;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
@@ -181,15 +182,11 @@ impl Ticker {
         loop {
             let now = Instant::now();
             let Some(when) = due.peek().map(|d| d.when) else {
-                due = self.changed.wait(due).unwrap_or_else(|e| e.into_inner());
+                due = self.changed.waited(due);
                 continue;
             };
             if when > now {
-                due = self
-                    .changed
-                    .wait_timeout(due, when - now)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+                due = self.changed.waited_timeout(due, when - now).0;
                 continue;
             }
             let Some(Due { line: weak, .. }) = due.pop() else {

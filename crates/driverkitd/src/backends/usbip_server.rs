@@ -20,6 +20,7 @@
 //! host controller would after an endpoint reset.
 
 use driverkit_wire::sync::Locked;
+use driverkit_wire::sync::Waited;
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -287,7 +288,7 @@ impl Budget {
     fn take(&self, bytes: usize) {
         let mut held = self.held.locked();
         while held.0 >= MAX_IN_FLIGHT || (held.1 > 0 && held.1 + bytes > MAX_BYTES_IN_FLIGHT) {
-            held = self.room.wait(held).unwrap_or_else(|e| e.into_inner());
+            held = self.room.waited(held);
         }
         held.0 += 1;
         held.1 += bytes;
@@ -309,11 +310,7 @@ impl Budget {
             if left.is_zero() {
                 return;
             }
-            held = self
-                .room
-                .wait_timeout(held, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            held = self.room.waited_timeout(held, left).0;
         }
     }
 }
@@ -520,7 +517,7 @@ impl Pool {
                 return;
             }
             st.idle += 1;
-            st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = self.ready.waited(st);
             st.idle -= 1;
         }
     }

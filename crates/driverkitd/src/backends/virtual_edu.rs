@@ -36,6 +36,7 @@
 //! is off), so mapped reads are plain loads; writes travel as calls.
 
 use driverkit_wire::sync::Locked;
+use driverkit_wire::sync::Waited;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -284,12 +285,9 @@ impl Shared {
                 st = match st.dma_due {
                     Some(t) => {
                         let left = t.saturating_duration_since(Instant::now());
-                        self.work
-                            .wait_timeout(st, left)
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0
+                        self.work.waited_timeout(st, left).0
                     }
-                    None => self.work.wait(st).unwrap_or_else(|e| e.into_inner()),
+                    None => self.work.waited(st),
                 };
                 continue;
             }

@@ -23,6 +23,7 @@
 //! fit now would, 2 that the modem status changed.
 
 use driverkit_wire::sync::Locked;
+use driverkit_wire::sync::Waited;
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -211,8 +212,7 @@ impl VirtualUart {
             };
             st = self
                 .work
-                .wait_timeout(st, wait.min(next_step.unwrap_or(wait)))
-                .unwrap_or_else(|e| e.into_inner())
+                .waited_timeout(st, wait.min(next_step.unwrap_or(wait)))
                 .0;
             if movable == 0 {
                 last = Instant::now();

@@ -13,6 +13,7 @@
 //! endpoint's URBs in the order they arrived the same way.
 
 use driverkit_wire::sync::Locked;
+use driverkit_wire::sync::Waited;
 use std::collections::BTreeMap;
 use std::sync::{Condvar, Mutex};
 
@@ -51,7 +52,7 @@ impl InOrder {
     pub fn wait_to_queue(&self, ticket: u64) {
         let mut st = self.lock();
         while st.queued < ticket {
-            st = self.queued_turn.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = self.queued_turn.waited(st);
         }
     }
 
