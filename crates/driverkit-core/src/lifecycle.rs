@@ -4,14 +4,21 @@
 //! *is* (a USB device, a HID interface) is its family's business, reached
 //! through [`Family`](crate::family::Family) hooks only.
 //!
-//! Concurrency: one `Mutex<State>` guards all data. It is never held across
-//! a call into a dext, a family or a process operation, so a slow or hung
-//! dext can only ever block the thread talking to it. Matching of one
-//! provider runs on one thread at a time (`State::matching`); a request to
-//! match while it runs is remembered and served when it finishes.
+//! Concurrency: `Mutex<State>` guards the registry, the servers and the
+//! requests. It is never held across a call into a dext, a family or a
+//! process operation, so a slow or hung dext can only ever block the
+//! thread talking to it. Matching of one provider runs on one thread at a
+//! time (`State::matching`); a request to match while it runs is
+//! remembered and served when it finishes.
+//!
+//! The other locks, and the order they are taken in (outermost first):
+//! `sysext_lock` (one extension request at a time) before `store` (the
+//! extension store, taken for each read or commit, nothing inside it);
+//! `spawn_lock` (one launch of a shared process) before `state`.
+//! `subscribers` and `requesters` are leaves: nothing is taken while they
+//! are held, and `state` is not held while an event is sent.
 
-use driverkit_wire::sync::Locked;
-use driverkit_wire::sync::Waited;
+use driverkit_wire::sync::{Locked, Waited};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, Weak};

@@ -13,8 +13,7 @@
 //! fails every call in flight with `kIOReturnOffline`, and reports to the
 //! daemon.
 
-use driverkit_wire::sync::Locked;
-use driverkit_wire::sync::Waited;
+use driverkit_wire::sync::{Locked, Waited};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};

@@ -6,8 +6,7 @@
 //! worker is idle, it adds one. Idle workers are reused, which saves a
 //! thread creation on every device plug, and retire after a while.
 
-use driverkit_wire::sync::Locked;
-use driverkit_wire::sync::Waited;
+use driverkit_wire::sync::{Locked, Waited};
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;

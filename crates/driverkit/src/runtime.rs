@@ -13,8 +13,7 @@
 //! hand-off between threads. One channel is opened right after hello, so
 //! the first `super_start` does not wait for one.
 
-use driverkit_wire::sync::Locked;
-use driverkit_wire::sync::Waited;
+use driverkit_wire::sync::{Locked, Waited};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, OnceLock};

@@ -1,8 +1,7 @@
 //! `IOTimerDispatchSource`: calls `TimerOccurred(action, time)` on the
 //! action's queue at a deadline.
 
-use driverkit_wire::sync::Locked;
-use driverkit_wire::sync::Waited;
+use driverkit_wire::sync::{Locked, Waited};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 

@@ -3,8 +3,7 @@
 //! `IOService::register_interrupt`. A region whose dext has gone (its memory
 //! table dropped) is forgotten at the next interrupt.
 
-use driverkit_wire::sync::Locked;
-use driverkit_wire::sync::Waited;
+use driverkit_wire::sync::{Locked, Waited};
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};

@@ -19,8 +19,7 @@
 //! `-ECONNRESET`; the other URBs aborted with it answer the same, as a
 //! host controller would after an endpoint reset.
 
-use driverkit_wire::sync::Locked;
-use driverkit_wire::sync::Waited;
+use driverkit_wire::sync::{Locked, Waited};
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -35,8 +35,7 @@
 //! written there (all-ones elsewhere, and everywhere while Memory Space
 //! is off), so mapped reads are plain loads; writes travel as calls.
 
-use driverkit_wire::sync::Locked;
-use driverkit_wire::sync::Waited;
+use driverkit_wire::sync::{Locked, Waited};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 

@@ -22,8 +22,7 @@
 //! Interrupt 0 says received bytes wait, 1 that a transmit that did not
 //! fit now would, 2 that the modem status changed.
 
-use driverkit_wire::sync::Locked;
-use driverkit_wire::sync::Waited;
+use driverkit_wire::sync::{Locked, Waited};
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};

@@ -12,8 +12,7 @@
 //! the driver only after the one before. The USB/IP server keeps an
 //! endpoint's URBs in the order they arrived the same way.
 
-use driverkit_wire::sync::Locked;
-use driverkit_wire::sync::Waited;
+use driverkit_wire::sync::{Locked, Waited};
 use std::collections::BTreeMap;
 use std::sync::{Condvar, Mutex};
 
