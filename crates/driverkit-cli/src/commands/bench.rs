@@ -383,12 +383,7 @@ fn run_all(args: &BenchArgs, show: &mut dyn FnMut(Vec<Figure>)) -> Result<(), St
 
 /// The helper process: says hello on the inherited socket, then echoes.
 pub fn echo_peer() -> Result<(), String> {
-    let fd: i32 = std::env::var("DRIVERKIT_BENCH_FD")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or("no DRIVERKIT_BENCH_FD")?;
-    // SAFETY: the parent passes this one descriptor for this process to own.
-    let endpoint = Endpoint::new(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) });
+    let endpoint = Endpoint::new(inherited_fd()?);
     endpoint
         .send(&Header::new(Kind::Hello), &[], None)
         .map_err(|e| e.to_string())?;
@@ -399,6 +394,18 @@ pub fn echo_peer() -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// In a helper: the descriptor `spawn_helper` handed it (its number in
+/// `DRIVERKIT_BENCH_FD`), now this process's to own.
+pub(super) fn inherited_fd() -> Result<std::os::fd::OwnedFd, String> {
+    let fd: i32 = std::env::var("DRIVERKIT_BENCH_FD")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or("no DRIVERKIT_BENCH_FD: a helper is started by `driverkit bench`")?;
+    // SAFETY: the parent passes this one descriptor, open and inherited,
+    // for this process alone to own; nothing here has taken it before.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
 }
 
 /// Starts this binary as helper `args`, handing it `fd` (by number in
@@ -616,13 +623,7 @@ fn region_with_peer(
 
 /// In a helper: the page `region_with_peer` handed over.
 fn peer_region() -> Result<driverkit_wire::shm::SharedMemory, String> {
-    let fd: i32 = std::env::var("DRIVERKIT_BENCH_FD")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or("no DRIVERKIT_BENCH_FD")?;
-    // SAFETY: the parent passes this one descriptor for this process to own.
-    let fd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
-    driverkit_wire::shm::SharedMemory::from_fd(fd, 4096).map_err(|e| e.to_string())
+    driverkit_wire::shm::SharedMemory::from_fd(inherited_fd()?, 4096).map_err(|e| e.to_string())
 }
 
 /// The spinning peer of `raw_spin_pingpong`.

@@ -314,18 +314,11 @@ fn raw(bytes: usize, datagrams: usize, pings: usize) -> Result<Measured, String>
 /// The baseline's forwarder: frames from one TAP to the other, both ways.
 pub fn tap_forward_peer(second: &str) -> Result<(), String> {
     use std::os::fd::FromRawFd;
-    let first: i32 = std::env::var("DRIVERKIT_BENCH_FD")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or("no DRIVERKIT_BENCH_FD")?;
+    let first = std::fs::File::from(super::bench::inherited_fd()?);
     let second: i32 = second.parse().map_err(|_| "the second TAP's descriptor")?;
-    // SAFETY: the parent passes these two descriptors for this process to own.
-    let taps: [std::fs::File; 2] = unsafe {
-        [
-            std::fs::File::from_raw_fd(first),
-            std::fs::File::from_raw_fd(second),
-        ]
-    };
+    // SAFETY: the parent passes this second descriptor too (its number as
+    // the argument, inherited) for this process alone to own.
+    let taps: [std::fs::File; 2] = [first, unsafe { std::fs::File::from_raw_fd(second) }];
     let mut buf = vec![0u8; 65536];
     loop {
         let mut fds = [

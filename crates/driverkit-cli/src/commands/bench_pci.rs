@@ -120,12 +120,7 @@ fn raw_eventfd_wake(n: usize) -> Result<(f64, f64), String> {
 /// The helper: blocks reading the inherited eventfd; for each wake, writes
 /// the time it woke (monotonic ns) to stdout.
 pub fn eventfd_peer() -> Result<(), String> {
-    let fd: i32 = std::env::var("DRIVERKIT_BENCH_FD")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or("no DRIVERKIT_BENCH_FD")?;
-    // SAFETY: the parent passes this one descriptor for this process to own.
-    let efd: std::os::fd::OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+    let efd = super::bench::inherited_fd()?;
     let mut out = std::io::stdout().lock();
     let mut count = [0u8; 8];
     while rustix::io::read(&efd, &mut count).is_ok() {

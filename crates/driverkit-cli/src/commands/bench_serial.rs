@@ -236,12 +236,7 @@ fn stop(mut child: std::process::Child) {
 
 /// The baseline's echo: reads the master, writes back what it read.
 pub fn pty_echo_peer() -> Result<(), String> {
-    let fd: i32 = std::env::var("DRIVERKIT_BENCH_FD")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or("no DRIVERKIT_BENCH_FD")?;
-    // SAFETY: the parent passes this one descriptor for this process to own.
-    let master: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+    let master: OwnedFd = super::bench::inherited_fd()?;
     let mut master = std::fs::File::from(master);
     let mut buf = vec![0u8; 64 * 1024];
     loop {

@@ -10,7 +10,7 @@
 
 use driverkit_wire::sync::Locked;
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsFd, FromRawFd};
+use std::os::fd::AsFd;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex};
@@ -184,12 +184,7 @@ fn raw_produce(shm: &SharedMemory, payload: &[u8], n: usize) {
 
 /// The consumer process: `__bench-consume raw|dq ENTRY N`.
 pub fn consume(kind: &str, entry: usize, n: usize) -> Result<(), String> {
-    let fd: i32 = std::env::var("DRIVERKIT_BENCH_FD")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or("no DRIVERKIT_BENCH_FD")?;
-    // SAFETY: the parent passes this one descriptor for this process to own.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let fd = super::bench::inherited_fd()?;
     let mut out = std::io::stdout();
     if kind == "raw" {
         let shm = SharedMemory::from_fd(fd, 0).map_err(|e| e.to_string())?;
