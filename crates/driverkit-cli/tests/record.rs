@@ -57,6 +57,21 @@ fn interrupt_in_data(frames: &[recording::Frame]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// `device record ID -o FILE --duration SECONDS` and `extra`, started as
+/// `start` starts it.
+fn record(
+    d: &Daemon,
+    id: &str,
+    file: &std::path::Path,
+    seconds: &str,
+    extra: &[&str],
+) -> std::process::Child {
+    let mut args = vec!["device", "record", id, "-o", file.to_str().unwrap()];
+    args.extend(["--duration", seconds]);
+    args.extend(extra);
+    start(d, &args)
+}
+
 /// The keyboard usages pressed in reports (boot protocol: bytes 2..8).
 fn pressed(reports: &[Vec<u8>]) -> Vec<u8> {
     reports
@@ -70,18 +85,7 @@ fn a_keyboard_recorded_while_typing_reads_back_here_and_in_tshark() {
     let d = Daemon::start(&["--no-default-devices"]);
     let kb = keyboard(&d);
     let file = d.root.path().join("keyboard.pcapng");
-    let recorder = start(
-        &d,
-        &[
-            "device",
-            "record",
-            &kb,
-            "-o",
-            file.to_str().unwrap(),
-            "--duration",
-            "4",
-        ],
-    );
+    let recorder = record(&d, &kb, &file, "4", &[]);
     d.cli(&["device", "type", &kb, "hello"]);
     let out = recorder.wait_with_output().unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
@@ -168,18 +172,7 @@ fn a_recording_plays_back_on_a_fresh_daemon_and_the_same_driver_types_the_same()
     let kb = keyboard(&d);
     let kept = tempfile::tempdir().unwrap();
     let file = kept.path().join("hello.pcapng");
-    let recorder = start(
-        &d,
-        &[
-            "device",
-            "record",
-            &kb,
-            "-o",
-            file.to_str().unwrap(),
-            "--duration",
-            "3",
-        ],
-    );
+    let recorder = record(&d, &kb, &file, "3", &[]);
     d.cli(&["device", "type", &kb, "hello"]);
     assert!(recorder.wait_with_output().unwrap().status.success());
     drop(d);
@@ -266,19 +259,7 @@ fn a_recording_with_restarted_drivers_holds_a_new_start() {
         .as_u64()
         .unwrap();
     let file = d.root.path().join("restarted.pcapng");
-    let recorder = start(
-        &d,
-        &[
-            "device",
-            "record",
-            &kb,
-            "-o",
-            file.to_str().unwrap(),
-            "--duration",
-            "3",
-            "--restart-drivers",
-        ],
-    );
+    let recorder = record(&d, &kb, &file, "3", &["--restart-drivers"]);
     let after = d.wait_node("HIDKeyboardDriver started again", |n| {
         n["name"] == "HIDKeyboardDriver"
             && n["state"]["active"] == true

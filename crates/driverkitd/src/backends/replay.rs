@@ -270,7 +270,8 @@ impl Replay {
             0 => Ok(e.data.clone()),
             driverkit_usb::usbmon::STALL => Err(IOReturn::USB_PIPE_STALLED),
             s if s == -libc::ETIMEDOUT => Err(IOReturn::TIMEOUT),
-            s if s == -libc::ENOENT || s == -libc::ECONNRESET => Err(IOReturn::ABORTED),
+            // Transfers the host ended (ENOENT, ECONNRESET, ESHUTDOWN)
+            // were left out when the recording was read.
             _ => Err(IOReturn::IO_ERROR),
         }
     }
