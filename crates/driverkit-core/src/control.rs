@@ -389,6 +389,9 @@ fn serve_client(
         };
         // A family's or a backend's request, by its op.
         let object = serde_json::from_str::<serde_json::Value>(&line).ok();
+        // A stop is answered before the daemon is told to stop: the
+        // answer would otherwise race the daemon's exit.
+        let mut stop_after_answer = false;
         let op = object
             .as_ref()
             .and_then(|o| o.get("op"))
@@ -430,7 +433,11 @@ fn serve_client(
                                     daemon, peer, reader, writer, service, kind,
                                 )
                             }
-                            req => match handle(daemon, peer, req, shutdown) {
+                            Request::Shutdown => {
+                                stop_after_answer = true;
+                                Response::Ok(serde_json::json!({}))
+                            }
+                            req => match handle(daemon, peer, req) {
                                 Ok(v) => Response::Ok(v),
                                 Err(e) => Response::Error(e),
                             },
@@ -444,6 +451,10 @@ fn serve_client(
             .unwrap_or_else(|_| r#"{"error":"unencodable"}"#.into());
         text.push('\n');
         writer.write_all(text.as_bytes())?;
+        if stop_after_answer {
+            let _ = shutdown.send(());
+            return Ok(());
+        }
     }
 }
 
@@ -522,12 +533,7 @@ fn stream_lifecycle(daemon: &Core, mut writer: UnixStream) -> std::io::Result<()
     Ok(())
 }
 
-fn handle(
-    daemon: &Core,
-    peer: &Peer,
-    req: Request,
-    shutdown: &mpsc::Sender<()>,
-) -> Result<serde_json::Value, String> {
+fn handle(daemon: &Core, peer: &Peer, req: Request) -> Result<serde_json::Value, String> {
     use serde_json::json;
     match req {
         Request::Registry => {
@@ -599,10 +605,8 @@ fn handle(
             .trust_key(&key)
             .map(|()| json!({}))
             .map_err(|f| f.to_string()),
-        Request::Shutdown => {
-            let _ = shutdown.send(());
-            Ok(json!({}))
-        }
+        // serve_client signals the stop once this answer is written.
+        Request::Shutdown => Ok(json!({})),
     }
 }
 
