@@ -8,11 +8,11 @@
 //!
 //! - `cuse-dev` reads the kernel's requests ([`proto`]) and answers each
 //!   one it can at once; one that must wait (a blocking read, a write with
-//!   no room, a drain, `TIOCMIWAIT`) is parked in the node's [`State`].
+//!   no room, a drain, `TIOCMIWAIT`) is parked in the node's `State`.
 //!   Ioctls are decoded by [`ioctl`].
 //! - `cuse-io` parks on the port's two system doorbells (received bytes,
 //!   transmit room) and its own kick word at once (`futex_waitv`), and on
-//!   each wake-up runs [`Inner::pump`]: received bytes into the input
+//!   each wake-up runs `Inner::pump`: received bytes into the input
 //!   buffer (the tty's read buffer: 4 KiB, `IXON` applied as the kernel's
 //!   line discipline does), parked reads and writes served, drains
 //!   finished, pollers notified.
