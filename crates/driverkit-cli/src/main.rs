@@ -14,6 +14,10 @@ fn main() -> ExitCode {
     if let Some(driver) = drivers::from_argv0() {
         driverkit::runtime::run((driver.classes)());
     }
+    // Started by `driverkit bench` as one of its peer processes?
+    if let Some(code) = commands::run_bench_peer_if_asked() {
+        return code;
+    }
     let cli = commands::Cli::parse();
     match commands::dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,15 +1,6 @@
 //! Subcommands. Each one that talks to a daemon finds it through `--root`.
 
 mod bench;
-mod bench_hid;
-mod bench_matching;
-mod bench_net;
-mod bench_pci;
-mod bench_repeat;
-mod bench_scale;
-mod bench_serial;
-mod bench_sources;
-mod bench_usb;
 mod build;
 mod call;
 mod device;
@@ -26,6 +17,7 @@ mod why;
 
 use std::path::PathBuf;
 
+pub use bench::run_peer_if_asked as run_bench_peer_if_asked;
 use clap::{Parser, Subcommand};
 use driverkitd::control::{Client, CoreRequest as Request};
 
@@ -112,31 +104,6 @@ enum Command {
     Man {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
-    },
-    /// Internal: the raw socket echo peer the benchmarks use as a baseline.
-    #[command(name = "__bench-echo", hide = true)]
-    BenchEcho,
-    /// Internal: the spinning shared-memory peer of the benchmarks.
-    #[command(name = "__bench-spin", hide = true)]
-    BenchSpin,
-    /// Internal: the futex-waiting peer of the cold round-trip baseline.
-    #[command(name = "__bench-futex", hide = true)]
-    BenchFutex,
-    /// Internal: the raw TAP forwarder of the Ethernet benchmarks' baseline.
-    #[command(name = "__bench-tap-forward", hide = true)]
-    BenchTapForward { second: String },
-    /// Internal: the eventfd waker of the PCI interrupt benchmark's baseline.
-    #[command(name = "__bench-eventfd", hide = true)]
-    BenchEventfd,
-    /// Internal: the raw pty echo of the serial benchmarks' baseline.
-    #[command(name = "__bench-pty-echo", hide = true)]
-    BenchPtyEcho,
-    /// Internal: the consuming process of the data-queue benchmarks.
-    #[command(name = "__bench-consume", hide = true)]
-    BenchConsume {
-        kind: String,
-        entry: usize,
-        n: usize,
     },
 }
 
@@ -227,13 +194,6 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
-        Command::BenchEcho => bench::echo_peer(),
-        Command::BenchSpin => bench::spin_peer(),
-        Command::BenchPtyEcho => bench_serial::pty_echo_peer(),
-        Command::BenchEventfd => bench_pci::eventfd_peer(),
-        Command::BenchTapForward { second } => bench_net::tap_forward_peer(&second),
-        Command::BenchFutex => bench::futex_peer(),
-        Command::BenchConsume { kind, entry, n } => bench_sources::consume(&kind, entry, n),
     }
 }
 

@@ -20,13 +20,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::harness::{percentiles, Figure, Stat, Target};
 use driverkit_core::family::{Family, MatchTarget};
 use driverkitd::families::hid::HidFamily;
 use driverkitd::families::usb::UsbFamily;
 use driverkitd::matching::{Catalogue, Verdict};
 use plist::{Dictionary, Value};
-
-use super::bench::{percentiles, Figure, Stat, Target};
 
 /// xorshift64*: the same catalogue and devices every run.
 struct Draw(u64);

@@ -22,7 +22,8 @@ use driverkitd::backends::virtual_device;
 
 use driverkitd::families::serial::NodeChoice;
 
-use super::bench::{bench_daemon_serial, percentiles, spawn_helper, Figure, Stat, Target};
+use super::harness::{bench_daemon_serial, percentiles, Figure, Stat, Target};
+use super::peers::{spawn_peer, Peer};
 use crate::drivers;
 
 /// A figure's name for a port of kind `node`: the pty's is the plain one.
@@ -225,7 +226,7 @@ fn raw_pty_echo() -> Result<(std::process::Child, std::path::PathBuf), String> {
     let mut t = rustix::termios::tcgetattr(&master).map_err(err)?;
     t.make_raw();
     rustix::termios::tcsetattr(&master, rustix::termios::OptionalActions::Now, &t).map_err(err)?;
-    let child = spawn_helper(&["__bench-pty-echo"], master, Stdio::inherit())?;
+    let child = spawn_peer(Peer::PtyEcho, master, Stdio::inherit())?;
     Ok((child, slave))
 }
 
@@ -236,7 +237,7 @@ fn stop(mut child: std::process::Child) {
 
 /// The baseline's echo: reads the master, writes back what it read.
 pub fn pty_echo_peer() -> Result<(), String> {
-    let master: OwnedFd = super::bench::inherited_fd()?;
+    let master: OwnedFd = super::peers::inherited_fd()?;
     let mut master = std::fs::File::from(master);
     let mut buf = vec![0u8; 64 * 1024];
     loop {

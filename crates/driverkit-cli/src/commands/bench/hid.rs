@@ -17,10 +17,10 @@ use driverkit_hid::ReportDescriptor;
 use driverkitd::families::hid::{HidEvent, HidSubscription};
 use driverkitd::Daemon;
 
-use super::bench::{
-    bench_daemon, percentiles, raw_pingpong, raw_pingpong_after, raw_spin_pingpong, spawn_echo,
-    stop_echo, Figure, Stat, Target,
+use super::baselines::{
+    raw_pingpong, raw_pingpong_after, raw_spin_pingpong, spawn_echo, stop_echo,
 };
+use super::harness::{bench_daemon, percentiles, Figure, Stat, Target};
 use crate::drivers;
 
 const PRESS_A: [u8; 8] = [0, 0, 0x04, 0, 0, 0, 0, 0];
@@ -280,7 +280,7 @@ pub fn reports_per_sec(root: &Path, n: usize, reps: usize) -> Result<Vec<Figure>
     // The same with the device recorded (`device record`): what the tap
     // costs, beside the rate without it from this run.
     let (recorded, lost_recorded, recorded_packets, tap_lost) = {
-        let (r, packets) = super::bench::while_recorded(&daemon, device, || {
+        let (r, packets) = super::harness::while_recorded(&daemon, device, || {
             report_rates(&daemon, device, &mut events, n, reps)
         })?;
         let tap_lost = daemon.usb_tap_lost(device);

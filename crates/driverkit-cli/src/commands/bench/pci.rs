@@ -20,9 +20,8 @@ use driverkit::time::now_ns;
 use driverkitd::backends::virtual_device;
 use plist::Value;
 
-use super::bench::{
-    bench_daemon, percentiles, service_properties, spawn_helper, wait_started, Figure, Stat,
-};
+use super::harness::{bench_daemon, percentiles, service_properties, wait_started, Figure, Stat};
+use super::peers::{spawn_peer, Peer};
 use crate::drivers;
 
 /// Between interrupts (and eventfd wakes): long enough for every waiter
@@ -96,7 +95,7 @@ fn raw_eventfd_wake(n: usize) -> Result<(f64, f64), String> {
         .as_fd()
         .try_clone_to_owned()
         .map_err(|e| e.to_string())?;
-    let mut child = spawn_helper(&["__bench-eventfd"], theirs, Stdio::piped())?;
+    let mut child = spawn_peer(Peer::Eventfd, theirs, Stdio::piped())?;
     let mut times = child
         .stdout
         .take()
@@ -120,7 +119,7 @@ fn raw_eventfd_wake(n: usize) -> Result<(f64, f64), String> {
 /// The helper: blocks reading the inherited eventfd; for each wake, writes
 /// the time it woke (monotonic ns) to stdout.
 pub fn eventfd_peer() -> Result<(), String> {
-    let efd = super::bench::inherited_fd()?;
+    let efd = super::peers::inherited_fd()?;
     let mut out = std::io::stdout().lock();
     let mut count = [0u8; 8];
     while rustix::io::read(&efd, &mut count).is_ok() {

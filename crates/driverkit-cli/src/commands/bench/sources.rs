@@ -16,13 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::harness::{percentiles, Figure, Stat};
 use driverkit::prelude::*;
 use driverkit::runtime::instantiate;
 use driverkit::time::now_ns;
 use driverkit_wire::ring::Ring;
 use driverkit_wire::shm::{SharedMemory, SPIN};
-
-use super::bench::{percentiles, Figure, Stat};
 
 /// Ring size for the data-queue benchmarks.
 const RING: usize = 1 << 20;
@@ -113,13 +112,9 @@ fn run_pair(entry: usize, n: usize, raw: bool) -> Result<f64, String> {
         .as_fd()
         .try_clone_to_owned()
         .map_err(|e| e.to_string())?;
-    let (entry_arg, n_arg) = (entry.to_string(), n.to_string());
     let kind = if raw { "raw" } else { "dq" };
-    let mut child = super::bench::spawn_helper(
-        &["__bench-consume", kind, &entry_arg, &n_arg],
-        fd,
-        Stdio::piped(),
-    )?;
+    let peer = super::peers::Peer::Consume(kind, entry, n);
+    let mut child = super::peers::spawn_peer(peer, fd, Stdio::piped())?;
     let mut lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
     if lines.next().and_then(Result::ok).as_deref() != Some("ready") {
         let _ = child.kill();
@@ -182,9 +177,9 @@ fn raw_produce(shm: &SharedMemory, payload: &[u8], n: usize) {
     }
 }
 
-/// The consumer process: `__bench-consume raw|dq ENTRY N`.
+/// The consumer process (`Peer::Consume`).
 pub fn consume(kind: &str, entry: usize, n: usize) -> Result<(), String> {
-    let fd = super::bench::inherited_fd()?;
+    let fd = super::peers::inherited_fd()?;
     let mut out = std::io::stdout();
     if kind == "raw" {
         let shm = SharedMemory::from_fd(fd, 0).map_err(|e| e.to_string())?;

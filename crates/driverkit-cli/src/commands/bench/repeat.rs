@@ -4,7 +4,7 @@
 //! two medians. This machine's figures move between runs (shared, 2
 //! cores): one run's luck neither meets a target nor misses it.
 
-use super::bench::{Figure, Stat, Target};
+use super::harness::{Figure, Stat, Target};
 
 /// One figure over every run.
 struct Summary {

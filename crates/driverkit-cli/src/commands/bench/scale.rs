@@ -4,10 +4,9 @@
 //! stands beside the same daemon before the sensors were plugged (the two
 //! example dexts that need no device running).
 
+use super::harness::{Figure, Stat, Target};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-use super::bench::{Figure, Stat, Target};
 
 /// The dexts running before any device: NullDriver and PacketQueueDriver.
 const BASE: usize = 2;

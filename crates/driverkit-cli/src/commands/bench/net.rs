@@ -17,7 +17,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::bench::{bench_daemon, percentiles, spawn_helper, Figure, Stat, Target};
+use super::harness::{bench_daemon, percentiles, Figure, Stat, Target};
+use super::peers::{spawn_peer, Peer};
 use crate::drivers;
 
 const A: &str = "169.254.90.1";
@@ -301,7 +302,7 @@ fn raw(bytes: usize, datagrams: usize, pings: usize) -> Result<Measured, String>
     // number as an argument (inherited: no close-on-exec).
     rustix::io::fcntl_setfd(&fd1, rustix::io::FdFlags::empty()).map_err(|e| e.to_string())?;
     let second = fd1.as_raw_fd().to_string();
-    let mut child = spawn_helper(&["__bench-tap-forward", &second], fd0, Stdio::inherit())?;
+    let mut child = spawn_peer(Peer::TapForward(&second), fd0, Stdio::inherit())?;
     drop(fd1);
     let pair = Pair::new([&names[0], &names[1]]);
     let r = pair.and_then(|p| measure(&p, bytes, datagrams, pings));
@@ -314,7 +315,7 @@ fn raw(bytes: usize, datagrams: usize, pings: usize) -> Result<Measured, String>
 /// The baseline's forwarder: frames from one TAP to the other, both ways.
 pub fn tap_forward_peer(second: &str) -> Result<(), String> {
     use std::os::fd::FromRawFd;
-    let first = std::fs::File::from(super::bench::inherited_fd()?);
+    let first = std::fs::File::from(super::peers::inherited_fd()?);
     let second: i32 = second.parse().map_err(|_| "the second TAP's descriptor")?;
     // SAFETY: the parent passes this second descriptor too (its number as
     // the argument, inherited) for this process alone to own.

@@ -5,13 +5,12 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use super::harness::{percentiles, while_recorded, Figure, Stat, Target};
 use driverkit_usb::{kind, Setup};
 use driverkitd::backends::usbip::{UsbIpDevice, UsbIpUrl};
 use driverkitd::backends::virtual_device;
 use driverkitd::families::usb::UsbTransport;
 use driverkitd::{Config, Daemon};
-
-use super::bench::{percentiles, while_recorded, Figure, Stat, Target};
 
 /// GET_DESCRIPTOR(Device): a CMD_SUBMIT of 48 bytes, a RET_SUBMIT of 48
 /// plus the 18-byte descriptor.
