@@ -40,6 +40,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use driverkit_bundle::signature;
 use serde::{Deserialize, Serialize};
 
 /// Where an extension is in its life, as `systemextensionsctl` says it.
@@ -107,6 +108,71 @@ pub struct Store {
     records: Records,
 }
 
+/// Why the extension store could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file or folder of the store, or of the bundle being copied.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `store.json` does not parse.
+    #[error("{}: not a store record file: {source}", path.display())]
+    Records {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A folder of the store that is not the daemon user's folder: someone
+    /// else could change the store under it.
+    #[error(
+        "{}: {found} (uid {owner}), not a folder of the daemon's user (uid {me}); the extension store must be the daemon's alone: remove it, or start the daemon with another --root",
+        path.display()
+    )]
+    NotOurs {
+        path: PathBuf,
+        found: &'static str,
+        owner: u32,
+        me: u32,
+    },
+    /// The bundle identifier cannot name a folder of the store.
+    #[error("bundle identifier: {0}")]
+    Identifier(String),
+    /// The bundle was refused as it was read (a link, a FIFO, a size, a
+    /// mode: `driverkit_bundle::untrusted` says which).
+    #[error("{0}")]
+    Bundle(String),
+    /// `_CodeSignature/` holds a file the signature does not cover.
+    #[error(
+        "{}: {} holds only {} and {}; nothing else there is signed",
+        path.display(),
+        signature::DIR,
+        signature::MANIFEST,
+        signature::SIGNATURE
+    )]
+    Unsigned { path: PathBuf },
+    /// A file of the bundle grew while it was copied.
+    #[error("{}: grew past {limit} bytes while it was copied", path.display())]
+    Grew { path: PathBuf, limit: u64 },
+}
+
+impl StoreError {
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+        move |source| StoreError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+impl From<StoreError> for String {
+    fn from(e: StoreError) -> String {
+        e.to_string()
+    }
+}
+
 const RECORDS: &str = "store.json";
 const STAGING: &str = "staging";
 
@@ -114,15 +180,19 @@ impl Store {
     /// Opens (or creates) the store at `dir`, finishing what a crash
     /// interrupted: copies no record names are deleted, and extensions
     /// waiting to uninstall are removed.
-    pub fn open(dir: &Path) -> Result<Store, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
         own_folder(dir, 0o755)?;
         let file = dir.join(RECORDS);
         let records = match std::fs::read(&file) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| format!("{}: not a store record file: {e}", file.display()))?,
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| StoreError::Records {
+                    path: file.clone(),
+                    source,
+                })?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Records::default(),
-            Err(e) => return Err(format!("{}: {e}", file.display())),
+            Err(e) => return Err(StoreError::io(&file)(e)),
         };
         let mut store = Store {
             dir: dir.to_owned(),
@@ -166,10 +236,10 @@ impl Store {
     /// `bundle_id`, synced, under its final name; nothing names it until a
     /// record does (`commit`). Returns the generation. (Activation does
     /// the same in three steps, so that the copy runs unlocked.)
-    pub fn add_copy(&mut self, source: &Path, bundle_id: &str) -> Result<u64, String> {
+    pub fn add_copy(&mut self, source: &Path, bundle_id: &str) -> Result<u64, StoreError> {
         let generation = self.reserve()?;
         let staged = self.staged_path(bundle_id, generation)?;
-        let from = driverkit_bundle::untrusted::open_dir(source)?;
+        let from = driverkit_bundle::untrusted::open_dir(source).map_err(StoreError::Bundle)?;
         stage(std::os::fd::AsFd::as_fd(&from), source, &staged)?;
         self.install(bundle_id, generation)?;
         Ok(generation)
@@ -177,7 +247,7 @@ impl Store {
 
     /// Takes the next generation for a copy. Committed first, so that a
     /// crash never reuses a generation whose half copy is still on disk.
-    pub fn reserve(&mut self) -> Result<u64, String> {
+    pub fn reserve(&mut self) -> Result<u64, StoreError> {
         let generation = self.records.next_generation;
         let mut next = self.records.clone();
         next.next_generation += 1;
@@ -187,9 +257,9 @@ impl Store {
 
     /// Where generation `generation` of `bundle_id` is staged: under
     /// `staging/` (made here, `0700`), nothing there yet.
-    pub fn staged_path(&self, bundle_id: &str, generation: u64) -> Result<PathBuf, String> {
+    pub fn staged_path(&self, bundle_id: &str, generation: u64) -> Result<PathBuf, StoreError> {
         driverkit_bundle::check_identifier(bundle_id)
-            .map_err(|e| format!("bundle identifier: {e}"))?;
+            .map_err(|e| StoreError::Identifier(e.to_string()))?;
         let staging = self.dir.join(STAGING);
         own_folder(&staging, 0o700)?;
         let staged = staging.join(format!("{bundle_id}-{generation}.dext"));
@@ -198,7 +268,7 @@ impl Store {
     }
 
     /// Renames a staged copy (checked by the caller) into place.
-    pub fn install(&mut self, bundle_id: &str, generation: u64) -> Result<PathBuf, String> {
+    pub fn install(&mut self, bundle_id: &str, generation: u64) -> Result<PathBuf, StoreError> {
         let staged = self
             .dir
             .join(STAGING)
@@ -206,7 +276,7 @@ impl Store {
         let home = self.dir.join(bundle_id);
         own_folder(&home, 0o755)?;
         let target = home.join(format!("{generation}.dext"));
-        std::fs::rename(&staged, &target).map_err(|e| format!("{}: {e}", target.display()))?;
+        std::fs::rename(&staged, &target).map_err(StoreError::io(&target))?;
         sync_dir(&home)?;
         crash_point("store-staged");
         Ok(target)
@@ -215,16 +285,18 @@ impl Store {
     /// Makes `next` the store's records: written to a temporary file,
     /// synced, renamed over `store.json`, the directory synced. Then copies
     /// no record names any more are deleted.
-    pub fn commit(&mut self, next: Records) -> Result<(), String> {
+    pub fn commit(&mut self, next: Records) -> Result<(), StoreError> {
         let file = self.dir.join(RECORDS);
         let temporary = self.dir.join(format!("{RECORDS}.new"));
-        let bytes = serde_json::to_vec_pretty(&next).map_err(|e| e.to_string())?;
-        let mut f = std::fs::File::create(&temporary)
-            .map_err(|e| format!("{}: {e}", temporary.display()))?;
+        let bytes = serde_json::to_vec_pretty(&next).map_err(|source| StoreError::Records {
+            path: file.clone(),
+            source,
+        })?;
+        let mut f = std::fs::File::create(&temporary).map_err(StoreError::io(&temporary))?;
         f.write_all(&bytes)
             .and_then(|()| f.sync_all())
-            .map_err(|e| format!("{}: {e}", temporary.display()))?;
-        std::fs::rename(&temporary, &file).map_err(|e| format!("{}: {e}", file.display()))?;
+            .map_err(StoreError::io(&temporary))?;
+        std::fs::rename(&temporary, &file).map_err(StoreError::io(&file))?;
         sync_dir(&self.dir)?;
         self.records = next;
         crash_point("store-committed");
@@ -264,26 +336,30 @@ impl Store {
 /// Makes the store's folder `dir` if it is not there, and makes sure it is
 /// the daemon user's with `mode`: a folder someone else owns could be
 /// changed under the store.
-fn own_folder(dir: &Path, mode: u32) -> Result<(), String> {
+fn own_folder(dir: &Path, mode: u32) -> Result<(), StoreError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     match std::fs::create_dir(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(format!("{}: {e}", dir.display())),
+        Err(e) => return Err(StoreError::io(dir)(e)),
     }
-    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let meta = std::fs::symlink_metadata(dir).map_err(StoreError::io(dir))?;
     let me = rustix::process::geteuid().as_raw();
     if !meta.is_dir() || meta.uid() != me {
-        return Err(format!(
-            "{}: {} (uid {}), not a folder of the daemon's user (uid {me}); the extension store must be the daemon's alone: remove it, or start the daemon with another --root",
-            dir.display(),
-            if meta.is_dir() { "a folder of another user" } else { "not a folder" },
-            meta.uid()
-        ));
+        return Err(StoreError::NotOurs {
+            path: dir.to_owned(),
+            found: if meta.is_dir() {
+                "a folder of another user"
+            } else {
+                "not a folder"
+            },
+            owner: meta.uid(),
+            me,
+        });
     }
     if meta.mode() & 0o7777 != mode {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
+            .map_err(StoreError::io(dir))?;
     }
     Ok(())
 }
@@ -293,25 +369,28 @@ fn own_folder(dir: &Path, mode: u32) -> Result<(), String> {
 /// `0755` (any execute bit), every file synced. `_CodeSignature/` may hold
 /// only the signature's own files. Takes no lock: the caller holds none
 /// either.
-pub fn stage(from: std::os::fd::BorrowedFd<'_>, source: &Path, to: &Path) -> Result<(), String> {
-    use driverkit_bundle::{signature, untrusted};
+pub fn stage(
+    from: std::os::fd::BorrowedFd<'_>,
+    source: &Path,
+    to: &Path,
+) -> Result<(), StoreError> {
+    use driverkit_bundle::untrusted;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let create_dir = |dir: &Path| {
         std::fs::create_dir(dir)
             .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)))
-            .map_err(|e| format!("{}: {e}", dir.display()))
+            .map_err(StoreError::io(dir))
     };
     create_dir(to)?;
     let mut dirs = vec![to.to_owned()];
-    let copied = untrusted::walk(from, source, &mut |rel, item| {
+    // The walk's callback answers in the bundle crate's words (a String);
+    // what went wrong on our side is kept here, typed.
+    let mut ours: Option<StoreError> = None;
+    let mut copy = |rel: &Path, item: untrusted::Item| -> Result<(), StoreError> {
         if signature::smuggled(rel) {
-            return Err(format!(
-                "{}: {} holds only {} and {}; nothing else there is signed",
-                source.join(rel).display(),
-                signature::DIR,
-                signature::MANIFEST,
-                signature::SIGNATURE
-            ));
+            return Err(StoreError::Unsigned {
+                path: source.join(rel),
+            });
         }
         let target = to.join(rel);
         match item {
@@ -331,27 +410,34 @@ pub fn stage(from: std::os::fd::BorrowedFd<'_>, source: &Path, to: &Path) -> Res
                     .mode(mode)
                     .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                     .open(&target)
-                    .map_err(|e| format!("{}: {e}", target.display()))?;
+                    .map_err(StoreError::io(&target))?;
                 let limit = untrusted::MAX_FILE;
                 let n = std::io::copy(&mut std::io::Read::take(&mut file, limit + 1), &mut out)
-                    .map_err(|e| format!("{}: {e}", source.join(rel).display()))?;
+                    .map_err(StoreError::io(&source.join(rel)))?;
                 if n > limit {
-                    return Err(format!(
-                        "{}: grew past {limit} bytes while it was copied",
-                        source.join(rel).display()
-                    ));
+                    return Err(StoreError::Grew {
+                        path: source.join(rel),
+                        limit,
+                    });
                 }
                 // The umask does not decide what the dext's user may read.
                 out.set_permissions(std::fs::Permissions::from_mode(mode))
                     .and_then(|()| out.sync_all())
-                    .map_err(|e| format!("{}: {e}", target.display()))?;
+                    .map_err(StoreError::io(&target))?;
             }
         }
         Ok(())
+    };
+    let copied = untrusted::walk(from, source, &mut |rel, item| {
+        copy(rel, item).map_err(|e| {
+            let words = e.to_string();
+            ours = Some(e);
+            words
+        })
     });
-    if let Err(e) = copied {
+    if let Err(words) = copied {
         let _ = std::fs::remove_dir_all(to);
-        return Err(e);
+        return Err(ours.take().unwrap_or(StoreError::Bundle(words)));
     }
     for dir in dirs.iter().rev() {
         sync_dir(dir)?;
@@ -360,10 +446,10 @@ pub fn stage(from: std::os::fd::BorrowedFd<'_>, source: &Path, to: &Path) -> Res
     Ok(())
 }
 
-fn sync_dir(dir: &Path) -> Result<(), String> {
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     std::fs::File::open(dir)
         .and_then(|f| f.sync_all())
-        .map_err(|e| format!("{}: {e}", dir.display()))
+        .map_err(StoreError::io(dir))
 }
 
 /// Fault injection for the crash-safety tests: with

@@ -183,7 +183,7 @@ pub(crate) struct Inner {
     pub(crate) workers: crate::workers::Workers,
     pub(crate) families: Families,
     /// The extension store, or why it did not open.
-    pub(crate) store: Mutex<Result<crate::store::Store, String>>,
+    pub(crate) store: Mutex<Result<crate::store::Store, crate::store::StoreError>>,
     /// Serializes system extension requests.
     pub(crate) sysext_lock: Mutex<()>,
     /// The app that asked for each extension waiting for approval: it may
