@@ -544,11 +544,12 @@ fn handle(daemon: &Core, peer: &Peer, req: Request) -> Result<serde_json::Value,
                 .map_err(|e| e.to_string())?;
             Ok(json!({ "plist": String::from_utf8_lossy(&xml) }))
         }
-        Request::Unplug { id } => daemon.unplug(id).map(|()| json!({})),
+        Request::Unplug { id } => daemon.unplug(id).map(|()| json!({})).map_err(String::from),
         Request::Devices => serde_json::to_value(daemon.devices()).map_err(|e| e.to_string()),
         Request::Load { path } => daemon
             .load_for_developer(&path)
-            .map(|id| json!({ "bundle": id })),
+            .map(|id| json!({ "bundle": id }))
+            .map_err(String::from),
         Request::Status => Ok(json!({ "pid": std::process::id(), "dexts": daemon.pids() })),
         Request::Why { id } => daemon
             .why(id)

@@ -185,12 +185,10 @@ impl Store {
         own_folder(dir, 0o755)?;
         let file = dir.join(RECORDS);
         let records = match std::fs::read(&file) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|source| StoreError::Records {
-                    path: file.clone(),
-                    source,
-                })?
-            }
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Records {
+                path: file.clone(),
+                source,
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Records::default(),
             Err(e) => return Err(StoreError::io(&file)(e)),
         };
@@ -560,6 +558,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(RECORDS), "{").unwrap();
         let e = Store::open(dir.path()).err().unwrap();
-        assert!(e.contains("store.json: not a store record file"), "{e}");
+        assert!(matches!(e, StoreError::Records { .. }), "{e}");
+        assert!(e.to_string().contains("store.json: not a store record file"), "{e}");
     }
 }

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use driverkit_bundle::{location, signature, untrusted, Bundle, Entitlements, Version};
 use serde::{Deserialize, Serialize};
 
+use crate::lifecycle::CoreError;
 use crate::store::{self, Extension, ExtensionState, Records, Store};
 use crate::Core;
 
@@ -181,14 +182,11 @@ impl Core {
 
     /// `load PATH`: a bundle straight from a path skips activation,
     /// approval and the signature check, so only developer mode allows it.
-    pub fn load_for_developer(&self, path: &Path) -> Result<String, String> {
+    pub fn load_for_developer(&self, path: &Path) -> Result<String, CoreError> {
         // Where it is says more than whether it may be loaded.
-        driverkit_bundle::location::containing_app(path)?;
+        driverkit_bundle::location::containing_app(path).map_err(CoreError::NotInAnApp)?;
         if !self.trust().0 {
-            return Err(format!(
-                "load needs developer mode: a bundle loaded from a path ({}) skips activation, approval and signature checks; an administrator turns it on with `driverkit sysext developer on`, or ship the dext in an app and use `driverkit sysext activate`",
-                path.display()
-            ));
+            return Err(CoreError::NeedsDeveloperMode(path.to_owned()));
         }
         self.load_bundle(path)
     }

@@ -195,6 +195,35 @@ pub(crate) struct Inner {
     pub(crate) sandbox: crate::sandbox::Sandbox,
 }
 
+/// Why the core refused a request about a bundle or a device.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// `unplug` of an entry no backend plugged.
+    #[error("no plugged device with id {0:#x} (see `driverkit device list`)")]
+    NotPlugged(EntryId),
+    /// A request about an entry the registry does not hold.
+    #[error("no registry entry {0:#x} (driverkit ioreg shows them)")]
+    NoEntry(EntryId),
+    /// A bundle outside an app's `Contents/Library/SystemExtensions`.
+    #[error("{0}")]
+    NotInAnApp(String),
+    /// `load PATH` outside developer mode.
+    #[error(
+        "load needs developer mode: a bundle loaded from a path ({}) skips activation, approval and signature checks; an administrator turns it on with `driverkit sysext developer on`, or ship the dext in an app and use `driverkit sysext activate`",
+        .0.display()
+    )]
+    NeedsDeveloperMode(PathBuf),
+    /// A bundle that does not load or whose entitlements do not hold.
+    #[error(transparent)]
+    Bundle(#[from] driverkit_bundle::BundleError),
+}
+
+impl From<CoreError> for String {
+    fn from(e: CoreError) -> String {
+        e.to_string()
+    }
+}
+
 /// A running core. Dropping it does not stop it; call [`Core::shutdown`].
 #[derive(Clone)]
 pub struct Core {
@@ -285,16 +314,16 @@ impl Core {
     /// Validates and adds a bundle, then runs matching again everywhere.
     /// The bundle must sit in an app's `Contents/Library/SystemExtensions`
     /// folder. Returns the bundle identifier.
-    pub fn load_bundle(&self, path: &std::path::Path) -> Result<String, String> {
-        driverkit_bundle::location::containing_app(path)?;
+    pub fn load_bundle(&self, path: &std::path::Path) -> Result<String, CoreError> {
+        driverkit_bundle::location::containing_app(path).map_err(CoreError::NotInAnApp)?;
         self.add_bundle(path)
     }
 
     /// Loads a bundle whose place was checked already (the extension
     /// store's copies): validation and entitlements, then matching.
-    pub(crate) fn add_bundle(&self, path: &std::path::Path) -> Result<String, String> {
-        let bundle = Bundle::load(path).map_err(|e| e.to_string())?;
-        bundle.check_entitlements().map_err(|e| e.to_string())?;
+    pub(crate) fn add_bundle(&self, path: &std::path::Path) -> Result<String, CoreError> {
+        let bundle = Bundle::load(path)?;
+        bundle.check_entitlements()?;
         Ok(self.add_bundle_value(bundle))
     }
 
@@ -376,13 +405,11 @@ impl Core {
     /// may win again): what a recording that must hold the drivers' start
     /// asks for. Answers the drivers' names; they restart on the daemon's
     /// workers.
-    pub fn restart_drivers(&self, device: EntryId) -> Result<Vec<String>, String> {
+    pub fn restart_drivers(&self, device: EntryId) -> Result<Vec<String>, CoreError> {
         let lowest: Vec<(EntryId, String)> = {
             let st = self.inner.lock();
             if st.registry.get(device).is_none() {
-                return Err(format!(
-                    "no registry entry {device:#x} (driverkit ioreg shows them)"
-                ));
+                return Err(CoreError::NoEntry(device));
             }
             let hosted = |id: EntryId| st.registry.get(id).is_some_and(|e| e.hosting.is_some());
             st.registry
@@ -415,13 +442,11 @@ impl Core {
 
     /// Unplugs a device a backend plugged: its clients stop bottom-up,
     /// then it goes (and its family forgets it).
-    pub fn unplug(&self, id: EntryId) -> Result<(), String> {
+    pub fn unplug(&self, id: EntryId) -> Result<(), CoreError> {
         let name = {
             let st = self.inner.lock();
             if !st.plugged.contains_key(&id) {
-                return Err(format!(
-                    "no plugged device with id {id:#x} (see `driverkit device list`)"
-                ));
+                return Err(CoreError::NotPlugged(id));
             }
             st.registry
                 .get(id)
