@@ -399,7 +399,7 @@ fn serve_client(
         if let (Some(o), Some(op)) = (&object, op) {
             if let Some((role, handler)) = extensions.streams.get(op) {
                 if let Err(e) = peer.allow(*role, op) {
-                    let answer = serde_json::json!({ "error": e });
+                    let answer = serde_json::json!({ "error": e.to_string() });
                     writer.write_all(format!("{answer}\n").as_bytes())?;
                     continue;
                 }
@@ -407,10 +407,11 @@ fn serve_client(
             }
         }
         let extension = match (&object, op) {
-            (Some(o), Some(op)) => extensions
-                .requests
-                .get(op)
-                .map(|(role, h)| peer.allow(*role, op).and_then(|()| h(o))),
+            (Some(o), Some(op)) => extensions.requests.get(op).map(|(role, h)| {
+                peer.allow(*role, op)
+                    .map_err(String::from)
+                    .and_then(|()| h(o))
+            }),
             _ => None,
         };
         let response = match extension {
@@ -425,7 +426,7 @@ fn serve_client(
                 Ok(req) => {
                     let (role, what) = role_of(&req);
                     match peer.allow(role, what) {
-                        Err(e) => Response::Error(e),
+                        Err(e) => Response::Error(e.into()),
                         Ok(()) => match req {
                             Request::Lifecycle => return stream_lifecycle(daemon, writer),
                             Request::ServiceOpen { service, kind } => {

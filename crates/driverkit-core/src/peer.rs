@@ -38,10 +38,83 @@ pub struct Peer {
     pub pid: u32,
     pub uid: u32,
     pub gid: u32,
-    /// Why it is, or is not, an administrator (for refusals).
-    admin: Result<(), String>,
+    /// Whether it is an administrator, or why not (for refusals).
+    admin: Result<(), NotAdministrator>,
     /// The process as it connected.
     pin: Option<Pin>,
+}
+
+/// Why a peer is not an administrator.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("uid {uid} is not root{}", group.as_ref().map(|g| format!(" or in group {g}")).unwrap_or_default())]
+pub struct NotAdministrator {
+    pub uid: u32,
+    /// The administrators' group, where the daemon has one.
+    pub group: Option<String>,
+}
+
+/// Why a peer may not do what it asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Denied {
+    /// A request for administrators only.
+    #[error("{what} needs an administrator: {why}")]
+    NotAdministrator { what: String, why: NotAdministrator },
+    /// The process is not, or can no longer be shown to be, the one that
+    /// connected.
+    #[error("pid {pid}: {why}")]
+    NotTheOneThatConnected { pid: u32, why: Unpinned },
+    /// Its app's identity could be borrowed by its user.
+    #[error("pid {pid} ({}): {why}", exe.display())]
+    Borrowable {
+        pid: u32,
+        exe: PathBuf,
+        why: Borrowable,
+    },
+}
+
+/// How a connection lost the process that opened it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unpinned {
+    #[error("its executable cannot be read: {0}")]
+    Unreadable(String),
+    #[error("its connection carries no process to pin")]
+    NoPin,
+    #[error("the process that connected has ended")]
+    Ended,
+    #[error("not the process that connected (it ended and its PID was reused)")]
+    Reused,
+    #[error("it executed another program after it connected; an app's identity is the program that opened the connection")]
+    Executed,
+}
+
+/// Why an app's identity does not count for the process running it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Borrowable {
+    /// What the check needs from `/proc` or the file system cannot be read.
+    #[error("{what} cannot be read: {error}")]
+    Unreadable { what: String, error: String },
+    #[error(
+        "{} is writable by uid {uid} (owner {owner}, mode {mode:04o}); an app's identity counts only for an app its user cannot change: install it where only an administrator writes (like /opt)",
+        path.display()
+    )]
+    Writable {
+        path: PathBuf,
+        uid: u32,
+        owner: u32,
+        mode: u32,
+    },
+    #[error("its environment sets {0}, which loads code the app does not carry; start the app without it")]
+    Preloaded(&'static str),
+    #[error("it runs code from {0}, outside the system's library folders and its own bundle")]
+    ForeignCode(String),
+    #[error("it is traced by pid {0} (a debugger could act in its name); developer mode (`driverkit sysext developer on`) allows debugging apps")]
+    Traced(u32),
+}
+
+impl From<Denied> for String {
+    fn from(e: Denied) -> String {
+        e.to_string()
+    }
 }
 
 /// What pins a connection to the process that opened it.
@@ -101,9 +174,9 @@ impl Peer {
                 Some(admins) if gid == admins || supplementary_groups(pid).contains(&admins) => {
                     Ok(())
                 }
-                _ => Err(match group {
-                    Some(g) => format!("uid {uid} is not root or in group {g}"),
-                    None => format!("uid {uid} is not root"),
+                _ => Err(NotAdministrator {
+                    uid,
+                    group: group.map(str::to_owned),
                 }),
             }
         };
@@ -119,10 +192,13 @@ impl Peer {
     /// Whether the peer may do `what`, which needs `role`; the refusal names
     /// the rule (`approve needs an administrator: uid 1000 is not root or in
     /// group driverkit`).
-    pub fn allow(&self, role: Role, what: &str) -> Result<(), String> {
+    pub fn allow(&self, role: Role, what: &str) -> Result<(), Denied> {
         match (role, &self.admin) {
             (Role::Anyone, _) | (Role::Administrator, Ok(())) => Ok(()),
-            (Role::Administrator, Err(why)) => Err(format!("{what} needs an administrator: {why}")),
+            (Role::Administrator, Err(why)) => Err(Denied::NotAdministrator {
+                what: what.to_owned(),
+                why: why.clone(),
+            }),
         }
     }
 
@@ -143,16 +219,21 @@ impl Peer {
     /// The app the peer's executable sits in (`None`: not in an app), if
     /// its identity holds (see the module's comment); the refusal names the
     /// rule. `developer`: developer mode, in which a traced app counts.
-    pub fn app(&self, developer: bool) -> Result<Option<PathBuf>, String> {
+    pub fn app(&self, developer: bool) -> Result<Option<PathBuf>, Denied> {
         let pid = self.pid;
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-            .map_err(|e| format!("pid {pid}: its executable cannot be read: {e}"))?;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|e| {
+            Denied::NotTheOneThatConnected {
+                pid,
+                why: Unpinned::Unreadable(e.to_string()),
+            }
+        })?;
         self.still_the_one_that_connected()?;
         let Some(app) = driverkit_bundle::location::app_of_executable(&exe) else {
             return Ok(None);
         };
         if !self.is_admin() {
-            self.check_not_borrowed(&exe, &app, developer)?;
+            self.check_not_borrowed(&exe, &app, developer)
+                .map_err(|why| Denied::Borrowable { pid, exe, why })?;
             // Everything above was read from /proc while the process ran on.
             self.still_the_one_that_connected()?;
         }
@@ -161,35 +242,40 @@ impl Peer {
 
     /// The process behind the PID is the one that connected, running the
     /// program it ran then.
-    fn still_the_one_that_connected(&self) -> Result<(), String> {
+    fn still_the_one_that_connected(&self) -> Result<(), Denied> {
         let pid = self.pid;
+        let unpinned = |why| Denied::NotTheOneThatConnected { pid, why };
         let Some(pin) = &self.pin else {
-            return Err(format!(
-                "pid {pid}: its connection carries no process to pin"
-            ));
+            return Err(unpinned(Unpinned::NoPin));
         };
         if let Some(fd) = &pin.pidfd {
             if pidfd_pid(fd) != Some(pid) {
-                return Err(format!("pid {pid}: the process that connected has ended"));
+                return Err(unpinned(Unpinned::Ended));
             }
         }
         if start_time(pid) != Some(pin.start_time) {
-            return Err(format!(
-                "pid {pid}: not the process that connected (it ended and its PID was reused)"
-            ));
+            return Err(unpinned(Unpinned::Reused));
         }
         if exe_identity(pid) != Some(pin.exe) {
-            return Err(format!(
-                "pid {pid}: it executed another program after it connected; an app's identity is the program that opened the connection"
-            ));
+            return Err(unpinned(Unpinned::Executed));
         }
         Ok(())
     }
 
     /// The rules that keep a user from borrowing an app's identity.
-    fn check_not_borrowed(&self, exe: &Path, app: &Path, developer: bool) -> Result<(), String> {
+    fn check_not_borrowed(
+        &self,
+        exe: &Path,
+        app: &Path,
+        developer: bool,
+    ) -> Result<(), Borrowable> {
         let pid = self.pid;
-        let refused = |why: String| format!("pid {pid} ({}): {why}", exe.display());
+        let unreadable = |what: String| {
+            move |e: std::io::Error| Borrowable::Unreadable {
+                what,
+                error: e.to_string(),
+            }
+        };
         // 1. Nothing of the app is the caller's to change.
         let mut folder = exe.parent();
         let mut checked = vec![exe];
@@ -202,52 +288,45 @@ impl Peer {
         }
         for path in checked {
             use std::os::unix::fs::MetadataExt;
-            let meta = std::fs::symlink_metadata(path)
-                .map_err(|e| refused(format!("{}: {e}", path.display())))?;
+            let meta =
+                std::fs::symlink_metadata(path).map_err(unreadable(path.display().to_string()))?;
             let writable = meta.uid() == self.uid
                 || (meta.mode() & 0o020 != 0 && self.in_group(meta.gid()))
                 || meta.mode() & 0o002 != 0;
             if writable {
-                return Err(refused(format!(
-                    "{} is writable by uid {} (owner {}, mode {:04o}); an app's identity counts only for an app its user cannot change: install it where only an administrator writes (like /opt)",
-                    path.display(),
-                    self.uid,
-                    meta.uid(),
-                    meta.mode() & 0o7777
-                )));
+                return Err(Borrowable::Writable {
+                    path: path.to_owned(),
+                    uid: self.uid,
+                    owner: meta.uid(),
+                    mode: meta.mode() & 0o7777,
+                });
             }
         }
         // 2. Nobody's code loaded into it.
         let environ = std::fs::read(format!("/proc/{pid}/environ"))
-            .map_err(|e| refused(format!("its environment cannot be read: {e}")))?;
+            .map_err(unreadable("its environment".into()))?;
         for var in environ.split(|b| *b == 0) {
             for name in ["LD_PRELOAD", "LD_AUDIT"] {
                 if var.starts_with(format!("{name}=").as_bytes()) && var.len() > name.len() + 1 {
-                    return Err(refused(format!(
-                        "its environment sets {name}, which loads code the app does not carry; start the app without it"
-                    )));
+                    return Err(Borrowable::Preloaded(name));
                 }
             }
         }
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-            .map_err(|e| refused(format!("its mappings cannot be read: {e}")))?;
+            .map_err(unreadable("its mappings".into()))?;
         if let Some(foreign) = foreign_code(&maps, app) {
-            return Err(refused(format!(
-                "it runs code from {foreign}, outside the system's library folders and its own bundle"
-            )));
+            return Err(Borrowable::ForeignCode(foreign));
         }
         // 3. Not driven by someone else's debugger.
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .map_err(|e| refused(format!("its status cannot be read: {e}")))?;
+            .map_err(unreadable("its status".into()))?;
         let tracer = status
             .lines()
             .find_map(|l| l.strip_prefix("TracerPid:"))
             .and_then(|t| t.trim().parse::<u32>().ok())
             .unwrap_or(0);
         if tracer != 0 && !developer {
-            return Err(refused(format!(
-                "it is traced by pid {tracer} (a debugger could act in its name); developer mode (`driverkit sysext developer on`) allows debugging apps"
-            )));
+            return Err(Borrowable::Traced(tracer));
         }
         Ok(())
     }
@@ -386,12 +465,17 @@ mod tests {
         let user = Peer::new(1, 4000, 4000, Some("no-such-group-here"));
         assert!(user.allow(Role::Anyone, "ioreg").is_ok());
         assert_eq!(
-            user.allow(Role::Administrator, "approve").unwrap_err(),
+            user.allow(Role::Administrator, "approve")
+                .unwrap_err()
+                .to_string(),
             "approve needs an administrator: uid 4000 is not root or in group no-such-group-here"
         );
         let no_group = Peer::new(1, 4000, 4000, None);
         assert_eq!(
-            no_group.allow(Role::Administrator, "trust").unwrap_err(),
+            no_group
+                .allow(Role::Administrator, "trust")
+                .unwrap_err()
+                .to_string(),
             "trust needs an administrator: uid 4000 is not root"
         );
         // A per-user daemon's own user administers it.
@@ -419,10 +503,18 @@ mod tests {
         assert!(peer.still_the_one_that_connected().is_ok());
         let mut moved = peer.clone();
         moved.pin.as_mut().unwrap().exe.1 ^= 1;
-        assert!(moved
-            .still_the_one_that_connected()
-            .unwrap_err()
-            .contains("executed another program"));
+        let e = moved.still_the_one_that_connected().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Denied::NotTheOneThatConnected {
+                    why: Unpinned::Executed,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("executed another program"), "{e}");
     }
 
     #[test]

@@ -559,6 +559,10 @@ mod tests {
         std::fs::write(dir.path().join(RECORDS), "{").unwrap();
         let e = Store::open(dir.path()).err().unwrap();
         assert!(matches!(e, StoreError::Records { .. }), "{e}");
-        assert!(e.to_string().contains("store.json: not a store record file"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("store.json: not a store record file"),
+            "{e}"
+        );
     }
 }

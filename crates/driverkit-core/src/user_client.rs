@@ -211,7 +211,9 @@ impl Core {
             return Ok(());
         }
         let (developer, trusted) = self.trust();
-        let app = peer.app(developer).map_err(Refusal::not_permitted)?;
+        let app = peer
+            .app(developer)
+            .map_err(|e| Refusal::not_permitted(e.into()))?;
         let Some(app) = app else {
             return Err(Refusal::not_permitted(format!(
                 "pid {pid} is not in an app, so nothing entitles it to {bundle}'s user clients (and the dext does not allow any app)"
