@@ -554,6 +554,7 @@ fn handle(daemon: &Core, peer: &Peer, req: Request) -> Result<serde_json::Value,
         Request::Status => Ok(json!({ "pid": std::process::id(), "dexts": daemon.pids() })),
         Request::Why { id } => daemon
             .why(id)
+            .map_err(String::from)
             .and_then(|e| serde_json::to_value(e).map_err(|e| e.to_string())),
         Request::Lifecycle | Request::ServiceOpen { .. } => {
             Err("a streaming request; it has its own connection".into())

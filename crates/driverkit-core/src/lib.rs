@@ -42,7 +42,7 @@ pub mod why;
 mod workers;
 
 pub use family::{Call, Family, FamilyId, FamilyMatcher, MatchTarget};
-pub use lifecycle::{Config, Core, DeviceInfo, Event};
+pub use lifecycle::{Config, Core, CoreError, DeviceInfo, Event};
 pub use peer::{Peer, Role};
 pub use registry::EntryId;
 pub use system::{DriverCaller, Nub, System};

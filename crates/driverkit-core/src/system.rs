@@ -20,7 +20,7 @@ use driverkit_wire::shm::SharedMemory;
 use driverkit_wire::{IOResult, IOReturn};
 
 use crate::family::Family;
-use crate::lifecycle::{Event, Inner};
+use crate::lifecycle::{CoreError, Event, Inner};
 use crate::registry::EntryId;
 
 /// What families and backends may ask of the core. Cloning is cheap.
@@ -123,12 +123,13 @@ impl System {
     /// Publishes a device a backend plugged (`nub.plugged_from` names where
     /// it came from), lets its family keep its handle (`keep`, before any
     /// driver can be offered the device), logs it and runs matching.
-    pub fn plug(&self, nub: Nub<'_>, keep: impl FnOnce(EntryId)) -> Result<EntryId, String> {
+    pub fn plug(&self, nub: Nub<'_>, keep: impl FnOnce(EntryId)) -> Result<EntryId, CoreError> {
         let (name, class) = (nub.name.to_owned(), nub.class.to_owned());
         let source = nub.plugged_from.clone().unwrap_or_default();
-        let id = self
-            .publish(nub)
-            .map_err(|e| format!("{source}: its bus is gone ({e})"))?;
+        let id = self.publish(nub).map_err(|status| CoreError::BusGone {
+            from: source.clone(),
+            status,
+        })?;
         keep(id);
         tracing::info!("plug     {name} [{id:#x}] ({class}, from {source})");
         self.match_nub(id);

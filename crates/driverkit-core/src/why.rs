@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 
-use crate::lifecycle::Core;
+use crate::lifecycle::{Core, CoreError};
 use crate::matching::{best_first, Candidate, Verdict};
 use crate::registry::EntryId;
 
@@ -38,11 +38,12 @@ pub struct Explanation {
 
 impl Core {
     /// Why each personality does or does not drive `provider`.
-    pub fn why(&self, provider: EntryId) -> Result<Explanation, String> {
+    pub fn why(&self, provider: EntryId) -> Result<Explanation, CoreError> {
         let st = self.inner.lock();
-        let entry = st.registry.get(provider).ok_or_else(|| {
-            format!("no registry entry {provider:#x}; `driverkit ioreg` lists them")
-        })?;
+        let entry = st
+            .registry
+            .get(provider)
+            .ok_or(CoreError::NoEntry(provider))?;
         let resources = st.resources();
         let target = entry.match_target();
         // Who runs on it now, by personality.

@@ -196,7 +196,7 @@ impl Inner {
             Err(e) => {
                 tracing::error!("launch   {} failed: {e}", driver.bundle.identifier);
                 self.lock().registry.remove(id);
-                self.record_crash(&driver.key(), provider, &e);
+                self.record_crash(&driver.key(), provider, &e.to_string());
                 return Attach::Crashed;
             }
         };
@@ -323,7 +323,7 @@ impl Inner {
     pub(super) fn server_for(
         &self,
         driver: &crate::matching::Driver,
-    ) -> Result<Arc<UserServer>, String> {
+    ) -> Result<Arc<UserServer>, CoreError> {
         let p = &driver.personality;
         // Two attaches must not both start "the" shared process of a
         // server name; unshared processes start in parallel.
@@ -365,7 +365,10 @@ impl Inner {
             },
             self.system.weak(),
         )
-        .map_err(|e| format!("{}: {e}", driver.bundle.executable.display()))?;
+        .map_err(|error| CoreError::Launch {
+            executable: driver.bundle.executable.clone(),
+            error,
+        })?;
         tracing::info!(
             "launch   {} pid {} ({})",
             p.server_name,

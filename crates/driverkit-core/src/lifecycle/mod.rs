@@ -213,6 +213,16 @@ pub enum CoreError {
         .0.display()
     )]
     NeedsDeveloperMode(PathBuf),
+    /// A device whose bus left the registry before the device was published.
+    #[error("{from}: its bus is gone ({status})")]
+    BusGone { from: String, status: IOReturn },
+    /// A dext process that could not be started.
+    #[error("{}: {error}", executable.display())]
+    Launch {
+        executable: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
     /// A bundle that does not load or whose entitlements do not hold.
     #[error(transparent)]
     Bundle(#[from] driverkit_bundle::BundleError),

@@ -460,7 +460,8 @@ impl VirtualDevices {
                     spec.properties.clone(),
                     device.clone(),
                 )
-                .inspect_err(|_| crate::families::pci::PciDevice::unplugged(&*device));
+                .inspect_err(|_| crate::families::pci::PciDevice::unplugged(&*device))
+                .map_err(String::from);
         }
         if let Some(uart) = &spec.uart {
             let device = VirtualUart::start(&spec.name, uart);
@@ -481,7 +482,8 @@ impl VirtualDevices {
                     },
                     device.clone(),
                 )
-                .inspect_err(|_| device.unplug());
+                .inspect_err(|_| device.unplug())
+                .map_err(String::from);
         }
         let latency = spec
             .properties
@@ -493,17 +495,19 @@ impl VirtualDevices {
                 .then(|| InterruptModel::start(&spec.name, &spec.interrupts)),
             latency: Duration::from_millis(latency),
         });
-        self.plain.plug(
-            &self.system,
-            PlainNub {
-                name: &spec.name,
-                class: &spec.class,
-                properties: spec.properties.clone(),
-                bus,
-                source: &spec.source,
-            },
-            device,
-        )
+        self.plain
+            .plug(
+                &self.system,
+                PlainNub {
+                    name: &spec.name,
+                    class: &spec.class,
+                    properties: spec.properties.clone(),
+                    bus,
+                    source: &spec.source,
+                },
+                device,
+            )
+            .map_err(String::from)
     }
 
     /// The virtual USB device `id`, while it is plugged.

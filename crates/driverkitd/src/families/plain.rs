@@ -47,7 +47,7 @@ impl PlainFamily {
         system: &System,
         nub: PlainNub<'_>,
         device: Arc<dyn PlainDevice>,
-    ) -> Result<EntryId, String> {
+    ) -> Result<EntryId, driverkit_core::CoreError> {
         system.plug(
             Nub {
                 name: nub.name,

@@ -81,7 +81,7 @@ impl NetFamily {
         bus: EntryId,
         source: &str,
         device: Arc<dyn NicDevice>,
-    ) -> Result<EntryId, String> {
+    ) -> Result<EntryId, driverkit_core::CoreError> {
         system.plug(
             Nub {
                 name,

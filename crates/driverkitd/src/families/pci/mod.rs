@@ -163,7 +163,7 @@ impl PciFamily {
         source: &str,
         extra: plist::Dictionary,
         device: Arc<dyn PciDevice>,
-    ) -> Result<EntryId, String> {
+    ) -> Result<EntryId, driverkit_core::CoreError> {
         let (name, mut properties) = nub_properties(&*device);
         properties.extend(extra);
         system.plug(

@@ -126,7 +126,7 @@ impl SerialFamily {
         system: &System,
         nub: UartNub<'_>,
         device: Arc<dyn UartDevice>,
-    ) -> Result<EntryId, String> {
+    ) -> Result<EntryId, driverkit_core::CoreError> {
         system.plug(
             Nub {
                 name: nub.name,
