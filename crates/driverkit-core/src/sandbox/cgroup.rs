@@ -54,16 +54,34 @@ pub(crate) struct NewCgroup {
     pub procs: OwnedFd,
 }
 
+/// Why the daemon has no cgroup subtree to make the dexts' groups in.
+#[derive(Debug, thiserror::Error)]
+pub enum NoCgroups {
+    #[error("no cgroup v2 hierarchy is mounted")]
+    NotMounted,
+    #[error("this process is in no cgroup v2 group")]
+    NotInOne,
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
 impl Cgroups {
     /// Finds the daemon's cgroup v2 subtree and prepares it; `None`, with
     /// the reason, when there is none it may write.
-    pub fn discover() -> Result<Cgroups, String> {
-        let mount = cgroup2_mount().ok_or("no cgroup v2 hierarchy is mounted")?;
+    pub fn discover() -> Result<Cgroups, NoCgroups> {
+        let mount = cgroup2_mount().ok_or(NoCgroups::NotMounted)?;
         let own = std::fs::read_to_string("/proc/self/cgroup")
-            .map_err(|e| format!("/proc/self/cgroup: {e}"))?
+            .map_err(|source| NoCgroups::Io {
+                path: "/proc/self/cgroup".into(),
+                source,
+            })?
             .lines()
             .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
-            .ok_or("this process is in no cgroup v2 group")?;
+            .ok_or(NoCgroups::NotInOne)?;
         let own_dir = mount.join(own.trim_start_matches('/'));
         let parent = if own == "/" {
             remove_stale(&mount);
@@ -74,8 +92,11 @@ impl Cgroups {
             // Out of the way of the dexts' controllers: into a leaf.
             let leaf = own_dir.join("daemon");
             make_dir(&leaf)?;
-            std::fs::write(leaf.join("cgroup.procs"), "0")
-                .map_err(|e| format!("{}: {e}", leaf.join("cgroup.procs").display()))?;
+            let procs = leaf.join("cgroup.procs");
+            std::fs::write(&procs, "0").map_err(|source| NoCgroups::Io {
+                path: procs.clone(),
+                source,
+            })?;
             own_dir
         };
         // The controllers this subtree was given, for the dexts below.
@@ -206,11 +227,14 @@ fn cgroup2_mount() -> Option<PathBuf> {
     })
 }
 
-fn make_dir(path: &Path) -> Result<(), String> {
+fn make_dir(path: &Path) -> Result<(), NoCgroups> {
     match std::fs::create_dir(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(source) => Err(NoCgroups::Io {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 

@@ -54,16 +54,39 @@ pub enum Mode {
     Off,
 }
 
+/// Why a sandbox policy cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("unknown sandbox mode '{0}': expected enforce, log or off")]
+    UnknownMode(String),
+    #[error("sandbox user '{0}' not found in /etc/passwd: create it, or choose another with --dext-user")]
+    NoSuchUser(String),
+    #[error(
+        "sandbox user '{0}' is root: dexts must run unprivileged; choose another with --dext-user"
+    )]
+    RootUser(String),
+    /// The seccomp filter does not compile for this machine.
+    #[error("seccomp filter: {0}")]
+    Seccomp(String),
+    /// The Landlock rules every dext shares cannot be opened.
+    #[error("landlock: {0}")]
+    Landlock(String),
+}
+
+impl From<PolicyError> for String {
+    fn from(e: PolicyError) -> String {
+        e.to_string()
+    }
+}
+
 impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Mode, String> {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Mode, PolicyError> {
         match s {
             "enforce" | "on" => Ok(Mode::Enforce),
             "log" => Ok(Mode::Log),
             "off" => Ok(Mode::Off),
-            other => Err(format!(
-                "unknown sandbox mode '{other}': expected enforce, log or off"
-            )),
+            other => Err(PolicyError::UnknownMode(other.to_owned())),
         }
     }
 }
@@ -202,7 +225,7 @@ pub(crate) struct Credentials {
 impl Policy {
     /// Checks the policy as the daemon will resolve it, so that `run` can
     /// refuse a bad one before starting.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), PolicyError> {
         Sandbox::resolve(self).map(drop)
     }
 }
@@ -220,7 +243,7 @@ pub(crate) struct Sandbox {
     shared_rules: Option<landlock::Shared>,
     /// Why no dext can be launched: a policy that could not be resolved.
     /// Never a silent fallback to running unconfined.
-    broken: Option<String>,
+    broken: Option<PolicyError>,
     /// Where each dext's cgroup is made, if the daemon has a subtree.
     cgroups: Option<cgroup::Cgroups>,
 }
@@ -271,7 +294,7 @@ impl Sandbox {
         sandbox
     }
 
-    fn resolve(policy: &Policy) -> Result<Sandbox, String> {
+    fn resolve(policy: &Policy) -> Result<Sandbox, PolicyError> {
         if policy.mode == Mode::Off {
             tracing::warn!(
                 "sandbox  OFF: dexts run as the daemon's user with its authority; use this only to debug a driver"
@@ -297,15 +320,9 @@ impl Sandbox {
             }
             (None, true) => Users::Dynamic,
             (Some(user), true) => {
-                let ids = user_ids(user).ok_or_else(|| {
-                    format!(
-                        "sandbox user '{user}' not found in /etc/passwd: create it, or choose another with --dext-user"
-                    )
-                })?;
+                let ids = user_ids(user).ok_or_else(|| PolicyError::NoSuchUser(user.clone()))?;
                 if ids.uid == 0 {
-                    return Err(format!(
-                        "sandbox user '{user}' is root: dexts must run unprivileged; choose another with --dext-user"
-                    ));
+                    return Err(PolicyError::RootUser(user.clone()));
                 }
                 tracing::info!(
                     "sandbox  every dext runs as {user} (uid {}): they share its thread limit of {THREADS}",
@@ -314,7 +331,8 @@ impl Sandbox {
                 Users::Fixed(ids)
             }
         };
-        let filter = seccomp::compile(policy.mode).map_err(|e| format!("seccomp filter: {e}"))?;
+        let filter =
+            seccomp::compile(policy.mode).map_err(|e| PolicyError::Seccomp(e.to_string()))?;
         if policy.mode == Mode::Log {
             tracing::warn!(
                 "sandbox  LOG mode: system calls outside the allowlist are logged, not refused; Landlock is not applied"
@@ -333,7 +351,9 @@ impl Sandbox {
             audit: None,
             landlock_abi,
             shared_rules: match policy.mode {
-                Mode::Enforce => Some(landlock::Shared::open().map_err(|e| e.to_string())?),
+                Mode::Enforce => Some(
+                    landlock::Shared::open().map_err(|e| PolicyError::Landlock(e.to_string()))?,
+                ),
                 Mode::Log | Mode::Off => None,
             },
             broken: None,
@@ -355,7 +375,7 @@ impl Sandbox {
         limits: Limits,
     ) -> io::Result<Prepared> {
         if let Some(e) = &self.broken {
-            return Err(io::Error::other(e.clone()));
+            return Err(io::Error::other(e.to_string()));
         }
         let fd = exec::open_executable(executable)?;
         let ruleset = match &self.shared_rules {
@@ -444,9 +464,11 @@ mod tests {
         assert_eq!("log".parse::<Mode>(), Ok(Mode::Log));
         assert_eq!("enforce".parse::<Mode>(), Ok(Mode::Enforce));
         let e = "lax".parse::<Mode>().unwrap_err();
+        assert_eq!(e, PolicyError::UnknownMode("lax".into()));
+        let words = e.to_string();
         assert!(
-            e.contains("'lax'") && e.contains("enforce, log or off"),
-            "{e}"
+            words.contains("'lax'") && words.contains("enforce, log or off"),
+            "{words}"
         );
     }
 
