@@ -648,6 +648,39 @@ fn answer(result: Result<crate::sysext::Outcome, crate::sysext::Failure>) -> ser
     }
 }
 
+/// Why a request to the daemon got no answer, or got a refusal.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens at the state folder's socket.
+    #[error("no daemon is running at {} ({source}); start one with `driverkit run`", root.display())]
+    NoDaemon {
+        root: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection failed while a request or its answer was on it.
+    #[error("daemon connection: {0}")]
+    Connection(#[from] std::io::Error),
+    /// The daemon hung up before it answered.
+    #[error("the daemon closed the connection")]
+    Closed,
+    /// The daemon answered with something that is not an answer.
+    #[error("bad answer from the daemon: {0}")]
+    BadAnswer(String),
+    /// The daemon refused the request and said why.
+    #[error("{0}")]
+    Refused(String),
+    /// The registry archive the daemon sent does not read as one.
+    #[error("bad registry archive: {0}")]
+    Archive(String),
+}
+
+impl From<ClientError> for String {
+    fn from(e: ClientError) -> String {
+        e.to_string()
+    }
+}
+
 /// A connection to a running daemon.
 pub struct Client {
     reader: BufReader<UnixStream>,
@@ -656,15 +689,13 @@ pub struct Client {
 
 impl Client {
     /// Connects to the daemon whose state directory is `root`.
-    pub fn connect(root: &Path) -> Result<Client, String> {
+    pub fn connect(root: &Path) -> Result<Client, ClientError> {
         let path = root.join(SOCKET);
-        let stream = UnixStream::connect(&path).map_err(|e| {
-            format!(
-                "no daemon is running at {} ({e}); start one with `driverkit run`",
-                root.display()
-            )
+        let stream = UnixStream::connect(&path).map_err(|source| ClientError::NoDaemon {
+            root: root.to_owned(),
+            source,
         })?;
-        let writer = stream.try_clone().map_err(|e| e.to_string())?;
+        let writer = stream.try_clone()?;
         Ok(Client {
             reader: BufReader::new(stream),
             writer,
@@ -673,24 +704,20 @@ impl Client {
 
     /// Sends one request (the core's [`Request`], a family's, or a type
     /// combining them) and waits for its answer.
-    pub fn request<R: Serialize>(&mut self, req: &R) -> Result<serde_json::Value, String> {
-        let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    pub fn request<R: Serialize>(&mut self, req: &R) -> Result<serde_json::Value, ClientError> {
+        let mut line = serde_json::to_string(req).map_err(std::io::Error::other)?;
         line.push('\n');
-        self.writer
-            .write_all(line.as_bytes())
-            .map_err(|e| format!("daemon connection: {e}"))?;
+        self.writer.write_all(line.as_bytes())?;
         let mut answer = String::new();
-        self.reader
-            .read_line(&mut answer)
-            .map_err(|e| format!("daemon connection: {e}"))?;
+        self.reader.read_line(&mut answer)?;
         if answer.is_empty() {
-            return Err("the daemon closed the connection".into());
+            return Err(ClientError::Closed);
         }
         match serde_json::from_str::<Response>(&answer)
-            .map_err(|e| format!("bad answer from the daemon: {e}"))?
+            .map_err(|e| ClientError::BadAnswer(e.to_string()))?
         {
             Response::Ok(v) => Ok(v),
-            Response::Error(e) => Err(e),
+            Response::Error(e) => Err(ClientError::Refused(e)),
         }
     }
 
@@ -699,7 +726,7 @@ impl Client {
     pub fn stream<R: Serialize, T: serde::de::DeserializeOwned>(
         self,
         req: &R,
-    ) -> Result<impl Iterator<Item = Result<T, String>>, String> {
+    ) -> Result<impl Iterator<Item = Result<T, ClientError>>, ClientError> {
         self.stream_answered(req).map(|(_, lines)| lines)
     }
 
@@ -707,27 +734,32 @@ impl Client {
     pub fn stream_answered<R: Serialize, T: serde::de::DeserializeOwned>(
         mut self,
         req: &R,
-    ) -> Result<(serde_json::Value, impl Iterator<Item = Result<T, String>>), String> {
+    ) -> Result<
+        (
+            serde_json::Value,
+            impl Iterator<Item = Result<T, ClientError>>,
+        ),
+        ClientError,
+    > {
         let answer = self.request(req)?;
         Ok((
             answer,
             self.reader.lines().map(|line| {
-                let line = line.map_err(|e| format!("daemon connection: {e}"))?;
-                serde_json::from_str(&line).map_err(|e| format!("bad line from the daemon: {e}"))
+                serde_json::from_str(&line?).map_err(|e| ClientError::BadAnswer(e.to_string()))
             }),
         ))
     }
 
     /// The registry tree.
-    pub fn registry(&mut self) -> Result<crate::ioreg::Node, String> {
+    pub fn registry(&mut self) -> Result<crate::ioreg::Node, ClientError> {
         let v = self.request(&Request::Registry)?;
         let xml = v
             .get("plist")
             .and_then(|p| p.as_str())
-            .ok_or("answer without plist")?;
+            .ok_or_else(|| ClientError::BadAnswer("a registry answer without plist".into()))?;
         let value = plist::Value::from_reader_xml(xml.as_bytes())
-            .map_err(|e| format!("bad registry archive: {e}"))?;
-        crate::ioreg::Node::from_archive(&value)
+            .map_err(|e| ClientError::Archive(e.to_string()))?;
+        crate::ioreg::Node::from_archive(&value).map_err(|e| ClientError::Archive(e.to_string()))
     }
 }
 

@@ -122,9 +122,9 @@ struct Hub {
     next: std::sync::atomic::AtomicU64,
 }
 
-static HUB: OnceLock<Result<Hub, String>> = OnceLock::new();
+static HUB: OnceLock<Result<Hub, rustix::io::Errno>> = OnceLock::new();
 
-fn hub() -> Result<&'static Hub, String> {
+fn hub() -> std::io::Result<&'static Hub> {
     // The thread starts once the hub is in the static, and is handed it:
     // a thread started inside the initialisation could look before the
     // static holds anything, and end, leaving every dext's log unread.
@@ -132,7 +132,7 @@ fn hub() -> Result<&'static Hub, String> {
     let hub = HUB
         .get_or_init(|| {
             created = true;
-            let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| e.to_string())?;
+            let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
             Ok(Hub {
                 epoll,
                 streams: Mutex::new(HashMap::new()),
@@ -140,7 +140,7 @@ fn hub() -> Result<&'static Hub, String> {
             })
         })
         .as_ref()
-        .map_err(Clone::clone)?;
+        .map_err(|e| std::io::Error::from(*e))?;
     if created {
         if let Err(e) = std::thread::Builder::new()
             .name("dext-logs".into())
@@ -172,7 +172,7 @@ impl Hub {
 /// Forwards `socket` (a dext's stdout and stderr) into the log as `label`
 /// until the dext closes it.
 pub(crate) fn forward(socket: UnixStream, label: String) -> std::io::Result<()> {
-    let hub = hub().map_err(std::io::Error::other)?;
+    let hub = hub()?;
     socket.set_nonblocking(true)?;
     let token = hub.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let rate = f64::from(limits::LOG_LINES_PER_SECOND);

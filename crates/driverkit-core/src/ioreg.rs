@@ -78,22 +78,36 @@ pub struct Node {
     pub children: Vec<Node>,
 }
 
+/// What is wrong with a registry archive (`ioreg -a`'s plist).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("a registry node must be a dictionary")]
+    NotADictionary,
+    /// A node lacks a key every node has, or holds it with the wrong type.
+    #[error("node without {0}")]
+    Missing(&'static str),
+}
+
+impl From<ArchiveError> for String {
+    fn from(e: ArchiveError) -> String {
+        e.to_string()
+    }
+}
+
 impl Node {
     /// Parses an archive node; errors name the key that is wrong.
-    pub fn from_archive(v: &Value) -> Result<Node, String> {
-        let d = v
-            .as_dictionary()
-            .ok_or("a registry node must be a dictionary")?;
-        let string = |k: &str| {
+    pub fn from_archive(v: &Value) -> Result<Node, ArchiveError> {
+        let d = v.as_dictionary().ok_or(ArchiveError::NotADictionary)?;
+        let string = |k: &'static str| {
             d.get(k)
                 .and_then(Value::as_string)
                 .map(str::to_owned)
-                .ok_or(format!("node without {k}"))
+                .ok_or(ArchiveError::Missing(k))
         };
         let id = d
             .get(ID)
             .and_then(Value::as_unsigned_integer)
-            .ok_or(format!("node without {ID}"))?;
+            .ok_or(ArchiveError::Missing(ID))?;
         let flag = |k: &str| {
             d.get(STATE)
                 .and_then(Value::as_dictionary)

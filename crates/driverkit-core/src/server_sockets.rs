@@ -41,7 +41,7 @@ struct Reader {
     next: AtomicU64,
 }
 
-static READER: OnceLock<Result<Reader, String>> = OnceLock::new();
+static READER: OnceLock<Result<Reader, rustix::io::Errno>> = OnceLock::new();
 
 /// Most messages taken from one socket before the others get their turn.
 const BURST: usize = 64;
@@ -50,14 +50,14 @@ const BURST: usize = 64;
 /// handled (what it left behind could otherwise keep writing for ever).
 const DRAIN: usize = 4096;
 
-fn reader() -> Result<&'static Reader, String> {
+fn reader() -> std::io::Result<&'static Reader> {
     // The thread is handed the reader once it is in the static (as the log
     // hub does): one started inside the initialisation could look first.
     let mut created = false;
     let reader = READER
         .get_or_init(|| {
             created = true;
-            let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| e.to_string())?;
+            let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
             Ok(Reader {
                 epoll,
                 watched: Mutex::new(HashMap::new()),
@@ -65,12 +65,16 @@ fn reader() -> Result<&'static Reader, String> {
             })
         })
         .as_ref()
-        .map_err(Clone::clone)?;
+        .map_err(|e| std::io::Error::from(*e))?;
     if created {
         std::thread::Builder::new()
             .name("dext-sockets".into())
             .spawn(move || reader.run())
-            .map_err(|e| format!("cannot start the thread that reads dext sockets: {e}"))?;
+            .map_err(|e| {
+                std::io::Error::other(format!(
+                    "cannot start the thread that reads dext sockets: {e}"
+                ))
+            })?;
     }
     Ok(reader)
 }
@@ -82,7 +86,7 @@ pub(crate) fn watch(
     child: Process,
     daemon: Weak<Inner>,
 ) -> std::io::Result<()> {
-    let reader = reader().map_err(std::io::Error::other)?;
+    let reader = reader()?;
     let token = reader.next.fetch_add(1, Ordering::Relaxed);
     let pidfd = rustix::process::Pid::from_raw(child.id() as i32).and_then(|pid| {
         rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()

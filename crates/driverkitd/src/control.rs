@@ -16,7 +16,7 @@ use crate::backends::virtual_device;
 use crate::families::hid::HidEvent;
 use crate::Daemon;
 
-pub use driverkit_core::control::{Client, Request as CoreRequest, SOCKET};
+pub use driverkit_core::control::{Client, ClientError, Request as CoreRequest, SOCKET};
 
 /// A device to plug: a built-in by name, or a file's text (read by the CLI,
 /// so that the daemon never opens paths on a client's behalf).
@@ -443,9 +443,9 @@ pub fn events(
 ) -> Result<
     (
         Option<String>,
-        impl Iterator<Item = Result<HidEvent, String>>,
+        impl Iterator<Item = Result<HidEvent, ClientError>>,
     ),
-    String,
+    ClientError,
 > {
     let (answer, lines) = Client::connect(root)?.stream_answered(&HidRequest::Events)?;
     let without_keys = (answer["keyboard"] == false).then(|| {

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 pub use bench::run_peer_if_asked as run_bench_peer_if_asked;
 use clap::{Parser, Subcommand};
-use driverkitd::control::{Client, CoreRequest as Request};
+use driverkitd::control::{Client, ClientError, CoreRequest as Request};
 
 #[derive(Parser)]
 #[command(
@@ -154,11 +154,11 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
         }
         Command::Stop => match client(&root)?.request(&Request::Shutdown) {
             Ok(_) => Ok(()),
-            // A daemon with little to stop may exit before its answer is
-            // written: for a stop, a connection closed unanswered is the
-            // daemon gone, as asked.
-            Err(e) if e == "the daemon closed the connection" => Ok(()),
-            Err(e) => Err(e),
+            // The daemon answers a stop before it exits; a connection
+            // closed unanswered is still the daemon gone, as asked (an
+            // older daemon signalled its exit first).
+            Err(ClientError::Closed) => Ok(()),
+            Err(e) => Err(e.into()),
         },
         Command::Why(args) => why::why(&root, args),
         Command::Hid(cmd) => hid::hid(cmd),
@@ -198,7 +198,7 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
 }
 
 fn client(root: &std::path::Path) -> Result<Client, String> {
-    Client::connect(root)
+    Ok(Client::connect(root)?)
 }
 
 /// Logs to stderr with timestamps; `DRIVERKIT_LOG` filters (default info).

@@ -174,7 +174,7 @@ pub(super) fn daemon_rss(root: &Path, devices: usize) -> Result<Figure, String> 
         let mut client = loop {
             match driverkitd::control::Client::connect(&state) {
                 Ok(c) => break c,
-                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(e) if Instant::now() > deadline => return Err(String::from(e)),
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         };

@@ -59,7 +59,7 @@ pub fn daemon_scale(root: &std::path::Path, sensors: usize) -> Result<Vec<Figure
         let mut client = loop {
             match driverkitd::control::Client::connect(&state) {
                 Ok(c) => break c,
-                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(e) if Instant::now() > deadline => return Err(String::from(e)),
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         };
