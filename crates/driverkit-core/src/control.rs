@@ -71,10 +71,15 @@ pub enum Request {
     SysextTrust { key: String },
 }
 
+/// Why a family's or a backend's request was refused: its own error, said
+/// in words on the wire (the control protocol carries words; the handler's
+/// callers may still look at the type).
+pub type Refusal = Box<dyn std::error::Error + Send + Sync>;
+
 /// Serves one request of a family or backend: the request object (with its
-/// `op`), answered with a JSON value or an error message.
+/// `op`), answered with a JSON value or a refusal.
 pub type Handler =
-    Box<dyn Fn(&serde_json::Value) -> Result<serde_json::Value, String> + Send + Sync>;
+    Box<dyn Fn(&serde_json::Value) -> Result<serde_json::Value, Refusal> + Send + Sync>;
 
 /// Serves a streaming request for a peer (who may get less than others:
 /// keyboard events): after the handler has written its answer line, the
@@ -97,7 +102,7 @@ impl Extensions {
         &mut self,
         op: &str,
         role: Role,
-        handler: impl Fn(&serde_json::Value) -> Result<serde_json::Value, String>
+        handler: impl Fn(&serde_json::Value) -> Result<serde_json::Value, Refusal>
             + Send
             + Sync
             + 'static,
@@ -271,9 +276,16 @@ fn read_line(reader: &mut BufReader<FromPeer>, limit: usize) -> std::io::Result<
 }
 
 /// Decodes the request object a handler got into its own request type.
-pub fn decode<T: serde::de::DeserializeOwned>(request: &serde_json::Value) -> Result<T, String> {
-    T::deserialize(request).map_err(|e| format!("bad request: {e}"))
+pub fn decode<T: serde::de::DeserializeOwned>(
+    request: &serde_json::Value,
+) -> Result<T, BadRequest> {
+    T::deserialize(request).map_err(BadRequest)
 }
+
+/// A request whose fields are not the request's.
+#[derive(Debug, thiserror::Error)]
+#[error("bad request: {0}")]
+pub struct BadRequest(#[source] pub serde_json::Error);
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -410,7 +422,7 @@ fn serve_client(
             (Some(o), Some(op)) => extensions.requests.get(op).map(|(role, h)| {
                 peer.allow(*role, op)
                     .map_err(String::from)
-                    .and_then(|()| h(o))
+                    .and_then(|()| h(o).map_err(|e| e.to_string()))
             }),
             _ => None,
         };

@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 
-use driverkit_core::control::{decode, Extensions};
+use driverkit_core::control::{decode, Extensions, Refusal};
 use driverkit_core::Role;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -199,7 +199,7 @@ fn stream_record(
     let (preamble, live) = match daemon.record_usb(id) {
         Ok(r) => r,
         Err(e) => {
-            return writer.write_all(format!("{}\n", json!({ "error": e })).as_bytes());
+            return writer.write_all(format!("{}\n", json!({ "error": e.to_string() })).as_bytes());
         }
     };
     writer.write_all(format!("{}\n", json!({ "ok": { "id": id } })).as_bytes())?;
@@ -251,7 +251,7 @@ fn client_gone(stream: &UnixStream) -> bool {
     matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
 }
 
-fn device_request(daemon: &Daemon, request: DeviceRequest) -> Result<serde_json::Value, String> {
+fn device_request(daemon: &Daemon, request: DeviceRequest) -> Result<serde_json::Value, Refusal> {
     match request {
         DeviceRequest::Plug { device } => {
             let spec = match device {
@@ -274,14 +274,13 @@ fn device_request(daemon: &Daemon, request: DeviceRequest) -> Result<serde_json:
                     let name = std::path::Path::new(&path)
                         .file_stem()
                         .map_or_else(|| path.clone(), |s| s.to_string_lossy().into_owned());
-                    return daemon
-                        .plug_recording(&name, &bytes, fast, device)
-                        .map(|id| json!({ "id": id }));
+                    let id = daemon.plug_recording(&name, &bytes, fast, device)?;
+                    return Ok(json!({ "id": id }));
                 }
             };
-            daemon.plug(spec).map(|id| json!({ "id": id }))
+            Ok(json!({ "id": daemon.plug(spec)? }))
         }
-        DeviceRequest::Attach { url } => daemon.attach_usbip(&url).map(|id| json!({ "id": id })),
+        DeviceRequest::Attach { url } => Ok(json!({ "id": daemon.attach_usbip(&url)? })),
         DeviceRequest::Export {
             ids,
             listen,
@@ -297,12 +296,11 @@ fn device_request(daemon: &Daemon, request: DeviceRequest) -> Result<serde_json:
                     .collect::<Vec<_>>(),
             }))
         }
-        DeviceRequest::Type { id, text } => daemon
-            .type_text(id, &text)
-            .map(|reports| json!({ "reports": reports })),
+        DeviceRequest::Type { id, text } => Ok(json!({ "reports": daemon.type_text(id, &text)? })),
         DeviceRequest::Report { id, report } => {
             let bytes = driverkit_wire::hex::decode(&report).map_err(|e| format!("report: {e}"))?;
-            daemon.queue_report(id, &bytes).map(|()| json!({}))
+            daemon.queue_report(id, &bytes)?;
+            Ok(json!({}))
         }
         DeviceRequest::Output { id } => {
             let hex = daemon
@@ -313,7 +311,22 @@ fn device_request(daemon: &Daemon, request: DeviceRequest) -> Result<serde_json:
     }
 }
 
-fn serial_request(daemon: &Daemon, request: SerialRequest) -> Result<serde_json::Value, String> {
+/// A `serial set` asking for a line no UART has.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadLine {
+    #[error("baud: expected a rate above 0")]
+    Baud,
+    #[error("data bits: expected 5 to 8, found {0}")]
+    DataBits(u8),
+    #[error("parity: expected none, odd, even, mark or space, found {0:?}")]
+    Parity(String),
+    #[error("stop bits: expected 1, 1.5 or 2, found {0:?}")]
+    StopBits(String),
+    #[error("flow: expected none, rtscts or xonxoff, found {0:?}")]
+    Flow(String),
+}
+
+fn serial_request(daemon: &Daemon, request: SerialRequest) -> Result<serde_json::Value, Refusal> {
     use driverkit_wire::serial::{flow, parity};
     let (port, set) = match request {
         SerialRequest::SerialGet { port } => (port, None),
@@ -327,13 +340,13 @@ fn serial_request(daemon: &Daemon, request: SerialRequest) -> Result<serde_json:
         let mut line = port.line();
         if let Some(baud) = set.baud {
             if baud == 0 {
-                return Err("baud: expected a rate above 0".into());
+                return Err(BadLine::Baud.into());
             }
             line.termios.baud = baud;
         }
         if let Some(bits) = set.data_bits {
             if !(5..=8).contains(&bits) {
-                return Err(format!("data bits: expected 5 to 8, found {bits}"));
+                return Err(BadLine::DataBits(bits).into());
             }
             line.data_bits = bits;
         }
@@ -344,11 +357,7 @@ fn serial_request(daemon: &Daemon, request: SerialRequest) -> Result<serde_json:
                 "even" => parity::EVEN,
                 "mark" => parity::MARK,
                 "space" => parity::SPACE,
-                other => {
-                    return Err(format!(
-                        "parity: expected none, odd, even, mark or space, found {other:?}"
-                    ))
-                }
+                other => return Err(BadLine::Parity(other.to_owned()).into()),
             };
         }
         if let Some(stop) = &set.stop_bits {
@@ -356,7 +365,7 @@ fn serial_request(daemon: &Daemon, request: SerialRequest) -> Result<serde_json:
                 "1" => 2,
                 "1.5" => 3,
                 "2" => 4,
-                other => return Err(format!("stop bits: expected 1, 1.5 or 2, found {other:?}")),
+                other => return Err(BadLine::StopBits(other.to_owned()).into()),
             };
         }
         if let Some(f) = &set.flow {
@@ -364,11 +373,7 @@ fn serial_request(daemon: &Daemon, request: SerialRequest) -> Result<serde_json:
                 "none" => 0,
                 "rtscts" => flow::CTS | flow::RTS,
                 "xonxoff" => flow::TX_XON_XOFF | flow::RX_XON_XOFF,
-                other => {
-                    return Err(format!(
-                        "flow: expected none, rtscts or xonxoff, found {other:?}"
-                    ))
-                }
+                other => return Err(BadLine::Flow(other.to_owned()).into()),
             };
         }
         line.dtr = set.dtr.unwrap_or(line.dtr);
@@ -489,8 +494,12 @@ mod tests {
             decode(&json!({ "op": "plug", "device": { "builtin": "nonesuch" } })).unwrap(),
         )
         .unwrap_err();
-        assert!(e.contains("no built-in device named \"nonesuch\""), "{e}");
-        assert!(e.contains("keyboard"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("no built-in device named \"nonesuch\""),
+            "{e}"
+        );
+        assert!(e.to_string().contains("keyboard"), "{e}");
         drop(x);
         daemon.shutdown();
     }

@@ -15,6 +15,7 @@
 
 pub mod backends;
 pub mod control;
+pub mod error;
 pub mod families;
 
 use driverkit_wire::sync::Locked;
@@ -22,8 +23,10 @@ use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
+use backends::usbip_server::ExportError;
 pub use driverkit_core::{ioreg, matching, registry, root, store, sysext, user_client};
 pub use driverkit_core::{Core, DeviceInfo, EntryId, Event};
+pub use error::DaemonError;
 
 use backends::virtual_device::{DeviceSpec, VirtualDevices};
 use families::hid::HidSubscription;
@@ -187,8 +190,8 @@ impl Daemon {
     }
 
     /// Plugs a virtual device into the virtual bus and matches it.
-    pub fn plug(&self, spec: DeviceSpec) -> Result<EntryId, String> {
-        self.virtual_devices.plug(spec)
+    pub fn plug(&self, spec: DeviceSpec) -> Result<EntryId, DaemonError> {
+        Ok(self.virtual_devices.plug(spec)?)
     }
 
     /// Plugs the device a recording shows (pcapng or pcap of usbmon
@@ -200,32 +203,35 @@ impl Daemon {
         bytes: &[u8],
         fast: bool,
         only: Option<(u16, u8)>,
-    ) -> Result<EntryId, String> {
-        let frames = driverkit_usb::recording::read(bytes).map_err(|e| format!("{name}: {e}"))?;
-        let replay = backends::replay::Replay::new(name, &frames, fast, only)
-            .map_err(|e| format!("{name}: {e}"))?;
-        self.families.usb.plug(
+    ) -> Result<EntryId, DaemonError> {
+        let replay_error = |error| DaemonError::Replay {
+            name: name.to_owned(),
+            error,
+        };
+        let frames = driverkit_usb::recording::read(bytes)
+            .map_err(|e| replay_error(backends::replay::ReplayError::Unreadable(e)))?;
+        let replay =
+            backends::replay::Replay::new(name, &frames, fast, only).map_err(replay_error)?;
+        Ok(self.families.usb.plug(
             &self.core.system(),
             None,
             Arc::new(replay),
             self.virtual_devices.bus()?,
-        )
+        )?)
     }
 
     /// Imports a device from a USB/IP server (`usbip://HOST[:PORT]/BUSID`);
     /// it becomes an `IOUSBHostDevice` like any other. A dropped
     /// connection unplugs it.
-    pub fn attach_usbip(&self, url: &str) -> Result<EntryId, String> {
-        backends::usbip::attach(
+    pub fn attach_usbip(&self, url: &str) -> Result<EntryId, DaemonError> {
+        Ok(backends::usbip::attach(
             &self.core.system(),
             &self.families.usb,
             self.virtual_devices.bus()?,
             url,
-        )
+        )?)
     }
 
-    /// Exports USB devices `ids` (all of them when empty) over USB/IP at
-    /// `listen`; answers the address and each device's bus ID.
     /// Exports devices `ids` (all when empty) at `listen`, to the peers in
     /// `allow` (addresses or CIDR ranges; loopback when empty) and, on
     /// loopback, to administrators and `users` (names or IDs).
@@ -235,7 +241,7 @@ impl Daemon {
         listen: &str,
         allow: &[String],
         users: &[String],
-    ) -> Result<(std::net::SocketAddr, Vec<(EntryId, String)>), String> {
+    ) -> Result<(std::net::SocketAddr, Vec<(EntryId, String)>), DaemonError> {
         let access = backends::usbip_access::Access {
             allow: allow
                 .iter()
@@ -245,7 +251,7 @@ impl Daemon {
                 .iter()
                 .map(|u| {
                     driverkit_core::sandbox::user_id(u)
-                        .ok_or_else(|| format!("--user {u:?}: no such user in /etc/passwd"))
+                        .ok_or_else(|| DaemonError::NoSuchUser(u.clone()))
                 })
                 .collect::<Result<_, _>>()?,
             admin_group: self.core.admin_group().map(str::to_owned),
@@ -273,19 +279,19 @@ impl Daemon {
         let (_, server) = servers
             .iter()
             .find(|(l, _)| l == listen)
-            .ok_or("the USB/IP server did not start")?;
+            .ok_or(ExportError::NotStarted)?;
         server.export(&ids, &access)?;
         Ok((server.address, exported))
     }
 
     /// Makes virtual keyboard `id` type `text`.
-    pub fn type_text(&self, id: EntryId, text: &str) -> Result<usize, String> {
-        self.virtual_devices.type_text(id, text)
+    pub fn type_text(&self, id: EntryId, text: &str) -> Result<usize, DaemonError> {
+        Ok(self.virtual_devices.type_text(id, text)?)
     }
 
     /// Queues one input report on virtual USB HID device `id`.
-    pub fn queue_report(&self, id: EntryId, report: &[u8]) -> Result<(), String> {
-        self.virtual_devices.queue_report(id, report)
+    pub fn queue_report(&self, id: EntryId, report: &[u8]) -> Result<(), DaemonError> {
+        Ok(self.virtual_devices.queue_report(id, report)?)
     }
 
     /// The last output report (SET_REPORT) virtual USB device `id` got.
@@ -308,9 +314,9 @@ impl Daemon {
             Vec<families::usb::tap::Record>,
             families::usb::tap::Recording,
         ),
-        String,
+        DaemonError,
     > {
-        self.families.usb.record(id)
+        Ok(self.families.usb.record(id)?)
     }
 
     /// Packets recorders of USB device `id` lost by falling behind.
@@ -329,7 +335,7 @@ impl Daemon {
 
 /// Runs a daemon in the foreground until `stop` receives (or its sender is
 /// dropped) or a client asks it to shut down, then stops every dext.
-pub fn run(config: Config, stop: mpsc::Receiver<()>) -> Result<(), String> {
+pub fn run(config: Config, stop: mpsc::Receiver<()>) -> Result<(), DaemonError> {
     let _lock = root::RootLock::acquire(&config.root)?;
     let root = config.root.clone();
     let daemon = Daemon::start(config);
@@ -340,11 +346,9 @@ pub fn run(config: Config, stop: mpsc::Receiver<()>) -> Result<(), String> {
         &root,
         shutdown_tx.clone(),
     )
-    .map_err(|e| {
-        format!(
-            "cannot listen at {}: {e}",
-            root.join(driverkit_core::control::SOCKET).display()
-        )
+    .map_err(|source| DaemonError::Listen {
+        path: root.join(driverkit_core::control::SOCKET),
+        source,
     })?;
     tracing::info!(
         "ready    daemon pid {} at {}",

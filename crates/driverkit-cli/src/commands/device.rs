@@ -169,7 +169,7 @@ pub fn resolve(arg: &str) -> Result<DeviceSpec, String> {
         DeviceArg::Builtin(name) => {
             virtual_device::builtin(&name).ok_or_else(|| format!("{name}: unknown"))
         }
-        DeviceArg::File { path, text } => virtual_device::parse(&text, &path),
+        DeviceArg::File { path, text } => Ok(virtual_device::parse(&text, &path)?),
         DeviceArg::Recording { path, .. } => Err(format!(
             "{path}: a recording is played back with `driverkit device plug {path}` once the daemon runs"
         )),

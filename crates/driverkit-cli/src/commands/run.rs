@@ -159,5 +159,5 @@ pub fn run(root: PathBuf, args: RunArgs) -> Result<(), String> {
             let _ = stop_tx.send(());
         }
     });
-    driverkitd::run(config, stop_rx)
+    Ok(driverkitd::run(config, stop_rx)?)
 }

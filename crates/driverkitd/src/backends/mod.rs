@@ -14,6 +14,7 @@
 //! - [`virtual_edu`]: a model of QEMU's edu PCI device;
 //! - [`uinput`]: the way out, HID events to Linux applications.
 
+pub mod description;
 pub mod interrupts;
 pub mod linux_pci;
 pub mod linux_usb;

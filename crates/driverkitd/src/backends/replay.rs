@@ -99,6 +99,20 @@ fn answered_from_state(setup: &[u8; 8]) -> bool {
     standard || hid_state
 }
 
+/// Why a recording cannot be replayed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    /// The file does not read as a pcapng or pcap of usbmon packets.
+    #[error("{0}")]
+    Unreadable(String),
+    #[error("the recording holds no USB device's packets (only hubs, or nothing)")]
+    NoDevice,
+    #[error("the recording holds no packet of device {bus}.{device:03} (`driverkit device plug FILE --device BUS.DEVNUM` picks one)")]
+    NoSuchDevice { bus: u16, device: u8 },
+    #[error("the recording never fetched device {bus}.{device:03}'s device descriptor (GET_DESCRIPTOR 0x0100): record from the daemon (`driverkit device record`, which begins with it) or start the capture before the device is plugged")]
+    NoDeviceDescriptor { bus: u16, device: u8 },
+}
+
 impl Replay {
     /// The device a recording's frames show. `name` names it in the
     /// registry's log lines.
@@ -107,7 +121,7 @@ impl Replay {
         frames: &[Frame],
         fast: bool,
         only: Option<(u16, u8)>,
-    ) -> Result<Replay, String> {
+    ) -> Result<Replay, ReplayError> {
         let (bus, device) = match only {
             Some(d) => d,
             None => pick_device(frames)?,
@@ -136,9 +150,7 @@ impl Replay {
             .map(|(_, f)| f)
             .collect();
         if !ours.iter().any(|f| f.packet.device == device) {
-            return Err(format!(
-                "the recording holds no packet of device {bus}.{device:03} (`driverkit device plug FILE --device BUS.DEVNUM` picks one)"
-            ));
+            return Err(ReplayError::NoSuchDevice { bus, device });
         }
         let first = ours.first().map_or(0.0, |f| seconds(&f.packet));
         let mut submitted: HashMap<u64, &Frame> = HashMap::new();
@@ -220,12 +232,7 @@ impl Replay {
         let device_descriptor = descriptors
             .get(&(0x80, 0x0100, 0))
             .cloned()
-            .ok_or_else(|| {
-                format!(
-                    "the recording never fetched device {bus}.{device:03}'s device descriptor (GET_DESCRIPTOR 0x0100): \
-                     record from the daemon (`driverkit device record`, which begins with it) or start the capture before the device is plugged"
-                )
-            })?;
+            .ok_or(ReplayError::NoDeviceDescriptor { bus, device })?;
         Ok(Replay {
             name: name.to_owned(),
             descriptors,
@@ -283,7 +290,7 @@ fn seconds(p: &PacketRepr) -> f64 {
 
 /// The device a recording is of: the only one, else the one that is not a
 /// hub with the most packets.
-fn pick_device(frames: &[Frame]) -> Result<(u16, u8), String> {
+fn pick_device(frames: &[Frame]) -> Result<(u16, u8), ReplayError> {
     let mut counts: HashMap<(u16, u8), usize> = HashMap::new();
     let mut hubs = Vec::new();
     for f in frames {
@@ -302,9 +309,7 @@ fn pick_device(frames: &[Frame]) -> Result<(u16, u8), String> {
         .filter(|(k, _)| !hubs.contains(k) && k.1 != 0)
         .max_by_key(|(_, n)| *n)
         .map(|(k, _)| k)
-        .ok_or_else(|| {
-            "the recording holds no USB device's packets (only hubs, or nothing)".to_owned()
-        })
+        .ok_or(ReplayError::NoDevice)
 }
 
 impl UsbTransport for Replay {
@@ -600,7 +605,8 @@ mod tests {
         f.drain(0..2);
         let e = Replay::new("test", &f, true, None).err().unwrap();
         assert!(
-            e.contains("never fetched device 1.002's device descriptor"),
+            e.to_string()
+                .contains("never fetched device 1.002's device descriptor"),
             "{e}"
         );
     }
@@ -728,6 +734,6 @@ mod capture_tests {
         let e = Replay::new("capture", &capture(), true, Some((1, 9)))
             .err()
             .unwrap();
-        assert!(e.contains("no packet of device 1.009"), "{e}");
+        assert!(e.to_string().contains("no packet of device 1.009"), "{e}");
     }
 }

@@ -26,6 +26,79 @@ use crate::families::usb::{Completed, UsbTransport};
 /// The IANA port of USB/IP.
 pub const DEFAULT_PORT: u16 = 3240;
 
+/// Why a device could not be listed or imported from a USB/IP server.
+#[derive(Debug, thiserror::Error)]
+pub enum UsbIpError {
+    #[error("{url:?}: expected usbip://HOST[:PORT]/BUSID")]
+    NotAUrl { url: String },
+    #[error("{url:?}: no bus ID after the host (usbip://HOST/BUSID)")]
+    NoBusId { url: String },
+    #[error("{url:?}: the bus ID must have 1 to 31 characters")]
+    BusIdLength { url: String },
+    #[error("{url:?}: {problem}")]
+    BadServer {
+        url: String,
+        problem: Box<UsbIpError>,
+    },
+    #[error("{0:?} is not a port number")]
+    NotAPort(String),
+    #[error("no host")]
+    NoHost,
+    #[error("{host}:{port}: {source}")]
+    Resolve {
+        host: String,
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{host}:{port}: no address")]
+    NoAddress { host: String, port: u16 },
+    #[error("{0}: connection refused: no USB/IP server listens there (Linux's usbipd, or `driverkit device export` on the other host)")]
+    Refused(std::net::SocketAddr),
+    #[error("{address}: {source}")]
+    Connect {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no {what} from the server within {} s", ANSWER_TIMEOUT.as_secs())]
+    Timeout { what: String },
+    #[error("reading {what}: {source}")]
+    Read {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server's answer does not read as USB/IP.
+    #[error("{operation}: {error}")]
+    Protocol {
+        operation: &'static str,
+        #[source]
+        error: driverkit_usb::Error,
+    },
+    #[error("OP_REP_DEVLIST: {0} devices is not believable")]
+    TooManyDevices(u32),
+    #[error("{host}:{port} refused to list devices (status {status})")]
+    ListRefused {
+        host: String,
+        port: u16,
+        status: u32,
+    },
+    #[error("usbip://{}:{}/{}: the server refused the import (status {status}): no such device, or in use", url.host, url.port, url.busid)]
+    ImportRefused { url: UsbIpUrl, status: u32 },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The imported device could not be published.
+    #[error(transparent)]
+    Plug(#[from] crate::families::usb::PlugError),
+}
+
+impl From<UsbIpError> for String {
+    fn from(e: UsbIpError) -> String {
+        e.to_string()
+    }
+}
+
 /// `usbip://HOST[:PORT]/BUSID`, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsbIpUrl {
@@ -35,17 +108,21 @@ pub struct UsbIpUrl {
 }
 
 impl UsbIpUrl {
-    pub fn parse(url: &str) -> Result<UsbIpUrl, String> {
+    pub fn parse(url: &str) -> Result<UsbIpUrl, UsbIpError> {
+        let owned = || url.to_owned();
         let rest = url
             .strip_prefix("usbip://")
-            .ok_or_else(|| format!("{url:?}: expected usbip://HOST[:PORT]/BUSID"))?;
+            .ok_or_else(|| UsbIpError::NotAUrl { url: owned() })?;
         let (server, busid) = rest
             .split_once('/')
-            .ok_or_else(|| format!("{url:?}: no bus ID after the host (usbip://HOST/BUSID)"))?;
+            .ok_or_else(|| UsbIpError::NoBusId { url: owned() })?;
         if busid.is_empty() || busid.len() > 31 {
-            return Err(format!("{url:?}: the bus ID must have 1 to 31 characters"));
+            return Err(UsbIpError::BusIdLength { url: owned() });
         }
-        let (host, port) = split_host(server).map_err(|e| format!("{url:?}: {e}"))?;
+        let (host, port) = split_host(server).map_err(|e| UsbIpError::BadServer {
+            url: owned(),
+            problem: Box::new(e),
+        })?;
         Ok(UsbIpUrl {
             host,
             port,
@@ -55,15 +132,15 @@ impl UsbIpUrl {
 }
 
 /// `HOST[:PORT]`.
-pub fn split_host(server: &str) -> Result<(String, u16), String> {
+pub fn split_host(server: &str) -> Result<(String, u16), UsbIpError> {
     match server.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() => Ok((
             host.to_owned(),
             port.parse()
-                .map_err(|_| format!("{port:?} is not a port number"))?,
+                .map_err(|_| UsbIpError::NotAPort(port.to_owned()))?,
         )),
         _ if !server.is_empty() => Ok((server.to_owned(), DEFAULT_PORT)),
-        _ => Err("no host".into()),
+        _ => Err(UsbIpError::NoHost),
     }
 }
 
@@ -72,12 +149,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// the connection to the kernel's usbip-host before it answers an import.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn connect(host: &str, port: u16) -> Result<TcpStream, String> {
+fn connect(host: &str, port: u16) -> Result<TcpStream, UsbIpError> {
     let addrs: Vec<_> = (host, port)
         .to_socket_addrs()
-        .map_err(|e| format!("{host}:{port}: {e}"))?
+        .map_err(|source| UsbIpError::Resolve {
+            host: host.to_owned(),
+            port,
+            source,
+        })?
         .collect();
-    let mut last = format!("{host}:{port}: no address");
+    let mut last = UsbIpError::NoAddress {
+        host: host.to_owned(),
+        port,
+    };
     for a in addrs {
         match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
             Ok(s) => {
@@ -85,24 +169,24 @@ fn connect(host: &str, port: u16) -> Result<TcpStream, String> {
                 return Ok(s);
             }
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                last = format!(
-                    "{a}: connection refused: no USB/IP server listens there (Linux's usbipd, or `driverkit device export` on the other host)"
-                )
+                last = UsbIpError::Refused(a)
             }
-            Err(e) => last = format!("{a}: {e}"),
+            Err(source) => last = UsbIpError::Connect { address: a, source },
         }
     }
     Err(last)
 }
 
-fn read_exact(s: &mut TcpStream, n: usize, what: &str) -> Result<Vec<u8>, String> {
+fn read_exact(s: &mut TcpStream, n: usize, what: &str) -> Result<Vec<u8>, UsbIpError> {
     let mut b = vec![0u8; n];
-    s.read_exact(&mut b).map_err(|e| match e.kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => format!(
-            "no {what} from the server within {} s",
-            ANSWER_TIMEOUT.as_secs()
-        ),
-        _ => format!("reading {what}: {e}"),
+    s.read_exact(&mut b).map_err(|source| match source.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => UsbIpError::Timeout {
+            what: what.to_owned(),
+        },
+        _ => UsbIpError::Read {
+            what: what.to_owned(),
+            source,
+        },
     })?;
     Ok(b)
 }
@@ -120,32 +204,34 @@ pub struct Exported {
 }
 
 /// OP_REQ_DEVLIST: the devices a server exports.
-pub fn list(host: &str, port: u16) -> Result<Vec<Exported>, String> {
+pub fn list(host: &str, port: u16) -> Result<Vec<Exported>, UsbIpError> {
+    let protocol = |error| UsbIpError::Protocol {
+        operation: "OP_REP_DEVLIST",
+        error,
+    };
     let mut s = connect(host, port)?;
-    s.set_read_timeout(Some(ANSWER_TIMEOUT))
-        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(ANSWER_TIMEOUT))?;
     let req = OpHeader {
         version: usbip::VERSION,
         code: usbip::op::REQ_DEVLIST,
         status: 0,
     };
-    s.write_all(&req.emit()).map_err(|e| e.to_string())?;
-    let head = OpHeader::parse(&read_exact(&mut s, 8, "OP_REP_DEVLIST")?)
-        .map_err(|e| format!("OP_REP_DEVLIST: {e}"))?;
-    head.expect(usbip::op::REP_DEVLIST)
-        .map_err(|e| format!("OP_REP_DEVLIST: {e}"))?;
+    s.write_all(&req.emit())?;
+    let head = OpHeader::parse(&read_exact(&mut s, 8, "OP_REP_DEVLIST")?).map_err(protocol)?;
+    head.expect(usbip::op::REP_DEVLIST).map_err(protocol)?;
     if head.status != 0 {
-        return Err(format!(
-            "{host}:{port} refused to list devices (status {})",
-            head.status
-        ));
+        return Err(UsbIpError::ListRefused {
+            host: host.to_owned(),
+            port,
+            status: head.status,
+        });
     }
     // The reply has no total length and some servers keep the connection
     // open: read the count, then each device and its interface records.
     let mut body = read_exact(&mut s, 4, "the device count")?;
     let count = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
     if count > 4096 {
-        return Err(format!("OP_REP_DEVLIST: {count} devices is not believable"));
+        return Err(UsbIpError::TooManyDevices(count));
     }
     for i in 0..count {
         let device = read_exact(&mut s, usbip::DEVICE_LEN, &format!("device {i}"))?;
@@ -157,7 +243,7 @@ pub fn list(host: &str, port: u16) -> Result<Vec<Exported>, String> {
             &format!("device {i}'s interfaces"),
         )?);
     }
-    let devices = usbip::parse_devlist(&body).map_err(|e| format!("OP_REP_DEVLIST: {e}"))?;
+    let devices = usbip::parse_devlist(&body).map_err(protocol)?;
     Ok(devices
         .into_iter()
         .map(|(d, interfaces)| Exported {
@@ -196,26 +282,26 @@ pub struct UsbIpDevice {
 
 impl UsbIpDevice {
     /// OP_REQ_IMPORT of `url`'s bus ID; then URBs may flow.
-    pub fn import(url: &UsbIpUrl) -> Result<Arc<UsbIpDevice>, String> {
+    pub fn import(url: &UsbIpUrl) -> Result<Arc<UsbIpDevice>, UsbIpError> {
+        let protocol = |error| UsbIpError::Protocol {
+            operation: "OP_REP_IMPORT",
+            error,
+        };
         let mut s = connect(&url.host, url.port)?;
-        s.set_read_timeout(Some(ANSWER_TIMEOUT))
-            .map_err(|e| e.to_string())?;
-        s.write_all(&usbip::emit_import(&url.busid))
-            .map_err(|e| e.to_string())?;
-        let head = OpHeader::parse(&read_exact(&mut s, 8, "OP_REP_IMPORT")?)
-            .map_err(|e| format!("OP_REP_IMPORT: {e}"))?;
-        head.expect(usbip::op::REP_IMPORT)
-            .map_err(|e| format!("OP_REP_IMPORT: {e}"))?;
+        s.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+        s.write_all(&usbip::emit_import(&url.busid))?;
+        let head = OpHeader::parse(&read_exact(&mut s, 8, "OP_REP_IMPORT")?).map_err(protocol)?;
+        head.expect(usbip::op::REP_IMPORT).map_err(protocol)?;
         if head.status != 0 {
-            return Err(format!(
-                "usbip://{}:{}/{}: the server refused the import (status {}): no such device, or in use",
-                url.host, url.port, url.busid, head.status
-            ));
+            return Err(UsbIpError::ImportRefused {
+                url: url.clone(),
+                status: head.status,
+            });
         }
         let info = DeviceInfo::parse(&read_exact(&mut s, usbip::DEVICE_LEN, "the device")?)
-            .map_err(|e| format!("OP_REP_IMPORT: {e}"))?;
-        s.set_read_timeout(None).map_err(|e| e.to_string())?;
-        let reader = s.try_clone().map_err(|e| e.to_string())?;
+            .map_err(protocol)?;
+        s.set_read_timeout(None)?;
+        let reader = s.try_clone()?;
         let device = Arc::new(UsbIpDevice {
             url: url.clone(),
             info,
@@ -230,8 +316,7 @@ impl UsbIpDevice {
         let weak = Arc::downgrade(&device);
         std::thread::Builder::new()
             .name(format!("usbip:{}", url.busid))
-            .spawn(move || read_loop(reader, weak))
-            .map_err(|e| e.to_string())?;
+            .spawn(move || read_loop(reader, weak))?;
         Ok(device)
     }
 
@@ -586,7 +671,7 @@ pub fn attach(
     usb: &crate::families::usb::UsbFamily,
     bus: driverkit_core::EntryId,
     url: &str,
-) -> Result<driverkit_core::EntryId, String> {
+) -> Result<driverkit_core::EntryId, UsbIpError> {
     let url = UsbIpUrl::parse(url)?;
     let device = UsbIpDevice::import(&url)?;
     let info = device.info();
@@ -635,10 +720,15 @@ mod tests {
         assert_eq!(UsbIpUrl::parse("usbip://host/2-1").unwrap().port, 3240);
         assert!(UsbIpUrl::parse("http://h/1")
             .unwrap_err()
+            .to_string()
             .contains("usbip://"));
-        assert!(UsbIpUrl::parse("usbip://h").unwrap_err().contains("bus ID"));
+        assert!(UsbIpUrl::parse("usbip://h")
+            .unwrap_err()
+            .to_string()
+            .contains("bus ID"));
         assert!(UsbIpUrl::parse("usbip://h:x/1")
             .unwrap_err()
+            .to_string()
             .contains("port"));
     }
 
@@ -648,7 +738,10 @@ mod tests {
         let port = free.local_addr().unwrap().port();
         drop(free);
         let e = list("127.0.0.1", port).unwrap_err();
-        assert!(e.contains("127.0.0.1"), "{e}");
-        assert!(e.contains("no USB/IP server listens there"), "{e}");
+        assert!(e.to_string().contains("127.0.0.1"), "{e}");
+        assert!(
+            e.to_string().contains("no USB/IP server listens there"),
+            "{e}"
+        );
     }
 }

@@ -22,26 +22,52 @@ pub struct Cidr {
     pub prefix: u8,
 }
 
+/// Why an export or an import was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("--allow {0:?}: expected an IP address or a CIDR range (192.168.1.0/24, ::1)")]
+    NotAnAddress(String),
+    #[error("--allow {text:?}: a prefix length is 0 to {max}")]
+    BadPrefix { text: String, max: u8 },
+    #[error("exporting at {0} (beyond loopback) needs --allow ADDR|CIDR naming the machines that may import: whoever reaches the port drives the device")]
+    NeedsAllow(SocketAddr),
+    #[error("peer {peer} is not allowed to import (the export allows {allowed})")]
+    NotAllowed { peer: SocketAddr, allowed: String },
+    #[error("peer {peer}: its socket's owner cannot be found ({source})")]
+    OwnerUnknown {
+        peer: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("peer {peer} is a process of uid {uid}, which is neither an administrator nor a user the export names (`device export --user NAME`)")]
+    NotAUser { peer: SocketAddr, uid: u32 },
+}
+
+impl From<AccessError> for String {
+    fn from(e: AccessError) -> String {
+        e.to_string()
+    }
+}
+
 impl Cidr {
     /// Parses `ADDR` or `ADDR/PREFIX`; the error says what was expected.
-    pub fn parse(text: &str) -> Result<Cidr, String> {
+    pub fn parse(text: &str) -> Result<Cidr, AccessError> {
         let (address, prefix) = match text.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (text, None),
         };
-        let address: IpAddr = address.parse().map_err(|_| {
-            format!(
-                "--allow {text:?}: expected an IP address or a CIDR range (192.168.1.0/24, ::1)"
-            )
-        })?;
+        let address: IpAddr = address
+            .parse()
+            .map_err(|_| AccessError::NotAnAddress(text.to_owned()))?;
         let max = if address.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("--allow {text:?}: a prefix length is 0 to {max}"))?,
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| {
+                AccessError::BadPrefix {
+                    text: text.to_owned(),
+                    max,
+                }
+            })?,
         };
         Ok(Cidr { address, prefix })
     }
@@ -104,14 +130,12 @@ pub struct Access {
 impl Access {
     /// Refuses an export that would listen beyond loopback with no
     /// `--allow`, and warns for one that has it.
-    pub fn check_listen(&self, listen: SocketAddr) -> Result<(), String> {
+    pub fn check_listen(&self, listen: SocketAddr) -> Result<(), AccessError> {
         if listen.ip().is_loopback() {
             return Ok(());
         }
         if self.allow.is_empty() {
-            return Err(format!(
-                "exporting at {listen} (beyond loopback) needs --allow ADDR|CIDR naming the machines that may import: whoever reaches the port drives the device"
-            ));
+            return Err(AccessError::NeedsAllow(listen));
         }
         tracing::warn!(
             "usbip    exporting beyond loopback at {listen}, to {}: any process on those machines that reaches the port may import",
@@ -122,7 +146,7 @@ impl Access {
 
     /// Whether the peer at `peer` (connected to us at `local`) may import;
     /// the refusal names the rule.
-    pub fn admit(&self, peer: SocketAddr, local: SocketAddr) -> Result<(), String> {
+    pub fn admit(&self, peer: SocketAddr, local: SocketAddr) -> Result<(), AccessError> {
         let ip = peer.ip();
         let loopback = match ip {
             IpAddr::V6(v6) => v6
@@ -136,20 +160,20 @@ impl Access {
             self.allow.iter().any(|c| c.contains(ip))
         };
         if !allowed {
-            return Err(format!(
-                "peer {peer} is not allowed to import (the export allows {})",
-                if self.allow.is_empty() {
+            return Err(AccessError::NotAllowed {
+                peer,
+                allowed: if self.allow.is_empty() {
                     "loopback only; `device export --allow ADDR|CIDR` adds others".to_owned()
                 } else {
                     listed(&self.allow)
-                }
-            ));
+                },
+            });
         }
         if !loopback {
             return Ok(());
         }
         let uid = socket_owner(peer, local)
-            .map_err(|e| format!("peer {peer}: its socket's owner cannot be found ({e})"))?;
+            .map_err(|source| AccessError::OwnerUnknown { peer, source })?;
         let me = rustix::process::geteuid().as_raw();
         let admin = uid == 0
             || uid == me
@@ -160,9 +184,7 @@ impl Access {
         if admin || self.users.contains(&uid) {
             return Ok(());
         }
-        Err(format!(
-            "peer {peer} is a process of uid {uid}, which is neither an administrator nor a user the export names (`device export --user NAME`)"
-        ))
+        Err(AccessError::NotAUser { peer, uid })
     }
 }
 
@@ -210,7 +232,7 @@ pub fn socket_owner(peer: SocketAddr, local: SocketAddr) -> std::io::Result<u32>
     if n < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    parse_diag_reply(&reply[..n as usize]).map_err(std::io::Error::other)
+    parse_diag_reply(&reply[..n as usize])
 }
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -271,38 +293,42 @@ fn diag_request(peer: SocketAddr, local: SocketAddr) -> Vec<u8> {
 
 /// The owner's uid from `sock_diag`'s reply: one `inet_diag_msg`, or an
 /// error message (`ENOENT`: no such socket). Checked before every read.
-pub fn parse_diag_reply(reply: &[u8]) -> Result<u32, String> {
+pub fn parse_diag_reply(reply: &[u8]) -> std::io::Result<u32> {
+    let malformed = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
     let word = |at: usize| -> Option<u32> {
         Some(u32::from_ne_bytes(reply.get(at..at + 4)?.try_into().ok()?))
     };
-    let len = word(0).ok_or("a reply shorter than a netlink header")? as usize;
+    let len =
+        word(0).ok_or_else(|| malformed("a reply shorter than a netlink header".into()))? as usize;
     if len < NLMSG_HEADER || len > reply.len() {
-        return Err(format!(
+        return Err(malformed(format!(
             "a netlink message of {len} bytes in a reply of {}",
             reply.len()
-        ));
+        )));
     }
     let kind = u16::from_ne_bytes([reply[4], reply[5]]);
     if kind == NLMSG_ERROR {
-        let code = word(NLMSG_HEADER).ok_or("a netlink error without its code")? as i32;
+        let code = word(NLMSG_HEADER)
+            .ok_or_else(|| malformed("a netlink error without its code".into()))?
+            as i32;
         // A kernel's is a negated errno; anything else is named as found.
         return Err(match code.checked_neg().filter(|e| *e > 0) {
-            Some(errno) => std::io::Error::from_raw_os_error(errno).to_string(),
-            None => format!("a netlink error of code {code}"),
+            Some(errno) => std::io::Error::from_raw_os_error(errno),
+            None => malformed(format!("a netlink error of code {code}")),
         });
     }
     if kind != SOCK_DIAG_BY_FAMILY {
-        return Err(format!(
+        return Err(malformed(format!(
             "a netlink message of type {kind}, expected {SOCK_DIAG_BY_FAMILY}"
-        ));
+        )));
     }
     if len < NLMSG_HEADER + INET_DIAG_MSG {
-        return Err(format!(
+        return Err(malformed(format!(
             "an inet_diag_msg of {} bytes, expected {INET_DIAG_MSG}",
             len - NLMSG_HEADER
-        ));
+        )));
     }
-    word(NLMSG_HEADER + UID_OFFSET).ok_or_else(|| "no uid".to_owned())
+    word(NLMSG_HEADER + UID_OFFSET).ok_or_else(|| malformed("no uid".into()))
 }
 
 #[cfg(test)]
@@ -321,15 +347,22 @@ mod tests {
             .unwrap()
             .contains("8.8.8.8".parse().unwrap()));
         assert!(Cidr::parse("::1").unwrap().contains("::1".parse().unwrap()));
-        assert!(Cidr::parse("10.0.0.0/33").unwrap_err().contains("0 to 32"));
-        assert!(Cidr::parse("lab").unwrap_err().contains("CIDR"));
+        assert!(Cidr::parse("10.0.0.0/33")
+            .unwrap_err()
+            .to_string()
+            .contains("0 to 32"));
+        let e = Cidr::parse("lab").unwrap_err();
+        assert!(matches!(e, AccessError::NotAnAddress(_)), "{e}");
+        assert!(e.to_string().contains("CIDR"), "{e}");
     }
 
     #[test]
     fn beyond_loopback_an_export_needs_allow_and_peers_outside_it_are_refused() {
         let none = Access::default();
         let any: SocketAddr = "0.0.0.0:3240".parse().unwrap();
-        assert!(none.check_listen(any).unwrap_err().contains("--allow"));
+        let e = none.check_listen(any).unwrap_err();
+        assert!(matches!(e, AccessError::NeedsAllow(_)), "{e}");
+        assert!(e.to_string().contains("--allow"), "{e}");
         assert!(none.check_listen("127.0.0.1:3240".parse().unwrap()).is_ok());
         let lab = Access {
             allow: vec![Cidr::parse("10.1.0.0/16").unwrap()],
@@ -341,11 +374,11 @@ mod tests {
         let e = lab
             .admit("10.2.0.1:5000".parse().unwrap(), local)
             .unwrap_err();
-        assert!(e.contains("not allowed"), "{e}");
+        assert!(matches!(e, AccessError::NotAllowed { .. }), "{e}");
         let e = none
             .admit("192.168.0.9:5000".parse().unwrap(), local)
             .unwrap_err();
-        assert!(e.contains("loopback only"), "{e}");
+        assert!(e.to_string().contains("loopback only"), "{e}");
     }
 
     #[test]
@@ -369,6 +402,7 @@ mod tests {
         error[16..20].copy_from_slice(&i32::MIN.to_ne_bytes());
         assert!(parse_diag_reply(&error)
             .unwrap_err()
+            .to_string()
             .contains("code -2147483648"));
         assert!(parse_diag_reply(&[200, 0, 0, 0]).is_err());
         let mut short = vec![0u8; 20];
@@ -376,6 +410,7 @@ mod tests {
         short[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
         assert!(parse_diag_reply(&short)
             .unwrap_err()
+            .to_string()
             .contains("inet_diag_msg"));
     }
 }

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use driverkit_core::{EntryId, System};
 
-use super::usbip_access::Access;
+use super::usbip_access::{Access, AccessError};
 use crate::families::usb::order::InOrder;
 use driverkit_usb::usbip::{self, cmd, op, DeviceInfo, OpHeader, Urb};
 use driverkit_usb::{DeviceDescriptor, Setup};
@@ -49,6 +49,73 @@ pub struct UsbIpServer {
     access: Arc<Mutex<Access>>,
 }
 
+/// Why an export could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("--listen {0:?}: expected HOST:PORT with HOST an IP address")]
+    NotAnAddress(String),
+    #[error("cannot listen for USB/IP at {listen}: {source}")]
+    Listen {
+        listen: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    #[error(transparent)]
+    Lend(#[from] crate::families::usb::LendError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("the USB/IP server did not start")]
+    NotStarted,
+}
+
+impl From<ExportError> for String {
+    fn from(e: ExportError) -> String {
+        e.to_string()
+    }
+}
+
+/// Why the server stopped serving one peer.
+#[derive(Debug, thiserror::Error)]
+enum PeerError {
+    #[error("reading {what}: {source}")]
+    Read {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bad {what}: {error}")]
+    Malformed {
+        what: &'static str,
+        #[source]
+        error: driverkit_usb::Error,
+    },
+    #[error("unknown operation {0:#06x}")]
+    UnknownOperation(u16),
+    #[error("{busid}: {source}")]
+    Connection {
+        busid: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{busid}: bad message from the peer: {error}")]
+    BadMessage {
+        busid: String,
+        #[source]
+        error: driverkit_usb::Error,
+    },
+    #[error("{0}: cannot start a transfer")]
+    NoWorker(String),
+    #[error(
+        "{busid}: the peer sent a reply (command {}); it is the client",
+        cmd::RET_SUBMIT
+    )]
+    ReplyFromClient { busid: String },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
 impl UsbIpServer {
     /// Listens at `listen` (port 0: any free one) and serves, to the peers
     /// `access` admits, until the daemon exits.
@@ -57,14 +124,16 @@ impl UsbIpServer {
         usb: Arc<UsbFamily>,
         listen: &str,
         access: Access,
-    ) -> Result<UsbIpServer, String> {
-        let wanted: SocketAddr = listen.parse().map_err(|_| {
-            format!("--listen {listen:?}: expected HOST:PORT with HOST an IP address")
-        })?;
+    ) -> Result<UsbIpServer, ExportError> {
+        let wanted: SocketAddr = listen
+            .parse()
+            .map_err(|_| ExportError::NotAnAddress(listen.to_owned()))?;
         access.check_listen(wanted)?;
-        let listener = TcpListener::bind(wanted)
-            .map_err(|e| format!("cannot listen for USB/IP at {listen}: {e}"))?;
-        let address = listener.local_addr().map_err(|e| e.to_string())?;
+        let listener = TcpListener::bind(wanted).map_err(|source| ExportError::Listen {
+            listen: listen.to_owned(),
+            source,
+        })?;
+        let address = listener.local_addr()?;
         let exported: Arc<Mutex<HashSet<EntryId>>> = Arc::default();
         let access = Arc::new(Mutex::new(access));
         let (shared, rules) = (exported.clone(), access.clone());
@@ -77,7 +146,7 @@ impl UsbIpServer {
                     let peer = stream.peer_addr().ok();
                     let shown = peer.map_or_else(|| "(no address)".to_owned(), |p| p.to_string());
                     let admitted = match (peer, stream.local_addr()) {
-                        (Some(p), Ok(l)) => rules.locked().admit(p, l),
+                        (Some(p), Ok(l)) => rules.locked().admit(p, l).map_err(|e| e.to_string()),
                         _ => Err("a peer without an address".to_owned()),
                     };
                     if let Err(why) = admitted {
@@ -106,8 +175,7 @@ impl UsbIpServer {
                         peers.fetch_sub(1, Ordering::AcqRel);
                     }
                 }
-            })
-            .map_err(|e| e.to_string())?;
+            })?;
         tracing::info!("usbip    exporting at {address}");
         Ok(UsbIpServer {
             address,
@@ -118,7 +186,7 @@ impl UsbIpServer {
 
     /// Adds devices to what the server exports, and peers and users to who
     /// may import them.
-    pub fn export(&self, ids: &[EntryId], more: &Access) -> Result<(), String> {
+    pub fn export(&self, ids: &[EntryId], more: &Access) -> Result<(), ExportError> {
         let mut access = self.access.locked();
         let mut next = access.clone();
         next.allow.extend(more.allow.iter().copied());
@@ -189,10 +257,10 @@ fn describe(entry: EntryId, device: &UsbDevice) -> Option<usbip::Exported> {
     ))
 }
 
-fn read(s: &mut TcpStream, n: usize, what: &str) -> Result<Vec<u8>, String> {
+fn read(s: &mut TcpStream, n: usize, what: &'static str) -> Result<Vec<u8>, PeerError> {
     let mut b = vec![0u8; n];
     s.read_exact(&mut b)
-        .map_err(|e| format!("reading {what}: {e}"))?;
+        .map_err(|source| PeerError::Read { what, source })?;
     Ok(b)
 }
 
@@ -201,12 +269,16 @@ fn serve(
     system: &System,
     usb: &Arc<UsbFamily>,
     exported: &Mutex<HashSet<EntryId>>,
-) -> Result<(), String> {
+) -> Result<(), PeerError> {
     let _ = s.set_nodelay(true);
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| e.to_string())?;
-    let head = OpHeader::parse(&read(&mut s, usbip::OP_HEADER_LEN, "an operation")?)
-        .map_err(|e| format!("bad operation: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let head =
+        OpHeader::parse(&read(&mut s, usbip::OP_HEADER_LEN, "an operation")?).map_err(|error| {
+            PeerError::Malformed {
+                what: "operation",
+                error,
+            }
+        })?;
     let devices: Vec<(EntryId, usbip::Exported)> = {
         let ids: Vec<EntryId> = exported.locked().iter().copied().collect();
         ids.into_iter()
@@ -229,30 +301,30 @@ fn serve(
             let list: Vec<_> = devices.into_iter().map(|(_, d)| d).collect();
             let mut out = reply(op::REP_DEVLIST, 0).to_vec();
             out.extend(usbip::emit_devlist(&list));
-            s.write_all(&out).map_err(|e| e.to_string())
+            Ok(s.write_all(&out)?)
         }
         op::REQ_IMPORT => {
-            let busid = usbip::parse_import(&read(&mut s, 32, "the bus ID")?)
-                .map_err(|e| format!("bad import: {e}"))?;
+            let busid = usbip::parse_import(&read(&mut s, 32, "the bus ID")?).map_err(|error| {
+                PeerError::Malformed {
+                    what: "import",
+                    error,
+                }
+            })?;
             let Some((entry, (info, _))) = devices.into_iter().find(|(_, (d, _))| d.busid == busid)
             else {
                 tracing::warn!("usbip    import of {busid:?}: no such exported device");
-                return s
-                    .write_all(&reply(op::REP_IMPORT, 1))
-                    .map_err(|e| e.to_string());
+                return Ok(s.write_all(&reply(op::REP_IMPORT, 1))?);
             };
             let device = match usb.lend(system, entry) {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::warn!("usbip    import of {busid}: {e}");
-                    return s
-                        .write_all(&reply(op::REP_IMPORT, 1))
-                        .map_err(|e| e.to_string());
+                    return Ok(s.write_all(&reply(op::REP_IMPORT, 1))?);
                 }
             };
             let mut out = reply(op::REP_IMPORT, 0).to_vec();
             out.extend(info.emit());
-            s.write_all(&out).map_err(|e| e.to_string())?;
+            s.write_all(&out)?;
             tracing::info!(
                 "usbip    {busid} [{entry:#x}] lent to {}",
                 s.peer_addr().map_or_else(
@@ -265,7 +337,7 @@ fn serve(
             tracing::info!("usbip    {busid} [{entry:#x}] back");
             result
         }
-        other => Err(format!("unknown operation {other:#06x}")),
+        other => Err(PeerError::UnknownOperation(other)),
     }
 }
 
@@ -330,9 +402,9 @@ struct Job {
     bytes: usize,
 }
 
-fn serve_urbs(s: TcpStream, device: &Arc<UsbDevice>, busid: &str) -> Result<(), String> {
-    s.set_read_timeout(None).map_err(|e| e.to_string())?;
-    let writer = Arc::new(Mutex::new(s.try_clone().map_err(|e| e.to_string())?));
+fn serve_urbs(s: TcpStream, device: &Arc<UsbDevice>, busid: &str) -> Result<(), PeerError> {
+    s.set_read_timeout(None)?;
+    let writer = Arc::new(Mutex::new(s.try_clone()?));
     let in_flight: Arc<Mutex<HashMap<u32, InFlight>>> = Arc::default();
     let budget = Arc::new(Budget::default());
     let mut orders: HashMap<u8, Arc<InOrder>> = HashMap::new();
@@ -354,13 +426,21 @@ fn serve_urbs(s: TcpStream, device: &Arc<UsbDevice>, busid: &str) -> Result<(), 
             break if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 Ok(())
             } else {
-                Err(format!("{busid}: {e}"))
+                Err(PeerError::Connection {
+                    busid: busid.to_owned(),
+                    source: e,
+                })
             };
         }
         let parsed = super::usbip::read_urb(&mut s, &head, None);
         let urb = match parsed {
             Ok(u) => u,
-            Err(e) => break Err(format!("{busid}: bad message from the peer: {e}")),
+            Err(error) => {
+                break Err(PeerError::BadMessage {
+                    busid: busid.to_owned(),
+                    error,
+                })
+            }
         };
         match urb {
             Urb::Submit {
@@ -404,7 +484,7 @@ fn serve_urbs(s: TcpStream, device: &Arc<UsbDevice>, busid: &str) -> Result<(), 
                     bytes,
                 };
                 if !pool.run(job) {
-                    break Err(format!("{busid}: cannot start a transfer"));
+                    break Err(PeerError::NoWorker(busid.to_owned()));
                 }
             }
             Urb::Unlink { seqnum, victim, .. } => {
@@ -428,10 +508,9 @@ fn serve_urbs(s: TcpStream, device: &Arc<UsbDevice>, busid: &str) -> Result<(), 
                 send(&writer, &Urb::RetUnlink { seqnum, status });
             }
             Urb::RetSubmit { .. } | Urb::RetUnlink { .. } => {
-                break Err(format!(
-                    "{busid}: the peer sent a reply (command {}); it is the client",
-                    cmd::RET_SUBMIT
-                ));
+                break Err(PeerError::ReplyFromClient {
+                    busid: busid.to_owned(),
+                });
             }
         }
     };

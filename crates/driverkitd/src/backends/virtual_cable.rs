@@ -43,11 +43,11 @@ fn default_frames() -> usize {
 }
 
 impl CableSpec {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), super::description::BadDescription> {
         if !(1..=65536).contains(&self.frames) {
-            return Err(format!(
-                "key cable.frames: expected 1 to 65536, found {}",
-                self.frames
+            return Err(super::description::BadDescription::key(
+                "cable.frames",
+                format!("expected 1 to 65536, found {}", self.frames),
             ));
         }
         Ok(())
@@ -76,12 +76,17 @@ const FRAME: usize = 2048;
 const SLOT: usize = FRAME + 64;
 
 /// Both ends of a new cable.
-pub fn cable(spec: &CableSpec) -> Result<(Arc<CableEnd>, Arc<CableEnd>), String> {
+pub fn cable(
+    spec: &CableSpec,
+) -> Result<(Arc<CableEnd>, Arc<CableEnd>), super::description::DeviceError> {
     let queue = || {
         Ring::create("virtual-cable", spec.frames * SLOT)
             .and_then(|r| r.memory().try_clone())
             .map(Arc::new)
-            .map_err(|e| format!("the cable's queue: {e}"))
+            .map_err(|source| super::description::DeviceError::Resource {
+                what: "the cable's queue".into(),
+                source,
+            })
     };
     let cable = Arc::new(Cable {
         queues: [queue()?, queue()?],

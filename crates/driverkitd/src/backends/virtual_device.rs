@@ -42,6 +42,7 @@ use driverkit_wire::shm::SharedMemory;
 use driverkit_wire::IOResult;
 use plist::Value;
 
+use super::description::{BadDescription, DeviceError, SpecError};
 use super::interrupts::InterruptModel;
 use super::virtual_cable::CableSpec;
 use super::virtual_edu::VirtualEdu;
@@ -129,10 +130,23 @@ pub fn builtin_report_descriptor(name: &str, interface: usize) -> Option<Vec<u8>
 }
 
 /// Parses a device file; errors name the file and the key.
-pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
+pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, SpecError> {
+    parse_table(text)
+        .map_err(|problem| SpecError {
+            file: source.to_owned(),
+            problem,
+        })
+        .map(|mut spec| {
+            spec.source = source.to_owned();
+            spec
+        })
+}
+
+/// [`parse`], the file's name left to the caller.
+fn parse_table(text: &str) -> Result<DeviceSpec, BadDescription> {
     let table: toml::Table = text
         .parse()
-        .map_err(|e: toml::de::Error| format!("{source}: {e}"))?;
+        .map_err(|e: toml::de::Error| BadDescription::Syntax(e.to_string()))?;
     let mut name = None;
     let mut class = "IOVirtualDevice".to_owned();
     let mut properties = plist::Dictionary::new();
@@ -141,6 +155,7 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
     let mut uart = None;
     let mut cable = None;
     let mut pci = None;
+    let typed = |key: &str, e: toml::de::Error| BadDescription::key(key, e.message().trim());
     for (key, value) in &table {
         match (key.as_str(), value) {
             ("name", toml::Value::String(s)) if !s.is_empty() => name = Some(s.clone()),
@@ -149,7 +164,7 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
                 for (k, v) in t {
                     properties.insert(
                         k.clone(),
-                        to_plist(v).map_err(|e| format!("{source}: key properties.{k}: {e}"))?,
+                        to_plist(v).map_err(|e| e.under(&format!("properties.{k}")))?,
                     );
                 }
             }
@@ -160,7 +175,10 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
                         .and_then(toml::Value::as_integer)
                         .filter(|ms| (1..=3_600_000).contains(ms))
                         .ok_or_else(|| {
-                            format!("{source}: key interrupts[{i}].period_ms: expected milliseconds from 1 to 3600000")
+                            BadDescription::key(
+                                format!("interrupts[{i}].period_ms"),
+                                "expected milliseconds from 1 to 3600000",
+                            )
                         })?;
                     interrupts.push(std::time::Duration::from_millis(period as u64));
                 }
@@ -168,8 +186,8 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
             ("usb", toml::Value::Table(t)) => {
                 let spec: UsbSpec = toml::Value::Table(t.clone())
                     .try_into()
-                    .map_err(|e: toml::de::Error| format!("{source}: key usb: {}", e.message().trim()))?;
-                spec.validate().map_err(|e| format!("{source}: {e}"))?;
+                    .map_err(|e| typed("usb", e))?;
+                spec.validate()?;
                 if !table.contains_key("class") {
                     class = "IOUSBHostDevice".to_owned();
                 }
@@ -178,8 +196,8 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
             ("uart", toml::Value::Table(t)) => {
                 let spec: UartSpec = toml::Value::Table(t.clone())
                     .try_into()
-                    .map_err(|e: toml::de::Error| format!("{source}: key uart: {}", e.message().trim()))?;
-                spec.validate().map_err(|e| format!("{source}: {e}"))?;
+                    .map_err(|e| typed("uart", e))?;
+                spec.validate()?;
                 if !table.contains_key("class") {
                     class = "IOUARTDevice".to_owned();
                 }
@@ -188,8 +206,8 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
             ("cable", toml::Value::Table(t)) => {
                 let spec: CableSpec = toml::Value::Table(t.clone())
                     .try_into()
-                    .map_err(|e: toml::de::Error| format!("{source}: key cable: {}", e.message().trim()))?;
-                spec.validate().map_err(|e| format!("{source}: {e}"))?;
+                    .map_err(|e| typed("cable", e))?;
+                spec.validate()?;
                 if !table.contains_key("class") {
                     class = "IOVirtualNIC".to_owned();
                 }
@@ -198,11 +216,14 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
             ("pci", toml::Value::Table(t)) => {
                 let spec: PciSpec = toml::Value::Table(t.clone())
                     .try_into()
-                    .map_err(|e: toml::de::Error| format!("{source}: key pci: {}", e.message().trim()))?;
+                    .map_err(|e| typed("pci", e))?;
                 if spec.model != "edu" {
-                    return Err(format!(
-                        "{source}: key pci.model: expected \"edu\" (QEMU's edu device, the one modelled), found {:?}",
-                        spec.model
+                    return Err(BadDescription::key(
+                        "pci.model",
+                        format!(
+                            "expected \"edu\" (QEMU's edu device, the one modelled), found {:?}",
+                            spec.model
+                        ),
                     ));
                 }
                 if !table.contains_key("class") {
@@ -211,37 +232,33 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
                 pci = Some(spec);
             }
             ("interrupts", other) => {
-                return Err(format!("{source}: key interrupts: expected [[interrupts]] tables, found {}", other.type_str()))
+                return Err(BadDescription::key(
+                    "interrupts",
+                    format!("expected [[interrupts]] tables, found {}", other.type_str()),
+                ))
             }
             ("name" | "class", other) => {
-                return Err(format!(
-                    "{source}: key {key}: expected a non-empty string, found {}",
-                    other.type_str()
+                return Err(BadDescription::key(
+                    key.as_str(),
+                    format!("expected a non-empty string, found {}", other.type_str()),
                 ))
             }
             ("properties", other) => {
-                return Err(format!(
-                    "{source}: key properties: expected a table, found {}",
-                    other.type_str()
+                return Err(BadDescription::key(
+                    "properties",
+                    format!("expected a table, found {}", other.type_str()),
                 ))
             }
-            (other, _) => {
-                return Err(format!(
-                    "{source}: unknown key {other:?}: expected name, class, [properties], [[interrupts]], [usb], [uart], [cable] or [pci]"
-                ))
-            }
+            (other, _) => return Err(BadDescription::UnknownKey(other.to_owned())),
         }
     }
-    let name = name.ok_or_else(|| format!("{source}: key name: missing"))?;
+    let name = name.ok_or_else(|| BadDescription::key("name", "missing"))?;
+    let wrong_class = |what: &str| BadDescription::key("class", format!("{what}, found {class:?}"));
     if usb.is_some() && class != "IOUSBHostDevice" {
-        return Err(format!(
-            "{source}: key class: a device with [usb] is an IOUSBHostDevice, found {class:?}"
-        ));
+        return Err(wrong_class("a device with [usb] is an IOUSBHostDevice"));
     }
     if uart.is_some() && class != "IOUARTDevice" {
-        return Err(format!(
-            "{source}: key class: a device with [uart] is an IOUARTDevice, found {class:?}"
-        ));
+        return Err(wrong_class("a device with [uart] is an IOUARTDevice"));
     }
     if [
         usb.is_some(),
@@ -254,28 +271,25 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
     .count()
         > 1
     {
-        return Err(format!(
-            "{source}: a device is one of [usb], [uart], [cable] or [pci]"
-        ));
+        return Err(BadDescription::SeveralKinds);
     }
     if pci.is_some() && class != "IOPCIDevice" {
-        return Err(format!(
-            "{source}: key class: a device with [pci] is an IOPCIDevice, found {class:?}"
-        ));
+        return Err(wrong_class("a device with [pci] is an IOPCIDevice"));
     }
     if cable.is_some() && class != "IOVirtualNIC" {
-        return Err(format!(
-            "{source}: key class: a [cable] is two IOVirtualNIC ends, found {class:?}"
-        ));
+        return Err(wrong_class("a [cable] is two IOVirtualNIC ends"));
     }
     let chain = driverkit_wire::classes::chain(&class);
     if !driverkit_wire::classes::is_system_class(&class) || !chain.contains(&"IOService") {
         let services: Vec<&str> = driverkit_wire::classes::all()
             .filter(|c| driverkit_wire::classes::chain(c).contains(&"IOService"))
             .collect();
-        return Err(format!(
-            "{source}: key class: {class:?} is not a system service class; one of {}",
-            services.join(", ")
+        return Err(BadDescription::key(
+            "class",
+            format!(
+                "{class:?} is not a system service class; one of {}",
+                services.join(", ")
+            ),
         ));
     }
     Ok(DeviceSpec {
@@ -283,7 +297,7 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
         class,
         properties,
         interrupts,
-        source: source.to_owned(),
+        source: String::new(),
         usb,
         uart,
         cable,
@@ -291,7 +305,9 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, String> {
     })
 }
 
-fn to_plist(v: &toml::Value) -> Result<Value, String> {
+/// A TOML value as the plist value a registry property holds; an error's
+/// key is relative to `v`.
+fn to_plist(v: &toml::Value) -> Result<Value, BadDescription> {
     Ok(match v {
         toml::Value::String(s) => Value::String(s.clone()),
         toml::Value::Integer(i) => Value::Integer((*i).into()),
@@ -299,27 +315,30 @@ fn to_plist(v: &toml::Value) -> Result<Value, String> {
         toml::Value::Boolean(b) => Value::Boolean(*b),
         toml::Value::Datetime(d) => {
             let text = d.to_string();
-            let date = plist::Date::from_xml_format(&text).map_err(|_| {
-                format!("date {text} is not a full UTC timestamp (like 2024-05-01T12:00:00Z)")
+            let date = plist::Date::from_xml_format(&text).map_err(|_| BadDescription::Key {
+                key: String::new(),
+                problem: format!(
+                    "date {text} is not a full UTC timestamp (like 2024-05-01T12:00:00Z)"
+                ),
             })?;
             Value::Date(date)
         }
         toml::Value::Array(a) => Value::Array(a.iter().map(to_plist).collect::<Result<_, _>>()?),
         toml::Value::Table(t) if t.len() == 1 && t.contains_key("$data") => match &t["$data"] {
             toml::Value::String(hex) => {
-                Value::Data(from_hex(hex).map_err(|e| format!("$data: {e}"))?)
+                Value::Data(from_hex(hex).map_err(|e| BadDescription::key("$data", e.to_string()))?)
             }
             other => {
-                return Err(format!(
-                    "$data: expected a hex string, found {}",
-                    other.type_str()
+                return Err(BadDescription::key(
+                    "$data",
+                    format!("expected a hex string, found {}", other.type_str()),
                 ))
             }
         },
         toml::Value::Table(t) => {
             let mut d = plist::Dictionary::new();
             for (k, v) in t {
-                d.insert(k.clone(), to_plist(v).map_err(|e| format!("{k}: {e}"))?);
+                d.insert(k.clone(), to_plist(v).map_err(|e| e.under(k))?);
             }
             Value::Dictionary(d)
         }
@@ -390,9 +409,8 @@ impl VirtualDevices {
     }
 
     /// The bus USB/IP imports hang under too (they are virtual to the host).
-    pub fn bus(&self) -> Result<EntryId, String> {
-        self.bus
-            .ok_or_else(|| "the daemon is stopping: there is no virtual bus to plug into".into())
+    pub fn bus(&self) -> Result<EntryId, DeviceError> {
+        self.bus.ok_or(DeviceError::NoBus)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Plugged> {
@@ -408,7 +426,7 @@ impl VirtualDevices {
     }
 
     /// Plugs a device into the virtual bus; it is matched.
-    pub fn plug(&self, spec: DeviceSpec) -> Result<EntryId, String> {
+    pub fn plug(&self, spec: DeviceSpec) -> Result<EntryId, DeviceError> {
         let bus = self.bus()?;
         if let Some(usb) = &spec.usb {
             let location = self.next_location();
@@ -441,7 +459,7 @@ impl VirtualDevices {
                 )?;
                 first.get_or_insert(id);
             }
-            return first.ok_or_else(|| "the cable has no ends".into());
+            return Ok(first.expect("a cable has two ends"));
         }
         if let Some(pci) = &spec.pci {
             let slot = {
@@ -461,7 +479,7 @@ impl VirtualDevices {
                     device.clone(),
                 )
                 .inspect_err(|_| crate::families::pci::PciDevice::unplugged(&*device))
-                .map_err(String::from);
+                .map_err(DeviceError::from);
         }
         if let Some(uart) = &spec.uart {
             let device = VirtualUart::start(&spec.name, uart);
@@ -483,7 +501,7 @@ impl VirtualDevices {
                     device.clone(),
                 )
                 .inspect_err(|_| device.unplug())
-                .map_err(String::from);
+                .map_err(DeviceError::from);
         }
         let latency = spec
             .properties
@@ -507,25 +525,27 @@ impl VirtualDevices {
                 },
                 device,
             )
-            .map_err(String::from)
+            .map_err(DeviceError::from)
     }
 
     /// The virtual USB device `id`, while it is plugged.
-    pub fn usb_device(&self, id: EntryId) -> Result<Arc<VirtualUsb>, String> {
+    pub fn usb_device(&self, id: EntryId) -> Result<Arc<VirtualUsb>, DeviceError> {
         let mut st = self.lock();
         // Forget the ones that left the registry meanwhile.
         st.usb.retain(|_, d| !d.is_closed());
-        st.usb.get(&id).cloned().ok_or_else(|| {
-            format!("no virtual USB device with id {id:#x} (see `driverkit device list`)")
-        })
+        st.usb
+            .get(&id)
+            .cloned()
+            .ok_or(DeviceError::NotVirtualUsb(id))
     }
 }
 
 impl VirtualDevices {
     /// Makes virtual keyboard `id` type `text`: a press and a release
     /// report per character, queued on its interrupt-IN endpoint.
-    pub fn type_text(&self, id: EntryId, text: &str) -> Result<usize, String> {
-        let reports = crate::families::hid::keyboard_reports(text)?;
+    pub fn type_text(&self, id: EntryId, text: &str) -> Result<usize, DeviceError> {
+        let reports =
+            crate::families::hid::keyboard_reports(text).map_err(DeviceError::Untypable)?;
         for r in &reports {
             self.queue_report(id, r)?;
         }
@@ -534,14 +554,18 @@ impl VirtualDevices {
 
     /// Queues one input report on virtual USB device `id`'s first HID
     /// interrupt-IN endpoint.
-    pub fn queue_report(&self, id: EntryId, report: &[u8]) -> Result<(), String> {
+    pub fn queue_report(&self, id: EntryId, report: &[u8]) -> Result<(), DeviceError> {
         let device = self.usb_device(id)?;
         let address = device
             .hid_input_endpoint()
-            .ok_or_else(|| format!("device {id:#x} has no HID interrupt-IN endpoint"))?;
+            .ok_or(DeviceError::NoHidInput(id))?;
         device
             .queue_in(address, report)
-            .map_err(|e| format!("device {id:#x}: endpoint {address:#04x}: {e}"))
+            .map_err(|status| DeviceError::Endpoint {
+                id,
+                address,
+                status,
+            })
     }
 
     /// The last output report (SET_REPORT) virtual USB device `id` got.
@@ -594,20 +618,28 @@ mod tests {
     #[test]
     fn errors_name_file_and_key() {
         let e = parse("name = 3", "f.toml").unwrap_err();
+        assert_eq!(e.file, "f.toml");
+        assert!(
+            matches!(&e.problem, BadDescription::Key { key, .. } if key == "name"),
+            "{e}"
+        );
         assert_eq!(
-            e,
+            e.to_string(),
             "f.toml: key name: expected a non-empty string, found integer"
         );
         let e = parse("name = \"x\"\nclass = \"IOFoo\"", "f.toml").unwrap_err();
-        assert!(e.contains("key class"), "{e}");
+        assert!(e.to_string().contains("key class"), "{e}");
         let e = parse(
             "name = \"x\"\n[properties]\nF = { \"$data\" = \"abc\" }",
             "f.toml",
         )
         .unwrap_err();
-        assert!(e.contains("key properties.F: $data: odd number"), "{e}");
+        assert!(
+            e.to_string().contains("key properties.F.$data: odd number"),
+            "{e}"
+        );
         let e = parse("name = \"x\"\n[[interrupts]]\nperiod_ms = 0", "f.toml").unwrap_err();
-        assert!(e.contains("key interrupts[0].period_ms"), "{e}");
+        assert!(e.to_string().contains("key interrupts[0].period_ms"), "{e}");
         let ok = parse(
             "name = \"x\"\n[[interrupts]]\nperiod_ms = 5\n[[interrupts]]\nperiod_ms = 7",
             "f.toml",
@@ -621,9 +653,10 @@ mod tests {
             ]
         );
         let e = parse("nmae = \"x\"", "f.toml").unwrap_err();
-        assert!(e.contains("unknown key \"nmae\""), "{e}");
+        assert!(e.to_string().contains("unknown key \"nmae\""), "{e}");
         let e = parse("name = [", "f.toml").unwrap_err();
-        assert!(e.starts_with("f.toml: "), "{e}");
+        assert!(matches!(e.problem, BadDescription::Syntax(_)), "{e}");
+        assert!(e.to_string().starts_with("f.toml: "), "{e}");
     }
 
     proptest! {

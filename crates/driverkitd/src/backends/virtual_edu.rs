@@ -193,9 +193,17 @@ impl Registers {
 impl VirtualEdu {
     /// A device at `00:DD.0`, its engine running; its DMA transfers start
     /// `dma_delay` after their command.
-    pub fn start(name: &str, slot: u8, dma_delay: Duration) -> Result<Arc<VirtualEdu>, String> {
-        let bar0 = SharedMemory::create("edu-bar0", BAR0_SIZE as usize)
-            .map_err(|e| format!("{name}: BAR0's memory: {e}"))?;
+    pub fn start(
+        name: &str,
+        slot: u8,
+        dma_delay: Duration,
+    ) -> Result<Arc<VirtualEdu>, super::description::DeviceError> {
+        let bar0 = SharedMemory::create("edu-bar0", BAR0_SIZE as usize).map_err(|source| {
+            super::description::DeviceError::Resource {
+                what: format!("{name}: BAR0's memory"),
+                source,
+            }
+        })?;
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             location: Location {
@@ -222,7 +230,10 @@ impl VirtualEdu {
             .name(format!("edu:{name}"))
             .stack_size(64 * 1024)
             .spawn(move || engine.run())
-            .map_err(|e| format!("{name}: its engine: {e}"))?;
+            .map_err(|source| super::description::DeviceError::Resource {
+                what: format!("{name}: its engine"),
+                source,
+            })?;
         Ok(Arc::new(VirtualEdu { shared }))
     }
 

@@ -77,11 +77,11 @@ fn yes() -> bool {
 }
 
 impl UartSpec {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), super::description::BadDescription> {
         if !(16..=1 << 20).contains(&self.fifo) {
-            return Err(format!(
-                "key uart.fifo: expected 16 to 1048576 bytes, found {}",
-                self.fifo
+            return Err(super::description::BadDescription::key(
+                "uart.fifo",
+                format!("expected 16 to 1048576 bytes, found {}", self.fifo),
             ));
         }
         Ok(())

@@ -65,6 +65,7 @@ use serde::Deserialize;
 
 use driverkit_wire::hex::decode as from_hex;
 
+use super::description::{BadDescription, DeviceError, SpecError};
 use crate::families::usb::{Completed, InSink, UsbTransport};
 
 /// The `[usb]` table of a device file.
@@ -178,51 +179,66 @@ impl UsbSpec {
 
     /// Checks what serde cannot: hex, endpoint directions, echo targets.
     /// Errors name the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), BadDescription> {
         let mut addresses = Vec::new();
         let mut settings = Vec::new();
         for (i, (number, iface)) in self.numbered().enumerate() {
             let setting = (number, iface.bAlternateSetting);
             if settings.contains(&setting) {
-                return Err(format!(
-                    "key usb.interfaces[{i}]: interface {number} alternate setting {} is listed twice",
-                    setting.1
+                return Err(BadDescription::key(
+                    format!("usb.interfaces[{i}]"),
+                    format!(
+                        "interface {number} alternate setting {} is listed twice",
+                        setting.1
+                    ),
                 ));
             }
             if iface.bAlternateSetting != 0 && !settings.contains(&(number, 0)) {
-                return Err(format!(
-                    "key usb.interfaces[{i}].bAlternateSetting: interface {number} has no alternate setting 0 before it"
+                return Err(BadDescription::key(
+                    format!("usb.interfaces[{i}].bAlternateSetting"),
+                    format!("interface {number} has no alternate setting 0 before it"),
                 ));
             }
             settings.push(setting);
         }
         for (i, iface) in self.interfaces.iter().enumerate() {
             if let Some(hex) = &iface.report_descriptor {
-                let bytes = from_hex(hex)
-                    .map_err(|e| format!("key usb.interfaces[{i}].report_descriptor: {e}"))?;
+                let key = format!("usb.interfaces[{i}].report_descriptor");
+                let bytes = from_hex(hex).map_err(|e| BadDescription::key(&key, e.to_string()))?;
                 if !iface.malformed_report_descriptor {
                     driverkit_hid::ReportDescriptor::parse(&bytes).map_err(|e| {
-                        format!(
-                            "key usb.interfaces[{i}].report_descriptor: {e} \
-                             (set malformed_report_descriptor = true if that is the point)"
+                        BadDescription::key(
+                            &key,
+                            format!(
+                                "{e} (set malformed_report_descriptor = true if that is the point)"
+                            ),
                         )
                     })?;
                 }
             }
             for (j, ep) in iface.endpoints.iter().enumerate() {
-                let key = format!("key usb.interfaces[{i}].endpoints[{j}]");
+                let key = format!("usb.interfaces[{i}].endpoints[{j}]");
                 if ep.address & 0x70 != 0 || ep.address & 0x0f == 0 {
-                    return Err(format!(
-                        "{key}.address: expected 0x01-0x0f (OUT) or 0x81-0x8f (IN), found {:#04x}",
-                        ep.address
+                    return Err(BadDescription::key(
+                        format!("{key}.address"),
+                        format!(
+                            "expected 0x01-0x0f (OUT) or 0x81-0x8f (IN), found {:#04x}",
+                            ep.address
+                        ),
                     ));
                 }
                 if addresses.contains(&ep.address) {
-                    return Err(format!("{key}.address: {:#04x} is used twice", ep.address));
+                    return Err(BadDescription::key(
+                        format!("{key}.address"),
+                        format!("{:#04x} is used twice", ep.address),
+                    ));
                 }
                 addresses.push(ep.address);
                 if ep.echo_to.is_some() && ep.address & 0x80 != 0 {
-                    return Err(format!("{key}.echo_to: only OUT endpoints echo"));
+                    return Err(BadDescription::key(
+                        format!("{key}.echo_to"),
+                        "only OUT endpoints echo",
+                    ));
                 }
             }
         }
@@ -230,15 +246,18 @@ impl UsbSpec {
             for (j, ep) in iface.endpoints.iter().enumerate() {
                 if let Some(to) = ep.echo_to {
                     if to & 0x80 == 0 || !addresses.contains(&to) {
-                        return Err(format!(
-                            "key usb.interfaces[{i}].endpoints[{j}].echo_to: expected an IN endpoint of this device, found {to:#04x}"
+                        return Err(BadDescription::key(
+                            format!("usb.interfaces[{i}].endpoints[{j}].echo_to"),
+                            format!("expected an IN endpoint of this device, found {to:#04x}"),
                         ));
                     }
                 }
             }
         }
         for (i, c) in self.control.iter().enumerate() {
-            from_hex(&c.response).map_err(|e| format!("key usb.control[{i}].response: {e}"))?;
+            from_hex(&c.response).map_err(|e| {
+                BadDescription::key(format!("usb.control[{i}].response"), e.to_string())
+            })?;
         }
         Ok(())
     }
@@ -346,8 +365,11 @@ const IN_QUEUE_BYTES: usize = 1 << 20;
 
 impl VirtualUsb {
     /// Builds the device; `spec` must have passed `validate`.
-    pub fn new(spec: &UsbSpec, source: &str, location: u32) -> Result<VirtualUsb, String> {
-        spec.validate()?;
+    pub fn new(spec: &UsbSpec, source: &str, location: u32) -> Result<VirtualUsb, DeviceError> {
+        spec.validate().map_err(|problem| SpecError {
+            file: source.to_owned(),
+            problem,
+        })?;
         let mut strings = Vec::new();
         let mut index = |s: &Option<String>| -> u8 {
             match s {
@@ -380,7 +402,10 @@ impl VirtualUsb {
         for (number, i) in spec.numbered() {
             let mut extra = Vec::new();
             if let Some(hex) = &i.report_descriptor {
-                let bytes = from_hex(hex)?;
+                let bytes = from_hex(hex).map_err(|e| SpecError {
+                    file: source.to_owned(),
+                    problem: BadDescription::key("usb.interfaces.report_descriptor", e.to_string()),
+                })?;
                 extra.push(driverkit_usb::repr::hid_descriptor(bytes.len() as u16));
                 reports.insert(number, bytes);
             }
@@ -392,8 +417,12 @@ impl VirtualUsb {
                     hid_in = hid_in.or(Some(e.address));
                 }
                 if e.address & 0x80 != 0 {
-                    let ring = Ring::create("virtual-usb-in", IN_QUEUE_BYTES)
-                        .map_err(|err| format!("{source}: endpoint queue: {err}"))?;
+                    let ring = Ring::create("virtual-usb-in", IN_QUEUE_BYTES).map_err(|err| {
+                        DeviceError::Resource {
+                            what: format!("{source}: endpoint queue"),
+                            source: err,
+                        }
+                    })?;
                     ins.insert(
                         e.address,
                         InQueue {
@@ -442,8 +471,9 @@ impl VirtualUsb {
         let control = spec
             .control
             .iter()
-            .map(|c| Ok((c.clone(), from_hex(&c.response)?)))
-            .collect::<Result<_, String>>()?;
+            // Every response is hex: `validate` above refused the spec otherwise.
+            .filter_map(|c| Some((c.clone(), from_hex(&c.response).ok()?)))
+            .collect();
         Ok(VirtualUsb {
             source: source.to_owned(),
             location,
@@ -827,13 +857,13 @@ mod tests {
         twice.interfaces[2].bAlternateSetting = 0;
         let e = twice.validate().unwrap_err();
         assert!(
-            e.contains("usb.interfaces[2]") && e.contains("listed twice"),
+            e.to_string().contains("usb.interfaces[2]") && e.to_string().contains("listed twice"),
             "{e}"
         );
         let mut orphan = spec.clone();
         orphan.interfaces[2].bInterfaceNumber = Some(4);
         let e = orphan.validate().unwrap_err();
-        assert!(e.contains("no alternate setting 0"), "{e}");
+        assert!(e.to_string().contains("no alternate setting 0"), "{e}");
     }
 
     #[test]
@@ -844,10 +874,14 @@ mod tests {
             .unwrap();
         spec.interfaces[0].endpoints[0].echo_to = Some(0x85);
         let e = spec.validate().unwrap_err();
-        assert!(e.contains("usb.interfaces[0].endpoints[0].echo_to"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("usb.interfaces[0].endpoints[0].echo_to"),
+            "{e}"
+        );
         spec.interfaces[0].endpoints[0].echo_to = None;
         spec.interfaces[0].endpoints[0].address = 0x30;
         let e = spec.validate().unwrap_err();
-        assert!(e.contains("endpoints[0].address"), "{e}");
+        assert!(e.to_string().contains("endpoints[0].address"), "{e}");
     }
 }

@@ -80,7 +80,7 @@ pub fn report_latency(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
         n,
         |i| {
             let report = if i % 2 == 0 { PRESS_A } else { RELEASE };
-            daemon.queue_report(device, &report)
+            Ok(daemon.queue_report(device, &report)?)
         },
         || next(&mut events).map(drop),
     )?;

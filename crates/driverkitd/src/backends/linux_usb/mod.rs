@@ -172,7 +172,7 @@ impl LinuxUsb {
         };
         let plugged = self
             .bus(info.busnum())
-            .and_then(|bus| self.usb.plug(&self.system, None, device, bus));
+            .and_then(|bus| Ok(self.usb.plug(&self.system, None, device, bus)?));
         match plugged {
             Ok(id) => {
                 self.devices.locked().insert(path, id);

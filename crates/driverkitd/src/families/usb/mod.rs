@@ -13,6 +13,7 @@
 
 mod configuration;
 mod device_calls;
+mod errors;
 mod interface_calls;
 pub mod matching;
 mod model;
@@ -36,6 +37,7 @@ use plist::Value;
 
 pub mod tap;
 
+pub use errors::{LendError, PlugError};
 pub use model::{may_detach, Endpoint, UsbDevice, UsbInterface, KEEP_HOST_DRIVER};
 pub use transport::{enumerate, Completed, Enumerated, InSink, UsbTransport};
 
@@ -155,7 +157,7 @@ impl UsbFamily {
         name: Option<&str>,
         transport: Arc<dyn UsbTransport>,
         bus: EntryId,
-    ) -> Result<EntryId, String> {
+    ) -> Result<EntryId, PlugError> {
         let enumerated = enumerate(&*transport)?;
         let name = name
             .map(str::to_owned)
@@ -188,7 +190,10 @@ impl UsbFamily {
                 plugged_from: Some(source.clone()),
                 matched: false,
             })
-            .map_err(|e| format!("{source}: its bus is gone ({e})"))?;
+            .map_err(|status| PlugError::BusGone {
+                from: source.clone(),
+                status,
+            })?;
         // The packets of a recording name the device by its session
         // (usbmon's device number) on bus 1.
         let tapped = tap::Tapped::new(transport, &enumerated, session as u8, 1);
@@ -211,26 +216,22 @@ impl UsbFamily {
     /// Records device `entry`'s traffic from now on: first the packets
     /// that fetch its descriptors and set its configuration, then every
     /// control request and transfer, as usbmon packets.
-    pub fn record(&self, entry: EntryId) -> Result<(Vec<tap::Record>, tap::Recording), String> {
-        let device = self.device(entry).ok_or_else(|| {
-            format!("{entry:#x} is not a USB device (see `driverkit device list`)")
-        })?;
+    pub fn record(&self, entry: EntryId) -> Result<(Vec<tap::Record>, tap::Recording), LendError> {
+        let device = self.device(entry).ok_or(LendError::NotUsb(entry))?;
         let configuration = *device.configuration.locked();
         let preamble = device.tap.preamble(&device.enumerated, configuration);
         Ok((preamble, device.tap.subscribe()))
     }
 
-    /// After matching left a USB device without a driver: a device that
-    /// is not vendor-class gets its first configuration and interface nubs.
     /// Device `entry`, if it may be lent out: a USB device no dext drives.
-    pub fn lendable(&self, system: &System, entry: EntryId) -> Result<Arc<UsbDevice>, String> {
-        let device = self.device(entry).ok_or_else(|| {
-            format!("{entry:#x} is not a USB device (see `driverkit device list`)")
-        })?;
+    pub fn lendable(&self, system: &System, entry: EntryId) -> Result<Arc<UsbDevice>, LendError> {
+        let device = self.device(entry).ok_or(LendError::NotUsb(entry))?;
         if let Some((service, name)) = system.driver_above(entry) {
-            return Err(format!(
-                "{entry:#x} is driven by {name} [{service:#x}]; stop its driver first (or run the daemon with --no-embedded)"
-            ));
+            return Err(LendError::Driven {
+                entry,
+                name,
+                service,
+            });
         }
         Ok(device)
     }
@@ -238,10 +239,10 @@ impl UsbFamily {
     /// Lends device `entry` out whole (to a USB/IP peer): the system's own
     /// services on it stop and its interface nubs go; refused while a
     /// dext drives it.
-    pub fn lend(&self, system: &System, entry: EntryId) -> Result<Arc<UsbDevice>, String> {
+    pub fn lend(&self, system: &System, entry: EntryId) -> Result<Arc<UsbDevice>, LendError> {
         let device = self.lendable(system, entry)?;
         if !self.lock().lent.insert(entry) {
-            return Err(format!("{entry:#x} is lent out already"));
+            return Err(LendError::LentAlready(entry));
         }
         system.set_registered(entry, false);
         for client in system.clients(entry) {

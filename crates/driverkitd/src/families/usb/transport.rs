@@ -11,6 +11,8 @@
 use std::time::Duration;
 
 use driverkit_usb::Setup;
+
+use super::PlugError;
 use driverkit_wire::{IOResult, IOReturn};
 
 /// A finished transfer: the data of an IN transfer, the count of an OUT one.
@@ -192,19 +194,29 @@ const ENUMERATION_TIMEOUT: Option<Duration> = Some(Duration::from_secs(5));
 /// Reads the descriptors the way a host does: the device descriptor, each
 /// configuration's first 9 bytes and then all of it, and the strings the
 /// device descriptor names (in the first language the device offers).
-pub fn enumerate(t: &dyn UsbTransport) -> Result<Enumerated, String> {
+pub fn enumerate(t: &dyn UsbTransport) -> Result<Enumerated, PlugError> {
     use driverkit_usb::{kind, ConfigurationDescriptor, DeviceDescriptor, StringDescriptor};
+    let malformed = |what: &str| {
+        let what = what.to_owned();
+        move |error| PlugError::Descriptor {
+            from: t.source(),
+            what,
+            error,
+        }
+    };
     if let Some(e) = t.host_enumerated() {
         // Still checked as if read from the wire.
-        DeviceDescriptor::new_checked(&e.device, 0)
-            .map_err(|err| format!("{}: device descriptor: {err}", t.source()))?;
+        DeviceDescriptor::new_checked(&e.device, 0).map_err(malformed("device descriptor"))?;
         for (i, c) in e.configurations.iter().enumerate() {
-            driverkit_usb::interfaces(c)
-                .map_err(|err| format!("{}: configuration {i}: {err}", t.source()))?;
+            driverkit_usb::interfaces(c).map_err(malformed(&format!("configuration {i}")))?;
         }
         return Ok(e);
     }
-    let io = |e: IOReturn, what: &str| format!("{}: reading {what}: {e}", t.source());
+    let io = |status: IOReturn, what: &str| PlugError::Read {
+        from: t.source(),
+        what: what.to_owned(),
+        status,
+    };
     let device = t
         .control(
             Setup::get_descriptor(kind::DEVICE, 0, 0, 18),
@@ -212,8 +224,7 @@ pub fn enumerate(t: &dyn UsbTransport) -> Result<Enumerated, String> {
             ENUMERATION_TIMEOUT,
         )
         .map_err(|e| io(e, "the device descriptor"))?;
-    let view = DeviceDescriptor::new_checked(&device, 0)
-        .map_err(|e| format!("{}: device descriptor: {e}", t.source()))?;
+    let view = DeviceDescriptor::new_checked(&device, 0).map_err(malformed("device descriptor"))?;
     let mut configurations = Vec::new();
     for index in 0..view.num_configurations() {
         let what = format!("configuration {index}");
@@ -225,7 +236,7 @@ pub fn enumerate(t: &dyn UsbTransport) -> Result<Enumerated, String> {
             )
             .map_err(|e| io(e, &what))?;
         let total = ConfigurationDescriptor::new_checked(&head, 0)
-            .map_err(|e| format!("{}: {what}: {e}", t.source()))?
+            .map_err(malformed(&what))?
             .total_length();
         let whole = t
             .control(
@@ -234,7 +245,7 @@ pub fn enumerate(t: &dyn UsbTransport) -> Result<Enumerated, String> {
                 ENUMERATION_TIMEOUT,
             )
             .map_err(|e| io(e, &what))?;
-        driverkit_usb::interfaces(&whole).map_err(|e| format!("{}: {what}: {e}", t.source()))?;
+        driverkit_usb::interfaces(&whole).map_err(malformed(&what))?;
         configurations.push(whole);
     }
     let language = t
