@@ -452,7 +452,7 @@ fn serve_client(
                             }
                             req => match handle(daemon, peer, req) {
                                 Ok(v) => Response::Ok(v),
-                                Err(e) => Response::Error(e),
+                                Err(e) => Response::Error(e.to_string()),
                             },
                         },
                     }
@@ -546,31 +546,39 @@ fn stream_lifecycle(daemon: &Core, mut writer: UnixStream) -> std::io::Result<()
     Ok(())
 }
 
-fn handle(daemon: &Core, peer: &Peer, req: Request) -> Result<serde_json::Value, String> {
+/// Why the sysext requests of a peer are refused.
+#[derive(Debug, thiserror::Error)]
+pub enum NotARequester {
+    #[error("sysext: the requesting app's identity does not hold: {0}")]
+    Identity(#[source] crate::peer::Denied),
+    #[error("sysext: uid {0} is neither an administrator nor an app (a program in NAME.app/Contents/MacOS)")]
+    Neither(u32),
+    #[error("sysext activate: uid {uid} may ask only for the dexts of its own app, and it is not {}", app.display())]
+    NotItsApp { uid: u32, app: PathBuf },
+}
+
+/// A streaming request sent where a one-answer request was expected.
+#[derive(Debug, thiserror::Error)]
+#[error("a streaming request; it has its own connection")]
+pub struct Streaming;
+
+fn handle(daemon: &Core, peer: &Peer, req: Request) -> Result<serde_json::Value, Refusal> {
     use serde_json::json;
-    match req {
+    Ok(match req {
         Request::Registry => {
             let mut xml = Vec::new();
-            daemon
-                .registry_plist()
-                .to_writer_xml(&mut xml)
-                .map_err(|e| e.to_string())?;
-            Ok(json!({ "plist": String::from_utf8_lossy(&xml) }))
+            daemon.registry_plist().to_writer_xml(&mut xml)?;
+            json!({ "plist": String::from_utf8_lossy(&xml) })
         }
-        Request::Unplug { id } => daemon.unplug(id).map(|()| json!({})).map_err(String::from),
-        Request::Devices => serde_json::to_value(daemon.devices()).map_err(|e| e.to_string()),
-        Request::Load { path } => daemon
-            .load_for_developer(&path)
-            .map(|id| json!({ "bundle": id }))
-            .map_err(String::from),
-        Request::Status => Ok(json!({ "pid": std::process::id(), "dexts": daemon.pids() })),
-        Request::Why { id } => daemon
-            .why(id)
-            .map_err(String::from)
-            .and_then(|e| serde_json::to_value(e).map_err(|e| e.to_string())),
-        Request::Lifecycle | Request::ServiceOpen { .. } => {
-            Err("a streaming request; it has its own connection".into())
+        Request::Unplug { id } => {
+            daemon.unplug(id)?;
+            json!({})
         }
+        Request::Devices => serde_json::to_value(daemon.devices())?,
+        Request::Load { path } => json!({ "bundle": daemon.load_for_developer(&path)? }),
+        Request::Status => json!({ "pid": std::process::id(), "dexts": daemon.pids() }),
+        Request::Why { id } => serde_json::to_value(daemon.why(id)?)?,
+        Request::Lifecycle | Request::ServiceOpen { .. } => return Err(Streaming.into()),
         Request::SysextActivate {
             app,
             bundle_id,
@@ -579,71 +587,51 @@ fn handle(daemon: &Core, peer: &Peer, req: Request) -> Result<serde_json::Value,
             // An app asks for its own dexts; an administrator for any app's.
             let who = requester(daemon, peer)?;
             if !who.admin && who.app.as_deref() != Some(app.as_path()) {
-                return Err(format!(
-                    "sysext activate: uid {} may ask only for the dexts of its own app, and it is not {}",
-                    peer.uid,
-                    app.display()
-                ));
+                return Err(NotARequester::NotItsApp { uid: peer.uid, app }.into());
             }
-            Ok(answer(daemon.activate_for(
-                &app,
-                &bundle_id,
-                replacement,
-                &who,
-            )))
+            answer(daemon.activate_for(&app, &bundle_id, replacement, &who))
         }
         Request::SysextDeactivate { bundle_id } => {
             let who = requester(daemon, peer)?;
-            Ok(answer(daemon.deactivate_for(&bundle_id, &who)))
+            answer(daemon.deactivate_for(&bundle_id, &who))
         }
         Request::SysextApprove { bundle_id } => {
             let app = peer.app(daemon.trust().0).ok().flatten();
-            Ok(answer(daemon.approve_by(&bundle_id, app.as_deref())))
+            answer(daemon.approve_by(&bundle_id, app.as_deref()))
         }
-        Request::SysextUninstall { bundle_id } => daemon
-            .uninstall(&bundle_id)
-            .map(|()| json!({}))
-            .map_err(|f| f.to_string()),
-        Request::SysextReset => daemon
-            .reset_extensions()
-            .map(|n| json!({ "removed": n }))
-            .map_err(|f| f.to_string()),
-        Request::SysextList => daemon
-            .extensions()
-            .map_err(|f| f.to_string())
-            .and_then(|r| serde_json::to_value(r).map_err(|e| e.to_string())),
-        Request::SysextDeveloper { on } => daemon
-            .set_developer_mode(on)
-            .map(|()| json!({}))
-            .map_err(|f| f.to_string()),
-        Request::SysextTrust { key } => daemon
-            .trust_key(&key)
-            .map(|()| json!({}))
-            .map_err(|f| f.to_string()),
+        Request::SysextUninstall { bundle_id } => {
+            daemon.uninstall(&bundle_id)?;
+            json!({})
+        }
+        Request::SysextReset => json!({ "removed": daemon.reset_extensions()? }),
+        Request::SysextList => serde_json::to_value(daemon.extensions()?)?,
+        Request::SysextDeveloper { on } => {
+            daemon.set_developer_mode(on)?;
+            json!({})
+        }
+        Request::SysextTrust { key } => {
+            daemon.trust_key(&key)?;
+            json!({})
+        }
         // serve_client signals the stop once this answer is written.
-        Request::Shutdown => Ok(json!({})),
-    }
+        Request::Shutdown => json!({}),
+    })
 }
 
 /// Who asks for a system extension request: an administrator, or an app
 /// whose identity holds (`Peer::app`); anyone else is refused with the
 /// rule that failed.
-fn requester(daemon: &Core, peer: &Peer) -> Result<crate::sysext::Requester, String> {
+fn requester(daemon: &Core, peer: &Peer) -> Result<crate::sysext::Requester, NotARequester> {
     let app = match peer.app(daemon.trust().0) {
         Ok(app) => app,
         Err(_) if peer.is_admin() => None,
         Err(why) => {
             tracing::warn!("sysext   refused: {why}");
-            return Err(format!(
-                "sysext: the requesting app's identity does not hold: {why}"
-            ));
+            return Err(NotARequester::Identity(why));
         }
     };
     if app.is_none() && !peer.is_admin() {
-        return Err(format!(
-            "sysext: uid {} is neither an administrator nor an app (a program in NAME.app/Contents/MacOS)",
-            peer.uid
-        ));
+        return Err(NotARequester::Neither(peer.uid));
     }
     Ok(crate::sysext::Requester {
         app,

@@ -52,6 +52,8 @@ impl std::fmt::Display for Failure {
     }
 }
 
+impl std::error::Error for Failure {}
+
 /// What the requester answers when an extension would replace another
 /// (`actionForReplacingExtension`); `Ask` makes the request return the
 /// question instead.

@@ -81,8 +81,8 @@ pub enum DeviceError {
         status: driverkit_wire::IOReturn,
     },
     /// Text a virtual keyboard cannot type.
-    #[error("{0}")]
-    Untypable(String),
+    #[error(transparent)]
+    Untypable(#[from] crate::families::hid::NoKey),
     #[error(transparent)]
     Plug(#[from] CoreError),
     #[error(transparent)]

@@ -146,7 +146,7 @@ impl Eq for Due {}
 
 static TICKER: OnceLock<Ticker> = OnceLock::new();
 
-fn ticker() -> Result<&'static Ticker, String> {
+fn ticker() -> std::io::Result<&'static Ticker> {
     // As with the log hub: the thread is handed the ticker once it is in
     // the static, never started from inside the initialisation.
     let mut created = false;
@@ -161,8 +161,7 @@ fn ticker() -> Result<&'static Ticker, String> {
         std::thread::Builder::new()
             .name("irq-ticker".into())
             .stack_size(64 * 1024)
-            .spawn(move || ticker.run())
-            .map_err(|e| format!("cannot start the interrupt ticker: {e}"))?;
+            .spawn(move || ticker.run())?;
     }
     Ok(ticker)
 }

@@ -136,13 +136,28 @@ struct Forwarded {
     buttons: u32,
 }
 
+/// Why events cannot reach the kernel's input layer.
+#[derive(Debug, thiserror::Error)]
+pub enum UinputError {
+    #[error("{UINPUT}: {0}")]
+    Unavailable(#[source] std::io::Error),
+    #[error("{UINPUT}: cannot create a device for {name}: {source}")]
+    Create {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{UINPUT}: {0}")]
+    Emit(#[source] std::io::Error),
+}
+
 impl Uinput {
     /// Forwarding, if `/dev/uinput` can be opened; why not otherwise.
-    pub fn open() -> Result<Uinput, String> {
+    pub fn open() -> Result<Uinput, UinputError> {
         std::fs::OpenOptions::new()
             .write(true)
             .open(UINPUT)
-            .map_err(|e| format!("{UINPUT}: {e}"))?;
+            .map_err(UinputError::Unavailable)?;
         Ok(Uinput {
             devices: HashMap::new(),
         })
@@ -155,7 +170,7 @@ impl Uinput {
         &mut self,
         service: EntryId,
         identity: impl FnOnce() -> Identity,
-    ) -> Result<(), String> {
+    ) -> Result<(), UinputError> {
         self.device(service, identity).map(drop)
     }
 
@@ -164,33 +179,28 @@ impl Uinput {
         &mut self,
         event: &HidEvent,
         identity: impl FnOnce() -> Identity,
-    ) -> Result<(), String> {
+    ) -> Result<(), UinputError> {
         let forwarded = self.device(event.service, identity)?;
         let events = linux_events(event, &mut forwarded.buttons);
         if events.is_empty() {
             return Ok(());
         }
         // `emit` closes the batch with SYN_REPORT.
-        forwarded
-            .device
-            .emit(&events)
-            .map_err(|e| format!("{UINPUT}: {e}"))
+        forwarded.device.emit(&events).map_err(UinputError::Emit)
     }
 
     fn device(
         &mut self,
         service: EntryId,
         identity: impl FnOnce() -> Identity,
-    ) -> Result<&mut Forwarded, String> {
+    ) -> Result<&mut Forwarded, UinputError> {
         match self.devices.entry(service) {
             std::collections::hash_map::Entry::Occupied(o) => Ok(o.into_mut()),
             std::collections::hash_map::Entry::Vacant(v) => {
                 let identity = identity();
-                let device = create(&identity).map_err(|e| {
-                    format!(
-                        "{UINPUT}: cannot create a device for {}: {e}",
-                        identity.name
-                    )
+                let device = create(&identity).map_err(|source| UinputError::Create {
+                    name: identity.name.clone(),
+                    source,
                 })?;
                 tracing::info!(
                     "uinput   [{service:#x}] {:?} forwards its events",

@@ -102,16 +102,19 @@ const MAX_VECTORS: usize = 32;
 
 impl LinuxPciFunction {
     /// The function at `path` (`/sys/bus/pci/devices/DDDD:BB:DD.F`).
-    pub fn open(path: PathBuf) -> Result<LinuxPciFunction, String> {
+    pub fn open(path: PathBuf) -> Result<LinuxPciFunction, super::LinuxPciError> {
         let name = path
             .file_name()
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        let location =
-            sysfs::location(&name).ok_or_else(|| format!("{name}: not a PCI address"))?;
+        let location = sysfs::location(&name)
+            .ok_or_else(|| super::LinuxPciError::NotAnAddress(name.clone()))?;
         let config_len = std::fs::metadata(path.join("config"))
-            .map_err(|e| format!("{name}: config: {e}"))?
+            .map_err(|source| super::LinuxPciError::Io {
+                path: path.join("config"),
+                source,
+            })?
             .len();
         let config_space = if config_len >= u64::from(pci::CONFIG_SPACE_EXTENDED) {
             pci::CONFIG_SPACE_EXTENDED
@@ -203,11 +206,11 @@ impl PciDevice for LinuxPciFunction {
             return Ok(());
         }
         let original = sysfs::driver(&self.path).filter(|d| d != "vfio-pci");
-        let fail = |what: String| {
+        let fail = |what: &dyn std::fmt::Display| {
             tracing::error!("pci      {}: {what}", self.location);
             IOReturn::NOT_PERMITTED
         };
-        sysfs::bind(&self.path, "vfio-pci").map_err(fail)?;
+        sysfs::bind(&self.path, "vfio-pci").map_err(|e| fail(&e))?;
         let opened = VfioContainer::new(None)
             .map(Arc::new)
             .and_then(|container| {
@@ -218,7 +221,7 @@ impl PciDevice for LinuxPciFunction {
             Ok(pair) => pair,
             Err(e) => {
                 let _ = sysfs::give_back(&self.path);
-                return Err(fail(format!("opening it through VFIO: {e}")));
+                return Err(fail(&format_args!("opening it through VFIO: {e}")));
             }
         };
         tracing::info!(

@@ -29,6 +29,23 @@ use function::LinuxPciFunction;
 /// The VFIO container device: present once the `vfio` module is loaded.
 const VFIO: &str = "/dev/vfio/vfio";
 
+/// Why the host's PCI functions, or one of them, cannot be driven.
+#[derive(Debug, thiserror::Error)]
+pub enum LinuxPciError {
+    #[error("{VFIO} does not exist (no VFIO: modprobe vfio-pci)")]
+    NoVfio,
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot publish the PCI bus: {0}")]
+    Bus(driverkit_wire::IOReturn),
+    #[error("{0}: not a PCI address")]
+    NotAnAddress(String),
+}
+
 /// The Linux PCI backend: what it plugged.
 pub struct LinuxPci {
     _functions: Vec<(EntryId, Arc<LinuxPciFunction>)>,
@@ -36,14 +53,15 @@ pub struct LinuxPci {
 
 impl LinuxPci {
     /// Plugs every function sysfs lists under a `PCI0` node.
-    pub fn start(system: System, pci: Arc<PciFamily>) -> Result<LinuxPci, String> {
+    pub fn start(system: System, pci: Arc<PciFamily>) -> Result<LinuxPci, LinuxPciError> {
         if !Path::new(VFIO).exists() {
-            return Err(format!(
-                "{VFIO} does not exist (no VFIO: modprobe vfio-pci)"
-            ));
+            return Err(LinuxPciError::NoVfio);
         }
         let mut entries: Vec<_> = std::fs::read_dir(sysfs::DEVICES)
-            .map_err(|e| format!("{}: {e}", sysfs::DEVICES))?
+            .map_err(|source| LinuxPciError::Io {
+                path: sysfs::DEVICES.into(),
+                source,
+            })?
             .filter_map(Result::ok)
             .map(|e| e.path())
             .collect();
@@ -53,14 +71,12 @@ impl LinuxPci {
                 name: "PCI0",
                 class: "IOPCIBridge",
                 properties: Default::default(),
-                provider: system
-                    .root()
-                    .map_err(|e| format!("cannot publish the PCI bus: {e}"))?,
+                provider: system.root().map_err(LinuxPciError::Bus)?,
                 family: None,
                 plugged_from: None,
                 matched: true,
             })
-            .map_err(|e| format!("cannot publish the PCI bus: {e}"))?;
+            .map_err(LinuxPciError::Bus)?;
         let mut functions = Vec::new();
         for path in entries {
             let name = path

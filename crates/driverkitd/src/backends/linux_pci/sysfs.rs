@@ -70,14 +70,34 @@ pub fn driver(function: &Path) -> Option<String> {
     Some(link.file_name()?.to_string_lossy().into_owned())
 }
 
-fn write(path: PathBuf, text: &str) -> Result<(), String> {
-    std::fs::write(&path, text).map_err(|e| format!("writing {text:?} to {}: {e}", path.display()))
+/// Why a function could not be handed to a driver, or back.
+#[derive(Debug, thiserror::Error)]
+pub enum SysfsError {
+    #[error("writing {text:?} to {}: {source}", path.display())]
+    Write {
+        text: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{name}: {driver} did not bind it")]
+    NotBound { name: String, driver: String },
+    #[error("{}: not a PCI function", .0.display())]
+    NotAFunction(PathBuf),
+}
+
+fn write(path: PathBuf, text: &str) -> Result<(), SysfsError> {
+    std::fs::write(&path, text).map_err(|source| SysfsError::Write {
+        text: text.to_owned(),
+        path,
+        source,
+    })
 }
 
 /// Binds `function` to kernel driver `to` (`vfio-pci`), taking it from the
 /// driver it has: `driver_override`, unbind, then a probe, which binds the
 /// override. Waits until sysfs shows it bound.
-pub fn bind(function: &Path, to: &str) -> Result<(), String> {
+pub fn bind(function: &Path, to: &str) -> Result<(), SysfsError> {
     let name = name(function)?;
     write(function.join("driver_override"), to)?;
     if let Some(current) = driver(function) {
@@ -87,13 +107,15 @@ pub fn bind(function: &Path, to: &str) -> Result<(), String> {
         write(function.join("driver/unbind"), &name)?;
     }
     write(PathBuf::from("/sys/bus/pci/drivers_probe"), &name)?;
-    wait_for(|| driver(function).as_deref() == Some(to))
-        .map_err(|_| format!("{name}: {to} did not bind it"))
+    wait_for(|| driver(function).as_deref() == Some(to)).map_err(|_| SysfsError::NotBound {
+        name,
+        driver: to.to_owned(),
+    })
 }
 
 /// Gives `function` back: unbound from whatever has it, no override, and
 /// probed again so that its own kernel driver (if any) binds.
-pub fn give_back(function: &Path) -> Result<(), String> {
+pub fn give_back(function: &Path) -> Result<(), SysfsError> {
     let name = name(function)?;
     // A newline clears the override.
     write(function.join("driver_override"), "\n")?;
@@ -103,11 +125,11 @@ pub fn give_back(function: &Path) -> Result<(), String> {
     write(PathBuf::from("/sys/bus/pci/drivers_probe"), &name)
 }
 
-fn name(function: &Path) -> Result<String, String> {
+fn name(function: &Path) -> Result<String, SysfsError> {
     function
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .ok_or_else(|| format!("{}: not a PCI function", function.display()))
+        .ok_or_else(|| SysfsError::NotAFunction(function.to_owned()))
 }
 
 fn wait_for(done: impl Fn() -> bool) -> Result<(), ()> {

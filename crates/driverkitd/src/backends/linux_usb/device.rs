@@ -68,13 +68,22 @@ pub const ACCESS_HINT: &str =
 
 impl LinuxUsbDevice {
     /// Opens the device `info` describes.
-    pub fn open(info: &nusb::DeviceInfo, ledger: Arc<Ledger>) -> Result<Self, String> {
+    pub fn open(
+        info: &nusb::DeviceInfo,
+        ledger: Arc<Ledger>,
+    ) -> Result<Self, super::LinuxUsbError> {
         let node = format!("{USBFS}/{:03}/{:03}", info.busnum(), info.device_address());
-        let device = info.open().wait().map_err(|e| {
-            if e.kind() == nusb::ErrorKind::PermissionDenied {
-                format!("cannot open {node}: permission denied; {ACCESS_HINT}")
+        let device = info.open().wait().map_err(|source| {
+            if source.kind() == nusb::ErrorKind::PermissionDenied {
+                super::LinuxUsbError::PermissionDenied {
+                    node: node.clone(),
+                    hint: ACCESS_HINT,
+                }
             } else {
-                format!("cannot open {node}: {e}")
+                super::LinuxUsbError::Open {
+                    node: node.clone(),
+                    source,
+                }
             }
         })?;
         // locationID as macOS forms it: the bus in the top byte, then one

@@ -16,6 +16,7 @@
 
 pub mod device;
 pub mod endpoint;
+mod error;
 pub mod ledger;
 pub mod sysfs;
 pub mod uevent;
@@ -31,6 +32,9 @@ use nusb::MaybeFuture;
 use crate::families::usb::UsbFamily;
 use device::LinuxUsbDevice;
 use ledger::Ledger;
+
+pub use error::LinuxUsbError;
+use error::NotReattached;
 
 /// The Linux USB backend.
 pub struct LinuxUsb {
@@ -51,15 +55,14 @@ impl LinuxUsb {
         system: System,
         usb: Arc<UsbFamily>,
         state: &Path,
-    ) -> Result<Arc<LinuxUsb>, String> {
+    ) -> Result<Arc<LinuxUsb>, LinuxUsbError> {
         if !Path::new(device::USBFS).is_dir() {
-            return Err(format!("{} does not exist (no USB here)", device::USBFS));
+            return Err(LinuxUsbError::NoUsbfs(device::USBFS));
         }
         let ledger = Arc::new(Ledger::open(state.join("linux-usb").join("detached")));
         reattach_left_over(&ledger);
         // The watch first, then the list: nothing arrives unseen between.
-        let events = uevent::UeventSocket::open()
-            .map_err(|e| format!("cannot watch the kernel's uevents: {e}"))?;
+        let events = uevent::UeventSocket::open().map_err(LinuxUsbError::Uevents)?;
         let backend = Arc::new(LinuxUsb {
             system,
             usb,
@@ -67,9 +70,7 @@ impl LinuxUsb {
             buses: Mutex::default(),
             devices: Mutex::default(),
         });
-        let devices = nusb::list_devices()
-            .wait()
-            .map_err(|e| format!("cannot list USB devices: {e}"))?;
+        let devices = nusb::list_devices().wait().map_err(LinuxUsbError::List)?;
         for info in devices {
             backend.plug(&info);
         }
@@ -101,7 +102,7 @@ impl LinuxUsb {
                     backend.uevent(&event);
                 }
             })
-            .map_err(|e| format!("cannot start the uevent thread: {e}"))?;
+            .map_err(LinuxUsbError::Thread)?;
         Ok(backend)
     }
 
@@ -182,7 +183,7 @@ impl LinuxUsb {
     }
 
     /// The node of host controller `busnum`, made on first use.
-    fn bus(&self, busnum: u8) -> Result<EntryId, String> {
+    fn bus(&self, busnum: u8) -> Result<EntryId, LinuxUsbError> {
         let mut buses = self.buses.locked();
         if let Some(id) = buses.get(&busnum) {
             return Ok(*id);
@@ -213,12 +214,12 @@ impl LinuxUsb {
                 provider: self
                     .system
                     .root()
-                    .map_err(|e| format!("no registry to hang bus {busnum} on: {e}"))?,
+                    .map_err(|status| LinuxUsbError::NoRoot { busnum, status })?,
                 family: None,
                 plugged_from: None,
                 matched: true,
             })
-            .map_err(|e| format!("cannot publish bus {busnum}: {e}"))?;
+            .map_err(|status| LinuxUsbError::Bus { busnum, status })?;
         buses.insert(busnum, id);
         Ok(id)
     }
@@ -228,26 +229,23 @@ impl LinuxUsb {
 /// back (it was killed).
 fn reattach_left_over(ledger: &Ledger) {
     for (interface, driver) in ledger.left_over() {
-        let back = || -> Result<(), String> {
+        let back = || -> Result<(), NotReattached> {
             if sysfs::driver(&interface).is_some_and(|d| d != "usbfs") {
                 return Ok(()); // bound again meanwhile
             }
-            let device_dir = interface.parent().ok_or("no device")?;
+            let device_dir = interface.parent().ok_or(NotReattached::NotAnInterface)?;
             let number = interface
                 .file_name()
                 .and_then(|n| n.to_str())
                 .and_then(|n| n.rsplit('.').next())
                 .and_then(|n| n.parse::<u8>().ok())
-                .ok_or("not an interface directory")?;
+                .ok_or(NotReattached::NotAnInterface)?;
             let info = nusb::list_devices()
-                .wait()
-                .map_err(|e| e.to_string())?
+                .wait()?
                 .find(|d| d.sysfs_path() == device_dir)
-                .ok_or("the device is gone")?;
-            let device = info.open().wait().map_err(|e| e.to_string())?;
-            device
-                .attach_kernel_driver(number)
-                .map_err(|e| e.to_string())
+                .ok_or(NotReattached::Gone)?;
+            let device = info.open().wait()?;
+            Ok(device.attach_kernel_driver(number)?)
         };
         match back() {
             Ok(()) => tracing::info!(

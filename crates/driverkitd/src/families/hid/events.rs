@@ -292,13 +292,20 @@ pub fn now_ns() -> u64 {
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
+/// A character a US keyboard has no key for, and where it is in the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("character {at} ({character:?}) has no key on a US keyboard")]
+pub struct NoKey {
+    pub at: usize,
+    pub character: char,
+}
+
 /// The reports that type `text` on a US keyboard: a press and a release
 /// per character, Shift held for capitals and shifted symbols.
-pub fn keyboard_reports(text: &str) -> Result<Vec<[u8; 8]>, String> {
+pub fn keyboard_reports(text: &str) -> Result<Vec<[u8; 8]>, NoKey> {
     let mut out = Vec::new();
-    for (i, c) in text.chars().enumerate() {
-        let (shift, usage) = ascii_usage(c)
-            .ok_or_else(|| format!("character {i} ({c:?}) has no key on a US keyboard"))?;
+    for (at, character) in text.chars().enumerate() {
+        let (shift, usage) = ascii_usage(character).ok_or(NoKey { at, character })?;
         out.push([if shift { 0x02 } else { 0 }, 0, usage, 0, 0, 0, 0, 0]);
         out.push([0; 8]);
     }
@@ -429,6 +436,12 @@ mod tests {
             .map(|pair| usage_char(pair[0][2].into(), pair[0][0] & 0x02 != 0).unwrap())
             .collect();
         assert_eq!(typed, text);
-        assert!(keyboard_reports("é").unwrap_err().contains("character 0"));
+        assert_eq!(
+            keyboard_reports("é").unwrap_err(),
+            NoKey {
+                at: 0,
+                character: 'é'
+            }
+        );
     }
 }

@@ -35,7 +35,7 @@ use driverkit_wire::{Bytes, IOResult, IOReturn, MethodId};
 use plist::Value;
 
 pub use events::{
-    ascii_usage, keyboard_reports, now_ns, usage_char, HidEvent, HidEvents, HidSubscription,
+    ascii_usage, keyboard_reports, now_ns, usage_char, HidEvent, HidEvents, HidSubscription, NoKey,
 };
 
 use super::usb::{UsbFamily, UsbInterface};

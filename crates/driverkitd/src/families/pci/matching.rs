@@ -32,16 +32,26 @@ impl MatchWord {
     }
 }
 
+/// What is wrong with a PCI match list, and in which word.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadMatchList {
+    #[error("{0:?}: expected a hexadecimal word such as 0x11e81234")]
+    NotHex(String),
+    #[error("{0:?}: expected at most 8 hexadecimal digits after 0x")]
+    TooLong(String),
+    #[error("an empty match list: expected words such as 0x11e81234")]
+    Empty,
+}
+
 /// Parses a match list (`"0x11e81234 0x00001af4&0x0000ffff"`). Errors name
 /// the word and say what was expected.
-pub fn parse_list(text: &str) -> Result<Vec<MatchWord>, String> {
-    let number = |s: &str| -> Result<u32, String> {
+pub fn parse_list(text: &str) -> Result<Vec<MatchWord>, BadMatchList> {
+    let number = |s: &str| -> Result<u32, BadMatchList> {
         let hex = s
             .strip_prefix("0x")
             .or_else(|| s.strip_prefix("0X"))
-            .ok_or_else(|| format!("{s:?}: expected a hexadecimal word such as 0x11e81234"))?;
-        u32::from_str_radix(hex, 16)
-            .map_err(|_| format!("{s:?}: expected at most 8 hexadecimal digits after 0x"))
+            .ok_or_else(|| BadMatchList::NotHex(s.to_owned()))?;
+        u32::from_str_radix(hex, 16).map_err(|_| BadMatchList::TooLong(s.to_owned()))
     };
     let words: Vec<MatchWord> = text
         .split_whitespace()
@@ -55,9 +65,9 @@ pub fn parse_list(text: &str) -> Result<Vec<MatchWord>, String> {
                 mask: u32::MAX,
             }),
         })
-        .collect::<Result<_, String>>()?;
+        .collect::<Result<_, BadMatchList>>()?;
     if words.is_empty() {
-        return Err("an empty match list: expected words such as 0x11e81234".into());
+        return Err(BadMatchList::Empty);
     }
     Ok(words)
 }
@@ -235,10 +245,14 @@ mod tests {
     #[test]
     fn bad_lists_say_what_was_expected() {
         let e = parse_list("0x11e81234 zz").unwrap_err();
-        assert!(e.contains("\"zz\"") && e.contains("hexadecimal"), "{e}");
+        assert_eq!(e, BadMatchList::NotHex("zz".into()));
+        assert!(
+            e.to_string().contains("\"zz\"") && e.to_string().contains("hexadecimal"),
+            "{e}"
+        );
         let e = parse_list("0x123456789").unwrap_err();
-        assert!(e.contains("at most 8"), "{e}");
-        assert!(parse_list("  ").unwrap_err().contains("empty"));
+        assert!(e.to_string().contains("at most 8"), "{e}");
+        assert_eq!(parse_list("  ").unwrap_err(), BadMatchList::Empty);
         assert_eq!(
             parse_list("0x1234&0xffff").unwrap(),
             [MatchWord {

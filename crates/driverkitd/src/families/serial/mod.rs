@@ -77,16 +77,33 @@ pub enum NodeChoice {
     Pty,
 }
 
+/// A serial request the family cannot serve.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SerialError {
+    #[error("serial nodes: expected auto, cuse or pty, found {0:?}")]
+    UnknownNodeKind(String),
+    #[error(
+        "no serial port {name:?}; the ports are: {} (see `driverkit ioreg -c IOUserSerial`)",
+        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+    )]
+    NoSuchPort { name: String, known: Vec<String> },
+    /// The port's driver refused part of a line change.
+    #[error("{port}: {refused}")]
+    Refused {
+        port: String,
+        #[source]
+        refused: port::Refused,
+    },
+}
+
 impl std::str::FromStr for NodeChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<NodeChoice, String> {
+    type Err = SerialError;
+    fn from_str(s: &str) -> Result<NodeChoice, SerialError> {
         match s {
             "auto" => Ok(NodeChoice::Auto),
             "cuse" => Ok(NodeChoice::Cuse),
             "pty" => Ok(NodeChoice::Pty),
-            _ => Err(format!(
-                "serial nodes: expected auto, cuse or pty, found {s:?}"
-            )),
+            _ => Err(SerialError::UnknownNodeKind(s.to_owned())),
         }
     }
 }
@@ -145,7 +162,7 @@ impl SerialFamily {
 
     /// The port of serial service `id`, or of the one service whose
     /// `IOTTYDevice` or callout path is `name`.
-    pub fn port(&self, system: &System, name: &str) -> Result<(EntryId, Arc<Port>), String> {
+    pub fn port(&self, system: &System, name: &str) -> Result<(EntryId, Arc<Port>), SerialError> {
         let st = self.lock();
         let by_id = parse_id(name).and_then(|id| st.ports.get(&id).map(|p| (id, p)));
         let found = by_id.or_else(|| {
@@ -169,10 +186,10 @@ impl SerialFamily {
                             .and_then(|v| v.as_string().map(str::to_owned))
                     })
                     .collect();
-                Err(format!(
-                    "no serial port {name:?}; the ports are: {} (see `driverkit ioreg -c IOUserSerial`)",
-                    if known.is_empty() { "none".into() } else { known.join(", ") }
-                ))
+                Err(SerialError::NoSuchPort {
+                    name: name.to_owned(),
+                    known,
+                })
             }
         }
     }

@@ -78,6 +78,8 @@ impl std::fmt::Display for Refused {
     }
 }
 
+impl std::error::Error for Refused {}
+
 /// The kind of node a port has, for ioreg (`IOSerialNodeKind`) and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeKind {
@@ -407,9 +409,12 @@ impl Port {
     /// What `driverkit serial set` asks: the whole line at once
     /// (`hw_program_uart`), flow control, the modem outputs, a break of
     /// `break_ms`. Each refusal of the driver is named.
-    pub fn set(&self, want: Line, break_ms: Option<u32>) -> Result<(), String> {
+    pub fn set(&self, want: Line, break_ms: Option<u32>) -> Result<(), super::SerialError> {
         let s = &self.core;
-        let named = |r: Refused| format!("{}: {r}", s.name);
+        let named = |refused: Refused| super::SerialError::Refused {
+            port: s.name.clone(),
+            refused,
+        };
         s.program(want, true).map_err(named)?;
         if let Some(ms) = break_ms {
             s.step("a break".into(), |d| d.hw_send_break(true))

@@ -104,6 +104,38 @@ pub struct CuseNode {
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// Why a port got no CUSE node.
+#[derive(Debug, thiserror::Error)]
+pub enum CuseError {
+    #[error("cannot open {CUSE_DEVICE}: {0}")]
+    Open(#[source] Errno),
+    #[error("{CUSE_DEVICE}: {0}")]
+    Device(#[source] Errno),
+    #[error("{CUSE_DEVICE}: {0}")]
+    Malformed(#[source] proto::ParseError),
+    #[error("{CUSE_DEVICE}: expected CUSE_INIT first, got opcode {0}")]
+    NotInit(u32),
+    #[error(
+        "{CUSE_DEVICE}: the kernel speaks FUSE {major}.{minor}, this daemon {}.x",
+        proto::KERNEL_VERSION
+    )]
+    Version { major: u32, minor: u32 },
+    #[error("{CUSE_DEVICE}: registering {name}: {source}")]
+    Register {
+        name: String,
+        #[source]
+        source: Errno,
+    },
+    #[error("{CUSE_DEVICE}: no CUSE_INIT: {0}")]
+    NoInit(#[source] Errno),
+    #[error("cannot start {label}: {source}")]
+    Thread {
+        label: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 impl CuseNode {
     /// The line a node starts with.
     pub fn initial_line() -> Line {
@@ -111,13 +143,13 @@ impl CuseNode {
     }
 
     /// Registers a CUSE device for the port of `core` and starts serving it.
-    pub fn start(core: Arc<Core>) -> Result<CuseNode, String> {
+    pub fn start(core: Arc<Core>) -> Result<CuseNode, CuseError> {
         let dev = rustix::fs::open(
             CUSE_DEVICE,
             OFlags::RDWR | OFlags::CLOEXEC | OFlags::NONBLOCK,
             Mode::empty(),
         )
-        .map_err(|e| format!("cannot open {CUSE_DEVICE}: {e}"))?;
+        .map_err(CuseError::Open)?;
         let index = claim_name();
         let name = format!("{NAME_PREFIX}{index}");
         let registered = handshake(&dev, &name);
@@ -138,13 +170,17 @@ impl CuseNode {
 
     /// Serves requests arriving on `dev` (registered already) for the port
     /// of `core`, whose node is `path`.
-    fn serve(core: Arc<Core>, dev: OwnedFd, path: PathBuf, index: u32) -> Result<CuseNode, String> {
+    fn serve(
+        core: Arc<Core>,
+        dev: OwnedFd,
+        path: PathBuf,
+        index: u32,
+    ) -> Result<CuseNode, CuseError> {
         // `cuse-dev` polls before it reads, and must never block in a read
         // (its stop comes through the poll).
-        rustix::fs::fcntl_setfl(&dev, OFlags::NONBLOCK)
-            .map_err(|e| format!("{CUSE_DEVICE}: {e}"))?;
+        rustix::fs::fcntl_setfl(&dev, OFlags::NONBLOCK).map_err(CuseError::Device)?;
         let wake = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)
-            .map_err(|e| format!("eventfd: {e}"))?;
+            .map_err(CuseError::Device)?;
         let inner = Arc::new(Inner {
             core,
             dev,
@@ -192,7 +228,7 @@ impl CuseNode {
                 Err(e) => {
                     node.inner.core.set_stopped();
                     node.stop();
-                    return Err(format!("cannot start {label}: {e}"));
+                    return Err(CuseError::Thread { label, source: e });
                 }
             }
         }
@@ -287,7 +323,7 @@ fn release_name(n: u32) {
 }
 
 /// `CUSE_INIT`: the kernel's first request, answered with the device's name.
-fn handshake(dev: &OwnedFd, name: &str) -> Result<(), String> {
+fn handshake(dev: &OwnedFd, name: &str) -> Result<(), CuseError> {
     let mut buf = vec![0u8; proto::REQUEST_BUFFER];
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -295,27 +331,22 @@ fn handshake(dev: &OwnedFd, name: &str) -> Result<(), String> {
         let _ = poll(&mut fds, Some(&timespec(Duration::from_millis(100))));
         match rustix::io::read(dev, &mut buf) {
             Ok(n) => {
-                let (h, r) =
-                    Request::parse(&buf[..n]).map_err(|e| format!("{CUSE_DEVICE}: {e}"))?;
+                let (h, r) = Request::parse(&buf[..n]).map_err(CuseError::Malformed)?;
                 let Request::Init { major, minor } = r else {
-                    return Err(format!(
-                        "{CUSE_DEVICE}: expected CUSE_INIT first, got opcode {}",
-                        h.opcode
-                    ));
+                    return Err(CuseError::NotInit(h.opcode));
                 };
                 if major != proto::KERNEL_VERSION {
-                    return Err(format!(
-                        "{CUSE_DEVICE}: the kernel speaks FUSE {major}.{minor}, this daemon {}.x",
-                        proto::KERNEL_VERSION
-                    ));
+                    return Err(CuseError::Version { major, minor });
                 }
                 let reply = proto::init_reply(h.unique, minor.min(proto::KERNEL_MINOR), name);
-                rustix::io::write(dev, &reply)
-                    .map_err(|e| format!("{CUSE_DEVICE}: registering {name}: {e}"))?;
+                rustix::io::write(dev, &reply).map_err(|source| CuseError::Register {
+                    name: name.to_owned(),
+                    source,
+                })?;
                 return Ok(());
             }
             Err(Errno::AGAIN) | Err(Errno::INTR) if Instant::now() < deadline => {}
-            Err(e) => return Err(format!("{CUSE_DEVICE}: no CUSE_INIT: {e}")),
+            Err(e) => return Err(CuseError::NoInit(e)),
         }
     }
 }

@@ -154,6 +154,8 @@ impl std::fmt::Display for ParseError {
     }
 }
 
+impl std::error::Error for ParseError {}
+
 /// A request's header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
