@@ -16,6 +16,7 @@ pub mod net;
 pub mod pci;
 pub mod plain;
 pub mod serial;
+pub mod threads;
 pub mod usb;
 
 use std::sync::Arc;

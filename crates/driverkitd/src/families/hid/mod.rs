@@ -38,6 +38,7 @@ pub use events::{
     ascii_usage, keyboard_reports, now_ns, usage_char, HidEvent, HidEvents, HidSubscription, NoKey,
 };
 
+use super::threads::{Body, Stop, Threads};
 use super::usb::{UsbFamily, UsbInterface};
 
 /// Where an interface's reports go.
@@ -71,7 +72,7 @@ struct HidInterface {
     stopped: AtomicBool,
     /// The poller of the interrupt-IN endpoint while someone takes the
     /// reports (its stop flag); the USB interface is claimed meanwhile.
-    reading: Mutex<Option<Arc<AtomicBool>>>,
+    reading: Mutex<Option<Reading>>,
 }
 
 #[derive(Default)]
@@ -395,7 +396,7 @@ impl HidFamily {
             return Ok(());
         }
         usb.claim(system, may_detach)?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(Stop::new().map_err(|_| IOReturn::NO_RESOURCES)?);
         // Where the transport can, each report is handed on by the thread
         // that completes its transfer: no poller thread, one wake-up fewer
         // per report. Weak, as the transport keeps the sink until the
@@ -407,20 +408,28 @@ impl HidFamily {
             }
         });
         if usb.device.transport.stream_in(address, len, sink) {
-            *reading = Some(stop);
+            *reading = Some(Reading { stop, poller: None });
             return Ok(());
         }
-        let (me, poller, flag) = (self.me.clone(), hid.clone(), stop.clone());
-        let spawned = std::thread::Builder::new()
-            .name(format!("hid-poll:{:#x}", hid.entry))
-            .spawn(move || poll(me, poller, &flag, address, len, interval));
-        if let Err(e) = spawned {
-            tracing::error!("hid      cannot start polling: {e}");
-            usb.release(system);
-            return Err(IOReturn::NO_RESOURCES);
+        let (me, poller) = (self.me.clone(), hid.clone());
+        let body: Body<Stop> = Box::new(move |stop| poll(me, poller, stop, address, len, interval));
+        let label = format!("hid-poll:{:#x}", hid.entry);
+        match Threads::start(&stop, vec![(label, body)], |s| {
+            s.set();
+        }) {
+            Ok(poller) => {
+                *reading = Some(Reading {
+                    stop,
+                    poller: Some(poller),
+                });
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("hid      cannot start polling: {e}");
+                usb.release(system);
+                Err(IOReturn::NO_RESOURCES)
+            }
         }
-        *reading = Some(stop);
-        Ok(())
     }
 }
 
@@ -526,15 +535,26 @@ fn hid_report_length(configurations: &[Vec<u8>], number: u8) -> Option<u16> {
 
 /// Stops the poller, if one runs, and gives the USB interface back.
 fn stop_reading(system: &System, hid: &HidInterface) {
-    let Some(stop) = hid.reading.locked().take() else {
+    let Some(reading) = hid.reading.locked().take() else {
         return;
     };
-    stop.store(true, Ordering::Release);
+    reading.stop.set();
     if let (Some((address, _, _)), Some(usb)) = (hid.input, &hid.usb) {
         usb.device.transport.stop_stream(address);
+        // Ends the poller's transfer in flight.
         usb.device.transport.abort(address);
+        if let Some(poller) = &reading.poller {
+            poller.join();
+        }
         usb.release(system);
     }
+}
+
+/// How an interface's reports are read: the transport streams them, or a
+/// poller thread reads them.
+struct Reading {
+    stop: Arc<Stop>,
+    poller: Option<Threads>,
 }
 
 /// The interrupt-IN loop: read a report, hand it on, again. An empty
@@ -542,14 +562,14 @@ fn stop_reading(system: &System, hid: &HidInterface) {
 fn poll(
     family: Weak<HidFamily>,
     hid: Arc<HidInterface>,
-    stop: &AtomicBool,
+    stop: &Stop,
     address: u8,
     len: usize,
     interval: u8,
 ) {
     let Some(usb) = &hid.usb else { return };
     let transport = usb.device.transport.clone();
-    let stopped = || stop.load(Ordering::Acquire) || hid.stopped.load(Ordering::Acquire);
+    let stopped = || stop.is_set() || hid.stopped.load(Ordering::Acquire);
     while !stopped() {
         let submitted = transport.abort_generation(address);
         if stopped() {
@@ -557,7 +577,7 @@ fn poll(
         }
         match transport.transfer(address, &[], len, Some(Duration::from_secs(1)), submitted) {
             Ok(done) if done.data.is_empty() => {
-                std::thread::sleep(Duration::from_millis(interval.into()));
+                stop.sleep(Duration::from_millis(interval.into()));
             }
             Ok(done) => {
                 if family.strong_count() == 0 {

@@ -15,10 +15,8 @@
 //! the driver's error and ignored.
 
 use driverkit_wire::sync::Locked;
-use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use driverkit_core::{EntryId, System};
@@ -30,9 +28,7 @@ use rustix::event::{poll, PollFd, PollFlags, Timespec};
 
 use super::link::{self, Change, Watch};
 use super::tap::Tap;
-
-/// A thread's work.
-type Body = Box<dyn FnOnce(&Shared) + Send>;
+use crate::families::threads::{Body, Stop, Threads};
 
 /// Frames per batch at most.
 const BATCH: usize = 64;
@@ -68,8 +64,7 @@ struct Shared {
     /// The TAP in use: a new one replaces a TAP the kernel removed.
     tap: Mutex<Arc<Tap>>,
     net: NetInterface,
-    stop: AtomicBool,
-    wake: OwnedFd,
+    stop: Stop,
     counters: Arc<Counters>,
     /// The link as a user set it (`ip link`), and the MTU in force.
     link: Watch,
@@ -89,7 +84,7 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
 pub struct Interface {
     shared: Arc<Shared>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    threads: Threads,
 }
 
 impl Interface {
@@ -107,33 +102,29 @@ impl Interface {
         if packets < 2 {
             return Err(IOReturn::BAD_ARGUMENT);
         }
-        let wake = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)
-            .map_err(|_| IOReturn::NO_RESOURCES)?;
+        let stop = Stop::new().map_err(|_| IOReturn::NO_RESOURCES)?;
         let shared = Arc::new(Shared {
             name,
             tap: Mutex::new(tap),
             net,
-            stop: AtomicBool::new(false),
-            wake,
+            stop,
             counters,
             link: Watch {
                 mtu: AtomicU32::new(1500),
-                stop: AtomicBool::new(false),
             },
         });
         let half = packets / 2;
-        let mut threads = Vec::new();
-        let bodies: [(&str, Body); 3] = [
+        let bodies: Vec<(String, Body<Shared>)> = vec![
             (
-                "net-in",
+                "net-in".into(),
                 Box::new(move |s| net_in(s, Ownership::new(0..half))),
             ),
             (
-                "net-out",
+                "net-out".into(),
                 Box::new(move |s| net_out(s, half..packets, &*publish)),
             ),
             (
-                "net-link",
+                "net-link".into(),
                 Box::new(move |s| {
                     let replace = || {
                         let new = vanished()?;
@@ -145,32 +136,15 @@ impl Interface {
                         apply: &*apply,
                         vanished: &replace,
                     };
-                    link::run(&hands, &s.link, &s.wake)
+                    link::run(&hands, &s.link, &s.stop)
                 }),
             ),
         ];
-        for (label, body) in bodies {
-            let s = shared.clone();
-            match std::thread::Builder::new()
-                .name(label.into())
-                .stack_size(256 * 1024)
-                .spawn(move || body(&s))
-            {
-                Ok(t) => threads.push(t),
-                Err(_) => {
-                    Interface {
-                        shared,
-                        threads: Mutex::new(threads),
-                    }
-                    .stop();
-                    return Err(IOReturn::NO_RESOURCES);
-                }
-            }
-        }
-        Ok(Interface {
-            shared,
-            threads: Mutex::new(threads),
-        })
+        let threads = Threads::start(&shared, bodies, Shared::tell_stop).map_err(|e| {
+            tracing::error!("net      {}: {e}", shared.name);
+            IOReturn::NO_RESOURCES
+        })?;
+        Ok(Interface { shared, threads })
     }
 
     /// The TAP in use now.
@@ -180,17 +154,8 @@ impl Interface {
 
     /// Ends both threads; the TAP stays (its owner parks it).
     pub fn stop(&self) {
-        let s = &self.shared;
-        if s.stop.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        s.link.stop.store(true, Ordering::Release);
-        let _ = rustix::io::write(&s.wake, &1u64.to_ne_bytes());
-        s.net.bell(SYSTEM_BELL).ring();
-        let threads = std::mem::take(&mut *self.threads.locked());
-        for t in threads {
-            let _ = t.join();
-        }
+        self.shared.tell_stop();
+        self.threads.join();
     }
 }
 
@@ -202,7 +167,15 @@ impl Drop for Interface {
 
 impl Shared {
     fn stopped(&self) -> bool {
-        self.stop.load(Ordering::Acquire)
+        self.stop.is_set()
+    }
+
+    /// Tells the threads to stop: the stop wakes those in `poll`, the
+    /// system bell the one waiting for the driver.
+    fn tell_stop(&self) {
+        if self.stop.set() {
+            self.net.bell(SYSTEM_BELL).ring();
+        }
     }
 
     fn tap(&self) -> Arc<Tap> {
@@ -282,7 +255,7 @@ fn net_in(s: &Shared, mut own: Ownership) {
         if batch.is_empty() {
             let mut fds = [
                 PollFd::new(&*tap, PollFlags::IN),
-                PollFd::new(&s.wake, PollFlags::IN),
+                PollFd::new(s.stop.fd(), PollFlags::IN),
             ];
             let ts = Timespec {
                 tv_sec: 0,

@@ -22,7 +22,7 @@
 //! and the family makes a new one in the daemon's namespace (`vanished`).
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +34,7 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 
 use super::tap::Tap;
+use crate::families::threads::Stop;
 
 /// `TUNGETDEVNETNS`: `_IO('T', 227)`.
 const TUNGETDEVNETNS: libc::c_ulong = 0x54e3;
@@ -99,10 +100,9 @@ impl State {
     }
 }
 
-/// Shared with the interface: the MTU in force, and the end.
+/// Shared with the interface: the MTU in force.
 pub struct Watch {
     pub mtu: AtomicU32,
-    pub stop: AtomicBool,
 }
 
 /// What the watch does with the interface: `tap` is the TAP in use,
@@ -114,8 +114,8 @@ pub struct Hands<'a> {
     pub vanished: &'a dyn Fn() -> Option<Arc<Tap>>,
 }
 
-/// Watches the interface's link until `watch.stop`.
-pub fn run(hands: &Hands<'_>, watch: &Watch, wake: &OwnedFd) {
+/// Watches the interface's link until `stop`.
+pub fn run(hands: &Hands<'_>, watch: &Watch, stop: &Stop) {
     let mut state = State::fresh((hands.tap)().mtu());
     watch.mtu.store(state.mtu, Ordering::Release);
     let home = match Home::here() {
@@ -125,13 +125,13 @@ pub fn run(hands: &Hands<'_>, watch: &Watch, wake: &OwnedFd) {
             return;
         }
     };
-    while !watch.stop.load(Ordering::Acquire) {
+    while !stop.is_set() {
         let tap = (hands.tap)();
         let socket = match listen_everywhere() {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("net      {}: cannot watch its link: {e}", tap.name());
-                sleep_or_stop(watch, wake, Duration::from_secs(1));
+                stop.sleep(Duration::from_secs(1));
                 continue;
             }
         };
@@ -144,13 +144,13 @@ pub fn run(hands: &Hands<'_>, watch: &Watch, wake: &OwnedFd) {
                 }
                 match (hands.vanished)() {
                     Some(new) => state = State::fresh(new.mtu()),
-                    None => sleep_or_stop(watch, wake, Duration::from_secs(1)),
+                    None => stop.sleep(Duration::from_secs(1)),
                 }
                 continue;
             }
             Err(e) => {
                 tracing::warn!("net      {}: cannot find its namespace: {e}", tap.name());
-                sleep_or_stop(watch, wake, Duration::from_secs(1));
+                stop.sleep(Duration::from_secs(1));
                 continue;
             }
         };
@@ -168,7 +168,7 @@ pub fn run(hands: &Hands<'_>, watch: &Watch, wake: &OwnedFd) {
             place,
             &home,
             watch,
-            wake,
+            stop,
             &socket,
             &mut state,
             hands.apply,
@@ -404,16 +404,16 @@ fn follow(
     place: Place,
     home: &Home,
     watch: &Watch,
-    wake: &OwnedFd,
+    stop: &Stop,
     socket: &Socket,
     state: &mut State,
     apply: &dyn Fn(Change) -> bool,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
-    while !watch.stop.load(Ordering::Acquire) {
+    while !stop.is_set() {
         let mut fds = [
             PollFd::new(socket, PollFlags::IN),
-            PollFd::new(wake, PollFlags::IN),
+            PollFd::new(stop.fd(), PollFlags::IN),
         ];
         let ts = Timespec {
             tv_sec: 1,
@@ -597,18 +597,6 @@ fn set_mtu(name: &str, mtu: u32) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
-}
-
-fn sleep_or_stop(watch: &Watch, wake: &OwnedFd, d: Duration) {
-    if watch.stop.load(Ordering::Acquire) {
-        return;
-    }
-    let mut fds = [PollFd::new(wake, PollFlags::IN)];
-    let ts = Timespec {
-        tv_sec: d.as_secs() as i64,
-        tv_nsec: d.subsec_nanos() as i64,
-    };
-    let _ = poll(&mut fds, Some(&ts));
 }
 
 #[cfg(test)]

@@ -22,7 +22,6 @@ use driverkit_wire::sync::Locked;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use driverkit_wire::interfaces::IOUserSerialInterface;
@@ -35,14 +34,15 @@ use rustix::io::Errno;
 
 use super::port::{Core, Node, NodeKind, CLOSING_WAIT};
 use super::tty::{self, Tty};
+use crate::families::threads::{Body, Stop, Threads};
 
 struct Shared {
     core: Arc<Core>,
     tty: Tty,
     /// The daemon's end of the control socket.
     control: OwnedFd,
-    /// Written to wake the thread out of `poll`.
-    wake: OwnedFd,
+    /// Wakes the thread out of `poll` when the node stops.
+    stop: Stop,
     /// The bytes so far, from the rings' wrapping indices.
     tally: Mutex<Tally>,
 }
@@ -61,7 +61,7 @@ pub struct PtyNode {
     shared: Arc<Shared>,
     /// The driver's end of the control socket, until it is handed over.
     far_end: Mutex<Option<OwnedFd>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: Threads,
 }
 
 impl PtyNode {
@@ -80,8 +80,7 @@ impl PtyNode {
     /// has [`handover`](Node::handover)'s descriptors.
     pub fn start(core: Arc<Core>, tty: Tty) -> IOResult<PtyNode> {
         use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
-        let wake = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)
-            .map_err(|_| IOReturn::NO_RESOURCES)?;
+        let stop = Stop::new().map_err(|_| IOReturn::NO_RESOURCES)?;
         let (control, far_end) = socketpair(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
@@ -104,19 +103,22 @@ impl PtyNode {
             core,
             tty,
             control,
-            wake,
+            stop,
             tally: Mutex::new(tally),
         });
-        let s = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("serial-tty".into())
-            .stack_size(256 * 1024)
-            .spawn(move || keep(&s))
-            .map_err(|_| IOReturn::NO_RESOURCES)?;
+        let thread = Threads::start(
+            &shared,
+            vec![("serial-tty".into(), Box::new(keep) as Body<Shared>)],
+            Shared::tell_stop,
+        )
+        .map_err(|e| {
+            tracing::error!("serial   {e}");
+            IOReturn::NO_RESOURCES
+        })?;
         Ok(PtyNode {
             shared,
             far_end: Mutex::new(Some(far_end)),
-            thread: Mutex::new(Some(thread)),
+            thread,
         })
     }
 }
@@ -148,17 +150,19 @@ impl Node for PtyNode {
     /// closes when the last holder lets go (a program reading it then sees
     /// the hang-up).
     fn stop(&self) {
-        let s = &self.shared;
-        let _ = rustix::net::shutdown(&s.control, rustix::net::Shutdown::Both);
-        let _ = rustix::io::write(&s.wake, &1u64.to_ne_bytes());
-        let thread = self.thread.locked().take();
-        if let Some(t) = thread {
-            let _ = t.join();
-        }
+        self.shared.tell_stop();
+        self.thread.join();
     }
 }
 
 impl Shared {
+    /// Ends the thread: the control socket shuts (the pump in the driver
+    /// hears it) and the stop wakes the thread out of `poll`.
+    fn tell_stop(&self) {
+        let _ = rustix::net::shutdown(&self.control, rustix::net::Shutdown::Both);
+        self.stop.set();
+    }
+
     fn stopped(&self) -> bool {
         self.core.stopped()
     }
@@ -237,7 +241,7 @@ impl Shared {
     fn poll_with_wake(&self, fd: impl AsFd, events: PollFlags, timeout: Duration) -> PollFlags {
         let mut fds = [
             PollFd::new(&fd, events),
-            PollFd::new(&self.wake, PollFlags::IN),
+            PollFd::new(self.stop.fd(), PollFlags::IN),
         ];
         let ts = Timespec {
             tv_sec: timeout.as_secs() as i64,
@@ -262,7 +266,7 @@ fn keep(s: &Shared) {
         }
         if pump_gone {
             // The driver's process ended: the port ends with its service.
-            s.poll_with_wake(&s.wake, PollFlags::IN, Duration::from_secs(1));
+            s.stop.sleep(Duration::from_secs(1));
             continue;
         }
         let ready = s.poll_with_wake(&s.control, PollFlags::IN, Duration::from_secs(1));

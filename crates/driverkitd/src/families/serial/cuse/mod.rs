@@ -49,7 +49,6 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use driverkit_wire::interfaces::IOUserSerialInterface;
@@ -64,6 +63,7 @@ use self::ioctl::{bits, tiocm, Counters, Decoded, ModemSet, Termios, TtyIoctl, W
 use self::proto::{Caller, Request};
 use super::port::{Core, Line, Node, NodeKind};
 use super::tty;
+use crate::families::threads::{Body, Stop, Threads};
 use state::*;
 
 /// The kernel's CUSE device.
@@ -101,7 +101,7 @@ pub fn available() -> bool {
 /// A port's CUSE node and its threads.
 pub struct CuseNode {
     inner: Arc<Inner>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    threads: Threads,
 }
 
 /// Why a port got no CUSE node.
@@ -128,12 +128,8 @@ pub enum CuseError {
     },
     #[error("{CUSE_DEVICE}: no CUSE_INIT: {0}")]
     NoInit(#[source] Errno),
-    #[error("cannot start {label}: {source}")]
-    Thread {
-        label: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{0}")]
+    Start(#[source] std::io::Error),
 }
 
 impl CuseNode {
@@ -179,8 +175,7 @@ impl CuseNode {
         // `cuse-dev` polls before it reads, and must never block in a read
         // (its stop comes through the poll).
         rustix::fs::fcntl_setfl(&dev, OFlags::NONBLOCK).map_err(CuseError::Device)?;
-        let wake = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)
-            .map_err(CuseError::Device)?;
+        let stop = Stop::new().map_err(CuseError::Start)?;
         let inner = Arc::new(Inner {
             core,
             dev,
@@ -208,31 +203,18 @@ impl CuseNode {
                 corrupt_logged: false,
             }),
             kick: AtomicU32::new(0),
-            wake,
+            stop,
         });
-        let node = CuseNode {
-            inner,
-            threads: Mutex::new(Vec::new()),
-        };
-        for (label, body) in [
-            ("cuse-dev", Inner::serve_requests as fn(&Inner)),
-            ("cuse-io", Inner::move_bytes as fn(&Inner)),
-        ] {
-            let inner = node.inner.clone();
-            match std::thread::Builder::new()
-                .name(label.into())
-                .stack_size(256 * 1024)
-                .spawn(move || body(&inner))
-            {
-                Ok(t) => node.threads.locked().push(t),
-                Err(e) => {
-                    node.inner.core.set_stopped();
-                    node.stop();
-                    return Err(CuseError::Thread { label, source: e });
-                }
-            }
-        }
-        Ok(node)
+        let bodies: Vec<(String, Body<Inner>)> = vec![
+            ("cuse-dev".into(), Box::new(Inner::serve_requests)),
+            ("cuse-io".into(), Box::new(Inner::move_bytes)),
+        ];
+        let threads = Threads::start(&inner, bodies, |inner| {
+            inner.core.set_stopped();
+            inner.tell_stop();
+        })
+        .map_err(CuseError::Start)?;
+        Ok(CuseNode { inner, threads })
     }
 }
 
@@ -248,12 +230,8 @@ impl Node for CuseNode {
     /// Ends the threads and closes `/dev/cuse`: the kernel removes the
     /// device, and programs holding it get `ENODEV` from then on.
     fn stop(&self) {
-        let _ = rustix::io::write(&self.inner.wake, &1u64.to_ne_bytes());
-        self.inner.kick();
-        let threads = std::mem::take(&mut *self.threads.locked());
-        for t in threads {
-            let _ = t.join();
-        }
+        self.inner.tell_stop();
+        self.threads.join();
     }
 
     fn modem_changed(&self, (cts, dsr, ri, dcd): (bool, bool, bool, bool)) {

@@ -18,6 +18,13 @@ impl Inner {
         }
     }
 
+    /// Tells both threads to stop: `cuse-dev` through the stop's eventfd,
+    /// `cuse-io` through a kick.
+    pub(super) fn tell_stop(&self) {
+        self.stop.set();
+        self.kick();
+    }
+
     pub(super) fn kick(&self) {
         self.kick.fetch_add(1, Ordering::SeqCst);
         let _ = rustix::thread::futex::wake(&self.kick, rustix::thread::futex::Flags::PRIVATE, 1);

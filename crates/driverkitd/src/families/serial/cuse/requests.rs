@@ -9,7 +9,7 @@ impl Inner {
         while !self.core.stopped() {
             let mut fds = [
                 PollFd::new(&self.dev, PollFlags::IN),
-                PollFd::new(&self.wake, PollFlags::IN),
+                PollFd::new(self.stop.fd(), PollFlags::IN),
             ];
             if poll(&mut fds, Some(&timespec(Duration::from_secs(1)))).is_err() {
                 continue;

@@ -85,8 +85,8 @@ pub(super) struct Inner {
     pub(super) state: Mutex<State>,
     /// Bumped (and woken) to make `cuse-io` look again.
     pub(super) kick: AtomicU32,
-    /// Wakes `cuse-dev` out of its poll of the device.
-    pub(super) wake: OwnedFd,
+    /// Wakes `cuse-dev` out of its poll of the device when the node stops.
+    pub(super) stop: Stop,
 }
 
 /// Replies and work that must wait until the state's lock is let go.
