@@ -26,7 +26,6 @@
 use driverkit_wire::sync::Locked;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use driverkit_hid::{Event, EventTranslator, InputUsage, ReportDescriptor};
@@ -42,6 +41,7 @@ use driverkit_wire::{Bytes, Decoder, IOResult, IOReturn, MethodId, ObjectId, Wir
 use crate::queue::IODispatchQueue;
 use crate::runtime::{ClassDispatch, Service, SystemCaller};
 use crate::service::{IOService, IOServiceApi, IOServiceImpl};
+use crate::watcher::Watcher;
 
 pub use driverkit_hid::ReportType;
 
@@ -281,8 +281,7 @@ struct HidClient {
     scheduled: Arc<AtomicBool>,
     /// Where the watcher parks while a long drain job runs.
     done: (Mutex<()>, std::sync::Condvar),
-    cancelled: Arc<AtomicBool>,
-    watcher: Mutex<Option<JoinHandle<()>>>,
+    watcher: Watcher,
 }
 
 fn client<S: Service>(s: &S) -> IOResult<Arc<HidClient>> {
@@ -336,8 +335,7 @@ fn open<S: IOUserHIDEventServiceImpl>(service: &S, provider: ObjectId) -> IOResu
         events,
         scheduled: Arc::new(AtomicBool::new(false)),
         done: (Mutex::new(()), std::sync::Condvar::new()),
-        cancelled: Arc::new(AtomicBool::new(false)),
-        watcher: Mutex::new(None),
+        watcher: Watcher::default(),
     });
     service.base().set_family(c.clone())?;
     iohid_interface_interface::Proxy {
@@ -348,27 +346,18 @@ fn open<S: IOUserHIDEventServiceImpl>(service: &S, provider: ObjectId) -> IOResu
     .open(memory)?;
     let queue = service.copy_dispatch_queue("Default")?;
     let me = service.base().weak_self().ok_or(IOReturn::NOT_READY)?;
-    let watcher = {
-        let c = c.clone();
-        std::thread::Builder::new()
-            .name("hid-reports".into())
-            .spawn(move || watch::<S>(c, queue, me))
-            .map_err(|_| IOReturn::NO_RESOURCES)?
-    };
-    *c.watcher.locked() = Some(watcher);
-    Ok(())
+    let c2 = c.clone();
+    c.watcher
+        .start("hid-reports", move || watch::<S>(c2, queue, me))
 }
 
 /// Stops report delivery: after it, `handle_report` never runs again.
 fn close<S: Service>(service: &S) {
     let Ok(c) = client(service) else { return };
-    c.cancelled.store(true, Ordering::Release);
-    c.ring.wake_all();
-    c.done.1.notify_all();
-    let watcher = c.watcher.locked().take();
-    if let Some(w) = watcher {
-        let _ = w.join();
-    }
+    c.watcher.cancel(|| {
+        c.ring.wake_all();
+        c.done.1.notify_all();
+    });
     let _ = iohid_interface_interface::Proxy {
         caller: &SystemCaller,
         object: c.provider,
@@ -384,7 +373,7 @@ fn watch<S: IOUserHIDEventServiceImpl>(
     queue: IODispatchQueue,
     me: std::sync::Weak<dyn std::any::Any + Send + Sync>,
 ) {
-    while !c.cancelled.load(Ordering::Acquire) {
+    while !c.watcher.is_cancelled() {
         if !c.ring.is_data_available() {
             // Yielding: the drain just woke the event log's subscribers,
             // and the kernel often runs a woken thread on this CPU.
@@ -407,13 +396,13 @@ fn watch<S: IOUserHIDEventServiceImpl>(
         // spinning at first, as a short job is the common case, then parked
         // until the job says it is done.
         let began = Instant::now();
-        while c.scheduled.load(Ordering::Acquire) && !c.cancelled.load(Ordering::Acquire) {
+        while c.scheduled.load(Ordering::Acquire) && !c.watcher.is_cancelled() {
             if began.elapsed() < SPIN {
                 std::thread::yield_now();
                 continue;
             }
             let guard = c.done.0.locked();
-            if c.scheduled.load(Ordering::Acquire) && !c.cancelled.load(Ordering::Acquire) {
+            if c.scheduled.load(Ordering::Acquire) && !c.watcher.is_cancelled() {
                 let _ = c.done.1.wait_timeout(guard, Duration::from_millis(250));
             }
         }
@@ -432,7 +421,7 @@ fn drain<S: IOUserHIDEventServiceImpl>(
         // Events written since subscribers were last woken: they are woken
         // once the queue looks empty, not again when the loop ends.
         let mut unannounced = false;
-        while !c.cancelled.load(Ordering::Acquire) && c.ring.dequeue(&mut entry).is_ok() {
+        while !c.watcher.is_cancelled() && c.ring.dequeue(&mut entry).is_ok() {
             let Some(service) = &service else { continue };
             if entry.len() < 8 {
                 continue;
@@ -471,7 +460,7 @@ fn drain<S: IOUserHIDEventServiceImpl>(
         c.done.1.notify_one();
         // A report that came after the last dequeue and before the flag
         // cleared would wait for the watcher; take it now instead.
-        if c.cancelled.load(Ordering::Acquire)
+        if c.watcher.is_cancelled()
             || !c.ring.is_data_available()
             || c.scheduled.swap(true, Ordering::AcqRel)
         {

@@ -45,6 +45,7 @@ pub mod time;
 pub mod timer;
 pub mod usb;
 pub mod user_client;
+mod watcher;
 
 pub use action::OSAction;
 pub use data_queue::IODataQueueDispatchSource;

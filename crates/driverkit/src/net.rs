@@ -19,10 +19,8 @@
 //! Each notification covers every packet that arrived before it: a busy
 //! interface moves batches, one wake-up for many frames.
 
-use driverkit_wire::sync::Locked;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use driverkit_wire::interfaces::{
@@ -34,6 +32,7 @@ use driverkit_wire::{Bytes, IOResult, IOReturn, MethodId, ObjectId};
 use crate::queue::IODispatchQueue;
 use crate::runtime::{ClassDispatch, Service, SystemCaller};
 use crate::service::{IOService, IOServiceImpl};
+use crate::watcher::Watcher;
 
 /// The superclass of Ethernet drivers:
 /// `#[driverkit::service(superclass = IOUserNetworkEthernet, ...)]`.
@@ -192,10 +191,9 @@ fn proxy<S: Service>(s: &S) -> io_user_network_ethernet_interface::Proxy<'static
 /// The family's state in an Ethernet service.
 struct Nic {
     net: Arc<NetInterface>,
-    cancelled: AtomicBool,
     /// The driver found no empty RX buffer.
     rx_starved: AtomicBool,
-    watcher: Mutex<Option<JoinHandle<()>>>,
+    watcher: Watcher,
 }
 
 fn nic<S: Service>(s: &S) -> IOResult<Arc<Nic>> {
@@ -233,9 +231,8 @@ fn register<S: IOUserNetworkEthernetImpl>(
     let memory = crate::runtime::register_memory(net.memory())?;
     let n = Arc::new(Nic {
         net,
-        cancelled: AtomicBool::new(false),
         rx_starved: AtomicBool::new(false),
-        watcher: Mutex::new(None),
+        watcher: Watcher::default(),
     });
     service.base().set_family(n.clone())?;
     let queue = service.copy_dispatch_queue("Default")?;
@@ -244,25 +241,16 @@ fn register<S: IOUserNetworkEthernetImpl>(
     // watcher starts after it and loses nothing (it looks at the queues
     // before it first waits).
     proxy(service).register_ethernet_interface(Bytes(mac.to_vec()), memory)?;
-    let watcher = {
-        let n = n.clone();
-        std::thread::Builder::new()
-            .name("net-queues".into())
-            .spawn(move || watch::<S>(&n, &queue, &me))
-            .map_err(|_| IOReturn::NO_RESOURCES)?
-    };
-    *n.watcher.locked() = Some(watcher);
-    Ok(())
+    let n2 = n.clone();
+    n.watcher
+        .start("net-queues", move || watch::<S>(&n2, &queue, &me))
 }
 
 fn stop_watching<S: Service>(service: &S) {
     let Ok(n) = nic(service) else { return };
-    n.cancelled.store(true, Ordering::Release);
-    n.net.bell(DRIVER_BELL).ring();
-    let watcher = n.watcher.locked().take();
-    if let Some(w) = watcher.filter(|w| w.thread().id() != std::thread::current().id()) {
-        let _ = w.join();
-    }
+    n.watcher.cancel(|| {
+        n.net.bell(DRIVER_BELL).ring();
+    });
 }
 
 /// Waits on the driver's doorbell and runs the notifications on the queue.
@@ -277,12 +265,10 @@ fn watch<S: IOUserNetworkEthernetImpl>(
         n.rx_starved.load(Ordering::Acquire)
             && net.pending(Queue::RxSubmission).is_ok_and(|p| p > 0)
     };
-    while !n.cancelled.load(Ordering::Acquire) {
+    while !n.watcher.is_cancelled() {
         let deadline = Some(Instant::now() + Duration::from_millis(250));
-        let ready = || tx() || rx() || n.cancelled.load(Ordering::Acquire);
-        if !net.bell(DRIVER_BELL).wait(POOL_SPIN, deadline, ready)
-            || n.cancelled.load(Ordering::Acquire)
-        {
+        let ready = || tx() || rx() || n.watcher.is_cancelled();
+        if !net.bell(DRIVER_BELL).wait(POOL_SPIN, deadline, ready) || n.watcher.is_cancelled() {
             continue;
         }
         let (send, receive) = (tx(), rx());

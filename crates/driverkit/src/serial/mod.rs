@@ -36,9 +36,8 @@
 //! ```
 
 use driverkit_wire::sync::Locked;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use driverkit_wire::interfaces::{
@@ -53,6 +52,7 @@ mod tty;
 use crate::queue::IODispatchQueue;
 use crate::runtime::{ClassDispatch, Service, SystemCaller};
 use crate::service::{IOService, IOServiceImpl};
+use crate::watcher::Watcher;
 
 pub use driverkit_wire::serial::{flow, parity};
 
@@ -277,14 +277,13 @@ fn proxy<S: Service>(s: &S) -> io_user_serial_interface::Proxy<'static, SystemCa
 /// the system's doorbell.
 struct Port {
     port: Arc<SerialPortInterface>,
-    cancelled: AtomicBool,
     /// `txPI` when `tx_data_available` last ran.
     tx_seen: AtomicU32,
     /// `TELL_*` bits a job on the queue is to tell the driver.
     to_tell: AtomicU32,
     /// The tty this process pumps; gone when the system ends the port.
     tty: Mutex<Option<Arc<tty::TtyPump>>>,
-    watcher: Mutex<Option<JoinHandle<()>>>,
+    watcher: Watcher,
 }
 
 impl Port {
@@ -338,11 +337,10 @@ fn connect<S: IOUserSerialImpl>(service: &S) -> IOResult<()> {
     let memory = crate::runtime::register_memory(interface.memory())?;
     let p = Arc::new(Port {
         port: interface,
-        cancelled: AtomicBool::new(false),
         tx_seen: AtomicU32::new(0),
         to_tell: AtomicU32::new(0),
         tty: Mutex::new(None),
-        watcher: Mutex::new(None),
+        watcher: Watcher::default(),
     });
     service.base().set_family(p.clone())?;
     let queue = service.copy_dispatch_queue("Default")?;
@@ -357,28 +355,21 @@ fn connect<S: IOUserSerialImpl>(service: &S) -> IOResult<()> {
         None
     };
     *p.tty.locked() = pump.clone();
-    let watcher = {
-        let p = p.clone();
-        let thread = std::thread::Builder::new().name("serial-port".into());
-        match pump {
-            Some(t) => thread.spawn(move || pump_tty::<S>(&p, &t, &queue, &me)),
-            None => thread.spawn(move || watch::<S>(&p, &queue, &me)),
-        }
-        .map_err(|_| IOReturn::NO_RESOURCES)?
-    };
-    *p.watcher.locked() = Some(watcher);
-    Ok(())
+    let p2 = p.clone();
+    match pump {
+        Some(t) => p
+            .watcher
+            .start("serial-port", move || pump_tty::<S>(&p2, &t, &queue, &me)),
+        None => p
+            .watcher
+            .start("serial-port", move || watch::<S>(&p2, &queue, &me)),
+    }
 }
 
 /// After it, neither notification runs again.
 fn disconnect<S: Service>(service: &S) {
     let Ok(p) = port(service) else { return };
-    p.cancelled.store(true, Ordering::Release);
-    p.wake_watcher();
-    let watcher = p.watcher.locked().take();
-    if let Some(w) = watcher.filter(|w| w.thread().id() != std::thread::current().id()) {
-        let _ = w.join();
-    }
+    p.watcher.cancel(|| p.wake_watcher());
 }
 
 type Me = std::sync::Weak<dyn std::any::Any + Send + Sync>;
@@ -387,13 +378,13 @@ type Me = std::sync::Weak<dyn std::any::Any + Send + Sync>;
 /// doorbell and tells the driver what changed.
 fn watch<S: IOUserSerialImpl>(p: &Arc<Port>, queue: &IODispatchQueue, me: &Me) {
     let port = &p.port;
-    while !p.cancelled.load(Ordering::Acquire) {
+    while !p.watcher.is_cancelled() {
         let deadline = Some(Instant::now() + Duration::from_millis(250));
-        let ready = || p.new_tx() || p.room() || p.cancelled.load(Ordering::Acquire);
+        let ready = || p.new_tx() || p.room() || p.watcher.is_cancelled();
         if !port.bell(DRIVER_BELL).wait(SPIN, deadline, ready) {
             continue;
         }
-        if p.cancelled.load(Ordering::Acquire) || !notify::<S>(p, queue, me, Handoff::Here) {
+        if p.watcher.is_cancelled() || !notify::<S>(p, queue, me, Handoff::Here) {
             return;
         }
     }
@@ -407,7 +398,7 @@ fn pump_tty<S: IOUserSerialImpl>(
     queue: &IODispatchQueue,
     me: &Me,
 ) {
-    while !p.cancelled.load(Ordering::Acquire) {
+    while !p.watcher.is_cancelled() {
         let turn = t.turn(&p.port);
         let handoff = if turn.read >= tty::STREAMING {
             Handoff::Queue
