@@ -21,7 +21,7 @@
 //! kernel removes the TAP with it: the driver hears its interface go down,
 //! and the family makes a new one in the daemon's namespace (`vanished`).
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,8 +36,6 @@ use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use super::tap::Tap;
 use crate::families::threads::Stop;
 
-/// `TUNGETDEVNETNS`: `_IO('T', 227)`.
-const TUNGETDEVNETNS: libc::c_ulong = 0x54e3;
 /// `RTNLGRP_LINK`.
 const LINK_GROUP: u32 = 1;
 /// `SOL_NETLINK` and its `NETLINK_LISTEN_ALL_NSID` option (also the
@@ -243,15 +241,7 @@ fn locate(tap: &Tap, home: &Home) -> std::io::Result<Place> {
 /// The namespace `tap` lives in (a descriptor: close it soon, it holds the
 /// namespace alive).
 fn namespace_of(tap: &Tap) -> std::io::Result<OwnedFd> {
-    let fd = tap.as_fd();
-    // SAFETY: TUNGETDEVNETNS takes no argument and returns a new
-    // descriptor, which we own.
-    let ns = unsafe { libc::ioctl(fd.as_raw_fd(), TUNGETDEVNETNS) };
-    if ns < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor from the kernel.
-    Ok(unsafe { OwnedFd::from_raw_fd(ns) })
+    super::ioctl::device_namespace(tap.as_fd())
 }
 
 /// One request on a socket of its own, and the messages of its answer.
@@ -500,7 +490,7 @@ fn heard(
         if apply(Change::Mtu(now.mtu)) {
             watch.mtu.store(now.mtu, Ordering::Release);
         } else if let Err(e) = home
-            .visit(tap, || set_mtu(tap.name(), state.mtu))
+            .visit(tap, || super::ioctl::set_mtu(tap.name(), state.mtu))
             .and_then(|r| r)
         {
             tracing::warn!(
@@ -573,30 +563,6 @@ pub fn multicast_of(dev_mcast: &str, name: &str) -> Vec<[u8; 6]> {
             driverkit_wire::hex::decode(hex).ok()?.try_into().ok()
         })
         .collect()
-}
-
-/// `SIOCSIFMTU`, in the current (the interface's) namespace.
-fn set_mtu(name: &str, mtu: u32) -> std::io::Result<()> {
-    let socket = rustix::net::socket(
-        rustix::net::AddressFamily::INET,
-        rustix::net::SocketType::DGRAM,
-        None,
-    )?;
-    // SAFETY: ifreq is plain data; zeroed is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req
-        .ifr_name
-        .iter_mut()
-        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
-    {
-        *d = s as libc::c_char;
-    }
-    req.ifr_ifru.ifru_mtu = mtu as libc::c_int;
-    // SAFETY: SIOCSIFMTU reads the ifreq, which lives across the call.
-    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFMTU, &req) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

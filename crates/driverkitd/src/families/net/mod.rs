@@ -13,6 +13,7 @@
 //! comes back, and goes with the provider.
 
 pub mod interface;
+mod ioctl;
 pub mod link;
 pub mod tap;
 

@@ -3,12 +3,9 @@
 //! blocking.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 
 use tun_rs::{DeviceBuilder, Layer, SyncDevice};
-
-/// `TUNSETCARRIER`: `_IOW('T', 226, int)`.
-const TUNSETCARRIER: libc::c_ulong = 0x4004_54e2;
 
 pub struct Tap {
     device: SyncDevice,
@@ -39,13 +36,7 @@ impl Tap {
 
     /// The link's carrier: on while a driver reports its link up.
     pub fn set_carrier(&self, on: bool) -> io::Result<()> {
-        let value: libc::c_int = on.into();
-        // SAFETY: TUNSETCARRIER takes a pointer to an int that lives across
-        // the call.
-        if unsafe { libc::ioctl(self.device.as_raw_fd(), TUNSETCARRIER, &value) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        super::ioctl::set_carrier(self.device.as_fd(), on)
     }
 
     /// One frame from the kernel, or `WouldBlock`.

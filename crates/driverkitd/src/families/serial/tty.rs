@@ -30,6 +30,18 @@ use rustix::termios::{self, ControlModes, InputModes, LocalModes, OptionalAction
 /// `serial::tty_control`, where the driver's pump forwards them.
 const TIOCPKT: libc::c_ulong = 0x5420;
 
+/// Packet mode on a pty's master: each read begins with a status byte
+/// (the only ioctl of this module rustix has no function for).
+fn set_packet_mode(master: BorrowedFd<'_>) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: TIOCPKT reads an int through the pointer, which points at
+    // `on`, alive across the call.
+    if unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&master), TIOCPKT, &on) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The line settings a program can set through termios.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Termios {
@@ -63,11 +75,7 @@ impl Tty {
         let slave = PathBuf::from(std::ffi::OsString::from_vec(
             ptsname(&master, Vec::new())?.into_bytes(),
         ));
-        let on: libc::c_int = 1;
-        // SAFETY: TIOCPKT takes a pointer to an int, which lives across the call.
-        if unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&master), TIOCPKT, &on) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        set_packet_mode(master.as_fd())?;
         let mut t = termios::tcgetattr(&master)?;
         t.make_raw();
         t.control_modes |= ControlModes::CREAD | ControlModes::CLOCAL | ControlModes::HUPCL;
