@@ -49,12 +49,16 @@ pub type IOService = u64;
 /// equal).
 #[derive(Debug, Clone, Default)]
 pub struct Matching {
+    /// The class the service is (or derives from), `IOProviderClass`-style.
     pub class: Option<String>,
+    /// The service's registry name.
     pub name: Option<String>,
+    /// Properties the service must have, each with the value given.
     pub properties: Dictionary,
 }
 
 impl Matching {
+    /// Services of class `class` (`IOServiceMatching`).
     pub fn class(class: &str) -> Matching {
         Matching {
             class: Some(class.into()),
@@ -62,6 +66,7 @@ impl Matching {
         }
     }
 
+    /// Services named `name` (`IOServiceNameMatching`).
     pub fn name(name: &str) -> Matching {
         Matching {
             name: Some(name.into()),
@@ -673,10 +678,12 @@ pub struct MappedMemory {
 }
 
 impl MappedMemory {
+    /// The mapping's length in bytes.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether the mapping has no bytes.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

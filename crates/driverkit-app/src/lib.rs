@@ -33,6 +33,8 @@
 //! This crate speaks the daemon's control protocol (JSON lines on its
 //! socket) and depends on nothing of the daemon's.
 
+#![warn(missing_docs)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -142,14 +144,18 @@ impl System {
 /// An extension's versions (`CFBundleVersion`, `CFBundleShortVersionString`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct ExtensionVersions {
+    /// `CFBundleVersion`.
     pub version: String,
+    /// `CFBundleShortVersionString`.
     pub short_version: String,
 }
 
 /// The delegate's answer when an extension would replace another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplacementAction {
+    /// Replace the active extension with the new one.
     Replace,
+    /// Keep the active extension; the request fails.
     Cancel,
 }
 
@@ -171,9 +177,15 @@ pub trait OSSystemExtensionRequestDelegate {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestResult {
     /// Done: the extension is in `state` (`[activated enabled]`...).
-    Completed { state: String },
+    Completed {
+        /// The extension's state, as `driverkit sysext list` shows it.
+        state: String,
+    },
     /// This version is active already; nothing changed.
-    AlreadyActive { state: String },
+    AlreadyActive {
+        /// The extension's state, as `driverkit sysext list` shows it.
+        state: String,
+    },
 }
 
 impl std::fmt::Display for RequestResult {
@@ -197,8 +209,11 @@ impl std::fmt::Display for RequestResult {
 /// was wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct OSSystemExtensionError {
+    /// The `OSSystemExtensionError` code.
     pub code: i64,
+    /// The code's name (`extensionNotFound`, ...).
     pub reason: String,
+    /// What was wrong, in words.
     pub message: String,
 }
 

@@ -26,9 +26,19 @@ pub enum ActionArgs {
     /// `TimerOccurred(time)`: the time it ran, in monotonic nanoseconds.
     Time(u64),
     /// `InterruptOccurred(count, time)`.
-    Interrupt { count: u64, time: u64 },
+    Interrupt {
+        /// Interrupts since the last delivery.
+        count: u64,
+        /// When the last one came, in monotonic nanoseconds.
+        time: u64,
+    },
     /// An asynchronous request completed: its status and byte count.
-    Completion { status: IOReturn, actual: u64 },
+    Completion {
+        /// How the request ended.
+        status: IOReturn,
+        /// The bytes it moved.
+        actual: u64,
+    },
 }
 
 /// A callback type: the signature a method must have to be an action of

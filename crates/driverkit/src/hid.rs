@@ -63,9 +63,11 @@ pub struct IOHIDElement {
 }
 
 impl IOHIDElement {
+    /// The element's usage page.
     pub fn usage_page(&self) -> u16 {
         self.usage.usage_page
     }
+    /// The element's usage on its page.
     pub fn usage(&self) -> u16 {
         self.usage.usage
     }
@@ -77,6 +79,7 @@ impl IOHIDElement {
     pub fn is_relative(&self) -> bool {
         self.usage.relative
     }
+    /// The values the element can report, `(LogicalMinimum, LogicalMaximum)`.
     pub fn logical_range(&self) -> (i32, i32) {
         (self.usage.logical_minimum, self.usage.logical_maximum)
     }

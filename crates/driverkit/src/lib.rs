@@ -29,6 +29,8 @@
 //! This crate never depends on the daemon: everything it knows of the system
 //! is the wire protocol in `driverkit-wire`.
 
+#![warn(missing_docs)]
+
 pub mod action;
 pub mod data_queue;
 pub mod hid;
@@ -78,6 +80,7 @@ pub use tracing::{debug, error, info, warn};
 /// `plist` the SDK speaks, so a driver needs no version of its own.
 pub use plist;
 
+/// What a driver imports: `use driverkit::prelude::*;`.
 pub mod prelude {
     pub use crate::runtime::Service;
     pub use crate::{

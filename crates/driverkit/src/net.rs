@@ -62,8 +62,11 @@ impl IOUserNetworkPacket {
 
 /// Link media: what `report_link_status` says the link is.
 pub mod media {
+    /// The link's speed is negotiated (`kIOMediumEthernetAuto`).
     pub const ETHERNET_AUTO: u32 = 0;
+    /// 1000 Mbit/s full duplex.
     pub const ETHERNET_1000_FULL: u32 = 1000;
+    /// 10 Gbit/s full duplex.
     pub const ETHERNET_10G_FULL: u32 = 10_000;
 }
 
@@ -83,16 +86,19 @@ pub trait IOUserNetworkEthernetImpl: IOServiceImpl {
         Ok(())
     }
 
+    /// Receive every frame on the wire, or only the interface's own.
     fn set_promiscuous_mode_enable(&self, enable: bool) -> IOResult<()> {
         let _ = enable;
         Err(IOReturn::UNSUPPORTED)
     }
 
+    /// Receive every multicast frame, or only the listed groups'.
     fn set_all_multicast_mode_enable(&self, enable: bool) -> IOResult<()> {
         let _ = enable;
         Err(IOReturn::UNSUPPORTED)
     }
 
+    /// The multicast groups to receive (their MAC addresses).
     fn set_multicast_addresses(&self, addresses: &[[u8; 6]]) -> IOResult<()> {
         let _ = addresses;
         Err(IOReturn::UNSUPPORTED)
@@ -370,6 +376,7 @@ pub struct IOVirtualNIC {
 }
 
 impl IOVirtualNIC {
+    /// The NIC of the provider a virtual NIC's driver matched.
     pub fn from_provider(provider: &IOService) -> IOVirtualNIC {
         IOVirtualNIC {
             id: ObjectId(provider.registry_entry_id()),
@@ -407,6 +414,7 @@ impl IOVirtualNIC {
         Ok((open(tx)?, open(rx)?))
     }
 
+    /// Whether the cable's other end is plugged and enabled.
     pub fn link_up(&self) -> IOResult<bool> {
         use driverkit_wire::interfaces::IOVirtualNICInterface;
         self.proxy().link_up()

@@ -52,6 +52,7 @@ pub struct IOPCIDevice {
 pub struct BarInfo {
     /// What `memory_read*` and `map_bar` take to name this BAR.
     pub memory_index: u8,
+    /// The BAR's size in bytes.
     pub size: u64,
     /// `bar_type`.
     pub kind: u8,
@@ -87,49 +88,63 @@ impl IOPCIDevice {
         self.proxy().close()
     }
 
+    /// Reads a byte of configuration space at `offset`.
     pub fn configuration_read8(&self, offset: u16) -> IOResult<u8> {
         Ok(self.proxy().configuration_read(offset, 1)? as u8)
     }
+    /// Reads 16 bits of configuration space at `offset`.
     pub fn configuration_read16(&self, offset: u16) -> IOResult<u16> {
         Ok(self.proxy().configuration_read(offset, 2)? as u16)
     }
+    /// Reads 32 bits of configuration space at `offset`.
     pub fn configuration_read32(&self, offset: u16) -> IOResult<u32> {
         Ok(self.proxy().configuration_read(offset, 4)? as u32)
     }
+    /// Writes a byte of configuration space at `offset`.
     pub fn configuration_write8(&self, offset: u16, value: u8) -> IOResult<()> {
         self.proxy().configuration_write(offset, 1, value.into())
     }
+    /// Writes 16 bits of configuration space at `offset`.
     pub fn configuration_write16(&self, offset: u16, value: u16) -> IOResult<()> {
         self.proxy().configuration_write(offset, 2, value.into())
     }
+    /// Writes 32 bits of configuration space at `offset`.
     pub fn configuration_write32(&self, offset: u16, value: u32) -> IOResult<()> {
         self.proxy().configuration_write(offset, 4, value.into())
     }
 
+    /// Reads a byte of BAR `memory_index` at `offset`.
     pub fn memory_read8(&self, memory_index: u8, offset: u64) -> IOResult<u8> {
         Ok(self.proxy().memory_read(memory_index, offset, 1)? as u8)
     }
+    /// Reads 16 bits of BAR `memory_index` at `offset`.
     pub fn memory_read16(&self, memory_index: u8, offset: u64) -> IOResult<u16> {
         Ok(self.proxy().memory_read(memory_index, offset, 2)? as u16)
     }
+    /// Reads 32 bits of BAR `memory_index` at `offset`.
     pub fn memory_read32(&self, memory_index: u8, offset: u64) -> IOResult<u32> {
         Ok(self.proxy().memory_read(memory_index, offset, 4)? as u32)
     }
+    /// Reads 64 bits of BAR `memory_index` at `offset`.
     pub fn memory_read64(&self, memory_index: u8, offset: u64) -> IOResult<u64> {
         self.proxy().memory_read(memory_index, offset, 8)
     }
+    /// Writes a byte of BAR `memory_index` at `offset`.
     pub fn memory_write8(&self, memory_index: u8, offset: u64, value: u8) -> IOResult<()> {
         self.proxy()
             .memory_write(memory_index, offset, 1, value.into())
     }
+    /// Writes 16 bits of BAR `memory_index` at `offset`.
     pub fn memory_write16(&self, memory_index: u8, offset: u64, value: u16) -> IOResult<()> {
         self.proxy()
             .memory_write(memory_index, offset, 2, value.into())
     }
+    /// Writes 32 bits of BAR `memory_index` at `offset`.
     pub fn memory_write32(&self, memory_index: u8, offset: u64, value: u32) -> IOResult<()> {
         self.proxy()
             .memory_write(memory_index, offset, 4, value.into())
     }
+    /// Writes 64 bits of BAR `memory_index` at `offset`.
     pub fn memory_write64(&self, memory_index: u8, offset: u64, value: u64) -> IOResult<()> {
         self.proxy().memory_write(memory_index, offset, 8, value)
     }
@@ -220,6 +235,7 @@ impl IOPCIMappedBar {
         self.shm.len() as u64
     }
 
+    /// Whether the mapping has no bytes.
     pub fn is_empty(&self) -> bool {
         self.shm.is_empty()
     }
@@ -231,24 +247,28 @@ impl IOPCIMappedBar {
         Ok(offset as usize)
     }
 
+    /// Reads a byte at `offset` of the mapped BAR.
     pub fn read8(&self, offset: u64) -> IOResult<u8> {
         Ok(self
             .shm
             .u8_at(self.at(offset, Width::W8)?)
             .load(Ordering::Acquire))
     }
+    /// Reads 16 bits at `offset` of the mapped BAR.
     pub fn read16(&self, offset: u64) -> IOResult<u16> {
         Ok(self
             .shm
             .u16_at(self.at(offset, Width::W16)?)
             .load(Ordering::Acquire))
     }
+    /// Reads 32 bits at `offset` of the mapped BAR.
     pub fn read32(&self, offset: u64) -> IOResult<u32> {
         Ok(self
             .shm
             .u32_at(self.at(offset, Width::W32)?)
             .load(Ordering::Acquire))
     }
+    /// Reads 64 bits at `offset` of the mapped BAR.
     pub fn read64(&self, offset: u64) -> IOResult<u64> {
         Ok(self
             .shm
@@ -256,6 +276,7 @@ impl IOPCIMappedBar {
             .load(Ordering::Acquire))
     }
 
+    /// Writes 32 bits at `offset` of the mapped BAR.
     pub fn write32(&self, offset: u64, value: u32) -> IOResult<()> {
         let at = self.at(offset, Width::W32)?;
         if self.writes_trap {
@@ -264,6 +285,7 @@ impl IOPCIMappedBar {
         self.shm.u32_at(at).store(value, Ordering::Release);
         Ok(())
     }
+    /// Writes 64 bits at `offset` of the mapped BAR.
     pub fn write64(&self, offset: u64, value: u64) -> IOResult<()> {
         let at = self.at(offset, Width::W64)?;
         if self.writes_trap {
@@ -277,7 +299,9 @@ impl IOPCIMappedBar {
 /// One run of device addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IOAddressSegment {
+    /// The segment's address as the device sees it (the IOMMU's).
     pub address: u64,
+    /// The segment's length in bytes.
     pub length: u64,
 }
 

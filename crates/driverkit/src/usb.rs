@@ -74,7 +74,9 @@ fn setup_word(setup: &Setup) -> u64 {
 /// The descriptors of a device, owned, with views on demand.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceDescriptors {
+    /// The device descriptor's 18 bytes.
     pub device: Vec<u8>,
+    /// The current configuration's whole descriptor, interfaces and endpoints included.
     pub configuration: Vec<u8>,
 }
 
@@ -174,6 +176,7 @@ impl IOUSBHostInterface {
         IOUSBHostInterface { service: *provider }
     }
 
+    /// The interface as a service (its properties, its provider).
     pub fn service(&self) -> &IOService {
         &self.service
     }

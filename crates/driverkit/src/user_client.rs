@@ -73,7 +73,9 @@ pub const VARIABLE_STRUCTURE_SIZE: u32 = u32::MAX;
 /// One call of the app, and what the method answers.
 #[derive(Debug, Default)]
 pub struct IOUserClientMethodArguments {
+    /// The method the app called.
     pub selector: u64,
+    /// The app's scalar arguments.
     pub scalar_input: Vec<u64>,
     /// The structure input, whether it came in the message or, when large,
     /// in a memory descriptor (`structure_input_descriptor`).
@@ -82,9 +84,11 @@ pub struct IOUserClientMethodArguments {
     pub structure_input_descriptor: bool,
     /// How many scalars the app expects back; fill `scalar_output`.
     pub scalar_output_count: u32,
+    /// The method's scalar answers, as many as the app expects.
     pub scalar_output: Vec<u64>,
     /// The most structure bytes the app accepts; fill `structure_output`.
     pub structure_output_maximum_size: u32,
+    /// The method's structure answer.
     pub structure_output: Vec<u8>,
     /// For an asynchronous call: complete it, now or later, with
     /// [`IOUserClientCompletion::complete`].
@@ -126,13 +130,16 @@ impl IOUserClientCompletion {
 
 /// One entry of a user client's method table (`IOUserClientMethodDispatch`).
 pub struct IOUserClientMethodDispatch<S> {
+    /// The method, run with the driver and the call's arguments.
     pub function: fn(&S, &mut IOUserClientMethodArguments) -> IOResult<()>,
     /// The method is asynchronous: a completion must come with the call
     /// (and must not, when false).
     pub check_completion_exists: bool,
+    /// How many scalar arguments the method takes, exactly.
     pub check_scalar_input_count: u32,
     /// Bytes of structure input, or [`VARIABLE_STRUCTURE_SIZE`].
     pub check_structure_input_size: u32,
+    /// How many scalar answers the method gives, exactly.
     pub check_scalar_output_count: u32,
     /// Bytes of structure output, or [`VARIABLE_STRUCTURE_SIZE`].
     pub check_structure_output_size: u32,

@@ -67,9 +67,13 @@ const RING_LOG2: u32 = 16;
 /// The modem status inputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ModemStatus {
+    /// Clear To Send.
     pub cts: bool,
+    /// Data Set Ready.
     pub dsr: bool,
+    /// Ring Indicator.
     pub ri: bool,
+    /// Data Carrier Detect.
     pub dcd: bool,
 }
 
@@ -112,6 +116,7 @@ pub trait IOUserSerialImpl: IOServiceImpl {
         parity: u8,
     ) -> IOResult<()>;
 
+    /// Program the line's rate (any rate a program asks for, `BOTHER`).
     fn hw_program_baud_rate(&self, baud: u32) -> IOResult<()>;
 
     /// Empty the hardware's FIFOs (the rings are emptied by the SDK).
@@ -120,16 +125,19 @@ pub trait IOUserSerialImpl: IOServiceImpl {
         Ok(())
     }
 
+    /// Start (`send`) or end a break on the line.
     fn hw_send_break(&self, send: bool) -> IOResult<()> {
         let _ = send;
         Err(IOReturn::UNSUPPORTED)
     }
 
+    /// Set the modem control outputs, DTR and RTS.
     fn hw_program_mcr(&self, dtr: bool, rts: bool) -> IOResult<()> {
         let _ = (dtr, rts);
         Err(IOReturn::UNSUPPORTED)
     }
 
+    /// The modem status inputs, as the chip reports them now.
     fn hw_get_modem_status(&self) -> IOResult<ModemStatus> {
         Err(IOReturn::UNSUPPORTED)
     }
@@ -140,6 +148,7 @@ pub trait IOUserSerialImpl: IOServiceImpl {
         Err(IOReturn::UNSUPPORTED)
     }
 
+    /// How long the chip may hold received bytes before it sends them.
     fn hw_program_latency_timer(&self, latency_ms: u32) -> IOResult<()> {
         let _ = latency_ms;
         Err(IOReturn::UNSUPPORTED)
@@ -648,6 +657,7 @@ impl IOUARTDevice {
         Ok(self.proxy().receive(max.min(u32::MAX as usize) as u32)?.0)
     }
 
+    /// Programs the UART's line: rate, data bits, stop bits (in halves), parity.
     pub fn set_line(
         &self,
         baud: u32,
@@ -660,17 +670,20 @@ impl IOUARTDevice {
             .set_line(baud, data_bits, half_stop_bits, parity)
     }
 
+    /// Sets the UART's DTR and RTS outputs.
     pub fn set_modem_control(&self, dtr: bool, rts: bool) -> IOResult<()> {
         use driverkit_wire::interfaces::IOUARTDeviceInterface;
         self.proxy().set_modem_control(dtr, rts)
     }
 
+    /// The UART's modem status inputs.
     pub fn modem_status(&self) -> IOResult<ModemStatus> {
         use driverkit_wire::interfaces::IOUARTDeviceInterface;
         let (cts, dsr, ri, dcd) = self.proxy().modem_status()?;
         Ok(ModemStatus { cts, dsr, ri, dcd })
     }
 
+    /// Empties the UART's transmit and/or receive FIFO.
     pub fn reset_fifo(&self, tx: bool, rx: bool) -> IOResult<()> {
         use driverkit_wire::interfaces::IOUARTDeviceInterface;
         self.proxy().reset_fifo(tx, rx)
