@@ -188,7 +188,7 @@ os.close(fd)
 "#,
         &[&path],
     );
-    d.wait_log("hw_program_uart(9600, 8, 4, 1)", 1);
+    d.wait_log("hw_program_uart(9600, 8, 4, None)", 1);
     d.wait_until("a reset of both FIFOs", || {
         let log = d.log();
         log.contains("hw_reset_fifo(tx true") && log.contains("rx true)")
@@ -460,7 +460,7 @@ fn serial_set_carries_what_a_pty_cannot_and_unknown_ports_are_named() {
         "--parity",
         "even",
     ]);
-    d.wait_log("hw_program_uart(9600, 7, 2, 3)", 1);
+    d.wait_log("hw_program_uart(9600, 7, 2, Even)", 1);
     // DTR and RTS: the loopback plug wires them to DSR/DCD and CTS, which
     // come back through the driver's modem status interrupt.
     d.cli(&[

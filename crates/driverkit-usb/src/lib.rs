@@ -16,7 +16,10 @@ pub mod repr;
 pub mod usbip;
 pub mod usbmon;
 
-pub use repr::{ConfigurationRepr, DeviceRepr, EndpointRepr, InterfaceRepr, Setup};
+pub use repr::{
+    ConfigurationRepr, DeviceRepr, Direction, EndpointRepr, InterfaceRepr, Recipient, RequestKind,
+    Setup,
+};
 
 /// `bDescriptorType` values.
 pub mod kind {

@@ -71,6 +71,22 @@ pub struct EndpointRepr {
     pub interval: u8,
 }
 
+impl EndpointRepr {
+    /// Which way the endpoint's data flows (bit 7 of its address).
+    pub fn direction(&self) -> Direction {
+        if self.is_in() {
+            Direction::In
+        } else {
+            Direction::Out
+        }
+    }
+
+    /// True for an IN endpoint (device to host).
+    pub fn is_in(&self) -> bool {
+        self.address & 0x80 != 0
+    }
+}
+
 /// An interface (one alternate setting), its class-specific descriptors
 /// (emitted between the interface and its endpoints, as HID requires) and
 /// its endpoints.
@@ -202,6 +218,40 @@ pub fn hid_descriptor(report_len: u16) -> Vec<u8> {
     out
 }
 
+/// Which way data flows: bit 7 of `bmRequestType` and of an endpoint's
+/// address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Host to device.
+    Out,
+    /// Device to host.
+    In,
+}
+
+/// Who defines a request: bits 5 and 6 of `bmRequestType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// USB 2.0's own (chapter 9).
+    Standard,
+    /// The device class's (CDC, HID...).
+    Class,
+    /// The vendor's.
+    Vendor,
+}
+
+/// What a request is addressed to: bits 0 to 4 of `bmRequestType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recipient {
+    /// The device.
+    Device,
+    /// An interface (its number in `wIndex`).
+    Interface,
+    /// An endpoint (its address in `wIndex`).
+    Endpoint,
+    /// Something else the class defines.
+    Other,
+}
+
 /// The eight bytes of a control request's setup stage (USB 2.0, 9.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Setup {
@@ -213,6 +263,105 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// A request of `kind` to `recipient`, its data flowing `direction`:
+    /// `bmRequestType` made from its three parts.
+    pub fn new(
+        direction: Direction,
+        kind: RequestKind,
+        recipient: Recipient,
+        request: u8,
+        value: u16,
+        index: u16,
+        length: u16,
+    ) -> Setup {
+        let direction = match direction {
+            Direction::Out => 0x00,
+            Direction::In => 0x80,
+        };
+        let kind = match kind {
+            RequestKind::Standard => 0x00,
+            RequestKind::Class => 0x20,
+            RequestKind::Vendor => 0x40,
+        };
+        let recipient = match recipient {
+            Recipient::Device => 0,
+            Recipient::Interface => 1,
+            Recipient::Endpoint => 2,
+            Recipient::Other => 3,
+        };
+        Setup {
+            request_type: direction | kind | recipient,
+            request,
+            value,
+            index,
+            length,
+        }
+    }
+
+    /// A vendor request to the device with no data stage (what a chip's
+    /// settings usually are).
+    pub fn vendor_out(request: u8, value: u16, index: u16) -> Setup {
+        Setup::new(
+            Direction::Out,
+            RequestKind::Vendor,
+            Recipient::Device,
+            request,
+            value,
+            index,
+            0,
+        )
+    }
+
+    /// A vendor request that reads `length` bytes from the device.
+    pub fn vendor_in(request: u8, value: u16, index: u16, length: u16) -> Setup {
+        Setup::new(
+            Direction::In,
+            RequestKind::Vendor,
+            Recipient::Device,
+            request,
+            value,
+            index,
+            length,
+        )
+    }
+
+    /// A class request to interface `interface` that sends `length` bytes
+    /// (none for a request with no data stage).
+    pub fn class_out(request: u8, value: u16, interface: u8, length: u16) -> Setup {
+        Setup::new(
+            Direction::Out,
+            RequestKind::Class,
+            Recipient::Interface,
+            request,
+            value,
+            u16::from(interface),
+            length,
+        )
+    }
+
+    /// A class request that reads `length` bytes from interface
+    /// `interface`.
+    pub fn class_in(request: u8, value: u16, interface: u8, length: u16) -> Setup {
+        Setup::new(
+            Direction::In,
+            RequestKind::Class,
+            Recipient::Interface,
+            request,
+            value,
+            u16::from(interface),
+            length,
+        )
+    }
+
+    /// Which way the data stage goes.
+    pub fn direction(&self) -> Direction {
+        if self.is_in() {
+            Direction::In
+        } else {
+            Direction::Out
+        }
+    }
+
     /// True when data flows from the device (bit 7 of bmRequestType).
     pub fn is_in(&self) -> bool {
         self.request_type & 0x80 != 0
@@ -270,6 +419,47 @@ pub mod request {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn request_types_are_made_from_their_parts() {
+        // FTDI's SET_BAUD_RATE and a vendor read of it, CDC's
+        // SET_ETHERNET_PACKET_FILTER, HID's GET_REPORT: bmRequestType as
+        // their specifications spell it.
+        assert_eq!(Setup::vendor_out(3, 0x4138, 0).request_type, 0x40);
+        assert_eq!(Setup::vendor_in(0x90, 0, 0, 2).request_type, 0xc0);
+        let filter = Setup::class_out(0x43, 0x0c, 1, 0);
+        assert_eq!((filter.request_type, filter.index), (0x21, 1));
+        assert_eq!(
+            Setup::class_in(request::HID_GET_REPORT, 0x0100, 0, 8).request_type,
+            0xa1
+        );
+        let standard = Setup::new(
+            Direction::In,
+            RequestKind::Standard,
+            Recipient::Endpoint,
+            request::GET_STATUS,
+            0,
+            0x81,
+            2,
+        );
+        assert_eq!(standard.request_type, 0x82);
+        assert_eq!(standard.direction(), Direction::In);
+        assert_eq!(Setup::vendor_out(1, 0, 0).direction(), Direction::Out);
+    }
+
+    #[test]
+    fn an_endpoint_says_its_direction() {
+        let ep = |address| EndpointRepr {
+            address,
+            transfer_type: TransferType::Bulk,
+            max_packet_size: 64,
+            interval: 0,
+        };
+        assert!(ep(0x81).is_in());
+        assert_eq!(ep(0x81).direction(), Direction::In);
+        assert!(!ep(0x02).is_in());
+        assert_eq!(ep(0x02).direction(), Direction::Out);
+    }
 
     fn transfer_type() -> impl Strategy<Value = TransferType> {
         prop_oneof![

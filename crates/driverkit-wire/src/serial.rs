@@ -496,6 +496,133 @@ pub mod flow {
     pub const DTR: u32 = 1 << 6;
 }
 
+/// A line's parity, decoded from [`parity`]'s wire values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parity {
+    None,
+    Odd,
+    Even,
+    /// The parity bit is always 1.
+    Mark,
+    /// The parity bit is always 0.
+    Space,
+}
+
+impl Parity {
+    /// The parity a wire value stands for; `None` for a value that is no
+    /// parity.
+    pub fn from_wire(value: u8) -> Option<Parity> {
+        Some(match value {
+            parity::NONE => Parity::None,
+            parity::ODD => Parity::Odd,
+            parity::EVEN => Parity::Even,
+            parity::MARK => Parity::Mark,
+            parity::SPACE => Parity::Space,
+            _ => return None,
+        })
+    }
+
+    /// Its wire value (`HwProgramUART`'s `parity`).
+    pub fn to_wire(self) -> u8 {
+        match self {
+            Parity::None => parity::NONE,
+            Parity::Odd => parity::ODD,
+            Parity::Even => parity::EVEN,
+            Parity::Mark => parity::MARK,
+            Parity::Space => parity::SPACE,
+        }
+    }
+}
+
+/// Which flow control is on, decoded from [`flow`]'s bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlowControl {
+    /// Output stops on XOFF, resumes on XON (`IXON`).
+    pub tx_xon_xoff: bool,
+    /// Any character resumes output (`IXANY`).
+    pub xany: bool,
+    /// The port sends XOFF/XON to pace its peer (`IXOFF`).
+    pub rx_xon_xoff: bool,
+    /// Output waits for CTS.
+    pub cts: bool,
+    /// RTS drops while the input is full.
+    pub rts: bool,
+    /// Output waits for DSR.
+    pub dsr: bool,
+    /// DTR drops while the input is full.
+    pub dtr: bool,
+}
+
+impl FlowControl {
+    /// The flow control `bits` (`flow::*`) ask for; unknown bits are
+    /// ignored.
+    pub fn from_wire(bits: u32) -> FlowControl {
+        let on = |bit: u32| bits & bit != 0;
+        FlowControl {
+            tx_xon_xoff: on(flow::TX_XON_XOFF),
+            xany: on(flow::XANY),
+            rx_xon_xoff: on(flow::RX_XON_XOFF),
+            cts: on(flow::CTS),
+            rts: on(flow::RTS),
+            dsr: on(flow::DSR),
+            dtr: on(flow::DTR),
+        }
+    }
+
+    /// Its bits (`HwProgramFlowControl`'s `arg`).
+    pub fn to_wire(self) -> u32 {
+        [
+            (self.tx_xon_xoff, flow::TX_XON_XOFF),
+            (self.xany, flow::XANY),
+            (self.rx_xon_xoff, flow::RX_XON_XOFF),
+            (self.cts, flow::CTS),
+            (self.rts, flow::RTS),
+            (self.dsr, flow::DSR),
+            (self.dtr, flow::DTR),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .fold(0, |bits, (_, bit)| bits | bit)
+    }
+
+    /// RTS/CTS handshaking, either half.
+    pub fn rts_cts(self) -> bool {
+        self.cts || self.rts
+    }
+
+    /// DTR/DSR handshaking, either half.
+    pub fn dtr_dsr(self) -> bool {
+        self.dsr || self.dtr
+    }
+
+    /// XON/XOFF, either way.
+    pub fn xon_xoff(self) -> bool {
+        self.tx_xon_xoff || self.rx_xon_xoff
+    }
+}
+
+#[cfg(test)]
+mod line_values {
+    use super::*;
+
+    #[test]
+    fn parity_and_flow_decode_and_encode_alike() {
+        for value in 0..=255u8 {
+            match Parity::from_wire(value) {
+                Some(p) => assert_eq!(p.to_wire(), value),
+                None => assert!(!(parity::NONE..=parity::SPACE).contains(&value)),
+            }
+        }
+        assert_eq!(Parity::from_wire(parity::EVEN), Some(Parity::Even));
+        for bits in 0..128u32 {
+            assert_eq!(FlowControl::from_wire(bits).to_wire(), bits);
+        }
+        let hw = FlowControl::from_wire(flow::CTS | flow::RTS);
+        assert!(hw.rts_cts() && !hw.xon_xoff() && !hw.dtr_dsr());
+        assert_eq!(FlowControl::from_wire(1 << 20), FlowControl::default());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,7 +28,7 @@ use crate::runtime::SystemCaller;
 use crate::service::{IOService, IOServiceApi};
 use crate::OSAction;
 
-pub use driverkit_usb::{self as descriptors, TransferType};
+pub use driverkit_usb::{self as descriptors, Direction, TransferType};
 
 /// A USB device: your provider when your personality's `IOProviderClass` is
 /// `IOUSBHostDevice`.
@@ -212,6 +212,23 @@ impl IOUSBHostInterface {
     pub fn copy_pipe(&self, address: u8) -> IOResult<IOUSBHostPipe> {
         let id = self.proxy().copy_pipe(address)?;
         Ok(IOUSBHostPipe { id, address })
+    }
+
+    /// The pipe of the first endpoint of the selected alternate setting
+    /// that moves `transfer_type` data `direction`: what a driver that
+    /// needs "the bulk IN pipe" asks, instead of walking the descriptors.
+    pub fn copy_pipe_of(
+        &self,
+        transfer_type: TransferType,
+        direction: Direction,
+    ) -> IOResult<IOUSBHostPipe> {
+        let endpoint = self
+            .descriptor()?
+            .endpoints
+            .into_iter()
+            .find(|e| e.transfer_type == transfer_type && e.direction() == direction)
+            .ok_or(IOReturn::NOT_FOUND)?;
+        self.copy_pipe(endpoint.address)
     }
 
     /// `CopyDevice`: the device this interface belongs to.

@@ -89,25 +89,18 @@ pub fn mac_from_string(text: &str) -> Option<[u8; 6]> {
 /// interface `interface` and its data, six bytes per address.
 pub fn multicast_filters(interface: u8, addresses: &[[u8; 6]]) -> (Setup, Vec<u8>) {
     let data: Vec<u8> = addresses.iter().flatten().copied().collect();
-    let setup = Setup {
-        request_type: 0x21,
-        request: SET_ETHERNET_MULTICAST_FILTERS,
-        value: addresses.len() as u16,
-        index: interface.into(),
-        length: data.len() as u16,
-    };
+    let setup = Setup::class_out(
+        SET_ETHERNET_MULTICAST_FILTERS,
+        addresses.len() as u16,
+        interface,
+        data.len() as u16,
+    );
     (setup, data)
 }
 
 /// The packet filter request to control interface `interface`.
 pub fn packet_filter(interface: u8, bits: u16) -> Setup {
-    Setup {
-        request_type: 0x21, // class, interface, host to device
-        request: SET_ETHERNET_PACKET_FILTER,
-        value: bits,
-        index: interface.into(),
-        length: 0,
-    }
+    Setup::class_out(SET_ETHERNET_PACKET_FILTER, bits, interface, 0)
 }
 
 /// A notification from the interrupt endpoint (CDC 1.2, 6.3).

@@ -35,7 +35,7 @@ use std::sync::Mutex;
 
 use driverkit::net::media;
 use driverkit::prelude::*;
-use driverkit::usb::TransferType;
+use driverkit::usb::{Direction, TransferType};
 
 use cdc::{filter, Notification};
 
@@ -102,12 +102,12 @@ fn data_setting(
         .iter()
         .filter(|i| i.number == number)
         .find_map(|i| {
-            let bulk = |input: bool| {
-                i.endpoints.iter().find(|e| {
-                    e.transfer_type == TransferType::Bulk && (e.address & 0x80 != 0) == input
-                })
+            let bulk = |direction| {
+                i.endpoints
+                    .iter()
+                    .find(|e| e.transfer_type == TransferType::Bulk && e.direction() == direction)
             };
-            let (bin, bout) = (bulk(true)?, bulk(false)?);
+            let (bin, bout) = (bulk(Direction::In)?, bulk(Direction::Out)?);
             Some((
                 i.alternate_setting,
                 bin.address,
@@ -521,5 +521,51 @@ impl CDCEthernetDriver {
             driverkit::warn!("interrupt IN: {status}");
         }
         self.submit_status();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use driverkit::runtime::instantiate;
+
+    /// The driver as `init` leaves it, outside any daemon (no device).
+    fn driver() -> std::sync::Arc<CDCEthernetDriver> {
+        instantiate::<CDCEthernetDriver>().unwrap()
+    }
+
+    #[test]
+    fn more_groups_than_the_device_filters_take_all_multicast() {
+        let d = driver();
+        let i = d.ivars();
+        i.multicast_filters.store(2, Ordering::Relaxed);
+        let group = |n: u8| [0x01, 0x00, 0x5e, 0, 0, n];
+        d.set_multicast_addresses(&[group(1), group(2)]).unwrap();
+        assert_eq!(i.filter.load(Ordering::Relaxed) & filter::ALL_MULTICAST, 0);
+        d.set_multicast_addresses(&[group(1), group(2), group(3)])
+            .unwrap();
+        assert_ne!(i.filter.load(Ordering::Relaxed) & filter::ALL_MULTICAST, 0);
+        d.set_multicast_addresses(&[]).unwrap();
+        assert_eq!(i.filter.load(Ordering::Relaxed) & filter::ALL_MULTICAST, 0);
+    }
+
+    #[test]
+    fn a_filter_the_device_did_not_take_is_not_remembered_as_programmed() {
+        let d = driver();
+        d.set_interface_enable(true).unwrap();
+        d.set_promiscuous_mode_enable(true).unwrap();
+        let i = d.ivars();
+        assert_ne!(i.filter.load(Ordering::Relaxed) & filter::PROMISCUOUS, 0);
+        // No device took it: the next change is sent again, not skipped.
+        assert_eq!(*i.programmed.locked(), None);
+    }
+
+    #[test]
+    fn an_mtu_past_the_devices_segment_is_refused() {
+        let d = driver();
+        d.ivars().max_segment.store(1514, Ordering::Relaxed);
+        assert_eq!(d.get_max_transfer_unit(), 1500);
+        assert_eq!(d.set_mtu(1500), Ok(()));
+        assert_eq!(d.set_mtu(1501), Err(IOReturn::BAD_ARGUMENT));
     }
 }

@@ -2,6 +2,8 @@
 //! and the two status bytes that start every bulk-IN packet. Pure
 //! functions, so that they are tested without a chip.
 
+use driverkit::serial::Parity;
+
 /// Vendor requests (host to device, `bmRequestType` 0x40; 0xC0 to read).
 /// The chip's full-speed bulk packet: every one from bulk IN starts with
 /// the two status bytes.
@@ -62,15 +64,15 @@ pub fn baud_of(value: u16, index: u16) -> u32 {
     }
 }
 
-/// `SET_DATA`'s `wValue`: data bits, parity (DriverKit's 1 none, 2 odd,
-/// 3 even, 4 mark, 5 space), stop bits in halves (2, 3, 4), and the break.
-pub fn data_value(data_bits: u8, parity: u8, half_stop_bits: u8, brk: bool) -> u16 {
-    let parity = match parity {
-        2 => 1,
-        3 => 2,
-        4 => 3,
-        5 => 4,
-        _ => 0,
+/// `SET_DATA`'s `wValue`: data bits, parity, stop bits in halves (2, 3,
+/// 4), and the break.
+pub fn data_value(data_bits: u8, parity: Parity, half_stop_bits: u8, brk: bool) -> u16 {
+    let parity: u16 = match parity {
+        Parity::None => 0,
+        Parity::Odd => 1,
+        Parity::Even => 2,
+        Parity::Mark => 3,
+        Parity::Space => 4,
     };
     let stop = match half_stop_bits {
         3 => 1,
@@ -153,9 +155,9 @@ mod tests {
 
     #[test]
     fn line_format_and_status() {
-        assert_eq!(data_value(8, 1, 2, false), 0x0008);
-        assert_eq!(data_value(7, 3, 4, false), 0x1207);
-        assert_eq!(data_value(8, 1, 2, true) & 0x4000, 0x4000);
+        assert_eq!(data_value(8, Parity::None, 2, false), 0x0008);
+        assert_eq!(data_value(7, Parity::Even, 4, false), 0x1207);
+        assert_eq!(data_value(8, Parity::None, 2, true) & 0x4000, 0x4000);
         assert_eq!(modem_ctrl_value(true, false), 0x0301);
         assert_eq!(flow_value(true, false, false, 0x11, 0x13), (0x1311, 0x0100));
         let s = Status::parse(&[0x31, 0x60]).unwrap();

@@ -22,9 +22,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use driverkit::prelude::*;
-use driverkit::serial::flow;
+use driverkit::serial::{FlowControl, Parity};
 use driverkit::usb::descriptors::Setup;
-use driverkit::usb::TransferType;
+use driverkit::usb::{Direction, TransferType};
 
 /// The bundle's Info.plist, for hosts that assemble the bundle themselves.
 pub const INFO_PLIST: &str = include_str!("../Info.plist");
@@ -111,13 +111,7 @@ impl FTDISerialDriver {
     /// request's own high byte).
     fn vendor(&self, request: u8, value: u16, index: u16) -> IOResult<()> {
         self.with_usb(|u| {
-            let setup = Setup {
-                request_type: 0x40,
-                request,
-                value,
-                index,
-                length: 0,
-            };
+            let setup = Setup::vendor_out(request, value, index);
             u.interface.device_request(setup, &[], TIMEOUT_MS).map(drop)
         })
     }
@@ -128,7 +122,7 @@ impl FTDISerialDriver {
             ftdi::SET_DATA,
             ftdi::data_value(
                 i.data_bits.load(Ordering::Relaxed),
-                i.parity.load(Ordering::Relaxed),
+                Parity::from_wire(i.parity.load(Ordering::Relaxed)).unwrap_or(Parity::None),
                 i.half_stop_bits.load(Ordering::Relaxed),
                 brk,
             ),
@@ -223,7 +217,7 @@ impl IOServiceImpl for FTDISerialDriver {
         ivars.data_bits.store(8, Ordering::Relaxed);
         ivars
             .parity
-            .store(driverkit::serial::parity::NONE, Ordering::Relaxed);
+            .store(Parity::None.to_wire(), Ordering::Relaxed);
         ivars.half_stop_bits.store(2, Ordering::Relaxed);
         Ok(ivars)
     }
@@ -231,16 +225,8 @@ impl IOServiceImpl for FTDISerialDriver {
     fn start(&self, provider: &IOService) -> IOResult<()> {
         self.super_start(provider)?;
         let interface = IOUSBHostInterface::from_provider(provider);
-        let endpoints = interface.descriptor()?.endpoints;
-        let bulk = |input: bool| {
-            endpoints
-                .iter()
-                .find(|e| e.transfer_type == TransferType::Bulk && (e.address & 0x80 != 0) == input)
-                .map(|e| e.address)
-                .ok_or(IOReturn::NOT_FOUND)
-        };
-        let bulk_in = interface.copy_pipe(bulk(true)?)?;
-        let bulk_out = interface.copy_pipe(bulk(false)?)?;
+        let bulk_in = interface.copy_pipe_of(TransferType::Bulk, Direction::In)?;
+        let bulk_out = interface.copy_pipe_of(TransferType::Bulk, Direction::Out)?;
         let mut reads = Vec::new();
         for slot in 0..READS {
             let action = self.create_action_read_done(1)?;
@@ -321,9 +307,9 @@ impl IOUserSerialImpl for FTDISerialDriver {
         baud: u32,
         data_bits: u8,
         half_stop_bits: u8,
-        parity: u8,
+        parity: Parity,
     ) -> IOResult<()> {
-        driverkit::info!("hw_program_uart({baud}, {data_bits}, {half_stop_bits}, {parity})");
+        driverkit::info!("hw_program_uart({baud}, {data_bits}, {half_stop_bits}, {parity:?})");
         // The chip has 7 or 8 data bits, and one or two stop bits.
         if !(7..=8).contains(&data_bits) || half_stop_bits == 3 {
             return Err(IOReturn::UNSUPPORTED);
@@ -331,7 +317,7 @@ impl IOUserSerialImpl for FTDISerialDriver {
         let i = self.ivars();
         i.data_bits.store(data_bits, Ordering::Relaxed);
         i.half_stop_bits.store(half_stop_bits, Ordering::Relaxed);
-        i.parity.store(parity, Ordering::Relaxed);
+        i.parity.store(parity.to_wire(), Ordering::Relaxed);
         self.program_line(false)?;
         self.hw_program_baud_rate(baud)
     }
@@ -366,13 +352,7 @@ impl IOUserSerialImpl for FTDISerialDriver {
 
     fn hw_get_modem_status(&self) -> IOResult<ModemStatus> {
         let bytes = self.with_usb(|u| {
-            let setup = Setup {
-                request_type: 0xc0,
-                request: ftdi::GET_MODEM_STATUS,
-                value: 0,
-                index: 0,
-                length: 2,
-            };
+            let setup = Setup::vendor_in(ftdi::GET_MODEM_STATUS, 0, 0, 2);
             u.interface.device_request(setup, &[], TIMEOUT_MS)
         })?;
         let s = ftdi::Status::parse(&bytes).ok_or(IOReturn::IO_ERROR)?;
@@ -384,14 +364,9 @@ impl IOUserSerialImpl for FTDISerialDriver {
         })
     }
 
-    fn hw_program_flow_control(&self, arg: u32, xon: u8, xoff: u8) -> IOResult<()> {
-        let (value, index) = ftdi::flow_value(
-            arg & (flow::CTS | flow::RTS) != 0,
-            arg & (flow::DSR | flow::DTR) != 0,
-            arg & (flow::TX_XON_XOFF | flow::RX_XON_XOFF) != 0,
-            xon,
-            xoff,
-        );
+    fn hw_program_flow_control(&self, flow: FlowControl, xon: u8, xoff: u8) -> IOResult<()> {
+        let (value, index) =
+            ftdi::flow_value(flow.rts_cts(), flow.dtr_dsr(), flow.xon_xoff(), xon, xoff);
         self.vendor(ftdi::SET_FLOW_CTRL, value, index)
     }
 
@@ -467,6 +442,60 @@ impl FTDISerialDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use driverkit::runtime::instantiate;
+
+    /// The driver as `init` leaves it, outside any daemon (no chip).
+    fn driver() -> std::sync::Arc<FTDISerialDriver> {
+        instantiate::<FTDISerialDriver>().unwrap()
+    }
+
+    #[test]
+    fn a_line_the_chip_cannot_carry_is_refused_before_it_is_asked() {
+        let d = driver();
+        // The FT232 has 7 or 8 data bits and no 1.5 stop bits.
+        assert_eq!(
+            d.hw_program_uart(9600, 5, 2, Parity::None),
+            Err(IOReturn::UNSUPPORTED)
+        );
+        assert_eq!(
+            d.hw_program_uart(9600, 8, 3, Parity::None),
+            Err(IOReturn::UNSUPPORTED)
+        );
+        // A line it carries is kept, then asked of the chip (absent here).
+        assert_eq!(
+            d.hw_program_uart(9600, 7, 4, Parity::Even),
+            Err(IOReturn::NOT_READY)
+        );
+        let i = d.ivars();
+        assert_eq!(i.data_bits.load(Ordering::Relaxed), 7);
+        assert_eq!(i.half_stop_bits.load(Ordering::Relaxed), 4);
+        assert_eq!(
+            Parity::from_wire(i.parity.load(Ordering::Relaxed)),
+            Some(Parity::Even)
+        );
+    }
+
+    #[test]
+    fn init_leaves_8n1_and_calls_without_a_chip_say_not_ready() {
+        let d = driver();
+        let i = d.ivars();
+        assert_eq!(i.data_bits.load(Ordering::Relaxed), 8);
+        assert_eq!(i.half_stop_bits.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            Parity::from_wire(i.parity.load(Ordering::Relaxed)),
+            Some(Parity::None)
+        );
+        assert_eq!(d.hw_get_modem_status().err(), Some(IOReturn::NOT_READY));
+        assert_eq!(d.hw_program_mcr(true, true), Err(IOReturn::NOT_READY));
+        assert_eq!(
+            d.hw_program_flow_control(FlowControl::from_wire(flow_bits()), 0x11, 0x13),
+            Err(IOReturn::NOT_READY)
+        );
+    }
+
+    fn flow_bits() -> u32 {
+        driverkit::serial::flow::CTS | driverkit::serial::flow::RTS
+    }
 
     #[test]
     fn failed_reads_are_read_again_a_few_times_then_park() {

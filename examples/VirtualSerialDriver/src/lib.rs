@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use driverkit::prelude::*;
-use driverkit::serial::parity;
+use driverkit::serial::{FlowControl, Parity};
 
 /// The bundle's Info.plist, for hosts that assemble the bundle themselves.
 pub const INFO_PLIST: &str = include_str!("../Info.plist");
@@ -124,7 +124,7 @@ impl VirtualSerialDriver {
             baud,
             i.data_bits.load(Ordering::Relaxed) as u8,
             i.half_stop_bits.load(Ordering::Relaxed) as u8,
-            i.parity.load(Ordering::Relaxed) as u8,
+            Parity::from_wire(i.parity.load(Ordering::Relaxed) as u8).unwrap_or(Parity::None),
         )?;
         self.set_property("BaudRate", i64::from(baud))
     }
@@ -135,7 +135,9 @@ impl IOServiceImpl for VirtualSerialDriver {
         let ivars = VirtualSerialDriverIvars::default();
         ivars.data_bits.store(8, Ordering::Relaxed);
         ivars.half_stop_bits.store(2, Ordering::Relaxed);
-        ivars.parity.store(parity::NONE.into(), Ordering::Relaxed);
+        ivars
+            .parity
+            .store(Parity::None.to_wire().into(), Ordering::Relaxed);
         Ok(ivars)
     }
 
@@ -198,14 +200,14 @@ impl IOUserSerialImpl for VirtualSerialDriver {
         baud: u32,
         data_bits: u8,
         half_stop_bits: u8,
-        parity: u8,
+        parity: Parity,
     ) -> IOResult<()> {
-        driverkit::info!("hw_program_uart({baud}, {data_bits}, {half_stop_bits}, {parity})");
+        driverkit::info!("hw_program_uart({baud}, {data_bits}, {half_stop_bits}, {parity:?})");
         let i = self.ivars();
         i.data_bits.store(data_bits.into(), Ordering::Relaxed);
         i.half_stop_bits
             .store(half_stop_bits.into(), Ordering::Relaxed);
-        i.parity.store(parity.into(), Ordering::Relaxed);
+        i.parity.store(parity.to_wire().into(), Ordering::Relaxed);
         self.program(baud)?;
         self.set_property("Active", true)
     }
@@ -239,9 +241,9 @@ impl IOUserSerialImpl for VirtualSerialDriver {
 
     /// The loopback plug has no flow of its own to program; the setting is
     /// kept so that `ioreg` shows what the program asked for.
-    fn hw_program_flow_control(&self, arg: u32, xon: u8, xoff: u8) -> IOResult<()> {
-        driverkit::info!("hw_program_flow_control({arg:#x}, {xon:#04x}, {xoff:#04x})");
-        self.set_property("FlowControl", i64::from(arg))
+    fn hw_program_flow_control(&self, flow: FlowControl, xon: u8, xoff: u8) -> IOResult<()> {
+        driverkit::info!("hw_program_flow_control({flow:?}, {xon:#04x}, {xoff:#04x})");
+        self.set_property("FlowControl", i64::from(flow.to_wire()))
     }
 }
 

@@ -54,7 +54,7 @@ use crate::runtime::{ClassDispatch, Service, SystemCaller};
 use crate::service::{IOService, IOServiceImpl};
 use crate::watcher::Watcher;
 
-pub use driverkit_wire::serial::{flow, parity};
+pub use driverkit_wire::serial::{flow, parity, FlowControl, Parity};
 
 /// The superclass of serial port drivers:
 /// `#[driverkit::service(superclass = IOUserSerial, ...)]`.
@@ -106,14 +106,14 @@ pub trait IOUserSerialImpl: IOServiceImpl {
         Ok(())
     }
 
-    /// The line format: baud, data bits, stop bits in halves (2, 3, 4) and
-    /// parity (`parity::*`).
+    /// The line format: baud, data bits (5 to 8), stop bits in halves (2,
+    /// 3, 4) and parity, checked by the SDK before the call.
     fn hw_program_uart(
         &self,
         baud: u32,
         data_bits: u8,
         half_stop_bits: u8,
-        parity: u8,
+        parity: Parity,
     ) -> IOResult<()>;
 
     /// Program the line's rate (any rate a program asks for, `BOTHER`).
@@ -142,9 +142,9 @@ pub trait IOUserSerialImpl: IOServiceImpl {
         Err(IOReturn::UNSUPPORTED)
     }
 
-    /// `arg`: `flow::*` bits.
-    fn hw_program_flow_control(&self, arg: u32, xon: u8, xoff: u8) -> IOResult<()> {
-        let _ = (arg, xon, xoff);
+    /// Which flow control is on, and the XON and XOFF characters.
+    fn hw_program_flow_control(&self, flow: FlowControl, xon: u8, xoff: u8) -> IOResult<()> {
+        let _ = (flow, xon, xoff);
         Err(IOReturn::UNSUPPORTED)
     }
 
@@ -550,11 +550,8 @@ impl<S: IOUserSerialImpl> IOUserSerialInterface for Local<'_, S> {
         half_stop_bits: u8,
         parity: u8,
     ) -> IOResult<()> {
-        if !(5..=8).contains(&data_bits)
-            || !(2..=4).contains(&half_stop_bits)
-            || !(parity::NONE..=parity::SPACE).contains(&parity)
-            || baud == 0
-        {
+        let parity = Parity::from_wire(parity).ok_or(IOReturn::BAD_ARGUMENT)?;
+        if !(5..=8).contains(&data_bits) || !(2..=4).contains(&half_stop_bits) || baud == 0 {
             return Err(IOReturn::BAD_ARGUMENT);
         }
         self.0
@@ -578,7 +575,8 @@ impl<S: IOUserSerialImpl> IOUserSerialInterface for Local<'_, S> {
     }
 
     fn hw_program_flow_control(&self, arg: u32, xon: u8, xoff: u8) -> IOResult<()> {
-        self.0.hw_program_flow_control(arg, xon, xoff)
+        self.0
+            .hw_program_flow_control(FlowControl::from_wire(arg), xon, xoff)
     }
 
     fn hw_program_latency_timer(&self, latency_ms: u32) -> IOResult<()> {
@@ -663,11 +661,11 @@ impl IOUARTDevice {
         baud: u32,
         data_bits: u8,
         half_stop_bits: u8,
-        parity: u8,
+        parity: Parity,
     ) -> IOResult<()> {
         use driverkit_wire::interfaces::IOUARTDeviceInterface;
         self.proxy()
-            .set_line(baud, data_bits, half_stop_bits, parity)
+            .set_line(baud, data_bits, half_stop_bits, parity.to_wire())
     }
 
     /// Sets the UART's DTR and RTS outputs.
