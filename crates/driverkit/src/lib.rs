@@ -67,7 +67,7 @@ pub use pci::{IODMACommand, IOPCIDevice, IOPCIMappedBar};
 pub use queue::IODispatchQueue;
 pub use runtime::dynamic_cast as OSDynamicCast;
 pub use serial::{IOUARTDevice, IOUserSerial, IOUserSerialApi, IOUserSerialImpl, ModemStatus};
-pub use service::{IOService, IOServiceApi, IOServiceImpl, IOServiceSuper};
+pub use service::{IOService, IOServiceApi, IOServiceImpl, IOServiceSuper, WhileStarted};
 pub use timer::IOTimerDispatchSource;
 pub use usb::{IOUSBHostDevice, IOUSBHostInterface, IOUSBHostPipe};
 pub use user_client::{IOUserClient, IOUserClientImpl};
@@ -86,7 +86,7 @@ pub mod prelude {
     pub use crate::{
         IOBufferMemoryDescriptor, IODataQueueDispatchSource, IODispatchQueue,
         IOInterruptDispatchSource, IOMemoryDescriptor, IOResult, IOReturn, IOService, IOServiceApi,
-        IOServiceImpl, IOServiceSuper, IOTimerDispatchSource, OSAction,
+        IOServiceImpl, IOServiceSuper, IOTimerDispatchSource, OSAction, WhileStarted,
     };
     pub use crate::{IODMACommand, IOPCIDevice, IOPCIMappedBar, OSDynamicCast};
     pub use crate::{

@@ -1,7 +1,7 @@
 //! `IOService`: what every driver overrides and what it may ask the system.
 
 use driverkit_wire::interfaces::{io_service_interface, IOServiceInterface};
-use driverkit_wire::{IOResult, MethodId, ObjectId, FLAG_SUPERDISPATCH};
+use driverkit_wire::{IOResult, IOReturn, MethodId, ObjectId, FLAG_SUPERDISPATCH};
 
 use crate::runtime::{ClassDispatch, Service, SystemCaller};
 
@@ -209,5 +209,35 @@ impl<S: IOServiceImpl> IOServiceInterface for Local<'_, S> {
 impl<S: IOServiceImpl> ClassDispatch<S> for IOService {
     fn dispatch(service: &S, method: MethodId, args: &[u8]) -> Option<IOResult<Vec<u8>>> {
         io_service_interface::dispatch(&Local(service), method, args)
+    }
+}
+
+/// What a driver holds from its `start` to its `stop` (its pipes, its
+/// buffers): absent before and after, when a call that needs it answers
+/// `kIOReturnNotReady` instead of reaching for a device it does not have.
+pub struct WhileStarted<T>(std::sync::Mutex<Option<T>>);
+
+impl<T> Default for WhileStarted<T> {
+    fn default() -> Self {
+        WhileStarted(std::sync::Mutex::new(None))
+    }
+}
+
+impl<T> WhileStarted<T> {
+    /// Holds `value` (in `start`).
+    pub fn set(&self, value: T) {
+        *driverkit_wire::sync::Locked::locked(&self.0) = Some(value);
+    }
+
+    /// Lets it go (in `stop`), for the driver to end what it holds.
+    pub fn take(&self) -> Option<T> {
+        driverkit_wire::sync::Locked::locked(&self.0).take()
+    }
+
+    /// Runs `f` with what is held; `kIOReturnNotReady` when nothing is.
+    /// The hold lasts for `f`: `stop` waits for a call in progress.
+    pub fn with<R>(&self, f: impl FnOnce(&T) -> IOResult<R>) -> IOResult<R> {
+        let held = driverkit_wire::sync::Locked::locked(&self.0);
+        f(held.as_ref().ok_or(IOReturn::NOT_READY)?)
     }
 }

@@ -58,7 +58,7 @@ const CONTROL_TIMEOUT_MS: u32 = 1000;
 
 #[derive(Default)]
 pub struct CDCEthernetDriverIvars {
-    usb: Mutex<Option<Usb>>,
+    usb: WhileStarted<Usb>,
     /// Per write slot: the packet its transfer carries.
     writing: Mutex<Vec<Option<IOUserNetworkPacket>>>,
     /// Frames received with no empty buffer to go into, and their reads.
@@ -123,13 +123,8 @@ fn step<T>(what: &str, result: IOResult<T>) -> IOResult<T> {
 }
 
 impl CDCEthernetDriver {
-    fn with_usb<T>(&self, f: impl FnOnce(&Usb) -> IOResult<T>) -> IOResult<T> {
-        let usb = self.ivars().usb.locked();
-        f(usb.as_ref().ok_or(IOReturn::NOT_READY)?)
-    }
-
     fn submit_read(&self, slot: usize) {
-        let submitted = self.with_usb(|u| {
+        let submitted = self.ivars().usb.with(|u| {
             let (buffer, action) = u.reads.get(slot).ok_or(IOReturn::BAD_ARGUMENT)?;
             u.bulk_in.async_io(buffer, TRANSFER, action, 0)
         });
@@ -139,7 +134,7 @@ impl CDCEthernetDriver {
     }
 
     fn submit_status(&self) {
-        let submitted = self.with_usb(|u| match &u.notify {
+        let submitted = self.ivars().usb.with(|u| match &u.notify {
             Some(pipe) => pipe.async_io(&u.status.0, NOTIFICATION, &u.status.1, 0),
             None => Ok(()),
         });
@@ -163,7 +158,7 @@ impl CDCEthernetDriver {
         if *programmed == Some(bits) {
             return;
         }
-        let done = self.with_usb(|u| {
+        let done = self.ivars().usb.with(|u| {
             u.control.device_request(
                 cdc::packet_filter(u.control_number, bits),
                 &[],
@@ -205,7 +200,7 @@ impl CDCEthernetDriver {
             };
             let mut frame = Vec::with_capacity(TRANSFER);
             let sent = self.packet_data(&packet, &mut frame).and_then(|()| {
-                self.with_usb(|u| {
+                self.ivars().usb.with(|u| {
                     cdc::pad_for_bulk(&mut frame, u.max_packet);
                     let (buffer, action) = &u.writes[slot];
                     if frame.len() > TRANSFER {
@@ -317,7 +312,7 @@ impl IOServiceImpl for CDCEthernetDriver {
             IOBufferMemoryDescriptor::create(NOTIFICATION)?,
             self.create_action_notified(0)?,
         );
-        *self.ivars().usb.locked() = Some(Usb {
+        self.ivars().usb.set(Usb {
             control_number: control_descriptor.number,
             control,
             bulk_in: step("the bulk IN pipe", data.copy_pipe(bulk_in))?,
@@ -350,7 +345,7 @@ impl IOServiceImpl for CDCEthernetDriver {
     }
 
     fn stop(&self, provider: &IOService) -> IOResult<()> {
-        let usb = self.ivars().usb.locked().take();
+        let usb = self.ivars().usb.take();
         if let Some(u) = usb {
             let _ = u.bulk_in.abort();
             let _ = u.bulk_out.abort();
@@ -410,7 +405,7 @@ impl IOUserNetworkEthernetImpl for CDCEthernetDriver {
         );
         let fits = addresses.len() <= filters;
         if fits {
-            let sent = self.with_usb(|u| {
+            let sent = self.ivars().usb.with(|u| {
                 let (setup, data) = cdc::multicast_filters(u.control_number, addresses);
                 u.control.device_request(setup, &data, CONTROL_TIMEOUT_MS)
             });
@@ -450,7 +445,7 @@ impl CDCEthernetDriver {
             return;
         }
         let mut frame = vec![0u8; (actual as usize).min(TRANSFER)];
-        let read = self.with_usb(|u| {
+        let read = self.ivars().usb.with(|u| {
             let (buffer, _) = u.reads.get(slot).ok_or(IOReturn::BAD_ARGUMENT)?;
             buffer.create_mapping()?.read(0, &mut frame)
         });
@@ -497,7 +492,9 @@ impl CDCEthernetDriver {
         if status == IOReturn::SUCCESS {
             let mut bytes = vec![0u8; (actual as usize).min(NOTIFICATION)];
             if self
-                .with_usb(|u| u.status.0.create_mapping()?.read(0, &mut bytes))
+                .ivars()
+                .usb
+                .with(|u| u.status.0.create_mapping()?.read(0, &mut bytes))
                 .is_err()
             {
                 return; // stopping

@@ -74,10 +74,9 @@ fn after_failure(status: IOReturn, in_a_row: u32) -> AfterFailure {
 
 #[derive(Default)]
 pub struct FTDISerialDriverIvars {
-    usb: Mutex<Option<Usb>>,
-    /// Received bytes the RX ring had no room for, and the reads parked
-    /// until it has.
-    held: Mutex<(Vec<u8>, Vec<usize>)>,
+    usb: WhileStarted<Usb>,
+    /// What waits for room in the RX ring.
+    held: Mutex<Held>,
     writing: AtomicBool,
     /// The line as last programmed: a baud change or a break keeps the rest.
     data_bits: AtomicU8,
@@ -88,6 +87,14 @@ pub struct FTDISerialDriverIvars {
     /// failing (`READ_FAILURES`) until the port opens again.
     read_failures: AtomicU32,
     failed: Mutex<Vec<usize>>,
+}
+
+/// Received bytes the RX ring had no room for, and the reads parked (not
+/// resubmitted) until it has: the chip holds what comes meanwhile.
+#[derive(Default)]
+struct Held {
+    bytes: Vec<u8>,
+    reads: Vec<usize>,
 }
 
 struct Usb {
@@ -102,15 +109,10 @@ struct Usb {
 pub struct FTDISerialDriver;
 
 impl FTDISerialDriver {
-    fn with_usb<T>(&self, f: impl FnOnce(&Usb) -> IOResult<T>) -> IOResult<T> {
-        let usb = self.ivars().usb.locked();
-        f(usb.as_ref().ok_or(IOReturn::NOT_READY)?)
-    }
-
     /// A vendor request to the chip, for its one port (`wIndex` 0, or the
     /// request's own high byte).
     fn vendor(&self, request: u8, value: u16, index: u16) -> IOResult<()> {
-        self.with_usb(|u| {
+        self.ivars().usb.with(|u| {
             let setup = Setup::vendor_out(request, value, index);
             u.interface.device_request(setup, &[], TIMEOUT_MS).map(drop)
         })
@@ -143,7 +145,7 @@ impl FTDISerialDriver {
             }
             AfterFailure::ClearStallAndRead => {
                 driverkit::warn!("bulk IN read {slot}: {status}; clearing the halt");
-                if let Err(e) = self.with_usb(|u| u.bulk_in.clear_stall(true)) {
+                if let Err(e) = self.ivars().usb.with(|u| u.bulk_in.clear_stall(true)) {
                     driverkit::warn!("bulk IN: clearing the halt: {e}");
                 }
                 self.submit_read(slot);
@@ -161,7 +163,7 @@ impl FTDISerialDriver {
     }
 
     fn submit_read(&self, slot: usize) {
-        let submitted = self.with_usb(|u| {
+        let submitted = self.ivars().usb.with(|u| {
             let (buffer, action) = u.reads.get(slot).ok_or(IOReturn::BAD_ARGUMENT)?;
             u.bulk_in.async_io(buffer, READ, action, 0)
         });
@@ -178,7 +180,7 @@ impl FTDISerialDriver {
         }
         let mut chunk = vec![0u8; WRITE];
         let n = self.tx_peek(&mut chunk);
-        let sent = self.with_usb(|u| {
+        let sent = self.ivars().usb.with(|u| {
             if n == 0 {
                 return Ok(false);
             }
@@ -237,7 +239,7 @@ impl IOServiceImpl for FTDISerialDriver {
             IOBufferMemoryDescriptor::create(WRITE)?,
             self.create_action_write_done(0)?,
         );
-        *self.ivars().usb.locked() = Some(Usb {
+        self.ivars().usb.set(Usb {
             interface,
             bulk_in,
             bulk_out,
@@ -255,7 +257,7 @@ impl IOServiceImpl for FTDISerialDriver {
     }
 
     fn stop(&self, provider: &IOService) -> IOResult<()> {
-        let usb = self.ivars().usb.locked().take();
+        let usb = self.ivars().usb.take();
         if let Some(u) = usb {
             let _ = u.bulk_in.abort();
             let _ = u.bulk_out.abort();
@@ -274,12 +276,12 @@ impl IOUserSerialImpl for FTDISerialDriver {
     fn rx_free_space_available(&self) {
         let parked = {
             let mut held = self.ivars().held.locked();
-            let n = self.rx_put(&held.0);
-            held.0.drain(..n);
-            if !held.0.is_empty() {
+            let n = self.rx_put(&held.bytes);
+            held.bytes.drain(..n);
+            if !held.bytes.is_empty() {
                 return;
             }
-            std::mem::take(&mut held.1)
+            std::mem::take(&mut held.reads)
         };
         for slot in parked {
             self.submit_read(slot);
@@ -351,7 +353,7 @@ impl IOUserSerialImpl for FTDISerialDriver {
     }
 
     fn hw_get_modem_status(&self) -> IOResult<ModemStatus> {
-        let bytes = self.with_usb(|u| {
+        let bytes = self.ivars().usb.with(|u| {
             let setup = Setup::vendor_in(ftdi::GET_MODEM_STATUS, 0, 0, 2);
             u.interface.device_request(setup, &[], TIMEOUT_MS)
         })?;
@@ -387,7 +389,7 @@ impl FTDISerialDriver {
         let slot = usize::from(action.reference()[0]);
         let mut transfer = vec![0u8; (actual as usize).min(READ)];
         let read = if status == IOReturn::SUCCESS {
-            self.with_usb(|u| {
+            self.ivars().usb.with(|u| {
                 let (buffer, _) = u.reads.get(slot).ok_or(IOReturn::BAD_ARGUMENT)?;
                 buffer.create_mapping()?.read(0, &mut transfer)
             })
@@ -409,14 +411,14 @@ impl FTDISerialDriver {
         }
         let data = &data[..];
         let mut held = self.ivars().held.locked();
-        let n = if held.0.is_empty() {
+        let n = if held.bytes.is_empty() {
             self.rx_put(data)
         } else {
             0
         };
         if n < data.len() {
-            held.0.extend_from_slice(&data[n..]);
-            held.1.push(slot);
+            held.bytes.extend_from_slice(&data[n..]);
+            held.reads.push(slot);
             return;
         }
         drop(held);
