@@ -68,9 +68,9 @@ use state::*;
 
 /// The kernel's CUSE device.
 pub const CUSE_DEVICE: &str = "/dev/cuse";
-/// What a node's device is called: `ttyDK0`, `ttyDK1`, ...
 use super::port::CLOSING_WAIT;
 
+/// What a node's device is called: `ttyDK0`, `ttyDK1`, ...
 const NAME_PREFIX: &str = "ttyDK";
 /// The tty's read buffer (`N_TTY_BUF_SIZE`).
 const INPUT_MAX: usize = 4096;
@@ -78,6 +78,13 @@ const INPUT_MAX: usize = 4096;
 const AHEAD: Duration = Duration::from_millis(50);
 /// ...but never fewer bytes than this.
 const AHEAD_MIN: usize = 256;
+/// What a writer may leave while the output is stopped (XOFF, `TCOOFF`):
+/// a UART's transmit buffer (`UART_XMIT_SIZE`), which a stopped port
+/// keeps filling.
+const STOPPED_MAX: usize = 4096;
+/// While stopped, the node is writable below this many waiting bytes, as
+/// a tty is (`WAKEUP_CHARS`).
+const WAKEUP_CHARS: usize = 256;
 /// The longest `cuse-io` sleeps without a wake-up (a safety net).
 const IDLE: Duration = Duration::from_millis(250);
 
@@ -191,6 +198,7 @@ impl CuseNode {
                 last_rx: Instant::now(),
                 xoff: false,
                 suspended: false,
+                stopped_output: VecDeque::new(),
                 reads: VecDeque::new(),
                 writes: VecDeque::new(),
                 drains: Vec::new(),
@@ -566,24 +574,41 @@ mod tests {
         let set = h.ioctl(fh, ioctl::cmd::TCSETS, 0x7000, &t.emit(false));
         assert_eq!(h.reply(), (set, -libc::EIO, vec![]));
         assert_eq!(h.node.inner.lock().termios.iflag & bits::IXON, 0);
-        // IXON as a driver took it: the far end's XOFF stops the writer;
-        // XON starts it.
+        // IXON as a driver took it: the far end's XOFF stops the output.
         h.node.inner.lock().termios = t;
         h.receive(&[0x13]);
         let deadline = Instant::now() + Duration::from_secs(5);
+        while !h.node.inner.lock().xoff {
+            assert!(Instant::now() < deadline, "the XOFF was never seen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Stopped, the writer fills the port's buffer as it would a UART's
+        // (and stays writable, as a tty does), then waits; nothing reaches
+        // the driver meanwhile.
+        let mut held = 0;
         loop {
-            let w = h.write(fh, b"held");
-            let (_, error, _) = h.reply();
+            let w = h.write(fh, &[9u8; 1000]);
+            let (u, error, body) = h.reply();
+            assert_eq!(u, w);
             if error == -libc::EAGAIN {
                 break;
             }
-            assert!(Instant::now() < deadline, "XOFF never held the writer");
-            h.transmit_all();
-            std::thread::sleep(Duration::from_millis(10));
-            let _ = w;
+            held += u32::from_le_bytes(body[..4].try_into().unwrap());
         }
+        assert_eq!(held as usize, STOPPED_MAX);
+        assert!(
+            h.transmit_all().is_empty(),
+            "nothing goes out while stopped"
+        );
+        // XON: what waited goes out first, at the line's pace.
         h.receive(&[0x11]);
-        std::thread::sleep(Duration::from_millis(50));
+        let mut sent = 0;
+        while sent < STOPPED_MAX {
+            assert!(Instant::now() < deadline, "the held bytes never went out");
+            sent += h.transmit_all().len();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(sent, STOPPED_MAX);
         let w = h.write(fh, b"go");
         assert_eq!(h.reply(), (w, 0, [2u32.to_le_bytes(), [0; 4]].concat()));
         // The flow characters are not input.

@@ -30,7 +30,8 @@ impl Inner {
         let _ = rustix::thread::futex::wake(&self.kick, rustix::thread::futex::Flags::PRIVATE, 1);
     }
 
-    /// How many bytes a writer may add now.
+    /// How many bytes may go into the TX ring now (none while the output
+    /// is stopped).
     pub(super) fn tx_room(&self, st: &State) -> usize {
         if st.xoff || st.suspended {
             return 0;
@@ -48,7 +49,9 @@ impl Inner {
     /// The output has gone: nothing parked, and the hardware sent all
     /// (or, for a driver that does not say, took all).
     pub(super) fn drained(&self, st: &State) -> bool {
-        st.writes.is_empty() && self.core.queues.tx_unsent().is_ok_and(|u| u == 0)
+        st.writes.is_empty()
+            && st.stopped_output.is_empty()
+            && self.core.queues.tx_unsent().is_ok_and(|u| u == 0)
     }
 
     pub(super) fn revents(&self, st: &State) -> u32 {
@@ -56,7 +59,14 @@ impl Inner {
         if !st.input.is_empty() {
             r |= POLLIN | POLLRDNORM;
         }
-        if self.tx_room(st) > 0 {
+        // Stopped, a tty stays writable while its buffer has room (the
+        // output waits there); running, while the line can take more.
+        let writable = if st.xoff || st.suspended {
+            st.stopped_output.len() < WAKEUP_CHARS
+        } else {
+            st.stopped_output.is_empty() && self.tx_room(st) > 0
+        };
+        if writable {
             r |= POLLOUT | POLLWRNORM;
         }
         r
@@ -123,6 +133,27 @@ impl Inner {
 
     /// Puts what fits of `data` in the TX ring; how much did.
     pub(super) fn put_tx(&self, st: &mut State, data: &[u8]) -> usize {
+        if st.xoff || st.suspended {
+            let n = STOPPED_MAX
+                .saturating_sub(st.stopped_output.len())
+                .min(data.len());
+            st.stopped_output.extend(&data[..n]);
+            return n;
+        }
+        // What waited while stopped goes first.
+        if !st.stopped_output.is_empty() {
+            let waiting: Vec<u8> = st.stopped_output.iter().copied().collect();
+            let sent = self.to_ring(st, &waiting);
+            st.stopped_output.drain(..sent);
+            if !st.stopped_output.is_empty() {
+                return 0;
+            }
+        }
+        self.to_ring(st, data)
+    }
+
+    /// As much of `data` as the line may take now, into the TX ring.
+    fn to_ring(&self, st: &mut State, data: &[u8]) -> usize {
         let n = self.tx_room(st).min(data.len());
         if n == 0 {
             return 0;
@@ -166,7 +197,11 @@ impl Inner {
             // Room in the input again: more may wait in the ring.
             self.pull_rx(st);
         }
-        // Writes, in the order they came.
+        // What waited while the output was stopped, then the writes, in
+        // the order they came.
+        if !st.stopped_output.is_empty() {
+            self.put_tx(st, &[]);
+        }
         while let Some(mut w) = st.writes.pop_front() {
             let put = self.put_tx(st, &w.data[w.done..]);
             w.done += put;

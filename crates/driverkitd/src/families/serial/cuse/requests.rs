@@ -92,6 +92,7 @@ impl Inner {
                 st.input.clear();
                 st.xoff = false;
                 st.suspended = false;
+                st.stopped_output.clear();
                 let dropped = self.core.queues.rx().discard();
                 self.core
                     .rx_dropped

@@ -64,6 +64,9 @@ pub(super) struct State {
     pub(super) xoff: bool,
     /// `TCOOFF`.
     pub(super) suspended: bool,
+    /// Bytes written while the output was stopped, sent first when it
+    /// resumes (at most `STOPPED_MAX`).
+    pub(super) stopped_output: VecDeque<u8>,
     pub(super) reads: VecDeque<PendingRead>,
     pub(super) writes: VecDeque<PendingWrite>,
     pub(super) drains: Vec<PendingDrain>,

@@ -81,10 +81,15 @@ impl Inner {
                 Err(e) => proto::error_reply(unique, errno(e)),
             },
             TtyIoctl::Flush { input, output } => {
-                if input {
+                {
                     let mut st = self.lock();
-                    st.input.clear();
-                    self.core.queues.rx().discard();
+                    if input {
+                        st.input.clear();
+                        self.core.queues.rx().discard();
+                    }
+                    if output {
+                        st.stopped_output.clear();
+                    }
                 }
                 let r = self.core.log_refusal(
                     "a FIFO reset",
