@@ -117,6 +117,39 @@ pub mod interrupt_type {
     pub const MSIX: u32 = 0x0002_0000;
 }
 
+/// An interrupt kind, decoded from [`interrupt_type`]'s values once, where
+/// a request enters the system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterruptKind {
+    /// INTx, level-triggered.
+    Level,
+    /// MSI.
+    Msi,
+    /// MSI-X.
+    MsiX,
+}
+
+impl InterruptKind {
+    /// The kind a wire value names; `None` for any other value.
+    pub fn from_wire(value: u32) -> Option<InterruptKind> {
+        Some(match value {
+            interrupt_type::LEVEL => InterruptKind::Level,
+            interrupt_type::MSI => InterruptKind::Msi,
+            interrupt_type::MSIX => InterruptKind::MsiX,
+            _ => return None,
+        })
+    }
+
+    /// Its wire value (`ConfigureInterrupts`' `interruptType`).
+    pub fn to_wire(self) -> u32 {
+        match self {
+            InterruptKind::Level => interrupt_type::LEVEL,
+            InterruptKind::Msi => interrupt_type::MSI,
+            InterruptKind::MsiX => interrupt_type::MSIX,
+        }
+    }
+}
+
 /// `Reset`'s options: a function-level reset, or whatever the device
 /// supports.
 pub mod reset {

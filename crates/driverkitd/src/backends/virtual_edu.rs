@@ -500,7 +500,7 @@ impl PciDevice for VirtualEdu {
         })
     }
 
-    fn configure_interrupts(&self, kind: u32, min: u32, _max: u32) -> IOResult<u32> {
+    fn configure_interrupts(&self, kind: pci::InterruptKind, min: u32, _max: u32) -> IOResult<u32> {
         if min > 1 {
             return Err(IOReturn::NO_RESOURCES);
         }
@@ -508,18 +508,18 @@ impl PciDevice for VirtualEdu {
         let msi = usize::from(MSI_CAP) + 2;
         let cmd = st.regs.command();
         match kind {
-            pci::interrupt_type::MSI => {
+            pci::InterruptKind::Msi => {
                 st.regs.config[msi] |= 1;
                 let cmd = cmd | command::INTX_DISABLE;
                 st.regs.config[4..6].copy_from_slice(&cmd.to_le_bytes());
             }
-            pci::interrupt_type::LEVEL => {
+            pci::InterruptKind::Level => {
                 st.regs.config[msi] &= !1;
                 let cmd = cmd & !command::INTX_DISABLE;
                 st.regs.config[4..6].copy_from_slice(&cmd.to_le_bytes());
             }
             // The edu device has no MSI-X capability.
-            _ => return Err(IOReturn::UNSUPPORTED),
+            pci::InterruptKind::MsiX => return Err(IOReturn::UNSUPPORTED),
         }
         Ok(1)
     }

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use driverkit_wire::pci::{self, interrupt_type, Location, Width};
+use driverkit_wire::pci::{self, InterruptKind, Location, Width};
 use driverkit_wire::shm::SharedMemory;
 use driverkit_wire::{IOResult, IOReturn};
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioOps};
@@ -171,14 +171,13 @@ impl LinuxPciFunction {
 /// subscribers; an INTx is unmasked again after each (VFIO masks it when
 /// it fires; the device holds the line until the driver acknowledges, so
 /// a still-asserted line fires again at once).
-/// VFIO's interrupt set for `kind` (`interrupt_type`): INTx for a level
-/// interrupt, MSI, MSI-X; anything else is refused, not taken for INTx.
-fn interrupt_set(kind: u32) -> IOResult<u32> {
+/// VFIO's interrupt set for `kind`: INTx for a level interrupt, MSI,
+/// MSI-X.
+fn interrupt_set(kind: InterruptKind) -> u32 {
     match kind {
-        interrupt_type::LEVEL => Ok(INTX),
-        interrupt_type::MSI => Ok(MSI),
-        interrupt_type::MSIX => Ok(MSIX),
-        _ => Err(IOReturn::BAD_ARGUMENT),
+        InterruptKind::Level => INTX,
+        InterruptKind::Msi => MSI,
+        InterruptKind::MsiX => MSIX,
     }
 }
 
@@ -352,10 +351,10 @@ impl PciDevice for LinuxPciFunction {
         })
     }
 
-    fn configure_interrupts(&self, kind: u32, min: u32, max: u32) -> IOResult<u32> {
+    fn configure_interrupts(&self, kind: InterruptKind, min: u32, max: u32) -> IOResult<u32> {
         let mut claimed = self.lock();
         let c = claimed.as_mut().ok_or(IOReturn::NOT_OPEN)?;
-        let set = interrupt_set(kind)?;
+        let set = interrupt_set(kind);
         let available = c.device.get_irq_info(set).map_or(0, |i| i.count);
         let count = available.min(max).min(MAX_VECTORS as u32);
         if count < min {
@@ -477,9 +476,11 @@ mod tests {
 
     #[test]
     fn an_unknown_interrupt_kind_is_refused_not_taken_for_intx() {
-        assert_eq!(interrupt_set(interrupt_type::LEVEL), Ok(INTX));
-        assert_eq!(interrupt_set(interrupt_type::MSI), Ok(MSI));
-        assert_eq!(interrupt_set(interrupt_type::MSIX), Ok(MSIX));
-        assert_eq!(interrupt_set(0x4), Err(IOReturn::BAD_ARGUMENT));
+        use driverkit_wire::pci::interrupt_type;
+        let set = |wire| InterruptKind::from_wire(wire).map(interrupt_set);
+        assert_eq!(set(interrupt_type::LEVEL), Some(INTX));
+        assert_eq!(set(interrupt_type::MSI), Some(MSI));
+        assert_eq!(set(interrupt_type::MSIX), Some(MSIX));
+        assert_eq!(set(0x4), None);
     }
 }

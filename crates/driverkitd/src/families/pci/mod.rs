@@ -72,9 +72,9 @@ pub trait PciDevice: Send + Sync {
     fn bar_write(&self, index: u8, offset: u64, width: Width, value: u64);
     /// BAR `index` as memory a driver can map.
     fn map_bar(&self, index: u8) -> IOResult<MappedBar>;
-    /// Switches the function to `kind` (`pci::interrupt_type`) with
-    /// between `min` and `max` vectors; returns how many it has.
-    fn configure_interrupts(&self, kind: u32, min: u32, max: u32) -> IOResult<u32>;
+    /// Switches the function to `kind` with between `min` and `max`
+    /// vectors; returns how many it has.
+    fn configure_interrupts(&self, kind: pci::InterruptKind, min: u32, max: u32) -> IOResult<u32>;
     /// Delivers vector `index` into `region` from now on.
     fn subscribe_interrupt(&self, index: u32, region: &Arc<SharedMemory>) -> IOResult<()>;
     /// Makes `length` bytes of `region` from `offset` (both page-aligned,
@@ -387,15 +387,8 @@ impl IOPCIDeviceInterface for PciCall<'_> {
     }
 
     fn configure_interrupts(&self, kind: u32, min: u32, max: u32) -> IOResult<u32> {
+        let kind = pci::InterruptKind::from_wire(kind).ok_or(IOReturn::BAD_ARGUMENT)?;
         if min == 0 || min > max {
-            return Err(IOReturn::BAD_ARGUMENT);
-        }
-        let known = [
-            pci::interrupt_type::LEVEL,
-            pci::interrupt_type::MSI,
-            pci::interrupt_type::MSIX,
-        ];
-        if !known.contains(&kind) {
             return Err(IOReturn::BAD_ARGUMENT);
         }
         self.family
