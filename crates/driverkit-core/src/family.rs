@@ -183,9 +183,17 @@ pub trait Family: Send + Sync + 'static {
     /// waits for a transfer that will never come. They are already marked
     /// terminating (nothing attaches below them from here); the core
     /// completes the requests it tracks with `kIOReturnAborted` right
-    /// after.
+    /// after. By default each entry is handed to [`Family::departs`].
     fn departing(&self, system: &System, entries: &[EntryId]) {
-        let _ = (system, entries);
+        for id in entries {
+            self.departs(system, *id);
+        }
+    }
+
+    /// One entry of [`Family::departing`], for a family that ends each on
+    /// its own.
+    fn departs(&self, system: &System, entry: EntryId) {
+        let _ = (system, entry);
     }
 
     /// `entry` left the registry: forget it.

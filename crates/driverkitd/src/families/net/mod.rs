@@ -380,10 +380,8 @@ impl Family for NetFamily {
         self.nic(call.object)?.subscribe_interrupt(index, &region)
     }
 
-    fn departing(&self, system: &System, entries: &[EntryId]) {
-        for id in entries {
-            self.end(system, *id);
-        }
+    fn departs(&self, system: &System, entry: EntryId) {
+        self.end(system, entry);
     }
 
     /// A provider's parked TAP goes with it.

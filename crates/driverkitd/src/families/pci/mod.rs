@@ -494,10 +494,8 @@ impl Family for PciFamily {
 
     /// The nub departing (unplugged): whoever has it loses it now, before
     /// its Stop.
-    fn departing(&self, _system: &System, entries: &[EntryId]) {
-        for id in entries {
-            self.revoke(*id, true);
-        }
+    fn departs(&self, _system: &System, entry: EntryId) {
+        self.revoke(entry, true);
     }
 
     /// A driver that opened a function left the registry (stopped without

@@ -496,10 +496,8 @@ impl Family for SerialFamily {
 
     /// A departing serial service's tty hangs up now, before its driver's
     /// Stop (or right after its crash).
-    fn departing(&self, _system: &System, entries: &[EntryId]) {
-        for id in entries {
-            self.end_port(*id);
-        }
+    fn departs(&self, _system: &System, entry: EntryId) {
+        self.end_port(entry);
     }
 
     fn removed(&self, _system: &System, entry: EntryId) {
