@@ -38,11 +38,11 @@ use std::time::{Duration, Instant};
 
 use driverkit_usb::recording::Frame;
 use driverkit_usb::repr::request;
-use driverkit_usb::usbmon::{Event, PacketRepr, Transfer};
+use driverkit_usb::usbmon::{self, Event, PacketRepr};
 use driverkit_usb::Setup;
 use driverkit_wire::{IOResult, IOReturn};
 
-use crate::families::usb::{Completed, UsbTransport};
+use crate::families::usb::{Completed, Transfer, UsbTransport};
 
 /// One recorded exchange on an endpoint: what the driver is to send, and
 /// what the device answered.
@@ -162,7 +162,7 @@ impl Replay {
         let mut configured = 0;
         for f in &ours {
             let p = &f.packet;
-            if p.transfer == Transfer::Isochronous {
+            if p.transfer == usbmon::Transfer::Isochronous {
                 continue;
             }
             match p.event {
@@ -205,7 +205,7 @@ impl Replay {
                             continue;
                         }
                     }
-                    let address = if p.transfer == Transfer::Control {
+                    let address = if p.transfer == usbmon::Transfer::Control {
                         0
                     } else {
                         p.endpoint
@@ -380,15 +380,14 @@ impl UsbTransport for Replay {
         })
     }
 
-    fn transfer_queued(
-        &self,
-        address: u8,
-        data: &[u8],
-        length: usize,
-        timeout: Option<Duration>,
-        submitted: u64,
-        queued: &mut dyn FnMut(),
-    ) -> IOResult<Completed> {
+    fn transfer_queued(&self, t: Transfer<'_>, queued: &mut dyn FnMut()) -> IOResult<Completed> {
+        let Transfer {
+            address,
+            data,
+            length,
+            timeout,
+            submitted,
+        } = t;
         queued();
         let deadline = timeout.map(|t| Instant::now() + t);
         let input = address & 0x80 != 0;
@@ -485,12 +484,12 @@ fn request_text(setup: &[u8], data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use driverkit_usb::usbmon::{self, PacketRepr};
+    use driverkit_usb::usbmon::PacketRepr;
 
     fn packet(
         id: u64,
         event: Event,
-        transfer: Transfer,
+        transfer: usbmon::Transfer,
         endpoint: u8,
         setup: Option<[u8; 8]>,
     ) -> PacketRepr {
@@ -529,32 +528,38 @@ mod tests {
         vec![
             f(
                 1,
-                packet(1, Event::Submit, Transfer::Control, 0x80, Some(get)),
+                packet(1, Event::Submit, usbmon::Transfer::Control, 0x80, Some(get)),
                 vec![],
             ),
             f(
                 2,
-                packet(1, Event::Complete, Transfer::Control, 0x80, None),
+                packet(1, Event::Complete, usbmon::Transfer::Control, 0x80, None),
                 device,
             ),
             f(
                 3,
-                packet(2, Event::Submit, Transfer::Control, 0x00, Some(vendor_out)),
+                packet(
+                    2,
+                    Event::Submit,
+                    usbmon::Transfer::Control,
+                    0x00,
+                    Some(vendor_out),
+                ),
                 vec![7, 8],
             ),
             f(
                 4,
-                packet(2, Event::Complete, Transfer::Control, 0x00, None),
+                packet(2, Event::Complete, usbmon::Transfer::Control, 0x00, None),
                 vec![],
             ),
             f(
                 5,
-                packet(3, Event::Submit, Transfer::Bulk, 0x81, None),
+                packet(3, Event::Submit, usbmon::Transfer::Bulk, 0x81, None),
                 vec![],
             ),
             f(
                 6,
-                packet(3, Event::Complete, Transfer::Bulk, 0x81, None),
+                packet(3, Event::Complete, usbmon::Transfer::Bulk, 0x81, None),
                 vec![1, 2, 3],
             ),
         ]
@@ -632,9 +637,9 @@ mod capture_tests {
                 id,
                 event,
                 transfer: if setup.is_some() || event == Event::Complete && id < 10 {
-                    Transfer::Control
+                    usbmon::Transfer::Control
                 } else {
-                    Transfer::Interrupt
+                    usbmon::Transfer::Interrupt
                 },
                 endpoint: if id < 10 { 0x80 } else { 0x81 },
                 device,

@@ -21,7 +21,7 @@ use driverkit_usb::usbip::{self, DeviceInfo, OpHeader, Urb, UrbHead};
 use driverkit_usb::Setup;
 use driverkit_wire::{IOResult, IOReturn};
 
-use crate::families::usb::{Completed, UsbTransport};
+use crate::families::usb::{Completed, Transfer, UsbTransport};
 
 /// The IANA port of USB/IP.
 pub const DEFAULT_PORT: u16 = 3240;
@@ -613,15 +613,14 @@ impl UsbTransport for UsbIpDevice {
         Ok(done.data)
     }
 
-    fn transfer_queued(
-        &self,
-        address: u8,
-        data: &[u8],
-        length: usize,
-        timeout: Option<Duration>,
-        submitted: u64,
-        queued: &mut dyn FnMut(),
-    ) -> IOResult<Completed> {
+    fn transfer_queued(&self, t: Transfer<'_>, queued: &mut dyn FnMut()) -> IOResult<Completed> {
+        let Transfer {
+            address,
+            data,
+            length,
+            timeout,
+            submitted,
+        } = t;
         self.submit(
             address,
             [0; 8],

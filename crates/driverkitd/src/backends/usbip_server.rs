@@ -33,7 +33,7 @@ use crate::families::usb::order::InOrder;
 use driverkit_usb::usbip::{self, cmd, op, DeviceInfo, OpHeader, Urb};
 use driverkit_usb::{DeviceDescriptor, Setup};
 
-use crate::families::usb::{UsbDevice, UsbFamily};
+use crate::families::usb::{Transfer, UsbDevice, UsbFamily};
 
 /// URBs one connection may have in flight, each on its thread.
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -635,14 +635,14 @@ fn run_urb(
                 order.queued(*ticket);
             }
         };
-        let result = transport.transfer_queued(
-            job.address,
-            &job.data,
-            job.length,
-            None,
-            job.submitted,
-            &mut queued,
-        );
+        let transfer = Transfer {
+            address: job.address,
+            data: &job.data,
+            length: job.length,
+            timeout: None,
+            submitted: job.submitted,
+        };
+        let result = transport.transfer_queued(transfer, &mut queued);
         // Failed before it had a place: the next may go.
         queued();
         result.map(|c| {

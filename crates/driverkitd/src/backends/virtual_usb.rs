@@ -66,7 +66,7 @@ use serde::Deserialize;
 use driverkit_wire::hex::decode as from_hex;
 
 use super::description::{BadDescription, DeviceError, SpecError};
-use crate::families::usb::{Completed, InSink, UsbTransport};
+use crate::families::usb::{Completed, InSink, Transfer, UsbTransport};
 
 /// The `[usb]` table of a device file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -614,15 +614,14 @@ impl UsbTransport for VirtualUsb {
     }
 
     /// OUT is done as it is called; IN takes its ticket on the endpoint.
-    fn transfer_queued(
-        &self,
-        address: u8,
-        data: &[u8],
-        length: usize,
-        timeout: Option<Duration>,
-        submitted: u64,
-        queued: &mut dyn FnMut(),
-    ) -> IOResult<Completed> {
+    fn transfer_queued(&self, t: Transfer<'_>, queued: &mut dyn FnMut()) -> IOResult<Completed> {
+        let Transfer {
+            address,
+            data,
+            length,
+            timeout,
+            submitted,
+        } = t;
         if self.closed.load(Ordering::Acquire) {
             return Err(IOReturn::NO_DEVICE);
         }

@@ -22,7 +22,7 @@ use plist::Value;
 use super::endpoint::{self, Command, EndpointThread, Request};
 use super::ledger::Ledger;
 use super::sysfs;
-use crate::families::usb::{Completed, Enumerated, UsbTransport};
+use crate::families::usb::{Completed, Enumerated, Transfer, UsbTransport};
 
 /// A claimed interface: nusb's handle, how many claims, and the kernel
 /// driver detached for it.
@@ -339,15 +339,14 @@ impl UsbTransport for LinuxUsbDevice {
     }
 
     /// In the endpoint thread's queue, which it submits to usbfs in order.
-    fn transfer_queued(
-        &self,
-        address: u8,
-        data: &[u8],
-        length: usize,
-        timeout: Option<Duration>,
-        submitted: u64,
-        queued: &mut dyn FnMut(),
-    ) -> IOResult<Completed> {
+    fn transfer_queued(&self, t: Transfer<'_>, queued: &mut dyn FnMut()) -> IOResult<Completed> {
+        let Transfer {
+            address,
+            data,
+            length,
+            timeout,
+            submitted,
+        } = t;
         if self.closed.load(Ordering::Acquire) {
             return Err(IOReturn::NO_DEVICE);
         }

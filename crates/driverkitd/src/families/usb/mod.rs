@@ -39,7 +39,7 @@ pub mod tap;
 
 pub use errors::{LendError, PlugError};
 pub use model::{may_detach, Endpoint, UsbDevice, UsbInterface, KEEP_HOST_DRIVER};
-pub use transport::{enumerate, Completed, Enumerated, InSink, UsbTransport};
+pub use transport::{enumerate, Completed, Enumerated, InSink, Transfer, UsbTransport};
 
 use device_calls::{control_request, current_configuration, timeout, UsbCall};
 use model::{endpoints_of, Hold, Pipe};

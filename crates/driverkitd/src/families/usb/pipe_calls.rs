@@ -111,15 +111,20 @@ pub(super) fn pipe_transfer(
     }
     let address = pipe.endpoint.address;
     let transport = &pipe.hold.interface.device.transport;
+    let transfer = |data, length| Transfer {
+        address,
+        data,
+        length,
+        timeout,
+        submitted,
+    };
     if address & 0x80 != 0 {
-        let done = transport.transfer_queued(address, &[], length, timeout, submitted, queued)?;
+        let done = transport.transfer_queued(transfer(&[], length), queued)?;
         region.write(0, &done.data);
         Ok(done.data.len() as u64)
     } else {
         let mut out = vec![0u8; length];
         region.read(0, &mut out);
-        Ok(transport
-            .transfer_queued(address, &out, 0, timeout, submitted, queued)?
-            .actual as u64)
+        Ok(transport.transfer_queued(transfer(&out, 0), queued)?.actual as u64)
     }
 }

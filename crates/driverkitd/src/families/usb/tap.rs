@@ -16,11 +16,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use driverkit_usb::usbmon::{self, Event, PacketRepr, Transfer};
+use driverkit_usb::usbmon::{self, Event, PacketRepr};
 use driverkit_usb::{Descriptors, EndpointDescriptor, Setup};
 use driverkit_wire::{IOResult, IOReturn};
 
-use super::transport::{Completed, Enumerated, InSink, UsbTransport};
+use super::transport::{Completed, Enumerated, InSink, Transfer, UsbTransport};
 
 /// Records a recording may fall behind by before it loses some.
 const BACKLOG: usize = 64 * 1024;
@@ -112,7 +112,7 @@ pub struct Tap {
     device: u8,
     bus: u16,
     /// Each endpoint's transfer type, from the configuration descriptors.
-    types: Vec<(u8, Transfer)>,
+    types: Vec<(u8, usbmon::Transfer)>,
     /// Descriptors the device gave besides its device, configuration and
     /// string descriptors (HID report descriptors, BOS...), by the setup
     /// packet that fetched them: a recording begins with them too.
@@ -135,7 +135,7 @@ impl Tap {
                     continue;
                 }
                 if let Ok(e) = EndpointDescriptor::new_checked(d, 0) {
-                    types.push((e.address(), Transfer::of_attributes(e.attributes())));
+                    types.push((e.address(), usbmon::Transfer::of_attributes(e.attributes())));
                 }
             }
         }
@@ -207,14 +207,14 @@ impl Tap {
         keep(last, record);
     }
 
-    fn transfer_type(&self, address: u8) -> Transfer {
+    fn transfer_type(&self, address: u8) -> usbmon::Transfer {
         if address & 0x0f == 0 {
-            return Transfer::Control;
+            return usbmon::Transfer::Control;
         }
         self.types
             .iter()
             .find(|(a, _)| *a == address)
-            .map_or(Transfer::Bulk, |(_, t)| *t)
+            .map_or(usbmon::Transfer::Bulk, |(_, t)| *t)
     }
 
     /// A packet of this device, stamped now.
@@ -435,26 +435,15 @@ impl UsbTransport for Tapped {
         result
     }
 
-    fn transfer_queued(
-        &self,
-        address: u8,
-        data: &[u8],
-        length: usize,
-        timeout: Option<Duration>,
-        submitted: u64,
-        queued: &mut dyn FnMut(),
-    ) -> IOResult<Completed> {
+    fn transfer_queued(&self, t: Transfer<'_>, queued: &mut dyn FnMut()) -> IOResult<Completed> {
         if !self.tap.on() {
-            return self
-                .inner
-                .transfer_queued(address, data, length, timeout, submitted, queued);
+            return self.inner.transfer_queued(t, queued);
         }
         let id = self.tap.id();
-        self.tap.transfer(id, address, data, length, None);
-        let result = self
-            .inner
-            .transfer_queued(address, data, length, timeout, submitted, queued);
-        self.tap.transfer(id, address, data, length, Some(&result));
+        self.tap.transfer(id, t.address, t.data, t.length, None);
+        let result = self.inner.transfer_queued(t, queued);
+        self.tap
+            .transfer(id, t.address, t.data, t.length, Some(&result));
         result
     }
 

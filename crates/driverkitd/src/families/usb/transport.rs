@@ -27,6 +27,20 @@ pub struct Completed {
 pub type InSink = std::sync::Arc<dyn Fn(&[u8]) + Send + Sync>;
 
 /// A USB device's wire.
+/// One transfer as a driver asked for it: endpoint `address` (bit 7 set:
+/// IN, of at most `length` bytes; clear: OUT, sending `data`), its
+/// timeout, and `submitted`, the endpoint's abort generation when it was
+/// asked for (an abort since then ends it with `kIOReturnAborted`, even if
+/// it had not started waiting yet).
+#[derive(Debug, Clone, Copy)]
+pub struct Transfer<'a> {
+    pub address: u8,
+    pub data: &'a [u8],
+    pub length: usize,
+    pub timeout: Option<Duration>,
+    pub submitted: u64,
+}
+
 pub trait UsbTransport: Send + Sync {
     /// Where the device is, for logs and `device list` (`builtin:keyboard`,
     /// `usbip://127.0.0.1:3240/1-1`).
@@ -40,25 +54,13 @@ pub trait UsbTransport: Send + Sync {
     /// IN request returns at most `setup.length` bytes.
     fn control(&self, setup: Setup, data: &[u8], timeout: Option<Duration>) -> IOResult<Vec<u8>>;
 
-    /// One transfer on endpoint `address` (bit 7 set: IN, of at most
-    /// `length` bytes; clear: OUT, sending `data`). `submitted` is the
-    /// endpoint's abort generation when the transfer was asked for: an
-    /// abort since then ends it with `kIOReturnAborted`, even if it had not
-    /// started waiting yet. `queued` runs once the transfer holds its place
+    /// One transfer ([`Transfer`]). `queued` runs once the transfer holds its place
     /// on the endpoint: transfers of one endpoint queued one after the
     /// other are served, and complete, in that order, as a host controller
     /// serves an endpoint's queue. Whoever keeps several transfers in
     /// flight on one endpoint queues the next only after `queued` ran for
     /// the one before, so that the device's order is the submitter's.
-    fn transfer_queued(
-        &self,
-        address: u8,
-        data: &[u8],
-        length: usize,
-        timeout: Option<Duration>,
-        submitted: u64,
-        queued: &mut dyn FnMut(),
-    ) -> IOResult<Completed>;
+    fn transfer_queued(&self, t: Transfer<'_>, queued: &mut dyn FnMut()) -> IOResult<Completed>;
 
     /// [`UsbTransport::transfer_queued`] for one transfer at a time.
     fn transfer(
@@ -69,7 +71,14 @@ pub trait UsbTransport: Send + Sync {
         timeout: Option<Duration>,
         submitted: u64,
     ) -> IOResult<Completed> {
-        self.transfer_queued(address, data, length, timeout, submitted, &mut || {})
+        let t = Transfer {
+            address,
+            data,
+            length,
+            timeout,
+            submitted,
+        };
+        self.transfer_queued(t, &mut || {})
     }
 
     /// Streams IN endpoint `address` into `sink`: each transfer's data (at
