@@ -4,6 +4,9 @@
 //! keeps the core from depending on the families' crates; this keeps it
 //! from knowing their classes and words by heart.
 
+mod common;
+
+use common::sources;
 use std::path::Path;
 
 const WORDS: &[&str] = &[
@@ -21,18 +24,6 @@ fn searched(line: &str) -> String {
         code = code.replace(word, " ");
     }
     code
-}
-
-/// Every `.rs` file under `dir`, subfolders too.
-fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            sources(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
 }
 
 /// Code of a line: what precedes a `//` comment. The core's sources have

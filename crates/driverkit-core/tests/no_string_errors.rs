@@ -3,19 +3,10 @@
 //! are made where an error leaves the process (the control socket, the
 //! CLI), not before. A search of both crates' sources keeps it so.
 
-use std::path::{Path, PathBuf};
+mod common;
 
-/// Every `.rs` file under `dir`, subfolders too.
-fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            sources(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
+use common::sources;
+use std::path::Path;
 
 /// Whether `code` spells a result whose error is a `String`: `Result<`,
 /// then (across nested brackets) `, String>` closing that same result.

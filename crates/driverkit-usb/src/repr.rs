@@ -71,14 +71,22 @@ pub struct EndpointRepr {
     pub interval: u8,
 }
 
-impl EndpointRepr {
-    /// Which way the endpoint's data flows (bit 7 of its address).
-    pub fn direction(&self) -> Direction {
-        if self.is_in() {
+impl Direction {
+    /// The direction bit 7 of `byte` gives (an endpoint address, a
+    /// `bmRequestType`).
+    pub fn of_bit7(byte: u8) -> Direction {
+        if byte & 0x80 != 0 {
             Direction::In
         } else {
             Direction::Out
         }
+    }
+}
+
+impl EndpointRepr {
+    /// Which way the endpoint's data flows (bit 7 of its address).
+    pub fn direction(&self) -> Direction {
+        Direction::of_bit7(self.address)
     }
 
     /// True for an IN endpoint (device to host).
@@ -355,11 +363,7 @@ impl Setup {
 
     /// Which way the data stage goes.
     pub fn direction(&self) -> Direction {
-        if self.is_in() {
-            Direction::In
-        } else {
-            Direction::Out
-        }
+        Direction::of_bit7(self.request_type)
     }
 
     /// True when data flows from the device (bit 7 of bmRequestType).

@@ -614,20 +614,15 @@ impl UsbTransport for UsbIpDevice {
     }
 
     fn transfer_queued(&self, t: Transfer<'_>, queued: &mut dyn FnMut()) -> IOResult<Completed> {
-        let Transfer {
-            address,
-            data,
-            length,
-            timeout,
-            submitted,
-        } = t;
+        let setup = [0; 8];
+        let abort_generation = Some(t.submitted);
         self.submit(
-            address,
-            [0; 8],
-            data,
-            length,
-            timeout,
-            Some(submitted),
+            t.address,
+            setup,
+            t.data,
+            t.length,
+            t.timeout,
+            abort_generation,
             queued,
         )
     }
