@@ -142,9 +142,11 @@ impl Inner {
         }
         // What waited while stopped goes first.
         if !st.stopped_output.is_empty() {
-            let waiting: Vec<u8> = st.stopped_output.iter().copied().collect();
-            let sent = self.to_ring(st, &waiting);
-            st.stopped_output.drain(..sent);
+            // Taken out for the call (it needs the state), not copied.
+            let mut waiting = std::mem::take(&mut st.stopped_output);
+            let sent = self.to_ring(st, waiting.make_contiguous());
+            waiting.drain(..sent);
+            st.stopped_output = waiting;
             if !st.stopped_output.is_empty() {
                 return 0;
             }
