@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::lifecycle::Core;
 use crate::peer::{Peer, Role};
+use crate::registry::EntryId;
 
 /// The socket's file name inside the root directory.
 pub const SOCKET: &str = driverkit_wire::root::CONTROL_SOCKET;
@@ -29,7 +30,7 @@ pub enum Request {
     /// The registry, as an XML plist archive in `{"plist": ...}`.
     Registry,
     /// Unplug a plugged device by ID.
-    Unplug { id: u64 },
+    Unplug { id: EntryId },
     /// The plugged devices.
     Devices,
     /// Load a `.dext` bundle and match it.
@@ -38,12 +39,12 @@ pub enum Request {
     Status,
     /// Why each personality does or does not drive entry `id`
     /// (`why::Explanation`).
-    Why { id: u64 },
+    Why { id: EntryId },
     /// Subscribe to services starting and leaving: `{"started": ID}`,
     /// `{"removed": ID}` lines after the answer.
     Lifecycle,
     /// `IOServiceOpen(service, kind)`: see `serve_connection`.
-    ServiceOpen { service: u64, kind: u32 },
+    ServiceOpen { service: EntryId, kind: u32 },
     /// Stop every dext and exit.
     Shutdown,
     /// Activate the dext `bundle_id` of the app at `app`. Answers
@@ -482,7 +483,7 @@ fn serve_connection(
     peer: &Peer,
     mut reader: BufReader<FromPeer>,
     writer: UnixStream,
-    service: u64,
+    service: EntryId,
     kind: u32,
 ) -> std::io::Result<()> {
     let opened = match daemon.open_user_client(service, kind, peer) {

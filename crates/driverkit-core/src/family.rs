@@ -46,8 +46,8 @@ impl FamilyId {
     }
 
     /// The family that made object `id`, if it is a family object.
-    pub(crate) fn of_object(id: u64) -> Option<FamilyId> {
-        (id >= OBJECT_BASE).then_some(FamilyId(((id >> 40) & 0xff) as u8))
+    pub(crate) fn of_object(id: ObjectId) -> Option<FamilyId> {
+        (id.0 >= OBJECT_BASE).then_some(FamilyId(((id.0 >> 40) & 0xff) as u8))
     }
 }
 
@@ -93,10 +93,37 @@ pub struct Call<'a> {
     /// The calling dext process (its user server).
     pub server: u64,
     /// The target: a registry entry, or one of the family's objects.
-    pub object: u64,
+    pub object: ObjectId,
     /// The family the call was routed to, for making objects
     /// ([`FamilyId::object`]).
     pub family: FamilyId,
+    /// The method called, and its arguments as the dext encoded them.
+    pub method: MethodId,
+    pub args: &'a [u8],
+}
+
+/// `IOService::RegisterInterrupt`: deliver interrupt `index` into `region`
+/// from now on.
+pub struct Interrupt {
+    pub index: u32,
+    pub region: Arc<SharedMemory>,
+}
+
+/// `IOService::ReadAsync`: read `length` bytes into `region`, then complete
+/// `action` (see [`System::track_request`]).
+pub struct Read {
+    pub region: Arc<SharedMemory>,
+    pub length: u64,
+    pub action: u64,
+}
+
+impl Call<'_> {
+    /// The target as a registry entry: what a call to one of the family's
+    /// classes is made on (a call to one of the family's own objects
+    /// names no entry, and no entry has its ID).
+    pub fn entry(&self) -> EntryId {
+        EntryId::of_object(self.object)
+    }
 }
 
 /// The system side of some classes. Every method but `name`, `classes` and
@@ -117,14 +144,10 @@ pub trait Family: Send + Sync + 'static {
         Vec::new()
     }
 
-    /// Serves `method` on `call.object`. `None` when the method is not one
-    /// of the family's interfaces (the core answers `kIOReturnUnsupported`).
-    fn kernel_call(
-        &self,
-        call: &Call<'_>,
-        method: MethodId,
-        args: &[u8],
-    ) -> Option<IOResult<Vec<u8>>>;
+    /// Serves `call.method` on `call.object`. `None` when the method is not
+    /// one of the family's interfaces (the core answers
+    /// `kIOReturnUnsupported`).
+    fn kernel_call(&self, call: &Call<'_>) -> Option<IOResult<Vec<u8>>>;
 
     /// True when a client's process may call `method` on a provider of this
     /// family (the family then checks the details): a driver drives its
@@ -145,29 +168,15 @@ pub trait Family: Send + Sync + 'static {
         None
     }
 
-    /// `IOService::RegisterInterrupt` on one of the family's entries:
-    /// deliver interrupt `index` into `region` from now on.
-    fn register_interrupt(
-        &self,
-        call: &Call<'_>,
-        index: u32,
-        region: Arc<SharedMemory>,
-    ) -> IOResult<()> {
-        let _ = (call, index, region);
+    /// `IOService::RegisterInterrupt` on one of the family's entries.
+    fn register_interrupt(&self, call: &Call<'_>, interrupt: Interrupt) -> IOResult<()> {
+        let _ = (call, interrupt);
         Err(IOReturn::UNSUPPORTED)
     }
 
-    /// `IOService::ReadAsync` on one of the family's entries: read `length`
-    /// bytes into `region`, then complete `action` (see
-    /// [`System::track_request`]).
-    fn read_async(
-        &self,
-        call: &Call<'_>,
-        region: Arc<SharedMemory>,
-        length: u64,
-        action: u64,
-    ) -> IOResult<()> {
-        let _ = (call, region, length, action);
+    /// `IOService::ReadAsync` on one of the family's entries.
+    fn read_async(&self, call: &Call<'_>, read: Read) -> IOResult<()> {
+        let _ = (call, read);
         Err(IOReturn::UNSUPPORTED)
     }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use driverkit_wire::interfaces::{io_service_interface, IOServiceInterface};
 use driverkit_wire::{Header, IOResult, IOReturn, MethodId, ObjectId, FLAG_SUPERDISPATCH};
 
-use crate::family::{Call, Family, FamilyId};
+use crate::family::{Call, Family, FamilyId, Interrupt, Read};
 use crate::lifecycle::Inner;
 use crate::registry::EntryId;
 
@@ -37,17 +37,17 @@ impl Inner {
         own: &mut OwnRoutes,
     ) -> IOResult<Vec<u8>> {
         let superdispatch = h.flags & FLAG_SUPERDISPATCH != 0;
-        let object = h.object.0;
         // A family's own objects (pipes) are the family's to check.
-        if let Some(family) = FamilyId::of_object(object) {
-            let call = self.family_call(server, object, family);
+        if let Some(family) = FamilyId::of_object(h.object) {
+            let call = self.family_call(server, h.object, family, h.method, args);
             return self
                 .families
                 .get(family)
                 .ok_or(IOReturn::NOT_FOUND)?
-                .kernel_call(&call, h.method, args)
+                .kernel_call(&call)
                 .unwrap_or(Err(IOReturn::UNSUPPORTED));
         }
+        let object = EntryId::of_object(h.object);
         let owner = match own.get(&object) {
             Some(owner) => *owner,
             None => {
@@ -65,6 +65,8 @@ impl Inner {
                 object,
                 superdispatch,
                 family: owner,
+                method: h.method,
+                args,
             };
             return io_service_interface::dispatch(&call, h.method, args)
                 .unwrap_or(Err(IOReturn::UNSUPPORTED));
@@ -72,20 +74,29 @@ impl Inner {
         let Some(family) = owner else {
             return Err(IOReturn::UNSUPPORTED);
         };
-        let call = self.family_call(server, object, family);
+        let call = self.family_call(server, object.object(), family, h.method, args);
         self.families
             .get(family)
             .ok_or(IOReturn::UNSUPPORTED)?
-            .kernel_call(&call, h.method, args)
+            .kernel_call(&call)
             .unwrap_or(Err(IOReturn::UNSUPPORTED))
     }
 
-    fn family_call(&self, server: u64, object: u64, family: FamilyId) -> Call<'_> {
+    fn family_call<'a>(
+        &'a self,
+        server: u64,
+        object: ObjectId,
+        family: FamilyId,
+        method: MethodId,
+        args: &'a [u8],
+    ) -> Call<'a> {
         Call {
             system: &self.system,
             server,
             object,
             family,
+            method,
+            args,
         }
     }
 
@@ -155,6 +166,9 @@ struct ServiceCall<'a> {
     superdispatch: bool,
     /// The family of `object`, for the methods a family implements.
     family: Option<FamilyId>,
+    /// The `IOService` method called, and its arguments.
+    method: MethodId,
+    args: &'a [u8],
 }
 
 impl ServiceCall<'_> {
@@ -164,7 +178,13 @@ impl ServiceCall<'_> {
         let family = self.daemon.families.get(id).ok_or(IOReturn::UNSUPPORTED)?;
         Ok((
             family,
-            self.daemon.family_call(self.server, self.object, id),
+            self.daemon.family_call(
+                self.server,
+                self.object.object(),
+                id,
+                self.method,
+                self.args,
+            ),
         ))
     }
 
@@ -249,7 +269,7 @@ impl IOServiceInterface for ServiceCall<'_> {
     }
 
     fn get_registry_entry_id(&self) -> IOResult<u64> {
-        Ok(self.object)
+        Ok(self.object.raw())
     }
 
     fn terminate(&self, _options: u64) -> IOResult<()> {
@@ -260,7 +280,7 @@ impl IOServiceInterface for ServiceCall<'_> {
     fn register_interrupt(&self, index: u32, memory: u64) -> IOResult<()> {
         let region = self.daemon.region(self.server, memory)?;
         let (family, call) = self.family()?;
-        family.register_interrupt(&call, index, region)
+        family.register_interrupt(&call, Interrupt { index, region })
     }
 
     fn read_async(&self, memory: u64, length: u64, action: u64) -> IOResult<()> {
@@ -269,6 +289,13 @@ impl IOServiceInterface for ServiceCall<'_> {
             return Err(IOReturn::BAD_ARGUMENT);
         }
         let (family, call) = self.family()?;
-        family.read_async(&call, region, length, action)
+        family.read_async(
+            &call,
+            Read {
+                region,
+                length,
+                action,
+            },
+        )
     }
 }

@@ -12,7 +12,7 @@ use std::fmt::Write;
 use plist::{Dictionary, Value};
 use serde::Serialize;
 
-use crate::registry::{Registry, State};
+use crate::registry::{EntryId, Registry, State};
 
 const CLASS: &str = "IOObjectClass";
 const ID: &str = "IORegistryEntryID";
@@ -27,7 +27,7 @@ pub fn archive(registry: &Registry) -> Value {
     fn node(r: &Registry, e: &crate::registry::Entry) -> Value {
         let mut d = e.properties.clone();
         d.insert(CLASS.into(), e.class().into());
-        d.insert(ID.into(), Value::Integer(e.id.into()));
+        d.insert(ID.into(), Value::Integer(e.id.raw().into()));
         d.insert(NAME.into(), e.name.clone().into());
         d.insert(
             CHAIN.into(),
@@ -67,7 +67,7 @@ pub fn archive(registry: &Registry) -> Value {
 /// One registry entry, parsed from an archive.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Node {
-    pub id: u64,
+    pub id: EntryId,
     pub name: String,
     pub class: String,
     pub class_chain: Vec<String>,
@@ -107,6 +107,7 @@ impl Node {
         let id = d
             .get(ID)
             .and_then(Value::as_unsigned_integer)
+            .map(EntryId::from_raw)
             .ok_or(ArchiveError::Missing(ID))?;
         let flag = |k: &str| {
             d.get(STATE)

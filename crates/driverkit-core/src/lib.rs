@@ -41,7 +41,7 @@ mod user_server;
 pub mod why;
 mod workers;
 
-pub use family::{Call, Family, FamilyId, FamilyMatcher, MatchTarget};
+pub use family::{Call, Family, FamilyId, FamilyMatcher, Interrupt, MatchTarget, Read};
 pub use lifecycle::{Config, Core, CoreError, DeviceInfo, Event};
 pub use peer::{Peer, Role};
 pub use registry::EntryId;

@@ -4,16 +4,84 @@
 //! out (no RPC, no process work) so that holding the lock is always short.
 
 use std::collections::BTreeMap;
+use std::fmt;
+
+use driverkit_wire::ObjectId;
 
 use serde::Serialize;
 
 use crate::family::FamilyId;
 
 /// A registry entry ID, as ioreg prints it (`0x100000123`).
-pub type EntryId = u64;
+///
+/// Its own type, not a bare `u64`, so that an entry cannot be mistaken for
+/// a user server, a request or a count. It crosses the process boundary as
+/// the [`ObjectId`] of the service ([`EntryId::object`]) and the control
+/// socket as its number ([`EntryId::raw`]).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct EntryId(u64);
+
+impl EntryId {
+    /// The entry a number names (from the control socket or a dext's
+    /// call): whether one exists is the registry's to say.
+    pub const fn from_raw(id: u64) -> EntryId {
+        EntryId(id)
+    }
+
+    /// The number ioreg prints.
+    pub const fn raw(self) -> u64 {
+        self.0
+    }
+
+    /// The entry's service as the wire names it.
+    pub const fn object(self) -> ObjectId {
+        ObjectId(self.0)
+    }
+
+    /// The entry a dext names as a wire object.
+    pub const fn of_object(object: ObjectId) -> EntryId {
+        EntryId(object.0)
+    }
+}
+
+/// The number in decimal, as JSON and the control socket carry it;
+/// `{:#x}` prints it as ioreg does (`0x100000123`).
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// `0x100000105` as ioreg prints it, or the same number in decimal
+/// (`4294967557`).
+impl std::str::FromStr for EntryId {
+    type Err = NotAnEntryId;
+
+    fn from_str(s: &str) -> Result<EntryId, NotAnEntryId> {
+        let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+            Some(hex) => u64::from_str_radix(hex, 16),
+            None => s.parse(),
+        };
+        parsed.map(EntryId).map_err(|_| NotAnEntryId(s.to_owned()))
+    }
+}
+
+/// A string that names no entry ID.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a registry entry ID (like 0x100000105)")]
+pub struct NotAnEntryId(pub String);
+
+impl fmt::LowerHex for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::LowerHex::fmt(&self.0, f)
+    }
+}
 
 /// Where entry IDs start, like on macOS.
-const FIRST_ID: EntryId = 0x1_0000_0100;
+const FIRST_ID: EntryId = EntryId(0x1_0000_0100);
 
 /// Lifecycle flags shown by ioreg.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -77,7 +145,6 @@ impl Entry {
             .unwrap_or("OSObject")
     }
 
-    /// True when the service is an instance of `class` or a subclass.
     /// What matching sees of this entry.
     pub fn match_target(&self) -> crate::family::MatchTarget<'_> {
         crate::family::MatchTarget {
@@ -87,16 +154,23 @@ impl Entry {
         }
     }
 
+    /// True when the service is an instance of `class` or a subclass.
     pub fn is_kind_of(&self, class: &str) -> bool {
         self.class_chain.iter().any(|c| c == class)
     }
 }
 
 /// The registry.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     entries: BTreeMap<EntryId, Entry>,
     next_id: EntryId,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new()
+    }
 }
 
 impl Registry {
@@ -135,7 +209,7 @@ impl Registry {
         family: Option<FamilyId>,
     ) -> EntryId {
         let id = self.next_id;
-        self.next_id += 1;
+        self.next_id = EntryId(id.0 + 1);
         self.entries.insert(
             id,
             Entry {
@@ -265,7 +339,9 @@ mod tests {
         let bus = r.insert("Bus", "IOService", Default::default(), Some(root));
         let dev = r.insert("Dev", "IOVirtualDevice", Default::default(), Some(bus));
         let drv = r.insert("Drv", "IOUserService", Default::default(), Some(dev));
-        assert_eq!(root, 0x1_0000_0100);
+        assert_eq!(root, EntryId::from_raw(0x1_0000_0100));
+        assert_eq!(format!("{root:#x}"), "0x100000100");
+        assert_eq!(root.to_string().parse::<EntryId>().ok(), Some(root));
         assert_eq!(r.subtree_bottom_up(bus), vec![drv, dev, bus]);
         assert!(r.get(dev).unwrap().is_kind_of("IOService"));
         r.remove(drv);

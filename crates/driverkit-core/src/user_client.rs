@@ -88,7 +88,7 @@ impl Core {
         // describes this type's user client.
         let key = io_service_interface::Proxy {
             caller: &*server,
-            object: ObjectId(service),
+            object: service.object(),
             flags: 0,
         }
         .new_user_client(kind)?;
@@ -131,12 +131,12 @@ impl Core {
         };
         let client = io_service_interface::Proxy {
             caller: &*server,
-            object: ObjectId(id),
+            object: id.object(),
             flags: 0,
         };
         let started = lifecycle
-            .create(ObjectId(id), user_class.clone(), ObjectId(service), props)
-            .and_then(|()| client.start(ObjectId(service)));
+            .create(id.object(), user_class.clone(), service.object(), props)
+            .and_then(|()| client.start(service.object()));
         if let Err(e) = started {
             tracing::warn!("open     {user_class} [{id:#x}] for pid {pid} did not start: {e}");
             self.inner.terminate(id);
@@ -152,7 +152,7 @@ impl Core {
                 (ROLE_CALLS, &calls_dext),
             ] {
                 let mut e = Encoder::new();
-                ObjectId(id).encode(&mut e);
+                id.object().encode(&mut e);
                 role.encode(&mut e);
                 let reply = server.call_with_fd(
                     ObjectId::USER_SERVER,

@@ -72,13 +72,13 @@ impl IOTinyDeviceInterface for TinyCall<'_> {
             .devices
             .lock()
             .unwrap()
-            .get(&self.call.object)
+            .get(&self.call.entry())
             .ok_or(IOReturn::NO_DEVICE)?;
         self.family
             .calls
             .lock()
             .unwrap()
-            .push((self.call.object, a, b));
+            .push((self.call.entry(), a, b));
         Ok(a + b + offset)
     }
 }
@@ -110,13 +110,9 @@ impl Family for TinyFamily {
         vec![Box::new(TinyMatcher)]
     }
 
-    fn kernel_call(
-        &self,
-        call: &Call<'_>,
-        method: MethodId,
-        args: &[u8],
-    ) -> Option<IOResult<Vec<u8>>> {
-        io_tiny_device_interface::dispatch(&TinyCall { family: self, call }, method, args)
+    fn kernel_call(&self, call: &Call<'_>) -> Option<IOResult<Vec<u8>>> {
+        let tiny = TinyCall { family: self, call };
+        io_tiny_device_interface::dispatch(&tiny, call.method, call.args)
     }
 
     fn client_method(&self, method: MethodId) -> bool {

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 
 use driverkit_core::control::{decode, Extensions, Refusal};
-use driverkit_core::Role;
+use driverkit_core::{EntryId, Role};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -52,7 +52,7 @@ pub enum DeviceRequest {
     /// Export USB devices over USB/IP (every one when `ids` is empty);
     /// answers the address and each device's bus ID.
     Export {
-        ids: Vec<u64>,
+        ids: Vec<EntryId>,
         #[serde(default = "default_listen")]
         listen: String,
         /// Peer addresses or CIDR ranges that may import (loopback when
@@ -65,12 +65,12 @@ pub enum DeviceRequest {
         users: Vec<String>,
     },
     /// Make a virtual keyboard type `text`.
-    Type { id: u64, text: String },
+    Type { id: EntryId, text: String },
     /// Queue one input report (hex) on a virtual USB HID device.
-    Report { id: u64, report: String },
+    Report { id: EntryId, report: String },
     /// The last output report (SET_REPORT) a virtual USB device got, as
     /// hex, or null.
-    Output { id: u64 },
+    Output { id: EntryId },
 }
 
 fn default_listen() -> String {
@@ -195,7 +195,7 @@ fn stream_record(
     request: &serde_json::Value,
     mut writer: UnixStream,
 ) -> std::io::Result<()> {
-    let id = request["id"].as_u64().unwrap_or(0);
+    let id = EntryId::from_raw(request["id"].as_u64().unwrap_or(0));
     let (preamble, live) = match daemon.record_usb(id) {
         Ok(r) => r,
         Err(e) => {
@@ -480,7 +480,7 @@ mod tests {
             serde_json::from_value(json!({ "op": "type", "id": 7, "text": "x" })).unwrap();
         assert!(matches!(
             back,
-            Request::Device(DeviceRequest::Type { id: 7, .. })
+            Request::Device(DeviceRequest::Type { id, .. }) if id == EntryId::from_raw(7)
         ));
     }
 

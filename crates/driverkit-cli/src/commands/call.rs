@@ -40,7 +40,7 @@ pub fn call(root: &Path, args: CallArgs) -> Result<(), String> {
     super::client(root)?;
     let system = System::at(root);
     let service = match super::parse_id(&args.service) {
-        Ok(id) => id,
+        Ok(id) => id.raw(),
         Err(_) => io_service_get_matching_services(&system, &Matching::name(&args.service))
             .map_err(|e| format!("finding {}: {e}", args.service))?
             .into_iter()

@@ -70,7 +70,7 @@ pub fn ioreg(root: &Path, args: IoregArgs) -> Result<(), String> {
         if options.rooted {
             // -r with -a: an array of the selected subtrees.
             let whole = plist::Value::from_reader_xml(v.as_bytes()).map_err(|e| e.to_string())?;
-            let ids: Vec<u64> = roots.iter().map(|n| n.id).collect();
+            let ids: Vec<u64> = roots.iter().map(|n| n.id.raw()).collect();
             let mut picked = Vec::new();
             collect(&whole, &ids, &mut picked);
             let mut out = Vec::new();

@@ -19,6 +19,7 @@ use std::path::PathBuf;
 
 pub use bench::run_peer_if_asked as run_bench_peer_if_asked;
 use clap::{Parser, Subcommand};
+use driverkit_core::EntryId;
 use driverkitd::control::{Client, ClientError, CoreRequest as Request};
 
 #[derive(Parser)]
@@ -218,12 +219,9 @@ fn init_logging() {
 }
 
 /// Parses `0x100000105` or `4294967557`.
-fn parse_id(s: &str) -> Result<u64, String> {
-    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => s.parse(),
-    };
-    parsed.map_err(|_| format!("{s:?} is not a registry entry ID (like 0x100000105)"))
+fn parse_id(s: &str) -> Result<EntryId, String> {
+    s.parse()
+        .map_err(|e: driverkit_core::registry::NotAnEntryId| e.to_string())
 }
 
 /// A client command whose output pipe closes (`driverkit ioreg | head -n

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use driverkit_core::EntryId;
 use driverkit_usb::recording::Writer;
 use driverkit_usb::usbmon::{self, Event, PacketRepr, Transfer};
 
@@ -89,7 +90,7 @@ fn until_stopped(
 
 pub fn record(
     root: &Path,
-    id: u64,
+    id: EntryId,
     out: &Path,
     duration: Option<f64>,
     restart_drivers: bool,
@@ -111,7 +112,7 @@ pub fn record(
     Ok(())
 }
 
-pub fn trace(root: &Path, id: u64, duration: Option<f64>) -> Result<(), String> {
+pub fn trace(root: &Path, id: EntryId, duration: Option<f64>) -> Result<(), String> {
     let request = serde_json::json!({ "op": "record", "id": id });
     until_stopped(root, request, duration, move |bytes| {
         let (packet, data) =

@@ -68,7 +68,10 @@ pub fn why(root: &std::path::Path, args: WhyArgs) -> Result<(), String> {
 
 /// The ID of the one registry entry named `name`; else which entries
 /// there are to choose from.
-fn by_name(tree: &driverkit_core::ioreg::Node, name: &str) -> Result<u64, String> {
+fn by_name(
+    tree: &driverkit_core::ioreg::Node,
+    name: &str,
+) -> Result<driverkit_core::EntryId, String> {
     fn walk<'a>(
         n: &'a driverkit_core::ioreg::Node,
         name: &str,

@@ -224,16 +224,16 @@ impl Inner {
         };
         let service = io_service_interface::Proxy {
             caller: &batch,
-            object: ObjectId(id),
+            object: id.object(),
             flags: 0,
         };
         let _ = lifecycle.create(
-            ObjectId(id),
+            id.object(),
             p.user_class.clone(),
-            ObjectId(provider),
+            provider.object(),
             properties,
         );
-        let _ = service.start(ObjectId(provider));
+        let _ = service.start(provider.object());
         let mut results = batch.finish().into_iter();
         let (created, started) = (
             results.next().unwrap_or(Err(IOReturn::INTERNAL_ERROR)),
@@ -289,7 +289,7 @@ impl Inner {
                     object: ObjectId::USER_SERVER,
                     flags: 0,
                 };
-                let _ = lifecycle.free(ObjectId(id));
+                let _ = lifecycle.free(id.object());
                 self.discard(id, &server);
                 Attach::Failed
             }

@@ -108,10 +108,10 @@ impl Inner {
         if let Some(server) = server {
             let proxy = io_service_interface::Proxy {
                 caller: &*server,
-                object: ObjectId(provider),
+                object: provider.object(),
                 flags: 0,
             };
-            let _ = proxy.client_crashed(ObjectId(client), 0);
+            let _ = proxy.client_crashed(client.object(), 0);
         }
     }
 

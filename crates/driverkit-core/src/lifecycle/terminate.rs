@@ -70,10 +70,10 @@ impl Inner {
             (e.clone(), server)
         };
         if let Some(server) = server.filter(|s| s.is_alive()) {
-            let provider = ObjectId(entry.provider.unwrap_or(0));
+            let provider = entry.provider.map_or(ObjectId(0), EntryId::object);
             let service = io_service_interface::Proxy {
                 caller: &*server,
-                object: ObjectId(id),
+                object: id.object(),
                 flags: 0,
             };
             let stopped = service.stop(provider);
@@ -88,7 +88,7 @@ impl Inner {
                 object: ObjectId::USER_SERVER,
                 flags: 0,
             };
-            let freed = lifecycle.free(ObjectId(id));
+            let freed = lifecycle.free(id.object());
             tracing::info!(
                 "free     {} [{id:#x}] in pid {}: {}",
                 entry.name,

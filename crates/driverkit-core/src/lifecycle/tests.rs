@@ -16,12 +16,7 @@ impl Family for Eager {
     fn classes(&self) -> Vec<(&'static str, Option<&'static str>)> {
         vec![("IOEagerDevice", Some("IOService"))]
     }
-    fn kernel_call(
-        &self,
-        _call: &crate::Call<'_>,
-        _method: driverkit_wire::MethodId,
-        _args: &[u8],
-    ) -> Option<IOResult<Vec<u8>>> {
+    fn kernel_call(&self, _call: &crate::Call<'_>) -> Option<IOResult<Vec<u8>>> {
         None
     }
     fn departing(&self, system: &System, entries: &[EntryId]) {
@@ -85,7 +80,7 @@ fn the_families_hear_of_every_entry_that_stops() {
 fn a_system_outliving_its_core_has_no_root() {
     let root = tempfile::tempdir().unwrap();
     let core = Core::start(Config::new(root.path().to_owned()), Vec::new());
-    assert!(core.system().root().is_ok_and(|r| r != 0));
+    assert!(core.system().root().is_ok_and(|r| r.raw() != 0));
     let orphan = System::orphan();
     assert_eq!(orphan.root(), Err(IOReturn::OFFLINE));
     assert!(orphan
@@ -93,7 +88,7 @@ fn a_system_outliving_its_core_has_no_root() {
             name: "Bus",
             class: "IOBus",
             properties: Default::default(),
-            provider: 0,
+            provider: EntryId::from_raw(0),
             family: None,
             plugged_from: None,
             matched: true,
@@ -108,7 +103,9 @@ fn a_bounded_subscriber_that_falls_behind_is_cut_off_and_the_others_go_on() {
     let slow = core.subscribe_bounded(2);
     let inner = core.subscribe();
     for service in 0..3 {
-        core.inner.emit(Event::Removed { service });
+        core.inner.emit(Event::Removed {
+            service: EntryId::from_raw(service),
+        });
     }
     // Two waited for it; the third cut it off.
     assert_eq!(slow.try_iter().count(), 2);

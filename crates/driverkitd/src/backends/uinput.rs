@@ -342,7 +342,7 @@ mod tests {
             usage,
             values,
             timestamp: 0,
-            service: 0x1000,
+            service: EntryId::from_raw(0x1000),
         }
     }
 

@@ -239,7 +239,7 @@ fn describe(entry: EntryId, device: &UsbDevice) -> Option<usbip::Exported> {
             path: format!("/sys/devices/driverkit/{busid}"),
             busnum: (location >> 24).max(1),
             // Unique per device on this server.
-            devnum: (entry & 0xffff) as u32,
+            devnum: (entry.raw() & 0xffff) as u32,
             busid,
             // USB_SPEED_FULL.
             speed: 2,

@@ -591,7 +591,7 @@ impl PlainDevice for VirtualPlainDevice {
     }
 
     fn read(&self, entry: EntryId, length: usize) -> (Duration, Vec<u8>) {
-        let seed = entry as u8;
+        let seed = entry.raw() as u8;
         let data = (0..length).map(|i| seed.wrapping_add(i as u8)).collect();
         (self.latency, data)
     }

@@ -16,9 +16,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use driverkit_core::{Call, EntryId, Family, Nub, System};
+use driverkit_core::{Call, EntryId, Family, Interrupt, Nub, Read, System};
 use driverkit_wire::shm::SharedMemory;
-use driverkit_wire::{IOResult, IOReturn, MethodId};
+use driverkit_wire::{IOResult, IOReturn};
 
 /// What a plain device does; its backend implements it.
 pub trait PlainDevice: Send + Sync {
@@ -94,35 +94,29 @@ impl Family for PlainFamily {
     }
 
     /// Plain devices have no methods beyond `IOService`'s.
-    fn kernel_call(&self, _: &Call<'_>, _: MethodId, _: &[u8]) -> Option<IOResult<Vec<u8>>> {
+    fn kernel_call(&self, _: &Call<'_>) -> Option<IOResult<Vec<u8>>> {
         None
     }
 
-    fn register_interrupt(
-        &self,
-        call: &Call<'_>,
-        index: u32,
-        region: Arc<SharedMemory>,
-    ) -> IOResult<()> {
-        self.device(call.object)?
-            .subscribe_interrupt(index, &region)
+    fn register_interrupt(&self, call: &Call<'_>, interrupt: Interrupt) -> IOResult<()> {
+        self.device(call.entry())?
+            .subscribe_interrupt(interrupt.index, &interrupt.region)
     }
 
     /// The device writes its data straight into the mapped region after its
     /// latency, then completes the dext's action.
-    fn read_async(
-        &self,
-        call: &Call<'_>,
-        region: Arc<SharedMemory>,
-        length: u64,
-        action: u64,
-    ) -> IOResult<()> {
-        let device = self.device(call.object)?;
+    fn read_async(&self, call: &Call<'_>, read: Read) -> IOResult<()> {
+        let Read {
+            region,
+            length,
+            action,
+        } = read;
+        let device = self.device(call.entry())?;
         let length = usize::try_from(length).map_err(|_| IOReturn::BAD_ARGUMENT)?;
         if length > region.len() {
             return Err(IOReturn::BAD_ARGUMENT);
         }
-        let entry = call.object;
+        let entry = call.entry();
         let request = call.system.track_request(call.server, entry, action)?;
         let system = call.system.clone();
         call.system.run_job("read", move || {

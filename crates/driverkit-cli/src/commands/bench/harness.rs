@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use driverkit_core::sandbox::Mode;
+use driverkit_core::EntryId;
 use driverkitd::backends::virtual_device::DeviceSpec;
 use driverkitd::{Config, Daemon, Event};
 use plist::Value;
@@ -180,7 +181,7 @@ impl Figure {
 /// many packets the recording held.
 pub(super) fn while_recorded<T>(
     daemon: &Daemon,
-    id: u64,
+    id: EntryId,
     work: impl FnOnce() -> T,
 ) -> Result<(T, usize), String> {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -293,7 +294,7 @@ pub(super) fn bench_device(name: &str, extra: &[(&str, Value)]) -> DeviceSpec {
 /// The registry properties of `service` (what a bench driver published).
 pub(super) fn service_properties(
     daemon: &Daemon,
-    service: u64,
+    service: EntryId,
 ) -> Result<plist::Dictionary, String> {
     daemon
         .system()
@@ -303,8 +304,8 @@ pub(super) fn service_properties(
 
 pub(super) fn wait_started(
     events: &std::sync::mpsc::Receiver<Event>,
-    provider: u64,
-) -> Result<(u64, Instant), String> {
+    provider: EntryId,
+) -> Result<(EntryId, Instant), String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

@@ -13,6 +13,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use driverkit_core::EntryId;
 use driverkit_hid::ReportDescriptor;
 use driverkitd::families::hid::{HidEvent, HidSubscription};
 use driverkitd::Daemon;
@@ -27,7 +28,7 @@ const PRESS_A: [u8; 8] = [0, 0, 0x04, 0, 0, 0, 0, 0];
 const RELEASE: [u8; 8] = [0; 8];
 
 /// A daemon with the keyboard dext started on a plugged virtual keyboard.
-fn keyboard(root: &Path) -> Result<(Daemon, u64, HidSubscription), String> {
+fn keyboard(root: &Path) -> Result<(Daemon, EntryId, HidSubscription), String> {
     let daemon = bench_daemon(root, drivers::find("HIDKeyboardDriver")?)?;
     let lifecycle = daemon.subscribe();
     let spec = driverkitd::backends::virtual_device::builtin("keyboard").ok_or("no keyboard")?;
@@ -328,7 +329,7 @@ pub fn reports_per_sec(root: &Path, n: usize, reps: usize) -> Result<Vec<Figure>
 /// `reps` runs of `n`; and the events the subscriber lost.
 fn report_rates(
     daemon: &Daemon,
-    device: u64,
+    device: EntryId,
     events: &mut HidSubscription,
     n: usize,
     reps: usize,

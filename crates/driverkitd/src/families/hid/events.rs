@@ -374,19 +374,19 @@ mod tests {
     fn a_subscriber_gets_events_from_now_on_and_from_services_that_come_later() {
         let events = HidEvents::default();
         let (a, b) = (log(), log());
-        events.add(1, a.clone());
+        events.add(EntryId::from_raw(1), a.clone());
         a.push(&key(4, 1));
         let mut sub = events.subscribe();
         assert_eq!(sub.try_next(), None, "what came before is not new");
         a.push(&key(5, 2));
         a.notify();
         let e = sub.next(soon()).unwrap();
-        assert_eq!((e.service, e.usage, e.timestamp), (1, 5, 2));
+        assert_eq!((e.service.raw(), e.usage, e.timestamp), (1, 5, 2));
         // A service that came after the subscription: all of its events.
         b.push(&key(6, 3));
-        events.add(2, b.clone());
+        events.add(EntryId::from_raw(2), b.clone());
         let e = sub.next(soon()).unwrap();
-        assert_eq!((e.service, e.usage), (2, 6));
+        assert_eq!((e.service.raw(), e.usage), (2, 6));
         assert_eq!(sub.lost(), 0);
     }
 
@@ -394,7 +394,7 @@ mod tests {
     fn a_parked_subscriber_wakes_for_an_event_and_a_service_that_left_is_read_to_its_end() {
         let events = HidEvents::default();
         let a = log();
-        events.add(7, a.clone());
+        events.add(EntryId::from_raw(7), a.clone());
         let mut sub = events.subscribe();
         let writer = {
             let a = a.clone();
@@ -408,7 +408,7 @@ mod tests {
         };
         assert_eq!(sub.next(soon()).map(|e| e.usage), Some(4));
         writer.join().unwrap();
-        events.remove(7);
+        events.remove(EntryId::from_raw(7));
         assert_eq!(sub.next(soon()).map(|e| e.usage), Some(5));
         assert_eq!(sub.try_next(), None);
         assert!(sub.sources.is_empty(), "the log is let go once read");

@@ -450,12 +450,8 @@ impl Family for HidFamily {
         vec![Box::new(matching::HidMatcher)]
     }
 
-    fn kernel_call(
-        &self,
-        call: &Call<'_>,
-        method: MethodId,
-        args: &[u8],
-    ) -> Option<IOResult<Vec<u8>>> {
+    fn kernel_call(&self, call: &Call<'_>) -> Option<IOResult<Vec<u8>>> {
+        let (method, args) = (call.method, call.args);
         let call = HidCall { family: self, call };
         iohid_interface_interface::dispatch(&call, method, args)
             .or_else(|| iohid_event_service_interface::dispatch(&call, method, args))
@@ -672,7 +668,7 @@ impl HidCall<'_> {
         self.family
             .lock()
             .interfaces
-            .get(&self.call.object)
+            .get(&self.call.entry())
             .cloned()
             .ok_or(IOReturn::UNSUPPORTED)
     }
@@ -681,7 +677,7 @@ impl HidCall<'_> {
     fn hid_client(&self) -> IOResult<EntryId> {
         self.call
             .system
-            .client_in(self.call.object, self.call.server)
+            .client_in(self.call.entry(), self.call.server)
             .ok_or(IOReturn::NOT_PERMITTED)
     }
 }
@@ -764,7 +760,7 @@ impl IOUserHIDDeviceInterface for HidCall<'_> {
     ) -> IOResult<()> {
         self.family.create_user_device(
             self.call.system,
-            self.call.object,
+            self.call.entry(),
             description,
             report_descriptor.0,
         )
@@ -775,7 +771,7 @@ impl IOUserHIDDeviceInterface for HidCall<'_> {
             .family
             .lock()
             .devices
-            .get(&self.call.object)
+            .get(&self.call.entry())
             .cloned()
             .ok_or(IOReturn::NOT_OPEN)?;
         if report.0.is_empty() || report.0.len() > 4096 {
@@ -790,7 +786,7 @@ impl IOHIDEventServiceInterface for HidCall<'_> {
     /// The dext's event service writes its events into `memory`; the
     /// stream's subscribers read them there from now on.
     fn set_event_log(&self, memory: u64) -> IOResult<()> {
-        let service = self.call.object;
+        let service = self.call.entry();
         if !self.call.system.is_kind_of(service, "IOHIDEventService") {
             return Err(IOReturn::UNSUPPORTED);
         }

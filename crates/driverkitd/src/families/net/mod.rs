@@ -21,7 +21,7 @@ use driverkit_wire::sync::Locked;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use driverkit_core::{Call, EntryId, Family, Nub, System};
+use driverkit_core::{Call, EntryId, Family, Interrupt, Nub, System};
 use driverkit_wire::interfaces::{
     io_user_network_ethernet_interface, io_virtual_nic_interface, IOUserNetworkEthernetInterface,
     IOVirtualNICInterface,
@@ -120,7 +120,7 @@ impl NetFamily {
 
     fn register(&self, call: &Call<'_>, mac: Bytes, memory: u64) -> IOResult<()> {
         let system = call.system;
-        let service = call.object;
+        let service = call.entry();
         let mac: [u8; 6] = mac
             .0
             .as_slice()
@@ -195,19 +195,19 @@ impl NetFamily {
         let tap = self
             .lock()
             .running
-            .get(&call.object)
+            .get(&call.entry())
             .map(|r| r.interface.tap())
             .ok_or(IOReturn::NOT_READY)?;
         tap.set_carrier(up).map_err(|_| IOReturn::IO_ERROR)?;
         // IOLinkStatus: valid (1) and active (2), as IONetworkMedium's.
         let status = if up { 3 } else { 1 };
         call.system.set_property(
-            call.object,
+            call.entry(),
             "IOLinkStatus",
             plist::Value::Integer(status.into()),
         );
         call.system.set_property(
-            call.object,
+            call.entry(),
             "IOLinkSpeed",
             plist::Value::Integer(i64::from(media).into()),
         );
@@ -273,7 +273,7 @@ fn apply(system: &System, service: EntryId, name: &str, change: link::Change) ->
     };
     let driver = io_user_network_ethernet_interface::Proxy {
         caller: &caller,
-        object: driverkit_wire::ObjectId(service),
+        object: service.object(),
         flags: 0,
     };
     let result = match change {
@@ -323,7 +323,7 @@ impl IOUserNetworkEthernetInterface for NetCall<'_> {
 
 impl IOVirtualNICInterface for NetCall<'_> {
     fn copy_queues(&self) -> IOResult<(u64, u64)> {
-        let [tx, rx] = self.family.nic(self.call.object)?.queues();
+        let [tx, rx] = self.family.nic(self.call.entry())?.queues();
         let system = self.call.system;
         Ok((
             system.give_region(self.call.server, std::os::fd::AsFd::as_fd(&*tx))?,
@@ -332,11 +332,11 @@ impl IOVirtualNICInterface for NetCall<'_> {
     }
 
     fn link_up(&self) -> IOResult<bool> {
-        Ok(self.family.nic(self.call.object)?.link_up())
+        Ok(self.family.nic(self.call.entry())?.link_up())
     }
 
     fn set_enable(&self, enable: bool) -> IOResult<()> {
-        self.family.nic(self.call.object)?.set_enable(enable);
+        self.family.nic(self.call.entry())?.set_enable(enable);
         Ok(())
     }
 }
@@ -350,15 +350,14 @@ impl Family for NetFamily {
         vec![("IOUserNetworkEthernet", None), ("IOVirtualNIC", None)]
     }
 
-    fn kernel_call(
-        &self,
-        call: &Call<'_>,
-        method: MethodId,
-        args: &[u8],
-    ) -> Option<IOResult<Vec<u8>>> {
+    fn kernel_call(&self, call: &Call<'_>) -> Option<IOResult<Vec<u8>>> {
+        let (method, args) = (call.method, call.args);
         let c = NetCall { family: self, call };
         if io_user_network_ethernet_interface::method_name(method).is_some() {
-            if !call.system.is_kind_of(call.object, "IOUserNetworkEthernet") {
+            if !call
+                .system
+                .is_kind_of(call.entry(), "IOUserNetworkEthernet")
+            {
                 return Some(Err(IOReturn::UNSUPPORTED));
             }
             return io_user_network_ethernet_interface::dispatch(&c, method, args);
@@ -371,13 +370,9 @@ impl Family for NetFamily {
         io_virtual_nic_interface::method_name(method).is_some()
     }
 
-    fn register_interrupt(
-        &self,
-        call: &Call<'_>,
-        index: u32,
-        region: Arc<SharedMemory>,
-    ) -> IOResult<()> {
-        self.nic(call.object)?.subscribe_interrupt(index, &region)
+    fn register_interrupt(&self, call: &Call<'_>, interrupt: Interrupt) -> IOResult<()> {
+        self.nic(call.entry())?
+            .subscribe_interrupt(interrupt.index, &interrupt.region)
     }
 
     fn departs(&self, system: &System, entry: EntryId) {

@@ -24,7 +24,7 @@ use driverkit_wire::sync::Locked;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use driverkit_core::{Call, EntryId, Family, FamilyMatcher, Nub, System};
+use driverkit_core::{Call, EntryId, Family, FamilyMatcher, Interrupt, Nub, System};
 use driverkit_wire::interfaces::{iopci_device_interface, IOPCIDeviceInterface};
 use driverkit_wire::pci::{self, command, reg, Location, Width};
 use driverkit_wire::shm::SharedMemory;
@@ -199,7 +199,7 @@ impl PciFamily {
     /// The device, for a call that needs the function open by the caller.
     fn opened(&self, call: &Call<'_>) -> IOResult<Arc<dyn PciDevice>> {
         let functions = self.lock();
-        let f = functions.get(&call.object).ok_or(IOReturn::NO_DEVICE)?;
+        let f = functions.get(&call.entry()).ok_or(IOReturn::NO_DEVICE)?;
         match f.owner {
             Some(o) if o.server == call.server => Ok(f.device.clone()),
             _ => Err(IOReturn::NOT_OPEN),
@@ -272,12 +272,12 @@ impl IOPCIDeviceInterface for PciCall<'_> {
         let client = self
             .call
             .system
-            .client_in(self.call.object, self.call.server)
+            .client_in(self.call.entry(), self.call.server)
             .ok_or(IOReturn::NOT_PERMITTED)?;
         let device = {
             let mut functions = self.family.lock();
             let f = functions
-                .get_mut(&self.call.object)
+                .get_mut(&self.call.entry())
                 .ok_or(IOReturn::NO_DEVICE)?;
             match f.owner {
                 Some(o) if o.server == self.call.server => return Ok(()),
@@ -291,7 +291,7 @@ impl IOPCIDeviceInterface for PciCall<'_> {
             f.device.clone()
         };
         if let Err(e) = device.claim() {
-            if let Some(f) = self.family.lock().get_mut(&self.call.object) {
+            if let Some(f) = self.family.lock().get_mut(&self.call.entry()) {
                 f.owner = None;
             }
             return Err(e);
@@ -302,14 +302,14 @@ impl IOPCIDeviceInterface for PciCall<'_> {
 
     fn close(&self) -> IOResult<()> {
         self.family.opened(self.call)?;
-        self.family.revoke(self.call.object, false);
+        self.family.revoke(self.call.entry(), false);
         Ok(())
     }
 
     /// Anyone matched on the function may read its configuration; only
     /// its opener writes.
     fn configuration_read(&self, offset: u16, width: u8) -> IOResult<u64> {
-        let device = self.family.device(self.call.object)?;
+        let device = self.family.device(self.call.entry())?;
         let width = self.config(&*device, offset, width)?;
         Ok(device.config_read(offset, width).into())
     }
@@ -341,13 +341,13 @@ impl IOPCIDeviceInterface for PciCall<'_> {
     }
 
     fn get_bar_info(&self, bar: u8) -> IOResult<(u8, u64, u8)> {
-        let device = self.family.device(self.call.object)?;
+        let device = self.family.device(self.call.entry())?;
         let info = device.bar(bar).ok_or(IOReturn::NOT_FOUND)?;
         Ok((bar, info.size, info.kind))
     }
 
     fn find_capability(&self, id: u32, after: u16) -> IOResult<u16> {
-        let device = self.family.device(self.call.object)?;
+        let device = self.family.device(self.call.entry())?;
         let space = device.config_space();
         if after != 0 && !Width::W8.fits(after.into(), space.into()) {
             return Err(IOReturn::BAD_ARGUMENT);
@@ -361,7 +361,7 @@ impl IOPCIDeviceInterface for PciCall<'_> {
     }
 
     fn get_bus_device_function(&self) -> IOResult<(u8, u8, u8)> {
-        let l = self.family.device(self.call.object)?.location();
+        let l = self.family.device(self.call.entry())?.location();
         Ok((l.bus, l.device, l.function))
     }
 
@@ -375,7 +375,7 @@ impl IOPCIDeviceInterface for PciCall<'_> {
         let mappings = self
             .family
             .lock()
-            .get_mut(&self.call.object)
+            .get_mut(&self.call.entry())
             .map(|f| f.dma.release_all())
             .unwrap_or_default();
         for m in &mappings {
@@ -425,7 +425,7 @@ impl IOPCIDeviceInterface for PciCall<'_> {
         let address = self
             .family
             .lock()
-            .get_mut(&self.call.object)
+            .get_mut(&self.call.entry())
             .ok_or(IOReturn::NO_DEVICE)?
             .dma
             .allocate(span, address_bits, self.call.server)?;
@@ -434,7 +434,7 @@ impl IOPCIDeviceInterface for PciCall<'_> {
             .min(region.len() as u64 - first_page);
         if let Err(e) = device.dma_map(address, region, first_page as usize, mapped_length as usize)
         {
-            if let Some(f) = self.family.lock().get_mut(&self.call.object) {
+            if let Some(f) = self.family.lock().get_mut(&self.call.entry()) {
                 let _ = f.dma.release(address, self.call.server);
             }
             return Err(e);
@@ -447,7 +447,7 @@ impl IOPCIDeviceInterface for PciCall<'_> {
         let mapping = self
             .family
             .lock()
-            .get_mut(&self.call.object)
+            .get_mut(&self.call.entry())
             .ok_or(IOReturn::NO_DEVICE)?
             .dma
             .release(address, self.call.server)?;
@@ -469,12 +469,8 @@ impl Family for PciFamily {
         vec![Box::new(matching::PciMatcher)]
     }
 
-    fn kernel_call(
-        &self,
-        call: &Call<'_>,
-        method: MethodId,
-        args: &[u8],
-    ) -> Option<IOResult<Vec<u8>>> {
+    fn kernel_call(&self, call: &Call<'_>) -> Option<IOResult<Vec<u8>>> {
+        let (method, args) = (call.method, call.args);
         iopci_device_interface::dispatch(&PciCall { family: self, call }, method, args)
     }
 
@@ -483,13 +479,9 @@ impl Family for PciFamily {
         iopci_device_interface::method_name(method).is_some()
     }
 
-    fn register_interrupt(
-        &self,
-        call: &Call<'_>,
-        index: u32,
-        region: Arc<SharedMemory>,
-    ) -> IOResult<()> {
-        self.opened(call)?.subscribe_interrupt(index, &region)
+    fn register_interrupt(&self, call: &Call<'_>, interrupt: Interrupt) -> IOResult<()> {
+        self.opened(call)?
+            .subscribe_interrupt(interrupt.index, &interrupt.region)
     }
 
     /// The nub departing (unplugged): whoever has it loses it now, before

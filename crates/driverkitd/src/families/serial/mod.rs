@@ -30,7 +30,7 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use driverkit_core::{Call, EntryId, Family, Nub, System};
+use driverkit_core::{Call, EntryId, Family, Interrupt, Nub, System};
 use driverkit_wire::interfaces::{
     io_user_serial_interface, iouart_device_interface, IOUARTDeviceInterface, IOUserSerialInterface,
 };
@@ -164,7 +164,10 @@ impl SerialFamily {
     /// `IOTTYDevice` or callout path is `name`.
     pub fn port(&self, system: &System, name: &str) -> Result<(EntryId, Arc<Port>), SerialError> {
         let st = self.lock();
-        let by_id = parse_id(name).and_then(|id| st.ports.get(&id).map(|p| (id, p)));
+        let by_id = name
+            .parse::<EntryId>()
+            .ok()
+            .and_then(|id| st.ports.get(&id).map(|p| (id, p)));
         let found = by_id.or_else(|| {
             st.ports.iter().map(|(id, p)| (*id, p)).find(|(id, p)| {
                 p.callout().to_str() == Some(name)
@@ -241,7 +244,7 @@ impl SerialFamily {
     /// the driver's process to pump its tty, or `(0, 0)`.
     fn connect(&self, call: &Call<'_>, memory: u64) -> IOResult<(u64, u64)> {
         let system = call.system;
-        let service = call.object;
+        let service = call.entry();
         if self.lock().ports.contains_key(&service) {
             return Err(IOReturn::BUSY);
         }
@@ -368,11 +371,11 @@ impl IOUserSerialInterface for SerialCall<'_> {
             d.insert(k.into(), v.into());
         }
         self.call.system.set_property(
-            self.call.object,
+            self.call.entry(),
             "IOSerialModemStatus",
             plist::Value::Dictionary(d),
         );
-        if let Some(port) = self.family.port_of(self.call.object) {
+        if let Some(port) = self.family.port_of(self.call.entry()) {
             port.modem_changed((cts, dsr, ri, dcd));
         }
         Ok(())
@@ -381,7 +384,7 @@ impl IOUserSerialInterface for SerialCall<'_> {
     /// Counted per kind in `IOSerialErrors`.
     fn rx_error(&self, overrun: bool, gotbreak: bool, framing: bool, parity: bool) -> IOResult<()> {
         let system = self.call.system;
-        let mut d = match system.property(self.call.object, "IOSerialErrors") {
+        let mut d = match system.property(self.call.entry(), "IOSerialErrors") {
             Some(plist::Value::Dictionary(d)) => d,
             _ => plist::Dictionary::new(),
         };
@@ -395,11 +398,11 @@ impl IOUserSerialInterface for SerialCall<'_> {
             d.insert(k.into(), ((n + u64::from(hit)) as i64).into());
         }
         system.set_property(
-            self.call.object,
+            self.call.entry(),
             "IOSerialErrors",
             plist::Value::Dictionary(d),
         );
-        if let Some(port) = self.family.port_of(self.call.object) {
+        if let Some(port) = self.family.port_of(self.call.entry()) {
             port.rx_error(overrun, gotbreak, framing, parity);
         }
         Ok(())
@@ -408,14 +411,14 @@ impl IOUserSerialInterface for SerialCall<'_> {
 
 impl IOUARTDeviceInterface for SerialCall<'_> {
     fn transmit(&self, data: Bytes) -> IOResult<(u64, u32)> {
-        let uart = self.family.uart(self.call.object)?;
+        let uart = self.family.uart(self.call.entry())?;
         let taken = uart.transmit(&data.0);
         Ok((taken as u64, uart.transmit_pending() as u32))
     }
 
     fn receive(&self, max: u32) -> IOResult<Bytes> {
         let max = max.min(RECEIVE_MAX) as usize;
-        Ok(Bytes(self.family.uart(self.call.object)?.receive(max)))
+        Ok(Bytes(self.family.uart(self.call.entry())?.receive(max)))
     }
 
     fn set_line(&self, baud: u32, data_bits: u8, half_stop_bits: u8, parity: u8) -> IOResult<()> {
@@ -423,34 +426,34 @@ impl IOUARTDeviceInterface for SerialCall<'_> {
             return Err(IOReturn::BAD_ARGUMENT);
         }
         self.family
-            .uart(self.call.object)?
+            .uart(self.call.entry())?
             .set_line(baud, data_bits, half_stop_bits, parity);
         Ok(())
     }
 
     fn set_modem_control(&self, dtr: bool, rts: bool) -> IOResult<()> {
         self.family
-            .uart(self.call.object)?
+            .uart(self.call.entry())?
             .set_modem_control(dtr, rts);
         Ok(())
     }
 
     fn modem_status(&self) -> IOResult<(bool, bool, bool, bool)> {
-        Ok(self.family.uart(self.call.object)?.modem_status())
+        Ok(self.family.uart(self.call.entry())?.modem_status())
     }
 
     fn reset_fifo(&self, tx: bool, rx: bool) -> IOResult<()> {
-        self.family.uart(self.call.object)?.reset_fifo(tx, rx);
+        self.family.uart(self.call.entry())?.reset_fifo(tx, rx);
         Ok(())
     }
 
     fn set_break(&self, on: bool) -> IOResult<()> {
-        self.family.uart(self.call.object)?.set_break(on);
+        self.family.uart(self.call.entry())?.set_break(on);
         Ok(())
     }
 
     fn transmit_pending(&self) -> IOResult<u32> {
-        Ok(self.family.uart(self.call.object)?.transmit_pending() as u32)
+        Ok(self.family.uart(self.call.entry())?.transmit_pending() as u32)
     }
 }
 
@@ -463,16 +466,12 @@ impl Family for SerialFamily {
         vec![("IOUserSerial", None), ("IOUARTDevice", None)]
     }
 
-    fn kernel_call(
-        &self,
-        call: &Call<'_>,
-        method: MethodId,
-        args: &[u8],
-    ) -> Option<IOResult<Vec<u8>>> {
+    fn kernel_call(&self, call: &Call<'_>) -> Option<IOResult<Vec<u8>>> {
+        let (method, args) = (call.method, call.args);
         let c = SerialCall { family: self, call };
         if io_user_serial_interface::method_name(method).is_some() {
             // Only a serial service's own process connects its queues.
-            if !call.system.is_kind_of(call.object, "IOUserSerial") {
+            if !call.system.is_kind_of(call.entry(), "IOUserSerial") {
                 return Some(Err(IOReturn::UNSUPPORTED));
             }
             return io_user_serial_interface::dispatch(&c, method, args);
@@ -485,13 +484,9 @@ impl Family for SerialFamily {
         iouart_device_interface::method_name(method).is_some()
     }
 
-    fn register_interrupt(
-        &self,
-        call: &Call<'_>,
-        index: u32,
-        region: Arc<SharedMemory>,
-    ) -> IOResult<()> {
-        self.uart(call.object)?.subscribe_interrupt(index, &region)
+    fn register_interrupt(&self, call: &Call<'_>, interrupt: Interrupt) -> IOResult<()> {
+        self.uart(call.entry())?
+            .subscribe_interrupt(interrupt.index, &interrupt.region)
     }
 
     /// A departing serial service's tty hangs up now, before its driver's
@@ -506,13 +501,5 @@ impl Family for SerialFamily {
         if let Some(uart) = uart {
             uart.unplugged();
         }
-    }
-}
-
-/// `0x1a2b` or `6699`: a registry entry ID.
-fn parse_id(s: &str) -> Option<EntryId> {
-    match s.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => s.parse().ok(),
     }
 }

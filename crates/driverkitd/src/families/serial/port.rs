@@ -19,7 +19,7 @@ use std::time::Duration;
 use driverkit_core::{EntryId, System};
 use driverkit_wire::interfaces::{io_user_serial_interface, IOUserSerialInterface};
 use driverkit_wire::serial::{parity, SerialPortInterface};
-use driverkit_wire::{IOResult, IOReturn, ObjectId};
+use driverkit_wire::{IOResult, IOReturn};
 
 use super::tty::{self, Termios};
 
@@ -191,7 +191,7 @@ impl Core {
         let caller = self.system.driver(self.service).ok_or(IOReturn::OFFLINE)?;
         f(&io_user_serial_interface::Proxy {
             caller: &caller,
-            object: ObjectId(self.service),
+            object: self.service.object(),
             flags: 0,
         })
     }

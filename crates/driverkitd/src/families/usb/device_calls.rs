@@ -49,13 +49,13 @@ pub(super) fn timeout(ms: u32) -> Option<Duration> {
 impl UsbCall<'_> {
     pub(super) fn usb_device(&self) -> IOResult<Arc<UsbDevice>> {
         self.family
-            .device(self.call.object)
+            .device(self.call.entry())
             .ok_or(IOReturn::UNSUPPORTED)
     }
 
     pub(super) fn usb_interface(&self) -> IOResult<Arc<UsbInterface>> {
         self.family
-            .interface(self.call.object)
+            .interface(self.call.entry())
             .ok_or(IOReturn::UNSUPPORTED)
     }
 
@@ -146,6 +146,6 @@ impl IOUSBHostDeviceInterface for UsbCall<'_> {
             return Err(IOReturn::NOT_READY);
         }
         interfaces.sort();
-        Ok(interfaces.into_iter().map(|(_, e)| ObjectId(e)).collect())
+        Ok(interfaces.into_iter().map(|(_, e)| e.object()).collect())
     }
 }

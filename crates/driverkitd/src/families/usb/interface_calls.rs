@@ -29,12 +29,12 @@ impl IOUSBHostInterfaceInterface for UsbCall<'_> {
             .ok_or(IOReturn::NOT_FOUND)?;
         let client = self
             .family
-            .driver_of(self.call.system, self.call.server, self.call.object);
+            .driver_of(self.call.system, self.call.server, self.call.entry());
         // Open is exclusive: an interface whose pipes another process
         // holds is that process's.
         if self
             .family
-            .held_elsewhere(self.call.object, self.call.server)
+            .held_elsewhere(self.call.entry(), self.call.server)
         {
             return Err(IOReturn::EXCLUSIVE_ACCESS);
         }
@@ -46,7 +46,7 @@ impl IOUSBHostInterfaceInterface for UsbCall<'_> {
         st.next_pipe += 1;
         let id = self.call.family.object(st.next_pipe);
         st.pipes.insert(
-            id.0,
+            id,
             Arc::new(Pipe {
                 hold,
                 endpoint,
@@ -59,7 +59,7 @@ impl IOUSBHostInterfaceInterface for UsbCall<'_> {
 
 impl UsbCall<'_> {
     pub(super) fn copy_device_of_interface(&self) -> IOResult<ObjectId> {
-        Ok(ObjectId(self.usb_interface()?.device.entry))
+        Ok(self.usb_interface()?.device.entry.object())
     }
 
     /// SET_INTERFACE through the transport; the caller's pipes of the old
@@ -95,7 +95,7 @@ impl UsbCall<'_> {
         )?;
         let old: Vec<Arc<Pipe>> = {
             let mut st = self.family.lock();
-            let gone: Vec<u64> = st
+            let gone: Vec<ObjectId> = st
                 .pipes
                 .iter()
                 .filter(|(_, p)| p.hold.interface_entry == interface.entry)

@@ -52,7 +52,7 @@ struct UsbState {
     lent: std::collections::HashSet<EntryId>,
     devices: HashMap<EntryId, Arc<UsbDevice>>,
     interfaces: HashMap<EntryId, Arc<UsbInterface>>,
-    pipes: HashMap<u64, Arc<Pipe>>,
+    pipes: HashMap<ObjectId, Arc<Pipe>>,
     /// Interfaces a dext selected an alternate setting of: held until the
     /// dext's driver or the interface goes.
     selections: Vec<Hold>,
@@ -336,12 +336,8 @@ impl Family for UsbFamily {
         ]
     }
 
-    fn kernel_call(
-        &self,
-        call: &Call<'_>,
-        method: MethodId,
-        args: &[u8],
-    ) -> Option<IOResult<Vec<u8>>> {
+    fn kernel_call(&self, call: &Call<'_>) -> Option<IOResult<Vec<u8>>> {
+        let (method, args) = (call.method, call.args);
         let call = UsbCall { family: self, call };
         iousb_host_device_interface::dispatch(&call, method, args)
             .or_else(|| iousb_host_interface_interface::dispatch(&call, method, args))
@@ -399,7 +395,7 @@ impl Family for UsbFamily {
             st.lent.remove(&id);
             st.interfaces.remove(&id);
             // An interface's pipes go with it, a driver's with the driver.
-            let gone: Vec<u64> = st
+            let gone: Vec<ObjectId> = st
                 .pipes
                 .iter()
                 .filter(|(_, p)| p.hold.goes_with(id))

@@ -432,7 +432,7 @@ mod tests {
             let queues = SerialPortInterface::open(driver.memory().try_clone().unwrap()).unwrap();
             let core = Arc::new(Core::new(
                 driverkit_core::System::detached(),
-                1,
+                driverkit_core::EntryId::from_raw(1),
                 "test".into(),
                 queues,
                 CuseNode::initial_line(),
