@@ -28,6 +28,7 @@ use driverkit_wire::shm::SharedMemory;
 use driverkit_wire::{IOResult, IOReturn, MethodId, ObjectId};
 
 use crate::registry::EntryId;
+use crate::user_server::ServerId;
 use crate::System;
 
 /// A family's place in the core's table, given at registration.
@@ -91,7 +92,7 @@ pub trait FamilyMatcher: Send + Sync {
 pub struct Call<'a> {
     pub system: &'a System,
     /// The calling dext process (its user server).
-    pub server: u64,
+    pub server: ServerId,
     /// The target: a registry entry, or one of the family's objects.
     pub object: ObjectId,
     /// The family the call was routed to, for making objects
@@ -163,7 +164,12 @@ pub trait Family: Send + Sync + 'static {
     /// through this way. USB lets the driver of one interface (or
     /// of the device) drive the device's other interfaces, as a CDC
     /// driver matched on the control interface drives its data interface.
-    fn associated_driver(&self, system: &System, server: u64, object: EntryId) -> Option<EntryId> {
+    fn associated_driver(
+        &self,
+        system: &System,
+        server: ServerId,
+        object: EntryId,
+    ) -> Option<EntryId> {
         let _ = (system, server, object);
         None
     }

@@ -18,6 +18,7 @@ use driverkit_wire::{Header, IOResult, IOReturn, MethodId, ObjectId, FLAG_SUPERD
 use crate::family::{Call, Family, FamilyId, Interrupt, Read};
 use crate::lifecycle::Inner;
 use crate::registry::EntryId;
+use crate::user_server::ServerId;
 
 /// What one call channel remembers: the services found to be the dext's
 /// own, and the family of each. Entry IDs are never reused and a service
@@ -31,7 +32,7 @@ impl Inner {
     /// every call.
     pub(crate) fn kernel_call(
         &self,
-        server: u64,
+        server: ServerId,
         h: &Header,
         args: &[u8],
         own: &mut OwnRoutes,
@@ -84,7 +85,7 @@ impl Inner {
 
     fn family_call<'a>(
         &'a self,
-        server: u64,
+        server: ServerId,
         object: ObjectId,
         family: FamilyId,
         method: MethodId,
@@ -104,7 +105,7 @@ impl Inner {
     /// Returns whether `object` is the dext's own service, and its family.
     fn check_access(
         &self,
-        server: u64,
+        server: ServerId,
         object: EntryId,
         method: MethodId,
         superdispatch: bool,
@@ -161,7 +162,7 @@ impl Inner {
 struct ServiceCall<'a> {
     daemon: &'a Inner,
     /// The user server (dext process) making the call.
-    server: u64,
+    server: ServerId,
     object: EntryId,
     superdispatch: bool,
     /// The family of `object`, for the methods a family implements.

@@ -42,7 +42,8 @@ pub mod why;
 mod workers;
 
 pub use family::{Call, Family, FamilyId, FamilyMatcher, Interrupt, MatchTarget, Read};
-pub use lifecycle::{Config, Core, CoreError, DeviceInfo, Event};
+pub use lifecycle::{Config, Core, CoreError, DeviceInfo, Event, RequestId};
 pub use peer::{Peer, Role};
 pub use registry::EntryId;
 pub use system::{DriverCaller, Nub, System};
+pub use user_server::ServerId;

@@ -11,6 +11,7 @@ use driverkit_wire::ObjectId;
 use serde::Serialize;
 
 use crate::family::FamilyId;
+use crate::user_server::ServerId;
 
 /// A registry entry ID, as ioreg prints it (`0x100000123`).
 ///
@@ -102,7 +103,7 @@ pub struct State {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Hosting {
     /// The user server (process) holding the instance.
-    pub server: u64,
+    pub server: ServerId,
     /// The process ID.
     pub pid: u32,
     /// `CFBundleIdentifier` of the dext.

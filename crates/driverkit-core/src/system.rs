@@ -20,8 +20,10 @@ use driverkit_wire::shm::SharedMemory;
 use driverkit_wire::{IOResult, IOReturn};
 
 use crate::family::Family;
+use crate::lifecycle::RequestId;
 use crate::lifecycle::{CoreError, Event, Inner};
 use crate::registry::EntryId;
+use crate::user_server::ServerId;
 
 /// What families and backends may ask of the core. Cloning is cheap.
 #[derive(Clone)]
@@ -226,7 +228,7 @@ impl System {
 
     /// The service of process `server` that is a client of `id`: who in
     /// the calling dext uses this provider.
-    pub fn client_in(&self, id: EntryId, server: u64) -> Option<EntryId> {
+    pub fn client_in(&self, id: EntryId, server: ServerId) -> Option<EntryId> {
         let d = self.upgrade()?;
         let st = d.lock();
         let e = st.registry.get(id)?;
@@ -249,7 +251,7 @@ impl System {
 
     /// The region `server` registered as `memory` (waiting briefly for it,
     /// as the registration may still be on its way).
-    pub fn region(&self, server: u64, memory: u64) -> IOResult<Arc<SharedMemory>> {
+    pub fn region(&self, server: ServerId, memory: u64) -> IOResult<Arc<SharedMemory>> {
         self.upgrade()
             .ok_or(IOReturn::OFFLINE)?
             .region(server, memory)
@@ -258,7 +260,7 @@ impl System {
     /// Hands memory of the system's to process `server` (a region a
     /// driver works in directly, or a device's BAR), as the descriptor the
     /// dext maps; the returned ID is what a call's answer names it by.
-    pub fn give_region(&self, server: u64, shm: std::os::fd::BorrowedFd<'_>) -> IOResult<u64> {
+    pub fn give_region(&self, server: ServerId, shm: std::os::fd::BorrowedFd<'_>) -> IOResult<u64> {
         self.upgrade()
             .ok_or(IOReturn::OFFLINE)?
             .give_region(server, shm)
@@ -268,21 +270,26 @@ impl System {
     /// through the dext's action `action`: by [`System::finish_request`],
     /// or with `kIOReturnAborted` when the device leaves first (before any
     /// driver's Stop).
-    pub fn track_request(&self, server: u64, device: EntryId, action: u64) -> IOResult<u64> {
+    pub fn track_request(
+        &self,
+        server: ServerId,
+        device: EntryId,
+        action: u64,
+    ) -> IOResult<RequestId> {
         self.upgrade()
             .ok_or(IOReturn::OFFLINE)?
             .track_request(server, device, action)
     }
 
     /// Completes a tracked request, unless it was aborted already.
-    pub fn finish_request(&self, request: u64, status: IOReturn, actual: u64) {
+    pub fn finish_request(&self, request: RequestId, status: IOReturn, actual: u64) {
         if let Some(d) = self.upgrade() {
             d.finish_request(request, status, actual);
         }
     }
 
     /// True while a tracked request waits for its completion.
-    pub fn is_pending(&self, request: u64) -> bool {
+    pub fn is_pending(&self, request: RequestId) -> bool {
         self.upgrade().is_some_and(|d| d.is_pending(request))
     }
 

@@ -73,9 +73,42 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Pending = HashMap<u32, mpsc::SyncSender<IOResult<Vec<u8>>>>;
 
+/// A user server: one dext process the core started, numbered from 1 in
+/// launch order and never reused while the daemon runs. The registry's
+/// `Hosting` names it, and every call a dext makes carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct ServerId(u64);
+
+impl ServerId {
+    /// The first server.
+    pub(crate) const FIRST: ServerId = ServerId(1);
+
+    /// The server launched after this one.
+    pub(crate) fn next(self) -> ServerId {
+        ServerId(self.0 + 1)
+    }
+
+    /// The server a number names, for tests of the families.
+    pub const fn from_raw(id: u64) -> ServerId {
+        ServerId(id)
+    }
+
+    /// The number, for logs and tests.
+    pub const fn raw(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for ServerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
 /// A running dext process.
 pub struct UserServer {
-    pub id: u64,
+    pub id: ServerId,
     /// `IOUserServerName`.
     pub name: String,
     /// `CFBundleIdentifier` of the dext.
@@ -115,7 +148,7 @@ impl std::fmt::Debug for UserServer {
 
 /// Everything needed to start a dext process.
 pub struct Launch<'a> {
-    pub id: u64,
+    pub id: ServerId,
     pub name: &'a str,
     pub bundle: &'a str,
     pub executable: &'a Path,

@@ -344,8 +344,9 @@ impl Inner {
         }
         let id = {
             let mut st = self.lock();
-            st.next_server += 1;
-            st.next_server
+            let id = st.next_server;
+            st.next_server = id.next();
+            id
         };
         let server = UserServer::spawn(
             Launch {

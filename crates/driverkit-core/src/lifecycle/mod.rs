@@ -33,7 +33,7 @@ use driverkit_wire::{IOResult, IOReturn, ObjectId};
 use crate::family::{Families, Family};
 use crate::matching::{by_category, Candidate, Catalogue};
 use crate::registry::{EntryId, Hosting, Registry};
-use crate::user_server::{Batch, Launch, UserServer};
+use crate::user_server::{Batch, Launch, ServerId, UserServer};
 use crate::System;
 
 mod attach;
@@ -42,6 +42,7 @@ mod requests;
 mod terminate;
 
 use crash::Crashes;
+pub use requests::RequestId;
 use requests::{complete, PendingRequest, Requests};
 use terminate::{decline, Offer};
 #[cfg(test)]
@@ -149,8 +150,8 @@ impl State {
 pub(crate) struct State {
     pub(crate) registry: Registry,
     pub(crate) catalogue: Catalogue,
-    pub(crate) servers: HashMap<u64, ServerSlot>,
-    next_server: u64,
+    pub(crate) servers: HashMap<ServerId, ServerSlot>,
+    next_server: ServerId,
     relaunches: HashMap<String, Crashes>,
     /// Personalities given up after crashes, by `Driver::key`.
     pub(crate) disabled: HashSet<String>,
@@ -267,7 +268,7 @@ impl Core {
             registry,
             catalogue: Catalogue::new(families.matchers()),
             servers: HashMap::new(),
-            next_server: 1,
+            next_server: ServerId::FIRST,
             relaunches: HashMap::new(),
             disabled: HashSet::new(),
             matching: HashSet::new(),

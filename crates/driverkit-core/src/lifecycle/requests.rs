@@ -3,6 +3,13 @@
 
 use super::*;
 
+/// An asynchronous request a dext made of a family (`ReadAsync`, a USB
+/// transfer): the core's number for it, from [`System::track_request`]
+/// until the family finishes it or the device leaves. It never reaches the
+/// dext, which knows the request by its completion action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId(u64);
+
 /// An asynchronous request a dext made, not yet completed.
 pub(super) struct PendingRequest {
     device: EntryId,
@@ -15,21 +22,21 @@ pub(super) struct PendingRequest {
 /// together so that the per-dext limit costs no scan.
 #[derive(Default)]
 pub(super) struct Requests {
-    by_id: HashMap<u64, PendingRequest>,
-    per_server: HashMap<u64, usize>,
+    by_id: HashMap<RequestId, PendingRequest>,
+    per_server: HashMap<ServerId, usize>,
 }
 
 impl Requests {
-    pub(super) fn of_server(&self, server: u64) -> usize {
+    pub(super) fn of_server(&self, server: ServerId) -> usize {
         self.per_server.get(&server).copied().unwrap_or(0)
     }
 
-    pub(super) fn insert(&mut self, id: u64, request: PendingRequest) {
+    pub(super) fn insert(&mut self, id: RequestId, request: PendingRequest) {
         *self.per_server.entry(request.server.id).or_default() += 1;
         self.by_id.insert(id, request);
     }
 
-    pub(super) fn remove(&mut self, id: u64) -> Option<PendingRequest> {
+    pub(super) fn remove(&mut self, id: RequestId) -> Option<PendingRequest> {
         let request = self.by_id.remove(&id)?;
         if let Some(n) = self.per_server.get_mut(&request.server.id) {
             *n -= 1;
@@ -42,7 +49,7 @@ impl Requests {
 
     /// Takes out every request to one of `devices`.
     pub(super) fn remove_for(&mut self, devices: &[EntryId]) -> Vec<PendingRequest> {
-        let ids: Vec<u64> = self
+        let ids: Vec<RequestId> = self
             .by_id
             .iter()
             .filter(|(_, r)| devices.contains(&r.device))
@@ -57,7 +64,7 @@ impl Inner {
     /// the state lock) if it is still on its way.
     pub(crate) fn region(
         &self,
-        server: u64,
+        server: ServerId,
         memory: u64,
     ) -> IOResult<Arc<driverkit_wire::shm::SharedMemory>> {
         self.process(server)?.memory(memory)
@@ -66,14 +73,14 @@ impl Inner {
     /// Hands `shm` to process `server`; the ID a call's answer names it by.
     pub(crate) fn give_region(
         &self,
-        server: u64,
+        server: ServerId,
         shm: std::os::fd::BorrowedFd<'_>,
     ) -> IOResult<u64> {
         self.process(server)?.give_memory(shm)
     }
 
     /// Process `server`, out of the state lock.
-    pub(super) fn process(&self, server: u64) -> IOResult<Arc<UserServer>> {
+    pub(super) fn process(&self, server: ServerId) -> IOResult<Arc<UserServer>> {
         self.lock()
             .servers
             .get(&server)
@@ -84,7 +91,12 @@ impl Inner {
     /// Records an asynchronous request of `server` to `device`, to complete
     /// through `action`: by `finish_request`, or with `kIOReturnAborted` when
     /// the device leaves first.
-    pub(crate) fn track_request(&self, server: u64, device: EntryId, action: u64) -> IOResult<u64> {
+    pub(crate) fn track_request(
+        &self,
+        server: ServerId,
+        device: EntryId,
+        action: u64,
+    ) -> IOResult<RequestId> {
         let mut st = self.lock();
         let server = st
             .servers
@@ -99,7 +111,7 @@ impl Inner {
             return Err(IOReturn::NO_RESOURCES);
         }
         st.next_request += 1;
-        let request = st.next_request;
+        let request = RequestId(st.next_request);
         st.requests.insert(
             request,
             PendingRequest {
@@ -112,7 +124,7 @@ impl Inner {
     }
 
     /// Completes a tracked request, unless it was already aborted.
-    pub(crate) fn finish_request(&self, request: u64, status: IOReturn, actual: u64) {
+    pub(crate) fn finish_request(&self, request: RequestId, status: IOReturn, actual: u64) {
         let request = self.lock().requests.remove(request);
         if let Some(request) = request {
             complete(&request, status, actual);
@@ -120,7 +132,7 @@ impl Inner {
     }
 
     /// True while `request` waits for its completion.
-    pub(crate) fn is_pending(&self, request: u64) -> bool {
+    pub(crate) fn is_pending(&self, request: RequestId) -> bool {
         self.lock().requests.by_id.contains_key(&request)
     }
 }

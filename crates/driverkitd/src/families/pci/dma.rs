@@ -4,6 +4,7 @@
 //! backend puts the pages there (an IOMMU mapping, or the model's table);
 //! this only decides where.
 
+use driverkit_core::ServerId;
 use driverkit_wire::{IOResult, IOReturn};
 
 pub const PAGE: u64 = 4096;
@@ -20,7 +21,7 @@ pub struct Mapping {
     /// Its length in bytes (whole pages).
     pub length: u64,
     /// The process that prepared it.
-    pub server: u64,
+    pub server: ServerId,
 }
 
 /// The mappings of one function, sorted by address.
@@ -34,7 +35,7 @@ impl AddressSpace {
     /// below `2^address_bits`, first fit. `kIOReturnBadArgument` when the
     /// limit cannot hold it at all (the driver asked for the impossible),
     /// `kIOReturnNoResources` when it could but the space is full.
-    pub fn allocate(&mut self, length: u64, address_bits: u8, server: u64) -> IOResult<u64> {
+    pub fn allocate(&mut self, length: u64, address_bits: u8, server: ServerId) -> IOResult<u64> {
         if length == 0 || !(12..=64).contains(&address_bits) {
             return Err(IOReturn::BAD_ARGUMENT);
         }
@@ -75,7 +76,7 @@ impl AddressSpace {
     /// Ends the mapping that starts at `address` (or contains it: a
     /// driver completes with the first segment's address, which need not
     /// be page-aligned), if `server` made it.
-    pub fn release(&mut self, address: u64, server: u64) -> IOResult<Mapping> {
+    pub fn release(&mut self, address: u64, server: ServerId) -> IOResult<Mapping> {
         let i = self
             .mappings
             .iter()
@@ -96,23 +97,26 @@ impl AddressSpace {
 mod tests {
     use super::*;
 
+    const ONE: ServerId = ServerId::from_raw(1);
+    const TWO: ServerId = ServerId::from_raw(2);
+
     #[test]
     fn mappings_fit_below_the_limit_without_overlapping() {
         let mut space = AddressSpace::default();
-        let a = space.allocate(4096, 28, 1).unwrap();
-        let b = space.allocate(5000, 28, 1).unwrap();
+        let a = space.allocate(4096, 28, ONE).unwrap();
+        let b = space.allocate(5000, 28, ONE).unwrap();
         assert_eq!(a, FIRST);
         assert_eq!(b, FIRST + PAGE);
-        let c = space.allocate(1, 28, 1).unwrap();
+        let c = space.allocate(1, 28, ONE).unwrap();
         assert_eq!(c, FIRST + 3 * PAGE);
-        assert_eq!(space.release(b + 100, 1).unwrap().length, 2 * PAGE);
+        assert_eq!(space.release(b + 100, ONE).unwrap().length, 2 * PAGE);
         assert_eq!(
-            space.allocate(8192, 28, 1).unwrap(),
+            space.allocate(8192, 28, ONE).unwrap(),
             b,
             "the hole is reused"
         );
         assert_eq!(
-            space.release(a, 2),
+            space.release(a, TWO),
             Err(IOReturn::NOT_FOUND),
             "only its maker ends it"
         );
@@ -122,13 +126,19 @@ mod tests {
     #[test]
     fn the_impossible_is_a_bad_argument_and_a_full_space_no_resources() {
         let mut space = AddressSpace::default();
-        assert_eq!(space.allocate(4096, 11, 1), Err(IOReturn::BAD_ARGUMENT));
-        assert_eq!(space.allocate(4096, 65, 1), Err(IOReturn::BAD_ARGUMENT));
-        assert_eq!(space.allocate(0, 28, 1), Err(IOReturn::BAD_ARGUMENT));
-        assert_eq!(space.allocate(1 << 28, 28, 1), Err(IOReturn::BAD_ARGUMENT));
-        assert_eq!(space.allocate(u64::MAX, 64, 1), Err(IOReturn::BAD_ARGUMENT));
+        assert_eq!(space.allocate(4096, 11, ONE), Err(IOReturn::BAD_ARGUMENT));
+        assert_eq!(space.allocate(4096, 65, ONE), Err(IOReturn::BAD_ARGUMENT));
+        assert_eq!(space.allocate(0, 28, ONE), Err(IOReturn::BAD_ARGUMENT));
+        assert_eq!(
+            space.allocate(1 << 28, 28, ONE),
+            Err(IOReturn::BAD_ARGUMENT)
+        );
+        assert_eq!(
+            space.allocate(u64::MAX, 64, ONE),
+            Err(IOReturn::BAD_ARGUMENT)
+        );
         let most = (1 << 21) - FIRST;
-        assert_eq!(space.allocate(most, 21, 1), Ok(FIRST));
-        assert_eq!(space.allocate(4096, 21, 1), Err(IOReturn::NO_RESOURCES));
+        assert_eq!(space.allocate(most, 21, ONE), Ok(FIRST));
+        assert_eq!(space.allocate(4096, 21, ONE), Err(IOReturn::NO_RESOURCES));
     }
 }

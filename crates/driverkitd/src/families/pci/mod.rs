@@ -24,7 +24,7 @@ use driverkit_wire::sync::Locked;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use driverkit_core::{Call, EntryId, Family, FamilyMatcher, Interrupt, Nub, System};
+use driverkit_core::{Call, EntryId, Family, FamilyMatcher, Interrupt, Nub, ServerId, System};
 use driverkit_wire::interfaces::{iopci_device_interface, IOPCIDeviceInterface};
 use driverkit_wire::pci::{self, command, reg, Location, Width};
 use driverkit_wire::shm::SharedMemory;
@@ -97,7 +97,7 @@ pub trait PciDevice: Send + Sync {
 /// Who opened a function.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Owner {
-    server: u64,
+    server: ServerId,
     /// The caller's client of the nub (its driver), whose end ends the
     /// ownership.
     client: EntryId,

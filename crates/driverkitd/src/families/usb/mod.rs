@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use driverkit_core::{Call, EntryId, Family, FamilyMatcher, Nub, System};
+use driverkit_core::{Call, EntryId, Family, FamilyMatcher, Nub, ServerId, System};
 use driverkit_usb::{kind, DeviceDescriptor, Setup, TransferType};
 use driverkit_wire::interfaces::{
     iousb_host_device_interface, iousb_host_interface_interface, iousb_host_pipe_interface,
@@ -268,7 +268,7 @@ impl UsbFamily {
     fn driver_of_device(
         &self,
         system: &System,
-        server: u64,
+        server: ServerId,
         device: &Arc<UsbDevice>,
     ) -> Option<EntryId> {
         let siblings: Vec<EntryId> = self
@@ -284,7 +284,7 @@ impl UsbFamily {
     }
 
     /// Whether a process other than `server` holds pipes of `interface`.
-    fn held_elsewhere(&self, interface: EntryId, server: u64) -> bool {
+    fn held_elsewhere(&self, interface: EntryId, server: ServerId) -> bool {
         let st = self.lock();
         st.pipes
             .values()
@@ -295,7 +295,7 @@ impl UsbFamily {
 
     /// The service of `server` that drives `entry`: its own client, or
     /// (see [`Family::associated_driver`]) the driver of its device.
-    fn driver_of(&self, system: &System, server: u64, entry: EntryId) -> Option<EntryId> {
+    fn driver_of(&self, system: &System, server: ServerId, entry: EntryId) -> Option<EntryId> {
         system
             .client_in(entry, server)
             .or_else(|| self.associated_driver(system, server, entry))
@@ -356,7 +356,12 @@ impl Family for UsbFamily {
     /// needs the data interface's pipes. An interface another driver
     /// matched, or whose pipes another process holds (see `copy_pipe`),
     /// stays that driver's.
-    fn associated_driver(&self, system: &System, server: u64, object: EntryId) -> Option<EntryId> {
+    fn associated_driver(
+        &self,
+        system: &System,
+        server: ServerId,
+        object: EntryId,
+    ) -> Option<EntryId> {
         let device = match self.device(object) {
             Some(d) => d,
             // An interface another driver matched (a dext's, or the

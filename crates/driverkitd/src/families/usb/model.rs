@@ -2,6 +2,7 @@
 //! their endpoints, the claims a dext holds on an interface, and pipes.
 
 use super::*;
+use driverkit_core::ServerId;
 
 /// A plugged USB device.
 pub struct UsbDevice {
@@ -70,7 +71,7 @@ pub(super) struct Hold {
     pub(super) system: System,
     pub(super) interface: Arc<UsbInterface>,
     pub(super) interface_entry: EntryId,
-    pub(super) server: u64,
+    pub(super) server: ServerId,
     /// The dext's service that drives the interface.
     pub(super) client: Option<EntryId>,
 }
@@ -80,7 +81,7 @@ impl Hold {
     pub(super) fn take(
         system: &System,
         interface: Arc<UsbInterface>,
-        server: u64,
+        server: ServerId,
         client: Option<EntryId>,
     ) -> IOResult<Hold> {
         interface.claim(system, may_detach(system, client))?;
