@@ -45,5 +45,5 @@ pub use family::{Call, Family, FamilyId, FamilyMatcher, Interrupt, MatchTarget, 
 pub use lifecycle::{Config, Core, CoreError, DeviceInfo, Event, RequestId};
 pub use peer::{Peer, Role};
 pub use registry::EntryId;
-pub use system::{DriverCaller, Nub, System};
+pub use system::{DriverCaller, Nub, Plugged, System};
 pub use user_server::ServerId;

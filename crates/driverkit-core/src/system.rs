@@ -51,6 +51,20 @@ pub struct Nub<'a> {
     pub matched: bool,
 }
 
+/// A device plugged in from outside the registry (a device file, a
+/// built-in, sysfs, a USB/IP server), as a family publishes it with
+/// [`System::plug_device`].
+pub struct Plugged<'a> {
+    /// The registry name.
+    pub name: &'a str,
+    pub properties: plist::Dictionary,
+    /// The bus entry it hangs under.
+    pub bus: EntryId,
+    /// Where it came from (a file path, `builtin:NAME`, `linux:0000:00:04.0`),
+    /// for `driverkit device list`.
+    pub source: &'a str,
+}
+
 impl System {
     pub(crate) fn new(inner: Weak<Inner>) -> System {
         System { inner }
@@ -136,6 +150,27 @@ impl System {
         tracing::info!("plug     {name} [{id:#x}] ({class}, from {source})");
         self.match_nub(id);
         Ok(id)
+    }
+
+    /// [`System::plug`] for a device of `family`'s class `class`: listed
+    /// by `driverkit device list`, and unpluggable.
+    pub fn plug_device(
+        &self,
+        family: &dyn Family,
+        class: &str,
+        device: Plugged<'_>,
+        keep: impl FnOnce(EntryId),
+    ) -> Result<EntryId, CoreError> {
+        let nub = Nub {
+            name: device.name,
+            class,
+            properties: device.properties,
+            provider: device.bus,
+            family: Some(family),
+            plugged_from: Some(device.source.to_owned()),
+            matched: false,
+        };
+        self.plug(nub, keep)
     }
 
     /// Takes a nub out of matching (`false`: no driver is offered it, as

@@ -381,22 +381,16 @@ impl UsbTransport for Replay {
     }
 
     fn transfer_queued(&self, t: Transfer<'_>, queued: &mut dyn FnMut()) -> IOResult<Completed> {
-        let Transfer {
-            address,
-            data,
-            length,
-            timeout,
-            submitted,
-        } = t;
+        let (address, data, length) = (t.address, t.data, t.length);
         queued();
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = t.timeout.map(|t| Instant::now() + t);
         let input = address & 0x80 != 0;
         let mut st = self.lock();
         let e = loop {
             if self.closed.load(Ordering::Acquire) {
                 return Err(IOReturn::NO_DEVICE);
             }
-            if st.aborts.get(&address).copied().unwrap_or(0) != submitted {
+            if st.aborts.get(&address).copied().unwrap_or(0) != t.submitted {
                 return Err(IOReturn::ABORTED);
             }
             if let Some(e) = st.queues.get_mut(&address).and_then(VecDeque::pop_front) {

@@ -50,8 +50,9 @@ use super::virtual_uart::{UartSpec, VirtualUart};
 use super::virtual_usb::{UsbSpec, VirtualUsb};
 use crate::families::net::NetFamily;
 use crate::families::pci::PciFamily;
-use crate::families::plain::{PlainDevice, PlainFamily, PlainNub};
-use crate::families::serial::{SerialFamily, UartNub};
+use crate::families::plain::{PlainDevice, PlainFamily};
+use crate::families::serial::SerialFamily;
+
 use crate::families::usb::{UsbFamily, UsbTransport};
 
 /// A parsed device file.
@@ -142,6 +143,17 @@ pub fn parse(text: &str, source: &str) -> Result<DeviceSpec, SpecError> {
         })
 }
 
+/// A kind's table (`[usb]`, `[uart]`, `[cable]`, `[pci]`) as its spec; a
+/// wrong or missing key is named under the table's.
+fn section<S: serde::de::DeserializeOwned>(
+    key: &str,
+    table: &toml::Table,
+) -> Result<S, BadDescription> {
+    toml::Value::Table(table.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| BadDescription::key(key, e.message().trim()))
+}
+
 /// [`parse`], the file's name left to the caller.
 fn parse_table(text: &str) -> Result<DeviceSpec, BadDescription> {
     let table: toml::Table = text
@@ -155,7 +167,6 @@ fn parse_table(text: &str) -> Result<DeviceSpec, BadDescription> {
     let mut uart = None;
     let mut cable = None;
     let mut pci = None;
-    let typed = |key: &str, e: toml::de::Error| BadDescription::key(key, e.message().trim());
     for (key, value) in &table {
         match (key.as_str(), value) {
             ("name", toml::Value::String(s)) if !s.is_empty() => name = Some(s.clone()),
@@ -184,39 +195,22 @@ fn parse_table(text: &str) -> Result<DeviceSpec, BadDescription> {
                 }
             }
             ("usb", toml::Value::Table(t)) => {
-                let spec: UsbSpec = toml::Value::Table(t.clone())
-                    .try_into()
-                    .map_err(|e| typed("usb", e))?;
+                let spec: UsbSpec = section("usb", t)?;
                 spec.validate()?;
-                if !table.contains_key("class") {
-                    class = "IOUSBHostDevice".to_owned();
-                }
                 usb = Some(spec);
             }
             ("uart", toml::Value::Table(t)) => {
-                let spec: UartSpec = toml::Value::Table(t.clone())
-                    .try_into()
-                    .map_err(|e| typed("uart", e))?;
+                let spec: UartSpec = section("uart", t)?;
                 spec.validate()?;
-                if !table.contains_key("class") {
-                    class = "IOUARTDevice".to_owned();
-                }
                 uart = Some(spec);
             }
             ("cable", toml::Value::Table(t)) => {
-                let spec: CableSpec = toml::Value::Table(t.clone())
-                    .try_into()
-                    .map_err(|e| typed("cable", e))?;
+                let spec: CableSpec = section("cable", t)?;
                 spec.validate()?;
-                if !table.contains_key("class") {
-                    class = "IOVirtualNIC".to_owned();
-                }
                 cable = Some(spec);
             }
             ("pci", toml::Value::Table(t)) => {
-                let spec: PciSpec = toml::Value::Table(t.clone())
-                    .try_into()
-                    .map_err(|e| typed("pci", e))?;
+                let spec: PciSpec = section("pci", t)?;
                 if spec.model != "edu" {
                     return Err(BadDescription::key(
                         "pci.model",
@@ -225,9 +219,6 @@ fn parse_table(text: &str) -> Result<DeviceSpec, BadDescription> {
                             spec.model
                         ),
                     ));
-                }
-                if !table.contains_key("class") {
-                    class = "IOPCIDevice".to_owned();
                 }
                 pci = Some(spec);
             }
@@ -253,31 +244,43 @@ fn parse_table(text: &str) -> Result<DeviceSpec, BadDescription> {
         }
     }
     let name = name.ok_or_else(|| BadDescription::key("name", "missing"))?;
-    let wrong_class = |what: &str| BadDescription::key("class", format!("{what}, found {class:?}"));
-    if usb.is_some() && class != "IOUSBHostDevice" {
-        return Err(wrong_class("a device with [usb] is an IOUSBHostDevice"));
-    }
-    if uart.is_some() && class != "IOUARTDevice" {
-        return Err(wrong_class("a device with [uart] is an IOUARTDevice"));
-    }
-    if [
-        usb.is_some(),
-        uart.is_some(),
-        cable.is_some(),
-        pci.is_some(),
-    ]
-    .iter()
-    .filter(|x| **x)
-    .count()
-        > 1
-    {
-        return Err(BadDescription::SeveralKinds);
-    }
-    if pci.is_some() && class != "IOPCIDevice" {
-        return Err(wrong_class("a device with [pci] is an IOPCIDevice"));
-    }
-    if cable.is_some() && class != "IOVirtualNIC" {
-        return Err(wrong_class("a [cable] is two IOVirtualNIC ends"));
+    // A kind's table makes the device of its class: the class is the
+    // kind's unless the file names it, and then it must be the kind's.
+    let kinds = [
+        (
+            usb.is_some(),
+            "IOUSBHostDevice",
+            "a device with [usb] is an IOUSBHostDevice",
+        ),
+        (
+            uart.is_some(),
+            "IOUARTDevice",
+            "a device with [uart] is an IOUARTDevice",
+        ),
+        (
+            cable.is_some(),
+            "IOVirtualNIC",
+            "a [cable] is two IOVirtualNIC ends",
+        ),
+        (
+            pci.is_some(),
+            "IOPCIDevice",
+            "a device with [pci] is an IOPCIDevice",
+        ),
+    ];
+    let mut present = kinds.iter().filter(|(present, ..)| *present);
+    if let Some((_, kind_class, rule)) = present.next() {
+        if present.next().is_some() {
+            return Err(BadDescription::SeveralKinds);
+        }
+        if !table.contains_key("class") {
+            class = (*kind_class).to_owned();
+        } else if class != *kind_class {
+            return Err(BadDescription::key(
+                "class",
+                format!("{rule}, found {class:?}"),
+            ));
+        }
     }
     let chain = driverkit_wire::classes::chain(&class);
     if !driverkit_wire::classes::is_system_class(&class) || !chain.contains(&"IOService") {
@@ -449,14 +452,13 @@ impl VirtualDevices {
                     "locationID".into(),
                     Value::Integer(self.next_location().into()),
                 );
-                let id = self.net.plug_nic(
-                    &self.system,
-                    &format!("{}{end}", spec.name),
+                let plugged = driverkit_core::Plugged {
+                    name: &format!("{}{end}", spec.name),
                     properties,
                     bus,
-                    &spec.source,
-                    device,
-                )?;
+                    source: &spec.source,
+                };
+                let id = self.net.plug_nic(&self.system, plugged, device)?;
                 first.get_or_insert(id);
             }
             return Ok(first.expect("a cable has two ends"));
@@ -492,7 +494,7 @@ impl VirtualDevices {
                 .serial
                 .plug_uart(
                     &self.system,
-                    UartNub {
+                    driverkit_core::Plugged {
                         name: &spec.name,
                         properties,
                         bus,
@@ -516,9 +518,9 @@ impl VirtualDevices {
         self.plain
             .plug(
                 &self.system,
-                PlainNub {
+                &spec.class,
+                driverkit_core::Plugged {
                     name: &spec.name,
-                    class: &spec.class,
                     properties: spec.properties.clone(),
                     bus,
                     source: &spec.source,

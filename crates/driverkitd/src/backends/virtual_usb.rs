@@ -615,13 +615,7 @@ impl UsbTransport for VirtualUsb {
 
     /// OUT is done as it is called; IN takes its ticket on the endpoint.
     fn transfer_queued(&self, t: Transfer<'_>, queued: &mut dyn FnMut()) -> IOResult<Completed> {
-        let Transfer {
-            address,
-            data,
-            length,
-            timeout,
-            submitted,
-        } = t;
+        let (address, data, length) = (t.address, t.data, t.length);
         if self.closed.load(Ordering::Acquire) {
             return Err(IOReturn::NO_DEVICE);
         }
@@ -639,8 +633,8 @@ impl UsbTransport for VirtualUsb {
         let q = self.ins.get(&address).ok_or(IOReturn::NOT_FOUND)?;
         let ticket = Ticket::take(q);
         queued();
-        let aborts = submitted;
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let aborts = t.submitted;
+        let deadline = t.timeout.map(|t| Instant::now() + t);
         let mut out = Vec::with_capacity(length);
         loop {
             if q.aborts.load(Ordering::Acquire) != aborts {

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use driverkit_core::{Call, EntryId, Family, Interrupt, Nub, Read, System};
+use driverkit_core::{Call, EntryId, Family, Interrupt, Plugged, Read, System};
 use driverkit_wire::shm::SharedMemory;
 use driverkit_wire::{IOResult, IOReturn};
 
@@ -41,27 +41,17 @@ impl PlainFamily {
         self.devices.locked()
     }
 
-    /// Publishes a plain device of class `class` under `bus` and matches it.
+    /// Publishes a plain device of class `class` and matches it.
     pub fn plug(
         &self,
         system: &System,
-        nub: PlainNub<'_>,
+        class: &str,
+        plugged: Plugged<'_>,
         device: Arc<dyn PlainDevice>,
     ) -> Result<EntryId, driverkit_core::CoreError> {
-        system.plug(
-            Nub {
-                name: nub.name,
-                class: nub.class,
-                properties: nub.properties,
-                provider: nub.bus,
-                family: Some(self),
-                plugged_from: Some(nub.source.to_owned()),
-                matched: false,
-            },
-            |id| {
-                self.lock().insert(id, device);
-            },
-        )
+        system.plug_device(self, class, plugged, |id| {
+            self.lock().insert(id, device);
+        })
     }
 
     fn device(&self, entry: EntryId) -> IOResult<Arc<dyn PlainDevice>> {
@@ -70,16 +60,6 @@ impl PlainFamily {
             .cloned()
             .ok_or(IOReturn::UNSUPPORTED)
     }
-}
-
-/// Where and what a plain device is.
-pub struct PlainNub<'a> {
-    pub name: &'a str,
-    pub class: &'a str,
-    pub properties: plist::Dictionary,
-    pub bus: EntryId,
-    /// A file path or `builtin:NAME`, for `device list`.
-    pub source: &'a str,
 }
 
 impl Family for PlainFamily {

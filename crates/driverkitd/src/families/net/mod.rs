@@ -21,7 +21,7 @@ use driverkit_wire::sync::Locked;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use driverkit_core::{Call, EntryId, Family, Interrupt, Nub, System};
+use driverkit_core::{Call, EntryId, Family, Interrupt, Plugged, System};
 use driverkit_wire::interfaces::{
     io_user_network_ethernet_interface, io_virtual_nic_interface, IOUserNetworkEthernetInterface,
     IOVirtualNICInterface,
@@ -73,30 +73,16 @@ impl NetFamily {
         self.state.locked()
     }
 
-    /// Publishes one end of a virtual cable under `bus` and matches it.
+    /// Publishes one end of a virtual cable and matches it.
     pub fn plug_nic(
         &self,
         system: &System,
-        name: &str,
-        properties: plist::Dictionary,
-        bus: EntryId,
-        source: &str,
+        plugged: Plugged<'_>,
         device: Arc<dyn NicDevice>,
     ) -> Result<EntryId, driverkit_core::CoreError> {
-        system.plug(
-            Nub {
-                name,
-                class: "IOVirtualNIC",
-                properties,
-                provider: bus,
-                family: Some(self),
-                plugged_from: Some(source.to_owned()),
-                matched: false,
-            },
-            |id| {
-                self.lock().nics.insert(id, device);
-            },
-        )
+        system.plug_device(self, "IOVirtualNIC", plugged, |id| {
+            self.lock().nics.insert(id, device);
+        })
     }
 
     fn nic(&self, id: EntryId) -> IOResult<Arc<dyn NicDevice>> {

@@ -24,7 +24,7 @@ use driverkit_wire::sync::Locked;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use driverkit_core::{Call, EntryId, Family, FamilyMatcher, Interrupt, Nub, ServerId, System};
+use driverkit_core::{Call, EntryId, Family, FamilyMatcher, Interrupt, Plugged, ServerId, System};
 use driverkit_wire::interfaces::{iopci_device_interface, IOPCIDeviceInterface};
 use driverkit_wire::pci::{self, command, reg, Location, Width};
 use driverkit_wire::shm::SharedMemory;
@@ -166,27 +166,22 @@ impl PciFamily {
     ) -> Result<EntryId, driverkit_core::CoreError> {
         let (name, mut properties) = nub_properties(&*device);
         properties.extend(extra);
-        system.plug(
-            Nub {
-                name: &name,
-                class: "IOPCIDevice",
-                properties,
-                provider: bus,
-                family: Some(self),
-                plugged_from: Some(source.to_owned()),
-                matched: false,
-            },
-            |id| {
-                self.lock().insert(
-                    id,
-                    Function {
-                        device,
-                        owner: None,
-                        dma: Default::default(),
-                    },
-                );
-            },
-        )
+        let plugged = Plugged {
+            name: &name,
+            properties,
+            bus,
+            source,
+        };
+        system.plug_device(self, "IOPCIDevice", plugged, |id| {
+            self.lock().insert(
+                id,
+                Function {
+                    device,
+                    owner: None,
+                    dma: Default::default(),
+                },
+            );
+        })
     }
 
     fn device(&self, entry: EntryId) -> IOResult<Arc<dyn PciDevice>> {

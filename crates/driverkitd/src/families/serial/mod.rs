@@ -30,7 +30,7 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use driverkit_core::{Call, EntryId, Family, Interrupt, Nub, System};
+use driverkit_core::{Call, EntryId, Family, Interrupt, Plugged, System};
 use driverkit_wire::interfaces::{
     io_user_serial_interface, iouart_device_interface, IOUARTDeviceInterface, IOUserSerialInterface,
 };
@@ -137,27 +137,16 @@ impl SerialFamily {
         self.state.locked()
     }
 
-    /// Publishes a UART under `bus` and matches it.
+    /// Publishes a UART and matches it.
     pub fn plug_uart(
         &self,
         system: &System,
-        nub: UartNub<'_>,
+        plugged: Plugged<'_>,
         device: Arc<dyn UartDevice>,
     ) -> Result<EntryId, driverkit_core::CoreError> {
-        system.plug(
-            Nub {
-                name: nub.name,
-                class: "IOUARTDevice",
-                properties: nub.properties,
-                provider: nub.bus,
-                family: Some(self),
-                plugged_from: Some(nub.source.to_owned()),
-                matched: false,
-            },
-            |id| {
-                self.lock().uarts.insert(id, device);
-            },
-        )
+        system.plug_device(self, "IOUARTDevice", plugged, |id| {
+            self.lock().uarts.insert(id, device);
+        })
     }
 
     /// The port of serial service `id`, or of the one service whose
@@ -343,15 +332,6 @@ impl SerialFamily {
             port.stop();
         }
     }
-}
-
-/// Where and what a UART is.
-pub struct UartNub<'a> {
-    pub name: &'a str,
-    pub properties: plist::Dictionary,
-    pub bus: EntryId,
-    /// A file path or `builtin:NAME`, for `device list`.
-    pub source: &'a str,
 }
 
 /// A call on a serial service or a UART.
