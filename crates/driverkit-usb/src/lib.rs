@@ -92,8 +92,9 @@ fn u16_at(b: &[u8], i: usize) -> u16 {
     u16::from_le_bytes([b[i], b[i + 1]])
 }
 
-macro_rules! view {
-    ($(#[$doc:meta])* $name:ident, $kind:expr, $len:expr, $label:literal) => {
+/// Typed views over descriptors: `Name, type, minimum length, label;` each.
+macro_rules! views {
+    ($($(#[$doc:meta])* $name:ident, $kind:expr, $len:expr, $label:literal;)*) => {$(
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub struct $name<'a> {
@@ -112,33 +113,23 @@ macro_rules! view {
                 self.bytes
             }
         }
-    };
+    )*};
 }
 
-view!(
+views! {
     /// The 18-byte device descriptor.
-    DeviceDescriptor, kind::DEVICE, 18, "device"
-);
-view!(
+    DeviceDescriptor, kind::DEVICE, 18, "device";
     /// The 9-byte configuration descriptor that heads a configuration.
-    ConfigurationDescriptor, kind::CONFIGURATION, 9, "configuration"
-);
-view!(
+    ConfigurationDescriptor, kind::CONFIGURATION, 9, "configuration";
     /// An interface (alternate setting) descriptor.
-    InterfaceDescriptor, kind::INTERFACE, 9, "interface"
-);
-view!(
+    InterfaceDescriptor, kind::INTERFACE, 9, "interface";
     /// An endpoint descriptor.
-    EndpointDescriptor, kind::ENDPOINT, 7, "endpoint"
-);
-view!(
+    EndpointDescriptor, kind::ENDPOINT, 7, "endpoint";
     /// A string descriptor: UTF-16LE text, or the language ID list.
-    StringDescriptor, kind::STRING, 2, "string"
-);
-view!(
+    StringDescriptor, kind::STRING, 2, "string";
     /// The Binary Object Store header.
-    BosDescriptor, kind::BOS, 5, "BOS"
-);
+    BosDescriptor, kind::BOS, 5, "BOS";
+}
 
 impl DeviceDescriptor<'_> {
     pub fn bcd_usb(&self) -> u16 {

@@ -322,15 +322,11 @@ impl Setup {
 
     /// A vendor request that reads `length` bytes from the device.
     pub fn vendor_in(request: u8, value: u16, index: u16, length: u16) -> Setup {
-        Setup::new(
-            Direction::In,
-            RequestKind::Vendor,
-            Recipient::Device,
-            request,
-            value,
-            index,
+        Setup {
             length,
-        )
+            ..Setup::vendor_out(request, value, index)
+        }
+        .toward(Direction::In)
     }
 
     /// A class request to interface `interface` that sends `length` bytes
@@ -350,15 +346,20 @@ impl Setup {
     /// A class request that reads `length` bytes from interface
     /// `interface`.
     pub fn class_in(request: u8, value: u16, interface: u8, length: u16) -> Setup {
-        Setup::new(
-            Direction::In,
-            RequestKind::Class,
-            Recipient::Interface,
-            request,
-            value,
-            u16::from(interface),
-            length,
-        )
+        Setup::class_out(request, value, interface, length).toward(Direction::In)
+    }
+
+    /// The same request with its data stage (bit 7 of `bmRequestType`)
+    /// going `direction`.
+    pub fn toward(self, direction: Direction) -> Setup {
+        let rest = self.request_type & 0x7f;
+        Setup {
+            request_type: match direction {
+                Direction::In => rest | 0x80,
+                Direction::Out => rest,
+            },
+            ..self
+        }
     }
 
     /// Which way the data stage goes.

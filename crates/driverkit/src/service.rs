@@ -144,6 +144,14 @@ pub trait IOServiceApi {
     fn copy_property(&self, key: &str) -> IOResult<Option<plist::Value>> {
         proxy(self.target_id(), 0).copy_property(key.to_owned())
     }
+    /// One registry property that is a number (an `OSNumber`'s
+    /// `unsigned64BitValue`): `None` when it is missing or not an unsigned
+    /// integer.
+    fn copy_number_property(&self, key: &str) -> IOResult<Option<u64>> {
+        Ok(self
+            .copy_property(key)?
+            .and_then(|v| v.as_unsigned_integer()))
+    }
     /// Removes one registry property.
     fn remove_property(&self, key: &str) -> IOResult<()> {
         proxy(self.target_id(), 0).remove_property(key.to_owned())

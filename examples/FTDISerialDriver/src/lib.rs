@@ -446,14 +446,10 @@ mod tests {
     use super::*;
     use driverkit::runtime::instantiate;
 
-    /// The driver as `init` leaves it, outside any daemon (no chip).
-    fn driver() -> std::sync::Arc<FTDISerialDriver> {
-        instantiate::<FTDISerialDriver>().unwrap()
-    }
-
     #[test]
     fn a_line_the_chip_cannot_carry_is_refused_before_it_is_asked() {
-        let d = driver();
+        // The driver as `init` leaves it, outside any daemon (no chip).
+        let d = instantiate::<FTDISerialDriver>().unwrap();
         // The FT232 has 7 or 8 data bits and no 1.5 stop bits.
         assert_eq!(
             d.hw_program_uart(9600, 5, 2, Parity::None),
@@ -479,7 +475,7 @@ mod tests {
 
     #[test]
     fn init_leaves_8n1_and_calls_without_a_chip_say_not_ready() {
-        let d = driver();
+        let d = instantiate::<FTDISerialDriver>().unwrap();
         let i = d.ivars();
         assert_eq!(i.data_bits.load(Ordering::Relaxed), 8);
         assert_eq!(i.half_stop_bits.load(Ordering::Relaxed), 2);

@@ -20,49 +20,10 @@ use driverkit::runtime::ClassEntry;
 
 pub const EXECUTABLE: &str = "DriverKitBenchDriver";
 
-pub const INFO_PLIST: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
-<plist version="1.0">
-<dict>
-	<key>CFBundleIdentifier</key><string>org.driverkit.BenchDriver</string>
-	<key>CFBundleExecutable</key><string>DriverKitBenchDriver</string>
-	<key>CFBundleVersion</key><string>1</string>
-	<key>CFBundleShortVersionString</key><string>1.0</string>
-	<key>OSBundleUsageDescription</key><string>Benchmarks.</string>
-	<key>IOKitPersonalities</key>
-	<dict>
-		<key>BenchDriver</key>
-		<dict>
-			<key>CFBundleIdentifier</key><string>org.driverkit.BenchDriver</string>
-			<key>IOClass</key><string>IOUserService</string>
-			<key>IOUserClass</key><string>BenchDriver</string>
-			<key>IOUserServerName</key><string>org.driverkit.BenchDriver</string>
-			<key>IOProviderClass</key><string>IOVirtualDevice</string>
-			<key>IOPropertyMatch</key><dict><key>BenchDevice</key><true/></dict>
-		</dict>
-		<key>PCIBench</key>
-		<dict>
-			<key>CFBundleIdentifier</key><string>org.driverkit.BenchDriver</string>
-			<key>IOClass</key><string>IOUserService</string>
-			<key>IOUserClass</key><string>PCIBenchDriver</string>
-			<key>IOUserServerName</key><string>org.driverkit.BenchDriver</string>
-			<key>IOProviderClass</key><string>IOPCIDevice</string>
-			<key>IOPCIPrimaryMatch</key><string>0x11e81234</string>
-		</dict>
-	</dict>
-</dict>
-</plist>
-"#;
+pub const INFO_PLIST: &str = include_str!("BenchDriver.Info.plist");
 
 /// The bench driver's entitlements: the edu function for PCIBenchDriver.
-pub const ENTITLEMENTS: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
-<plist version="1.0">
-<dict>
-	<key>com.apple.developer.driverkit</key><true/>
-	<key>com.apple.developer.driverkit.transport.pci</key>
-	<array><dict><key>IOPCIPrimaryMatch</key><string>0x11e81234</string></dict></array>
-</dict>
-</plist>
-"#;
+pub const ENTITLEMENTS: &str = include_str!("BenchDriver.Entitlements.plist");
 
 pub fn classes() -> Vec<ClassEntry> {
     vec![
@@ -81,12 +42,8 @@ impl IOServiceImpl for BenchDriver {
 
     fn start(&self, provider: &IOService) -> IOResult<()> {
         self.super_start(provider)?;
-        let number = |key: &str| -> IOResult<u64> {
-            Ok(provider
-                .copy_property(key)?
-                .and_then(|v| v.as_unsigned_integer())
-                .unwrap_or(0))
-        };
+        let number =
+            |key| -> IOResult<u64> { Ok(provider.copy_number_property(key)?.unwrap_or(0)) };
         let calls = number("BenchSuperCalls")?;
         let (cold, gap) = (number("BenchColdCalls")?, number("BenchColdGapUs")?);
         for (n, gap, p50, p99) in [

@@ -69,13 +69,7 @@ impl IOServiceImpl for PCIBenchDriver {
 
     fn start(&self, provider: &IOService) -> IOResult<()> {
         self.super_start(provider)?;
-        let number = |key: &str| -> IOResult<u64> {
-            Ok(provider
-                .copy_property(key)?
-                .and_then(|v| v.as_unsigned_integer())
-                .unwrap_or(0)
-                .max(1))
-        };
+        let number = |key| Ok(provider.copy_number_property(key)?.unwrap_or(1).max(1));
         let (n, batch) = (number("BenchPciBatches")?, number("BenchPciBatch")?);
         let pci = IOPCIDevice::from_provider(provider);
         pci.open()?;

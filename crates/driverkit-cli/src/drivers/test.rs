@@ -39,29 +39,7 @@ use driverkit::runtime::ClassEntry;
 
 pub const EXECUTABLE: &str = "DriverKitTestDriver";
 
-pub const INFO_PLIST: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
-<plist version="1.0">
-<dict>
-	<key>CFBundleIdentifier</key><string>org.driverkit.TestDriver</string>
-	<key>CFBundleExecutable</key><string>DriverKitTestDriver</string>
-	<key>CFBundleVersion</key><string>1</string>
-	<key>CFBundleShortVersionString</key><string>1.0</string>
-	<key>OSBundleUsageDescription</key><string>Fault injection for tests.</string>
-	<key>IOKitPersonalities</key>
-	<dict>
-		<key>TestDriver</key>
-		<dict>
-			<key>CFBundleIdentifier</key><string>org.driverkit.TestDriver</string>
-			<key>IOClass</key><string>IOUserService</string>
-			<key>IOUserClass</key><string>TestDriver</string>
-			<key>IOUserServerName</key><string>org.driverkit.TestDriver</string>
-			<key>IOProviderClass</key><string>IOVirtualDevice</string>
-			<key>IOPropertyMatch</key><dict><key>TestDevice</key><true/></dict>
-		</dict>
-	</dict>
-</dict>
-</plist>
-"#;
+pub const INFO_PLIST: &str = include_str!("TestDriver.Info.plist");
 
 pub fn classes() -> Vec<ClassEntry> {
     vec![driverkit::runtime::class::<TestDriver>()]

@@ -129,15 +129,7 @@ impl Prepared {
         env: &[(&OsStr, &OsStr)],
         confinement: Confinement,
     ) -> io::Result<Prepared> {
-        let Confinement {
-            credentials,
-            ruleset,
-            filter,
-            log_refusals,
-            cgroup,
-            limits,
-        } = confinement;
-        let filter = filter.map(|compiled| Filter {
+        let filter = confinement.filter.map(|compiled| Filter {
             main: UnsafeCell::new(compiled.main.clone()),
             compiled,
         });
@@ -162,12 +154,12 @@ impl Prepared {
             argv: pointers(&strings[..1]),
             envp: pointers(&strings[1..]),
             _strings: strings,
-            credentials,
-            ruleset,
+            credentials: confinement.credentials,
+            ruleset: confinement.ruleset,
             filter,
-            log_refusals,
-            cgroup,
-            limits,
+            log_refusals: confinement.log_refusals,
+            cgroup: confinement.cgroup,
+            limits: confinement.limits,
         })
     }
 

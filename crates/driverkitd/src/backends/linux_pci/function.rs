@@ -141,6 +141,14 @@ impl LinuxPciFunction {
         sysfs::driver(&self.path)
     }
 
+    /// `access` on BAR `index` where it is mapped (a memory BAR of a
+    /// claimed function); `None` sends the caller to VFIO's region.
+    fn with_mapped_bar<T>(&self, index: u8, access: impl FnOnce(&SharedMemory) -> T) -> Option<T> {
+        let claimed = self.lock();
+        let bar = claimed.as_ref()?.bars[usize::from(index)].as_ref()?;
+        Some(access(bar))
+    }
+
     fn region_read(&self, region: u32, offset: u64, width: Width) -> u64 {
         let mut bytes = [0xffu8; 8];
         let n = width.bytes() as usize;
@@ -281,42 +289,25 @@ impl PciDevice for LinuxPciFunction {
     /// A load of exactly `width` from the mapped BAR (the family checked
     /// the offset), or VFIO's region for an I/O BAR.
     fn bar_read(&self, index: u8, offset: u64, width: Width) -> u64 {
-        {
-            let claimed = self.lock();
-            let bar = claimed
-                .as_ref()
-                .and_then(|c| c.bars[usize::from(index)].as_ref());
-            if let Some(m) = bar {
-                let at = offset as usize;
-                return match width {
-                    Width::W8 => m.u8_at(at).load(Ordering::Acquire).into(),
-                    Width::W16 => m.u16_at(at).load(Ordering::Acquire).into(),
-                    Width::W32 => m.u32_at(at).load(Ordering::Acquire).into(),
-                    Width::W64 => m.u64_at(at).load(Ordering::Acquire),
-                };
-            }
-        }
-        self.region_read(index.into(), offset, width)
+        let at = offset as usize;
+        let mapped = self.with_mapped_bar(index, |m| match width {
+            Width::W8 => m.u8_at(at).load(Ordering::Acquire).into(),
+            Width::W16 => m.u16_at(at).load(Ordering::Acquire).into(),
+            Width::W32 => m.u32_at(at).load(Ordering::Acquire).into(),
+            Width::W64 => m.u64_at(at).load(Ordering::Acquire),
+        });
+        mapped.unwrap_or_else(|| self.region_read(index.into(), offset, width))
     }
 
     fn bar_write(&self, index: u8, offset: u64, width: Width, value: u64) {
-        let mapped = {
-            let claimed = self.lock();
-            let bar = claimed
-                .as_ref()
-                .and_then(|c| c.bars[usize::from(index)].as_ref());
-            if let Some(m) = bar {
-                let at = offset as usize;
-                match width {
-                    Width::W8 => m.u8_at(at).store(value as u8, Ordering::Release),
-                    Width::W16 => m.u16_at(at).store(value as u16, Ordering::Release),
-                    Width::W32 => m.u32_at(at).store(value as u32, Ordering::Release),
-                    Width::W64 => m.u64_at(at).store(value, Ordering::Release),
-                }
-            }
-            bar.is_some()
-        };
-        if !mapped {
+        let at = offset as usize;
+        let mapped = self.with_mapped_bar(index, |m| match width {
+            Width::W8 => m.u8_at(at).store(value as u8, Ordering::Release),
+            Width::W16 => m.u16_at(at).store(value as u16, Ordering::Release),
+            Width::W32 => m.u32_at(at).store(value as u32, Ordering::Release),
+            Width::W64 => m.u64_at(at).store(value, Ordering::Release),
+        });
+        if mapped.is_none() {
             self.region_write(index.into(), offset, width, value);
         }
         // The driver's write is typically its acknowledgment: a masked

@@ -20,91 +20,52 @@ enum ClassRule {
     NotVendor,
 }
 
-struct Row {
-    keys: &'static [&'static str],
-    score: i64,
-    rule: ClassRule,
-}
-
-const DEVICE_LADDER: &[Row] = &[
-    Row {
-        keys: &["idVendor", "idProduct", "bcdDevice"],
-        score: 100_000,
-        rule: ClassRule::Any,
-    },
-    Row {
-        keys: &["idVendor", "idProduct"],
-        score: 90_000,
-        rule: ClassRule::Any,
-    },
-    Row {
-        keys: &["idVendor", "bDeviceSubClass", "bDeviceProtocol"],
-        score: 80_000,
-        rule: ClassRule::VendorOnly,
-    },
-    Row {
-        keys: &["idVendor", "bDeviceSubClass"],
-        score: 70_000,
-        rule: ClassRule::VendorOnly,
-    },
-    Row {
-        keys: &["bDeviceClass", "bDeviceSubClass", "bDeviceProtocol"],
-        score: 60_000,
-        rule: ClassRule::NotVendor,
-    },
-    Row {
-        keys: &["bDeviceClass", "bDeviceSubClass"],
-        score: 50_000,
-        rule: ClassRule::NotVendor,
-    },
+/// A rung of a ladder: its score and when it applies. Both ladders have
+/// the same six: product-specific, product, two vendor-specific (class
+/// 0xFF) and two class rungs.
+const RUNGS: [(i64, ClassRule); 6] = [
+    (100_000, ClassRule::Any),
+    (90_000, ClassRule::Any),
+    (80_000, ClassRule::VendorOnly),
+    (70_000, ClassRule::VendorOnly),
+    (60_000, ClassRule::NotVendor),
+    (50_000, ClassRule::NotVendor),
 ];
 
-const INTERFACE_LADDER: &[Row] = &[
-    Row {
-        keys: &[
-            "idVendor",
-            "idProduct",
-            "bcdDevice",
-            "bConfigurationValue",
-            "bInterfaceNumber",
-        ],
-        score: 100_000,
-        rule: ClassRule::Any,
-    },
-    Row {
-        keys: &[
-            "idVendor",
-            "idProduct",
-            "bConfigurationValue",
-            "bInterfaceNumber",
-        ],
-        score: 90_000,
-        rule: ClassRule::Any,
-    },
-    Row {
-        keys: &["idVendor", "bInterfaceSubClass", "bInterfaceProtocol"],
-        score: 80_000,
-        rule: ClassRule::VendorOnly,
-    },
-    Row {
-        keys: &["idVendor", "bInterfaceSubClass"],
-        score: 70_000,
-        rule: ClassRule::VendorOnly,
-    },
-    Row {
-        keys: &[
-            "bInterfaceClass",
-            "bInterfaceSubClass",
-            "bInterfaceProtocol",
-        ],
-        score: 60_000,
-        rule: ClassRule::NotVendor,
-    },
-    Row {
-        keys: &["bInterfaceClass", "bInterfaceSubClass"],
-        score: 50_000,
-        rule: ClassRule::NotVendor,
-    },
+/// The keys of each rung, for devices.
+const DEVICE_LADDER: [&[&str]; 6] = [
+    &["idVendor", "idProduct", "bcdDevice"],
+    &["idVendor", "idProduct"],
+    &["idVendor", "bDeviceSubClass", "bDeviceProtocol"],
+    &["idVendor", "bDeviceSubClass"],
+    &["bDeviceClass", "bDeviceSubClass", "bDeviceProtocol"],
+    &["bDeviceClass", "bDeviceSubClass"],
+];
+
+/// The keys of each rung, for interfaces: a product's interface is named
+/// by its configuration and number.
+const INTERFACE_LADDER: [&[&str]; 6] = [
+    &[
+        "idVendor",
+        "idProduct",
+        "bcdDevice",
+        "bConfigurationValue",
+        "bInterfaceNumber",
+    ],
+    &[
+        "idVendor",
+        "idProduct",
+        "bConfigurationValue",
+        "bInterfaceNumber",
+    ],
+    &["idVendor", "bInterfaceSubClass", "bInterfaceProtocol"],
+    &["idVendor", "bInterfaceSubClass"],
+    &[
+        "bInterfaceClass",
+        "bInterfaceSubClass",
+        "bInterfaceProtocol",
+    ],
+    &["bInterfaceClass", "bInterfaceSubClass"],
 ];
 
 /// Every key either ladder uses, plus the mask.
@@ -125,7 +86,7 @@ const USB_KEYS: &[&str] = &[
 /// Matches personalities against `IOUSBHostDevice` or `IOUSBHostInterface`.
 pub struct UsbMatcher {
     class: &'static str,
-    ladder: &'static [Row],
+    ladder: [&'static [&'static str]; 6],
     class_key: &'static str,
 }
 
@@ -175,20 +136,20 @@ impl FamilyMatcher for UsbMatcher {
             return Some(0);
         }
         present.sort_unstable();
-        let row = self.ladder.iter().find(|r| {
-            let mut keys = r.keys.to_vec();
+        let rung = self.ladder.iter().position(|keys| {
+            let mut keys = keys.to_vec();
             keys.sort_unstable();
             keys == present
         })?;
+        let (keys, (mut score, rule)) = (self.ladder[rung], RUNGS[rung]);
         let class = target.properties.get(self.class_key).and_then(number);
-        match (row.rule, class) {
+        match (rule, class) {
             (ClassRule::VendorOnly, Some(c)) if c != 0xFF => return None,
             (ClassRule::VendorOnly, None) => return None,
             (ClassRule::NotVendor, Some(0xFF)) => return None,
             _ => {}
         }
-        let mut score = row.score;
-        for key in row.keys {
+        for key in keys {
             let wanted = &props[*key];
             if is_wildcard(wanted) {
                 score -= 1000;
