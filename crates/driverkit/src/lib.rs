@@ -69,7 +69,7 @@ pub use runtime::dynamic_cast as OSDynamicCast;
 pub use serial::{IOUARTDevice, IOUserSerial, IOUserSerialApi, IOUserSerialImpl, ModemStatus};
 pub use service::{IOService, IOServiceApi, IOServiceImpl, IOServiceSuper, WhileStarted};
 pub use timer::IOTimerDispatchSource;
-pub use usb::{IOUSBHostDevice, IOUSBHostInterface, IOUSBHostPipe};
+pub use usb::{IOUSBHostDevice, IOUSBHostInterface, IOUSBHostPipe, TransferSlots};
 pub use user_client::{IOUserClient, IOUserClientImpl};
 
 /// Logging macros for drivers (lines go to the system's log).
@@ -92,7 +92,7 @@ pub mod prelude {
     pub use crate::{
         IOHIDElement, IOUSBHostDevice, IOUSBHostInterface, IOUSBHostPipe, IOUserHIDDevice,
         IOUserHIDDeviceApi, IOUserHIDDeviceImpl, IOUserHIDEventService, IOUserHIDEventServiceApi,
-        IOUserHIDEventServiceImpl,
+        IOUserHIDEventServiceImpl, TransferSlots,
     };
     pub use crate::{IOUARTDevice, IOUserSerial, IOUserSerialApi, IOUserSerialImpl, ModemStatus};
     pub use crate::{IOUserClient, IOUserClientImpl};

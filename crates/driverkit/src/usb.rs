@@ -23,7 +23,7 @@ use driverkit_wire::interfaces::{
 };
 use driverkit_wire::{Bytes, IOResult, IOReturn, ObjectId};
 
-use crate::memory::IOBufferMemoryDescriptor;
+use crate::memory::{IOBufferMemoryDescriptor, IOMemoryDescriptor};
 use crate::runtime::SystemCaller;
 use crate::service::{IOService, IOServiceApi};
 use crate::OSAction;
@@ -326,5 +326,98 @@ impl IOUSBHostPipe {
     /// `with_request`.
     pub fn clear_stall(&self, with_request: bool) -> IOResult<()> {
         pipe_proxy(self.id).clear_stall(with_request)
+    }
+}
+
+/// Transfers a driver keeps in flight on one pipe, as it queues several
+/// bulk-IN reads so that the device never waits for the next one (or
+/// several bulk-OUT writes): per slot a buffer and the completion action,
+/// whose reference's first byte is the slot's number, so that a completion
+/// knows which buffer it finished.
+///
+/// ```text
+/// let reads = TransferSlots::create(4, 512, || self.create_action_read_done(1))?;
+/// for slot in 0..reads.len() { reads.submit(&bulk_in, slot, reads.size())?; }
+/// // in read_done(action, status, actual):
+/// let slot = TransferSlots::slot_of(action);
+/// let bytes = reads.received(slot, actual)?;
+/// ```
+pub struct TransferSlots {
+    size: usize,
+    slots: Vec<(IOBufferMemoryDescriptor, OSAction)>,
+}
+
+impl TransferSlots {
+    /// `count` slots (at most 256) of `size` bytes; `action` makes each
+    /// slot's completion, with a reference of at least one byte.
+    pub fn create(
+        count: usize,
+        size: usize,
+        mut action: impl FnMut() -> IOResult<OSAction>,
+    ) -> IOResult<TransferSlots> {
+        let count = u8::try_from(count.saturating_sub(1)).map_err(|_| IOReturn::BAD_ARGUMENT)?;
+        let mut slots = Vec::new();
+        for slot in 0..=count {
+            let action = action()?;
+            *action
+                .reference()
+                .first_mut()
+                .ok_or(IOReturn::BAD_ARGUMENT)? = slot;
+            slots.push((IOBufferMemoryDescriptor::create(size)?, action));
+        }
+        Ok(TransferSlots { size, slots })
+    }
+
+    /// The slot whose transfer `action` (one of these slots') completed.
+    pub fn slot_of(action: &OSAction) -> usize {
+        action.reference().first().copied().map_or(0, usize::from)
+    }
+
+    /// How many slots there are.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Each slot's buffer size: the most one transfer moves.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Starts `slot`'s read of up to `length` bytes on `pipe`, with no
+    /// timeout (a read waits for the device).
+    pub fn submit(&self, pipe: &IOUSBHostPipe, slot: usize, length: usize) -> IOResult<()> {
+        let (buffer, action) = self.slots.get(slot).ok_or(IOReturn::BAD_ARGUMENT)?;
+        pipe.async_io(buffer, length, action, 0)
+    }
+
+    /// Fills `slot`'s buffer with `data` and starts its transfer on `pipe`,
+    /// completed with `kIOReturnTimeout` after `timeout_ms` (0: never).
+    pub fn send(
+        &self,
+        pipe: &IOUSBHostPipe,
+        slot: usize,
+        data: &[u8],
+        timeout_ms: u32,
+    ) -> IOResult<()> {
+        if data.len() > self.size {
+            return Err(IOReturn::BAD_ARGUMENT);
+        }
+        let (buffer, action) = self.slots.get(slot).ok_or(IOReturn::BAD_ARGUMENT)?;
+        buffer.create_mapping()?.write(0, data)?;
+        pipe.async_io(buffer, data.len(), action, timeout_ms)
+    }
+
+    /// What `slot`'s completed read brought: the first `actual` bytes of
+    /// its buffer (at most its size).
+    pub fn received(&self, slot: usize, actual: u64) -> IOResult<Vec<u8>> {
+        let (buffer, _) = self.slots.get(slot).ok_or(IOReturn::BAD_ARGUMENT)?;
+        let mut data = vec![0u8; usize::try_from(actual).map_or(self.size, |n| n.min(self.size))];
+        buffer.create_mapping()?.read(0, &mut data)?;
+        Ok(data)
     }
 }

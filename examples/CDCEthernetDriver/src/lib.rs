@@ -83,8 +83,8 @@ struct Usb {
     bulk_out: IOUSBHostPipe,
     notify: Option<IOUSBHostPipe>,
     max_packet: usize,
-    reads: Vec<(IOBufferMemoryDescriptor, OSAction)>,
-    writes: Vec<(IOBufferMemoryDescriptor, OSAction)>,
+    reads: TransferSlots,
+    writes: TransferSlots,
     status: (IOBufferMemoryDescriptor, OSAction),
 }
 
@@ -124,10 +124,10 @@ fn step<T>(what: &str, result: IOResult<T>) -> IOResult<T> {
 
 impl CDCEthernetDriver {
     fn submit_read(&self, slot: usize) {
-        let submitted = self.ivars().usb.with(|u| {
-            let (buffer, action) = u.reads.get(slot).ok_or(IOReturn::BAD_ARGUMENT)?;
-            u.bulk_in.async_io(buffer, TRANSFER, action, 0)
-        });
+        let submitted = self
+            .ivars()
+            .usb
+            .with(|u| u.reads.submit(&u.bulk_in, slot, TRANSFER));
         if let Err(e) = submitted {
             driverkit::warn!("bulk IN read {slot}: {e}");
         }
@@ -202,13 +202,7 @@ impl CDCEthernetDriver {
             let sent = self.packet_data(&packet, &mut frame).and_then(|()| {
                 self.ivars().usb.with(|u| {
                     cdc::pad_for_bulk(&mut frame, u.max_packet);
-                    let (buffer, action) = &u.writes[slot];
-                    if frame.len() > TRANSFER {
-                        return Err(IOReturn::BAD_ARGUMENT);
-                    }
-                    buffer.create_mapping()?.write(0, &frame)?;
-                    u.bulk_out
-                        .async_io(buffer, frame.len(), action, CONTROL_TIMEOUT_MS)
+                    u.writes.send(&u.bulk_out, slot, &frame, CONTROL_TIMEOUT_MS)
                 })
             });
             match sent {
@@ -296,18 +290,8 @@ impl IOServiceImpl for CDCEthernetDriver {
             .find(|e| e.transfer_type == TransferType::Interrupt && e.address & 0x80 != 0)
             .map(|e| step("the interrupt pipe", control.copy_pipe(e.address)))
             .transpose()?;
-        let mut reads = Vec::new();
-        for slot in 0..READS {
-            let action = self.create_action_read_done(1)?;
-            action.reference()[0] = slot as u8;
-            reads.push((IOBufferMemoryDescriptor::create(TRANSFER)?, action));
-        }
-        let mut writes = Vec::new();
-        for slot in 0..WRITES {
-            let action = self.create_action_write_done(1)?;
-            action.reference()[0] = slot as u8;
-            writes.push((IOBufferMemoryDescriptor::create(TRANSFER)?, action));
-        }
+        let reads = TransferSlots::create(READS, TRANSFER, || self.create_action_read_done(1))?;
+        let writes = TransferSlots::create(WRITES, TRANSFER, || self.create_action_write_done(1))?;
         let status = (
             IOBufferMemoryDescriptor::create(NOTIFICATION)?,
             self.create_action_notified(0)?,
@@ -436,22 +420,22 @@ impl CDCEthernetDriver {
     /// A bulk-IN transfer: one frame.
     #[action(IOService::CompleteAsync)]
     fn read_done(&self, action: &OSAction, status: IOReturn, actual: u64) {
-        let slot = usize::from(action.reference()[0]);
-        if status != IOReturn::SUCCESS {
-            if status != IOReturn::ABORTED {
-                driverkit::warn!("bulk IN: {status}");
-                self.submit_read(slot);
+        let slot = TransferSlots::slot_of(action);
+        if status == IOReturn::ABORTED {
+            return;
+        }
+        let read = match status {
+            IOReturn::SUCCESS => self.ivars().usb.with(|u| u.reads.received(slot, actual)),
+            failed => Err(failed),
+        };
+        // A failed read goes out again: the reads in flight stay as many.
+        let frame = match read {
+            Ok(frame) => frame,
+            Err(e) => {
+                driverkit::warn!("bulk IN: {e}");
+                return self.submit_read(slot);
             }
-            return;
-        }
-        let mut frame = vec![0u8; (actual as usize).min(TRANSFER)];
-        let read = self.ivars().usb.with(|u| {
-            let (buffer, _) = u.reads.get(slot).ok_or(IOReturn::BAD_ARGUMENT)?;
-            buffer.create_mapping()?.read(0, &mut frame)
-        });
-        if read.is_err() {
-            return;
-        }
+        };
         if !frame.is_empty() {
             let mut held = self.ivars().held.locked();
             if !held.is_empty() || !self.deliver(&frame) {
@@ -465,7 +449,7 @@ impl CDCEthernetDriver {
     /// A bulk-OUT transfer ended: its buffer goes back; the next frame goes.
     #[action(IOService::CompleteAsync)]
     fn write_done(&self, action: &OSAction, status: IOReturn, _actual: u64) {
-        let slot = usize::from(action.reference()[0]);
+        let slot = TransferSlots::slot_of(action);
         if status != IOReturn::SUCCESS && status != IOReturn::ABORTED {
             driverkit::warn!("bulk OUT: {status}");
         }

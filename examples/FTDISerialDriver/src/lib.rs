@@ -101,7 +101,7 @@ struct Usb {
     interface: IOUSBHostInterface,
     bulk_in: IOUSBHostPipe,
     bulk_out: IOUSBHostPipe,
-    reads: Vec<(IOBufferMemoryDescriptor, OSAction)>,
+    reads: TransferSlots,
     write: (IOBufferMemoryDescriptor, OSAction),
 }
 
@@ -163,10 +163,10 @@ impl FTDISerialDriver {
     }
 
     fn submit_read(&self, slot: usize) {
-        let submitted = self.ivars().usb.with(|u| {
-            let (buffer, action) = u.reads.get(slot).ok_or(IOReturn::BAD_ARGUMENT)?;
-            u.bulk_in.async_io(buffer, READ, action, 0)
-        });
+        let submitted = self
+            .ivars()
+            .usb
+            .with(|u| u.reads.submit(&u.bulk_in, slot, READ));
         if let Err(e) = submitted {
             driverkit::warn!("bulk IN read {slot}: {e}");
         }
@@ -229,12 +229,7 @@ impl IOServiceImpl for FTDISerialDriver {
         let interface = IOUSBHostInterface::from_provider(provider);
         let bulk_in = interface.copy_pipe_of(TransferType::Bulk, Direction::In)?;
         let bulk_out = interface.copy_pipe_of(TransferType::Bulk, Direction::Out)?;
-        let mut reads = Vec::new();
-        for slot in 0..READS {
-            let action = self.create_action_read_done(1)?;
-            action.reference()[0] = slot as u8;
-            reads.push((IOBufferMemoryDescriptor::create(READ)?, action));
-        }
+        let reads = TransferSlots::create(READS, READ, || self.create_action_read_done(1))?;
         let write = (
             IOBufferMemoryDescriptor::create(WRITE)?,
             self.create_action_write_done(0)?,
@@ -386,20 +381,16 @@ impl FTDISerialDriver {
     /// A bulk-IN packet: status, then bytes for the tty.
     #[action(IOService::CompleteAsync)]
     fn read_done(&self, action: &OSAction, status: IOReturn, actual: u64) {
-        let slot = usize::from(action.reference()[0]);
-        let mut transfer = vec![0u8; (actual as usize).min(READ)];
+        let slot = TransferSlots::slot_of(action);
         let read = if status == IOReturn::SUCCESS {
-            self.ivars().usb.with(|u| {
-                let (buffer, _) = u.reads.get(slot).ok_or(IOReturn::BAD_ARGUMENT)?;
-                buffer.create_mapping()?.read(0, &mut transfer)
-            })
+            self.ivars().usb.with(|u| u.reads.received(slot, actual))
         } else {
             Err(status)
         };
-        if let Err(e) = read {
-            self.read_failed(slot, e);
-            return;
-        }
+        let transfer = match read {
+            Ok(transfer) => transfer,
+            Err(e) => return self.read_failed(slot, e),
+        };
         self.ivars().read_failures.store(0, Ordering::Relaxed);
         // Each packet of the transfer: its status, then its data.
         let mut data = Vec::with_capacity(transfer.len());
