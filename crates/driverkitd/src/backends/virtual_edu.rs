@@ -44,7 +44,7 @@ use driverkit_wire::shm::SharedMemory;
 use driverkit_wire::{IOResult, IOReturn};
 
 use super::interrupts::Subscribers;
-use crate::families::pci::{Bar, MappedBar, PciDevice};
+use crate::families::pci::{Bar, DmaWindow, MappedBar, PciDevice};
 
 pub const VENDOR: u16 = 0x1234;
 pub const DEVICE: u16 = 0x11e8;
@@ -89,14 +89,6 @@ struct Registers {
     dma_count: u64,
     dma_cmd: u64,
     buffer: Vec<u8>,
-}
-
-/// One window of the model's IOMMU.
-struct DmaWindow {
-    address: u64,
-    length: u64,
-    region: Arc<SharedMemory>,
-    offset: usize,
 }
 
 struct State {
@@ -348,7 +340,7 @@ impl Shared {
             let window = st
                 .windows
                 .iter()
-                .find(|w| ram >= w.address && ram + count <= w.address + w.length);
+                .find(|w| ram >= w.address && ram + count <= w.address + w.length as u64);
             match window {
                 None => {
                     let why = format!("{count} bytes at {ram:#x}: no DMA mapping covers it");
@@ -531,19 +523,9 @@ impl PciDevice for VirtualEdu {
         self.shared.vector.add(region)
     }
 
-    fn dma_map(
-        &self,
-        address: u64,
-        region: Arc<SharedMemory>,
-        offset: usize,
-        length: usize,
-    ) -> IOResult<()> {
-        self.shared.lock().windows.push(DmaWindow {
-            address,
-            length: length as u64,
-            region,
-            offset,
-        });
+    /// The model's IOMMU keeps the window.
+    fn dma_map(&self, window: DmaWindow) -> IOResult<()> {
+        self.shared.lock().windows.push(window);
         Ok(())
     }
 
@@ -650,7 +632,13 @@ mod tests {
         on(&edu);
         let ram = Arc::new(SharedMemory::create("ram", 8192).unwrap());
         ram.write(4096, &[7u8; 2048]);
-        edu.dma_map(0x10_0000, ram.clone(), 4096, 4096).unwrap();
+        edu.dma_map(DmaWindow {
+            address: 0x10_0000,
+            region: ram.clone(),
+            offset: 4096,
+            length: 4096,
+        })
+        .unwrap();
         let dma = |src: u64, dst: u64, count: u64, cmd: u64| {
             edu.bar_write(0, regs::DMA_SRC, Width::W64, src);
             edu.bar_write(0, regs::DMA_DST, Width::W64, dst);

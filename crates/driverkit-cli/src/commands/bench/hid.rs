@@ -99,56 +99,43 @@ pub fn report_latency(root: &Path, n: usize) -> Result<Vec<Figure>, String> {
     daemon.shutdown();
     let (p50, p99) = percentiles(busy);
     let (i50, i99) = percentiles(idle);
-    let figure = |bench, (p50, p99), baseline: (&'static str, f64, f64), target| Figure {
-        bench,
-        unit: "us",
-        p50,
-        p99,
-        baseline: Some(baseline),
-        stat: Stat::Percentiles,
-        target,
-    };
     let at_most_2x = Some(Target::RatioAtMost(2.0));
-    let busy = "hid_report_latency";
-    let idle = "hid_report_latency_idle";
-    Ok(vec![
-        figure(
+    let busy = ("hid_report_latency", p50, p99);
+    let idle = ("hid_report_latency_idle", i50, i99);
+    // Each figure beside one baseline (µs), the target judged on the first
+    // of each path.
+    let rows = [
+        (
             busy,
-            (p50, p99),
-            ("raw_seqpacket_paced", paced_sock50, paced_sock99),
+            "raw_seqpacket_paced",
+            paced_sock50,
+            paced_sock99,
             at_most_2x,
         ),
-        figure(
-            busy,
-            (p50, p99),
-            ("raw_doorbell_chain_2", chain50, chain99),
-            None,
-        ),
-        figure(
-            busy,
-            (p50, p99),
-            ("raw_seqpacket", sock50 / 1e3, sock99 / 1e3),
-            None,
-        ),
-        figure(
-            busy,
-            (p50, p99),
-            ("raw_spin_shm", spin50 / 1e3, spin99 / 1e3),
-            None,
-        ),
-        figure(
+        (busy, "raw_doorbell_chain_2", chain50, chain99, None),
+        (busy, "raw_seqpacket", sock50 / 1e3, sock99 / 1e3, None),
+        (busy, "raw_spin_shm", spin50 / 1e3, spin99 / 1e3, None),
+        (
             idle,
-            (i50, i99),
-            ("raw_seqpacket_idle", idle_sock50 / 1e3, idle_sock99 / 1e3),
+            "raw_seqpacket_idle",
+            idle_sock50 / 1e3,
+            idle_sock99 / 1e3,
             at_most_2x,
         ),
-        figure(
-            idle,
-            (i50, i99),
-            ("raw_seqpacket", sock50 / 1e3, sock99 / 1e3),
-            None,
-        ),
-    ])
+        (idle, "raw_seqpacket", sock50 / 1e3, sock99 / 1e3, None),
+    ];
+    Ok(rows
+        .into_iter()
+        .map(|((bench, p50, p99), base, b50, b99, target)| Figure {
+            bench,
+            unit: "us",
+            p50,
+            p99,
+            baseline: Some((base, b50, b99)),
+            stat: Stat::Percentiles,
+            target,
+        })
+        .collect())
 }
 
 /// How long the idle figure's path sleeps before each report: past every

@@ -30,7 +30,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::sysfs;
 use crate::backends::interrupts::Subscribers;
-use crate::families::pci::{Bar, MappedBar, PciDevice};
+use crate::families::pci::{Bar, DmaWindow, MappedBar, PciDevice};
 
 /// VFIO's PCI indices (`linux/vfio.h`): the configuration space region,
 /// and the INTx, MSI and MSI-X interrupt sets.
@@ -402,13 +402,8 @@ impl PciDevice for LinuxPciFunction {
         self.vectors[index as usize].add(region)
     }
 
-    fn dma_map(
-        &self,
-        address: u64,
-        region: Arc<SharedMemory>,
-        offset: usize,
-        length: usize,
-    ) -> IOResult<()> {
+    fn dma_map(&self, window: DmaWindow) -> IOResult<()> {
+        let (address, region, length) = (window.address, window.region, window.length);
         let mut claimed = self.lock();
         let c = claimed.as_mut().ok_or(IOReturn::NOT_OPEN)?;
         // SAFETY: the range is inside the region's mapping, which stays
@@ -418,7 +413,7 @@ impl PciDevice for LinuxPciFunction {
         // reference to its bytes.
         let mapped = unsafe {
             c.container
-                .vfio_dma_map(address, length, region.as_ptr().add(offset))
+                .vfio_dma_map(address, length, region.as_ptr().add(window.offset))
         };
         mapped.map_err(|e| {
             tracing::warn!(

@@ -50,6 +50,16 @@ pub struct MappedBar {
     pub writes_trap: bool,
 }
 
+/// What a device's DMA may reach: `length` bytes of `region` from
+/// `offset` (both page-aligned, inside the region), at bus address
+/// `address`.
+pub struct DmaWindow {
+    pub address: u64,
+    pub region: Arc<SharedMemory>,
+    pub offset: usize,
+    pub length: usize,
+}
+
 /// What a PCI function does; its backend implements it. Every argument
 /// has been checked by the family: offsets are inside, aligned and of a
 /// width the space allows.
@@ -77,15 +87,8 @@ pub trait PciDevice: Send + Sync {
     fn configure_interrupts(&self, kind: pci::InterruptKind, min: u32, max: u32) -> IOResult<u32>;
     /// Delivers vector `index` into `region` from now on.
     fn subscribe_interrupt(&self, index: u32, region: &Arc<SharedMemory>) -> IOResult<()>;
-    /// Makes `length` bytes of `region` from `offset` (both page-aligned,
-    /// inside the region) reachable by the device's DMA at `address`.
-    fn dma_map(
-        &self,
-        address: u64,
-        region: Arc<SharedMemory>,
-        offset: usize,
-        length: usize,
-    ) -> IOResult<()>;
+    /// Makes `window` reachable by the device's DMA.
+    fn dma_map(&self, window: DmaWindow) -> IOResult<()>;
     /// The device can no longer reach `address..address + length`.
     fn dma_unmap(&self, address: u64, length: u64);
     /// A function-level reset: the power-on state, interrupts off.
@@ -427,8 +430,13 @@ impl IOPCIDeviceInterface for PciCall<'_> {
         let mapped_length = span
             .next_multiple_of(dma::PAGE)
             .min(region.len() as u64 - first_page);
-        if let Err(e) = device.dma_map(address, region, first_page as usize, mapped_length as usize)
-        {
+        let window = DmaWindow {
+            address,
+            region,
+            offset: first_page as usize,
+            length: mapped_length as usize,
+        };
+        if let Err(e) = device.dma_map(window) {
             if let Some(f) = self.family.lock().get_mut(&self.call.entry()) {
                 let _ = f.dma.release(address, self.call.server);
             }
