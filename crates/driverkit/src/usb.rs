@@ -336,21 +336,23 @@ impl IOUSBHostPipe {
 /// knows which buffer it finished.
 ///
 /// ```text
-/// let reads = TransferSlots::create(4, 512, || self.create_action_read_done(1))?;
-/// for slot in 0..reads.len() { reads.submit(&bulk_in, slot, reads.size())?; }
+/// let reads = TransferSlots::create(bulk_in, 4, 512, || self.create_action_read_done(1))?;
+/// for slot in 0..reads.len() { reads.read(slot)?; }
 /// // in read_done(action, status, actual):
 /// let slot = TransferSlots::slot_of(action);
 /// let bytes = reads.received(slot, actual)?;
 /// ```
 pub struct TransferSlots {
+    pipe: IOUSBHostPipe,
     size: usize,
     slots: Vec<(IOBufferMemoryDescriptor, OSAction)>,
 }
 
 impl TransferSlots {
-    /// `count` slots (at most 256) of `size` bytes; `action` makes each
-    /// slot's completion, with a reference of at least one byte.
+    /// `count` slots (at most 256) of `size` bytes on `pipe`; `action`
+    /// makes each slot's completion, with a reference of at least one byte.
     pub fn create(
+        pipe: IOUSBHostPipe,
         count: usize,
         size: usize,
         mut action: impl FnMut() -> IOResult<OSAction>,
@@ -365,7 +367,7 @@ impl TransferSlots {
                 .ok_or(IOReturn::BAD_ARGUMENT)? = slot;
             slots.push((IOBufferMemoryDescriptor::create(size)?, action));
         }
-        Ok(TransferSlots { size, slots })
+        Ok(TransferSlots { pipe, size, slots })
     }
 
     /// The slot whose transfer `action` (one of these slots') completed.
@@ -388,28 +390,27 @@ impl TransferSlots {
         self.size
     }
 
-    /// Starts `slot`'s read of up to `length` bytes on `pipe`, with no
-    /// timeout (a read waits for the device).
-    pub fn submit(&self, pipe: &IOUSBHostPipe, slot: usize, length: usize) -> IOResult<()> {
-        let (buffer, action) = self.slots.get(slot).ok_or(IOReturn::BAD_ARGUMENT)?;
-        pipe.async_io(buffer, length, action, 0)
+    /// The pipe the transfers go on.
+    pub fn pipe(&self) -> &IOUSBHostPipe {
+        &self.pipe
     }
 
-    /// Fills `slot`'s buffer with `data` and starts its transfer on `pipe`,
-    /// completed with `kIOReturnTimeout` after `timeout_ms` (0: never).
-    pub fn send(
-        &self,
-        pipe: &IOUSBHostPipe,
-        slot: usize,
-        data: &[u8],
-        timeout_ms: u32,
-    ) -> IOResult<()> {
+    /// Starts `slot`'s read of a whole buffer, with no timeout (a read
+    /// waits for the device).
+    pub fn read(&self, slot: usize) -> IOResult<()> {
+        let (buffer, action) = self.slots.get(slot).ok_or(IOReturn::BAD_ARGUMENT)?;
+        self.pipe.async_io(buffer, self.size, action, 0)
+    }
+
+    /// Fills `slot`'s buffer with `data` and starts its transfer, completed
+    /// with `kIOReturnTimeout` after `timeout_ms` (0: never).
+    pub fn send(&self, slot: usize, data: &[u8], timeout_ms: u32) -> IOResult<()> {
         if data.len() > self.size {
             return Err(IOReturn::BAD_ARGUMENT);
         }
         let (buffer, action) = self.slots.get(slot).ok_or(IOReturn::BAD_ARGUMENT)?;
         buffer.create_mapping()?.write(0, data)?;
-        pipe.async_io(buffer, data.len(), action, timeout_ms)
+        self.pipe.async_io(buffer, data.len(), action, timeout_ms)
     }
 
     /// What `slot`'s completed read brought: the first `actual` bytes of

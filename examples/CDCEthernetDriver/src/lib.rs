@@ -124,11 +124,7 @@ fn step<T>(what: &str, result: IOResult<T>) -> IOResult<T> {
 
 impl CDCEthernetDriver {
     fn submit_read(&self, slot: usize) {
-        let submitted = self
-            .ivars()
-            .usb
-            .with(|u| u.reads.submit(&u.bulk_in, slot, TRANSFER));
-        if let Err(e) = submitted {
+        if let Err(e) = self.ivars().usb.with(|u| u.reads.read(slot)) {
             driverkit::warn!("bulk IN read {slot}: {e}");
         }
     }
@@ -202,7 +198,7 @@ impl CDCEthernetDriver {
             let sent = self.packet_data(&packet, &mut frame).and_then(|()| {
                 self.ivars().usb.with(|u| {
                     cdc::pad_for_bulk(&mut frame, u.max_packet);
-                    u.writes.send(&u.bulk_out, slot, &frame, CONTROL_TIMEOUT_MS)
+                    u.writes.send(slot, &frame, CONTROL_TIMEOUT_MS)
                 })
             });
             match sent {
@@ -290,8 +286,13 @@ impl IOServiceImpl for CDCEthernetDriver {
             .find(|e| e.transfer_type == TransferType::Interrupt && e.address & 0x80 != 0)
             .map(|e| step("the interrupt pipe", control.copy_pipe(e.address)))
             .transpose()?;
-        let reads = TransferSlots::create(READS, TRANSFER, || self.create_action_read_done(1))?;
-        let writes = TransferSlots::create(WRITES, TRANSFER, || self.create_action_write_done(1))?;
+        let bulk_in = step("the bulk IN pipe", data.copy_pipe(bulk_in))?;
+        let bulk_out = step("the bulk OUT pipe", data.copy_pipe(bulk_out))?;
+        let reads =
+            TransferSlots::create(bulk_in, READS, TRANSFER, || self.create_action_read_done(1))?;
+        let writes = TransferSlots::create(bulk_out, WRITES, TRANSFER, || {
+            self.create_action_write_done(1)
+        })?;
         let status = (
             IOBufferMemoryDescriptor::create(NOTIFICATION)?,
             self.create_action_notified(0)?,
@@ -299,8 +300,8 @@ impl IOServiceImpl for CDCEthernetDriver {
         self.ivars().usb.set(Usb {
             control_number: control_descriptor.number,
             control,
-            bulk_in: step("the bulk IN pipe", data.copy_pipe(bulk_in))?,
-            bulk_out: step("the bulk OUT pipe", data.copy_pipe(bulk_out))?,
+            bulk_in,
+            bulk_out,
             notify,
             max_packet,
             reads,

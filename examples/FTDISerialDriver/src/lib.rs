@@ -163,11 +163,7 @@ impl FTDISerialDriver {
     }
 
     fn submit_read(&self, slot: usize) {
-        let submitted = self
-            .ivars()
-            .usb
-            .with(|u| u.reads.submit(&u.bulk_in, slot, READ));
-        if let Err(e) = submitted {
+        if let Err(e) = self.ivars().usb.with(|u| u.reads.read(slot)) {
             driverkit::warn!("bulk IN read {slot}: {e}");
         }
     }
@@ -229,7 +225,8 @@ impl IOServiceImpl for FTDISerialDriver {
         let interface = IOUSBHostInterface::from_provider(provider);
         let bulk_in = interface.copy_pipe_of(TransferType::Bulk, Direction::In)?;
         let bulk_out = interface.copy_pipe_of(TransferType::Bulk, Direction::Out)?;
-        let reads = TransferSlots::create(READS, READ, || self.create_action_read_done(1))?;
+        let reads =
+            TransferSlots::create(bulk_in, READS, READ, || self.create_action_read_done(1))?;
         let write = (
             IOBufferMemoryDescriptor::create(WRITE)?,
             self.create_action_write_done(0)?,
