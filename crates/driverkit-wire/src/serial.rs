@@ -468,15 +468,6 @@ pub mod tty_control {
     pub const PKT_IOCTL: u8 = 0x40;
 }
 
-/// Parity as `HwProgramUART` takes it (DriverKit's values).
-pub mod parity {
-    pub const NONE: u8 = 1;
-    pub const ODD: u8 = 2;
-    pub const EVEN: u8 = 3;
-    pub const MARK: u8 = 4;
-    pub const SPACE: u8 = 5;
-}
-
 /// The `arg` of `HwProgramFlowControl`: which flow control is on (the
 /// bits of IOSerialFamily's `PD_RS232_A_*` auto-flow flags).
 pub mod flow {
@@ -496,41 +487,55 @@ pub mod flow {
     pub const DTR: u32 = 1 << 6;
 }
 
-/// A line's parity, decoded from [`parity`]'s wire values.
+/// A line's parity, with the values `HwProgramUART` carries (DriverKit's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Parity {
-    None,
-    Odd,
-    Even,
+    None = 1,
+    Odd = 2,
+    Even = 3,
     /// The parity bit is always 1.
-    Mark,
+    Mark = 4,
     /// The parity bit is always 0.
-    Space,
+    Space = 5,
 }
 
 impl Parity {
+    /// Every parity, in wire order.
+    pub const ALL: [Parity; 5] = [
+        Parity::None,
+        Parity::Odd,
+        Parity::Even,
+        Parity::Mark,
+        Parity::Space,
+    ];
+
     /// The parity a wire value stands for; `None` for a value that is no
     /// parity.
     pub fn from_wire(value: u8) -> Option<Parity> {
-        Some(match value {
-            parity::NONE => Parity::None,
-            parity::ODD => Parity::Odd,
-            parity::EVEN => Parity::Even,
-            parity::MARK => Parity::Mark,
-            parity::SPACE => Parity::Space,
-            _ => return None,
-        })
+        Parity::ALL.into_iter().find(|p| p.to_wire() == value)
     }
 
     /// Its wire value (`HwProgramUART`'s `parity`).
     pub fn to_wire(self) -> u8 {
+        self as u8
+    }
+
+    /// Its name as `stty`, `ioreg` and `driverkit serial set` write it:
+    /// `none`, `odd`, `even`, `mark`, `space`.
+    pub fn name(self) -> &'static str {
         match self {
-            Parity::None => parity::NONE,
-            Parity::Odd => parity::ODD,
-            Parity::Even => parity::EVEN,
-            Parity::Mark => parity::MARK,
-            Parity::Space => parity::SPACE,
+            Parity::None => "none",
+            Parity::Odd => "odd",
+            Parity::Even => "even",
+            Parity::Mark => "mark",
+            Parity::Space => "space",
         }
+    }
+
+    /// The parity [`name`](Parity::name) gives `name`.
+    pub fn from_name(name: &str) -> Option<Parity> {
+        Parity::ALL.into_iter().find(|p| p.name() == name)
     }
 }
 
@@ -610,10 +615,14 @@ mod line_values {
         for value in 0..=255u8 {
             match Parity::from_wire(value) {
                 Some(p) => assert_eq!(p.to_wire(), value),
-                None => assert!(!(parity::NONE..=parity::SPACE).contains(&value)),
+                None => assert!(!(1..=5).contains(&value)),
             }
         }
-        assert_eq!(Parity::from_wire(parity::EVEN), Some(Parity::Even));
+        assert_eq!(Parity::from_wire(3), Some(Parity::Even));
+        for p in Parity::ALL {
+            assert_eq!(Parity::from_name(p.name()), Some(p));
+        }
+        assert_eq!(Parity::from_name("EVEN"), None);
         for bits in 0..128u32 {
             assert_eq!(FlowControl::from_wire(bits).to_wire(), bits);
         }

@@ -327,7 +327,7 @@ pub enum BadLine {
 }
 
 fn serial_request(daemon: &Daemon, request: SerialRequest) -> Result<serde_json::Value, Refusal> {
-    use driverkit_wire::serial::{flow, parity};
+    use driverkit_wire::serial::{flow, Parity};
     let (port, set) = match request {
         SerialRequest::SerialGet { port } => (port, None),
         SerialRequest::SerialSet { port, set } => (port, Some(set)),
@@ -351,14 +351,7 @@ fn serial_request(daemon: &Daemon, request: SerialRequest) -> Result<serde_json:
             line.data_bits = bits;
         }
         if let Some(p) = &set.parity {
-            line.parity = match p.as_str() {
-                "none" => parity::NONE,
-                "odd" => parity::ODD,
-                "even" => parity::EVEN,
-                "mark" => parity::MARK,
-                "space" => parity::SPACE,
-                other => return Err(BadLine::Parity(other.to_owned()).into()),
-            };
+            line.parity = Parity::from_name(p).ok_or_else(|| BadLine::Parity(p.clone()))?;
         }
         if let Some(stop) = &set.stop_bits {
             line.termios.half_stop_bits = match stop.as_str() {
@@ -394,7 +387,7 @@ fn serial_request(daemon: &Daemon, request: SerialRequest) -> Result<serde_json:
         "open": port.is_open(),
         "baud": line.termios.baud,
         "data_bits": line.data_bits,
-        "parity": crate::families::serial::port::parity_name(line.parity),
+        "parity": line.parity.name(),
         "stop_bits": f64::from(line.termios.half_stop_bits) / 2.0,
         "flow": line.termios.flow,
         "dtr": line.dtr,

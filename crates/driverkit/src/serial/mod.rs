@@ -54,7 +54,7 @@ use crate::runtime::{ClassDispatch, Service, SystemCaller};
 use crate::service::{IOService, IOServiceImpl};
 use crate::watcher::Watcher;
 
-pub use driverkit_wire::serial::{flow, parity, FlowControl, Parity};
+pub use driverkit_wire::serial::{flow, FlowControl, Parity};
 
 /// The superclass of serial port drivers:
 /// `#[driverkit::service(superclass = IOUserSerial, ...)]`.

@@ -27,7 +27,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use driverkit_wire::serial::parity;
+use driverkit_wire::serial::Parity;
 use driverkit_wire::shm::SharedMemory;
 use driverkit_wire::{IOResult, IOReturn};
 use serde::Deserialize;
@@ -306,15 +306,15 @@ impl UartDevice for VirtualUart {
         data
     }
 
-    fn set_line(&self, baud: u32, data_bits: u8, half_stop_bits: u8, parity_: u8) {
+    fn set_line(&self, baud: u32, data_bits: u8, half_stop_bits: u8, parity: Parity) {
         let mut st = self.lock();
         st.baud = baud.max(1);
-        let parity_bit = u32::from(parity_ != parity::NONE);
+        let parity_bit = u32::from(parity != Parity::None);
         st.bits_per_byte =
             1 + u32::from(data_bits) + parity_bit + u32::from(half_stop_bits).div_ceil(2);
         tracing::info!(
             "uart     line {baud} baud, {data_bits} data bits, parity {}, {} stop bits",
-            crate::families::serial::port::parity_name(parity_),
+            parity.name(),
             f64::from(half_stop_bits) / 2.0
         );
     }
@@ -421,7 +421,7 @@ mod tests {
     #[test]
     fn a_paced_line_delivers_everything_in_order() {
         let u = uart(Pace::Line, 64);
-        u.set_line(1_000_000, 8, 2, parity::NONE);
+        u.set_line(1_000_000, 8, 2, Parity::None);
         let data: Vec<u8> = (0..=255).collect();
         let mut sent = 0;
         let mut got = Vec::new();

@@ -34,7 +34,7 @@ use driverkit_core::{Call, EntryId, Family, Interrupt, Plugged, System};
 use driverkit_wire::interfaces::{
     io_user_serial_interface, iouart_device_interface, IOUARTDeviceInterface, IOUserSerialInterface,
 };
-use driverkit_wire::serial::SerialPortInterface;
+use driverkit_wire::serial::{Parity, SerialPortInterface};
 use driverkit_wire::shm::SharedMemory;
 use driverkit_wire::{Bytes, IOResult, IOReturn, MethodId};
 
@@ -50,7 +50,7 @@ pub trait UartDevice: Send + Sync {
     /// Takes up to `max` received bytes.
     fn receive(&self, max: usize) -> Vec<u8>;
     /// The line format (baud, data bits, half stop bits, parity).
-    fn set_line(&self, baud: u32, data_bits: u8, half_stop_bits: u8, parity: u8);
+    fn set_line(&self, baud: u32, data_bits: u8, half_stop_bits: u8, parity: Parity);
     fn set_modem_control(&self, dtr: bool, rts: bool);
     /// `(cts, dsr, ri, dcd)`.
     fn modem_status(&self) -> (bool, bool, bool, bool);
@@ -311,7 +311,7 @@ impl SerialFamily {
             Line {
                 termios,
                 data_bits: 8,
-                parity: driverkit_wire::serial::parity::NONE,
+                parity: Parity::None,
                 dtr: false,
                 rts: false,
             },
@@ -405,6 +405,7 @@ impl IOUARTDeviceInterface for SerialCall<'_> {
         if baud == 0 || !(5..=8).contains(&data_bits) || !(2..=4).contains(&half_stop_bits) {
             return Err(IOReturn::BAD_ARGUMENT);
         }
+        let parity = Parity::from_wire(parity).ok_or(IOReturn::BAD_ARGUMENT)?;
         self.family
             .uart(self.call.entry())?
             .set_line(baud, data_bits, half_stop_bits, parity);

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use driverkit_core::{EntryId, System};
 use driverkit_wire::interfaces::{io_user_serial_interface, IOUserSerialInterface};
-use driverkit_wire::serial::{parity, SerialPortInterface};
+use driverkit_wire::serial::{Parity, SerialPortInterface};
 use driverkit_wire::{IOResult, IOReturn};
 
 use super::tty::{self, Termios};
@@ -29,7 +29,7 @@ use super::tty::{self, Termios};
 pub struct Line {
     pub termios: Termios,
     pub data_bits: u8,
-    pub parity: u8,
+    pub parity: Parity,
     pub dtr: bool,
     pub rts: bool,
 }
@@ -43,21 +43,11 @@ impl Line {
             "StopBits".into(),
             (f64::from(self.termios.half_stop_bits) / 2.0).into(),
         );
-        d.insert("Parity".into(), parity_name(self.parity).into());
+        d.insert("Parity".into(), self.parity.name().into());
         d.insert("FlowControl".into(), i64::from(self.termios.flow).into());
         d.insert("DTR".into(), self.dtr.into());
         d.insert("RTS".into(), self.rts.into());
         plist::Value::Dictionary(d)
-    }
-}
-
-pub fn parity_name(p: u8) -> &'static str {
-    match p {
-        parity::ODD => "odd",
-        parity::EVEN => "even",
-        parity::MARK => "mark",
-        parity::SPACE => "space",
-        _ => "none",
     }
 }
 
@@ -223,7 +213,12 @@ impl Core {
         let _ = self.log_refusal(
             "the line format",
             self.driver(|d| {
-                d.hw_program_uart(t.baud, line.data_bits, t.half_stop_bits, line.parity)
+                d.hw_program_uart(
+                    t.baud,
+                    line.data_bits,
+                    t.half_stop_bits,
+                    line.parity.to_wire(),
+                )
             }),
         );
         if t.flow != 0 {
@@ -270,11 +265,16 @@ impl Core {
                 "{} baud {}{}{}",
                 t.baud,
                 want.data_bits,
-                parity_name(want.parity).chars().next().unwrap_or('n'),
+                want.parity.name().chars().next().unwrap_or('n'),
                 f64::from(t.half_stop_bits) / 2.0
             );
             self.step(what, |d| {
-                d.hw_program_uart(t.baud, want.data_bits, t.half_stop_bits, want.parity)
+                d.hw_program_uart(
+                    t.baud,
+                    want.data_bits,
+                    t.half_stop_bits,
+                    want.parity.to_wire(),
+                )
             })?;
         } else if rate {
             self.step(format!("{} baud", t.baud), |d| {

@@ -11,7 +11,7 @@
 //! and written symmetrically; [`Termios::line`] is what reaches the
 //! driver's `hw_program_uart`.
 
-use driverkit_wire::serial::{flow, parity};
+use driverkit_wire::serial::{flow, Parity};
 
 /// Command numbers (`asm-generic/ioctls.h`, x86-64).
 pub mod cmd {
@@ -159,7 +159,7 @@ pub struct LineFormat {
     pub baud: u32,
     pub data_bits: u8,
     pub half_stop_bits: u8,
-    pub parity: u8,
+    pub parity: Parity,
 }
 
 impl Termios {
@@ -254,11 +254,11 @@ impl Termios {
                 self.cflag & bits::PARODD != 0,
                 self.cflag & bits::CMSPAR != 0,
             ) {
-                (false, _, _) => parity::NONE,
-                (true, false, false) => parity::EVEN,
-                (true, true, false) => parity::ODD,
-                (true, true, true) => parity::MARK,
-                (true, false, true) => parity::SPACE,
+                (false, _, _) => Parity::None,
+                (true, false, false) => Parity::Even,
+                (true, true, false) => Parity::Odd,
+                (true, true, true) => Parity::Mark,
+                (true, false, true) => Parity::Space,
             },
         }
     }
@@ -616,7 +616,7 @@ mod tests {
                 baud: 9600,
                 data_bits: 7,
                 half_stop_bits: 4,
-                parity: parity::EVEN
+                parity: Parity::Even
             }
         );
         // What was set reads back the same: glibc compares.

@@ -392,7 +392,7 @@ mod tests {
                 line.termios.half_stop_bits,
                 line.parity
             ),
-            (9600, 7, 4, driverkit_wire::serial::parity::EVEN)
+            (9600, 7, 4, driverkit_wire::serial::Parity::Even)
         );
         assert_eq!(line.termios.flow, driverkit_wire::serial::flow::TX_XON_XOFF);
     }
