@@ -13,7 +13,10 @@
 //!   wake-up and the answer.
 //! - While it serves, the thread spins on that channel for the next request
 //!   as a thread of its own would (`SPIN`, the hot path), then gives the
-//!   channel back to its shard and leads it again.
+//!   channel back to its shard and leads it again. Only half the CPUs'
+//!   worth of threads spin at once ([`spin_budget`]); the others give the
+//!   channel back at once, so that a crowd of busy dexts is not starved by
+//!   the threads waiting for them.
 //!
 //! A call may block (it may wait on another dext, whose own calls must
 //! still be answered meanwhile), so a shard cannot simply wait for its
@@ -31,7 +34,7 @@
 
 use driverkit_wire::sync::Locked;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -53,6 +56,54 @@ const RETIREMENT: Duration = Duration::from_millis(200);
 /// How long a leader sleeps before it looks again on its own: only a safety
 /// net, as every change to what it watches wakes it.
 const SAFETY_NET: Duration = Duration::from_secs(1);
+
+/// How many of the pool's threads may spin for a channel's next request at
+/// once: half the CPUs, at least one. A spinner keeps a CPU busy, and past
+/// that it takes the CPU from the very callers it waits for: a thousand
+/// dexts starting at once on two cores had eighty threads spinning here,
+/// and some dexts' `Start` ran past the call timeout. A thread over the
+/// budget gives its channel back to the shard's leader at once (the next
+/// call on it pays a wake-up).
+fn spin_budget() -> &'static SpinBudget {
+    static BUDGET: OnceLock<SpinBudget> = OnceLock::new();
+    BUDGET.get_or_init(|| {
+        SpinBudget::new(std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)))
+    })
+}
+
+/// At most `limit` spinners at once.
+struct SpinBudget {
+    limit: usize,
+    spinning: AtomicUsize,
+}
+
+/// One of a [`SpinBudget`]'s places, held while its thread spins.
+struct Spinning<'a>(&'a SpinBudget);
+
+impl SpinBudget {
+    fn new(limit: usize) -> SpinBudget {
+        SpinBudget {
+            limit,
+            spinning: AtomicUsize::new(0),
+        }
+    }
+
+    /// A place to spin in, or `None` when the budget is spent.
+    fn enter(&self) -> Option<Spinning<'_>> {
+        let before = self.spinning.fetch_add(1, Ordering::AcqRel);
+        if before >= self.limit {
+            self.spinning.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Spinning(self))
+    }
+}
+
+impl Drop for Spinning<'_> {
+    fn drop(&mut self) {
+        self.0.spinning.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Serves `channel` with `handler` until either side closes it.
 pub(crate) fn serve(channel: Arc<ShmChannel>, handler: Handler) {
@@ -580,7 +631,12 @@ impl Pool {
                 }
             }
             let bell = channel.request_bell();
-            if !bell.spin_until(woken, SPIN, || channel.has_request(&idle.server)) {
+            let next = || channel.has_request(&idle.server);
+            let again = match spin_budget().enter() {
+                Some(_spinning) => bell.spin_until(woken, SPIN, next),
+                None => next(),
+            };
+            if !again {
                 let leads = self.resume(&shard, &answering);
                 // A leader that comes back looks at its shard anyway.
                 shard.give_back(&channel, idle, !leads);
@@ -598,6 +654,20 @@ mod tests {
     use driverkit_wire::shm::SharedMemory;
     use std::os::fd::AsFd;
     use std::time::Instant;
+
+    #[test]
+    fn no_more_threads_spin_than_the_budget_and_a_place_frees_when_its_spinner_stops() {
+        let budget = SpinBudget::new(2);
+        let a = budget.enter().expect("a first place");
+        let b = budget.enter().expect("a second place");
+        assert!(budget.enter().is_none(), "a third spinner is over budget");
+        drop(a);
+        let c = budget.enter().expect("the place the first spinner left");
+        assert!(budget.enter().is_none());
+        drop((b, c));
+        assert_eq!(budget.spinning.load(Ordering::Acquire), 0);
+        assert!(spin_budget().limit >= 1);
+    }
 
     /// A caller's end, and the server's end handed to the pool with a
     /// handler that answers `tag` followed by the request.
