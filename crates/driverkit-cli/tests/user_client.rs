@@ -600,14 +600,12 @@ fn a_c_app_is_entitled_exactly_as_a_rust_app() {
             "{err}"
         );
     }
-    let log = d.log();
-    assert!(
-        log.contains("is not in an app, so nothing entitles it"),
-        "{log}"
-    );
-    assert!(
-        log.contains("is not entitled to com.example.NullDriver's user clients"),
-        "{log}"
+    // The daemon's log reaches the test through a reader thread: waited
+    // for, not read at once.
+    d.wait_log("is not in an app, so nothing entitles it", 1);
+    d.wait_log(
+        "is not entitled to com.example.NullDriver's user clients",
+        1,
     );
     // The app that names it.
     let (ok, out, err) = run_in(
