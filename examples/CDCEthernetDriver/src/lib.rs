@@ -79,10 +79,10 @@ pub struct CDCEthernetDriverIvars {
 struct Usb {
     control: IOUSBHostInterface,
     control_number: u8,
-    bulk_in: IOUSBHostPipe,
-    bulk_out: IOUSBHostPipe,
     notify: Option<IOUSBHostPipe>,
     max_packet: usize,
+    /// The transfers in flight on the bulk-IN and bulk-OUT pipes (which
+    /// they hold).
     reads: TransferSlots,
     writes: TransferSlots,
     status: (IOBufferMemoryDescriptor, OSAction),
@@ -300,8 +300,6 @@ impl IOServiceImpl for CDCEthernetDriver {
         self.ivars().usb.set(Usb {
             control_number: control_descriptor.number,
             control,
-            bulk_in,
-            bulk_out,
             notify,
             max_packet,
             reads,
@@ -332,8 +330,8 @@ impl IOServiceImpl for CDCEthernetDriver {
     fn stop(&self, provider: &IOService) -> IOResult<()> {
         let usb = self.ivars().usb.take();
         if let Some(u) = usb {
-            let _ = u.bulk_in.abort();
-            let _ = u.bulk_out.abort();
+            let _ = u.reads.pipe().abort();
+            let _ = u.writes.pipe().abort();
             if let Some(n) = &u.notify {
                 let _ = n.abort();
             }

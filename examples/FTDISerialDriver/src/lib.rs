@@ -99,8 +99,8 @@ struct Held {
 
 struct Usb {
     interface: IOUSBHostInterface,
-    bulk_in: IOUSBHostPipe,
     bulk_out: IOUSBHostPipe,
+    /// The reads in flight on the bulk-IN pipe (which they hold).
     reads: TransferSlots,
     write: (IOBufferMemoryDescriptor, OSAction),
 }
@@ -145,7 +145,7 @@ impl FTDISerialDriver {
             }
             AfterFailure::ClearStallAndRead => {
                 driverkit::warn!("bulk IN read {slot}: {status}; clearing the halt");
-                if let Err(e) = self.ivars().usb.with(|u| u.bulk_in.clear_stall(true)) {
+                if let Err(e) = self.ivars().usb.with(|u| u.reads.pipe().clear_stall(true)) {
                     driverkit::warn!("bulk IN: clearing the halt: {e}");
                 }
                 self.submit_read(slot);
@@ -233,7 +233,6 @@ impl IOServiceImpl for FTDISerialDriver {
         );
         self.ivars().usb.set(Usb {
             interface,
-            bulk_in,
             bulk_out,
             reads,
             write,
@@ -251,7 +250,7 @@ impl IOServiceImpl for FTDISerialDriver {
     fn stop(&self, provider: &IOService) -> IOResult<()> {
         let usb = self.ivars().usb.take();
         if let Some(u) = usb {
-            let _ = u.bulk_in.abort();
+            let _ = u.reads.pipe().abort();
             let _ = u.bulk_out.abort();
         }
         driverkit::info!("stop");
