@@ -32,15 +32,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Record types of `include/uapi/linux/audit.h`.
+/// Message and record types of `include/uapi/linux/audit.h` (the libc
+/// crate has none of them), and the status mask bit for `enabled`.
+const AUDIT_GET: u16 = 1000;
+const AUDIT_SET: u16 = 1001;
+const AUDIT_STATUS_ENABLED: u32 = 1;
 const AUDIT_SECCOMP: u16 = 1326;
 const AUDIT_LANDLOCK_ACCESS: u16 = 1423;
 const AUDIT_LANDLOCK_DOMAIN: u16 = 1424;
 /// The read-only multicast group of the audit socket.
 const AUDIT_NLGRP_READLOG: u32 = 1;
-/// `SECCOMP_RET_LOG`: the call was allowed and logged (log mode).
-const SECCOMP_RET_LOG: u32 = 0x7ffc_0000;
-const SECCOMP_RET_ACTION_FULL: u32 = 0xffff_0000;
 
 /// One audit record of interest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +93,7 @@ pub fn parse_record(kind: u16, text: &[u8]) -> Option<Record> {
             Some(Record::Seccomp {
                 pid: field(text, "pid")?.parse().ok()?,
                 syscall: field(text, "syscall")?.parse().ok()?,
-                logged_only: code & SECCOMP_RET_ACTION_FULL == SECCOMP_RET_LOG,
+                logged_only: code & libc::SECCOMP_RET_ACTION_FULL == libc::SECCOMP_RET_LOG,
             })
         }
         AUDIT_LANDLOCK_DOMAIN => (field(text, "status")? == "allocated").then(|| {
@@ -144,14 +145,6 @@ pub(crate) struct Watch {
     stop: Arc<AtomicBool>,
 }
 
-/// `AUDIT_GET`, `AUDIT_SET` and the status mask bit for `enabled`.
-const AUDIT_GET: u16 = 1000;
-const AUDIT_SET: u16 = 1001;
-const AUDIT_STATUS_ENABLED: u32 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
-
 /// A netlink socket to the kernel's audit, whose reads give up after
 /// `timeout`.
 fn audit_socket(timeout: Duration) -> io::Result<OwnedFd> {
@@ -197,7 +190,7 @@ fn audit_request(kind: u16, payload: &[u8]) -> io::Result<Vec<u8>> {
     let mut message = Vec::with_capacity(16 + payload.len());
     message.extend_from_slice(&((16 + payload.len()) as u32).to_ne_bytes());
     message.extend_from_slice(&kind.to_ne_bytes());
-    message.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    message.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
     message.extend_from_slice(&1u32.to_ne_bytes());
     message.extend_from_slice(&0u32.to_ne_bytes());
     message.extend_from_slice(payload);
@@ -216,7 +209,7 @@ fn audit_request(kind: u16, payload: &[u8]) -> io::Result<Vec<u8>> {
         }
         let reply_kind = u16::from_ne_bytes([reply[4], reply[5]]);
         let body = &reply[16..];
-        if reply_kind == NLMSG_ERROR {
+        if reply_kind == libc::NLMSG_ERROR as u16 {
             let code = body
                 .get(..4)
                 .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))

@@ -236,8 +236,7 @@ pub fn socket_owner(peer: SocketAddr, local: SocketAddr) -> std::io::Result<u32>
 }
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_HEADER: usize = 16;
-const NLMSG_ERROR: u16 = 2;
+const NLMSG_HEADER: usize = std::mem::size_of::<libc::nlmsghdr>();
 const INET_DIAG_REQ_V2: usize = 56;
 /// `inet_diag_msg`: family, state, timer, retrans, the socket ID (48),
 /// expires, rqueue, wqueue, uid, inode.
@@ -307,7 +306,7 @@ pub fn parse_diag_reply(reply: &[u8]) -> std::io::Result<u32> {
         )));
     }
     let kind = u16::from_ne_bytes([reply[4], reply[5]]);
-    if kind == NLMSG_ERROR {
+    if kind == libc::NLMSG_ERROR as u16 {
         let code = word(NLMSG_HEADER)
             .ok_or_else(|| malformed("a netlink error without its code".into()))?
             as i32;
@@ -398,7 +397,7 @@ mod tests {
         // overflowed its negation.
         let mut error = vec![0u8; 20];
         error[..4].copy_from_slice(&20u32.to_ne_bytes());
-        error[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        error[4..6].copy_from_slice(&(libc::NLMSG_ERROR as u16).to_ne_bytes());
         error[16..20].copy_from_slice(&i32::MIN.to_ne_bytes());
         assert!(parse_diag_reply(&error)
             .unwrap_err()

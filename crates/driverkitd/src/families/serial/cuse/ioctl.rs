@@ -75,13 +75,15 @@ pub fn modem_bits((dtr, rts): (bool, bool), (cts, dsr, ri, dcd): (bool, bool, bo
     .fold(0, |bits, (_, bit)| bits | bit)
 }
 
-/// Sizes of the structures (x86-64).
+/// Sizes of the structures the kernel's ioctls carry (x86-64). The libc
+/// crate's `termios` is glibc's (60 bytes, not the kernel's 36), and it
+/// has no `serial_icounter_struct` or `serial_struct`.
 const TERMIOS_LEN: usize = 36;
-const TERMIOS2_LEN: usize = 44;
+const TERMIOS2_LEN: usize = std::mem::size_of::<libc::termios2>();
 const ICOUNT_LEN: usize = 80;
 const SERIAL_LEN: usize = 72;
-const WINSIZE_LEN: usize = 8;
-const INT_LEN: usize = 4;
+const WINSIZE_LEN: usize = std::mem::size_of::<libc::winsize>();
+const INT_LEN: usize = std::mem::size_of::<libc::c_int>();
 
 /// `c_cflag` and `c_iflag` bits (octal, as the headers write them).
 pub mod bits {
