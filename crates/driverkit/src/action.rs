@@ -153,6 +153,23 @@ impl std::fmt::Debug for OSAction {
 }
 
 impl OSAction {
+    /// An action whose method is `invoke`, on `queue`: the tests' stand-in
+    /// for a service's method.
+    #[cfg(test)]
+    fn bound(queue: &IODispatchQueue, invoke: Invoke) -> OSAction {
+        OSAction {
+            inner: Arc::new(Inner {
+                type_name: "Test::Method",
+                queue: queue.clone(),
+                invoke,
+                reference: Mutex::new(Box::default()),
+                cancelled: AtomicBool::new(false),
+                owner: driverkit_wire::ObjectId(0),
+                aborted: Mutex::new(None),
+            }),
+        }
+    }
+
     /// Binds `method` of `service` as an action of type `T`. Used by the
     /// generated `create_action_<method>`.
     #[doc(hidden)]
@@ -220,24 +237,29 @@ impl OSAction {
 
     /// Like `invoke`, but on the calling thread when the action's queue is
     /// idle (`IODispatchQueue::run_here_if_idle`): a source's own handler
-    /// then costs no hand-off between threads.
+    /// then costs no hand-off between threads. The method runs only if
+    /// `wanted()` still holds when its turn comes: a level-triggered
+    /// interrupt whose line the driver let go meanwhile (it read the bytes
+    /// the line stood for, busy on that very queue) is no interrupt any
+    /// more, as a CPU never takes an INTx line deasserted before it was
+    /// acknowledged. `done(ran)` follows, with whether the method ran.
     pub(crate) fn invoke_in_place(
         &self,
         args: ActionArgs,
-        done: impl FnOnce() + Send + 'static,
+        wanted: impl Fn() -> bool + Send + 'static,
+        done: impl FnOnce(bool) + Send + 'static,
     ) -> IOResult<()> {
         let me = self.clone();
-        let ran = self.inner.queue.run_here_if_idle(move || {
-            if !me.is_cancelled() {
+        let job = move || {
+            let ran = !me.is_cancelled() && wanted();
+            if ran {
                 (me.inner.invoke)(&me, args);
             }
-        });
-        match ran {
-            Ok(()) => {
-                done();
-                Ok(())
-            }
-            Err(_) => self.invoke(args, done),
+            done(ran);
+        };
+        match self.inner.queue.run_here_if_idle(job) {
+            Ok(()) => Ok(()),
+            Err(job) => self.inner.queue.dispatch_async(job),
         }
     }
 
@@ -307,5 +329,66 @@ impl OSAction {
         } else {
             Err(IOReturn::BAD_ARGUMENT)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::mpsc;
+
+    /// Invokes an interrupt's action in place while the queue runs a job
+    /// that blocks until told; the line is let go meanwhile when
+    /// `let_go`. Returns what `done` said and how often the method ran.
+    fn interrupt_while_busy(let_go: bool) -> (bool, usize) {
+        let queue = IODispatchQueue::create("busy").unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        let action = OSAction::bound(
+            &queue,
+            Box::new(move |_, _| {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }),
+        );
+        let (started_tx, started) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        queue
+            .dispatch_async(move || {
+                started_tx.send(()).unwrap();
+                released.recv().unwrap();
+            })
+            .unwrap();
+        started.recv().unwrap();
+        let asserted = Arc::new(AtomicBool::new(true));
+        let line = asserted.clone();
+        let (done_tx, done) = mpsc::channel();
+        let args = ActionArgs::Interrupt { count: 1, time: 0 };
+        action
+            .invoke_in_place(
+                args,
+                move || line.load(Ordering::SeqCst),
+                move |ran| done_tx.send(ran).unwrap(),
+            )
+            .unwrap();
+        if let_go {
+            // The driver, busy on the queue, read what the line stood for.
+            asserted.store(false, Ordering::SeqCst);
+        }
+        release.send(()).unwrap();
+        let ran = done
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        (ran, runs.load(Ordering::SeqCst))
+    }
+
+    #[test]
+    fn a_line_let_go_while_the_queue_was_busy_runs_no_handler() {
+        assert_eq!(interrupt_while_busy(true), (false, 0));
+    }
+
+    #[test]
+    fn a_line_still_asserted_runs_its_handler_once_the_queue_is_free() {
+        assert_eq!(interrupt_while_busy(false), (true, 1));
     }
 }

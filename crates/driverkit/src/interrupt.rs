@@ -97,6 +97,12 @@ impl IOInterruptDispatchSource {
         let source = self.inner.clone();
         let action = action.clone();
         let mut seen = interrupt::count(&source.shm);
+        // Spinning for the next interrupt pays only after one the driver
+        // handled: a level-triggered line the driver keeps letting go
+        // before its interrupt is taken (a UART read right after it
+        // transmitted) would keep a core spinning for nothing, a core the
+        // driver's own work waits for on a small machine.
+        let mut spin = SPIN;
         let handle = std::thread::Builder::new()
             .name("interrupt".into())
             .stack_size(64 * 1024)
@@ -105,7 +111,7 @@ impl IOInterruptDispatchSource {
                     let deadline = Some(Instant::now() + RECHECK);
                     let shm = &source.shm;
                     if !interrupt::doorbell(shm)
-                        .wait(SPIN, deadline, || interrupt::count(shm) != seen)
+                        .wait(spin, deadline, || interrupt::count(shm) != seen)
                     {
                         continue;
                     }
@@ -120,6 +126,7 @@ impl IOInterruptDispatchSource {
                     if interrupt::let_go(shm) {
                         // A level-triggered line already let go: nothing
                         // to handle (the driver got there first).
+                        spin = Duration::ZERO;
                         continue;
                     }
                     let (done_tx, done_rx) = mpsc::sync_channel(1);
@@ -127,17 +134,27 @@ impl IOInterruptDispatchSource {
                         count,
                         time: now_ns(),
                     };
+                    // Looked at again when the handler's turn comes: the
+                    // driver, busy on the queue meanwhile, may have let the
+                    // line go (read the bytes it stood for).
+                    let line = source.clone();
+                    let still_asserted = move || !interrupt::let_go(&line.shm);
                     if action
-                        .invoke_in_place(args, move || {
-                            let _ = done_tx.send(());
+                        .invoke_in_place(args, still_asserted, move |ran| {
+                            let _ = done_tx.send(ran);
                         })
                         .is_err()
                     {
                         break;
                     }
-                    while done_rx.recv_timeout(RECHECK).is_err() {
-                        if source.cancelled.load(Ordering::Acquire) {
-                            return;
+                    loop {
+                        match done_rx.recv_timeout(RECHECK) {
+                            Ok(ran) => {
+                                spin = if ran { SPIN } else { Duration::ZERO };
+                                break;
+                            }
+                            Err(_) if source.cancelled.load(Ordering::Acquire) => return,
+                            Err(_) => {}
                         }
                     }
                 }
