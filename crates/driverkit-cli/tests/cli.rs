@@ -241,6 +241,7 @@ fn bench_quick_reports_every_figure_beside_its_baseline() {
             "dext_rss",
             "daemon_rss",
             "daemon_threads_102_dexts",
+            "daemon_threads_peak_102_dexts",
             "daemon_fds_102_dexts",
             "daemon_rss_102_dexts",
             "idle_cpu_dext",

@@ -171,7 +171,7 @@ impl Reader {
             daemon,
             ..
         } = w;
-        let workers = daemon.upgrade().map(|d| d.workers.clone());
+        let workers = daemon.upgrade().map(|d| d.io_workers.clone());
         let ended = move || server.ended(child, &end, &daemon);
         match workers {
             Some(workers) => workers.run(ended),

@@ -355,7 +355,7 @@ impl System {
     /// device): `wait_idle` does not wait for it.
     pub fn run_io(&self, job: impl FnOnce() + Send + 'static) {
         if let Some(d) = self.upgrade() {
-            d.workers.run(job);
+            d.io_workers.run(job);
         }
     }
 

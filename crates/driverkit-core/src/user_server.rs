@@ -366,7 +366,8 @@ impl UserServer {
                 calls.waiting.push_back((h, buf.payload().to_vec()));
                 if !std::mem::replace(&mut calls.running, true) {
                     let (server, daemon) = (self.clone(), d.clone());
-                    d.workers.run(move || server.answer_socket_calls(&daemon));
+                    d.io_workers
+                        .run(move || server.answer_socket_calls(&daemon));
                 }
             }
             Kind::Hello => tracing::warn!("{self:?} said hello twice"),

@@ -178,9 +178,6 @@ impl Inner {
             e.properties
                 .insert("DriverKitCrashes".into(), plist::Value::Dictionary(crashes));
         }
-        self.spawn_job("relaunch", move |d| {
-            std::thread::sleep(delay);
-            d.run_matching(provider);
-        });
+        self.spawn_job_after(delay, "relaunch", move |d| d.run_matching(provider));
     }
 }

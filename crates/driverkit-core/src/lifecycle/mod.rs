@@ -34,7 +34,14 @@ use crate::family::{Families, Family};
 use crate::matching::{by_category, Candidate, Catalogue};
 use crate::registry::{EntryId, Hosting, Registry};
 use crate::user_server::{Batch, Launch, ServerId, UserServer};
+use crate::workers::Workers;
 use crate::System;
+
+/// The most lifecycle workers at once. Each holds a thread while a dext
+/// starts or stops (a few milliseconds); past this a plug waits its turn.
+/// With the channel pool's threads and the daemon's own, the daemon stays
+/// well within 64 threads at a thousand dexts whatever the load.
+const LIFECYCLE_WORKERS: usize = 16;
 
 mod attach;
 mod crash;
@@ -181,7 +188,16 @@ pub(crate) struct Inner {
     changed: Condvar,
     subscribers: Mutex<Vec<Subscriber>>,
     spawn_lock: Mutex<()>,
-    pub(crate) workers: crate::workers::Workers,
+    /// Lifecycle jobs (matching, starts, terminations, relaunches):
+    /// bounded, as none waits for another (only for dexts, each within the
+    /// call timeout), so a burst of plugs waits its turn instead of growing
+    /// the daemon.
+    pub(crate) workers: Workers,
+    /// Work that waits on a device or on one dext's process for as long as
+    /// that takes (transfers, a dext's calls on its socket, reaping an
+    /// exited dext): a thread each while it waits, so that one slow or
+    /// hostile party never holds up the lifecycle of everyone else.
+    pub(crate) io_workers: Workers,
     pub(crate) families: Families,
     /// The extension store, or why it did not open.
     pub(crate) store: Mutex<Result<crate::store::Store, crate::store::StoreError>>,
@@ -294,7 +310,8 @@ impl Core {
             subscribers: Mutex::new(Vec::new()),
             spawn_lock: Mutex::new(()),
             sandbox,
-            workers: Default::default(),
+            workers: Workers::bounded(LIFECYCLE_WORKERS),
+            io_workers: Workers::elastic(),
             families,
             store: Mutex::new(store),
             sysext_lock: Mutex::new(()),
@@ -614,17 +631,41 @@ impl Inner {
 
     /// Runs `f` on a worker, counted in `jobs` for `wait_idle`.
     pub(crate) fn spawn_job(&self, name: &str, f: impl FnOnce(Arc<Inner>) + Send + 'static) {
-        let Some(me) = self.me() else { return };
+        if let Some(job) = self.counted_job(name, f) {
+            self.workers.run(job);
+        }
+    }
+
+    /// Runs `f` on a worker once `delay` has passed (holding none
+    /// meanwhile), counted in `jobs` for `wait_idle` from now on.
+    pub(crate) fn spawn_job_after(
+        &self,
+        delay: Duration,
+        name: &str,
+        f: impl FnOnce(Arc<Inner>) + Send + 'static,
+    ) {
+        if let Some(job) = self.counted_job(name, f) {
+            self.workers.run_after(delay, job);
+        }
+    }
+
+    /// `f` as a job `wait_idle` waits for, counted from now on.
+    fn counted_job(
+        &self,
+        name: &str,
+        f: impl FnOnce(Arc<Inner>) + Send + 'static,
+    ) -> Option<impl FnOnce() + Send + 'static> {
+        let me = self.me()?;
         me.lock().jobs += 1;
         let done = me.clone();
         let name = name.to_owned();
-        self.workers.run(move || {
+        Some(move || {
             tracing::trace!("job {name}");
             f(me);
             let mut st = done.lock();
             st.jobs -= 1;
             drop(st);
             done.changed.notify_all();
-        });
+        })
     }
 }

@@ -110,9 +110,10 @@ fn run_all(args: &BenchArgs, show: &mut dyn FnMut(Vec<Figure>)) -> Result<(), St
         show(vec![daemon_rss(dir.path(), 100)?]);
     }
     if wanted("daemon_scale") {
-        show(scale::daemon_scale(dir.path(), 100)?);
+        show(scale::daemon_scale(dir.path(), 100, scale::Load::Idle)?);
         if !args.quick {
-            show(scale::daemon_scale(dir.path(), 1_000)?);
+            show(scale::daemon_scale(dir.path(), 1_000, scale::Load::Idle)?);
+            show(scale::daemon_scale(dir.path(), 1_000, scale::Load::Busy)?);
         }
     }
     if wanted("idle_cpu") {
