@@ -243,13 +243,14 @@ fn register<S: IOUserNetworkEthernetImpl>(
     service.base().set_family(n.clone())?;
     let queue = service.copy_dispatch_queue("Default")?;
     let me = service.base().weak_self().ok_or(IOReturn::NOT_READY)?;
-    // The system first: a refused interface leaves no watcher behind. The
-    // watcher starts after it and loses nothing (it looks at the queues
-    // before it first waits).
-    proxy(service).register_ethernet_interface(Bytes(mac.to_vec()), memory)?;
+    // The system first: a refused interface leaves no watcher behind (the
+    // watcher looks at the queues before it first waits).
     let n2 = n.clone();
-    n.watcher
-        .start("net-queues", move || watch::<S>(&n2, &queue, &me))
+    n.watcher.start_after(
+        || proxy(service).register_ethernet_interface(Bytes(mac.to_vec()), memory),
+        "net-queues",
+        move || watch::<S>(&n2, &queue, &me),
+    )
 }
 
 fn stop_watching<S: Service>(service: &S) {

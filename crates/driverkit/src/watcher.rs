@@ -36,6 +36,21 @@ impl Watcher {
         Ok(())
     }
 
+    /// Starts the thread, as [`start`](Self::start), once `register` (the
+    /// system's registration of what the thread is to watch) succeeded: a
+    /// refused registration leaves no thread behind. The thread loses
+    /// nothing by starting second when `body` looks at what it watches
+    /// before it first waits.
+    pub fn start_after(
+        &self,
+        register: impl FnOnce() -> IOResult<()>,
+        name: &str,
+        body: impl FnOnce() + Send + 'static,
+    ) -> IOResult<()> {
+        register()?;
+        self.start(name, body)
+    }
+
     /// Tells the thread to end, wakes it with `wake` (where it waits is
     /// the family's), and waits for it, unless this is that thread.
     pub fn cancel(&self, wake: impl FnOnce()) {
@@ -90,5 +105,23 @@ mod tests {
         .unwrap();
         done_rx.recv().unwrap();
         assert!(w.is_cancelled());
+    }
+
+    #[test]
+    fn a_refused_registration_starts_no_thread_and_an_accepted_one_does() {
+        let w = Watcher::default();
+        let refused = w.start_after(
+            || Err(IOReturn::NOT_PERMITTED),
+            "refused",
+            || panic!("a refused registration's watcher ran"),
+        );
+        assert_eq!(refused, Err(IOReturn::NOT_PERMITTED));
+        assert!(w.thread.locked().is_none(), "no thread after a refusal");
+        let (tx, rx) = std::sync::mpsc::channel();
+        w.start_after(|| Ok(()), "accepted", move || tx.send(()).unwrap())
+            .unwrap();
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the watcher runs once registered");
+        w.cancel(|| ());
     }
 }
