@@ -559,6 +559,30 @@ pub struct FlowControl {
 }
 
 impl FlowControl {
+    /// RTS/CTS handshaking both ways (`CRTSCTS`).
+    pub const RTS_CTS: FlowControl = FlowControl::from_termios(false, false, false, true);
+    /// XON/XOFF both ways (`IXON` and `IXOFF`).
+    pub const XON_XOFF: FlowControl = FlowControl::from_termios(true, false, true, false);
+
+    /// The flow control a termios asks for with `IXON`, `IXANY`, `IXOFF`
+    /// and `CRTSCTS` (both halves of RTS/CTS).
+    pub const fn from_termios(ixon: bool, ixany: bool, ixoff: bool, crtscts: bool) -> FlowControl {
+        FlowControl {
+            tx_xon_xoff: ixon,
+            xany: ixany,
+            rx_xon_xoff: ixoff,
+            cts: crtscts,
+            rts: crtscts,
+            dsr: false,
+            dtr: false,
+        }
+    }
+
+    /// Whether any flow control is on.
+    pub fn is_on(self) -> bool {
+        self != FlowControl::default()
+    }
+
     /// The flow control `bits` (`flow::*`) ask for; unknown bits are
     /// ignored.
     pub fn from_wire(bits: u32) -> FlowControl {
@@ -629,6 +653,15 @@ mod line_values {
         let hw = FlowControl::from_wire(flow::CTS | flow::RTS);
         assert!(hw.rts_cts() && !hw.xon_xoff() && !hw.dtr_dsr());
         assert_eq!(FlowControl::from_wire(1 << 20), FlowControl::default());
+        // What a termios asks for, in DriverKit's bits.
+        assert_eq!(FlowControl::RTS_CTS.to_wire(), flow::CTS | flow::RTS);
+        assert_eq!(
+            FlowControl::XON_XOFF.to_wire(),
+            flow::TX_XON_XOFF | flow::RX_XON_XOFF
+        );
+        let ixany = FlowControl::from_termios(true, true, false, false);
+        assert_eq!(ixany.to_wire(), flow::TX_XON_XOFF | flow::XANY);
+        assert!(!FlowControl::default().is_on() && ixany.is_on());
     }
 }
 

@@ -327,7 +327,7 @@ pub enum BadLine {
 }
 
 fn serial_request(daemon: &Daemon, request: SerialRequest) -> Result<serde_json::Value, Refusal> {
-    use driverkit_wire::serial::{flow, Parity};
+    use driverkit_wire::serial::{FlowControl, Parity};
     let (port, set) = match request {
         SerialRequest::SerialGet { port } => (port, None),
         SerialRequest::SerialSet { port, set } => (port, Some(set)),
@@ -363,9 +363,9 @@ fn serial_request(daemon: &Daemon, request: SerialRequest) -> Result<serde_json:
         }
         if let Some(f) = &set.flow {
             line.termios.flow = match f.as_str() {
-                "none" => 0,
-                "rtscts" => flow::CTS | flow::RTS,
-                "xonxoff" => flow::TX_XON_XOFF | flow::RX_XON_XOFF,
+                "none" => FlowControl::default(),
+                "rtscts" => FlowControl::RTS_CTS,
+                "xonxoff" => FlowControl::XON_XOFF,
                 other => return Err(BadLine::Flow(other.to_owned()).into()),
             };
         }
@@ -389,7 +389,7 @@ fn serial_request(daemon: &Daemon, request: SerialRequest) -> Result<serde_json:
         "data_bits": line.data_bits,
         "parity": line.parity.name(),
         "stop_bits": f64::from(line.termios.half_stop_bits) / 2.0,
-        "flow": line.termios.flow,
+        "flow": line.termios.flow.to_wire(),
         "dtr": line.dtr,
         "rts": line.rts,
         "modem": modem,

@@ -44,7 +44,10 @@ impl Line {
             (f64::from(self.termios.half_stop_bits) / 2.0).into(),
         );
         d.insert("Parity".into(), self.parity.name().into());
-        d.insert("FlowControl".into(), i64::from(self.termios.flow).into());
+        d.insert(
+            "FlowControl".into(),
+            i64::from(self.termios.flow.to_wire()).into(),
+        );
         d.insert("DTR".into(), self.dtr.into());
         d.insert("RTS".into(), self.rts.into());
         plist::Value::Dictionary(d)
@@ -221,10 +224,10 @@ impl Core {
                 )
             }),
         );
-        if t.flow != 0 {
+        if t.flow.is_on() {
             let _ = self.log_refusal(
                 "the flow control",
-                self.driver(|d| d.hw_program_flow_control(t.flow, t.xon, t.xoff)),
+                self.driver(|d| d.hw_program_flow_control(t.flow.to_wire(), t.xon, t.xoff)),
             );
         }
         self.publish_line();
@@ -289,7 +292,7 @@ impl Core {
         });
         if (t.flow, t.xon, t.xoff) != (h.flow, h.xon, h.xoff) {
             self.step("the flow control".into(), |d| {
-                d.hw_program_flow_control(t.flow, t.xon, t.xoff)
+                d.hw_program_flow_control(t.flow.to_wire(), t.xon, t.xoff)
             })?;
             self.update_line(|l| {
                 l.termios.flow = t.flow;

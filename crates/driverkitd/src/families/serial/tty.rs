@@ -23,6 +23,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
+use driverkit_wire::serial::FlowControl;
 use rustix::fs::{inotify, Mode, OFlags};
 use rustix::termios::{self, ControlModes, InputModes, LocalModes, OptionalActions};
 
@@ -48,8 +49,7 @@ pub struct Termios {
     pub baud: u32,
     /// 2 (one stop bit) or 4 (two).
     pub half_stop_bits: u8,
-    /// `serial::flow` bits.
-    pub flow: u32,
+    pub flow: FlowControl,
     pub xon: u8,
     pub xoff: u8,
 }
@@ -142,29 +142,12 @@ impl Tty {
         let t = termios::tcgetattr(&self.master)?;
         let i = t.input_modes;
         let c = t.control_modes;
-        let mut flow = 0;
-        for (on, bits) in [
-            (
-                i.contains(InputModes::IXON),
-                driverkit_wire::serial::flow::TX_XON_XOFF,
-            ),
-            (
-                i.contains(InputModes::IXANY),
-                driverkit_wire::serial::flow::XANY,
-            ),
-            (
-                i.contains(InputModes::IXOFF),
-                driverkit_wire::serial::flow::RX_XON_XOFF,
-            ),
-            (
-                c.contains(ControlModes::CRTSCTS),
-                driverkit_wire::serial::flow::CTS | driverkit_wire::serial::flow::RTS,
-            ),
-        ] {
-            if on {
-                flow |= bits;
-            }
-        }
+        let flow = FlowControl::from_termios(
+            i.contains(InputModes::IXON),
+            i.contains(InputModes::IXANY),
+            i.contains(InputModes::IXOFF),
+            c.contains(ControlModes::CRTSCTS),
+        );
         Ok(Termios {
             baud: t.output_speed(),
             half_stop_bits: if c.contains(ControlModes::CSTOPB) {

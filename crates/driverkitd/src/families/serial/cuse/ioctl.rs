@@ -11,7 +11,7 @@
 //! and written symmetrically; [`Termios::line`] is what reaches the
 //! driver's `hw_program_uart`.
 
-use driverkit_wire::serial::{flow, Parity};
+use driverkit_wire::serial::{FlowControl, Parity};
 
 /// Command numbers (`asm-generic/ioctls.h`, x86-64).
 pub mod cmd {
@@ -266,20 +266,13 @@ impl Termios {
     }
 
     /// `(serial::flow bits, xon, xoff)`.
-    pub fn flow(&self) -> (u32, u8, u8) {
-        let mut f = 0;
-        if self.cflag & bits::CRTSCTS != 0 {
-            f |= flow::CTS | flow::RTS;
-        }
-        if self.iflag & bits::IXON != 0 {
-            f |= flow::TX_XON_XOFF;
-        }
-        if self.iflag & bits::IXANY != 0 {
-            f |= flow::XANY;
-        }
-        if self.iflag & bits::IXOFF != 0 {
-            f |= flow::RX_XON_XOFF;
-        }
+    pub fn flow(&self) -> (FlowControl, u8, u8) {
+        let f = FlowControl::from_termios(
+            self.iflag & bits::IXON != 0,
+            self.iflag & bits::IXANY != 0,
+            self.iflag & bits::IXOFF != 0,
+            self.cflag & bits::CRTSCTS != 0,
+        );
         (f, self.cc[bits::VSTART], self.cc[bits::VSTOP])
     }
 
@@ -662,7 +655,13 @@ mod tests {
         let (f, xon, xoff) = t.flow();
         assert_eq!(
             f,
-            flow::TX_XON_XOFF | flow::RX_XON_XOFF | flow::CTS | flow::RTS
+            FlowControl {
+                tx_xon_xoff: true,
+                rx_xon_xoff: true,
+                cts: true,
+                rts: true,
+                ..FlowControl::default()
+            }
         );
         assert_eq!((xon, xoff), (0x11, 0x13));
         assert_eq!(

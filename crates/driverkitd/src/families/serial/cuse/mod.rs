@@ -394,7 +394,10 @@ mod tests {
             ),
             (9600, 7, 4, driverkit_wire::serial::Parity::Even)
         );
-        assert_eq!(line.termios.flow, driverkit_wire::serial::flow::TX_XON_XOFF);
+        assert_eq!(
+            line.termios.flow.to_wire(),
+            driverkit_wire::serial::flow::TX_XON_XOFF
+        );
     }
 
     #[test]
