@@ -157,14 +157,32 @@ impl OSAction {
     /// for a service's method.
     #[cfg(test)]
     fn bound(queue: &IODispatchQueue, invoke: Invoke) -> OSAction {
+        OSAction::from_parts(
+            "Test::Method",
+            queue.clone(),
+            invoke,
+            0,
+            driverkit_wire::ObjectId(0),
+        )
+    }
+
+    /// An action of `type_name` whose method `invoke` runs on `queue`,
+    /// with `reference_size` zeroed bytes of reference storage.
+    fn from_parts(
+        type_name: &'static str,
+        queue: IODispatchQueue,
+        invoke: Invoke,
+        reference_size: usize,
+        owner: driverkit_wire::ObjectId,
+    ) -> OSAction {
         OSAction {
             inner: Arc::new(Inner {
-                type_name: "Test::Method",
-                queue: queue.clone(),
+                type_name,
+                queue,
                 invoke,
-                reference: Mutex::new(Box::default()),
+                reference: Mutex::new(vec![0; reference_size].into_boxed_slice()),
                 cancelled: AtomicBool::new(false),
-                owner: driverkit_wire::ObjectId(0),
+                owner,
                 aborted: Mutex::new(None),
             }),
         }
@@ -189,17 +207,13 @@ impl OSAction {
                 T::invoke(method, service, action, args);
             }
         });
-        Ok(OSAction {
-            inner: Arc::new(Inner {
-                type_name: T::NAME,
-                queue,
-                invoke,
-                reference: Mutex::new(vec![0; reference_size].into_boxed_slice()),
-                cancelled: AtomicBool::new(false),
-                owner: driverkit_wire::ObjectId(service.registry_entry_id()),
-                aborted: Mutex::new(None),
-            }),
-        })
+        Ok(OSAction::from_parts(
+            T::NAME,
+            queue,
+            invoke,
+            reference_size,
+            driverkit_wire::ObjectId(service.registry_entry_id()),
+        ))
     }
 
     /// `Class::Method` of the callback this action stands for.

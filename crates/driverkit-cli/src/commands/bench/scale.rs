@@ -29,31 +29,38 @@ pub enum Load {
     Busy,
 }
 
-/// Threads that keep every CPU busy until dropped.
-struct Spinners {
+/// Threads that run until dropped: each runs its body while the shared
+/// stop flag is clear.
+struct Background {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-impl Spinners {
-    fn start() -> Spinners {
+impl Background {
+    /// `n` threads, each looping over `body` until the stop.
+    fn start(n: usize, body: impl Fn() + Clone + Send + 'static) -> Background {
         let stop = Arc::new(AtomicBool::new(false));
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = (0..cpus)
+        let threads = (0..n)
             .map(|_| {
-                let stop = stop.clone();
+                let (stop, body) = (stop.clone(), body.clone());
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
-                        std::hint::spin_loop();
+                        body();
                     }
                 })
             })
             .collect();
-        Spinners { stop, threads }
+        Background { stop, threads }
+    }
+
+    /// A thread per CPU, spinning.
+    fn spinners() -> Background {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Background::start(cpus, std::hint::spin_loop)
     }
 }
 
-impl Drop for Spinners {
+impl Drop for Background {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
@@ -62,43 +69,18 @@ impl Drop for Spinners {
     }
 }
 
-/// The most threads process `pid` had at any look, every 50 ms, until
-/// dropped.
-struct PeakThreads {
-    peak: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl PeakThreads {
-    fn watch(pid: u32) -> PeakThreads {
-        let (peak, stop) = (
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (p, s) = (peak.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                if let Ok((threads, _, _)) = footprint(pid) {
-                    p.fetch_max(threads as u64, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        PeakThreads {
-            peak,
-            stop,
-            thread: Some(thread),
+/// The most threads process `pid` had at any look, every 50 ms, while the
+/// returned watcher runs; read once it is dropped.
+fn watch_peak_threads(pid: u32) -> (Arc<AtomicU64>, Background) {
+    let peak = Arc::new(AtomicU64::new(0));
+    let seen = peak.clone();
+    let watcher = Background::start(1, move || {
+        if let Ok((threads, _, _)) = footprint(pid) {
+            seen.fetch_max(threads as u64, Ordering::Relaxed);
         }
-    }
-
-    fn finish(mut self) -> f64 {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        self.peak.load(Ordering::Relaxed) as f64
-    }
+        std::thread::sleep(Duration::from_millis(50));
+    });
+    (peak, watcher)
 }
 
 /// The dexts running before any device: NullDriver and PacketQueueDriver.
@@ -173,8 +155,8 @@ pub fn daemon_scale(
         }
         std::thread::sleep(Duration::from_millis(500));
         let before = footprint(pid)?;
-        let spinners = loaded.then(Spinners::start);
-        let peak = PeakThreads::watch(pid);
+        let spinners = loaded.then(Background::spinners);
+        let (peak, watcher) = watch_peak_threads(pid);
         for _ in 0..sensors {
             client.request(&driverkitd::control::DeviceRequest::Plug {
                 device: driverkitd::control::DeviceArg::Builtin("sensor".into()),
@@ -193,7 +175,8 @@ pub fn daemon_scale(
         // Idle workers retire after 10 s: measure what stays.
         std::thread::sleep(Duration::from_secs(11));
         let after = footprint(pid)?;
-        let peak = peak.finish();
+        drop(watcher);
+        let peak = peak.load(Ordering::Relaxed) as f64;
         drop(spinners);
         let _ = client.request(&driverkitd::control::CoreRequest::Shutdown);
         Ok((before, after, peak))
